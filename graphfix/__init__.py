@@ -1,0 +1,31 @@
+"""graphfix: diagnose, repair, simplify and prove PyTorch-exported ONNX models.
+
+The Python API mirrors the CLI:
+
+    import graphfix
+    findings = graphfix.diagnose("model.onnx")
+    result = graphfix.repair("model.onnx", output="fixed.onnx")
+"""
+
+__version__ = "0.1.0"
+
+
+def diagnose(model_or_path, **options):
+    """Diagnose a model (path or ModelProto); returns the list of findings."""
+    from graphfix.api import diagnose as _diagnose
+
+    return _diagnose(model_or_path, **options)
+
+
+def repair(model_or_path, **options):
+    """Repair a model (path or ModelProto); returns a RepairResult."""
+    from graphfix.api import repair as _repair
+
+    return _repair(model_or_path, **options)
+
+
+def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
+    """Compare an ONNX file with the PyTorch module it came from, at several input sizes."""
+    from graphfix.api import verify as _verify
+
+    return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)

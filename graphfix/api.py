@@ -1,0 +1,101 @@
+"""The Python API and the per-model work the CLI commands share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from graphfix.context import RuleOptions
+from graphfix.engine import diagnose_model
+from graphfix.errors import GraphfixError
+from graphfix.loading import LoadedModel, from_proto, load_model
+from graphfix.pipeline import RepairOptions, RepairResult, repair_model
+from graphfix.registry import select_rules
+from graphfix.rule import Finding, Rejection
+
+
+@dataclass
+class ModelReport:
+    """What `diagnose` found in one model, or why it could not look."""
+
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    error: str | None = None
+    exit_code: int = 0  # of the error, when there is one
+
+    def to_json(self, show_rejected: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": self.path,
+            "error": self.error,
+            "findings": [f.to_json() for f in self.findings],
+        }
+        if show_rejected:
+            data["rejected"] = [r.to_json() for r in self.rejections]
+        return data
+
+
+def load(model_or_path: str | Path | onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
+    if isinstance(model_or_path, onnx.ModelProto):
+        return from_proto(model_or_path, base_dir)
+    return load_model(model_or_path)
+
+
+def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:
+    """Static rules, then (unless `probe_options` is None) runtime probing with onnxruntime."""
+    diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
+    report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
+    if probe_options is not None:
+        from graphfix.validate import probe
+
+        source = loaded.path if loaded.external and loaded.path is not None else loaded.proto
+        report.findings.extend(failure.to_finding() for failure in probe(source, probe_options))
+    return report
+
+
+def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:
+    """Like diagnose_loaded, turning a model that cannot be loaded into a report with its error."""
+    try:
+        loaded = load_model(path)
+    except GraphfixError as exc:
+        return ModelReport(str(path), error=str(exc), exit_code=exc.exit_code)
+    return diagnose_loaded(loaded, rules, rule_options, probe_options)
+
+
+def diagnose(model_or_path, *, only=(), skip=(), static: bool = False, expect_outputs=(), trace_shapes=None,
+             validation=None) -> list[Finding]:
+    """Findings for a model (path or ModelProto). Raises GraphfixError for inputs it cannot read."""
+    loaded = load(model_or_path)
+    options = RuleOptions(static=static, expect_outputs=tuple(expect_outputs), trace_shapes=trace_shapes or {})
+    probe_options = None if static else (validation or _default_validation())
+    return diagnose_loaded(loaded, select_rules(tuple(only), tuple(skip)), options, probe_options).findings
+
+
+def repair(model_or_path, *, output: str | Path | None = None, only=(), skip=(), unsafe_fixes: bool = False,
+           simplify: bool = True, validate: bool = True, force: bool = False, in_place: bool = False,
+           expect_outputs=(), trace_shapes=None, validation=None) -> RepairResult:
+    """Repair a model; writes `output` only when validated (or forced). `result.model` is the repaired proto."""
+    loaded = load(model_or_path)
+    options = RepairOptions(
+        rules=select_rules(tuple(only), tuple(skip)),
+        rule_options=RuleOptions(unsafe_fixes=unsafe_fixes, expect_outputs=tuple(expect_outputs),
+                                 trace_shapes=trace_shapes or {}),
+        simplify=simplify, validate=validate, force=force, in_place=in_place, validation=validation,
+    )
+    return repair_model(loaded, Path(output) if output is not None else None, options)
+
+
+def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
+    """Compare an ONNX file with its PyTorch module at the example and probe inputs."""
+    from graphfix.torch_verify import verify as _verify
+
+    return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)
+
+
+def _default_validation():
+    from graphfix.validate import ValidationOptions
+
+    return ValidationOptions()

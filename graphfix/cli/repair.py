@@ -1,0 +1,114 @@
+"""`graphfix repair`: fix, simplify, prove with onnxruntime, and only then write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from graphfix.cli.options import (
+    fix_options,
+    format_option,
+    paths_argument,
+    probe_inputs,
+    rule_inputs,
+    rule_options_from,
+    rule_selection,
+    validation_options_from,
+)
+from graphfix.discovery import ModelPath, expand_paths
+from graphfix.errors import GraphfixError, UsageError
+from graphfix.loading import load_model
+from graphfix.pipeline import RepairOptions, RepairResult, repair_model
+from graphfix.registry import select_rules
+from graphfix.report import emit_json, findings_text
+
+
+@click.command("repair")
+@paths_argument
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model (one input model).")
+@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder; outputs keep their paths relative to each PATH.")
+@click.option("--in-place", is_flag=True, help="Replace the input model (the only way to overwrite it).")
+@click.option("--dry-run", is_flag=True, help="Repair and validate, but write nothing.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim simplification.")
+@click.option("--force", is_flag=True, help="Write the result even if validation fails (and say so).")
+@format_option
+@rule_selection
+@fix_options
+@rule_inputs
+@probe_inputs
+def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fmt, only, skip, unsafe_fixes,
+            expect_outputs, trace_shapes, show_rejected, shapes, input_files, rtol, atol) -> int:
+    """Repair models: fix what the graph still carries the information for, simplify, validate, write."""
+    models = expand_paths(paths)
+    targets = _destinations(models, output, output_dir, in_place, dry_run)
+    options = RepairOptions(
+        rules=select_rules(only, skip),
+        rule_options=rule_options_from(unsafe_fixes=unsafe_fixes, expect_outputs=expect_outputs,
+                                       trace_shapes=trace_shapes),
+        simplify=not no_simplify, force=force, dry_run=dry_run, in_place=in_place,
+        validation=validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol),
+    )
+    results: list[dict] = []
+    exit_code = 0
+    for model, target in zip(models, targets, strict=True):
+        try:
+            result = repair_model(load_model(model.path), target, options)
+        except GraphfixError as exc:
+            exit_code = max(exit_code, exc.exit_code)
+            results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
+            if fmt == "text":
+                click.echo(f"{model.path}: {click.style('cannot repair', fg='red')}: {exc}", err=True)
+            continue
+        if result.status == "failed" or result.after.findings and _has_errors(result):
+            exit_code = max(exit_code, 1)
+        results.append(result.to_json())
+        if fmt == "text":
+            _print_result(result, show_rejected)
+    if fmt == "json":
+        emit_json("models", results)
+    return exit_code
+
+
+def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run) -> list[Path | None]:
+    chosen = sum(bool(x) for x in (output, output_dir, in_place))
+    if chosen > 1:
+        raise UsageError("give only one of -o/--output, --output-dir, --in-place")
+    if chosen == 0 and not dry_run:
+        raise UsageError("say where to write: -o OUT, --output-dir DIR, --in-place, or --dry-run")
+    if output is not None and len(models) != 1:
+        raise UsageError(f"-o/--output takes one input model ({len(models)} given); use --output-dir")
+    if dry_run:
+        return [None] * len(models)
+    if in_place:
+        return [m.path for m in models]
+    if output is not None:
+        return [output]
+    return [output_dir / m.relative for m in models]
+
+
+def _has_errors(result: RepairResult) -> bool:
+    return any(f.severity.value == "error" for f in result.after.findings)
+
+
+def _print_result(result: RepairResult, show_rejected: bool) -> None:
+    status = {"repaired": "green", "unchanged": "cyan", "failed": "red"}[result.status]
+    where = f" -> {result.output}" if result.output else ""
+    click.echo(f"{result.path}: {click.style(result.status, fg=status)}{where}")
+    for fix in result.applied:
+        click.echo(f"  applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}")
+    if result.simplify:
+        click.echo(f"  simplify: {result.simplify}")
+    if result.validation is not None:
+        click.echo(f"  validation: {'passed' if result.validation.get('passed') else 'FAILED'}"
+                   f" at {len(result.validation.get('sizes', []))} size(s)")
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    if result.error:
+        click.echo(f"  error: {result.error}")
+    if result.after.findings:
+        click.echo("  remaining " + findings_text("findings", result.after.findings, None).removeprefix("findings: "))
+    if show_rejected:
+        for rejection in result.after.rejections:
+            click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")

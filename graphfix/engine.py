@@ -1,0 +1,129 @@
+"""The rule engine: detect → fix → clean-up → detect again, until nothing changes (bounded).
+
+Rules only detect and describe fixes. The engine decides which fixes run (safe ones, unsafe ones only with
+--unsafe-fixes, never two touching the same nodes in one round), then runs clean-up, toposort and unique naming
+once, refreshes shapes, and detects again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from graphfix.context import RuleContext, RuleOptions
+from graphfix.graph_io import export_graph, import_graph, tidy
+from graphfix.registry import format_traceback, load_rules
+from graphfix.rule import Finding, Rejection, Rule, Safety, Severity
+from graphfix.shapes import infer_shapes
+
+MAX_ROUNDS = 8
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class AppliedFix:
+    rule: str
+    nodes: list[str]
+    summary: str
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "nodes": self.nodes, "summary": self.summary}
+
+
+@dataclass
+class FixOutcome:
+    model: onnx.ModelProto
+    applied: list[AppliedFix]
+    before: Diagnosis
+    after: Diagnosis
+    failures: list[str] = field(default_factory=list)  # fixes that raised, one line each
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+
+def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions) -> RuleContext:
+    """Shape-infer the model and import it into onnx-graphsurgeon for the rules."""
+    inferred = infer_shapes(model)
+    return RuleContext(inferred, import_graph(inferred), base_dir, options)
+
+
+def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
+    """Run every rule's detect(); a rule that raises becomes an internal finding and the others go on."""
+    result = Diagnosis()
+    result.findings.extend(broken.as_finding() for broken in load_rules()[1])
+    for rule_cls in rules:
+        if ctx.options.static and rule_cls.needs_weights:
+            continue
+        try:
+            for item in rule_cls().detect(ctx):
+                (result.rejections if isinstance(item, Rejection) else result.findings).append(item)
+        except Exception as exc:
+            result.findings.append(
+                Finding(rule_cls.code, "internal-error", Severity.ERROR,
+                        f"rule {rule_cls.code} ({rule_cls.name}) crashed: {format_traceback(exc)}")
+            )
+    return result
+
+
+def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]],
+                   options: RuleOptions) -> Diagnosis:
+    return detect(analyse(model, base_dir, options), rules)
+
+
+def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
+              max_rounds: int = MAX_ROUNDS) -> FixOutcome:
+    """Apply fixes until no applicable fix is left or `max_rounds` is reached."""
+    ctx = analyse(model, base_dir, options)
+    before = after = detect(ctx, rules)
+    applied: list[AppliedFix] = []
+    failures: list[str] = []
+    tried: set[tuple[str, tuple[str, ...], str]] = set()
+    for _ in range(max_rounds):
+        round_applied, failed = _apply_round(ctx, after.findings, options, tried)
+        if failed:  # a fix raised half-way: drop this round's edits and go on without that fix
+            failures.append(failed)
+            tried.difference_update((a.rule, tuple(a.nodes), a.summary) for a in round_applied)
+            ctx = analyse(model, base_dir, options)
+            after = detect(ctx, rules)
+            continue
+        if not round_applied:
+            break
+        applied.extend(round_applied)
+        model = export_graph(tidy(ctx.graph), like=model)
+        ctx = analyse(model, base_dir, options)
+        after = detect(ctx, rules)
+    return FixOutcome(model, applied, before, after, failures)
+
+
+def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions,
+                 tried: set[tuple[str, tuple[str, ...], str]]) -> tuple[list[AppliedFix], str]:
+    """Apply the applicable, non-overlapping fixes. The text, when not empty, says which fix raised: the
+    graph is then half-edited and must be rebuilt."""
+    applied: list[AppliedFix] = []
+    touched: set[str] = set()
+    for finding in findings:
+        fix = finding.fix
+        if fix is None or (fix.safety is Safety.UNSAFE and not options.unsafe_fixes):
+            continue
+        key = (finding.rule, tuple(finding.nodes), fix.summary)
+        if key in tried:  # the same fix came back: it did not take, do not loop on it
+            continue
+        if touched.intersection(finding.nodes):  # overlapping fixes wait for the next round
+            continue
+        tried.add(key)
+        try:
+            fix.apply(ctx.graph)
+        except Exception as exc:
+            return applied, f"{finding.rule} fix '{fix.summary}' failed: {format_traceback(exc)}"
+        touched.update(finding.nodes)
+        applied.append(AppliedFix(finding.rule, list(finding.nodes), fix.summary))
+    return applied, ""

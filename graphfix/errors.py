@@ -1,0 +1,25 @@
+"""Errors graphfix reports to its user as one line, never as a traceback."""
+
+
+class GraphfixError(Exception):
+    """Base class: a problem the user can act on. The CLI prints `str(error)` and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class InputError(GraphfixError):
+    """The input cannot be used: missing, damaged, unsafe or unsupported (exit 2)."""
+
+    exit_code = 2
+
+
+class UsageError(GraphfixError):
+    """The command line or the configuration is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class RuleRegistryError(GraphfixError):
+    """Rules could not be registered: a duplicate code, or a third-party rule claiming the GF prefix (exit 2)."""
+
+    exit_code = 2

@@ -1,0 +1,142 @@
+"""The repair pipeline: load → diagnose → fix to a fixpoint → simplify → diagnose again → validate → write.
+
+Nothing is written until onnxruntime has validated the staged result, unless the user forces it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from graphfix.context import RuleOptions
+from graphfix.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
+from graphfix.errors import UsageError
+from graphfix.loading import LoadedModel
+from graphfix.rule import Rule
+from graphfix.saving import stage_model
+
+
+@dataclass
+class RepairOptions:
+    rules: list[type[Rule]]
+    rule_options: RuleOptions = field(default_factory=RuleOptions)
+    simplify: bool = True
+    validate: bool = True
+    force: bool = False
+    dry_run: bool = False
+    in_place: bool = False
+    validation: Any = None  # graphfix.validate.ValidationOptions; None means defaults
+
+
+@dataclass
+class RepairResult:
+    path: str
+    output: str | None
+    status: str  # repaired | unchanged | failed
+    applied: list[AppliedFix]
+    before: Diagnosis
+    after: Diagnosis
+    validation: dict | None = None
+    simplify: str = ""
+    error: str | None = None
+    model: onnx.ModelProto | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def findings_before(self):
+        return self.before.findings
+
+    @property
+    def findings_after(self):
+        return self.after.findings
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "output": self.output,
+            "status": self.status,
+            "applied": [a.to_json() for a in self.applied],
+            "findings_before": [f.to_json() for f in self.before.findings],
+            "findings_after": [f.to_json() for f in self.after.findings],
+            "simplify": self.simplify,
+            "validation": self.validation,
+            "notes": self.notes,
+            "error": self.error,
+        }
+
+
+def check_destination(loaded: LoadedModel, output: Path, in_place: bool) -> None:
+    """Never overwrite the input (or its external data) unless --in-place says so."""
+    if loaded.path is None or in_place:
+        return
+    targets = [output, output.with_name(output.name + ".data")]
+    sources = [loaded.path] + [ref.path(loaded.base_dir) for ref in loaded.external]
+    for target in targets:
+        if target.exists() and any(_same_file(target, src) for src in sources):
+            raise UsageError(f"{output}: would overwrite the input {loaded.path}; use --in-place to replace it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
+    """Repair one loaded model and, unless dry-run, write it to `output` once validated."""
+    if output is not None:
+        check_destination(loaded, output, options.in_place)
+    outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
+                          outcome.before, outcome.after, notes=list(outcome.failures))
+    model = outcome.model
+    if outcome.changed and options.simplify:
+        model, result.simplify = _simplify(model, loaded.base_dir)
+        result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options)
+    result.model = model
+    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+        # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
+        commit = output is not None and not options.dry_run
+        destination = output if commit else Path(scratch) / "model.onnx"
+        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result)
+    return result
+
+
+def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bool, loaded: LoadedModel,
+                           changed: bool, options: RepairOptions, result: RepairResult) -> None:
+    staged = stage_model(model, destination, loaded.base_dir)
+    try:
+        if changed and options.validate:
+            validation = _validate(loaded, staged.path, options)
+            result.validation = validation.to_json()
+            if not validation.passed:
+                result.status = "failed"
+                result.error = "validation failed: " + "; ".join(validation.reasons)
+                if not options.force:
+                    return
+                result.notes.append("written despite failed validation (--force)")
+        if commit:
+            result.output = str(staged.commit())
+    finally:
+        staged.discard()
+
+
+def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
+    from graphfix.simplify import simplify
+
+    outcome = simplify(model, base_dir=base_dir)
+    return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
+
+
+def _validate(loaded: LoadedModel, candidate: Path, options: RepairOptions):
+    from graphfix.validate import ValidationOptions, validate
+
+    original = loaded.path if loaded.path is not None and loaded.external else loaded.proto
+    return validate(original, candidate, options.validation or ValidationOptions())
+

@@ -1,0 +1,194 @@
+"""onnxsim, bounded: in a child process, under a time limit, refused when it grows the model or renames its I/O.
+
+onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
+large constants). So it runs in `python -m graphfix.simplify IN OUT` with a timeout, and its result is checked
+before it replaces anything. On any failure the input is kept and the reason is returned in one line.
+
+Weights are never sent to the child when they are external (or when the model would not fit in one protobuf):
+such initializers are *lifted* into graph inputs of the same name, type and shape, so onnxsim sees an ordinary
+small model, and are put back afterwards with their original external references. onnxsim then cannot fold
+through those weights (no BatchNorm fusion into an external Conv weight), which is the price of never loading
+them into Python.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
+LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
+
+
+@dataclass
+class SimplifyResult:
+    model: onnx.ModelProto  # simplified model, or the input unchanged when skipped/failed
+    applied: bool
+    message: str  # '' or why it was skipped / failed / reverted, one line
+
+
+def simplify(
+    model: onnx.ModelProto,
+    *,
+    base_dir: Path | None = None,
+    timeout_s: float = 120.0,
+    max_growth: float = 1.25,
+) -> SimplifyResult:
+    """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything goes wrong.
+
+    `base_dir` is where the model's external data lives; it is only needed to tell the caller the weights stay
+    there (they are never read here)."""
+    lifted = _liftable_initializers(model)
+    light = _lift_initializers(model, lifted)
+    try:
+        light_bytes = light.SerializeToString()
+    except ValueError as exc:  # still over 2 GB after lifting (huge Constant nodes)
+        return SimplifyResult(model, False, f"simplification skipped: model too large to serialize ({exc})")
+    outcome = _run_onnxsim_child(light_bytes, timeout_s)
+    if isinstance(outcome, str):
+        return SimplifyResult(model, False, outcome)
+    simplified = _restore_initializers(outcome, model, lifted)
+    problem = _why_unacceptable(model, simplified, light_bytes, outcome, max_growth)
+    if problem:
+        return SimplifyResult(model, False, problem)
+    return SimplifyResult(simplified, True, "")
+
+
+def _liftable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers onnxsim must not see: external ones always, big inline ones when the model is huge."""
+    external = {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    inline_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if inline_bytes <= PROTOBUF_SAFE_BYTES:
+        return external
+    big = {t.name for t in model.graph.initializer if len(t.raw_data) >= LIFT_MIN_BYTES}
+    return external | big
+
+
+def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """A copy of `model` where the named initializers are graph inputs (declared type and shape, no data)."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model) if not names else _copy_without_initializers(model, light, names)
+    existing_inputs = {i.name for i in light.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name in names and tensor.name not in existing_inputs:
+            light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return light
+
+
+def _copy_without_initializers(model: onnx.ModelProto, light: onnx.ModelProto, names: set[str]) -> None:
+    kept = [t for t in model.graph.initializer if t.name not in names]
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph) if False else None  # never copy the big tensors
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            getattr(light, field.name).CopyFrom(value) if field.message_type else setattr(
+                light, field.name, value
+            ) if field.label != field.LABEL_REPEATED else getattr(light, field.name).extend(value)
+    for field, value in model.graph.ListFields():
+        if field.name == "initializer":
+            continue
+        target = getattr(light.graph, field.name)
+        if field.label == field.LABEL_REPEATED:
+            target.extend(value)
+        else:
+            setattr(light.graph, field.name, value)
+    light.graph.initializer.extend(kept)
+
+
+def _restore_initializers(simplified: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """Turn the lifted graph inputs back into the original initializers (external references intact)."""
+    if not names:
+        return simplified
+    used = {name for node in simplified.graph.node for name in node.input}
+    used |= {o.name for o in simplified.graph.output}
+    inputs = [i for i in simplified.graph.input if i.name not in names or _was_graph_input(original, i.name)]
+    del simplified.graph.input[:]
+    simplified.graph.input.extend(inputs)
+    simplified.graph.initializer.extend(t for t in original.graph.initializer if t.name in names and t.name in used)
+    return simplified
+
+
+def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
+    return any(i.name == name for i in model.graph.input)
+
+
+def _run_onnxsim_child(model_bytes: bytes, timeout_s: float) -> onnx.ModelProto | str:
+    """onnxsim's result, or one line saying why there is none."""
+    with tempfile.TemporaryDirectory(prefix="graphfix-sim-") as tmp:
+        source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        source.write_bytes(model_bytes)
+        command = [sys.executable, "-m", "graphfix.simplify", str(source), str(target)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
+        if done.returncode != 0 or not target.exists():
+            return f"simplification failed, kept the unsimplified graph: {_last_line(done.stderr, done.returncode)}"
+        return onnx.load_model(str(target), load_external_data=False)
+
+
+def _last_line(stderr: str, returncode: int) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"onnxsim exited with status {returncode}"
+
+
+def _why_unacceptable(
+    original: onnx.ModelProto,
+    simplified: onnx.ModelProto,
+    sent_bytes: bytes,
+    received: onnx.ModelProto,
+    max_growth: float,
+) -> str:
+    """'' when the simplified model may replace the original, else the reason it was reverted."""
+    before, after = len(sent_bytes), received.ByteSize()
+    if after > max_growth * before:
+        return (
+            f"simplification reverted: onnxsim grew the model from {before} to {after} bytes "
+            f"(limit {max_growth:g}x), likely by folding Tile/ConstantOfShape into large constants"
+        )
+    if _io_names(original) != _io_names(simplified):
+        return "simplification reverted: onnxsim changed the graph input/output names or order"
+    if _input_shapes(original) != _input_shapes(simplified):
+        return "simplification reverted: onnxsim changed graph input shapes (dynamic dims must stay dynamic)"
+    return ""
+
+
+def _io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    return inputs, [o.name for o in model.graph.output]
+
+
+def _input_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [
+        [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    ]
+
+
+def _child_main(source: str, target: str) -> int:
+    """Entry point of the child process: simplify `source` into `target`."""
+    import onnxsim
+
+    model = onnx.load_model(source)
+    try:
+        simplified, ok = onnxsim.simplify(model, skip_shape_inference=False)
+    except Exception:  # shape inference crashes on some valid models; try once without it
+        simplified, ok = onnxsim.simplify(model, skip_shape_inference=True)
+    if not ok:
+        print("onnxsim's own check failed", file=sys.stderr)
+        return 2
+    onnx.save_model(simplified, target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1], sys.argv[2]))
