@@ -72,8 +72,8 @@ def _liftable_initializers(model: onnx.ModelProto) -> set[str]:
 
 def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """A copy of `model` where the named initializers are graph inputs (declared type and shape, no data)."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model) if not names else _copy_without_initializers(model, light, names)
+    light = _copy_except_initializers(model)
+    light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     existing_inputs = {i.name for i in light.graph.input}
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.name not in existing_inputs:
@@ -81,24 +81,25 @@ def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelPro
     return light
 
 
-def _copy_without_initializers(model: onnx.ModelProto, light: onnx.ModelProto, names: set[str]) -> None:
-    kept = [t for t in model.graph.initializer if t.name not in names]
-    graph = onnx.GraphProto()
-    graph.CopyFrom(model.graph) if False else None  # never copy the big tensors
+def _copy_except_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy that never duplicates the initializers' bytes (they may be gigabytes)."""
+    light = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
-            getattr(light, field.name).CopyFrom(value) if field.message_type else setattr(
-                light, field.name, value
-            ) if field.label != field.LABEL_REPEATED else getattr(light, field.name).extend(value)
+            _copy_field(light, field, value)
     for field, value in model.graph.ListFields():
-        if field.name == "initializer":
-            continue
-        target = getattr(light.graph, field.name)
-        if field.label == field.LABEL_REPEATED:
-            target.extend(value)
-        else:
-            setattr(light.graph, field.name, value)
-    light.graph.initializer.extend(kept)
+        if field.name != "initializer":
+            _copy_field(light.graph, field, value)
+    return light
+
+
+def _copy_field(target, field, value) -> None:
+    if hasattr(value, "extend"):  # repeated field
+        getattr(target, field.name).extend(value)
+    elif hasattr(value, "CopyFrom"):  # message field
+        getattr(target, field.name).CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
 
 
 def _restore_initializers(simplified: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
