@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphfix.errors import InputError
+
 
 @dataclass(frozen=True)
 class ModelPath:
@@ -17,11 +19,14 @@ class ModelPath:
 
 
 def expand_paths(paths: tuple[Path, ...] | list[Path]) -> list[ModelPath]:
-    """Models named by PATHs, in order; missing paths are kept so that loading reports them one by one."""
+    """Models named by PATHs, in order; missing files are kept so that loading reports them one by one."""
     found: list[ModelPath] = []
     for path in paths:
         if path.is_dir():
-            found.extend(ModelPath(p, path) for p in sorted(path.rglob("*.onnx")) if p.is_file())
+            models = [ModelPath(p, path) for p in sorted(path.rglob("*.onnx")) if p.is_file()]
+            if not models:
+                raise InputError(f"{path}: is a folder with no .onnx model in it")
+            found.extend(models)
         else:
             found.append(ModelPath(path, path))
     return found

@@ -33,7 +33,7 @@ def finding_lines(finding: Finding) -> list[str]:
 
 def findings_text(path: str, findings: list[Finding], error: str | None) -> str:
     if error:
-        return f"{path}: {click.style('cannot read', fg='red')}: {error}"
+        return f"graphfix: error: {error}"
     if not findings:
         return f"{path}: no findings"
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
 LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
+GROWTH_SLACK_BYTES = 256 << 10  # tiny models may grow by this much (value_info, small folded constants)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _why_unacceptable(
 ) -> str:
     """'' when the simplified model may replace the original, else the reason it was reverted."""
     before, after = len(sent_bytes), received.ByteSize()
-    if after > max_growth * before:
+    if after > max_growth * before and after - before > GROWTH_SLACK_BYTES:
         return (
             f"simplification reverted: onnxsim grew the model from {before} to {after} bytes "
             f"(limit {max_growth:g}x), likely by folding Tile/ConstantOfShape into large constants"

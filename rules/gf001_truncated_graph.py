@@ -58,7 +58,7 @@ class TruncatedGraph(Rule):
         missing = [name for name in ctx.options.expect_outputs if name not in ctx.graph_output_names]
         if missing:
             yield self.finding(
-                f"expected output(s) {', '.join(missing)} are not graph outputs "
+                f"expected output(s) {', '.join(repr(n) for n in missing)} are not graph outputs "
                 f"(the graph has: {', '.join(sorted(ctx.graph_output_names)) or 'none'})",
                 tensors=missing,
                 hint="Export them: add them to the module's return value and to `output_names` of torch.onnx.export.",

@@ -40,7 +40,7 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
         emit_json("models", [r.to_json(show_rejected) for r in reports])
     else:
         for report in reports:
-            click.echo(findings_text(report.path, report.findings, report.error))
+            click.echo(findings_text(report.path, report.findings, report.error), err=bool(report.error))
             if show_rejected:
                 for rejection in report.rejections:
                     click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")

@@ -1,0 +1,120 @@
+"""Comparing outputs: numbers between two runs, and shapes of one run against symbolic shape inference."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from graphfix.shapes import symbolic_shapes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    ok: bool
+    max_abs: float | None  # None when the values cannot be compared (shape or dtype differ)
+    max_rel: float | None
+    expected_shape: list[int]
+    actual_shape: list[int]
+    problem: str = ""  # one line when not ok
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "expected_shape": self.expected_shape,
+            "actual_shape": self.actual_shape,
+            "problem": self.problem,
+        }
+
+
+def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> OutputComparison:
+    """Equal within `atol + rtol * |expected|` elementwise; NaN matches NaN, ±Inf match themselves."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    shapes = (list(expected.shape), list(actual.shape))
+    if expected.shape != actual.shape:
+        return OutputComparison(name, False, None, None, *shapes, f"shape {shapes[1]} instead of {shapes[0]}")
+    if expected.dtype != actual.dtype:
+        return OutputComparison(name, False, None, None, *shapes, f"dtype {actual.dtype} instead of {expected.dtype}")
+    if expected.size == 0:
+        return OutputComparison(name, True, 0.0, 0.0, *shapes)
+    if not np.issubdtype(expected.dtype, np.number):
+        same = bool(np.array_equal(expected, actual))
+        return OutputComparison(name, same, float(not same), float(not same), *shapes, "" if same else "values differ")
+    exp64, act64 = expected.astype(np.float64), actual.astype(np.float64)
+    same_special = (np.isnan(exp64) & np.isnan(act64)) | (np.isinf(exp64) & (exp64 == act64))
+    diff = np.where(same_special, 0.0, np.abs(exp64 - act64))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    rel = diff / np.maximum(np.abs(np.where(same_special, 1.0, exp64)), np.finfo(np.float64).tiny)
+    within = diff <= atol + rtol * np.abs(np.where(same_special, 0.0, exp64))
+    max_abs, max_rel = float(diff.max()), float(np.where(diff == 0, 0.0, rel).max())
+    ok = bool(within.all())
+    problem = "" if ok else f"max abs error {max_abs:.3g}, max rel error {max_rel:.3g}"
+    return OutputComparison(name, ok, max_abs, max_rel, *shapes, problem)
+
+
+def compare_outputs(
+    expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float
+) -> list[OutputComparison]:
+    """One comparison per expected output; an output the candidate lacks is a failure."""
+    results = []
+    for name, value in expected.items():
+        if name not in actual:
+            results.append(OutputComparison(name, False, None, None, list(np.shape(value)), [], "output missing"))
+            continue
+        results.append(compare_arrays(name, value, actual[name], rtol, atol))
+    return results
+
+
+class ShapeOracle:
+    """Output shapes from onnxruntime's symbolic shape inference, evaluated at a binding of input dims."""
+
+    def __init__(self, model: onnx.ModelProto):
+        inferred = symbolic_shapes(model)
+        self.expected = {o.name: inferred.get(o.name) for o in model.graph.output}
+
+    def mismatches(self, outputs: dict[str, np.ndarray], sizes: dict[str, int]) -> list[str]:
+        """One line per output dim that shape inference decides and the run contradicts."""
+        problems = []
+        for name, value in outputs.items():
+            expected = self.expected.get(name)
+            if expected is None:
+                continue
+            actual = list(np.shape(value))
+            if len(expected) != len(actual):
+                problems.append(f"output '{name}' has rank {len(actual)}, shape inference says {len(expected)}")
+                continue
+            for axis, (dim, got) in enumerate(zip(expected, actual, strict=True)):
+                want = evaluate_dim(dim, sizes)
+                if want is not None and want != got:
+                    problems.append(f"output '{name}' dim {axis} is {got}, shape inference says {dim} = {want}")
+        return problems
+
+
+def evaluate_dim(dim: int | str | None, sizes: dict[str, int]) -> int | None:
+    """An int dim, or a symbolic expression of bound dims evaluated with sympy; None when undecided."""
+    if isinstance(dim, int):
+        return dim if dim > 0 else None
+    if not dim:
+        return None
+    if dim in sizes:
+        return sizes[dim]
+    try:
+        import sympy
+
+        symbols = {name: sympy.Symbol(name) for name in sizes if name.isidentifier()}
+        expr = sympy.sympify(dim, locals=symbols)
+        if not expr.free_symbols <= set(symbols.values()):
+            return None  # depends on dims shape inference invented (unk__0, Reshape_dim_1)
+        value = expr.subs({symbols[name]: sizes[name] for name in symbols})
+        return int(value) if value.is_integer else None
+    except Exception as exc:  # expressions sympy cannot parse are left undecided
+        log.debug("cannot evaluate dim %r: %s", dim, exc)
+        return None

@@ -1,0 +1,293 @@
+"""Runtime probing for `graphfix diagnose`: run the model at several sizes and report every failing node.
+
+After a node fails, the graph is cut there: the node is removed and its outputs become graph inputs fed with
+values of the shape symbolic inference expects (or, when that shape is unknown, everything downstream is
+dropped), and the run goes on to find failures further down. Polygraphy's lint stops at the first failure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graphfix.rule import Finding, Severity
+from graphfix.validate.compare import evaluate_dim
+from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
+from graphfix.validate.runner import ModelRunner, ModelSource, failing_node, load_structure
+
+MAX_CUTS = 32  # failing nodes followed per size
+INVALID_FEED = re.compile(r"Invalid (?:Feed )?Input Name:\s*(\S+)", re.IGNORECASE)
+BROADCAST = re.compile(r"Attempting to broadcast an axis by a dimension other than 1|cannot broadcast")
+SHAPE_OPS = {"Reshape", "Expand", "Split", "Slice", "Tile", "ConstantOfShape", "Range", "MatMul", "Gemm"}
+REPEAT_OPS = {"Split", "Expand", "Tile"}
+RULES = {
+    "GF000": ("runtime-failure", "Read onnxruntime's message; the node's inputs have the shapes shown."),
+    "GF001": (
+        "truncated-graph",
+        "The caller feeds an input the graph does not declare: the exporter pruned it. Re-export keeping the "
+        "input used, or stop feeding it.",
+    ),
+    "GF002": (
+        "repeat-interleave",
+        "A repeat_interleave was unrolled with its repeat count baked at export time; export it as "
+        "unsqueeze → expand → reshape (or repeat + flatten).",
+    ),
+    "GF003": (
+        "broadcast-mismatch",
+        "Operands broadcast on trailing dims: a lower-rank mask (x[mask] = 0) needs its missing axis, e.g. "
+        "masked_fill(mask.unsqueeze(-1), 0).",
+    ),
+    "GF004": (
+        "trace-baked-shape",
+        "A size was baked into a shape constant at export time; compute it from the input (x.shape / Shape "
+        "ops) or use -1, and re-export with dynamic axes.",
+    ),
+    "GF005": (
+        "suspicious-output",
+        "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation).",
+    ),
+}
+
+
+@dataclass
+class RuntimeFailure:
+    node: str  # node name from the ORT error, e.g. '/Where'
+    op_type: str
+    message: str  # the ORT error, first line
+    sizes: dict[str, int]  # the binding it failed at
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # input shapes of the failing node
+    rule: str = "GF000"
+    severity: Severity = Severity.ERROR  # WARNING for suspicious outputs (GF005)
+    tensors: list[str] = field(default_factory=list)
+
+    def to_finding(self) -> Finding:
+        name, hint = RULES.get(self.rule, RULES["GF000"])
+        where = f"{self.op_type} node '{self.node}'" if self.node else "the model"
+        return Finding(
+            rule=self.rule,
+            name=name,
+            severity=self.severity,
+            message=f"{where} fails at sizes {self.sizes}: {short_message(self.message)}"
+            if self.severity is Severity.ERROR
+            else self.message,
+            nodes=[self.node] if self.node else [],
+            tensors=list(self.tensors),
+            hint=hint,
+            shapes=dict(self.shapes),
+        )
+
+
+def short_message(message: str) -> str:
+    """ORT's status message without the 'Non-zero status code' preamble and the C++ source location."""
+    text = message.split("Status Message: ", 1)[-1]
+    return re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
+
+
+def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure]:
+    """Every node that fails at some probe size (first size each), then warnings about suspicious outputs."""
+    proto, base_dir = load_structure(model)
+    proto = with_node_names(proto)
+    types = _inferred_types(proto)
+    failures: dict[str, RuntimeFailure] = {}
+    clean_runs: list[dict[str, np.ndarray]] = []
+    for binding in probe_sizes(proto, options):
+        feeds = synthesize_inputs(proto, binding, options)
+        found, outputs = _failures_at(proto, base_dir, feeds, binding, types, options)
+        for failure in found:
+            failures.setdefault(failure.node or failure.message, failure)
+        if not found and outputs is not None:
+            clean_runs.append(outputs)
+    return [*failures.values(), *suspicious_outputs(clean_runs)]
+
+
+def _failures_at(proto, base_dir, feeds, binding, types, options) -> tuple[list[RuntimeFailure], dict | None]:
+    found = _unknown_feeds(proto, base_dir, feeds, binding, options)
+    current = proto
+    for _ in range(MAX_CUTS):
+        result = ModelRunner(current, base_dir).run(feeds)
+        if result.ok:
+            return found, result.outputs
+        where = failing_node(result.error or "")
+        node = _node_named(current, where[1]) if where else None
+        if node is None:
+            found.append(RuntimeFailure("", "", result.error or "", binding, rule="GF000"))
+            return found, None
+        shapes = _input_shapes(current, base_dir, node, feeds)
+        found.append(RuntimeFailure(node.name, node.op_type, result.error or "", binding, shapes,
+                                    rule_for(node, result.error or "", current), tensors=list(node.output)))
+        current, fabricated = cut_at(current, node, binding, types)
+        feeds = {**feeds, **fabricated}
+    return found, None
+
+
+def _unknown_feeds(proto, base_dir, feeds, binding, options) -> list[RuntimeFailure]:
+    """Inputs the caller supplies that the graph does not declare (pruned by the exporter): GF001."""
+    declared = {i.name for i in graph_inputs(proto)}
+    extra = {k: v for k, v in options.inputs.items() if k not in declared}
+    if not extra:
+        return []
+    result = ModelRunner(proto, base_dir).run({**feeds, **extra}, strict_feeds=True)
+    message = result.error or f"inputs {sorted(extra)} are not graph inputs"
+    return [RuntimeFailure("", "", message, binding, rule="GF001", tensors=sorted(extra))]
+
+
+def rule_for(node: onnx.NodeProto, message: str, model: onnx.ModelProto) -> str:
+    """The graphfix rule a runtime failure belongs to."""
+    if INVALID_FEED.search(message) or "missing from input feed" in message:
+        return "GF001"
+    if node.op_type == "Concat" and "Non concat axis dimensions must match" in message:
+        return "GF002" if _fed_by(model, node, REPEAT_OPS) else "GF004"
+    if node.op_type in SHAPE_OPS or "MatMul dimension mismatch" in message:
+        return "GF004"
+    if node.op_type == "Where" or BROADCAST.search(message):
+        return "GF003"
+    return "GF000"
+
+
+def _fed_by(model: onnx.ModelProto, node: onnx.NodeProto, ops: set[str], depth: int = 4) -> bool:
+    """True when one of `ops` produces an input of `node` within `depth` nodes upstream."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    frontier = [producers[name] for name in node.input if name in producers]
+    for _ in range(depth):
+        if any(n.op_type in ops for n in frontier):
+            return True
+        frontier = [producers[name] for n in frontier for name in n.input if name in producers]
+    return False
+
+
+def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, with `<op>_<index>` names given to unnamed nodes so errors can point at them."""
+    if all(node.name for node in model.graph.node):
+        return model
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    taken = {node.name for node in named.graph.node}
+    for index, node in enumerate(named.graph.node):
+        if not node.name:
+            node.name = next(n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_") if n not in taken)
+            taken.add(node.name)
+    return named
+
+
+def _node_named(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
+    return next((node for node in model.graph.node if node.name == name), None)
+
+
+def _input_shapes(model, base_dir, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:
+    """Shapes of the failing node's inputs, from a run of only the nodes upstream of it."""
+    wanted = [name for name in node.input if name]
+    upstream = _upstream_only(model, wanted)
+    result = ModelRunner(upstream, base_dir).run(feeds)
+    if not result.ok:
+        return {}
+    return {name: list(np.shape(result.outputs[name])) for name in wanted if name in result.outputs}
+
+
+def _upstream_only(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A copy that computes only `outputs` (as its graph outputs) from the graph inputs."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    needed, stack, keep = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in producers:
+            continue
+        needed.add(name)
+        keep.add(id(producers[name]))
+        stack.extend(producers[name].input)
+    sub = onnx.ModelProto()
+    sub.CopyFrom(model)
+    kept = [n for n in model.graph.node if id(n) in keep]
+    del sub.graph.node[:]
+    sub.graph.node.extend(kept)
+    del sub.graph.output[:]
+    sub.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return sub
+
+
+def cut_at(model, node, binding, types) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Remove `node`; feed its outputs with fabricated values, or drop what depends on them when their shape is
+    not known at this binding."""
+    fabricated = {}
+    for name in node.output:
+        value = _fabricate(name, binding, types)
+        if value is None:
+            return _without_downstream(model, node), {}
+        fabricated[name] = value
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(n for n in model.graph.node if n.name != node.name)
+    for name, value in fabricated.items():
+        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+        cut.graph.input.append(helper.make_tensor_value_info(name, elem, value.shape))
+    return cut, fabricated
+
+
+def _fabricate(name: str, binding, types) -> np.ndarray | None:
+    if name not in types:
+        return None
+    elem_type, shape = types[name]
+    dims = [evaluate_dim(d, binding) for d in shape] if shape is not None else None
+    if dims is None or any(d is None for d in dims):
+        return None
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    return np.ones(dims, dtype=dtype)
+
+
+def _without_downstream(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
+    """A copy without `node`, every node that depends on it, and the graph outputs they produced."""
+    dead = set(node.output)
+    kept = []
+    for n in model.graph.node:
+        if n.name == node.name or dead.intersection(n.input):
+            dead.update(n.output)
+        else:
+            kept.append(n)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(kept)
+    outputs = [o for o in model.graph.output if o.name not in dead]
+    del cut.graph.output[:]
+    cut.graph.output.extend(outputs)
+    return cut
+
+
+def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
+    """Tensor name -> (elem type, symbolic shape) from onnxruntime's symbolic shape inference."""
+    from graphfix.shapes import value_info_shape
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception:  # without shapes, failing branches are dropped instead of fed
+        return {}
+    graph = inferred.graph if inferred is not None else model.graph
+    return {vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi)) for vi in (*graph.value_info, *graph.output)}
+
+
+def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure]:
+    """GF005 warnings: outputs with NaN/Inf at some size, or empty at every size."""
+    warnings = []
+    if not runs:
+        return warnings
+    for name in runs[0]:
+        values = [run[name] for run in runs if name in run]
+        if any(_non_finite(v) for v in values):
+            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)"))
+        elif all(np.size(v) == 0 for v in values):
+            warnings.append(_warning(name, f"output '{name}' is empty (0 elements) at every probe size"))
+    return warnings
+
+
+def _non_finite(value: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()
+
+
+def _warning(output: str, message: str) -> RuntimeFailure:
+    return RuntimeFailure("", "", message, {}, rule="GF005", severity=Severity.WARNING, tensors=[output])

@@ -1,0 +1,114 @@
+"""Running a model with onnxruntime on the CPU, without ever loading external weights into Python.
+
+Graph optimizations are disabled: every node then runs as written, so errors name the node of the file (not a
+fused one), constant folding cannot hide or move a failure, and intermediate tensors can be exposed as outputs
+for bisection. Numerically this is the reference behaviour of each kernel.
+
+A model given as a Path is read structure-only; ORT is told the folder so it memory-maps the weights itself.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ModelSource = onnx.ModelProto | pathlib.Path
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray] | None  # None when the run failed
+    error: str | None = None  # ORT's message, first line
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs is not None
+
+
+def load_structure(source: ModelSource) -> tuple[onnx.ModelProto, pathlib.Path | None]:
+    """The model proto (external weights left on disk) and the folder its external data is relative to."""
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    path = pathlib.Path(source)
+    return onnx.load_model(str(path), load_external_data=False), path.parent.resolve()
+
+
+class ModelRunner:
+    """One onnxruntime session for one model; `run` never raises for model errors."""
+
+    def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None):
+        self.proto = proto
+        self.base_dir = base_dir
+        self.session: ort.InferenceSession | None = None
+        self.load_error: str | None = None
+        try:
+            self.session = make_session(proto, base_dir)
+        except Exception as exc:  # an invalid model is a result here, not a crash
+            self.load_error = first_line(str(exc))
+
+    @classmethod
+    def from_source(cls, source: ModelSource) -> ModelRunner:
+        return cls(*load_structure(source))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()] if self.session else []
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()] if self.session else []
+
+    def run(self, feeds: dict[str, np.ndarray], *, strict_feeds: bool = False) -> RunResult:
+        """Outputs by name, or the error. Feeds the model does not declare are dropped unless `strict_feeds`."""
+        if self.session is None:
+            return RunResult(None, f"session could not be created: {self.load_error}")
+        if not strict_feeds:
+            feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        try:
+            values = self.session.run(None, feeds)
+        except Exception as exc:
+            return RunResult(None, first_line(error_text(exc)))
+        return RunResult(dict(zip(self.output_names, values, strict=True)))
+
+
+def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4  # failures are returned, not printed
+    options.intra_op_num_threads = 2
+    if base_dir is not None:
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def error_text(exc: BaseException) -> str:
+    """ORT's message without the `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :` prefix."""
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def failing_node(error: str) -> tuple[str, str] | None:
+    """(op_type, node name) from `... while running Where node. Name:'/Where' ...`, or None."""
+    match = NODE_IN_ERROR.search(error)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `proto` whose graph also outputs the named intermediate tensors (types left to ORT)."""
+    extended = onnx.ModelProto()
+    extended.CopyFrom(proto)
+    present = {o.name for o in extended.graph.output}
+    for name in names:
+        if name not in present:
+            extended.graph.output.append(onnx.ValueInfoProto(name=name))
+    return extended

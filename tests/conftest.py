@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models built in code, and helpers to run them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """A model from ONNX text; the checker must accept it so tests start from valid graphs."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+@pytest.fixture
+def save(tmp_path):
+    """save(model, name) -> path of the model written under tmp_path."""
+
+    def _save(model: onnx.ModelProto, name: str = "model.onnx"):
+        path = tmp_path / name
+        onnx.save(model, path)
+        return path
+
+    return _save

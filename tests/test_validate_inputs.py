@@ -1,0 +1,77 @@
+"""Input synthesis: sizes per symbolic dim, valid integer ranges, determinism and user overrides."""
+
+import numpy as np
+import onnx
+import onnx.parser
+from onnx import numpy_helper
+
+from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+
+
+def model(text: str) -> onnx.ModelProto:
+    return onnx.parser.parse_model('<ir_version: 10, opset_import: ["" : 17]>\n' + text)
+
+
+SHARED_DIMS = model("""
+g (float[B, T, 8] X, float[B, T] M, float[?, 3] U) => (float[B, T, 8] Y) {
+    Y = Relu(X)
+}""")
+
+
+def embedding_model(vocab: int) -> onnx.ModelProto:
+    m = model("""
+    g (int64[B, T] ids, int64[B] lengths) => (float[B, T, 4] Y) {
+        Y = Gather(table, ids)
+    }""")
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros((vocab, 4), np.float32), "table"))
+    return m
+
+
+def test_shared_dim_names_get_equal_sizes_at_every_binding():
+    options = ValidationOptions()
+    for sizes in probe_sizes(SHARED_DIMS, options):
+        feeds = synthesize_inputs(SHARED_DIMS, sizes, options)
+        assert feeds["X"].shape[:2] == feeds["M"].shape
+        assert feeds["X"].shape[2] == 8
+
+
+def test_at_least_three_distinct_bindings_and_unnamed_dims_get_sizes():
+    sizes = probe_sizes(SHARED_DIMS, ValidationOptions())
+    assert len(sizes) == 3
+    assert len({tuple(sorted(s.items())) for s in sizes}) == 3
+    assert all("U:0" in s for s in sizes)  # the `?` dim of U is bound too
+
+
+def test_trace_size_is_the_first_binding():
+    sizes = probe_sizes(SHARED_DIMS, ValidationOptions(trace_sizes={"T": 100}))
+    assert sizes[0]["T"] == 100
+    assert all(s["T"] != 100 for s in sizes[1:])
+
+
+def test_token_ids_stay_below_the_vocabulary_and_lengths_within_time():
+    m = embedding_model(vocab=5)
+    options = ValidationOptions()
+    for sizes in probe_sizes(m, options):
+        feeds = synthesize_inputs(m, sizes, options)
+        assert feeds["ids"].dtype == np.int64
+        assert 0 <= feeds["ids"].min() and feeds["ids"].max() < 5
+        assert 1 <= feeds["lengths"].min() and feeds["lengths"].max() <= feeds["ids"].shape[1]
+
+
+def test_synthesis_is_deterministic():
+    options = ValidationOptions()
+    sizes = probe_sizes(SHARED_DIMS, options)[1]
+    first, second = synthesize_inputs(SHARED_DIMS, sizes, options), synthesize_inputs(SHARED_DIMS, sizes, options)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_user_values_and_shapes_override():
+    given = np.full((1, 5, 8), 3.0, np.float32)
+    options = ValidationOptions(inputs={"X": given}, shapes={"U": (4, None)})
+    for sizes in probe_sizes(SHARED_DIMS, options):
+        assert sizes["B"] == 1 and sizes["T"] == 5  # dims taken from the given value
+        feeds = synthesize_inputs(SHARED_DIMS, sizes, options)
+        assert feeds["X"] is given
+        assert feeds["M"].shape == (1, 5)
+        assert feeds["U"].shape == (4, 3)
