@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
 LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
+ERROR_MARKER = "graphfix-simplify-error: "
 GROWTH_SLACK_BYTES = 256 << 10  # tiny models may grow by this much (value_info, small folded constants)
 
 
@@ -136,7 +137,11 @@ def _run_onnxsim_child(model_bytes: bytes, timeout_s: float) -> onnx.ModelProto 
 
 
 def _last_line(stderr: str, returncode: int) -> str:
+    """The child's one-line error report, else the last line it printed, else its exit status."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reports = [line.removeprefix(ERROR_MARKER) for line in lines if line.startswith(ERROR_MARKER)]
+    if reports:
+        return reports[-1]
     return lines[-1] if lines else f"onnxsim exited with status {returncode}"
 
 
@@ -177,19 +182,26 @@ def _input_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
 
 
 def _child_main(source: str, target: str) -> int:
-    """Entry point of the child process: simplify `source` into `target`."""
-    import onnxsim
-
-    model = onnx.load_model(source)
+    """Entry point of the child process: simplify `source` into `target`; report errors in one line."""
     try:
-        simplified, ok = onnxsim.simplify(model, skip_shape_inference=False)
-    except Exception:  # shape inference crashes on some valid models; try once without it
-        simplified, ok = onnxsim.simplify(model, skip_shape_inference=True)
+        simplified, ok = _simplify_with_fallback(onnx.load_model(source))
+    except Exception as exc:
+        print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
+        return 1
     if not ok:
-        print("onnxsim's own check failed", file=sys.stderr)
+        print(ERROR_MARKER + "onnxsim's own check failed", file=sys.stderr)
         return 2
     onnx.save_model(simplified, target)
     return 0
+
+
+def _simplify_with_fallback(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    try:
+        return onnxsim.simplify(model, skip_shape_inference=False)
+    except Exception:  # shape inference crashes on some valid models; try once without it
+        return onnxsim.simplify(model, skip_shape_inference=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Numpy-style broadcasting checks on symbolic shapes: which ops broadcast, shapes that keep their dim names, and
+the verdict on one pair of right-aligned dims.
+
+Why not `ctx.symbolic_shapes`: it runs onnxruntime's symbolic inference with `auto_merge=True`, which *merges*
+the symbols of a pair that cannot broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the
+model (graph inputs included) to 768, so the very defect we look for erases its own evidence. `unmerged_shapes`
+runs the same inference without merging and keeps what it inferred before it stopped at the broken node.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from enum import Enum
+
+import onnx
+
+from graphfix.shapes import value_info_shape
+
+log = logging.getLogger(__name__)
+
+# Multidirectional (numpy) broadcasting in the ONNX spec; all of them align shapes on the trailing dims.
+BROADCAST_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Mean", "Sum",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor",
+    "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Where",
+})
+
+Dim = int | str | None
+# Names sympy prints in onnxruntime's dim expressions ("floor(T/2) + 1"); they are not dims.
+_SYMPY_NAMES = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "CeilToInt", "FloorToInt", "Abs", "sqrt"})
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def unmerged_shapes(model: onnx.ModelProto) -> dict[str, list[Dim] | None]:
+    """Tensor name -> shape from onnxruntime's symbolic inference without auto-merge; partial when it stops early.
+
+    The library's own `infer_shapes` raises on an incomplete run (and writes sym_shape_infer_temp.onnx to the
+    working directory); the loop below is its body minus those two steps.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inference = SymbolicShapeInference(2**31 - 1, False, True, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        graph = inference.out_mp_.graph
+    except Exception as exc:  # symbolic inference does not know every op; fall back to onnx's shapes
+        log.debug("unmerged symbolic shape inference failed: %s", exc)
+        return {}
+    shapes = {vi.name: value_info_shape(vi) for vi in graph.value_info}
+    shapes.update({vi.name: value_info_shape(vi) for vi in graph.input})
+    return shapes
+
+
+def input_dim_names(model: onnx.ModelProto) -> frozenset[str]:
+    """The dim_params of the graph inputs: the sizes a user may vary."""
+    names = set()
+    for vi in model.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param:
+                names.add(dim.dim_param)
+    return frozenset(names)
+
+
+def is_input_dim(dim: Dim, inputs: frozenset[str]) -> bool:
+    """True for a named input dim or an expression of them ("T", "2*T", "floor(T/2) + 1")."""
+    if not isinstance(dim, str) or dim.startswith("unk__"):
+        return False
+    idents = set(_IDENT.findall(dim)) - _SYMPY_NAMES
+    return bool(idents) and idents <= inputs
+
+
+def merge_shape(primary: list[Dim] | None, fallback: list[Dim] | None) -> list[Dim] | None:
+    """Per dim, the first known value (int or name that is not `unk__N`) of the two shapes of one tensor."""
+    if primary is None or (fallback is not None and len(fallback) != len(primary)):
+        return fallback
+    if fallback is None:
+        return primary
+    return [p if _known(p) else f for p, f in zip(primary, fallback, strict=True)]
+
+
+def _known(dim: Dim) -> bool:
+    return isinstance(dim, int) or (isinstance(dim, str) and not dim.startswith("unk__"))
+
+
+class Pair(str, Enum):
+    """The verdict on two right-aligned dims."""
+
+    OK = "ok"  # equal, or one of them is 1
+    UNKNOWN = "unknown"  # not enough information (an unknown dim, two names that may be equal)
+    CONFLICT = "conflict"  # two different static sizes, neither 1: fails at every input size
+    PINNED = "pinned"  # a static size against a dynamic input dim: runs only when that dim is 1 or that size
+    MISALIGNED = "misaligned"  # two different input dims, one of which sits at another position of the other
+
+
+def pair_verdict(a: Dim, b: Dim, a_shape: list[Dim], b_shape: list[Dim], inputs: frozenset[str]) -> Pair:
+    if a == b or a == 1 or b == 1:
+        return Pair.OK
+    if isinstance(a, int) and isinstance(b, int):
+        return Pair.CONFLICT
+    if isinstance(a, int) and is_input_dim(b, inputs) or isinstance(b, int) and is_input_dim(a, inputs):
+        return Pair.PINNED
+    if is_input_dim(a, inputs) and is_input_dim(b, inputs) and (a in b_shape or b in a_shape):
+        return Pair.MISALIGNED
+    return Pair.UNKNOWN
+
+
+def right_aligned(a_shape: list[Dim], b_shape: list[Dim]) -> list[tuple[int, Dim, Dim]]:
+    """(axis of the broadcast result, dim of a, dim of b) for the axes both shapes have, numpy-style."""
+    rank = max(len(a_shape), len(b_shape))
+    pairs = []
+    for k in range(1, min(len(a_shape), len(b_shape)) + 1):
+        pairs.append((rank - k, a_shape[-k], b_shape[-k]))
+    return pairs[::-1]
+
+
+def leading_match(small: list[Dim], big: list[Dim]) -> tuple[bool, list[int]]:
+    """Whether `small` equals the leading dims of `big`, and the axes where the proof rests on equal static ints
+    other than 1 (those may be trace-time sizes that only coincide)."""
+    if len(small) >= len(big):
+        return False, []
+    static = []
+    for axis, (s, b) in enumerate(zip(small, big, strict=False)):
+        if s != b or not _known(s):
+            return False, []
+        if isinstance(s, int) and s != 1:
+            static.append(axis)
+    return True, static

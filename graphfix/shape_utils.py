@@ -1,0 +1,158 @@
+"""Small helpers for rules that read or rebuild shape vectors: constant evaluation of shape arithmetic and
+builders of `Shape(x)[i]` subgraphs.
+
+Exporters often leave the shape input of a Reshape or Expand as a little chain of constant-only nodes
+(`ConstantOfShape → Mul → Equal → Where` for `expand(n, -1)`). `ConstEval` folds such chains with numpy,
+memoised per tensor, so a rule sees the value without running onnxruntime or mutating the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+MAX_ELEMENTS = 4096  # shape vectors are small; anything bigger is data, not worth folding here
+MAX_DEPTH = 64
+
+
+def _attr(node: gs.Node, name: str, default=None):
+    return node.attrs.get(name, default)
+
+
+def _axes(node: gs.Node, inputs: list[np.ndarray], index: int) -> list[int] | None:
+    if len(inputs) > index:
+        return [int(a) for a in inputs[index].reshape(-1)]
+    axes = _attr(node, "axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _unsqueeze(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
+    out = v[0]
+    axes = sorted(a % (out.ndim + len(_axes(node, v, 1))) for a in _axes(node, v, 1))
+    for a in axes:
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _squeeze(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
+    axes = _axes(node, v, 1)
+    return np.squeeze(v[0]) if axes is None else np.squeeze(v[0], axis=tuple(axes))
+
+
+def _slice(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
+    data, starts, ends = v[0], v[1].reshape(-1), v[2].reshape(-1)
+    axes = v[3].reshape(-1) if len(v) > 3 else np.arange(len(starts))
+    steps = v[4].reshape(-1) if len(v) > 4 else np.ones(len(starts), dtype=np.int64)
+    index = [slice(None)] * data.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        index[int(a)] = slice(int(s), int(e), int(st))
+    return data[tuple(index)]
+
+
+def _div(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
+    if np.issubdtype(v[0].dtype, np.integer):
+        return (np.trunc(v[0] / v[1])).astype(v[0].dtype)
+    return v[0] / v[1]
+
+
+def _const_of_shape(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
+    value = _attr(node, "value")
+    fill = np.asarray(value.values if isinstance(value, gs.Constant) else (value if value is not None else 0.0))
+    fill = fill.reshape(-1)[0] if fill.size else np.float32(0)
+    return np.full([int(d) for d in v[0].reshape(-1)], fill, dtype=np.asarray(fill).dtype)
+
+
+_OPS: dict[str, Callable[[gs.Node, list[np.ndarray]], np.ndarray]] = {
+    "Identity": lambda n, v: v[0],
+    "Add": lambda n, v: v[0] + v[1],
+    "Sub": lambda n, v: v[0] - v[1],
+    "Mul": lambda n, v: v[0] * v[1],
+    "Div": _div,
+    "Neg": lambda n, v: -v[0],
+    "Equal": lambda n, v: np.equal(v[0], v[1]),
+    "Where": lambda n, v: np.where(v[0], v[1], v[2]),
+    "Concat": lambda n, v: np.concatenate(v, axis=int(_attr(n, "axis", 0))),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Reshape": lambda n, v: v[0].reshape([int(d) for d in v[1]]),
+    "Cast": lambda n, v: v[0].astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(n, "to"))),
+    "Slice": _slice,
+    "Gather": lambda n, v: np.take(v[0], v[1], axis=int(_attr(n, "axis", 0))),
+    "Transpose": lambda n, v: np.transpose(v[0], _attr(n, "perm")),
+    "ConstantOfShape": _const_of_shape,
+}
+
+
+class ConstEval:
+    """Values of tensors computed from constants only, through the small ops shape code uses."""
+
+    def __init__(self, leaf: Callable[[gs.Tensor], np.ndarray | None]):
+        self._leaf = leaf
+        self._memo: dict[int, np.ndarray | None] = {}
+
+    def __call__(self, tensor: gs.Tensor, depth: int = 0) -> np.ndarray | None:
+        key = id(tensor)
+        if key not in self._memo:
+            self._memo[key] = self._compute(tensor, depth)
+        return self._memo[key]
+
+    def _compute(self, tensor: gs.Tensor, depth: int) -> np.ndarray | None:
+        value = self._leaf(tensor)
+        if value is not None:
+            return value if value.size <= MAX_ELEMENTS else None
+        node = tensor.inputs[0] if tensor.inputs else None
+        if node is None or node.op not in _OPS or depth > MAX_DEPTH or len(node.outputs) != 1:
+            return None
+        inputs = [self(t, depth + 1) for t in node.inputs if t.name or isinstance(t, gs.Constant)]
+        if any(v is None for v in inputs):
+            return None
+        try:
+            out = np.asarray(_OPS[node.op](node, inputs))
+        except Exception:  # an op variant this folder does not know: treat the value as unknown
+            return None
+        return out if out.size <= MAX_ELEMENTS else None
+
+
+def int64(values: Sequence[int] | np.ndarray, name: str) -> gs.Constant:
+    return gs.Constant(name, np.asarray(values, dtype=np.int64).reshape(-1))
+
+
+def shape_dim(graph: gs.Graph, tensor: gs.Tensor, axis: int, opset: int, prefix: str) -> gs.Variable:
+    """A 1-D int64 tensor [tensor.shape[axis]] computed at run time, appended to `graph.nodes`."""
+    out = gs.Variable(f"{prefix}_dim{axis}", dtype=np.int64, shape=[1])
+    if opset >= 15:
+        graph.nodes.append(gs.Node("Shape", f"{prefix}_Shape{axis}", {"start": axis, "end": axis + 1},
+                                   inputs=[tensor], outputs=[out]))
+        return out
+    full = gs.Variable(f"{prefix}_shape", dtype=np.int64)
+    graph.nodes.append(gs.Node("Shape", f"{prefix}_Shape{axis}", inputs=[tensor], outputs=[full]))
+    graph.nodes.append(gs.Node("Gather", f"{prefix}_Gather{axis}", {"axis": 0},
+                               inputs=[full, int64([axis], f"{prefix}_axis{axis}")], outputs=[out]))
+    return out
+
+
+def shape_vector(graph: gs.Graph, entries: Sequence[int | tuple[gs.Tensor, int]], opset: int,
+                 prefix: str) -> gs.Tensor:
+    """A 1-D int64 shape vector: ints stay constants, (tensor, axis) entries become Shape(tensor)[axis]."""
+    if all(isinstance(e, int | np.integer) for e in entries):
+        return int64(list(entries), f"{prefix}_value")
+    pieces: list[gs.Tensor] = []
+    run: list[int] = []
+    for entry in entries:
+        if isinstance(entry, int | np.integer):
+            run.append(int(entry))
+            continue
+        if run:
+            pieces.append(int64(run, f"{prefix}_part{len(pieces)}"))
+            run = []
+        pieces.append(shape_dim(graph, entry[0], entry[1], opset, f"{prefix}_{len(pieces)}"))
+    if run:
+        pieces.append(int64(run, f"{prefix}_part{len(pieces)}"))
+    if len(pieces) == 1:
+        return pieces[0]
+    out = gs.Variable(f"{prefix}_shape_vector", dtype=np.int64, shape=[len(entries)])
+    graph.nodes.append(gs.Node("Concat", f"{prefix}_Concat", {"axis": 0}, inputs=pieces, outputs=[out]))
+    return out

@@ -1,0 +1,51 @@
+"""graphfix.verify compares an ONNX file with its PyTorch module and never claims what it did not measure."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import graphfix  # noqa: E402
+
+
+class BakedBatch(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(int(x.shape[0]), -1, 2)  # int() bakes the export batch into the graph
+
+
+class Dynamic(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1, 2)
+
+
+def export(module, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(3, 8),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}})
+    return path
+
+
+def test_dynamic_export_matches_at_every_size(tmp_path):
+    module = Dynamic()
+    report = graphfix.verify(export(module, tmp_path / "m.onnx"), module, (torch.randn(3, 8),))
+    assert report.ok
+    assert [c.input_shapes["x"] for c in report.checks] == [[3, 8], [6, 16], [9, 24]]
+    assert all(o.max_abs == 0.0 for c in report.checks for o in c.outputs)
+
+
+def test_baked_size_is_caught_at_other_sizes_only(tmp_path):
+    module = BakedBatch()
+    report = graphfix.verify(export(module, tmp_path / "m.onnx"), module, (torch.randn(3, 8),))
+    assert not report.ok
+    assert report.checks[0].ok  # the export size still works: that is what makes this bug hard to see
+    assert not any(c.ok for c in report.checks[1:])
+
+
+def test_explicit_probe_args(tmp_path):
+    module = Dynamic()
+    path = export(module, tmp_path / "m.onnx")
+    report = graphfix.verify(path, module, (torch.randn(3, 8),), probe_args=[(torch.randn(1, 2),)])
+    assert report.ok and [c.input_shapes["x"] for c in report.checks] == [[3, 8], [1, 2]]
