@@ -101,7 +101,7 @@ def pair_verdict(a: Dim, b: Dim, a_shape: list[Dim], b_shape: list[Dim], inputs:
         return Pair.OK
     if isinstance(a, int) and isinstance(b, int):
         return Pair.CONFLICT
-    if isinstance(a, int) and is_input_dim(b, inputs) or isinstance(b, int) and is_input_dim(a, inputs):
+    if (isinstance(a, int) and is_input_dim(b, inputs)) or (isinstance(b, int) and is_input_dim(a, inputs)):
         return Pair.PINNED
     if is_input_dim(a, inputs) and is_input_dim(b, inputs) and (a in b_shape or b in a_shape):
         return Pair.MISALIGNED

@@ -100,7 +100,8 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str)
     for ref in refs:
         reason = unsafe_location_reason(ref.location, base_dir)
         if reason:
-            raise InputError(f"{model_name}: tensor '{ref.tensor}' {reason}; refusing to read outside the model's folder")
+            raise InputError(f"{model_name}: tensor '{ref.tensor}' {reason}; refusing to read outside the model's "
+                             "folder")
         if ref.location not in sizes:
             path = ref.path(base_dir)
             if not path.is_file():

@@ -1,4 +1,4 @@
-"""onnxsim, bounded: in a child process, under a time limit, refused when it grows the model or renames its I/O.
+"""onnxsim, bounded: in a child process, with a time limit, refused when it grows the model or renames I/O.
 
 onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
 large constants). So it runs in `python -m graphfix.simplify IN OUT` with a timeout, and its result is checked
@@ -42,7 +42,7 @@ def simplify(
     timeout_s: float = 120.0,
     max_growth: float = 1.25,
 ) -> SimplifyResult:
-    """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything goes wrong.
+    """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything fails.
 
     `base_dir` is where the model's external data lives; it is only needed to tell the caller the weights stay
     there (they are never read here)."""
@@ -79,7 +79,9 @@ def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelPro
     existing_inputs = {i.name for i in light.graph.input}
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.name not in existing_inputs:
-            light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+            light.graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
     return light
 
 
@@ -104,7 +106,9 @@ def _copy_field(target, field, value) -> None:
         setattr(target, field.name, value)
 
 
-def _restore_initializers(simplified: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+def _restore_initializers(
+    simplified: onnx.ModelProto, original: onnx.ModelProto, names: set[str]
+) -> onnx.ModelProto:
     """Turn the lifted graph inputs back into the original initializers (external references intact)."""
     if not names:
         return simplified
@@ -113,7 +117,9 @@ def _restore_initializers(simplified: onnx.ModelProto, original: onnx.ModelProto
     inputs = [i for i in simplified.graph.input if i.name not in names or _was_graph_input(original, i.name)]
     del simplified.graph.input[:]
     simplified.graph.input.extend(inputs)
-    simplified.graph.initializer.extend(t for t in original.graph.initializer if t.name in names and t.name in used)
+    simplified.graph.initializer.extend(
+        t for t in original.graph.initializer if t.name in names and t.name in used
+    )
     return simplified
 
 
@@ -132,7 +138,8 @@ def _run_onnxsim_child(model_bytes: bytes, timeout_s: float) -> onnx.ModelProto 
         except subprocess.TimeoutExpired:
             return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
         if done.returncode != 0 or not target.exists():
-            return f"simplification failed, kept the unsimplified graph: {_last_line(done.stderr, done.returncode)}"
+            reason = _last_line(done.stderr, done.returncode)
+            return f"simplification failed, kept the unsimplified graph: {reason}"
         return onnx.load_model(str(target), load_external_data=False)
 
 

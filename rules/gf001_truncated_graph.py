@@ -83,9 +83,9 @@ class TruncatedGraph(Rule):
                     "time and will be the same for every input",
                     nodes=out.inputs,
                     tensors=[out],
-                    hint="A size or value went through Python (int(), float(), .item(), .tolist()) or an input was "
-                    "exported as a constant; keep it a tensor, e.g. torch.tensor(float(x.shape[1])) -> "
-                    "x.new_tensor(x.shape[1]) is still baked, use torch._shape_as_tensor(x)[1].",
+                    hint="A size or value went through Python (int(), float(), .item(), .tolist(), torch.tensor(...)) "
+                    "or an input was exported as a constant; compute it with tensor ops from the input, e.g. "
+                    "torch.tensor(float(x.shape[1])) -> torch._shape_as_tensor(x)[1].float().",
                 )
 
     def _unused_inputs(self, graph: gs.Graph) -> Iterator[Finding]:

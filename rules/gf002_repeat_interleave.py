@@ -1,13 +1,423 @@
-"""GF002 repeat-interleave (placeholder until the rule lands)."""
+"""GF002 repeat-interleave."""
 
-from graphfix.rule import Rule
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.context import RuleContext
+from graphfix.repeat_utils import Builder, Elem, ShapeVec, Sym, indexed_repeat, uniform_repeat
+from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+
+
+@dataclass
+class Match:
+    """One exported repeat_interleave: input, normalised dim and repeats, and the subgraph that computes it.
+
+    `repeats` is an int or `Sym` (one count for every slice), an int64 array (constant per-element counts)
+    or a tensor of the graph (per-element counts known at run time)."""
+
+    form: str
+    x: gs.Tensor
+    dim: int
+    repeats: Any
+    output: gs.Tensor
+    nodes: list[gs.Node] = field(default_factory=list)
+
+
+class Candidate(Exception):
+    """Raised by a matcher on a subgraph that looks like repeat_interleave but cannot be proven to be one."""
 
 
 class RepeatInterleave(Rule):
-    """Placeholder: detects nothing yet."""
+    """repeat_interleave exported as Tile chains, unrolled Split/Concat or Sequence loops.
+
+    ## What it does
+    Finds every form torch.onnx emits for `torch.repeat_interleave` / `Tensor.repeat_interleave` and recovers
+    the input, the dim and the repeats by data flow (not by node names):
+    - **tile**: TorchScript exporter, integer repeats: `Unsqueeze → Tile → Reshape` whose target is built with
+      `Shape/Slice/Concat` (or `Flatten` on 2-D inputs);
+    - **tile-onehot**: repeats computed from a size (`q.size(1) // k.size(1)`): the Tile repeats come from a
+      `Div → Cast → Concat → OneHot → Reshape` chain;
+    - **unrolled**: a repeats *tensor* (`torch.tensor([1, 2, 3])`) unrolled into `Split → Unsqueeze → Expand →
+      Reshape → Concat`, one branch per element; older exporters did the same with `SplitToSequence/SequenceAt`;
+    - **loop**: `SplitToSequence → Loop{SequenceAt, Expand, SequenceInsert} → ConcatFromSequence` (torch 2.13
+      for a repeats tensor on a dynamic axis, older torch also for integer repeats on one).
+    The healthy forms (dynamo's `Unsqueeze → Expand → Reshape` and its `CumSum … Gather`) are not reported.
+
+    ## Why it breaks deployment
+    The unrolled form bakes `x.size(dim)` into the Split and, in torch 2.13, a wrong Reshape target
+    (`[0, -1, 0]` after an Unsqueeze): onnxruntime fails with `Concat node ... Non concat axis dimensions must
+    match` even at the export size, or returns wrong shapes. The Loop form fails the same way in
+    `ConcatFromSequence`, and TensorRT rejects Sequence ops (wenet #2517, #1630; onnxruntime #11672). The Tile
+    forms run, but spend 12–39 nodes of shape arithmetic on what `Unsqueeze → Expand → Reshape` does in three
+    (pytorch #100438: 463 nodes for one call).
+
+    ## Example
+    ```python
+    k = torch.repeat_interleave(k, self.h // self.h_kv, dim=-3)   # wenet MQA/GQA before PR #2519
+    k = k.unsqueeze(-3).expand(-1, -1, self.h // self.h_kv, -1, -1).flatten(-4, -3)   # after (k is 4-D)
+    x = torch.repeat_interleave(x, torch.tensor([1, 2, 3]), dim=1)  # breaks in ORT
+    x = x.index_select(1, self.index)   # self.index = torch.repeat_interleave(torch.arange(3), reps): a buffer
+    ```
+
+    ## Fix safety
+    One repeat count (an int, a size expression, or per-element counts that are all equal) becomes
+    `Unsqueeze → Expand → Reshape`; distinct constant counts become one `Gather` with constant indices (the
+    folded `CumSum`); run-time counts become `CumSum → Range → LessOrEqual → ReduceSum → Gather`, as dynamo
+    exports them. The fix is safe when the input, the dim and every repeat count were recovered exactly and the
+    subgraph has no other readers; anything unproven is rejected with the reason and left alone.
+    """
 
     code = "GF002"
     name = "repeat-interleave"
+    severity = Severity.ERROR
+    fixable = True
 
-    def detect(self, ctx):
-        return iter(())
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        vec = ShapeVec(ctx.constant_value, lambda t: _shape_of(ctx, t))
+        matchers = {"Tile": _match_tile, "Concat": _match_unrolled, "ConcatFromSequence": _match_loop}
+        for node in list(ctx.graph.nodes):
+            matcher = matchers.get(node.op)
+            if matcher is None:
+                continue  # only these ops end (or, for Tile, carry) an exported repeat_interleave
+            try:
+                match = matcher(ctx, vec, node)
+            except Candidate as why:
+                yield self.reject(str(why), nodes=[node])
+                continue
+            if match is None:
+                continue  # not shaped like repeat_interleave at all
+            yield self._finding(ctx, match)
+
+    def _finding(self, ctx: RuleContext, m: Match) -> Finding:
+        shape = ctx.shape(m.x) or []
+        per_element = isinstance(m.repeats, np.ndarray | gs.Tensor)
+        shown = _show_repeats(m.repeats)
+        broken = m.form in ("unrolled", "loop")
+        cause = (f"repeat_interleave({m.x.name}, {shown}, dim={m.dim}) exported in the {m.form} form "
+                 f"({len(m.nodes)} nodes"
+                 + ("; it bakes the element count and fails or returns wrong shapes in onnxruntime)" if broken
+                    else "; shape arithmetic where Unsqueeze → Expand → Reshape suffices)"))
+        replacement = "Gather with per-element indices" if per_element else "Unsqueeze → Expand → Reshape"
+        hint = ("Index with a precomputed buffer: self.register_buffer('index', torch.repeat_interleave("
+                "torch.arange(n), repeats)); x.index_select(dim, self.index) — or export with dynamo=True."
+                if per_element else
+                f"Write x.unsqueeze({m.dim + 1}).expand(..., r, ...).flatten({m.dim}, {m.dim + 1}) "
+                "(wenet PR #2519), or export with dynamo=True.")
+        return self.finding(
+            cause,
+            nodes=m.nodes,
+            tensors=[m.x, m.output],
+            shapes={m.x.name: shape, m.output.name: ctx.shape(m.output)},
+            severity=Severity.ERROR if broken else Severity.WARNING,
+            hint=hint,
+            fix=Fix(f"replace the {m.form} repeat_interleave of '{m.x.name}' with {replacement}",
+                    apply=_rewrite(m, shape, ctx.opset), safety=Safety.SAFE,
+                    reason=f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the "
+                           "data flow; the replacement computes torch.repeat_interleave with them"),
+        )
+
+
+# ------------------------------------------------------------------------------------------------ matchers
+
+def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
+    unsq = _producer(tile.inputs[0])
+    if unsq is None or unsq.op != "Unsqueeze" or len(tile.outputs[0].outputs) != 1:
+        return None  # repeat_interleave tiles an unsqueezed input and only merges the result
+    merge = tile.outputs[0].outputs[0]
+    if merge.op not in ("Reshape", "Flatten") or tile.outputs[0].name in ctx.graph_output_names:
+        return None
+    x = unsq.inputs[0]
+    shape = ctx.shape(x)
+    axis = _single_axis(ctx, unsq)
+    if shape is None or axis is None:
+        raise Candidate("Unsqueeze → Tile → Reshape: rank of the input or the unsqueeze axis unknown")
+    rank = len(shape)
+    dim = (axis + rank + 1 if axis < 0 else axis) - 1
+    if dim < 0:
+        return None  # a new leading axis: torch.repeat / tile, not repeat_interleave
+    reps = vec.elems(tile.inputs[1])
+    if reps is None or len(reps) != rank + 1:
+        raise Candidate("Tile repeats cannot be read as a vector of known length")
+    if any(r != 1 for j, r in enumerate(reps) if j != dim + 1):
+        raise Candidate(f"Tile repeats {_show(reps)} repeat other axes too: a repeat, not repeat_interleave")
+    if not _merges(ctx, vec, merge, tile.outputs[0], x, shape, dim, reps[dim + 1]):
+        raise Candidate(f"the {merge.op} after Tile does not merge axes {dim} and {dim + 1} back")
+    onehot = any(_producer(t) is not None and _producer(t).op == "OneHot" for t in _ancestors(tile.inputs[1], 3))
+    return Match("tile-onehot" if onehot else "tile", x, dim, reps[dim + 1], merge.outputs[0], [unsq, tile, merge])
+
+
+def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match | None:
+    branches = [_branch(ctx, t) for t in concat.inputs]
+    if not branches or any(b is None for b in branches):
+        return None  # every input must be Reshape(Expand(Unsqueeze(chunk)))
+    firsts = {id(b[0].inputs[0]) for b in branches}
+    source = _chunk_source(branches[0][0].inputs[0])
+    if source is None or len(firsts) != len(branches):
+        return None
+    x, axis, kind = source
+    shape = ctx.shape(x)
+    if shape is None:
+        raise Candidate("rank of the repeated input is unknown")
+    dim = axis % len(shape)
+    if concat.attrs.get("axis", 0) % len(shape) != dim:
+        raise Candidate("Concat axis differs from the Split axis")
+    chunks = [_chunk_index(ctx, b[0].inputs[0]) for b in branches]
+    if chunks != list(range(len(branches))) or not _split_covers(ctx, vec, branches[0][0].inputs[0], len(chunks)):
+        raise Candidate("the branches do not take the input's slices once each, in order")
+    reps = [_branch_repeat(ctx, vec, b, x, shape, dim) for b in branches]
+    repeats = _collect_repeats(ctx, vec, reps)
+    nodes = [n for b in branches for n in b] + [concat]
+    return Match(f"unrolled-{kind}" if kind == "sequence" else "unrolled", x, dim, repeats, concat.outputs[0], nodes)
+
+
+def _match_loop(ctx: RuleContext, vec: ShapeVec, cfs: gs.Node) -> Match | None:
+    loop = _producer(cfs.inputs[0])
+    if loop is None or loop.op != "Loop" or cfs.attrs.get("new_axis", 0):
+        return None
+    slot = loop.outputs.index(cfs.inputs[0])
+    body: gs.Graph = loop.attrs["body"]
+    if _producer(loop.inputs[2 + slot]) is None or _producer(loop.inputs[2 + slot]).op != "SequenceEmpty":
+        return None  # the sequence must start empty
+    insert = _producer(body.outputs[1 + slot])
+    if insert is None or insert.op != "SequenceInsert" or insert.inputs[0] is not body.inputs[2 + slot]:
+        raise Candidate("Loop body does not append to the carried sequence")
+    branch = _branch(ctx, insert.inputs[1])
+    if branch is None:
+        raise Candidate("Loop body does not append Reshape(Expand(Unsqueeze(slice)))")
+    at = _producer(branch[0].inputs[0])
+    if at is None or at.op != "SequenceAt" or at.inputs[1] is not body.inputs[0]:
+        raise Candidate("Loop body does not take slice i of the input in iteration i")
+    x, axis, _ = _split_to_sequence(at.inputs[0]) or (None, 0, "")
+    shape = None if x is None else ctx.shape(x)
+    if shape is None:
+        raise Candidate("the sliced input is not a SplitToSequence of unit pieces, or its rank is unknown")
+    dim = axis % len(shape)
+    if cfs.attrs.get("axis", 0) % len(shape) != dim or not _true(vec, loop.inputs[1]):
+        raise Candidate("ConcatFromSequence axis differs from the split axis, or the loop condition is not true")
+    trips = vec.elems(loop.inputs[0])
+    if trips is None or len(trips) != 1 or trips[0] not in (Sym("dim", x, dim), shape[dim]):
+        raise Candidate(f"the trip count is not {x.name}.size({dim})")
+    if not _unit_split(vec, _producer(at.inputs[0])):
+        raise Candidate("the input is not split into pieces of size 1")
+    repeat = _branch_repeat(ctx, vec, branch, x, shape, dim, iteration=body.inputs[0])
+    if isinstance(repeat, tuple):
+        repeat = _resolve(ctx, vec, repeat[1])
+    return Match("loop", x, dim, repeat, cfs.outputs[0], [loop, cfs, _producer(at.inputs[0])])
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _branch(ctx: RuleContext, tensor: gs.Tensor) -> list[gs.Node] | None:
+    """[Unsqueeze, Expand, Reshape] when `tensor` is Reshape(Expand(Unsqueeze(.))) read by nothing else."""
+    reshape = _producer(tensor)
+    expand = reshape and reshape.op == "Reshape" and _producer(reshape.inputs[0])
+    unsq = expand and expand.op == "Expand" and _producer(expand.inputs[0])
+    if not unsq or unsq.op != "Unsqueeze":
+        return None
+    if len(unsq.outputs[0].outputs) != 1 or len(expand.outputs[0].outputs) != 1:
+        return None
+    return [unsq, expand, reshape]
+
+
+def _branch_repeat(ctx, vec, branch, x, shape, dim, iteration=None) -> Elem | tuple:
+    """The repeat count of one branch: an int, or ("chunk", source tensor, index) / ("at", seq source)."""
+    unsq, expand, _ = branch
+    if _single_axis(ctx, unsq) not in (dim + 1, dim - len(shape)):
+        raise Candidate(f"a branch unsqueezes another axis than {dim + 1}")
+    target = vec.elems(expand.inputs[1])
+    if target is None or len(target) != len(shape) + 1:
+        raise Candidate("an Expand shape cannot be read as a vector of known length")
+    keep = [shape[j] for j in range(dim)] + [1, None] + [shape[j] for j in range(dim + 1, len(shape))]
+    for j, (want, got) in enumerate(zip(keep, target, strict=True)):
+        if j != dim + 1 and got != 1 and not (isinstance(want, int) and got == want):
+            raise Candidate(f"Expand shape {_show(target)} changes axis {j}, not only the repeat axis")
+    count = target[dim + 1]
+    if isinstance(count, int):
+        return count
+    piece = _producer(count.tensor) if count.kind == "val" and count.index == 0 else None
+    if piece is not None and piece.op == "SequenceAt" and (iteration is None or piece.inputs[1] is iteration):
+        source = _split_to_sequence(piece.inputs[0])
+        if source is not None and source[1] == 0:
+            if _unit_split(vec, _producer(piece.inputs[0])):
+                return ("at", source[0], piece.inputs[1])
+    source = _chunk_source(count.tensor)
+    if source is None or source[1] != 0 or (source[2] == "sequence" and not _unit_split(
+            vec, _producer(_producer(count.tensor).inputs[0]))):
+        raise Candidate("a repeat count comes from neither a constant nor a unit split of a repeats tensor")
+    return ("chunk", source[0], _chunk_index(ctx, count.tensor), count.tensor)
+
+
+def _collect_repeats(ctx: RuleContext, vec: ShapeVec, reps: list) -> Any:
+    """One int, an array of constant counts, or the repeats tensor the branches took their counts from."""
+    if all(isinstance(r, int) for r in reps):
+        return reps[0] if len(set(reps)) == 1 else np.asarray(reps, dtype=np.int64)
+    sources = {id(r[1]) for r in reps if isinstance(r, tuple)}
+    if len(sources) != 1 or any(not isinstance(r, tuple) or r[2] != k for k, r in enumerate(reps)):
+        raise Candidate("repeat counts mix constants and tensors, or come out of order")
+    if not _split_covers(ctx, vec, reps[0][3], len(reps)):
+        raise Candidate("the repeats tensor is not split into exactly one count per slice")
+    return _resolve(ctx, vec, reps[0][1])
+
+
+def _resolve(ctx: RuleContext, vec: ShapeVec, repeats: gs.Tensor) -> Any:
+    """Constant counts as an array, Expand(c) as the int c, anything else stays a run-time tensor."""
+    values = vec.elems(repeats)
+    if values is not None and all(isinstance(v, int) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    maker = _producer(repeats)
+    if maker is not None and maker.op == "Expand":
+        fill = ctx.constant_value(maker.inputs[0])
+        if fill is not None and fill.size == 1 and np.issubdtype(fill.dtype, np.integer):
+            return int(fill.reshape(-1)[0])
+    return repeats
+
+
+def _chunk_source(tensor: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
+    """(input, axis, kind) when `tensor` is one piece of a Split (or SequenceAt of a SplitToSequence)."""
+    node = _producer(tensor)
+    if node is not None and node.op == "Split":
+        return node.inputs[0], node.attrs.get("axis", 0), "split"
+    if node is not None and node.op == "SequenceAt":
+        return _split_to_sequence(node.inputs[0])
+    return None
+
+
+def _chunk_index(ctx: RuleContext, tensor: gs.Tensor) -> int | None:
+    node = _producer(tensor)
+    if node.op == "Split":
+        return node.outputs.index(tensor)
+    value = ctx.constant_value(node.inputs[1])
+    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _split_covers(ctx, vec, piece: gs.Tensor, count: int) -> bool:
+    """The split yields exactly `count` pieces of size 1 (so the branches see the whole input)."""
+    node = _producer(piece)
+    x, axis = node.inputs[0], node.attrs.get("axis", 0)
+    shape = ctx.shape(x) or []
+    if node.op == "SequenceAt":
+        node = _producer(node.inputs[0])
+    if node.op == "Split" and len(node.outputs) != count:
+        return False
+    sizes = node.attrs.get("split") or (vec.elems(node.inputs[1]) if len(node.inputs) > 1 else None)
+    if sizes is None and node.op == "Split":
+        return bool(shape) and shape[axis % len(shape)] == count
+    if sizes is None or (len(sizes) == 1 and node.op == "SplitToSequence"):
+        return _unit_split(vec, node) and bool(shape) and shape[axis % len(shape)] == count
+    return list(sizes) == [1] * count
+
+
+def _unit_split(vec: ShapeVec, node: gs.Node) -> bool:
+    """A SplitToSequence into pieces of size 1 (split = 1, a vector of ones, or ConstantOfShape(value=1))."""
+    split = node.inputs[1]
+    sizes = vec.elems(split)
+    if sizes is not None:
+        return bool(sizes) and all(s == 1 for s in sizes)
+    maker = _producer(split)
+    fill = maker.attrs.get("value") if maker is not None and maker.op == "ConstantOfShape" else None
+    return fill is not None and np.asarray(getattr(fill, "values", fill)).reshape(-1).tolist() == [1]
+
+
+def _split_to_sequence(seq: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
+    node = _producer(seq)
+    if node is None or node.op != "SplitToSequence" or len(node.inputs) < 2:
+        return None
+    return node.inputs[0], node.attrs.get("axis", 0), "sequence"
+
+
+def _merges(ctx, vec, merge: gs.Node, tiled: gs.Tensor, x: gs.Tensor, shape: list, dim: int, repeat) -> bool:
+    """Whether `merge` (Reshape or Flatten of the tiled tensor) merges axes dim and dim+1 and keeps the rest."""
+    rank = len(shape)
+    if merge.op == "Flatten":
+        return rank == 2 and dim == 2 - merge.attrs.get("axis", 1)
+    target = vec.elems(merge.inputs[1])
+    if target is None or len(target) != rank:
+        return False
+    merged = shape[dim] * repeat if isinstance(shape[dim], int) and isinstance(repeat, int) else None
+    zero_ok = merge.attrs.get("allowzero", 0) == 0
+    for j, got in enumerate(target):
+        src = j if j < dim else j + 1
+        same = (Sym("dim", tiled, src), Sym("dim", x, j))
+        if j == dim:
+            ok = got == -1 or (merged is not None and got == merged)
+        else:
+            ok = got in same or (isinstance(shape[j], int) and got == shape[j]) or (zero_ok and got == 0 and j < dim)
+        if not ok:
+            return False
+    return True
+
+
+def _single_axis(ctx: RuleContext, unsq: gs.Node) -> int | None:
+    axes = unsq.attrs.get("axes")
+    if axes is None and len(unsq.inputs) > 1:
+        value = ctx.constant_value(unsq.inputs[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return axes[0] if axes is not None and len(axes) == 1 else None
+
+
+def _true(vec: ShapeVec, cond: gs.Tensor) -> bool:
+    if not cond.name and not isinstance(cond, gs.Constant):
+        return True
+    got = vec.elems(cond)
+    return got is not None and len(got) == 1 and got[0] in (1, True)
+
+
+def _producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def _ancestors(tensor: gs.Tensor, depth: int) -> list[gs.Tensor]:
+    found, frontier = [tensor], [tensor]
+    for _ in range(depth):
+        frontier = [t for f in frontier if f.inputs for t in f.inputs[0].inputs]
+        found.extend(frontier)
+    return found
+
+
+def _shape_of(ctx: RuleContext, tensor: gs.Tensor) -> list | None:
+    """ctx.shape, plus: a piece of a unit SplitToSequence of a 1-D tensor is a 1-element vector."""
+    node = _producer(tensor)
+    if node is not None and node.op == "SequenceAt" and (source := _split_to_sequence(node.inputs[0])):
+        if source[1] == 0 and (ctx.shape(source[0]) or [None, None]).__len__() == 1:
+            return [1]
+    return ctx.shape(tensor)
+
+
+def _show(elems: list) -> str:
+    return "[" + ", ".join(str(e) if not isinstance(e, Sym) else f"{e.tensor.name}[{e.index}]" for e in elems) + "]"
+
+
+def _show_repeats(repeats: Any) -> str:
+    if isinstance(repeats, np.ndarray):
+        return f"tensor({repeats.tolist()})"
+    if isinstance(repeats, gs.Tensor):
+        return f"tensor '{repeats.name}'"
+    if isinstance(repeats, Sym):
+        return f"{repeats.tensor.name}.size({repeats.index})" if repeats.kind == "dim" else f"'{repeats.tensor.name}'"
+    return str(repeats)
+
+
+# ------------------------------------------------------------------------------------------------ the fix
+
+def _rewrite(m: Match, shape: list, opset: int):
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"gf002_{m.output.name}", opset)
+        repeats = m.repeats
+        if isinstance(repeats, np.ndarray) and repeats.size and (repeats == repeats[0]).all():
+            repeats = int(repeats[0])
+        if isinstance(repeats, np.ndarray | gs.Tensor):
+            y = indexed_repeat(b, m.x, m.dim, repeats, m.output.dtype)
+        else:
+            y = uniform_repeat(b, m.x, shape, m.dim, repeats, m.output.dtype)
+        node = y.inputs[0]
+        m.output.inputs.clear()  # detach the old subgraph; the engine's clean-up removes it
+        node.outputs.clear()
+        node.outputs.append(m.output)
+
+    return apply

@@ -1,13 +1,242 @@
-"""GF003 broadcast-mismatch (placeholder until the rule lands)."""
+"""GF003 broadcast-mismatch."""
 
-from graphfix.rule import Rule
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.broadcast_utils import (
+    BROADCAST_OPS,
+    Dim,
+    Pair,
+    input_dim_names,
+    leading_match,
+    merge_shape,
+    pair_verdict,
+    right_aligned,
+    unmerged_shapes,
+)
+from graphfix.context import RuleContext
+from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+
+BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
+WHERE_LABELS = ("condition", "X", "Y")
+
+MASK_HINT = (
+    "Replace `x[mask] = value` with `x = x.masked_fill(mask.unsqueeze(-1), value)` (transformers: "
+    "`hidden_states[~attention_mask] = 0.0` -> `hidden_states = hidden_states.masked_fill("
+    "~attention_mask.unsqueeze(-1), 0.0)`); the dynamo exporter (dynamo=True) exports `x[mask] = value` "
+    "correctly, as ScatterND."
+)
+BAKED_HINT = (
+    "A size was captured as a constant while tracing (a table sliced or built with a Python int, int()/math.ceil/"
+    ".item() on a size); keep it a tensor, e.g. `self.pe[:, : x.size(1)]` under torch.jit.trace is still dynamic, "
+    "`self.pe[:, : int(x.size(1))]` is not. GF004 (trace-baked-shape) locates and repairs baked sizes."
+)
+GENERIC_HINT = (
+    "Check these operand shapes in PyTorch and make the broadcast explicit (unsqueeze/view/expand) so the dims "
+    "line up from the right. If one size was captured at trace time, see GF004 (trace-baked-shape)."
+)
 
 
 class BroadcastMismatch(Rule):
-    """Placeholder: detects nothing yet."""
+    """Elementwise ops and Where whose operand shapes cannot broadcast for valid input sizes.
+
+    ## What it does
+    Checks every numpy-broadcasting op (Add, Sub, Mul, Div, Pow, Mod, Max, Min, Mean, Sum, Equal, Less, Greater,
+    And, Or, Xor, Bitwise*, Where) on symbolic shapes. Shapes are aligned from the right, as ONNX and onnxruntime
+    do; a pair of dims is a mismatch when both are different static sizes other than 1, when a static size meets
+    a dynamic input dim (it then runs only at that size), or when two different input dims are mis-aligned (the
+    condition's `T` sits under the data's `C` while the data has its own `T` one axis to the left).
+
+    Two causes are told apart. *Rank misalignment*: a lower-rank operand whose dims are the leading dims of the
+    other one, the mark of `x[mask] = value` with a bool mask of lower rank. *A size captured at trace time*: a
+    static dim against a dynamic one, e.g. a positional table cut at the export length; GF004 owns that fix.
+
+    ## Why it breaks deployment
+    The TorchScript exporter (`dynamo=False`, every opset) turns `x[mask] = 0` with `mask[B,T]` and `x[B,T,C]`
+    into `Where(mask, 0, x)`. PyTorch's indexing puts the mask on the leading dims; ONNX broadcasting puts it on
+    the trailing ones, so onnxruntime fails even at the export size: `Attempting to broadcast an axis by a
+    dimension other than 1. 768 by 100`, or `condition operand cannot broadcast on dim 1 Condition Shape:
+    {1,100}, X Shape: {}, Y Shape: {1,100,768}` (fairseq HuBERT #5595, transformers wav2vec2 #10004). A table cut at
+    the export length fails at every other length: `Add ... 6400 by 24960` (APGCC #22), `211 by 421` (espnet_onnx
+    #88). The dynamo exporter emits the index_put as ScatterND, which works.
+
+    ## Example
+    ```python
+    x[padding_mask] = 0                                   # Where(mask[B,T], 0, x[B,T,C]): fails in onnxruntime
+    x = x.masked_fill(padding_mask.unsqueeze(-1), 0)      # Where(mask[B,T,1], 0, x[B,T,C]): fine
+    ```
+
+    ## Fix safety
+    For rank misalignment the fix unsqueezes the trailing axes of the lower-rank operand (`mask[..., None]`).
+    It is safe on a Where condition whose dims provably equal the leading dims of the data (the same symbolic
+    dims): that is exactly what PyTorch's index_put with a bool mask means. It is unsafe when the proof rests on
+    equal static sizes (they may be trace-time sizes that only coincide), and for other ops and Where's X/Y
+    operands, where PyTorch aligns trailing dims too and leading alignment is a guess of intent. Static-vs-dynamic
+    conflicts are reported without a fix: GF004 (trace-baked-shape) repairs the baked size.
+    """
 
     code = "GF003"
     name = "broadcast-mismatch"
+    severity = Severity.ERROR
+    fixable = True
 
-    def detect(self, ctx):
-        return iter(())
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        inputs = input_dim_names(ctx.model)
+        refined: dict[str, list[Dim] | None] | None = None
+        for node in ctx.graph.nodes:
+            if node.op not in BROADCAST_OPS:
+                continue  # only numpy-broadcasting ops
+            operands = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
+            if len(operands) < 2:
+                continue  # nothing to broadcast against
+            coarse = [ctx.shape(t) for t in operands]
+            if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
+                continue  # onnx's shapes already broadcast
+            if refined is None:  # one symbolic inference per graph, only once a candidate needs it
+                refined = unmerged_shapes(ctx.model)
+            shapes = [merge_shape(refined.get(t.name), s) for t, s in zip(operands, coarse, strict=True)]
+            if any(s is None for s in shapes):
+                yield self.reject("an operand's rank is unknown", nodes=[node])
+                continue
+            yield from self._check(ctx, node, operands, shapes, inputs)
+
+    def _check(self, ctx, node, operands, shapes, inputs) -> Iterator[Finding | Rejection]:
+        pairs = _pairs(shapes, inputs)
+        bad = [p for p in pairs if p[-1] in BAD]
+        if not bad:
+            # only dims that may be equal at run time (two different names, an unknown dim)
+            a, b = next(((p[3], p[4]) for p in pairs if p[-1] is Pair.UNKNOWN), (None, None))
+            yield self.reject(f"dims {a} and {b} differ but may be equal at run time", nodes=[node])
+            return
+        labels = _labels(node, operands)
+        shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
+        ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))
+        lower = sorted({i for p in bad for i in p[:2] if len(shapes[i]) < len(shapes[ref])})
+        proofs = [leading_match(shapes[i], shapes[ref]) for i in lower]
+        if lower and all(ok for ok, _ in proofs) and _fixed_by_unsqueeze(shapes, lower, len(shapes[ref]), inputs):
+            static_axes = sorted({a for _, axes in proofs for a in axes})
+            fix = self._unsqueeze_fix(ctx, node, lower, shapes, ref, labels, static_axes)
+            yield self.finding(
+                f"{node.op} '{node.name}' aligns {_describe(labels, operands, shapes, lower)} with "
+                f"{labels[ref]} '{operands[ref].name}' {_fmt(shapes[ref])} from the right, pairing "
+                f"{_pairs_text(bad)}; yet its dims are the leading dims of {labels[ref]} (a lower-rank bool mask, "
+                f"as `x[mask] = value` exports with the TorchScript exporter), so it {_when(bad)}.",
+                nodes=[node], tensors=operands, shapes=shape_map, fix=fix,
+                hint=MASK_HINT if node.op == "Where" else GENERIC_HINT,
+            )
+            return
+        pinned = [p for p in bad if p[-1] is Pair.PINNED]
+        if pinned:
+            i, j, axis, a, b, _ = pinned[0]
+            static, dynamic = (i, j) if isinstance(a, int) else (j, i)
+            size, dim = (a, b) if isinstance(a, int) else (b, a)
+            yield self.finding(
+                f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {_fmt(shapes[static])} has "
+                f"static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "
+                f"{_fmt(shapes[dynamic])} has the dynamic dim {dim}, so it {_when(bad)}: a size captured at "
+                "export time (trace-baked); GF004 (trace-baked-shape) handles the fix.",
+                nodes=[node], tensors=operands, shapes=shape_map, hint=BAKED_HINT,
+            )
+            return
+        yield self.finding(
+            f"{node.op} '{node.name}': operand shapes "
+            + ", ".join(f"{labels[k]} {_fmt(shapes[k])}" for k in range(len(shapes)))
+            + f" cannot broadcast: right-aligned they pair {_pairs_text(bad)}, so it {_when(bad)}.",
+            nodes=[node], tensors=operands, shapes=shape_map, hint=GENERIC_HINT,
+        )
+
+    def _unsqueeze_fix(self, ctx, node, lower, shapes, ref, labels, static_axes) -> Fix:
+        rank = len(shapes[ref])
+        names = ", ".join(f"{labels[i]} {_fmt(shapes[i])} -> {_fmt(shapes[i] + [1] * (rank - len(shapes[i])))}"
+                          for i in lower)
+        summary = f"unsqueeze the trailing axes of {names} in {node.op} '{node.name}'"
+        if node.op != "Where" or lower != [0]:
+            safety, reason = Safety.UNSAFE, (
+                f"for {node.op} {'X/Y' if node.op == 'Where' else 'operands'} PyTorch aligns trailing dims too; "
+                "aligning the leading dims is a guess of what the model meant")
+        elif static_axes:
+            dims = ", ".join(str(shapes[ref][a]) for a in static_axes)
+            safety, reason = Safety.UNSAFE, (
+                f"the condition matches the data's leading dims only as static sizes ({dims}) on axes "
+                f"{static_axes}; if those are trace-time sizes the mask may belong to other axes")
+        else:
+            safety, reason = Safety.SAFE, (
+                "the condition's dims are the data's leading dims (same symbolic dims), so mask[..., None] is "
+                "exactly PyTorch's index_put with a bool mask")
+        return Fix(summary, apply=_unsqueeze(node, {i: len(shapes[i]) for i in lower}, rank, ctx.opset),
+                   safety=safety, reason=reason)
+
+
+def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
+    """Whether any right-aligned pair is not plainly fine (equal, or a 1)."""
+    return any(p[-1] is not Pair.OK for p in _pairs(shapes, inputs))
+
+
+def _pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, int, int, Dim, Dim, Pair]]:
+    """(operand i, operand j, axis, dim of i, dim of j, verdict) for every operand pair and shared axis."""
+    out = []
+    for i in range(len(shapes)):
+        for j in range(i + 1, len(shapes)):
+            for axis, a, b in right_aligned(shapes[i], shapes[j]):
+                out.append((i, j, axis, a, b, pair_verdict(a, b, shapes[i], shapes[j], inputs)))
+    return out
+
+
+def _fixed_by_unsqueeze(shapes, lower, rank, inputs) -> bool:
+    """After padding the lower-rank operands with trailing 1s, no pair is a mismatch any more."""
+    padded = [s + [1] * (rank - len(s)) if k in lower else s for k, s in enumerate(shapes)]
+    return not any(p[-1] in BAD for p in _pairs(padded, inputs))
+
+
+def _unsqueeze(node: gs.Node, ranks: dict[int, int], rank: int, opset: int):
+    def apply(graph: gs.Graph) -> None:
+        for index, own_rank in ranks.items():
+            tensor = node.inputs[index]
+            axes = list(range(own_rank, rank))
+            out = gs.Variable(f"{tensor.name}_gf003_unsqueezed", dtype=tensor.dtype)
+            if opset >= 13:
+                axes_const = gs.Constant(f"{node.name}_gf003_axes_{index}", np.array(axes, dtype=np.int64))
+                unsq = gs.Node("Unsqueeze", f"{node.name}_gf003_unsqueeze_{index}", inputs=[tensor, axes_const],
+                               outputs=[out])
+            else:
+                unsq = gs.Node("Unsqueeze", f"{node.name}_gf003_unsqueeze_{index}", attrs={"axes": axes},
+                               inputs=[tensor], outputs=[out])
+            graph.nodes.append(unsq)
+            node.inputs[index] = out
+
+    return apply
+
+
+def _labels(node: gs.Node, operands: list[gs.Tensor]) -> list[str]:
+    if node.op == "Where":
+        return list(WHERE_LABELS[: len(operands)])
+    return [f"input {k}" for k in range(len(operands))]
+
+
+def _fmt(shape: list[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _describe(labels, operands, shapes, indices) -> str:
+    return " and ".join(f"{labels[i]} '{operands[i].name}' {_fmt(shapes[i])}" for i in indices)
+
+
+def _pairs_text(bad) -> str:
+    return ", ".join(f"{a} with {b}" for *_, a, b, _v in bad)
+
+
+def _when(bad) -> str:
+    if any(p[-1] is Pair.CONFLICT for p in bad):
+        return "fails at every input size"
+    conditions = []
+    for *_, a, b, verdict in bad:
+        if verdict is Pair.PINNED:
+            dim, size = (b, a) if isinstance(a, int) else (a, b)
+            conditions.append(f"{dim} is 1 or {size}")
+        else:
+            conditions.append(f"{a} equals {b} (or one is 1)")
+    return "runs only when " + " and ".join(dict.fromkeys(conditions))

@@ -1,13 +1,518 @@
-"""GF004 trace-baked-shape (placeholder until the rule lands)."""
+"""GF004 trace-baked-shape."""
 
-from graphfix.rule import Rule
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.context import RuleContext
+from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+from graphfix.shape_utils import ConstEval, int64, shape_dim, shape_vector
+
+INT64_MAX = np.iinfo(np.int64).max
+BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
+                 "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "BitShift"}
+VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
+HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
+            "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
+
+
+@dataclass
+class ExportSizes:
+    """Export-time values of dynamic dims (by dim name) and where each value was learnt."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
+
+    def learn(self, sym: str, value: int, source: str) -> None:
+        if sym not in self.values and value > 0:
+            self.values[sym], self.sources[sym] = int(value), source
+
+    def symbols_with(self, value: int) -> list[str]:
+        return [s for s, v in self.values.items() if v == value]
+
+    def explain(self, sym: str) -> str:
+        return f"{sym}={self.values[sym]} at export ({self.sources[sym]})"
 
 
 class TraceBakedShape(Rule):
-    """Placeholder: detects nothing yet."""
+    """Export-time sizes of dynamic dims captured as constants in Reshape/Expand/Slice/... shape inputs.
+
+    ## What it does
+    Finds constants in shape-carrying inputs (Reshape shape, Expand shape, Slice ends, Range limit,
+    ConstantOfShape, Tile repeats, Split sizes, Pad pads, Resize sizes) and constant operands whose values are
+    the export-time sizes of dims that the graph declares dynamic. Export-time sizes come from `--trace-shape
+    NAME=2x400`, else from the graph: a Reshape that conserves elements at one size only, an Expand or an
+    elementwise op that meets a dynamic dim with a constant one, Split sizes, and onnxruntime's symbolic shape
+    inference merging a dynamic dim with a constant.
+
+    ## Why it breaks deployment
+    While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
+    and a literal batch turn it into a number that the exporter writes into the graph. The model then runs at
+    the export size only: onnxruntime fails elsewhere with `The input tensor cannot be reshaped to the requested
+    shape. Input shape:{14,7}, requested shape:{-1,4}` (torchvision Faster R-CNN, vision #4623), or silently
+    returns wrong shapes (nanodet `reshape(1, num_classes, -1)` gives garbage at batch 64).
+
+    ## Example
+    ```python
+    n = int(x.shape[0])                 # baked: Reshape(shape=[14, 3, 4])
+    return self.fc(x).reshape(n, 3, 4)  # write reshape(-1, 3, 4) or reshape(x.shape[0], 3, 4)
+    ```
+    Repaired: the baked entry becomes `0` (copy the input dim) in Reshape, `1` in Expand, "to the end" in
+    Slice, a size-1 dim in a uniform constant, or `Shape(x)[i]` computed at run time.
+
+    ## Fix safety
+    Safe when the constant provably stands for that dim: same value as the export-time size, the dim is dynamic,
+    and the data flowing into the op carries the dim at that position (Reshape position, Expand/broadcast
+    alignment, the sliced axis). Unsafe when the link is by value only (a repeat count or a ConstantOfShape
+    equal to some input's size), when two dynamic dims had the same export size, or when the export size was
+    guessed from the constant itself (give `--trace-shape` to make it certain). Not fixable, with a hint: Split
+    sizes (the number of outputs is fixed), pad amounts computed in Python, and folded buffers cut at the
+    export length (the values beyond it are gone).
+    """
 
     code = "GF004"
     name = "trace-baked-shape"
+    severity = Severity.ERROR
+    fixable = True
 
-    def detect(self, ctx):
-        return iter(())
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        ev = ConstEval(ctx.constant_value)
+        sizes = export_sizes(ctx, ev)
+        for node in ctx.graph.nodes:
+            if node.op == "Reshape":
+                yield from self._reshape(ctx, ev, sizes, node)
+            elif node.op == "Expand":
+                yield from self._expand(ctx, ev, sizes, node)
+            elif node.op == "Slice":
+                yield from self._slice(ctx, ev, sizes, node)
+            elif node.op == "Split":
+                yield from self._split(ctx, ev, sizes, node)
+            elif node.op == "Pad":
+                yield from self._pad(ctx, ev, sizes, node)
+            elif node.op in VALUE_ONLY:
+                yield from self._value_only(ctx, ev, sizes, node)
+            elif node.op in BROADCAST_OPS:
+                yield from self._broadcast_constant(ctx, sizes, node)
+
+    # --- Reshape -------------------------------------------------------------------------------------------
+    def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        data, target_t = node.inputs[0], node.inputs[1]
+        shape, target = ctx.shape(data), ev(target_t)
+        # only constant targets can be baked
+        if target is None or shape is None:
+            return
+        target = [int(t) for t in target.reshape(-1)]
+        syms = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
+        # a static input cannot carry an export-time size
+        if not syms:
+            return
+        allowzero = int(node.attrs.get("allowzero", 0))
+        entries: list[int | tuple[gs.Tensor, int]] = list(target)
+        notes, guessed, unsafe = [], [], []
+        matched: set[str] = set()
+        for j, t in enumerate(target):
+            sym = syms.get(j)
+            if sym is None or t <= 0:
+                continue
+            if sym in sizes.values and sizes.values[sym] == t:
+                entries[j] = 0 if allowzero == 0 else (data, j)
+                notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
+                matched.add(sym)
+            elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
+                # nothing else tells the export size: the constant at the dim's own position is the best guess
+                entries[j] = 0 if allowzero == 0 else (data, j)
+                notes.append(f"entry {j} = {t} sits where dynamic dim {sym} is (its export size is not known)")
+                guessed.append(sym)
+                matched.add(sym)
+        rest = [(i, s) for i, s in syms.items() if s not in matched]
+        if rest and -1 not in target and 0 not in target:
+            # element count is fixed while the input's varies: find which entries stand for which dims
+            for i, sym in rest[:]:
+                hits = [j for j, t in enumerate(target) if sym in sizes.values and t == sizes.values[sym]
+                        and isinstance(entries[j], int) and entries[j] == t and j not in syms]
+                if len(hits) == 1:
+                    entries[hits[0]] = (data, i)
+                    notes.append(f"entry {hits[0]} = {target[hits[0]]} is {sizes.explain(sym)}")
+                    if len(sizes.symbols_with(sizes.values[sym])) > 1:
+                        unsafe.append(f"another dynamic dim also had size {sizes.values[sym]} at export")
+                    rest.remove((i, sym))
+            if rest and all(s in sizes.values for _, s in rest):
+                product = math.prod(sizes.values[s] for _, s in rest)
+                hits = [j for j, e in enumerate(entries) if isinstance(e, int) and e == product]
+                if len(hits) == 1:
+                    entries[hits[0]] = -1
+                    notes.append(f"entry {hits[0]} = {product} is the product of "
+                                 + " * ".join(sizes.explain(s) for _, s in rest))
+                    rest = []
+            if rest:
+                dims = ", ".join(s for _, s in rest)
+                yield self.finding(
+                    f"Reshape '{node.name}' has the constant shape {target}: its element count is fixed while "
+                    f"the input {data.name} {shape} varies with {dims}; it runs at the export size only",
+                    nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
+                    hint=HINT_INT + " Give --trace-shape NAME=DIMS so graphfix can tell which entry is baked.")
+                return
+        if not notes:
+            return
+        safety = Safety.UNSAFE if guessed or unsafe else Safety.SAFE
+        reason = ("; ".join(unsafe) or f"export size of {', '.join(guessed)} guessed from the constant; "
+                  "confirm with --trace-shape") if safety is Safety.UNSAFE else \
+            "each replaced entry is the export size of the dynamic dim the input carries there"
+        yield self.finding(
+            f"Reshape '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(notes)
+            + f"; at other sizes of {data.name} {shape} onnxruntime fails ('cannot be reshaped to the "
+            "requested shape') or returns a wrong shape",
+            nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
+            severity=Severity.WARNING if guessed else None,
+            fix=Fix(f"compute Reshape '{node.name}' shape from the input: {_show(entries)}",
+                    apply=_replace_input(node, 1, entries, ctx.opset), safety=safety, reason=reason))
+
+    # --- Expand --------------------------------------------------------------------------------------------
+    def _expand(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        data, target_t = node.inputs[0], node.inputs[1]
+        shape, target = ctx.shape(data), ev(target_t)
+        if target is None or shape is None:
+            return
+        target = [int(t) for t in target.reshape(-1)]
+        offset = len(target) - len(shape)
+        entries: list[int | tuple[gs.Tensor, int]] = list(target)
+        notes, by_value = [], []
+        for j, t in enumerate(target):
+            i = j - offset
+            dim = shape[i] if i >= 0 else 1
+            if t <= 1:
+                continue
+            if isinstance(dim, str) and sizes.values.get(dim) == t:
+                entries[j] = 1  # Expand keeps the input's dim where the shape says 1
+                notes.append(f"entry {j} = {t} is {sizes.explain(dim)}")
+            elif dim == 1 and len(cands := _carriers(sizes, t)) == 1:
+                entries[j] = sizes.carriers[cands[0]]
+                by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
+        if not notes and not by_value:
+            return
+        safety = Safety.UNSAFE if by_value else Safety.SAFE
+        reason = ("the expanded dim is linked to the graph input by value only" if by_value else
+                  "the input carries the dynamic dim at each replaced position; 1 keeps it")
+        yield self.finding(
+            f"Expand '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(notes + by_value)
+            + f"; at other sizes onnxruntime fails or the output keeps the export size",
+            nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
+            hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
+            fix=Fix(f"compute Expand '{node.name}' shape at run time: {_show(entries)}",
+                    apply=_replace_input(node, 1, entries, ctx.opset), safety=safety, reason=reason))
+
+    # --- Slice ---------------------------------------------------------------------------------------------
+    def _slice(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        data = node.inputs[0]
+        shape = ctx.shape(data)
+        values = [ev(t) for t in node.inputs[1:5] if t.name or isinstance(t, gs.Constant)]
+        if shape is None or len(values) < 2 or any(v is None for v in values):
+            return
+        starts, ends = values[0].reshape(-1), values[1].reshape(-1).copy()
+        axes = values[2].reshape(-1) if len(values) > 2 else np.arange(len(starts))
+        steps = values[3].reshape(-1) if len(values) > 3 else np.ones(len(starts), dtype=np.int64)
+        notes, unsafe = [], []
+        for k, axis in enumerate(axes):
+            dim = shape[int(axis) % len(shape)]
+            if not isinstance(dim, str) or steps[k] <= 0:
+                continue
+            if dim not in sizes.values:
+                yield self.reject(f"Slice on dynamic dim {dim}: its export size is unknown (give --trace-shape)",
+                                  nodes=[node])
+                continue
+            size = sizes.values[dim]
+            if ends[k] == size:
+                ends[k] = INT64_MAX
+                notes.append(f"end {size} on axis {int(axis)} is {sizes.explain(dim)}")
+                if len(sizes.symbols_with(size)) > 1:
+                    unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
+            elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:
+                notes.append(f"end {int(ends[k])} on axis {int(axis)} is {sizes.explain(dim)} minus "
+                             f"{size - int(ends[k])}")
+                unsafe.append("the end may be a deliberate fixed length rather than `n - k`")
+                ends[k] = int(ends[k]) - size
+        if not notes:
+            return
+        yield self.finding(
+            f"Slice '{node.name}' has ends fixed at export-time sizes: " + "; ".join(notes)
+            + f"; at longer inputs it silently cuts {data.name} to the export length",
+            nodes=[node], tensors=[data], shapes={data.name: shape}, severity=Severity.WARNING,
+            hint="`x[:, :int(x.shape[1]) - k]` or `narrow(..., int(n))` bakes the length; slice with the traced "
+                 "size (`x[:, : x.shape[1] - k]`) or a negative end (`x[:, :-k]`).",
+            fix=Fix(f"make Slice '{node.name}' ends relative to the end: {ends.tolist()}",
+                    apply=_replace_input(node, 2, [int(e) for e in ends], ctx.opset),
+                    safety=Safety.UNSAFE if unsafe else Safety.SAFE,
+                    reason="; ".join(unsafe) or "the end was the full length of the sliced dynamic dim"))
+
+    # --- Split and Pad: the information is gone --------------------------------------------------------------
+    def _split(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        split = _split_sizes(ev, node)
+        shape = ctx.shape(node.inputs[0])
+        if split is None or shape is None:
+            return
+        axis = int(node.attrs.get("axis", 0)) % len(shape)
+        if not isinstance(shape[axis], str):
+            return
+        yield self.finding(
+            f"Split '{node.name}' splits dynamic dim {shape[axis]} of {node.inputs[0].name} into fixed sizes "
+            f"{split} (sum {sum(split)}, the export-time size): onnxruntime fails at any other size with "
+            "'Cannot split using values in 'split' attribute'",
+            nodes=[node], tensors=[node.inputs[0]], shapes={node.inputs[0].name: shape},
+            hint="A per-item Python list (`[b.shape[0] for b in boxes]`, `.tolist()`) fixed the sizes and the "
+                 "number of outputs; the graph cannot be repaired. Split with a traced size (`x.split(x.shape[1] "
+                 "// 2, 1)`), use narrow/slicing with traced sizes, or keep the batch in one tensor.")
+
+    def _pad(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        data = node.inputs[0]
+        shape = ctx.shape(data)
+        pads = ev(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
+        if shape is None or pads is None or pads.size != 2 * len(shape):
+            return
+        pads = pads.reshape(-1)
+        for axis, dim in enumerate(shape):
+            amount = int(pads[axis] + pads[axis + len(shape)])
+            if not isinstance(dim, str) or amount <= 0 or dim not in sizes.values:
+                continue
+            padded = sizes.values[dim] + amount
+            multiple = next((m for m in (2 ** k for k in range(1, 13)) if m > amount and padded % m == 0), None)
+            if multiple is None:  # a pad amount unrelated to the size (conv padding) is fine
+                yield self.reject(f"pad {amount} on axis {axis} does not round {dim} up to a multiple", nodes=[node])
+                continue
+            yield self.finding(
+                f"Pad '{node.name}' pads dynamic dim {dim} of {data.name} by a constant {amount}, which rounds "
+                f"{sizes.explain(dim)} up to a multiple of {multiple}: the amount was computed in Python "
+                "(math.ceil on a size) and is wrong at every other length",
+                nodes=[node], tensors=[data], shapes={data.name: shape}, severity=Severity.WARNING,
+                hint=f"The pad amount is gone from the graph; compute it from the traced size without int() or "
+                     f"math.ceil: `pad = (-x.shape[{axis}]) % {multiple}; F.pad(x, (0, pad))`, and re-export.")
+
+    # --- shapes linked to an input by value only -------------------------------------------------------------
+    def _value_only(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
+        index = VALUE_ONLY[node.op]
+        if len(node.inputs) <= index or not (node.inputs[index].name or isinstance(node.inputs[index], gs.Constant)):
+            return
+        value = ev(node.inputs[index])
+        # shape arithmetic (a ConstantOfShape of ones the exporter folds into an Expand shape) is not data
+        if value is None or (node.op == "ConstantOfShape" and ev(node.outputs[0]) is not None
+                             and np.issubdtype(ev(node.outputs[0]).dtype, np.integer)):
+            return
+        flat = [int(v) for v in value.reshape(-1)] if value.size else []
+        entries: list[int | tuple[gs.Tensor, int]] = list(flat)
+        notes = []
+        for j, v in enumerate(flat):
+            cands = _carriers(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
+            if len(cands) == 1:
+                entries[j] = sizes.carriers[cands[0]]
+                notes.append(f"{v} equals {sizes.explain(cands[0])}")
+            elif len(cands) > 1:
+                yield self.reject(f"{v} matches several dynamic dims ({', '.join(cands)})", nodes=[node])
+        if not notes:
+            return
+        role = {"ConstantOfShape": "shape", "Tile": "repeats", "Range": "limit", "Resize": "sizes"}[node.op]
+        scalar = node.op == "Range"
+        yield self.finding(
+            f"{node.op} '{node.name}' has a constant {role} {flat if not scalar else flat[0]}: " + "; ".join(notes)
+            + "; the output keeps that size at every input size",
+            nodes=[node], tensors=[node.inputs[index]], severity=Severity.WARNING,
+            hint=HINT_INT + " E.g. `torch.arange(int(x.shape[1]))` -> `torch.arange(x.shape[1])`.",
+            fix=Fix(f"compute {node.op} '{node.name}' {role} from the input's shape",
+                    apply=_replace_input(node, index, entries, ctx.opset, scalar=scalar, like=value),
+                    safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
+
+    # --- constants cut at the export length -------------------------------------------------------------------
+    def _broadcast_constant(self, ctx, sizes, node) -> Iterator[Finding | Rejection]:
+        shapes = [ctx.shape(t) for t in node.inputs]
+        for k, const in enumerate(node.inputs):
+            value = ctx.constant_value(const)
+            if value is None or value.ndim == 0:
+                continue
+            for other, oshape in zip(node.inputs, shapes, strict=True):
+                if other is const or oshape is None:
+                    continue
+                axes = [(a, oshape[len(oshape) - value.ndim + a]) for a in range(value.ndim)
+                        if len(oshape) - value.ndim + a >= 0 and value.shape[a] > 1
+                        and isinstance(oshape[len(oshape) - value.ndim + a], str)]
+                if axes:
+                    yield self._baked_constant(ctx, node, k, const, value, other, oshape, axes, sizes)
+                    break
+
+    def _baked_constant(self, ctx, node, k, const, value, other, oshape, axes, sizes) -> Finding:
+        dims = ", ".join(f"axis {a} has {value.shape[a]} where {other.name} has {d}" for a, d in axes)
+        base = (f"{node.op} '{node.name}' combines {other.name} {oshape} with constant {const.name} "
+                f"{list(value.shape)} cut at export-time sizes ({dims}): onnxruntime fails at other sizes")
+        uniform = all(np.all(value == value.take([0], axis=a)) for a, _ in axes)
+        if uniform:
+            small = value[tuple(slice(0, 1) if a in {a for a, _ in axes} else slice(None) for a in
+                                range(value.ndim))]
+            return self.finding(
+                base + "; its values do not vary along those axes", nodes=[node], tensors=[const, other],
+                shapes={const.name: list(value.shape), other.name: oshape},
+                hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
+                fix=Fix(f"shrink {const.name} to {list(small.shape)} (broadcasting restores the size)",
+                        apply=_set_constant(node, k, small), safety=Safety.SAFE,
+                        reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
+        arange = _arange_axis(value, [a for a, _ in axes])
+        if arange is not None and arange[0] == 0 and arange[1] == 1:
+            axis = arange[2]
+            source = len(oshape) - value.ndim + axis
+            return self.finding(
+                base + f"; it is arange({value.shape[axis]}) along axis {axis}", nodes=[node],
+                tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
+                hint="`torch.arange(int(x.shape[1]))` was folded; write `torch.arange(x.shape[1])`.",
+                fix=Fix(f"compute {const.name} as Range(0, Shape({other.name})[{source}])",
+                        apply=_arange_input(node, k, value, axis, other, source, ctx.opset), safety=Safety.SAFE,
+                        reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
+        return self.finding(
+            base + "; its values beyond the export length are gone from the graph", nodes=[node],
+            tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
+            hint="A buffer was cut with a Python int (`self.pe[:, :int(T)]`) and folded; slice it with the traced "
+                 "size (`self.pe[:, : x.shape[1]]`) and re-export.")
+
+
+def export_sizes(ctx: RuleContext, ev: ConstEval) -> ExportSizes:
+    """Export-time sizes of the graph inputs' dynamic dims, from --trace-shape or the evidence in the graph."""
+    sizes = ExportSizes()
+    for tensor in ctx.graph.inputs:
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if isinstance(dim, str):
+                sizes.carriers.setdefault(dim, (tensor, axis))
+        traced = ctx.options.trace_shapes.get(tensor.name)
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if traced and isinstance(dim, str) and axis < len(traced):
+                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}")
+    reshapes = []
+    for node in ctx.graph.nodes:
+        if node.op == "Reshape":
+            reshapes.append(node)
+        elif node.op == "Expand":
+            _learn_aligned(sizes, ctx.shape(node.inputs[0]), ev(node.inputs[1]), f"Expand '{node.name}'")
+        elif node.op == "Split" and (split := _split_sizes(ev, node)) is not None:
+            shape = ctx.shape(node.inputs[0])
+            if shape and isinstance(dim := shape[int(node.attrs.get("axis", 0)) % len(shape)], str):
+                sizes.learn(dim, sum(split), f"Split '{node.name}' sizes")
+        elif node.op in BROADCAST_OPS:
+            shapes = [ctx.shape(t) for t in node.inputs]
+            for shape in shapes:
+                for other in shapes:
+                    if shape is not other and shape and other:
+                        _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
+                                       f"{node.op} '{node.name}' broadcasts it with a fixed size")
+    if any(isinstance(d, str) and d not in sizes.values for t in ctx.graph.inputs for d in (ctx.shape(t) or ())):
+        _learn_from_symbolic(ctx, sizes)
+    for node in reshapes:  # element count conserved at one size only: that size is the export size
+        shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
+        if shape is None or target is None or (target <= 0).any():
+            continue
+        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes.values]
+        if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
+            known = math.prod(d if isinstance(d, int) else sizes.values[d] for d in shape if d != unknown[0])
+            if known and int(np.prod(target)) % known == 0:
+                sizes.learn(unknown[0], int(np.prod(target)) // known,
+                            f"Reshape '{node.name}' conserves elements only there")
+    return sizes
+
+
+def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
+    if shape is None or target is None:
+        return
+    target = target.reshape(-1)
+    for j in range(1, min(len(shape), len(target)) + 1):
+        dim, t = shape[-j], int(target[-j])
+        if isinstance(dim, str) and t > 1:
+            sizes.learn(dim, t, source)
+
+
+def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
+    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    symbolic = ctx.symbolic_shapes
+    for tensor in ctx.graph.inputs:
+        merged = symbolic.get(tensor.name) or []
+        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
+            if isinstance(dim, str) and isinstance(value, int):
+                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
+
+
+def _carriers(sizes: ExportSizes, value: int) -> list[str]:
+    return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
+
+
+def _split_sizes(ev: ConstEval, node: gs.Node) -> list[int] | None:
+    if len(node.inputs) > 1 and (node.inputs[1].name or isinstance(node.inputs[1], gs.Constant)):
+        value = ev(node.inputs[1])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    split = node.attrs.get("split")
+    return None if split is None else [int(v) for v in split]
+
+
+def _arange_axis(value: np.ndarray, axes: list[int]) -> tuple[float, float, int] | None:
+    """(start, step, axis) when `value` is an arithmetic progression along one axis and size 1 elsewhere."""
+    if len(axes) != 1 or value.size != value.shape[axes[0]] or value.size < 2:
+        return None
+    flat = value.reshape(-1).astype(np.float64)
+    step = flat[1] - flat[0]
+    if not np.allclose(flat, flat[0] + step * np.arange(flat.size)):
+        return None
+    return float(flat[0]), float(step), axes[0]
+
+
+def _show(entries) -> str:
+    return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
+
+
+def _replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool = False, like=None):
+    def apply(graph: gs.Graph) -> None:
+        vector = shape_vector(graph, entries, opset, f"{node.name}_gf004")
+        if scalar:  # Range limits are scalars of the start's type
+            out = gs.Variable(f"{node.name}_gf004_limit", dtype=like.dtype, shape=[])
+            squeezed = gs.Variable(f"{node.name}_gf004_limit_i64", dtype=np.int64, shape=[])
+            graph.nodes.append(gs.Node("Squeeze", f"{node.name}_gf004_Squeeze", inputs=[vector], outputs=[squeezed]))
+            graph.nodes.append(gs.Node("Cast", f"{node.name}_gf004_Cast", {"to": _onnx_type(like.dtype)},
+                                       inputs=[squeezed], outputs=[out]))
+            vector = out
+        node.inputs[index] = vector
+
+    return apply
+
+
+def _set_constant(node: gs.Node, index: int, value: np.ndarray):
+    def apply(graph: gs.Graph) -> None:
+        node.inputs[index] = gs.Constant(f"{node.name}_gf004_const{index}", np.ascontiguousarray(value))
+
+    return apply
+
+
+def _arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other: gs.Tensor, source: int,
+                  opset: int):
+    def apply(graph: gs.Graph) -> None:
+        prefix = f"{node.name}_gf004_arange"
+        length = shape_dim(graph, other, source, opset, prefix)
+        limit = gs.Variable(f"{prefix}_limit", dtype=np.int64, shape=[])
+        graph.nodes.append(gs.Node("Squeeze", f"{prefix}_Squeeze", inputs=[length], outputs=[limit]))
+        positions = gs.Variable(f"{prefix}_range", dtype=np.int64)
+        graph.nodes.append(gs.Node("Range", f"{prefix}_Range",
+                                   inputs=[gs.Constant(f"{prefix}_start", np.array(0, np.int64)), limit,
+                                           gs.Constant(f"{prefix}_delta", np.array(1, np.int64))],
+                                   outputs=[positions]))
+        cast = gs.Variable(f"{prefix}_cast", dtype=value.dtype)
+        graph.nodes.append(gs.Node("Cast", f"{prefix}_Cast", {"to": _onnx_type(value.dtype)}, inputs=[positions],
+                                   outputs=[cast]))
+        dims = [1] * value.ndim
+        dims[axis] = -1
+        out = gs.Variable(f"{prefix}_value", dtype=value.dtype)
+        graph.nodes.append(gs.Node("Reshape", f"{prefix}_Reshape", inputs=[cast, int64(dims, f"{prefix}_dims")],
+                                   outputs=[out]))
+        node.inputs[index] = out
+
+    return apply
+
+
+def _onnx_type(dtype) -> int:
+    import onnx
+
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))

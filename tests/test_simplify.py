@@ -11,7 +11,9 @@ from graphfix.simplify import simplify
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
 
-FOLDABLE = onnx.parser.parse_model(HEADER + """
+FOLDABLE = onnx.parser.parse_model(
+    HEADER
+    + """
 g (float[N, 4] X) => (float[N, 4] Y) {
     a = Constant<value = int64[1] {4}>()
     s = Concat<axis = 0>(a, a)
@@ -19,21 +21,27 @@ g (float[N, 4] X) => (float[N, 4] Y) {
     W = Reshape(w, s)
     H = MatMul(X, W)
     Y = Relu(H)
-}""")
+}"""
+)
 
 # onnxsim folds the ConstantOfShape into a 4 MB constant: a model it would grow
-GROWS = onnx.parser.parse_model(HEADER + """
+GROWS = onnx.parser.parse_model(
+    HEADER
+    + """
 g (float[N, 1000] X) => (float[N, 1000] Y) {
     s = Constant<value = int64[2] {1000, 1000}>()
     w = ConstantOfShape<value = float[1] {0.5}>(s)
     Y = MatMul(X, w)
-}""")
+}"""
+)
 
 
 def run(model, feeds, base_dir=None):
     options = ort.SessionOptions()
     if base_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(base_dir)
+        )
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
         None, feeds
     )
@@ -73,13 +81,16 @@ def test_child_failure_keeps_the_input_and_says_why():
 
 
 def external_model(tmp_path):
-    m = onnx.parser.parse_model(HEADER + """
+    m = onnx.parser.parse_model(
+        HEADER
+        + """
     g (float[N, 64] X) => (float[N, 64] Y) {
         WT = Transpose(W)
         s = Constant<value = int64[2] {64, 64}>()
         W2 = Reshape(WT, s)
         Y = MatMul(X, W2)
-    }""")
+    }"""
+    )
     weight = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
     m.graph.initializer.append(numpy_helper.from_array(weight, "W"))
     inline = onnx.ModelProto()

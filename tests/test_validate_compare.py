@@ -87,7 +87,9 @@ def test_repair_that_still_fails_is_refused_with_node_and_size():
 
 
 def test_repair_with_wrong_values_at_the_export_size_is_refused():
-    validation = validate(reshape_model([12, 4]), reshape_model([-1, 2]), ValidationOptions(trace_sizes={"N": 2, "T": 6}))
+    validation = validate(
+        reshape_model([12, 4]), reshape_model([-1, 2]), ValidationOptions(trace_sizes={"N": 2, "T": 6})
+    )
     assert not validation.passed  # the original runs at the export size, and the shapes differ there
     assert any("shape [24, 2] instead of [12, 4]" in r for r in validation.reasons)
 

@@ -54,14 +54,17 @@ def test_token_ids_stay_below_the_vocabulary_and_lengths_within_time():
     for sizes in probe_sizes(m, options):
         feeds = synthesize_inputs(m, sizes, options)
         assert feeds["ids"].dtype == np.int64
-        assert 0 <= feeds["ids"].min() and feeds["ids"].max() < 5
-        assert 1 <= feeds["lengths"].min() and feeds["lengths"].max() <= feeds["ids"].shape[1]
+        assert feeds["ids"].min() >= 0 and feeds["ids"].max() < 5
+        assert feeds["lengths"].min() >= 1 and feeds["lengths"].max() <= feeds["ids"].shape[1]
 
 
 def test_synthesis_is_deterministic():
     options = ValidationOptions()
     sizes = probe_sizes(SHARED_DIMS, options)[1]
-    first, second = synthesize_inputs(SHARED_DIMS, sizes, options), synthesize_inputs(SHARED_DIMS, sizes, options)
+    first, second = (
+        synthesize_inputs(SHARED_DIMS, sizes, options),
+        synthesize_inputs(SHARED_DIMS, sizes, options),
+    )
     for name in first:
         np.testing.assert_array_equal(first[name], second[name])
 

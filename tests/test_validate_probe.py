@@ -1,4 +1,4 @@
-"""probe(): every failing node is reported (not only the first), mapped to its rule; suspicious outputs warn."""
+"""probe(): every failing node is reported (not only the first), mapped to its rule; odd outputs warn."""
 
 import numpy as np
 import onnx
@@ -20,7 +20,8 @@ def model(text: str) -> onnx.ModelProto:
 # Two independent failures: a mask of lower rank (HuBERT's x[mask] = 0) and a reshape baked to 7x7,
 # plus a reshape downstream of the baked one, which only a cut graph reaches.
 TWO_BRANCHES = model("""
-g (float[N, T, 4] X, bool[N, T] M) => (float[N, T, 4] Y, float[?] Z) <int64[2] baked = {7, 7}, int64[1] five = {5}> {
+g (float[N, T, 4] X, bool[N, T] M) => (float[N, T, 4] Y, float[?] Z)
+    <int64[2] baked = {7, 7}, int64[1] five = {5}> {
     zero = Constant<value = float {0}>()
     [mask_where] Y = Where(M, zero, X)
     [baked_reshape] R = Reshape(X, baked)
@@ -72,7 +73,7 @@ CONCAT_CASES = [
 def test_concat_mismatch_maps_to_repeat_interleave_only_behind_split(feeder, rule):
     body = "P = Split<axis = 1>(X)" if feeder == "Split" else "P = Identity(X)"
     m = model(f"""
-    g (float[N, T] X) => (float[?, ?] Y) <int64[2] shape = {{3, 5}}, float[3, 5] B = {{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}> {{
+    g (float[N, T] X) => (float[?, ?] Y) <float[3, 5] B = {{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}> {{
         {body}
         [joined] Y = Concat<axis = 0>(P, B)
     }}""")

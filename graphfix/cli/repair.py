@@ -61,7 +61,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             if fmt == "text":
                 click.echo(f"{model.path}: {click.style('cannot repair', fg='red')}: {exc}", err=True)
             continue
-        if result.status == "failed" or result.after.findings and _has_errors(result):
+        if result.status == "failed" or (result.after.findings and _has_errors(result)):
             exit_code = max(exit_code, 1)
         results.append(result.to_json())
         if fmt == "text":

@@ -4,9 +4,9 @@
     if not validation.passed:
         print(*validation.reasons, sep="\\n")
 
-Where the original runs, the candidate's outputs must match within rtol/atol. Where the original fails (the bug
-being repaired), the candidate must run and its output shapes must agree with symbolic shape inference. When
-both run but disagree, the first diverging node is found by exposing shared intermediate tensors.
+Where the original runs, the candidate's outputs must match within rtol/atol. Where the original fails (the
+bug being repaired), the candidate must run and its output shapes must agree with symbolic shape inference.
+When both run but disagree, the first diverging node is found by exposing shared intermediate tensors.
 """
 
 from __future__ import annotations
@@ -66,20 +66,24 @@ class Validation:
     divergence: dict | None = None  # first diverging node when outputs disagree
 
     def to_json(self) -> dict[str, Any]:
-        return _plain({
-            "passed": self.passed,
-            "sizes": [dict(s) for s in self.sizes],
-            "runs": [r.to_json() for r in self.runs],
-            "reasons": list(self.reasons),
-            "divergence": self.divergence,
-        })
+        return _plain(
+            {
+                "passed": self.passed,
+                "sizes": [dict(s) for s in self.sizes],
+                "runs": [r.to_json() for r in self.runs],
+                "reasons": list(self.reasons),
+                "divergence": self.divergence,
+            }
+        )
 
 
 def validate(original: ModelSource, candidate: ModelSource, options: ValidationOptions) -> Validation:
     """Run both models at every probe size and decide whether the candidate may replace the original."""
     before, after = ModelRunner.from_source(original), ModelRunner.from_source(candidate)
     if after.session is None:
-        return Validation(False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"])
+        return Validation(
+            False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"]
+        )
     sizes = probe_sizes(before.proto, options)
     oracle = ShapeOracle(after.proto)
     runs, reasons, divergence = [], [], None
@@ -91,8 +95,10 @@ def validate(original: ModelSource, candidate: ModelSource, options: ValidationO
         if divergence is None and any(not o.ok for o in run.outputs):
             divergence = first_divergence(before, after, feeds, options.rtol, options.atol)
             if divergence and divergence.get("tensor"):
-                reasons.append(f"first diverging node: '{divergence['node']}' ({divergence['op_type']}), "
-                               f"tensor '{divergence['tensor']}': {divergence['problem']}")
+                reasons.append(
+                    f"first diverging node: '{divergence['node']}' ({divergence['op_type']}), "
+                    f"tensor '{divergence['tensor']}': {divergence['problem']}"
+                )
     return Validation(not reasons, sizes, runs, reasons, divergence)
 
 
@@ -122,7 +128,9 @@ def _reasons(run: SizeRun) -> list[str]:
         where = failing_node(run.candidate_error)
         node = f"node '{where[1]}' ({where[0]})" if where else "the model"
         return [f"repaired model fails {at}: {node}: {run.candidate_error}"]
-    lines = [f"output '{o.name}' differs from the original {at}: {o.problem}" for o in run.outputs if not o.ok]
+    lines = [
+        f"output '{o.name}' differs from the original {at}: {o.problem}" for o in run.outputs if not o.ok
+    ]
     lines += [f"{problem} {at}" for problem in run.shape_problems]
     return lines
 
@@ -138,4 +146,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     return value
-

@@ -1,8 +1,8 @@
 """Finding the first node where a candidate model's values leave the original's.
 
-Both models get every tensor they share by name (node outputs present in both graphs) as extra outputs; one run
-each at the same inputs, then the shared tensors are compared in the candidate's topological order. The first
-one outside tolerance names the diverging node.
+Both models get every tensor they share by name (node outputs present in both graphs) as extra outputs;
+one run each at the same inputs, then the shared tensors are compared in the candidate's topological order.
+The first one outside tolerance names the diverging node.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def first_divergence(
     rtol: float,
     atol: float,
 ) -> dict | None:
-    """{'node', 'op_type', 'tensor', 'max_abs', 'max_rel', ...} of the first differing shared tensor, or None."""
+    """{'node', 'op_type', 'tensor', 'max_abs', 'max_rel', ...} of the first differing shared tensor."""
     shared = shared_tensors(original.proto, candidate.proto)
     if not shared:
         return _no_shared_tensor("the models share no intermediate tensor names")
@@ -60,4 +60,11 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def _no_shared_tensor(reason: str) -> dict:
-    return {"node": None, "op_type": None, "tensor": None, "max_abs": None, "max_rel": None, "problem": reason}
+    return {
+        "node": None,
+        "op_type": None,
+        "tensor": None,
+        "max_abs": None,
+        "max_rel": None,
+        "problem": reason,
+    }

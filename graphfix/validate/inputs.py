@@ -90,7 +90,9 @@ def _forced_sizes(model: onnx.ModelProto, options: ValidationOptions) -> dict[st
     return forced
 
 
-def _export_sizes(model: onnx.ModelProto, options: ValidationOptions, forced: dict[str, int]) -> dict[str, int]:
+def _export_sizes(
+    model: onnx.ModelProto, options: ValidationOptions, forced: dict[str, int]
+) -> dict[str, int]:
     hint = _baked_size_hint(model)
     sizes: dict[str, int] = {}
     for vi in graph_inputs(model):
@@ -126,10 +128,18 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
-            if _small_inline(node.attribute[0].t):
-                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        tensor = _constant_tensor(node)
+        if tensor is not None and _small_inline(tensor):
+            values[node.output[0]] = numpy_helper.to_array(tensor)
     return values
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a `Constant` node's `value` attribute, else None."""
+    if node.op_type != "Constant":
+        return None
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    return value.t if value is not None else None
 
 
 def _small_inline(tensor: onnx.TensorProto) -> bool:
@@ -139,7 +149,7 @@ def _small_inline(tensor: onnx.TensorProto) -> bool:
 def synthesize_inputs(
     model: onnx.ModelProto, sizes: dict[str, int], options: ValidationOptions
 ) -> dict[str, np.ndarray]:
-    """A value for every graph input at the binding `sizes`; user values override; seeded per input and size."""
+    """A value for every graph input at the binding `sizes`; user values override; seeded per input, size."""
     vocab = _vocabulary_sizes(model)
     time_dim = max((v for k, v in sizes.items() if not BATCH_LIKE.search(k)), default=DEFAULT_OTHER)
     feeds = {}
@@ -188,7 +198,10 @@ def _vocabulary_sizes(model: onnx.ModelProto) -> dict[str, int]:
     aliases = {i.name: i.name for i in graph_inputs(model)}
     found: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type in {"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"} and node.input[0] in aliases:
+        if (
+            node.op_type in {"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"}
+            and node.input[0] in aliases
+        ):
             aliases[node.output[0]] = aliases[node.input[0]]
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in aliases:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)

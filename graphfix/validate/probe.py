@@ -117,8 +117,17 @@ def _failures_at(proto, base_dir, feeds, binding, types, options) -> tuple[list[
             found.append(RuntimeFailure("", "", result.error or "", binding, rule="GF000"))
             return found, None
         shapes = _input_shapes(current, base_dir, node, feeds)
-        found.append(RuntimeFailure(node.name, node.op_type, result.error or "", binding, shapes,
-                                    rule_for(node, result.error or "", current), tensors=list(node.output)))
+        found.append(
+            RuntimeFailure(
+                node.name,
+                node.op_type,
+                result.error or "",
+                binding,
+                shapes,
+                rule_for(node, result.error or "", current),
+                tensors=list(node.output),
+            )
+        )
         current, fabricated = cut_at(current, node, binding, types)
         feeds = {**feeds, **fabricated}
     return found, None
@@ -168,7 +177,9 @@ def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     taken = {node.name for node in named.graph.node}
     for index, node in enumerate(named.graph.node):
         if not node.name:
-            node.name = next(n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_") if n not in taken)
+            node.name = next(
+                n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_") if n not in taken
+            )
             taken.add(node.name)
     return named
 
@@ -209,8 +220,8 @@ def _upstream_only(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProt
 
 
 def cut_at(model, node, binding, types) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Remove `node`; feed its outputs with fabricated values, or drop what depends on them when their shape is
-    not known at this binding."""
+    """Remove `node`; feed its outputs with fabricated values, or drop what depends on them when their shape
+    is not known at this binding."""
     fabricated = {}
     for name in node.output:
         value = _fabricate(name, binding, types)
@@ -268,7 +279,10 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]
     except Exception:  # without shapes, failing branches are dropped instead of fed
         return {}
     graph = inferred.graph if inferred is not None else model.graph
-    return {vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi)) for vi in (*graph.value_info, *graph.output)}
+    return {
+        vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi))
+        for vi in (*graph.value_info, *graph.output)
+    }
 
 
 def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure]:
@@ -279,7 +293,9 @@ def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure
     for name in runs[0]:
         values = [run[name] for run in runs if name in run]
         if any(_non_finite(v) for v in values):
-            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)"))
+            warnings.append(
+                _warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)")
+            )
         elif all(np.size(v) == 0 for v in values):
             warnings.append(_warning(name, f"output '{name}' is empty (0 elements) at every probe size"))
     return warnings

@@ -66,7 +66,7 @@ class ModelRunner:
         return [o.name for o in self.session.get_outputs()] if self.session else []
 
     def run(self, feeds: dict[str, np.ndarray], *, strict_feeds: bool = False) -> RunResult:
-        """Outputs by name, or the error. Feeds the model does not declare are dropped unless `strict_feeds`."""
+        """Outputs by name, or the error. Undeclared feeds are dropped unless `strict_feeds`."""
         if self.session is None:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
