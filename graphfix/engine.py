@@ -51,9 +51,10 @@ class FixOutcome:
 
 
 def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions) -> RuleContext:
-    """Shape-infer the model and import it into onnx-graphsurgeon for the rules."""
+    """Shape-infer the model's skeleton (no weights copied) and import the model, with those shapes, into
+    onnx-graphsurgeon for the rules. Rules see the skeleton as `ctx.model`; the graph holds the real weights."""
     inferred = infer_shapes(model)
-    return RuleContext(inferred, import_graph(inferred), base_dir, options)
+    return RuleContext(inferred, import_graph(model, inferred.graph.value_info), base_dir, options)
 
 
 def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:

@@ -12,9 +12,20 @@ from onnx_graphsurgeon.logger import G_LOGGER
 G_LOGGER.severity = G_LOGGER.ERROR
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import for analysis; unnamed nodes get names (`Op_output`) so findings can point at them."""
-    graph = gs.import_onnx(model)
+def import_graph(model: onnx.ModelProto, value_info=None) -> gs.Graph:
+    """Import for analysis, with `value_info` (fresh shapes) in place of the model's own; unnamed nodes get names
+    (`Op_output`) so findings can point at them. The model is left as it was."""
+    if value_info is None:
+        graph = gs.import_onnx(model)
+    else:
+        original = list(model.graph.value_info)
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(value_info)
+        try:
+            graph = gs.import_onnx(model)
+        finally:
+            del model.graph.value_info[:]
+            model.graph.value_info.extend(original)
     unique_node_names(graph)
     return graph
 

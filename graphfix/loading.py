@@ -16,7 +16,6 @@ from graphfix.errors import InputError
 from graphfix.external_data import ExternalRef, check_external_data
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
-MIN_OPSET = 7  # the oldest default-domain opset onnxruntime runs
 MIN_IR_VERSION = 3
 
 
@@ -91,8 +90,6 @@ def check_structure(proto: onnx.ModelProto, name: str) -> None:
         raise InputError(f"{name}: no opset_import for the default ONNX domain")
     if opset > newest:
         raise InputError(f"{name}: opset {opset} is newer than this onnx package supports ({newest})")
-    if opset < MIN_OPSET:
-        raise InputError(f"{name}: opset {opset} is older than onnxruntime supports ({MIN_OPSET})")
 
 
 def default_opset(proto: onnx.ModelProto) -> int | None:

@@ -88,7 +88,7 @@ class ShapeVec:
     def _node(self, node: gs.Node, depth: int) -> tuple[list[Elem], bool] | None:
         op, attrs = node.op, node.attrs
         if op == "Shape":
-            return self._shape(node)
+            return self._shape(node, depth)
         if op not in _SUPPORTED:
             return None
         ins = [self.eval(t, depth + 1) if t.name or isinstance(t, gs.Constant) else None for t in node.inputs]
@@ -121,9 +121,12 @@ class ShapeVec:
             return self._elementwise(op, ins)
         return None
 
-    def _shape(self, node: gs.Node) -> tuple[list[Elem], bool] | None:
+    def _shape(self, node: gs.Node, depth: int) -> tuple[list[Elem], bool] | None:
         source = node.inputs[0]
         shape = self.shape_of(source)
+        if (shape is None or not all(isinstance(d, int) for d in shape)) and source.dtype in (np.int64, np.int32, None):
+            known = self.eval(source, depth + 1)  # the length of a shape vector we can read
+            shape = shape if known is None else ([] if known[1] else [len(known[0])])
         if shape is None:
             return None
         rank = len(shape)

@@ -8,14 +8,20 @@ memoised per tensor, so a rule sees the value without running onnxruntime or mut
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphfix.context import RuleContext
+
 MAX_ELEMENTS = 4096  # shape vectors are small; anything bigger is data, not worth folding here
 MAX_DEPTH = 64
+BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
+                 "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "BitShift"}
 
 
 def _attr(node: gs.Node, name: str, default=None):
@@ -156,3 +162,94 @@ def shape_vector(graph: gs.Graph, entries: Sequence[int | tuple[gs.Tensor, int]]
     out = gs.Variable(f"{prefix}_shape_vector", dtype=np.int64, shape=[len(entries)])
     graph.nodes.append(gs.Node("Concat", f"{prefix}_Concat", {"axis": 0}, inputs=pieces, outputs=[out]))
     return out
+
+
+# --- export-time sizes of dynamic dims ---------------------------------------------------------------
+@dataclass
+class ExportSizes:
+    """Export-time values of dynamic dims (by dim name) and where each value was learnt."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
+
+    def learn(self, sym: str, value: int, source: str) -> None:
+        if sym not in self.values and value > 0:
+            self.values[sym], self.sources[sym] = int(value), source
+
+    def symbols_with(self, value: int) -> list[str]:
+        return [s for s, v in self.values.items() if v == value]
+
+    def explain(self, sym: str) -> str:
+        return f"{sym}={self.values[sym]} at export ({self.sources[sym]})"
+
+
+def export_sizes(ctx: RuleContext, ev: ConstEval) -> ExportSizes:
+    """Export-time sizes of the graph inputs' dynamic dims, from --trace-shape or the evidence in the graph."""
+    sizes = ExportSizes()
+    for tensor in ctx.graph.inputs:
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if isinstance(dim, str):
+                sizes.carriers.setdefault(dim, (tensor, axis))
+        traced = ctx.options.trace_shapes.get(tensor.name)
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if traced and isinstance(dim, str) and axis < len(traced):
+                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}")
+    reshapes = []
+    for node in ctx.graph.nodes:
+        if node.op == "Reshape":
+            reshapes.append(node)
+        elif node.op == "Expand":
+            _learn_aligned(sizes, ctx.shape(node.inputs[0]), ev(node.inputs[1]), f"Expand '{node.name}'")
+        elif node.op == "Split" and (split := split_sizes(ev, node)) is not None:
+            shape = ctx.shape(node.inputs[0])
+            if shape and isinstance(dim := shape[int(node.attrs.get("axis", 0)) % len(shape)], str):
+                sizes.learn(dim, sum(split), f"Split '{node.name}' sizes")
+        elif node.op in BROADCAST_OPS:
+            shapes = [ctx.shape(t) for t in node.inputs]
+            for shape in shapes:
+                for other in shapes:
+                    if shape is not other and shape and other:
+                        _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
+                                       f"{node.op} '{node.name}' broadcasts it with a fixed size")
+    if any(isinstance(d, str) and d not in sizes.values for t in ctx.graph.inputs for d in (ctx.shape(t) or ())):
+        _learn_from_symbolic(ctx, sizes)
+    for node in reshapes:  # element count conserved at one size only: that size is the export size
+        shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
+        if shape is None or target is None or (target <= 0).any():
+            continue
+        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes.values]
+        if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
+            known = math.prod(d if isinstance(d, int) else sizes.values[d] for d in shape if d != unknown[0])
+            if known and int(np.prod(target)) % known == 0:
+                sizes.learn(unknown[0], int(np.prod(target)) // known,
+                            f"Reshape '{node.name}' conserves elements only there")
+    return sizes
+
+
+def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
+    if shape is None or target is None:
+        return
+    target = target.reshape(-1)
+    for j in range(1, min(len(shape), len(target)) + 1):
+        dim, t = shape[-j], int(target[-j])
+        if isinstance(dim, str) and t > 1:
+            sizes.learn(dim, t, source)
+
+
+def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
+    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    symbolic = ctx.symbolic_shapes
+    for tensor in ctx.graph.inputs:
+        merged = symbolic.get(tensor.name) or []
+        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
+            if isinstance(dim, str) and isinstance(value, int):
+                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
+
+
+def split_sizes(ev: ConstEval, node: gs.Node) -> list[int] | None:
+    if len(node.inputs) > 1 and (node.inputs[1].name or isinstance(node.inputs[1], gs.Constant)):
+        value = ev(node.inputs[1])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    split = node.attrs.get("split")
+    return None if split is None else [int(v) for v in split]

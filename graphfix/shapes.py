@@ -9,17 +9,49 @@ import onnx
 log = logging.getLogger(__name__)
 
 
+STUB_LOCATION = "__graphfix_weights_not_loaded__"
+SMALL_TENSOR_BYTES = 4096  # shape-carrying constants are small; their values feed data propagation
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without large weights and without the export's value_info.
+
+    Large initializers become external-data stubs with their name, type and dims, so that shape inference and
+    rules see them but no weight bytes are copied. Stale value_info from the export is a known source of wrong
+    shapes, so it is dropped and inferred again.
+    """
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, name, getattr(model, name))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    source, graph = model.graph, light.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    for tensor in source.initializer:
+        graph.initializer.append(tensor if len(tensor.raw_data) <= SMALL_TENSOR_BYTES else _stub(tensor))
+    return light
+
+
+def _stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                            data_location=onnx.TensorProto.EXTERNAL)
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", STUB_LOCATION
+    return stub
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with fresh value_info. Stale value_info from the export is dropped first, since it is a known
-    source of wrong shapes; on failure the model is returned without intermediate shapes."""
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    del stripped.graph.value_info[:]
+    """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails."""
+    light = skeleton(model)
     try:
-        return onnx.shape_inference.infer_shapes(stripped, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference rejects some valid-to-run models; rules then see fewer shapes
         log.debug("onnx shape inference failed: %s", exc)
-        return stripped
+        return light
 
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:

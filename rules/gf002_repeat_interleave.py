@@ -100,7 +100,7 @@ class RepeatInterleave(Rule):
         shown = _show_repeats(m.repeats)
         broken = m.form in ("unrolled", "loop")
         cause = (f"repeat_interleave({m.x.name}, {shown}, dim={m.dim}) exported in the {m.form} form "
-                 f"({len(m.nodes)} nodes"
+                 f"({_subgraph_size(m)} nodes"
                  + ("; it bakes the element count and fails or returns wrong shapes in onnxruntime)" if broken
                     else "; shape arithmetic where Unsqueeze → Expand → Reshape suffices)"))
         replacement = "Gather with per-element indices" if per_element else "Unsqueeze → Expand → Reshape"
@@ -127,9 +127,10 @@ class RepeatInterleave(Rule):
 
 def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
     unsq = _producer(tile.inputs[0])
-    if unsq is None or unsq.op != "Unsqueeze" or len(tile.outputs[0].outputs) != 1:
-        return None  # repeat_interleave tiles an unsqueezed input and only merges the result
-    merge = tile.outputs[0].outputs[0]
+    readers = [n for n in tile.outputs[0].outputs if n.op != "Shape"]
+    if unsq is None or unsq.op != "Unsqueeze" or len(readers) != 1:
+        return None  # repeat_interleave tiles an unsqueezed input and only merges the result (and reads its shape)
+    merge = readers[0]
     if merge.op not in ("Reshape", "Flatten") or tile.outputs[0].name in ctx.graph_output_names:
         return None
     x = unsq.inputs[0]
@@ -370,6 +371,22 @@ def _true(vec: ShapeVec, cond: gs.Tensor) -> bool:
 
 def _producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
+
+
+def _subgraph_size(m: Match, limit: int = 500) -> int:
+    """Non-Constant nodes between the input and the output (stopping at Shape reads and graph inputs)."""
+    seen: set[int] = set()
+    stack, count = [m.output], 0
+    while stack and count < limit:
+        tensor = stack.pop()
+        node = _producer(tensor)
+        if tensor is m.x or node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        count += node.op != "Constant"
+        if node.op != "Shape":
+            stack.extend(node.inputs)
+    return count
 
 
 def _ancestors(tensor: gs.Tensor, depth: int) -> list[gs.Tensor]:

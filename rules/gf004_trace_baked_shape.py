@@ -4,40 +4,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.context import RuleContext
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
-from graphfix.shape_utils import ConstEval, int64, shape_dim, shape_vector
+from graphfix.shape_utils import (
+    BROADCAST_OPS,
+    ConstEval,
+    ExportSizes,
+    export_sizes,
+    int64,
+    shape_dim,
+    shape_vector,
+    split_sizes,
+)
 
 INT64_MAX = np.iinfo(np.int64).max
-BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
-                 "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "BitShift"}
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
-
-
-@dataclass
-class ExportSizes:
-    """Export-time values of dynamic dims (by dim name) and where each value was learnt."""
-
-    values: dict[str, int] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
-
-    def learn(self, sym: str, value: int, source: str) -> None:
-        if sym not in self.values and value > 0:
-            self.values[sym], self.sources[sym] = int(value), source
-
-    def symbols_with(self, value: int) -> list[str]:
-        return [s for s, v in self.values.items() if v == value]
-
-    def explain(self, sym: str) -> str:
-        return f"{sym}={self.values[sym]} at export ({self.sources[sym]})"
 
 
 class TraceBakedShape(Rule):
@@ -171,7 +158,8 @@ class TraceBakedShape(Rule):
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
             severity=Severity.WARNING if guessed else None,
             fix=Fix(f"compute Reshape '{node.name}' shape from the input: {_show(entries)}",
-                    apply=_replace_input(node, 1, entries, ctx.opset), safety=safety, reason=reason))
+                    apply=_loosened(node, _changed(target, entries), _replace_input(node, 1, entries, ctx.opset)),
+                    safety=safety, reason=reason))
 
     # --- Expand --------------------------------------------------------------------------------------------
     def _expand(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -201,11 +189,12 @@ class TraceBakedShape(Rule):
                   "the input carries the dynamic dim at each replaced position; 1 keeps it")
         yield self.finding(
             f"Expand '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(notes + by_value)
-            + f"; at other sizes onnxruntime fails or the output keeps the export size",
+            + "; at other sizes onnxruntime fails or the output keeps the export size",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
             fix=Fix(f"compute Expand '{node.name}' shape at run time: {_show(entries)}",
-                    apply=_replace_input(node, 1, entries, ctx.opset), safety=safety, reason=reason))
+                    apply=_loosened(node, _changed(target, entries), _replace_input(node, 1, entries, ctx.opset)),
+                    safety=safety, reason=reason))
 
     # --- Slice ---------------------------------------------------------------------------------------------
     def _slice(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -246,13 +235,14 @@ class TraceBakedShape(Rule):
             hint="`x[:, :int(x.shape[1]) - k]` or `narrow(..., int(n))` bakes the length; slice with the traced "
                  "size (`x[:, : x.shape[1] - k]`) or a negative end (`x[:, :-k]`).",
             fix=Fix(f"make Slice '{node.name}' ends relative to the end: {ends.tolist()}",
-                    apply=_replace_input(node, 2, [int(e) for e in ends], ctx.opset),
+                    apply=_loosened(node, set(values[1].reshape(-1).tolist()),
+                                   _replace_input(node, 2, [int(e) for e in ends], ctx.opset)),
                     safety=Safety.UNSAFE if unsafe else Safety.SAFE,
                     reason="; ".join(unsafe) or "the end was the full length of the sliced dynamic dim"))
 
     # --- Split and Pad: the information is gone --------------------------------------------------------------
     def _split(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
-        split = _split_sizes(ev, node)
+        split = split_sizes(ev, node)
         shape = ctx.shape(node.inputs[0])
         if split is None or shape is None:
             return
@@ -322,7 +312,8 @@ class TraceBakedShape(Rule):
             nodes=[node], tensors=[node.inputs[index]], severity=Severity.WARNING,
             hint=HINT_INT + " E.g. `torch.arange(int(x.shape[1]))` -> `torch.arange(x.shape[1])`.",
             fix=Fix(f"compute {node.op} '{node.name}' {role} from the input's shape",
-                    apply=_replace_input(node, index, entries, ctx.opset, scalar=scalar, like=value),
+                    apply=_loosened(node, set(flat), _replace_input(node, index, entries, ctx.opset, scalar=scalar,
+                                                                   like=value)),
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
     # --- constants cut at the export length -------------------------------------------------------------------
@@ -355,7 +346,8 @@ class TraceBakedShape(Rule):
                 shapes={const.name: list(value.shape), other.name: oshape},
                 hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
                 fix=Fix(f"shrink {const.name} to {list(small.shape)} (broadcasting restores the size)",
-                        apply=_set_constant(node, k, small), safety=Safety.SAFE,
+                        apply=_loosened(node, {value.shape[a] for a, _ in axes}, _set_constant(node, k, small)),
+                        safety=Safety.SAFE,
                         reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
         arange = _arange_axis(value, [a for a, _ in axes])
         if arange is not None and arange[0] == 0 and arange[1] == 1:
@@ -366,7 +358,9 @@ class TraceBakedShape(Rule):
                 tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
                 hint="`torch.arange(int(x.shape[1]))` was folded; write `torch.arange(x.shape[1])`.",
                 fix=Fix(f"compute {const.name} as Range(0, Shape({other.name})[{source}])",
-                        apply=_arange_input(node, k, value, axis, other, source, ctx.opset), safety=Safety.SAFE,
+                        apply=_loosened(node, {value.shape[axis]}, _arange_input(node, k, value, axis, other, source,
+                                                                           ctx.opset)),
+                        safety=Safety.SAFE,
                         reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
         return self.finding(
             base + "; its values beyond the export length are gone from the graph", nodes=[node],
@@ -375,79 +369,8 @@ class TraceBakedShape(Rule):
                  "size (`self.pe[:, : x.shape[1]]`) and re-export.")
 
 
-def export_sizes(ctx: RuleContext, ev: ConstEval) -> ExportSizes:
-    """Export-time sizes of the graph inputs' dynamic dims, from --trace-shape or the evidence in the graph."""
-    sizes = ExportSizes()
-    for tensor in ctx.graph.inputs:
-        for axis, dim in enumerate(ctx.shape(tensor) or ()):
-            if isinstance(dim, str):
-                sizes.carriers.setdefault(dim, (tensor, axis))
-        traced = ctx.options.trace_shapes.get(tensor.name)
-        for axis, dim in enumerate(ctx.shape(tensor) or ()):
-            if traced and isinstance(dim, str) and axis < len(traced):
-                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}")
-    reshapes = []
-    for node in ctx.graph.nodes:
-        if node.op == "Reshape":
-            reshapes.append(node)
-        elif node.op == "Expand":
-            _learn_aligned(sizes, ctx.shape(node.inputs[0]), ev(node.inputs[1]), f"Expand '{node.name}'")
-        elif node.op == "Split" and (split := _split_sizes(ev, node)) is not None:
-            shape = ctx.shape(node.inputs[0])
-            if shape and isinstance(dim := shape[int(node.attrs.get("axis", 0)) % len(shape)], str):
-                sizes.learn(dim, sum(split), f"Split '{node.name}' sizes")
-        elif node.op in BROADCAST_OPS:
-            shapes = [ctx.shape(t) for t in node.inputs]
-            for shape in shapes:
-                for other in shapes:
-                    if shape is not other and shape and other:
-                        _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
-                                       f"{node.op} '{node.name}' broadcasts it with a fixed size")
-    if any(isinstance(d, str) and d not in sizes.values for t in ctx.graph.inputs for d in (ctx.shape(t) or ())):
-        _learn_from_symbolic(ctx, sizes)
-    for node in reshapes:  # element count conserved at one size only: that size is the export size
-        shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
-        if shape is None or target is None or (target <= 0).any():
-            continue
-        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes.values]
-        if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
-            known = math.prod(d if isinstance(d, int) else sizes.values[d] for d in shape if d != unknown[0])
-            if known and int(np.prod(target)) % known == 0:
-                sizes.learn(unknown[0], int(np.prod(target)) // known,
-                            f"Reshape '{node.name}' conserves elements only there")
-    return sizes
-
-
-def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
-    if shape is None or target is None:
-        return
-    target = target.reshape(-1)
-    for j in range(1, min(len(shape), len(target)) + 1):
-        dim, t = shape[-j], int(target[-j])
-        if isinstance(dim, str) and t > 1:
-            sizes.learn(dim, t, source)
-
-
-def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
-    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
-    symbolic = ctx.symbolic_shapes
-    for tensor in ctx.graph.inputs:
-        merged = symbolic.get(tensor.name) or []
-        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
-            if isinstance(dim, str) and isinstance(value, int):
-                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
-
-
 def _carriers(sizes: ExportSizes, value: int) -> list[str]:
     return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
-
-
-def _split_sizes(ev: ConstEval, node: gs.Node) -> list[int] | None:
-    if len(node.inputs) > 1 and (node.inputs[1].name or isinstance(node.inputs[1], gs.Constant)):
-        value = ev(node.inputs[1])
-        return None if value is None else [int(v) for v in value.reshape(-1)]
-    split = node.attrs.get("split")
-    return None if split is None else [int(v) for v in split]
 
 
 def _arange_axis(value: np.ndarray, axes: list[int]) -> tuple[float, float, int] | None:
@@ -478,6 +401,29 @@ def _replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool 
         node.inputs[index] = vector
 
     return apply
+
+
+def _changed(target: list[int], entries) -> set[int]:
+    return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
+
+
+def _loosened(node: gs.Node, values: set[int], apply):
+    """Run `apply`, then forget the baked sizes in the static shapes of graph outputs the node feeds."""
+
+    def run(graph: gs.Graph) -> None:
+        apply(graph)
+        outputs = {id(t) for t in graph.outputs}
+        queue, seen = list(node.outputs), set()
+        while queue:
+            tensor = queue.pop()
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            if id(tensor) in outputs and tensor.shape is not None:
+                tensor.shape = [None if isinstance(d, int) and d in values else d for d in tensor.shape]
+            queue.extend(out for consumer in tensor.outputs for out in consumer.outputs)
+
+    return run
 
 
 def _set_constant(node: gs.Node, index: int, value: np.ndarray):

@@ -81,9 +81,7 @@ def validate(original: ModelSource, candidate: ModelSource, options: ValidationO
     """Run both models at every probe size and decide whether the candidate may replace the original."""
     before, after = ModelRunner.from_source(original), ModelRunner.from_source(candidate)
     if after.session is None:
-        return Validation(
-            False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"]
-        )
+        return Validation(False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"])
     sizes = probe_sizes(before.proto, options)
     oracle = ShapeOracle(after.proto)
     runs, reasons, divergence = [], [], None
@@ -128,9 +126,7 @@ def _reasons(run: SizeRun) -> list[str]:
         where = failing_node(run.candidate_error)
         node = f"node '{where[1]}' ({where[0]})" if where else "the model"
         return [f"repaired model fails {at}: {node}: {run.candidate_error}"]
-    lines = [
-        f"output '{o.name}' differs from the original {at}: {o.problem}" for o in run.outputs if not o.ok
-    ]
+    lines = [f"output '{o.name}' differs from the original {at}: {o.problem}" for o in run.outputs if not o.ok]
     lines += [f"{problem} {at}" for problem in run.shape_problems]
     return lines
 

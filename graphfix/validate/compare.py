@@ -35,25 +35,19 @@ class OutputComparison:
         }
 
 
-def compare_arrays(
-    name: str, expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float
-) -> OutputComparison:
+def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> OutputComparison:
     """Equal within `atol + rtol * |expected|` elementwise; NaN matches NaN, ±Inf match themselves."""
     expected, actual = np.asarray(expected), np.asarray(actual)
     shapes = (list(expected.shape), list(actual.shape))
     if expected.shape != actual.shape:
         return OutputComparison(name, False, None, None, *shapes, f"shape {shapes[1]} instead of {shapes[0]}")
     if expected.dtype != actual.dtype:
-        return OutputComparison(
-            name, False, None, None, *shapes, f"dtype {actual.dtype} instead of {expected.dtype}"
-        )
+        return OutputComparison(name, False, None, None, *shapes, f"dtype {actual.dtype} instead of {expected.dtype}")
     if expected.size == 0:
         return OutputComparison(name, True, 0.0, 0.0, *shapes)
     if not np.issubdtype(expected.dtype, np.number):
         same = bool(np.array_equal(expected, actual))
-        return OutputComparison(
-            name, same, float(not same), float(not same), *shapes, "" if same else "values differ"
-        )
+        return OutputComparison(name, same, float(not same), float(not same), *shapes, "" if same else "values differ")
     exp64, act64 = expected.astype(np.float64), actual.astype(np.float64)
     same_special = (np.isnan(exp64) & np.isnan(act64)) | (np.isinf(exp64) & (exp64 == act64))
     diff = np.where(same_special, 0.0, np.abs(exp64 - act64))
@@ -73,9 +67,7 @@ def compare_outputs(
     results = []
     for name, value in expected.items():
         if name not in actual:
-            results.append(
-                OutputComparison(name, False, None, None, list(np.shape(value)), [], "output missing")
-            )
+            results.append(OutputComparison(name, False, None, None, list(np.shape(value)), [], "output missing"))
             continue
         results.append(compare_arrays(name, value, actual[name], rtol, atol))
     return results
@@ -97,16 +89,12 @@ class ShapeOracle:
                 continue
             actual = list(np.shape(value))
             if len(expected) != len(actual):
-                problems.append(
-                    f"output '{name}' has rank {len(actual)}, shape inference says {len(expected)}"
-                )
+                problems.append(f"output '{name}' has rank {len(actual)}, shape inference says {len(expected)}")
                 continue
             for axis, (dim, got) in enumerate(zip(expected, actual, strict=True)):
                 want = evaluate_dim(dim, sizes)
                 if want is not None and want != got:
-                    problems.append(
-                        f"output '{name}' dim {axis} is {got}, shape inference says {dim} = {want}"
-                    )
+                    problems.append(f"output '{name}' dim {axis} is {got}, shape inference says {dim} = {want}")
         return problems
 
 

@@ -90,9 +90,7 @@ def _forced_sizes(model: onnx.ModelProto, options: ValidationOptions) -> dict[st
     return forced
 
 
-def _export_sizes(
-    model: onnx.ModelProto, options: ValidationOptions, forced: dict[str, int]
-) -> dict[str, int]:
+def _export_sizes(model: onnx.ModelProto, options: ValidationOptions, forced: dict[str, int]) -> dict[str, int]:
     hint = _baked_size_hint(model)
     sizes: dict[str, int] = {}
     for vi in graph_inputs(model):
@@ -198,10 +196,7 @@ def _vocabulary_sizes(model: onnx.ModelProto) -> dict[str, int]:
     aliases = {i.name: i.name for i in graph_inputs(model)}
     found: dict[str, int] = {}
     for node in model.graph.node:
-        if (
-            node.op_type in {"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"}
-            and node.input[0] in aliases
-        ):
+        if node.op_type in {"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"} and node.input[0] in aliases:
             aliases[node.output[0]] = aliases[node.input[0]]
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in aliases:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)

@@ -17,7 +17,14 @@ from onnx import helper
 from graphfix.rule import Finding, Severity
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
-from graphfix.validate.runner import ModelRunner, ModelSource, failing_node, load_structure
+from graphfix.validate.runner import (
+    ModelRunner,
+    ModelSource,
+    failing_node,
+    load_structure,
+    upstream_only,
+    without_downstream,
+)
 
 MAX_CUTS = 32  # failing nodes followed per size
 INVALID_FEED = re.compile(r"Invalid (?:Feed )?Input Name:\s*(\S+)", re.IGNORECASE)
@@ -66,19 +73,24 @@ class RuntimeFailure:
 
     def to_finding(self) -> Finding:
         name, hint = RULES.get(self.rule, RULES["GF000"])
-        where = f"{self.op_type} node '{self.node}'" if self.node else "the model"
         return Finding(
             rule=self.rule,
             name=name,
             severity=self.severity,
-            message=f"{where} fails at sizes {self.sizes}: {short_message(self.message)}"
-            if self.severity is Severity.ERROR
-            else self.message,
+            message=self._sentence(),
             nodes=[self.node] if self.node else [],
             tensors=list(self.tensors),
             hint=hint,
             shapes=dict(self.shapes),
         )
+
+    def _sentence(self) -> str:
+        if self.severity is not Severity.ERROR:
+            return self.message
+        if self.rule == "GF001" and not self.node:
+            return f"inputs {self.tensors} are fed but the graph does not declare them: {short_message(self.message)}"
+        where = f"{self.op_type} node '{self.node}'" if self.node else "the model"
+        return f"{where} fails at sizes {self.sizes}: {short_message(self.message)}"
 
 
 def short_message(message: str) -> str:
@@ -177,9 +189,7 @@ def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     taken = {node.name for node in named.graph.node}
     for index, node in enumerate(named.graph.node):
         if not node.name:
-            node.name = next(
-                n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_") if n not in taken
-            )
+            node.name = next(n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_") if n not in taken)
             taken.add(node.name)
     return named
 
@@ -191,32 +201,11 @@ def _node_named(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
 def _input_shapes(model, base_dir, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:
     """Shapes of the failing node's inputs, from a run of only the nodes upstream of it."""
     wanted = [name for name in node.input if name]
-    upstream = _upstream_only(model, wanted)
+    upstream = upstream_only(model, wanted)
     result = ModelRunner(upstream, base_dir).run(feeds)
     if not result.ok:
         return {}
     return {name: list(np.shape(result.outputs[name])) for name in wanted if name in result.outputs}
-
-
-def _upstream_only(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """A copy that computes only `outputs` (as its graph outputs) from the graph inputs."""
-    producers = {out: n for n in model.graph.node for out in n.output}
-    needed, stack, keep = set(), list(outputs), set()
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in producers:
-            continue
-        needed.add(name)
-        keep.add(id(producers[name]))
-        stack.extend(producers[name].input)
-    sub = onnx.ModelProto()
-    sub.CopyFrom(model)
-    kept = [n for n in model.graph.node if id(n) in keep]
-    del sub.graph.node[:]
-    sub.graph.node.extend(kept)
-    del sub.graph.output[:]
-    sub.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
-    return sub
 
 
 def cut_at(model, node, binding, types) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -226,7 +215,7 @@ def cut_at(model, node, binding, types) -> tuple[onnx.ModelProto, dict[str, np.n
     for name in node.output:
         value = _fabricate(name, binding, types)
         if value is None:
-            return _without_downstream(model, node), {}
+            return without_downstream(model, node), {}
         fabricated[name] = value
     cut = onnx.ModelProto()
     cut.CopyFrom(model)
@@ -249,25 +238,6 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
     return np.ones(dims, dtype=dtype)
 
 
-def _without_downstream(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
-    """A copy without `node`, every node that depends on it, and the graph outputs they produced."""
-    dead = set(node.output)
-    kept = []
-    for n in model.graph.node:
-        if n.name == node.name or dead.intersection(n.input):
-            dead.update(n.output)
-        else:
-            kept.append(n)
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
-    del cut.graph.node[:]
-    cut.graph.node.extend(kept)
-    outputs = [o for o in model.graph.output if o.name not in dead]
-    del cut.graph.output[:]
-    cut.graph.output.extend(outputs)
-    return cut
-
-
 def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
     """Tensor name -> (elem type, symbolic shape) from onnxruntime's symbolic shape inference."""
     from graphfix.shapes import value_info_shape
@@ -279,10 +249,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]
     except Exception:  # without shapes, failing branches are dropped instead of fed
         return {}
     graph = inferred.graph if inferred is not None else model.graph
-    return {
-        vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi))
-        for vi in (*graph.value_info, *graph.output)
-    }
+    return {vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi)) for vi in (*graph.value_info, *graph.output)}
 
 
 def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure]:
@@ -293,9 +260,7 @@ def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure
     for name in runs[0]:
         values = [run[name] for run in runs if name in run]
         if any(_non_finite(v) for v in values):
-            warnings.append(
-                _warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)")
-            )
+            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)"))
         elif all(np.size(v) == 0 for v in values):
             warnings.append(_warning(name, f"output '{name}' is empty (0 elements) at every probe size"))
     return warnings

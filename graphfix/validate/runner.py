@@ -82,7 +82,6 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> ort.I
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
-    options.intra_op_num_threads = 2
     if base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -112,3 +111,43 @@ def with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         if name not in present:
             extended.graph.output.append(onnx.ValueInfoProto(name=name))
     return extended
+
+
+def upstream_only(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A copy that computes only `outputs` (as its graph outputs) from the graph inputs."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    needed, stack, keep = set(), list(outputs), set()
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in producers:
+            continue
+        needed.add(name)
+        keep.add(id(producers[name]))
+        stack.extend(producers[name].input)
+    sub = onnx.ModelProto()
+    sub.CopyFrom(model)
+    kept = [n for n in model.graph.node if id(n) in keep]
+    del sub.graph.node[:]
+    sub.graph.node.extend(kept)
+    del sub.graph.output[:]
+    sub.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return sub
+
+
+def without_downstream(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
+    """A copy without `node`, every node that depends on it, and the graph outputs they produced."""
+    dead = set(node.output)
+    kept = []
+    for n in model.graph.node:
+        if n.name == node.name or dead.intersection(n.input):
+            dead.update(n.output)
+        else:
+            kept.append(n)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(kept)
+    outputs = [o for o in model.graph.output if o.name not in dead]
+    del cut.graph.output[:]
+    cut.graph.output.extend(outputs)
+    return cut
