@@ -169,7 +169,6 @@ def test_output_never_overwrites_input_without_in_place(tmp_path):
     (["repair", "{m}"], "say where to write"),
     (["repair", "{m}", "-o", "a.onnx", "--output-dir", "d"], "only one of"),
     (["diagnose", "--only", "GF999", "{m}"], "unknown rule 'GF999'"),
-    (["explain", "GF999"], "unknown rule"),
     (["repair", "{m}", "--dry-run", "--shape", "X"], "NAME=VALUE"),
     (["diagnose", "--format", "yaml", "{m}"], "Invalid value"),
 ])
