@@ -24,6 +24,13 @@ def repair(model_or_path, **options):
     return _repair(model_or_path, **options)
 
 
+def export(model, args, f, **options):
+    """Export with torch.onnx, repair, and prove the file against the module; returns an ExportReport."""
+    from graphfix.exporting import export as _export
+
+    return _export(model, args, f, **options)
+
+
 def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
     """Compare an ONNX file with the PyTorch module it came from, at several input sizes."""
     from graphfix.api import verify as _verify

@@ -134,6 +134,29 @@ KNOWN_ERRORS: tuple[KnownError, ...] = (
            "FireRedASR's positional encoding has no streaming mode; the streaming export script cannot be used.",
            "Export the encoder and the decoder separately (or export once and split with `graphfix extract`), and "
            "drive decoding yourself.", reports="wenet #2697"),
+    _known(r"GuardOnDataDependentSymNode|Could not guard on data-dependent expression|"
+           r"Could not extract specialized integer from data-dependent expression",
+           "Export (dynamo): Python control flow or a Python number depends on tensor values",
+           "torch.export traces symbolically; an `if` on a tensor value, `.item()`, `int(tensor)` or `.tolist()` "
+           "needs the data, which does not exist at export time.",
+           "Use tensor ops instead of Python branches (`torch.where`, `torch.cond`), keep values as tensors, or "
+           "export with `dynamo=False` (which bakes the export-time value: check it with graphfix)."),
+    _known(r"Constraints violated|specialized it to be a constant|but your code specialized",
+           "Export (dynamo): a dim marked dynamic was specialized to a constant",
+           "Code in forward() fixes the dim (a Python int of a size, an assert on it, a shape-dependent branch), "
+           "so torch.export cannot keep it dynamic.",
+           "Remove the code that forces a specific size, or declare the dim with the range the code allows "
+           "(`torch.export.Dim('T', min=2, max=4096)`).", "GF004"),
+    _known(r"Failed to convert the exported program to an ONNX model|No decompositions registered|"
+           r"ONNX operator.*is not supported|not implemented for ONNX",
+           "Export (dynamo): an operator of the exported program has no ONNX translation",
+           "torch.export succeeded but the ONNX translation of one aten operator is missing at this opset.",
+           "Raise opset_version, rewrite the call with common ops, or try `dynamo=False`."),
+    _known(r"Failed to export the model with torch\.export",
+           "Export (dynamo): torch.export could not capture the model",
+           "Step 1 of the dynamo exporter (torch.export) failed; the exception summary says on which construct.",
+           "See https://pytorch.org/docs/stable/generated/exportdb/index.html for the construct, or try "
+           "`dynamo=False` and check the result with graphfix."),
     _known(r"Error parsing message with type 'onnx\.ModelProto'|INVALID_PROTOBUF|DecodeError",
            "The file is not a valid ONNX protobuf",
            "A damaged or truncated download, or a Git LFS pointer saved as model.onnx.",

@@ -142,12 +142,13 @@ def _resized_args(model: onnx.ModelProto, example: Sequence, seed: int) -> list[
             dims = meta.type.tensor_type.shape.dim if meta is not None else []
             shape = [sizes.get(d.dim_param, s) if d.dim_param else s
                      for d, s in zip(dims, arg.shape, strict=False)] or list(arg.shape)
-            new_args.append(_like(arg, shape, generator))
+            new_args.append(random_like(arg, shape, generator))
         arg_sets.append(tuple(new_args))
     return arg_sets
 
 
-def _like(arg, shape: list[int], generator):
+def random_like(arg, shape: list[int], generator):
+    """A random tensor of `arg`'s dtype and value range, in `shape`."""
     import torch
 
     if arg.dtype == torch.bool:
