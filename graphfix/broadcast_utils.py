@@ -1,10 +1,9 @@
-"""Numpy-style broadcasting checks on symbolic shapes: which ops broadcast, shapes that keep their dim names, and
-the verdict on one pair of right-aligned dims.
+"""Numpy-style broadcasting checks on symbolic shapes: which ops broadcast, and the verdict on one pair of
+right-aligned dims.
 
-Why not `ctx.symbolic_shapes`: it runs onnxruntime's symbolic inference with `auto_merge=True`, which *merges*
-the symbols of a pair that cannot broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the
-model (graph inputs included) to 768, so the very defect we look for erases its own evidence. `unmerged_shapes`
-runs the same inference without merging and keeps what it inferred before it stopped at the broken node.
+Rules use `ctx.unmerged_shapes`, not `ctx.symbolic_shapes`: auto-merge *merges* the symbols of a pair that cannot
+broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the model (graph inputs included) to
+768, so the very defect we look for erases its own evidence.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import re
 from enum import Enum
 
 import onnx
-
-from graphfix.shapes import value_info_shape
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +27,6 @@ Dim = int | str | None
 # Names sympy prints in onnxruntime's dim expressions ("floor(T/2) + 1"); they are not dims.
 _SYMPY_NAMES = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "CeilToInt", "FloorToInt", "Abs", "sqrt"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def unmerged_shapes(model: onnx.ModelProto) -> dict[str, list[Dim] | None]:
-    """Tensor name -> shape from onnxruntime's symbolic inference without auto-merge; partial when it stops early.
-
-    The library's own `infer_shapes` raises on an incomplete run (and writes sym_shape_infer_temp.onnx to the
-    working directory); the loop below is its body minus those two steps.
-    """
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inference = SymbolicShapeInference(2**31 - 1, False, True, 0)
-        inference._preprocess(model)
-        while inference.run_:
-            inference._infer_impl()
-        inference._update_output_from_vi()
-        graph = inference.out_mp_.graph
-    except Exception as exc:  # symbolic inference does not know every op; fall back to onnx's shapes
-        log.debug("unmerged symbolic shape inference failed: %s", exc)
-        return {}
-    shapes = {vi.name: value_info_shape(vi) for vi in graph.value_info}
-    shapes.update({vi.name: value_info_shape(vi) for vi in graph.input})
-    return shapes
 
 
 def input_dim_names(model: onnx.ModelProto) -> frozenset[str]:

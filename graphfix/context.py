@@ -79,13 +79,21 @@ class RuleContext:
 
     @cached_property
     def symbolic_shapes(self) -> dict[str, list[int | str | None]]:
-        """Shapes from onnxruntime's symbolic shape inference (names for dynamic dims); {} when it fails.
+        """Shapes from onnxruntime's symbolic shape inference with auto-merge (names for dynamic dims; a dim that
+        meets a constant is merged with it, which reveals export-time sizes); {} when it fails.
 
         Slower than onnx's shape inference: compute it only when a rule has a candidate that needs it.
         """
         from graphfix.shapes import symbolic_shapes
 
-        return symbolic_shapes(self.model)
+        return symbolic_shapes(self.model, merge=True)
+
+    @cached_property
+    def unmerged_shapes(self) -> dict[str, list[int | str | None]]:
+        """Like `symbolic_shapes` but without auto-merge: dim names survive a broken graph (partial results)."""
+        from graphfix.shapes import symbolic_shapes
+
+        return symbolic_shapes(self.model, merge=False)
 
     def shape(self, tensor: gs.Tensor) -> list[int | str | None] | None:
         """The tensor's shape: ints for static dims, strings for named dynamic dims, None when unknown."""

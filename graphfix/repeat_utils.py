@@ -1,9 +1,9 @@
 """Small shape-vector evaluation and the canonical repeat_interleave subgraphs (used by GF002).
 
 `ShapeVec` evaluates 0-d/1-d integer tensors (shape arithmetic: Shape, Gather, Slice, Concat, OneHot, ...)
-element by element. An element is an `int`, or a `Sym`: a graph input's dimension (`Sym("dim", t, j)`) or an
-element of a tensor that cannot be folded (`Sym("val", t, i)`). Evaluation is memoised per tensor and bounded in
-depth, so a rule that evaluates a few vectors per candidate stays linear in graph size.
+element by element. An element is an `int`, or a `Sym`: a tensor's dynamic dimension (`Sym("dim", t, j)`)
+or an element of a tensor that cannot be folded (`Sym("val", t, i)`). Evaluation is memoised per tensor and
+bounded in depth, so a rule that evaluates a few vectors per candidate stays linear in graph size.
 
 The builders append nodes to a graph and return the new output tensor; they never clean up.
 """
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    from graphfix.context import RuleContext
 
 MAX_DEPTH = 24
 _PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
@@ -196,6 +199,65 @@ def _apply(op: str, col: list[Elem]) -> Elem | None:
     return None
 
 
+# ------------------------------------------------------------------------- pieces of split inputs (GF002)
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def chunk_source(tensor: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
+    """(input, axis, kind) when `tensor` is one piece of a Split (or SequenceAt of a SplitToSequence)."""
+    node = producer(tensor)
+    if node is not None and node.op == "Split":
+        return node.inputs[0], node.attrs.get("axis", 0), "split"
+    if node is not None and node.op == "SequenceAt":
+        return split_to_sequence(node.inputs[0])
+    return None
+
+
+def chunk_index(ctx: RuleContext, tensor: gs.Tensor) -> int | None:
+    node = producer(tensor)
+    if node.op == "Split":
+        return node.outputs.index(tensor)
+    value = ctx.constant_value(node.inputs[1])
+    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def split_covers(ctx: RuleContext, vec: ShapeVec, piece: gs.Tensor, count: int) -> bool:
+    """The split yields exactly `count` pieces of size 1 (so the branches see the whole input)."""
+    node = producer(piece)
+    x, axis = node.inputs[0], node.attrs.get("axis", 0)
+    shape = ctx.shape(x) or []
+    if node.op == "SequenceAt":
+        node = producer(node.inputs[0])
+    if node.op == "Split" and len(node.outputs) != count:
+        return False
+    sizes = node.attrs.get("split") or (vec.elems(node.inputs[1]) if len(node.inputs) > 1 else None)
+    if sizes is None and node.op == "Split":
+        return bool(shape) and shape[axis % len(shape)] == count
+    if sizes is None or (len(sizes) == 1 and node.op == "SplitToSequence"):
+        return unit_split(vec, node) and bool(shape) and shape[axis % len(shape)] == count
+    return list(sizes) == [1] * count
+
+
+def unit_split(vec: ShapeVec, node: gs.Node) -> bool:
+    """A SplitToSequence into pieces of size 1 (split = 1, a vector of ones, or ConstantOfShape(value=1))."""
+    split = node.inputs[1]
+    sizes = vec.elems(split)
+    if sizes is not None:
+        return bool(sizes) and all(s == 1 for s in sizes)
+    maker = producer(split)
+    fill = maker.attrs.get("value") if maker is not None and maker.op == "ConstantOfShape" else None
+    return fill is not None and np.asarray(getattr(fill, "values", fill)).reshape(-1).tolist() == [1]
+
+
+def split_to_sequence(seq: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
+    node = producer(seq)
+    if node is None or node.op != "SplitToSequence" or len(node.inputs) < 2:
+        return None
+    return node.inputs[0], node.attrs.get("axis", 0), "sequence"
+
+
 # ----------------------------------------------------------------------------------------------- builders
 
 class Builder:
@@ -249,9 +311,10 @@ def uniform_repeat(b: Builder, x: gs.Tensor, shape: list, dim: int, repeats: Ele
     unsq = b.unsqueeze(x, dim + 1, dtype=out_dtype)
     ones_before, ones_after = [1] * (dim + 1), [1] * (rank - dim - 1)
     if isinstance(repeats, int):
-        expand_shape: gs.Tensor = b.const(ones_before + [repeats] + ones_after)
+        expand_shape: gs.Tensor = b.const([*ones_before, repeats, *ones_after])
     else:
-        expand_shape = b.op("Concat", [b.const(ones_before), b.elem(repeats), b.const(ones_after)], {"axis": 0})
+        parts = [b.const(ones_before), b.elem(repeats), b.const(ones_after)]
+        expand_shape = b.op("Concat", parts, {"axis": 0})
     expanded = b.op("Expand", [unsq, expand_shape], dtype=out_dtype)
     trailing = shape[dim + 1:]
     merged = shape[dim] * repeats if isinstance(shape[dim], int) and isinstance(repeats, int) else None
@@ -265,7 +328,8 @@ def uniform_repeat(b: Builder, x: gs.Tensor, shape: list, dim: int, repeats: Ele
     return b.op("Reshape", [expanded, target], dtype=out_dtype)
 
 
-def indexed_repeat(b: Builder, x: gs.Tensor, dim: int, repeats: np.ndarray | gs.Tensor, out_dtype) -> gs.Variable:
+def indexed_repeat(b: Builder, x: gs.Tensor, dim: int, repeats: np.ndarray | gs.Tensor,
+                   out_dtype) -> gs.Variable:
     """Gather(x, indices, axis=dim), the indices being arange(n) repeated per element.
 
     Constant repeats give constant indices (the CumSum folded); a run-time repeats tensor gets the dynamo

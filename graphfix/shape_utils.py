@@ -167,15 +167,25 @@ def shape_vector(graph: gs.Graph, entries: Sequence[int | tuple[gs.Tensor, int]]
 # --- export-time sizes of dynamic dims ---------------------------------------------------------------
 @dataclass
 class ExportSizes:
-    """Export-time values of dynamic dims (by dim name) and where each value was learnt."""
+    """Export-time values of dynamic dims (by dim name) and where each value was learnt.
 
-    values: dict[str, int] = field(default_factory=dict)
+    The expensive sources (onnxruntime's symbolic inference) are deferred until a candidate first reads
+    `values`: a graph with nothing that could be baked never pays for them."""
+
+    _values: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
+    deferred: list[Callable[[ExportSizes], None]] = field(default_factory=list)
+
+    @property
+    def values(self) -> dict[str, int]:
+        while self.deferred:
+            self.deferred.pop(0)(self)
+        return self._values
 
     def learn(self, sym: str, value: int, source: str) -> None:
-        if sym not in self.values and value > 0:
-            self.values[sym], self.sources[sym] = int(value), source
+        if sym not in self._values and value > 0:
+            self._values[sym], self.sources[sym] = int(value), source
 
     def symbols_with(self, value: int) -> list[str]:
         return [s for s, v in self.values.items() if v == value]
@@ -212,19 +222,23 @@ def export_sizes(ctx: RuleContext, ev: ConstEval) -> ExportSizes:
                     if shape is not other and shape and other:
                         _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
                                        f"{node.op} '{node.name}' broadcasts it with a fixed size")
-    if any(isinstance(d, str) and d not in sizes.values for t in ctx.graph.inputs for d in (ctx.shape(t) or ())):
-        _learn_from_symbolic(ctx, sizes)
-    for node in reshapes:  # element count conserved at one size only: that size is the export size
+    sizes.deferred.append(lambda s: _learn_from_symbolic(ctx, s))
+    sizes.deferred.append(lambda s: _learn_from_reshapes(ctx, ev, s, reshapes))
+    return sizes
+
+
+def _learn_from_reshapes(ctx: RuleContext, ev: ConstEval, sizes: ExportSizes, reshapes: list[gs.Node]) -> None:
+    """A Reshape whose element count is conserved at one size only: that size is the export size."""
+    for node in reshapes:
         shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
         if shape is None or target is None or (target <= 0).any():
             continue
-        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes.values]
+        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes._values]
         if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
-            known = math.prod(d if isinstance(d, int) else sizes.values[d] for d in shape if d != unknown[0])
+            known = math.prod(d if isinstance(d, int) else sizes._values[d] for d in shape if d != unknown[0])
             if known and int(np.prod(target)) % known == 0:
                 sizes.learn(unknown[0], int(np.prod(target)) // known,
                             f"Reshape '{node.name}' conserves elements only there")
-    return sizes
 
 
 def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
@@ -239,6 +253,9 @@ def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
 
 def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
     """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    dims = [d for t in ctx.graph.inputs for d in (ctx.shape(t) or ())]
+    if not any(isinstance(d, str) and d not in sizes._values for d in dims):
+        return  # every dynamic dim is already known
     symbolic = ctx.symbolic_shapes
     for tensor in ctx.graph.inputs:
         merged = symbolic.get(tensor.name) or []

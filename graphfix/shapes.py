@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from pathlib import Path
 
 import onnx
 
@@ -54,19 +56,44 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return light
 
 
-def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Tensor name -> shape with symbolic dim names, from onnxruntime.tools.symbolic_shape_infer; {} on failure."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+def symbolic_shapes(model: onnx.ModelProto, *, merge: bool = True) -> dict[str, list[int | str | None]]:
+    """Tensor name -> shape with symbolic dim names, from onnxruntime's symbolic shape inference; {} on failure.
 
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception as exc:
+    `merge=True` (auto_merge) lets a dynamic dim be merged with a constant it meets, which reveals export-time
+    sizes but rewrites dims on a broken graph; `merge=False` keeps the names and returns what was inferred
+    before inference stopped. Unlike the library's `infer_shapes`, an incomplete run neither raises nor writes
+    `sym_shape_infer_temp.onnx` into the working directory.
+    """
+    ort_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = ort_log.level
+    ort_log.setLevel(logging.ERROR)  # it warns about every mismatch the rules are about to report
+    try:
+        inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, True, 0)
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        graph = inference.out_mp_.graph
+    except Exception as exc:  # it does not know every op; rules then fall back to onnx's shapes
         log.debug("symbolic shape inference failed: %s", exc)
         return {}
-    if inferred is None:
-        return {}
-    graph = inferred.graph
-    return {vi.name: value_info_shape(vi) for vi in (*graph.input, *graph.value_info, *graph.output)}
+    finally:
+        ort_log.setLevel(level)
+    return {vi.name: value_info_shape(vi) for vi in (*graph.value_info, *graph.output, *graph.input)}
+
+
+@functools.cache
+def _symbolic_shape_infer():
+    """onnxruntime.tools.symbolic_shape_infer, loaded from its file: importing it as a submodule runs
+    onnxruntime/tools/__init__.py, which imports torch (3 s) when torch is installed."""
+    import importlib.util
+
+    package = importlib.util.find_spec("onnxruntime")
+    path = Path(package.submodule_search_locations[0]) / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("graphfix._ort_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def value_info_shape(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:

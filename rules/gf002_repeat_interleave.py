@@ -10,7 +10,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.context import RuleContext
-from graphfix.repeat_utils import Builder, Elem, ShapeVec, Sym, indexed_repeat, uniform_repeat
+from graphfix.repeat_utils import (
+    Builder,
+    Elem,
+    ShapeVec,
+    Sym,
+    chunk_index,
+    chunk_source,
+    indexed_repeat,
+    producer,
+    split_covers,
+    split_to_sequence,
+    uniform_repeat,
+    unit_split,
+)
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
 
@@ -27,6 +40,7 @@ class Match:
     repeats: Any
     output: gs.Tensor
     nodes: list[gs.Node] = field(default_factory=list)
+    note: str = ""
 
 
 class Candidate(Exception):
@@ -44,7 +58,7 @@ class RepeatInterleave(Rule):
     - **tile-onehot**: repeats computed from a size (`q.size(1) // k.size(1)`): the Tile repeats come from a
       `Div → Cast → Concat → OneHot → Reshape` chain;
     - **unrolled**: a repeats *tensor* (`torch.tensor([1, 2, 3])`) unrolled into `Split → Unsqueeze → Expand →
-      Reshape → Concat`, one branch per element; older exporters did the same with `SplitToSequence/SequenceAt`;
+      Reshape → Concat`, one branch per element (older exporters: `SplitToSequence/SequenceAt` pieces);
     - **loop**: `SplitToSequence → Loop{SequenceAt, Expand, SequenceInsert} → ConcatFromSequence` (torch 2.13
       for a repeats tensor on a dynamic axis, older torch also for integer repeats on one).
     The healthy forms (dynamo's `Unsqueeze → Expand → Reshape` and its `CumSum … Gather`) are not reported.
@@ -54,7 +68,7 @@ class RepeatInterleave(Rule):
     (`[0, -1, 0]` after an Unsqueeze): onnxruntime fails with `Concat node ... Non concat axis dimensions must
     match` even at the export size, or returns wrong shapes. The Loop form fails the same way in
     `ConcatFromSequence`, and TensorRT rejects Sequence ops (wenet #2517, #1630; onnxruntime #11672). The Tile
-    forms run, but spend 12–39 nodes of shape arithmetic on what `Unsqueeze → Expand → Reshape` does in three
+    forms run, but spend 12 to 39 nodes of shape arithmetic on what `Unsqueeze → Expand → Reshape` does in three
     (pytorch #100438: 463 nodes for one call).
 
     ## Example
@@ -62,15 +76,15 @@ class RepeatInterleave(Rule):
     k = torch.repeat_interleave(k, self.h // self.h_kv, dim=-3)   # wenet MQA/GQA before PR #2519
     k = k.unsqueeze(-3).expand(-1, -1, self.h // self.h_kv, -1, -1).flatten(-4, -3)   # after (k is 4-D)
     x = torch.repeat_interleave(x, torch.tensor([1, 2, 3]), dim=1)  # breaks in ORT
-    x = x.index_select(1, self.index)   # self.index = torch.repeat_interleave(torch.arange(3), reps): a buffer
+    x = x.index_select(1, self.index)  # buffer: self.index = torch.repeat_interleave(torch.arange(3), reps)
     ```
 
     ## Fix safety
     One repeat count (an int, a size expression, or per-element counts that are all equal) becomes
     `Unsqueeze → Expand → Reshape`; distinct constant counts become one `Gather` with constant indices (the
     folded `CumSum`); run-time counts become `CumSum → Range → LessOrEqual → ReduceSum → Gather`, as dynamo
-    exports them. The fix is safe when the input, the dim and every repeat count were recovered exactly and the
-    subgraph has no other readers; anything unproven is rejected with the reason and left alone.
+    exports them. The fix is safe when the input, the dim and every repeat count were recovered exactly and
+    the subgraph has no other readers; anything unproven is rejected with the reason and left alone.
     """
 
     code = "GF002"
@@ -119,14 +133,14 @@ class RepeatInterleave(Rule):
             fix=Fix(f"replace the {m.form} repeat_interleave of '{m.x.name}' with {replacement}",
                     apply=_rewrite(m, shape, ctx.opset), safety=Safety.SAFE,
                     reason=f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the "
-                           "data flow; the replacement computes torch.repeat_interleave with them"),
+                           "data flow; the replacement computes torch.repeat_interleave with them" + m.note),
         )
 
 
 # ------------------------------------------------------------------------------------------------ matchers
 
 def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
-    unsq = _producer(tile.inputs[0])
+    unsq = producer(tile.inputs[0])
     readers = [n for n in tile.outputs[0].outputs if n.op != "Shape"]
     if unsq is None or unsq.op != "Unsqueeze" or len(readers) != 1:
         return None  # repeat_interleave tiles an unsqueezed input and only merges the result (and reads its shape)
@@ -149,8 +163,9 @@ def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
         raise Candidate(f"Tile repeats {_show(reps)} repeat other axes too: a repeat, not repeat_interleave")
     if not _merges(ctx, vec, merge, tile.outputs[0], x, shape, dim, reps[dim + 1]):
         raise Candidate(f"the {merge.op} after Tile does not merge axes {dim} and {dim + 1} back")
-    onehot = any(_producer(t) is not None and _producer(t).op == "OneHot" for t in _ancestors(tile.inputs[1], 3))
-    return Match("tile-onehot" if onehot else "tile", x, dim, reps[dim + 1], merge.outputs[0], [unsq, tile, merge])
+    onehot = any(producer(t) is not None and producer(t).op == "OneHot" for t in _ancestors(tile.inputs[1], 3))
+    form = "tile-onehot" if onehot else "tile"
+    return Match(form, x, dim, reps[dim + 1], merge.outputs[0], [unsq, tile, merge])
 
 
 def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match | None:
@@ -158,7 +173,7 @@ def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match |
     if not branches or any(b is None for b in branches):
         return None  # every input must be Reshape(Expand(Unsqueeze(chunk)))
     firsts = {id(b[0].inputs[0]) for b in branches}
-    source = _chunk_source(branches[0][0].inputs[0])
+    source = chunk_source(branches[0][0].inputs[0])
     if source is None or len(firsts) != len(branches):
         return None
     x, axis, kind = source
@@ -168,57 +183,59 @@ def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match |
     dim = axis % len(shape)
     if concat.attrs.get("axis", 0) % len(shape) != dim:
         raise Candidate("Concat axis differs from the Split axis")
-    chunks = [_chunk_index(ctx, b[0].inputs[0]) for b in branches]
-    if chunks != list(range(len(branches))) or not _split_covers(ctx, vec, branches[0][0].inputs[0], len(chunks)):
+    chunks = [chunk_index(ctx, b[0].inputs[0]) for b in branches]
+    if chunks != list(range(len(chunks))) or not split_covers(ctx, vec, branches[0][0].inputs[0], len(chunks)):
         raise Candidate("the branches do not take the input's slices once each, in order")
     reps = [_branch_repeat(ctx, vec, b, x, shape, dim) for b in branches]
     repeats = _collect_repeats(ctx, vec, reps)
     nodes = [n for b in branches for n in b] + [concat]
-    return Match(f"unrolled-{kind}" if kind == "sequence" else "unrolled", x, dim, repeats, concat.outputs[0], nodes)
+    form = "unrolled-sequence" if kind == "sequence" else "unrolled"
+    return Match(form, x, dim, repeats, concat.outputs[0], nodes, _reshape_note(ctx, vec, branches, x, shape, dim))
 
 
 def _match_loop(ctx: RuleContext, vec: ShapeVec, cfs: gs.Node) -> Match | None:
-    loop = _producer(cfs.inputs[0])
+    loop = producer(cfs.inputs[0])
     if loop is None or loop.op != "Loop" or cfs.attrs.get("new_axis", 0):
         return None
     slot = loop.outputs.index(cfs.inputs[0])
     body: gs.Graph = loop.attrs["body"]
-    if _producer(loop.inputs[2 + slot]) is None or _producer(loop.inputs[2 + slot]).op != "SequenceEmpty":
+    if producer(loop.inputs[2 + slot]) is None or producer(loop.inputs[2 + slot]).op != "SequenceEmpty":
         return None  # the sequence must start empty
-    insert = _producer(body.outputs[1 + slot])
+    insert = producer(body.outputs[1 + slot])
     if insert is None or insert.op != "SequenceInsert" or insert.inputs[0] is not body.inputs[2 + slot]:
         raise Candidate("Loop body does not append to the carried sequence")
     branch = _branch(ctx, insert.inputs[1])
     if branch is None:
         raise Candidate("Loop body does not append Reshape(Expand(Unsqueeze(slice)))")
-    at = _producer(branch[0].inputs[0])
+    at = producer(branch[0].inputs[0])
     if at is None or at.op != "SequenceAt" or at.inputs[1] is not body.inputs[0]:
         raise Candidate("Loop body does not take slice i of the input in iteration i")
-    x, axis, _ = _split_to_sequence(at.inputs[0]) or (None, 0, "")
+    x, axis, _ = split_to_sequence(at.inputs[0]) or (None, 0, "")
     shape = None if x is None else ctx.shape(x)
     if shape is None:
         raise Candidate("the sliced input is not a SplitToSequence of unit pieces, or its rank is unknown")
     dim = axis % len(shape)
     if cfs.attrs.get("axis", 0) % len(shape) != dim or not _true(vec, loop.inputs[1]):
-        raise Candidate("ConcatFromSequence axis differs from the split axis, or the loop condition is not true")
+        raise Candidate("ConcatFromSequence axis differs from the split axis, or the loop condition is not 'true'")
     trips = vec.elems(loop.inputs[0])
     if trips is None or len(trips) != 1 or trips[0] not in (Sym("dim", x, dim), shape[dim]):
         raise Candidate(f"the trip count is not {x.name}.size({dim})")
-    if not _unit_split(vec, _producer(at.inputs[0])):
+    if not unit_split(vec, producer(at.inputs[0])):
         raise Candidate("the input is not split into pieces of size 1")
     repeat = _branch_repeat(ctx, vec, branch, x, shape, dim, iteration=body.inputs[0])
     if isinstance(repeat, tuple):
         repeat = _resolve(ctx, vec, repeat[1])
-    return Match("loop", x, dim, repeat, cfs.outputs[0], [loop, cfs, _producer(at.inputs[0])])
+    return Match("loop", x, dim, repeat, cfs.outputs[0], [loop, cfs, producer(at.inputs[0])],
+                 _reshape_note(ctx, vec, [branch], x, shape, dim))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 def _branch(ctx: RuleContext, tensor: gs.Tensor) -> list[gs.Node] | None:
     """[Unsqueeze, Expand, Reshape] when `tensor` is Reshape(Expand(Unsqueeze(.))) read by nothing else."""
-    reshape = _producer(tensor)
-    expand = reshape and reshape.op == "Reshape" and _producer(reshape.inputs[0])
-    unsq = expand and expand.op == "Expand" and _producer(expand.inputs[0])
+    reshape = producer(tensor)
+    expand = reshape and reshape.op == "Reshape" and producer(reshape.inputs[0])
+    unsq = expand and expand.op == "Expand" and producer(expand.inputs[0])
     if not unsq or unsq.op != "Unsqueeze":
         return None
     if len(unsq.outputs[0].outputs) != 1 or len(expand.outputs[0].outputs) != 1:
@@ -241,17 +258,27 @@ def _branch_repeat(ctx, vec, branch, x, shape, dim, iteration=None) -> Elem | tu
     count = target[dim + 1]
     if isinstance(count, int):
         return count
-    piece = _producer(count.tensor) if count.kind == "val" and count.index == 0 else None
-    if piece is not None and piece.op == "SequenceAt" and (iteration is None or piece.inputs[1] is iteration):
-        source = _split_to_sequence(piece.inputs[0])
-        if source is not None and source[1] == 0:
-            if _unit_split(vec, _producer(piece.inputs[0])):
-                return ("at", source[0], piece.inputs[1])
-    source = _chunk_source(count.tensor)
-    if source is None or source[1] != 0 or (source[2] == "sequence" and not _unit_split(
-            vec, _producer(_producer(count.tensor).inputs[0]))):
+    piece = producer(count.tensor) if count.kind == "val" and count.index == 0 else None
+    if piece is not None and piece.op == "SequenceAt" and iteration is not None and piece.inputs[1] is iteration:
+        source = split_to_sequence(piece.inputs[0])
+        if source is not None and source[1] == 0 and unit_split(vec, producer(piece.inputs[0])):
+            return ("at", source[0], piece.inputs[1])
+    source = chunk_source(count.tensor)
+    if source is None or source[1] != 0 or (source[2] == "sequence" and not unit_split(
+            vec, producer(producer(count.tensor).inputs[0]))):
         raise Candidate("a repeat count comes from neither a constant nor a unit split of a repeats tensor")
-    return ("chunk", source[0], _chunk_index(ctx, count.tensor), count.tensor)
+    return ("chunk", source[0], chunk_index(ctx, count.tensor), count.tensor)
+
+
+def _reshape_note(ctx, vec, branches, x, shape, dim) -> str:
+    """Why the exporter's own Reshape differs from repeat_interleave, when it does (torch 2.13's `[0, -1, 0]`)."""
+    for _, expand, reshape in branches:
+        if not _merges(ctx, vec, reshape, expand.outputs[0], x, shape, dim, None):
+            target = vec.elems(reshape.inputs[1])
+            return (f"; the exporter's Reshape target {_show(target) if target else '?'} copies the wrong dims "
+                    "(the torch bug behind 'Non concat axis dimensions must match'): the replacement computes what "
+                    "the PyTorch code does, where the original failed or returned wrong shapes")
+    return ""
 
 
 def _collect_repeats(ctx: RuleContext, vec: ShapeVec, reps: list) -> Any:
@@ -261,7 +288,7 @@ def _collect_repeats(ctx: RuleContext, vec: ShapeVec, reps: list) -> Any:
     sources = {id(r[1]) for r in reps if isinstance(r, tuple)}
     if len(sources) != 1 or any(not isinstance(r, tuple) or r[2] != k for k, r in enumerate(reps)):
         raise Candidate("repeat counts mix constants and tensors, or come out of order")
-    if not _split_covers(ctx, vec, reps[0][3], len(reps)):
+    if not split_covers(ctx, vec, reps[0][3], len(reps)):
         raise Candidate("the repeats tensor is not split into exactly one count per slice")
     return _resolve(ctx, vec, reps[0][1])
 
@@ -271,7 +298,7 @@ def _resolve(ctx: RuleContext, vec: ShapeVec, repeats: gs.Tensor) -> Any:
     values = vec.elems(repeats)
     if values is not None and all(isinstance(v, int) for v in values):
         return np.asarray(values, dtype=np.int64)
-    maker = _producer(repeats)
+    maker = producer(repeats)
     if maker is not None and maker.op == "Expand":
         fill = ctx.constant_value(maker.inputs[0])
         if fill is not None and fill.size == 1 and np.issubdtype(fill.dtype, np.integer):
@@ -279,61 +306,8 @@ def _resolve(ctx: RuleContext, vec: ShapeVec, repeats: gs.Tensor) -> Any:
     return repeats
 
 
-def _chunk_source(tensor: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
-    """(input, axis, kind) when `tensor` is one piece of a Split (or SequenceAt of a SplitToSequence)."""
-    node = _producer(tensor)
-    if node is not None and node.op == "Split":
-        return node.inputs[0], node.attrs.get("axis", 0), "split"
-    if node is not None and node.op == "SequenceAt":
-        return _split_to_sequence(node.inputs[0])
-    return None
-
-
-def _chunk_index(ctx: RuleContext, tensor: gs.Tensor) -> int | None:
-    node = _producer(tensor)
-    if node.op == "Split":
-        return node.outputs.index(tensor)
-    value = ctx.constant_value(node.inputs[1])
-    return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-
-def _split_covers(ctx, vec, piece: gs.Tensor, count: int) -> bool:
-    """The split yields exactly `count` pieces of size 1 (so the branches see the whole input)."""
-    node = _producer(piece)
-    x, axis = node.inputs[0], node.attrs.get("axis", 0)
-    shape = ctx.shape(x) or []
-    if node.op == "SequenceAt":
-        node = _producer(node.inputs[0])
-    if node.op == "Split" and len(node.outputs) != count:
-        return False
-    sizes = node.attrs.get("split") or (vec.elems(node.inputs[1]) if len(node.inputs) > 1 else None)
-    if sizes is None and node.op == "Split":
-        return bool(shape) and shape[axis % len(shape)] == count
-    if sizes is None or (len(sizes) == 1 and node.op == "SplitToSequence"):
-        return _unit_split(vec, node) and bool(shape) and shape[axis % len(shape)] == count
-    return list(sizes) == [1] * count
-
-
-def _unit_split(vec: ShapeVec, node: gs.Node) -> bool:
-    """A SplitToSequence into pieces of size 1 (split = 1, a vector of ones, or ConstantOfShape(value=1))."""
-    split = node.inputs[1]
-    sizes = vec.elems(split)
-    if sizes is not None:
-        return bool(sizes) and all(s == 1 for s in sizes)
-    maker = _producer(split)
-    fill = maker.attrs.get("value") if maker is not None and maker.op == "ConstantOfShape" else None
-    return fill is not None and np.asarray(getattr(fill, "values", fill)).reshape(-1).tolist() == [1]
-
-
-def _split_to_sequence(seq: gs.Tensor) -> tuple[gs.Tensor, int, str] | None:
-    node = _producer(seq)
-    if node is None or node.op != "SplitToSequence" or len(node.inputs) < 2:
-        return None
-    return node.inputs[0], node.attrs.get("axis", 0), "sequence"
-
-
 def _merges(ctx, vec, merge: gs.Node, tiled: gs.Tensor, x: gs.Tensor, shape: list, dim: int, repeat) -> bool:
-    """Whether `merge` (Reshape or Flatten of the tiled tensor) merges axes dim and dim+1 and keeps the rest."""
+    """Whether `merge` (Reshape or Flatten of the tiled tensor) merges axes dim, dim+1 and keeps the rest."""
     rank = len(shape)
     if merge.op == "Flatten":
         return rank == 2 and dim == 2 - merge.attrs.get("axis", 1)
@@ -348,7 +322,8 @@ def _merges(ctx, vec, merge: gs.Node, tiled: gs.Tensor, x: gs.Tensor, shape: lis
         if j == dim:
             ok = got == -1 or (merged is not None and got == merged)
         else:
-            ok = got in same or (isinstance(shape[j], int) and got == shape[j]) or (zero_ok and got == 0 and j < dim)
+            static = isinstance(shape[j], int) and got == shape[j]
+            ok = got in same or static or (zero_ok and got == 0 and j < dim)
         if not ok:
             return False
     return True
@@ -369,17 +344,13 @@ def _true(vec: ShapeVec, cond: gs.Tensor) -> bool:
     return got is not None and len(got) == 1 and got[0] in (1, True)
 
 
-def _producer(tensor: gs.Tensor) -> gs.Node | None:
-    return tensor.inputs[0] if tensor.inputs else None
-
-
 def _subgraph_size(m: Match, limit: int = 500) -> int:
     """Non-Constant nodes between the input and the output (stopping at Shape reads and graph inputs)."""
     seen: set[int] = set()
     stack, count = [m.output], 0
     while stack and count < limit:
         tensor = stack.pop()
-        node = _producer(tensor)
+        node = producer(tensor)
         if tensor is m.x or node is None or id(node) in seen:
             continue
         seen.add(id(node))
@@ -399,15 +370,15 @@ def _ancestors(tensor: gs.Tensor, depth: int) -> list[gs.Tensor]:
 
 def _shape_of(ctx: RuleContext, tensor: gs.Tensor) -> list | None:
     """ctx.shape, plus: a piece of a unit SplitToSequence of a 1-D tensor is a 1-element vector."""
-    node = _producer(tensor)
-    if node is not None and node.op == "SequenceAt" and (source := _split_to_sequence(node.inputs[0])):
-        if source[1] == 0 and (ctx.shape(source[0]) or [None, None]).__len__() == 1:
-            return [1]
+    node = producer(tensor)
+    source = split_to_sequence(node.inputs[0]) if node is not None and node.op == "SequenceAt" else None
+    if source is not None and source[1] == 0 and len(ctx.shape(source[0]) or ()) == 1:
+        return [1]
     return ctx.shape(tensor)
 
 
 def _show(elems: list) -> str:
-    return "[" + ", ".join(str(e) if not isinstance(e, Sym) else f"{e.tensor.name}[{e.index}]" for e in elems) + "]"
+    return "[" + ", ".join(f"{e.tensor.name}[{e.index}]" if isinstance(e, Sym) else str(e) for e in elems) + "]"
 
 
 def _show_repeats(repeats: Any) -> str:
@@ -416,7 +387,8 @@ def _show_repeats(repeats: Any) -> str:
     if isinstance(repeats, gs.Tensor):
         return f"tensor '{repeats.name}'"
     if isinstance(repeats, Sym):
-        return f"{repeats.tensor.name}.size({repeats.index})" if repeats.kind == "dim" else f"'{repeats.tensor.name}'"
+        name = repeats.tensor.name
+        return f"{name}.size({repeats.index})" if repeats.kind == "dim" else f"'{name}'"
     return str(repeats)
 
 

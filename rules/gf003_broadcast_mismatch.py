@@ -16,7 +16,6 @@ from graphfix.broadcast_utils import (
     merge_shape,
     pair_verdict,
     right_aligned,
-    unmerged_shapes,
 )
 from graphfix.context import RuleContext
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
@@ -87,7 +86,13 @@ class BroadcastMismatch(Rule):
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         inputs = input_dim_names(ctx.model)
         refined: dict[str, list[Dim] | None] | None = None
-        for node in ctx.graph.nodes:
+        # Tensors downstream of a reported mismatch: their inferred dims are an artefact of it (onnx infers
+        # broadcast(T, 5) as 5), so they must not raise a second finding for the same cause.
+        tainted: set[int] = set()
+        for node in ctx.graph.nodes:  # in graph order, which ONNX requires to be topological
+            upstream = [t for t in node.inputs if id(t) in tainted]
+            if upstream:
+                tainted.update(id(t) for t in node.outputs)
             if node.op not in BROADCAST_OPS:
                 continue  # only numpy-broadcasting ops
             operands = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
@@ -97,12 +102,20 @@ class BroadcastMismatch(Rule):
             if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
             if refined is None:  # one symbolic inference per graph, only once a candidate needs it
-                refined = unmerged_shapes(ctx.model)
+                refined = ctx.unmerged_shapes
             shapes = [merge_shape(refined.get(t.name), s) for t, s in zip(operands, coarse, strict=True)]
             if any(s is None for s in shapes):
                 yield self.reject("an operand's rank is unknown", nodes=[node])
                 continue
-            yield from self._check(ctx, node, operands, shapes, inputs)
+            if upstream:
+                shapes = [[None] * len(s) if id(t) in tainted else s for t, s in zip(operands, shapes, strict=True)]
+            found = list(self._check(ctx, node, operands, shapes, inputs))
+            if upstream and not any(isinstance(f, Finding) for f in found):
+                found = [self.reject(f"'{upstream[0].name}' comes after a mismatch reported upstream; checked again "
+                                     "once that one is fixed", nodes=[node])]
+            if any(isinstance(f, Finding) for f in found):
+                tainted.update(id(t) for t in node.outputs)
+            yield from found
 
     def _check(self, ctx, node, operands, shapes, inputs) -> Iterator[Finding | Rejection]:
         pairs = _pairs(shapes, inputs)
@@ -110,7 +123,7 @@ class BroadcastMismatch(Rule):
         if not bad:
             # only dims that may be equal at run time (two different names, an unknown dim)
             a, b = next(((p[3], p[4]) for p in pairs if p[-1] is Pair.UNKNOWN), (None, None))
-            yield self.reject(f"dims {a} and {b} differ but may be equal at run time", nodes=[node])
+            yield self.reject(f"dims {_dim(a)} and {_dim(b)} differ but may be equal at run time", nodes=[node])
             return
         labels = _labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
@@ -217,8 +230,12 @@ def _labels(node: gs.Node, operands: list[gs.Tensor]) -> list[str]:
     return [f"input {k}" for k in range(len(operands))]
 
 
+def _dim(dim: Dim) -> str:
+    return "?" if dim is None else str(dim)
+
+
 def _fmt(shape: list[Dim]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    return "[" + ", ".join(_dim(d) for d in shape) + "]"
 
 
 def _describe(labels, operands, shapes, indices) -> str:

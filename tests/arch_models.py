@@ -21,7 +21,7 @@ HIDDEN = 32
 LAYERS = 2
 HEADS = 4
 KV_HEADS = 2  # grouped-query attention in Llama
-ARCHITECTURES = ("bert", "llama", "hubert")
+ARCHITECTURES = ("bert", "llama", "llama-eager", "hubert")  # llama: default SDPA attention
 EXPORTERS = ("torchscript", "dynamo")
 # (batch, time) bindings the tests run; time is tokens for text models, audio samples for HuBERT.
 TEXT_SIZES = ((1, 5), (2, 8), (3, 13))
@@ -87,12 +87,15 @@ def build(name: str) -> Arch:
 
     torch.manual_seed(0)
     common = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                  intermediate_size=64, attn_implementation="eager")
+                  intermediate_size=64)
     if name == "bert":
         model = tf.BertModel(tf.BertConfig(vocab_size=VOCAB, max_position_embeddings=64, **common))
         arch = Arch(name, TextModel(model, "last_hidden_state"), ("input_ids", "attention_mask"), TEXT_SIZES,
                     text_inputs)
-    elif name == "llama":
+    elif name in ("llama", "llama-eager"):
+        # Eager attention repeats the KV heads with expand + reshape (repeat_kv), the pattern GF002 looks at.
+        if name == "llama-eager":
+            common["attn_implementation"] = "eager"
         config = tf.LlamaConfig(vocab_size=VOCAB, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
                                 tie_word_embeddings=False, **common)
         arch = Arch(name, TextModel(tf.LlamaForCausalLM(config), "logits"), ("input_ids", "attention_mask"),

@@ -1,9 +1,11 @@
-"""No harm on healthy exports of real architectures: BERT, Llama (grouped-query attention) and HuBERT, built from
-tiny transformers configs with random weights and exported by both exporters.
+"""No harm on healthy exports of real architectures: BERT, Llama with grouped-query attention (default SDPA and
+eager attention, whose repeat_kv is an expand + reshape) and HuBERT, built from tiny transformers configs with
+random weights and exported by both exporters (TorchScript at opset 17, dynamo at its default opset).
 
-`diagnose` must report no error-level finding, and `repair` must keep the model's outputs (equal to the original
-export's and to the PyTorch module's) at three input sizes. Each (architecture, exporter) is exported once per
-session. Slow: about a minute of exporting, so CI runs it with the slow tests.
+`diagnose` must report no error-level finding (statically, also with `--trace-shape` naming the export shape, and
+with runtime probing), and `repair` must keep the outputs (equal to the original export's and to the PyTorch
+module's) at three input sizes. Each (architecture, exporter) is exported once per session; the exports take
+most of the file's minute, so it is marked slow (CI runs it).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import onnxruntime as ort
 import pytest
 
 import graphfix
-from arch_models import ARCHITECTURES, EXPORTERS, build, export
 
+pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
+from arch_models import ARCHITECTURES, EXPORTERS, build, export
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +62,24 @@ def describe(findings) -> str:
     return "\n".join(f"{f.rule} {f.severity.value} nodes={f.nodes[:4]} {f.message}" for f in findings) or "(none)"
 
 
+def export_shapes(model) -> dict[str, tuple[int, ...]]:
+    """The `--trace-shape` a user would pass: each input's shape at export time."""
+    return {name: tuple(tensor.shape) for name, tensor in zip(model.input_names, model.example(), strict=True)}
+
+
 def run_ort(path, feeds) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "trace-shape"])
 @pytest.mark.parametrize(("arch", "exporter"), CASES)
-def test_static_diagnose_finds_no_error(exported, arch, exporter):
-    findings = graphfix.diagnose(exported(arch, exporter), static=True)
-    assert not errors(findings), f"{arch}/{exporter}: healthy export flagged:\n{describe(findings)}"
+def test_static_diagnose_finds_no_error(exported, architectures, arch, exporter, traced):
+    """Also with `--trace-shape` naming the export-time shape: (2, 8) makes time equal the head size and batch
+    the number of KV heads and layers, as export sizes often do (Llama exported at 64 tokens, head size 64)."""
+    trace = export_shapes(architectures[arch]) if traced else None
+    findings = graphfix.diagnose(exported(arch, exporter), static=True, trace_shapes=trace)
+    assert not errors(findings), f"{arch}/{exporter} trace={traced}: healthy export flagged:\n{describe(findings)}"
 
 
 @pytest.mark.parametrize(("arch", "exporter"), CASES)
@@ -80,10 +93,26 @@ def test_runtime_diagnose_finds_no_error(exported, arch, exporter):
 
 
 @pytest.mark.parametrize(("arch", "exporter"), CASES)
-def test_repair_keeps_outputs(exported, architectures, tmp_path, arch, exporter):
+def test_runtime_diagnose_at_deployment_length_finds_no_error(exported, architectures, arch, exporter):
+    """As `graphfix diagnose --shape NAME=Bx<time>`: batch free, time a length the model is meant for."""
+    try:
+        from graphfix.validate import ValidationOptions
+    except ImportError as exc:
+        pytest.skip(f"runtime probing (graphfix.validate) is not available: {exc}")
+    model = architectures[arch]
+    time = model.sizes[1][1]
+    options = ValidationOptions(shapes={name: (None, time) for name in model.input_names})
+    findings = graphfix.diagnose(exported(arch, exporter), validation=options)
+    assert not errors(findings), f"{arch}/{exporter} at time={time}: healthy export flagged:\n{describe(findings)}"
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "trace-shape"])
+@pytest.mark.parametrize(("arch", "exporter"), CASES)
+def test_repair_keeps_outputs(exported, architectures, tmp_path, arch, exporter, traced):
     source = exported(arch, exporter)
     out = tmp_path / "out.onnx"
-    result = graphfix.repair(source, output=out)
+    trace = export_shapes(architectures[arch]) if traced else None
+    result = graphfix.repair(source, output=out, trace_shapes=trace)
     applied = "\n".join(f"{a.to_json()}" for a in result.applied) or "(none)"
     assert result.status in ("unchanged", "repaired"), (
         f"{arch}/{exporter}: repair {result.status} ({result.error}); applied:\n{applied}\n"

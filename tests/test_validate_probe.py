@@ -90,6 +90,8 @@ def test_input_the_graph_does_not_declare_is_a_truncated_graph():
     assert [f.rule for f in failures] == ["GF001"]
     assert failures[0].tensors == ["cnn_cache"]
     assert "cnn_cache" in failures[0].message
+    finding = failures[0].to_finding()
+    assert finding.name == "truncated-graph" and "['cnn_cache'] are fed" in finding.message
 
 
 def test_nan_output_is_a_warning():

@@ -56,6 +56,14 @@ class IndexPutRank4(torch.nn.Module):  # a [B,T] mask on [B,T,C,3]
         return x
 
 
+class IndexPutTwice(torch.nn.Module):  # the 2nd Where reads the 1st: reported once that one is fixed
+    def forward(self, x, mask):
+        x = x * 2
+        x[mask] = 0
+        x[~mask] = 1.0
+        return x
+
+
 class MaskedFill(torch.nn.Module):  # the healthy way to write IndexPutZero
     def forward(self, x, mask):
         return (x * 2).masked_fill(mask.unsqueeze(-1), 0)
@@ -160,6 +168,15 @@ def test_ts_index_put_variants_are_repaired(exported, cls, axes):
     assert_matches_torch(result.model, cls())
 
 
+def test_chained_index_puts_are_repaired_in_two_rounds(exported):
+    model = exported(IndexPutTwice, "ts", 17)
+    assert [f.nodes for f in gf003(model)] == [["/Where"]]  # the 2nd only shows the 1st's shape artefacts
+    result = repaired(model)
+    assert sorted(n for a in result.applied for n in a.nodes) == ["/Where", "/Where_1"]
+    assert Counter(op_types(result.model))["Unsqueeze"] == 2
+    assert_matches_torch(result.model, IndexPutTwice())
+
+
 # -- healthy exports: must not fire ------------------------------------------------------------------------------
 
 
@@ -220,6 +237,25 @@ def test_trace_baked_table_is_reported_for_gf004():
     run(model, {"x": np.zeros((2, 6, 8), np.float32)})  # only the export length runs
     with pytest.raises(Exception, match=r"6 by 9|9 by 6"):
         run(model, {"x": np.zeros((2, 9, 8), np.float32)})
+
+
+class BakedPositions(torch.nn.Module):  # a positional table cut with a Python int (APGCC #22, XLNet #9044)
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pe", torch.arange(50 * C, dtype=torch.float32).reshape(1, 50, C) / 100)
+
+    def forward(self, x, mask):
+        return (x + self.pe[:, : int(x.size(1))]).masked_fill(mask.unsqueeze(-1), 0)
+
+
+def test_trace_baked_table_from_torch_is_reported(exported):
+    model = exported(BakedPositions, "ts", 17)
+    (finding,) = gf003(model)
+    assert "static size 5 on axis 1" in finding.message and "dynamic dim T" in finding.message
+    assert "GF004" in finding.message and "GF004" in finding.hint and finding.fix is None
+    assert_matches_torch(model, BakedPositions(), sizes=[(1, 5), (3, 5)])  # the export length runs ...
+    with pytest.raises(Exception, match="Attempting to broadcast"):  # ... no other does
+        run(model, feeds(2, 7))
 
 
 @pytest.mark.parametrize("text, words", [

@@ -1,0 +1,88 @@
+"""Benchmark models, generated here (no downloads): transformers configs with random weights, synthetic chains."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+
+def chain_graph(path: Path, nodes: int) -> Path:
+    """A [B, T, 64] tensor through `nodes` elementwise ops with small constants: a large graph with tiny weights."""
+    ops = ("Add", "Mul", "Relu", "Sub")
+    graph_nodes, inits = [], []
+    current = "x"
+    for i in range(nodes):
+        op = ops[i % len(ops)]
+        out = f"t{i}"
+        if op == "Relu":
+            graph_nodes.append(helper.make_node(op, [current], [out], name=f"/chain/{op}_{i}"))
+        else:
+            const = f"c{i}"
+            inits.append(helper.make_tensor(const, TensorProto.FLOAT, [64], np.full(64, 0.5, np.float32)))
+            graph_nodes.append(helper.make_node(op, [current, const], [out], name=f"/chain/{op}_{i}"))
+        current = out
+    graph = helper.make_graph(
+        graph_nodes, "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 64])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["B", "T", 64])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, path)
+    return path
+
+
+def bert_base(path: Path) -> Path:
+    """BERT-base (110M parameters, ~435 MB inline) exported with the TorchScript exporter, dynamic batch and time."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel(BertConfig()).eval()
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30522, (2, 16))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                          dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"}})
+    return path
+
+
+def llama_06b(path: Path) -> Path:
+    """A ~0.6B-parameter Llama-style decoder (grouped-query attention) exported with the dynamo exporter; its
+    weights (~2.4 GB) go to external data beside the model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                         tie_word_embeddings=True, use_cache=False)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.llama = LlamaForCausalLM(config).eval()
+
+        def forward(self, input_ids):
+            return self.llama(input_ids=input_ids).logits
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (1, 16))
+    batch, seq = torch.export.Dim("B", max=64), torch.export.Dim("T", min=2, max=4096)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Decoder().eval(), (ids,), dynamo=True, input_names=["input_ids"],
+                                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}})
+        program.save(str(path), external_data=True)
+    return path

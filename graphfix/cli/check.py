@@ -1,0 +1,131 @@
+"""`graphfix check PATH...`: the pre-deployment gate (CI, pre-commit) — rules plus an onnxruntime probe run.
+
+Exit 0 when every model is clean, 1 when a finding reaches --fail-on or the probe run fails, 2 on input errors.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from pathlib import Path
+
+import click
+
+from graphfix.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
+from graphfix.cli.config_options import (
+    batch_options,
+    config_filter,
+    config_options,
+    current_config,
+    report_format_option,
+)
+from graphfix.cli.options import (
+    fail_on_option,
+    paths_argument,
+    probe_inputs,
+    rule_inputs,
+    rule_options_from,
+    rule_selection,
+    validation_options_from,
+)
+from graphfix.config import canonical_code, known_codes, probe_options_for
+from graphfix.discovery import expand_paths
+from graphfix.errors import InputError
+from graphfix.registry import find_rule, select_rules
+from graphfix.report import emit_json, fails, findings_text
+
+GLOB_CHARS = set("*?[")
+
+
+@click.command("check")
+@paths_argument
+@report_format_option
+@fail_on_option
+@rule_selection
+@rule_inputs
+@probe_inputs
+@batch_options
+@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Write the report to FILE instead of stdout (e.g. graphfix.sarif).")
+@config_options
+def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_rejected, shapes, input_files,
+            rtol, atol, jobs, output_file) -> int:
+    """Gate models before deployment: rules and an onnxruntime run at several sizes; exit 1 if any fails.
+
+    PATH is a model, a folder (searched for *.onnx) or a quoted glob ('models/**/*.onnx'). Settings come from
+    [tool.graphfix] in the nearest pyproject.toml; command-line options override them.
+    """
+    config = current_config()
+    started = time.perf_counter()
+    only, skip = _codes(only, "--only"), _codes(skip, "--skip")  # runtime codes (GF000, GF005) allowed too
+    rules = tuple(rule.code for rule in select_rules(_registered(only), _registered(skip)))
+    if only and not _registered(only):
+        rules = ()  # --only names runtime codes alone: no static rule runs
+    options = rule_options_from(expect_outputs=expect_outputs, trace_shapes=trace_shapes)
+    base = validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol)
+    job_list = []
+    for model in expand_paths(expand_globs(paths)):
+        select, ignore = config_filter(model.path)
+        job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base),
+                            select=select or only, ignore=tuple(dict.fromkeys((*skip, *ignore)))))
+    outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))
+    failed = sum(fails(o.findings, fail_on) or o.runtime_failures > 0 for o in outcomes if o.error is None)
+    _report(outcomes, fmt, output_file, show_rejected, time.perf_counter() - started, failed)
+    if any(o.error for o in outcomes):
+        return max(o.exit_code for o in outcomes)
+    return 1 if failed else 0
+
+
+def expand_globs(paths: tuple[Path, ...]) -> list[Path]:
+    """Quoted globs (`'models/**/*.onnx'`) become the paths they match; other PATHs stay as given."""
+    expanded: list[Path] = []
+    for path in paths:
+        text = str(path)
+        if path.exists() or not GLOB_CHARS & set(text):
+            expanded.append(path)
+            continue
+        matched = sorted(glob.glob(text, recursive=True))
+        if not matched:
+            raise InputError(f"{text}: no file matches this pattern")
+        expanded.extend(Path(m) for m in matched)
+    return expanded
+
+
+def _codes(codes, option: str) -> tuple[str, ...]:
+    """Canonical codes (names accepted), registered rules and runtime-only codes alike."""
+    return tuple(dict.fromkeys(canonical_code(code, option) for code in codes))
+
+
+def _registered(codes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(code for code in codes if find_rule(code) is not None)
+
+
+def _report(outcomes, fmt, output_file, show_rejected, seconds, failed) -> None:
+    if output_file:
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+    out = click.open_file(str(output_file), "w", encoding="utf-8") if output_file else None
+    try:
+        if fmt == "sarif":
+            from graphfix.sarif import sarif_log
+
+            click.echo(json.dumps(sarif_log(outcomes), indent=2), file=out)
+        elif fmt == "json":
+            if out is None:
+                emit_json("models", [o.to_json(show_rejected) for o in outcomes])
+            else:
+                from graphfix import __version__
+
+                click.echo(json.dumps({"graphfix": __version__, "models": [o.to_json(show_rejected)
+                                                                          for o in outcomes]}, indent=2), file=out)
+        else:
+            for outcome in outcomes:
+                click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,
+                           err=bool(outcome.error) and out is None)
+                for rejection in outcome.rejections if show_rejected else ():
+                    click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}",
+                               file=out)
+            click.echo(summary_table(outcomes, seconds, failed, known_codes()), file=out)
+    finally:
+        if out is not None:
+            out.close()

@@ -1,0 +1,183 @@
+"""`extract`: the subgraph between named tensors, as a model of its own, proved against the whole.
+
+    result = extract(load_model("model.onnx"), ["/encoder/Add_output_0", "tokens"], ["logits"], Path("decoder.onnx"))
+
+Any tensor can be a boundary: graph inputs, graph outputs, or intermediate tensors. The cut is done by
+`onnx.utils.Extractor` on the structure-only model (weights in external data stay on disk and are copied in
+chunks into `OUT.data`), with value_info inferred afresh on a weightless skeleton (the export's own value_info
+is often stale). The part is refused (exit 2) when the outputs also depend on a graph input that is not a
+boundary, or when a boundary input feeds none of the outputs. Before writing, onnxruntime runs the whole model
+at several sizes, exposing the boundary tensors, and the part, fed with the whole's boundary values, must
+reproduce the whole's boundary outputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx.utils
+
+from graphfix.errors import InputError, UsageError
+from graphfix.loading import LoadedModel
+from graphfix.shapes import infer_shapes, skeleton
+from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
+from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+from graphfix.validate.inputs import graph_inputs
+from graphfix.validate.runner import ModelRunner, with_outputs
+
+log = logging.getLogger(__name__)
+
+
+def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: Path | None,
+            options: ValidationOptions | None = None) -> SurgeryResult:
+    """Cut the part of `loaded` that computes `outputs` from `inputs`, check it, and write it to `output`."""
+    options = options or ValidationOptions()
+    check_boundaries(loaded.proto, inputs, outputs)
+    part = extract_proto(loaded.proto, inputs, outputs)
+    summary = (f"extracted {len(part.graph.node)} of {len(loaded.proto.graph.node)} nodes: "
+               f"({', '.join(inputs)}) -> ({', '.join(outputs)})")
+
+    def check(staged: Path):
+        return check_part(loaded, staged, inputs, outputs, options)
+
+    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+        return write_checked(part, output, loaded, summary, check, Path(scratch))
+
+
+def check_boundaries(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:
+    """Refuse names that are not tensors of the graph, and cuts that leave the part open or an input unused."""
+    if not inputs or not outputs:
+        raise UsageError("give the boundary: --inputs NAME,... and --outputs NAME,...")
+    for option, names in (("--inputs", inputs), ("--outputs", outputs)):
+        if len(set(names)) != len(names):
+            raise UsageError(f"{option} names a tensor twice")
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    weights = {t.name for t in model.graph.initializer}
+    feeds = {i.name for i in graph_inputs(model)}
+    known = set(producers) | feeds | weights
+    for name in (*inputs, *outputs):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            raise UsageError(f"'{name}' is no tensor of the model" + (f" (did you mean {', '.join(close)}?)"
+                                                                      if close else ""))
+    for name in inputs:
+        if name in weights:
+            raise UsageError(f"--inputs '{name}' is a weight (initializer), not a value the part can be fed")
+    both = set(inputs) & set(outputs)
+    if both:
+        raise UsageError(f"'{sorted(both)[0]}' is both an input and an output of the part")
+    reached = _upstream(producers, set(inputs), outputs)
+    missing = sorted((reached & feeds) - set(inputs))
+    if missing:
+        raise UsageError(f"the outputs also depend on graph input(s) {', '.join(missing)}: add them to --inputs "
+                         "(or cut later)")
+    unused = [name for name in inputs if name not in reached]
+    if unused:
+        raise UsageError(f"--inputs {', '.join(unused)} feed(s) none of the outputs {', '.join(outputs)}")
+
+
+def _upstream(producers: dict[str, onnx.NodeProto], stops: set[str], outputs: list[str]) -> set[str]:
+    """Tensor names the outputs read, walking back to `stops` (which are included, never crossed)."""
+    seen: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in stops or name not in producers:
+            continue
+        node = producers[name]
+        stack.extend(node.input)
+        for attr in node.attribute:  # outer-scope names read by If/Loop/Scan bodies
+            for graph in (*([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []), *attr.graphs):
+                stack.extend(_outer_names(graph))
+    return seen
+
+
+def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    local |= {o for n in graph.node for o in n.output}
+    return [i for n in graph.node for i in n.input if i and i not in local]
+
+
+def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """The part as a ModelProto; external weights keep their references (never read here)."""
+    value_info = _typed_value_info(model, set(inputs) | set(outputs))
+    original = list(model.graph.value_info)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(value_info)
+    try:
+        part = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))
+    finally:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(original)
+    part.graph.name = model.graph.name or part.graph.name
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(part, name, getattr(model, name))
+    part.metadata_props.extend(model.metadata_props)
+    return part
+
+
+def _typed_value_info(model: onnx.ModelProto, needed: set[str]) -> list[onnx.ValueInfoProto]:
+    """Fresh value_info for every tensor shape inference reaches; boundaries it misses come from onnxruntime's
+    symbolic shape inference. A boundary whose type nobody can tell is an input error."""
+    inferred = infer_shapes(model)
+    infos = {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type}
+    declared = {vi.name for vi in (*model.graph.input, *model.graph.output)}
+    missing = needed - set(infos) - declared
+    if missing:
+        infos.update({name: vi for name, vi in _symbolic_value_info(model).items() if name in missing})
+    unknown = sorted(missing - set(infos))
+    if unknown:
+        raise InputError(f"cannot tell the type of tensor(s) {', '.join(unknown)}: shape inference stops before "
+                         "them; cut at a tensor nearer the inputs")
+    return list(infos.values())
+
+
+def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(skeleton(model), auto_merge=True, guess_output_rank=True)
+    except Exception as exc:
+        log.debug("symbolic shape inference failed: %s", exc)
+        return {}
+    return {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type} if inferred else {}
+
+
+def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: list[str],
+               options: ValidationOptions) -> tuple[list[dict], list[str]]:
+    """Run the whole (boundaries exposed) and the staged part at each probe size; the part must agree."""
+    try:
+        onnx.checker.check_model(str(staged))
+    except Exception as exc:  # the checker's message is the reason
+        return [], [f"the part fails the ONNX checker: {str(exc).strip().splitlines()[0]}"]
+    part = ModelRunner.from_source(staged)
+    if part.session is None:
+        return [], [f"onnxruntime cannot load the part: {part.load_error}"]
+    base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
+    feeds_of_whole = {i.name for i in graph_inputs(loaded.proto)}
+    exposed = [n for n in (*inputs, *outputs) if n not in feeds_of_whole]
+    whole = ModelRunner(with_outputs(loaded.proto, exposed), base_dir)
+    checks, reasons = [], []
+    for binding in probe_sizes(loaded.proto, options):
+        feeds = synthesize_inputs(loaded.proto, binding, options)
+        reference = whole.run(feeds)
+        if reference.ok:
+            values = {**feeds, **reference.outputs}
+            got = part.run({name: values[name] for name in inputs}, strict_feeds=True)
+            problems = [got.error] if not got.ok else output_problems(
+                {name: values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
+            checks.append({"sizes": binding, "ok": not problems, "whole": "ran", "problems": problems})
+        else:  # the whole fails here (a bug outside the part, maybe): the part must at least run on its own
+            got = part.run(synthesize_inputs(part.proto, binding, options), strict_feeds=True)
+            problems = [got.error] if not got.ok else non_finite(got.outputs)
+            checks.append({"sizes": binding, "ok": not problems, "whole": f"failed: {reference.error}",
+                           "problems": problems})
+        reasons += [f"at sizes {binding}: {p}" for p in problems]
+    return checks, reasons

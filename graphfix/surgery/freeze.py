@@ -1,0 +1,231 @@
+"""`freeze`: replace a graph input by a constant fill, fold what becomes constant, simplify, prove, write.
+
+    result = freeze(load_model("hubert.onnx"), {"padding_mask": "false"}, Path("frozen.onnx"))
+
+A fill is `true`, `false`, a number, or an array (`@file.npy`). A scalar fill takes the input's shape: fixed
+dims as they are, and each symbolic dim from another input that shares its name (`padding_mask [batch, time]`
+follows `features [batch, time, 16]` through `Shape`), so the frozen model keeps working at every size. A
+symbolic dim no other input carries cannot be followed: give an array, or fix the dim with `set-shape` first.
+
+Folding: a scalar fill is a tensor whose elements are all equal ("uniform"), though its shape is only known at
+run time, which onnxsim cannot fold. graphfix follows uniform values through elementwise and layout ops (Not,
+Cast, Unsqueeze, Reshape, Expand, ...) and turns a `Where` whose condition is uniform into its selected branch
+(an all-false padding mask selects the data), when that branch has the highest rank of the three operands, so
+the result's shape is the branch's. onnxsim then folds and simplifies the rest.
+
+Proof: at several sizes the original, fed the fill, and the frozen model must agree; where the original fails
+(the HuBERT `Where` that cannot broadcast), the frozen model must run, with finite outputs of the inferred shapes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphfix.errors import UsageError
+from graphfix.graph_io import export_graph, import_graph, tidy
+from graphfix.loading import LoadedModel, default_opset
+from graphfix.shape_utils import shape_vector
+from graphfix.shapes import infer_shapes
+from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
+from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+from graphfix.validate.compare import ShapeOracle
+from graphfix.validate.inputs import dim_names, graph_inputs
+from graphfix.validate.runner import ModelRunner
+
+Fill = bool | int | float | np.ndarray
+
+UNIFORM_UNARY = {
+    "Not": np.logical_not, "Identity": lambda v: v, "Neg": np.negative, "Abs": np.abs, "Sign": np.sign,
+}
+UNIFORM_LAYOUT = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Transpose", "Flatten", "Tile", "Slice"}
+
+
+def parse_fill(text: str) -> Fill:
+    """`true` / `false` / a number / `@file.npy`."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if text.startswith("@"):
+        try:
+            return np.load(Path(text[1:]), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read '{text[1:]}' as a .npy array ({exc})") from exc
+    try:
+        return int(text) if lowered.lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        raise UsageError(f"bad fill '{text}': expected true, false, a number or @file.npy") from None
+
+
+def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
+           options: ValidationOptions | None = None, simplify: bool = True) -> SurgeryResult:
+    """Freeze the inputs named in `fills`, fold, simplify, check against the original, and write."""
+    options = options or ValidationOptions()
+    model, folded = freeze_proto(loaded.proto, fills)
+    notes = [f"folded {n}" for n in folded]
+    if simplify:
+        from graphfix.simplify import simplify as onnxsim
+
+        outcome = onnxsim(model, base_dir=loaded.base_dir)
+        model = outcome.model
+        notes.append(outcome.message or "simplified with onnxsim")
+    summary = "froze " + ", ".join(f"{name}={_describe(value)}" for name, value in fills.items())
+
+    def check(staged: Path):
+        return check_frozen(loaded, staged, fills, options)
+
+    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+        result = write_checked(model, output, loaded, summary, check, Path(scratch))
+    result.notes = notes + result.notes
+    return result
+
+
+def _describe(value: Fill) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array{list(value.shape)} {value.dtype}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def freeze_proto(model: onnx.ModelProto, fills: dict[str, Fill]) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with each named input computed from its fill; what uniform folding removed, one line each."""
+    inferred = infer_shapes(model)
+    graph = import_graph(model, inferred.graph.value_info)
+    opset = default_opset(model) or 13
+    feeds = {i.name: i for i in graph_inputs(model)}
+    uniform: dict[str, np.ndarray] = {}
+    for name, value in fills.items():
+        if name not in feeds:
+            raise UsageError(f"--input {name}: no such graph input (inputs: {', '.join(feeds) or 'none'})")
+        tensor = next(t for t in graph.inputs if t.name == name)
+        _replace_input(graph, tensor, feeds[name], value, fills, feeds, opset)
+        if not isinstance(value, np.ndarray):
+            uniform[name] = np.array(value, dtype=tensor.dtype)
+    if len(graph.inputs) == 0:
+        raise UsageError("freezing every input leaves nothing to run; keep at least one input")
+    folded = fold_uniform(graph, uniform)
+    return export_graph(tidy(graph), model), folded
+
+
+def _replace_input(graph: gs.Graph, tensor: gs.Variable, vi: onnx.ValueInfoProto, value: Fill,
+                   fills: dict[str, Fill], feeds: dict[str, onnx.ValueInfoProto], opset: int) -> None:
+    """Make `tensor` the output of a Constant or ConstantOfShape node instead of a graph input."""
+    dtype = np.dtype(tensor.dtype)
+    names = dim_names(vi)
+    graph.inputs.remove(tensor)
+    prefix = f"graphfix_freeze_{tensor.name}"
+    if isinstance(value, np.ndarray):
+        _check_array(tensor.name, value, names)
+        const = gs.Constant(f"{prefix}_value", np.ascontiguousarray(value.astype(dtype)))
+        graph.nodes.append(gs.Node("Identity", f"{prefix}_Identity", inputs=[const], outputs=[tensor]))
+        return
+    entries = []
+    for axis, dim in enumerate(names):
+        if isinstance(dim, int):
+            entries.append(dim)
+            continue
+        source = _sharing_input(graph, dim, tensor.name, fills, feeds)
+        if source is None:
+            raise UsageError(f"--input {tensor.name}: dim {axis} ('{dim}') is in no other input, so the fill "
+                             "cannot follow it at run time; give @file.npy or fix it with `graphfix set-shape`")
+        entries.append(source)
+    fill = np.array([value], dtype=dtype)
+    if not entries:
+        const = gs.Constant(f"{prefix}_value", fill.reshape(()))
+        graph.nodes.append(gs.Node("Identity", f"{prefix}_Identity", inputs=[const], outputs=[tensor]))
+        return
+    shape = shape_vector(graph, entries, opset, prefix)
+    graph.nodes.append(gs.Node("ConstantOfShape", f"{prefix}_ConstantOfShape", {"value": fill},
+                               inputs=[shape], outputs=[tensor]))
+
+
+def _check_array(name: str, value: np.ndarray, names: list) -> None:
+    if value.ndim != len(names):
+        raise UsageError(f"--input {name}: the array has rank {value.ndim}, the input rank {len(names)}")
+    for axis, (dim, size) in enumerate(zip(names, value.shape, strict=True)):
+        if isinstance(dim, int) and dim != size:
+            raise UsageError(f"--input {name}: the array's dim {axis} is {size}, the input's {dim}")
+
+
+def _sharing_input(graph: gs.Graph, dim: str, own: str, fills, feeds) -> tuple[gs.Tensor, int] | None:
+    """(another graph input, axis) whose dim has the name `dim`; inputs being frozen do not count."""
+    if ":" in dim and dim.startswith(f"{own}:"):
+        return None  # an unnamed dim (`?`): nothing can share it
+    for tensor in graph.inputs:
+        if tensor.name in fills or tensor.name == own:
+            continue
+        for axis, other in enumerate(dim_names(feeds[tensor.name])):
+            if other == dim:
+                return tensor, axis
+    return None
+
+
+def fold_uniform(graph: gs.Graph, seeds: dict[str, np.ndarray]) -> list[str]:
+    """Follow uniform (all-elements-equal) tensors from `seeds`; resolve Where nodes on uniform conditions."""
+    uniform = dict(seeds)
+    folded = []
+    for node in graph.toposort().nodes:
+        if not node.outputs:
+            continue
+        ins = [uniform.get(t.name) if t is not None and t.name else None for t in node.inputs]
+        out = node.outputs[0].name
+        if node.op == "Where" and ins and ins[0] is not None:
+            branch = node.inputs[1] if bool(ins[0]) else node.inputs[2]
+            if _highest_rank(branch, node.inputs):
+                folded.append(f"Where '{node.name}' on a uniform {bool(ins[0])} condition to its branch "
+                              f"'{branch.name}'")
+                node.op, node.attrs, node.inputs = "Identity", {}, [branch]
+                value = uniform.get(branch.name)
+                if value is not None:
+                    uniform[out] = value
+        elif node.op in UNIFORM_UNARY and ins and ins[0] is not None:
+            uniform[out] = UNIFORM_UNARY[node.op](ins[0])
+        elif node.op == "Cast" and ins and ins[0] is not None:
+            to = onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])
+            uniform[out] = ins[0].astype(to)
+        elif node.op in UNIFORM_LAYOUT and ins and ins[0] is not None:
+            uniform[out] = ins[0]
+    return folded
+
+
+def _highest_rank(branch: gs.Tensor, operands: list[gs.Tensor]) -> bool:
+    """True when every operand's rank is known and none exceeds the branch's: the result then has the branch's
+    shape wherever the original could broadcast (and where it could not, the branch is what PyTorch meant)."""
+    ranks = [len(t.shape) if t.shape is not None else None for t in operands]
+    return None not in ranks and branch.shape is not None and len(branch.shape) == max(ranks)
+
+
+def check_frozen(loaded: LoadedModel, staged: Path, fills: dict[str, Fill],
+                 options: ValidationOptions) -> tuple[list[dict], list[str]]:
+    """At each probe size: the original fed the fill and the frozen model agree, or, where the original fails,
+    the frozen model runs with finite outputs of the inferred shapes."""
+    frozen = ModelRunner.from_source(staged)
+    if frozen.session is None:
+        return [], [f"onnxruntime cannot load the frozen model: {frozen.load_error}"]
+    still = sorted(set(fills) & set(frozen.input_names))
+    if still:
+        return [], [f"the frozen model still declares input(s) {', '.join(still)}"]
+    base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
+    original = ModelRunner(loaded.proto, base_dir)
+    oracle = ShapeOracle(frozen.proto)
+    checks, reasons = [], []
+    for binding in probe_sizes(loaded.proto, options):
+        feeds = synthesize_inputs(loaded.proto, binding, options)
+        for name, value in fills.items():
+            feeds[name] = value if isinstance(value, np.ndarray) else np.full(feeds[name].shape, value,
+                                                                             dtype=feeds[name].dtype)
+        reference = original.run(feeds)
+        got = frozen.run({k: v for k, v in feeds.items() if k not in fills}, strict_feeds=True)
+        if not got.ok:
+            problems = [f"the frozen model fails: {got.error}"]
+        elif reference.ok:
+            problems = output_problems(reference.outputs, got.outputs, options.rtol, options.atol)
+        else:
+            problems = non_finite(got.outputs) + oracle.mismatches(got.outputs, binding)
+        checks.append({"sizes": binding, "ok": not problems,
+                       "original": "ran" if reference.ok else f"failed: {reference.error}", "problems": problems})
+        reasons += [f"at sizes {binding}: {p}" for p in problems]
+    return checks, reasons

@@ -1,0 +1,267 @@
+"""GF004 trace-baked-shape: sizes captured as constants by tracing, found and (where possible) recomputed."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphfix
+from graphfix.rule import Safety
+
+# --- modules: the traced-size pattern (bad) and the same code written the right way (good) ------------------
+
+
+class BoxHead(nn.Module):  # Faster R-CNN: box_sum = int(...) then reshape(box_sum, 3, 4)
+    def __init__(self, good=False):
+        super().__init__()
+        self.good, self.fc = good, nn.Linear(16, 12)
+
+    def forward(self, x):
+        n = x.shape[0] if self.good else int(x.shape[0])
+        return self.fc(x).reshape(n, 3, 4)
+
+
+class NanoHead(nn.Module):  # nanodet: literal batch 1
+    def __init__(self, good=False):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x):
+        return x.reshape(x.shape[0] if self.good else 1, 3, -1).softmax(1)
+
+
+class ExpandHead(nn.Module):  # cls-token expand and an expand of the data itself with int() sizes
+    def __init__(self, good=False):
+        super().__init__()
+        self.good, self.cls = good, nn.Parameter(torch.randn(1, 3))
+
+    def forward(self, x):
+        b, t = (x.shape[0], x.shape[1]) if self.good else (int(x.shape[0]), int(x.shape[1]))
+        return self.cls.expand(b, -1) * 2, x.unsqueeze(-1).expand(b, t, 3) + 1
+
+
+class SliceHead(nn.Module):  # x[:, :int(T)] and x[:, :int(T) - 1]
+    def __init__(self, good=False):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x):
+        n = x.shape[1] if self.good else int(x.shape[1])
+        return x[:, :n] * 2, x[:, : n - 1]
+
+
+class RangeHead(nn.Module):  # torch.arange / torch.zeros of an int() size, folded into constants
+    def __init__(self, good=False):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x):
+        n = x.shape[1] if self.good else int(x.shape[1])
+        return x + torch.arange(n), x * torch.ones(n)
+
+
+class SplitHead(nn.Module):  # per-item Python list of sizes
+    def forward(self, x):
+        half = int(x.shape[1]) // 2
+        a, b = x.split([half, int(x.shape[1]) - half], dim=1)
+        return a.sum(1) + b.sum(1)
+
+
+class PadHead(nn.Module):  # pad to a multiple of 4, computed with math.ceil (bad) or tensor arithmetic (good)
+    def __init__(self, good=False):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x):
+        t = x.shape[1]
+        pad = (-t) % 4 if self.good else int(math.ceil(t / 4) * 4 - t)
+        return F.pad(x, (0, pad))
+
+
+class ConvPad(nn.Module):  # a constant pad that has nothing to do with the size: must not fire
+    def forward(self, x):
+        return F.pad(x, (0, 3))
+
+
+# name -> (module factory, export shape, dynamic dims, other sizes to run)
+MODULES = {
+    "box": (BoxHead, (14, 16), {0: "N"}, [(5, 16), (30, 16)]),
+    "nano": (NanoHead, (1, 3, 4, 5), {0: "B", 2: "H", 3: "W"}, [(4, 3, 4, 5), (2, 3, 6, 2)]),
+    "expand": (ExpandHead, (2, 5), {0: "B", 1: "T"}, [(3, 7), (1, 2)]),
+    "slice": (SliceHead, (2, 7), {0: "B", 1: "T"}, [(2, 9), (3, 12)]),
+    "range": (RangeHead, (2, 7), {0: "B", 1: "T"}, [(3, 9), (1, 4)]),
+    "split": (SplitHead, (2, 7), {0: "B", 1: "T"}, [(2, 9)]),
+    "pad": (PadHead, (2, 7), {0: "B", 1: "T"}, [(2, 10)]),
+    "convpad": (ConvPad, (2, 7), {0: "B", 1: "T"}, [(2, 10)]),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """export(name, good, opset, dynamo) -> path, memoised so each module is exported once per variant."""
+    cache: dict = {}
+    folder = tmp_path_factory.mktemp("gf004")
+
+    def export(name, good=False, opset=17, dynamo=False):
+        key = (name, good, opset, dynamo)
+        if key not in cache:
+            factory, shape, dims, _ = MODULES[name]
+            torch.manual_seed(0)
+            module = (factory(good) if name not in ("split", "convpad") else factory()).eval()
+            path = folder / f"{name}_{int(good)}_{opset}_{int(dynamo)}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dynamo:
+                    from torch.export import Dim
+
+                    spec = {"x": {i: Dim(n, min=1) for i, n in dims.items()}}
+                    torch.onnx.export(module, (torch.randn(shape),), dynamic_shapes=spec, opset_version=opset,
+                                      dynamo=True, input_names=["x"]).save(str(path))
+                else:
+                    torch.onnx.export(module, (torch.randn(shape),), str(path), input_names=["x"], opset_version=opset,
+                                      dynamic_axes={"x": dims}, dynamo=False)
+            torch.manual_seed(0)
+            reference = (factory(True) if name not in ("split", "convpad") else factory()).eval()
+            cache[key] = (path, reference)  # the module as intended: what a repaired model must compute
+        return cache[key]
+
+    return export
+
+
+def run(model, x):
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def gf004(findings):
+    return [f for f in findings if f.rule == "GF004"]
+
+
+def assert_matches_torch(model, module, name):
+    """The repaired model equals the PyTorch module at the export size and >= 2 other sizes."""
+    _, shape, _, others = MODULES[name]
+    for size in [shape, *others]:
+        x = np.random.default_rng(1).standard_normal(size).astype(np.float32)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for got, want in zip(run(model, x), expected, strict=True):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def broken_somewhere(path, module, name):
+    """The original export fails, or differs from PyTorch, at some size other than the export size."""
+    try:
+        assert_matches_torch(onnx.load(path), module, name)
+    except Exception:
+        return True
+    return False
+
+
+# --- fires and fixes ---------------------------------------------------------------------------------------
+FIXED = [
+    # name, opset, dynamo, trace_shapes, unsafe, safety of the fixes, ops expected after the fix
+    ("box", 13, False, None, False, {Safety.SAFE}, ["Gemm", "Reshape"]),
+    ("box", 17, False, None, False, {Safety.SAFE}, ["Gemm", "Reshape"]),
+    ("nano", 13, False, None, True, {Safety.UNSAFE}, ["Reshape", "Softmax"]),
+    ("nano", 17, False, {"x": (1, 3, 4, 5)}, False, {Safety.SAFE}, ["Reshape", "Softmax"]),
+    ("nano", 18, True, None, True, {Safety.UNSAFE}, ["Shape", "Concat", "Reshape", "Softmax"]),
+    ("expand", 13, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Gather", "Concat", "Expand"]),
+    ("expand", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Concat", "Expand"]),
+    ("slice", 17, False, {"x": (2, 7)}, True, {Safety.SAFE, Safety.UNSAFE}, ["Slice", "Slice", "Mul"]),
+    ("range", 13, False, None, False, {Safety.SAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
+    ("range", 17, False, None, False, {Safety.SAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
+]
+
+
+@pytest.mark.parametrize("name,opset,dynamo,trace,unsafe,safeties,ops", FIXED,
+                         ids=[f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}" for c in FIXED])
+def test_baked_shape_is_found_and_fixed(exported, name, opset, dynamo, trace, unsafe, safeties, ops):
+    path, module = exported(name, opset=opset, dynamo=dynamo)
+    assert broken_somewhere(path, module, name)
+    findings = gf004(graphfix.diagnose(path, static=True, trace_shapes=trace))
+    assert findings and all(f.fix is not None for f in findings)
+    assert {f.fix.safety for f in findings} == safeties
+    assert all(f.hint and f.nodes and f.shapes for f in findings)
+    result = graphfix.repair(path, validate=False, simplify=False, unsafe_fixes=unsafe, trace_shapes=trace,
+                             only=("GF004",))
+    assert result.applied and not gf004(result.after.findings)
+    onnx.checker.check_model(result.model, full_check=True)
+    produced = [n.op_type for n in result.model.graph.node]
+    assert all(op in produced for op in ops), produced
+    assert_matches_torch(result.model, module, name)
+
+
+def test_unsafe_fix_waits_for_the_flag(exported):
+    path, _ = exported("nano", opset=17)
+    result = graphfix.repair(path, validate=False, simplify=False, only=("GF004",))
+    assert not result.applied and gf004(result.after.findings)
+
+
+def test_faster_rcnn_seed_message(exported):
+    path, _ = exported("box", opset=17)
+    with pytest.raises(Exception, match=r"cannot be reshaped to the requested shape. Input shape:\{5,12\}"):
+        run(path, np.zeros((5, 16), np.float32))
+    (finding,) = gf004(graphfix.diagnose(path, static=True))
+    assert "N=14" in finding.message and finding.nodes == ["/Reshape"]
+
+
+# --- fires, not fixable: the information is gone ------------------------------------------------------------
+UNFIXABLE = [
+    ("split", 13, False, None, "Cannot split"),
+    ("split", 17, False, None, "Cannot split"),
+    ("pad", 17, False, {"x": (2, 7)}, "math.ceil"),
+    ("pad", 18, True, {"x": (2, 7)}, "math.ceil"),
+]
+
+
+@pytest.mark.parametrize("name,opset,dynamo,trace,text", UNFIXABLE,
+                         ids=[f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}" for c in UNFIXABLE])
+def test_lost_information_is_explained(exported, name, opset, dynamo, trace, text):
+    path, _ = exported(name, opset=opset, dynamo=dynamo)
+    findings = gf004(graphfix.diagnose(path, static=True, trace_shapes=trace))
+    assert len(findings) == 1 and findings[0].fix is None
+    assert text in findings[0].message and findings[0].hint
+
+
+def test_pad_needs_the_export_size(exported):
+    path, _ = exported("pad", opset=17)
+    assert not gf004(graphfix.diagnose(path, static=True))
+
+
+# --- must not fire -----------------------------------------------------------------------------------------
+HEALTHY = [
+    ("box", 13, False), ("box", 17, False), ("nano", 17, False), ("nano", 18, True), ("expand", 17, False),
+    ("slice", 17, False), ("range", 17, False), ("pad", 17, False), ("range", 18, True),
+]
+
+
+@pytest.mark.parametrize("name,opset,dynamo", HEALTHY,
+                         ids=[f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}" for c in HEALTHY])
+def test_healthy_export_is_quiet(exported, name, opset, dynamo):
+    path, module = exported(name, good=True, opset=opset, dynamo=dynamo)
+    _, shape, _, _ = MODULES[name]
+    assert not gf004(graphfix.diagnose(path, static=True, trace_shapes={"x": shape}))
+    assert_matches_torch(onnx.load(path), module, name)
+
+
+def test_constant_conv_padding_is_quiet(exported):
+    path, _ = exported("convpad", opset=17)
+    assert not gf004(graphfix.diagnose(path, static=True, trace_shapes={"x": (2, 7)}))
+
+
+def test_dynamo_specialises_int_sizes_instead_of_baking(exported):
+    """torch 2.13's dynamo exporter turns `int(x.shape[0])` into a static input dim: nothing for GF004."""
+    path, _ = exported("box", opset=18, dynamo=True)
+    dims = [d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [14, 16]
+    assert not gf004(graphfix.diagnose(path, static=True))
