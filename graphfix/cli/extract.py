@@ -1,0 +1,35 @@
+"""`graphfix extract`: the subgraph between named tensors, checked against the whole, then written."""
+
+from __future__ import annotations
+
+import click
+
+from graphfix.cli.options import format_option
+from graphfix.cli.surgery_options import (
+    emit_result,
+    model_argument,
+    output_option,
+    shape_option,
+    split_names,
+    tolerance_options,
+    validation_options,
+)
+from graphfix.loading import load_model
+
+
+@click.command("extract")
+@model_argument
+@click.option("--inputs", callback=split_names, required=True, metavar="NAME,...",
+              help="Tensors the part starts from (graph inputs or intermediate tensors).")
+@click.option("--outputs", callback=split_names, required=True, metavar="NAME,...",
+              help="Tensors the part computes (graph outputs or intermediate tensors).")
+@output_option
+@shape_option
+@tolerance_options
+@format_option
+def command(model, inputs, outputs, output, shapes, rtol, atol, fmt) -> int:
+    """Cut the part of MODEL between --inputs and --outputs; write it once it reproduces the whole."""
+    from graphfix.surgery.extract import extract
+
+    result = extract(load_model(model), inputs, outputs, output, validation_options(shapes, rtol, atol))
+    return emit_result(result, fmt)
