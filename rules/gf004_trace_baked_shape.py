@@ -111,6 +111,8 @@ class TraceBakedShape(Rule):
                 entries[j] = 0 if allowzero == 0 else (data, j)
                 notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
                 matched.add(sym)
+            elif _copies_trailing_dim(shape, target, j):
+                continue  # [B, T, 32] -> [-1, 32]: the entry is the input's own trailing static dim, not a size
             elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
                 # nothing else tells the export size: the constant at the dim's own position is the best guess
                 entries[j] = 0 if allowzero == 0 else (data, j)
@@ -462,3 +464,23 @@ def _onnx_type(dtype) -> int:
     import onnx
 
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _copies_trailing_dim(shape: list, target: list[int], j: int) -> bool:
+    """True when target[j] belongs to a suffix of the target that only regroups the input's static trailing
+    dims: [B, T, 32] -> [-1, 32] or [-1, 4, 8] (head split). Those entries are model sizes, not traced ones."""
+    static_products = set()
+    product = 1
+    for dim in reversed(shape):
+        if not isinstance(dim, int):
+            break
+        product *= dim
+        static_products.add(product)
+    product = 1
+    for k in range(len(target) - 1, -1, -1):
+        if target[k] <= 0:
+            return False
+        product *= target[k]
+        if k <= j and product in static_products:
+            return True
+    return False

@@ -198,3 +198,23 @@ def test_progress_bar_is_drawn_on_a_terminal(project, monkeypatch, capsys):
     outcomes = batch.run_jobs(jobs, 1, progress=True)
     assert [o.error is not None for o in outcomes] == [True, True]
     assert "checking" in capsys.readouterr().err
+
+
+def test_ci_style_run_of_the_installed_command(project):
+    """What a CI job runs: the real `graphfix` process, a folder of models, SARIF to a file, the exit code."""
+    import subprocess
+
+    root = project()
+    (root / "models").mkdir()
+    (root / "models" / "ok.onnx").write_bytes((root / "healthy.onnx").read_bytes())
+    command = [sys.executable, "-m", "graphfix", "check", "models", "--format", "sarif", "--output-file", "out.sarif"]
+    healthy = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    assert healthy.returncode == 0, healthy.stderr
+    assert json.loads((root / "out.sarif").read_text())["runs"][0]["results"] == []
+    (root / "models" / "bad.onnx").write_bytes((root / "truncated.onnx").read_bytes())
+    broken = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1, broken.stderr
+    results = json.loads((root / "out.sarif").read_text())["runs"][0]["results"]
+    assert {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results} == {"models/bad.onnx"}
+    text = subprocess.run(command[:5], cwd=root, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 1 and "models/bad.onnx: 1 error" in text.stdout and "2 models, 1 failed" in text.stdout

@@ -33,16 +33,22 @@ log = logging.getLogger(__name__)
 
 
 def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: Path | None,
-            options: ValidationOptions | None = None) -> SurgeryResult:
-    """Cut the part of `loaded` that computes `outputs` from `inputs`, check it, and write it to `output`."""
+            options: ValidationOptions | None = None, rename: dict[str, str] | None = None) -> SurgeryResult:
+    """Cut the part of `loaded` that computes `outputs` from `inputs`, check it, and write it to `output`.
+
+    `rename` gives boundary tensors new names in the part (`/encoder/norm/LayerNormalization_output_0` ->
+    `encoder_out`), so that the encoder's output and the decoder's input can carry the same plain name."""
     options = options or ValidationOptions()
+    rename = dict(rename or {})
     check_boundaries(loaded.proto, inputs, outputs)
     part = extract_proto(loaded.proto, inputs, outputs)
+    rename_boundaries(part, rename, set(inputs) | set(outputs))
+    shown = [f"{name} as {rename[name]}" if name in rename else name for name in (*inputs, *outputs)]
     summary = (f"extracted {len(part.graph.node)} of {len(loaded.proto.graph.node)} nodes: "
-               f"({', '.join(inputs)}) -> ({', '.join(outputs)})")
+               f"({', '.join(shown[:len(inputs)])}) -> ({', '.join(shown[len(inputs):])})")
 
     def check(staged: Path):
-        return check_part(loaded, staged, inputs, outputs, options)
+        return check_part(loaded, staged, inputs, outputs, options, rename)
 
     with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
         return write_checked(part, output, loaded, summary, check, Path(scratch))
@@ -123,6 +129,25 @@ def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str])
     return part
 
 
+def rename_boundaries(part: onnx.ModelProto, rename: dict[str, str], boundaries: set[str]) -> None:
+    """Rename boundary tensors everywhere in `part` (nodes, graph inputs and outputs, value_info)."""
+    if not rename:
+        return
+    taken = {o for n in part.graph.node for o in n.output} | {i for n in part.graph.node for i in n.input}
+    taken |= {vi.name for vi in (*part.graph.input, *part.graph.output)} | {t.name for t in part.graph.initializer}
+    for old, new in rename.items():
+        if old not in boundaries:
+            raise UsageError(f"--name {old}={new}: '{old}' is not one of the --inputs or --outputs")
+        if new in taken and new != old:
+            raise UsageError(f"--name {old}={new}: the part already has a tensor named '{new}'")
+    graph = part.graph
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        vi.name = rename.get(vi.name, vi.name)
+
+
 def _typed_value_info(model: onnx.ModelProto, needed: set[str]) -> list[onnx.ValueInfoProto]:
     """Fresh value_info for every tensor shape inference reaches; boundaries it misses come from onnxruntime's
     symbolic shape inference. A boundary whose type nobody can tell is an input error."""
@@ -151,7 +176,7 @@ def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProt
 
 
 def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: list[str],
-               options: ValidationOptions) -> tuple[list[dict], list[str]]:
+               options: ValidationOptions, rename: dict[str, str] | None = None) -> tuple[list[dict], list[str]]:
     """Run the whole (boundaries exposed) and the staged part at each probe size; the part must agree."""
     try:
         onnx.checker.check_model(str(staged))
@@ -170,9 +195,10 @@ def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: li
         reference = whole.run(feeds)
         if reference.ok:
             values = {**feeds, **reference.outputs}
-            got = part.run({name: values[name] for name in inputs}, strict_feeds=True)
+            new = rename or {}
+            got = part.run({new.get(name, name): values[name] for name in inputs}, strict_feeds=True)
             problems = [got.error] if not got.ok else output_problems(
-                {name: values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
+                {new.get(name, name): values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
             checks.append({"sizes": binding, "ok": not problems, "whole": "ran", "problems": problems})
         else:  # the whole fails here (a bug outside the part, maybe): the part must at least run on its own
             got = part.run(synthesize_inputs(part.proto, binding, options), strict_feeds=True)

@@ -265,3 +265,12 @@ def test_dynamo_specialises_int_sizes_instead_of_baking(exported):
     dims = [d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [14, 16]
     assert not gf004(graphfix.diagnose(path, static=True))
+
+
+@pytest.mark.parametrize("target", [[-1, 32], [0, -1, 32], [-1, 4, 8]])
+def test_flattening_reshape_of_static_trailing_dims_is_quiet(target):
+    # onnxsim rewrites `x @ W` on x[batch, time, 32] as Reshape(x, [-1, 32]) -> Gemm: the 32 is x's own last dim.
+    dims = ", ".join(str(t) for t in target)
+    model = onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
+g (float[batch, time, 32] x) => (float[?, ?] y) <int64[{len(target)}] s = {{{dims}}}> {{ y = Reshape(x, s) }}""")
+    assert [f for f in graphfix.diagnose(model, static=True, only=["GF004"])] == []
