@@ -52,8 +52,19 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
         from graphfix.validate import probe
 
         source = loaded.path if loaded.external and loaded.path is not None else loaded.proto
-        report.findings.extend(failure.to_finding() for failure in probe(source, probe_options))
+        merge_runtime_findings(report.findings, [failure.to_finding() for failure in probe(source, probe_options)])
     return report
+
+
+def merge_runtime_findings(findings: list[Finding], runtime: list[Finding]) -> None:
+    """Add what onnxruntime reported; a failure at a node a static finding already names confirms that finding
+    instead of repeating it."""
+    for found in runtime:
+        same = next((f for f in findings if f.rule == found.rule and set(f.nodes) & set(found.nodes)), None)
+        if same is None:
+            findings.append(found)
+        else:
+            same.message += f" Confirmed by onnxruntime: {found.message}"
 
 
 def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:

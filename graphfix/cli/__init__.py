@@ -40,9 +40,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from graphfix.cli import diagnose, explain, repair, rules
+    from graphfix.cli import check, diagnose, explain, repair, rules
 
-    for module in (diagnose, repair, rules, explain):
+    for module in (diagnose, repair, check, rules, explain):
         cli.add_command(module.command)
 
 

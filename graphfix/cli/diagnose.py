@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from graphfix.api import diagnose_path
+from graphfix.cli.config_options import config_filter, config_options, current_config
 from graphfix.cli.options import (
     fail_on_option,
     format_option,
@@ -15,6 +16,7 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
+from graphfix.config import filter_findings, probe_options_for
 from graphfix.discovery import expand_paths
 from graphfix.registry import select_rules
 from graphfix.report import emit_json, fails, findings_text
@@ -28,6 +30,7 @@ from graphfix.report import emit_json, fails, findings_text
 @rule_selection
 @rule_inputs
 @probe_inputs
+@config_options
 def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shapes, show_rejected,
             shapes, input_files, rtol, atol) -> int:
     """Report what will break each model at deployment, naming node, cause and fix."""
@@ -35,7 +38,13 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
     options = rule_options_from(static=static, expect_outputs=expect_outputs, trace_shapes=trace_shapes)
     probing = None if static else validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol,
                                                           atol=atol)
-    reports = [diagnose_path(m.path, rules, options, probing) for m in expand_paths(paths)]
+    config = current_config()
+    reports = []
+    for model in expand_paths(paths):
+        report = diagnose_path(model.path, rules, options,
+                               None if probing is None else probe_options_for(config, model.path, probing))
+        report.findings = filter_findings(report.findings, *config_filter(model.path))
+        reports.append(report)
     if fmt == "json":
         emit_json("models", [r.to_json(show_rejected) for r in reports])
     else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
+from graphfix.cli.config_options import config_filter, config_options, current_config
 from graphfix.cli.options import (
     fix_options,
     format_option,
@@ -16,6 +18,7 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
+from graphfix.config import probe_options_for
 from graphfix.discovery import ModelPath, expand_paths
 from graphfix.errors import GraphfixError, UsageError
 from graphfix.loading import load_model
@@ -38,6 +41,7 @@ from graphfix.report import emit_json, findings_text
 @fix_options
 @rule_inputs
 @probe_inputs
+@config_options
 def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fmt, only, skip, unsafe_fixes,
             expect_outputs, trace_shapes, show_rejected, shapes, input_files, rtol, atol) -> int:
     """Repair models: fix what the graph still carries the information for, simplify, validate, write."""
@@ -54,7 +58,13 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     exit_code = 0
     for model, target in zip(models, targets, strict=True):
         try:
-            result = repair_model(load_model(model.path), target, options)
+            select, ignore = config_filter(model.path)
+            model_options = dataclasses.replace(
+                options,
+                rules=[r for r in options.rules if r.code not in ignore and (not select or r.code in select)],
+                validation=probe_options_for(current_config(), model.path, options.validation),
+            )
+            result = repair_model(load_model(model.path), target, model_options)
         except GraphfixError as exc:
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})

@@ -215,7 +215,7 @@ def rows_text(rows: list[BenchRow]) -> str:
             continue
         p50 = row.latency_ms["p50"]
         base = first.setdefault(row.batch, p50)
-        rtf = f"{row.rtf:.4f}" if row.rtf is not None else "-"
+        rtf = f"{row.rtf:.3g}" if row.rtf is not None else "-"
         lines.append(f"{name:<32} {row.batch:>5} {p50:>9.3f} {row.latency_ms['p90']:>9.3f} "
                      f"{row.latency_ms['max']:>9.3f} {row.throughput:>10.1f} {rtf:>8} {p50 / base:>6.2f}x")
     warm = [r for r in rows if r.warmup_ms]

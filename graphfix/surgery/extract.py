@@ -155,13 +155,24 @@ def _typed_value_info(model: onnx.ModelProto, needed: set[str]) -> list[onnx.Val
     infos = {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type}
     declared = {vi.name for vi in (*model.graph.input, *model.graph.output)}
     missing = needed - set(infos) - declared
-    if missing:
-        infos.update({name: vi for name, vi in _symbolic_value_info(model).items() if name in missing})
+    vague = {name for name in needed - missing - declared if _vague(infos[name])}
+    if missing or vague:  # onnxruntime's symbolic inference names more dims (a padded Conv keeps `frames`)
+        for name, vi in _symbolic_value_info(model).items():
+            if name in missing or (name in vague and not _vague(vi)):
+                infos[name] = vi
     unknown = sorted(missing - set(infos))
     if unknown:
         raise InputError(f"cannot tell the type of tensor(s) {', '.join(unknown)}: shape inference stops before "
                          "them; cut at a tensor nearer the inputs")
     return list(infos.values())
+
+
+def _vague(vi: onnx.ValueInfoProto) -> bool:
+    """True when a dim is unknown or has a name shape inference made up (`unk__0`)."""
+    if not vi.type.tensor_type.HasField("shape"):
+        return True
+    return any(not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__"))
+               for d in vi.type.tensor_type.shape.dim)
 
 
 def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
