@@ -133,13 +133,10 @@ def parse_config(table: Any, path: Path) -> Config:
 
 
 def known_codes() -> dict[str, str]:
-    """Every code a finding can carry: registered rules and runtime-probe codes (GF000, GF005)."""
+    """Every code a finding can carry (the registered rules, runtime-only ones included), with its name."""
     from graphfix.registry import load_rules
-    from graphfix.validate.probe import RULES
 
-    codes = {code: name for code, (name, _) in RULES.items()}
-    codes.update({rule.code: rule.name for rule in load_rules()[0]})
-    return codes
+    return {rule.code: rule.name for rule in load_rules()[0]}
 
 
 def canonical_code(key: str, where: str) -> str:

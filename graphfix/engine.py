@@ -62,7 +62,7 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
     result = Diagnosis()
     result.findings.extend(broken.as_finding() for broken in load_rules()[1])
     for rule_cls in rules:
-        if ctx.options.static and rule_cls.needs_weights:
+        if rule_cls.runtime_only or (ctx.options.static and rule_cls.needs_weights):
             continue
         try:
             for item in rule_cls().detect(ctx):

@@ -137,8 +137,12 @@ class Rule:
     needs_weights: ClassVar[bool] = False
     # True when the rule can offer a Fix for (some of) its findings.
     fixable: ClassVar[bool] = False
+    # True when only the onnxruntime probe reports this code (the rule documents it; detect() finds nothing).
+    runtime_only: ClassVar[bool] = False
 
     def detect(self, ctx: RuleContext) -> Iterable[Finding | Rejection]:
+        if self.runtime_only:
+            return ()
         raise NotImplementedError
 
     @classmethod

@@ -20,19 +20,11 @@ LEVELS = {"error": "error", "warning": "warning", "info": "note"}
 
 
 def rule_descriptors() -> list[dict[str, Any]]:
-    """Every registered rule, then the runtime-probe codes that are not rules (GF000, GF005), sorted by code."""
+    """Every registered rule (runtime-only ones included), sorted by code."""
     from graphfix.registry import load_rules
-    from graphfix.validate.probe import RULES
 
     rules, _ = load_rules()
-    descriptors = {rule.code: _descriptor(rule.code, rule.name, rule.summary(), rule.docs(), rule.severity.value)
-                   for rule in rules}
-    for code, (name, hint) in RULES.items():
-        if code not in descriptors:
-            summary = f"onnxruntime {name.replace('-', ' ')} found by running the model at several sizes."
-            severity = "warning" if code == "GF005" else "error"
-            descriptors[code] = _descriptor(code, name, summary, f"{summary}\n\n{hint}", severity)
-    return [descriptors[code] for code in sorted(descriptors)]
+    return [_descriptor(rule.code, rule.name, rule.summary(), rule.docs(), rule.severity.value) for rule in rules]
 
 
 def sarif_log(outcomes: list, root: Path | None = None) -> dict[str, Any]:

@@ -65,7 +65,8 @@ def test_rules_json():
     code, out = invoke("rules", "--format", "json")
     rows = json.loads(out)["rules"]
     assert code == 0 and set(rows[0]) == {"code", "name", "severity", "fixable", "summary"}
-    assert rows[0]["code"] == "GF001" and rows[0]["fixable"] is True
+    by_code = {row["code"]: row for row in rows}
+    assert by_code["GF001"]["fixable"] is True and by_code["GF005"]["severity"] == "warning"
 
 
 def test_repair_writes_validated_model_and_reports_json(tmp_path):

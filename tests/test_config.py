@@ -157,9 +157,9 @@ def echo_settings(fail_on, only, skip, shapes, input_files, rtol, atol):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], "warning GF001,GF003 GF002 0.01 1e-05 True"),  # everything from the file
-        (["--fail-on", "error"], "error GF001,GF003 GF002 0.01 1e-05 True"),  # the command line wins
-        (["--fail-on", "warning", "--rtol", "0.001"], "warning GF001,GF003 GF002 0.001 1e-05 True"),  # = default
+        ([], "warning GF001,GF003,GF005 GF002 0.01 1e-05 True"),  # everything from the file
+        (["--fail-on", "error"], "error GF001,GF003,GF005 GF002 0.01 1e-05 True"),  # the command line wins
+        (["--fail-on", "warning", "--rtol", "0.001"], "warning GF001,GF003,GF005 GF002 0.001 1e-05 True"),  # = default
         (["--only", "GF004", "--skip", "GF001"], "warning GF004 GF001 0.01 1e-05 True"),
         (["--isolated"], "error   0.001 0.0001 False"),
     ],

@@ -18,7 +18,7 @@ def test_builtin_rules_are_registered_through_entry_points():
     rules, broken = load_rules()
     assert broken == []
     codes = [r.code for r in rules]
-    assert codes == sorted(codes) and codes[:4] == ["GF001", "GF002", "GF003", "GF004"]
+    assert codes == sorted(codes) and codes[:6] == ["GF000", "GF001", "GF002", "GF003", "GF004", "GF005"]
     assert len({r.name for r in rules}) == len(rules)
 
 

@@ -19,7 +19,7 @@ from graphfix.cli import extract as extract_cli
 from graphfix.errors import UsageError
 from graphfix.loading import load_model
 from graphfix.surgery import extract as extract_module
-from graphfix.surgery.extract import extract
+from graphfix.surgery.extract import extract, extract_proto
 from graphfix.validate import ValidationOptions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -117,7 +117,8 @@ def test_split_encoder_decoder_matches_pytorch(exported, tmp_path):
     assert [i.name for i in encoder.graph.input] == encoder_inputs
     assert [o.name for o in encoder.graph.output] == ["encoder_out"]
     assert [i.name for i in decoder.graph.input] == ["encoder_out", "tokens"]
-    assert len(encoder.graph.node) + len(decoder.graph.node) <= len(onnx.load(path).graph.node)
+    whole = len(onnx.load(path).graph.node)
+    assert len(encoder.graph.node) < whole and len(decoder.graph.node) < whole  # shape ops may be in both
     assert not any("decoder" in t.name for t in encoder.graph.initializer)
     for batch, frames, tokens in SIZES:
         x, t = feeds(batch, frames, tokens)
@@ -160,10 +161,10 @@ def test_external_data_is_copied_not_loaded(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "dec.onnx.data").stat().st_size > 0
     decoder = onnx.load(tmp_path / "out" / "dec.onnx", load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in decoder.graph.initializer)
-    (expected,) = run(model, {"features": feeds(2, 9, 4)[0], "tokens": feeds(2, 9, 4)[1]})
-    whole = onnx.load(path)
-    enc_value = run(onnx.utils.Extractor(whole).extract_model(["features"], [boundary]), {"features": feeds(2, 9, 4)[0]})
-    (got,) = run(str(tmp_path / "out" / "dec.onnx"), {boundary: enc_value[0], "tokens": feeds(2, 9, 4)[1]})
+    x, t = feeds(2, 9, 4)
+    (expected,) = run(str(path), {"features": x, "tokens": t})
+    enc_value = run(extract_proto(onnx.load(path), ["features"], [boundary]), {"features": x})
+    (got,) = run(str(tmp_path / "out" / "dec.onnx"), {boundary: enc_value[0], "tokens": t})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -32,7 +32,7 @@ from graphfix.cli.options import (
 from graphfix.config import canonical_code, known_codes, probe_options_for
 from graphfix.discovery import expand_paths
 from graphfix.errors import InputError
-from graphfix.registry import find_rule, select_rules
+from graphfix.registry import select_rules
 from graphfix.report import emit_json, fails, findings_text
 
 GLOB_CHARS = set("*?[")
@@ -58,10 +58,8 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     """
     config = current_config()
     started = time.perf_counter()
-    only, skip = _codes(only, "--only"), _codes(skip, "--skip")  # runtime codes (GF000, GF005) allowed too
-    rules = tuple(rule.code for rule in select_rules(_registered(only), _registered(skip)))
-    if only and not _registered(only):
-        rules = ()  # --only names runtime codes alone: no static rule runs
+    only, skip = _codes(only, "--only"), _codes(skip, "--skip")
+    rules = tuple(rule.code for rule in select_rules(only, skip))
     options = rule_options_from(expect_outputs=expect_outputs, trace_shapes=trace_shapes)
     base = validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol)
     job_list = []
@@ -93,12 +91,8 @@ def expand_globs(paths: tuple[Path, ...]) -> list[Path]:
 
 
 def _codes(codes, option: str) -> tuple[str, ...]:
-    """Canonical codes (names accepted), registered rules and runtime-only codes alike."""
+    """Canonical codes (rule names accepted)."""
     return tuple(dict.fromkeys(canonical_code(code, option) for code in codes))
-
-
-def _registered(codes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(code for code in codes if find_rule(code) is not None)
 
 
 def _report(outcomes, fmt, output_file, show_rejected, seconds, failed) -> None:

@@ -30,15 +30,9 @@ USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, Parame
 def apply_config(ctx: click.Context, params: dict[str, Any], config: Config) -> dict[str, Any]:
     """`params` with the config's values where the user gave none; only keys the command has are touched.
 
-    only <- select and skip <- ignore (registered rule codes; runtime-only codes such as GF005 are left to
-    graphfix.config.filter_findings), fail_on <- fail-on, rtol, atol.
+    only <- select, skip <- ignore, fail_on <- fail-on, rtol, atol.
     """
-    from graphfix.registry import find_rule
-
-    def registered(codes: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(code for code in codes if find_rule(code) is not None)
-
-    values = {"only": registered(config.select) or None, "skip": registered(config.ignore) or None,
+    values = {"only": config.select or None, "skip": config.ignore or None,
               "fail_on": config.fail_on, "rtol": config.rtol, "atol": config.atol}
     updated = dict(params)
     for key, value in values.items():

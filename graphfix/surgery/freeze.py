@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from graphfix.errors import UsageError
 from graphfix.graph_io import export_graph, import_graph, tidy
@@ -138,7 +139,8 @@ def _replace_input(graph: gs.Graph, tensor: gs.Variable, vi: onnx.ValueInfoProto
         graph.nodes.append(gs.Node("Identity", f"{prefix}_Identity", inputs=[const], outputs=[tensor]))
         return
     shape = shape_vector(graph, entries, opset, prefix)
-    graph.nodes.append(gs.Node("ConstantOfShape", f"{prefix}_ConstantOfShape", {"value": fill},
+    graph.nodes.append(gs.Node("ConstantOfShape", f"{prefix}_ConstantOfShape",
+                               {"value": numpy_helper.from_array(fill, "value")},
                                inputs=[shape], outputs=[tensor]))
 
 

@@ -31,32 +31,18 @@ INVALID_FEED = re.compile(r"Invalid (?:Feed )?Input Name:\s*(\S+)", re.IGNORECAS
 BROADCAST = re.compile(r"Attempting to broadcast an axis by a dimension other than 1|cannot broadcast")
 SHAPE_OPS = {"Reshape", "Expand", "Split", "Slice", "Tile", "ConstantOfShape", "Range", "MatMul", "Gemm"}
 REPEAT_OPS = {"Split", "Expand", "Tile"}
-RULES = {
-    "GF000": ("runtime-failure", "Read onnxruntime's message; the node's inputs have the shapes shown."),
-    "GF001": (
-        "truncated-graph",
-        "The caller feeds an input the graph does not declare: the exporter pruned it. Re-export keeping the "
-        "input used, or stop feeding it.",
-    ),
-    "GF002": (
-        "repeat-interleave",
-        "A repeat_interleave was unrolled with its repeat count baked at export time; export it as "
-        "unsqueeze → expand → reshape (or repeat + flatten).",
-    ),
-    "GF003": (
-        "broadcast-mismatch",
-        "Operands broadcast on trailing dims: a lower-rank mask (x[mask] = 0) needs its missing axis, e.g. "
-        "masked_fill(mask.unsqueeze(-1), 0).",
-    ),
-    "GF004": (
-        "trace-baked-shape",
-        "A size was baked into a shape constant at export time; compute it from the input (x.shape / Shape "
-        "ops) or use -1, and re-export with dynamic axes.",
-    ),
-    "GF005": (
-        "suspicious-output",
-        "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation).",
-    ),
+# What to change, per rule, when onnxruntime itself reports the failure (names come from the rules).
+RUNTIME_HINTS = {
+    "GF000": "Read onnxruntime's message; the node's inputs have the shapes shown.",
+    "GF001": "The caller feeds an input the graph does not declare: the exporter pruned it. Re-export keeping the "
+    "input used, or stop feeding it.",
+    "GF002": "A repeat_interleave was unrolled with its repeat count baked at export time; export it as "
+    "unsqueeze → expand → reshape (or repeat + flatten).",
+    "GF003": "Operands broadcast on trailing dims: a lower-rank mask (x[mask] = 0) needs its missing axis, e.g. "
+    "masked_fill(mask.unsqueeze(-1), 0).",
+    "GF004": "A size was baked into a shape constant at export time; compute it from the input (x.shape / Shape "
+    "ops) or use -1, and re-export with dynamic axes.",
+    "GF005": "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation).",
 }
 
 
@@ -72,15 +58,17 @@ class RuntimeFailure:
     tensors: list[str] = field(default_factory=list)
 
     def to_finding(self) -> Finding:
-        name, hint = RULES.get(self.rule, RULES["GF000"])
+        from graphfix.registry import find_rule
+
+        rule = find_rule(self.rule)
         return Finding(
             rule=self.rule,
-            name=name,
+            name=rule.name if rule else "runtime-failure",
             severity=self.severity,
             message=self._sentence(),
             nodes=[self.node] if self.node else [],
             tensors=list(self.tensors),
-            hint=hint,
+            hint=RUNTIME_HINTS.get(self.rule, RUNTIME_HINTS["GF000"]),
             shapes=dict(self.shapes),
         )
 
