@@ -98,7 +98,8 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             except Exception as exc:
                 raise ExportError(_explain_failure(exc)) from exc
         notes = _tracer_notes(caught, model)
-        result = repair(raw, output=destination)
+        # The example args are the export-time sizes: with them, fixes of baked sizes are certain, not guessed.
+        result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, args))
     findings = result.findings_before
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
     report.causes = _link(findings, notes)
@@ -111,6 +112,18 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
     verification = verify(destination, model, args, probe_args=probe_args)
     report.checks = verification.checks
     return report
+
+
+def _trace_shapes(path: Path, args: tuple) -> dict[str, tuple[int, ...]]:
+    """Graph input name -> the shape of the example tensor exported for it (positional order)."""
+    import onnx
+    import torch
+
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
 
 
 def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynamic_shapes) -> dict[int, set[int]]:

@@ -5,6 +5,7 @@ Nothing is written until onnxruntime has validated the staged result, unless the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -143,5 +144,21 @@ def _validate(loaded: LoadedModel, candidate: Path, options: RepairOptions):
     from graphfix.validate import ValidationOptions, validate
 
     original = loaded.path if loaded.path is not None and loaded.external else loaded.proto
-    return validate(original, candidate, options.validation or ValidationOptions())
+    validation = options.validation or ValidationOptions()
+    traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
+    if traced and not validation.trace_sizes:  # the export size is the first size validated
+        validation = dataclasses.replace(validation, trace_sizes=traced)
+    return validate(original, candidate, validation)
+
+
+def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
+    """Symbolic dim name -> export-time size, from --trace-shape NAME=2x400 and the inputs' dim names."""
+    sizes: dict[str, int] = {}
+    for graph_input in model.graph.input:
+        shape = trace_shapes.get(graph_input.name)
+        dims = graph_input.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape or (), strict=False):
+            if dim.dim_param and size is not None:
+                sizes.setdefault(dim.dim_param, int(size))
+    return sizes
 
