@@ -86,9 +86,9 @@ def check_structure(proto: onnx.ModelProto, name: str) -> None:
         raise InputError(f"{name}: IR version {proto.ir_version} is too old (at least {MIN_IR_VERSION} needed)")
     opset = default_opset(proto)
     newest = onnx.defs.onnx_opset_version()
-    if opset is None:
-        raise InputError(f"{name}: no opset_import for the default ONNX domain")
-    if opset > newest:
+    if not proto.opset_import:
+        raise InputError(f"{name}: no opset_import (damaged file?)")
+    if opset is not None and opset > newest:
         raise InputError(f"{name}: opset {opset} is newer than this onnx package supports ({newest})")
 
 

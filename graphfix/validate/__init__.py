@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from graphfix.validate.anchor import anchored
 from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import OutputComparison, ShapeOracle, compare_outputs
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
@@ -84,6 +85,7 @@ def validate(original: ModelSource, candidate: ModelSource, options: ValidationO
     before, after = ModelRunner.from_source(original), ModelRunner.from_source(candidate)
     if after.session is None:
         return Validation(False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"])
+    options = anchored([before, after], before.proto, options)
     sizes = probe_sizes(before.proto, options)
     oracle = ShapeOracle(after.proto)
     runs, reasons, divergence = [], [], None

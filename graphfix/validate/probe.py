@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from graphfix.rule import Finding, Severity
+from graphfix.validate.anchor import anchored
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -94,6 +95,7 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     types = _inferred_types(proto)
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
+    options = anchored([ModelRunner(proto, base_dir)], proto, options)
     for binding in probe_sizes(proto, options):
         feeds = synthesize_inputs(proto, binding, options)
         found, outputs = _failures_at(proto, base_dir, feeds, binding, types, options)

@@ -1,0 +1,73 @@
+"""Anchoring the probe sizes on a size the model is known to run at.
+
+Without `--trace-shape`, the export-time size is a guess, and a guess can be too small for the model: a
+convolutional front end (HuBERT, wav2vec2) needs hundreds of samples before its first frame. Failures at such a
+size are the model's own limits, not export bugs, and reporting them would flag healthy models. So when the
+guessed first binding fails, the guessed non-batch dims are doubled until the model runs; that binding becomes
+the export size the other sizes are derived from. If no size runs, the guess stays and its failures are real
+findings (a broadcast mismatch fails at every size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+from graphfix.validate.inputs import (
+    BATCH_LIKE,
+    ValidationOptions,
+    dim_names,
+    graph_inputs,
+    probe_sizes,
+    synthesize_inputs,
+)
+from graphfix.validate.runner import ModelRunner
+
+MAX_DOUBLINGS = 8  # 12 -> 3072: a few seconds of audio at 16 kHz after the front end's strides
+MAX_ELEMENTS = 1 << 24  # per input, so that growing never asks for gigabytes
+
+
+def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: ValidationOptions) -> ValidationOptions:
+    """`options` whose trace sizes start the probe at a binding one of `runners` runs (unchanged when the first
+    guess runs, when sizes are known, or when no grown size runs either)."""
+    first = probe_sizes(model, options)[0]
+    growable = _guessed_dims(model, options)
+    if not growable or any(_runs(r, model, first, options) for r in runners):
+        return options
+    binding = dict(first)
+    for _ in range(MAX_DOUBLINGS):
+        binding = {name: size * 2 if name in growable else size for name, size in binding.items()}
+        if _too_large(model, binding, options):
+            break
+        if any(_runs(r, model, binding, options) for r in runners):
+            return dataclasses.replace(options, trace_sizes={**binding, **options.trace_sizes})
+    return options
+
+
+def _guessed_dims(model: onnx.ModelProto, options: ValidationOptions) -> set[str]:
+    """Non-batch symbolic dims whose size nobody gave: neither --trace-shape, --shape nor an --input value."""
+    given = set(options.trace_sizes)
+    guessed: set[str] = set()
+    for vi in graph_inputs(model):
+        fixed = options.shapes.get(vi.name) or ()
+        for axis, name in enumerate(dim_names(vi)):
+            user_sized = vi.name in options.inputs or (axis < len(fixed) and fixed[axis] is not None)
+            if isinstance(name, str) and name not in given and not user_sized and axis > 0 \
+                    and not BATCH_LIKE.search(name):
+                guessed.add(name)
+    return guessed
+
+
+def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:
+    return runner.session is not None and runner.run(synthesize_inputs(model, binding, options)).ok
+
+
+def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:
+    for vi in graph_inputs(model):
+        count = 1
+        for name in dim_names(vi):
+            count *= name if isinstance(name, int) else binding.get(name, 1)
+        if count > MAX_ELEMENTS:
+            return True
+    return False
