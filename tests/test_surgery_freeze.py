@@ -22,7 +22,8 @@ from graphfix.loading import load_model
 from graphfix.surgery.freeze import freeze, parse_fill
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-cli.add_command(freeze_cli.command)  # until the lead registers it in graphfix/cli/__init__.py
+if "freeze" not in cli.commands:  # until the lead registers it in graphfix/cli/__init__.py
+    cli.add_command(freeze_cli.command)
 SIZES = [(1, 100), (2, 37), (3, 8)]  # the export size and two it did not see; the buggy original fails at all
 
 
@@ -191,3 +192,60 @@ def test_json_report(tmp_path):
 def test_parse_fill():
     assert parse_fill("true") is True and parse_fill("FALSE") is False
     assert parse_fill("3") == 3 and isinstance(parse_fill("3"), int) and parse_fill("1e-3") == 1e-3
+
+
+def test_external_data_stays_external(tmp_path):
+    torch.manual_seed(0)
+    module = HUBERT.TinyHubertEncoder().eval()
+    path = export(module, tmp_path / "whole.onnx", False, 17)
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save_model(onnx.load(path), folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    result = freeze(load_model(folder / "model.onnx"), {"padding_mask": False}, tmp_path / "out" / "frozen.onnx")
+    assert result.status == "written", result.error
+    frozen = onnx.load(tmp_path / "out" / "frozen.onnx", load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in frozen.graph.initializer)
+    assert (tmp_path / "out" / "frozen.onnx.data").exists()
+    x = features(2, 37)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x), torch.zeros(2, 37, dtype=torch.bool)).numpy()
+    np.testing.assert_allclose(run(str(tmp_path / "out" / "frozen.onnx"), {"features": x})[0], expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+KEEP_MASK = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, T, 4] X, bool[N, T] mask) => (float[N, T, 4] Y) <float one = {1.0}> {
+    axes = Constant<value = int64[1] {2}>()  m = Unsqueeze(mask, axes)  f = Cast<to = 1>(m)  keep = Sub(one, f)
+    Y = Mul(X, keep)
+}"""
+WIDENING = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, 1, 4] X, bool[N, T, 1] mask, float[N, T] lengths) => (float[N, T, 4] Y) <float zero = {0.0}> {
+    Y = Where(mask, zero, X)
+}"""
+
+
+@pytest.mark.parametrize(("text", "folded_op", "expect_folded"), [
+    (KEEP_MASK, "Mul", True),  # x * (1 - mask): keep is a uniform 1 of shape [N, T, 1], which broadcasts onto x
+    (WIDENING, "Where", False),  # X [N, 1, 4] is not the result's shape [N, T, 4]: folding would be wrong
+    (MASKED, "Where", True),
+])
+def test_folding_only_when_the_result_keeps_the_branch_shape(tmp_path, text, folded_op, expect_folded):
+    onnx.save(parse(text), tmp_path / "m.onnx")
+    result = freeze(load_model(tmp_path / "m.onnx"), {"mask": False}, tmp_path / "f.onnx", simplify=False)
+    assert result.status == "written", result.error
+    frozen = onnx.load(tmp_path / "f.onnx")
+    assert (folded_op not in op_types(frozen)) is expect_folded
+    assert any(folded_op in note for note in result.notes) is expect_folded
+
+
+MUL_BY_KEEP = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, T, 4] X, float[N, T, 1] keep) => (float[N, T, 4] Y) { Y = Mul(X, keep) }"""
+
+
+def test_mul_by_a_uniform_one_folds(tmp_path):
+    onnx.save(parse(MUL_BY_KEEP), tmp_path / "m.onnx")
+    result = freeze(load_model(tmp_path / "m.onnx"), {"keep": 1}, tmp_path / "f.onnx", simplify=False)
+    assert result.status == "written", result.error
+    frozen = onnx.load(tmp_path / "f.onnx")
+    assert op_types(frozen) == ["Identity"] and [i.name for i in frozen.graph.input] == ["X"]

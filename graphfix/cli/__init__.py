@@ -40,9 +40,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from graphfix.cli import check, diagnose, explain, repair, rules
+    from graphfix.cli import bench, check, diagnose, explain, extract, freeze, repair, rules, set_shape, stream
 
-    for module in (diagnose, repair, check, rules, explain):
+    for module in (diagnose, repair, check, extract, freeze, set_shape, stream, bench, rules, explain):
         cli.add_command(module.command)
 
 

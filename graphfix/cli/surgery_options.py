@@ -69,6 +69,15 @@ def emit_result(result, fmt: str) -> int:
     for note in result.notes:
         click.echo(f"  note: {note}")
     ran = [c for c in result.checks if c["ok"]]
+    broken = [c for c in result.checks if str(c.get("original", c.get("whole", ""))).startswith("failed")]
+    if broken:
+        from graphfix.validate.runner import failing_node
+
+        error = str(broken[0].get("original", broken[0].get("whole"))).removeprefix("failed: ")
+        where = failing_node(error)
+        what = f"node '{where[1]}' ({where[0]})" if where else error[:80]
+        click.echo(f"  the original fails at {len(broken)} of {len(result.checks)} size(s), in {what}; "
+                   "the result runs there")
     if result.checks:
         click.echo(f"  check: {'passed' if result.passed else 'FAILED'} at {len(ran)}/{len(result.checks)} size(s)")
     if result.error:

@@ -116,15 +116,16 @@ def _check_options(options: BenchOptions) -> None:
 
 def make_session(loaded: LoadedModel, options: BenchOptions) -> ort.InferenceSession:
     session_options = ort.SessionOptions()
-    session_options.log_severity_level = 3
+    session_options.log_severity_level = 4  # failures are reported in their row
     if options.threads:
         session_options.intra_op_num_threads = options.threads
     wanted = PROVIDERS[options.provider]
     providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
     if loaded.base_dir is not None:
         session_options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(loaded.base_dir.resolve()))
+    source = str(loaded.path) if loaded.path is not None else loaded.proto.SerializeToString()  # >2 GB: a path
     try:
-        session = ort.InferenceSession(loaded.proto.SerializeToString(), session_options, providers=providers)
+        session = ort.InferenceSession(source, session_options, providers=providers)
     except Exception as exc:
         raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
     if session.get_providers()[0] != wanted:
@@ -185,7 +186,7 @@ def _measure(row: BenchRow, call: Callable[[], Any], feeds: dict[str, np.ndarray
         row.warmup_ms = [_time(call) for _ in range(options.warmup)]
         times = np.array([_time(call) for _ in range(options.runs)])
     except Exception as exc:
-        row.error = first_line(error_text(exc))
+        row.error = short_error(first_line(error_text(exc)))
         return row
     row.latency_ms = {"p50": round(float(np.percentile(times, 50)), 4),
                       "p90": round(float(np.percentile(times, 90)), 4),
@@ -194,6 +195,15 @@ def _measure(row: BenchRow, call: Callable[[], Any], feeds: dict[str, np.ndarray
     if options.audio_seconds:
         row.rtf = round(row.latency_ms["p50"] / 1e3 / (row.batch * options.audio_seconds), 6)
     return row
+
+
+def short_error(error: str) -> str:
+    """`Where '/Where': Attempting to broadcast ...` from onnxruntime's long status line."""
+    from graphfix.validate.probe import short_message
+    from graphfix.validate.runner import failing_node
+
+    where = failing_node(error)
+    return f"{where[0]} '{where[1]}': {short_message(error)}" if where else error
 
 
 def _time(call: Callable[[], Any]) -> float:

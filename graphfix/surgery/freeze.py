@@ -43,6 +43,11 @@ Fill = bool | int | float | np.ndarray
 UNIFORM_UNARY = {
     "Not": np.logical_not, "Identity": lambda v: v, "Neg": np.negative, "Abs": np.abs, "Sign": np.sign,
 }
+NEUTRAL = {"Mul": 1, "Div": 1, "Add": 0, "Sub": 0}  # op(x, uniform n) == x
+UNIFORM_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "And": np.logical_and,
+                  "Or": np.logical_or, "Xor": np.logical_xor, "Equal": np.equal, "Less": np.less,
+                  "Greater": np.greater}
+MAX_CONSTANT = 64  # constants up to this many elements are read to see whether they are uniform
 UNIFORM_LAYOUT = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Transpose", "Flatten", "Tile", "Slice"}
 
 
@@ -166,23 +171,33 @@ def _sharing_input(graph: gs.Graph, dim: str, own: str, fills, feeds) -> tuple[g
 
 
 def fold_uniform(graph: gs.Graph, seeds: dict[str, np.ndarray]) -> list[str]:
-    """Follow uniform (all-elements-equal) tensors from `seeds`; resolve Where nodes on uniform conditions."""
+    """Follow uniform (all-elements-equal) tensors from `seeds`; turn a Where on a uniform condition into its
+    branch, and Mul/Div by a uniform 1 or Add/Sub of a uniform 0 into their data operand, when the result
+    provably has that operand's shape. One line per folded node."""
     uniform = dict(seeds)
     folded = []
     for node in graph.toposort().nodes:
         if not node.outputs:
             continue
-        ins = [uniform.get(t.name) if t is not None and t.name else None for t in node.inputs]
+        ins = [_uniform_value(t, uniform) for t in node.inputs]
         out = node.outputs[0].name
         if node.op == "Where" and ins and ins[0] is not None:
             branch = node.inputs[1] if bool(ins[0]) else node.inputs[2]
-            if _highest_rank(branch, node.inputs):
+            if _result_is(branch, node.inputs, condition=node.inputs[0]):
                 folded.append(f"Where '{node.name}' on a uniform {bool(ins[0])} condition to its branch "
                               f"'{branch.name}'")
-                node.op, node.attrs, node.inputs = "Identity", {}, [branch]
-                value = uniform.get(branch.name)
-                if value is not None:
-                    uniform[out] = value
+                _to_identity(node, branch, uniform)
+        elif node.op in UNIFORM_BINARY and len(ins) == 2 and ins[0] is not None and ins[1] is not None:
+            uniform[out] = np.asarray(UNIFORM_BINARY[node.op](ins[0], ins[1]))
+        elif node.op in NEUTRAL and len(ins) == 2 and (ins[0] is None) != (ins[1] is None):
+            data_index = 0 if ins[0] is None else 1
+            value = ins[1 - data_index]
+            if data_index == 1 and node.op in ("Sub", "Div"):
+                continue  # 0 - x and 1 / x are not x
+            data = node.inputs[data_index]
+            if np.all(value == NEUTRAL[node.op]) and _result_is(data, node.inputs):
+                folded.append(f"{node.op} '{node.name}' by a uniform {NEUTRAL[node.op]} to '{data.name}'")
+                _to_identity(node, data, uniform)
         elif node.op in UNIFORM_UNARY and ins and ins[0] is not None:
             uniform[out] = UNIFORM_UNARY[node.op](ins[0])
         elif node.op == "Cast" and ins and ins[0] is not None:
@@ -193,11 +208,54 @@ def fold_uniform(graph: gs.Graph, seeds: dict[str, np.ndarray]) -> list[str]:
     return folded
 
 
-def _highest_rank(branch: gs.Tensor, operands: list[gs.Tensor]) -> bool:
-    """True when every operand's rank is known and none exceeds the branch's: the result then has the branch's
-    shape wherever the original could broadcast (and where it could not, the branch is what PyTorch meant)."""
-    ranks = [len(t.shape) if t.shape is not None else None for t in operands]
-    return None not in ranks and branch.shape is not None and len(branch.shape) == max(ranks)
+def _uniform_value(tensor: gs.Tensor | None, uniform: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The single value of a tensor whose elements are all equal: a followed fill, or a small constant."""
+    if tensor is None or not tensor.name:
+        return None
+    if tensor.name in uniform:
+        return uniform[tensor.name]
+    stored = getattr(getattr(tensor, "_values", None), "tensor", None)  # gs keeps unread weights lazy
+    if stored is not None and stored.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # weights in external data are never read here
+    if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape or [1])) <= MAX_CONSTANT:
+        values = np.asarray(tensor.values)
+        if values.size and np.all(values == values.flat[0]):
+            return values.flat[0]
+    return None
+
+
+def _to_identity(node: gs.Node, source: gs.Tensor, uniform: dict[str, np.ndarray]) -> None:
+    node.op, node.attrs, node.inputs = "Identity", {}, [source]
+    if source.name in uniform:
+        uniform[node.outputs[0].name] = uniform[source.name]
+
+
+def _result_is(data: gs.Tensor, operands: list[gs.Tensor], condition: gs.Tensor | None = None) -> bool:
+    """True when the broadcast of `operands` provably has `data`'s shape: every other operand broadcasts onto it
+    from the right (each dim 1 or the same size or dim name). A Where condition may instead match the leading dims
+    of `data`: the lower-rank mask `x[mask] = v` exports (PyTorch aligns it on the left; that is what it meant)."""
+    if data.shape is None:
+        return False
+    for other in operands:
+        if other is data:
+            continue
+        if other.shape is None or len(other.shape) > len(data.shape):
+            return False
+        tail = data.shape[len(data.shape) - len(other.shape):]
+        if all(_same(a, b) or _same(a, 1) for a, b in zip(other.shape, tail, strict=True)):
+            continue
+        lead = data.shape[:len(other.shape)]
+        if other is condition and all(_same(a, b) for a, b in zip(other.shape, lead, strict=True)):
+            continue
+        return False
+    return True
+
+
+def _same(a, b) -> bool:
+    """Provably equal dims: equal sizes, or equal names that shape inference did not make up."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b and not a.startswith("unk__")
+    return isinstance(a, int) and isinstance(b, int) and a == b and a >= 0
 
 
 def check_frozen(loaded: LoadedModel, staged: Path, fills: dict[str, Fill],

@@ -99,17 +99,20 @@ def _text(dims) -> str:
 
 def refresh_shapes(model: onnx.ModelProto) -> None:
     """Fresh value_info (onnx shape inference on the skeleton) and output dims from symbolic inference."""
+    declared = {o.name: value_info_shape(o) for o in model.graph.output}
+    for out in model.graph.output:  # inference keeps declared output dims: forget them so it decides afresh
+        out.type.tensor_type.ClearField("shape")
     inferred = infer_shapes(model)
-    outputs = {o.name for o in model.graph.output}
+    outputs = set(declared)
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in outputs)
     plain = {vi.name: value_info_shape(vi) for vi in inferred.graph.output}
     named = symbolic_shapes(model)
     for out in model.graph.output:
         tensor_type = out.type.tensor_type
-        old = value_info_shape(out)
+        old = declared[out.name]
         new = named.get(out.name) or plain.get(out.name)
         if new is None and old is None:
-            continue
+            continue  # nothing was declared and nothing is known
         if new is None or (old is not None and len(new) != len(old)):
             new = [None] * len(old)  # undecided: free every dim rather than keep a stale one
         tensor_type.ClearField("shape")

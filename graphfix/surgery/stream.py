@@ -175,8 +175,9 @@ def _session(loaded: LoadedModel, threads: int | None) -> ort.InferenceSession:
         options.intra_op_num_threads = threads
     if loaded.base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(loaded.base_dir.resolve()))
+    source = str(loaded.path) if loaded.path is not None else loaded.proto.SerializeToString()  # >2 GB: a path
     try:
-        return ort.InferenceSession(loaded.proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
 
@@ -202,7 +203,9 @@ def _run(session: ort.InferenceSession, feeds) -> list[np.ndarray] | str:
     try:
         return session.run(None, feeds)
     except Exception as exc:
-        return first_line(error_text(exc))
+        from graphfix.surgery.bench import short_error
+
+        return short_error(first_line(error_text(exc)))
 
 
 def _timed(session, feeds, repeats: int) -> tuple[list[np.ndarray] | str, float]:
