@@ -82,7 +82,8 @@ class Validation:
 
 def validate(original: ModelSource, candidate: ModelSource, options: ValidationOptions) -> Validation:
     """Run both models at every probe size and decide whether the candidate may replace the original."""
-    before, after = ModelRunner.from_source(original), ModelRunner.from_source(candidate)
+    before = ModelRunner.from_source(original)
+    after = before if candidate is original else ModelRunner.from_source(candidate)
     if after.session is None:
         return Validation(False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"])
     options = anchored([before, after], before.proto, options)

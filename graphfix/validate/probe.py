@@ -95,10 +95,11 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     types = _inferred_types(proto)
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
-    options = anchored([ModelRunner(proto, base_dir)], proto, options)
+    whole = ModelRunner(proto, base_dir)  # one session for the uncut model, shared by every size
+    options = anchored([whole], proto, options)
     for binding in probe_sizes(proto, options):
         feeds = synthesize_inputs(proto, binding, options)
-        found, outputs = _failures_at(proto, base_dir, feeds, binding, types, options)
+        found, outputs = _failures_at(whole, feeds, binding, types, options)
         for failure in found:
             failures.setdefault(failure.node or failure.message, failure)
         if not found and outputs is not None:
@@ -106,11 +107,12 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     return [*failures.values(), *suspicious_outputs(clean_runs)]
 
 
-def _failures_at(proto, base_dir, feeds, binding, types, options) -> tuple[list[RuntimeFailure], dict | None]:
+def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[list[RuntimeFailure], dict | None]:
+    proto, base_dir = whole.proto, whole.base_dir
     found = _unknown_feeds(proto, base_dir, feeds, binding, options)
-    current = proto
+    current, runner = proto, whole
     for _ in range(MAX_CUTS):
-        result = ModelRunner(current, base_dir).run(feeds)
+        result = runner.run(feeds)
         if result.ok:
             return found, result.outputs
         where = failing_node(result.error or "")
@@ -132,6 +134,7 @@ def _failures_at(proto, base_dir, feeds, binding, types, options) -> tuple[list[
         )
         current, fabricated = cut_at(current, node, binding, types)
         feeds = {**feeds, **fabricated}
+        runner = ModelRunner(current, base_dir)
     return found, None
 
 

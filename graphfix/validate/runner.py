@@ -43,19 +43,21 @@ def load_structure(source: ModelSource) -> tuple[onnx.ModelProto, pathlib.Path |
 class ModelRunner:
     """One onnxruntime session for one model; `run` never raises for model errors."""
 
-    def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None):
+    def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None,
+                 path: pathlib.Path | None = None):
         self.proto = proto
         self.base_dir = base_dir
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
         try:
-            self.session = make_session(proto, base_dir)
+            self.session = make_session(proto, base_dir, path)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
 
     @classmethod
     def from_source(cls, source: ModelSource) -> ModelRunner:
-        return cls(*load_structure(source))
+        proto, base_dir = load_structure(source)
+        return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source))
 
     @property
     def input_names(self) -> list[str]:
@@ -78,13 +80,16 @@ class ModelRunner:
         return RunResult(dict(zip(self.output_names, values, strict=True)))
 
 
-def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> ort.InferenceSession:
+def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
+                 path: pathlib.Path | None = None) -> ort.InferenceSession:
+    """A session with optimizations off; from the file when there is one (no serialized copy of the weights)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     if base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = str(path) if path is not None else proto.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def error_text(exc: BaseException) -> str:
