@@ -10,16 +10,8 @@ import onnx_graphsurgeon as gs
 
 from graphfix.context import RuleContext
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
-from graphfix.shape_utils import (
-    BROADCAST_OPS,
-    ConstEval,
-    ExportSizes,
-    export_sizes,
-    int64,
-    shape_dim,
-    shape_vector,
-    split_sizes,
-)
+from graphfix.shape_edits import arange_input, loosened, replace_input, set_constant
+from graphfix.shape_utils import BROADCAST_OPS, ConstEval, ExportSizes, export_sizes, split_sizes
 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
@@ -160,7 +152,7 @@ class TraceBakedShape(Rule):
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
             severity=Severity.WARNING if guessed else None,
             fix=Fix(f"compute Reshape '{node.name}' shape from the input: {_show(entries)}",
-                    apply=_loosened(node, _changed(target, entries), _replace_input(node, 1, entries, ctx.opset)),
+                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
                     safety=safety, reason=reason))
 
     # --- Expand --------------------------------------------------------------------------------------------
@@ -195,7 +187,7 @@ class TraceBakedShape(Rule):
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
             fix=Fix(f"compute Expand '{node.name}' shape at run time: {_show(entries)}",
-                    apply=_loosened(node, _changed(target, entries), _replace_input(node, 1, entries, ctx.opset)),
+                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
                     safety=safety, reason=reason))
 
     # --- Slice ---------------------------------------------------------------------------------------------
@@ -237,8 +229,8 @@ class TraceBakedShape(Rule):
             hint="`x[:, :int(x.shape[1]) - k]` or `narrow(..., int(n))` bakes the length; slice with the traced "
                  "size (`x[:, : x.shape[1] - k]`) or a negative end (`x[:, :-k]`).",
             fix=Fix(f"make Slice '{node.name}' ends relative to the end: {ends.tolist()}",
-                    apply=_loosened(node, set(values[1].reshape(-1).tolist()),
-                                   _replace_input(node, 2, [int(e) for e in ends], ctx.opset)),
+                    apply=loosened(node, set(values[1].reshape(-1).tolist()),
+                                   replace_input(node, 2, [int(e) for e in ends], ctx.opset)),
                     safety=Safety.UNSAFE if unsafe else Safety.SAFE,
                     reason="; ".join(unsafe) or "the end was the full length of the sliced dynamic dim"))
 
@@ -314,7 +306,7 @@ class TraceBakedShape(Rule):
             nodes=[node], tensors=[node.inputs[index]], severity=Severity.WARNING,
             hint=HINT_INT + " E.g. `torch.arange(int(x.shape[1]))` -> `torch.arange(x.shape[1])`.",
             fix=Fix(f"compute {node.op} '{node.name}' {role} from the input's shape",
-                    apply=_loosened(node, set(flat), _replace_input(node, index, entries, ctx.opset, scalar=scalar,
+                    apply=loosened(node, set(flat), replace_input(node, index, entries, ctx.opset, scalar=scalar,
                                                                    like=value)),
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
@@ -348,7 +340,7 @@ class TraceBakedShape(Rule):
                 shapes={const.name: list(value.shape), other.name: oshape},
                 hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
                 fix=Fix(f"shrink {const.name} to {list(small.shape)} (broadcasting restores the size)",
-                        apply=_loosened(node, {value.shape[a] for a, _ in axes}, _set_constant(node, k, small)),
+                        apply=loosened(node, {value.shape[a] for a, _ in axes}, set_constant(node, k, small)),
                         safety=Safety.SAFE,
                         reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
         arange = _arange_axis(value, [a for a, _ in axes])
@@ -360,7 +352,7 @@ class TraceBakedShape(Rule):
                 tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
                 hint="`torch.arange(int(x.shape[1]))` was folded; write `torch.arange(x.shape[1])`.",
                 fix=Fix(f"compute {const.name} as Range(0, Shape({other.name})[{source}])",
-                        apply=_loosened(node, {value.shape[axis]}, _arange_input(node, k, value, axis, other, source,
+                        apply=loosened(node, {value.shape[axis]}, arange_input(node, k, value, axis, other, source,
                                                                            ctx.opset)),
                         safety=Safety.SAFE,
                         reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
@@ -390,80 +382,8 @@ def _show(entries) -> str:
     return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
 
 
-def _replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool = False, like=None):
-    def apply(graph: gs.Graph) -> None:
-        vector = shape_vector(graph, entries, opset, f"{node.name}_gf004")
-        if scalar:  # Range limits are scalars of the start's type
-            out = gs.Variable(f"{node.name}_gf004_limit", dtype=like.dtype, shape=[])
-            squeezed = gs.Variable(f"{node.name}_gf004_limit_i64", dtype=np.int64, shape=[])
-            graph.nodes.append(gs.Node("Squeeze", f"{node.name}_gf004_Squeeze", inputs=[vector], outputs=[squeezed]))
-            graph.nodes.append(gs.Node("Cast", f"{node.name}_gf004_Cast", {"to": _onnx_type(like.dtype)},
-                                       inputs=[squeezed], outputs=[out]))
-            vector = out
-        node.inputs[index] = vector
-
-    return apply
-
-
 def _changed(target: list[int], entries) -> set[int]:
     return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
-
-
-def _loosened(node: gs.Node, values: set[int], apply):
-    """Run `apply`, then forget the baked sizes in the static shapes of graph outputs the node feeds."""
-
-    def run(graph: gs.Graph) -> None:
-        apply(graph)
-        outputs = {id(t) for t in graph.outputs}
-        queue, seen = list(node.outputs), set()
-        while queue:
-            tensor = queue.pop()
-            if id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
-            if id(tensor) in outputs and tensor.shape is not None:
-                tensor.shape = [None if isinstance(d, int) and d in values else d for d in tensor.shape]
-            queue.extend(out for consumer in tensor.outputs for out in consumer.outputs)
-
-    return run
-
-
-def _set_constant(node: gs.Node, index: int, value: np.ndarray):
-    def apply(graph: gs.Graph) -> None:
-        node.inputs[index] = gs.Constant(f"{node.name}_gf004_const{index}", np.ascontiguousarray(value))
-
-    return apply
-
-
-def _arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other: gs.Tensor, source: int,
-                  opset: int):
-    def apply(graph: gs.Graph) -> None:
-        prefix = f"{node.name}_gf004_arange"
-        length = shape_dim(graph, other, source, opset, prefix)
-        limit = gs.Variable(f"{prefix}_limit", dtype=np.int64, shape=[])
-        graph.nodes.append(gs.Node("Squeeze", f"{prefix}_Squeeze", inputs=[length], outputs=[limit]))
-        positions = gs.Variable(f"{prefix}_range", dtype=np.int64)
-        graph.nodes.append(gs.Node("Range", f"{prefix}_Range",
-                                   inputs=[gs.Constant(f"{prefix}_start", np.array(0, np.int64)), limit,
-                                           gs.Constant(f"{prefix}_delta", np.array(1, np.int64))],
-                                   outputs=[positions]))
-        cast = gs.Variable(f"{prefix}_cast", dtype=value.dtype)
-        graph.nodes.append(gs.Node("Cast", f"{prefix}_Cast", {"to": _onnx_type(value.dtype)}, inputs=[positions],
-                                   outputs=[cast]))
-        dims = [1] * value.ndim
-        dims[axis] = -1
-        out = gs.Variable(f"{prefix}_value", dtype=value.dtype)
-        graph.nodes.append(gs.Node("Reshape", f"{prefix}_Reshape", inputs=[cast, int64(dims, f"{prefix}_dims")],
-                                   outputs=[out]))
-        node.inputs[index] = out
-
-    return apply
-
-
-def _onnx_type(dtype) -> int:
-    import onnx
-
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def _copies_trailing_dim(shape: list, target: list[int], j: int) -> bool:
