@@ -1,7 +1,11 @@
-"""Benchmark models, generated here (no downloads): transformers configs with random weights, synthetic chains."""
+"""Benchmark models, generated here (no downloads): transformers configs with random weights, synthetic chains.
+
+    python benchmarks/models.py BUILDER PATH [N]      # e.g. chain_graph /tmp/chain.onnx 10000
+"""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -86,3 +90,8 @@ def llama_06b(path: Path) -> Path:
                                     output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}})
         program.save(str(path), external_data=True)
     return path
+
+
+if __name__ == "__main__":
+    builder = {"chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b}[sys.argv[1]]
+    builder(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:]))

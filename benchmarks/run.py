@@ -21,15 +21,22 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import models  # noqa: E402
-
 PY = sys.executable
 GRAPHFIX = [PY, "-m", "graphfix"]
 CHECKER = "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)"
 ONNXSIM = ("import onnx, onnxsim, sys; m, ok = onnxsim.simplify(onnx.load(sys.argv[1])); "
            "onnx.save(m, sys.argv[2], save_as_external_data=m.ByteSize() > 2**31 - 2**26)")
 ONNXSLIM = "import onnxslim, sys; onnxslim.slim(sys.argv[1], sys.argv[2])"
+
+
+def generate(builder: str, path: Path, *args: int) -> Path:
+    """Build a model in a child process: the benchmark process stays small, so that the peak RSS of the tools it
+    starts is theirs alone (a forked child's ru_maxrss counts what it inherited)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        models = Path(__file__).resolve().parent / "models.py"
+        subprocess.run([PY, str(models), builder, str(path), *map(str, args)], check=True)
+    return path
 
 
 def measure(name: str, argv: list[str], timeout: float = 1800) -> dict:
@@ -66,9 +73,7 @@ def compare(title: str, rows: list[dict], target: str = "") -> dict:
 
 
 def bench_bert(work: Path) -> dict:
-    model = work / "bert.onnx"
-    if not model.exists():
-        models.bert_base(model)
+    model = generate("bert_base", work / "bert.onnx")
     out = work / "bert_out"
     out.mkdir(exist_ok=True)
     return compare("BERT-base (TorchScript export, 435 MB inline): repair vs simplifiers", [
@@ -81,10 +86,7 @@ def bench_bert(work: Path) -> dict:
 
 
 def bench_llama(work: Path) -> dict:
-    model = work / "llama" / "llama.onnx"
-    model.parent.mkdir(exist_ok=True)
-    if not model.exists():
-        models.llama_06b(model)
+    model = generate("llama_06b", work / "llama" / "llama.onnx")
     out = work / "llama_out"
     out.mkdir(exist_ok=True)
     return compare("Llama-style 0.6B (dynamo export, external data)", [
@@ -100,9 +102,7 @@ def bench_llama(work: Path) -> dict:
 def bench_chain(work: Path) -> dict:
     rows = []
     for nodes in (10_000, 100_000):
-        model = work / f"chain_{nodes}.onnx"
-        if not model.exists():
-            models.chain_graph(model, nodes)
+        model = generate("chain_graph", work / f"chain_{nodes}.onnx", nodes)
         rows.append(measure(f"graphfix diagnose --static {nodes // 1000}k", [*GRAPHFIX, "diagnose", "--static",
                                                                             str(model)]))
     for nodes in (10_000, 100_000):

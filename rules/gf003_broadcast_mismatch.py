@@ -12,6 +12,7 @@ from graphfix.broadcast_utils import (
     Dim,
     Pair,
     input_dim_names,
+    is_input_dim,
     leading_match,
     merge_shape,
     pair_verdict,
@@ -185,8 +186,22 @@ class BroadcastMismatch(Rule):
 
 
 def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
-    """Whether any right-aligned pair is not plainly fine (equal, or a 1)."""
-    return any(p[-1] is not Pair.OK for p in _pairs(shapes, inputs))
+    """Whether some right-aligned pair is worth symbolic inference: not plainly fine (equal, or a 1), and not two
+    dims onnx lost track of in operands of equal rank (a mismatch needs a static size, an input dim or a rank
+    difference, as a lower-rank mask has; refining every unknown pair of a transformer costs more than the
+    whole rest of a static diagnose)."""
+    for i, j, _, a, b, verdict in _pairs(shapes, inputs):
+        if verdict is Pair.OK:
+            continue
+        if len(shapes[i]) == len(shapes[j]) and _lost(a, inputs) and _lost(b, inputs):
+            continue
+        return True
+    return False
+
+
+def _lost(dim: Dim, inputs: frozenset[str]) -> bool:
+    """A dim onnx's shape inference could not name (None, or an `unk__N` it made up)."""
+    return dim is None or (isinstance(dim, str) and not is_input_dim(dim, inputs))
 
 
 def _pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, int, int, Dim, Dim, Pair]]:
