@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,12 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
     diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
     report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
     if probe_options is not None:
+        from graphfix.pipeline import trace_sizes
         from graphfix.validate import probe
+
+        traced = trace_sizes(loaded.proto, rule_options.trace_shapes)
+        if traced and not probe_options.trace_sizes:  # --trace-shape also sets the first probe size
+            probe_options = dataclasses.replace(probe_options, trace_sizes=traced)
 
         source = loaded.path if loaded.external and loaded.path is not None else loaded.proto
         merge_runtime_findings(report.findings, [failure.to_finding() for failure in probe(source, probe_options)])

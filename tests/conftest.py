@@ -36,3 +36,15 @@ def save(tmp_path):
         return path
 
     return _save
+
+
+def sample_module(name: str):
+    """samples/<name>/make_model.py as a module (the samples folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "samples" / name / "make_model.py"
+    spec = importlib.util.spec_from_file_location(f"sample_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -94,7 +94,7 @@ def validate(original: ModelSource, candidate: ModelSource, options: ValidationO
         feeds = _feeds(before, after, binding, options)
         run = _run_both(before, after, feeds, binding, oracle, options, at_export_size=index == 0)
         runs.append(run)
-        reasons.extend(_reasons(run))
+        reasons.extend(_reasons(run, "the model" if after is before else "repaired model"))
         if divergence is None and any(not o.ok for o in run.outputs):
             divergence = first_divergence(before, after, feeds, options.rtol, options.atol)
             if divergence and divergence.get("tensor"):
@@ -138,12 +138,12 @@ def _only_shapes_differ(outputs: list[OutputComparison]) -> bool:
     return bool(mismatched) and all(o.expected_shape != o.actual_shape for o in mismatched)
 
 
-def _reasons(run: SizeRun) -> list[str]:
+def _reasons(run: SizeRun, subject: str) -> list[str]:
     at = f"at sizes {run.sizes}"
     if run.candidate_error is not None:
         where = failing_node(run.candidate_error)
         node = f"node '{where[1]}' ({where[0]})" if where else "the model"
-        return [f"repaired model fails {at}: {node}: {run.candidate_error}"]
+        return [f"{subject} fails {at}: {node}: {run.candidate_error}"]
     lines = [f"output '{o.name}' differs from the original {at}: {o.problem}" for o in run.outputs if not o.ok]
     lines += [f"{problem} {at}" for problem in run.shape_problems]
     return lines

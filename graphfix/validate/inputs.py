@@ -73,7 +73,7 @@ def _other_size(export_size: int, step: int) -> int:
     if step == 1:
         return export_size + 3
     if step == 2:
-        return 2 * export_size + 1
+        return 2 * export_size + 3  # + 3, not + 1: a batch of 2 would repeat step 1's 5
     return export_size + 2 * step + 1
 
 

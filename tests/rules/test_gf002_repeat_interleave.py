@@ -19,6 +19,7 @@ import onnxruntime as ort
 import onnxsim
 import pytest
 import torch
+from conftest import sample_module
 from onnx import TensorProto, helper
 
 import graphfix
@@ -302,7 +303,7 @@ def test_unprovable_candidates_are_rejected_with_a_reason(model, reason):
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["mqa", "gqa"])
 def wenet(request, tmp_path_factory):
-    from samples.wenet_mqa.make_model import build
+    build = sample_module("wenet_mqa").build
 
     path = tmp_path_factory.mktemp("wenet") / "model.onnx"
     module = build(path, h_kv=request.param)

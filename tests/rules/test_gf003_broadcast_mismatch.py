@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import graphfix
-from tests.conftest import op_types, parse, run
+from conftest import op_types, parse, run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask"
 C = 6
