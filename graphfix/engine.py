@@ -7,6 +7,9 @@ once, refreshes shapes, and detects again.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,14 +78,34 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
     return result
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: onnx-graphsurgeon allocates several objects per node and tensor,
+    and the collector's repeated scans of them made analysis of a 100k-node graph grow faster than the graph."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]],
                    options: RuleOptions) -> Diagnosis:
-    return detect(analyse(model, base_dir, options), rules)
+    with collector_paused():
+        return detect(analyse(model, base_dir, options), rules)
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
               max_rounds: int = MAX_ROUNDS) -> FixOutcome:
     """Apply fixes until no applicable fix is left or `max_rounds` is reached."""
+    with collector_paused():
+        return _fix_rounds(model, base_dir, rules, options, max_rounds)
+
+
+def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
+                max_rounds: int) -> FixOutcome:
     ctx = analyse(model, base_dir, options)
     before = after = detect(ctx, rules)
     applied: list[AppliedFix] = []

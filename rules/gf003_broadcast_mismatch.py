@@ -186,14 +186,15 @@ class BroadcastMismatch(Rule):
 
 
 def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
-    """Whether some right-aligned pair is worth symbolic inference: not plainly fine (equal, or a 1), and not two
-    dims onnx lost track of in operands of equal rank (a mismatch needs a static size, an input dim or a rank
-    difference, as a lower-rank mask has; refining every unknown pair of a transformer costs more than the
-    whole rest of a static diagnose)."""
+    """Whether some right-aligned pair is worth symbolic inference: not plainly fine (equal, or a 1), and not a
+    dim onnx lost track of in operands of equal rank. onnx's inference folds constant shapes, so a baked size
+    shows up as a number, not as a lost dim; what it loses is computed at run time from the input, which a
+    lower-rank operand (the `x[mask]` mask) can still misalign. Refining every residual `Add` of a transformer
+    whose attention hid T would cost more than the whole rest of a static diagnose."""
     for i, j, _, a, b, verdict in _pairs(shapes, inputs):
         if verdict is Pair.OK:
             continue
-        if len(shapes[i]) == len(shapes[j]) and _lost(a, inputs) and _lost(b, inputs):
+        if len(shapes[i]) == len(shapes[j]) and (_lost(a, inputs) or _lost(b, inputs)):
             continue
         return True
     return False

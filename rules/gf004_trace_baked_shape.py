@@ -87,8 +87,8 @@ class TraceBakedShape(Rule):
         if target is None or shape is None:
             return
         target = [int(t) for t in target.reshape(-1)]
-        syms = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
-        # a static input cannot carry an export-time size
+        syms = {i: d for i, d in enumerate(shape) if isinstance(d, str) and d in sizes.carriers}
+        # only the graph inputs' dynamic dims have export-time sizes to compare with
         if not syms:
             return
         allowzero = int(node.attrs.get("allowzero", 0))
@@ -205,6 +205,10 @@ class TraceBakedShape(Rule):
             dim = shape[int(axis) % len(shape)]
             if not isinstance(dim, str) or steps[k] <= 0:
                 continue
+            if ends[k] < 0 or ends[k] >= np.iinfo(np.int32).max:
+                continue  # an open or end-relative end bakes nothing (and needs no export size)
+            if dim not in sizes.carriers:
+                continue  # not a graph input's dim: no export size to compare with
             if dim not in sizes.values:
                 yield self.reject(f"Slice on dynamic dim {dim}: its export size is unknown (give --trace-shape)",
                                   nodes=[node])
