@@ -63,6 +63,19 @@ def bert_base(path: Path) -> Path:
     return path
 
 
+def bert_base_with_dead_branch(path: Path) -> Path:
+    """BERT-base with a branch that reaches no output (GF001 removes it), so that `repair` runs the whole
+    pipeline on a large model: fix, onnxsim simplification, validation at 3 sizes."""
+    source = path.with_name("bert.onnx")
+    if not source.exists():
+        bert_base(source)
+    model = onnx.load(source)
+    hidden = model.graph.node[-1].output[0]
+    model.graph.node.append(helper.make_node("Neg", [hidden], ["dead_branch"], name="/dead/Neg"))
+    onnx.save(model, path)
+    return path
+
+
 def llama_06b(path: Path) -> Path:
     """A ~0.6B-parameter Llama-style decoder (grouped-query attention) exported with the dynamo exporter; its
     weights (~2.4 GB) go to external data beside the model."""
@@ -93,5 +106,6 @@ def llama_06b(path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    builder = {"chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b}[sys.argv[1]]
+    builder = {"chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b,
+               "bert_base_with_dead_branch": bert_base_with_dead_branch}[sys.argv[1]]
     builder(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:]))

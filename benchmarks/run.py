@@ -85,6 +85,17 @@ def bench_bert(work: Path) -> dict:
     ], "repair <= 1.5x onnxsim time and peak memory")
 
 
+def bench_bert_repair(work: Path) -> dict:
+    model = generate("bert_base_with_dead_branch", work / "bert_dead.onnx")
+    out = work / "bert_dead_out"
+    out.mkdir(exist_ok=True)
+    return compare("BERT-base with a dead branch: repair runs fix + onnxsim + validation", [
+        measure("graphfix repair (fix+simplify+prove)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
+        measure("onnxsim.simplify", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
+        measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
+    ], "repair <= 1.5x onnxsim time and peak memory")
+
+
 def bench_llama(work: Path) -> dict:
     model = generate("llama_06b", work / "llama" / "llama.onnx")
     out = work / "llama_out"
@@ -113,13 +124,13 @@ def bench_chain(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="chain,bert,llama")
+    parser.add_argument("--only", default="chain,bert,bert-repair,llama")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "graphfix-bench")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    benches = {"chain": bench_chain, "bert": bench_bert, "llama": bench_llama}
+    benches = {"chain": bench_chain, "bert": bench_bert, "bert-repair": bench_bert_repair, "llama": bench_llama}
     results = [benches[name](args.work) for name in args.only.split(",")]
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

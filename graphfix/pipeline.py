@@ -114,7 +114,7 @@ def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bo
     staged = stage_model(model, destination, loaded.base_dir)
     try:
         if options.validate:  # an unchanged model is its own candidate: one session, not two
-            validation = _validate(loaded, staged.path if changed else None, options)
+            validation = _validate(loaded, (model, staged.path) if changed else None, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:
                 # The output is the input, byte for byte: writing it harms nothing, and a failure with synthesized
@@ -140,11 +140,19 @@ def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.Model
     return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
 
 
-def _validate(loaded: LoadedModel, candidate: Path | None, options: RepairOptions):
+def _validate(loaded: LoadedModel, candidate: tuple[onnx.ModelProto, Path] | None, options: RepairOptions):
+    """Run the original and the staged candidate. Inline models go as (proto, path): nothing is loaded twice.
+    With external data the staged file's data names differ from the proto's, so the file is read instead."""
     from graphfix.validate import ValidationOptions, validate
 
-    original = loaded.path if loaded.path is not None and loaded.external else loaded.proto
-    candidate = original if candidate is None else candidate
+    if loaded.path is None:
+        original = loaded.proto
+    else:
+        original = loaded.path if loaded.external else (loaded.proto, loaded.path)
+    if candidate is None:
+        candidate = original
+    elif loaded.external:
+        candidate = candidate[1]
     validation = options.validation or ValidationOptions()
     traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
     if traced and not validation.trace_sizes:  # the export size is the first size validated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -74,11 +75,17 @@ def compare_outputs(
 
 
 class ShapeOracle:
-    """Output shapes from onnxruntime's symbolic shape inference, evaluated at a binding of input dims."""
+    """Output shapes from onnxruntime's symbolic shape inference, evaluated at a binding of input dims.
+
+    Inference runs on first use only: where the original runs and agrees, no shape needs an oracle."""
 
     def __init__(self, model: onnx.ModelProto):
-        inferred = symbolic_shapes(model)
-        self.expected = {o.name: inferred.get(o.name) for o in model.graph.output}
+        self.model = model
+
+    @functools.cached_property
+    def expected(self) -> dict[str, list | None]:
+        inferred = symbolic_shapes(self.model)
+        return {o.name: inferred.get(o.name) for o in self.model.graph.output}
 
     def mismatches(self, outputs: dict[str, np.ndarray], sizes: dict[str, int]) -> list[str]:
         """One line per output dim that shape inference decides and the run contradicts."""

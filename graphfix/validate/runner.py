@@ -55,7 +55,12 @@ class ModelRunner:
             self.load_error = first_line(str(exc))
 
     @classmethod
-    def from_source(cls, source: ModelSource) -> ModelRunner:
+    def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path]) -> ModelRunner:
+        """From a proto, a path, or (proto, path of the same model): the caller's proto then saves loading it
+        again, and onnxruntime reads the file, not a serialized copy."""
+        if isinstance(source, tuple):
+            proto, path = source
+            return cls(proto, pathlib.Path(path).parent.resolve(), pathlib.Path(path))
         proto, base_dir = load_structure(source)
         return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source))
 
