@@ -99,7 +99,7 @@ def test_output_shapes_disagreeing_with_shape_inference_are_refused(monkeypatch)
 
     class WrongOracle(ShapeOracle):
         def __init__(self, model):
-            self.expected = {"Y": ["N", 4]}  # what a correct repair would have to produce
+            super().__init__(model, {"Y": ["N", 4]})  # what a correct repair would have to produce
 
     monkeypatch.setattr(validate_module, "ShapeOracle", WrongOracle)
     validation = validate(reshape_model([99, 4]), reshape_model([-1, 4]), ValidationOptions())

@@ -24,6 +24,7 @@ from graphfix.loading import LoadedModel
 from graphfix.shapes import infer_shapes, symbolic_shapes, value_info_shape
 from graphfix.surgery import SurgeryResult, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+from graphfix.validate.compare import ShapeOracle
 from graphfix.validate.inputs import graph_inputs
 from graphfix.validate.runner import ModelRunner
 
@@ -123,20 +124,8 @@ def refresh_shapes(model: onnx.ModelProto) -> None:
 
 def declared_mismatches(model: onnx.ModelProto, outputs: dict[str, np.ndarray], sizes: dict[str, int]) -> list[str]:
     """Output dims the model declares (a number, or an input dim's name) that the run contradicts."""
-    problems = []
-    for vi in model.graph.output:
-        declared, value = value_info_shape(vi), outputs.get(vi.name)
-        if declared is None or value is None:
-            continue
-        actual = list(np.shape(value))
-        if len(declared) != len(actual):
-            problems.append(f"output '{vi.name}' has rank {len(actual)}, the model declares {len(declared)}")
-            continue
-        for axis, (dim, got) in enumerate(zip(declared, actual, strict=True)):
-            want = dim if isinstance(dim, int) and dim > 0 else sizes.get(dim) if isinstance(dim, str) else None
-            if want is not None and want != got:
-                problems.append(f"output '{vi.name}' dim {axis} is {got}, the model declares {dim} = {want}")
-    return problems
+    declared = {vi.name: value_info_shape(vi) for vi in model.graph.output}
+    return ShapeOracle(model, declared, says="the model declares").mismatches(outputs, sizes)
 
 
 def check_reshaped(loaded: LoadedModel, staged: Path, options: ValidationOptions) -> tuple[list[dict], list[str]]:

@@ -75,12 +75,17 @@ def compare_outputs(
 
 
 class ShapeOracle:
-    """Output shapes from onnxruntime's symbolic shape inference, evaluated at a binding of input dims.
+    """Output shapes from onnxruntime's symbolic shape inference (or given ones, e.g. the model's declared output
+    shapes), evaluated at a binding of input dims.
 
     Inference runs on first use only: where the original runs and agrees, no shape needs an oracle."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, expected: dict[str, list | None] | None = None,
+                 says: str = "shape inference says"):
         self.model = model
+        self.says = says
+        if expected is not None:
+            self.expected = expected
 
     @functools.cached_property
     def expected(self) -> dict[str, list | None]:
@@ -96,12 +101,12 @@ class ShapeOracle:
                 continue
             actual = list(np.shape(value))
             if len(expected) != len(actual):
-                problems.append(f"output '{name}' has rank {len(actual)}, shape inference says {len(expected)}")
+                problems.append(f"output '{name}' has rank {len(actual)}, {self.says} {len(expected)}")
                 continue
             for axis, (dim, got) in enumerate(zip(expected, actual, strict=True)):
                 want = evaluate_dim(dim, sizes)
                 if want is not None and want != got:
-                    problems.append(f"output '{name}' dim {axis} is {got}, shape inference says {dim} = {want}")
+                    problems.append(f"output '{name}' dim {axis} is {got}, {self.says} {dim} = {want}")
         return problems
 
 
