@@ -117,7 +117,7 @@ def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bo
             validation = _validate(loaded, (model, staged.path) if changed else None, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:
-                # The output is the input, byte for byte: writing it harms nothing, and a failure with synthesized
+                # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
                 # inputs may be the inputs' fault (values a kernel rejects), so it is reported, not enforced.
                 result.notes.append("unchanged model did not run at every probe size: " + "; ".join(validation.reasons)
                                     + " (give real values with --input/--shape; `graphfix diagnose` probes in detail)")
