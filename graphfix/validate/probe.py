@@ -111,6 +111,7 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
     proto, base_dir = whole.proto, whole.base_dir
     found = _unknown_feeds(proto, base_dir, feeds, binding, options)
     current, runner = proto, whole
+    fed: set[str] = set()  # tensors computed from values fabricated at a cut
     for _ in range(MAX_CUTS):
         result = runner.run(feeds)
         if result.ok:
@@ -121,21 +122,34 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
             found.append(RuntimeFailure("", "", result.error or "", binding, rule="GF000"))
             return found, None
         shapes = _input_shapes(current, base_dir, node, feeds)
+        knock_on = bool(fed.intersection(node.input))
         found.append(
             RuntimeFailure(
                 node.name,
                 node.op_type,
-                result.error or "",
+                result.error or "" if not knock_on else f"{result.error} (downstream of an earlier failure: the "
+                "values it reads were fabricated after that one, so this may be its consequence)",
                 binding,
                 shapes,
-                rule_for(node, result.error or "", current),
+                # a failure fed by fabricated values proves nothing about its own cause
+                "GF000" if knock_on else rule_for(node, result.error or "", current),
                 tensors=list(node.output),
             )
         )
         current, fabricated = cut_at(current, node, binding, types)
         feeds = {**feeds, **fabricated}
+        fed = _downstream(current, fed | set(fabricated))
         runner = ModelRunner(current, base_dir)
     return found, None
+
+
+def _downstream(model: onnx.ModelProto, sources: set[str]) -> set[str]:
+    """`sources` and every tensor computed from them (nodes are in topological order)."""
+    reached = set(sources)
+    for node in model.graph.node:
+        if reached.intersection(node.input):
+            reached.update(node.output)
+    return reached
 
 
 def _unknown_feeds(proto, base_dir, feeds, binding, options) -> list[RuntimeFailure]:
