@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import op_types, parse, run
 
 import graphfix
-from conftest import op_types, parse, run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask"
 C = 6
