@@ -116,3 +116,16 @@ def test_output_empty_at_every_size_is_a_warning():
     failures = probe(m, ValidationOptions())
     assert [f.rule for f in failures] == ["GF005"]
     assert "empty" in failures[0].message
+
+
+def test_failures_after_a_cut_are_not_blamed_on_a_rule():
+    # Reshape_0 fails (4 elements into [3, -1]); the values fabricated for its output then break Reshape_1,
+    # which is a consequence of the first failure, not a baked shape of its own.
+    model = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, T] X) => (float[?, ?] Y) <int64[2] s1 = {3, -1}, int64[2] s2 = {2, -1}> {
+  A = Reshape(X, s1)
+  Y = Reshape(A, s2)
+}""")
+    failures = probe(model, ValidationOptions(shapes={"X": (2, 2)}))
+    assert (failures[0].node, failures[0].rule) == ("Reshape_0", "GF004")
+    assert failures[1:] and all(f.rule == "GF000" for f in failures[1:])
