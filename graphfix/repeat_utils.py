@@ -349,3 +349,24 @@ def indexed_repeat(b: Builder, x: gs.Tensor, dim: int, repeats: np.ndarray | gs.
         else:
             indices = b.op("ReduceSum", [counts], {"axes": [1], "keepdims": 0})
     return b.op("Gather", [x, indices], {"axis": dim}, dtype=out_dtype)
+
+
+def replace_repeat_interleave(x: gs.Tensor, dim: int, repeats: Any, output: gs.Tensor, shape: list, opset: int):
+    """The fix: compute `output` as repeat_interleave(x, repeats, dim) with the canonical subgraph (uniform repeats:
+    Unsqueeze → Expand → Reshape; per-element ones: a Gather of computed indices), detaching what produced it."""
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"gf002_{output.name}", opset)
+        counts = repeats
+        if isinstance(counts, np.ndarray) and counts.size and (counts == counts[0]).all():
+            counts = int(counts[0])
+        if isinstance(counts, np.ndarray | gs.Tensor):
+            y = indexed_repeat(b, x, dim, counts, output.dtype)
+        else:
+            y = uniform_repeat(b, x, shape, dim, counts, output.dtype)
+        node = y.inputs[0]
+        output.inputs.clear()  # detach the old subgraph; the engine's clean-up removes it
+        node.outputs.clear()
+        node.outputs.append(output)
+
+    return apply

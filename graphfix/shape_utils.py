@@ -270,3 +270,23 @@ def split_sizes(ev: ConstEval, node: gs.Node) -> list[int] | None:
         return None if value is None else [int(v) for v in value.reshape(-1)]
     split = node.attrs.get("split")
     return None if split is None else [int(v) for v in split]
+
+
+def regroups_static_trailing_dims(shape: list, target: list[int], j: int) -> bool:
+    """True when target[j] belongs to a suffix of the target that only regroups the input's static trailing
+    dims: [B, T, 32] -> [-1, 32] or [-1, 4, 8] (head split). Those entries are model sizes, not traced ones."""
+    static_products = set()
+    product = 1
+    for dim in reversed(shape):
+        if not isinstance(dim, int):
+            break
+        product *= dim
+        static_products.add(product)
+    product = 1
+    for k in range(len(target) - 1, -1, -1):
+        if target[k] <= 0:
+            return False
+        product *= target[k]
+        if k <= j and product in static_products:
+            return True
+    return False

@@ -11,17 +11,15 @@ import onnx_graphsurgeon as gs
 
 from graphfix.context import RuleContext
 from graphfix.repeat_utils import (
-    Builder,
     Elem,
     ShapeVec,
     Sym,
     chunk_index,
     chunk_source,
-    indexed_repeat,
     producer,
+    replace_repeat_interleave,
     split_covers,
     split_to_sequence,
-    uniform_repeat,
     unit_split,
 )
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
@@ -131,7 +129,8 @@ class RepeatInterleave(Rule):
             severity=Severity.ERROR if broken else Severity.WARNING,
             hint=hint,
             fix=Fix(f"replace the {m.form} repeat_interleave of '{m.x.name}' with {replacement}",
-                    apply=_rewrite(m, shape, ctx.opset), safety=Safety.SAFE,
+                    apply=replace_repeat_interleave(m.x, m.dim, m.repeats, m.output, shape, ctx.opset),
+                    safety=Safety.SAFE,
                     reason=f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the "
                            "data flow; the replacement computes torch.repeat_interleave with them" + m.note),
         )
@@ -390,23 +389,3 @@ def _show_repeats(repeats: Any) -> str:
         name = repeats.tensor.name
         return f"{name}.size({repeats.index})" if repeats.kind == "dim" else f"'{name}'"
     return str(repeats)
-
-
-# ------------------------------------------------------------------------------------------------ the fix
-
-def _rewrite(m: Match, shape: list, opset: int):
-    def apply(graph: gs.Graph) -> None:
-        b = Builder(graph, f"gf002_{m.output.name}", opset)
-        repeats = m.repeats
-        if isinstance(repeats, np.ndarray) and repeats.size and (repeats == repeats[0]).all():
-            repeats = int(repeats[0])
-        if isinstance(repeats, np.ndarray | gs.Tensor):
-            y = indexed_repeat(b, m.x, m.dim, repeats, m.output.dtype)
-        else:
-            y = uniform_repeat(b, m.x, shape, m.dim, repeats, m.output.dtype)
-        node = y.inputs[0]
-        m.output.inputs.clear()  # detach the old subgraph; the engine's clean-up removes it
-        node.outputs.clear()
-        node.outputs.append(m.output)
-
-    return apply

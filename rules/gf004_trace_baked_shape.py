@@ -11,7 +11,14 @@ import onnx_graphsurgeon as gs
 from graphfix.context import RuleContext
 from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 from graphfix.shape_edits import arange_input, loosened, replace_input, set_constant
-from graphfix.shape_utils import BROADCAST_OPS, ConstEval, ExportSizes, export_sizes, split_sizes
+from graphfix.shape_utils import (
+    BROADCAST_OPS,
+    ConstEval,
+    ExportSizes,
+    export_sizes,
+    regroups_static_trailing_dims,
+    split_sizes,
+)
 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
@@ -103,7 +110,7 @@ class TraceBakedShape(Rule):
                 entries[j] = 0 if allowzero == 0 else (data, j)
                 notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
                 matched.add(sym)
-            elif _copies_trailing_dim(shape, target, j):
+            elif regroups_static_trailing_dims(shape, target, j):
                 continue  # [B, T, 32] -> [-1, 32]: the entry is the input's own trailing static dim, not a size
             elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
                 # nothing else tells the export size: the constant at the dim's own position is the best guess
@@ -388,23 +395,3 @@ def _show(entries) -> str:
 
 def _changed(target: list[int], entries) -> set[int]:
     return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
-
-
-def _copies_trailing_dim(shape: list, target: list[int], j: int) -> bool:
-    """True when target[j] belongs to a suffix of the target that only regroups the input's static trailing
-    dims: [B, T, 32] -> [-1, 32] or [-1, 4, 8] (head split). Those entries are model sizes, not traced ones."""
-    static_products = set()
-    product = 1
-    for dim in reversed(shape):
-        if not isinstance(dim, int):
-            break
-        product *= dim
-        static_products.add(product)
-    product = 1
-    for k in range(len(target) - 1, -1, -1):
-        if target[k] <= 0:
-            return False
-        product *= target[k]
-        if k <= j and product in static_products:
-            return True
-    return False
