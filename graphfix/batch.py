@@ -59,7 +59,7 @@ class Outcome:
 
 def check_model(job: Job) -> Outcome:
     """Static rules, then the onnxruntime probe at several sizes; findings filtered by the job's codes."""
-    from graphfix.api import diagnose_path
+    from graphfix.api import diagnose_path, merge_runtime_findings
     from graphfix.config import filter_findings
     from graphfix.errors import GraphfixError
     from graphfix.registry import find_rule
@@ -76,8 +76,10 @@ def check_model(job: Job) -> Outcome:
         except GraphfixError as exc:
             outcome.error, outcome.exit_code = str(exc), exc.exit_code
     runtime = filter_findings(runtime, job.select, job.ignore)
-    outcome.findings = [_portable(f) for f in filter_findings(report.findings, job.select, job.ignore) + runtime]
+    findings = filter_findings(report.findings, job.select, job.ignore)
     outcome.runtime_failures = sum(f.severity.value == "error" for f in runtime)
+    merge_runtime_findings(findings, runtime)  # a confirmed static finding is not reported twice
+    outcome.findings = [_portable(f) for f in findings]
     outcome.seconds = time.perf_counter() - start
     return outcome
 

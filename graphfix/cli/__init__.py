@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from graphfix import __version__
@@ -16,6 +19,9 @@ class GraphfixGroup(click.Group):
             result = super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # `graphfix ... | head`: the reader left, which is no error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except GraphfixError as exc:
             click.echo(f"graphfix: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
