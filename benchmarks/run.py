@@ -72,14 +72,20 @@ def compare(title: str, rows: list[dict], target: str = "") -> dict:
     return {"title": title, "target": target, "rows": rows}
 
 
-def bench_bert(work: Path) -> dict:
-    model = generate("bert_base", work / "bert.onnx")
-    out = work / "bert_out"
+def repair_vs_simplifiers(model: Path, out: Path) -> list[dict]:
+    """graphfix repair, then onnxsim and onnxslim on the same model, each writing into `out`."""
     out.mkdir(exist_ok=True)
-    return compare("BERT-base (TorchScript export, 435 MB inline): repair vs simplifiers", [
+    return [
         measure("graphfix repair (fix+simplify+prove)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
         measure("onnxsim.simplify", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
         measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
+    ]
+
+
+def bench_bert(work: Path) -> dict:
+    model = generate("bert_base", work / "bert.onnx")
+    return compare("BERT-base (TorchScript export, 435 MB inline): repair vs simplifiers", [
+        *repair_vs_simplifiers(model, work / "bert_out"),
         measure("polygraphy check lint", ["polygraphy", "check", "lint", str(model)]),
         measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)]),
     ], "repair <= 1.5x onnxsim time and peak memory")
@@ -87,25 +93,16 @@ def bench_bert(work: Path) -> dict:
 
 def bench_bert_repair(work: Path) -> dict:
     model = generate("bert_base_with_dead_branch", work / "bert_dead.onnx")
-    out = work / "bert_dead_out"
-    out.mkdir(exist_ok=True)
-    return compare("BERT-base with a dead branch: repair runs fix + onnxsim + validation", [
-        measure("graphfix repair (fix+simplify+prove)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
-        measure("onnxsim.simplify", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
-        measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
-    ], "repair <= 1.5x onnxsim time and peak memory")
+    return compare("BERT-base with a dead branch: repair runs fix + onnxsim + validation",
+                   repair_vs_simplifiers(model, work / "bert_dead_out"), "repair <= 1.5x onnxsim time and peak memory")
 
 
 def bench_llama(work: Path) -> dict:
     model = generate("llama_06b", work / "llama" / "llama.onnx")
-    out = work / "llama_out"
-    out.mkdir(exist_ok=True)
     return compare("Llama-style 0.6B (dynamo export, external data)", [
         measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)]),
         measure("onnx.checker full_check", [PY, "-c", CHECKER, str(model)]),
-        measure("graphfix repair (fix+simplify+prove)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
-        measure("onnxsim.simplify", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
-        measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
+        *repair_vs_simplifiers(model, work / "llama_out"),
         measure("polygraphy check lint", ["polygraphy", "check", "lint", str(model)]),
     ], "diagnose --static <= 3x checker, < 300 MiB")
 
