@@ -77,13 +77,14 @@ def bert_base_with_dead_branch(path: Path) -> Path:
 
 
 def llama_06b(path: Path) -> Path:
-    """A ~0.6B-parameter Llama-style decoder (grouped-query attention) exported with the dynamo exporter; its
-    weights (~2.4 GB) go to external data beside the model."""
+    """A ~0.6B-parameter Llama-style decoder (grouped-query attention, Qwen3-0.6B's dimensions) exported with the
+    dynamo exporter; its weights (2.35 GB, over 2 GiB, so no single protobuf could hold them) go to external data
+    beside the model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
+                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
                          tie_word_embeddings=True, use_cache=False)
 
     class Decoder(torch.nn.Module):

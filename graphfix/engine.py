@@ -20,6 +20,7 @@ from graphfix.graph_io import export_graph, import_graph, tidy
 from graphfix.registry import format_traceback, load_rules
 from graphfix.rule import Finding, Rejection, Rule, Safety, Severity
 from graphfix.shapes import infer_shapes
+from graphfix.weights import Weights
 
 MAX_ROUNDS = 8
 
@@ -42,22 +43,25 @@ class AppliedFix:
 
 @dataclass
 class FixOutcome:
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # the input itself when nothing changed, else a light model (see graphfix.weights)
     applied: list[AppliedFix]
     before: Diagnosis
     after: Diagnosis
     failures: list[str] = field(default_factory=list)  # fixes that raised, one line each
+    weights: Weights = field(default_factory=dict)  # what the light model's stubs stand for
 
     @property
     def changed(self) -> bool:
         return bool(self.applied)
 
 
-def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions) -> RuleContext:
+def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions,
+            weights: Weights | None = None) -> RuleContext:
     """Shape-infer the model's skeleton (no weights copied) and import the model, with those shapes, into
-    onnx-graphsurgeon for the rules. Rules see the skeleton as `ctx.model`; the graph holds the real weights."""
+    onnx-graphsurgeon for the rules. Rules see the skeleton as `ctx.model`; the graph holds the real weights
+    (for a light model, the `weights` its stubs stand for)."""
     inferred = infer_shapes(model)
-    return RuleContext(inferred, import_graph(model, inferred.graph.value_info), base_dir, options)
+    return RuleContext(inferred, import_graph(model, inferred.graph.value_info, weights), base_dir, options)
 
 
 def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
@@ -92,9 +96,9 @@ def collector_paused() -> Iterator[None]:
 
 
 def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]],
-                   options: RuleOptions) -> Diagnosis:
+                   options: RuleOptions, weights: Weights | None = None) -> Diagnosis:
     with collector_paused():
-        return detect(analyse(model, base_dir, options), rules)
+        return detect(analyse(model, base_dir, options, weights), rules)
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
@@ -108,6 +112,7 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
                 max_rounds: int) -> FixOutcome:
     ctx = analyse(model, base_dir, options)
     before = after = detect(ctx, rules)
+    weights: Weights = {}  # the rounds pass a light model on; its weights stay in the input's tensors
     applied: list[AppliedFix] = []
     failures: list[str] = []
     tried: set[tuple[str, tuple[str, ...], str]] = set()
@@ -116,16 +121,16 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
         if failed:  # a fix raised half-way: drop this round's edits and go on without that fix
             failures.append(failed)
             tried.difference_update((a.rule, tuple(a.nodes), a.summary) for a in round_applied)
-            ctx = analyse(model, base_dir, options)
+            ctx = analyse(model, base_dir, options, weights)
             after = detect(ctx, rules)
             continue
         if not round_applied:
             break
         applied.extend(round_applied)
-        model = export_graph(tidy(ctx.graph), like=model)
-        ctx = analyse(model, base_dir, options)
+        model = export_graph(tidy(ctx.graph), like=model, weights=weights)
+        ctx = analyse(model, base_dir, options, weights)
         after = detect(ctx, rules)
-    return FixOutcome(model, applied, before, after, failures)
+    return FixOutcome(model, applied, before, after, failures, weights)
 
 
 def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions,

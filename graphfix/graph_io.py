@@ -8,13 +8,16 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from graphfix.weights import Weights, attach, detached
+
 # onnx-graphsurgeon logs every folded or removed node; graphfix reports what it did itself.
 G_LOGGER.severity = G_LOGGER.ERROR
 
 
-def import_graph(model: onnx.ModelProto, value_info=None) -> gs.Graph:
+def import_graph(model: onnx.ModelProto, value_info=None, weights: Weights | None = None) -> gs.Graph:
     """Import for analysis, with `value_info` (fresh shapes) in place of the model's own; unnamed nodes get names
-    (`Op_output`) so findings can point at them. The model is left as it was."""
+    (`Op_output`) so findings can point at them; stubs of a light model get their `weights` back. The model is
+    left as it was."""
     if value_info is None:
         graph = gs.import_onnx(model)
     else:
@@ -26,6 +29,7 @@ def import_graph(model: onnx.ModelProto, value_info=None) -> gs.Graph:
         finally:
             del model.graph.value_info[:]
             model.graph.value_info.extend(original)
+    attach(graph, weights or {})
     unique_node_names(graph)
     return graph
 
@@ -89,9 +93,15 @@ def _all_tensors(graph: gs.Graph):
                 yield tensor
 
 
-def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export `graph`, keeping the model-level fields (IR version, opsets, metadata, functions) of `like`."""
-    model = gs.export_onnx(graph, do_type_check=False)
+def export_graph(graph: gs.Graph, like: onnx.ModelProto, weights: Weights | None = None) -> onnx.ModelProto:
+    """Export `graph`, keeping the model-level fields (IR version, opsets, metadata, functions) of `like`.
+
+    With a `weights` map the export is light: large weights are stubs, recorded in the map, never copied."""
+    if weights is None:
+        model = gs.export_onnx(graph, do_type_check=False)
+    else:
+        with detached(graph, weights):
+            model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = like.ir_version
     del model.opset_import[:]
     model.opset_import.extend(like.opset_import)

@@ -6,8 +6,10 @@ Nothing is written until onnxruntime has validated the staged result, unless the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from graphfix.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
 from graphfix.errors import UsageError
 from graphfix.loading import LoadedModel
 from graphfix.rule import Rule
-from graphfix.saving import stage_model
+from graphfix.saving import stage_copy, stage_model
+from graphfix.validate.runner import ModelRunner
+from graphfix.weights import Weights, materialize
 
 
 @dataclass
@@ -45,8 +49,14 @@ class RepairResult:
     validation: dict | None = None
     simplify: str = ""
     error: str | None = None
-    model: onnx.ModelProto | None = None
     notes: list[str] = field(default_factory=list)
+    light: onnx.ModelProto | None = field(default=None, repr=False)  # the result, large weights as stubs
+    weights: Weights = field(default_factory=dict, repr=False)  # what the stubs stand for
+
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto | None:
+        """The repaired model as one full proto, built on first use (it copies every weight)."""
+        return None if self.light is None else materialize(self.light, self.weights)
 
     @property
     def findings_before(self):
@@ -90,31 +100,45 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
-    """Repair one loaded model and, unless dry-run, write it to `output` once validated."""
+    """Repair one loaded model and, unless dry-run, write it to `output` once validated.
+
+    onnxruntime's session for the original model is built on a second thread meanwhile: session creation and
+    onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphfix-original") as pool:
+        original = pool.submit(ModelRunner.from_source, _original_source(loaded)) if options.validate else None
+        return _repair(loaded, output, options, original)
+
+
+def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions,
+            original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures))
-    model = outcome.model
+    model, result.weights = outcome.model, outcome.weights
     if outcome.changed and options.simplify:
         model, result.simplify = _simplify(model, loaded.base_dir)
-        result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options)
-    result.model = model
+        result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options, result.weights)
+    result.light = model
     with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
         commit = output is not None and not options.dry_run
         destination = output if commit else Path(scratch) / "model.onnx"
-        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result)
+        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result, original)
     return result
 
 
 def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bool, loaded: LoadedModel,
-                           changed: bool, options: RepairOptions, result: RepairResult) -> None:
-    staged = stage_model(model, destination, loaded.base_dir)
+                           changed: bool, options: RepairOptions, result: RepairResult,
+                           original: Future[ModelRunner] | None) -> None:
+    if not changed and loaded.path is not None and not loaded.external:
+        staged = stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
+    else:
+        staged = stage_model(model, destination, loaded.base_dir, result.weights)
     try:
-        if options.validate:  # an unchanged model is its own candidate: one session, not two
-            validation = _validate(loaded, (model, staged.path) if changed else None, options)
+        if original is not None:  # an unchanged model is its own candidate: one session, not two
+            validation = _validate(loaded, original.result(), (model, staged.path) if changed else None, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:
                 # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
@@ -140,15 +164,19 @@ def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.Model
     return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
 
 
-def _validate(loaded: LoadedModel, candidate: tuple[onnx.ModelProto, Path] | None, options: RepairOptions):
-    """Run the original and the staged candidate. Inline models go as (proto, path): nothing is loaded twice.
-    With external data the staged file's data names differ from the proto's, so the file is read instead."""
+def _original_source(loaded: LoadedModel):
+    """Inline models go as (proto, path): nothing is loaded twice. With external data, the file."""
+    if loaded.path is None:
+        return loaded.proto
+    return loaded.path if loaded.external else (loaded.proto, loaded.path)
+
+
+def _validate(loaded: LoadedModel, original: ModelRunner, candidate: tuple[onnx.ModelProto, Path] | None,
+              options: RepairOptions):
+    """Run the original and the staged candidate (the original again when nothing changed). With external
+    data the staged file's data names differ from the proto's, so the staged file is read instead."""
     from graphfix.validate import ValidationOptions, validate
 
-    if loaded.path is None:
-        original = loaded.proto
-    else:
-        original = loaded.path if loaded.external else (loaded.proto, loaded.path)
     if candidate is None:
         candidate = original
     elif loaded.external:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import onnx
 
+from graphfix.external_data import tensor_nbytes
+from graphfix.weights import stub
+
 log = logging.getLogger(__name__)
 
 
-STUB_LOCATION = "__graphfix_weights_not_loaded__"
 SMALL_TENSOR_BYTES = 4096  # shape-carrying constants are small; their values feed data propagation
 
 
@@ -34,16 +36,9 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.output.extend(source.output)
     graph.sparse_initializer.extend(source.sparse_initializer)
     for tensor in source.initializer:
-        graph.initializer.append(tensor if len(tensor.raw_data) <= SMALL_TENSOR_BYTES else _stub(tensor))
+        small = tensor.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(tensor) <= SMALL_TENSOR_BYTES
+        graph.initializer.append(tensor if small else stub(tensor))
     return light
-
-
-def _stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                            data_location=onnx.TensorProto.EXTERNAL)
-    entry = stub.external_data.add()
-    entry.key, entry.value = "location", STUB_LOCATION
-    return stub
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

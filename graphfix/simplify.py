@@ -25,6 +25,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from graphfix.external_data import tensor_nbytes
+from graphfix.protos import copy_without_initializers
+
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
 LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
 ERROR_MARKER = "graphfix-simplify-error: "
@@ -66,16 +69,15 @@ def simplify(
 def _liftable_initializers(model: onnx.ModelProto) -> set[str]:
     """Initializers onnxsim must not see: external ones always, big inline ones when the model is huge."""
     external = {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
-    inline_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    if inline_bytes <= PROTOBUF_SAFE_BYTES:
+    inline = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL]
+    if sum(tensor_nbytes(t) for t in inline) <= PROTOBUF_SAFE_BYTES:
         return external
-    big = {t.name for t in model.graph.initializer if len(t.raw_data) >= LIFT_MIN_BYTES}
-    return external | big
+    return external | {t.name for t in inline if tensor_nbytes(t) >= LIFT_MIN_BYTES}
 
 
 def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """A copy of `model` where the named initializers are graph inputs (declared type and shape, no data)."""
-    light = _copy_except_initializers(model)
+    light = copy_without_initializers(model)
     light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     existing_inputs = {i.name for i in light.graph.input}
     for tensor in model.graph.initializer:
@@ -84,27 +86,6 @@ def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelPro
                 helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
     return light
-
-
-def _copy_except_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy that never duplicates the initializers' bytes (they may be gigabytes)."""
-    light = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name != "graph":
-            _copy_field(light, field, value)
-    for field, value in model.graph.ListFields():
-        if field.name != "initializer":
-            _copy_field(light.graph, field, value)
-    return light
-
-
-def _copy_field(target, field, value) -> None:
-    if hasattr(value, "extend"):  # repeated field
-        getattr(target, field.name).extend(value)
-    elif hasattr(value, "CopyFrom"):  # message field
-        getattr(target, field.name).CopyFrom(value)
-    else:
-        setattr(target, field.name, value)
 
 
 def _restore_initializers(
@@ -237,12 +218,32 @@ def _child_main(source: str, target: str) -> int:
 
 
 def _simplify_with_fallback(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    import onnxsim
-
+    onnxsim = _import_onnxsim()
     try:
         return onnxsim.simplify(model, skip_shape_inference=False)
     except Exception:  # shape inference crashes on some valid models; try once without it
         return onnxsim.simplify(model, skip_shape_inference=True)
+
+
+def _import_onnxsim():
+    """onnxsim, imported with torch hidden: its package imports torch when torch is installed (1.5 s and 200 MB
+    here) although `simplify` never uses it. Only the child process does this; where onnxsim needs torch after
+    all, it is imported again normally."""
+    if "torch" in sys.modules:
+        import onnxsim
+
+        return onnxsim
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, as on a machine without torch
+    try:
+        import onnxsim
+    except ImportError:
+        for name in [m for m in sys.modules if m == "onnxsim" or m.startswith("onnxsim.")]:
+            del sys.modules[name]
+        del sys.modules["torch"]
+        import onnxsim
+    else:
+        del sys.modules["torch"]
+    return onnxsim
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class Validation:
         )
 
 
-def validate(original: ModelSource, candidate: ModelSource, options: ValidationOptions) -> Validation:
+def validate(original: ModelSource | ModelRunner, candidate: ModelSource | ModelRunner,
+             options: ValidationOptions) -> Validation:
     """Run both models at every probe size and decide whether the candidate may replace the original."""
     before = ModelRunner.from_source(original)
     after = before if candidate is original else ModelRunner.from_source(candidate)

@@ -26,7 +26,7 @@ def first_divergence(
     if not shared:
         return _no_shared_tensor("the models share no intermediate tensor names")
     exposed_original = ModelRunner(with_outputs(original.proto, shared), original.base_dir)
-    exposed_candidate = ModelRunner(with_outputs(candidate.proto, shared), candidate.base_dir)
+    exposed_candidate = ModelRunner(with_outputs(candidate.full_proto(), shared), candidate.base_dir)
     before, after = exposed_original.run(feeds), exposed_candidate.run(feeds)
     if not (before.ok and after.ok):
         return _no_shared_tensor(f"exposing intermediate tensors failed: {before.error or after.error}")

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphfix.weights import has_stubs
+
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
@@ -47,6 +49,7 @@ class ModelRunner:
                  path: pathlib.Path | None = None):
         self.proto = proto
         self.base_dir = base_dir
+        self.path = path
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
         try:
@@ -55,14 +58,22 @@ class ModelRunner:
             self.load_error = first_line(str(exc))
 
     @classmethod
-    def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path]) -> ModelRunner:
+    def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner) -> ModelRunner:
         """From a proto, a path, or (proto, path of the same model): the caller's proto then saves loading it
-        again, and onnxruntime reads the file, not a serialized copy."""
+        again, and onnxruntime reads the file, not a serialized copy. A runner is returned as it is."""
+        if isinstance(source, ModelRunner):
+            return source
         if isinstance(source, tuple):
             proto, path = source
             return cls(proto, pathlib.Path(path).parent.resolve(), pathlib.Path(path))
         proto, base_dir = load_structure(source)
         return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source))
+
+    def full_proto(self) -> onnx.ModelProto:
+        """The proto with its weights: a light proto's stubs (see graphfix.weights) are read from the file."""
+        if self.path is not None and has_stubs(self.proto):
+            return onnx.load_model(str(self.path), load_external_data=False)
+        return self.proto
 
     @property
     def input_names(self) -> list[str]:
@@ -91,6 +102,7 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
     if base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
     source = str(path) if path is not None else proto.SerializeToString()
