@@ -76,6 +76,35 @@ def bert_base_with_dead_branch(path: Path) -> Path:
     return path
 
 
+def llama_06b_with_dead_branch(path: Path) -> Path:
+    """The Llama export with a dead branch (GF001 removes it), beside it and sharing its external data file, so
+    that `repair` runs fix, simplification and validation on a model over 2 GiB."""
+    source = path.with_name("llama.onnx")
+    if not source.exists():
+        llama_06b(source)
+    model = onnx.load(source, load_external_data=False)
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Neg", [logits], ["dead_branch"], name="/dead/Neg"))
+    onnx.save(model, path)
+    return path
+
+
+def llama_06b_with_scale_input(path: Path) -> Path:
+    """The Llama export with a second input, a logit `scale`, that `graphfix freeze --input scale=1` can fold
+    away (beside it and sharing its external data file)."""
+    source = path.with_name("llama.onnx")
+    if not source.exists():
+        llama_06b(source)
+    model = onnx.load(source, load_external_data=False)
+    logits = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_unscaled" if o == logits else o for o in node.output]
+    model.graph.node.append(helper.make_node("Mul", [f"{logits}_unscaled", "scale"], [logits], name="/scale/Mul"))
+    model.graph.input.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1]))
+    onnx.save(model, path)
+    return path
+
+
 def llama_06b(path: Path) -> Path:
     """A ~0.6B-parameter Llama-style decoder (grouped-query attention, Qwen3-0.6B's dimensions) exported with the
     dynamo exporter; its weights (2.35 GB, over 2 GiB, so no single protobuf could hold them) go to external data
@@ -108,5 +137,7 @@ def llama_06b(path: Path) -> Path:
 
 if __name__ == "__main__":
     builder = {"chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b,
-               "bert_base_with_dead_branch": bert_base_with_dead_branch}[sys.argv[1]]
+               "bert_base_with_dead_branch": bert_base_with_dead_branch,
+               "llama_06b_with_dead_branch": llama_06b_with_dead_branch,
+               "llama_06b_with_scale_input": llama_06b_with_scale_input}[sys.argv[1]]
     builder(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:]))

@@ -6,11 +6,15 @@ anything. On any failure the input is kept and the reason is returned in one lin
 the child is forked and inherits the model (no copy written for it, no interpreter to start: on BERT-base that
 is a third of the time); elsewhere it is `python -m graphfix.simplify IN OUT`.
 
-Weights are never sent to the child when they are external (or when the model would not fit in one protobuf):
-such initializers are *lifted* into graph inputs of the same name, type and shape, so onnxsim sees an ordinary
-small model, and are put back afterwards with their original external references. onnxsim then cannot fold
-through those weights (no BatchNorm fusion into an external Conv weight), which is the price of never loading
-them into Python.
+Weights are never sent to the child when they are external, stubs of a light model (see `graphfix.weights`),
+or too many for one protobuf: such initializers are *lifted* into graph inputs of the same name, type and shape,
+so onnxsim sees the graph's structure only (on BERT-base 0.1 s of work instead of 2 s of copying 435 MB in and
+out), and are put back afterwards as they were. Constant folding loses nothing by it: weights a foldable node
+reads are never stubs. What onnxsim can then not do is fuse values into those weights (MatMul+Add into Gemm,
+BatchNorm into Conv); onnxruntime performs the same fusions itself when it loads the model.
+
+The child imports onnxsim with torch hidden: onnxsim's package imports torch when it is installed (1.5 s),
+though simplification never uses it.
 """
 
 from __future__ import annotations
