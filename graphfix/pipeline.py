@@ -21,9 +21,9 @@ from graphfix.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
 from graphfix.errors import UsageError
 from graphfix.loading import LoadedModel
 from graphfix.rule import Rule
-from graphfix.saving import stage_copy, stage_model
+from graphfix.saving import StagedModel, stage_copy, stage_model
 from graphfix.validate.runner import ModelRunner
-from graphfix.weights import Weights, materialize
+from graphfix.weights import Weights, detach_inline, materialize
 
 
 @dataclass
@@ -106,12 +106,21 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphfix-original") as pool:
-        original = pool.submit(ModelRunner.from_source, _original_source(loaded)) if options.validate else None
-        return _repair(loaded, output, options, original)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphfix-io") as pool:
+        original = pool.submit(_original_runner, loaded) if options.validate else None
+        return _repair(loaded, output, options, pool, original)
 
 
-def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions,
+def _original_runner(loaded: LoadedModel) -> ModelRunner:
+    """With external data, from the file (ORT maps the weights). Inline, from the proto already in memory, its
+    weights fed as arrays that the repaired model's session will share."""
+    if loaded.external and loaded.path is not None:
+        return ModelRunner.from_source(loaded.path)
+    light, weights = detach_inline(loaded.proto)
+    return ModelRunner(light, loaded.base_dir, path=loaded.path, weights=weights)
+
+
+def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
@@ -125,20 +134,25 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions,
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
         commit = output is not None and not options.dry_run
         destination = output if commit else Path(scratch) / "model.onnx"
-        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result, original)
+        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result, pool, original)
     return result
 
 
 def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bool, loaded: LoadedModel,
-                           changed: bool, options: RepairOptions, result: RepairResult,
+                           changed: bool, options: RepairOptions, result: RepairResult, pool: ThreadPoolExecutor,
                            original: Future[ModelRunner] | None) -> None:
-    if not changed and loaded.path is not None and not loaded.external:
-        staged = stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
-    else:
-        staged = stage_model(model, destination, loaded.base_dir, result.weights)
+    """Inline models are validated in memory while the output is written on the other thread; with external
+    data the repaired model runs from its staged files."""
+    staging = pool.submit(_stage, model, destination, loaded, changed, result.weights)
+    staged = None
     try:
+        if loaded.external:
+            staged = staging.result()
         if original is not None:  # an unchanged model is its own candidate: one session, not two
-            validation = _validate(loaded, original.result(), (model, staged.path) if changed else None, options)
+            before = original.result()
+            after = None if not changed else staged.path if loaded.external else \
+                ModelRunner(model, loaded.base_dir, weights=result.weights, fed=before.fed)
+            validation = _validate(loaded, before, after, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:
                 # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
@@ -151,10 +165,28 @@ def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bo
                 if not options.force:
                     return
                 result.notes.append("written despite failed validation (--force)")
+        staged = staging.result()
         if commit:
             result.output = str(staged.commit())
     finally:
-        staged.discard()
+        if staged is None:
+            staged = _quietly(staging)
+        if staged is not None:
+            staged.discard()
+
+
+def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights):
+    if not changed and loaded.path is not None and not loaded.external:
+        return stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
+    return stage_model(model, destination, loaded.base_dir, weights)
+
+
+def _quietly(staging: Future) -> StagedModel | None:
+    """The staged files of a write whose outcome no longer matters, to be removed (None if it failed)."""
+    try:
+        return staging.result()
+    except Exception:
+        return None
 
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
@@ -164,23 +196,13 @@ def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.Model
     return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
 
 
-def _original_source(loaded: LoadedModel):
-    """Inline models go as (proto, path): nothing is loaded twice. With external data, the file."""
-    if loaded.path is None:
-        return loaded.proto
-    return loaded.path if loaded.external else (loaded.proto, loaded.path)
-
-
-def _validate(loaded: LoadedModel, original: ModelRunner, candidate: tuple[onnx.ModelProto, Path] | None,
+def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner | Path | None,
               options: RepairOptions):
-    """Run the original and the staged candidate (the original again when nothing changed). With external
-    data the staged file's data names differ from the proto's, so the staged file is read instead."""
+    """Run the original and the candidate (the original again when nothing changed)."""
     from graphfix.validate import ValidationOptions, validate
 
     if candidate is None:
         candidate = original
-    elif loaded.external:
-        candidate = candidate[1]
     validation = options.validation or ValidationOptions()
     traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
     if traced and not validation.trace_sizes:  # the export size is the first size validated

@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphfix.external_data import tensor_nbytes
+from graphfix.protos import copy_without_initializers
 
 STUB_LOCATION = "__graphfix_weights_not_loaded__"
 DETACH_MIN_BYTES = 64 << 10  # smaller tensors are copied: cheap, and onnxsim may fuse them (biases, norms)
@@ -69,6 +70,19 @@ def materialize(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
         if is_stub(tensor):
             tensor.CopyFrom(resolve(tensor, weights))
     return full
+
+
+def detach_inline(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Weights]:
+    """A light copy of a whole model: its large inline weights become stubs (recorded, not copied)."""
+    light = copy_without_initializers(model)
+    weights: Weights = {}
+    for tensor in model.graph.initializer:
+        if _detachable(tensor):
+            weights[tensor.name] = tensor
+            light.graph.initializer.append(stub(tensor))
+        else:
+            light.graph.initializer.append(tensor)
+    return light, weights
 
 
 def attach(graph: gs.Graph, weights: Weights) -> None:

@@ -15,8 +15,9 @@ import graphfix
 from graphfix import saving
 from graphfix.graph_io import export_graph, import_graph
 from graphfix.saving import stage_model
-from graphfix.validate.runner import ModelRunner
-from graphfix.weights import DETACH_MIN_BYTES, has_stubs, is_stub, materialize
+from graphfix.validate.bisect import first_divergence
+from graphfix.validate.runner import FedWeights, ModelRunner
+from graphfix.weights import DETACH_MIN_BYTES, detach_inline, has_stubs, is_stub, materialize
 
 BIG = 128  # a 128x128 float32 weight is 64 KiB: just large enough to be detached
 
@@ -142,3 +143,29 @@ def test_onnxsim_child_import_hides_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_fed_runner_matches_the_full_model_and_hides_its_weight_inputs():
+    model = big_weight_model(dead_branch=False)
+    light, weights = detach_inline(model)
+    assert set(weights) == {"W1", "W2"} and has_stubs(light)
+    fed = FedWeights()
+    runner = ModelRunner(light, weights=weights, fed=fed)
+    assert runner.input_names == ["x"]
+    x = np.random.default_rng(1).standard_normal((3, BIG)).astype(np.float32)
+    np.testing.assert_allclose(runner.run({"x": x}).outputs["y"], run(model, {"x": x})[0], rtol=1e-6)
+    twin = ModelRunner(light, weights=weights, fed=fed)
+    assert twin.weight_feeds["W1"] is runner.weight_feeds["W1"]  # one array, shared by both sessions
+
+
+def test_divergence_is_located_between_light_models():
+    model = big_weight_model(dead_branch=False)
+    light, weights = detach_inline(model)
+    changed = dict(weights)
+    changed["W2"] = numpy_helper.from_array(numpy_helper.to_array(weights["W2"]) * 2, "W2")
+    fed = FedWeights()
+    original = ModelRunner(light, weights=weights, fed=fed)
+    candidate = ModelRunner(light, weights=changed, fed=fed)
+    x = np.ones((2, BIG), np.float32)
+    found = first_divergence(original, candidate, {"x": x}, rtol=1e-4, atol=1e-5)
+    assert found["node"] == "/w2_t" and found["tensor"] == "W2t"  # W1's product agrees; W2's Transpose does not

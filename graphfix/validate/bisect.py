@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from graphfix.validate.compare import compare_arrays
-from graphfix.validate.runner import ModelRunner, with_outputs
+from graphfix.validate.runner import ModelRunner
 
 
 def first_divergence(
@@ -25,8 +25,7 @@ def first_divergence(
     shared = shared_tensors(original.proto, candidate.proto)
     if not shared:
         return _no_shared_tensor("the models share no intermediate tensor names")
-    exposed_original = ModelRunner(with_outputs(original.proto, shared), original.base_dir)
-    exposed_candidate = ModelRunner(with_outputs(candidate.full_proto(), shared), candidate.base_dir)
+    exposed_original, exposed_candidate = original.exposing(shared), candidate.exposing(shared)
     before, after = exposed_original.run(feeds), exposed_candidate.run(feeds)
     if not (before.ok and after.ok):
         return _no_shared_tensor(f"exposing intermediate tensors failed: {before.error or after.error}")

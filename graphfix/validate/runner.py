@@ -5,6 +5,11 @@ fused one), constant folding cannot hide or move a failure, and intermediate ten
 for bisection. Numerically this is the reference behaviour of each kernel.
 
 A model given as a Path is read structure-only; ORT is told the folder so it memory-maps the weights itself.
+
+A light model (large weights as stubs, see graphfix.weights) runs with its weights *fed*: the stubs become graph
+inputs and every run passes the weights as numpy arrays, which onnxruntime reads in place. The original and the
+repaired model of one validation share those arrays (`FedWeights`): no session copies the weights, and none
+reads a file. Weights that a non-standard-domain op may require to be constant stay initializers.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
-from graphfix.weights import has_stubs
+from graphfix.protos import copy_without_initializers
+from graphfix.weights import Weights, has_stubs, is_stub, materialize, resolve
 
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -46,16 +53,29 @@ class ModelRunner:
     """One onnxruntime session for one model; `run` never raises for model errors."""
 
     def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None,
-                 path: pathlib.Path | None = None):
+                 path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None):
         self.proto = proto
         self.base_dir = base_dir
         self.path = path
+        self.weights = weights or {}
+        self.fed = fed if fed is not None else FedWeights()
+        self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
         try:
-            self.session = make_session(proto, base_dir, path)
+            if self.weights and has_stubs(proto):
+                runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
+                self.session = make_session(runnable, base_dir)
+            else:
+                self.session = make_session(proto, base_dir, path)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
+
+    def exposing(self, names: list[str]) -> ModelRunner:
+        """A runner of the same model that also outputs the named intermediate tensors."""
+        if self.weights:
+            return ModelRunner(with_outputs(self.proto, names), self.base_dir, weights=self.weights, fed=self.fed)
+        return ModelRunner(with_outputs(self.full_proto(), names), self.base_dir)
 
     @classmethod
     def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner) -> ModelRunner:
@@ -70,14 +90,18 @@ class ModelRunner:
         return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source))
 
     def full_proto(self) -> onnx.ModelProto:
-        """The proto with its weights: a light proto's stubs (see graphfix.weights) are read from the file."""
-        if self.path is not None and has_stubs(self.proto):
-            return onnx.load_model(str(self.path), load_external_data=False)
-        return self.proto
+        """The proto with its weights: a light proto's stubs are filled from its weights, or read from its file."""
+        if not has_stubs(self.proto):
+            return self.proto
+        if self.weights:
+            return materialize(self.proto, self.weights)
+        return onnx.load_model(str(self.path), load_external_data=False)
 
     @property
     def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()] if self.session else []
+        if self.session is None:
+            return []
+        return [i.name for i in self.session.get_inputs() if i.name not in self.weight_feeds]
 
     @property
     def output_names(self) -> list[str]:
@@ -90,10 +114,44 @@ class ModelRunner:
         if not strict_feeds:
             feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
         try:
-            values = self.session.run(None, feeds)
+            values = self.session.run(None, {**feeds, **self.weight_feeds})
         except Exception as exc:
             return RunResult(None, first_line(error_text(exc)))
         return RunResult(dict(zip(self.output_names, values, strict=True)))
+
+
+class FedWeights:
+    """Weights as numpy arrays, made once per tensor and shared by every runner given this object."""
+
+    FEEDABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
+                onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                onnx.TensorProto.BOOL}
+
+    def __init__(self):
+        self._arrays: dict[int, tuple[onnx.TensorProto, np.ndarray]] = {}
+
+    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        hit = self._arrays.get(id(tensor))
+        if hit is None or hit[0] is not tensor:
+            hit = self._arrays[id(tensor)] = (tensor, numpy_helper.to_array(tensor))
+        return hit[1]
+
+    def lift(self, light: onnx.ModelProto, weights: Weights) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The model with its stubs as graph inputs, and the arrays to feed them; stubs of types numpy cannot
+        hold, or read by ops outside the standard domain, get their tensor back instead."""
+        runnable = copy_without_initializers(light)
+        custom = {name for node in light.graph.node if node.domain not in ("", "ai.onnx") for name in node.input}
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in light.graph.initializer:
+            if not is_stub(tensor):
+                runnable.graph.initializer.append(tensor)
+            elif tensor.data_type in self.FEEDABLE and tensor.name not in custom:
+                feeds[tensor.name] = self.array(resolve(tensor, weights))
+                runnable.graph.input.append(
+                    onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+            else:
+                runnable.graph.initializer.append(resolve(tensor, weights))
+        return runnable, feeds
 
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
