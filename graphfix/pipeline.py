@@ -5,6 +5,7 @@ Nothing is written until onnxruntime has validated the staged result, unless the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -21,9 +22,9 @@ from graphfix.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
 from graphfix.errors import UsageError
 from graphfix.loading import LoadedModel
 from graphfix.rule import Rule
-from graphfix.saving import StagedModel, stage_copy, stage_model
+from graphfix.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
 from graphfix.validate.runner import ModelRunner
-from graphfix.weights import Weights, detach_inline, materialize
+from graphfix.weights import Weights, detach_inline, has_stubs, is_stub, materialize
 
 
 @dataclass
@@ -106,7 +107,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphfix-io") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
         return _repair(loaded, output, options, pool, original)
 
@@ -126,24 +127,32 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures))
     model, result.weights = outcome.model, outcome.weights
-    if outcome.changed and options.simplify:
-        model, result.simplify = _simplify(model, loaded.base_dir)
-        result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options, result.weights)
-    result.light = model
     with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
         commit = output is not None and not options.dry_run
         destination = output if commit else Path(scratch) / "model.onnx"
-        _stage_validate_commit(model, destination, commit, loaded, outcome.changed, options, result, pool, original)
+        ahead = None  # the weights are written while onnxsim works: they are most of the bytes, and it keeps them
+        if outcome.changed and has_stubs(model) and not loaded.external and not needs_external_data(model):
+            ahead = pool.submit(stage_weights, destination, model, result.weights)
+        try:
+            if outcome.changed and options.simplify:
+                model, result.simplify = _simplify(model, loaded.base_dir)
+                result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
+                                              result.weights)
+            result.light = model
+            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead)
+        except BaseException:
+            _discard(ahead)
+            raise
+        _validate_commit(model, commit, loaded, outcome.changed, options, result, staging, original)
     return result
 
 
-def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bool, loaded: LoadedModel,
-                           changed: bool, options: RepairOptions, result: RepairResult, pool: ThreadPoolExecutor,
-                           original: Future[ModelRunner] | None) -> None:
+def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, changed: bool,
+                     options: RepairOptions, result: RepairResult, staging: Future[StagedModel],
+                     original: Future[ModelRunner] | None) -> None:
     """Inline models are validated in memory while the output is written on the other thread; with external
     data the repaired model runs from its staged files."""
-    staging = pool.submit(_stage, model, destination, loaded, changed, result.weights)
     staged = None
     try:
         if loaded.external:
@@ -169,24 +178,27 @@ def _stage_validate_commit(model: onnx.ModelProto, destination: Path, commit: bo
         if commit:
             result.output = str(staged.commit())
     finally:
-        if staged is None:
-            staged = _quietly(staging)
-        if staged is not None:
-            staged.discard()
+        _discard(staging)  # after a commit there is nothing left to remove
 
 
-def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights):
+def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
+           ahead: Future[StagedModel] | None) -> StagedModel:
     if not changed and loaded.path is not None and not loaded.external:
         return stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
+    if ahead is not None:
+        started = ahead.result()
+        if {t.name for t in model.graph.initializer if is_stub(t)} == started.prewritten:
+            return finish_stage(started, model, weights)
+        started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
     return stage_model(model, destination, loaded.base_dir, weights)
 
 
-def _quietly(staging: Future) -> StagedModel | None:
-    """The staged files of a write whose outcome no longer matters, to be removed (None if it failed)."""
-    try:
-        return staging.result()
-    except Exception:
-        return None
+def _discard(staging: Future[StagedModel] | None) -> None:
+    """Remove the staged files of a write whose outcome no longer matters (nothing if it failed)."""
+    if staging is None:
+        return
+    with contextlib.suppress(Exception):
+        staging.result().discard()
 
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:

@@ -39,6 +39,7 @@ class StagedModel:
     temp_dir: Path
     destination: Path
     data_name: str | None
+    prewritten: frozenset[str] = frozenset()  # weights already in the file (see stage_weights)
 
     @property
     def path(self) -> Path:
@@ -93,6 +94,32 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     return staged
 
 
+def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
+    """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
+    most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
+    staged = _new_stage(Path(destination))
+    stubs = [t for t in proto.graph.initializer if is_stub(t)]
+    try:
+        with open(staged.path, "wb") as f:
+            for tensor in stubs:
+                _write_initializer(resolve(tensor, weights), f)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.prewritten = frozenset(t.name for t in stubs)
+    return staged
+
+
+def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
+    """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
+    stubs = {t.name for t in proto.graph.initializer if is_stub(t)}
+    if stubs != staged.prewritten:
+        raise ValueError("the final model's weights differ from the ones written ahead")
+    with open(staged.path, "ab") as f:
+        _write_streaming(proto, weights, f, skip=staged.prewritten)
+    return staged
+
+
 def stage_copy(source: Path, destination: str | Path) -> StagedModel:
     """Stage a byte-for-byte copy of an inline model file (an unchanged model is written as it came)."""
     staged = _new_stage(Path(destination))
@@ -116,25 +143,30 @@ def _new_stage(destination: Path) -> StagedModel:
     return StagedModel(temp_dir, destination, None)
 
 
-def _write_streaming(proto: onnx.ModelProto, weights: Weights, f) -> None:
+def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
     """Write a light model inline: the model without initializers, then each initializer (stubs resolved) as a
-    separate graph record that the parser merges into the graph."""
+    separate graph record that the parser merges into the graph. Records may come in any order."""
     f.write(copy_without_initializers(proto).SerializeToString())
     for tensor in proto.graph.initializer:
-        real = resolve(tensor, weights)
-        if not real.HasField("raw_data"):
-            f.write(_record(MODEL_GRAPH, _record(GRAPH_INITIALIZER, real.SerializeToString())))
-            continue
-        header = onnx.TensorProto()
-        for field, value in real.ListFields():
-            if field.name != "raw_data":
-                copy_field(header, field, value)
-        raw = real.raw_data
-        head = header.SerializeToString() + _key(TENSOR_RAW_DATA) + _varint(len(raw))
-        tensor_length = len(head) + len(raw)
-        initializer_head = _key(GRAPH_INITIALIZER) + _varint(tensor_length)
-        f.write(_key(MODEL_GRAPH) + _varint(len(initializer_head) + tensor_length) + initializer_head + head)
-        f.write(raw)
+        if tensor.name not in skip:
+            _write_initializer(resolve(tensor, weights), f)
+
+
+def _write_initializer(tensor: onnx.TensorProto, f) -> None:
+    """One `graph { initializer: tensor }` record; raw bytes go out without another serialized copy."""
+    if not tensor.HasField("raw_data"):
+        f.write(_record(MODEL_GRAPH, _record(GRAPH_INITIALIZER, tensor.SerializeToString())))
+        return
+    header = onnx.TensorProto()
+    for field, value in tensor.ListFields():
+        if field.name != "raw_data":
+            copy_field(header, field, value)
+    raw = tensor.raw_data
+    head = header.SerializeToString() + _key(TENSOR_RAW_DATA) + _varint(len(raw))
+    tensor_length = len(head) + len(raw)
+    initializer_head = _key(GRAPH_INITIALIZER) + _varint(tensor_length)
+    f.write(_key(MODEL_GRAPH) + _varint(len(initializer_head) + tensor_length) + initializer_head + head)
+    f.write(raw)
 
 
 MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto

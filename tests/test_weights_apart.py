@@ -169,3 +169,28 @@ def test_divergence_is_located_between_light_models():
     x = np.ones((2, BIG), np.float32)
     found = first_divergence(original, candidate, {"x": x}, rtol=1e-4, atol=1e-5)
     assert found["node"] == "/w2_t" and found["tensor"] == "W2t"  # W1's product agrees; W2's Transpose does not
+
+
+def test_weights_written_ahead_are_dropped_when_the_final_graph_no_longer_uses_them(tmp_path):
+    from concurrent.futures import Future
+
+    from graphfix.loading import from_proto
+    from graphfix.pipeline import _stage
+    from graphfix.saving import finish_stage, stage_weights
+
+    model = big_weight_model(dead_branch=False)
+    light, weights = detach_inline(model)
+    destination = tmp_path / "out.onnx"
+    ahead: Future = Future()
+    ahead.set_result(stage_weights(destination, light, weights))
+    final = onnx.ModelProto()
+    final.CopyFrom(light)
+    keep = [t for t in final.graph.initializer if t.name != "W2"]  # as if onnxsim had folded W2 away
+    del final.graph.initializer[:]
+    final.graph.initializer.extend(keep)
+    with pytest.raises(ValueError, match="written ahead"):
+        finish_stage(ahead.result(), final, weights)
+    staged = _stage(final, destination, from_proto(model), True, weights, ahead)
+    written = onnx.load(staged.path, load_external_data=False)
+    assert {t.name for t in written.graph.initializer} == {"W1"}  # W2 is not left behind in the file
+    staged.discard()
