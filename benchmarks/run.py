@@ -114,7 +114,7 @@ def repair_vs_simplifiers(model: Path, out: Path, repeat: int) -> list[dict]:
     """graphfix repair, then onnxsim (as installed, and with torch hidden) and onnxslim on the same model."""
     out.mkdir(exist_ok=True)
     return [
-        measure("graphfix repair (fix+simplify+prove)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")],
+        measure(REPAIR, [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")],
                 repeat),
         measure("onnxsim.simplify(path)", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")], repeat),
         measure("onnxsim.simplify(path), no torch", [PY, "-c", ONNXSIM_NO_TORCH, str(model), str(out / "sim.onnx")],
@@ -124,7 +124,7 @@ def repair_vs_simplifiers(model: Path, out: Path, repeat: int) -> list[dict]:
 
 
 ONNXSIMS = ["onnxsim.simplify(path)", "onnxsim.simplify(path), no torch"]
-REPAIR = "graphfix repair (fix+simplify+prove)"
+REPAIR = "graphfix repair (fix, simplify, prove)"
 
 
 def repair_target(title: str, rows: list[dict]) -> dict:

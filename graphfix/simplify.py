@@ -2,9 +2,10 @@
 
 onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
 large constants). So it runs in a child process with a timeout, and its result is checked before it replaces
-anything. On any failure the input is kept and the reason is returned in one line. Where the platform can fork,
-the child is forked and inherits the model (no copy written for it, no interpreter to start: on BERT-base that
-is a third of the time); elsewhere it is `python -m graphfix.simplify IN OUT`.
+anything. On any failure the input is kept and the reason is returned in one line. The child is a fresh
+`python -m graphfix.simplify IN OUT`, never a fork: the repair pipeline has onnxruntime sessions and writer
+threads running meanwhile, and a forked child inherits their locks but not their threads (onnxsim's own
+onnxruntime sessions then hang). The model it gets is the light one, a few megabytes to write.
 
 Weights are never sent to the child when they are external, stubs of a light model (see `graphfix.weights`),
 or too many for one protobuf: such initializers are *lifted* into graph inputs of the same name, type and shape,
@@ -19,7 +20,6 @@ though simplification never uses it.
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
 import tempfile
@@ -115,8 +115,6 @@ def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
 
 def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float) -> tuple[int, onnx.ModelProto] | str:
     """(bytes sent, onnxsim's result), or one line saying why there is none."""
-    if "fork" in multiprocessing.get_all_start_methods():
-        return _run_onnxsim_forked(light, timeout_s)
     with tempfile.TemporaryDirectory(prefix="graphfix-sim-") as tmp:
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         try:
@@ -132,34 +130,6 @@ def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float) -> tuple[int, o
             reason = _last_line(done.stderr, done.returncode)
             return f"simplification failed, kept the unsimplified graph: {reason}"
         return source.stat().st_size, onnx.load_model(str(target), load_external_data=False)
-
-
-def _run_onnxsim_forked(light: onnx.ModelProto, timeout_s: float) -> tuple[int, onnx.ModelProto] | str:
-    with tempfile.TemporaryDirectory(prefix="graphfix-sim-") as tmp:
-        target, errors = Path(tmp) / "out.onnx", Path(tmp) / "error.txt"
-        child = multiprocessing.get_context("fork").Process(target=_forked_main, args=(light, target, errors))
-        child.start()
-        child.join(timeout_s)
-        if child.is_alive():
-            child.kill()
-            child.join()
-            return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
-        if child.exitcode != 0 or not target.exists():
-            reason = errors.read_text().strip() if errors.exists() else f"onnxsim exited with status {child.exitcode}"
-            return f"simplification failed, kept the unsimplified graph: {reason}"
-        return light.ByteSize(), onnx.load_model(str(target), load_external_data=False)
-
-
-def _forked_main(light: onnx.ModelProto, target: Path, errors: Path) -> None:
-    """The forked child: simplify, save to `target`; a failure is one line in `errors` and a non-zero exit."""
-    try:
-        simplified, ok = _simplify_with_fallback(light)
-        if not ok:
-            raise RuntimeError("onnxsim's own check failed")
-        onnx.save_model(simplified, str(target))
-    except BaseException as exc:  # the parent reads the reason; a traceback would only reach the terminal
-        errors.write_text(" ".join(f"{type(exc).__name__}: {exc}".split()))
-        sys.exit(1)
 
 
 def _last_line(stderr: str, returncode: int) -> str:

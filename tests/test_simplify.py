@@ -120,3 +120,16 @@ def test_huge_inline_weights_are_lifted_like_external_ones(monkeypatch):
     assert simplify_module._liftable_initializers(m) == {"W"}
     light = simplify_module._lift_initializers(m, {"W"})
     assert not light.graph.initializer and [i.name for i in light.graph.input] == ["X", "W"]
+
+
+def test_onnxsim_child_is_never_forked(monkeypatch):
+    """repair runs onnxruntime sessions and a writer thread while onnxsim works: a forked child would inherit
+    onnxruntime's locks without its threads and hang in onnxsim's own sessions (seen: a 120 s timeout)."""
+    import os
+
+    def no_fork(*_args, **_kwargs):
+        raise AssertionError("simplify forked the process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    outcome = simplify(FOLDABLE)
+    assert outcome.applied, outcome.message
