@@ -1,6 +1,8 @@
 """The repair pipeline: load → diagnose → fix to a fixpoint → simplify → diagnose again → validate → write.
 
-Nothing is written until onnxruntime has validated the staged result, unless the user forces it.
+The output is staged beside its destination and moved into place only once onnxruntime has validated the
+result, unless the user forces it. Large weights are never copied (see graphfix.weights): the staged file is
+written from the input's own tensors, on a second thread, while onnxsim and onnxruntime work.
 """
 
 from __future__ import annotations
