@@ -110,6 +110,10 @@ def verdict(rows: list[dict], tool: str, references: list[str], limit: float, ke
     return line
 
 
+ONNXSIMS = ["onnxsim.simplify(path)", "onnxsim.simplify(path), no torch"]
+REPAIR = "graphfix repair (fix, simplify, prove)"
+
+
 def repair_vs_simplifiers(model: Path, out: Path, repeat: int) -> list[dict]:
     """graphfix repair, then onnxsim (as installed, and with torch hidden) and onnxslim on the same model."""
     out.mkdir(exist_ok=True)
@@ -121,10 +125,6 @@ def repair_vs_simplifiers(model: Path, out: Path, repeat: int) -> list[dict]:
                 repeat),
         measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
     ]
-
-
-ONNXSIMS = ["onnxsim.simplify(path)", "onnxsim.simplify(path), no torch"]
-REPAIR = "graphfix repair (fix, simplify, prove)"
 
 
 def repair_target(title: str, rows: list[dict]) -> dict:
