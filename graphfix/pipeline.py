@@ -26,7 +26,7 @@ from graphfix.loading import LoadedModel
 from graphfix.rule import Rule
 from graphfix.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
 from graphfix.validate.runner import ModelRunner
-from graphfix.weights import Weights, detach_inline, has_stubs, is_stub, materialize
+from graphfix.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 
 
 @dataclass
@@ -189,7 +189,7 @@ def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, chang
         return stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
     if ahead is not None:
         started = ahead.result()
-        if {t.name for t in model.graph.initializer if is_stub(t)} == started.prewritten:
+        if stub_names(model) == started.prewritten:
             return finish_stage(started, model, weights)
         started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
     return stage_model(model, destination, loaded.base_dir, weights)

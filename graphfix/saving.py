@@ -24,7 +24,7 @@ from onnx import TensorProto
 
 from graphfix.external_data import external_ref, iter_tensors, tensor_nbytes
 from graphfix.protos import copy_field, copy_without_initializers
-from graphfix.weights import Weights, has_stubs, is_stub, resolve
+from graphfix.weights import Weights, has_stubs, is_stub, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
@@ -64,12 +64,9 @@ def needs_external_data(proto: onnx.ModelProto) -> bool:
     weights they stand for)."""
     inline = 0
     for tensor in iter_tensors(proto.graph):
-        if is_stub(tensor):
-            inline += tensor_nbytes(tensor)
-        elif tensor.data_location == TensorProto.EXTERNAL:
+        if tensor.data_location == TensorProto.EXTERNAL and not is_stub(tensor):
             return True
-        else:
-            inline += tensor_nbytes(tensor)
+        inline += tensor_nbytes(tensor)
     return inline > PROTOBUF_LIMIT - (64 << 20)
 
 
@@ -98,22 +95,21 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
     """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
     most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
     staged = _new_stage(Path(destination))
-    stubs = [t for t in proto.graph.initializer if is_stub(t)]
     try:
         with open(staged.path, "wb") as f:
-            for tensor in stubs:
-                _write_initializer(resolve(tensor, weights), f)
+            for tensor in proto.graph.initializer:
+                if is_stub(tensor):
+                    _write_initializer(resolve(tensor, weights), f)
     except BaseException:
         staged.discard()
         raise
-    staged.prewritten = frozenset(t.name for t in stubs)
+    staged.prewritten = stub_names(proto)
     return staged
 
 
 def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
     """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
-    stubs = {t.name for t in proto.graph.initializer if is_stub(t)}
-    if stubs != staged.prewritten:
+    if stub_names(proto) != staged.prewritten:
         raise ValueError("the final model's weights differ from the ones written ahead")
     with open(staged.path, "ab") as f:
         _write_streaming(proto, weights, f, skip=staged.prewritten)
@@ -129,12 +125,6 @@ def stage_copy(source: Path, destination: str | Path) -> StagedModel:
         staged.discard()
         raise
     return staged
-
-
-def save_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Path | None = None,
-               weights: Weights | None = None) -> Path:
-    """Stage and commit in one step."""
-    return stage_model(proto, destination, source_dir, weights).commit()
 
 
 def _new_stage(destination: Path) -> StagedModel:

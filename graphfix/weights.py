@@ -47,6 +47,10 @@ def has_stubs(model: onnx.ModelProto) -> bool:
     return any(is_stub(t) for t in model.graph.initializer)
 
 
+def stub_names(model: onnx.ModelProto) -> frozenset[str]:
+    return frozenset(t.name for t in model.graph.initializer if is_stub(t))
+
+
 def resolve(tensor: onnx.TensorProto, weights: Weights) -> onnx.TensorProto:
     """The real tensor behind a stub (named like the stub), or the tensor itself."""
     if not is_stub(tensor):
