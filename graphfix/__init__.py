@@ -26,7 +26,7 @@ def repair(model_or_path, **options):
 
 def export(model, args, f, **options):
     """Export with torch.onnx, repair, and prove the file against the module; returns an ExportReport."""
-    from graphfix.exporting import export as _export
+    from graphfix.exporting.export import export as _export
 
     return _export(model, args, f, **options)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import onnx
 
-from graphfix.context import RuleOptions
-from graphfix.engine import diagnose_model
-from graphfix.errors import GraphfixError
-from graphfix.loading import LoadedModel, from_proto, load_model
-from graphfix.pipeline import RepairOptions, RepairResult, repair_model
-from graphfix.registry import select_rules
-from graphfix.rule import Finding, Rejection
+from graphfix.core.context import RuleOptions
+from graphfix.core.engine import diagnose_model
+from graphfix.core.errors import GraphfixError
+from graphfix.core.registry import select_rules
+from graphfix.core.rule import Finding, Rejection
+from graphfix.io.loading import LoadedModel, from_proto, load_model
+from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_model
 
 
 @dataclass
@@ -50,7 +50,7 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
     diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
     report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
     if probe_options is not None:
-        from graphfix.pipeline import trace_sizes
+        from graphfix.pipeline.repair import trace_sizes
         from graphfix.validate import probe
 
         traced = trace_sizes(loaded.proto, rule_options.trace_shapes)
@@ -107,7 +107,7 @@ def repair(model_or_path, *, output: str | Path | None = None, only=(), skip=(),
 
 def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
     """Compare an ONNX file with its PyTorch module at the example and probe inputs."""
-    from graphfix.torch_verify import verify as _verify
+    from graphfix.exporting.verify import verify as _verify
 
     return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)
 

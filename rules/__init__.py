@@ -1,5 +1,5 @@
 """graphfix's built-in rules, one module per rule (installed as `graphfix.rules`).
 
-Each module holds one `Rule` subclass whose docstring is its documentation. A rule is registered in setup.cfg's
-`graphfix.rules` entry-point group, under its code, the same way third-party rules are.
+Each module `gf0NN_kebab_name.py` holds one `Rule` subclass whose docstring is its documentation. Adding the file
+is all it takes: the registry scans this package (see graphfix.core.registry). Its test goes to tests/rules/.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphfix.rule import Rule, Severity
+from graphfix.core.rule import Rule, Severity
 
 
 class RuntimeFailure(Rule):
@@ -32,3 +32,4 @@ class RuntimeFailure(Rule):
     name = "runtime-failure"
     severity = Severity.ERROR
     runtime_only = True
+    runtime_hint = "Read onnxruntime's message; the node's inputs have the shapes shown."

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
-from graphfix.context import RuleContext
-from graphfix.graph_walk import consumers_map, input_dependent_tensors, live_nodes, tensor_names
-from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+from graphfix.analysis.walk import consumers_map, input_dependent_tensors, live_nodes, tensor_names
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 
 class TruncatedGraph(Rule):
@@ -45,6 +45,29 @@ class TruncatedGraph(Rule):
     name = "truncated-graph"
     severity = Severity.ERROR
     fixable = True
+    runtime_messages = (r"Invalid (?:Feed )?Input Name", r"missing from input feed")
+    runtime_order = 10
+    runtime_hint = ("The caller feeds an input the graph does not declare: the exporter pruned it. Re-export keeping "
+                    "the input used, or stop feeding it.")
+    traced_values = True
+    knowledge = (
+        known(r"out of bounds or can not be read in full|size to read: \d+ given file_length",
+              "onnxruntime: the external-data file is shorter than its tensors declare",
+              "The weights file was truncated (interrupted copy or download) or belongs to another export.",
+              "Copy the `.onnx.data` file again; `graphfix diagnose` names the tensor that does not fit.",
+              reports="onnxruntime #11848"),
+        known(r"doesn't exist or is not accessible",
+              "onnx/onnxruntime: the external-data file is missing",
+              "The `.onnx` references weights in a file that is not beside it.",
+              "Copy the data file next to the model (same relative location as recorded in the model).",
+              reports="onnx #3157"),
+        known(r"Invalid Feed Input Name:?\s*\S+",
+              "onnxruntime: an input you feed does not exist in the graph",
+              "The exporter pruned an input that the traced forward() did not read (e.g. a streaming cache).",
+              "Read every input in forward() (or keep_initializers_as_inputs for constants); check with "
+              "`graphfix diagnose --expect-outputs` and the GF001 unused-input findings.",
+              reports="wenet #1197, pytorch #62951"),
+    )
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         graph = ctx.graph

@@ -9,11 +9,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.context import RuleContext
-from graphfix.repeat_utils import (
-    Elem,
-    ShapeVec,
-    Sym,
+from graphfix.analysis.constants import Elem, Evaluator, Sym, show_elems
+from graphfix.analysis.repeat import (
     chunk_index,
     chunk_source,
     producer,
@@ -22,7 +19,9 @@ from graphfix.repeat_utils import (
     split_to_sequence,
     unit_split,
 )
-from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+from graphfix.analysis.walk import ancestors
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 
 @dataclass
@@ -89,9 +88,37 @@ class RepeatInterleave(Rule):
     name = "repeat-interleave"
     severity = Severity.ERROR
     fixable = True
+    runtime_order = 20
+    runtime_hint = ("A repeat_interleave was unrolled with its repeat count baked at export time; export it as "
+                    "unsqueeze → expand → reshape (or repeat + flatten).")
+    knowledge = (
+        known(r"Non concat axis dimensions must match",
+              "onnxruntime Concat: inputs disagree outside the concat axis",
+              "Typically repeat_interleave with a repeats tensor, which torch's TorchScript exporter unrolls into "
+              "Split/Expand/Concat with baked sizes, or another baked size.",
+              "Use `k.unsqueeze(2).expand(...).reshape(...)` for uniform repeats; `graphfix repair` rewrites the "
+              "unrolled form.",
+              reports="onnxruntime #11672, wenet #2517"),
+        known(r"Can't constant fold SequenceEmpty node",
+              "onnxruntime: sequence ops from an old repeat_interleave export",
+              "Older torch exported repeat_interleave as Loop{SequenceInsert}+ConcatFromSequence (TensorRT rejects "
+              "it).",
+              "Re-export with a recent torch, or let `graphfix repair` replace it with Unsqueeze/Expand/Reshape.",
+              reports="wenet #1630"),
+        known(r"Exporting the operator '?(aten::)?repeat_interleave'? to ONNX opset version \d+ is not supported",
+              "Export: repeat_interleave unsupported at this opset (old torch)",
+              "The exporter had no symbolic for repeat_interleave at that opset.",
+              "Upgrade torch, raise opset_version, or write `x.unsqueeze(d+1).expand(...).flatten(d, d+1)`."),
+    )
+
+    @classmethod
+    def claims_failure(cls, site: FailureSite) -> bool:
+        # a Concat whose pieces disagree, fed by the Split/Expand/Tile of an unrolled repeat_interleave
+        return (site.node.op_type == "Concat" and "Non concat axis dimensions must match" in site.message
+                and site.fed_by({"Split", "Expand", "Tile"}))
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        vec = ShapeVec(ctx.constant_value, lambda t: _shape_of(ctx, t))
+        vec = ctx.evaluator
         matchers = {"Tile": _match_tile, "Concat": _match_unrolled, "ConcatFromSequence": _match_loop}
         for node in list(ctx.graph.nodes):
             matcher = matchers.get(node.op)
@@ -138,7 +165,7 @@ class RepeatInterleave(Rule):
 
 # ------------------------------------------------------------------------------------------------ matchers
 
-def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
+def _match_tile(ctx: RuleContext, vec: Evaluator, tile: gs.Node) -> Match | None:
     unsq = producer(tile.inputs[0])
     readers = [n for n in tile.outputs[0].outputs if n.op != "Shape"]
     if unsq is None or unsq.op != "Unsqueeze" or len(readers) != 1:
@@ -159,15 +186,15 @@ def _match_tile(ctx: RuleContext, vec: ShapeVec, tile: gs.Node) -> Match | None:
     if reps is None or len(reps) != rank + 1:
         raise Candidate("Tile repeats cannot be read as a vector of known length")
     if any(r != 1 for j, r in enumerate(reps) if j != dim + 1):
-        raise Candidate(f"Tile repeats {_show(reps)} repeat other axes too: a repeat, not repeat_interleave")
+        raise Candidate(f"Tile repeats {show_elems(reps)} repeat other axes too: a repeat, not repeat_interleave")
     if not _merges(ctx, vec, merge, tile.outputs[0], x, shape, dim, reps[dim + 1]):
         raise Candidate(f"the {merge.op} after Tile does not merge axes {dim} and {dim + 1} back")
-    onehot = any(producer(t) is not None and producer(t).op == "OneHot" for t in _ancestors(tile.inputs[1], 3))
+    onehot = any(producer(t) is not None and producer(t).op == "OneHot" for t in ancestors(tile.inputs[1], 3))
     form = "tile-onehot" if onehot else "tile"
     return Match(form, x, dim, reps[dim + 1], merge.outputs[0], [unsq, tile, merge])
 
 
-def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match | None:
+def _match_unrolled(ctx: RuleContext, vec: Evaluator, concat: gs.Node) -> Match | None:
     branches = [_branch(ctx, t) for t in concat.inputs]
     if not branches or any(b is None for b in branches):
         return None  # every input must be Reshape(Expand(Unsqueeze(chunk)))
@@ -192,7 +219,7 @@ def _match_unrolled(ctx: RuleContext, vec: ShapeVec, concat: gs.Node) -> Match |
     return Match(form, x, dim, repeats, concat.outputs[0], nodes, _reshape_note(ctx, vec, branches, x, shape, dim))
 
 
-def _match_loop(ctx: RuleContext, vec: ShapeVec, cfs: gs.Node) -> Match | None:
+def _match_loop(ctx: RuleContext, vec: Evaluator, cfs: gs.Node) -> Match | None:
     loop = producer(cfs.inputs[0])
     if loop is None or loop.op != "Loop" or cfs.attrs.get("new_axis", 0):
         return None
@@ -253,7 +280,7 @@ def _branch_repeat(ctx, vec, branch, x, shape, dim, iteration=None) -> Elem | tu
     keep = [shape[j] for j in range(dim)] + [1, None] + [shape[j] for j in range(dim + 1, len(shape))]
     for j, (want, got) in enumerate(zip(keep, target, strict=True)):
         if j != dim + 1 and got != 1 and not (isinstance(want, int) and got == want):
-            raise Candidate(f"Expand shape {_show(target)} changes axis {j}, not only the repeat axis")
+            raise Candidate(f"Expand shape {show_elems(target)} changes axis {j}, not only the repeat axis")
     count = target[dim + 1]
     if isinstance(count, int):
         return count
@@ -274,13 +301,13 @@ def _reshape_note(ctx, vec, branches, x, shape, dim) -> str:
     for _, expand, reshape in branches:
         if not _merges(ctx, vec, reshape, expand.outputs[0], x, shape, dim, None):
             target = vec.elems(reshape.inputs[1])
-            return (f"; the exporter's Reshape target {_show(target) if target else '?'} copies the wrong dims "
+            return (f"; the exporter's Reshape target {show_elems(target) if target else '?'} copies the wrong dims "
                     "(the torch bug behind 'Non concat axis dimensions must match'): the replacement computes what "
                     "the PyTorch code does, where the original failed or returned wrong shapes")
     return ""
 
 
-def _collect_repeats(ctx: RuleContext, vec: ShapeVec, reps: list) -> Any:
+def _collect_repeats(ctx: RuleContext, vec: Evaluator, reps: list) -> Any:
     """One int, an array of constant counts, or the repeats tensor the branches took their counts from."""
     if all(isinstance(r, int) for r in reps):
         return reps[0] if len(set(reps)) == 1 else np.asarray(reps, dtype=np.int64)
@@ -292,7 +319,7 @@ def _collect_repeats(ctx: RuleContext, vec: ShapeVec, reps: list) -> Any:
     return _resolve(ctx, vec, reps[0][1])
 
 
-def _resolve(ctx: RuleContext, vec: ShapeVec, repeats: gs.Tensor) -> Any:
+def _resolve(ctx: RuleContext, vec: Evaluator, repeats: gs.Tensor) -> Any:
     """Constant counts as an array, Expand(c) as the int c, anything else stays a run-time tensor."""
     values = vec.elems(repeats)
     if values is not None and all(isinstance(v, int) for v in values):
@@ -336,7 +363,7 @@ def _single_axis(ctx: RuleContext, unsq: gs.Node) -> int | None:
     return axes[0] if axes is not None and len(axes) == 1 else None
 
 
-def _true(vec: ShapeVec, cond: gs.Tensor) -> bool:
+def _true(vec: Evaluator, cond: gs.Tensor) -> bool:
     if not cond.name and not isinstance(cond, gs.Constant):
         return True
     got = vec.elems(cond)
@@ -357,27 +384,6 @@ def _subgraph_size(m: Match, limit: int = 500) -> int:
         if node.op != "Shape":
             stack.extend(node.inputs)
     return count
-
-
-def _ancestors(tensor: gs.Tensor, depth: int) -> list[gs.Tensor]:
-    found, frontier = [tensor], [tensor]
-    for _ in range(depth):
-        frontier = [t for f in frontier if f.inputs for t in f.inputs[0].inputs]
-        found.extend(frontier)
-    return found
-
-
-def _shape_of(ctx: RuleContext, tensor: gs.Tensor) -> list | None:
-    """ctx.shape, plus: a piece of a unit SplitToSequence of a 1-D tensor is a 1-element vector."""
-    node = producer(tensor)
-    source = split_to_sequence(node.inputs[0]) if node is not None and node.op == "SequenceAt" else None
-    if source is not None and source[1] == 0 and len(ctx.shape(source[0]) or ()) == 1:
-        return [1]
-    return ctx.shape(tensor)
-
-
-def _show(elems: list) -> str:
-    return "[" + ", ".join(f"{e.tensor.name}[{e.index}]" if isinstance(e, Sym) else str(e) for e in elems) + "]"
 
 
 def _show_repeats(repeats: Any) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.broadcast_utils import (
+from graphfix.analysis.broadcast import (
     BROADCAST_OPS,
     Dim,
     Pair,
@@ -18,8 +18,8 @@ from graphfix.broadcast_utils import (
     pair_verdict,
     right_aligned,
 )
-from graphfix.context import RuleContext
-from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
 WHERE_LABELS = ("condition", "X", "Y")
@@ -83,6 +83,27 @@ class BroadcastMismatch(Rule):
     name = "broadcast-mismatch"
     severity = Severity.ERROR
     fixable = True
+    runtime_ops = frozenset({"Where"})
+    runtime_messages = (r"Attempting to broadcast an axis by a dimension other than 1", r"cannot broadcast")
+    runtime_order = 40
+    runtime_hint = ("Operands broadcast on trailing dims: a lower-rank mask (x[mask] = 0) needs its missing axis, "
+                    "e.g. masked_fill(mask.unsqueeze(-1), 0).")
+    traced_values = True
+    knowledge = (
+        known(r"condition operand cannot broadcast on dim \d+",
+              "onnxruntime Where: the condition (mask) does not broadcast against the data",
+              "`x[mask] = value` (index_put with a bool mask of lower rank) exported as Where(mask[B,T], value, "
+              "x[B,T,C]); ONNX broadcasting aligns the mask with the trailing dims [T,C], not the leading ones.",
+              "Write `x = x.masked_fill(mask.unsqueeze(-1), value)`, or let `graphfix repair` unsqueeze the mask.",
+              reports="fairseq #5595/#5596 (HuBERT), transformers #10004 (wav2vec2)"),
+        known(r"Attempting to broadcast an axis by a dimension other than 1",
+              "onnxruntime: two operands of an elementwise op have different sizes on one axis",
+              "Either a lower-rank mask aligned with the wrong axes (index_put), or a size captured as a constant at "
+              "export time (a positional table or buffer sliced at the export length) meeting a dynamic dim.",
+              "Keep sizes as tensors (no int()/.item()/math on x.shape); index masks with `.unsqueeze(-1)`. "
+              "`graphfix diagnose` names the node and says which of the two it is.",
+              reports="espnet_onnx #88, APGCC #22, transformers #9044"),
+    )
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         inputs = input_dim_names(ctx.model)

@@ -8,17 +8,12 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.context import RuleContext
-from graphfix.rule import Finding, Fix, Rejection, Rule, Safety, Severity
-from graphfix.shape_edits import arange_input, loosened, replace_input, set_constant
-from graphfix.shape_utils import (
-    BROADCAST_OPS,
-    ConstEval,
-    ExportSizes,
-    export_sizes,
-    regroups_static_trailing_dims,
-    split_sizes,
-)
+from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.edits import arange_input, loosened, replace_input, set_constant
+from graphfix.analysis.export_sizes import ExportSizes, export_sizes, regroups_static_trailing_dims, split_sizes
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
@@ -66,9 +61,58 @@ class TraceBakedShape(Rule):
     name = "trace-baked-shape"
     severity = Severity.ERROR
     fixable = True
+    runtime_ops = frozenset({"Reshape", "Expand", "Split", "Slice", "Tile", "ConstantOfShape", "Range", "MatMul",
+                             "Gemm"})
+    runtime_messages = (r"MatMul dimension mismatch", r"Non concat axis dimensions must match")
+    runtime_order = 30
+    runtime_hint = ("A size was baked into a shape constant at export time; compute it from the input (x.shape / "
+                    "Shape ops) or use -1, and re-export with dynamic axes.")
+    traced_values = True
+    knowledge = (
+        known(r"cannot be reshaped to the requested shape",
+              "onnxruntime Reshape: the requested shape holds a size baked at export time",
+              "A size went through Python while tracing (`int(x.shape[1])`, `.item()`, `.tolist()`, a literal batch), "
+              "so the Reshape's target shape is a constant that only fits the export-time input.",
+              "Use `x.shape[i]` directly (it stays a tensor while tracing), `-1`, or `x.flatten()`/`unflatten()`; "
+              "`graphfix repair` rebuilds the shape from Shape(x) where the graph allows.",
+              reports="torchvision #4623/#8534/#8899 (Faster R-CNN), mmdetection #4238"),
+        known(r"Cannot split using values in 'split' attribute",
+              "onnxruntime Split: the split sizes were baked from a Python list of per-item sizes",
+              "Per-image Python lists (`[len(b) for b in boxes]`) become a constant `split` of the export batch.",
+              "Avoid Python lists of sizes in forward(); split with tensor ops or export with the batch you deploy.",
+              reports="torchvision #8937"),
+        known(r"MatMul dimension mismatch|left operand cannot broadcast on dim \d+",
+              "onnxruntime MatMul: operand shapes disagree",
+              "A reshape before the MatMul used a baked size, so the inner dims no longer agree at other sizes.",
+              "Keep sizes as tensors in the reshapes feeding the MatMul; run `graphfix diagnose` to find the Reshape."),
+        known(r"reshape wildcard -1 has infinite number of solutions",
+              "TensorRT: Reshape with -1 on a tensor that can have 0 elements",
+              "A dim that can be 0 (no detections) meets a -1 in the target shape; often with a baked `if` on a size.",
+              "Avoid -1 next to a possibly-empty dim; compute the shape from Shape(x).",
+              reports="torchvision #8734"),
+        known(r"'Tensor' object has no attribute 'is_integer'",
+              "Export: a size is a Tensor while tracing",
+              "Under tracing `x.size(i)` is a 0-d Tensor, so `tsz / multiple` is a Tensor and has no is_integer() "
+              "(fairseq `pad_to_multiple`). Patching it with float() bakes the branch and the pad amount.",
+              "Compute the remainder with tensor ops: `remainder = (-tsz) % multiple`, pad with it unconditionally "
+              "(F.pad with 0 is a no-op), and never branch on it in Python.",
+              reports="fairseq #5595"),
+        known(r"TracerWarning: Converting a tensor to a Python (integer|boolean|float|index)",
+              "Export warning: a value will be baked into the graph as a constant",
+              "The traced code turned a tensor into a Python number (int(), float(), bool(), .item(), an `if` on a "
+              "tensor); the exporter records the export-time value as a constant.",
+              "Keep the value a tensor at the source line the warning names; `graphfix.export()` links each warning "
+              "to the graph finding it causes."),
+        known(r"Constraints violated|specialized it to be a constant|but your code specialized",
+              "Export (dynamo): a dim marked dynamic was specialized to a constant",
+              "Code in forward() fixes the dim (a Python int of a size, an assert on it, a shape-dependent branch), "
+              "so torch.export cannot keep it dynamic.",
+              "Remove the code that forces a specific size, or declare the dim with the range the code allows "
+              "(`torch.export.Dim('T', min=2, max=4096)`)."),
+    )
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        ev = ConstEval(ctx.constant_value)
+        ev = ctx.evaluator
         sizes = export_sizes(ctx, ev)
         for node in ctx.graph.nodes:
             if node.op == "Reshape":
@@ -354,7 +398,7 @@ class TraceBakedShape(Rule):
                         apply=loosened(node, {value.shape[a] for a, _ in axes}, set_constant(node, k, small)),
                         safety=Safety.SAFE,
                         reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
-        arange = _arange_axis(value, [a for a, _ in axes])
+        arange = arange_axis(value, [a for a, _ in axes])
         if arange is not None and arange[0] == 0 and arange[1] == 1:
             axis = arange[2]
             source = len(oshape) - value.ndim + axis
@@ -376,17 +420,6 @@ class TraceBakedShape(Rule):
 
 def _carriers(sizes: ExportSizes, value: int) -> list[str]:
     return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
-
-
-def _arange_axis(value: np.ndarray, axes: list[int]) -> tuple[float, float, int] | None:
-    """(start, step, axis) when `value` is an arithmetic progression along one axis and size 1 elsewhere."""
-    if len(axes) != 1 or value.size != value.shape[axes[0]] or value.size < 2:
-        return None
-    flat = value.reshape(-1).astype(np.float64)
-    step = flat[1] - flat[0]
-    if not np.allclose(flat, flat[0] + step * np.arange(flat.size)):
-        return None
-    return float(flat[0]), float(step), axes[0]
 
 
 def _show(entries) -> str:

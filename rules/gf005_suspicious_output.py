@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphfix.rule import Rule, Severity
+from graphfix.core.rule import Rule, Severity
 
 
 class SuspiciousOutput(Rule):
@@ -31,4 +31,5 @@ class SuspiciousOutput(Rule):
     code = "GF005"
     name = "suspicious-output"
     severity = Severity.WARNING
+    runtime_hint = "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation)."
     runtime_only = True

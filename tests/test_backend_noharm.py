@@ -15,10 +15,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from graphfix.errors import InputError
-from graphfix.loading import load_model
-from graphfix.pipeline import RepairOptions, repair_model
-from graphfix.registry import load_rules
+from graphfix.core.errors import InputError
+from graphfix.core.registry import load_rules
+from graphfix.io.loading import load_model
+from graphfix.pipeline.repair import RepairOptions, repair_model
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 DATA_FOLDERS = ("pytorch-converted", "pytorch-operator", "simple")

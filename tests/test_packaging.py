@@ -27,7 +27,7 @@ def test_wheel_ships_every_builtin_rule(tmp_path):
                             check=True, capture_output=True, text=True, timeout=120).stdout
     import json
 
-    from graphfix.registry import load_rules
+    from graphfix.core.registry import load_rules
 
     expected = [rule.code for rule in load_rules()[0]]
     rows = json.loads(listed)["rules"]

@@ -8,7 +8,7 @@ import sys
 import click
 
 from graphfix import __version__
-from graphfix.errors import GraphfixError
+from graphfix.core.errors import GraphfixError
 
 
 class GraphfixGroup(click.Group):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option
-from graphfix.cli.surgery_options import models_argument, shape_option, shapes_from, split_names, threads_option
-from graphfix.errors import UsageError
-from graphfix.loading import load_model
-from graphfix.report import emit_json
+from graphfix.cli.options import format_option, models_argument, shape_option, shapes_from, split_names, threads_option
+from graphfix.core.errors import UsageError
+from graphfix.io.loading import load_model
+from graphfix.report.text import emit_json
 
 
 @click.command("bench")

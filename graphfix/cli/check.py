@@ -12,28 +12,26 @@ from pathlib import Path
 
 import click
 
-from graphfix.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
-from graphfix.cli.config_options import (
+from graphfix.cli.options import (
     batch_options,
     config_filter,
     config_options,
     current_config,
-    report_format_option,
-)
-from graphfix.cli.options import (
     fail_on_option,
     paths_argument,
     probe_inputs,
+    report_format_option,
     rule_inputs,
     rule_options_from,
     rule_selection,
     validation_options_from,
 )
-from graphfix.config import canonical_code, known_codes, probe_options_for
-from graphfix.discovery import expand_paths
-from graphfix.errors import InputError
-from graphfix.registry import select_rules
-from graphfix.report import emit_json, fails, findings_text
+from graphfix.core.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
+from graphfix.core.config import canonical_code, known_codes, probe_options_for
+from graphfix.core.errors import InputError
+from graphfix.core.registry import select_rules
+from graphfix.io.paths import expand_paths
+from graphfix.report.text import emit_json, fails, findings_text
 
 GLOB_CHARS = set("*?[")
 
@@ -47,7 +45,7 @@ GLOB_CHARS = set("*?[")
 @probe_inputs
 @batch_options
 @click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
-              help="Write the report to FILE instead of stdout (e.g. graphfix.sarif).")
+              help="Write the report to FILE instead of stdout (e.g. graphfix.report.sarif).")
 @config_options
 def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_rejected, shapes, input_files,
             rtol, atol, jobs, output_file) -> int:
@@ -101,7 +99,7 @@ def _report(outcomes, fmt, output_file, show_rejected, seconds, failed) -> None:
     out = click.open_file(str(output_file), "w", encoding="utf-8") if output_file else None
     try:
         if fmt == "sarif":
-            from graphfix.sarif import sarif_log
+            from graphfix.report.sarif import sarif_log
 
             click.echo(json.dumps(sarif_log(outcomes), indent=2), file=out)
         elif fmt == "json":

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from graphfix.api import diagnose_path
-from graphfix.cli.config_options import config_filter, config_options, current_config
 from graphfix.cli.options import (
+    config_filter,
+    config_options,
+    current_config,
     fail_on_option,
     format_option,
     paths_argument,
@@ -16,10 +18,10 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.config import filter_findings, probe_options_for
-from graphfix.discovery import expand_paths
-from graphfix.registry import select_rules
-from graphfix.report import emit_json, fails, findings_text
+from graphfix.core.config import filter_findings, probe_options_for
+from graphfix.core.registry import select_rules
+from graphfix.io.paths import expand_paths
+from graphfix.report.text import emit_json, fails, findings_text
 
 
 @click.command("diagnose")

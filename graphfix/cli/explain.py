@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from graphfix.knowledge import explain_message
-from graphfix.registry import find_rule
+from graphfix.core.registry import find_rule
+from graphfix.report.knowledge import explain_message
 
 
 @click.command("explain")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option
-from graphfix.cli.surgery_options import (
-    emit_result,
+from graphfix.cli.options import (
+    checked_output_options,
     model_argument,
     name_values,
-    output_option,
     shape_option,
     split_names,
-    tolerance_options,
-    validation_options,
+    validation_options_from,
 )
-from graphfix.loading import load_model
+from graphfix.io.loading import load_model
+from graphfix.report.text import emit_result
 
 
 @click.command("extract")
@@ -26,14 +24,13 @@ from graphfix.loading import load_model
               help="Tensors the part computes (graph outputs or intermediate tensors).")
 @click.option("--name", "names", multiple=True, metavar="OLD=NEW",
               help="Rename a boundary tensor in the part, e.g. /encoder/norm/LayerNormalization_output_0=encoder_out.")
-@output_option
+@checked_output_options
 @shape_option
-@tolerance_options
-@format_option
 def command(model, inputs, outputs, names, output, shapes, rtol, atol, fmt) -> int:
     """Cut the part of MODEL between --inputs and --outputs; write it once it reproduces the whole."""
     from graphfix.surgery.extract import extract
 
-    result = extract(load_model(model), inputs, outputs, output, validation_options(shapes, rtol, atol),
+    checks = validation_options_from(shapes=shapes, rtol=rtol, atol=atol)
+    result = extract(load_model(model), inputs, outputs, output, checks,
                      rename=name_values("--name", names))
     return emit_result(result, fmt)

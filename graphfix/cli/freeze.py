@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option
-from graphfix.cli.surgery_options import (
-    emit_result,
+from graphfix.cli.options import (
+    checked_output_options,
     model_argument,
     name_values,
-    output_option,
     shape_option,
-    tolerance_options,
-    validation_options,
+    validation_options_from,
 )
-from graphfix.loading import load_model
+from graphfix.io.loading import load_model
+from graphfix.report.text import emit_result
 
 
 @click.command("freeze")
 @model_argument
 @click.option("--input", "fills", multiple=True, required=True, metavar="NAME=VALUE",
               help="Input to freeze: true, false, a number, or @file.npy (repeatable).")
-@output_option
+@checked_output_options
 @click.option("--no-simplify", is_flag=True, help="Fold the fill only; skip onnxsim.")
 @shape_option
-@tolerance_options
-@format_option
 def command(model, fills, output, no_simplify, shapes, rtol, atol, fmt) -> int:
     """Freeze inputs of MODEL to constant fills that follow the other inputs' dims at run time."""
     from graphfix.surgery.freeze import freeze, parse_fill
 
     values = {name: parse_fill(text) for name, text in name_values("--input", fills).items()}
-    result = freeze(load_model(model), values, output, validation_options(shapes, rtol, atol),
+    result = freeze(load_model(model), values, output, validation_options_from(shapes=shapes, rtol=rtol, atol=atol),
                     simplify=not no_simplify)
     return emit_result(result, fmt)

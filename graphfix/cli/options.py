@@ -1,14 +1,34 @@
-"""Option groups shared by the commands (Polygraphy's argument groups, as click decorators)."""
+"""Option groups shared by the commands (Polygraphy's argument groups, as click decorators).
+
+- Models and outputs: `paths_argument`, `model_argument`, `models_argument`, `output_option`.
+- Rules: `rule_selection` (--only/--skip), `rule_inputs`, `fix_options`, `fail_on_option`, `format_option`.
+- Runs: `shape_option`, `tolerance_options`, `probe_inputs` (both plus --input), `threads_option`.
+- Configuration and batches: `config_options` (--config/--isolated), `report_format_option`, `batch_options`.
+
+    @click.command("diagnose")
+    ...
+    @config_options          # anywhere below @click.command
+    def command(paths, fmt, fail_on, only, skip, ..., rtol, atol) -> int:
+        config = current_config()        # for per-model settings: config.for_model(path), probe_options_for(...)
+
+`config_options` adds the two options, takes them out of the callback's arguments (its signature stays as it
+was), and replaces every argument the user did not give on the command line (click's parameter source is the
+default) with the value from the configuration: only <- select, skip <- ignore, fail_on <- fail-on, rtol, atol.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
-from graphfix.errors import UsageError
+from graphfix.core.config import Config, load_config, name_values, parse_shapes
+from graphfix.core.errors import UsageError
 
 
 def _compose(*decorators: Callable) -> Callable:
@@ -24,37 +44,12 @@ def _split_codes(ctx, param, value: str | None) -> tuple[str, ...]:
     return tuple(code.strip() for code in (value or "").split(",") if code.strip())
 
 
-def parse_dims(text: str) -> tuple[int | None, ...]:
-    """'1x16000' -> (1, 16000); 'Bx?' -> (None, None) (symbolic dims stay free)."""
-    dims: list[int | None] = []
-    for part in text.lower().split("x"):
-        part = part.strip()
-        if part.isdigit():
-            dims.append(int(part))
-        elif part:
-            dims.append(None)
-        else:
-            raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx?")
-    return tuple(dims)
 
-
-def _name_value_pairs(option: str, values: tuple[str, ...]) -> dict[str, str]:
-    pairs = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise UsageError(f"{option} expects NAME=VALUE, got '{item}'")
-        pairs[name] = value
-    return pairs
-
-
-def parse_shapes(option: str, values: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
-    return {name: parse_dims(dims) for name, dims in _name_value_pairs(option, values).items()}
 
 
 def parse_input_files(values: tuple[str, ...]) -> dict[str, np.ndarray]:
     arrays = {}
-    for name, file in _name_value_pairs("--input", values).items():
+    for name, file in name_values("--input", values).items():
         path = Path(file.removeprefix("@"))
         try:
             arrays[name] = np.load(path, allow_pickle=False)
@@ -88,13 +83,19 @@ fail_on_option = click.option(
     help="Exit 1 when a finding of this severity or worse is reported.",
 )
 
+shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
+                            help="Input shape for the onnxruntime runs, e.g. audio=1x16000 (repeatable).")
+
+tolerance_options = _compose(
+    click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance of the checks."),
+    click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance of the checks."),
+)
+
 probe_inputs = _compose(
-    click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
-                 help="Input shape for runtime checks, e.g. audio=1x16000 (repeatable)."),
+    shape_option,
     click.option("--input", "input_files", multiple=True, metavar="NAME=FILE.npy",
                  help="Input value for runtime checks (repeatable)."),
-    click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance."),
-    click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance."),
+    tolerance_options,
 )
 
 fix_options = _compose(
@@ -103,7 +104,7 @@ fix_options = _compose(
 
 
 def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expect_outputs=(), trace_shapes=()):
-    from graphfix.context import RuleOptions
+    from graphfix.core.context import RuleOptions
 
     traced = parse_shapes("--trace-shape", tuple(trace_shapes))
     for name, dims in traced.items():
@@ -118,3 +119,96 @@ def validation_options_from(*, shapes=(), input_files=(), rtol: float = 1e-3, at
 
     return ValidationOptions(shapes=parse_shapes("--shape", tuple(shapes)), inputs=parse_input_files(input_files),
                              rtol=rtol, atol=atol)
+
+
+def shapes_from(shapes: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
+    return parse_shapes("--shape", tuple(shapes))
+
+
+# --- models and outputs (surgery commands) ---
+model_argument = click.argument("model", type=click.Path(path_type=Path))
+models_argument = click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+
+output_option = click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+                             help="Where to write the checked model (external data goes beside it as OUT.data).")
+
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+
+
+def split_names(ctx, param, value: str | None) -> list[str]:
+    """'a,b' -> ['a', 'b'] (an option callback)."""
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+# Where a surgery command writes its checked result, the tolerances of the check, and how it reports.
+checked_output_options = _compose(output_option, tolerance_options, format_option)
+
+
+# --- configuration and batches ---
+CONFIG_META = "graphfix.core.config"
+USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+
+
+def apply_config(ctx: click.Context, params: dict[str, Any], config: Config) -> dict[str, Any]:
+    """`params` with the config's values where the user gave none; only keys the command has are touched.
+
+    only <- select, skip <- ignore, fail_on <- fail-on, rtol, atol.
+    """
+    values = {"only": config.select or None, "skip": config.ignore or None,
+              "fail_on": config.fail_on, "rtol": config.rtol, "atol": config.atol}
+    updated = dict(params)
+    for key, value in values.items():
+        if key in params and value is not None and not user_given(ctx, key):
+            updated[key] = value
+    return updated
+
+
+def user_given(ctx: click.Context, name: str) -> bool:
+    """True when `name` came from the command line (or its environment variable), not from a default."""
+    return ctx.get_parameter_source(name) in USER_SOURCES
+
+
+def current_config() -> Config:
+    """The configuration `config_options` loaded for the running command (defaults outside one)."""
+    ctx = click.get_current_context(silent=True)
+    return (ctx.meta.get(CONFIG_META) if ctx is not None else None) or Config()
+
+
+def config_filter(model: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(select, ignore) codes the configuration applies to `model`'s findings, for filter_findings: the file's
+    select unless --only was given, its ignore unless --skip was given, and its per-file-ignores always."""
+    ctx, config = click.get_current_context(), current_config()
+    has = {param.name for param in ctx.command.params}
+    select = config.select if not ("only" in has and user_given(ctx, "only")) else ()
+    ignore = config.ignore if not ("skip" in has and user_given(ctx, "skip")) else ()
+    return select, tuple(dict.fromkeys((*ignore, *config.for_model(model).ignore)))
+
+
+def config_options(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args, config_file: Path | None = None, isolated: bool = False, **kwargs):
+        if isolated and config_file is not None:
+            raise UsageError("give only one of --config and --isolated")
+        ctx = click.get_current_context()
+        config = Config() if isolated else load_config(config_file)
+        ctx.meta[CONFIG_META] = config
+        return func(*args, **apply_config(ctx, kwargs, config))
+
+    wrapper = click.option("--isolated", is_flag=True,
+                           help="Ignore every pyproject.toml: command-line options and defaults only.")(wrapper)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+                        metavar="FILE",
+                        help="Settings from this pyproject.toml's [tool.graphfix] (default: the nearest one from "
+                             "the current folder upwards).")(wrapper)
+
+
+report_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True,
+    help="Output format: text for CI logs, json (the diagnose schema), sarif 2.1.0 for code scanning.",
+)
+
+batch_options = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Models checked in parallel, in a process pool [default: CPU count].",
+)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from graphfix.cli.config_options import config_filter, config_options, current_config
 from graphfix.cli.options import (
+    config_filter,
+    config_options,
+    current_config,
     fix_options,
     format_option,
     paths_argument,
@@ -18,13 +20,13 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.config import probe_options_for
-from graphfix.discovery import ModelPath, expand_paths
-from graphfix.errors import GraphfixError, UsageError
-from graphfix.loading import load_model
-from graphfix.pipeline import RepairOptions, RepairResult, repair_model
-from graphfix.registry import select_rules
-from graphfix.report import emit_json, findings_text
+from graphfix.core.config import probe_options_for
+from graphfix.core.errors import GraphfixError, UsageError
+from graphfix.core.registry import select_rules
+from graphfix.io.loading import load_model
+from graphfix.io.paths import ModelPath, expand_paths
+from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_model
+from graphfix.report.text import emit_json, findings_text
 
 
 @click.command("repair")

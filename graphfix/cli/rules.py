@@ -7,7 +7,7 @@ import json
 import click
 
 from graphfix.cli.options import format_option
-from graphfix.registry import load_rules
+from graphfix.core.registry import load_rules
 
 
 def rule_rows() -> list[dict]:

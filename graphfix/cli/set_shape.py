@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option
-from graphfix.cli.surgery_options import (
-    emit_result,
-    model_argument,
-    name_values,
-    output_option,
-    tolerance_options,
-    validation_options,
-)
-from graphfix.loading import load_model
+from graphfix.cli.options import checked_output_options, model_argument, name_values, validation_options_from
+from graphfix.io.loading import load_model
+from graphfix.report.text import emit_result
 
 
 @click.command("set-shape")
 @model_argument
 @click.option("--shape", "shapes", multiple=True, required=True, metavar="NAME=DIMS",
               help="New dims of an input: numbers fix, names share, ? frees (1x16000, Bx?) (repeatable).")
-@output_option
-@tolerance_options
-@format_option
+@checked_output_options
 def command(model, shapes, output, rtol, atol, fmt) -> int:
     """Set the input dims of MODEL, drop stale value_info, infer shapes again; write once it runs."""
     from graphfix.surgery.set_shape import parse_named_dims, set_shape
 
     dims = {name: parse_named_dims(text) for name, text in name_values("--shape", shapes).items()}
-    result = set_shape(load_model(model), dims, output, validation_options((), rtol, atol))
+    result = set_shape(load_model(model), dims, output, validation_options_from(shapes=(), rtol=rtol, atol=atol))
     return emit_result(result, fmt)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option
-from graphfix.cli.surgery_options import model_argument, name_values, shape_option, shapes_from, threads_option
-from graphfix.loading import load_model
-from graphfix.report import emit_json
+from graphfix.cli.options import format_option, model_argument, name_values, shape_option, shapes_from, threads_option
+from graphfix.io.loading import load_model
+from graphfix.report.text import emit_json
 
 
 @click.command("stream")

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphfix.loading import LoadedModel
-from graphfix.pipeline import check_destination
-from graphfix.saving import stage_model
+from graphfix.io.loading import LoadedModel
+from graphfix.io.saving import stage_model
+from graphfix.pipeline.repair import check_destination
 from graphfix.validate.compare import compare_outputs
 
 

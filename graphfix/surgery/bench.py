@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from graphfix.errors import InputError, UsageError
-from graphfix.loading import LoadedModel
+from graphfix.core.errors import InputError, UsageError
+from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import dim_names, graph_inputs
 from graphfix.validate.runner import EXTERNAL_FOLDER_KEY, error_text, first_line

@@ -21,9 +21,9 @@ from pathlib import Path
 import onnx
 import onnx.utils
 
-from graphfix.errors import InputError, UsageError
-from graphfix.loading import LoadedModel
-from graphfix.shapes import infer_shapes, skeleton
+from graphfix.analysis.shapes import infer_shapes, skeleton
+from graphfix.core.errors import InputError, UsageError
+from graphfix.io.loading import LoadedModel
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import graph_inputs

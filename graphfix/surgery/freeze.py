@@ -27,11 +27,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from graphfix.errors import UsageError
-from graphfix.graph_io import export_graph, import_graph, tidy
-from graphfix.loading import LoadedModel, default_opset
-from graphfix.shape_utils import shape_vector
-from graphfix.shapes import infer_shapes
+from graphfix.analysis.builders import Builder
+from graphfix.analysis.shapes import infer_shapes
+from graphfix.core.errors import UsageError
+from graphfix.io.graphs import export_graph, import_graph, tidy
+from graphfix.io.loading import LoadedModel, default_opset
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
@@ -74,7 +74,7 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
     model, folded = freeze_proto(loaded.proto, fills)
     notes = [f"folded {n}" for n in folded]
     if simplify:
-        from graphfix.simplify import simplify as onnxsim
+        from graphfix.pipeline.simplify import simplify as onnxsim
 
         outcome = onnxsim(model, base_dir=loaded.base_dir)
         model = outcome.model
@@ -143,7 +143,7 @@ def _replace_input(graph: gs.Graph, tensor: gs.Variable, vi: onnx.ValueInfoProto
         const = gs.Constant(f"{prefix}_value", fill.reshape(()))
         graph.nodes.append(gs.Node("Identity", f"{prefix}_Identity", inputs=[const], outputs=[tensor]))
         return
-    shape = shape_vector(graph, entries, opset, prefix)
+    shape = Builder(graph, prefix, opset).vector(entries)
     graph.nodes.append(gs.Node("ConstantOfShape", f"{prefix}_ConstantOfShape",
                                {"value": numpy_helper.from_array(fill, "value")},
                                inputs=[shape], outputs=[tensor]))

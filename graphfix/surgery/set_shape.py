@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphfix.errors import UsageError
-from graphfix.loading import LoadedModel
-from graphfix.shapes import infer_shapes, symbolic_shapes, value_info_shape
+from graphfix.analysis.shapes import infer_shapes, symbolic_shapes, value_info_shape
+from graphfix.core.errors import UsageError
+from graphfix.io.loading import LoadedModel
 from graphfix.surgery import SurgeryResult, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle

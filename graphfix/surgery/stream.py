@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphfix.errors import InputError, UsageError
-from graphfix.loading import LoadedModel
-from graphfix.shapes import value_info_shape
+from graphfix.analysis.shapes import value_info_shape
+from graphfix.core.errors import InputError, UsageError
+from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import graph_inputs
 from graphfix.validate.runner import EXTERNAL_FOLDER_KEY, error_text, first_line

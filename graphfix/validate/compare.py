@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphfix.shapes import symbolic_shapes
+from graphfix.analysis.shapes import symbolic_shapes
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphfix.rule import Finding, Severity
+from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.validate.anchor import anchored
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
@@ -28,25 +28,6 @@ from graphfix.validate.runner import (
 )
 
 MAX_CUTS = 32  # failing nodes followed per size
-INVALID_FEED = re.compile(r"Invalid (?:Feed )?Input Name:\s*(\S+)", re.IGNORECASE)
-BROADCAST = re.compile(r"Attempting to broadcast an axis by a dimension other than 1|cannot broadcast")
-SHAPE_OPS = {"Reshape", "Expand", "Split", "Slice", "Tile", "ConstantOfShape", "Range", "MatMul", "Gemm"}
-REPEAT_OPS = {"Split", "Expand", "Tile"}
-# What to change, per rule, when onnxruntime itself reports the failure (names come from the rules).
-RUNTIME_HINTS = {
-    "GF000": "Read onnxruntime's message; the node's inputs have the shapes shown.",
-    "GF001": "The caller feeds an input the graph does not declare: the exporter pruned it. Re-export keeping the "
-    "input used, or stop feeding it.",
-    "GF002": "A repeat_interleave was unrolled with its repeat count baked at export time; export it as "
-    "unsqueeze → expand → reshape (or repeat + flatten).",
-    "GF003": "Operands broadcast on trailing dims: a lower-rank mask (x[mask] = 0) needs its missing axis, e.g. "
-    "masked_fill(mask.unsqueeze(-1), 0).",
-    "GF004": "A size was baked into a shape constant at export time; compute it from the input (x.shape / Shape "
-    "ops) or use -1, and re-export with dynamic axes.",
-    "GF005": "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation).",
-}
-
-
 @dataclass
 class RuntimeFailure:
     node: str  # node name from the ORT error, e.g. '/Where'
@@ -59,9 +40,10 @@ class RuntimeFailure:
     tensors: list[str] = field(default_factory=list)
 
     def to_finding(self) -> Finding:
-        from graphfix.registry import find_rule
+        from graphfix.core.registry import find_rule
 
         rule = find_rule(self.rule)
+        fallback = find_rule("GF000")
         return Finding(
             rule=self.rule,
             name=rule.name if rule else "runtime-failure",
@@ -69,7 +51,7 @@ class RuntimeFailure:
             message=self._sentence(),
             nodes=[self.node] if self.node else [],
             tensors=list(self.tensors),
-            hint=RUNTIME_HINTS.get(self.rule, RUNTIME_HINTS["GF000"]),
+            hint=(rule and rule.runtime_hint) or (fallback.runtime_hint if fallback else ""),
             shapes=dict(self.shapes),
         )
 
@@ -164,27 +146,14 @@ def _unknown_feeds(proto, base_dir, feeds, binding, options) -> list[RuntimeFail
 
 
 def rule_for(node: onnx.NodeProto, message: str, model: onnx.ModelProto) -> str:
-    """The graphfix rule a runtime failure belongs to."""
-    if INVALID_FEED.search(message) or "missing from input feed" in message:
-        return "GF001"
-    if node.op_type == "Concat" and "Non concat axis dimensions must match" in message:
-        return "GF002" if _fed_by(model, node, REPEAT_OPS) else "GF004"
-    if node.op_type in SHAPE_OPS or "MatMul dimension mismatch" in message:
-        return "GF004"
-    if node.op_type == "Where" or BROADCAST.search(message):
-        return "GF003"
+    """The rule a runtime failure belongs to: the first, by `runtime_order`, that claims it; else GF000."""
+    from graphfix.core.registry import load_rules
+
+    site = FailureSite(node, message, model)
+    for rule in sorted(load_rules()[0], key=lambda r: (r.runtime_order, r.code)):
+        if rule.claims_failure(site):
+            return rule.code
     return "GF000"
-
-
-def _fed_by(model: onnx.ModelProto, node: onnx.NodeProto, ops: set[str], depth: int = 4) -> bool:
-    """True when one of `ops` produces an input of `node` within `depth` nodes upstream."""
-    producers = {out: n for n in model.graph.node for out in n.output}
-    frontier = [producers[name] for name in node.input if name in producers]
-    for _ in range(depth):
-        if any(n.op_type in ops for n in frontier):
-            return True
-        frontier = [producers[name] for n in frontier for name in n.input if name in producers]
-    return False
 
 
 def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -247,7 +216,7 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
 
 def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
     """Tensor name -> (elem type, symbolic shape) from onnxruntime's symbolic shape inference."""
-    from graphfix.shapes import value_info_shape
+    from graphfix.analysis.shapes import value_info_shape
 
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference

@@ -6,7 +6,7 @@ for bisection. Numerically this is the reference behaviour of each kernel.
 
 A model given as a Path is read structure-only; ORT is told the folder so it memory-maps the weights itself.
 
-A light model (large weights as stubs, see graphfix.weights) runs with its weights *fed*: the stubs become graph
+A light model (large weights as stubs, see graphfix.io.weights) runs with its weights *fed*: the stubs become graph
 inputs and every run passes the weights as numpy arrays, which onnxruntime reads in place. The original and the
 repaired model of one validation share those arrays (`FedWeights`): no session copies the weights, and none
 reads a file. Weights that a non-standard-domain op may require to be constant stay initializers.
@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from graphfix.protos import copy_without_initializers
-from graphfix.weights import Weights, has_stubs, is_stub, materialize, resolve
+from graphfix.io.protos import copy_without_initializers
+from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
 
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"

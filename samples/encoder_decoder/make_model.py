@@ -96,4 +96,4 @@ def build(path: Path, opset: int = 17) -> TinyAED:
 
 
 if __name__ == "__main__":
-    build(Path(__file__).with_name("model.onnx"))
+    build(Path(__file__).parent / "model.onnx")

@@ -23,7 +23,7 @@ from conftest import sample_module
 from onnx import TensorProto, helper
 
 import graphfix
-from graphfix.rule import Safety
+from graphfix.core.rule import Safety
 
 
 class IntRepeat(torch.nn.Module):

@@ -142,7 +142,7 @@ def test_ts_index_put_fails_fires_and_is_repaired(exported, opset):
         with pytest.raises(Exception, match="Attempting to broadcast an axis by a dimension other than 1"):
             run(model, feeds(b, t))
     (finding,) = gf003(model)
-    assert finding.fix is not None and finding.fix.safety is graphfix.rule.Safety.SAFE
+    assert finding.fix is not None and finding.fix.safety is graphfix.core.rule.Safety.SAFE
     assert list(finding.shapes.values()) == [["B", "T"], [], ["B", "T", C]]
     assert "T with 6" in finding.message and "leading dims" in finding.message
     assert "masked_fill(mask.unsqueeze(-1)" in finding.hint
@@ -162,7 +162,7 @@ def test_ts_index_put_variants_are_repaired(exported, cls, axes):
     with pytest.raises(Exception, match="Attempting to broadcast"):
         run(model, feeds(2, 5))
     (finding,) = gf003(model)
-    assert finding.fix.safety is graphfix.rule.Safety.SAFE
+    assert finding.fix.safety is graphfix.core.rule.Safety.SAFE
     result = repaired(model)
     assert unsqueeze_axes(result.model) == axes
     assert_matches_torch(result.model, cls())
@@ -212,7 +212,7 @@ def test_seed_where_graph(mask, x, safe, opset):
     with pytest.raises(Exception, match=r"100 by 768|Incompatible dimensions"):  # static: at load time
         run(model, {"mask": mask_np, "x": x_np})
     (finding,) = gf003(model)
-    assert finding.fix.safety is (graphfix.rule.Safety.SAFE if safe else graphfix.rule.Safety.UNSAFE)
+    assert finding.fix.safety is (graphfix.core.rule.Safety.SAFE if safe else graphfix.core.rule.Safety.UNSAFE)
     if not safe:
         assert "static sizes" in finding.fix.reason
         assert not graphfix.repair(model, only=("GF003",), validate=False, simplify=False).applied  # needs --unsafe
@@ -272,7 +272,7 @@ def test_leading_match_on_other_ops_is_an_unsafe_guess():
     model = parse("""< ir_version: 8, opset_import: ["" : 17] >
         g (float[B,T] m, float[B,T,8] x) => (float[B,T,8] y) { y = Mul(m, x) }""")
     (finding,) = gf003(model)
-    assert finding.fix.safety is graphfix.rule.Safety.UNSAFE and "guess" in finding.fix.reason
+    assert finding.fix.safety is graphfix.core.rule.Safety.UNSAFE and "guess" in finding.fix.reason
     m, x = np.ones((2, 3), np.float32), np.ones((2, 3, 8), np.float32)
     (got,) = run(repaired(model, unsafe=True).model, {"m": m, "x": x})
     np.testing.assert_array_equal(got, m[..., None] * x)
@@ -320,7 +320,7 @@ def test_hubert_sample_is_repaired(hubert, tmp_path, opset):
     module = hubert.build(path, opset=opset)
     model = onnx.load(path)
     (finding,) = gf003(model)
-    assert finding.nodes == ["/Where"] and finding.fix.safety is graphfix.rule.Safety.SAFE
+    assert finding.nodes == ["/Where"] and finding.fix.safety is graphfix.core.rule.Safety.SAFE
     result = repaired(model)
     for b, t in [(1, 100), (2, 37), (3, 8)]:  # export size, odd and short lengths
         rng = np.random.default_rng(t)
@@ -339,4 +339,4 @@ def test_committed_sample_model_fires():
     model = onnx.load(SAMPLE / "model.onnx")
     assert len(model.SerializeToString()) < 200_000
     (finding,) = gf003(model)
-    assert finding.fix.safety is graphfix.rule.Safety.SAFE
+    assert finding.fix.safety is graphfix.core.rule.Safety.SAFE

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphfix
-from graphfix.rule import Safety
+from graphfix.core.rule import Safety
 
 # --- modules: the traced-size pattern (bad) and the same code written the right way (good) ------------------
 

@@ -1,0 +1,145 @@
+"""Export-time sizes of dynamic dims: from `--trace-shape`, or from the evidence the graph carries.
+
+A Reshape that conserves elements at one size only, an Expand or an elementwise op that meets a dynamic dim with a
+constant one, Split sizes, and onnxruntime's symbolic inference merging a dynamic dim with a constant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.constants import Evaluator
+from graphfix.core.context import RuleContext
+
+
+@dataclass
+class ExportSizes:
+    """Export-time values of dynamic dims (by dim name) and where each value was learnt.
+
+    The expensive sources (onnxruntime's symbolic inference) are deferred until a candidate first reads
+    `values`: a graph with nothing that could be baked never pays for them."""
+
+    _values: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
+    deferred: list[Callable[[ExportSizes], None]] = field(default_factory=list)
+
+    @property
+    def values(self) -> dict[str, int]:
+        while self.deferred:
+            self.deferred.pop(0)(self)
+        return self._values
+
+    def learn(self, sym: str, value: int, source: str) -> None:
+        if sym not in self._values and value > 0:
+            self._values[sym], self.sources[sym] = int(value), source
+
+    def symbols_with(self, value: int) -> list[str]:
+        return [s for s, v in self.values.items() if v == value]
+
+    def explain(self, sym: str) -> str:
+        return f"{sym}={self.values[sym]} at export ({self.sources[sym]})"
+
+
+def export_sizes(ctx: RuleContext, ev: Evaluator) -> ExportSizes:
+    """Export-time sizes of the graph inputs' dynamic dims, from --trace-shape or the evidence in the graph."""
+    sizes = ExportSizes()
+    for tensor in ctx.graph.inputs:
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if isinstance(dim, str):
+                sizes.carriers.setdefault(dim, (tensor, axis))
+        traced = ctx.options.trace_shapes.get(tensor.name)
+        for axis, dim in enumerate(ctx.shape(tensor) or ()):
+            if traced and isinstance(dim, str) and axis < len(traced):
+                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}")
+    reshapes = []
+    for node in ctx.graph.nodes:
+        if node.op == "Reshape":
+            reshapes.append(node)
+        elif node.op == "Expand":
+            _learn_aligned(sizes, ctx.shape(node.inputs[0]), ev(node.inputs[1]), f"Expand '{node.name}'")
+        elif node.op == "Split" and (split := split_sizes(ev, node)) is not None:
+            shape = ctx.shape(node.inputs[0])
+            if shape and isinstance(dim := shape[int(node.attrs.get("axis", 0)) % len(shape)], str):
+                sizes.learn(dim, sum(split), f"Split '{node.name}' sizes")
+        elif node.op in BROADCAST_OPS:
+            shapes = [ctx.shape(t) for t in node.inputs]
+            for shape in shapes:
+                for other in shapes:
+                    if shape is not other and shape and other:
+                        _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
+                                       f"{node.op} '{node.name}' broadcasts it with a fixed size")
+    sizes.deferred.append(lambda s: _learn_from_symbolic(ctx, s))
+    sizes.deferred.append(lambda s: _learn_from_reshapes(ctx, ev, s, reshapes))
+    return sizes
+
+
+def _learn_from_reshapes(ctx: RuleContext, ev: Evaluator, sizes: ExportSizes, reshapes: list[gs.Node]) -> None:
+    """A Reshape whose element count is conserved at one size only: that size is the export size."""
+    for node in reshapes:
+        shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
+        if shape is None or target is None or (target <= 0).any():
+            continue
+        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes._values]
+        if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
+            known = math.prod(d if isinstance(d, int) else sizes._values[d] for d in shape if d != unknown[0])
+            if known and int(np.prod(target)) % known == 0:
+                sizes.learn(unknown[0], int(np.prod(target)) // known,
+                            f"Reshape '{node.name}' conserves elements only there")
+
+
+def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
+    if shape is None or target is None:
+        return
+    target = target.reshape(-1)
+    for j in range(1, min(len(shape), len(target)) + 1):
+        dim, t = shape[-j], int(target[-j])
+        if isinstance(dim, str) and t > 1:
+            sizes.learn(dim, t, source)
+
+
+def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
+    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    dims = [d for t in ctx.graph.inputs for d in (ctx.shape(t) or ())]
+    if not any(isinstance(d, str) and d not in sizes._values for d in dims):
+        return  # every dynamic dim is already known
+    symbolic = ctx.symbolic_shapes
+    for tensor in ctx.graph.inputs:
+        merged = symbolic.get(tensor.name) or []
+        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
+            if isinstance(dim, str) and isinstance(value, int):
+                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
+
+
+def split_sizes(ev: Evaluator, node: gs.Node) -> list[int] | None:
+    if len(node.inputs) > 1 and (node.inputs[1].name or isinstance(node.inputs[1], gs.Constant)):
+        value = ev(node.inputs[1])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    split = node.attrs.get("split")
+    return None if split is None else [int(v) for v in split]
+
+
+def regroups_static_trailing_dims(shape: list, target: list[int], j: int) -> bool:
+    """True when target[j] belongs to a suffix of the target that only regroups the input's static trailing
+    dims: [B, T, 32] -> [-1, 32] or [-1, 4, 8] (head split). Those entries are model sizes, not traced ones."""
+    static_products = set()
+    product = 1
+    for dim in reversed(shape):
+        if not isinstance(dim, int):
+            break
+        product *= dim
+        static_products.add(product)
+    product = 1
+    for k in range(len(target) - 1, -1, -1):
+        if target[k] <= 0:
+            return False
+        product *= target[k]
+        if k <= j and product in static_products:
+            return True
+    return False

@@ -1,0 +1,152 @@
+"""Checking many models: one job per model, spread over a process pool, with a progress bar and a summary.
+
+Workers are started with `spawn`: the parent may already hold onnxruntime's thread pools, and forking a process
+that has threads can deadlock. Findings come back without their fix closures (they cannot be pickled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graphfix.core.context import RuleOptions
+from graphfix.core.rule import Finding, Rejection
+
+
+@dataclass
+class Job:
+    """One model to check, with everything a worker process needs (all picklable)."""
+
+    path: Path
+    rules: tuple[str, ...]  # rule codes to run
+    rule_options: RuleOptions
+    probing: Any = None  # ValidationOptions, or None for static analysis only
+    select: tuple[str, ...] = ()  # codes kept (all when empty), runtime findings included
+    ignore: tuple[str, ...] = ()  # codes dropped, from --skip, [tool.graphfix] ignore and per-file-ignores
+
+
+@dataclass
+class Outcome:
+    """What checking one model found: findings, how many came from runtime probing, or why it could not look."""
+
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    runtime_failures: int = 0  # error-level findings from the onnxruntime probe (after filtering)
+    error: str | None = None
+    exit_code: int = 0  # of the error
+    seconds: float = 0.0
+
+    def to_json(self, show_rejected: bool = False) -> dict[str, Any]:
+        """The `diagnose` JSON schema: path, error, findings (and rejected with --show-rejected)."""
+        findings = [f.to_json() for f in self.findings]
+        data: dict[str, Any] = {"path": self.path, "error": self.error, "findings": findings}
+        if show_rejected:
+            data["rejected"] = [r.to_json() for r in self.rejections]
+        return data
+
+
+def check_model(job: Job) -> Outcome:
+    """Static rules, then the onnxruntime probe at several sizes; findings filtered by the job's codes."""
+    from graphfix.api import diagnose_path, merge_runtime_findings
+    from graphfix.core.config import filter_findings
+    from graphfix.core.errors import GraphfixError
+    from graphfix.core.registry import find_rule
+
+    start = time.perf_counter()
+    report = diagnose_path(job.path, [find_rule(code) for code in job.rules], job.rule_options, None)
+    outcome = Outcome(report.path, rejections=report.rejections, error=report.error, exit_code=report.exit_code)
+    runtime: list[Finding] = []
+    if report.error is None and job.probing is not None:
+        from graphfix.validate import probe
+
+        try:
+            runtime = [failure.to_finding() for failure in probe(job.path, job.probing)]
+        except GraphfixError as exc:
+            outcome.error, outcome.exit_code = str(exc), exc.exit_code
+    runtime = filter_findings(runtime, job.select, job.ignore)
+    findings = filter_findings(report.findings, job.select, job.ignore)
+    outcome.runtime_failures = sum(f.severity.value == "error" for f in runtime)
+    merge_runtime_findings(findings, runtime)  # a confirmed static finding is not reported twice
+    outcome.findings = [_portable(f) for f in findings]
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outcome]:
+    """Outcomes in the order of `jobs`; in this process when one worker (or one job) is enough."""
+    workers = max(1, min(workers, len(jobs)))
+    with _progress(len(jobs), progress) as advance:
+        if workers == 1:
+            outcomes = []
+            for job in jobs:
+                outcomes.append(check_model(job))
+                advance(outcomes[-1])
+            return outcomes
+        results: list[Outcome | None] = [None] * len(jobs)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(check_model, job): index for index, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                advance(results[futures[future]])
+        return [r for r in results if r is not None]
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def should_show_progress(fmt: str) -> bool:
+    """A progress bar only for text output on a terminal (never in JSON/SARIF, CI logs or pre-commit)."""
+    return fmt == "text" and sys.stderr.isatty()
+
+
+def summary_table(outcomes: list[Outcome], seconds: float, failed: int, names: dict[str, str]) -> str:
+    """Models, how many failed or could not be read, findings by rule, and the time taken."""
+    errors = sum(o.error is not None for o in outcomes)
+    counts = Counter(f.rule for o in outcomes for f in o.findings)
+    models = f"{len(outcomes)} model{'s' if len(outcomes) != 1 else ''}"
+    lines = [f"graphfix check: {models}, {failed} failed, {errors} unreadable, "
+             f"{sum(counts.values())} findings in {seconds:.1f} s"]
+    if counts:
+        lines.append(f"  {'rule':<6} {'name':<22} {'findings':>8}")
+        for code, count in sorted(counts.items()):
+            lines.append(f"  {code:<6} {names.get(code, ''):<22} {count:>8}")
+    return "\n".join(lines)
+
+
+def _portable(finding: Finding) -> Finding:
+    """The finding without its fix closure, so that it can cross process boundaries."""
+    if finding.fix is None:
+        return finding
+    return dataclasses.replace(finding, fix=dataclasses.replace(finding.fix, apply=None))
+
+
+class _progress:
+    """click.progressbar on stderr when `show`, else nothing; yields a function to call per finished job."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show, self.bar = total, show and total > 1, None
+
+    def __enter__(self) -> Callable[[Outcome], None]:
+        if not self.show:
+            return lambda outcome: None
+        self.bar = click.progressbar(length=self.total, label="checking", file=sys.stderr,
+                                     item_show_func=lambda o: Path(o.path).name if o else None)
+        bar = self.bar.__enter__()
+        return lambda outcome: bar.update(1, outcome)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc_info)

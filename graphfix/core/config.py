@@ -1,0 +1,272 @@
+"""`[tool.graphfix]` in pyproject.toml: found from the current folder upwards, the way ruff finds its settings.
+
+    [tool.graphfix]
+    select = ["GF001", "GF003"]          # run only these rules (default: all)
+    ignore = ["GF005"]                   # never report these (runtime codes included)
+    fail-on = "warning"                  # error | warning | info | never
+    rtol = 1e-3
+    atol = 1e-4
+
+    [tool.graphfix.inputs."models/asr/*.onnx"]
+    shapes = { audio = "1x16000" }       # like --shape audio=1x16000
+    values = { lengths = "data/lengths.npy" }   # like --input lengths=data/lengths.npy
+
+    [tool.graphfix.per-file-ignores]
+    "models/legacy/*.onnx" = ["GF004"]
+
+Globs and value files are relative to the folder of the pyproject.toml; a glob without `/` matches the file name
+(fnmatch, so `*` also crosses folders). Command-line options override the file; unknown keys are an error that
+names the key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphfix.core.errors import UsageError
+
+FAIL_LEVELS = ("error", "warning", "info", "never")
+TOP_KEYS = ("select", "ignore", "fail-on", "rtol", "atol", "inputs", "per-file-ignores")
+INPUT_KEYS = ("shapes", "values")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the configuration says about one model file."""
+
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    values: dict[str, Path] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The `[tool.graphfix]` table of one pyproject.toml, checked; `path` is None for the built-in defaults."""
+
+    path: Path | None = None
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    fail_on: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    inputs: tuple[tuple[str, dict[str, tuple[int | None, ...]], dict[str, Path]], ...] = ()
+    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def for_model(self, model: Path) -> ModelSettings:
+        """Shapes, values and ignored codes of every glob that matches `model`; later globs win."""
+        relative = self.relative(model)
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        values: dict[str, Path] = {}
+        ignore: list[str] = []
+        for pattern, glob_shapes, glob_values in self.inputs:
+            if matches(pattern, relative):
+                shapes.update(glob_shapes)
+                values.update(glob_values)
+        for pattern, codes in self.per_file_ignores:
+            if matches(pattern, relative):
+                ignore.extend(c for c in codes if c not in ignore)
+        return ModelSettings(shapes, values, tuple(ignore))
+
+    def relative(self, model: Path) -> str:
+        """The model's path relative to the config folder (posix), or as given when it lies outside."""
+        try:
+            return Path(os.path.abspath(model)).relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return Path(model).as_posix()
+
+
+def matches(pattern: str, relative: str) -> bool:
+    pattern = pattern.removeprefix("./")
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(relative.rsplit("/", 1)[-1], pattern)
+    return fnmatch.fnmatchcase(relative, pattern)
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml with a [tool.graphfix] table, from `start` (default: cwd) upwards."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        path = candidate / "pyproject.toml"
+        if path.is_file() and "graphfix" in _read_toml(path).get("tool", {}):
+            return path
+    return None
+
+
+def load_config(path: Path | None = None, *, search: bool = True) -> Config:
+    """Parse and check `path`, or the file find_config() finds (when `search`); defaults when there is none."""
+    if path is None:
+        path = find_config() if search else None
+        if path is None:
+            return Config()
+    elif not Path(path).is_file():
+        raise UsageError(f"--config {path}: no such file")
+    table = _read_toml(Path(path)).get("tool", {}).get("graphfix", {})
+    return parse_config(table, Path(path))
+
+
+def parse_config(table: Any, path: Path) -> Config:
+    where = f"{path} [tool.graphfix]"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: expected a table")
+    _no_unknown(table, TOP_KEYS, where)
+    fail_on = table.get("fail-on")
+    if fail_on is not None and fail_on not in FAIL_LEVELS:
+        raise UsageError(f"{where} fail-on: expected one of {', '.join(FAIL_LEVELS)}, got {fail_on!r}")
+    return Config(
+        path=path,
+        select=_codes(table, "select", where),
+        ignore=_codes(table, "ignore", where),
+        fail_on=fail_on,
+        rtol=_tolerance(table, "rtol", where),
+        atol=_tolerance(table, "atol", where),
+        inputs=_inputs(table.get("inputs", {}), path.parent, where),
+        per_file_ignores=_per_file_ignores(table.get("per-file-ignores", {}), where),
+    )
+
+
+def known_codes() -> dict[str, str]:
+    """Every code a finding can carry (the registered rules, runtime-only ones included), with its name."""
+    from graphfix.core.registry import load_rules
+
+    return {rule.code: rule.name for rule in load_rules()[0]}
+
+
+def canonical_code(key: str, where: str) -> str:
+    """GF003 for 'GF003', 'gf003' or 'broadcast-mismatch'; a UsageError naming `where` otherwise."""
+    codes = known_codes()
+    by_name = {name: code for code, name in codes.items()}
+    code = key.strip().upper() if key.strip().upper() in codes else by_name.get(key.strip())
+    if code is None:
+        raise UsageError(f"{where}: unknown rule '{key}' (see `graphfix rules`)")
+    return code
+
+
+def probe_options_for(config: Config, model: Path, base):
+    """`base` ValidationOptions (from the command line) completed with the config's shapes and values for
+    `model`; what the command line names wins."""
+    import dataclasses
+
+    import numpy as np
+
+    settings = config.for_model(model)
+    values = {}
+    for name, file in settings.values.items():
+        if name in base.inputs:
+            continue
+        try:
+            values[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{config.path} [tool.graphfix] inputs: value of '{name}' for {model}: cannot read "
+                             f"'{file}' as a .npy array ({exc})") from exc
+    return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**values, **base.inputs})
+
+
+def filter_findings(findings: list, select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list:
+    """Findings whose code is selected (all when `select` is empty) and not ignored."""
+    return [f for f in findings if (not select or f.rule in select) and f.rule not in ignore]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the configuration: {exc}") from exc
+
+
+def _no_unknown(table: dict, known: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise UsageError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
+
+
+def _codes(table: dict, key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{where} {key}: expected a list of rule codes like [\"GF001\"]")
+    return tuple(canonical_code(v, f"{where} {key}") for v in value)
+
+
+def _tolerance(table: dict, key: str, where: str) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise UsageError(f"{where} {key}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _inputs(table: Any, root: Path, where: str):
+    where = f"{where} inputs"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: expected a table of globs, e.g. [tool.graphfix.inputs.\"models/*.onnx\"]")
+    globs = []
+    for pattern, spec in table.items():
+        here = f"{where} \"{pattern}\""
+        if not isinstance(spec, dict):
+            raise UsageError(f"{here}: expected a table with shapes = {{...}} and/or values = {{...}}")
+        _no_unknown(spec, INPUT_KEYS, here)
+        try:
+            given = _strings(spec.get("shapes", {}), f"{here} shapes")
+            shapes = {name: parse_dims(dims) for name, dims in given.items()}
+        except UsageError as exc:
+            raise UsageError(f"{here} shapes: {exc}") from exc
+        values = {name: root / file for name, file in _strings(spec.get("values", {}), f"{here} values").items()}
+        globs.append((pattern, shapes, values))
+    return tuple(globs)
+
+
+def _per_file_ignores(table: Any, where: str):
+    where = f"{where} per-file-ignores"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: expected a table of glob = [codes]")
+    return tuple((pattern, _codes({"codes": codes}, "codes", f"{where} \"{pattern}\""))
+                 for pattern, codes in table.items())
+
+
+def _strings(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise UsageError(f"{where}: expected a table of NAME = \"...\" strings")
+    return dict(value)
+
+
+# --- NAME=VALUE and NAME=DIMS arguments (command line and configuration alike) ---
+def name_values(option: str, items: tuple[str, ...]) -> dict[str, str]:
+    """('a=b', ...) -> {'a': 'b'}; a name given twice or an item without '=' is a usage error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"{option} expects NAME=VALUE, got '{item}'")
+        if name.strip() in pairs:
+            raise UsageError(f"{option} names '{name.strip()}' twice")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+def parse_dims(text: str) -> tuple[int | None, ...]:
+    """'1x16000' -> (1, 16000); 'Bx?' -> (None, None) (symbolic dims stay free)."""
+    dims: list[int | None] = []
+    for part in text.lower().split("x"):
+        part = part.strip()
+        if part.isdigit():
+            dims.append(int(part))
+        elif part:
+            dims.append(None)
+        else:
+            raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx?")
+    return tuple(dims)
+
+def parse_shapes(option: str, values: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
+    return {name: parse_dims(dims) for name, dims in name_values(option, values).items()}

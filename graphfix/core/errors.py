@@ -1,0 +1,34 @@
+"""Errors graphfix reports to its user as one line, never as a traceback."""
+
+
+class GraphfixError(Exception):
+    """Base class: a problem the user can act on. The CLI prints `str(error)` and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class InputError(GraphfixError):
+    """The input cannot be used: missing, damaged, unsafe or unsupported (exit 2)."""
+
+    exit_code = 2
+
+
+class UsageError(GraphfixError):
+    """The command line or the configuration is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class RuleRegistryError(GraphfixError):
+    """Rules could not be registered: a duplicate code, or a third-party rule claiming the GF prefix (exit 2)."""
+
+    exit_code = 2
+
+
+class InternalError(GraphfixError):
+    """graphfix itself failed (a rule that cannot load, a bug): never a finding about the user's model (exit 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(f"internal error: {message} (rerun with --debug for the traceback)")

@@ -1,0 +1,251 @@
+"""`graphfix.export()`: export with torch.onnx, repair, and prove the written file against the module.
+
+    report = graphfix.export(model, (x,), "model.onnx", input_names=["x"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    assert report.ok, report.summary()
+
+`ok` is True only when the written file ran in onnxruntime and matched the module at the export size and at
+the probe sizes. TracerWarnings ("Converting a tensor to a Python integer ...") are kept with their source
+lines and linked to the graph findings they explain. An export that raises is re-raised as an ExportError
+that explains it from graphfix's knowledge base and names the user's source line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphfix.core.engine import AppliedFix
+from graphfix.core.errors import GraphfixError
+from graphfix.core.rule import Finding
+from graphfix.exporting.verify import SizeCheck, verify
+from graphfix.report.knowledge import explain_message
+
+
+class ExportError(GraphfixError):
+    """torch.onnx.export raised; the message explains why and where. The original exception is chained."""
+
+
+@dataclass
+class TracerNote:
+    """A value the tracer turned into a constant, where it happened, and the module scope it belongs to."""
+
+    message: str
+    filename: str
+    lineno: int
+    source: str
+    scope: str | None  # '/roi_heads' style prefix of the exported node names, when known
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}: {self.source.strip()}  ({self.message.split('.')[0]})"
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    findings: list[Finding]
+    repairs: list[AppliedFix]
+    checks: list[SizeCheck]
+    tracer_warnings: list[TracerNote] = field(default_factory=list)
+    causes: dict[int, list[TracerNote]] = field(default_factory=dict)  # index in findings -> warnings behind it
+    status: str = "unchanged"  # of the repair: repaired | unchanged | failed
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status != "failed" and bool(self.checks) and all(c.ok for c in self.checks)
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {'ok' if self.ok else 'NOT OK'} (repair {self.status})"]
+        for check in self.checks:
+            worst = max((o.max_abs for o in check.outputs), default=0.0)
+            lines.append(f"  {check.input_shapes}: {'ok' if check.ok else 'FAIL'}"
+                         f"{' ' + check.error if check.error else ''} max abs err {worst:.3g}")
+        for index, finding in enumerate(self.findings):
+            lines.append(f"  {finding.severity.value} {finding.rule} [{', '.join(finding.nodes[:2])}]: "
+                         f"{finding.message}")
+            lines.extend(f"      caused by {note}" for note in self.causes.get(index, []))
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+
+def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=None, dynamic_shapes=None,
+           exporter: str = "torchscript", opset_version: int | None = None, probe_args=None,
+           **export_kwargs: Any) -> ExportReport:
+    """Export `model(*args)` to `f`, repair the graph, and prove the file against the module."""
+    import torch
+
+    from graphfix.api import repair
+
+    if exporter not in ("torchscript", "dynamo"):
+        raise GraphfixError(f"exporter must be 'torchscript' or 'dynamo', not '{exporter}'")
+    args = tuple(args) if isinstance(args, list | tuple) else (args,)
+    destination = Path(f)
+    with tempfile.TemporaryDirectory(prefix="graphfix-export-") as scratch:
+        raw = Path(scratch) / destination.name
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                torch.onnx.export(model, args, str(raw), input_names=input_names, output_names=output_names,
+                                  dynamic_axes=dynamic_axes, dynamic_shapes=dynamic_shapes,
+                                  dynamo=exporter == "dynamo", opset_version=opset_version, **export_kwargs)
+            except Exception as exc:
+                raise ExportError(_explain_failure(exc)) from exc
+        notes = _tracer_notes(caught, model)
+        # The example args are the export-time sizes: with them, fixes of baked sizes are certain, not guessed.
+        result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, args))
+    findings = result.findings_before
+    report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
+    report.causes = _link(findings, notes)
+    if result.output is None:
+        report.error = report.error or "the repaired model was not written"
+        return report
+    requested = _requested_dynamic_dims(model, args, input_names, dynamic_axes, dynamic_shapes)
+    if probe_args is None and requested:
+        probe_args = _probe_args(args, requested)
+    verification = verify(destination, model, args, probe_args=probe_args)
+    report.checks = verification.checks
+    return report
+
+
+def _trace_shapes(path: Path, args: tuple) -> dict[str, tuple[int, ...]]:
+    """Graph input name -> the shape of the example tensor exported for it (positional order)."""
+    import onnx
+    import torch
+
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
+
+
+def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynamic_shapes) -> dict[int, set[int]]:
+    """Positional arg index -> dims the user asked to keep dynamic (dynamic_axes or dynamic_shapes)."""
+    requested: dict[int, set[int]] = {}
+    if dynamic_axes:
+        names = list(input_names or [])
+        for name, axes in dynamic_axes.items():
+            if name in names:
+                requested.setdefault(names.index(name), set()).update(axes if isinstance(axes, list | tuple)
+                                                                       else axes.keys())
+    if dynamic_shapes:
+        if isinstance(dynamic_shapes, dict):
+            params = list(inspect.signature(model.forward).parameters)
+            items = [(params.index(k), v) for k, v in dynamic_shapes.items() if k in params]
+        else:
+            items = list(enumerate(dynamic_shapes))
+        for index, spec in items:
+            if spec:
+                requested.setdefault(index, set()).update(spec.keys() if isinstance(spec, dict) else
+                                                          [i for i, d in enumerate(spec) if d is not None])
+    return requested
+
+
+def _probe_args(args: tuple, requested: dict[int, set[int]]) -> list[tuple]:
+    """The example args with every requested dynamic dim doubled, then tripled (keeping divisibility)."""
+    import torch
+
+    from graphfix.exporting.verify import random_like
+
+    generator = torch.Generator().manual_seed(0)
+    sets = []
+    for factor in (2, 3):
+        sets.append(tuple(
+            random_like(arg, [d * factor if i in requested.get(pos, ()) else d for i, d in enumerate(arg.shape)],
+                        generator) if isinstance(arg, torch.Tensor) and pos in requested else arg
+            for pos, arg in enumerate(args)))
+    return sets
+
+
+def _explain_failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    known = explain_message(text) or (explain_message(str(exc.__cause__)) if exc.__cause__ else None)
+    where = _user_frame(exc)
+    head = f"torch.onnx.export failed{f' at {where}' if where else ''}: {_headline(str(exc))[:300]}"
+    if known is None:
+        return head
+    return f"{head}\n{known.explain()}"
+
+
+def _headline(message: str) -> str:
+    """The line that says what went wrong: the dynamo exporter puts it under '## Exception summary'."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        following = lines[lines.index("## Exception summary") + 1:]
+        if following:
+            return following[0]
+    return lines[0] if lines else message
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """The innermost traceback frame outside torch, transformers and graphfix: the user's line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause.__traceback__ is not None:
+        frames += traceback.extract_tb(cause.__traceback__)
+    mine = [fr for fr in frames if not any(p in fr.filename for p in ("/torch/", "/transformers/", "/graphfix/",
+                                                                       "site-packages", "<frozen"))]
+    if not mine:
+        return None
+    frame = mine[-1]
+    return f"{frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
+
+
+def _tracer_notes(caught, model) -> list[TracerNote]:
+    scopes = _module_scopes(model)
+    notes = []
+    for warning in caught:
+        message = str(warning.message)
+        if "TracerWarning" not in type(warning.message).__name__ and "Converting a tensor to a Python" not in message:
+            continue
+        source = linecache.getline(warning.filename, warning.lineno)
+        scope = next((s for (file, first, last), s in scopes.items()
+                      if file == warning.filename and first <= warning.lineno <= last), None)
+        notes.append(TracerNote(message, warning.filename, warning.lineno, source, scope))
+    return notes
+
+
+def _module_scopes(model) -> dict[tuple[str, int, int], str]:
+    """(file, first line, last line) of each submodule's forward() -> the node-name scope the exporter uses."""
+    scopes: dict[tuple[str, int, int], str] = {}
+    for name, module in model.named_modules():
+        try:
+            lines, first = inspect.getsourcelines(type(module).forward)
+            file = inspect.getsourcefile(type(module).forward)
+        except (OSError, TypeError):
+            continue
+        if file is None:
+            continue
+        key = (file, first, first + len(lines) - 1)
+        scope = "/" + name.replace(".", "/") if name else "/"
+        if key not in scopes or len(scope) > len(scopes[key]):  # the deepest module using this forward wins
+            scopes[key] = scope
+    return scopes
+
+
+def _link(findings: list[Finding], notes: list[TracerNote]) -> dict[int, list[TracerNote]]:
+    """Which warnings explain which findings: by module scope when the exporter named nodes by scope, else every
+    warning for every finding about a baked value when there is only one warning."""
+    from graphfix.core.registry import load_rules
+
+    baked = {rule.code for rule in load_rules()[0] if rule.traced_values}
+    links: dict[int, list[TracerNote]] = {}
+    for index, finding in enumerate(findings):
+        if finding.rule not in baked:
+            continue
+        matched = [n for n in notes if n.scope and n.scope != "/" and
+                   any(node.startswith(n.scope + "/") for node in finding.nodes)]
+        if not matched and len(notes) == 1:
+            matched = notes
+        if not matched:
+            matched = [n for n in notes if n.scope == "/"]
+        if matched:
+            links[index] = matched
+    return links

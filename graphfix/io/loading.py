@@ -1,0 +1,99 @@
+"""Loading a model file, refusing every bad input with one clear line.
+
+Weights in external data are never read here: the protobuf is parsed with `load_external_data=False` and the
+external files are only checked for safety and size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from graphfix.core.errors import InputError
+from graphfix.io.external_data import ExternalRef, check_external_data
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+MIN_IR_VERSION = 3
+
+
+@dataclass
+class LoadedModel:
+    """A parsed model and where it came from; external weights stay on disk."""
+
+    proto: onnx.ModelProto
+    path: Path | None
+    external: list[ExternalRef] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self.path.parent if self.path is not None else None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "<model>"
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Parse `path`, check its structure, opset and external data; raise InputError naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an .onnx model file")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(LFS_POINTER_PREFIX):
+        raise InputError(f"{path}: is a Git LFS pointer, not the model; fetch the weights with `git lfs pull`")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
+    check_structure(proto, str(path))
+    external = check_external_data(proto, path.parent, str(path))
+    return LoadedModel(proto, path, external)
+
+
+def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
+    """Wrap an in-memory model (Python API); `base_dir` locates external data if it has any."""
+    check_structure(proto, "<model>")
+    external = check_external_data(proto, base_dir, "<model>") if base_dir is not None else []
+    path = (base_dir / "model.onnx") if base_dir is not None else None
+    return LoadedModel(proto, path, external)
+
+
+def _parse_failure(head: bytes, size: int, exc: Exception) -> str:
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    if head and printable == len(head):
+        return "not an ONNX model: the file is text, not a protobuf"
+    return f"not a valid ONNX protobuf ({size} bytes; damaged or truncated): {str(exc).splitlines()[0]}"
+
+
+def check_structure(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse protobufs that parse but are no usable ONNX model (random bytes often parse as one)."""
+    if not proto.HasField("graph") or not proto.ir_version:
+        raise InputError(f"{name}: not an ONNX model (no graph or IR version; damaged or truncated file?)")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise InputError(
+            f"{name}: IR version {proto.ir_version} is newer than this onnx package supports ({onnx.IR_VERSION})"
+        )
+    if proto.ir_version < MIN_IR_VERSION:
+        raise InputError(f"{name}: IR version {proto.ir_version} is too old (at least {MIN_IR_VERSION} needed)")
+    opset = default_opset(proto)
+    newest = onnx.defs.onnx_opset_version()
+    if not proto.opset_import:
+        raise InputError(f"{name}: no opset_import (damaged file?)")
+    if opset is not None and opset > newest:
+        raise InputError(f"{name}: opset {opset} is newer than this onnx package supports ({newest})")
+
+
+def default_opset(proto: onnx.ModelProto) -> int | None:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return None

@@ -1,0 +1,244 @@
+"""Writing models atomically, with external data beside the output.
+
+A model is first *staged*: written with its external data into a hidden temporary folder next to the
+destination, where onnxruntime can validate it from disk. Only `commit()` moves the files into place (one
+`os.replace` each, data before model), so a reader never sees a half-written model and a failed validation
+leaves nothing behind. Weights kept in the source's external data are copied in chunks, never loaded whole.
+
+A light model (see `graphfix.io.weights`) is written with its stubs replaced by the weights they stand for, one
+tensor at a time: inline, each weight goes out as its own `graph { initializer }` record, which protobuf parsers
+merge into the one graph (embedded messages that repeat are merged, by the wire format's rules), so no
+full-size copy of the model is ever built in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from graphfix.io.external_data import external_ref, iter_tensors, tensor_nbytes
+from graphfix.io.protos import copy_field, copy_without_initializers
+from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
+
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
+ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
+COPY_CHUNK = 64 << 20
+
+
+@dataclass
+class StagedModel:
+    """A model written to a temporary folder beside its destination, waiting for `commit()` or `discard()`."""
+
+    temp_dir: Path
+    destination: Path
+    data_name: str | None
+    prewritten: frozenset[str] = frozenset()  # weights already in the file (see stage_weights)
+
+    @property
+    def path(self) -> Path:
+        return self.temp_dir / self.destination.name
+
+    def commit(self) -> Path:
+        """Make the staged files durable (validation ran while the kernel wrote them back), then move them."""
+        if self.data_name:
+            _fsync(self.temp_dir / self.data_name)
+            os.replace(self.temp_dir / self.data_name, self.destination.parent / self.data_name)
+        _fsync(self.path)
+        os.replace(self.path, self.destination)
+        self.discard()
+        return self.destination
+
+    def discard(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def needs_external_data(proto: onnx.ModelProto) -> bool:
+    """True when the model keeps weights outside the protobuf or would not fit in one (stubs count as the
+    weights they stand for)."""
+    inline = 0
+    for tensor in iter_tensors(proto.graph):
+        if tensor.data_location == TensorProto.EXTERNAL and not is_stub(tensor):
+            return True
+        inline += tensor_nbytes(tensor)
+    return inline > PROTOBUF_LIMIT - (64 << 20)
+
+
+def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Path | None = None,
+                weights: Weights | None = None) -> StagedModel:
+    """Write `proto` into a temporary folder beside `destination`; external data goes to `<name>.data`.
+    A light `proto` is written with the `weights` its stubs stand for."""
+    staged = _new_stage(Path(destination))
+    temp_dir = staged.temp_dir
+    try:
+        if needs_external_data(proto):
+            staged.data_name = staged.destination.name + ".data"
+            proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
+        with open(staged.path, "wb") as f:
+            if has_stubs(proto):
+                _write_streaming(proto, weights or {}, f)
+            else:
+                f.write(proto.SerializeToString())
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
+    """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
+    most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
+    staged = _new_stage(Path(destination))
+    try:
+        with open(staged.path, "wb") as f:
+            for tensor in proto.graph.initializer:
+                if is_stub(tensor):
+                    _write_initializer(resolve(tensor, weights), f)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.prewritten = stub_names(proto)
+    return staged
+
+
+def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
+    """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
+    if stub_names(proto) != staged.prewritten:
+        raise ValueError("the final model's weights differ from the ones written ahead")
+    with open(staged.path, "ab") as f:
+        _write_streaming(proto, weights, f, skip=staged.prewritten)
+    return staged
+
+
+def stage_copy(source: Path, destination: str | Path) -> StagedModel:
+    """Stage a byte-for-byte copy of an inline model file (an unchanged model is written as it came)."""
+    staged = _new_stage(Path(destination))
+    try:
+        shutil.copyfile(source, staged.path)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def _new_stage(destination: Path) -> StagedModel:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".graphfix-tmp", dir=destination.parent))
+    return StagedModel(temp_dir, destination, None)
+
+
+def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
+    """Write a light model inline: the model without initializers, then each initializer (stubs resolved) as a
+    separate graph record that the parser merges into the graph. Records may come in any order."""
+    f.write(copy_without_initializers(proto).SerializeToString())
+    for tensor in proto.graph.initializer:
+        if tensor.name not in skip:
+            _write_initializer(resolve(tensor, weights), f)
+
+
+def _write_initializer(tensor: onnx.TensorProto, f) -> None:
+    """One `graph { initializer: tensor }` record; raw bytes go out without another serialized copy."""
+    if not tensor.HasField("raw_data"):
+        f.write(_record(MODEL_GRAPH, _record(GRAPH_INITIALIZER, tensor.SerializeToString())))
+        return
+    header = onnx.TensorProto()
+    for field, value in tensor.ListFields():
+        if field.name != "raw_data":
+            copy_field(header, field, value)
+    raw = tensor.raw_data
+    head = header.SerializeToString() + _key(TENSOR_RAW_DATA) + _varint(len(raw))
+    tensor_length = len(head) + len(raw)
+    initializer_head = _key(GRAPH_INITIALIZER) + _varint(tensor_length)
+    f.write(_key(MODEL_GRAPH) + _varint(len(initializer_head) + tensor_length) + initializer_head + head)
+    f.write(raw)
+
+
+MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
+
+
+def _record(field_number: int, payload: bytes) -> bytes:
+    return _key(field_number) + _varint(len(payload)) + payload
+
+
+def _key(field_number: int) -> bytes:
+    return _varint(field_number << 3 | 2)  # wire type 2: length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
+                        weights: Weights) -> onnx.ModelProto:
+    """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    with open(data_path, "wb") as data:
+        for tensor in iter_tensors(out.graph):
+            if is_stub(tensor):
+                _pad_to_alignment(data)
+                offset, raw = data.tell(), resolve(tensor, weights).raw_data
+                data.write(raw)
+                _point_into(tensor, data_path.name, offset, len(raw))
+                continue
+            ref = external_ref(tensor)
+            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES):
+                continue
+            _pad_to_alignment(data)
+            offset = data.tell()
+            if ref is not None:
+                if source_dir is None:
+                    raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
+                _copy_range(ref.path(source_dir), ref.offset, ref.length, data)
+                length = ref.length
+            else:
+                data.write(tensor.raw_data)
+                length = len(tensor.raw_data)
+                tensor.ClearField("raw_data")
+            _point_into(tensor, data_path.name, offset, length)
+    return out
+
+
+def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pad_to_alignment(f) -> None:
+    pos = f.tell()
+    if pos % ALIGNMENT:
+        f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))
+
+
+def _copy_range(src: Path, offset: int, length: int, dst) -> None:
+    with open(src, "rb") as f:
+        f.seek(offset)
+        remaining = length
+        while remaining:
+            chunk = f.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise OSError(f"{src} ended before {length} bytes from offset {offset} were read")
+            dst.write(chunk)
+            remaining -= len(chunk)

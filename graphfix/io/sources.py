@@ -1,0 +1,59 @@
+"""The TensorProto each imported Constant came from, so that weights are read lazily and never copied.
+
+onnx-graphsurgeon loads a Constant's values on first access to `.values` and keeps the proto behind a private
+attribute. graphfix needs the proto itself (to memory-map external data, to stub large weights while exporting)
+without loading it, so `import_graph` records it here, by the Constant's identity, through public API only.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+
+import onnx
+import onnx_graphsurgeon as gs
+
+_SOURCES: dict[int, tuple[weakref.ref, onnx.TensorProto]] = {}
+
+
+def remember(tensor: gs.Constant, proto: onnx.TensorProto) -> None:
+    key = id(tensor)
+    if key not in _SOURCES:
+        weakref.finalize(tensor, _SOURCES.pop, key, None)
+    _SOURCES[key] = (weakref.ref(tensor), proto)
+
+
+def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
+    """The proto an imported Constant was read from; None for tensors created since (their values are arrays)."""
+    entry = _SOURCES.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
+
+
+def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None:
+    """Record the initializer behind each Constant of `graph` (subgraphs included), matched by name."""
+    protos = {t.name: t for t in _initializers(model_graph)}
+    for tensor in _constants(graph):
+        proto = protos.get(tensor.name)
+        if proto is not None:
+            remember(tensor, proto)
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _initializers(sub)
+
+
+def _constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            yield tensor
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _constants(value)

@@ -1,0 +1,1 @@
+"""The repair pipeline (fix, simplify, validate, write) and bounded onnxsim."""

@@ -1,0 +1,237 @@
+"""The repair pipeline: load → diagnose → fix to a fixpoint → simplify → diagnose again → validate → write.
+
+The output is staged beside its destination and moved into place only once onnxruntime has validated the
+result, unless the user forces it. Large weights are never copied (see graphfix.io.weights): the staged file is
+written from the input's own tensors, on a second thread, while onnxsim and onnxruntime work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from graphfix.core.context import RuleOptions
+from graphfix.core.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
+from graphfix.core.errors import UsageError
+from graphfix.core.rule import Rule
+from graphfix.io.loading import LoadedModel
+from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
+from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
+from graphfix.validate.runner import ModelRunner
+
+
+@dataclass
+class RepairOptions:
+    rules: list[type[Rule]]
+    rule_options: RuleOptions = field(default_factory=RuleOptions)
+    simplify: bool = True
+    validate: bool = True
+    force: bool = False
+    dry_run: bool = False
+    in_place: bool = False
+    validation: Any = None  # graphfix.validate.ValidationOptions; None means defaults
+
+
+@dataclass
+class RepairResult:
+    path: str
+    output: str | None
+    status: str  # repaired | unchanged | failed
+    applied: list[AppliedFix]
+    before: Diagnosis
+    after: Diagnosis
+    validation: dict | None = None
+    simplify: str = ""
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    light: onnx.ModelProto | None = field(default=None, repr=False)  # the result, large weights as stubs
+    weights: Weights = field(default_factory=dict, repr=False)  # what the stubs stand for
+
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto | None:
+        """The repaired model as one full proto, built on first use (it copies every weight)."""
+        return None if self.light is None else materialize(self.light, self.weights)
+
+    @property
+    def findings_before(self):
+        return self.before.findings
+
+    @property
+    def findings_after(self):
+        return self.after.findings
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "output": self.output,
+            "status": self.status,
+            "applied": [a.to_json() for a in self.applied],
+            "findings_before": [f.to_json() for f in self.before.findings],
+            "findings_after": [f.to_json() for f in self.after.findings],
+            "simplify": self.simplify,
+            "validation": self.validation,
+            "notes": self.notes,
+            "error": self.error,
+        }
+
+
+def check_destination(loaded: LoadedModel, output: Path, in_place: bool) -> None:
+    """Never overwrite the input (or its external data) unless --in-place says so."""
+    if loaded.path is None or in_place:
+        return
+    targets = [output, output.with_name(output.name + ".data")]
+    sources = [loaded.path] + [ref.path(loaded.base_dir) for ref in loaded.external]
+    for target in targets:
+        if target.exists() and any(_same_file(target, src) for src in sources):
+            raise UsageError(f"{output}: would overwrite the input {loaded.path}; use --in-place to replace it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
+    """Repair one loaded model and, unless dry-run, write it to `output` once validated.
+
+    onnxruntime's session for the original model is built on a second thread meanwhile: session creation and
+    onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
+    if output is not None:
+        check_destination(loaded, output, options.in_place)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
+        original = pool.submit(_original_runner, loaded) if options.validate else None
+        return _repair(loaded, output, options, pool, original)
+
+
+def _original_runner(loaded: LoadedModel) -> ModelRunner:
+    """With external data, from the file (ORT maps the weights). Inline, from the proto already in memory, its
+    weights fed as arrays that the repaired model's session will share."""
+    if loaded.external and loaded.path is not None:
+        return ModelRunner.from_source(loaded.path)
+    light, weights = detach_inline(loaded.proto)
+    return ModelRunner(light, loaded.base_dir, path=loaded.path, weights=weights)
+
+
+def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
+            original: Future[ModelRunner] | None) -> RepairResult:
+    outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
+                          outcome.before, outcome.after, notes=list(outcome.failures))
+    model, result.weights = outcome.model, outcome.weights
+    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+        # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
+        commit = output is not None and not options.dry_run
+        destination = output if commit else Path(scratch) / "model.onnx"
+        ahead = None  # the weights are written while onnxsim works: they are most of the bytes, and it keeps them
+        if outcome.changed and has_stubs(model) and not loaded.external and not needs_external_data(model):
+            ahead = pool.submit(stage_weights, destination, model, result.weights)
+        try:
+            if outcome.changed and options.simplify:
+                model, result.simplify = _simplify(model, loaded.base_dir)
+                result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
+                                              result.weights)
+            result.light = model
+            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead)
+        except BaseException:
+            _discard(ahead)
+            raise
+        _validate_commit(model, commit, loaded, outcome.changed, options, result, staging, original)
+    return result
+
+
+def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, changed: bool,
+                     options: RepairOptions, result: RepairResult, staging: Future[StagedModel],
+                     original: Future[ModelRunner] | None) -> None:
+    """Inline models are validated in memory while the output is written on the other thread; with external
+    data the repaired model runs from its staged files."""
+    staged = None
+    try:
+        if loaded.external:
+            staged = staging.result()
+        if original is not None:  # an unchanged model is its own candidate: one session, not two
+            before = original.result()
+            after = None if not changed else staged.path if loaded.external else \
+                ModelRunner(model, loaded.base_dir, weights=result.weights, fed=before.fed)
+            validation = _validate(loaded, before, after, options)
+            result.validation = validation.to_json()
+            if not validation.passed and not changed:
+                # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
+                # inputs may be the inputs' fault (values a kernel rejects), so it is reported, not enforced.
+                result.notes.append("unchanged model did not run at every probe size: " + "; ".join(validation.reasons)
+                                    + " (give real values with --input/--shape; `graphfix diagnose` probes in detail)")
+            elif not validation.passed:
+                result.status = "failed"
+                result.error = "validation failed: " + "; ".join(validation.reasons)
+                if not options.force:
+                    return
+                result.notes.append("written despite failed validation (--force)")
+        staged = staging.result()
+        if commit:
+            result.output = str(staged.commit())
+    finally:
+        _discard(staging)  # after a commit there is nothing left to remove
+
+
+def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
+           ahead: Future[StagedModel] | None) -> StagedModel:
+    if not changed and loaded.path is not None and not loaded.external:
+        return stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
+    if ahead is not None:
+        started = ahead.result()
+        if stub_names(model) == started.prewritten:
+            return finish_stage(started, model, weights)
+        started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
+    return stage_model(model, destination, loaded.base_dir, weights)
+
+
+def _discard(staging: Future[StagedModel] | None) -> None:
+    """Remove the staged files of a write whose outcome no longer matters (nothing if it failed)."""
+    if staging is None:
+        return
+    with contextlib.suppress(Exception):
+        staging.result().discard()
+
+
+def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
+    from graphfix.pipeline.simplify import simplify
+
+    outcome = simplify(model, base_dir=base_dir)
+    return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
+
+
+def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner | Path | None,
+              options: RepairOptions):
+    """Run the original and the candidate (the original again when nothing changed)."""
+    from graphfix.validate import ValidationOptions, validate
+
+    if candidate is None:
+        candidate = original
+    validation = options.validation or ValidationOptions()
+    traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
+    if traced and not validation.trace_sizes:  # the export size is the first size validated
+        validation = dataclasses.replace(validation, trace_sizes=traced)
+    return validate(original, candidate, validation)
+
+
+def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
+    """Symbolic dim name -> export-time size, from --trace-shape NAME=2x400 and the inputs' dim names."""
+    sizes: dict[str, int] = {}
+    for graph_input in model.graph.input:
+        shape = trace_shapes.get(graph_input.name)
+        dims = graph_input.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape or (), strict=False):
+            if dim.dim_param and size is not None:
+                sizes.setdefault(dim.dim_param, int(size))
+    return sizes
+

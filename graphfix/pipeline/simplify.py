@@ -1,0 +1,224 @@
+"""onnxsim, bounded: in a child process, with a time limit, refused when it grows the model or renames I/O.
+
+onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
+large constants). So it runs in a child process with a timeout, and its result is checked before it replaces
+anything. On any failure the input is kept and the reason is returned in one line. The child is a fresh
+`python -m graphfix.pipeline.simplify IN OUT`, never a fork: the repair pipeline has onnxruntime sessions and writer
+threads running meanwhile, and a forked child inherits their locks but not their threads (onnxsim's own
+onnxruntime sessions then hang). The model it gets is the light one, a few megabytes to write.
+
+Weights are never sent to the child when they are external, stubs of a light model (see `graphfix.io.weights`),
+or too many for one protobuf: such initializers are *lifted* into graph inputs of the same name, type and shape,
+so onnxsim sees the graph's structure only (on BERT-base 0.1 s of work instead of 2 s of copying 435 MB in and
+out), and are put back afterwards as they were. Constant folding loses nothing by it: weights a foldable node
+reads are never stubs. What onnxsim can then not do is fuse values into those weights (MatMul+Add into Gemm,
+BatchNorm into Conv); onnxruntime performs the same fusions itself when it loads the model.
+
+The child imports onnxsim with torch hidden: onnxsim's package imports torch when it is installed (1.5 s),
+though simplification never uses it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from graphfix.io.external_data import tensor_nbytes
+from graphfix.io.protos import copy_without_initializers
+
+PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
+LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
+ERROR_MARKER = "graphfix-simplify-error: "
+GROWTH_SLACK_BYTES = 256 << 10  # tiny models may grow by this much (value_info, small folded constants)
+
+
+@dataclass
+class SimplifyResult:
+    model: onnx.ModelProto  # simplified model, or the input unchanged when skipped/failed
+    applied: bool
+    message: str  # '' or why it was skipped / failed / reverted, one line
+
+
+def simplify(
+    model: onnx.ModelProto,
+    *,
+    base_dir: Path | None = None,
+    timeout_s: float = 120.0,
+    max_growth: float = 1.25,
+) -> SimplifyResult:
+    """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything fails.
+
+    `base_dir` is where the model's external data lives; it is only needed to tell the caller the weights stay
+    there (they are never read here)."""
+    lifted = _liftable_initializers(model)
+    light = _lift_initializers(model, lifted)
+    outcome = _run_onnxsim_child(light, timeout_s)
+    del light  # the child has its own copy; holding ours would double the peak memory
+    if isinstance(outcome, str):
+        return SimplifyResult(model, False, outcome)
+    sent, received = outcome
+    simplified = _restore_initializers(received, model, lifted)
+    problem = _why_unacceptable(model, simplified, sent, received, max_growth)
+    if problem:
+        return SimplifyResult(model, False, problem)
+    return SimplifyResult(simplified, True, "")
+
+
+def _liftable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers onnxsim must not see: external ones always, big inline ones when the model is huge."""
+    external = {t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    inline = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL]
+    if sum(tensor_nbytes(t) for t in inline) <= PROTOBUF_SAFE_BYTES:
+        return external
+    return external | {t.name for t in inline if tensor_nbytes(t) >= LIFT_MIN_BYTES}
+
+
+def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """A copy of `model` where the named initializers are graph inputs (declared type and shape, no data)."""
+    light = copy_without_initializers(model)
+    light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
+    existing_inputs = {i.name for i in light.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name in names and tensor.name not in existing_inputs:
+            light.graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return light
+
+
+def _restore_initializers(
+    simplified: onnx.ModelProto, original: onnx.ModelProto, names: set[str]
+) -> onnx.ModelProto:
+    """Turn the lifted graph inputs back into the original initializers (external references intact)."""
+    if not names:
+        return simplified
+    used = {name for node in simplified.graph.node for name in node.input}
+    used |= {o.name for o in simplified.graph.output}
+    inputs = [i for i in simplified.graph.input if i.name not in names or _was_graph_input(original, i.name)]
+    del simplified.graph.input[:]
+    simplified.graph.input.extend(inputs)
+    simplified.graph.initializer.extend(
+        t for t in original.graph.initializer if t.name in names and t.name in used
+    )
+    return simplified
+
+
+def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
+    return any(i.name == name for i in model.graph.input)
+
+
+def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float) -> tuple[int, onnx.ModelProto] | str:
+    """(bytes sent, onnxsim's result), or one line saying why there is none."""
+    with tempfile.TemporaryDirectory(prefix="graphfix-sim-") as tmp:
+        source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        try:
+            onnx.save_model(light, str(source))
+        except ValueError as exc:  # still over 2 GB after lifting (huge Constant nodes)
+            return f"simplification skipped: model too large to serialize ({exc})"
+        command = [sys.executable, "-m", "graphfix.pipeline.simplify", str(source), str(target)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
+        if done.returncode != 0 or not target.exists():
+            reason = _last_line(done.stderr, done.returncode)
+            return f"simplification failed, kept the unsimplified graph: {reason}"
+        return source.stat().st_size, onnx.load_model(str(target), load_external_data=False)
+
+
+def _last_line(stderr: str, returncode: int) -> str:
+    """The child's one-line error report, else the last line it printed, else its exit status."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reports = [line.removeprefix(ERROR_MARKER) for line in lines if line.startswith(ERROR_MARKER)]
+    if reports:
+        return reports[-1]
+    return lines[-1] if lines else f"onnxsim exited with status {returncode}"
+
+
+def _why_unacceptable(
+    original: onnx.ModelProto,
+    simplified: onnx.ModelProto,
+    sent: int,
+    received: onnx.ModelProto,
+    max_growth: float,
+) -> str:
+    """'' when the simplified model may replace the original, else the reason it was reverted."""
+    before, after = sent, received.ByteSize()
+    if after > max_growth * before and after - before > GROWTH_SLACK_BYTES:
+        return (
+            f"simplification reverted: onnxsim grew the model from {before} to {after} bytes "
+            f"(limit {max_growth:g}x), likely by folding Tile/ConstantOfShape into large constants"
+        )
+    if _io_names(original) != _io_names(simplified):
+        return "simplification reverted: onnxsim changed the graph input/output names or order"
+    if _input_shapes(original) != _input_shapes(simplified):
+        return "simplification reverted: onnxsim changed graph input shapes (dynamic dims must stay dynamic)"
+    return ""
+
+
+def _io_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    return inputs, [o.name for o in model.graph.output]
+
+
+def _input_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [
+        [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    ]
+
+
+def _child_main(source: str, target: str) -> int:
+    """Entry point of the child process: simplify `source` into `target`; report errors in one line."""
+    try:
+        simplified, ok = _simplify_with_fallback(onnx.load_model(source))
+    except Exception as exc:
+        print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
+        return 1
+    if not ok:
+        print(ERROR_MARKER + "onnxsim's own check failed", file=sys.stderr)
+        return 2
+    onnx.save_model(simplified, target)
+    return 0
+
+
+def _simplify_with_fallback(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    onnxsim = _import_onnxsim()
+    try:
+        return onnxsim.simplify(model, skip_shape_inference=False)
+    except Exception:  # shape inference crashes on some valid models; try once without it
+        return onnxsim.simplify(model, skip_shape_inference=True)
+
+
+def _import_onnxsim():
+    """onnxsim, imported with torch hidden: its package imports torch when torch is installed (1.5 s and 200 MB
+    here) although `simplify` never uses it. Only the child process does this; where onnxsim needs torch after
+    all, it is imported again normally."""
+    if "torch" in sys.modules:
+        import onnxsim
+
+        return onnxsim
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, as on a machine without torch
+    try:
+        import onnxsim
+    except ImportError:
+        for name in [m for m in sys.modules if m == "onnxsim" or m.startswith("onnxsim.")]:
+            del sys.modules[name]
+        del sys.modules["torch"]
+        import onnxsim
+    else:
+        del sys.modules["torch"]
+    return onnxsim
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1], sys.argv[2]))

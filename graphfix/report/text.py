@@ -1,0 +1,77 @@
+"""Text and JSON renderings of what the commands found and did."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from graphfix import __version__
+from graphfix.core.rule import Finding, Severity
+
+COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+def emit_json(key: str, items: list[dict[str, Any]]) -> None:
+    click.echo(json.dumps({"graphfix": __version__, key: items}, indent=2))
+
+
+def finding_lines(finding: Finding) -> list[str]:
+    where = f" [{', '.join(finding.nodes[:3])}{'…' if len(finding.nodes) > 3 else ''}]" if finding.nodes else ""
+    head = (f"  {click.style(finding.severity.value, fg=COLORS[finding.severity.value])} "
+            f"{finding.rule} {finding.name}{where}: {finding.message}")
+    lines = [head]
+    if finding.shapes:
+        lines.append("      shapes: " + ", ".join(f"{k}={v}" for k, v in finding.shapes.items()))
+    if finding.hint:
+        lines.append(f"      fix: {finding.hint}")
+    if finding.fix is not None:
+        lines.append(f"      graphfix can: {finding.fix.summary} ({finding.fix.safety.value})")
+    return lines
+
+
+def findings_text(path: str, findings: list[Finding], error: str | None) -> str:
+    if error:
+        return f"graphfix: error: {error}"
+    if not findings:
+        return f"{path}: no findings"
+    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
+    summary = ", ".join(f"{n} {s.value}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
+    return "\n".join([f"{path}: {summary}", *(line for f in findings for line in finding_lines(f))])
+
+
+def worst_rank(findings: list[Finding]) -> int:
+    return max((f.severity.rank for f in findings), default=-1)
+
+
+def fails(findings: list[Finding], fail_on: str) -> bool:
+    return fail_on != "never" and worst_rank(findings) >= Severity(fail_on).rank
+
+def emit_result(result, fmt: str) -> int:
+    """Print a SurgeryResult (text or JSON) and return its exit code: 0 written, 1 refused by the check."""
+    if fmt == "json":
+        emit_json("models", [result.to_json()])
+        return 0 if result.passed else 1
+    status = click.style(result.status, fg="green" if result.passed else "red")
+    where = f" -> {result.output}" if result.output else ""
+    click.echo(f"{result.path}: {status}{where}")
+    if result.summary:
+        click.echo(f"  {result.summary}")
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    ran = [c for c in result.checks if c["ok"]]
+    broken = [c for c in result.checks if str(c.get("original", c.get("whole", ""))).startswith("failed")]
+    if broken:
+        from graphfix.validate.runner import failing_node
+
+        error = str(broken[0].get("original", broken[0].get("whole"))).removeprefix("failed: ")
+        where = failing_node(error)
+        what = f"node '{where[1]}' ({where[0]})" if where else error[:80]
+        click.echo(f"  the original fails at {len(broken)} of {len(result.checks)} size(s), in {what}; "
+                   "the result runs there")
+    if result.checks:
+        click.echo(f"  check: {'passed' if result.passed else 'FAILED'} at {len(ran)}/{len(result.checks)} size(s)")
+    if result.error:
+        click.echo(f"  error: {result.error} (nothing written)")
+    return 0 if result.passed else 1

@@ -1,0 +1,115 @@
+"""graphfix.export: exports, repairs and proves against PyTorch; explains exports that fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+import graphfix  # noqa: E402
+from graphfix.exporting.export import ExportError  # noqa: E402
+
+
+class Head(torch.nn.Module):
+    def __init__(self, baked: bool):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.baked = baked
+
+    def forward(self, x):
+        n = int(x.shape[0]) if self.baked else x.shape[0]  # int() bakes the export batch
+        return self.lin(x).reshape(n, -1, 4)
+
+
+class Net(torch.nn.Module):
+    def __init__(self, baked: bool):
+        super().__init__()
+        self.head = Head(baked)
+
+    def forward(self, x):
+        return self.head(x).relu()
+
+
+def independent_ok(path, module, sizes=(3, 5, 7)) -> bool:
+    """Our own comparison, sharing no code with graphfix: onnxruntime vs torch at several batch sizes."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in sizes:
+        x = torch.randn(batch, 8)
+        try:
+            got = session.run(None, {"x": x.numpy()})[0]
+        except Exception:
+            return False
+        want = module(x).detach().numpy()
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("baked", [False, True])
+def test_report_ok_agrees_with_an_independent_check(tmp_path, exporter, baked):
+    torch.manual_seed(0)
+    module = Net(baked).eval()
+    path = tmp_path / "net.onnx"
+    kwargs = ({"dynamic_axes": {"x": {0: "B"}}} if exporter == "torchscript"
+              else {"dynamic_shapes": {"x": {0: torch.export.Dim("B")}}})
+    report = graphfix.export(module, (torch.randn(3, 8),), path, input_names=["x"], exporter=exporter, **kwargs)
+    assert report.ok == independent_ok(path, module), report.summary()
+    assert len(report.checks) >= 3
+    if not baked:
+        assert report.ok, report.summary()
+        assert not [f for f in report.findings if f.severity.value == "error"]
+
+
+def test_tracer_warning_is_linked_to_the_finding_it_causes(tmp_path):
+    module = Net(baked=True).eval()
+    report = graphfix.export(module, (torch.randn(3, 8),), tmp_path / "net.onnx", input_names=["x"],
+                             dynamic_axes={"x": {0: "B"}})
+    notes = report.tracer_warnings
+    assert notes and "int(x.shape[0])" in notes[0].source and notes[0].scope == "/head"
+    linked = [report.findings[i] for i in report.causes]
+    assert linked and all(any(n.startswith("/head/") for n in f.nodes) for f in linked)
+
+
+class PadToMultiple(torch.nn.Module):
+    def forward(self, x):
+        m = x.size(-1) / 4
+        if m.is_integer():  # fairseq pad_to_multiple before the float() patch
+            return x
+        return torch.nn.functional.pad(x, (0, 1))
+
+
+class PackedCache(torch.nn.Module):
+    def forward(self, x, cache):
+        key_cache, value_cache = cache  # the cache layout changed to a (key, value) tuple
+        return x + key_cache + value_cache
+
+
+class StreamingPosEncoding(torch.nn.Module):
+    def forward(self, x):
+        raise NotImplementedError("firedasr not support streaming pos encding")
+
+
+class DataDependent(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+@pytest.mark.parametrize("module, args, exporter, expected", [
+    (PadToMultiple(), (torch.randn(2, 10),), "torchscript", "Tensor while tracing"),
+    (PackedCache(), (torch.randn(2, 4), torch.randn(3, 2, 4)), "torchscript", "cache layout"),
+    (StreamingPosEncoding(), (torch.randn(2, 4),), "torchscript", "encoder-decoder"),
+    (DataDependent(), (torch.randn(2, 4),), "dynamo", "depends on tensor values"),
+], ids=["is_integer", "unpack-cache", "firedasr", "dynamo-data-dependent"])
+def test_failed_export_is_explained_with_the_users_line(tmp_path, module, args, exporter, expected):
+    kwargs = {"dynamic_shapes": {"x": {0: torch.export.Dim("B")}}} if exporter == "dynamo" else {}
+    with pytest.raises(ExportError) as info:
+        graphfix.export(module, args, tmp_path / "m.onnx", exporter=exporter, **kwargs)
+    message = str(info.value)
+    assert expected in message
+    assert "test_export.py:" in message  # the user's source line, not torch's
+    assert info.value.__cause__ is not None  # the original exception stays chained
+    assert not (tmp_path / "m.onnx").exists()
