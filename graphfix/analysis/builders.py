@@ -49,14 +49,16 @@ class Builder:
         if isinstance(item, int):
             return self.const([item])
         if item.kind == "dim":
-            return self.shape(item.tensor, item.index, item.index + 1)
+            return self.dim(item.tensor, item.index)
         flat = self.op("Reshape", [item.tensor, self.const([-1])], dtype=None)
         picked = self.op("Slice", [flat, self.const([item.index]), self.const([item.index + 1])], dtype=None)
         return self.op("Cast", [picked], {"to": 7})
 
     def dim(self, tensor: gs.Tensor, axis: int) -> gs.Variable:
         """A 1-D int64 tensor [tensor.shape[axis]] computed at run time."""
-        return self.shape(tensor, axis, axis + 1)
+        if self.opset >= 15:
+            return self.shape(tensor, axis, axis + 1)
+        return self.op("Gather", [self.op("Shape", [tensor]), self.const([axis])], {"axis": 0})
 
     def scalar(self, vector: gs.Tensor, dtype) -> gs.Variable:
         """A 1-element int64 vector as a scalar of `dtype` (Range limits are scalars of the start's type)."""

@@ -1,0 +1,70 @@
+"""The one evaluator (constant folding and shape vectors) and the one builder (`Shape(x)[i]` vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from conftest import parse, run
+
+from graphfix.analysis.builders import Builder
+from graphfix.analysis.constants import Sym
+from graphfix.core.context import RuleContext, RuleOptions
+from graphfix.io.graphs import export_graph, import_graph
+
+EXPAND_MINUS_ONE = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, 1, 4] x) => (float[B, 3, 4] y) {
+    n = Constant <value = int64[1] {3}> ()
+    shape_b = Shape <start = 0, end = 1> (x)
+    ones = ConstantOfShape <value = int64[1] {1}> (n)
+    minus = Constant <value = int64 {-1}> ()
+    scaled = Mul (ones, minus)
+    wanted = Constant <value = int64[3] {-1, 3, 4}> ()
+    eq = Equal (wanted, scaled)
+    fixed = Where (eq, ones, wanted)
+    y = Expand (x, fixed)
+    four = Constant <value = int64[1] {4}> ()
+    vec = Concat <axis = 0> (shape_b, four)
+}
+"""
+
+
+def _context(text: str) -> RuleContext:
+    model = parse(text)
+    return RuleContext(model, import_graph(model), None, RuleOptions())
+
+
+def test_value_folds_a_constant_only_chain():
+    ctx = _context(EXPAND_MINUS_ONE)
+    fixed = ctx.tensors["fixed"]
+    assert ctx.evaluator.value(fixed).tolist() == [1, 3, 4]
+    assert ctx.evaluator.value(ctx.tensors["x"]) is None  # a graph input is not constant
+
+
+def test_elems_keep_dynamic_dims_as_symbols_and_read_folded_constants():
+    ctx = _context(EXPAND_MINUS_ONE)
+    elems = ctx.evaluator.elems(ctx.tensors["vec"])
+    assert elems[1] == 4
+    assert isinstance(elems[0], Sym) and elems[0].kind == "dim" and elems[0].tensor is ctx.tensors["x"]
+    assert ctx.evaluator.elems(ctx.tensors["fixed"]) == [1, 3, 4]  # the two views agree
+
+
+def test_builder_vector_reads_dims_at_run_time():
+    model = parse("""
+        < ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, T, 8] x) => (float[B, T, 8] y) { y = Identity (x) }
+    """)
+    graph = import_graph(model)
+    x = graph.inputs[0]
+    vector = Builder(graph, "test", 17).vector([(x, 1), 2, 4, (x, 0)])
+    vector.dtype, vector.shape = np.int64, [4]
+    graph.outputs.append(vector)
+    out = export_graph(graph, model)
+    (_, got) = run(out, {"x": np.zeros((3, 5, 8), np.float32)})
+    assert got.tolist() == [5, 2, 4, 3]
+    assert [n.op for n in graph.nodes if n.op == "Shape"] == ["Shape", "Shape"]
+
+
+def test_builder_keeps_an_all_constant_vector_constant():
+    graph = gs.Graph(opset=17)
+    assert isinstance(Builder(graph, "c", 17).vector([1, 2]), gs.Constant) and not graph.nodes
