@@ -11,7 +11,13 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.edits import arange_input, loosened, replace_input, set_constant
-from graphfix.analysis.export_sizes import ExportSizes, export_sizes, regroups_static_trailing_dims, split_sizes
+from graphfix.analysis.export_sizes import (
+    ExportSizes,
+    export_sizes,
+    input_dim_behind,
+    regroups_static_trailing_dims,
+    split_sizes,
+)
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -297,6 +303,10 @@ class TraceBakedShape(Rule):
             return
         axis = int(node.attrs.get("axis", 0)) % len(shape)
         if not isinstance(shape[axis], str):
+            return
+        if input_dim_behind(ctx, sizes, node.inputs[0], axis) is None:  # no constraint ties it to an input dim
+            yield self.reject(f"Split on dim {shape[axis]}, which no dynamic input dim is seen to set: it may be "
+                              "fixed in every run (one image, four box coordinates)", nodes=[node])
             return
         yield self.finding(
             f"Split '{node.name}' splits dynamic dim {shape[axis]} of {node.inputs[0].name} into fixed sizes "

@@ -7,6 +7,7 @@ constant one, Split sizes, and onnxruntime's symbolic inference merging a dynami
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -143,3 +144,17 @@ def regroups_static_trailing_dims(shape: list, target: list[int], j: int) -> boo
         if k <= j and product in static_products:
             return True
     return False
+
+
+def input_dim_behind(ctx: RuleContext, sizes: ExportSizes, tensor: gs.Tensor, axis: int) -> str | None:
+    """The expression of `tensor`'s dim at `axis` when it is computed from a graph input's dynamic dim (its own
+    name, or onnxruntime's symbolic expression naming one), else None: a dim the exporter merely left unnamed
+    (`unk__238`) may be fixed in every valid run, like the per-image axis of a detector or four box coordinates."""
+    shape = ctx.shape(tensor) or []
+    if axis < len(shape) and isinstance(shape[axis], str) and shape[axis] in sizes.carriers:
+        return shape[axis]
+    symbolic = ctx.unmerged_shapes.get(tensor.name) or []
+    dim = symbolic[axis] if axis < len(symbolic) else None
+    if isinstance(dim, str) and set(re.findall(r"[A-Za-z_]\w*", dim)) & set(sizes.carriers):
+        return dim
+    return None

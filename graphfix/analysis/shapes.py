@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
 from graphfix.io.external_data import tensor_nbytes
 from graphfix.io.weights import stub
 
@@ -51,30 +53,96 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return light
 
 
+@dataclass
+class SymbolicShapes:
+    """What onnxruntime's symbolic shape inference found within its time: tensor name -> shape, and why it is
+    incomplete (empty when it finished). A node that ran past its own time got fresh dims and inference went on;
+    when the whole time ran out, tensors past that point have no shape."""
+
+    value_info: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def shapes(self) -> dict[str, list[int | str | None]]:
+        return {name: value_info_shape(vi) for name, vi in self.value_info.items()}
+
+
 def symbolic_shapes(model: onnx.ModelProto, *, merge: bool = True) -> dict[str, list[int | str | None]]:
-    """Tensor name -> shape with symbolic dim names, from onnxruntime's symbolic shape inference; {} on failure.
+    """Tensor name -> shape with symbolic dim names (see `symbolic_inference`); {} on failure."""
+    return symbolic_inference(model, merge=merge).shapes
+
+
+def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: float | None = None,
+                       guess_rank: bool = True) -> SymbolicShapes:
+    """onnxruntime's symbolic shape inference, time bounded (`shape_seconds()` for the whole graph,
+    `NODE_SECONDS` per node); returns what it inferred even when it stopped early.
 
     `merge=True` (auto_merge) lets a dynamic dim be merged with a constant it meets, which reveals export-time
     sizes but rewrites dims on a broken graph; `merge=False` keeps the names and returns what was inferred
     before inference stopped. Unlike the library's `infer_shapes`, an incomplete run neither raises nor writes
     `sym_shape_infer_temp.onnx` into the working directory.
     """
+    seconds = shape_seconds() if seconds is None else seconds
     ort_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level = ort_log.level
     ort_log.setLevel(logging.ERROR)  # it warns about every mismatch the rules are about to report
+    result = SymbolicShapes()
+    inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, guess_rank, 0)
     try:
-        inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, True, 0)
-        inference._preprocess(model)
-        while inference.run_:
-            inference._infer_impl()
-        inference._update_output_from_vi()
-        graph = inference.out_mp_.graph
+        with Watchdog(seconds) as dog:
+            inference.dispatcher_ = {op: _bounded(inference, dog, handler, result)
+                                     for op, handler in inference.dispatcher_.items()}
+            inference._preprocess(model)
+            while inference.run_:
+                inference._infer_impl()
+    except OutOfTime:
+        result.incomplete.append(f"symbolic shape inference ran out of its {seconds:g} s "
+                                 f"(GRAPHFIX_SHAPE_SECONDS); tensors past that point have no inferred shape")
     except Exception as exc:  # it does not know every op; rules then fall back to onnx's shapes
         log.debug("symbolic shape inference failed: %s", exc)
-        return {}
+        return SymbolicShapes(incomplete=result.incomplete)
     finally:
         ort_log.setLevel(level)
-    return {vi.name: value_info_shape(vi) for vi in (*graph.value_info, *graph.output, *graph.input)}
+    if not hasattr(inference, "out_mp_"):
+        return result
+    inference._update_output_from_vi()
+    graph = inference.out_mp_.graph
+    result.value_info = {vi.name: vi for vi in (*graph.value_info, *graph.output, *graph.input)}
+    return result
+
+
+def _bounded(inference, dog: Watchdog, handler, result: SymbolicShapes):
+    """The node handler, stopped after NODE_SECONDS: the node's outputs then get fresh symbolic dims."""
+
+    def run(node: onnx.NodeProto) -> None:
+        note = (f"{node.op_type} node '{node.name}' took over {NODE_SECONDS:g} s in symbolic shape inference: "
+                "its outputs got new dim names")
+        if note in result.incomplete:  # inference restarts after each merge: do not pay for the node again
+            _fresh_dims(inference, node)
+            return
+        try:
+            with dog.step(NODE_SECONDS):
+                handler(node)
+        except OutOfTime:
+            if dog.expired:
+                raise
+            _fresh_dims(inference, node)
+            result.incomplete.append(note)
+
+    return run
+
+
+def _fresh_dims(inference, node: onnx.NodeProto) -> None:
+    module = _symbolic_shape_infer()
+    for index, name in enumerate(node.output):
+        vi = inference.known_vi_.get(name)
+        if not name or vi is None:
+            continue
+        shape = value_info_shape(vi)
+        rank = len(shape) if shape else inference._get_shape_rank(node, 0)
+        elem = vi.type.tensor_type.elem_type or inference.known_vi_[node.input[0]].type.tensor_type.elem_type
+        dims = module.get_shape_from_sympy_shape(inference._new_symbolic_shape(rank, node, index))
+        vi.CopyFrom(onnx.helper.make_tensor_value_info(name, elem, dims))
 
 
 @functools.cache

@@ -36,6 +36,7 @@ class RuleContext:
         self.graph = graph
         self.base_dir = base_dir
         self.options = options
+        self.notes: list[str] = []  # analysis that ran out of time; reported as info findings of the rule that asked
 
     @cached_property
     def opset(self) -> int:
@@ -90,16 +91,22 @@ class RuleContext:
 
         Slower than onnx's shape inference: compute it only when a rule has a candidate that needs it.
         """
-        from graphfix.analysis.shapes import symbolic_shapes
-
-        return symbolic_shapes(self.model, merge=True)
+        return self._symbolic(merge=True)
 
     @cached_property
     def unmerged_shapes(self) -> dict[str, list[int | str | None]]:
         """Like `symbolic_shapes` but without auto-merge: dim names survive a broken graph (partial results)."""
-        from graphfix.analysis.shapes import symbolic_shapes
+        return self._symbolic(merge=False)
 
-        return symbolic_shapes(self.model, merge=False)
+    def _symbolic(self, merge: bool) -> dict[str, list[int | str | None]]:
+        """Time-bounded symbolic inference; why it is incomplete goes to `self.notes` for the engine to report."""
+        from graphfix.analysis.shapes import symbolic_inference
+
+        result = symbolic_inference(self.model, merge=merge)
+        if result.incomplete:
+            self.notes.append(result.incomplete[-1]
+                              + (f" (and {len(result.incomplete) - 1} more)" if len(result.incomplete) > 1 else ""))
+        return result.shapes
 
     def shape(self, tensor: gs.Tensor) -> list[int | str | None] | None:
         """The tensor's shape: ints for static dims, strings for named dynamic dims, None when unknown."""

@@ -70,6 +70,7 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
     for rule_cls in rules:
         if rule_cls.runtime_only or (ctx.options.static and rule_cls.needs_weights):
             continue
+        noted = len(ctx.notes)
         try:
             for item in rule_cls().detect(ctx):
                 (result.rejections if isinstance(item, Rejection) else result.findings).append(item)
@@ -78,6 +79,9 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
                 Finding(rule_cls.code, "internal-error", Severity.ERROR,
                         f"rule {rule_cls.code} ({rule_cls.name}) crashed: {format_traceback(exc)}")
             )
+        result.findings.extend(Finding(rule_cls.code, "analysis-incomplete", Severity.INFO,
+                                       f"{note}; {rule_cls.code} judged the rest without those shapes")
+                               for note in ctx.notes[noted:])
     return result
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 import onnx.utils
 
-from graphfix.analysis.shapes import infer_shapes, skeleton
+from graphfix.analysis.shapes import infer_shapes, skeleton, symbolic_inference
 from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
@@ -176,14 +176,10 @@ def _vague(vi: onnx.ValueInfoProto) -> bool:
 
 
 def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(skeleton(model), auto_merge=True, guess_output_rank=True)
-    except Exception as exc:
-        log.debug("symbolic shape inference failed: %s", exc)
-        return {}
-    return {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type} if inferred else {}
+    inferred = symbolic_inference(skeleton(model), merge=True)
+    inputs = {i.name for i in model.graph.input}
+    return {name: vi for name, vi in inferred.value_info.items()
+            if name not in inputs and vi.type.tensor_type.elem_type}
 
 
 def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: list[str],
