@@ -135,8 +135,19 @@ def llama_06b(path: Path) -> Path:
     return path
 
 
+def maskrcnn(path: Path) -> Path:
+    """torchvision Mask R-CNN (ResNet-50 FPN, random weights, small images), TorchScript export with dynamic H, W;
+    built by the test fixture, which registers torchvision's two compiled ops as Python CPU kernels."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fixtures.torchvision_models import build, export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export(build("maskrcnn_resnet50_fpn"), path)
+
+
 if __name__ == "__main__":
-    builder = {"chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b,
+    builder = {"maskrcnn": maskrcnn, "chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b,
                "bert_base_with_dead_branch": bert_base_with_dead_branch,
                "llama_06b_with_dead_branch": llama_06b_with_dead_branch,
                "llama_06b_with_scale_input": llama_06b_with_scale_input}[sys.argv[1]]

@@ -1,0 +1,97 @@
+"""torchvision detectors exported as users export them: Faster R-CNN (MobileNetV3 320 FPN), RetinaNet, Mask R-CNN
+and Keypoint R-CNN, random weights, TorchScript exporter, dynamic image height and width.
+
+They run in onnxruntime and match PyTorch at every size, so graphfix must find no error in them: statically
+(symbolic shape inference on these graphs would spend minutes in sympy without its time bound), with runtime
+probing, through `repair` (exit 0, model unchanged) and `check`. Each command's time is printed; the 60 s
+figure is recorded by benchmarks/run.py, not asserted here. Exports are made once per session (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import graphfix
+from graphfix.cli import main as cli
+from graphfix.core.rule import Severity
+
+pytest.importorskip("torch")
+if importlib.util.find_spec("torchvision") is None:  # imported by the fixture, after it registers the ops
+    pytest.skip("torchvision is not installed", allow_module_level=True)
+
+from fixtures.torchvision_models import CHECK_SIZES, DETECTORS, EXPORT_SIZE, build, export, image
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+BOX_ATOL = 0.05  # pixels; boxes go through several float32 reductions in both runtimes
+ATOL = 2e-3
+
+
+@pytest.fixture(scope="session")
+def detectors(tmp_path_factory):
+    """name -> (Detector, path of its export), exported once per session."""
+    folder = tmp_path_factory.mktemp("torchvision")
+    made = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values in torchvision's code
+        for name in DETECTORS:
+            detector = build(name)
+            made[name] = (detector, export(detector, folder / f"{name}.onnx"))
+    return made
+
+
+def _timed(what: str, name: str, call):
+    start = time.perf_counter()
+    result = call()
+    print(f"{name}: {what} {time.perf_counter() - start:.1f} s")
+    return result
+
+
+def _errors(findings) -> list[str]:
+    return [f"{f.rule}: {f.message}" for f in findings if f.severity is Severity.ERROR]
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_export_matches_pytorch_at_several_sizes(detectors, name):
+    detector, path = detectors[name]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in (EXPORT_SIZE, *CHECK_SIZES):
+        picture = image(*size, seed=1)
+        got = session.run(None, {"images": picture.numpy()})
+        want = detector(picture)
+        assert got[0].shape[0] > 0, "random weights must still detect something, or the comparison is empty"
+        for output, a, b in zip(detector.outputs, got, want, strict=True):
+            assert a.shape == b.shape, (size, output)
+            np.testing.assert_allclose(a, b, atol=BOX_ATOL if output == "boxes" else ATOL, rtol=1e-3,
+                                       err_msg=f"{name} {output} at {size}")
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_static_diagnosis_has_no_error(detectors, name):
+    _, path = detectors[name]
+    findings = _timed("diagnose --static", name, lambda: graphfix.diagnose(path, static=True))
+    assert not _errors(findings)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_runtime_diagnosis_has_no_error(detectors, name):
+    _, path = detectors[name]
+    findings = _timed("diagnose", name, lambda: graphfix.diagnose(path))
+    assert not _errors(findings)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("command", ["repair", "check"])
+def test_commands_exit_zero(detectors, name, command, tmp_path):
+    _, path = detectors[name]
+    args = [command, str(path)] + (["-o", str(tmp_path / "out.onnx")] if command == "repair" else [])
+    result = _timed(command, name, lambda: CliRunner().invoke(cli, args))
+    assert result.exit_code == 0, result.output
+    if command == "repair":
+        assert "unchanged" in result.output, result.output
