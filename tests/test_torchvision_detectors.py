@@ -29,8 +29,8 @@ if importlib.util.find_spec("torchvision") is None:  # imported by the fixture, 
 from fixtures.torchvision_models import CHECK_SIZES, DETECTORS, EXPORT_SIZE, build, export, image
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
-BOX_ATOL = 0.05  # pixels; boxes go through several float32 reductions in both runtimes
-ATOL = 2e-3
+# boxes in pixels go through several float32 reductions; mask edges are interpolated in a scripted Loop
+ATOL = {"boxes": 0.05, "masks": 0.02}
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def test_export_matches_pytorch_at_several_sizes(detectors, name):
         assert got[0].shape[0] > 0, "random weights must still detect something, or the comparison is empty"
         for output, a, b in zip(detector.outputs, got, want, strict=True):
             assert a.shape == b.shape, (size, output)
-            np.testing.assert_allclose(a, b, atol=BOX_ATOL if output == "boxes" else ATOL, rtol=1e-3,
+            np.testing.assert_allclose(a, b, atol=ATOL.get(output, 2e-3), rtol=1e-3,
                                        err_msg=f"{name} {output} at {size}")
 
 
