@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import graphfix
-from graphfix.cli import main as cli
+from graphfix.cli import cli
 from graphfix.core.rule import Severity
 
 pytest.importorskip("torch")
@@ -29,8 +29,9 @@ if importlib.util.find_spec("torchvision") is None:  # imported by the fixture, 
 from fixtures.torchvision_models import CHECK_SIZES, DETECTORS, EXPORT_SIZE, build, export, image
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
-# boxes in pixels go through several float32 reductions; mask edges are interpolated in a scripted Loop
-ATOL = {"boxes": 0.05, "masks": 0.02}
+# pixels and heatmap logits (about 20) go through float32 reductions; mask edges are pasted in a scripted Loop
+ATOL = {"boxes": 0.05, "masks": 0.02, "keypoints": 0.05, "keypoints_scores": 0.05}
+KEYPOINT_FLIPS = 0.02
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +69,11 @@ def test_export_matches_pytorch_at_several_sizes(detectors, name):
         assert got[0].shape[0] > 0, "random weights must still detect something, or the comparison is empty"
         for output, a, b in zip(detector.outputs, got, want, strict=True):
             assert a.shape == b.shape, (size, output)
-            np.testing.assert_allclose(a, b, atol=ATOL.get(output, 2e-3), rtol=1e-3,
-                                       err_msg=f"{name} {output} at {size}")
+            close = np.isclose(a, b, atol=ATOL.get(output, 2e-3), rtol=1e-3)
+            # a keypoint is the argmax of a random heatmap: float noise may move it to a near-equal peak (its
+            # score, the max itself, must still agree)
+            allowed = int(KEYPOINT_FLIPS * close.size) if output == "keypoints" else 0
+            assert np.count_nonzero(~close) <= allowed, f"{name} {output} at {size}: {np.abs(a - b).max()}"
 
 
 @pytest.mark.parametrize("name", DETECTORS)
