@@ -18,6 +18,7 @@ from graphfix.analysis.broadcast import (
     pair_verdict,
     right_aligned,
 )
+from graphfix.analysis.sizes import sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -123,9 +124,10 @@ class BroadcastMismatch(Rule):
             coarse = [ctx.shape(t) for t in operands]
             if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
-            if refined is None:  # one symbolic inference per graph, only once a candidate needs it
-                refined = ctx.unmerged_shapes
-            shapes = [merge_shape(refined.get(t.name), s) for t, s in zip(operands, coarse, strict=True)]
+            if refined is None:  # one symbolic size analysis per graph, only once a candidate needs it
+                refined = sizes_of(ctx)
+            shapes = [merge_shape(refined.dims(t), s) for t, s in zip(operands, coarse, strict=True)]
+            shapes = _as_declared(ctx, node, shapes, inputs)
             if any(s is None for s in shapes):
                 yield self.reject("an operand's rank is unknown", nodes=[node])
                 continue
@@ -204,6 +206,23 @@ class BroadcastMismatch(Rule):
                 "exactly PyTorch's index_put with a bool mask")
         return Fix(summary, apply=_unsqueeze(node, {i: len(shapes[i]) for i in lower}, rank, ctx.opset),
                    safety=safety, reason=reason)
+
+
+def _as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
+    """Where the node writes a graph output whose dims the export declared (`[batch, frames, 768]`), an operand of
+    the output's rank has, on each axis, either 1 or the output's dim: a computed size there (`floor(T/320)`, a dim
+    onnx could not name) is the declared name."""
+    out = node.outputs[0]
+    declared = ctx.shape(out) if out.name in ctx.graph_output_names else None
+    if not declared:
+        return shapes
+    unified = []
+    for shape in shapes:
+        if shape is not None and len(shape) == len(declared):
+            shape = [d if d == 1 or not is_input_dim(name, inputs) or isinstance(d, int) else name
+                     for d, name in zip(shape, declared, strict=True)]
+        unified.append(shape)
+    return unified
 
 
 def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:

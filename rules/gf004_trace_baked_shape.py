@@ -10,7 +10,8 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import arange_axis
-from graphfix.analysis.edits import arange_input, loosened, replace_input, set_constant
+from graphfix.analysis.edits import arange_input, loosened, rebuilt_entries, replace_input, set_constant, size_expr
+from graphfix.analysis.sizes import baked_reshapes, sizes_of
 from graphfix.analysis.export_sizes import ExportSizes, export_sizes, regroups_static_trailing_dims, split_sizes
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
@@ -114,6 +115,7 @@ class TraceBakedShape(Rule):
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         ev = ctx.evaluator
         sizes = export_sizes(ctx, ev)
+        yield from self._solved_reshapes(ctx, ev)
         for node in ctx.graph.nodes:
             if node.op == "Reshape":
                 yield from self._reshape(ctx, ev, sizes, node)
@@ -129,6 +131,52 @@ class TraceBakedShape(Rule):
                 yield from self._value_only(ctx, ev, sizes, node)
             elif node.op in BROADCAST_OPS:
                 yield from self._broadcast_constant(ctx, sizes, node)
+
+    # --- Reshape shapes whose element count pins a size (solved constraints) --------------------------------------
+    def _solved_reshapes(self, ctx: RuleContext, ev) -> Iterator[Finding | Rejection]:
+        """Reshapes whose shape vector is partly computed and partly constant (MultiheadAttention's
+        `Concat([7], Mul(Shape..), [4])`): the symbolic size analysis solves the element count for the size it
+        pins and rebuilds the constant entry that stands for it."""
+        candidates = [node for node in ctx.graph.nodes if node.op == "Reshape" and _partly_constant(ev, node)]
+        if not candidates:
+            return  # the analysis is only paid for when some shape vector mixes constants and run-time sizes
+        sizes = sizes_of(ctx)
+        wanted = {id(node) for node in candidates}
+        for baked in baked_reshapes(sizes):
+            node = baked.node
+            if id(node) not in wanted:
+                continue  # constant shape vectors: the checks below own them
+            yield self._solved_finding(ctx, sizes, baked)
+        if sizes.incomplete:
+            yield self.reject(sizes.incomplete + "; later Reshapes were not checked (analysis incomplete)")
+
+    def _solved_finding(self, ctx: RuleContext, sizes, baked) -> Finding:
+        node, solution = baked.node, baked.solution
+        data = node.inputs[0]
+        target = [str(t) for t in sizes.value(node.inputs[1])]
+        sym, value = solution.symbol, solution.value
+        base = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
+                f"{solution.constraint.left} equals that of its shape [{', '.join(target)}] only at {sym}={value}, "
+                f"so onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
+        shapes = {data.name: sizes.dims(data)}
+        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
+        if len(entries) != 1:
+            detail = ("; no constant entry of the shape can be rebuilt from the sizes" if not entries else
+                      "; ambiguous: entries " + ", ".join(f"{e.index} ({e.value} = {e.expr})" for e in entries)
+                      + " could each stand for it")
+            return self.finding(base + detail, nodes=[node], tensors=[data, node.inputs[1]], shapes=shapes,
+                                hint=HINT_INT + " Give --trace-shape NAME=DIMS to tell which entry is baked.")
+        entry = entries[0]
+        return self.finding(
+            base + f"; entry {entry.index} ({entry.value}) is {entry.expr}",
+            nodes=[node], tensors=[data, node.inputs[1]], shapes=shapes, hint=HINT_INT,
+            fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
+                    apply=loosened(node, {value}, rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes,
+                                                                  ctx.opset)),
+                    safety=Safety.SAFE,
+                    reason=f"solved from the element count: entry {entry.index} must be {entry.expr} at every size, "
+                           f"and it was {entry.value} at export"))
+
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -428,3 +476,11 @@ def _show(entries) -> str:
 
 def _changed(target: list[int], entries) -> set[int]:
     return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
+
+
+def _partly_constant(ev, node: gs.Node) -> bool:
+    """A shape vector with a constant entry > 1 next to entries computed at run time, on a dynamic input."""
+    elems = ev.elems(node.inputs[1])
+    if not elems or all(isinstance(e, int) for e in elems):
+        return False
+    return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)

@@ -1,0 +1,28 @@
+"""The symbolic size analysis every rule shares: `sizes_of(ctx)` (lazy, cached per graph state, time bounded).
+
+    sizes = sizes_of(ctx)
+    sizes.shape(tensor)      # (B, T, 16) as sympy expressions, None where unknown
+    sizes.value(vector)      # (7, 4*B, 4): a shape vector element by element
+    sizes.constraints        # what must hold for the graph to run at every size (and does not identically)
+    for baked in baked_reshapes(sizes): ...   # solved: T = 7 at export, entry 0 stands for T
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from graphfix.analysis.sizes.core import Constraint, Sizes
+from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, baked_reshapes, solve
+
+BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sizes_of(ctx) -> Sizes:
+    """The size analysis of this rule context's graph, built on first use (rules without a candidate never pay)."""
+    if ctx not in _CACHE:
+        _CACHE[ctx] = Sizes(ctx.graph, ctx.evaluator.value, budget_s=BUDGET_S)
+    return _CACHE[ctx]
+
+
+__all__ = ["BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "sizes_of", "solve"]

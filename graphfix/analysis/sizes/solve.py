@@ -1,0 +1,90 @@
+"""Constraints solved: the export-time size a constraint pins, and the expressions that baked entries stand for.
+
+A Reshape `[T, B, 16] -> Concat([7], B*4, [4])` conserves elements only when `16*B*T = 112*B`, i.e. at T = 7: the
+trace baked T. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
+the element count holds at every size (`16*B*T / (4*B*4) = T`); entry 2 would need `4*T/7`. One such entry is a
+solved fix; several are ambiguous and the caller validates or reports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+import sympy
+
+from graphfix.analysis.sizes.core import Constraint, Sizes
+
+MAX_CANDIDATES = 4
+
+
+@dataclass
+class Solution:
+    """A constraint that holds at one value of one symbol only: the export-time size the trace baked."""
+
+    constraint: Constraint
+    symbol: sympy.Symbol
+    value: int
+
+
+@dataclass
+class BakedEntry:
+    """Entry `index` of a shape vector holds `value`, the export-time value of `expr`."""
+
+    index: int
+    value: int
+    expr: sympy.Expr
+
+
+@dataclass
+class BakedShape:
+    """A node whose shape vector bakes `symbol` = `value`; `entries` holds one candidate (solved) or several."""
+
+    node: gs.Node
+    solution: Solution
+    entries: list[BakedEntry]
+
+    @property
+    def equation(self) -> str:
+        return f"{self.solution.constraint.left} = {self.solution.constraint.right}"
+
+
+def solve(constraint: Constraint) -> Solution | None:
+    """The one positive whole value of one symbol at which the constraint holds, else None."""
+    equation = sympy.simplify(constraint.left - constraint.right)
+    for symbol in sorted(equation.free_symbols, key=str):
+        try:
+            roots = sympy.solve(equation, symbol)
+        except (NotImplementedError, TypeError, ValueError):
+            continue  # sympy cannot isolate this symbol (floor, Min): no proof from it
+        if len(roots) == 1 and roots[0].is_Integer and roots[0] > 0:
+            return Solution(constraint, symbol, int(roots[0]))
+    return None
+
+
+def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
+    """Reshapes whose element count holds at one size only, with the constant entries that can stand for it."""
+    for constraint in sizes.constraints:
+        if constraint.kind != "reshape":
+            continue  # other constraints prove a size too, but only a shape vector entry can be rebuilt
+        solution = solve(constraint)
+        if solution is None:
+            continue
+        target = [sympy.sympify(t) for t in sizes.value(constraint.node.inputs[1])]
+        yield BakedShape(constraint.node, solution, _entries(constraint.left, target, solution))
+
+
+def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) -> list[BakedEntry]:
+    found = []
+    for j, t in enumerate(target):
+        if not t.is_Integer or t <= 1:
+            continue  # only constants can be baked; 1 and -1 never are
+        rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
+        expr = sympy.simplify(total / rest)
+        if sympy.denom(sympy.together(expr)) != 1 or not expr.free_symbols:
+            continue  # the entry cannot be a whole-number expression of the sizes
+        if expr.subs(solution.symbol, solution.value) != t:
+            continue  # it would not have been this constant at export
+        found.append(BakedEntry(j, int(t), expr))
+    return found[:MAX_CANDIDATES]
