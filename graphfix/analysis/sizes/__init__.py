@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
-from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, baked_reshapes, solve
+from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, baked_reshapes, bind, relations, solve
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -25,4 +25,17 @@ def sizes_of(ctx) -> Sizes:
     return _CACHE[ctx]
 
 
-__all__ = ["BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "sizes_of", "solve"]
+def tied_dims(model) -> dict:
+    """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
+    import onnx_graphsurgeon as gs
+
+    from graphfix.analysis.shapes import infer_shapes
+    from graphfix.core.context import RuleContext, RuleOptions
+
+    inferred = infer_shapes(model)
+    ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+    return relations(sizes_of(ctx))
+
+
+__all__ = ["BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "relations", "sizes_of", "solve",
+           "tied_dims"]

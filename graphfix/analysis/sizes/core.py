@@ -49,7 +49,7 @@ class Sizes(OpShapes):
     symbols: dict[str, sympy.Symbol] = field(default_factory=dict)
     bounds: dict[sympy.Symbol, tuple[int, str]] = field(default_factory=dict)  # symbol <= N, and why
     _constraints: list[Constraint] = field(default_factory=list)
-    incomplete: str = ""
+    _incomplete: str = ""
     _shapes: dict[int, Shape | None] = field(default_factory=dict)
     _values: dict[int, tuple | None] = field(default_factory=dict)
     _done: bool = False
@@ -69,6 +69,12 @@ class Sizes(OpShapes):
         if shape is None:
             return None
         return [None if d is None else (int(d) if d.is_Integer else str(d)) for d in shape]
+
+    @property
+    def incomplete(self) -> str:
+        """Why the pass stopped early ("" when it covered the graph)."""
+        self._run()
+        return self._incomplete
 
     @property
     def constraints(self) -> list[Constraint]:
@@ -120,7 +126,7 @@ class Sizes(OpShapes):
             self._shapes[id(tensor)] = self._declared(tensor, fresh=True)
         for count, node in enumerate(self.graph.nodes):
             if count % 64 == 0 and time.monotonic() > deadline:
-                self.incomplete = f"symbolic size analysis stopped after {self.budget_s:g} s at node '{node.name}'"
+                self._incomplete = f"symbolic size analysis stopped after {self.budget_s:g} s at node '{node.name}'"
                 return
             try:
                 self._node(node)

@@ -88,3 +88,28 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) ->
             continue  # it would not have been this constant at export
         found.append(BakedEntry(j, int(t), expr))
     return found[:MAX_CANDIDATES]
+
+
+def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
+    """Graph-input dims that a constraint ties to an expression of the others: `frames = floor(samples/320)` when a
+    padding mask's length must equal the encoder's frame count. Inputs fed at other sizes are invalid inputs."""
+    found: dict[str, sympy.Expr] = {}
+    for constraint in sizes.constraints:
+        for left, right in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
+            if left.is_Symbol and left.name not in found and right.free_symbols and left not in right.free_symbols:
+                found[left.name] = right
+                break
+    return found
+
+
+def bind(binding: dict[str, int], tied: dict[str, sympy.Expr]) -> dict[str, int]:
+    """`binding` with each tied dim computed from the others (kept as chosen where that gives no valid size)."""
+    out = dict(binding)
+    for name, expr in tied.items():
+        symbols = {s: out[s.name] for s in expr.free_symbols if s.name in out}
+        if len(symbols) != len(expr.free_symbols):
+            continue  # depends on a dim this binding does not size
+        value = expr.subs(symbols)
+        if value.is_Integer and value >= 1:
+            out[name] = int(value)
+    return out
