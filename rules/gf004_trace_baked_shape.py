@@ -11,8 +11,15 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.edits import arange_input, loosened, rebuilt_entries, replace_input, set_constant, size_expr
-from graphfix.analysis.sizes import baked_reshapes, sizes_of
-from graphfix.analysis.export_sizes import ExportSizes, export_sizes, regroups_static_trailing_dims, split_sizes
+from graphfix.analysis.export_sizes import (
+    carriers_of,
+    changed_values,
+    export_sizes,
+    regroups_static_trailing_dims,
+    show_entries,
+    split_sizes,
+)
+from graphfix.analysis.sizes import baked_reshapes, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -132,51 +139,39 @@ class TraceBakedShape(Rule):
             elif node.op in BROADCAST_OPS:
                 yield from self._broadcast_constant(ctx, sizes, node)
 
-    # --- Reshape shapes whose element count pins a size (solved constraints) --------------------------------------
+    # --- partly constant Reshape shapes: the element count pins a size (solved constraint) ------------------------
     def _solved_reshapes(self, ctx: RuleContext, ev) -> Iterator[Finding | Rejection]:
-        """Reshapes whose shape vector is partly computed and partly constant (MultiheadAttention's
-        `Concat([7], Mul(Shape..), [4])`): the symbolic size analysis solves the element count for the size it
-        pins and rebuilds the constant entry that stands for it."""
-        candidates = [node for node in ctx.graph.nodes if node.op == "Reshape" and _partly_constant(ev, node)]
-        if not candidates:
-            return  # the analysis is only paid for when some shape vector mixes constants and run-time sizes
+        """MultiheadAttention's `Concat([7], B*heads, [4])`: the size analysis solves the element count for the
+        size it pins (T = 7) and rebuilds the constant entry that stands for it. Only paid for on candidates."""
+        wanted = {id(n) for n in ctx.graph.nodes if n.op == "Reshape" and partly_constant(ev.elems(n.inputs[1]))}
+        if not wanted:
+            return
         sizes = sizes_of(ctx)
-        wanted = {id(node) for node in candidates}
         for baked in baked_reshapes(sizes):
-            node = baked.node
-            if id(node) not in wanted:
-                continue  # constant shape vectors: the checks below own them
-            yield self._solved_finding(ctx, sizes, baked)
+            if id(baked.node) in wanted:  # constant shape vectors: `_reshape` owns them
+                yield self._solved_finding(ctx, sizes, baked)
         if sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Reshapes were not checked (analysis incomplete)")
 
     def _solved_finding(self, ctx: RuleContext, sizes, baked) -> Finding:
-        node, solution = baked.node, baked.solution
-        data = node.inputs[0]
-        target = [str(t) for t in sizes.value(node.inputs[1])]
-        sym, value = solution.symbol, solution.value
-        base = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
-                f"{solution.constraint.left} equals that of its shape [{', '.join(target)}] only at {sym}={value}, "
-                f"so onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
-        shapes = {data.name: sizes.dims(data)}
+        node, (sym, value) = baked.node, (baked.solution.symbol, baked.solution.value)
+        data, target = node.inputs[0], ", ".join(str(t) for t in sizes.value(node.inputs[1]))
+        message = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
+                   f"{baked.solution.constraint.left} equals that of its shape [{target}] only at {sym}={value}, so "
+                   f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
         entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
-        if len(entries) != 1:
-            detail = ("; no constant entry of the shape can be rebuilt from the sizes" if not entries else
-                      "; ambiguous: entries " + ", ".join(f"{e.index} ({e.value} = {e.expr})" for e in entries)
-                      + " could each stand for it")
-            return self.finding(base + detail, nodes=[node], tensors=[data, node.inputs[1]], shapes=shapes,
+        kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
+        if len(entries) != 1:  # none rebuildable, or several that fit: report, do not guess
+            which = ", ".join(f"{e.index} ({e.value} = {e.expr})" for e in entries) or "none"
+            return self.finding(f"{message}; entries that could stand for it: {which}", **kwargs,
                                 hint=HINT_INT + " Give --trace-shape NAME=DIMS to tell which entry is baked.")
         entry = entries[0]
+        rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
         return self.finding(
-            base + f"; entry {entry.index} ({entry.value}) is {entry.expr}",
-            nodes=[node], tensors=[data, node.inputs[1]], shapes=shapes, hint=HINT_INT,
+            f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}", **kwargs, hint=HINT_INT,
             fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
-                    apply=loosened(node, {value}, rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes,
-                                                                  ctx.opset)),
-                    safety=Safety.SAFE,
-                    reason=f"solved from the element count: entry {entry.index} must be {entry.expr} at every size, "
-                           f"and it was {entry.value} at export"))
-
+                    apply=loosened(node, {value}, rebuild), safety=Safety.SAFE,
+                    reason=f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -250,8 +245,8 @@ class TraceBakedShape(Rule):
             "requested shape') or returns a wrong shape",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
             severity=Severity.WARNING if guessed else None,
-            fix=Fix(f"compute Reshape '{node.name}' shape from the input: {_show(entries)}",
-                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
+            fix=Fix(f"compute Reshape '{node.name}' shape from the input: {show_entries(entries)}",
+                    apply=loosened(node, changed_values(target, entries), replace_input(node, 1, entries, ctx.opset)),
                     safety=safety, reason=reason))
 
     # --- Expand --------------------------------------------------------------------------------------------
@@ -272,7 +267,7 @@ class TraceBakedShape(Rule):
             if isinstance(dim, str) and sizes.values.get(dim) == t:
                 entries[j] = 1  # Expand keeps the input's dim where the shape says 1
                 notes.append(f"entry {j} = {t} is {sizes.explain(dim)}")
-            elif dim == 1 and len(cands := _carriers(sizes, t)) == 1:
+            elif dim == 1 and len(cands := carriers_of(sizes, t)) == 1:
                 entries[j] = sizes.carriers[cands[0]]
                 by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
         if not notes and not by_value:
@@ -285,8 +280,8 @@ class TraceBakedShape(Rule):
             + "; at other sizes onnxruntime fails or the output keeps the export size",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
-            fix=Fix(f"compute Expand '{node.name}' shape at run time: {_show(entries)}",
-                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
+            fix=Fix(f"compute Expand '{node.name}' shape at run time: {show_entries(entries)}",
+                    apply=loosened(node, changed_values(target, entries), replace_input(node, 1, entries, ctx.opset)),
                     safety=safety, reason=reason))
 
     # --- Slice ---------------------------------------------------------------------------------------------
@@ -393,7 +388,7 @@ class TraceBakedShape(Rule):
         entries: list[int | tuple[gs.Tensor, int]] = list(flat)
         notes = []
         for j, v in enumerate(flat):
-            cands = _carriers(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
+            cands = carriers_of(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
             if len(cands) == 1:
                 entries[j] = sizes.carriers[cands[0]]
                 notes.append(f"{v} equals {sizes.explain(cands[0])}")
@@ -465,22 +460,3 @@ class TraceBakedShape(Rule):
             hint="A buffer was cut with a Python int (`self.pe[:, :int(T)]`) and folded; slice it with the traced "
                  "size (`self.pe[:, : x.shape[1]]`) and re-export.")
 
-
-def _carriers(sizes: ExportSizes, value: int) -> list[str]:
-    return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
-
-
-def _show(entries) -> str:
-    return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
-
-
-def _changed(target: list[int], entries) -> set[int]:
-    return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
-
-
-def _partly_constant(ev, node: gs.Node) -> bool:
-    """A shape vector with a constant entry > 1 next to entries computed at run time, on a dynamic input."""
-    elems = ev.elems(node.inputs[1])
-    if not elems or all(isinstance(e, int) for e in elems):
-        return False
-    return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)

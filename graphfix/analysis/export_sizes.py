@@ -143,3 +143,15 @@ def regroups_static_trailing_dims(shape: list, target: list[int], j: int) -> boo
         if k <= j and product in static_products:
             return True
     return False
+
+
+def carriers_of(sizes: ExportSizes, value: int) -> list[str]:
+    return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
+
+
+def show_entries(entries) -> str:
+    return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
+
+
+def changed_values(target: list[int], entries) -> set[int]:
+    return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}

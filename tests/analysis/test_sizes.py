@@ -35,7 +35,7 @@ HEALTHY = MHA_KEY.replace("len = Constant <value = int64[1] {7}> ()",
 TABLE = """
 < ir_version: 8, opset_import: ["" : 17] >
 g (int64[B, S] ids, float[B, S, 8] emb) => (float[B, S, 8] y) {
-    table = Constant <value = float[512, 8] {%s}> ()
+    table = Constant <value = float[512, 8] {VALUES}> ()
     shape = Shape(ids)
     start = Constant <value = int64[1] {0}> ()
     one = Constant <value = int64[1] {1}> ()
@@ -44,20 +44,20 @@ g (int64[B, S] ids, float[B, S, 8] emb) => (float[B, S, 8] y) {
     rows = Slice(table, start, end, start)
     y = Add(emb, rows)
 }
-""" % ", ".join(["0.5"] * 4096)
+""".replace("VALUES", ", ".join(["0.5"] * 4096))
 
 # A padding mask over the frames of a strided convolution, fixed as Where(mask[..., None], 0, h).
 FRAMES = """
 < ir_version: 8, opset_import: ["" : 17] >
 g (float[B, 1, N] audio, bool[B, F] pad) => (float[B, 4, F] y) {
-    w = Constant <value = float[4, 1, 10] {%s}> ()
+    w = Constant <value = float[4, 1, 10] {VALUES}> ()
     h = Conv <strides = [5]> (audio, w)
     axes = Constant <value = int64[1] {1}> ()
     mask = Unsqueeze(pad, axes)
     zero = Constant <value = float {0}> ()
     y = Where(mask, zero, h)
 }
-""" % ", ".join(["0.1"] * 40)
+""".replace("VALUES", ", ".join(["0.1"] * 40))
 
 
 def analysed(text: str, budget_s: float = 5.0) -> tuple[Sizes, gs.Graph]:
@@ -106,13 +106,14 @@ def test_a_mask_tied_to_conv_frames_gives_a_relation_between_input_dims():
 
 def test_a_solved_value_must_be_a_whole_positive_size():
     """16*B*T = 7*4*B*3 holds at T = 21/4 only, which is no size: nothing is claimed baked."""
-    sizes, _ = analysed(MHA_KEY.replace("dim = Constant <value = int64[1] {4}>", "dim = Constant <value = int64[1] {3}>"))
+    sizes, _ = analysed(MHA_KEY.replace("dim = Constant <value = int64[1] {4}>",
+                                        "dim = Constant <value = int64[1] {3}>"))
     assert len(sizes.constraints) == 1
     assert list(baked_reshapes(sizes)) == []
 
 
 def test_past_its_time_budget_the_analysis_is_incomplete_never_wrong():
-    sizes, graph = analysed(MHA_KEY, budget_s=0.0)
+    sizes, _ = analysed(MHA_KEY, budget_s=0.0)
     assert sizes.incomplete and "stopped" in sizes.incomplete
     assert sizes.constraints == []
     assert list(baked_reshapes(sizes)) == []

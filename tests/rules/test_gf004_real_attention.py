@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from click.testing import CliRunner
 
 import graphfix
@@ -23,7 +22,7 @@ from graphfix.cli import cli
 from graphfix.core.rule import Safety
 
 pytest.importorskip("torch")
-from fixtures.torch_models import EXPORT_TIME, attention  # noqa: E402
+from fixtures.torch_models import EXPORT_TIME, attention
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -55,7 +54,8 @@ def baked_reshapes(path) -> dict[str, str]:
     """Reshape node -> the shape its export-time constant stands for, read from the graph itself: a Concat whose
     first input is a constant equal to an export-time length."""
     model = onnx.load(path)
-    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+              for n in model.graph.node if n.op_type == "Constant"}
     producers = {o: n for n in model.graph.node for o in n.output}
     found = {}
     for node in model.graph.node:

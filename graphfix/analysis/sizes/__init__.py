@@ -12,7 +12,16 @@ from __future__ import annotations
 import weakref
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
-from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, baked_reshapes, bind, relations, solve
+from graphfix.analysis.sizes.solve import (
+    BakedEntry,
+    BakedShape,
+    Solution,
+    baked_reshapes,
+    bind,
+    partly_constant,
+    relations,
+    solve,
+)
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -37,5 +46,7 @@ def tied_dims(model) -> dict:
     return relations(sizes_of(ctx))
 
 
-__all__ = ["BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "relations", "sizes_of", "solve",
-           "tied_dims"]
+__all__ = [
+    "BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "partly_constant",
+    "relations", "sizes_of", "solve", "tied_dims",
+]

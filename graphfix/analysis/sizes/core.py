@@ -16,6 +16,7 @@ expensive graph degrades to fewer findings, never to a hang or a false error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -128,11 +129,10 @@ class Sizes(OpShapes):
             if count % 64 == 0 and time.monotonic() > deadline:
                 self._incomplete = f"symbolic size analysis stopped after {self.budget_s:g} s at node '{node.name}'"
                 return
-            try:
+            # an op variant the pass does not model: its outputs keep onnx's shapes
+            with contextlib.suppress(TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError,
+                                     RecursionError, sympy.SympifyError):
                 self._node(node)
-            except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError,
-                    RecursionError, sympy.SympifyError):
-                pass  # an op variant the pass does not model: its outputs keep onnx's shapes
             for out in node.outputs:
                 if self._shapes.get(id(out)) is None:
                     self._shapes[id(out)] = self._declared(out)

@@ -7,9 +7,9 @@ shapes for its outputs.
 
 from __future__ import annotations
 
-import sympy
 import numpy as np
 import onnx_graphsurgeon as gs
+import sympy
 
 Expr = sympy.Expr
 Shape = tuple  # tuple[Expr | None, ...]
@@ -209,15 +209,13 @@ class OpShapes:
             start = dim + start
         if end.is_number:
             end = dim if end >= INT_BIG else (dim + end if end < 0 else sympy.Min(dim, end))
-        elif dim.is_number:  # a table of `dim` rows cut at a symbolic length: that length is at most `dim`
-            for symbol in end.free_symbols:
-                if end == symbol:
-                    self.bounds.setdefault(symbol, (int(dim), f"'{node.name}' takes {symbol} rows of a "
-                                                               f"{int(dim)}-row table"))
-            end = sympy.Min(dim, end)
+        elif dim.is_number and end.is_Symbol and _is_table(node.inputs[0]):
+            # a table (position ids, a positional encoding) of `dim` rows cut at a length: the model is built for
+            # lengths up to `dim`, so on the valid range the slice has exactly that length
+            self.bounds.setdefault(end, (int(dim), f"'{node.name}' takes {end} rows of a {int(dim)}-row table"))
         else:
             end = sympy.Min(dim, end)
-        return self.simplify(end - start) if start.is_number or end.is_number or True else None
+        return self.simplify(end - start)
 
     def _op_Expand(self, node: gs.Node) -> None:
         shape, target = self._in_shape(node, 0), self._in_value(node, 1)
@@ -299,7 +297,7 @@ _ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a,
 
 
 
-def _broadcast_dims(a: Shape, b: Shape, sizes: Sizes | None = None, node: gs.Node | None = None) -> Shape:
+def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.Node | None = None) -> Shape:
     rank = max(len(a), len(b))
     a = (sympy.Integer(1),) * (rank - len(a)) + tuple(a)
     b = (sympy.Integer(1),) * (rank - len(b)) + tuple(b)
@@ -319,6 +317,11 @@ def _broadcast_dims(a: Shape, b: Shape, sizes: Sizes | None = None, node: gs.Nod
             out.append(x)
     return tuple(out)
 
+
+
+def _is_table(tensor: gs.Tensor) -> bool:
+    """A weight or buffer: an initializer or a Constant node's output."""
+    return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")
 
 
 def _present(tensor: gs.Tensor) -> bool:

@@ -113,3 +113,11 @@ def bind(binding: dict[str, int], tied: dict[str, sympy.Expr]) -> dict[str, int]
         if value.is_Integer and value >= 1:
             out[name] = int(value)
     return out
+
+
+def partly_constant(elems) -> bool:
+    """A shape vector (elements: ints, or symbols computed at run time) mixing a constant entry > 1 with computed
+    ones: the candidates of `baked_reshapes` that constant-vector checks do not see."""
+    if not elems or all(isinstance(e, int) for e in elems):
+        return False
+    return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)

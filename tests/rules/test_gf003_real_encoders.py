@@ -1,0 +1,48 @@
+"""GF003 on `h = encoder(...).last_hidden_state; h[pad] = 0` with transformers BERT, HuBERT and wav2vec2.
+
+The TorchScript exporter writes `Where(pad[B, T], 0, h[B, T, C])`, which onnxruntime aligns from the right and
+cannot run. onnx cannot name the hidden states' dims; the size analysis can (BERT's 512-row position table bounds
+the length, so `Min(512, T)` is `T`; the audio models' frames are the conv front end's output length, equal to the
+declared output dim). The fix must be found statically, SAFE, applied by default, and match PyTorch at 3 sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import graphfix
+from graphfix.core.rule import Safety
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from fixtures.torch_models import PAD_MODELS, PAD_SIZES, padded_encoder
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("name", PAD_MODELS)
+def test_mask_assignment_after_a_real_encoder_is_repaired_by_default(tmp_path, capfd, name):
+    case = padded_encoder(name)
+    path = tmp_path / f"{name}.onnx"
+    case.export(path)
+    capfd.readouterr()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="broadcast"):
+        session.run(None, case.inputs(*PAD_SIZES[name][1]))  # broken even at the export size
+
+    findings = [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
+    assert [f.rule for f in findings] == ["GF003"]
+    assert findings[0].fix is not None and findings[0].fix.safety is Safety.SAFE
+    assert "leading dims" in findings[0].message
+
+    result = graphfix.repair(path)
+    assert result.status == "repaired", result.error
+    for batch, time in PAD_SIZES[name]:
+        feeds = case.inputs(batch, time)
+        got = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds)[0]
+        np.testing.assert_allclose(got, case.torch_output(feeds), rtol=1e-4, atol=1e-4)
+    streams = capfd.readouterr()
+    assert "unsupported broadcast" not in streams.out + streams.err  # no debugging line leaks to the terminal
