@@ -46,3 +46,19 @@ def test_mask_assignment_after_a_real_encoder_is_repaired_by_default(tmp_path, c
         np.testing.assert_allclose(got, case.torch_output(feeds), rtol=1e-4, atol=1e-4)
     streams = capfd.readouterr()
     assert "unsupported broadcast" not in streams.out + streams.err  # no debugging line leaks to the terminal
+
+
+def test_graphfix_export_repairs_the_mask_given_the_module(tmp_path):
+    import torch
+
+    case = padded_encoder("bert")
+    example = tuple(torch.from_numpy(v) for v in case.inputs(*case.export_size).values())
+    path = tmp_path / "bert.onnx"
+    report = graphfix.export(case.module, example, path, input_names=list(case.input_names),
+                             output_names=["output"], dynamic_axes={**case.axes, "output": case.output_axes},
+                             opset_version=17)
+    assert report.status == "repaired", report.error
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, time in PAD_SIZES["bert"]:
+        feeds = case.inputs(batch, time)
+        np.testing.assert_allclose(session.run(None, feeds)[0], case.torch_output(feeds), rtol=1e-4, atol=1e-4)

@@ -116,3 +116,18 @@ def test_the_repaired_encoder_decoder_splits_into_parts_that_match_pytorch(expor
         np.testing.assert_allclose(got_enc, enc.numpy(), rtol=1e-4, atol=1e-5)
         got_dec = run(decoder, {"x": feeds["x"], memory: enc.numpy()})
         np.testing.assert_allclose(got_dec, dec.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_graphfix_export_repairs_the_layer_given_the_module(tmp_path):
+    import torch
+
+    case = attention("encoder", False)
+    example = tuple(torch.from_numpy(v) for v in case.inputs(*case.export_size).values())
+    path = tmp_path / "encoder.onnx"
+    report = graphfix.export(case.module, example, path, input_names=list(case.input_names),
+                             output_names=["output"], dynamic_axes={**case.axes, "output": case.output_axes},
+                             opset_version=17)
+    assert report.status == "repaired", report.error
+    for batch, time in SIZES:
+        feeds = case.inputs(batch, time)
+        np.testing.assert_allclose(run(path, feeds), case.torch_output(feeds), rtol=1e-4, atol=1e-5)

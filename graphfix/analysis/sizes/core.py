@@ -111,7 +111,7 @@ class Sizes(OpShapes):
                 continue
             seen.add(id(tensor))
             for axis, dim in enumerate(self.shape(tensor) or ()):
-                if dim is not None and sympy.simplify(dim - expr) == 0:
+                if dim is not None and same(dim, expr):
                     return tensor, axis
             for node in tensor.inputs:
                 queue.extend(t for t in node.inputs if isinstance(t, gs.Variable))
@@ -193,7 +193,7 @@ class Sizes(OpShapes):
     def _require(self, kind: str, node: gs.Node, left: Expr | None, right: Expr | None, detail: str = "") -> None:
         if left is None or right is None:
             return
-        if sympy.simplify(left - right) != 0:
+        if not same(left, right):
             self._constraints.append(Constraint(kind, node, left, right, detail))
 
     def _node(self, node: gs.Node) -> None:
@@ -221,6 +221,11 @@ def _small(tensor: gs.Tensor) -> bool:
     shape = tensor.shape
     return shape is not None and len(shape) <= 1 and all(isinstance(d, int) for d in shape) and \
         math.prod(shape) <= MAX_VECTOR
+
+
+def same(a: Expr, b: Expr) -> bool:
+    """Equal as expressions: structurally, or once expanded (cheap; sympy.simplify costs milliseconds)."""
+    return a == b or sympy.expand(a - b) == 0
 
 
 def _le(a: Expr, b: Expr, bounds: dict) -> bool:

@@ -113,7 +113,7 @@ class OpShapes:
         total = sympy.Mul(*shape)
         if -1 in out:
             rest = sympy.Mul(*[d for d in out if d != -1])
-            out[out.index(-1)] = sympy.simplify(total / rest)
+            out[out.index(-1)] = sympy.cancel(total / rest)
         else:
             self._require("reshape", node, total, sympy.Mul(*out), "element count")
         self._set(node, tuple(out), self._in_value(node, 0))
@@ -269,7 +269,7 @@ class OpShapes:
                 out.append(None)
                 continue
             span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (sympy.sympify(kernel[j]) - 1) - 1
-            out.append(sympy.floor(span / strides[j]) + 1)
+            out.append(floor_div(span, strides[j]) + 1)
         self._set(node, tuple(out))
 
     _op_Conv = _conv
@@ -284,11 +284,23 @@ class OpShapes:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def floor_div(a, n) -> Expr:
+    """floor(a / n) for a positive integer n, with one floor inside `a` folded in: floor((floor(y) + k) / n) is
+    floor((y + k) / n) for integer k, so a strided conv after a strided conv reads floor(T/10), not
+    floor(floor(T/5)/2), and equals what the graph computes with one Div."""
+    a = sympy.sympify(a)
+    inner = [t for t in sympy.Add.make_args(a) if isinstance(t, sympy.floor)]
+    rest = a - sympy.Add(*inner)
+    if len(inner) == 1 and rest.is_Integer:
+        return sympy.floor((inner[0].args[0] + rest) / n)
+    return sympy.floor(a / n)
+
+
 def _floordiv(a, b):
     a, b = sympy.sympify(a), sympy.sympify(b)
     if a.is_number and b.is_number:
         return sympy.Integer(int(a / b)) if a.is_integer and b.is_integer else a / b
-    return sympy.floor(a / b) if b.is_number and b > 0 else a / b
+    return floor_div(a, b) if b.is_Integer and b > 0 else a / b
 
 
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types

@@ -52,7 +52,7 @@ class BakedShape:
 
 def solve(constraint: Constraint) -> Solution | None:
     """The one positive whole value of one symbol at which the constraint holds, else None."""
-    equation = sympy.simplify(constraint.left - constraint.right)
+    equation = sympy.expand(constraint.left - constraint.right)
     for symbol in sorted(equation.free_symbols, key=str):
         try:
             roots = sympy.solve(equation, symbol)
@@ -81,7 +81,7 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) ->
         if not t.is_Integer or t <= 1:
             continue  # only constants can be baked; 1 and -1 never are
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
-        expr = sympy.simplify(total / rest)
+        expr = sympy.cancel(total / rest)
         if sympy.denom(sympy.together(expr)) != 1 or not expr.free_symbols:
             continue  # the entry cannot be a whole-number expression of the sizes
         if expr.subs(solution.symbol, solution.value) != t:
