@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -311,5 +312,14 @@ def _when(bad) -> str:
             dim, size = (b, a) if isinstance(a, int) else (a, b)
             conditions.append(f"{dim} is 1 or {size}")
         else:
-            conditions.append(f"{a} equals {b} (or one is 1)")
+            conditions.append(_capped(a, b) or f"{a} equals {b} (or one is 1)")
     return "runs only when " + " and ".join(dict.fromkeys(conditions))
+
+
+def _capped(a: Dim, b: Dim) -> str:
+    """`Min(29, T)` against `T`: a length cut by a size fixed at export, so the op runs only up to that size."""
+    for x, y in ((a, b), (b, a)):
+        match = re.fullmatch(r"Min\((\d+), (.+)\)", str(x))
+        if match and match.group(2) == str(y):
+            return f"{y} <= {match.group(1)} (a size fixed at export time caps {y}; see GF004)"
+    return ""

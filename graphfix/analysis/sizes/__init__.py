@@ -41,6 +41,9 @@ def tied_dims(model) -> dict:
     from graphfix.analysis.shapes import infer_shapes
     from graphfix.core.context import RuleContext, RuleOptions
 
+    names = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    if len(names) < 3:
+        return {}  # batch and one length: nothing to tie (a tie needs a dim besides the one it is computed from)
     inferred = infer_shapes(model)
     ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
     return relations(sizes_of(ctx))

@@ -50,7 +50,11 @@ class OpShapes:
             a, b = values
             if len(a) == 1 or len(b) == 1 or len(a) == len(b):
                 n = max(len(a), len(b))
-                value = tuple(_ARITH[node.op](a[i % len(a)], b[i % len(b)]) for i in range(n))
+                arith = _ARITH[node.op]
+                if node.op == "Div" and node.outputs[0].dtype is not None and \
+                        np.issubdtype(np.dtype(node.outputs[0].dtype), np.floating):
+                    arith = _truediv  # `math.ceil(n / k)` traced through floats: keep the fraction for Ceil
+                value = tuple(arith(a[i % len(a)], b[i % len(b)]) for i in range(n))
         self._set(node, tuple(out), value)
 
     def _op_Constant(self, node: gs.Node) -> None:
@@ -303,10 +307,13 @@ def _floordiv(a, b):
     return floor_div(a, b) if b.is_Integer and b > 0 else a / b
 
 
+def _truediv(a, b):
+    return sympy.sympify(a) / sympy.sympify(b)
+
+
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
 _ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _floordiv,
           "Mod": lambda a, b: sympy.Mod(a, b), "Max": lambda a, b: sympy.Max(a, b), "Min": lambda a, b: sympy.Min(a, b)}
-
 
 
 def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.Node | None = None) -> Shape:
@@ -315,9 +322,9 @@ def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.
     b = (sympy.Integer(1),) * (rank - len(b)) + tuple(b)
     out = []
     for x, y in zip(a, b, strict=True):
-        if x is None or y is None:
-            out.append(None if (x is None and y != 1) or (y is None and x != 1) else (x if y is None else y)
-                       if x is None or y is None else None)
+        if x is None or y is None:  # valid broadcasting makes the unknown dim 1 or the known one
+            known = y if x is None else x
+            out.append(known if known is not None and known != 1 else None)
             continue
         if x == 1:
             out.append(y)
