@@ -150,6 +150,10 @@ class BroadcastMismatch(Rule):
             a, b = next(((p[3], p[4]) for p in pairs if p[-1] is Pair.UNKNOWN), (None, None))
             yield self.reject(f"dims {_dim(a)} and {_dim(b)} differ but may be equal at run time", nodes=[node])
             return
+        if all(_capped(p[3], p[4]) for p in bad):
+            yield self.reject(f"{_capped(bad[0][3], bad[0][4])}: a length cap, GF004 (trace-baked-shape) reports it",
+                              nodes=[node])
+            return
         labels = _labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
         ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))

@@ -15,11 +15,12 @@ from graphfix.analysis.export_sizes import (
     carriers_of,
     changed_values,
     export_sizes,
+    folded_ranges,
     regroups_static_trailing_dims,
     show_entries,
     split_sizes,
 )
-from graphfix.analysis.sizes import baked_reshapes, partly_constant, sizes_of
+from graphfix.analysis.sizes import baked_reshapes, caps, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -123,6 +124,7 @@ class TraceBakedShape(Rule):
         ev = ctx.evaluator
         sizes = export_sizes(ctx, ev)
         yield from self._solved_reshapes(ctx, ev)
+        yield from self._length_caps(ctx)
         for node in ctx.graph.nodes:
             if node.op == "Reshape":
                 yield from self._reshape(ctx, ev, sizes, node)
@@ -138,6 +140,28 @@ class TraceBakedShape(Rule):
                 yield from self._value_only(ctx, ev, sizes, node)
             elif node.op in BROADCAST_OPS:
                 yield from self._broadcast_constant(ctx, sizes, node)
+
+    # --- a length capped by positions folded at export (FunnelModel's relative positions) ------------------------
+    def _length_caps(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        ranges = folded_ranges(ctx)
+        if not ranges:
+            return  # the analysis is only paid for on graphs that hold a folded arange
+        for cap in caps(sizes_of(ctx)):
+            node, sym, limit = cap.constraint.node, cap.symbol, cap.limit
+            source = next((r for r in ranges if r.length in (limit, limit + 1)), None)
+            if source is None:
+                yield self.reject(f"{sym} <= {limit} at '{node.name}', but no folded arange of that length",
+                                  nodes=[node])
+                continue
+            value = source.export_length
+            baked = f"export-time length {sym}={value}" if value else f"{source.length} positions"
+            yield self.finding(
+                f"{node.op} '{node.name}' runs only while {sym} <= {limit} (it needs {cap.constraint.left} = "
+                f"{cap.constraint.right}): constant '{source.tensor.name}' is {source.show()}, positions computed "
+                f"for the {baked} and folded into the graph; longer inputs fail in onnxruntime and other lengths "
+                "get positions of the wrong length", nodes=[node], tensors=[source.tensor],
+                hint="Positions were built with Python ints (`len(pos)`, `int(seq_len)`, `x.size(1)` through "
+                     "`range`): build them with torch.arange on traced sizes, or export with dynamo=True.")
 
     # --- partly constant Reshape shapes: the element count pins a size (solved constraint) ------------------------
     def _solved_reshapes(self, ctx: RuleContext, ev) -> Iterator[Finding | Rejection]:

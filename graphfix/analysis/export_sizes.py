@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
-from graphfix.analysis.constants import Evaluator
+from graphfix.analysis.constants import Evaluator, arange_axis
 from graphfix.core.context import RuleContext
 
 
@@ -155,3 +155,39 @@ def show_entries(entries) -> str:
 
 def changed_values(target: list[int], entries) -> set[int]:
     return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
+
+
+@dataclass
+class FoldedRange:
+    """A Constant node holding arange(start, start + step * length, step): positions computed with Python ints
+    while tracing and folded, so their number is fixed at export."""
+
+    tensor: gs.Tensor
+    start: int
+    step: int
+    length: int
+
+    @property
+    def export_length(self) -> int | None:
+        """L for relative positions arange(L, -L, -1) (or arange(-L, L)), the usual shape of a folded position
+        range: the length the model was traced at."""
+        return abs(self.start) if self.length in (2 * abs(self.start), 2 * abs(self.start) + 1) else None
+
+    def show(self) -> str:
+        return f"arange({self.start}, {self.start + self.step * self.length}, {self.step})"
+
+
+def folded_ranges(ctx: RuleContext) -> list[FoldedRange]:
+    """Constant nodes whose values step by +-1 along their one long axis (cheap: no size analysis)."""
+    found = []
+    for node in ctx.graph.nodes:
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        value = ctx.constant_value(node.outputs[0])
+        if value is None or value.size < 4 or value.size > 65536 or not np.issubdtype(value.dtype, np.number):
+            continue
+        axes = [a for a, d in enumerate(value.shape) if d > 1]
+        progression = arange_axis(value, axes)
+        if progression is not None and abs(progression[1]) == 1 and float(progression[0]).is_integer():
+            found.append(FoldedRange(node.outputs[0], int(progression[0]), int(progression[1]), value.size))
+    return found

@@ -64,18 +64,19 @@ def test_graphfix_export_repairs_the_mask_given_the_module(tmp_path):
         np.testing.assert_allclose(session.run(None, feeds)[0], case.torch_output(feeds), rtol=1e-4, atol=1e-4)
 
 
-def test_funnel_relative_positions_cap_the_length_statically(tmp_path):
-    """FunnelModel's relative positions are an arange of 2 x the export length, folded to a constant: attention
-    then runs only up to 2 * length - 1 tokens. The static analysis proves that cap (an error naming it); which
-    constant holds the export length itself is not traced back yet (issue 13, Funnel)."""
+def test_funnel_relative_positions_baked_at_the_export_length_are_a_static_error(tmp_path):
+    """FunnelModel's relative positions are arange(L, -L, -1) of the export length L, folded to a constant:
+    attention then runs only up to 2L - 1 tokens. The static analysis proves that cap and names the constant and
+    the export length (GF004, error); GF003 leaves the capped broadcast to it."""
     from fixtures.torch_models import funnel
 
     case = funnel()
     path = tmp_path / "funnel.onnx"
     case.export(path)
-    cap = 2 * case.export_size[1] - 1
+    length = case.export_size[1]
     findings = [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
-    assert any(f"<= {cap}" in f.message for f in findings), [f.message for f in findings]
+    assert findings and all(f.rule == "GF004" for f in findings), [f.message for f in findings]
+    assert any(f"<= {2 * length - 1}" in f.message and f"={length} " in f.message for f in findings)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="broadcast"):
-        session.run(None, case.inputs(1, cap + 2))  # the cap is real: onnxruntime fails past it
+        session.run(None, case.inputs(1, 2 * length + 1))  # the cap is real: onnxruntime fails past it

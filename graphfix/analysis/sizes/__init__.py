@@ -15,9 +15,11 @@ from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
     BakedShape,
+    Cap,
     Solution,
     baked_reshapes,
     bind,
+    caps,
     partly_constant,
     relations,
     solve,
@@ -50,6 +52,6 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedShape", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "partly_constant",
-    "relations", "sizes_of", "solve", "tied_dims",
+    "BakedEntry", "BakedShape", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "caps",
+    "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
 ]

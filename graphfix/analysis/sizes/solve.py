@@ -121,3 +121,24 @@ def partly_constant(elems) -> bool:
     if not elems or all(isinstance(e, int) for e in elems):
         return False
     return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)
+
+
+@dataclass
+class Cap:
+    """A constraint `Min(limit, s) == s`: the graph runs only while s <= limit (a length cut by a fixed size)."""
+
+    constraint: Constraint
+    symbol: sympy.Symbol
+    limit: int
+
+
+def caps(sizes: Sizes) -> list[Cap]:
+    """One Cap per (symbol, limit), in graph order."""
+    found: dict[tuple, Cap] = {}
+    for constraint in sizes.constraints:
+        for capped, free in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
+            if isinstance(capped, sympy.Min) and free.is_Symbol and free in capped.args and len(capped.args) == 2:
+                limit = next(a for a in capped.args if a != free)
+                if limit.is_Integer:
+                    found.setdefault((free, int(limit)), Cap(constraint, free, int(limit)))
+    return list(found.values())
