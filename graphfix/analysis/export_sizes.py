@@ -105,16 +105,18 @@ def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
 
 
 def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
-    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    """A constraint of the size analysis that holds at one size only (an element count, two broadcast dims, a
+    MatMul's inner dims): that size is the export size."""
     dims = [d for t in ctx.graph.inputs for d in (ctx.shape(t) or ())]
     if not any(isinstance(d, str) and d not in sizes._values for d in dims):
         return  # every dynamic dim is already known
-    symbolic = ctx.symbolic_shapes
-    for tensor in ctx.graph.inputs:
-        merged = symbolic.get(tensor.name) or []
-        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
-            if isinstance(dim, str) and isinstance(value, int):
-                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
+    from graphfix.analysis.sizes import sizes_of, solve
+
+    for constraint in sizes_of(ctx).constraints:
+        solution = solve(constraint)
+        if solution is not None:
+            sizes.learn(solution.symbol.name, solution.value,
+                        f"{constraint.kind} at '{constraint.node.name}' holds only there")
 
 
 def split_sizes(ev: Evaluator, node: gs.Node) -> list[int] | None:
