@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +19,7 @@ from graphfix.analysis.broadcast import (
     pair_verdict,
     right_aligned,
 )
+from graphfix.analysis.sizes import sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -33,11 +35,11 @@ MASK_HINT = (
 BAKED_HINT = (
     "A size was captured as a constant while tracing (a table sliced or built with a Python int, int()/math.ceil/"
     ".item() on a size); keep it a tensor, e.g. `self.pe[:, : x.size(1)]` under torch.jit.trace is still dynamic, "
-    "`self.pe[:, : int(x.size(1))]` is not. GF004 (trace-baked-shape) locates and repairs baked sizes."
+    "`self.pe[:, : int(x.size(1))]` is not. GF004/GF006 (trace-baked-shape/-constant) locate and repair baked sizes."
 )
 GENERIC_HINT = (
     "Check these operand shapes in PyTorch and make the broadcast explicit (unsqueeze/view/expand) so the dims "
-    "line up from the right. If one size was captured at trace time, see GF004 (trace-baked-shape)."
+    "line up from the right. If one size was captured at trace time, see GF004 and GF006."
 )
 
 
@@ -53,7 +55,7 @@ class BroadcastMismatch(Rule):
 
     Two causes are told apart. *Rank misalignment*: a lower-rank operand whose dims are the leading dims of the
     other one, the mark of `x[mask] = value` with a bool mask of lower rank. *A size captured at trace time*: a
-    static dim against a dynamic one, e.g. a positional table cut at the export length; GF004 owns that fix.
+    static dim against a dynamic one, e.g. a positional table cut at the export length; GF006 owns that fix.
 
     ## Why it breaks deployment
     The TorchScript exporter (`dynamo=False`, every opset) turns `x[mask] = 0` with `mask[B,T]` and `x[B,T,C]`
@@ -76,7 +78,7 @@ class BroadcastMismatch(Rule):
     dims): that is exactly what PyTorch's index_put with a bool mask means. It is unsafe when the proof rests on
     equal static sizes (they may be trace-time sizes that only coincide), and for other ops and Where's X/Y
     operands, where PyTorch aligns trailing dims too and leading alignment is a guess of intent. Static-vs-dynamic
-    conflicts are reported without a fix: GF004 (trace-baked-shape) repairs the baked size.
+    conflicts are reported without a fix: GF004/GF006 (trace-baked-shape/-constant) repair the baked size.
     """
 
     code = "GF003"
@@ -123,9 +125,10 @@ class BroadcastMismatch(Rule):
             coarse = [ctx.shape(t) for t in operands]
             if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
-            if refined is None:  # one symbolic inference per graph, only once a candidate needs it
-                refined = ctx.unmerged_shapes
-            shapes = [merge_shape(refined.get(t.name), s) for t, s in zip(operands, coarse, strict=True)]
+            if refined is None:  # one symbolic size analysis per graph, only once a candidate needs it
+                refined = sizes_of(ctx)
+            shapes = [merge_shape(refined.dims(t), s) for t, s in zip(operands, coarse, strict=True)]
+            shapes = _as_declared(ctx, node, shapes, inputs)
             if any(s is None for s in shapes):
                 yield self.reject("an operand's rank is unknown", nodes=[node])
                 continue
@@ -146,6 +149,10 @@ class BroadcastMismatch(Rule):
             # only dims that may be equal at run time (two different names, an unknown dim)
             a, b = next(((p[3], p[4]) for p in pairs if p[-1] is Pair.UNKNOWN), (None, None))
             yield self.reject(f"dims {_dim(a)} and {_dim(b)} differ but may be equal at run time", nodes=[node])
+            return
+        if all(_capped(p[3], p[4]) for p in bad):
+            yield self.reject(f"{_capped(bad[0][3], bad[0][4])}: a length cap, GF006 (trace-baked-constant) reports it",
+                              nodes=[node])
             return
         labels = _labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
@@ -173,7 +180,7 @@ class BroadcastMismatch(Rule):
                 f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {_fmt(shapes[static])} has "
                 f"static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "
                 f"{_fmt(shapes[dynamic])} has the dynamic dim {dim}, so it {_when(bad)}: a size captured at "
-                "export time (trace-baked); GF004 (trace-baked-shape) handles the fix.",
+                "export time (trace-baked); GF006 (trace-baked-constant) handles the fix.",
                 nodes=[node], tensors=operands, shapes=shape_map, hint=BAKED_HINT,
             )
             return
@@ -204,6 +211,23 @@ class BroadcastMismatch(Rule):
                 "exactly PyTorch's index_put with a bool mask")
         return Fix(summary, apply=_unsqueeze(node, {i: len(shapes[i]) for i in lower}, rank, ctx.opset),
                    safety=safety, reason=reason)
+
+
+def _as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
+    """Where the node writes a graph output whose dims the export declared (`[batch, frames, 768]`), an operand of
+    the output's rank has, on each axis, either 1 or the output's dim: a computed size there (`floor(T/320)`, a dim
+    onnx could not name) is the declared name."""
+    out = node.outputs[0]
+    declared = ctx.shape(out) if out.name in ctx.graph_output_names else None
+    if not declared:
+        return shapes
+    unified = []
+    for shape in shapes:
+        if shape is not None and len(shape) == len(declared):
+            shape = [d if d == 1 or not is_input_dim(name, inputs) or isinstance(d, int) else name
+                     for d, name in zip(shape, declared, strict=True)]
+        unified.append(shape)
+    return unified
 
 
 def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
@@ -292,5 +316,14 @@ def _when(bad) -> str:
             dim, size = (b, a) if isinstance(a, int) else (a, b)
             conditions.append(f"{dim} is 1 or {size}")
         else:
-            conditions.append(f"{a} equals {b} (or one is 1)")
+            conditions.append(_capped(a, b) or f"{a} equals {b} (or one is 1)")
     return "runs only when " + " and ".join(dict.fromkeys(conditions))
+
+
+def _capped(a: Dim, b: Dim) -> str:
+    """`Min(29, T)` against `T`: a length cut by a size fixed at export, so the op runs only up to that size."""
+    for x, y in ((a, b), (b, a)):
+        match = re.fullmatch(r"Min\((\d+), (.+)\)", str(x))
+        if match and match.group(2) == str(y):
+            return f"{y} <= {match.group(1)} (a size fixed at export time caps {y}; see GF006)"
+    return ""

@@ -8,16 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BROADCAST_OPS
-from graphfix.analysis.constants import arange_axis
-from graphfix.analysis.edits import arange_input, loosened, replace_input, set_constant
-from graphfix.analysis.export_sizes import (
-    ExportSizes,
-    export_sizes,
-    input_dim_behind,
-    regroups_static_trailing_dims,
-    split_sizes,
-)
+from graphfix.analysis import export_sizes as evidence
+from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
+from graphfix.analysis.sizes import baked_reshapes, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -32,18 +25,18 @@ class TraceBakedShape(Rule):
 
     ## What it does
     Finds constants in shape-carrying inputs (Reshape shape, Expand shape, Slice ends, Range limit,
-    ConstantOfShape, Tile repeats, Split sizes, Pad pads, Resize sizes) and constant operands whose values are
-    the export-time sizes of dims that the graph declares dynamic. Export-time sizes come from `--trace-shape
-    NAME=2x400`, else from the graph: a Reshape that conserves elements at one size only, an Expand or an
-    elementwise op that meets a dynamic dim with a constant one, Split sizes, and onnxruntime's symbolic shape
-    inference merging a dynamic dim with a constant.
+    ConstantOfShape, Tile repeats, Split sizes, Pad pads, Resize sizes) whose values are the export-time sizes of
+    dims the graph declares dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own
+    constraints, solved by the size analysis: a Reshape whose element count holds at one size only, an Expand or
+    an elementwise op meeting a dynamic dim with a constant one, Split sizes. (Constant *tensors* cut at an
+    export size are GF006's.)
 
     ## Why it breaks deployment
     While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
-    and a literal batch turn it into a number that the exporter writes into the graph. The model then runs at
-    the export size only: onnxruntime fails elsewhere with `The input tensor cannot be reshaped to the requested
-    shape. Input shape:{14,7}, requested shape:{-1,4}` (torchvision Faster R-CNN, vision #4623), or silently
-    returns wrong shapes (nanodet `reshape(1, num_classes, -1)` gives garbage at batch 64).
+    and a literal batch turn it into a number that the exporter writes into the graph (PyTorch's own
+    `nn.MultiheadAttention` bakes the query length this way under the TorchScript exporter). The model then runs
+    at the export size only: onnxruntime fails elsewhere with `The input tensor cannot be reshaped to the
+    requested shape` (torchvision Faster R-CNN, vision #4623), or silently returns wrong shapes.
 
     ## Example
     ```python
@@ -51,16 +44,14 @@ class TraceBakedShape(Rule):
     return self.fc(x).reshape(n, 3, 4)  # write reshape(-1, 3, 4) or reshape(x.shape[0], 3, 4)
     ```
     Repaired: the baked entry becomes `0` (copy the input dim) in Reshape, `1` in Expand, "to the end" in
-    Slice, a size-1 dim in a uniform constant, or `Shape(x)[i]` computed at run time.
+    Slice, or the solved expression (`Shape(x)[i]`, `Shape(x)[0] * 4`) computed at run time.
 
     ## Fix safety
-    Safe when the constant provably stands for that dim: same value as the export-time size, the dim is dynamic,
-    and the data flowing into the op carries the dim at that position (Reshape position, Expand/broadcast
-    alignment, the sliced axis). Unsafe when the link is by value only (a repeat count or a ConstantOfShape
-    equal to some input's size), when two dynamic dims had the same export size, or when the export size was
-    guessed from the constant itself (give `--trace-shape` to make it certain). Not fixable, with a hint: Split
-    sizes (the number of outputs is fixed), pad amounts computed in Python, and folded buffers cut at the
-    export length (the values beyond it are gone).
+    Safe when the constant provably stands for that dim: a solved constraint, or the same value as the
+    export-time size with the data carrying the dim at that position. Unsafe when the link is by value only, when
+    two dynamic dims had the same export size, or when the size was guessed from the constant itself (give
+    `--trace-shape`). Not fixable, with a hint: Split sizes (the number of outputs is fixed), pad amounts computed
+    in Python, and entries several expressions could stand for (ambiguous).
     """
 
     code = "GF004"
@@ -103,12 +94,6 @@ class TraceBakedShape(Rule):
               "Compute the remainder with tensor ops: `remainder = (-tsz) % multiple`, pad with it unconditionally "
               "(F.pad with 0 is a no-op), and never branch on it in Python.",
               reports="fairseq #5595"),
-        known(r"TracerWarning: Converting a tensor to a Python (integer|boolean|float|index)",
-              "Export warning: a value will be baked into the graph as a constant",
-              "The traced code turned a tensor into a Python number (int(), float(), bool(), .item(), an `if` on a "
-              "tensor); the exporter records the export-time value as a constant.",
-              "Keep the value a tensor at the source line the warning names; `graphfix.export()` links each warning "
-              "to the graph finding it causes."),
         known(r"Constraints violated|specialized it to be a constant|but your code specialized",
               "Export (dynamo): a dim marked dynamic was specialized to a constant",
               "Code in forward() fixes the dim (a Python int of a size, an assert on it, a shape-dependent branch), "
@@ -119,7 +104,8 @@ class TraceBakedShape(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         ev = ctx.evaluator
-        sizes = export_sizes(ctx, ev)
+        sizes = evidence.export_sizes(ctx, ev)
+        yield from self._solved_reshapes(ctx, ev)
         for node in ctx.graph.nodes:
             if node.op == "Reshape":
                 yield from self._reshape(ctx, ev, sizes, node)
@@ -133,8 +119,40 @@ class TraceBakedShape(Rule):
                 yield from self._pad(ctx, ev, sizes, node)
             elif node.op in VALUE_ONLY:
                 yield from self._value_only(ctx, ev, sizes, node)
-            elif node.op in BROADCAST_OPS:
-                yield from self._broadcast_constant(ctx, sizes, node)
+
+    # --- partly constant Reshape shapes: the element count pins a size (solved constraint) ------------------------
+    def _solved_reshapes(self, ctx: RuleContext, ev) -> Iterator[Finding | Rejection]:
+        """MultiheadAttention's `Concat([7], B*heads, [4])`: the size analysis solves the element count for the
+        size it pins (T = 7) and rebuilds the constant entry that stands for it. Only paid for on candidates."""
+        wanted = {id(n) for n in ctx.graph.nodes if n.op == "Reshape" and partly_constant(ev.elems(n.inputs[1]))}
+        if not wanted:
+            return
+        sizes = sizes_of(ctx)
+        for baked in baked_reshapes(sizes):
+            if id(baked.node) in wanted:  # constant shape vectors: `_reshape` owns them
+                yield self._solved_finding(ctx, sizes, baked)
+        if sizes.incomplete:
+            yield self.reject(sizes.incomplete + "; later Reshapes were not checked (analysis incomplete)")
+
+    def _solved_finding(self, ctx: RuleContext, sizes, baked) -> Finding:
+        node, (sym, value) = baked.node, (baked.solution.symbol, baked.solution.value)
+        data, target = node.inputs[0], ", ".join(str(t) for t in sizes.value(node.inputs[1]))
+        message = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
+                   f"{baked.solution.constraint.left} equals that of its shape [{target}] only at {sym}={value}, so "
+                   f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
+        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
+        kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
+        if len(entries) != 1:  # none rebuildable, or several that fit: report, do not guess
+            which = ", ".join(f"{e.index} ({e.value} = {e.expr})" for e in entries) or "none"
+            return self.finding(f"{message}; entries that could stand for it: {which}", **kwargs,
+                                hint=HINT_INT + " Give --trace-shape NAME=DIMS to tell which entry is baked.")
+        entry = entries[0]
+        rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
+        return self.finding(
+            f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}", **kwargs, hint=HINT_INT,
+            fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
+                    apply=loosened(node, {value}, rebuild), safety=Safety.SAFE,
+                    reason=f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -160,7 +178,7 @@ class TraceBakedShape(Rule):
                 entries[j] = 0 if allowzero == 0 else (data, j)
                 notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
                 matched.add(sym)
-            elif regroups_static_trailing_dims(shape, target, j):
+            elif evidence.regroups_static_trailing_dims(shape, target, j):
                 continue  # [B, T, 32] -> [-1, 32]: the entry is the input's own trailing static dim, not a size
             elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
                 # nothing else tells the export size: the constant at the dim's own position is the best guess
@@ -208,9 +226,7 @@ class TraceBakedShape(Rule):
             "requested shape') or returns a wrong shape",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
             severity=Severity.WARNING if guessed else None,
-            fix=Fix(f"compute Reshape '{node.name}' shape from the input: {_show(entries)}",
-                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
-                    safety=safety, reason=reason))
+            fix=_shape_fix(ctx, node, target, entries, safety, reason))
 
     # --- Expand --------------------------------------------------------------------------------------------
     def _expand(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -230,7 +246,7 @@ class TraceBakedShape(Rule):
             if isinstance(dim, str) and sizes.values.get(dim) == t:
                 entries[j] = 1  # Expand keeps the input's dim where the shape says 1
                 notes.append(f"entry {j} = {t} is {sizes.explain(dim)}")
-            elif dim == 1 and len(cands := _carriers(sizes, t)) == 1:
+            elif dim == 1 and len(cands := evidence.carriers_of(sizes, t)) == 1:
                 entries[j] = sizes.carriers[cands[0]]
                 by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
         if not notes and not by_value:
@@ -243,9 +259,7 @@ class TraceBakedShape(Rule):
             + "; at other sizes onnxruntime fails or the output keeps the export size",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
-            fix=Fix(f"compute Expand '{node.name}' shape at run time: {_show(entries)}",
-                    apply=loosened(node, _changed(target, entries), replace_input(node, 1, entries, ctx.opset)),
-                    safety=safety, reason=reason))
+            fix=_shape_fix(ctx, node, target, entries, safety, reason))
 
     # --- Slice ---------------------------------------------------------------------------------------------
     def _slice(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -297,14 +311,14 @@ class TraceBakedShape(Rule):
 
     # --- Split and Pad: the information is gone --------------------------------------------------------------
     def _split(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
-        split = split_sizes(ev, node)
+        split = evidence.split_sizes(ev, node)
         shape = ctx.shape(node.inputs[0])
         if split is None or shape is None:
             return
         axis = int(node.attrs.get("axis", 0)) % len(shape)
         if not isinstance(shape[axis], str):
             return
-        if input_dim_behind(ctx, sizes, node.inputs[0], axis) is None:  # no constraint ties it to an input dim
+        if evidence.input_dim_behind(ctx, sizes, node.inputs[0], axis) is None:  # no constraint ties it to an input dim
             yield self.reject(f"Split on dim {shape[axis]}, which no dynamic input dim is seen to set: it may be "
                               "fixed in every run (one image, four box coordinates)", nodes=[node])
             return
@@ -355,7 +369,7 @@ class TraceBakedShape(Rule):
         entries: list[int | tuple[gs.Tensor, int]] = list(flat)
         notes = []
         for j, v in enumerate(flat):
-            cands = _carriers(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
+            cands = evidence.carriers_of(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
             if len(cands) == 1:
                 entries[j] = sizes.carriers[cands[0]]
                 notes.append(f"{v} equals {sizes.explain(cands[0])}")
@@ -376,65 +390,10 @@ class TraceBakedShape(Rule):
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
     # --- constants cut at the export length -------------------------------------------------------------------
-    def _broadcast_constant(self, ctx, sizes, node) -> Iterator[Finding | Rejection]:
-        shapes = [ctx.shape(t) for t in node.inputs]
-        for k, const in enumerate(node.inputs):
-            value = ctx.constant_value(const)
-            if value is None or value.ndim == 0:
-                continue
-            for other, oshape in zip(node.inputs, shapes, strict=True):
-                if other is const or oshape is None:
-                    continue
-                axes = [(a, oshape[len(oshape) - value.ndim + a]) for a in range(value.ndim)
-                        if len(oshape) - value.ndim + a >= 0 and value.shape[a] > 1
-                        and isinstance(oshape[len(oshape) - value.ndim + a], str)]
-                if axes:
-                    yield self._baked_constant(ctx, node, k, const, value, other, oshape, axes, sizes)
-                    break
-
-    def _baked_constant(self, ctx, node, k, const, value, other, oshape, axes, sizes) -> Finding:
-        dims = ", ".join(f"axis {a} has {value.shape[a]} where {other.name} has {d}" for a, d in axes)
-        base = (f"{node.op} '{node.name}' combines {other.name} {oshape} with constant {const.name} "
-                f"{list(value.shape)} cut at export-time sizes ({dims}): onnxruntime fails at other sizes")
-        uniform = all(np.all(value == value.take([0], axis=a)) for a, _ in axes)
-        if uniform:
-            small = value[tuple(slice(0, 1) if a in {a for a, _ in axes} else slice(None) for a in
-                                range(value.ndim))]
-            return self.finding(
-                base + "; its values do not vary along those axes", nodes=[node], tensors=[const, other],
-                shapes={const.name: list(value.shape), other.name: oshape},
-                hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
-                fix=Fix(f"shrink {const.name} to {list(small.shape)} (broadcasting restores the size)",
-                        apply=loosened(node, {value.shape[a] for a, _ in axes}, set_constant(node, k, small)),
-                        safety=Safety.SAFE,
-                        reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
-        arange = arange_axis(value, [a for a, _ in axes])
-        if arange is not None and arange[0] == 0 and arange[1] == 1:
-            axis = arange[2]
-            source = len(oshape) - value.ndim + axis
-            return self.finding(
-                base + f"; it is arange({value.shape[axis]}) along axis {axis}", nodes=[node],
-                tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
-                hint="`torch.arange(int(x.shape[1]))` was folded; write `torch.arange(x.shape[1])`.",
-                fix=Fix(f"compute {const.name} as Range(0, Shape({other.name})[{source}])",
-                        apply=loosened(node, {value.shape[axis]}, arange_input(node, k, value, axis, other, source,
-                                                                           ctx.opset)),
-                        safety=Safety.SAFE,
-                        reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
-        return self.finding(
-            base + "; its values beyond the export length are gone from the graph", nodes=[node],
-            tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
-            hint="A buffer was cut with a Python int (`self.pe[:, :int(T)]`) and folded; slice it with the traced "
-                 "size (`self.pe[:, : x.shape[1]]`) and re-export.")
 
 
-def _carriers(sizes: ExportSizes, value: int) -> list[str]:
-    return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
-
-
-def _show(entries) -> str:
-    return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
-
-
-def _changed(target: list[int], entries) -> set[int]:
-    return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
+def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], entries, safety: Safety, reason: str) -> Fix:
+    """Compute the shape input of a Reshape or Expand from `entries` (ints, or (tensor, axis) read at run time)."""
+    rebuild = replace_input(node, 1, entries, ctx.opset)
+    return Fix(f"compute {node.op} '{node.name}' shape at run time: {evidence.show_entries(entries)}",
+               apply=loosened(node, evidence.changed_values(target, entries), rebuild), safety=safety, reason=reason)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import sympy
 
 from graphfix.analysis.builders import Builder, onnx_type
+from graphfix.analysis.sizes import Sizes
 
 
 def replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool = False, like=None):
@@ -60,3 +62,52 @@ def arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other:
         node.inputs[index] = b.op("Reshape", [cast, b.const(dims)], dtype=value.dtype)
 
     return apply
+
+
+def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], sizes: Sizes, opset: int):
+    """Fix closure: the entries `replace` names of the shape vector `node.inputs[index]` become run-time
+    expressions (Shape ops on the nearest upstream tensor carrying each size); the other entries are kept as
+    slices of the original vector, so partially constant `Concat`-built shapes keep their computed parts."""
+    vector = node.inputs[index]
+    length = len(sizes.value(vector))
+    near = node.inputs[0]
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{node.name}_gf004", opset)
+        pieces, start = [], 0
+        for j in sorted(replace):
+            if j > start:
+                pieces.append(b.op("Slice", [vector, b.const([start]), b.const([j])]))
+            pieces.append(size_expr(b, sizes, replace[j], near))
+            start = j + 1
+        if start < length:
+            pieces.append(b.op("Slice", [vector, b.const([start]), b.const([length])]))
+        node.inputs[index] = pieces[0] if len(pieces) == 1 else b.op("Concat", pieces, {"axis": 0})
+
+    return apply
+
+
+def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor) -> gs.Tensor | bool | None:
+    """A 1-element int64 vector computing `expr` at run time, from Shape ops on the nearest tensor upstream of
+    `near` that carries each size; None when `expr` is not a sum/product/floor-division of carried sizes. With
+    `b=None` it only answers whether it can (True or None)."""
+    found = sizes.carrier(expr, near)
+    if found is not None:
+        return True if b is None else b.dim(*found)
+    if expr.is_Integer:
+        return True if b is None else b.const([int(expr)])
+    if expr.is_Add or expr.is_Mul:
+        parts = [size_expr(b, sizes, arg, near) for arg in expr.args]
+        if any(p is None for p in parts) or b is None:
+            return None if any(p is None for p in parts) else True
+        out = parts[0]
+        for part in parts[1:]:
+            out = b.op("Add" if expr.is_Add else "Mul", [out, part])
+        return out
+    if isinstance(expr, sympy.floor):
+        num, den = sympy.fraction(sympy.together(expr.args[0]))
+        top = size_expr(b, sizes, num, near) if den.is_Integer and den > 0 else None
+        if top is None or b is None:
+            return top
+        return b.op("Div", [top, b.const([int(den)])])
+    return None

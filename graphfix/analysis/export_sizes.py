@@ -7,7 +7,6 @@ constant one, Split sizes, and onnxruntime's symbolic inference merging a dynami
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
-from graphfix.analysis.constants import Evaluator
+from graphfix.analysis.constants import Evaluator, arange_axis
 from graphfix.core.context import RuleContext
 
 
@@ -106,16 +105,18 @@ def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
 
 
 def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
-    """onnxruntime's symbolic inference merges a dynamic input dim with a constant it meets: that is the size."""
+    """A constraint of the size analysis that holds at one size only (an element count, two broadcast dims, a
+    MatMul's inner dims): that size is the export size."""
     dims = [d for t in ctx.graph.inputs for d in (ctx.shape(t) or ())]
     if not any(isinstance(d, str) and d not in sizes._values for d in dims):
         return  # every dynamic dim is already known
-    symbolic = ctx.symbolic_shapes
-    for tensor in ctx.graph.inputs:
-        merged = symbolic.get(tensor.name) or []
-        for dim, value in zip(ctx.shape(tensor) or (), merged, strict=False):
-            if isinstance(dim, str) and isinstance(value, int):
-                sizes.learn(dim, value, "symbolic shape inference merges it with a constant")
+    from graphfix.analysis.sizes import sizes_of, solve
+
+    for constraint in sizes_of(ctx).constraints:
+        solution = solve(constraint)
+        if solution is not None:
+            sizes.learn(solution.symbol.name, solution.value,
+                        f"{constraint.kind} at '{constraint.node.name}' holds only there")
 
 
 def split_sizes(ev: Evaluator, node: gs.Node) -> list[int] | None:
@@ -148,13 +149,63 @@ def regroups_static_trailing_dims(shape: list, target: list[int], j: int) -> boo
 
 def input_dim_behind(ctx: RuleContext, sizes: ExportSizes, tensor: gs.Tensor, axis: int) -> str | None:
     """The expression of `tensor`'s dim at `axis` when it is computed from a graph input's dynamic dim (its own
-    name, or onnxruntime's symbolic expression naming one), else None: a dim the exporter merely left unnamed
+    name, or the size analysis' expression naming one), else None: a dim the exporter merely left unnamed
     (`unk__238`) may be fixed in every valid run, like the per-image axis of a detector or four box coordinates."""
+    from graphfix.analysis.sizes import sizes_of
+
     shape = ctx.shape(tensor) or []
     if axis < len(shape) and isinstance(shape[axis], str) and shape[axis] in sizes.carriers:
         return shape[axis]
-    symbolic = ctx.unmerged_shapes.get(tensor.name) or []
-    dim = symbolic[axis] if axis < len(symbolic) else None
-    if isinstance(dim, str) and set(re.findall(r"[A-Za-z_]\w*", dim)) & set(sizes.carriers):
-        return dim
+    symbolic = sizes_of(ctx).shape(tensor)
+    dim = symbolic[axis] if symbolic is not None and axis < len(symbolic) else None
+    if dim is not None and {s.name for s in dim.free_symbols} & set(sizes.carriers):
+        return str(dim)
     return None
+
+
+def carriers_of(sizes: ExportSizes, value: int) -> list[str]:
+    return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
+
+
+def show_entries(entries) -> str:
+    return "[" + ", ".join(str(e) if isinstance(e, int) else f"{e[0].name}.shape[{e[1]}]" for e in entries) + "]"
+
+
+def changed_values(target: list[int], entries) -> set[int]:
+    return {t for t, e in zip(target, entries, strict=True) if not (isinstance(e, int) and e == t)}
+
+
+@dataclass
+class FoldedRange:
+    """A Constant node holding arange(start, start + step * length, step): positions computed with Python ints
+    while tracing and folded, so their number is fixed at export."""
+
+    tensor: gs.Tensor
+    start: int
+    step: int
+    length: int
+
+    @property
+    def export_length(self) -> int | None:
+        """L for relative positions arange(L, -L, -1) (or arange(-L, L)), the usual shape of a folded position
+        range: the length the model was traced at."""
+        return abs(self.start) if self.length in (2 * abs(self.start), 2 * abs(self.start) + 1) else None
+
+    def show(self) -> str:
+        return f"arange({self.start}, {self.start + self.step * self.length}, {self.step})"
+
+
+def folded_ranges(ctx: RuleContext) -> list[FoldedRange]:
+    """Constant nodes whose values step by +-1 along their one long axis (cheap: no size analysis)."""
+    found = []
+    for node in ctx.graph.nodes:
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        value = ctx.constant_value(node.outputs[0])
+        if value is None or value.size < 4 or value.size > 65536 or not np.issubdtype(value.dtype, np.number):
+            continue
+        axes = [a for a, d in enumerate(value.shape) if d > 1]
+        progression = arange_axis(value, axes)
+        if progression is not None and abs(progression[1]) == 1 and float(progression[0]).is_integer():
+            found.append(FoldedRange(node.outputs[0], int(progression[0]), int(progression[1]), value.size))
+    return found

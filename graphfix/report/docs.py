@@ -1,7 +1,7 @@
 """The README's rule reference, generated from the rules' own documentation.
 
     python -m graphfix.report.docs            # print the section
-    python -m graphfix.report.docs --write    # replace it in README.md (tests/test_docs.py keeps them in sync)
+    python -m graphfix.report.docs --write    # replace it in README.md (tests/report/test_docs.py keeps them in sync)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def replace_section(readme: str) -> str:
 
 def main() -> None:
     if "--write" in sys.argv:
-        path = Path(__file__).resolve().parents[1] / "README.md"
+        path = Path(__file__).resolve().parents[2] / "README.md"
         path.write_text(replace_section(path.read_text()))
     else:
         print(rules_markdown())

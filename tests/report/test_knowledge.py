@@ -22,9 +22,9 @@ FIELD_ERRORS = [
     ("MatMul dimension mismatch", "GF004", "Reshape"),
     ("Status Message: left operand cannot broadcast on dim 0", "GF004", "MatMul"),
     ("AttributeError: 'Tensor' object has no attribute 'is_integer'", "GF004", "pad_to_multiple"),
-    ("TracerWarning: Converting a tensor to a Python integer might cause the trace to be incorrect.", "GF004",
+    ("TracerWarning: Converting a tensor to a Python integer might cause the trace to be incorrect.", "GF006",
      "constant"),
-    ("TracerWarning: Converting a tensor to a Python boolean might cause the trace to be incorrect.", "GF004",
+    ("TracerWarning: Converting a tensor to a Python boolean might cause the trace to be incorrect.", "GF006",
      "constant"),
     ("Concat node. Name:'/Concat_5' Status Message: concat.cc:154 PrepareForCompute Non concat axis dimensions "
      "must match: Axis 1 has mismatched dimensions of 3 and 2", "GF002", "repeat_interleave"),

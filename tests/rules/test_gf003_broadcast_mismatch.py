@@ -233,7 +233,7 @@ def test_trace_baked_table_is_reported_for_gf004():
         }""")
     (finding,) = gf003(model)
     assert "static size 6 on axis 1" in finding.message and "dynamic dim T" in finding.message
-    assert "GF004" in finding.message and finding.fix is None
+    assert "GF006" in finding.message and finding.fix is None
     run(model, {"x": np.zeros((2, 6, 8), np.float32)})  # only the export length runs
     with pytest.raises(Exception, match=r"6 by 9|9 by 6"):
         run(model, {"x": np.zeros((2, 9, 8), np.float32)})
@@ -252,7 +252,7 @@ def test_trace_baked_table_from_torch_is_reported(exported):
     model = exported(BakedPositions, "ts", 17)
     (finding,) = gf003(model)
     assert "static size 5 on axis 1" in finding.message and "dynamic dim T" in finding.message
-    assert "GF004" in finding.message and "GF004" in finding.hint and finding.fix is None
+    assert "GF006" in finding.message and "GF006" in finding.hint and finding.fix is None
     assert_matches_torch(model, BakedPositions(), sizes=[(1, 5), (3, 5)])  # the export length runs ...
     with pytest.raises(Exception, match="Attempting to broadcast"):  # ... no other does
         run(model, feeds(2, 7))

@@ -143,7 +143,8 @@ def run(model, x):
 
 
 def gf004(findings):
-    return [f for f in findings if f.rule == "GF004"]
+    """Findings about sizes captured at export: GF004's shape vectors and GF006's folded constants (RangeHead)."""
+    return [f for f in findings if f.rule in ("GF004", "GF006")]
 
 
 def assert_matches_torch(model, module, name):
@@ -193,7 +194,7 @@ def test_baked_shape_is_found_and_fixed(exported, name, opset, dynamo, trace, un
     assert {f.fix.safety for f in findings} == safeties
     assert all(f.hint and f.nodes and f.shapes for f in findings)
     result = graphfix.repair(path, validate=False, simplify=False, unsafe_fixes=unsafe, trace_shapes=trace,
-                             only=("GF004",))
+                             only=("GF004", "GF006"))
     assert result.applied and not gf004(result.after.findings)
     onnx.checker.check_model(result.model, full_check=True)
     produced = [n.op_type for n in result.model.graph.node]
@@ -203,7 +204,7 @@ def test_baked_shape_is_found_and_fixed(exported, name, opset, dynamo, trace, un
 
 def test_unsafe_fix_waits_for_the_flag(exported):
     path, _ = exported("nano", opset=17)
-    result = graphfix.repair(path, validate=False, simplify=False, only=("GF004",))
+    result = graphfix.repair(path, validate=False, simplify=False, only=("GF004", "GF006"))
     assert not result.applied and gf004(result.after.findings)
 
 

@@ -1,0 +1,57 @@
+"""The symbolic size analysis every rule shares: `sizes_of(ctx)` (lazy, cached per graph state, time bounded).
+
+    sizes = sizes_of(ctx)
+    sizes.shape(tensor)      # (B, T, 16) as sympy expressions, None where unknown
+    sizes.value(vector)      # (7, 4*B, 4): a shape vector element by element
+    sizes.constraints        # what must hold for the graph to run at every size (and does not identically)
+    for baked in baked_reshapes(sizes): ...   # solved: T = 7 at export, entry 0 stands for T
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from graphfix.analysis.sizes.core import Constraint, Sizes
+from graphfix.analysis.sizes.solve import (
+    BakedEntry,
+    BakedShape,
+    Cap,
+    Solution,
+    baked_reshapes,
+    bind,
+    caps,
+    partly_constant,
+    relations,
+    solve,
+)
+
+BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sizes_of(ctx) -> Sizes:
+    """The size analysis of this rule context's graph, built on first use (rules without a candidate never pay)."""
+    if ctx not in _CACHE:
+        _CACHE[ctx] = Sizes(ctx.graph, ctx.evaluator.value, budget_s=BUDGET_S)
+    return _CACHE[ctx]
+
+
+def tied_dims(model) -> dict:
+    """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
+    import onnx_graphsurgeon as gs
+
+    from graphfix.analysis.shapes import infer_shapes
+    from graphfix.core.context import RuleContext, RuleOptions
+
+    names = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    if len(names) < 3:
+        return {}  # batch and one length: nothing to tie (a tie needs a dim besides the one it is computed from)
+    inferred = infer_shapes(model)
+    ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+    return relations(sizes_of(ctx))
+
+
+__all__ = [
+    "BakedEntry", "BakedShape", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "caps",
+    "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
+]

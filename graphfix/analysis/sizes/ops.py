@@ -1,0 +1,347 @@
+"""How each op maps the sizes of its inputs to the sizes of its outputs, and which constraint it imposes.
+
+A mixin of `Sizes`: each `_op_<Op>` reads its inputs' shapes and small values with `_in_shape`/`_in_value`,
+records constraints with `_require` and writes its outputs with `_set`. An op without a handler keeps onnx's
+shapes for its outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import sympy
+
+Expr = sympy.Expr
+Shape = tuple  # tuple[Expr | None, ...]
+INT_BIG = 2**31 - 1  # ends at or past this mean "to the end"
+MAX_VECTOR = 16  # value tracking is for shape vectors only
+BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
+             "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "BitShift", "Sum", "Mean"}
+SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Gelu", "Erf", "Sqrt", "Softmax", "LogSoftmax", "Tanh",
+              "Sigmoid", "Neg", "Not", "IsNaN", "IsInf", "Exp", "Log", "Abs", "Reciprocal", "Sin", "Cos", "Clip",
+              "LeakyRelu", "Elu", "Softplus", "Round", "Floor", "Ceil", "BatchNormalization", "Dropout",
+              "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Trilu", "HardSigmoid",
+              "HardSwish", "Mish", "Sign", "SimplifiedLayerNormalization", "SkipLayerNormalization", "Silu",
+              "QuickGelu", "FastGelu", "BiasGelu"}
+
+class OpShapes:
+    """Shape (and shape-vector value) propagation rules, one method per op."""
+
+    def _broadcast(self, node: gs.Node) -> None:
+        shapes = [self._in_shape(node, k) for k in range(len(node.inputs)) if _present(node.inputs[k])]
+        if any(s is None for s in shapes):
+            return
+        rank = max(len(s) for s in shapes)
+        out = []
+        for j in range(1, rank + 1):
+            dims = [s[-j] for s in shapes if len(s) >= j]
+            real = [d for d in dims if d != 1]
+            if any(d is None for d in real):
+                out.append(next((d for d in real if d is not None and not d.is_number), None))
+                continue
+            first = real[0] if real else sympy.Integer(1)
+            for other in real[1:]:
+                self._require("broadcast", node, first, other, f"axis {rank - j}")
+            out.append(first)
+        out.reverse()
+        values = [self._in_value(node, k) for k in range(len(node.inputs))]
+        value = None
+        if node.op in _ARITH and len(values) == 2 and all(v is not None for v in values):
+            a, b = values
+            if len(a) == 1 or len(b) == 1 or len(a) == len(b):
+                n = max(len(a), len(b))
+                arith = _ARITH[node.op]
+                if node.op == "Div" and node.outputs[0].dtype is not None and \
+                        np.issubdtype(np.dtype(node.outputs[0].dtype), np.floating):
+                    arith = _truediv  # `math.ceil(n / k)` traced through floats: keep the fraction for Ceil
+                value = tuple(arith(a[i % len(a)], b[i % len(b)]) for i in range(n))
+        self._set(node, tuple(out), value)
+
+    def _op_Constant(self, node: gs.Node) -> None:
+        self._shapes.pop(id(node.outputs[0]), None)
+        self._in_shape_of(node.outputs[0])
+
+    def _op_Cast(self, node: gs.Node) -> None:
+        value = self._in_value(node, 0)
+        to = node.attrs.get("to")
+        if value is not None and to in _INT_TYPES:  # float -> int truncates; sizes are positive, so floor
+            value = tuple(sympy.floor(v) for v in value)
+        self._set(node, self._in_shape(node, 0), value)
+
+    _op_Identity = _op_Cast
+
+    def _op_Ceil(self, node: gs.Node) -> None:
+        value = self._in_value(node, 0)
+        self._set(node, self._in_shape(node, 0), None if value is None else tuple(sympy.ceiling(v) for v in value))
+
+    def _op_Floor(self, node: gs.Node) -> None:
+        value = self._in_value(node, 0)
+        self._set(node, self._in_shape(node, 0), None if value is None else tuple(sympy.floor(v) for v in value))
+
+    def _op_MatMul(self, node: gs.Node) -> None:
+        a, b = self._in_shape(node, 0), self._in_shape(node, 1)
+        if a is None or b is None or len(a) < 2 or len(b) < 2:
+            return
+        self._require("matmul", node, a[-1], b[-2], "inner dims")
+        batch = _broadcast_dims(a[:-2], b[:-2])
+        self._set(node, (*batch, a[-2], b[-1]))
+
+    def _op_Gemm(self, node: gs.Node) -> None:
+        a, b = self._in_shape(node, 0), self._in_shape(node, 1)
+        if a is None or b is None:
+            return
+        a = a[::-1] if node.attrs.get("transA", 0) else a
+        b = b[::-1] if node.attrs.get("transB", 0) else b
+        self._require("matmul", node, a[1], b[0], "inner dims")
+        self._set(node, (a[0], b[1]))
+
+    def _op_Shape(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        if shape is None:
+            return
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
+        dims = shape[slice(start, end)]
+        self._set(node, (sympy.Integer(len(dims)),), dims if all(d is not None for d in dims) else None)
+
+    def _op_Reshape(self, node: gs.Node) -> None:
+        shape, target = self._in_shape(node, 0), self._in_value(node, 1)
+        if target is None:
+            return
+        allowzero = node.attrs.get("allowzero", 0)
+        out = [(shape[j] if shape and j < len(shape) else None) if (t == 0 and not allowzero) else t
+               for j, t in enumerate(target)]
+        if shape is None or any(d is None for d in shape) or any(d is None for d in out):
+            self._set(node, tuple(None if (d is None or d == -1) else d for d in out), tuple(target)
+                      if self._in_value(node, 0) is not None else None)
+            return
+        total = sympy.Mul(*shape)
+        if -1 in out:
+            rest = sympy.Mul(*[d for d in out if d != -1])
+            out[out.index(-1)] = sympy.cancel(total / rest)
+        else:
+            self._require("reshape", node, total, sympy.Mul(*out), "element count")
+        self._set(node, tuple(out), self._in_value(node, 0))
+
+    def _op_Transpose(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        if shape is None:
+            return
+        perm = node.attrs.get("perm", list(range(len(shape)))[::-1])
+        self._set(node, tuple(shape[p] for p in perm))
+
+    def _axes(self, node: gs.Node, rank: int) -> list[int] | None:
+        axes = self._in_value(node, 1) if len(node.inputs) > 1 else node.attrs.get("axes")
+        if axes is None or any(not sympy.sympify(a).is_number for a in axes):
+            return None
+        return sorted(int(a) % rank for a in axes)
+
+    def _op_Unsqueeze(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        if shape is None:
+            return
+        axes = self._axes(node, len(shape) + len(self._in_value(node, 1) or node.attrs.get("axes", ())))
+        if axes is None:
+            return
+        out = list(shape)
+        for a in axes:
+            out.insert(a, sympy.Integer(1))
+        self._set(node, tuple(out), self._in_value(node, 0))
+
+    def _op_Squeeze(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        if shape is None:
+            return
+        axes = self._axes(node, len(shape)) if len(node.inputs) > 1 or "axes" in node.attrs else \
+            [j for j, d in enumerate(shape) if d == 1]
+        if axes is None:
+            return
+        self._set(node, tuple(d for j, d in enumerate(shape) if j not in axes), self._in_value(node, 0))
+
+    def _op_Concat(self, node: gs.Node) -> None:
+        shapes = [self._in_shape(node, k) for k in range(len(node.inputs))]
+        if any(s is None for s in shapes) or not shapes:
+            return
+        rank = len(shapes[0])
+        axis = node.attrs.get("axis", 0) % rank
+        out = list(shapes[0])
+        for s in shapes[1:]:
+            for j in range(rank):
+                if j != axis:
+                    self._require("concat", node, out[j], s[j], f"axis {j}")
+        out[axis] = None if any(s[axis] is None for s in shapes) else sympy.Add(*[s[axis] for s in shapes])
+        values = [self._in_value(node, k) for k in range(len(node.inputs))]
+        value = sum(values, ()) if rank == 1 and all(v is not None for v in values) else None
+        self._set(node, tuple(out), value)
+
+    def _op_Gather(self, node: gs.Node) -> None:
+        data, idx = self._in_shape(node, 0), self._in_shape(node, 1)
+        if data is None or idx is None:
+            return
+        axis = node.attrs.get("axis", 0) % len(data)
+        self._set(node, (*data[:axis], *idx, *data[axis + 1:]), self._gathered(node, data))
+
+    def _gathered(self, node: gs.Node, data: Shape) -> tuple | None:
+        values, idx = self._in_value(node, 0), self._in_value(node, 1)
+        if values is None or idx is None or len(data) != 1:
+            return None
+        if not all(sympy.sympify(i).is_number for i in idx):
+            return None
+        return tuple(values[int(i)] for i in idx)
+
+    def _op_Slice(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        starts, ends = self._in_value(node, 1), self._in_value(node, 2)
+        if shape is None or starts is None or ends is None:
+            return
+        axes = self._in_value(node, 3) or tuple(range(len(starts)))
+        steps = self._in_value(node, 4) or (1,) * len(starts)
+        out = list(shape)
+        for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+            a = int(a) % len(shape)
+            out[a] = self._slice_len(node, shape[a], sympy.sympify(s), sympy.sympify(e), int(st))
+        value = self._in_value(node, 0)
+        if value is not None and len(shape) == 1 and all(sympy.sympify(x).is_number for x in (*starts, *ends)):
+            value = value[slice(int(starts[0]), min(int(ends[0]), len(value)), int(steps[0]))]
+        else:
+            value = None
+        self._set(node, tuple(out), value)
+
+    def _slice_len(self, node: gs.Node, dim: Expr | None, start: Expr, end: Expr, step: int) -> Expr | None:
+        if dim is None or step != 1:
+            return None
+        if start.is_number and start < 0:
+            start = dim + start
+        if end.is_number:
+            end = dim if end >= INT_BIG else (dim + end if end < 0 else sympy.Min(dim, end))
+        elif dim.is_number and end.is_Symbol and _is_table(node.inputs[0]):
+            # a table (position ids, a positional encoding) of `dim` rows cut at a length: the model is built for
+            # lengths up to `dim`, so on the valid range the slice has exactly that length
+            self.bounds.setdefault(end, (int(dim), f"'{node.name}' takes {end} rows of a {int(dim)}-row table"))
+        else:
+            end = sympy.Min(dim, end)
+        return self.simplify(end - start)
+
+    def _op_Expand(self, node: gs.Node) -> None:
+        shape, target = self._in_shape(node, 0), self._in_value(node, 1)
+        if shape is None or target is None:
+            return
+        self._set(node, _broadcast_dims(shape, tuple(sympy.sympify(t) for t in target), self, node))
+
+    def _op_ConstantOfShape(self, node: gs.Node) -> None:
+        target = self._in_value(node, 0)
+        if target is not None:
+            fill = np.asarray(getattr(node.attrs.get("value"), "values", 0)).reshape(-1)
+            value = tuple(int(fill[0]) if fill.size else 0 for _ in range(int(target[0]))) \
+                if len(target) == 1 and sympy.sympify(target[0]).is_number and target[0] <= MAX_VECTOR else None
+            self._set(node, tuple(target), value)
+
+    def _op_Range(self, node: gs.Node) -> None:
+        start, limit, delta = (self._in_value(node, k) for k in range(3))
+        if start is None or limit is None or delta is None:
+            return
+        self._set(node, (sympy.ceiling((limit[0] - start[0]) / delta[0]),))
+
+    def _op_Split(self, node: gs.Node) -> None:
+        shape = self._in_shape(node, 0)
+        if shape is None:
+            return
+        axis = node.attrs.get("axis", 0) % len(shape)
+        split = self._in_value(node, 1) if len(node.inputs) > 1 else node.attrs.get("split")
+        if split is None and shape[axis] is not None:
+            split = [shape[axis] / len(node.outputs)] * len(node.outputs)
+        if split is None:
+            return
+        if shape[axis] is not None:
+            self._require("split", node, shape[axis], sympy.Add(*split), "split sizes")
+        for k, size in enumerate(split):
+            out = list(shape)
+            out[axis] = sympy.sympify(size)
+            self._set(node, tuple(out), k=k)
+
+    def _conv(self, node: gs.Node) -> None:
+        x, w = self._in_shape(node, 0), self._in_shape(node, 1)
+        if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return
+        spatial = len(x) - 2
+        kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
+        strides = node.attrs.get("strides", [1] * spatial)
+        pads = node.attrs.get("pads", [0] * 2 * spatial)
+        dil = node.attrs.get("dilations", [1] * spatial)
+        out = [x[0], w[0] if node.op == "Conv" else x[1]]
+        for j in range(spatial):
+            if x[2 + j] is None:
+                out.append(None)
+                continue
+            span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (sympy.sympify(kernel[j]) - 1) - 1
+            out.append(floor_div(span, strides[j]) + 1)
+        self._set(node, tuple(out))
+
+    _op_Conv = _conv
+    _op_MaxPool = _conv
+    _op_AveragePool = _conv
+
+    def _op_Pad(self, node: gs.Node) -> None:
+        shape, pads = self._in_shape(node, 0), self._in_value(node, 1)
+        if shape is None or pads is None or len(pads) != 2 * len(shape):
+            return
+        self._set(node, tuple(None if d is None else d + pads[j] + pads[j + len(shape)] for j, d in enumerate(shape)))
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+def floor_div(a, n) -> Expr:
+    """floor(a / n) for a positive integer n, with one floor inside `a` folded in: floor((floor(y) + k) / n) is
+    floor((y + k) / n) for integer k, so a strided conv after a strided conv reads floor(T/10), not
+    floor(floor(T/5)/2), and equals what the graph computes with one Div."""
+    a = sympy.sympify(a)
+    inner = [t for t in sympy.Add.make_args(a) if isinstance(t, sympy.floor)]
+    rest = a - sympy.Add(*inner)
+    if len(inner) == 1 and rest.is_Integer:
+        return sympy.floor((inner[0].args[0] + rest) / n)
+    return sympy.floor(a / n)
+
+
+def _floordiv(a, b):
+    a, b = sympy.sympify(a), sympy.sympify(b)
+    if a.is_number and b.is_number:
+        return sympy.Integer(int(a / b)) if a.is_integer and b.is_integer else a / b
+    return floor_div(a, b) if b.is_Integer and b > 0 else a / b
+
+
+def _truediv(a, b):
+    return sympy.sympify(a) / sympy.sympify(b)
+
+
+_INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
+_ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _floordiv,
+          "Mod": lambda a, b: sympy.Mod(a, b), "Max": lambda a, b: sympy.Max(a, b), "Min": lambda a, b: sympy.Min(a, b)}
+
+
+def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.Node | None = None) -> Shape:
+    rank = max(len(a), len(b))
+    a = (sympy.Integer(1),) * (rank - len(a)) + tuple(a)
+    b = (sympy.Integer(1),) * (rank - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None:  # valid broadcasting makes the unknown dim 1 or the known one
+            known = y if x is None else x
+            out.append(known if known is not None and known != 1 else None)
+            continue
+        if x == 1:
+            out.append(y)
+        elif y == 1 or x == y:
+            out.append(x)
+        else:
+            if sizes is not None:
+                sizes._require("broadcast", node, x, y)
+            out.append(x)
+    return tuple(out)
+
+
+
+def _is_table(tensor: gs.Tensor) -> bool:
+    """A weight or buffer: an initializer or a Constant node's output."""
+    return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")
+
+
+def _present(tensor: gs.Tensor) -> bool:
+    return bool(tensor.name) or isinstance(tensor, gs.Constant)

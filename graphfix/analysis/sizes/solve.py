@@ -1,0 +1,144 @@
+"""Constraints solved: the export-time size a constraint pins, and the expressions that baked entries stand for.
+
+A Reshape `[T, B, 16] -> Concat([7], B*4, [4])` conserves elements only when `16*B*T = 112*B`, i.e. at T = 7: the
+trace baked T. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
+the element count holds at every size (`16*B*T / (4*B*4) = T`); entry 2 would need `4*T/7`. One such entry is a
+solved fix; several are ambiguous and the caller validates or reports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+import sympy
+
+from graphfix.analysis.sizes.core import Constraint, Sizes
+
+MAX_CANDIDATES = 4
+
+
+@dataclass
+class Solution:
+    """A constraint that holds at one value of one symbol only: the export-time size the trace baked."""
+
+    constraint: Constraint
+    symbol: sympy.Symbol
+    value: int
+
+
+@dataclass
+class BakedEntry:
+    """Entry `index` of a shape vector holds `value`, the export-time value of `expr`."""
+
+    index: int
+    value: int
+    expr: sympy.Expr
+
+
+@dataclass
+class BakedShape:
+    """A node whose shape vector bakes `symbol` = `value`; `entries` holds one candidate (solved) or several."""
+
+    node: gs.Node
+    solution: Solution
+    entries: list[BakedEntry]
+
+    @property
+    def equation(self) -> str:
+        return f"{self.solution.constraint.left} = {self.solution.constraint.right}"
+
+
+def solve(constraint: Constraint) -> Solution | None:
+    """The one positive whole value of one symbol at which the constraint holds, else None."""
+    equation = sympy.expand(constraint.left - constraint.right)
+    for symbol in sorted(equation.free_symbols, key=str):
+        try:
+            roots = sympy.solve(equation, symbol)
+        except (NotImplementedError, TypeError, ValueError):
+            continue  # sympy cannot isolate this symbol (floor, Min): no proof from it
+        if len(roots) == 1 and roots[0].is_Integer and roots[0] > 0:
+            return Solution(constraint, symbol, int(roots[0]))
+    return None
+
+
+def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
+    """Reshapes whose element count holds at one size only, with the constant entries that can stand for it."""
+    for constraint in sizes.constraints:
+        if constraint.kind != "reshape":
+            continue  # other constraints prove a size too, but only a shape vector entry can be rebuilt
+        solution = solve(constraint)
+        if solution is None:
+            continue
+        target = [sympy.sympify(t) for t in sizes.value(constraint.node.inputs[1])]
+        yield BakedShape(constraint.node, solution, _entries(constraint.left, target, solution))
+
+
+def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) -> list[BakedEntry]:
+    found = []
+    for j, t in enumerate(target):
+        if not t.is_Integer or t <= 1:
+            continue  # only constants can be baked; 1 and -1 never are
+        rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
+        expr = sympy.cancel(total / rest)
+        if sympy.denom(sympy.together(expr)) != 1 or not expr.free_symbols:
+            continue  # the entry cannot be a whole-number expression of the sizes
+        if expr.subs(solution.symbol, solution.value) != t:
+            continue  # it would not have been this constant at export
+        found.append(BakedEntry(j, int(t), expr))
+    return found[:MAX_CANDIDATES]
+
+
+def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
+    """Graph-input dims that a constraint ties to an expression of the others: `frames = floor(samples/320)` when a
+    padding mask's length must equal the encoder's frame count. Inputs fed at other sizes are invalid inputs."""
+    found: dict[str, sympy.Expr] = {}
+    for constraint in sizes.constraints:
+        for left, right in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
+            if left.is_Symbol and left.name not in found and right.free_symbols and left not in right.free_symbols:
+                found[left.name] = right
+                break
+    return found
+
+
+def bind(binding: dict[str, int], tied: dict[str, sympy.Expr]) -> dict[str, int]:
+    """`binding` with each tied dim computed from the others (kept as chosen where that gives no valid size)."""
+    out = dict(binding)
+    for name, expr in tied.items():
+        symbols = {s: out[s.name] for s in expr.free_symbols if s.name in out}
+        if len(symbols) != len(expr.free_symbols):
+            continue  # depends on a dim this binding does not size
+        value = expr.subs(symbols)
+        if value.is_Integer and value >= 1:
+            out[name] = int(value)
+    return out
+
+
+def partly_constant(elems) -> bool:
+    """A shape vector (elements: ints, or symbols computed at run time) mixing a constant entry > 1 with computed
+    ones: the candidates of `baked_reshapes` that constant-vector checks do not see."""
+    if not elems or all(isinstance(e, int) for e in elems):
+        return False
+    return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)
+
+
+@dataclass
+class Cap:
+    """A constraint `Min(limit, s) == s`: the graph runs only while s <= limit (a length cut by a fixed size)."""
+
+    constraint: Constraint
+    symbol: sympy.Symbol
+    limit: int
+
+
+def caps(sizes: Sizes) -> list[Cap]:
+    """One Cap per (symbol, limit), in graph order."""
+    found: dict[tuple, Cap] = {}
+    for constraint in sizes.constraints:
+        for capped, free in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
+            if isinstance(capped, sympy.Min) and free.is_Symbol and free in capped.args and len(capped.args) == 2:
+                limit = next(a for a in capped.args if a != free)
+                if limit.is_Integer:
+                    found.setdefault((free, int(limit)), Cap(constraint, free, int(limit)))
+    return list(found.values())

@@ -1,0 +1,130 @@
+"""The symbolic size analysis: shapes as expressions, constraints solved, range facts, relations, time bound."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+from conftest import parse
+
+from graphfix.analysis.shapes import infer_shapes
+from graphfix.analysis.sizes import Sizes, baked_reshapes, bind, relations, sizes_of, tied_dims
+from graphfix.core.context import RuleContext, RuleOptions
+
+# MultiheadAttention's key reshape as the TorchScript exporter writes it: [7, B * 4, 4] with 7 baked.
+MHA_KEY = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[T, B, 16] k) => (float[?, ?, ?] y) {
+    shape = Shape(k)
+    one = Constant <value = int64 {1}> ()
+    b = Gather <axis = 0> (shape, one)
+    heads = Constant <value = int64 {4}> ()
+    bh = Mul(b, heads)
+    zero = Constant <value = int64[1] {0}> ()
+    bh1 = Unsqueeze(bh, zero)
+    len = Constant <value = int64[1] {7}> ()
+    dim = Constant <value = int64[1] {4}> ()
+    target = Concat <axis = 0> (len, bh1, dim)
+    y = Reshape(k, target)
+}
+"""
+
+HEALTHY = MHA_KEY.replace("len = Constant <value = int64[1] {7}> ()",
+                          "t0 = Constant <value = int64 {0}> ()\n    t = Gather <axis = 0> (shape, t0)\n"
+                          "    len = Unsqueeze(t, zero)")
+
+# BERT's positions: a 512-row table sliced at the sequence length, added to the token embeddings.
+TABLE = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (int64[B, S] ids, float[B, S, 8] emb) => (float[B, S, 8] y) {
+    table = Constant <value = float[512, 8] {VALUES}> ()
+    shape = Shape(ids)
+    start = Constant <value = int64[1] {0}> ()
+    one = Constant <value = int64[1] {1}> ()
+    two = Constant <value = int64[1] {2}> ()
+    end = Slice(shape, one, two)
+    rows = Slice(table, start, end, start)
+    y = Add(emb, rows)
+}
+""".replace("VALUES", ", ".join(["0.5"] * 4096))
+
+# A padding mask over the frames of a strided convolution, fixed as Where(mask[..., None], 0, h).
+FRAMES = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, 1, N] audio, bool[B, F] pad) => (float[B, 4, F] y) {
+    w = Constant <value = float[4, 1, 10] {VALUES}> ()
+    h = Conv <strides = [5]> (audio, w)
+    axes = Constant <value = int64[1] {1}> ()
+    mask = Unsqueeze(pad, axes)
+    zero = Constant <value = float {0}> ()
+    y = Where(mask, zero, h)
+}
+""".replace("VALUES", ", ".join(["0.1"] * 40))
+
+
+def analysed(text: str, budget_s: float = 5.0) -> tuple[Sizes, gs.Graph]:
+    model = infer_shapes(parse(text))
+    graph = gs.import_onnx(model)
+    ctx = RuleContext(model, graph, None, RuleOptions(static=True))
+    sizes = sizes_of(ctx) if budget_s == 5.0 else Sizes(graph, ctx.evaluator.value, budget_s=budget_s)
+    return sizes, graph
+
+
+def tensor(graph: gs.Graph, name: str) -> gs.Tensor:
+    return graph.tensors()[name]
+
+
+def test_shape_vectors_are_expressions_and_the_element_count_is_solved():
+    sizes, graph = analysed(MHA_KEY)
+    assert [str(v) for v in sizes.value(tensor(graph, "target"))] == ["7", "4*B", "4"]
+    (baked,) = list(baked_reshapes(sizes))
+    assert (str(baked.solution.symbol), baked.solution.value) == ("T", 7)
+    assert [(e.index, e.value, str(e.expr)) for e in baked.entries] == [(0, 7, "T")]
+
+
+def test_a_reshape_whose_shape_is_computed_has_no_constraint():
+    sizes, graph = analysed(HEALTHY)
+    assert sizes.constraints == []
+    assert sizes.dims(tensor(graph, "y")) == ["T", "4*B", 4]
+
+
+def test_a_table_slice_bounds_the_length_so_min_is_the_length():
+    sizes, graph = analysed(TABLE)
+    assert sizes.dims(tensor(graph, "rows")) == ["S", 8]
+    symbol = sizes.symbols["S"]
+    assert sizes.bounds[symbol][0] == 512
+    assert sizes.constraints == []  # S + positions: broadcasting holds at every valid S
+
+
+def test_a_mask_tied_to_conv_frames_gives_a_relation_between_input_dims():
+    sizes, graph = analysed(FRAMES)
+    assert sizes.dims(tensor(graph, "h")) == ["B", 4, "floor(N/5) - 1"]
+    tied = relations(sizes)
+    assert str(tied["F"]) == "floor(N/5) - 1"
+    assert bind({"B": 2, "N": 400, "F": 12}, tied) == {"B": 2, "N": 400, "F": 79}
+    assert bind({"B": 2, "N": 3, "F": 12}, tied)["F"] == 12  # no frame at all: the binding is kept
+    assert tied_dims(parse(FRAMES)).keys() == {"F"}
+
+
+def test_a_solved_value_must_be_a_whole_positive_size():
+    """16*B*T = 7*4*B*3 holds at T = 21/4 only, which is no size: nothing is claimed baked."""
+    sizes, _ = analysed(MHA_KEY.replace("dim = Constant <value = int64[1] {4}>",
+                                        "dim = Constant <value = int64[1] {3}>"))
+    assert len(sizes.constraints) == 1
+    assert list(baked_reshapes(sizes)) == []
+
+
+def test_past_its_time_budget_the_analysis_is_incomplete_never_wrong():
+    sizes, _ = analysed(MHA_KEY, budget_s=0.0)
+    assert sizes.incomplete and "stopped" in sizes.incomplete
+    assert sizes.constraints == []
+    assert list(baked_reshapes(sizes)) == []
+
+
+def test_an_op_the_pass_does_not_model_keeps_onnx_shapes():
+    text = """
+    < ir_version: 8, opset_import: ["" : 17] >
+    g (float[B, T, 8] x) => (float[B, 8, T] y) {
+        y = Einsum <equation = "btd->bdt"> (x)
+    }
+    """
+    sizes, graph = analysed(text)
+    assert sizes.dims(tensor(graph, "y")) == ["B", 8, "T"]
