@@ -130,3 +130,30 @@ def evaluate_dim(dim: int | str | None, sizes: dict[str, int]) -> int | None:
     except Exception as exc:  # expressions sympy cannot parse are left undecided
         log.debug("cannot evaluate dim %r: %s", dim, exc)
         return None
+
+
+def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
+    """Output name -> the dims the model declares (int, dim name, or None), None when it declares no shape."""
+    shapes: dict[str, list | None] = {}
+    for out in model.graph.output:
+        tensor = out.type.tensor_type
+        if not tensor.HasField("shape"):
+            shapes[out.name] = None
+            continue
+        shapes[out.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tensor.shape.dim]
+    return shapes
+
+
+def compare_overlap(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float,
+                    atol: float) -> OutputComparison:
+    """Values compared on the region both shapes cover (same rank), shapes reported as they are."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.ndim != actual.ndim:
+        return OutputComparison(name, False, None, None, list(expected.shape), list(actual.shape),
+                                f"rank {actual.ndim} instead of {expected.ndim}")
+    region = tuple(slice(0, min(a, b)) for a, b in zip(expected.shape, actual.shape, strict=True))
+    result = compare_arrays(name, expected[region], actual[region], rtol, atol)
+    result.expected_shape, result.actual_shape = list(expected.shape), list(actual.shape)
+    if not result.ok:
+        result.problem = f"on the region both shapes cover: {result.problem}"
+    return result
