@@ -226,13 +226,29 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     """Run the original and the candidate (the original again when nothing changed)."""
     from graphfix.validate import ValidationOptions, validate
 
-    if candidate is None:
-        candidate = original
+    candidate = original if candidate is None else ModelRunner.from_source(candidate)
     validation = options.validation or ValidationOptions()
     traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
     if traced and not validation.trace_sizes:  # the export size is the first size validated
         validation = dataclasses.replace(validation, trace_sizes=traced)
-    return validate(original, candidate, validation)
+    outcome = validate(original, candidate, validation)
+    if outcome.passed or candidate is original or validation.trace_sizes:
+        return outcome
+    # Probed around a guessed export size, the original may have run nowhere: the sizes the graph itself reveals
+    # (GF004's evidence) give the reference the guess missed. Only then: learning them costs an analysis.
+    solved = solved_sizes(loaded, options.rule_options)
+    if not solved or all(outcome.sizes and outcome.sizes[0].get(k) == v for k, v in solved.items()):
+        return outcome
+    return validate(original, candidate, dataclasses.replace(validation, trace_sizes=solved))
+
+
+def solved_sizes(loaded: LoadedModel, rule_options: RuleOptions) -> dict[str, int]:
+    """Export-time sizes of the input dims, learnt from the original graph (see graphfix.analysis.export_sizes)."""
+    from graphfix.analysis.export_sizes import export_sizes
+    from graphfix.core.engine import analyse
+
+    ctx = analyse(loaded.proto, loaded.base_dir, rule_options)
+    return dict(export_sizes(ctx, ctx.evaluator).values)
 
 
 def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
