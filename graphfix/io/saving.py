@@ -5,7 +5,8 @@ destination, where onnxruntime can validate it from disk. Only `commit()` moves 
 `os.replace` each, data before model), so a reader never sees a half-written model and a failed validation
 leaves nothing behind. Replacing a model that has external data (`--in-place`, or an earlier output) is atomic
 for the pair: the new data goes under a name no file has (`NAME.data`, else `NAME.1.data`), then the graph
-replaces the old one, and only then is the old data removed; a crash in between leaves the old pair usable. Weights kept in the source's external data are copied in chunks, never loaded whole.
+replaces the old one, and only then is the old data removed; a crash in between leaves the old pair usable.
+Weights kept in the source's external data are copied in chunks, never loaded whole.
 
 A light model (see `graphfix.io.weights`) is written with its stubs replaced by the weights they stand for, one
 tensor at a time: inline, each weight goes out as its own `graph { initializer }` record, which protobuf parsers

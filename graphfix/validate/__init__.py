@@ -44,7 +44,7 @@ __all__ = [
     "validate",
 ]
 
-from graphfix.validate.evidence import SizeRun  # noqa: E402  (defined beside the judge that fills it)
+from graphfix.validate.evidence import SizeRun
 
 
 @dataclass

@@ -181,7 +181,8 @@ class Judge:
         if run.level != "consistent":
             run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in notes if n))
         else:
-            run.note = "; ".join([*notes[:1], f"compared sample by sample with the original at {' and '.join(compared)}"])
+            against = " and ".join(compared)
+            run.note = "; ".join([*notes[:1], f"compared sample by sample with the original at {against}"])
         return run.level == "consistent"
 
     def _bisect(self, run: SizeRun, feeds) -> None:

@@ -18,7 +18,6 @@ from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.validate.anchor import anchored
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
-from graphfix.validate.sizes import batch_dims, is_smaller
 from graphfix.validate.runner import (
     ModelRunner,
     ModelSource,
@@ -27,6 +26,7 @@ from graphfix.validate.runner import (
     upstream_only,
     without_downstream,
 )
+from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
 @dataclass

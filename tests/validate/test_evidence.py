@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from conftest import parse
 from onnx import TensorProto, helper, numpy_helper
 
 import graphfix
 from graphfix.validate import ValidationOptions, validate
-from conftest import parse
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
 HUBERT = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
