@@ -104,9 +104,11 @@ fix_options = _compose(
 )
 
 require_option = click.option(
-    "--require", type=click.Choice(["original", "consistent", "runs"]), default="consistent", show_default=True,
+    "--require", type=click.Choice(["torch", "original", "consistent", "runs"]), default="consistent",
+    show_default=True,
     help="Evidence every dynamic dim must reach before repair writes: values compared with the original "
-    "(original), with the original run sample by sample (consistent), or only shapes checked (runs).",
+    "(original), with the original run sample by sample (consistent), or only shapes checked (runs); torch "
+    "needs the PyTorch module (graphfix.export, graphfix.verify).",
 )
 
 

@@ -53,6 +53,9 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     Exit 0 when what was written reached the required evidence at every probe size; 1 when nothing was written
     (validation failed, unless --force) or the model, unchanged, fails at a probe size; 2 for usage, input and
     internal errors."""
+    if require == "torch":
+        raise UsageError("--require torch: repair has no PyTorch module to compare with; use graphfix.export or "
+                         "graphfix.verify (Python API), or --require original|consistent|runs")
     models = expand_paths(paths)
     targets = _destinations(models, output, output_dir, in_place, dry_run)
     options = RepairOptions(

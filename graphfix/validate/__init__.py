@@ -86,7 +86,8 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     before = ModelRunner.from_source(original)
     after = before if candidate is original else ModelRunner.from_source(candidate)
     if after.session is None:
-        return Validation(False, [], [], [f"the repaired model cannot be loaded by onnxruntime: {after.load_error}"],
+        subject = "the model" if after is before else "the repaired model"
+        return Validation(False, [], [], [f"{subject} cannot be loaded by onnxruntime: {after.load_error}"],
                           require=options.require)
     options = anchored([before, after], before.proto, options)
     sizes = probe_sizes(before.proto, options)

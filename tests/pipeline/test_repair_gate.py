@@ -160,3 +160,24 @@ def test_internal_errors_exit_2_with_a_debug_hint(tmp_path, monkeypatch):
     done = CliRunner().invoke(cli, ["repair", str(tmp_path / "m.onnx"), "--dry-run"])
     assert done.exit_code == 2
     assert "internal error" in done.output and "--debug" in done.output and "Traceback" not in done.output
+
+
+def baked_reshape() -> onnx.ModelProto:
+    """X[N, T, 4] -> Reshape([12, 4]): traced at N=2, T=6; T has no reference anywhere but its export size."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "target"], ["Y"], name="flatten")], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "T", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["NT", 4])],
+        [numpy_helper.from_array(np.array([12, 4], np.int64), "target")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_require_sets_the_evidence_repair_must_reach(tmp_path):
+    onnx.save(baked_reshape(), tmp_path / "m.onnx")
+    traced = ("--trace-shape", "X=2x6x4", "--no-simplify")
+    refused = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", *traced)
+    assert refused.exit_code == 1 and not (tmp_path / "out.onnx").exists()
+    assert "evidence runs (N: consistent, T: runs)" in refused.output and "--require runs" in refused.output
+    accepted = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", *traced, "--require", "runs")
+    assert accepted.exit_code == 0 and (tmp_path / "out.onnx").exists(), accepted.output
+    assert repair(tmp_path / "m.onnx", "--dry-run", "--require", "torch").exit_code == 2
