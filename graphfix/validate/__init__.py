@@ -29,7 +29,7 @@ from graphfix.validate.evidence import LEVELS, Judge, dim_evidence, weakest
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
-from graphfix.validate.sizes import reference_binding
+from graphfix.validate.sizes import reference_bindings
 
 __all__ = [
     "LEVELS",
@@ -94,8 +94,9 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     judge = Judge(before, after, options, sizes[0])
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
-    extra = reference_binding(before.proto, options, sizes[0])
-    if after is not before and extra and extra not in sizes and weakest(dims.values()) != "original":
+    for extra in reference_bindings(before.proto, options, sizes[0]):
+        if after is before or extra in sizes or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
+            break
         run = judge.at(extra, reference_only=True)
         if not run.skipped:
             runs.append(run)

@@ -118,6 +118,8 @@ def evaluate_dim(dim: int | str | None, sizes: dict[str, int]) -> int | None:
         return None
     if dim in sizes:
         return sizes[dim]
+    if dim.isidentifier():
+        return None  # a dim name no input carries (unk__0, Reshape_dim_1): undecided, no sympy needed
     try:
         import sympy
 

@@ -34,7 +34,7 @@ class ValidationOptions:
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)  # input -> dims (None = symbolic)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # input -> user values
     trace_sizes: dict[str, int] = field(default_factory=dict)  # symbolic dim -> export-time size
-    num_sizes: int = 4  # the export size, batch 1, and sizes around the export size
+    num_sizes: int = 3  # the export size, batch 1 with smaller sizes, larger sizes
     rtol: float = 1e-3
     atol: float = 1e-4
     require: str = "consistent"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)

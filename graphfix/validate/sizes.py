@@ -4,10 +4,11 @@ A binding maps every symbolic dim name to a size; dims without a name (`?`, -1) 
 The first binding is the export-time size (`trace_sizes`, else a guess from the graph's baked shape constants,
 else a default). Then come
 
-- batch 1, the other dims at their export size: a key-padding mask or a batch-folding reshape is right there;
-- sizes around the export size (larger, smaller, odd, never a multiple of it), different for every dim (dims
-  that stay equal hide batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's
-  dim lets a wrong broadcast run);
+- batch 1 with the other dims below their export size: a key-padding mask or a batch-folding reshape is right
+  at batch 1, and a front end meets its minimum length;
+- sizes above the export size (odd, never a multiple of it), different for every dim (dims that stay equal hide
+  batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim lets a wrong
+  broadcast run);
 
 and no size goes beyond a limit the graph reveals: a table indexed by positions (a Range) or sliced by a length
 bounds the non-batch dims. `--shape` and `--input` fix dims at every binding.
@@ -58,7 +59,7 @@ def batch_dims(model: onnx.ModelProto) -> set[str]:
 
 
 def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
-    """The export binding first, then batch 1, then sizes around the export size: `num_sizes` in all."""
+    """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all."""
     forced = forced_sizes(model, options)
     export = export_sizes(model, options, forced)
     if not export:
@@ -66,8 +67,9 @@ def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
     wanted = max(options.num_sizes, 1)
     bindings = [export]
-    single = {name: 1 if name in batch and name not in forced else size for name, size in export.items()}
-    candidates = [single] + [_spread(export, step, batch, forced, limit, avoid) for step in range(1, wanted + 8)]
+    single = {name: 1 for name in batch if name in export and name not in forced}
+    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid)
+    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid) for step in (1, *range(3, wanted + 8))]
     for other in candidates:
         if len(bindings) >= wanted:
             break
@@ -81,14 +83,17 @@ def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str])
     return any(size < export.get(name, size) for name, size in binding.items() if name not in batch)
 
 
-def reference_binding(model: onnx.ModelProto, options, export: dict[str, int]) -> dict[str, int] | None:
-    """Batch 3 with every other free dim at 1: where a broadcast bug on those dims cannot show, the original
-    runs and gives a per-sample reference (see graphfix.validate.consistency). None without a free batch dim."""
+def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int]) -> list[dict[str, int]]:
+    """Sizes probed only when the others left a dim without a reference (see graphfix.validate.consistency):
+    batch 1 with every other dim at its export size (a baked batch: the original runs at the export batch there),
+    then batch 3 with every other free dim at 1 (a broadcast bug on those dims cannot show there)."""
     forced, batch = forced_sizes(model, options), batch_dims(model)
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
-        return None
-    return {name: 3 if name in free_batch else size if name in forced else 1 for name, size in export.items()}
+        return []
+    single = {name: 1 if name in free_batch else size for name, size in export.items()}
+    unit = {name: 3 if name in free_batch else size if name in forced else 1 for name, size in export.items()}
+    return [single, unit]
 
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,

@@ -37,16 +37,16 @@ def test_shared_dim_names_get_equal_sizes_at_every_binding():
 
 def test_at_least_three_distinct_bindings_and_unnamed_dims_get_sizes():
     sizes = probe_sizes(SHARED_DIMS, ValidationOptions())
-    assert len(sizes) == 4
-    assert len({tuple(sorted(s.items())) for s in sizes}) == 4
+    assert len(sizes) == 3
+    assert len({tuple(sorted(s.items())) for s in sizes}) == 3
     assert all("U:0" in s for s in sizes)  # the `?` dim of U is bound too
 
 
 def test_trace_size_is_the_first_binding():
     sizes = probe_sizes(SHARED_DIMS, ValidationOptions(trace_sizes={"T": 100}))
     assert sizes[0]["T"] == 100
-    assert sizes[1]["B"] == 1 and sizes[1]["T"] == 100  # batch 1 at the export length
-    assert all(s["T"] != 100 for s in sizes[2:])
+    assert sizes[1]["B"] == 1 and sizes[1]["T"] < 100 < sizes[2]["T"]  # batch 1 with smaller sizes, then larger
+    assert all(s["T"] != 100 for s in sizes[1:])
 
 
 def test_token_ids_stay_below_the_vocabulary_and_lengths_within_time():
@@ -87,9 +87,9 @@ def test_every_dim_gets_its_own_size_batch_1_is_probed_and_weight_dims_are_avoid
         Y = Relu(X)
     }""")
     m.graph.initializer.append(numpy_helper.from_array(np.zeros((5, 7), np.float32), "w"))
-    sizes = probe_sizes(m, ValidationOptions())
+    sizes = probe_sizes(m, ValidationOptions(num_sizes=4))
     assert any(s["B"] == 1 for s in sizes)
-    for binding in sizes[2:]:  # away from the export size: no two dims equal, none equal to a weight's dim
+    for binding in sizes[1:]:  # away from the export size: no two dims equal, none equal to a weight's dim
         assert len(set(binding.values())) == len(binding)
         assert not {5, 7} & set(binding.values())
         assert all(binding[name] != sizes[0][name] for name in binding)
