@@ -152,12 +152,10 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
 
 
 def free_data_name(destination: Path) -> str:
-    """`NAME.data`, or `NAME.1.data` when the first is a file in use (the model being replaced reads it)."""
-    for name in (destination.name + ".data", destination.name + ".1.data"):
-        if not (destination.parent / name).exists():
-            return name
+    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) when it is a file the model being replaced reads."""
     in_use = {path.name for path in _data_files(destination)}
-    return next(name for name in (destination.name + ".data", destination.name + ".1.data") if name not in in_use)
+    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + 1)]
+    return next(name for name in names if name not in in_use)
 
 
 def _data_files(model: Path) -> list[Path]:

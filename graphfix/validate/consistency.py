@@ -59,7 +59,7 @@ def reference(original, feeds: dict[str, np.ndarray], binding: dict[str, int], b
         result = original.run(part)
         if not result.ok:
             return BatchReference(group, None, f"at {batch}={group} it fails")
-        wrong = _contradicts(result.outputs, declared, {**binding, batch: group})
+        wrong = contradicts(result.outputs, declared, {**binding, batch: group})
         if wrong:
             return BatchReference(group, None, f"at {batch}={group} it {wrong}")
         for name, value in result.outputs.items():
@@ -86,7 +86,7 @@ def _guess_axis(value: np.ndarray, group: int | None) -> int | None:
     return 0 if group is None or np.shape(value)[0] == group else None
 
 
-def _contradicts(outputs: dict[str, np.ndarray], declared: dict[str, list], binding: dict[str, int]) -> str:
+def contradicts(outputs: dict[str, np.ndarray], declared: dict[str, list], binding: dict[str, int]) -> str:
     """'returns output X with shape S where it declares D', or '' when every output agrees with its declaration."""
     for name, value in outputs.items():
         dims = declared.get(name)

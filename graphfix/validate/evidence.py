@@ -21,7 +21,7 @@ from graphfix.validate.compare import (
     compare_overlap,
     declared_shapes,
 )
-from graphfix.validate.consistency import _contradicts, batch_axes, compare_with_reference, reference
+from graphfix.validate.consistency import batch_axes, compare_with_reference, contradicts, reference
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.runner import failing_node
 from graphfix.validate.sizes import batch_dims, forced_sizes, is_smaller
@@ -147,7 +147,7 @@ class Judge:
 
     def _against_original(self, run, expected, actual, binding) -> bool:
         """Compare with the original where it runs as it declares; False when it is no reference here."""
-        wrong = _contradicts(expected, self.declared, binding)
+        wrong = contradicts(expected, self.declared, binding)
         baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
                  self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(actual.get(name)))}
         if wrong and not baked:
