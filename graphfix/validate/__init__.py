@@ -95,8 +95,10 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     for extra in reference_bindings(before.proto, options, sizes[0]):
-        if after is before or extra in sizes or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
+        if after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
             break
+        if extra in sizes:
+            continue
         run = judge.at(extra, reference_only=True)
         if not run.skipped:
             runs.append(run)
