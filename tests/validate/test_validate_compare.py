@@ -128,3 +128,10 @@ def test_compare_arrays_reports_errors_and_treats_nan_as_equal():
     assert same.ok and same.max_abs == 0.0
     off = compare_arrays("y", np.array([1.0, 2.0]), np.array([1.0, 2.5]), 1e-3, 1e-4)
     assert not off.ok and off.max_abs == 0.5 and abs(off.max_rel - 0.25) < 1e-9
+
+
+def test_half_precision_is_compared_at_its_own_precision():
+    expected = np.array([1.0, 0.5], np.float16)
+    assert compare_arrays("y", expected, expected + np.float16(0.000977), 1e-3, 1e-4).ok  # one fp16 ulp at 1.0
+    assert not compare_arrays("y", expected, expected + np.float16(0.1), 1e-3, 1e-4).ok
+    assert not compare_arrays("y", expected.astype(np.float32), expected.astype(np.float32) + 0.000977, 1e-3, 1e-4).ok
