@@ -28,9 +28,9 @@ class GraphfixGroup(click.Group):
         except Exception as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            click.echo(f"graphfix: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-                       "traceback)", err=True)
-            ctx.exit(1)
+            click.echo(f"graphfix: internal error: {type(exc).__name__}: {exc} (a bug in graphfix, not in your "
+                       "model; rerun with --debug for the traceback)", err=True)
+            ctx.exit(2)
         if isinstance(result, int):
             ctx.exit(result)
         return result

@@ -99,7 +99,16 @@ probe_inputs = _compose(
 )
 
 fix_options = _compose(
-    click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes marked unsafe (they change the interface)."),
+    click.option("--unsafe-fixes", is_flag=True,
+                 help="Also apply fixes marked unsafe: they may change the interface or the results."),
+)
+
+require_option = click.option(
+    "--require", type=click.Choice(["torch", "original", "consistent", "runs"]), default="consistent",
+    show_default=True,
+    help="Evidence every dynamic dim must reach before repair writes: values compared with the original "
+    "(original), with the original run sample by sample (consistent), or only shapes checked (runs); torch "
+    "needs the PyTorch module (graphfix.export, graphfix.verify).",
 )
 
 
@@ -114,11 +123,12 @@ def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expec
                        trace_shapes=traced)
 
 
-def validation_options_from(*, shapes=(), input_files=(), rtol: float = 1e-3, atol: float = 1e-4):
+def validation_options_from(*, shapes=(), input_files=(), rtol: float = 1e-3, atol: float = 1e-4,
+                            require: str = "consistent"):
     from graphfix.validate import ValidationOptions
 
     return ValidationOptions(shapes=parse_shapes("--shape", tuple(shapes)), inputs=parse_input_files(input_files),
-                             rtol=rtol, atol=atol)
+                             rtol=rtol, atol=atol, require=require)
 
 
 def shapes_from(shapes: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:

@@ -15,6 +15,7 @@ from graphfix.cli.options import (
     format_option,
     paths_argument,
     probe_inputs,
+    require_option,
     rule_inputs,
     rule_options_from,
     rule_selection,
@@ -43,10 +44,18 @@ from graphfix.report.text import emit_json, findings_text
 @fix_options
 @rule_inputs
 @probe_inputs
+@require_option
 @config_options
 def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fmt, only, skip, unsafe_fixes,
-            expect_outputs, trace_shapes, show_rejected, shapes, input_files, rtol, atol) -> int:
-    """Repair models: fix what the graph still carries the information for, simplify, validate, write."""
+            expect_outputs, trace_shapes, show_rejected, shapes, input_files, rtol, atol, require) -> int:
+    """Repair models: fix what the graph still carries the information for, simplify, validate, write.
+
+    Exit 0 when what was written reached the required evidence at every probe size; 1 when nothing was written
+    (validation failed, unless --force) or the model, unchanged, fails at a probe size; 2 for usage, input and
+    internal errors."""
+    if require == "torch":
+        raise UsageError("--require torch: repair has no PyTorch module to compare with; use graphfix.export or "
+                         "graphfix.verify (Python API), or --require original|consistent|runs")
     models = expand_paths(paths)
     targets = _destinations(models, output, output_dir, in_place, dry_run)
     options = RepairOptions(
@@ -54,7 +63,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
         rule_options=rule_options_from(unsafe_fixes=unsafe_fixes, expect_outputs=expect_outputs,
                                        trace_shapes=trace_shapes),
         simplify=not no_simplify, force=force, dry_run=dry_run, in_place=in_place,
-        validation=validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol),
+        validation=validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol,
+                                           require=require),
     )
     results: list[dict] = []
     exit_code = 0
@@ -73,7 +83,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             if fmt == "text":
                 click.echo(f"{model.path}: {click.style('cannot repair', fg='red')}: {exc}", err=True)
             continue
-        if result.status == "failed" or (result.after.findings and _has_errors(result)):
+        if result.status == "failed" or _has_errors(result) or not (result.validation or {}).get("passed", True):
             exit_code = max(exit_code, 1)
         results.append(result.to_json())
         if fmt == "text":
@@ -113,8 +123,7 @@ def _print_result(result: RepairResult, show_rejected: bool) -> None:
     if result.simplify:
         click.echo(f"  simplify: {result.simplify}")
     if result.validation is not None:
-        click.echo(f"  validation: {'passed' if result.validation.get('passed') else 'FAILED'}"
-                   f" at {len(result.validation.get('sizes', []))} size(s)")
+        _print_validation(result.validation)
     for note in result.notes:
         click.echo(f"  note: {note}")
     if result.error:
@@ -124,3 +133,22 @@ def _print_result(result: RepairResult, show_rejected: bool) -> None:
     if show_rejected:
         for rejection in result.after.rejections:
             click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")
+
+
+def _print_validation(validation: dict) -> None:
+    """`validation: passed at 5 size(s), evidence consistent (batch: original, time: consistent)`, then a line
+    per size with the evidence obtained there."""
+    runs = [run for run in validation.get("runs", []) if not run.get("skipped")]
+    failed = validation.get("failed_sizes", 0)
+    dims = ", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items())
+    evidence = f", evidence {validation.get('evidence')}" + (f" ({dims})" if dims else "") if runs else ""
+    if validation.get("passed"):
+        click.echo(f"  validation: passed at {len(runs)} size(s){evidence}")
+    elif failed:
+        click.echo(f"  validation: FAILED at {failed} of {len(runs)} size(s){evidence}")
+    else:
+        click.echo(f"  validation: FAILED{evidence} (required: {validation.get('require')})")
+    for run in validation.get("runs", []):
+        sizes = " ".join(f"{k}={v}" for k, v in run["sizes"].items()) or "static shapes"
+        level = "skipped" if run.get("skipped") else run.get("level")
+        click.echo(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else ""))

@@ -78,14 +78,18 @@ class ExportReport:
 def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=None, dynamic_shapes=None,
            exporter: str = "torchscript", opset_version: int | None = None, probe_args=None,
            **export_kwargs: Any) -> ExportReport:
-    """Export `model(*args)` to `f`, repair the graph, and prove the file against the module."""
+    """Export `model(*args, **kwargs)` to `f`, repair the graph, and prove the file against the module. `args` and
+    `kwargs` are what torch.onnx.export takes: tensors, tuples, lists and dicts of them."""
     import torch
 
     from graphfix.api import repair
+    from graphfix.exporting.verify import split_call
+    from graphfix.validate import ValidationOptions
 
     if exporter not in ("torchscript", "dynamo"):
         raise GraphfixError(f"exporter must be 'torchscript' or 'dynamo', not '{exporter}'")
-    args = tuple(args) if isinstance(args, list | tuple) else (args,)
+    args = args if isinstance(args, tuple) else (args,)
+    call = split_call(args, export_kwargs.get("kwargs"))
     destination = Path(f)
     with tempfile.TemporaryDirectory(prefix="graphfix-export-") as scratch:
         raw = Path(scratch) / destination.name
@@ -99,30 +103,34 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                 raise ExportError(_explain_failure(exc)) from exc
         notes = _tracer_notes(caught, model)
         # The example args are the export-time sizes: with them, fixes of baked sizes are certain, not guessed.
-        result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, args))
+        # The PyTorch module is the reference here (evidence `torch`, below): the repair needs only to run.
+        result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, call),
+                        validation=ValidationOptions(require="runs"))
     findings = result.findings_before
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
     report.causes = _link(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
-    requested = _requested_dynamic_dims(model, args, input_names, dynamic_axes, dynamic_shapes)
-    if probe_args is None and requested:
-        probe_args = _probe_args(args, requested)
-    verification = verify(destination, model, args, probe_args=probe_args)
+    requested = _requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
+    flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
+    if probe_args is None and requested and flat:  # nested or keyword arguments: verify resizes by the graph's dims
+        probe_args = _probe_args(call, requested)
+    verification = verify(destination, model, args, probe_args=probe_args, kwargs=export_kwargs.get("kwargs"))
     report.checks = verification.checks
     return report
 
 
-def _trace_shapes(path: Path, args: tuple) -> dict[str, tuple[int, ...]]:
-    """Graph input name -> the shape of the example tensor exported for it (positional order)."""
+def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, ...]]:
+    """Graph input name -> the shape of the example tensor exported for it (the exporters' order)."""
     import onnx
-    import torch
+
+    from graphfix.exporting.verify import call_tensors
 
     graph = onnx.load_model(str(path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
     names = [i.name for i in graph.input if i.name not in initializers]
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    tensors = call_tensors(*call)
     return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
 
 
@@ -148,19 +156,23 @@ def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynam
     return requested
 
 
-def _probe_args(args: tuple, requested: dict[int, set[int]]) -> list[tuple]:
-    """The example args with every requested dynamic dim doubled, then tripled (keeping divisibility)."""
+def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]]) -> list[tuple]:
+    """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), as args
+    tuples ending with their keyword arguments (torch.onnx.export's convention)."""
     import torch
 
-    from graphfix.exporting.verify import random_like
+    from graphfix.exporting.verify import random_like, resized_call
 
+    args, named = call
     generator = torch.Generator().manual_seed(0)
     sets = []
     for factor in (2, 3):
-        sets.append(tuple(
-            random_like(arg, [d * factor if i in requested.get(pos, ()) else d for i, d in enumerate(arg.shape)],
-                        generator) if isinstance(arg, torch.Tensor) and pos in requested else arg
-            for pos, arg in enumerate(args)))
+        resized = tuple(
+            resized_call((arg,), {}, lambda _, t, axes=requested[pos], factor=factor: random_like(
+                t, [d * factor if i in axes else d for i, d in enumerate(t.shape)], generator))[0][0]
+            if pos in requested else arg
+            for pos, arg in enumerate(args))
+        sets.append((*resized, named))
     return sets
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,27 +49,32 @@ class VerifyReport:
 
 
 def verify(onnx_path, torch_module, example_args, probe_args=None, *, rtol: float = 1e-3, atol: float = 1e-4,
-           seed: int = 0) -> VerifyReport:
+           seed: int = 0, kwargs: dict | None = None) -> VerifyReport:
     """Run the module and the ONNX file on the example args and on probe args (given, or made by resizing the
-    example's dynamic dims), and compare every output. `ok` only when every size ran and matched."""
+    example's dynamic dims), and compare every output. `ok` only when every size ran and matched.
+
+    Arguments are what torch.onnx.export takes: tensors, tuples, lists and dicts of them (a detection model's list
+    of images), keyword arguments as `kwargs` or as a dict ending the args tuple; the ONNX inputs are their
+    tensors in order."""
     import onnxruntime as ort
-    import torch
 
     loaded = load_model(onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    example = _as_tuple(example_args)
-    arg_sets = [example] + [_as_tuple(a) for a in (probe_args if probe_args is not None
-                                                    else _resized_args(loaded.proto, example, seed))]
+    example = split_call(example_args, kwargs)
+    calls = [example] + [split_call(a, kwargs) for a in probe_args] if probe_args is not None else \
+        [example, *_resized_calls(loaded.proto, example, seed)]
     checks: list[SizeCheck] = []
     skipped: list[str] = []
     torch_module.eval()
-    for args in arg_sets:
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    for args, named in calls:
+        tensors = call_tensors(args, named)
         feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors, strict=False)}
         shapes = {name: list(value.shape) for name, value in feeds.items()}
         try:
+            import torch
+
             with torch.no_grad():
-                expected = _flatten(torch_module(*args))
+                expected = _flatten(torch_module(*args, **named))
         except Exception as exc:  # sizes the module itself rejects prove nothing either way
             skipped.append(f"{shapes}: the PyTorch module raised {type(exc).__name__}: {exc}")
             continue
@@ -87,8 +91,38 @@ def verify(onnx_path, torch_module, example_args, probe_args=None, *, rtol: floa
     return VerifyReport(str(onnx_path), checks, skipped)
 
 
-def _as_tuple(args) -> tuple:
-    return tuple(args) if isinstance(args, list | tuple) else (args,)
+def split_call(args, kwargs: dict | None = None) -> tuple[tuple, dict]:
+    """(positional args, keyword args) as torch.onnx.export reads them: a tensor alone is one argument, and a dict
+    ending the args tuple holds keyword arguments (an empty one lets a dict be the last positional argument)."""
+    args = tuple(args) if isinstance(args, tuple) else (args,)
+    named = dict(kwargs or {})
+    if args and isinstance(args[-1], dict):
+        named = {**args[-1], **named}
+        args = args[:-1]
+    return args, named
+
+
+def call_tensors(args: tuple, named: dict) -> list:
+    """The tensors of a call in the order the exporters make graph inputs of them (pytree order)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    return [leaf for leaf in tree_leaves((args, named)) if isinstance(leaf, torch.Tensor)]
+
+
+def resized_call(args: tuple, named: dict, shape_of) -> tuple[tuple, dict]:
+    """The call with its n-th tensor replaced by `shape_of(n, tensor)` (the tensor itself when it returns None)."""
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    leaves, spec = tree_flatten((args, named))
+    position, resized = 0, []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            leaf = shape_of(position, leaf)
+            position += 1
+        resized.append(leaf)
+    return tree_unflatten(resized, spec)
 
 
 def _flatten(value) -> list[np.ndarray]:
@@ -114,13 +148,13 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: fl
     return OutputError(name, list(got.shape), list(want.shape), float(diff.max()), float(rel.max()), ok)
 
 
-def _resized_args(model: onnx.ModelProto, example: Sequence, seed: int) -> list[tuple]:
-    """Two more argument sets: the example's dynamic dims (named dims kept equal) doubled and tripled, which keeps
-    any divisibility the module relies on."""
+def _resized_calls(model: onnx.ModelProto, example: tuple[tuple, dict], seed: int) -> list[tuple[tuple, dict]]:
+    """Two more calls: the example's dynamic dims (named dims kept equal) doubled and tripled, which keeps any
+    divisibility the module relies on."""
     import torch
 
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    tensors = [a for a in example if isinstance(a, torch.Tensor)]
+    tensors = call_tensors(*example)
     export_sizes: dict[str, int] = {}
     for meta, tensor in zip(inputs, tensors, strict=False):
         for dim, size in zip(meta.type.tensor_type.shape.dim, tensor.shape, strict=False):
@@ -129,22 +163,19 @@ def _resized_args(model: onnx.ModelProto, example: Sequence, seed: int) -> list[
     if not export_sizes:
         return []
     generator = torch.Generator().manual_seed(seed)
-    arg_sets = []
+    calls = []
     for factor in (2, 3):
         sizes = {name: factor * size for name, size in export_sizes.items()}
-        new_args, position = [], 0
-        for arg in example:
-            if not isinstance(arg, torch.Tensor):
-                new_args.append(arg)
-                continue
+
+        def resized(position: int, arg, sizes=sizes):
             meta = inputs[position] if position < len(inputs) else None
-            position += 1
             dims = meta.type.tensor_type.shape.dim if meta is not None else []
             shape = [sizes.get(d.dim_param, s) if d.dim_param else s
                      for d, s in zip(dims, arg.shape, strict=False)] or list(arg.shape)
-            new_args.append(random_like(arg, shape, generator))
-        arg_sets.append(tuple(new_args))
-    return arg_sets
+            return random_like(arg, shape, generator)
+
+        calls.append(resized_call(*example, resized))
+    return calls
 
 
 def random_like(arg, shape: list[int], generator):

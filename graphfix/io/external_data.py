@@ -86,11 +86,22 @@ def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
     full = base_dir / location
     root = os.path.realpath(base_dir)
     real = os.path.realpath(full)
-    if os.path.commonpath([root, real]) != root:
+    if os.path.commonpath([root, real]) != root and not _in_hub_repository(base_dir, real):
         return f"points outside the model's folder through a symbolic link ('{location}' -> '{real}')"
     if full.exists() and full.is_file() and os.stat(full).st_nlink > 1:
         return f"is a hard link ('{location}'); copy the file instead of linking it"
     return None
+
+
+def _in_hub_repository(base_dir: Path, real: str) -> bool:
+    """True when the model sits in a Hugging Face hub cache snapshot (`models--org--name/snapshots/REV/`) and the
+    link resolves into the `blobs/` of that same cached repository, as the hub cache links every file."""
+    snapshot = Path(os.path.realpath(base_dir))
+    repository = snapshot.parent.parent
+    if snapshot.parent.name != "snapshots" or not repository.name.startswith(("models--", "datasets--", "spaces--")):
+        return False
+    blobs = str(repository / "blobs")
+    return os.path.commonpath([blobs, real]) == blobs
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str) -> list[ExternalRef]:

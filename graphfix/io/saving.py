@@ -3,7 +3,10 @@
 A model is first *staged*: written with its external data into a hidden temporary folder next to the
 destination, where onnxruntime can validate it from disk. Only `commit()` moves the files into place (one
 `os.replace` each, data before model), so a reader never sees a half-written model and a failed validation
-leaves nothing behind. Weights kept in the source's external data are copied in chunks, never loaded whole.
+leaves nothing behind. Replacing a model that has external data (`--in-place`, or an earlier output) is atomic
+for the pair: the new data goes under a name no file has (`NAME.data`, else `NAME.1.data`), then the graph
+replaces the old one, and only then is the old data removed; a crash in between leaves the old pair usable.
+Weights kept in the source's external data are copied in chunks, never loaded whole.
 
 A light model (see `graphfix.io.weights`) is written with its stubs replaced by the weights they stand for, one
 tensor at a time: inline, each weight goes out as its own `graph { initializer }` record, which protobuf parsers
@@ -40,18 +43,28 @@ class StagedModel:
     destination: Path
     data_name: str | None
     prewritten: frozenset[str] = frozenset()  # weights already in the file (see stage_weights)
+    copied: tuple[str, ...] = ()  # external data files copied as they came (see stage_copy)
+    referenced: tuple[str, ...] = ()  # data files the staged model reads that are already in place
+    protected: frozenset[Path] = frozenset()  # never removed by commit (the input's data, unless replaced)
 
     @property
     def path(self) -> Path:
         return self.temp_dir / self.destination.name
 
     def commit(self) -> Path:
-        """Make the staged files durable (validation ran while the kernel wrote them back), then move them."""
-        if self.data_name:
-            _fsync(self.temp_dir / self.data_name)
-            os.replace(self.temp_dir / self.data_name, self.destination.parent / self.data_name)
+        """Make the staged files durable (validation ran while the kernel wrote them back), then move them: data
+        first (under names no live file has), the graph last; then the data the replaced graph used is removed."""
+        replaced = _data_files(self.destination)
+        for name in (*self.copied, *([self.data_name] if self.data_name else [])):
+            _fsync(self.temp_dir / name)
+            (self.destination.parent / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.temp_dir / name, self.destination.parent / name)
         _fsync(self.path)
         os.replace(self.path, self.destination)
+        kept = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
+        for old in replaced:
+            if old not in kept and not any(_same_file(old, p) for p in self.protected):
+                old.unlink(missing_ok=True)
         self.discard()
         return self.destination
 
@@ -78,7 +91,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     temp_dir = staged.temp_dir
     try:
         if needs_external_data(proto):
-            staged.data_name = staged.destination.name + ".data"
+            staged.data_name = free_data_name(staged.destination)
             proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
         with open(staged.path, "wb") as f:
             if has_stubs(proto):
@@ -116,15 +129,53 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     return staged
 
 
-def stage_copy(source: Path, destination: str | Path) -> StagedModel:
-    """Stage a byte-for-byte copy of an inline model file (an unchanged model is written as it came)."""
+def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = ()) -> StagedModel:
+    """Stage a byte-for-byte copy of a model file and of its external data files, under their own names (an
+    unchanged model is written as it came)."""
     staged = _new_stage(Path(destination))
     try:
         shutil.copyfile(source, staged.path)
+        copied, referenced = [], []
+        for data in dict.fromkeys(data_files):
+            relative = data.relative_to(source.parent)
+            if _same_file(staged.destination.parent / relative, data):
+                referenced.append(str(relative))  # written beside its input: the data is already there
+                continue
+            (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data, staged.temp_dir / relative)
+            copied.append(str(relative))
+        staged.copied, staged.referenced = tuple(copied), tuple(referenced)
     except BaseException:
         staged.discard()
         raise
     return staged
+
+
+def free_data_name(destination: Path) -> str:
+    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) when it is a file the model being replaced reads."""
+    in_use = {path.name for path in _data_files(destination)}
+    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + 1)]
+    return next(name for name in names if name not in in_use)
+
+
+def _data_files(model: Path) -> list[Path]:
+    """The external data files an existing model file reads (none when it does not exist or cannot be read)."""
+    if not model.is_file():
+        return []
+    try:
+        proto = onnx.load_model(str(model), load_external_data=False)
+    except Exception:  # not a model we can read: nothing of it is removed
+        return []
+    refs = {external_ref(t) for t in iter_tensors(proto.graph)} - {None}
+    return [model.parent / ref.location for ref in refs if ref.location and "/" not in ref.location
+            and "\\" not in ref.location and ref.location not in (".", "..")]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _new_stage(destination: Path) -> StagedModel:

@@ -22,7 +22,7 @@ import onnx
 from graphfix.core.context import RuleOptions
 from graphfix.core.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
 from graphfix.core.errors import UsageError
-from graphfix.core.rule import Rule
+from graphfix.core.rule import Rule, Severity
 from graphfix.io.loading import LoadedModel
 from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
@@ -126,6 +126,9 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings):
+        # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it.
+        outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures))
     model, result.weights = outcome.model, outcome.weights
@@ -167,8 +170,9 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
             result.validation = validation.to_json()
             if not validation.passed and not changed:
                 # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
-                # inputs may be the inputs' fault (values a kernel rejects), so it is reported, not enforced.
-                result.notes.append("unchanged model did not run at every probe size: " + "; ".join(validation.reasons)
+                # inputs may be the inputs' fault (values a kernel rejects), so it is written and reported (exit 1).
+                result.notes.append(f"unchanged model fails at {validation.failed_sizes or 'every'} probe size(s): "
+                                    + "; ".join(validation.reasons)
                                     + " (give real values with --input/--shape; `graphfix diagnose` probes in detail)")
             elif not validation.passed:
                 result.status = "failed"
@@ -185,14 +189,21 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
 
 def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
            ahead: Future[StagedModel] | None) -> StagedModel:
-    if not changed and loaded.path is not None and not loaded.external:
-        return stage_copy(loaded.path, destination)  # the input's own bytes: nothing to serialize
-    if ahead is not None:
+    if not changed and loaded.path is not None:
+        # the input's own bytes, its external data files beside it: nothing to serialize
+        staged = stage_copy(loaded.path, destination, [ref.path(loaded.base_dir) for ref in loaded.external])
+    elif ahead is not None:
         started = ahead.result()
         if stub_names(model) == started.prewritten:
-            return finish_stage(started, model, weights)
-        started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
-    return stage_model(model, destination, loaded.base_dir, weights)
+            staged = finish_stage(started, model, weights)
+        else:
+            started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
+            staged = stage_model(model, destination, loaded.base_dir, weights)
+    else:
+        staged = stage_model(model, destination, loaded.base_dir, weights)
+    if loaded.path is not None and not _same_file(destination, loaded.path):
+        staged.protected = frozenset(ref.path(loaded.base_dir) for ref in loaded.external)
+    return staged
 
 
 def _discard(staging: Future[StagedModel] | None) -> None:
@@ -215,13 +226,29 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     """Run the original and the candidate (the original again when nothing changed)."""
     from graphfix.validate import ValidationOptions, validate
 
-    if candidate is None:
-        candidate = original
+    candidate = original if candidate is None else ModelRunner.from_source(candidate)
     validation = options.validation or ValidationOptions()
     traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
     if traced and not validation.trace_sizes:  # the export size is the first size validated
         validation = dataclasses.replace(validation, trace_sizes=traced)
-    return validate(original, candidate, validation)
+    outcome = validate(original, candidate, validation)
+    if outcome.passed or candidate is original or validation.trace_sizes:
+        return outcome
+    # Probed around a guessed export size, the original may have run nowhere: the sizes the graph itself reveals
+    # (GF004's evidence) give the reference the guess missed. Only then: learning them costs an analysis.
+    solved = solved_sizes(loaded, options.rule_options)
+    if not solved or all(outcome.sizes and outcome.sizes[0].get(k) == v for k, v in solved.items()):
+        return outcome
+    return validate(original, candidate, dataclasses.replace(validation, trace_sizes=solved))
+
+
+def solved_sizes(loaded: LoadedModel, rule_options: RuleOptions) -> dict[str, int]:
+    """Export-time sizes of the input dims, learnt from the original graph (see graphfix.analysis.export_sizes)."""
+    from graphfix.analysis.export_sizes import export_sizes
+    from graphfix.core.engine import analyse
+
+    ctx = analyse(loaded.proto, loaded.base_dir, rule_options)
+    return dict(export_sizes(ctx, ctx.evaluator).values)
 
 
 def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:

@@ -1,28 +1,32 @@
-"""Choosing symbolic-dim sizes and synthesising graph inputs for them, deterministically.
+"""Synthesising graph inputs for a binding of the symbolic dims, deterministically, like real data.
 
-A binding maps every symbolic dim name to a size. Dims without a name (`?`, -1) are named `<input>:<axis>` so
-they get a size too. The first binding is the export-time size (from `trace_sizes`, else a guess from the
-graph's baked shape constants, else a default); the others are sizes an exporter is unlikely to have baked.
+Floats are standard normal (activations, not [0, 1) pixels); integer ids stay within the table they index;
+lengths stay within their dim, with at least one padded row; masks are mixed within every row. Sizes are
+chosen in graphfix.validate.sizes.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-BATCH_LIKE = re.compile(r"batch|^b$|^n$|^bs$|num_|^N$", re.IGNORECASE)
+from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
+    BATCH_LIKE,
+    DEFAULT_OTHER,
+    dim_names,
+    graph_inputs,
+    probe_sizes,
+)
+
 LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
-DEFAULT_BATCH = 2
-DEFAULT_OTHER = 12
-MAX_HINT = 512  # baked constants above this are not taken as an export size
-SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
+PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
+LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
 
 
 @dataclass
@@ -30,118 +34,10 @@ class ValidationOptions:
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)  # input -> dims (None = symbolic)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # input -> user values
     trace_sizes: dict[str, int] = field(default_factory=dict)  # symbolic dim -> export-time size
-    num_sizes: int = 3  # export size + at least two others
+    num_sizes: int = 3  # the export size, batch 1 with smaller sizes, larger sizes
     rtol: float = 1e-3
     atol: float = 1e-4
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs a caller must feed (initializers that double as inputs excluded)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
-def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
-    """Each dim of an input: its size when fixed, else its symbolic name (`<input>:<axis>` when unnamed)."""
-    dims = []
-    for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(d.dim_value)
-        else:
-            dims.append(d.dim_param or f"{vi.name}:{axis}")
-    return dims
-
-
-def probe_sizes(model: onnx.ModelProto, options: ValidationOptions) -> list[dict[str, int]]:
-    """Bindings of every symbolic dim: the export size first, then `num_sizes - 1` others."""
-    forced = _forced_sizes(model, options)
-    export = _export_sizes(model, options, forced)
-    if not export:
-        return [{}]
-    bindings = [export]
-    for step in range(1, max(options.num_sizes, 1) + 8):
-        if len(bindings) >= max(options.num_sizes, 1):
-            break
-        other = {name: forced.get(name, _other_size(size, step)) for name, size in export.items()}
-        if other not in bindings:
-            bindings.append(other)
-    return bindings
-
-
-def _other_size(export_size: int, step: int) -> int:
-    """Sizes unlike the export size: odd, and neither multiples nor divisors of it where possible."""
-    if step == 1:
-        return export_size + 3
-    if step == 2:
-        return 2 * export_size + 3  # + 3, not + 1: a batch of 2 would repeat step 1's 5
-    return export_size + 2 * step + 1
-
-
-def _forced_sizes(model: onnx.ModelProto, options: ValidationOptions) -> dict[str, int]:
-    """Dims fixed by the user: the shapes of given input values and --shape entries."""
-    forced: dict[str, int] = {}
-    for vi in graph_inputs(model):
-        names = dim_names(vi)
-        given = options.inputs.get(vi.name)
-        fixed = given.shape if given is not None else options.shapes.get(vi.name)
-        for name, size in zip(names, fixed or (), strict=False):
-            if isinstance(name, str) and size is not None:
-                forced[name] = int(size)
-    return forced
-
-
-def _export_sizes(model: onnx.ModelProto, options: ValidationOptions, forced: dict[str, int]) -> dict[str, int]:
-    hint = _baked_size_hint(model)
-    sizes: dict[str, int] = {}
-    for vi in graph_inputs(model):
-        for axis, name in enumerate(dim_names(vi)):
-            if not isinstance(name, str) or name in sizes:
-                continue
-            if name in forced:
-                sizes[name] = forced[name]
-            elif name in options.trace_sizes:
-                sizes[name] = options.trace_sizes[name]
-            elif axis == 0 or BATCH_LIKE.search(name):
-                sizes[name] = DEFAULT_BATCH
-            else:
-                sizes[name] = hint or DEFAULT_OTHER
-    return sizes
-
-
-def _baked_size_hint(model: onnx.ModelProto) -> int | None:
-    """The most frequent size > 1 in constants feeding shape ops: likely a trace-time length."""
-    constants = _constant_values(model)
-    counts: Counter[int] = Counter()
-    for node in model.graph.node:
-        if node.op_type not in SHAPE_OPS:
-            continue
-        for name in node.input[1:]:
-            values = constants.get(name)
-            if values is not None and values.dtype.kind == "i" and values.size <= 8:
-                counts.update(int(v) for v in values.ravel() if 1 < v <= MAX_HINT)
-    return counts.most_common(1)[0][0] if counts else None
-
-
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
-    for node in model.graph.node:
-        tensor = _constant_tensor(node)
-        if tensor is not None and _small_inline(tensor):
-            values[node.output[0]] = numpy_helper.to_array(tensor)
-    return values
-
-
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The tensor of a `Constant` node's `value` attribute, else None."""
-    if node.op_type != "Constant":
-        return None
-    value = next((a for a in node.attribute if a.name == "value"), None)
-    return value.t if value is not None else None
-
-
-def _small_inline(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location != onnx.TensorProto.EXTERNAL and int(np.prod(tensor.dims or [1])) <= 64
+    require: str = "consistent"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
 
 
 def synthesize_inputs(
@@ -174,20 +70,44 @@ def _concrete_shape(vi: onnx.ValueInfoProto, sizes: dict[str, int], given: tuple
 
 def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int) -> np.ndarray:
     if dtype == np.bool_:
-        return rng.random(shape) < 0.8  # masks: mostly kept
+        return mixed_mask(shape, rng, padded_true=bool(PADDING_LIKE.search(name)))
     if np.issubdtype(dtype, np.integer):
         if vocab is not None:
             return rng.integers(0, vocab, size=shape).astype(dtype)  # token ids index the embedding table
         if LENGTH_LIKE.search(name):
-            lengths = rng.integers(1, time_dim + 1, size=shape)
-            lengths.reshape(-1)[:1] = time_dim  # the longest sequence fills the time dim
-            return lengths.astype(dtype)
+            return _lengths(shape, rng, time_dim).astype(dtype)
         if MASK_LIKE.search(name):
-            return np.ones(shape, dtype=dtype)
+            return mixed_mask(shape, rng, padded_true=bool(PADDING_LIKE.search(name))).astype(dtype)
         return rng.integers(0, 2, size=shape).astype(dtype)
     if np.issubdtype(dtype, np.floating):
-        return rng.random(shape).astype(dtype)  # [0, 1): safe for log/sqrt and image-like inputs
+        return rng.standard_normal(shape).astype(dtype)  # like activations: signed, unit scale
     return np.zeros(shape, dtype=dtype)
+
+
+def _lengths(shape, rng, time_dim: int) -> np.ndarray:
+    """Lengths within the time dim: the first fills it, at least one other (when there is one) is shorter."""
+    lengths = rng.integers(1, time_dim + 1, size=shape)
+    flat = lengths.reshape(-1)
+    flat[:1] = time_dim
+    if flat.size > 1 and time_dim > 1:
+        flat[-1] = rng.integers(1, time_dim)
+    return lengths
+
+
+def mixed_mask(shape, rng, padded_true: bool) -> np.ndarray:
+    """A mask whose every row (last axis) keeps a prefix and pads the rest; rows of one element alternate.
+    `padded_true`: True marks padding (fairseq's padding_mask), else True marks what is kept."""
+    if not shape or shape[-1] == 0:
+        return np.zeros(shape, dtype=bool) if padded_true else np.ones(shape, dtype=bool)
+    width = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    if width == 1:
+        kept = (np.arange(rows) % 2 == 0)[:, None]
+    else:
+        lengths = rng.integers(1, width, size=rows)  # 1 .. width-1: each row keeps some and pads some
+        kept = np.arange(width)[None, :] < lengths[:, None]
+    kept = kept.reshape(shape)
+    return ~kept if padded_true else kept
 
 
 def _vocabulary_sizes(model: onnx.ModelProto) -> dict[str, int]:

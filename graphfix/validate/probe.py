@@ -26,6 +26,7 @@ from graphfix.validate.runner import (
     upstream_only,
     without_downstream,
 )
+from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
 @dataclass
@@ -79,13 +80,20 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     clean_runs: list[dict[str, np.ndarray]] = []
     whole = ModelRunner(proto, base_dir)  # one session for the uncut model, shared by every size
     options = anchored([whole], proto, options)
-    for binding in probe_sizes(proto, options):
+    sizes = probe_sizes(proto, options)
+    below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
+    for binding in sizes:
         feeds = synthesize_inputs(proto, binding, options)
         found, outputs = _failures_at(whole, feeds, binding, types, options)
+        smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         for failure in found:
-            failures.setdefault(failure.node or failure.message, failure)
+            (below if smaller else failures).setdefault(failure.node or failure.message, failure)
         if not found and outputs is not None:
             clean_runs.append(outputs)
+    # A node that fails only below the export size meets the model's minimum size (a conv front end), unless
+    # the model fails at the export size too: then the smaller size is no evidence of a limit.
+    limited = not any(f.sizes == sizes[0] for f in failures.values())
+    failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     return [*failures.values(), *suspicious_outputs(clean_runs)]
 
 
@@ -119,6 +127,8 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
             )
         )
         current, fabricated = cut_at(current, node, binding, types)
+        if not current.graph.output:
+            return found, None  # nothing downstream of the failure is left to run
         feeds = {**feeds, **fabricated}
         fed = _downstream(current, fed | set(fabricated))
         runner = ModelRunner(current, base_dir)
@@ -233,7 +243,8 @@ def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure
     for name in runs[0]:
         values = [run[name] for run in runs if name in run]
         if any(_non_finite(v) for v in values):
-            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs in [0, 1)"))
+            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs (standard "
+                                           "normal floats, ids within their table)"))
         elif all(np.size(v) == 0 for v in values):
             warnings.append(_warning(name, f"output '{name}' is empty (0 elements) at every probe size"))
     return warnings

@@ -14,6 +14,8 @@ reads a file. Weights that a non-standard-domain op may require to be constant s
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 import re
 from dataclasses import dataclass
@@ -62,12 +64,15 @@ class ModelRunner:
         self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
+        self.linked: dict[str, np.ndarray] = {}  # weights onnxruntime may not open itself (kept alive here)
+        self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
         try:
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
                 self.session = make_session(runnable, base_dir)
             else:
-                self.session = make_session(proto, base_dir, path)
+                self.linked = linked_weights(proto, base_dir)
+                self.session = make_session(proto, base_dir, None if self.linked else path, self.linked)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
 
@@ -113,11 +118,17 @@ class ModelRunner:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
             feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        key = _feeds_key(feeds)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]  # the same inputs again (the anchoring run, then the export size): no second run
         try:
             values = self.session.run(None, {**feeds, **self.weight_feeds})
         except Exception as exc:
-            return RunResult(None, first_line(error_text(exc)))
-        return RunResult(dict(zip(self.output_names, values, strict=True)))
+            result = RunResult(None, first_line(error_text(exc)))
+        else:
+            result = RunResult(dict(zip(self.output_names, values, strict=True)))
+        self._last = (key, result)
+        return result
 
 
 class FedWeights:
@@ -154,10 +165,36 @@ class FedWeights:
         return runnable, feeds
 
 
+def _feeds_key(feeds: dict[str, np.ndarray]) -> tuple:
+    """Inputs by value: names, shapes, dtypes and a digest of the bytes."""
+    return tuple((name, value.shape, value.dtype.str, hashlib.blake2b(np.ascontiguousarray(value).tobytes(),
+                                                                      digest_size=16).digest())
+                 for name, value in sorted(feeds.items()))
+
+
+def linked_weights(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> dict[str, np.ndarray]:
+    """Tensors whose external data is a link out of the model's folder that graphfix accepted (a Hugging Face hub
+    cache snapshot links into its repository's blobs/), memory-mapped: onnxruntime refuses to open such links."""
+    if base_dir is None:
+        return {}
+    from graphfix.io.external_data import external_ref, read_external
+
+    root = os.path.realpath(base_dir)
+    linked = {}
+    for tensor in proto.graph.initializer:
+        ref = external_ref(tensor)
+        if ref is not None and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root:
+            linked[tensor.name] = read_external(tensor, base_dir)
+    return linked
+
+
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-                 path: pathlib.Path | None = None) -> ort.InferenceSession:
-    """A session with optimizations off; from the file when there is one (no serialized copy of the weights)."""
+                 path: pathlib.Path | None = None, linked: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+    """A session with optimizations off; from the file when there is one (no serialized copy of the weights).
+    `linked` weights are handed over as memory-mapped arrays instead of being read from their files."""
     options = ort.SessionOptions()
+    if linked:
+        options.add_external_initializers(list(linked), [ort.OrtValue.ortvalue_from_numpy(a) for a in linked.values()])
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more

@@ -40,8 +40,8 @@ def reshape_model(shape: list[int]) -> onnx.ModelProto:
 def test_identical_models_pass():
     validation = validate(chain("Add"), chain("Add"), ValidationOptions())
     assert validation.passed, validation.reasons
-    assert len(validation.sizes) == 3
-    assert all(run.outputs and run.outputs[0].max_abs == 0.0 for run in validation.runs)
+    assert len(validation.sizes) == 3 and validation.evidence == "original"
+    assert all(run.level == "original" and run.outputs[0].max_abs == 0.0 for run in validation.runs)
     json.dumps(validation.to_json())  # plain JSON types only
 
 
@@ -69,14 +69,17 @@ def test_tolerance_is_respected():
     assert not validate(chain("Add"), small_change, ValidationOptions(atol=1e-7, rtol=1e-7)).passed
 
 
-def test_repair_of_a_baked_reshape_passes():
+def test_repair_of_a_baked_reshape_reaches_runs_for_a_dim_without_reference():
     export_sizes = ValidationOptions(trace_sizes={"N": 2, "T": 6})
     original, repaired = reshape_model([12, 4]), reshape_model([-1, 4])
     validation = validate(original, repaired, export_sizes)
-    assert validation.passed, validation.reasons
     first, *others = validation.runs
-    assert first.original_error is None and first.outputs[0].ok  # compared numerically at the export size
+    assert first.level == "original" and first.outputs[0].ok  # compared numerically at the export size
     assert all(run.original_error and run.candidate_error is None for run in others)
+    # N away from 2 is compared sample by sample with the original at N=2; T away from 6 has no reference at all
+    assert validation.dims == {"N": "consistent", "T": "runs"}
+    assert not validation.passed and "T: runs" in validation.reasons[0] and "--require runs" in validation.reasons[0]
+    assert validate(original, repaired, ValidationOptions(trace_sizes={"N": 2, "T": 6}, require="runs")).passed
 
 
 def test_repair_that_still_fails_is_refused_with_node_and_size():
@@ -94,17 +97,14 @@ def test_repair_with_wrong_values_at_the_export_size_is_refused():
     assert any("shape [24, 2] instead of [12, 4]" in r for r in validation.reasons)
 
 
-def test_output_shapes_disagreeing_with_shape_inference_are_refused(monkeypatch):
-    import graphfix.validate as validate_module
-
-    class WrongOracle(ShapeOracle):
-        def __init__(self, model):
-            super().__init__(model, {"Y": ["N", 4]})  # what a correct repair would have to produce
-
-    monkeypatch.setattr(validate_module, "ShapeOracle", WrongOracle)
-    validation = validate(reshape_model([99, 4]), reshape_model([-1, 4]), ValidationOptions())
+def test_output_shapes_disagreeing_with_the_original_declaration_are_refused():
+    declared = model("""
+    g (float[N, T, 4] X) => (float[N, 4] Y) <int64[2] target = {99, 4}> {
+        [flatten] Y = Reshape(X, target)
+    }""")  # fails everywhere; declares Y [N, 4]
+    validation = validate(declared, reshape_model([-1, 4]), ValidationOptions(require="runs"))
     assert not validation.passed
-    assert any("output 'Y' dim 0 is" in r and "shape inference says N" in r for r in validation.reasons)
+    assert any("output 'Y' dim 0 is" in r and "the original declares N" in r for r in validation.reasons)
 
 
 def test_shape_oracle_checks_expressions_of_input_dims():
@@ -128,3 +128,10 @@ def test_compare_arrays_reports_errors_and_treats_nan_as_equal():
     assert same.ok and same.max_abs == 0.0
     off = compare_arrays("y", np.array([1.0, 2.0]), np.array([1.0, 2.5]), 1e-3, 1e-4)
     assert not off.ok and off.max_abs == 0.5 and abs(off.max_rel - 0.25) < 1e-9
+
+
+def test_half_precision_is_compared_at_its_own_precision():
+    expected = np.array([1.0, 0.5], np.float16)
+    assert compare_arrays("y", expected, expected + np.float16(0.000977), 1e-3, 1e-4).ok  # one fp16 ulp at 1.0
+    assert not compare_arrays("y", expected, expected + np.float16(0.1), 1e-3, 1e-4).ok
+    assert not compare_arrays("y", expected.astype(np.float32), expected.astype(np.float32) + 0.000977, 1e-3, 1e-4).ok

@@ -45,6 +45,7 @@ def test_at_least_three_distinct_bindings_and_unnamed_dims_get_sizes():
 def test_trace_size_is_the_first_binding():
     sizes = probe_sizes(SHARED_DIMS, ValidationOptions(trace_sizes={"T": 100}))
     assert sizes[0]["T"] == 100
+    assert sizes[1]["B"] == 1 and sizes[1]["T"] < 100 < sizes[2]["T"]  # batch 1 with smaller sizes, then larger
     assert all(s["T"] != 100 for s in sizes[1:])
 
 
@@ -78,3 +79,62 @@ def test_user_values_and_shapes_override():
         assert feeds["X"] is given
         assert feeds["M"].shape == (1, 5)
         assert feeds["U"].shape == (4, 3)
+
+
+def test_every_dim_gets_its_own_size_batch_1_is_probed_and_weight_dims_are_avoided():
+    m = model("""
+    g (float[B, T, 8] X, float[B, S] M) => (float[B, T, 8] Y) {
+        Y = Relu(X)
+    }""")
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros((5, 7), np.float32), "w"))
+    sizes = probe_sizes(m, ValidationOptions(num_sizes=4))
+    assert any(s["B"] == 1 for s in sizes)
+    for binding in sizes[1:]:  # away from the export size: no two dims equal, none equal to a weight's dim
+        assert len(set(binding.values())) == len(binding)
+        assert not {5, 7} & set(binding.values())
+        assert all(binding[name] != sizes[0][name] for name in binding)
+
+
+def position_table_model(rows: int) -> onnx.ModelProto:
+    """ids [B, T] -> tokens + positions, where positions = table[Range(0, T)]: T cannot exceed `rows`."""
+    m = model("""
+    g (int64[B, T] ids) => (float[B, T, 4] Y) {
+        shape = Shape(ids)
+        t = Gather<axis = 0>(shape, one)
+        positions = Range(zero, t, one)
+        pos = Gather(table, positions)
+        tok = Gather(vocab, ids)
+        Y = Add(tok, pos)
+    }""")
+    m.graph.initializer.extend([
+        numpy_helper.from_array(np.zeros((rows, 4), np.float32), "table"),
+        numpy_helper.from_array(np.zeros((50, 4), np.float32), "vocab"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+    ])
+    return m
+
+
+def test_sizes_stay_within_a_position_table_the_graph_reveals():
+    m = position_table_model(rows=16)
+    options = ValidationOptions(num_sizes=6)
+    sizes = probe_sizes(m, options)
+    assert all(s["T"] <= 16 for s in sizes)
+    for binding in sizes:
+        feeds = synthesize_inputs(m, binding, options)
+        assert feeds["ids"].max() < 50
+
+
+def test_values_look_like_real_data():
+    m = model("""
+    g (float[B, T, 8] X, bool[B, T] padding_mask, int64[B, T] attention_mask, int64[B] lengths) => (float[B, T, 8] Y) {
+        Y = Relu(X)
+    }""")
+    options = ValidationOptions()
+    binding = {"B": 5, "T": 9}
+    feeds = synthesize_inputs(m, binding, options)
+    assert feeds["X"].min() < 0 < feeds["X"].max() and abs(float(feeds["X"].std()) - 1) < 0.3  # standard normal
+    for mask in (feeds["padding_mask"], feeds["attention_mask"].astype(bool)):
+        assert all(0 < row.sum() < 9 for row in mask)  # mixed within every row
+    assert feeds["padding_mask"][:, 0].sum() == 0 and feeds["attention_mask"][:, 0].all()  # pads at the end
+    assert feeds["lengths"].max() == 9 and feeds["lengths"].min() < 9  # one row at least is padded

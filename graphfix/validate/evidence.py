@@ -1,0 +1,190 @@
+"""Judging one probe size: run both models, pick the strongest reference there, compare, and say which.
+
+Levels, weakest first: `runs` < `consistent` < `original` < `torch` (see graphfix.validate). A dim's evidence is
+the strongest level reached at a size where that dim is away from its export size; the model's is its weakest
+dim's.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphfix.validate.bisect import first_divergence
+from graphfix.validate.compare import (
+    OutputComparison,
+    ShapeOracle,
+    compare_outputs,
+    compare_overlap,
+    declared_shapes,
+)
+from graphfix.validate.consistency import batch_axes, compare_with_reference, contradicts, reference
+from graphfix.validate.inputs import LEVELS, synthesize_inputs
+from graphfix.validate.runner import failing_node
+from graphfix.validate.sizes import batch_dims, forced_sizes, is_smaller
+
+
+@dataclass
+class SizeRun:
+    """What happened at one binding of the symbolic dims."""
+
+    sizes: dict[str, int]
+    original_error: str | None
+    candidate_error: str | None
+    level: str = "runs"  # the evidence obtained here
+    outputs: list[OutputComparison] = field(default_factory=list)  # against the reference of `level`
+    candidate_shapes: dict[str, list[int]] = field(default_factory=dict)
+    shape_problems: list[str] = field(default_factory=list)
+    note: str = ""
+    skipped: bool = False  # outside the model's range (both fail below a minimum size): no evidence, no failure
+
+    @property
+    def failed(self) -> bool:
+        return not self.skipped and bool(self.candidate_error or self.shape_problems
+                                         or any(not o.ok for o in self.outputs))
+
+    def reasons(self, subject: str) -> list[str]:
+        if self.skipped:
+            return []
+        at = f"at sizes {self.sizes}"
+        if self.candidate_error is not None:
+            where = failing_node(self.candidate_error)
+            node = f"node '{where[1]}' ({where[0]})" if where else "the model"
+            return [f"{subject} fails {at}: {node}: {self.candidate_error}"]
+        against = {"original": "the original", "consistent": "the original run sample by sample"}.get(self.level)
+        lines = [f"output '{o.name}' differs from {against} {at}: {o.problem}" for o in self.outputs if not o.ok]
+        return lines + [f"{problem} {at}" for problem in self.shape_problems]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sizes": dict(self.sizes),
+            "level": None if self.skipped else self.level,
+            "skipped": self.skipped,
+            "original": {"ok": self.original_error is None, "error": self.original_error},
+            "candidate": {"ok": self.candidate_error is None, "error": self.candidate_error},
+            "outputs": [o.to_json() for o in self.outputs],
+            "candidate_shapes": self.candidate_shapes,
+            "shape_problems": list(self.shape_problems),
+            "note": self.note,
+        }
+
+
+def weakest(levels) -> str:
+    levels = list(levels)
+    return min(levels, key=LEVELS.index) if levels else "runs"
+
+
+def dim_evidence(runs: list[SizeRun], export: dict[str, int], dims: set[str]) -> dict[str, str]:
+    """Each probed dim -> the strongest level reached where it is away from its export size ('runs' if none)."""
+    evidence = {}
+    for name in export:
+        if name not in dims:
+            continue
+        levels = [run.level for run in runs if not run.skipped and run.sizes.get(name) != export[name]]
+        evidence[name] = max(levels, key=LEVELS.index) if levels else "runs"
+    return evidence
+
+
+class Judge:
+    """Runs the original and the candidate at a binding and compares them against the best reference there."""
+
+    def __init__(self, before, after, options, export: dict[str, int]):
+        self.before, self.after, self.options, self.export = before, after, options, export
+        self.declared = declared_shapes(before.proto)
+        self.batch = [name for name in export if name in batch_dims(before.proto)
+                      and name not in forced_sizes(before.proto, options) and batch_axes(before.proto, name)]
+        self.probed_dims = set(export) - set(forced_sizes(before.proto, options))
+        self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
+        self.divergence: dict | None = None
+
+    @functools.cached_property
+    def inferred(self) -> ShapeOracle:
+        return ShapeOracle(self.after.proto)
+
+    @functools.cached_property
+    def promised(self) -> ShapeOracle:
+        return ShapeOracle(self.before.proto, self.declared, says="the original declares")
+
+    def feeds(self, binding: dict[str, int]) -> dict[str, np.ndarray]:
+        """Inputs for both models: the original's, plus any input only the candidate declares."""
+        feeds = synthesize_inputs(self.after.proto, binding, self.options) if self.after is not self.before else {}
+        feeds.update(synthesize_inputs(self.before.proto, binding, self.options))
+        return feeds
+
+    def at(self, binding: dict[str, int], *, at_export: bool = False, reference_only: bool = False) -> SizeRun:
+        feeds = self.feeds(binding)
+        actual = self.after.run(feeds)
+        expected = actual if self.after is self.before else self.before.run(feeds)
+        run = SizeRun(binding, expected.error, actual.error)
+        if at_export and expected.ok:
+            self.export_shapes = {name: list(np.shape(v)) for name, v in expected.outputs.items()}
+        if not actual.ok:
+            self._outside_range(run, reference_only)
+            return run
+        run.candidate_shapes = {k: list(np.shape(v)) for k, v in actual.outputs.items()}
+        run.shape_problems = self.promised.mismatches(actual.outputs, binding)
+        if self.after is self.before:
+            run.level = "original"  # nothing changed: the model is its own original
+        elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
+            self._bisect(run, feeds)
+        elif not self._against_samples(run, feeds, actual.outputs, binding):
+            run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
+        if reference_only and run.level == "runs":
+            run.skipped, run.note = True, "no reference here; the size was not counted"
+        return run
+
+    def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
+        """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""
+        same = run.original_error is not None and failing_node(run.original_error) == failing_node(
+            run.candidate_error or "") and failing_node(run.original_error) is not None
+        below = is_smaller(run.sizes, self.export, set(self.batch))
+        if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
+            run.skipped = True
+            run.note = "both models fail at the same node below the export size (the model's minimum size)"
+
+    def _against_original(self, run, expected, actual, binding) -> bool:
+        """Compare with the original where it runs as it declares; False when it is no reference here."""
+        wrong = contradicts(expected, self.declared, binding)
+        baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
+                 self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(actual.get(name)))}
+        if wrong and not baked:
+            run.note = f"the original {wrong}"
+            return False
+        comparisons = compare_outputs({k: v for k, v in expected.items() if k not in baked}, actual,
+                                      self.options.rtol, self.options.atol)
+        comparisons += [compare_overlap(name, expected[name], actual[name], self.options.rtol, self.options.atol)
+                        for name in sorted(baked) if name in actual]
+        if baked:
+            run.note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region "
+                        "both shapes cover")
+        run.outputs, run.level = comparisons, "original"
+        return True
+
+    def _against_samples(self, run, feeds, actual, binding) -> bool:
+        """Batch consistency with the original at the export batch size and at batch 1."""
+        notes = [run.note] if run.note else ["the original fails here"] if run.original_error else []
+        compared: list[str] = []
+        for batch in self.batch:
+            for group in dict.fromkeys([self.export[batch], 1]):
+                if group == binding[batch] and run.original_error is not None:
+                    continue  # the original at this very binding already failed
+                ref = reference(self.before, feeds, binding, batch, group, self.declared)
+                if ref.outputs is None:
+                    notes.append(ref.why_not)
+                    continue
+                run.outputs += compare_with_reference(ref, actual, self.options.rtol, self.options.atol)
+                run.level = "consistent"
+                compared.append(f"{batch}={group}")
+        if run.level != "consistent":
+            run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in notes if n))
+        else:
+            against = " and ".join(compared)
+            run.note = "; ".join([*notes[:1], f"compared sample by sample with the original at {against}"])
+        return run.level == "consistent"
+
+    def _bisect(self, run: SizeRun, feeds) -> None:
+        if self.divergence is None and any(not o.ok for o in run.outputs):
+            self.divergence = first_divergence(self.before, self.after, feeds, self.options.rtol, self.options.atol)

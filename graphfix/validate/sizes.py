@@ -1,0 +1,238 @@
+"""Choosing the sizes a model is probed at: where exports break, within what the graph allows.
+
+A binding maps every symbolic dim name to a size; dims without a name (`?`, -1) are named `<input>:<axis>`.
+The first binding is the export-time size (`trace_sizes`, else a guess from the graph's baked shape constants,
+else a default). Then come
+
+- batch 1 with the other dims below their export size: a key-padding mask or a batch-folding reshape is right
+  at batch 1, and a front end meets its minimum length;
+- sizes above the export size (odd, never a multiple of it), different for every dim (dims that stay equal hide
+  batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim lets a wrong
+  broadcast run);
+
+and no size goes beyond a limit the graph reveals: a table indexed by positions (a Range) or sliced by a length
+bounds the non-batch dims. `--shape` and `--input` fix dims at every binding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+BATCH_LIKE = re.compile(r"batch|^b$|^n$|^bs$|num_|^N$", re.IGNORECASE)
+DEFAULT_BATCH = 2
+DEFAULT_OTHER = 12
+MAX_HINT = 512  # baked constants above this are not taken as an export size
+SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
+TABLE_OPS = {"Gather", "GatherND", "GatherElements", "Slice"}
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs a caller must feed (initializers that double as inputs excluded)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
+    """Each dim of an input: its size when fixed, else its symbolic name (`<input>:<axis>` when unnamed)."""
+    dims = []
+    for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        else:
+            dims.append(d.dim_param or f"{vi.name}:{axis}")
+    return dims
+
+
+def batch_dims(model: onnx.ModelProto) -> set[str]:
+    """Symbolic dims taken for the batch: an input's leading dim, or one named like a batch."""
+    found = set()
+    for vi in graph_inputs(model):
+        for axis, name in enumerate(dim_names(vi)):
+            if isinstance(name, str) and (axis == 0 or BATCH_LIKE.search(name)):
+                found.add(name)
+    return found
+
+
+def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
+    """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all."""
+    forced = forced_sizes(model, options)
+    export = export_sizes(model, options, forced)
+    if not export:
+        return [{}]
+    batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
+    wanted = max(options.num_sizes, 1)
+    bindings = [export]
+    single = {name: 1 for name in batch if name in export and name not in forced}
+    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid)
+    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid) for step in (1, *range(3, wanted + 8))]
+    for other in candidates:
+        if len(bindings) >= wanted:
+            break
+        if other not in bindings:
+            bindings.append(other)
+    return bindings
+
+
+def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str]) -> bool:
+    """True when some non-batch dim is below its export size (a front end may need a minimum length)."""
+    return any(size < export.get(name, size) for name, size in binding.items() if name not in batch)
+
+
+def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int]) -> list[dict[str, int]]:
+    """Sizes probed only when the others left a dim without a reference (see graphfix.validate.consistency):
+    batch 1 with every other dim at its export size (a baked batch: the original runs at the export batch there),
+    then batch 3 with every other free dim at 1 (a broadcast bug on those dims cannot show there)."""
+    forced, batch = forced_sizes(model, options), batch_dims(model)
+    free_batch = [name for name in export if name in batch and name not in forced]
+    if not free_batch:
+        return []
+    single = {name: 1 if name in free_batch else size for name, size in export.items()}
+    unit = {name: 3 if name in free_batch else size if name in forced else 1 for name, size in export.items()}
+    return [single, unit]
+
+
+def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
+            avoid: set[int]) -> dict[str, int]:
+    """One size per dim around its export size, all different from each other and from the graph's fixed sizes."""
+    taken: set[int] = set(forced.values())
+    binding = dict(forced)
+    for name, size in export.items():
+        if name in forced:
+            continue
+        cap = None if name in batch else limit
+        binding[name] = _free(_around(size, step), size, taken | avoid, cap)
+        taken.add(binding[name])
+    return {name: binding[name] for name in export}
+
+
+def _around(export_size: int, step: int) -> int:
+    """Step 1 larger, step 2 smaller, then larger again: odd where the export size is even."""
+    if step == 1:
+        return export_size + 3
+    if step == 2:
+        return (export_size // 2) | 1 if export_size > 2 else 1
+    return 2 * export_size + 2 * step - 1
+
+
+def _free(start: int, export_size: int, taken: set[int], cap: int | None) -> int:
+    """The first size from `start` (up, then down from `cap`) not taken, not the export size nor a multiple."""
+    def usable(size: int) -> bool:
+        multiple = size > export_size > 1 and size % export_size == 0
+        return size >= 1 and size not in taken and size != export_size and not multiple and (not cap or size <= cap)
+
+    start = min(start, cap) if cap else start
+    for size in [*range(start, start + 64), *range(start - 1, 0, -1)]:
+        if usable(size):
+            return size
+    return start
+
+
+def forced_sizes(model: onnx.ModelProto, options) -> dict[str, int]:
+    """Dims fixed by the user: the shapes of given input values and --shape entries."""
+    forced: dict[str, int] = {}
+    for vi in graph_inputs(model):
+        names = dim_names(vi)
+        given = options.inputs.get(vi.name)
+        fixed = given.shape if given is not None else options.shapes.get(vi.name)
+        for name, size in zip(names, fixed or (), strict=False):
+            if isinstance(name, str) and size is not None:
+                forced[name] = int(size)
+    return forced
+
+
+def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int]) -> dict[str, int]:
+    """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits)."""
+    hint, limit = _baked_size_hint(model), size_limit(model)
+    other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
+    other += other == DEFAULT_BATCH  # a guessed length equal to the guessed batch would hide their mix-ups
+    sizes: dict[str, int] = {}
+    for vi in graph_inputs(model):
+        for axis, name in enumerate(dim_names(vi)):
+            if not isinstance(name, str) or name in sizes:
+                continue
+            if name in forced:
+                sizes[name] = forced[name]
+            elif name in options.trace_sizes:
+                sizes[name] = options.trace_sizes[name]
+            elif axis == 0 or BATCH_LIKE.search(name):
+                sizes[name] = DEFAULT_BATCH
+            else:
+                sizes[name] = other
+    return sizes
+
+
+def size_limit(model: onnx.ModelProto) -> int | None:
+    """The fewest rows of a table the graph indexes with positions (a Range) or slices by a computed end:
+    a length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
+    tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
+    constants = _constant_values(model)
+    ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"})
+    limits = []
+    for node in model.graph.node:
+        if node.op_type not in TABLE_OPS or node.input[0] not in tables or len(node.input) < 2:
+            continue
+        if node.op_type == "Slice" and len(node.input) > 2 and node.input[2] not in constants:
+            limits.append(_sliced_rows(node, tables, constants))
+        elif node.op_type != "Slice" and node.input[1] in ranged:
+            limits.append(int(tables[node.input[0]][0]))
+    limits = [rows for rows in limits if rows and rows > 1]
+    return min(limits) if limits else None
+
+
+def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:
+    """Rows along the axis a Slice with a computed end cuts from a table (axis 0 unless given)."""
+    dims = tables[node.input[0]]
+    axes = constants.get(node.input[3]) if len(node.input) > 3 else None
+    axis = int(axes.ravel()[0]) if axes is not None and axes.size == 1 else 0
+    return int(dims[axis]) if -len(dims) <= axis < len(dims) else None
+
+
+def _downstream_of(model: onnx.ModelProto, sources: set[str]) -> set[str]:
+    reached = set(sources)
+    for node in model.graph.node:
+        if reached.intersection(node.input):
+            reached.update(node.output)
+    return reached
+
+
+def fixed_sizes(model: onnx.ModelProto) -> set[int]:
+    """Sizes > 1 fixed in the graph (weights' dims, inputs' static dims): a probe size equal to one of them can
+    make a wrong broadcast run by coincidence."""
+    sizes = {int(d) for t in model.graph.initializer for d in t.dims if d > 1}
+    sizes |= {d for vi in graph_inputs(model) for d in dim_names(vi) if isinstance(d, int) and d > 1}
+    return sizes
+
+
+def _baked_size_hint(model: onnx.ModelProto) -> int | None:
+    """The most frequent size > 1 in constants feeding shape ops: likely a trace-time length."""
+    constants = _constant_values(model)
+    counts: Counter[int] = Counter()
+    for node in model.graph.node:
+        if node.op_type not in SHAPE_OPS:
+            continue
+        for name in node.input[1:]:
+            values = constants.get(name)
+            if values is not None and values.dtype.kind == "i" and values.size <= 8:
+                counts.update(int(v) for v in values.ravel() if 1 < v <= MAX_HINT)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
+    for node in model.graph.node:
+        if node.op_type != "Constant":
+            continue
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is not None and _small_inline(value.t):
+            values[node.output[0]] = numpy_helper.to_array(value.t)
+    return values
+
+
+def _small_inline(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location != onnx.TensorProto.EXTERNAL and int(np.prod(tensor.dims or [1])) <= 64

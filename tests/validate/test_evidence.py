@@ -1,0 +1,108 @@
+"""Evidence per size: the original as the oracle where it runs (shapes included), batch consistency where it
+fails, `runs` where nothing can be compared, and the repairs the issue found waved through, now rejected."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from conftest import parse
+from onnx import TensorProto, helper, numpy_helper
+
+import graphfix
+from graphfix.validate import ValidationOptions, validate
+
+HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
+HUBERT = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
+
+
+def swapped_where(model: onnx.ModelProto) -> onnx.ModelProto:
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(model)
+    where = next(node for node in wrong.graph.node if node.op_type == "Where")
+    where.input[1], where.input[2] = where.input[2], where.input[1]
+    return wrong
+
+
+def test_hubert_repair_passes_and_its_swapped_where_is_rejected():
+    repaired = graphfix.repair(str(HUBERT), simplify=False)
+    assert repaired.status == "repaired" and repaired.validation["passed"], repaired.validation["reasons"]
+    assert repaired.validation["dims"] == {"batch": "consistent", "time": "consistent"}
+    wrong = validate(onnx.load(HUBERT), swapped_where(repaired.model), ValidationOptions())
+    assert not wrong.passed
+    assert any("output 'hidden' differs from the original" in reason for reason in wrong.reasons)
+
+
+HEALTHY_RESHAPE = parse(HEADER + """
+g (float[B, 8] x) => (float[2, ?, 4] y) <int64[3] shape = {2, -1, 4}> {
+    [reshape] y = Reshape(x, shape)
+}""")
+BATCH_FIRST = parse(HEADER + """
+g (float[B, 8] x) => (float[?, ?, 4] y) <int64[3] shape = {0, -1, 4}> {
+    [reshape] y = Reshape(x, shape)
+}""")
+
+
+def test_a_rewrite_of_a_healthy_reshape_is_rejected_where_the_original_runs():
+    # [2, -1, 4] runs at every B: the original is the oracle there, shapes included
+    validation = validate(HEALTHY_RESHAPE, BATCH_FIRST, ValidationOptions(trace_sizes={"B": 2}))
+    assert not validation.passed
+    assert any("shape [5, 2, 4] instead of [2, 5, 4]" in reason for reason in validation.reasons)
+
+
+def key_padding(condition_axes: list[int] | None) -> onnx.ModelProto:
+    """Where(mask[B, T], -1e9, scores[B, T, T]); with `condition_axes`, the mask unsqueezed there first."""
+    nodes, mask = [], "mask"
+    if condition_axes is not None:
+        nodes.append(helper.make_node("Unsqueeze", ["mask", "axes"], ["mask3"], name="unsqueeze"))
+        mask = "mask3"
+    nodes.append(helper.make_node("Where", [mask, "neg", "scores"], ["out"], name="where"))
+    inits = [numpy_helper.from_array(np.array(-1e9, np.float32), "neg")]
+    if condition_axes is not None:
+        inits.append(numpy_helper.from_array(np.array(condition_axes, np.int64), "axes"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "T"]),
+                                           helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "T", "T"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "T", "T"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_key_padding_mask_is_right_at_batch_1_so_masking_queries_is_rejected():
+    validation = validate(key_padding(None), key_padding([2]), ValidationOptions())
+    assert not validation.passed
+    assert any(run.sizes["B"] == 1 and run.level == "original" and run.failed for run in validation.runs)
+    # where the original fails (B > 1), it is still the reference, sample by sample
+    assert any(run.level == "consistent" and run.failed for run in validation.runs)
+
+
+def test_masking_keys_for_every_sample_is_consistent_with_the_original_at_batch_1():
+    right = validate(key_padding(None), key_padding([1]), ValidationOptions())
+    assert right.passed, right.reasons
+    assert right.dims == {"B": "original", "T": "original"}  # batch 1 runs in the original
+    assert any(run.level == "consistent" and not run.failed for run in right.runs)
+
+
+BAKED_SLICE = parse(HEADER + """
+g (float[N, 4] x) => (float[N, 4] y) <int64[1] zero = {0}, int64[1] two = {2}> {
+    [slice] y = Slice(x, zero, two)
+}""")  # x[:2] traced at N=2: at other N it returns its export-time shape [2, 4]
+
+
+def test_an_output_at_its_export_time_shape_is_compared_on_the_overlap():
+    whole = parse(HEADER + "g (float[N, 4] x) => (float[N, 4] y) { [copy] y = Identity(x) }")
+    validation = validate(BAKED_SLICE, whole, ValidationOptions(trace_sizes={"N": 2}))
+    assert validation.passed, validation.reasons
+    assert any("export-time shape" in run.note for run in validation.runs)
+    doubled = parse(HEADER + "g (float[N, 4] x) => (float[N, 4] y) { [copy] y = Add(x, x) }")
+    assert not validate(BAKED_SLICE, doubled, ValidationOptions(trace_sizes={"N": 2})).passed
+
+
+def test_an_unchanged_model_is_its_own_original_and_require_is_checked():
+    model = parse(HEADER + "g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }")
+    same = validate(model, model, ValidationOptions(require="original"))
+    assert same.passed and same.evidence == "original"
+
+
+def test_evidence_is_in_the_json():
+    validation = validate(key_padding(None), key_padding([1]), ValidationOptions())
+    data = validation.to_json()
+    assert data["evidence"] == "original" and data["require"] == "consistent" and data["failed_sizes"] == 0
+    assert {run["level"] for run in data["runs"]} <= {"original", "consistent", "runs", None}
