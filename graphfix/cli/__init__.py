@@ -8,7 +8,7 @@ import sys
 import click
 
 from graphfix import __version__
-from graphfix.core.errors import GraphfixError
+from graphfix.core.errors import GraphfixError, InternalError
 
 
 class GraphfixGroup(click.Group):
@@ -23,6 +23,8 @@ class GraphfixGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except GraphfixError as exc:
+            if isinstance(exc, InternalError) and exc.__cause__ is not None and (ctx.obj or {}).get("debug"):
+                raise exc.__cause__ from None  # the rule's own traceback
             click.echo(f"graphfix: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:

@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from graphfix.io.external_data import external_ref, iter_tensors, tensor_nbytes
+from graphfix.io.external_data import external_ref, model_tensors, tensor_nbytes
 from graphfix.io.protos import copy_field, copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
 
@@ -63,7 +63,7 @@ def needs_external_data(proto: onnx.ModelProto) -> bool:
     """True when the model keeps weights outside the protobuf or would not fit in one (stubs count as the
     weights they stand for)."""
     inline = 0
-    for tensor in iter_tensors(proto.graph):
+    for _where, tensor in model_tensors(proto):
         if tensor.data_location == TensorProto.EXTERNAL and not is_stub(tensor):
             return True
         inline += tensor_nbytes(tensor)
@@ -185,7 +185,7 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     with open(data_path, "wb") as data:
-        for tensor in iter_tensors(out.graph):
+        for where, tensor in model_tensors(out):
             if is_stub(tensor):
                 _pad_to_alignment(data)
                 offset, raw = data.tell(), resolve(tensor, weights).raw_data
@@ -193,7 +193,8 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
                 _point_into(tensor, data_path.name, offset, len(raw))
                 continue
             ref = external_ref(tensor)
-            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES):
+            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
+                                or not _movable(where)):
                 continue
             _pad_to_alignment(data)
             offset = data.tell()
@@ -208,6 +209,12 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
                 tensor.ClearField("raw_data")
             _point_into(tensor, data_path.name, offset, length)
     return out
+
+
+def _movable(where: str) -> bool:
+    """Inline tensors of the graphs move to the data file; those of functions and sparse tensors stay (their
+    external data would be valid ONNX, but runtimes handle it unevenly)."""
+    return not where.startswith("sparse") and " in function '" not in where
 
 
 def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:

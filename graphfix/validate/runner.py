@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from graphfix.io.external_data import has_external_data
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
 
@@ -163,6 +164,9 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
     if base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
+    if path is None and base_dir is None and has_external_data(proto):
+        # onnxruntime would resolve the locations against the working directory
+        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
     source = str(path) if path is not None else proto.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
