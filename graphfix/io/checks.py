@@ -30,6 +30,7 @@ from onnx import AttributeProto, TensorProto
 from graphfix.core.errors import InputError
 from graphfix.io.external_data import model_tensors, tensor_nbytes
 
+SUB_BYTE_PACKED = {TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
 VALID_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 MAX_ELEMENTS = 1 << 48  # a tensor beyond this is no weight but a damaged dim
 
@@ -73,10 +74,25 @@ def check_tensor(tensor: TensorProto, where: str) -> None:
     if tensor.data_type == TensorProto.STRING:
         _check_strings(tensor, where, count)
         return
+    _check_typed_count(tensor, where, count)
     if tensor.HasField("raw_data") and len(tensor.raw_data) != tensor_nbytes(tensor):
         type_name = onnx.helper.tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.").lower()
         raise InputError(f"{where}: raw_data has {len(tensor.raw_data)} bytes, dims {list(tensor.dims)} of "
                          f"{type_name} need {tensor_nbytes(tensor)}")
+
+
+def _check_typed_count(tensor: TensorProto, where: str, count: int) -> None:
+    """Values kept in a typed field must match the dims exactly (the checker refuses only too few)."""
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        have = len(getattr(tensor, field))
+        if not have:
+            continue
+        complex_pair = tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128)
+        need = count * 2 if complex_pair else count
+        if tensor.data_type in SUB_BYTE_PACKED and field == "int32_data":
+            need = (count + 1) // 2
+        if have > need:
+            raise InputError(f"{where}: {field} has {have} values, dims {list(tensor.dims)} need {need}")
 
 
 def _typed_values(tensor: TensorProto) -> bool:
@@ -131,8 +147,26 @@ def _node_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[str, object]]
         for value in (*node.input, *node.output):
             yield f"tensor name of node '{node.name}'", value
         for attr in node.attribute:
+            _check_attribute(node, attr)
             yield f"attribute name of node '{node.name}'", attr.name
             yield f"attribute reference of node '{node.name}'", attr.ref_attr_name
+
+
+LIST_FIELDS = {AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats", AttributeProto.STRINGS: "strings",
+               AttributeProto.TENSORS: "tensors", AttributeProto.GRAPHS: "graphs"}
+
+
+def _check_attribute(node: onnx.NodeProto, attr: AttributeProto) -> None:
+    """An attribute has a type and, for a list, values: onnx-graphsurgeon infers a list's type from its values
+    and cannot write an empty one back (the checker accepts both)."""
+    where = f"attribute '{attr.name}' of node '{node.name or node.op_type}'"
+    if attr.ref_attr_name:
+        return  # a function's attribute reference: the checker checks its context
+    if attr.type == AttributeProto.UNDEFINED:
+        raise InputError(f"{where} has no type")
+    field = LIST_FIELDS.get(attr.type)
+    if field is not None and not len(getattr(attr, field)):
+        raise InputError(f"{where} is an empty list")
 
 
 def check_graph_inputs(graph: onnx.GraphProto) -> None:

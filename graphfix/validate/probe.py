@@ -16,6 +16,7 @@ from onnx import helper
 
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.validate.anchor import anchored
+from graphfix.validate.budget import NotProbed
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -80,7 +81,11 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     whole = ModelRunner(proto, base_dir)  # one session for the uncut model, shared by every size
     options = anchored([whole], proto, options)
     for binding in probe_sizes(proto, options):
-        feeds = synthesize_inputs(proto, binding, options)
+        try:
+            feeds = synthesize_inputs(proto, binding, options)
+        except NotProbed as exc:  # said as a warning: the static findings stand, the run is skipped
+            failures.setdefault(str(exc), RuntimeFailure("", "", str(exc), binding, severity=Severity.WARNING))
+            continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
         for failure in found:
             failures.setdefault(failure.node or failure.message, failure)
