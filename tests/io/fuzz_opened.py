@@ -32,7 +32,7 @@ class OpenWatch:
                 return found
             at = 0
             while at < len(data):
-                wd, mask, _cookie, size = struct.unpack_from("iIII", data, at)
+                wd, _mask, _cookie, size = struct.unpack_from("iIII", data, at)
                 name = data[at + 16:at + 16 + size].rstrip(b"\0").decode(errors="replace")
                 watched = self.names.get(wd, "?")
                 if name or not os.path.isdir(watched):  # a folder's own event is a listing, not a read
