@@ -91,8 +91,10 @@ def _check_typed_count(tensor: TensorProto, where: str, count: int) -> None:
         need = count * 2 if complex_pair else count
         if tensor.data_type in SUB_BYTE_PACKED and field == "int32_data":
             need = (count + 1) // 2
-        if have > need:
+        if have != need:
             raise InputError(f"{where}: {field} has {have} values, dims {list(tensor.dims)} need {need}")
+    if count and not tensor.HasField("raw_data") and not _typed_values(tensor):
+        raise InputError(f"{where}: has no values (dims {list(tensor.dims)})")
 
 
 def _typed_values(tensor: TensorProto) -> bool:
@@ -258,8 +260,12 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
     data is checked without its initializers, which would otherwise be looked up in the working directory."""
     from graphfix.io.external_data import has_external_data
 
-    if path is None and has_external_data(proto):
-        proto = _without_initializers(proto)
+    unshaped = _unshaped_io(proto)
+    if unshaped or (path is None and has_external_data(proto)):
+        proto, path = _without_initializers(proto), None
+        for value in (*proto.graph.input, *proto.graph.output):
+            if value.name in unshaped:  # unknown rank: valid for onnxruntime, which the checker does not allow
+                value.type.tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(str(path) if path is not None else proto)
     except onnx.checker.ValidationError as exc:
@@ -283,6 +289,11 @@ def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
         if "topologically sorted" in text:
             text = f"a node reads a tensor that nothing produces ({_checker_line(text)})"
         raise InputError(f"{name}: {_checker_line(text)}") from None
+
+
+def _unshaped_io(proto: onnx.ModelProto) -> set[str]:
+    return {v.name for v in (*proto.graph.input, *proto.graph.output)
+            if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")}
 
 
 def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:

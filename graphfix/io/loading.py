@@ -13,6 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphfix.core.errors import InputError
+from graphfix.io.budgets import check_node_budget
 from graphfix.io.checks import refuse_unsupported, run_onnx_checker, validate_model
 from graphfix.io.external_data import ExternalRef, check_external_data
 
@@ -56,6 +57,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
+    check_node_budget(proto, str(path))  # before the checks, which walk every node
     validate_model(proto, str(path))
     external = check_external_data(proto, path.parent, str(path))
     refuse_unsupported(proto, str(path))
@@ -66,6 +68,7 @@ def load_model(path: str | Path) -> LoadedModel:
 def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
     """Wrap an in-memory model (Python API); `base_dir` locates external data if it has any."""
     check_structure(proto, "<model>")
+    check_node_budget(proto, "<model>")
     validate_model(proto, "<model>")
     external = check_external_data(proto, base_dir, "<model>")
     refuse_unsupported(proto, "<model>")

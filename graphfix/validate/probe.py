@@ -7,6 +7,7 @@ dropped), and the run goes on to find failures further down. Polygraphy's lint s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -15,8 +16,9 @@ import onnx
 from onnx import helper
 
 from graphfix.core.rule import FailureSite, Finding, Severity
+from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.validate.anchor import anchored
-from graphfix.validate.budget import NotProbed
+from graphfix.validate.budget import NotProbed, probe_memory_budget
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -89,6 +91,8 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
         found, outputs = _failures_at(whole, feeds, binding, types, options)
         for failure in found:
             failures.setdefault(failure.node or failure.message, failure)
+        if any(ENV_RUN_BUDGET in failure.message for failure in found):
+            break  # a run past its time budget: other sizes would take as long
         if not found and outputs is not None:
             clean_runs.append(outputs)
     return [*failures.values(), *suspicious_outputs(clean_runs)]
@@ -216,6 +220,8 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
     if dims is None or any(d is None for d in dims):
         return None
     dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    if math.prod(dims) * np.dtype(dtype).itemsize > probe_memory_budget():
+        return None  # over the memory budget: what depends on it is dropped instead
     return np.ones(dims, dtype=dtype)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
 from graphfix.io.external_data import has_external_data
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
@@ -63,6 +65,7 @@ class ModelRunner:
         self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
+        self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
@@ -114,10 +117,20 @@ class ModelRunner:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
             feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        if self.timed_out:  # it ran past its budget once: every other run would as well
+            return RunResult(None, self.timed_out)
+        options = ort.RunOptions()
+        timer = threading.Timer(run_budget_seconds(), lambda: setattr(options, "terminate", True))
+        timer.start()
         try:
-            values = self.session.run(None, {**feeds, **self.weight_feeds})
+            values = self.session.run(None, {**feeds, **self.weight_feeds}, options)
         except Exception as exc:
+            if options.terminate:
+                self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"
+                return RunResult(None, self.timed_out)
             return RunResult(None, first_line(error_text(exc)))
+        finally:
+            timer.cancel()
         return RunResult(dict(zip(self.output_names, values, strict=True)))
 
 
