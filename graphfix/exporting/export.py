@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import linecache
-import tempfile
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from graphfix.core.engine import AppliedFix
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding
 from graphfix.exporting.verify import SizeCheck, verify
+from graphfix.io.staging import scratch_dir
 from graphfix.report.knowledge import explain_message
 
 
@@ -87,7 +87,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         raise GraphfixError(f"exporter must be 'torchscript' or 'dynamo', not '{exporter}'")
     args = tuple(args) if isinstance(args, list | tuple) else (args,)
     destination = Path(f)
-    with tempfile.TemporaryDirectory(prefix="graphfix-export-") as scratch:
+    with scratch_dir("export") as scratch:
         raw = Path(scratch) / destination.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
 
+from graphfix.core.errors import OutputError
 from graphfix.io.external_data import external_ref, model_tensors, tensor_nbytes
 from graphfix.io.protos import copy_field, copy_without_initializers
+from graphfix.io.staging import remove, staging_dir
 from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -47,6 +50,10 @@ class StagedModel:
 
     def commit(self) -> Path:
         """Make the staged files durable (validation ran while the kernel wrote them back), then move them."""
+        with writing(self.destination, self):
+            return self._commit()
+
+    def _commit(self) -> Path:
         if self.data_name:
             _fsync(self.temp_dir / self.data_name)
             os.replace(self.temp_dir / self.data_name, self.destination.parent / self.data_name)
@@ -56,7 +63,7 @@ class StagedModel:
         return self.destination
 
     def discard(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        remove(self.temp_dir)
 
 
 def needs_external_data(proto: onnx.ModelProto) -> bool:
@@ -85,6 +92,9 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
                 _write_streaming(proto, weights or {}, f)
             else:
                 f.write(proto.SerializeToString())
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -100,6 +110,9 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
             for tensor in proto.graph.initializer:
                 if is_stub(tensor):
                     _write_initializer(resolve(tensor, weights), f)
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -111,7 +124,7 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
     if stub_names(proto) != staged.prewritten:
         raise ValueError("the final model's weights differ from the ones written ahead")
-    with open(staged.path, "ab") as f:
+    with writing(staged.destination, staged), open(staged.path, "ab") as f:
         _write_streaming(proto, weights, f, skip=staged.prewritten)
     return staged
 
@@ -121,6 +134,9 @@ def stage_copy(source: Path, destination: str | Path) -> StagedModel:
     staged = _new_stage(Path(destination))
     try:
         shutil.copyfile(source, staged.path)
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -128,9 +144,26 @@ def stage_copy(source: Path, destination: str | Path) -> StagedModel:
 
 
 def _new_stage(destination: Path) -> StagedModel:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".graphfix-tmp", dir=destination.parent))
-    return StagedModel(temp_dir, destination, None)
+    with writing(destination):
+        for folder in (destination.parent, *destination.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(20, f"{folder} is not a folder")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        return StagedModel(staging_dir(destination), destination, None)
+
+
+@contextmanager
+def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[None]:
+    """OSError while writing `destination` -> OutputError (exit 2, one line); the staging folder goes."""
+    try:
+        yield
+    except OSError as exc:
+        if staged is not None:
+            staged.discard()
+        reason = (exc.strerror or str(exc)).lower()
+        raise OutputError(f"cannot write {destination}: {reason}") from None
 
 
 def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
