@@ -41,6 +41,7 @@ class RuntimeFailure:
     rule: str = "GF000"
     severity: Severity = Severity.ERROR  # WARNING for suspicious outputs (GF005)
     tensors: list[str] = field(default_factory=list)
+    skipped: bool = False  # not a failure of the model: the probe could not run it (message says why)
 
     def to_finding(self) -> Finding:
         from graphfix.core.registry import find_rule
@@ -59,7 +60,7 @@ class RuntimeFailure:
         )
 
     def _sentence(self) -> str:
-        if self.severity is not Severity.ERROR:
+        if self.severity is not Severity.ERROR or self.skipped:
             return self.message
         if self.rule == "GF001" and not self.node:
             return f"inputs {self.tensors} are fed but the graph does not declare them: {short_message(self.message)}"
@@ -85,8 +86,8 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     for binding in probe_sizes(proto, options):
         try:
             feeds = synthesize_inputs(proto, binding, options)
-        except NotProbed as exc:  # said as a warning: the static findings stand, the run is skipped
-            failures.setdefault(str(exc), RuntimeFailure("", "", str(exc), binding, severity=Severity.WARNING))
+        except NotProbed as exc:  # an error (nothing proven at this size), worded as what was skipped
+            failures.setdefault(str(exc), RuntimeFailure("", "", str(exc), binding, skipped=True))
             continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
         for failure in found:
