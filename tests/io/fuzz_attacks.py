@@ -39,7 +39,7 @@ def _external(tensor: TensorProto, fields: dict[str, str]) -> None:
     tensor.ClearField("float_data")
     tensor.ClearField("int64_data")
     tensor.data_location = TensorProto.EXTERNAL
-    for key, value in fields.items():
+    for key, value in (fields.items() if isinstance(fields, dict) else fields):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
 
@@ -173,8 +173,7 @@ LOCATIONS: dict[str, tuple] = {
     "short-length": (lambda r: _loc("w.bin", length="12"), None),
     "long-length": (lambda r: _loc("w.bin", length="128"), None),
     "past-end": (lambda r: _loc("w.bin", offset="250"), None),
-    "duplicate-key": (lambda r: {"location": "w.bin", "offset": "0", "offset ": "1", "length": "64",
-                                  "lengthx": "2"}, None),
+    "repeated-key": (lambda r: [("location", "w.bin"), ("offset", "0"), ("offset", "64")], None),
     "unknown-key": (lambda r: _loc("w.bin", rogue="1"), None),
 }
 CONTROLS = {"good": lambda r: _loc("w.bin"), "good-offset": lambda r: _loc("w.bin", offset="64")}
