@@ -18,7 +18,7 @@ from onnx import helper
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.validate.anchor import anchored
-from graphfix.validate.budget import NotProbed, probe_memory_budget
+from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -77,6 +77,12 @@ def short_message(message: str) -> str:
 def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure]:
     """Every node that fails at some probe size (first size each), then warnings about suspicious outputs."""
     proto, base_dir = load_structure(model)
+    try:
+        for value in graph_inputs(proto):
+            if value.name not in options.inputs:
+                check_input_kind(value)  # before symbolic inference, which can loop on such inputs
+    except NotProbed as exc:
+        return [RuntimeFailure("", "", str(exc), {}, skipped=True)]
     proto = with_node_names(proto)
     types = _inferred_types(proto)
     failures: dict[str, RuntimeFailure] = {}
