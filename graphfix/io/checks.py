@@ -260,12 +260,15 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
     data is checked without its initializers, which would otherwise be looked up in the working directory."""
     from graphfix.io.external_data import has_external_data
 
-    unshaped = _unshaped_io(proto)
-    if unshaped or (path is None and has_external_data(proto)):
+    unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
+    if unshaped or dangling or (path is None and has_external_data(proto)):
         proto, path = _without_initializers(proto), None
         for value in (*proto.graph.input, *proto.graph.output):
             if value.name in unshaped:  # unknown rank: valid for onnxruntime, which the checker does not allow
                 value.type.tensor_type.shape.SetInParent()
+        kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
+        del proto.graph.output[:]
+        proto.graph.output.extend(kept)
     try:
         onnx.checker.check_model(str(path) if path is not None else proto)
     except onnx.checker.ValidationError as exc:
@@ -289,6 +292,13 @@ def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
         if "topologically sorted" in text:
             text = f"a node reads a tensor that nothing produces ({_checker_line(text)})"
         raise InputError(f"{name}: {_checker_line(text)}") from None
+
+
+def _dangling_outputs(proto: onnx.ModelProto) -> set[str]:
+    """Graph outputs nothing produces: a truncated export, which GF001 reports (the checker refuses it)."""
+    produced = {name for node in proto.graph.node for name in node.output}
+    produced |= {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    return {v.name for v in proto.graph.output} - produced
 
 
 def _unshaped_io(proto: onnx.ModelProto) -> set[str]:

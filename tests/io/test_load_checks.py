@@ -183,3 +183,24 @@ def test_in_memory_model_with_external_data_is_refused_without_a_folder():
     entry.key, entry.value = "location", "w.bin"
     with pytest.raises(InputError, match="tensor 'w' keeps its values in external data, but no folder"):
         from_proto(model)
+
+
+@pytest.mark.parametrize("place", ["function", "constant", "subgraph"])
+def test_valid_external_data_anywhere_is_copied_beside_the_output(place, tmp_path, monkeypatch):
+    """Accepted external data in a function, a Constant or a subgraph is written to OUT.data and read from there,
+    whatever the working directory."""
+    import onnxruntime as ort
+    from fuzz_attacks import PLACES, SECRET
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "w.bin").write_bytes(SECRET)
+    (model_dir / "model.onnx").write_bytes(PLACES[place]({"location": "w.bin"}).SerializeToString())
+    out = tmp_path / "out" / "o.onnx"
+    result = CliRunner().invoke(cli, ["repair", str(model_dir / "model.onnx"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx", "o.onnx.data"]
+    monkeypatch.chdir(tmp_path)
+    x = np.ones((2, 4), np.float32)
+    got = ort.InferenceSession(str(out)).run(None, {"x": x, "z": x})[0]
+    np.testing.assert_array_equal(got, x @ np.arange(16, dtype=np.float32).reshape(4, 4) + x)
