@@ -20,7 +20,6 @@ SKIPPED = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bomb", sorted(BOMBS))
 def test_bomb_finishes_in_budget(bomb, tmp_path):
     folder = tmp_path / bomb
