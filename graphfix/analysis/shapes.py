@@ -60,22 +60,33 @@ def symbolic_shapes(model: onnx.ModelProto, *, merge: bool = True) -> dict[str, 
     before inference stopped. Unlike the library's `infer_shapes`, an incomplete run neither raises nor writes
     `sym_shape_infer_temp.onnx` into the working directory.
     """
+    inferred = symbolic_model(model, merge=merge)
+    if inferred is None:
+        return {}
+    graph = inferred.graph
+    return {vi.name: value_info_shape(vi) for vi in (*graph.value_info, *graph.output, *graph.input)}
+
+
+def symbolic_model(model: onnx.ModelProto, *, merge: bool = True, complete: bool = False) -> onnx.ModelProto | None:
+    """The model with onnxruntime's symbolic value_info (None on failure, or with `complete` when some shape
+    stays unknown, as the library's `infer_shapes` does). Never writes a file: the library's `infer_shapes` saves
+    `sym_shape_infer_temp.onnx` and its data into the working directory when it stops."""
     ort_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level = ort_log.level
     ort_log.setLevel(logging.ERROR)  # it warns about every mismatch the rules are about to report
     try:
         inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, True, 0)
         inference._preprocess(model)
+        inferred_all = False
         while inference.run_:
-            inference._infer_impl()
+            inferred_all = inference._infer_impl()
         inference._update_output_from_vi()
-        graph = inference.out_mp_.graph
+        return inference.out_mp_ if inferred_all or not complete else None
     except Exception as exc:  # it does not know every op; rules then fall back to onnx's shapes
         log.debug("symbolic shape inference failed: %s", exc)
-        return {}
+        return None
     finally:
         ort_log.setLevel(level)
-    return {vi.name: value_info_shape(vi) for vi in (*graph.value_info, *graph.output, *graph.input)}
 
 
 @functools.cache

@@ -176,13 +176,9 @@ def _vague(vi: onnx.ValueInfoProto) -> bool:
 
 
 def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from graphfix.analysis.shapes import symbolic_model
 
-        inferred = SymbolicShapeInference.infer_shapes(skeleton(model), auto_merge=True, guess_output_rank=True)
-    except Exception as exc:
-        log.debug("symbolic shape inference failed: %s", exc)
-        return {}
+    inferred = symbolic_model(skeleton(model), complete=True)  # writes nothing into the working directory
     return {vi.name: vi for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type} if inferred else {}
 
 

@@ -106,6 +106,9 @@ def freeze_proto(model: onnx.ModelProto, fills: dict[str, Fill]) -> tuple[onnx.M
     for name, value in fills.items():
         if name not in feeds:
             raise UsageError(f"--input {name}: no such graph input (inputs: {', '.join(feeds) or 'none'})")
+        if feeds[name].type.WhichOneof("value") != "tensor_type":
+            kind = (feeds[name].type.WhichOneof("value") or "no").removesuffix("_type")
+            raise UsageError(f"--input {name}: the input is of {kind} type; only tensors can be frozen")
         tensor = next(t for t in graph.inputs if t.name == name)
         _replace_input(graph, tensor, feeds[name], value, fills, feeds, opset)
         if not isinstance(value, np.ndarray):

@@ -234,14 +234,9 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
 
 def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
     """Tensor name -> (elem type, symbolic shape) from onnxruntime's symbolic shape inference."""
-    from graphfix.analysis.shapes import value_info_shape
+    from graphfix.analysis.shapes import symbolic_model, value_info_shape
 
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # without shapes, failing branches are dropped instead of fed
-        return {}
+    inferred = symbolic_model(model, complete=True)  # without shapes, failing branches are dropped instead of fed
     graph = inferred.graph if inferred is not None else model.graph
     return {vi.name: (vi.type.tensor_type.elem_type, value_info_shape(vi)) for vi in (*graph.value_info, *graph.output)}
 

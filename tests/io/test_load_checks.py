@@ -204,3 +204,38 @@ def test_valid_external_data_anywhere_is_copied_beside_the_output(place, tmp_pat
     x = np.ones((2, 4), np.float32)
     got = ort.InferenceSession(str(out)).run(None, {"x": x, "z": x})[0]
     np.testing.assert_array_equal(got, x @ np.arange(16, dtype=np.float32).reshape(4, 4) + x)
+
+
+def test_freezing_an_optional_input_is_a_usage_error(tmp_path):
+    """Fuzz seed 493: an optional-typed input given to freeze was a TypeError (internal error)."""
+    model = base()
+    model.graph.input[0].type.CopyFrom(helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, [4, 4])))
+    model.graph.node.insert(0, helper.make_node("OptionalGetElement", ["x"], ["xv"], name="get"))
+    model.graph.node[1].input[0] = "xv"
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = CliRunner().invoke(cli, ["freeze", str(path), "--input", "x=0", "-o", str(tmp_path / "o.onnx")])
+    assert result.exit_code == 2 and "--input x: the input is of optional type" in result.output
+
+
+def test_probe_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """Fuzz seed 561 (the streaming_cache sample with a Constant's dims cleared): onnxruntime's symbolic
+    inference stopped early and saved sym_shape_infer_temp.onnx and its data into the working directory."""
+    from pathlib import Path
+
+    from fuzz_mutants import mutate
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "streaming_cache" / "model.onnx"
+    data, description = mutate(sample.read_bytes(), 561)
+    assert description == "dims: tensor '' dims []"
+    path = tmp_path / "model" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for command in ("diagnose", "check"):
+        result = CliRunner().invoke(cli, [command, str(path)])
+        assert result.exit_code in (0, 1) and "internal error" not in result.output, result.output
+        assert sorted(p.name for p in cwd.iterdir()) == []
