@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
+from graphfix.io.budgets import data_prop_allowed
 from graphfix.io.external_data import tensor_nbytes
 from graphfix.io.weights import stub
 
@@ -47,7 +48,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails."""
     light = skeleton(model)
     try:
-        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop_allowed(light))
     except Exception as exc:  # shape inference rejects some valid-to-run models; rules then see fewer shapes
         log.debug("onnx shape inference failed: %s", exc)
         return light

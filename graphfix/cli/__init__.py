@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 
 import click
 
 from graphfix import __version__
-from graphfix.core.errors import GraphfixError
+from graphfix.core.errors import GraphfixError, InternalError, TimedOut
+from graphfix.io import staging
 
 
 class GraphfixGroup(click.Group):
@@ -22,7 +25,12 @@ class GraphfixGroup(click.Group):
         except BrokenPipeError:  # `graphfix ... | head`: the reader left, which is no error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
+        except TimedOut as exc:
+            click.echo(f"graphfix: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
         except GraphfixError as exc:
+            if isinstance(exc, InternalError) and exc.__cause__ is not None and (ctx.obj or {}).get("debug"):
+                raise exc.__cause__ from None  # the rule's own traceback
             click.echo(f"graphfix: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
@@ -45,15 +53,62 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _memory_size(ctx, param, value: str | None) -> int | None:
+    """'2G' / '512M' / '1000000' -> bytes."""
+    if value is None:
+        return None
+    text = value.strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is no size (e.g. 2G, 512M)") from None
+
+
+def _with_timeout(command: click.Command) -> click.Command:
+    """Give `command` `--timeout SECONDS` (past it the command stops, cleans up, and exits 1) and
+    `--max-probe-memory BYTES`."""
+    command.params.append(click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=None,
+                                       metavar="SECONDS", help="Stop after this many seconds (exit 1)."))
+    command.params.append(click.Option(["--max-probe-memory"], callback=_memory_size, default=None,
+                                       metavar="BYTES", help="Memory the probe's values may take, e.g. 2G "
+                                       "(default: a quarter of the available memory)."))
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, timeout=None, max_probe_memory=None, **kwargs):
+        if max_probe_memory is not None:  # read by graphfix.validate.budget, here and in --jobs workers
+            os.environ["GRAPHFIX_MAX_PROBE_MEMORY"] = str(max_probe_memory)
+        staging.sweep()  # folders of graphfix runs killed outright
+        if timeout is None:
+            return callback(*args, **kwargs)
+
+        def expire(signum, frame):
+            raise TimedOut(f"stopped after {timeout:g} s (--timeout); nothing was written")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return callback(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    command.callback = run
+    return command
+
+
 def _register_commands() -> None:
     from graphfix.cli import bench, check, diagnose, explain, extract, freeze, repair, rules, set_shape, stream
 
     for module in (diagnose, repair, check, extract, freeze, set_shape, stream, bench, rules, explain):
-        cli.add_command(module.command)
+        cli.add_command(_with_timeout(module.command))
 
 
 _register_commands()
 
 
 def main() -> None:
+    staging.install_signal_cleanup()
     cli.main(prog_name="graphfix")

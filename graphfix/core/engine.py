@@ -17,6 +17,7 @@ import onnx
 
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.core.context import RuleContext, RuleOptions
+from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
 from graphfix.core.rule import Finding, Rejection, Rule, Safety, Severity
 from graphfix.io.graphs import export_graph, import_graph, tidy
@@ -65,7 +66,7 @@ def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions,
 
 
 def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
-    """Run every rule's detect(); a rule that raises becomes an internal finding and the others go on."""
+    """Run every rule's detect(). A rule that raises is a graphfix bug: InternalError (exit 2), not a finding."""
     result = Diagnosis()
     for rule_cls in rules:
         if rule_cls.runtime_only or (ctx.options.static and rule_cls.needs_weights):
@@ -74,11 +75,11 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
         try:
             for item in rule_cls().detect(ctx):
                 (result.rejections if isinstance(item, Rejection) else result.findings).append(item)
+        except GraphfixError:
+            raise  # already says what went wrong (an internal error, a budget, an input error)
         except Exception as exc:
-            result.findings.append(
-                Finding(rule_cls.code, "internal-error", Severity.ERROR,
-                        f"rule {rule_cls.code} ({rule_cls.name}) crashed: {format_traceback(exc)}")
-            )
+            # the model passed loading, so this is a graphfix bug, never a finding about the model
+            raise InternalError(f"rule {rule_cls.code} ({rule_cls.name}) crashed: {format_traceback(exc)}") from exc
         result.findings.extend(Finding(rule_cls.code, "analysis-incomplete", Severity.INFO,
                                        f"{note}; {rule_cls.code} judged the rest without those shapes")
                                for note in ctx.notes[noted:])

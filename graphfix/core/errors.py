@@ -32,3 +32,16 @@ class InternalError(GraphfixError):
 
     def __init__(self, message: str):
         super().__init__(f"internal error: {message} (rerun with --debug for the traceback)")
+
+
+class OutputError(GraphfixError):
+    """An output cannot be written: read-only folder, disk full, a folder where the file goes (exit 2)."""
+
+    exit_code = 2
+
+
+class TimedOut(BaseException):
+    """The command ran past `--timeout` and stopped (exit 1: nothing was completed or proven). A BaseException,
+    like KeyboardInterrupt, so that no `except Exception` on the way takes it for a model error."""
+
+    exit_code = 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import linecache
-import tempfile
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from graphfix.core.engine import AppliedFix
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding
 from graphfix.exporting.verify import SizeCheck, verify
+from graphfix.io.staging import scratch_dir
 from graphfix.report.knowledge import explain_message
 
 
@@ -91,7 +91,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
     args = args if isinstance(args, tuple) else (args,)
     call = split_call(args, export_kwargs.get("kwargs"))
     destination = Path(f)
-    with tempfile.TemporaryDirectory(prefix="graphfix-export-") as scratch:
+    with scratch_dir("export") as scratch:
         raw = Path(scratch) / destination.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

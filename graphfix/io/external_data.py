@@ -1,23 +1,43 @@
 """External data: where a model's weights live, whether that place is safe, and reading them lazily.
 
 Models over 2 GB keep their weights in files beside the `.onnx` (`model.onnx.data`). graphfix never reads those
-bytes unless a rule or the runtime needs them, and it refuses locations that leave the model's folder: absolute
-paths, `..` components, and symbolic or hard links pointing elsewhere (the attacks behind CVE-2022-25882,
-CVE-2024-27318, CVE-2025-51480 and CVE-2026-27489).
+bytes unless a rule or the runtime needs them. Every tensor that can carry external data is checked the same way
+(initializers, both halves of sparse initializers, tensors in node attributes, in subgraphs and in model-local
+functions), with `stat` only, so `--static` checks them too without reading a byte:
+
+- fields: only `location`, `offset`, `length`, `checksum`, each once; offset and length non-negative integers;
+  length equal to the tensor's byte size;
+- location: a relative path of sane length inside the model's folder: no absolute path, drive, UNC, URL, `~`,
+  `..` or NUL, no symbolic or hard link leading elsewhere (CVE-2022-25882, CVE-2024-27318, CVE-2025-51480,
+  CVE-2026-27489), a regular file (no FIFO, device or folder) holding offset + length bytes.
+
+Locations resolve against the model's folder only: a model with external data and no folder is refused.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper
 
 from graphfix.core.errors import InputError
+
+KNOWN_KEYS = ("location", "offset", "length", "checksum")
+MAX_LOCATION_BYTES = 1024  # far below PATH_MAX; weights files have short names
+MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux, macOS and Windows
+SUB_BYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4}
+for _name, _bits in (("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2)):
+    if hasattr(TensorProto, _name):
+        SUB_BYTE_BITS[getattr(TensorProto, _name)] = _bits
+DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -28,67 +48,156 @@ class ExternalRef:
     location: str
     offset: int
     length: int  # bytes the tensor needs
+    where: str = "tensor"  # how the message names it: "tensor 'w'", "sparse initializer 'w' values", ...
 
     def path(self, base_dir: Path) -> Path:
         return base_dir / self.location
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
-    yield from graph.initializer
+    """Every TensorProto of a graph: initializers, sparse initializers (values and indices) and tensors in node
+    attributes, subgraphs included."""
+    for _where, tensor in _graph_tensors(graph, ""):
+        yield tensor
+
+
+def model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
+    """(where, tensor) for every TensorProto of a model: its graph and its model-local functions."""
+    yield from _graph_tensors(model.graph, "")
+    for function in model.functions:
+        for node in function.node:
+            yield from _node_tensors(node, f" in function '{function.domain}.{function.name}'")
+
+
+def _graph_tensors(graph: onnx.GraphProto, context: str) -> Iterator[tuple[str, TensorProto]]:
+    for tensor in graph.initializer:
+        yield f"tensor '{tensor.name}'{context}", tensor
+    for sparse in graph.sparse_initializer:
+        yield from _sparse_tensors(sparse, f"sparse initializer '{sparse.values.name}'{context}")
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_tensors(sub)
+        yield from _node_tensors(node, context)
+
+
+def _sparse_tensors(sparse: onnx.SparseTensorProto, where: str) -> Iterator[tuple[str, TensorProto]]:
+    yield f"{where} values", sparse.values
+    yield f"{where} indices", sparse.indices
+
+
+def _node_tensors(node: onnx.NodeProto, context: str) -> Iterator[tuple[str, TensorProto]]:
+    for attr in node.attribute:
+        where = f"tensor in attribute '{attr.name}' of node '{node.name or node.op_type}'{context}"
+        if attr.type == AttributeProto.TENSOR:
+            yield where, attr.t
+        elif attr.type == AttributeProto.TENSORS:
+            for tensor in attr.tensors:
+                yield where, tensor
+        elif attr.type == AttributeProto.SPARSE_TENSOR:
+            yield from _sparse_tensors(attr.sparse_tensor, f"sparse {where}")
+        elif attr.type == AttributeProto.SPARSE_TENSORS:
+            for sparse in attr.sparse_tensors:
+                yield from _sparse_tensors(sparse, f"sparse {where}")
+        elif attr.type == AttributeProto.GRAPH:
+            yield from _graph_tensors(attr.g, f" in a subgraph of node '{node.name or node.op_type}'{context}")
+        elif attr.type == AttributeProto.GRAPHS:
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub, f" in a subgraph of node '{node.name or node.op_type}'{context}")
+
+
+def element_count(tensor: TensorProto) -> int:
+    return math.prod(tensor.dims)  # Python ints: dims of 2**40 do not overflow
 
 
 def tensor_nbytes(tensor: TensorProto) -> int:
-    """Bytes a tensor's values occupy in raw form, from its dims and type alone."""
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    """Bytes a tensor's values occupy in raw form, from its dims and type alone (0 for strings)."""
     if tensor.data_type == TensorProto.STRING:
         return 0
-    np_dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(tensor.data_type)
-    if bits is not None or getattr(TensorProto, "FLOAT4E2M1", -1) == tensor.data_type:
-        return (count + 1) // 2
-    return count * np.dtype(np_dtype).itemsize
+    count = element_count(tensor)
+    bits = SUB_BYTE_BITS.get(tensor.data_type)
+    if bits is not None:
+        return (count * bits + 7) // 8
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
-def external_ref(tensor: TensorProto) -> ExternalRef | None:
-    """The tensor's external-data reference, or None when its values are inline."""
+def external_ref(tensor: TensorProto, where: str | None = None) -> ExternalRef | None:
+    """The tensor's external-data reference, or None when its values are inline. Raises InputError on fields
+    that are no valid reference (unknown or repeated keys, offsets and lengths that are not byte counts)."""
     if tensor.data_location != TensorProto.EXTERNAL:
         return None
-    entries = {e.key: e.value for e in tensor.external_data}
-    length = int(entries["length"]) if "length" in entries else tensor_nbytes(tensor)
-    return ExternalRef(tensor.name, entries.get("location", ""), int(entries.get("offset", 0) or 0), length)
+    where = where or f"tensor '{tensor.name}'"
+    entries: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key not in KNOWN_KEYS:
+            raise InputError(f"{where}: unknown external-data field '{entry.key[:40]}'")
+        if entry.key in entries:
+            raise InputError(f"{where}: external-data field '{entry.key}' is given twice")
+        entries[entry.key] = entry.value
+    if tensor.data_type == TensorProto.STRING:
+        raise InputError(f"{where}: string tensors cannot keep their values in external data")
+    nbytes = tensor_nbytes(tensor)
+    offset = _byte_count(entries.get("offset", "0"), "offset", where)
+    length = _byte_count(entries["length"], "length", where) if "length" in entries else nbytes
+    if length != nbytes:
+        raise InputError(f"{where}: external-data length is {length} bytes, but dims {list(tensor.dims)} of "
+                         f"{_type_name(tensor.data_type)} need {nbytes}")
+    return ExternalRef(tensor.name, entries.get("location", ""), offset, length, where)
+
+
+def _byte_count(text: str, field: str, where: str) -> int:
+    if not DIGITS.fullmatch(text) or len(text) > 19:
+        raise InputError(f"{where}: external-data {field} '{text[:40]}' is not a non-negative integer")
+    return int(text)
+
+
+def _type_name(data_type: int) -> str:
+    return helper.tensor_dtype_to_string(data_type).removeprefix("TensorProto.").lower()
 
 
 def external_refs(model: onnx.ModelProto) -> list[ExternalRef]:
-    return [ref for t in iter_tensors(model.graph) if (ref := external_ref(t)) is not None]
+    """Every external reference of the model (stubs of graphfix's own light models excluded)."""
+    refs = []
+    for where, tensor in model_tensors(model):
+        ref = external_ref(tensor, where)
+        if ref is not None and not _is_stub(ref):
+            refs.append(ref)
+    return refs
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == TensorProto.EXTERNAL and not _is_stub_tensor(t) for _w, t in model_tensors(model))
+
+
+def _is_stub(ref: ExternalRef) -> bool:
+    from graphfix.io.weights import STUB_LOCATION
+
+    return ref.location == STUB_LOCATION
+
+
+def _is_stub_tensor(tensor: TensorProto) -> bool:
+    from graphfix.io.weights import is_stub
+
+    return is_stub(tensor)
 
 
 def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
-    """Why an external-data location may not be used, or None when it is inside base_dir."""
-    if not location:
-        return "has an empty location"
-    if os.path.isabs(location) or PureWindowsPath(location).is_absolute() or PureWindowsPath(location).drive:
-        return f"uses the absolute path '{location}'"
-    parts = PurePosixPath(location.replace("\\", "/")).parts
-    if ".." in parts:
-        return f"uses '..' to leave the model's folder ('{location}')"
+    """Why an external-data location may not be used, or None when it names a regular file inside base_dir.
+    Only `stat`s: nothing is opened."""
+    reason = _location_text_reason(location)
+    if reason:
+        return reason
     full = base_dir / location
     root = os.path.realpath(base_dir)
-    real = os.path.realpath(full)
-    if os.path.commonpath([root, real]) != root and not _in_hub_repository(base_dir, real):
-        return f"points outside the model's folder through a symbolic link ('{location}' -> '{real}')"
-    if full.exists() and full.is_file() and os.stat(full).st_nlink > 1:
+    try:
+        real = os.path.realpath(full)
+        if os.path.commonpath([root, real]) != root and not _in_hub_repository(base_dir, real):
+            return f"points outside the model's folder through a symbolic link ('{location}' -> '{real}')"
+        info = os.stat(full)
+    except FileNotFoundError:
+        return None  # missing: reported with the file's size check
+    except (OSError, ValueError) as exc:
+        return f"has a location that cannot be used ('{location[:80]}': {exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"has a location that is not a regular file ('{location}')"
+    if info.st_nlink > 1:
         return f"is a hard link ('{location}'); copy the file instead of linking it"
     return None
 
@@ -104,27 +213,53 @@ def _in_hub_repository(base_dir: Path, real: str) -> bool:
     return os.path.commonpath([blobs, real]) == blobs
 
 
-def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str) -> list[ExternalRef]:
-    """Refuse unsafe, missing or short external data; return the references. Reads no weights (stat only)."""
-    refs = external_refs(model)
+def _location_text_reason(location: str) -> str | None:
+    if not location:
+        return "has an empty location"
+    if "\0" in location:
+        return "has a location with a NUL byte"
+    encoded = location.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_LOCATION_BYTES:
+        return f"has a location of {len(encoded)} bytes (at most {MAX_LOCATION_BYTES})"
+    if os.path.isabs(location) or PureWindowsPath(location).is_absolute() or location.startswith(("\\", "/")):
+        return f"uses the absolute path '{location}'"
+    if ":" in location:
+        return f"has a drive or URL in its location ('{location}')"
+    parts = PurePosixPath(location.replace("\\", "/")).parts
+    if ".." in parts:
+        return f"uses '..' to leave the model's folder ('{location}')"
+    if location.startswith("~"):
+        return f"has a home-folder location ('{location}')"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES for part in parts):
+        return f"has a location with a name over {MAX_COMPONENT_BYTES} bytes"
+    return None
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_name: str) -> list[ExternalRef]:
+    """Refuse unsafe, missing or short external data; return the references. Reads no weights (stat only).
+    Without a folder (an in-memory model), external data is refused: nothing else may resolve it."""
+    try:
+        refs = external_refs(model)
+    except InputError as exc:
+        raise InputError(f"{model_name}: {exc}") from None
+    if refs and base_dir is None:
+        raise InputError(f"{model_name}: {refs[0].where} keeps its values in external data, but no folder was "
+                         "given to read it from")
     sizes: dict[str, int] = {}
     for ref in refs:
         reason = unsafe_location_reason(ref.location, base_dir)
         if reason:
-            raise InputError(f"{model_name}: tensor '{ref.tensor}' {reason}; refusing to read outside the model's "
-                             "folder")
+            raise InputError(f"{model_name}: {ref.where} {reason}; refusing to read outside the model's folder")
         if ref.location not in sizes:
             path = ref.path(base_dir)
             if not path.is_file():
-                raise InputError(
-                    f"{model_name}: external data file '{ref.location}' for tensor '{ref.tensor}' does not exist"
-                )
+                raise InputError(f"{model_name}: external data file '{ref.location}' for {ref.where} does not exist")
             sizes[ref.location] = path.stat().st_size
         end = ref.offset + ref.length
         if end > sizes[ref.location]:
             raise InputError(
-                f"{model_name}: external data file '{ref.location}' is {sizes[ref.location]} bytes but tensor "
-                f"'{ref.tensor}' needs bytes {ref.offset}..{end} (the file is truncated)"
+                f"{model_name}: external data file '{ref.location}' is {sizes[ref.location]} bytes but {ref.where} "
+                f"needs bytes {ref.offset}..{end} (the file is truncated)"
             )
     return refs
 
@@ -135,7 +270,7 @@ def read_external(tensor: TensorProto, base_dir: Path) -> np.ndarray:
     assert ref is not None, f"{tensor.name} has no external data"
     np_dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     shape = tuple(tensor.dims)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = element_count(tensor)
     if count == 0:
         return np.zeros(shape, dtype=np_dtype)
     data = np.memmap(ref.path(base_dir), dtype=np_dtype, mode="r", offset=ref.offset, shape=(count,))

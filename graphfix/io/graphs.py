@@ -8,6 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from graphfix.core.errors import InputError
 from graphfix.io.sources import remember_initializers
 from graphfix.io.weights import Weights, attach, detached
 
@@ -99,6 +100,11 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto, weights: Weights | None
     """Export `graph`, keeping the model-level fields (IR version, opsets, metadata, functions) of `like`.
 
     With a `weights` map the export is light: large weights are stubs, recorded in the map, never copied."""
+    for value in (*like.graph.input, *like.graph.output):
+        if value.type.WhichOneof("value") not in ("tensor_type", None):  # onnx-graphsurgeon writes tensors only
+            raise InputError(f"graph {'input' if value in like.graph.input else 'output'} '{value.name}' is a "
+                             f"{value.type.WhichOneof('value').removesuffix('_type')}: graphfix cannot rewrite "
+                             "graphs with such inputs or outputs")
     if weights is None:
         model = gs.export_onnx(graph, do_type_check=False)
     else:

@@ -13,6 +13,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphfix.core.errors import InputError
+from graphfix.io.budgets import check_node_budget
+from graphfix.io.checks import refuse_unsupported, run_onnx_checker, validate_model
 from graphfix.io.external_data import ExternalRef, check_external_data
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
@@ -55,14 +57,22 @@ def load_model(path: str | Path) -> LoadedModel:
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
+    check_node_budget(proto, str(path))  # before the checks, which walk every node
+    validate_model(proto, str(path))
     external = check_external_data(proto, path.parent, str(path))
+    refuse_unsupported(proto, str(path))
+    run_onnx_checker(proto, str(path), path)
     return LoadedModel(proto, path, external)
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
     """Wrap an in-memory model (Python API); `base_dir` locates external data if it has any."""
     check_structure(proto, "<model>")
-    external = check_external_data(proto, base_dir, "<model>") if base_dir is not None else []
+    check_node_budget(proto, "<model>")
+    validate_model(proto, "<model>")
+    external = check_external_data(proto, base_dir, "<model>")
+    refuse_unsupported(proto, "<model>")
+    run_onnx_checker(proto, "<model>", None)
     path = (base_dir / "model.onnx") if base_dir is not None else None
     return LoadedModel(proto, path, external)
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
 
-from graphfix.io.external_data import external_ref, iter_tensors, tensor_nbytes
+from graphfix.core.errors import OutputError
+from graphfix.io.external_data import external_ref, model_tensors, tensor_nbytes
 from graphfix.io.protos import copy_field, copy_without_initializers
+from graphfix.io.staging import remove, staging_dir
 from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -54,6 +57,10 @@ class StagedModel:
     def commit(self) -> Path:
         """Make the staged files durable (validation ran while the kernel wrote them back), then move them: data
         first (under names no live file has), the graph last; then the data the replaced graph used is removed."""
+        with writing(self.destination, self):
+            return self._commit()
+
+    def _commit(self) -> Path:
         replaced = _data_files(self.destination)
         for name in (*self.copied, *([self.data_name] if self.data_name else [])):
             _fsync(self.temp_dir / name)
@@ -69,14 +76,14 @@ class StagedModel:
         return self.destination
 
     def discard(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        remove(self.temp_dir)
 
 
 def needs_external_data(proto: onnx.ModelProto) -> bool:
     """True when the model keeps weights outside the protobuf or would not fit in one (stubs count as the
     weights they stand for)."""
     inline = 0
-    for tensor in iter_tensors(proto.graph):
+    for _where, tensor in model_tensors(proto):
         if tensor.data_location == TensorProto.EXTERNAL and not is_stub(tensor):
             return True
         inline += tensor_nbytes(tensor)
@@ -98,6 +105,9 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
                 _write_streaming(proto, weights or {}, f)
             else:
                 f.write(proto.SerializeToString())
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -113,6 +123,9 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
             for tensor in proto.graph.initializer:
                 if is_stub(tensor):
                     _write_initializer(resolve(tensor, weights), f)
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -124,7 +137,7 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
     if stub_names(proto) != staged.prewritten:
         raise ValueError("the final model's weights differ from the ones written ahead")
-    with open(staged.path, "ab") as f:
+    with writing(staged.destination, staged), open(staged.path, "ab") as f:
         _write_streaming(proto, weights, f, skip=staged.prewritten)
     return staged
 
@@ -145,6 +158,9 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
             shutil.copyfile(data, staged.temp_dir / relative)
             copied.append(str(relative))
         staged.copied, staged.referenced = tuple(copied), tuple(referenced)
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
     except BaseException:
         staged.discard()
         raise
@@ -166,7 +182,7 @@ def _data_files(model: Path) -> list[Path]:
         proto = onnx.load_model(str(model), load_external_data=False)
     except Exception:  # not a model we can read: nothing of it is removed
         return []
-    refs = {external_ref(t) for t in iter_tensors(proto.graph)} - {None}
+    refs = {external_ref(t) for _, t in model_tensors(proto)} - {None}
     return [model.parent / ref.location for ref in refs if ref.location and "/" not in ref.location
             and "\\" not in ref.location and ref.location not in (".", "..")]
 
@@ -179,9 +195,26 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _new_stage(destination: Path) -> StagedModel:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".graphfix-tmp", dir=destination.parent))
-    return StagedModel(temp_dir, destination, None)
+    with writing(destination):
+        for folder in (destination.parent, *destination.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(20, f"{folder} is not a folder")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        return StagedModel(staging_dir(destination), destination, None)
+
+
+@contextmanager
+def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[None]:
+    """OSError while writing `destination` -> OutputError (exit 2, one line); the staging folder goes."""
+    try:
+        yield
+    except OSError as exc:
+        if staged is not None:
+            staged.discard()
+        reason = (exc.strerror or str(exc)).lower()
+        raise OutputError(f"cannot write {destination}: {reason}") from None
 
 
 def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
@@ -236,7 +269,7 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     with open(data_path, "wb") as data:
-        for tensor in iter_tensors(out.graph):
+        for where, tensor in model_tensors(out):
             if is_stub(tensor):
                 _pad_to_alignment(data)
                 offset, raw = data.tell(), resolve(tensor, weights).raw_data
@@ -244,7 +277,8 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
                 _point_into(tensor, data_path.name, offset, len(raw))
                 continue
             ref = external_ref(tensor)
-            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES):
+            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
+                                or not _movable(where)):
                 continue
             _pad_to_alignment(data)
             offset = data.tell()
@@ -259,6 +293,12 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
                 tensor.ClearField("raw_data")
             _point_into(tensor, data_path.name, offset, length)
     return out
+
+
+def _movable(where: str) -> bool:
+    """Inline tensors of the graphs move to the data file; those of functions and sparse tensors stay (their
+    external data would be valid ONNX, but runtimes handle it unevenly)."""
+    return not where.startswith("sparse") and " in function '" not in where
 
 
 def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:

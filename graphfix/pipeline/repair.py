@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from graphfix.core.errors import UsageError
 from graphfix.core.rule import Rule, Severity
 from graphfix.io.loading import LoadedModel
 from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
+from graphfix.io.staging import scratch_dir
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.validate.runner import ModelRunner
 
@@ -132,7 +132,7 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures))
     model, result.weights = outcome.model, outcome.weights
-    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+    with scratch_dir() as scratch:
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
         commit = output is not None and not options.dry_run
         destination = output if commit else Path(scratch) / "model.onnx"

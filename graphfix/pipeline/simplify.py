@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from onnx import TensorProto, helper
 
 from graphfix.io.external_data import tensor_nbytes
 from graphfix.io.protos import copy_without_initializers
+from graphfix.io.staging import scratch_dir
 
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
 LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
@@ -115,7 +115,7 @@ def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
 
 def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float) -> tuple[int, onnx.ModelProto] | str:
     """(bytes sent, onnxsim's result), or one line saying why there is none."""
-    with tempfile.TemporaryDirectory(prefix="graphfix-sim-") as tmp:
+    with scratch_dir("sim") as tmp:
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         try:
             onnx.save_model(light, str(source))

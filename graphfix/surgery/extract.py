@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -24,6 +23,7 @@ import onnx.utils
 from graphfix.analysis.shapes import infer_shapes, skeleton, symbolic_inference
 from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
+from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import graph_inputs
@@ -50,7 +50,7 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
     def check(staged: Path):
         return check_part(loaded, staged, inputs, outputs, options, rename)
 
-    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+    with scratch_dir() as scratch:
         return write_checked(part, output, loaded, summary, check, Path(scratch))
 
 

@@ -19,7 +19,6 @@ Proof: at several sizes the original, fed the fill, and the frozen model must ag
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from graphfix.analysis.shapes import infer_shapes
 from graphfix.core.errors import UsageError
 from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.loading import LoadedModel, default_opset
+from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
@@ -84,7 +84,7 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
     def check(staged: Path):
         return check_frozen(loaded, staged, fills, options)
 
-    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+    with scratch_dir() as scratch:
         result = write_checked(model, output, loaded, summary, check, Path(scratch))
     result.notes = notes + result.notes
     return result
@@ -106,6 +106,9 @@ def freeze_proto(model: onnx.ModelProto, fills: dict[str, Fill]) -> tuple[onnx.M
     for name, value in fills.items():
         if name not in feeds:
             raise UsageError(f"--input {name}: no such graph input (inputs: {', '.join(feeds) or 'none'})")
+        if feeds[name].type.WhichOneof("value") != "tensor_type":
+            kind = (feeds[name].type.WhichOneof("value") or "no").removesuffix("_type")
+            raise UsageError(f"--input {name}: the input is of {kind} type; only tensors can be frozen")
         tensor = next(t for t in graph.inputs if t.name == name)
         _replace_input(graph, tensor, feeds[name], value, fills, feeds, opset)
         if not isinstance(value, np.ndarray):

@@ -13,7 +13,6 @@ original accepts the same feeds, and produce outputs whose shapes agree with the
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import onnx
 from graphfix.analysis.shapes import infer_shapes, symbolic_shapes, value_info_shape
 from graphfix.core.errors import UsageError
 from graphfix.io.loading import LoadedModel
+from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
@@ -57,7 +57,7 @@ def set_shape(loaded: LoadedModel, shapes: dict[str, list[Dim]], output: Path | 
     def check(staged: Path):
         return check_reshaped(loaded, staged, options)
 
-    with tempfile.TemporaryDirectory(prefix="graphfix-") as scratch:
+    with scratch_dir() as scratch:
         return write_checked(model, output, loaded, summary, check, Path(scratch))
 
 

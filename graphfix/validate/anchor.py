@@ -14,6 +14,7 @@ import dataclasses
 
 import onnx
 
+from graphfix.validate.budget import NotProbed
 from graphfix.validate.inputs import (
     BATCH_LIKE,
     ValidationOptions,
@@ -60,7 +61,13 @@ def _guessed_dims(model: onnx.ModelProto, options: ValidationOptions) -> set[str
 
 
 def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:
-    return runner.session is not None and runner.run(synthesize_inputs(model, binding, options)).ok
+    if runner.session is None:
+        return False
+    try:
+        feeds = synthesize_inputs(model, binding, options)
+    except NotProbed:  # over the memory budget: this size does not count as one that runs
+        return False
+    return runner.run(feeds).ok
 
 
 def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphfix.validate.budget import check_input_bytes, check_input_kind
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
     DEFAULT_OTHER,
@@ -47,14 +48,18 @@ def synthesize_inputs(
     vocab = _vocabulary_sizes(model)
     time_dim = max((v for k, v in sizes.items() if not BATCH_LIKE.search(k)), default=DEFAULT_OTHER)
     feeds = {}
+    made = [vi for vi in graph_inputs(model) if vi.name not in options.inputs]
+    for vi in made:
+        check_input_kind(vi)
+    shapes = {vi.name: _concrete_shape(vi, sizes, options.shapes.get(vi.name)) for vi in made}
+    dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in made}
+    check_input_bytes(shapes, dtypes)  # before allocating anything
     for vi in graph_inputs(model):
         if vi.name in options.inputs:
             feeds[vi.name] = options.inputs[vi.name]
             continue
-        shape = _concrete_shape(vi, sizes, options.shapes.get(vi.name))
-        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         rng = np.random.default_rng(zlib.crc32(f"{vi.name}|{sorted(sizes.items())}".encode()))
-        feeds[vi.name] = _values(vi.name, shape, dtype, rng, vocab.get(vi.name), time_dim)
+        feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim)
     return feeds
 
 

@@ -7,6 +7,7 @@ dropped), and the run goes on to find failures further down. Polygraphy's lint s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -15,7 +16,9 @@ import onnx
 from onnx import helper
 
 from graphfix.core.rule import FailureSite, Finding, Severity
+from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.validate.anchor import anchored
+from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import evaluate_dim
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -39,6 +42,7 @@ class RuntimeFailure:
     rule: str = "GF000"
     severity: Severity = Severity.ERROR  # WARNING for suspicious outputs (GF005)
     tensors: list[str] = field(default_factory=list)
+    skipped: bool = False  # not a failure of the model: the probe could not run it (message says why)
 
     def to_finding(self) -> Finding:
         from graphfix.core.registry import find_rule
@@ -57,7 +61,7 @@ class RuntimeFailure:
         )
 
     def _sentence(self) -> str:
-        if self.severity is not Severity.ERROR:
+        if self.severity is not Severity.ERROR or self.skipped:
             return self.message
         if self.rule == "GF001" and not self.node:
             return f"inputs {self.tensors} are fed but the graph does not declare them: {short_message(self.message)}"
@@ -74,6 +78,12 @@ def short_message(message: str) -> str:
 def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure]:
     """Every node that fails at some probe size (first size each), then warnings about suspicious outputs."""
     proto, base_dir = load_structure(model)
+    try:
+        for value in graph_inputs(proto):
+            if value.name not in options.inputs:
+                check_input_kind(value)  # before symbolic inference, which can loop on such inputs
+    except NotProbed as exc:
+        return [RuntimeFailure("", "", str(exc), {}, skipped=True)]
     proto = with_node_names(proto)
     types = _inferred_types(proto)
     failures: dict[str, RuntimeFailure] = {}
@@ -83,11 +93,17 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     sizes = probe_sizes(proto, options)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     for binding in sizes:
-        feeds = synthesize_inputs(proto, binding, options)
+        try:
+            feeds = synthesize_inputs(proto, binding, options)
+        except NotProbed as exc:  # an error (nothing proven at this size), worded as what was skipped
+            failures.setdefault(str(exc), RuntimeFailure("", "", str(exc), binding, skipped=True))
+            continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         for failure in found:
             (below if smaller else failures).setdefault(failure.node or failure.message, failure)
+        if any(ENV_RUN_BUDGET in failure.message for failure in found):
+            break  # a run past its time budget: other sizes would take as long
         if not found and outputs is not None:
             clean_runs.append(outputs)
     # A node that fails only below the export size meets the model's minimum size (a conv front end), unless
@@ -221,6 +237,8 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
     if dims is None or any(d is None for d in dims):
         return None
     dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    if math.prod(dims) * np.dtype(dtype).itemsize > probe_memory_budget():
+        return None  # over the memory budget: what depends on it is dropped instead
     return np.ones(dims, dtype=dtype)
 
 

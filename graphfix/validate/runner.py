@@ -18,6 +18,7 @@ import hashlib
 import os
 import pathlib
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
+from graphfix.io.external_data import has_external_data
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
 
@@ -66,6 +69,7 @@ class ModelRunner:
         self.load_error: str | None = None
         self.linked: dict[str, np.ndarray] = {}  # weights onnxruntime may not open itself (kept alive here)
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
+        self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
@@ -118,15 +122,25 @@ class ModelRunner:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
             feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        if self.timed_out:  # it ran past its budget once: every other run would as well
+            return RunResult(None, self.timed_out)
         key = _feeds_key(feeds)
         if self._last is not None and self._last[0] == key:
             return self._last[1]  # the same inputs again (the anchoring run, then the export size): no second run
+        options = ort.RunOptions()
+        timer = threading.Timer(run_budget_seconds(), lambda: setattr(options, "terminate", True))
+        timer.start()
         try:
-            values = self.session.run(None, {**feeds, **self.weight_feeds})
+            values = self.session.run(None, {**feeds, **self.weight_feeds}, options)
         except Exception as exc:
+            if options.terminate:
+                self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"
+                return RunResult(None, self.timed_out)
             result = RunResult(None, first_line(error_text(exc)))
         else:
             result = RunResult(dict(zip(self.output_names, values, strict=True)))
+        finally:
+            timer.cancel()
         self._last = (key, result)
         return result
 
@@ -200,6 +214,9 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
     if base_dir is not None:
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
+    if path is None and base_dir is None and has_external_data(proto):
+        # onnxruntime would resolve the locations against the working directory
+        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
     source = str(path) if path is not None else proto.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import pytest
 from conftest import op_types, parse, run
 
 from graphfix.core.context import RuleOptions
@@ -82,14 +83,15 @@ class UnsafeOnly(DoubleNegation):
             yield finding
 
 
-def test_crashing_rule_becomes_internal_finding_and_others_run():
+def test_crashing_rule_is_an_internal_error_never_a_finding():
     from graphfix.core.engine import analyse
+    from graphfix.core.errors import InternalError
 
-    diagnosis = detect(analyse(parse(MODEL), None, RuleOptions()), [Crashes, DoubleNegation])
-    assert [(f.rule, f.name) for f in diagnosis.findings] == [("TST001", "internal-error"),
-                                                              ("TST002", "double-negation")]
-    assert "boom" in diagnosis.findings[0].message
-    assert diagnosis.rejections[0].reason == "input is not produced by Neg"
+    with pytest.raises(InternalError) as raised:
+        detect(analyse(parse(MODEL), None, RuleOptions()), [DoubleNegation, Crashes])
+    assert raised.value.exit_code == 2
+    assert "rule TST001 (crashes) crashed: ValueError: boom" in str(raised.value)
+    assert "--debug" in str(raised.value) and isinstance(raised.value.__cause__, ValueError)
 
 
 def test_fix_runs_then_engine_tidies_and_redetects():
@@ -116,4 +118,4 @@ def test_unsafe_fix_needs_the_flag():
 
 def test_healthy_model_is_returned_as_is():
     model = parse(MODEL)
-    assert fix_model(model, None, [Crashes], RuleOptions()).model is model
+    assert fix_model(model, None, [], RuleOptions()).model is model

@@ -1,0 +1,98 @@
+"""Resource budgets checked before any analysis: a few-KB file must not cost hours or terabytes.
+
+- Nodes: the model's node count once its model-local functions are expanded (as onnxruntime and shape
+  inference expand them) and subgraphs counted, at most GRAPHFIX_MAX_NODES (default 200,000; real exports of
+  large transformers stay well below). A model over it is not analysed: the command says so and exits 1.
+- Runs: one onnxruntime run stops after GRAPHFIX_MAX_RUN_SECONDS (default 10) and reports it did.
+- Data propagation: onnx's shape inference with `data_prop=True` materialises the values of a `Range` with
+  constant inputs (10¹² elements: terabytes); `data_prop_allowed` turns it off for such models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, numpy_helper
+
+from graphfix.core.errors import GraphfixError
+
+ENV_MAX_NODES = "GRAPHFIX_MAX_NODES"
+DEFAULT_MAX_NODES = 200_000
+MAX_PROPAGATED_ELEMENTS = 1 << 20  # a Range longer than this is no shape computation
+
+
+class BudgetExceeded(GraphfixError):
+    """The model is over a resource budget and was not analysed (exit 1: nothing was proven)."""
+
+    exit_code = 1
+
+
+ENV_RUN_BUDGET = "GRAPHFIX_MAX_RUN_SECONDS"
+DEFAULT_RUN_SECONDS = 10.0  # one onnxruntime run of the probe or the validation; a Loop of 10¹² trips stops here
+
+
+def run_budget_seconds() -> float:
+    try:
+        return float(os.environ.get(ENV_RUN_BUDGET, DEFAULT_RUN_SECONDS))
+    except ValueError:
+        return DEFAULT_RUN_SECONDS
+
+
+def max_nodes() -> int:
+    given = os.environ.get(ENV_MAX_NODES, "").strip()
+    return int(given) if given.isdigit() else DEFAULT_MAX_NODES
+
+
+def check_node_budget(proto: onnx.ModelProto, name: str) -> None:
+    limit = max_nodes()
+    count = expanded_node_count(proto, limit)
+    if count > limit:
+        raise BudgetExceeded(f"{name}: more than {limit:,} nodes once functions are expanded, over the node "
+                             f"budget ({ENV_MAX_NODES}): not analysed")
+
+
+def expanded_node_count(proto: onnx.ModelProto, limit: int) -> int:
+    """Nodes after inlining model-local functions; counting stops a little past `limit`."""
+    functions = {(f.domain, f.name): f for f in proto.functions}
+    sizes: dict[tuple[str, str], int] = {}
+
+    def count(nodes: Iterable[onnx.NodeProto], stack: tuple) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type)
+            if key in functions and key not in stack:
+                if key not in sizes:
+                    sizes[key] = count(functions[key].node, (*stack, key))
+                total += sizes[key]
+            else:
+                total += 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
+                    total += count(sub.node, stack)
+            if total > limit:
+                return total
+        return total
+
+    return count(proto.graph.node, ())
+
+
+def data_prop_allowed(model: onnx.ModelProto) -> bool:
+    """False when a Range with constant inputs would make onnx's data propagation allocate without bound."""
+    constants = {t.name: t for t in model.graph.initializer if len(t.dims) == 0}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == AttributeProto.TENSOR:
+            constants[node.output[0]] = node.attribute[0].t
+    for node in model.graph.node:
+        if node.op_type != "Range" or not all(name in constants for name in node.input[:3]):
+            continue
+        try:
+            start, limit, delta = (float(np.asarray(numpy_helper.to_array(constants[n])).reshape(()))
+                                   for n in node.input[:3])
+        except (ValueError, TypeError):
+            return False
+        if delta == 0 or (limit - start) / delta > MAX_PROPAGATED_ELEMENTS:
+            return False
+    return True

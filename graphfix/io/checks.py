@@ -1,0 +1,338 @@
+"""Load-time validation: a model that reaches the rules is one they can read.
+
+onnx's checker (`onnx.checker.check_model`, no shape inference) covers most of ONNX's rules: typed value fields
+too short for the dims, UNDEFINED data types, negative dims, attributes whose value field does not match their
+type or their operator's schema, sparse tensors with out-of-range or unsorted indices, graph inputs without a
+type, tensors produced twice, recursive model-local functions. graphfix checks the rest itself, first, because
+the checker lets these through (onnx 1.23) and each one crashed a rule or the runtime probe:
+
+- data types that are no TensorProto enum (the checker accepts `data_type=99` on an initializer; numpy lookup
+  then fails), on tensors and on graph inputs' tensor types;
+- `raw_data` longer than the dims need (the checker only refuses shorter), and shorter, with our own message;
+- string tensors: values in `raw_data` and strings that are not UTF-8 (ONNX strings are UTF-8);
+- names that are not UTF-8 (protobuf hands them over as bytes, which every string operation trips on);
+- cycles: the checker refuses any graph that is not topologically sorted, cycle or not. graphfix accepts an
+  unsorted graph (onnxruntime does) and refuses only a real cycle or an input nothing produces, naming it.
+
+Each refusal is one line naming the tensor, node or field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from graphfix.core.errors import InputError
+from graphfix.io.external_data import model_tensors, tensor_nbytes
+
+SUB_BYTE_PACKED = {TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
+VALID_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+MAX_ELEMENTS = 1 << 48  # a tensor beyond this is no weight but a damaged dim
+
+
+def validate_model(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse, with one line, a model the rules and the probe could not read (graphfix's own checks: run them
+    before the external-data checks, which need valid data types, and `run_onnx_checker` after)."""
+    try:
+        check_names(proto)
+        for where, tensor in model_tensors(proto):
+            check_tensor(tensor, where)
+        check_graph_inputs(proto.graph)
+        for graph, context in _graphs(proto):
+            check_acyclic(graph, context)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+
+
+def refuse_unsupported(proto: onnx.ModelProto, name: str) -> None:
+    """Valid ONNX graphfix cannot analyse: sparse tensors (onnx-graphsurgeon, shape inference and the extractor
+    do not take them; PyTorch exporters never write them). Called after the external-data checks, so an
+    attack hidden in a sparse tensor is named as such."""
+    for where, _tensor in model_tensors(proto):
+        if where.startswith("sparse"):
+            raise InputError(f"{name}: {where.removesuffix(' values').removesuffix(' indices')}: sparse tensors "
+                             "are not supported; store it dense")
+
+
+def check_tensor(tensor: TensorProto, where: str) -> None:
+    if tensor.data_type not in VALID_TYPES:
+        raise InputError(f"{where}: data type {tensor.data_type} is not an ONNX tensor type")
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{where}: negative dim in {list(tensor.dims)}")
+    count = math.prod(tensor.dims)
+    if count > MAX_ELEMENTS:
+        raise InputError(f"{where}: dims {list(tensor.dims)} ask for {count} elements")
+    if tensor.data_location == TensorProto.EXTERNAL:
+        if tensor.HasField("raw_data") or _typed_values(tensor):
+            raise InputError(f"{where}: has both external data and values in the file")
+        return  # sizes checked against the file by graphfix.external_data
+    if tensor.data_type == TensorProto.STRING:
+        _check_strings(tensor, where, count)
+        return
+    _check_typed_count(tensor, where, count)
+    if tensor.HasField("raw_data") and len(tensor.raw_data) != tensor_nbytes(tensor):
+        type_name = onnx.helper.tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.").lower()
+        raise InputError(f"{where}: raw_data has {len(tensor.raw_data)} bytes, dims {list(tensor.dims)} of "
+                         f"{type_name} need {tensor_nbytes(tensor)}")
+
+
+def _check_typed_count(tensor: TensorProto, where: str, count: int) -> None:
+    """Values kept in a typed field must match the dims exactly (the checker refuses only too few)."""
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        have = len(getattr(tensor, field))
+        if not have:
+            continue
+        complex_pair = tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128)
+        need = count * 2 if complex_pair else count
+        if tensor.data_type in SUB_BYTE_PACKED and field == "int32_data":
+            need = (count + 1) // 2
+        if have != need:
+            raise InputError(f"{where}: {field} has {have} values, dims {list(tensor.dims)} need {need}")
+    if count and not tensor.HasField("raw_data") and not _typed_values(tensor):
+        raise InputError(f"{where}: has no values (dims {list(tensor.dims)})")
+
+
+def _typed_values(tensor: TensorProto) -> bool:
+    return any(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "string_data", "int64_data",
+                                                  "double_data", "uint64_data"))
+
+
+def _check_strings(tensor: TensorProto, where: str, count: int) -> None:
+    if tensor.HasField("raw_data"):
+        raise InputError(f"{where}: a string tensor cannot keep its values in raw_data")
+    if len(tensor.string_data) != count:
+        raise InputError(f"{where}: {len(tensor.string_data)} strings, dims {list(tensor.dims)} need {count}")
+    for index, value in enumerate(tensor.string_data):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{where}: string {index} is not UTF-8") from None
+
+
+def check_names(proto: onnx.ModelProto) -> None:
+    """Every name is text: protobuf returns a name that is not UTF-8 as bytes."""
+    for field, value in _names(proto):
+        if not isinstance(value, str):
+            raise InputError(f"{field} {value[:40]!r} is not UTF-8")
+
+
+def _names(proto: onnx.ModelProto) -> Iterator[tuple[str, object]]:
+    for entry in proto.opset_import:
+        yield "opset domain", entry.domain
+    for graph, _context in _graphs(proto):
+        yield "graph name", graph.name
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            yield "value name", value.name
+        for tensor in graph.initializer:
+            yield "initializer name", tensor.name
+        for sparse in graph.sparse_initializer:
+            yield "sparse initializer name", sparse.values.name
+        yield from _node_names(graph.node)
+    for function in proto.functions:
+        yield "function name", function.name
+        yield "function domain", function.domain
+        for value in (*function.input, *function.output, *function.attribute):
+            yield "function argument", value
+        yield from _node_names(function.node)
+
+
+def _node_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[str, object]]:
+    for node in nodes:
+        yield "node name", node.name
+        yield "node op_type", node.op_type
+        yield "node domain", node.domain
+        for value in (*node.input, *node.output):
+            yield f"tensor name of node '{node.name}'", value
+        for attr in node.attribute:
+            _check_attribute(node, attr)
+            yield f"attribute name of node '{node.name}'", attr.name
+            yield f"attribute reference of node '{node.name}'", attr.ref_attr_name
+
+
+LIST_FIELDS = {AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats", AttributeProto.STRINGS: "strings",
+               AttributeProto.TENSORS: "tensors", AttributeProto.GRAPHS: "graphs"}
+
+
+def _check_attribute(node: onnx.NodeProto, attr: AttributeProto) -> None:
+    """An attribute has a type and, for a list, values: onnx-graphsurgeon infers a list's type from its values
+    and cannot write an empty one back (the checker accepts both)."""
+    where = f"attribute '{attr.name}' of node '{node.name or node.op_type}'"
+    if attr.ref_attr_name:
+        return  # a function's attribute reference: the checker checks its context
+    if attr.type == AttributeProto.UNDEFINED:
+        raise InputError(f"{where} has no type")
+    field = LIST_FIELDS.get(attr.type)
+    if field is not None and not len(getattr(attr, field)):
+        raise InputError(f"{where} is an empty list")
+
+
+def check_graph_inputs(graph: onnx.GraphProto) -> None:
+    """Inputs have a type; tensor inputs a real element type and non-negative dims. Sequences, maps and
+    optionals are valid: the probe reports them as inputs it cannot make."""
+    for value in graph.input:
+        kind = value.type.WhichOneof("value")
+        if kind is None:
+            raise InputError(f"graph input '{value.name}' has no type")
+        if kind != "tensor_type":
+            continue
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type not in VALID_TYPES:
+            raise InputError(f"graph input '{value.name}': element type {tensor_type.elem_type} is not an ONNX "
+                             "tensor type")
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                raise InputError(f"graph input '{value.name}': negative dim {dim.dim_value}")
+
+
+def _graphs(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, str]]:
+    """The main graph and every subgraph, with words that place each one."""
+    pending: deque[tuple[onnx.GraphProto, str]] = deque([(proto.graph, "")])
+    nodes_with_graphs = [(n, f" in function '{f.name}'") for f in proto.functions for n in f.node]
+    while pending or nodes_with_graphs:
+        if pending:
+            graph, context = pending.popleft()
+            yield graph, context
+            nodes_with_graphs.extend((n, context) for n in graph.node)
+            continue
+        node, context = nodes_with_graphs.pop()
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            pending.extend((sub, f" in a subgraph of node '{node.name or node.op_type}'{context}") for sub in subs)
+
+
+def check_acyclic(graph: onnx.GraphProto, context: str) -> None:
+    """Refuse a cycle (Kahn's algorithm), naming a node on it. Inputs from outer scopes are not this graph's
+    business; a subgraph's reads of this graph's tensors count as its node's inputs."""
+    producer: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if name:
+                producer[name] = index
+    waiting = [0] * len(graph.node)
+    users: list[list[int]] = [[] for _ in graph.node]
+    for index, node in enumerate(graph.node):
+        for name in set(_reads(node)):
+            source = producer.get(name)
+            if source is not None:
+                waiting[index] += 1
+                users[source].append(index)
+    ready = deque(i for i, count in enumerate(waiting) if count == 0)
+    done = 0
+    while ready:
+        index = ready.popleft()
+        done += 1
+        for user in users[index]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    if done < len(graph.node):
+        stuck = next(n for i, n in enumerate(graph.node) if waiting[i] > 0)
+        raise InputError(f"node '{stuck.name or stuck.op_type}'{context} is on a cycle (it depends on its own "
+                         "output)")
+
+
+def _reads(node: onnx.NodeProto) -> Iterator[str]:
+    yield from (name for name in node.input if name)
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
+            yield from _free_names(sub)
+
+
+def _free_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from outside itself."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {s.values.name for s in graph.sparse_initializer}
+    free: set[str] = set()
+    for node in graph.node:
+        free.update(name for name in _reads(node) if name not in defined)
+        defined.update(node.output)
+    return free - defined
+
+
+def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> None:
+    """onnx's checker, on the file when there is one: it then resolves external data against the model's folder,
+    never the working directory (external data is checked by graphfix first). An in-memory model with external
+    data is checked without its initializers, which would otherwise be looked up in the working directory."""
+    from graphfix.io.external_data import has_external_data
+
+    unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
+    if unshaped or dangling or (path is None and has_external_data(proto)):
+        proto, path = _without_initializers(proto), None
+        for value in (*proto.graph.input, *proto.graph.output):
+            if value.name in unshaped:  # unknown rank: valid for onnxruntime, which the checker does not allow
+                value.type.tensor_type.shape.SetInParent()
+        kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
+        del proto.graph.output[:]
+        proto.graph.output.extend(kept)
+    try:
+        onnx.checker.check_model(str(path) if path is not None else proto)
+    except onnx.checker.ValidationError as exc:
+        text = " ".join(str(exc).split())
+        if "topologically sorted" not in text:
+            raise InputError(f"{name}: {_checker_line(text)}") from None
+        _check_unsorted(proto, name)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InputError(f"{name}: {_checker_line(' '.join(str(exc).split()))}") from None
+
+
+def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
+    """The checker stops at an unsorted (acyclic, checked above) graph: run it again on a sorted copy. A name
+    nothing produces is then what it reports."""
+    light = _without_initializers(proto)
+    _sort(light.graph)
+    try:
+        onnx.checker.check_model(light)
+    except onnx.checker.ValidationError as exc:
+        text = " ".join(str(exc).split())
+        if "topologically sorted" in text:
+            text = f"a node reads a tensor that nothing produces ({_checker_line(text)})"
+        raise InputError(f"{name}: {_checker_line(text)}") from None
+
+
+def _dangling_outputs(proto: onnx.ModelProto) -> set[str]:
+    """Graph outputs nothing produces: a truncated export, which GF001 reports (the checker refuses it)."""
+    produced = {name for node in proto.graph.node for name in node.output}
+    produced |= {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    return {v.name for v in proto.graph.output} - produced
+
+
+def _unshaped_io(proto: onnx.ModelProto) -> set[str]:
+    return {v.name for v in (*proto.graph.input, *proto.graph.output)
+            if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")}
+
+
+def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose initializers are typed graph inputs: their sizes are graphfix's own check."""
+    from graphfix.io.protos import copy_without_initializers
+
+    light = copy_without_initializers(proto)
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in proto.graph.initializer)
+    return light
+
+
+def _sort(graph: onnx.GraphProto) -> None:
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {s.values.name for s in graph.sparse_initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        still = [n for n in pending if not set(_reads(n)) <= available]
+        ready = [n for n in pending if set(_reads(n)) <= available]
+        if not ready:  # reads from nowhere: keep them last, the checker names them
+            ordered.extend(still)
+            break
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        pending = still
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _checker_line(text: str) -> str:
+    return text.replace("==> Context: ", "(").rstrip() + (")" if "==> Context: " in text else "")

@@ -1,0 +1,58 @@
+"""What the probe may run: inputs it can make, within a memory budget.
+
+The probe fabricates every graph input. It cannot for sequences, maps and optionals, and it must not try when
+the inputs alone would take more memory than the budget (a huge input dim, a batch of 10¹²): such a model is
+reported as not run, with the reason, instead of failing with MemoryError half-way.
+
+The budget is a quarter of the memory available when graphfix starts, or GRAPHFIX_MAX_PROBE_MEMORY bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import onnx
+
+from graphfix.core.errors import GraphfixError
+
+ENV_BUDGET = "GRAPHFIX_MAX_PROBE_MEMORY"
+BUDGET_SHARE = 4  # a quarter of what is available
+
+
+class NotProbed(GraphfixError):
+    """The model cannot be run by the probe; says why (exit 1: the model is not proven)."""
+
+    exit_code = 1
+
+
+def probe_memory_budget() -> int:
+    """Bytes the probe's inputs may take."""
+    given = os.environ.get(ENV_BUDGET, "").strip()
+    if given.isdigit():
+        return int(given)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 8 << 30
+    return max(available // BUDGET_SHARE, 64 << 20)
+
+
+def check_input_kind(value: onnx.ValueInfoProto) -> None:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        words = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional",
+                 "sparse_tensor_type": "a sparse tensor"}.get(kind or "", "of no known type")
+        raise NotProbed(f"input '{value.name}' is {words}: graphfix cannot make values for it, so the model was "
+                        "not run (give --input values or check it with static analysis)")
+
+
+def check_input_bytes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]) -> None:
+    """Refuse to allocate inputs whose total size is over the budget."""
+    budget = probe_memory_budget()
+    total = sum(math.prod(shape) * np.dtype(dtypes[name]).itemsize for name, shape in shapes.items())
+    if total > budget:
+        sizes = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        raise NotProbed(f"the inputs ({sizes}) would take {total:,} bytes, over the probe's memory budget of "
+                        f"{budget:,} ({ENV_BUDGET}); the model was not run at these sizes")

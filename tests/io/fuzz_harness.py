@@ -1,0 +1,147 @@
+"""Runs the six commands on a model folder in a long-lived worker, and judges each run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("fuzz_worker.py")
+ONNXRUNTIME_FILES = {".ses"}  # onnxruntime 1.32 keeps a session id in the temp folder (51 bytes, reused)
+COMMANDS = ("diagnose", "diagnose --static", "repair", "check", "extract", "freeze")
+
+
+@dataclass
+class Run:
+    case: str
+    command: str
+    rc: int | None
+    seconds: float
+    err: str = ""
+    out: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, tmp: Path, memory_limit: int = 6 << 30, extra_env: dict | None = None) -> None:
+        self.tmp = tmp
+        self.memory_limit = memory_limit
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(self.tmp), "FUZZ_MEMORY_LIMIT": str(self.memory_limit),
+               "OMP_NUM_THREADS": "1", **self.extra_env}
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, text=True, start_new_session=True)
+
+    def run(self, args: list[str], cwd: Path, trace: list[Path], budget: float) -> dict | None:
+        """The worker's reply, or None when it ran past `budget` seconds or died (it is then restarted)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        self.proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "trace": [str(t) for t in trace]}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], budget)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            return None
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.proc = None
+
+
+def digest(folder: Path) -> dict[str, str]:
+    result = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            result[str(path)] = "link" if path.is_symlink() else "other"
+        else:
+            result[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return result
+
+
+def command_args(command: str, model: Path, out: Path, names: dict[str, str]) -> list[str]:
+    if command == "diagnose":
+        return ["diagnose", str(model)]
+    if command == "diagnose --static":
+        return ["diagnose", "--static", str(model)]
+    if command == "repair":
+        return ["repair", str(model), "-o", str(out)]
+    if command == "check":
+        return ["check", "--jobs", "1", str(model)]
+    if command == "extract":
+        return ["extract", str(model), "--inputs", names["input"], "--outputs", names["output"], "-o", str(out)]
+    return ["freeze", str(model), "--input", names["freeze"], "-o", str(out)]
+
+
+def judge(run: Run, reply: dict | None, budget: float) -> None:
+    if reply is None:
+        run.problems.append(f"past budget ({budget:.0f} s) or worker died")
+        return
+    text = reply["out"] + reply["err"]
+    if reply["exception"] or "Traceback" in text:
+        run.problems.append("traceback: " + (reply["exception"] or text)[-600:])
+    if "internal error" in text:
+        run.problems.append("internal error: " + _line(text, "internal error"))
+    if "crashed" in text:
+        run.problems.append("rule crash: " + _line(text, "crashed"))
+    if reply["rc"] not in (0, 1, 2):
+        run.problems.append(f"exit code {reply['rc']}")
+    if reply["seconds"] > budget:
+        run.problems.append(f"took {reply['seconds']:.1f} s")
+    if reply.get("opened"):
+        run.problems.append(f"opened outside the model folder: {reply['opened'][:3]}")
+
+
+def _line(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), "")[:300]
+
+
+def run_case(worker: Worker, case: str, folder: Path, model: Path, names: dict[str, str], budget: float,
+             outside: list[Path] = (), cwd: Path | None = None, watch=None,
+             commands=COMMANDS) -> list[Run]:
+    """All commands on one model folder; checks input unchanged, no leftovers, outputs only where expected."""
+    runs: list[Run] = []
+    out_dir = folder.parent / (folder.name + "-out")
+    before = digest(folder)
+    if watch is not None:
+        watch.events()  # hashing the folder read a hard link's target: not the command's doing
+    for command in commands:
+        out_dir.mkdir(exist_ok=True)
+        out = out_dir / "out.onnx"
+        started = time.perf_counter()
+        reply = worker.run(command_args(command, model, out, names), cwd or out_dir,
+                           [p for p in outside if p.is_dir()], budget)
+        run = Run(case, command, reply and reply["rc"], time.perf_counter() - started,
+                  (reply or {}).get("err", ""), (reply or {}).get("out", ""))
+        judge(run, reply, budget)
+        if watch is not None and (seen := watch.events()):
+            run.problems.append(f"kernel saw opens outside: {sorted(set(seen))[:3]}")
+        if digest(folder) != before:
+            run.problems.append("input changed")
+        if watch is not None:
+            watch.events()
+        extra = [p.name for p in out_dir.iterdir() if p.name not in ("out.onnx", "out.onnx.data")]
+        if extra:
+            run.problems.append(f"leftover beside output: {extra}")
+        tmp_left = [p for p in worker.tmp.iterdir() if p.name not in ONNXRUNTIME_FILES] if worker.tmp.exists() else []
+        if tmp_left:
+            run.problems.append(f"leftover in temp: {[p.name for p in tmp_left]}")
+            for p in tmp_left:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+        shutil.rmtree(out_dir, ignore_errors=True)
+        runs.append(run)
+    return runs

@@ -1,0 +1,70 @@
+"""Runs graphfix commands in one long-lived process (imports once), one JSON job per stdin line.
+
+Job: {"args": [...], "cwd": "...", "trace": ["/outside/dir", ...]}. Reply: {"rc", "out", "err", "seconds",
+"exception", "opened"} where `opened` lists paths under a traced folder that Python opened (audit hook)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+from click.testing import CliRunner
+
+TRACED: list[str] = []
+OPENED: list[str] = []
+
+
+def _audit(event: str, args) -> None:
+    if not TRACED or event not in ("open", "os.open", "os.listdir", "os.scandir", "shutil.copyfile",
+                                  "os.link", "os.symlink", "mmap.__new__"):
+        return
+    target = args[0] if args else None
+    if isinstance(target, bytes):
+        target = target.decode(errors="replace")
+    if not isinstance(target, (str, os.PathLike)):
+        return
+    try:
+        real = os.path.realpath(os.fspath(target))
+    except (TypeError, ValueError):
+        return
+    if any(real == t or real.startswith(t + os.sep) for t in TRACED):
+        OPENED.append(f"{event} {real}")
+
+
+def main() -> None:
+    limit = int(os.environ.get("FUZZ_MEMORY_LIMIT", "0"))
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from graphfix.cli import cli
+
+    replies = os.fdopen(os.dup(1), "w")  # child processes (onnxsim) write to fd 1: keep replies apart
+    os.dup2(2, 1)
+    sys.addaudithook(_audit)
+    runner = CliRunner()
+    home = os.getcwd()
+    for line in sys.stdin:
+        job = json.loads(line)
+        TRACED[:] = [os.path.realpath(t) for t in job.get("trace", [])]
+        OPENED.clear()
+        os.chdir(job.get("cwd") or home)
+        started = time.perf_counter()
+        result = runner.invoke(cli, job["args"], catch_exceptions=True)
+        seconds = time.perf_counter() - started
+        TRACED.clear()
+        exc = None
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            exc = "".join(traceback.format_exception(result.exception))[-3000:]
+        reply = {"rc": result.exit_code, "out": result.stdout[-4000:], "err": result.stderr[-4000:],
+                 "seconds": seconds, "exception": exc, "opened": OPENED[:20],
+                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        os.chdir(home)
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    main()

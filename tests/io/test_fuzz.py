@@ -1,0 +1,108 @@
+"""A seeded mutation fuzzer over the bundled samples, and every external-data attack, through all six commands.
+
+Each run fails the test on a traceback, an internal error, a rule crash, a run past its budget, a file left in
+the temp folder or beside the output, a changed input, or (attacks) an exit other than 2 or a file opened
+outside the model's folder: seen by an audit hook in the worker (Python opens) and by inotify (onnxruntime's
+C++ opens, hard links included).
+
+CI runs seeds 0..299 (three chunks) and every attack. For a longer local run:
+    GRAPHFIX_FUZZ_SEEDS=300:2000 pytest tests/io/test_fuzz.py -k mutants
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from fuzz_attacks import build_attacks
+from fuzz_harness import Worker, run_case
+from fuzz_mutants import mutate
+from fuzz_opened import OpenWatch
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*/model.onnx"))
+BUDGET_S = 60.0
+CHUNK = 100
+
+
+def _seed_ranges() -> list[range]:
+    given = os.environ.get("GRAPHFIX_FUZZ_SEEDS", "")
+    if given:
+        start, _, count = given.partition(":")
+        return [range(int(start), int(start) + int(count))]
+    return [range(start, start + CHUNK) for start in range(0, 300, CHUNK)]
+
+
+def _names(sample: Path) -> dict[str, str]:
+    model = onnx.load(str(sample), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    return {"input": inputs[0], "output": model.graph.output[0].name, "freeze": f"{inputs[-1]}=0"}
+
+
+def _report(runs) -> str:
+    bad = [f"{r.case} | {r.command}: {p[:300]}" for r in runs for p in r.problems]
+    return "\n".join(bad[:40]) + (f"\n... {len(bad) - 40} more" if len(bad) > 40 else "")
+
+
+@pytest.fixture
+def worker(tmp_path):
+    started = Worker(tmp_path / "tmp")
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize("seeds", _seed_ranges(), ids=lambda r: f"mutants-{r.start}-{r.stop - 1}")
+def test_mutants(seeds, worker, tmp_path):
+    runs = []
+    for seed in seeds:
+        sample = SAMPLES[seed % len(SAMPLES)]
+        data, description = mutate(sample.read_bytes(), seed)
+        folder = tmp_path / f"m{seed}"
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(data)
+        runs += run_case(worker, f"seed {seed} {sample.parent.name}: {description}", folder, folder / "model.onnx",
+                         _names(sample), BUDGET_S)
+        shutil.rmtree(folder)
+    assert len(runs) == 6 * len(seeds)
+    assert not any(r.problems for r in runs), _report(runs)
+
+
+def _attack_runs(worker, tmp_path, only: str = ""):
+    runs = []
+    for attack in build_attacks(tmp_path / "cases"):
+        if only not in attack.name:
+            continue
+        watch = OpenWatch([str(p) for p in attack.outside])
+        names = {"input": "x,z", "output": "y", "freeze": "z=0"}
+        try:
+            case_runs = run_case(worker, attack.name, attack.model.parent, attack.model, names, BUDGET_S,
+                                 outside=attack.outside, cwd=attack.root / "cwd", watch=watch)
+        finally:
+            watch.close()
+        for run in case_runs:
+            if attack.refuse and run.rc != 2:
+                run.problems.append(f"not refused (exit {run.rc}): {(run.out + run.err).strip()[:200]}")
+            if attack.refuse and run.rc == 2 and len(run.err.strip().splitlines()) != 1:
+                run.problems.append(f"refusal is not one line: {run.err.strip()[:300]}")
+            if not attack.refuse and run.rc == 2:
+                run.problems.append(f"a valid model was refused: {run.err.strip()[:200]}")
+        runs += case_runs
+    return runs
+
+
+def test_external_data_attacks(worker, tmp_path):
+    runs = _attack_runs(worker, tmp_path)
+    assert len(runs) >= 6 * 180
+    assert not any(r.problems for r in runs), _report(runs)
+
+
+@pytest.mark.parametrize("case", ["function/hardlink", "function/relative-to-cwd", "sparse-values/hardlink",
+                                  "sparse-indices/relative-to-cwd", "initializer/relative-to-cwd"])
+def test_issue_cases_refused_by_every_command_reading_nothing_outside(case, worker, tmp_path):
+    """The cases of issue 15 that got through: refused (exit 2) by all six commands, nothing outside opened."""
+    runs = _attack_runs(worker, tmp_path, only=case)
+    assert [r.rc for r in runs] == [2] * 6, _report(runs)
+    assert all(case.split("/")[0] in r.case for r in runs)
+    assert not any(r.problems for r in runs), _report(runs)

@@ -1,0 +1,98 @@
+"""Outputs that cannot be written are one line and exit 2; graphfix's own folders never outlive it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+from graphfix.io import staging
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
+GRAPHFIX = [sys.executable, "-m", "graphfix"]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def leftovers(*folders: Path) -> list[str]:
+    return sorted(p.name for folder in folders for p in folder.iterdir() if "graphfix" in p.name)
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    ("isdir.onnx", "is a directory"),
+    ("afile/out.onnx", "is not a folder"),
+])
+def test_write_failure_is_one_line_exit_2(output, reason, tmp_path):
+    (tmp_path / "isdir.onnx").mkdir()
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["repair", str(SAMPLE), "-o", str(tmp_path / output)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {tmp_path / output}" in result.output and reason in result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    assert leftovers(tmp_path) == []
+
+
+def test_file_too_large_is_one_line_exit_2(tmp_path):
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([*GRAPHFIX, "repair", str(SAMPLE), "-o", str(out)], capture_output=True, text=True,
+                          preexec_fn=small_files, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert "cannot write" in done.stderr and "file too large" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_folders_of_a_killed_run_are_removed_by_the_next(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    staging.tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        pid = dead_pid()
+        killed = [tmp_path / "tmp" / f"graphfix-{pid}-abc", tmp_path / "tmp" / f"graphfix-sim-{pid}-def",
+                  tmp_path / "out" / f".out.onnx.graphfix-{pid}-ghi.tmp"]
+        alive = [tmp_path / "tmp" / f"graphfix-{os.getppid()}-live", tmp_path / "tmp" / "graphfix-unrelated"]
+        for folder in (*killed, *alive):
+            folder.mkdir(parents=True)
+            (folder / "model.onnx").write_bytes(b"partial")
+        result = CliRunner().invoke(cli, ["repair", str(SAMPLE), "-o", str(tmp_path / "out" / "out.onnx")])
+        assert result.exit_code == 0, result.output
+        assert [f.exists() for f in killed] == [False, False, False]
+        assert [f.exists() for f in alive] == [True, True]
+    finally:
+        staging.tempfile.tempdir = None
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "--timeout"])
+def test_interrupted_repair_leaves_nothing(how, tmp_path):
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out" / "out.onnx"
+    extra = ["--timeout", "1.5"] if how == "--timeout" else []
+    child = subprocess.Popen([*GRAPHFIX, "repair", str(SAMPLE), "-o", str(out), *extra], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    if how != "--timeout":
+        deadline = time.monotonic() + 90
+        while not leftovers(tmp_path / "tmp") and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until it works in its scratch folder
+        child.send_signal(getattr(signal, how))
+    _, err = child.communicate(timeout=120)
+    assert child.returncode != 0 or out.exists()  # a run that finished first wrote its output
+    if how == "--timeout":
+        assert child.returncode == 1 and "stopped after 1.5 s (--timeout)" in err
+    assert "Traceback" not in err
+    assert leftovers(tmp_path / "tmp") == []
+    assert (leftovers(out.parent) if out.parent.exists() else []) == []
