@@ -96,7 +96,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     A light `proto` is written with the `weights` its stubs stand for."""
     staged = _new_stage(Path(destination))
     temp_dir = staged.temp_dir
-    try:
+    with writing(staged.destination, staged):
         if needs_external_data(proto):
             staged.data_name = free_data_name(staged.destination)
             proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
@@ -105,12 +105,6 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
                 _write_streaming(proto, weights or {}, f)
             else:
                 f.write(proto.SerializeToString())
-    except OSError as exc:
-        staged.discard()
-        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
-    except BaseException:
-        staged.discard()
-        raise
     return staged
 
 
@@ -118,17 +112,10 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
     """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
     most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
     staged = _new_stage(Path(destination))
-    try:
-        with open(staged.path, "wb") as f:
-            for tensor in proto.graph.initializer:
-                if is_stub(tensor):
-                    _write_initializer(resolve(tensor, weights), f)
-    except OSError as exc:
-        staged.discard()
-        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
-    except BaseException:
-        staged.discard()
-        raise
+    with writing(staged.destination, staged), open(staged.path, "wb") as f:
+        for tensor in proto.graph.initializer:
+            if is_stub(tensor):
+                _write_initializer(resolve(tensor, weights), f)
     staged.prewritten = stub_names(proto)
     return staged
 
@@ -146,7 +133,7 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
     """Stage a byte-for-byte copy of a model file and of its external data files, under their own names (an
     unchanged model is written as it came)."""
     staged = _new_stage(Path(destination))
-    try:
+    with writing(staged.destination, staged):
         shutil.copyfile(source, staged.path)
         copied, referenced = [], []
         for data in dict.fromkeys(data_files):
@@ -158,12 +145,6 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
             shutil.copyfile(data, staged.temp_dir / relative)
             copied.append(str(relative))
         staged.copied, staged.referenced = tuple(copied), tuple(referenced)
-    except OSError as exc:
-        staged.discard()
-        raise OutputError(f"cannot write {staged.destination}: {(exc.strerror or str(exc)).lower()}") from None
-    except BaseException:
-        staged.discard()
-        raise
     return staged
 
 
@@ -207,14 +188,16 @@ def _new_stage(destination: Path) -> StagedModel:
 
 @contextmanager
 def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[None]:
-    """OSError while writing `destination` -> OutputError (exit 2, one line); the staging folder goes."""
+    """While writing `destination`: an OSError becomes OutputError (exit 2, one line), and on any failure the
+    staging folder goes."""
     try:
         yield
-    except OSError as exc:
+    except BaseException as exc:
         if staged is not None:
             staged.discard()
-        reason = (exc.strerror or str(exc)).lower()
-        raise OutputError(f"cannot write {destination}: {reason}") from None
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+        raise
 
 
 def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
