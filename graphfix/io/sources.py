@@ -30,12 +30,18 @@ def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
 
 
 def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None:
-    """Record the initializer behind each Constant of `graph` (subgraphs included), matched by name."""
+    """Record the initializer behind each Constant of `graph` (subgraphs included), matched by name, and the
+    tensor behind each Constant node's `value` (nodes are imported in order)."""
     protos = {t.name: t for t in _initializers(model_graph)}
     for tensor in _constants(graph):
         proto = protos.get(tensor.name)
         if proto is not None:
             remember(tensor, proto)
+    for node, proto_node in zip(graph.nodes, model_graph.node, strict=False):
+        value = node.attrs.get("value") if node.op == "Constant" else None
+        attr = next((a for a in proto_node.attribute if a.name == "value"), None)
+        if isinstance(value, gs.Constant) and attr is not None and proto_node.op_type == "Constant":
+            remember(value, attr.t)
 
 
 def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

@@ -134,7 +134,7 @@ def run_case(worker: Worker, case: str, folder: Path, model: Path, names: dict[s
             run.problems.append("input changed")
         if watch is not None:
             watch.events()
-        extra = [p.name for p in out_dir.iterdir() if p.name not in ("out.onnx", "out.onnx.data")]
+        extra = [p.name for p in out_dir.iterdir() if p.name not in ("out.onnx", "out.onnx.data", *_data_of(out_dir))]
         if extra:
             run.problems.append(f"leftover beside output: {extra}")
         tmp_left = [p for p in worker.tmp.iterdir() if p.name not in ONNXRUNTIME_FILES] if worker.tmp.exists() else []
@@ -145,3 +145,18 @@ def run_case(worker: Worker, case: str, folder: Path, model: Path, names: dict[s
         shutil.rmtree(out_dir, ignore_errors=True)
         runs.append(run)
     return runs
+
+
+def _data_of(out_dir: Path) -> list[str]:
+    """The external data files the written output reads (an unchanged model keeps its data file's name)."""
+    import onnx
+
+    from graphfix.io.external_data import external_refs
+
+    written = out_dir / "out.onnx"
+    if not written.is_file():
+        return []
+    try:
+        return [ref.location for ref in external_refs(onnx.load(str(written), load_external_data=False))]
+    except Exception:  # not a model: nothing it reads is allowed
+        return []
