@@ -31,7 +31,7 @@ def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
 
 def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None:
     """Record the initializer behind each Constant of `graph` (subgraphs included), matched by name, and the
-    tensor behind each Constant node's `value` (nodes are imported in order)."""
+    external-data tensor behind a Constant node's `value` (nodes are imported in order)."""
     protos = {t.name: t for t in _initializers(model_graph)}
     for tensor in _constants(graph):
         proto = protos.get(tensor.name)
@@ -40,7 +40,8 @@ def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None
     for node, proto_node in zip(graph.nodes, model_graph.node, strict=False):
         value = node.attrs.get("value") if node.op == "Constant" else None
         attr = next((a for a in proto_node.attribute if a.name == "value"), None)
-        if isinstance(value, gs.Constant) and attr is not None and proto_node.op_type == "Constant":
+        if isinstance(value, gs.Constant) and attr is not None and proto_node.op_type == "Constant" \
+                and attr.t.data_location == onnx.TensorProto.EXTERNAL:  # inline ones load through `.values`
             remember(value, attr.t)
 
 
