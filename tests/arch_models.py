@@ -110,9 +110,9 @@ def audio_inputs(batch: int, time: int) -> dict[str, np.ndarray]:
 
 def build(name: str) -> Arch:
     """A tiny randomly initialised model (torch.manual_seed(0)), in eval mode."""
-    from fixtures.torch_models import _transformers
+    from fixtures.torch_models import transformers_hiding_torchvision
 
-    with _transformers() as tf:
+    with transformers_hiding_torchvision() as tf:
         return _build(tf, name)
 
 

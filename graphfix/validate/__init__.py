@@ -9,8 +9,10 @@ Each probe size carries the strongest evidence obtained there (graphfix.validate
 
 - `original`: the original runs there, and its outputs, values and shapes, are the oracle. Where it returns an
   output at its export-time shape (the bug being repaired), the region both shapes cover is compared instead.
-- `consistent`: the original fails there (or returns shapes it does not declare), but run a few samples at a
-  time (the export batch size, batch 1) it gives what the repaired model must give for those samples.
+- `consistent`: the original fails there (or returns shapes it does not declare), but the original re-traced at
+  that size (graphfix.validate.retrace: its baked sizes set to that size) gives the repaired model's outputs, or,
+  run a few samples at a time (the export batch size, batch 1), it gives what the repaired model must give for
+  those samples (graphfix.validate.consistency).
 - `runs`: the repaired model runs, its shapes agree with what the original declares and with symbolic shape
   inference; no values are compared.
 
@@ -97,7 +99,7 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     judge = Judge(before, after, options, sizes[0])
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
-    for extra in reference_bindings(before.proto, options, sizes[0]):
+    for extra in reference_bindings(before.proto, options, sizes[0], [s.dim for s in judge.samples]):
         if after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
             break
         extra = bind(extra, tied) if tied else extra

@@ -4,6 +4,13 @@ A batch of k samples run through the repaired model must give, sample by sample,
 those samples run a group at a time: at the export batch size, and at batch 1 (a key-padding mask, a reshape
 that folds the batch are right there). A group the batch does not fill is completed with copies of its first
 sample, whose outputs are then dropped.
+
+That reference holds only for a dim along which the original computes each sample on its own. A leading dim is
+not always one (a sequence-first `[time, batch, d]` attention input leads with time), so each candidate dim is
+first tried on the original itself at a size where it runs: a batch made of copies of one sample must give, for
+that sample, what the mixed batch gives. The same trial finds the axis that carries the dim in each output. A dim
+the trial shows dependent gives no reference; one it cannot try (the original fails wherever the dim is above 1)
+is taken on its name or position, with the axes the outputs declare, as a batch usually is.
 """
 
 from __future__ import annotations
@@ -15,6 +22,17 @@ import onnx
 
 from graphfix.validate.compare import OutputComparison, compare_arrays, evaluate_dim
 from graphfix.validate.sizes import dim_names, graph_inputs
+
+
+@dataclass
+class Samples:
+    """A dim along which the original computes samples independently: its axis in each input, and in each output
+    (None: an output the dim does not index, the same for every sample)."""
+
+    dim: str
+    inputs: dict[str, int]
+    outputs: dict[str, int | None]
+    tried: bool = True  # False: assumed, the original could not be tried
 
 
 @dataclass
@@ -34,41 +52,86 @@ def batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
     return axes
 
 
-def output_batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
-    """Output name -> axis the model declares as `batch` (absent when it declares none)."""
+def independent_samples(original, feeds: dict[str, np.ndarray], batch: str, rtol: float,
+                        atol: float) -> Samples | str:
+    """`batch` with its axes when the original, at `feeds`, gives each sample's outputs alone as it gives them in
+    the batch (tried for the first and the last sample), or when it cannot be tried there; else why not."""
+    axes = batch_axes(original.proto, batch)
+    size = next((np.shape(feeds[name])[axis] for name, axis in axes.items() if name in feeds), 0)
+    whole = original.run(feeds) if size > 1 else None
+    alone = {}
+    for sample in (0, size - 1) if whole is not None and whole.ok else ():
+        result = original.run(_take(feeds, axes, [sample] * size))
+        if not result.ok:
+            break
+        alone[sample] = result.outputs
+    if len(alone) < 2:
+        return Samples(batch, axes, _declared_axes(original.proto, batch), tried=False)
+    outputs = {}
+    for name, value in whole.outputs.items():
+        axis = _sample_axis(value, {s: out[name] for s, out in alone.items()}, size, rtol, atol)
+        if axis is False:
+            return f"samples along '{batch}' are not independent in the original (output '{name}')"
+        outputs[name] = axis
+    return Samples(batch, axes, outputs)
+
+
+def _declared_axes(model: onnx.ModelProto, batch: str) -> dict[str, int | None]:
+    """Output name -> the axis it declares as `batch`, else its leading axis."""
     axes = {}
     for out in model.graph.output:
         dims = [d.dim_param for d in out.type.tensor_type.shape.dim]
-        if batch in dims:
-            axes[out.name] = dims.index(batch)
+        axes[out.name] = dims.index(batch) if batch in dims else 0 if dims else None
     return axes
 
 
-def reference(original, feeds: dict[str, np.ndarray], binding: dict[str, int], batch: str, group: int,
+def _sample_axis(whole: np.ndarray, alone: dict[int, np.ndarray], size: int, rtol: float,
+                 atol: float) -> int | None | bool:
+    """The axis of `whole` whose s-th block (one sample's rows: the axis may fold the samples with another dim,
+    as a `[N*T, d]` reshape does) equals the first block of the run on copies of sample s; None when no axis is
+    indexed by the samples and every run gives the same; False when neither holds."""
+    def same(a, b) -> bool:
+        return compare_arrays("", a, b, rtol, atol).ok
+
+    shape = np.shape(whole)
+    axes = sorted((a for a in range(len(shape)) if shape[a] and shape[a] % size == 0), key=lambda a: shape[a])
+    for axis in axes:
+        if all(same(_block(whole, axis, s, size), _block(out, axis, 0, size)) for s, out in alone.items()):
+            return axis
+    return None if all(same(whole, out) for out in alone.values()) else False
+
+
+def _block(value: np.ndarray, axis: int, sample: int, samples: int) -> np.ndarray:
+    """The rows of `sample` along `axis`, which holds `samples` equal blocks."""
+    rows = np.shape(value)[axis] // samples
+    return np.take(value, range(sample * rows, (sample + 1) * rows), axis=axis)
+
+
+def _take(feeds: dict[str, np.ndarray], axes: dict[str, int], index: list[int]) -> dict[str, np.ndarray]:
+    return {name: np.take(value, index, axis=axes[name]) if name in axes else value for name, value in feeds.items()}
+
+
+def reference(original, feeds: dict[str, np.ndarray], binding: dict[str, int], samples: Samples, group: int,
               declared: dict[str, list]) -> BatchReference:
     """The original's outputs for the samples of `feeds`, `group` samples per run, concatenated along the batch."""
-    axes = batch_axes(original.proto, batch)
-    out_axes = output_batch_axes(original.proto, batch)
-    size = binding[batch]
+    batch, size = samples.dim, binding[samples.dim]
     pieces: dict[str, list[np.ndarray]] = {}
     for start in range(0, size, group):
         taken = list(range(start, min(start + group, size)))
-        index = taken + [taken[0]] * (group - len(taken))
-        part = {name: np.take(value, index, axis=axes[name]) if name in axes else value
-                for name, value in feeds.items()}
-        result = original.run(part)
+        result = original.run(_take(feeds, samples.inputs, taken + [taken[0]] * (group - len(taken))))
         if not result.ok:
             return BatchReference(group, None, f"at {batch}={group} it fails")
         wrong = contradicts(result.outputs, declared, {**binding, batch: group})
         if wrong:
             return BatchReference(group, None, f"at {batch}={group} it {wrong}")
         for name, value in result.outputs.items():
-            axis = out_axes.get(name, _guess_axis(value, group))
-            if axis is None:
-                continue
-            pieces.setdefault(name, []).append(np.take(value, range(len(taken)), axis=axis))
-    outputs = {name: np.concatenate(parts, axis=out_axes.get(name, _guess_axis(parts[0], None) or 0))
-               for name, parts in pieces.items()}
+            axis = samples.outputs.get(name)
+            if axis is not None and np.ndim(value) > axis and np.shape(value)[axis] % group == 0:
+                rows = np.shape(value)[axis] // group
+                pieces.setdefault(name, []).append(np.take(value, range(len(taken) * rows), axis=axis))
+    outputs = {name: np.concatenate(parts, axis=samples.outputs[name]) for name, parts in pieces.items()}
+    if not outputs:
+        return BatchReference(group, None, f"at {batch}={group} no output has an axis of its samples")
     return BatchReference(group, outputs)
 
 
@@ -77,13 +140,6 @@ def compare_with_reference(ref: BatchReference, actual: dict[str, np.ndarray], r
     return [compare_arrays(name, value, actual[name], rtol, atol) if name in actual
             else OutputComparison(name, False, None, None, list(np.shape(value)), [], "output missing")
             for name, value in ref.outputs.items()]
-
-
-def _guess_axis(value: np.ndarray, group: int | None) -> int | None:
-    """Without a declaration, the batch is the leading axis when its size is the group's."""
-    if np.ndim(value) == 0:
-        return None
-    return 0 if group is None or np.shape(value)[0] == group else None
 
 
 def contradicts(outputs: dict[str, np.ndarray], declared: dict[str, list], binding: dict[str, int]) -> str:

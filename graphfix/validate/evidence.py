@@ -21,8 +21,16 @@ from graphfix.validate.compare import (
     compare_overlap,
     declared_shapes,
 )
-from graphfix.validate.consistency import batch_axes, compare_with_reference, contradicts, reference
+from graphfix.validate.consistency import (
+    Samples,
+    batch_axes,
+    compare_with_reference,
+    contradicts,
+    independent_samples,
+    reference,
+)
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
+from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node
 from graphfix.validate.sizes import batch_dims, forced_sizes, is_smaller
 
@@ -99,6 +107,23 @@ class Judge:
         self.probed_dims = set(export) - set(forced_sizes(before.proto, options))
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
+        self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
+        self.retracer = Retracer(before)
+
+    @functools.cached_property
+    def samples(self) -> list[Samples]:
+        """The batch dims along which the original computes samples independently, tried where it runs: at the
+        export size, or with that dim at 2 where its export size is 1."""
+        found = []
+        for batch in self.batch:
+            binding = {**self.export, batch: max(self.export[batch], 2)}
+            trial = independent_samples(self.before, self.feeds(binding), batch, self.options.rtol,
+                                        self.options.atol)
+            if isinstance(trial, Samples):
+                found.append(trial)
+            else:
+                self.not_samples.append(trial)
+        return found
 
     @functools.cached_property
     def inferred(self) -> ShapeOracle:
@@ -130,6 +155,8 @@ class Judge:
             run.level = "original"  # nothing changed: the model is its own original
         elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
             self._bisect(run, feeds)
+        elif self._against_retraced(run, feeds, actual.outputs, binding):
+            pass
         elif not self._against_samples(run, feeds, actual.outputs, binding):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
         if reference_only and run.level == "runs":
@@ -163,15 +190,33 @@ class Judge:
         run.outputs, run.level = comparisons, "original"
         return True
 
+    def _against_retraced(self, run, feeds, actual, binding) -> bool:
+        """Compare with the original re-traced at this binding (graphfix.validate.retrace), where it runs as it
+        declares; False when there is nothing to re-trace or it is no reference here."""
+        runner = self.retracer.at(binding)
+        if runner is None:
+            return False
+        expected = runner.run(feeds)
+        if not expected.ok or contradicts(expected.outputs, self.declared, binding):
+            return False
+        run.outputs = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
+        run.level = "consistent"
+        why = f"the original fails here ({run.original_error})" if run.original_error else run.note or "the original"
+        run.note = (f"{why.split(' (')[0]}; compared with the original re-traced at these sizes: "
+                    f"{self.retracer.describe()} set to this size")
+        return True
+
     def _against_samples(self, run, feeds, actual, binding) -> bool:
         """Batch consistency with the original at the export batch size and at batch 1."""
         notes = [run.note] if run.note else ["the original fails here"] if run.original_error else []
+        notes += self.not_samples if not self.samples else []
         compared: list[str] = []
-        for batch in self.batch:
+        for samples in self.samples:
+            batch = samples.dim
             for group in dict.fromkeys([self.export[batch], 1]):
                 if group == binding[batch] and run.original_error is not None:
                     continue  # the original at this very binding already failed
-                ref = reference(self.before, feeds, binding, batch, group, self.declared)
+                ref = reference(self.before, feeds, binding, samples, group, self.declared)
                 if ref.outputs is None:
                     notes.append(ref.why_not)
                     continue

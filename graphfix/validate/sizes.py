@@ -83,11 +83,13 @@ def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str])
     return any(size < export.get(name, size) for name, size in binding.items() if name not in batch)
 
 
-def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int]) -> list[dict[str, int]]:
+def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
+                       batch: list[str]) -> list[dict[str, int]]:
     """Sizes probed only when the others left a dim without a reference (see graphfix.validate.consistency):
-    batch 1 with every other dim at its export size (a baked batch: the original runs at the export batch there),
-    then batch 3 with every other free dim at 1 (a broadcast bug on those dims cannot show there)."""
-    forced, batch = forced_sizes(model, options), batch_dims(model)
+    the `batch` dims (those along which the original computes samples independently) at 1 with every other dim
+    at its export size (a baked batch: the original runs at the export batch there), then at 3 with every other
+    free dim at 1 (a broadcast bug on those dims cannot show there)."""
+    forced = forced_sizes(model, options)
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
         return []

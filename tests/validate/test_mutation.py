@@ -1,9 +1,10 @@
 """The validator, tested by mutation: deliberately wrong rewrites of each rule's fix must be rejected.
 
-For each model a rule repairs (the samples, and small graphs with sizes baked at export), the correct repair must
-pass; then every operator below is applied to every node the fix added or changed (Where branches swapped or its
-condition negated, an Unsqueeze on another axis, another `Shape(x)[i]` gathered, a slice off by one, a reshape with
-its dims transposed, a Concat or a Tile along the wrong axis), and validation must reject each mutant. A mutant
+For each model a rule repairs (the samples, small graphs with sizes baked at export, and PyTorch's own attention
+layers exported by the TorchScript exporter), the correct repair must pass; then every operator below is applied to
+every node the fix added or changed (Where branches swapped or its condition negated, an Unsqueeze on another axis,
+another `Shape(x)[i]` gathered or read, a slice off by one, a reshape with its dims transposed, a Concat or a Tile
+along the wrong axis), and validation must reject each mutant. A mutant
 that computes what the correct repair computes (an Unsqueeze axis next to a dim of 1) is equivalent, not wrong: it
 is set aside, checked by running both with plain onnxruntime. The kill rate is printed; it must be at least 95 %.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 import graphfix
@@ -139,6 +141,14 @@ def _topological(nodes):
     return ordered
 
 
+def _shape_window(shift: int):
+    def edit(node, _):
+        for attribute in node.attribute:
+            if attribute.name in ("start", "end"):
+                attribute.i += shift
+    return edit
+
+
 def _reverse_inputs(node, _):
     reversed_inputs = list(node.input)[::-1]
     del node.input[:]
@@ -165,6 +175,9 @@ def mutants(original: onnx.ModelProto, repaired: onnx.ModelProto) -> Iterator[Mu
             picked = values[node.input[1]]
             for other in (picked + 1, picked - 1):
                 yield f"{label}: index {picked.tolist()} -> {other.tolist()}", with_constant(repaired, index, 1, other)
+        if node.op_type == "Shape" and any(a.name == "start" for a in node.attribute):
+            for shift in (1, -1):
+                yield f"{label}: dims read {shift:+d} axis", edited(repaired, index, _shape_window(shift))
         if node.op_type == "Slice":
             for slot, delta, what in ((2, -1, "ends"), (1, 1, "starts")):
                 if len(node.input) > slot and node.input[slot] in values:
@@ -180,9 +193,28 @@ def mutants(original: onnx.ModelProto, repaired: onnx.ModelProto) -> Iterator[Mu
             yield f"{label}: repeats along other axes", with_constant(repaired, index, 1, values[node.input[1]][::-1])
 
 
-def test_mutants_of_every_fix_are_rejected(capsys):
+def attention_cases() -> Iterator[tuple[str, onnx.ModelProto, onnx.ModelProto, ValidationOptions]]:
+    """nn.MultiheadAttention and nn.TransformerDecoderLayer, sequence first, TorchScript exporter: the original
+    runs at its export length only, so the proof rests on the original re-traced at each size."""
+    import tempfile
+
+    from fixtures.torch_models import attention
+
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in ("mha", "decoder"):
+            case = attention(kind, batch_first=False)
+            path = Path(folder) / f"{case.name}.onnx"
+            case.export(path)
+            original = onnx.load(path)
+            repair = graphfix.repair(original, simplify=False)
+            assert repair.status == "repaired" and repair.validation["passed"], repair.validation["reasons"]
+            yield case.name, original, repair.model, ValidationOptions(trace_sizes=repair.validation["sizes"][0])
+
+
+def kill_rate(cases, capsys) -> None:
+    """Every mutant of every case's repair, validated: prints the kill rate and asserts it."""
     killed, total, survivors, same = 0, 0, [], []
-    for case, original, correct, options in repaired_cases():
+    for case, original, correct, options in cases:
         family = list(mutants(original, correct))
         assert family, f"no mutant of the {case} repair"
         for label, mutant in family:
@@ -199,3 +231,14 @@ def test_mutants_of_every_fix_are_rejected(capsys):
         print(f"\nvalidator mutation kill rate: {killed}/{total} = {rate:.1%} ({len(same)} equivalent set aside)"
               + "".join(f"\n  survived: {s}" for s in survivors))
     assert total >= 10 and rate >= MIN_KILL_RATE, survivors
+
+
+def test_mutants_of_every_fix_are_rejected(capsys):
+    kill_rate(repaired_cases(), capsys)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_mutants_of_the_attention_repairs_are_rejected(capsys):
+    pytest.importorskip("torch")
+    kill_rate(attention_cases(), capsys)

@@ -20,8 +20,11 @@ POSITIONS = 64
 
 @pytest.fixture(scope="module")
 def whisper_decoder(tmp_path_factory):
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperDecoder
+    from fixtures.torch_models import transformers_hiding_torchvision
+
+    with transformers_hiding_torchvision() as tf:
+        from transformers.models.whisper.modeling_whisper import WhisperDecoder
+    WhisperConfig = tf.WhisperConfig
 
     config = WhisperConfig(vocab_size=100, d_model=32, decoder_layers=1, encoder_layers=1, decoder_attention_heads=2,
                            encoder_attention_heads=2, decoder_ffn_dim=64, encoder_ffn_dim=64,

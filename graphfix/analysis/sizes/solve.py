@@ -103,16 +103,45 @@ def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
 
 
 def bind(binding: dict[str, int], tied: dict[str, sympy.Expr]) -> dict[str, int]:
-    """`binding` with each tied dim computed from the others (kept as chosen where that gives no valid size)."""
+    """`binding` with each tied dim computed from the others. Where that gives no valid size (too few samples for
+    a single frame), the one dim it is computed from grows to the least size that gives one: a front end's
+    minimum length. Kept as chosen where no size up to MAX_GROWN does."""
     out = dict(binding)
     for name, expr in tied.items():
         symbols = {s: out[s.name] for s in expr.free_symbols if s.name in out}
         if len(symbols) != len(expr.free_symbols):
             continue  # depends on a dim this binding does not size
         value = expr.subs(symbols)
+        if not (value.is_Integer and value >= 1) and len(symbols) == 1:
+            (symbol, start), = symbols.items()
+            grown = _least_valid(expr, symbol, start)
+            if grown is not None:
+                out[symbol.name], value = grown, expr.subs(symbol, grown)
         if value.is_Integer and value >= 1:
             out[name] = int(value)
     return out
+
+
+MAX_GROWN = 1 << 22
+
+
+def _least_valid(expr: sympy.Expr, symbol: sympy.Symbol, start: int) -> int | None:
+    """The least size >= start at which `expr` (non-decreasing in `symbol`, as a front end's output length is)
+    is a whole number >= 1; None when none is up to MAX_GROWN."""
+    def valid(size: int) -> bool:
+        value = expr.subs(symbol, size)
+        return bool(value.is_Integer and value >= 1)
+
+    high = max(start, 1)
+    while not valid(high):
+        if high > MAX_GROWN:
+            return None
+        high *= 2
+    low = max(start, 1)
+    while low < high:  # the least valid size in [low, high]
+        mid = (low + high) // 2
+        low, high = (low, mid) if valid(mid) else (mid + 1, high)
+    return high
 
 
 def partly_constant(elems) -> bool:

@@ -1,0 +1,154 @@
+"""The original re-traced: the graph the exporter would have written, had it traced at another size.
+
+Where the size analysis solves a Reshape's element count for the export-time size (T = 7 baked into the
+`Concat([7], B*4, [4])` of a MultiheadAttention), the constant entry that holds it is a known expression of the
+sizes. Setting each such entry to its expression's value at a probe size gives the original as a trace at that
+size would have produced it: the same nodes and weights, only those constants changed. Where the original fails
+at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
+ops instead; it is no reference where an entry is ambiguous (several expressions fit) or cannot be located in a
+constant.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import sympy
+from onnx import numpy_helper
+
+from graphfix.validate.runner import ModelRunner
+
+SUFFIX = "_gf_retraced"
+
+
+@dataclass(frozen=True)
+class BakedConstant:
+    """Element `position` of the constant vector fed to input `slot` of node number `node` is `expr` at export."""
+
+    node: int
+    slot: int
+    position: int
+    value: int
+    expr: sympy.Expr
+
+
+class Retracer:
+    """Builds runners of the original re-traced at a binding; `baked` is empty when there is nothing to re-trace."""
+
+    def __init__(self, original: ModelRunner):
+        self.original = original
+
+    @functools.cached_property
+    def baked(self) -> list[BakedConstant]:
+        return baked_constants(self.original.proto)
+
+    def describe(self) -> str:
+        names = sorted({str(b.expr) for b in self.baked})
+        return f"{len(self.baked)} baked entr{'y' if len(self.baked) == 1 else 'ies'} ({', '.join(names)})"
+
+    def at(self, binding: dict[str, int]) -> ModelRunner | None:
+        """A runner of the original with every baked entry set for `binding`; None when there are none or an
+        entry's expression is not a positive whole number there."""
+        if not self.baked:
+            return None
+        values = {}
+        for baked in self.baked:
+            symbols = {s: binding.get(s.name) for s in baked.expr.free_symbols}
+            if None in symbols.values():
+                return None
+            value = baked.expr.subs(symbols)
+            if not value.is_Integer or value < 1:
+                return None
+            values[baked] = int(value)
+        source = self.original
+        proto = retraced(source.proto if source.weights else source.full_proto(), values)
+        if proto is None:
+            return None
+        if source.weights:
+            return ModelRunner(proto, source.base_dir, weights=source.weights, fed=source.fed)
+        return ModelRunner(proto, source.base_dir)
+
+
+def baked_constants(model: onnx.ModelProto) -> list[BakedConstant]:
+    """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
+    from graphfix.analysis.shapes import infer_shapes
+    from graphfix.analysis.sizes import baked_reshapes, sizes_of
+    from graphfix.core.context import RuleContext, RuleOptions
+
+    inferred = infer_shapes(model)
+    graph = gs.import_onnx(inferred)
+    ctx = RuleContext(inferred, graph, None, RuleOptions(static=True))
+    sizes = sizes_of(ctx)
+    index = {id(node): k for k, node in enumerate(graph.nodes)}
+    found = []
+    for baked in baked_reshapes(sizes):
+        if len(baked.entries) != 1:
+            continue  # ambiguous: which entry stands for the size is what the repair has to find out
+        entry = baked.entries[0]
+        place = _locate(baked.node, 1, entry.index, sizes)
+        if place is None:
+            return []  # one entry that cannot be re-traced leaves the whole re-trace wrong at other sizes
+        node, slot, position = place
+        found.append(BakedConstant(index[id(node)], slot, position, entry.value, entry.expr))
+    return found
+
+
+def _locate(node: gs.Node, slot: int, position: int, sizes, depth: int = 8) -> tuple[gs.Node, int, int] | None:
+    """(node, input slot, element) of the constant that element `position` of `node.inputs[slot]` comes from,
+    through Concat and Cast."""
+    tensor = node.inputs[slot]
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if isinstance(tensor, gs.Constant) or (producer is not None and producer.op == "Constant"):
+        return node, slot, position
+    if producer is None or depth == 0:
+        return None
+    if producer.op == "Cast":
+        return _locate(producer, 0, position, sizes, depth - 1)
+    if producer.op != "Concat":
+        return None
+    start = 0
+    for k, part in enumerate(producer.inputs):
+        length = len(sizes.value(part) or ())
+        if not length:
+            return None
+        if position < start + length:
+            return _locate(producer, k, position - start, sizes, depth - 1)
+        start += length
+    return None
+
+
+def retraced(model: onnx.ModelProto, values: dict[BakedConstant, int]) -> onnx.ModelProto | None:
+    """A copy of `model` with each baked entry set to its value (None when a constant cannot be read): the
+    constant is copied to a new initializer, so that other readers of it keep theirs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    constants = _constant_arrays(graph)
+    patched: dict[tuple[int, int], np.ndarray] = {}
+    for baked, value in values.items():
+        key = (baked.node, baked.slot)
+        if key not in patched:
+            if graph.node[baked.node].input[baked.slot] not in constants:
+                return None
+            patched[key] = constants[graph.node[baked.node].input[baked.slot]].copy()
+        patched[key].reshape(-1)[baked.position] = value
+    for (node, slot), array in patched.items():
+        name = f"{graph.node[node].input[slot]}{SUFFIX}{node}_{slot}"
+        graph.initializer.append(numpy_helper.from_array(array, name))
+        graph.node[node].input[slot] = name
+    return out
+
+
+def _constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+              if t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) <= 1}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and len(value.dims) <= 1:
+                arrays[node.output[0]] = numpy_helper.to_array(value)
+    return arrays
