@@ -155,9 +155,8 @@ class Judge:
             run.level = "original"  # nothing changed: the model is its own original
         elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
             self._bisect(run, feeds)
-        elif self._against_retraced(run, feeds, actual.outputs, binding):
-            pass
-        elif not self._against_samples(run, feeds, actual.outputs, binding):
+        elif not (self._against_retraced(run, feeds, actual.outputs, binding)
+                  or self._against_samples(run, feeds, actual.outputs, binding)):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
         if reference_only and run.level == "runs":
             run.skipped, run.note = True, "no reference here; the size was not counted"
@@ -201,9 +200,9 @@ class Judge:
             return False
         run.outputs = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
         run.level = "consistent"
-        why = f"the original fails here ({run.original_error})" if run.original_error else run.note or "the original"
-        run.note = (f"{why.split(' (')[0]}; compared with the original re-traced at these sizes: "
-                    f"{self.retracer.describe()} set to this size")
+        lead = run.note or ("the original fails here" if run.original_error else "")
+        retraced = f"compared with the original re-traced at these sizes: {self.retracer.describe()} set to them"
+        run.note = "; ".join(filter(None, [lead, retraced]))
         return True
 
     def _against_samples(self, run, feeds, actual, binding) -> bool:
