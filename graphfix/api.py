@@ -70,7 +70,7 @@ def merge_runtime_findings(findings: list[Finding], runtime: list[Finding]) -> N
         if same is None:
             findings.append(found)
         else:
-            same.message += f" Confirmed by onnxruntime: {found.message}"
+            same.message = f"{same.message.rstrip('.')}. Confirmed by onnxruntime: {found.message}"
 
 
 def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -153,13 +153,15 @@ class FailureSite:
     def fed_by(self, ops: Iterable[str], depth: int = 4) -> bool:
         """True when one of `ops` produces an input of the node within `depth` nodes upstream."""
         wanted = set(ops)
+        return any(n.op_type in wanted for n in self.upstream(depth))
+
+    def upstream(self, depth: int = 4) -> Iterator[Any]:
+        """The nodes within `depth` producers upstream of the failing node, nearest first."""
         producers = {out: n for n in self.model.graph.node for out in n.output}
         frontier = [producers[name] for name in self.node.input if name in producers]
         for _ in range(depth):
-            if any(n.op_type in wanted for n in frontier):
-                return True
+            yield from frontier
             frontier = [producers[name] for n in frontier for name in n.input if name in producers]
-        return False
 
 
 def _jsonable_shape(shape: Any) -> Any:

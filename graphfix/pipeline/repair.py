@@ -235,9 +235,10 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     if outcome.passed or candidate is original or validation.trace_sizes:
         return outcome
     # Probed around a guessed export size, the original may have run nowhere: the sizes the graph itself reveals
-    # (GF004's evidence) give the reference the guess missed. Only then: learning them costs an analysis.
+    # (GF004's evidence) give the reference the guess missed, and, once known, let the original's own run there
+    # correct its declarations. Only then: learning them costs an analysis.
     solved = solved_sizes(loaded, options.rule_options)
-    if not solved or all(outcome.sizes and outcome.sizes[0].get(k) == v for k, v in solved.items()):
+    if not solved:
         return outcome
     return validate(original, candidate, dataclasses.replace(validation, trace_sizes=solved))
 

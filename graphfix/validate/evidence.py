@@ -20,6 +20,7 @@ from graphfix.validate.compare import (
     compare_outputs,
     compare_overlap,
     declared_shapes,
+    evaluate_dim,
 )
 from graphfix.validate.consistency import (
     Samples,
@@ -146,6 +147,7 @@ class Judge:
         run = SizeRun(binding, expected.error, actual.error)
         if at_export and expected.ok:
             self.export_shapes = {name: list(np.shape(v)) for name, v in expected.outputs.items()}
+            self._drop_wrong_declarations(expected.outputs, binding)
         if not actual.ok:
             self._outside_range(run, reference_only)
             return run
@@ -162,6 +164,17 @@ class Judge:
             run.skipped, run.note = True, "no reference here; the size was not counted"
         return run
 
+    def _drop_wrong_declarations(self, outputs: dict[str, np.ndarray], binding: dict[str, int]) -> None:
+        """A declared dim that the original contradicts at its export size, where that size is known
+        (`--trace-shape`, or solved from the graph), is a wrong declaration, not a promise: an output named `time`
+        that is `time - 1` long."""
+        known = self.options.trace_sizes  # at a guessed size, a contradiction may be the very bug being repaired
+        for name, value in outputs.items():
+            dims = self.declared.get(name)
+            if dims is not None and len(dims) == np.ndim(value):
+                self.declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
+                                       for d, size in zip(dims, np.shape(value), strict=True)]
+
     def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
         """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""
         same = run.original_error is not None and failing_node(run.original_error) == failing_node(
@@ -173,6 +186,9 @@ class Judge:
 
     def _against_original(self, run, expected, actual, binding) -> bool:
         """Compare with the original where it runs as it declares; False when it is no reference here."""
+        if all(np.size(value) == 0 for value in expected.values()):
+            run.note = "the original returns only empty outputs here: nothing to compare"
+            return False
         wrong = contradicts(expected, self.declared, binding)
         baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
                  self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(actual.get(name)))}

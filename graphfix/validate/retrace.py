@@ -1,8 +1,8 @@
 """The original re-traced: the graph the exporter would have written, had it traced at another size.
 
 Where the size analysis solves a Reshape's element count for the export-time size (T = 7 baked into the
-`Concat([7], B*4, [4])` of a MultiheadAttention), the constant entry that holds it is a known expression of the
-sizes. Setting each such entry to its expression's value at a probe size gives the original as a trace at that
+`Concat([7], B*4, [4])` of a MultiheadAttention), or a constraint met by a Slice cut at a constant end
+(`x[:, :6]` for `x[:, :int(T) - 1]`), the constant that holds it is a known expression of the sizes. Setting each such entry to its expression's value at a probe size gives the original as a trace at that
 size would have produced it: the same nodes and weights, only those constants changed. Where the original fails
 at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
 ops instead; it is no reference where an entry is ambiguous (several expressions fit) or cannot be located in a
@@ -76,7 +76,7 @@ class Retracer:
 def baked_constants(model: onnx.ModelProto) -> list[BakedConstant]:
     """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
     from graphfix.analysis.shapes import infer_shapes
-    from graphfix.analysis.sizes import baked_reshapes, sizes_of
+    from graphfix.analysis.sizes import baked_reshapes, baked_slices, sizes_of
     from graphfix.core.context import RuleContext, RuleOptions
 
     inferred = infer_shapes(model)
@@ -84,16 +84,16 @@ def baked_constants(model: onnx.ModelProto) -> list[BakedConstant]:
     ctx = RuleContext(inferred, graph, None, RuleOptions(static=True))
     sizes = sizes_of(ctx)
     index = {id(node): k for k, node in enumerate(graph.nodes)}
+    entries = [(b.node, 1, b.entries[0].index, b.entries[0].value, b.entries[0].expr)
+               for b in baked_reshapes(sizes) if len(b.entries) == 1]  # several: the repair has to find out which
+    entries += [(b.node, 2, b.position, b.value, b.expr) for b in baked_slices(sizes)]
     found = []
-    for baked in baked_reshapes(sizes):
-        if len(baked.entries) != 1:
-            continue  # ambiguous: which entry stands for the size is what the repair has to find out
-        entry = baked.entries[0]
-        place = _locate(baked.node, 1, entry.index, sizes)
+    for node, slot, element, value, expr in entries:
+        place = _locate(node, slot, element, sizes)
         if place is None:
             return []  # one entry that cannot be re-traced leaves the whole re-trace wrong at other sizes
-        node, slot, position = place
-        found.append(BakedConstant(index[id(node)], slot, position, entry.value, entry.expr))
+        holder, slot, position = place
+        found.append(BakedConstant(index[id(holder)], slot, position, value, expr))
     return found
 
 

@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 from conftest import parse
 
 from graphfix.analysis.shapes import infer_shapes
-from graphfix.analysis.sizes import Sizes, baked_reshapes, bind, relations, sizes_of, tied_dims
+from graphfix.analysis.sizes import Constraint, Sizes, baked_reshapes, baked_slices, bind, relations, sizes_of, solve, tied_dims
 from graphfix.core.context import RuleContext, RuleOptions
 
 # MultiheadAttention's key reshape as the TorchScript exporter writes it: [7, B * 4, 4] with 7 baked.
@@ -129,3 +129,36 @@ def test_an_op_the_pass_does_not_model_keeps_onnx_shapes():
     """
     sizes, graph = analysed(text)
     assert sizes.dims(tensor(graph, "y")) == ["B", 8, "T"]
+
+
+# `x[:, 1:] - x[:, :int(T) - 1]` traced at T=8: the second slice ends at the constant 7.
+DELTA = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, T, 4] x) => (float[B, ?, 4] y) {
+    zero = Constant <value = int64[1] {0}> ()
+    one = Constant <value = int64[1] {1}> ()
+    axis = Constant <value = int64[1] {1}> ()
+    big = Constant <value = int64[1] {9223372036854775807}> ()
+    seven = Constant <value = int64[1] {7}> ()
+    later = Slice(x, one, big, axis)
+    cut = Slice(x, zero, seven, axis)
+    y = Sub(later, cut)
+}
+"""
+
+
+def test_a_constant_slice_end_is_solved_on_the_constant_side_of_its_min():
+    sizes, graph = analysed(DELTA)
+    [constraint] = sizes.constraints
+    solution = solve(constraint)
+    assert (solution.symbol.name, solution.value, str(solution.cut)) == ("T", 8, "Min(7, T)")
+    [baked] = baked_slices(sizes)
+    assert (baked.node.name, baked.value, str(baked.expr)) == (graph.nodes[-2].name, 7, "T - 1")
+
+
+def test_a_length_cap_is_not_a_baked_size():
+    import sympy
+
+    s = sympy.Symbol("S", integer=True, positive=True)
+    assert solve(Constraint("broadcast", None, sympy.Min(512, s), s)) is None  # holds on S <= 512: a cap
+    assert solve(Constraint("broadcast", None, sympy.Min(512, s), s - 1)).value == 513  # holds at one S only

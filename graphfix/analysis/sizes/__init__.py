@@ -15,9 +15,11 @@ from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
     BakedShape,
+    BakedSlice,
     Cap,
     Solution,
     baked_reshapes,
+    baked_slices,
     bind,
     caps,
     partly_constant,
@@ -52,6 +54,6 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedShape", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes", "bind", "caps",
+    "BakedEntry", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes", "baked_slices", "bind", "caps",
     "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
 ]

@@ -1,7 +1,8 @@
 """Constraints solved: the export-time size a constraint pins, and the expressions that baked entries stand for.
 
 A Reshape `[T, B, 16] -> Concat([7], B*4, [4])` conserves elements only when `16*B*T = 112*B`, i.e. at T = 7: the
-trace baked T. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
+trace baked T. A Slice cut at a constant end (`x[:, :int(T) - 1]` traced at T = 7 is `x[:, :6]`, of length
+`Min(T, 6)`) meeting `x[:, 1:]` (length `T - 1`) holds only where the constant side of the Min is taken, at T = 7. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
 the element count holds at every size (`16*B*T / (4*B*4) = T`); entry 2 would need `4*T/7`. One such entry is a
 solved fix; several are ambiguous and the caller validates or reports them.
 """
@@ -21,11 +22,13 @@ MAX_CANDIDATES = 4
 
 @dataclass
 class Solution:
-    """A constraint that holds at one value of one symbol only: the export-time size the trace baked."""
+    """A constraint that holds at one value of one symbol only: the export-time size the trace baked. `cut` is the
+    `Min(size, c)` of a constant slice end when the constraint holds only on its constant side."""
 
     constraint: Constraint
     symbol: sympy.Symbol
     value: int
+    cut: sympy.Min | None = None
 
 
 @dataclass
@@ -53,14 +56,47 @@ class BakedShape:
 def solve(constraint: Constraint) -> Solution | None:
     """The one positive whole value of one symbol at which the constraint holds, else None."""
     equation = sympy.expand(constraint.left - constraint.right)
+    found = _one_root(equation)
+    if found is not None:
+        return Solution(constraint, *found)
+    cut = _constant_cut(equation)
+    if cut is None:
+        return None
+    found = _one_root(equation.xreplace({cut: _constant_side(cut)}))
+    if found is None or not _takes_constant_side(cut, *found):
+        return None
+    return Solution(constraint, *found, cut=cut)
+
+
+def _one_root(equation: sympy.Expr) -> tuple[sympy.Symbol, int] | None:
     for symbol in sorted(equation.free_symbols, key=str):
         try:
             roots = sympy.solve(equation, symbol)
         except (NotImplementedError, TypeError, ValueError):
             continue  # sympy cannot isolate this symbol (floor, Min): no proof from it
         if len(roots) == 1 and roots[0].is_Integer and roots[0] > 0:
-            return Solution(constraint, symbol, int(roots[0]))
+            return symbol, int(roots[0])
     return None
+
+
+def _constant_cut(equation: sympy.Expr) -> sympy.Min | None:
+    """The one `Min(size, c)` in `equation` whose size side can never satisfy it (`T == T - 1`): the equation then
+    holds, if anywhere, only where the Min takes c. A length cap (`Min(512, S) == S`, true on S <= 512) is not one."""
+    mins = [m for m in equation.atoms(sympy.Min) if len(m.args) == 2 and sum(a.is_Integer for a in m.args) == 1]
+    if len(mins) != 1:
+        return None
+    sized = next(a for a in mins[0].args if not a.is_Integer)
+    rest = sympy.expand(equation.xreplace({mins[0]: sized}))
+    return mins[0] if rest.is_number and rest != 0 else None
+
+
+def _constant_side(cut: sympy.Min) -> sympy.Integer:
+    return next(a for a in cut.args if a.is_Integer)
+
+
+def _takes_constant_side(cut: sympy.Min, symbol: sympy.Symbol, value: int) -> bool:
+    sized = next(a for a in cut.args if not a.is_Integer)
+    return bool(sized.free_symbols == {symbol} and sized.subs(symbol, value) >= _constant_side(cut))
 
 
 def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
@@ -73,6 +109,50 @@ def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
             continue
         target = [sympy.sympify(t) for t in sizes.value(constraint.node.inputs[1])]
         yield BakedShape(constraint.node, solution, _entries(constraint.left, target, solution))
+
+
+@dataclass
+class BakedSlice:
+    """A Slice whose end `position` (of its ends vector) holds `value`, the export-time value of `expr`: the cut
+    `solution.cut` is what makes its constraint hold at one size only."""
+
+    node: gs.Node
+    solution: Solution
+    position: int
+    value: int
+    expr: sympy.Expr
+
+
+def baked_slices(sizes: Sizes) -> Iterator[BakedSlice]:
+    """Slices cut at a constant end that a constraint elsewhere pins to one size, with the expression the end stands
+    for: the other side of that constraint, solved for the cut."""
+    for constraint in sizes.constraints:
+        solution = solve(constraint)
+        if solution is None or solution.cut is None:
+            continue
+        cut, free = solution.cut, sympy.Dummy("end", integer=True)
+        cut_side, other = (constraint.left, constraint.right) if constraint.left.has(cut) else \
+            (constraint.right, constraint.left)
+        ends = sympy.solve(cut_side.xreplace({cut: free}) - other, free)
+        if len(ends) != 1 or ends[0].subs(solution.symbol, solution.value) != _constant_side(cut):
+            continue  # the cut is not a whole-number expression of the sizes
+        for node, position in _slices_cut_by(sizes, cut):
+            yield BakedSlice(node, solution, position, int(_constant_side(cut)), ends[0])
+
+
+def _slices_cut_by(sizes: Sizes, cut: sympy.Min) -> Iterator[tuple[gs.Node, int]]:
+    """(Slice, position in its ends) whose output length along that axis is `cut` (less a constant start)."""
+    for node in sizes.graph.nodes:
+        out = sizes.shape(node.outputs[0]) if node.op == "Slice" and node.outputs else None
+        ends = sizes.value(node.inputs[2]) if out is not None and len(node.inputs) > 2 else None
+        if not ends:
+            continue
+        axes = sizes.value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        axes = axes or tuple(range(len(ends)))
+        for position, axis in enumerate(axes):
+            dim = out[int(axis) % len(out)] if isinstance(axis, int) or sympy.sympify(axis).is_Integer else None
+            if dim is not None and dim.has(cut) and ends[position] == _constant_side(cut):
+                yield node, position
 
 
 def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) -> list[BakedEntry]:

@@ -1,0 +1,92 @@
+"""GF007 trace-baked-slice."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
+from graphfix.analysis.sizes import baked_slices, sizes_of
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
+
+HINT = ("A slice bound went through Python while tracing (`int(x.shape[i]) - 1`, `.item()`): index with the traced "
+        "size itself or a negative bound (`x[:, :-1]`).")
+
+
+class TraceBakedSlice(Rule):
+    """Slice ends computed in Python from a traced size, frozen at the value they had at export.
+
+    ## What it does
+    Finds Slices whose constant end makes a shape constraint downstream hold at one size only: the size analysis
+    gives the sliced length as `Min(T, c)`, and where that length must equal an expression of the sizes that the
+    Min's `T` side can never equal (`T - 1` from a neighbouring `x[:, 1:]`), it is solved on the constant side for
+    the export-time size (T = c + 1). The end is then the solved expression, rebuilt from Shape ops.
+
+    ## Why it breaks deployment
+    `x[:, : int(x.size(1)) - 1]`, `x[:, : x.shape[1] // 2]` with the size through Python, or `.item()` of a length
+    make the slice end a number while tracing. At the export size everything lines up; at any longer input the
+    slice keeps the export-time length and the op that meets it fails (`Attempting to broadcast an axis by a
+    dimension other than 1`), or, where nothing meets it, the model silently returns the export-time length.
+
+    ## Example
+    ```python
+    return x[:, : int(x.shape[1]) - 1] + x[:, 1:]   # baked: Slice(x, 0, 6) at T=7; write x[:, :-1] + x[:, 1:]
+    ```
+    Repaired: the end becomes `Shape(x)[1] - 1`, computed at run time.
+
+    ## Fix safety
+    Safe when the solved end is a size plus or minus at most 1 (`T - 1`, from a neighbouring `x[:, 1:]`): it equals
+    the constant at the export size, and the proof compares the result with the original re-traced at each probe
+    size. Unsafe when it keeps a larger constant (`T - 4` for the halves `x[:, :h]`, `x[:, h:]` of
+    `h = int(T) // 2` traced at T=8): that constant may be baked too, and nothing in the graph says whether the
+    intent was `T - 4` or `T // 2`. Not fixable (reported with the equation) when the expression cannot be built
+    from the sizes of upstream tensors.
+    """
+
+    code = "GF007"
+    name = "trace-baked-slice"
+    severity = Severity.ERROR
+    fixable = True
+    traced_values = True
+    runtime_messages = (r"Attempting to broadcast an axis by a dimension other than 1",)
+    runtime_order = 35  # before GF003: a broadcast fed by a constant-bound slice is this rule's
+    runtime_hint = HINT
+
+    @classmethod
+    def claims_failure(cls, site: FailureSite) -> bool:
+        """A broadcast failure within two nodes of a Slice whose bounds are constants."""
+        if not any(re.search(pattern, site.message) for pattern in cls.runtime_messages):
+            return False
+        constants = {t.name for t in site.model.graph.initializer}
+        constants |= {o for n in site.model.graph.node if n.op_type == "Constant" for o in n.output}
+        return any(n.op_type == "Slice" and len(n.input) > 2 and n.input[2] in constants
+                   for n in site.upstream(depth=2))
+
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        if not any(node.op == "Slice" for node in ctx.graph.nodes):
+            return  # the analysis is only paid for on graphs that slice
+        sizes = sizes_of(ctx)
+        for baked in baked_slices(sizes):
+            yield self._finding(ctx, sizes, baked)
+        if sizes.incomplete:
+            yield self.reject(sizes.incomplete + "; later Slices were not checked (analysis incomplete)")
+
+    def _finding(self, ctx: RuleContext, sizes, baked) -> Finding:
+        node, sym, value = baked.node, baked.solution.symbol, baked.solution.value
+        constraint = baked.solution.constraint
+        message = (f"Slice '{node.name}' ends at {baked.value}, the export-time value of {baked.expr} "
+                   f"({sym}={value}): '{constraint.node.name}' needs {constraint.left} = {constraint.right}, "
+                   f"which holds only at {sym}={value}")
+        kwargs = dict(nodes=[node, constraint.node], tensors=[node.inputs[0], node.inputs[2]], hint=HINT)
+        if not size_expr(None, sizes, baked.expr, node.inputs[0]):
+            return self.finding(f"{message}; {baked.expr} cannot be built from the sizes upstream", **kwargs)
+        rebuild = rebuilt_entries(node, 2, {baked.position: baked.expr}, sizes, ctx.opset)
+        offset = int(baked.expr.as_coeff_Add()[0])
+        safety, reason = (Safety.SAFE, f"solved from '{constraint.node.name}': the end is {baked.expr} at every size") \
+            if abs(offset) <= 1 else (Safety.UNSAFE, f"solved as {baked.expr}, but its {offset} may be a size baked "
+                                                     "at export as well (`x[:, h:]` with `h = int(T) // 2`)")
+        return self.finding(
+            message, **kwargs,
+            fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {baked.expr} from Shape ops",
+                    apply=loosened(node, {baked.value}, rebuild), safety=safety, reason=reason))
