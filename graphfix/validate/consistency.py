@@ -86,7 +86,7 @@ def _declared_axes(model: onnx.ModelProto, batch: str) -> dict[str, int | None]:
 
 
 def _sample_axis(whole: np.ndarray, alone: dict[int, np.ndarray], size: int, rtol: float,
-                 atol: float) -> int | None | bool:
+                 atol: float) -> int | bool | None:
     """The axis of `whole` whose s-th block (one sample's rows: the axis may fold the samples with another dim,
     as a `[N*T, d]` reshape does) equals the first block of the run on copies of sample s; None when no axis is
     indexed by the samples and every run gives the same; False when neither holds."""

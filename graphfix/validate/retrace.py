@@ -2,8 +2,9 @@
 
 Where the size analysis solves a Reshape's element count for the export-time size (T = 7 baked into the
 `Concat([7], B*4, [4])` of a MultiheadAttention), or a constraint met by a Slice cut at a constant end
-(`x[:, :6]` for `x[:, :int(T) - 1]`), the constant that holds it is a known expression of the sizes. Setting each such entry to its expression's value at a probe size gives the original as a trace at that
-size would have produced it: the same nodes and weights, only those constants changed. Where the original fails
+(`x[:, :6]` for `x[:, :int(T) - 1]`), the constant that holds it is a known expression of the sizes. Setting each
+such entry to its expression's value at a probe size gives the original as a trace at that size would have
+produced it: the same nodes and weights, only those constants changed. Where the original fails
 at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
 ops instead; it is no reference where an entry is ambiguous (several expressions fit) or cannot be located in a
 constant.

@@ -6,7 +6,17 @@ import onnx_graphsurgeon as gs
 from conftest import parse
 
 from graphfix.analysis.shapes import infer_shapes
-from graphfix.analysis.sizes import Constraint, Sizes, baked_reshapes, baked_slices, bind, relations, sizes_of, solve, tied_dims
+from graphfix.analysis.sizes import (
+    Constraint,
+    Sizes,
+    baked_reshapes,
+    baked_slices,
+    bind,
+    relations,
+    sizes_of,
+    solve,
+    tied_dims,
+)
 from graphfix.core.context import RuleContext, RuleOptions
 
 # MultiheadAttention's key reshape as the TorchScript exporter writes it: [7, B * 4, 4] with 7 baked.

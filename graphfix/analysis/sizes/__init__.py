@@ -54,6 +54,6 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes", "baked_slices", "bind", "caps",
-    "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
+    "BakedEntry", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes",
+    "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
 ]

@@ -1,10 +1,12 @@
 """Constraints solved: the export-time size a constraint pins, and the expressions that baked entries stand for.
 
 A Reshape `[T, B, 16] -> Concat([7], B*4, [4])` conserves elements only when `16*B*T = 112*B`, i.e. at T = 7: the
-trace baked T. A Slice cut at a constant end (`x[:, :int(T) - 1]` traced at T = 7 is `x[:, :6]`, of length
-`Min(T, 6)`) meeting `x[:, 1:]` (length `T - 1`) holds only where the constant side of the Min is taken, at T = 7. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
+trace baked T. Entry 0 is the only constant entry that a whole-number expression of the sizes can replace so that
 the element count holds at every size (`16*B*T / (4*B*4) = T`); entry 2 would need `4*T/7`. One such entry is a
-solved fix; several are ambiguous and the caller validates or reports them.
+solved fix; several are ambiguous and the caller reports them.
+
+A Slice cut at a constant end (`x[:, :int(T) - 1]` traced at T = 7 is `x[:, :6]`, of length `Min(T, 6)`) meeting
+`x[:, 1:]` (length `T - 1`) holds only where the Min takes its constant, at T = 7; the end stands for `T - 1`.
 """
 
 from __future__ import annotations
