@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
-
-from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import arange_axis
-from graphfix.analysis.edits import arange_input, loosened, set_constant
+from graphfix.analysis.edits import arange_input, band_input, loosened, set_constant, table_slice_input
 from graphfix.analysis.export_sizes import folded_ranges
 from graphfix.analysis.sizes import caps, sizes_of
+from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -59,9 +57,8 @@ class TraceBakedConstant(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         yield from self._length_caps(ctx)
-        for node in ctx.graph.nodes:
-            if node.op in BROADCAST_OPS:
-                yield from self._broadcast_constant(ctx, node)
+        for baked in baked_operands(ctx):
+            yield from self._baked_constant(ctx, baked)
 
     # --- a length capped by positions folded at export (FunnelModel's relative positions) ------------------------
     def _length_caps(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
@@ -86,54 +83,74 @@ class TraceBakedConstant(Rule):
                      "`range`): build them with torch.arange on traced sizes, or export with dynamo=True.")
 
     # --- constant operands cut at an export-time size -----------------------------------------------------------
-    def _broadcast_constant(self, ctx, node) -> Iterator[Finding | Rejection]:
-        shapes = [ctx.shape(t) for t in node.inputs]
-        for k, const in enumerate(node.inputs):
-            value = ctx.constant_value(const)
-            if value is None or value.ndim == 0:
-                continue
-            for other, oshape in zip(node.inputs, shapes, strict=True):
-                if other is const or oshape is None:
-                    continue
-                axes = [(a, oshape[len(oshape) - value.ndim + a]) for a in range(value.ndim)
-                        if len(oshape) - value.ndim + a >= 0 and value.shape[a] > 1
-                        and isinstance(oshape[len(oshape) - value.ndim + a], str)]
-                if axes:
-                    yield self._baked_constant(ctx, node, k, const, value, other, oshape, axes)
-                    break
-
-    def _baked_constant(self, ctx, node, k, const, value, other, oshape, axes) -> Finding:
-        dims = ", ".join(f"axis {a} has {value.shape[a]} where {other.name} has {d}" for a, d in axes)
-        base = (f"{node.op} '{node.name}' combines {other.name} {oshape} with constant {const.name} "
-                f"{list(value.shape)} cut at export-time sizes ({dims}): onnxruntime fails at other sizes")
-        uniform = all(np.all(value == value.take([0], axis=a)) for a, _ in axes)
-        if uniform:
-            small = value[tuple(slice(0, 1) if a in {a for a, _ in axes} else slice(None) for a in
-                                range(value.ndim))]
-            return self.finding(
-                base + "; its values do not vary along those axes", nodes=[node], tensors=[const, other],
-                shapes={const.name: list(value.shape), other.name: oshape},
+    def _baked_constant(self, ctx, c: Baked) -> Iterator[Finding | Rejection]:
+        sizes = ", ".join(f"{d}={c.value.shape[a]} on axis {a}" for a, d in c.axes)
+        base = (f"{c.node.op} '{c.node.name}' combines {c.other.name} {c.oshape} with constant '{c.const.name}' "
+                f"{list(c.value.shape)} cut at export-time sizes ({sizes}): onnxruntime fails at other sizes")
+        where = {"nodes": [c.node], "tensors": [c.const, c.other],
+                 "shapes": {c.const.name: list(c.value.shape), c.other.name: c.oshape}}
+        baked = [a for a, _ in c.axes]
+        # Uniform along the baked axes (ones/zeros/full): a size-1 dim broadcasts to any size.
+        if is_uniform(c.value, baked):
+            small = shrunk(c.value, baked)
+            yield self.finding(
+                base + "; its values do not vary along those axes", **where,
                 hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
-                fix=Fix(f"shrink {const.name} to {list(small.shape)} (broadcasting restores the size)",
-                        apply=loosened(node, {value.shape[a] for a, _ in axes}, set_constant(node, k, small)),
+                fix=Fix(f"shrink {c.const.name} to {list(small.shape)} (broadcasting restores the size)",
+                        apply=loosened(c.node, c.export_sizes(), set_constant(c.node, c.index, small)),
                         safety=Safety.SAFE,
                         reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
-        arange = arange_axis(value, [a for a, _ in axes])
+            return
+        # 0, 1, 2, ... along one baked axis (arange): Range over the dim.
+        arange = arange_axis(c.value, baked)
         if arange is not None and arange[0] == 0 and arange[1] == 1:
             axis = arange[2]
-            source = len(oshape) - value.ndim + axis
-            return self.finding(
-                base + f"; it is arange({value.shape[axis]}) along axis {axis}", nodes=[node],
-                tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
+            yield self.finding(
+                base + f"; it is arange({c.value.shape[axis]}) along axis {axis}", **where,
                 hint="`torch.arange(int(x.shape[1]))` was folded; write `torch.arange(x.shape[1])`.",
-                fix=Fix(f"compute {const.name} as Range(0, Shape({other.name})[{source}])",
-                        apply=loosened(node, {value.shape[axis]}, arange_input(node, k, value, axis, other, source,
-                                                                           ctx.opset)),
+                fix=Fix(f"compute {c.const.name} as Range(0, Shape({c.other.name})[{c.source(axis)}])",
+                        apply=loosened(c.node, c.export_sizes(), arange_input(
+                            c.node, c.index, c.value, axis, c.other, c.source(axis), ctx.opset)),
                         safety=Safety.SAFE,
                         reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
-        return self.finding(
-            base + "; its values beyond the export length are gone from the graph", nodes=[node],
-            tensors=[const, other], shapes={const.name: list(value.shape), other.name: oshape},
-            hint="A buffer was cut with a Python int (`self.pe[:, :int(T)]`) and folded; slice it with the traced "
-                 "size (`self.pe[:, : x.shape[1]]`) and re-export.")
-
+            return
+        why = ["not uniform or an arange along the baked axes"]  # each structure tried, why it did not match
+        # The leading rows of a table still in the graph (`self.pe[:, :int(T)]`, self.pe read elsewhere): Slice.
+        table = table_prefix(c.value, baked, tables(ctx, c), ctx.constant_value)
+        if not isinstance(table, str):
+            cut = ", ".join(f"axis {a} to {c.other.name}.shape[{c.source(a)}]" for a in baked)
+            yield self.finding(
+                base + f"; it is the start of '{table.name}' {list(table.shape or [])}, still in the graph", **where,
+                hint="A table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); write "
+                     "`self.pe[:, : x.size(1)]` (without int()).",
+                fix=Fix(f"compute {c.const.name} as Slice({table.name}, {cut})",
+                        apply=loosened(c.node, c.export_sizes(), table_slice_input(
+                            c.node, c.index, table, {a: (c.other, c.source(a)) for a in baked}, ctx.opset)),
+                        safety=Safety.SAFE,
+                        reason=f"the constant equals the leading entries of {table.name}: the slice gives the same "
+                               "values at the export size and the table's rows at every other size"))
+            return
+        why.append(f"no table's prefix ({table})")
+        # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
+        band = band_pattern(c.value, baked)
+        if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
+            rows, cols = c.value.ndim - 2, c.value.ndim - 1
+            entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in (rows, cols)]
+            op = "EyeLike" if band.kind == "eye" else "Trilu"
+            yield self.finding(
+                base + f"; it is {band.show()}", **where,
+                hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)')}`); build it from the "
+                     f"traced size: `{band.torch('x.size(1)')}`.",
+                fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
+                        "values", apply=loosened(c.node, c.export_sizes(), band_input(
+                            c.node, c.index, c.value, band, entries, ctx.opset)),
+                        safety=Safety.SAFE,
+                        reason=f"the constant is exactly the {band.kind} pattern at the export size; {op} builds "
+                               "the same pattern at every size"))
+            return
+        why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
+        yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])
+        yield self.finding(
+            base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
+            hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
+                 "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")

@@ -1,4 +1,4 @@
-"""Graph edits that replace a baked shape value with one computed at run time (the fixes of GF004).
+"""Graph edits that replace a baked shape value or constant with one computed at run time (fixes of GF004/GF006).
 
 Each function returns a closure `apply(graph)` for a `Fix`; the engine runs clean-up and toposort afterwards.
 """
@@ -6,6 +6,8 @@ Each function returns a closure `apply(graph)` for a `Fix`; the engine runs clea
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import sympy
 
@@ -111,3 +113,45 @@ def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor
             return top
         return b.op("Div", [top, b.const([int(den)])])
     return None
+
+
+def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list, opset: int):
+    """Replace a constant mask (a `structured.Band`) by the same band built at run time: Trilu or EyeLike over
+    ConstantOfShape of `entries` (the last two dims: ints or (tensor, axis)), then the mask's two values."""
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{node.name}_gf006_{band.kind}", opset)
+        shape = b.vector(entries)
+        if band.kind == "eye":
+            zeros = b.op("ConstantOfShape", [shape], {"value": _fill(0.0)}, dtype=np.float32)
+            ones = b.op("EyeLike", [zeros], {"k": band.k}, dtype=np.float32)
+        else:
+            full = b.op("ConstantOfShape", [shape], {"value": _fill(1.0)}, dtype=np.float32)
+            ones = b.op("Trilu", [full, b.const(band.k)], {"upper": int(band.kind == "triu")}, dtype=np.float32)
+        out = b.op("Cast", [ones], {"to": onnx_type(np.bool_)}, dtype=np.bool_)
+        if not (value.dtype == np.bool_ and band.inside and not band.outside):
+            out = b.op("Where", [out, b.const(band.inside, value.dtype), b.const(band.outside, value.dtype)],
+                       dtype=value.dtype)
+        for _ in range(value.ndim - 2):
+            out = b.unsqueeze(out, 0, dtype=value.dtype)
+        node.inputs[index] = out
+
+    return apply
+
+
+def table_slice_input(node: gs.Node, index: int, table: gs.Tensor, ends: dict[int, tuple[gs.Tensor, int]],
+                      opset: int):
+    """Replace a constant cut from `table` by Slice(table) ending at run-time sizes: axis -> (tensor, axis)."""
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{node.name}_gf006_prefix", opset)
+        axes = sorted(ends)
+        stops = b.vector([ends[a] for a in axes])
+        node.inputs[index] = b.op("Slice", [table, b.const([0] * len(axes)), stops, b.const(axes)],
+                                  dtype=table.dtype)
+
+    return apply
+
+
+def _fill(number: float) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(np.array([number], dtype=np.float32), "value")

@@ -8,11 +8,17 @@ produced it: the same nodes and weights, only those constants changed. Where the
 at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
 ops instead; it is no reference where an entry is ambiguous (several expressions fit) or cannot be located in a
 constant.
+
+Structured constants cut at an export-time size (a causal mask `tril(ones(7, 7))`, `eye(7)`, `arange(7)`, the
+first 7 rows of a table still in the graph; graphfix.analysis.structured) are re-traced the same way: each is
+computed again at the probe size. One such constant that is not structural (a table whose other rows are gone)
+leaves no re-trace.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +43,17 @@ class BakedConstant:
     expr: sympy.Expr
 
 
+@dataclass(frozen=True, eq=False)
+class BakedOperand:
+    """Input `slot` of node number `node` is a structured constant whose `axes` (axis, dim name) were cut at the
+    export size; `regrow` computes it for other sizes (axis -> size)."""
+
+    node: int
+    slot: int
+    axes: tuple[tuple[int, str], ...]
+    regrow: Callable[[dict[int, int]], np.ndarray | None]
+
+
 class Retracer:
     """Builds runners of the original re-traced at a binding; `baked` is empty when there is nothing to re-trace."""
 
@@ -44,17 +61,28 @@ class Retracer:
         self.original = original
 
     @functools.cached_property
+    def context(self):
+        return _context(self.original.proto)
+
+    @functools.cached_property
     def baked(self) -> list[BakedConstant]:
-        return baked_constants(self.original.proto)
+        return baked_constants(self.original.proto, self.context)
+
+    @functools.cached_property
+    def operands(self) -> list[BakedOperand] | None:
+        return baked_operands(self.original.proto, self.context)
 
     def describe(self) -> str:
-        names = sorted({str(b.expr) for b in self.baked})
-        return f"{len(self.baked)} baked entr{'y' if len(self.baked) == 1 else 'ies'} ({', '.join(names)})"
+        names = sorted({str(b.expr) for b in self.baked} | {d for o in self.operands or () for _, d in o.axes})
+        parts = [f"{len(self.baked)} baked entr{'y' if len(self.baked) == 1 else 'ies'}"] if self.baked else []
+        count = len(self.operands or ())
+        parts += [f"{count} structured constant{'' if count == 1 else 's'}"] if count else []
+        return f"{' and '.join(parts)} ({', '.join(names)})"
 
     def at(self, binding: dict[str, int]) -> ModelRunner | None:
         """A runner of the original with every baked entry set for `binding`; None when there are none or an
         entry's expression is not a positive whole number there."""
-        if not self.baked:
+        if self.operands is None or not (self.baked or self.operands):
             return None
         values = {}
         for baked in self.baked:
@@ -65,8 +93,15 @@ class Retracer:
             if not value.is_Integer or value < 1:
                 return None
             values[baked] = int(value)
+        arrays = {}
+        for operand in self.operands:
+            if any(name not in binding for _, name in operand.axes):
+                return None
+            arrays[operand] = operand.regrow({axis: binding[name] for axis, name in operand.axes})
+            if arrays[operand] is None:
+                return None
         source = self.original
-        proto = retraced(source.proto if source.weights else source.full_proto(), values)
+        proto = retraced(source.proto if source.weights else source.full_proto(), values, arrays)
         if proto is None:
             return None
         if source.weights:
@@ -74,15 +109,36 @@ class Retracer:
         return ModelRunner(proto, source.base_dir)
 
 
-def baked_constants(model: onnx.ModelProto) -> list[BakedConstant]:
-    """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
+def _context(model: onnx.ModelProto):
     from graphfix.analysis.shapes import infer_shapes
-    from graphfix.analysis.sizes import baked_reshapes, baked_slices, sizes_of
     from graphfix.core.context import RuleContext, RuleOptions
 
     inferred = infer_shapes(model)
-    graph = gs.import_onnx(inferred)
-    ctx = RuleContext(inferred, graph, None, RuleOptions(static=True))
+    return RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+
+
+def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | None:
+    """Each structured constant of `model` cut at an export-time size; None when one is not structural."""
+    from graphfix.analysis.structured import baked_operands as operands_of
+    from graphfix.analysis.structured import regrown
+
+    ctx = ctx or _context(model)
+    index = {id(node): k for k, node in enumerate(ctx.graph.nodes)}
+    found = []
+    for baked in operands_of(ctx):
+        if regrown(ctx, baked, {}) is None:
+            return None
+        found.append(BakedOperand(index[id(baked.node)], baked.index, tuple(baked.axes),
+                                  functools.partial(regrown, ctx, baked)))
+    return found
+
+
+def baked_constants(model: onnx.ModelProto, ctx=None) -> list[BakedConstant]:
+    """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
+    from graphfix.analysis.sizes import baked_reshapes, baked_slices, sizes_of
+
+    ctx = ctx or _context(model)
+    graph = ctx.graph
     sizes = sizes_of(ctx)
     index = {id(node): k for k, node in enumerate(graph.nodes)}
     entries = [(b.node, 1, b.entries[0].index, b.entries[0].value, b.entries[0].expr)
@@ -122,9 +178,11 @@ def _locate(node: gs.Node, slot: int, position: int, sizes, depth: int = 8) -> t
     return None
 
 
-def retraced(model: onnx.ModelProto, values: dict[BakedConstant, int]) -> onnx.ModelProto | None:
-    """A copy of `model` with each baked entry set to its value (None when a constant cannot be read): the
-    constant is copied to a new initializer, so that other readers of it keep theirs."""
+def retraced(model: onnx.ModelProto, values: dict[BakedConstant, int],
+             arrays: dict[BakedOperand, np.ndarray] | None = None) -> onnx.ModelProto | None:
+    """A copy of `model` with each baked entry set to its value and each structured constant replaced by its
+    array (None when a constant cannot be read): the constant is copied to a new initializer, so that other
+    readers of it keep theirs."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -137,6 +195,8 @@ def retraced(model: onnx.ModelProto, values: dict[BakedConstant, int]) -> onnx.M
                 return None
             patched[key] = constants[graph.node[baked.node].input[baked.slot]].copy()
         patched[key].reshape(-1)[baked.position] = value
+    for operand, array in (arrays or {}).items():
+        patched[operand.node, operand.slot] = array
     for (node, slot), array in patched.items():
         name = f"{graph.node[node].input[slot]}{SUFFIX}{node}_{slot}"
         graph.initializer.append(numpy_helper.from_array(array, name))

@@ -53,8 +53,8 @@ def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, 
 def test_table_cut_at_the_export_length_is_reported_not_guessed():
     table = np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32)  # a positional table's rows
     (finding,) = gf006(graphfix.diagnose(model_with(table), static=True))
-    assert finding.fix is None and "values beyond the export length are gone" in finding.message
-    assert "x.shape[1]" in finding.hint
+    assert finding.fix is None and "not recoverable" in finding.message and "constant 'c' [1, 6]" in finding.message
+    assert "self.pe[:, : x.size(1)]" in finding.hint and "without int()" in finding.hint
 
 
 def test_constant_with_static_dims_is_quiet():
@@ -65,3 +65,117 @@ def test_constant_with_static_dims_is_quiet():
 
 def test_a_size_one_constant_is_quiet():
     assert not gf006(graphfix.diagnose(model_with(np.full((1, 1), 2.0, np.float32)), static=True))
+
+
+# --- structured constants in real PyTorch modules (random weights, exported the way users do) ----------------------
+STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix")
+EXPORT_TIME = 7
+SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
+
+
+def structure_module(kind: str, baked: bool):
+    """A tiny attention-like module whose `kind` of structured constant is built with `int(T)` when `baked`
+    (folded at the export length by the tracer) or from the traced size otherwise (healthy)."""
+    import torch
+    from torch import nn
+
+    class Module(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(8, 8)
+            self.register_buffer("pe", torch.randn(1, 32, 8))
+
+        def size(self, x):
+            return int(x.size(1)) if baked else x.size(1)
+
+        def forward(self, x, mem):
+            t, scores = self.size(x), self.q(x) @ x.transpose(1, 2)
+            if kind == "causal-mask":
+                mask = torch.tril(torch.ones(t, t))
+                return scores.masked_fill(mask == 0, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
+            if kind == "additive-mask":
+                return (scores + torch.triu(torch.full((t, t), float("-inf")), 1)).softmax(-1) @ x + mem.mean(1, True)
+            if kind == "eye":
+                return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
+            # The table also positions the memory (sliced with its traced length), so it stays in the graph;
+            # "table-gone" reads it only with int(T), so the export keeps the cut rows alone.
+            keys = mem + (self.pe[:, : mem.size(1)] if kind == "table-prefix" else 0)
+            return ((self.q(x) + self.pe[:, :t]) @ keys.transpose(1, 2)).softmax(-1) @ keys
+
+    torch.manual_seed(0)
+    return Module().eval()
+
+
+def structure_inputs(batch: int, time: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch * 100 + time)
+    return {"x": rng.standard_normal((batch, time, 8)).astype(np.float32),
+            "mem": rng.standard_normal((batch, time + 2, 8)).astype(np.float32)}
+
+
+def export_structure(kind: str, baked: bool, path, dynamo: bool = False):
+    import warnings
+
+    import torch
+
+    module = structure_module(kind, baked)
+    example = tuple(torch.from_numpy(v) for v in structure_inputs(2, EXPORT_TIME).values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), dynamo=dynamo, opset_version=17, input_names=["x", "mem"],
+                          output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}, "mem": {0: "B", 1: "S"},
+                                                            "y": {0: "B", 1: "T"}})
+    return module
+
+
+def torch_output(module, feeds):
+    import torch
+
+    with torch.no_grad():
+        return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind,rebuilt_by", [("causal-mask", "Trilu"), ("additive-mask", "Trilu"),
+                                             ("eye", "EyeLike"), ("table-prefix", "Slice")])
+def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / f"{kind}.onnx"
+    module = export_structure(kind, True, path)
+    with pytest.raises(Exception, match="broadcast|dimension|shape"):
+        run(str(path), structure_inputs(1, 3))  # the export as it is: fails off the export length
+    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
+    named = [t for t in finding.tensors if f"constant '{t}' [" in finding.message]
+    assert len(named) == 1 and f"T={EXPORT_TIME}" in finding.message  # the constant and the export-time size
+    assert finding.fix is not None
+    assert finding.fix.safety.value == "safe"
+    result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"))
+    assert result.status == "repaired", result
+    assert not gf006(result.after.findings)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert rebuilt_by in [n.op_type for n in result.model.graph.node]
+    for batch, time in SIZES:
+        feeds = structure_inputs(batch, time)
+        (got,) = run(result.model, feeds)
+        np.testing.assert_allclose(got, torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", STRUCTURES)
+def test_structured_constant_built_from_the_traced_size_is_quiet(kind, tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / f"{kind}.onnx"
+    module = export_structure(kind, False, path)
+    assert not gf006(graphfix.diagnose(str(path), static=True))
+    feeds = structure_inputs(3, 12)
+    np.testing.assert_allclose(run(str(path), feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_table_cut_by_a_torch_module_and_gone_names_the_constant_and_the_pytorch_change(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "table-gone.onnx"
+    export_structure("table-gone", True, path)
+    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
+    assert finding.fix is None and "not recoverable" in finding.message and f"T={EXPORT_TIME}" in finding.message
+    (const,) = [t for t in finding.tensors if f"constant '{t}' [1, {EXPORT_TIME}, 8]" in finding.message]
+    assert const in finding.hint and "self.pe[:, : x.size(1)]" in finding.hint and "without int()" in finding.hint
