@@ -18,10 +18,12 @@ class TraceBakedConstant(Rule):
 
     ## What it does
     Finds constant tensors whose extent along an axis is the export-time size of a dynamic dim they meet: a
-    constant operand of an elementwise op cut at the export length (`torch.ones(int(T))`, `torch.arange(int(T))`,
+    constant operand of an elementwise op or Where cut at the export length (`torch.ones(int(T))`,
+    `torch.arange(int(T))`, a causal mask `torch.tril(torch.ones(int(T), int(T)))`, `torch.eye(int(T))`,
     `self.pe[:, :int(T)]`), and position ranges folded at the export length that cap how long an input may be
     (transformers FunnelModel's relative positions `arange(L, -L, -1)`, found from the size analysis' `Min(N, T)`
-    constraints).
+    constraints). A constant whose content follows from its size is rebuilt at run time; the recognisers live in
+    `graphfix.analysis.structured`.
 
     ## Why it breaks deployment
     The tracer runs the Python that builds such tensors once, at the export size, and stores the result. At any
@@ -31,14 +33,22 @@ class TraceBakedConstant(Rule):
     ## Example
     ```python
     return x + torch.arange(int(x.shape[1]))   # baked: Add(x, [0, 1, ..., 6]); write torch.arange(x.shape[1])
+    T = int(x.size(1)); scores.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))  # bool [7, 7]
     ```
-    Repaired: a constant uniform along the baked axis shrinks to size 1 (broadcasting restores it); a constant
-    0, 1, 2, ... along it becomes `Range(0, Shape(x)[i])`.
+    Repaired, each from `Shape(x)[i]` of the tensor the constant meets:
+    - uniform along the baked axes (ones/zeros/full): shrunk to size 1 there (broadcasting restores it);
+    - 0, 1, 2, ... along one axis (arange): `Range(0, Shape(x)[i])`;
+    - the leading rows of a table still in the graph (`self.pe` also read elsewhere): `Slice(pe, 0, Shape(x)[i])`;
+    - a triangle over the last two axes (tril/triu, any offset, any two values such as 0/-inf or True/False):
+      `Trilu(ConstantOfShape(...))` with the same `upper` and k, then `Where` to the two values (opset >= 14);
+    - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values.
 
     ## Fix safety
-    Safe: both repairs give the same values at the export size and follow the dim at every other size. Not
-    fixable, with the PyTorch change: a table cut at the export length (its other rows are gone from the graph)
-    and folded position ranges.
+    Safe: each rebuild gives the same values at the export size and follows the dim at every other size; the
+    proof compares it with the original re-traced at each size (the constant computed again there). Not fixable,
+    reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without int()): a
+    constant whose other values are gone from the graph (a table cut at the export length) and folded position
+    ranges.
     """
 
     code = "GF006"
@@ -134,8 +144,7 @@ class TraceBakedConstant(Rule):
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
-            rows, cols = c.value.ndim - 2, c.value.ndim - 1
-            entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in (rows, cols)]
+            entries = [(c.other, c.source(a)) for a in (c.value.ndim - 2, c.value.ndim - 1)]  # rows, columns
             op = "EyeLike" if band.kind == "eye" else "Trilu"
             yield self.finding(
                 base + f"; it is {band.show()}", **where,

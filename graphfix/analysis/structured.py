@@ -143,8 +143,8 @@ def band_pattern(value: np.ndarray, axes: Iterable[int]) -> Band | str:
     """The `Band` that `value` is over its last two axes, or why it is not one."""
     if value.ndim < 2 or any(d != 1 for d in value.shape[:-2]):
         return f"{list(value.shape)} is not a matrix (leading dims must be 1)"
-    if not set(axes) <= {value.ndim - 2, value.ndim - 1}:
-        return "a baked axis is not one of the last two, where masks vary"
+    if set(axes) != {value.ndim - 2, value.ndim - 1}:
+        return "its baked axes are not its last two (a mask's rows and columns both follow sizes)"
     matrix = value.reshape(value.shape[-2:])
     rows, cols = matrix.shape
     levels = np.unique(matrix)

@@ -1,0 +1,55 @@
+"""graphfix.analysis.structured: masks and table prefixes recognised from a constant's values alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from graphfix.analysis.structured import band_pattern, table_prefix
+
+T = 5
+LAST_TWO = [0, 1]
+
+
+@pytest.mark.parametrize("value,kind,k,inside,outside", [
+    (np.tril(np.ones((T, T), np.float32)), "tril", 0, 1.0, 0.0),
+    (np.triu(np.full((T, T), -np.inf, np.float32), 1), "triu", 1, -np.inf, 0.0),
+    (np.triu(np.ones((T, T), bool), 1), "triu", 1, True, False),
+    (np.tril(np.ones((T, T + 2), np.int64), 2) * 3 + 1, "tril", 2, 4, 1),  # [T, S], values 1 / 4
+    (np.eye(T, dtype=np.float32), "eye", 0, 1.0, 0.0),
+    (np.eye(T, T, -1, dtype=np.float32), "eye", -1, 1.0, 0.0),
+], ids=["tril-ones", "triu-minus-inf", "triu-bool", "tril-rectangular", "eye", "eye-below"])
+def test_band_is_recognised_with_its_offset_and_values(value, kind, k, inside, outside):
+    band = band_pattern(value, LAST_TWO)
+    assert not isinstance(band, str), band
+    assert (band.kind, band.k, band.inside.item(), band.outside.item()) == (kind, k, inside, outside)
+    rows, cols = value.shape
+    np.testing.assert_array_equal(np.where(band.holds(rows, cols), band.inside, band.outside), value)
+
+
+def test_band_under_leading_size_one_dims():
+    value = np.tril(np.ones((1, 1, T, T), np.float32))
+    band = band_pattern(value, [2, 3])
+    assert not isinstance(band, str) and band.kind == "tril"
+
+
+@pytest.mark.parametrize("value,axes,why", [
+    (np.random.default_rng(0).standard_normal((T, T)), LAST_TWO, "distinct values"),
+    (np.tril(np.ones((T, T)))[::-1].copy(), LAST_TWO, "do not form a triangle"),
+    (np.tril(np.ones((T, T))), [1], "last two"),
+    (np.tril(np.ones((2, T, T))), [1, 2], "leading dims"),
+], ids=["random", "flipped", "one-axis", "leading-dim"])
+def test_what_is_no_band_says_why(value, axes, why):
+    reason = band_pattern(value, axes)
+    assert isinstance(reason, str) and why in reason
+
+
+def test_table_prefix_finds_the_table_the_constant_starts():
+    pe = np.random.default_rng(1).standard_normal((1, 32, 8)).astype(np.float32)
+    other = np.random.default_rng(2).standard_normal((1, 32, 8)).astype(np.float32)
+    tensors = [gs.Constant("other", other), gs.Constant("pe", pe), gs.Constant("short", pe[:, :3])]
+    load = lambda t: np.asarray(t.values)  # noqa: E731
+    assert table_prefix(pe[:, :7], [1], tensors, load).name == "pe"
+    assert "none starts" in table_prefix(pe[:, 1:8], [1], tensors, load)
+    assert "no constant" in table_prefix(pe[:, :7, :4], [1], tensors, load)  # same rows, fewer columns
