@@ -19,7 +19,7 @@ import onnx
 import pytest
 from fuzz_attacks import build_attacks
 from fuzz_harness import Worker, run_case
-from fuzz_mutants import mutate
+from fuzz_mutants import FILE_CASES, mutate
 from fuzz_opened import OpenWatch
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*/model.onnx"))
@@ -66,6 +66,20 @@ def test_mutants(seeds, worker, tmp_path):
                          _names(sample), BUDGET_S)
         shutil.rmtree(folder)
     assert len(runs) == 6 * len(seeds)
+    assert not any(r.problems for r in runs), _report(runs)
+
+
+def test_files_that_are_no_model(worker, tmp_path):
+    runs = []
+    for name, make in FILE_CASES.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        runs += run_case(worker, f"file {name}", folder, make(folder), {"input": "x", "output": "y", "freeze": "x=0"},
+                         BUDGET_S)
+    for run in runs:
+        if run.rc != 2 or len(run.err.strip().splitlines()) != 1:
+            run.problems.append(f"not refused with one line (exit {run.rc}): {(run.out + run.err).strip()[:200]}")
+    assert len(runs) == 6 * len(FILE_CASES)
     assert not any(r.problems for r in runs), _report(runs)
 
 
