@@ -5,7 +5,8 @@ the temp folder or beside the output, a changed input, or (attacks) an exit othe
 outside the model's folder: seen by an audit hook in the worker (Python opens) and by inotify (onnxruntime's
 C++ opens, hard links included).
 
-CI runs seeds 0..299 (three chunks) and every attack. For a longer local run:
+CI runs seeds 0..299 (three chunks) and every attack, on one worker process per core (2 to 4;
+GRAPHFIX_FUZZ_WORKERS sets it), each with its own temp folder. For a longer local run:
     GRAPHFIX_FUZZ_SEEDS=300:2000 pytest tests/io/test_fuzz.py -k mutants
 """
 
