@@ -27,6 +27,7 @@ class ModelReport:
     rejections: list[Rejection] = field(default_factory=list)
     error: str | None = None
     exit_code: int = 0  # of the error, when there is one
+    skipped: str = ""  # what was not analysed (the probe, for one): a finding says it too
 
     def to_json(self, show_rejected: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -39,14 +40,23 @@ class ModelReport:
         return data
 
 
-def load(model_or_path: str | Path | onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
+def load(model_or_path: str | Path | onnx.ModelProto, base_dir: Path | None = None, *,
+         unexpanded: bool = False) -> LoadedModel:
     if isinstance(model_or_path, onnx.ModelProto):
-        return from_proto(model_or_path, base_dir)
-    return load_model(model_or_path)
+        return from_proto(model_or_path, base_dir, unexpanded=unexpanded)
+    return load_model(model_or_path, unexpanded=unexpanded)
 
 
 def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:
-    """Static rules, then (unless `probe_options` is None) runtime probing with onnxruntime."""
+    """Static rules, then (unless `probe_options` is None) runtime probing with onnxruntime. A model over the node
+    budget once its functions are expanded gets the static rules on its unexpanded graph and no probe."""
+    if loaded.unexpanded:
+        diagnosis = diagnose_model(without_functions(loaded.proto), loaded.base_dir, rules, rule_options)
+        report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections,
+                             skipped=f"{loaded.unexpanded}: the functions were not expanded (the rules saw each "
+                             "call as one node of unknown shapes) and the model was not run; nothing is proven")
+        report.findings.append(budget_finding(report.skipped))
+        return report
     diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
     report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
     if probe_options is not None:
@@ -60,6 +70,22 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
         source = loaded.path if loaded.external and loaded.path is not None else loaded.proto
         merge_runtime_findings(report.findings, [failure.to_finding() for failure in probe(source, probe_options)])
     return report
+
+
+def without_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without its model-local functions: their calls stay, as nodes nothing expands."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.functions[:]
+    return copy
+
+
+def budget_finding(message: str) -> Finding:
+    """What a budget made the command skip: an error, since the model is not proven (exit 1)."""
+    from graphfix.core.rule import Severity
+
+    return Finding("GF000", "analysis-skipped", Severity.ERROR, message,
+                   hint="Not a failure of the model: graphfix stopped at a budget; raise it to analyse the rest.")
 
 
 def merge_runtime_findings(findings: list[Finding], runtime: list[Finding]) -> None:
@@ -76,7 +102,7 @@ def merge_runtime_findings(findings: list[Finding], runtime: list[Finding]) -> N
 def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:
     """Like diagnose_loaded, turning a model that cannot be loaded into a report with its error."""
     try:
-        loaded = load_model(path)
+        loaded = load_model(path, unexpanded=True)
     except GraphfixError as exc:
         return ModelReport(str(path), error=str(exc), exit_code=exc.exit_code)
     return diagnose_loaded(loaded, rules, rule_options, probe_options)
@@ -85,7 +111,7 @@ def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=No
 def diagnose(model_or_path, *, only=(), skip=(), static: bool = False, expect_outputs=(), trace_shapes=None,
              validation=None) -> list[Finding]:
     """Findings for a model (path or ModelProto). Raises GraphfixError for inputs it cannot read."""
-    loaded = load(model_or_path)
+    loaded = load(model_or_path, unexpanded=True)
     options = RuleOptions(static=static, expect_outputs=tuple(expect_outputs), trace_shapes=trace_shapes or {})
     probe_options = None if static else (validation or _default_validation())
     return diagnose_loaded(loaded, select_rules(tuple(only), tuple(skip)), options, probe_options).findings

@@ -68,7 +68,7 @@ def check_model(job: Job) -> Outcome:
     report = diagnose_path(job.path, [find_rule(code) for code in job.rules], job.rule_options, None)
     outcome = Outcome(report.path, rejections=report.rejections, error=report.error, exit_code=report.exit_code)
     runtime: list[Finding] = []
-    if report.error is None and job.probing is not None:
+    if report.error is None and job.probing is not None and not report.skipped:  # skipped: the finding says it
         from graphfix.validate import probe
 
         try:
@@ -115,14 +115,14 @@ def should_show_progress(fmt: str) -> bool:
 def summary_table(outcomes: list[Outcome], seconds: float, failed: int, names: dict[str, str]) -> str:
     """Models, how many failed or could not be read, findings by rule, and the time taken."""
     errors = sum(o.error is not None for o in outcomes)
-    counts = Counter(f.rule for o in outcomes for f in o.findings)
+    counts = Counter((f.rule, f.name or names.get(f.rule, "")) for o in outcomes for f in o.findings)
     models = f"{len(outcomes)} model{'s' if len(outcomes) != 1 else ''}"
     lines = [f"graphfix check: {models}, {failed} failed, {errors} unreadable, "
              f"{sum(counts.values())} findings in {seconds:.1f} s"]
     if counts:
         lines.append(f"  {'rule':<6} {'name':<22} {'findings':>8}")
-        for code, count in sorted(counts.items()):
-            lines.append(f"  {code:<6} {names.get(code, ''):<22} {count:>8}")
+        for (code, name), count in sorted(counts.items()):  # by name too: a skipped probe is no runtime failure
+            lines.append(f"  {code:<6} {name:<22} {count:>8}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,11 @@
 
 - Nodes: the model's node count once its model-local functions are expanded (as onnxruntime and shape
   inference expand them) and subgraphs counted, at most GRAPHFIX_MAX_NODES (default 200,000; real exports of
-  large transformers stay well below). A model over it is not analysed: the command says so and exits 1.
+  large transformers stay well below). A graph whose own nodes are over it is not analysed (its load checks
+  alone would run for minutes): the command says so and exits 1. A graph within it whose functions expand past
+  it (a few KB that double twenty times) is loaded and checked; `diagnose` and `check` then run the static rules
+  on the graph with its function calls unexpanded and skip the probe, saying so (exit 1); the commands that must
+  run the model to prove what they write (repair, extract, freeze) refuse it (exit 1).
 - Runs: one onnxruntime run stops after GRAPHFIX_MAX_RUN_SECONDS (default 10) and reports it did.
 - Data propagation: onnx's shape inference with `data_prop=True` materialises the values of a `Range` with
   constant inputs (10¹² elements: terabytes); `data_prop_allowed` turns it off for such models.
@@ -46,17 +50,23 @@ def max_nodes() -> int:
     return int(given) if given.isdigit() else DEFAULT_MAX_NODES
 
 
-def check_node_budget(proto: onnx.ModelProto, name: str) -> None:
+def check_node_budget(proto: onnx.ModelProto, name: str) -> str:
+    """Raise BudgetExceeded when the graph's own nodes are over the node budget; return a note (else '') when
+    only the expansion of its functions is: such a model can be analysed without expanding them."""
     limit = max_nodes()
-    count = expanded_node_count(proto, limit)
-    if count > limit:
-        raise BudgetExceeded(f"{name}: more than {limit:,} nodes once functions are expanded, over the node "
-                             f"budget ({ENV_MAX_NODES}): not analysed")
+    if expanded_node_count(proto, limit, expand=False) > limit:
+        raise BudgetExceeded(f"{name}: more than {limit:,} nodes, over the node budget ({ENV_MAX_NODES}): not "
+                             "analysed")
+    if expanded_node_count(proto, limit) <= limit:
+        return ""
+    return (f"more than {limit:,} nodes once its model-local functions are expanded, over the node budget "
+            f"({ENV_MAX_NODES})")
 
 
-def expanded_node_count(proto: onnx.ModelProto, limit: int) -> int:
-    """Nodes after inlining model-local functions; counting stops a little past `limit`."""
-    functions = {(f.domain, f.name): f for f in proto.functions}
+def expanded_node_count(proto: onnx.ModelProto, limit: int, expand: bool = True) -> int:
+    """Nodes after inlining model-local functions (`expand`), else with each call counted as one node;
+    counting stops a little past `limit`."""
+    functions = {(f.domain, f.name): f for f in proto.functions} if expand else {}
     sizes: dict[tuple[str, str], int] = {}
 
     def count(nodes: Iterable[onnx.NodeProto], stack: tuple) -> int:

@@ -13,7 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphfix.core.errors import InputError
-from graphfix.io.budgets import check_node_budget
+from graphfix.io.budgets import BudgetExceeded, check_node_budget
 from graphfix.io.checks import refuse_unsupported, run_onnx_checker, validate_model
 from graphfix.io.external_data import ExternalRef, check_external_data
 
@@ -28,6 +28,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     path: Path | None
     external: list[ExternalRef] = field(default_factory=list)
+    unexpanded: str = ""  # why its functions must not be expanded (over the node budget once they are), or ''
 
     @property
     def base_dir(self) -> Path | None:
@@ -38,8 +39,11 @@ class LoadedModel:
         return str(self.path) if self.path is not None else "<model>"
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Parse `path`, check its structure, opset and external data; raise InputError naming what is wrong."""
+def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
+    """Parse `path`, check its structure, opset and external data; raise InputError naming what is wrong.
+
+    A model whose functions expand past the node budget raises BudgetExceeded, unless the caller can analyse it
+    `unexpanded` (its `unexpanded` then says why)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -57,24 +61,31 @@ def load_model(path: str | Path) -> LoadedModel:
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
-    check_node_budget(proto, str(path))  # before the checks, which walk every node
+    note = _node_budget(proto, str(path), unexpanded)  # before the checks, which walk every node
     validate_model(proto, str(path))
     external = check_external_data(proto, path.parent, str(path))
     refuse_unsupported(proto, str(path))
     run_onnx_checker(proto, str(path), path)
-    return LoadedModel(proto, path, external)
+    return LoadedModel(proto, path, external, note)
 
 
-def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None) -> LoadedModel:
+def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None, *, unexpanded: bool = False) -> LoadedModel:
     """Wrap an in-memory model (Python API); `base_dir` locates external data if it has any."""
     check_structure(proto, "<model>")
-    check_node_budget(proto, "<model>")
+    note = _node_budget(proto, "<model>", unexpanded)
     validate_model(proto, "<model>")
     external = check_external_data(proto, base_dir, "<model>")
     refuse_unsupported(proto, "<model>")
     run_onnx_checker(proto, "<model>", None)
     path = (base_dir / "model.onnx") if base_dir is not None else None
-    return LoadedModel(proto, path, external)
+    return LoadedModel(proto, path, external, note)
+
+
+def _node_budget(proto: onnx.ModelProto, name: str, unexpanded: bool) -> str:
+    note = check_node_budget(proto, name)
+    if note and not unexpanded:
+        raise BudgetExceeded(f"{name}: {note}: not analysed (this command runs the model, which would expand them)")
+    return note
 
 
 def _parse_failure(head: bytes, size: int, exc: Exception) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.validate.anchor import anchored
 from graphfix.validate.evidence import LEVELS, Judge, dim_evidence, weakest
+from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
@@ -92,10 +93,13 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
         subject = "the model" if after is before else "the repaired model"
         return Validation(False, [], [], [f"{subject} cannot be loaded by onnxruntime: {after.load_error}"],
                           require=options.require)
-    options = anchored([before, after], before.proto, options)
+    footprint = Footprint.of(before.proto, {})  # a size over the memory budget is not run: NotProbed (exit 1)
+    options = anchored([before, after], before.proto, options, guard=footprint.check)
     sizes = probe_sizes(before.proto, options)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
     sizes = [bind(binding, tied) for binding in sizes] if tied else sizes
+    for binding in sizes:
+        footprint.check_sizes(binding)
     judge = Judge(before, after, options, sizes[0])
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)

@@ -11,7 +11,9 @@ findings (a broadcast mismatch fails at every size).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+import numpy as np
 import onnx
 
 from graphfix.validate.budget import NotProbed
@@ -29,19 +31,23 @@ MAX_DOUBLINGS = 8  # 12 -> 3072: a few seconds of audio at 16 kHz after the fron
 MAX_ELEMENTS = 1 << 24  # per input, so that growing never asks for gigabytes
 
 
-def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: ValidationOptions) -> ValidationOptions:
+Guard = Callable[[dict[str, np.ndarray]], None]  # raises NotProbed for feeds the probe must not run
+
+
+def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: ValidationOptions,
+             guard: Guard | None = None) -> ValidationOptions:
     """`options` whose trace sizes start the probe at a binding one of `runners` runs (unchanged when the first
-    guess runs, when sizes are known, or when no grown size runs either)."""
+    guess runs, when sizes are known, or when no grown size runs either). A size `guard` refuses is not run."""
     first = probe_sizes(model, options)[0]
     growable = _guessed_dims(model, options)
-    if not growable or any(_runs(r, model, first, options) for r in runners):
+    if not growable or any(_runs(r, model, first, options, guard) for r in runners):
         return options
     binding = dict(first)
     for _ in range(MAX_DOUBLINGS):
         binding = {name: size * 2 if name in growable else size for name, size in binding.items()}
         if _too_large(model, binding, options):
             break
-        if any(_runs(r, model, binding, options) for r in runners):
+        if any(_runs(r, model, binding, options, guard) for r in runners):
             return dataclasses.replace(options, trace_sizes={**binding, **options.trace_sizes})
     return options
 
@@ -60,11 +66,14 @@ def _guessed_dims(model: onnx.ModelProto, options: ValidationOptions) -> set[str
     return guessed
 
 
-def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:
+def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions,
+          guard: Guard | None) -> bool:
     if runner.session is None:
         return False
     try:
         feeds = synthesize_inputs(model, binding, options)
+        if guard is not None:
+            guard(feeds)
     except NotProbed:  # over the memory budget: this size does not count as one that runs
         return False
     return runner.run(feeds).ok

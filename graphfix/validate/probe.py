@@ -20,6 +20,7 @@ from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.validate.anchor import anchored
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import evaluate_dim
+from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
     ModelRunner,
@@ -32,6 +33,9 @@ from graphfix.validate.runner import (
 from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
+SKIPPED_NAME = "probe-skipped"
+SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so nothing is proven there (exit 1); "
+                "the message says what was skipped and what would let it run.")
 @dataclass
 class RuntimeFailure:
     node: str  # node name from the ORT error, e.g. '/Where'
@@ -49,6 +53,9 @@ class RuntimeFailure:
 
         rule = find_rule(self.rule)
         fallback = find_rule("GF000")
+        if self.skipped:  # an error because nothing is proven at these sizes, not a failure of the model
+            return Finding(self.rule, SKIPPED_NAME, self.severity, self.message, tensors=list(self.tensors),
+                           hint=SKIPPED_HINT)
         return Finding(
             rule=self.rule,
             name=rule.name if rule else "runtime-failure",
@@ -86,17 +93,20 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
         return [RuntimeFailure("", "", str(exc), {}, skipped=True)]
     proto = with_node_names(proto)
     types = _inferred_types(proto)
+    footprint = Footprint.of(proto, types)  # sizes whose tensors would exceed the memory budget are skipped
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
     whole = ModelRunner(proto, base_dir)  # one session for the uncut model, shared by every size
-    options = anchored([whole], proto, options)
+    options = anchored([whole], proto, options, guard=footprint.check)
     sizes = probe_sizes(proto, options)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
+    skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
     for binding in sizes:
         try:
             feeds = synthesize_inputs(proto, binding, options)
+            footprint.check(feeds)
         except NotProbed as exc:  # an error (nothing proven at this size), worded as what was skipped
-            failures.setdefault(str(exc), RuntimeFailure("", "", str(exc), binding, skipped=True))
+            skipped.setdefault(str(exc), []).append(binding)
             continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
@@ -110,7 +120,13 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     # the model fails at the export size too: then the smaller size is no evidence of a limit.
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
+    failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
     return [*failures.values(), *suspicious_outputs(clean_runs)]
+
+
+def _skipped(why: str, bindings: list[dict[str, int]]) -> RuntimeFailure:
+    sizes = ", ".join(str(binding) for binding in bindings if binding)
+    return RuntimeFailure("", "", f"{why}: {sizes}" if sizes else why, bindings[0], skipped=True)
 
 
 def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[list[RuntimeFailure], dict | None]:

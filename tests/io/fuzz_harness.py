@@ -9,7 +9,10 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,47 @@ class Worker:
             os.killpg(self.proc.pid, 9)
             self.proc.wait()
         self.proc = None
+
+
+def worker_count() -> int:
+    """Worker processes run at once: GRAPHFIX_FUZZ_WORKERS, else one per core (2 to 4). Most of a run that gets
+    past loading is spent in onnxsim's child process importing onnx (seconds): runs side by side overlap it."""
+    given = os.environ.get("GRAPHFIX_FUZZ_WORKERS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else max(2, min(4, os.cpu_count() or 1))
+
+
+def run_parallel(jobs: Sequence, tmp: Path, run_one: Callable[[Worker, object], list[Run]],
+                 workers: int | None = None) -> list[Run]:
+    """`run_one(worker, job)` for every job, on several workers at once (each with its own temp folder, so a
+    leftover is still traced to its run); the runs come back in the order of `jobs`."""
+    pool = [Worker(tmp / f"worker{i}") for i in range(max(1, min(workers or worker_count(), len(jobs))))]
+    pending = deque(enumerate(jobs))
+    results: list[list[Run]] = [[] for _ in jobs]
+    failures: list[BaseException] = []
+
+    def drive(worker: Worker) -> None:
+        while pending and not failures:
+            try:
+                index, job = pending.popleft()
+            except IndexError:
+                return
+            try:
+                results[index] = run_one(worker, job)
+            except BaseException as exc:  # re-raised in the test's thread
+                failures.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(worker,), daemon=True) for worker in pool]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for worker in pool:
+            worker.stop()
+    if failures:
+        raise failures[0]
+    return [run for runs in results for run in runs]
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import onnx
 from onnx import AttributeProto, TensorProto, helper
@@ -217,7 +218,8 @@ def function(model, rng):
         node.input[0] = model.graph.input[0].name
         node.output[0] = "fuzz_f_out"
         model.graph.node.append(node)
-        model.graph.output.append(helper.make_value_info("fuzz_f_out", onnx.TypeProto()))
+        # typed: an untyped output would be refused before the function is looked at
+        model.graph.output.append(helper.make_tensor_value_info("fuzz_f_out", TensorProto.FLOAT, None))
     return f"local function mode {mode}"
 
 
@@ -243,26 +245,44 @@ PROTO_MUTATORS: list[Callable] = [bad_dtype, raw_size, dims, typed_fields, strin
                                   graph_edit, input_type, function, external_fields]
 
 
+def _bit_flips(buf: bytearray, rng: random.Random) -> str:
+    n = rng.randint(1, 8)
+    for _ in range(n):
+        buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+    return f"{n} bit flips"
+
+
+def _truncate(buf: bytearray, rng: random.Random) -> str:
+    cut = rng.randrange(1, len(buf))
+    del buf[cut:]
+    return f"truncated at {cut}"
+
+
+def _insert(buf: bytearray, rng: random.Random) -> str:
+    at = rng.randrange(len(buf))
+    buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+    return f"bytes inserted at {at}"
+
+
+def _set_ff(buf: bytearray, rng: random.Random) -> str:
+    at = rng.randrange(len(buf))
+    buf[at] = 0xFF
+    return f"byte {at} set to 0xff"
+
+
+def _non_utf8(buf: bytearray, rng: random.Random) -> str:
+    data, description = _non_utf8_name(bytes(buf), rng)
+    buf[:] = data
+    return description
+
+
+BYTE_MUTATORS: list[Callable] = [_bit_flips, _truncate, _insert, _set_ff, _non_utf8]
+
+
 def _byte_damage(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     buf = bytearray(data)
-    mode = rng.randrange(5)
-    if mode == 0:
-        n = rng.randint(1, 8)
-        for _ in range(n):
-            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
-        return bytes(buf), f"{n} bit flips"
-    if mode == 1:
-        cut = rng.randrange(1, len(buf))
-        return bytes(buf[:cut]), f"truncated at {cut}"
-    if mode == 2:
-        at = rng.randrange(len(buf))
-        buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-        return bytes(buf), f"bytes inserted at {at}"
-    if mode == 3:
-        at = rng.randrange(len(buf))
-        buf[at] = 0xFF
-        return bytes(buf), f"byte {at} set to 0xff"
-    return _non_utf8_name(data, rng)
+    description = rng.choice(BYTE_MUTATORS)(buf, rng)
+    return bytes(buf), description
 
 
 def _non_utf8_name(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -289,3 +309,26 @@ def mutate(data: bytes, seed: int) -> tuple[bytes, str]:
         mutator = rng.choice(PROTO_MUTATORS)
         steps.append(f"{mutator.__name__}: {mutator(model, rng)}")
     return model.SerializeToString(), "; ".join(steps)
+
+
+def _file(content: bytes) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        (folder / "model.onnx").write_bytes(content)
+        return folder / "model.onnx"
+
+    return write
+
+
+def _folder_without_models(folder: Path) -> Path:
+    (folder / "model.onnx").mkdir()
+    return folder / "model.onnx"
+
+
+# Files that are no model at all: name -> make(folder) -> the path given to the commands
+FILE_CASES: dict[str, Callable[[Path], Path]] = {
+    "missing-path": lambda folder: folder / "nope.onnx",
+    "folder-without-models": _folder_without_models,
+    "empty-file": _file(b""),
+    "text-file": _file(b"ir_version: 9\ngraph { node { op_type: 'Relu' } }\n"),
+    "lfs-pointer": _file(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12345\n"),
+}

@@ -12,6 +12,10 @@ BUDGET_S = 60.0
 PEAK_MB = 4096
 # what the output must say for the bomb (every command that gets past the node budget and runs the probe)
 SKIPPED = {
+    "reshape_1e12": ("tensor 'big' [1000000, 1000000] would take 4,000,000,000,000 bytes, over the probe's memory "
+                     "budget", ("diagnose", "check", "repair")),
+    "range_1e12": ("tensor 'r' [1000000000000] would take 8,000,000,000,000 bytes, over the probe's memory budget",
+                   ("diagnose", "check", "repair")),
     "huge_input_dim": ("over the probe's memory budget", ("diagnose", "check", "repair")),
     "function_2_20": ("node budget", COMMANDS),
     "chain_1e6": ("node budget", COMMANDS),
@@ -40,3 +44,6 @@ def test_bomb_finishes_in_budget(bomb, tmp_path):
         text, commands = SKIPPED[bomb]
         said = {r.command for r in runs if text in r.out + r.err}
         assert said >= set(commands), {r.command: (r.out + r.err)[-300:] for r in runs if r.command not in said}
+        # the note ends the command: nothing proven (exit 1), no run handed to onnxruntime to fail allocating
+        assert all(r.rc == 1 for r in runs if r.command in commands), [(r.command, r.rc) for r in runs]
+    assert not [r.command for r in runs if "Failed to allocate" in r.out + r.err]

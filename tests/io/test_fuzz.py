@@ -5,7 +5,8 @@ the temp folder or beside the output, a changed input, or (attacks) an exit othe
 outside the model's folder: seen by an audit hook in the worker (Python opens) and by inotify (onnxruntime's
 C++ opens, hard links included).
 
-CI runs seeds 0..299 (three chunks) and every attack. For a longer local run:
+CI runs seeds 0..299 (three chunks) and every attack, on one worker process per core (2 to 4;
+GRAPHFIX_FUZZ_WORKERS sets it), each with its own temp folder. For a longer local run:
     GRAPHFIX_FUZZ_SEEDS=300:2000 pytest tests/io/test_fuzz.py -k mutants
 """
 
@@ -18,8 +19,8 @@ from pathlib import Path
 import onnx
 import pytest
 from fuzz_attacks import build_attacks
-from fuzz_harness import Worker, run_case
-from fuzz_mutants import mutate
+from fuzz_harness import Worker, run_case, run_parallel
+from fuzz_mutants import FILE_CASES, mutate
 from fuzz_opened import OpenWatch
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*/model.onnx"))
@@ -54,46 +55,65 @@ def worker(tmp_path):
 
 
 @pytest.mark.parametrize("seeds", _seed_ranges(), ids=lambda r: f"mutants-{r.start}-{r.stop - 1}")
-def test_mutants(seeds, worker, tmp_path):
-    runs = []
-    for seed in seeds:
+def test_mutants(seeds, tmp_path):
+    def run_seed(worker, seed):
         sample = SAMPLES[seed % len(SAMPLES)]
         data, description = mutate(sample.read_bytes(), seed)
         folder = tmp_path / f"m{seed}"
         folder.mkdir()
         (folder / "model.onnx").write_bytes(data)
-        runs += run_case(worker, f"seed {seed} {sample.parent.name}: {description}", folder, folder / "model.onnx",
-                         _names(sample), BUDGET_S)
+        runs = run_case(worker, f"seed {seed} {sample.parent.name}: {description}", folder, folder / "model.onnx",
+                        _names(sample), BUDGET_S)
         shutil.rmtree(folder)
+        return runs
+
+    runs = run_parallel(list(seeds), tmp_path / "tmp", run_seed)
     assert len(runs) == 6 * len(seeds)
+    assert [int(r.case.split()[1]) for r in runs[::6]] == list(seeds)
+    assert not any(r.problems for r in runs), _report(runs)
+
+
+def test_files_that_are_no_model(worker, tmp_path):
+    runs = []
+    for name, make in FILE_CASES.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        runs += run_case(worker, f"file {name}", folder, make(folder), {"input": "x", "output": "y", "freeze": "x=0"},
+                         BUDGET_S)
+    for run in runs:
+        if run.rc != 2 or len(run.err.strip().splitlines()) != 1:
+            run.problems.append(f"not refused with one line (exit {run.rc}): {(run.out + run.err).strip()[:200]}")
+    assert len(runs) == 6 * len(FILE_CASES)
     assert not any(r.problems for r in runs), _report(runs)
 
 
 def _attack_runs(worker, tmp_path, only: str = ""):
-    runs = []
-    for attack in build_attacks(tmp_path / "cases"):
-        if only not in attack.name:
-            continue
-        watch = OpenWatch([str(p) for p in attack.outside])
-        names = {"input": "x,z", "output": "y", "freeze": "z=0"}
-        try:
-            case_runs = run_case(worker, attack.name, attack.model.parent, attack.model, names, BUDGET_S,
-                                 outside=attack.outside, cwd=attack.root / "cwd", watch=watch)
-        finally:
-            watch.close()
-        for run in case_runs:
-            if attack.refuse and run.rc != 2:
-                run.problems.append(f"not refused (exit {run.rc}): {(run.out + run.err).strip()[:200]}")
-            if attack.refuse and run.rc == 2 and len(run.err.strip().splitlines()) != 1:
-                run.problems.append(f"refusal is not one line: {run.err.strip()[:300]}")
-            if not attack.refuse and run.rc == 2:
-                run.problems.append(f"a valid model was refused: {run.err.strip()[:200]}")
-        runs += case_runs
+    attacks = [attack for attack in build_attacks(tmp_path / "cases") if only in attack.name]
+    if worker is None:
+        return run_parallel(attacks, tmp_path / "tmp", _attack)
+    return [run for attack in attacks for run in _attack(worker, attack)]
+
+
+def _attack(worker, attack) -> list:
+    watch = OpenWatch([str(p) for p in attack.outside])
+    names = {"input": "x,z", "output": "y", "freeze": "z=0"}
+    try:
+        runs = run_case(worker, attack.name, attack.model.parent, attack.model, names, BUDGET_S,
+                        outside=attack.outside, cwd=attack.root / "cwd", watch=watch)
+    finally:
+        watch.close()
+    for run in runs:
+        if attack.refuse and run.rc != 2:
+            run.problems.append(f"not refused (exit {run.rc}): {(run.out + run.err).strip()[:200]}")
+        if attack.refuse and run.rc == 2 and len(run.err.strip().splitlines()) != 1:
+            run.problems.append(f"refusal is not one line: {run.err.strip()[:300]}")
+        if not attack.refuse and run.rc == 2:
+            run.problems.append(f"a valid model was refused: {run.err.strip()[:200]}")
     return runs
 
 
-def test_external_data_attacks(worker, tmp_path):
-    runs = _attack_runs(worker, tmp_path)
+def test_external_data_attacks(tmp_path):
+    runs = _attack_runs(None, tmp_path)
     assert len(runs) >= 6 * 180
     assert not any(r.problems for r in runs), _report(runs)
 

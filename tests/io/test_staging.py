@@ -96,3 +96,30 @@ def test_interrupted_repair_leaves_nothing(how, tmp_path):
     assert "Traceback" not in err
     assert leftovers(tmp_path / "tmp") == []
     assert (leftovers(out.parent) if out.parent.exists() else []) == []
+
+
+# A file system of its own for the output, in a mount namespace of the child (gone when it exits): root ignores
+# file modes, so only a read-only or a full mount makes the write itself fail. Needs unshare(1) and the right to
+# mount, which containers often withhold: the test is skipped then.
+IN_MOUNT = ('mount -t tmpfs -o "$1" tmpfs "$2" || exit 99; "$3" -m graphfix repair "$4" -o "$2/sub/out.onnx"; '
+            'rc=$?; echo left: $(cd "$2" && find . -mindepth 1); exit $rc')
+
+
+@pytest.mark.parametrize(("options", "reason"), [("size=1m,ro", "read-only file system"),
+                                                  ("size=8k", "no space left on device")])
+def test_read_only_or_full_file_system_is_one_line_exit_2(options, reason, tmp_path):
+    (tmp_path / "mnt").mkdir()
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", IN_MOUNT, "sh", options, str(tmp_path / "mnt"),
+                               sys.executable, str(SAMPLE)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "TMPDIR": str(tmp_path)}, cwd=tmp_path)
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if done.returncode == 99 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot mount a file system here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 2, done.stderr
+    assert f"cannot write {tmp_path / 'mnt' / 'sub' / 'out.onnx'}" in done.stderr
+    assert reason in done.stderr.lower() and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    left = done.stdout.strip().splitlines()[-1].split()
+    assert left == ["left:", *([] if options.endswith("ro") else ["./sub"])]  # the output's folder, no staging
+    assert leftovers(tmp_path) == []

@@ -136,9 +136,10 @@ def test_light_model_with_a_missing_weight_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the staging folder went with the failure
 
 
-def test_onnxsim_child_import_hides_torch():
+def test_onnxsim_child_import_hides_torch_and_sympy():
     code = ("import sys; from graphfix.pipeline.simplify import _import_onnxsim; m = _import_onnxsim(); "
-            "assert 'torch' not in sys.modules, 'torch imported'; assert hasattr(m, 'simplify'); print('ok')")
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'sympy' not in sys.modules, 'sympy imported';"
+            " assert hasattr(m, 'simplify'); import sympy; print('ok')")  # and sympy imports afterwards
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
