@@ -11,8 +11,8 @@ class RuntimeFailure(Rule):
     ## What it does
     Reported by the runtime probe (`graphfix diagnose` without `--static`, `graphfix check`): the model is run
     with onnxruntime at the export size and at other sizes, and every node that fails is reported with its input
-    shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006); this code carries the
-    others. It has no static detection.
+    shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006, GF007); this
+    code carries the others. It has no static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime
