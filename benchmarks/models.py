@@ -43,6 +43,11 @@ def chain_graph(path: Path, nodes: int) -> Path:
 def bert_base(path: Path) -> Path:
     """BERT-base (110M parameters, ~435 MB inline) exported with the TorchScript exporter, dynamic batch and time."""
     import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a CUDA build beside the CPU torch: transformers would import it and fail on its ops
+        sys.modules["torchvision"] = None
     from transformers import BertConfig, BertModel
 
     class Encoder(torch.nn.Module):
