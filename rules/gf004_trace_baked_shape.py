@@ -16,8 +16,8 @@ from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
 # a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
-_BY_VALUE = ("the export size of {dims} is given, not solved: nothing in the graph fails at other sizes, so the "
-             "constant may be a model size that equals it at export (a healthy reshape/slice would change)")
+_BY_VALUE = ("the export size of {dims} is given, not solved: no constraint of the graph pins it, so the constant "
+             "may be a model size that equals it at export (rewriting a healthy reshape or slice changes its output)")
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
 
