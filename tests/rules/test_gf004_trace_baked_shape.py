@@ -186,8 +186,8 @@ FIXED = [
 ]
 
 
-@pytest.mark.parametrize("name,opset,dynamo,trace,unsafe,safeties,ops", FIXED,
-                         ids=[f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}{'-traced' if c[3] else ''}" for c in FIXED])
+@pytest.mark.parametrize("name,opset,dynamo,trace,unsafe,safeties,ops", FIXED, ids=[
+    f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}{'-traced' if c[3] else ''}" for c in FIXED])
 def test_baked_shape_is_found_and_fixed(exported, name, opset, dynamo, trace, unsafe, safeties, ops):
     path, module = exported(name, opset=opset, dynamo=dynamo)
     assert broken_somewhere(path, module, name)
