@@ -12,6 +12,8 @@ from graphfix.analysis.broadcast import (
     BROADCAST_OPS,
     Dim,
     Pair,
+    alignments,
+    closest_to_right,
     input_dim_names,
     is_input_dim,
     leading_match,
@@ -31,6 +33,12 @@ MASK_HINT = (
     "`hidden_states[~attention_mask] = 0.0` -> `hidden_states = hidden_states.masked_fill("
     "~attention_mask.unsqueeze(-1), 0.0)`); the dynamo exporter (dynamo=True) exports `x[mask] = value` "
     "correctly, as ScatterND."
+)
+AMBIGUOUS_HINT = (
+    "Say which axes the mask is for: a key-padding mask on attention scores [B, T, T] is "
+    "`scores.masked_fill(mask[:, None, :], value)`; a mask of rows (`x[mask] = value`) is "
+    "`x.masked_fill(mask.unsqueeze(-1), value)`. `graphfix repair --unsafe-fixes` applies the rewrite offered here, "
+    "which keeps what the original computes where it runs."
 )
 BAKED_HINT = (
     "A size was captured as a constant while tracing (a table sliced or built with a Python int, int()/math.ceil/"
@@ -70,14 +78,20 @@ class BroadcastMismatch(Rule):
     ```python
     x[padding_mask] = 0                                   # Where(mask[B,T], 0, x[B,T,C]): fails in onnxruntime
     x = x.masked_fill(padding_mask.unsqueeze(-1), 0)      # Where(mask[B,T,1], 0, x[B,T,C]): fine
+    scores = torch.where(key_mask, -1e9, scores)          # Where(mask[B,T], -1e9, scores[B,T,T]): ambiguous
     ```
+    The last one runs only at batch 1, where it masks keys; whether `[B, T]` means keys (`mask[:, None, :]`) or
+    queries (`mask[..., None]`) cannot be told from the graph.
 
     ## Fix safety
     For rank misalignment the fix unsqueezes the trailing axes of the lower-rank operand (`mask[..., None]`).
     It is safe on a Where condition whose dims provably equal the leading dims of the data (the same symbolic
-    dims): that is exactly what PyTorch's index_put with a bool mask means. It is unsafe when the proof rests on
-    equal static sizes (they may be trace-time sizes that only coincide), and for other ops and Where's X/Y
-    operands, where PyTorch aligns trailing dims too and leading alignment is a guess of intent. Static-vs-dynamic
+    dims, laid on them in one way only): that is exactly what PyTorch's index_put with a bool mask means. It is
+    unsafe when the dims fit the data's in more than one way (`[B, T]` on `[B, T, T]`): the fix offered then
+    keeps each dim where onnxruntime puts it except those that pair wrongly (`mask[:, None, :]`), so it computes
+    what the original computes where it runs (batch 1). It is unsafe when the proof rests on equal static sizes
+    (they may be trace-time sizes that only coincide), and for other ops and Where's X/Y operands, where PyTorch
+    aligns trailing dims too and leading alignment is a guess of intent. Static-vs-dynamic
     conflicts are reported without a fix: GF004/GF006 (trace-baked-shape/-constant) repair the baked size.
     """
 
@@ -159,16 +173,29 @@ class BroadcastMismatch(Rule):
         ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))
         lower = sorted({i for p in bad for i in p[:2] if len(shapes[i]) < len(shapes[ref])})
         proofs = [leading_match(shapes[i], shapes[ref]) for i in lower]
-        if lower and all(ok for ok, _ in proofs) and _fixed_by_unsqueeze(shapes, lower, len(shapes[ref]), inputs):
+        rank = len(shapes[ref])
+        # every way each lower-rank operand's dims fit the reference's; the one closest to onnxruntime's placement
+        choices = {i: alignments(shapes[i], shapes[ref]) for i in lower}
+        placed = {i: closest_to_right(choices[i], len(shapes[i]), rank) for i in lower if choices[i]}
+        if lower and all(ok for ok, _ in proofs) and _fixed_by_placing(shapes, placed, rank, inputs):
             static_axes = sorted({a for _, axes in proofs for a in axes})
-            fix = self._unsqueeze_fix(ctx, node, lower, shapes, ref, labels, static_axes)
+            ambiguous = {i: choices[i] for i in lower if len(choices[i]) > 1}
+            fix = self._unsqueeze_fix(ctx, node, lower, shapes, ref, labels, static_axes, placed, ambiguous)
+            if ambiguous:
+                options = "; ".join(f"{labels[i]} on axes {' or '.join(map(str, c))}" for i, c in ambiguous.items())
+                why = (f", so it {_when(bad)}. Its dims fit {labels[ref]}'s in more than one way ({options}): the "
+                       "leading dims, as `x[mask] = value` exports with the TorchScript exporter, or a mask over "
+                       "the last axis (key padding), which is what the original applies where it runs; which one "
+                       "the model means cannot be told from the graph.")
+            else:
+                why = (f"; yet its dims are the leading dims of {labels[ref]} (a lower-rank bool mask, as `x[mask] = "
+                       f"value` exports with the TorchScript exporter), so it {_when(bad)}.")
             yield self.finding(
                 f"{node.op} '{node.name}' aligns {_describe(labels, operands, shapes, lower)} with "
                 f"{labels[ref]} '{operands[ref].name}' {_fmt(shapes[ref])} from the right, pairing "
-                f"{_pairs_text(bad)}; yet its dims are the leading dims of {labels[ref]} (a lower-rank bool mask, "
-                f"as `x[mask] = value` exports with the TorchScript exporter), so it {_when(bad)}.",
+                f"{_pairs_text(bad)}{why}",
                 nodes=[node], tensors=operands, shapes=shape_map, fix=fix,
-                hint=MASK_HINT if node.op == "Where" else GENERIC_HINT,
+                hint=AMBIGUOUS_HINT if ambiguous else MASK_HINT if node.op == "Where" else GENERIC_HINT,
             )
             return
         pinned = [p for p in bad if p[-1] is Pair.PINNED]
@@ -191,12 +218,22 @@ class BroadcastMismatch(Rule):
             nodes=[node], tensors=operands, shapes=shape_map, hint=GENERIC_HINT,
         )
 
-    def _unsqueeze_fix(self, ctx, node, lower, shapes, ref, labels, static_axes) -> Fix:
+    def _unsqueeze_fix(self, ctx, node, lower, shapes, ref, labels, static_axes, placed, ambiguous) -> Fix:
         rank = len(shapes[ref])
-        names = ", ".join(f"{labels[i]} {_fmt(shapes[i])} -> {_fmt(shapes[i] + [1] * (rank - len(shapes[i])))}"
-                          for i in lower)
-        summary = f"unsqueeze the trailing axes of {names} in {node.op} '{node.name}'"
-        if node.op != "Where" or lower != [0]:
+        padded = {i: _placed_shape(shapes[i], placed[i], rank) for i in lower}
+        names = ", ".join(f"{labels[i]} {_fmt(shapes[i])} -> {_fmt(padded[i])}" for i in lower)
+        trailing = all(placed[i] == tuple(range(len(shapes[i]))) for i in lower)
+        summary = (f"unsqueeze the trailing axes of {names} in {node.op} '{node.name}'" if trailing else
+                   f"unsqueeze {names} in {node.op} '{node.name}'")
+        if ambiguous:
+            moved = [str(d) for i in lower for d, a, r in zip(shapes[i], placed[i], range(rank - len(shapes[i]), rank),
+                                                             strict=True) if a != r]
+            safety, reason = Safety.UNSAFE, (
+                "the mask's dims fit the data's on several axes, so its meaning is ambiguous; this fix keeps "
+                f"each dim where onnxruntime places it but {', '.join(moved)}, so it computes what the original "
+                f"computes where it runs ({' and '.join(f'{d} = 1' for d in moved)}); masking the leading dims "
+                "instead would change those results")
+        elif node.op != "Where" or lower != [0]:
             safety, reason = Safety.UNSAFE, (
                 f"for {node.op} {'X/Y' if node.op == 'Where' else 'operands'} PyTorch aligns trailing dims too; "
                 "aligning the leading dims is a guess of what the model meant")
@@ -209,8 +246,8 @@ class BroadcastMismatch(Rule):
             safety, reason = Safety.SAFE, (
                 "the condition's dims are the data's leading dims (same symbolic dims), so mask[..., None] is "
                 "exactly PyTorch's index_put with a bool mask")
-        return Fix(summary, apply=_unsqueeze(node, {i: len(shapes[i]) for i in lower}, rank, ctx.opset),
-                   safety=safety, reason=reason)
+        axes = {i: [a for a in range(rank) if a not in placed[i]] for i in lower}
+        return Fix(summary, apply=_unsqueeze(node, axes, ctx.opset), safety=safety, reason=reason)
 
 
 def _as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
@@ -260,17 +297,24 @@ def _pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, i
     return out
 
 
-def _fixed_by_unsqueeze(shapes, lower, rank, inputs) -> bool:
-    """After padding the lower-rank operands with trailing 1s, no pair is a mismatch any more."""
-    padded = [s + [1] * (rank - len(s)) if k in lower else s for k, s in enumerate(shapes)]
+def _placed_shape(shape: list[Dim], axes: tuple[int, ...], rank: int) -> list[Dim]:
+    """`shape` laid on `axes` of a rank-`rank` shape, 1 elsewhere: what Unsqueeze on the other axes gives."""
+    out: list[Dim] = [1] * rank
+    for dim, axis in zip(shape, axes, strict=True):
+        out[axis] = dim
+    return out
+
+
+def _fixed_by_placing(shapes, placed, rank, inputs) -> bool:
+    """After laying each lower-rank operand on its chosen axes (1s elsewhere), no pair is a mismatch any more."""
+    padded = [_placed_shape(s, placed[k], rank) if k in placed else s for k, s in enumerate(shapes)]
     return not any(p[-1] in BAD for p in _pairs(padded, inputs))
 
 
-def _unsqueeze(node: gs.Node, ranks: dict[int, int], rank: int, opset: int):
+def _unsqueeze(node: gs.Node, axes_of: dict[int, list[int]], opset: int):
     def apply(graph: gs.Graph) -> None:
-        for index, own_rank in ranks.items():
+        for index, axes in axes_of.items():
             tensor = node.inputs[index]
-            axes = list(range(own_rank, rank))
             out = gs.Variable(f"{tensor.name}_gf003_unsqueezed", dtype=tensor.dtype)
             if opset >= 13:
                 axes_const = gs.Constant(f"{node.name}_gf003_axes_{index}", np.array(axes, dtype=np.int64))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +15,9 @@ from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, 
 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
+# a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
+_BY_VALUE = ("the export size of {dims} is given, not solved: no constraint of the graph pins it, so the constant "
+             "may be a model size that equals it at export (rewriting a healthy reshape or slice changes its output)")
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
 
@@ -42,16 +44,20 @@ class TraceBakedShape(Rule):
     ```python
     n = int(x.shape[0])                 # baked: Reshape(shape=[14, 3, 4])
     return self.fc(x).reshape(n, 3, 4)  # write reshape(-1, 3, 4) or reshape(x.shape[0], 3, 4)
+    return x.reshape(2, -1, 4)          # x[B, 8] traced at B=2: runs at every B, the 2 may be meant (warning)
     ```
     Repaired: the baked entry becomes `0` (copy the input dim) in Reshape, `1` in Expand, "to the end" in
     Slice, or the solved expression (`Shape(x)[i]`, `Shape(x)[0] * 4`) computed at run time.
 
     ## Fix safety
-    Safe when the constant provably stands for that dim: a solved constraint, or the same value as the
-    export-time size with the data carrying the dim at that position. Unsafe when the link is by value only, when
-    two dynamic dims had the same export size, or when the size was guessed from the constant itself (give
-    `--trace-shape`). Not fixable, with a hint: Split sizes (the number of outputs is fixed), pad amounts computed
-    in Python, and entries several expressions could stand for (ambiguous).
+    Safe when a constraint of the graph pins the size, so the graph fails at every other size (a solved
+    element count, an Expand or a broadcast against the dim, Split sizes), and the constant stands for that dim.
+    A constant that only equals an export size given with `--trace-shape` (or guessed from the constant itself)
+    may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy
+    model. Such fixes are unsafe and the finding is a warning; the same holds for a Slice end equal to a given
+    length. Unsafe also when the link is by value only, or when two dynamic dims had the same export size. Not
+    fixable, with a hint: Split sizes (the number of outputs is fixed), pad amounts computed in Python, and
+    entries several expressions could stand for (ambiguous).
     """
 
     code = "GF004"
@@ -168,7 +174,7 @@ class TraceBakedShape(Rule):
             return
         allowzero = int(node.attrs.get("allowzero", 0))
         entries: list[int | tuple[gs.Tensor, int]] = list(target)
-        notes, guessed, unsafe = [], [], []
+        notes, guessed, given, unsafe = [], [], [], []
         matched: set[str] = set()
         for j, t in enumerate(target):
             sym = syms.get(j)
@@ -176,8 +182,13 @@ class TraceBakedShape(Rule):
                 continue
             if sym in sizes.values and sizes.values[sym] == t:
                 entries[j] = 0 if allowzero == 0 else (data, j)
-                notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
                 matched.add(sym)
+                if sizes.is_solved(sym):
+                    notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
+                    continue
+                # a given size that no constraint pins: [2, -1, 4] runs at every B, the 2 may be the model's own
+                notes.append(f"entry {j} = {t} equals {sizes.explain(sym)}, which no constraint of the graph pins")
+                given.append(sym)
             elif evidence.regroups_static_trailing_dims(shape, target, j):
                 continue  # [B, T, 32] -> [-1, 32]: the entry is the input's own trailing static dim, not a size
             elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
@@ -189,23 +200,7 @@ class TraceBakedShape(Rule):
         rest = [(i, s) for i, s in syms.items() if s not in matched]
         if rest and -1 not in target and 0 not in target:
             # element count is fixed while the input's varies: find which entries stand for which dims
-            for i, sym in rest[:]:
-                hits = [j for j, t in enumerate(target) if sym in sizes.values and t == sizes.values[sym]
-                        and isinstance(entries[j], int) and entries[j] == t and j not in syms]
-                if len(hits) == 1:
-                    entries[hits[0]] = (data, i)
-                    notes.append(f"entry {hits[0]} = {target[hits[0]]} is {sizes.explain(sym)}")
-                    if len(sizes.symbols_with(sizes.values[sym])) > 1:
-                        unsafe.append(f"another dynamic dim also had size {sizes.values[sym]} at export")
-                    rest.remove((i, sym))
-            if rest and all(s in sizes.values for _, s in rest):
-                product = math.prod(sizes.values[s] for _, s in rest)
-                hits = [j for j, e in enumerate(entries) if isinstance(e, int) and e == product]
-                if len(hits) == 1:
-                    entries[hits[0]] = -1
-                    notes.append(f"entry {hits[0]} = {product} is the product of "
-                                 + " * ".join(sizes.explain(s) for _, s in rest))
-                    rest = []
+            rest = evidence.match_fixed_count(sizes, data, target, entries, syms, rest, notes, unsafe)
             if rest:
                 dims = ", ".join(s for _, s in rest)
                 yield self.finding(
@@ -216,16 +211,20 @@ class TraceBakedShape(Rule):
                 return
         if not notes:
             return
-        safety = Safety.UNSAFE if guessed or unsafe else Safety.SAFE
-        reason = ("; ".join(unsafe) or f"export size of {', '.join(guessed)} guessed from the constant; "
-                  "confirm with --trace-shape") if safety is Safety.UNSAFE else \
-            "each replaced entry is the export size of the dynamic dim the input carries there"
+        if guessed:
+            unsafe.append(f"export size of {', '.join(guessed)} guessed from the constant; confirm with --trace-shape")
+        if given:
+            unsafe.append(_BY_VALUE.format(dims=", ".join(given)))
+        safety = Safety.UNSAFE if unsafe else Safety.SAFE
+        reason = "; ".join(unsafe) or "each replaced entry is the export size of the input's dynamic dim there"
+        # an error needs a solved constraint: an entry that only equals an export size may be meant
+        doubt = guessed or given
         yield self.finding(
-            f"Reshape '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(notes)
-            + f"; at other sizes of {data.name} {shape} onnxruntime fails ('cannot be reshaped to the "
-            "requested shape') or returns a wrong shape",
+            f"Reshape '{node.name}' {'may bake' if doubt else 'bakes'} export-time sizes into its shape {target}: "
+            + "; ".join(notes) + f"; {'if so, ' if doubt else ''}at other sizes of {data.name} {shape} onnxruntime "
+            "fails ('cannot be reshaped to the requested shape') or returns a wrong shape",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
-            severity=Severity.WARNING if guessed else None,
+            severity=Severity.WARNING if doubt else None,
             fix=_shape_fix(ctx, node, target, entries, safety, reason))
 
     # --- Expand --------------------------------------------------------------------------------------------
@@ -288,6 +287,8 @@ class TraceBakedShape(Rule):
             if ends[k] == size:
                 ends[k] = INT64_MAX
                 notes.append(f"end {size} on axis {int(axis)} is {sizes.explain(dim)}")
+                if not sizes.is_solved(dim):
+                    unsafe.append(_BY_VALUE.format(dims=dim))
                 if len(sizes.symbols_with(size)) > 1:
                     unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
             elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:
@@ -389,7 +390,6 @@ class TraceBakedShape(Rule):
                                                                    like=value)),
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
-    # --- constants cut at the export length -------------------------------------------------------------------
 
 
 def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], entries, safety: Safety, reason: str) -> Fix:

@@ -1,5 +1,8 @@
 """No harm: for every ONNX backend test model onnxruntime runs correctly, `repair` keeps the reference outputs
-and does not refuse the model. A fixed sample always runs; the full set is marked slow (CI runs it)."""
+and does not refuse the model. A fixed sample always runs; the full set is marked slow (CI runs it).
+
+The node tests run twice: as they come (static shapes), and with their input dims made symbolic, as a dynamic
+export declares them (issue 14: rules that reason about export-time sizes must not touch these either)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import functools
 import glob
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +27,7 @@ from graphfix.pipeline.repair import RepairOptions, repair_model
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 DATA_FOLDERS = ("pytorch-converted", "pytorch-operator", "simple")
 SAMPLE_EVERY = 40  # every 40th node case, plus every 8th data-folder model
+SYMBOLIC_SAMPLE_EVERY = 150  # the symbolic node tests validate slower (the validator probes each dim apart)
 
 
 @dataclass
@@ -59,6 +64,31 @@ def folder_cases() -> list[Case]:
             name = f"{folder}/{os.path.basename(os.path.dirname(model_path))}"
             cases.append(Case(name, onnx.load(model_path), inputs, outputs))
     return cases
+
+
+def symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every input dim a dim_param of its own (`in0_d1`), the outputs' dims unnamed. Kept static:
+    the length of a 1-D integer input (a shape, sizes, starts or repeats vector: its length is another tensor's
+    rank, fixed in every real model, and onnx's Resize inference needs it to tell `sizes` from an absent input),
+    and a dim of 0 (an empty tensor is how an optional input is left out)."""
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    for k, value in enumerate(dynamic.graph.input):
+        tensor = value.type.tensor_type
+        vector = len(tensor.shape.dim) == 1 and tensor.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0 and not vector:
+                dim.dim_param = f"in{k}_d{axis}"  # replaces dim_value (a oneof)
+    for value in dynamic.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            dim.Clear()
+    return dynamic
+
+
+@functools.cache
+def symbolic_node_cases() -> list[Case]:
+    return [Case(c.name + "[symbolic]", symbolic(c.model), c.inputs, c.outputs, c.rtol, c.atol) for c in node_cases()
+            if symbolic(c.model) != c.model]
 
 
 def _read_tensor(path: str):
@@ -145,3 +175,60 @@ def test_no_harm_on_a_sample_of_the_backend_suite(tmp_path):
 @pytest.mark.slow
 def test_no_harm_on_the_full_backend_suite(tmp_path):
     check_all(node_cases() + folder_cases(), tmp_path)
+
+
+def symbolic_outcome(case: Case, tmp_path, rules) -> str | None:
+    """What `repair` did to a node test with symbolic dims: None when ORT cannot run it correctly (out of scope),
+    else `unchanged`, `repaired`, `refused` (validation failed, nothing written) or `harm: why`.
+
+    Only changed outputs are harm. Distinct names per axis untie dims an op needs equal (LayerNormalization's X
+    and Scale), so the validator finds no probe size where the model runs and refuses to write a harmless fix (a
+    dead node removed): nothing is written, and the rejected candidate must still reproduce the outputs."""
+    if not all(isinstance(x, np.ndarray) for x in case.inputs + case.outputs):
+        return None
+    reference = ort_outputs(case.model, case.inputs)
+    if reference is None or not matches(reference, case.outputs, case):
+        return None
+    path = tmp_path / (case.name.replace("/", "_").replace("[", "_").replace("]", "") + ".onnx")
+    onnx.save(case.model, path)
+    try:
+        result = repair_model(load_model(path), None, RepairOptions(rules=rules))
+    except InputError as exc:
+        return f"harm: refused at load: {exc}"
+    outputs = ort_outputs(result.model, case.inputs)
+    if outputs is None or not matches(outputs, case.outputs, case):
+        which = "rejected candidate" if result.status == "failed" else f"{result.status} model"
+        return f"harm: the {which} no longer reproduces the reference outputs ({[a.rule for a in result.applied]})"
+    return "refused" if result.status == "failed" else result.status
+
+
+def check_symbolic(cases: list[Case], tmp_path) -> None:
+    rules, _ = load_rules()
+    outcomes = {case.name: symbolic_outcome(case, tmp_path, rules) for case in cases}
+    counts = Counter(o.split(":")[0] for o in outcomes.values() if o)
+    print(f"symbolic node tests: {len(cases)} models, {sum(counts.values())} run correctly by onnxruntime:",
+          dict(counts))
+    harmed = {name: o for name, o in outcomes.items() if o and o.startswith("harm")}
+    assert not harmed, "\n".join(f"{name}: {why}" for name, why in harmed.items())
+    assert counts["unchanged"] + counts["repaired"] > len(cases) // 2  # the check ran on most of them
+
+
+def test_symbolic_dims_keep_what_the_op_needs():
+    resize = next(c for c in node_cases() if c.name == "test_resize_upsample_sizes_nearest")
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in symbolic(resize.model).graph.input}
+    assert dims == {"X": ["in0_d0", "in0_d1", "in0_d2", "in0_d3"], "sizes": [4]}
+    assert all(not d.dim_value and not d.dim_param for o in symbolic(resize.model).graph.output
+               for d in o.type.tensor_type.shape.dim)
+    assert matches(ort_outputs(symbolic(resize.model), resize.inputs), resize.outputs, resize)
+
+
+def test_no_harm_on_a_sample_of_the_symbolic_node_tests(tmp_path):
+    sample = symbolic_node_cases()[::SYMBOLIC_SAMPLE_EVERY]
+    assert len(sample) >= 10
+    check_symbolic(sample, tmp_path)
+
+
+@pytest.mark.slow
+def test_no_harm_on_every_symbolic_node_test(tmp_path):
+    check_symbolic(symbolic_node_cases(), tmp_path)

@@ -8,6 +8,7 @@ broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from enum import Enum
@@ -103,3 +104,17 @@ def leading_match(small: list[Dim], big: list[Dim]) -> tuple[bool, list[int]]:
         if isinstance(s, int) and s != 1:
             static.append(axis)
     return True, static
+
+
+def alignments(small: list[Dim], big: list[Dim]) -> list[tuple[int, ...]]:
+    """Every way to lay `small`'s dims on axes of `big` in order, each on an equal known dim: `[B, T]` fits
+    `[B, T, C]` one way (axes 0, 1) and `[B, T, T]` two ways (0, 1 and 0, 2)."""
+    return [axes for axes in itertools.combinations(range(len(big)), len(small))
+            if all(_known(s) and s == big[a] for s, a in zip(small, axes, strict=True))]
+
+
+def closest_to_right(choices: list[tuple[int, ...]], small_rank: int, big_rank: int) -> tuple[int, ...]:
+    """The alignment that keeps the most dims where right alignment (what onnxruntime does) puts them: it moves
+    only the dims that pair wrongly, so it computes what the original computes at sizes where those are 1."""
+    right = range(big_rank - small_rank, big_rank)
+    return max(choices, key=lambda axes: (sum(a == r for a, r in zip(axes, right, strict=True)), axes))

@@ -22,13 +22,19 @@ from graphfix.core.context import RuleContext
 class ExportSizes:
     """Export-time values of dynamic dims (by dim name) and where each value was learnt.
 
+    A value is *solved* when a constraint of the graph holds at that value only (an element count, a broadcast
+    against a constant, Split sizes): the graph itself fails elsewhere. A value that is only *given*
+    (`--trace-shape`) says what the export size was, not that a constant equal to it stands for it.
+
     The expensive sources (onnxruntime's symbolic inference) are deferred until a candidate first reads
-    `values`: a graph with nothing that could be baked never pays for them."""
+    `values` (or asks `is_solved` of a given size): a graph with nothing that could be baked never pays for them."""
 
     _values: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     carriers: dict[str, tuple[gs.Tensor, int]] = field(default_factory=dict)  # dim name -> (graph input, axis)
     deferred: list[Callable[[ExportSizes], None]] = field(default_factory=list)
+    solved: set[str] = field(default_factory=set)
+    corroborate: list[Callable[[ExportSizes], None]] = field(default_factory=list)  # run for given-only sizes
 
     @property
     def values(self) -> dict[str, int]:
@@ -36,9 +42,20 @@ class ExportSizes:
             self.deferred.pop(0)(self)
         return self._values
 
-    def learn(self, sym: str, value: int, source: str) -> None:
-        if sym not in self._values and value > 0:
+    def learn(self, sym: str, value: int, source: str, solved: bool = True) -> None:
+        if value <= 0:
+            return
+        if sym not in self._values:
             self._values[sym], self.sources[sym] = int(value), source
+        if solved and self._values[sym] == int(value):
+            self.solved.add(sym)
+
+    def is_solved(self, sym: str) -> bool:
+        """Whether a constraint of the graph pins `sym` at its export value (not only --trace-shape)."""
+        if sym in self.values and sym not in self.solved:
+            while self.corroborate:
+                self.corroborate.pop(0)(self)
+        return sym in self.solved
 
     def symbols_with(self, value: int) -> list[str]:
         return [s for s, v in self.values.items() if v == value]
@@ -57,7 +74,7 @@ def export_sizes(ctx: RuleContext, ev: Evaluator) -> ExportSizes:
         traced = ctx.options.trace_shapes.get(tensor.name)
         for axis, dim in enumerate(ctx.shape(tensor) or ()):
             if traced and isinstance(dim, str) and axis < len(traced):
-                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}")
+                sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}", solved=False)
     reshapes = []
     for node in ctx.graph.nodes:
         if node.op == "Reshape":
@@ -75,8 +92,9 @@ def export_sizes(ctx: RuleContext, ev: Evaluator) -> ExportSizes:
                     if shape is not other and shape and other:
                         _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
                                        f"{node.op} '{node.name}' broadcasts it with a fixed size")
-    sizes.deferred.append(lambda s: _learn_from_symbolic(ctx, s))
+    sizes.deferred.append(lambda s: _learn_from_symbolic(ctx, s, set(s._values)))
     sizes.deferred.append(lambda s: _learn_from_reshapes(ctx, ev, s, reshapes))
+    sizes.corroborate.append(lambda s: _learn_from_symbolic(ctx, s, s.solved))
     return sizes
 
 
@@ -86,7 +104,8 @@ def _learn_from_reshapes(ctx: RuleContext, ev: Evaluator, sizes: ExportSizes, re
         shape, target = ctx.shape(node.inputs[0]), ev(node.inputs[1])
         if shape is None or target is None or (target <= 0).any():
             continue
-        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes._values]
+        # solved sizes only: a given one (--trace-shape) does not make the element count pin another dim
+        unknown = [d for d in shape if not isinstance(d, int) and d not in sizes.solved]
         if len(unknown) == 1 and isinstance(unknown[0], str) and shape.count(unknown[0]) == 1:
             known = math.prod(d if isinstance(d, int) else sizes._values[d] for d in shape if d != unknown[0])
             if known and int(np.prod(target)) % known == 0:
@@ -104,12 +123,12 @@ def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
             sizes.learn(dim, t, source)
 
 
-def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes) -> None:
+def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes, settled: set[str]) -> None:
     """A constraint of the size analysis that holds at one size only (an element count, two broadcast dims, a
-    MatMul's inner dims): that size is the export size."""
+    MatMul's inner dims): that size is the export size, solved."""
     dims = [d for t in ctx.graph.inputs for d in (ctx.shape(t) or ())]
-    if not any(isinstance(d, str) and d not in sizes._values for d in dims):
-        return  # every dynamic dim is already known
+    if not any(isinstance(d, str) and d not in settled for d in dims):
+        return  # nothing left to learn about (known sizes when reading values, solved ones when corroborating)
     from graphfix.analysis.sizes import sizes_of, solve
 
     for constraint in sizes_of(ctx).constraints:
@@ -161,6 +180,32 @@ def input_dim_behind(ctx: RuleContext, sizes: ExportSizes, tensor: gs.Tensor, ax
     if dim is not None and {s.name for s in dim.free_symbols} & set(sizes.carriers):
         return str(dim)
     return None
+
+
+def match_fixed_count(sizes: ExportSizes, data: gs.Tensor, target: list[int], entries: list, syms: dict[int, str],
+                      rest: list[tuple[int, str]], notes: list[str], doubts: list[str]) -> list[tuple[int, str]]:
+    """A constant Reshape target whose element count is fixed while the input `data` varies with the `rest` dims
+    (axis, name): the entry that equals each one's export size (one entry only), else one entry equal to their
+    product (-1). Rewrites `entries`, adds to `notes` and `doubts`; returns the dims no entry stands for."""
+    rest = list(rest)
+    for i, sym in rest[:]:
+        hits = [j for j, t in enumerate(target) if sym in sizes.values and t == sizes.values[sym]
+                and isinstance(entries[j], int) and entries[j] == t and j not in syms]
+        if len(hits) == 1:
+            entries[hits[0]] = (data, i)
+            notes.append(f"entry {hits[0]} = {target[hits[0]]} is {sizes.explain(sym)}")
+            if len(sizes.symbols_with(sizes.values[sym])) > 1:
+                doubts.append(f"another dynamic dim also had size {sizes.values[sym]} at export")
+            rest.remove((i, sym))
+    if rest and all(s in sizes.values for _, s in rest):
+        product = math.prod(sizes.values[s] for _, s in rest)
+        hits = [j for j, e in enumerate(entries) if isinstance(e, int) and e == product]
+        if len(hits) == 1:
+            entries[hits[0]] = -1
+            notes.append(f"entry {hits[0]} = {product} is the product of "
+                         + " * ".join(sizes.explain(s) for _, s in rest))
+            return []
+    return rest
 
 
 def carriers_of(sizes: ExportSizes, value: int) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from graphfix.core.engine import AppliedFix
 from graphfix.core.errors import GraphfixError
-from graphfix.core.rule import Finding
+from graphfix.core.rule import Finding, Safety
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
 from graphfix.report.knowledge import explain_message
@@ -102,23 +102,39 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             except Exception as exc:
                 raise ExportError(_explain_failure(exc)) from exc
         notes = _tracer_notes(caught, model)
-        # The example args are the export-time sizes: with them, fixes of baked sizes are certain, not guessed.
-        # The PyTorch module is the reference here (evidence `torch`, below): the repair needs only to run.
-        result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, call),
-                        validation=ValidationOptions(require="runs"))
+        requested = _requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
+        flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
+        if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
+            probe_args = _probe_args(call, requested)
+
+        def repaired(unsafe: bool):
+            # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
+            # `torch`): the repair needs only to run, and verify() compares it with the module.
+            result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
+                            validation=ValidationOptions(require="runs"))
+            checked = None if result.output is None else verify(destination, model, args, probe_args=probe_args,
+                                                                   kwargs=export_kwargs.get("kwargs"))
+            return result, checked
+
+        result, verification = repaired(unsafe=False)
+        if verification is not None and not verification.ok and _unsafe_left(result):
+            # A constant equal to an export size is only a guess in the graph (it may be the model's own), so its
+            # fix is unsafe; here the module can settle it: keep the unsafe repair only if it then matches.
+            retry, checked = repaired(unsafe=True)
+            result, verification = (retry, checked) if checked is not None and checked.ok else repaired(unsafe=False)
     findings = result.findings_before
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
     report.causes = _link(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
-    requested = _requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
-    flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
-    if probe_args is None and requested and flat:  # nested or keyword arguments: verify resizes by the graph's dims
-        probe_args = _probe_args(call, requested)
-    verification = verify(destination, model, args, probe_args=probe_args, kwargs=export_kwargs.get("kwargs"))
     report.checks = verification.checks
     return report
+
+
+def _unsafe_left(result) -> bool:
+    """Whether the repair left findings whose fix waits for --unsafe-fixes."""
+    return any(f.fix is not None and f.fix.safety is Safety.UNSAFE for f in result.after.findings)
 
 
 def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, ...]]:

@@ -62,6 +62,26 @@ def test_report_ok_agrees_with_an_independent_check(tmp_path, exporter, baked):
         assert not [f for f in report.findings if f.severity.value == "error"]
 
 
+class LiteralThree(torch.nn.Module):  # healthy: reshape(3, -1, 4) is meant, at every batch
+    def forward(self, x):
+        return x.reshape(3, -1, 4) * 2
+
+
+@pytest.mark.parametrize("module, repaired", [(Net(baked=True), True), (LiteralThree(), False)])
+def test_a_constant_equal_to_the_export_batch_is_settled_by_the_module(tmp_path, module, repaired):
+    # In the graph both are Reshape(x[B, ...], [3, -1, 4]) traced at B=3: GF004's fix is an unsafe guess. The module
+    # settles it: the baked one is repaired (it matches torch only then), the literal one is left as exported.
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    report = graphfix.export(module.eval(), (torch.randn(3, 8),), path, input_names=["x"],
+                             dynamic_axes={"x": {0: "B"}})
+    assert report.ok and independent_ok(path, module, sizes=(3, 6, 9)), report.summary()
+    baked = [f for f in report.findings if f.rule == "GF004"]
+    assert baked and all(f.fix.safety.value == "unsafe" and f.severity.value == "warning" for f in baked)
+    assert [a.rule for a in report.repairs] == (["GF004"] if repaired else [])
+    assert report.status == ("repaired" if repaired else "unchanged")
+
+
 def test_tracer_warning_is_linked_to_the_finding_it_causes(tmp_path):
     module = Net(baked=True).eval()
     report = graphfix.export(module, (torch.randn(3, 8),), tmp_path / "net.onnx", input_names=["x"],

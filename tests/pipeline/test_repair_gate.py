@@ -21,7 +21,8 @@ def repair(*args):
 
 
 def key_padding() -> onnx.ModelProto:
-    """Where(mask[B, T], -1e9, scores[B, T, T]): right at batch 1, where GF003's unsqueeze would change it."""
+    """Where(mask[B, T], -1e9, scores[B, T, T]): right at batch 1; GF003 offers masking keys as an UNSAFE fix
+    (the mask could also mean queries), so a default repair leaves it as it came."""
     graph = helper.make_graph(
         [helper.make_node("Where", ["mask", "neg", "scores"], ["out"], name="where")], "g",
         [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "T"]),
@@ -29,6 +30,20 @@ def key_padding() -> onnx.ModelProto:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "T", "T"])],
         [numpy_helper.from_array(np.array(-1e9, np.float32), "neg")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def healthy_reshape() -> onnx.ModelProto:
+    """Reshape(x[B, 8], [2, -1, 4]): runs at every B. Traced at B=2, GF004's rewrite to [0, -1, 4] is an UNSAFE
+    guess (no constraint pins the 2) that changes the output wherever B != 2."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None, 4])],
+        [numpy_helper.from_array(np.array([2, -1, 4], np.int64), "shape")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+TRACED_UNSAFE = ("--trace-shape", "x=2x8", "--unsafe-fixes")  # applies the rewrite the validator must refuse
 
 
 def fails_unfixably() -> onnx.ModelProto:
@@ -44,16 +59,17 @@ def fails_unfixably() -> onnx.ModelProto:
 
 
 def test_a_repair_that_fails_validation_is_not_written(tmp_path):
-    onnx.save(key_padding(), tmp_path / "m.onnx")
-    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx")
+    onnx.save(healthy_reshape(), tmp_path / "m.onnx")
+    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", *TRACED_UNSAFE)
     assert done.exit_code == 1
+    assert "applied GF004 [reshape]" in done.output
     assert not (tmp_path / "out.onnx").exists() and list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
     assert "validation: FAILED at" in done.output and "error: validation failed" in done.output
 
 
 def test_force_writes_it_says_so_and_still_exits_1(tmp_path):
-    onnx.save(key_padding(), tmp_path / "m.onnx")
-    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--force")
+    onnx.save(healthy_reshape(), tmp_path / "m.onnx")
+    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", *TRACED_UNSAFE, "--force")
     assert done.exit_code == 1 and (tmp_path / "out.onnx").exists()
     assert "written despite failed validation (--force)" in done.output
 
@@ -64,6 +80,37 @@ def test_an_unchanged_model_that_fails_is_written_as_it_came_and_exits_1(tmp_pat
     assert done.exit_code == 1, done.output
     assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert "unchanged" in done.output and "validation: FAILED at 3 of 3 size(s)" in done.output
+
+
+@pytest.mark.parametrize("model, args, code, words", [
+    # runs at every B: the 2 may be the model's own, so GF004's rewrite is an unsafe warning; written as it came
+    (healthy_reshape, ("--trace-shape", "x=2x8"), 0, "warning GF004"),
+    # ambiguous mask: nothing rewritten; as it came it fails at every batch but 1, which exit 1 says (README)
+    (key_padding, (), 1, "more than one way"),
+], ids=["healthy-reshape", "key-padding"])
+def test_a_model_whose_only_fix_is_a_guess_is_left_unchanged(tmp_path, model, args, code, words):
+    onnx.save(model(), tmp_path / "m.onnx")
+    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", *args)
+    assert done.exit_code == code, done.output
+    assert "unchanged" in done.output and "applied" not in done.output
+    assert words in done.output and "(unsafe)" in done.output
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+
+
+def test_the_key_padding_where_is_repaired_to_mask_keys_with_unsafe_fixes(tmp_path):
+    onnx.save(key_padding(), tmp_path / "m.onnx")
+    done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--unsafe-fixes")
+    assert done.exit_code == 0, done.output
+    assert "applied GF003 [where]" in done.output and "validation: passed" in done.output
+    session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, time in ((1, 4), (3, 5), (2, 7)):
+        mask, scores = rng.random((batch, time)) < 0.3, rng.standard_normal((batch, time, time)).astype(np.float32)
+        (got,) = session.run(None, {"mask": mask, "scores": scores})
+        np.testing.assert_array_equal(got, np.where(mask[:, None, :], np.float32(-1e9), scores))  # keys masked
+        if batch == 1:  # where the original runs, the repair computes what it computes
+            original = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+            np.testing.assert_array_equal(got, original.run(None, {"mask": mask, "scores": scores})[0])
 
 
 def test_a_model_with_only_info_findings_is_written_byte_for_byte(tmp_path):

@@ -340,3 +340,43 @@ def test_committed_sample_model_fires():
     assert len(model.SerializeToString()) < 200_000
     (finding,) = gf003(model)
     assert finding.fix.safety is graphfix.core.rule.Safety.SAFE
+
+
+# -- a mask whose dims fit the data in more than one way: ambiguous, never SAFE ---------------------------------
+
+KEY_PADDING = """< ir_version: 8, opset_import: ["" : {opset}] >
+g (bool[B,T] mask, float[B,T,T] scores) => (float[B,T,T] y) {{
+    ninf = Constant <value = float {{-1e9}}> ()
+    y = Where(mask, ninf, scores)
+}}"""
+
+
+@pytest.mark.parametrize("opset", [12, 17])
+def test_key_padding_mask_is_ambiguous_and_its_fix_keeps_batch_1(opset):
+    model = parse(KEY_PADDING.format(opset=opset))
+    (finding,) = gf003(model)
+    assert finding.fix.safety is graphfix.core.rule.Safety.UNSAFE
+    assert "more than one way" in finding.message and "(0, 1) or (0, 2)" in finding.message
+    assert "ambiguous" in finding.fix.reason and "B = 1" in finding.fix.reason
+    assert "mask[:, None, :]" in finding.hint
+    assert not graphfix.repair(model, only=("GF003",), validate=False, simplify=False).applied  # needs --unsafe
+    result = repaired(model, unsafe=True)
+    assert unsqueeze_axes(result.model) == [1]  # keys, as the original masks them at batch 1
+    assert not gf003(result.model)
+    rng = np.random.default_rng(0)
+    for b, t in [(1, 5), (3, 4), (2, 6)]:
+        mask, scores = rng.random((b, t)) < 0.4, rng.standard_normal((b, t, t)).astype(np.float32)
+        (got,) = run(result.model, {"mask": mask, "scores": scores})
+        np.testing.assert_array_equal(got, np.where(mask[:, None, :], np.float32(-1e9), scores))
+        if b == 1:
+            np.testing.assert_array_equal(got, run(model, {"mask": mask, "scores": scores})[0])
+
+
+@pytest.mark.parametrize("mask, data", [("B,T", "B,T,C"), ("B,T", "B,T,T,C")])
+def test_alignment_decides_between_leading_and_ambiguous(mask, data):
+    # [B, T] fits [B, T, C] one way (SAFE, trailing unsqueeze); [B, T, T, C] two ways (UNSAFE)
+    model = parse(SEED.format(mask=mask, x=data, opset=17))
+    (finding,) = gf003(model)
+    unique = data.count("T") == 1
+    assert finding.fix.safety is (graphfix.core.rule.Safety.SAFE if unique else graphfix.core.rule.Safety.UNSAFE)
+    assert ("more than one way" in finding.message) is not unique

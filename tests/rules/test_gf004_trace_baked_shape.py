@@ -174,18 +174,20 @@ FIXED = [
     ("box", 13, False, None, False, {Safety.SAFE}, ["Gemm", "Reshape"]),
     ("box", 17, False, None, False, {Safety.SAFE}, ["Gemm", "Reshape"]),
     ("nano", 13, False, None, True, {Safety.UNSAFE}, ["Reshape", "Softmax"]),
-    ("nano", 17, False, {"x": (1, 3, 4, 5)}, False, {Safety.SAFE}, ["Reshape", "Softmax"]),
+    # a given size no constraint pins: reshape(1, 3, -1) runs at every B, so the 1 may be meant (issue 14)
+    ("nano", 17, False, {"x": (1, 3, 4, 5)}, True, {Safety.UNSAFE}, ["Reshape", "Softmax"]),
+    ("box", 17, False, {"x": (14, 16)}, False, {Safety.SAFE}, ["Gemm", "Reshape"]),  # given and solved
     ("nano", 18, True, None, True, {Safety.UNSAFE}, ["Shape", "Concat", "Reshape", "Softmax"]),
     ("expand", 13, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Gather", "Concat", "Expand"]),
     ("expand", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Concat", "Expand"]),
-    ("slice", 17, False, {"x": (2, 7)}, True, {Safety.SAFE, Safety.UNSAFE}, ["Slice", "Slice", "Mul"]),
+    ("slice", 17, False, {"x": (2, 7)}, True, {Safety.UNSAFE}, ["Slice", "Slice", "Mul"]),  # given, not solved
     ("range", 13, False, None, False, {Safety.SAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
     ("range", 17, False, None, False, {Safety.SAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
 ]
 
 
-@pytest.mark.parametrize("name,opset,dynamo,trace,unsafe,safeties,ops", FIXED,
-                         ids=[f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}" for c in FIXED])
+@pytest.mark.parametrize("name,opset,dynamo,trace,unsafe,safeties,ops", FIXED, ids=[
+    f"{c[0]}-op{c[1]}-{'dynamo' if c[2] else 'ts'}{'-traced' if c[3] else ''}" for c in FIXED])
 def test_baked_shape_is_found_and_fixed(exported, name, opset, dynamo, trace, unsafe, safeties, ops):
     path, module = exported(name, opset=opset, dynamo=dynamo)
     assert broken_somewhere(path, module, name)
@@ -275,3 +277,25 @@ def test_flattening_reshape_of_static_trailing_dims_is_quiet(target):
     model = onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
 g (float[batch, time, 32] x) => (float[?, ?] y) <int64[{len(target)}] s = {{{dims}}}> {{ y = Reshape(x, s) }}""")
     assert [f for f in graphfix.diagnose(model, static=True, only=["GF004"])] == []
+
+
+# --- a constant that only equals a given export size: a guess, not a bake ------------------------------------
+def reshape_model(target: str) -> onnx.ModelProto:
+    return onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
+g (float[B, 8] x) => (float[?, ?, ?] y) <int64[3] shape = {{{target}}}> {{ [reshape] y = Reshape(x, shape) }}""")
+
+
+@pytest.mark.parametrize("target, solved", [("2, -1, 4", False), ("2, 4, 2", True)])
+def test_a_given_size_makes_a_safe_error_only_where_a_constraint_pins_it(target, solved):
+    # [2, -1, 4] runs at every B: the 2 equals the traced batch by coincidence as likely as by a bake.
+    # [2, 4, 2] conserves 8B elements only at B=2: solved from the element count, so the rewrite is SAFE.
+    model = reshape_model(target)
+    (finding,) = gf004(graphfix.diagnose(model, static=True, trace_shapes={"x": (2, 8)}))
+    assert finding.fix.safety is (Safety.SAFE if solved else Safety.UNSAFE)
+    assert finding.severity.value == ("error" if solved else "warning")
+    assert ("given, not solved" in finding.fix.reason) is not solved
+    result = graphfix.repair(model, trace_shapes={"x": (2, 8)})
+    assert bool(result.applied) is solved and result.status == ("repaired" if solved else "unchanged"), result.error
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    if not solved:  # unchanged: the healthy output at B=3 is still [2, 3, 4]
+        assert run(result.model, x)[0].shape == (2, 3, 4)
