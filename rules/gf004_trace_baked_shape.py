@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis import export_sizes as evidence
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.sizes import baked_reshapes, partly_constant, sizes_of
+from graphfix.analysis.sizes import baked_reshapes, baked_slices, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -296,8 +296,8 @@ class TraceBakedShape(Rule):
                              f"{size - int(ends[k])}")
                 unsafe.append("the end may be a deliberate fixed length rather than `n - k`")
                 ends[k] = int(ends[k]) - size
-        if not notes:
-            return
+        if not notes or any(b.node is node for b in baked_slices(sizes_of(ctx))):
+            return  # GF007's when a constraint solves the end
         yield self.finding(
             f"Slice '{node.name}' has ends fixed at export-time sizes: " + "; ".join(notes)
             + f"; at longer inputs it silently cuts {data.name} to the export length",

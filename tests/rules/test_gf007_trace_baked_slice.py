@@ -56,8 +56,9 @@ def test_a_slice_end_baked_by_int_is_found_rebuilt_and_matches_pytorch(tmp_path)
     with pytest.raises(Exception, match="broadcast"):
         run(path, x)  # broken away from the export length
 
-    findings = [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF007"]
-    assert len(findings) == 1 and findings[0].severity.value == "error"
+    findings = [f for f in graphfix.diagnose(path, static=True) if f.severity.value != "info"]
+    assert [f.rule for f in findings] == ["GF007"]  # GF004 leaves a solved slice end to it
+    assert findings[0].severity.value == "error"
     assert "ends at 7" in findings[0].message and "time - 1" in findings[0].message and "time=8" in findings[0].message
     assert findings[0].fix.safety is Safety.SAFE
 
