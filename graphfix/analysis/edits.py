@@ -91,8 +91,8 @@ def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], s
 
 def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor) -> gs.Tensor | bool | None:
     """A 1-element int64 vector computing `expr` at run time, from Shape ops on the nearest tensor upstream of
-    `near` that carries each size; None when `expr` is not a sum/product/floor-division of carried sizes. With
-    `b=None` it only answers whether it can (True or None)."""
+    `near` that carries each size; None when `expr` is not a sum/product/floor-division/modulo of carried sizes.
+    With `b=None` it only answers whether it can (True or None)."""
     found = sizes.carrier(expr, near)
     if found is not None:
         return True if b is None else b.dim(*found)
@@ -106,6 +106,11 @@ def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor
         for part in parts[1:]:
             out = b.op("Add" if expr.is_Add else "Mul", [out, part])
         return out
+    if isinstance(expr, sympy.Mod) and expr.args[1].is_Integer and expr.args[1] > 0:
+        top = size_expr(b, sizes, expr.args[0], near)
+        if top is None or b is None:
+            return top
+        return b.op("Mod", [top, b.const([int(expr.args[1])])])  # fmod=0: the divisor's sign, as sympy's
     if isinstance(expr, sympy.floor):
         num, den = sympy.fraction(sympy.together(expr.args[0]))
         top = size_expr(b, sizes, num, near) if den.is_Integer and den > 0 else None

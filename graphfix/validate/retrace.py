@@ -1,8 +1,9 @@
 """The original re-traced: the graph the exporter would have written, had it traced at another size.
 
 Where the size analysis solves a Reshape's element count for the export-time size (T = 7 baked into the
-`Concat([7], B*4, [4])` of a MultiheadAttention), or a constraint met by a Slice cut at a constant end
-(`x[:, :6]` for `x[:, :int(T) - 1]`), the constant that holds it is a known expression of the sizes. Setting each
+`Concat([7], B*4, [4])` of a MultiheadAttention), a constraint met by a Slice cut at a constant end (`x[:, :6]`
+for `x[:, :int(T) - 1]`), or a Pad that rounds a length up to a multiple only at export (`(4 - int(T) % 4) % 4`),
+the constant that holds it is a known expression of the sizes. Setting each
 such entry to its expression's value at a probe size gives the original as a trace at that size would have
 produced it: the same nodes and weights, only those constants changed. Where the original fails
 at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
@@ -34,13 +35,17 @@ SUFFIX = "_gf_retraced"
 
 @dataclass(frozen=True)
 class BakedConstant:
-    """Element `position` of the constant vector fed to input `slot` of node number `node` is `expr` at export."""
+    """Element `position` of the constant vector fed to input `slot` of node number `node` is `expr` at export.
+    `base` is the whole vector where it is computed from constants rather than one (F.pad's pads); `least` the
+    smallest valid value (0 for a pad amount)."""
 
     node: int
     slot: int
     position: int
     value: int
     expr: sympy.Expr
+    base: tuple[int, ...] | None = None
+    least: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +95,7 @@ class Retracer:
             if None in symbols.values():
                 return None
             value = baked.expr.subs(symbols)
-            if not value.is_Integer or value < 1:
+            if not value.is_Integer or value < baked.least:
                 return None
             values[baked] = int(value)
         arrays = {}
@@ -135,7 +140,7 @@ def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | Non
 
 def baked_constants(model: onnx.ModelProto, ctx=None) -> list[BakedConstant]:
     """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
-    from graphfix.analysis.sizes import baked_reshapes, baked_slices, sizes_of
+    from graphfix.analysis.sizes import baked_pads, baked_reshapes, baked_slices, sizes_of
 
     ctx = ctx or _context(model)
     graph = ctx.graph
@@ -151,6 +156,10 @@ def baked_constants(model: onnx.ModelProto, ctx=None) -> list[BakedConstant]:
             return []  # one entry that cannot be re-traced leaves the whole re-trace wrong at other sizes
         holder, slot, position = place
         found.append(BakedConstant(index[id(holder)], slot, position, value, expr))
+    for pad in baked_pads(sizes):  # pads F.pad computes from constants: the whole vector, folded
+        vector = sizes.value(pad.node.inputs[1])
+        found.append(BakedConstant(index[id(pad.node)], 1, pad.position, pad.value, pad.expr,
+                                   tuple(int(v) for v in vector), least=0))
     return found
 
 
@@ -191,9 +200,10 @@ def retraced(model: onnx.ModelProto, values: dict[BakedConstant, int],
     for baked, value in values.items():
         key = (baked.node, baked.slot)
         if key not in patched:
-            if graph.node[baked.node].input[baked.slot] not in constants:
+            name = graph.node[baked.node].input[baked.slot]
+            if name not in constants and baked.base is None:
                 return None
-            patched[key] = constants[graph.node[baked.node].input[baked.slot]].copy()
+            patched[key] = constants[name].copy() if name in constants else np.array(baked.base, np.int64)
         patched[key].reshape(-1)[baked.position] = value
     for operand, array in (arrays or {}).items():
         patched[operand.node, operand.slot] = array

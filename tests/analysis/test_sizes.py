@@ -9,6 +9,7 @@ from graphfix.analysis.shapes import infer_shapes
 from graphfix.analysis.sizes import (
     Constraint,
     Sizes,
+    baked_pads,
     baked_reshapes,
     baked_slices,
     bind,
@@ -172,3 +173,26 @@ def test_a_length_cap_is_not_a_baked_size():
     s = sympy.Symbol("S", integer=True, positive=True)
     assert solve(Constraint("broadcast", None, sympy.Min(512, s), s)) is None  # holds on S <= 512: a cap
     assert solve(Constraint("broadcast", None, sympy.Min(512, s), s - 1)).value == 513  # holds at one S only
+
+
+# `F.pad(x, (0, 0, 0, (4 - int(T) % 4) % 4))` traced at T=7, then split into chunks of 4.
+CHUNKED = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, T, 8] x) => (float[B, ?, 4, 8] y) {
+    pads = Constant <value = int64[6] {0, 0, 0, 0, 1, 0}> ()
+    padded = Pad(x, pads)
+    target = Constant <value = int64[4] {0, -1, 4, 8}> ()
+    y = Reshape(padded, target)
+}
+"""
+
+
+def test_a_pad_that_rounds_up_at_export_only_is_found_from_the_chunks_split_after_it():
+    sizes, _ = analysed(CHUNKED)
+    assert [(str(m.left), int(m.right)) for m in sizes.multiples] == [("T + 1", 4)]
+    assert sizes.constraints == []  # a residue class, not one size: kept apart from what `solve` reads
+    [pad] = baked_pads(sizes)
+    assert (pad.node.op, pad.position, pad.value, pad.chunk) == ("Pad", 4, 1, 4)
+    assert [int(pad.expr.subs(pad.length, t)) for t in range(4, 12)] == [0, 3, 2, 1, 0, 3, 2, 1]
+    healthy = CHUNKED.replace("{0, 0, 0, 0, 1, 0}", "{0, 0, 0, 0, 4, 0}")  # a pad of a whole chunk is no round-up
+    assert list(baked_pads(analysed(healthy)[0])) == []

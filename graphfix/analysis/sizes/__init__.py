@@ -14,10 +14,12 @@ import weakref
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
+    BakedPad,
     BakedShape,
     BakedSlice,
     Cap,
     Solution,
+    baked_pads,
     baked_reshapes,
     baked_slices,
     bind,
@@ -54,6 +56,7 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_reshapes",
-    "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_of", "solve", "tied_dims",
+    "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_pads",
+    "baked_reshapes", "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_of", "solve",
+    "tied_dims",
 ]

@@ -50,6 +50,7 @@ class Sizes(OpShapes):
     symbols: dict[str, sympy.Symbol] = field(default_factory=dict)
     bounds: dict[sympy.Symbol, tuple[int, str]] = field(default_factory=dict)  # symbol <= N, and why
     _constraints: list[Constraint] = field(default_factory=list)
+    _multiples: list[Constraint] = field(default_factory=list)  # left must be a multiple of right
     _incomplete: str = ""
     _shapes: dict[int, Shape | None] = field(default_factory=dict)
     _values: dict[int, tuple | None] = field(default_factory=dict)
@@ -82,6 +83,13 @@ class Sizes(OpShapes):
         """The constraints that do not hold identically, in graph order."""
         self._run()
         return self._constraints
+
+    @property
+    def multiples(self) -> list[Constraint]:
+        """Lengths a Reshape with -1 splits into whole chunks: `left` must be a multiple of the integer `right`
+        (kept apart from `constraints`: it holds on a residue class, not at one size)."""
+        self._run()
+        return self._multiples
 
     def symbol(self, name: str) -> sympy.Symbol:
         if name not in self.symbols:
@@ -195,6 +203,9 @@ class Sizes(OpShapes):
             return
         if not same(left, right):
             self._constraints.append(Constraint(kind, node, left, right, detail))
+
+    def _multiple(self, node: gs.Node, length: Expr, chunk: Expr) -> None:
+        self._multiples.append(Constraint("multiple", node, length, chunk, "a whole number of chunks"))
 
     def _node(self, node: gs.Node) -> None:
         op = node.op

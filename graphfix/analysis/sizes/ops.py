@@ -117,7 +117,11 @@ class OpShapes:
         total = sympy.Mul(*shape)
         if -1 in out:
             rest = sympy.Mul(*[d for d in out if d != -1])
-            out[out.index(-1)] = sympy.cancel(total / rest)
+            inferred = sympy.cancel(total / rest)
+            out[out.index(-1)] = inferred
+            length, chunk = sympy.fraction(sympy.together(inferred))
+            if chunk.is_Integer and chunk > 1 and length.free_symbols:
+                self._multiple(node, length, chunk)  # [B, T+1, 8] -> [B, -1, 4, 8]: T+1 must be a multiple of 4
         else:
             self._require("reshape", node, total, sympy.Mul(*out), "element count")
         self._set(node, tuple(out), self._in_value(node, 0))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 import sympy
 
-from graphfix.analysis.sizes.core import Constraint, Sizes
+from graphfix.analysis.sizes.core import Constraint, Sizes, same
 
 MAX_CANDIDATES = 4
 
@@ -140,6 +140,45 @@ def baked_slices(sizes: Sizes) -> Iterator[BakedSlice]:
             continue  # the cut is not a whole-number expression of the sizes
         for node, position in _slices_cut_by(sizes, cut):
             yield BakedSlice(node, solution, position, int(_constant_side(cut)), ends[0])
+
+
+@dataclass
+class BakedPad:
+    """A Pad whose amount `value` at `position` of its pads vector rounds `length` up to a multiple of `chunk` at
+    the export size only: it stands for `expr`, `(chunk - length % chunk) % chunk`."""
+
+    node: gs.Node
+    multiple: Constraint
+    position: int
+    value: int
+    length: sympy.Expr
+    chunk: int
+
+    @property
+    def expr(self) -> sympy.Expr:
+        return sympy.Mod(self.chunk - sympy.Mod(self.length, self.chunk), self.chunk)
+
+
+def baked_pads(sizes: Sizes) -> Iterator[BakedPad]:
+    """Pads by a constant p < k of a length L that a Reshape then splits into chunks of k: `L + p` is a multiple of
+    k only where L is at export (`(k - int(T) % k) % k` computed in Python while tracing)."""
+    for multiple in sizes.multiples:
+        padding, length = multiple.left.as_coeff_Add()
+        chunk = int(multiple.right)
+        if not (padding.is_Integer and 0 < padding < chunk and length.free_symbols):
+            continue
+        for node in sizes.graph.nodes:
+            if node.op != "Pad" or not node.outputs or len(node.inputs) < 2:
+                continue
+            shape, out, pads = sizes.shape(node.inputs[0]), sizes.shape(node.outputs[0]), sizes.value(node.inputs[1])
+            if shape is None or out is None or pads is None or len(pads) != 2 * len(shape):
+                continue
+            for axis, (before, after) in enumerate(zip(shape, out, strict=True)):
+                begin, end = pads[axis], pads[axis + len(shape)]
+                if before is not None and same(before, length) and after is not None and same(after, multiple.left) \
+                        and {begin, end} == {0, padding}:
+                    position = axis if begin == padding else axis + len(shape)
+                    yield BakedPad(node, multiple, position, int(padding), length, chunk)
 
 
 def _slices_cut_by(sizes: Sizes, cut: sympy.Min) -> Iterator[tuple[gs.Node, int]]:

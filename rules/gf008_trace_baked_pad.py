@@ -1,0 +1,70 @@
+"""GF008 trace-baked-pad."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from graphfix.analysis.edits import rebuilt_entries, size_expr
+from graphfix.analysis.sizes import baked_pads, sizes_of
+from graphfix.core.context import RuleContext
+from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
+
+HINT = ("The pad amount went through Python while tracing (`(k - int(x.shape[1]) % k) % k`): compute it from the "
+        "traced size (`(k - x.shape[1] % k) % k` without int()), or pad with `F.pad` inside `torch.jit.script`.")
+
+
+class TraceBakedPad(Rule):
+    """Pads that round a length up to a multiple, computed in Python while tracing and frozen at export.
+
+    ## What it does
+    Finds a Pad by a constant p on a dynamic axis whose padded length a Reshape with -1 then splits into chunks of
+    k (`[B, T + p, C] -> [B, -1, k, C]`): the size analysis reads the chunk count as `(T + p) / k`, a whole number
+    only where T + p is a multiple of k. With 0 < p < k, that p is `(k - T % k) % k` at the export size; the pad
+    becomes that expression, computed from Shape ops.
+
+    ## Why it breaks deployment
+    Chunked attention, window partitions and frame stacking pad a length to a multiple of the chunk size. Written
+    as `pad = (k - int(x.shape[1]) % k) % k`, the amount is a Python number while tracing and the export keeps the
+    export-time value. Lengths of the same residue still run; the others fail in onnxruntime (`The input tensor
+    cannot be reshaped to the requested shape`).
+
+    ## Example
+    ```python
+    pad = (4 - int(x.shape[1]) % 4) % 4          # baked: Pad(x, [0, 0, 0, 0, 1, 0]) at T=7
+    x = F.pad(x, (0, 0, 0, pad)).reshape(b, -1, 4, c)
+    ```
+    Repaired: the amount becomes `Mod(3 * Shape(x)[1], 4)`, that is `(4 - T % 4) % 4`.
+
+    ## Fix safety
+    Safe: the constant pad is smaller than the chunk, so it is the round-up amount at the export size, and the
+    graph cannot run at lengths of another residue as it stands. The proof re-traces the pad at each probe size.
+    """
+
+    code = "GF008"
+    name = "trace-baked-pad"
+    severity = Severity.ERROR
+    fixable = True
+    traced_values = True
+
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        if not any(node.op == "Pad" for node in ctx.graph.nodes):
+            return  # the analysis is only paid for on graphs that pad
+        sizes = sizes_of(ctx)
+        for baked in baked_pads(sizes):
+            yield self._finding(ctx, sizes, baked)
+        if sizes.incomplete:
+            yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
+
+    def _finding(self, ctx: RuleContext, sizes, baked) -> Finding:
+        node, reshape, k = baked.node, baked.multiple.node, baked.chunk
+        message = (f"Pad '{node.name}' pads {baked.length} by a constant {baked.value}, the round-up to a multiple of "
+                   f"{k} at the export size only: Reshape '{reshape.name}' splits {baked.length} + {baked.value} into "
+                   f"chunks of {k}, so onnxruntime fails wherever {baked.length} % {k} != {(k - baked.value) % k}")
+        kwargs = dict(nodes=[node, reshape], tensors=[node.inputs[0], node.inputs[1]], hint=HINT)
+        if not size_expr(None, sizes, baked.expr, node.inputs[0]):
+            return self.finding(f"{message}; {baked.length} cannot be read from the sizes upstream", **kwargs)
+        return self.finding(
+            message, **kwargs,
+            fix=Fix(f"compute pad {baked.position} of Pad '{node.name}' as (k - {baked.length} % k) % k with k={k}",
+                    apply=rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset),
+                    safety=Safety.SAFE, reason=f"the constant {baked.value} < {k} is the round-up amount at export"))

@@ -1,0 +1,97 @@
+"""GF008 on a pad that rounds a length up to a multiple, computed with `int()` while tracing (chunked attention,
+window partitions, frame stacking), exported by the TorchScript exporter with dynamic batch and time: found from
+the Reshape that splits the padded length into chunks, rebuilt as `(k - T % k) % k`, and the repair matches
+PyTorch at lengths of every residue; the healthy spelling is quiet; a wrong rebuild is refused by the proof."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import graphfix
+from graphfix.core.rule import Safety
+from graphfix.validate import ValidationOptions, validate
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+CHUNK = 4
+SIZES = ((1, 3), (2, 7), (3, 12), (2, 9), (1, 14))  # every residue of T mod 4
+
+
+class Chunked(torch.nn.Module):
+    def __init__(self, healthy: bool = False):
+        super().__init__()
+        self.healthy = healthy
+
+    def forward(self, x):  # x [B, T, C] -> [B, ceil(T / 4), C]: sums over chunks of 4 frames
+        length = x.shape[1] if self.healthy else int(x.shape[1])
+        pad = (CHUNK - length % CHUNK) % CHUNK
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return x.reshape(x.shape[0], -1, CHUNK, x.shape[2]).sum(2)
+
+
+def export(module, path, dynamo: bool = False) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 7, 8),), str(path), dynamo=dynamo, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "chunks"}})
+
+
+def run(model, x):
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def inputs(batch, time):
+    return np.random.default_rng(batch * 100 + time).standard_normal((batch, time, 8)).astype(np.float32)
+
+
+def test_a_pad_baked_by_int_is_found_rebuilt_and_matches_pytorch_at_every_residue(tmp_path):
+    path = tmp_path / "chunked.onnx"
+    export(Chunked(), path)
+    with pytest.raises(Exception, match="reshape"):
+        run(path, inputs(2, 8))  # another residue than the export length's
+
+    findings = [f for f in graphfix.diagnose(path, static=True) if f.severity.value != "info"]
+    assert [f.rule for f in findings] == ["GF008"]
+    assert "constant 1" in findings[0].message and "multiple of 4" in findings[0].message
+    assert findings[0].fix.safety is Safety.SAFE
+
+    result = graphfix.repair(path)
+    assert result.status == "repaired", result.error
+    assert any("re-traced" in run["note"] for run in result.validation["runs"])
+    for batch, time in SIZES:
+        x = inputs(batch, time)
+        np.testing.assert_allclose(run(result.model, x), Chunked()(torch.from_numpy(x)).numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_a_rebuilt_pad_of_the_wrong_multiple_is_refused(tmp_path):
+    path = tmp_path / "chunked.onnx"
+    export(Chunked(), path)
+    repaired = graphfix.repair(path, simplify=False).model
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(repaired)
+    mod = next(n for n in wrong.graph.node if n.op_type == "Mod")
+    wrong.graph.initializer.append(numpy_helper.from_array(np.array([CHUNK - 1], np.int64), "wrong_chunk"))
+    mod.input[1] = "wrong_chunk"
+    assert validate(onnx.load(path), repaired, ValidationOptions()).passed  # the right rebuild passes
+    assert not validate(onnx.load(path), wrong, ValidationOptions()).passed
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_the_healthy_spelling_is_quiet(tmp_path, dynamo):
+    path = tmp_path / "healthy.onnx"
+    export(Chunked(healthy=True), path, dynamo=dynamo)
+    assert not [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF008"]
+    for batch, time in SIZES[:3]:
+        x = inputs(batch, time)
+        np.testing.assert_allclose(run(path, x), Chunked(healthy=True)(torch.from_numpy(x)).numpy(), rtol=1e-5,
+                                   atol=1e-6)
