@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
-from graphfix.analysis.sizes import baked_slices, sizes_of
+from graphfix.analysis.sizes import baked_slices, sizes_if
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -64,12 +64,10 @@ class TraceBakedSlice(Rule):
                    for n in site.upstream(depth=2))
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        if not any(node.op == "Slice" for node in ctx.graph.nodes):
-            return  # the analysis is only paid for on graphs that slice
-        sizes = sizes_of(ctx)
-        for baked in baked_slices(sizes):
+        sizes = sizes_if(ctx, "Slice")
+        for baked in baked_slices(sizes) if sizes else ():
             yield self._finding(ctx, sizes, baked)
-        if sizes.incomplete:
+        if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Slices were not checked (analysis incomplete)")
 
     def _finding(self, ctx: RuleContext, sizes, baked) -> Finding:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.edits import rebuilt_entries, size_expr
-from graphfix.analysis.sizes import baked_pads, sizes_of
+from graphfix.analysis.sizes import baked_pads, sizes_if
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -47,12 +47,10 @@ class TraceBakedPad(Rule):
     traced_values = True
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        if not any(node.op == "Pad" for node in ctx.graph.nodes):
-            return  # the analysis is only paid for on graphs that pad
-        sizes = sizes_of(ctx)
-        for baked in baked_pads(sizes):
+        sizes = sizes_if(ctx, "Pad")
+        for baked in baked_pads(sizes) if sizes else ():
             yield self._finding(ctx, sizes, baked)
-        if sizes.incomplete:
+        if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
     def _finding(self, ctx: RuleContext, sizes, baked) -> Finding:

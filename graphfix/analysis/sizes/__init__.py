@@ -40,6 +40,12 @@ def sizes_of(ctx) -> Sizes:
     return _CACHE[ctx]
 
 
+def sizes_if(ctx, op: str) -> Sizes | None:
+    """The size analysis, only where the graph holds an `op` node (a rule that reads what it solves about that op
+    pays nothing on other graphs)."""
+    return sizes_of(ctx) if any(node.op == op for node in ctx.graph.nodes) else None
+
+
 def tied_dims(model) -> dict:
     """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
     import onnx_graphsurgeon as gs
@@ -57,6 +63,6 @@ def tied_dims(model) -> dict:
 
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_pads",
-    "baked_reshapes", "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_of", "solve",
+    "baked_reshapes", "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_if", "sizes_of", "solve",
     "tied_dims",
 ]
