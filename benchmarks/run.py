@@ -30,6 +30,7 @@ from pathlib import Path
 
 PY = sys.executable
 GRAPHFIX = [PY, "-m", "graphfix"]
+POLYGRAPHY = str(Path(PY).parent / "polygraphy")  # the interpreter's own, whether or not its venv is active
 CHECKER = "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)"
 ONNXSIM = ("import onnxsim, sys; onnxsim.simplify(sys.argv[1], output_path=sys.argv[2], "
            "external_data_threshold='2GB')")
@@ -139,7 +140,7 @@ def bench_bert(work: Path, repeat: int) -> dict:
     model = generate("bert_base", work / "bert.onnx")
     return repair_target("BERT-base (TorchScript export, 435 MB inline), healthy: repair vs simplifiers", [
         *repair_vs_simplifiers(model, work / "bert_out", repeat),
-        measure("polygraphy check lint", ["polygraphy", "check", "lint", str(model)]),
+        measure("polygraphy check lint", [POLYGRAPHY, "check", "lint", str(model)]),
         measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)], repeat),
     ])
 
@@ -160,7 +161,7 @@ def bench_llama(work: Path, repeat: int) -> dict:
         measure("graphfix repair (healthy)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
         measure("onnxsim.simplify(path)", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
         measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
-        measure("polygraphy check lint", ["polygraphy", "check", "lint", str(model)]),
+        measure("polygraphy check lint", [POLYGRAPHY, "check", "lint", str(model)]),
     ]
     result = compare("Llama-style 0.6B (dynamo export, 2.38 GB = 2.22 GiB external data)", rows,
                      "diagnose --static <= 3x checker, < 300 MiB")

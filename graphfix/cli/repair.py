@@ -24,9 +24,8 @@ from graphfix.cli.options import (
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
 from graphfix.core.registry import select_rules
-from graphfix.io.loading import load_model
 from graphfix.io.paths import ModelPath, expand_paths
-from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_model
+from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text
 
 
@@ -76,7 +75,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
                 rules=[r for r in options.rules if r.code not in ignore and (not select or r.code in select)],
                 validation=probe_options_for(current_config(), model.path, options.validation),
             )
-            result = repair_model(load_model(model.path), target, model_options)
+            result = repair_file(model.path, target, model_options)
         except GraphfixError as exc:
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})

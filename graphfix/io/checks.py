@@ -9,6 +9,8 @@ the checker lets these through (onnx 1.23) and each one crashed a rule or the ru
 - data types that are no TensorProto enum (the checker accepts `data_type=99` on an initializer; numpy lookup
   then fails), on tensors and on graph inputs' tensor types;
 - `raw_data` longer than the dims need (the checker only refuses shorter), and shorter, with our own message;
+  values in more than one field. With these checked, big inline weights reach the checker as typed graph inputs:
+  on the file it would parse them all again;
 - string tensors: values in `raw_data` and strings that are not UTF-8 (ONNX strings are UTF-8);
 - names that are not UTF-8 (protobuf hands them over as bytes, which every string operation trips on);
 - cycles: the checker refuses any graph that is not topologically sorted, cycle or not. graphfix accepts an
@@ -30,10 +32,13 @@ from onnx import AttributeProto, TensorProto
 
 from graphfix.core.errors import InputError
 from graphfix.io.external_data import model_tensors, tensor_nbytes
+from graphfix.io.protos import lift_initializers
 
 SUB_BYTE_PACKED = {TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
 VALID_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 MAX_ELEMENTS = 1 << 48  # a tensor beyond this is no weight but a damaged dim
+VALUE_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+HEAVY_BYTES, HEAVY_TENSOR_BYTES = 64 << 20, 1 << 20  # weights the checker gets as typed inputs (see below)
 
 
 def validate_model(proto: onnx.ModelProto, name: str) -> None:
@@ -72,6 +77,9 @@ def check_tensor(tensor: TensorProto, where: str) -> None:
         if tensor.HasField("raw_data") or _typed_values(tensor):
             raise InputError(f"{where}: has both external data and values in the file")
         return  # sizes checked against the file by graphfix.external_data
+    fields = [f for f in VALUE_FIELDS if len(getattr(tensor, f))] + ["raw_data"] * tensor.HasField("raw_data")
+    if len(fields) > 1:
+        raise InputError(f"{where}: values in more than one field ({', '.join(fields)})")
     if tensor.data_type == TensorProto.STRING:
         _check_strings(tensor, where, count)
         return
@@ -84,7 +92,7 @@ def check_tensor(tensor: TensorProto, where: str) -> None:
 
 def _check_typed_count(tensor: TensorProto, where: str, count: int) -> None:
     """Values kept in a typed field must match the dims exactly (the checker refuses only too few)."""
-    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+    for field in VALUE_FIELDS:
         have = len(getattr(tensor, field))
         if not have:
             continue
@@ -99,8 +107,7 @@ def _check_typed_count(tensor: TensorProto, where: str, count: int) -> None:
 
 
 def _typed_values(tensor: TensorProto) -> bool:
-    return any(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "string_data", "int64_data",
-                                                  "double_data", "uint64_data"))
+    return any(len(getattr(tensor, f)) for f in VALUE_FIELDS)
 
 
 def _check_strings(tensor: TensorProto, where: str, count: int) -> None:
@@ -268,13 +275,17 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
 
     unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
     if unshaped or dangling or (path is None and has_external_data(proto)):
-        proto, path = _without_initializers(proto), None
+        proto, path = lift_initializers(proto), None
         for value in (*proto.graph.input, *proto.graph.output):
             if value.name in unshaped:  # unknown rank: valid for onnxruntime, which the checker does not allow
                 value.type.tensor_type.shape.SetInParent()
         kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
+    elif path is not None and (heavy := _heavy_initializers(proto)):
+        # On the file, the checker would parse every weight again (0.9 s on BERT-base) for checks graphfix has
+        # run already (check_tensor): it gets the graph with those weights as typed inputs.
+        proto, path = lift_initializers(proto, heavy), None
     try:
         onnx.checker.check_model(str(path) if path is not None else proto)
     except onnx.checker.ValidationError as exc:
@@ -291,7 +302,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
 def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
     """The checker stops at an unsorted (acyclic, checked above) graph: run it again on a sorted copy. A name
     nothing produces is then what it reports."""
-    light = _without_initializers(proto)
+    light = lift_initializers(proto)
     _sort(light.graph)
     try:
         onnx.checker.check_model(light)
@@ -314,14 +325,17 @@ def _unshaped_io(proto: onnx.ModelProto) -> set[str]:
             if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")}
 
 
-def _without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose initializers are typed graph inputs: their sizes are graphfix's own check."""
-    from graphfix.io.protos import copy_without_initializers
-
-    light = copy_without_initializers(proto)
-    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-                             for t in proto.graph.initializer)
-    return light
+def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
+    """With at least HEAVY_BYTES of inline weights (IR >= 4, where initializers need not be graph inputs): the
+    names of the external initializers and of the inline ones of at least HEAVY_TENSOR_BYTES. Sizes come from
+    the dims, which `check_tensor` matched to the values (reading `raw_data` would copy it)."""
+    if proto.ir_version < 4:
+        return set()
+    inline = {t.name: tensor_nbytes(t) for t in proto.graph.initializer if t.data_location != TensorProto.EXTERNAL}
+    if sum(inline.values()) < HEAVY_BYTES:
+        return set()
+    return ({t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+            | {name for name, size in inline.items() if size >= HEAVY_TENSOR_BYTES})
 
 
 def _sort(graph: onnx.GraphProto) -> None:

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import onnx
+from onnx import helper
+
+
+def lift_initializers(model: onnx.ModelProto, names: Collection[str] | None = None) -> onnx.ModelProto:
+    """A copy of `model` whose named initializers (all of them when `names` is None) are graph inputs of the same
+    name, type and shape, without data: the graph's structure for a tool that needs no weights (onnx's checker,
+    onnxsim). An initializer that is a graph input already (IR < 4) keeps that input, once."""
+    light = copy_without_initializers(model)
+    lifted = [t for t in model.graph.initializer if names is None or t.name in names]
+    light.graph.initializer.extend(t for t in model.graph.initializer if names is not None and t.name not in names)
+    inputs = {i.name for i in light.graph.input}
+    light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in lifted if t.name not in inputs)
+    return light
 
 
 def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

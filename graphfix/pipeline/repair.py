@@ -22,10 +22,11 @@ from graphfix.core.context import RuleOptions
 from graphfix.core.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
 from graphfix.core.errors import UsageError
 from graphfix.core.rule import Rule, Severity
-from graphfix.io.loading import LoadedModel
+from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
 from graphfix.io.staging import scratch_dir
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
+from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.runner import ModelRunner
 
 
@@ -102,8 +103,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
-    """Repair one loaded model and, unless dry-run, write it to `output` once validated.
+def repair_file(path: Path, output: Path | None, options: RepairOptions) -> RepairResult:
+    """Load and repair one model file. onnxsim's child process starts first: its imports take about as long as
+    loading a BERT-base, and they use the core the load leaves idle. It is stopped unused when no fix applies."""
+    with contextlib.closing(OnnxsimChild()) if options.simplify else contextlib.nullcontext() as simplifier:
+        return repair_model(load_model(path), output, options, simplifier)
+
+
+def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions,
+                 simplifier: OnnxsimChild | None = None) -> RepairResult:
+    """Repair one loaded model and, unless dry-run, write it to `output` once validated. `simplifier` is an
+    onnxsim child started ahead (else one starts when needed).
 
     onnxruntime's session for the original model is built on a second thread meanwhile: session creation and
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
@@ -111,7 +121,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
         check_destination(loaded, output, options.in_place)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
-        return _repair(loaded, output, options, pool, original)
+        return _repair(loaded, output, options, pool, original, simplifier)
 
 
 def _original_runner(loaded: LoadedModel) -> ModelRunner:
@@ -124,11 +134,13 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 
 
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
-            original: Future[ModelRunner] | None) -> RepairResult:
+            original: Future[ModelRunner] | None, simplifier: OnnxsimChild | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
     if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings):
         # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it.
         outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
+    if not outcome.changed and simplifier is not None:
+        simplifier.close()  # nothing to simplify: its CPU goes to the validation
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures))
     model, result.weights = outcome.model, outcome.weights
@@ -141,7 +153,7 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
             ahead = pool.submit(stage_weights, destination, model, result.weights)
         try:
             if outcome.changed and options.simplify:
-                model, result.simplify = _simplify(model, loaded.base_dir)
+                model, result.simplify = _simplify(model, loaded.base_dir, simplifier)
                 result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
                                               result.weights)
             result.light = model
@@ -214,10 +226,9 @@ def _discard(staging: Future[StagedModel] | None) -> None:
         staging.result().discard()
 
 
-def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
-    from graphfix.pipeline.simplify import simplify
-
-    outcome = simplify(model, base_dir=base_dir)
+def _simplify(model: onnx.ModelProto, base_dir: Path | None,
+              child: OnnxsimChild | None) -> tuple[onnx.ModelProto, str]:
+    outcome = simplify(model, base_dir=base_dir, child=child)
     return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
 
 

@@ -3,9 +3,10 @@
 onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
 large constants). So it runs in a child process with a timeout, and its result is checked before it replaces
 anything. On any failure the input is kept and the reason is returned in one line. The child is a fresh
-`python -m graphfix.pipeline.simplify IN OUT`, never a fork: the repair pipeline has onnxruntime sessions and writer
-threads running meanwhile, and a forked child inherits their locks but not their threads (onnxsim's own
-onnxruntime sessions then hang). The model it gets is the light one, a few megabytes to write.
+`python -m graphfix.pipeline.simplify --serve` (`OnnxsimChild`, which the repair pipeline starts as soon as it
+knows a fix will be applied, so that its imports overlap with the fixing), never a fork: the repair pipeline has
+onnxruntime sessions and writer threads running meanwhile, and a forked child inherits their locks but not their
+threads (onnxsim's own onnxruntime sessions then hang). The model it gets is the light one, a few megabytes.
 
 Weights are never sent to the child when they are external, stubs of a light model (see `graphfix.io.weights`),
 or too many for one protobuf: such initializers are *lifted* into graph inputs of the same name, type and shape,
@@ -20,16 +21,18 @@ The child imports onnxsim with torch and sympy hidden: onnxsim's package imports
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from graphfix.io.external_data import tensor_nbytes
-from graphfix.io.protos import copy_without_initializers
+from graphfix.io.protos import lift_initializers
 from graphfix.io.staging import scratch_dir
 
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
@@ -45,20 +48,48 @@ class SimplifyResult:
     message: str  # '' or why it was skipped / failed / reverted, one line
 
 
+class OnnxsimChild:
+    """`python -m graphfix.pipeline.simplify --serve`, started ahead of need: it imports onnxsim (2 of its 3
+    seconds) while the caller is still fixing, then waits for one job on its stdin and exits. A child never given
+    a job sees its stdin close (`close()`, or the parent's death) and exits without output."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "graphfix.pipeline.simplify", "--serve"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)
+
+    def run(self, source: Path, target: Path, timeout_s: float) -> tuple[int, str]:
+        """(exit status, stderr) of the job; raises subprocess.TimeoutExpired after killing the child."""
+        try:
+            _, stderr = self.process.communicate(f"{source}\n{target}\n", timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise
+        return self.process.returncode, stderr
+
+    def close(self) -> None:
+        """Stop the child if it still runs and reap it; closing twice is harmless."""
+        if self.process.poll() is None:
+            self.process.kill()
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.communicate()
+
+
 def simplify(
     model: onnx.ModelProto,
     *,
     base_dir: Path | None = None,
     timeout_s: float = 120.0,
     max_growth: float = 1.25,
+    child: OnnxsimChild | None = None,
 ) -> SimplifyResult:
     """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything fails.
 
     `base_dir` is where the model's external data lives; it is only needed to tell the caller the weights stay
-    there (they are never read here)."""
+    there (they are never read here). `child` is one started ahead (used up here), else one is started now."""
     lifted = _liftable_initializers(model)
-    light = _lift_initializers(model, lifted)
-    outcome = _run_onnxsim_child(light, timeout_s)
+    light = lift_initializers(model, lifted)
+    outcome = _run_onnxsim_child(light, timeout_s, child or OnnxsimChild())
     del light  # the child has its own copy; holding ours would double the peak memory
     if isinstance(outcome, str):
         return SimplifyResult(model, False, outcome)
@@ -77,19 +108,6 @@ def _liftable_initializers(model: onnx.ModelProto) -> set[str]:
     if sum(tensor_nbytes(t) for t in inline) <= PROTOBUF_SAFE_BYTES:
         return external
     return external | {t.name for t in inline if tensor_nbytes(t) >= LIFT_MIN_BYTES}
-
-
-def _lift_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
-    """A copy of `model` where the named initializers are graph inputs (declared type and shape, no data)."""
-    light = copy_without_initializers(model)
-    light.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
-    existing_inputs = {i.name for i in light.graph.input}
-    for tensor in model.graph.initializer:
-        if tensor.name in names and tensor.name not in existing_inputs:
-            light.graph.input.append(
-                helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
-            )
-    return light
 
 
 def _restore_initializers(
@@ -113,21 +131,21 @@ def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
     return any(i.name == name for i in model.graph.input)
 
 
-def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float) -> tuple[int, onnx.ModelProto] | str:
+def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float,
+                       child: OnnxsimChild) -> tuple[int, onnx.ModelProto] | str:
     """(bytes sent, onnxsim's result), or one line saying why there is none."""
-    with scratch_dir("sim") as tmp:
+    with scratch_dir("sim") as tmp, contextlib.closing(child):
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         try:
             onnx.save_model(light, str(source))
         except ValueError as exc:  # still over 2 GB after lifting (huge Constant nodes)
             return f"simplification skipped: model too large to serialize ({exc})"
-        command = [sys.executable, "-m", "graphfix.pipeline.simplify", str(source), str(target)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            returncode, stderr = child.run(source, target, timeout_s)
         except subprocess.TimeoutExpired:
             return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
-        if done.returncode != 0 or not target.exists():
-            reason = _last_line(done.stderr, done.returncode)
+        if returncode != 0 or not target.exists():
+            reason = _last_line(stderr, returncode)
             return f"simplification failed, kept the unsimplified graph: {reason}"
         return source.stat().st_size, onnx.load_model(str(target), load_external_data=False)
 
@@ -177,10 +195,25 @@ def _input_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
     ]
 
 
-def _child_main(source: str, target: str) -> int:
-    """Entry point of the child process: simplify `source` into `target`; report errors in one line."""
+def _serve() -> int:
+    """Entry point of the child process: import onnxsim, then simplify the one job its stdin names (two lines,
+    source and target); report errors in one line. Nothing to do when stdin closes first."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # started ahead of need: the parent's work comes first
     try:
-        simplified, ok = _simplify_with_fallback(onnx.load_model(source))
+        onnxsim = _import_onnxsim()
+    except Exception as exc:
+        print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
+        return 1
+    source, target = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
+    if not source or not target:
+        return 0
+    return _simplify_file(onnxsim, source, target)
+
+
+def _simplify_file(onnxsim, source: str, target: str) -> int:
+    try:
+        simplified, ok = _simplify_with_fallback(onnxsim, onnx.load_model(source))
     except Exception as exc:
         print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
         return 1
@@ -191,8 +224,7 @@ def _child_main(source: str, target: str) -> int:
     return 0
 
 
-def _simplify_with_fallback(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    onnxsim = _import_onnxsim()
+def _simplify_with_fallback(onnxsim, model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     try:
         return onnxsim.simplify(model, skip_shape_inference=False)
     except Exception:  # shape inference crashes on some valid models; try once without it
@@ -225,4 +257,4 @@ def _import_onnxsim():
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1], sys.argv[2]))
+    sys.exit(_serve())

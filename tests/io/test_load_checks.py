@@ -14,6 +14,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from graphfix.cli import cli
 from graphfix.core.errors import InputError
+from graphfix.io import checks
 from graphfix.io.loading import from_proto, load_model
 
 
@@ -111,6 +112,10 @@ def two_producers(m):
     m.graph.node.append(helper.make_node("Identity", ["x"], ["m"], name="again"))
 
 
+def two_value_fields(m):
+    _w(m).float_data.extend([1.0] * 16)
+
+
 def recursive_function(m):
     m.functions.append(helper.make_function("local", "F", ["a"], ["b"], [helper.make_node("F", ["a"], ["b"],
                                             domain="local")], [helper.make_opsetid("local", 1)]))
@@ -138,11 +143,22 @@ CASES = [
     (input_without_type, "graph input 'x' has no type"),
     (two_producers, "'m' has been used as output names multiple times"),
     (recursive_function, "Model-local functions must not be recursive"),
+    (two_value_fields, "tensor 'w': values in more than one field (float_data, raw_data)"),
 ]
 
 
+@pytest.fixture(params=["light", "heavy"])
+def weights(request, monkeypatch):
+    """Each case twice: as it is, and with its 64-byte weight counted as heavy, so that the checker gets it as a
+    typed graph input (what happens to BERT-size weights) and graphfix's own tensor checks must catch it."""
+    if request.param == "heavy":
+        monkeypatch.setattr(checks, "HEAVY_BYTES", 64)
+        monkeypatch.setattr(checks, "HEAVY_TENSOR_BYTES", 64)
+    return request.param
+
+
 @pytest.mark.parametrize(("mutation", "message"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_malformed_model_is_refused_at_load_naming_it(mutation, message, tmp_path):
+def test_malformed_model_is_refused_at_load_naming_it(mutation, message, tmp_path, weights):
     model = base()
     mutation(model)
     path = tmp_path / "model.onnx"
@@ -155,8 +171,24 @@ def test_malformed_model_is_refused_at_load_naming_it(mutation, message, tmp_pat
     assert message in result.output and "internal error" not in result.output
 
 
-def test_the_unmutated_model_loads():
+def test_the_unmutated_model_loads(tmp_path, weights):
     assert from_proto(base()).proto.graph.node[0].name == "mm"
+    path = tmp_path / "model.onnx"
+    path.write_bytes(base().SerializeToString())
+    assert load_model(path).proto.graph.initializer[0].name == "w"
+
+
+def test_heavy_weights_stay_checked_by_the_checker_before_ir_4(tmp_path, monkeypatch):
+    """Before IR 4 an initializer must also be a graph input: the checker must still see the initializer."""
+    monkeypatch.setattr(checks, "HEAVY_BYTES", 64)
+    monkeypatch.setattr(checks, "HEAVY_TENSOR_BYTES", 64)
+    model = base()
+    model.ir_version = 3
+    model.opset_import[0].version = 8
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(InputError, match="w in initializer but not in graph input"):
+        load_model(path)
 
 
 def test_unsorted_but_acyclic_graph_is_accepted():

@@ -203,7 +203,7 @@ def test_internal_errors_exit_2_with_a_debug_hint(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(command, "repair_model", broken)  # the CLI's handling is under test, not repair_model
+    monkeypatch.setattr(command, "repair_file", broken)  # the CLI's handling is under test, not repair_file
     done = CliRunner().invoke(cli, ["repair", str(tmp_path / "m.onnx"), "--dry-run"])
     assert done.exit_code == 2
     assert "internal error" in done.output and "--debug" in done.output and "Traceback" not in done.output

@@ -7,7 +7,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import graphfix.pipeline.simplify as simplify_module
-from graphfix.pipeline.simplify import simplify
+from graphfix.io.protos import lift_initializers
+from graphfix.pipeline.simplify import OnnxsimChild, simplify
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
 
@@ -118,7 +119,7 @@ def test_huge_inline_weights_are_lifted_like_external_ones(monkeypatch):
     monkeypatch.setattr(simplify_module, "PROTOBUF_SAFE_BYTES", 1000)
     monkeypatch.setattr(simplify_module, "LIFT_MIN_BYTES", 1000)
     assert simplify_module._liftable_initializers(m) == {"W"}
-    light = simplify_module._lift_initializers(m, {"W"})
+    light = lift_initializers(m, {"W"})
     assert not light.graph.initializer and [i.name for i in light.graph.input] == ["X", "W"]
 
 
@@ -133,3 +134,18 @@ def test_onnxsim_child_is_never_forked(monkeypatch):
     monkeypatch.setattr(os, "fork", no_fork)
     outcome = simplify(FOLDABLE)
     assert outcome.applied, outcome.message
+
+
+def test_a_child_started_ahead_takes_the_job_and_an_unused_one_exits_quietly():
+    """repair starts onnxsim's child before loading the model (its imports overlap the load); the child then
+    simplifies the one job it is given, or exits without output when no fix applied and its stdin closes."""
+    ahead = OnnxsimChild()
+    outcome = simplify(FOLDABLE, child=ahead)
+    assert outcome.applied, outcome.message
+    assert "ConstantOfShape" not in [n.op_type for n in outcome.model.graph.node]
+    assert ahead.process.returncode == 0
+    unused = OnnxsimChild()
+    unused.process.stdin.close()
+    assert unused.process.wait(timeout=120) == 0
+    assert unused.process.stderr.read() == ""
+    unused.close()  # closing again is harmless
