@@ -11,13 +11,14 @@ from graphfix.analysis import export_sizes as evidence
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
 from graphfix.analysis.sizes import baked_reshapes, baked_slices, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
-from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
+from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
 # a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
 _BY_VALUE = ("the export size of {dims} is given, not solved: no constraint of the graph pins it, so the constant "
              "may be a model size that equals it at export (rewriting a healthy reshape or slice changes its output)")
+HINT_CHOICE = " `graphfix repair` builds each and applies one only if the proof accepts it alone."
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
 
@@ -50,14 +51,14 @@ class TraceBakedShape(Rule):
     Slice, or the solved expression (`Shape(x)[i]`, `Shape(x)[0] * 4`) computed at run time.
 
     ## Fix safety
-    Safe when a constraint of the graph pins the size, so the graph fails at every other size (a solved
-    element count, an Expand or a broadcast against the dim, Split sizes), and the constant stands for that dim.
-    A constant that only equals an export size given with `--trace-shape` (or guessed from the constant itself)
-    may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy
-    model. Such fixes are unsafe and the finding is a warning; the same holds for a Slice end equal to a given
-    length. Unsafe also when the link is by value only, or when two dynamic dims had the same export size. Not
-    fixable, with a hint: Split sizes (the number of outputs is fixed), pad amounts computed in Python, and
-    entries several expressions could stand for (ambiguous).
+    Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast against
+    the dim, Split sizes) and the constant stands for that dim. A constant that only equals a size given with
+    `--trace-shape` (or guessed from the constant) may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at
+    every B, and rewriting it changes a healthy model; such fixes, and Slice ends equal to a given length, are
+    unsafe and the finding a warning. Unsafe also when the link is by value only, or two dynamic dims had the
+    same export size. Where several entries could stand for the size (MultiheadAttention traced at a length
+    equal to its head size), `repair` builds each and applies one only if the proof accepts it alone. Not
+    fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in Python.
     """
 
     code = "GF004"
@@ -112,19 +113,11 @@ class TraceBakedShape(Rule):
         ev = ctx.evaluator
         sizes = evidence.export_sizes(ctx, ev)
         yield from self._solved_reshapes(ctx, ev)
+        by_op = {"Reshape": self._reshape, "Expand": self._expand, "Slice": self._slice, "Split": self._split,
+                 "Pad": self._pad, **dict.fromkeys(VALUE_ONLY, self._value_only)}
         for node in ctx.graph.nodes:
-            if node.op == "Reshape":
-                yield from self._reshape(ctx, ev, sizes, node)
-            elif node.op == "Expand":
-                yield from self._expand(ctx, ev, sizes, node)
-            elif node.op == "Slice":
-                yield from self._slice(ctx, ev, sizes, node)
-            elif node.op == "Split":
-                yield from self._split(ctx, ev, sizes, node)
-            elif node.op == "Pad":
-                yield from self._pad(ctx, ev, sizes, node)
-            elif node.op in VALUE_ONLY:
-                yield from self._value_only(ctx, ev, sizes, node)
+            if node.op in by_op:
+                yield from by_op[node.op](ctx, ev, sizes, node)
 
     # --- partly constant Reshape shapes: the element count pins a size (solved constraint) ------------------------
     def _solved_reshapes(self, ctx: RuleContext, ev) -> Iterator[Finding | Rejection]:
@@ -148,17 +141,22 @@ class TraceBakedShape(Rule):
                    f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
         entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
         kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
-        if len(entries) != 1:  # none rebuildable, or several that fit: report, do not guess
-            which = ", ".join(f"{e.index} ({e.value} = {e.expr})" for e in entries) or "none"
-            return self.finding(f"{message}; entries that could stand for it: {which}", **kwargs,
-                                hint=HINT_INT + " Give --trace-shape NAME=DIMS to tell which entry is baked.")
+        chosen = [e for e in entries if e.index == ctx.options.choices.get(node.name)]
+        trial = len(entries) > 1 and bool(chosen)  # one of repair's trials (see Choice): the proof judges it
+        entries = chosen if trial else entries
+        if len(entries) != 1:  # none rebuildable, or several that fit: the proof chooses, if one alone passes
+            labels = tuple(f"entry {e.index} ({e.value} = {e.expr})" for e in entries)
+            choice = Choice(node.name, tuple(e.index for e in entries), labels) if entries else None
+            return self.finding(f"{message}; entries that could stand for it: {', '.join(labels) or 'none'}",
+                                **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
         return self.finding(
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}", **kwargs, hint=HINT_INT,
             fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
                     apply=loosened(node, {value}, rebuild), safety=Safety.SAFE,
-                    reason=f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
+                    reason="the one candidate the proof accepted (repair's trial)" if trial else
+                    f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:

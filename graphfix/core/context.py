@@ -25,6 +25,7 @@ class RuleOptions:
     expect_outputs: tuple[str, ...] = ()
     trace_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     static: bool = False
+    choices: Mapping[str, int] = field(default_factory=dict)  # Choice key -> the option to build (repair's trials)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

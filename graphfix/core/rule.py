@@ -72,6 +72,17 @@ class Fix:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A fix that depends on which of several candidates is right (a constant that several entries of a shape
+    vector could stand for). `repair` builds the repair for each (`RuleOptions.choices` maps `key` to one of
+    `options`), keeps those the proof accepts, and applies one only when it alone passes."""
+
+    key: str
+    options: tuple[int, ...]
+    labels: tuple[str, ...]
+
+
 @dataclass
 class Finding:
     """A problem at named nodes and tensors, its cause in one sentence, and what to change."""
@@ -85,6 +96,7 @@ class Finding:
     hint: str = ""
     fix: Fix | None = None
     shapes: dict[str, Any] = field(default_factory=dict)
+    choice: Choice | None = None  # no fix yet: the proof chooses among candidates (see Choice)
 
     @property
     def fixable(self) -> bool:
@@ -102,6 +114,7 @@ class Finding:
             "fixable": self.fixable,
             "fix": None if self.fix is None else {"summary": self.fix.summary, "safety": self.fix.safety.value},
             "hint": self.hint,
+            "candidates": list(self.choice.labels) if self.choice else [],  # the proof chooses (see Choice)
         }
 
 
@@ -230,6 +243,7 @@ class Rule:
         fix: Fix | None = None,
         severity: Severity | None = None,
         shapes: dict[str, Any] | None = None,
+        choice: Choice | None = None,
     ) -> Finding:
         return Finding(
             rule=self.code,
@@ -241,6 +255,7 @@ class Rule:
             hint=hint,
             fix=fix,
             shapes=shapes or {},
+            choice=choice,
         )
 
     def reject(self, reason: str, *, nodes: Sequence[Any] = ()) -> Rejection:

@@ -19,13 +19,14 @@ from typing import Any
 import onnx
 
 from graphfix.core.context import RuleOptions
-from graphfix.core.engine import AppliedFix, Diagnosis, diagnose_model, fix_model
+from graphfix.core.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.core.errors import UsageError
 from graphfix.core.rule import Rule, Severity
 from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
 from graphfix.io.staging import scratch_dir
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
+from graphfix.pipeline.choose import choose
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.runner import ModelRunner
 
@@ -136,13 +137,16 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None, simplifier: OnnxsimChild | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    chose = ""
+    if original is not None and any(f.choice is not None for f in outcome.after.findings):
+        outcome, options, chose = _choose(loaded, outcome, options, original.result())
     if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings):
         # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it.
         outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
     if not outcome.changed and simplifier is not None:
         simplifier.close()  # nothing to simplify: its CPU goes to the validation
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
-                          outcome.before, outcome.after, notes=list(outcome.failures))
+                          outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))
     model, result.weights = outcome.model, outcome.weights
     with scratch_dir() as scratch:
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
@@ -224,6 +228,30 @@ def _discard(staging: Future[StagedModel] | None) -> None:
         return
     with contextlib.suppress(Exception):
         staging.result().discard()
+
+
+def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
+            original: ModelRunner) -> tuple[FixOutcome, RepairOptions, str]:
+    """The proof chooses among the candidates of findings that report a Choice (graphfix.pipeline.choose)."""
+    def trial(picked: dict[str, int]) -> FixOutcome:
+        rule_options = dataclasses.replace(options.rule_options, choices=picked)
+        return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options)
+
+    def judge(tried: FixOutcome, picked: dict[str, int]) -> bool:
+        candidate = ModelRunner(tried.model, loaded.base_dir, weights=tried.weights, fed=original.fed)
+        return _validate(loaded, original, candidate, _with_choices(options, picked)).passed
+
+    chosen, picked, note = choose(outcome, trial, judge)
+    return chosen, _with_choices(options, picked) if picked else options, note
+
+
+def _with_choices(options: RepairOptions, picked: dict[str, int]) -> RepairOptions:
+    """Options that build (rules) and re-trace (validation) the repair with these candidates."""
+    from graphfix.validate import ValidationOptions
+
+    validation = dataclasses.replace(options.validation or ValidationOptions(), choices=picked)
+    return dataclasses.replace(options, rule_options=dataclasses.replace(options.rule_options, choices=picked),
+                               validation=validation)
 
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None,

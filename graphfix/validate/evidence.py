@@ -109,7 +109,7 @@ class Judge:
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
         self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
-        self.retracer = Retracer(before)
+        self.retracer = Retracer(before, options.choices)
 
     @functools.cached_property
     def samples(self) -> list[Samples]:

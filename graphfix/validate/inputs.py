@@ -39,6 +39,7 @@ class ValidationOptions:
     rtol: float = 1e-3
     atol: float = 1e-4
     require: str = "consistent"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
+    choices: dict[str, int] = field(default_factory=dict)  # the candidates the repair was built with (re-trace)
 
 
 def synthesize_inputs(

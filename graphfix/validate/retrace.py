@@ -7,8 +7,8 @@ the constant that holds it is a known expression of the sizes. Setting each
 such entry to its expression's value at a probe size gives the original as a trace at that size would have
 produced it: the same nodes and weights, only those constants changed. Where the original fails
 at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
-ops instead; it is no reference where an entry is ambiguous (several expressions fit) or cannot be located in a
-constant.
+ops instead; it is no reference where an entry is ambiguous (several expressions fit: the repair then names the one it
+built, see graphfix.core.rule.Choice) or cannot be located in a constant.
 
 Structured constants cut at an export-time size (a causal mask `tril(ones(7, 7))`, `eye(7)`, `arange(7)`, the
 first 7 rows of a table still in the graph; graphfix.analysis.structured) are re-traced the same way: each is
@@ -62,8 +62,9 @@ class BakedOperand:
 class Retracer:
     """Builds runners of the original re-traced at a binding; `baked` is empty when there is nothing to re-trace."""
 
-    def __init__(self, original: ModelRunner):
+    def __init__(self, original: ModelRunner, choices: dict[str, int] | None = None):
         self.original = original
+        self.choices = dict(choices or {})  # Reshape name -> the shape-vector entry the repair rebuilt
 
     @functools.cached_property
     def context(self):
@@ -71,7 +72,7 @@ class Retracer:
 
     @functools.cached_property
     def baked(self) -> list[BakedConstant]:
-        return baked_constants(self.original.proto, self.context)
+        return baked_constants(self.original.proto, self.context, self.choices)
 
     @functools.cached_property
     def operands(self) -> list[BakedOperand] | None:
@@ -138,16 +139,17 @@ def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | Non
     return found
 
 
-def baked_constants(model: onnx.ModelProto, ctx=None) -> list[BakedConstant]:
-    """Each solved baked entry of `model` (one candidate expression), located in the constant that holds it."""
+def baked_constants(model: onnx.ModelProto, ctx=None, choices: dict[str, int] | None = None) -> list[BakedConstant]:
+    """Each solved baked entry of `model` (one candidate expression, or the one `choices` names for its Reshape),
+    located in the constant that holds it."""
     from graphfix.analysis.sizes import baked_pads, baked_reshapes, baked_slices, sizes_of
 
     ctx = ctx or _context(model)
     graph = ctx.graph
     sizes = sizes_of(ctx)
     index = {id(node): k for k, node in enumerate(graph.nodes)}
-    entries = [(b.node, 1, b.entries[0].index, b.entries[0].value, b.entries[0].expr)
-               for b in baked_reshapes(sizes) if len(b.entries) == 1]  # several: the repair has to find out which
+    entries = [(b.node, 1, e.index, e.value, e.expr) for b in baked_reshapes(sizes)
+               for e in _chosen(b, choices or {})]
     entries += [(b.node, 2, b.position, b.value, b.expr) for b in baked_slices(sizes)]
     found = []
     for node, slot, element, value, expr in entries:
@@ -161,6 +163,13 @@ def baked_constants(model: onnx.ModelProto, ctx=None) -> list[BakedConstant]:
         found.append(BakedConstant(index[id(pad.node)], 1, pad.position, pad.value, pad.expr,
                                    tuple(int(v) for v in vector), least=0))
     return found
+
+
+def _chosen(baked, choices: dict[str, int]) -> list:
+    """The entry a Reshape bakes: its one candidate, or the one the repair chose; none while it is ambiguous."""
+    if baked.node.name in choices:
+        return [e for e in baked.entries if e.index == choices[baked.node.name]]
+    return baked.entries if len(baked.entries) == 1 else []
 
 
 def _locate(node: gs.Node, slot: int, position: int, sizes, depth: int = 8) -> tuple[gs.Node, int, int] | None:

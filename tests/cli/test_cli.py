@@ -22,7 +22,8 @@ g (float[N, 4] X) => (float[N, 4] Y) { Y = Relu(X)  D = Neg(X) }"""
 CONSTANT_OUTPUT = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 4] X) => (float[N, 4] Y, float[1] Z) <float[1] C = {2.0}> { Y = Relu(X)  Z = Identity(C) }"""
 
-FINDING_KEYS = {"rule", "name", "severity", "message", "nodes", "tensors", "shapes", "fixable", "fix", "hint"}
+FINDING_KEYS = {"rule", "name", "severity", "message", "nodes", "tensors", "shapes", "fixable", "fix", "hint",
+                "candidates"}
 REPAIR_KEYS = {"path", "output", "status", "applied", "findings_before", "findings_after", "simplify", "validation",
                "notes", "error"}
 

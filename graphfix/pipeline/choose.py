@@ -1,0 +1,56 @@
+"""Candidates the proof chooses among.
+
+Where several entries of a shape vector could stand for a baked size (nn.MultiheadAttention traced at a length
+equal to its head size bakes `Concat([4], B*heads, [4])`), a rule reports a `Choice` instead of a fix. `repair`
+then builds the repair once per combination of candidates (at most MAX_TRIALS), validates each against the
+original, re-traced with the same choice, and applies one only when it alone passes. Reshapes with the same
+candidates (one line of model code, traced once per layer or per projection) take the same one. Several that pass are
+reported as ambiguous, and nothing is applied: the proof cannot tell them apart, so neither can graphfix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from graphfix.core.engine import FixOutcome
+from graphfix.core.rule import Choice
+
+MAX_TRIALS = 8
+
+
+def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
+           judge: Callable[[FixOutcome, dict[str, int]], bool]) -> tuple[FixOutcome, dict[str, int], str]:
+    """(the outcome to go on with, the choices it was built with, a note). `trial` builds the repair for a
+    combination (Choice key -> option), `judge` validates it."""
+    choices = [f.choice for f in outcome.after.findings if f.choice is not None]
+    if not choices:
+        return outcome, {}, ""
+    labels = {c.key: dict(zip(c.options, c.labels, strict=True)) for c in choices}
+    groups: dict[tuple[str, ...], list[Choice]] = {}  # the same candidates: one line of code, traced per layer
+    for c in choices:
+        groups.setdefault(c.labels, []).append(c)
+    per_group = [[{c.key: c.options[k] for c in group} for k in range(len(labels_))]
+                 for labels_, group in groups.items()]
+    combos = [{key: option for part in combo for key, option in part.items()}
+              for combo in itertools.islice(itertools.product(*per_group), MAX_TRIALS + 1)]
+    if len(combos) > MAX_TRIALS:
+        return outcome, {}, (f"{len(choices)} shape(s) with several candidate entries make more than {MAX_TRIALS} "
+                             "combinations; none was tried")
+    passed = []
+    for picked in combos:
+        tried = trial(picked)
+        if tried.changed and not any(f.choice is not None for f in tried.after.findings) and judge(tried, picked):
+            passed.append((picked, tried))
+
+    def described(picked: dict[str, int]) -> str:
+        return "; ".join(f"'{key}' {labels[key][option]}" for key, option in picked.items())
+
+    if len(passed) == 1:
+        picked, tried = passed[0]
+        return tried, picked, (f"the proof chose among {len(combos)} candidate combination(s), the only one it "
+                               f"accepts: {described(picked)}")
+    if passed:
+        return outcome, {}, (f"ambiguous: {len(passed)} of {len(combos)} candidate combinations pass the proof ("
+                             + " | ".join(described(p) for p, _ in passed) + "); none applied")
+    return outcome, {}, f"none of {len(combos)} candidate combination(s) passes the proof; none applied"
