@@ -39,7 +39,8 @@ class TraceBakedConstant(Rule):
     - uniform along the baked axes (ones/zeros/full): shrunk to size 1 there (broadcasting restores it);
     - 0, 1, 2, ... along one axis (arange): `Range(0, Shape(x)[i])`;
     - the leading rows of a table still in the graph (`self.pe` also read elsewhere): `Slice(pe, 0, Shape(x)[i])`;
-    - a triangle over the last two axes (tril/triu, any offset, any two values such as 0/-inf or True/False):
+    - a triangle over the last two axes (tril/triu, any offset, any two values such as 0/-inf or True/False,
+      square or with one side fixed like `tril(ones(T, 6))` over 6 memory slots):
       `Trilu(ConstantOfShape(...))` with the same `upper` and k, then `Where` to the two values (opset >= 14);
     - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values.
 
@@ -144,12 +145,14 @@ class TraceBakedConstant(Rule):
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
-            entries = [(c.other, c.source(a)) for a in (c.value.ndim - 2, c.value.ndim - 1)]  # rows, columns
+            rows_cols = (c.value.ndim - 2, c.value.ndim - 1)  # a side that follows no size keeps its length
+            entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in rows_cols]
+            cols = None if rows_cols[1] in baked else str(c.value.shape[-1])
             op = "EyeLike" if band.kind == "eye" else "Trilu"
             yield self.finding(
                 base + f"; it is {band.show()}", **where,
-                hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)')}`); build it from the "
-                     f"traced size: `{band.torch('x.size(1)')}`.",
+                hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)', cols)}`); build it from the "
+                     f"traced size: `{band.torch('x.size(1)', cols)}`.",
                 fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
                         "values", apply=loosened(c.node, c.export_sizes(), band_input(
                             c.node, c.index, c.value, band, entries, ctx.opset)),

@@ -4,7 +4,8 @@ A constant cut at an export-time size can be rebuilt at run time when its conten
 
 - `band_pattern`: a two-valued constant over its last two axes that is a triangle (`torch.tril`/`torch.triu`,
   any diagonal offset) or a diagonal (`torch.eye`), e.g. a causal mask `tril(ones(T, T))` folded to bool
-  `[7, 7]`, or an additive mask `triu(full((T, T), -inf), 1)`;
+  `[7, 7]`, an additive mask `triu(full((T, T), -inf), 1)`, or a mask with one side fixed (`tril(ones(T, 8))`,
+  T queries over 8 memory slots);
 - `table_prefix`: a constant equal to the leading rows of a larger table that is still in the graph
   (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere).
 
@@ -123,13 +124,16 @@ class Band:
         offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
         return {"triu": offset >= self.k, "tril": offset <= self.k, "eye": offset == self.k}[self.kind]
 
-    def torch(self, size: str = "T") -> str:
-        """The PyTorch call that builds it, written with `size`."""
-        if self.kind == "eye":
+    def torch(self, size: str = "T", cols: str | None = None) -> str:
+        """The PyTorch call that builds it, written with `size` (and `cols` where the columns differ)."""
+        if self.kind == "eye" and cols is None:
             base = f"torch.eye({size})" if not self.k else f"torch.diag(torch.ones({size}-{abs(self.k)}), {self.k})"
+        elif self.kind == "eye":
+            base = f"torch.eye({size}, {cols})" if not self.k else \
+                f"torch.ones({size}, {cols}).tril({self.k}).triu({self.k})"
         else:
             k = f", {self.k}" if self.k else ""
-            base = f"torch.{self.kind}({_torch_full(size, self.inside)}{k})"
+            base = f"torch.{self.kind}({_torch_full(size, self.inside, cols or size)}{k})"
         return base if not self.outside else f"{base} (with {_torch_value(self.outside)} elsewhere)"
 
     def show(self) -> str:
@@ -143,8 +147,8 @@ def band_pattern(value: np.ndarray, axes: Iterable[int]) -> Band | str:
     """The `Band` that `value` is over its last two axes, or why it is not one."""
     if value.ndim < 2 or any(d != 1 for d in value.shape[:-2]):
         return f"{list(value.shape)} is not a matrix (leading dims must be 1)"
-    if set(axes) != {value.ndim - 2, value.ndim - 1}:
-        return "its baked axes are not its last two (a mask's rows and columns both follow sizes)"
+    if not axes or not set(axes) <= {value.ndim - 2, value.ndim - 1}:
+        return "its baked axes are not among its last two (a mask's rows or columns follow sizes)"
     matrix = value.reshape(value.shape[-2:])
     rows, cols = matrix.shape
     levels = np.unique(matrix)
@@ -195,10 +199,10 @@ def _extends(shape: tuple[int, ...] | None, cut: tuple[int, ...], axes: list[int
         and any(shape[a] > cut[a] for a in axes)
 
 
-def _torch_full(size: str, fill: np.ndarray) -> str:
+def _torch_full(rows: str, fill: np.ndarray, cols: str) -> str:
     if fill.dtype == np.bool_:
-        return f"torch.ones({size}, {size}, dtype=torch.bool)"
-    return f"torch.ones({size}, {size})" if fill == 1 else f"torch.full(({size}, {size}), {_torch_value(fill)})"
+        return f"torch.ones({rows}, {cols}, dtype=torch.bool)"
+    return f"torch.ones({rows}, {cols})" if fill == 1 else f"torch.full(({rows}, {cols}), {_torch_value(fill)})"
 
 
 def _torch_value(v: np.ndarray) -> str:

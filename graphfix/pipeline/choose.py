@@ -4,8 +4,8 @@ Where several entries of a shape vector could stand for a baked size (nn.Multihe
 equal to its head size bakes `Concat([4], B*heads, [4])`), a rule reports a `Choice` instead of a fix. `repair`
 then builds the repair once per combination of candidates (at most MAX_TRIALS), validates each against the
 original, re-traced with the same choice, and applies one only when it alone passes. Reshapes with the same
-candidates (one line of model code, traced once per layer or per projection) take the same one. Several that pass are
-reported as ambiguous, and nothing is applied: the proof cannot tell them apart, so neither can graphfix.
+candidates (one line of model code, traced once per layer or per projection) take the same one. Several that
+pass are reported as ambiguous, and nothing is applied: the proof cannot tell them apart, so neither can we.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
     groups: dict[tuple[str, ...], list[Choice]] = {}  # the same candidates: one line of code, traced per layer
     for c in choices:
         groups.setdefault(c.labels, []).append(c)
-    per_group = [[{c.key: c.options[k] for c in group} for k in range(len(labels_))]
-                 for labels_, group in groups.items()]
+    per_group = [[{c.key: c.options[k] for c in group} for k in range(len(shared))] for shared, group in groups.items()]
     combos = [{key: option for part in combo for key, option in part.items()}
               for combo in itertools.islice(itertools.product(*per_group), MAX_TRIALS + 1)]
     if len(combos) > MAX_TRIALS:

@@ -16,6 +16,7 @@ bounds the non-batch dims. `--shape` and `--input` fix dims at every binding.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -237,4 +238,4 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _small_inline(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location != onnx.TensorProto.EXTERNAL and int(np.prod(tensor.dims or [1])) <= 64
+    return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64

@@ -28,6 +28,14 @@ def test_band_is_recognised_with_its_offset_and_values(value, kind, k, inside, o
     np.testing.assert_array_equal(np.where(band.holds(rows, cols), band.inside, band.outside), value)
 
 
+def test_band_with_one_side_fixed():
+    """`tril(ones(int(T), 8))`: T queries over 8 memory slots; only the rows follow a size."""
+    band = band_pattern(np.tril(np.ones((T, 8), np.float32)), [0])
+    assert not isinstance(band, str) and (band.kind, band.k) == ("tril", 0)
+    np.testing.assert_array_equal(band.holds(T + 4, 8), np.tril(np.ones((T + 4, 8), bool)))
+    assert band.torch("int(T)", "8") == "torch.tril(torch.ones(int(T), 8))"
+
+
 def test_band_under_leading_size_one_dims():
     value = np.tril(np.ones((1, 1, T, T), np.float32))
     band = band_pattern(value, [2, 3])
@@ -37,9 +45,9 @@ def test_band_under_leading_size_one_dims():
 @pytest.mark.parametrize("value,axes,why", [
     (np.random.default_rng(0).standard_normal((T, T)), LAST_TWO, "distinct values"),
     (np.tril(np.ones((T, T)))[::-1].copy(), LAST_TWO, "do not form a triangle"),
-    (np.tril(np.ones((T, T))), [1], "last two"),
+    (np.tril(np.ones((1, T, T))), [0], "last two"),
     (np.tril(np.ones((2, T, T))), [1, 2], "leading dims"),
-], ids=["random", "flipped", "one-axis", "leading-dim"])
+], ids=["random", "flipped", "leading-axis", "leading-dim"])
 def test_what_is_no_band_says_why(value, axes, why):
     reason = band_pattern(value, axes)
     assert isinstance(reason, str) and why in reason

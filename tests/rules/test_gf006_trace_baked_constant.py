@@ -68,7 +68,7 @@ def test_a_size_one_constant_is_quiet():
 
 
 # --- structured constants in real PyTorch modules (random weights, exported the way users do) ----------------------
-STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix")
+STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask")
 EXPORT_TIME = 7
 SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
 
@@ -84,6 +84,7 @@ def structure_module(kind: str, baked: bool):
             super().__init__()
             self.q = nn.Linear(8, 8)
             self.register_buffer("pe", torch.randn(1, 32, 8))
+            self.register_buffer("slots", torch.randn(6, 8))
 
         def size(self, x):
             return int(x.size(1)) if baked else x.size(1)
@@ -95,6 +96,10 @@ def structure_module(kind: str, baked: bool):
                 return scores.masked_fill(mask == 0, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind == "additive-mask":
                 return (scores + torch.triu(torch.full((t, t), float("-inf")), 1)).softmax(-1) @ x + mem.mean(1, True)
+            if kind == "slot-mask":  # T queries over 6 memory slots: one side of the mask follows T, one is fixed
+                mask = torch.tril(torch.ones(t, 6))
+                slots = (self.q(x) @ self.slots.T).masked_fill(mask == 0, float("-inf")).softmax(-1) @ self.slots
+                return slots + mem.mean(1, keepdim=True)
             if kind == "eye":
                 return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
             # The table also positions the memory (sliced with its traced length), so it stays in the graph;
@@ -137,7 +142,7 @@ def torch_output(module, feeds):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("kind,rebuilt_by", [("causal-mask", "Trilu"), ("additive-mask", "Trilu"),
-                                             ("eye", "EyeLike"), ("table-prefix", "Slice")])
+                                             ("eye", "EyeLike"), ("table-prefix", "Slice"), ("slot-mask", "Trilu")])
 def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
