@@ -105,16 +105,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def repair_file(path: Path, output: Path | None, options: RepairOptions) -> RepairResult:
-    """Load and repair one model file. onnxsim's child process starts first: its imports take about as long as
-    loading a BERT-base, and they use the core the load leaves idle. It is stopped unused when no fix applies."""
-    with contextlib.closing(OnnxsimChild()) if options.simplify else contextlib.nullcontext() as simplifier:
-        return repair_model(load_model(path), output, options, simplifier)
+    """Load and repair one model file. onnxsim's process (one per process, see OnnxsimChild) starts first: its
+    imports take about as long as loading a BERT-base, and they use the core the load leaves idle."""
+    if options.simplify:
+        OnnxsimChild.shared()
+    return repair_model(load_model(path), output, options)
 
 
-def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions,
-                 simplifier: OnnxsimChild | None = None) -> RepairResult:
-    """Repair one loaded model and, unless dry-run, write it to `output` once validated. `simplifier` is an
-    onnxsim child started ahead (else one starts when needed).
+def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
+    """Repair one loaded model and, unless dry-run, write it to `output` once validated.
 
     onnxruntime's session for the original model is built on a second thread meanwhile: session creation and
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
@@ -122,7 +121,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
         check_destination(loaded, output, options.in_place)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
-        return _repair(loaded, output, options, pool, original, simplifier)
+        return _repair(loaded, output, options, pool, original)
 
 
 def _original_runner(loaded: LoadedModel) -> ModelRunner:
@@ -135,7 +134,7 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 
 
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
-            original: Future[ModelRunner] | None, simplifier: OnnxsimChild | None) -> RepairResult:
+            original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
@@ -143,8 +142,6 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings):
         # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it.
         outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
-    if not outcome.changed and simplifier is not None:
-        simplifier.close()  # nothing to simplify: its CPU goes to the validation
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))
     model, result.weights = outcome.model, outcome.weights
@@ -157,7 +154,7 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
             ahead = pool.submit(stage_weights, destination, model, result.weights)
         try:
             if outcome.changed and options.simplify:
-                model, result.simplify = _simplify(model, loaded.base_dir, simplifier)
+                model, result.simplify = _simplify(model, loaded.base_dir)
                 result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
                                               result.weights)
             result.light = model
@@ -254,9 +251,8 @@ def _with_choices(options: RepairOptions, picked: dict[str, int]) -> RepairOptio
                                validation=validation)
 
 
-def _simplify(model: onnx.ModelProto, base_dir: Path | None,
-              child: OnnxsimChild | None) -> tuple[onnx.ModelProto, str]:
-    outcome = simplify(model, base_dir=base_dir, child=child)
+def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
+    outcome = simplify(model, base_dir=base_dir)
     return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
 
 

@@ -2,9 +2,9 @@
 
 onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
 large constants). So it runs in a child process with a timeout, and its result is checked before it replaces
-anything. On any failure the input is kept and the reason is returned in one line. The child is a fresh
-`python -m graphfix.pipeline.simplify --serve` (`OnnxsimChild`, which the repair pipeline starts as soon as it
-knows a fix will be applied, so that its imports overlap with the fixing), never a fork: the repair pipeline has
+anything. On any failure the input is kept and the reason is returned in one line. The child is a
+`python -m graphfix.pipeline.simplify --serve` (`OnnxsimChild`: one per process, serving every job, started by
+`repair` before it loads the model so that its imports overlap the load), never a fork: the repair pipeline has
 onnxruntime sessions and writer threads running meanwhile, and a forked child inherits their locks but not their
 threads (onnxsim's own onnxruntime sessions then hang). The model it gets is the light one, a few megabytes.
 
@@ -21,10 +21,14 @@ The child imports onnxsim with torch and sympy hidden: onnxsim's package imports
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
+import select
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +41,6 @@ from graphfix.io.staging import scratch_dir
 
 PROTOBUF_SAFE_BYTES = 1_500_000_000  # above this much inline weight, lift initializers so the child gets less
 LIFT_MIN_BYTES = 1 << 20  # when lifting for size, only initializers at least this big
-ERROR_MARKER = "graphfix-simplify-error: "
 GROWTH_SLACK_BYTES = 256 << 10  # tiny models may grow by this much (value_info, small folded constants)
 
 
@@ -49,30 +52,64 @@ class SimplifyResult:
 
 
 class OnnxsimChild:
-    """`python -m graphfix.pipeline.simplify --serve`, started ahead of need: it imports onnxsim (2 of its 3
-    seconds) while the caller is still fixing, then waits for one job on its stdin and exits. A child never given
-    a job sees its stdin close (`close()`, or the parent's death) and exits without output."""
+    """`python -m graphfix.pipeline.simplify --serve`: imports onnxsim (most of its start-up), then simplifies
+    the jobs its stdin names (two lines each, source and target), one reply line each on its own channel, until
+    stdin closes (`close()`, or the parent's death). A child that ran past its time is killed, one that died is
+    replaced: its next job gets a fresh one.
+
+    One child serves a whole process (`shared()`): `repair` takes it before loading the model, so that its
+    imports use the core the load leaves idle, and a batch of repairs (or a test suite) starts onnxsim once."""
+
+    _shared: OnnxsimChild | None = None
+    _lock = threading.Lock()  # one job at a time per child
 
     def __init__(self) -> None:
+        self.owner = os.getpid()  # a forked process must not write to its parent's child
         self.process = subprocess.Popen([sys.executable, "-m", "graphfix.pipeline.simplify", "--serve"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         text=True)
 
+    @classmethod
+    def shared(cls) -> OnnxsimChild:
+        """The process's child, started now unless one of this process is alive."""
+        with cls._lock:
+            child = cls._shared
+            if child is None or child.owner != os.getpid() or child.process.poll() is not None:
+                child = cls._shared = cls()
+                atexit.register(child.close)
+            return child
+
     def run(self, source: Path, target: Path, timeout_s: float) -> tuple[int, str]:
-        """(exit status, stderr) of the job; raises subprocess.TimeoutExpired after killing the child."""
+        """(status, error line) of the job; raises subprocess.TimeoutExpired after killing the child."""
+        with self._lock:
+            return self._run(source, target, timeout_s)
+
+    def _run(self, source: Path, target: Path, timeout_s: float) -> tuple[int, str]:
         try:
-            _, stderr = self.process.communicate(f"{source}\n{target}\n", timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+            self.process.stdin.write(f"{source}\n{target}\n")
+            self.process.stdin.flush()
+        except OSError:  # it died before the job (its imports failed): say how
             self.close()
-            raise
-        return self.process.returncode, stderr
+            return self.process.returncode or 1, f"onnxsim's process exited with status {self.process.returncode}"
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        reply = self.process.stdout.readline() if ready else None
+        if reply is None:
+            self.close()
+            raise subprocess.TimeoutExpired("onnxsim", timeout_s)
+        if not reply:  # it died on the job (a crash in onnxsim's C++ core)
+            self.close()
+            return self.process.returncode or 1, f"onnxsim's process exited with status {self.process.returncode}"
+        answer = json.loads(reply)
+        return answer["status"], answer["error"]
 
     def close(self) -> None:
         """Stop the child if it still runs and reap it; closing twice is harmless."""
         if self.process.poll() is None:
             self.process.kill()
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            self.process.communicate()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def simplify(
@@ -86,10 +123,10 @@ def simplify(
     """Simplify `model` with onnxsim in a child process; keep the input (and say why) when anything fails.
 
     `base_dir` is where the model's external data lives; it is only needed to tell the caller the weights stay
-    there (they are never read here). `child` is one started ahead (used up here), else one is started now."""
+    there (they are never read here). `child` is the onnxsim process to use (default: the shared one)."""
     lifted = _liftable_initializers(model)
     light = lift_initializers(model, lifted)
-    outcome = _run_onnxsim_child(light, timeout_s, child or OnnxsimChild())
+    outcome = _run_onnxsim_child(light, timeout_s, child or OnnxsimChild.shared())
     del light  # the child has its own copy; holding ours would double the peak memory
     if isinstance(outcome, str):
         return SimplifyResult(model, False, outcome)
@@ -134,29 +171,19 @@ def _was_graph_input(model: onnx.ModelProto, name: str) -> bool:
 def _run_onnxsim_child(light: onnx.ModelProto, timeout_s: float,
                        child: OnnxsimChild) -> tuple[int, onnx.ModelProto] | str:
     """(bytes sent, onnxsim's result), or one line saying why there is none."""
-    with scratch_dir("sim") as tmp, contextlib.closing(child):
+    with scratch_dir("sim") as tmp:
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         try:
             onnx.save_model(light, str(source))
         except ValueError as exc:  # still over 2 GB after lifting (huge Constant nodes)
             return f"simplification skipped: model too large to serialize ({exc})"
         try:
-            returncode, stderr = child.run(source, target, timeout_s)
+            status, error = child.run(source, target, timeout_s)
         except subprocess.TimeoutExpired:
             return f"simplification skipped: onnxsim did not finish within {timeout_s:g} s"
-        if returncode != 0 or not target.exists():
-            reason = _last_line(stderr, returncode)
-            return f"simplification failed, kept the unsimplified graph: {reason}"
+        if status != 0 or not target.exists():
+            return f"simplification failed, kept the unsimplified graph: {error or f'status {status}'}"
         return source.stat().st_size, onnx.load_model(str(target), load_external_data=False)
-
-
-def _last_line(stderr: str, returncode: int) -> str:
-    """The child's one-line error report, else the last line it printed, else its exit status."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    reports = [line.removeprefix(ERROR_MARKER) for line in lines if line.startswith(ERROR_MARKER)]
-    if reports:
-        return reports[-1]
-    return lines[-1] if lines else f"onnxsim exited with status {returncode}"
 
 
 def _why_unacceptable(
@@ -196,32 +223,35 @@ def _input_shapes(model: onnx.ModelProto) -> list[list[int | str]]:
 
 
 def _serve() -> int:
-    """Entry point of the child process: import onnxsim, then simplify the one job its stdin names (two lines,
-    source and target); report errors in one line. Nothing to do when stdin closes first."""
+    """Entry point of the child process (see OnnxsimChild): replies go to the original stdout, one JSON line
+    per job; whatever onnxsim prints goes to stderr."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     with contextlib.suppress(OSError):
         os.nice(10)  # started ahead of need: the parent's work comes first
     try:
-        onnxsim = _import_onnxsim()
+        onnxsim, failed = _import_onnxsim(), ""
     except Exception as exc:
-        print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
-        return 1
-    source, target = sys.stdin.readline().rstrip("\n"), sys.stdin.readline().rstrip("\n")
-    if not source or not target:
-        return 0
-    return _simplify_file(onnxsim, source, target)
+        onnxsim, failed = None, _one_line(exc)
+    while (source := sys.stdin.readline().rstrip("\n")) and (target := sys.stdin.readline().rstrip("\n")):
+        status, error = (1, failed) if onnxsim is None else _simplify_file(onnxsim, source, target)
+        replies.write(json.dumps({"status": status, "error": error}) + "\n")
+    return 0
 
 
-def _simplify_file(onnxsim, source: str, target: str) -> int:
+def _simplify_file(onnxsim, source: str, target: str) -> tuple[int, str]:
     try:
         simplified, ok = _simplify_with_fallback(onnxsim, onnx.load_model(source))
     except Exception as exc:
-        print(ERROR_MARKER + " ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
-        return 1
+        return 1, _one_line(exc)
     if not ok:
-        print(ERROR_MARKER + "onnxsim's own check failed", file=sys.stderr)
-        return 2
+        return 2, "onnxsim's own check failed"
     onnx.save_model(simplified, target)
-    return 0
+    return 0, ""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _simplify_with_fallback(onnxsim, model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
