@@ -23,6 +23,7 @@ import time
 SHAPE_SECONDS = 3.0  # one symbolic shape inference of a whole graph; GRAPHFIX_SHAPE_SECONDS overrides it
 NODE_SECONDS = 0.5  # one node inside it (normal nodes take milliseconds)
 POLL_SECONDS = 0.02
+RESEND_SECONDS = 0.25  # an OutOfTime swallowed on its way (a weakref callback's) is sent again after this
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 
@@ -48,6 +49,7 @@ class Watchdog:
         self._deadline = math.inf
         self._step_deadline = math.inf
         self._pending = False
+        self._sent = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread_id = ctypes.c_ulong(threading.get_ident())
@@ -77,8 +79,12 @@ class Watchdog:
             with self._lock:
                 if self._stop.is_set():
                     return
-                if not self._pending and time.monotonic() >= min(self._deadline, self._step_deadline):
-                    self._pending = True
+                now = time.monotonic()
+                if now >= min(self._deadline, self._step_deadline) and (
+                        not self._pending or now - self._sent >= RESEND_SECONDS):
+                    # Still inside after a send: the exception surfaced where Python drops it (a callback run by
+                    # the garbage collector prints "Exception ignored in" and goes on): send it again.
+                    self._pending, self._sent = True, now
                     _set_async_exc(self._thread_id, ctypes.py_object(OutOfTime))
 
     def _disarm(self) -> None:

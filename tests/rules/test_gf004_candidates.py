@@ -64,7 +64,8 @@ def test_candidates_the_proof_cannot_tell_apart_are_reported_and_not_applied(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Regroup(), (torch.randn(2, 4, 4),), str(tmp_path / "m.onnx"), dynamo=False,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 1: "t"}, "y": {0: "b", 1: "f"}})
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}, "y": {0: "b", 1: "f"}})
     ambiguous = [f for f in graphfix.diagnose(tmp_path / "m.onnx", static=True) if f.choice is not None]
     assert ambiguous, "the fixture no longer has two candidate entries"
     code, output = repair(tmp_path / "m.onnx", tmp_path / "fixed.onnx")
