@@ -121,8 +121,9 @@ def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor
 
 
 def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list, opset: int):
-    """Replace a constant mask (a `structured.Band`) by the same band built at run time: Trilu or EyeLike over
-    ConstantOfShape of `entries` (the last two dims: ints or (tensor, axis)), then the mask's two values."""
+    """Replace a constant mask (a `structured.Band`) by the same band built at run time: Trilu (two for a band) or
+    EyeLike over ConstantOfShape of `entries` (the last two dims: ints or (tensor, axis)), then the mask's two
+    values."""
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"{node.name}_gf006_{band.kind}", opset)
@@ -130,9 +131,11 @@ def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list
         if band.kind == "eye":
             zeros = b.op("ConstantOfShape", [shape], {"value": _fill(0.0)}, dtype=np.float32)
             ones = b.op("EyeLike", [zeros], {"k": band.k}, dtype=np.float32)
-        else:
-            full = b.op("ConstantOfShape", [shape], {"value": _fill(1.0)}, dtype=np.float32)
-            ones = b.op("Trilu", [full, b.const(band.k)], {"upper": int(band.kind == "triu")}, dtype=np.float32)
+        else:  # Trilu keeps j - i <= k (upper=0) or j - i >= k (upper=1): a band is both
+            ones = b.op("ConstantOfShape", [shape], {"value": _fill(1.0)}, dtype=np.float32)
+            for k, upper in ((band.hi, 0), (band.lo, 1)):
+                if k is not None:
+                    ones = b.op("Trilu", [ones, b.const(k)], {"upper": upper}, dtype=np.float32)
         out = b.op("Cast", [ones], {"to": onnx_type(np.bool_)}, dtype=np.bool_)
         if not (value.dtype == np.bool_ and band.inside and not band.outside):
             out = b.op("Where", [out, b.const(band.inside, value.dtype), b.const(band.outside, value.dtype)],
