@@ -78,6 +78,7 @@ class StagedModel:
             return self._commit()
 
     def _commit(self) -> Path:
+        check_target(self.destination)  # what is there now is what the rename replaces: never a link
         replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
         moved: list[Path] = []
         try:
@@ -94,7 +95,6 @@ class StagedModel:
                 path.unlink(missing_ok=True)
             raise
         _fsync(self.path)
-        check_target(self.destination)  # what is there now is what the rename replaces: never a link
         os.replace(self.path, self.destination)
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:

@@ -115,3 +115,17 @@ def test_output_dir_with_two_inputs_of_one_name_is_refused(sandbox):
     done = sandbox.run("repair", str(a), str(b), "--output-dir", str(sandbox.root / "out"), "--no-simplify")
     one_line_refusal(done, "would both be written to")
     assert not (sandbox.root / "out").exists()
+
+
+def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(sandbox):
+    source = healthy(sandbox.model_dir / "model.onnx", "weights.bin")
+    out = sandbox.root / "out"
+    for _ in range(2):  # the same command again: its own earlier output and data are replaced
+        done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
+        assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "weights.bin"]
+    other = healthy(out / "other.onnx", "weights.bin", weight=2.0)  # another model, its data under that name
+    expected = run(other)
+    done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
+    one_line_refusal(done, "weights.bin", "other.onnx")
+    assert same_outputs(run(other), expected)
