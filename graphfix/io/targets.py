@@ -9,9 +9,9 @@
 - A model's data file is named after the model (`OUT.data`, `OUT.1.data` while the replaced graph still reads
   `OUT.data`) and never overwrites a file that exists: a file of that name that is not the replaced model's own
   data is a collision, refused with exit 2.
-- graphfix deletes only what it made: the data of a replaced model goes only when it carries a name graphfix
-  derives from that model's name, has no other name (hard link) and no other model in its folder names it. When in
-  doubt it is kept, and the result says so.
+- graphfix deletes only what it made: the data of a replaced model goes only when it carries a name derived from
+  that model's name, has no other name (hard link) and no other model in its folder names it. When in doubt it is
+  kept, and the result says so.
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def refuse_collision(destination: Path, data: Path) -> None:
 
 
 def derived_data_name(destination: Path, data: Path) -> bool:
-    """A name graphfix gives the data of `destination` (`NAME.data`, `NAME.<n>.data`), in its folder."""
+    """A name given to the data of `destination` alone, in its folder: graphfix's (`NAME.data`, `NAME.<n>.data`)
+    or the exporters' (`NAME_data`, as Hugging Face Optimum writes it)."""
     return data.parent == destination.parent and bool(
-        re.fullmatch(re.escape(destination.name) + r"(\.\d+)?\.data", data.name))
+        re.fullmatch(re.escape(destination.name) + r"((\.\d+)?\.data|_data)", data.name))
 
 
 def why_kept(data: Path, destination: Path) -> str:

@@ -53,3 +53,17 @@ def test_a_location_entry_split_across_reads_is_found(tmp_path):
         assert _mentions(path, LOCATION_ENTRY, chunk=16)
     path.write_bytes(b"x" * 40 + LOCATION_ENTRY[:-1] + b"y" * 40)
     assert not _mentions(path, LOCATION_ENTRY, chunk=16)
+
+
+def test_only_data_named_after_the_model_and_read_by_nothing_else_is_removed(tmp_path):
+    for location, shared, gone in [("m.onnx_data", False, True), ("m.onnx.3.data", False, True),
+                                   ("m.onnx.data", True, False), ("m.data", False, False)]:
+        folder = tmp_path / location / str(shared)
+        folder.mkdir(parents=True)
+        onnx.save(model(1.0), folder / "m.onnx", save_as_external_data=True, location=location, size_threshold=0)
+        if shared:
+            (folder / "copy.onnx").write_bytes((folder / "m.onnx").read_bytes())
+        staged = stage_model(model(2.0), folder / "m.onnx")
+        staged.commit()
+        assert (folder / location).exists() is not gone, location
+        assert bool(staged.kept) is not gone
