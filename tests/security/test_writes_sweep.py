@@ -112,3 +112,23 @@ def test_only_dead_runs_are_swept_and_only_by_commands_that_write(sandbox):
     assert graphfix_folders(sandbox.tmp, out) == sorted(
         p for p in killed if str(alive.pid) in p)  # the live run's three, nothing of the killed one
     alive.communicate("\n", timeout=60)
+
+
+def test_remove_left_by_takes_one_dead_process_s_folders(sandbox, monkeypatch):
+    """For a parent that saw its child crash: that child's folders go, in the temp folder and beside its output;
+    another dead run's stay (they are the next writing command's to sweep)."""
+    from graphfix.io import staging
+
+    out = sandbox.root / "out"
+    children = []
+    for name in ("a.onnx", "b.onnx"):  # alive while the other makes its folders (it would sweep a dead one's)
+        children.append(killed_run(sandbox, out / name, wait=True))
+        children[-1].stdout.readline()
+    pids = [child.pid for child in children]
+    for child in children:
+        child.communicate("\n", timeout=60)  # both die without cleaning up
+    monkeypatch.setattr(staging.tempfile, "tempdir", str(sandbox.tmp))
+    removed = staging.remove_left_by(pids[1], [out])
+    assert len(removed) == 3 and all(str(pids[1]) in p.name for p in removed)
+    assert len(graphfix_folders(sandbox.tmp, out)) == 3 and all(str(pids[0]) in p
+                                                                 for p in graphfix_folders(sandbox.tmp, out))
