@@ -80,7 +80,6 @@ def _with_timeout(command: click.Command) -> click.Command:
     def run(*args, timeout=None, max_probe_memory=None, **kwargs):
         if max_probe_memory is not None:  # read by graphfix.validate.budget, here and in --jobs workers
             os.environ["GRAPHFIX_MAX_PROBE_MEMORY"] = str(max_probe_memory)
-        staging.sweep()  # folders of graphfix runs killed outright
         if timeout is None:
             return callback(*args, **kwargs)
 

@@ -25,6 +25,7 @@ from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
+from graphfix.io.targets import same_file
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text
 
@@ -102,11 +103,25 @@ def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run
         raise UsageError(f"-o/--output takes one input model ({len(models)} given); use --output-dir")
     if dry_run:
         return [None] * len(models)
-    if in_place:
-        return [m.path for m in models]
-    if output is not None:
-        return [output]
-    return [output_dir / m.relative for m in models]
+    targets = [m.path for m in models] if in_place else [output] if output is not None else \
+        [output_dir / m.relative for m in models]
+    _refuse_collisions(models, targets)
+    return targets
+
+
+def _refuse_collisions(models: list[ModelPath], targets: list[Path]) -> None:
+    """Two models are never written to one file, and no output replaces another input of the run (its own only
+    with --in-place, which check_destination allows)."""
+    seen: dict[Path, Path] = {}
+    for model, target in zip(models, targets, strict=True):
+        where = target.parent.resolve() / target.name
+        if where in seen:
+            raise UsageError(f"{seen[where]} and {model.path} would both be written to {target}; "
+                             "repair them apart or give them different names")
+        seen[where] = model.path
+        for other in models:
+            if other is not model and same_file(target, other.path):
+                raise UsageError(f"{target}: would overwrite the input {other.path} (another model of this run)")
 
 
 def _has_errors(result: RepairResult) -> bool:
