@@ -165,7 +165,9 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
     least = least or {}
     hint, limit = _baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
-    other += other == DEFAULT_BATCH  # a guessed length equal to the guessed batch would hide their mix-ups
+    # guessed lengths differ from the batch, from each other and from the graph's fixed sizes: equal dims hide
+    # mix-ups, and a length equal to a weight's dim lets a wrong broadcast run
+    taken = {DEFAULT_BATCH, *forced.values(), *options.trace_sizes.values(), *fixed_sizes(model)}
     sizes: dict[str, int] = {}
     for vi in graph_inputs(model):
         for axis, name in enumerate(dim_names(vi)):
@@ -178,7 +180,9 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
             elif axis == 0 or BATCH_LIKE.search(name):
                 sizes[name] = max(DEFAULT_BATCH, least.get(name, 1))
             else:
-                sizes[name] = max(other, least.get(name, 1))
+                floor = least.get(name, 1)
+                sizes[name] = _free(max(other, floor), 0, taken, limit, floor)
+                taken.add(sizes[name])
     return sizes
 
 

@@ -107,3 +107,19 @@ def test_healthy_front_end_is_probed_inside_its_domain(name, tmp_path):
     assert repaired.exit_code == 0, repaired.output
     assert "unchanged" in repaired.output and "fails" not in repaired.output
     assert (tmp_path / "out.onnx").read_bytes() == path.read_bytes()  # healthy: written as it came
+
+
+def test_guessed_export_sizes_differ_from_each_other_and_from_fixed_sizes():
+    """Two lengths nobody gave are guessed apart (time=12, tokens=12 hid transposed-dim bugs), and apart from the
+    graph's fixed sizes (a length equal to the hidden size lets a wrong broadcast run)."""
+    from conftest import parse
+
+    weights = ", ".join(["0.5"] * 12 * 13)
+    model = parse(f"""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, T, 12] x, float[B, U, 12] y) => (float[B, T, U] z) <float[12, 13] w = {{{weights}}}> {{
+            h = MatMul(x, w)
+            yt = Transpose<perm=[0, 2, 1]>(y)
+            z = MatMul(x, yt)
+        }}""")
+    export = probe_sizes(model, ValidationOptions())[0]
+    assert export["T"] != export["U"] and not {export["T"], export["U"]} & {12, 13}, export
