@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.constants import arange_axis
-from graphfix.analysis.edits import arange_input, band_input, loosened, set_constant, table_slice_input
+from graphfix.analysis.edits import (
+    arange_input,
+    band_input,
+    loosened,
+    set_constant,
+    sinusoid_input,
+    table_slice_input,
+)
 from graphfix.analysis.export_sizes import folded_ranges
+from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
 from graphfix.core.context import RuleContext
@@ -43,19 +51,24 @@ class TraceBakedConstant(Rule):
       like `tril(ones(T, 6))` over 6 memory slots: a triangle (tril/triu, any offset) as
       `Trilu(ConstantOfShape(...))`, a band (a sliding window, both edges inside the matrix) as two Trilu, then
       `Where` to the two values (opset >= 14);
-    - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values.
+    - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values;
+    - a sinusoidal position table cut at the export length, the rest gone (`self.pe[:, :int(T)]`): sines and
+      cosines of the positions at a geometric series of frequencies (the Transformer's interleaved table,
+      Whisper's and ESPnet's concatenated one, a rotary cos/sin cache), identified from the values, every entry
+      checked (`graphfix.analysis.sinusoids`): `Sin`/`Cos` of `Range(0, Shape(x)[i])` times the frequencies.
 
     ## Fix safety
-    Safe where the constant determines the rebuild: uniform, a table's prefix, a band or a diagonal whose edges
-    all lie inside the matrix. Unsafe where several constructions give the same constant at the export size and
-    differ elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
+    Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
+    positions), a band or a diagonal whose edges all lie inside the matrix. Unsafe where several constructions
+    give the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes`
+    applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length).
-    Two values that are not a mask's (a learned gain `[[0.3, -1.2]]`) are weights: never regrown. Not fixable,
-    reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without int()): a
-    constant whose other values are gone from the graph (a table cut at the export length) and folded position
-    ranges.
+    Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
+    Not fixable, reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without
+    int()): a constant whose other values are gone from the graph (a learned table cut at the export length) and
+    folded position ranges.
     """
 
     code = "GF006"
@@ -150,6 +163,24 @@ class TraceBakedConstant(Rule):
                                "values at the export size and the table's rows at every other size"))
             return
         why.append(f"no table's prefix ({table})")
+        # A sinusoidal position table cut at the export length (`self.pe[:, :int(T)]`, the rest gone): a formula.
+        sinusoid = sinusoid_table(c.value, baked)
+        if not isinstance(sinusoid, str):
+            axis = sinusoid.axis
+            yield self.finding(
+                base + f"; it is {sinusoid.show()} of {c.value.shape[axis]} positions", **where,
+                hint="A position table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); write "
+                     "`self.pe[:, : x.size(1)]` (without int()), or compute it from the traced length.",
+                fix=Fix(f"compute {c.const.name} as the same sines and cosines of Range(0, "
+                        f"Shape({c.other.name})[{c.source(axis)}])",
+                        apply=loosened(c.node, c.export_sizes(), sinusoid_input(
+                            c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
+                        safety=Safety.SAFE,
+                        reason=f"every entry is sin or cos of its position times its column's frequency "
+                               f"({sinusoid.layout}, frequencies a geometric series): the formula gives the same "
+                               "values at the export length and the rows a longer input needs"))
+            return
+        why.append(f"no sinusoidal table ({sinusoid})")
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):

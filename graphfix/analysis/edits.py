@@ -66,6 +66,28 @@ def arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other:
     return apply
 
 
+def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: gs.Tensor, source: int, opset: int):
+    """Replace a constant sinusoidal table (a `sinusoids.Sinusoid`) by the same formula over Range(0,
+    other.shape[source]): sin or cos of the positions times each column's frequency, shaped like `value`."""
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{node.name}_gf006_sinusoid", opset)
+        limit = b.op("Squeeze", [b.dim(other, source)])
+        positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])], {"to": onnx_type(np.float32)},
+                         dtype=np.float32)
+        angles = b.op("Mul", [b.unsqueeze(positions, 1, dtype=np.float32), b.const(table.omega[None, :], np.float32)],
+                      dtype=np.float32)
+        both = b.op("Where", [b.const(table.cosine[None, :], np.bool_), b.op("Cos", [angles], dtype=np.float32),
+                              b.op("Sin", [angles], dtype=np.float32)], dtype=np.float32)
+        if value.dtype != np.float32:
+            both = b.op("Cast", [both], {"to": onnx_type(value.dtype)}, dtype=value.dtype)
+        dims = [int(d) for d in value.shape]
+        dims[table.axis] = -1
+        node.inputs[index] = b.op("Reshape", [both, b.const(dims)], dtype=value.dtype)
+
+    return apply
+
+
 def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], sizes: Sizes, opset: int):
     """Fix closure: the entries `replace` names of the shape vector `node.inputs[index]` become run-time
     expressions (Shape ops on the nearest upstream tensor carrying each size); the other entries are kept as

@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.sinusoids import sinusoid_table
 
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables
 
@@ -90,7 +91,7 @@ def tables(ctx, baked: Baked) -> Iterator[gs.Tensor]:
 
 def regrown(ctx, baked: Baked, sizes: dict[int, int]) -> np.ndarray | None:
     """The constant as a trace with `sizes` (its axis -> size) would have folded it, when it is structural (uniform,
-    an arange from 0, a table's prefix, a band); None otherwise."""
+    an arange from 0, a table's prefix, a sinusoidal table, a band); None otherwise."""
     axes = [a for a, _ in baked.axes]
     shape = [sizes.get(a, d) for a, d in enumerate(baked.value.shape)]
     if is_uniform(baked.value, axes):
@@ -103,6 +104,10 @@ def regrown(ctx, baked: Baked, sizes: dict[int, int]) -> np.ndarray | None:
         full = ctx.constant_value(table)
         return None if any(s > d for s, d in zip(shape, full.shape, strict=True)) else \
             full[tuple(slice(0, s) for s in shape)].copy()
+    sinusoid = sinusoid_table(baked.value, axes)
+    if not isinstance(sinusoid, str):
+        rows = sinusoid.values(shape[sinusoid.axis])
+        return rows.astype(baked.value.dtype).reshape(shape)
     band = band_pattern(baked.value, axes)
     if isinstance(band, str):
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -83,7 +85,8 @@ def test_a_size_one_constant_is_quiet():
 
 
 # --- structured constants in real PyTorch modules (random weights, exported the way users do) ----------------------
-STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask", "sliding-window")
+STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask", "sliding-window", "sinusoid",
+              "whisper-table")
 WINDOW = 4  # "sliding-window": each query sees itself and the 3 before it
 EXPORT_TIME = 7
 SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
@@ -101,6 +104,13 @@ def structure_module(kind: str, baked: bool):
             self.q = nn.Linear(8, 8)
             self.register_buffer("pe", torch.randn(1, 32, 8))
             self.register_buffer("slots", torch.randn(6, 8))
+            # position tables computed as the PyTorch tutorial (interleaved) and Whisper (concatenated) do
+            position, half = torch.arange(32.0)[:, None], torch.arange(4.0)
+            tutorial = position * torch.exp(torch.arange(0, 8, 2).float() * (-math.log(10000.0) / 8))
+            sinusoid = torch.stack([tutorial.sin(), tutorial.cos()], -1).reshape(32, 8)
+            whisper = position * torch.exp(-math.log(10000) / 3 * half)[None, :]
+            self.register_buffer("sinusoid", sinusoid[None])
+            self.register_buffer("whisper", torch.cat([whisper.sin(), whisper.cos()], 1)[None])
 
         def size(self, x):
             return int(x.size(1)) if baked else x.size(1)
@@ -122,6 +132,10 @@ def structure_module(kind: str, baked: bool):
                 return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind == "eye":
                 return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
+            if kind in ("sinusoid", "whisper-table"):  # the table is read only here: the export keeps the cut rows
+                table = self.sinusoid if kind == "sinusoid" else self.whisper
+                h = self.q(x + table[:, :t])
+                return (h @ mem.transpose(1, 2)).softmax(-1) @ mem
             # The table also positions the memory (sliced with its traced length), so it stays in the graph;
             # "table-gone" reads it only with int(T), so the export keeps the cut rows alone.
             keys = mem + (self.pe[:, : mem.size(1)] if kind == "table-prefix" else 0)
@@ -172,6 +186,7 @@ def _matches_torch_at_every_size(module, model) -> None:
     ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"), ("eye", "EyeLike", "safe"),
     ("table-prefix", "Slice", "safe"), ("slot-mask", "Trilu", "unsafe"),
     ("sliding-window", "Trilu", "safe"),  # traced at T=7 > 4: both edges of the window show
+    ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
 ])
 def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safety, tmp_path):
     """Determined structures are repaired by default. A triangle is also every window at least as wide as the export
