@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input_dim
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
+from graphfix.analysis.sizes import sizes_of
 
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables
 
@@ -53,8 +54,11 @@ class Baked:
 
 
 def baked_operands(ctx) -> Iterator[Baked]:
-    """Constant operands of broadcasting ops with an axis longer than 1 where another operand has a named
-    dynamic dim (one per constant: the first such operand)."""
+    """Constant operands of broadcasting ops with an axis longer than 1 where another operand has a dynamic dim:
+    a graph input's dim or an expression of them (one per constant: the first such operand). A dim that shape
+    inference only named (`unk__0`, a Reshape's -1) counts where the size analysis finds it varies; one it finds
+    fixed (a head count) meets a learned bias, not a size."""
+    inputs = input_dim_names(ctx.model)
     for node in ctx.graph.nodes:
         if node.op not in BROADCAST_OPS:
             continue
@@ -68,10 +72,20 @@ def baked_operands(ctx) -> Iterator[Baked]:
                     continue
                 lead = len(oshape) - value.ndim
                 axes = [(a, oshape[lead + a]) for a in range(value.ndim)
-                        if lead + a >= 0 and value.shape[a] > 1 and isinstance(oshape[lead + a], str)]
+                        if lead + a >= 0 and value.shape[a] > 1 and _varies(ctx, other, lead + a, oshape, inputs)]
                 if axes:
                     yield Baked(node, index, const, value, other, oshape, axes)
                     break
+
+
+def _varies(ctx, tensor: gs.Tensor, axis: int, shape: list, inputs: frozenset[str]) -> bool:
+    dim = shape[axis]
+    if not isinstance(dim, str):
+        return False
+    if is_input_dim(dim, inputs):
+        return True
+    derived = (sizes_of(ctx).shape(tensor) or [None] * len(shape))[axis]
+    return derived is not None and bool(derived.free_symbols)
 
 
 def is_uniform(value: np.ndarray, axes: Iterable[int]) -> bool:

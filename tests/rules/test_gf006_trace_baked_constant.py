@@ -264,3 +264,37 @@ def test_dynamo_export_keeps_int_sizes_symbolic_and_is_quiet(kind, tmp_path):
     for batch, time in SIZES:
         feeds = structure_inputs(batch, time)
         np.testing.assert_allclose(run(str(path), feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dynamo", [False, True], ids=["ts", "dynamo"])
+def test_a_learned_bias_whose_dim_equals_the_export_length_is_quiet(dynamo, tmp_path):
+    """speechbrain's relative-position attention adds learned biases `pos_bias_u` [1, 1, heads, head_dim] to the
+    queries. Exported at T=4 = heads, shape inference names the head axis `unk__0` (a Reshape's -1): the size
+    analysis knows it is 4 at every size, so the bias meets no size and is no baked table."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class RelativeAttentionBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(32, 32)
+            self.pos_bias_u = nn.Parameter(torch.randn(1, 1, 4, 8))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self.q(x).view(b, t, -1, 8)
+            return (q + self.pos_bias_u).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(b, t, 32)
+
+    torch.manual_seed(0)
+    module, path = RelativeAttentionBias().eval(), tmp_path / "bias.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 4, 32),), str(path), dynamo=dynamo, input_names=["x"],
+                          output_names=["y"], opset_version=18 if dynamo else 17,
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    assert not [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"]
+    result = graphfix.repair(str(path))
+    assert result.status == "unchanged" and result.validation["passed"], result.validation
