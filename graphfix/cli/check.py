@@ -5,7 +5,6 @@ Exit 0 when every model is clean, 1 when a finding reaches --fail-on or the prob
 
 from __future__ import annotations
 
-import glob
 import json
 import time
 from pathlib import Path
@@ -28,12 +27,9 @@ from graphfix.cli.options import (
 )
 from graphfix.core.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
-from graphfix.core.errors import InputError
 from graphfix.core.registry import select_rules
-from graphfix.io.paths import expand_paths
+from graphfix.io.paths import expand_globs, expand_paths
 from graphfix.report.text import emit_json, fails, findings_text
-
-GLOB_CHARS = set("*?[")
 
 
 @click.command("check")
@@ -71,21 +67,6 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     if any(o.error for o in outcomes):
         return max(o.exit_code for o in outcomes)
     return 1 if failed else 0
-
-
-def expand_globs(paths: tuple[Path, ...]) -> list[Path]:
-    """Quoted globs (`'models/**/*.onnx'`) become the paths they match; other PATHs stay as given."""
-    expanded: list[Path] = []
-    for path in paths:
-        text = str(path)
-        if path.exists() or not GLOB_CHARS & set(text):
-            expanded.append(path)
-            continue
-        matched = sorted(glob.glob(text, recursive=True))
-        if not matched:
-            raise InputError(f"{text}: no file matches this pattern")
-        expanded.extend(Path(m) for m in matched)
-    return expanded
 
 
 def _codes(codes, option: str) -> tuple[str, ...]:
