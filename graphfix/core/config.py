@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graphfix.core import values
 from graphfix.core.errors import UsageError
 
 FAIL_LEVELS = ("error", "warning", "info", "never")
@@ -184,6 +185,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(stream)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the configuration: {exc}") from exc
+    except RecursionError:
+        raise UsageError(f"{path}: cannot read the configuration: nested too deeply") from None
 
 
 def _no_unknown(table: dict, known: tuple[str, ...], where: str) -> None:
@@ -203,9 +206,9 @@ def _tolerance(table: dict, key: str, where: str) -> float | None:
     value = table.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if not isinstance(value, int | float):
         raise UsageError(f"{where} {key}: expected a number >= 0, got {value!r}")
-    return float(value)
+    return values.tolerance(value, f"{where} {key}")
 
 
 def _inputs(table: Any, root: Path, where: str):
@@ -257,16 +260,14 @@ def name_values(option: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def parse_dims(text: str) -> tuple[int | None, ...]:
     """'1x16000' -> (1, 16000); 'Bx?' -> (None, None) (symbolic dims stay free)."""
-    dims: list[int | None] = []
-    for part in text.lower().split("x"):
-        part = part.strip()
-        if part.isdigit():
-            dims.append(int(part))
-        elif part:
-            dims.append(None)
-        else:
-            raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx?")
-    return tuple(dims)
+    try:
+        dims = [values.dim(part, "") if part.strip() else "" for part in text.lower().split("x")]
+    except UsageError:
+        dims = [""]
+    if "" in dims:
+        raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx? (digits, names, ?)")
+    return tuple(d if isinstance(d, int) else None for d in dims)
+
 
 def parse_shapes(option: str, values: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
     return {name: parse_dims(dims) for name, dims in name_values(option, values).items()}
