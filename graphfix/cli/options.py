@@ -28,7 +28,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from graphfix.core import values
-from graphfix.core.config import Config, load_config, name_values, parse_shapes
+from graphfix.core.config import CONFIG_META, Config, load_config, name_values, parse_shapes, read_npy
 from graphfix.core.errors import UsageError
 
 MAX_WORKERS = 1024  # --jobs and --threads: past this, a number is a typo, not a machine
@@ -58,14 +58,8 @@ def parsed(parse: Callable[..., Any], **bounds) -> Callable:
 
 
 def parse_input_files(values: tuple[str, ...]) -> dict[str, np.ndarray]:
-    arrays = {}
-    for name, file in name_values("--input", values).items():
-        path = Path(file.removeprefix("@"))
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--input {name}: cannot read '{path}' as a .npy array ({exc})") from exc
-    return arrays
+    return {name: read_npy(Path(file.removeprefix("@")), f"--input {name}")
+            for name, file in name_values("--input", values).items()}
 
 
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -169,7 +163,6 @@ checked_output_options = _compose(output_option, tolerance_options, format_optio
 
 
 # --- configuration and batches ---
-CONFIG_META = "graphfix.core.config"
 USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
 
 

@@ -8,13 +8,24 @@ from typing import Any
 import click
 
 from graphfix import __version__
+from graphfix.core.config import CONFIG_META
 from graphfix.core.rule import Finding, Severity
 
 COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
 def emit_json(key: str, items: list[dict[str, Any]]) -> None:
-    click.echo(json.dumps({"graphfix": __version__, key: items}, indent=2))
+    """One JSON document on stdout; `config` names the pyproject.toml whose settings the command used (the key is
+    left out when it used none)."""
+    used = config_used()
+    click.echo(json.dumps({"graphfix": __version__, **({"config": used} if used else {}), key: items}, indent=2))
+
+
+def config_used() -> str | None:
+    """The configuration file the running command read, as a string, or None."""
+    context = click.get_current_context(silent=True)
+    config = context.meta.get(CONFIG_META) if context is not None else None
+    return str(config.path) if config is not None and config.path is not None else None
 
 
 def finding_lines(finding: Finding) -> list[str]:
