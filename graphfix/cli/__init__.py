@@ -14,6 +14,7 @@ from graphfix.cli.options import parsed
 from graphfix.core import values
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
 from graphfix.io import staging
+from graphfix.report.text import printable
 
 
 class GraphfixGroup(click.Group):
@@ -28,18 +29,18 @@ class GraphfixGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except TimedOut as exc:
-            click.echo(f"graphfix: error: {exc}", err=True)
+            click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except GraphfixError as exc:
             if isinstance(exc, InternalError) and exc.__cause__ is not None and (ctx.obj or {}).get("debug"):
                 raise exc.__cause__ from None  # the rule's own traceback
-            click.echo(f"graphfix: error: {exc}", err=True)
+            click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            click.echo(f"graphfix: internal error: {type(exc).__name__}: {exc} (a bug in graphfix, not in your "
-                       "model; rerun with --debug for the traceback)", err=True)
+            click.echo(f"graphfix: internal error: {type(exc).__name__}: {printable(exc)} (a bug in graphfix, not in "
+                       "your model; rerun with --debug for the traceback)", err=True)
             ctx.exit(2)
         if isinstance(result, int):
             ctx.exit(result)

@@ -29,7 +29,7 @@ from graphfix.core.batch import Job, default_workers, run_jobs, should_show_prog
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import expand_globs, expand_paths
-from graphfix.report.text import emit_json, fails, findings_text
+from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 
 
 @click.command("check")
@@ -96,8 +96,7 @@ def _report(outcomes, fmt, output_file, show_rejected, seconds, failed) -> None:
                 click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,
                            err=bool(outcome.error) and out is None)
                 for rejection in outcome.rejections if show_rejected else ():
-                    click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}",
-                               file=out)
+                    click.echo(rejection_line(rejection), file=out)
             click.echo(summary_table(outcomes, seconds, failed, known_codes()), file=out)
     finally:
         if out is not None:

@@ -6,7 +6,7 @@ import click
 
 from graphfix.cli.options import format_option, model_argument, name_values, shape_option, shapes_from, threads_option
 from graphfix.io.loading import load_model
-from graphfix.report.text import emit_json
+from graphfix.report.text import emit_json, printable
 
 
 @click.command("stream")
@@ -35,8 +35,8 @@ def command(model, pairs, steps, shapes, latency_tolerance, threads, fmt) -> int
 
 def _print(report) -> None:
     status = click.style("passed", fg="green") if report.passed else click.style("FAILED", fg="red")
-    pairs = ", ".join(f"{o}={i}" for o, i in report.pairs)
-    click.echo(f"{report.path}: {status}: {report.steps_run} step(s), feedback {pairs}")
+    pairs = printable(", ".join(f"{o}={i}" for o, i in report.pairs))
+    click.echo(f"{printable(report.path)}: {status}: {report.steps_run} step(s), feedback {pairs}")
     cache = report.trend.get("cache_bytes")
     if cache:
         if cache["flat"]:
@@ -48,4 +48,4 @@ def _print(report) -> None:
         click.echo(f"  latency: {latency['first']:.3f} -> {latency['last']:.3f} ms per step (x{latency['ratio']:.2f}"
                    f", {'flat' if latency['flat'] else 'GROWING'}); warm-up run {report.warmup_ms:.1f} ms excluded")
     for problem in report.problems:
-        click.echo(f"  problem: {problem}")
+        click.echo(f"  problem: {printable(problem)}")
