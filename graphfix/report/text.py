@@ -15,6 +15,7 @@ import click
 
 from graphfix import __version__
 from graphfix.core.config import CONFIG_META
+from graphfix.core.errors import printable
 from graphfix.core.rule import Finding, Severity
 
 COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -32,15 +33,6 @@ def config_used() -> str | None:
     context = click.get_current_context(silent=True)
     config = context.meta.get(CONFIG_META) if context is not None else None
     return str(config.path) if config is not None and config.path is not None else None
-
-
-def printable(text: object) -> str:
-    """`text` with every character that is not printable (controls, newlines, escapes, bidi overrides, zero-width
-    marks) written as its Python escape (`\\n`, `\\x1b`, `\\u202e`): one line, shown as it is."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def finding_lines(finding: Finding) -> list[str]:
