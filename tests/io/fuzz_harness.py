@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WORKER = Path(__file__).with_name("fuzz_worker.py")
-ONNXRUNTIME_FILES = {".ses"}  # onnxruntime 1.32 keeps a session id in the temp folder (51 bytes, reused)
 COMMANDS = ("diagnose", "diagnose --static", "repair", "check", "extract", "freeze")
 
 
@@ -235,7 +234,7 @@ def run_case(worker: Worker, case: str, folder: Path, model: Path, names: dict[s
         extra = [p.name for p in out_dir.iterdir() if p.name not in ("out.onnx", "out.onnx.data", *_data_of(out_dir))]
         if extra:
             run.problems.append(f"leftover beside output: {extra}")
-        tmp_left = [p for p in worker.tmp.iterdir() if p.name not in ONNXRUNTIME_FILES] if worker.tmp.exists() else []
+        tmp_left = list(worker.tmp.iterdir()) if worker.tmp.exists() else []  # onnxruntime's .ses included
         if tmp_left:
             run.problems.append(f"leftover in temp: {[p.name for p in tmp_left]}")
             for p in tmp_left:
