@@ -268,7 +268,8 @@ def check_types(proto: onnx.ModelProto, name: str) -> None:
     inference on the sorted graph without its weights (their types and dims stay: no second copy of gigabytes);
     shapes that do not unify are the rules' and the probe's business, not a load error."""
     light = lift_initializers(proto)
-    _sort(light.graph)
+    if not _is_sorted(light.graph):
+        _sort(light.graph)  # quadratic: only for the graphs that need it
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
@@ -420,6 +421,16 @@ def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
         return set()
     return ({t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
             | {name for name, size in inline.items() if size >= HEAVY_TENSOR_BYTES})
+
+
+def _is_sorted(graph: onnx.GraphProto) -> bool:
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {s.values.name for s in graph.sparse_initializer}
+    for node in graph.node:
+        if not all(name in available for name in _reads(node)):
+            return False
+        available.update(node.output)
+    return True
 
 
 def _sort(graph: onnx.GraphProto) -> None:
