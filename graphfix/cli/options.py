@@ -32,6 +32,7 @@ from graphfix.core.config import CONFIG_META, Config, load_config, name_values, 
 from graphfix.core.errors import UsageError
 
 MAX_WORKERS = 1024  # --jobs and --threads: past this, a number is a typo, not a machine
+MAX_RUNS = 1_000_000  # bench's --runs and --warmup, stream's --steps
 
 
 def _compose(*decorators: Callable) -> Callable:
@@ -91,10 +92,10 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DI
                             help="Input shape for the onnxruntime runs, e.g. audio=1x16000 (repeatable).")
 
 tolerance_options = _compose(
-    click.option("--rtol", callback=parsed(values.tolerance), default=1e-3, show_default=True, metavar="FLOAT",
-                 help="Relative tolerance of the checks."),
-    click.option("--atol", callback=parsed(values.tolerance), default=1e-4, show_default=True, metavar="FLOAT",
-                 help="Absolute tolerance of the checks."),
+    click.option("--rtol", callback=parsed(values.tolerance), type=str, default=1e-3, show_default=True,
+                 metavar="FLOAT", help="Relative tolerance of the checks."),
+    click.option("--atol", callback=parsed(values.tolerance), type=str, default=1e-4, show_default=True,
+                 metavar="FLOAT", help="Absolute tolerance of the checks."),
 )
 
 probe_inputs = _compose(

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option, model_argument, name_values, shape_option, shapes_from, threads_option
+from graphfix.cli.options import (
+    MAX_RUNS,
+    format_option,
+    model_argument,
+    name_values,
+    parsed,
+    shape_option,
+    shapes_from,
+    threads_option,
+)
+from graphfix.core import values
 from graphfix.io.loading import load_model
 from graphfix.report.text import emit_json, printable
 
@@ -13,9 +23,11 @@ from graphfix.report.text import emit_json, printable
 @model_argument
 @click.option("--feedback", "pairs", multiple=True, required=True, metavar="OUT=IN",
               help="Output fed back into an input at the next step, e.g. r_att_cache=att_cache (repeatable).")
-@click.option("--steps", type=int, default=8, show_default=True, help="Streaming steps to run.")
+@click.option("--steps", callback=parsed(values.count, high=MAX_RUNS), type=str, default=8, show_default=True,
+              metavar="N", help="Streaming steps to run.")
 @shape_option
-@click.option("--latency-tolerance", type=float, default=2.0, show_default=True,
+@click.option("--latency-tolerance", callback=parsed(values.tolerance), type=str, default=2.0, show_default=True,
+              metavar="RATIO",
               help="Latency drift limit: last steps' median over first steps' median.")
 @threads_option
 @format_option

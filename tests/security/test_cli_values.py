@@ -41,6 +41,23 @@ def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
     assert "internal error" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["bench", "m.onnx", "--runs", "²"], "--runs"),
+        (["bench", "m.onnx", "--batch", "-4"], "--batch"),
+        (["bench", "m.onnx", "--audio-seconds", "inf"], "--audio-seconds"),
+        (["stream", "m.onnx", "--feedback", "y=x", "--steps", "1e9"], "--steps"),
+        (["stream", "m.onnx", "--feedback", "y=x", "--latency-tolerance", "nan"], "--latency-tolerance"),
+    ],
+)
+def test_bench_and_stream_values_are_one_line_usage_errors(sandbox, args, says):
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "m.onnx")
+    done = sandbox.run(*args)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_shared_parsers_take_ascii_numbers_only():
     from graphfix.core import values
     from graphfix.core.errors import UsageError
