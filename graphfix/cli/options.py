@@ -216,8 +216,8 @@ def config_options(func: Callable) -> Callable:
                            help="Ignore every pyproject.toml: command-line options and defaults only.")(wrapper)
     return click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
                         metavar="FILE",
-                        help="Settings from this pyproject.toml's [tool.graphfix] (default: the nearest one from "
-                             "the current folder upwards).")(wrapper)
+                        help="Settings from this pyproject.toml's [tool.graphfix] (default: the project's, the "
+                             "first pyproject.toml from the current folder up to the repository root).")(wrapper)
 
 
 report_format_option = click.option(
