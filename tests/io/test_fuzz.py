@@ -9,9 +9,8 @@ Exit codes: a mutant is malformed when onnxruntime refuses to load it (asked in 
 run) or when the README's list refuses it although onnxruntime loads it (sparse tensors, names that are not
 UTF-8, empty list attributes): every command must exit 2. One onnxruntime refuses for its shapes only (dims or
 ranks that do not fit) never passes: an error finding (1) or a refusal (2); one it loads gets a verdict, 0 or 1;
-`extract` and
-`freeze` may refuse the names chosen for the sample (exit 2, one line naming the option). Files that are no
-model and external-data attacks exit 2; their valid controls never do.
+`extract` and `freeze` may refuse the names chosen for the sample (exit 2, one line naming the option). Files
+that are no model and external-data attacks exit 2; their valid controls never do.
 
 CI runs seeds 0..299 (three chunks) and every attack, on one worker process per core (2 to 4;
 GRAPHFIX_FUZZ_WORKERS sets it), each with its own temp folder. For a longer local run:
