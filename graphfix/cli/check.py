@@ -5,7 +5,6 @@ Exit 0 when every model is clean, 1 when a finding reaches --fail-on or the prob
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import time
@@ -29,14 +28,11 @@ from graphfix.cli.options import (
 )
 from graphfix.core.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
-from graphfix.core.errors import InputError
 from graphfix.core.registry import select_rules
-from graphfix.io.paths import expand_paths
+from graphfix.io.paths import expand_globs, expand_paths
 from graphfix.io.saving import files_read_by
 from graphfix.io.targets import check_target, write_atomic
-from graphfix.report.text import emit_json, fails, findings_text
-
-GLOB_CHARS = set("*?[")
+from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 
 
 @click.command("check")
@@ -55,7 +51,7 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     """Gate models before deployment: rules and an onnxruntime run at several sizes; exit 1 if any fails.
 
     PATH is a model, a folder (searched for *.onnx) or a quoted glob ('models/**/*.onnx'). Settings come from
-    [tool.graphfix] in the nearest pyproject.toml; command-line options override them.
+    [tool.graphfix] in the project's pyproject.toml (see --config); command-line options override them.
     """
     config = current_config()
     started = time.perf_counter()
@@ -76,21 +72,6 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     if any(o.error for o in outcomes):
         return max(o.exit_code for o in outcomes)
     return 1 if failed else 0
-
-
-def expand_globs(paths: tuple[Path, ...]) -> list[Path]:
-    """Quoted globs (`'models/**/*.onnx'`) become the paths they match; other PATHs stay as given."""
-    expanded: list[Path] = []
-    for path in paths:
-        text = str(path)
-        if path.exists() or not GLOB_CHARS & set(text):
-            expanded.append(path)
-            continue
-        matched = sorted(glob.glob(text, recursive=True))
-        if not matched:
-            raise InputError(f"{text}: no file matches this pattern")
-        expanded.extend(Path(m) for m in matched)
-    return expanded
 
 
 def _codes(codes, option: str) -> tuple[str, ...]:
@@ -131,8 +112,7 @@ def _report(outcomes, fmt, output_file, inputs, show_rejected, seconds, failed) 
             click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,
                        err=bool(outcome.error) and out is None)
             for rejection in outcome.rejections if show_rejected else ():
-                click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}",
-                           file=out)
+                click.echo(rejection_line(rejection), file=out)
         click.echo(summary_table(outcomes, seconds, failed, known_codes()), file=out)
     if out is not None:
         write_atomic(output_file, out.getvalue(), inputs)

@@ -27,7 +27,7 @@ from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.io.targets import same_file
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
-from graphfix.report.text import emit_json, findings_text
+from graphfix.report.text import emit_json, findings_text, printable, rejection_line
 
 
 @click.command("repair")
@@ -81,7 +81,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
             if fmt == "text":
-                click.echo(f"{model.path}: {click.style('cannot repair', fg='red')}: {exc}", err=True)
+                click.echo(f"{printable(model.path)}: {click.style('cannot repair', fg='red')}: {printable(exc)}",
+                           err=True)
             continue
         if result.status == "failed" or _has_errors(result) or not (result.validation or {}).get("passed", True):
             exit_code = max(exit_code, 1)
@@ -130,23 +131,23 @@ def _has_errors(result: RepairResult) -> bool:
 
 def _print_result(result: RepairResult, show_rejected: bool) -> None:
     status = {"repaired": "green", "unchanged": "cyan", "failed": "red"}[result.status]
-    where = f" -> {result.output}" if result.output else ""
-    click.echo(f"{result.path}: {click.style(result.status, fg=status)}{where}")
+    where = f" -> {printable(result.output)}" if result.output else ""
+    click.echo(f"{printable(result.path)}: {click.style(result.status, fg=status)}{where}")
     for fix in result.applied:
-        click.echo(f"  applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}")
+        click.echo("  " + printable(f"applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}"))
     if result.simplify:
-        click.echo(f"  simplify: {result.simplify}")
+        click.echo(f"  simplify: {printable(result.simplify)}")
     if result.validation is not None:
         _print_validation(result.validation)
     for note in result.notes:
-        click.echo(f"  note: {note}")
+        click.echo(f"  note: {printable(note)}")
     if result.error:
-        click.echo(f"  error: {result.error}")
+        click.echo(f"  error: {printable(result.error)}")
     if result.after.findings:
         click.echo("  remaining " + findings_text("findings", result.after.findings, None).removeprefix("findings: "))
     if show_rejected:
         for rejection in result.after.rejections:
-            click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")
+            click.echo(rejection_line(rejection))
 
 
 def _print_validation(validation: dict) -> None:
@@ -154,7 +155,7 @@ def _print_validation(validation: dict) -> None:
     per size with the evidence obtained there."""
     runs = [run for run in validation.get("runs", []) if not run.get("skipped")]
     failed = validation.get("failed_sizes", 0)
-    dims = ", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items())
+    dims = printable(", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items()))
     evidence = f", evidence {validation.get('evidence')}" + (f" ({dims})" if dims else "") if runs else ""
     if validation.get("passed"):
         click.echo(f"  validation: passed at {len(runs)} size(s){evidence}")
@@ -165,4 +166,4 @@ def _print_validation(validation: dict) -> None:
     for run in validation.get("runs", []):
         sizes = " ".join(f"{k}={v}" for k, v in run["sizes"].items()) or "static shapes"
         level = "skipped" if run.get("skipped") else run.get("level")
-        click.echo(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else ""))
+        click.echo(printable(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else "")))

@@ -46,7 +46,7 @@ def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
     """Each dim of an input: its size when fixed, else its symbolic name (`<input>:<axis>` when unnamed)."""
     dims = []
     for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0 is a size: an empty tensor, as declared
             dims.append(d.dim_value)
         else:
             dims.append(d.dim_param or f"{vi.name}:{axis}")
