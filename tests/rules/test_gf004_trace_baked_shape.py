@@ -300,3 +300,25 @@ def test_a_given_size_makes_a_safe_error_only_where_a_constraint_pins_it(target,
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     if not solved:  # unchanged: the healthy output at B=3 is still [2, 3, 4]
         assert run(result.model, x)[0].shape == (2, 3, 4)
+
+
+class ThirdsMax(nn.Module):  # reshape with a size computed in Python next to a model constant (#21)
+    def forward(self, x):
+        b, t = x.shape[0], x.shape[1]
+        return x.reshape(b, int(t) // 3, 12).amax(-1)
+
+
+def test_a_solved_entry_that_leaves_a_declared_dynamic_output_fixed_is_not_safe(tmp_path):
+    """Traced at T=6, `reshape(B, int(T) // 3, 12)` bakes [B, 2, 12]. The element count alone says 12 is 2*T, and
+    that rebuild returns [B, 2] at every T (PyTorch: [B, T // 3]). The output declared [B, G] says the 2 varies: the
+    fix is not determined, so it is not applied by default (before: written with exit 0, wrong at T=9)."""
+    path = tmp_path / "thirds.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ThirdsMax(), (torch.randn(2, 6, 4),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"},
+                                                                               "y": {0: "B", 1: "G"}})
+    (finding,) = gf004(graphfix.diagnose(str(path), static=True))
+    assert finding.fix.safety is Safety.UNSAFE and "declares axis 1 dynamic (G)" in finding.message
+    result = graphfix.repair(str(path))
+    assert result.status == "unchanged" and not result.applied

@@ -18,12 +18,14 @@ from graphfix.analysis.sizes.solve import (
     BakedShape,
     BakedSlice,
     Cap,
+    FrozenOutput,
     Solution,
     baked_pads,
     baked_reshapes,
     baked_slices,
     bind,
     caps,
+    frozen_outputs,
     partly_constant,
     relations,
     solve,
@@ -68,7 +70,7 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_pads",
-    "baked_reshapes", "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_if", "sizes_of", "solve",
-    "static_sizes", "tied_dims",
+    "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FrozenOutput", "Sizes", "Solution",
+    "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "frozen_outputs", "partly_constant", "relations",
+    "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",
 ]

@@ -161,6 +161,30 @@ class OpShapes:
             return
         self._set(node, tuple(d for j, d in enumerate(shape) if j not in axes), self._in_value(node, 0))
 
+    def _reduce(self, node: gs.Node) -> None:
+        """ReduceMax & co. (axes as attribute or input, keepdims, noop_with_empty_axes) and ArgMax/ArgMin."""
+        shape = self._in_shape(node, 0)
+        if shape is None or not shape:
+            return
+        if node.op in ("ArgMax", "ArgMin"):
+            axes = [int(node.attrs.get("axis", 0)) % len(shape)]
+        elif (len(node.inputs) > 1 and node.inputs[1].name) or "axes" in node.attrs:
+            axes = self._axes(node, len(shape))
+        elif node.attrs.get("noop_with_empty_axes", 0):
+            axes = []
+        else:
+            axes = list(range(len(shape)))
+        if axes is None:
+            return
+        if node.attrs.get("keepdims", 1):
+            self._set(node, tuple(sympy.Integer(1) if j in axes else d for j, d in enumerate(shape)))
+        else:
+            self._set(node, tuple(d for j, d in enumerate(shape) if j not in axes))
+
+    _op_ArgMax = _op_ArgMin = _reduce
+    _op_ReduceMax = _op_ReduceMin = _op_ReduceSum = _op_ReduceMean = _op_ReduceProd = _reduce
+    _op_ReduceL1 = _op_ReduceL2 = _op_ReduceLogSum = _op_ReduceLogSumExp = _op_ReduceSumSquare = _reduce
+
     def _op_Concat(self, node: gs.Node) -> None:
         shapes = [self._in_shape(node, k) for k in range(len(node.inputs))]
         if any(s is None for s in shapes) or not shapes:

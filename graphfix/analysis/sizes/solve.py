@@ -319,3 +319,28 @@ def caps(sizes: Sizes) -> list[Cap]:
                 if limit.is_Integer:
                     found.setdefault((free, int(limit)), Cap(constraint, free, int(limit)))
     return list(found.values())
+
+
+@dataclass
+class FrozenOutput:
+    """Axis `axis` of graph output `name` is declared dynamic (`dim`) but the analysis finds it fixed at `value`:
+    a constant upstream stands for a size the exporter was told varies."""
+
+    name: str
+    axis: int
+    dim: str
+    value: int
+
+
+def frozen_outputs(sizes: Sizes, declared: dict[str, list]) -> list[FrozenOutput]:
+    """Graph outputs' dims declared by name (`declared`: output name -> dims, ints or names) that the analysis
+    computes as one whole number at every size."""
+    found = []
+    for tensor in sizes.graph.outputs:
+        dims, shape = declared.get(tensor.name), sizes.shape(tensor)
+        if not dims or shape is None or len(dims) != len(shape):
+            continue
+        for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
+            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1:
+                found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
+    return found
