@@ -6,12 +6,13 @@ that has threads can deadlock. Findings come back without their fix closures (th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -95,12 +96,27 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
                 advance(outcomes[-1])
             return outcomes
         results: list[Outcome | None] = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with _safe_path_children(), ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(check_model, job): index for index, job in enumerate(jobs)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 advance(results[futures[future]])
         return [r for r in results if r is not None]
+
+
+@contextlib.contextmanager
+def _safe_path_children() -> Iterator[None]:
+    """Spawned workers (and multiprocessing's resource tracker) run `python -c ...`, which puts the working folder
+    first on sys.path: a `multiprocessing/` package planted there was imported. PYTHONSAFEPATH keeps it off."""
+    previous = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = previous
 
 
 def default_workers() -> int:
