@@ -21,9 +21,12 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
+from graphfix.core.batch import portable
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
+from graphfix.core.forked import Crashed, run_forked
 from graphfix.core.registry import select_rules
+from graphfix.io import staging
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text
@@ -75,7 +78,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
                 rules=[r for r in options.rules if r.code not in ignore and (not select or r.code in select)],
                 validation=probe_options_for(current_config(), model.path, options.validation),
             )
-            result = repair_file(model.path, target, model_options)
+            result = _repaired(model.path, target, model_options)
         except GraphfixError as exc:
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
@@ -90,6 +93,24 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     if fmt == "json":
         emit_json("models", results)
     return exit_code
+
+
+def _repaired(path: Path, target: Path | None, options: RepairOptions) -> RepairResult:
+    """The repair of one model, done in a forked child (a crash in onnxruntime becomes this model's error, exit 2);
+    what comes back is the summary, not the model: the child wrote it."""
+    def work() -> RepairResult:
+        result = repair_file(path, target, options)
+        before, after = (dataclasses.replace(d, findings=[portable(f) for f in d.findings])
+                         for d in (result.before, result.after))
+        return dataclasses.replace(result, before=before, after=after, light=None, weights={})
+
+    try:
+        return run_forked(work, str(path))
+    except Crashed:
+        staging.sweep()  # the child's scratch folders, and its staging beside the output
+        if target is not None:
+            staging.sweep(target.parent)
+        raise
 
 
 def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run) -> list[Path | None]:

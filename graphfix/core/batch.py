@@ -1,14 +1,19 @@
-"""Checking many models: one job per model, spread over a process pool, with a progress bar and a summary.
+"""Checking many models: one job per model, each in a forked child (several at once with --jobs), with a progress
+bar and a summary.
 
-Workers are started with `spawn`: the parent may already hold onnxruntime's thread pools, and forking a process
-that has threads can deadlock. Findings come back without their fix closures (they cannot be pickled).
+A child per model (`graphfix.core.forked`) keeps a crash in onnxruntime to that model. The parent forks before it
+reads any model or starts any session; where that is not safe (Python threads running), one worker checks in
+this process and more are started with `spawn`. Findings come back without their fix closures (they cannot be
+pickled).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import selectors
 import sys
 import time
 from collections import Counter
@@ -22,6 +27,7 @@ from typing import Any
 import click
 
 from graphfix.core.context import RuleOptions
+from graphfix.core.forked import Crashed, Forked, can_fork
 from graphfix.core.rule import Finding, Rejection
 
 
@@ -80,15 +86,21 @@ def check_model(job: Job) -> Outcome:
     findings = filter_findings(report.findings, job.select, job.ignore)
     outcome.runtime_failures = sum(f.severity.value == "error" for f in runtime)
     merge_runtime_findings(findings, runtime)  # a confirmed static finding is not reported twice
-    outcome.findings = [_portable(f) for f in findings]
+    outcome.findings = [portable(f) for f in findings]
     outcome.seconds = time.perf_counter() - start
     return outcome
 
 
 def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outcome]:
-    """Outcomes in the order of `jobs`; in this process when one worker (or one job) is enough."""
+    """Outcomes in the order of `jobs`, each model checked in a forked child of its own (`graphfix.core.forked`):
+    a model that crashes onnxruntime gets an error outcome (exit 2) and the others keep theirs. Up to `workers`
+    children run at once. Where forking is not safe, one worker checks here and more use a spawned pool."""
     workers = max(1, min(workers, len(jobs)))
     with _progress(len(jobs), progress) as advance:
+        if can_fork():
+            import graphfix.api
+            import graphfix.validate  # noqa: F401 - imported once here, not again in every child
+            return _run_forked(jobs, workers, advance)
         if workers == 1:
             outcomes = []
             for job in jobs:
@@ -102,6 +114,40 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
                 results[futures[future]] = future.result()
                 advance(results[futures[future]])
         return [r for r in results if r is not None]
+
+
+def _run_forked(jobs: list[Job], workers: int, advance: Callable[[Outcome], None]) -> list[Outcome]:
+    results: list[Outcome | None] = [None] * len(jobs)
+    waiting = list(enumerate(jobs))
+    running: dict[int, tuple[int, Forked]] = {}
+    try:
+        with selectors.DefaultSelector() as selector:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    index, job = waiting.pop(0)
+                    child = Forked(functools.partial(check_model, job), str(job.path))
+                    running[child.fileno()] = index, child
+                    selector.register(child.fileno(), selectors.EVENT_READ)
+                for key, _ in selector.select():
+                    index, child = running[key.fd]
+                    if child.read():
+                        continue
+                    selector.unregister(key.fd)
+                    del running[key.fd]
+                    results[index] = _collect(child, jobs[index])
+                    advance(results[index])
+    finally:
+        for _, child in running.values():
+            child.kill()
+    return [r for r in results if r is not None]
+
+
+def _collect(child: Forked, job: Job) -> Outcome:
+    """The child's outcome; a crashed child's model gets the crash as its error."""
+    try:
+        return child.result()
+    except Crashed as exc:
+        return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code)
 
 
 @contextlib.contextmanager
@@ -142,7 +188,7 @@ def summary_table(outcomes: list[Outcome], seconds: float, failed: int, names: d
     return "\n".join(lines)
 
 
-def _portable(finding: Finding) -> Finding:
+def portable(finding: Finding) -> Finding:
     """The finding without its fix closure, so that it can cross process boundaries."""
     if finding.fix is None:
         return finding
