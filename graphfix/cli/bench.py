@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import format_option, models_argument, shape_option, shapes_from, split_names, threads_option
 from graphfix.core.errors import UsageError
 from graphfix.io.loading import load_model
@@ -33,8 +34,7 @@ def command(models, shapes, batches, warmup, runs, threads, provider, audio_seco
         raise UsageError(f"--batch expects numbers like 1,4,16, got '{','.join(batches)}'") from None
     options = BenchOptions(shapes=shapes_from(shapes), batches=sizes, warmup=warmup, runs=runs, threads=threads,
                            provider=provider, audio_seconds=audio_seconds)
-    loaded = [load_model(path) for path in models]
-    rows = bench(loaded, options)
+    rows = in_child(lambda: bench([load_model(path) for path in models], options), ", ".join(map(str, models)))
     if fmt == "json":
         emit_json("bench", [row.to_json() for row in rows])
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import format_option, model_argument, name_values, shape_option, shapes_from, threads_option
 from graphfix.io.loading import load_model
 from graphfix.report.text import emit_json
@@ -25,7 +26,8 @@ def command(model, pairs, steps, shapes, latency_tolerance, threads, fmt) -> int
 
     options = StreamOptions(steps=steps, shapes=shapes_from(shapes), latency_tolerance=latency_tolerance,
                             threads=threads)
-    report = stream(load_model(model), name_values("--feedback", pairs), options)
+    feedback = name_values("--feedback", pairs)
+    report = in_child(lambda: stream(load_model(model), feedback, options), model)
     if fmt == "json":
         emit_json("models", [report.to_json()])
     else:

@@ -69,3 +69,12 @@ def test_repair_goes_on_with_the_next_model(sandbox, models):
     assert done.returncode == 2, done.stderr
     assert len(crash_lines(done.stderr)) == 1, done.stderr
     assert sorted(p.name for p in (sandbox.root / "fixed").iterdir()) == ["healthy.onnx"]
+
+
+@pytest.mark.parametrize("args", [["set-shape", "--shape", "X=3x4", "-o", "OUT"], ["bench", "--runs", "1"]])
+def test_single_model_commands_report_the_crash(sandbox, models, args):
+    out = sandbox.model_dir / "out.onnx"
+    done = sandbox.run(args[0], models[0], *[str(out) if a == "OUT" else a for a in args[1:]])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(crash_lines(done.stderr)) == 1, done.stderr
+    assert not out.exists() and leftovers(sandbox) == []
