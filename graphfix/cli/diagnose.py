@@ -21,7 +21,7 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.core.batch import portable
+from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import filter_findings, probe_options_for
 from graphfix.core.forked import Crashed, run_forked
 from graphfix.core.registry import select_rules
@@ -48,7 +48,10 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
                                                           atol=atol)
     config = current_config()
     reports = []
-    for model in expand_paths(paths):
+    models = expand_paths(paths)
+    if len(models) > 1:
+        warm_up()  # once here, not in every model's child
+    for model in models:
         model_probing = None if probing is None else probe_options_for(config, model.path, probing)
         report = _diagnosed(model.path, rules, options, model_probing)
         report.findings = filter_findings(report.findings, *config_filter(model.path))

@@ -21,7 +21,7 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.core.batch import portable
+from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
 from graphfix.core.forked import Crashed, run_forked
@@ -70,6 +70,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     )
     results: list[dict] = []
     exit_code = 0
+    if len(models) > 1:
+        warm_up()  # once here, not in every model's child
     for model, target in zip(models, targets, strict=True):
         try:
             select, ignore = config_filter(model.path)

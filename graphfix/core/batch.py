@@ -98,8 +98,7 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
     workers = max(1, min(workers, len(jobs)))
     with _progress(len(jobs), progress) as advance:
         if can_fork():
-            import graphfix.api
-            import graphfix.validate  # noqa: F401 - imported once here, not again in every child
+            warm_up()
             return _run_forked(jobs, workers, advance)
         if workers == 1:
             outcomes = []
@@ -114,6 +113,19 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
                 results[futures[future]] = future.result()
                 advance(results[futures[future]])
         return [r for r in results if r is not None]
+
+
+def warm_up() -> None:
+    """Import, once and before forking, what each model's child would otherwise import again (the analysis, the
+    probe, onnxruntime's symbolic shape inference and the sympy parts it loads on first use)."""
+    import numpy.random  # noqa: F401 - inputs are synthesized with it
+    import sympy.tensor.tensor  # noqa: F401 - loaded by the first symbolic shape inference
+
+    import graphfix.api
+    import graphfix.validate  # noqa: F401
+    from graphfix.analysis.shapes import _symbolic_shape_infer
+
+    _symbolic_shape_infer()
 
 
 def _run_forked(jobs: list[Job], workers: int, advance: Callable[[Outcome], None]) -> list[Outcome]:
