@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from graphfix.api import ModelReport, diagnose_path
+from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     config_filter,
     config_options,
@@ -25,7 +26,6 @@ from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import filter_findings, probe_options_for
 from graphfix.core.forked import Crashed, run_forked
 from graphfix.core.registry import select_rules
-from graphfix.io import staging
 from graphfix.io.paths import expand_paths
 from graphfix.report.text import emit_json, fails, findings_text
 
@@ -76,7 +76,7 @@ def _diagnosed(path: Path, rules, options, probing) -> ModelReport:
         return dataclasses.replace(report, findings=[portable(f) for f in report.findings])
 
     try:
-        return run_forked(work, str(path))
+        with sweeping():  # the scratch folders of a crashed or stopped child
+            return run_forked(work, str(path))
     except Crashed as exc:
-        staging.sweep()  # the child's scratch folders
         return ModelReport(str(path), error=str(exc), exit_code=exc.exit_code)

@@ -1,15 +1,28 @@
-"""Single-model commands' work in a forked child (`graphfix.core.forked`): a crash in onnxruntime is one line with
-exit 2, and what the child left (scratch, staging beside the output) is removed."""
+"""Commands' work in forked children (`graphfix.core.forked`): a crash in onnxruntime is one line with exit 2,
+and what a child left (scratch folders, staging beside the output) is removed when it crashed or was stopped."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from graphfix.core.forked import Crashed, run_forked
+from graphfix.core.forked import run_forked
 from graphfix.io import staging
+
+
+@contextmanager
+def sweeping(output: Path | str | None = None) -> Iterator[None]:
+    """Remove the folders of dead graphfix processes (a crashed or stopped child) when the block fails."""
+    try:
+        yield
+    except BaseException:
+        staging.sweep()
+        if output is not None:
+            staging.sweep(Path(output).parent)
+        raise
 
 
 def in_child(work: Callable[[], Any], model: Path | str, output: Path | str | None = None) -> Any:
@@ -18,10 +31,5 @@ def in_child(work: Callable[[], Any], model: Path | str, output: Path | str | No
         result = work()
         return dataclasses.replace(result, model=None) if hasattr(result, "model") else result
 
-    try:
+    with sweeping(output):
         return run_forked(slim, str(model))
-    except Crashed:
-        staging.sweep()
-        if output is not None:
-            staging.sweep(Path(output).parent)
-        raise

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     config_filter,
     config_options,
@@ -24,9 +25,8 @@ from graphfix.cli.options import (
 from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
-from graphfix.core.forked import Crashed, run_forked
+from graphfix.core.forked import run_forked
 from graphfix.core.registry import select_rules
-from graphfix.io import staging
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text
@@ -106,13 +106,8 @@ def _repaired(path: Path, target: Path | None, options: RepairOptions) -> Repair
                          for d in (result.before, result.after))
         return dataclasses.replace(result, before=before, after=after, light=None, weights={})
 
-    try:
+    with sweeping(target):  # what a crashed or stopped child left: scratch folders, staging beside the output
         return run_forked(work, str(path))
-    except Crashed:
-        staging.sweep()  # the child's scratch folders, and its staging beside the output
-        if target is not None:
-            staging.sweep(target.parent)
-        raise
 
 
 def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run) -> list[Path | None]:

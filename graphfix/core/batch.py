@@ -54,6 +54,7 @@ class Outcome:
     error: str | None = None
     exit_code: int = 0  # of the error
     seconds: float = 0.0
+    crashed: bool = False  # the child checking it died (the error says how)
 
     def to_json(self, show_rejected: bool = False) -> dict[str, Any]:
         """The `diagnose` JSON schema: path, error, findings (and rejected with --show-rejected)."""
@@ -159,7 +160,7 @@ def _collect(child: Forked, job: Job) -> Outcome:
     try:
         return child.result()
     except Crashed as exc:
-        return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code)
+        return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code, crashed=True)
 
 
 @contextlib.contextmanager

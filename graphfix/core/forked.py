@@ -22,11 +22,13 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from graphfix.core.errors import GraphfixError, InputError, InternalError
 
+STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
 _in_child = False
 
 
@@ -107,15 +109,22 @@ class Forked:
                                 "and no result")
         return _unpack(pickle.loads(data))  # written by our own child
 
-    def kill(self) -> None:
-        """Stop the child (if still running) and reap it."""
+    def kill(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
+        folders on the way out (graphfix turns SIGTERM into SystemExit), SIGKILL after `grace_s`."""
         if self.pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                self.pid = None
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        os.waitpid(self.pid, 0)
         self.pid = None
 
 
