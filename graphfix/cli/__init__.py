@@ -10,6 +10,7 @@ import sys
 import click
 
 from graphfix import __version__
+from graphfix.core import forked
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
 from graphfix.io import staging
 
@@ -51,6 +52,8 @@ class GraphfixGroup(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Diagnose, repair, simplify and prove PyTorch-exported ONNX models."""
     ctx.obj = {"debug": debug}
+    if debug:
+        forked.enable(False)  # models in this process: an internal error's traceback shows where it arose
 
 
 def _memory_size(ctx, param, value: str | None) -> int | None:
@@ -111,4 +114,5 @@ _register_commands()
 
 def main() -> None:
     staging.install_signal_cleanup()
+    forked.enable()  # each model's work in a child of its own: a crash in onnxruntime costs that model only
     cli.main(prog_name="graphfix")

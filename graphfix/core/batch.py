@@ -2,9 +2,9 @@
 bar and a summary.
 
 A child per model (`graphfix.core.forked`) keeps a crash in onnxruntime to that model. The parent forks before it
-reads any model or starts any session; where that is not safe (Python threads running), one worker checks in
-this process and more are started with `spawn`. Findings come back without their fix closures (they cannot be
-pickled).
+reads any model or starts any session; where it does not fork (a process embedding graphfix, `--debug`), one
+worker checks in this process and more are started with `spawn`. Findings come back without their fix closures
+(they cannot be pickled).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Why a fork: at that point the parent holds no model, no onnxruntime session and 
 onnxruntime's import-time threads are fork-safe); forking costs milliseconds and copies nothing (pages are shared
 until written), where a spawned child would import onnxruntime again (seconds) and a child per onnxruntime call
 would copy the weights to it. The model is read once, in the child; only the result (findings, a summary) crosses
-the pipe. Where forking is not safe (no `os.fork`, Python threads running, already in a child) the work runs here.
+the pipe. Only the `graphfix` command forks (`enable()`); where forking is not safe (see `can_fork`) the work runs
+in the process itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from graphfix.core.errors import GraphfixError, InputError, InternalError
 
 STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
 _in_child = False
+_enabled = False
+_baseline: int | None = None  # native threads at the first fork
 
 
 class Crashed(InputError):
@@ -53,9 +56,33 @@ class Relayed(GraphfixError):
         return Relayed, (str(self), self.exit_code)
 
 
+def enable(on: bool = True) -> None:
+    """Let this process fork (the `graphfix` command calls this; `--debug` turns it off, so that a traceback shows
+    where it arose). A process that embeds graphfix (the Python API, a test runner, a harness) may hold onnxruntime
+    sessions, whose thread pools a forked child inherits broken (it hangs on its first session): there the work
+    runs in the process itself."""
+    global _enabled
+    _enabled = on
+
+
 def can_fork() -> bool:
-    """Whether a fork is safe here: POSIX, no other Python thread (its locks would stay taken), not in a child."""
-    return hasattr(os, "fork") and not _in_child and threading.active_count() == 1
+    """Whether a fork is safe here: enabled, POSIX, not in a child, no other Python thread (its locks would stay
+    taken) and no more native threads than at the first fork (an onnxruntime session's pool would be new)."""
+    global _baseline
+    if not (_enabled and hasattr(os, "fork") and not _in_child and threading.active_count() == 1):
+        return False
+    threads = _native_threads()
+    if _baseline is None:
+        _baseline = threads
+    return threads is None or threads <= _baseline
+
+
+def _native_threads() -> int | None:
+    """This process's threads as the kernel counts them (numpy's and onnxruntime's too); None where unknown."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 class Forked:
