@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import onnx.parser
+import pytest
 
 PLANTED = ("onnxsim.py", "onnx.py", "multiprocessing/__init__.py", "graphfix/__init__.py", "numpy.py")
 
@@ -57,11 +58,12 @@ def test_onnxsim_child_ignores_modules_in_the_working_folder(sandbox):
     assert [n.op_type for n in onnx.load(sandbox.model_dir / "o.onnx").graph.node] == ["Add"]
 
 
-def test_check_workers_ignore_modules_in_the_working_folder(sandbox):
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["forked", "spawned"])  # --debug: a spawned pool
+def test_check_workers_ignore_modules_in_the_working_folder(sandbox, debug):
     for name in ("a.onnx", "b.onnx"):
         foldable(sandbox.model_dir / name)
     plant(sandbox.cwd, sandbox.outside)
-    done = run_installed(sandbox, "check", "--jobs", "2", str(sandbox.model_dir / "a.onnx"),
+    done = run_installed(sandbox, *debug, "check", "--jobs", "2", str(sandbox.model_dir / "a.onnx"),
                          str(sandbox.model_dir / "b.onnx"))
     assert imported(sandbox) == []
     assert done.returncode == 0, done.stderr
