@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
+from graphfix.core.nocode import CodeFromText, no_code_from_text
 from graphfix.io.budgets import data_prop_allowed
 from graphfix.io.external_data import tensor_nbytes
 from graphfix.io.weights import stub
@@ -90,7 +91,7 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     result = SymbolicShapes()
     inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, guess_rank, 0)
     try:
-        with Watchdog(seconds) as dog:
+        with Watchdog(seconds) as dog, no_code_from_text():  # it hands model values to sympy, which runs text
             inference.dispatcher_ = {op: _bounded(inference, dog, handler, result)
                                      for op, handler in inference.dispatcher_.items()}
             inference._preprocess(model)
@@ -99,6 +100,8 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     except OutOfTime:
         result.incomplete.append(f"symbolic shape inference ran out of its {seconds:g} s "
                                  f"(GRAPHFIX_SHAPE_SECONDS); tensors past that point have no inferred shape")
+    except CodeFromText as exc:  # the model's text reached sympy's parser: nothing of it is trusted
+        return SymbolicShapes(incomplete=[f"symbolic shape inference stopped: {exc}"])
     except Exception as exc:  # it does not know every op; rules then fall back to onnx's shapes
         log.debug("symbolic shape inference failed: %s", exc)
         return SymbolicShapes(incomplete=result.incomplete)

@@ -11,7 +11,7 @@ import click
 
 from graphfix import __version__
 from graphfix.cli.options import parsed
-from graphfix.core import values
+from graphfix.core import forked, values
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
 from graphfix.io import staging
 from graphfix.report.text import printable
@@ -54,6 +54,8 @@ class GraphfixGroup(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Diagnose, repair, simplify and prove PyTorch-exported ONNX models."""
     ctx.obj = {"debug": debug}
+    if debug:
+        forked.enable(False)  # models in this process: an internal error's traceback shows where it arose
 
 
 def check_environment() -> None:
@@ -111,4 +113,5 @@ _register_commands()
 
 def main() -> None:
     staging.install_signal_cleanup()
+    forked.enable()  # each model's work in a child of its own: a crash in onnxruntime costs that model only
     cli.main(prog_name="graphfix")

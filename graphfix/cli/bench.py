@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import (
     MAX_RUNS,
     format_option,
@@ -41,8 +42,7 @@ def command(models, shapes, batches, warmup, runs, threads, provider, audio_seco
     sizes = [values.count(b, "--batch") for b in batches] or None
     options = BenchOptions(shapes=shapes_from(shapes), batches=sizes, warmup=warmup, runs=runs, threads=threads,
                            provider=provider, audio_seconds=audio_seconds)
-    loaded = [load_model(path) for path in models]
-    rows = bench(loaded, options)
+    rows = in_child(lambda: bench([load_model(path) for path in models], options), ", ".join(map(str, models)))
     if fmt == "json":
         emit_json("bench", [row.to_json() for row in rows])
     else:

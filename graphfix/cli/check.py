@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     batch_options,
     config_filter,
@@ -29,6 +30,7 @@ from graphfix.cli.options import (
 from graphfix.core.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
 from graphfix.core.registry import select_rules
+from graphfix.io import staging
 from graphfix.io.paths import expand_globs, expand_paths
 from graphfix.io.saving import files_read_by
 from graphfix.io.targets import check_target, write_atomic
@@ -66,7 +68,10 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
         select, ignore = config_filter(model.path)
         job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base),
                             select=select or only, ignore=tuple(dict.fromkeys((*skip, *ignore)))))
-    outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))
+    with sweeping():  # the scratch folders of a stopped child
+        outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))
+    if any(o.crashed for o in outcomes):
+        staging.sweep()  # those of a crashed one
     failed = sum(fails(o.findings, fail_on) or o.runtime_failures > 0 for o in outcomes if o.error is None)
     _report(outcomes, fmt, output_file, inputs, show_rejected, time.perf_counter() - started, failed)
     if any(o.error for o in outcomes):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import click
 
-from graphfix.api import diagnose_path
+from graphfix.api import ModelReport, diagnose_path
+from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     config_filter,
     config_options,
@@ -18,7 +22,9 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
+from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import filter_findings, probe_options_for
+from graphfix.core.forked import Crashed, run_forked
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import expand_paths
 from graphfix.report.text import emit_json, fails, findings_text, rejection_line
@@ -42,9 +48,12 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
                                                           atol=atol)
     config = current_config()
     reports = []
-    for model in expand_paths(paths):
-        report = diagnose_path(model.path, rules, options,
-                               None if probing is None else probe_options_for(config, model.path, probing))
+    models = expand_paths(paths)
+    if len(models) > 1:
+        warm_up()  # once here, not in every model's child
+    for model in models:
+        model_probing = None if probing is None else probe_options_for(config, model.path, probing)
+        report = _diagnosed(model.path, rules, options, model_probing)
         report.findings = filter_findings(report.findings, *config_filter(model.path))
         reports.append(report)
     if fmt == "json":
@@ -58,3 +67,16 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
     if any(r.error for r in reports):
         return max(r.exit_code for r in reports)
     return 1 if any(fails(r.findings, fail_on) for r in reports) else 0
+
+
+def _diagnosed(path: Path, rules, options, probing) -> ModelReport:
+    """The model's report, made in a forked child: a crash in onnxruntime becomes this model's error (exit 2)."""
+    def work() -> ModelReport:
+        report = diagnose_path(path, rules, options, probing)
+        return dataclasses.replace(report, findings=[portable(f) for f in report.findings])
+
+    try:
+        with sweeping():  # the scratch folders of a crashed or stopped child
+            return run_forked(work, str(path))
+    except Crashed as exc:
+        return ModelReport(str(path), error=str(exc), exit_code=exc.exit_code)

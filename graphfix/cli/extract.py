@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import (
     checked_output_options,
     model_argument,
@@ -31,6 +32,6 @@ def command(model, inputs, outputs, names, output, shapes, rtol, atol, fmt) -> i
     from graphfix.surgery.extract import extract
 
     checks = validation_options_from(shapes=shapes, rtol=rtol, atol=atol)
-    result = extract(load_model(model), inputs, outputs, output, checks,
-                     rename=name_values("--name", names))
+    rename = name_values("--name", names)
+    result = in_child(lambda: extract(load_model(model), inputs, outputs, output, checks, rename=rename), model, output)
     return emit_result(result, fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import (
     checked_output_options,
     model_argument,
@@ -27,6 +28,7 @@ def command(model, fills, output, no_simplify, shapes, rtol, atol, fmt) -> int:
     from graphfix.surgery.freeze import freeze, parse_fill
 
     values = {name: parse_fill(text) for name, text in name_values("--input", fills).items()}
-    result = freeze(load_model(model), values, output, validation_options_from(shapes=shapes, rtol=rtol, atol=atol),
-                    simplify=not no_simplify)
+    checks = validation_options_from(shapes=shapes, rtol=rtol, atol=atol)
+    simplify = not no_simplify
+    result = in_child(lambda: freeze(load_model(model), values, output, checks, simplify=simplify), model, output)
     return emit_result(result, fmt)

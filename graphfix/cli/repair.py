@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     config_filter,
     config_options,
@@ -21,8 +22,10 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
+from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
+from graphfix.core.forked import run_forked
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.io.targets import same_file
@@ -68,6 +71,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     )
     results: list[dict] = []
     exit_code = 0
+    if len(models) > 1:
+        warm_up()  # once here, not in every model's child
     for model, target in zip(models, targets, strict=True):
         try:
             select, ignore = config_filter(model.path)
@@ -76,7 +81,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
                 rules=[r for r in options.rules if r.code not in ignore and (not select or r.code in select)],
                 validation=probe_options_for(current_config(), model.path, options.validation),
             )
-            result = repair_file(model.path, target, model_options)
+            result = _repaired(model.path, target, model_options)
         except GraphfixError as exc:
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
@@ -92,6 +97,19 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     if fmt == "json":
         emit_json("models", results)
     return exit_code
+
+
+def _repaired(path: Path, target: Path | None, options: RepairOptions) -> RepairResult:
+    """The repair of one model, done in a forked child (a crash in onnxruntime becomes this model's error, exit 2);
+    what comes back is the summary, not the model: the child wrote it."""
+    def work() -> RepairResult:
+        result = repair_file(path, target, options)
+        before, after = (dataclasses.replace(d, findings=[portable(f) for f in d.findings])
+                         for d in (result.before, result.after))
+        return dataclasses.replace(result, before=before, after=after, light=None, weights={})
+
+    with sweeping(target):  # what a crashed or stopped child left: scratch folders, staging beside the output
+        return run_forked(work, str(path))
 
 
 def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run) -> list[Path | None]:

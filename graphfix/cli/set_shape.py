@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import checked_output_options, model_argument, name_values, validation_options_from
 from graphfix.io.loading import load_model
 from graphfix.report.text import emit_result
@@ -19,5 +20,6 @@ def command(model, shapes, output, rtol, atol, fmt) -> int:
     from graphfix.surgery.set_shape import parse_named_dims, set_shape
 
     dims = {name: parse_named_dims(text) for name, text in name_values("--shape", shapes).items()}
-    result = set_shape(load_model(model), dims, output, validation_options_from(shapes=(), rtol=rtol, atol=atol))
+    checks = validation_options_from(shapes=(), rtol=rtol, atol=atol)
+    result = in_child(lambda: set_shape(load_model(model), dims, output, checks), model, output)
     return emit_result(result, fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.cli.guarded import in_child
 from graphfix.cli.options import (
     MAX_RUNS,
     format_option,
@@ -37,7 +38,8 @@ def command(model, pairs, steps, shapes, latency_tolerance, threads, fmt) -> int
 
     options = StreamOptions(steps=steps, shapes=shapes_from(shapes), latency_tolerance=latency_tolerance,
                             threads=threads)
-    report = stream(load_model(model), name_values("--feedback", pairs), options)
+    feedback = name_values("--feedback", pairs)
+    report = in_child(lambda: stream(load_model(model), feedback, options), model)
     if fmt == "json":
         emit_json("models", [report.to_json()])
     else:

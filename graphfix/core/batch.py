@@ -1,17 +1,23 @@
-"""Checking many models: one job per model, spread over a process pool, with a progress bar and a summary.
+"""Checking many models: one job per model, each in a forked child (several at once with --jobs), with a progress
+bar and a summary.
 
-Workers are started with `spawn`: the parent may already hold onnxruntime's thread pools, and forking a process
-that has threads can deadlock. Findings come back without their fix closures (they cannot be pickled).
+A child per model (`graphfix.core.forked`) keeps a crash in onnxruntime to that model. The parent forks before it
+reads any model or starts any session; where it does not fork (a process embedding graphfix, `--debug`), one
+worker checks in this process and more are started with `spawn`. Findings come back without their fix closures
+(they cannot be pickled).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
+import selectors
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -21,6 +27,7 @@ from typing import Any
 import click
 
 from graphfix.core.context import RuleOptions
+from graphfix.core.forked import Crashed, Forked, can_fork
 from graphfix.core.rule import Finding, Rejection
 
 
@@ -47,6 +54,7 @@ class Outcome:
     error: str | None = None
     exit_code: int = 0  # of the error
     seconds: float = 0.0
+    crashed: bool = False  # the child checking it died (the error says how)
 
     def to_json(self, show_rejected: bool = False) -> dict[str, Any]:
         """The `diagnose` JSON schema: path, error, findings (and rejected with --show-rejected)."""
@@ -79,15 +87,20 @@ def check_model(job: Job) -> Outcome:
     findings = filter_findings(report.findings, job.select, job.ignore)
     outcome.runtime_failures = sum(f.severity.value == "error" for f in runtime)
     merge_runtime_findings(findings, runtime)  # a confirmed static finding is not reported twice
-    outcome.findings = [_portable(f) for f in findings]
+    outcome.findings = [portable(f) for f in findings]
     outcome.seconds = time.perf_counter() - start
     return outcome
 
 
 def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outcome]:
-    """Outcomes in the order of `jobs`; in this process when one worker (or one job) is enough."""
+    """Outcomes in the order of `jobs`, each model checked in a forked child of its own (`graphfix.core.forked`):
+    a model that crashes onnxruntime gets an error outcome (exit 2) and the others keep theirs. Up to `workers`
+    children run at once. Where forking is not safe, one worker checks here and more use a spawned pool."""
     workers = max(1, min(workers, len(jobs)))
     with _progress(len(jobs), progress) as advance:
+        if can_fork():
+            warm_up()
+            return _run_forked(jobs, workers, advance)
         if workers == 1:
             outcomes = []
             for job in jobs:
@@ -95,12 +108,74 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
                 advance(outcomes[-1])
             return outcomes
         results: list[Outcome | None] = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with _safe_path_children(), ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(check_model, job): index for index, job in enumerate(jobs)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 advance(results[futures[future]])
         return [r for r in results if r is not None]
+
+
+def warm_up() -> None:
+    """Import, once and before forking, what each model's child would otherwise import again (the analysis, the
+    probe, onnxruntime's symbolic shape inference and the sympy parts it loads on first use)."""
+    import numpy.random  # noqa: F401 - inputs are synthesized with it
+    import sympy.tensor.tensor  # noqa: F401 - loaded by the first symbolic shape inference
+
+    import graphfix.api
+    import graphfix.validate  # noqa: F401
+    from graphfix.analysis.shapes import _symbolic_shape_infer
+
+    _symbolic_shape_infer()
+
+
+def _run_forked(jobs: list[Job], workers: int, advance: Callable[[Outcome], None]) -> list[Outcome]:
+    results: list[Outcome | None] = [None] * len(jobs)
+    waiting = list(enumerate(jobs))
+    running: dict[int, tuple[int, Forked]] = {}
+    try:
+        with selectors.DefaultSelector() as selector:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    index, job = waiting.pop(0)
+                    child = Forked(functools.partial(check_model, job), str(job.path))
+                    running[child.fileno()] = index, child
+                    selector.register(child.fileno(), selectors.EVENT_READ)
+                for key, _ in selector.select():
+                    index, child = running[key.fd]
+                    if child.read():
+                        continue
+                    selector.unregister(key.fd)
+                    del running[key.fd]
+                    results[index] = _collect(child, jobs[index])
+                    advance(results[index])
+    finally:
+        for _, child in running.values():
+            child.kill()
+    return [r for r in results if r is not None]
+
+
+def _collect(child: Forked, job: Job) -> Outcome:
+    """The child's outcome; a crashed child's model gets the crash as its error."""
+    try:
+        return child.result()
+    except Crashed as exc:
+        return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code, crashed=True)
+
+
+@contextlib.contextmanager
+def _safe_path_children() -> Iterator[None]:
+    """Spawned workers (and multiprocessing's resource tracker) run `python -c ...`, which puts the working folder
+    first on sys.path: a `multiprocessing/` package planted there was imported. PYTHONSAFEPATH keeps it off."""
+    previous = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = previous
 
 
 def default_workers() -> int:
@@ -126,7 +201,7 @@ def summary_table(outcomes: list[Outcome], seconds: float, failed: int, names: d
     return "\n".join(lines)
 
 
-def _portable(finding: Finding) -> Finding:
+def portable(finding: Finding) -> Finding:
     """The finding without its fix closure, so that it can cross process boundaries."""
     if finding.fix is None:
         return finding

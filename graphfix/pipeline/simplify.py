@@ -3,7 +3,7 @@
 onnxsim can crash the interpreter, hang on huge tensors and grow models (folding Tile or ConstantOfShape into
 large constants). So it runs in a child process with a timeout, and its result is checked before it replaces
 anything. On any failure the input is kept and the reason is returned in one line. The child is a
-`python -m graphfix.pipeline.simplify --serve` (`OnnxsimChild`: one per process, serving every job, started by
+`python -P -m graphfix.pipeline.simplify --serve` (`OnnxsimChild`: one per process, serving every job, started by
 `repair` before it loads the model so that its imports overlap the load), never a fork: the repair pipeline has
 onnxruntime sessions and writer threads running meanwhile, and a forked child inherits their locks but not their
 threads (onnxsim's own onnxruntime sessions then hang). The model it gets is the light one, a few megabytes.
@@ -35,6 +35,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from graphfix.core.children import child_environment, python_module_argv
 from graphfix.io.external_data import tensor_nbytes
 from graphfix.io.protos import lift_initializers
 from graphfix.io.staging import scratch_dir
@@ -52,10 +53,10 @@ class SimplifyResult:
 
 
 class OnnxsimChild:
-    """`python -m graphfix.pipeline.simplify --serve`: imports onnxsim (most of its start-up), then simplifies
-    the jobs its stdin names (two lines each, source and target), one reply line each on its own channel, until
-    stdin closes (`close()`, or the parent's death). A child that ran past its time is killed, one that died is
-    replaced: its next job gets a fresh one.
+    """`python -P -m graphfix.pipeline.simplify --serve` (no module of the working folder): imports onnxsim (most
+    of its start-up), then simplifies the jobs its stdin names (two lines each, source and target), one reply line
+    each on its own channel, until stdin closes (`close()`, or the parent's death). A child that ran past its time is
+    killed, one that died is replaced: its next job gets a fresh one.
 
     One child serves a whole process (`shared()`): `repair` takes it before loading the model, so that its
     imports use the core the load leaves idle, and a batch of repairs (or a test suite) starts onnxsim once."""
@@ -65,9 +66,9 @@ class OnnxsimChild:
 
     def __init__(self) -> None:
         self.owner = os.getpid()  # a forked process must not write to its parent's child
-        self.process = subprocess.Popen([sys.executable, "-m", "graphfix.pipeline.simplify", "--serve"],
+        self.process = subprocess.Popen(python_module_argv("graphfix.pipeline.simplify", "--serve"),
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True)
+                                        text=True, env=child_environment())  # nothing from the working folder
 
     @classmethod
     def shared(cls) -> OnnxsimChild:

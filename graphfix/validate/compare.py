@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from graphfix.analysis.shapes import symbolic_shapes
+from graphfix.validate import dim_expr
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ class ShapeOracle:
 
 
 def evaluate_dim(dim: int | str | None, sizes: dict[str, int]) -> int | None:
-    """An int dim, or a symbolic expression of bound dims evaluated with sympy; None when undecided."""
+    """An int dim, or an expression of bound dims ("2*N + 1", "floor(T/2)") evaluated by graphfix's own grammar
+    (`dim_expr`: model text is never run); None when undecided."""
     if isinstance(dim, int):
         return dim if dim > 0 else None
     if not dim:
@@ -129,19 +131,12 @@ def evaluate_dim(dim: int | str | None, sizes: dict[str, int]) -> int | None:
     if dim in sizes:
         return sizes[dim]
     if dim.isidentifier():
-        return None  # a dim name no input carries (unk__0, Reshape_dim_1): undecided, no sympy needed
-    try:
-        import sympy
-
-        symbols = {name: sympy.Symbol(name) for name in sizes if name.isidentifier()}
-        expr = sympy.sympify(dim, locals=symbols)
-        if not expr.free_symbols <= set(symbols.values()):
-            return None  # depends on dims shape inference invented (unk__0, Reshape_dim_1)
-        value = expr.subs({symbols[name]: sizes[name] for name in symbols})
-        return int(value) if value.is_integer else None
-    except Exception as exc:  # expressions sympy cannot parse are left undecided
-        log.debug("cannot evaluate dim %r: %s", dim, exc)
+        return None  # a dim name no input carries (unk__0, Reshape_dim_1): undecided
+    value = dim_expr.evaluate(dim, sizes)
+    if value is None or value.denominator != 1:
+        log.debug("dim %r is undecided at %s", dim, sizes)
         return None
+    return int(value)
 
 
 def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:

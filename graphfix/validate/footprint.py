@@ -57,7 +57,7 @@ class Footprint:
 
     def largest(self, binding: dict[str, int]) -> tuple[str, list[int], int] | None:
         """The largest tensor whose shape is known at `binding`: (name, dims, bytes)."""
-        evaluated: dict[object, int | None] = {}  # one sympy evaluation per distinct dim expression
+        evaluated: dict[object, int | None] = {}  # one evaluation per distinct dim expression
 
         def dim(value) -> int | None:
             if isinstance(value, int):

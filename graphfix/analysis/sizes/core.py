@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import sympy
 
-from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, Expr, OpShapes, Shape, _present
+from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, Expr, OpShapes, Shape, _present, as_expr
 
 
 @dataclass
@@ -196,7 +196,7 @@ class Sizes(OpShapes):
             shape = tuple(None if d is None else self.simplify(d) for d in shape)
         self._shapes[id(out)] = shape
         if value is not None and len(value) <= MAX_VECTOR:
-            self._values[id(out)] = tuple(self.simplify(sympy.sympify(v)) for v in value)
+            self._values[id(out)] = tuple(self.simplify(as_expr(v)) for v in value)
 
     def _require(self, kind: str, node: gs.Node, left: Expr | None, right: Expr | None, detail: str = "") -> None:
         if left is None or right is None:

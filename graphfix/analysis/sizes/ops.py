@@ -135,7 +135,7 @@ class OpShapes:
 
     def _axes(self, node: gs.Node, rank: int) -> list[int] | None:
         axes = self._in_value(node, 1) if len(node.inputs) > 1 else node.attrs.get("axes")
-        if axes is None or any(not sympy.sympify(a).is_number for a in axes):
+        if axes is None or any(not as_expr(a).is_number for a in axes):
             return None
         return sorted(int(a) % rank for a in axes)
 
@@ -212,7 +212,7 @@ class OpShapes:
         values, idx = self._in_value(node, 0), self._in_value(node, 1)
         if values is None or idx is None or len(data) != 1:
             return None
-        if not all(sympy.sympify(i).is_number for i in idx):
+        if not all(as_expr(i).is_number for i in idx):
             return None
         return tuple(values[int(i)] for i in idx)
 
@@ -226,9 +226,9 @@ class OpShapes:
         out = list(shape)
         for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
             a = int(a) % len(shape)
-            out[a] = self._slice_len(node, shape[a], sympy.sympify(s), sympy.sympify(e), int(st))
+            out[a] = self._slice_len(node, shape[a], as_expr(s), as_expr(e), int(st))
         value = self._in_value(node, 0)
-        if value is not None and len(shape) == 1 and all(sympy.sympify(x).is_number for x in (*starts, *ends)):
+        if value is not None and len(shape) == 1 and all(as_expr(x).is_number for x in (*starts, *ends)):
             value = value[slice(int(starts[0]), min(int(ends[0]), len(value)), int(steps[0]))]
         else:
             value = None
@@ -253,14 +253,14 @@ class OpShapes:
         shape, target = self._in_shape(node, 0), self._in_value(node, 1)
         if shape is None or target is None:
             return
-        self._set(node, _broadcast_dims(shape, tuple(sympy.sympify(t) for t in target), self, node))
+        self._set(node, _broadcast_dims(shape, tuple(as_expr(t) for t in target), self, node))
 
     def _op_ConstantOfShape(self, node: gs.Node) -> None:
         target = self._in_value(node, 0)
         if target is not None:
             fill = np.asarray(getattr(node.attrs.get("value"), "values", 0)).reshape(-1)
             value = tuple(int(fill[0]) if fill.size else 0 for _ in range(int(target[0]))) \
-                if len(target) == 1 and sympy.sympify(target[0]).is_number and target[0] <= MAX_VECTOR else None
+                if len(target) == 1 and as_expr(target[0]).is_number and target[0] <= MAX_VECTOR else None
             self._set(node, tuple(target), value)
 
     def _op_Range(self, node: gs.Node) -> None:
@@ -283,7 +283,7 @@ class OpShapes:
             self._require("split", node, shape[axis], sympy.Add(*split), "split sizes")
         for k, size in enumerate(split):
             out = list(shape)
-            out[axis] = sympy.sympify(size)
+            out[axis] = as_expr(size)
             self._set(node, tuple(out), k=k)
 
     def _conv(self, node: gs.Node) -> None:
@@ -302,7 +302,7 @@ class OpShapes:
             if x[2 + j] is None:
                 out.append(None)
                 continue
-            span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (sympy.sympify(kernel[j]) - 1) - 1
+            span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
             out.append(floor_div(span, strides[j]) + 1)
         self._set(node, tuple(out))
 
@@ -318,11 +318,17 @@ class OpShapes:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def as_expr(value) -> Expr:
+    """A number or expression as sympy's; text raises SympifyError (`strict`): an attribute or value from the
+    model may be a string, and sympy would run it as Python (issue #20). The pass skips the node."""
+    return sympy.sympify(value, strict=True)
+
+
 def floor_div(a, n) -> Expr:
     """floor(a / n) for a positive integer n, with one floor inside `a` folded in: floor((floor(y) + k) / n) is
     floor((y + k) / n) for integer k, so a strided conv after a strided conv reads floor(T/10), not
     floor(floor(T/5)/2), and equals what the graph computes with one Div."""
-    a = sympy.sympify(a)
+    a = as_expr(a)
     inner = [t for t in sympy.Add.make_args(a) if isinstance(t, sympy.floor)]
     rest = a - sympy.Add(*inner)
     if len(inner) == 1 and rest.is_Integer:
@@ -331,14 +337,14 @@ def floor_div(a, n) -> Expr:
 
 
 def _floordiv(a, b):
-    a, b = sympy.sympify(a), sympy.sympify(b)
+    a, b = as_expr(a), as_expr(b)
     if a.is_number and b.is_number:
         return sympy.Integer(int(a / b)) if a.is_integer and b.is_integer else a / b
     return floor_div(a, b) if b.is_Integer and b > 0 else a / b
 
 
 def _truediv(a, b):
-    return sympy.sympify(a) / sympy.sympify(b)
+    return as_expr(a) / as_expr(b)
 
 
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 import sympy
 
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
+from graphfix.analysis.sizes.ops import as_expr
 
 MAX_CANDIDATES = 4
 
@@ -133,7 +134,7 @@ def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
             solution, length = derived
         if solution is None:
             continue
-        target = [sympy.sympify(t) for t in sizes.value(constraint.node.inputs[1])]
+        target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
         entries = _entries(solution.constraint.left, target, solution)
         if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
             entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length})) for e in entries]
@@ -218,7 +219,7 @@ def _slices_cut_by(sizes: Sizes, cut: sympy.Min) -> Iterator[tuple[gs.Node, int]
         axes = sizes.value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
         axes = axes or tuple(range(len(ends)))
         for position, axis in enumerate(axes):
-            dim = out[int(axis) % len(out)] if isinstance(axis, int) or sympy.sympify(axis).is_Integer else None
+            dim = out[int(axis) % len(out)] if isinstance(axis, int) or as_expr(axis).is_Integer else None
             if dim is not None and dim.has(cut) and ends[position] == _constant_side(cut):
                 yield node, position
 

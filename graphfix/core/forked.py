@@ -1,0 +1,207 @@
+"""One model's work in a forked child, so that a crash in native code costs that model only (issue #20).
+
+onnxruntime's C++ can kill the process that runs it: an integer `Div(INT_MIN, -1)` between initializers raises
+SIGFPE while a session folds constants, and graphfix died with exit 136, no message, its staging left behind and,
+under `check --jobs`, every other model's result lost. The commands therefore do each model's work in a child
+made with `os.fork()` before the model is read (`Forked(work, label)`); the child sends back what `work` returned
+(or raised), pickled over a pipe, and exits. A child killed by a signal becomes `Crashed`, one line with exit 2;
+the caller removes what the child left and goes on with the next model.
+
+Why a fork: at that point the parent holds no model, no onnxruntime session and no thread of its own (numpy's and
+onnxruntime's import-time threads are fork-safe); forking costs milliseconds and copies nothing (pages are shared
+until written), where a spawned child would import onnxruntime again (seconds) and a child per onnxruntime call
+would copy the weights to it. The model is read once, in the child; only the result (findings, a summary) crosses
+the pipe. Only the `graphfix` command forks (`enable()`); where forking is not safe (see `can_fork`) the work runs
+in the process itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from graphfix.core.errors import GraphfixError, InputError, InternalError
+
+STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
+_in_child = False
+_enabled = False
+_baseline: int | None = None  # native threads at the first fork
+
+
+class Crashed(InputError):
+    """The child doing one model's work was killed by a signal (a crash in native code on that model)."""
+
+    def __init__(self, label: str, signum: int):
+        self.signum = signum
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        super().__init__(f"{label}: the work on this model crashed ({name}, {signal.strsignal(signum) or ''}) in "
+                         "onnxruntime or another native library; nothing was written for it")
+
+
+class Relayed(GraphfixError):
+    """A GraphfixError from the child whose class cannot be rebuilt from its message: same line, same exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return Relayed, (str(self), self.exit_code)
+
+
+def enable(on: bool = True) -> None:
+    """Let this process fork (the `graphfix` command calls this; `--debug` turns it off, so that a traceback shows
+    where it arose). A process that embeds graphfix (the Python API, a test runner, a harness) may hold onnxruntime
+    sessions, whose thread pools a forked child inherits broken (it hangs on its first session): there the work
+    runs in the process itself."""
+    global _enabled
+    _enabled = on
+
+
+def can_fork() -> bool:
+    """Whether a fork is safe here: enabled, POSIX, not in a child, no other Python thread (its locks would stay
+    taken) and no more native threads than at the first fork (an onnxruntime session's pool would be new)."""
+    global _baseline
+    if not (_enabled and hasattr(os, "fork") and not _in_child and threading.active_count() == 1):
+        return False
+    threads = _native_threads()
+    if _baseline is None:
+        _baseline = threads
+    return threads is None or threads <= _baseline
+
+
+def _native_threads() -> int | None:
+    """This process's threads as the kernel counts them (numpy's and onnxruntime's too); None where unknown."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+class Forked:
+    """`work()` in a forked child; `result()` returns its value, raises what it raised, or raises `Crashed`.
+
+    The parent reads the pipe as the child writes (`read()`, e.g. when a selector says `fileno()` is ready), so a
+    large result never blocks the child. Without `can_fork()`, `work` runs at once in this process."""
+
+    def __init__(self, work: Callable[[], Any], label: str):
+        self.label, self.pid, self.fd, self._chunks = label, None, None, []
+        self._inline: tuple[str, Any] | None = None
+        if not can_fork():
+            self._inline = _outcome(work)
+            return
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            _serve(work, read_fd, write_fd)
+        os.close(write_fd)
+        self.pid, self.fd = pid, read_fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self) -> bool:
+        """Take what the child wrote so far; False once it closed the pipe (done or dead)."""
+        chunk = os.read(self.fd, 1 << 20)
+        self._chunks.append(chunk)
+        return bool(chunk)
+
+    def result(self) -> Any:
+        if self._inline is not None:
+            return _unpack(self._inline)
+        try:
+            while self.read():
+                pass
+            _, status = os.waitpid(self.pid, 0)
+        except BaseException:  # --timeout, Ctrl-C: the child must not outlive the parent's decision
+            self.kill()
+            raise
+        finally:
+            os.close(self.fd)
+        self.pid = None
+        if os.WIFSIGNALED(status):
+            raise Crashed(self.label, os.WTERMSIG(status))
+        data = b"".join(self._chunks)
+        if not data:
+            raise InternalError(f"{self.label}: the worker exited with status {os.waitstatus_to_exitcode(status)} "
+                                "and no result")
+        return _unpack(pickle.loads(data))  # written by our own child
+
+    def kill(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
+        folders on the way out (graphfix turns SIGTERM into SystemExit), SIGKILL after `grace_s`."""
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                self.pid = None
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.pid = None
+
+
+def run_forked(work: Callable[[], Any], label: str) -> Any:
+    """`work()` in a forked child (see `Forked`); its value, its exception, or `Crashed`."""
+    return Forked(work, label).result()
+
+
+def _outcome(work: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "value", work()
+    except BaseException as exc:  # relayed to the parent, which raises it
+        return "raised", exc
+
+
+def _unpack(outcome: tuple[str, Any]) -> Any:
+    kind, value = outcome
+    if kind == "raised":
+        raise value
+    return value
+
+
+def _serve(work: Callable[[], Any], read_fd: int, write_fd: int) -> None:
+    global _in_child
+    _in_child = True
+    code = 1
+    try:
+        os.close(read_fd)
+        data = _pickled(_outcome(work))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(data)
+        code = 0
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed stream: nothing to flush
+                stream.flush()
+        os._exit(code)
+
+
+def _pickled(outcome: tuple[str, Any]) -> bytes:
+    """The outcome for the pipe; an exception that does not come back the same (a constructor that rewrites its
+    message, an unpicklable attribute) goes as its line and exit code."""
+    kind, value = outcome
+    try:
+        data = pickle.dumps(outcome)
+        if kind == "value" or str(pickle.loads(data)[1]) == str(value):
+            return data
+    except Exception:  # sent as a line below
+        if kind == "value":
+            raise
+    if isinstance(value, GraphfixError):
+        return pickle.dumps(("raised", Relayed(str(value), value.exit_code)))
+    return pickle.dumps(("raised", InternalError(f"{type(value).__name__}: {value}")))

@@ -1,0 +1,51 @@
+"""`with no_code_from_text(): ...` — no Python is compiled from text in this thread while a library reads a model.
+
+onnxruntime's symbolic shape inference hands values it reads from the model to sympy (`sympy.Min(end, dim)` with a
+Slice's ends), and sympy parses a string it is given as Python and runs it: a STRING tensor used as Slice ends ran
+its text (issue #20). graphfix's own code never evaluates model text (see `graphfix.validate.dim_expr`), but it
+cannot change how a library treats what it reads. Inside the block an audit hook (PEP 578, installed once per
+process) refuses every `compile` of source text in this thread, whoever asks: `eval` and `exec` of a string compile
+it first. Importing a module from its file is not affected (its code has a file name); a library that builds code
+from text on the way (namedtuple, dataclasses) fails there as well, which the caller treats like any failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class CodeFromText(BaseException):  # a BaseException: a library's `except Exception` must not swallow it
+    """Raised where something tried to compile text inside `no_code_from_text()`."""
+
+
+_state = threading.local()
+
+
+@contextmanager
+def no_code_from_text() -> Iterator[None]:
+    """Refuse, in this thread, any compilation of source text until the block is left (nestable)."""
+    _install()
+    depth = getattr(_state, "depth", 0)
+    _state.depth = depth + 1
+    try:
+        yield
+    finally:
+        _state.depth = depth
+
+
+@functools.cache
+def _install() -> None:
+    sys.addaudithook(_audit)  # cannot be removed; outside a block it returns at once
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "compile" or not getattr(_state, "depth", 0):
+        return
+    filename = args[1]
+    name = filename.decode(errors="replace") if isinstance(filename, bytes) else str(filename)
+    if name.startswith("<"):  # '<string>', '<unknown>': text, not a module's file
+        raise CodeFromText("the model's text reached a Python evaluator, which graphfix refused to run")
