@@ -29,6 +29,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from graphfix.core.errors import InputError
+from graphfix.io.protos import lift_initializers
 
 KNOWN_KEYS = ("location", "offset", "length", "checksum")
 MAX_LOCATION_BYTES = 1024  # far below PATH_MAX; weights files have short names
@@ -284,3 +285,23 @@ def tensor_values(tensor: TensorProto, base_dir: Path | None) -> np.ndarray:
             raise InputError(f"tensor '{tensor.name}' keeps its values in external data, but no folder was given")
         return read_external(tensor, base_dir)
     return onnx.numpy_helper.to_array(tensor)
+
+
+def without_external_values(model: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """The model as a library that resolves external-data locations itself may see it (onnx's `numpy_helper`
+    resolves them against the working directory): its initializers kept in external data (stubs too) become graph
+    inputs of the same name, type and dims, so their values are unknown to it. Returns (model, lifted names); the
+    model itself when nothing is external (no copy). Raises ValueError for an external tensor elsewhere (a node
+    attribute, a subgraph, a sparse or function tensor): nothing that names a file may be handed over."""
+    top = {id(tensor) for tensor in model.graph.initializer}
+    lifted = []
+    for where, tensor in model_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        if id(tensor) not in top:
+            raise ValueError(f"{where} keeps its values in external data")
+        lifted.append(tensor.name)
+    if not lifted:
+        return model, frozenset()
+    inputs = {value.name for value in model.graph.input}
+    return lift_initializers(model, set(lifted)), frozenset(lifted) - inputs
