@@ -35,6 +35,15 @@ class LoadedModel:
         return self.path.parent if self.path is not None else None
 
     @property
+    def data_files(self) -> dict[Path, int]:
+        """Each external data file, with the bytes its tensors reach (the most of offset + length)."""
+        ends: dict[Path, int] = {}
+        for ref in self.external:
+            path = ref.path(self.base_dir)
+            ends[path] = max(ends.get(path, 0), ref.offset + ref.length)
+        return ends
+
+    @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else "<model>"
 

@@ -16,9 +16,10 @@ full-size copy of the model is ever built in memory.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,11 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     return staged
 
 
-def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = ()) -> StagedModel:
+def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, int] | Iterable[Path] = ()
+               ) -> StagedModel:
     """Stage a byte-for-byte copy of a model file and of its external data files, under their own names (an
-    unchanged model is written as it came)."""
+    unchanged model is written as it came). A data file given with the bytes its tensors reach is copied up to
+    there (see `copy_used`)."""
     staged = _new_stage(Path(destination))
     with writing(staged.destination, staged):
         shutil.copyfile(source, staged.path)
@@ -149,7 +152,8 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
                 referenced.append(str(relative))  # written beside its input: the data is already there
                 continue
             (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(data, staged.temp_dir / relative)
+            copy_used(data, staged.temp_dir / relative,
+                      data_files.get(data) if isinstance(data_files, Mapping) else None)
             copied.append(str(relative))
         staged.copied, staged.referenced = tuple(copied), tuple(referenced)
     return staged
@@ -357,10 +361,50 @@ def _pad_to_alignment(f) -> None:
 def _copy_range(src: Path, offset: int, length: int, dst) -> None:
     with open(src, "rb") as f:
         f.seek(offset)
-        remaining = length
-        while remaining:
-            chunk = f.read(min(COPY_CHUNK, remaining))
-            if not chunk:
-                raise OSError(f"{src} ended before {length} bytes from offset {offset} were read")
-            dst.write(chunk)
-            remaining -= len(chunk)
+        _copy_range_from(f, length, dst, src, offset)
+
+
+def _copy_range_from(f, length: int, dst, src: Path, offset: int) -> None:
+    """Copy `length` bytes from the position of `f` to `dst`, in chunks."""
+    remaining = length
+    while remaining:
+        chunk = f.read(min(COPY_CHUNK, remaining))
+        if not chunk:
+            raise OSError(f"{src} ended before {length} bytes from offset {offset} were read")
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+def copy_used(src: Path, dst: Path, end: int | None = None) -> None:
+    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst`, holes left as holes: only the
+    extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read and written, so a sparse data file
+    with a huge hole cannot turn into gigabytes on disk, and nothing past the tensors' bytes is copied."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        size = os.fstat(f.fileno()).st_size
+        end = size if end is None else min(end, size)
+        for start, stop in _data_extents(f.fileno(), end):
+            f.seek(start)
+            out.seek(start)
+            _copy_range_from(f, stop - start, out, src, start)
+        out.truncate(end)
+
+
+def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each extent of data below `end`; one extent for all when holes cannot be asked for."""
+    position = 0
+    while position < end:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            yield position, end  # no SEEK_DATA here: copy the rest as it is
+            return
+        except AttributeError:  # a platform without SEEK_DATA
+            yield position, end
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        position = stop

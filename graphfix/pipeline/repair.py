@@ -204,7 +204,7 @@ def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, chang
            ahead: Future[StagedModel] | None) -> StagedModel:
     if not changed and loaded.path is not None:
         # the input's own bytes, its external data files beside it: nothing to serialize
-        staged = stage_copy(loaded.path, destination, [ref.path(loaded.base_dir) for ref in loaded.external])
+        staged = stage_copy(loaded.path, destination, loaded.data_files)
     elif ahead is not None:
         started = ahead.result()
         if stub_names(model) == started.prewritten:
