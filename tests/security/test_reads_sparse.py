@@ -50,6 +50,7 @@ def test_an_unchanged_repair_copies_only_what_the_tensors_use(sandbox):
 
 def test_copy_used_keeps_the_holes_below_the_end(tmp_path):
     """Data after a hole, within the tensors' end: the hole stays a hole, the data is copied where it was."""
+    from graphfix.io.held import HeldFile
     from graphfix.io.saving import copy_used
 
     src = tmp_path / "src.data"
@@ -60,7 +61,7 @@ def test_copy_used_keeps_the_holes_below_the_end(tmp_path):
         f.seek(HOLE)
         f.write(b"c")
     dst = tmp_path / "dst.data"
-    copy_used(src, dst, (64 << 20) + 4096)
+    copy_used(HeldFile(src, "src"), dst, (64 << 20) + 4096)
     blob = dst.read_bytes()
     assert len(blob) == (64 << 20) + 4096
     assert blob[:4096] == b"a" * 4096 and blob[-4096:] == b"b" * 4096 and blob.count(0) == len(blob) - 8192
