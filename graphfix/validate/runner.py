@@ -18,6 +18,7 @@ reads a file. Weights that a non-standard-domain op may require to be constant s
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 import re
 import threading
@@ -78,7 +79,7 @@ class ModelRunner:
         self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
-        self.linked: dict[str, np.ndarray] = {}  # external weights, mapped from held descriptors (kept alive here)
+        self.linked: dict[str, ort.OrtValue] = {}  # external weights, mapped from held descriptors (kept alive here)
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
         self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
@@ -86,7 +87,8 @@ class ModelRunner:
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
                 self.session = make_session(runnable, base_dir)
             else:
-                self.linked = linked_weights(proto, base_dir)
+                self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
+                               for name, array in linked_weights(proto, base_dir).items()}
                 self.session = make_session(proto, base_dir, linked=self.linked)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
@@ -215,18 +217,35 @@ def linked_weights(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> dic
     return linked
 
 
+def _linked_out(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> set[str]:
+    """Initializers whose data file is a link out of the model's folder that graphfix accepted (a Hugging Face hub
+    cache snapshot links into its repository's blobs/)."""
+    if base_dir is None:
+        return set()
+    root = os.path.realpath(base_dir)
+    return {tensor.name for tensor in proto.graph.initializer if (ref := external_ref(tensor)) is not None
+            and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root}
+
+
 def in_memory_files(proto: onnx.ModelProto, base_dir: pathlib.Path) -> dict[str, object]:
     """Every data file the model names, by location, as a read-only map of its held descriptor."""
     return {ref.location: data_file(base_dir, ref.location, ref.where).mapped() for ref in external_refs(proto)}
 
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-                 linked: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+                 linked: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
     """A session with optimizations off, made from the proto: onnxruntime opens no file. `linked` weights are
-    handed over as memory-mapped arrays, the data files' bytes for any other external tensor."""
+    handed over as values over memory-mapped arrays, used in place (`add_initializer` copies nothing; the caller
+    keeps them alive as long as the session), the data files' bytes for any other external tensor. onnxruntime
+    still checks that each location exists in the model's folder, and reads none of them."""
     options = ort.SessionOptions()
-    if linked:
-        options.add_external_initializers(list(linked), [ort.OrtValue.ortvalue_from_numpy(a) for a in linked.values()])
+    linked = linked or {}
+    escaping = _linked_out(proto, base_dir) if linked else set()
+    for name, value in linked.items():
+        if name not in escaping:
+            options.add_initializer(name, value)
+    if escaping:  # onnxruntime refuses a location that links out of the folder (a hub cache's blobs/): copied
+        options.add_external_initializers(list(escaping), [linked[name] for name in escaping])
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
@@ -238,6 +257,7 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
         files = in_memory_files(proto, base_dir)
         options.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
                                                                [len(m) for m in files.values()])
+    if base_dir is not None:  # where onnxruntime checks that the locations exist (it reads none of them)
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
