@@ -118,3 +118,17 @@ def test_external_data_is_never_resolved_against_the_working_directory(sandbox, 
         assert done.stdout == at_home.stdout
     if "{out}" in arguments and code == 0:
         assert np.array_equal(_outputs(sandbox.root / "out" / "o.onnx"), _outputs(sandbox.root / "home" / "o.onnx"))
+
+
+def test_onnxsim_is_never_handed_a_tensor_that_names_a_file(tmp_path):
+    """onnxsim's child loads what it is sent with onnx.load, which resolves external data itself: a Constant's
+    external tensor (top-level initializers are sent as graph inputs) means no simplification, said so."""
+    from fuzz_attacks import PLACES
+
+    from graphfix.pipeline.simplify import simplify
+
+    model = PLACES["constant"]({"location": "w.bin"})
+    result = simplify(model, base_dir=tmp_path)
+    assert not result.applied
+    assert result.message == ("simplification skipped: a tensor outside the graph's initializers keeps its values "
+                              "in external data")
