@@ -83,13 +83,12 @@ class ModelRunner:
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
         self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
+            runnable = proto
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
-                self.session = make_session(runnable, base_dir)
-            else:
-                self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
-                               for name, array in linked_weights(proto, base_dir).items()}
-                self.session = make_session(proto, base_dir, linked=self.linked)
+            self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
+                           for name, array in linked_weights(runnable, base_dir).items()}
+            self.session = make_session(runnable, base_dir, linked=self.linked)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
 
@@ -234,22 +233,37 @@ def in_memory_files(proto: onnx.ModelProto, base_dir: pathlib.Path) -> dict[str,
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
                  linked: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
-    """A session with optimizations off, made from the proto: onnxruntime opens no file. `linked` weights are
-    handed over as values over memory-mapped arrays, used in place (`add_initializer` copies nothing; the caller
-    keeps them alive as long as the session), the data files' bytes for any other external tensor. onnxruntime
-    still checks that each location exists in the model's folder, and reads none of them."""
+    """A session with optimizations off, made from the proto: onnxruntime opens no file (see `hand_over`)."""
     options = ort.SessionOptions()
-    linked = linked or {}
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4  # failures are returned, not printed
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
+    source, _copied = hand_over(options, proto, base_dir, linked)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def hand_over(options: ort.SessionOptions, proto: onnx.ModelProto, base_dir: pathlib.Path | None,
+              linked: dict[str, ort.OrtValue] | None = None) -> tuple[bytes, list]:
+    """The model's bytes for `ort.InferenceSession`, its external weights handed over in `options` from the
+    descriptors loading holds (graphfix.io.held): onnxruntime reads no file. `linked` values (over memory-mapped
+    arrays, see `linked_weights`) are used in place, and the caller keeps them alive as long as the session;
+    without them, the weights are copied by onnxruntime from values that the caller keeps until the session is
+    made (the second item). The data files' bytes serve any other external tensor. onnxruntime still checks that
+    each location exists in the model's folder, and reads none of them."""
+    copied = []
+    if linked is None:
+        copied = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in linked_weights(proto, base_dir).items()]
+        if copied:
+            options.add_external_initializers([name for name, _ in copied], [value for _, value in copied])
+        linked = {}
     escaping = _linked_out(proto, base_dir) if linked else set()
     for name, value in linked.items():
         if name not in escaping:
             options.add_initializer(name, value)
     if escaping:  # onnxruntime refuses a location that links out of the folder (a hub cache's blobs/): copied
         options.add_external_initializers(list(escaping), [linked[name] for name in escaping])
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4  # failures are returned, not printed
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
-    refs = [ref for ref in external_refs(proto) if not (linked and ref.tensor in linked)]
+    handed = set(linked) | {name for name, _ in copied}
+    refs = [ref for ref in external_refs(proto) if ref.tensor not in handed]
     if refs and base_dir is None:
         # onnxruntime would resolve the locations against the working directory
         raise ValueError("the model keeps values in external data, but no folder was given to read them from")
@@ -257,9 +271,10 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
         files = in_memory_files(proto, base_dir)
         options.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
                                                                [len(m) for m in files.values()])
+        copied.append(files)
     if base_dir is not None:  # where onnxruntime checks that the locations exist (it reads none of them)
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return proto.SerializeToString(), copied
 
 
 def error_text(exc: BaseException) -> str:
