@@ -3,8 +3,9 @@
 A path checked with `stat` and opened later can be swapped in between (for a symbolic link to a file elsewhere, or
 for a FIFO that blocks the reader forever). So every model and external data file is opened once, without
 following a link in its last component and without blocking (`O_NOFOLLOW | O_NONBLOCK`), checked with `fstat`
-(a regular file, one link), and kept open: reading, memory-mapping and copying it later use that descriptor only
-(`os.pread`, `mmap`), whatever has happened to the path since.
+(a regular file; a data file also has one link) and, where Linux's /proc tells, on where the descriptor really
+points, and kept open: reading, memory-mapping and copying it later use that descriptor only (`os.pread`, `mmap`),
+whatever has happened to the path since.
 
 `held(base_dir)` gives the data files of one model folder, shared by everything that reads that folder in this
 process (analysis, onnxruntime sessions, the copy into the output) while a loaded model keeps them alive.
@@ -41,6 +42,8 @@ class HeldFile:
             kind = next((what for test, what in KINDS if test(info.st_mode)), None)
             if kind or not stat.S_ISREG(info.st_mode):
                 raise InputError(f"{name}: is {kind or 'not a regular file'}, not a regular file")
+            if _opened_path(self.fd) not in (None, real):  # a folder on the way swapped for a link meanwhile
+                raise InputError(f"{name}: changed while it was opened; refusing to read it")
         except BaseException:
             os.close(self.fd)
             raise
@@ -125,3 +128,11 @@ def _reason(exc: OSError) -> str:
     if exc.errno == getattr(os, "ELOOP", -1):
         return "it became a symbolic link after it was checked"
     return (exc.strerror or str(exc)).lower()
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the descriptor really points (Linux's /proc), or None where that cannot be asked."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
