@@ -7,7 +7,7 @@ for bisection. Numerically this is the reference behaviour of each kernel.
 onnxruntime never opens a file: a model given as a Path is opened once and parsed from that descriptor
 (graphfix.io.held), and the session is made from the parsed proto. Its external weights are handed over from the
 descriptors loading checked and holds: initializers of the main graph as arrays memory-mapped from them (not
-copied), other external tensors as the data files' bytes, mapped from them too.
+copied), other external tensors (a Constant's value, a subgraph's weight) inline, read from them.
 
 A light model (large weights as stubs, see graphfix.io.weights) runs with its weights *fed*: the stubs become graph
 inputs and every run passes the weights as numpy arrays, which onnxruntime reads in place. The original and the
@@ -30,7 +30,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
-from graphfix.io.external_data import check_external_data, data_file, external_ref, external_refs, read_external
+from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
@@ -226,9 +226,14 @@ def _linked_out(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> set[st
             and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root}
 
 
-def in_memory_files(proto: onnx.ModelProto, base_dir: pathlib.Path) -> dict[str, object]:
-    """Every data file the model names, by location, as a read-only map of its held descriptor."""
-    return {ref.location: data_file(base_dir, ref.location, ref.where).mapped() for ref in external_refs(proto)}
+def _unhanded(proto: onnx.ModelProto, handed: set[str]):
+    """(tensor, reference) of each external tensor but the `handed` initializers of the main graph (which
+    `model_tensors` yields first)."""
+    top = len(proto.graph.initializer)
+    for index, (where, tensor) in enumerate(model_tensors(proto)):
+        ref = external_ref(tensor, where)
+        if ref is not None and not is_stub(tensor) and not (index < top and tensor.name in handed):
+            yield tensor, ref
 
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
@@ -248,8 +253,8 @@ def hand_over(options: ort.SessionOptions, proto: onnx.ModelProto, base_dir: pat
     descriptors loading holds (graphfix.io.held): onnxruntime reads no file. `linked` values (over memory-mapped
     arrays, see `linked_weights`) are used in place, and the caller keeps them alive as long as the session;
     without them, the weights are copied by onnxruntime from values that the caller keeps until the session is
-    made (the second item). The data files' bytes serve any other external tensor. onnxruntime still checks that
-    each location exists in the model's folder, and reads none of them."""
+    made (the second item). Any other external tensor goes inline (`with_values_inline`). onnxruntime still checks
+    that each handed-over location exists in the model's folder, and reads none of them."""
     copied = []
     if linked is None:
         copied = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in linked_weights(proto, base_dir).items()]
@@ -263,18 +268,26 @@ def hand_over(options: ort.SessionOptions, proto: onnx.ModelProto, base_dir: pat
     if escaping:  # onnxruntime refuses a location that links out of the folder (a hub cache's blobs/): copied
         options.add_external_initializers(list(escaping), [linked[name] for name in escaping])
     handed = set(linked) | {name for name, _ in copied}
-    refs = [ref for ref in external_refs(proto) if ref.tensor not in handed]
-    if refs and base_dir is None:
-        # onnxruntime would resolve the locations against the working directory
-        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
-    if refs:
-        files = in_memory_files(proto, base_dir)
-        options.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
-                                                               [len(m) for m in files.values()])
-        copied.append(files)
     if base_dir is not None:  # where onnxruntime checks that the locations exist (it reads none of them)
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
-    return proto.SerializeToString(), copied
+    return with_values_inline(proto, base_dir, handed).SerializeToString(), copied
+
+
+def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, handed: set[str]) -> onnx.ModelProto:
+    """The model, or a copy whose external tensors other than the `handed` initializers carry their bytes, read
+    from the held descriptors (onnxruntime would open their files itself: a Constant's value, a subgraph's or a
+    function's tensor, a type numpy cannot hold)."""
+    if not any(_unhanded(proto, handed)):
+        return proto
+    if base_dir is None:  # onnxruntime would resolve the locations against the working directory
+        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
+    inline = onnx.ModelProto()
+    inline.CopyFrom(proto)
+    for tensor, ref in _unhanded(inline, handed):
+        tensor.raw_data = data_file(base_dir, ref.location, ref.where).read(ref.offset, ref.length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return inline
 
 
 def error_text(exc: BaseException) -> str:

@@ -112,3 +112,42 @@ def test_a_data_file_that_is_no_regular_file_is_refused_without_blocking(sandbox
         assert done.returncode == 2, done.stdout + done.stderr
         assert "not a regular file" in done.stdout + done.stderr
         assert "Traceback" not in done.stderr
+
+
+def constant_of_shape_model(folder: Path) -> Path:
+    """y = x + ConstantOfShape(Shape(x)) whose `value` attribute (2.0) is in external data: a tensor that is no
+    initializer, which onnxruntime would read from its file itself."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    value = numpy_helper.from_array(np.array([2.0], np.float32), "value")
+    (folder / "v.bin").write_bytes(value.raw_data)
+    onnx.external_data_helper.set_external_data(value, location="v.bin", offset=0, length=4)
+    value.ClearField("raw_data")
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["c"], name="fill", value=value),
+             helper.make_node("Add", ["x", "c"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("build", [external_model, constant_of_shape_model])
+@pytest.mark.parametrize("command", [["diagnose"], ["check"], ["repair", "--no-simplify", "-o", "OUT"]])
+def test_each_data_file_is_opened_once_per_run(sandbox, build, command):
+    """Whatever reads the weights (analysis, onnxruntime's sessions, the copy into the output) reads them through
+    the one descriptor graphfix opened: the kernel sees one open of the data file."""
+    from fuzz_opened import IN_OPEN, OpenWatch
+
+    model = build(sandbox.model_dir)
+    data = next(p for p in sandbox.model_dir.iterdir() if p.suffix in (".data", ".bin"))
+    watch = OpenWatch([str(data)], IN_OPEN)
+    try:
+        done = sandbox.run(*[str(sandbox.root / "out" / "o.onnx") if a == "OUT" else a for a in command], str(model))
+        opens = [mask for _path, mask in watch.masked_events() if mask & IN_OPEN]
+    finally:
+        watch.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(opens) == 1
