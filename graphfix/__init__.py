@@ -7,7 +7,16 @@ The Python API mirrors the CLI:
     result = graphfix.repair("model.onnx", output="fixed.onnx")
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# onnxruntime (1.29+ on Linux) keeps telemetry of every session it creates, model and node names included, in
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db, a device id beside it and a session id in
+# $TMPDIR/.ses, and sends it. Its `disable_telemetry_events()` does not stop that; this variable does, when it is set
+# before onnxruntime is first imported (graphfix imports it lazily, and its child processes inherit it). A user who
+# sets ORT_DISABLE_TELEMETRY themselves decides; a program that imported onnxruntime before graphfix has its own.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def diagnose(model_or_path, **options):

@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.constants import arange_axis
-from graphfix.analysis.edits import arange_input, band_input, loosened, set_constant, table_slice_input
+from graphfix.analysis.edits import (
+    arange_input,
+    band_input,
+    loosened,
+    set_constant,
+    sinusoid_input,
+    table_slice_input,
+)
 from graphfix.analysis.export_sizes import folded_ranges
+from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
 from graphfix.core.context import RuleContext
@@ -39,17 +47,28 @@ class TraceBakedConstant(Rule):
     - uniform along the baked axes (ones/zeros/full): shrunk to size 1 there (broadcasting restores it);
     - 0, 1, 2, ... along one axis (arange): `Range(0, Shape(x)[i])`;
     - the leading rows of a table still in the graph (`self.pe` also read elsewhere): `Slice(pe, 0, Shape(x)[i])`;
-    - a triangle over the last two axes (tril/triu, any offset, any two values such as 0/-inf or True/False,
-      square or with one side fixed like `tril(ones(T, 6))` over 6 memory slots):
-      `Trilu(ConstantOfShape(...))` with the same `upper` and k, then `Where` to the two values (opset >= 14);
-    - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values.
+    - a mask over the last two axes (a mask's two values: 0/1, True/False, 0/-inf), square or with one side fixed
+      like `tril(ones(T, 6))` over 6 memory slots: a triangle (tril/triu, any offset) as
+      `Trilu(ConstantOfShape(...))`, a band (a sliding window, both edges inside the matrix) as two Trilu, then
+      `Where` to the two values (opset >= 14);
+    - a diagonal (eye): `EyeLike(ConstantOfShape(...))`, then the two values;
+    - a sinusoidal position table cut at the export length, the rest gone (`self.pe[:, :int(T)]`): sines and
+      cosines of the positions at a geometric series of frequencies (the Transformer's interleaved table,
+      Whisper's and ESPnet's concatenated one, a rotary cos/sin cache), identified from the values, every entry
+      checked (`graphfix.analysis.sinusoids`): `Sin`/`Cos` of `Range(0, Shape(x)[i])` times the frequencies.
 
     ## Fix safety
-    Safe: each rebuild gives the same values at the export size and follows the dim at every other size; the
-    proof compares it with the original re-traced at each size (the constant computed again there). Not fixable,
-    reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without int()): a
-    constant whose other values are gone from the graph (a table cut at the export length) and folded position
-    ranges.
+    Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
+    positions), a band or a diagonal whose edges all lie inside the matrix. Unsafe where several constructions
+    give the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes`
+    applies the simplest:
+    - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
+      also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
+    - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length).
+    Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
+    Not fixable, reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without
+    int()): a constant whose other values are gone from the graph (a learned table cut at the export length) and
+    folded position ranges.
     """
 
     code = "GF006"
@@ -122,8 +141,10 @@ class TraceBakedConstant(Rule):
                 fix=Fix(f"compute {c.const.name} as Range(0, Shape({c.other.name})[{c.source(axis)}])",
                         apply=loosened(c.node, c.export_sizes(), arange_input(
                             c.node, c.index, c.value, axis, c.other, c.source(axis), ctx.opset)),
-                        safety=Safety.SAFE,
-                        reason="the constant is 0, 1, 2, ... along the dynamic axis: Range gives the same values"))
+                        safety=Safety.UNSAFE,
+                        reason=f"0, 1, ..., {c.value.shape[axis] - 1} along the dynamic axis is arange(T) (applied, "
+                               f"the simplest) or arange(T).clamp(max=c) for any c >= {c.value.shape[axis] - 1} "
+                               "(positions capped at a table's length): the graph does not say which"))
             return
         why = ["not uniform or an arange along the baked axes"]  # each structure tried, why it did not match
         # The leading rows of a table still in the graph (`self.pe[:, :int(T)]`, self.pe read elsewhere): Slice.
@@ -142,6 +163,24 @@ class TraceBakedConstant(Rule):
                                "values at the export size and the table's rows at every other size"))
             return
         why.append(f"no table's prefix ({table})")
+        # A sinusoidal position table cut at the export length (`self.pe[:, :int(T)]`, the rest gone): a formula.
+        sinusoid = sinusoid_table(c.value, baked)
+        if not isinstance(sinusoid, str):
+            axis = sinusoid.axis
+            yield self.finding(
+                base + f"; it is {sinusoid.show()} of {c.value.shape[axis]} positions", **where,
+                hint="A position table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); write "
+                     "`self.pe[:, : x.size(1)]` (without int()), or compute it from the traced length.",
+                fix=Fix(f"compute {c.const.name} as the same sines and cosines of Range(0, "
+                        f"Shape({c.other.name})[{c.source(axis)}])",
+                        apply=loosened(c.node, c.export_sizes(), sinusoid_input(
+                            c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
+                        safety=Safety.SAFE,
+                        reason=f"every entry is sin or cos of its position times its column's frequency "
+                               f"({sinusoid.layout}, frequencies a geometric series): the formula gives the same "
+                               "values at the export length and the rows a longer input needs"))
+            return
+        why.append(f"no sinusoidal table ({sinusoid})")
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
@@ -149,16 +188,23 @@ class TraceBakedConstant(Rule):
             entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in rows_cols]
             cols = None if rows_cols[1] in baked else str(c.value.shape[-1])
             op = "EyeLike" if band.kind == "eye" else "Trilu"
+            # A mask that reaches the matrix's corner along a size hides its edge there: a window as wide as the
+            # export size or wider (`tril` traced at T=4 is every sliding window of width >= 4) fits as well.
+            others = "; ".join(band.others)
+            reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
+                      f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
+                      "wrong at every longer size" if others else
+                      f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
+                      "pattern at every size")
             yield self.finding(
-                base + f"; it is {band.show()}", **where,
+                base + f"; it is {band.show()}" + (f", or {others}" if others else ""), **where,
                 hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)', cols)}`); build it from the "
-                     f"traced size: `{band.torch('x.size(1)', cols)}`.",
+                     f"traced size: `{band.torch('x.size(1)', cols)}`" + (
+                         " (or the window it really is), then re-export" if others else "") + ".",
                 fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
                         "values", apply=loosened(c.node, c.export_sizes(), band_input(
                             c.node, c.index, c.value, band, entries, ctx.opset)),
-                        safety=Safety.SAFE,
-                        reason=f"the constant is exactly the {band.kind} pattern at the export size; {op} builds "
-                               "the same pattern at every size"))
+                        safety=Safety.UNSAFE if others else Safety.SAFE, reason=reason))
             return
         why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
         yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])

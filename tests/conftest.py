@@ -48,3 +48,15 @@ def sample_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A folder with bait outside it, watched by inotify, and graphfix run in a fresh process there
+    (tests/security/hostile.py; that folder is on sys.path for the tests that use it)."""
+    from hostile import Sandbox
+
+    made = Sandbox(tmp_path / "sandbox")
+    made.touched()  # creating the bait is not the command's doing
+    yield made
+    made.close()

@@ -66,6 +66,28 @@ def arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other:
     return apply
 
 
+def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: gs.Tensor, source: int, opset: int):
+    """Replace a constant sinusoidal table (a `sinusoids.Sinusoid`) by the same formula over Range(0,
+    other.shape[source]): sin or cos of the positions times each column's frequency, shaped like `value`."""
+
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{node.name}_gf006_sinusoid", opset)
+        limit = b.op("Squeeze", [b.dim(other, source)])
+        positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])], {"to": onnx_type(np.float32)},
+                         dtype=np.float32)
+        angles = b.op("Mul", [b.unsqueeze(positions, 1, dtype=np.float32), b.const(table.omega[None, :], np.float32)],
+                      dtype=np.float32)
+        both = b.op("Where", [b.const(table.cosine[None, :], np.bool_), b.op("Cos", [angles], dtype=np.float32),
+                              b.op("Sin", [angles], dtype=np.float32)], dtype=np.float32)
+        if value.dtype != np.float32:
+            both = b.op("Cast", [both], {"to": onnx_type(value.dtype)}, dtype=value.dtype)
+        dims = [int(d) for d in value.shape]
+        dims[table.axis] = -1
+        node.inputs[index] = b.op("Reshape", [both, b.const(dims)], dtype=value.dtype)
+
+    return apply
+
+
 def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], sizes: Sizes, opset: int):
     """Fix closure: the entries `replace` names of the shape vector `node.inputs[index]` become run-time
     expressions (Shape ops on the nearest upstream tensor carrying each size); the other entries are kept as
@@ -121,8 +143,9 @@ def size_expr(b: Builder | None, sizes: Sizes, expr: sympy.Expr, near: gs.Tensor
 
 
 def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list, opset: int):
-    """Replace a constant mask (a `structured.Band`) by the same band built at run time: Trilu or EyeLike over
-    ConstantOfShape of `entries` (the last two dims: ints or (tensor, axis)), then the mask's two values."""
+    """Replace a constant mask (a `structured.Band`) by the same band built at run time: Trilu (two for a band) or
+    EyeLike over ConstantOfShape of `entries` (the last two dims: ints or (tensor, axis)), then the mask's two
+    values."""
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"{node.name}_gf006_{band.kind}", opset)
@@ -130,9 +153,11 @@ def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list
         if band.kind == "eye":
             zeros = b.op("ConstantOfShape", [shape], {"value": _fill(0.0)}, dtype=np.float32)
             ones = b.op("EyeLike", [zeros], {"k": band.k}, dtype=np.float32)
-        else:
-            full = b.op("ConstantOfShape", [shape], {"value": _fill(1.0)}, dtype=np.float32)
-            ones = b.op("Trilu", [full, b.const(band.k)], {"upper": int(band.kind == "triu")}, dtype=np.float32)
+        else:  # Trilu keeps j - i <= k (upper=0) or j - i >= k (upper=1): a band is both
+            ones = b.op("ConstantOfShape", [shape], {"value": _fill(1.0)}, dtype=np.float32)
+            for k, upper in ((band.hi, 0), (band.lo, 1)):
+                if k is not None:
+                    ones = b.op("Trilu", [ones, b.const(k)], {"upper": upper}, dtype=np.float32)
         out = b.op("Cast", [ones], {"to": onnx_type(np.bool_)}, dtype=np.bool_)
         if not (value.dtype == np.bool_ and band.inside and not band.outside):
             out = b.op("Where", [out, b.const(band.inside, value.dtype), b.const(band.outside, value.dtype)],

@@ -2,10 +2,11 @@
 
 A constant cut at an export-time size can be rebuilt at run time when its content follows from its size:
 
-- `band_pattern`: a two-valued constant over its last two axes that is a triangle (`torch.tril`/`torch.triu`,
-  any diagonal offset) or a diagonal (`torch.eye`), e.g. a causal mask `tril(ones(T, T))` folded to bool
-  `[7, 7]`, an additive mask `triu(full((T, T), -inf), 1)`, or a mask with one side fixed (`tril(ones(T, 8))`,
-  T queries over 8 memory slots);
+- `band_pattern`: a mask over its last two axes (a mask's two values) that is a triangle (`torch.tril`/`torch.triu`,
+  any diagonal offset), a band (a sliding window) or a diagonal (`torch.eye`), e.g. a causal mask
+  `tril(ones(T, T))` folded to bool `[7, 7]`, an additive mask `triu(full((T, T), -inf), 1)`, or a mask with one
+  side fixed (`tril(ones(T, 8))`, T queries over 8 memory slots). A triangle that reaches the corner of the matrix
+  along a size does not show its far edge: it is also every window wider than the export size (`Band.open`);
 - `table_prefix`: a constant equal to the leading rows of a larger table that is still in the graph
   (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere).
 
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input_dim
 from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.sinusoids import sinusoid_table
+from graphfix.analysis.sizes import sizes_of
 
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables
 
@@ -51,8 +54,11 @@ class Baked:
 
 
 def baked_operands(ctx) -> Iterator[Baked]:
-    """Constant operands of broadcasting ops with an axis longer than 1 where another operand has a named
-    dynamic dim (one per constant: the first such operand)."""
+    """Constant operands of broadcasting ops with an axis longer than 1 where another operand has a dynamic dim:
+    a graph input's dim or an expression of them (one per constant: the first such operand). A dim that shape
+    inference only named (`unk__0`, a Reshape's -1) counts where the size analysis finds it varies; one it finds
+    fixed (a head count) meets a learned bias, not a size."""
+    inputs = input_dim_names(ctx.model)
     for node in ctx.graph.nodes:
         if node.op not in BROADCAST_OPS:
             continue
@@ -66,10 +72,20 @@ def baked_operands(ctx) -> Iterator[Baked]:
                     continue
                 lead = len(oshape) - value.ndim
                 axes = [(a, oshape[lead + a]) for a in range(value.ndim)
-                        if lead + a >= 0 and value.shape[a] > 1 and isinstance(oshape[lead + a], str)]
+                        if lead + a >= 0 and value.shape[a] > 1 and _varies(ctx, other, lead + a, oshape, inputs)]
                 if axes:
                     yield Baked(node, index, const, value, other, oshape, axes)
                     break
+
+
+def _varies(ctx, tensor: gs.Tensor, axis: int, shape: list, inputs: frozenset[str]) -> bool:
+    dim = shape[axis]
+    if not isinstance(dim, str):
+        return False
+    if is_input_dim(dim, inputs):
+        return True
+    derived = (sizes_of(ctx).shape(tensor) or [None] * len(shape))[axis]
+    return derived is not None and bool(derived.free_symbols)
 
 
 def is_uniform(value: np.ndarray, axes: Iterable[int]) -> bool:
@@ -89,7 +105,7 @@ def tables(ctx, baked: Baked) -> Iterator[gs.Tensor]:
 
 def regrown(ctx, baked: Baked, sizes: dict[int, int]) -> np.ndarray | None:
     """The constant as a trace with `sizes` (its axis -> size) would have folded it, when it is structural (uniform,
-    an arange from 0, a table's prefix, a band); None otherwise."""
+    an arange from 0, a table's prefix, a sinusoidal table, a band); None otherwise."""
     axes = [a for a, _ in baked.axes]
     shape = [sizes.get(a, d) for a, d in enumerate(baked.value.shape)]
     if is_uniform(baked.value, axes):
@@ -102,6 +118,10 @@ def regrown(ctx, baked: Baked, sizes: dict[int, int]) -> np.ndarray | None:
         full = ctx.constant_value(table)
         return None if any(s > d for s, d in zip(shape, full.shape, strict=True)) else \
             full[tuple(slice(0, s) for s in shape)].copy()
+    sinusoid = sinusoid_table(baked.value, axes)
+    if not isinstance(sinusoid, str):
+        rows = sinusoid.values(shape[sinusoid.axis])
+        return rows.astype(baked.value.dtype).reshape(shape)
     band = band_pattern(baked.value, axes)
     if isinstance(band, str):
         return None
@@ -109,28 +129,47 @@ def regrown(ctx, baked: Baked, sizes: dict[int, int]) -> np.ndarray | None:
     return np.where(holds, band.inside, band.outside).astype(baked.value.dtype).reshape(shape)
 
 
+MASK_VALUES = "0/1, True/False, 0/-inf or 0 and a large negative number"
+
+
 @dataclass(frozen=True)
 class Band:
-    """A constant over its last two axes (rows i, columns j): `inside` where the band holds, `outside` elsewhere.
+    """A mask over its last two axes (rows i, columns j): `inside` where `lo <= j - i <= hi`, `outside` elsewhere
+    (`None`: no edge on that side).
 
-    kind "triu": j - i >= k; "tril": j - i <= k; "eye": j - i == k (ONNX Trilu / EyeLike attribute meanings)."""
+    kind "tril": j - i <= k; "triu": j - i >= k; "eye": j - i == k (ONNX Trilu / EyeLike meanings); "band": both
+    edges (a sliding window). `others` names what else gives the same constant at the export size: a mask that
+    reaches the corner of the matrix along an axis that follows a size does not show its edge there (`tril` traced
+    at T=4 is also every sliding window `0 <= i - j < w` with w >= 4)."""
 
-    kind: str
-    k: int
+    lo: int | None
+    hi: int | None
     inside: np.ndarray  # 0-d, the constant's dtype
     outside: np.ndarray
+    others: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        if self.lo is not None and self.lo == self.hi:
+            return "eye"
+        return "tril" if self.lo is None else "triu" if self.hi is None else "band"
+
+    @property
+    def k(self) -> int:
+        """The Trilu / EyeLike offset (a band's upper one)."""
+        return self.hi if self.hi is not None else self.lo
 
     def holds(self, rows: int, cols: int) -> np.ndarray:
         offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
-        return {"triu": offset >= self.k, "tril": offset <= self.k, "eye": offset == self.k}[self.kind]
+        above = offset >= self.lo if self.lo is not None else np.ones_like(offset, bool)
+        return above & (offset <= self.hi) if self.hi is not None else above
 
     def torch(self, size: str = "T", cols: str | None = None) -> str:
         """The PyTorch call that builds it, written with `size` (and `cols` where the columns differ)."""
         if self.kind == "eye" and cols is None:
             base = f"torch.eye({size})" if not self.k else f"torch.diag(torch.ones({size}-{abs(self.k)}), {self.k})"
-        elif self.kind == "eye":
-            base = f"torch.eye({size}, {cols})" if not self.k else \
-                f"torch.ones({size}, {cols}).tril({self.k}).triu({self.k})"
+        elif self.kind in ("eye", "band"):
+            base = f"{_torch_full(size, self.inside, cols or size)}.tril({self.hi}).triu({self.lo})"
         else:
             k = f", {self.k}" if self.k else ""
             base = f"torch.{self.kind}({_torch_full(size, self.inside, cols or size)}{k})"
@@ -138,33 +177,63 @@ class Band:
 
     def show(self) -> str:
         """'a triu mask (k=1): True inside, False elsewhere'-style text."""
-        k = f" (k={self.k})" if self.k else ""
-        noun = "an eye (diagonal) matrix" if self.kind == "eye" else f"a {self.kind} mask"
-        return f"{noun}{k}: {_torch_value(self.inside)} inside, {_torch_value(self.outside)} elsewhere"
+        if self.kind == "band":
+            noun = f"a band mask ({self.lo} <= j - i <= {self.hi}, a sliding window)"
+        else:
+            k = f" (k={self.k})" if self.k else ""
+            noun = ("an eye (diagonal) matrix" if self.kind == "eye" else f"a {self.kind} mask") + k
+        return f"{noun}: {_torch_value(self.inside)} inside, {_torch_value(self.outside)} elsewhere"
+
+
+MASK_VALUES = "0/1, True/False, 0/-inf or 0 and a large negative number"
 
 
 def band_pattern(value: np.ndarray, axes: Iterable[int]) -> Band | str:
-    """The `Band` that `value` is over its last two axes, or why it is not one."""
+    """The `Band` that `value` is over its last two axes, or why it is not one. Only a mask's two values qualify
+    (`MASK_VALUES`): other numbers, such as a learned gain `[[0.3, -1.2]]`, are weights, never regrown."""
+    axes = set(axes)
     if value.ndim < 2 or any(d != 1 for d in value.shape[:-2]):
         return f"{list(value.shape)} is not a matrix (leading dims must be 1)"
-    if not axes or not set(axes) <= {value.ndim - 2, value.ndim - 1}:
+    if not axes or not axes <= {value.ndim - 2, value.ndim - 1}:
         return "its baked axes are not among its last two (a mask's rows or columns follow sizes)"
     matrix = value.reshape(value.shape[-2:])
-    rows, cols = matrix.shape
     levels = np.unique(matrix)
     if levels.size != 2:
         return f"it holds {levels.size} distinct values, a mask holds 2"
-    pairs = [(levels[-1], levels[0]), (levels[0], levels[-1])]
-    for inside, outside in sorted(pairs, key=lambda pair: pair[1] != 0):  # try 0 / False outside first
-        where = matrix == inside
-        if not where.any():
-            continue
-        offset = (np.arange(cols)[None, :] - np.arange(rows)[:, None])[where]
-        for kind, k in (("eye", int(offset[0])), ("triu", int(offset.min())), ("tril", int(offset.max()))):
-            band = Band(kind, k, np.asarray(inside, value.dtype), np.asarray(outside, value.dtype))
-            if np.array_equal(band.holds(rows, cols), where):
-                return band
-    return "its two values do not form a triangle or a diagonal"
+    zero_at = 0 if levels[0] == 0 else 1 if levels[-1] == 0 else None
+    zero, other = (levels[zero_at], levels[1 - zero_at]) if zero_at is not None else (None, None)
+    if zero is None or not (other == 1 or np.isneginf(other) or other <= -1e4):
+        return f"its values {_torch_value(levels[0])} and {_torch_value(levels[-1])} are not a mask's ({MASK_VALUES})"
+    rows_grow, cols_grow = value.ndim - 2 in axes, value.ndim - 1 in axes
+    found = [_band(matrix, inside, outside, rows_grow, cols_grow) for inside, outside in ((other, zero), (zero, other))]
+    bands = [band for band in found if band is not None]
+    if not bands:
+        return "its two values do not form a triangle, a band or a diagonal"
+    others = tuple(dict.fromkeys(text for band in bands for text in band.others))
+    first = bands[0]
+    return Band(first.lo, first.hi, np.asarray(first.inside, value.dtype), np.asarray(first.outside, value.dtype),
+                others)
+
+
+def _band(matrix: np.ndarray, inside, outside, rows_grow: bool, cols_grow: bool) -> Band | None:
+    """`inside` as a band `lo <= j - i <= hi` of `matrix`, with an edge at the matrix's corner left open."""
+    rows, cols = matrix.shape
+    offsets = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    where = matrix == inside
+    if not where.any():
+        return None
+    lo, hi = int(offsets[where].min()), int(offsets[where].max())
+    if not np.array_equal(where, (offsets >= lo) & (offsets <= hi)):
+        return None
+    lower, upper = lo == -(rows - 1), hi == cols - 1  # the band reaches the corner: its edge there is not shown
+    value = _torch_value(np.asarray(inside))
+    others = []
+    if lower and rows_grow and not (upper and cols_grow):
+        others.append(f"{value} where {hi} >= j - i >= l for any l <= {lo} (a sliding window of any width "
+                      f">= {hi - lo + 1})")
+    if upper and cols_grow and not (lower and rows_grow):
+        others.append(f"{value} where {lo} <= j - i <= h for any h >= {hi} (a window of any width >= {hi - lo + 1})")
+    return Band(None if lower else lo, None if upper else hi, inside, outside, tuple(others))
 
 
 def table_prefix(value: np.ndarray, axes: list[int], tensors: Iterable[gs.Tensor],

@@ -10,8 +10,11 @@ import sys
 import click
 
 from graphfix import __version__
+from graphfix.cli.options import parsed
+from graphfix.core import values
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
 from graphfix.io import staging
+from graphfix.report.text import printable
 
 
 class GraphfixGroup(click.Group):
@@ -26,18 +29,18 @@ class GraphfixGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except TimedOut as exc:
-            click.echo(f"graphfix: error: {exc}", err=True)
+            click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except GraphfixError as exc:
             if isinstance(exc, InternalError) and exc.__cause__ is not None and (ctx.obj or {}).get("debug"):
                 raise exc.__cause__ from None  # the rule's own traceback
-            click.echo(f"graphfix: error: {exc}", err=True)
+            click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            click.echo(f"graphfix: internal error: {type(exc).__name__}: {exc} (a bug in graphfix, not in your "
-                       "model; rerun with --debug for the traceback)", err=True)
+            click.echo(f"graphfix: internal error: {type(exc).__name__}: {printable(exc)} (a bug in graphfix, not in "
+                       "your model; rerun with --debug for the traceback)", err=True)
             ctx.exit(2)
         if isinstance(result, int):
             ctx.exit(result)
@@ -53,34 +56,31 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _memory_size(ctx, param, value: str | None) -> int | None:
-    """'2G' / '512M' / '1000000' -> bytes."""
-    if value is None:
-        return None
-    text = value.strip().upper().removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    try:
-        return int(float(number) * scale)
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is no size (e.g. 2G, 512M)") from None
+def check_environment() -> None:
+    """Read every GRAPHFIX_* setting once, before any work: a value that is no number is a usage error here
+    (exit 2, one line), not an OverflowError in a worker thread half-way through a run."""
+    from graphfix.core.budget import shape_seconds
+    from graphfix.io.budgets import max_nodes, run_budget_seconds
+    from graphfix.validate.budget import probe_memory_budget
+
+    run_budget_seconds(), max_nodes(), probe_memory_budget(), shape_seconds()
 
 
 def _with_timeout(command: click.Command) -> click.Command:
     """Give `command` `--timeout SECONDS` (past it the command stops, cleans up, and exits 1) and
     `--max-probe-memory BYTES`."""
-    command.params.append(click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=None,
+    command.params.append(click.Option(["--timeout"], callback=parsed(values.seconds), default=None,
                                        metavar="SECONDS", help="Stop after this many seconds (exit 1)."))
-    command.params.append(click.Option(["--max-probe-memory"], callback=_memory_size, default=None,
+    command.params.append(click.Option(["--max-probe-memory"], callback=parsed(values.byte_size), default=None,
                                        metavar="BYTES", help="Memory the probe's values may take, e.g. 2G "
                                        "(default: a quarter of the available memory)."))
     callback = command.callback
 
     @functools.wraps(callback)
     def run(*args, timeout=None, max_probe_memory=None, **kwargs):
+        check_environment()
         if max_probe_memory is not None:  # read by graphfix.validate.budget, here and in --jobs workers
             os.environ["GRAPHFIX_MAX_PROBE_MEMORY"] = str(max_probe_memory)
-        staging.sweep()  # folders of graphfix runs killed outright
         if timeout is None:
             return callback(*args, **kwargs)
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option, models_argument, shape_option, shapes_from, split_names, threads_option
-from graphfix.core.errors import UsageError
+from graphfix.cli.options import (
+    MAX_RUNS,
+    format_option,
+    models_argument,
+    parsed,
+    shape_option,
+    shapes_from,
+    split_names,
+    threads_option,
+)
+from graphfix.core import values
 from graphfix.io.loading import load_model
 from graphfix.report.text import emit_json
 
@@ -15,22 +24,21 @@ from graphfix.report.text import emit_json
 @shape_option
 @click.option("--batch", "batches", callback=split_names, metavar="N,...",
               help="Batch sizes: the leading symbolic dim of every input (e.g. 1,4,16).")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Warm-up runs (reported, not counted).")
-@click.option("--runs", type=int, default=20, show_default=True, help="Timed runs per configuration.")
+@click.option("--warmup", callback=parsed(values.count, low=0, high=MAX_RUNS), type=str, default=3, show_default=True,
+              metavar="N", help="Warm-up runs (reported, not counted).")
+@click.option("--runs", callback=parsed(values.count, high=MAX_RUNS), type=str, default=20, show_default=True,
+              metavar="N", help="Timed runs per configuration.")
 @threads_option
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="onnxruntime execution provider.")
-@click.option("--audio-seconds", type=float, default=None,
+@click.option("--audio-seconds", callback=parsed(values.seconds), default=None, metavar="SECONDS",
               help="Audio seconds per batch item, for the real-time factor (RTF).")
 @format_option
 def command(models, shapes, batches, warmup, runs, threads, provider, audio_seconds, fmt) -> int:
     """Benchmark MODELS (e.g. original and repaired) with onnxruntime; exit 1 if a configuration fails."""
     from graphfix.surgery.bench import BenchOptions, bench, rows_text
 
-    try:
-        sizes = [int(b) for b in batches] or None
-    except ValueError:
-        raise UsageError(f"--batch expects numbers like 1,4,16, got '{','.join(batches)}'") from None
+    sizes = [values.count(b, "--batch") for b in batches] or None
     options = BenchOptions(shapes=shapes_from(shapes), batches=sizes, warmup=warmup, runs=runs, threads=threads,
                            provider=provider, audio_seconds=audio_seconds)
     loaded = [load_model(path) for path in models]

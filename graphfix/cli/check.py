@@ -5,7 +5,7 @@ Exit 0 when every model is clean, 1 when a finding reaches --fail-on or the prob
 
 from __future__ import annotations
 
-import glob
+import io
 import json
 import time
 from pathlib import Path
@@ -28,12 +28,11 @@ from graphfix.cli.options import (
 )
 from graphfix.core.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
-from graphfix.core.errors import InputError
 from graphfix.core.registry import select_rules
-from graphfix.io.paths import expand_paths
-from graphfix.report.text import emit_json, fails, findings_text
-
-GLOB_CHARS = set("*?[")
+from graphfix.io.paths import expand_globs, expand_paths
+from graphfix.io.saving import files_read_by
+from graphfix.io.targets import check_target, write_atomic
+from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 
 
 @click.command("check")
@@ -52,7 +51,7 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     """Gate models before deployment: rules and an onnxruntime run at several sizes; exit 1 if any fails.
 
     PATH is a model, a folder (searched for *.onnx) or a quoted glob ('models/**/*.onnx'). Settings come from
-    [tool.graphfix] in the nearest pyproject.toml; command-line options override them.
+    [tool.graphfix] in the project's pyproject.toml (see --config); command-line options override them.
     """
     config = current_config()
     started = time.perf_counter()
@@ -61,31 +60,18 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     options = rule_options_from(expect_outputs=expect_outputs, trace_shapes=trace_shapes)
     base = validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol)
     job_list = []
-    for model in expand_paths(expand_globs(paths)):
+    models = expand_paths(expand_globs(paths))
+    inputs = report_inputs(output_file, [m.path for m in models]) if output_file else []
+    for model in models:
         select, ignore = config_filter(model.path)
         job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base),
                             select=select or only, ignore=tuple(dict.fromkeys((*skip, *ignore)))))
     outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))
     failed = sum(fails(o.findings, fail_on) or o.runtime_failures > 0 for o in outcomes if o.error is None)
-    _report(outcomes, fmt, output_file, show_rejected, time.perf_counter() - started, failed)
+    _report(outcomes, fmt, output_file, inputs, show_rejected, time.perf_counter() - started, failed)
     if any(o.error for o in outcomes):
         return max(o.exit_code for o in outcomes)
     return 1 if failed else 0
-
-
-def expand_globs(paths: tuple[Path, ...]) -> list[Path]:
-    """Quoted globs (`'models/**/*.onnx'`) become the paths they match; other PATHs stay as given."""
-    expanded: list[Path] = []
-    for path in paths:
-        text = str(path)
-        if path.exists() or not GLOB_CHARS & set(text):
-            expanded.append(path)
-            continue
-        matched = sorted(glob.glob(text, recursive=True))
-        if not matched:
-            raise InputError(f"{text}: no file matches this pattern")
-        expanded.extend(Path(m) for m in matched)
-    return expanded
 
 
 def _codes(codes, option: str) -> tuple[str, ...]:
@@ -93,31 +79,40 @@ def _codes(codes, option: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(canonical_code(code, option) for code in codes))
 
 
-def _report(outcomes, fmt, output_file, show_rejected, seconds, failed) -> None:
-    if output_file:
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-    out = click.open_file(str(output_file), "w", encoding="utf-8") if output_file else None
-    try:
-        if fmt == "sarif":
-            from graphfix.report.sarif import sarif_log
+def report_inputs(output_file: Path, models: list[Path]) -> list[Path]:
+    """The files of this run the report may not replace (checked before any model is: nothing is wasted): the
+    models, and the data files of those whose folder holds an existing file of the report's name."""
+    check_target(output_file, models)
+    inputs = list(models)
+    if output_file.is_file():
+        where = output_file.parent.resolve()
+        inputs += [data for model in models if where.is_relative_to(model.parent.resolve())
+                   for data in files_read_by(model)]
+        check_target(output_file, inputs)
+    return inputs
 
-            click.echo(json.dumps(sarif_log(outcomes), indent=2), file=out)
-        elif fmt == "json":
-            if out is None:
-                emit_json("models", [o.to_json(show_rejected) for o in outcomes])
-            else:
-                from graphfix import __version__
 
-                click.echo(json.dumps({"graphfix": __version__, "models": [o.to_json(show_rejected)
-                                                                          for o in outcomes]}, indent=2), file=out)
+def _report(outcomes, fmt, output_file, inputs, show_rejected, seconds, failed) -> None:
+    """To stdout, or into --output-file as graphfix writes a model: staged beside it, then renamed into place."""
+    out = io.StringIO() if output_file else None
+    if fmt == "sarif":
+        from graphfix.report.sarif import sarif_log
+
+        click.echo(json.dumps(sarif_log(outcomes), indent=2), file=out)
+    elif fmt == "json":
+        if out is None:
+            emit_json("models", [o.to_json(show_rejected) for o in outcomes])
         else:
-            for outcome in outcomes:
-                click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,
-                           err=bool(outcome.error) and out is None)
-                for rejection in outcome.rejections if show_rejected else ():
-                    click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}",
-                               file=out)
-            click.echo(summary_table(outcomes, seconds, failed, known_codes()), file=out)
-    finally:
-        if out is not None:
-            out.close()
+            from graphfix import __version__
+
+            click.echo(json.dumps({"graphfix": __version__, "models": [o.to_json(show_rejected)
+                                                                      for o in outcomes]}, indent=2), file=out)
+    else:
+        for outcome in outcomes:
+            click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,
+                       err=bool(outcome.error) and out is None)
+            for rejection in outcome.rejections if show_rejected else ():
+                click.echo(rejection_line(rejection), file=out)
+        click.echo(summary_table(outcomes, seconds, failed, known_codes()), file=out)
+    if out is not None:
+        write_atomic(output_file, out.getvalue(), inputs)

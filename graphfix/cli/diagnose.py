@@ -21,7 +21,7 @@ from graphfix.cli.options import (
 from graphfix.core.config import filter_findings, probe_options_for
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import expand_paths
-from graphfix.report.text import emit_json, fails, findings_text
+from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 
 
 @click.command("diagnose")
@@ -54,7 +54,7 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
             click.echo(findings_text(report.path, report.findings, report.error), err=bool(report.error))
             if show_rejected:
                 for rejection in report.rejections:
-                    click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")
+                    click.echo(rejection_line(rejection))
     if any(r.error for r in reports):
         return max(r.exit_code for r in reports)
     return 1 if any(fails(r.findings, fail_on) for r in reports) else 0

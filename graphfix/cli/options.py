@@ -27,8 +27,12 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from graphfix.core.config import Config, load_config, name_values, parse_shapes
+from graphfix.core import values
+from graphfix.core.config import CONFIG_META, Config, load_config, name_values, parse_shapes, read_npy
 from graphfix.core.errors import UsageError
+
+MAX_WORKERS = 1024  # --jobs and --threads: past this, a number is a typo, not a machine
+MAX_RUNS = 1_000_000  # bench's --runs and --warmup, stream's --steps
 
 
 def _compose(*decorators: Callable) -> Callable:
@@ -44,18 +48,19 @@ def _split_codes(ctx, param, value: str | None) -> tuple[str, ...]:
     return tuple(code.strip() for code in (value or "").split(",") if code.strip())
 
 
+def parsed(parse: Callable[..., Any], **bounds) -> Callable:
+    """A click callback giving an option's value to one of graphfix.core.values' parsers: a bad value is a
+    UsageError (one line, exit 2) naming the option; None (not given) stays None."""
 
+    def callback(ctx, param, value):
+        return None if value is None else parse(value, max(param.opts, key=len), **bounds)
+
+    return callback
 
 
 def parse_input_files(values: tuple[str, ...]) -> dict[str, np.ndarray]:
-    arrays = {}
-    for name, file in name_values("--input", values).items():
-        path = Path(file.removeprefix("@"))
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--input {name}: cannot read '{path}' as a .npy array ({exc})") from exc
-    return arrays
+    return {name: read_npy(Path(file.removeprefix("@")), f"--input {name}")
+            for name, file in name_values("--input", values).items()}
 
 
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -87,8 +92,10 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DI
                             help="Input shape for the onnxruntime runs, e.g. audio=1x16000 (repeatable).")
 
 tolerance_options = _compose(
-    click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance of the checks."),
-    click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance of the checks."),
+    click.option("--rtol", callback=parsed(values.tolerance), type=str, default=1e-3, show_default=True,
+                 metavar="FLOAT", help="Relative tolerance of the checks."),
+    click.option("--atol", callback=parsed(values.tolerance), type=str, default=1e-4, show_default=True,
+                 metavar="FLOAT", help="Absolute tolerance of the checks."),
 )
 
 probe_inputs = _compose(
@@ -142,7 +149,8 @@ models_argument = click.argument("models", nargs=-1, required=True, type=click.P
 output_option = click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
                              help="Where to write the checked model (external data goes beside it as OUT.data).")
 
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+threads_option = click.option("--threads", callback=parsed(values.count, high=MAX_WORKERS), default=None,
+                              metavar="N",
                               help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 
 
@@ -156,7 +164,6 @@ checked_output_options = _compose(output_option, tolerance_options, format_optio
 
 
 # --- configuration and batches ---
-CONFIG_META = "graphfix.core.config"
 USER_SOURCES = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
 
 
@@ -209,8 +216,8 @@ def config_options(func: Callable) -> Callable:
                            help="Ignore every pyproject.toml: command-line options and defaults only.")(wrapper)
     return click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
                         metavar="FILE",
-                        help="Settings from this pyproject.toml's [tool.graphfix] (default: the nearest one from "
-                             "the current folder upwards).")(wrapper)
+                        help="Settings from this pyproject.toml's [tool.graphfix] (default: the project's, the "
+                             "first pyproject.toml from the current folder up to the repository root).")(wrapper)
 
 
 report_format_option = click.option(
@@ -219,6 +226,6 @@ report_format_option = click.option(
 )
 
 batch_options = click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+    "-j", "--jobs", callback=parsed(values.count, high=MAX_WORKERS), default=None, metavar="N",
     help="Models checked in parallel, in a process pool [default: CPU count].",
 )

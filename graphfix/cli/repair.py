@@ -25,8 +25,9 @@ from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
+from graphfix.io.targets import same_file
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
-from graphfix.report.text import emit_json, findings_text
+from graphfix.report.text import emit_json, findings_text, printable, rejection_line
 
 
 @click.command("repair")
@@ -80,7 +81,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
             if fmt == "text":
-                click.echo(f"{model.path}: {click.style('cannot repair', fg='red')}: {exc}", err=True)
+                click.echo(f"{printable(model.path)}: {click.style('cannot repair', fg='red')}: {printable(exc)}",
+                           err=True)
             continue
         if result.status == "failed" or _has_errors(result) or not (result.validation or {}).get("passed", True):
             exit_code = max(exit_code, 1)
@@ -102,11 +104,25 @@ def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run
         raise UsageError(f"-o/--output takes one input model ({len(models)} given); use --output-dir")
     if dry_run:
         return [None] * len(models)
-    if in_place:
-        return [m.path for m in models]
-    if output is not None:
-        return [output]
-    return [output_dir / m.relative for m in models]
+    targets = [m.path for m in models] if in_place else [output] if output is not None else \
+        [output_dir / m.relative for m in models]
+    _refuse_collisions(models, targets)
+    return targets
+
+
+def _refuse_collisions(models: list[ModelPath], targets: list[Path]) -> None:
+    """Two models are never written to one file, and no output replaces another input of the run (its own only
+    with --in-place, which check_destination allows)."""
+    seen: dict[Path, Path] = {}
+    for model, target in zip(models, targets, strict=True):
+        where = target.parent.resolve() / target.name
+        if where in seen:
+            raise UsageError(f"{seen[where]} and {model.path} would both be written to {target}; "
+                             "repair them apart or give them different names")
+        seen[where] = model.path
+        for other in models:
+            if other is not model and same_file(target, other.path):
+                raise UsageError(f"{target}: would overwrite the input {other.path} (another model of this run)")
 
 
 def _has_errors(result: RepairResult) -> bool:
@@ -115,23 +131,23 @@ def _has_errors(result: RepairResult) -> bool:
 
 def _print_result(result: RepairResult, show_rejected: bool) -> None:
     status = {"repaired": "green", "unchanged": "cyan", "failed": "red"}[result.status]
-    where = f" -> {result.output}" if result.output else ""
-    click.echo(f"{result.path}: {click.style(result.status, fg=status)}{where}")
+    where = f" -> {printable(result.output)}" if result.output else ""
+    click.echo(f"{printable(result.path)}: {click.style(result.status, fg=status)}{where}")
     for fix in result.applied:
-        click.echo(f"  applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}")
+        click.echo("  " + printable(f"applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}"))
     if result.simplify:
-        click.echo(f"  simplify: {result.simplify}")
+        click.echo(f"  simplify: {printable(result.simplify)}")
     if result.validation is not None:
         _print_validation(result.validation)
     for note in result.notes:
-        click.echo(f"  note: {note}")
+        click.echo(f"  note: {printable(note)}")
     if result.error:
-        click.echo(f"  error: {result.error}")
+        click.echo(f"  error: {printable(result.error)}")
     if result.after.findings:
         click.echo("  remaining " + findings_text("findings", result.after.findings, None).removeprefix("findings: "))
     if show_rejected:
         for rejection in result.after.rejections:
-            click.echo(f"  rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")
+            click.echo(rejection_line(rejection))
 
 
 def _print_validation(validation: dict) -> None:
@@ -139,7 +155,7 @@ def _print_validation(validation: dict) -> None:
     per size with the evidence obtained there."""
     runs = [run for run in validation.get("runs", []) if not run.get("skipped")]
     failed = validation.get("failed_sizes", 0)
-    dims = ", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items())
+    dims = printable(", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items()))
     evidence = f", evidence {validation.get('evidence')}" + (f" ({dims})" if dims else "") if runs else ""
     if validation.get("passed"):
         click.echo(f"  validation: passed at {len(runs)} size(s){evidence}")
@@ -150,4 +166,4 @@ def _print_validation(validation: dict) -> None:
     for run in validation.get("runs", []):
         sizes = " ".join(f"{k}={v}" for k, v in run["sizes"].items()) or "static shapes"
         level = "skipped" if run.get("skipped") else run.get("level")
-        click.echo(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else ""))
+        click.echo(printable(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else "")))

@@ -7,6 +7,7 @@ import json
 import click
 
 from graphfix.cli.options import format_option
+from graphfix.core.errors import printable
 from graphfix.core.registry import load_rules
 
 
@@ -16,8 +17,8 @@ def rule_rows() -> list[dict]:
         {"code": r.code, "name": r.name, "severity": r.severity.value, "fixable": r.fixable, "summary": r.summary()}
         for r in rules
     ]
-    rows += [{"code": b.code, "name": "internal-error", "severity": "error", "fixable": False,
-              "summary": f"failed to load: {b.error}"} for b in broken]
+    rows += [{"code": b.code, "name": "broken-plugin" if b.plugin else "internal-error", "severity": "error",
+              "fixable": False, "summary": f"failed to load: {b.error}"} for b in broken]
     return rows
 
 
@@ -31,5 +32,5 @@ def command(fmt: str) -> None:
         return
     for row in rows:
         fixable = "fix" if row["fixable"] else "   "
-        click.echo(f"{row['code']}  {row['name']:<22} {row['severity']:<8} {fixable}  {row['summary']}")
+        click.echo(printable(f"{row['code']}  {row['name']:<22} {row['severity']:<8} {fixable}  {row['summary']}"))
 

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import click
 
-from graphfix.cli.options import format_option, model_argument, name_values, shape_option, shapes_from, threads_option
+from graphfix.cli.options import (
+    MAX_RUNS,
+    format_option,
+    model_argument,
+    name_values,
+    parsed,
+    shape_option,
+    shapes_from,
+    threads_option,
+)
+from graphfix.core import values
 from graphfix.io.loading import load_model
-from graphfix.report.text import emit_json
+from graphfix.report.text import emit_json, printable
 
 
 @click.command("stream")
 @model_argument
 @click.option("--feedback", "pairs", multiple=True, required=True, metavar="OUT=IN",
               help="Output fed back into an input at the next step, e.g. r_att_cache=att_cache (repeatable).")
-@click.option("--steps", type=int, default=8, show_default=True, help="Streaming steps to run.")
+@click.option("--steps", callback=parsed(values.count, high=MAX_RUNS), type=str, default=8, show_default=True,
+              metavar="N", help="Streaming steps to run.")
 @shape_option
-@click.option("--latency-tolerance", type=float, default=2.0, show_default=True,
+@click.option("--latency-tolerance", callback=parsed(values.tolerance), type=str, default=2.0, show_default=True,
+              metavar="RATIO",
               help="Latency drift limit: last steps' median over first steps' median.")
 @threads_option
 @format_option
@@ -35,8 +47,8 @@ def command(model, pairs, steps, shapes, latency_tolerance, threads, fmt) -> int
 
 def _print(report) -> None:
     status = click.style("passed", fg="green") if report.passed else click.style("FAILED", fg="red")
-    pairs = ", ".join(f"{o}={i}" for o, i in report.pairs)
-    click.echo(f"{report.path}: {status}: {report.steps_run} step(s), feedback {pairs}")
+    pairs = printable(", ".join(f"{o}={i}" for o, i in report.pairs))
+    click.echo(f"{printable(report.path)}: {status}: {report.steps_run} step(s), feedback {pairs}")
     cache = report.trend.get("cache_bytes")
     if cache:
         if cache["flat"]:
@@ -48,4 +60,4 @@ def _print(report) -> None:
         click.echo(f"  latency: {latency['first']:.3f} -> {latency['last']:.3f} ms per step (x{latency['ratio']:.2f}"
                    f", {'flat' if latency['flat'] else 'GROWING'}); warm-up run {report.warmup_ms:.1f} ms excluded")
     for problem in report.problems:
-        click.echo(f"  problem: {problem}")
+        click.echo(f"  problem: {printable(problem)}")

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import threading
 import time
+
+from graphfix.core import values
 
 SHAPE_SECONDS = 3.0  # one symbolic shape inference of a whole graph; GRAPHFIX_SHAPE_SECONDS overrides it
 NODE_SECONDS = 0.5  # one node inside it (normal nodes take milliseconds)
@@ -34,10 +35,7 @@ class OutOfTime(BaseException):  # a BaseException: a library's `except Exceptio
 
 def shape_seconds() -> float:
     """The time one symbolic shape inference may take, in seconds (GRAPHFIX_SHAPE_SECONDS, default 3)."""
-    try:
-        return max(0.05, float(os.environ.get("GRAPHFIX_SHAPE_SECONDS", SHAPE_SECONDS)))
-    except ValueError:
-        return SHAPE_SECONDS
+    return max(0.05, values.from_env("GRAPHFIX_SHAPE_SECONDS", values.seconds, SHAPE_SECONDS))
 
 
 class Watchdog:

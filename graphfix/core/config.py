@@ -1,5 +1,10 @@
 """`[tool.graphfix]` in pyproject.toml: found from the current folder upwards, the way ruff finds its settings.
 
+The search stops at the first pyproject.toml (with or without the table: it marks the project), at the
+repository root (a folder holding `.git`), and before a folder anyone may write to (such as /tmp, where another
+user could plant a pyproject.toml that switches every rule off): settings come from the project, never from a
+shared parent. `--config FILE` names one explicitly; `--isolated` reads none.
+
     [tool.graphfix]
     select = ["GF001", "GF003"]          # run only these rules (default: all)
     ignore = ["GF005"]                   # never report these (runtime codes included)
@@ -15,23 +20,29 @@
     "models/legacy/*.onnx" = ["GF004"]
 
 Globs and value files are relative to the folder of the pyproject.toml; a glob without `/` matches the file name
-(fnmatch, so `*` also crosses folders). Command-line options override the file; unknown keys are an error that
-names the key.
+(fnmatch, so `*` also crosses folders). A value file must lie inside that folder (no absolute path, no `..`, no
+link out of it) and be a regular file (a FIFO or a device is refused, never waited on). Command-line options
+override the file; unknown keys are an error that names the key.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from graphfix.core import values
 from graphfix.core.errors import UsageError
 
 FAIL_LEVELS = ("error", "warning", "info", "never")
 TOP_KEYS = ("select", "ignore", "fail-on", "rtol", "atol", "inputs", "per-file-ignores")
 INPUT_KEYS = ("shapes", "values")
+MAX_CONFIG_BYTES = 4 << 20  # a pyproject.toml is a few KB
+CONFIG_META = "graphfix.core.config"  # where the CLI keeps the running command's Config (click's ctx.meta)
 
 
 @dataclass(frozen=True)
@@ -91,13 +102,25 @@ def matches(pattern: str, relative: str) -> bool:
 
 
 def find_config(start: Path | None = None) -> Path | None:
-    """The nearest pyproject.toml with a [tool.graphfix] table, from `start` (default: cwd) upwards."""
+    """The project's pyproject.toml when it has a [tool.graphfix] table: the first one from `start` (default: cwd)
+    upwards, looked for up to the repository root (`.git`) and never in or above a folder others may write to."""
     folder = (start or Path.cwd()).resolve()
     for candidate in (folder, *folder.parents):
+        if _writable_by_others(candidate):
+            return None
         path = candidate / "pyproject.toml"
-        if path.is_file() and "graphfix" in _read_toml(path).get("tool", {}):
-            return path
+        if path.is_file():
+            return path if "graphfix" in _read_toml(path).get("tool", {}) else None
+        if (candidate / ".git").exists():
+            return None
     return None
+
+
+def _writable_by_others(folder: Path) -> bool:
+    try:
+        return bool(folder.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return True
 
 
 def load_config(path: Path | None = None, *, search: bool = True) -> Config:
@@ -154,19 +177,31 @@ def probe_options_for(config: Config, model: Path, base):
     `model`; what the command line names wins."""
     import dataclasses
 
-    import numpy as np
 
     settings = config.for_model(model)
-    values = {}
-    for name, file in settings.values.items():
-        if name in base.inputs:
-            continue
-        try:
-            values[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{config.path} [tool.graphfix] inputs: value of '{name}' for {model}: cannot read "
-                             f"'{file}' as a .npy array ({exc})") from exc
-    return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**values, **base.inputs})
+    arrays = {name: read_npy(file, f"{config.path} [tool.graphfix] inputs: value of '{name}' for {model}",
+                             inside=config.root)
+              for name, file in settings.values.items() if name not in base.inputs}
+    return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**arrays, **base.inputs})
+
+
+def read_npy(path: Path, where: str, inside: Path | None = None):
+    """The array in a .npy file, opened once without blocking and checked to be a regular file (a FIFO would hang
+    a plain open). With `inside`, the file must lie in that folder: no link out of it, not even a last-component
+    link (O_NOFOLLOW). Anything else is a UsageError naming `where`."""
+    import numpy as np
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if inside is not None else 0)
+    try:
+        if inside is not None and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(inside)):
+            raise UsageError(f"{where}: '{path}' leads out of {inside}: refused")
+        with os.fdopen(os.open(path, flags), "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise UsageError(f"{where}: '{path}' is not a regular file: refused")
+            return np.load(stream, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        why = "a symbolic link: refused" if getattr(exc, "errno", None) == errno.ELOOP else str(exc)
+        raise UsageError(f"{where}: cannot read '{path}' as a .npy array ({why})") from exc
 
 
 def filter_findings(findings: list, select: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list:
@@ -175,15 +210,24 @@ def filter_findings(findings: list, select: tuple[str, ...] = (), ignore: tuple[
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at `path`: a regular file (opened without blocking: a FIFO is refused, not waited on) of
+    at most MAX_CONFIG_BYTES."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     try:
-        with open(path, "rb") as stream:
-            return tomllib.load(stream)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise UsageError(f"{path}: cannot read the configuration: not a regular file")
+            text = stream.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise UsageError(f"{path}: cannot read the configuration: over {MAX_CONFIG_BYTES:,} bytes")
+            return tomllib.loads(text.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the configuration: {exc}") from exc
+    except RecursionError:
+        raise UsageError(f"{path}: cannot read the configuration: nested too deeply") from None
 
 
 def _no_unknown(table: dict, known: tuple[str, ...], where: str) -> None:
@@ -203,9 +247,9 @@ def _tolerance(table: dict, key: str, where: str) -> float | None:
     value = table.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if not isinstance(value, int | float):
         raise UsageError(f"{where} {key}: expected a number >= 0, got {value!r}")
-    return float(value)
+    return values.tolerance(value, f"{where} {key}")
 
 
 def _inputs(table: Any, root: Path, where: str):
@@ -223,9 +267,18 @@ def _inputs(table: Any, root: Path, where: str):
             shapes = {name: parse_dims(dims) for name, dims in given.items()}
         except UsageError as exc:
             raise UsageError(f"{here} shapes: {exc}") from exc
-        values = {name: root / file for name, file in _strings(spec.get("values", {}), f"{here} values").items()}
-        globs.append((pattern, shapes, values))
+        files = _strings(spec.get("values", {}), f"{here} values")
+        globs.append((pattern, shapes, {name: _inside(root, file, f"{here} values {name}")
+                                        for name, file in files.items()}))
     return tuple(globs)
+
+
+def _inside(root: Path, file: str, where: str) -> Path:
+    """`root / file` for a relative path that stays in `root` (no `..`, not absolute, no `~`)."""
+    relative = PurePosixPath(file)
+    if relative.is_absolute() or ".." in relative.parts or file.startswith("~") or "\0" in file:
+        raise UsageError(f"{where}: '{file}' must be a path inside {root} (relative, without '..')")
+    return root / relative
 
 
 def _per_file_ignores(table: Any, where: str):
@@ -257,16 +310,14 @@ def name_values(option: str, items: tuple[str, ...]) -> dict[str, str]:
 
 def parse_dims(text: str) -> tuple[int | None, ...]:
     """'1x16000' -> (1, 16000); 'Bx?' -> (None, None) (symbolic dims stay free)."""
-    dims: list[int | None] = []
-    for part in text.lower().split("x"):
-        part = part.strip()
-        if part.isdigit():
-            dims.append(int(part))
-        elif part:
-            dims.append(None)
-        else:
-            raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx?")
-    return tuple(dims)
+    try:
+        dims = [values.dim(part, "") if part.strip() else "" for part in text.lower().split("x")]
+    except UsageError:
+        dims = [""]
+    if "" in dims:
+        raise UsageError(f"bad shape '{text}': expected dims like 1x16000 or Bx? (digits, names, ?)")
+    return tuple(d if isinstance(d, int) else None for d in dims)
+
 
 def parse_shapes(option: str, values: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
     return {name: parse_dims(dims) for name, dims in name_values(option, values).items()}

@@ -1,6 +1,15 @@
 """Errors graphfix reports to its user as one line, never as a traceback."""
 
 
+def printable(text: object) -> str:
+    """`text` with every character that is not printable (controls, newlines, escapes, bidi overrides, zero-width
+    marks) written as its Python escape (`\\n`, `\\x1b`, `\\u202e`): one line, shown as it is."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class GraphfixError(Exception):
     """Base class: a problem the user can act on. The CLI prints `str(error)` and exits with `exit_code`."""
 

@@ -4,10 +4,14 @@ A new file in `rules/` is a new rule: `builtin_rules()` imports every module of 
 subclasses defined there, so nothing else is edited to register it. Third-party rules register in the
 `graphfix.rules` entry-point group, under their code.
 
-Two rules claiming one code, a plugin claiming the reserved `GF` prefix, or an entry point whose class declares
-another code stop graphfix with a clear error (flake8 #1090 let such clashes pass silently). A rule that fails to
-import is kept as a `BrokenRule`: `graphfix rules` lists it, and commands that would run it stop with an internal
-error (exit 2), since a missing rule is graphfix's problem, not a finding about the user's model.
+Two built-in rules claiming one code stop graphfix with a clear error. A third-party entry point that is
+malformed (a name that is no code, a value that names no object), claims a code already taken or the reserved `GF`
+prefix (flake8 #1090 let such clashes pass silently), declares another code in its class, or fails to import is
+kept as a `BrokenRule` with the reason in one line: `graphfix rules` lists it, and a command that runs the rules
+says so in one warning line on stderr and runs the others (Polygraphy's MissingTool: a broken plugin never takes
+the whole CLI down); naming it with --only is a usage error. A built-in rule that fails to import stops the
+commands that would run it with an internal error (exit 2), since a missing rule is graphfix's problem, not a
+finding about the user's model.
 
 The top-level `rules/` folder installs as `graphfix.rules` (setup.cfg's package_dir). Run from a checkout, where
 `graphfix/rules` does not exist, the package is loaded from that folder under the same name, so the source tree
@@ -28,7 +32,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
-from graphfix.core.errors import InternalError, RuleRegistryError, UsageError
+from graphfix.core.errors import GraphfixError, InternalError, RuleRegistryError, UsageError, printable
 from graphfix.core.rule import Rule
 
 GROUP = "graphfix.rules"
@@ -39,13 +43,21 @@ BUILTIN_PACKAGE = "graphfix.rules"
 
 @dataclass
 class BrokenRule:
-    """A rule that could not be imported; running it is an internal error."""
+    """A rule that could not be registered: a built-in one (running it is an internal error) or a third-party
+    entry point (`plugin`: skipped with a warning)."""
 
     code: str
     error: str
+    plugin: bool = False
 
-    def as_error(self) -> InternalError:
+    def as_error(self) -> GraphfixError:
+        if self.plugin:
+            return UsageError(f"plugin rule {self.code} is not loaded: {self.error}")
         return InternalError(f"rule {self.code} failed to load: {self.error}")
+
+    @property
+    def warning(self) -> str:
+        return f"graphfix: warning: plugin rule {self.code} is not loaded, the other rules run: {self.error}"
 
 
 @cache
@@ -108,19 +120,19 @@ def _load(eps, taken: dict[str, str] | None = None) -> tuple[list[type[Rule]], l
     taken = taken or {}
     origins: dict[str, str] = dict(taken)
     for ep in eps:
-        if ep.name in taken and ep.module == taken[ep.name]:
-            continue  # an older install's entry point for a built-in the package scan found already
-        _check_claim(ep, origins)
         try:
+            if ep.name in taken and ep.value.partition(":")[0] == taken[ep.name]:
+                continue  # an older install's entry point for a built-in the package scan found already
+            _check_claim(ep, origins)
             cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Rule)):
+                raise RuleRegistryError(f"{ep.value} is not a graphfix Rule subclass")
+            if cls.code != ep.name:
+                raise RuleRegistryError(f"entry point {ep.name} = {ep.value} declares code {cls.code}")
         except Exception as exc:  # a broken plugin must not take the others down
-            broken.append(BrokenRule(ep.name, f"{type(exc).__name__}: {exc}"))
+            why = str(exc) if isinstance(exc, RuleRegistryError) else f"{type(exc).__name__}: {exc}"
+            broken.append(BrokenRule(ep.name, " ".join(why.split()), plugin=True))
             continue
-        if not (isinstance(cls, type) and issubclass(cls, Rule)):
-            broken.append(BrokenRule(ep.name, f"{ep.value} is not a graphfix Rule subclass"))
-            continue
-        if cls.code != ep.name:
-            raise RuleRegistryError(f"entry point {ep.name} = {ep.value} declares code {cls.code}")
         rules[cls.code] = cls
     return sorted(rules.values(), key=lambda r: r.code), broken
 
@@ -150,16 +162,24 @@ def select_rules(only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> list
     A selected rule that failed to load stops the command: an internal error (exit 2), not a finding.
     """
     rules, broken = load_rules()
-    broken_codes = {b.code: b for b in broken}
+    broken_codes = {b.code.upper(): b for b in broken}
     for key in (*only, *skip):
         if find_rule(key) is None and key.upper() not in broken_codes:
             raise UsageError(f"unknown rule '{key}' (see `graphfix rules`)")
     wanted = {_code(k) for k in only} if only else {r.code for r in rules} | set(broken_codes)
     unwanted = {_code(k) for k in skip}
     for code in sorted(wanted - unwanted):
-        if code in broken_codes:
+        if code in broken_codes and (only or not broken_codes[code].plugin):
             raise broken_codes[code].as_error()
+        if code in broken_codes:
+            _warn(broken_codes[code].warning)
     return [r for r in rules if r.code in wanted and r.code not in unwanted]
+
+
+@cache
+def _warn(line: str) -> None:
+    """One line on stderr, once per process."""
+    print(printable(line), file=sys.stderr)
 
 
 def _code(key: str) -> str:

@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
+from graphfix.core import values
 from graphfix.core.errors import GraphfixError
 
 ENV_MAX_NODES = "GRAPHFIX_MAX_NODES"
@@ -39,15 +39,13 @@ DEFAULT_RUN_SECONDS = 10.0  # one onnxruntime run of the probe or the validation
 
 
 def run_budget_seconds() -> float:
-    try:
-        return float(os.environ.get(ENV_RUN_BUDGET, DEFAULT_RUN_SECONDS))
-    except ValueError:
-        return DEFAULT_RUN_SECONDS
+    """GRAPHFIX_MAX_RUN_SECONDS, or the default; a value that is no time is a UsageError."""
+    return values.from_env(ENV_RUN_BUDGET, values.seconds, DEFAULT_RUN_SECONDS)
 
 
 def max_nodes() -> int:
-    given = os.environ.get(ENV_MAX_NODES, "").strip()
-    return int(given) if given.isdigit() else DEFAULT_MAX_NODES
+    """GRAPHFIX_MAX_NODES, or the default; a value that is no count is a UsageError."""
+    return values.from_env(ENV_MAX_NODES, values.count, DEFAULT_MAX_NODES)
 
 
 def check_node_budget(proto: onnx.ModelProto, name: str) -> str:

@@ -14,7 +14,12 @@ the checker lets these through (onnx 1.23) and each one crashed a rule or the ru
 - string tensors: values in `raw_data` and strings that are not UTF-8 (ONNX strings are UTF-8);
 - names that are not UTF-8 (protobuf hands them over as bytes, which every string operation trips on);
 - cycles: the checker refuses any graph that is not topologically sorted, cycle or not. graphfix accepts an
-  unsorted graph (onnxruntime does) and refuses only a real cycle or an input nothing produces, naming it.
+  unsorted graph (onnxruntime does) and refuses only a real cycle or an input nothing produces, naming it;
+- a call of a model-local function domain's operator that no function defines (onnxruntime: "not a registered
+  function/op");
+- element types onnxruntime refuses when it loads the model (`check_types`): an operator's type parameter bound to
+  two types (`Add(float, int64)`, often the work of an unsorted graph), or to one it does not take (a sequence,
+  map or string where numbers are needed).
 
 Each refusal is one line naming the tensor, node or field.
 """
@@ -51,6 +56,7 @@ def validate_model(proto: onnx.ModelProto, name: str) -> None:
         check_graph_inputs(proto.graph)
         for graph, context in _graphs(proto):
             check_acyclic(graph, context)
+        check_local_calls(proto)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from None
 
@@ -244,6 +250,83 @@ def check_acyclic(graph: onnx.GraphProto, context: str) -> None:
                          "output)")
 
 
+def check_local_calls(proto: onnx.ModelProto) -> None:
+    """Refuse a node in a model-local function domain that no function of the model defines."""
+    defined = {(f.domain, f.name) for f in proto.functions}
+    domains = {domain for domain, _name in defined}
+    nodes = [n for graph, _context in _graphs(proto) for n in graph.node]
+    for node in [*nodes, *(n for f in proto.functions for n in f.node)]:
+        if node.domain in domains and (node.domain, node.op_type) not in defined:
+            raise InputError(f"node '{node.name or node.op_type}': {node.domain}:{node.op_type} is no function of "
+                             f"the model (domain '{node.domain}' holds its model-local functions)")
+
+
+def check_types(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse what onnxruntime refuses to load for its element types: an operator's type parameter bound to two
+    types (`Add(float, int64)`, often the work of an unsorted graph, which onnxruntime sorts first) or to a type
+    it does not take (a sequence, map or string where numbers are needed). Types come from onnx's type and shape
+    inference on the sorted graph without its weights (their types and dims stay: no second copy of gigabytes);
+    shapes that do not unify are the rules' and the probe's business, not a load error."""
+    light = lift_initializers(proto)
+    if not _is_sorted(light.graph):
+        _sort(light.graph)  # quadratic: only for the graphs that need it
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=False)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        return  # what the checker let through and inference cannot read is left to the rules
+    graph = inferred.graph
+    types = {v.name: v.type for v in (*graph.input, *graph.value_info, *graph.output) if v.type.WhichOneof("value")}
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+    for node in graph.node:
+        problem = _type_binding(node, types, opsets)
+        if problem:
+            raise InputError(f"{name}: node '{node.name or node.op_type}' ({node.op_type}): {problem}; onnxruntime "
+                             "would not load it")
+
+
+def _type_binding(node: onnx.NodeProto, types: dict, opsets: dict[str, int]) -> str:
+    """'' when the node's input types fit its schema's type parameters, else what does not."""
+    domain = node.domain or "ai.onnx"
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)
+    except onnx.defs.SchemaError:
+        return ""  # a model-local function or a runtime's own operator: no schema to hold it to
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    bound: dict[str, str] = {}
+    for index, value in enumerate(node.input):
+        if not value or not schema.inputs or value not in types:
+            continue
+        formal = schema.inputs[min(index, len(schema.inputs) - 1)]
+        if index >= len(schema.inputs) and formal.option != formal.option.Variadic:
+            continue
+        param, actual = formal.type_str, _type_string(types[value])
+        if param not in allowed or actual is None:
+            continue
+        if actual not in allowed[param]:
+            return f"input {index} ('{value}') is {actual}, which type parameter {param} does not take"
+        if bound.setdefault(param, actual) != actual and formal.is_homogeneous:
+            return f"type parameter {param} bound to different types ({bound[param]} and {actual})"
+    return ""
+
+
+def _type_string(type_proto: onnx.TypeProto) -> str | None:
+    """'tensor(float)', 'seq(tensor(int64))', ...: the words of onnx's type constraints; None when not known."""
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        elem = type_proto.tensor_type.elem_type
+        if elem == TensorProto.UNDEFINED:
+            return None
+        return f"tensor({onnx.helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()})"
+    if kind in ("sequence_type", "optional_type"):
+        inner = _type_string(getattr(type_proto, kind).elem_type)
+        return None if inner is None else f"{'seq' if kind == 'sequence_type' else 'optional'}({inner})"
+    if kind == "map_type":
+        inner = _type_string(type_proto.map_type.value_type)
+        key = onnx.helper.tensor_dtype_to_string(type_proto.map_type.key_type).removeprefix("TensorProto.").lower()
+        return None if inner is None else f"map({key},{inner})"
+    return None
+
+
 def _reads(node: onnx.NodeProto) -> Iterator[str]:
     yield from (name for name in node.input if name)
     for attr in node.attribute:
@@ -273,6 +356,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
     data is checked without its initializers, which would otherwise be looked up in the working directory."""
     from graphfix.io.external_data import has_external_data
 
+    given = proto
     unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
     if unshaped or dangling or (path is None and has_external_data(proto)):
         proto, path = lift_initializers(proto), None
@@ -297,6 +381,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         _check_unsorted(proto, name)
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(f"{name}: {_checker_line(' '.join(str(exc).split()))}") from None
+    check_types(given, name)
 
 
 def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
@@ -336,6 +421,16 @@ def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
         return set()
     return ({t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
             | {name for name, size in inline.items() if size >= HEAVY_TENSOR_BYTES})
+
+
+def _is_sorted(graph: onnx.GraphProto) -> bool:
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {s.values.name for s in graph.sparse_initializer}
+    for node in graph.node:
+        if not all(name in available for name in _reads(node)):
+            return False
+        available.update(node.output)
+    return True
 
 
 def _sort(graph: onnx.GraphProto) -> None:

@@ -5,7 +5,8 @@ destination, where onnxruntime can validate it from disk. Only `commit()` moves 
 `os.replace` each, data before model), so a reader never sees a half-written model and a failed validation
 leaves nothing behind. Replacing a model that has external data (`--in-place`, or an earlier output) is atomic
 for the pair: the new data goes under a name no file has (`NAME.data`, else `NAME.1.data`), then the graph
-replaces the old one, and only then is the old data removed; a crash in between leaves the old pair usable.
+replaces the old one, and only then is the old data removed, if graphfix may (see `graphfix.io.targets`: only data
+named after the model that nothing else reads); a crash in between leaves the old pair usable.
 Weights kept in the source's external data are copied in chunks, never loaded whole.
 
 A light model (see `graphfix.io.weights`) is written with its stubs replaced by the weights they stand for, one
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,17 @@ from graphfix.io.external_data import data_file, external_ref, model_tensors, te
 from graphfix.io.held import HeldFile
 from graphfix.io.protos import copy_field, copy_without_initializers
 from graphfix.io.staging import remove, staging_dir
+from graphfix.io.targets import (
+    _mentions,
+    check_target,
+    data_name,
+    input_files,
+    move_new,
+    other_readers,
+    refuse_collision,
+    same_file,
+    why_kept,
+)
 from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -50,7 +63,8 @@ class StagedModel:
     referenced: tuple[str, ...] = ()  # data files the staged model reads that are already in place
     protected: frozenset[Path] = frozenset()  # never removed by commit (the input's data, unless replaced)
     replacing: Existing | None = None  # the file at the destination when staging began
-
+    overwrites: tuple[str, ...] = ()  # copied names that replace the replaced model's own, unshared data
+    kept: tuple[str, ...] = ()  # after commit: why data of the replaced model was kept
 
     @property
     def path(self) -> Path:
@@ -58,21 +72,37 @@ class StagedModel:
 
     def commit(self) -> Path:
         """Make the staged files durable (validation ran while the kernel wrote them back), then move them: data
-        first (under names no live file has), the graph last; then the data the replaced graph used is removed."""
+        first (under names no file has), the graph last; then the data the replaced graph used is removed where
+        graphfix may remove it (`kept` says why the rest stays)."""
         with writing(self.destination, self):
             return self._commit()
 
     def _commit(self) -> Path:
+        check_target(self.destination)  # what is there now is what the rename replaces: never a link
         replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
-        for name in (*self.copied, *([self.data_name] if self.data_name else [])):
-            _fsync(self.temp_dir / name)
-            (self.destination.parent / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.temp_dir / name, self.destination.parent / name)
+        moved: list[Path] = []
+        try:
+            for name in (*self.copied, *([self.data_name] if self.data_name else [])):
+                _fsync(self.temp_dir / name)
+                (self.destination.parent / name).parent.mkdir(parents=True, exist_ok=True)
+                if name in self.overwrites:
+                    os.replace(self.temp_dir / name, self.destination.parent / name)
+                else:
+                    move_new(self.temp_dir / name, self.destination.parent / name)
+                    moved.append(self.destination.parent / name)
+        except BaseException:
+            for path in moved:  # made by this run, read by nothing yet
+                path.unlink(missing_ok=True)
+            raise
         _fsync(self.path)
         os.replace(self.path, self.destination)
-        kept = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
+        new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:
-            if old not in kept and not any(_same_file(old, p) for p in self.protected):
+            if old in new or old == self.destination or any(same_file(old, p) for p in self.protected):
+                continue
+            if reason := why_kept(old, self.destination):
+                self.kept += (f"kept {old}, the replaced model's data: {reason}",)
+            else:
                 old.unlink(missing_ok=True)
         self.discard()
         return self.destination
@@ -105,7 +135,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     temp_dir = staged.temp_dir
     with writing(staged.destination, staged):
         if needs_external_data(proto):
-            staged.data_name = free_data_name(staged.destination, staged.replacing.data_files)
+            staged.data_name = data_name(staged.destination, staged.replacing.data_files)
             proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
         with open(staged.path, "wb") as f:
             if has_stubs(proto):
@@ -148,9 +178,10 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
         copied, referenced = [], []
         for data in dict.fromkeys(data_files):
             relative = data.relative_to(source.parent)
-            if _same_file(staged.destination.parent / relative, data):
+            if same_file(staged.destination.parent / relative, data):
                 referenced.append(str(relative))  # written beside its input: the data is already there
                 continue
+            _claim_copy_name(staged, staged.destination.parent / relative)
             (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             copy_used(data_file(source.parent, str(relative)), staged.temp_dir / relative,
                       data_files.get(data) if isinstance(data_files, Mapping) else None)
@@ -159,11 +190,25 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
     return staged
 
 
-def free_data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
-    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) when it is a file the model being replaced reads."""
-    in_use = {path.name for path in replaced_data}
-    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + 1)]
-    return next(name for name in names if name not in in_use)
+def _claim_copy_name(staged: StagedModel, target: Path) -> None:
+    """A data file copied under its own name (an unchanged model, written as it came) may replace only the
+    replaced model's own data, and only when no other model reads it; any other file of that name is a collision."""
+    if not os.path.lexists(target):
+        return
+    if target not in staged.replacing.data_files:
+        refuse_collision(staged.destination, target)
+    readers = other_readers(target, staged.destination)
+    if readers or target.is_symlink() or not target.is_file() or target.stat().st_nlink > 1:
+        raise OutputError(f"cannot write {staged.destination}: its data file {target} would replace data that "
+                          f"{readers[0] if readers else 'another name of it'} may read; choose another output")
+    staged.overwrites += (str(target.relative_to(staged.destination.parent)),)
+
+
+def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
+    """The input's data files are never removed by a commit that does not replace the input itself."""
+    if loaded.path is not None and not same_file(staged.destination, loaded.path):
+        staged.protected = frozenset(input_files(loaded)[1:])
+    return staged
 
 
 @dataclass(frozen=True)
@@ -185,15 +230,15 @@ class Existing:
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
     try:
-        stat = path.stat()
+        info = path.lstat()
     except OSError:
         return None
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns) if path.is_file() else None
+    return (info.st_ino, info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
 def _data_files(model: Path) -> list[Path]:
     """The external data files an existing model file reads (none when it does not exist or cannot be read)."""
-    if not model.is_file() or not _mentions(model, LOCATION_ENTRY):
+    if model.is_symlink() or not model.is_file() or not _mentions(model, LOCATION_ENTRY):
         return []
     try:
         proto = onnx.load_model(str(model), load_external_data=False)
@@ -204,26 +249,16 @@ def _data_files(model: Path) -> list[Path]:
             and "\\" not in ref.location and ref.location not in (".", "..")]
 
 
-def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20) -> bool:
-    """Whether the file holds these bytes, read in chunks: a model file with inline weights (hundreds of MB) need
-    not be parsed to learn it names no external data. False when it cannot be read."""
+def files_read_by(model: Path) -> list[Path]:
+    """The model file and every external data file it names (in its folder or below), without reading them."""
+    if model.is_symlink() or not model.is_file() or not _mentions(model, LOCATION_ENTRY):
+        return [model]
     try:
-        with open(path, "rb") as f:
-            tail = b""
-            while block := f.read(chunk):
-                if needle in tail + block[:len(needle)] or needle in block:
-                    return True
-                tail = block[-len(needle):]
-    except OSError:
-        return False
-    return False
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+        proto = onnx.load_model(str(model), load_external_data=False)
+    except Exception:  # not a model we can read: it names nothing
+        return [model]
+    refs = {external_ref(t) for _, t in model_tensors(proto)} - {None}
+    return [model, *(model.parent / ref.location for ref in refs if ref.location)]
 
 
 def _new_stage(destination: Path) -> StagedModel:
@@ -232,8 +267,7 @@ def _new_stage(destination: Path) -> StagedModel:
             if folder.exists() and not folder.is_dir():
                 raise NotADirectoryError(20, f"{folder} is not a folder")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        if destination.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
+        check_target(destination)  # a link, a folder or a FIFO there is refused
         # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
         return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination))
 

@@ -1,9 +1,12 @@
 """Scratch and staging folders that never outlive graphfix.
 
-Every folder graphfix creates for itself carries the creating process id in its name: `graphfix-<pid>-*` in the
-system temp folder, `.<output>.graphfix-<pid>-*.tmp` beside an output. It is removed on every exit path graphfix
-controls (return, error, SIGINT, SIGTERM, `--timeout`); a folder left by a process killed outright (SIGKILL) is
-removed by the next run that finds its owner gone.
+Every folder graphfix creates for itself carries the creating process id in its name (`graphfix-<pid>-<token>` in
+the system temp folder, `.<output>.graphfix-<pid>-<token>.tmp` beside an output) and a marker file inside that
+repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, `--timeout`).
+A folder left by a process killed outright (SIGKILL) is removed by a later run that writes there, and only when
+it is exactly what graphfix leaves: a real folder (no link) of this user, named as above, whose marker is a
+regular file of this user with that pid and token, and whose process is gone. A folder of the user's own that
+merely looks like one (`graphfix-2024-12-01`, `results.graphfix-77777-runs`) has no such marker and is kept.
 """
 
 from __future__ import annotations
@@ -14,16 +17,21 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from graphfix.core.errors import OutputError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}  # the folder cannot take our files
-OWNED = re.compile(r"^\.?(?:.*\.)?graphfix-(?:[a-z]+-)?(\d+)-[^/]*$")
+MARKER = ".graphfix-staging"  # inside every folder graphfix makes: "graphfix staging <pid> <token>\n"
+TOKEN = r"([a-z0-9_]{6,32})"  # tempfile.mkdtemp's random part
+OWNED = (re.compile(rf"^graphfix-(?:[a-z]+-)?(\d{{1,10}})-{TOKEN}$"),
+         re.compile(rf"^\..+\.graphfix-(\d{{1,10}})-{TOKEN}\.tmp$"))
 _LIVE: set[Path] = set()
+_SWEPT: set[str] = set()  # temp folders already swept by this process
 
 
 def scratch_name(kind: str = "") -> str:
@@ -33,12 +41,14 @@ def scratch_name(kind: str = "") -> str:
 @contextmanager
 def scratch_dir(kind: str = "") -> Iterator[str]:
     """A private folder in the system temp folder, like tempfile.TemporaryDirectory, named with our pid."""
+    temp = tempfile.gettempdir()
+    if temp not in _SWEPT:  # once per process and temp folder: it writes there, so it tidies there
+        _SWEPT.add(temp)
+        sweep(temp)
     try:
-        path = Path(tempfile.mkdtemp(prefix=scratch_name(kind)))
+        path = _make(tempfile.mkdtemp(prefix=scratch_name(kind)))
     except OSError as exc:
-        raise OutputError(f"cannot write temporary files in {tempfile.gettempdir()}: "
-                          f"{(exc.strerror or str(exc)).lower()}") from None
-    _LIVE.add(path)
+        raise OutputError(f"cannot write temporary files in {temp}: {(exc.strerror or str(exc)).lower()}") from None
     try:
         yield str(path)
     except OSError as exc:
@@ -52,19 +62,32 @@ def scratch_dir(kind: str = "") -> Iterator[str]:
 def staging_dir(destination: Path) -> Path:
     """A hidden folder beside `destination` for writing it atomically."""
     sweep(destination.parent)
-    path = Path(tempfile.mkdtemp(prefix=f".{destination.name}.{scratch_name()}", suffix=".tmp",
-                                 dir=destination.parent))
+    return _make(tempfile.mkdtemp(prefix=f".{destination.name}.{scratch_name()}", suffix=".tmp",
+                                  dir=destination.parent))
+
+
+def _make(folder: str) -> Path:
+    """Mark a folder mkdtemp just made as graphfix's (the sweep removes nothing else)."""
+    path = Path(folder)
     _LIVE.add(path)
+    try:
+        fd = os.open(path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_marker_text(os.getpid(), _owner_name(path.name)[1]))
+    except BaseException:
+        remove(path)
+        raise
     return path
 
 
 def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a link inside
     _LIVE.discard(path)
 
 
-def sweep(folder: Path | str | None = None) -> list[Path]:
-    """Remove graphfix folders in `folder` (default: the system temp folder) whose owning process is gone."""
+def sweep(folder: Path | str | None = None, pid: int | None = None) -> list[Path]:
+    """Remove graphfix's own folders in `folder` (default: the system temp folder) whose process is gone; with
+    `pid`, only that process's."""
     folder = Path(folder if folder is not None else tempfile.gettempdir())
     removed = []
     try:
@@ -72,12 +95,48 @@ def sweep(folder: Path | str | None = None) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        match = OWNED.match(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False) or _alive(int(match.group(1))):
+        owner = _left_by(entry)
+        if owner is None or (pid is not None and owner != pid) or _alive(owner):
             continue
-        shutil.rmtree(entry.path, ignore_errors=True)
+        shutil.rmtree(entry.path, ignore_errors=True)  # a folder swapped for a link since is refused by rmtree
         removed.append(Path(entry.path))
     return removed
+
+
+def remove_left_by(pid: int, folders: Iterable[Path | str] = ()) -> list[Path]:
+    """The folders a dead graphfix process `pid` left in the temp folder and in `folders` (its outputs' folders),
+    removed: for a parent that saw its child crash."""
+    return [path for folder in (None, *folders) for path in sweep(folder, pid)]
+
+
+def _owner_name(name: str) -> tuple[int, str] | tuple[None, None]:
+    for pattern in OWNED:
+        if match := pattern.match(name):
+            return int(match.group(1)), match.group(2)
+    return None, None
+
+
+def _marker_text(pid: int, token: str | None) -> str:
+    return f"graphfix staging {pid} {token}\n"
+
+
+def _left_by(entry: os.DirEntry) -> int | None:
+    """The pid that made this folder, when it is one of graphfix's (see the module's docstring); else None."""
+    pid, token = _owner_name(entry.name)
+    if pid is None:
+        return None
+    try:
+        if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            return None
+        fd = os.open(os.path.join(entry.path, MARKER), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as marker:
+        info = os.fstat(marker.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        text = marker.read(256)
+    return pid if text == _marker_text(pid, token).encode() else None
 
 
 def _alive(pid: int) -> bool:

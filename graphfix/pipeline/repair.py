@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,19 @@ import onnx
 
 from graphfix.core.context import RuleOptions
 from graphfix.core.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
-from graphfix.core.errors import UsageError
 from graphfix.core.rule import Rule, Severity
 from graphfix.io.loading import LoadedModel, load_model
-from graphfix.io.saving import StagedModel, finish_stage, needs_external_data, stage_copy, stage_model, stage_weights
+from graphfix.io.saving import (
+    StagedModel,
+    finish_stage,
+    needs_external_data,
+    protect_inputs,
+    stage_copy,
+    stage_model,
+    stage_weights,
+)
 from graphfix.io.staging import scratch_dir
+from graphfix.io.targets import check_destination
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
@@ -84,24 +91,6 @@ class RepairResult:
             "notes": self.notes,
             "error": self.error,
         }
-
-
-def check_destination(loaded: LoadedModel, output: Path, in_place: bool) -> None:
-    """Never overwrite the input (or its external data) unless --in-place says so."""
-    if loaded.path is None or in_place:
-        return
-    targets = [output, output.with_name(output.name + ".data")]
-    sources = [loaded.path] + [ref.path(loaded.base_dir) for ref in loaded.external]
-    for target in targets:
-        if target.exists() and any(_same_file(target, src) for src in sources):
-            raise UsageError(f"{output}: would overwrite the input {loaded.path}; use --in-place to replace it")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def repair_file(path: Path, output: Path | None, options: RepairOptions) -> RepairResult:
@@ -196,6 +185,7 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
         staged = staging.result()
         if commit:
             result.output = str(staged.commit())
+            result.notes.extend(staged.kept)
     finally:
         _discard(staging)  # after a commit there is nothing left to remove
 
@@ -214,9 +204,7 @@ def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, chang
             staged = stage_model(model, destination, loaded.base_dir, weights)
     else:
         staged = stage_model(model, destination, loaded.base_dir, weights)
-    if loaded.path is not None and not _same_file(destination, loaded.path):
-        staged.protected = frozenset(ref.path(loaded.base_dir) for ref in loaded.external)
-    return staged
+    return protect_inputs(staged, loaded)
 
 
 def _discard(staging: Future[StagedModel] | None) -> None:

@@ -1,4 +1,10 @@
-"""Text and JSON renderings of what the commands found and did."""
+"""Text and JSON renderings of what the commands found and did.
+
+Every string that comes from a model or a file name (node names, messages quoting them, paths) goes through
+`printable` before it is printed as text: a newline in a node name would start a line of its own (a CI log
+command such as `::error file=...::` or `::add-mask::`), and a terminal escape or a bidi override would change what
+the reader sees. JSON and SARIF need no such care: `json.dumps` escapes every control and non-ASCII character.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +14,54 @@ from typing import Any
 import click
 
 from graphfix import __version__
+from graphfix.core.config import CONFIG_META
+from graphfix.core.errors import printable
 from graphfix.core.rule import Finding, Severity
 
 COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
 def emit_json(key: str, items: list[dict[str, Any]]) -> None:
-    click.echo(json.dumps({"graphfix": __version__, key: items}, indent=2))
+    """One JSON document on stdout; `config` names the pyproject.toml whose settings the command used (the key is
+    left out when it used none)."""
+    used = config_used()
+    click.echo(json.dumps({"graphfix": __version__, **({"config": used} if used else {}), key: items}, indent=2))
+
+
+def config_used() -> str | None:
+    """The configuration file the running command read, as a string, or None."""
+    context = click.get_current_context(silent=True)
+    config = context.meta.get(CONFIG_META) if context is not None else None
+    return str(config.path) if config is not None and config.path is not None else None
 
 
 def finding_lines(finding: Finding) -> list[str]:
     where = f" [{', '.join(finding.nodes[:3])}{'…' if len(finding.nodes) > 3 else ''}]" if finding.nodes else ""
     head = (f"  {click.style(finding.severity.value, fg=COLORS[finding.severity.value])} "
-            f"{finding.rule} {finding.name}{where}: {finding.message}")
+            + printable(f"{finding.rule} {finding.name}{where}: {finding.message}"))
     lines = [head]
     if finding.shapes:
-        lines.append("      shapes: " + ", ".join(f"{k}={v}" for k, v in finding.shapes.items()))
+        lines.append("      shapes: " + printable(", ".join(f"{k}={v}" for k, v in finding.shapes.items())))
     if finding.hint:
-        lines.append(f"      fix: {finding.hint}")
+        lines.append(f"      fix: {printable(finding.hint)}")
     if finding.fix is not None:
-        lines.append(f"      graphfix can: {finding.fix.summary} ({finding.fix.safety.value})")
+        lines.append(f"      graphfix can: {printable(finding.fix.summary)} ({finding.fix.safety.value})")
     return lines
 
 
 def findings_text(path: str, findings: list[Finding], error: str | None) -> str:
     if error:
-        return f"graphfix: error: {error}"
+        return f"graphfix: error: {printable(error)}"
     if not findings:
-        return f"{path}: no findings"
+        return f"{printable(path)}: no findings"
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}
     summary = ", ".join(f"{n} {s.value}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
-    return "\n".join([f"{path}: {summary}", *(line for f in findings for line in finding_lines(f))])
+    return "\n".join([f"{printable(path)}: {summary}", *(line for f in findings for line in finding_lines(f))])
+
+
+def rejection_line(rejection) -> str:
+    """`  rejected GF004 [node, ...]: why` (--show-rejected)."""
+    return "  " + printable(f"rejected {rejection.rule} [{', '.join(rejection.nodes)}]: {rejection.reason}")
 
 
 def worst_rank(findings: list[Finding]) -> int:
@@ -54,12 +77,12 @@ def emit_result(result, fmt: str) -> int:
         emit_json("models", [result.to_json()])
         return 0 if result.passed else 1
     status = click.style(result.status, fg="green" if result.passed else "red")
-    where = f" -> {result.output}" if result.output else ""
-    click.echo(f"{result.path}: {status}{where}")
+    where = f" -> {printable(result.output)}" if result.output else ""
+    click.echo(f"{printable(result.path)}: {status}{where}")
     if result.summary:
-        click.echo(f"  {result.summary}")
+        click.echo(f"  {printable(result.summary)}")
     for note in result.notes:
-        click.echo(f"  note: {note}")
+        click.echo(f"  note: {printable(note)}")
     ran = [c for c in result.checks if c["ok"]]
     broken = [c for c in result.checks if str(c.get("original", c.get("whole", ""))).startswith("failed")]
     if broken:
@@ -68,10 +91,10 @@ def emit_result(result, fmt: str) -> int:
         error = str(broken[0].get("original", broken[0].get("whole"))).removeprefix("failed: ")
         where = failing_node(error)
         what = f"node '{where[1]}' ({where[0]})" if where else error[:80]
-        click.echo(f"  the original fails at {len(broken)} of {len(result.checks)} size(s), in {what}; "
-                   "the result runs there")
+        click.echo(printable(f"  the original fails at {len(broken)} of {len(result.checks)} size(s), in {what}; "
+                             "the result runs there"))
     if result.checks:
         click.echo(f"  check: {'passed' if result.passed else 'FAILED'} at {len(ran)}/{len(result.checks)} size(s)")
     if result.error:
-        click.echo(f"  error: {result.error} (nothing written)")
+        click.echo(f"  error: {printable(result.error)} (nothing written)")
     return 0 if result.passed else 1

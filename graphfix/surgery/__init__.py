@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from graphfix.io.loading import LoadedModel
-from graphfix.io.saving import stage_model
-from graphfix.pipeline.repair import check_destination
+from graphfix.io.saving import protect_inputs, stage_model
+from graphfix.io.targets import check_destination
 from graphfix.validate.compare import compare_outputs
 
 
@@ -61,7 +61,7 @@ def write_checked(proto: onnx.ModelProto, output: Path | None, loaded: LoadedMod
         check_destination(loaded, output, in_place=False)
     destination = output if output is not None else Path(scratch) / "model.onnx"
     result = SurgeryResult(loaded.name, None, "failed", summary, model=proto)
-    staged = stage_model(proto, destination, loaded.base_dir)
+    staged = protect_inputs(stage_model(proto, destination, loaded.base_dir), loaded)
     try:
         result.checks, reasons = check(staged.path)
         if reasons:
@@ -71,6 +71,7 @@ def write_checked(proto: onnx.ModelProto, output: Path | None, loaded: LoadedMod
             result.status = "checked"
         else:
             result.output = str(staged.commit())
+            result.notes.extend(staged.kept)
             result.status = "written"
     finally:
         staged.discard()

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 
 from graphfix.analysis.builders import Builder
 from graphfix.analysis.shapes import infer_shapes
+from graphfix.core.config import read_npy
 from graphfix.core.errors import UsageError
 from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.loading import LoadedModel, default_opset
@@ -57,10 +58,7 @@ def parse_fill(text: str) -> Fill:
     if lowered in ("true", "false"):
         return lowered == "true"
     if text.startswith("@"):
-        try:
-            return np.load(Path(text[1:]), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read '{text[1:]}' as a .npy array ({exc})") from exc
+        return read_npy(Path(text[1:]), f"fill {text}")
     try:
         return int(text) if lowered.lstrip("+-").isdigit() else float(text)
     except ValueError:

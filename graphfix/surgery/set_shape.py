@@ -12,13 +12,13 @@ original accepts the same feeds, and produce outputs whose shapes agree with the
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from graphfix.analysis.shapes import infer_shapes, symbolic_shapes, value_info_shape
+from graphfix.core import values
 from graphfix.core.errors import UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
@@ -29,23 +29,15 @@ from graphfix.validate.inputs import graph_inputs
 from graphfix.validate.runner import ModelRunner
 
 Dim = int | str | None
-NAME = re.compile(r"^[A-Za-z_][\w]*$")
 
 
 def parse_named_dims(text: str) -> list[Dim]:
     """'1x16000' -> [1, 16000]; 'Bx?' -> ['B', None]; a name keeps its case."""
-    dims: list[Dim] = []
-    for part in text.split("x") if text not in ("", "scalar") else []:
-        part = part.strip()
-        if part.isdigit():
-            dims.append(int(part))
-        elif part == "?":
-            dims.append(None)
-        elif NAME.match(part):
-            dims.append(part)
-        else:
-            raise UsageError(f"bad shape '{text}': expected dims like 1x16000, Bx? or batchxtime (name, number, ?)")
-    return dims
+    try:
+        return [values.dim(part, text) for part in (text.split("x") if text not in ("", "scalar") else [])]
+    except UsageError:
+        raise UsageError(f"bad shape '{text}': expected dims like 1x16000, Bx? or batchxtime (name, number, ?)") \
+            from None
 
 
 def set_shape(loaded: LoadedModel, shapes: dict[str, list[Dim]], output: Path | None,

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import onnx
 
+from graphfix.core import values
 from graphfix.core.errors import GraphfixError
 
 ENV_BUDGET = "GRAPHFIX_MAX_PROBE_MEMORY"
@@ -29,9 +30,9 @@ class NotProbed(GraphfixError):
 
 def probe_memory_budget() -> int:
     """Bytes the probe's inputs may take."""
-    given = os.environ.get(ENV_BUDGET, "").strip()
-    if given.isdigit():
-        return int(given)
+    given = values.from_env(ENV_BUDGET, values.byte_size, None)
+    if given is not None:
+        return given
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):

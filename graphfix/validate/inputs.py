@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphfix.validate.budget import check_input_bytes, check_input_kind
+from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
     DEFAULT_OTHER,
@@ -28,6 +28,9 @@ LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
 LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
+UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (
+    "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
+    "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
 
 
 @dataclass
@@ -52,6 +55,7 @@ def synthesize_inputs(
     made = [vi for vi in graph_inputs(model) if vi.name not in options.inputs]
     for vi in made:
         check_input_kind(vi)
+        check_input_type(vi)
     shapes = {vi.name: _concrete_shape(vi, sizes, options.shapes.get(vi.name)) for vi in made}
     dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in made}
     check_input_bytes(shapes, dtypes)  # before allocating anything
@@ -62,6 +66,17 @@ def synthesize_inputs(
         rng = np.random.default_rng(zlib.crc32(f"{vi.name}|{sorted(sizes.items())}".encode()))
         feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim)
     return feeds
+
+
+def check_input_type(value: onnx.ValueInfoProto) -> None:
+    """Refuse to make values onnxruntime's Python API cannot take (numpy has no such type; ml_dtypes' arrays are
+    refused with "Numpy_type 256 can't be converted"): bfloat16, the float8 and float4 types, int4 and uint4. The
+    model is reported as not run (probe-skipped), not as failing."""
+    elem = value.type.tensor_type.elem_type
+    if elem in UNFEEDABLE:
+        kind = helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower()
+        raise NotProbed(f"input '{value.name}' is {kind}: onnxruntime's Python API takes no {kind} values, so the "
+                        "model was not run (its static analysis stands)")
 
 
 def _concrete_shape(vi: onnx.ValueInfoProto, sizes: dict[str, int], given: tuple | None) -> tuple[int, ...]:

@@ -11,7 +11,9 @@ else a default). Then come
   broadcast run);
 
 and no size goes beyond a limit the graph reveals: a table indexed by positions (a Range) or sliced by a length
-bounds the non-batch dims. `--shape` and `--input` fix dims at every binding.
+bounds the non-batch dims; none falls below what a strided Conv/Pool front end needs for several output frames
+(graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch too, it is outside the model).
+`--shape` and `--input` fix dims at every binding.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections import Counter
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from graphfix.analysis.sizes.domain import input_minimums
 
 BATCH_LIKE = re.compile(r"batch|^b$|^n$|^bs$|num_|^N$", re.IGNORECASE)
 DEFAULT_BATCH = 2
@@ -42,7 +46,7 @@ def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
     """Each dim of an input: its size when fixed, else its symbolic name (`<input>:<axis>` when unnamed)."""
     dims = []
     for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0 is a size: an empty tensor, as declared
             dims.append(d.dim_value)
         else:
             dims.append(d.dim_param or f"{vi.name}:{axis}")
@@ -62,15 +66,17 @@ def batch_dims(model: onnx.ModelProto) -> set[str]:
 def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all."""
     forced = forced_sizes(model, options)
-    export = export_sizes(model, options, forced)
+    least = input_minimums(model)
+    export = export_sizes(model, options, forced, least)
     if not export:
         return [{}]
     batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
     wanted = max(options.num_sizes, 1)
     bindings = [export]
     single = {name: 1 for name in batch if name in export and name not in forced}
-    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid)
-    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid) for step in (1, *range(3, wanted + 8))]
+    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least)
+    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least)
+                              for step in (1, *range(3, wanted + 8))]
     for other in candidates:
         if len(bindings) >= wanted:
             break
@@ -100,15 +106,17 @@ def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
 
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
-            avoid: set[int]) -> dict[str, int]:
-    """One size per dim around its export size, all different from each other and from the graph's fixed sizes."""
+            avoid: set[int], least: dict[str, int]) -> dict[str, int]:
+    """One size per dim around its export size, all different from each other and from the graph's fixed sizes,
+    none below the least size the model accepts."""
     taken: set[int] = set(forced.values())
     binding = dict(forced)
     for name, size in export.items():
         if name in forced:
             continue
         cap = None if name in batch else limit
-        binding[name] = _free(_around(size, step), size, taken | avoid, cap)
+        floor = least.get(name, 1)
+        binding[name] = _free(max(_around(size, step), floor), size, taken | avoid, cap, floor)
         taken.add(binding[name])
     return {name: binding[name] for name in export}
 
@@ -122,14 +130,16 @@ def _around(export_size: int, step: int) -> int:
     return 2 * export_size + 2 * step - 1
 
 
-def _free(start: int, export_size: int, taken: set[int], cap: int | None) -> int:
-    """The first size from `start` (up, then down from `cap`) not taken, not the export size nor a multiple."""
+def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor: int = 1) -> int:
+    """The first size from `start` (up, then down from `cap` to `floor`) not taken, not the export size nor a
+    multiple."""
     def usable(size: int) -> bool:
         multiple = size > export_size > 1 and size % export_size == 0
-        return size >= 1 and size not in taken and size != export_size and not multiple and (not cap or size <= cap)
+        return size >= floor and size not in taken and size != export_size and not multiple and \
+            (not cap or size <= cap)
 
     start = min(start, cap) if cap else start
-    for size in [*range(start, start + 64), *range(start - 1, 0, -1)]:
+    for size in [*range(start, start + 64), *range(start - 1, floor - 1, -1)]:
         if usable(size):
             return size
     return start
@@ -148,11 +158,16 @@ def forced_sizes(model: onnx.ModelProto, options) -> dict[str, int]:
     return forced
 
 
-def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int]) -> dict[str, int]:
-    """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits)."""
+def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
+                 least: dict[str, int] | None = None) -> dict[str, int]:
+    """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits), raised
+    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain)."""
+    least = least or {}
     hint, limit = _baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
-    other += other == DEFAULT_BATCH  # a guessed length equal to the guessed batch would hide their mix-ups
+    # guessed lengths differ from the batch, from each other and from the graph's fixed sizes: equal dims hide
+    # mix-ups, and a length equal to a weight's dim lets a wrong broadcast run
+    taken = {DEFAULT_BATCH, *forced.values(), *options.trace_sizes.values(), *fixed_sizes(model)}
     sizes: dict[str, int] = {}
     for vi in graph_inputs(model):
         for axis, name in enumerate(dim_names(vi)):
@@ -163,9 +178,11 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int]) -> dic
             elif name in options.trace_sizes:
                 sizes[name] = options.trace_sizes[name]
             elif axis == 0 or BATCH_LIKE.search(name):
-                sizes[name] = DEFAULT_BATCH
+                sizes[name] = max(DEFAULT_BATCH, least.get(name, 1))
             else:
-                sizes[name] = other
+                floor = least.get(name, 1)
+                sizes[name] = _free(max(other, floor), 0, taken, limit, floor)
+                taken.add(sizes[name])
     return sizes
 
 

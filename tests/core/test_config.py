@@ -53,14 +53,21 @@ def test_full_config_is_parsed(tmp_path):
     assert config.root == tmp_path
 
 
-def test_found_from_the_current_folder_upwards_skipping_pyprojects_without_the_table(tmp_path, monkeypatch):
+def test_found_from_the_current_folder_upwards(tmp_path, monkeypatch):
     top = write(tmp_path, FULL)
-    write(tmp_path / "pkg", "[project]\nname = 'inner'\n")  # no [tool.graphfix]: ruff skips such files too
-    (tmp_path / "pkg" / "deep").mkdir()
+    (tmp_path / "pkg" / "deep").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "pkg" / "deep")
     assert find_config() == top
     assert load_config().fail_on == "warning"
     assert load_config(search=False) == Config()
+
+
+def test_the_first_pyproject_ends_the_search_even_without_the_table(tmp_path, monkeypatch):
+    write(tmp_path, FULL)
+    write(tmp_path / "pkg", "[project]\nname = 'inner'\n")  # the project's own file: nothing above it applies
+    (tmp_path / "pkg" / "deep").mkdir()
+    monkeypatch.chdir(tmp_path / "pkg" / "deep")
+    assert find_config() is None
 
 
 def test_no_config_anywhere_gives_defaults(tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WORKER = Path(__file__).with_name("fuzz_worker.py")
-ONNXRUNTIME_FILES = {".ses"}  # onnxruntime 1.32 keeps a session id in the temp folder (51 bytes, reused)
 COMMANDS = ("diagnose", "diagnose --static", "repair", "check", "extract", "freeze")
 
 
@@ -48,9 +47,18 @@ class Worker:
 
     def run(self, args: list[str], cwd: Path, trace: list[Path], budget: float) -> dict | None:
         """The worker's reply, or None when it ran past `budget` seconds or died (it is then restarted)."""
+        return self._ask({"args": args, "cwd": str(cwd), "trace": [str(t) for t in trace]}, budget)
+
+    def onnxruntime_loads(self, model: Path, budget: float) -> tuple[bool, str]:
+        """Whether onnxruntime creates a CPU session for `model` (the judge of a malformed model), and why not;
+        a worker that dies or runs out of time on it counts as a refusal."""
+        reply = self._ask({"oracle": str(model)}, budget)
+        return (reply["loads"], reply["why"]) if reply else (False, "onnxruntime died or ran out of time")
+
+    def _ask(self, job: dict, budget: float) -> dict | None:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-        self.proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd), "trace": [str(t) for t in trace]}) + "\n")
+        self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], budget)
         line = self.proc.stdout.readline() if ready else ""
@@ -131,6 +139,51 @@ def command_args(command: str, model: Path, out: Path, names: dict[str, str]) ->
     return ["freeze", str(model), "--input", names["freeze"], "-o", str(out)]
 
 
+def expected_exits(model: Path, loads: bool, why: str = "") -> tuple[set[int], str]:
+    """The exit codes the README documents for a mutant, from every command: 2 for a malformed model (one
+    onnxruntime refuses to load, or one the README's list refuses although onnxruntime loads it); 1 or 2, never 0, for
+    one whose shapes onnxruntime's shape inference refuses (dims or ranks that do not fit: error findings of the
+    rules and the probe, or a refusal for a listed reason found first); 0 or 1 (a verdict) for a model
+    onnxruntime loads."""
+    import onnx
+
+    if not loads and "ShapeInferenceError" in why and "Type Error" not in why:
+        return {1, 2}, "onnxruntime refuses its shapes: an error finding or a refusal"
+    if not loads:
+        return {2}, "onnxruntime refuses to load it"
+    proto = onnx.load(str(model), load_external_data=False)
+    if listed := refused_though_loadable(proto):
+        return {2}, listed
+    return {0, 1}, "onnxruntime loads it"
+
+
+NAME_FIELDS = {"name", "input", "output", "op_type", "domain", "ref_attr_name", "attribute"}  # doc strings are free
+
+
+def refused_though_loadable(proto) -> str:
+    """What the README's list refuses that onnxruntime loads: sparse tensors, names that are not UTF-8, list
+    attributes that are empty; '' when none."""
+    from onnx import AttributeProto
+
+    if proto.graph.sparse_initializer:
+        return "a sparse tensor"
+    pending = [proto]
+    while pending:
+        message = pending.pop()
+        for descriptor, value in message.ListFields():
+            items = value if descriptor.is_repeated else [value]
+            if descriptor.name in NAME_FIELDS and any(isinstance(item, bytes) for item in items):
+                return "a name that is not UTF-8"
+            kind = descriptor.message_type.name if descriptor.message_type is not None else ""
+            if kind and kind != "TensorProto":
+                pending.extend(items)
+            if kind == "AttributeProto":
+                lists = (AttributeProto.INTS, AttributeProto.FLOATS, AttributeProto.STRINGS)
+                if any(a.type in lists and not (a.ints or a.floats or a.strings) for a in items):
+                    return "an empty list attribute"
+    return ""
+
+
 def judge(run: Run, reply: dict | None, budget: float) -> None:
     if reply is None:
         run.problems.append(f"past budget ({budget:.0f} s) or worker died")
@@ -181,7 +234,7 @@ def run_case(worker: Worker, case: str, folder: Path, model: Path, names: dict[s
         extra = [p.name for p in out_dir.iterdir() if p.name not in ("out.onnx", "out.onnx.data", *_data_of(out_dir))]
         if extra:
             run.problems.append(f"leftover beside output: {extra}")
-        tmp_left = [p for p in worker.tmp.iterdir() if p.name not in ONNXRUNTIME_FILES] if worker.tmp.exists() else []
+        tmp_left = list(worker.tmp.iterdir()) if worker.tmp.exists() else []  # onnxruntime's .ses included
         if tmp_left:
             run.problems.append(f"leftover in temp: {[p.name for p in tmp_left]}")
             for p in tmp_left:

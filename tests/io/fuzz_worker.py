@@ -1,7 +1,8 @@
 """Runs graphfix commands in one long-lived process (imports once), one JSON job per stdin line.
 
 Job: {"args": [...], "cwd": "...", "trace": ["/outside/dir", ...]}. Reply: {"rc", "out", "err", "seconds",
-"exception", "opened"} where `opened` lists paths under a traced folder that Python opened (audit hook)."""
+"exception", "opened"} where `opened` lists paths under a traced folder that Python opened (audit hook).
+Job {"oracle": "model.onnx"}: whether onnxruntime creates a CPU session for it; reply {"loads", "why"}."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def main() -> None:
     home = os.getcwd()
     for line in sys.stdin:
         job = json.loads(line)
+        if "oracle" in job:
+            replies.write(json.dumps(_oracle(job["oracle"])) + "\n")
+            replies.flush()
+            continue
         TRACED[:] = [os.path.realpath(t) for t in job.get("trace", [])]
         OPENED.clear()
         os.chdir(job.get("cwd") or home)
@@ -64,6 +69,18 @@ def main() -> None:
         os.chdir(home)
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
+
+
+def _oracle(model: str) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # whatever onnxruntime refuses the model for
+        return {"loads": False, "why": " ".join(str(exc).split())[:300]}
+    return {"loads": True, "why": ""}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """A seeded mutation fuzzer over the bundled samples, and every external-data attack, through all six commands.
 
 Each run fails the test on a traceback, an internal error, a rule crash, a run past its budget, a file left in
-the temp folder or beside the output, a changed input, or (attacks) an exit other than 2 or a file opened
-outside the model's folder: seen by an audit hook in the worker (Python opens) and by inotify (onnxruntime's
-C++ opens, hard links included).
+the temp folder or beside the output, a changed input, an exit code other than the documented one, or (attacks)
+a file opened outside the model's folder: seen by an audit hook in the worker (Python opens) and by inotify
+(onnxruntime's C++ opens, hard links included).
+
+Exit codes: a mutant is malformed when onnxruntime refuses to load it (asked in the worker, before the commands
+run) or when the README's list refuses it although onnxruntime loads it (sparse tensors, names that are not
+UTF-8, empty list attributes): every command must exit 2. One onnxruntime refuses for its shapes only (dims or
+ranks that do not fit) never passes: an error finding (1) or a refusal (2); one it loads gets a verdict, 0 or 1;
+`extract` and `freeze` may refuse the names chosen for the sample (exit 2, one line naming the option). Files
+that are no model and external-data attacks exit 2; their valid controls never do.
 
 CI runs seeds 0..299 (three chunks) and every attack, on one worker process per core (2 to 4;
 GRAPHFIX_FUZZ_WORKERS sets it), each with its own temp folder. For a longer local run:
@@ -19,7 +26,7 @@ from pathlib import Path
 import onnx
 import pytest
 from fuzz_attacks import build_attacks
-from fuzz_harness import Worker, run_case, run_parallel
+from fuzz_harness import Worker, expected_exits, run_case, run_parallel
 from fuzz_mutants import FILE_CASES, mutate
 from fuzz_opened import OpenWatch
 
@@ -42,6 +49,17 @@ def _names(sample: Path) -> dict[str, str]:
     return {"input": inputs[0], "output": model.graph.output[0].name, "freeze": f"{inputs[-1]}=0"}
 
 
+OPTIONS = ("--input ", "--inputs", "--outputs")  # the names extract and freeze are given for the sample
+
+
+def _names_do_not_fit(run) -> bool:
+    """`extract` or `freeze` refused the names chosen for the sample (a usage error: one line naming the option):
+    the intact sample or the mutant does not take them."""
+    lines = run.err.strip().splitlines()
+    return (run.rc == 2 and run.command in ("extract", "freeze") and len(lines) == 1
+            and any(option in lines[0] for option in OPTIONS))
+
+
 def _report(runs) -> str:
     bad = [f"{r.case} | {r.command}: {p[:300]}" for r in runs for p in r.problems]
     return "\n".join(bad[:40]) + (f"\n... {len(bad) - 40} more" if len(bad) > 40 else "")
@@ -62,8 +80,14 @@ def test_mutants(seeds, tmp_path):
         folder = tmp_path / f"m{seed}"
         folder.mkdir()
         (folder / "model.onnx").write_bytes(data)
+        loads, why = worker.onnxruntime_loads(folder / "model.onnx", BUDGET_S)
+        expected, reason = expected_exits(folder / "model.onnx", loads, why)
         runs = run_case(worker, f"seed {seed} {sample.parent.name}: {description}", folder, folder / "model.onnx",
                         _names(sample), BUDGET_S)
+        for run in runs:
+            if run.rc not in expected and not (2 not in expected and _names_do_not_fit(run)):
+                run.problems.append(f"exit {run.rc}, documented {sorted(expected)} ({reason}{': ' * bool(why)}"
+                                    f"{why[:150]}): {(run.out + run.err).strip()[-200:]}")
         shutil.rmtree(folder)
         return runs
 

@@ -181,8 +181,9 @@ FIXED = [
     ("expand", 13, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Gather", "Concat", "Expand"]),
     ("expand", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Concat", "Expand"]),
     ("slice", 17, False, {"x": (2, 7)}, True, {Safety.UNSAFE}, ["Slice", "Slice", "Mul"]),  # given, not solved
-    ("range", 13, False, None, False, {Safety.SAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
-    ("range", 17, False, None, False, {Safety.SAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
+    # arange(int(T)) is also arange(T).clamp(max=c) for any c >= T - 1: unsafe; ones(int(T)) is determined
+    ("range", 13, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
+    ("range", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
 ]
 
 

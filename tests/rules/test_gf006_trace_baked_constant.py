@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -28,19 +30,24 @@ def feeds(batch: int, time: int) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(time).standard_normal((batch, time)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("constant,ops,expected", [
-    (np.arange(6, dtype=np.float32).reshape(1, 6), ["Range"], lambda t: np.arange(t, dtype=np.float32)),
-    (np.ones((1, 6), np.float32), [], lambda t: np.ones(t, np.float32)),
+@pytest.mark.parametrize("constant,ops,expected,safety", [
+    (np.arange(6, dtype=np.float32).reshape(1, 6), ["Range"], lambda t: np.arange(t, dtype=np.float32), "unsafe"),
+    (np.ones((1, 6), np.float32), [], lambda t: np.ones(t, np.float32), "safe"),
 ], ids=["arange", "uniform"])
-def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, expected, tmp_path):
+def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, expected, safety, tmp_path):
+    """A uniform constant determines its rebuild; 0..5 is arange(T) or arange(T).clamp(max=c) for any c >= 5."""
     model = model_with(constant)
     (finding,) = gf006(graphfix.diagnose(model, static=True))
-    assert finding.severity.value == "error" and finding.fix is not None and finding.fix.safety.value == "safe"
+    assert finding.severity.value == "error" and finding.fix is not None and finding.fix.safety.value == safety
+    if safety == "unsafe":
+        assert "clamp(max=c)" in finding.fix.reason
+        assert graphfix.repair(model).status == "unchanged"
     with pytest.raises(Exception, match="broadcast"):
         run(model, feeds(2, 9))  # the export length (6) runs, no other does
     # The original runs only at the export length and T=1, with the wrong output shape: no size gives a reference, so
     # the proof reaches `runs`; this test compares the values itself.
-    result = graphfix.repair(model, output=str(tmp_path / "fixed.onnx"), validation=ValidationOptions(require="runs"))
+    result = graphfix.repair(model, output=str(tmp_path / "fixed.onnx"), validation=ValidationOptions(require="runs"),
+                             unsafe_fixes=safety == "unsafe")
     assert result.status == "repaired" and not gf006(result.after.findings)
     onnx.checker.check_model(result.model, full_check=True)
     assert all(op in [n.op_type for n in result.model.graph.node] for op in ops)
@@ -57,6 +64,16 @@ def test_table_cut_at_the_export_length_is_reported_not_guessed():
     assert "self.pe[:, : x.size(1)]" in finding.hint and "without int()" in finding.hint
 
 
+def test_a_learned_gain_is_never_regrown(tmp_path):
+    """`x * gain` with gain [[0.3, -1.2]] where x's last dim was declared dynamic: two values, but no mask's. The
+    original is only valid at width 2 and fails elsewhere, rightly; nothing may be fabricated for width 4."""
+    model = model_with(np.array([[0.3, -1.2]], np.float32), op="Mul")
+    (finding,) = gf006(graphfix.diagnose(model, static=True))
+    assert finding.fix is None and "not recoverable" in finding.message
+    result = graphfix.repair(model, unsafe_fixes=True)
+    assert result.status == "unchanged" and result.model is not None and not result.applied
+
+
 def test_constant_with_static_dims_is_quiet():
     model = parse("""< ir_version: 8, opset_import: ["" : 17] >
         g (float[B, 4] x) => (float[B, 4] y) <float[1, 4] c = {1.0, 2.0, 3.0, 4.0}> { y = Mul(x, c) }""")
@@ -68,7 +85,9 @@ def test_a_size_one_constant_is_quiet():
 
 
 # --- structured constants in real PyTorch modules (random weights, exported the way users do) ----------------------
-STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask")
+STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask", "sliding-window", "sinusoid",
+              "whisper-table")
+WINDOW = 4  # "sliding-window": each query sees itself and the 3 before it
 EXPORT_TIME = 7
 SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
 
@@ -85,6 +104,13 @@ def structure_module(kind: str, baked: bool):
             self.q = nn.Linear(8, 8)
             self.register_buffer("pe", torch.randn(1, 32, 8))
             self.register_buffer("slots", torch.randn(6, 8))
+            # position tables computed as the PyTorch tutorial (interleaved) and Whisper (concatenated) do
+            position, half = torch.arange(32.0)[:, None], torch.arange(4.0)
+            tutorial = position * torch.exp(torch.arange(0, 8, 2).float() * (-math.log(10000.0) / 8))
+            sinusoid = torch.stack([tutorial.sin(), tutorial.cos()], -1).reshape(32, 8)
+            whisper = position * torch.exp(-math.log(10000) / 3 * half)[None, :]
+            self.register_buffer("sinusoid", sinusoid[None])
+            self.register_buffer("whisper", torch.cat([whisper.sin(), whisper.cos()], 1)[None])
 
         def size(self, x):
             return int(x.size(1)) if baked else x.size(1)
@@ -100,8 +126,16 @@ def structure_module(kind: str, baked: bool):
                 mask = torch.tril(torch.ones(t, 6))
                 slots = (self.q(x) @ self.slots.T).masked_fill(mask == 0, float("-inf")).softmax(-1) @ self.slots
                 return slots + mem.mean(1, keepdim=True)
+            if kind == "sliding-window":
+                i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+                mask = (i >= j) & (i - j < WINDOW)
+                return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind == "eye":
                 return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
+            if kind in ("sinusoid", "whisper-table"):  # the table is read only here: the export keeps the cut rows
+                table = self.sinusoid if kind == "sinusoid" else self.whisper
+                h = self.q(x + table[:, :t])
+                return (h @ mem.transpose(1, 2)).softmax(-1) @ mem
             # The table also positions the memory (sliced with its traced length), so it stays in the graph;
             # "table-gone" reads it only with int(T), so the export keeps the cut rows alone.
             keys = mem + (self.pe[:, : mem.size(1)] if kind == "table-prefix" else 0)
@@ -117,13 +151,13 @@ def structure_inputs(batch: int, time: int) -> dict[str, np.ndarray]:
             "mem": rng.standard_normal((batch, time + 2, 8)).astype(np.float32)}
 
 
-def export_structure(kind: str, baked: bool, path, dynamo: bool = False):
+def export_structure(kind: str, baked: bool, path, dynamo: bool = False, time: int = EXPORT_TIME):
     import warnings
 
     import torch
 
     module = structure_module(kind, baked)
-    example = tuple(torch.from_numpy(v) for v in structure_inputs(2, EXPORT_TIME).values())
+    example = tuple(torch.from_numpy(v) for v in structure_inputs(2, time).values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(path), dynamo=dynamo, opset_version=18 if dynamo else 17,
@@ -140,10 +174,23 @@ def torch_output(module, feeds):
         return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
 
 
+def _matches_torch_at_every_size(module, model) -> None:
+    for batch, time in SIZES:
+        feeds = structure_inputs(batch, time)
+        (got,) = run(model, feeds)
+        np.testing.assert_allclose(got, torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("kind,rebuilt_by", [("causal-mask", "Trilu"), ("additive-mask", "Trilu"),
-                                             ("eye", "EyeLike"), ("table-prefix", "Slice"), ("slot-mask", "Trilu")])
-def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, tmp_path):
+@pytest.mark.parametrize("kind,rebuilt_by,safety", [
+    ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"), ("eye", "EyeLike", "safe"),
+    ("table-prefix", "Slice", "safe"), ("slot-mask", "Trilu", "unsafe"),
+    ("sliding-window", "Trilu", "safe"),  # traced at T=7 > 4: both edges of the window show
+    ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
+])
+def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safety, tmp_path):
+    """Determined structures are repaired by default. A triangle is also every window at least as wide as the export
+    length: reported with its alternatives and applied only with --unsafe-fixes (this module is a true triangle)."""
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
@@ -152,17 +199,35 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, tmp_
     (finding,) = gf006(graphfix.diagnose(str(path), static=True))
     named = [t for t in finding.tensors if f"constant '{t}' [" in finding.message]
     assert len(named) == 1 and f"T={EXPORT_TIME}" in finding.message  # the constant and the export-time size
-    assert finding.fix is not None
-    assert finding.fix.safety.value == "safe"
-    result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"))
+    assert finding.fix is not None and finding.fix.safety.value == safety
+    if safety == "unsafe":
+        assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
+        default = graphfix.repair(str(path))
+        assert default.status == "unchanged" and not default.applied
+    result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"), unsafe_fixes=safety == "unsafe")
     assert result.status == "repaired", result
     assert not gf006(result.after.findings)
     onnx.checker.check_model(result.model, full_check=True)
     assert rebuilt_by in [n.op_type for n in result.model.graph.node]
-    for batch, time in SIZES:
-        feeds = structure_inputs(batch, time)
-        (got,) = run(result.model, feeds)
-        np.testing.assert_allclose(got, torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+    _matches_torch_at_every_size(module, result.model)
+
+
+@pytest.mark.torch
+def test_sliding_window_traced_at_its_width_equals_tril_and_is_not_repaired_by_default(tmp_path):
+    """The trap: a window of 4 traced at T=4 folds to exactly `tril(ones(4, 4))`. Rebuilt as Trilu it would be wrong
+    at every longer length, so the default repair applies nothing and writes nothing."""
+    pytest.importorskip("torch")
+    path = tmp_path / "window-at-4.onnx"
+    module = export_structure("sliding-window", True, path, time=WINDOW)
+    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
+    assert "mask" in finding.message and "sliding window of any width >= 4" in finding.message
+    assert finding.fix.safety.value == "unsafe"
+    result = graphfix.repair(str(path))
+    assert result.status == "unchanged" and not result.applied
+    # what --unsafe-fixes would write is the triangle, and it is wrong past the window: the reason is not idle
+    forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
+    feeds = structure_inputs(2, 9)
+    assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.torch
@@ -199,3 +264,37 @@ def test_dynamo_export_keeps_int_sizes_symbolic_and_is_quiet(kind, tmp_path):
     for batch, time in SIZES:
         feeds = structure_inputs(batch, time)
         np.testing.assert_allclose(run(str(path), feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dynamo", [False, True], ids=["ts", "dynamo"])
+def test_a_learned_bias_whose_dim_equals_the_export_length_is_quiet(dynamo, tmp_path):
+    """speechbrain's relative-position attention adds learned biases `pos_bias_u` [1, 1, heads, head_dim] to the
+    queries. Exported at T=4 = heads, shape inference names the head axis `unk__0` (a Reshape's -1): the size
+    analysis knows it is 4 at every size, so the bias meets no size and is no baked table."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class RelativeAttentionBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(32, 32)
+            self.pos_bias_u = nn.Parameter(torch.randn(1, 1, 4, 8))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self.q(x).view(b, t, -1, 8)
+            return (q + self.pos_bias_u).transpose(1, 2).softmax(-1).transpose(1, 2).reshape(b, t, 32)
+
+    torch.manual_seed(0)
+    module, path = RelativeAttentionBias().eval(), tmp_path / "bias.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 4, 32),), str(path), dynamo=dynamo, input_names=["x"],
+                          output_names=["y"], opset_version=18 if dynamo else 17,
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    assert not [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"]
+    result = graphfix.repair(str(path))
+    assert result.status == "unchanged" and result.validation["passed"], result.validation

@@ -46,23 +46,29 @@ def sizes_if(ctx, op: str) -> Sizes | None:
     return sizes_of(ctx) if any(node.op == op for node in ctx.graph.nodes) else None
 
 
-def tied_dims(model) -> dict:
-    """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
+def static_sizes(model) -> tuple[Sizes, object]:
+    """The size analysis of a model proto outside any rule (the proof's probe sizes), with the imported graph its
+    shapes are keyed by."""
     import onnx_graphsurgeon as gs
 
     from graphfix.analysis.shapes import infer_shapes
     from graphfix.core.context import RuleContext, RuleOptions
 
+    inferred = infer_shapes(model)
+    ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+    return sizes_of(ctx), ctx.graph
+
+
+def tied_dims(model) -> dict:
+    """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
     names = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     if len(names) < 3:
         return {}  # batch and one length: nothing to tie (a tie needs a dim besides the one it is computed from)
-    inferred = infer_shapes(model)
-    ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
-    return relations(sizes_of(ctx))
+    return relations(static_sizes(model)[0])
 
 
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "Sizes", "Solution", "baked_pads",
     "baked_reshapes", "baked_slices", "bind", "caps", "partly_constant", "relations", "sizes_if", "sizes_of", "solve",
-    "tied_dims",
+    "static_sizes", "tied_dims",
 ]

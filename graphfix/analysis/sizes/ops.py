@@ -263,8 +263,10 @@ class OpShapes:
             self._set(node, tuple(out), k=k)
 
     def _conv(self, node: gs.Node) -> None:
-        x, w = self._in_shape(node, 0), self._in_shape(node, 1)
-        if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        x = self._in_shape(node, 0)
+        w = self._in_shape(node, 1) if node.op == "Conv" else ()  # a pool has no weight: its kernel is an attribute
+        if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+                or node.attrs.get("ceil_mode", 0):
             return
         spatial = len(x) - 2
         kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)

@@ -101,16 +101,43 @@ def _takes_constant_side(cut: sympy.Min, symbol: sympy.Symbol, value: int) -> bo
     return bool(sized.free_symbols == {symbol} and sized.subs(symbol, value) >= _constant_side(cut))
 
 
+def solve_length(constraint: Constraint) -> tuple[Solution, sympy.Expr] | None:
+    """The one whole value of a length derived through a floor (a strided Conv's frames, `floor((T - 16)/8) + 1`)
+    at which the constraint holds: the trace baked that length, whatever input size gave it. Returns the solution,
+    whose symbol stands for the length, and the length's expression."""
+    floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
+    if len(floors) != 1 or len(next(iter(floors)).free_symbols) != 1:
+        return None  # one derived length of one input size: several would need several equations
+    (inner,) = floors
+    sums = [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(inner)]
+    length = min(sums, key=sympy.count_ops) if sums else inner  # `floor(...) + 1`, the length as the graph has it
+    symbol = sympy.Symbol(f"({length})" if length.is_Add else str(length), integer=True, positive=True)
+    left, right = (side.xreplace({length: symbol}) for side in (constraint.left, constraint.right))
+    if left.has(inner) or right.has(inner):
+        return None
+    found = _one_root(sympy.expand(left - right))
+    if found is None or found[0] != symbol:
+        return None
+    return Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail), symbol,
+                    found[1]), length
+
+
 def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
-    """Reshapes whose element count holds at one size only, with the constant entries that can stand for it."""
+    """Reshapes whose element count holds at one size only, with the constant entries that can stand for it. The
+    size may be an input's or a length derived from one (a Conv front end's frames)."""
     for constraint in sizes.constraints:
         if constraint.kind != "reshape":
             continue  # other constraints prove a size too, but only a shape vector entry can be rebuilt
-        solution = solve(constraint)
+        solution, length = solve(constraint), None
+        if solution is None and (derived := solve_length(constraint)) is not None:
+            solution, length = derived
         if solution is None:
             continue
         target = [sympy.sympify(t) for t in sizes.value(constraint.node.inputs[1])]
-        yield BakedShape(constraint.node, solution, _entries(constraint.left, target, solution))
+        entries = _entries(solution.constraint.left, target, solution)
+        if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
+            entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length})) for e in entries]
+        yield BakedShape(constraint.node, solution, entries)
 
 
 @dataclass

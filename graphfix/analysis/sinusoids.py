@@ -1,0 +1,112 @@
+"""Sinusoidal position tables: a constant that is `sin(p * w_k)` / `cos(p * w_k)` of the positions p = 0, 1, ...
+along one axis, the frequencies w_k a geometric series (w_k = w_0 * r**k, r = base**(-1/m)).
+
+The Transformer's table (`pe[:, 0::2] = sin(p * div_term)`, `pe[:, 1::2] = cos(...)`, interleaved), fairseq's,
+ESPnet's and Whisper's (`cat([sin, cos])`, concatenated) and a rotary cache (`cos(cat([freqs, freqs]))`,
+duplicated) are formulas: cut at the export length (`self.pe[:, :int(T)]`), the rows that are gone follow from
+the ones kept. `sinusoid_table` identifies the layout and the frequencies from the values (two frequencies fix the
+series, every entry is then checked), or says why the constant is not such a table; a learned table never is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_ROWS = 3  # positions 0 and 1 fit the series; the rows after them must agree with it
+BASES = (10000.0, 500000.0, 1000.0, 100.0)  # a base a library uses is snapped to exactly (w = base**(-k/m))
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """Positions along `axis` (of the constant), one column per entry of `omega` along the last axis; `cosine`
+    says which columns are cosines."""
+
+    axis: int
+    omega: np.ndarray  # float32 [columns]
+    cosine: np.ndarray  # bool [columns]
+    layout: str
+
+    def values(self, length: int) -> np.ndarray:
+        """[length, columns] float32, computed as the libraries do: float32 positions times float32 frequencies."""
+        angles = np.arange(length, dtype=np.float32)[:, None] * self.omega[None, :]
+        return np.where(self.cosine[None, :], np.cos(angles), np.sin(angles)).astype(np.float32)
+
+    def show(self) -> str:
+        return (f"a sinusoidal position table ({self.layout}, {len(self.omega)} columns, frequencies "
+                f"{self.omega[0]:.4g} ... {self.omega[-1]:.4g})")
+
+
+LAYOUTS = {  # column j of D -> (frequency index k, cosine?)
+    "interleaved sin/cos": lambda j, d: (j // 2, j % 2 == 1),
+    "concatenated sin|cos": lambda j, d: (j % (d // 2), j >= d // 2),
+    "concatenated cos|sin": lambda j, d: (j % (d // 2), j < d // 2),
+    "duplicated cos": lambda j, d: (j % (d // 2), True),
+    "duplicated sin": lambda j, d: (j % (d // 2), False),
+    "cos": lambda j, d: (j, True),
+    "sin": lambda j, d: (j, False),
+}
+
+
+def sinusoid_table(value: np.ndarray, axes: list[int]) -> Sinusoid | str:
+    """The `Sinusoid` that `value` is, positions along its one baked axis and columns along its last, or why not."""
+    if value.dtype.kind != "f":
+        return f"its element type {value.dtype} is not a float"
+    if len(axes) != 1 or axes[0] != value.ndim - 2 or any(d != 1 for d in value.shape[:-2]):
+        return "positions are not its one baked axis just before the columns"
+    table = value.reshape(value.shape[-2:]).astype(np.float64)
+    rows, cols = table.shape
+    if rows < MIN_ROWS or cols < 2:
+        return f"{rows} rows of {cols} columns are too few to tell a formula from learned values"
+    starts = table[0]
+    if not np.all(np.isclose(starts, 0, atol=1e-6) | np.isclose(starts, 1, atol=1e-6)):
+        return "its first row is not sin(0) = 0 / cos(0) = 1 in every column"
+    tolerance = 1e-5 + 2e-7 * rows * (1 + np.abs(table).max())  # float32 angles grow with the position
+    for layout, column in LAYOUTS.items():
+        index = [column(j, cols) for j in range(cols)]
+        cosine = np.array([c for _, c in index])
+        if not np.array_equal(cosine, np.isclose(starts, 1, atol=1e-6)) or (cols % 2 and "cat" in layout):
+            continue
+        omega = _series(table, index)
+        if omega is None:
+            continue
+        found = Sinusoid(axes[0], omega, cosine, layout)
+        if np.abs(found.values(rows) - table).max() <= tolerance:
+            return found
+    return "its columns are not sines and cosines of the positions at a geometric series of frequencies"
+
+
+def _series(table: np.ndarray, index: list[tuple[int, bool]]) -> np.ndarray | None:
+    """The frequency of each column: w_0 and w_1 read from row 1, the rest continue their ratio."""
+    counts = 1 + max(k for k, _ in index)
+    first = [_frequency(table, index, k) for k in range(min(counts, 2))]
+    if any(w is None or w <= 0 for w in first):
+        return None
+    w0 = 1.0 if math.isclose(first[0], 1.0, rel_tol=1e-5) else first[0]
+    ratio = first[1] / first[0] if counts > 1 else 1.0
+    if not 0 < ratio <= 1:
+        return None
+    ratio = _snapped(ratio)
+    return np.array([w0 * ratio ** k for k, _ in index], dtype=np.float32)
+
+
+def _frequency(table: np.ndarray, index: list[tuple[int, bool]], k: int) -> float | None:
+    """w_k from row 1: atan2 of its sine and cosine where both are there, else the inverse of the one that is."""
+    sine = next((table[1, j] for j, (kk, c) in enumerate(index) if kk == k and not c), None)
+    cosine = next((table[1, j] for j, (kk, c) in enumerate(index) if kk == k and c), None)
+    if sine is not None and cosine is not None:
+        return math.atan2(sine, cosine)
+    if cosine is not None:
+        return math.acos(max(-1.0, min(1.0, cosine)))
+    return math.asin(max(-1.0, min(1.0, sine))) if sine is not None else None
+
+
+def _snapped(ratio: float) -> float:
+    """`ratio` as base**(-1/m) for a library's base and a whole m, where it is that to 1e-4; else as fitted."""
+    for base in BASES:
+        m = -math.log(base) / math.log(ratio) if ratio < 1 else 0
+        if m > 0 and abs(m - round(m)) < 1e-4 * m:
+            return base ** (-1.0 / round(m))
+    return ratio

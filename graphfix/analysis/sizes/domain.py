@@ -1,0 +1,75 @@
+"""The sizes a model accepts: a strided Conv or Pool needs enough input for its kernel.
+
+    least = input_minimums(model)   # {"samples": 55}: below it some Conv/Pool has fewer than FRAMES positions
+
+A front end (wav2vec2's seven strided Conv1d, a patch embedding, a ConvNeXt stem) fails in onnxruntime and in
+PyTorch alike on an input shorter than its receptive field: such a size is outside the model, not a bug of the
+export. The size analysis carries each input dim through Conv/Pool with exact floor arithmetic; the least size at
+which every windowed output along a dim has `frames` positions bounds the probe sizes from below (several output
+frames, not the bare minimum, so what follows the front end sees a real sequence).
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from graphfix.analysis.sizes.solve import MAX_GROWN
+
+WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+FRAMES = 4
+
+
+def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
+    """Input dim name -> the least size at which every Conv/Pool output that depends on that dim alone has at least
+    `frames` positions along it. Empty for graphs without a windowed op (nothing is analysed there)."""
+    if not any(node.op_type in WINDOW_OPS for node in model.graph.node):
+        return {}
+    from graphfix.analysis.sizes import static_sizes
+
+    sizes, graph = static_sizes(model)
+    least: dict[str, int] = {}
+    seen: set = set()
+    for node in _clear_of_constraints(graph, sizes):
+        if node.op not in WINDOW_OPS or not node.outputs:
+            continue
+        for length in (sizes.shape(node.outputs[0]) or ())[2:]:
+            if length is None or len(length.free_symbols) != 1 or length in seen:
+                continue
+            seen.add(length)
+            (symbol,) = length.free_symbols
+            size = least_size(length, symbol, frames)
+            if size is not None:
+                least[symbol.name] = max(least.get(symbol.name, 1), size)
+    return least
+
+
+def _clear_of_constraints(graph, sizes) -> list:
+    """The nodes with no constraint upstream: behind a place where the graph fails at some sizes (the bug being
+    diagnosed, a wrong broadcast) the analysis follows the broken shapes, and a length there bounds nothing."""
+    broken = {id(c.node) for c in sizes.constraints}
+    tainted: set[int] = set()
+    clear = []
+    for node in graph.nodes:  # topologically sorted
+        if id(node) in broken or any(id(t) in tainted for t in node.inputs):
+            tainted.update(id(t) for t in node.outputs)
+        else:
+            clear.append(node)
+    return clear
+
+
+def least_size(length: sympy.Expr, symbol: sympy.Symbol, frames: int) -> int | None:
+    """The least size of `symbol` at which `length` (non-decreasing in it, as a windowed op's output is) reaches
+    `frames`; None when none up to MAX_GROWN does (a length the analysis cannot evaluate is left unbounded)."""
+    def enough(size: int) -> bool:
+        value = length.subs(symbol, size)
+        return bool(value.is_number and value >= frames)
+
+    if not enough(MAX_GROWN):
+        return None
+    low, high = 1, 1
+    while not enough(high):
+        low, high = high + 1, high * 2
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle + 1, high)
+    return low

@@ -1,0 +1,190 @@
+"""The destination side of every file graphfix writes (models, their data, reports): what it may replace and delete.
+
+- Atomic: a file is written in a staging folder beside its destination and renamed into place (see
+  `graphfix.io.saving`, and `write_atomic` for a report).
+- No link followed: a destination that is a symbolic link is refused, as is anything there that is not a regular
+  file (a folder, a FIFO, a device).
+- Never an input of the same run: a destination is compared with the run's input files by device and inode, not
+  by name (a hard link or another spelling of the input is caught too).
+- A model's data file is named after the model (`OUT.data`, `OUT.1.data` while the replaced graph still reads
+  `OUT.data`) and never overwrites a file that exists: a file of that name that is not the replaced model's own
+  data is a collision, refused with exit 2.
+- graphfix deletes only what it made: the data of a replaced model goes only when it carries a name derived from
+  that model's name, has no other name (hard link) and no other model in its folder names it. When in doubt it is
+  kept, and the result says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from graphfix.core.errors import OutputError, UsageError
+from graphfix.io.staging import remove, staging_dir
+
+if TYPE_CHECKING:
+    from graphfix.io.loading import LoadedModel
+
+
+def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bool = False) -> None:
+    """Refuse (exit 2) a destination that is a link or not a regular file, or that is one of `inputs` (unless
+    `in_place`, where replacing the input is what was asked)."""
+    try:
+        info = destination.lstat()
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in the way is said when writing)
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(f"cannot write {destination}: it is a symbolic link (graphfix writes no file through a "
+                          "link, nor replaces one; give the path of a file)")
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"cannot write {destination}: is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"cannot write {destination}: it exists and is not a regular file")
+    if in_place:
+        return
+    for source in inputs:
+        if same_file(destination, source):
+            raise UsageError(f"{destination}: would overwrite the input {source}"
+                             + ("; use --in-place to replace it" if source.suffix == ".onnx" else ""))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether both names are one file (device and inode; links not followed)."""
+    try:
+        x, y = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
+    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) while the model being replaced still reads the first: the
+    first such name the replaced model does not read. A file that has it already is a collision (exit 2)."""
+    in_use = {path.name for path in replaced_data if path.parent == destination.parent}
+    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + 1)]
+    name = next(name for name in names if name not in in_use)
+    refuse_collision(destination, destination.parent / name)
+    return name
+
+
+def refuse_collision(destination: Path, data: Path) -> None:
+    if os.path.lexists(data):
+        raise OutputError(f"cannot write {destination}: its data file {data} exists and is not the data of the "
+                          f"model being replaced (graphfix overwrites no other file; move it or choose another output)")
+
+
+def derived_data_name(destination: Path, data: Path) -> bool:
+    """A name given to the data of `destination` alone, in its folder: graphfix's (`NAME.data`, `NAME.<n>.data`)
+    or the exporters' (`NAME_data`, as Hugging Face Optimum writes it)."""
+    return data.parent == destination.parent and bool(
+        re.fullmatch(re.escape(destination.name) + r"((\.\d+)?\.data|_data)", data.name))
+
+
+def why_kept(data: Path, destination: Path) -> str:
+    """'' when `data`, read by the model `destination` replaced, may be deleted; else why it stays."""
+    if not derived_data_name(destination, data):
+        return f"its name is not derived from {destination.name}, so other models may read it"
+    try:
+        info = data.lstat()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        return "it is a link or has other names"
+    readers = other_readers(data, destination)
+    return f"{readers[0]} may read it too" if readers else ""
+
+
+def other_readers(data: Path, destination: Path) -> list[str]:
+    """Models in the folder of `data`, other than `destination`, whose bytes name it (a model that is a link, or
+    cannot be read, counts: in doubt, it may read it)."""
+    needle = data.name.encode("utf-8", "surrogateescape")
+    readers = []
+    try:
+        siblings = sorted(data.parent.iterdir())
+    except OSError:
+        return [str(data.parent)]
+    for sibling in siblings:
+        if sibling.suffix.lower() != ".onnx" or sibling.name == destination.name:
+            continue
+        if sibling.is_symlink() or not _mentions(sibling, needle, missing=True):
+            continue
+        readers.append(sibling.name)
+    return readers
+
+
+def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = False) -> bool:
+    """Whether the file holds these bytes, read in chunks (a model with inline weights need not be parsed to learn
+    that it names no data file); `missing` when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return missing
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return missing
+        tail = b""
+        while block := f.read(chunk):
+            if needle in tail + block[:len(needle)] or needle in block:
+                return True
+            tail = block[-len(needle):]
+    return False
+
+
+def move_new(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, which must not exist: a hard link made atomically (it fails on an existing
+    name), then the staged name dropped. Where the file system has no hard links, checked, then renamed."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        raise OutputError(f"cannot write {target}: a file of that name appeared while graphfix wrote it; "
+                          "it was kept") from None
+    except OSError:
+        if os.path.lexists(target):
+            raise OutputError(f"cannot write {target}: a file of that name appeared while graphfix wrote it; "
+                              "it was kept") from None
+        os.replace(source, target)
+        return
+    os.unlink(source)
+
+
+def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> None:
+    """Write a text file (a report) as models are written: staged beside it, then renamed into place; refused
+    when it is a link, not a regular file, or one of `inputs`."""
+    check_target(destination, inputs)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        folder = staging_dir(destination)
+    except OSError as exc:
+        raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        staged = folder / "report"
+        with open(staged, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        check_target(destination, inputs)  # again: what is there now is what the rename replaces
+        os.replace(staged, destination)
+    except OSError as exc:
+        raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+    finally:
+        remove(folder)
+
+
+def input_files(loaded: LoadedModel) -> list[Path]:
+    """The files a loaded model was read from: the model, then its external data files."""
+    if loaded.path is None:
+        return []
+    return [loaded.path, *dict.fromkeys(ref.path(loaded.base_dir) for ref in loaded.external)]
+
+
+def check_destination(loaded: LoadedModel, output: Path, in_place: bool) -> None:
+    """Never overwrite the input (or its external data) unless --in-place says so; never through a link."""
+    check_target(output, input_files(loaded), in_place=in_place)

@@ -1,0 +1,60 @@
+"""graphfix.analysis.sizes.domain: the least input size at which strided Conv/Pool stacks have enough positions,
+checked against onnxruntime itself: one size less has fewer output frames (or fails), that size has them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import parse
+
+from graphfix.analysis.sizes.domain import input_minimums
+
+# (conv/pool layers as ONNX text over float[B, 1, S] x, each ending in a tensor named by the next)
+STACKS = {
+    "conv-k16-s8": "y = Conv<kernel_shape=[16], strides=[8]>(x, w1)",
+    "two-strided": "h = Conv<kernel_shape=[16], strides=[8]>(x, w1)\n y = Conv<kernel_shape=[4], strides=[2]>(h, w2)",
+    "padded-dilated": "y = Conv<kernel_shape=[3], strides=[2], pads=[2, 1], dilations=[3]>(x, w3)",
+    # stride 1 after the first pool: onnxruntime truncates (1 - 2) / 2 to 0 and "runs" a kernel-2 stride-2 pool on
+    # a length-1 input, where the ONNX formula (and PyTorch) has no output
+    "pool": "h = MaxPool<kernel_shape=[5], strides=[3]>(x)\n y = AveragePool<kernel_shape=[2], strides=[1]>(h)",
+}
+WEIGHTS = {"w1": [1, 1, 16], "w2": [1, 1, 4], "w3": [1, 1, 3]}
+
+
+def stack(body: str) -> onnx.ModelProto:
+    used = [name for name in WEIGHTS if name in body]
+    def weight(name: str) -> str:
+        dims = WEIGHTS[name]
+        return f"float[{', '.join(map(str, dims))}] {name} = {{{', '.join(['0.5'] * int(np.prod(dims)))}}}"
+
+    weights = ", ".join(weight(n) for n in used)
+    return parse(f"""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, 1, S] x) => (float[B, 1, F] y) <{weights}> {{
+            {body}
+        }}""")
+
+
+def frames_at(model: onnx.ModelProto, samples: int) -> int:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        (y,) = session.run(None, {"x": np.ones((1, 1, samples), np.float32)})
+    except Exception:
+        return 0
+    return y.shape[-1]
+
+
+@pytest.mark.parametrize("name", STACKS)
+@pytest.mark.parametrize("frames", [1, 4])
+def test_least_size_is_where_onnxruntime_first_gives_that_many_frames(name, frames):
+    model = stack(STACKS[name])
+    least = input_minimums(model, frames)["S"]
+    assert frames_at(model, least) >= frames
+    assert least == 1 or frames_at(model, least - 1) < frames
+
+
+def test_graph_without_windowed_ops_has_no_minimum():
+    model = parse("""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, T] x) => (float[B, T] y) { y = Relu(x) }""")
+    assert input_minimums(model) == {}

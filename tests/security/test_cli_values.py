@@ -1,0 +1,71 @@
+"""Values from the command line, pyproject.toml and the environment (#20 item 13): a value that is no number, no
+size or no shape is a usage error — exit 2 and one line on stderr — never a traceback or an internal error."""
+
+from __future__ import annotations
+
+import onnx
+import onnx.parser
+import pytest
+
+HEALTHY = '< ir_version: 8, opset_import: ["" : 17] > g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }'
+DEEP = "a = " + "[" * 50_000 + "]" * 50_000 + "\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "toml", "says"),
+    [
+        (["--shape", "x=²x4"], {}, None, "bad shape '²x4'"),
+        ([], {}, '[tool.graphfix.inputs."*.onnx"]\nshapes = { x = "²x4" }\n', "bad shape '²x4'"),
+        (["--timeout", "1e300"], {}, None, "--timeout"),
+        (["--timeout", "nan"], {}, None, "--timeout"),
+        (["--max-probe-memory", "inf"], {}, None, "--max-probe-memory"),
+        (["--max-probe-memory", "-5"], {}, None, "--max-probe-memory"),
+        (["--rtol", "nan"], {}, None, "--rtol"),
+        ([], {}, "[tool.graphfix]\natol = inf\n", "atol"),
+        (["--jobs", "99999999999999999999"], {}, None, "--jobs"),
+        ([], {"GRAPHFIX_MAX_RUN_SECONDS": "inf"}, None, "GRAPHFIX_MAX_RUN_SECONDS"),
+        ([], {"GRAPHFIX_MAX_NODES": "²"}, None, "GRAPHFIX_MAX_NODES"),
+        ([], {"GRAPHFIX_MAX_PROBE_MEMORY": "1e400"}, None, "GRAPHFIX_MAX_PROBE_MEMORY"),
+        ([], {"GRAPHFIX_SHAPE_SECONDS": "nan"}, None, "GRAPHFIX_SHAPE_SECONDS"),
+        ([], {}, DEEP, "nested too deeply"),
+    ],
+)
+def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "m.onnx")
+    if toml is not None:
+        (sandbox.cwd / "pyproject.toml").write_text(toml)
+    done = sandbox.run("check", "m.onnx", *args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["bench", "m.onnx", "--runs", "²"], "--runs"),
+        (["bench", "m.onnx", "--batch", "-4"], "--batch"),
+        (["bench", "m.onnx", "--audio-seconds", "inf"], "--audio-seconds"),
+        (["stream", "m.onnx", "--feedback", "y=x", "--steps", "1e9"], "--steps"),
+        (["stream", "m.onnx", "--feedback", "y=x", "--latency-tolerance", "nan"], "--latency-tolerance"),
+    ],
+)
+def test_bench_and_stream_values_are_one_line_usage_errors(sandbox, args, says):
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "m.onnx")
+    done = sandbox.run(*args)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_shared_parsers_take_ascii_numbers_only():
+    from graphfix.core import values
+    from graphfix.core.errors import UsageError
+
+    assert values.byte_size("2G", "x") == 2 << 30 and values.byte_size("512mb", "x") == 512 << 20
+    assert values.seconds("1.5", "x") == 1.5 and values.count("12", "x") == 12
+    assert [values.dim(d, "x") for d in ("8", "?", "batch")] == [8, None, "batch"]
+    for parse, text in [(values.count, "١٢"), (values.dim, "²"), (values.seconds, "inf"), (values.seconds, "0"),
+                        (values.byte_size, "1e999"), (values.tolerance, "-1"), (values.count, "0")]:
+        with pytest.raises(UsageError):
+            parse(text, "x")

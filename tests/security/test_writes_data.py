@@ -1,0 +1,131 @@
+"""#20 item 6: graphfix deletes only files it made in this run, writes a model's data under a name derived from
+the output's own name, never over a file that is not the replaced model's unshared data, and refuses collisions
+(one line, exit 2).
+
+Repairs of a model with external data run in the model's folder (`cwd=`): from elsewhere, onnxruntime's shape
+inference resolves data against the working folder (#20 item 3, not under test here)."""
+
+from __future__ import annotations
+
+import pytest
+from writes_kit import healthy, hubert, run, same_outputs, self_located
+
+
+def one_line_refusal(done, *words: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(word in done.stderr for word in words), done.stderr
+
+
+def test_in_place_keeps_data_another_model_shares(sandbox):
+    folder = sandbox.model_dir
+    a, b = hubert(folder / "a.onnx", "weights.bin"), hubert(folder / "b.onnx", "weights.bin")
+    expected = run(b)
+    done = sandbox.run("repair", str(a), "--in-place", "--no-simplify", cwd=folder)
+    assert done.returncode == 0 and "repaired" in done.stdout, done.stdout + done.stderr
+    assert "kept" in done.stdout and "weights.bin" in done.stdout  # said, not done silently
+    assert same_outputs(run(b), expected)  # the sibling still loads and gives what it gave
+    run(a)
+    assert sandbox.touched() == []
+
+
+def test_output_onto_a_model_that_shares_data_keeps_it(sandbox):
+    folder = sandbox.model_dir
+    hubert(folder / "a.onnx", "weights.bin")
+    b = hubert(folder / "b.onnx", "weights.bin")
+    expected = run(b)
+    source = hubert(sandbox.root / "in" / "c.onnx", "c.onnx.data")
+    done = sandbox.run("repair", str(source), "-o", str(folder / "a.onnx"), "--no-simplify", cwd=source.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert same_outputs(run(b), expected)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.onnx", "a.onnx.data", "b.onnx", "weights.bin"]
+
+
+SURGERY = {
+    "set-shape": (hubert, "set-shape", "--shape", "features=1x32x16", "--shape", "padding_mask=1x32"),
+    "freeze": (hubert, "freeze", "--input", "padding_mask=false", "--no-simplify"),
+    "extract": (healthy, "extract", "--inputs", "x", "--outputs", "y"),
+}
+
+
+@pytest.mark.parametrize("command", list(SURGERY))
+def test_surgery_onto_an_output_that_shares_the_input_data_keeps_it(sandbox, command):
+    folder = sandbox.model_dir
+    build, name, *args = SURGERY[command]
+    source = build(folder / "model.onnx", "weights.bin")
+    build(folder / "old.onnx", "weights.bin")  # an earlier output that reads the input's data too
+    expected = run(source)
+    done = sandbox.run(name, str(source), *args, "-o", str(folder / "old.onnx"), cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert same_outputs(run(source), expected)
+    run(folder / "old.onnx")
+
+
+def test_unchanged_repair_never_overwrites_a_data_file_of_another_model(sandbox):
+    source = healthy(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    deployed = healthy(sandbox.outside / "deployed.onnx", "model.onnx.data", weight=2.0)
+    expected = run(deployed)
+    sandbox.touched()
+    done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"))
+    one_line_refusal(done, "model.onnx.data", "exists")
+    assert same_outputs(run(deployed), expected)
+    assert not (sandbox.outside / "fixed.onnx").exists()
+
+
+def test_changed_repair_never_overwrites_a_data_file_named_like_its_own(sandbox):
+    source = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    deployed = healthy(sandbox.outside / "deployed.onnx", "fixed.onnx.data", weight=2.0)
+    expected = run(deployed)
+    done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"), "--no-simplify",
+                       cwd=source.parent)
+    one_line_refusal(done, "fixed.onnx.data", "exists")
+    assert same_outputs(run(deployed), expected)
+    assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx.data", "secret.bin"]
+
+
+def test_a_model_whose_data_is_its_own_file_survives_in_place_repair(sandbox):
+    model = self_located(sandbox.model_dir / "model.onnx")
+    run(model)
+    done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
+    assert done.returncode == 0 and "repaired" in done.stdout, done.stdout + done.stderr
+    assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
+    run(model)
+
+
+def test_in_place_still_replaces_its_own_unshared_data(sandbox):
+    model = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["model.onnx", "model.onnx.1.data"]
+
+
+def test_in_place_keeps_its_own_data_when_a_copy_of_the_model_reads_it(sandbox):
+    model = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    copy = sandbox.model_dir / "backup.onnx"
+    copy.write_bytes(model.read_bytes())  # reads model.onnx.data too
+    expected = run(copy)
+    done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
+    assert done.returncode == 0 and "backup.onnx may read it" in done.stdout, done.stdout + done.stderr
+    assert same_outputs(run(copy), expected)
+
+
+def test_output_dir_with_two_inputs_of_one_name_is_refused(sandbox):
+    a = hubert(sandbox.model_dir / "A" / "model.onnx")
+    b = healthy(sandbox.model_dir / "B" / "model.onnx")
+    done = sandbox.run("repair", str(a), str(b), "--output-dir", str(sandbox.root / "out"), "--no-simplify")
+    one_line_refusal(done, "would both be written to")
+    assert not (sandbox.root / "out").exists()
+
+
+def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(sandbox):
+    source = healthy(sandbox.model_dir / "model.onnx", "weights.bin")
+    out = sandbox.root / "out"
+    for _ in range(2):  # the same command again: its own earlier output and data are replaced
+        done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
+        assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "weights.bin"]
+    other = healthy(out / "other.onnx", "weights.bin", weight=2.0)  # another model, its data under that name
+    expected = run(other)
+    done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
+    one_line_refusal(done, "weights.bin", "other.onnx")
+    assert same_outputs(run(other), expected)

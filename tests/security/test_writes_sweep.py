@@ -1,0 +1,134 @@
+"""#20 item 7: the stale-staging sweep removes only folders graphfix made (a marker with their pid and token) whose
+process is gone, never a user's folder that looks like one, never through a link, and only where a command
+writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
+
+# Folders as a graphfix process killed outright leaves them: made by graphfix's own code, then os._exit.
+KILLED_RUN = """
+import os, sys
+from pathlib import Path
+from graphfix.io import staging
+held = [staging.scratch_dir(), staging.scratch_dir("sim")]  # kept: a collected one would clean up
+for folder in held:
+    folder.__enter__()
+Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
+staging.staging_dir(Path(sys.argv[1]))
+print(os.getpid(), flush=True)
+if sys.argv[2] == "wait":
+    sys.stdin.readline()
+os._exit(0)
+"""
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def graphfix_folders(*folders: Path) -> list[str]:
+    return sorted(p.name for folder in folders for p in folder.iterdir() if "graphfix" in p.name)
+
+
+def killed_run(sandbox, output: Path, wait: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(output), "wait" if wait else "exit"],
+                            env={**os.environ, "TMPDIR": str(sandbox.tmp)}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def look_alikes(sandbox, out: Path) -> list[Path]:
+    """A user's folders with names like graphfix's, each holding a file the user cares about."""
+    pid = dead_pid()
+    folders = [sandbox.tmp / "graphfix-2024-12-01", sandbox.tmp / f"graphfix-{pid}-12-01",
+               sandbox.tmp / f"results.graphfix-{pid}-runs", sandbox.tmp / f"graphfix-{pid}-abcdefgh",
+               out / f"results.graphfix-{pid}-runs", out / f".out.onnx.graphfix-{pid}-abcdefgh.tmp"]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "results.csv").write_text("the user's own\n")
+    return folders
+
+
+def test_user_folders_that_look_like_staging_are_kept(sandbox):
+    out = sandbox.root / "out"
+    folders = look_alikes(sandbox, out)
+    assert sandbox.run("rules").returncode == 0
+    done = sandbox.run("repair", str(SAMPLE), "-o", str(out / "out.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert [(f / "results.csv").read_text() for f in folders] == ["the user's own\n"] * len(folders)
+
+
+def test_a_copied_or_forged_marker_is_not_enough(sandbox):
+    out = sandbox.root / "out"
+    killed = killed_run(sandbox, out / "out.onnx")
+    killed.communicate(timeout=60)
+    left = sorted(p for p in sandbox.tmp.iterdir() if p.name.startswith("graphfix-"))
+    assert len(left) == 2
+    # the marker of one folder copied into a user's folder of another token; a marker that is a link
+    pid = left[0].name.split("-")[-2]
+    forged = sandbox.tmp / f"graphfix-{pid}-zzzzzzzz"
+    forged.mkdir()
+    forged.joinpath(".graphfix-staging").write_bytes(left[0].joinpath(".graphfix-staging").read_bytes())
+    linked = sandbox.tmp / f"graphfix-sim-{pid}-yyyyyyyy"
+    linked.mkdir()
+    linked.joinpath(".graphfix-staging").symlink_to(left[1] / ".graphfix-staging")
+    done = sandbox.run("repair", str(SAMPLE), "-o", str(out / "out.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert graphfix_folders(sandbox.tmp) == sorted([forged.name, linked.name])
+
+
+def test_a_link_to_a_marked_folder_is_not_followed(sandbox):
+    out = sandbox.root / "out"
+    killed_run(sandbox, sandbox.outside / "victim.onnx").communicate(timeout=60)
+    (victim,) = [p for p in sandbox.outside.iterdir() if p.name.startswith(".victim.onnx.graphfix-")]
+    (victim / "keep.txt").write_text("outside\n")
+    out.mkdir()
+    (out / victim.name).symlink_to(victim)
+    sandbox.touched()
+    done = sandbox.run("repair", str(SAMPLE), "-o", str(out / "out.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert (victim / "keep.txt").read_text() == "outside\n" and (out / victim.name).is_symlink()
+
+
+def test_only_dead_runs_are_swept_and_only_by_commands_that_write(sandbox):
+    out = sandbox.root / "out"
+    alive = killed_run(sandbox, out / "live.onnx", wait=True)
+    alive.stdout.readline()  # its folders exist now
+    killed_run(sandbox, out / "out.onnx").communicate(timeout=60)
+    killed = graphfix_folders(sandbox.tmp, out)
+    assert len(killed) == 6
+    for command in (("rules",), ("diagnose", "--static", str(SAMPLE))):
+        assert sandbox.run(*command).returncode in (0, 1)  # 1: the sample has findings
+        assert graphfix_folders(sandbox.tmp, out) == killed  # writes nothing: sweeps nothing
+    done = sandbox.run("repair", str(SAMPLE), "-o", str(out / "out.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert graphfix_folders(sandbox.tmp, out) == sorted(
+        p for p in killed if str(alive.pid) in p)  # the live run's three, nothing of the killed one
+    alive.communicate("\n", timeout=60)
+
+
+def test_remove_left_by_takes_one_dead_process_s_folders(sandbox, monkeypatch):
+    """For a parent that saw its child crash: that child's folders go, in the temp folder and beside its output;
+    another dead run's stay (they are the next writing command's to sweep)."""
+    from graphfix.io import staging
+
+    out = sandbox.root / "out"
+    children = []
+    for name in ("a.onnx", "b.onnx"):  # alive while the other makes its folders (it would sweep a dead one's)
+        children.append(killed_run(sandbox, out / name, wait=True))
+        children[-1].stdout.readline()
+    pids = [child.pid for child in children]
+    for child in children:
+        child.communicate("\n", timeout=60)  # both die without cleaning up
+    monkeypatch.setattr(staging.tempfile, "tempdir", str(sandbox.tmp))
+    removed = staging.remove_left_by(pids[1], [out])
+    assert len(removed) == 3 and all(str(pids[1]) in p.name for p in removed)
+    assert len(graphfix_folders(sandbox.tmp, out)) == 3 and all(str(pids[0]) in p
+                                                                 for p in graphfix_folders(sandbox.tmp, out))

@@ -1,0 +1,83 @@
+"""#20 item 5: every file graphfix writes (the check report, models, their data) is written atomically (staged, then
+renamed into place), never through a symbolic link, and never over an input of the same run (compared by inode)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from writes_kit import healthy, run
+
+KEYS = "ssh-ed25519 AAAA... the user's own key\n"
+
+
+def one_line_refusal(done, *words: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(word in done.stderr for word in words), done.stderr
+
+
+def test_check_report_is_not_written_through_a_committed_link(sandbox):
+    model = healthy(sandbox.model_dir / "model.onnx")
+    (sandbox.outside / "authorized_keys").write_text(KEYS)
+    (sandbox.cwd / "graphfix.report.sarif").symlink_to(sandbox.outside / "authorized_keys")
+    sandbox.touched()
+    done = sandbox.run("check", str(model), "--format", "sarif", "--output-file", "graphfix.report.sarif")
+    one_line_refusal(done, "symbolic link")
+    assert (sandbox.outside / "authorized_keys").read_text() == KEYS
+    assert sandbox.touched() == [str(sandbox.outside / "authorized_keys")]  # the read just above, nothing else
+
+
+def test_check_report_replaces_the_name_not_the_file_it_shares(sandbox):
+    """Written in place, a report hard-linked to another file would overwrite that file too; renamed into place,
+    it replaces only its own name."""
+    model = healthy(sandbox.model_dir / "model.onnx")
+    (sandbox.outside / "keep.txt").write_text(KEYS)
+    os.link(sandbox.outside / "keep.txt", sandbox.cwd / "report.json")
+    sandbox.touched()
+    done = sandbox.run("check", str(model), "--format", "json", "--output-file", "report.json")
+    assert done.returncode == 0, done.stderr
+    assert '"models"' in (sandbox.cwd / "report.json").read_text()
+    assert sandbox.touched() == [] and (sandbox.outside / "keep.txt").read_text() == KEYS
+    assert [p.name for p in sandbox.cwd.iterdir()] == ["report.json"]  # no staging left
+
+
+@pytest.mark.parametrize("target", ["model.onnx", "model.onnx.data", "other name of the model"])
+def test_check_report_never_replaces_an_input(sandbox, target):
+    model = healthy(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    if target == "other name of the model":
+        os.link(model, sandbox.model_dir / "report.txt")
+        target = "report.txt"
+    before = {p.name: p.read_bytes() for p in sandbox.model_dir.iterdir()}
+    expected = run(model)
+    done = sandbox.run("check", str(model), "--output-file", str(sandbox.model_dir / target))
+    one_line_refusal(done, "would overwrite the input")
+    assert {p.name: p.read_bytes() for p in sandbox.model_dir.iterdir()} == before
+    assert run(model)[0].tolist() == expected[0].tolist()
+
+
+@pytest.mark.parametrize("command", [
+    ("repair",),
+    ("set-shape", "--shape", "x=2x64"),
+    ("extract", "--inputs", "x", "--outputs", "y"),
+])
+def test_model_outputs_are_not_written_through_a_link(sandbox, command):
+    model = healthy(sandbox.model_dir / "model.onnx")
+    victim = healthy(sandbox.outside / "victim.onnx", "victim.onnx.data", weight=3.0)
+    (sandbox.root / "out").mkdir()
+    link = sandbox.root / "out" / "fixed.onnx"
+    link.symlink_to(victim)
+    sandbox.touched()
+    done = sandbox.run(command[0], str(model), *command[1:], "-o", str(link))
+    one_line_refusal(done, "symbolic link")
+    assert link.is_symlink() and sandbox.touched() == []
+    assert sorted(p.name for p in sandbox.outside.iterdir()) == ["secret.bin", "victim.onnx", "victim.onnx.data"]
+
+
+def test_an_output_dir_never_replaces_another_input_of_the_run(sandbox):
+    a = healthy(sandbox.model_dir / "a.onnx")
+    b = healthy(sandbox.model_dir / "sub" / "a.onnx", weight=2.0)
+    before = b.read_bytes()
+    done = sandbox.run("repair", str(a), str(b), "--output-dir", str(sandbox.model_dir / "sub"))
+    one_line_refusal(done, "would overwrite the input")
+    assert b.read_bytes() == before

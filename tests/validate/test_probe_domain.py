@@ -1,0 +1,125 @@
+"""Healthy models with strided front ends are probed inside their domain (#22 item 1): `repair` exits 0 and
+`diagnose` reports no error. Before, graphfix probed 7-15 audio samples into a kernel-16 Conv1d and 25 px images
+into a stride-32 CNN, and called the failure PyTorch would have too a broken model.
+
+Real code, random weights, exported the way users do: torch.nn (both exporters), transformers wav2vec2 and HuBERT
+(TorchScript, the small config the GF003 tests use), torchvision MobileNetV3 with dynamic H and W.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+from graphfix.validate import ValidationOptions, probe_sizes
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def _export(module, example, path, names, axes, dynamo=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(path), dynamo=dynamo, opset_version=18 if dynamo else 17,
+                          input_names=names[:-1], output_names=names[-1:], dynamic_axes=axes)
+    return path
+
+
+def conv_front_end(path, dynamo):
+    """A kernel-16 stride-8 Conv1d and a stride-2 Conv1d over raw audio, then attention-like pooling over the frames:
+    88 samples give 4 frames."""
+    from torch import nn
+
+    class FrontEnd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.Sequential(nn.Conv1d(1, 8, 16, stride=8), nn.GELU(), nn.Conv1d(8, 16, 4, stride=2))
+            self.proj = nn.Linear(16, 16)
+
+        def forward(self, audio):
+            h = self.proj(self.convs(audio.unsqueeze(1)).transpose(1, 2))
+            return h * h.softmax(1)
+
+    torch.manual_seed(0)
+    return _export(FrontEnd(), (torch.randn(2, 400),), path, ["audio", "h"],
+                   {"audio": {0: "B", 1: "S"}, "h": {0: "B", 1: "F"}}, dynamo)
+
+
+def speech_encoder(path, name):
+    from fixtures.torch_models import CONV, HIDDEN, transformers_hiding_torchvision
+
+    common = dict(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = dict(num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=False,
+                  feat_extract_norm="group", **CONV, **common)
+    with transformers_hiding_torchvision() as tf:
+        torch.manual_seed(0)
+        model = (tf.HubertModel(tf.HubertConfig(**config)) if name == "hubert"
+                 else tf.Wav2Vec2Model(tf.Wav2Vec2Config(**config)))
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, audio):
+            return self.model(input_values=audio, return_dict=True).last_hidden_state
+
+    return _export(Encoder(), (torch.randn(2, 640),), path, ["audio", "h"],
+                   {"audio": {0: "batch", 1: "samples"}, "h": {0: "batch", 1: "frames"}})
+
+
+def mobilenet(path):
+    from fixtures.torchvision_models import register_ops
+
+    register_ops()
+    import torchvision
+
+    torch.manual_seed(0)
+    return _export(torchvision.models.mobilenet_v3_small(num_classes=10), (torch.randn(1, 3, 96, 96),), path,
+                   ["image", "logits"], {"image": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}})
+
+
+MODELS = {
+    "conv-front-end-ts": lambda p: conv_front_end(p, False),
+    "conv-front-end-dynamo": lambda p: conv_front_end(p, True),
+    "wav2vec2": lambda p: speech_encoder(p, "wav2vec2"),
+    "hubert": lambda p: speech_encoder(p, "hubert"),
+    "mobilenet-v3": mobilenet,
+}
+LEAST = {"conv-front-end-ts": {"S": 88}, "conv-front-end-dynamo": {"S": 88}, "mobilenet-v3": {"H": 97, "W": 97}}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_healthy_front_end_is_probed_inside_its_domain(name, tmp_path):
+    path = MODELS[name](tmp_path / f"{name}.onnx")
+    import onnx
+
+    sizes = probe_sizes(onnx.load(str(path)), ValidationOptions())
+    for dim, least in LEAST.get(name, {}).items():
+        assert all(binding[dim] >= least for binding in sizes), sizes
+    runner = CliRunner()
+    diagnosed = runner.invoke(cli, ["diagnose", str(path), "--format", "json"])
+    assert diagnosed.exit_code == 0, diagnosed.output
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
+    assert repaired.exit_code == 0, repaired.output
+    assert "unchanged" in repaired.output and "fails" not in repaired.output
+    assert (tmp_path / "out.onnx").read_bytes() == path.read_bytes()  # healthy: written as it came
+
+
+def test_guessed_export_sizes_differ_from_each_other_and_from_fixed_sizes():
+    """Two lengths nobody gave are guessed apart (time=12, tokens=12 hid transposed-dim bugs), and apart from the
+    graph's fixed sizes (a length equal to the hidden size lets a wrong broadcast run)."""
+    from conftest import parse
+
+    weights = ", ".join(["0.5"] * 12 * 13)
+    model = parse(f"""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, T, 12] x, float[B, U, 12] y) => (float[B, T, U] z) <float[12, 13] w = {{{weights}}}> {{
+            h = MatMul(x, w)
+            yt = Transpose<perm=[0, 2, 1]>(y)
+            z = MatMul(x, yt)
+        }}""")
+    export = probe_sizes(model, ValidationOptions())[0]
+    assert export["T"] != export["U"] and not {export["T"], export["U"]} & {12, 13}, export
