@@ -67,8 +67,7 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
         if traced and not probe_options.trace_sizes:  # --trace-shape also sets the first probe size
             probe_options = dataclasses.replace(probe_options, trace_sizes=traced)
 
-        source = loaded.path if loaded.external and loaded.path is not None else loaded.proto
-        merge_runtime_findings(report.findings, [failure.to_finding() for failure in probe(source, probe_options)])
+        merge_runtime_findings(report.findings, [failure.to_finding() for failure in probe(loaded, probe_options)])
     return report
 
 

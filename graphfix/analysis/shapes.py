@@ -12,7 +12,7 @@ import onnx
 from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
 from graphfix.core.nocode import CodeFromText, no_code_from_text
 from graphfix.io.budgets import data_prop_allowed
-from graphfix.io.external_data import tensor_nbytes
+from graphfix.io.external_data import tensor_nbytes, without_external_values
 from graphfix.io.weights import stub
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     before inference stopped. Unlike the library's `infer_shapes`, an incomplete run neither raises nor writes
     `sym_shape_infer_temp.onnx` into the working directory.
     """
+    try:  # it reads initializers with onnx's numpy_helper, which resolves external data against the working folder
+        model, lifted = without_external_values(model)
+    except ValueError as exc:
+        return SymbolicShapes(incomplete=[f"symbolic shape inference skipped: {exc}"])
     seconds = shape_seconds() if seconds is None else seconds
     ort_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level = ort_log.level
@@ -111,7 +115,8 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
         return result
     inference._update_output_from_vi()
     graph = inference.out_mp_.graph
-    result.value_info = {vi.name: vi for vi in (*graph.value_info, *graph.output, *graph.input)}
+    result.value_info = {vi.name: vi for vi in (*graph.value_info, *graph.output, *graph.input)
+                         if vi.name not in lifted}
     return result
 
 

@@ -67,20 +67,25 @@ class Outcome:
 
 def check_model(job: Job) -> Outcome:
     """Static rules, then the onnxruntime probe at several sizes; findings filtered by the job's codes."""
-    from graphfix.api import diagnose_path, merge_runtime_findings
+    from graphfix.api import diagnose_loaded, merge_runtime_findings
     from graphfix.core.config import filter_findings
     from graphfix.core.errors import GraphfixError
     from graphfix.core.registry import find_rule
+    from graphfix.io.loading import load_model
 
     start = time.perf_counter()
-    report = diagnose_path(job.path, [find_rule(code) for code in job.rules], job.rule_options, None)
+    try:  # loaded once: the probe runs the model as it was checked, not the file read again
+        loaded = load_model(job.path, unexpanded=True)
+    except GraphfixError as exc:
+        return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code, seconds=time.perf_counter() - start)
+    report = diagnose_loaded(loaded, [find_rule(code) for code in job.rules], job.rule_options, None)
     outcome = Outcome(report.path, rejections=report.rejections, error=report.error, exit_code=report.exit_code)
     runtime: list[Finding] = []
     if report.error is None and job.probing is not None and not report.skipped:  # skipped: the finding says it
         from graphfix.validate import probe
 
         try:
-            runtime = [failure.to_finding() for failure in probe(job.path, job.probing)]
+            runtime = [failure.to_finding() for failure in probe(loaded, job.probing)]
         except GraphfixError as exc:
             outcome.error, outcome.exit_code = str(exc), exc.exit_code
     runtime = filter_findings(runtime, job.select, job.ignore)

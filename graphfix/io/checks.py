@@ -366,7 +366,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
-    elif path is not None and (heavy := _heavy_initializers(proto)):
+    elif heavy := _heavy_initializers(proto):
         # On the file, the checker would parse every weight again (0.9 s on BERT-base) for checks graphfix has
         # run already (check_tensor): it gets the graph with those weights as typed inputs.
         proto, path = lift_initializers(proto, heavy), None

@@ -29,6 +29,8 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from graphfix.core.errors import InputError
+from graphfix.io.held import HeldFile, held
+from graphfix.io.protos import lift_initializers
 
 KNOWN_KEYS = ("location", "offset", "length", "checksum")
 MAX_LOCATION_BYTES = 1024  # far below PATH_MAX; weights files have short names
@@ -236,8 +238,9 @@ def _location_text_reason(location: str) -> str | None:
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_name: str) -> list[ExternalRef]:
-    """Refuse unsafe, missing or short external data; return the references. Reads no weights (stat only).
-    Without a folder (an in-memory model), external data is refused: nothing else may resolve it."""
+    """Refuse unsafe, missing or short external data; return the references. Reads no weights (stat only): a data
+    file is opened at its first read (`data_file`), checked again then on its descriptor, and held for every later
+    read. Without a folder (an in-memory model), external data is refused: nothing else may resolve it."""
     try:
         refs = external_refs(model)
     except InputError as exc:
@@ -264,17 +267,37 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
     return refs
 
 
+def data_file(base_dir: Path, location: str, where: str = "tensor") -> HeldFile:
+    """The data file at `location`, as the loaded model holds it open; a file nothing holds yet is checked as
+    loading checks it, then opened once and held."""
+    files = held(base_dir)
+    found = files.get(location)
+    if found is not None:
+        return found
+    reason = unsafe_location_reason(location, base_dir)
+    if reason:
+        raise InputError(f"{where} {reason}; refusing to read outside the model's folder")
+    opened = files.open(location, f"external data file '{location}' for {where}")
+    if opened.links > 1:  # a hard link made since the check
+        raise InputError(f"{where} is a hard link ('{location}'); refusing to read outside the model's folder")
+    return opened
+
+
 def read_external(tensor: TensorProto, base_dir: Path) -> np.ndarray:
-    """A tensor's values, memory-mapped from its external-data file (nothing is copied until used)."""
+    """A tensor's values, memory-mapped from the descriptor of its external-data file (nothing is copied until
+    used; read-only)."""
     ref = external_ref(tensor)
     assert ref is not None, f"{tensor.name} has no external data"
-    np_dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     shape = tuple(tensor.dims)
     count = element_count(tensor)
     if count == 0:
         return np.zeros(shape, dtype=np_dtype)
-    data = np.memmap(ref.path(base_dir), dtype=np_dtype, mode="r", offset=ref.offset, shape=(count,))
-    return data.reshape(shape)
+    source = data_file(base_dir, ref.location, ref.where)
+    if ref.offset + count * np_dtype.itemsize > source.size:
+        raise InputError(f"external data file '{ref.location}' is {source.size} bytes but {ref.where} needs bytes "
+                         f"{ref.offset}..{ref.offset + count * np_dtype.itemsize} (the file is truncated)")
+    return np.frombuffer(source.mapped(), dtype=np_dtype, count=count, offset=ref.offset).reshape(shape)
 
 
 def tensor_values(tensor: TensorProto, base_dir: Path | None) -> np.ndarray:
@@ -284,3 +307,23 @@ def tensor_values(tensor: TensorProto, base_dir: Path | None) -> np.ndarray:
             raise InputError(f"tensor '{tensor.name}' keeps its values in external data, but no folder was given")
         return read_external(tensor, base_dir)
     return onnx.numpy_helper.to_array(tensor)
+
+
+def without_external_values(model: onnx.ModelProto) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """The model as a library that resolves external-data locations itself may see it (onnx's `numpy_helper`
+    resolves them against the working directory): its initializers kept in external data (stubs too) become graph
+    inputs of the same name, type and dims, so their values are unknown to it. Returns (model, lifted names); the
+    model itself when nothing is external (no copy). Raises ValueError for an external tensor elsewhere (a node
+    attribute, a subgraph, a sparse or function tensor): nothing that names a file may be handed over."""
+    top = {id(tensor) for tensor in model.graph.initializer}
+    lifted = []
+    for where, tensor in model_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        if id(tensor) not in top:
+            raise ValueError(f"{where} keeps its values in external data")
+        lifted.append(tensor.name)
+    if not lifted:
+        return model, frozenset()
+    inputs = {value.name for value in model.graph.input}
+    return lift_initializers(model, set(lifted)), frozenset(lifted) - inputs

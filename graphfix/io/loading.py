@@ -16,6 +16,7 @@ from graphfix.core.errors import InputError
 from graphfix.io.budgets import BudgetExceeded, check_node_budget
 from graphfix.io.checks import refuse_unsupported, run_onnx_checker, validate_model
 from graphfix.io.external_data import ExternalRef, check_external_data
+from graphfix.io.held import DataFiles, HeldFile, held, open_model
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 MIN_IR_VERSION = 3
@@ -29,10 +30,21 @@ class LoadedModel:
     path: Path | None
     external: list[ExternalRef] = field(default_factory=list)
     unexpanded: str = ""  # why its functions must not be expanded (over the node budget once they are), or ''
+    files: DataFiles | None = None  # its external data files, held open for every later read (graphfix.io.held)
+    model_file: HeldFile | None = None  # the model file as it was checked and parsed
 
     @property
     def base_dir(self) -> Path | None:
         return self.path.parent if self.path is not None else None
+
+    @property
+    def data_files(self) -> dict[Path, int]:
+        """Each external data file, with the bytes its tensors reach (the most of offset + length)."""
+        ends: dict[Path, int] = {}
+        for ref in self.external:
+            path = ref.path(self.base_dir)
+            ends[path] = max(ends.get(path, 0), ref.offset + ref.length)
+        return ends
 
     @property
     def name(self) -> str:
@@ -49,24 +61,25 @@ def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an .onnx model file")
-    size = path.stat().st_size
+    model_file = open_model(path)  # once, without blocking: a FIFO or a device is refused here
+    size = model_file.size
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(256)
+    head = model_file.read(0, min(size, 256))
     if head.startswith(LFS_POINTER_PREFIX):
         raise InputError(f"{path}: is a Git LFS pointer, not the model; fetch the weights with `git lfs pull`")
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(model_file.read())  # the bytes checked, not the path read again
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
     note = _node_budget(proto, str(path), unexpanded)  # before the checks, which walk every node
     validate_model(proto, str(path))
+    files = held(path.parent)
     external = check_external_data(proto, path.parent, str(path))
     refuse_unsupported(proto, str(path))
-    run_onnx_checker(proto, str(path), path)
-    return LoadedModel(proto, path, external, note)
+    run_onnx_checker(proto, str(path), None)  # the parsed bytes: the file is not read again
+    return LoadedModel(proto, path, external, note, files, model_file)
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None, *, unexpanded: bool = False) -> LoadedModel:
@@ -74,11 +87,12 @@ def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None, *, unexpand
     check_structure(proto, "<model>")
     note = _node_budget(proto, "<model>", unexpanded)
     validate_model(proto, "<model>")
+    files = held(base_dir) if base_dir is not None else None
     external = check_external_data(proto, base_dir, "<model>")
     refuse_unsupported(proto, "<model>")
     run_onnx_checker(proto, "<model>", None)
     path = (base_dir / "model.onnx") if base_dir is not None else None
-    return LoadedModel(proto, path, external, note)
+    return LoadedModel(proto, path, external, note, files)
 
 
 def _node_budget(proto: onnx.ModelProto, name: str, unexpanded: bool) -> str:

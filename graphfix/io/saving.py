@@ -17,10 +17,10 @@ full-size copy of the model is ever built in memory.
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from graphfix.core.errors import OutputError
-from graphfix.io.external_data import external_ref, model_tensors, tensor_nbytes
+from graphfix.core.errors import InputError, OutputError
+from graphfix.io.external_data import data_file, external_ref, model_tensors, tensor_nbytes
+from graphfix.io.held import HeldFile
 from graphfix.io.protos import copy_field, copy_without_initializers
 from graphfix.io.staging import remove, staging_dir
 from graphfix.io.targets import (
@@ -48,7 +49,6 @@ from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
 ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
-COPY_CHUNK = 64 << 20
 
 
 @dataclass
@@ -166,12 +166,15 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     return staged
 
 
-def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = ()) -> StagedModel:
+def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, int] | Iterable[Path] = (),
+               model_file: HeldFile | None = None) -> StagedModel:
     """Stage a byte-for-byte copy of a model file and of its external data files, under their own names (an
-    unchanged model is written as it came)."""
+    unchanged model is written as it came). Each is read from the descriptor loading checked (`model_file`, the
+    data files the model's folder holds; see graphfix.io.held), never from its path again. A data file given with
+    the bytes its tensors reach is copied up to there (see `copy_used`)."""
     staged = _new_stage(Path(destination))
     with writing(staged.destination, staged):
-        shutil.copyfile(source, staged.path)
+        copy_used(model_file or HeldFile(source, str(source)), staged.path)
         copied, referenced = [], []
         for data in dict.fromkeys(data_files):
             relative = data.relative_to(source.parent)
@@ -180,7 +183,8 @@ def stage_copy(source: Path, destination: str | Path, data_files: list[Path] = (
                 continue
             _claim_copy_name(staged, staged.destination.parent / relative)
             (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(data, staged.temp_dir / relative)
+            copy_used(data_file(source.parent, str(relative)), staged.temp_dir / relative,
+                      data_files.get(data) if isinstance(data_files, Mapping) else None)
             copied.append(str(relative))
         staged.copied, staged.referenced = tuple(copied), tuple(referenced)
     return staged
@@ -350,7 +354,7 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
             if ref is not None:
                 if source_dir is None:
                     raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
-                _copy_range(ref.path(source_dir), ref.offset, ref.length, data)
+                data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
                 length = ref.length
             else:
                 data.write(tensor.raw_data)
@@ -388,13 +392,36 @@ def _pad_to_alignment(f) -> None:
         f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))
 
 
-def _copy_range(src: Path, offset: int, length: int, dst) -> None:
-    with open(src, "rb") as f:
-        f.seek(offset)
-        remaining = length
-        while remaining:
-            chunk = f.read(min(COPY_CHUNK, remaining))
-            if not chunk:
-                raise OSError(f"{src} ended before {length} bytes from offset {offset} were read")
-            dst.write(chunk)
-            remaining -= len(chunk)
+def copy_used(src: HeldFile, dst: Path, end: int | None = None) -> None:
+    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst`, holes left as holes: only the
+    extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read and written, so a sparse data file
+    with a huge hole cannot turn into gigabytes on disk, and nothing past the tensors' bytes is copied."""
+    end = src.size if end is None else end
+    if end > src.size:
+        raise InputError(f"{src.path}: is {src.size} bytes but its tensors need {end} (changed since it was checked)")
+    with open(dst, "wb") as out:
+        for start, stop in _data_extents(src.fd, end):
+            out.seek(start)
+            src.copy_to(out, start, stop - start)
+        out.truncate(end)
+
+
+def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each extent of data below `end`; one extent for all when holes cannot be asked for."""
+    position = 0
+    while position < end:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            yield position, end  # no SEEK_DATA here: copy the rest as it is
+            return
+        except AttributeError:  # a platform without SEEK_DATA
+            yield position, end
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        position = stop

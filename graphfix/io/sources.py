@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 _SOURCES: dict[int, tuple[weakref.ref, onnx.TensorProto]] = {}
 
@@ -24,9 +25,16 @@ def remember(tensor: gs.Constant, proto: onnx.TensorProto) -> None:
 
 
 def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
-    """The proto an imported Constant was read from; None for tensors created since (their values are arrays)."""
+    """The proto an imported Constant was read from; None for tensors created since (their values are arrays).
+
+    A Constant imported without `remember_initializers` (a graph imported for a side analysis) whose values are
+    not loaded yet answers with the proto behind its lazy values: loading them through onnx-graphsurgeon would
+    resolve external data against the working directory."""
     entry = _SOURCES.get(id(tensor))
-    return entry[1] if entry is not None and entry[0]() is tensor else None
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    lazy = vars(tensor).get("_values")  # onnx-graphsurgeon keeps unloaded values there (no public accessor)
+    return lazy.tensor if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto) else None
 
 
 def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None:

@@ -114,10 +114,10 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
 
 
 def _original_runner(loaded: LoadedModel) -> ModelRunner:
-    """With external data, from the file (ORT maps the weights). Inline, from the proto already in memory, its
-    weights fed as arrays that the repaired model's session will share."""
+    """With external data, from the proto and the data files loading holds (mapped, not copied). Inline, from the
+    proto already in memory, its weights fed as arrays that the repaired model's session will share."""
     if loaded.external and loaded.path is not None:
-        return ModelRunner.from_source(loaded.path)
+        return ModelRunner(loaded.proto, loaded.base_dir, loaded.path, files=loaded.files)
     light, weights = detach_inline(loaded.proto)
     return ModelRunner(light, loaded.base_dir, path=loaded.path, weights=weights)
 
@@ -194,7 +194,7 @@ def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, chang
            ahead: Future[StagedModel] | None) -> StagedModel:
     if not changed and loaded.path is not None:
         # the input's own bytes, its external data files beside it: nothing to serialize
-        staged = stage_copy(loaded.path, destination, [ref.path(loaded.base_dir) for ref in loaded.external])
+        staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)
     elif ahead is not None:
         started = ahead.result()
         if stub_names(model) == started.prewritten:

@@ -36,7 +36,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.children import child_environment, python_module_argv
-from graphfix.io.external_data import tensor_nbytes
+from graphfix.io.external_data import has_external_data, tensor_nbytes
 from graphfix.io.protos import lift_initializers
 from graphfix.io.staging import scratch_dir
 
@@ -127,6 +127,9 @@ def simplify(
     there (they are never read here). `child` is the onnxsim process to use (default: the shared one)."""
     lifted = _liftable_initializers(model)
     light = lift_initializers(model, lifted)
+    if has_external_data(light):  # onnx.load in the child would resolve its location itself
+        return SimplifyResult(model, False, "simplification skipped: a tensor outside the graph's initializers keeps "
+                                            "its values in external data")
     outcome = _run_onnxsim_child(light, timeout_s, child or OnnxsimChild.shared())
     del light  # the child has its own copy; holding ours would double the peak memory
     if isinstance(outcome, str):

@@ -25,7 +25,7 @@ from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import dim_names, graph_inputs
-from graphfix.validate.runner import EXTERNAL_FOLDER_KEY, error_text, first_line
+from graphfix.validate.runner import error_text, first_line, hand_over
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -121,9 +121,8 @@ def make_session(loaded: LoadedModel, options: BenchOptions) -> ort.InferenceSes
         session_options.intra_op_num_threads = options.threads
     wanted = PROVIDERS[options.provider]
     providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
-    if loaded.base_dir is not None:
-        session_options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(loaded.base_dir.resolve()))
-    source = str(loaded.path) if loaded.path is not None else loaded.proto.SerializeToString()  # >2 GB: a path
+    # the loaded proto, its weights from the descriptors loading checked: onnxruntime reads no file again
+    source, _copied = hand_over(session_options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
     try:
         session = ort.InferenceSession(source, session_options, providers=providers)
     except Exception as exc:

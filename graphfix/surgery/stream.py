@@ -30,7 +30,7 @@ from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import graph_inputs
-from graphfix.validate.runner import EXTERNAL_FOLDER_KEY, error_text, first_line
+from graphfix.validate.runner import error_text, first_line, hand_over
 
 
 @dataclass
@@ -173,9 +173,8 @@ def _session(loaded: LoadedModel, threads: int | None) -> ort.InferenceSession:
     options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
-    if loaded.base_dir is not None:
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(loaded.base_dir.resolve()))
-    source = str(loaded.path) if loaded.path is not None else loaded.proto.SerializeToString()  # >2 GB: a path
+    # the loaded proto, its weights from the descriptors loading checked: onnxruntime reads no file again
+    source, _copied = hand_over(options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:

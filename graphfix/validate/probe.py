@@ -17,6 +17,7 @@ from onnx import helper
 
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.io.budgets import ENV_RUN_BUDGET
+from graphfix.io.loading import LoadedModel
 from graphfix.validate.anchor import anchored
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import evaluate_dim
@@ -82,9 +83,13 @@ def short_message(message: str) -> str:
     return re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
 
 
-def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure]:
-    """Every node that fails at some probe size (first size each), then warnings about suspicious outputs."""
-    proto, base_dir = load_structure(model)
+def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[RuntimeFailure]:
+    """Every node that fails at some probe size (first size each), then warnings about suspicious outputs. A
+    loaded model is probed as it was checked (its proto, its held data files): its file is not read again."""
+    if isinstance(model, LoadedModel):
+        proto, base_dir, files = model.proto, model.base_dir, model.files
+    else:
+        proto, base_dir, files = load_structure(model)
     try:
         for value in graph_inputs(proto):
             if value.name not in options.inputs:
@@ -96,7 +101,7 @@ def probe(model: ModelSource, options: ValidationOptions) -> list[RuntimeFailure
     footprint = Footprint.of(proto, types)  # sizes whose tensors would exceed the memory budget are skipped
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
-    whole = ModelRunner(proto, base_dir)  # one session for the uncut model, shared by every size
+    whole = ModelRunner(proto, base_dir, files=files)  # one session for the uncut model, shared by every size
     options = anchored([whole], proto, options, guard=footprint.check)
     sizes = probe_sizes(proto, options)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far

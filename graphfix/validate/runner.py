@@ -4,7 +4,10 @@ Graph optimizations are disabled: every node then runs as written, so errors nam
 fused one), constant folding cannot hide or move a failure, and intermediate tensors can be exposed as outputs
 for bisection. Numerically this is the reference behaviour of each kernel.
 
-A model given as a Path is read structure-only; ORT is told the folder so it memory-maps the weights itself.
+onnxruntime never opens a file: a model given as a Path is opened once and parsed from that descriptor
+(graphfix.io.held), and the session is made from the parsed proto. Its external weights are handed over from the
+descriptors loading checked and holds: initializers of the main graph as arrays memory-mapped from them (not
+copied), other external tensors (a Constant's value, a subgraph's weight) inline, read from them.
 
 A light model (large weights as stubs, see graphfix.io.weights) runs with its weights *fed*: the stubs become graph
 inputs and every run passes the weights as numpy arrays, which onnxruntime reads in place. The original and the
@@ -27,7 +30,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
-from graphfix.io.external_data import has_external_data
+from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
+from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
 
@@ -46,57 +50,68 @@ class RunResult:
         return self.outputs is not None
 
 
-def load_structure(source: ModelSource) -> tuple[onnx.ModelProto, pathlib.Path | None]:
-    """The model proto (external weights left on disk) and the folder its external data is relative to."""
+def load_structure(source: ModelSource) -> tuple[onnx.ModelProto, pathlib.Path | None, DataFiles | None]:
+    """The model proto (external weights left on disk), the folder its external data is relative to, and its data
+    files. A file is opened once and parsed from that descriptor; its data files are checked and held open as
+    loading does (graphfix.io.held): the caller keeps them for every later read."""
     if isinstance(source, onnx.ModelProto):
-        return source, None
+        return source, None, None
     path = pathlib.Path(source)
-    return onnx.load_model(str(path), load_external_data=False), path.parent.resolve()
+    proto = onnx.load_model_from_string(open_model(path).read())
+    base_dir = path.parent.resolve()
+    files = held(base_dir)
+    check_external_data(proto, base_dir, str(path))
+    return proto, base_dir, files
 
 
 class ModelRunner:
     """One onnxruntime session for one model; `run` never raises for model errors."""
 
     def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None,
-                 path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None):
+                 path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None,
+                 files: DataFiles | None = None):
         self.proto = proto
         self.base_dir = base_dir
+        self.files = files or (held(base_dir) if base_dir is not None else None)  # kept open while this runs
         self.path = path
         self.weights = weights or {}
         self.fed = fed if fed is not None else FedWeights()
         self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
-        self.linked: dict[str, np.ndarray] = {}  # weights onnxruntime may not open itself (kept alive here)
+        self.linked: dict[str, ort.OrtValue] = {}  # external weights, mapped from held descriptors (kept alive here)
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
         self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
+            runnable = proto
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
-                self.session = make_session(runnable, base_dir)
-            else:
-                self.linked = linked_weights(proto, base_dir)
-                self.session = make_session(proto, base_dir, None if self.linked else path, self.linked)
+            self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
+                           for name, array in linked_weights(runnable, base_dir).items()}
+            self.session = make_session(runnable, base_dir, linked=self.linked)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = first_line(str(exc))
 
     def exposing(self, names: list[str]) -> ModelRunner:
         """A runner of the same model that also outputs the named intermediate tensors."""
         if self.weights:
-            return ModelRunner(with_outputs(self.proto, names), self.base_dir, weights=self.weights, fed=self.fed)
-        return ModelRunner(with_outputs(self.full_proto(), names), self.base_dir)
+            return ModelRunner(with_outputs(self.proto, names), self.base_dir, weights=self.weights, fed=self.fed,
+                               files=self.files)
+        return ModelRunner(with_outputs(self.full_proto(), names), self.base_dir, files=self.files)
 
     @classmethod
     def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner) -> ModelRunner:
         """From a proto, a path, or (proto, path of the same model): the caller's proto then saves loading it
-        again, and onnxruntime reads the file, not a serialized copy. A runner is returned as it is."""
+        again. A runner is returned as it is."""
         if isinstance(source, ModelRunner):
             return source
-        if isinstance(source, tuple):
+        if isinstance(source, tuple) and not has_stubs(source[0]):
             proto, path = source
             return cls(proto, pathlib.Path(path).parent.resolve(), pathlib.Path(path))
-        proto, base_dir = load_structure(source)
-        return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source))
+        if isinstance(source, tuple):  # a light proto: its file holds the weights
+            source = pathlib.Path(source[1])
+        proto, base_dir, files = load_structure(source)
+        return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source), files=files)
 
     def full_proto(self) -> onnx.ModelProto:
         """The proto with its weights: a light proto's stubs are filled from its weights, or read from its file."""
@@ -187,38 +202,92 @@ def _feeds_key(feeds: dict[str, np.ndarray]) -> tuple:
 
 
 def linked_weights(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> dict[str, np.ndarray]:
-    """Tensors whose external data is a link out of the model's folder that graphfix accepted (a Hugging Face hub
-    cache snapshot links into its repository's blobs/), memory-mapped: onnxruntime refuses to open such links."""
+    """The main graph's initializers kept in external data, as arrays memory-mapped from the descriptors loading
+    holds (graphfix.io.held): onnxruntime uses them in place and opens no file. Types onnxruntime cannot take
+    from numpy, and arrays whose offset leaves them unaligned, are left to `in_memory_files`."""
     if base_dir is None:
         return {}
-    from graphfix.io.external_data import external_ref, read_external
-
-    root = os.path.realpath(base_dir)
     linked = {}
     for tensor in proto.graph.initializer:
-        ref = external_ref(tensor)
-        if ref is not None and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root:
-            linked[tensor.name] = read_external(tensor, base_dir)
+        if external_ref(tensor) is not None and tensor.data_type in FedWeights.FEEDABLE:
+            array = read_external(tensor, base_dir)
+            if array.flags.aligned:
+                linked[tensor.name] = array
     return linked
 
 
+def _linked_out(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> set[str]:
+    """Initializers whose data file is a link out of the model's folder that graphfix accepted (a Hugging Face hub
+    cache snapshot links into its repository's blobs/)."""
+    if base_dir is None:
+        return set()
+    root = os.path.realpath(base_dir)
+    return {tensor.name for tensor in proto.graph.initializer if (ref := external_ref(tensor)) is not None
+            and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root}
+
+
+def _unhanded(proto: onnx.ModelProto, handed: set[str]):
+    """(tensor, reference) of each external tensor but the `handed` initializers of the main graph (which
+    `model_tensors` yields first)."""
+    top = len(proto.graph.initializer)
+    for index, (where, tensor) in enumerate(model_tensors(proto)):
+        ref = external_ref(tensor, where)
+        if ref is not None and not is_stub(tensor) and not (index < top and tensor.name in handed):
+            yield tensor, ref
+
+
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-                 path: pathlib.Path | None = None, linked: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
-    """A session with optimizations off; from the file when there is one (no serialized copy of the weights).
-    `linked` weights are handed over as memory-mapped arrays instead of being read from their files."""
+                 linked: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
+    """A session with optimizations off, made from the proto: onnxruntime opens no file (see `hand_over`)."""
     options = ort.SessionOptions()
-    if linked:
-        options.add_external_initializers(list(linked), [ort.OrtValue.ortvalue_from_numpy(a) for a in linked.values()])
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
-    if base_dir is not None:
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
-    if path is None and base_dir is None and has_external_data(proto):
-        # onnxruntime would resolve the locations against the working directory
-        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
-    source = str(path) if path is not None else proto.SerializeToString()
+    source, _copied = hand_over(options, proto, base_dir, linked)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def hand_over(options: ort.SessionOptions, proto: onnx.ModelProto, base_dir: pathlib.Path | None,
+              linked: dict[str, ort.OrtValue] | None = None) -> tuple[bytes, list]:
+    """The model's bytes for `ort.InferenceSession`, its external weights handed over in `options` from the
+    descriptors loading holds (graphfix.io.held): onnxruntime reads no file. `linked` values (over memory-mapped
+    arrays, see `linked_weights`) are used in place, and the caller keeps them alive as long as the session;
+    without them, the weights are copied by onnxruntime from values that the caller keeps until the session is
+    made (the second item). Any other external tensor goes inline (`with_values_inline`). onnxruntime still checks
+    that each handed-over location exists in the model's folder, and reads none of them."""
+    copied = []
+    if linked is None:
+        copied = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in linked_weights(proto, base_dir).items()]
+        if copied:
+            options.add_external_initializers([name for name, _ in copied], [value for _, value in copied])
+        linked = {}
+    escaping = _linked_out(proto, base_dir) if linked else set()
+    for name, value in linked.items():
+        if name not in escaping:
+            options.add_initializer(name, value)
+    if escaping:  # onnxruntime refuses a location that links out of the folder (a hub cache's blobs/): copied
+        options.add_external_initializers(list(escaping), [linked[name] for name in escaping])
+    handed = set(linked) | {name for name, _ in copied}
+    if base_dir is not None:  # where onnxruntime checks that the locations exist (it reads none of them)
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
+    return with_values_inline(proto, base_dir, handed).SerializeToString(), copied
+
+
+def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, handed: set[str]) -> onnx.ModelProto:
+    """The model, or a copy whose external tensors other than the `handed` initializers carry their bytes, read
+    from the held descriptors (onnxruntime would open their files itself: a Constant's value, a subgraph's or a
+    function's tensor, a type numpy cannot hold)."""
+    if not any(_unhanded(proto, handed)):
+        return proto
+    if base_dir is None:  # onnxruntime would resolve the locations against the working directory
+        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
+    inline = onnx.ModelProto()
+    inline.CopyFrom(proto)
+    for tensor, ref in _unhanded(inline, handed):
+        tensor.raw_data = data_file(base_dir, ref.location, ref.where).read(ref.offset, ref.length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return inline
 
 
 def error_text(exc: BaseException) -> str:

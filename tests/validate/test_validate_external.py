@@ -54,6 +54,6 @@ def test_probe_path_with_external_data(tmp_path, no_weight_loading):
 
 
 def test_structure_is_loaded_without_weights(tmp_path):
-    proto, folder = runner_module.load_structure(save_external(tmp_path, "a", "Add"))
+    proto, folder, _files = runner_module.load_structure(save_external(tmp_path, "a", "Add"))
     assert proto.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
     assert folder == (tmp_path / "a").resolve()

@@ -1,0 +1,138 @@
+"""Files opened once, checked on the descriptor, and read only through that descriptor.
+
+A path checked with `stat` and opened later can be swapped in between (for a symbolic link to a file elsewhere, or
+for a FIFO that blocks the reader forever). So every model and external data file is opened once, without
+following a link in its last component and without blocking (`O_NOFOLLOW | O_NONBLOCK`), checked with `fstat`
+(a regular file; a data file also has one link) and, where Linux's /proc tells, on where the descriptor really
+points, and kept open: reading, memory-mapping and copying it later use that descriptor only (`os.pread`, `mmap`),
+whatever has happened to the path since.
+
+`held(base_dir)` gives the data files of one model folder, shared by everything that reads that folder in this
+process (analysis, onnxruntime sessions, the copy into the output) while a loaded model keeps them alive.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import threading
+import weakref
+from pathlib import Path
+
+from graphfix.core.errors import InputError
+
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+COPY_CHUNK = 64 << 20
+KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class HeldFile:
+    """One regular file, open for reading; `fd` stays valid until the object goes."""
+
+    def __init__(self, path: Path | str, name: str):
+        real = os.path.realpath(path)  # the user's own link is followed once, here; nothing after this is
+        try:
+            self.fd = os.open(real, OPEN_FLAGS)
+        except OSError as exc:
+            raise InputError(f"{name}: cannot be opened ({_reason(exc)})") from None
+        try:
+            info = os.fstat(self.fd)
+            kind = next((what for test, what in KINDS if test(info.st_mode)), None)
+            if kind or not stat.S_ISREG(info.st_mode):
+                raise InputError(f"{name}: is {kind or 'not a regular file'}, not a regular file")
+            if _opened_path(self.fd) not in (None, real):  # a folder on the way swapped for a link meanwhile
+                raise InputError(f"{name}: changed while it was opened; refusing to read it")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.path = Path(real)
+        self.size = info.st_size
+        self.links = info.st_nlink
+        self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()
+        weakref.finalize(self, os.close, self.fd)
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes from the descriptor (positional: threads sharing the file do not disturb each other)."""
+        length = self.size - offset if length is None else length
+        first = os.pread(self.fd, length, offset)  # one read of a regular file gives it all (up to 2 GB)
+        if len(first) == length:
+            return first
+        chunks, done = [first], len(first)
+        while done < length:
+            chunk = os.pread(self.fd, min(length - done, 64 << 20), offset + done)
+            if not chunk:
+                raise OSError(f"{self.path} ended before {length} bytes from offset {offset} were read")
+            chunks.append(chunk)
+            done += len(chunk)
+        return b"".join(chunks)
+
+    def copy_to(self, out, offset: int, length: int) -> None:
+        """Write `length` bytes from `offset` to the file object `out`, in chunks."""
+        done = 0
+        while done < length:
+            chunk = self.read(offset + done, min(length - done, COPY_CHUNK))
+            out.write(chunk)
+            done += len(chunk)
+
+    def mapped(self) -> mmap.mmap:
+        """The whole file, memory-mapped read-only from the descriptor (once)."""
+        with self._lock:
+            if self._map is None:
+                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else mmap.mmap(-1, 1)
+            return self._map
+
+
+def open_model(path: Path) -> HeldFile:
+    """The model file named on the command line, opened once; a FIFO, device or folder is refused."""
+    return HeldFile(path, str(path))
+
+
+class DataFiles:
+    """The external data files of one model folder, each opened at most once, by location."""
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self._files: dict[str, HeldFile] = {}
+        self._lock = threading.Lock()
+
+    def open(self, location: str, name: str) -> HeldFile:
+        with self._lock:
+            held_file = self._files.get(location)
+            if held_file is None:
+                held_file = self._files[location] = HeldFile(self.base_dir / location, name)
+            return held_file
+
+    def get(self, location: str) -> HeldFile | None:
+        return self._files.get(location)
+
+
+_FOLDERS: weakref.WeakValueDictionary[str, DataFiles] = weakref.WeakValueDictionary()
+_FOLDERS_LOCK = threading.Lock()
+
+
+def held(base_dir: Path) -> DataFiles:
+    """The data files of `base_dir` held in this process (a new, empty set when nothing holds them)."""
+    key = os.path.realpath(base_dir)
+    with _FOLDERS_LOCK:
+        files = _FOLDERS.get(key)
+        if files is None:
+            files = DataFiles(Path(base_dir))
+            _FOLDERS[key] = files
+        return files
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == getattr(os, "ELOOP", -1):
+        return "it became a symbolic link after it was checked"
+    return (exc.strerror or str(exc)).lower()
+
+
+def _opened_path(fd: int) -> str | None:
+    """Where the descriptor really points (Linux's /proc), or None where that cannot be asked."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
