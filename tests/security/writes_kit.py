@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from graphfix.io.saving import _varint  # the writer's own protobuf varint, to pad a model as a writer would
+
 HUBERT = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 
 
@@ -83,12 +85,3 @@ def self_located(path: Path) -> Path:
             return path
         offset = len(head) + len(key) + len(size)
     raise AssertionError("the offsets did not settle")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
