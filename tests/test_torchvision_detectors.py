@@ -67,6 +67,7 @@ def test_export_matches_pytorch_at_several_sizes(detectors, name):
         got = session.run(None, {"images": picture.numpy()})
         want = detector(picture)
         assert got[0].shape[0] > 0, "random weights must still detect something, or the comparison is empty"
+        got = _tied_in_torch_order(detector.outputs, got, want)
         for output, a, b in zip(detector.outputs, got, want, strict=True):
             assert a.shape == b.shape, (size, output)
             close = np.isclose(a, b, atol=ATOL.get(output, 2e-3), rtol=1e-3)
@@ -74,6 +75,26 @@ def test_export_matches_pytorch_at_several_sizes(detectors, name):
             # score, the max itself, must still agree)
             allowed = int(KEYPOINT_FLIPS * close.size) if output == "keypoints" else 0
             assert np.count_nonzero(~close) <= allowed, f"{name} {output} at {size}: {np.abs(a - b).max()}"
+
+
+def _tied_in_torch_order(outputs, got, want) -> list[np.ndarray]:
+    """onnxruntime's detections, those whose scores tie in PyTorch (random weights saturate many at 1.0) put in
+    PyTorch's order: non-maximum suppression may return tied detections either way. Any other difference in order
+    still fails the comparison."""
+    names = list(outputs)
+    boxes, scores = names.index("boxes"), names.index("scores")
+    if got[boxes].shape != want[boxes].shape:
+        return got
+    order, free = [], set(range(len(want[boxes])))
+    for i, box in enumerate(got[boxes]):
+        tied = [j for j in sorted(free) if abs(want[scores][j] - want[scores][i]) <= 1e-6]
+        match = next((j for j in tied if np.allclose(want[boxes][j], box, atol=2e-3, rtol=1e-3)), i)
+        order.append(match)
+        free.discard(match)
+    if sorted(order) != list(range(len(order))):
+        return got
+    inverse = np.argsort(order)
+    return [value[inverse] if np.ndim(value) and len(value) == len(order) else value for value in got]
 
 
 @pytest.mark.parametrize("name", DETECTORS)
