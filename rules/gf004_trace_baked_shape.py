@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis import export_sizes as evidence
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.sizes import baked_reshapes, baked_slices, frozen_outputs, partly_constant, sizes_of
+from graphfix.analysis.sizes import baked_reshapes, baked_slices, frozen_by_other_entries, partly_constant, sizes_of
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -151,7 +151,7 @@ class TraceBakedShape(Rule):
                                 **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
-        doubt = self._frozen_by(ctx, sizes, node, entry)
+        doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry)[:2])  # a declared dim disagrees
         return self.finding(
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}" + (f"; but {doubt}" if doubt else ""),
             **kwargs, hint=HINT_INT,
@@ -161,18 +161,6 @@ class TraceBakedShape(Rule):
                     "the one candidate the proof accepted (repair's trial)" if trial else
                     f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
 
-    @staticmethod
-    def _frozen_by(ctx: RuleContext, sizes, node: gs.Node, entry) -> str:
-        """Why the solved entry may be the wrong one: a graph output the exporter declared dynamic stays fixed at
-        the value of another constant entry of this shape (`reshape(B, int(T) // 3, 12)` traced at T=6: the count
-        says 12 is 2*T, yet the output declared [B, G] keeps 2, so the 2 stands for a size too)."""
-        kept = {int(t) for k, t in enumerate(sizes.value(node.inputs[1]) or ())
-                if k != entry.index and getattr(t, "is_Integer", False) and t > 1}
-        declared = {t.name: list(t.shape) for t in ctx.graph.outputs if t.shape is not None}  # as exported
-        frozen = [f for f in frozen_outputs(sizes, declared) if f.value in kept]
-        return "; ".join(f"output '{f.name}' declares axis {f.axis} dynamic ({f.dim}) and it stays {f.value}, another "
-                         "constant of this shape: that entry may stand for a size too, and the element count alone "
-                         "does not say which" for f in frozen[:2])
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:

@@ -13,11 +13,13 @@ process (analysis, onnxruntime sessions, the copy into the output) while a loade
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from graphfix.core.errors import InputError
@@ -136,3 +138,38 @@ def _opened_path(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
+
+
+def copy_used(src: HeldFile, dst: Path, end: int | None = None) -> None:
+    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst`, holes left as holes: only the
+    extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read and written, so a sparse data file
+    with a huge hole cannot turn into gigabytes on disk, and nothing past the tensors' bytes is copied."""
+    end = src.size if end is None else end
+    if end > src.size:
+        raise InputError(f"{src.path}: is {src.size} bytes but its tensors need {end} (changed since it was checked)")
+    with open(dst, "wb") as out:
+        for start, stop in _data_extents(src.fd, end):
+            out.seek(start)
+            src.copy_to(out, start, stop - start)
+        out.truncate(end)
+
+
+def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each extent of data below `end`; one extent for all when holes cannot be asked for."""
+    position = 0
+    while position < end:
+        try:
+            start = os.lseek(fd, position, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            yield position, end  # no SEEK_DATA here: copy the rest as it is
+            return
+        except AttributeError:  # a platform without SEEK_DATA
+            yield position, end
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        position = stop

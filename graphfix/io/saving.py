@@ -9,15 +9,12 @@ replaces the old one, and only then is the old data removed, if graphfix may (se
 named after the model that nothing else reads); a crash in between leaves the old pair usable.
 Weights kept in the source's external data are copied in chunks, never loaded whole.
 
-A light model (see `graphfix.io.weights`) is written with its stubs replaced by the weights they stand for, one
-tensor at a time: inline, each weight goes out as its own `graph { initializer }` record, which protobuf parsers
-merge into the one graph (embedded messages that repeat are merged, by the wire format's rules), so no
+A light model (see `graphfix.io.weights`) is written inline record by record (`graphfix.io.streaming`), so no
 full-size copy of the model is ever built in memory.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,11 +25,11 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from graphfix.core.errors import InputError, OutputError
+from graphfix.core.errors import OutputError
 from graphfix.io.external_data import data_file, external_ref, model_tensors, tensor_nbytes
-from graphfix.io.held import HeldFile
-from graphfix.io.protos import copy_field, copy_without_initializers
+from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.staging import remove, staging_dir
+from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
     _mentions,
     check_target,
@@ -139,7 +136,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
             proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
         with open(staged.path, "wb") as f:
             if has_stubs(proto):
-                _write_streaming(proto, weights or {}, f)
+                write_streaming(proto, weights or {}, f)
             else:
                 f.write(proto.SerializeToString())
     return staged
@@ -152,7 +149,7 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
     with writing(staged.destination, staged), open(staged.path, "wb") as f:
         for tensor in proto.graph.initializer:
             if is_stub(tensor):
-                _write_initializer(resolve(tensor, weights), f)
+                write_initializer(resolve(tensor, weights), f)
     staged.prewritten = stub_names(proto)
     return staged
 
@@ -162,7 +159,7 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     if stub_names(proto) != staged.prewritten:
         raise ValueError("the final model's weights differ from the ones written ahead")
     with writing(staged.destination, staged), open(staged.path, "ab") as f:
-        _write_streaming(proto, weights, f, skip=staged.prewritten)
+        write_streaming(proto, weights, f, skip=staged.prewritten)
     return staged
 
 
@@ -286,52 +283,6 @@ def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[No
         raise
 
 
-def _write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
-    """Write a light model inline: the model without initializers, then each initializer (stubs resolved) as a
-    separate graph record that the parser merges into the graph. Records may come in any order."""
-    f.write(copy_without_initializers(proto).SerializeToString())
-    for tensor in proto.graph.initializer:
-        if tensor.name not in skip:
-            _write_initializer(resolve(tensor, weights), f)
-
-
-def _write_initializer(tensor: onnx.TensorProto, f) -> None:
-    """One `graph { initializer: tensor }` record; raw bytes go out without another serialized copy."""
-    if not tensor.HasField("raw_data"):
-        f.write(_record(MODEL_GRAPH, _record(GRAPH_INITIALIZER, tensor.SerializeToString())))
-        return
-    header = onnx.TensorProto()
-    for field, value in tensor.ListFields():
-        if field.name != "raw_data":
-            copy_field(header, field, value)
-    raw = tensor.raw_data
-    head = header.SerializeToString() + _key(TENSOR_RAW_DATA) + _varint(len(raw))
-    tensor_length = len(head) + len(raw)
-    initializer_head = _key(GRAPH_INITIALIZER) + _varint(tensor_length)
-    f.write(_key(MODEL_GRAPH) + _varint(len(initializer_head) + tensor_length) + initializer_head + head)
-    f.write(raw)
-
-
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
-
-
-def _record(field_number: int, payload: bytes) -> bytes:
-    return _key(field_number) + _varint(len(payload)) + payload
-
-
-def _key(field_number: int) -> bytes:
-    return _varint(field_number << 3 | 2)  # wire type 2: length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
                         weights: Weights) -> onnx.ModelProto:
     """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
@@ -390,38 +341,3 @@ def _pad_to_alignment(f) -> None:
     pos = f.tell()
     if pos % ALIGNMENT:
         f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))
-
-
-def copy_used(src: HeldFile, dst: Path, end: int | None = None) -> None:
-    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst`, holes left as holes: only the
-    extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read and written, so a sparse data file
-    with a huge hole cannot turn into gigabytes on disk, and nothing past the tensors' bytes is copied."""
-    end = src.size if end is None else end
-    if end > src.size:
-        raise InputError(f"{src.path}: is {src.size} bytes but its tensors need {end} (changed since it was checked)")
-    with open(dst, "wb") as out:
-        for start, stop in _data_extents(src.fd, end):
-            out.seek(start)
-            src.copy_to(out, start, stop - start)
-        out.truncate(end)
-
-
-def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each extent of data below `end`; one extent for all when holes cannot be asked for."""
-    position = 0
-    while position < end:
-        try:
-            start = os.lseek(fd, position, os.SEEK_DATA)
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
-                return
-            yield position, end  # no SEEK_DATA here: copy the rest as it is
-            return
-        except AttributeError:  # a platform without SEEK_DATA
-            yield position, end
-            return
-        if start >= end:
-            return
-        yield start, min(stop, end)
-        position = stop

@@ -50,8 +50,7 @@ def test_an_unchanged_repair_copies_only_what_the_tensors_use(sandbox):
 
 def test_copy_used_keeps_the_holes_below_the_end(tmp_path):
     """Data after a hole, within the tensors' end: the hole stays a hole, the data is copied where it was."""
-    from graphfix.io.held import HeldFile
-    from graphfix.io.saving import copy_used
+    from graphfix.io.held import HeldFile, copy_used
 
     src = tmp_path / "src.data"
     with open(src, "wb") as f:

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphfix.io.saving import _varint  # the writer's own protobuf varint, to pad a model as a writer would
+from graphfix.io.streaming import varint  # the writer's own protobuf varint, to pad a model as a writer would
 
 HUBERT = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 
@@ -65,7 +65,7 @@ def self_located(path: Path) -> Path:
     proto = onnx.load(HUBERT)
     raws = [numpy_helper.to_array(t).tobytes() for t in proto.graph.initializer]
     payload = b"".join(raws)
-    key, size = bytes([0xFA, 0x06]), _varint(len(payload))  # field 111, length-delimited: unknown to ModelProto
+    key, size = bytes([0xFA, 0x06]), varint(len(payload))  # field 111, length-delimited: unknown to ModelProto
     offset = 0
     for _ in range(8):  # the offsets are written in the header they follow: repeat until they settle
         position = offset

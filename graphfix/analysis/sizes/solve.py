@@ -332,16 +332,31 @@ class FrozenOutput:
     dim: str
     value: int
 
+    @property
+    def why(self) -> str:
+        return (f"output '{self.name}' declares axis {self.axis} dynamic ({self.dim}) and it stays {self.value}, "
+                "another constant of this shape: that entry may stand for a size too, and the element count alone "
+                "does not say which")
 
-def frozen_outputs(sizes: Sizes, declared: dict[str, list]) -> list[FrozenOutput]:
-    """Graph outputs' dims declared by name (`declared`: output name -> dims, ints or names) that the analysis
-    computes as one whole number at every size."""
+
+def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
+    """Graph outputs' dims declared by name (as the graph's outputs carry them: the exporter's dynamic axes) that
+    the analysis computes as one whole number at every size."""
     found = []
     for tensor in sizes.graph.outputs:
-        dims, shape = declared.get(tensor.name), sizes.shape(tensor)
+        dims, shape = tensor.shape, sizes.shape(tensor)
         if not dims or shape is None or len(dims) != len(shape):
             continue
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
             if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1:
                 found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
     return found
+
+
+def frozen_by_other_entries(sizes: Sizes, node: gs.Node, entry: BakedEntry) -> list[FrozenOutput]:
+    """The declared-dynamic output dims that stay fixed at the value of another constant entry of `node`'s shape
+    than the solved `entry`: that entry may stand for a size too (`reshape(B, int(T) // 3, 12)` traced at T=6: the
+    count says 12 is 2*T, yet the output declared [B, G] keeps the 2)."""
+    kept = {int(t) for k, t in enumerate(sizes.value(node.inputs[1]) or ())
+            if k != entry.index and getattr(t, "is_Integer", False) and t > 1}
+    return [f for f in frozen_outputs(sizes) if f.value in kept]
