@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.walk import consumers_map, input_dependent_tensors, live_nodes, tensor_names
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 

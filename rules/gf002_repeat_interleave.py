@@ -10,6 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.constants import Elem, Evaluator, Sym, show_elems
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.repeat import (
     chunk_index,
     chunk_source,
@@ -20,7 +21,6 @@ from graphfix.analysis.repeat import (
     unit_split,
 )
 from graphfix.analysis.walk import ancestors
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 

@@ -21,8 +21,8 @@ from graphfix.analysis.broadcast import (
     pair_verdict,
     right_aligned,
 )
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes import sizes_of
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)

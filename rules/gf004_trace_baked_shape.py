@@ -8,9 +8,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis import export_sizes as evidence
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
 from graphfix.analysis.sizes import baked_reshapes, baked_slices, frozen_by_other_entries, partly_constant, sizes_of
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 INT64_MAX = np.iinfo(np.int64).max

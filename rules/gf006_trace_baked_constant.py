@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
     arange_input,
     band_input,
@@ -17,7 +18,6 @@ from graphfix.analysis.export_sizes import folded_ranges
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import rebuilt_entries, size_expr
 from graphfix.analysis.sizes import baked_pads, sizes_if
-from graphfix.core.context import RuleContext
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("The pad amount went through Python while tracing (`(k - int(x.shape[1]) % k) % k`): compute it from the "

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.constants import Evaluator, arange_axis
-from graphfix.core.context import RuleContext
+from graphfix.analysis.context import RuleContext
 
 
 @dataclass

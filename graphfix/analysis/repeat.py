@@ -16,7 +16,7 @@ from graphfix.analysis.builders import Builder
 from graphfix.analysis.constants import Elem, Evaluator
 
 if TYPE_CHECKING:
-    from graphfix.core.context import RuleContext
+    from graphfix.analysis.context import RuleContext
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

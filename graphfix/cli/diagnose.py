@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from graphfix.api import ModelReport, diagnose_path
 from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
     config_filter,
@@ -22,11 +21,12 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import filter_findings, probe_options_for
 from graphfix.core.forked import Crashed, run_forked
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import expand_paths
+from graphfix.pipeline.batch import portable, warm_up
+from graphfix.pipeline.diagnose import ModelReport, diagnose_path
 from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 
 

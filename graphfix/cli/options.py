@@ -120,7 +120,7 @@ require_option = click.option(
 
 
 def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expect_outputs=(), trace_shapes=()):
-    from graphfix.core.context import RuleOptions
+    from graphfix.core.rule import RuleOptions
 
     traced = parse_shapes("--trace-shape", tuple(trace_shapes))
     for name, dims in traced.items():

@@ -22,13 +22,13 @@ from graphfix.cli.options import (
     rule_selection,
     validation_options_from,
 )
-from graphfix.core.batch import portable, warm_up
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
 from graphfix.core.forked import run_forked
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.io.targets import same_file
+from graphfix.pipeline.batch import portable, warm_up
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text, printable, rejection_line
 

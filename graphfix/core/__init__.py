@@ -1,1 +1,2 @@
-"""The core: what a rule is, what it sees, how rules are found and run, errors, configuration and batches."""
+"""The core: what a rule is and the options it reads, how rules are found, errors, configuration, values, budgets
+and forked children. It imports nothing of graphfix above it."""

@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import graphfix
-
 
 def python_module_argv(module: str, *args: str) -> list[str]:
     """argv that runs `python -m module args...` in safe-path mode."""
@@ -25,7 +23,7 @@ def child_environment() -> dict[str, str]:
     working folder is the only place graphfix came from (`python -m graphfix` in a source checkout), so that the
     child still finds graphfix. That folder then is trusted as much as this process trusts it; no other is."""
     environment = dict(os.environ)
-    root = Path(graphfix.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the folder that holds graphfix/ (this is graphfix/core/)
     if root == Path.cwd().resolve() and not _installed_elsewhere(root):
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH"), str(root)) if p)
     return environment

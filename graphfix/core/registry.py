@@ -101,7 +101,7 @@ def rules_package() -> ModuleType:
     """`graphfix.rules`: the installed package, or in a checkout the top-level `rules/` folder beside graphfix/."""
     if BUILTIN_PACKAGE in sys.modules:
         return sys.modules[BUILTIN_PACKAGE]
-    here = Path(importlib.import_module("graphfix").__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # graphfix/ (this is graphfix/core/registry.py)
     source = here.parent / "rules" / "__init__.py"
     if (here / "rules").is_dir() or not source.is_file():
         return importlib.import_module(BUILTIN_PACKAGE)  # installed (wheel), or mapped by an editable install

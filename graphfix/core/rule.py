@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
-
-    from graphfix.core.context import RuleContext
 
 DOC_SECTIONS = ("What it does", "Why it breaks deployment", "Example", "Fix safety")
 
@@ -81,6 +79,18 @@ class Choice:
     key: str
     options: tuple[int, ...]
     labels: tuple[str, ...]
+
+
+@dataclass
+class RuleOptions:
+    """User options rules may read. Unknown keys from plugins go in `extra`."""
+
+    unsafe_fixes: bool = False
+    expect_outputs: tuple[str, ...] = ()
+    trace_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    static: bool = False
+    choices: Mapping[str, int] = field(default_factory=dict)  # Choice key -> the option to build (repair's trials)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,7 +224,9 @@ class Rule:
     # Exporter and onnxruntime messages this rule explains (`graphfix explain TEXT`).
     knowledge: ClassVar[tuple[KnownError, ...]] = ()
 
-    def detect(self, ctx: RuleContext) -> Iterable[Finding | Rejection]:
+    def detect(self, ctx) -> Iterable[Finding | Rejection]:
+        """Findings and rejections for one graph state. `ctx` is what the rule sees, a RuleContext
+        (`graphfix.analysis.context`): the graph, its shapes, constant values and the RuleOptions."""
         if self.runtime_only:
             return ()
         raise NotImplementedError

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphfix.core.engine import AppliedFix
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Safety
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
+from graphfix.pipeline.engine import AppliedFix
 from graphfix.report.knowledge import explain_message
 
 

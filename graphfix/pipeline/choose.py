@@ -13,8 +13,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from graphfix.core.engine import FixOutcome
 from graphfix.core.rule import Choice
+from graphfix.pipeline.engine import FixOutcome
 
 MAX_TRIALS = 8
 

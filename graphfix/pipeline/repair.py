@@ -17,9 +17,7 @@ from typing import Any
 
 import onnx
 
-from graphfix.core.context import RuleOptions
-from graphfix.core.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
-from graphfix.core.rule import Rule, Severity
+from graphfix.core.rule import Rule, RuleOptions, Severity
 from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.saving import (
     StagedModel,
@@ -34,6 +32,7 @@ from graphfix.io.staging import scratch_dir
 from graphfix.io.targets import check_destination
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.pipeline.choose import choose
+from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.runner import ModelRunner
 
@@ -269,7 +268,7 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
 def solved_sizes(loaded: LoadedModel, rule_options: RuleOptions) -> dict[str, int]:
     """Export-time sizes of the input dims, learnt from the original graph (see graphfix.analysis.export_sizes)."""
     from graphfix.analysis.export_sizes import export_sizes
-    from graphfix.core.engine import analyse
+    from graphfix.pipeline.engine import analyse
 
     ctx = analyse(loaded.proto, loaded.base_dir, rule_options)
     return dict(export_sizes(ctx, ctx.evaluator).values)

@@ -28,7 +28,7 @@ def rule_descriptors() -> list[dict[str, Any]]:
 
 
 def sarif_log(outcomes: list, root: Path | None = None) -> dict[str, Any]:
-    """The SARIF log of `outcomes` (graphfix.core.batch.Outcome); paths are made relative to `root` (default: cwd)."""
+    """The SARIF log of `outcomes` (graphfix.pipeline.batch.Outcome); paths relative to `root` (default: cwd)."""
     root = (root or Path.cwd()).resolve()
     rules = rule_descriptors()
     index = {rule["id"]: i for i, rule in enumerate(rules)}

@@ -116,8 +116,9 @@ class Retracer:
 
 
 def _context(model: onnx.ModelProto):
+    from graphfix.analysis.context import RuleContext
     from graphfix.analysis.shapes import infer_shapes
-    from graphfix.core.context import RuleContext, RuleOptions
+    from graphfix.core.rule import RuleOptions
 
     inferred = infer_shapes(model)
     return RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))

@@ -8,7 +8,8 @@ from conftest import parse, run
 
 from graphfix.analysis.builders import Builder
 from graphfix.analysis.constants import Sym
-from graphfix.core.context import RuleContext, RuleOptions
+from graphfix.analysis.context import RuleContext
+from graphfix.core.rule import RuleOptions
 from graphfix.io.graphs import export_graph, import_graph
 
 EXPAND_MINUS_ONE = """

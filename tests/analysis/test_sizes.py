@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 from conftest import parse
 
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.analysis.sizes import (
     Constraint,
@@ -18,7 +19,7 @@ from graphfix.analysis.sizes import (
     solve,
     tied_dims,
 )
-from graphfix.core.context import RuleContext, RuleOptions
+from graphfix.core.rule import RuleOptions
 
 # MultiheadAttention's key reshape as the TorchScript exporter writes it: [7, B * 4, 4] with 7 baked.
 MHA_KEY = """

@@ -13,7 +13,7 @@ from conftest import parse
 
 from graphfix.cli import check as check_cli
 from graphfix.cli import cli
-from graphfix.core import batch
+from graphfix.pipeline import batch
 
 if "check" not in cli.commands:  # until the lead registers it in graphfix/cli/__init__.py
     cli.add_command(check_cli.command)

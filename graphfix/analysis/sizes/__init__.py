@@ -54,8 +54,9 @@ def static_sizes(model) -> tuple[Sizes, object]:
     shapes are keyed by."""
     import onnx_graphsurgeon as gs
 
+    from graphfix.analysis.context import RuleContext
     from graphfix.analysis.shapes import infer_shapes
-    from graphfix.core.context import RuleContext, RuleOptions
+    from graphfix.core.rule import RuleOptions
 
     inferred = infer_shapes(model)
     ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))

@@ -7,9 +7,8 @@ import onnx_graphsurgeon as gs
 import pytest
 from conftest import op_types, parse, run
 
-from graphfix.core.context import RuleOptions
-from graphfix.core.engine import detect, fix_model
-from graphfix.core.rule import Fix, Rule, Safety
+from graphfix.core.rule import Fix, Rule, RuleOptions, Safety
+from graphfix.pipeline.engine import detect, fix_model
 
 MODEL = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 4] X) => (float[N, 4] Y) { A = Neg(X)  Y = Neg(A) }"""
@@ -84,8 +83,8 @@ class UnsafeOnly(DoubleNegation):
 
 
 def test_crashing_rule_is_an_internal_error_never_a_finding():
-    from graphfix.core.engine import analyse
     from graphfix.core.errors import InternalError
+    from graphfix.pipeline.engine import analyse
 
     with pytest.raises(InternalError) as raised:
         detect(analyse(parse(MODEL), None, RuleOptions()), [DoubleNegation, Crashes])

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import onnx
 
+from graphfix.analysis.context import RuleContext
 from graphfix.analysis.shapes import infer_shapes
-from graphfix.core.context import RuleContext, RuleOptions
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
-from graphfix.core.rule import Finding, Rejection, Rule, Safety, Severity
+from graphfix.core.rule import Finding, Rejection, Rule, RuleOptions, Safety, Severity
 from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.weights import Weights
 

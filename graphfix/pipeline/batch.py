@@ -26,9 +26,13 @@ from typing import Any
 
 import click
 
-from graphfix.core.context import RuleOptions
+from graphfix.core.config import filter_findings
+from graphfix.core.errors import GraphfixError
 from graphfix.core.forked import Crashed, Forked, can_fork
-from graphfix.core.rule import Finding, Rejection
+from graphfix.core.registry import find_rule
+from graphfix.core.rule import Finding, Rejection, RuleOptions
+from graphfix.io.loading import load_model
+from graphfix.pipeline.diagnose import diagnose_loaded, merge_runtime_findings, runtime_findings
 
 
 @dataclass
@@ -67,12 +71,6 @@ class Outcome:
 
 def check_model(job: Job) -> Outcome:
     """Static rules, then the onnxruntime probe at several sizes; findings filtered by the job's codes."""
-    from graphfix.api import diagnose_loaded, merge_runtime_findings
-    from graphfix.core.config import filter_findings
-    from graphfix.core.errors import GraphfixError
-    from graphfix.core.registry import find_rule
-    from graphfix.io.loading import load_model
-
     start = time.perf_counter()
     try:  # loaded once: the probe runs the model as it was checked, not the file read again
         loaded = load_model(job.path, unexpanded=True)
@@ -82,10 +80,8 @@ def check_model(job: Job) -> Outcome:
     outcome = Outcome(report.path, rejections=report.rejections, error=report.error, exit_code=report.exit_code)
     runtime: list[Finding] = []
     if report.error is None and job.probing is not None and not report.skipped:  # skipped: the finding says it
-        from graphfix.validate import probe
-
         try:
-            runtime = [failure.to_finding() for failure in probe(loaded, job.probing)]
+            runtime = runtime_findings(loaded, job.probing)
         except GraphfixError as exc:
             outcome.error, outcome.exit_code = str(exc), exc.exit_code
     runtime = filter_findings(runtime, job.select, job.ignore)
@@ -127,7 +123,7 @@ def warm_up() -> None:
     import numpy.random  # noqa: F401 - inputs are synthesized with it
     import sympy.tensor.tensor  # noqa: F401 - loaded by the first symbolic shape inference
 
-    import graphfix.api
+    import graphfix.pipeline.repair
     import graphfix.validate  # noqa: F401
     from graphfix.analysis.shapes import _symbolic_shape_infer
 

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.constants import Evaluator
+from graphfix.core.rule import RuleOptions
 from graphfix.io.external_data import tensor_values
 from graphfix.io.sources import source_proto
-
-
-@dataclass
-class RuleOptions:
-    """User options rules may read. Unknown keys from plugins go in `extra`."""
-
-    unsafe_fixes: bool = False
-    expect_outputs: tuple[str, ...] = ()
-    trace_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    static: bool = False
-    choices: Mapping[str, int] = field(default_factory=dict)  # Choice key -> the option to build (repair's trials)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RuleContext:
