@@ -14,9 +14,9 @@ from google.protobuf.message import DecodeError
 
 from graphfix.core.errors import InputError
 from graphfix.io.budgets import BudgetExceeded, check_node_budget
-from graphfix.io.checks import refuse_unsupported, run_onnx_checker, validate_model
 from graphfix.io.external_data import ExternalRef, check_external_data
 from graphfix.io.held import DataFiles, HeldFile, held, open_model
+from graphfix.io.tensor_checks import refuse_unsupported, run_onnx_checker, validate_model
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 MIN_IR_VERSION = 3

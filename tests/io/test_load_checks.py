@@ -14,7 +14,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from graphfix.cli import cli
 from graphfix.core.errors import InputError
-from graphfix.io import checks
+from graphfix.io import tensor_checks
 from graphfix.io.loading import from_proto, load_model
 
 
@@ -152,8 +152,8 @@ def weights(request, monkeypatch):
     """Each case twice: as it is, and with its 64-byte weight counted as heavy, so that the checker gets it as a
     typed graph input (what happens to BERT-size weights) and graphfix's own tensor checks must catch it."""
     if request.param == "heavy":
-        monkeypatch.setattr(checks, "HEAVY_BYTES", 64)
-        monkeypatch.setattr(checks, "HEAVY_TENSOR_BYTES", 64)
+        monkeypatch.setattr(tensor_checks, "HEAVY_BYTES", 64)
+        monkeypatch.setattr(tensor_checks, "HEAVY_TENSOR_BYTES", 64)
     return request.param
 
 
@@ -180,8 +180,8 @@ def test_the_unmutated_model_loads(tmp_path, weights):
 
 def test_heavy_weights_stay_checked_by_the_checker_before_ir_4(tmp_path, monkeypatch):
     """Before IR 4 an initializer must also be a graph input: the checker must still see the initializer."""
-    monkeypatch.setattr(checks, "HEAVY_BYTES", 64)
-    monkeypatch.setattr(checks, "HEAVY_TENSOR_BYTES", 64)
+    monkeypatch.setattr(tensor_checks, "HEAVY_BYTES", 64)
+    monkeypatch.setattr(tensor_checks, "HEAVY_TENSOR_BYTES", 64)
     model = base()
     model.ir_version = 3
     model.opset_import[0].version = 8

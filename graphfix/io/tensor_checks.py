@@ -1,10 +1,12 @@
-"""Load-time validation: a model that reaches the rules is one they can read.
+"""Load-time checks of a model's tensors and types, and onnx's checker: a model that reaches the rules is one they
+can read.
 
 onnx's checker (`onnx.checker.check_model`, no shape inference) covers most of ONNX's rules: typed value fields
 too short for the dims, UNDEFINED data types, negative dims, attributes whose value field does not match their
 type or their operator's schema, sparse tensors with out-of-range or unsorted indices, graph inputs without a
 type, tensors produced twice, recursive model-local functions. graphfix checks the rest itself, first, because
-the checker lets these through (onnx 1.23) and each one crashed a rule or the runtime probe:
+the checker lets these through (onnx 1.23) and each one crashed a rule or the runtime probe. Here, the tensors and
+types (the graph's structure is `graphfix.io.graph_checks`'):
 
 - data types that are no TensorProto enum (the checker accepts `data_type=99` on an initializer; numpy lookup
   then fails), on tensors and on graph inputs' tensor types;
@@ -12,31 +14,26 @@ the checker lets these through (onnx 1.23) and each one crashed a rule or the ru
   values in more than one field. With these checked, big inline weights reach the checker as typed graph inputs:
   on the file it would parse them all again;
 - string tensors: values in `raw_data` and strings that are not UTF-8 (ONNX strings are UTF-8);
-- names that are not UTF-8 (protobuf hands them over as bytes, which every string operation trips on);
-- cycles: the checker refuses any graph that is not topologically sorted, cycle or not. graphfix accepts an
-  unsorted graph (onnxruntime does) and refuses only a real cycle or an input nothing produces, naming it;
-- a call of a model-local function domain's operator that no function defines (onnxruntime: "not a registered
-  function/op");
 - element types onnxruntime refuses when it loads the model (`check_types`): an operator's type parameter bound to
   two types (`Add(float, int64)`, often the work of an unsorted graph), or to one it does not take (a sequence,
   map or string where numbers are needed).
 
-Each refusal is one line naming the tensor, node or field.
+`validate_model` runs graphfix's own checks of both modules, in order; `run_onnx_checker` runs onnx's checker
+after them. Each refusal is one line naming the tensor, node or field.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import deque
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
-from onnx import AttributeProto, TensorProto
+from onnx import TensorProto
 
 from graphfix.core.errors import InputError
-from graphfix.io.external_data import model_tensors, tensor_nbytes
+from graphfix.io.external_data import has_external_data, model_tensors, tensor_nbytes
+from graphfix.io.graph_checks import check_acyclic, check_local_calls, check_names, every_graph, is_sorted, sort_nodes
 from graphfix.io.protos import lift_initializers
 
 SUB_BYTE_PACKED = {TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
@@ -54,7 +51,7 @@ def validate_model(proto: onnx.ModelProto, name: str) -> None:
         for where, tensor in model_tensors(proto):
             check_tensor(tensor, where)
         check_graph_inputs(proto.graph)
-        for graph, context in _graphs(proto):
+        for graph, context in every_graph(proto):
             check_acyclic(graph, context)
         check_local_calls(proto)
     except InputError as exc:
@@ -128,63 +125,6 @@ def _check_strings(tensor: TensorProto, where: str, count: int) -> None:
             raise InputError(f"{where}: string {index} is not UTF-8") from None
 
 
-def check_names(proto: onnx.ModelProto) -> None:
-    """Every name is text: protobuf returns a name that is not UTF-8 as bytes."""
-    for field, value in _names(proto):
-        if not isinstance(value, str):
-            raise InputError(f"{field} {value[:40]!r} is not UTF-8")
-
-
-def _names(proto: onnx.ModelProto) -> Iterator[tuple[str, object]]:
-    for entry in proto.opset_import:
-        yield "opset domain", entry.domain
-    for graph, _context in _graphs(proto):
-        yield "graph name", graph.name
-        for value in (*graph.input, *graph.output, *graph.value_info):
-            yield "value name", value.name
-        for tensor in graph.initializer:
-            yield "initializer name", tensor.name
-        for sparse in graph.sparse_initializer:
-            yield "sparse initializer name", sparse.values.name
-        yield from _node_names(graph.node)
-    for function in proto.functions:
-        yield "function name", function.name
-        yield "function domain", function.domain
-        for value in (*function.input, *function.output, *function.attribute):
-            yield "function argument", value
-        yield from _node_names(function.node)
-
-
-def _node_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[str, object]]:
-    for node in nodes:
-        yield "node name", node.name
-        yield "node op_type", node.op_type
-        yield "node domain", node.domain
-        for value in (*node.input, *node.output):
-            yield f"tensor name of node '{node.name}'", value
-        for attr in node.attribute:
-            _check_attribute(node, attr)
-            yield f"attribute name of node '{node.name}'", attr.name
-            yield f"attribute reference of node '{node.name}'", attr.ref_attr_name
-
-
-LIST_FIELDS = {AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats", AttributeProto.STRINGS: "strings",
-               AttributeProto.TENSORS: "tensors", AttributeProto.GRAPHS: "graphs"}
-
-
-def _check_attribute(node: onnx.NodeProto, attr: AttributeProto) -> None:
-    """An attribute has a type and, for a list, values: onnx-graphsurgeon infers a list's type from its values
-    and cannot write an empty one back (the checker accepts both)."""
-    where = f"attribute '{attr.name}' of node '{node.name or node.op_type}'"
-    if attr.ref_attr_name:
-        return  # a function's attribute reference: the checker checks its context
-    if attr.type == AttributeProto.UNDEFINED:
-        raise InputError(f"{where} has no type")
-    field = LIST_FIELDS.get(attr.type)
-    if field is not None and not len(getattr(attr, field)):
-        raise InputError(f"{where} is an empty list")
-
-
 def check_graph_inputs(graph: onnx.GraphProto) -> None:
     """Inputs have a type; tensor inputs a real element type and non-negative dims. Sequences, maps and
     optionals are valid: the probe reports them as inputs it cannot make."""
@@ -203,64 +143,6 @@ def check_graph_inputs(graph: onnx.GraphProto) -> None:
                 raise InputError(f"graph input '{value.name}': negative dim {dim.dim_value}")
 
 
-def _graphs(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, str]]:
-    """The main graph and every subgraph, with words that place each one."""
-    pending: deque[tuple[onnx.GraphProto, str]] = deque([(proto.graph, "")])
-    nodes_with_graphs = [(n, f" in function '{f.name}'") for f in proto.functions for n in f.node]
-    while pending or nodes_with_graphs:
-        if pending:
-            graph, context = pending.popleft()
-            yield graph, context
-            nodes_with_graphs.extend((n, context) for n in graph.node)
-            continue
-        node, context = nodes_with_graphs.pop()
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-            pending.extend((sub, f" in a subgraph of node '{node.name or node.op_type}'{context}") for sub in subs)
-
-
-def check_acyclic(graph: onnx.GraphProto, context: str) -> None:
-    """Refuse a cycle (Kahn's algorithm), naming a node on it. Inputs from outer scopes are not this graph's
-    business; a subgraph's reads of this graph's tensors count as its node's inputs."""
-    producer: dict[str, int] = {}
-    for index, node in enumerate(graph.node):
-        for name in node.output:
-            if name:
-                producer[name] = index
-    waiting = [0] * len(graph.node)
-    users: list[list[int]] = [[] for _ in graph.node]
-    for index, node in enumerate(graph.node):
-        for name in set(_reads(node)):
-            source = producer.get(name)
-            if source is not None:
-                waiting[index] += 1
-                users[source].append(index)
-    ready = deque(i for i, count in enumerate(waiting) if count == 0)
-    done = 0
-    while ready:
-        index = ready.popleft()
-        done += 1
-        for user in users[index]:
-            waiting[user] -= 1
-            if waiting[user] == 0:
-                ready.append(user)
-    if done < len(graph.node):
-        stuck = next(n for i, n in enumerate(graph.node) if waiting[i] > 0)
-        raise InputError(f"node '{stuck.name or stuck.op_type}'{context} is on a cycle (it depends on its own "
-                         "output)")
-
-
-def check_local_calls(proto: onnx.ModelProto) -> None:
-    """Refuse a node in a model-local function domain that no function of the model defines."""
-    defined = {(f.domain, f.name) for f in proto.functions}
-    domains = {domain for domain, _name in defined}
-    nodes = [n for graph, _context in _graphs(proto) for n in graph.node]
-    for node in [*nodes, *(n for f in proto.functions for n in f.node)]:
-        if node.domain in domains and (node.domain, node.op_type) not in defined:
-            raise InputError(f"node '{node.name or node.op_type}': {node.domain}:{node.op_type} is no function of "
-                             f"the model (domain '{node.domain}' holds its model-local functions)")
-
-
 def check_types(proto: onnx.ModelProto, name: str) -> None:
     """Refuse what onnxruntime refuses to load for its element types: an operator's type parameter bound to two
     types (`Add(float, int64)`, often the work of an unsorted graph, which onnxruntime sorts first) or to a type
@@ -268,8 +150,8 @@ def check_types(proto: onnx.ModelProto, name: str) -> None:
     inference on the sorted graph without its weights (their types and dims stay: no second copy of gigabytes);
     shapes that do not unify are the rules' and the probe's business, not a load error."""
     light = lift_initializers(proto)
-    if not _is_sorted(light.graph):
-        _sort(light.graph)  # quadratic: only for the graphs that need it
+    if not is_sorted(light.graph):
+        sort_nodes(light.graph)  # quadratic: only for the graphs that need it
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
@@ -327,24 +209,6 @@ def _type_string(type_proto: onnx.TypeProto) -> str | None:
     return None
 
 
-def _reads(node: onnx.NodeProto) -> Iterator[str]:
-    yield from (name for name in node.input if name)
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
-            yield from _free_names(sub)
-
-
-def _free_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from outside itself."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    defined |= {s.values.name for s in graph.sparse_initializer}
-    free: set[str] = set()
-    for node in graph.node:
-        free.update(name for name in _reads(node) if name not in defined)
-        defined.update(node.output)
-    return free - defined
-
-
 # The checker's words for external data it will not read; graphfix's own checks of locations, links and lengths
 # ran first, and accept what the checker cannot tell from an attack (a Hugging Face hub cache links its files).
 EXTERNAL_DATA_COMPLAINT = re.compile(r"Data of TensorProto \( tensor name: .*\) should be stored in .*, but")
@@ -354,8 +218,6 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
     """onnx's checker, on the file when there is one: it then resolves external data against the model's folder,
     never the working directory (external data is checked by graphfix first). An in-memory model with external
     data is checked without its initializers, which would otherwise be looked up in the working directory."""
-    from graphfix.io.external_data import has_external_data
-
     given = proto
     unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
     if unshaped or dangling or (path is None and has_external_data(proto)):
@@ -388,7 +250,7 @@ def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:
     """The checker stops at an unsorted (acyclic, checked above) graph: run it again on a sorted copy. A name
     nothing produces is then what it reports."""
     light = lift_initializers(proto)
-    _sort(light.graph)
+    sort_nodes(light.graph)
     try:
         onnx.checker.check_model(light)
     except onnx.checker.ValidationError as exc:
@@ -421,34 +283,6 @@ def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
         return set()
     return ({t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
             | {name for name, size in inline.items() if size >= HEAVY_TENSOR_BYTES})
-
-
-def _is_sorted(graph: onnx.GraphProto) -> bool:
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    available |= {s.values.name for s in graph.sparse_initializer}
-    for node in graph.node:
-        if not all(name in available for name in _reads(node)):
-            return False
-        available.update(node.output)
-    return True
-
-
-def _sort(graph: onnx.GraphProto) -> None:
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    available |= {s.values.name for s in graph.sparse_initializer}
-    pending, ordered = list(graph.node), []
-    while pending:
-        still = [n for n in pending if not set(_reads(n)) <= available]
-        ready = [n for n in pending if set(_reads(n)) <= available]
-        if not ready:  # reads from nowhere: keep them last, the checker names them
-            ordered.extend(still)
-            break
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        pending = still
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def _checker_line(text: str) -> str:
