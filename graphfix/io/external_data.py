@@ -40,6 +40,7 @@ for _name, _bits in (("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2)):
     if hasattr(TensorProto, _name):
         SUB_BYTE_BITS[getattr(TensorProto, _name)] = _bits
 DIGITS = re.compile(r"[0-9]+")
+STUB_LOCATION = "__graphfix_weights_not_loaded__"  # the location of a stub, which names no file
 
 
 @dataclass(frozen=True)
@@ -165,19 +166,17 @@ def external_refs(model: onnx.ModelProto) -> list[ExternalRef]:
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL and not _is_stub_tensor(t) for _w, t in model_tensors(model))
+    return any(t.data_location == TensorProto.EXTERNAL and not is_stub(t) for _w, t in model_tensors(model))
+
+
+def is_stub(tensor: TensorProto) -> bool:
+    """Whether the tensor is a stub: a weight graphfix keeps apart (`graphfix.io.weights`), no external data."""
+    return tensor.data_location == TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == STUB_LOCATION for e in tensor.external_data)
 
 
 def _is_stub(ref: ExternalRef) -> bool:
-    from graphfix.io.weights import STUB_LOCATION
-
     return ref.location == STUB_LOCATION
-
-
-def _is_stub_tensor(tensor: TensorProto) -> bool:
-    from graphfix.io.weights import is_stub
-
-    return is_stub(tensor)
 
 
 def unsafe_location_reason(location: str, base_dir: Path) -> str | None:

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.errors import OutputError
-from graphfix.io.external_data import data_file, external_ref, model_tensors, tensor_nbytes
+from graphfix.io.external_data import data_file, external_ref, is_stub, model_tensors, tensor_nbytes
 from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.staging import remove, staging_dir
 from graphfix.io.streaming import write_initializer, write_streaming
@@ -41,7 +41,7 @@ from graphfix.io.targets import (
     same_file,
     why_kept,
 )
-from graphfix.io.weights import Weights, has_stubs, is_stub, resolve, stub_names
+from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split

@@ -20,11 +20,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from graphfix.io.external_data import tensor_nbytes
+from graphfix.io.external_data import STUB_LOCATION, is_stub, tensor_nbytes
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.sources import remember, source_proto
 
-STUB_LOCATION = "__graphfix_weights_not_loaded__"
 DETACH_MIN_BYTES = 64 << 10  # smaller tensors are copied: cheap, and onnxsim may fuse them (biases, norms)
 
 Weights = dict[str, onnx.TensorProto]  # stub name -> the original tensor (whose own name may differ)
@@ -37,11 +36,6 @@ def stub(tensor: onnx.TensorProto, name: str | None = None) -> onnx.TensorProto:
     entry = placeholder.external_data.add()
     entry.key, entry.value = "location", STUB_LOCATION
     return placeholder
-
-
-def is_stub(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(
-        e.key == "location" and e.value == STUB_LOCATION for e in tensor.external_data)
 
 
 def has_stubs(model: onnx.ModelProto) -> bool:
