@@ -9,7 +9,16 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis import export_sizes as evidence
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.sizes import baked_reshapes, baked_slices, frozen_by_other_entries, partly_constant, sizes_of
+from graphfix.analysis.hypotheses import show
+from graphfix.analysis.sizes import (
+    baked_reshapes,
+    baked_slices,
+    determined_entries,
+    frozen_by_other_entries,
+    partly_constant,
+    sizes_of,
+)
+from graphfix.analysis.sizes.core import same
 from graphfix.core.context import RuleContext
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -141,17 +150,31 @@ class TraceBakedShape(Rule):
                    f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
         entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
         kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
+        # the proposal checked against the hypotheses the graph's constraints leave, recomputed
+        left = determined_entries(sizes, baked)
+        wrong = [e for e in entries if not any(d.index == e.index and same(d.expr, e.expr) for d in left)]
+        if wrong:
+            return self.finding(
+                f"{message}; the analysis proposes {_entry_text(wrong[0])}, which the graph's constraints do not "
+                f"leave (they leave {', '.join(_entry_text(d) for d in left) or 'nothing'}): not repaired", **kwargs,
+                hint=HINT_INT)
+        entries += [d for d in left if not any(d.index == e.index for e in entries)
+                    and size_expr(None, sizes, d.expr, data)]
         chosen = [e for e in entries if e.index == ctx.options.choices.get(node.name)]
         trial = len(entries) > 1 and bool(chosen)  # one of repair's trials (see Choice): the proof judges it
         entries = chosen if trial else entries
         if len(entries) != 1:  # none rebuildable, or several that fit: the proof chooses, if one alone passes
-            labels = tuple(f"entry {e.index} ({e.value} = {e.expr})" for e in entries)
+            labels = tuple(_entry_text(e) for e in entries)
             choice = Choice(node.name, tuple(e.index for e in entries), labels) if entries else None
             return self.finding(f"{message}; entries that could stand for it: {', '.join(labels) or 'none'}",
                                 **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
         doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry)[:2])  # a declared dim disagrees
+        if entry.others:  # several expressions fit the same entry: the graph does not say which
+            doubt = "; ".join(filter(None, [doubt, f"{show(entry.expr)} (applied, the simplest) or "
+                                            + " or ".join(show(o) for o in entry.others) + " fits the element count "
+                                            "as well: they differ at other sizes and the graph does not say which"]))
         return self.finding(
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}" + (f"; but {doubt}" if doubt else ""),
             **kwargs, hint=HINT_INT,
@@ -392,6 +415,10 @@ class TraceBakedShape(Rule):
                                                                    like=value)),
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
+
+
+def _entry_text(entry) -> str:
+    return f"entry {entry.index} ({entry.value} = {show(entry.expr)})"
 
 
 def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], entries, safety: Safety, reason: str) -> Fix:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 import sympy
 
+from graphfix.analysis import hypotheses
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
 from graphfix.analysis.sizes.ops import as_expr
 
@@ -41,6 +42,7 @@ class BakedEntry:
     index: int
     value: int
     expr: sympy.Expr
+    others: tuple = ()  # further expressions that fit the same entry (ambiguous: not a SAFE fix)
 
 
 @dataclass
@@ -135,9 +137,10 @@ def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
         if solution is None:
             continue
         target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
-        entries = _entries(solution.constraint.left, target, solution)
+        entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node)
         if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
-            entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length})) for e in entries]
+            entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
+                                  tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
         yield BakedShape(constraint.node, solution, entries)
 
 
@@ -224,19 +227,39 @@ def _slices_cut_by(sizes: Sizes, cut: sympy.Min) -> Iterator[tuple[gs.Node, int]
                 yield node, position
 
 
-def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) -> list[BakedEntry]:
-    found = []
+def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, sizes: Sizes | None = None,
+             node: gs.Node | None = None) -> list[BakedEntry]:
+    """The constant entries (> 1) that some expression of the sizes can replace so that the element count holds
+    beyond the export size: each entry's hypotheses (graphfix.analysis.hypotheses) filtered by the count with the
+    other entries kept, and by the outputs the exporter declared dynamic (an entry whose choice leaves one fixed at
+    another constant's value is out). `others` keeps the further expressions that fit the same entry."""
+    found, frozen = [], []
+    export = {solution.symbol: solution.value}
     for j, t in enumerate(target):
         if not t.is_Integer or t <= 1:
             continue  # only constants can be baked; 1 and -1 never are
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
-        expr = sympy.cancel(total / rest)
-        if sympy.denom(sympy.together(expr)) != 1 or not expr.free_symbols:
-            continue  # the entry cannot be a whole-number expression of the sizes
-        if expr.subs(solution.symbol, solution.value) != t:
-            continue  # it would not have been this constant at export
-        found.append(BakedEntry(j, int(t), expr))
-    return found[:MAX_CANDIDATES]
+        requirement = hypotheses.Requirement(total, rest * hypotheses.HOLE, "the element count")
+        space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols]
+        fits = hypotheses.determine({hypotheses.HOLE: space}, [requirement], export).alternatives()
+        if not fits:
+            continue  # no expression of the sizes keeps the element count here
+        entry = BakedEntry(j, int(t), fits[0].expr, tuple(h.expr for h in fits[1:]))
+        if sizes is not None and node is not None and frozen_by_other_entries(sizes, node, entry):
+            frozen.append(entry)  # a declared-dynamic output would stay at another entry's value: that one is it
+            continue
+        found.append(entry)
+    return (found or frozen)[:MAX_CANDIDATES]  # all frozen: kept, and the rule says why none is sure
+
+
+def determined_entries(sizes: Sizes, baked: BakedShape) -> list[BakedEntry]:
+    """The entries the graph's constraints leave for `baked`'s Reshape, recomputed from its constraint: what a
+    rule checks the analysis' proposal against (each proposed entry must be one of these)."""
+    constraint = baked.solution.constraint
+    target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
+    if baked.solution.symbol.name.startswith("("):  # a derived length: entries were rewritten in the input sizes
+        return list(baked.entries)
+    return _entries(constraint.left, target, baked.solution, sizes, constraint.node)
 
 
 def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
