@@ -148,17 +148,17 @@ class TraceBakedShape(Rule):
         message = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
                    f"{baked.solution.constraint.left} equals that of its shape [{target}] only at {sym}={value}, so "
                    f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
-        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
         kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
         # the proposal checked against the hypotheses the graph's constraints leave, recomputed
         left = determined_entries(sizes, baked)
-        wrong = [e for e in entries if not any(d.index == e.index and same(d.expr, e.expr) for d in left)]
+        wrong = [e for e in baked.entries if not any(d.index == e.index and same(d.expr, e.expr) for d in left)]
         if wrong:
             return self.finding(
                 f"{message}; the analysis proposes {_entry_text(wrong[0])}, which the graph's constraints do not "
                 f"leave (they leave {', '.join(_entry_text(d) for d in left) or 'nothing'}): not repaired", **kwargs,
                 hint=HINT_INT)
-        entries += [d for d in left if not any(d.index == e.index for e in entries)
+        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
+        entries += [d for d in left if not any(d.index == e.index for e in baked.entries)
                     and size_expr(None, sizes, d.expr, data)]
         chosen = [e for e in entries if e.index == ctx.options.choices.get(node.name)]
         trial = len(entries) > 1 and bool(chosen)  # one of repair's trials (see Choice): the proof judges it

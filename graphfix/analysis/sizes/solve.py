@@ -131,17 +131,32 @@ def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
     for constraint in sizes.constraints:
         if constraint.kind != "reshape":
             continue  # other constraints prove a size too, but only a shape vector entry can be rebuilt
-        solution, length = solve(constraint), None
-        if solution is None and (derived := solve_length(constraint)) is not None:
-            solution, length = derived
-        if solution is None:
-            continue
-        target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
-        entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node)
-        if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
-            entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
-                                  tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
-        yield BakedShape(constraint.node, solution, entries)
+        baked = _baked_shape(sizes, constraint)
+        if baked is not None:
+            yield baked
+
+
+def _baked_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
+    """The Reshape of `constraint` with its candidate entries (computed once per graph state: the hypotheses cost
+    a few tenths of a second)."""
+    cache = sizes.__dict__.setdefault("_baked_shapes", {})
+    if id(constraint) not in cache:
+        cache[id(constraint)] = _solve_shape(sizes, constraint)
+    return cache[id(constraint)]
+
+
+def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
+    solution, length = solve(constraint), None
+    if solution is None and (derived := solve_length(constraint)) is not None:
+        solution, length = derived
+    if solution is None:
+        return None
+    target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
+    entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node)
+    if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
+        entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
+                              tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
+    return BakedShape(constraint.node, solution, entries)
 
 
 @dataclass
@@ -253,13 +268,13 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
 
 
 def determined_entries(sizes: Sizes, baked: BakedShape) -> list[BakedEntry]:
-    """The entries the graph's constraints leave for `baked`'s Reshape, recomputed from its constraint: what a
+    """The entries the graph's constraints leave for `baked`'s Reshape, recomputed from its element count: what a
     rule checks the analysis' proposal against (each proposed entry must be one of these)."""
-    constraint = baked.solution.constraint
-    target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
-    if baked.solution.symbol.name.startswith("("):  # a derived length: entries were rewritten in the input sizes
-        return list(baked.entries)
-    return _entries(constraint.left, target, baked.solution, sizes, constraint.node)
+    for constraint in sizes.constraints:
+        if constraint.kind == "reshape" and constraint.node is baked.node:
+            again = _baked_shape(sizes, constraint)
+            return again.entries if again is not None else []
+    return []
 
 
 def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
@@ -371,9 +386,16 @@ def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
         if not dims or shape is None or len(dims) != len(shape):
             continue
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
-            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1:
+            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1 \
+                    and not _made_up(dim, tensor.name, axis):
                 found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
     return found
+
+
+def _made_up(dim: str, output: str, axis: int) -> bool:
+    """A name the TorchScript exporter invents for a dim it could not infer (`Reluy_dim_2` for axis 2 of `y`, the
+    output of a Relu), not one the user declared dynamic."""
+    return dim.endswith(f"{output}_dim_{axis}")
 
 
 def frozen_by_other_entries(sizes: Sizes, node: gs.Node, entry: BakedEntry) -> list[FrozenOutput]:
