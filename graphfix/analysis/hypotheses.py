@@ -294,7 +294,7 @@ def evaluator(expr: sympy.Expr) -> Callable[[Mapping], Fraction]:
     return _CACHE[key]
 
 
-def _compile(e):  # noqa: C901 - one branch per node type
+def _compile(e):
     if e.is_Integer:
         v = int(e)
         return lambda b: v

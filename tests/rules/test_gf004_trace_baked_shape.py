@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphfix
-from graphfix.validate import ValidationOptions
 from graphfix.core.rule import Safety
+from graphfix.validate import ValidationOptions
 
 # --- modules: the traced-size pattern (bad) and the same code written the right way (good) ------------------
 
