@@ -366,10 +366,20 @@ def structures(where: np.ndarray, rows_grow: bool, cols_grow: bool, grow: int = 
     export size, one per distinct matrix they give with `grow` more rows/columns along the axes that follow sizes
     (a window wider than that is listed as its narrowest representative), simplest first."""
     rows, cols = where.shape
-    edges = [None, *range(-(rows + grow), cols + grow + 1)]
+    if not where.any():
+        return []
+    offsets = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    low, high = int(offsets[where].min()), int(offsets[where].max())
+    # an edge inside the matrix is shown; one at its corner along a growing axis may lie anywhere past it
+    los = [low, None, *range(-(rows - 1) - grow, low)] if low == -(rows - 1) and rows_grow else [low]
+    his = [high, None, *range(high + 1, cols + grow)] if high == cols - 1 and cols_grow else [high]
+    if low == -(rows - 1) and not rows_grow:
+        los.append(None)
+    if high == cols - 1 and not cols_grow:
+        his.append(None)
     big = (rows + grow * rows_grow, cols + grow * cols_grow)
     found: dict[bytes, Structure] = {}
-    for lo, hi in itertools.product(edges, edges):
+    for lo, hi in itertools.product(los, his):
         if lo is not None and hi is not None and lo > hi:
             continue
         shape = Structure(lo, hi)
