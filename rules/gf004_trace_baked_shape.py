@@ -13,6 +13,7 @@ from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import (
     baked_reshapes,
     baked_slices,
+    caps,
     determined_entries,
     frozen_by_other_entries,
     partly_constant,
@@ -314,6 +315,11 @@ class TraceBakedShape(Rule):
                 notes.append(f"end {size} on axis {int(axis)} is {sizes.explain(dim)}")
                 if not sizes.is_solved(dim):
                     unsafe.append(_BY_VALUE.format(dims=dim))
+                elif not any(c.symbol.name == dim and c.limit == size for c in caps(sizes_of(ctx))):
+                    # hypotheses: the end is the dim (to the end) or the model's own length; only a consumer that
+                    # needs the slice to follow the dim past the export size (`Min(T, 8) == T`) tells them apart
+                    unsafe.append(f"the end is {dim} (to the end) or a fixed length {size} of the model: nothing "
+                                  f"downstream needs the slice to follow {dim}")
                 if len(sizes.symbols_with(size)) > 1:
                     unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
             elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:

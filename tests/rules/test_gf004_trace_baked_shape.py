@@ -329,3 +329,23 @@ def test_a_declared_dynamic_output_pins_which_entry_a_reshape_bakes(tmp_path):
     for batch, time in ((1, 9), (3, 12), (2, 15)):
         x = np.random.default_rng(time).standard_normal((batch, time, 4)).astype(np.float32)
         np.testing.assert_allclose(run(result.model, x)[0], ThirdsMax()(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+def slice_model(consumer: str) -> onnx.ModelProto:
+    """x [T, 4]: a Reshape to [32] pins T = 8; a Slice ends at 8 on T; `consumer` reads the slice."""
+    return onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
+g (float[T, 4] x) => (float[32] flat, float[?, 4] y)
+<int64[1] shape = {{32}}, int64[1] zero = {{0}}, int64[1] end = {{8}}> {{
+  flat = Reshape(x, shape)
+  cut = Slice(x, zero, end, zero)
+  y = {consumer}
+}}""")
+
+
+@pytest.mark.parametrize("consumer, safety", [("Relu(cut)", Safety.UNSAFE), ("Add(cut, x)", Safety.SAFE)])
+def test_a_slice_end_at_a_solved_size_is_safe_only_where_a_consumer_needs_it_to_follow_the_size(consumer, safety):
+    # the end 8 is T (to the end) or the model's own first 8 rows; only `Add(cut, x)` needs the slice to keep T
+    findings = [f for f in gf004(graphfix.diagnose(slice_model(consumer), static=True)) if "Slice" in f.message]
+    assert len(findings) == 1 and findings[0].fix.safety is safety, [f.message for f in findings]
+    if safety is Safety.UNSAFE:
+        assert "or a fixed length 8" in findings[0].fix.reason
