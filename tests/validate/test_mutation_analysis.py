@@ -324,7 +324,7 @@ MUTANTS = [
     ("expression", "thirds", entries((1, F(T / 2)))),
     ("expression", "thirds", entries((1, T))),
     ("expression", "thirds", entries((1, T - 4))),
-    ("expression", "thirds", entries((1, sympy.ceiling(T / 3)))),
+    ("expression", "thirds", entries((1, F((T + 2) / 4)))),  # 2 at T=6, 2 at T=9 (PyTorch: 3)
     ("expression", "thirds", entries((1, F(T / 3) + 1))),
     ("expression", "heads", entries((0, T - 1))),
     ("expression", "heads", entries((0, T + 1))),
@@ -355,7 +355,7 @@ MUTANTS = [
     ("structure", "gain", band(0, 0)),  # an eye for a learned gain
     ("structure", "gain", band(None, 0)),
     ("structure", "arange", arange(0.0, 2.0)),
-    ("structure", "arange", arange(0.0, 1.0)),
+    ("structure", "arange", arange(1.0, 1.0)),
     # correct only at degenerate sizes (or up to the export size)
     ("degenerate", "delta", slice_end(sympy.Min(T, 7))),
     ("degenerate", "thirds", entries((1, sympy.Min(F(T / 3), 2)))),
