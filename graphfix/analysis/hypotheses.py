@@ -398,10 +398,3 @@ def _complexity(s: Structure) -> tuple:
 def _simpler(a: Structure, b: Structure) -> bool:
     return _complexity(a) < _complexity(b)
 
-
-def arange_hypotheses(values: np.ndarray) -> list[str]:
-    """The families a 1-d progression 0, s, 2s, ... may belong to at other lengths: `arange(T) * s`, and, where it
-    reaches its last value at the end, the same clipped at any bound >= that value (a capped distance)."""
-    step = float(values[1] - values[0]) if values.size > 1 else 1.0
-    scale = "" if step == 1 else f" * {step:g}"
-    return [f"arange(T){scale}", f"arange(T){scale} clipped at any c >= {float(values[-1]):g}"]
