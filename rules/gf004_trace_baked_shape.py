@@ -67,7 +67,8 @@ class TraceBakedShape(Rule):
     size, and an output dim declared dynamic that a choice would keep fixed rules it out: `reshape(B, int(T) // 3,
     12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry the analysis proposes
     that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is safe only where a
-    consumer needs the slice to follow the size (otherwise it may be the model's own length). A constant that only equals a size given with
+    consumer needs the slice to follow the size (otherwise it may be the model's own length).
+    A constant that only equals a size given with
     `--trace-shape` (or guessed from the constant) may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at
     every B, and rewriting it changes a healthy model; such fixes, and Slice ends equal to a given length, are
     unsafe and the finding a warning. Unsafe also when the link is by value only, or two dynamic dims had the
