@@ -247,7 +247,8 @@ class BroadcastMismatch(Rule):
                 "the condition's dims are the data's leading dims (same symbolic dims), so mask[..., None] is "
                 "exactly PyTorch's index_put with a bool mask")
         axes = {i: [a for a in range(rank) if a not in placed[i]] for i in lower}
-        return Fix(summary, apply=_unsqueeze(node, axes, ctx.opset), safety=safety, reason=reason)
+        return Fix(summary, apply=_built_as_said(_unsqueeze(node, axes, ctx.opset), node, padded), safety=safety,
+                   reason=reason)
 
 
 def _as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
@@ -309,6 +310,31 @@ def _fixed_by_placing(shapes, placed, rank, inputs) -> bool:
     """After laying each lower-rank operand on its chosen axes (1s elsewhere), no pair is a mismatch any more."""
     padded = [_placed_shape(s, placed[k], rank) if k in placed else s for k, s in enumerate(shapes)]
     return not any(p[-1] in BAD for p in _pairs(padded, inputs))
+
+
+def _built_as_said(apply, node: gs.Node, padded: dict[int, list[Dim]]):
+    """`apply`, then the size analysis of the rewritten graph must give each operand the shape the finding states
+    (`[B, T] -> [B, T, 1]`): a rewrite that builds something else (`mask[:, :1]`, right only where T is 1) fails."""
+    def run(graph: gs.Graph) -> None:
+        apply(graph)
+        from graphfix.analysis.sizes.core import Sizes
+
+        sizes = Sizes(graph, lambda t: t.values if isinstance(t, gs.Constant) else None, budget_s=3.0)
+        for index, want in padded.items():
+            got = sizes.shape(node.inputs[index])
+            if got is None or len(got) != len(want):
+                continue
+            for built, said in zip(got, want, strict=True):
+                if built is None or not isinstance(said, int | str) or (isinstance(said, str) and said not in
+                                                                         {s.name for s in built.free_symbols}):
+                    if isinstance(said, str) and built is not None and built.is_number:
+                        raise ValueError(f"the rewrite gives {node.inputs[index].name} {list(got)}, the finding "
+                                         f"says {_fmt(want)}")
+                    continue
+                if (isinstance(said, int) and built != said) or (isinstance(said, str) and str(built) != said):
+                    raise ValueError(f"the rewrite gives {node.inputs[index].name} {list(got)}, the finding says "
+                                     f"{_fmt(want)}")
+    return run
 
 
 def _unsqueeze(node: gs.Node, axes_of: dict[int, list[int]], opset: int):

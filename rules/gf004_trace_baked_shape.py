@@ -10,7 +10,17 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis import export_sizes as evidence
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.sizes import baked_reshapes, baked_slices, frozen_by_other_entries, partly_constant, sizes_of
+from graphfix.analysis.hypotheses import show
+from graphfix.analysis.sizes import (
+    baked_reshapes,
+    baked_slices,
+    caps,
+    determined_entries,
+    frozen_by_other_entries,
+    partly_constant,
+    sizes_of,
+)
+from graphfix.analysis.sizes.core import same
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -52,7 +62,13 @@ class TraceBakedShape(Rule):
 
     ## Fix safety
     Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast against
-    the dim, Split sizes) and the constant stands for that dim. A constant that only equals a size given with
+    the dim, Split sizes) and the constant stands for that dim. For a solved element count, each constant entry's
+    hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep the count beyond the export
+    size, and an output dim declared dynamic that a choice would keep fixed rules it out: `reshape(B, int(T) // 3,
+    12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry the analysis proposes
+    that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is safe only where a
+    consumer needs the slice to follow the size (otherwise it may be the model's own length).
+    A constant that only equals a size given with
     `--trace-shape` (or guessed from the constant) may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at
     every B, and rewriting it changes a healthy model; such fixes, and Slice ends equal to a given length, are
     unsafe and the finding a warning. Unsafe also when the link is by value only, or two dynamic dims had the
@@ -139,19 +155,33 @@ class TraceBakedShape(Rule):
         message = (f"Reshape '{node.name}' bakes {sym}={value}, an export-time size: its element count "
                    f"{baked.solution.constraint.left} equals that of its shape [{target}] only at {sym}={value}, so "
                    f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
-        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
         kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
+        # the proposal checked against the hypotheses the graph's constraints leave, recomputed
+        left = determined_entries(sizes, baked)
+        wrong = [e for e in baked.entries if not any(d.index == e.index and same(d.expr, e.expr) for d in left)]
+        if wrong:
+            return self.finding(
+                f"{message}; the analysis proposes {_entry_text(wrong[0])}, which the graph's constraints do not "
+                f"leave (they leave {', '.join(_entry_text(d) for d in left) or 'nothing'}): not repaired", **kwargs,
+                hint=HINT_INT)
+        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
+        entries += [d for d in left if not any(d.index == e.index for e in baked.entries)
+                    and size_expr(None, sizes, d.expr, data)]
         chosen = [e for e in entries if e.index == ctx.options.choices.get(node.name)]
         trial = len(entries) > 1 and bool(chosen)  # one of repair's trials (see Choice): the proof judges it
         entries = chosen if trial else entries
         if len(entries) != 1:  # none rebuildable, or several that fit: the proof chooses, if one alone passes
-            labels = tuple(f"entry {e.index} ({e.value} = {e.expr})" for e in entries)
+            labels = tuple(_entry_text(e) for e in entries)
             choice = Choice(node.name, tuple(e.index for e in entries), labels) if entries else None
             return self.finding(f"{message}; entries that could stand for it: {', '.join(labels) or 'none'}",
                                 **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
         doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry)[:2])  # a declared dim disagrees
+        if entry.others:  # several expressions fit the same entry: the graph does not say which
+            doubt = "; ".join(filter(None, [doubt, f"{show(entry.expr)} (applied, the simplest) or "
+                                            + " or ".join(show(o) for o in entry.others) + " fits the element count "
+                                            "as well: they differ at other sizes and the graph does not say which"]))
         return self.finding(
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}" + (f"; but {doubt}" if doubt else ""),
             **kwargs, hint=HINT_INT,
@@ -291,6 +321,11 @@ class TraceBakedShape(Rule):
                 notes.append(f"end {size} on axis {int(axis)} is {sizes.explain(dim)}")
                 if not sizes.is_solved(dim):
                     unsafe.append(_BY_VALUE.format(dims=dim))
+                elif not any(c.symbol.name == dim and c.limit == size for c in caps(sizes_of(ctx))):
+                    # hypotheses: the end is the dim (to the end) or the model's own length; only a consumer that
+                    # needs the slice to follow the dim past the export size (`Min(T, 8) == T`) tells them apart
+                    unsafe.append(f"the end is {dim} (to the end) or a fixed length {size} of the model: nothing "
+                                  f"downstream needs the slice to follow {dim}")
                 if len(sizes.symbols_with(size)) > 1:
                     unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
             elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:
@@ -392,6 +427,10 @@ class TraceBakedShape(Rule):
                                                                    like=value)),
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
+
+
+def _entry_text(entry) -> str:
+    return f"entry {entry.index} ({entry.value} = {show(entry.expr)})"
 
 
 def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], entries, safety: Safety, reason: str) -> Fix:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
+from graphfix.analysis import hypotheses
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
@@ -133,7 +136,8 @@ class TraceBakedConstant(Rule):
             return
         # 0, 1, 2, ... along one baked axis (arange): Range over the dim.
         arange = arange_axis(c.value, baked)
-        if arange is not None and arange[0] == 0 and arange[1] == 1:
+        if arange is not None and arange[0] == 0 and arange[1] == 1 and \
+                np.array_equal(c.value.reshape(-1), np.arange(c.value.size)):  # recomputed, not taken on trust
             axis = arange[2]
             yield self.finding(
                 base + f"; it is arange({c.value.shape[axis]}) along axis {axis}", **where,
@@ -184,27 +188,33 @@ class TraceBakedConstant(Rule):
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
+            masks = mask_hypotheses(c.value, baked, band)  # recomputed: the proposal must reproduce the constant
+            if isinstance(masks, str):
+                yield self.reject(f"no rebuild for '{c.const.name}': {masks}", nodes=[c.node])
+                yield self.finding(base + f"; {masks}: not repaired", **where,
+                                   hint="Build the mask from the traced size (`x.size(1)`, not int()) and re-export.")
+                return
             rows_cols = (c.value.ndim - 2, c.value.ndim - 1)  # a side that follows no size keeps its length
             entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in rows_cols]
             cols = None if rows_cols[1] in baked else str(c.value.shape[-1])
             op = "EyeLike" if band.kind == "eye" else "Trilu"
             # A mask that reaches the matrix's corner along a size hides its edge there: a window as wide as the
             # export size or wider (`tril` traced at T=4 is every sliding window of width >= 4) fits as well.
-            others = "; ".join(band.others)
+            others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
             reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
                       f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
-                      "wrong at every longer size" if others else
+                      "wrong at every longer size" if len(masks) > 1 else
                       f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
                       "pattern at every size")
             yield self.finding(
-                base + f"; it is {band.show()}" + (f", or {others}" if others else ""), **where,
+                base + f"; it is {band.show()}" + (f", or {others}" if len(masks) > 1 else ""), **where,
                 hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)', cols)}`); build it from the "
                      f"traced size: `{band.torch('x.size(1)', cols)}`" + (
-                         " (or the window it really is), then re-export" if others else "") + ".",
+                         " (or the window it really is), then re-export" if len(masks) > 1 else "") + ".",
                 fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
                         "values", apply=loosened(c.node, c.export_sizes(), band_input(
                             c.node, c.index, c.value, band, entries, ctx.opset)),
-                        safety=Safety.UNSAFE if others else Safety.SAFE, reason=reason))
+                        safety=Safety.UNSAFE if len(masks) > 1 else Safety.SAFE, reason=reason))
             return
         why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
         yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])
@@ -212,3 +222,27 @@ class TraceBakedConstant(Rule):
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
+
+
+def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[hypotheses.Structure] | str:
+    """The masks (graphfix.analysis.hypotheses.structures) that give `value` at the export size, told apart by what
+    they give at larger sizes, the proposed `band` first; or why the proposal does not reproduce the constant (its
+    values are not the mask's two, or its pattern differs)."""
+    matrix = value.reshape(value.shape[-2:])
+    levels = {v.item() for v in np.unique(matrix)}
+    if levels != {band.inside.item(), band.outside.item()}:
+        return f"its values {sorted(levels)} are not the proposed mask's ({band.inside}, {band.outside}): learned"
+    where = matrix == band.inside
+    proposal = hypotheses.Structure(band.lo, band.hi)
+    if not np.array_equal(proposal.holds(*matrix.shape), where):
+        return f"the proposed {proposal} does not give the constant at its export size"
+    rows_grow, cols_grow = value.ndim - 2 in baked, value.ndim - 1 in baked
+    grow = (matrix.shape[0] + 5 * rows_grow, matrix.shape[1] + 5 * cols_grow)
+    # the masks of either value: `tril` as the ones, or as the complement of the zeros' `triu`
+    found = {s.holds(*grow).tobytes(): s for s in hypotheses.structures(where, rows_grow, cols_grow)}
+    for s in hypotheses.structures(~where, rows_grow, cols_grow):
+        found.setdefault((~s.holds(*grow)).tobytes(), hypotheses.Complement(s))
+    mine = proposal.holds(*grow).tobytes()
+    if mine not in found:
+        return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"
+    return [proposal] + [s for key, s in found.items() if key != mine]

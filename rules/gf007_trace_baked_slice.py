@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import sympy
+
+from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
+from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_slices, sizes_if
+from graphfix.analysis.sizes.core import same
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("A slice bound went through Python while tracing (`int(x.shape[i]) - 1`, `.item()`): index with the traced "
@@ -36,12 +41,14 @@ class TraceBakedSlice(Rule):
     Repaired: the end becomes `Shape(x)[1] - 1`, computed at run time.
 
     ## Fix safety
-    Safe when the solved end is a size plus or minus at most 1 (`T - 1`, from a neighbouring `x[:, 1:]`): it equals
-    the constant at the export size, and the proof compares the result with the original re-traced at each probe
-    size. Unsafe when it keeps a larger constant (`T - 4` for the halves `x[:, :h]`, `x[:, h:]` of
-    `h = int(T) // 2` traced at T=8): that constant may be baked too, and nothing in the graph says whether the
-    intent was `T - 4` or `T // 2`. Not fixable (reported with the equation) when the expression cannot be built
-    from the sizes of upstream tensors.
+    Safe when the constraint determines the end: of the expressions of the sizes equal to it at export
+    (graphfix.analysis.hypotheses: `T`, `T - c`, `T // k`, `ceil(T / k)`, `min(T, c)`, the constant itself...) only
+    one lets the graph run beyond the export size (`T - 1`, from a neighbouring `x[:, 1:]`). Unsafe when several do:
+    a constant of more than 1 on the other side may be baked too (the halves `x[:, :h]`, `x[:, h:]` of
+    `h = int(T) // 2` traced at T=8 fit `T - 4`, `T // 2` and `ceil(T / 2)`); the finding lists them and
+    `--unsafe-fixes` applies the one that keeps the other constants. Not fixable (reported with the equation) when
+    the expression cannot be built from the sizes of upstream tensors, or when the analysis' end is not one the
+    constraint leaves.
     """
 
     code = "GF007"
@@ -79,12 +86,40 @@ class TraceBakedSlice(Rule):
         kwargs = dict(nodes=[node, constraint.node], tensors=[node.inputs[0], node.inputs[2]], hint=HINT)
         if not size_expr(None, sizes, baked.expr, node.inputs[0]):
             return self.finding(f"{message}; {baked.expr} cannot be built from the sizes upstream", **kwargs)
+        ends = slice_ends(baked)  # the hypotheses the constraint leaves, recomputed: the proposal must be one
+        if not any(same(h.expr, baked.expr) for h in ends.alternatives()):
+            return self.finding(f"{message}; the analysis proposes the end {show(baked.expr)}, which the constraint "
+                                f"does not leave (it leaves {ends.describe()}): not repaired", **kwargs)
         rebuild = rebuilt_entries(node, 2, {baked.position: baked.expr}, sizes, ctx.opset)
-        offset = int(baked.expr.as_coeff_Add()[0])
-        safety, reason = (Safety.SAFE, f"solved from '{constraint.node.name}': the end is {baked.expr} at every size") \
-            if abs(offset) <= 1 else (Safety.UNSAFE, f"solved as {baked.expr}, but its {offset} may be a size baked "
-                                                     "at export as well (`x[:, h:]` with `h = int(T) // 2`)")
+        if ends.determined:
+            safety, reason = Safety.SAFE, (f"determined by '{constraint.node.name}': of the expressions that equal "
+                                           f"{baked.value} at export, only {show(baked.expr)} lets it run beyond")
+        else:
+            safety, reason = Safety.UNSAFE, (
+                f"several ends fit '{constraint.node.name}': {ends.describe()}; applied {show(baked.expr)}, the one "
+                "that keeps the graph's other constants as they are: wrong if they were baked too (`x[:, :h]`, "
+                "`x[:, h:]` with `h = int(T) // 2` needs T // 2 in both)")
+            message += f"; the end may be {ends.describe()}"
         return self.finding(
             message, **kwargs,
-            fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {baked.expr} from Shape ops",
+            fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {show(baked.expr)} from Shape ops",
                     apply=loosened(node, {baked.value}, rebuild), safety=safety, reason=reason))
+
+
+def slice_ends(baked) -> hypotheses.Determination:
+    """The ends that satisfy the constraint that pins the cut beyond the export size. A constant of more than 1 on
+    the constraint's other side (`T - 4` from `x[:, 4:]`) may be baked as well: it is a second hole."""
+    constraint, cut, solution = baked.solution.constraint, baked.solution.cut, baked.solution
+    sized = next(a for a in cut.args if not a.is_Integer)
+    cut_side, other = (constraint.left, constraint.right) if constraint.left.has(cut) else \
+        (constraint.right, constraint.left)
+    export = {solution.symbol: solution.value}
+    space = {hypotheses.HOLE: hypotheses.size_hypotheses(baked.value, export)}
+    offset, rest = other.as_coeff_Add()
+    if abs(offset) > 1:
+        second = sympy.Symbol("other", integer=True)
+        space[second] = hypotheses.size_hypotheses(abs(int(offset)), export)
+        other = rest + (second if offset > 0 else -second)
+    requirement = hypotheses.Requirement(cut_side.xreplace({cut: sympy.Min(sized, hypotheses.HOLE)}), other,
+                                         f"'{constraint.node.name}' ({constraint.kind})", holes=tuple(space))
+    return hypotheses.determine(space, [requirement], export)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import sympy
+
+from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import rebuilt_entries, size_expr
+from graphfix.analysis.export_sizes import export_sizes
+from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_pads, sizes_if
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -36,8 +41,12 @@ class TraceBakedPad(Rule):
     Repaired: the amount becomes `Mod(3 * Shape(x)[1], 4)`, that is `(4 - T % 4) % 4`.
 
     ## Fix safety
-    Safe: the constant pad is smaller than the chunk, so it is the round-up amount at the export size, and the
-    graph cannot run at lengths of another residue as it stands. The proof re-traces the pad at each probe size.
+    Safe when the chunking determines the amount: of the amounts equal to the constant at the export length
+    (graphfix.analysis.hypotheses, `(k - T % k) % k` for every k among them), only one makes every length a whole
+    number of chunks. Rounding up to a multiple of the chunk's multiples fits as well wherever it gave the same
+    constant (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks elsewhere; where the
+    export length is unknown, every length it may have had counts. Then the finding lists them and is unsafe;
+    `--unsafe-fixes` applies the round-up to the Reshape's own chunk.
     """
 
     code = "GF008"
@@ -61,8 +70,43 @@ class TraceBakedPad(Rule):
         kwargs = dict(nodes=[node, reshape], tensors=[node.inputs[0], node.inputs[1]], hint=HINT)
         if not size_expr(None, sizes, baked.expr, node.inputs[0]):
             return self.finding(f"{message}; {baked.length} cannot be read from the sizes upstream", **kwargs)
+        amounts = pad_amounts(ctx, baked)  # the hypotheses the chunking leaves, recomputed: the proposal must be one
+        if not any(hypotheses.equivalent(h.expr, baked.expr) for h in amounts.alternatives()):
+            return self.finding(f"{message}; the analysis proposes the amount {show(baked.expr)}, which the chunking "
+                                f"does not leave (it leaves {amounts.describe()}): not repaired", **kwargs)
+        if amounts.determined:
+            safety, reason = Safety.SAFE, (f"determined: of the amounts equal to {baked.value} at export, only "
+                                           f"{show(baked.expr)} makes {baked.length} + pad a multiple of {k} at "
+                                           "every length")
+        else:
+            safety, reason = Safety.UNSAFE, (
+                f"several amounts fit: {amounts.describe()} (each makes every length a whole number of chunks of "
+                f"{k}); applied the round-up to {k}, the Reshape's own chunk: wrong if the model rounds up to a "
+                "larger multiple (more chunks at other lengths)")
+            message += f"; the amount may be {amounts.describe()}"
         return self.finding(
             message, **kwargs,
             fix=Fix(f"compute pad {baked.position} of Pad '{node.name}' as (k - {baked.length} % k) % k with k={k}",
                     apply=rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset),
-                    safety=Safety.SAFE, reason=f"the constant {baked.value} < {k} is the round-up amount at export"))
+                    safety=safety, reason=reason))
+
+
+def pad_amounts(ctx: RuleContext, baked) -> hypotheses.Determination:
+    """The amounts that make `baked.length + amount` a multiple of the chunk at every length, among those equal to
+    the constant at the export length; where that length is unknown, at each length it may have had (the union)."""
+    length, k, value = baked.length, baked.chunk, baked.value
+    symbol = length if length.is_Symbol else sympy.Symbol("length", integer=True, positive=True)
+    known = export_sizes(ctx, ctx.evaluator).values
+    at_export = length.subs({s: known[s.name] for s in length.free_symbols if s.name in known})
+    lengths = [int(at_export)] if at_export.is_Integer else \
+        [n for n in range(1, 4 * max(hypotheses.DIVISORS)) if (n + value) % k == 0]
+    survivors: dict[str, dict] = {}
+    for n in lengths:
+        space = {hypotheses.HOLE: hypotheses.size_hypotheses(value, {symbol: n}, families=hypotheses.PAD)}
+        found = hypotheses.determine(space, [hypotheses.Multiple(symbol + hypotheses.HOLE, k, "the chunk count")],
+                                     {symbol: n})
+        for fill in found.survivors:
+            expr = fill[hypotheses.HOLE].expr.xreplace({symbol: length})
+            survivors.setdefault(show(expr), {hypotheses.HOLE: hypotheses.Hypothesis(
+                expr, fill[hypotheses.HOLE].family, fill[hypotheses.HOLE].cost)})
+    return hypotheses.Determination(sorted(survivors.values(), key=lambda f: f[hypotheses.HOLE].cost))

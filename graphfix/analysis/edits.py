@@ -159,7 +159,9 @@ def band_input(node: gs.Node, index: int, value: np.ndarray, band, entries: list
                 if k is not None:
                     ones = b.op("Trilu", [ones, b.const(k)], {"upper": upper}, dtype=np.float32)
         out = b.op("Cast", [ones], {"to": onnx_type(np.bool_)}, dtype=np.bool_)
-        if not (value.dtype == np.bool_ and band.inside and not band.outside):
+        if value.dtype == np.bool_ and not band.inside and band.outside:
+            out = b.op("Not", [out], dtype=np.bool_)  # onnxruntime has no bool Where: True outside the band
+        elif not (value.dtype == np.bool_ and band.inside and not band.outside):
             out = b.op("Where", [out, b.const(band.inside, value.dtype), b.const(band.outside, value.dtype)],
                        dtype=value.dtype)
         for _ in range(value.ndim - 2):

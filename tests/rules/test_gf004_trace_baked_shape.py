@@ -15,6 +15,7 @@ from torch import nn
 
 import graphfix
 from graphfix.core.rule import Safety
+from graphfix.validate import ValidationOptions
 
 # --- modules: the traced-size pattern (bad) and the same code written the right way (good) ------------------
 
@@ -308,10 +309,11 @@ class ThirdsMax(nn.Module):  # reshape with a size computed in Python next to a 
         return x.reshape(b, int(t) // 3, 12).amax(-1)
 
 
-def test_a_solved_entry_that_leaves_a_declared_dynamic_output_fixed_is_not_safe(tmp_path):
-    """Traced at T=6, `reshape(B, int(T) // 3, 12)` bakes [B, 2, 12]. The element count alone says 12 is 2*T, and
-    that rebuild returns [B, 2] at every T (PyTorch: [B, T // 3]). The output declared [B, G] says the 2 varies: the
-    fix is not determined, so it is not applied by default (before: written with exit 0, wrong at T=9)."""
+def test_a_declared_dynamic_output_pins_which_entry_a_reshape_bakes(tmp_path):
+    """Traced at T=6, `reshape(B, int(T) // 3, 12)` bakes [B, 2, 12]. The element count alone fits 12 = 2*T as well
+    as 2 = T // 3 (on multiples of 3, where PyTorch runs too); 2*T returns [B, 2] at every T, which the output
+    declared [B, G] rules out. One hypothesis is left: T // 3, rebuilt SAFE (before: 2*T written with exit 0, wrong
+    at T=9), and the repair matches PyTorch at batch 1 and at lengths past the export one."""
     path = tmp_path / "thirds.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -319,6 +321,31 @@ def test_a_solved_entry_that_leaves_a_declared_dynamic_output_fixed_is_not_safe(
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"},
                                                                                "y": {0: "B", 1: "G"}})
     (finding,) = gf004(graphfix.diagnose(str(path), static=True))
-    assert finding.fix.safety is Safety.UNSAFE and "declares axis 1 dynamic (G)" in finding.message
-    result = graphfix.repair(str(path))
-    assert result.status == "unchanged" and not result.applied
+    assert finding.fix.safety is Safety.SAFE and "entry 1 (2) is floor(T/3)" in finding.message, finding.message
+    # the original runs at multiples of 3 only: the proof reaches `runs` (the default once the re-trace no longer
+    # counts as evidence, #21); the values are checked against PyTorch here
+    result = graphfix.repair(str(path), validation=ValidationOptions(require="runs"))
+    assert result.status == "repaired", (result.error, result.validation and result.validation["reasons"])
+    for batch, time in ((1, 9), (3, 12), (2, 15)):
+        x = np.random.default_rng(time).standard_normal((batch, time, 4)).astype(np.float32)
+        np.testing.assert_allclose(run(result.model, x)[0], ThirdsMax()(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+def slice_model(consumer: str) -> onnx.ModelProto:
+    """x [T, 4]: a Reshape to [32] pins T = 8; a Slice ends at 8 on T; `consumer` reads the slice."""
+    return onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
+g (float[T, 4] x) => (float[32] flat, float[?, 4] y)
+<int64[1] shape = {{32}}, int64[1] zero = {{0}}, int64[1] end = {{8}}> {{
+  flat = Reshape(x, shape)
+  cut = Slice(x, zero, end, zero)
+  y = {consumer}
+}}""")
+
+
+@pytest.mark.parametrize("consumer, safety", [("Relu(cut)", Safety.UNSAFE), ("Add(cut, x)", Safety.SAFE)])
+def test_a_slice_end_at_a_solved_size_is_safe_only_where_a_consumer_needs_it_to_follow_the_size(consumer, safety):
+    # the end 8 is T (to the end) or the model's own first 8 rows; only `Add(cut, x)` needs the slice to keep T
+    findings = [f for f in gf004(graphfix.diagnose(slice_model(consumer), static=True)) if "Slice" in f.message]
+    assert len(findings) == 1 and findings[0].fix.safety is safety, [f.message for f in findings]
+    if safety is Safety.UNSAFE:
+        assert "or a fixed length 8" in findings[0].fix.reason

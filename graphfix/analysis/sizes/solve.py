@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 import sympy
 
+from graphfix.analysis import hypotheses
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
 from graphfix.analysis.sizes.ops import as_expr
 
@@ -41,6 +42,7 @@ class BakedEntry:
     index: int
     value: int
     expr: sympy.Expr
+    others: tuple = ()  # further expressions that fit the same entry (ambiguous: not a SAFE fix)
 
 
 @dataclass
@@ -129,16 +131,32 @@ def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
     for constraint in sizes.constraints:
         if constraint.kind != "reshape":
             continue  # other constraints prove a size too, but only a shape vector entry can be rebuilt
-        solution, length = solve(constraint), None
-        if solution is None and (derived := solve_length(constraint)) is not None:
-            solution, length = derived
-        if solution is None:
-            continue
-        target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
-        entries = _entries(solution.constraint.left, target, solution)
-        if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
-            entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length})) for e in entries]
-        yield BakedShape(constraint.node, solution, entries)
+        baked = _baked_shape(sizes, constraint)
+        if baked is not None:
+            yield baked
+
+
+def _baked_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
+    """The Reshape of `constraint` with its candidate entries (computed once per graph state: the hypotheses cost
+    a few tenths of a second)."""
+    cache = sizes.__dict__.setdefault("_baked_shapes", {})
+    if id(constraint) not in cache:
+        cache[id(constraint)] = _solve_shape(sizes, constraint)
+    return cache[id(constraint)]
+
+
+def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
+    solution, length = solve(constraint), None
+    if solution is None and (derived := solve_length(constraint)) is not None:
+        solution, length = derived
+    if solution is None:
+        return None
+    target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
+    entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node)
+    if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
+        entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
+                              tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
+    return BakedShape(constraint.node, solution, entries)
 
 
 @dataclass
@@ -224,19 +242,39 @@ def _slices_cut_by(sizes: Sizes, cut: sympy.Min) -> Iterator[tuple[gs.Node, int]
                 yield node, position
 
 
-def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution) -> list[BakedEntry]:
-    found = []
+def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, sizes: Sizes | None = None,
+             node: gs.Node | None = None) -> list[BakedEntry]:
+    """The constant entries (> 1) that some expression of the sizes can replace so that the element count holds
+    beyond the export size: each entry's hypotheses (graphfix.analysis.hypotheses) filtered by the count with the
+    other entries kept, and by the outputs the exporter declared dynamic (an entry whose choice leaves one fixed at
+    another constant's value is out). `others` keeps the further expressions that fit the same entry."""
+    found, frozen = [], []
+    export = {solution.symbol: solution.value}
     for j, t in enumerate(target):
         if not t.is_Integer or t <= 1:
             continue  # only constants can be baked; 1 and -1 never are
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
-        expr = sympy.cancel(total / rest)
-        if sympy.denom(sympy.together(expr)) != 1 or not expr.free_symbols:
-            continue  # the entry cannot be a whole-number expression of the sizes
-        if expr.subs(solution.symbol, solution.value) != t:
-            continue  # it would not have been this constant at export
-        found.append(BakedEntry(j, int(t), expr))
-    return found[:MAX_CANDIDATES]
+        requirement = hypotheses.Requirement(total, rest * hypotheses.HOLE, "the element count")
+        space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols]
+        fits = hypotheses.determine({hypotheses.HOLE: space}, [requirement], export).alternatives()
+        if not fits:
+            continue  # no expression of the sizes keeps the element count here
+        entry = BakedEntry(j, int(t), fits[0].expr, tuple(h.expr for h in fits[1:]))
+        if sizes is not None and node is not None and frozen_by_other_entries(sizes, node, entry):
+            frozen.append(entry)  # a declared-dynamic output would stay at another entry's value: that one is it
+            continue
+        found.append(entry)
+    return (found or frozen)[:MAX_CANDIDATES]  # all frozen: kept, and the rule says why none is sure
+
+
+def determined_entries(sizes: Sizes, baked: BakedShape) -> list[BakedEntry]:
+    """The entries the graph's constraints leave for `baked`'s Reshape, recomputed from its element count: what a
+    rule checks the analysis' proposal against (each proposed entry must be one of these)."""
+    for constraint in sizes.constraints:
+        if constraint.kind == "reshape" and constraint.node is baked.node:
+            again = _baked_shape(sizes, constraint)
+            return again.entries if again is not None else []
+    return []
 
 
 def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
@@ -348,9 +386,16 @@ def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
         if not dims or shape is None or len(dims) != len(shape):
             continue
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
-            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1:
+            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1 \
+                    and not _made_up(dim, tensor.name, axis):
                 found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
     return found
+
+
+def _made_up(dim: str, output: str, axis: int) -> bool:
+    """A name the TorchScript exporter invents for a dim it could not infer (`Reluy_dim_2` for axis 2 of `y`, the
+    output of a Relu), not one the user declared dynamic."""
+    return dim.endswith(f"{output}_dim_{axis}")
 
 
 def frozen_by_other_entries(sizes: Sizes, node: gs.Node, entry: BakedEntry) -> list[FrozenOutput]:
