@@ -5,10 +5,10 @@ them through the console script, as a user would, each bounded by a 60 s timeout
 
 - a healthy export gets no error finding and `repair` exits 0, writing a model that matches PyTorch at three sizes
   inside its domain (batch 1, and a length longer than the export length where the model has more than one);
-- a broken export is repaired by default and matches PyTorch the same way. ECAPA (its attentive pooling builds
-  `torch.ones(batch)` and a length mask that the trace bakes at the export batch) and MobileViT (its unfold
-  reshapes bake the patch counts of height and width, whose product is one entry) are not repaired yet: they are
-  strict xfails, and the diagnosis must still report them as errors.
+- a broken export gets an error finding, and is repaired by default and matches PyTorch the same way: ECAPA's
+  attentive pooling (`length_to_mask` expands `arange(T)` to `len(lengths)`, the export batch). MobileViT (its
+  unfold reshapes bake the patch counts of height and width, and their product in one entry: one element count,
+  two unknowns) is not repaired yet: a strict xfail.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from fixtures.library_models import BUILDERS, build, export, installed
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 HEALTHY = ("convnext", "vit", "conformer", "whisper", "convtasnet")
-BROKEN = {
-    "ecapa": "attentive pooling's torch.ones(batch) and its length mask are baked at the export batch",
-    "mobilevit": "the unfold reshapes bake the patch counts of H and W, and their product in one entry",
-}
+BROKEN = ("ecapa", "mobilevit")
+UNREPAIRED = {"mobilevit": "the unfold reshapes bake the patch counts of H and W, and their product in one entry"}
+STATIC = ("ecapa",)  # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
 NAMES = tuple(n for n in BUILDERS if installed(n))
 TIMEOUT_S = 60  # a bound on each command per model, not a timed assertion
 GRAPHFIX = Path(sys.executable).parent / "graphfix"
@@ -75,21 +74,45 @@ def test_diagnosis_finds_no_error_in_healthy_front_ends_and_reports_the_broken(e
         assert report["error"] is None, (name, report["error"])
         if name in HEALTHY:
             assert not errors(report), (name, errors(report))
-        elif "--static" not in command:  # the static pass does not see these (they fail only at run time)
+        elif "--static" not in command or name in STATIC:
             assert errors(report), name
-    assert proc.returncode == int(any(name in BROKEN for name in reports) and "--static" not in command)
+    found = BROKEN if "--static" not in command else STATIC
+    assert proc.returncode == int(any(name in found for name in reports))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=BROKEN[n], strict=True))
-                                  if n in BROKEN else n for n in NAMES])
-def test_repair_exits_0_and_matches_pytorch(exported, tmp_path, name):
+@pytest.fixture(scope="module")
+def repaired(exported, tmp_path_factory):
+    """`graphfix repair --output-dir` on every export but the unrepaired ones, in one run; name -> its report."""
+    names = [n for n in exported if n not in UNREPAIRED]
+    paths = {str(exported[n][1]): n for n in names}
+    folder = tmp_path_factory.mktemp("repaired")
+    proc, _ = graphfix("repair", "--format", "json", "--output-dir", str(folder), *paths, models=len(paths))
+    reports = {paths[m["path"]]: m for m in json.loads(proc.stdout)["models"]}
+    return proc, reports
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in UNREPAIRED])
+def test_repair_exits_0_and_matches_pytorch(exported, repaired, name):
+    proc, reports = repaired
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    report = reports[name]
+    assert report["status"] == ("repaired" if name in BROKEN else "unchanged"), report
+    case, _ = exported[name]
+    for batch, length in (case.export_size, *case.sizes):
+        got = run(report["output"], case.feeds(batch, length))
+        for g, want in zip(got, case.expected(batch, length), strict=True):
+            np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=UNREPAIRED[n], strict=True))
+                                  for n in NAMES if n in UNREPAIRED])
+def test_unrepaired_front_end_is_repaired_and_matches_pytorch(exported, tmp_path, name):
     case, path = exported[name]
     fixed = tmp_path / f"{name}_fixed.onnx"
     proc, _ = graphfix("repair", str(path), "-o", str(fixed))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for batch, length in (case.export_size, *case.sizes):
-        got = run(str(fixed), case.feeds(batch, length))
-        for g, want in zip(got, case.expected(batch, length), strict=True):
+        for g, want in zip(run(str(fixed), case.feeds(batch, length)), case.expected(batch, length), strict=True):
             np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
 
 
