@@ -67,7 +67,8 @@ def test_a_conv_inside_an_if_branch_bounds_the_input_it_reads():
 
     weight = helper.make_tensor("w1", TensorProto.FLOAT, [1, 1, 16], [0.5] * 16)
     conv = helper.make_node("Conv", ["x", "w1"], ["z"], kernel_shape=[16], strides=[8])
-    branch = helper.make_graph([conv], "branch", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 1, "F"])])
+    frames = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 1, "F"])
+    branch = helper.make_graph([conv], "branch", [], [frames])
     choose = helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)
     graph = helper.make_graph(
         [choose], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, "S"]),
