@@ -40,6 +40,15 @@ def chain_graph(path: Path, nodes: int) -> Path:
     return path
 
 
+def _torchaudio_without_its_library() -> None:
+    """The test-only torchaudio (requirements-nodeps.txt) is a CUDA build that transformers imports whenever it is
+    installed: import it without its compiled library, as the tests do (tests/fixtures/torchaudio_cpu.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fixtures.torchaudio_cpu import install
+
+    install()
+
+
 def bert_base(path: Path) -> Path:
     """BERT-base (110M parameters, ~435 MB inline) exported with the TorchScript exporter, dynamic batch and time."""
     import torch
@@ -48,6 +57,7 @@ def bert_base(path: Path) -> Path:
         import torchvision  # noqa: F401
     except Exception:  # a CUDA build beside the CPU torch: transformers would import it and fail on its ops
         sys.modules["torchvision"] = None
+    _torchaudio_without_its_library()
     from transformers import BertConfig, BertModel
 
     class Encoder(torch.nn.Module):
@@ -115,6 +125,8 @@ def llama_06b(path: Path) -> Path:
     dynamo exporter; its weights (2.35 GB, over 2 GiB, so no single protobuf could hold them) go to external data
     beside the model."""
     import torch
+
+    _torchaudio_without_its_library()
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,

@@ -12,6 +12,7 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
 from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import (
+    baked_expands,
     baked_reshapes,
     baked_slices,
     caps,
@@ -129,6 +130,7 @@ class TraceBakedShape(Rule):
         ev = ctx.evaluator
         sizes = evidence.export_sizes(ctx, ev)
         yield from self._solved_reshapes(ctx, ev)
+        yield from self._solved_expands(ctx, ev)
         by_op = {"Reshape": self._reshape, "Expand": self._expand, "Slice": self._slice, "Split": self._split,
                  "Pad": self._pad, **dict.fromkeys(VALUE_ONLY, self._value_only)}
         for node in ctx.graph.nodes:
@@ -191,6 +193,34 @@ class TraceBakedShape(Rule):
                     "the one candidate the proof accepted (repair's trial)" if trial else
                     f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
 
+
+    # --- partly constant Expand shapes: a broadcast right after pins a size (solved constraint) ----------------
+    def _solved_expands(self, ctx: RuleContext, ev) -> Iterator[Finding]:
+        """speechbrain's length mask, `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)`: `len()` bakes the
+        batch into `[2, T]`, and the Less meets it with the batch, which holds at B = 2 only. The entry is rebuilt
+        from the size it meets. (Constant Expand shapes are `_expand`'s.)"""
+        wanted = {id(n) for n in ctx.graph.nodes if n.op == "Expand" and partly_constant(ev.elems(n.inputs[1]))}
+        if not wanted:
+            return
+        sizes = sizes_of(ctx)
+        for baked in baked_expands(sizes):
+            node, entry, sym = baked.node, baked.entries[0], baked.solution.symbol
+            if id(node) not in wanted or not size_expr(None, sizes, entry.expr, node.inputs[0]):
+                continue  # no run-time source for the size: GF003 reports the broadcast
+            consumer = baked.solution.constraint.node
+            yield self.finding(
+                f"Expand '{node.name}' bakes {sym}={baked.solution.value}, an export-time size: entry {entry.index} "
+                f"({entry.value}) of its shape meets {entry.expr} in {consumer.op} '{consumer.name}', which "
+                f"broadcasts only at {sym}={baked.solution.value}; entry {entry.index} is {entry.expr}",
+                nodes=[node, consumer], tensors=[node.inputs[0], node.inputs[1]],
+                shapes={node.inputs[0].name: sizes.dims(node.inputs[0])},
+                hint=HINT_INT + " E.g. `len(lengths)` -> `lengths.shape[0]`.",
+                fix=Fix(f"compute entry {entry.index} of Expand '{node.name}' shape as {entry.expr} from Shape ops",
+                        apply=loosened(node, {entry.value}, rebuilt_entries(node, 1, {entry.index: entry.expr},
+                                                                             sizes, ctx.opset)),
+                        safety=Safety.SAFE,
+                        reason=f"the broadcast in {consumer.op} '{consumer.name}' says entry {entry.index} is "
+                               f"{entry.expr} at every size, and the Expand's input has no dim of its own there"))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:

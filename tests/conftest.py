@@ -7,6 +7,9 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+from fixtures.torchaudio_cpu import install as install_torchaudio_without_its_library
+
+install_torchaudio_without_its_library()  # a CUDA build: see tests/fixtures/torchaudio_cpu.py
 
 
 def parse(text: str) -> onnx.ModelProto:

@@ -58,3 +58,26 @@ def test_graph_without_windowed_ops_has_no_minimum():
     model = parse("""< ir_version: 8, opset_import: ["" : 17] >
         g (float[B, T] x) => (float[B, T] y) { y = Relu(x) }""")
     assert input_minimums(model) == {}
+
+
+def test_a_conv_inside_an_if_branch_bounds_the_input_it_reads():
+    """asteroid's scripted filterbank encoder: `Conv` on the 3-D input in one branch of an If, a Reshape and the same
+    Conv in the other. The branch reads the outer input, whose shape the analysis knows: its length bounds it."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w1", TensorProto.FLOAT, [1, 1, 16], [0.5] * 16)
+    conv = helper.make_node("Conv", ["x", "w1"], ["z"], kernel_shape=[16], strides=[8])
+    frames = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 1, "F"])
+    branch = helper.make_graph([conv], "branch", [], [frames])
+    choose = helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph(
+        [choose], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, "S"]),
+                        helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1, "F"])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    least = input_minimums(model)
+    assert least == {"S": 16 + 8 * 3}  # four output frames
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((1, 1, least["S"]), np.float32), "flag": np.array(True)}
+    assert session.run(None, feeds)[0].shape[-1] == 4

@@ -20,6 +20,7 @@ from graphfix.analysis.sizes.solve import (
     Cap,
     FrozenOutput,
     Solution,
+    baked_expands,
     baked_pads,
     baked_reshapes,
     baked_slices,
@@ -74,7 +75,8 @@ def tied_dims(model) -> dict:
 
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FrozenOutput", "Sizes", "Solution",
-    "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries", "frozen_by_other_entries",
+    "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries",
+    "frozen_by_other_entries",
     "frozen_outputs",
     "partly_constant", "relations",
     "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",

@@ -7,12 +7,16 @@ PyTorch alike on an input shorter than its receptive field: such a size is outsi
 export. The size analysis carries each input dim through Conv/Pool with exact floor arithmetic; the least size at
 which every windowed output along a dim has `frames` positions bounds the probe sizes from below (several output
 frames, not the bare minimum, so what follows the front end sees a real sequence).
+
+A windowed op inside an If branch (asteroid's filterbank encoder, scripted: `Conv` on a 3-D input, else a
+Reshape first) bounds the size too where it reads an outer tensor whose shape the analysis knows.
 """
 
 from __future__ import annotations
 
 import sympy
 
+from graphfix.analysis.sizes.ops import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
@@ -22,7 +26,7 @@ FRAMES = 4
 def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
     """Input dim name -> the least size at which every Conv/Pool output that depends on that dim alone has at least
     `frames` positions along it. Empty for graphs without a windowed op (nothing is analysed there)."""
-    if not any(node.op_type in WINDOW_OPS for node in model.graph.node):
+    if not _has_window(model.graph):
         return {}
     from graphfix.analysis.sizes import static_sizes
 
@@ -30,9 +34,7 @@ def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
     least: dict[str, int] = {}
     seen: set = set()
     for node in _clear_of_constraints(graph, sizes):
-        if node.op not in WINDOW_OPS or not node.outputs:
-            continue
-        for length in (sizes.shape(node.outputs[0]) or ())[2:]:
+        for length in _window_lengths(node, sizes):
             if length is None or len(length.free_symbols) != 1 or length in seen:
                 continue
             seen.add(length)
@@ -41,6 +43,35 @@ def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
             if size is not None:
                 least[symbol.name] = max(least.get(symbol.name, 1), size)
     return least
+
+
+def _has_window(graph) -> bool:
+    """Whether a Conv or Pool is in the graph or in a branch or body of one of its nodes."""
+    return any(node.op_type in WINDOW_OPS or any(_has_window(a.g) for a in node.attribute if a.HasField("g"))
+               for node in graph.node)
+
+
+def _window_lengths(node, sizes) -> list:
+    """The output lengths of a windowed node; of an If, those of the windowed ops in its branches that read an
+    outer tensor of known shape (the branch taken computes one of them from the same input)."""
+    if node.op in WINDOW_OPS and node.outputs:
+        return list((sizes.shape(node.outputs[0]) or ())[2:])
+    if node.op != "If":
+        return []
+    lengths = []
+    for branch in (node.attrs.get("then_branch"), node.attrs.get("else_branch")):
+        for inner in getattr(branch, "nodes", ()):
+            if inner.op in WINDOW_OPS and inner.inputs:
+                lengths.extend((window_output(inner, sizes.shape(inner.inputs[0]), _weight_shape(inner)) or ())[2:])
+    return lengths
+
+
+def _weight_shape(node) -> tuple | None:
+    """A Conv's weight shape (None where unknown); `()` for a pool, which has none."""
+    if node.op != "Conv":
+        return ()
+    shape = node.inputs[1].shape if len(node.inputs) > 1 else None
+    return tuple(shape) if shape else None
 
 
 def _clear_of_constraints(graph, sizes) -> list:

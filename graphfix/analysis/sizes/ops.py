@@ -57,6 +57,27 @@ class OpShapes:
                 value = tuple(arith(a[i % len(a)], b[i % len(b)]) for i in range(n))
         self._set(node, tuple(out), value)
 
+    def _op_Equal(self, node: gs.Node) -> None:
+        """Elementwise equality of two shape vectors where the sizes decide it: the exporter's `expand(..., -1)`
+        writes `Where(Equal(shape, -1), 1, shape)`, and a size is never -1."""
+        self._broadcast(node)
+        a, b = self._in_value(node, 0), self._in_value(node, 1)
+        if a is not None and b is not None and (len(a) == len(b) or 1 in (len(a), len(b))):
+            equal = [_equal(a[i % len(a)], b[i % len(b)]) for i in range(max(len(a), len(b)))]
+            if all(e is not None for e in equal):
+                self._set(node, self._shapes.get(id(node.outputs[0])), tuple(equal))
+
+    def _op_Where(self, node: gs.Node) -> None:
+        """The entries of a shape vector chosen by a condition whose entries are known."""
+        self._broadcast(node)
+        cond, a, b = (self._in_value(node, k) for k in range(3))
+        if cond is None or a is None or b is None or not all(as_expr(c).is_number for c in cond):
+            return
+        n = max(len(cond), len(a), len(b))
+        if all(len(v) in (1, n) for v in (cond, a, b)):
+            value = tuple(a[i % len(a)] if cond[i % len(cond)] else b[i % len(b)] for i in range(n))
+            self._set(node, self._shapes.get(id(node.outputs[0])), value)
+
     def _op_Constant(self, node: gs.Node) -> None:
         self._shapes.pop(id(node.outputs[0]), None)
         self._in_shape_of(node.outputs[0])
@@ -289,22 +310,9 @@ class OpShapes:
     def _conv(self, node: gs.Node) -> None:
         x = self._in_shape(node, 0)
         w = self._in_shape(node, 1) if node.op == "Conv" else ()  # a pool has no weight: its kernel is an attribute
-        if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
-                or node.attrs.get("ceil_mode", 0):
-            return
-        spatial = len(x) - 2
-        kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
-        strides = node.attrs.get("strides", [1] * spatial)
-        pads = node.attrs.get("pads", [0] * 2 * spatial)
-        dil = node.attrs.get("dilations", [1] * spatial)
-        out = [x[0], w[0] if node.op == "Conv" else x[1]]
-        for j in range(spatial):
-            if x[2 + j] is None:
-                out.append(None)
-                continue
-            span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
-            out.append(floor_div(span, strides[j]) + 1)
-        self._set(node, tuple(out))
+        out = window_output(node, x, w)
+        if out is not None:
+            self._set(node, out)
 
     _op_Conv = _conv
     _op_MaxPool = _conv
@@ -318,6 +326,27 @@ class OpShapes:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def window_output(node: gs.Node, x: Shape | None, w: Shape | None) -> Shape | None:
+    """The output shape of a Conv or Pool `node` over input shape `x` (weight shape `w`; `()` for a pool), with
+    exact floor arithmetic; None where it is not computed (unknown input, `auto_pad` SAME, `ceil_mode`)."""
+    if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+            or node.attrs.get("ceil_mode", 0):
+        return None
+    spatial = len(x) - 2
+    kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
+    strides = node.attrs.get("strides", [1] * spatial)
+    pads = node.attrs.get("pads", [0] * 2 * spatial)
+    dil = node.attrs.get("dilations", [1] * spatial)
+    out = [x[0], w[0] if node.op == "Conv" else x[1]]
+    for j in range(spatial):
+        if x[2 + j] is None:
+            out.append(None)
+            continue
+        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
+        out.append(floor_div(span, strides[j]) + 1)
+    return tuple(out)
+
+
 def as_expr(value) -> Expr:
     """A number or expression as sympy's; text raises SympifyError (`strict`): an attribute or value from the
     model may be a string, and sympy would run it as Python (issue #20). The pass skips the node."""
@@ -334,6 +363,14 @@ def floor_div(a, n) -> Expr:
     if len(inner) == 1 and rest.is_Integer:
         return sympy.floor((inner[0].args[0] + rest) / n)
     return sympy.floor(a / n)
+
+
+def _equal(a, b) -> int | None:
+    """1 where two sizes are equal, 0 where they differ at every size, None where the sizes decide."""
+    difference = sympy.simplify(as_expr(a) - as_expr(b))
+    if difference == 0:
+        return 1
+    return 0 if difference.is_zero is False else None
 
 
 def _floordiv(a, b):

@@ -159,6 +159,43 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     return BakedShape(constraint.node, solution, entries)
 
 
+def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
+    """Expands whose shape vector holds a constant entry that a broadcast right after meets with a size, which holds
+    at one size only: speechbrain's `length_to_mask`, `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)`,
+    traced at batch 2 bakes `[2, T]`, and the Less holds at B = 2 only. The entry stands for that size (the
+    expanded dim has no other source: the Expand's input has 1 or nothing there)."""
+    seen: set[tuple[int, int]] = set()
+    for constraint in sizes.constraints:
+        solution = solve(constraint) if constraint.kind == "broadcast" else None
+        if solution is None or solution.cut is not None or not constraint.detail.startswith("axis "):
+            continue
+        number, size = (constraint.left, constraint.right) if constraint.left.is_Integer else \
+            (constraint.right, constraint.left)
+        if not number.is_Integer:
+            continue
+        rank, axis = len(sizes.shape(constraint.node.outputs[0]) or ()), int(constraint.detail.split()[1])
+        for tensor in constraint.node.inputs:
+            found = _expanded_entry(sizes, tensor, axis - rank, int(number))
+            if found is not None and (id(found[0]), found[1]) not in seen:
+                seen.add((id(found[0]), found[1]))
+                yield BakedShape(found[0], solution, [BakedEntry(found[1], int(number), size)])
+
+
+def _expanded_entry(sizes: Sizes, tensor: gs.Tensor, axis: int, number: int) -> tuple[gs.Node, int] | None:
+    """(Expand node, entry index) where `tensor` is an Expand's output whose dim `axis` (negative: from the end)
+    comes from the constant entry `number` of its shape vector alone."""
+    node = tensor.inputs[0] if tensor.inputs else None
+    if node is None or node.op != "Expand":
+        return None
+    target, data = sizes.value(node.inputs[1]), sizes.shape(node.inputs[0])
+    if target is None or data is None or -axis > len(target):
+        return None
+    entry = len(target) + axis
+    if as_expr(target[entry]) != number or (-axis <= len(data) and data[axis] != 1):
+        return None
+    return node, entry
+
+
 @dataclass
 class BakedSlice:
     """A Slice whose end `position` (of its ends vector) holds `value`, the export-time value of `expr`: the cut
