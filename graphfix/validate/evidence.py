@@ -1,8 +1,11 @@
-"""Judging one probe size: run both models, pick the strongest reference there, compare, and say which.
+"""Judging one probe size: run both models, pick the strongest independent reference there, compare, and say
+which; then check the rewrite against the original re-traced (`derived`).
 
-Levels, weakest first: `runs` < `consistent` < `original` < `torch` (see graphfix.validate). A dim's evidence is
-the strongest level reached at a size where that dim is away from its export size; the model's is its weakest
-dim's.
+Levels, weakest first: `runs` < `consistent` < `original` < `torch` (see graphfix.validate). Each counts only a
+reference that graphfix's own analysis did not build. A dim's evidence is the strongest level reached at a size
+where that dim is away from its export size and no coincidence holds (`coincidence` in graphfix.validate.sizes);
+the model's is its weakest dim's. The derived check never raises a level: it shows that the rewrite implements its
+analysis, not that the analysis is right, and a difference there fails validation.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from graphfix.validate.consistency import (
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node
-from graphfix.validate.sizes import batch_dims, forced_sizes, is_smaller
+from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller, met_sizes
 
 
 @dataclass
@@ -49,11 +52,14 @@ class SizeRun:
     shape_problems: list[str] = field(default_factory=list)
     note: str = ""
     skipped: bool = False  # outside the model's range (both fail below a minimum size): no evidence, no failure
+    derived: bool | None = None  # matched the original re-traced here; None: no re-trace here
+    derived_outputs: list[OutputComparison] = field(default_factory=list)  # its comparisons, kept when one differs
+    problems: list[str] = field(default_factory=list)  # other failures (the original fails at its known export size)
 
     @property
     def failed(self) -> bool:
-        return not self.skipped and bool(self.candidate_error or self.shape_problems
-                                         or any(not o.ok for o in self.outputs))
+        return not self.skipped and bool(self.candidate_error or self.shape_problems or self.problems
+                                         or self.derived is False or any(not o.ok for o in self.outputs))
 
     def reasons(self, subject: str) -> list[str]:
         if self.skipped:
@@ -63,9 +69,11 @@ class SizeRun:
             where = failing_node(self.candidate_error)
             node = f"node '{where[1]}' ({where[0]})" if where else "the model"
             return [f"{subject} fails {at}: {node}: {self.candidate_error}"]
-        against = {"original": "the original", "consistent": "the original run sample by sample"}.get(self.level)
+        against = "the original run sample by sample" if self.level == "consistent" else "the original"
         lines = [f"output '{o.name}' differs from {against} {at}: {o.problem}" for o in self.outputs if not o.ok]
-        return lines + [f"{problem} {at}" for problem in self.shape_problems]
+        lines += [f"output '{o.name}' differs from the original re-traced {at} (derived check: the rewrite does not "
+                  f"implement its own analysis): {o.problem}" for o in self.derived_outputs if not o.ok]
+        return lines + [f"{problem} {at}" for problem in self.shape_problems + self.problems]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,7 +84,8 @@ class SizeRun:
             "candidate": {"ok": self.candidate_error is None, "error": self.candidate_error},
             "outputs": [o.to_json() for o in self.outputs],
             "candidate_shapes": self.candidate_shapes,
-            "shape_problems": list(self.shape_problems),
+            "shape_problems": list(self.shape_problems) + list(self.problems),
+            "derived": self.derived,
             "note": self.note,
         }
 
@@ -97,15 +106,43 @@ def dim_evidence(runs: list[SizeRun], export: dict[str, int], dims: set[str]) ->
     return evidence
 
 
-class Judge:
-    """Runs the original and the candidate at a binding and compares them against the best reference there."""
+def derived_summary(runs: list[SizeRun]) -> dict[str, int]:
+    """How many sizes the derived check matched and how many it differed at."""
+    checked = [run.derived for run in runs if not run.skipped and run.derived is not None]
+    return {"matched": checked.count(True), "differed": checked.count(False)}
 
-    def __init__(self, before, after, options, export: dict[str, int]):
-        self.before, self.after, self.options, self.export = before, after, options, export
-        self.declared = declared_shapes(before.proto)
+
+def following_repair(original: dict[str, list | None], repaired: dict[str, list | None],
+                     export: dict[str, int]) -> dict[str, list | None]:
+    """The original's declared output dims, where a declared int is an export-time size that the repaired model
+    no longer declares (graphfix.pipeline.repair declares the symbol it now follows): the repaired model's dim,
+    a symbol or nothing, is the promise, not the int."""
+    sizes = {size for size in export.values() if size > 1}
+    followed = {}
+    for name, dims in original.items():
+        new = repaired.get(name)
+        if dims is None or new is None or len(new) != len(dims):
+            followed[name] = dims
+            continue
+        followed[name] = [n if isinstance(d, int) and d in sizes and n != d else d
+                          for d, n in zip(dims, new, strict=True)]
+    return followed
+
+
+class Judge:
+    """Runs the original and the candidate at a binding and compares them against the best reference there.
+    `known`: the export size was given or solved, not guessed: the original must run there, and the candidate
+    must equal it exactly."""
+
+    def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
+                 derived_dims: set[str] = frozenset()):
+        self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
+        self.declared = following_repair(declared_shapes(before.proto), declared_shapes(after.proto), export)
         self.batch = [name for name in export if name in batch_dims(before.proto)
                       and name not in forced_sizes(before.proto, options) and batch_axes(before.proto, name)]
         self.probed_dims = set(export) - set(forced_sizes(before.proto, options))
+        self.derived_dims = set(derived_dims)  # computed from other dims (tied): they may equal them
+        self.static = met_sizes(before.proto)
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
         self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
@@ -113,8 +150,8 @@ class Judge:
 
     @functools.cached_property
     def samples(self) -> list[Samples]:
-        """The batch dims along which the original computes samples independently, tried where it runs: at the
-        export size, or with that dim at 2 where its export size is 1."""
+        """The batch dims along which the original is shown to compute samples independently: tried at the export
+        size, or with that dim at 2 where its export size is 1."""
         found = []
         for batch in self.batch:
             binding = {**self.export, batch: max(self.export[batch], 2)}
@@ -145,9 +182,13 @@ class Judge:
         actual = self.after.run(feeds)
         expected = actual if self.after is self.before else self.before.run(feeds)
         run = SizeRun(binding, expected.error, actual.error)
+        exact = at_export and self.known and self.after is not self.before
         if at_export and expected.ok:
             self.export_shapes = {name: list(np.shape(v)) for name, v in expected.outputs.items()}
             self._drop_wrong_declarations(expected.outputs, binding)
+        elif exact and self._fully_known(binding):
+            run.problems.append(f"the original fails at its export size ({expected.error}): the one size a repair "
+                                "must reproduce exactly has no reference")
         if not actual.ok:
             self._outside_range(run, reference_only)
             return run
@@ -155,14 +196,50 @@ class Judge:
         run.shape_problems = self.promised.mismatches(actual.outputs, binding)
         if self.after is self.before:
             run.level = "original"  # nothing changed: the model is its own original
+            return run
+        if exact and expected.ok:
+            self._exactly(run, expected.outputs, actual.outputs, feeds)
         elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
             self._bisect(run, feeds)
-        elif not (self._against_retraced(run, feeds, actual.outputs, binding)
-                  or self._against_samples(run, feeds, actual.outputs, binding)):
+        elif not self._against_samples(run, feeds, actual.outputs, binding):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
+        if not at_export:  # at the export size the re-traced original is the original
+            self._derived(run, feeds, actual.outputs, binding)
+            self._no_evidence_by_coincidence(run, binding)
         if reference_only and run.level == "runs":
             run.skipped, run.note = True, "no reference here; the size was not counted"
         return run
+
+    def _fully_known(self, binding: dict[str, int]) -> bool:
+        return all(name in self.options.trace_sizes for name in binding if name in self.probed_dims)
+
+    def _exactly(self, run: SizeRun, expected, actual, feeds) -> None:
+        """At its known export size the original is right by construction: the candidate must give its outputs,
+        shapes and values, exactly (within tolerance), with no region left out."""
+        run.outputs = compare_outputs(expected, actual, self.options.rtol, self.options.atol)
+        run.level = "original"
+        run.note = "; ".join(filter(None, [run.note, "the export size: compared in full"]))
+        self._bisect(run, feeds)
+
+    def _no_evidence_by_coincidence(self, run: SizeRun, binding: dict[str, int]) -> None:
+        """A size where the original may run by coincidence is still compared, but earns no level."""
+        why = coincidence(self.before.proto, binding, self.probed_dims, self.derived_dims, self.static, self.export)
+        if why and run.level != "runs":
+            run.level = "runs"
+            run.note = "; ".join(filter(None, [run.note, f"no evidence here, a coincidence is possible ({why})"]))
+
+    def _derived(self, run: SizeRun, feeds, actual, binding) -> None:
+        """The derived check: the candidate against the original re-traced at this binding (graphfix.validate.
+        retrace), where one exists and runs as it declares. It never sets the level."""
+        runner = self.retracer.at(binding)
+        if runner is None:
+            return
+        expected = runner.run(feeds)
+        if not expected.ok or contradicts(expected.outputs, self.declared, binding):
+            return
+        comparisons = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
+        run.derived = all(c.ok for c in comparisons)
+        run.derived_outputs = [] if run.derived else comparisons
 
     def _drop_wrong_declarations(self, outputs: dict[str, np.ndarray], binding: dict[str, int]) -> None:
         """A declared dim that the original contradicts at its export size, where that size is known
@@ -203,22 +280,6 @@ class Judge:
             run.note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region "
                         "both shapes cover")
         run.outputs, run.level = comparisons, "original"
-        return True
-
-    def _against_retraced(self, run, feeds, actual, binding) -> bool:
-        """Compare with the original re-traced at this binding (graphfix.validate.retrace), where it runs as it
-        declares; False when there is nothing to re-trace or it is no reference here."""
-        runner = self.retracer.at(binding)
-        if runner is None:
-            return False
-        expected = runner.run(feeds)
-        if not expected.ok or contradicts(expected.outputs, self.declared, binding):
-            return False
-        run.outputs = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
-        run.level = "consistent"
-        lead = run.note or ("the original fails here" if run.original_error else "")
-        retraced = f"compared with the original re-traced at these sizes: {self.retracer.describe()} set to them"
-        run.note = "; ".join(filter(None, [lead, retraced]))
         return True
 
     def _against_samples(self, run, feeds, actual, binding) -> bool:
