@@ -137,7 +137,9 @@ class Judge:
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
                  derived_dims: set[str] = frozenset()):
         self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
-        self.declared = following_repair(declared_shapes(before.proto), declared_shapes(after.proto), export)
+        self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
+        # what the candidate is held to: an export-time size the repair now computes is no promise
+        self.promises = following_repair(self.declared, declared_shapes(after.proto), export)
         self.batch = [name for name in export if name in batch_dims(before.proto)
                       and name not in forced_sizes(before.proto, options) and batch_axes(before.proto, name)]
         self.probed_dims = set(export) - set(forced_sizes(before.proto, options))
@@ -169,7 +171,7 @@ class Judge:
 
     @functools.cached_property
     def promised(self) -> ShapeOracle:
-        return ShapeOracle(self.before.proto, self.declared, says="the original declares")
+        return ShapeOracle(self.before.proto, self.promises, says="the original declares")
 
     def feeds(self, binding: dict[str, int]) -> dict[str, np.ndarray]:
         """Inputs for both models: the original's, plus any input only the candidate declares."""
@@ -235,7 +237,7 @@ class Judge:
         if runner is None:
             return
         expected = runner.run(feeds)
-        if not expected.ok or contradicts(expected.outputs, self.declared, binding):
+        if not expected.ok or contradicts(expected.outputs, self.promises, binding):
             return
         comparisons = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
         run.derived = all(c.ok for c in comparisons)
@@ -246,11 +248,12 @@ class Judge:
         (`--trace-shape`, or solved from the graph), is a wrong declaration, not a promise: an output named `time`
         that is `time - 1` long."""
         known = self.options.trace_sizes  # at a guessed size, a contradiction may be the very bug being repaired
-        for name, value in outputs.items():
-            dims = self.declared.get(name)
-            if dims is not None and len(dims) == np.ndim(value):
-                self.declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
-                                       for d, size in zip(dims, np.shape(value), strict=True)]
+        for declared in (self.declared, self.promises):
+            for name, value in outputs.items():
+                dims = declared.get(name)
+                if dims is not None and len(dims) == np.ndim(value):
+                    declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
+                                      for d, size in zip(dims, np.shape(value), strict=True)]
 
     def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
         """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""
