@@ -143,8 +143,9 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))
     unaddressed = unaddressed_errors(outcome.after)
-    if unaddressed and not options.force:
-        result.status, result.error = "failed", unaddressed
+    if unaddressed and not options.force:  # `unchanged` still says that no fix applied; nothing is written
+        result.status = "failed" if outcome.changed else result.status
+        result.error, result.light, result.weights = unaddressed, outcome.model, outcome.weights
         return result
     if unaddressed:
         result.notes.append(f"written despite {unaddressed.removeprefix('not written: ')} (--force)")
