@@ -39,8 +39,8 @@ import numpy as np
 
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.validate.anchor import anchored
-from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
 from graphfix.validate.budget import NotProbed
+from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe

@@ -20,20 +20,16 @@ from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import (
     OutputComparison,
     ShapeOracle,
-    compare_outputs,
-    compare_overlap,
     declared_shapes,
     evaluate_dim,
 )
 from graphfix.validate.consistency import (
     Samples,
     batch_axes,
-    compare_with_reference,
-    contradicts,
     independent_samples,
-    reference,
 )
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
+from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node
 from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller, met_sizes
@@ -179,6 +175,19 @@ class Judge:
         feeds.update(synthesize_inputs(self.before.proto, binding, self.options))
         return feeds
 
+    @functools.cached_property
+    def original(self) -> OriginalReference:
+        return OriginalReference(self.declared, self.export_shapes)
+
+    @functools.cached_property
+    def by_samples(self) -> SamplesReference:
+        return SamplesReference(self.before, lambda: self.samples, lambda: self.not_samples, self.export,
+                                self.declared)
+
+    @functools.cached_property
+    def derived(self) -> DerivedReference:
+        return DerivedReference(self.retracer, self.promises)
+
     def at(self, binding: dict[str, int], *, at_export: bool = False, reference_only: bool = False) -> SizeRun:
         feeds = self.feeds(binding)
         actual = self.after.run(feeds)
@@ -186,7 +195,7 @@ class Judge:
         run = SizeRun(binding, expected.error, actual.error)
         exact = at_export and self.known and self.after is not self.before
         if at_export and expected.ok:
-            self.export_shapes = {name: list(np.shape(v)) for name, v in expected.outputs.items()}
+            self.export_shapes.update({name: list(np.shape(v)) for name, v in expected.outputs.items()})
             self._drop_wrong_declarations(expected.outputs, binding)
         elif exact and self._fully_known(binding):
             run.problems.append(f"the original fails at its export size ({expected.error}): the one size a repair "
@@ -199,29 +208,36 @@ class Judge:
         if self.after is self.before:
             run.level = "original"  # nothing changed: the model is its own original
             return run
-        if exact and expected.ok:
-            self._exactly(run, expected.outputs, actual.outputs, feeds)
-        elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
-            self._bisect(run, feeds)
-        elif not self._against_samples(run, feeds, actual.outputs, binding):
+        probe = Probe(binding, feeds, expected, actual.outputs, exact=exact)
+        if not self._compare(run, probe):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
         if not at_export:  # at the export size the re-traced original is the original
-            self._derived(run, feeds, actual.outputs, binding)
+            self._derived(run, probe)
             self._no_evidence_by_coincidence(run, binding)
         if reference_only and run.level == "runs":
             run.skipped, run.note = True, "no reference here; the size was not counted"
         return run
 
+    def _compare(self, run: SizeRun, probe: Probe) -> bool:
+        """Compare with the first independent reference there is here (the original, then its samples) and take
+        its level; False, with the reasons in the note, when there is none."""
+        why_not = []
+        for reference_ in (self.original, self.by_samples):
+            expected = reference_.expect(probe)
+            if isinstance(expected, str):
+                why_not.append(expected)
+                continue
+            run.outputs = expected.compare(probe.actual, self.options.rtol, self.options.atol)
+            run.level = reference_.level
+            run.note = "; ".join(dict.fromkeys(filter(None, [*why_not[:1], expected.note])))
+            if reference_ is self.original:
+                self._bisect(run, probe.feeds)
+            return True
+        run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in why_not if n))
+        return False
+
     def _fully_known(self, binding: dict[str, int]) -> bool:
         return all(name in self.options.trace_sizes for name in binding if name in self.probed_dims)
-
-    def _exactly(self, run: SizeRun, expected, actual, feeds) -> None:
-        """At its known export size the original is right by construction: the candidate must give its outputs,
-        shapes and values, exactly (within tolerance), with no region left out."""
-        run.outputs = compare_outputs(expected, actual, self.options.rtol, self.options.atol)
-        run.level = "original"
-        run.note = "; ".join(filter(None, [run.note, "the export size: compared in full"]))
-        self._bisect(run, feeds)
 
     def _no_evidence_by_coincidence(self, run: SizeRun, binding: dict[str, int]) -> None:
         """A size where the original may run by coincidence is still compared, but earns no level."""
@@ -230,16 +246,13 @@ class Judge:
             run.level = "runs"
             run.note = "; ".join(filter(None, [run.note, f"no evidence here, a coincidence is possible ({why})"]))
 
-    def _derived(self, run: SizeRun, feeds, actual, binding) -> None:
-        """The derived check: the candidate against the original re-traced at this binding (graphfix.validate.
-        retrace), where one exists and runs as it declares. It never sets the level."""
-        runner = self.retracer.at(binding)
-        if runner is None:
+    def _derived(self, run: SizeRun, probe: Probe) -> None:
+        """The derived check: the candidate against the original re-traced here, where there is one. It never sets
+        the level."""
+        expected = self.derived.expect(probe)
+        if isinstance(expected, str):
             return
-        expected = runner.run(feeds)
-        if not expected.ok or contradicts(expected.outputs, self.promises, binding):
-            return
-        comparisons = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
+        comparisons = expected.compare(probe.actual, self.options.rtol, self.options.atol)
         run.derived = all(c.ok for c in comparisons)
         run.derived_outputs = [] if run.derived else comparisons
 
@@ -263,51 +276,6 @@ class Judge:
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
             run.note = "both models fail at the same node below the export size (the model's minimum size)"
-
-    def _against_original(self, run, expected, actual, binding) -> bool:
-        """Compare with the original where it runs as it declares; False when it is no reference here."""
-        if all(np.size(value) == 0 for value in expected.values()):
-            run.note = "the original returns only empty outputs here: nothing to compare"
-            return False
-        wrong = contradicts(expected, self.declared, binding)
-        baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
-                 self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(actual.get(name)))}
-        if wrong and not baked:
-            run.note = f"the original {wrong}"
-            return False
-        comparisons = compare_outputs({k: v for k, v in expected.items() if k not in baked}, actual,
-                                      self.options.rtol, self.options.atol)
-        comparisons += [compare_overlap(name, expected[name], actual[name], self.options.rtol, self.options.atol)
-                        for name in sorted(baked) if name in actual]
-        if baked:
-            run.note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region "
-                        "both shapes cover")
-        run.outputs, run.level = comparisons, "original"
-        return True
-
-    def _against_samples(self, run, feeds, actual, binding) -> bool:
-        """Batch consistency with the original at the export batch size and at batch 1."""
-        notes = [run.note] if run.note else ["the original fails here"] if run.original_error else []
-        notes += self.not_samples if not self.samples else []
-        compared: list[str] = []
-        for samples in self.samples:
-            batch = samples.dim
-            for group in dict.fromkeys([self.export[batch], 1]):
-                if group == binding[batch] and run.original_error is not None:
-                    continue  # the original at this very binding already failed
-                ref = reference(self.before, feeds, binding, samples, group, self.declared)
-                if ref.outputs is None:
-                    notes.append(ref.why_not)
-                    continue
-                run.outputs += compare_with_reference(ref, actual, self.options.rtol, self.options.atol)
-                run.level = "consistent"
-                compared.append(f"{batch}={group}")
-        if run.level != "consistent":
-            run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in notes if n))
-        else:
-            against = " and ".join(compared)
-            run.note = "; ".join([*notes[:1], f"compared sample by sample with the original at {against}"])
-        return run.level == "consistent"
 
     def _bisect(self, run: SizeRun, feeds) -> None:
         if self.divergence is None and any(not o.ok for o in run.outputs):
