@@ -10,8 +10,8 @@ references that graphfix's own analysis did not build:
 
 - `original`: the original runs there, and its outputs, values and shapes, are the oracle. Where it returns an
   output at its export-time shape (the bug being repaired), the region both shapes cover is compared instead. At
-  an export size that was given (`trace_sizes`) or solved from the graph, the original must run and the repaired
-  model must equal it in full.
+  an export size that was given (`trace_sizes`) or solved from the graph (`solved_sizes`, taken only where the
+  original runs), the repaired model must equal the original in full wherever it runs there.
 - `consistent`: the original fails there, but run a few samples at a time (the export batch size, batch 1) it
   gives what the repaired model must give for those samples (graphfix.validate.consistency); only along a dim
   whose samples the original itself is shown to compute independently at its export size.

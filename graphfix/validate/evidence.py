@@ -50,11 +50,10 @@ class SizeRun:
     skipped: bool = False  # outside the model's range (both fail below a minimum size): no evidence, no failure
     derived: bool | None = None  # matched the original re-traced here; None: no re-trace here
     derived_outputs: list[OutputComparison] = field(default_factory=list)  # its comparisons, kept when one differs
-    problems: list[str] = field(default_factory=list)  # other failures (the original fails at its known export size)
 
     @property
     def failed(self) -> bool:
-        return not self.skipped and bool(self.candidate_error or self.shape_problems or self.problems
+        return not self.skipped and bool(self.candidate_error or self.shape_problems
                                          or self.derived is False or any(not o.ok for o in self.outputs))
 
     def reasons(self, subject: str) -> list[str]:
@@ -69,7 +68,7 @@ class SizeRun:
         lines = [f"output '{o.name}' differs from {against} {at}: {o.problem}" for o in self.outputs if not o.ok]
         lines += [f"output '{o.name}' differs from the original re-traced {at} (derived check: the rewrite does not "
                   f"implement its own analysis): {o.problem}" for o in self.derived_outputs if not o.ok]
-        return lines + [f"{problem} {at}" for problem in self.shape_problems + self.problems]
+        return lines + [f"{problem} {at}" for problem in self.shape_problems]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +79,7 @@ class SizeRun:
             "candidate": {"ok": self.candidate_error is None, "error": self.candidate_error},
             "outputs": [o.to_json() for o in self.outputs],
             "candidate_shapes": self.candidate_shapes,
-            "shape_problems": list(self.shape_problems) + list(self.problems),
+            "shape_problems": list(self.shape_problems),
             "derived": self.derived,
             "note": self.note,
         }
@@ -127,8 +126,8 @@ def following_repair(original: dict[str, list | None], repaired: dict[str, list 
 
 class Judge:
     """Runs the original and the candidate at a binding and compares them against the best reference there.
-    `known`: the export size was given or solved, not guessed: the original must run there, and the candidate
-    must equal it exactly."""
+    `known`: the export size was given or solved, not guessed: where the original runs there, the candidate must
+    equal it exactly (a misaligned broadcast fails at its own export size too: then it is no reference)."""
 
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
                  derived_dims: set[str] = frozenset()):
@@ -197,9 +196,6 @@ class Judge:
         if at_export and expected.ok:
             self.export_shapes.update({name: list(np.shape(v)) for name, v in expected.outputs.items()})
             self._drop_wrong_declarations(expected.outputs, binding)
-        elif exact and self._fully_known(binding):
-            run.problems.append(f"the original fails at its export size ({expected.error}): the one size a repair "
-                                "must reproduce exactly has no reference")
         if not actual.ok:
             self._outside_range(run, reference_only)
             return run
@@ -235,9 +231,6 @@ class Judge:
             return True
         run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in why_not if n))
         return False
-
-    def _fully_known(self, binding: dict[str, int]) -> bool:
-        return all(name in self.options.trace_sizes for name in binding if name in self.probed_dims)
 
     def _no_evidence_by_coincidence(self, run: SizeRun, binding: dict[str, int]) -> None:
         """A size where the original may run by coincidence is still compared, but earns no level."""
