@@ -134,26 +134,28 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     return _verdict(before, after, sizes, runs, dims, judge, options)
 
 
-def _export_size(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> tuple[ValidationOptions,
-                                                                                                 bool]:
-    """Options whose export size is known (and whether it is): given sizes always; solved ones only where the
+def _export_size(before: ModelRunner, options: ValidationOptions,
+                 footprint: Footprint) -> tuple[ValidationOptions, bool]:
+    """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
     original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
     fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""
-    if not options.solved_sizes:
-        return options, bool(options.trace_sizes)
     solved = {name: size for name, size in options.solved_sizes.items() if name not in options.trace_sizes}
     trial = dataclasses.replace(options, trace_sizes={**solved, **options.trace_sizes}, solved_sizes={})
-    binding = probe_sizes(before.proto, trial)[0]
-    if before.session is None or any(size in declared_sizes(before.proto) for size in solved.values()):
-        return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
+    if solved and _runs_at_export(before, trial, footprint) and \
+            not any(size in declared_sizes(before.proto) for size in solved.values()):
+        return trial, True
+    return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
+
+
+def _runs_at_export(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> bool:
+    if before.session is None:
+        return False
     try:
-        feeds = synthesize_inputs(before.proto, binding, trial)
+        feeds = synthesize_inputs(before.proto, probe_sizes(before.proto, options)[0], options)
         footprint.check(feeds)
     except NotProbed:
-        return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
-    if not before.run(feeds).ok:
-        return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
-    return trial, True
+        return False
+    return before.run(feeds).ok
 
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
