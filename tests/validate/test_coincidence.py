@@ -15,7 +15,7 @@ g (float[B, T, 32] x, bool[B, T] pad) => (float[B, T, 32] y) <float zero = {0.0}
 
 
 def test_no_probe_size_lines_a_dim_up_with_another_or_with_a_static_size():
-    for trace in ({}, {"T": 7}, {"T": 32}):
+    for trace in ({}, {"T": 2}, {"T": 7}, {"T": 32}):
         bindings = probe_sizes(MASKED, ValidationOptions(trace_sizes=trace, num_sizes=5))
         for index, binding in enumerate(bindings[1:], start=1):
             assert binding["T"] != 32 and binding["T"] > 1, (trace, binding)
