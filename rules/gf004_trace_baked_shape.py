@@ -89,6 +89,14 @@ class TraceBakedShape(Rule):
     runtime_hint = ("A size was baked into a shape constant at export time; compute it from the input (x.shape / "
                     "Shape ops) or use -1, and re-export with dynamic axes.")
     traced_values = True
+
+    @classmethod
+    def baked_entries(cls, sizes, choices: dict[str, int]):
+        """Each baked Reshape entry with one candidate expression, or the one the repair chose; none while ambiguous."""
+        for baked in baked_reshapes(sizes):
+            chosen = [e for e in baked.entries if e.index == choices[baked.node.name]] if baked.node.name in choices \
+                else baked.entries if len(baked.entries) == 1 else []
+            yield from ((baked.node, 1, e.index, e.value, e.expr) for e in chosen)
     knowledge = (
         known(r"cannot be reshaped to the requested shape",
               "onnxruntime Reshape: the requested shape holds a size baked at export time",

@@ -79,6 +79,11 @@ class TraceBakedConstant(Rule):
     severity = Severity.ERROR
     fixable = True
     traced_values = True
+
+    @classmethod
+    def baked_operands(cls, ctx: RuleContext):
+        """The structured constants cut at an export-time size that a re-trace computes again."""
+        return baked_operands(ctx)
     knowledge = (
         known(r"TracerWarning: Converting a tensor to a Python (integer|boolean|float|index)",
               "Export warning: a value will be baked into the graph as a constant",

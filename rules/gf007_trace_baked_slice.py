@@ -56,6 +56,11 @@ class TraceBakedSlice(Rule):
     severity = Severity.ERROR
     fixable = True
     traced_values = True
+
+    @classmethod
+    def baked_entries(cls, sizes, choices: dict[str, int]):
+        """Each solved Slice end (input 2)."""
+        return [(b.node, 2, b.position, b.value, b.expr) for b in baked_slices(sizes)]
     runtime_messages = (r"Attempting to broadcast an axis by a dimension other than 1",)
     runtime_order = 35  # before GF003: a broadcast fed by a constant-bound slice is this rule's
     runtime_hint = HINT

@@ -55,6 +55,12 @@ class TraceBakedPad(Rule):
     fixable = True
     traced_values = True
 
+    @classmethod
+    def baked_entries(cls, sizes, choices: dict[str, int]):
+        """Each pad amount F.pad computed from constants: the whole folded vector, 0 the least amount."""
+        return [(pad.node, 1, pad.position, pad.value, pad.expr,
+                 tuple(int(v) for v in sizes.value(pad.node.inputs[1])), 0) for pad in baked_pads(sizes)]
+
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         sizes = sizes_if(ctx, "Pad")
         for baked in baked_pads(sizes) if sizes else ():

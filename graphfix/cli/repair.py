@@ -54,11 +54,11 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     """Repair models: fix what the graph still carries the information for, simplify, validate, write.
 
     Exit 0 when what was written reached the required evidence at every probe size; 1 when nothing was written
-    (validation failed, unless --force) or the model, unchanged, fails at a probe size; 2 for usage, input and
-    internal errors."""
+    (validation failed, or error findings remain that no fix addresses; unless --force) or the model, unchanged,
+    fails at a probe size; 2 for usage, input and internal errors."""
     if require == "torch":
         raise UsageError("--require torch: repair has no PyTorch module to compare with; use graphfix.export or "
-                         "graphfix.verify (Python API), or --require original|consistent|runs")
+                         "graphfix.verify (Python API), or --require runs|consistent|original")
     models = expand_paths(paths)
     targets = _destinations(models, output, output_dir, in_place, dry_run)
     options = RepairOptions(
@@ -169,12 +169,11 @@ def _print_result(result: RepairResult, show_rejected: bool) -> None:
 
 
 def _print_validation(validation: dict) -> None:
-    """`validation: passed at 5 size(s), evidence consistent (batch: original, time: consistent)`, then a line
-    per size with the evidence obtained there."""
+    """`validation: passed at 5 size(s); evidence: batch original, time runs (derived check: matched at 3 sizes)`,
+    then a line per size with the evidence obtained there."""
     runs = [run for run in validation.get("runs", []) if not run.get("skipped")]
     failed = validation.get("failed_sizes", 0)
-    dims = printable(", ".join(f"{name}: {level}" for name, level in validation.get("dims", {}).items()))
-    evidence = f", evidence {validation.get('evidence')}" + (f" ({dims})" if dims else "") if runs else ""
+    evidence = f"; evidence: {_evidence_text(validation)}" if runs else ""
     if validation.get("passed"):
         click.echo(f"  validation: passed at {len(runs)} size(s){evidence}")
     elif failed:
@@ -184,4 +183,19 @@ def _print_validation(validation: dict) -> None:
     for run in validation.get("runs", []):
         sizes = " ".join(f"{k}={v}" for k, v in run["sizes"].items()) or "static shapes"
         level = "skipped" if run.get("skipped") else run.get("level")
-        click.echo(printable(f"    {level:<10} at {sizes}" + (f": {run['note']}" if run.get("note") else "")))
+        derived = {True: " (derived: matched)", False: " (derived: DIFFERS)"}.get(run.get("derived"), "")
+        click.echo(printable(f"    {level:<10} at {sizes}{derived}" + (f": {run['note']}" if run.get("note") else "")))
+
+
+def _evidence_text(validation: dict) -> str:
+    """`B original, T runs (derived check: matched at 3 sizes)`: each dim's level, then the derived check, which
+    counts toward no level."""
+    dims = ", ".join(f"{name} {level}" for name, level in validation.get("dims", {}).items())
+    text = dims or str(validation.get("evidence"))
+    derived = validation.get("derived") or {}
+    matched, differed = derived.get("matched", 0), derived.get("differed", 0)
+    if differed:
+        text += f" (derived check: DIFFERS at {differed} size(s), matched at {matched})"
+    elif matched:
+        text += f" (derived check: matched at {matched} size{'' if matched == 1 else 's'})"
+    return printable(text)

@@ -224,6 +224,23 @@ class Rule:
     # Exporter and onnxruntime messages this rule explains (`graphfix explain TEXT`).
     knowledge: ClassVar[tuple[KnownError, ...]] = ()
 
+    # --- what the proof's derived check re-traces (graphfix.validate.retrace) ---------------------------------
+    # A rule whose fix rebuilds what the export baked declares where its analysis finds it, so that the original
+    # can be re-traced at another size: `baked_entries` yields (node, input slot, element, export value, sympy
+    # expression) for an entry of a constant vector, with (whole vector, least valid value) appended where the
+    # vector is computed from constants; `baked_operands` yields the structured constants cut at export
+    # (graphfix.analysis.structured.Baked). None of it is evidence: the re-trace only checks the rewrite.
+
+    @classmethod
+    def baked_entries(cls, sizes: Any, choices: dict[str, int]) -> Iterable[tuple]:
+        """Baked entries of the size analysis `sizes`; `choices`: Reshape name -> the entry the repair rebuilt."""
+        return ()
+
+    @classmethod
+    def baked_operands(cls, ctx) -> Iterable[Any]:
+        """Structured constants of the graph in `ctx` (a RuleContext) cut at an export-time size."""
+        return ()
+
     def detect(self, ctx) -> Iterable[Finding | Rejection]:
         """Findings and rejections for one graph state. `ctx` is what the rule sees, a RuleContext
         (`graphfix.analysis.context`): the graph, its shapes, constant values and the RuleOptions."""

@@ -3,6 +3,12 @@
 The output is staged beside its destination and moved into place only once onnxruntime has validated the
 result, unless the user forces it. Large weights are never copied (see graphfix.io.weights): the staged file is
 written from the input's own tensors, on a second thread, while onnxsim and onnxruntime work.
+
+A model that still has ERROR findings no applied fix addresses is not written (it would go out as broken as it
+came, or half repaired). A repaired model's output dims that were export-time sizes (`[2, 10, 32]` for an output
+that follows the input's `[B, S, 32]`) are declared with the symbols they now follow. The export size, when
+`--trace-shape` gives it or the graph solves it, is the first size validated: there the repair must equal the
+original exactly.
 """
 
 from __future__ import annotations
@@ -124,6 +130,9 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    if original is not None and (outcome.changed or any(f.choice is not None for f in outcome.after.findings)):
+        # the export size is validated first, and exactly
+        options = _with_export_sizes(loaded, options)
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
         outcome, options, chose = _choose(loaded, outcome, options, original.result())
@@ -132,6 +141,13 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
         outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))
+    unaddressed = unaddressed_errors(outcome.after)
+    if unaddressed and not options.force:  # `unchanged` still says that no fix applied; nothing is written
+        result.status = "failed" if outcome.changed else result.status
+        result.error, result.light, result.weights = unaddressed, outcome.model, outcome.weights
+        return result
+    if unaddressed:
+        result.notes.append(f"written despite {unaddressed.removeprefix('not written: ')} (--force)")
     model, result.weights = outcome.model, outcome.weights
     with scratch_dir() as scratch:
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
@@ -145,6 +161,9 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
                 model, result.simplify = _simplify(model, loaded.base_dir)
                 result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
                                               result.weights)
+            if outcome.changed and options.validation is not None:
+                model, declared = declare_followed_outputs(model, _export_of(options.validation))
+                result.notes += declared
             result.light = model
             staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead)
         except BaseException:
@@ -222,7 +241,10 @@ def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
         return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options)
 
     def judge(tried: FixOutcome, picked: dict[str, int]) -> bool:
-        candidate = ModelRunner(tried.model, loaded.base_dir, weights=tried.weights, fed=original.fed)
+        model = tried.model
+        if options.validation is not None:
+            model = declare_followed_outputs(model, _export_of(options.validation))[0]
+        candidate = ModelRunner(model, loaded.base_dir, weights=tried.weights, fed=original.fed)
         return _validate(loaded, original, candidate, _with_choices(options, picked)).passed
 
     chosen, picked, note = choose(outcome, trial, judge)
@@ -236,6 +258,88 @@ def _with_choices(options: RepairOptions, picked: dict[str, int]) -> RepairOptio
     validation = dataclasses.replace(options.validation or ValidationOptions(), choices=picked)
     return dataclasses.replace(options, rule_options=dataclasses.replace(options.rule_options, choices=picked),
                                validation=validation)
+
+
+def unaddressed_errors(after: Diagnosis) -> str:
+    """'not written: ...' naming the ERROR findings left once every fix was applied, or '' when none is left."""
+    errors = [f for f in after.findings if f.severity is Severity.ERROR]
+    if not errors:
+        return ""
+    named = "; ".join(f"{f.rule} at {', '.join(repr(n) for n in f.nodes[:2]) or 'the model'}" for f in errors[:3])
+    more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return (f"not written: {len(errors)} error finding(s) that no applied fix addresses ({named}{more}); "
+            "`graphfix diagnose` says why each has no safe fix (--unsafe-fixes, --trace-shape may give one)")
+
+
+def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+    """The model whose output dims that are export-time sizes (an int equal to one) or undeclared (a fix cleared
+    them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that symbol
+    evaluates to the same size at the export size; and a note per dim changed. The declaration then promises what
+    the repaired graph does."""
+    from graphfix.analysis.shapes import symbolic_shapes
+
+    sizes = {size for size in export.values() if size > 1}
+    outputs = [o for o in model.graph.output if any(_followable(d, sizes) for d in o.type.tensor_type.shape.dim)]
+    if not sizes or not outputs:
+        return model, []
+    inferred = symbolic_shapes(model)
+    changes: dict[str, list[tuple[int, str]]] = {}
+    for out in outputs:
+        dims = inferred.get(out.name) or []
+        declared = out.type.tensor_type.shape.dim
+        if len(dims) != len(declared):
+            continue
+        for axis, (dim, symbol) in enumerate(zip(declared, dims, strict=True)):
+            if _followable(dim, sizes) and _follows(symbol, dim, export):
+                changes.setdefault(out.name, []).append((axis, symbol))
+    if not changes:
+        return model, []
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    notes = []
+    for out in renamed.graph.output:
+        for axis, symbol in changes.get(out.name, []):
+            dim = out.type.tensor_type.shape.dim[axis]
+            before = f"{dim.dim_value} (an export-time size)" if dim.HasField("dim_value") else "nothing"
+            dim.dim_param = symbol  # clears dim_value (a oneof)
+            notes.append(f"output '{out.name}' dim {axis} declared {before}; now {symbol}, as the repair computes")
+    return renamed, notes
+
+
+def _followable(dim, sizes: set[int]) -> bool:
+    """An output dim that may be declared again: an export-time size, or none."""
+    return dim.dim_value in sizes if dim.HasField("dim_value") else not dim.dim_param
+
+
+def _follows(symbol, dim, export: dict[str, int]) -> bool:
+    """A symbol of the input dims that is the declared size at the export size (any size where none is declared)."""
+    from graphfix.validate.compare import evaluate_dim
+
+    if not isinstance(symbol, str) or not symbol:
+        return False
+    value = evaluate_dim(symbol, export)
+    return value is not None and (not dim.HasField("dim_value") or value == dim.dim_value)
+
+
+def _export_of(validation) -> dict[str, int]:
+    """The export-time sizes known to the proof: given, over solved."""
+    return {**validation.solved_sizes, **validation.trace_sizes}
+
+
+def _with_export_sizes(loaded: LoadedModel, options: RepairOptions) -> RepairOptions:
+    """Options whose validation starts at the export size: `--trace-shape`'s, over what the graph solves."""
+    from graphfix.validate import ValidationOptions
+
+    validation = options.validation or ValidationOptions()
+    if validation.trace_sizes or validation.solved_sizes:
+        return options
+    given = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
+    solved = solved_sizes(loaded, options.rule_options)  # trusted only where the original runs (validate)
+    solved = {name: size for name, size in solved.items() if name not in given}
+    if not (given or solved):
+        return options
+    return dataclasses.replace(options, validation=dataclasses.replace(validation, trace_sizes=given,
+                                                                       solved_sizes=solved))
 
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
@@ -253,16 +357,7 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     traced = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
     if traced and not validation.trace_sizes:  # the export size is the first size validated
         validation = dataclasses.replace(validation, trace_sizes=traced)
-    outcome = validate(original, candidate, validation)
-    if outcome.passed or candidate is original or validation.trace_sizes:
-        return outcome
-    # Probed around a guessed export size, the original may have run nowhere: the sizes the graph itself reveals
-    # (GF004's evidence) give the reference the guess missed, and, once known, let the original's own run there
-    # correct its declarations. Only then: learning them costs an analysis.
-    solved = solved_sizes(loaded, options.rule_options)
-    if not solved:
-        return outcome
-    return validate(original, candidate, dataclasses.replace(validation, trace_sizes=solved))
+    return validate(original, candidate, validation)
 
 
 def solved_sizes(loaded: LoadedModel, rule_options: RuleOptions) -> dict[str, int]:

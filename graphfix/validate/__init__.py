@@ -5,22 +5,33 @@ explain any difference.
     if not validation.passed:
         print(*validation.reasons, sep="\\n")
 
-Each probe size carries the strongest evidence obtained there (graphfix.validate.evidence):
+Each probe size carries the strongest evidence obtained there (graphfix.validate.evidence), counting only
+references that graphfix's own analysis did not build:
 
 - `original`: the original runs there, and its outputs, values and shapes, are the oracle. Where it returns an
-  output at its export-time shape (the bug being repaired), the region both shapes cover is compared instead.
-- `consistent`: the original fails there (or returns shapes it does not declare), but the original re-traced at
-  that size (graphfix.validate.retrace: its baked sizes set to that size) gives the repaired model's outputs, or,
-  run a few samples at a time (the export batch size, batch 1), it gives what the repaired model must give for
-  those samples (graphfix.validate.consistency).
+  output at its export-time shape (the bug being repaired), the region both shapes cover is compared instead. At
+  an export size that was given (`trace_sizes`) or solved from the graph (`solved_sizes`, taken only where the
+  original runs), the repaired model must equal the original in full wherever it runs there.
+- `consistent`: the original fails there, but run a few samples at a time (the export batch size, batch 1) it
+  gives what the repaired model must give for those samples (graphfix.validate.consistency); only along a dim
+  whose samples the original itself is shown to compute independently at its export size.
 - `runs`: the repaired model runs, its shapes agree with what the original declares and with symbolic shape
   inference; no values are compared.
+
+A size where a probed dim is 1, equals another probed dim, or equals a static size of the graph earns `runs` at
+most (a coincidence may make the original run there); it is still compared, and a difference still fails.
+
+Separately, the `derived` check compares the repaired model with the original re-traced at each size
+(graphfix.validate.retrace: the analysis' baked sizes and structured constants set for that size). It shows that
+the rewrite implements its analysis, not that the analysis is right: a difference fails validation, and a match
+raises no level.
 
 `torch` (compared with the PyTorch module) is reached through graphfix.export and graphfix.verify.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +39,13 @@ import numpy as np
 
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.validate.anchor import anchored
-from graphfix.validate.evidence import LEVELS, Judge, dim_evidence, weakest
+from graphfix.validate.budget import NotProbed
+from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
-from graphfix.validate.sizes import reference_bindings
+from graphfix.validate.sizes import declared_sizes, reference_bindings
 
 __all__ = [
     "LEVELS",
@@ -60,7 +72,7 @@ class Validation:
     divergence: dict | None = None  # first diverging node when outputs disagree
     evidence: str = "runs"  # the weakest of the dims' evidence (see `dims`)
     dims: dict[str, str] = field(default_factory=dict)  # symbolic dim -> strongest evidence away from export size
-    require: str = "consistent"
+    require: str = "runs"
 
     @property
     def failed_sizes(self) -> int:
@@ -73,6 +85,7 @@ class Validation:
                 "evidence": self.evidence,
                 "require": self.require,
                 "dims": dict(self.dims),
+                "derived": derived_summary(self.runs),
                 "sizes": [dict(s) for s in self.sizes],
                 "failed_sizes": self.failed_sizes,
                 "runs": [r.to_json() for r in self.runs],
@@ -94,13 +107,14 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
         return Validation(False, [], [], [f"{subject} cannot be loaded by onnxruntime: {after.load_error}"],
                           require=options.require)
     footprint = Footprint.of(before.proto, {})  # a size over the memory budget is not run: NotProbed (exit 1)
+    options, known = _export_size(before, options, footprint)  # given or solved, not guessed
     options = anchored([before, after], before.proto, options, guard=footprint.check)
     sizes = probe_sizes(before.proto, options)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
     sizes = [bind(binding, tied) for binding in sizes] if tied else sizes
     for binding in sizes:
         footprint.check_sizes(binding)
-    judge = Judge(before, after, options, sizes[0])
+    judge = Judge(before, after, options, sizes[0], known=known, derived_dims=set(tied))
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     complete = after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent")
@@ -118,6 +132,30 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
             sizes = [*sizes, extra]
             dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     return _verdict(before, after, sizes, runs, dims, judge, options)
+
+
+def _export_size(before: ModelRunner, options: ValidationOptions,
+                 footprint: Footprint) -> tuple[ValidationOptions, bool]:
+    """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
+    original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
+    fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""
+    solved = {name: size for name, size in options.solved_sizes.items() if name not in options.trace_sizes}
+    trial = dataclasses.replace(options, trace_sizes={**solved, **options.trace_sizes}, solved_sizes={})
+    if solved and _runs_at_export(before, trial, footprint) and \
+            not any(size in declared_sizes(before.proto) for size in solved.values()):
+        return trial, True
+    return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
+
+
+def _runs_at_export(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> bool:
+    if before.session is None:
+        return False
+    try:
+        feeds = synthesize_inputs(before.proto, probe_sizes(before.proto, options)[0], options)
+        footprint.check(feeds)
+    except NotProbed:
+        return False
+    return before.run(feeds).ok
 
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:

@@ -7,10 +7,10 @@ sample, whose outputs are then dropped.
 
 That reference holds only for a dim along which the original computes each sample on its own. A leading dim is
 not always one (a sequence-first `[time, batch, d]` attention input leads with time), so each candidate dim is
-first tried on the original itself at a size where it runs: a batch made of copies of one sample must give, for
-that sample, what the mixed batch gives. The same trial finds the axis that carries the dim in each output. A dim
-the trial shows dependent gives no reference; one it cannot try (the original fails wherever the dim is above 1)
-is taken on its name or position, with the axes the outputs declare, as a batch usually is.
+first tried on the original itself, at its export size: a batch made of copies of one sample must give, for that
+sample, what the mixed batch gives, and the samples in reverse order must give the outputs in reverse order. The
+same trial finds the axis that carries the dim in each output. A dim the trial shows dependent gives no
+reference, and neither does one it cannot try (the original fails there): independence is never assumed.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class Samples:
     dim: str
     inputs: dict[str, int]
     outputs: dict[str, int | None]
-    tried: bool = True  # False: assumed, the original could not be tried
 
 
 @dataclass
@@ -55,34 +54,45 @@ def batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
 def independent_samples(original, feeds: dict[str, np.ndarray], batch: str, rtol: float,
                         atol: float) -> Samples | str:
     """`batch` with its axes when the original, at `feeds`, gives each sample's outputs alone as it gives them in
-    the batch (tried for the first and the last sample), or when it cannot be tried there; else why not."""
+    the batch (tried for the first and the last sample) and gives them permuted for permuted samples; else why
+    not (it is not assumed where the original cannot be tried)."""
     axes = batch_axes(original.proto, batch)
     size = next((np.shape(feeds[name])[axis] for name, axis in axes.items() if name in feeds), 0)
-    whole = original.run(feeds) if size > 1 else None
+    if size < 2:
+        return f"samples along '{batch}' cannot be told apart at {batch}={size}: their independence is not shown"
+    whole = original.run(feeds)
+    if not whole.ok:
+        return (f"the original fails at its export size with {batch}={size}: the independence of samples along "
+                f"'{batch}' is not shown, so it is not assumed")
     alone = {}
-    for sample in (0, size - 1) if whole is not None and whole.ok else ():
+    for sample in (0, size - 1):
         result = original.run(_take(feeds, axes, [sample] * size))
         if not result.ok:
-            break
+            return f"the original fails on copies of one sample along '{batch}': their independence is not shown"
         alone[sample] = result.outputs
-    if len(alone) < 2:
-        return Samples(batch, axes, _declared_axes(original.proto, batch), tried=False)
     outputs = {}
     for name, value in whole.outputs.items():
         axis = _sample_axis(value, {s: out[name] for s, out in alone.items()}, size, rtol, atol)
         if axis is False:
             return f"samples along '{batch}' are not independent in the original (output '{name}')"
         outputs[name] = axis
+    if not _permutes(original, feeds, axes, whole.outputs, outputs, size, rtol, atol):
+        return f"the original does not permute its outputs with the samples along '{batch}': they are not independent"
     return Samples(batch, axes, outputs)
 
 
-def _declared_axes(model: onnx.ModelProto, batch: str) -> dict[str, int | None]:
-    """Output name -> the axis it declares as `batch`, else its leading axis."""
-    axes = {}
-    for out in model.graph.output:
-        dims = [d.dim_param for d in out.type.tensor_type.shape.dim]
-        axes[out.name] = dims.index(batch) if batch in dims else 0 if dims else None
-    return axes
+def _permutes(original, feeds, axes, whole, outputs, size: int, rtol: float, atol: float) -> bool:
+    """The samples in reverse order give each output's sample blocks in reverse order."""
+    order = list(range(size))[::-1]
+    result = original.run(_take(feeds, axes, order))
+    if not result.ok:
+        return False
+    for name, value in whole.items():
+        axis = outputs.get(name)
+        expected = value if axis is None else np.concatenate([_block(value, axis, s, size) for s in order], axis=axis)
+        if not compare_arrays(name, expected, result.outputs[name], rtol, atol).ok:
+            return False
+    return True
 
 
 def _sample_axis(whole: np.ndarray, alone: dict[int, np.ndarray], size: int, rtol: float,

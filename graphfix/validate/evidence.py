@@ -1,8 +1,11 @@
-"""Judging one probe size: run both models, pick the strongest reference there, compare, and say which.
+"""Judging one probe size: run both models, pick the strongest independent reference there, compare, and say
+which; then check the rewrite against the original re-traced (`derived`).
 
-Levels, weakest first: `runs` < `consistent` < `original` < `torch` (see graphfix.validate). A dim's evidence is
-the strongest level reached at a size where that dim is away from its export size; the model's is its weakest
-dim's.
+Levels, weakest first: `runs` < `consistent` < `original` < `torch` (see graphfix.validate). Each counts only a
+reference that graphfix's own analysis did not build. A dim's evidence is the strongest level reached at a size
+where that dim is away from its export size and no coincidence holds (`coincidence` in graphfix.validate.sizes);
+the model's is its weakest dim's. The derived check never raises a level: it shows that the rewrite implements its
+analysis, not that the analysis is right, and a difference there fails validation.
 """
 
 from __future__ import annotations
@@ -17,23 +20,19 @@ from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import (
     OutputComparison,
     ShapeOracle,
-    compare_outputs,
-    compare_overlap,
     declared_shapes,
     evaluate_dim,
 )
 from graphfix.validate.consistency import (
     Samples,
     batch_axes,
-    compare_with_reference,
-    contradicts,
     independent_samples,
-    reference,
 )
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
+from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node
-from graphfix.validate.sizes import batch_dims, forced_sizes, is_smaller
+from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller, met_sizes
 
 
 @dataclass
@@ -49,11 +48,13 @@ class SizeRun:
     shape_problems: list[str] = field(default_factory=list)
     note: str = ""
     skipped: bool = False  # outside the model's range (both fail below a minimum size): no evidence, no failure
+    derived: bool | None = None  # matched the original re-traced here; None: no re-trace here
+    derived_outputs: list[OutputComparison] = field(default_factory=list)  # its comparisons, kept when one differs
 
     @property
     def failed(self) -> bool:
         return not self.skipped and bool(self.candidate_error or self.shape_problems
-                                         or any(not o.ok for o in self.outputs))
+                                         or self.derived is False or any(not o.ok for o in self.outputs))
 
     def reasons(self, subject: str) -> list[str]:
         if self.skipped:
@@ -63,8 +64,10 @@ class SizeRun:
             where = failing_node(self.candidate_error)
             node = f"node '{where[1]}' ({where[0]})" if where else "the model"
             return [f"{subject} fails {at}: {node}: {self.candidate_error}"]
-        against = {"original": "the original", "consistent": "the original run sample by sample"}.get(self.level)
+        against = "the original run sample by sample" if self.level == "consistent" else "the original"
         lines = [f"output '{o.name}' differs from {against} {at}: {o.problem}" for o in self.outputs if not o.ok]
+        lines += [f"output '{o.name}' differs from the original re-traced {at} (derived check: the rewrite does not "
+                  f"implement its own analysis): {o.problem}" for o in self.derived_outputs if not o.ok]
         return lines + [f"{problem} {at}" for problem in self.shape_problems]
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +80,7 @@ class SizeRun:
             "outputs": [o.to_json() for o in self.outputs],
             "candidate_shapes": self.candidate_shapes,
             "shape_problems": list(self.shape_problems),
+            "derived": self.derived,
             "note": self.note,
         }
 
@@ -97,15 +101,45 @@ def dim_evidence(runs: list[SizeRun], export: dict[str, int], dims: set[str]) ->
     return evidence
 
 
-class Judge:
-    """Runs the original and the candidate at a binding and compares them against the best reference there."""
+def derived_summary(runs: list[SizeRun]) -> dict[str, int]:
+    """How many sizes the derived check matched and how many it differed at."""
+    checked = [run.derived for run in runs if not run.skipped and run.derived is not None]
+    return {"matched": checked.count(True), "differed": checked.count(False)}
 
-    def __init__(self, before, after, options, export: dict[str, int]):
-        self.before, self.after, self.options, self.export = before, after, options, export
-        self.declared = declared_shapes(before.proto)
+
+def following_repair(original: dict[str, list | None], repaired: dict[str, list | None],
+                     export: dict[str, int]) -> dict[str, list | None]:
+    """The original's declared output dims, where a declared int is an export-time size that the repaired model
+    no longer declares (graphfix.pipeline.repair declares the symbol it now follows): the repaired model's dim,
+    a symbol or nothing, is the promise, not the int."""
+    sizes = {size for size in export.values() if size > 1}
+    followed = {}
+    for name, dims in original.items():
+        new = repaired.get(name)
+        if dims is None or new is None or len(new) != len(dims):
+            followed[name] = dims
+            continue
+        followed[name] = [n if isinstance(d, int) and d in sizes and n != d else d
+                          for d, n in zip(dims, new, strict=True)]
+    return followed
+
+
+class Judge:
+    """Runs the original and the candidate at a binding and compares them against the best reference there.
+    `known`: the export size was given or solved, not guessed: where the original runs there, the candidate must
+    equal it exactly (a misaligned broadcast fails at its own export size too: then it is no reference)."""
+
+    def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
+                 derived_dims: set[str] = frozenset()):
+        self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
+        self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
+        # what the candidate is held to: an export-time size the repair now computes is no promise
+        self.promises = following_repair(self.declared, declared_shapes(after.proto), export)
         self.batch = [name for name in export if name in batch_dims(before.proto)
                       and name not in forced_sizes(before.proto, options) and batch_axes(before.proto, name)]
         self.probed_dims = set(export) - set(forced_sizes(before.proto, options))
+        self.derived_dims = set(derived_dims)  # computed from other dims (tied): they may equal them
+        self.static = met_sizes(before.proto)
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
         self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
@@ -113,8 +147,8 @@ class Judge:
 
     @functools.cached_property
     def samples(self) -> list[Samples]:
-        """The batch dims along which the original computes samples independently, tried where it runs: at the
-        export size, or with that dim at 2 where its export size is 1."""
+        """The batch dims along which the original is shown to compute samples independently: tried at the export
+        size, or with that dim at 2 where its export size is 1."""
         found = []
         for batch in self.batch:
             binding = {**self.export, batch: max(self.export[batch], 2)}
@@ -132,7 +166,7 @@ class Judge:
 
     @functools.cached_property
     def promised(self) -> ShapeOracle:
-        return ShapeOracle(self.before.proto, self.declared, says="the original declares")
+        return ShapeOracle(self.before.proto, self.promises, says="the original declares")
 
     def feeds(self, binding: dict[str, int]) -> dict[str, np.ndarray]:
         """Inputs for both models: the original's, plus any input only the candidate declares."""
@@ -140,13 +174,27 @@ class Judge:
         feeds.update(synthesize_inputs(self.before.proto, binding, self.options))
         return feeds
 
+    @functools.cached_property
+    def original(self) -> OriginalReference:
+        return OriginalReference(self.declared, self.export_shapes)
+
+    @functools.cached_property
+    def by_samples(self) -> SamplesReference:
+        return SamplesReference(self.before, lambda: self.samples, lambda: self.not_samples, self.export,
+                                self.declared)
+
+    @functools.cached_property
+    def derived(self) -> DerivedReference:
+        return DerivedReference(self.retracer, self.promises)
+
     def at(self, binding: dict[str, int], *, at_export: bool = False, reference_only: bool = False) -> SizeRun:
         feeds = self.feeds(binding)
         actual = self.after.run(feeds)
         expected = actual if self.after is self.before else self.before.run(feeds)
         run = SizeRun(binding, expected.error, actual.error)
+        exact = at_export and self.known and self.after is not self.before
         if at_export and expected.ok:
-            self.export_shapes = {name: list(np.shape(v)) for name, v in expected.outputs.items()}
+            self.export_shapes.update({name: list(np.shape(v)) for name, v in expected.outputs.items()})
             self._drop_wrong_declarations(expected.outputs, binding)
         if not actual.ok:
             self._outside_range(run, reference_only)
@@ -155,25 +203,63 @@ class Judge:
         run.shape_problems = self.promised.mismatches(actual.outputs, binding)
         if self.after is self.before:
             run.level = "original"  # nothing changed: the model is its own original
-        elif expected.ok and self._against_original(run, expected.outputs, actual.outputs, binding):
-            self._bisect(run, feeds)
-        elif not (self._against_retraced(run, feeds, actual.outputs, binding)
-                  or self._against_samples(run, feeds, actual.outputs, binding)):
+            return run
+        probe = Probe(binding, feeds, expected, actual.outputs, exact=exact)
+        if not self._compare(run, probe):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
+        if not at_export:  # at the export size the re-traced original is the original
+            self._derived(run, probe)
+            self._no_evidence_by_coincidence(run, binding)
         if reference_only and run.level == "runs":
             run.skipped, run.note = True, "no reference here; the size was not counted"
         return run
+
+    def _compare(self, run: SizeRun, probe: Probe) -> bool:
+        """Compare with the first independent reference there is here (the original, then its samples) and take
+        its level; False, with the reasons in the note, when there is none."""
+        why_not = []
+        for reference_ in (self.original, self.by_samples):
+            expected = reference_.expect(probe)
+            if isinstance(expected, str):
+                why_not.append(expected)
+                continue
+            run.outputs = expected.compare(probe.actual, self.options.rtol, self.options.atol)
+            run.level = reference_.level
+            run.note = "; ".join(dict.fromkeys(filter(None, [*why_not[:1], expected.note])))
+            if reference_ is self.original:
+                self._bisect(run, probe.feeds)
+            return True
+        run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in why_not if n))
+        return False
+
+    def _no_evidence_by_coincidence(self, run: SizeRun, binding: dict[str, int]) -> None:
+        """A size where the original may run by coincidence is still compared, but earns no level."""
+        why = coincidence(self.before.proto, binding, self.probed_dims, self.derived_dims, self.static, self.export)
+        if why and run.level != "runs":
+            run.level = "runs"
+            run.note = "; ".join(filter(None, [run.note, f"no evidence here, a coincidence is possible ({why})"]))
+
+    def _derived(self, run: SizeRun, probe: Probe) -> None:
+        """The derived check: the candidate against the original re-traced here, where there is one. It never sets
+        the level."""
+        expected = self.derived.expect(probe)
+        if isinstance(expected, str):
+            return
+        comparisons = expected.compare(probe.actual, self.options.rtol, self.options.atol)
+        run.derived = all(c.ok for c in comparisons)
+        run.derived_outputs = [] if run.derived else comparisons
 
     def _drop_wrong_declarations(self, outputs: dict[str, np.ndarray], binding: dict[str, int]) -> None:
         """A declared dim that the original contradicts at its export size, where that size is known
         (`--trace-shape`, or solved from the graph), is a wrong declaration, not a promise: an output named `time`
         that is `time - 1` long."""
         known = self.options.trace_sizes  # at a guessed size, a contradiction may be the very bug being repaired
-        for name, value in outputs.items():
-            dims = self.declared.get(name)
-            if dims is not None and len(dims) == np.ndim(value):
-                self.declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
-                                       for d, size in zip(dims, np.shape(value), strict=True)]
+        for declared in (self.declared, self.promises):
+            for name, value in outputs.items():
+                dims = declared.get(name)
+                if dims is not None and len(dims) == np.ndim(value):
+                    declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
+                                      for d, size in zip(dims, np.shape(value), strict=True)]
 
     def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
         """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""
@@ -183,67 +269,6 @@ class Judge:
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
             run.note = "both models fail at the same node below the export size (the model's minimum size)"
-
-    def _against_original(self, run, expected, actual, binding) -> bool:
-        """Compare with the original where it runs as it declares; False when it is no reference here."""
-        if all(np.size(value) == 0 for value in expected.values()):
-            run.note = "the original returns only empty outputs here: nothing to compare"
-            return False
-        wrong = contradicts(expected, self.declared, binding)
-        baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
-                 self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(actual.get(name)))}
-        if wrong and not baked:
-            run.note = f"the original {wrong}"
-            return False
-        comparisons = compare_outputs({k: v for k, v in expected.items() if k not in baked}, actual,
-                                      self.options.rtol, self.options.atol)
-        comparisons += [compare_overlap(name, expected[name], actual[name], self.options.rtol, self.options.atol)
-                        for name in sorted(baked) if name in actual]
-        if baked:
-            run.note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region "
-                        "both shapes cover")
-        run.outputs, run.level = comparisons, "original"
-        return True
-
-    def _against_retraced(self, run, feeds, actual, binding) -> bool:
-        """Compare with the original re-traced at this binding (graphfix.validate.retrace), where it runs as it
-        declares; False when there is nothing to re-trace or it is no reference here."""
-        runner = self.retracer.at(binding)
-        if runner is None:
-            return False
-        expected = runner.run(feeds)
-        if not expected.ok or contradicts(expected.outputs, self.declared, binding):
-            return False
-        run.outputs = compare_outputs(expected.outputs, actual, self.options.rtol, self.options.atol)
-        run.level = "consistent"
-        lead = run.note or ("the original fails here" if run.original_error else "")
-        retraced = f"compared with the original re-traced at these sizes: {self.retracer.describe()} set to them"
-        run.note = "; ".join(filter(None, [lead, retraced]))
-        return True
-
-    def _against_samples(self, run, feeds, actual, binding) -> bool:
-        """Batch consistency with the original at the export batch size and at batch 1."""
-        notes = [run.note] if run.note else ["the original fails here"] if run.original_error else []
-        notes += self.not_samples if not self.samples else []
-        compared: list[str] = []
-        for samples in self.samples:
-            batch = samples.dim
-            for group in dict.fromkeys([self.export[batch], 1]):
-                if group == binding[batch] and run.original_error is not None:
-                    continue  # the original at this very binding already failed
-                ref = reference(self.before, feeds, binding, samples, group, self.declared)
-                if ref.outputs is None:
-                    notes.append(ref.why_not)
-                    continue
-                run.outputs += compare_with_reference(ref, actual, self.options.rtol, self.options.atol)
-                run.level = "consistent"
-                compared.append(f"{batch}={group}")
-        if run.level != "consistent":
-            run.note = "values not compared, no reference: " + "; ".join(dict.fromkeys(n for n in notes if n))
-        else:
-            against = " and ".join(compared)
-            run.note = "; ".join([*notes[:1], f"compared sample by sample with the original at {against}"])
-        return run.level == "consistent"
 
     def _bisect(self, run: SizeRun, feeds) -> None:
         if self.divergence is None and any(not o.ok for o in run.outputs):

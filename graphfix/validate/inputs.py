@@ -37,11 +37,12 @@ UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (
 class ValidationOptions:
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)  # input -> dims (None = symbolic)
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # input -> user values
-    trace_sizes: dict[str, int] = field(default_factory=dict)  # symbolic dim -> export-time size
+    trace_sizes: dict[str, int] = field(default_factory=dict)  # symbolic dim -> export-time size (given)
+    solved_sizes: dict[str, int] = field(default_factory=dict)  # export-time sizes the graph's analysis solved
     num_sizes: int = 3  # the export size, batch 1 with smaller sizes, larger sizes
     rtol: float = 1e-3
     atol: float = 1e-4
-    require: str = "consistent"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
+    require: str = "runs"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
     choices: dict[str, int] = field(default_factory=dict)  # the candidates the repair was built with (re-trace)
 
 

@@ -5,10 +5,13 @@ Where the size analysis solves a Reshape's element count for the export-time siz
 for `x[:, :int(T) - 1]`), or a Pad that rounds a length up to a multiple only at export (`(4 - int(T) % 4) % 4`),
 the constant that holds it is a known expression of the sizes. Setting each
 such entry to its expression's value at a probe size gives the original as a trace at that size would have
-produced it: the same nodes and weights, only those constants changed. Where the original fails
-at a size, that model is a reference for the repaired one, which computes the same entries at run time from Shape
-ops instead; it is no reference where an entry is ambiguous (several expressions fit: the repair then names the one it
-built, see graphfix.core.rule.Choice) or cannot be located in a constant.
+produced it: the same nodes and weights, only those constants changed. The repaired model computes the same
+entries at run time from Shape ops instead, so the two must agree: the derived check (graphfix.validate.evidence).
+It is built from the same analysis as the fix, so it shows that the rewrite implements the analysis, never that the
+analysis is right, and it counts toward no evidence level. There is none where an entry is ambiguous (several
+expressions fit: the repair then names the one it built, see graphfix.core.rule.Choice) or cannot be located in a
+constant. Each rule declares what its analysis finds baked (`Rule.baked_entries`, `Rule.baked_operands`): no list
+here names them.
 
 Structured constants cut at an export-time size (a causal mask `tril(ones(7, 7))`, `eye(7)`, `arange(7)`, the
 first 7 rows of a table still in the graph; graphfix.analysis.structured) are re-traced the same way: each is
@@ -125,14 +128,14 @@ def _context(model: onnx.ModelProto):
 
 
 def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | None:
-    """Each structured constant of `model` cut at an export-time size; None when one is not structural."""
-    from graphfix.analysis.structured import baked_operands as operands_of
+    """Each structured constant of `model` cut at an export-time size, as the rules declare them
+    (`Rule.baked_operands`); None when one is not structural."""
     from graphfix.analysis.structured import regrown
 
     ctx = ctx or _context(model)
     index = {id(node): k for k, node in enumerate(ctx.graph.nodes)}
     found = []
-    for baked in operands_of(ctx):
+    for baked in (operand for rule in _rules() for operand in rule.baked_operands(ctx)):
         if regrown(ctx, baked, {}) is None:
             return None
         found.append(BakedOperand(index[id(baked.node)], baked.index, tuple(baked.axes),
@@ -141,36 +144,32 @@ def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | Non
 
 
 def baked_constants(model: onnx.ModelProto, ctx=None, choices: dict[str, int] | None = None) -> list[BakedConstant]:
-    """Each solved baked entry of `model` (one candidate expression, or the one `choices` names for its Reshape),
-    located in the constant that holds it."""
-    from graphfix.analysis.sizes import baked_pads, baked_reshapes, baked_slices, sizes_of
+    """Each solved baked entry of `model`, as the rules declare them (`Rule.baked_entries`: one candidate
+    expression, or the one `choices` names for its Reshape), located in the constant that holds it."""
+    from graphfix.analysis.sizes import sizes_of
 
     ctx = ctx or _context(model)
-    graph = ctx.graph
     sizes = sizes_of(ctx)
-    index = {id(node): k for k, node in enumerate(graph.nodes)}
-    entries = [(b.node, 1, e.index, e.value, e.expr) for b in baked_reshapes(sizes)
-               for e in _chosen(b, choices or {})]
-    entries += [(b.node, 2, b.position, b.value, b.expr) for b in baked_slices(sizes)]
+    index = {id(node): k for k, node in enumerate(ctx.graph.nodes)}
     found = []
-    for node, slot, element, value, expr in entries:
+    for node, slot, element, value, expr, *folded in (entry for rule in _rules()
+                                                       for entry in rule.baked_entries(sizes, choices or {})):
+        if folded:  # a vector computed from constants (F.pad's pads): the whole vector, folded
+            vector, least = folded
+            found.append(BakedConstant(index[id(node)], slot, element, value, expr, tuple(vector), least=least))
+            continue
         place = _locate(node, slot, element, sizes)
         if place is None:
             return []  # one entry that cannot be re-traced leaves the whole re-trace wrong at other sizes
         holder, slot, position = place
         found.append(BakedConstant(index[id(holder)], slot, position, value, expr))
-    for pad in baked_pads(sizes):  # pads F.pad computes from constants: the whole vector, folded
-        vector = sizes.value(pad.node.inputs[1])
-        found.append(BakedConstant(index[id(pad.node)], 1, pad.position, pad.value, pad.expr,
-                                   tuple(int(v) for v in vector), least=0))
     return found
 
 
-def _chosen(baked, choices: dict[str, int]) -> list:
-    """The entry a Reshape bakes: its one candidate, or the one the repair chose; none while it is ambiguous."""
-    if baked.node.name in choices:
-        return [e for e in baked.entries if e.index == choices[baked.node.name]]
-    return baked.entries if len(baked.entries) == 1 else []
+def _rules():
+    from graphfix.core.registry import load_rules
+
+    return load_rules()[0]
 
 
 def _locate(node: gs.Node, slot: int, position: int, sizes, depth: int = 8) -> tuple[gs.Node, int, int] | None:

@@ -7,8 +7,12 @@ else a default). Then come
 - batch 1 with the other dims below their export size: a key-padding mask or a batch-folding reshape is right
   at batch 1, and a front end meets its minimum length;
 - sizes above the export size (odd, never a multiple of it), different for every dim (dims that stay equal hide
-  batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim lets a wrong
-  broadcast run);
+  batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim, or to a static dim of
+  a tensor that also carries a dynamic one, lets a wrong broadcast run);
+
+1 appears only in the batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is
+1, equals another probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared,
+but earns no evidence.
 
 and no size goes beyond a limit the graph reveals: a table indexed by positions (a Range) or sliced by a length
 bounds the non-batch dims; none falls below what a strided Conv/Pool front end needs for several output frames
@@ -92,17 +96,43 @@ def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str])
 
 def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
                        batch: list[str]) -> list[dict[str, int]]:
-    """Sizes probed only when the others left a dim without a reference (see graphfix.validate.consistency):
-    the `batch` dims (those along which the original computes samples independently) at 1 with every other dim
-    at its export size (a baked batch: the original runs at the export batch there), then at 3 with every other
-    free dim at 1 (a broadcast bug on those dims cannot show there)."""
+    """Sizes probed only when the others left a dim without a reference: the `batch` dims (those along which the
+    original computes samples independently, see graphfix.validate.consistency) at a size of their own, neither 1
+    nor a size of the graph, with every other dim at its export size, where an original with a baked length
+    still runs."""
     forced = forced_sizes(model, options)
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
         return []
-    single = {name: 1 if name in free_batch else size for name, size in export.items()}
-    unit = {name: 3 if name in free_batch else size if name in forced else 1 for name, size in export.items()}
-    return [single, unit]
+    taken = set(export.values()) | fixed_sizes(model)
+    binding = dict(export)
+    for name in free_batch:
+        binding[name] = _free(3, export[name], taken, None, 2)
+        taken.add(binding[name])
+    return [binding]
+
+
+def coincidence(model: onnx.ModelProto, binding: dict[str, int], probed: set[str], derived: set[str] = frozenset(),
+                static: set[int] | None = None, export: dict[str, int] | None = None) -> str:
+    """Why the original may run at `binding` by coincidence rather than for the right reason ('' when it cannot):
+    a probed dim at 1 (every broadcast of it succeeds), two probed dims equal (a batch/time mix-up runs), or a
+    probed dim equal to a static size of the graph (a mask's time axis lined up with 32 features), unless it is at
+    its `export` size (a size baked there shows in the inferred shapes as a static one). `derived` dims are
+    computed from others (graphfix.analysis.sizes.tied_dims) and may equal them."""
+    static = met_sizes(model) if static is None else static
+    dims = {name: size for name, size in binding.items() if name in probed}
+    ones = sorted(name for name, size in dims.items() if size == 1)
+    if ones:
+        return f"{', '.join(ones)} = 1"
+    own = {name: size for name, size in dims.items() if name not in derived}
+    seen: dict[int, str] = {}
+    for name, size in own.items():
+        if size in seen:
+            return f"{seen[size]} = {name} = {size}"
+        seen[size] = name
+    at_export = {name for name, size in own.items() if export is not None and export.get(name) == size}
+    met = sorted(f"{name} = {size}" for name, size in own.items() if size in static and name not in at_export)
+    return f"{', '.join(met)}, a static size of the graph" if met else ""
 
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
@@ -115,7 +145,7 @@ def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: i
         if name in forced:
             continue
         cap = None if name in batch else limit
-        floor = least.get(name, 1)
+        floor = max(least.get(name, 1), 2)  # 1 only where asked for: the batch-1 binding
         binding[name] = _free(max(_around(size, step), floor), size, taken | avoid, cap, floor)
         taken.add(binding[name])
     return {name: binding[name] for name in export}
@@ -221,10 +251,43 @@ def _downstream_of(model: onnx.ModelProto, sources: set[str]) -> set[str]:
 
 
 def fixed_sizes(model: onnx.ModelProto) -> set[int]:
-    """Sizes > 1 fixed in the graph (weights' dims, inputs' static dims): a probe size equal to one of them can
-    make a wrong broadcast run by coincidence."""
+    """Sizes > 1 fixed in the graph (weights' dims, inputs' static dims, and the static dims of every declared
+    shape that also has a dynamic dim: outputs, value_info): a probe size equal to one of them can make a wrong
+    broadcast run by coincidence."""
     sizes = {int(d) for t in model.graph.initializer for d in t.dims if d > 1}
     sizes |= {d for vi in graph_inputs(model) for d in dim_names(vi) if isinstance(d, int) and d > 1}
+    return sizes | met_sizes(model)
+
+
+_MET: list[tuple[onnx.ModelProto, set[int]]] = []  # the last few models' sizes (each proof asks several times)
+
+
+def declared_sizes(model: onnx.ModelProto) -> set[int]:
+    """The static dims > 1 that the graph's inputs and outputs declare beside a dynamic dim (no inference: a size
+    baked at export is not among them)."""
+    sizes = set()
+    for vi in [*graph_inputs(model), *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
+    return sizes
+
+
+def met_sizes(model: onnx.ModelProto) -> set[int]:
+    """The static dims > 1 of every shape (inputs, outputs, inferred value_info) that also has a dynamic dim: the
+    static sizes a dynamic dim meets (a sound stand-in for those its own tensors meet)."""
+    for known, sizes in _MET:
+        if known is model:
+            return sizes
+    from graphfix.analysis.shapes import infer_shapes
+
+    inferred = infer_shapes(model)
+    sizes = set()
+    for vi in [*graph_inputs(inferred), *inferred.graph.output, *inferred.graph.value_info]:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
+    _MET[:] = [(model, sizes), *_MET[:3]]
     return sizes
 
 

@@ -64,7 +64,9 @@ def test_a_slice_end_baked_by_int_is_found_rebuilt_and_matches_pytorch(tmp_path)
 
     result = graphfix.repair(path)
     assert result.status == "repaired", result.error
-    assert result.validation["evidence"] == "consistent"
+    # time away from 8 has no independent reference (the original fails there): the re-trace is only the derived check
+    assert result.validation["dims"] == {"batch": "original", "time": "runs"}
+    assert result.validation["derived"]["matched"] >= 2 and result.validation["derived"]["differed"] == 0
     for batch, time in SIZES:
         x = np.random.default_rng(time).standard_normal((batch, time, 4)).astype(np.float32)
         np.testing.assert_allclose(run(result.model, x), Delta()(torch.from_numpy(x)).numpy(), rtol=1e-6)

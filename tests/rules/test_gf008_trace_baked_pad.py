@@ -69,7 +69,8 @@ def test_a_pad_baked_by_int_is_found_rebuilt_and_matches_pytorch_at_every_residu
 
     result = graphfix.repair(path, unsafe_fixes=True)
     assert result.status == "repaired", result.error
-    assert any("re-traced" in run["note"] for run in result.validation["runs"])
+    # the re-traced original is the derived check: it matched wherever the original fails
+    assert result.validation["derived"]["matched"] >= 2 and result.validation["derived"]["differed"] == 0
     for batch, time in SIZES:
         x = inputs(batch, time)
         np.testing.assert_allclose(run(result.model, x), Chunked()(torch.from_numpy(x)).numpy(), rtol=1e-5,

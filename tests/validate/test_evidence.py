@@ -1,5 +1,6 @@
 """Evidence per size: the original as the oracle where it runs (shapes included), batch consistency where it
-fails, `runs` where nothing can be compared, and the repairs the issue found waved through, now rejected."""
+fails, `runs` where nothing can be compared or where a coincidence may make the original run, and the repairs the
+issue found waved through, now rejected where a reference exists."""
 
 from pathlib import Path
 
@@ -23,13 +24,25 @@ def swapped_where(model: onnx.ModelProto) -> onnx.ModelProto:
     return wrong
 
 
-def test_hubert_repair_passes_and_its_swapped_where_is_rejected():
+def test_hubert_repair_has_no_independent_reference_and_says_so():
+    """The original runs only where its mask lines up by coincidence (time = 32 features, time = 1): no size is
+    a reference. The repair is written on `runs` (SAFE: the graph determines it); the strict gate refuses it, as
+    it refuses a wrong rewrite (the swapped Where) that no reference can tell apart either."""
     repaired = graphfix.repair(str(HUBERT), simplify=False)
     assert repaired.status == "repaired" and repaired.validation["passed"], repaired.validation["reasons"]
-    assert repaired.validation["dims"] == {"batch": "consistent", "time": "consistent"}
-    wrong = validate(onnx.load(HUBERT), swapped_where(repaired.model), ValidationOptions())
-    assert not wrong.passed
-    assert any("output 'hidden' differs from the original" in reason for reason in wrong.reasons)
+    assert repaired.validation["dims"] == {"batch": "runs", "time": "runs"}
+    assert all(32 not in run["sizes"].values() for run in repaired.validation["runs"])
+    for candidate in (repaired.model, swapped_where(repaired.model)):
+        strict = validate(onnx.load(HUBERT), candidate, ValidationOptions(require="consistent"))
+        assert not strict.passed and "below the required 'consistent'" in strict.reasons[0]
+
+
+def test_a_swapped_where_is_rejected_where_the_original_runs():
+    original, right = key_padding(None), key_padding([1])
+    wrong = swapped_where(right)
+    validation = validate(original, wrong, ValidationOptions())
+    assert not validation.passed
+    assert any("output 'out' differs from the original" in reason for reason in validation.reasons)
 
 
 HEALTHY_RESHAPE = parse(HEADER + """
@@ -68,16 +81,18 @@ def key_padding(condition_axes: list[int] | None) -> onnx.ModelProto:
 def test_key_padding_mask_is_right_at_batch_1_so_masking_queries_is_rejected():
     validation = validate(key_padding(None), key_padding([2]), ValidationOptions())
     assert not validation.passed
-    assert any(run.sizes["B"] == 1 and run.level == "original" and run.failed for run in validation.runs)
-    # where the original fails (B > 1), it is still the reference, sample by sample
-    assert any(run.level == "consistent" and run.failed for run in validation.runs)
+    # batch 1 earns no level (a coincidence), but it is compared, and the difference there fails
+    assert any(run.sizes["B"] == 1 and run.level == "runs" and run.failed for run in validation.runs)
 
 
-def test_masking_keys_for_every_sample_is_consistent_with_the_original_at_batch_1():
+def test_masking_keys_where_the_original_fails_has_no_reference_of_its_own():
+    """Where(mask[B, T]) against scores[B, T, T] runs only at B = 1 or B = T: coincidences both, so the original's
+    samples cannot be shown independent at its export size (it fails there) and no size away from it counts."""
     right = validate(key_padding(None), key_padding([1]), ValidationOptions())
     assert right.passed, right.reasons
-    assert right.dims == {"B": "original", "T": "original"}  # batch 1 runs in the original
-    assert any(run.level == "consistent" and not run.failed for run in right.runs)
+    assert right.dims == {"B": "runs", "T": "runs"}
+    assert all(not run.failed for run in right.runs)
+    assert not validate(key_padding(None), key_padding([1]), ValidationOptions(require="consistent")).passed
 
 
 BAKED_SLICE = parse(HEADER + """
@@ -104,5 +119,7 @@ def test_an_unchanged_model_is_its_own_original_and_require_is_checked():
 def test_evidence_is_in_the_json():
     validation = validate(key_padding(None), key_padding([1]), ValidationOptions())
     data = validation.to_json()
-    assert data["evidence"] == "original" and data["require"] == "consistent" and data["failed_sizes"] == 0
+    assert data["evidence"] == "runs" and data["require"] == "runs" and data["failed_sizes"] == 0
+    assert data["derived"] == {"matched": 0, "differed": 0}
     assert {run["level"] for run in data["runs"]} <= {"original", "consistent", "runs", None}
+    assert all("derived" in run for run in data["runs"])

@@ -1,5 +1,7 @@
-"""The two references `consistent` rests on where the original fails: the original re-traced at the probe size,
-and the original run sample by sample along a dim it computes samples independently on (tried on the original)."""
+"""Where the original fails: the original run sample by sample, along a dim the original is shown to compute
+samples independently on (copies and a permutation of samples, at the export size), is the `consistent` reference;
+the original re-traced at the probe size is the `derived` check, which fails a rewrite that does not implement its
+analysis but raises no level."""
 
 import numpy as np
 import onnx
@@ -45,8 +47,41 @@ def test_the_original_re_traced_runs_where_the_original_fails_and_is_the_referen
 
     repaired = graphfix.repair(original, simplify=False)
     assert repaired.status == "repaired", repaired.error
-    assert repaired.validation["dims"] == {"T": "consistent", "B": "consistent"}
-    assert any("re-traced" in run["note"] for run in repaired.validation["runs"])
+    # B away from 2 runs in the original (T at 7); T away from 7 has only the re-trace, which is no evidence
+    assert repaired.validation["dims"] == {"T": "runs", "B": "original"}
+    assert repaired.validation["derived"]["matched"] >= 2 and repaired.validation["derived"]["differed"] == 0
+    first = repaired.validation["runs"][0]
+    assert first["sizes"] == {"T": 7, "B": 2} and first["level"] == "original"  # the solved export size, in full
+    strict = graphfix.repair(original, simplify=False, validation=ValidationOptions(require="consistent"))
+    assert strict.status == "failed" and "below the required 'consistent'" in strict.error
+
+
+def scaled_away_from_seven(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its output multiplied by T/7: equal to it at T=7, different elsewhere."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    graph = changed.graph
+    out = graph.output[0].name
+    last = next(n for n in graph.node if out in n.output)
+    last.output[0] = "unscaled"
+    graph.node.extend([
+        helper.make_node("Shape", ["x"], ["xs"], name="xs", end=1),
+        helper.make_node("Cast", ["xs"], ["xf"], name="xf", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["xf", "seven"], ["factor"], name="factor"),
+        helper.make_node("Mul", ["unscaled", "factor"], [out], name="scale")])
+    graph.initializer.append(numpy_helper.from_array(np.array([7.0], np.float32), "seven"))
+    return changed
+
+
+def test_a_rewrite_that_does_not_implement_its_analysis_fails_the_derived_check():
+    original = baked_heads()
+    repaired = graphfix.repair(original, simplify=False)
+    wrong = scaled_away_from_seven(repaired.model)
+    validation = validate(original, wrong, ValidationOptions(trace_sizes={"T": 7, "B": 2}))
+    assert not validation.passed
+    assert any("derived check" in reason for reason in validation.reasons)
+    assert any(run.derived is False for run in validation.runs)
+    assert validate(original, repaired.model, ValidationOptions(trace_sizes={"T": 7, "B": 2})).passed
 
 
 def test_a_repair_that_reads_the_wrong_dim_is_rejected_by_the_re_trace():
@@ -77,7 +112,26 @@ def test_a_leading_time_dim_is_not_taken_for_a_batch_and_the_batch_axis_is_found
     time = independent_samples(runner, feeds, "T", 1e-5, 1e-6)
     assert isinstance(time, str) and "not independent" in time
     batch = independent_samples(runner, feeds, "B", 1e-5, 1e-6)
-    assert isinstance(batch, Samples) and batch.tried and batch.inputs == {"x": 1} and batch.outputs == {"y": 1}
+    assert isinstance(batch, Samples) and batch.inputs == {"x": 1} and batch.outputs == {"y": 1}
+
+
+def test_samples_weighted_by_position_are_found_dependent_by_the_permutation():
+    """y = x * w[b] with w = [1, 2, 3, 1] (batch baked at 4): copies of the first or the last sample give their
+    outputs, but the samples reversed do not give the outputs reversed."""
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"], name="weigh")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])],
+                              [numpy_helper.from_array(np.array([[1], [2], [3], [1]], np.float32), "w")])
+    runner = ModelRunner(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"x": np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)}
+    found = independent_samples(runner, feeds, "B", 1e-5, 1e-6)
+    assert isinstance(found, str) and "permute" in found
+
+
+def test_independence_is_not_assumed_where_the_original_fails():
+    feeds = {"x": np.random.default_rng(4).standard_normal((9, 3, 16)).astype(np.float32)}  # baked at T=7
+    found = independent_samples(ModelRunner(baked_heads()), feeds, "B", 1e-5, 1e-6)
+    assert isinstance(found, str) and "not assumed" in found
 
 
 def test_a_batch_folded_into_rows_is_found_in_its_blocks():

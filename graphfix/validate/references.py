@@ -1,0 +1,143 @@
+"""What a repaired model is compared with at one probe size: each strategy behind one small interface.
+
+    expected = reference.expect(probe)    # Expected (outputs to compare with), or a str: why it is no reference
+    comparisons = expected.compare(probe.actual, rtol, atol)
+
+- `OriginalReference` (level `original`): the original's own run there, where it runs as it declares (an output
+  at its export-time shape is compared on the region both shapes cover); at a known export size, every output in
+  full.
+- `SamplesReference` (level `consistent`): the original run a few samples at a time, along the dims whose samples
+  it is shown to compute independently (graphfix.validate.consistency).
+- `DerivedReference` (no level): the original re-traced at that size (graphfix.validate.retrace). It comes from
+  graphfix's own analysis, so it checks that the rewrite implements the analysis, never that the analysis is
+  right: graphfix.validate.evidence counts it toward no level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from graphfix.validate.compare import OutputComparison, compare_outputs, compare_overlap
+from graphfix.validate.consistency import Samples, contradicts, reference
+from graphfix.validate.retrace import Retracer
+from graphfix.validate.runner import ModelRunner, RunResult
+
+
+@dataclass
+class Probe:
+    """One probe size: the binding, the inputs both models got, the original's run and the candidate's outputs."""
+
+    binding: dict[str, int]
+    feeds: dict[str, np.ndarray]
+    original: RunResult
+    actual: dict[str, np.ndarray]
+    exact: bool = False  # at a known export size: the original is right there by construction
+
+
+@dataclass
+class Expected:
+    """Outputs a reference expects (several sets: one per way it was computed), the names compared only on the
+    region both shapes cover, and a note on how it was obtained."""
+
+    outputs: list[dict[str, np.ndarray]]
+    note: str = ""
+    overlap: set[str] = field(default_factory=set)
+
+    def compare(self, actual: dict[str, np.ndarray], rtol: float, atol: float) -> list[OutputComparison]:
+        comparisons: list[OutputComparison] = []
+        for outputs in self.outputs:
+            comparisons += compare_outputs({k: v for k, v in outputs.items() if k not in self.overlap}, actual,
+                                           rtol, atol)
+            comparisons += [compare_overlap(name, outputs[name], actual[name], rtol, atol)
+                            for name in sorted(self.overlap) if name in outputs and name in actual]
+        return comparisons
+
+
+class Reference(Protocol):
+    level: str | None  # the evidence a comparison with it earns; None: a check that earns none
+
+    def expect(self, probe: Probe) -> Expected | str: ...
+
+
+@dataclass
+class OriginalReference:
+    """The original's own run. `declared`: its declared output dims; `export_shapes`: its output shapes at the
+    export size (filled once it ran there)."""
+
+    declared: dict[str, list | None]
+    export_shapes: dict[str, list[int]]
+    level: str = "original"
+
+    def expect(self, probe: Probe) -> Expected | str:
+        if not probe.original.ok:
+            return "the original fails here"
+        expected = probe.original.outputs
+        if probe.exact:  # right by construction there: every output in full, nothing left out
+            return Expected([expected], "the export size: compared in full")
+        if all(np.size(value) == 0 for value in expected.values()):
+            return "the original returns only empty outputs here: nothing to compare"
+        wrong = contradicts(expected, self.declared, probe.binding)
+        baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
+                 self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(probe.actual.get(name)))}
+        if wrong and not baked:
+            return f"the original {wrong}"
+        note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region both "
+                "shapes cover") if baked else ""
+        return Expected([expected], note, baked)
+
+
+@dataclass
+class SamplesReference:
+    """The original run `group` samples at a time (the export batch size, then 1) along each dim of `samples`."""
+
+    original: ModelRunner
+    samples: Callable[[], list[Samples]]  # tried on first use: it costs runs of the original
+    why_none: Callable[[], list[str]]  # why no dim qualifies, once `samples` ran
+    export: dict[str, int]
+    declared: dict[str, list | None]
+    level: str = "consistent"
+
+    def expect(self, probe: Probe) -> Expected | str:
+        found = self.samples()
+        if not found:
+            return "; ".join(self.why_none())
+        outputs, compared, notes = [], [], []
+        for samples in found:
+            batch = samples.dim
+            for group in dict.fromkeys([self.export[batch], 1]):
+                if group == probe.binding[batch] and not probe.original.ok:
+                    continue  # the original at this very binding already failed
+                ref = reference(self.original, probe.feeds, probe.binding, samples, group, self.declared)
+                if ref.outputs is None:
+                    notes.append(ref.why_not)
+                    continue
+                outputs.append(ref.outputs)
+                compared.append(f"{batch}={group}")
+        if not outputs:
+            return "; ".join(notes)
+        return Expected(outputs, f"compared sample by sample with the original at {' and '.join(compared)}")
+
+
+@dataclass
+class DerivedReference:
+    """The original re-traced at the probe's binding, where a re-trace exists and runs as `promises` declare."""
+
+    retracer: Retracer
+    promises: dict[str, list | None]
+    level: str | None = None
+
+    def expect(self, probe: Probe) -> Expected | str:
+        runner = self.retracer.at(probe.binding)
+        if runner is None:
+            return "nothing to re-trace at these sizes"
+        expected = runner.run(probe.feeds)
+        if not expected.ok:
+            return "the original re-traced fails here"
+        wrong = contradicts(expected.outputs, self.promises, probe.binding)
+        if wrong:
+            return f"the original re-traced {wrong}"
+        return Expected([expected.outputs], f"re-traced: {self.retracer.describe()} set to these sizes")
