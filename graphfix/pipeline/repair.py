@@ -272,15 +272,15 @@ def unaddressed_errors(after: Diagnosis) -> str:
 
 
 def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
-    """The model whose output dims that are export-time sizes (an int equal to one) or undeclared (a fix cleared
-    them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that symbol
-    evaluates to the same size at the export size; and a note per dim changed. The declaration then promises what
-    the repaired graph does."""
+    """The model whose output dims that may be export-time sizes (an int above 1: the TorchScript exporter declares
+    every axis left out of `dynamic_axes` with its traced size, `T // 3` as much as a class count) or undeclared (a
+    fix cleared them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that
+    symbol evaluates to the same size at the export size; and a note per dim changed. The declaration then promises
+    what the repaired graph does: an int the exporter wrote is no evidence for or against a repair."""
     from graphfix.analysis.shapes import symbolic_shapes
 
-    sizes = {size for size in export.values() if size > 1}
-    outputs = [o for o in model.graph.output if any(_followable(d, sizes) for d in o.type.tensor_type.shape.dim)]
-    if not sizes or not outputs:
+    outputs = [o for o in model.graph.output if any(_followable(d) for d in o.type.tensor_type.shape.dim)]
+    if not export or not outputs:
         return model, []
     inferred = symbolic_shapes(model)
     changes: dict[str, list[tuple[int, str]]] = {}
@@ -290,7 +290,7 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
         if len(dims) != len(declared):
             continue
         for axis, (dim, symbol) in enumerate(zip(declared, dims, strict=True)):
-            if _followable(dim, sizes) and _follows(symbol, dim, export):
+            if _followable(dim) and _follows(symbol, dim, export):
                 changes.setdefault(out.name, []).append((axis, symbol))
     if not changes:
         return model, []
@@ -306,9 +306,9 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
     return renamed, notes
 
 
-def _followable(dim, sizes: set[int]) -> bool:
-    """An output dim that may be declared again: an export-time size, or none."""
-    return dim.dim_value in sizes if dim.HasField("dim_value") else not dim.dim_param
+def _followable(dim) -> bool:
+    """An output dim that may be declared again: an int that may be an export-time size, or none."""
+    return dim.dim_value > 1 if dim.HasField("dim_value") else not dim.dim_param
 
 
 def _follows(symbol, dim, export: dict[str, int]) -> bool:

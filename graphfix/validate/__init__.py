@@ -131,7 +131,22 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
             runs.append(run)
             sizes = [*sizes, extra]
             dims = dim_evidence(runs, sizes[0], judge.probed_dims)
+    if after is not before:  # a falsifier, never evidence: see _degenerate
+        degenerate = _degenerate(sizes[0], judge.probed_dims, tied)
+        run = judge.at(degenerate, reference_only=True) if degenerate not in sizes else None
+        if run is not None and not run.skipped:
+            runs.append(run)
+            sizes = [*sizes, degenerate]
     return _verdict(before, after, sizes, runs, dims, judge, options)
+
+
+def _degenerate(export: dict[str, int], probed: set[str], tied) -> dict[str, int]:
+    """Every probed dim at 1. There every broadcast lines up, so an original whose mask is misaligned at every
+    other size (`h[pad] = 0` exported with a lower-rank mask) runs, and runs right: it is the one size where such
+    an original can refute a repair (one that swaps Where's branches or negates its condition). It is compared
+    only where the original runs as it declares, and earns no level (a coincidence, graphfix.validate.sizes)."""
+    binding = {name: 1 if name in probed else size for name, size in export.items()}
+    return bind(binding, tied) if tied else binding
 
 
 def _export_size(before: ModelRunner, options: ValidationOptions,

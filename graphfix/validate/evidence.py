@@ -210,7 +210,7 @@ class Judge:
         if not at_export:  # at the export size the re-traced original is the original
             self._derived(run, probe)
             self._no_evidence_by_coincidence(run, binding)
-        if reference_only and run.level == "runs":
+        if reference_only and run.level == "runs" and not run.outputs and not run.failed:
             run.skipped, run.note = True, "no reference here; the size was not counted"
         return run
 
@@ -236,8 +236,10 @@ class Judge:
         """A size where the original may run by coincidence is still compared, but earns no level."""
         why = coincidence(self.before.proto, binding, self.probed_dims, self.derived_dims, self.static, self.export)
         if why and run.level != "runs":
+            against = "the original" if run.level == "original" else "the original sample by sample"
             run.level = "runs"
-            run.note = "; ".join(filter(None, [run.note, f"no evidence here, a coincidence is possible ({why})"]))
+            said = f"compared with {against}, but no evidence here: a coincidence is possible ({why})"
+            run.note = "; ".join(filter(None, [run.note, said]))
 
     def _derived(self, run: SizeRun, probe: Probe) -> None:
         """The derived check: the candidate against the original re-traced here, where there is one. It never sets
