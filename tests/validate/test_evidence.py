@@ -26,15 +26,20 @@ def swapped_where(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def test_hubert_repair_has_no_independent_reference_and_says_so():
     """The original runs only where its mask lines up by coincidence (time = 32 features, time = 1): no size is
-    a reference. The repair is written on `runs` (SAFE: the graph determines it); the strict gate refuses it, as
-    it refuses a wrong rewrite (the swapped Where) that no reference can tell apart either."""
+    a reference. The repair is written on `runs` (SAFE: the graph determines it); the strict gate refuses it. A
+    wrong rewrite (the swapped Where) is refused at the default too: with every dim at 1 the original runs, and
+    runs right, and the swap differs there (a falsifier, never evidence)."""
     repaired = graphfix.repair(str(HUBERT), simplify=False)
     assert repaired.status == "repaired" and repaired.validation["passed"], repaired.validation["reasons"]
     assert repaired.validation["dims"] == {"batch": "runs", "time": "runs"}
     assert all(32 not in run["sizes"].values() for run in repaired.validation["runs"])
-    for candidate in (repaired.model, swapped_where(repaired.model)):
-        strict = validate(onnx.load(HUBERT), candidate, ValidationOptions(require="consistent"))
-        assert not strict.passed and "below the required 'consistent'" in strict.reasons[0]
+    ones = [run for run in repaired.validation["runs"] if set(run["sizes"].values()) == {1}]
+    assert ones and ones[0]["outputs"] and "no evidence here" in ones[0]["note"]
+    strict = validate(onnx.load(HUBERT), repaired.model, ValidationOptions(require="consistent"))
+    assert not strict.passed and "below the required 'consistent'" in strict.reasons[0]
+    swapped = validate(onnx.load(HUBERT), swapped_where(repaired.model), ValidationOptions())
+    assert not swapped.passed
+    assert "differs from the original at sizes {'batch': 1, 'time': 1}" in swapped.reasons[0]
 
 
 def test_a_swapped_where_is_rejected_where_the_original_runs():
