@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -15,7 +15,9 @@ from graphfix.core.errors import GraphfixError
 from graphfix.core.registry import select_rules
 from graphfix.core.rule import Finding, Rejection
 from graphfix.io.loading import LoadedModel, from_proto, load_model
-from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_model
+
+if TYPE_CHECKING:  # the repair pipeline imports onnxruntime and the proof: not for `diagnose --static`
+    from graphfix.pipeline.repair import RepairResult
 
 
 @dataclass
@@ -120,6 +122,8 @@ def repair(model_or_path, *, output: str | Path | None = None, only=(), skip=(),
            simplify: bool = True, validate: bool = True, force: bool = False, in_place: bool = False,
            expect_outputs=(), trace_shapes=None, validation=None) -> RepairResult:
     """Repair a model; writes `output` only when validated (or forced). `result.model` is the repaired proto."""
+    from graphfix.pipeline.repair import RepairOptions, repair_model
+
     loaded = load(model_or_path)
     options = RepairOptions(
         rules=select_rules(tuple(only), tuple(skip)),

@@ -11,9 +11,8 @@ frames, not the bare minimum, so what follows the front end sees a real sequence
 
 from __future__ import annotations
 
-import sympy
-
 from graphfix.analysis.sizes.solve import MAX_GROWN
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 FRAMES = 4

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
-import sympy
 
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
 from graphfix.analysis.sizes.ops import as_expr
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 MAX_CANDIDATES = 4
 
