@@ -1,6 +1,8 @@
-"""graphfix against its peers, each tool in its own process, on models generated here.
+"""graphfix against all its peers (issues 7 and 13), each tool in its own process, on models generated here.
 
-    python benchmarks/run.py [--only chain,bert,bert-repair,llama,big,maskrcnn] [--repeat 3] [--out results.json]
+Issue 23's table, graphfix against the one peer each row names, is benchmarks/run.py.
+
+    python benchmarks/peers.py [--only chain,bert,bert-repair,llama,big,maskrcnn] [--repeat 3] [--out results.json]
 
 Prints wall time and peak RSS per tool (the median of --repeat runs) and the ratio to graphfix, measured in the
 same run on the same machine, then whether each target is met. Targets (issue 7):
@@ -25,8 +27,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import measure
 
 PY = sys.executable
 GRAPHFIX = [PY, "-m", "graphfix"]
@@ -46,42 +49,6 @@ def generate(builder: str, path: Path, *args: int) -> Path:
         models = Path(__file__).resolve().parent / "models.py"
         subprocess.run([PY, str(models), builder, str(path), *map(str, args)], check=True)
     return path
-
-
-def measure(name: str, argv: list[str], repeat: int = 1, timeout: float = 1800) -> dict:
-    """Median wall time and peak RSS of `repeat` runs; a failed run is reported as it is."""
-    runs = []
-    for _ in range(repeat):
-        runs.append(_measure_once(name, argv, timeout))
-        if runs[-1]["exit"] not in (0, 1):
-            return runs[-1]
-    runs.sort(key=lambda r: r["seconds"])
-    median = dict(runs[len(runs) // 2])
-    median["peak_mib"] = sorted(r["peak_mib"] for r in runs)[len(runs) // 2]
-    median["runs"] = [r["seconds"] for r in runs]
-    return median
-
-
-def _measure_once(name: str, argv: list[str], timeout: float) -> dict:
-    """Wall time and peak RSS of one process (os.wait4 gives the rusage of exactly that child and the children
-    it waited for: the largest of them, not their sum)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.01)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-    return {"tool": name, "seconds": round(wall, 3), "peak_mib": round(usage.ru_maxrss / 1024, 1), "exit": code,
-            "note": stderr[-1][:160] if code not in (0, 1) and stderr else ""}
 
 
 def compare(title: str, rows: list[dict], target: str = "") -> dict:
