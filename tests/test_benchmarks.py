@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("onnxsim")
+pytestmark = pytest.mark.slow  # about 30 s on 2 cores: 10 processes, and toy BERTs exported with torch
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 ROWS = ["static-llama", "repair-bert-pad", "repair-bert", "repair-llama"]
