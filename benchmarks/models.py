@@ -1,6 +1,12 @@
 """Benchmark models, generated here (no downloads): transformers configs with random weights, synthetic chains.
 
     python benchmarks/models.py BUILDER PATH [N]      # e.g. chain_graph /tmp/chain.onnx 10000
+    python benchmarks/models.py issue23 FOLDER LAYERS TINY   # the three models of issue 23's table, one torch import
+    python benchmarks/models.py check_bert_pad MODEL REFERENCE.npz   # onnxruntime against PyTorch's outputs
+
+`issue23` builds the Llama-style decoder with LAYERS layers (external data), BERT-base with the `h[pad] = 0`
+idiom (which GF003 must fix) and a healthy BERT-base; TINY=1 gives each a toy config (the benchmark's own test).
+Beside the padded BERT it saves PyTorch's outputs at three sizes, so that checking a repair needs no torch.
 """
 
 from __future__ import annotations
@@ -76,6 +82,179 @@ def bert_base(path: Path) -> Path:
                           input_names=["input_ids", "attention_mask"], output_names=["hidden"],
                           dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"}})
     return path
+
+
+PAD_SIZES = ((1, 5), (2, 15), (3, 40))  # (batch, tokens): batch 1, the export size, longer than the export
+
+
+def _transformers():
+    """transformers, with a torchvision that cannot load (a CUDA build beside the CPU torch) hidden from it."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        sys.modules["torchvision"] = None
+    import transformers
+
+    return transformers
+
+
+def _bert_config(tiny: bool):
+    tf = _transformers()
+    if tiny:
+        return tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64)
+    return tf.BertConfig()  # BERT-base: 12 layers, hidden 768, 110M parameters (~435 MB inline)
+
+
+def pad_inputs(batch: int, tokens: int, vocab: int) -> dict[str, np.ndarray]:
+    """Token ids, and a pad mask that pads the last two tokens of every row but the first."""
+    rng = np.random.default_rng(batch * 1000 + tokens)
+    pad = np.zeros((batch, tokens), dtype=bool)
+    pad[1:, tokens - 2:] = True
+    return {"input_ids": rng.integers(0, vocab, (batch, tokens), dtype=np.int64), "pad": pad}
+
+
+def bert_pad(path: Path, tiny: bool = False) -> Path:
+    """BERT (base, random weights) under `h = bert(x).last_hidden_state; h[pad] = 0`, TorchScript export with dynamic
+    batch and length: the exporter writes `Where(pad[B, T], 0, h[B, T, C])`, which cannot run until GF003 fixes it.
+    PyTorch's outputs at PAD_SIZES go to `<path>.npz`."""
+    import torch
+
+    config = _bert_config(tiny)
+    torch.manual_seed(0)
+    bert = _transformers().BertModel(config).eval()
+
+    class Padded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, pad):
+            h = self.bert(input_ids=input_ids, attention_mask=(~pad).long()).last_hidden_state
+            h[pad] = 0
+            return h
+
+    module = Padded().eval()
+    feeds = pad_inputs(2, 15, config.vocab_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(torch.from_numpy(v) for v in feeds.values()), str(path), dynamo=False,
+                          opset_version=17, input_names=["input_ids", "pad"], output_names=["hidden"],
+                          dynamic_axes={"input_ids": {0: "B", 1: "T"}, "pad": {0: "B", 1: "T"},
+                                        "hidden": {0: "B", 1: "T"}})
+        reference = {}
+        for batch, tokens in PAD_SIZES:
+            sized = pad_inputs(batch, tokens, config.vocab_size)
+            reference[f"{batch}x{tokens}"] = module(*(torch.from_numpy(v) for v in sized.values())).numpy()
+    np.savez(f"{path}.npz", vocab=config.vocab_size, **reference)
+    return path
+
+
+def check_bert_pad(model: Path, reference: Path) -> None:
+    """Exit 0 when onnxruntime runs `model` and matches PyTorch's saved outputs at every size; else one line, 1."""
+    import onnxruntime as ort
+
+    saved = np.load(reference)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for batch, tokens in PAD_SIZES:
+        got = session.run(None, pad_inputs(batch, tokens, int(saved["vocab"])))[0]
+        want = saved[f"{batch}x{tokens}"]
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+            sys.exit(f"batch {batch}, {tokens} tokens: differs from PyTorch (max |diff| "
+                     f"{np.abs(got - want).max() if got.shape == want.shape else got.shape})")
+    print(f"matches PyTorch at {len(PAD_SIZES)} sizes")
+
+
+def bert(path: Path, tiny: bool = False) -> Path:
+    """A healthy BERT (base, random weights), TorchScript export, dynamic batch and length."""
+    import torch
+
+    config = _bert_config(tiny)
+    torch.manual_seed(0)
+    model = _transformers().BertModel(config).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(0, config.vocab_size, (2, 16))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                          dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"}})
+    return path
+
+
+def llama(path: Path, layers: int) -> Path:
+    """A Llama-style decoder (grouped-query attention; Qwen3-0.6B's dimensions, `layers` of its 28 layers: the
+    tied 622 MB embedding plus 63 MB a layer) exported with the dynamo exporter, its weights in external data."""
+    import torch
+
+    tf = _transformers()
+    config = tf.LlamaConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=layers,
+                            num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+                            tie_word_embeddings=True, use_cache=False)
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(config).eval()
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.llama = model
+
+        def forward(self, input_ids):
+            return self.llama(input_ids=input_ids).logits
+
+    ids = torch.randint(0, config.vocab_size, (1, 16))
+    batch, seq = torch.export.Dim("B", max=64), torch.export.Dim("T", min=2, max=4096)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Decoder().eval(), (ids,), dynamo=True, input_names=["input_ids"],
+                                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}})
+        program.save(str(path), external_data=True)
+    return path
+
+
+def toy_decoder(path: Path, layers: int) -> Path:
+    """A toy decoder written with onnx.helper (the dynamo exporter takes 12 s even on a toy config): token
+    embedding, `layers` residual MLP blocks, logits through the tied embedding; weights in external data."""
+    rng = np.random.default_rng(0)
+    vocab, width = 512, 64
+    weights = {"embed": rng.standard_normal((vocab, width)).astype(np.float32)}
+    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["h0"]),
+             helper.make_node("Transpose", ["embed"], ["head"], perm=[1, 0])]
+    for i in range(layers):
+        weights[f"up{i}"] = rng.standard_normal((width, 2 * width)).astype(np.float32) * 0.1
+        weights[f"down{i}"] = rng.standard_normal((2 * width, width)).astype(np.float32) * 0.1
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"up{i}"], [f"u{i}"]),
+                  helper.make_node("Relu", [f"u{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", f"down{i}"], [f"d{i}"]),
+                  helper.make_node("Add", [f"h{i}", f"d{i}"], [f"h{i + 1}"])]
+    nodes.append(helper.make_node("MatMul", [f"h{layers}", "head"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "toy_decoder", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", vocab])],
+        [onnx.numpy_helper.from_array(array, name) for name, array in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, path, save_as_external_data=True, location=f"{path.name}.data", size_threshold=0)
+    return path
+
+
+def issue23(folder: Path, layers: int, tiny: int) -> None:
+    """The models of issue 23's table, in one process (torch and transformers imported once). TINY=1: toy BERT
+    configs, and a toy decoder in place of the exported Llama."""
+    (folder / "llama").mkdir(parents=True, exist_ok=True)
+    for name, build in (("bert_pad.onnx", bert_pad), ("bert.onnx", bert)):
+        if not (folder / name).exists():
+            build(folder / name, bool(tiny))
+    decoder = folder / "llama" / "llama.onnx"
+    if not decoder.exists():
+        toy_decoder(decoder, layers) if tiny else llama(decoder, layers)
 
 
 def bert_base_with_dead_branch(path: Path) -> Path:
@@ -164,7 +343,11 @@ def maskrcnn(path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    builder = {"maskrcnn": maskrcnn, "chain_graph": chain_graph, "bert_base": bert_base, "llama_06b": llama_06b,
+    if sys.argv[1] == "check_bert_pad":
+        check_bert_pad(Path(sys.argv[2]), Path(sys.argv[3]))
+        sys.exit(0)
+    builder = {"issue23": issue23, "maskrcnn": maskrcnn, "chain_graph": chain_graph, "bert_base": bert_base,
+               "llama_06b": llama_06b,
                "bert_base_with_dead_branch": bert_base_with_dead_branch,
                "llama_06b_with_dead_branch": llama_06b_with_dead_branch,
                "llama_06b_with_scale_input": llama_06b_with_scale_input}[sys.argv[1]]

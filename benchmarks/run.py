@@ -1,257 +1,215 @@
-"""graphfix against its peers, each tool in its own process, on models generated here.
+"""Issue 23's table: each row's graphfix command beside its peer, measured in one run, as ratios.
 
-    python benchmarks/run.py [--only chain,bert,bert-repair,llama,big,maskrcnn] [--repeat 3] [--out results.json]
+    python benchmarks/run.py [--repeat 5] [--llama-layers 8] [--only static-llama,...] [--out results.json]
+    python benchmarks/run.py --tiny --repeat 1        # toy models: checks that every row runs (its test)
 
-Prints wall time and peak RSS per tool (the median of --repeat runs) and the ratio to graphfix, measured in the
-same run on the same machine, then whether each target is met. Targets (issue 7):
-  - diagnose --static on the 2.2 GiB external-data Llama: <= 3x onnx.checker.check_model(full_check=True), < 300 MiB
-  - repair (fix, simplify, prove at 3 sizes) on BERT-base: <= 1.5x onnxsim's time and peak memory
-  - diagnose --static on a 100k-node graph: <= ~10x the 10k-node graph (linear)
-  - diagnose, repair, extract and freeze all go through the model over 2 GiB
-  - (issue 13) diagnose --static on torchvision Mask R-CNN < 10 s; diagnose, repair and check < 60 s each
+Rows (goals from issue 23):
+  static-llama      `graphfix diagnose --static` on the Llama-style model with external data, against
+                    `onnx.checker.check_model(path, full_check=True)`: <= 1.0x time, <= 1.5x memory
+  repair-bert-pad   `graphfix repair` of BERT-base with `h[pad] = 0` (GF003 fixes it; fix, onnxsim, proof, write)
+                    against onnxsim alone: <= 1.0x time and memory; exits 0 and matches PyTorch at 3 sizes
+  repair-bert       `graphfix repair` of a healthy BERT-base against onnxsim alone: keep 0.40x time, 0.62x memory
+  repair-llama      `graphfix repair` of the Llama-style model against onnxsim alone: peak <= 1.5x its weights
 
-onnxsim runs as its fastest documented call, `onnxsim.simplify(path, output_path=...)` (the C++ core reads and
-writes the file itself), twice: as installed, and with torch hidden from its import (onnxsim's package imports
-torch when torch is installed, about 1.5 s, though simplification never uses it). The repair target is held to
-the faster of the two.
+Every command runs in its own process, whole (start-up and imports included); the tools of a row run in turn,
+A B A B ..., so that a drift in the machine's speed reaches both. Reported: the median of --repeat runs of the
+wall time and of the peak memory of the process tree (benchmarks/measure.py). onnxsim runs as its fastest
+documented call, `onnxsim.simplify(path, output_path=...)`, as installed and with torch hidden from its import
+(its package imports torch, about 1.5 s, though simplification never uses it): a row's ratio is to the faster.
+
+The models are built here, once per --work folder (benchmarks/models.py): BERT-base from transformers with random
+weights (TorchScript export, dynamic batch and length; 435 MB inline), and the Llama-style decoder (Qwen3-0.6B's
+dimensions, dynamo export, weights in external data) with --llama-layers of its 28 layers: 8 give 1.13 GB, all
+28 give the issue's 2.38 GB (2.22 GiB).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from measure import run_once
+
 PY = sys.executable
+HERE = Path(__file__).resolve().parent
 GRAPHFIX = [PY, "-m", "graphfix"]
-POLYGRAPHY = str(Path(PY).parent / "polygraphy")  # the interpreter's own, whether or not its venv is active
 CHECKER = "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)"
 ONNXSIM = ("import onnxsim, sys; onnxsim.simplify(sys.argv[1], output_path=sys.argv[2], "
            "external_data_threshold='2GB')")
 ONNXSIM_NO_TORCH = "import sys; sys.modules['torch'] = None; " + ONNXSIM
-ONNXSLIM = "import onnxslim, sys; onnxslim.slim(sys.argv[1], sys.argv[2])"
+ROWS = ("static-llama", "repair-bert-pad", "repair-bert", "repair-llama")
 
 
-def generate(builder: str, path: Path, *args: int) -> Path:
-    """Build a model in a child process: the benchmark process stays small, so that the peak RSS of the tools it
-    starts is theirs alone (a forked child's ru_maxrss counts what it inherited)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        models = Path(__file__).resolve().parent / "models.py"
-        subprocess.run([PY, str(models), builder, str(path), *map(str, args)], check=True)
-    return path
+def build_models(work: Path, layers: int, tiny: bool) -> None:
+    """In a child process, so that this one stays small (its own memory is in no figure)."""
+    subprocess.run([PY, str(HERE / "models.py"), "issue23", str(work), str(layers), str(int(tiny))], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def measure(name: str, argv: list[str], repeat: int = 1, timeout: float = 1800) -> dict:
-    """Median wall time and peak RSS of `repeat` runs; a failed run is reported as it is."""
-    runs = []
+def side_by_side(tools: dict[str, list[str]], repeat: int) -> dict[str, dict]:
+    """Each tool `repeat` times, in turn; the median seconds and peak MiB of each. A tool whose run fails (exit
+    other than 0 or 1) is not run again: its failure is its figure."""
+    runs: dict[str, list[dict]] = {name: [] for name in tools}
     for _ in range(repeat):
-        runs.append(_measure_once(name, argv, timeout))
-        if runs[-1]["exit"] not in (0, 1):
-            return runs[-1]
-    runs.sort(key=lambda r: r["seconds"])
-    median = dict(runs[len(runs) // 2])
-    median["peak_mib"] = sorted(r["peak_mib"] for r in runs)[len(runs) // 2]
-    median["runs"] = [r["seconds"] for r in runs]
-    return median
+        for name, argv in tools.items():
+            if not runs[name] or runs[name][-1]["exit"] in (0, 1):
+                runs[name].append(run_once(argv, timeout=1800))
+    return {name: _median(name, series) for name, series in runs.items()}
 
 
-def _measure_once(name: str, argv: list[str], timeout: float) -> dict:
-    """Wall time and peak RSS of one process (os.wait4 gives the rusage of exactly that child and the children
-    it waited for: the largest of them, not their sum)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.01)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-    return {"tool": name, "seconds": round(wall, 3), "peak_mib": round(usage.ru_maxrss / 1024, 1), "exit": code,
-            "note": stderr[-1][:160] if code not in (0, 1) and stderr else ""}
+def _median(name: str, series: list[dict]) -> dict:
+    return {"tool": name, "seconds": round(statistics.median(r["seconds"] for r in series), 3),
+            "peak_mib": round(statistics.median(r["peak_mib"] for r in series), 1),
+            "exit": max((r["exit"] for r in series), key=abs), "note": series[-1]["note"],
+            "runs_s": [r["seconds"] for r in series], "peaks_mib": [r["peak_mib"] for r in series]}
 
 
-def compare(title: str, rows: list[dict], target: str = "") -> dict:
-    base = rows[0]
-    print(f"\n== {title}" + (f"  (target: {target})" if target else ""))
-    print(f"{'tool':<34}{'seconds':>9}{'peak MiB':>10}{'time / graphfix':>17}{'mem / graphfix':>16}  exit")
-    for row in rows:
-        t = row["seconds"] / base["seconds"] if base["seconds"] else float("nan")
-        m = row["peak_mib"] / base["peak_mib"] if base["peak_mib"] else float("nan")
-        print(f"{row['tool']:<34}{row['seconds']:>9.2f}{row['peak_mib']:>10.0f}{t:>17.2f}{m:>16.2f}  {row['exit']}"
-              f"{'  ' + row['note'] if row['note'] else ''}")
-    return {"title": title, "target": target, "rows": rows}
+def ratios(mine: dict, peers: list[dict]) -> dict:
+    """graphfix's figures over the faster peer's (a peer that failed is no yardstick)."""
+    usable = [p for p in peers if p["exit"] == 0]
+    if mine["exit"] not in (0, 1) or not usable:
+        return {"peer": None, "time_ratio": None, "memory_ratio": None}
+    best = min(usable, key=lambda p: p["seconds"])
+    return {"peer": best["tool"], "time_ratio": round(mine["seconds"] / best["seconds"], 3),
+            "memory_ratio": round(mine["peak_mib"] / best["peak_mib"], 3)}
 
 
-def verdict(rows: list[dict], tool: str, references: list[str], limit: float, key: str = "seconds",
-            what: str = "time") -> str:
-    """One line: `tool`'s figure over the best of `references`, against `limit`."""
-    by_name = {r["tool"]: r for r in rows}
-    mine = by_name[tool]
-    usable = [by_name[r] for r in references if by_name[r]["exit"] == 0]
-    if mine["exit"] != 0 or not usable:
-        return f"  {what}: cannot compare ({tool} exit {mine['exit']}, {len(usable)} usable reference(s))"
-    best = min(usable, key=lambda r: r[key])
-    ratio = mine[key] / best[key]
-    line = (f"  {what}: {tool} / {best['tool']} = {ratio:.2f}x (target <= {limit:g}x): "
-            f"{'met' if ratio <= limit else 'NOT met'}")
-    print(line)
-    return line
+def goal(what: str, value: float | None, limit: float) -> dict:
+    return {"what": what, "value": value, "limit": limit, "met": value is not None and value <= limit}
 
 
-ONNXSIMS = ["onnxsim.simplify(path)", "onnxsim.simplify(path), no torch"]
-REPAIR = "graphfix repair (fix, simplify, prove)"
+TINY = False  # --tiny: onnxsim runs once per row, torch hidden (the row's yardstick either way)
 
 
-def repair_vs_simplifiers(model: Path, out: Path, repeat: int) -> list[dict]:
-    """graphfix repair, then onnxsim (as installed, and with torch hidden) and onnxslim on the same model."""
+def onnxsim_peers(model: Path, out: Path) -> dict[str, list[str]]:
+    hidden = {"onnxsim.simplify(path), torch hidden": [PY, "-c", ONNXSIM_NO_TORCH, str(model),
+                                                       str(out / "onnxsim.onnx")]}
+    if TINY:
+        return hidden
+    return {"onnxsim.simplify(path)": [PY, "-c", ONNXSIM, str(model), str(out / "onnxsim.onnx")], **hidden}
+
+
+def row_static_llama(work: Path, repeat: int) -> dict:
+    model = work / "llama" / "llama.onnx"
+    tools = {"graphfix diagnose --static": [*GRAPHFIX, "diagnose", "--static", str(model)],
+             "onnx.checker full_check": [PY, "-c", CHECKER, str(model)]}
+    figures = side_by_side(tools, repeat)
+    mine, peer = figures.pop("graphfix diagnose --static"), list(figures.values())
+    r = ratios(mine, peer)
+    return {"row": "static-llama", "work": f"diagnose --static, Llama-style {_size(work)} with external data",
+            "graphfix": mine, "peers": peer, **r,
+            "goals": [goal("time / checker", r["time_ratio"], 1.0), goal("memory / checker", r["memory_ratio"], 1.5)]}
+
+
+def row_repair(work: Path, repeat: int, name: str, model: Path, what: str,
+               limits: tuple[float, float] | None) -> dict:
+    """graphfix repair beside onnxsim; `limits` on the time and memory ratios (None: the row has its own goal)."""
+    out = work / f"{name}_out"
     out.mkdir(exist_ok=True)
-    return [
-        measure(REPAIR, [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")],
-                repeat),
-        measure("onnxsim.simplify(path)", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")], repeat),
-        measure("onnxsim.simplify(path), no torch", [PY, "-c", ONNXSIM_NO_TORCH, str(model), str(out / "sim.onnx")],
-                repeat),
-        measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
-    ]
+    tools = {"graphfix repair": [*GRAPHFIX, "repair", str(model), "-o", str(out / "graphfix.onnx")],
+             **onnxsim_peers(model, out)}
+    figures = side_by_side(tools, repeat)
+    mine, peers = figures.pop("graphfix repair"), list(figures.values())
+    r = ratios(mine, peers)
+    ratio_goals = [goal("time / onnxsim", r["time_ratio"], limits[0]),
+                   goal("memory / onnxsim", r["memory_ratio"], limits[1])] if limits else []
+    return {"row": name, "work": what, "graphfix": mine, "peers": peers, **r,
+            "goals": [*ratio_goals, goal("graphfix exit", abs(mine["exit"]), 0)]}
 
 
-def repair_target(title: str, rows: list[dict]) -> dict:
-    result = compare(title, rows, "repair <= 1.5x onnxsim time and peak memory")
-    result["verdicts"] = [verdict(rows, REPAIR, ONNXSIMS, 1.5), verdict(rows, REPAIR, ONNXSIMS, 1.5, "peak_mib",
-                                                                        "peak memory")]
+def row_repair_bert_pad(work: Path, repeat: int) -> dict:
+    model = work / "bert_pad.onnx"
+    result = row_repair(work, repeat, "repair-bert-pad", model,
+                        "repair, BERT-base with h[pad] = 0 (GF003 fix + onnxsim + proof)", (1.0, 1.0))
+    check = subprocess.run([PY, str(HERE / "models.py"), "check_bert_pad", str(work / "repair-bert-pad_out" /
+                            "graphfix.onnx"), f"{model}.npz"], capture_output=True, text=True)
+    line = (check.stdout + check.stderr).strip().splitlines()
+    result["matches_pytorch"] = check.returncode == 0
+    result["pytorch_check"] = line[-1] if line else f"exit {check.returncode}"
+    result["goals"].append(goal("differs from PyTorch at 3 sizes", 0 if check.returncode == 0 else 1, 0))
     return result
 
 
-def bench_bert(work: Path, repeat: int) -> dict:
-    model = generate("bert_base", work / "bert.onnx")
-    return repair_target("BERT-base (TorchScript export, 435 MB inline), healthy: repair vs simplifiers", [
-        *repair_vs_simplifiers(model, work / "bert_out", repeat),
-        measure("polygraphy check lint", [POLYGRAPHY, "check", "lint", str(model)]),
-        measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)], repeat),
-    ])
+def row_repair_bert(work: Path, repeat: int) -> dict:
+    return row_repair(work, repeat, "repair-bert", work / "bert.onnx", "repair, healthy BERT-base",
+                      (0.40, 0.62))
 
 
-def bench_bert_repair(work: Path, repeat: int) -> dict:
-    model = generate("bert_base_with_dead_branch", work / "bert_dead.onnx")
-    return repair_target("BERT-base with a dead branch: repair runs fix + onnxsim + validation",
-                         repair_vs_simplifiers(model, work / "bert_dead_out", repeat))
-
-
-def bench_llama(work: Path, repeat: int) -> dict:
-    model = generate("llama_06b", work / "llama" / "llama.onnx")
-    out = work / "llama_out"
-    out.mkdir(exist_ok=True)
-    rows = [
-        measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)], repeat),
-        measure("onnx.checker full_check", [PY, "-c", CHECKER, str(model)], repeat),
-        measure("graphfix repair (healthy)", [*GRAPHFIX, "repair", str(model), "-o", str(out / "gf.onnx")]),
-        measure("onnxsim.simplify(path)", [PY, "-c", ONNXSIM, str(model), str(out / "sim.onnx")]),
-        measure("onnxslim", [PY, "-c", ONNXSLIM, str(model), str(out / "slim.onnx")]),
-        measure("polygraphy check lint", [POLYGRAPHY, "check", "lint", str(model)]),
-    ]
-    result = compare("Llama-style 0.6B (dynamo export, 2.38 GB = 2.22 GiB external data)", rows,
-                     "diagnose --static <= 3x checker, < 300 MiB")
-    result["verdicts"] = [verdict(rows, "graphfix diagnose --static", ["onnx.checker full_check"], 3.0)]
-    peak = rows[0]["peak_mib"]
-    line = f"  peak memory: graphfix diagnose --static {peak:.0f} MiB (target < 300 MiB): " + \
-        ("met" if peak < 300 else "NOT met")
-    print(line)
-    result["verdicts"].append(line)
+def row_repair_llama(work: Path, repeat: int) -> dict:
+    result = row_repair(work, repeat, "repair-llama", work / "llama" / "llama.onnx",
+                        f"repair, Llama-style {_size(work)} with external data", None)
+    weights_mib = _weights_bytes(work) / (1 << 20)
+    per_weight = round(result["graphfix"]["peak_mib"] / weights_mib, 3) if result["graphfix"]["exit"] == 0 else None
+    result["weights_mib"] = round(weights_mib, 1)
+    result["memory_per_weights"] = per_weight
+    result["goals"].insert(0, goal("peak memory / weights' size", per_weight, 1.5))
     return result
 
 
-def bench_big(work: Path, repeat: int) -> dict:
-    """Every command that takes a model, on the model over 2 GiB (weights never loaded into Python)."""
-    folder, out = work / "llama", work / "llama_out"
-    out.mkdir(parents=True, exist_ok=True)
-    dead = generate("llama_06b_with_dead_branch", folder / "llama_dead.onnx")
-    scaled = generate("llama_06b_with_scale_input", folder / "llama_scale.onnx")
-    rows = [
-        measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(dead)]),
-        measure("graphfix diagnose (probes with ORT)", [*GRAPHFIX, "diagnose", str(dead)]),
-        measure("graphfix repair (GF001 fix)", [*GRAPHFIX, "repair", str(dead), "-o", str(out / "repaired.onnx")]),
-        measure("graphfix extract (decoder body)", [*GRAPHFIX, "extract", str(folder / "llama.onnx"), "--inputs",
-                                                    "input_ids", "--outputs", "mul_6829", "-o",
-                                                    str(out / "decoder.onnx")]),
-        measure("graphfix freeze --input scale=1", [*GRAPHFIX, "freeze", str(scaled), "--input", "scale=1", "-o",
-                                                    str(out / "frozen.onnx")]),
-    ]
-    result = compare("The 2.22 GiB Llama end to end (exit 1 = findings reported)", rows,
-                     "diagnose, repair, extract, freeze all succeed")
-    failed = [r["tool"] for r in rows if r["exit"] not in (0, 1)]
-    line = "  end to end: " + ("met" if not failed else "NOT met: " + ", ".join(failed))
-    print(line)
-    result["verdicts"] = [line]
-    return result
+def _weights_bytes(work: Path) -> int:
+    return sum(f.stat().st_size for f in (work / "llama").glob("llama.onnx*") if f.suffix != ".onnx")
 
 
-def bench_chain(work: Path, repeat: int) -> dict:
-    rows = []
-    for nodes in (10_000, 100_000):
-        model = generate("chain_graph", work / f"chain_{nodes}.onnx", nodes)
-        rows.append(measure(f"graphfix diagnose --static {nodes // 1000}k", [*GRAPHFIX, "diagnose", "--static",
-                                                                            str(model)], repeat))
-    for nodes in (10_000, 100_000):
-        rows.append(measure(f"onnx.checker full_check {nodes // 1000}k", [PY, "-c", CHECKER,
-                                                                         str(work / f"chain_{nodes}.onnx")], repeat))
-    result = compare("Synthetic chains: static diagnose must grow linearly", rows, "100k <= ~10x 10k")
-    ratio = rows[1]["seconds"] / rows[0]["seconds"]
-    line = f"  growth: 100k / 10k = {ratio:.1f}x (target <= ~10x): {'met' if ratio <= 10.5 else 'NOT met'}"
-    print(line)
-    result["verdicts"] = [line]
-    return result
+def _size(work: Path) -> str:
+    return f"{_weights_bytes(work) / 1e9:.2f} GB"
 
 
-def bench_maskrcnn(work: Path, repeat: int) -> dict:
-    """Symbolic shape inference alone ran for minutes in sympy on this graph before it had a time bound."""
-    model = generate("maskrcnn", work / "maskrcnn.onnx")
-    out = work / "maskrcnn_out"
-    out.mkdir(exist_ok=True)
-    rows = [
-        measure("graphfix diagnose --static", [*GRAPHFIX, "diagnose", "--static", str(model)], repeat),
-        measure("graphfix diagnose (probes with ORT)", [*GRAPHFIX, "diagnose", str(model)]),
-        measure("graphfix repair", [*GRAPHFIX, "repair", str(model), "-o", str(out / "repaired.onnx")]),
-        measure("graphfix check", [*GRAPHFIX, "check", str(model)]),
-        measure("onnx.checker full_check", [PY, "-c", CHECKER, str(model)], repeat),
-    ]
-    result = compare("torchvision Mask R-CNN (TorchScript export, dynamic H, W)", rows,
-                     "diagnose --static < 10 s; every command < 60 s, exit 0")
-    static, slow = rows[0]["seconds"], [r["tool"] for r in rows[1:4] if r["seconds"] >= 60 or r["exit"] != 0]
-    lines = [f"  diagnose --static: {static:.1f} s (target < 10 s): {'met' if static < 10 else 'NOT met'}",
-             "  every command < 60 s, exit 0: " + ("met" if not slow else "NOT met: " + ", ".join(slow))]
-    print("\n".join(lines))
-    result["verdicts"] = lines
-    return result
+HEADER = (f"{'row':<17}{'graphfix s':>11}{'peer s':>9}{'time x':>8}{'graphfix MiB':>13}{'peer MiB':>10}"
+          f"{'mem x':>8}  goals")
+
+
+def report(row: dict) -> None:
+    """One line for the row (printed as soon as it is measured), and each failed tool's last stderr line."""
+    peer = next((p for p in row["peers"] if p["tool"] == row["peer"]), row["peers"][0])
+    mine = row["graphfix"]
+    goals = "; ".join(f"{g['what']} {_num(g['value'])} <= {g['limit']:g}: {'met' if g['met'] else 'NOT met'}"
+                      for g in row["goals"])
+    print(f"{row['row']:<17}{mine['seconds']:>11.2f}{peer['seconds']:>9.2f}{_num(row['time_ratio']):>8}"
+          f"{mine['peak_mib']:>13.0f}{peer['peak_mib']:>10.0f}{_num(row['memory_ratio']):>8}  {goals}", flush=True)
+    for tool in [mine, *row["peers"]]:
+        if tool["exit"] not in (0, 1):
+            print(f"{'':<17}{tool['tool']} exit {tool['exit']}: {tool['note']}", flush=True)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="chain,bert,bert-repair,llama,big,maskrcnn")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per fast tool; the median is reported")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "graphfix-bench")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", default=",".join(ROWS), help="rows to run, comma-separated")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each tool; the median is reported")
+    parser.add_argument("--llama-layers", type=int, default=8, help="of Qwen3-0.6B's 28 (8: 1.13 GB, 28: 2.38 GB)")
+    parser.add_argument("--tiny", action="store_true", help="toy models (seconds, not minutes): checks the rows run")
+    parser.add_argument("--work", type=Path, help="where the models are built and kept (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="the JSON written")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    benches = {"chain": bench_chain, "bert": bench_bert, "bert-repair": bench_bert_repair, "llama": bench_llama,
-               "big": bench_big, "maskrcnn": bench_maskrcnn}
-    results = [benches[name](args.work, args.repeat) for name in args.only.split(",")]
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    global TINY
+    TINY = args.tiny
+    kind = "tiny" if args.tiny else f"llama{args.llama_layers}"
+    work = args.work or Path(tempfile.gettempdir()) / f"graphfix-bench23-{kind}"
+    work.mkdir(parents=True, exist_ok=True)
+    build_models(work, 2 if args.tiny and args.llama_layers == 8 else args.llama_layers, args.tiny)
+    rows_run = {"static-llama": row_static_llama, "repair-bert-pad": row_repair_bert_pad,
+                "repair-bert": row_repair_bert, "repair-llama": row_repair_llama}
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(f"{machine}; median of {args.repeat}; models in {work}\n{HEADER}", flush=True)
+    rows = []
+    for name in args.only.split(","):  # the JSON is rewritten after each row: a stopped run keeps what it measured
+        rows.append(rows_run[name](work, args.repeat))
+        report(rows[-1])
+        args.out.write_text(json.dumps({"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                                        "machine": machine, "repeat": args.repeat, "tiny": args.tiny,
+                                        "llama_layers": None if args.tiny else args.llama_layers, "rows": rows},
+                                       indent=2))
 
 
 if __name__ == "__main__":

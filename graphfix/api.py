@@ -6,6 +6,7 @@ A thin facade: the work is done in `graphfix.pipeline` (diagnose.py, repair.py),
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -20,7 +21,9 @@ from graphfix.pipeline.diagnose import (
     merge_runtime_findings,
     without_functions,
 )
-from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_model
+
+if TYPE_CHECKING:  # the repair pipeline imports onnxruntime and the proof: not for `diagnose --static`
+    from graphfix.pipeline.repair import RepairResult
 
 __all__ = [
     "ModelReport",
@@ -57,6 +60,8 @@ def repair(model_or_path, *, output: str | Path | None = None, only=(), skip=(),
            simplify: bool = True, validate: bool = True, force: bool = False, in_place: bool = False,
            expect_outputs=(), trace_shapes=None, validation=None) -> RepairResult:
     """Repair a model; writes `output` only when validated (or forced). `result.model` is the repaired proto."""
+    from graphfix.pipeline.repair import RepairOptions, repair_model
+
     loaded = load(model_or_path)
     options = RepairOptions(
         rules=select_rules(tuple(only), tuple(skip)),
@@ -72,6 +77,15 @@ def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
     from graphfix.exporting.verify import verify as _verify
 
     return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)
+
+
+def __getattr__(name: str):
+    """`graphfix.api.RepairResult`, imported when asked for, not when graphfix starts."""
+    if name == "RepairResult":
+        from graphfix.pipeline.repair import RepairResult
+
+        return RepairResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _default_validation():

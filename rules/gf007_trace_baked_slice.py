@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import sympy
-
 from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_slices, sizes_if
 from graphfix.analysis.sizes.core import same
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("A slice bound went through Python while tracing (`int(x.shape[i]) - 1`, `.item()`): index with the traced "
@@ -119,12 +118,12 @@ def slice_ends(baked) -> hypotheses.Determination:
     cut_side, other = (constraint.left, constraint.right) if constraint.left.has(cut) else \
         (constraint.right, constraint.left)
     export = {solution.symbol: solution.value}
-    space = {hypotheses.HOLE: hypotheses.size_hypotheses(baked.value, export)}
+    space = {hypotheses.hole(): hypotheses.size_hypotheses(baked.value, export)}
     offset, rest = other.as_coeff_Add()
     if abs(offset) > 1:
         second = sympy.Symbol("other", integer=True)
         space[second] = hypotheses.size_hypotheses(abs(int(offset)), export)
         other = rest + (second if offset > 0 else -second)
-    requirement = hypotheses.Requirement(cut_side.xreplace({cut: sympy.Min(sized, hypotheses.HOLE)}), other,
+    requirement = hypotheses.Requirement(cut_side.xreplace({cut: sympy.Min(sized, hypotheses.hole())}), other,
                                          f"'{constraint.node.name}' ({constraint.kind})", holes=tuple(space))
     return hypotheses.determine(space, [requirement], export)

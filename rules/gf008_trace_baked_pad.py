@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import sympy
-
 from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_pads, sizes_if
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("The pad amount went through Python while tracing (`(k - int(x.shape[1]) % k) % k`): compute it from the "
@@ -108,11 +107,11 @@ def pad_amounts(ctx: RuleContext, baked) -> hypotheses.Determination:
         [n for n in range(1, 4 * max(hypotheses.DIVISORS)) if (n + value) % k == 0]
     survivors: dict[str, dict] = {}
     for n in lengths:
-        space = {hypotheses.HOLE: hypotheses.size_hypotheses(value, {symbol: n}, families=hypotheses.PAD)}
-        found = hypotheses.determine(space, [hypotheses.Multiple(symbol + hypotheses.HOLE, k, "the chunk count")],
+        space = {hypotheses.hole(): hypotheses.size_hypotheses(value, {symbol: n}, families=hypotheses.PAD)}
+        found = hypotheses.determine(space, [hypotheses.Multiple(symbol + hypotheses.hole(), k, "the chunk count")],
                                      {symbol: n})
         for fill in found.survivors:
-            expr = fill[hypotheses.HOLE].expr.xreplace({symbol: length})
-            survivors.setdefault(show(expr), {hypotheses.HOLE: hypotheses.Hypothesis(
-                expr, fill[hypotheses.HOLE].family, fill[hypotheses.HOLE].cost)})
-    return hypotheses.Determination(sorted(survivors.values(), key=lambda f: f[hypotheses.HOLE].cost))
+            expr = fill[hypotheses.hole()].expr.xreplace({symbol: length})
+            survivors.setdefault(show(expr), {hypotheses.hole(): hypotheses.Hypothesis(
+                expr, fill[hypotheses.hole()].family, fill[hypotheses.hole()].cost)})
+    return hypotheses.Determination(sorted(survivors.values(), key=lambda f: f[hypotheses.hole()].cost))

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
-import sympy
 
 from graphfix.analysis.builders import Builder, onnx_type
 from graphfix.analysis.sizes import Sizes
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 
 def replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool = False, like=None):

@@ -7,7 +7,7 @@ upstream dim d at its export size and every divisor k in `DIVISORS`:
     c (the model's own constant)   d   d + c   k*d   d // k   ceil(d / k)   (k - d mod k) mod k   d1*d2   min(d, c)
 
 A constraint of the graph (`Requirement`: an element count, two dims a broadcast, MatMul or Concat must keep
-equal, a chunk count that must be whole) is written with a hole (`HOLE`, or several) where the baked value sits.
+equal, a chunk count that must be whole) is written with a hole (`hole()`, or several) where the baked value sits.
 A hypothesis survives when, put in the hole, the requirement holds at the export size and at sizes far beyond it
 (at least `BEYOND` of the sampled ones: a floor may make a graph run on one residue class only, as PyTorch would;
 a pad that rounds up to a multiple must make every size run).
@@ -25,6 +25,7 @@ what each gives at a larger size; values that follow no such family are learned,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -33,12 +34,18 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
-import sympy
+
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 DIVISORS = tuple(range(2, 17))
 BEYOND = 2  # sampled sizes past the export size at which a survivor must let the graph run
 MAX_JOINT = 4096  # hypothesis combinations tried for requirements with several holes
-HOLE = sympy.Symbol("baked", integer=True)
+
+
+@functools.cache
+def hole() -> sympy.Symbol:
+    """The symbol that stands for a baked value in a requirement (made on first use: sympy loads lazily)."""
+    return sympy.Symbol("baked", integer=True)
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class Requirement:
     left: sympy.Expr
     right: sympy.Expr
     why: str
-    holes: tuple[sympy.Symbol, ...] = (HOLE,)
+    holes: tuple[sympy.Symbol, ...] = field(default_factory=lambda: (hole(),))
     everywhere: bool = False  # True: it must hold at every size (no residue class)
 
     def test(self) -> Callable[[Mapping], bool | None]:
@@ -133,7 +140,7 @@ class Multiple:
     length: sympy.Expr
     chunk: int
     why: str
-    holes: tuple[sympy.Symbol, ...] = (HOLE,)
+    holes: tuple[sympy.Symbol, ...] = field(default_factory=lambda: (hole(),))
     everywhere: bool = True
 
     def test(self) -> Callable[[Mapping], bool | None]:
@@ -149,7 +156,7 @@ class Varies:
     """The hole's value must change with the sizes: an output dim the exporter declared dynamic follows it."""
 
     why: str
-    hole: sympy.Symbol = HOLE
+    hole: sympy.Symbol = field(default_factory=lambda: hole())
     everywhere: bool = False
 
     def symbols(self) -> set:
@@ -167,16 +174,17 @@ class Determination:
     def determined(self) -> bool:
         return len(self.survivors) == 1
 
-    def chosen(self, hole: sympy.Symbol = HOLE) -> Hypothesis | None:
+    def chosen(self, symbol: sympy.Symbol | None = None) -> Hypothesis | None:
         """The hole's hypothesis in the cheapest survivor (the one `--unsafe-fixes` applies)."""
-        return self.survivors[0][hole] if self.survivors else None
+        return self.survivors[0][symbol or hole()] if self.survivors else None
 
-    def alternatives(self, hole: sympy.Symbol = HOLE) -> list[Hypothesis]:
+    def alternatives(self, symbol: sympy.Symbol | None = None) -> list[Hypothesis]:
         """The hole's distinct hypotheses over all survivors, cheapest first."""
-        return list({str(s[hole]): s[hole] for s in self.survivors}.values())
+        symbol = symbol or hole()
+        return list({str(s[symbol]): s[symbol] for s in self.survivors}.values())
 
-    def describe(self, hole: sympy.Symbol = HOLE) -> str:
-        return " or ".join(str(h) for h in self.alternatives(hole)) or "none"
+    def describe(self, symbol: sympy.Symbol | None = None) -> str:
+        return " or ".join(str(h) for h in self.alternatives(symbol)) or "none"
 
 
 def determine(space: Mapping[sympy.Symbol, Sequence[Hypothesis]], requirements: Sequence,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import signal
 import sys
@@ -47,7 +48,45 @@ class GraphfixGroup(click.Group):
         return result
 
 
-@click.group(cls=GraphfixGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommands(dict):
+    """The subcommands by name, each module imported on first use: `graphfix diagnose --static` must not pay for
+    onnxruntime, onnxsim and the proof, which `repair`, `bench` and `stream` import (issue 23). Reads as the
+    plain dict click keeps (`in`, `get`, iteration); every known name is present, loaded or not."""
+
+    MODULES = {"diagnose": "diagnose", "repair": "repair", "check": "check", "extract": "extract",
+               "freeze": "freeze", "set-shape": "set_shape", "stream": "stream", "bench": "bench", "rules": "rules",
+               "explain": "explain"}
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in self.MODULES:
+            raise KeyError(name)
+        module = importlib.import_module(f"graphfix.cli.{self.MODULES[name]}")
+        self[name] = command = _with_timeout(module.command)
+        return command
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.MODULES or super().__contains__(name)
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default  # noqa: SIM401 - this is `get`
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def keys(self):
+        return [*self.MODULES, *(name for name in dict.__iter__(self) if name not in self.MODULES)]
+
+    def items(self):
+        return [(name, self[name]) for name in self.keys()]
+
+    def values(self):
+        return [self[name] for name in self.keys()]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@click.group(cls=GraphfixGroup, commands=LazyCommands(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="graphfix")
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
 @click.pass_context
@@ -62,8 +101,7 @@ def check_environment() -> None:
     """Read every GRAPHFIX_* setting once, before any work: a value that is no number is a usage error here
     (exit 2, one line), not an OverflowError in a worker thread half-way through a run."""
     from graphfix.core.budget import shape_seconds
-    from graphfix.io.budgets import max_nodes, run_budget_seconds
-    from graphfix.validate.budget import probe_memory_budget
+    from graphfix.io.budgets import max_nodes, probe_memory_budget, run_budget_seconds
 
     run_budget_seconds(), max_nodes(), probe_memory_budget(), shape_seconds()
 
@@ -99,16 +137,6 @@ def _with_timeout(command: click.Command) -> click.Command:
 
     command.callback = run
     return command
-
-
-def _register_commands() -> None:
-    from graphfix.cli import bench, check, diagnose, explain, extract, freeze, repair, rules, set_shape, stream
-
-    for module in (diagnose, repair, check, extract, freeze, set_shape, stream, bench, rules, explain):
-        cli.add_command(_with_timeout(module.command))
-
-
-_register_commands()
 
 
 def main() -> None:

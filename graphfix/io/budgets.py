@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -32,6 +33,23 @@ class BudgetExceeded(GraphfixError):
     """The model is over a resource budget and was not analysed (exit 1: nothing was proven)."""
 
     exit_code = 1
+
+
+ENV_PROBE_MEMORY = "GRAPHFIX_MAX_PROBE_MEMORY"
+PROBE_MEMORY_SHARE = 4  # a quarter of what is available
+
+
+def probe_memory_budget() -> int:
+    """Bytes the probe's inputs may take: GRAPHFIX_MAX_PROBE_MEMORY, or a quarter of the memory available now
+    (here rather than in graphfix.validate, so that the command line checks it without importing the proof)."""
+    given = values.from_env(ENV_PROBE_MEMORY, values.byte_size, None)
+    if given is not None:
+        return given
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 8 << 30
+    return max(available // PROBE_MEMORY_SHARE, 64 << 20)
 
 
 ENV_RUN_BUDGET = "GRAPHFIX_MAX_RUN_SECONDS"

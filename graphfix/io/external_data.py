@@ -300,7 +300,11 @@ def read_external(tensor: TensorProto, base_dir: Path) -> np.ndarray:
 
 
 def tensor_values(tensor: TensorProto, base_dir: Path | None) -> np.ndarray:
-    """A TensorProto's values, reading external data lazily from base_dir."""
+    """A TensorProto's values, reading external data lazily from base_dir. A stub of a light model
+    (graphfix.io.weights) has no bytes of its own: its values are read through its weights map (`attach`)."""
+    if is_stub(tensor):
+        raise ValueError(f"weight '{tensor.name}' is kept apart from its light model: read it through the "
+                         "weights map (graphfix.io.weights.attach), not from the placeholder")
     if tensor.data_location == TensorProto.EXTERNAL:
         if base_dir is None:
             raise InputError(f"tensor '{tensor.name}' keeps its values in external data, but no folder was given")

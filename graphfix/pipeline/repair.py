@@ -176,16 +176,17 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
 def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, changed: bool,
                      options: RepairOptions, result: RepairResult, staging: Future[StagedModel],
                      original: Future[ModelRunner] | None) -> None:
-    """Inline models are validated in memory while the output is written on the other thread; with external
-    data the repaired model runs from its staged files."""
-    staged = None
+    """The repaired model is validated in memory (an inline one while the output is written on the other thread).
+    Its weights are the original's: inline ones fed from the arrays the original's session uses, external ones
+    mapped from the data files loading holds (the pages the original's session maps, not the staged copy: one
+    copy of the weights, #23)."""
     try:
-        if loaded.external:
-            staged = staging.result()
+        if loaded.external:  # its data files are copied first: runs that shared the disk and cores with that copy
+            staging.result()  # could pass the run budget on a busy machine
         if original is not None:  # an unchanged model is its own candidate: one session, not two
             before = original.result()
-            after = None if not changed else staged.path if loaded.external else \
-                ModelRunner(model, loaded.base_dir, weights=result.weights, fed=before.fed)
+            after = None if not changed else ModelRunner(model, loaded.base_dir, files=loaded.files,
+                                                         weights=result.weights, fed=before.fed)
             validation = _validate(loaded, before, after, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:

@@ -10,34 +10,19 @@ The budget is a quarter of the memory available when graphfix starts, or GRAPHFI
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import onnx
 
-from graphfix.core import values
 from graphfix.core.errors import GraphfixError
-
-ENV_BUDGET = "GRAPHFIX_MAX_PROBE_MEMORY"
-BUDGET_SHARE = 4  # a quarter of what is available
+from graphfix.io.budgets import ENV_PROBE_MEMORY as ENV_BUDGET
+from graphfix.io.budgets import probe_memory_budget
 
 
 class NotProbed(GraphfixError):
     """The model cannot be run by the probe; says why (exit 1: the model is not proven)."""
 
     exit_code = 1
-
-
-def probe_memory_budget() -> int:
-    """Bytes the probe's inputs may take."""
-    given = values.from_env(ENV_BUDGET, values.byte_size, None)
-    if given is not None:
-        return given
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        available = 8 << 30
-    return max(available // BUDGET_SHARE, 64 << 20)
 
 
 def check_input_kind(value: onnx.ValueInfoProto) -> None:

@@ -71,7 +71,7 @@ class Retracer:
 
     @functools.cached_property
     def context(self):
-        return _context(self.original.proto)
+        return _context(self.original.proto, self.original.weights)
 
     @functools.cached_property
     def baked(self) -> list[BakedConstant]:
@@ -118,13 +118,14 @@ class Retracer:
         return ModelRunner(proto, source.base_dir)
 
 
-def _context(model: onnx.ModelProto):
+def _context(model: onnx.ModelProto, weights=None):
     from graphfix.analysis.context import RuleContext
     from graphfix.analysis.shapes import infer_shapes
     from graphfix.core.rule import RuleOptions
+    from graphfix.io.graphs import import_graph  # a light model's stubs read through their weights (#23)
 
     inferred = infer_shapes(model)
-    return RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+    return RuleContext(inferred, import_graph(inferred, None, weights), None, RuleOptions(static=True))
 
 
 def baked_operands(model: onnx.ModelProto, ctx=None) -> list[BakedOperand] | None:

@@ -243,6 +243,7 @@ def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
+    options.enable_cpu_mem_arena = False  # else each session keeps its largest run's buffers (622 MB on Llama)
     source, _copied = hand_over(options, proto, base_dir, linked)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -10,7 +10,6 @@ import pytest
 import sympy
 
 from graphfix.analysis.hypotheses import (
-    HOLE,
     PAD,
     Complement,
     Multiple,
@@ -20,10 +19,13 @@ from graphfix.analysis.hypotheses import (
     determine,
     equivalent,
     evaluator,
+    hole,
     show,
     size_hypotheses,
     structures,
 )
+
+HOLE = hole()
 
 T = sympy.Symbol("T", integer=True, positive=True)
 B = sympy.Symbol("B", integer=True, positive=True)

@@ -21,12 +21,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
-import sympy
 
-from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, Expr, OpShapes, Shape, _present, as_expr
+from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present, as_expr
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+
+if TYPE_CHECKING:
+    from sympy import Expr
 
 
 @dataclass

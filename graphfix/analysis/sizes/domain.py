@@ -14,10 +14,9 @@ Reshape first) bounds the size too where it reads an outer tensor whose shape th
 
 from __future__ import annotations
 
-import sympy
-
 from graphfix.analysis.sizes.ops import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 FRAMES = 4

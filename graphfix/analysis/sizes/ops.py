@@ -7,11 +7,16 @@ shapes for its outputs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx_graphsurgeon as gs
-import sympy
 
-Expr = sympy.Expr
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+
+if TYPE_CHECKING:
+    from sympy import Expr
+
 Shape = tuple  # tuple[Expr | None, ...]
 INT_BIG = 2**31 - 1  # ends at or past this mean "to the end"
 MAX_VECTOR = 16  # value tracking is for shape vectors only

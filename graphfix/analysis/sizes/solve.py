@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
-import sympy
 
 from graphfix.analysis import hypotheses
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
 from graphfix.analysis.sizes.ops import as_expr
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 MAX_CANDIDATES = 4
 
@@ -291,9 +291,9 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
         if not t.is_Integer or t <= 1:
             continue  # only constants can be baked; 1 and -1 never are
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
-        requirement = hypotheses.Requirement(total, rest * hypotheses.HOLE, "the element count")
+        requirement = hypotheses.Requirement(total, rest * hypotheses.hole(), "the element count")
         space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols]
-        fits = hypotheses.determine({hypotheses.HOLE: space}, [requirement], export).alternatives()
+        fits = hypotheses.determine({hypotheses.hole(): space}, [requirement], export).alternatives()
         if not fits:
             continue  # no expression of the sizes keeps the element count here
         entry = BakedEntry(j, int(t), fits[0].expr, tuple(h.expr for h in fits[1:]))

@@ -1,0 +1,66 @@
+"""`graphfix diagnose --static` imports no runtime (issue 23): neither onnxruntime nor onnxsim, whatever the graph,
+and sympy only when a rule has a candidate for the size analysis to solve.
+
+Each case runs the command in a fresh interpreter (`python -c`) and reads that interpreter's `sys.modules` once the
+command is done; `--debug` keeps the model's work in that process (the command otherwise forks a child for it).
+What is measured is which modules were imported, never how long it took.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+
+HEAVY = ("onnxruntime", "onnxsim", "torch", "sympy", "graphfix.validate", "graphfix.pipeline.repair")
+PROBE = """
+import json, sys
+from graphfix.cli import main
+sys.argv = ["graphfix", "--debug", "diagnose", "--static", sys.argv[1]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"exit": code, "loaded": [m for m in HEAVY if m in sys.modules]}))
+""".replace("HEAVY", repr(HEAVY))
+
+RELU_CHAIN = """< ir_version: 10, opset_import: ["" : 17] >
+g (float[B, T, 8] x) => (float[B, T, 8] y) { a = Relu(x)  y = Neg(a) }"""
+
+# a Reshape whose shape vector is computed from the input's: the size analysis checks its element count (sympy)
+RESHAPE = """< ir_version: 10, opset_import: ["" : 17] >
+g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
+    s = Shape(x)
+    bt = Slice(s, start, end)
+    shape = Concat<axis = 0>(bt, tail)
+    y = Reshape(x, shape)
+}"""
+
+
+def loaded_after_static_diagnose(tmp_path, text: str, with_tail: bool = False) -> dict:
+    model = onnx.parser.parse_model(text)
+    if with_tail:
+        model.graph.initializer.extend([onnx.helper.make_tensor("start", onnx.TensorProto.INT64, [1], [0]),
+                                        onnx.helper.make_tensor("end", onnx.TensorProto.INT64, [1], [2]),
+                                        onnx.helper.make_tensor("tail", onnx.TensorProto.INT64, [2], [2, 4])])
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    run = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_no_candidate_imports_neither_a_runtime_nor_sympy(tmp_path):
+    result = loaded_after_static_diagnose(tmp_path, RELU_CHAIN)
+    assert result["exit"] == 0
+    assert result["loaded"] == []
+
+
+def test_size_analysis_imports_sympy_and_still_no_runtime(tmp_path):
+    result = loaded_after_static_diagnose(tmp_path, RESHAPE, with_tail=True)
+    assert result["exit"] in (0, 1)
+    assert result["loaded"] == ["sympy"]  # the Reshape is a candidate: the size analysis ran, and only it imports
