@@ -59,12 +59,8 @@ def bert_base(path: Path) -> Path:
     """BERT-base (110M parameters, ~435 MB inline) exported with the TorchScript exporter, dynamic batch and time."""
     import torch
 
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # a CUDA build beside the CPU torch: transformers would import it and fail on its ops
-        sys.modules["torchvision"] = None
-    _torchaudio_without_its_library()
-    from transformers import BertConfig, BertModel
+    transformers = _transformers()
+    BertConfig, BertModel = transformers.BertConfig, transformers.BertModel
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -88,11 +84,13 @@ PAD_SIZES = ((1, 5), (2, 15), (3, 40))  # (batch, tokens): batch 1, the export s
 
 
 def _transformers():
-    """transformers, with a torchvision that cannot load (a CUDA build beside the CPU torch) hidden from it."""
+    """transformers, with a torchvision that cannot load (a CUDA build beside the CPU torch) hidden from it, and
+    torchaudio imported without its compiled library."""
     try:
         import torchvision  # noqa: F401
     except Exception:
         sys.modules["torchvision"] = None
+    _torchaudio_without_its_library()
     import transformers
 
     return transformers

@@ -207,7 +207,7 @@ class Judge:
         probe = Probe(binding, feeds, expected, actual.outputs, exact=exact)
         if not self._compare(run, probe):
             run.shape_problems += self.inferred.mismatches(actual.outputs, binding)
-        if not at_export:  # at the export size the re-traced original is the original
+        if not (at_export and self.known):  # at a known export size the re-traced original is the original
             self._derived(run, probe)
             self._no_evidence_by_coincidence(run, binding)
         if reference_only and run.level == "runs" and not run.outputs and not run.failed:
