@@ -104,6 +104,25 @@ def _bert_config(tiny: bool):
     return tf.BertConfig()  # BERT-base: 12 layers, hidden 768, 110M parameters (~435 MB inline)
 
 
+def _random_bert(tiny: bool, forward):
+    """(config, a module whose forward is `forward(bert, *inputs)`, bert a BertModel with seeded random weights),
+    in eval mode."""
+    import torch
+
+    config = _bert_config(tiny)
+    torch.manual_seed(0)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = _transformers().BertModel(config)
+
+        def forward(self, *inputs):
+            return forward(self.bert, *inputs)
+
+    return config, Wrapped().eval()
+
+
 def pad_inputs(batch: int, tokens: int, vocab: int) -> dict[str, np.ndarray]:
     """Token ids, and a pad mask that pads the last two tokens of every row but the first."""
     rng = np.random.default_rng(batch * 1000 + tokens)
@@ -118,21 +137,12 @@ def bert_pad(path: Path, tiny: bool = False) -> Path:
     PyTorch's outputs at PAD_SIZES go to `<path>.npz`."""
     import torch
 
-    config = _bert_config(tiny)
-    torch.manual_seed(0)
-    bert = _transformers().BertModel(config).eval()
+    def padded(bert, input_ids, pad):
+        h = bert(input_ids=input_ids, attention_mask=(~pad).long()).last_hidden_state
+        h[pad] = 0
+        return h
 
-    class Padded(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, pad):
-            h = self.bert(input_ids=input_ids, attention_mask=(~pad).long()).last_hidden_state
-            h[pad] = 0
-            return h
-
-    module = Padded().eval()
+    config, module = _random_bert(tiny, padded)
     feeds = pad_inputs(2, 15, config.vocab_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -167,22 +177,14 @@ def bert(path: Path, tiny: bool = False) -> Path:
     """A healthy BERT (base, random weights), TorchScript export, dynamic batch and length."""
     import torch
 
-    config = _bert_config(tiny)
-    torch.manual_seed(0)
-    model = _transformers().BertModel(config).eval()
+    def encoder(bert, input_ids, attention_mask):
+        return bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
+    config, module = _random_bert(tiny, encoder)
     ids = torch.randint(0, config.vocab_size, (2, 16))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Encoder().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(module, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
                           input_names=["input_ids", "attention_mask"], output_names=["hidden"],
                           dynamic_axes={"input_ids": {0: "B", 1: "T"}, "attention_mask": {0: "B", 1: "T"}})
     return path
@@ -298,35 +300,10 @@ def llama_06b_with_scale_input(path: Path) -> Path:
 
 
 def llama_06b(path: Path) -> Path:
-    """A ~0.6B-parameter Llama-style decoder (grouped-query attention, Qwen3-0.6B's dimensions) exported with the
-    dynamo exporter; its weights (2.35 GB, over 2 GiB, so no single protobuf could hold them) go to external data
-    beside the model."""
-    import torch
-
-    _torchaudio_without_its_library()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
-                         tie_word_embeddings=True, use_cache=False)
-
-    class Decoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.llama = LlamaForCausalLM(config).eval()
-
-        def forward(self, input_ids):
-            return self.llama(input_ids=input_ids).logits
-
-    torch.manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (1, 16))
-    batch, seq = torch.export.Dim("B", max=64), torch.export.Dim("T", min=2, max=4096)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(Decoder().eval(), (ids,), dynamo=True, input_names=["input_ids"],
-                                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}})
-        program.save(str(path), external_data=True)
-    return path
+    """A ~0.6B-parameter Llama-style decoder (grouped-query attention, Qwen3-0.6B's dimensions, all 28 layers)
+    exported with the dynamo exporter; its weights (2.35 GB, over 2 GiB, so no single protobuf could hold them) go
+    to external data beside the model."""
+    return llama(path, 28)
 
 
 def maskrcnn(path: Path) -> Path:
