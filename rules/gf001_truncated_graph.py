@@ -42,6 +42,7 @@ class TruncatedGraph(Rule):
     """
 
     code = "GF001"
+    claims_undeclared_inputs = True  # an input the caller gives that the export pruned
     name = "truncated-graph"
     severity = Severity.ERROR
     fixable = True

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
 from graphfix.core.rule import Rule, Severity
 
 
@@ -33,3 +37,18 @@ class SuspiciousOutput(Rule):
     severity = Severity.WARNING
     runtime_hint = "Check the input range and preprocessing (e.g. images in [0, 1] vs [0, 255], normalisation)."
     runtime_only = True
+
+    @classmethod
+    def suspect_outputs(cls, runs: Sequence[Mapping[str, np.ndarray]]) -> Iterator[tuple[str, str]]:
+        """Outputs with NaN or Inf at some probe size, or empty at every one."""
+        for name in runs[0] if runs else ():
+            values = [run[name] for run in runs if name in run]
+            if any(_non_finite(v) for v in values):
+                yield name, (f"output '{name}' contains NaN or Inf on synthetic inputs (standard normal floats, ids "
+                             "within their table)")
+            elif all(np.size(v) == 0 for v in values):
+                yield name, f"output '{name}' is empty (0 elements) at every probe size"
+
+
+def _non_finite(value: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()

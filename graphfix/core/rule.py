@@ -221,6 +221,9 @@ class Rule:
     runtime_messages: ClassVar[tuple[str, ...]] = ()
     runtime_order: ClassVar[int] = 100
     runtime_hint: ClassVar[str] = ""
+    # An input the caller feeds (`--input`) that the graph does not declare belongs to the rule that sets this
+    # (the exporter pruned it: GF001); `suspect_outputs` names outputs the probe's clean runs show unusable.
+    claims_undeclared_inputs: ClassVar[bool] = False
     # Exporter and onnxruntime messages this rule explains (`graphfix explain TEXT`).
     knowledge: ClassVar[tuple[KnownError, ...]] = ()
 
@@ -253,6 +256,12 @@ class Rule:
         """Whether an onnxruntime failure at `site` is this rule's (see `runtime_ops`, `runtime_messages`)."""
         return site.node.op_type in cls.runtime_ops or any(
             re.search(pattern, site.message) for pattern in cls.runtime_messages)
+
+    @classmethod
+    def suspect_outputs(cls, runs: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:
+        """(output, why) for each output that the probe's clean runs (one mapping of output name -> numpy value per
+        probe size) show to be unusable; the probe reports each as this rule's finding, at its `severity`."""
+        return ()
 
     @classmethod
     def docs(cls) -> str:

@@ -126,7 +126,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
-    return [*failures.values(), *suspicious_outputs(clean_runs)]
+    return [*failures.values(), *suspect_outputs(clean_runs)]
 
 
 def _skipped(why: str, bindings: list[dict[str, int]]) -> RuntimeFailure:
@@ -182,14 +182,21 @@ def _downstream(model: onnx.ModelProto, sources: set[str]) -> set[str]:
 
 
 def _unknown_feeds(proto, base_dir, feeds, binding, options) -> list[RuntimeFailure]:
-    """Inputs the caller supplies that the graph does not declare (pruned by the exporter): GF001."""
+    """Inputs the caller supplies that the graph does not declare (pruned by the exporter)."""
     declared = {i.name for i in graph_inputs(proto)}
     extra = {k: v for k, v in options.inputs.items() if k not in declared}
     if not extra:
         return []
     result = ModelRunner(proto, base_dir).run({**feeds, **extra}, strict_feeds=True)
     message = result.error or f"inputs {sorted(extra)} are not graph inputs"
-    return [RuntimeFailure("", "", message, binding, rule="GF001", tensors=sorted(extra))]
+    return [RuntimeFailure("", "", message, binding, rule=_undeclared_inputs_rule(), tensors=sorted(extra))]
+
+
+def _undeclared_inputs_rule() -> str:
+    """The rule that claims inputs the graph does not declare (`Rule.claims_undeclared_inputs`: GF001)."""
+    from graphfix.core.registry import load_rules
+
+    return next((rule.code for rule in load_rules()[0] if rule.claims_undeclared_inputs), "GF000")
 
 
 def rule_for(node: onnx.NodeProto, message: str, model: onnx.ModelProto) -> str:
@@ -274,24 +281,9 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list | None]
             for name, vi in inferred.value_info.items() if name not in inputs}
 
 
-def suspicious_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure]:
-    """GF005 warnings: outputs with NaN/Inf at some size, or empty at every size."""
-    warnings = []
-    if not runs:
-        return warnings
-    for name in runs[0]:
-        values = [run[name] for run in runs if name in run]
-        if any(_non_finite(v) for v in values):
-            warnings.append(_warning(name, f"output '{name}' contains NaN or Inf on synthetic inputs (standard "
-                                           "normal floats, ids within their table)"))
-        elif all(np.size(v) == 0 for v in values):
-            warnings.append(_warning(name, f"output '{name}' is empty (0 elements) at every probe size"))
-    return warnings
+def suspect_outputs(runs: list[dict[str, np.ndarray]]) -> list[RuntimeFailure]:
+    """Outputs the rules (`Rule.suspect_outputs`: GF005) find unusable in the clean runs, as their findings."""
+    from graphfix.core.registry import load_rules
 
-
-def _non_finite(value: np.ndarray) -> bool:
-    return np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all()
-
-
-def _warning(output: str, message: str) -> RuntimeFailure:
-    return RuntimeFailure("", "", message, {}, rule="GF005", severity=Severity.WARNING, tensors=[output])
+    return [RuntimeFailure("", "", why, {}, rule=rule.code, severity=rule.severity, tensors=[output])
+            for rule in load_rules()[0] for output, why in (rule.suspect_outputs(runs) if runs else ())]
