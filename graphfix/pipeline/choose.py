@@ -5,7 +5,9 @@ equal to its head size bakes `Concat([4], B*heads, [4])`), a rule reports a `Cho
 then builds the repair once per combination of candidates (at most MAX_TRIALS), validates each against the
 original, re-traced with the same choice, and applies one only when it alone passes. Reshapes with the same
 candidates (one line of model code, traced once per layer or per projection) take the same one. Several that
-pass are reported as ambiguous, and nothing is applied: the proof cannot tell them apart, so neither can we.
+pass are reported as ambiguous, and nothing is applied by default: the proof cannot tell them apart, so neither
+can we. `--unsafe-fixes` applies the first that passes (candidates come in the rule's order, simplest first) and
+says which it chose and why it may be wrong.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ MAX_TRIALS = 8
 
 
 def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
-           judge: Callable[[FixOutcome, dict[str, int]], bool]) -> tuple[FixOutcome, dict[str, int], str]:
+           judge: Callable[[FixOutcome, dict[str, int]], bool],
+           unsafe: bool = False) -> tuple[FixOutcome, dict[str, int], str]:
     """(the outcome to go on with, the choices it was built with, a note). `trial` builds the repair for a
-    combination (Choice key -> option), `judge` validates it."""
+    combination (Choice key -> option), `judge` validates it; `unsafe` (--unsafe-fixes) takes the first of several
+    that pass."""
     choices = [f.choice for f in outcome.after.findings if f.choice is not None]
     if not choices:
         return outcome, {}, ""
@@ -50,6 +54,12 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
         return tried, picked, (f"the proof chose among {len(combos)} candidate combination(s), the only one it "
                                f"accepts: {described(picked)}")
     if passed:
-        return outcome, {}, (f"ambiguous: {len(passed)} of {len(combos)} candidate combinations pass the proof ("
-                             + " | ".join(described(p) for p, _ in passed) + "); none applied")
+        ambiguous = (f"ambiguous: {len(passed)} of {len(combos)} candidate combinations pass the proof ("
+                     + " | ".join(described(p) for p, _ in passed) + ")")
+        if not unsafe:
+            return outcome, {}, ambiguous + "; none applied (--unsafe-fixes applies the first)"
+        picked, tried = passed[0]
+        return tried, picked, (f"{ambiguous}; --unsafe-fixes applied the first, {described(picked)}: it may be "
+                               "wrong: the others pass the proof as well, and the graph does not say which the "
+                               "model code meant")
     return outcome, {}, f"none of {len(combos)} candidate combination(s) passes the proof; none applied"

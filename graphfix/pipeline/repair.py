@@ -248,7 +248,7 @@ def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
         candidate = ModelRunner(model, loaded.base_dir, weights=tried.weights, fed=original.fed)
         return _validate(loaded, original, candidate, _with_choices(options, picked)).passed
 
-    chosen, picked, note = choose(outcome, trial, judge)
+    chosen, picked, note = choose(outcome, trial, judge, unsafe=options.rule_options.unsafe_fixes)
     return chosen, _with_choices(options, picked) if picked else options, note
 
 
