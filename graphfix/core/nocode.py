@@ -47,5 +47,14 @@ def _audit(event: str, args: tuple) -> None:
         return
     filename = args[1]
     name = filename.decode(errors="replace") if isinstance(filename, bytes) else str(filename)
-    if name.startswith("<"):  # '<string>', '<unknown>': text, not a module's file
+    if name.startswith("<") and not _a_traceback_being_formatted():  # '<string>', '<unknown>': text, not a file's
         raise CodeFromText("the model's text reached a Python evaluator, which graphfix refused to run")
+
+
+def _a_traceback_being_formatted() -> bool:
+    """Whether the compile is `ast.parse` called by the traceback module: Python 3.11's caret anchors parse a line
+    of a source file (never run it) when an exception is printed, as pytest's hook does for one that surfaced in a
+    garbage collector's callback (an OutOfTime of graphfix.core.budget can). That is no model text."""
+    parser, caller = sys._getframe(2), sys._getframe(3)  # _audit <- this <- ast.parse <- its caller
+    return (parser.f_code.co_name == "parse" and parser.f_globals.get("__name__") == "ast"
+            and caller.f_globals.get("__name__") == "traceback")

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 import graphfix
 from graphfix.cli import cli
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
+import torch
 from fixtures.torch_models import attention
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
