@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from graphfix.analysis.context import RuleContext
+from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
@@ -50,6 +51,7 @@ class FixOutcome:
     after: Diagnosis
     failures: list[str] = field(default_factory=list)  # fixes that raised, one line each
     weights: Weights = field(default_factory=dict)  # what the light model's stubs stand for
+    solved: dict[str, int] = field(default_factory=dict)  # input dims' export sizes (fix_model(solve=True), fixable)
 
     @property
     def changed(self) -> bool:
@@ -106,16 +108,20 @@ def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[ty
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
-              max_rounds: int = MAX_ROUNDS) -> FixOutcome:
-    """Apply fixes until no applicable fix is left or `max_rounds` is reached."""
+              max_rounds: int = MAX_ROUNDS, solve: bool = False) -> FixOutcome:
+    """Apply fixes until no applicable fix is left or `max_rounds` is reached. `solve`: also learn the input dims'
+    export sizes from the model's own analysis, before any fix edits it (the proof starts there: one analysis of
+    the original, not two)."""
     with collector_paused():
-        return _fix_rounds(model, base_dir, rules, options, max_rounds)
+        return _fix_rounds(model, base_dir, rules, options, max_rounds, solve)
 
 
 def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
-                max_rounds: int) -> FixOutcome:
+                max_rounds: int, solve: bool) -> FixOutcome:
     ctx = analyse(model, base_dir, options)
     before = after = detect(ctx, rules)
+    wanted = solve and any(f.fix is not None or f.choice is not None for f in before.findings)  # else unused
+    solved = dict(export_sizes(ctx, ctx.evaluator).values) if wanted else {}
     weights: Weights = {}  # the rounds pass a light model on; its weights stay in the input's tensors
     applied: list[AppliedFix] = []
     failures: list[str] = []
@@ -134,7 +140,7 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
         model = export_graph(tidy(ctx.graph), like=model, weights=weights)
         ctx = analyse(model, base_dir, options, weights)
         after = detect(ctx, rules)
-    return FixOutcome(model, applied, before, after, failures, weights)
+    return FixOutcome(model, applied, before, after, failures, weights, solved)
 
 
 def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions,

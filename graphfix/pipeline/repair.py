@@ -129,10 +129,11 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
 
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None) -> RepairResult:
-    outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options)
+    outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options,
+                        solve=original is not None)
     if original is not None and (outcome.changed or any(f.choice is not None for f in outcome.after.findings)):
         # the export size is validated first, and exactly
-        options = _with_export_sizes(loaded, options)
+        options = _with_export_sizes(loaded, options, outcome.solved)
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
         outcome, options, chose = _choose(loaded, outcome, options, original.result())
@@ -327,15 +328,16 @@ def _export_of(validation) -> dict[str, int]:
     return {**validation.solved_sizes, **validation.trace_sizes}
 
 
-def _with_export_sizes(loaded: LoadedModel, options: RepairOptions) -> RepairOptions:
-    """Options whose validation starts at the export size: `--trace-shape`'s, over what the graph solves."""
+def _with_export_sizes(loaded: LoadedModel, options: RepairOptions, solved: dict[str, int]) -> RepairOptions:
+    """Options whose validation starts at the export size: `--trace-shape`'s, over what the graph solves
+    (`solved`, from the original's analysis: see fix_model)."""
     from graphfix.validate import ValidationOptions
 
     validation = options.validation or ValidationOptions()
     if validation.trace_sizes or validation.solved_sizes:
         return options
     given = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
-    solved = solved_sizes(loaded, options.rule_options)  # trusted only where the original runs (validate)
+    # solved sizes are trusted only where the original runs at them (graphfix.validate)
     solved = {name: size for name, size in solved.items() if name not in given}
     if not (given or solved):
         return options
@@ -359,15 +361,6 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     if traced and not validation.trace_sizes:  # the export size is the first size validated
         validation = dataclasses.replace(validation, trace_sizes=traced)
     return validate(original, candidate, validation)
-
-
-def solved_sizes(loaded: LoadedModel, rule_options: RuleOptions) -> dict[str, int]:
-    """Export-time sizes of the input dims, learnt from the original graph (see graphfix.analysis.export_sizes)."""
-    from graphfix.analysis.export_sizes import export_sizes
-    from graphfix.pipeline.engine import analyse
-
-    ctx = analyse(loaded.proto, loaded.base_dir, rule_options)
-    return dict(export_sizes(ctx, ctx.evaluator).values)
 
 
 def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
