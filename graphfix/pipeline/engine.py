@@ -51,7 +51,7 @@ class FixOutcome:
     after: Diagnosis
     failures: list[str] = field(default_factory=list)  # fixes that raised, one line each
     weights: Weights = field(default_factory=dict)  # what the light model's stubs stand for
-    solved: dict[str, int] = field(default_factory=dict)  # input dims' export sizes (fix_model(solve=True), fixable)
+    solved: dict[str, int] = field(default_factory=dict)  # the input dims' export sizes (fix_model(solve=True))
 
     @property
     def changed(self) -> bool:
@@ -120,8 +120,8 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
                 max_rounds: int, solve: bool) -> FixOutcome:
     ctx = analyse(model, base_dir, options)
     before = after = detect(ctx, rules)
-    wanted = solve and any(f.fix is not None or f.choice is not None for f in before.findings)  # else unused
-    solved = dict(export_sizes(ctx, ctx.evaluator).values) if wanted else {}
+    # (a model without findings is never changed: it needs no export size; a later round's fix may rest on any)
+    solved = dict(export_sizes(ctx, ctx.evaluator).values) if solve and before.findings else {}
     weights: Weights = {}  # the rounds pass a light model on; its weights stay in the input's tensors
     applied: list[AppliedFix] = []
     failures: list[str] = []
