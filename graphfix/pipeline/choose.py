@@ -6,8 +6,8 @@ then builds the repair once per combination of candidates (at most MAX_TRIALS), 
 original, re-traced with the same choice, and applies one only when it alone passes. Reshapes with the same
 candidates (one line of model code, traced once per layer or per projection) take the same one. Several that
 pass are reported as ambiguous, and nothing is applied by default: the proof cannot tell them apart, so neither
-can we. `--unsafe-fixes` applies the first that passes (candidates come in the rule's order, simplest first) and
-says which it chose and why it may be wrong.
+can we. `--unsafe-fixes` applies the first that passes (in the order the rule lists its candidates) and says which it
+chose and why it may be wrong.
 """
 
 from __future__ import annotations

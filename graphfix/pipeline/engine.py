@@ -120,8 +120,9 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
                 max_rounds: int, solve: bool) -> FixOutcome:
     ctx = analyse(model, base_dir, options)
     before = after = detect(ctx, rules)
-    # (a model without findings is never changed: it needs no export size; a later round's fix may rest on any)
-    solved = dict(export_sizes(ctx, ctx.evaluator).values) if solve and before.findings else {}
+    # only where the first round has something to apply or choose: without it no later round runs, nothing changes
+    wanted = solve and any(f.fix is not None or f.choice is not None for f in before.findings)
+    solved = dict(export_sizes(ctx, ctx.evaluator).values) if wanted else {}
     weights: Weights = {}  # the rounds pass a light model on; its weights stay in the input's tensors
     applied: list[AppliedFix] = []
     failures: list[str] = []
