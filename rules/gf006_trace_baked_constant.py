@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from graphfix.analysis import hypotheses
 from graphfix.analysis.constants import arange_axis
@@ -13,6 +14,7 @@ from graphfix.analysis.edits import (
     arange_input,
     band_input,
     loosened,
+    positions_at_least,
     set_constant,
     sinusoid_input,
     table_slice_input,
@@ -58,11 +60,17 @@ class TraceBakedConstant(Rule):
     - a sinusoidal position table cut at the export length, the rest gone (`self.pe[:, :int(T)]`): sines and
       cosines of the positions at a geometric series of frequencies (the Transformer's interleaved table,
       Whisper's and ESPnet's concatenated one, a rotary cos/sin cache), identified from the values, every entry
-      checked (`graphfix.analysis.sinusoids`): `Sin`/`Cos` of `Range(0, Shape(x)[i])` times the frequencies.
+      checked (`graphfix.analysis.sinusoids`): `Sin`/`Cos` of `Range(0, Shape(x)[i])` times the frequencies;
+    - positions 0, 1, ..., N-1 folded while a table is computed from them at run time, for more rows than the
+      export length (speechbrain's RoPEMHA computes its rotary cache for the next power of two: 64 rows at 40
+      frames) and cut to the length: `Range(0, max(N, Shape(x)[i]))`, each Reshape on the table's way taking -1
+      where it held N. The graph runs only while T <= N; up to N the repair computes what the original does.
 
     ## Fix safety
     Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
-    positions), a band or a diagonal whose edges all lie inside the matrix. Unsafe where several constructions
+    positions), a band or a diagonal whose edges all lie inside the matrix, positions a table is computed from
+    and cut to its first T rows (table arithmetic all the way to a Slice from row 0: the positions' count reaches
+    nothing else). Unsafe where several constructions
     give the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes`
     applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
@@ -70,8 +78,9 @@ class TraceBakedConstant(Rule):
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length).
     Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
     Not fixable, reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without
-    int()): a constant whose other values are gone from the graph (a learned table cut at the export length) and
-    folded position ranges.
+    int()): a constant whose other values are gone from the graph (a learned table cut at the export length),
+    folded relative position ranges (`arange(L, -L, -1)`), and positions read other than through a prefix cut
+    (summed, gathered, cut from another row: their count matters, and the finding says where).
     """
 
     code = "GF006"
@@ -112,11 +121,22 @@ class TraceBakedConstant(Rule):
                 continue
             value = source.export_length
             baked = f"export-time length {sym}={value}" if value else f"{source.length} positions"
+            grown = _positions_cut_to_length(ctx, source, cap)
+            fix = None if isinstance(grown, str) else Fix(
+                f"compute '{source.tensor.name}' as Range(0, max({source.length}, {sym}))"
+                + (f" and let {len(grown[1])} Reshape(s) on its way follow it" if grown[1] else ""),
+                apply=positions_at_least(source.tensor, source.length, ctx.constant_value(source.tensor).dtype,
+                                         *grown, ctx.opset),
+                safety=Safety.SAFE,
+                reason=f"positions 0, 1, ... only ever cut to the first {sym} (a table computed for {source.length} "
+                       f"of them): up to {source.length} the repair computes what the original does, beyond it "
+                       "the same positions continue")
             yield self.finding(
                 f"{node.op} '{node.name}' runs only while {sym} <= {limit} (it needs {cap.constraint.left} = "
                 f"{cap.constraint.right}): constant '{source.tensor.name}' is {source.show()}, positions computed "
                 f"for the {baked} and folded into the graph; longer inputs fail in onnxruntime and other lengths "
-                "get positions of the wrong length", nodes=[node], tensors=[source.tensor],
+                "get positions of the wrong length" + (f" (not regrown: {grown})" if isinstance(grown, str) else ""),
+                nodes=[node], tensors=[source.tensor], fix=fix,
                 hint="Positions were built with Python ints (`len(pos)`, `int(seq_len)`, `x.size(1)` through "
                      "`range`): build them with torch.arange on traced sizes, or export with dynamo=True.")
 
@@ -227,6 +247,49 @@ class TraceBakedConstant(Rule):
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
+
+
+# a table computed from positions keeps one row per position through these (elementwise math, the outer product
+# with the frequencies, stacking sin and cos, casts); a Slice is where it is cut to the length
+_TABLE_OPS = frozenset({"Einsum", "Mul", "Div", "Add", "Sub", "Neg", "Cos", "Sin", "Exp", "Pow", "Cast", "Unsqueeze",
+                        "Concat", "Reshape"})
+
+
+def _positions_cut_to_length(ctx: RuleContext, source, cap) -> tuple[tuple, list[tuple]] | str:
+    """For folded positions arange(0, N) that cap a length (`cap`: the graph needs `T = Min(N, T)`): where the
+    length comes from (a tensor and axis carrying T) and the Reshapes on the way that bake N in their shape, when
+    every path from the positions is table arithmetic that ends in a Slice starting at 0; else why not."""
+    if source.start != 0 or source.step != 1 or source.length != cap.limit:
+        return f"{source.show()} is not the positions 0 .. {cap.limit - 1}"
+    sizes = sizes_of(ctx)
+    dim = next((found for t in cap.constraint.node.inputs if isinstance(t, gs.Variable)
+                and (found := sizes.carrier(cap.symbol, t)) is not None), None)
+    if dim is None:
+        return f"no tensor before '{cap.constraint.node.name}' carries {cap.symbol}"
+    reshapes, queue, seen, cuts = [], [source.tensor], set(), 0
+    while queue:
+        tensor = queue.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for node in tensor.outputs:
+            if node.op == "Slice" and node.inputs[0] is tensor:
+                starts = ctx.constant_value(node.inputs[1])
+                if starts is None or np.any(starts != 0):
+                    return f"Slice '{node.name}' does not cut the table from its first row"
+                cuts += 1
+                continue
+            if node.op not in _TABLE_OPS or (node.op == "Reshape" and node.inputs[0] is not tensor):
+                return f"{node.op} '{node.name}' reads the positions"
+            if node.op == "Reshape":
+                entries = [e for e, v in enumerate(sizes.value(node.inputs[1]) or ()) if v == cap.limit]
+                if len(entries) != 1:
+                    return f"Reshape '{node.name}' has {len(entries)} entries of {cap.limit}"
+                reshapes.append((node, entries[0]))
+            queue.extend(node.outputs)
+    if not cuts:
+        return "no Slice cuts the table to the length"
+    return dim, reshapes
 
 
 def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[hypotheses.Structure] | str:

@@ -66,6 +66,30 @@ def arange_input(node: gs.Node, index: int, value: np.ndarray, axis: int, other:
     return apply
 
 
+def positions_at_least(source: gs.Tensor, length: int, dtype, dim: tuple[gs.Tensor, int],
+                       reshapes: list[tuple[gs.Node, int]], opset: int):
+    """Replace a folded arange(0, `length`) by Range(0, max(`length`, dim)) at run time: the positions it held, and
+    more where the input is longer; each Reshape on its way (`reshapes`: node, shape entry equal to `length`) takes
+    -1 at that entry so that it follows the longer table."""
+    def apply(graph: gs.Graph) -> None:
+        b = Builder(graph, f"{source.name}_gf006_positions", opset)
+        limit = b.op("Squeeze", [b.op("Max", [b.const([length]), b.dim(*dim)])])
+        positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])],
+                         {"to": onnx_type(dtype)}, dtype=dtype)
+        for consumer in list(source.outputs):
+            for i, tensor in enumerate(list(consumer.inputs)):
+                if tensor is source:
+                    consumer.inputs[i] = positions
+        for node, entry in reshapes:
+            shape = node.inputs[1]
+            pieces = [b.op("Slice", [shape, b.const([0]), b.const([entry])])] if entry else []
+            pieces.append(b.const([-1]))
+            pieces.append(b.op("Slice", [shape, b.const([entry + 1]), b.const([2 ** 62])]))
+            node.inputs[1] = b.op("Concat", pieces, {"axis": 0})
+
+    return apply
+
+
 def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: gs.Tensor, source: int, opset: int):
     """Replace a constant sinusoidal table (a `sinusoids.Sinusoid`) by the same formula over Range(0,
     other.shape[source]): sin or cos of the positions times each column's frequency, shaped like `value`."""

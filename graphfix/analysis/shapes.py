@@ -89,7 +89,7 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     except ValueError as exc:
         return SymbolicShapes(incomplete=[f"symbolic shape inference skipped: {exc}"])
     seconds = shape_seconds() if seconds is None else seconds
-    ort_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    ort_log = _symbolic_shape_infer().logger  # its module's own (loaded under graphfix's name, see below)
     level = ort_log.level
     ort_log.setLevel(logging.ERROR)  # it warns about every mismatch the rules are about to report
     result = SymbolicShapes()

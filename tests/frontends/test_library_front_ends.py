@@ -7,10 +7,10 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   inside its domain (batch 1, and a length longer than the export length where the model has more than one);
 - a broken export gets an error finding, and is repaired by default and matches PyTorch the same way: ECAPA and
   the Conformer called with relative lengths (`wav_lens`), whose masks speechbrain's `length_to_mask` builds by
-  expanding `arange(T)` to `len(lengths)`, the export batch. Not repaired yet, strict xfails: MobileViT (its
-  unfold reshapes bake the patch counts of height and width, and their product in one entry: one element count,
-  two unknowns) and the rotary Conformer (its rotation table is computed while tracing for 64 positions, the next
-  power of two, and a Reshape bakes the 64 too: found, not regrown).
+  expanding `arange(T)` to `len(lengths)`, the export batch; the rotary Conformer besides, whose rotation table
+  is computed while tracing for 64 positions (the next power of two at 40 frames) and cut to the length: checked
+  at 80 frames. MobileViT (its unfold reshapes bake the patch counts of height and width, and their product in one
+  entry: one element count, two unknowns) is not repaired yet: a strict xfail.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 HEALTHY = ("convnext", "vit", "whisper", "convtasnet")
 BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit")
-UNREPAIRED = {"mobilevit": "the unfold reshapes bake the patch counts of H and W, and their product in one entry",
-              "conformer-rope": "GF006 finds the rotation table's arange(0, 64), computed for the next power of two, "
-                                "but regrowing it needs its Reshape(64, 16) to follow too"}
+UNREPAIRED = {"mobilevit": "the unfold reshapes bake the patch counts of H and W, and their product in one entry"}
 # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
 STATIC = ("ecapa", "conformer", "conformer-rope")
 NAMES = tuple(n for n in BUILDERS if installed(n))
