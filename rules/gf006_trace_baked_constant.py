@@ -70,9 +70,8 @@ class TraceBakedConstant(Rule):
     Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
     positions), a band or a diagonal whose edges all lie inside the matrix, positions a table is computed from
     and cut to its first T rows (table arithmetic all the way to a Slice from row 0: the positions' count reaches
-    nothing else). Unsafe where several constructions
-    give the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes`
-    applies the simplest:
+    nothing else). Unsafe where several constructions give the same constant at the export size and differ
+    elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length).
