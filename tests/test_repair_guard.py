@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from fixtures import repair_guard
+from fixtures import guard_comparison
 from fixtures.repair_guard import GUARD
 
 from graphfix.cli import cli
@@ -48,8 +48,8 @@ def test_a_wrong_repair_is_named_and_a_right_one_passes(tmp_path):
     wrong = export(Thirds(), tmp_path / "m.onnx")  # the broken export, as a "repair" of itself
     right = export(RightThirds(), tmp_path / "right.onnx")
     record = GUARD.source_of(wrong)
-    assert "it fails where PyTorch runs" in repair_guard._wrong(record, right.with_name("m.onnx"))
-    assert repair_guard._wrong(record, right) == ""
+    assert "it fails where PyTorch runs" in guard_comparison.wrong(record, right.with_name("m.onnx"))
+    assert guard_comparison.wrong(record, right) == ""
 
 
 def test_a_model_with_other_values_is_named(tmp_path):
@@ -60,7 +60,7 @@ def test_a_model_with_other_values_is_named(tmp_path):
     model.graph.node.append(node)
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(2), "two"))
     onnx.save(model, tmp_path / "doubled.onnx")
-    assert "differs from PyTorch" in repair_guard._wrong(GUARD.source_of(path), tmp_path / "doubled.onnx")
+    assert "differs from PyTorch" in guard_comparison.wrong(GUARD.source_of(path), tmp_path / "doubled.onnx")
 
 
 def test_a_file_changed_since_its_export_is_not_paired(tmp_path):
