@@ -2,7 +2,8 @@
 
 Graph optimizations are disabled: every node then runs as written, so errors name the node of the file (not a
 fused one), constant folding cannot hide or move a failure, and intermediate tensors can be exposed as outputs
-for bisection. Numerically this is the reference behaviour of each kernel.
+for bisection. Numerically this is the reference behaviour of each kernel. One exception: a large weight's
+Transpose before MatMul runs fused (graphfix.validate.fusion), as onnxruntime runs it by default.
 
 onnxruntime never opens a file: a model given as a Path is opened once and parsed from that descriptor
 (graphfix.io.held), and the session is made from the parsed proto. Its external weights are handed over from the
@@ -34,6 +35,7 @@ from graphfix.io.external_data import check_external_data, data_file, external_r
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
+from graphfix.validate.fusion import transposes_fused
 
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -86,6 +88,7 @@ class ModelRunner:
             runnable = proto
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
+            runnable = transposes_fused(runnable, self.weight_feeds)
             self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
                            for name, array in linked_weights(runnable, base_dir).items()}
             self.session = make_session(runnable, base_dir, linked=self.linked)
