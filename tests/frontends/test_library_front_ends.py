@@ -9,8 +9,9 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   the Conformer called with relative lengths (`wav_lens`), whose masks speechbrain's `length_to_mask` builds by
   expanding `arange(T)` to `len(lengths)`, the export batch; the rotary Conformer besides, whose rotation table
   is computed while tracing for 64 positions (the next power of two at 40 frames) and cut to the length: checked
-  at 80 frames. MobileViT (its unfold reshapes bake the patch counts of height and width, and their product in one
-  entry: one element count, two unknowns) is not repaired yet: a strict xfail.
+  at 80 frames. MobileViT is not repaired, a strict xfail: its unfold bakes the patch counts of height and width,
+  and a block with a fixed grid of patches that grow with the input leaves the same graph
+  (test_patch_grid_ambiguity.py), so which constants vary is not determined by the graph.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 HEALTHY = ("convnext", "vit", "whisper", "convtasnet")
 BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit")
-UNREPAIRED = {"mobilevit": "the unfold reshapes bake the patch counts of H and W, and their product in one entry"}
+UNREPAIRED = {"mobilevit": "its unfold bakes the patch counts, and the graph does not say whether the counts or the "
+                           "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph)"}
 # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
 STATIC = ("ecapa", "conformer", "conformer-rope")
 NAMES = tuple(n for n in BUILDERS if installed(n))
