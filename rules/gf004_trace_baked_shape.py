@@ -187,7 +187,8 @@ class TraceBakedShape(Rule):
                                 **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
-        doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry)[:2])  # a declared dim disagrees
+        # a declared dim disagrees
+        doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry.index)[:2])
         if entry.others:  # several expressions fit the same entry: the graph does not say which
             doubt = "; ".join(filter(None, [doubt, f"{show(entry.expr)} (applied, the simplest) or "
                                             + " or ".join(show(o) for o in entry.others) + " fits the element count "

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis import hypotheses
+from graphfix.analysis import bands
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
@@ -291,8 +291,8 @@ def _positions_cut_to_length(ctx: RuleContext, source, cap) -> tuple[tuple, list
     return dim, reshapes
 
 
-def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[hypotheses.Structure] | str:
-    """The masks (graphfix.analysis.hypotheses.structures) that give `value` at the export size, told apart by what
+def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[bands.Structure] | str:
+    """The masks (graphfix.analysis.bands.structures) that give `value` at the export size, told apart by what
     they give at larger sizes, the proposed `band` first; or why the proposal does not reproduce the constant (its
     values are not the mask's two, or its pattern differs)."""
     matrix = value.reshape(value.shape[-2:])
@@ -300,15 +300,15 @@ def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[hypothese
     if levels != {band.inside.item(), band.outside.item()}:
         return f"its values {sorted(levels)} are not the proposed mask's ({band.inside}, {band.outside}): learned"
     where = matrix == band.inside
-    proposal = hypotheses.Structure(band.lo, band.hi)
+    proposal = bands.Structure(band.lo, band.hi)
     if not np.array_equal(proposal.holds(*matrix.shape), where):
         return f"the proposed {proposal} does not give the constant at its export size"
     rows_grow, cols_grow = value.ndim - 2 in baked, value.ndim - 1 in baked
     grow = (matrix.shape[0] + 5 * rows_grow, matrix.shape[1] + 5 * cols_grow)
     # the masks of either value: `tril` as the ones, or as the complement of the zeros' `triu`
-    found = {s.holds(*grow).tobytes(): s for s in hypotheses.structures(where, rows_grow, cols_grow)}
-    for s in hypotheses.structures(~where, rows_grow, cols_grow):
-        found.setdefault((~s.holds(*grow)).tobytes(), hypotheses.Complement(s))
+    found = {s.holds(*grow).tobytes(): s for s in bands.structures(where, rows_grow, cols_grow)}
+    for s in bands.structures(~where, rows_grow, cols_grow):
+        found.setdefault((~s.holds(*grow)).tobytes(), bands.Complement(s))
     mine = proposal.holds(*grow).tobytes()
     if mine not in found:
         return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"

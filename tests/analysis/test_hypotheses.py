@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import sympy
 
+from graphfix.analysis.bands import Complement, Structure, structures
 from graphfix.analysis.hypotheses import (
     PAD,
-    Complement,
     Multiple,
     Requirement,
-    Structure,
     Varies,
     determine,
     equivalent,
@@ -22,7 +21,6 @@ from graphfix.analysis.hypotheses import (
     hole,
     show,
     size_hypotheses,
-    structures,
 )
 
 HOLE = hole()

@@ -12,23 +12,19 @@ from __future__ import annotations
 import weakref
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
+from graphfix.analysis.sizes.limits import Cap, FrozenOutput, caps, frozen_by_other_entries, frozen_outputs
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
     BakedPad,
     BakedShape,
     BakedSlice,
-    Cap,
-    FrozenOutput,
     Solution,
     baked_expands,
     baked_pads,
     baked_reshapes,
     baked_slices,
     bind,
-    caps,
     determined_entries,
-    frozen_by_other_entries,
-    frozen_outputs,
     partly_constant,
     relations,
     solve,

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis import hypotheses
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
+from graphfix.analysis.sizes.limits import frozen_by_other_entries
 from graphfix.analysis.sizes.ops import as_expr
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
@@ -297,7 +298,7 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
         if not fits:
             continue  # no expression of the sizes keeps the element count here
         entry = BakedEntry(j, int(t), fits[0].expr, tuple(h.expr for h in fits[1:]))
-        if sizes is not None and node is not None and frozen_by_other_entries(sizes, node, entry):
+        if sizes is not None and node is not None and frozen_by_other_entries(sizes, node, entry.index):
             frozen.append(entry)  # a declared-dynamic output would stay at another entry's value: that one is it
             continue
         found.append(entry)
@@ -374,71 +375,3 @@ def partly_constant(elems) -> bool:
     if not elems or all(isinstance(e, int) for e in elems):
         return False
     return any(isinstance(e, int) and not isinstance(e, bool) and e > 1 for e in elems)
-
-
-@dataclass
-class Cap:
-    """A constraint `Min(limit, s) == s`: the graph runs only while s <= limit (a length cut by a fixed size)."""
-
-    constraint: Constraint
-    symbol: sympy.Symbol
-    limit: int
-
-
-def caps(sizes: Sizes) -> list[Cap]:
-    """One Cap per (symbol, limit), in graph order."""
-    found: dict[tuple, Cap] = {}
-    for constraint in sizes.constraints:
-        for capped, free in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
-            if isinstance(capped, sympy.Min) and free.is_Symbol and free in capped.args and len(capped.args) == 2:
-                limit = next(a for a in capped.args if a != free)
-                if limit.is_Integer:
-                    found.setdefault((free, int(limit)), Cap(constraint, free, int(limit)))
-    return list(found.values())
-
-
-@dataclass
-class FrozenOutput:
-    """Axis `axis` of graph output `name` is declared dynamic (`dim`) but the analysis finds it fixed at `value`:
-    a constant upstream stands for a size the exporter was told varies."""
-
-    name: str
-    axis: int
-    dim: str
-    value: int
-
-    @property
-    def why(self) -> str:
-        return (f"output '{self.name}' declares axis {self.axis} dynamic ({self.dim}) and it stays {self.value}, "
-                "another constant of this shape: that entry may stand for a size too, and the element count alone "
-                "does not say which")
-
-
-def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
-    """Graph outputs' dims declared by name (as the graph's outputs carry them: the exporter's dynamic axes) that
-    the analysis computes as one whole number at every size."""
-    found = []
-    for tensor in sizes.graph.outputs:
-        dims, shape = tensor.shape, sizes.shape(tensor)
-        if not dims or shape is None or len(dims) != len(shape):
-            continue
-        for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
-            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1 \
-                    and not _made_up(dim, tensor.name, axis):
-                found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
-    return found
-
-
-def _made_up(dim: str, output: str, axis: int) -> bool:
-    """A name the TorchScript exporter invents for a dim it could not infer (`Reluy_dim_2` for axis 2 of `y`, the
-    output of a Relu), not one the user declared dynamic."""
-    return dim.endswith(f"{output}_dim_{axis}")
-
-
-def frozen_by_other_entries(sizes: Sizes, node: gs.Node, entry: BakedEntry) -> list[FrozenOutput]:
-    """The declared-dynamic output dims that stay fixed at the value of another constant entry of `node`'s shape
-    than the solved `entry`: that entry may stand for a size too (`reshape(B, int(T) // 3, 12)` traced at T=6: the
-    count says 12 is 2*T, yet the output declared [B, G] keeps the 2)."""
-    kept = {int(t) for k, t in enumerate(sizes.value(node.inputs[1]) or ())
-            if k != entry.index and getattr(t, "is_Integer", False) and t > 1}
-    return [f for f in frozen_outputs(sizes) if f.value in kept]

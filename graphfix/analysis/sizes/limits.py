@@ -1,0 +1,84 @@
+"""Limits a graph sets on its sizes, read from the constraints the size analysis records: a length capped by a
+table of fixed rows (`Min(512, S) == S`), and output dims the exporter declared dynamic that the analysis finds
+fixed (a constant upstream may stand for a size the exporter was told varies).
+
+    for cap in caps(sizes): ...            # S <= 512 at '/Gather'
+    frozen_by_other_entries(sizes, node, entry.index)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.sizes.core import Constraint, Sizes
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+
+
+@dataclass
+class Cap:
+    """A constraint `Min(limit, s) == s`: the graph runs only while s <= limit (a length cut by a fixed size)."""
+
+    constraint: Constraint
+    symbol: sympy.Symbol
+    limit: int
+
+
+def caps(sizes: Sizes) -> list[Cap]:
+    """One Cap per (symbol, limit), in graph order."""
+    found: dict[tuple, Cap] = {}
+    for constraint in sizes.constraints:
+        for capped, free in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
+            if isinstance(capped, sympy.Min) and free.is_Symbol and free in capped.args and len(capped.args) == 2:
+                limit = next(a for a in capped.args if a != free)
+                if limit.is_Integer:
+                    found.setdefault((free, int(limit)), Cap(constraint, free, int(limit)))
+    return list(found.values())
+
+
+@dataclass
+class FrozenOutput:
+    """Axis `axis` of graph output `name` is declared dynamic (`dim`) but the analysis finds it fixed at `value`:
+    a constant upstream stands for a size the exporter was told varies."""
+
+    name: str
+    axis: int
+    dim: str
+    value: int
+
+    @property
+    def why(self) -> str:
+        return (f"output '{self.name}' declares axis {self.axis} dynamic ({self.dim}) and it stays {self.value}, "
+                "another constant of this shape: that entry may stand for a size too, and the element count alone "
+                "does not say which")
+
+
+def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
+    """Graph outputs' dims declared by name (as the graph's outputs carry them: the exporter's dynamic axes) that
+    the analysis computes as one whole number at every size."""
+    found = []
+    for tensor in sizes.graph.outputs:
+        dims, shape = tensor.shape, sizes.shape(tensor)
+        if not dims or shape is None or len(dims) != len(shape):
+            continue
+        for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
+            if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1 \
+                    and not _made_up(dim, tensor.name, axis):
+                found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
+    return found
+
+
+def _made_up(dim: str, output: str, axis: int) -> bool:
+    """A name the TorchScript exporter invents for a dim it could not infer (`Reluy_dim_2` for axis 2 of `y`, the
+    output of a Relu), not one the user declared dynamic."""
+    return dim.endswith(f"{output}_dim_{axis}")
+
+
+def frozen_by_other_entries(sizes: Sizes, node: gs.Node, index: int) -> list[FrozenOutput]:
+    """The declared-dynamic output dims that stay fixed at the value of a constant entry of `node`'s shape other
+    than entry `index`, the solved one: that entry may stand for a size too (`reshape(B, int(T) // 3, 12)` traced
+    at T=6: the count says 12 is 2*T, yet the output declared [B, G] keeps the 2)."""
+    kept = {int(t) for k, t in enumerate(sizes.value(node.inputs[1]) or ())
+            if k != index and getattr(t, "is_Integer", False) and t > 1}
+    return [f for f in frozen_outputs(sizes) if f.value in kept]
