@@ -65,6 +65,9 @@ def enable(on: bool = True) -> None:
     _enabled = on
 
 
+STOPPING = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM}  # --timeout, Ctrl-C, a stop: handlers that raise
+
+
 def can_fork() -> bool:
     """Whether a fork is safe here: enabled, POSIX, not in a child, no other Python thread (its locks would stay
     taken) and no more native threads than at the first fork (an onnxruntime session's pool would be new)."""
@@ -100,11 +103,25 @@ class Forked:
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # The stopping signals wait while the fork runs its at-fork callbacks (logging's, threading's): a handler that
+        # raised in one (--timeout's SIGALRM) would be printed and ignored, and the work would go on to the end.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
         if pid == 0:  # the child: never returns into the caller's code
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             _serve(work, read_fd, write_fd)
         os.close(write_fd)
         self.pid, self.fd = pid, read_fd
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is handled here
+        except BaseException:
+            self.kill()
+            os.close(self.fd)
+            raise
 
     def fileno(self) -> int:
         return self.fd

@@ -1,0 +1,42 @@
+"""The forked worker (graphfix.core.forked) and the stopping signals: a `--timeout` alarm that comes while the fork
+runs its at-fork callbacks must still stop the work. Python prints and ignores an exception raised in such a
+callback, so an unmasked alarm there was lost: the child ran on, wrote its output, and graphfix exited 0 with a
+traceback on stderr (seen on a loaded machine as `test_staging`'s `--timeout` case exiting 0)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_an_alarm_during_the_forks_own_callbacks_stops_the_work(tmp_path):
+    """A slow at-fork callback (standing in for a busy machine) lets the alarm come during the fork itself."""
+    marker = tmp_path / "written"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from graphfix.core import forked
+        from graphfix.core.errors import TimedOut
+
+        def expire(signum, frame):
+            raise TimedOut("stopped")
+
+        def work():
+            time.sleep(1.0)
+            open({str(marker)!r}, "w").close()  # what the child would write if it were not stopped
+            return "done"
+
+        forked.enable()
+        os.register_at_fork(after_in_parent=lambda: time.sleep(0.3))
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        try:
+            print(forked.run_forked(work, "model"))
+        except TimedOut:
+            print("stopped")
+        time.sleep(1.5)  # long enough for a child left running to write
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "stopped", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert not marker.exists()
