@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis import bands
-from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.constants import Sym, arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
     arange_input,
@@ -65,6 +65,10 @@ class TraceBakedConstant(Rule):
       export length (speechbrain's RoPEMHA computes its rotary cache for the next power of two: 64 rows at 40
       frames) and cut to the length: `Range(0, max(N, Shape(x)[i]))`, each Reshape on the table's way taking -1
       where it held N. The graph runs only while T <= N; up to N the repair computes what the original does.
+    A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer,
+    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded) is a note, not an error: the graph runs
+    while T <= N, which may be the model's own maximum (`self.pe[:, : x.size(1)]` of 5000 rows is healthy).
+    `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
 
     ## Fix safety
     Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
@@ -74,7 +78,9 @@ class TraceBakedConstant(Rule):
     elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
-    - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length).
+    - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
+    - a whole sinusoidal table of N rows is the same up to N whether the module computes more rows, stops at N, or
+      changes its frequencies past N (dynamic NTK or YaRN rotary scaling).
     Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
     Not fixable, reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without
     int()): a constant whose other values are gone from the graph (a learned table cut at the export length),
@@ -103,8 +109,42 @@ class TraceBakedConstant(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         yield from self._length_caps(ctx)
+        yield from self._formula_tables_cut(ctx)
         for baked in baked_operands(ctx):
             yield from self._baked_constant(ctx, baked)
+
+    # --- a length capped by a whole sinusoidal table folded at export (a rotary cache of fixed rows) -----------------
+    def _formula_tables_cut(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        """`self.cos[:T]` of a cached rotary table, or speechbrain's cache computed for 64 positions and folded whole:
+        the graph runs only while T <= its rows. Its values are a formula, so a repair can compute more rows; but
+        whether the module does (a cache grown per call) or stops there (a fixed maximum; rotary scaling that
+        changes the frequencies past it) the graph does not say, and a table of a model's own maximum length
+        (`self.pe[:, : x.size(1)]`, 5000 rows) is healthy: a note, its fix unsafe."""
+        for node in ctx.graph.nodes:
+            cut = _rows_cut_at_a_length(ctx, node)
+            if cut is None:
+                continue
+            value, (tensor, axis) = cut
+            rows = value.shape[-2]
+            table = sinusoid_table(value, [value.ndim - 2])
+            if isinstance(table, str):
+                yield self.reject(f"'{node.name}' cuts a {rows}-row constant at a length, but it is {table}",
+                                  nodes=[node])
+                continue
+            name, length = node.inputs[0].name, f"{tensor.name}.shape[{axis}]"
+            yield self.finding(
+                f"Slice '{node.name}' cuts constant '{name}' ({rows} rows) to {length}: longer inputs fail in "
+                f"onnxruntime. The constant is {table.show()}, a formula: if the module computes it for any length "
+                f"(a cache grown per call, as speechbrain's rotary cache is), the repair can too; if {rows} is the "
+                "model's own limit, or its frequencies change past it (dynamic NTK, YaRN), it must stay",
+                nodes=[node], tensors=[node.inputs[0]], severity=Severity.INFO,
+                hint="Compute the table from the traced length in forward() (torch.arange(x.shape[1])), or export "
+                     "with a table as long as the longest input you deploy.",
+                fix=Fix(f"compute '{name}' as the same sines and cosines of Range(0, max({rows}, {length}))",
+                        apply=sinusoid_input(node, 0, value, table, tensor, axis, ctx.opset, at_least=rows),
+                        safety=Safety.UNSAFE,
+                        reason=f"up to {rows} rows the formula gives the table's values; past them the graph does "
+                               "not say whether the module computes the same formula, stops, or scales it"))
 
     # --- a length capped by positions folded at export (FunnelModel's relative positions) ------------------------
     def _length_caps(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
@@ -313,3 +353,31 @@ def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[bands.Str
     if mine not in found:
         return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"
     return [proposal] + [s for key, s in found.items() if key != mine]
+
+
+def _rows_cut_at_a_length(ctx: RuleContext, node: gs.Node) -> tuple[np.ndarray, tuple[gs.Tensor, int]] | None:
+    """(the float constant, (tensor, axis) of the length) when `node` is a Slice of a constant's rows (the axis
+    before its last, every axis before that of size 1) from 0 to a dim of a tensor read at run time, step 1. A table
+    still computed in the graph is not one (its positions are `_length_caps`')."""
+    if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0]):
+        return None
+    value = ctx.constant_value(node.inputs[0])
+    if value is None or value.dtype.kind != "f" or value.ndim < 2:
+        return None
+    ev = ctx.evaluator
+    starts, ends = ev.elems(node.inputs[1]), ev.elems(node.inputs[2])
+    given = list(node.inputs[3:5])
+    axes = ev.elems(given[0]) if given and given[0].name else [0]
+    steps = ev.elems(given[1]) if len(given) > 1 and given[1].name else [1]
+    if starts != [0] or steps != [1] or ends is None or len(ends) != 1 or axes is None or len(axes) != 1:
+        return None
+    end = ends[0]
+    if type(axes[0]) is not int or axes[0] % value.ndim != value.ndim - 2 or not isinstance(end, Sym) \
+            or end.kind != "dim":
+        return None
+    return value, (end.tensor, end.index)
+
+
+def _folded_whole(tensor: gs.Tensor) -> bool:
+    """An initializer or a Constant node's output: a table folded whole, nothing of its computation left."""
+    return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")

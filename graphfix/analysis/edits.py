@@ -90,13 +90,16 @@ def positions_at_least(source: gs.Tensor, length: int, dtype, dim: tuple[gs.Tens
     return apply
 
 
-def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: gs.Tensor, source: int, opset: int):
+def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: gs.Tensor, source: int, opset: int,
+                   at_least: int = 0):
     """Replace a constant sinusoidal table (a `sinusoids.Sinusoid`) by the same formula over Range(0,
-    other.shape[source]): sin or cos of the positions times each column's frequency, shaped like `value`."""
+    other.shape[source]), or Range(0, max(at_least, other.shape[source])): sin or cos of the positions times each
+    column's frequency, shaped like `value`."""
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"{node.name}_gf006_sinusoid", opset)
-        limit = b.op("Squeeze", [b.dim(other, source)])
+        length = b.dim(other, source)
+        limit = b.op("Squeeze", [b.op("Max", [b.const([at_least]), length]) if at_least else length])
         positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])], {"to": onnx_type(np.float32)},
                          dtype=np.float32)
         angles = b.op("Mul", [b.unsqueeze(positions, 1, dtype=np.float32), b.const(table.omega[None, :], np.float32)],

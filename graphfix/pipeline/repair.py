@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from graphfix.core.rule import Rule, RuleOptions, Severity
+from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.saving import (
     StagedModel,
@@ -118,6 +118,13 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
         return _repair(loaded, output, options, pool, original)
 
 
+def _unsafe_applied(outcome) -> bool:
+    """Whether a fix marked unsafe was applied (only ever at the user's request, `--unsafe-fixes`)."""
+    unsafe = {(f.rule, tuple(f.nodes), f.fix.summary) for f in outcome.before.findings
+              if f.fix is not None and f.fix.safety is Safety.UNSAFE}
+    return any((a.rule, tuple(a.nodes), a.summary) in unsafe for a in outcome.applied)
+
+
 def _original_runner(loaded: LoadedModel) -> ModelRunner:
     """With external data, from the proto and the data files loading holds (mapped, not copied). Inline, from the
     proto already in memory, its weights fed as arrays that the repaired model's session will share."""
@@ -137,8 +144,10 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
         outcome, options, chose = _choose(loaded, outcome, options, original.result())
-    if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings):
-        # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it.
+    if outcome.changed and not any(f.severity is not Severity.INFO for f in outcome.before.findings) \
+            and not _unsafe_applied(outcome):
+        # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it
+        # (unless the user asked for an unsafe fix of a note: a sinusoidal table's rows grown past its length).
         outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))

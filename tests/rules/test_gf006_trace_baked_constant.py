@@ -236,7 +236,10 @@ def test_structured_constant_built_from_the_traced_size_is_quiet(kind, tmp_path)
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, False, path)
-    assert not gf006(graphfix.diagnose(str(path), static=True))
+    found = gf006(graphfix.diagnose(str(path), static=True))
+    # a whole sinusoidal table cut to the length gets a note of its rows (the model's maximum), never more
+    assert all(f.severity.value == "info" and "rows) to" in f.message for f in found), [f.message for f in found]
+    assert bool(found) == (kind in ("sinusoid", "whisper-table"))
     feeds = structure_inputs(3, 12)
     np.testing.assert_allclose(run(str(path), feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
 
@@ -359,3 +362,63 @@ def test_positions_read_other_than_through_the_cut_are_not_regrown():
     findings = gf006(graphfix.diagnose(rotary(summed=True), static=True))
     assert findings and all(f.fix is None for f in findings), [f.message for f in findings]
     assert any("not regrown" in f.message for f in findings), [f.message for f in findings]
+
+
+def cached_rotary(rows: int, learned: bool = False):
+    """A rotary cos/sin cache of `rows` positions kept as buffers and cut to the length in forward (as transformers'
+    rotary embeddings cached them): the TorchScript export folds each table whole. `learned`: random tables."""
+    import torch
+
+    class CachedRotary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            inv = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+            freqs = torch.outer(torch.arange(rows, dtype=torch.float32), inv)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            torch.manual_seed(0)
+            self.register_buffer("cos_cached", torch.randn(rows, 8) if learned else emb.cos())
+            self.register_buffer("sin_cached", torch.randn(rows, 8) if learned else emb.sin())
+
+        def forward(self, x):  # [B, T, 8]
+            cos, sin = self.cos_cached[: x.shape[1]], self.sin_cached[: x.shape[1]]
+            x1, x2 = x.chunk(2, dim=-1)
+            return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+    return CachedRotary().eval()
+
+
+def export_rotary(module, path):
+    import torch
+
+    torch.onnx.export(module, (torch.randn(2, 40, 8),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}, dynamo=False)
+    return path
+
+
+@pytest.mark.torch
+def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(tmp_path):
+    """64 rows cut to T: past 64 the graph fails. The rows are a formula, so `--unsafe-fixes` computes
+    max(64, T) of them, and then matches the module built with a longer cache; by default nothing changes (a fixed
+    maximum, as in a tutorial's `self.pe[:, : x.size(1)]`, is healthy; a length-dependent scaling would make the
+    longer rows wrong)."""
+    import torch
+
+    path = export_rotary(cached_rotary(64), tmp_path / "rotary.onnx")
+    found = gf006(graphfix.diagnose(str(path), static=True))
+    assert len(found) == 2 and all(f.severity.value == "info" for f in found), [f.message for f in found]
+    assert all("(64 rows)" in f.message and f.fix.safety.value == "unsafe" for f in found)
+    assert graphfix.repair(str(path)).status == "unchanged"
+    result = graphfix.repair(str(path), unsafe_fixes=True)
+    assert result.status == "repaired", result
+    longer = cached_rotary(128)
+    for batch, time in ((1, 7), (2, 40), (3, 100)):
+        x = np.random.default_rng(time).standard_normal((batch, time, 8)).astype(np.float32)
+        with torch.no_grad():
+            want = longer(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(run(result.model, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.torch
+def test_a_learned_table_cut_at_the_length_is_never_regrown(tmp_path):
+    path = export_rotary(cached_rotary(64, learned=True), tmp_path / "learned.onnx")
+    assert not gf006(graphfix.diagnose(str(path), static=True))
