@@ -35,7 +35,7 @@ from graphfix.io.external_data import check_external_data, data_file, external_r
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
-from graphfix.validate.fusion import transposes_fused
+from graphfix.validate.fusion import as_written, transposes_fused
 
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -83,17 +83,18 @@ class ModelRunner:
         self.load_error: str | None = None
         self.linked: dict[str, ort.OrtValue] = {}  # external weights, mapped from held descriptors (kept alive here)
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
+        self.fused: frozenset[str] = frozenset()  # MatMul nodes run fused (graphfix.validate.fusion)
         self.timed_out = ""  # why runs stop at once, after one ran past the time budget
         try:
             runnable = proto
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
-            runnable = transposes_fused(runnable, self.weight_feeds)
+            runnable, self.fused = transposes_fused(runnable, self.weight_feeds)
             self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
                            for name, array in linked_weights(runnable, base_dir).items()}
             self.session = make_session(runnable, base_dir, linked=self.linked)
         except Exception as exc:  # an invalid model is a result here, not a crash
-            self.load_error = first_line(str(exc))
+            self.load_error = as_written(first_line(str(exc)), self.fused)
 
     def exposing(self, names: list[str]) -> ModelRunner:
         """A runner of the same model that also outputs the named intermediate tensors."""
@@ -154,7 +155,7 @@ class ModelRunner:
             if options.terminate:
                 self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"
                 return RunResult(None, self.timed_out)
-            result = RunResult(None, first_line(error_text(exc)))
+            result = RunResult(None, as_written(first_line(error_text(exc)), self.fused))
         else:
             result = RunResult(dict(zip(self.output_names, values, strict=True)))
         finally:
