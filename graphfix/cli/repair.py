@@ -173,7 +173,8 @@ def _print_validation(validation: dict) -> None:
     then a line per size with the evidence obtained there."""
     runs = [run for run in validation.get("runs", []) if not run.get("skipped")]
     failed = validation.get("failed_sizes", 0)
-    evidence = f"; evidence: {_evidence_text(validation)}" if runs else ""
+    ran = [run for run in runs if run["candidate"]["ok"]]
+    evidence = f"; evidence: {_evidence_text(validation)}" if ran else ""  # none where it ran nowhere
     if validation.get("passed"):
         click.echo(f"  validation: passed at {len(runs)} size(s){evidence}")
     elif failed:
@@ -182,9 +183,19 @@ def _print_validation(validation: dict) -> None:
         click.echo(f"  validation: FAILED{evidence} (required: {validation.get('require')})")
     for run in validation.get("runs", []):
         sizes = " ".join(f"{k}={v}" for k, v in run["sizes"].items()) or "static shapes"
-        level = "skipped" if run.get("skipped") else run.get("level")
+        level = "skipped" if run.get("skipped") else _outcome(run)
         derived = {True: " (derived: matched)", False: " (derived: DIFFERS)"}.get(run.get("derived"), "")
         click.echo(printable(f"    {level:<10} at {sizes}{derived}" + (f": {run['note']}" if run.get("note") else "")))
+
+
+def _outcome(run: dict) -> str:
+    """What a size gave: FAILS (the model did not run), DIFFERS (it ran, and an output or shape is wrong), else the
+    evidence level reached there."""
+    if not run["candidate"]["ok"]:
+        return "FAILS"
+    if run.get("shape_problems") or run.get("derived") is False or any(not o["ok"] for o in run.get("outputs", [])):
+        return "DIFFERS"
+    return run.get("level")
 
 
 def _evidence_text(validation: dict) -> str:

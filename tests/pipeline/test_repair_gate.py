@@ -79,7 +79,9 @@ def test_an_unchanged_model_that_fails_is_written_as_it_came_and_exits_1(tmp_pat
     done = repair(tmp_path / "m.onnx", "-o", tmp_path / "out.onnx")
     assert done.exit_code == 1, done.output
     assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
-    assert "unchanged" in done.output and "validation: FAILED at 3 of 3 size(s)" in done.output
+    assert "unchanged" in done.output and "validation: FAILED at 3 of 3 size(s)\n" in done.output
+    sizes = [line.split()[0] for line in done.output.splitlines() if " at N=" in line]
+    assert sizes == ["FAILS"] * 3, done.output  # each size says what happened there, not an evidence level
 
 
 def test_a_healthy_model_whose_only_fix_is_a_guess_is_written_unchanged(tmp_path):
