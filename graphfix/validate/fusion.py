@@ -7,7 +7,8 @@ Qwen3-sized vocabulary, a third of the whole repair's peak. onnxruntime's defaul
 same fusion (MatMulTransposeFusion) in every deployment, and FusedMatMul calls the same GEMM with the operand
 transposed in place. Only weights of at least MIN_BYTES are fused; every other node runs as written.
 
-    runnable = transposes_fused(proto, fed={})   # the proto itself when nothing is fused
+    runnable, fused = transposes_fused(proto, fed={})   # the proto itself, and no names, when nothing is
+    error = as_written(error, fused)                    # onnxruntime's message naming MatMul, as the file has it
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from onnx import helper
 MIN_BYTES = 16 << 20  # smaller weights: the copy costs little, the graph runs exactly as written
 COPY_LIMIT = 64 << 20  # a proto carrying more inline bytes than this is not copied to be rewritten
 DOMAIN = "com.microsoft"
+STANDARD = ("", "ai.onnx")  # the domains of the ops fused away
 
 
 def transposes_fused(proto: onnx.ModelProto, fed: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, frozenset[str]]:
@@ -94,8 +96,6 @@ def _sites(graph: onnx.GraphProto, fed: Mapping[str, np.ndarray]) -> list[onnx.N
             sites.append(node)
     return sites
 
-
-STANDARD = ("", "ai.onnx")
 
 
 def _transposes_a_weight(node: onnx.NodeProto, sizes) -> bool:
