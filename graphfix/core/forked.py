@@ -65,6 +65,11 @@ def enable(on: bool = True) -> None:
     _enabled = on
 
 
+def in_child() -> bool:
+    """Whether this process is a forked worker (it forks no more: a thread of its own is safe here)."""
+    return _in_child
+
+
 STOPPING = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM}  # --timeout, Ctrl-C, a stop: handlers that raise
 
 

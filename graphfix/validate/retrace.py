@@ -24,14 +24,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import sympy
 from onnx import numpy_helper
 
 from graphfix.validate.runner import ModelRunner
+
+if TYPE_CHECKING:
+    import sympy
 
 SUFFIX = "_gf_retraced"
 

@@ -64,3 +64,11 @@ def test_size_analysis_imports_sympy_and_still_no_runtime(tmp_path):
     result = loaded_after_static_diagnose(tmp_path, RESHAPE, with_tail=True)
     assert result["exit"] in (0, 1)
     assert result["loaded"] == ["sympy"]  # the Reshape is a candidate: the size analysis ran, and only it imports
+
+
+def test_repair_leaves_sympy_to_its_forked_worker():
+    """The repair command's own imports leave sympy out: its forked worker loads it on a thread while it reads the
+    model (graphfix.core.lazy.warm), rather than the parent before the fork, in series with everything."""
+    probe = "import sys, graphfix.cli.repair; print('sympy' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
