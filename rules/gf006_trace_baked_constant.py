@@ -22,6 +22,8 @@ from graphfix.analysis.edits import (
 from graphfix.analysis.export_sizes import folded_ranges
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
+from graphfix.analysis.sizes.core import same
+from graphfix.analysis.sizes.ops import BROADCAST
 from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -359,7 +361,7 @@ def _rows_cut_at_a_length(ctx: RuleContext, node: gs.Node) -> tuple[np.ndarray, 
     """(the float constant, (tensor, axis) of the length) when `node` is a Slice of a constant's rows (the axis
     before its last, every axis before that of size 1) from 0 to a dim of a tensor read at run time, step 1. A table
     still computed in the graph is not one (its positions are `_length_caps`')."""
-    if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0]):
+    if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0], ctx.model.graph):
         return None
     value = ctx.constant_value(node.inputs[0])
     if value is None or value.dtype.kind != "f" or value.ndim < 2:
@@ -373,11 +375,34 @@ def _rows_cut_at_a_length(ctx: RuleContext, node: gs.Node) -> tuple[np.ndarray, 
         return None
     end = ends[0]
     if type(axes[0]) is not int or axes[0] % value.ndim != value.ndim - 2 or not isinstance(end, Sym) \
-            or end.kind != "dim":
+            or end.kind != "dim" or not _meets_the_length(ctx, node.outputs[0], end.tensor, end.index):
         return None
     return value, (end.tensor, end.index)
 
 
-def _folded_whole(tensor: gs.Tensor) -> bool:
-    """An initializer or a Constant node's output: a table folded whole, nothing of its computation left."""
+def _meets_the_length(ctx: RuleContext, rows: gs.Tensor, carrier: gs.Tensor, index: int) -> bool:
+    """Whether every reader of the cut rows is an elementwise op that meets them, row for row, with a dim of the
+    length they were cut to (as the size analysis computes dims): then a longer input fails there, and a longer
+    table is what it needs. A table reduced, only measured or broadcast against 1 runs at any length as it is (a
+    Slice stops at its rows): not this case."""
+    readers = list(rows.outputs)
+    if not readers or any(reader.op not in BROADCAST for reader in readers):
+        return False
+    sizes = sizes_of(ctx)
+    dims = sizes.shape(carrier)
+    length = dims[index] if dims is not None and index < len(dims) else None
+    if length is None or length.is_number:
+        return False
+    for reader in readers:
+        others = [sizes.shape(t) for t in reader.inputs if t is not rows and (t.name or isinstance(t, gs.Constant))]
+        if not any(o is not None and len(o) >= 2 and o[-2] is not None and same(o[-2], length) for o in others):
+            return False
+    return True
+
+
+def _folded_whole(tensor: gs.Tensor, graph) -> bool:
+    """An initializer or a Constant node's output, no feed can replace: a table folded whole, nothing of its
+    computation left."""
+    if tensor.name in {t.name for t in graph.input}:
+        return False  # an initializer that is also a graph input: the caller may feed another table
     return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")

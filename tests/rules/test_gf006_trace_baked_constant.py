@@ -422,3 +422,44 @@ def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(tmp_path)
 def test_a_learned_table_cut_at_the_length_is_never_regrown(tmp_path):
     path = export_rotary(cached_rotary(64, learned=True), tmp_path / "learned.onnx")
     assert not gf006(graphfix.diagnose(str(path), static=True))
+
+
+def cut_table(reader: str = "Add", overridable: bool = False) -> onnx.ModelProto:
+    """A 64-row sinusoidal table (the Transformer's, interleaved) cut to x.shape[1] and read by `reader`."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    angles = np.arange(64)[:, None] / 10000.0 ** (np.arange(0, 8, 2) / 8)
+    table = np.zeros((64, 8))
+    table[:, 0::2], table[:, 1::2] = np.sin(angles), np.cos(angles)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], start=1, end=2),
+             helper.make_node("Slice", ["table", "zero", "shape", "zero"], ["cut"], name="cut")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 8])
+    if reader == "Add":  # meets x row for row: longer inputs fail
+        nodes.append(helper.make_node("Add", ["x", "cut"], ["y"]))
+    elif reader == "ReduceMean":  # reduced first: runs at any length as it is
+        nodes += [helper.make_node("ReduceMean", ["cut"], ["mean"], axes=[0], keepdims=1),
+                  helper.make_node("Add", ["x", "mean"], ["y"])]
+    else:  # only measured
+        nodes.append(helper.make_node("Shape", ["cut"], ["y"]))
+        out = helper.make_tensor_value_info("y", TensorProto.INT64, [2])
+    graph = helper.make_graph(nodes, "cut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 8])],
+                              [out], [nh.from_array(table.astype(np.float32), "table"),
+                                      nh.from_array(np.array([0], np.int64), "zero")])
+    if overridable:  # an initializer that is also a graph input: a caller may feed another table
+        graph.input.append(helper.make_tensor_value_info("table", TensorProto.FLOAT, [64, 8]))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(("reader", "overridable", "noted"), [
+    ("Add", False, True), ("ReduceMean", False, False), ("Shape", False, False), ("Add", True, False)],
+    ids=["met-row-for-row", "reduced", "measured", "overridable"])
+def test_a_cut_table_is_noted_only_where_a_longer_input_fails_on_it(reader, overridable, noted, tmp_path):
+    """Reduced or only measured, the cut rows run at any length as they are (a Slice stops at the table's rows):
+    growing them would change the result past 64 rows; a table a caller may feed is not the graph's to rebuild."""
+    model = cut_table(reader, overridable)
+    found = gf006(graphfix.diagnose(model, static=True))
+    assert bool(found) == noted, [f.message for f in found]
+    if not noted:
+        result = graphfix.repair(model, unsafe_fixes=True)
+        assert not any(a.rule == "GF006" for a in result.applied), result.applied
