@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis import bands
-from graphfix.analysis.constants import Sym, arange_axis
+from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
     arange_input,
@@ -22,9 +22,16 @@ from graphfix.analysis.edits import (
 from graphfix.analysis.export_sizes import folded_ranges
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
-from graphfix.analysis.sizes.core import same
-from graphfix.analysis.sizes.ops import BROADCAST
-from graphfix.analysis.structured import Baked, baked_operands, band_pattern, is_uniform, shrunk, table_prefix, tables
+from graphfix.analysis.structured import (
+    Baked,
+    baked_operands,
+    band_pattern,
+    is_uniform,
+    rows_cut_at_a_length,
+    shrunk,
+    table_prefix,
+    tables,
+)
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 
@@ -123,7 +130,7 @@ class TraceBakedConstant(Rule):
         changes the frequencies past it) the graph does not say, and a table of a model's own maximum length
         (`self.pe[:, : x.size(1)]`, 5000 rows) is healthy: a note, its fix unsafe."""
         for node in ctx.graph.nodes:
-            cut = _rows_cut_at_a_length(ctx, node)
+            cut = rows_cut_at_a_length(ctx, node)
             if cut is None:
                 continue
             value, (tensor, axis) = cut
@@ -355,54 +362,3 @@ def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[bands.Str
     if mine not in found:
         return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"
     return [proposal] + [s for key, s in found.items() if key != mine]
-
-
-def _rows_cut_at_a_length(ctx: RuleContext, node: gs.Node) -> tuple[np.ndarray, tuple[gs.Tensor, int]] | None:
-    """(the float constant, (tensor, axis) of the length) when `node` is a Slice of a constant's rows (the axis
-    before its last, every axis before that of size 1) from 0 to a dim of a tensor read at run time, step 1. A table
-    still computed in the graph is not one (its positions are `_length_caps`')."""
-    if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0], ctx.model.graph):
-        return None
-    value = ctx.constant_value(node.inputs[0])
-    if value is None or value.dtype.kind != "f" or value.ndim < 2:
-        return None
-    ev = ctx.evaluator
-    starts, ends = ev.elems(node.inputs[1]), ev.elems(node.inputs[2])
-    given = list(node.inputs[3:5])
-    axes = ev.elems(given[0]) if given and given[0].name else [0]
-    steps = ev.elems(given[1]) if len(given) > 1 and given[1].name else [1]
-    if starts != [0] or steps != [1] or ends is None or len(ends) != 1 or axes is None or len(axes) != 1:
-        return None
-    end = ends[0]
-    if type(axes[0]) is not int or axes[0] % value.ndim != value.ndim - 2 or not isinstance(end, Sym) \
-            or end.kind != "dim" or not _meets_the_length(ctx, node.outputs[0], end.tensor, end.index):
-        return None
-    return value, (end.tensor, end.index)
-
-
-def _meets_the_length(ctx: RuleContext, rows: gs.Tensor, carrier: gs.Tensor, index: int) -> bool:
-    """Whether every reader of the cut rows is an elementwise op that meets them, row for row, with a dim of the
-    length they were cut to (as the size analysis computes dims): then a longer input fails there, and a longer
-    table is what it needs. A table reduced, only measured or broadcast against 1 runs at any length as it is (a
-    Slice stops at its rows): not this case."""
-    readers = list(rows.outputs)
-    if not readers or any(reader.op not in BROADCAST for reader in readers):
-        return False
-    sizes = sizes_of(ctx)
-    dims = sizes.shape(carrier)
-    length = dims[index] if dims is not None and index < len(dims) else None
-    if length is None or length.is_number:
-        return False
-    for reader in readers:
-        others = [sizes.shape(t) for t in reader.inputs if t is not rows and (t.name or isinstance(t, gs.Constant))]
-        if not any(o is not None and len(o) >= 2 and o[-2] is not None and same(o[-2], length) for o in others):
-            return False
-    return True
-
-
-def _folded_whole(tensor: gs.Tensor, graph) -> bool:
-    """An initializer or a Constant node's output, no feed can replace: a table folded whole, nothing of its
-    computation left."""
-    if tensor.name in {t.name for t in graph.input}:
-        return False  # an initializer that is also a graph input: the caller may feed another table
-    return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")

@@ -267,7 +267,7 @@ class OpShapes:
             start = dim + start
         if end.is_number:
             end = dim if end >= INT_BIG else (dim + end if end < 0 else sympy.Min(dim, end))
-        elif dim.is_number and end.is_Symbol and _is_table(node.inputs[0]):
+        elif dim.is_number and end.is_Symbol and is_table(node.inputs[0]):
             # a table (position ids, a positional encoding) of `dim` rows cut at a length: the model is built for
             # lengths up to `dim`, so on the valid range the slice has exactly that length
             self.bounds.setdefault(end, (int(dim), f"'{node.name}' takes {end} rows of a {int(dim)}-row table"))
@@ -423,7 +423,7 @@ def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.
 
 
 
-def _is_table(tensor: gs.Tensor) -> bool:
+def is_table(tensor: gs.Tensor) -> bool:
     """A weight or buffer: an initializer or a Constant node's output."""
     return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")
 

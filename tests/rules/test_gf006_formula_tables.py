@@ -1,0 +1,117 @@
+"""GF006's note on a whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer):
+the graph runs only while T <= N; `--unsafe-fixes` computes more rows of the same formula. Traps: a learned table,
+rows that are reduced or only measured (they run at any length as they are), a table a caller may feed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run
+
+import graphfix
+
+
+def gf006(findings):
+    return [f for f in findings if f.rule == "GF006"]
+
+
+def cached_rotary(rows: int, learned: bool = False):
+    """A rotary cos/sin cache of `rows` positions kept as buffers and cut to the length in forward (as transformers'
+    rotary embeddings cached them): the TorchScript export folds each table whole. `learned`: random tables."""
+    import torch
+
+    class CachedRotary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            inv = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+            freqs = torch.outer(torch.arange(rows, dtype=torch.float32), inv)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            torch.manual_seed(0)
+            self.register_buffer("cos_cached", torch.randn(rows, 8) if learned else emb.cos())
+            self.register_buffer("sin_cached", torch.randn(rows, 8) if learned else emb.sin())
+
+        def forward(self, x):  # [B, T, 8]
+            cos, sin = self.cos_cached[: x.shape[1]], self.sin_cached[: x.shape[1]]
+            x1, x2 = x.chunk(2, dim=-1)
+            return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+    return CachedRotary().eval()
+
+
+def export_rotary(module, path):
+    import torch
+
+    torch.onnx.export(module, (torch.randn(2, 40, 8),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}, dynamo=False)
+    return path
+
+
+@pytest.mark.torch
+def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(tmp_path):
+    """64 rows cut to T: past 64 the graph fails. The rows are a formula, so `--unsafe-fixes` computes
+    max(64, T) of them, and then matches the module built with a longer cache; by default nothing changes (a fixed
+    maximum, as in a tutorial's `self.pe[:, : x.size(1)]`, is healthy; a length-dependent scaling would make the
+    longer rows wrong)."""
+    import torch
+
+    path = export_rotary(cached_rotary(64), tmp_path / "rotary.onnx")
+    found = gf006(graphfix.diagnose(str(path), static=True))
+    assert len(found) == 2 and all(f.severity.value == "info" for f in found), [f.message for f in found]
+    assert all("(64 rows)" in f.message and f.fix.safety.value == "unsafe" for f in found)
+    assert graphfix.repair(str(path)).status == "unchanged"
+    result = graphfix.repair(str(path), unsafe_fixes=True)
+    assert result.status == "repaired", result
+    longer = cached_rotary(128)
+    for batch, time in ((1, 7), (2, 40), (3, 100)):
+        x = np.random.default_rng(time).standard_normal((batch, time, 8)).astype(np.float32)
+        with torch.no_grad():
+            want = longer(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(run(result.model, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.torch
+def test_a_learned_table_cut_at_the_length_is_never_regrown(tmp_path):
+    path = export_rotary(cached_rotary(64, learned=True), tmp_path / "learned.onnx")
+    assert not gf006(graphfix.diagnose(str(path), static=True))
+
+
+def cut_table(reader: str = "Add", overridable: bool = False) -> onnx.ModelProto:
+    """A 64-row sinusoidal table (the Transformer's, interleaved) cut to x.shape[1] and read by `reader`."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    angles = np.arange(64)[:, None] / 10000.0 ** (np.arange(0, 8, 2) / 8)
+    table = np.zeros((64, 8))
+    table[:, 0::2], table[:, 1::2] = np.sin(angles), np.cos(angles)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], start=1, end=2),
+             helper.make_node("Slice", ["table", "zero", "shape", "zero"], ["cut"], name="cut")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 8])
+    if reader == "Add":  # meets x row for row: longer inputs fail
+        nodes.append(helper.make_node("Add", ["x", "cut"], ["y"]))
+    elif reader == "ReduceMean":  # reduced first: runs at any length as it is
+        nodes += [helper.make_node("ReduceMean", ["cut"], ["mean"], axes=[0], keepdims=1),
+                  helper.make_node("Add", ["x", "mean"], ["y"])]
+    else:  # only measured
+        nodes.append(helper.make_node("Shape", ["cut"], ["y"]))
+        out = helper.make_tensor_value_info("y", TensorProto.INT64, [2])
+    graph = helper.make_graph(nodes, "cut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 8])],
+                              [out], [nh.from_array(table.astype(np.float32), "table"),
+                                      nh.from_array(np.array([0], np.int64), "zero")])
+    if overridable:  # an initializer that is also a graph input: a caller may feed another table
+        graph.input.append(helper.make_tensor_value_info("table", TensorProto.FLOAT, [64, 8]))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(("reader", "overridable", "noted"), [
+    ("Add", False, True), ("ReduceMean", False, False), ("Shape", False, False), ("Add", True, False)],
+    ids=["met-row-for-row", "reduced", "measured", "overridable"])
+def test_a_cut_table_is_noted_only_where_a_longer_input_fails_on_it(reader, overridable, noted, tmp_path):
+    """Reduced or only measured, the cut rows run at any length as they are (a Slice stops at the table's rows):
+    growing them would change the result past 64 rows; a table a caller may feed is not the graph's to rebuild."""
+    model = cut_table(reader, overridable)
+    found = gf006(graphfix.diagnose(model, static=True))
+    assert bool(found) == noted, [f.message for f in found]
+    if not noted:
+        result = graphfix.repair(model, unsafe_fixes=True)
+        assert not any(a.rule == "GF006" for a in result.applied), result.applied
