@@ -20,6 +20,7 @@ from graphfix.analysis.edits import (
     table_slice_input,
 )
 from graphfix.analysis.export_sizes import folded_ranges
+from graphfix.analysis.pinned import Pinned, pinned_operands, widening_constants
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
@@ -44,7 +45,10 @@ class TraceBakedConstant(Rule):
     `torch.arange(int(T))`, a causal mask `torch.tril(torch.ones(int(T), int(T)))`, `torch.eye(int(T))`,
     `self.pe[:, :int(T)]`), and position ranges folded at the export length that cap how long an input may be
     (transformers FunnelModel's relative positions `arange(L, -L, -1)`, found from the size analysis' `Min(N, T)`
-    constraints). A constant whose content follows from its size is rebuilt at run time; the recognisers live in
+    constraints), and a constant whose width nothing meets where it is read but a Reshape or broadcast further on
+    pins to one size (speechbrain's `length_to_mask(lengths)` takes its width from `lengths.max().item()`:
+    `arange(40) < lengths[:, None]`, reshaped by attention to `[B, 1, 1, T]`; `graphfix.analysis.pinned`). A
+    constant whose content follows from its size is rebuilt at run time; the recognisers live in
     `graphfix.analysis.structured`.
 
     ## Why it breaks deployment
@@ -88,6 +92,8 @@ class TraceBakedConstant(Rule):
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
+      so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
+      equal it too) but whose positions past the export length the graph does not show;
     - a whole sinusoidal table of N rows is the same up to N whether the module computes more rows, stops at N, or
       changes its frequencies past N (dynamic NTK or YaRN rotary scaling).
     Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
@@ -121,6 +127,7 @@ class TraceBakedConstant(Rule):
         yield from self._formula_tables_cut(ctx)
         for baked in baked_operands(ctx):
             yield from self._baked_constant(ctx, baked)
+        yield from self._pinned_widths(ctx)
 
     # --- a length capped by a whole sinusoidal table folded at export (a rotary cache of fixed rows) -----------------
     def _formula_tables_cut(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
@@ -187,6 +194,49 @@ class TraceBakedConstant(Rule):
                 nodes=[node], tensors=[source.tensor], fix=fix,
                 hint="Positions were built with Python ints (`len(pos)`, `int(seq_len)`, `x.size(1)` through "
                      "`range`): build them with torch.arange on traced sizes, or export with dynamo=True.")
+
+    # --- a constant's width that a constraint further on pins (speechbrain's `length_to_mask` width) -------------
+    def _pinned_widths(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        """`arange(lengths.max().item())` compared with the lengths `[B, 1]` and reshaped to `[B, 1, 1, T]` by
+        attention: the width meets no dynamic dim where the constant is read, but the Reshape needs it to be T."""
+        if not widening_constants(ctx):
+            return  # the size analysis is only paid for on graphs where a constant widens another operand
+        for pinned in pinned_operands(ctx):
+            if isinstance(pinned, str):
+                yield self.reject(pinned)
+            else:
+                yield from self._pinned_width(ctx, pinned)
+
+    def _pinned_width(self, ctx: RuleContext, p: Pinned) -> Iterator[Finding | Rejection]:
+        constraint, sym, width = p.solution.constraint, p.solution.symbol, p.solution.value
+        (carrier, axis), reader = p.carrier, p.node
+        message = (f"{constraint.node.op} '{constraint.node.name}' holds only at {sym}={width} ({constraint.left} = "
+                   f"{constraint.right}, {constraint.detail}): the {width} is the extent of constant "
+                   f"'{p.const.name}' {list(p.value.shape)} along axis {p.axis}, read by {reader.op} '{reader.name}' "
+                   "where nothing meets it with a size; a width computed in Python while tracing (`.item()` of a "
+                   "maximum, as speechbrain's `length_to_mask(lengths)` takes it from `lengths.max().item()`, or "
+                   f"`int()` of a size), so onnxruntime fails at every other {sym}")
+        where = {"nodes": [constraint.node, reader], "tensors": [p.const],
+                 "shapes": {p.const.name: list(p.value.shape)}}
+        hint = ("Give the width as a traced size (`length_to_mask(lengths, max_len=x.shape[1])`, "
+                "`torch.arange(x.shape[1])`), not a Python int.")
+        arange = arange_axis(p.value, [p.axis])
+        if arange is None or arange[:2] != (0.0, 1.0):
+            yield self.reject(f"'{p.const.name}' is not 0, 1, 2, ... along axis {p.axis}: not rebuilt",
+                              nodes=[reader])
+            yield self.finding(message + "; its values are not an arange: not repaired", **where, hint=hint)
+            return
+        length = f"Shape({carrier.name})[{axis}]"
+        yield self.finding(
+            message + f"; it is arange({width}) along axis {p.axis}", **where, hint=hint,
+            fix=Fix(f"compute {p.const.name} as Range(0, {length})",
+                    apply=loosened(reader, {width}, arange_input(reader, p.index, p.value, p.axis, carrier, axis,
+                                                                 ctx.opset)),
+                    safety=Safety.UNSAFE,
+                    reason=f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
+                           f"own width, a maximum of the lengths, must equal it too); but 0, 1, ..., {width - 1} is "
+                           f"arange({sym}) (applied, the simplest) or arange({sym}).clamp(max=c) for any c >= "
+                           f"{width - 1}: the graph does not say which"))
 
     # --- constant operands cut at an export-time size -----------------------------------------------------------
     def _baked_constant(self, ctx, c: Baked) -> Iterator[Finding | Rejection]:
@@ -261,7 +311,7 @@ class TraceBakedConstant(Rule):
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
         band = band_pattern(c.value, baked)
         if not isinstance(band, str) and (band.kind == "eye" or ctx.opset >= 14):
-            masks = mask_hypotheses(c.value, baked, band)  # recomputed: the proposal must reproduce the constant
+            masks = bands.hypotheses(c.value, baked, band)  # recomputed: the proposal must reproduce the constant
             if isinstance(masks, str):
                 yield self.reject(f"no rebuild for '{c.const.name}': {masks}", nodes=[c.node])
                 yield self.finding(base + f"; {masks}: not repaired", **where,
@@ -338,27 +388,3 @@ def _positions_cut_to_length(ctx: RuleContext, source, cap) -> tuple[tuple, list
     if not cuts:
         return "no Slice cuts the table to the length"
     return dim, reshapes
-
-
-def mask_hypotheses(value: np.ndarray, baked: list[int], band) -> list[bands.Structure] | str:
-    """The masks (graphfix.analysis.bands.structures) that give `value` at the export size, told apart by what
-    they give at larger sizes, the proposed `band` first; or why the proposal does not reproduce the constant (its
-    values are not the mask's two, or its pattern differs)."""
-    matrix = value.reshape(value.shape[-2:])
-    levels = {v.item() for v in np.unique(matrix)}
-    if levels != {band.inside.item(), band.outside.item()}:
-        return f"its values {sorted(levels)} are not the proposed mask's ({band.inside}, {band.outside}): learned"
-    where = matrix == band.inside
-    proposal = bands.Structure(band.lo, band.hi)
-    if not np.array_equal(proposal.holds(*matrix.shape), where):
-        return f"the proposed {proposal} does not give the constant at its export size"
-    rows_grow, cols_grow = value.ndim - 2 in baked, value.ndim - 1 in baked
-    grow = (matrix.shape[0] + 5 * rows_grow, matrix.shape[1] + 5 * cols_grow)
-    # the masks of either value: `tril` as the ones, or as the complement of the zeros' `triu`
-    found = {s.holds(*grow).tobytes(): s for s in bands.structures(where, rows_grow, cols_grow)}
-    for s in bands.structures(~where, rows_grow, cols_grow):
-        found.setdefault((~s.holds(*grow)).tobytes(), bands.Complement(s))
-    mine = proposal.holds(*grow).tobytes()
-    if mine not in found:
-        return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"
-    return [proposal] + [s for key, s in found.items() if key != mine]

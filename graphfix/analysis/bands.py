@@ -4,6 +4,7 @@ gives at a larger size. Values that follow no such family are learned, never reg
 is graphfix.analysis.hypotheses.)
 
     for band in structures(mask == 0, rows_grow=True, cols_grow=True): band.holds(12, 12)
+    hypotheses(value, baked_axes, proposed_band)  # the proposal checked, then the others that fit
 """
 
 from __future__ import annotations
@@ -87,3 +88,26 @@ def _complexity(s: Structure) -> tuple:
 def _simpler(a: Structure, b: Structure) -> bool:
     return _complexity(a) < _complexity(b)
 
+
+def hypotheses(value: np.ndarray, baked: list[int], band) -> list[Structure] | str:
+    """The masks (`structures`) that give the baked constant `value` at the export size, told apart by what they
+    give at larger sizes, the proposed `band` (graphfix.analysis.structured.Band) first; or why the proposal does
+    not reproduce the constant (its values are not the mask's two, or its pattern differs)."""
+    matrix = value.reshape(value.shape[-2:])
+    levels = {v.item() for v in np.unique(matrix)}
+    if levels != {band.inside.item(), band.outside.item()}:
+        return f"its values {sorted(levels)} are not the proposed mask's ({band.inside}, {band.outside}): learned"
+    where = matrix == band.inside
+    proposal = Structure(band.lo, band.hi)
+    if not np.array_equal(proposal.holds(*matrix.shape), where):
+        return f"the proposed {proposal} does not give the constant at its export size"
+    rows_grow, cols_grow = value.ndim - 2 in baked, value.ndim - 1 in baked
+    grow = (matrix.shape[0] + 5 * rows_grow, matrix.shape[1] + 5 * cols_grow)
+    # the masks of either value: `tril` as the ones, or as the complement of the zeros' `triu`
+    found = {s.holds(*grow).tobytes(): s for s in structures(where, rows_grow, cols_grow)}
+    for s in structures(~where, rows_grow, cols_grow):
+        found.setdefault((~s.holds(*grow)).tobytes(), Complement(s))
+    mine = proposal.holds(*grow).tobytes()
+    if mine not in found:
+        return f"the proposed {proposal} is not among the masks that give it ({', '.join(map(str, found.values()))})"
+    return [proposal] + [s for key, s in found.items() if key != mine]

@@ -107,12 +107,12 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = _probe_args(call, requested)
 
-        def repaired(unsafe: bool):
+        def repaired(unsafe: bool, output: Path = destination):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
             # `torch`): the repair needs only to run, and verify() compares it with the module.
-            result = repair(raw, output=destination, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
+            result = repair(raw, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
-            checked = None if result.output is None else verify(destination, model, args, probe_args=probe_args,
+            checked = None if result.output is None else verify(output, model, args, probe_args=probe_args,
                                                                    kwargs=export_kwargs.get("kwargs"))
             return result, checked
 
@@ -122,6 +122,12 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             # fix is unsafe; here the module can settle it: keep the unsafe repair only if it then matches.
             retry, checked = repaired(unsafe=True)
             result, verification = (retry, checked) if checked is not None and checked.ok else repaired(unsafe=False)
+        elif verification is None and _unsafe_left(result):
+            # Nothing was written: the safe fixes alone leave a failing model. The unsafe repair is tried beside
+            # the scratch export, so that a failed try never reaches `f`; written there only if it matches.
+            _, checked = repaired(unsafe=True, output=Path(scratch) / "trial" / destination.name)
+            if checked is not None and checked.ok:
+                result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
     findings = result.findings_before
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
     report.causes = _link(findings, notes)

@@ -9,9 +9,13 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   the Conformer called with relative lengths (`wav_lens`), whose masks speechbrain's `length_to_mask` builds by
   expanding `arange(T)` to `len(lengths)`, the export batch; the rotary Conformer besides, whose rotation table
   is computed while tracing for 64 positions (the next power of two at 40 frames) and cut to the length: checked
-  at 80 frames. MobileViT is not repaired, a strict xfail: its unfold bakes the patch counts of height and width,
-  and a block with a fixed grid of patches that grow with the input leaves the same graph
-  (test_patch_grid_ambiguity.py), so which constants vary is not determined by the graph.
+  at 80 frames. speechbrain's wav2vec2 EncoderWrapper masks by `length_to_mask(round(wav_lens * T))` without
+  `max_len`, so the width is `.item()` of the lengths' maximum: found where attention reshapes the mask with the
+  traced length, but an arange the graph does not tell from a clamped one, so it is repaired with --unsafe-fixes
+  and by graphfix.export (the module settles it), not by default. MobileViT is not repaired, a strict xfail: its
+  unfold bakes the patch counts of height and width, and a block with a fixed grid of patches that grow with the
+  input leaves the same graph (test_patch_grid_ambiguity.py), so which constants vary is not determined by the
+  graph.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from fixtures.library_models import BUILDERS, build, export, installed
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 HEALTHY = ("convnext", "vit", "whisper", "convtasnet")
-BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit")
+BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit", "w2v-encoder")
 UNREPAIRED = {"mobilevit": "its unfold bakes the patch counts, and the graph does not say whether the counts or the "
-                           "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph)"}
+                           "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph)",
+              "w2v-encoder": "its mask's width is a folded arange(T), which the graph does not tell from a clamped "
+                             "arange (test_gf006_pinned_width.py): repaired with --unsafe-fixes, or by graphfix.export"}
 # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
-STATIC = ("ecapa", "conformer", "conformer-rope")
+STATIC = ("ecapa", "conformer", "conformer-rope", "w2v-encoder")
+UNSAFE_ONLY = ("w2v-encoder",)  # unrepaired by default; the module (graphfix.export) or --unsafe-fixes settles it
 NAMES = tuple(n for n in BUILDERS if installed(n))
 TIMEOUT_S = 60  # a bound on each command per model, not a timed assertion
 GRAPHFIX = Path(sys.executable).parent / "graphfix"
@@ -119,6 +126,33 @@ def test_unrepaired_front_end_is_repaired_and_matches_pytorch(exported, tmp_path
     for batch, length in (case.export_size, *case.sizes):
         for g, want in zip(run(str(fixed), case.feeds(batch, length)), case.expected(batch, length), strict=True):
             np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n in UNSAFE_ONLY])
+def test_unsafe_only_front_end_is_repaired_with_unsafe_fixes_and_by_the_export_companion(exported, tmp_path, name):
+    """The default repair names the unsafe fix and writes nothing; `--unsafe-fixes` writes a model that matches
+    PyTorch at three sizes; `graphfix.export` tries it only where the safe repair fails, and keeps it because it
+    matches the module at those sizes."""
+    import torch
+
+    from graphfix import export as export_repaired
+
+    case, path = exported[name]
+    proc, _ = graphfix("repair", str(path), "-o", str(tmp_path / "default.onnx"))
+    assert proc.returncode == 1 and not (tmp_path / "default.onnx").exists(), proc.stdout + proc.stderr
+    assert "(unsafe)" in graphfix("diagnose", str(path))[0].stdout
+    proc, _ = graphfix("repair", "--unsafe-fixes", str(path), "-o", str(tmp_path / "unsafe.onnx"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sizes = (case.export_size, *case.sizes)
+    for batch, length in sizes:
+        got = run(str(tmp_path / "unsafe.onnx"), case.feeds(batch, length))
+        for g, want in zip(got, case.expected(batch, length), strict=True):
+            np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
+    inputs = [tuple(torch.from_numpy(a) for a in case.inputs(*size)) for size in sizes]
+    report = export_repaired(case.module, inputs[0], tmp_path / "exported.onnx", input_names=list(case.names[:2]),
+                             output_names=list(case.names[2:]), dynamic_axes=case.axes, opset_version=17,
+                             probe_args=inputs[1:])
+    assert report.ok and len(report.checks) == len(sizes), report.summary()
 
 
 def test_sizes_cover_batch_1_and_a_longer_length(exported):

@@ -1,0 +1,167 @@
+"""Constants whose extent along an axis a size constraint further on pins: a width computed in Python while
+tracing that no broadcast meets directly.
+
+speechbrain's `length_to_mask(lengths)` without `max_len` takes the mask's width from `lengths.max().item()`.
+Traced, `arange(40)` is folded and compared with the lengths `[B, 1]`: a 1 there, so no broadcast sees the 40
+(`graphfix.analysis.structured.baked_operands` finds constants that meet a dynamic dim directly). The mask meets
+the time dim only later, where attention reshapes it to `[B, 1, 1, T]`: that Reshape's element count holds at
+T = 40 only. `pinned_operands` follows such a pinned size back, axis by axis, through elementwise ops to the one
+constant that holds it, and names a tensor that carries the size at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.sizes import Solution, sizes_of, solve
+from graphfix.analysis.sizes.core import same
+
+# ops whose output has their first input's shape: a dim passes through them on the same axis
+SAME_SHAPE = frozenset({"Not", "Cast", "Neg", "Abs", "Identity", "Sqrt", "Exp", "Log", "Relu", "Sigmoid", "Tanh",
+                        "Erf", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "IsNaN", "IsInf"})
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """Constant input `index` of `node`, whose extent along `axis` is the size `solution` pins (the one value of
+    its symbol at which its constraint holds); `carrier` is a graph input and axis of that size."""
+
+    node: gs.Node
+    index: int
+    const: gs.Tensor
+    value: np.ndarray
+    axis: int
+    solution: Solution
+    carrier: tuple[gs.Tensor, int]
+
+
+def widening_constants(ctx) -> bool:
+    """Whether a broadcasting op reads a constant longer than 1 on an axis where another operand has 1: a width
+    that nothing meets where it is read. Only graphs with one pay for `pinned_operands`' size analysis."""
+    for node in ctx.graph.nodes:
+        if node.op not in BROADCAST_OPS:
+            continue
+        shapes = [ctx.shape(t) for t in node.inputs]
+        for tensor, shape in zip(node.inputs, shapes, strict=True):
+            constant = isinstance(tensor, gs.Constant) or (tensor.inputs and tensor.inputs[0].op == "Constant")
+            if constant and shape is not None and any(_widens(shape, other) for other in shapes if other is not shape):
+                return True
+    return False
+
+
+def _widens(shape: list, other: list | None) -> bool:
+    """`shape` longer than 1 where `other`, right-aligned, is 1."""
+    return other is not None and any(isinstance(d, int) and d > 1 and o == 1
+                                     for d, o in zip(reversed(shape), reversed(other), strict=False))
+
+
+def pinned_operands(ctx) -> Iterator[Pinned | str]:
+    """Constants that a solved reshape or broadcast constraint reaches through elementwise ops alone, each once;
+    a `str` says why a pinned size was not followed to one (for the rule's rejection)."""
+    sizes, seen = sizes_of(ctx), set()
+    for constraint in sizes.constraints:
+        solution = solve(constraint) if constraint.kind in ("reshape", "broadcast") else None
+        if solution is None or solution.cut is not None or solution.value < 2:
+            continue  # a size of 1 is every constant's that broadcasts
+        found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)}
+        if len(found) != 1:
+            if found:
+                yield (f"'{constraint.node.name}' pins {solution.symbol}={solution.value}, held by "
+                       f"{len(found)} constants: which one follows the size, the graph does not say")
+            continue
+        (pinned,) = found.values()
+        if (id(pinned.const), pinned.axis) not in seen:
+            seen.add((id(pinned.const), pinned.axis))
+            yield pinned
+
+
+def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
+    """The constants behind each dim of the constraint's node that holds the pinned value: the data of a Reshape,
+    or the operands of a broadcast on its axis."""
+    constraint, value = solution.constraint, solution.value
+    carrier = _input_carrier(ctx, sizes, solution.symbol)
+    if carrier is None:
+        return
+    node = constraint.node
+    if constraint.kind == "reshape":
+        starts = [(0, axis) for axis, dim in enumerate(sizes.shape(node.inputs[0]) or ()) if _is(dim, value)]
+    else:
+        rank = len(sizes.shape(node.outputs[0]) or ())
+        starts = _aligned(sizes, node, int(constraint.detail.split()[1]) - rank if
+                          constraint.detail.startswith("axis ") else 0, value)
+    memo: dict = {}
+    for index, axis in starts:
+        ends = _follow(ctx, sizes, node, index, axis, value, memo)
+        if ends is not None and len(ends) == 1:
+            ((reader, at, const, const_axis),) = ends.values()
+            yield Pinned(reader, at, const, ctx.constant_value(const), const_axis, solution, carrier)
+
+
+def _follow(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: dict, depth: int = 32) -> dict | None:
+    """From input `index` of `node` at `axis`, back through same-shape and broadcasting ops (every operand holding
+    the value there) and `ConstantOfShape(Shape(x))`, to the constants where the value starts: {(constant id, axis):
+    (reader, input index, constant, axis)}, or None where a path ends anywhere else (a graph input, another op).
+    `memo` holds each tensor's answer once (graphs rejoin)."""
+    key = (id(node), index, axis)
+    if key not in memo:
+        memo[key] = _follow_once(ctx, sizes, node, index, axis, value, memo, depth)
+    return memo[key]
+
+
+def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: dict, depth: int):
+    tensor = node.inputs[index]
+    constant = ctx.constant_value(tensor)
+    if constant is not None:
+        held = 0 <= axis < constant.ndim and constant.shape[axis] == value
+        return {(id(tensor), axis): (node, index, tensor, axis)} if held else None
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is None or depth == 0:
+        return None
+    if producer.op in SAME_SHAPE:
+        return _follow(ctx, sizes, producer, 0, axis, value, memo, depth - 1)
+    if producer.op == "ConstantOfShape":  # masked_fill's fill, shaped like the mask it fills
+        shape = producer.inputs[0].inputs[0] if producer.inputs[0].inputs else None
+        if shape is None or shape.op != "Shape" or shape.attrs.get("start", 0) or "end" in shape.attrs:
+            return None
+        return _follow(ctx, sizes, shape, 0, axis, value, memo, depth - 1)
+    if producer.op not in BROADCAST_OPS:
+        return None
+    rank = len(sizes.shape(producer.outputs[0]) or ())
+    found: dict = {}
+    for at, operand_axis in _aligned(sizes, producer, axis - rank, value):
+        ends = _follow(ctx, sizes, producer, at, operand_axis, value, memo, depth - 1)
+        if ends is None:
+            return None
+        found.update(ends)
+    return found or None
+
+
+def _aligned(sizes, node: gs.Node, axis_from_end: int, value: int) -> list[tuple[int, int]]:
+    """(input index, axis) of each input of a broadcasting `node` whose dim right-aligned at `axis_from_end`
+    (negative) is `value`; a constant's own shape counts where the analysis has none."""
+    hits = []
+    for index, tensor in enumerate(node.inputs):
+        shape = sizes.shape(tensor)
+        if shape is None and isinstance(tensor, gs.Constant):
+            shape = tensor.shape
+        if shape is not None and -axis_from_end <= len(shape) and _is(shape[axis_from_end], value):
+            hits.append((index, len(shape) + axis_from_end))
+    return hits
+
+
+def _is(dim, value: int) -> bool:
+    return dim is not None and same(dim, value)
+
+
+def _input_carrier(ctx, sizes, symbol) -> tuple[gs.Tensor, int] | None:
+    """A graph input and axis whose size is `symbol`: available wherever the constant is read."""
+    for tensor in ctx.graph.inputs:
+        for axis, dim in enumerate(sizes.shape(tensor) or ()):
+            if dim is not None and same(dim, symbol):
+                return tensor, axis
+    return None
