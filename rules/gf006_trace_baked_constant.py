@@ -20,7 +20,7 @@ from graphfix.analysis.edits import (
     table_slice_input,
 )
 from graphfix.analysis.export_sizes import folded_ranges
-from graphfix.analysis.pinned import Pinned, pinned_operands, widening_constants
+from graphfix.analysis.pinned import Pinned, copies, pinned_operands, widening_constants
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
@@ -125,9 +125,10 @@ class TraceBakedConstant(Rule):
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         yield from self._length_caps(ctx)
         yield from self._formula_tables_cut(ctx)
-        for baked in baked_operands(ctx):
+        direct = list(baked_operands(ctx))
+        for baked in direct:
             yield from self._baked_constant(ctx, baked)
-        yield from self._pinned_widths(ctx)
+        yield from self._pinned_widths(ctx, [b.const for b in direct])
 
     # --- a length capped by a whole sinusoidal table folded at export (a rotary cache of fixed rows) -----------------
     def _formula_tables_cut(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
@@ -196,12 +197,13 @@ class TraceBakedConstant(Rule):
                      "`range`): build them with torch.arange on traced sizes, or export with dynamo=True.")
 
     # --- a constant's width that a constraint further on pins (speechbrain's `length_to_mask` width) -------------
-    def _pinned_widths(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+    def _pinned_widths(self, ctx: RuleContext, direct: list[gs.Tensor]) -> Iterator[Finding | Rejection]:
         """`arange(lengths.max().item())` compared with the lengths `[B, 1]` and reshaped to `[B, 1, 1, T]` by
-        attention: the width meets no dynamic dim where the constant is read, but the Reshape needs it to be T."""
+        attention: the width meets no dynamic dim where the constant is read, but the Reshape needs it to be T.
+        (`direct`: the constants that meet one, reported already.)"""
         if not widening_constants(ctx):
             return  # the size analysis is only paid for on graphs where a constant widens another operand
-        for pinned in pinned_operands(ctx):
+        for pinned in pinned_operands(ctx, direct):
             if isinstance(pinned, str):
                 yield self.reject(pinned)
             else:
@@ -226,6 +228,13 @@ class TraceBakedConstant(Rule):
                               nodes=[reader])
             yield self.finding(message + "; its values are not an arange: not repaired", **where, hint=hint)
             return
+        others = copies(ctx, p)
+        if others:  # one Python int folded into several constants: the others would stay at the export size
+            yield self.finding(
+                message + f"; it is arange({width}) along axis {p.axis}, and so is '{others[0]}'"
+                + (f" (and {len(others) - 1} more)" if len(others) > 1 else "") + ": if they are the same "
+                "Python int, rebuilding one leaves the others at the export size; not repaired", **where, hint=hint)
+            return
         length = f"Shape({carrier.name})[{axis}]"
         yield self.finding(
             message + f"; it is arange({width}) along axis {p.axis}", **where, hint=hint,
@@ -235,8 +244,10 @@ class TraceBakedConstant(Rule):
                     safety=Safety.UNSAFE,
                     reason=f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
                            f"own width, a maximum of the lengths, must equal it too); but 0, 1, ..., {width - 1} is "
-                           f"arange({sym}) (applied, the simplest) or arange({sym}).clamp(max=c) for any c >= "
-                           f"{width - 1}: the graph does not say which"))
+                           f"arange({sym}) (applied, the simplest), arange({sym}).clamp(max=c) for any c >= "
+                           f"{width - 1}, or another sequence that starts so (a linspace): the graph does not say "
+                           f"which; nor whether the Python int that gave {width} is used where nothing needs it to "
+                           "follow the length (a count, a loop bound folded elsewhere)"))
 
     # --- constant operands cut at an export-time size -----------------------------------------------------------
     def _baked_constant(self, ctx, c: Baked) -> Iterator[Finding | Rejection]:

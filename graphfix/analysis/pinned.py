@@ -11,7 +11,7 @@ constant that holds it, and names a tensor that carries the size at run time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,15 +60,18 @@ def _widens(shape: list, other: list | None) -> bool:
                                      for d, o in zip(reversed(shape), reversed(other), strict=False))
 
 
-def pinned_operands(ctx) -> Iterator[Pinned | str]:
-    """Constants that a solved reshape or broadcast constraint reaches through elementwise ops alone, each once;
-    a `str` says why a pinned size was not followed to one (for the rule's rejection)."""
-    sizes, seen = sizes_of(ctx), set()
+def pinned_operands(ctx, direct: Iterable[gs.Tensor] = ()) -> Iterator[Pinned | str]:
+    """Constants that a solved reshape or broadcast constraint reaches through elementwise ops alone, each once,
+    but those in `direct` (constants that meet a dynamic dim where they are read: `baked_operands`'); a `str` says
+    why a pinned size was not followed to one (for the rule's rejection)."""
+    sizes, seen = sizes_of(ctx), {(id(t), None) for t in direct}
+    fed = {t.name for t in ctx.model.graph.input}  # an initializer that is also an input: a caller may feed it
     for constraint in sizes.constraints:
-        solution = solve(constraint) if constraint.kind in ("reshape", "broadcast") else None
+        solution = solve(constraint) if _from_data(sizes, constraint) else None
         if solution is None or solution.cut is not None or solution.value < 2:
             continue  # a size of 1 is every constant's that broadcasts
-        found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)}
+        found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)
+                 if p.const.name not in fed and (id(p.const), None) not in seen}
         if len(found) != 1:
             if found:
                 yield (f"'{constraint.node.name}' pins {solution.symbol}={solution.value}, held by "
@@ -78,6 +81,17 @@ def pinned_operands(ctx) -> Iterator[Pinned | str]:
         if (id(pinned.const), pinned.axis) not in seen:
             seen.add((id(pinned.const), pinned.axis))
             yield pinned
+
+
+def _from_data(sizes, constraint) -> bool:
+    """A constraint whose fixed size can only be in the data: a broadcast on a known axis, or a Reshape whose
+    target is computed at run time (a constant entry above 1 in it may be the baked one: GF004's)."""
+    if constraint.kind == "broadcast":
+        return constraint.detail.startswith("axis ")
+    if constraint.kind != "reshape":
+        return False
+    target = sizes.value(constraint.node.inputs[1])
+    return target is not None and not any(getattr(e, "is_Integer", False) and e > 1 for e in target)
 
 
 def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
@@ -92,8 +106,7 @@ def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
         starts = [(0, axis) for axis, dim in enumerate(sizes.shape(node.inputs[0]) or ()) if _is(dim, value)]
     else:
         rank = len(sizes.shape(node.outputs[0]) or ())
-        starts = _aligned(sizes, node, int(constraint.detail.split()[1]) - rank if
-                          constraint.detail.startswith("axis ") else 0, value)
+        starts = _aligned(sizes, node, int(constraint.detail.split()[1]) - rank, value)
     memo: dict = {}
     for index, axis in starts:
         ends = _follow(ctx, sizes, node, index, axis, value, memo)
@@ -116,8 +129,9 @@ def _follow(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: 
 def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: dict, depth: int):
     tensor = node.inputs[index]
     constant = ctx.constant_value(tensor)
-    if constant is not None:
-        held = 0 <= axis < constant.ndim and constant.shape[axis] == value
+    if constant is not None:  # numbers only: a string or bool constant is labels or a mask, not positions
+        held = 0 <= axis < constant.ndim and constant.shape[axis] == value and \
+            np.issubdtype(constant.dtype, np.number)
         return {(id(tensor), axis): (node, index, tensor, axis)} if held else None
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is None or depth == 0:
@@ -165,3 +179,25 @@ def _input_carrier(ctx, sizes, symbol) -> tuple[gs.Tensor, int] | None:
             if dim is not None and same(dim, symbol):
                 return tensor, axis
     return None
+
+
+def copies(ctx, pinned: Pinned) -> list[str]:
+    """Other constants of the graph that hold the same positions 0 .. N-1 (N the pinned size): where the trace
+    folded one Python int into several constants, rebuilding one leaves the others at N."""
+    width = pinned.solution.value
+    return [t.name for t in ctx.tensors.values() if t is not pinned.const and _positions(ctx, t, width)]
+
+
+def _positions(ctx, tensor: gs.Tensor, width: int) -> bool:
+    """`tensor` is a constant 0, 1, ..., width - 1 along one axis (its shape looked at before its values)."""
+    if isinstance(tensor, gs.Constant):
+        shape = tensor.shape
+    elif tensor.inputs and tensor.inputs[0].op == "Constant":
+        shape = getattr(tensor.inputs[0].attrs.get("value"), "shape", None)
+    else:
+        return False
+    if shape is None or max(shape, default=0) != width or int(np.prod(shape)) != width:
+        return False
+    value = ctx.constant_value(tensor)
+    return value is not None and np.issubdtype(value.dtype, np.number) and \
+        np.array_equal(value.reshape(-1), np.arange(width))

@@ -121,12 +121,12 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             # A constant equal to an export size is only a guess in the graph (it may be the model's own), so its
             # fix is unsafe; here the module can settle it: keep the unsafe repair only if it then matches.
             retry, checked = repaired(unsafe=True)
-            result, verification = (retry, checked) if checked is not None and checked.ok else repaired(unsafe=False)
+            result, verification = (retry, checked) if _settles(checked) else repaired(unsafe=False)
         elif verification is None and _unsafe_left(result):
             # Nothing was written: the safe fixes alone leave a failing model. The unsafe repair is tried beside
             # the scratch export, so that a failed try never reaches `f`; written there only if it matches.
             _, checked = repaired(unsafe=True, output=Path(scratch) / "trial" / destination.name)
-            if checked is not None and checked.ok:
+            if _settles(checked):
                 result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
     findings = result.findings_before
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
@@ -136,6 +136,13 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         return report
     report.checks = verification.checks
     return report
+
+
+def _settles(checked) -> bool:
+    """Whether the module settles an unsafe repair: it matched at every size, and at two sizes or more. At the
+    export size alone every hypothesis agrees (the module may reject the other probes' made-up values, as
+    `lengths.max().item()` must equal the length: give `probe_args` then)."""
+    return checked is not None and checked.ok and len({str(c.input_shapes) for c in checked.checks}) >= 2
 
 
 def _unsafe_left(result) -> bool:

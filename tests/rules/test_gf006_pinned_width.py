@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 from conftest import run
+from onnx import TensorProto, helper, numpy_helper
 
 import graphfix
 from graphfix.core.rule import Safety
@@ -25,7 +27,9 @@ pytestmark = pytest.mark.torch
 class LengthMasked(torch.nn.Module):
     """x [B, T, D] masked by absolute lengths [B] (the longest is T), the mask's width `lengths.max().item()`.
     `width`: "item" as speechbrain; "traced" gives the traced size (healthy); "learned" multiplies by a learned
-    row of the export width instead of positions (not a formula)."""
+    row of the export width instead of positions (not a formula); "clamped" caps the positions at 12 (the
+    hypothesis the graph does not rule out: the unsafe fix is wrong past 13); "counted" also counts the positions
+    below each length, a second folded copy of the same Python int that nothing pins."""
 
     def __init__(self, width: str = "item", export_length: int = 10):
         super().__init__()
@@ -39,8 +43,14 @@ class LengthMasked(torch.nn.Module):
             positions = self.row * 0 + self.row  # a learned row as long as the export length
         else:
             positions = torch.arange(int(lengths.max().item()), dtype=lengths.dtype)
+        if self.width == "clamped":
+            positions = positions.clamp(max=12)
         mask = (positions.unsqueeze(0) < lengths.unsqueeze(1)).float()  # [B, width]
-        return x * mask.reshape(x.shape[0], x.shape[1], 1)
+        masked = x * mask.reshape(x.shape[0], x.shape[1], 1)
+        if self.width == "counted":
+            count = torch.arange(int(lengths.max().item()), dtype=lengths.dtype)[None] <= lengths[:, None] - 1
+            return masked + count.float().sum(-1)[:, None, None]
+        return masked
 
 
 def inputs(batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,26 +105,55 @@ def test_unsafe_fixes_rebuild_the_width_from_the_length(tmp_path):
                                    expected(module, batch, length), rtol=1e-5, atol=1e-6)
 
 
+def companion(module, path, probes: bool = True):
+    """graphfix.export of `module` at (2, 10), checked at (1, 7) and (3, 31) (`probes`), else at its own resized
+    inputs (random lengths, which the module itself rejects: their maximum is not the length)."""
+    example = tuple(torch.from_numpy(a) for a in inputs(2, 10))
+    extra = {"probe_args": [tuple(torch.from_numpy(a) for a in inputs(b, t)) for b, t in ((1, 7), (3, 31))]} \
+        if probes else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return graphfix.export(module, example, path, input_names=["x", "lengths"], output_names=["y"],
+                               opset_version=17, dynamic_axes={"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                                               "y": {0: "batch", 1: "time"}}, **extra)
+
+
 def test_the_export_companion_settles_the_unsafe_fix_with_the_module(tmp_path):
     """graphfix.export: the safe repair writes nothing, so it tries the unsafe one beside the scratch export and
     keeps it only because it matches the module at the example and two other sizes."""
     module = LengthMasked().eval()
-    example = tuple(torch.from_numpy(a) for a in inputs(2, 10))
-    probes = [tuple(torch.from_numpy(a) for a in inputs(b, t)) for b, t in ((1, 7), (3, 31))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = graphfix.export(module, example, tmp_path / "out.onnx", input_names=["x", "lengths"],
-                                 output_names=["y"], opset_version=17, probe_args=probes,
-                                 dynamic_axes={"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                                               "y": {0: "batch", 1: "time"}})
+    report = companion(module, tmp_path / "out.onnx")
     assert report.ok and len(report.checks) == 3, report.summary()
     np.testing.assert_allclose(run(str(tmp_path / "out.onnx"), feeds(4, 17))[0], expected(module, 4, 17),
                                rtol=1e-5, atol=1e-6)
 
 
+def test_the_export_companion_writes_nothing_the_module_contradicts_or_did_not_check(tmp_path):
+    """Clamped positions: the unsafe arange is wrong past 13, which the module shows at 31 frames; with the
+    companion's own probes the module rejects every other size, and the export size alone settles nothing."""
+    module = LengthMasked("clamped").eval()
+    for probes in (True, False):
+        report = companion(module, tmp_path / "out.onnx", probes)
+        assert not report.ok and not (tmp_path / "out.onnx").exists(), report.summary()
+
+
 def test_the_traced_width_gets_no_finding(tmp_path):
     path = export(LengthMasked("traced"), tmp_path / "traced.onnx")
     assert not [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
+
+
+def test_the_dynamo_export_keeps_the_item_width_and_gets_no_finding(tmp_path):
+    """torch.export keeps `.item()` as a size computed at run time (ReduceMax, then Range): nothing is baked."""
+    module = LengthMasked().eval()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(torch.from_numpy(a) for a in inputs(2, 10)), str(tmp_path / "dyn.onnx"),
+                          dynamo=True, input_names=["x", "lengths"], output_names=["y"],
+                          dynamic_shapes=({0: batch, 1: time}, {0: batch}))
+    assert not [f for f in graphfix.diagnose(str(tmp_path / "dyn.onnx"), static=True) if f.severity.value == "error"]
+    np.testing.assert_allclose(run(str(tmp_path / "dyn.onnx"), feeds(3, 31))[0], expected(module, 3, 31),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_learned_row_pinned_the_same_way_is_reported_but_never_regrown(tmp_path):
@@ -123,3 +162,63 @@ def test_a_learned_row_pinned_the_same_way_is_reported_but_never_regrown(tmp_pat
     assert finding.fix is None and "not an arange" in finding.message
     result = graphfix.repair(path, output=str(tmp_path / "fixed.onnx"), unsafe_fixes=True)
     assert result.output is None
+
+
+def test_a_second_copy_of_the_width_leaves_the_finding_without_a_fix(tmp_path):
+    """`.item()` read twice: two folded arange(10) constants, one pinned, one only counted (it runs at any length).
+    Rebuilding the pinned one alone would leave the count at 10: no fix, even with --unsafe-fixes."""
+    path = export(LengthMasked("counted"), tmp_path / "counted.onnx")
+    (finding,) = [f for f in graphfix.diagnose(path, static=True) if "holds only at time=10" in f.message]
+    assert finding.fix is None and "and so is" in finding.message
+    assert graphfix.repair(path, output=str(tmp_path / "fixed.onnx"), unsafe_fixes=True).output is None
+
+
+def test_labels_and_a_pinned_reshape_target_are_not_taken_for_a_width(tmp_path):
+    """A one-hot over 10 classes (`arange(10) == labels`) in a model whose Reshape target bakes `int(T) * 10`: the
+    pin is in the target (GF004's), so the classes constant is not blamed."""
+    class OneHot(torch.nn.Module):
+        def forward(self, x, labels):
+            onehot = (torch.arange(10) == labels[:, None, None]).float()  # [B, 1, 10]
+            return (x * onehot).reshape(x.shape[0], int(x.shape[1]) * 10)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(OneHot(), (torch.randn(2, 10, 1), torch.tensor([3, 7])), str(tmp_path / "onehot.onnx"),
+                          dynamo=False, opset_version=17, input_names=["x", "labels"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "labels": {0: "batch"}, "y": {0: "batch"}})
+    findings = graphfix.diagnose(str(tmp_path / "onehot.onnx"), static=True)
+    assert not [f for f in findings if f.rule == "GF006"] and [f for f in findings if f.rule == "GF004"]
+
+
+def pinned_graph(positions: np.ndarray, fed: bool = False, opset: int = 17) -> onnx.ModelProto:
+    """`Less(P, lengths[:, None])` (or `Equal` for strings), cast and reshaped to `[b, t, 1]` to mask x: a
+    hand-built pinned width, P an initializer (`fed`: also a graph input, which a caller may feed)."""
+    kind = TensorProto.STRING if positions.dtype == object else TensorProto.FLOAT
+    extra = [helper.make_tensor_value_info("P", kind, list(positions.shape))] if fed else []
+    constants = {"P": positions, "axis": np.array([1]), "start": np.array([0]), "end": np.array([2]),
+                 "one": np.array([1])}
+    compare = "Equal" if kind == TensorProto.STRING else "Less"
+    nodes = [helper.make_node("Unsqueeze", ["lengths", "axis"], ["L"]), helper.make_node(compare, ["P", "L"], ["m"]),
+             helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT), helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "start", "end"], ["bt"]),
+             helper.make_node("Concat", ["bt", "one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["mf", "target"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "pinned", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 3]),
+                          helper.make_tensor_value_info("lengths", kind, ["b"]), *extra],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 3])],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_hand_built_pinned_width_is_found_but_not_a_fed_or_a_string_constant(tmp_path):
+    arange = np.arange(10, dtype=np.float32)[None]
+    letters = np.array([[chr(97 + i) for i in range(10)]], dtype=object)
+    for name, model, found in (("plain", pinned_graph(arange), True), ("fed", pinned_graph(arange, fed=True), False),
+                               ("letters", pinned_graph(letters, opset=19), False)):
+        path = str(tmp_path / f"{name}.onnx")
+        onnx.save(model, path)
+        pinned = [f for f in graphfix.diagnose(path, static=True) if "holds only at" in f.message]
+        assert bool(pinned) == found, (name, pinned)
