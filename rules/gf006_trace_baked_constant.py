@@ -228,19 +228,21 @@ class TraceBakedConstant(Rule):
                               nodes=[reader])
             yield self.finding(message + "; its values are not an arange: not repaired", **where, hint=hint)
             return
-        others = copies(ctx, p)
-        if others:  # one Python int folded into several constants: the others would stay at the export size
-            yield self.finding(
-                message + f"; it is arange({width}) along axis {p.axis}, and so is '{others[0]}'"
-                + (f" (and {len(others) - 1} more)" if len(others) > 1 else "") + ": if they are the same "
-                "Python int, rebuilding one leaves the others at the export size; not repaired", **where, hint=hint)
+        others, elsewhere = copies(ctx, p), p.read_elsewhere()
+        if others or elsewhere:  # the Python int also reaches what nothing pins: rebuilt, that would change too
+            why = (f"and so is '{others[0]}'" + (f" (and {len(others) - 1} more)" if len(others) > 1 else "") +
+                   ": if they are the same Python int, rebuilding one leaves the others at the export size"
+                   if others else f"{elsewhere[0].op} '{elsewhere[0].name}' reads it too, where nothing needs it to "
+                   "follow the length: rebuilding it would change what that computes")
+            yield self.finding(message + f"; it is arange({width}) along axis {p.axis}, {why}; not repaired",
+                               **where, hint=hint)
             return
         length = f"Shape({carrier.name})[{axis}]"
         yield self.finding(
             message + f"; it is arange({width}) along axis {p.axis}", **where, hint=hint,
             fix=Fix(f"compute {p.const.name} as Range(0, {length})",
-                    apply=loosened(reader, {width}, arange_input(reader, p.index, p.value, p.axis, carrier, axis,
-                                                                 ctx.opset)),
+                    apply=loosened(reader, {width}, _each(arange_input(node, index, p.value, p.axis, carrier,
+                                                                       axis, ctx.opset) for node, index in p.readers)),
                     safety=Safety.UNSAFE,
                     reason=f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
                            f"own width, a maximum of the lengths, must equal it too); but 0, 1, ..., {width - 1} is "
@@ -356,6 +358,17 @@ class TraceBakedConstant(Rule):
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
+
+
+def _each(edits):
+    """One edit that applies `edits` in turn."""
+    edits = list(edits)
+
+    def apply(graph) -> None:
+        for edit in edits:
+            edit(graph)
+
+    return apply
 
 
 # a table computed from positions keeps one row per position through these (elementwise math, the outer product

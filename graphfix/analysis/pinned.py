@@ -28,8 +28,9 @@ SAME_SHAPE = frozenset({"Not", "Cast", "Neg", "Abs", "Identity", "Sqrt", "Exp", 
 
 @dataclass(frozen=True)
 class Pinned:
-    """Constant input `index` of `node`, whose extent along `axis` is the size `solution` pins (the one value of
-    its symbol at which its constraint holds); `carrier` is a graph input and axis of that size."""
+    """A constant whose extent along `axis` is the size `solution` pins (the one value of its symbol at which its
+    constraint holds), read as input `index` of `node` on the way to the constraint (and as `readers`, each
+    (node, input index), where several are); `carrier` is a graph input and axis of that size."""
 
     node: gs.Node
     index: int
@@ -38,6 +39,14 @@ class Pinned:
     axis: int
     solution: Solution
     carrier: tuple[gs.Tensor, int]
+    readers: tuple[tuple[gs.Node, int], ...] = ()
+
+    def read_elsewhere(self) -> list[gs.Node]:
+        """The nodes that read the constant off the way to the constraint (a count, another shape): rebuilding
+        it for the pinned size would change what they compute too."""
+        mine = {(id(n), i) for n, i in self.readers}
+        return [n for n in self.const.outputs
+                if any(t is self.const and (id(n), i) not in mine for i, t in enumerate(n.inputs))]
 
 
 def widening_constants(ctx) -> bool:
@@ -64,14 +73,14 @@ def pinned_operands(ctx, direct: Iterable[gs.Tensor] = ()) -> Iterator[Pinned | 
     """Constants that a solved reshape or broadcast constraint reaches through elementwise ops alone, each once,
     but those in `direct` (constants that meet a dynamic dim where they are read: `baked_operands`'); a `str` says
     why a pinned size was not followed to one (for the rule's rejection)."""
-    sizes, seen = sizes_of(ctx), {(id(t), None) for t in direct}
+    sizes, seen, direct = sizes_of(ctx), set(), {id(t) for t in direct}
     fed = {t.name for t in ctx.model.graph.input}  # an initializer that is also an input: a caller may feed it
     for constraint in sizes.constraints:
         solution = solve(constraint) if _from_data(sizes, constraint) else None
         if solution is None or solution.cut is not None or solution.value < 2:
             continue  # a size of 1 is every constant's that broadcasts
         found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)
-                 if p.const.name not in fed and (id(p.const), None) not in seen}
+                 if p.const.name not in fed and id(p.const) not in direct}
         if len(found) != 1:
             if found:
                 yield (f"'{constraint.node.name}' pins {solution.symbol}={solution.value}, held by "
@@ -111,15 +120,15 @@ def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
     for index, axis in starts:
         ends = _follow(ctx, sizes, node, index, axis, value, memo)
         if ends is not None and len(ends) == 1:
-            ((reader, at, const, const_axis),) = ends.values()
-            yield Pinned(reader, at, const, ctx.constant_value(const), const_axis, solution, carrier)
+            ((const, const_axis, readers),) = ends.values()
+            yield Pinned(*readers[0], const, ctx.constant_value(const), const_axis, solution, carrier, readers)
 
 
 def _follow(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: dict, depth: int = 32) -> dict | None:
     """From input `index` of `node` at `axis`, back through same-shape and broadcasting ops (every operand holding
     the value there) and `ConstantOfShape(Shape(x))`, to the constants where the value starts: {(constant id, axis):
-    (reader, input index, constant, axis)}, or None where a path ends anywhere else (a graph input, another op).
-    `memo` holds each tensor's answer once (graphs rejoin)."""
+    (constant, axis, readers)}, readers each (node, input index), or None where a path ends anywhere else (a graph
+    input, another op). `memo` holds each input's answer once (graphs rejoin)."""
     key = (id(node), index, axis)
     if key not in memo:
         memo[key] = _follow_once(ctx, sizes, node, index, axis, value, memo, depth)
@@ -132,7 +141,7 @@ def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, m
     if constant is not None:  # numbers only: a string or bool constant is labels or a mask, not positions
         held = 0 <= axis < constant.ndim and constant.shape[axis] == value and \
             np.issubdtype(constant.dtype, np.number)
-        return {(id(tensor), axis): (node, index, tensor, axis)} if held else None
+        return {(id(tensor), axis): (tensor, axis, ((node, index),))} if held else None
     producer = tensor.inputs[0] if tensor.inputs else None
     if producer is None or depth == 0:
         return None
@@ -151,7 +160,9 @@ def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, m
         ends = _follow(ctx, sizes, producer, at, operand_axis, value, memo, depth - 1)
         if ends is None:
             return None
-        found.update(ends)
+        for key, (const, const_axis, readers) in ends.items():  # one constant met twice: both readers
+            before = found.get(key, (const, const_axis, ()))[2]
+            found[key] = (const, const_axis, before + tuple(r for r in readers if r not in before))
     return found or None
 
 

@@ -190,9 +190,10 @@ def test_labels_and_a_pinned_reshape_target_are_not_taken_for_a_width(tmp_path):
     assert not [f for f in findings if f.rule == "GF006"] and [f for f in findings if f.rule == "GF004"]
 
 
-def pinned_graph(positions: np.ndarray, fed: bool = False, opset: int = 17) -> onnx.ModelProto:
+def pinned_graph(positions: np.ndarray, fed: bool = False, opset: int = 17, counted: bool = False) -> onnx.ModelProto:
     """`Less(P, lengths[:, None])` (or `Equal` for strings), cast and reshaped to `[b, t, 1]` to mask x: a
-    hand-built pinned width, P an initializer (`fed`: also a graph input, which a caller may feed)."""
+    hand-built pinned width, P an initializer (`fed`: also a graph input, which a caller may feed; `counted`:
+    also summed into the output, where nothing pins its width)."""
     kind = TensorProto.STRING if positions.dtype == object else TensorProto.FLOAT
     extra = [helper.make_tensor_value_info("P", kind, list(positions.shape))] if fed else []
     constants = {"P": positions, "axis": np.array([1]), "start": np.array([0]), "end": np.array([2]),
@@ -202,7 +203,11 @@ def pinned_graph(positions: np.ndarray, fed: bool = False, opset: int = 17) -> o
              helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT), helper.make_node("Shape", ["x"], ["s"]),
              helper.make_node("Slice", ["s", "start", "end"], ["bt"]),
              helper.make_node("Concat", ["bt", "one"], ["target"], axis=0),
-             helper.make_node("Reshape", ["mf", "target"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+             helper.make_node("Reshape", ["mf", "target"], ["r"]),
+             helper.make_node("Mul", ["x", "r"], ["masked" if counted else "y"])]
+    if counted:
+        nodes += [helper.make_node("ReduceSum", ["P"], ["total"], keepdims=0),
+                  helper.make_node("Add", ["masked", "total"], ["y"])]
     graph = helper.make_graph(
         nodes, "pinned", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 3]),
                           helper.make_tensor_value_info("lengths", kind, ["b"]), *extra],
@@ -222,3 +227,12 @@ def test_a_hand_built_pinned_width_is_found_but_not_a_fed_or_a_string_constant(t
         onnx.save(model, path)
         pinned = [f for f in graphfix.diagnose(path, static=True) if "holds only at" in f.message]
         assert bool(pinned) == found, (name, pinned)
+        assert not pinned or pinned[0].fix is not None
+
+
+def test_positions_also_read_off_the_pinned_way_are_not_rebuilt(tmp_path):
+    """One constant read by the mask and by a sum (which runs at any length): rebuilding it would change the sum."""
+    path = str(tmp_path / "counted.onnx")
+    onnx.save(pinned_graph(np.arange(10, dtype=np.float32)[None], counted=True), path)
+    (finding,) = [f for f in graphfix.diagnose(path, static=True) if "holds only at" in f.message]
+    assert finding.fix is None and "ReduceSum" in finding.message and "reads it too" in finding.message
