@@ -13,6 +13,7 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
     arange_input,
     band_input,
+    in_turn,
     loosened,
     positions_at_least,
     set_constant,
@@ -28,6 +29,7 @@ from graphfix.analysis.structured import (
     baked_operands,
     band_pattern,
     is_uniform,
+    positions_cut_to_length,
     rows_cut_at_a_length,
     shrunk,
     table_prefix,
@@ -177,7 +179,7 @@ class TraceBakedConstant(Rule):
                 continue
             value = source.export_length
             baked = f"export-time length {sym}={value}" if value else f"{source.length} positions"
-            grown = _positions_cut_to_length(ctx, source, cap)
+            grown = positions_cut_to_length(ctx, source, cap)
             fix = None if isinstance(grown, str) else Fix(
                 f"compute '{source.tensor.name}' as Range(0, max({source.length}, {sym}))"
                 + (f" and let {len(grown[1])} Reshape(s) on its way follow it" if grown[1] else ""),
@@ -241,7 +243,7 @@ class TraceBakedConstant(Rule):
         yield self.finding(
             message + f"; it is arange({width}) along axis {p.axis}", **where, hint=hint,
             fix=Fix(f"compute {p.const.name} as Range(0, {length})",
-                    apply=loosened(reader, {width}, _each(arange_input(node, index, p.value, p.axis, carrier,
+                    apply=loosened(reader, {width}, in_turn(arange_input(node, index, p.value, p.axis, carrier,
                                                                        axis, ctx.opset) for node, index in p.readers)),
                     safety=Safety.UNSAFE,
                     reason=f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
@@ -358,57 +360,3 @@ class TraceBakedConstant(Rule):
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
-
-
-def _each(edits):
-    """One edit that applies `edits` in turn."""
-    edits = list(edits)
-
-    def apply(graph) -> None:
-        for edit in edits:
-            edit(graph)
-
-    return apply
-
-
-# a table computed from positions keeps one row per position through these (elementwise math, the outer product
-# with the frequencies, stacking sin and cos, casts); a Slice is where it is cut to the length
-_TABLE_OPS = frozenset({"Einsum", "Mul", "Div", "Add", "Sub", "Neg", "Cos", "Sin", "Exp", "Pow", "Cast", "Unsqueeze",
-                        "Concat", "Reshape"})
-
-
-def _positions_cut_to_length(ctx: RuleContext, source, cap) -> tuple[tuple, list[tuple]] | str:
-    """For folded positions arange(0, N) that cap a length (`cap`: the graph needs `T = Min(N, T)`): where the
-    length comes from (a tensor and axis carrying T) and the Reshapes on the way that bake N in their shape, when
-    every path from the positions is table arithmetic that ends in a Slice starting at 0; else why not."""
-    if source.start != 0 or source.step != 1 or source.length != cap.limit:
-        return f"{source.show()} is not the positions 0 .. {cap.limit - 1}"
-    sizes = sizes_of(ctx)
-    dim = next((found for t in cap.constraint.node.inputs if isinstance(t, gs.Variable)
-                and (found := sizes.carrier(cap.symbol, t)) is not None), None)
-    if dim is None:
-        return f"no tensor before '{cap.constraint.node.name}' carries {cap.symbol}"
-    reshapes, queue, seen, cuts = [], [source.tensor], set(), 0
-    while queue:
-        tensor = queue.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        for node in tensor.outputs:
-            if node.op == "Slice" and node.inputs[0] is tensor:
-                starts = ctx.constant_value(node.inputs[1])
-                if starts is None or np.any(starts != 0):
-                    return f"Slice '{node.name}' does not cut the table from its first row"
-                cuts += 1
-                continue
-            if node.op not in _TABLE_OPS or (node.op == "Reshape" and node.inputs[0] is not tensor):
-                return f"{node.op} '{node.name}' reads the positions"
-            if node.op == "Reshape":
-                entries = [e for e, v in enumerate(sizes.value(node.inputs[1]) or ()) if v == cap.limit]
-                if len(entries) != 1:
-                    return f"Reshape '{node.name}' has {len(entries)} entries of {cap.limit}"
-                reshapes.append((node, entries[0]))
-            queue.extend(node.outputs)
-    if not cuts:
-        return "no Slice cuts the table to the length"
-    return dim, reshapes

@@ -43,6 +43,17 @@ def loosened(node: gs.Node, values: set[int], apply):
     return run
 
 
+def in_turn(edits):
+    """One edit that applies `edits` in turn."""
+    edits = list(edits)
+
+    def apply(graph: gs.Graph) -> None:
+        for edit in edits:
+            edit(graph)
+
+    return apply
+
+
 def set_constant(node: gs.Node, index: int, value: np.ndarray):
     def apply(graph: gs.Graph) -> None:
         node.inputs[index] = gs.Constant(f"{node.name}_gf004_const{index}", np.ascontiguousarray(value))

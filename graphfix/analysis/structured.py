@@ -10,7 +10,9 @@ A constant cut at an export-time size can be rebuilt at run time when its conten
 - `table_prefix`: a constant equal to the leading rows of a larger table that is still in the graph
   (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere);
 - `rows_cut_at_a_length`: a whole table folded to N rows and sliced to a length at run time, the rows met with
-  that length downstream (`self.cos_cached[: x.shape[1]] * x`): the graph runs only while the length is <= N.
+  that length downstream (`self.cos_cached[: x.shape[1]] * x`): the graph runs only while the length is <= N;
+- `positions_cut_to_length`: positions 0 .. N-1 folded while a table is computed from them and cut to a length
+  (speechbrain's rotary cache of the next power of two), each Reshape on the way that holds N.
 
 Each returns what it found, or a `str` saying why the constant does not match (for the rule's rejection).
 `baked_operands` finds the candidates (constant operands of broadcasting ops cut at a dynamic dim's export-time
@@ -334,3 +336,46 @@ def _folded_whole(tensor: gs.Tensor, graph) -> bool:
     """A table folded whole (nothing of its computation left, `is_table`) that no feed can replace (an initializer
     that is also a graph input may be fed another table)."""
     return is_table(tensor) and tensor.name not in {t.name for t in graph.input}
+
+
+# a table computed from positions keeps one row per position through these (elementwise math, the outer product
+# with the frequencies, stacking sin and cos, casts); a Slice is where it is cut to the length
+_TABLE_OPS = frozenset({"Einsum", "Mul", "Div", "Add", "Sub", "Neg", "Cos", "Sin", "Exp", "Pow", "Cast", "Unsqueeze",
+                        "Concat", "Reshape"})
+
+
+def positions_cut_to_length(ctx, source, cap) -> tuple[tuple, list[tuple]] | str:
+    """For folded positions arange(0, N) that cap a length (`cap`: the graph needs `T = Min(N, T)`): where the
+    length comes from (a tensor and axis carrying T) and the Reshapes on the way that bake N in their shape, when
+    every path from the positions is table arithmetic that ends in a Slice starting at 0; else why not."""
+    if source.start != 0 or source.step != 1 or source.length != cap.limit:
+        return f"{source.show()} is not the positions 0 .. {cap.limit - 1}"
+    sizes = sizes_of(ctx)
+    dim = next((found for t in cap.constraint.node.inputs if isinstance(t, gs.Variable)
+                and (found := sizes.carrier(cap.symbol, t)) is not None), None)
+    if dim is None:
+        return f"no tensor before '{cap.constraint.node.name}' carries {cap.symbol}"
+    reshapes, queue, seen, cuts = [], [source.tensor], set(), 0
+    while queue:
+        tensor = queue.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for node in tensor.outputs:
+            if node.op == "Slice" and node.inputs[0] is tensor:
+                starts = ctx.constant_value(node.inputs[1])
+                if starts is None or np.any(starts != 0):
+                    return f"Slice '{node.name}' does not cut the table from its first row"
+                cuts += 1
+                continue
+            if node.op not in _TABLE_OPS or (node.op == "Reshape" and node.inputs[0] is not tensor):
+                return f"{node.op} '{node.name}' reads the positions"
+            if node.op == "Reshape":
+                entries = [e for e, v in enumerate(sizes.value(node.inputs[1]) or ()) if v == cap.limit]
+                if len(entries) != 1:
+                    return f"Reshape '{node.name}' has {len(entries)} entries of {cap.limit}"
+                reshapes.append((node, entries[0]))
+            queue.extend(node.outputs)
+    if not cuts:
+        return "no Slice cuts the table to the length"
+    return dim, reshapes
