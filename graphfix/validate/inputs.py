@@ -1,8 +1,9 @@
 """Synthesising graph inputs for a binding of the symbolic dims, deterministically, like real data.
 
 Floats are standard normal (activations, not [0, 1) pixels); integer ids stay within the table they index;
-lengths stay within their dim, with at least one padded row; masks are mixed within every row. Sizes are
-chosen in graphfix.validate.sizes.
+lengths stay within their dim, with at least one padded row: integers, or floats named as lengths, absolute or,
+where the graph scales them by a size first (speechbrain's `round(wav_lens * T)`), relative in (0, 1]; masks are
+mixed within every row. Sizes are chosen in graphfix.validate.sizes.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def synthesize_inputs(
     model: onnx.ModelProto, sizes: dict[str, int], options: ValidationOptions
 ) -> dict[str, np.ndarray]:
     """A value for every graph input at the binding `sizes`; user values override; seeded per input, size."""
-    vocab = _vocabulary_sizes(model)
+    vocab, relative = _vocabulary_sizes(model), _scaled_by_a_size(model)
     time_dim = max((v for k, v in sizes.items() if not BATCH_LIKE.search(k)), default=DEFAULT_OTHER)
     feeds = {}
     made = [vi for vi in graph_inputs(model) if vi.name not in options.inputs]
@@ -65,7 +66,8 @@ def synthesize_inputs(
             feeds[vi.name] = options.inputs[vi.name]
             continue
         rng = np.random.default_rng(zlib.crc32(f"{vi.name}|{sorted(sizes.items())}".encode()))
-        feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim)
+        feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim,
+                                 vi.name in relative)
     return feeds
 
 
@@ -90,7 +92,7 @@ def _concrete_shape(vi: onnx.ValueInfoProto, sizes: dict[str, int], given: tuple
     return tuple(shape)
 
 
-def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int) -> np.ndarray:
+def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int, relative: bool = False) -> np.ndarray:
     if dtype == np.bool_:
         return mixed_mask(shape, rng, padded_true=bool(PADDING_LIKE.search(name)))
     if np.issubdtype(dtype, np.integer):
@@ -102,6 +104,9 @@ def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int) -> np.nda
             return mixed_mask(shape, rng, padded_true=bool(PADDING_LIKE.search(name))).astype(dtype)
         return rng.integers(0, 2, size=shape).astype(dtype)
     if np.issubdtype(dtype, np.floating):
+        if LENGTH_LIKE.search(name) and len(shape) == 1:  # one length per row: absolute, or relative
+            lengths = _lengths(shape, rng, time_dim)
+            return (lengths / time_dim if relative else lengths).astype(dtype)
         return rng.standard_normal(shape).astype(dtype)  # like activations: signed, unit scale
     return np.zeros(shape, dtype=dtype)
 
@@ -130,6 +135,36 @@ def mixed_mask(shape, rng, padded_true: bool) -> np.ndarray:
         kept = np.arange(width)[None, :] < lengths[:, None]
     kept = kept.reshape(shape)
     return ~kept if padded_true else kept
+
+
+_PASS = frozenset({"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity", "Squeeze"})  # the values pass as they are
+_SIZE_OPS = _PASS | {"Gather", "Slice", "Concat", "ReduceProd", "Mul"}  # a size read from Shape, and reshaped
+
+
+def _scaled_by_a_size(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs that the graph multiplies by a size read from a Shape before any other use: relative lengths
+    (speechbrain's `round(wav_lens * T)`, ECAPA's `lengths * L`)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    aliases = {i.name: i.name for i in graph_inputs(model)}
+    found = set()
+    for node in model.graph.node:
+        if node.op_type in _PASS and node.input and node.input[0] in aliases:
+            aliases[node.output[0]] = aliases[node.input[0]]
+        elif node.op_type == "Mul" and len(node.input) == 2:
+            for mine, other in (node.input, node.input[::-1]):
+                if mine in aliases and _from_shape(other, producers):
+                    found.add(aliases[mine])
+    return found
+
+
+def _from_shape(name: str, producers: dict, depth: int = 8) -> bool:
+    """`name` is computed from a Shape op through size arithmetic alone."""
+    node = producers.get(name)
+    if node is None or depth == 0:
+        return False
+    if node.op_type == "Shape":
+        return True
+    return node.op_type in _SIZE_OPS and any(_from_shape(i, producers, depth - 1) for i in node.input[:1])
 
 
 def _vocabulary_sizes(model: onnx.ModelProto) -> dict[str, int]:

@@ -143,7 +143,9 @@ def test_the_traced_width_gets_no_finding(tmp_path):
 
 
 def test_the_dynamo_export_keeps_the_item_width_and_gets_no_finding(tmp_path):
-    """torch.export keeps `.item()` as a size computed at run time (ReduceMax, then Range): nothing is baked."""
+    """torch.export keeps `.item()` as a size computed at run time (ReduceMax, then Range): nothing is baked. The
+    model runs only where the lengths' maximum is the length, which the probe's float lengths respect, so `repair`
+    proves it unchanged (exit 0)."""
     module = LengthMasked().eval()
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
     with warnings.catch_warnings():
@@ -154,6 +156,8 @@ def test_the_dynamo_export_keeps_the_item_width_and_gets_no_finding(tmp_path):
     assert not [f for f in graphfix.diagnose(str(tmp_path / "dyn.onnx"), static=True) if f.severity.value == "error"]
     np.testing.assert_allclose(run(str(tmp_path / "dyn.onnx"), feeds(3, 31))[0], expected(module, 3, 31),
                                rtol=1e-5, atol=1e-6)
+    result = graphfix.repair(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"))
+    assert result.status == "unchanged" and result.validation["passed"], result.validation
 
 
 def test_a_learned_row_pinned_the_same_way_is_reported_but_never_regrown(tmp_path):

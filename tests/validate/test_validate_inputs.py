@@ -138,3 +138,23 @@ def test_values_look_like_real_data():
         assert all(0 < row.sum() < 9 for row in mask)  # mixed within every row
     assert feeds["padding_mask"][:, 0].sum() == 0 and feeds["attention_mask"][:, 0].all()  # pads at the end
     assert feeds["lengths"].max() == 9 and feeds["lengths"].min() < 9  # one row at least is padded
+
+
+def test_float_lengths_are_absolute_or_relative_as_the_graph_uses_them():
+    """speechbrain passes float lengths: relative `wav_lens` that the graph scales by the length first
+    (`round(wav_lens * T)`), or absolute ones compared as they are; both keep one row the whole length."""
+    m = model("""
+    g (float[B, T, 8] X, float[B] wav_lens, float[B] lengths, float[B] scale_len2) => (float[B] A, float[B] L) {
+        shape = Shape(X)
+        index = Constant<value = int64 {1}>()
+        t = Gather<axis = 0>(shape, index)
+        tf = Cast<to = 1>(t)
+        A = Mul(wav_lens, tf)
+        L = Add(lengths, scale_len2)
+    }""")
+    feeds = synthesize_inputs(m, {"B": 5, "T": 9}, ValidationOptions())
+    relative, absolute = feeds["wav_lens"], feeds["lengths"]
+    assert relative.dtype == np.float32 and relative.max() == 1.0 and 0 < relative.min() < 1
+    assert np.allclose(np.round(relative * 9), relative * 9)  # whole frames once scaled
+    assert absolute.max() == 9 and 1 <= absolute.min() < 9 and np.all(absolute == np.round(absolute))
+    assert feeds["scale_len2"].max() == 9  # named as a length, not scaled by a size: absolute
