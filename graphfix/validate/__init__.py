@@ -45,7 +45,7 @@ from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
-from graphfix.validate.sizes import declared_sizes, reference_bindings
+from graphfix.validate.sizes import declared_sizes, mask_aliases, reference_bindings
 
 __all__ = [
     "LEVELS",
@@ -114,7 +114,7 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     sizes = [bind(binding, tied) for binding in sizes] if tied else sizes
     for binding in sizes:
         footprint.check_sizes(binding)
-    judge = Judge(before, after, options, sizes[0], known=known, derived_dims=set(tied))
+    judge = Judge(before, after, options, sizes[0], known=known, derived_dims={*tied, *mask_aliases(before.proto)})
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     complete = after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent")

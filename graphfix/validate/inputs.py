@@ -20,13 +20,13 @@ from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_k
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
     DEFAULT_OTHER,
+    MASK_LIKE,
     dim_names,
     graph_inputs,
     probe_sizes,
 )
 
 LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
-MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
 LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
 UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (

@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from graphfix.analysis.sizes.domain import input_minimums
 
 BATCH_LIKE = re.compile(r"batch|^b$|^n$|^bs$|num_|^N$", re.IGNORECASE)
+MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
 MAX_HINT = 512  # baked constants above this are not taken as an export size
@@ -67,8 +68,35 @@ def batch_dims(model: onnx.ModelProto) -> set[str]:
     return found
 
 
+def mask_aliases(model: onnx.ModelProto) -> dict[str, str]:
+    """A mask input's dims named apart from those of the input it masks, each with that input's dim: the partner
+    is the first other input of the same rank and element type (`input_ids` for `attention_mask`), and a dim is
+    aliased only where no other input names it. torch.export names the mask's dims apart when no op it traced
+    equates them (GPT-2 indexes the mask), though every caller feeds the two alike: probed apart, the model fails
+    where PyTorch fails too."""
+    inputs = graph_inputs(model)
+    others = [vi for vi in inputs if not MASK_LIKE.search(vi.name)]
+    used = {name for vi in others for name in dim_names(vi) if isinstance(name, str)}
+    aliases: dict[str, str] = {}
+    for mask in (vi for vi in inputs if MASK_LIKE.search(vi.name)):
+        kind, mine = mask.type.tensor_type.elem_type, dim_names(mask)
+        partner = next((o for o in others if o.type.tensor_type.elem_type == kind
+                        and len(dim_names(o)) == len(mine)), None)
+        for own, theirs in zip(mine, dim_names(partner) if partner is not None else (), strict=False):
+            if isinstance(own, str) and isinstance(theirs, str) and own != theirs and own not in used:
+                aliases.setdefault(own, theirs)
+    return aliases
+
+
 def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
-    """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all."""
+    """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all. A mask's
+    dims named apart from the input it masks take that input's sizes (`mask_aliases`)."""
+    aliases = mask_aliases(model)
+    return [{name: binding[aliases[name]] if aliases.get(name) in binding else size
+             for name, size in binding.items()} for binding in _probe_sizes(model, options)]
+
+
+def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
     least = input_minimums(model)
     export = export_sizes(model, options, forced, least)
