@@ -107,10 +107,10 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = _probe_args(call, requested)
 
-        def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
+        def repaired(unsafe: bool, output: Path = destination):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
             # `torch`): the repair needs only to run, and verify() compares it with the module.
-            result = repair(source, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
+            result = repair(raw, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
             checked = None if result.output is None else verify(output, model, args, probe_args=probe_args,
                                                                    kwargs=export_kwargs.get("kwargs"))
@@ -128,74 +128,14 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             _, checked = repaired(unsafe=True, output=Path(scratch) / "trial" / destination.name)
             if _settles(checked):
                 result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
-        findings, applied, unsettled = result.findings_before, result.applied, None
-        if not (verification is not None and verification.ok) and exporter == "torchscript" and flat and requested:
-            # What the graph leaves open, a second trace may settle: the constants that move with a size follow it.
-            followed = _follow_second_traces(model, call[0], raw, Path(scratch), dict(
-                input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
-                opset_version=opset_version, **export_kwargs))
-            unsettled = followed if isinstance(followed, str) else "the module does not match it"
-            if isinstance(followed, tuple):
-                path, moved = followed
-                _, checked = repaired(unsafe=False, output=Path(scratch) / "traced" / destination.name, source=path)
-                if _settles(checked):
-                    result, verification = repaired(unsafe=False, source=path)
-                    applied, unsettled = [AppliedFix("export", [], f"computed {moved} constant(s) from Shape ops: "
-                                                     "traced again with each dynamic dim doubled, they follow the "
-                                                     "sizes"), *result.applied], None
-    report = ExportReport(destination, findings, applied, [], notes, status=result.status, error=result.error)
+    findings = result.findings_before
+    report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
     report.causes = _link(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
-    else:
-        report.checks = verification.checks
-    if unsettled and not report.ok:
-        report.error = "; ".join(filter(None, [report.error, f"a second trace did not settle it: {unsettled}"]))
+        return report
+    report.checks = verification.checks
     return report
-
-
-def _follow_second_traces(model, args: tuple, raw: Path, scratch: Path, export_kwargs: dict) -> tuple[Path, int] | str:
-    """The export with each constant that moves with a dynamic dim computed from Shape ops
-    (graphfix.exporting.differential), and how many there are; or why not. Each dim, by the name the export gave
-    it, is doubled in turn by repeating the example along it (lengths and masks keep their meaning) and traced
-    again."""
-    import onnx
-    import torch
-
-    from graphfix.exporting.differential import computed, dynamic_dims, moved_constants
-
-    base = onnx.load(str(raw), load_external_data=False)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in base.graph.initializer):
-        return "the export keeps its weights in external data: not traced again"
-    if len(base.graph.input) != len(args):
-        return "the export's inputs are not the call's tensors one by one"
-    places: dict[str, list[tuple[int, int]]] = {}
-    for position, value in enumerate(base.graph.input):
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.dim_param:
-                places.setdefault(dim.dim_param, []).append((position, axis))
-    sizes = {dim: int(args[p].shape[a]) for dim, ((p, a), *_) in places.items()}
-    traces = {}
-    for count, (dim, where) in enumerate(places.items()):
-        doubled = list(args)
-        for position, axis in where:
-            doubled[position] = torch.cat([doubled[position], doubled[position]], dim=axis)
-        path = scratch / "traces" / f"{count}.onnx"
-        path.parent.mkdir(exist_ok=True)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, tuple(doubled), str(path), dynamo=False, **export_kwargs)
-        except Exception as exc:
-            return f"the module does not trace with {dim} doubled ({type(exc).__name__})"
-        traces[dim] = onnx.load(str(path))
-    moved = moved_constants(base, traces, sizes)
-    if isinstance(moved, str) or not moved:
-        return moved or "no constant moves with the sizes"
-    followed = scratch / "followed" / raw.name
-    followed.parent.mkdir(exist_ok=True)
-    onnx.save(computed(base, moved, dynamic_dims(base)), str(followed))
-    return followed, len(moved)
 
 
 def _settles(checked) -> bool:

@@ -15,7 +15,7 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   and by graphfix.export (the module settles it), not by default. MobileViT is not repaired, a strict xfail: its
   unfold bakes the patch counts of height and width, and a block with a fixed grid of patches that grow with the
   input leaves the same graph (test_patch_grid_ambiguity.py), so which constants vary is not determined by the
-  graph; `graphfix.export`, which has the module, traces it again and repairs it.
+  graph.
 """
 
 from __future__ import annotations
@@ -39,14 +39,12 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 HEALTHY = ("convnext", "vit", "whisper", "convtasnet")
 BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit", "w2v-encoder")
 UNREPAIRED = {"mobilevit": "its unfold bakes the patch counts, and the graph does not say whether the counts or the "
-                           "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph); "
-                           "graphfix.export settles it with a second trace",
+                           "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph)",
               "w2v-encoder": "its mask's width is a folded arange(T), which the graph does not tell from a clamped "
                              "arange (test_gf006_pinned_width.py): repaired with --unsafe-fixes, or by graphfix.export"}
 # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
 STATIC = ("ecapa", "conformer", "conformer-rope", "w2v-encoder")
 UNSAFE_ONLY = ("w2v-encoder",)  # unrepaired by default; the module (graphfix.export) or --unsafe-fixes settles it
-RETRACED = ("mobilevit",)  # unrepaired from the graph; graphfix.export traces the module again and settles it
 NAMES = tuple(n for n in BUILDERS if installed(n))
 TIMEOUT_S = 60  # a bound on each command per model, not a timed assertion
 GRAPHFIX = Path(sys.executable).parent / "graphfix"
@@ -135,6 +133,10 @@ def test_unsafe_only_front_end_is_repaired_with_unsafe_fixes_and_by_the_export_c
     """The default repair names the unsafe fix and writes nothing; `--unsafe-fixes` writes a model that matches
     PyTorch at three sizes; `graphfix.export` tries it only where the safe repair fails, and keeps it because it
     matches the module at those sizes."""
+    import torch
+
+    from graphfix import export as export_repaired
+
     case, path = exported[name]
     proc, _ = graphfix("repair", str(path), "-o", str(tmp_path / "default.onnx"))
     assert proc.returncode == 1 and not (tmp_path / "default.onnx").exists(), proc.stdout + proc.stderr
@@ -146,32 +148,11 @@ def test_unsafe_only_front_end_is_repaired_with_unsafe_fixes_and_by_the_export_c
         got = run(str(tmp_path / "unsafe.onnx"), case.feeds(batch, length))
         for g, want in zip(got, case.expected(batch, length), strict=True):
             np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
-    report = companion(case, tmp_path / "exported.onnx")
+    inputs = [tuple(torch.from_numpy(a) for a in case.inputs(*size)) for size in sizes]
+    report = export_repaired(case.module, inputs[0], tmp_path / "exported.onnx", input_names=list(case.names[:2]),
+                             output_names=list(case.names[2:]), dynamic_axes=case.axes, opset_version=17,
+                             probe_args=inputs[1:])
     assert report.ok and len(report.checks) == len(sizes), report.summary()
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if n in RETRACED])
-def test_the_export_companion_repairs_what_the_graph_leaves_open(exported, tmp_path, name):
-    """MobileViT through graphfix.export: traced again with height, width and batch doubled in turn, the patch
-    counts move and the patch sizes do not; computed from the input's shape, the export matches the module at the
-    case's three sizes, which no trace used."""
-    case, _ = exported[name]
-    report = companion(case, tmp_path / "exported.onnx")
-    assert report.ok and len(report.checks) == 1 + len(case.sizes), report.summary()
-    assert any("traced again" in fix.summary for fix in report.repairs), report.summary()
-
-
-def companion(case, path: Path):
-    """graphfix.export of the case's module at its export size, checked at its other sizes."""
-    import torch
-
-    from graphfix import export as export_repaired
-
-    inputs = [tuple(torch.from_numpy(a) for a in case.inputs(*size)) for size in (case.export_size, *case.sizes)]
-    count = len(inputs[0])
-    return export_repaired(case.module, inputs[0], path, input_names=list(case.names[:count]),
-                           output_names=list(case.names[count:]), dynamic_axes=case.axes, opset_version=17,
-                           probe_args=inputs[1:])
 
 
 def test_sizes_cover_batch_1_and_a_longer_length(exported):
