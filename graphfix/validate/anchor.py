@@ -5,12 +5,16 @@ convolutional front end (HuBERT, wav2vec2) needs hundreds of samples before its 
 size are the model's own limits, not export bugs, and reporting them would flag healthy models. So when the
 guessed first binding fails, the guessed non-batch dims are doubled until the model runs; that binding becomes
 the export size the other sizes are derived from. If no size runs, the guess stays and its failures are real
-findings (a broadcast mismatch fails at every size).
+findings (a broadcast mismatch fails at every size). Growing stops before its runs would pass GROW_BUDGET_S
+(each doubling is taken to multiply the last run's time by its growth in elements): a model that fails at every
+size (a patch count baked for 32x32 images) would otherwise run on ever larger inputs, seconds each, before its
+failure is reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +33,7 @@ from graphfix.validate.runner import ModelRunner
 
 MAX_DOUBLINGS = 8  # 12 -> 3072: a few seconds of audio at 16 kHz after the front end's strides
 MAX_ELEMENTS = 1 << 24  # per input, so that growing never asks for gigabytes
+GROW_BUDGET_S = 2.0  # the runs at grown sizes, all together: a front end's minimum runs in milliseconds
 
 
 Guard = Callable[[dict[str, np.ndarray]], None]  # raises NotProbed for feeds the probe must not run
@@ -40,15 +45,22 @@ def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: Valida
     guess runs, when sizes are known, or when no grown size runs either). A size `guard` refuses is not run."""
     first = probe_sizes(model, options)[0]
     growable = _guessed_dims(model, options)
-    if not growable or any(_runs(r, model, first, options, guard) for r in runners):
+    if not growable:
         return options
-    binding = dict(first)
+    started = time.monotonic()
+    if any(_runs(r, model, first, options, guard) for r in runners):
+        return options
+    binding, spent = dict(first), time.monotonic() - started
+    last, growth = spent, 2 ** len(growable)  # each doubling multiplies the elements, and about the run time
     for _ in range(MAX_DOUBLINGS):
         binding = {name: size * 2 if name in growable else size for name, size in binding.items()}
-        if _too_large(model, binding, options):
+        if _too_large(model, binding, options) or spent + last * growth > GROW_BUDGET_S:
             break
+        started = time.monotonic()
         if any(_runs(r, model, binding, options, guard) for r in runners):
             return dataclasses.replace(options, trace_sizes={**binding, **options.trace_sizes})
+        last = time.monotonic() - started
+        spent += last
     return options
 
 

@@ -1,0 +1,44 @@
+"""Anchoring the probe (graphfix.validate.anchor) stops growing before its runs would pass GROW_BUDGET_S.
+transformers' MobileViT, exported with TorchScript at 64x64, bakes its patch counts and fails at every other
+size. The guessed first size (97x98) fails; doubling it never reaches a size the model runs at, and each doubling
+made the runs four times longer: `diagnose` spent over a minute on 1552x1568 images, then blamed the run budget
+(GF000 "stopped after 10 s") instead of the Reshape. Now it names the Reshape."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import graphfix
+
+
+def test_a_model_that_fails_at_every_size_is_blamed_on_its_reshape_not_on_time(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fixtures.torchvision_models import register_ops
+
+    register_ops()  # transformers imports torchvision, whose compiled ops do not load with the CPU torch
+    transformers = pytest.importorskip("transformers")
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            config = transformers.MobileViTConfig(image_size=64, patch_size=2, hidden_sizes=[16, 24, 32],
+                                                  neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+                                                  num_attention_heads=2)
+            self.model = transformers.MobileViTModel(config)
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).pooler_output
+
+    torch.manual_seed(0)
+    path = tmp_path / "mobilevit.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled().eval(), (torch.randn(2, 3, 64, 64),), str(path), dynamo=False,
+                          opset_version=17, input_names=["pixel_values"], output_names=["pooled"],
+                          dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                                        "pooled": {0: "batch"}})
+    errors = [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"]
+    assert errors and all("run budget" not in f.message for f in errors), [f.message[:200] for f in errors]
+    assert any(f.rule == "GF004" and "Reshape" in f.message for f in errors), [f.message[:200] for f in errors]
