@@ -142,8 +142,8 @@ _SIZE_OPS = _PASS | {"Gather", "Slice", "Concat", "ReduceProd", "Mul"}  # a size
 
 
 def _scaled_by_a_size(model: onnx.ModelProto) -> set[str]:
-    """Graph inputs that the graph multiplies by a size read from a Shape before any other use: relative lengths
-    (speechbrain's `round(wav_lens * T)`, ECAPA's `lengths * L`)."""
+    """Graph inputs that the graph multiplies, as they are (cast or reshaped), by a size read from a Shape:
+    relative lengths (speechbrain's `round(wav_lens * T)`, ECAPA's `lengths * L`)."""
     producers = {out: node for node in model.graph.node for out in node.output}
     aliases = {i.name: i.name for i in graph_inputs(model)}
     found = set()

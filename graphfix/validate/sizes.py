@@ -17,7 +17,9 @@ but earns no evidence.
 and no size goes beyond a limit the graph reveals: a table indexed by positions (a Range) or sliced by a length
 bounds the non-batch dims; none falls below what a strided Conv/Pool front end needs for several output frames
 (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch too, it is outside the model).
-`--shape` and `--input` fix dims at every binding.
+`--shape` and `--input` fix dims at every binding. A mask input whose dims the exporter named apart from those
+of the input it masks takes that input's sizes (`mask_aliases`: torch.export names GPT-2's `attention_mask`
+apart from `input_ids`, though every caller feeds them alike).
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ import graphfix
 
 def test_a_model_that_fails_at_every_size_is_blamed_on_its_reshape_not_on_time(tmp_path):
     torch = pytest.importorskip("torch")
-    from fixtures.torchvision_models import register_ops
+    pytest.importorskip("transformers")
+    from fixtures.library_models import import_transformers
 
-    register_ops()  # transformers imports torchvision, whose compiled ops do not load with the CPU torch
-    transformers = pytest.importorskip("transformers")
+    transformers = import_transformers()
 
     class Pooled(torch.nn.Module):
         def __init__(self):

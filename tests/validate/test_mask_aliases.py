@@ -41,10 +41,10 @@ def test_masks_of_another_rank_or_type_or_sharing_a_dim_keep_their_own_sizes():
 
 def test_gpt2_exported_with_dynamo_is_healthy(tmp_path):
     torch = pytest.importorskip("torch")
-    from fixtures.torchvision_models import register_ops
+    pytest.importorskip("transformers")
+    from fixtures.library_models import import_transformers
 
-    register_ops()  # transformers imports torchvision, whose compiled ops do not load with the CPU torch
-    transformers = pytest.importorskip("transformers")
+    transformers = import_transformers()
 
     class LastHidden(torch.nn.Module):
         def __init__(self):
