@@ -240,3 +240,27 @@ def test_positions_also_read_off_the_pinned_way_are_not_rebuilt(tmp_path):
     onnx.save(pinned_graph(np.arange(10, dtype=np.float32)[None], counted=True), path)
     (finding,) = [f for f in graphfix.diagnose(path, static=True) if "holds only at" in f.message]
     assert finding.fix is None and "ReduceSum" in finding.message and "reads it too" in finding.message
+
+
+def test_a_constant_that_meets_the_size_directly_is_reported_once(tmp_path):
+    """P [1, 10] added to x summed to [b, t] is `baked_operands`' case (it meets t where it is read); a widening
+    elsewhere (Q < lengths) makes the pinned search run too, which must not report P a second time."""
+    nodes = [helper.make_node("Unsqueeze", ["lengths", "one"], ["L"]),
+             helper.make_node("ReduceSum", ["x", "two"], ["S"], keepdims=0),
+             helper.make_node("Add", ["S", "P"], ["A"]),
+             helper.make_node("Less", ["Q", "L"], ["m"]), helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["mf", "one"], ["count"], keepdims=1),
+             helper.make_node("Mul", ["A", "count"], ["y"])]
+    positions = np.arange(10, dtype=np.float32)[None]
+    graph = helper.make_graph(
+        nodes, "direct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 3]),
+                          helper.make_tensor_value_info("lengths", TensorProto.FLOAT, ["b"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t"])],
+        [numpy_helper.from_array(v, k) for k, v in {"P": positions, "Q": positions.copy(), "one": np.array([1]),
+                                                    "two": np.array([2])}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "direct.onnx"))
+    about_p = [f for f in graphfix.diagnose(str(tmp_path / "direct.onnx"), static=True)
+               if f.rule == "GF006" and f.severity.value == "error" and "'P'" in f.message]
+    assert len(about_p) == 1 and "combines" in about_p[0].message, [f.message[:160] for f in about_p]
