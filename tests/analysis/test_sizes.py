@@ -176,6 +176,24 @@ def test_a_length_cap_is_not_a_baked_size():
     assert solve(Constraint("broadcast", None, sympy.Min(512, s), s - 1)).value == 513  # holds at one S only
 
 
+def test_a_size_inside_floor_or_mod_is_not_handed_to_sympy_solve(monkeypatch):
+    """timm's Swin under dynamo pads its windows: constraints like `32*B*floor(H/4)*... = 512*B*floor(...)` hold at
+    every size, and sympy.solve spent 47 s on 18 of them before giving up. A symbol that appears only inside a
+    floor, Mod or Min is never solved for (sympy cannot isolate it); the polynomial one still is."""
+    import sympy
+
+    h, b = sympy.Symbol("H", integer=True, positive=True), sympy.Symbol("B", integer=True, positive=True)
+    from graphfix.core.lazy import sympy as lazy  # what the analysis calls sympy through
+
+    tried = []
+    real = sympy.solve
+    monkeypatch.setattr(lazy, "solve", lambda equation, symbol: tried.append(symbol) or real(equation, symbol),
+                        raising=False)
+    assert solve(Constraint("reshape", None, 4 * b * sympy.floor(h / 4), b * h)) is None
+    assert tried == [b]  # H only inside floor(H/4): never tried; B is (its root, 0, is no size)
+    assert solve(Constraint("reshape", None, 7 * b, 14)).value == 2 and tried[-1] == b
+
+
 # `F.pad(x, (0, 0, 0, (4 - int(T) % 4) % 4))` traced at T=7, then split into chunks of 4.
 CHUNKED = """
 < ir_version: 8, opset_import: ["" : 17] >

@@ -76,6 +76,8 @@ def solve(constraint: Constraint) -> Solution | None:
 
 def _one_root(equation: sympy.Expr) -> tuple[sympy.Symbol, int] | None:
     for symbol in sorted(equation.free_symbols, key=str):
+        if not equation.is_polynomial(symbol):
+            continue  # inside a floor, Mod or Min: sympy cannot isolate it, after seconds of trying (timm's Swin)
         try:
             roots = sympy.solve(equation, symbol)
         except (NotImplementedError, TypeError, ValueError):
