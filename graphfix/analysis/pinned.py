@@ -20,10 +20,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.sizes import Solution, sizes_of, solve
 from graphfix.analysis.sizes.core import same
-
-# ops whose output has their first input's shape: a dim passes through them on the same axis
-SAME_SHAPE = frozenset({"Not", "Cast", "Neg", "Abs", "Identity", "Sqrt", "Exp", "Log", "Relu", "Sigmoid", "Tanh",
-                        "Erf", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "IsNaN", "IsInf"})
+from graphfix.analysis.sizes.ops import SAME_SHAPE, is_table  # a dim passes SAME_SHAPE ops on its axis
 
 
 @dataclass(frozen=True)
@@ -57,8 +54,8 @@ def widening_constants(ctx) -> bool:
             continue
         shapes = [ctx.shape(t) for t in node.inputs]
         for tensor, shape in zip(node.inputs, shapes, strict=True):
-            constant = isinstance(tensor, gs.Constant) or (tensor.inputs and tensor.inputs[0].op == "Constant")
-            if constant and shape is not None and any(_widens(shape, other) for other in shapes if other is not shape):
+            if is_table(tensor) and shape is not None and \
+                    any(_widens(shape, other) for other in shapes if other is not shape):
                 return True
     return False
 

@@ -51,7 +51,8 @@ def synthesize_inputs(
     model: onnx.ModelProto, sizes: dict[str, int], options: ValidationOptions
 ) -> dict[str, np.ndarray]:
     """A value for every graph input at the binding `sizes`; user values override; seeded per input, size."""
-    vocab, relative = _vocabulary_sizes(model), _scaled_by_a_size(model)
+    vocab = _vocabulary_sizes(model)
+    relative = _scaled_by_a_size(model) if any(LENGTH_LIKE.search(vi.name) for vi in graph_inputs(model)) else set()
     time_dim = max((v for k, v in sizes.items() if not BATCH_LIKE.search(k)), default=DEFAULT_OTHER)
     feeds = {}
     made = [vi for vi in graph_inputs(model) if vi.name not in options.inputs]
@@ -137,7 +138,7 @@ def mixed_mask(shape, rng, padded_true: bool) -> np.ndarray:
     return ~kept if padded_true else kept
 
 
-_PASS = frozenset({"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity", "Squeeze"})  # the values pass as they are
+_PASS = frozenset({"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"})  # an input's values pass them as they are
 _SIZE_OPS = _PASS | {"Gather", "Slice", "Concat", "ReduceProd", "Mul"}  # a size read from Shape, and reshaped
 
 
@@ -173,7 +174,7 @@ def _vocabulary_sizes(model: onnx.ModelProto) -> dict[str, int]:
     aliases = {i.name: i.name for i in graph_inputs(model)}
     found: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type in {"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"} and node.input[0] in aliases:
+        if node.op_type in _PASS and node.input[0] in aliases:
             aliases[node.output[0]] = aliases[node.input[0]]
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in aliases:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)

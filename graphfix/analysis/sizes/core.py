@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present, as_expr
+from graphfix.analysis.sizes.arith import as_expr
+from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ Reshape first) bounds the size too where it reads an outer tensor whose shape th
 
 from __future__ import annotations
 
-from graphfix.analysis.sizes.ops import window_output
+from graphfix.analysis.sizes.arith import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 

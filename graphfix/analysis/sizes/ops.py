@@ -2,7 +2,8 @@
 
 A mixin of `Sizes`: each `_op_<Op>` reads its inputs' shapes and small values with `_in_shape`/`_in_value`,
 records constraints with `_require` and writes its outputs with `_set`. An op without a handler keeps onnx's
-shapes for its outputs.
+shapes for its outputs. The arithmetic itself (floor division, equality, a window's output length) is in
+`graphfix.analysis.sizes.arith`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.sizes.arith import Shape, _equal, _floordiv, _truediv, as_expr, window_output
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 if TYPE_CHECKING:
     from sympy import Expr
 
-Shape = tuple  # tuple[Expr | None, ...]
 INT_BIG = 2**31 - 1  # ends at or past this mean "to the end"
 MAX_VECTOR = 16  # value tracking is for shape vectors only
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
@@ -331,71 +332,6 @@ class OpShapes:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def window_output(node: gs.Node, x: Shape | None, w: Shape | None) -> Shape | None:
-    """The output shape of a Conv or Pool `node` over input shape `x` (weight shape `w`; `()` for a pool), with
-    exact floor arithmetic; None where it is not computed (unknown input, `auto_pad` SAME, `ceil_mode`)."""
-    if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
-            or node.attrs.get("ceil_mode", 0):
-        return None
-    spatial = len(x) - 2
-    kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
-    strides = node.attrs.get("strides", [1] * spatial)
-    pads = node.attrs.get("pads", [0] * 2 * spatial)
-    dil = node.attrs.get("dilations", [1] * spatial)
-    out = [x[0], w[0] if node.op == "Conv" else x[1]]
-    for j in range(spatial):
-        if x[2 + j] is None:
-            out.append(None)
-            continue
-        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
-        out.append(floor_div(span, strides[j]) + 1)
-    return tuple(out)
-
-
-def as_expr(value) -> Expr:
-    """A number or expression as sympy's; text raises SympifyError (`strict`): an attribute or value from the
-    model may be a string, and sympy would run it as Python (issue #20). The pass skips the node."""
-    return sympy.sympify(value, strict=True)
-
-
-def floor_div(a, n) -> Expr:
-    """floor(a / n) for a positive integer n, with one floor inside `a` folded in: floor((floor(y) + k) / n) is
-    floor((y + k) / n) for integer k, so a strided conv after a strided conv reads floor(T/10), not
-    floor(floor(T/5)/2), and equals what the graph computes with one Div."""
-    a = as_expr(a)
-    inner = [t for t in sympy.Add.make_args(a) if isinstance(t, sympy.floor)]
-    rest = a - sympy.Add(*inner)
-    if len(inner) == 1 and rest.is_Integer:
-        return sympy.floor((inner[0].args[0] + rest) / n)
-    return sympy.floor(a / n)
-
-
-def _equal(a, b) -> int | None:
-    """1 where two sizes are equal, 0 where they differ at every size, None where the sizes decide. sympy's
-    `simplify` (a tenth of a second each) only where the difference as built decides neither: `expand(x, -1)`
-    compares each size with -1, which the assumptions on the symbols settle at once."""
-    difference = as_expr(a) - as_expr(b)
-    if difference == 0:
-        return 1
-    if difference.is_zero is False:
-        return 0
-    difference = sympy.simplify(difference)
-    if difference == 0:
-        return 1
-    return 0 if difference.is_zero is False else None
-
-
-def _floordiv(a, b):
-    a, b = as_expr(a), as_expr(b)
-    if a.is_number and b.is_number:
-        return sympy.Integer(int(a / b)) if a.is_integer and b.is_integer else a / b
-    return floor_div(a, b) if b.is_Integer and b > 0 else a / b
-
-
-def _truediv(a, b):
-    return as_expr(a) / as_expr(b)
-
-
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
 _ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _floordiv,
           "Mod": lambda a, b: sympy.Mod(a, b), "Max": lambda a, b: sympy.Max(a, b), "Min": lambda a, b: sympy.Min(a, b)}

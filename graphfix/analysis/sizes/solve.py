@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis import hypotheses
+from graphfix.analysis.sizes.arith import as_expr
 from graphfix.analysis.sizes.core import Constraint, Sizes, same
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
-from graphfix.analysis.sizes.ops import as_expr
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 MAX_CANDIDATES = 4

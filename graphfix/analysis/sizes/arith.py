@@ -1,0 +1,80 @@
+"""Size arithmetic as sympy expressions: exact floor division, equality the sizes decide, and the output length of a
+strided window (Conv, Pool). Values from the model are converted strictly: text is never run as Python."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx_graphsurgeon as gs
+
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+
+if TYPE_CHECKING:
+    from sympy import Expr
+
+Shape = tuple  # tuple[Expr | None, ...]
+
+
+def window_output(node: gs.Node, x: Shape | None, w: Shape | None) -> Shape | None:
+    """The output shape of a Conv or Pool `node` over input shape `x` (weight shape `w`; `()` for a pool), with
+    exact floor arithmetic; None where it is not computed (unknown input, `auto_pad` SAME, `ceil_mode`)."""
+    if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+            or node.attrs.get("ceil_mode", 0):
+        return None
+    spatial = len(x) - 2
+    kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
+    strides = node.attrs.get("strides", [1] * spatial)
+    pads = node.attrs.get("pads", [0] * 2 * spatial)
+    dil = node.attrs.get("dilations", [1] * spatial)
+    out = [x[0], w[0] if node.op == "Conv" else x[1]]
+    for j in range(spatial):
+        if x[2 + j] is None:
+            out.append(None)
+            continue
+        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
+        out.append(floor_div(span, strides[j]) + 1)
+    return tuple(out)
+
+
+def as_expr(value) -> Expr:
+    """A number or expression as sympy's; text raises SympifyError (`strict`): an attribute or value from the
+    model may be a string, and sympy would run it as Python (issue #20). The pass skips the node."""
+    return sympy.sympify(value, strict=True)
+
+
+def floor_div(a, n) -> Expr:
+    """floor(a / n) for a positive integer n, with one floor inside `a` folded in: floor((floor(y) + k) / n) is
+    floor((y + k) / n) for integer k, so a strided conv after a strided conv reads floor(T/10), not
+    floor(floor(T/5)/2), and equals what the graph computes with one Div."""
+    a = as_expr(a)
+    inner = [t for t in sympy.Add.make_args(a) if isinstance(t, sympy.floor)]
+    rest = a - sympy.Add(*inner)
+    if len(inner) == 1 and rest.is_Integer:
+        return sympy.floor((inner[0].args[0] + rest) / n)
+    return sympy.floor(a / n)
+
+
+def _equal(a, b) -> int | None:
+    """1 where two sizes are equal, 0 where they differ at every size, None where the sizes decide. sympy's
+    `simplify` (a tenth of a second each) only where the difference as built decides neither: `expand(x, -1)`
+    compares each size with -1, which the assumptions on the symbols settle at once."""
+    difference = as_expr(a) - as_expr(b)
+    if difference == 0:
+        return 1
+    if difference.is_zero is False:
+        return 0
+    difference = sympy.simplify(difference)
+    if difference == 0:
+        return 1
+    return 0 if difference.is_zero is False else None
+
+
+def _floordiv(a, b):
+    a, b = as_expr(a), as_expr(b)
+    if a.is_number and b.is_number:
+        return sympy.Integer(int(a / b)) if a.is_integer and b.is_integer else a / b
+    return floor_div(a, b) if b.is_Integer and b > 0 else a / b
+
+
+def _truediv(a, b):
+    return as_expr(a) / as_expr(b)
