@@ -1,5 +1,5 @@
 """`graphfix diagnose --static` imports no runtime (issue 23): neither onnxruntime nor onnxsim, whatever the graph,
-and sympy only when a rule has a candidate for the size analysis to solve.
+and sympy only when the size analysis has a constraint to solve (its screen settles the others without it).
 
 Each case runs the command in a fresh interpreter (`python -c`) and reads that interpreter's `sys.modules` once the
 command is done; `--debug` keeps the model's work in that process (the command otherwise forks a child for it).
@@ -29,7 +29,7 @@ print(json.dumps({"exit": code, "loaded": [m for m in HEAVY if m in sys.modules]
 RELU_CHAIN = """< ir_version: 10, opset_import: ["" : 17] >
 g (float[B, T, 8] x) => (float[B, T, 8] y) { a = Relu(x)  y = Neg(a) }"""
 
-# a Reshape whose shape vector is computed from the input's: the size analysis checks its element count (sympy)
+# a Reshape whose shape vector is computed from the input's: the size analysis checks its element count
 RESHAPE = """< ir_version: 10, opset_import: ["" : 17] >
 g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
     s = Shape(x)
@@ -39,12 +39,13 @@ g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
 }"""
 
 
-def loaded_after_static_diagnose(tmp_path, text: str, with_tail: bool = False) -> dict:
+def loaded_after_static_diagnose(tmp_path, text: str, tail: tuple[int, ...] = ()) -> dict:
+    """With `tail`, the Reshape keeps the input's first 4 - len(tail) dims and appends `tail`."""
     model = onnx.parser.parse_model(text)
-    if with_tail:
+    if tail:
         model.graph.initializer.extend([onnx.helper.make_tensor("start", onnx.TensorProto.INT64, [1], [0]),
-                                        onnx.helper.make_tensor("end", onnx.TensorProto.INT64, [1], [2]),
-                                        onnx.helper.make_tensor("tail", onnx.TensorProto.INT64, [2], [2, 4])])
+                                        onnx.helper.make_tensor("end", onnx.TensorProto.INT64, [1], [4 - len(tail)]),
+                                        onnx.helper.make_tensor("tail", onnx.TensorProto.INT64, [len(tail)], tail)])
     onnx.checker.check_model(model, full_check=True)
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
@@ -60,10 +61,17 @@ def test_no_candidate_imports_neither_a_runtime_nor_sympy(tmp_path):
     assert result["loaded"] == []
 
 
-def test_size_analysis_imports_sympy_and_still_no_runtime(tmp_path):
-    result = loaded_after_static_diagnose(tmp_path, RESHAPE, with_tail=True)
-    assert result["exit"] in (0, 1)
-    assert result["loaded"] == ["sympy"]  # the Reshape is a candidate: the size analysis ran, and only it imports
+def test_a_size_analysis_the_screen_settles_imports_no_sympy(tmp_path):
+    result = loaded_after_static_diagnose(tmp_path, RESHAPE, tail=(2, 4))
+    assert result["exit"] == 0
+    assert result["loaded"] == []  # the Reshape is a candidate, and its element count holds at every size
+
+
+def test_a_constraint_to_solve_imports_sympy_and_still_no_runtime(tmp_path):
+    result = loaded_after_static_diagnose(tmp_path, RESHAPE.replace("float[B, T, 2, 4] y", "float[B, 7, 2, 4] y"),
+                                          tail=(7, 2, 4))
+    assert result["exit"] == 1  # T = 7 baked: found
+    assert result["loaded"] == ["sympy"]  # the size analysis solved it, and only it imports
 
 
 def test_repair_leaves_sympy_to_its_forked_worker():

@@ -1,5 +1,9 @@
 """Size arithmetic as sympy expressions: exact floor division, equality the sizes decide, and the output length of a
-strided window (Conv, Pool). Values from the model are converted strictly: text is never run as Python."""
+strided window (Conv, Pool). Values from the model are converted strictly: text is never run as Python.
+
+The size pass (`Sizes`) does its arithmetic through an arithmetic object: `SYMPY` here, or the screen's
+`graphfix.analysis.sizes.poly.PolyArith`, which answers the same calls with exact polynomials and no sympy.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,15 @@ if TYPE_CHECKING:
     from sympy import Expr
 
 Shape = tuple  # tuple[Expr | None, ...]
+# what an op's handler may raise on an op variant the pass does not model (its outputs keep onnx's shapes)
+TOLERATED = (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError, RecursionError)
 
 
-def window_output(node: gs.Node, x: Shape | None, w: Shape | None) -> Shape | None:
+def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> Shape | None:
     """The output shape of a Conv or Pool `node` over input shape `x` (weight shape `w`; `()` for a pool), with
-    exact floor arithmetic; None where it is not computed (unknown input, `auto_pad` SAME, `ceil_mode`)."""
+    exact floor arithmetic (`num`'s, sympy's by default); None where it is not computed (unknown input, `auto_pad`
+    SAME, `ceil_mode`)."""
+    num = num or SYMPY
     if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
             or node.attrs.get("ceil_mode", 0):
         return None
@@ -31,8 +39,8 @@ def window_output(node: gs.Node, x: Shape | None, w: Shape | None) -> Shape | No
         if x[2 + j] is None:
             out.append(None)
             continue
-        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (as_expr(kernel[j]) - 1) - 1
-        out.append(floor_div(span, strides[j]) + 1)
+        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (num.expr(kernel[j]) - 1) - 1
+        out.append(num.floor_div(span, strides[j]) + 1)
     return tuple(out)
 
 
@@ -78,3 +86,99 @@ def _floordiv(a, b):
 
 def _truediv(a, b):
     return as_expr(a) / as_expr(b)
+
+
+class SympyArith:
+    """The full analysis' arithmetic, on sympy expressions. An op handler that raises one of `tolerated` leaves
+    its outputs with onnx's shapes (an op variant the pass does not model)."""
+
+    @property
+    def tolerated(self) -> tuple:
+        return (*TOLERATED, sympy.SympifyError)
+
+    expr = staticmethod(as_expr)
+    floor_div = staticmethod(floor_div)
+    floordiv = staticmethod(_floordiv)
+    truediv = staticmethod(_truediv)
+    equal = staticmethod(_equal)
+
+    @staticmethod
+    def integer(n) -> Expr:
+        return sympy.Integer(n)
+
+    @staticmethod
+    def symbol(name: str) -> Expr:
+        return sympy.Symbol(name, integer=True, positive=True)
+
+    @staticmethod
+    def floor(value) -> Expr:
+        return sympy.floor(value)
+
+    @staticmethod
+    def ceiling(value) -> Expr:
+        return sympy.ceiling(value)
+
+    @staticmethod
+    def min(a, b) -> Expr:
+        return sympy.Min(a, b)
+
+    @staticmethod
+    def max(a, b) -> Expr:
+        return sympy.Max(a, b)
+
+    @staticmethod
+    def mod(a, b) -> Expr:
+        return sympy.Mod(a, b)
+
+    @staticmethod
+    def mul(*values) -> Expr:
+        return sympy.Mul(*values)
+
+    @staticmethod
+    def add(*values) -> Expr:
+        return sympy.Add(*values)
+
+    @staticmethod
+    def sub(a, b) -> Expr:
+        return as_expr(a) - as_expr(b)
+
+    @staticmethod
+    def cancel(value) -> Expr:
+        return sympy.cancel(value)
+
+    @staticmethod
+    def numerator_denominator(value) -> tuple[Expr, Expr]:
+        return sympy.fraction(sympy.together(value))
+
+    @staticmethod
+    def same(a, b) -> bool:
+        """Equal as expressions: structurally, or once expanded (cheap; sympy.simplify costs milliseconds)."""
+        return a == b or sympy.expand(a - b) == 0
+
+    @staticmethod
+    def simplify(expr, bounds: dict) -> Expr:
+        """Apply the range facts: Min(N, s) is s where s <= N is known."""
+        if not isinstance(expr, sympy.Basic) or not expr.has(sympy.Min):
+            return expr
+        subs = {}
+        for m in expr.atoms(sympy.Min):
+            args = m.args
+            for a in args:
+                if all(_le(a, b, bounds) for b in args if b is not a):
+                    subs[m] = a
+                    break
+        return expr.xreplace(subs) if subs else expr
+
+
+def _le(a: Expr, b: Expr, bounds: dict) -> bool:
+    """a <= b provably, using the upper bounds of single symbols."""
+    if a == b:
+        return True
+    if a.is_number and b.is_number:
+        return bool(a <= b)
+    if a.is_Symbol and b.is_number and a in bounds:
+        return bounds[a][0] <= b
+    return False
+
+
+SYMPY = SympyArith()

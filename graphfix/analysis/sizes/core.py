@@ -12,6 +12,10 @@ range). A dim onnx could not name (`unk__N`) is unknown here unless the ops give
 
 The pass is bounded in time; past the deadline the remaining tensors stay unknown and `incomplete` says so, so an
 expensive graph degrades to fewer findings, never to a hang or a false error.
+
+sympy costs a fifth of a second and 30 MB to import. Asked only for `constraints` (what most rules ask first), the
+analysis first runs a screen: the same pass in exact polynomial arithmetic, which settles a graph whose constraints
+all hold identically and gives up on anything else (see `screened`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.arith import as_expr
+from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith
 from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present
-from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 if TYPE_CHECKING:
+    import sympy
     from sympy import Expr
+
+SCREEN_S = 1.0  # the screen's time bound; past it the full pass decides
 
 
 @dataclass
@@ -52,6 +58,8 @@ class Sizes(OpShapes):
     graph: gs.Graph
     constant: Callable[[gs.Tensor], np.ndarray | None]
     budget_s: float = 5.0
+    num: SympyArith = SYMPY  # the arithmetic: sympy's, or the screen's exact polynomials (see `screened`)
+    screen: bool = True  # let the screen answer `constraints` and `incomplete` where it settles them
     symbols: dict[str, sympy.Symbol] = field(default_factory=dict)
     bounds: dict[sympy.Symbol, tuple[int, str]] = field(default_factory=dict)  # symbol <= N, and why
     _constraints: list[Constraint] = field(default_factory=list)
@@ -60,6 +68,7 @@ class Sizes(OpShapes):
     _shapes: dict[int, Shape | None] = field(default_factory=dict)
     _values: dict[int, tuple | None] = field(default_factory=dict)
     _done: bool = False
+    _clean: bool | None = None  # the screen's verdict, once asked
 
     # --- public reading -------------------------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> Shape | None:
@@ -80,12 +89,16 @@ class Sizes(OpShapes):
     @property
     def incomplete(self) -> str:
         """Why the pass stopped early ("" when it covered the graph)."""
+        if self.screened():
+            return ""
         self._run()
         return self._incomplete
 
     @property
     def constraints(self) -> list[Constraint]:
         """The constraints that do not hold identically, in graph order."""
+        if self.screened():
+            return []
         self._run()
         return self._constraints
 
@@ -98,21 +111,12 @@ class Sizes(OpShapes):
 
     def symbol(self, name: str) -> sympy.Symbol:
         if name not in self.symbols:
-            self.symbols[name] = sympy.Symbol(name, integer=True, positive=True)
+            self.symbols[name] = self.num.symbol(name)
         return self.symbols[name]
 
     def simplify(self, expr: Expr) -> Expr:
         """Apply the range facts: Min(N, s) is s where s <= N is known."""
-        if not isinstance(expr, sympy.Basic) or not expr.has(sympy.Min):
-            return expr
-        subs = {}
-        for m in expr.atoms(sympy.Min):
-            args = m.args
-            for a in args:
-                if all(_le(a, b, self.bounds) for b in args if b is not a):
-                    subs[m] = a
-                    break
-        return expr.xreplace(subs) if subs else expr
+        return self.num.simplify(expr, self.bounds)
 
     def carrier(self, expr: Expr, near: gs.Tensor, depth: int = 64) -> tuple[gs.Tensor, int] | None:
         """The nearest tensor upstream of `near` (itself first) with a dim equal to `expr`, and its axis."""
@@ -130,6 +134,23 @@ class Sizes(OpShapes):
                 queue.extend(t for t in node.inputs if isinstance(t, gs.Variable))
         return None
 
+    # --- the screen ---------------------------------------------------------------------------------------------
+    def screened(self) -> bool:
+        """True where the screen shows that no constraint fails to hold identically, without sympy: the same pass
+        in exact polynomial arithmetic (`graphfix.analysis.sizes.poly`), which gives up (False) wherever that
+        arithmetic does not decide, an op's handler fails, or it runs past its time. Healthy graphs whose sizes are
+        polynomials (a Llama's) then never import sympy; every other question runs the full pass."""
+        if self._clean is None:
+            self._clean = False
+            if self.screen and not self._done and self.num is SYMPY:
+                from graphfix.analysis.sizes.poly import PolyArith, Unscreened
+
+                probe = Sizes(self.graph, self.constant, min(self.budget_s, SCREEN_S), num=PolyArith, screen=False)
+                with contextlib.suppress(Unscreened, *TOLERATED):
+                    probe._run()
+                    self._clean = not (probe._incomplete or probe._constraints)
+        return self._clean
+
     # --- the pass -----------------------------------------------------------------------------------------------
     def _run(self) -> None:
         if self._done:
@@ -143,8 +164,7 @@ class Sizes(OpShapes):
                 self._incomplete = f"symbolic size analysis stopped after {self.budget_s:g} s at node '{node.name}'"
                 return
             # an op variant the pass does not model: its outputs keep onnx's shapes
-            with contextlib.suppress(TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError,
-                                     RecursionError, sympy.SympifyError):
+            with contextlib.suppress(*self.num.tolerated):
                 self._node(node)
             for out in node.outputs:
                 if self._shapes.get(id(out)) is None:
@@ -159,7 +179,7 @@ class Sizes(OpShapes):
         dims = []
         for dim in tensor.shape:
             if isinstance(dim, int | np.integer) and dim >= 0:
-                dims.append(sympy.Integer(int(dim)))
+                dims.append(self.num.integer(int(dim)))
             elif isinstance(dim, str) and (fresh or dim in self.symbols):
                 dims.append(self.symbol(dim))
             else:
@@ -175,7 +195,7 @@ class Sizes(OpShapes):
         if id(tensor) not in self._shapes:
             const = _constant_tensor(tensor)
             if const is not None and const.shape is not None:
-                self._shapes[id(tensor)] = tuple(sympy.Integer(int(d)) for d in const.shape)
+                self._shapes[id(tensor)] = tuple(self.num.integer(int(d)) for d in const.shape)
                 if math.prod(const.shape) <= MAX_VECTOR and len(const.shape) <= 1:
                     self._fold(tensor)
             else:
@@ -187,7 +207,7 @@ class Sizes(OpShapes):
         value = self.constant(tensor)
         if value is not None and value.size <= MAX_VECTOR and value.ndim <= 1 and \
                 (np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
-            self._values[id(tensor)] = tuple(sympy.Integer(int(v)) for v in value.reshape(-1))
+            self._values[id(tensor)] = tuple(self.num.integer(int(v)) for v in value.reshape(-1))
 
     def _in_value(self, node: gs.Node, k: int) -> tuple | None:
         if k >= len(node.inputs) or not _present(node.inputs[k]):
@@ -201,12 +221,12 @@ class Sizes(OpShapes):
             shape = tuple(None if d is None else self.simplify(d) for d in shape)
         self._shapes[id(out)] = shape
         if value is not None and len(value) <= MAX_VECTOR:
-            self._values[id(out)] = tuple(self.simplify(as_expr(v)) for v in value)
+            self._values[id(out)] = tuple(self.simplify(self.num.expr(v)) for v in value)
 
     def _require(self, kind: str, node: gs.Node, left: Expr | None, right: Expr | None, detail: str = "") -> None:
         if left is None or right is None:
             return
-        if not same(left, right):
+        if not self.num.same(left, right):
             self._constraints.append(Constraint(kind, node, left, right, detail))
 
     def _multiple(self, node: gs.Node, length: Expr, chunk: Expr) -> None:
@@ -239,18 +259,5 @@ def _small(tensor: gs.Tensor) -> bool:
         math.prod(shape) <= MAX_VECTOR
 
 
-def same(a: Expr, b: Expr) -> bool:
-    """Equal as expressions: structurally, or once expanded (cheap; sympy.simplify costs milliseconds)."""
-    return a == b or sympy.expand(a - b) == 0
-
-
-def _le(a: Expr, b: Expr, bounds: dict) -> bool:
-    """a <= b provably, using the upper bounds of single symbols."""
-    if a == b:
-        return True
-    if a.is_number and b.is_number:
-        return bool(a <= b)
-    if a.is_Symbol and b.is_number and a in bounds:
-        return bounds[a][0] <= b
-    return False
+same = SYMPY.same  # equal as expressions: structurally, or once expanded
 

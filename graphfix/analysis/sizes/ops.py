@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.arith import Shape, _equal, _floordiv, _truediv, as_expr, window_output
-from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.analysis.sizes.arith import Shape, window_output
 
 if TYPE_CHECKING:
     from sympy import Expr
@@ -45,7 +44,7 @@ class OpShapes:
             if any(d is None for d in real):
                 out.append(next((d for d in real if d is not None and not d.is_number), None))
                 continue
-            first = real[0] if real else sympy.Integer(1)
+            first = real[0] if real else self.num.integer(1)
             for other in real[1:]:
                 self._require("broadcast", node, first, other, f"axis {rank - j}")
             out.append(first)
@@ -56,10 +55,10 @@ class OpShapes:
             a, b = values
             if len(a) == 1 or len(b) == 1 or len(a) == len(b):
                 n = max(len(a), len(b))
-                arith = _ARITH[node.op]
+                arith = getattr(self.num, _ARITH[node.op])
                 if node.op == "Div" and node.outputs[0].dtype is not None and \
                         np.issubdtype(np.dtype(node.outputs[0].dtype), np.floating):
-                    arith = _truediv  # `math.ceil(n / k)` traced through floats: keep the fraction for Ceil
+                    arith = self.num.truediv  # `math.ceil(n / k)` traced through floats: keep the fraction for Ceil
                 value = tuple(arith(a[i % len(a)], b[i % len(b)]) for i in range(n))
         self._set(node, tuple(out), value)
 
@@ -69,7 +68,7 @@ class OpShapes:
         self._broadcast(node)
         a, b = self._in_value(node, 0), self._in_value(node, 1)
         if a is not None and b is not None and (len(a) == len(b) or 1 in (len(a), len(b))):
-            equal = [_equal(a[i % len(a)], b[i % len(b)]) for i in range(max(len(a), len(b)))]
+            equal = [self.num.equal(a[i % len(a)], b[i % len(b)]) for i in range(max(len(a), len(b)))]
             if all(e is not None for e in equal):
                 self._set(node, self._shapes.get(id(node.outputs[0])), tuple(equal))
 
@@ -77,7 +76,7 @@ class OpShapes:
         """The entries of a shape vector chosen by a condition whose entries are known."""
         self._broadcast(node)
         cond, a, b = (self._in_value(node, k) for k in range(3))
-        if cond is None or a is None or b is None or not all(as_expr(c).is_number for c in cond):
+        if cond is None or a is None or b is None or not all(self.num.expr(c).is_number for c in cond):
             return
         n = max(len(cond), len(a), len(b))
         if all(len(v) in (1, n) for v in (cond, a, b)):
@@ -92,18 +91,18 @@ class OpShapes:
         value = self._in_value(node, 0)
         to = node.attrs.get("to")
         if value is not None and to in _INT_TYPES:  # float -> int truncates; sizes are positive, so floor
-            value = tuple(sympy.floor(v) for v in value)
+            value = tuple(self.num.floor(v) for v in value)
         self._set(node, self._in_shape(node, 0), value)
 
     _op_Identity = _op_Cast
 
     def _op_Ceil(self, node: gs.Node) -> None:
         value = self._in_value(node, 0)
-        self._set(node, self._in_shape(node, 0), None if value is None else tuple(sympy.ceiling(v) for v in value))
+        self._set(node, self._in_shape(node, 0), None if value is None else tuple(self.num.ceiling(v) for v in value))
 
     def _op_Floor(self, node: gs.Node) -> None:
         value = self._in_value(node, 0)
-        self._set(node, self._in_shape(node, 0), None if value is None else tuple(sympy.floor(v) for v in value))
+        self._set(node, self._in_shape(node, 0), None if value is None else tuple(self.num.floor(v) for v in value))
 
     def _op_MatMul(self, node: gs.Node) -> None:
         a, b = self._in_shape(node, 0), self._in_shape(node, 1)
@@ -128,7 +127,7 @@ class OpShapes:
             return
         start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
         dims = shape[slice(start, end)]
-        self._set(node, (sympy.Integer(len(dims)),), dims if all(d is not None for d in dims) else None)
+        self._set(node, (self.num.integer(len(dims)),), dims if all(d is not None for d in dims) else None)
 
     def _op_Reshape(self, node: gs.Node) -> None:
         shape, target = self._in_shape(node, 0), self._in_value(node, 1)
@@ -141,16 +140,16 @@ class OpShapes:
             self._set(node, tuple(None if (d is None or d == -1) else d for d in out), tuple(target)
                       if self._in_value(node, 0) is not None else None)
             return
-        total = sympy.Mul(*shape)
+        total = self.num.mul(*shape)
         if -1 in out:
-            rest = sympy.Mul(*[d for d in out if d != -1])
-            inferred = sympy.cancel(total / rest)
+            rest = self.num.mul(*[d for d in out if d != -1])
+            inferred = self.num.cancel(total / rest)
             out[out.index(-1)] = inferred
-            length, chunk = sympy.fraction(sympy.together(inferred))
+            length, chunk = self.num.numerator_denominator(inferred)
             if chunk.is_Integer and chunk > 1 and length.free_symbols:
                 self._multiple(node, length, chunk)  # [B, T+1, 8] -> [B, -1, 4, 8]: T+1 must be a multiple of 4
         else:
-            self._require("reshape", node, total, sympy.Mul(*out), "element count")
+            self._require("reshape", node, total, self.num.mul(*out), "element count")
         self._set(node, tuple(out), self._in_value(node, 0))
 
     def _op_Transpose(self, node: gs.Node) -> None:
@@ -162,7 +161,7 @@ class OpShapes:
 
     def _axes(self, node: gs.Node, rank: int) -> list[int] | None:
         axes = self._in_value(node, 1) if len(node.inputs) > 1 else node.attrs.get("axes")
-        if axes is None or any(not as_expr(a).is_number for a in axes):
+        if axes is None or any(not self.num.expr(a).is_number for a in axes):
             return None
         return sorted(int(a) % rank for a in axes)
 
@@ -175,7 +174,7 @@ class OpShapes:
             return
         out = list(shape)
         for a in axes:
-            out.insert(a, sympy.Integer(1))
+            out.insert(a, self.num.integer(1))
         self._set(node, tuple(out), self._in_value(node, 0))
 
     def _op_Squeeze(self, node: gs.Node) -> None:
@@ -204,7 +203,7 @@ class OpShapes:
         if axes is None:
             return
         if node.attrs.get("keepdims", 1):
-            self._set(node, tuple(sympy.Integer(1) if j in axes else d for j, d in enumerate(shape)))
+            self._set(node, tuple(self.num.integer(1) if j in axes else d for j, d in enumerate(shape)))
         else:
             self._set(node, tuple(d for j, d in enumerate(shape) if j not in axes))
 
@@ -223,7 +222,7 @@ class OpShapes:
             for j in range(rank):
                 if j != axis:
                     self._require("concat", node, out[j], s[j], f"axis {j}")
-        out[axis] = None if any(s[axis] is None for s in shapes) else sympy.Add(*[s[axis] for s in shapes])
+        out[axis] = None if any(s[axis] is None for s in shapes) else self.num.add(*[s[axis] for s in shapes])
         values = [self._in_value(node, k) for k in range(len(node.inputs))]
         value = sum(values, ()) if rank == 1 and all(v is not None for v in values) else None
         self._set(node, tuple(out), value)
@@ -239,7 +238,7 @@ class OpShapes:
         values, idx = self._in_value(node, 0), self._in_value(node, 1)
         if values is None or idx is None or len(data) != 1:
             return None
-        if not all(as_expr(i).is_number for i in idx):
+        if not all(self.num.expr(i).is_number for i in idx):
             return None
         return tuple(values[int(i)] for i in idx)
 
@@ -253,9 +252,9 @@ class OpShapes:
         out = list(shape)
         for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
             a = int(a) % len(shape)
-            out[a] = self._slice_len(node, shape[a], as_expr(s), as_expr(e), int(st))
+            out[a] = self._slice_len(node, shape[a], self.num.expr(s), self.num.expr(e), int(st))
         value = self._in_value(node, 0)
-        if value is not None and len(shape) == 1 and all(as_expr(x).is_number for x in (*starts, *ends)):
+        if value is not None and len(shape) == 1 and all(self.num.expr(x).is_number for x in (*starts, *ends)):
             value = value[slice(int(starts[0]), min(int(ends[0]), len(value)), int(steps[0]))]
         else:
             value = None
@@ -267,34 +266,34 @@ class OpShapes:
         if start.is_number and start < 0:
             start = dim + start
         if end.is_number:
-            end = dim if end >= INT_BIG else (dim + end if end < 0 else sympy.Min(dim, end))
+            end = dim if end >= INT_BIG else (dim + end if end < 0 else self.num.min(dim, end))
         elif dim.is_number and end.is_Symbol and is_table(node.inputs[0]):
             # a table (position ids, a positional encoding) of `dim` rows cut at a length: the model is built for
             # lengths up to `dim`, so on the valid range the slice has exactly that length
             self.bounds.setdefault(end, (int(dim), f"'{node.name}' takes {end} rows of a {int(dim)}-row table"))
         else:
-            end = sympy.Min(dim, end)
+            end = self.num.min(dim, end)
         return self.simplify(end - start)
 
     def _op_Expand(self, node: gs.Node) -> None:
         shape, target = self._in_shape(node, 0), self._in_value(node, 1)
         if shape is None or target is None:
             return
-        self._set(node, _broadcast_dims(shape, tuple(as_expr(t) for t in target), self, node))
+        self._set(node, _broadcast_dims(shape, tuple(self.num.expr(t) for t in target), self, node))
 
     def _op_ConstantOfShape(self, node: gs.Node) -> None:
         target = self._in_value(node, 0)
         if target is not None:
             fill = np.asarray(getattr(node.attrs.get("value"), "values", 0)).reshape(-1)
             value = tuple(int(fill[0]) if fill.size else 0 for _ in range(int(target[0]))) \
-                if len(target) == 1 and as_expr(target[0]).is_number and target[0] <= MAX_VECTOR else None
+                if len(target) == 1 and self.num.expr(target[0]).is_number and target[0] <= MAX_VECTOR else None
             self._set(node, tuple(target), value)
 
     def _op_Range(self, node: gs.Node) -> None:
         start, limit, delta = (self._in_value(node, k) for k in range(3))
         if start is None or limit is None or delta is None:
             return
-        self._set(node, (sympy.ceiling((limit[0] - start[0]) / delta[0]),))
+        self._set(node, (self.num.ceiling(self.num.truediv(limit[0] - start[0], delta[0])),))
 
     def _op_Split(self, node: gs.Node) -> None:
         shape = self._in_shape(node, 0)
@@ -307,16 +306,16 @@ class OpShapes:
         if split is None:
             return
         if shape[axis] is not None:
-            self._require("split", node, shape[axis], sympy.Add(*split), "split sizes")
+            self._require("split", node, shape[axis], self.num.add(*split), "split sizes")
         for k, size in enumerate(split):
             out = list(shape)
-            out[axis] = as_expr(size)
+            out[axis] = self.num.expr(size)
             self._set(node, tuple(out), k=k)
 
     def _conv(self, node: gs.Node) -> None:
         x = self._in_shape(node, 0)
         w = self._in_shape(node, 1) if node.op == "Conv" else ()  # a pool has no weight: its kernel is an attribute
-        out = window_output(node, x, w)
+        out = window_output(node, x, w, self.num)
         if out is not None:
             self._set(node, out)
 
@@ -333,14 +332,13 @@ class OpShapes:
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
-_ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _floordiv,
-          "Mod": lambda a, b: sympy.Mod(a, b), "Max": lambda a, b: sympy.Max(a, b), "Min": lambda a, b: sympy.Min(a, b)}
+_ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "floordiv", "Mod": "mod", "Max": "max", "Min": "min"}
 
 
 def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.Node | None = None) -> Shape:
     rank = max(len(a), len(b))
-    a = (sympy.Integer(1),) * (rank - len(a)) + tuple(a)
-    b = (sympy.Integer(1),) * (rank - len(b)) + tuple(b)
+    a = (1,) * (rank - len(a)) + tuple(a)  # a missing dim broadcasts like 1, and never reaches the output
+    b = (1,) * (rank - len(b)) + tuple(b)
     out = []
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:  # valid broadcasting makes the unknown dim 1 or the known one

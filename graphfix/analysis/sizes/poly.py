@@ -1,0 +1,378 @@
+"""Exact size arithmetic without sympy, for the size analysis' screen (issue #23).
+
+Most graphs' sizes are polynomials in the input dims with integer coefficients: `B * T * 64`, `T + 1`, `2 * H`.
+`Poly` holds one exactly (a dict from monomial to coefficient) and compares two by their canonical form, so
+`B * T * 64 == 64 * T * B` is decided at once, as sympy's `expand(a - b) == 0` would decide it. floor, ceiling, Min,
+Max and Mod of what is not a number become `Atom` variables, compared structurally (floor(T/2) is floor(T/2)).
+
+Where the arithmetic cannot decide (a comparison of sizes, a division by a sum, an equality that depends on the
+size), it raises `Unscreened`: the screen then gives up and the full sympy analysis decides. The screen never
+answers anything it was not exact about; it only lets `diagnose --static` skip importing sympy (a fifth of a second,
+30 MB) on a graph whose sizes hold at every size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+ONE: frozenset = frozenset()  # the empty monomial: the constant term
+
+
+class Unscreened(Exception):
+    """The screen met what its arithmetic does not decide: the full analysis runs instead."""
+
+
+@dataclass(frozen=True)
+class Atom:
+    """floor, ceiling, Min, Max or Mod of sizes that are not numbers: a variable of its own, equal only to itself."""
+
+    func: str
+    args: tuple | frozenset
+
+    def __str__(self) -> str:
+        return f"{self.func}({', '.join(sorted(map(str, self.args)))})"
+
+    @property
+    def free_symbols(self) -> set[str]:
+        return set().union(*(a.free_symbols for a in self.args))
+
+
+class Poly:
+    """A polynomial with rational coefficients in the symbols (input dims, by name) and atoms."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict):
+        self.terms = {m: c for m, c in terms.items() if c}
+
+    # --- reading --------------------------------------------------------------------------------------------------
+    @property
+    def constant(self):
+        """The value where this is a number, else None."""
+        if not self.terms:
+            return 0
+        return self.terms[ONE] if len(self.terms) == 1 and ONE in self.terms else None
+
+    @property
+    def is_number(self) -> bool:
+        return self.constant is not None
+
+    @property
+    def is_Integer(self) -> bool:  # sympy's spelling: the analysis reads both kinds of value the same way
+        return isinstance(self.constant, int)
+
+    @property
+    def is_Symbol(self) -> bool:
+        if len(self.terms) != 1:
+            return False
+        ((monomial, coefficient),) = self.terms.items()
+        return coefficient == 1 and len(monomial) == 1 and next(iter(monomial))[1] == 1 and \
+            isinstance(next(iter(monomial))[0], str)
+
+    @property
+    def free_symbols(self) -> set[str]:
+        names: set[str] = set()
+        for monomial in self.terms:
+            for variable, _ in monomial:
+                names |= {variable} if isinstance(variable, str) else variable.free_symbols
+        return names
+
+    def variables(self) -> set:
+        return {v for monomial in self.terms for v, _ in monomial}
+
+    # --- arithmetic -----------------------------------------------------------------------------------------------
+    def __add__(self, other):
+        other = _lift_or_none(other)
+        if other is None:
+            return NotImplemented
+        terms = dict(self.terms)
+        for m, c in other.terms.items():
+            terms[m] = _normal(terms.get(m, 0) + c)
+        return Poly(terms)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Poly({m: -c for m, c in self.terms.items()})
+
+    def __sub__(self, other):
+        other = _lift_or_none(other)
+        return NotImplemented if other is None else self + (-other)
+
+    def __rsub__(self, other):
+        other = _lift_or_none(other)
+        return NotImplemented if other is None else other + (-self)
+
+    def __mul__(self, other):
+        other = _lift_or_none(other)
+        if other is None:
+            return NotImplemented
+        terms: dict = {}
+        for m1, c1 in self.terms.items():
+            for m2, c2 in other.terms.items():
+                m = _times(m1, m2)
+                terms[m] = _normal(terms.get(m, 0) + c1 * c2)
+        return Poly(terms)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        """Exact where the divisor is a number or one term whose variables each term here holds; else Unscreened."""
+        other = lift(other)
+        if len(other.terms) != 1:
+            raise ZeroDivisionError("division by zero") if not other.terms else Unscreened("division by a sum")
+        ((monomial, coefficient),) = other.terms.items()
+        terms = {}
+        for m, c in self.terms.items():
+            powers = dict(m)
+            for v, p in monomial:
+                if powers.get(v, 0) < p:
+                    raise Unscreened("a division that leaves a fraction of sizes")
+                powers[v] -= p
+            terms[frozenset((v, p) for v, p in powers.items() if p)] = _normal(Fraction(c) / coefficient)
+        return Poly(terms)
+
+    def __rtruediv__(self, other):
+        return lift(other) / self
+
+    # --- comparing ------------------------------------------------------------------------------------------------
+    def __eq__(self, other):
+        other = _lift_or_none(other)
+        return NotImplemented if other is None else self.terms == other.terms
+
+    def __hash__(self):
+        return hash(frozenset(self.terms.items()))
+
+    def _number(self, what: str):
+        value = self.constant
+        if value is None:
+            raise Unscreened(f"{what} of a size that is not a number: {self}")
+        return value
+
+    def __lt__(self, other):
+        return self._number("a comparison") < lift(other)._number("a comparison")
+
+    def __le__(self, other):
+        return self._number("a comparison") <= lift(other)._number("a comparison")
+
+    def __gt__(self, other):
+        return self._number("a comparison") > lift(other)._number("a comparison")
+
+    def __ge__(self, other):
+        return self._number("a comparison") >= lift(other)._number("a comparison")
+
+    def __bool__(self):
+        return bool(self._number("the truth"))
+
+    def __int__(self):
+        return int(self._number("the integer value"))
+
+    def __str__(self) -> str:
+        if not self.terms:
+            return "0"
+        parts = []
+        for monomial, c in sorted(self.terms.items(), key=lambda t: sorted(str(v) for v, _ in t[0])):
+            factors = [str(v) if p == 1 else f"{v}**{p}" for v, p in sorted(monomial, key=lambda t: str(t[0]))]
+            parts.append("*".join(([str(c)] if c != 1 or not factors else []) + factors))
+        return " + ".join(parts)
+
+    __repr__ = __str__
+
+
+def _variable(v) -> Poly:
+    return Poly({frozenset({(v, 1)}): 1})
+
+
+def _normal(c):
+    return c.numerator if isinstance(c, Fraction) and c.denominator == 1 else c
+
+
+def _times(m1: frozenset, m2: frozenset) -> frozenset:
+    if not m1 or not m2:
+        return m1 or m2
+    powers = dict(m1)
+    for v, p in m2:
+        powers[v] = powers.get(v, 0) + p
+    return frozenset(powers.items())
+
+
+def _lift_or_none(value) -> Poly | None:
+    try:
+        return lift(value)
+    except Unscreened:
+        return None
+
+
+def lift(value) -> Poly:
+    """A size as a Poly: ints (numpy's too) and exact fractions; anything else (text, floats) is not screened."""
+    if isinstance(value, Poly):
+        return value
+    if isinstance(value, bool | int | np.integer):
+        return Poly({ONE: int(value)})
+    if isinstance(value, Fraction):
+        return Poly({ONE: _normal(value)})
+    raise Unscreened(f"a {type(value).__name__} among the sizes")
+
+
+def _split(p: Poly) -> tuple[Poly, Poly]:
+    """p as (the terms that are whole numbers at every size, the rest), the constant's whole part with the first."""
+    whole, rest = {}, {}
+    for m, c in p.terms.items():
+        if isinstance(c, int) and all(_integral(v) for v, _ in m):
+            whole[m] = c
+        elif m == ONE:
+            whole[m], rest[m] = math.floor(c), c - math.floor(c)
+        else:
+            rest[m] = c
+    return Poly(whole), Poly(rest)
+
+
+def _integral(variable) -> bool:
+    """A whole number at every size: a symbol, a floor or ceiling, or a Min, Max or Mod of whole numbers."""
+    if isinstance(variable, str) or variable.func in ("floor", "ceiling"):
+        return True
+    return all(all(isinstance(c, int) for c in a.terms.values()) and all(_integral(v) for v in a.variables())
+               for a in variable.args)
+
+
+class PolyArith:
+    """The screen's arithmetic: the same operations as `SympyArith`, on `Poly` values. Nothing is tolerated: any
+    error in an op's handler ends the screen (the full analysis may skip that node; the screen cannot know)."""
+
+    tolerated: tuple = ()
+
+    integer = staticmethod(lift)
+    expr = staticmethod(lift)
+
+    @staticmethod
+    def symbol(name: str) -> Poly:
+        return _variable(name)
+
+    @staticmethod
+    def floor(value) -> Poly:
+        whole, rest = _split(lift(value))
+        if rest.is_number:  # 0 <= rest < 1
+            return whole
+        return whole + _variable(Atom("floor", (rest,)))
+
+    @staticmethod
+    def ceiling(value) -> Poly:
+        whole, rest = _split(lift(value))
+        if rest.is_number:
+            return whole + (1 if rest.constant else 0)
+        return whole + _variable(Atom("ceiling", (rest,)))
+
+    @classmethod
+    def floor_div(cls, a, n) -> Poly:
+        return cls.floor(lift(a) / n)
+
+    @classmethod
+    def floordiv(cls, a, b) -> Poly:
+        a, b = lift(a), lift(b)
+        if a.is_number and b.is_number:
+            return lift(Fraction(a.constant) / b.constant) if not (a.is_Integer and b.is_Integer) else \
+                lift(int(Fraction(a.constant, b.constant)))  # sympy's int(a / b): towards zero
+        return cls.floor_div(a, b) if b.is_Integer and b.constant > 0 else a / b
+
+    @staticmethod
+    def truediv(a, b) -> Poly:
+        return lift(a) / lift(b)
+
+    @staticmethod
+    def min(a, b) -> Poly:
+        a, b = lift(a), lift(b)
+        if _at_least(a, b):
+            return b
+        return a if _at_least(b, a) else _variable(Atom("Min", frozenset({a, b})))
+
+    @staticmethod
+    def max(a, b) -> Poly:
+        a, b = lift(a), lift(b)
+        if _at_least(a, b):
+            return a
+        return b if _at_least(b, a) else _variable(Atom("Max", frozenset({a, b})))
+
+    @staticmethod
+    def mod(a, b) -> Poly:
+        a, b = lift(a), lift(b)
+        if a.is_number and b.is_number:
+            return lift(Fraction(a.constant) % b.constant)
+        return _variable(Atom("Mod", (a, b)))
+
+    @staticmethod
+    def mul(*values) -> Poly:
+        return math.prod((lift(v) for v in values), start=lift(1))
+
+    @staticmethod
+    def add(*values) -> Poly:
+        return sum((lift(v) for v in values), start=lift(0))
+
+    @staticmethod
+    def sub(a, b) -> Poly:
+        return lift(a) - lift(b)
+
+    cancel = staticmethod(lift)  # a Poly is in lowest terms
+
+    @staticmethod
+    def numerator_denominator(value) -> tuple[Poly, Poly]:
+        """sympy's `fraction(together(value))` for a polynomial: over the coefficients' common denominator."""
+        value = lift(value)
+        den = math.lcm(*(Fraction(c).denominator for c in value.terms.values())) if value.terms else 1
+        return value * den, lift(den)
+
+    @staticmethod
+    def same(a, b) -> bool:
+        return lift(a) == lift(b)
+
+    @staticmethod
+    def equal(a, b) -> int:
+        """1 where equal, 0 where they differ at every size (each symbol is at least 1); else Unscreened."""
+        difference = lift(a) - lift(b)
+        if difference.is_number:
+            return int(difference.constant == 0)
+        signs = {c > 0 for c in difference.terms.values()}
+        if len(signs) == 1 and all(isinstance(v, str) for v in difference.variables()):
+            return 0  # every term has one sign, and so has every value of the sum
+        raise Unscreened(f"whether {a} equals {b} depends on the sizes")
+
+    @staticmethod
+    def simplify(value, bounds: dict) -> Poly:
+        """Min(s, N) is s where s <= N is known (the table a symbol cuts); other atoms stay."""
+        value = lift(value)
+        chosen = {}
+        for atom in value.variables():
+            if isinstance(atom, Atom) and atom.func == "Min":
+                for a in atom.args:
+                    if all(_le(a, b, bounds) for b in atom.args if b is not a):
+                        chosen[atom] = a
+                        break
+        if not chosen:
+            return value
+        out = lift(0)
+        for monomial, c in value.terms.items():
+            factors = [chosen[v] if v in chosen else _variable(v) for v, p in monomial for _ in range(p)]
+            out = out + math.prod(factors, start=lift(c))
+        return out
+
+
+def _at_least(a: Poly, b: Poly) -> bool:
+    """a >= b at every size: their difference is a number >= 0, or a sum of the symbols' monomials with
+    coefficients >= 0 whose least value (every symbol 1) is >= 0."""
+    difference = a - b
+    if not all(isinstance(v, str) for v in difference.variables()):
+        return False
+    terms = [c for m, c in difference.terms.items() if m != ONE]
+    return all(c >= 0 for c in terms) and difference.terms.get(ONE, 0) + sum(terms) >= 0
+
+
+def _le(a: Poly, b: Poly, bounds: dict) -> bool:
+    """a <= b provably, from the upper bounds of single symbols."""
+    if a == b:
+        return True
+    if a.is_number and b.is_number:
+        return a.constant <= b.constant
+    return a.is_Symbol and b.is_number and a in bounds and bounds[a][0] <= b.constant

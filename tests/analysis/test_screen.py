@@ -1,0 +1,145 @@
+"""The size analysis' screen: exact polynomial arithmetic settles, without sympy, that every size constraint of a
+graph holds at every size, and gives up wherever it is not exact (the full sympy pass then decides).
+
+Each graph case is checked against the full pass on the same graph: where the screen settles a graph, the full
+pass must find no constraint; healthy graphs must be settled (else the screen saves nothing), and the traps (a
+baked size, a floor that a coincidence hides, a cut that a length exceeds) must not be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from graphfix.analysis.sizes import Sizes, static_sizes
+from graphfix.analysis.sizes.poly import PolyArith as P
+from graphfix.analysis.sizes.poly import Unscreened, lift
+
+T, B = P.symbol("T"), P.symbol("B")
+
+
+# --- the arithmetic ---------------------------------------------------------------------------------------------------
+def test_polynomials_compare_by_value_not_by_form():
+    assert B * T * 64 == 64 * T * B
+    assert (T + 1) * (T + 1) == T * T + 2 * T + 1
+    assert (B * T * 512) / (B * T * 8) == 64
+    assert P.floor((T + 2) / 2) == P.floor(T / 2) + 1
+    assert P.ceiling(P.truediv(T - 0, 1)) == T  # Range(0, T, 1)
+    assert P.floor(T / 2) * 2 != T  # differs at every odd T
+    half = P.min(T / 2, B)  # not a whole number at every size: floor keeps it inside
+    assert P.floor(half) != half and P.floor(P.min(T, B)) == P.min(T, B)
+    assert P.numerator_denominator((T + 1) / 4) == (T + 1, 4)
+
+
+def test_what_is_not_exact_gives_up():
+    for undecided in (lambda: (T + 1) / (B + 1), lambda: T / B / B * B, lambda: T < 5, lambda: bool(T),
+                      lambda: int(T), lambda: P.equal(T, B), lambda: P.equal(T - 2, 0)):
+        with pytest.raises(Unscreened):
+            undecided()
+    for hostile in ("__import__('os').system('true')", 0.5, np.float32(3)):
+        with pytest.raises(Unscreened):  # text or floats from a model are never read as a size
+            lift(hostile)
+
+
+def test_min_and_max_are_decided_only_where_every_size_decides_them():
+    assert P.min(T, 1) == 1 and P.max(T, 1) == T and P.min(T + 1, T) == T  # every size is at least 1
+    assert P.equal(T + 1, 0) == 0 and P.equal(T, -1) == 0 and P.equal(2 * T, T + T) == 1
+    cut = P.min(T, 512)
+    assert cut != T and cut != 512  # which one depends on T
+    assert P.simplify(cut, {T: (512, "a 512-row table")}) == T
+    assert P.simplify(cut, {T: (1024, "a 1024-row table")}) == cut
+
+
+# --- graphs: the screen against the full pass -------------------------------------------------------------------------
+HEADER = '< ir_version: 10, opset_import: ["" : 17] >\n'
+GRAPHS = {
+    # a Reshape whose shape vector is computed from the input's
+    "computed-reshape": ("""g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
+        s = Shape(x)  bt = Slice(s, start, end)  shape = Concat<axis = 0>(bt, tail)  y = Reshape(x, shape) }""",
+                         dict(start=[0], end=[2], tail=[2, 4]), True),
+    # positions cut from a 512-row table at the input's length: valid up to 512, and the screen knows the bound
+    "table-cut": ("""g (float[B, T, 8] x) => (float[B, T, 8] y) {
+        s = Shape(x)  t = Slice(s, one, two)  rows = Slice(table, zero, t)  y = Add(x, rows) }""",
+                  dict(one=[1], two=[2], zero=[0], table=np.zeros((512, 8), np.float32)), True),
+    # an index vector built with Range from the length, then Expand(-1) written as the exporter writes it
+    "range-expand": ("""g (float[B, T, 8] x) => (float[B, T] y) {
+        s = Shape(x)  t = Gather<axis = 0>(s, one)  r = Range(zero, t, step)  bt = Slice(s, zero1, two)
+        eq = Equal(bt, minus)  target = Where(eq, ones, bt)  y = Expand(r, target) }""",
+                     dict(one=np.array(1), zero=np.array(0), step=np.array(1), zero1=[0], two=[2], minus=[-1],
+                          ones=[1, 1]), True),
+    # a baked length: the element count holds at T = 7 only
+    "baked-length": ("""g (float[B, T, 8] x) => (float[B, 7, 2, 4] y) {
+        s = Shape(x)  b = Slice(s, start, end)  shape = Concat<axis = 0>(b, tail)  y = Reshape(x, shape) }""",
+                     dict(start=[0], end=[1], tail=[7, 2, 4]), False),
+    # frames of a stride-2 conv taken for half the samples: equal only where floor((T-1)/2)+1 = T/2, never
+    "conv-frames-trap": ("""g (float[B, 1, T] x) => (float[B, ?, ?] y) {
+        c = Conv<strides = [2]>(x, w)  s = Shape(x)  f = Shape(c)  b = Slice(s, start, end)  n = Slice(f, two, three)
+        shape = Concat<axis = 0>(b, n, pair)  y = Reshape(x, shape) }""",
+                         dict(w=np.zeros((4, 1, 3), np.float32), start=[0], end=[1], two=[2], three=[3], pair=[2]),
+                         False),
+    # a cut at 512 meets the uncut length: equal only while T <= 512 (no table bounds T here)
+    "cut-trap": ("""g (float[B, T, 8] x) => (float[B, ?, 8] y) {
+        c = Slice(x, zero, end, axis)  y = Add(c, x) }""",
+                 dict(zero=[0], end=[512], axis=[1]), False),
+}
+
+
+def graph(name: str) -> onnx.ModelProto:
+    text, constants, _ = GRAPHS[name]
+    model = onnx.parser.parse_model(HEADER + text)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, dtype=np.asarray(v).dtype
+                                                                           if np.asarray(v).dtype != np.float64
+                                                                           else np.float32), k)
+                                   for k, v in constants.items())
+    return model
+
+
+def verdicts(model: onnx.ModelProto) -> tuple[bool, list, str]:
+    """The screen's verdict and the full pass' constraints and incompleteness, on the same imported graph."""
+    sizes, _ = static_sizes(model)
+    full = Sizes(sizes.graph, sizes.constant, screen=False)
+    return sizes.screened(), full.constraints, full.incomplete
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_the_screen_settles_only_what_the_full_pass_finds_clean(name):
+    settled, constraints, incomplete = verdicts(graph(name))
+    if settled:
+        assert not constraints and not incomplete
+    assert settled == GRAPHS[name][2], constraints
+    if not settled:  # a trap: the full pass finds the constraint, and so does the screen's own pass (not a give-up)
+        sizes, _ = static_sizes(graph(name))
+        seen = Sizes(sizes.graph, sizes.constant, num=P, screen=False).constraints
+        assert constraints and [(c.kind, c.node.op, c.detail) for c in seen] == \
+            [(c.kind, c.node.op, c.detail) for c in constraints]
+
+
+def torch_cases():
+    import torch
+    from torch import nn
+
+    from tests.fixtures.torch_models import D_MODEL, HEADS, attention
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, 32, dropout=0.0, batch_first=True).eval()
+    return layer, torch.randn(2, 7, D_MODEL), attention
+
+
+def test_torch_exports_agree_with_the_full_pass(tmp_path):
+    """nn.TransformerEncoderLayer as torch.onnx exports it: dynamo keeps every size computed (settled); the
+    TorchScript exporter bakes MultiheadAttention's sizes (a constraint: not settled)."""
+    import torch
+
+    layer, example, attention = torch_cases()
+    path = tmp_path / "dynamo.onnx"
+    time = torch.export.Dim("time", min=2, max=64)
+    torch.onnx.export(layer, (example,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch"),
+                                                                                  1: time},),
+                      input_names=["x"], verbose=False)
+    settled, constraints, incomplete = verdicts(onnx.load(str(path)))
+    assert settled and not constraints and not incomplete
+    case = attention("encoder", batch_first=True)
+    case.export(tmp_path / "script.onnx")
+    settled, constraints, _ = verdicts(onnx.load(str(tmp_path / "script.onnx")))
+    assert constraints and not settled
