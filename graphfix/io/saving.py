@@ -31,6 +31,7 @@ from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.staging import remove, staging_dir
 from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
+    DataNameTaken,
     _mentions,
     check_target,
     data_name,
@@ -189,14 +190,15 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
 
 def _claim_copy_name(staged: StagedModel, target: Path) -> None:
     """A data file copied under its own name (an unchanged model, written as it came) may replace only the
-    replaced model's own data, and only when no other model reads it; any other file of that name is a collision."""
+    replaced model's own data, and only when no other model reads it; any other file of that name is a collision
+    (`DataNameTaken`: the repair then writes the model anew, its data under the output's own name)."""
     if not os.path.lexists(target):
         return
     if target not in staged.replacing.data_files:
         refuse_collision(staged.destination, target)
     readers = other_readers(target, staged.destination)
     if readers or target.is_symlink() or not target.is_file() or target.stat().st_nlink > 1:
-        raise OutputError(f"cannot write {staged.destination}: its data file {target} would replace data that "
+        raise DataNameTaken(f"cannot write {staged.destination}: its data file {target} would replace data that "
                           f"{readers[0] if readers else 'another name of it'} may read; choose another output")
     staged.overwrites += (str(target.relative_to(staged.destination.parent)),)
 

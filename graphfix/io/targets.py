@@ -73,9 +73,13 @@ def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
     return name
 
 
+class DataNameTaken(OutputError):
+    """The name a data file would get beside the output belongs to another file (exit 2)."""
+
+
 def refuse_collision(destination: Path, data: Path) -> None:
     if os.path.lexists(data):
-        raise OutputError(f"cannot write {destination}: its data file {data} exists and is not the data of the "
+        raise DataNameTaken(f"cannot write {destination}: its data file {data} exists and is not the data of the "
                           f"model being replaced (graphfix overwrites no other file; move it or choose another output)")
 
 

@@ -35,7 +35,7 @@ from graphfix.io.saving import (
     stage_weights,
 )
 from graphfix.io.staging import scratch_dir
-from graphfix.io.targets import check_destination
+from graphfix.io.targets import DataNameTaken, check_destination
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
@@ -222,8 +222,12 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
 def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
            ahead: Future[StagedModel] | None) -> StagedModel:
     if not changed and loaded.path is not None:
-        # the input's own bytes, its external data files beside it: nothing to serialize
-        staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)
+        try:  # the input's own bytes, its external data files beside it: nothing to serialize
+            staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)
+        except DataNameTaken:  # another file there has its data's name (an earlier output of the same input):
+            staged = stage_model(model, destination, loaded.base_dir, weights)  # the data under the output's name
+            staged.kept += (f"its data written as {staged.data_name}: the input's data file name is taken beside "
+                            "the output",)
     elif ahead is not None:
         started = ahead.result()
         if stub_names(model) == started.prewritten:

@@ -62,14 +62,22 @@ def test_surgery_onto_an_output_that_shares_the_input_data_keeps_it(sandbox, com
 
 
 def test_unchanged_repair_never_overwrites_a_data_file_of_another_model(sandbox):
+    """The input's data file name is taken beside the output (by another model's data, or an earlier output of the
+    same input): the copy is written anew, its data under the output's own name, and says so."""
     source = healthy(sandbox.model_dir / "model.onnx", "model.onnx.data")
     deployed = healthy(sandbox.outside / "deployed.onnx", "model.onnx.data", weight=2.0)
     expected = run(deployed)
     sandbox.touched()
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"))
-    one_line_refusal(done, "model.onnx.data", "exists")
+    assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
+    assert "its data written as fixed.onnx.data" in done.stdout
     assert same_outputs(run(deployed), expected)
-    assert not (sandbox.outside / "fixed.onnx").exists()
+    assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
+    assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx", "fixed.onnx.data",
+                                                                  "model.onnx.data", "secret.bin"]
+    healthy(sandbox.outside / "fixed.onnx.data", "x.data")  # that name taken too, by a file that is no model's data
+    done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "again.onnx"))
+    assert done.returncode == 0 and "its data written as again.onnx.data" in done.stdout, done.stdout + done.stderr
 
 
 def test_changed_repair_never_overwrites_a_data_file_named_like_its_own(sandbox):
@@ -127,5 +135,7 @@ def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(san
     other = healthy(out / "other.onnx", "weights.bin", weight=2.0)  # another model, its data under that name
     expected = run(other)
     done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
-    one_line_refusal(done, "weights.bin", "other.onnx")
+    assert done.returncode == 0 and "its data written as model.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert "kept" in done.stdout and "weights.bin" in done.stdout  # the shared data stays, and it is said
     assert same_outputs(run(other), expected)
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "other.onnx", "weights.bin"]
