@@ -85,13 +85,17 @@ GRAPHS = {
 }
 
 
+# a dim that is 1 at every size, written (T+1)**2 - T**2 - 2*T: the screen is exact where sympy leaves it unexpanded
+EXPANDED_ONE = ("""g (float[B, T] x) => (float[B, T] y) {
+    s = Shape(x)  t = Slice(s, one, two)  b = Slice(s, zero, one)  t1 = Add(t, one)  sq1 = Mul(t1, t1)
+    sq = Mul(t, t)  t2 = Mul(t, two)  d = Sub(sq1, sq)  u = Sub(d, t2)  target = Concat<axis = 0>(b, u)
+    c = ConstantOfShape<value = float[1] {0.0}>(target)  y = Add(x, c) }""", dict(zero=[0], one=[1], two=[2]), True)
+
+
 def graph(name: str) -> onnx.ModelProto:
-    text, constants, _ = GRAPHS[name]
+    text, constants, _ = GRAPHS.get(name, EXPANDED_ONE)
     model = onnx.parser.parse_model(HEADER + text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, dtype=np.asarray(v).dtype
-                                                                           if np.asarray(v).dtype != np.float64
-                                                                           else np.float32), k)
-                                   for k, v in constants.items())
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items())
     return model
 
 
@@ -113,6 +117,33 @@ def test_the_screen_settles_only_what_the_full_pass_finds_clean(name):
         seen = Sizes(sizes.graph, sizes.constant, num=P, screen=False).constraints
         assert constraints and [(c.kind, c.node.op, c.detail) for c in seen] == \
             [(c.kind, c.node.op, c.detail) for c in constraints]
+
+
+def test_where_sympy_misjudges_a_size_the_screen_is_exact_and_onnxruntime_agrees():
+    """`EXPANDED_ONE` above: the full pass records T == (T+1)**2 - T**2 - 2*T, which holds nowhere but T = 1; the
+    screen sees a broadcast against 1, and the model runs at every size."""
+    import onnxruntime as ort
+
+    model = graph("expanded-one")
+    settled, constraints, _ = verdicts(model)
+    assert settled and constraints  # the screen's verdict, and the full pass' spurious constraint
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for b, t in ((1, 1), (2, 7), (3, 40)):
+        x = np.ones((b, t), np.float32)
+        assert np.array_equal(session.run(None, {"x": x})[0], x)
+
+
+def test_a_size_squared_again_and_again_is_given_up_not_expanded():
+    """A hostile graph squares a shape value 30 times: (B + T + 1)**(2**30) is never expanded (sympy keeps it as a
+    power); the screen gives up at its degree bound and the full pass decides."""
+    lines = ["s = Shape(x)", "b = Slice(s, zero, one)", "t = Slice(s, one, two)", "bt = Add(b, t)", "v0 = Add(bt, one)"]
+    lines += [f"v{k} = Mul(v{k - 1}, v{k - 1})" for k in range(1, 31)]
+    model = onnx.parser.parse_model(HEADER + "g (float[B, T] x) => (int64[1] v30) {" + "  ".join(lines) + "}")
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.array(v, np.int64), k)
+                                   for k, v in dict(zero=[0], one=[1], two=[2]).items())
+    sizes, _ = static_sizes(model)
+    assert not sizes.screened()
+    assert sizes.constraints == [] and not sizes.incomplete
 
 
 def torch_cases():

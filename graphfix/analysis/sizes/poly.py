@@ -6,9 +6,13 @@ Most graphs' sizes are polynomials in the input dims with integer coefficients: 
 Max and Mod of what is not a number become `Atom` variables, compared structurally (floor(T/2) is floor(T/2)).
 
 Where the arithmetic cannot decide (a comparison of sizes, a division by a sum, an equality that depends on the
-size), it raises `Unscreened`: the screen then gives up and the full sympy analysis decides. The screen never
-answers anything it was not exact about; it only lets `diagnose --static` skip importing sympy (a fifth of a second,
-30 MB) on a graph whose sizes hold at every size.
+size, a polynomial past MAX_TERMS or MAX_DEGREE), it raises `Unscreened`: the screen then gives up and the full
+sympy analysis decides. The screen never answers anything it was not exact about; it only lets `diagnose --static`
+skip importing sympy (a fifth of a second, 30 MB) on a graph whose sizes hold at every size.
+
+Exact is stricter than the sympy pass in one direction: sympy leaves a size such as `(T+1)**2 - T**2 - 2*T`
+unexpanded and sees a dim other than 1 where the screen sees 1 (a review built such graphs); there the screen's
+answer is the true one, and onnxruntime runs those graphs at every size.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from fractions import Fraction
 import numpy as np
 
 ONE: frozenset = frozenset()  # the empty monomial: the constant term
+MAX_TERMS, MAX_DEGREE = 64, 12  # a real graph's sizes are far smaller (B*H*T*D: 1 term, degree 4); a product
+# past them (a model squaring a shape value again and again) gives up at once rather than expand it
 
 
 class Unscreened(Exception):
@@ -81,6 +87,10 @@ class Poly:
                 names |= {variable} if isinstance(variable, str) else variable.free_symbols
         return names
 
+    @property
+    def degree(self) -> int:
+        return max((sum(p for _, p in m) for m in self.terms), default=0)
+
     def variables(self) -> set:
         return {v for monomial in self.terms for v, _ in monomial}
 
@@ -92,6 +102,8 @@ class Poly:
         terms = dict(self.terms)
         for m, c in other.terms.items():
             terms[m] = _normal(terms.get(m, 0) + c)
+        if len(terms) > MAX_TERMS:
+            raise Unscreened("a sum of sizes too large to screen")
         return Poly(terms)
 
     __radd__ = __add__
@@ -111,11 +123,15 @@ class Poly:
         other = _lift_or_none(other)
         if other is None:
             return NotImplemented
+        if len(self.terms) * len(other.terms) > MAX_TERMS ** 2 or self.degree + other.degree > MAX_DEGREE:
+            raise Unscreened("a product of sizes too large to screen")
         terms: dict = {}
         for m1, c1 in self.terms.items():
             for m2, c2 in other.terms.items():
                 m = _times(m1, m2)
                 terms[m] = _normal(terms.get(m, 0) + c1 * c2)
+        if len(terms) > MAX_TERMS:
+            raise Unscreened("a product of sizes too large to screen")
         return Poly(terms)
 
     __rmul__ = __mul__
