@@ -215,3 +215,20 @@ def test_a_pad_that_rounds_up_at_export_only_is_found_from_the_chunks_split_afte
     assert [int(pad.expr.subs(pad.length, t)) for t in range(4, 12)] == [0, 3, 2, 1, 0, 3, 2, 1]
     healthy = CHUNKED.replace("{0, 0, 0, 0, 1, 0}", "{0, 0, 0, 0, 4, 0}")  # a pad of a whole chunk is no round-up
     assert list(baked_pads(analysed(healthy)[0])) == []
+
+
+def test_a_fill_value_no_integer_holds_leaves_that_node_unknown():
+    """ConstantOfShape filled with inf (a hostile model): int(inf) overflows; the pass keeps onnx's shapes there and
+    goes on, as for any op variant it does not model (a review found both passes crashing on it)."""
+    sizes, graph = analysed("""
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, T] x) => (float[B, T] y) {
+    three = Constant <value = int64[1] {3}> ()
+    filled = ConstantOfShape <value = float[1] {inf}> (three)
+    shape = Shape(x)
+    y = Reshape(x, shape)
+}
+""")
+    filled = next(n for n in graph.nodes if n.op == "ConstantOfShape").outputs[0]
+    assert sizes.value(filled) is None and not sizes.incomplete
+    assert sizes.dims(graph.outputs[0]) == ["B", "T"]

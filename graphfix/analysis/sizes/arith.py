@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 Shape = tuple  # tuple[Expr | None, ...]
 # what an op's handler may raise on an op variant the pass does not model (its outputs keep onnx's shapes)
-TOLERATED = (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, AttributeError, RecursionError)
+TOLERATED = (TypeError, ValueError, ArithmeticError, IndexError, KeyError, AttributeError, RecursionError)
 
 
 def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> Shape | None:

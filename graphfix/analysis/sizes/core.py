@@ -88,16 +88,17 @@ class Sizes(OpShapes):
 
     @property
     def incomplete(self) -> str:
-        """Why the pass stopped early ("" when it covered the graph)."""
-        if self.screened():
+        """Why the pass stopped early ("" when it covered the graph, or the screen settled it unasked)."""
+        if not self._done and self.screened():
             return ""
         self._run()
         return self._incomplete
 
     @property
     def constraints(self) -> list[Constraint]:
-        """The constraints that do not hold identically, in graph order."""
-        if self.screened():
+        """The constraints that do not hold identically, in graph order (none where the screen settled the graph
+        before anything asked for the full pass)."""
+        if not self._done and self.screened():
             return []
         self._run()
         return self._constraints

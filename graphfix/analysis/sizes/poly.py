@@ -40,7 +40,8 @@ class Atom:
     args: tuple | frozenset
 
     def __str__(self) -> str:
-        return f"{self.func}({', '.join(sorted(map(str, self.args)))})"
+        args = sorted(map(str, self.args)) if isinstance(self.args, frozenset) else map(str, self.args)
+        return f"{self.func}({', '.join(args)})"
 
     @property
     def free_symbols(self) -> set[str]:
@@ -65,15 +66,22 @@ class Poly:
 
     @property
     def is_number(self) -> bool:
-        return self.constant is not None
+        """Whether this is a number. Where it holds an atom that is not one, sympy may still make it one
+        (`Mod(2*T, 2)` is 0 to sympy): the pass would then know a value the screen does not, so the screen gives up
+        (a review's graph read a Gather index through such a Mod and hid a baked Reshape)."""
+        if self.constant is not None:
+            return True
+        if any(isinstance(v, Atom) for v in self.variables()):
+            raise Unscreened(f"whether {self} is a number")
+        return False
 
     @property
     def is_Integer(self) -> bool:  # sympy's spelling: the analysis reads both kinds of value the same way
-        return isinstance(self.constant, int)
+        return self.is_number and isinstance(self.constant, int)
 
     @property
     def is_Symbol(self) -> bool:
-        if len(self.terms) != 1:
+        if self.is_number or len(self.terms) != 1:  # (an atom sympy may make a symbol: gives up, as is_number)
             return False
         ((monomial, coefficient),) = self.terms.items()
         return coefficient == 1 and len(monomial) == 1 and next(iter(monomial))[1] == 1 and \
@@ -161,7 +169,8 @@ class Poly:
         return NotImplemented if other is None else self.terms == other.terms
 
     def __hash__(self):
-        return hash(frozenset(self.terms.items()))
+        value = self.constant
+        return hash(value) if value is not None else hash(frozenset(self.terms.items()))  # a number hashes as one
 
     def _number(self, what: str):
         value = self.constant
@@ -271,14 +280,14 @@ class PolyArith:
     @staticmethod
     def floor(value) -> Poly:
         whole, rest = _split(lift(value))
-        if rest.is_number:  # 0 <= rest < 1
+        if rest.constant is not None:  # 0 <= rest < 1
             return whole
         return whole + _variable(Atom("floor", (rest,)))
 
     @staticmethod
     def ceiling(value) -> Poly:
         whole, rest = _split(lift(value))
-        if rest.is_number:
+        if rest.constant is not None:
             return whole + (1 if rest.constant else 0)
         return whole + _variable(Atom("ceiling", (rest,)))
 
@@ -289,7 +298,7 @@ class PolyArith:
     @classmethod
     def floordiv(cls, a, b) -> Poly:
         a, b = lift(a), lift(b)
-        if a.is_number and b.is_number:
+        if a.constant is not None and b.constant is not None:
             return lift(Fraction(a.constant) / b.constant) if not (a.is_Integer and b.is_Integer) else \
                 lift(int(Fraction(a.constant, b.constant)))  # sympy's int(a / b): towards zero
         return cls.floor_div(a, b) if b.is_Integer and b.constant > 0 else a / b
@@ -315,7 +324,9 @@ class PolyArith:
     @staticmethod
     def mod(a, b) -> Poly:
         a, b = lift(a), lift(b)
-        if a.is_number and b.is_number:
+        if b == 0:
+            raise ZeroDivisionError("Mod by zero")  # sympy's too: the pass skips the node, the screen gives up
+        if a.constant is not None and b.constant is not None:
             return lift(Fraction(a.constant) % b.constant)
         return _variable(Atom("Mod", (a, b)))
 
@@ -348,7 +359,7 @@ class PolyArith:
     def equal(a, b) -> int:
         """1 where equal, 0 where they differ at every size (each symbol is at least 1); else Unscreened."""
         difference = lift(a) - lift(b)
-        if difference.is_number:
+        if difference.constant is not None:
             return int(difference.constant == 0)
         signs = {c > 0 for c in difference.terms.values()}
         if len(signs) == 1 and all(isinstance(v, str) for v in difference.variables()):
@@ -389,6 +400,6 @@ def _le(a: Poly, b: Poly, bounds: dict) -> bool:
     """a <= b provably, from the upper bounds of single symbols."""
     if a == b:
         return True
-    if a.is_number and b.is_number:
+    if a.constant is not None and b.constant is not None:
         return a.constant <= b.constant
-    return a.is_Symbol and b.is_number and a in bounds and bounds[a][0] <= b.constant
+    return a.is_Symbol and b.constant is not None and a in bounds and bounds[a][0] <= b.constant
