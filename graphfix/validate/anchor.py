@@ -6,9 +6,10 @@ size are the model's own limits, not export bugs, and reporting them would flag 
 guessed first binding fails, the guessed non-batch dims are doubled until the model runs; that binding becomes
 the export size the other sizes are derived from. If no size runs, the guess stays and its failures are real
 findings (a broadcast mismatch fails at every size). Growing stops before its runs would pass GROW_BUDGET_S
-(each doubling is taken to multiply the last run's time by its growth in elements): a model that fails at every
-size (a patch count baked for 32x32 images) would otherwise run on ever larger inputs, seconds each, before its
-failure is reported.
+(each doubling is taken to multiply the last run's time by its growth in elements), and a grown run that runs past
+what is left of it is stopped: a model that fails at every size (a patch count baked for 32x32 images) would
+otherwise run on ever larger inputs, seconds each, before its failure is reported, and a grown run slowed by a busy
+machine would end the runner's runs at the run budget, blaming time instead of the model.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from graphfix.validate.runner import ModelRunner
 MAX_DOUBLINGS = 8  # 12 -> 3072: a few seconds of audio at 16 kHz after the front end's strides
 MAX_ELEMENTS = 1 << 24  # per input, so that growing never asks for gigabytes
 GROW_BUDGET_S = 2.0  # the runs at grown sizes, all together: a front end's minimum runs in milliseconds
+MIN_RUN_S = 0.5  # the least a grown run is given (its own bound: past it, growing stops and the probe goes on)
 
 
 Guard = Callable[[dict[str, np.ndarray]], None]  # raises NotProbed for feeds the probe must not run
@@ -57,7 +59,8 @@ def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: Valida
         if _too_large(model, binding, options) or spent + last * growth > GROW_BUDGET_S:
             break
         started = time.monotonic()
-        if any(_runs(r, model, binding, options, guard) for r in runners):
+        budget = max(GROW_BUDGET_S - spent, MIN_RUN_S)  # a grown run past it ends the growth, not the probe
+        if any(_runs(r, model, binding, options, guard, budget) for r in runners):
             return dataclasses.replace(options, trace_sizes={**binding, **options.trace_sizes})
         last = time.monotonic() - started
         spent += last
@@ -79,7 +82,7 @@ def _guessed_dims(model: onnx.ModelProto, options: ValidationOptions) -> set[str
 
 
 def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions,
-          guard: Guard | None) -> bool:
+          guard: Guard | None, budget_s: float | None = None) -> bool:
     if runner.session is None:
         return False
     try:
@@ -88,7 +91,7 @@ def _runs(runner: ModelRunner, model: onnx.ModelProto, binding: dict[str, int], 
             guard(feeds)
     except NotProbed:  # over the memory budget: this size does not count as one that runs
         return False
-    return runner.run(feeds).ok
+    return runner.run(feeds, budget_s=budget_s).ok
 
 
 def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: ValidationOptions) -> bool:

@@ -135,8 +135,11 @@ class ModelRunner:
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()] if self.session else []
 
-    def run(self, feeds: dict[str, np.ndarray], *, strict_feeds: bool = False) -> RunResult:
-        """Outputs by name, or the error. Undeclared feeds are dropped unless `strict_feeds`."""
+    def run(self, feeds: dict[str, np.ndarray], *, strict_feeds: bool = False,
+            budget_s: float | None = None) -> RunResult:
+        """Outputs by name, or the error. Undeclared feeds are dropped unless `strict_feeds`. A run past the run
+        budget ends this runner's runs (every other would run past it too); a speculative run (the probe's growth)
+        passes its own, shorter `budget_s`, and running past that fails this run alone."""
         if self.session is None:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
@@ -147,11 +150,13 @@ class ModelRunner:
         if self._last is not None and self._last[0] == key:
             return self._last[1]  # the same inputs again (the anchoring run, then the export size): no second run
         options = ort.RunOptions()
-        timer = threading.Timer(run_budget_seconds(), lambda: setattr(options, "terminate", True))
+        timer = threading.Timer(budget_s or run_budget_seconds(), lambda: setattr(options, "terminate", True))
         timer.start()
         try:
             values = self.session.run(None, {**feeds, **self.weight_feeds}, options)
         except Exception as exc:
+            if options.terminate and budget_s:
+                return RunResult(None, f"stopped after {budget_s:g} s (this run's own budget)")
             if options.terminate:
                 self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"
                 return RunResult(None, self.timed_out)

@@ -42,3 +42,25 @@ def test_a_model_that_fails_at_every_size_is_blamed_on_its_reshape_not_on_time(t
     errors = [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"]
     assert errors and all("run budget" not in f.message for f in errors), [f.message[:200] for f in errors]
     assert any(f.rule == "GF004" and "Reshape" in f.message for f in errors), [f.message[:200] for f in errors]
+
+
+def test_a_run_past_its_own_budget_fails_alone_and_the_runner_goes_on():
+    """The probe's growth gives each grown run what is left of its budget: running past it stops that run, and the
+    runner's later runs (the probe itself, at smaller sizes) still run, where a run past the run budget would end
+    them all. A busy machine slowed a grown MobileViT run past 10 s: the test above then blamed time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from graphfix.validate.runner import ModelRunner
+
+    weight = onnx.numpy_helper.from_array(np.full((512, 512), 1e-3, np.float32), "w")
+    nodes = [helper.make_node("MatMul", [f"h{k}", "w"], [f"h{k + 1}"]) for k in range(16)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 512])],
+                              [helper.make_tensor_value_info("h16", TensorProto.FLOAT, ["N", 512])], [weight])
+    runner = ModelRunner(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    slow = runner.run({"h0": np.ones((8192, 512), np.float32)}, budget_s=0.001)  # 16 MatMuls of 4 GFLOP each
+    assert not slow.ok and "own budget" in slow.error, slow.error
+    assert not runner.timed_out
+    small = runner.run({"h0": np.ones((2, 512), np.float32)})
+    assert small.ok and small.outputs["h16"].shape == (2, 512)
