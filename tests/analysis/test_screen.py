@@ -92,7 +92,8 @@ GRAPHS = {
     "squeeze-trap": ("""g (float[T, 8] x) => (float[?, 8] y) {
         s = Shape(x)  t = Slice(s, zero, one)  t2 = Mul(t, two)  t3 = Add(t2, one)  a = Mod(t3, two)
         target = Concat<axis = 0>(a, ones)  e = Expand(x, target)  q = Squeeze(e)  qs = Shape(q)
-        n = Gather<axis = 0>(qs, one)  n1 = Mul(n, one)  shape = Concat<axis = 0>(n1, eight)  y = Reshape(x, shape) }""",
+        n = Gather<axis = 0>(qs, one)  n1 = Mul(n, one)  shape = Concat<axis = 0>(n1, eight)
+        y = Reshape(x, shape) }""",
                      dict(zero=[0], one=[1], two=[2], ones=[1, 1], eight=[8]), False),
     # a cut at 512 meets the uncut length: equal only while T <= 512 (no table bounds T here)
     "cut-trap": ("""g (float[B, T, 8] x) => (float[B, ?, 8] y) {
