@@ -95,6 +95,13 @@ GRAPHS = {
         n = Gather<axis = 0>(qs, one)  n1 = Mul(n, one)  shape = Concat<axis = 0>(n1, eight)
         y = Reshape(x, shape) }""",
                      dict(zero=[0], one=[1], two=[2], ones=[1, 1], eight=[8]), False),
+    # the same review: A = Mod(2*T+1, 2) is 1 to sympy, whose Div of numbers truncates, so Div(A, -2)*2 + A is 1,
+    # while as sizes it is 0: the Reshape entry T + 1*(7 - T) is 7 to sympy, T to a screen that did not give up
+    "div-trap": ("""g (float[T, 8] x) => (float[?, 8] y) {
+        s = Shape(x)  t = Slice(s, zero, one)  t2 = Mul(t, two)  t3 = Add(t2, one)  a = Mod(t3, two)
+        h = Div(a, minus2)  h2 = Mul(h, two)  z = Add(h2, a)  d = Sub(seven, t)  zd = Mul(z, d)  n = Add(t, zd)
+        shape = Concat<axis = 0>(n, eight)  y = Reshape(x, shape) }""",
+                 dict(zero=[0], one=[1], two=[2], minus2=[-2], seven=[7], eight=[8]), False),
     # a cut at 512 meets the uncut length: equal only while T <= 512 (no table bounds T here)
     "cut-trap": ("""g (float[B, T, 8] x) => (float[B, ?, 8] y) {
         c = Slice(x, zero, end, axis)  y = Add(c, x) }""",

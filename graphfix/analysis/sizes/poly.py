@@ -305,8 +305,10 @@ class PolyArith:
 
     @classmethod
     def floordiv(cls, a, b) -> Poly:
+        """The pass' integer Div: truncated for numbers, floored or divided for sizes, as `SympyArith.floordiv`;
+        which branch is taken is asked with `is_number`, so a value sympy may make a number gives up here."""
         a, b = lift(a), lift(b)
-        if a.constant is not None and b.constant is not None:
+        if a.is_number and b.is_number:
             return lift(Fraction(a.constant) / b.constant) if not (a.is_Integer and b.is_Integer) else \
                 lift(int(Fraction(a.constant, b.constant)))  # sympy's int(a / b): towards zero
         return cls.floor_div(a, b) if b.is_Integer and b.constant > 0 else a / b
