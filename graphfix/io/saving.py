@@ -179,7 +179,7 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
             if same_file(staged.destination.parent / relative, data):
                 referenced.append(str(relative))  # written beside its input: the data is already there
                 continue
-            _claim_copy_name(staged, staged.destination.parent / relative)
+            _claim_copy_name(staged, staged.destination.parent / relative, (source, *data_files))
             (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             copy_used(data_file(source.parent, str(relative)), staged.temp_dir / relative,
                       data_files.get(data) if isinstance(data_files, Mapping) else None)
@@ -188,10 +188,17 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
     return staged
 
 
-def _claim_copy_name(staged: StagedModel, target: Path) -> None:
+def _claim_copy_name(staged: StagedModel, target: Path, inputs: Iterable[Path]) -> None:
     """A data file copied under its own name (an unchanged model, written as it came) may replace only the
     replaced model's own data, and only when no other model reads it; any other file of that name is a collision
-    (`DataNameTaken`: the repair then writes the model anew, its data under the output's own name)."""
+    (`DataNameTaken`: the repair then writes the model anew, its data under the output's own name). So is a name
+    that is the output itself, one of the input's own files (which the replaced model may read too), or one
+    reached through a link or a file among the folders between the output and it."""
+    folder = staged.destination.parent
+    between = [p for p in target.parents if p != folder and folder in p.parents]
+    if target == staged.destination or any(same_file(target, f) for f in inputs) or \
+            any(os.path.islink(p) or (os.path.lexists(p) and not p.is_dir()) for p in between):
+        refuse_collision(staged.destination, target, taken=True)
     if not os.path.lexists(target):
         return
     if target not in staged.replacing.data_files:

@@ -77,8 +77,9 @@ class DataNameTaken(OutputError):
     """The name a data file would get beside the output belongs to another file (exit 2)."""
 
 
-def refuse_collision(destination: Path, data: Path) -> None:
-    if os.path.lexists(data):
+def refuse_collision(destination: Path, data: Path, taken: bool = False) -> None:
+    """Raise `DataNameTaken` where a file has `data`'s name already (or where the caller found the name `taken`)."""
+    if taken or os.path.lexists(data):
         raise DataNameTaken(f"cannot write {destination}: its data file {data} exists and is not the data of the "
                           f"model being replaced (graphfix overwrites no other file; move it or choose another output)")
 

@@ -221,7 +221,7 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
 
 def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
            ahead: Future[StagedModel] | None) -> StagedModel:
-    if not changed and loaded.path is not None:
+    if not changed and loaded.model_file is not None:  # read from a file (an in-memory model's path is made up)
         try:  # the input's own bytes, its external data files beside it: nothing to serialize
             staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)
         except DataNameTaken:  # another file there has its data's name (an earlier output of the same input):

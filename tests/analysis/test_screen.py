@@ -177,7 +177,7 @@ def torch_cases():
     import torch
     from torch import nn
 
-    from tests.fixtures.torch_models import D_MODEL, HEADS, attention
+    from fixtures.torch_models import D_MODEL, HEADS, attention
 
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, 32, dropout=0.0, batch_first=True).eval()

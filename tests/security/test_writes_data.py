@@ -139,3 +139,87 @@ def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(san
     assert "kept" in done.stdout and "weights.bin" in done.stdout  # the shared data stays, and it is said
     assert same_outputs(run(other), expected)
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "other.onnx", "weights.bin"]
+
+
+def two_data_files(path, near: str, far: str) -> Path:
+    """y = (x @ w1) @ w2 with w1 in `near` and w2 in `far` (both relative to the model's folder)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    def external(name: str, location: str, value: float) -> onnx.TensorProto:
+        data = np.full((64, 64), value, np.float32)
+        (path.parent / location).parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / location).write_bytes(data.tobytes())
+        tensor = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[64, 64],
+                                  data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", location), ("offset", "0"), ("length", str(data.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        return tensor
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                               helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                              [external("w1", near, 0.5), external("w2", far, 3.0)])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+def test_an_unchanged_copy_never_writes_over_the_inputs_own_data(sandbox):
+    """A review's case: the input reads w.bin and sub/w.bin; the earlier output sub/o.onnx reads w.bin beside it,
+    which is the input's sub/w.bin. Copied under its own name, the input's w.bin went over it (exit 0, the input
+    silently changed); the copy now takes the output's own name."""
+    folder = sandbox.model_dir
+    source = two_data_files(folder / "m.onnx", "w.bin", "sub/w.bin")
+    healthy(folder / "sub" / "o.onnx", "w.bin", weight=3.0)  # writes sub/w.bin the same (64x64 of 3.0)
+    expected = run(source)
+    done = sandbox.run("repair", str(source), "-o", str(folder / "sub" / "o.onnx"), cwd=folder)
+    assert done.returncode == 0 and "its data written as o.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert same_outputs(run(source), expected) and same_outputs(run(folder / "sub" / "o.onnx"), expected)
+
+
+def test_a_data_file_named_like_the_output_is_not_copied_over_it(sandbox):
+    """The input's data file is called fixed.onnx and the output is fixed.onnx: the copy overwrote the staged model
+    and the commit left raw weights as the output (exit 2, the file left behind)."""
+    source = healthy(sandbox.model_dir / "model.onnx", "fixed.onnx")
+    done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"))
+    assert done.returncode == 0 and "its data written as fixed.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
+
+
+def test_an_unchanged_copy_never_follows_a_linked_folder_beside_the_output(sandbox):
+    """The input's data is sub/w.bin and, beside the output, sub is a link to a folder elsewhere: the copy went
+    through it, outside the output's folder (and the output failed to load)."""
+    (sandbox.model_dir / "sub").mkdir(parents=True)
+    source = healthy(sandbox.model_dir / "model.onnx", "sub/w.bin")
+    out, elsewhere = sandbox.root / "out", sandbox.root / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    done = sandbox.run("repair", str(source), "-o", str(out / "fixed.onnx"))
+    assert done.returncode == 0 and "its data written as fixed.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert same_outputs(run(out / "fixed.onnx"), run(source))
+
+
+def test_an_in_memory_model_is_written_from_itself_not_from_a_file_of_its_folder(tmp_path):
+    """A proto loaded with the folder of its data (`graphfix.api.load(proto, base_dir)`): no model file was read,
+    so none is copied; a model.onnx that happened to lie in that folder (another model) was copied as the output
+    (status unchanged, other outputs)."""
+    import onnx
+
+    from graphfix.api import load
+    from graphfix.core.registry import select_rules
+    from graphfix.core.rule import RuleOptions
+    from graphfix.pipeline.repair import RepairOptions, repair_model
+
+    mine = healthy(tmp_path / "mine.onnx", "mine.data")
+    stranger = healthy(tmp_path / "model.onnx", "model.onnx.data", weight=2.0)
+    options = RepairOptions(rules=select_rules((), ()), rule_options=RuleOptions())
+    result = repair_model(load(onnx.load(str(mine), load_external_data=False), tmp_path),
+                          tmp_path / "out" / "fixed.onnx", options)
+    assert result.status == "unchanged"
+    assert same_outputs(run(tmp_path / "out" / "fixed.onnx"), run(mine))
+    assert not same_outputs(run(tmp_path / "out" / "fixed.onnx"), run(stranger))

@@ -319,17 +319,11 @@ class PolyArith:
 
     @staticmethod
     def min(a, b) -> Poly:
-        a, b = lift(a), lift(b)
-        if _at_least(a, b):
-            return b
-        return a if _at_least(b, a) else _variable(Atom("Min", frozenset({a, b})))
+        return _extreme("Min", lift(a), lift(b))
 
     @staticmethod
     def max(a, b) -> Poly:
-        a, b = lift(a), lift(b)
-        if _at_least(a, b):
-            return a
-        return b if _at_least(b, a) else _variable(Atom("Max", frozenset({a, b})))
+        return _extreme("Max", lift(a), lift(b))
 
     @staticmethod
     def mod(a, b) -> Poly:
@@ -394,6 +388,14 @@ class PolyArith:
             factors = [chosen[v] if v in chosen else _variable(v) for v, p in monomial for _ in range(p)]
             out = out + math.prod(factors, start=lift(c))
         return out
+
+
+def _extreme(func: str, a: Poly, b: Poly) -> Poly:
+    """Min or Max of two sizes: the one that is, at every size; else an atom."""
+    ordered = (b, a) if _at_least(a, b) else (a, b) if _at_least(b, a) else None
+    if ordered is None:
+        return _variable(Atom(func, frozenset({a, b})))
+    return ordered[0] if func == "Min" else ordered[1]
 
 
 def _at_least(a: Poly, b: Poly) -> bool:
