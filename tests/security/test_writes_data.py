@@ -7,6 +7,8 @@ inference resolves data against the working folder (#20 item 3, not under test h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from writes_kit import healthy, hubert, run, same_outputs, self_located
 

@@ -156,6 +156,10 @@ class SympyArith:
         return a == b or sympy.expand(a - b) == 0
 
     @staticmethod
+    def plainly_number(value) -> bool:
+        return as_expr(value).is_number
+
+    @staticmethod
     def simplify(expr, bounds: dict) -> Expr:
         """Apply the range facts: Min(N, s) is s where s <= N is known."""
         if not isinstance(expr, sympy.Basic) or not expr.has(sympy.Min):

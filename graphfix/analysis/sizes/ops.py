@@ -32,6 +32,10 @@ SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Gelu", "Erf", "Sqrt", "So
 class OpShapes:
     """Shape (and shape-vector value) propagation rules, one method per op."""
 
+    def _one(self, d) -> bool:
+        """A dim of 1, which broadcasting and Squeeze drop: asked of the arithmetic (see `plainly_number`)."""
+        return d is not None and (d == 1 if isinstance(d, int) else self.num.plainly_number(d) and d == 1)
+
     def _broadcast(self, node: gs.Node) -> None:
         shapes = [self._in_shape(node, k) for k in range(len(node.inputs)) if _present(node.inputs[k])]
         if any(s is None for s in shapes):
@@ -40,9 +44,9 @@ class OpShapes:
         out = []
         for j in range(1, rank + 1):
             dims = [s[-j] for s in shapes if len(s) >= j]
-            real = [d for d in dims if d != 1]
+            real = [d for d in dims if not self._one(d)]
             if any(d is None for d in real):
-                out.append(next((d for d in real if d is not None and not d.is_number), None))
+                out.append(next((d for d in real if d is not None and not self.num.plainly_number(d)), None))
                 continue
             first = real[0] if real else self.num.integer(1)
             for other in real[1:]:
@@ -109,7 +113,7 @@ class OpShapes:
         if a is None or b is None or len(a) < 2 or len(b) < 2:
             return
         self._require("matmul", node, a[-1], b[-2], "inner dims")
-        batch = _broadcast_dims(a[:-2], b[:-2])
+        batch = _broadcast_dims(self, a[:-2], b[:-2])
         self._set(node, (*batch, a[-2], b[-1]))
 
     def _op_Gemm(self, node: gs.Node) -> None:
@@ -182,7 +186,7 @@ class OpShapes:
         if shape is None:
             return
         axes = self._axes(node, len(shape)) if len(node.inputs) > 1 or "axes" in node.attrs else \
-            [j for j, d in enumerate(shape) if d == 1]
+            [j for j, d in enumerate(shape) if self._one(d)]
         if axes is None:
             return
         self._set(node, tuple(d for j, d in enumerate(shape) if j not in axes), self._in_value(node, 0))
@@ -279,7 +283,7 @@ class OpShapes:
         shape, target = self._in_shape(node, 0), self._in_value(node, 1)
         if shape is None or target is None:
             return
-        self._set(node, _broadcast_dims(shape, tuple(self.num.expr(t) for t in target), self, node))
+        self._set(node, _broadcast_dims(self, shape, tuple(self.num.expr(t) for t in target), node))
 
     def _op_ConstantOfShape(self, node: gs.Node) -> None:
         target = self._in_value(node, 0)
@@ -335,7 +339,8 @@ _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
 _ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "floordiv", "Mod": "mod", "Max": "max", "Min": "min"}
 
 
-def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.Node | None = None) -> Shape:
+def _broadcast_dims(sizes: OpShapes, a: Shape, b: Shape, node: gs.Node | None = None) -> Shape:
+    """Numpy broadcasting of two shapes; with a `node`, a mismatch is recorded as its constraint."""
     rank = max(len(a), len(b))
     a = (1,) * (rank - len(a)) + tuple(a)  # a missing dim broadcasts like 1, and never reaches the output
     b = (1,) * (rank - len(b)) + tuple(b)
@@ -343,14 +348,14 @@ def _broadcast_dims(a: Shape, b: Shape, sizes: OpShapes | None = None, node: gs.
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:  # valid broadcasting makes the unknown dim 1 or the known one
             known = y if x is None else x
-            out.append(known if known is not None and known != 1 else None)
+            out.append(known if known is not None and not sizes._one(known) else None)
             continue
-        if x == 1:
+        if sizes._one(x):
             out.append(y)
-        elif y == 1 or x == y:
+        elif sizes._one(y) or x == y:
             out.append(x)
         else:
-            if sizes is not None:
+            if node is not None:
                 sizes._require("broadcast", node, x, y)
             out.append(x)
     return tuple(out)

@@ -10,9 +10,12 @@ size, a polynomial past MAX_TERMS or MAX_DEGREE), it raises `Unscreened`: the sc
 sympy analysis decides. The screen never answers anything it was not exact about; it only lets `diagnose --static`
 skip importing sympy (a fifth of a second, 30 MB) on a graph whose sizes hold at every size.
 
-Exact is stricter than the sympy pass in one direction: sympy leaves a size such as `(T+1)**2 - T**2 - 2*T`
-unexpanded and sees a dim other than 1 where the screen sees 1 (a review built such graphs); there the screen's
-answer is the true one, and onnxruntime runs those graphs at every size.
+The screen may know more than the sympy pass, never less. Where the pass' choices depend on how sympy holds a
+value, the screen gives up: an atom sympy may evaluate (`Mod(2*T, 2)` is 0 to it) wherever the pass asks whether a
+value is a number, an integer, a symbol or equal to another; integer Div, whose branch depends on it; and a number
+reached from sizes (a cancelled `(T+1)**2 - T**2 - 2*T`, a Min over several sizes) where the pass would drop what
+it knows for a number (`plainly_number`). Three reviews built graphs that hid a baked Reshape through each of these
+(tests/analysis/test_screen.py keeps them as traps).
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ class Atom:
 class Poly:
     """A polynomial with rational coefficients in the symbols (input dims, by name) and atoms."""
 
-    __slots__ = ("terms",)
+    __slots__ = ("derived", "terms")
 
-    def __init__(self, terms: dict):
+    def __init__(self, terms: dict, *operands: Poly):
         self.terms = {m: c for m, c in terms.items() if c}
+        # a number reached from sizes (a cancellation, a decided Min): sympy may still hold it as an expression
+        self.derived = not self.variables() and any(o.derived or o.variables() for o in operands)
 
     # --- reading --------------------------------------------------------------------------------------------------
     @property
@@ -112,12 +117,12 @@ class Poly:
             terms[m] = _normal(terms.get(m, 0) + c)
         if len(terms) > MAX_TERMS:
             raise Unscreened("a sum of sizes too large to screen")
-        return Poly(terms)
+        return Poly(terms, self, other)
 
     __radd__ = __add__
 
     def __neg__(self):
-        return Poly({m: -c for m, c in self.terms.items()})
+        return Poly({m: -c for m, c in self.terms.items()}, self)
 
     def __sub__(self, other):
         other = _lift_or_none(other)
@@ -140,7 +145,7 @@ class Poly:
                 terms[m] = _normal(terms.get(m, 0) + c1 * c2)
         if len(terms) > MAX_TERMS:
             raise Unscreened("a product of sizes too large to screen")
-        return Poly(terms)
+        return Poly(terms, self, other)
 
     __rmul__ = __mul__
 
@@ -158,7 +163,7 @@ class Poly:
                     raise Unscreened("a division that leaves a fraction of sizes")
                 powers[v] -= p
             terms[frozenset((v, p) for v, p in powers.items() if p)] = _normal(Fraction(c) / coefficient)
-        return Poly(terms)
+        return Poly(terms, self, other)
 
     def __rtruediv__(self, other):
         return lift(other) / self
@@ -287,16 +292,18 @@ class PolyArith:
 
     @staticmethod
     def floor(value) -> Poly:
-        whole, rest = _split(lift(value))
+        value = lift(value)
+        whole, rest = _split(value)
         if rest.constant is not None:  # 0 <= rest < 1
-            return whole
+            return Poly(whole.terms, value)
         return whole + _variable(Atom("floor", (rest,)))
 
     @staticmethod
     def ceiling(value) -> Poly:
-        whole, rest = _split(lift(value))
+        value = lift(value)
+        whole, rest = _split(value)
         if rest.constant is not None:
-            return whole + (1 if rest.constant else 0)
+            return Poly((whole + (1 if rest.constant else 0)).terms, value)
         return whole + _variable(Atom("ceiling", (rest,)))
 
     @classmethod
@@ -331,7 +338,7 @@ class PolyArith:
         if b == 0:
             raise ZeroDivisionError("Mod by zero")  # sympy's too: the pass skips the node, the screen gives up
         if a.constant is not None and b.constant is not None:
-            return lift(Fraction(a.constant) % b.constant)
+            return Poly(lift(Fraction(a.constant) % b.constant).terms, a, b)
         return _variable(Atom("Mod", (a, b)))
 
     @staticmethod
@@ -358,6 +365,17 @@ class PolyArith:
     @staticmethod
     def same(a, b) -> bool:
         return lift(a) == lift(b)
+
+    @staticmethod
+    def plainly_number(value) -> bool:
+        """Whether the pass may treat `value` as a number where doing so drops what it knows (a broadcast dim
+        beside an unknown one becomes unknown, a dim of 1 is squeezed): a number reached from sizes may be an
+        expression to sympy, which would keep it (a review: (T+1)**2 - T**2 - 2*T + 1 is 2 to the screen, and a
+        Reshape beyond it went unchecked), so the screen gives up there."""
+        value = lift(value)
+        if value.derived:
+            raise Unscreened(f"whether {value}, computed from sizes, is a number to sympy")
+        return value.is_number
 
     @staticmethod
     def equal(a, b) -> int:
@@ -395,7 +413,10 @@ def _extreme(func: str, a: Poly, b: Poly) -> Poly:
     ordered = (b, a) if _at_least(a, b) else (a, b) if _at_least(b, a) else None
     if ordered is None:
         return _variable(Atom(func, frozenset({a, b})))
-    return ordered[0] if func == "Min" else ordered[1]
+    chosen = ordered[0] if func == "Min" else ordered[1]
+    # sympy decides a Min over one size as well (Min(1, T) is 1, Min(1, T*T) is 1); over several, not always
+    # (Min(2, B + T) stays): a number chosen there is marked as reached from sizes
+    return Poly(chosen.terms, *((a, b) if len((a - b).free_symbols) > 1 else (chosen,)))
 
 
 def _at_least(a: Poly, b: Poly) -> bool:
