@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from graphfix.analysis.sizes import Sizes, static_sizes
-from graphfix.analysis.sizes.poly import PolyArith as P
 from graphfix.analysis.sizes.poly import Unscreened, lift
+from graphfix.analysis.sizes.screen import PolyArith as P
 
 T, B = P.symbol("T"), P.symbol("B")
 

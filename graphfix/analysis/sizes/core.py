@@ -144,7 +144,8 @@ class Sizes(OpShapes):
         if self._clean is None:
             self._clean = False
             if self.screen and not self._done and self.num is SYMPY:
-                from graphfix.analysis.sizes.poly import PolyArith, Unscreened
+                from graphfix.analysis.sizes.poly import Unscreened
+                from graphfix.analysis.sizes.screen import PolyArith
 
                 probe = Sizes(self.graph, self.constant, min(self.budget_s, SCREEN_S), num=PolyArith, screen=False)
                 with contextlib.suppress(Unscreened, *TOLERATED):
