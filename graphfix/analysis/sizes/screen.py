@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from graphfix.analysis.sizes.poly import ONE, Atom, Poly, Unscreened, variable, lift
+from graphfix.analysis.sizes.poly import ONE, Atom, Poly, Unscreened, lift, variable
 
 
 def _split(p: Poly) -> tuple[Poly, Poly]:
