@@ -21,7 +21,7 @@ from graphfix.analysis.sizes import (
     partly_constant,
     sizes_of,
 )
-from graphfix.analysis.sizes.core import same
+from graphfix.analysis.sizes.arith import same
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 INT64_MAX = np.iinfo(np.int64).max

@@ -10,7 +10,7 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_slices, sizes_if
-from graphfix.analysis.sizes.core import same
+from graphfix.analysis.sizes.arith import same
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.sizes import Solution, sizes_of, solve
-from graphfix.analysis.sizes.core import same
+from graphfix.analysis.sizes.arith import same
 from graphfix.analysis.sizes.ops import SAME_SHAPE, is_table  # a dim passes SAME_SHAPE ops on its axis
 
 

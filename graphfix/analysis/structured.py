@@ -32,7 +32,7 @@ from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input
 from graphfix.analysis.constants import Sym, arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import sizes_of
-from graphfix.analysis.sizes.core import same
+from graphfix.analysis.sizes.arith import same
 from graphfix.analysis.sizes.ops import is_table
 
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables

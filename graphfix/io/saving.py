@@ -174,12 +174,13 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
     with writing(staged.destination, staged):
         copy_used(model_file or HeldFile(source, str(source)), staged.path)
         copied, referenced = [], []
-        for data in dict.fromkeys(data_files):
+        files = dict.fromkeys(data_files)  # once: `data_files` may be an iterator
+        for data in files:
             relative = data.relative_to(source.parent)
             if same_file(staged.destination.parent / relative, data):
                 referenced.append(str(relative))  # written beside its input: the data is already there
                 continue
-            _claim_copy_name(staged, staged.destination.parent / relative, (source, *data_files))
+            _claim_copy_name(staged, staged.destination.parent / relative, (source, *files))
             (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             copy_used(data_file(source.parent, str(relative)), staged.temp_dir / relative,
                       data_files.get(data) if isinstance(data_files, Mapping) else None)
@@ -196,9 +197,12 @@ def _claim_copy_name(staged: StagedModel, target: Path, inputs: Iterable[Path]) 
     reached through a link or a file among the folders between the output and it."""
     folder = staged.destination.parent
     between = [p for p in target.parents if p != folder and folder in p.parents]
-    if target == staged.destination or any(same_file(target, f) for f in inputs) or \
-            any(os.path.islink(p) or (os.path.lexists(p) and not p.is_dir()) for p in between):
-        refuse_collision(staged.destination, target, taken=True)
+    if target == staged.destination:
+        refuse_collision(staged.destination, target, "would be the output itself")
+    if any(same_file(target, f) for f in inputs):
+        refuse_collision(staged.destination, target, "is one of the input's own files")
+    if any(os.path.islink(p) or (os.path.lexists(p) and not p.is_dir()) for p in between):
+        refuse_collision(staged.destination, target, "is reached through a link or a file beside the output")
     if not os.path.lexists(target):
         return
     if target not in staged.replacing.data_files:

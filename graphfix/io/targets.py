@@ -74,14 +74,16 @@ def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
 
 
 class DataNameTaken(OutputError):
-    """The name a data file would get beside the output belongs to another file (exit 2)."""
+    """The name a data file would get beside the output belongs to another file: exit 2, unless the repair of an
+    unchanged model writes it anew with its data under the output's own name."""
 
 
-def refuse_collision(destination: Path, data: Path, taken: bool = False) -> None:
-    """Raise `DataNameTaken` where a file has `data`'s name already (or where the caller found the name `taken`)."""
-    if taken or os.path.lexists(data):
-        raise DataNameTaken(f"cannot write {destination}: its data file {data} exists and is not the data of the "
-                          f"model being replaced (graphfix overwrites no other file; move it or choose another output)")
+def refuse_collision(destination: Path, data: Path, why: str = "") -> None:
+    """Raise `DataNameTaken` where a file has `data`'s name already, or where the caller says `why` it is taken."""
+    if why or os.path.lexists(data):
+        raise DataNameTaken(f"cannot write {destination}: its data file {data} "
+                            f"{why or 'exists and is not the data of the model being replaced'} (graphfix overwrites "
+                            "no other file; move it or choose another output)")
 
 
 def derived_data_name(destination: Path, data: Path) -> bool:

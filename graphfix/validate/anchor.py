@@ -59,7 +59,7 @@ def anchored(runners: list[ModelRunner], model: onnx.ModelProto, options: Valida
         if _too_large(model, binding, options) or spent + last * growth > GROW_BUDGET_S:
             break
         started = time.monotonic()
-        budget = max(GROW_BUDGET_S - spent, MIN_RUN_S)  # a grown run past it ends the growth, not the probe
+        budget = max(GROW_BUDGET_S - spent, MIN_RUN_S)  # each runner's grown run; past it, growth ends, not the probe
         if any(_runs(r, model, binding, options, guard, budget) for r in runners):
             return dataclasses.replace(options, trace_sizes={**binding, **options.trace_sizes})
         last = time.monotonic() - started

@@ -149,13 +149,14 @@ class ModelRunner:
         key = _feeds_key(feeds)
         if self._last is not None and self._last[0] == key:
             return self._last[1]  # the same inputs again (the anchoring run, then the export size): no second run
+        own = budget_s is not None and budget_s < run_budget_seconds()
         options = ort.RunOptions()
-        timer = threading.Timer(budget_s or run_budget_seconds(), lambda: setattr(options, "terminate", True))
+        timer = threading.Timer(budget_s if own else run_budget_seconds(), lambda: setattr(options, "terminate", True))
         timer.start()
         try:
             values = self.session.run(None, {**feeds, **self.weight_feeds}, options)
         except Exception as exc:
-            if options.terminate and budget_s:
+            if options.terminate and own:
                 return RunResult(None, f"stopped after {budget_s:g} s (this run's own budget)")
             if options.terminate:
                 self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"

@@ -1,5 +1,6 @@
 """`graphfix diagnose --static` imports no runtime (issue 23): neither onnxruntime nor onnxsim, whatever the graph,
-and sympy only when the size analysis has a constraint to solve (its screen settles the others without it).
+and sympy only when the size analysis' screen cannot settle the graph without it (a constraint to solve, or sizes
+its exact arithmetic does not decide) or a rule needs the shapes themselves.
 
 Each case runs the command in a fresh interpreter (`python -c`) and reads that interpreter's `sys.modules` once the
 command is done; `--debug` keeps the model's work in that process (the command otherwise forks a child for it).

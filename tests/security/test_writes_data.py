@@ -77,9 +77,11 @@ def test_unchanged_repair_never_overwrites_a_data_file_of_another_model(sandbox)
     assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
     assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx", "fixed.onnx.data",
                                                                   "model.onnx.data", "secret.bin"]
-    healthy(sandbox.outside / "fixed.onnx.data", "x.data")  # that name taken too, by a file that is no model's data
+    stranger = sandbox.outside / "again.onnx.data"  # the name the fallback would take is taken too: exit 2
+    stranger.write_bytes(b"a stranger's bytes")
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "again.onnx"))
-    assert done.returncode == 0 and "its data written as again.onnx.data" in done.stdout, done.stdout + done.stderr
+    one_line_refusal(done, "again.onnx.data", "exists")
+    assert stranger.read_bytes() == b"a stranger's bytes" and not (sandbox.outside / "again.onnx").exists()
 
 
 def test_changed_repair_never_overwrites_a_data_file_named_like_its_own(sandbox):

@@ -2,7 +2,7 @@
 strided window (Conv, Pool). Values from the model are converted strictly: text is never run as Python.
 
 The size pass (`Sizes`) does its arithmetic through an arithmetic object: `SYMPY` here, or the screen's
-`graphfix.analysis.sizes.poly.PolyArith`, which answers the same calls with exact polynomials and no sympy.
+`graphfix.analysis.sizes.screen.POLY`, which answers the same calls with exact polynomials and no sympy.
 """
 
 from __future__ import annotations
@@ -186,3 +186,4 @@ def _le(a: Expr, b: Expr, bounds: dict) -> bool:
 
 
 SYMPY = SympyArith()
+same = SYMPY.same  # equal as expressions: structurally, or once expanded (the rules' comparison of sizes)

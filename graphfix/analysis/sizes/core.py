@@ -11,7 +11,8 @@ slicing a constant table of N rows with a symbolic end bounds that end by N (`Mi
 range). A dim onnx could not name (`unk__N`) is unknown here unless the ops give it an expression.
 
 The pass is bounded in time; past the deadline the remaining tensors stay unknown and `incomplete` says so, so an
-expensive graph degrades to fewer findings, never to a hang or a false error.
+expensive graph degrades to fewer findings, never to a hang or a false error. The screen below has its own bound
+(SCREEN_S), on top of the pass'.
 
 sympy costs a fifth of a second and 30 MB to import. Asked only for `constraints` (what most rules ask first), the
 analysis first runs a screen: the same pass in exact polynomial arithmetic, which settles a graph whose constraints
@@ -30,12 +31,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith
+from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith, same
 from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present
 
 if TYPE_CHECKING:
     import sympy
     from sympy import Expr
+
+    from graphfix.analysis.sizes.screen import PolyArith
 
 SCREEN_S = 1.0  # the screen's time bound; past it the full pass decides
 
@@ -58,7 +61,7 @@ class Sizes(OpShapes):
     graph: gs.Graph
     constant: Callable[[gs.Tensor], np.ndarray | None]
     budget_s: float = 5.0
-    num: SympyArith = SYMPY  # the arithmetic: sympy's, or the screen's exact polynomials (see `screened`)
+    num: SympyArith | PolyArith = SYMPY  # the arithmetic: sympy's, or the screen's polynomials (see `screened`)
     screen: bool = True  # let the screen answer `constraints` and `incomplete` where it settles them
     symbols: dict[str, sympy.Symbol] = field(default_factory=dict)
     bounds: dict[sympy.Symbol, tuple[int, str]] = field(default_factory=dict)  # symbol <= N, and why
@@ -89,7 +92,7 @@ class Sizes(OpShapes):
     @property
     def incomplete(self) -> str:
         """Why the pass stopped early ("" when it covered the graph, or the screen settled it unasked)."""
-        if not self._done and self.screened():
+        if self._clean or (not self._done and self.screened()):
             return ""
         self._run()
         return self._incomplete
@@ -97,8 +100,8 @@ class Sizes(OpShapes):
     @property
     def constraints(self) -> list[Constraint]:
         """The constraints that do not hold identically, in graph order (none where the screen settled the graph
-        before anything asked for the full pass)."""
-        if not self._done and self.screened():
+        before anything asked for the full pass: the answer stays the same once given)."""
+        if self._clean or (not self._done and self.screened()):
             return []
         self._run()
         return self._constraints
@@ -138,16 +141,16 @@ class Sizes(OpShapes):
     # --- the screen ---------------------------------------------------------------------------------------------
     def screened(self) -> bool:
         """True where the screen shows that no constraint fails to hold identically, without sympy: the same pass
-        in exact polynomial arithmetic (`graphfix.analysis.sizes.poly`), which gives up (False) wherever that
+        in exact polynomial arithmetic (`graphfix.analysis.sizes.screen`), which gives up (False) wherever that
         arithmetic does not decide, an op's handler fails, or it runs past its time. Healthy graphs whose sizes are
         polynomials (a Llama's) then never import sympy; every other question runs the full pass."""
         if self._clean is None:
             self._clean = False
             if self.screen and not self._done and self.num is SYMPY:
                 from graphfix.analysis.sizes.poly import Unscreened
-                from graphfix.analysis.sizes.screen import PolyArith
+                from graphfix.analysis.sizes.screen import POLY
 
-                probe = Sizes(self.graph, self.constant, min(self.budget_s, SCREEN_S), num=PolyArith, screen=False)
+                probe = Sizes(self.graph, self.constant, min(self.budget_s, SCREEN_S), num=POLY, screen=False)
                 with contextlib.suppress(Unscreened, *TOLERATED):
                     probe._run()
                     self._clean = not (probe._incomplete or probe._constraints)
@@ -260,6 +263,4 @@ def _small(tensor: gs.Tensor) -> bool:
     return shape is not None and len(shape) <= 1 and all(isinstance(d, int) for d in shape) and \
         math.prod(shape) <= MAX_VECTOR
 
-
-same = SYMPY.same  # equal as expressions: structurally, or once expanded
 
