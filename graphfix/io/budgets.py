@@ -39,17 +39,22 @@ ENV_PROBE_MEMORY = "GRAPHFIX_MAX_PROBE_MEMORY"
 PROBE_MEMORY_SHARE = 4  # a quarter of what is available
 
 
-def probe_memory_budget() -> int:
-    """Bytes the probe's inputs may take: GRAPHFIX_MAX_PROBE_MEMORY, or a quarter of the memory available now
-    (here rather than in graphfix.validate, so that the command line checks it without importing the proof)."""
+def probe_memory_budget(available: int | None = None) -> int:
+    """Bytes the probe's inputs may take: GRAPHFIX_MAX_PROBE_MEMORY, or a quarter of the memory `available`
+    (`available_memory()` when not given) (here rather than in graphfix.validate, so that the command line checks it
+    without importing the proof)."""
     given = values.from_env(ENV_PROBE_MEMORY, values.byte_size, None)
     if given is not None:
         return given
+    return max((available or available_memory()) // PROBE_MEMORY_SHARE, 64 << 20)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (it moves with every other process)."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        available = 8 << 30
-    return max(available // PROBE_MEMORY_SHARE, 64 << 20)
+        return 8 << 30
 
 
 ENV_RUN_BUDGET = "GRAPHFIX_MAX_RUN_SECONDS"

@@ -98,3 +98,20 @@ def test_terabyte_bomb_is_not_handed_to_onnxruntime():
     assert "allocate" not in failure.message
     with pytest.raises(NotProbed, match="tensor 'big'"):  # repair's validation refuses it too (exit 1)
         validate(model, model, ValidationOptions())
+
+
+def test_sizes_skipped_for_one_tensor_are_one_finding_while_free_memory_moves(monkeypatch):
+    """The budget is a quarter of the memory available now: another process allocating between two probe sizes
+    changed it, and with it the reason each size was skipped for, so one 4 TB tensor made two findings (a flaky CI
+    run). Every size of one probe is judged against the budget read at its first check."""
+    import graphfix.io.budgets as budgets
+
+    pages = iter(range(1 << 22, 1 << 21, -4096))  # available memory shrinking at every read
+    real = budgets.os.sysconf
+    monkeypatch.setattr(budgets.os, "sysconf", lambda name: next(pages) if name == "SC_AVPHYS_PAGES" else real(name))
+    model = _model([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+                    helper.make_node("Expand", ["s", "shape"], ["big"]),
+                    helper.make_node("Reshape", ["big", "flat"], ["y"])],
+                   {"shape": np.array([10**6, 10**6], np.int64), "flat": np.array([-1], np.int64)})
+    [failure] = probe(model, ValidationOptions())
+    assert failure.skipped and failure.message.startswith("tensor 'big' [1000000, 1000000]")
