@@ -6,6 +6,7 @@ external files are only checked for safety and size.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphfix.core.errors import InputError
+from graphfix.core.forked import in_child
 from graphfix.io.budgets import BudgetExceeded, check_node_budget
 from graphfix.io.external_data import ExternalRef, check_external_data
 from graphfix.io.held import DataFiles, HeldFile, held, open_model
@@ -69,7 +71,7 @@ def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
     if head.startswith(LFS_POINTER_PREFIX):
         raise InputError(f"{path}: is a Git LFS pointer, not the model; fetch the weights with `git lfs pull`")
     try:
-        proto = onnx.load_model_from_string(model_file.read())  # the bytes checked, not the path read again
+        proto = _parse(model_file)  # the bytes checked, not the path read again
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
@@ -80,6 +82,23 @@ def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
     refuse_unsupported(proto, str(path))
     run_onnx_checker(proto, str(path), None)  # the parsed bytes: the file is not read again
     return LoadedModel(proto, path, external, note, files, model_file)
+
+
+def _parse(model_file: HeldFile) -> onnx.ModelProto:
+    """The model, parsed from the held descriptor. In a forked worker it is parsed where it lies, memory-mapped:
+    no copy of the file is read into memory first (on BERT-base 0.2 s and 435 MB less, #23). A file cut short
+    meanwhile by another process then raises SIGBUS, which costs that worker only (`Crashed`: one line, exit 2).
+    Elsewhere (the Python API, `--debug`) it is read into memory first, as `onnx.load` does."""
+    proto = onnx.ModelProto()
+    if not in_child():
+        data = model_file.read()
+        decoded = proto.ParseFromString(data)
+    else:
+        with mmap.mmap(model_file.fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as data:
+            decoded = proto.ParseFromString(data)
+    if decoded is not None and decoded != model_file.size:  # as onnx.load_model_from_string checks
+        raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {model_file.size}")
+    return proto
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None, *, unexpanded: bool = False) -> LoadedModel:

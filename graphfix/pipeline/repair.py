@@ -175,7 +175,7 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
                 model, declared = declare_followed_outputs(model, _export_of(options.validation))
                 result.notes += declared
             result.light = model
-            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead)
+            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead, commit)
         except BaseException:
             _discard(ahead)
             raise
@@ -220,7 +220,20 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
 
 
 def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
-           ahead: Future[StagedModel] | None) -> StagedModel:
+           ahead: Future[StagedModel] | None, durable: bool) -> StagedModel:
+    """The output staged beside its destination and, when it is to be committed, written back to disk here, on
+    the staging thread, while validation runs (commit's own fsyncs then find nothing to write: 0.2 to 0.4 s less
+    on BERT-base, #23)."""
+    staged = _staged(model, destination, loaded, changed, weights, ahead)
+    try:
+        return staged.sync() if durable else staged
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _staged(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
+            ahead: Future[StagedModel] | None) -> StagedModel:
     if not changed and loaded.model_file is not None:  # read from a file (an in-memory model's path is made up)
         try:  # the input's own bytes, its external data files beside it: nothing to serialize
             staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)

@@ -129,3 +129,20 @@ def test_read_only_or_full_file_system_is_one_line_exit_2(options, reason, tmp_p
     left = done.stdout.strip().splitlines()[-1].split()
     assert left == ["left:", *([] if options.endswith("ro") else ["./sub"])]  # the output's folder, no staging
     assert leftovers(tmp_path) == []
+
+
+def test_a_disk_error_while_the_staged_output_is_synced_is_one_line_exit_2(tmp_path, monkeypatch):
+    """The staged output is written back to disk on the staging thread, while validation runs: an I/O error there
+    fails the write like any other, and the staging folder goes with it."""
+    from graphfix.io import saving
+
+    def failing(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(saving, "_fsync", failing)
+    out = tmp_path / "out" / "fixed.onnx"
+    out.parent.mkdir()
+    result = CliRunner().invoke(cli, ["repair", str(SAMPLE), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "input/output error" in result.output.lower() and "Traceback" not in result.output
+    assert not out.exists() and leftovers(out.parent) == []

@@ -190,7 +190,7 @@ def test_weights_written_ahead_are_dropped_when_the_final_graph_no_longer_uses_t
     final.graph.initializer.extend(keep)
     with pytest.raises(ValueError, match="written ahead"):
         finish_stage(ahead.result(), final, weights)
-    staged = _stage(final, destination, from_proto(model), True, weights, ahead)
+    staged = _stage(final, destination, from_proto(model), True, weights, ahead, durable=True)
     written = onnx.load(staged.path, load_external_data=False)
     assert {t.name for t in written.graph.initializer} == {"W1"}  # W2 is not left behind in the file
     staged.discard()
