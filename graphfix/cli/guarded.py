@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from graphfix.core.forked import run_forked
+from graphfix.core.forked import Crashed, run_forked
 from graphfix.io import staging
 
 
@@ -18,7 +18,9 @@ def sweeping(output: Path | str | None = None) -> Iterator[None]:
     """Remove the folders of dead graphfix processes (a crashed or stopped child) when the block fails."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, Crashed) and exc.pid is not None:  # the folders it had not marked yet, first
+            staging.remove_unfinished(exc.pid, exc.started, [None, *([Path(output).parent] if output else [])])
         staging.sweep()
         if output is not None:
             staging.sweep(Path(output).parent)

@@ -38,8 +38,8 @@ _baseline: int | None = None  # native threads at the first fork
 class Crashed(InputError):
     """The child doing one model's work was killed by a signal (a crash in native code on that model)."""
 
-    def __init__(self, label: str, signum: int):
-        self.signum = signum
+    def __init__(self, label: str, signum: int, pid: int | None = None, started: float | None = None):
+        self.signum, self.pid, self.started = signum, pid, started  # the child, and when it was forked (time.time)
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
         super().__init__(f"{label}: the work on this model crashed ({name}, {signal.strsignal(signum) or ''}) in "
                          "onnxruntime or another native library; nothing was written for it")
@@ -101,6 +101,7 @@ class Forked:
 
     def __init__(self, work: Callable[[], Any], label: str):
         self.label, self.pid, self.fd, self._chunks = label, None, None, []
+        self.started = time.time()  # before the fork: what the child makes is newer (see staging.remove_unfinished)
         self._inline: tuple[str, Any] | None = None
         if not can_fork():
             self._inline = _outcome(work)
@@ -149,9 +150,9 @@ class Forked:
             raise
         finally:
             os.close(self.fd)
-        self.pid = None
+        pid, self.pid = self.pid, None
         if os.WIFSIGNALED(status):
-            raise Crashed(self.label, os.WTERMSIG(status))
+            raise Crashed(self.label, os.WTERMSIG(status), pid, self.started)
         data = b"".join(self._chunks)
         if not data:
             raise InternalError(f"{self.label}: the worker exited with status {os.waitstatus_to_exitcode(status)} "

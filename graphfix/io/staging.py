@@ -12,6 +12,7 @@ merely looks like one (`graphfix-2024-12-01`, `results.graphfix-77777-runs`) has
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import os
 import re
@@ -103,10 +104,53 @@ def sweep(folder: Path | str | None = None, pid: int | None = None) -> list[Path
     return removed
 
 
-def remove_left_by(pid: int, folders: Iterable[Path | str] = ()) -> list[Path]:
-    """The folders a dead graphfix process `pid` left in the temp folder and in `folders` (its outputs' folders),
-    removed: for a parent that saw its child crash."""
-    return [path for folder in (None, *folders) for path in sweep(folder, pid)]
+def remove_unfinished(pid: int, since: float, folders: Iterable[Path | str | None] = (None,)) -> list[Path]:
+    """The folders a crashed graphfix child `pid` made in `folders` (None: the temp folder) but had not marked yet:
+    killed between `mkdtemp` and the marker's write, it left a folder that `sweep` must keep (it cannot tell it
+    from a user's). Only its parent, which saw it crash, can: a folder named with that pid, of this user, changed
+    since the child was forked (`since`, time.time), that holds nothing or only a marker it was still writing (a
+    prefix of its text), is removed. Nothing else is: not a byte of data goes with it."""
+    removed = []
+    for folder in folders:
+        folder = Path(folder if folder is not None else tempfile.gettempdir())
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            owner, token = _owner_name(entry.name)
+            if owner == pid and _unfinished(entry, since, _marker_text(pid, token).encode()):
+                with contextlib.suppress(OSError):  # anything that came into it since: kept
+                    os.rmdir(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _unfinished(entry: os.DirEntry, since: float, marker_text: bytes) -> bool:
+    """Whether `entry` is a real folder of this user, changed since `since`, whose only content, if any, is a
+    regular file named MARKER of this user holding a prefix of `marker_text` (which is then removed)."""
+    try:
+        info = entry.stat(follow_symlinks=False)
+        if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid() or info.st_ctime < since - 1:
+            return False
+        names = os.listdir(entry.path)
+        if not names:
+            return True
+        if names != [MARKER]:
+            return False
+        marker = os.path.join(entry.path, MARKER)
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        marker_info = os.fstat(f.fileno())
+        if not stat.S_ISREG(marker_info.st_mode) or marker_info.st_uid != os.getuid():
+            return False
+        if not marker_text.startswith(f.read(len(marker_text) + 1)):
+            return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(marker)
+    return True
 
 
 def _owner_name(name: str) -> tuple[int, str] | tuple[None, None]:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 
 # Folders as a graphfix process killed outright leaves them: made by graphfix's own code, then os._exit.
@@ -114,21 +116,40 @@ def test_only_dead_runs_are_swept_and_only_by_commands_that_write(sandbox):
     alive.communicate("\n", timeout=60)
 
 
-def test_remove_left_by_takes_one_dead_process_s_folders(sandbox, monkeypatch):
-    """For a parent that saw its child crash: that child's folders go, in the temp folder and beside its output;
-    another dead run's stay (they are the next writing command's to sweep)."""
+def test_a_crashed_child_s_unmarked_folders_go_and_nothing_else(sandbox, monkeypatch):
+    """A child killed between `mkdtemp` and its marker's write leaves a folder the sweep must keep (nothing tells it
+    from a user's); its parent, which saw it crash, removes those it made that hold nothing or a half-written
+    marker. One holding anything else stays, and so does another process's."""
+    import signal
+    import tempfile
+
+    from graphfix.cli.guarded import sweeping
+    from graphfix.core import forked
     from graphfix.io import staging
 
     out = sandbox.root / "out"
-    children = []
-    for name in ("a.onnx", "b.onnx"):  # alive while the other makes its folders (it would sweep a dead one's)
-        children.append(killed_run(sandbox, out / name, wait=True))
-        children[-1].stdout.readline()
-    pids = [child.pid for child in children]
-    for child in children:
-        child.communicate("\n", timeout=60)  # both die without cleaning up
+    out.mkdir()
     monkeypatch.setattr(staging.tempfile, "tempdir", str(sandbox.tmp))
-    removed = staging.remove_left_by(pids[1], [out])
-    assert len(removed) == 3 and all(str(pids[1]) in p.name for p in removed)
-    assert len(graphfix_folders(sandbox.tmp, out)) == 3 and all(str(pids[0]) in p
-                                                                 for p in graphfix_folders(sandbox.tmp, out))
+    other = out / f".o.onnx.graphfix-{dead_pid()}-abcdefgh.tmp"  # another dead run's: the next sweep's business
+    other.mkdir()
+
+    def crash_while_staging():
+        prefix = f".o.onnx.{staging.scratch_name()}"
+        tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out)  # killed before its marker
+        half = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+        (half / staging.MARKER).write_text(f"graphfix staging {os.getpid()}")  # killed while writing it
+        data = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+        (data / "weights.bin").write_bytes(b"user data?")  # holds more than a marker: kept
+        tempfile.mkdtemp(prefix=staging.scratch_name("sim"))  # in the temp folder
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(forked, "_enabled", True)
+    if not forked.can_fork():
+        pytest.skip("this process cannot fork safely (threads)")
+    with pytest.raises(forked.Crashed) as crashed, sweeping(out / "o.onnx"):
+        forked.run_forked(crash_while_staging, "m.onnx")
+    pid = crashed.value.pid
+    left = graphfix_folders(sandbox.tmp, out)
+    assert len(left) == 2 and other.name in left, left
+    kept = next(out / name for name in left if name != other.name)
+    assert str(pid) in kept.name and [p.name for p in kept.iterdir()] == ["weights.bin"]
