@@ -43,6 +43,7 @@ from graphfix.io.targets import (
     why_kept,
 )
 from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
+from graphfix.io.wire import external_locations
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
@@ -256,27 +257,42 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 def _data_files(model: Path) -> list[Path]:
     """The external data files an existing model file reads (none when it does not exist or cannot be read)."""
-    if model.is_symlink() or not model.is_file() or not _mentions(model, LOCATION_ENTRY):
-        return []
-    try:
-        proto = onnx.load_model(str(model), load_external_data=False)
-    except Exception:  # not a model we can read: nothing of it is removed
-        return []
-    refs = {external_ref(t) for _, t in model_tensors(proto)} - {None}
-    return [model.parent / ref.location for ref in refs if ref.location and "/" not in ref.location
-            and "\\" not in ref.location and ref.location not in (".", "..")]
+    return [model.parent / location for location in sorted(_locations(model)) if "/" not in location
+            and "\\" not in location and location not in (".", "..")]
 
 
 def files_read_by(model: Path) -> list[Path]:
     """The model file and every external data file it names (in its folder or below), without reading them."""
-    if model.is_symlink() or not model.is_file() or not _mentions(model, LOCATION_ENTRY):
-        return [model]
+    return [model, *(model.parent / location for location in sorted(_locations(model)))]
+
+
+def _locations(model: Path) -> set[str]:
+    """The data files (`location`) a model file's tensors name: from its wire format (graphfix.io.wire: no tensor
+    read), else from the parsed model; none when it is a link, not a file, or cannot be read as a model."""
+    try:
+        fd = os.open(model, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return set()
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return set()
+        found = external_locations(fd, info.st_size)
+    finally:
+        os.close(fd)
+    if found is None:  # what the walk does not expect, protobuf's parser decides
+        found = _parsed_locations(model)
+    return found - {""}
+
+
+def _parsed_locations(model: Path) -> set[str]:
+    if not _mentions(model, LOCATION_ENTRY):
+        return set()
     try:
         proto = onnx.load_model(str(model), load_external_data=False)
-    except Exception:  # not a model we can read: it names nothing
-        return [model]
-    refs = {external_ref(t) for _, t in model_tensors(proto)} - {None}
-    return [model, *(model.parent / ref.location for ref in refs if ref.location)]
+        return {ref.location for ref in (external_ref(t) for _, t in model_tensors(proto)) if ref is not None}
+    except Exception:  # not a model we can read (or no valid reference): it names nothing
+        return set()
 
 
 def _new_stage(destination: Path) -> StagedModel:

@@ -1,0 +1,194 @@
+"""The external data files a model file names, read from its wire format without parsing its tensors' bytes.
+
+Replacing an output (a second run, `--in-place`) must know which data files the model being replaced reads, so
+that the commit can remove its own and keep the rest (graphfix.io.saving). Parsing that model costs its whole
+size in memory and time, and a search of its bytes for `location` reads all of them (0.3 s and 50 MB on an inline
+BERT-base, on the staging thread, beside validation). `external_locations` walks protobuf's wire format instead:
+only the messages that hold tensors (the graph, its nodes, their attributes and subgraphs, the model's functions,
+as `graphfix.io.external_data.model_tensors` visits them) are entered, every other field is skipped by its
+length, and no tensor's values are read: a few milliseconds on BERT-base.
+
+Anything the walk does not expect (a truncated field, a group, an attribute's tensor or a sparse tensor's part
+given twice, which protobuf would merge into one, a key given twice, nesting past MAX_DEPTH) makes it answer
+None: the caller then parses the model.
+"""
+
+from __future__ import annotations
+
+import os
+
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5  # wire types (3 and 4, groups, are not used by onnx.proto)
+WINDOW = 64 << 10  # bytes read at a time around the fields the walk reads
+MAX_DEPTH = 64  # nested subgraphs; protobuf's own parser stops at 100 levels of messages
+
+
+def _number(message, field: str) -> int:
+    return message.DESCRIPTOR.fields_by_name[field].number
+
+
+MODEL_GRAPH, MODEL_FUNCTIONS = _number(ModelProto, "graph"), _number(ModelProto, "functions")
+FUNCTION_NODE = 7  # FunctionProto.node
+GRAPH_NODE, GRAPH_INITIALIZER = _number(GraphProto, "node"), _number(GraphProto, "initializer")
+GRAPH_SPARSE = _number(GraphProto, "sparse_initializer")
+NODE_ATTRIBUTE = _number(NodeProto, "attribute")
+ATTR_TYPE = _number(AttributeProto, "type")
+ATTR_FIELDS = {_number(AttributeProto, "t"): AttributeProto.TENSOR, _number(AttributeProto, "tensors"):
+               AttributeProto.TENSORS, _number(AttributeProto, "g"): AttributeProto.GRAPH,
+               _number(AttributeProto, "graphs"): AttributeProto.GRAPHS, _number(AttributeProto, "sparse_tensor"):
+               AttributeProto.SPARSE_TENSOR, _number(AttributeProto, "sparse_tensors"): AttributeProto.SPARSE_TENSORS}
+SINGULAR_ATTR = {AttributeProto.TENSOR, AttributeProto.GRAPH, AttributeProto.SPARSE_TENSOR}
+SPARSE_PARTS = (_number(SparseTensorProto, "values"), _number(SparseTensorProto, "indices"))
+TENSOR_EXTERNAL, TENSOR_LOCATION = _number(TensorProto, "external_data"), _number(TensorProto, "data_location")
+ENTRY_KEY, ENTRY_VALUE = 1, 2  # StringStringEntryProto
+
+
+class Unexpected(Exception):
+    """The bytes are not what the walk expects: the caller parses the model instead."""
+
+
+class _Reader:
+    """Bytes of a file descriptor, read a window at a time (`os.pread`: no mapping, no shared file position)."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+        self.start, self.data = 0, b""
+
+    def bytes(self, start: int, stop: int) -> bytes:
+        if not (self.start <= start and stop <= self.start + len(self.data)):
+            self.start, self.data = start, os.pread(self.fd, max(stop - start, WINDOW), start)
+        if stop > self.start + len(self.data):
+            raise Unexpected("the file ends inside a field")
+        return self.data[start - self.start:stop - self.start]
+
+    def varint(self, pos: int, end: int) -> tuple[int, int]:
+        value = shift = 0
+        while shift < 64:
+            if pos >= end:
+                raise Unexpected("a varint runs past its message")
+            byte = self.bytes(pos, pos + 1)[0]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value, pos
+            shift += 7
+        raise Unexpected("a varint longer than 10 bytes")
+
+    def fields(self, start: int, end: int):
+        """(number, wire type, value) of each field of the message in [start, end): a varint's value, or the
+        (start, stop) of a length-delimited field's payload; fixed-size fields are skipped."""
+        pos = start
+        while pos < end:
+            key, pos = self.varint(pos, end)
+            number, wire = key >> 3, key & 7
+            if wire == VARINT:
+                value, pos = self.varint(pos, end)
+                yield number, wire, value
+            elif wire in (I64, I32):
+                pos += 8 if wire == I64 else 4
+            elif wire == LEN:
+                length, pos = self.varint(pos, end)
+                if pos + length > end:
+                    raise Unexpected("a field runs past its message")
+                yield number, wire, (pos, pos + length)
+                pos += length
+            else:
+                raise Unexpected(f"wire type {wire}")
+        if pos != end:
+            raise Unexpected("a fixed-size field runs past its message")
+
+
+def external_locations(fd: int, size: int) -> set[str] | None:
+    """The `location` of every tensor of the serialized ModelProto behind `fd` that keeps its values in external
+    data ('' for one that names none), or None where the walk cannot tell (see the module's docstring)."""
+    reader = _Reader(fd, size)
+    found: set[str] = set()
+    try:
+        # The graph may come in several records, which protobuf merges (graphfix writes each weight as its own,
+        # graphfix.io.streaming): a graph's tensors are all in repeated fields, so walking each record is exact.
+        for graph in _messages(reader, 0, size, MODEL_GRAPH):
+            _graph(reader, graph, found, 0)
+        for function in _messages(reader, 0, size, MODEL_FUNCTIONS):
+            for node in _messages(reader, *function, FUNCTION_NODE):
+                _node(reader, node, found, 0)
+    except (Unexpected, OSError, UnicodeDecodeError):
+        return None
+    return found
+
+
+def _messages(reader: _Reader, start: int, end: int, number: int, singular: bool = False) -> list[tuple[int, int]]:
+    spans = []
+    for field, wire, value in reader.fields(start, end):
+        if field == number:
+            if wire != LEN:
+                raise Unexpected(f"field {number} is not a message")
+            spans.append(value)
+    if singular and len(spans) > 1:
+        raise Unexpected(f"message field {number} given {len(spans)} times (protobuf merges them)")
+    return spans
+
+
+def _graph(reader: _Reader, span: tuple[int, int], found: set[str], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise Unexpected("subgraphs nested too deep")
+    for number, wire, value in reader.fields(*span):
+        if wire != LEN:
+            continue
+        if number == GRAPH_INITIALIZER:
+            _tensor(reader, value, found)
+        elif number == GRAPH_SPARSE:
+            _sparse(reader, value, found)
+        elif number == GRAPH_NODE:
+            _node(reader, value, found, depth)
+
+
+def _node(reader: _Reader, span: tuple[int, int], found: set[str], depth: int) -> None:
+    for attribute in _messages(reader, *span, NODE_ATTRIBUTE):
+        kind, parts = None, []
+        for number, wire, value in reader.fields(*attribute):
+            if number == ATTR_TYPE and wire == VARINT:
+                kind = value
+            elif number in ATTR_FIELDS and wire == LEN:
+                parts.append((ATTR_FIELDS[number], value))
+        chosen = [value for part_kind, value in parts if part_kind == kind]
+        if kind in SINGULAR_ATTR and len(chosen) > 1:
+            raise Unexpected("an attribute's value given twice (protobuf merges them)")
+        for value in chosen:
+            if kind in (AttributeProto.TENSOR, AttributeProto.TENSORS):
+                _tensor(reader, value, found)
+            elif kind in (AttributeProto.SPARSE_TENSOR, AttributeProto.SPARSE_TENSORS):
+                _sparse(reader, value, found)
+            else:
+                _graph(reader, value, found, depth + 1)
+
+
+def _sparse(reader: _Reader, span: tuple[int, int], found: set[str]) -> None:
+    for number in SPARSE_PARTS:
+        parts = _messages(reader, *span, number, singular=True)
+        for part in parts:
+            _tensor(reader, part, found)
+
+
+def _tensor(reader: _Reader, span: tuple[int, int], found: set[str]) -> None:
+    location, keys, external = "", set(), False
+    for number, wire, value in reader.fields(*span):
+        if number == TENSOR_LOCATION and wire == VARINT:
+            external = value == TensorProto.EXTERNAL  # the last one given counts, as protobuf reads it
+        elif number == TENSOR_EXTERNAL and wire == LEN:
+            key, text = _entry(reader, value)
+            if key in keys:
+                raise Unexpected(f"external-data key '{key}' given twice")
+            keys.add(key)
+            location = text if key == "location" else location
+    if external:
+        found.add(location)
+
+
+def _entry(reader: _Reader, span: tuple[int, int]) -> tuple[str, str]:
+    key = value = b""
+    for number, wire, part in reader.fields(*span):
+        if wire == LEN and number in (ENTRY_KEY, ENTRY_VALUE):
+            text = reader.bytes(*part)
+            key, value = (text, value) if number == ENTRY_KEY else (key, text)
+    return key.decode("utf-8"), value.decode("utf-8")
