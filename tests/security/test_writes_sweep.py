@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 
 # Folders as a graphfix process killed outright leaves them: made by graphfix's own code, then os._exit.
@@ -116,40 +114,48 @@ def test_only_dead_runs_are_swept_and_only_by_commands_that_write(sandbox):
     alive.communicate("\n", timeout=60)
 
 
-def test_a_crashed_child_s_unmarked_folders_go_and_nothing_else(sandbox, monkeypatch):
+# A child killed while staging, as the `graphfix` command forks it (a fresh process: forking is safe there), run
+# inside the parent's `sweeping` block; prints the crashed child's pid.
+CRASH_WHILE_STAGING = """
+import os, signal, sys, tempfile
+from pathlib import Path
+from graphfix.cli.guarded import sweeping
+from graphfix.core import forked
+from graphfix.io import staging
+out = Path(sys.argv[1])
+
+def crash_while_staging():
+    prefix = f".o.onnx.{staging.scratch_name()}"
+    tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out)  # killed before its marker
+    half = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+    (half / staging.MARKER).write_text(f"graphfix staging {os.getpid()}")  # killed while writing it
+    data = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+    (data / "weights.bin").write_bytes(b"user data?")  # holds more than a marker: kept
+    tempfile.mkdtemp(prefix=staging.scratch_name("sim"))  # in the temp folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+forked.enable()
+assert forked.can_fork()
+try:
+    with sweeping(out / "o.onnx"):
+        forked.run_forked(crash_while_staging, "m.onnx")
+except forked.Crashed as crashed:
+    print(crashed.pid)
+"""
+
+
+def test_a_crashed_child_s_unmarked_folders_go_and_nothing_else(sandbox):
     """A child killed between `mkdtemp` and its marker's write leaves a folder the sweep must keep (nothing tells it
     from a user's); its parent, which saw it crash, removes those it made that hold nothing or a half-written
     marker. One holding anything else stays, and so does another process's."""
-    import signal
-    import tempfile
-
-    from graphfix.cli.guarded import sweeping
-    from graphfix.core import forked
-    from graphfix.io import staging
-
     out = sandbox.root / "out"
     out.mkdir()
-    monkeypatch.setattr(staging.tempfile, "tempdir", str(sandbox.tmp))
     other = out / f".o.onnx.graphfix-{dead_pid()}-abcdefgh.tmp"  # another dead run's: the next sweep's business
     other.mkdir()
-
-    def crash_while_staging():
-        prefix = f".o.onnx.{staging.scratch_name()}"
-        tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out)  # killed before its marker
-        half = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
-        (half / staging.MARKER).write_text(f"graphfix staging {os.getpid()}")  # killed while writing it
-        data = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
-        (data / "weights.bin").write_bytes(b"user data?")  # holds more than a marker: kept
-        tempfile.mkdtemp(prefix=staging.scratch_name("sim"))  # in the temp folder
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    monkeypatch.setattr(forked, "_enabled", True)
-    if not forked.can_fork():
-        pytest.skip("this process cannot fork safely (threads)")
-    with pytest.raises(forked.Crashed) as crashed, sweeping(out / "o.onnx"):
-        forked.run_forked(crash_while_staging, "m.onnx")
-    pid = crashed.value.pid
+    done = subprocess.run([sys.executable, "-c", CRASH_WHILE_STAGING, str(out)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(sandbox.tmp)})
+    assert done.returncode == 0 and done.stdout.strip().isdigit(), done.stderr
     left = graphfix_folders(sandbox.tmp, out)
     assert len(left) == 2 and other.name in left, left
     kept = next(out / name for name in left if name != other.name)
-    assert str(pid) in kept.name and [p.name for p in kept.iterdir()] == ["weights.bin"]
+    assert done.stdout.strip() in kept.name and [p.name for p in kept.iterdir()] == ["weights.bin"]
