@@ -1,0 +1,124 @@
+"""GF009 on recurrent loops that the TorchScript exporter unrolled for the export length: speechbrain's own CRDNN
+(its LiGRU iterates over time in Python) and a hand-written GRU cell loop are errors that `diagnose` names and
+`repair` refuses; torch.nn.GRU, a loop over a fixed axis, and a few single steps of a dynamic one are quiet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import graphfix
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+FEATURES = 6
+
+
+class CellLoop(torch.nn.Module):
+    """A GRU cell stepped over time in Python, as custom recurrent layers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = torch.nn.GRUCell(FEATURES, 8)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 8)
+        steps = []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            steps.append(h)
+        return torch.stack(steps, dim=1)
+
+
+class LibraryGRU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(FEATURES, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x)[0]
+
+
+class HeadLoop(torch.nn.Module):
+    """A loop over a fixed axis (4 heads): unrolled too, and right at every length."""
+
+    def forward(self, x):
+        heads = x.reshape(x.shape[0], x.shape[1], 2, 3).transpose(1, 2).repeat(1, 2, 1, 1)  # [B, 4, T, 3]
+        return torch.cat([heads[:, h] * (h + 1) for h in range(heads.shape[1])], dim=-1)
+
+
+class EdgeFrames(torch.nn.Module):
+    """Three single frames of a dynamic axis: the model's own choice, not a loop."""
+
+    def forward(self, x):
+        return x[:, 0] + x[:, 1] - x[:, 2]
+
+
+def export(module, path, length: int = 12) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, FEATURES),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch"}})
+
+
+def errors(path):
+    return [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
+
+
+def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path):
+    path = tmp_path / "loop.onnx"
+    export(CellLoop(), path, length=12)
+    x = np.random.default_rng(0).standard_normal((1, 20, FEATURES)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert y.shape[1] == 12  # 20 frames in, 12 out: what the finding says
+
+    [finding] = errors(path)
+    assert finding.rule == "GF009" and "unrolled for 12 steps" in finding.message and "time" in finding.message
+    assert len(finding.nodes) == 12 and finding.fix is None
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "out.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "GF009" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("module", [LibraryGRU, HeadLoop, EdgeFrames], ids=lambda m: m.__name__)
+def test_what_no_loop_over_a_dynamic_axis_made_is_quiet(tmp_path, module):
+    path = tmp_path / "m.onnx"
+    export(module(), path)
+    assert [f.rule for f in errors(path)] == []
+    result = graphfix.repair(path)
+    rejected = [r.reason for r in result.before.rejections if r.rule == "GF009"]
+    assert result.status == "unchanged" and not result.error, result.error
+    assert rejected == [] or (module is HeadLoop and "a loop over a fixed axis" in rejected[0]), rejected
+
+
+def test_speechbrain_crdnn_with_its_ligru_is_an_error_that_diagnose_names(tmp_path):
+    """speechbrain's CRDNN, whose LiGRU iterates over time in Python: before GF009, `diagnose` took its failures
+    below the export length for the model's minimum length and said nothing."""
+    pytest.importorskip("speechbrain")
+    from fixtures.library_models import import_torchaudio
+
+    import_torchaudio()
+    from speechbrain.lobes.models.CRDNN import CRDNN
+
+    torch.manual_seed(0)
+    module = CRDNN(input_shape=[None, None, 20], cnn_blocks=1, cnn_channels=(8,), cnn_kernelsize=(3, 3),
+                   time_pooling=False, rnn_layers=1, rnn_neurons=16, rnn_bidirectional=False, dnn_blocks=1,
+                   dnn_neurons=16).eval()
+    path = tmp_path / "crdnn.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 20, 20),), str(path), dynamo=False, opset_version=17,
+                          input_names=["feats"], output_names=["out"],
+                          dynamic_axes={"feats": {0: "batch", 1: "time"}, "out": {0: "batch", 1: "out_time"}})
+    done = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "GF009" in done.stdout and "unrolled for 20 steps" in done.stdout
