@@ -111,13 +111,14 @@ def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: g
         b = Builder(graph, f"{node.name}_gf006_sinusoid", opset)
         length = b.dim(other, source)
         limit = b.op("Squeeze", [b.op("Max", [b.const([at_least]), length]) if at_least else length])
-        positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])], {"to": onnx_type(np.float32)},
-                         dtype=np.float32)
-        angles = b.op("Mul", [b.unsqueeze(positions, 1, dtype=np.float32), b.const(table.omega[None, :], np.float32)],
-                      dtype=np.float32)
-        both = b.op("Where", [b.const(table.cosine[None, :], np.bool_), b.op("Cos", [angles], dtype=np.float32),
-                              b.op("Sin", [angles], dtype=np.float32)], dtype=np.float32)
-        if value.dtype != np.float32:
+        real = table.precision  # float32, as most libraries compute; float64 where the table was computed so
+        positions = b.op("Cast", [b.op("Range", [b.const(0), limit, b.const(1)])], {"to": onnx_type(real)},
+                         dtype=real)
+        angles = b.op("Mul", [b.unsqueeze(positions, 1, dtype=real), b.const(table.omega[None, :].astype(real), real)],
+                      dtype=real)
+        both = b.op("Where", [b.const(table.cosine[None, :], np.bool_), b.op("Cos", [angles], dtype=real),
+                              b.op("Sin", [angles], dtype=real)], dtype=real)
+        if value.dtype != real:
             both = b.op("Cast", [both], {"to": onnx_type(value.dtype)}, dtype=value.dtype)
         dims = [int(d) for d in value.shape]
         dims[table.axis] = -1

@@ -70,3 +70,24 @@ def test_frequencies_off_a_geometric_series_are_not_a_table():
     table = np.concatenate([np.sin(angles), np.cos(angles)], 1)[None].astype(np.float32)
     reason = sinusoid_table(table, [1])
     assert isinstance(reason, str) and "geometric" in reason
+
+
+def numpy_table(length: int) -> np.ndarray:  # the Transformer's table as numpy computes it: float64 throughout
+    position = np.arange(length)[:, None]
+    div_term = np.exp(np.arange(0, D, 2) * (-math.log(10000.0) / D))
+    pe = np.zeros((length, D))
+    pe[:, 0::2], pe[:, 1::2] = np.sin(position * div_term), np.cos(position * div_term)
+    return pe[None]
+
+
+def test_a_table_computed_in_float64_is_regrown_in_float64():
+    """Regrown in float32, it drifted by 7e-5 at 5000 rows."""
+    table = sinusoid_table(numpy_table(12), [1])
+    assert not isinstance(table, str) and table.precision is np.float64
+    np.testing.assert_allclose(table.values(5000), numpy_table(5000)[0], rtol=0, atol=1e-9)
+
+
+def test_a_float32_table_kept_as_float64_is_still_regrown_as_float32_computes_it():
+    table = sinusoid_table(transformer(12).astype(np.float64), [1])
+    assert not isinstance(table, str) and table.precision is np.float32
+    np.testing.assert_allclose(table.values(300), transformer(300)[0], atol=2e-5)
