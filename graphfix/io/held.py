@@ -14,6 +14,7 @@ process (analysis, onnxruntime sessions, the copy into the output) while a loade
 from __future__ import annotations
 
 import errno
+import io
 import mmap
 import os
 import stat
@@ -77,8 +78,13 @@ class HeldFile:
         reflink on file systems that share extents); in chunks through this process where it cannot."""
         out.flush()
         start = out.tell()
-        done = _copy_in_kernel(self.fd, out.fileno(), offset, start, length)
-        out.seek(start + done)
+        try:
+            target = out.fileno()
+        except (AttributeError, io.UnsupportedOperation):  # an in-memory file: no descriptor to copy to
+            done = 0
+        else:
+            done = _copy_in_kernel(self.fd, target, offset, start, length)
+            out.seek(start + done)
         while done < length:
             chunk = self.read(offset + done, min(length - done, COPY_CHUNK))
             out.write(chunk)

@@ -88,17 +88,27 @@ def _parse(model_file: HeldFile) -> onnx.ModelProto:
     """The model, parsed from the held descriptor. In a forked worker it is parsed where it lies, memory-mapped:
     no copy of the file is read into memory first (on BERT-base 0.2 s and 435 MB less, #23). A file cut short
     meanwhile by another process then raises SIGBUS, which costs that worker only (`Crashed`: one line, exit 2).
-    Elsewhere (the Python API, `--debug`) it is read into memory first, as `onnx.load` does."""
+    Elsewhere (the Python API, `--debug`), or where the file cannot be mapped, it is read into memory first, as
+    `onnx.load` does."""
     proto = onnx.ModelProto()
-    if not in_child():
-        data = model_file.read()
-        decoded = proto.ParseFromString(data)
+    mapped = _mapped(model_file) if in_child() else None
+    if mapped is None:
+        decoded = proto.ParseFromString(model_file.read())
     else:
-        with mmap.mmap(model_file.fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as data:
+        with mapped, memoryview(mapped) as data:
             decoded = proto.ParseFromString(data)
     if decoded is not None and decoded != model_file.size:  # as onnx.load_model_from_string checks
         raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {model_file.size}")
     return proto
+
+
+def _mapped(model_file: HeldFile) -> mmap.mmap | None:
+    """The bytes checked (the size the file had when it was opened), mapped; None where the file system maps no
+    file (sysfs, FUSE with direct I/O): it is read instead."""
+    try:
+        return mmap.mmap(model_file.fd, model_file.size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
 
 
 def from_proto(proto: onnx.ModelProto, base_dir: Path | None = None, *, unexpanded: bool = False) -> LoadedModel:

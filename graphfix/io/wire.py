@@ -8,9 +8,14 @@ only the messages that hold tensors (the graph, its nodes, their attributes and 
 as `graphfix.io.external_data.model_tensors` visits them) are entered, every other field is skipped by its
 length, and no tensor's values are read: a few milliseconds on BERT-base.
 
-Anything the walk does not expect (a truncated field, a group, an attribute's tensor or a sparse tensor's part
-given twice, which protobuf would merge into one, a key given twice, nesting past MAX_DEPTH) makes it answer
-None: the caller then parses the model.
+Anything the walk does not expect makes it answer None, and the caller parses the model: a truncated field, a
+group, a field number protobuf refuses, an enum value onnx.proto does not define (proto2's enums are closed: the
+parser sets such a value aside and keeps the one before it), an attribute's tensor or a sparse tensor's part
+given twice (protobuf merges them into one), a key given twice, subgraphs nested past MAX_DEPTH.
+
+The walk does not check what the parser checks elsewhere in the file, so its answer is trusted only when it is
+"no tensor keeps its values in external data", the case of the big inline models where parsing costs the most
+(graphfix.io.saving); a model with external data is small, and is parsed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensor
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5  # wire types (3 and 4, groups, are not used by onnx.proto)
 WINDOW = 64 << 10  # bytes read at a time around the fields the walk reads
-MAX_DEPTH = 64  # nested subgraphs; protobuf's own parser stops at 100 levels of messages
+MAX_DEPTH = 30  # nested subgraphs: protobuf's parser stops at 100 levels of messages, 3 per subgraph level
+MAX_FIELD = (1 << 29) - 1  # field numbers protobuf accepts are 1 .. 2**29 - 1
 
 
 def _number(message, field: str) -> int:
@@ -42,6 +48,8 @@ SINGULAR_ATTR = {AttributeProto.TENSOR, AttributeProto.GRAPH, AttributeProto.SPA
 SPARSE_PARTS = (_number(SparseTensorProto, "values"), _number(SparseTensorProto, "indices"))
 TENSOR_EXTERNAL, TENSOR_LOCATION = _number(TensorProto, "external_data"), _number(TensorProto, "data_location")
 ENTRY_KEY, ENTRY_VALUE = 1, 2  # StringStringEntryProto
+ATTRIBUTE_TYPES = frozenset(AttributeProto.AttributeType.values())
+DATA_LOCATIONS = frozenset(TensorProto.DataLocation.values())
 
 
 class Unexpected(Exception):
@@ -82,6 +90,8 @@ class _Reader:
         while pos < end:
             key, pos = self.varint(pos, end)
             number, wire = key >> 3, key & 7
+            if not 1 <= number <= MAX_FIELD:
+                raise Unexpected(f"field number {number}")
             if wire == VARINT:
                 value, pos = self.varint(pos, end)
                 yield number, wire, value
@@ -148,7 +158,7 @@ def _node(reader: _Reader, span: tuple[int, int], found: set[str], depth: int) -
         kind, parts = None, []
         for number, wire, value in reader.fields(*attribute):
             if number == ATTR_TYPE and wire == VARINT:
-                kind = value
+                kind = _known(value, ATTRIBUTE_TYPES)
             elif number in ATTR_FIELDS and wire == LEN:
                 parts.append((ATTR_FIELDS[number], value))
         chosen = [value for part_kind, value in parts if part_kind == kind]
@@ -174,7 +184,7 @@ def _tensor(reader: _Reader, span: tuple[int, int], found: set[str]) -> None:
     location, keys, external = "", set(), False
     for number, wire, value in reader.fields(*span):
         if number == TENSOR_LOCATION and wire == VARINT:
-            external = value == TensorProto.EXTERNAL  # the last one given counts, as protobuf reads it
+            external = _known(value, DATA_LOCATIONS) == TensorProto.EXTERNAL  # the last one given counts
         elif number == TENSOR_EXTERNAL and wire == LEN:
             key, text = _entry(reader, value)
             if key in keys:
@@ -183,6 +193,13 @@ def _tensor(reader: _Reader, span: tuple[int, int], found: set[str]) -> None:
             location = text if key == "location" else location
     if external:
         found.add(location)
+
+
+def _known(value: int, values: frozenset[int]) -> int:
+    """An enum's value as the walk reads it, where onnx.proto defines it."""
+    if value not in values:
+        raise Unexpected(f"enum value {value} is not defined (protobuf would set it aside)")
+    return value
 
 
 def _entry(reader: _Reader, span: tuple[int, int]) -> tuple[str, str]:

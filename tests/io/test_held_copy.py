@@ -57,3 +57,14 @@ def test_a_source_shorter_than_its_tensors_is_an_error(tmp_path):
     os.truncate(src, 1000)  # shrunk after it was checked
     with open(tmp_path / "out.bin", "wb") as out, pytest.raises(OSError, match="ended before"):
         held.copy_to(out, 0, len(DATA))
+
+
+def test_an_in_memory_output_gets_the_bytes_too(tmp_path):
+    import io
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(DATA)
+    out = io.BytesIO(b"head")
+    out.seek(4)
+    HeldFile(src, "src").copy_to(out, 7, 70_000)
+    assert out.getvalue() == b"head" + DATA[7:70_007]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from graphfix.io.external_data import external_ref, model_tensors
 from graphfix.io.saving import files_read_by
@@ -131,3 +131,82 @@ def test_what_the_walk_does_not_expect_is_left_to_the_parser(tmp_path, damage):
     path = tmp_path / "m.onnx"
     path.write_bytes(data)
     assert walked(path) is None
+
+
+# Found by a review: what protobuf's parser reads differently from a naive walk. onnx.proto is proto2, whose enums
+# are closed: an undefined value is set aside and the value before it kept; varints are cut to 32 bits.
+def vkey(number: int) -> bytes:
+    from graphfix.io.streaming import varint
+
+    return varint(number << 3)
+
+
+def kept_in(location: str, after: bytes = b"") -> bytes:
+    """A TensorProto of 4 floats kept in `location`, with `after` following its data_location = EXTERNAL."""
+    from graphfix.io.streaming import record, varint
+
+    return (vkey(1) + varint(4) + vkey(2) + varint(TensorProto.FLOAT) + record(8, b"w")
+            + record(13, record(1, b"location") + record(2, location.encode())) + vkey(14) + varint(1) + after)
+
+
+def with_initializer(tensor: bytes) -> bytes:
+    from graphfix.io.streaming import record
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString() + record(7, record(5, tensor))
+
+
+@pytest.mark.parametrize("after", ["undefined", "negative", "past 32 bits"])
+def test_an_undefined_enum_value_is_left_to_the_parser(tmp_path, after):
+    from graphfix.io.streaming import varint
+
+    tail = {"undefined": vkey(14) + varint(99), "negative": vkey(14) + varint((1 << 64) - 1),
+            "past 32 bits": vkey(14) + varint(1 + (1 << 32))}[after]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(with_initializer(kept_in("w.bin", tail)))
+    assert parsed(onnx.load(str(path), load_external_data=False)) == {"w.bin"}  # protobuf keeps EXTERNAL
+    assert walked(path) is None
+    assert files_read_by(path) == [path, tmp_path / "w.bin"]
+
+
+def test_check_never_writes_its_report_over_the_model_s_data(tmp_path):
+    """Where the walk had read the undefined value as the tensor's place, `check --output-file w.bin` replaced the
+    model's weights with its report (exit 0)."""
+    import subprocess
+    import sys
+
+    from graphfix.io.streaming import varint
+
+    (tmp_path / "model.onnx").write_bytes(with_initializer(kept_in("w.bin", vkey(14) + varint(99))))
+    weights = np.arange(4, dtype=np.float32).tobytes()
+    (tmp_path / "w.bin").write_bytes(weights)
+    done = subprocess.run([sys.executable, "-m", "graphfix", "check", "model.onnx", "--output-file", "w.bin"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "would overwrite the input" in done.stderr, done.stdout + done.stderr
+    assert (tmp_path / "w.bin").read_bytes() == weights
+
+
+def test_what_protobuf_cannot_parse_names_no_data_file_to_remove(tmp_path):
+    """A replaced output that names `OUT.onnx.data` but does not parse (a field numbered 0 further on, subgraphs
+    nested past protobuf's depth): nothing of it is removed, as before the walk."""
+    from graphfix.io.saving import _data_files
+    from graphfix.io.streaming import record
+
+    broken = with_initializer(kept_in("OUT.onnx.data")) + vkey(0) + b"\x00"
+    (tmp_path / "OUT.onnx").write_bytes(broken)
+    assert walked(tmp_path / "OUT.onnx") is None
+    assert _data_files(tmp_path / "OUT.onnx") == []
+
+    graph = record(5, kept_in("OUT.onnx.data"))  # GraphProto.initializer
+    for _ in range(40):  # If nodes in If nodes: a GraphProto in an AttributeProto (g, type GRAPH) in a NodeProto
+        attribute = record(1, b"then_branch") + vkey(20) + bytes([AttributeProto.GRAPH]) + record(6, graph)
+        graph = record(1, record(4, b"If") + record(5, attribute))
+    (tmp_path / "deep.onnx").write_bytes(record(7, graph) + vkey(1) + bytes([8]))  # ir_version 8
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):  # past protobuf's depth
+        onnx.load(str(tmp_path / "deep.onnx"), load_external_data=False)
+    assert walked(tmp_path / "deep.onnx") is None and _data_files(tmp_path / "deep.onnx") == []
