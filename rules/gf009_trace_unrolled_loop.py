@@ -9,13 +9,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.context import RuleContext
+from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes import sizes_if
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
 MIN_STEPS = 4  # fewer single-step reads of one axis are as likely a model's own choice (x[:, 0] + x[:, 1])
 
-HINT = ("A Python loop over a dynamic axis (`for t in range(x.shape[1]): h = cell(x[:, t], h)`) is unrolled by the "
-        "TorchScript exporter for the export length. Use torch.nn.GRU/LSTM (one ONNX node, any length), or script "
+HINT = ("A Python loop over a dynamic axis (`for t in range(x.shape[1]): h = cell(x[:, t], h)`) is unrolled by "
+        "tracing (both exporters) for the export length. Use torch.nn.GRU/LSTM (one ONNX node, any length), or script "
         "the loop (`torch.jit.script`) so that it exports as an ONNX Loop.")
 
 
@@ -24,8 +25,12 @@ class TraceUnrolledLoop(Rule):
 
     ## What it does
     Finds Gather nodes that read the steps 0, 1, ..., N-1 (N >= 4) of one axis of one tensor, each with a constant
-    scalar index, where the size analysis says the axis is dynamic (an expression of the inputs' sizes, not a
-    number): a Python loop over that axis, recorded step by step by the tracer.
+    scalar index, where the size analysis says the axis grows with the input sizes (not a number, not capped at
+    N as `x[:, :4]` is): a Python loop over that axis, recorded step by step by the tracer, if the axis was N long
+    at export. That is an error where the graph shows it: the export size is known (`--trace-shape`, or solved
+    from the graph) and the axis was N long then, or an output the export declared dynamic comes out N long (the
+    steps stacked). Where the export was longer, N single steps are a model's own choice (task tokens read one by
+    one) and no finding; where nothing tells, a warning.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -43,8 +48,8 @@ class TraceUnrolledLoop(Rule):
     ## Fix safety
     Not fixable in the graph: the loop's body is copied N times, each copy with its own step, and rebuilding an
     ONNX Loop from the copies is not attempted. The finding names the steps and the axis; re-export as the hint
-    says. A loop over an axis whose length is a number (heads, a fixed window, a shape vector's entries) is no
-    finding, and one whose length the size analysis cannot read is reported as a rejection.
+    says. Loops that read their steps otherwise (a step of 2, negative or computed indices, Slice instead of
+    Gather) are not found.
     """
 
     code = "GF009"
@@ -55,27 +60,74 @@ class TraceUnrolledLoop(Rule):
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         loops = unrolled_reads(ctx)
         sizes = sizes_if(ctx, "Gather") if loops else None
+        known = export_sizes(ctx, ctx.evaluator).values if loops else {}
         for data, axis, nodes in loops:
-            dims = sizes.dims(data) if sizes else None
-            length = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
             steps = len({index for index, _ in nodes})
-            where = f"axis {axis} of '{data.name}'"
-            if isinstance(length, int):
-                yield self.reject(f"Gathers read the {steps} steps of {where} one at a time, but its length is the "
-                                  f"number {length}: a loop over a fixed axis", nodes=[n for _, n in nodes])
-                continue
+            shape = sizes.shape(data) if sizes else None
+            length = shape[axis] if shape is not None and axis < len(shape) else None
+            where, names = f"axis {axis} of '{data.name}'", [n for _, n in nodes]
             if length is None:
                 yield self.reject(f"Gathers read the {steps} steps of {where} one at a time, but the size analysis "
                                   "cannot read that axis' length" + (f" ({sizes.incomplete})" if sizes and
-                                                                     sizes.incomplete else ""),
-                                  nodes=[n for _, n in nodes])
+                                                                     sizes.incomplete else ""), nodes=names)
                 continue
-            yield self.finding(
-                f"{len(nodes)} Gather nodes read steps 0 to {steps - 1} of {where} one at a time: a Python loop "
-                f"over that axis, unrolled for {steps} steps at export. The axis is {length} at run time, so the "
-                f"model computes {steps} steps at every length: onnxruntime fails where {length} < {steps}, and "
-                f"where {length} > {steps} the steps after the first {steps} are ignored",
-                nodes=[node for _, node in nodes], tensors=[data], hint=HINT)
+            if not _varies(length):
+                yield self.reject(f"Gathers read the {steps} steps of {where} one at a time, but its length "
+                                  f"{length} does not grow with the sizes: a loop over a fixed window", nodes=names)
+                continue
+            at_export = _at(length, known)
+            if at_export is not None and at_export != steps:
+                yield self.reject(f"Gathers read {steps} single steps of {where}, whose length {length} was "
+                                  f"{at_export} at export: not every step, so no loop over it", nodes=names)
+                continue
+            evidence = at_export == steps or _fixed_output(ctx, sizes, steps)
+            message = (f"{len(nodes)} Gather nodes read steps 0 to {steps - 1} of {where} one at a time: a Python "
+                       f"loop over that axis, unrolled for {steps} steps at export")
+            if evidence:
+                yield self.finding(
+                    f"{message}. The axis is {length} at run time, so the model computes {steps} steps at every "
+                    f"length: onnxruntime fails where {length} < {steps}, and where {length} > {steps} the steps "
+                    f"after the first {steps} are ignored", nodes=names, tensors=[data], hint=HINT)
+            else:
+                yield self.finding(
+                    f"{message}, if the model was exported where {length} = {steps} (the graph does not say: no "
+                    f"size of the export is known, and no output declared dynamic comes out {steps} long). Then "
+                    f"the model computes {steps} steps at every length; check with --trace-shape, or compare "
+                    "with PyTorch at another length", nodes=names, tensors=[data], hint=HINT,
+                    severity=Severity.WARNING)
+
+
+def _varies(length) -> bool:
+    """Whether an axis' length (an expression of the input sizes) grows with them: not a number, not capped
+    (`Min(4, T)`), not a ratio that stays put (`T / floor(T / 4)`)."""
+    symbols = sorted(length.free_symbols, key=str)
+    if not symbols:
+        return False
+    values = [length.subs({s: n for s in symbols}) for n in (1000, 2000)]
+    return all(v.is_number for v in values) and values[0] != values[1]
+
+
+def _at(length, known: dict[str, int]):
+    """The axis' length at the export size, where every size it depends on is known there; else None."""
+    symbols = length.free_symbols
+    if not symbols or any(str(s) not in known for s in symbols):
+        return None
+    value = length.subs({s: known[str(s)] for s in symbols})
+    return int(value) if value.is_Integer else None
+
+
+def _fixed_output(ctx: RuleContext, sizes, steps: int) -> bool:
+    """Whether an output the export declared dynamic along some axis comes out `steps` long there, whatever the
+    sizes (the unrolled steps stacked: speechbrain's CRDNN declares `[batch, out_time, 16]` and returns 20)."""
+    for output in ctx.graph.outputs:
+        declared = ctx.shape(output) or []
+        analysed = sizes.shape(output) if sizes else None
+        if analysed is None:
+            continue
+        if any(isinstance(d, str) and k < len(analysed) and analysed[k] is not None and analysed[k].is_Integer
+               and int(analysed[k]) == steps for k, d in enumerate(declared)):
+            return True
+    return False
 
 
 def unrolled_reads(ctx: RuleContext) -> list[tuple[gs.Tensor, int, list[tuple[int, gs.Node]]]]:

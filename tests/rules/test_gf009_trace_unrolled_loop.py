@@ -60,12 +60,37 @@ class EdgeFrames(torch.nn.Module):
         return x[:, 0] + x[:, 1] - x[:, 2]
 
 
-def export(module, path, length: int = 12) -> None:
+class FinalState(CellLoop):
+    """The same loop returning its last state only: nothing in the graph says how long the export was."""
+
+    def forward(self, x):
+        return super().forward(x)[:, -1]
+
+
+class TaskTokens(torch.nn.Module):
+    """4 learned tokens before a dynamic sequence, mixed with it by attention, each read by its own head: 4 single
+    steps of a dynamic axis, healthy at every length (the axis is time + 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = torch.nn.Parameter(torch.randn(1, 4, FEATURES))
+        self.mix = torch.nn.Linear(FEATURES, FEATURES)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(FEATURES, 3) for _ in range(4))
+
+    def forward(self, x):
+        h = torch.cat([self.tokens.expand(x.shape[0], -1, -1), x], 1)
+        h = h + torch.softmax(h @ self.mix(h).transpose(1, 2), -1) @ h
+        return torch.stack([head(h[:, i]) for i, head in enumerate(self.heads)], 1)
+
+
+def export(module, path, length: int = 12, steps_out: bool = False) -> None:
+    """Dynamic batch and time; `steps_out`: the output's second axis declared dynamic too (one step per frame)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.randn(2, length, FEATURES),), str(path), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch"}})
+                          dynamic_axes={"x": {0: "batch", 1: "time"},
+                                        "y": {0: "batch", 1: "time"} if steps_out else {0: "batch"}})
 
 
 def errors(path):
@@ -74,7 +99,7 @@ def errors(path):
 
 def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path):
     path = tmp_path / "loop.onnx"
-    export(CellLoop(), path, length=12)
+    export(CellLoop(), path, length=12, steps_out=True)  # declared [batch, time, 8]; the graph returns 12 steps
     x = np.random.default_rng(0).standard_normal((1, 20, FEATURES)).astype(np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert y.shape[1] == 12  # 20 frames in, 12 out: what the finding says
@@ -86,6 +111,32 @@ def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path)
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "GF009" in done.stdout, done.stdout + done.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_loop_whose_export_length_the_graph_does_not_tell_is_a_warning(tmp_path):
+    """Its last state only: 12 steps read, but nothing says the export was 12 long (4 single steps of a longer
+    input are a model's own choice, as the task tokens below). A warning, that --trace-shape settles."""
+    path = tmp_path / "final.onnx"
+    export(FinalState(), path, length=12)
+    [finding] = [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF009"]
+    assert finding.severity.value == "warning" and "if the model was exported where time = 12" in finding.message
+    [finding] = [f for f in graphfix.diagnose(path, static=True, trace_shapes={"x": (2, 12, FEATURES)})
+                 if f.rule == "GF009"]
+    assert finding.severity.value == "error"
+    assert not [f for f in graphfix.diagnose(path, static=True, trace_shapes={"x": (2, 16, FEATURES)})
+                if f.rule == "GF009"]  # 12 steps of 16: not every step, no loop over them
+
+
+def test_single_steps_of_an_axis_longer_at_export_are_no_loop(tmp_path):
+    """Found by a review: the task tokens were refused (GF009 error) though healthy at every length."""
+    path = tmp_path / "tokens.onnx"
+    export(TaskTokens(), path, length=12)
+    assert [f.rule for f in errors(path)] == []
+    assert not [f for f in graphfix.diagnose(path, static=True, trace_shapes={"x": (2, 12, FEATURES)})
+                if f.rule == "GF009"]  # time + 4 = 16 at export: 4 of its steps are read, not all
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("module", [LibraryGRU, HeadLoop, EdgeFrames], ids=lambda m: m.__name__)
