@@ -24,13 +24,14 @@ class TraceUnrolledLoop(Rule):
     """Loops over a dynamic axis that tracing unrolled for the export length.
 
     ## What it does
-    Finds Gather nodes that read the steps 0, 1, ..., N-1 (N >= 4) of one axis of one tensor, each with a constant
-    scalar index, where the size analysis says the axis grows with the input sizes (not a number, not capped at
-    N as `x[:, :4]` is): a Python loop over that axis, recorded step by step by the tracer, if the axis was N long
-    at export. That is an error where the graph shows it: the export size is known (`--trace-shape`, or solved
-    from the graph) and the axis was N long then, or an output the export declared dynamic comes out N long (the
-    steps stacked). Where the export was longer, N single steps are a model's own choice (task tokens read one by
-    one) and no finding; where nothing tells, a warning.
+    Finds Gather nodes that read the steps 0, 1, ..., N-1 (N >= 4, or -1 ... -N from the end) of one axis of one
+    tensor, each with a constant scalar index, or Slices of one step each (`x[:, t:t + 1]`), where the size
+    analysis says the axis grows with the input sizes (not a number, not capped at N as `x[:, :4]` is): a Python
+    loop over that axis, recorded step by step by the tracer, if the axis was N long at export. That is an error
+    where the graph shows it: the export size is known (`--trace-shape`, or solved from the graph) and the axis
+    was N long then, or an output the export declared dynamic comes out N long (the steps stacked). Where the
+    export was longer, N single steps are a model's own choice (task tokens read one by one) and no finding;
+    where nothing tells, a warning.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -48,8 +49,8 @@ class TraceUnrolledLoop(Rule):
     ## Fix safety
     Not fixable in the graph: the loop's body is copied N times, each copy with its own step, and rebuilding an
     ONNX Loop from the copies is not attempted. The finding names the steps and the axis; re-export as the hint
-    says. Loops that read their steps otherwise (a step of 2, negative or computed indices, Slice instead of
-    Gather) are not found.
+    says. Loops that read their steps otherwise (a step of 2, indices computed from the shape, a one-element
+    index vector) are not found.
     """
 
     code = "GF009"
@@ -81,7 +82,8 @@ class TraceUnrolledLoop(Rule):
                                   f"{at_export} at export: not every step, so no loop over it", nodes=names)
                 continue
             evidence = at_export == steps or _fixed_output(ctx, sizes, steps)
-            message = (f"{len(nodes)} Gather nodes read steps 0 to {steps - 1} of {where} one at a time: a Python "
+            first, last = min(i for i, _ in nodes), max(i for i, _ in nodes)
+            message = (f"{len(nodes)} nodes read steps {first} to {last} of {where} one at a time: a Python "
                        f"loop over that axis, unrolled for {steps} steps at export")
             if evidence:
                 yield self.finding(
@@ -131,29 +133,56 @@ def _fixed_output(ctx: RuleContext, sizes, steps: int) -> bool:
 
 
 def unrolled_reads(ctx: RuleContext) -> list[tuple[gs.Tensor, int, list[tuple[int, gs.Node]]]]:
-    """(tensor, axis, the (step, Gather) reads of single steps of that axis), where the steps are exactly
-    0 .. N-1 with N >= MIN_STEPS (each may be read more than once: a bidirectional loop reads every step twice),
-    and the axis is not of a length that shape inference knows as a number (then it is no loop over a dynamic
-    axis, and the size analysis is not asked)."""
+    """(tensor, axis, the (step, node) reads of single steps of that axis), where the steps are exactly
+    0 .. N-1 or -1 .. -N (a loop from the end) with N >= MIN_STEPS, each may be read more than once (a
+    bidirectional loop reads every step twice); a read is a Gather of a constant scalar index (`x[:, t]`) or a
+    Slice of one step from a constant start (`x[:, t:t + 1]`, `x.narrow(1, t, 1)`). An axis whose length shape
+    inference knows as a number is left out (no loop over a dynamic axis; the size analysis is not asked)."""
     reads: dict[tuple[str, int], list[tuple[int, gs.Node]]] = defaultdict(list)  # tensors are unhashable
     for node in ctx.graph.nodes:
-        if node.op != "Gather" or len(node.inputs) != 2:
+        read = _gathered(ctx, node) if node.op == "Gather" else _sliced(ctx, node) if node.op == "Slice" else None
+        if read is None:
             continue
-        index = ctx.constant_value(node.inputs[1])
-        if index is None or np.ndim(index) != 0 or not np.issubdtype(np.asarray(index).dtype, np.integer):
-            continue
+        axis, step = read
         data = node.inputs[0]
-        axis = int(node.attrs.get("axis", 0))
         rank = len(data.shape) if data.shape is not None else None
         if axis < 0 and rank is None:
             continue
         axis = axis % rank if axis < 0 else axis
         if rank is not None and axis < rank and isinstance(data.shape[axis], int) and data.shape[axis] >= 0:
             continue  # shape inference knows the length as a number (a shape vector's entries, heads)
-        reads[(data.name, axis)].append((int(index), node))
+        reads[(data.name, axis)].append((step, node))
     return [(nodes[0][1].inputs[0], axis, nodes) for (_, axis), nodes in reads.items()
             if _every_step({index for index, _ in nodes})]
 
 
+def _gathered(ctx: RuleContext, node: gs.Node) -> tuple[int, int] | None:
+    """(axis, step) of a Gather of one constant scalar index."""
+    if len(node.inputs) != 2:
+        return None
+    index = ctx.constant_value(node.inputs[1])
+    if index is None or np.ndim(index) != 0 or not np.issubdtype(np.asarray(index).dtype, np.integer):
+        return None
+    return int(node.attrs.get("axis", 0)), int(index)
+
+
+def _sliced(ctx: RuleContext, node: gs.Node) -> tuple[int, int] | None:
+    """(axis, step) of a Slice of one step, [t, t + 1) with t >= 0, along one axis (opset 10 and later)."""
+    if not 3 <= len(node.inputs) <= 5:
+        return None
+    values = [ctx.constant_value(t) if t.name else None for t in node.inputs[1:]]
+    starts, ends = values[0], values[1]
+    axes = values[2] if len(values) > 2 else np.array([0])
+    steps = values[3] if len(values) > 3 else np.array([1])
+    if any(v is None or np.size(v) != 1 or not np.issubdtype(np.asarray(v).dtype, np.integer)
+           for v in (starts, ends, axes, steps)):
+        return None
+    start, end = int(np.ravel(starts)[0]), int(np.ravel(ends)[0])
+    if int(np.ravel(steps)[0]) != 1 or start < 0 or end != start + 1:
+        return None
+    return int(np.ravel(axes)[0]), start
+
+
 def _every_step(steps: set[int]) -> bool:
-    return len(steps) >= MIN_STEPS and steps == set(range(len(steps)))
+    count = len(steps)
+    return count >= MIN_STEPS and steps in (set(range(count)), set(range(-count, 0)))

@@ -21,17 +21,26 @@ FEATURES = 6
 
 
 class CellLoop(torch.nn.Module):
-    """A GRU cell stepped over time in Python, as custom recurrent layers do."""
+    """A recurrent cell stepped over time in Python, as custom recurrent layers do; each step read as `x[:, t]`,
+    from the end (`x[:, -1 - t]`), or as a slice of one step (`x[:, t:t + 1]`)."""
 
-    def __init__(self):
+    def __init__(self, read: str = "index"):
         super().__init__()
-        self.cell = torch.nn.GRUCell(FEATURES, 8)
+        self.read, self.inward, self.recurrent = read, torch.nn.Linear(FEATURES, 8), torch.nn.Linear(8, 8)
+
+    def cell(self, step, h):
+        return torch.tanh(self.inward(step) + self.recurrent(h))
+
+    def step(self, x, t: int):
+        if self.read == "from end":
+            return x[:, -1 - t]
+        return x[:, t:t + 1].squeeze(1) if self.read == "slice" else x[:, t]
 
     def forward(self, x):
         h = torch.zeros(x.shape[0], 8)
         steps = []
         for t in range(x.shape[1]):
-            h = self.cell(x[:, t], h)
+            h = self.cell(self.step(x, t), h)
             steps.append(h)
         return torch.stack(steps, dim=1)
 
@@ -97,9 +106,10 @@ def errors(path):
     return [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
 
 
-def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path):
+@pytest.mark.parametrize("read", ["index", "from end", "slice"])
+def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path, read):
     path = tmp_path / "loop.onnx"
-    export(CellLoop(), path, length=12, steps_out=True)  # declared [batch, time, 8]; the graph returns 12 steps
+    export(CellLoop(read), path, length=12, steps_out=True)  # declared [batch, time, 8]; the graph returns 12 steps
     x = np.random.default_rng(0).standard_normal((1, 20, FEATURES)).astype(np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert y.shape[1] == 12  # 20 frames in, 12 out: what the finding says
