@@ -134,23 +134,30 @@ def _unfinished(entry: os.DirEntry, since: float, marker_text: bytes) -> bool:
         if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid() or info.st_ctime < since - 1:
             return False
         names = os.listdir(entry.path)
-        if not names:
-            return True
-        if names != [MARKER]:
-            return False
-        marker = os.path.join(entry.path, MARKER)
-        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
-    with os.fdopen(fd, "rb") as f:
-        marker_info = os.fstat(f.fileno())
-        if not stat.S_ISREG(marker_info.st_mode) or marker_info.st_uid != os.getuid():
-            return False
-        if not marker_text.startswith(f.read(len(marker_text) + 1)):
-            return False
+    if not names:
+        return True
+    text = _marker(entry.path) if names == [MARKER] else None
+    if text is None or not marker_text.startswith(text):
+        return False
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(marker)
+        os.unlink(os.path.join(entry.path, MARKER))
     return True
+
+
+def _marker(folder: str) -> bytes | None:
+    """The first bytes of the folder's marker, when it is a regular file of this user (never through a link);
+    else None."""
+    try:
+        fd = os.open(os.path.join(folder, MARKER), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as marker:
+        info = os.fstat(marker.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        return marker.read(256)
 
 
 def _owner_name(name: str) -> tuple[int, str] | tuple[None, None]:
@@ -172,15 +179,9 @@ def _left_by(entry: os.DirEntry) -> int | None:
     try:
         if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
             return None
-        fd = os.open(os.path.join(entry.path, MARKER), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as marker:
-        info = os.fstat(marker.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return None
-        text = marker.read(256)
-    return pid if text == _marker_text(pid, token).encode() else None
+    return pid if _marker(entry.path) == _marker_text(pid, token).encode() else None
 
 
 def _alive(pid: int) -> bool:
