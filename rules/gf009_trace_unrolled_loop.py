@@ -28,10 +28,10 @@ class TraceUnrolledLoop(Rule):
     tensor, each with a constant scalar index, or Slices of one step each (`x[:, t:t + 1]`), where the size
     analysis says the axis grows with the input sizes (not a number, not capped at N as `x[:, :4]` is): a Python
     loop over that axis, recorded step by step by the tracer, if the axis was N long at export. That is an error
-    where the graph shows it: the export size is known (`--trace-shape`, or solved from the graph) and the axis
-    was N long then, or an output the export declared dynamic comes out N long (the steps stacked). Where the
-    export was longer, N single steps are a model's own choice (task tokens read one by one) and no finding;
-    where nothing tells, a warning.
+    where the export's sizes are known (`--trace-shape`, or solved from the graph) and the axis was N long then.
+    Where it was longer, or is longer than N at every size (`T + 4` for 4 tokens put before the input), N single
+    steps are a model's own choice (task tokens or the last lags read one by one) and no finding; where nothing
+    tells, a warning (speechbrain's CRDNN: `--trace-shape` makes it an error).
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -81,21 +81,27 @@ class TraceUnrolledLoop(Rule):
                 yield self.reject(f"Gathers read {steps} single steps of {where}, whose length {length} was "
                                   f"{at_export} at export: not every step, so no loop over it", nodes=names)
                 continue
-            evidence = at_export == steps or _fixed_output(ctx, sizes, steps)
+            shortest = _at(length, {str(symbol): 1 for symbol in length.free_symbols})
+            if shortest is not None and shortest > steps:
+                yield self.reject(f"Gathers read {steps} single steps of {where}, whose length {length} is "
+                                  f"{shortest} or more at every size: not every step, so no loop over it",
+                                  nodes=names)
+                continue
             first, last = min(i for i, _ in nodes), max(i for i, _ in nodes)
             message = (f"{len(nodes)} nodes read steps {first} to {last} of {where} one at a time: a Python "
                        f"loop over that axis, unrolled for {steps} steps at export")
-            if evidence:
+            if at_export == steps:
                 yield self.finding(
                     f"{message}. The axis is {length} at run time, so the model computes {steps} steps at every "
                     f"length: onnxruntime fails where {length} < {steps}, and where {length} > {steps} the steps "
                     f"after the first {steps} are ignored", nodes=names, tensors=[data], hint=HINT)
             else:
                 yield self.finding(
-                    f"{message}, if the model was exported where {length} = {steps} (the graph does not say: no "
-                    f"size of the export is known, and no output declared dynamic comes out {steps} long). Then "
-                    f"the model computes {steps} steps at every length; check with --trace-shape, or compare "
-                    "with PyTorch at another length", nodes=names, tensors=[data], hint=HINT,
+                    f"{message}, if the model was exported where {length} = {steps} (the graph does not say: the "
+                    f"export's sizes are not known, and {steps} single steps of a longer input are a model's own "
+                    f"choice). Then the model computes {steps} steps at every length; give the export shape with "
+                    "--trace-shape, or compare with PyTorch at another length", nodes=names, tensors=[data],
+                    hint=HINT,
                     severity=Severity.WARNING)
 
 
@@ -118,26 +124,13 @@ def _at(length, known: dict[str, int]):
     return int(value) if value.is_Integer else None
 
 
-def _fixed_output(ctx: RuleContext, sizes, steps: int) -> bool:
-    """Whether an output the export declared dynamic along some axis comes out `steps` long there, whatever the
-    sizes (the unrolled steps stacked: speechbrain's CRDNN declares `[batch, out_time, 16]` and returns 20)."""
-    for output in ctx.graph.outputs:
-        declared = ctx.shape(output) or []
-        analysed = sizes.shape(output) if sizes else None
-        if analysed is None:
-            continue
-        if any(isinstance(d, str) and k < len(analysed) and analysed[k] is not None and analysed[k].is_Integer
-               and int(analysed[k]) == steps for k, d in enumerate(declared)):
-            return True
-    return False
-
-
 def unrolled_reads(ctx: RuleContext) -> list[tuple[gs.Tensor, int, list[tuple[int, gs.Node]]]]:
     """(tensor, axis, the (step, node) reads of single steps of that axis), where the steps are exactly
-    0 .. N-1 or -1 .. -N (a loop from the end) with N >= MIN_STEPS, each may be read more than once (a
-    bidirectional loop reads every step twice); a read is a Gather of a constant scalar index (`x[:, t]`) or a
-    Slice of one step from a constant start (`x[:, t:t + 1]`, `x.narrow(1, t, 1)`). An axis whose length shape
-    inference knows as a number is left out (no loop over a dynamic axis; the size analysis is not asked)."""
+    0 .. N-1, or -1 .. -N (a loop from the end), with N >= MIN_STEPS; the reads of each direction are judged
+    apart (a bidirectional loop reads every step both ways; a model may add a read of the last step). A read is a
+    Gather of a constant scalar index (`x[:, t]`) or a Slice of one step from a constant start (`x[:, t:t + 1]`,
+    `x.narrow(1, t, 1)`). An axis whose length shape inference knows as a number is left out (no loop over a
+    dynamic axis; the size analysis is not asked)."""
     reads: dict[tuple[str, int], list[tuple[int, gs.Node]]] = defaultdict(list)  # tensors are unhashable
     for node in ctx.graph.nodes:
         read = _gathered(ctx, node) if node.op == "Gather" else _sliced(ctx, node) if node.op == "Slice" else None
@@ -146,14 +139,18 @@ def unrolled_reads(ctx: RuleContext) -> list[tuple[gs.Tensor, int, list[tuple[in
         axis, step = read
         data = node.inputs[0]
         rank = len(data.shape) if data.shape is not None else None
-        if axis < 0 and rank is None:
+        if (axis < 0 and rank is None) or rank == 0:
             continue
         axis = axis % rank if axis < 0 else axis
         if rank is not None and axis < rank and isinstance(data.shape[axis], int) and data.shape[axis] >= 0:
             continue  # shape inference knows the length as a number (a shape vector's entries, heads)
         reads[(data.name, axis)].append((step, node))
-    return [(nodes[0][1].inputs[0], axis, nodes) for (_, axis), nodes in reads.items()
-            if _every_step({index for index, _ in nodes})]
+    loops = []
+    for (_, axis), nodes in reads.items():
+        for part in ([r for r in nodes if r[0] >= 0], [r for r in nodes if r[0] < 0]):  # forward, from the end
+            if _every_step({index for index, _ in part}):
+                loops.append((part[0][1].inputs[0], axis, part))
+    return loops
 
 
 def _gathered(ctx: RuleContext, node: gs.Node) -> tuple[int, int] | None:
@@ -170,10 +167,11 @@ def _sliced(ctx: RuleContext, node: gs.Node) -> tuple[int, int] | None:
     """(axis, step) of a Slice of one step, [t, t + 1) with t >= 0, along one axis (opset 10 and later)."""
     if not 3 <= len(node.inputs) <= 5:
         return None
-    values = [ctx.constant_value(t) if t.name else None for t in node.inputs[1:]]
-    starts, ends = values[0], values[1]
-    axes = values[2] if len(values) > 2 else np.array([0])
-    steps = values[3] if len(values) > 3 else np.array([1])
+    given = [ctx.constant_value(t) if t.name else None for t in node.inputs[1:]]
+    absent = [t.name == "" for t in node.inputs[1:]]  # an optional input left out: its default
+    starts, ends = given[0], given[1]
+    axes = given[2] if len(given) > 2 and not absent[2] else np.array([0])
+    steps = given[3] if len(given) > 3 and not absent[3] else np.array([1])
     if any(v is None or np.size(v) != 1 or not np.issubdtype(np.asarray(v).dtype, np.integer)
            for v in (starts, ends, axes, steps)):
         return None

@@ -102,25 +102,73 @@ def export(module, path, length: int = 12, steps_out: bool = False) -> None:
                                         "y": {0: "batch", 1: "time"} if steps_out else {0: "batch"}})
 
 
-def errors(path):
-    return [f for f in graphfix.diagnose(path, static=True) if f.severity.value == "error"]
+def errors(path, **trace):
+    return [f for f in graphfix.diagnose(path, static=True, trace_shapes=trace) if f.severity.value == "error"]
+
+
+def gf009(path, **trace):
+    return [f for f in graphfix.diagnose(path, static=True, trace_shapes=trace) if f.rule == "GF009"]
 
 
 @pytest.mark.parametrize("read", ["index", "from end", "slice"])
-def test_a_cell_loop_unrolled_at_export_is_an_error_and_repair_refuses(tmp_path, read):
+def test_a_cell_loop_unrolled_at_export_is_an_error_where_the_export_shape_is_known(tmp_path, read):
     path = tmp_path / "loop.onnx"
     export(CellLoop(read), path, length=12, steps_out=True)  # declared [batch, time, 8]; the graph returns 12 steps
     x = np.random.default_rng(0).standard_normal((1, 20, FEATURES)).astype(np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert y.shape[1] == 12  # 20 frames in, 12 out: what the finding says
 
-    [finding] = errors(path)
+    [finding] = errors(path, x=(2, 12, FEATURES))
     assert finding.rule == "GF009" and "unrolled for 12 steps" in finding.message and "time" in finding.message
     assert len(finding.nodes) == 12 and finding.fix is None
-    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "out.onnx")],
-                          capture_output=True, text=True, timeout=300)
+    [warned] = gf009(path)  # the graph alone does not say the export was 12 long
+    assert warned.severity.value == "warning"
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(out),
+                           "--trace-shape", f"x=2x12x{FEATURES}"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "GF009" in done.stdout, done.stdout + done.stderr
-    assert not (tmp_path / "out.onnx").exists()
+    assert not out.exists()
+
+
+class Bidirectional(CellLoop):
+    """Forward over x[:, t], backward over x[:, -1 - t], and one more read of the last step."""
+
+    def forward(self, x):
+        h = g = torch.zeros(x.shape[0], 8)
+        for t in range(x.shape[1]):
+            h, g = self.cell(x[:, t], h), self.cell(x[:, -1 - t], g)
+        return h + g + self.inward(x[:, -1])
+
+
+class Lags(torch.nn.Module):
+    """An AR(4) forecaster: the last 4 lags of a history of any length, read one by one; its output's dims are
+    named by the exporter (`Reshapey_dim_1`), and one of them is 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.taps = torch.nn.Linear(4 * FEATURES, 8)
+
+    def forward(self, x):
+        y = self.taps(torch.cat([x[:, -k] for k in range(1, 5)], dim=-1))
+        return y.view(x.shape[0], -1, 2)
+
+
+def test_both_directions_of_a_loop_are_read_apart(tmp_path):
+    path = tmp_path / "bidirectional.onnx"
+    export(Bidirectional(), path, length=5)
+    found = errors(path, x=(2, 5, FEATURES))
+    assert sorted(len(f.nodes) for f in found if f.rule == "GF009") == [5, 5]  # the extra read of step -1 aside
+
+
+def test_the_last_lags_read_one_by_one_are_no_error(tmp_path):
+    """Found by a review: the exporter's own name for an output dim was taken for a dim the user declared
+    dynamic, and the lags for a loop (repair refused a healthy model)."""
+    path = tmp_path / "lags.onnx"
+    export(Lags(), path, length=12)
+    assert errors(path) == [] and gf009(path, x=(2, 12, FEATURES)) == []
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_a_loop_whose_export_length_the_graph_does_not_tell_is_a_warning(tmp_path):
@@ -162,7 +210,8 @@ def test_what_no_loop_over_a_dynamic_axis_made_is_quiet(tmp_path, module):
 
 def test_speechbrain_crdnn_with_its_ligru_is_an_error_that_diagnose_names(tmp_path):
     """speechbrain's CRDNN, whose LiGRU iterates over time in Python: before GF009, `diagnose` took its failures
-    below the export length for the model's minimum length and said nothing."""
+    below the export length for the model's minimum length and said nothing. `repair` refuses it either way (its
+    probes below 20 frames fail)."""
     pytest.importorskip("speechbrain")
     from fixtures.library_models import import_torchaudio
 
@@ -179,7 +228,11 @@ def test_speechbrain_crdnn_with_its_ligru_is_an_error_that_diagnose_names(tmp_pa
         torch.onnx.export(module, (torch.randn(2, 20, 20),), str(path), dynamo=False, opset_version=17,
                           input_names=["feats"], output_names=["out"],
                           dynamic_axes={"feats": {0: "batch", 1: "time"}, "out": {0: "batch", 1: "out_time"}})
-    done = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "GF009" in done.stdout and "unrolled for 20 steps" in done.stdout
+    def diagnose(*args):
+        return subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path), *args], capture_output=True,
+                              text=True, timeout=300)
+
+    done = diagnose()  # the graph alone: a warning (the export length is not in it)
+    assert "warning GF009" in done.stdout and "unrolled for 20 steps" in done.stdout, done.stdout + done.stderr
+    done = diagnose("--static", "--trace-shape", "feats=2x20x20")
+    assert done.returncode == 1 and "error GF009" in done.stdout, done.stdout + done.stderr
