@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes import sizes_if
+from graphfix.analysis.sizes.domain import input_minimums
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
 MIN_STEPS = 4  # fewer single-step reads of one axis are as likely a model's own choice (x[:, 0] + x[:, 1])
@@ -30,8 +31,11 @@ class TraceUnrolledLoop(Rule):
     loop over that axis, recorded step by step by the tracer, if the axis was N long at export. That is an error
     where the export's sizes are known (`--trace-shape`, or solved from the graph) and the axis was N long then.
     Where it was longer, or is longer than N at every size (`T + 4` for 4 tokens put before the input), N single
-    steps are a model's own choice (task tokens or the last lags read one by one) and no finding; where nothing
-    tells, a warning (speechbrain's CRDNN: `--trace-shape` makes it an error).
+    steps are a model's own choice (task tokens or the last lags read one by one) and no finding ("at every size"
+    is at every size the model's Conv and Pool layers take). Where nothing tells the export's length, it is an
+    error when each step's state goes into the next, transformed (a recurrent cell, as speechbrain's LiGRU in its
+    CRDNN, a gated scan, a decay), and a warning when the steps are read apart (stacked, or summed up). A model
+    that carries a state over N steps of a longer input by design is told apart with `--trace-shape`.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -50,7 +54,9 @@ class TraceUnrolledLoop(Rule):
     Not fixable in the graph: the loop's body is copied N times, each copy with its own step, and rebuilding an
     ONNX Loop from the copies is not attempted. The finding names the steps and the axis; re-export as the hint
     says. Loops that read their steps otherwise (a step of 2, indices computed from the shape, a one-element
-    index vector) are not found.
+    index vector) are not found; a loop that carries no state (a head applied to each frame, the frames stacked)
+    or only adds to it (`acc = acc + x[:, t]`) is only a warning without the export's sizes, as N frames read by
+    design would be.
     """
 
     code = "GF009"
@@ -62,6 +68,7 @@ class TraceUnrolledLoop(Rule):
         loops = unrolled_reads(ctx)
         sizes = sizes_if(ctx, "Gather") if loops else None
         known = export_sizes(ctx, ctx.evaluator).values if loops else {}
+        least = input_minimums(ctx.model, frames=1) if loops else {}  # below: a Conv or Pool has no input
         for data, axis, nodes in loops:
             steps = len({index for index, _ in nodes})
             shape = sizes.shape(data) if sizes else None
@@ -81,20 +88,27 @@ class TraceUnrolledLoop(Rule):
                 yield self.reject(f"Gathers read {steps} single steps of {where}, whose length {length} was "
                                   f"{at_export} at export: not every step, so no loop over it", nodes=names)
                 continue
-            shortest = _at(length, {str(symbol): 1 for symbol in length.free_symbols})
+            shortest = _at(length, {str(symbol): least.get(str(symbol), 1) for symbol in length.free_symbols})
             if shortest is not None and shortest > steps:
                 yield self.reject(f"Gathers read {steps} single steps of {where}, whose length {length} is "
-                                  f"{shortest} or more at every size: not every step, so no loop over it",
-                                  nodes=names)
+                                  f"{shortest} or more at every size the model takes: not every step, so no loop "
+                                  "over it", nodes=names)
                 continue
             first, last = min(i for i, _ in nodes), max(i for i, _ in nodes)
             message = (f"{len(nodes)} nodes read steps {first} to {last} of {where} one at a time: a Python "
                        f"loop over that axis, unrolled for {steps} steps at export")
-            if at_export == steps:
+            looped = at_export is None and _carried(ctx.graph, nodes)
+            if at_export == steps or looped:
+                known_how = (f"The axis is {length} at run time" if at_export == steps else
+                             "Each step's state goes into the next, transformed (a recurrent cell or scan, "
+                             f"not {steps} steps read apart)")
+                unless = "" if at_export == steps else (
+                    f". If the model reads {steps} steps of a longer input by design, give the export shape with "
+                    "--trace-shape: an export longer than that clears this")
                 yield self.finding(
-                    f"{message}. The axis is {length} at run time, so the model computes {steps} steps at every "
-                    f"length: onnxruntime fails where {length} < {steps}, and where {length} > {steps} the steps "
-                    f"after the first {steps} are ignored", nodes=names, tensors=[data], hint=HINT)
+                    f"{message}. {known_how}, so the model computes {steps} steps at every length: onnxruntime "
+                    f"fails where {length} < {steps}, and where {length} > {steps} the steps after the first "
+                    f"{steps} are ignored{unless}", nodes=names, tensors=[data], hint=HINT)
             else:
                 yield self.finding(
                     f"{message}, if the model was exported where {length} = {steps} (the graph does not say: the "
@@ -179,6 +193,55 @@ def _sliced(ctx: RuleContext, node: gs.Node) -> tuple[int, int] | None:
     if int(np.ravel(steps)[0]) != 1 or start < 0 or end != start + 1:
         return None
     return int(np.ravel(axes)[0]), start
+
+
+PASSIVE = frozenset({"Add", "Sub", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transpose", "Cast",
+                     "Concat", "Expand"})  # ops that add a state up, stack or move it: none transforms it
+
+
+def _carried(graph: gs.Graph, reads: list[tuple[int, gs.Node]]) -> bool:
+    """Whether each step's state goes into the next, transformed: a recurrent cell (`h = tanh(W x_t + U h)`), a
+    gated scan (`h = a_t * h + b_t`), a decay (`h = alpha * h + x_t`), not N steps read apart (stacked, or summed
+    up by Python's `sum`, whose running total is only ever added to). Each tensor gets the set of steps it depends
+    on (a bit per step, in loop order); the state after step k depends on exactly the steps 0..k, and for every
+    step but the first and the last, some node other than an addition, a stack or a move reads it."""
+    order = sorted(reads, key=lambda read: read[0] if read[0] >= 0 else -1 - read[0])
+    seeds = {node.outputs[0].name: 1 << position for position, (_, node) in enumerate(order)}
+    depends: dict[str, int] = {}
+    transformed: set[int] = set()
+    for node in _in_order(graph):
+        given = [depends.get(t.name, 0) for t in node.inputs if t.name]  # '' is an omitted input: none
+        steps = seeds.get(node.outputs[0].name, 0) if node.outputs else 0
+        for bits in given:
+            steps |= bits
+        if not steps:
+            continue
+        if node.op not in PASSIVE:
+            transformed.update(bits.bit_length() - 1 for bits in given if bits and not bits & (bits + 1))
+        depends.update((t.name, steps) for t in node.outputs if t.name)
+    return transformed >= set(range(1, len(order) - 1))
+
+
+def _in_order(graph: gs.Graph) -> list[gs.Node]:
+    """The nodes, each after the producers of its inputs (ONNX requires that order, onnxruntime does not)."""
+    producers = {t.name: node for node in graph.nodes for t in node.outputs if t.name}
+    started: set[int] = set()
+    done: set[int] = set()
+    ordered: list[gs.Node] = []
+    for start in graph.nodes:
+        stack = [(start, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                done.add(id(node))
+                ordered.append(node)
+                continue
+            if id(node) in started:  # done, or on the way (a cycle, which loading refuses, ends here)
+                continue
+            started.add(id(node))
+            stack.append((node, True))
+            stack.extend((p, False) for t in node.inputs if (p := producers.get(t.name)) and id(p) not in done)
+    return ordered
 
 
 def _every_step(steps: set[int]) -> bool:
