@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.constants import Evaluator
 from graphfix.core.rule import RuleOptions
 from graphfix.io.external_data import tensor_values
+from graphfix.io.mapped import MappedTensor
 from graphfix.io.sources import source_proto
 
 
@@ -57,6 +58,8 @@ class RuleContext:
             proto = source_proto(tensor)
             if proto is None:  # created by a fix: its values are an array already
                 return np.asarray(tensor.values)
+            if isinstance(proto, MappedTensor):  # a weight of a model parsed light: a view of the file
+                return proto.array()
             if proto.data_location == onnx.TensorProto.EXTERNAL and self.options.static:
                 return None
             return tensor_values(proto, self.base_dir)

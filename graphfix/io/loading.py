@@ -6,6 +6,7 @@ external files are only checked for safety and size.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from graphfix.core.forked import in_child
 from graphfix.io.budgets import BudgetExceeded, check_node_budget
 from graphfix.io.external_data import ExternalRef, check_external_data
 from graphfix.io.held import DataFiles, HeldFile, held, open_model
+from graphfix.io.mapped import MappedTensor, parse_light
 from graphfix.io.tensor_checks import refuse_unsupported, run_onnx_checker, validate_model
+from graphfix.io.weights import DETACH_MIN_BYTES
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 MIN_IR_VERSION = 3
@@ -34,6 +37,7 @@ class LoadedModel:
     unexpanded: str = ""  # why its functions must not be expanded (over the node budget once they are), or ''
     files: DataFiles | None = None  # its external data files, held open for every later read (graphfix.io.held)
     model_file: HeldFile | None = None  # the model file as it was checked and parsed
+    weights: dict[str, MappedTensor] = field(default_factory=dict)  # parsed light: its stubs' weights, in the file
 
     @property
     def base_dir(self) -> Path | None:
@@ -53,11 +57,12 @@ class LoadedModel:
         return str(self.path) if self.path is not None else "<model>"
 
 
-def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
+def load_model(path: str | Path, *, unexpanded: bool = False, light: bool = False) -> LoadedModel:
     """Parse `path`, check its structure, opset and external data; raise InputError naming what is wrong.
 
     A model whose functions expand past the node budget raises BudgetExceeded, unless the caller can analyse it
-    `unexpanded` (its `unexpanded` then says why)."""
+    `unexpanded` (its `unexpanded` then says why). `light`: in a forked worker, its large inline weights stay in
+    the file, memory-mapped (graphfix.io.mapped): the proto holds stubs, `weights` what they stand for."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -71,7 +76,7 @@ def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
     if head.startswith(LFS_POINTER_PREFIX):
         raise InputError(f"{path}: is a Git LFS pointer, not the model; fetch the weights with `git lfs pull`")
     try:
-        proto = _parse(model_file)  # the bytes checked, not the path read again
+        proto, weights = _parse(model_file, light)  # the bytes checked, not the path read again
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
@@ -81,15 +86,21 @@ def load_model(path: str | Path, *, unexpanded: bool = False) -> LoadedModel:
     external = check_external_data(proto, path.parent, str(path))
     refuse_unsupported(proto, str(path))
     run_onnx_checker(proto, str(path), None)  # the parsed bytes: the file is not read again
-    return LoadedModel(proto, path, external, note, files, model_file)
+    return LoadedModel(proto, path, external, note, files, model_file, weights)
 
 
-def _parse(model_file: HeldFile) -> onnx.ModelProto:
+def _parse(model_file: HeldFile, light: bool = False) -> tuple[onnx.ModelProto, dict[str, MappedTensor]]:
     """The model, parsed from the held descriptor. In a forked worker it is parsed where it lies, memory-mapped:
     no copy of the file is read into memory first (on BERT-base 0.2 s and 435 MB less, #23). A file cut short
     meanwhile by another process then raises SIGBUS, which costs that worker only (`Crashed`: one line, exit 2).
     Elsewhere (the Python API, `--debug`), or where the file cannot be mapped, it is read into memory first, as
-    `onnx.load` does."""
+    `onnx.load` does. `light` (in a worker): parsed light where the walk reads the file (graphfix.io.mapped)."""
+    if light and in_child():
+        with contextlib.suppress(OSError, ValueError):  # a file the system maps no page of: parsed whole
+            model_file.mapped()
+            parsed = parse_light(model_file, DETACH_MIN_BYTES)
+            if parsed is not None:
+                return parsed
     proto = onnx.ModelProto()
     mapped = _mapped(model_file) if in_child() else None
     if mapped is None:
@@ -99,7 +110,7 @@ def _parse(model_file: HeldFile) -> onnx.ModelProto:
             decoded = proto.ParseFromString(data)
     if decoded is not None and decoded != model_file.size:  # as onnx.load_model_from_string checks
         raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {model_file.size}")
-    return proto
+    return proto, {}
 
 
 def _mapped(model_file: HeldFile) -> mmap.mmap | None:

@@ -42,7 +42,7 @@ from graphfix.io.targets import (
     same_file,
     why_kept,
 )
-from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
+from graphfix.io.weights import Weights, has_stubs, resolve, stub_names, weight_bytes
 from graphfix.io.wire import external_locations
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -333,7 +333,7 @@ def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Pat
         for where, tensor in model_tensors(out):
             if is_stub(tensor):
                 _pad_to_alignment(data)
-                offset, raw = data.tell(), resolve(tensor, weights).raw_data
+                offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
                 data.write(raw)
                 _point_into(tensor, data_path.name, offset, len(raw))
                 continue

@@ -14,17 +14,19 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-_SOURCES: dict[int, tuple[weakref.ref, onnx.TensorProto]] = {}
+from graphfix.io.mapped import MappedTensor, MappedValues
+
+_SOURCES: dict[int, tuple[weakref.ref, onnx.TensorProto | MappedTensor]] = {}
 
 
-def remember(tensor: gs.Constant, proto: onnx.TensorProto) -> None:
+def remember(tensor: gs.Constant, proto: onnx.TensorProto | MappedTensor) -> None:
     key = id(tensor)
     if key not in _SOURCES:
         weakref.finalize(tensor, _SOURCES.pop, key, None)
     _SOURCES[key] = (weakref.ref(tensor), proto)
 
 
-def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
+def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | MappedTensor | None:
     """The proto an imported Constant was read from; None for tensors created since (their values are arrays).
 
     A Constant imported without `remember_initializers` (a graph imported for a side analysis) whose values are
@@ -34,6 +36,8 @@ def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | None:
     if entry is not None and entry[0]() is tensor:
         return entry[1]
     lazy = vars(tensor).get("_values")  # onnx-graphsurgeon keeps unloaded values there (no public accessor)
+    if isinstance(lazy, MappedValues):
+        return lazy.mapped
     return lazy.tensor if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto) else None
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import onnx
 
+from graphfix.io.mapped import MappedTensor
 from graphfix.io.protos import copy_field, copy_without_initializers
-from graphfix.io.weights import Weights, resolve
+from graphfix.io.weights import Weight, Weights, resolve
+from graphfix.io.wire import GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, key, record, varint
 
 
 def write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset[str] = frozenset()) -> None:
@@ -22,38 +24,21 @@ def write_streaming(proto: onnx.ModelProto, weights: Weights, f, skip: frozenset
             write_initializer(resolve(tensor, weights), f)
 
 
-def write_initializer(tensor: onnx.TensorProto, f) -> None:
-    """One `graph { initializer: tensor }` record; raw bytes go out without another serialized copy."""
-    if not tensor.HasField("raw_data"):
+def write_initializer(tensor: Weight, f) -> None:
+    """One `graph { initializer: tensor }` record; raw bytes go out without another serialized copy (a mapped
+    weight's from the mapped input file)."""
+    if isinstance(tensor, MappedTensor):
+        header, raw = tensor.header, tensor.data()
+    elif not tensor.HasField("raw_data"):
         f.write(record(MODEL_GRAPH, record(GRAPH_INITIALIZER, tensor.SerializeToString())))
         return
-    header = onnx.TensorProto()
-    for field, value in tensor.ListFields():
-        if field.name != "raw_data":
-            copy_field(header, field, value)
-    raw = tensor.raw_data
+    else:
+        header, raw = onnx.TensorProto(), tensor.raw_data
+        for field, value in tensor.ListFields():
+            if field.name != "raw_data":
+                copy_field(header, field, value)
     head = header.SerializeToString() + key(TENSOR_RAW_DATA) + varint(len(raw))
     tensor_length = len(head) + len(raw)
     initializer_head = key(GRAPH_INITIALIZER) + varint(tensor_length)
     f.write(key(MODEL_GRAPH) + varint(len(initializer_head) + tensor_length) + initializer_head + head)
     f.write(raw)
-
-
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
-
-
-def record(field_number: int, payload: bytes) -> bytes:
-    return key(field_number) + varint(len(payload)) + payload
-
-
-def key(field_number: int) -> bytes:
-    return varint(field_number << 3 | 2)  # wire type 2: length-delimited
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -9,6 +9,9 @@ builds a full proto only when a caller asks for one (the Python API's `result.mo
 
 Weights that a constant-foldable node reads stay inline, so that onnxsim folds exactly what it would fold in
 the full model.
+
+A weight is a TensorProto, or, for a model parsed light (graphfix.io.mapped), a `MappedTensor` whose bytes stay
+in the model file: `weight_array`, `weight_proto` and `attach` read either.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphfix.io.external_data import STUB_LOCATION, is_stub, tensor_nbytes
+from graphfix.io.mapped import MappedTensor, MappedValues
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.sources import remember, source_proto
 
 DETACH_MIN_BYTES = 64 << 10  # smaller tensors are copied: cheap, and onnxsim may fuse them (biases, norms)
 
-Weights = dict[str, onnx.TensorProto]  # stub name -> the original tensor (whose own name may differ)
+Weight = onnx.TensorProto | MappedTensor
+Weights = dict[str, Weight]  # stub name -> the original tensor (whose own name may differ)
 
 
-def stub(tensor: onnx.TensorProto, name: str | None = None) -> onnx.TensorProto:
+def stub(tensor: Weight, name: str | None = None) -> onnx.TensorProto:
     """A bytes-free stand-in with the tensor's name, type and dims."""
     placeholder = onnx.TensorProto(name=name or tensor.name, data_type=tensor.data_type, dims=tensor.dims,
                                    data_location=onnx.TensorProto.EXTERNAL)
@@ -46,13 +52,15 @@ def stub_names(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(t.name for t in model.graph.initializer if is_stub(t))
 
 
-def resolve(tensor: onnx.TensorProto, weights: Weights) -> onnx.TensorProto:
+def resolve(tensor: onnx.TensorProto, weights: Weights) -> Weight:
     """The real tensor behind a stub (named like the stub), or the tensor itself."""
     if not is_stub(tensor):
         return tensor
     real = weights.get(tensor.name)
     if real is None:
         raise ValueError(f"weight '{tensor.name}' was detached but is not in the weights map")
+    if isinstance(real, MappedTensor):
+        return real if real.name == tensor.name else real.renamed(tensor.name)
     if real.name != tensor.name:  # renamed by a fix: the output needs the new name
         renamed = onnx.TensorProto()
         renamed.CopyFrom(real)
@@ -67,8 +75,23 @@ def materialize(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
     full.CopyFrom(model)
     for tensor in full.graph.initializer:
         if is_stub(tensor):
-            tensor.CopyFrom(resolve(tensor, weights))
+            tensor.CopyFrom(weight_proto(resolve(tensor, weights)))
     return full
+
+
+def weight_proto(weight: Weight) -> onnx.TensorProto:
+    """The weight as a TensorProto with its values (a mapped one's bytes copied)."""
+    return weight.to_proto() if isinstance(weight, MappedTensor) else weight
+
+
+def weight_array(weight: Weight) -> np.ndarray:
+    """The weight's values: a mapped one's read-only view of the file, an inline one's copy."""
+    return weight.array() if isinstance(weight, MappedTensor) else onnx.numpy_helper.to_array(weight)
+
+
+def weight_bytes(weight: Weight) -> bytes | memoryview:
+    """The raw bytes of a weight that keeps its values in `raw_data` (a mapped one's, in the file)."""
+    return weight.data() if isinstance(weight, MappedTensor) else weight.raw_data
 
 
 def detach_inline(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Weights]:
@@ -92,30 +115,42 @@ def attach(graph: gs.Graph, weights: Weights) -> None:
         proto = source_proto(tensor)
         real = weights.get(tensor.name)
         if proto is not None and real is not None and is_stub(proto):
-            tensor.values = LazyValues(real)
+            tensor.values = _lazy(real)
             remember(tensor, real)
 
 
 @contextmanager
 def detached(graph: gs.Graph, weights: Weights) -> Iterator[None]:
-    """While exporting, large inline weights that no foldable node reads are stubs; `weights` records them."""
-    swapped: list[tuple[gs.Constant, onnx.TensorProto]] = []
+    """While exporting, large inline weights that no foldable node reads are stubs; `weights` records them. A
+    mapped weight that a foldable node reads is exported inline (its bytes copied: onnxsim folds it)."""
+    swapped: list[tuple[gs.Constant, Weight, int | None]] = []
     folded = _read_by_foldable_nodes(graph)
     for tensor in graph.tensors().values():
         proto = source_proto(tensor)
-        if proto is None or not _detachable(proto) or id(tensor) in folded:
+        if proto is None or not _detachable(proto):
             continue
+        if id(tensor) in folded:
+            if isinstance(proto, MappedTensor):  # exported inline, from the view (imported as a stub: EXTERNAL)
+                swapped.append((tensor, proto, tensor.data_location))
+                tensor.values, tensor.data_location = proto.array(), None
+            continue
+        swapped.append((tensor, proto, tensor.data_location))
         weights[tensor.name] = proto
-        swapped.append((tensor, proto))
         tensor.values = LazyValues(stub(proto, tensor.name))
     try:
         yield
     finally:
-        for tensor, proto in swapped:
-            tensor.values = LazyValues(proto)
+        for tensor, proto, location in swapped:
+            tensor.values, tensor.data_location = _lazy(proto), location
 
 
-def _detachable(tensor: onnx.TensorProto) -> bool:
+def _lazy(weight: Weight) -> LazyValues:
+    return MappedValues(weight) if isinstance(weight, MappedTensor) else LazyValues(weight)
+
+
+def _detachable(tensor: Weight) -> bool:
+    if isinstance(tensor, MappedTensor):
+        return True
     return (isinstance(tensor, onnx.TensorProto) and tensor.data_location != onnx.TensorProto.EXTERNAL
             and tensor.HasField("raw_data") and tensor_nbytes(tensor) >= DETACH_MIN_BYTES)
 

@@ -16,11 +16,20 @@ given twice (protobuf merges them into one), a key given twice, subgraphs nested
 The walk does not check what the parser checks elsewhere in the file, so its answer is trusted only when it is
 "no tensor keeps its values in external data", the case of the big inline models where parsing costs the most
 (graphfix.io.saving); a model with external data is small, and is parsed.
+
+`light_model` walks the same format to hand the parser a model without its large inline weights' bytes (they stay
+in the file, graphfix.io.mapped). It changes nothing the parser would read otherwise: it cuts out a tensor's one
+`raw_data` record only where the tensor has no other field that could hold values and the bytes are exactly
+what its dims need, and gives it a stub's fields in their place; every other byte is handed over as it is, and
+anything unexpected leaves the whole file to the parser.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto
 
@@ -47,6 +56,9 @@ ATTR_FIELDS = {_number(AttributeProto, "t"): AttributeProto.TENSOR, _number(Attr
 SINGULAR_ATTR = {AttributeProto.TENSOR, AttributeProto.GRAPH, AttributeProto.SPARSE_TENSOR}
 SPARSE_PARTS = (_number(SparseTensorProto, "values"), _number(SparseTensorProto, "indices"))
 TENSOR_EXTERNAL, TENSOR_LOCATION = _number(TensorProto, "external_data"), _number(TensorProto, "data_location")
+TENSOR_DIMS, TENSOR_TYPE, TENSOR_RAW_DATA = (_number(TensorProto, f) for f in ("dims", "data_type", "raw_data"))
+TENSOR_PLAIN = frozenset(_number(TensorProto, f) for f in ("dims", "data_type", "name", "raw_data", "doc_string",
+                                                           "metadata_props"))  # no other place for values
 ENTRY_KEY, ENTRY_VALUE = 1, 2  # StringStringEntryProto
 ATTRIBUTE_TYPES = frozenset(AttributeProto.AttributeType.values())
 DATA_LOCATIONS = frozenset(TensorProto.DataLocation.values())
@@ -86,22 +98,31 @@ class _Reader:
     def fields(self, start: int, end: int):
         """(number, wire type, value) of each field of the message in [start, end): a varint's value, or the
         (start, stop) of a length-delimited field's payload; fixed-size fields are skipped."""
+        for number, wire, value, _ in self.records(start, end):
+            if wire not in (I64, I32):
+                yield number, wire, value
+
+    def records(self, start: int, end: int):
+        """As `fields`, fixed-size fields too (their value None), with where each field's record (its key)
+        starts."""
         pos = start
         while pos < end:
+            begin = pos
             key, pos = self.varint(pos, end)
             number, wire = key >> 3, key & 7
             if not 1 <= number <= MAX_FIELD:
                 raise Unexpected(f"field number {number}")
             if wire == VARINT:
                 value, pos = self.varint(pos, end)
-                yield number, wire, value
+                yield number, wire, value, begin
             elif wire in (I64, I32):
                 pos += 8 if wire == I64 else 4
+                yield number, wire, None, begin
             elif wire == LEN:
                 length, pos = self.varint(pos, end)
                 if pos + length > end:
                     raise Unexpected("a field runs past its message")
-                yield number, wire, (pos, pos + length)
+                yield number, wire, (pos, pos + length), begin
                 pos += length
             else:
                 raise Unexpected(f"wire type {wire}")
@@ -209,3 +230,105 @@ def _entry(reader: _Reader, span: tuple[int, int]) -> tuple[str, str]:
             text = reader.bytes(*part)
             key, value = (text, value) if number == ENTRY_KEY else (key, text)
     return key.decode("utf-8"), value.decode("utf-8")
+
+
+@dataclass(frozen=True)
+class InlineBytes:
+    """Where the raw bytes of the initializer number `ordinal` of the graph (counted as protobuf merges the graph's
+    records) lie in the file."""
+
+    ordinal: int
+    offset: int
+    length: int
+
+
+def light_model(fd: int, size: int, min_bytes: int, stub: bytes,
+                types: Mapping[int, int]) -> tuple[bytes, list[InlineBytes]] | None:
+    """The serialized model behind `fd` with the raw bytes of each large initializer cut out, each such tensor given
+    the fields `stub` (serialized TensorProto fields) instead, and where the bytes cut out lie; None where the walk
+    cannot tell (see the module's docstring), and the caller parses the file.
+
+    An initializer is cut out only where nothing else could hold its values: its fields are its dims, data type
+    (one of `types`, data type -> item size), name, doc string, metadata and one `raw_data` of at least
+    `min_bytes`, exactly the bytes its dims need. Every other field and tensor is copied as it is."""
+    reader = _Reader(fd, size)
+    parts: list[bytes] = []
+    found: list[InlineBytes] = []
+    ordinal, pos = 0, 0
+    try:
+        for number, wire, value, begin in reader.records(0, size):
+            if number != MODEL_GRAPH:
+                continue
+            if wire != LEN:
+                raise Unexpected("the graph is not a message")
+            graph, ordinal = _light_graph(reader, value, ordinal, found, min_bytes, stub, types)
+            parts += [reader.bytes(pos, begin), key(MODEL_GRAPH), varint(len(graph)), graph]
+            pos = value[1]
+        parts.append(reader.bytes(pos, size))
+    except (Unexpected, OSError):
+        return None
+    return b"".join(parts), found
+
+
+def _light_graph(reader: _Reader, span: tuple[int, int], ordinal: int, found: list[InlineBytes], min_bytes: int,
+                 stub: bytes, types: Mapping[int, int]) -> tuple[bytes, int]:
+    parts, pos = [], span[0]
+    for number, wire, value, begin in reader.records(*span):
+        if number != GRAPH_INITIALIZER or wire != LEN:
+            continue
+        raw = _raw_bytes(reader, value, min_bytes, types)
+        if raw is not None:
+            light = reader.bytes(value[0], raw[0]) + reader.bytes(raw[2], value[1]) + stub
+            parts += [reader.bytes(pos, begin), key(GRAPH_INITIALIZER), varint(len(light)), light]
+            pos = value[1]
+            found.append(InlineBytes(ordinal, raw[1], raw[2] - raw[1]))
+        ordinal += 1
+    parts.append(reader.bytes(pos, span[1]))
+    return b"".join(parts), ordinal
+
+
+def _raw_bytes(reader: _Reader, span: tuple[int, int], min_bytes: int,
+               types: Mapping[int, int]) -> tuple[int, int, int] | None:
+    """(start of the record, start, end of the bytes) of a tensor's `raw_data`, where they are its only values."""
+    raws, dims, data_type = [], [], None
+    for number, wire, value, begin in reader.records(*span):
+        if number not in TENSOR_PLAIN or wire in (I64, I32):  # another place for values, or not as onnx.proto says
+            return None
+        if number == TENSOR_RAW_DATA:
+            if wire != LEN:
+                return None
+            raws.append((begin, *value))
+        elif number == TENSOR_TYPE and wire == VARINT:
+            data_type = value
+        elif number == TENSOR_DIMS and wire == VARINT:
+            dims.append(value)
+        elif number == TENSOR_DIMS:  # packed
+            pos = value[0]
+            while pos < value[1]:
+                dim, pos = reader.varint(pos, value[1])
+                dims.append(dim)
+        elif number == TENSOR_TYPE:
+            return None
+    if len(raws) != 1 or data_type not in types or any(d >= 1 << 48 for d in dims):  # negative or absurd dims
+        return None
+    begin, start, end = raws[0]
+    if end - start < min_bytes or end - start != math.prod(dims) * types[data_type]:
+        return None
+    return begin, start, end
+
+
+def record(field_number: int, payload: bytes) -> bytes:
+    return key(field_number) + varint(len(payload)) + payload
+
+
+def key(field_number: int, wire: int = LEN) -> bytes:
+    return varint(field_number << 3 | wire)
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

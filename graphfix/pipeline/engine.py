@@ -108,22 +108,22 @@ def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[ty
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
-              max_rounds: int = MAX_ROUNDS, solve: bool = False) -> FixOutcome:
+              max_rounds: int = MAX_ROUNDS, solve: bool = False, weights: Weights | None = None) -> FixOutcome:
     """Apply fixes until no applicable fix is left or `max_rounds` is reached. `solve`: also learn the input dims'
     export sizes from the model's own analysis, before any fix edits it (the proof starts there: one analysis of
-    the original, not two)."""
+    the original, not two). `weights`: what a light model's stubs stand for (a model parsed light)."""
     with collector_paused():
-        return _fix_rounds(model, base_dir, rules, options, max_rounds, solve)
+        return _fix_rounds(model, base_dir, rules, options, max_rounds, solve, dict(weights or {}))
 
 
 def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
-                max_rounds: int, solve: bool) -> FixOutcome:
-    ctx = analyse(model, base_dir, options)
+                max_rounds: int, solve: bool, weights: Weights) -> FixOutcome:
+    ctx = analyse(model, base_dir, options, weights)
     before = after = detect(ctx, rules)
     # only where the first round has something to apply or choose: without it no later round runs, nothing changes
     wanted = solve and any(f.fix is not None or f.choice is not None for f in before.findings)
     solved = dict(export_sizes(ctx, ctx.evaluator).values) if wanted else {}
-    weights: Weights = {}  # the rounds pass a light model on; its weights stay in the input's tensors
+    # the rounds pass a light model on; `weights` (the input's own tensors) grows with what each round detaches
     applied: list[AppliedFix] = []
     failures: list[str] = []
     tried: set[tuple[str, tuple[str, ...], str]] = set()

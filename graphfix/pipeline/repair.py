@@ -100,10 +100,11 @@ class RepairResult:
 
 def repair_file(path: Path, output: Path | None, options: RepairOptions) -> RepairResult:
     """Load and repair one model file. onnxsim's process (one per process, see OnnxsimChild) starts first: its
-    imports take about as long as loading a BERT-base, and they use the core the load leaves idle."""
+    imports take about as long as loading a BERT-base, and they use the core the load leaves idle. In a forked
+    worker the model is parsed light: its large inline weights stay in the file, mapped (graphfix.io.mapped)."""
     if options.simplify:
         OnnxsimChild.shared()
-    return repair_model(load_model(path), output, options)
+    return repair_model(load_model(path, light=True), output, options)
 
 
 def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOptions) -> RepairResult:
@@ -130,14 +131,14 @@ def _original_runner(loaded: LoadedModel) -> ModelRunner:
     proto already in memory, its weights fed as arrays that the repaired model's session will share."""
     if loaded.external and loaded.path is not None:
         return ModelRunner(loaded.proto, loaded.base_dir, loaded.path, files=loaded.files)
-    light, weights = detach_inline(loaded.proto)
-    return ModelRunner(light, loaded.base_dir, path=loaded.path, weights=weights)
+    light, weights = detach_inline(loaded.proto)  # a model parsed light has its stubs' weights already
+    return ModelRunner(light, loaded.base_dir, path=loaded.path, weights={**loaded.weights, **weights})
 
 
 def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, pool: ThreadPoolExecutor,
             original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options,
-                        solve=original is not None)
+                        solve=original is not None, weights=loaded.weights)
     if original is not None and (outcome.changed or any(f.choice is not None for f in outcome.after.findings)):
         # the export size is validated first, and exactly
         options = _with_export_sizes(loaded, options, outcome.solved)
@@ -148,7 +149,8 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
             and not _unsafe_applied(outcome):
         # Nothing above INFO: a healthy model goes out as it came, byte for byte, however tidy a fix would make it
         # (unless the user asked for an unsafe fix of a note: a sinusoidal table's rows grown past its length).
-        outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before, weights={})
+        outcome = dataclasses.replace(outcome, model=loaded.proto, applied=[], after=outcome.before,
+                                      weights=dict(loaded.weights))
     result = RepairResult(loaded.name, None, "repaired" if outcome.changed else "unchanged", outcome.applied,
                           outcome.before, outcome.after, notes=list(outcome.failures) + [chose] * bool(chose))
     unaddressed = unaddressed_errors(outcome.after)
@@ -261,7 +263,7 @@ def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
     """The proof chooses among the candidates of findings that report a Choice (graphfix.pipeline.choose)."""
     def trial(picked: dict[str, int]) -> FixOutcome:
         rule_options = dataclasses.replace(options.rule_options, choices=picked)
-        return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options)
+        return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options, weights=loaded.weights)
 
     def judge(tried: FixOutcome, picked: dict[str, int]) -> bool:
         model = tried.model

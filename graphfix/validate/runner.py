@@ -28,13 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
 from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
-from graphfix.io.weights import Weights, has_stubs, is_stub, materialize, resolve
+from graphfix.io.weights import Weight, Weights, has_stubs, is_stub, materialize, resolve, weight_array, weight_proto
 from graphfix.validate.fusion import as_written, transposes_fused
 
 ModelSource = onnx.ModelProto | pathlib.Path
@@ -178,12 +177,12 @@ class FedWeights:
                 onnx.TensorProto.BOOL}
 
     def __init__(self):
-        self._arrays: dict[int, tuple[onnx.TensorProto, np.ndarray]] = {}
+        self._arrays: dict[int, tuple[Weight, np.ndarray]] = {}
 
-    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+    def array(self, tensor: Weight) -> np.ndarray:
         hit = self._arrays.get(id(tensor))
         if hit is None or hit[0] is not tensor:
-            hit = self._arrays[id(tensor)] = (tensor, numpy_helper.to_array(tensor))
+            hit = self._arrays[id(tensor)] = (tensor, weight_array(tensor))
         return hit[1]
 
     def lift(self, light: onnx.ModelProto, weights: Weights) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -200,7 +199,7 @@ class FedWeights:
                 runnable.graph.input.append(
                     onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
             else:
-                runnable.graph.initializer.append(resolve(tensor, weights))
+                runnable.graph.initializer.append(weight_proto(resolve(tensor, weights)))
         return runnable, feeds
 
 
