@@ -210,7 +210,7 @@ def _carried(graph: gs.Graph, reads: list[tuple[int, gs.Node]]) -> bool:
     depends: dict[str, int] = {}
     transformed: set[int] = set()
     for node in _in_order(graph):
-        given = [depends.get(t.name, 0) for t in node.inputs if t.name]  # '' is an omitted input: none
+        given = [depends.get(t.name, 0) for t in _reads(node) if t.name]  # '' is an omitted input: none
         steps = seeds.get(node.outputs[0].name, 0) if node.outputs else 0
         for bits in given:
             steps |= bits
@@ -240,8 +240,19 @@ def _in_order(graph: gs.Graph) -> list[gs.Node]:
                 continue
             started.add(id(node))
             stack.append((node, True))
-            stack.extend((p, False) for t in node.inputs if (p := producers.get(t.name)) and id(p) not in done)
+            stack.extend((p, False) for t in _reads(node) if (p := producers.get(t.name)) and id(p) not in done)
     return ordered
+
+
+def _reads(node: gs.Node) -> list[gs.Tensor]:
+    """The node's inputs and the outer tensors its subgraphs read (a scripted cell inside an If's branch)."""
+    reads = list(node.inputs)
+    for value in node.attrs.values():
+        for graph in value if isinstance(value, list) else [value]:
+            if isinstance(graph, gs.Graph):
+                inner = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
+                reads += [t for n in graph.nodes for t in _reads(n) if t.name not in inner]
+    return reads
 
 
 def _every_step(steps: set[int]) -> bool:

@@ -349,3 +349,43 @@ def test_speechbrain_crdnn_with_its_ligru_is_an_error_that_diagnose_names(tmp_pa
     assert "unrolled for 20 steps" in done.stdout and "goes into the next, transformed" in done.stdout
     done = diagnose("--static", "--trace-shape", "feats=2x20x20")
     assert done.returncode == 1 and "error GF009" in done.stdout, done.stdout + done.stderr
+
+
+def hand_written_loop(layout: str):
+    """`h = tanh(x[:, t] @ W + h)` for 6 steps, written by hand: in order, in reverse order (onnxruntime runs an
+    unsorted graph), or with each step's MatMul inside an If's branches (a scripted cell: the branch reads the
+    step and W from the outer graph)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    for t in range(6):
+        step = [helper.make_node("Gather", ["x", f"i{t}"], [f"s{t}"], axis=1)]
+        if layout == "if-branch":
+            branch = [helper.make_graph([helper.make_node("MatMul", [f"s{t}", "W"], [f"{b}{t}"])], f"{b}{t}", [],
+                                        [helper.make_tensor_value_info(f"{b}{t}", TensorProto.FLOAT, None)])
+                      for b in ("then", "else")]
+            step.append(helper.make_node("If", ["cond"], [f"m{t}"], then_branch=branch[0], else_branch=branch[1]))
+        else:
+            step.append(helper.make_node("MatMul", [f"s{t}", "W"], [f"m{t}"]))
+        step += [helper.make_node("Add", [f"m{t}", f"h{t}"], [f"a{t}"]),
+                 helper.make_node("Tanh", [f"a{t}"], [f"h{t + 1}"])]
+        nodes += step
+    weights = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "W"),
+               numpy_helper.from_array(np.array(True), "cond"),
+               *(numpy_helper.from_array(np.array(t, np.int64), f"i{t}") for t in range(6))]
+    graph = helper.make_graph(nodes[::-1] if layout == "reversed" else nodes, "loop",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", 4]),
+                               helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("h6", TensorProto.FLOAT, ["batch", 4])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("layout", ["in-order", "reversed", "if-branch"])
+def test_a_hand_written_loop_is_found_in_any_node_order_and_through_a_branch(tmp_path, layout):
+    """Found by a review: a graph in reverse order, or a cell inside an If, was a warning (the walk took the
+    nodes in file order, and an If's branches read outer tensors that are not its inputs)."""
+    import onnx
+
+    path = tmp_path / "loop.onnx"
+    onnx.save(hand_written_loop(layout), path)
+    assert [(f.rule, len(f.nodes)) for f in errors(path)] == [("GF009", 6)]
