@@ -52,6 +52,7 @@ class HeldFile:
             raise
         self.path = Path(real)
         self.size = info.st_size
+        self.modified = info.st_mtime_ns
         self.links = info.st_nlink
         self._map: mmap.mmap | None = None
         self._lock = threading.Lock()
@@ -90,6 +91,11 @@ class HeldFile:
             out.write(chunk)
             done += len(chunk)
 
+    def changed(self) -> bool:
+        """Whether the file was written since it was opened (its size or its modification time moved)."""
+        info = os.fstat(self.fd)
+        return (info.st_size, info.st_mtime_ns) != (self.size, self.modified)
+
     def mapped(self) -> mmap.mmap:
         """The whole file, memory-mapped read-only from the descriptor (once)."""
         with self._lock:
@@ -120,6 +126,10 @@ class DataFiles:
 
     def get(self, location: str) -> HeldFile | None:
         return self._files.get(location)
+
+    def opened(self) -> list[HeldFile]:
+        with self._lock:
+            return list(self._files.values())
 
 
 _FOLDERS: weakref.WeakValueDictionary[str, DataFiles] = weakref.WeakValueDictionary()

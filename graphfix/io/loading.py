@@ -52,6 +52,14 @@ class LoadedModel:
             ends[path] = max(ends.get(path, 0), ref.offset + ref.length)
         return ends
 
+    def changed_file(self) -> HeldFile | None:
+        """The model file or a data file written since loading opened it. Its weights are read from those files
+        for as long as a repair runs (mapped, copied into the output): bytes written meanwhile by another process
+        were never validated."""
+        files = [self.model_file] if self.model_file is not None else []
+        files += self.files.opened() if self.files is not None else []
+        return next((f for f in files if f.changed()), None)
+
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else "<model>"

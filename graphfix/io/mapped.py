@@ -31,6 +31,7 @@ from graphfix.io.wire import TENSOR_EXTERNAL, TENSOR_LOCATION, VARINT, key, ligh
 MAPPED_TYPES = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.FLOAT16: "<f2", onnx.TensorProto.DOUBLE: "<f8",
                 onnx.TensorProto.INT8: "i1", onnx.TensorProto.UINT8: "u1", onnx.TensorProto.INT16: "<i2",
                 onnx.TensorProto.INT32: "<i4", onnx.TensorProto.INT64: "<i8", onnx.TensorProto.BOOL: "?"}
+PROTOBUF_MAX = 2**31 - 1  # the largest message protobuf parses
 STUB_FIELDS = (key(TENSOR_LOCATION, VARINT) + varint(onnx.TensorProto.EXTERNAL)
                + record(TENSOR_EXTERNAL, record(1, b"location") + record(2, STUB_LOCATION.encode())))
 
@@ -98,6 +99,8 @@ def parse_light(model_file: HeldFile, min_bytes: int) -> tuple[onnx.ModelProto, 
     """The model with each inline initializer of at least `min_bytes` (of a type numpy views) as a stub, and the
     mapped weight of each stub by name; None where the file's wire format is not one the walk reads (the caller
     parses it whole)."""
+    if model_file.size > PROTOBUF_MAX:  # protobuf refuses it whole: so must this
+        return None
     light = light_model(model_file.fd, model_file.size, min_bytes, STUB_FIELDS,
                         {t: np.dtype(d).itemsize for t, d in MAPPED_TYPES.items()})
     if light is None:
@@ -108,6 +111,8 @@ def parse_light(model_file: HeldFile, min_bytes: int) -> tuple[onnx.ModelProto, 
     if decoded is not None and decoded != len(data):
         return None
     initializers = proto.graph.initializer
+    if len({t.name for t in initializers}) != len(initializers):  # refused by the checks: parsed whole, as it is
+        return None
     weights = {}
     for place in places:
         stub = initializers[place.ordinal]

@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.errors import InputError
-from graphfix.io.external_data import has_external_data, model_tensors, tensor_nbytes
+from graphfix.io.external_data import has_external_data, is_stub, model_tensors, tensor_nbytes
 from graphfix.io.graph_checks import check_acyclic, check_local_calls, check_names, every_graph, is_sorted, sort_nodes
 from graphfix.io.protos import lift_initializers
 
@@ -228,7 +228,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
-    elif heavy := _heavy_initializers(proto):
+    elif heavy := _heavy_initializers(proto, name):
         # On the file, the checker would parse every weight again (0.9 s on BERT-base) for checks graphfix has
         # run already (check_tensor): it gets the graph with those weights as typed inputs.
         proto, path = lift_initializers(proto, heavy), None
@@ -236,11 +236,11 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         onnx.checker.check_model(str(path) if path is not None else proto)
     except onnx.checker.ValidationError as exc:
         text = " ".join(str(exc).split())
-        if EXTERNAL_DATA_COMPLAINT.search(text):
-            return  # graphfix checked external data already (io/external_data.py), links into a hub cache included
-        if "topologically sorted" not in text:
-            raise InputError(f"{name}: {_checker_line(text)}") from None
-        _check_unsorted(proto, name)
+        # graphfix checked external data already (io/external_data.py), links into a hub cache included
+        if not EXTERNAL_DATA_COMPLAINT.search(text):
+            if "topologically sorted" not in text:
+                raise InputError(f"{name}: {_checker_line(text)}") from None
+            _check_unsorted(proto, name)
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(f"{name}: {_checker_line(' '.join(str(exc).split()))}") from None
     check_types(given, name)
@@ -272,16 +272,21 @@ def _unshaped_io(proto: onnx.ModelProto) -> set[str]:
             if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")}
 
 
-def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
-    """With at least HEAVY_BYTES of inline weights (IR >= 4, where initializers need not be graph inputs): the
+def _heavy_initializers(proto: onnx.ModelProto, name: str) -> set[str]:
+    """The stubs of a model parsed light (graphfix.io.mapped: their bytes are in the file, checked by the walk),
+    and with at least HEAVY_BYTES of inline weights (IR >= 4, where initializers need not be graph inputs): the
     names of the external initializers and of the inline ones of at least HEAVY_TENSOR_BYTES. Sizes come from
     the dims, which `check_tensor` matched to the values (reading `raw_data` would copy it)."""
-    if proto.ir_version < 4:
-        return set()
+    stubs = {t.name for t in proto.graph.initializer if is_stub(t)}
+    if proto.ir_version < 4:  # the checker's own rule, which lifting the stubs would hide
+        inputs = {i.name for i in proto.graph.input}
+        if missing := sorted(stubs - inputs):
+            raise InputError(f"{name}: {missing[0]} in initializer but not in graph input")
+        return stubs
     inline = {t.name: tensor_nbytes(t) for t in proto.graph.initializer if t.data_location != TensorProto.EXTERNAL}
     if sum(inline.values()) < HEAVY_BYTES:
-        return set()
-    return ({t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+        return stubs
+    return (stubs | {t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
             | {name for name, size in inline.items() if size >= HEAVY_TENSOR_BYTES})
 
 

@@ -111,10 +111,10 @@ def attach(graph: gs.Graph, weights: Weights) -> None:
     """Give the stubs of an imported light graph their real values back (lazily: nothing is read or copied)."""
     if not weights:
         return
-    for tensor in graph.tensors().values():
+    for tensor in _every_tensor(graph):
         proto = source_proto(tensor)
         real = weights.get(tensor.name)
-        if proto is not None and real is not None and is_stub(proto):
+        if isinstance(proto, onnx.TensorProto) and real is not None and is_stub(proto):  # once per tensor
             tensor.values = _lazy(real)
             remember(tensor, real)
 
@@ -124,15 +124,19 @@ def detached(graph: gs.Graph, weights: Weights) -> Iterator[None]:
     """While exporting, large inline weights that no foldable node reads are stubs; `weights` records them. A
     mapped weight that a foldable node reads is exported inline (its bytes copied: onnxsim folds it)."""
     swapped: list[tuple[gs.Constant, Weight, int | None]] = []
-    folded = _read_by_foldable_nodes(graph)
-    for tensor in graph.tensors().values():
-        proto = source_proto(tensor)
+    folded = _read_by_foldable_nodes(graph) | _read_in_subgraphs(graph)  # a subgraph's weights stay inline
+    main, seen = {id(t) for t in graph.tensors().values()}, set()
+    for tensor in _every_tensor(graph):
+        proto = source_proto(tensor) if id(tensor) not in seen else None  # an outer tensor a subgraph reads
+        seen.add(id(tensor))
         if proto is None or not _detachable(proto):
             continue
         if id(tensor) in folded:
             if isinstance(proto, MappedTensor):  # exported inline, from the view (imported as a stub: EXTERNAL)
                 swapped.append((tensor, proto, tensor.data_location))
                 tensor.values, tensor.data_location = proto.array(), None
+            continue
+        if id(tensor) not in main:  # a subgraph's own weight: stays as it is
             continue
         swapped.append((tensor, proto, tensor.data_location))
         weights[tensor.name] = proto
@@ -142,6 +146,26 @@ def detached(graph: gs.Graph, weights: Weights) -> Iterator[None]:
     finally:
         for tensor, proto, location in swapped:
             tensor.values, tensor.data_location = _lazy(proto), location
+
+
+def _subgraphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    yield sub
+                    yield from _subgraphs(sub)
+
+
+def _every_tensor(graph: gs.Graph) -> Iterator[gs.Tensor]:
+    """The graph's tensors and its subgraphs' (an outer weight read only in an If's branch is one of these)."""
+    yield from graph.tensors().values()
+    for sub in _subgraphs(graph):
+        yield from sub.tensors().values()
+
+
+def _read_in_subgraphs(graph: gs.Graph) -> set[int]:
+    return {id(t) for sub in _subgraphs(graph) for node in sub.nodes for t in node.inputs}
 
 
 def _lazy(weight: Weight) -> LazyValues:

@@ -51,7 +51,7 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
     diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
     report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
     if probe_options is not None:
-        from graphfix.pipeline.repair import trace_sizes
+        from graphfix.validate.sizes import trace_sizes
 
         traced = trace_sizes(loaded.proto, rule_options.trace_shapes)
         if traced and not probe_options.trace_sizes:  # --trace-shape also sets the first probe size

@@ -23,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from graphfix.core.errors import InputError
 from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.saving import (
@@ -41,6 +42,7 @@ from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.runner import ModelRunner
+from graphfix.validate.sizes import trace_sizes
 
 
 @dataclass
@@ -100,8 +102,8 @@ class RepairResult:
 
 def repair_file(path: Path, output: Path | None, options: RepairOptions) -> RepairResult:
     """Load and repair one model file. onnxsim's process (one per process, see OnnxsimChild) starts first: its
-    imports take about as long as loading a BERT-base, and they use the core the load leaves idle. In a forked
-    worker the model is parsed light: its large inline weights stay in the file, mapped (graphfix.io.mapped)."""
+    imports take about as long as loading a BERT-base, and they use the core the load leaves idle. In a worker
+    the model is parsed light (graphfix.io.mapped)."""
     if options.simplify:
         OnnxsimChild.shared()
     return repair_model(load_model(path, light=True), output, options)
@@ -127,10 +129,10 @@ def _unsafe_applied(outcome) -> bool:
 
 
 def _original_runner(loaded: LoadedModel) -> ModelRunner:
-    """With external data, from the proto and the data files loading holds (mapped, not copied). Inline, from the
-    proto already in memory, its weights fed as arrays that the repaired model's session will share."""
-    if loaded.external and loaded.path is not None:
-        return ModelRunner(loaded.proto, loaded.base_dir, loaded.path, files=loaded.files)
+    """With external data, from the proto and the data files loading holds (mapped, not copied). Inline, its weights
+    fed as arrays that the repaired model's session will share (views of the mapped file, parsed light)."""
+    if loaded.external and loaded.path is not None:  # its large inline weights are mapped too, if any
+        return ModelRunner(loaded.proto, loaded.base_dir, loaded.path, weights=loaded.weights, files=loaded.files)
     light, weights = detach_inline(loaded.proto)  # a model parsed light has its stubs' weights already
     return ModelRunner(light, loaded.base_dir, path=loaded.path, weights={**loaded.weights, **weights})
 
@@ -215,6 +217,8 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
                 result.notes.append("written despite failed validation (--force)")
         staged = staging.result()
         if commit:
+            if changed := loaded.changed_file():  # bytes the proof never saw would go out
+                raise InputError(f"{loaded.name}: {changed.path} changed while it was repaired; nothing written")
             result.output = str(staged.commit())
             result.notes.extend(staged.kept)
     finally:
@@ -384,16 +388,3 @@ def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner
     if traced and not validation.trace_sizes:  # the export size is the first size validated
         validation = dataclasses.replace(validation, trace_sizes=traced)
     return validate(original, candidate, validation)
-
-
-def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
-    """Symbolic dim name -> export-time size, from --trace-shape NAME=2x400 and the inputs' dim names."""
-    sizes: dict[str, int] = {}
-    for graph_input in model.graph.input:
-        shape = trace_shapes.get(graph_input.name)
-        dims = graph_input.type.tensor_type.shape.dim
-        for dim, size in zip(dims, shape or (), strict=False):
-            if dim.dim_param and size is not None:
-                sizes.setdefault(dim.dim_param, int(size))
-    return sizes
-

@@ -88,6 +88,9 @@ class ModelRunner:
             runnable = proto
             if self.weights and has_stubs(proto):
                 runnable, self.weight_feeds = self.fed.lift(proto, self.weights)
+            if has_stubs(runnable):  # onnxruntime would look for a file named like the placeholder
+                name = next(t.name for t in runnable.graph.initializer if is_stub(t))
+                raise ValueError(f"weight '{name}' is kept apart from the model, but no weights were given")
             runnable, self.fused = transposes_fused(runnable, self.weight_feeds)
             self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
                            for name, array in linked_weights(runnable, base_dir).items()}

@@ -349,3 +349,15 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def _small_inline(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64
+
+
+def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:
+    """Symbolic dim name -> export-time size, from --trace-shape NAME=2x400 and the inputs' dim names."""
+    sizes: dict[str, int] = {}
+    for graph_input in model.graph.input:
+        shape = trace_shapes.get(graph_input.name)
+        dims = graph_input.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape or (), strict=False):
+            if dim.dim_param and size is not None:
+                sizes.setdefault(dim.dim_param, int(size))
+    return sizes

@@ -171,3 +171,121 @@ def test_an_unchanged_model_parsed_light_is_copied_as_it_came(tmp_path):
     [report] = cli_repair(path, tmp_path / "out.onnx")["models"]
     assert report["status"] == "unchanged"
     assert (tmp_path / "out.onnx").read_bytes() == path.read_bytes()
+
+
+def with_a_weight_read_in_a_branch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The table model with one more output read by an If whose branches both read a heavy outer `W` (found by a
+    review: its Constant kept the stub, and the repaired model did not load)."""
+    model.graph.initializer.append(numpy_helper.from_array(
+        np.random.default_rng(1).standard_normal((4096, 8)).astype(np.float32), "W"))
+    branches = [helper.make_graph([helper.make_node("Gather", ["W", "idx"], [f"{b}0"], axis=0),
+                                   helper.make_node(op, [f"{b}0"], [b])], b, [],
+                                  [helper.make_tensor_value_info(b, TensorProto.FLOAT, ["K", 8])])
+                for b, op in (("then", "Identity"), ("other", "Neg"))]
+    model.graph.node.extend([helper.make_node("ReduceSum", ["idx"], ["s"], keepdims=0),
+                             helper.make_node("Cast", ["s"], ["cond"], to=TensorProto.BOOL),
+                             helper.make_node("If", ["cond"], ["iz"], then_branch=branches[0],
+                                              else_branch=branches[1])])
+    model.graph.input.append(helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"]))
+    model.graph.output.append(helper.make_tensor_value_info("iz", TensorProto.FLOAT, ["K", 8]))
+    return model
+
+
+def test_a_weight_read_only_in_a_branch_is_written_as_the_api_writes_it(tmp_path):
+    path = tmp_path / "table.onnx"
+    onnx.save(with_a_weight_read_in_a_branch(table_model()[0]), path)
+    [report] = cli_repair(path, tmp_path / "cli.onnx")["models"]
+    assert report["status"] == "repaired", report["error"]
+    graphfix.repair(path, output=tmp_path / "api.onnx")
+    assert (tmp_path / "cli.onnx").read_bytes() == (tmp_path / "api.onnx").read_bytes()
+
+
+def test_a_model_with_external_data_and_a_mapped_weight_runs_its_original(tmp_path):
+    """Weights of 1 MiB and more in external data, one of 256 KiB inline (parsed light): the original's session
+    reads the inline one from the mapped file (found by a review: it looked for a file named like the stub's
+    placeholder, so the healthy model 'failed at every probe size', and a planted file of that name was read)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["big", "idx"], ["a"], axis=0),
+         helper.make_node("Gather", ["mid", "idx"], ["b"], axis=0), helper.make_node("Add", ["a", "b"], ["z"])],
+        "mixed",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["K", 64])],
+        [numpy_helper.from_array(rng.standard_normal((8192, 64)).astype(np.float32), "big"),
+         numpy_helper.from_array(rng.standard_normal((1024, 64)).astype(np.float32), "mid")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "model.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="model.data", size_threshold=1 << 20)
+    (tmp_path / "in" / "__graphfix_weights_not_loaded__").write_bytes(b"\0")  # too short for any weight
+    [report] = cli_repair(path, tmp_path / "out" / "model.onnx")["models"]
+    assert report["status"] == "unchanged" and report["validation"]["evidence"] == "original", report
+
+
+@pytest.mark.parametrize(("model", "refusal"), [
+    ("no-opset-import", "No opset import for domain 'com.microsoft'"),
+    ("ir3-initializer-not-input", "in initializer but not in graph input"),
+    ("duplicate-weights", "not unique"),
+])
+def test_a_model_parsed_light_gets_every_check_the_parser_s_gets(tmp_path, model, refusal):
+    """Found by a review: onnx's checker stopped at the first stub (its data 'should be stored in' the
+    placeholder), graphfix took that for the external-data complaint it lets pass, and every later check
+    (types, opsets, IR 3's initializers as inputs) was skipped: such models were repaired with exit 0."""
+    weight = numpy_helper.from_array(np.ones((128, 256), np.float32), "w")
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft") if model == "no-opset-import"
+             else helper.make_node("Identity", ["x"], ["g"]), helper.make_node("MatMul", ["g", "w"], ["y"])]
+    inits = [weight, numpy_helper.from_array(np.ones((128, 256), np.float32), "w")] \
+        if model == "duplicate-weights" else [weight]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 128])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=3 if model == "ir3-initializer-not-input" else 8)
+    if model == "ir3-initializer-not-input":
+        del proto.opset_import[:]
+        proto.opset_import.append(helper.make_opsetid("", 8))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and refusal in done.stdout + done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_file_protobuf_refuses_for_its_size_is_not_parsed_light(tmp_path):
+    """Past 2 GiB protobuf parses no model; parsed light, its weight cut out, it would have been (found by a
+    review: a 2.4 GB file was repaired into a copy nothing can load). The file is sparse: no disk is used."""
+    count = 600_000_000  # float32: 2.4 GB
+    graph = helper.make_graph([helper.make_node("Gather", ["W", "idx"], ["z"], axis=0)], "g",
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["K"])])
+    head = onnx.TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[count]).SerializeToString()
+    head += key(TENSOR_RAW_DATA) + varint(4 * count)
+    initializer = key(5) + varint(len(head) + 4 * count)
+    start = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    start += key(7) + varint(len(initializer) + len(head) + 4 * count) + initializer + head
+    path = tmp_path / "huge.onnx"
+    with open(path, "wb") as f:
+        f.write(start)
+        f.truncate(len(start) + 4 * count)
+    assert light(path) is None
+
+
+def test_an_input_written_while_it_is_repaired_is_named(tmp_path):
+    """Its weights are read from the file until the output is written: `repair` writes nothing once the model
+    file or a data file changed since loading opened it (a review rewrote a 400 MB input mid-run, and the output
+    carried weights the proof never saw). The check itself, on the files loading holds."""
+    from graphfix.io.external_data import data_file
+    from graphfix.io.loading import load_model
+
+    model, _ = table_model()
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "table.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="table.data", size_threshold=64 << 10)
+    loaded = load_model(path)
+    data = next(iter(loaded.data_files))
+    data_file(loaded.base_dir, data.name)  # opened at its first read, as the proof's sessions read it
+    assert loaded.changed_file() is None
+    with open(data, "r+b") as f:  # in place: same size, new bytes
+        f.seek(8)
+        f.write(b"\1\2\3\4")
+    assert loaded.changed_file() is not None and loaded.changed_file().path == data.resolve()
