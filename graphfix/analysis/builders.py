@@ -14,6 +14,15 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.constants import Elem
 
+# The first opset of each op in the form the builders write it (Slice's and ReduceSum's bounds as inputs, ...).
+# An older model cannot take it: the fix raises (the engine drops it with that reason) rather than write a node
+# onnxruntime will not load.
+FIRST_OPSET = {"Slice": 10, "Mod": 10, "Range": 11, "CumSum": 11, "LessOrEqual": 12, "Trilu": 14}
+
+
+class OpsetTooOld(Exception):
+    pass
+
 
 class Builder:
     """Appends nodes to `graph` with names derived from `prefix`; opset-aware where ops changed signature."""
@@ -27,6 +36,9 @@ class Builder:
         return gs.Constant(f"{self.prefix}_c{self.count}", np.asarray(values, dtype=dtype))
 
     def op(self, op: str, inputs: list, attrs: dict | None = None, dtype=np.int64) -> gs.Variable:
+        if self.opset < FIRST_OPSET.get(op, 0):
+            raise OpsetTooOld(f"the fix needs {op} of opset {FIRST_OPSET[op]} or later, and the model imports opset "
+                              f"{self.opset}: re-export it with a newer opset_version")
         self.count += 1
         out = gs.Variable(f"{self.prefix}_{op.lower()}{self.count}", dtype=dtype)
         self.graph.nodes.append(gs.Node(op, f"{self.prefix}/{op}_{self.count}", attrs or {}, inputs, [out]))

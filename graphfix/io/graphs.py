@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from graphfix.core.errors import InputError
+from graphfix.io.protos import initializers_as_inputs
 from graphfix.io.sources import remember_initializers
 from graphfix.io.weights import Weights, attach, detached
 
@@ -119,4 +120,4 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto, weights: Weights | None
     model.metadata_props.extend(like.metadata_props)
     if not model.functions and like.functions:
         model.functions.extend(like.functions)
-    return model
+    return initializers_as_inputs(model)

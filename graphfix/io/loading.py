@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from graphfix.core.errors import InputError
 from graphfix.core.forked import in_child
 from graphfix.io.budgets import BudgetExceeded, check_node_budget
-from graphfix.io.external_data import ExternalRef, check_external_data
+from graphfix.io.external_data import STUB_LOCATION, ExternalRef, check_external_data, is_stub, model_tensors
 from graphfix.io.held import DataFiles, HeldFile, held, open_model
 from graphfix.io.mapped import MappedTensor, parse_light
 from graphfix.io.tensor_checks import refuse_unsupported, run_onnx_checker, validate_model
@@ -88,6 +88,7 @@ def load_model(path: str | Path, *, unexpanded: bool = False, light: bool = Fals
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(f"{path}: {_parse_failure(head, size, exc)}") from exc
     check_structure(proto, str(path))
+    _refuse_placeholders(proto, weights, str(path))
     note = _node_budget(proto, str(path), unexpanded)  # before the checks, which walk every node
     validate_model(proto, str(path))
     files = held(path.parent)
@@ -119,6 +120,15 @@ def _parse(model_file: HeldFile, light: bool = False) -> tuple[onnx.ModelProto, 
     if decoded is not None and decoded != model_file.size:  # as onnx.load_model_from_string checks
         raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {model_file.size}")
     return proto, {}
+
+
+def _refuse_placeholders(proto: onnx.ModelProto, weights: dict[str, MappedTensor], name: str) -> None:
+    """A tensor of the file that names graphfix's placeholder as its location (the stubs of a light parse are the
+    only ones, each standing for a weight in `weights`)."""
+    for where, tensor in model_tensors(proto):
+        if is_stub(tensor) and tensor.name not in weights:
+            raise InputError(f"{name}: {where} names '{STUB_LOCATION}' as its external data, a name graphfix keeps "
+                             "for itself; refusing to read it")
 
 
 def _mapped(model_file: HeldFile) -> mmap.mmap | None:

@@ -18,13 +18,14 @@ are (graphfix.validate.runner maps them too).
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from graphfix.io.external_data import STUB_LOCATION
+from graphfix.io.external_data import STUB_LOCATION, model_tensors
 from graphfix.io.held import HeldFile
 from graphfix.io.wire import TENSOR_EXTERNAL, TENSOR_LOCATION, VARINT, key, light_model, record, varint
 
@@ -113,6 +114,9 @@ def parse_light(model_file: HeldFile, min_bytes: int) -> tuple[onnx.ModelProto, 
     initializers = proto.graph.initializer
     if len({t.name for t in initializers}) != len(initializers):  # refused by the checks: parsed whole, as it is
         return None
+    named = Counter(tensor.name for _, tensor in model_tensors(proto))
+    if any(named[initializers[place.ordinal].name] > 1 for place in places):
+        return None  # another tensor of that name (a subgraph's own, shadowing it): parsed whole, each as it is
     weights = {}
     for place in places:
         stub = initializers[place.ordinal]

@@ -41,3 +41,14 @@ def copy_field(target, field, value) -> None:
         getattr(target, field.name).CopyFrom(value)
     else:
         setattr(target, field.name, value)
+
+
+def initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, where its IR version is below 4, with every initializer of its graph declared as a graph input too
+    (IR 3 requires it; onnx-graphsurgeon and onnxsim write IR 4's form): in place."""
+    if model.ir_version >= 4:
+        return model
+    inputs = {i.name for i in model.graph.input}
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer if t.name not in inputs)
+    return model

@@ -26,6 +26,7 @@ import onnx
 from graphfix.core.errors import InputError
 from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
+from graphfix.io.protos import initializers_as_inputs
 from graphfix.io.saving import (
     StagedModel,
     finish_stage,
@@ -374,7 +375,8 @@ def _with_export_sizes(loaded: LoadedModel, options: RepairOptions, solved: dict
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:
     outcome = simplify(model, base_dir=base_dir)
-    return outcome.model, outcome.message or ("simplified with onnxsim" if outcome.applied else "")
+    message = outcome.message or ("simplified with onnxsim" if outcome.applied else "")
+    return initializers_as_inputs(outcome.model), message
 
 
 def _validate(loaded: LoadedModel, original: ModelRunner, candidate: ModelRunner | Path | None,

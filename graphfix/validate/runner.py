@@ -194,13 +194,15 @@ class FedWeights:
         runnable = copy_without_initializers(light)
         custom = {name for node in light.graph.node if node.domain not in ("", "ai.onnx") for name in node.input}
         feeds: dict[str, np.ndarray] = {}
+        inputs = {i.name for i in light.graph.input}  # IR < 4 declares its initializers as inputs already
         for tensor in light.graph.initializer:
             if not is_stub(tensor):
                 runnable.graph.initializer.append(tensor)
             elif tensor.data_type in self.FEEDABLE and tensor.name not in custom:
                 feeds[tensor.name] = self.array(resolve(tensor, weights))
-                runnable.graph.input.append(
-                    onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+                if tensor.name not in inputs:
+                    runnable.graph.input.append(
+                        onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
             else:
                 runnable.graph.initializer.append(weight_proto(resolve(tensor, weights)))
         return runnable, feeds

@@ -175,6 +175,8 @@ LOCATIONS: dict[str, tuple] = {
     "past-end": (lambda r: _loc("w.bin", offset="250"), None),
     "repeated-key": (lambda r: [("location", "w.bin"), ("offset", "0"), ("offset", "64")], None),
     "unknown-key": (lambda r: _loc("w.bin", rogue="1"), None),
+    "placeholder": (lambda r: _loc("__graphfix_weights_not_loaded__"),  # graphfix's own, a file of that name there
+                    lambda r: (r / "model" / "__graphfix_weights_not_loaded__").write_bytes(SECRET)),
 }
 CONTROLS = {"good": lambda r: _loc("w.bin"), "good-offset": lambda r: _loc("w.bin", offset="64")}
 

@@ -289,3 +289,48 @@ def test_an_input_written_while_it_is_repaired_is_named(tmp_path):
         f.seek(8)
         f.write(b"\1\2\3\4")
     assert loaded.changed_file() is not None and loaded.changed_file().path == data.resolve()
+
+
+def test_an_ir3_model_keeps_its_initializers_as_inputs(tmp_path):
+    """IR 3 declares every initializer as a graph input: the original's session got the mapped weight as an input
+    twice ('Duplicate definition-site'), and the repaired output lost the declarations, which onnx's checker
+    then refused (found by a review)."""
+    model, _ = table_model()
+    model.ir_version = 3
+    inputs = {i.name for i in model.graph.input}
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer if t.name not in inputs)
+    path = tmp_path / "ir3.onnx"
+    onnx.save(model, path)
+    [report] = cli_repair(path, tmp_path / "out.onnx")["models"]
+    assert report["status"] == "repaired" and report["validation"]["passed"], report
+    assert all(run["derived"] for run in report["validation"]["runs"] if run["sizes"]["T"] not in (1, EXPORT_T))
+    onnx.checker.check_model(str(tmp_path / "out.onnx"))
+
+
+def test_a_branch_weight_named_like_a_mapped_one_is_parsed_whole(tmp_path):
+    """A branch's own initializer named like the large outer `W` (it shadows it there): the stub leaked into the
+    branch and the repaired model did not load (found by a review). Such a file is parsed whole."""
+    model = with_a_weight_read_in_a_branch(table_model()[0])
+    then = model.graph.node[-1].attribute[0].g
+    then.initializer.append(numpy_helper.from_array(np.ones((4096, 8), np.float32), "W"))
+    path = tmp_path / "table.onnx"
+    onnx.save(model, path)
+    assert light(path) is None
+    assert cli_repair(path, tmp_path / "cli.onnx")["models"][0]["status"] == "repaired"
+    graphfix.repair(path, output=tmp_path / "api.onnx")
+    assert (tmp_path / "cli.onnx").read_bytes() == (tmp_path / "api.onnx").read_bytes()
+
+
+def test_a_tensor_naming_the_placeholder_is_refused_in_one_line(tmp_path):
+    model, _ = table_model()
+    weight = model.graph.initializer[1]  # c
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="__graphfix_weights_not_loaded__")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "a name graphfix keeps for itself" in done.stdout + done.stderr, done.stdout
+    assert "Traceback" not in done.stderr and "internal error" not in done.stdout + done.stderr

@@ -66,6 +66,8 @@ COVERED = {
     "data past the end of the file": ["location:past-end", "location:huge-offset"],
     "a length other than the tensor's size": ["location:short-length", "location:long-length"],
     "Locations resolve against the model's folder, never the working directory": ["location:relative-to-cwd"],
+    "so is a tensor that names graphfix's own placeholder (`__graphfix_weights_not_loaded__`) as its location": [
+        "location:placeholder"],
 }
 # README phrases no fuzz table makes, and the test that holds graphfix to them instead
 ELSEWHERE = {

@@ -362,3 +362,30 @@ def test_positions_read_other_than_through_the_cut_are_not_regrown():
     findings = gf006(graphfix.diagnose(rotary(summed=True), static=True))
     assert findings and all(f.fix is None for f in findings), [f.message for f in findings]
     assert any("not regrown" in f.message for f in findings), [f.message for f in findings]
+
+
+def test_a_fix_the_model_s_opset_cannot_hold_is_dropped_with_its_reason(tmp_path):
+    """Opset 9 has only Slice-1, whose bounds are attributes: the fix's Slice up to x.shape[1] cannot be written
+    there. It wrote one anyway, which onnxruntime refused to load (found by a review); the fix is dropped, the
+    model refused with the reason, and nothing is written."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    pe = np.random.default_rng(0).standard_normal((1, 4096, 8)).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "c"], ["h"]),
+             helper.make_node("Slice", ["pe"], ["pe_mem"], starts=[0], ends=[16], axes=[1]),
+             helper.make_node("Add", ["mem", "pe_mem"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["h", "kt"], ["y"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 8]),
+                                           helper.make_tensor_value_info("mem", TensorProto.FLOAT, ["B", 16, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 16])],
+                              [numpy_helper.from_array(pe, "pe"), numpy_helper.from_array(pe[:, :7].copy(), "c")])
+    path = tmp_path / "opset9.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), path)
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "needs Slice of opset 10 or later" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "o.onnx").exists()
