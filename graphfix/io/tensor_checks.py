@@ -219,6 +219,10 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
     never the working directory (external data is checked by graphfix first). An in-memory model with external
     data is checked without its initializers, which would otherwise be looked up in the working directory."""
     given = proto
+    if proto.ir_version < 4:  # the checker's own rule, which lifting initializers (a light model's stubs) hides
+        inputs = {i.name for i in proto.graph.input}
+        if missing := [t.name for t in proto.graph.initializer if t.name not in inputs]:
+            raise InputError(f"{name}: {missing[0]} in initializer but not in graph input")
     unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
     if unshaped or dangling or (path is None and has_external_data(proto)):
         proto, path = lift_initializers(proto), None
@@ -228,7 +232,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         kept = [v for v in proto.graph.output if v.name not in dangling]  # GF001's finding, not a load error
         del proto.graph.output[:]
         proto.graph.output.extend(kept)
-    elif heavy := _heavy_initializers(proto, name):
+    elif heavy := _heavy_initializers(proto):
         # On the file, the checker would parse every weight again (0.9 s on BERT-base) for checks graphfix has
         # run already (check_tensor): it gets the graph with those weights as typed inputs.
         proto, path = lift_initializers(proto, heavy), None
@@ -272,16 +276,13 @@ def _unshaped_io(proto: onnx.ModelProto) -> set[str]:
             if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")}
 
 
-def _heavy_initializers(proto: onnx.ModelProto, name: str) -> set[str]:
+def _heavy_initializers(proto: onnx.ModelProto) -> set[str]:
     """The stubs of a model parsed light (graphfix.io.mapped: their bytes are in the file, checked by the walk),
     and with at least HEAVY_BYTES of inline weights (IR >= 4, where initializers need not be graph inputs): the
     names of the external initializers and of the inline ones of at least HEAVY_TENSOR_BYTES. Sizes come from
     the dims, which `check_tensor` matched to the values (reading `raw_data` would copy it)."""
     stubs = {t.name for t in proto.graph.initializer if is_stub(t)}
-    if proto.ir_version < 4:  # the checker's own rule, which lifting the stubs would hide
-        inputs = {i.name for i in proto.graph.input}
-        if missing := sorted(stubs - inputs):
-            raise InputError(f"{name}: {missing[0]} in initializer but not in graph input")
+    if proto.ir_version < 4:
         return stubs
     inline = {t.name: tensor_nbytes(t) for t in proto.graph.initializer if t.data_location != TensorProto.EXTERNAL}
     if sum(inline.values()) < HEAVY_BYTES:
