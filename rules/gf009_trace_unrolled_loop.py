@@ -247,11 +247,9 @@ def _in_order(graph: gs.Graph) -> list[gs.Node]:
 def _reads(node: gs.Node) -> list[gs.Tensor]:
     """The node's inputs and the outer tensors its subgraphs read (a scripted cell inside an If's branch)."""
     reads = list(node.inputs)
-    for value in node.attrs.values():
-        for graph in value if isinstance(value, list) else [value]:
-            if isinstance(graph, gs.Graph):
-                inner = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
-                reads += [t for n in graph.nodes for t in _reads(n) if t.name not in inner]
+    for graph in node.subgraphs():
+        inner = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
+        reads += [t for n in graph.nodes for t in _reads(n) if t.name not in inner]
     return reads
 
 

@@ -114,7 +114,7 @@ def attach(graph: gs.Graph, weights: Weights) -> None:
     for tensor in _every_tensor(graph):
         proto = source_proto(tensor)
         real = weights.get(tensor.name)
-        if isinstance(proto, onnx.TensorProto) and real is not None and is_stub(proto):  # once per tensor
+        if proto is not None and real is not None and is_stub(proto):
             tensor.values = _lazy(real)
             remember(tensor, real)
 
@@ -125,10 +125,9 @@ def detached(graph: gs.Graph, weights: Weights) -> Iterator[None]:
     mapped weight that a foldable node reads is exported inline (its bytes copied: onnxsim folds it)."""
     swapped: list[tuple[gs.Constant, Weight, int | None]] = []
     folded = _read_by_foldable_nodes(graph) | _read_in_subgraphs(graph)  # a subgraph's weights stay inline
-    main, seen = {id(t) for t in graph.tensors().values()}, set()
+    main = {id(t) for t in graph.tensors().values()}
     for tensor in _every_tensor(graph):
-        proto = source_proto(tensor) if id(tensor) not in seen else None  # an outer tensor a subgraph reads
-        seen.add(id(tensor))
+        proto = source_proto(tensor)
         if proto is None or not _detachable(proto):
             continue
         if id(tensor) in folded:
@@ -148,24 +147,16 @@ def detached(graph: gs.Graph, weights: Weights) -> Iterator[None]:
             tensor.values, tensor.data_location = _lazy(proto), location
 
 
-def _subgraphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    yield sub
-                    yield from _subgraphs(sub)
-
-
-def _every_tensor(graph: gs.Graph) -> Iterator[gs.Tensor]:
-    """The graph's tensors and its subgraphs' (an outer weight read only in an If's branch is one of these)."""
-    yield from graph.tensors().values()
-    for sub in _subgraphs(graph):
-        yield from sub.tensors().values()
+def _every_tensor(graph: gs.Graph) -> list[gs.Tensor]:
+    """The graph's tensors and its subgraphs', each once (an outer weight read only in an If's branch is one)."""
+    found = {id(t): t for t in graph.tensors().values()}
+    for sub in graph.subgraphs(recursive=True):
+        found.update((id(t), t) for t in sub.tensors().values())
+    return list(found.values())
 
 
 def _read_in_subgraphs(graph: gs.Graph) -> set[int]:
-    return {id(t) for sub in _subgraphs(graph) for node in sub.nodes for t in node.inputs}
+    return {id(t) for sub in graph.subgraphs(recursive=True) for node in sub.nodes for t in node.inputs}
 
 
 def _lazy(weight: Weight) -> LazyValues:
