@@ -6,13 +6,19 @@ from graphfix.core.rule import Rule, Severity
 
 
 class RuntimeFailure(Rule):
-    """A node fails in onnxruntime at some input size, for a cause no other rule explains.
+    """A node fails in onnxruntime at some input size, for a cause no other rule explains, or the model returns an
+    output its declaration contradicts.
 
     ## What it does
     Reported by the runtime probe (`graphfix diagnose` without `--static`, `graphfix check`): the model is run
     with onnxruntime at the export size and at other sizes, and every node that fails is reported with its input
     shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006, GF007); this
-    code carries the others. It has no static detection.
+    code carries the others. A Conv, Pool or Pad that fails only below the export size is the model's minimum
+    size (PyTorch fails there too), not a finding; any other node that fails there is. So is an output whose
+    shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
+    rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
+    of a size it is not (the export size given with `--trace-shape` tells the two apart: a declaration the model
+    contradicts there is wrong, not the model). It has no static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime

@@ -151,6 +151,18 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
     return shapes
 
 
+def drop_contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],
+                      known: dict[str, int]) -> None:
+    """Drop from `declared` each dim that the outputs at the export size contradict, where that size is `known`
+    (`--trace-shape`, or solved from the graph): a wrong declaration, not a promise (an output named `time` that is
+    `time - 1` long). At a guessed size a contradiction may be the very bug, and stays."""
+    for name, value in outputs.items():
+        dims = declared.get(name)
+        if dims is not None and len(dims) == np.ndim(value):
+            declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
+                              for d, size in zip(dims, np.shape(value), strict=True)]
+
+
 def compare_overlap(name: str, expected: np.ndarray, actual: np.ndarray, rtol: float,
                     atol: float) -> OutputComparison:
     """Values compared on the region both shapes cover (same rank), shapes reported as they are."""

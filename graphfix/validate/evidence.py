@@ -21,7 +21,7 @@ from graphfix.validate.compare import (
     OutputComparison,
     ShapeOracle,
     declared_shapes,
-    evaluate_dim,
+    drop_contradicted,
 )
 from graphfix.validate.consistency import (
     Samples,
@@ -252,16 +252,8 @@ class Judge:
         run.derived_outputs = [] if run.derived else comparisons
 
     def _drop_wrong_declarations(self, outputs: dict[str, np.ndarray], binding: dict[str, int]) -> None:
-        """A declared dim that the original contradicts at its export size, where that size is known
-        (`--trace-shape`, or solved from the graph), is a wrong declaration, not a promise: an output named `time`
-        that is `time - 1` long."""
-        known = self.options.trace_sizes  # at a guessed size, a contradiction may be the very bug being repaired
         for declared in (self.declared, self.promises):
-            for name, value in outputs.items():
-                dims = declared.get(name)
-                if dims is not None and len(dims) == np.ndim(value):
-                    declared[name] = [None if d in known and evaluate_dim(d, binding) != size else d
-                                      for d, size in zip(dims, np.shape(value), strict=True)]
+            drop_contradicted(declared, outputs, binding, self.options.trace_sizes)
 
     def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
         """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""

@@ -20,7 +20,7 @@ from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
 from graphfix.validate.anchor import anchored
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
-from graphfix.validate.compare import evaluate_dim
+from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.runner import (
@@ -34,9 +34,16 @@ from graphfix.validate.runner import (
 from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
+KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Pad", "STFT",
+              "Col2Im"}  # ops whose failure below the export size is an input shorter than their window
 SKIPPED_NAME = "probe-skipped"
 SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so nothing is proven there (exit 1); "
                 "the message says what was skipped and what would let it run.")
+DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a size baked while tracing (`int(T)`, "
+                 "`math.ceil(T / k) * k`), or a dynamic_axes name given to an output dim that is not that size "
+                 "(re-export with a name of its own); `graphfix repair` refuses it unchanged either way.")
+
+
 @dataclass
 class RuntimeFailure:
     node: str  # node name from the ORT error, e.g. '/Where'
@@ -48,6 +55,8 @@ class RuntimeFailure:
     severity: Severity = Severity.ERROR  # WARNING for suspicious outputs (GF005)
     tensors: list[str] = field(default_factory=list)
     skipped: bool = False  # not a failure of the model: the probe could not run it (message says why)
+    key: str = ""  # what makes two failures one finding, when neither a node nor the message does
+    hint: str = ""  # what to do, where the rule's runtime hint does not say it
 
     def to_finding(self) -> Finding:
         from graphfix.core.registry import find_rule
@@ -64,7 +73,7 @@ class RuntimeFailure:
             message=self._sentence(),
             nodes=[self.node] if self.node else [],
             tensors=list(self.tensors),
-            hint=(rule and rule.runtime_hint) or (fallback.runtime_hint if fallback else ""),
+            hint=self.hint or (rule and rule.runtime_hint) or (fallback.runtime_hint if fallback else ""),
             shapes=dict(self.shapes),
         )
 
@@ -106,6 +115,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     sizes = probe_sizes(proto, options)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
+    declared = declared_shapes(proto)  # what repair's proof holds the unchanged model to, as it does
     for binding in sizes:
         try:
             feeds = synthesize_inputs(proto, binding, options)
@@ -114,19 +124,35 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             skipped.setdefault(str(exc), []).append(binding)
             continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
+        if outputs is not None and not found:  # the whole model ran (a cut graph's outputs are partly made up)
+            if binding is sizes[0]:
+                drop_contradicted(declared, outputs, binding, options.trace_sizes)
+            found += _contradicted(declared, outputs, binding, proto)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         for failure in found:
-            (below if smaller else failures).setdefault(failure.node or failure.message, failure)
+            minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch fails too
+            (below if minimum else failures).setdefault(failure.key or failure.node or failure.message, failure)
         if any(ENV_RUN_BUDGET in failure.message for failure in found):
             break  # a run past its time budget: other sizes would take as long
         if not found and outputs is not None:
             clean_runs.append(outputs)
-    # A node that fails only below the export size meets the model's minimum size (a conv front end), unless
-    # the model fails at the export size too: then the smaller size is no evidence of a limit.
+    # A kernel that fails only below the export size meets the model's minimum size (a conv front end), unless
+    # the model fails at the export size too: then the smaller size is no evidence of a limit. Any other node that
+    # fails at a smaller size fails there (Swin's window padding baked: a Reshape at 273x289, grown from 544x576).
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
     return [*failures.values(), *suspect_outputs(clean_runs)]
+
+
+def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],
+                  proto: onnx.ModelProto) -> list[RuntimeFailure]:
+    """The outputs of a clean run whose shape contradicts the model's declaration (a dim named like an input's, a
+    fixed dim, the rank): the model runs, but not as it says it does. Repair refuses such a model unchanged."""
+    oracle = ShapeOracle(proto, declared, says="the model declares")
+    return [RuntimeFailure("", "", problem, binding, tensors=[name], key=f"declared shape of {name}",
+                           hint=DECLARED_HINT)
+            for name in outputs for problem in oracle.mismatches({name: outputs[name]}, binding)]
 
 
 def _skipped(why: str, bindings: list[dict[str, int]]) -> RuntimeFailure:

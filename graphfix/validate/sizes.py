@@ -9,6 +9,9 @@ else a default). Then come
 - sizes above the export size (odd, never a multiple of it), different for every dim (dims that stay equal hide
   batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim, or to a static dim of
   a tensor that also carries a dynamic one, lets a wrong broadcast run);
+- a size past the largest whole constant that a size read from a Shape is subtracted from, clamped by or compared
+  with (`size_thresholds`), where no other binding goes past it: `F.pad(x, (0, math.ceil(T / 8) * 8 - T))`
+  traced at T = 37 pads by `40 - T`, and only a length above 40 shows that the output stops at 40;
 
 1 appears only in the batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is
 1, equals another probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared,
@@ -40,7 +43,12 @@ DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
 MAX_HINT = 512  # baked constants above this are not taken as an export size
 SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
+THRESHOLD_OPS = {"Sub", "Min", "Max", "Clip", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
 TABLE_OPS = {"Gather", "GatherND", "GatherElements", "Slice"}
+# ops that keep positions positions (moved, offset, relative to each other); a bucketing of them (Abs, Log, Min,
+# Where: WavLM's and T5's relative buckets) indexes a table whose rows do not bound the length
+POSITION_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Tile", "Cast", "Identity", "Transpose",
+                "Slice", "Concat", "Add", "Sub", "Neg"}
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -116,7 +124,41 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
             break
         if other not in bindings:
             bindings.append(other)
-    return bindings
+    past = _past_thresholds(bindings, size_thresholds(model), batch, forced, limit, avoid, least)
+    return [*bindings, past] if past and past not in bindings else bindings
+
+
+def _past_thresholds(bindings: list[dict[str, int]], thresholds: set[int], batch: set[str], forced: dict[str, int],
+                     limit: int | None, avoid: set[int], least: dict[str, int]) -> dict[str, int] | None:
+    """The export binding with every free non-batch dim that no binding takes past the largest threshold set just
+    past it (within the limit); None when every such dim goes past it already, or none can."""
+    top = max(thresholds, default=0)
+    export, taken = bindings[0], {size for binding in bindings for size in binding.values()} | avoid
+    moved = dict(export)
+    for name, size in export.items():
+        if name in batch or name in forced or any(b.get(name, 0) > top for b in bindings):
+            continue
+        floor = max(least.get(name, 1), top + 1)
+        moved[name] = _free(floor, size, taken, limit, floor)
+        taken.add(moved[name])
+    return moved if any(moved[n] > top for n in moved if moved[n] != export[n]) else None
+
+
+def size_thresholds(model: onnx.ModelProto) -> set[int]:
+    """The whole constants 1 < c <= MAX_HINT that a size read from a Shape meets in a subtraction, a Min, Max or
+    Clip, or a comparison: where a dim crosses one, the graph may take another course (a pad that turns into a cut,
+    a clamp that starts to bite). A traced `math.ceil(T / 8) * 8` is such a constant."""
+    constants = _constant_values(model)
+    sized = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Shape"})
+    found = set()
+    for node in model.graph.node:
+        if node.op_type not in THRESHOLD_OPS or not sized.intersection(node.input):
+            continue
+        for name in node.input:
+            value = constants.get(name)
+            if value is not None and value.dtype.kind in "iu" and value.size == 1 and 1 < value.ravel()[0] <= MAX_HINT:
+                found.add(int(value.ravel()[0]))
+    return found
 
 
 def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str]) -> bool:
@@ -247,11 +289,12 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
 
 
 def size_limit(model: onnx.ModelProto) -> int | None:
-    """The fewest rows of a table the graph indexes with positions (a Range) or slices by a computed end:
-    a length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
+    """The fewest rows of a table the graph indexes with positions (a Range, offset or moved: `POSITION_OPS`) or
+    slices by a computed end: a length beyond it is outside the model (Whisper's 448 positions), not a bug of the
+    export."""
     tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
     constants = _constant_values(model)
-    ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"})
+    ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
     limits = []
     for node in model.graph.node:
         if node.op_type not in TABLE_OPS or node.input[0] not in tables or len(node.input) < 2:
@@ -272,10 +315,11 @@ def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:
     return int(dims[axis]) if -len(dims) <= axis < len(dims) else None
 
 
-def _downstream_of(model: onnx.ModelProto, sources: set[str]) -> set[str]:
+def _downstream_of(model: onnx.ModelProto, sources: set[str], through: set[str] | None = None) -> set[str]:
+    """What `sources` reach, through any op or only those `through`."""
     reached = set(sources)
     for node in model.graph.node:
-        if reached.intersection(node.input):
+        if (through is None or node.op_type in through) and reached.intersection(node.input):
             reached.update(node.output)
     return reached
 

@@ -1,0 +1,90 @@
+"""transformers models a sweep of real front ends found misjudged (helper 28), from the library's own classes with
+small configs and random weights, exported with TorchScript and dynamic axes:
+
+- WavLM with 32 relative-position buckets (healthy at every length): its bucket table has 32 rows, indexed by
+  buckets of Range positions (Abs, Log, Min, Where). graphfix took those rows for a cap on the length, probed at
+  most 32 samples, below the conv front end's minimum (PyTorch fails there too), and `repair` exited 1. A table
+  caps the length only where positions index it as they are, moved or offset (`size_limit`).
+- Swin (window padding baked at 64 x 64): `repair` refused it, but `diagnose` and `check` said "no findings": the
+  failure at a size below the grown export size was taken for the model's minimum. Only a kernel's failure is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from conftest import run
+
+import graphfix
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+class Last(torch.nn.Module):
+    """The model's last hidden state, from one input."""
+
+    def __init__(self, model, keyword):
+        super().__init__()
+        self.model, self.keyword = model, keyword
+
+    def forward(self, x):
+        return self.model(**{self.keyword: x}).last_hidden_state
+
+
+def export(module, example, path, axes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes=axes)
+    return path
+
+
+def repair(path, out):
+    return subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_wavlm_with_few_buckets_is_healthy_and_written(tmp_path):
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.WavLMConfig(conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), hidden_size=32,
+                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=20,
+                            num_buckets=32, max_bucket_distance=80, feat_extract_norm="group")
+    module = Last(tf.WavLMModel(config), "input_values").eval()
+    path = export(module, torch.randn(2, 8000), tmp_path / "wavlm.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
+    out = tmp_path / "out.onnx"
+    done = repair(path, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for batch, length in ((1, 4000), (2, 8000), (2, 12345)):
+        x = np.random.default_rng(length).standard_normal((batch, length)).astype(np.float32)
+        got, = run(str(out), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_swin_with_its_window_padding_baked_is_reported_by_diagnose(tmp_path):
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                           mlp_ratio=2.0)
+    module = Last(tf.SwinModel(config), "pixel_values").eval()
+    path = export(module, torch.randn(2, 3, 64, 64), tmp_path / "swin.onnx",
+                  {"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 1: "N"}})
+    x = np.random.default_rng(0).standard_normal((1, 3, 48, 48)).astype(np.float32)
+    with pytest.raises(Exception, match="Reshape"):  # the trap: broken at a size PyTorch runs
+        run(str(path), {"x": x})
+    assert module(torch.from_numpy(x)).shape[0] == 1
+    found = [f for f in graphfix.diagnose(path) if f.severity.value == "error"]
+    assert found and all(f.rule == "GF004" and "Reshape" in f.message for f in found), found
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 1, done.stdout + done.stderr
