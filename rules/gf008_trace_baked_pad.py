@@ -9,12 +9,16 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.hypotheses import show
-from graphfix.analysis.sizes import baked_pads, sizes_if
+from graphfix.analysis.sizes import baked_pads, downstream_outputs, fixed_length_pads, frozen_outputs, sizes_if
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("The pad amount went through Python while tracing (`(k - int(x.shape[1]) % k) % k`): compute it from the "
         "traced size (`(k - x.shape[1] % k) % k` without int()), or pad with `F.pad` inside `torch.jit.script`.")
+FIXED_HINT = ("The padded length went through Python while tracing (`math.ceil(T / k) * k - T`, TF-style 'SAME' "
+              "padding with math.ceil): compute it from the traced size (`(k - T % k) % k`, `-(-T // s)` for a "
+              "ceiling) or export with dynamo. If the model pads to a maximum length on purpose, declare the outputs "
+              "that follow it static.")
 
 
 class TraceBakedPad(Rule):
@@ -39,13 +43,20 @@ class TraceBakedPad(Rule):
     ```
     Repaired: the amount becomes `Mod(3 * Shape(x)[1], 4)`, that is `(4 - T % 4) % 4`.
 
+    It also finds a Pad whose amounts take a length to one fixed length at every size (`40 - T` added to T):
+    `pad = math.ceil(T / 8) * 8 - T`, or TF-style 'SAME' padding computed with math.ceil (transformers' BiT), traced
+    at one length. Longer inputs are cut to that length, shorter ones padded past what PyTorch pads. A model that
+    pads to a maximum length on purpose leaves the same graph, so this is a warning; it is an error where an output
+    the exporter was told is dynamic stays fixed because of it (BiT's feature map, 8 x 8 at every image size).
+
     ## Fix safety
-    Safe when the chunking determines the amount: of the amounts equal to the constant at the export length
-    (graphfix.analysis.hypotheses, `(k - T % k) % k` for every k among them), only one makes every length a whole
-    number of chunks. Rounding up to a multiple of the chunk's multiples fits as well wherever it gave the same
-    constant (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks elsewhere; where the
-    export length is unknown, every length it may have had counts. Then the finding lists them and is unsafe;
-    `--unsafe-fixes` applies the round-up to the Reshape's own chunk.
+    A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
+    A round-up by a constant is safe when the chunking determines the amount: of the amounts equal to the constant
+    at the export length (graphfix.analysis.hypotheses, `(k - T % k) % k` for every k among them), only one makes
+    every length a whole number of chunks. Rounding up to a multiple of the chunk's multiples fits as well wherever
+    it gave the same constant (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks
+    elsewhere; where the export length is unknown, every length it may have had counts. Then the finding lists them
+    and is unsafe; `--unsafe-fixes` applies the round-up to the Reshape's own chunk.
     """
 
     code = "GF008"
@@ -64,8 +75,28 @@ class TraceBakedPad(Rule):
         sizes = sizes_if(ctx, "Pad")
         for baked in baked_pads(sizes) if sizes else ():
             yield self._finding(ctx, sizes, baked)
+        by_node: dict[int, list] = {}
+        for pad in fixed_length_pads(sizes) if sizes else ():
+            by_node.setdefault(id(pad.node), []).append(pad)
+        for pads in by_node.values():
+            yield self._fixed_finding(sizes, pads)
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
+
+    def _fixed_finding(self, sizes, pads) -> Finding:
+        node = pads[0].node
+        taken = ", ".join(f"axis {p.axis} ({p.length}) to {p.padded}" for p in pads)
+        amounts = ", ".join(f"{p.padded} - {p.length if p.length.is_Symbol else f'({p.length})'}" for p in pads)
+        message = (f"Pad '{node.name}' takes {taken} at every size: its amounts are {amounts}, a length computed in "
+                   "Python while tracing (math.ceil, 'SAME' padding) or a pad to a maximum; longer inputs are cut")
+        fed = downstream_outputs(sizes, node)
+        frozen = [f for f in frozen_outputs(sizes) if f.name in fed]
+        if frozen:
+            stays = ", ".join(f"'{f.name}' axis {f.axis} ({f.dim}) stays {f.value}" for f in frozen)
+            return self.finding(f"{message}; outputs declared dynamic stay fixed because of it: {stays}",
+                                nodes=[node], tensors=[node.inputs[1]], hint=FIXED_HINT)
+        return self.finding(message, nodes=[node], tensors=[node.inputs[1]], hint=FIXED_HINT,
+                            severity=Severity.WARNING)
 
     def _finding(self, ctx: RuleContext, sizes, baked) -> Finding:
         node, reshape, k = baked.node, baked.multiple.node, baked.chunk

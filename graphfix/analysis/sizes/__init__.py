@@ -12,7 +12,16 @@ from __future__ import annotations
 import weakref
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
-from graphfix.analysis.sizes.limits import Cap, FrozenOutput, caps, frozen_by_other_entries, frozen_outputs
+from graphfix.analysis.sizes.limits import (
+    Cap,
+    FixedPad,
+    FrozenOutput,
+    caps,
+    downstream_outputs,
+    fixed_length_pads,
+    frozen_by_other_entries,
+    frozen_outputs,
+)
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
     BakedPad,
@@ -70,9 +79,9 @@ def tied_dims(model) -> dict:
 
 
 __all__ = [
-    "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FrozenOutput", "Sizes", "Solution",
-    "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries",
-    "frozen_by_other_entries",
+    "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FixedPad", "FrozenOutput", "Sizes",
+    "Solution", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries",
+    "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries",
     "frozen_outputs",
     "partly_constant", "relations",
     "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",

@@ -1,9 +1,11 @@
 """Limits a graph sets on its sizes, read from the constraints the size analysis records: a length capped by a
-table of fixed rows (`Min(512, S) == S`), and output dims the exporter declared dynamic that the analysis finds
-fixed (a constant upstream may stand for a size the exporter was told varies).
+table of fixed rows (`Min(512, S) == S`), output dims the exporter declared dynamic that the analysis finds
+fixed (a constant upstream may stand for a size the exporter was told varies), and Pads that take a length to a
+fixed one (`40 - T` padded to T).
 
     for cap in caps(sizes): ...            # S <= 512 at '/Gather'
     frozen_by_other_entries(sizes, node, entry.index)
+    for pad in fixed_length_pads(sizes): ...
 """
 
 from __future__ import annotations
@@ -82,3 +84,43 @@ def frozen_by_other_entries(sizes: Sizes, node: gs.Node, index: int) -> list[Fro
     kept = {int(t) for k, t in enumerate(sizes.value(node.inputs[1]) or ())
             if k != index and getattr(t, "is_Integer", False) and t > 1}
     return [f for f in frozen_outputs(sizes) if f.value in kept]
+
+
+@dataclass
+class FixedPad:
+    """Pad `node` takes axis `axis`, `length` long (a size), to `padded` at every size: its amounts are `padded -
+    length` (split between the two ends), a length computed in Python while tracing or a pad to a maximum."""
+
+    node: gs.Node
+    axis: int
+    length: sympy.Expr
+    padded: int
+
+
+def fixed_length_pads(sizes: Sizes) -> list[FixedPad]:
+    found = []
+    for node in sizes.graph.nodes:
+        if node.op != "Pad" or not node.outputs:
+            continue
+        shape, out = sizes.shape(node.inputs[0]), sizes.shape(node.outputs[0])
+        if shape is None or out is None or len(shape) != len(out):
+            continue
+        for axis, (before, after) in enumerate(zip(shape, out, strict=True)):
+            if before is not None and after is not None and before.free_symbols and after.is_Integer:
+                found.append(FixedPad(node, axis, before, int(after)))
+    return found
+
+
+def downstream_outputs(sizes: Sizes, node: gs.Node) -> set[str]:
+    """The names of the graph outputs that `node` feeds, directly or not."""
+    names = {t.name for t in sizes.graph.outputs}
+    seen, todo, reached = set(), [node], set()
+    while todo:
+        current = todo.pop()
+        for tensor in current.outputs:
+            reached |= {tensor.name} & names
+            for consumer in tensor.outputs:
+                if id(consumer) not in seen:
+                    seen.add(id(consumer))
+                    todo.append(consumer)
+    return reached

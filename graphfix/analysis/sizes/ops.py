@@ -161,7 +161,8 @@ class OpShapes:
         if shape is None:
             return
         perm = node.attrs.get("perm", list(range(len(shape)))[::-1])
-        self._set(node, tuple(shape[p] for p in perm))
+        value = _as_array(self._in_value(node, 0), shape)  # F.pad's pads, reordered by the TorchScript exporter
+        self._set(node, tuple(shape[p] for p in perm), None if value is None else tuple(value.transpose(perm).ravel()))
 
     def _axes(self, node: gs.Node, rank: int) -> list[int] | None:
         axes = self._in_value(node, 1) if len(node.inputs) > 1 else node.attrs.get("axes")
@@ -257,14 +258,19 @@ class OpShapes:
         for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
             a = int(a) % len(shape)
             out[a] = self._slice_len(node, shape[a], self.num.expr(s), self.num.expr(e), int(st))
-        value = self._in_value(node, 0)
-        if value is not None and len(shape) == 1 and all(self.num.expr(x).is_number for x in (*starts, *ends)):
-            value = value[slice(int(starts[0]), min(int(ends[0]), len(value)), int(steps[0]))]
+        value = _as_array(self._in_value(node, 0), shape)
+        if value is not None and all(self.num.expr(x).is_number for x in (*starts, *ends, *axes, *steps)):
+            cut = [slice(None)] * len(shape)
+            for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+                cut[int(a) % len(shape)] = slice(int(s), int(e), int(st))
+            value = tuple(value[tuple(cut)].ravel())
         else:
             value = None
         self._set(node, tuple(out), value)
 
     def _slice_len(self, node: gs.Node, dim: Expr | None, start: Expr, end: Expr, step: int) -> Expr | None:
+        if dim is not None and step != 1 and all(self.num.expr(x).is_number for x in (dim, start, end)):
+            return self.num.integer(len(range(*slice(int(start), int(end), step).indices(int(dim)))))
         if dim is None or step != 1:
             return None
         if start.is_number and start < 0:
@@ -335,6 +341,19 @@ class OpShapes:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def _as_array(value: tuple | None, shape: Shape | None) -> np.ndarray | None:
+    """A tracked value laid out in its shape (an object array of the entries), where every dim is a whole number."""
+    if value is None or shape is None or not all(isinstance(d, int) or getattr(d, "is_Integer", False)
+                                                 for d in shape):
+        return None
+    dims = tuple(int(d) for d in shape)
+    if int(np.prod(dims, dtype=np.int64)) != len(value):
+        return None
+    array = np.empty(len(value), dtype=object)
+    array[:] = list(value)
+    return array.reshape(dims)
+
+
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # onnx TensorProto integer types
 _ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "floordiv", "Mod": "mod", "Max": "max", "Min": "min"}
 
