@@ -42,10 +42,11 @@ from graphfix.validate.anchor import anchored
 from graphfix.validate.budget import NotProbed
 from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
 from graphfix.validate.footprint import Footprint
+from graphfix.validate.graph_sizes import declared_sizes
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
-from graphfix.validate.sizes import declared_sizes, mask_aliases, reference_bindings
+from graphfix.validate.sizes import mask_aliases, reference_bindings
 
 __all__ = [
     "LEVELS",

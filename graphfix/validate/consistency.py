@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from graphfix.validate.compare import OutputComparison, compare_arrays, evaluate_dim
-from graphfix.validate.sizes import dim_names, graph_inputs
+from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
 
 @dataclass

@@ -28,11 +28,12 @@ from graphfix.validate.consistency import (
     batch_axes,
     independent_samples,
 )
+from graphfix.validate.graph_sizes import met_sizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node
-from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller, met_sizes
+from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller
 
 
 @dataclass

@@ -23,7 +23,7 @@ from onnx import helper
 from graphfix.io.budgets import available_memory, probe_memory_budget
 from graphfix.validate.budget import ENV_BUDGET, NotProbed
 from graphfix.validate.compare import evaluate_dim
-from graphfix.validate.sizes import dim_names, graph_inputs
+from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
 Shape = list  # dims: int, symbolic name or expression, or None
 

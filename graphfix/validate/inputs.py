@@ -17,12 +17,11 @@ import onnx
 from onnx import helper
 
 from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
+from graphfix.validate.graph_sizes import dim_names, graph_inputs
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
     DEFAULT_OTHER,
     MASK_LIKE,
-    dim_names,
-    graph_inputs,
     probe_sizes,
 )
 

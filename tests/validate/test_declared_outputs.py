@@ -26,7 +26,7 @@ from conftest import run
 
 import graphfix
 from graphfix.validate import ValidationOptions, probe_sizes
-from graphfix.validate.sizes import size_thresholds
+from graphfix.validate.graph_sizes import size_thresholds
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch]

@@ -9,7 +9,7 @@ import pytest
 
 import graphfix
 from graphfix.validate import ValidationOptions, probe_sizes
-from graphfix.validate.sizes import size_limit
+from graphfix.validate.graph_sizes import size_limit
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -1,0 +1,163 @@
+"""The sizes a graph reveals to the probe, read from its nodes and declared shapes (no size analysis): the limit a
+position table sets on the lengths, the constants a size is compared with or subtracted from, the static sizes a
+dynamic dim may meet, and the most frequent baked size (a guess at the export length).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+MAX_HINT = 512  # baked constants above this are not taken as an export size
+SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
+THRESHOLD_OPS = {"Sub", "Min", "Max", "Clip", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
+TABLE_OPS = {"Gather", "GatherND", "GatherElements", "Slice"}
+# ops that keep positions positions (moved, offset, relative to each other); a bucketing of them (Abs, Log, Min,
+# Where: WavLM's and T5's relative buckets) indexes a table whose rows do not bound the length
+POSITION_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Tile", "Cast", "Identity", "Transpose",
+                "Slice", "Concat", "Add", "Sub", "Neg"}
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs a caller must feed (initializers that double as inputs excluded)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
+    """Each dim of an input: its size when fixed, else its symbolic name (`<input>:<axis>` when unnamed)."""
+    dims = []
+    for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0 is a size: an empty tensor, as declared
+            dims.append(d.dim_value)
+        else:
+            dims.append(d.dim_param or f"{vi.name}:{axis}")
+    return dims
+
+
+def size_limit(model: onnx.ModelProto) -> int | None:
+    """The fewest rows of a table the graph indexes with positions (a Range, offset or moved: `POSITION_OPS`) or
+    slices by a computed end: a length beyond it is outside the model (Whisper's 448 positions), not a bug of the
+    export."""
+    tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
+    constants = _constant_values(model)
+    ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
+    limits = []
+    for node in model.graph.node:
+        if node.op_type not in TABLE_OPS or node.input[0] not in tables or len(node.input) < 2:
+            continue
+        if node.op_type == "Slice" and len(node.input) > 2 and node.input[2] not in constants:
+            limits.append(_sliced_rows(node, tables, constants))
+        elif node.op_type != "Slice" and node.input[1] in ranged:
+            limits.append(int(tables[node.input[0]][0]))
+    limits = [rows for rows in limits if rows and rows > 1]
+    return min(limits) if limits else None
+
+
+def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:
+    """Rows along the axis a Slice with a computed end cuts from a table (axis 0 unless given)."""
+    dims = tables[node.input[0]]
+    axes = constants.get(node.input[3]) if len(node.input) > 3 else None
+    axis = int(axes.ravel()[0]) if axes is not None and axes.size == 1 else 0
+    return int(dims[axis]) if -len(dims) <= axis < len(dims) else None
+
+
+def size_thresholds(model: onnx.ModelProto) -> set[int]:
+    """The whole constants 1 < c <= MAX_HINT that a size read from a Shape meets in a subtraction, a Min, Max or
+    Clip, or a comparison: where a dim crosses one, the graph may take another course (a pad that turns into a cut,
+    a clamp that starts to bite). A traced `math.ceil(T / 8) * 8` is such a constant."""
+    constants = _constant_values(model)
+    sized = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Shape"})
+    found = set()
+    for node in model.graph.node:
+        if node.op_type not in THRESHOLD_OPS or not sized.intersection(node.input):
+            continue
+        for name in node.input:
+            value = constants.get(name)
+            if value is not None and value.dtype.kind in "iu" and value.size == 1 and 1 < value.ravel()[0] <= MAX_HINT:
+                found.add(int(value.ravel()[0]))
+    return found
+
+
+def _downstream_of(model: onnx.ModelProto, sources: set[str], through: set[str] | None = None) -> set[str]:
+    """What `sources` reach, through any op or only those `through`."""
+    reached = set(sources)
+    for node in model.graph.node:
+        if (through is None or node.op_type in through) and reached.intersection(node.input):
+            reached.update(node.output)
+    return reached
+
+
+def fixed_sizes(model: onnx.ModelProto) -> set[int]:
+    """Sizes > 1 fixed in the graph (weights' dims, inputs' static dims, and the static dims of every declared
+    shape that also has a dynamic dim: outputs, value_info): a probe size equal to one of them can make a wrong
+    broadcast run by coincidence."""
+    sizes = {int(d) for t in model.graph.initializer for d in t.dims if d > 1}
+    sizes |= {d for vi in graph_inputs(model) for d in dim_names(vi) if isinstance(d, int) and d > 1}
+    return sizes | met_sizes(model)
+
+
+_MET: list[tuple[onnx.ModelProto, set[int]]] = []  # the last few models' sizes (each proof asks several times)
+
+
+def declared_sizes(model: onnx.ModelProto) -> set[int]:
+    """The static dims > 1 that the graph's inputs and outputs declare beside a dynamic dim (no inference: a size
+    baked at export is not among them)."""
+    sizes = set()
+    for vi in [*graph_inputs(model), *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
+    return sizes
+
+
+def met_sizes(model: onnx.ModelProto) -> set[int]:
+    """The static dims > 1 of every shape (inputs, outputs, inferred value_info) that also has a dynamic dim: the
+    static sizes a dynamic dim meets (a sound stand-in for those its own tensors meet)."""
+    for known, sizes in _MET:
+        if known is model:
+            return sizes
+    from graphfix.analysis.shapes import infer_shapes
+
+    inferred = infer_shapes(model)
+    sizes = set()
+    for vi in [*graph_inputs(inferred), *inferred.graph.output, *inferred.graph.value_info]:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
+    _MET[:] = [(model, sizes), *_MET[:3]]
+    return sizes
+
+
+def baked_size_hint(model: onnx.ModelProto) -> int | None:
+    """The most frequent size > 1 in constants feeding shape ops: likely a trace-time length."""
+    constants = _constant_values(model)
+    counts: Counter[int] = Counter()
+    for node in model.graph.node:
+        if node.op_type not in SHAPE_OPS:
+            continue
+        for name in node.input[1:]:
+            values = constants.get(name)
+            if values is not None and values.dtype.kind == "i" and values.size <= 8:
+                counts.update(int(v) for v in values.ravel() if 1 < v <= MAX_HINT)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
+    for node in model.graph.node:
+        if node.op_type != "Constant":
+            continue
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is not None and _small_inline(value.t):
+            values[node.output[0]] = numpy_helper.to_array(value.t)
+    return values
+
+
+def _small_inline(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64
