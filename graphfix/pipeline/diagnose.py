@@ -13,7 +13,7 @@ import onnx
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Rejection, RuleOptions, Severity
 from graphfix.io.loading import LoadedModel, load_model
-from graphfix.pipeline.engine import diagnose_model
+from graphfix.pipeline.engine import diagnose_model, diagnose_solving
 
 
 @dataclass
@@ -48,7 +48,8 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
                              "call as one node of unknown shapes) and the model was not run; nothing is proven")
         report.findings.append(budget_finding(report.skipped))
         return report
-    diagnosis = diagnose_model(loaded.proto, loaded.base_dir, rules, rule_options)
+    diagnosis, solved = diagnose_solving(loaded.proto, loaded.base_dir, rules, rule_options,
+                                         solve=probe_options is not None)
     report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections)
     if probe_options is not None:
         from graphfix.validate.sizes import trace_sizes
@@ -56,6 +57,8 @@ def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe
         traced = trace_sizes(loaded.proto, rule_options.trace_shapes)
         if traced and not probe_options.trace_sizes:  # --trace-shape also sets the first probe size
             probe_options = dataclasses.replace(probe_options, trace_sizes=traced)
+        if solved and not probe_options.trace_sizes:  # as repair's proof: known where the original runs there
+            probe_options = dataclasses.replace(probe_options, solved_sizes=solved)
 
         merge_runtime_findings(report.findings, runtime_findings(loaded, probe_options))
     return report

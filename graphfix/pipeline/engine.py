@@ -103,8 +103,24 @@ def collector_paused() -> Iterator[None]:
 
 def diagnose_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]],
                    options: RuleOptions, weights: Weights | None = None) -> Diagnosis:
+    return diagnose_solving(model, base_dir, rules, options, weights)[0]
+
+
+def diagnose_solving(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
+                     weights: Weights | None = None, solve: bool = False) -> tuple[Diagnosis, dict[str, int]]:
+    """The diagnosis and, with `solve`, the input dims' export sizes as `fix_model` learns them for the proof."""
     with collector_paused():
-        return detect(analyse(model, base_dir, options, weights), rules)
+        ctx = analyse(model, base_dir, options, weights)
+        diagnosis = detect(ctx, rules)
+        return diagnosis, solved_sizes(ctx, diagnosis) if solve else {}
+
+
+def solved_sizes(ctx: RuleContext, diagnosis: Diagnosis) -> dict[str, int]:
+    """The input dims' export sizes the model's own analysis solves, only where a finding has a fix to apply or a
+    choice to make (without one the proof needs no export size, and the analysis is not paid for)."""
+    if not any(f.fix is not None or f.choice is not None for f in diagnosis.findings):
+        return {}
+    return dict(export_sizes(ctx, ctx.evaluator).values)
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
@@ -120,9 +136,7 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
                 max_rounds: int, solve: bool, weights: Weights) -> FixOutcome:
     ctx = analyse(model, base_dir, options, weights)
     before = after = detect(ctx, rules)
-    # only where the first round has something to apply or choose: without it no later round runs, nothing changes
-    wanted = solve and any(f.fix is not None or f.choice is not None for f in before.findings)
-    solved = dict(export_sizes(ctx, ctx.evaluator).values) if wanted else {}
+    solved = solved_sizes(ctx, before) if solve else {}  # before any fix edits the graph
     # the rounds pass a light model on; `weights` (the input's own tensors) grows with what each round detaches
     applied: list[AppliedFix] = []
     failures: list[str] = []

@@ -31,18 +31,15 @@ raises no level.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.validate.anchor import anchored
-from graphfix.validate.budget import NotProbed
+from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
 from graphfix.validate.footprint import Footprint
-from graphfix.validate.graph_sizes import declared_sizes
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
@@ -108,7 +105,7 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
         return Validation(False, [], [], [f"{subject} cannot be loaded by onnxruntime: {after.load_error}"],
                           require=options.require)
     footprint = Footprint.of(before.proto, {})  # a size over the memory budget is not run: NotProbed (exit 1)
-    options, known = _export_size(before, options, footprint)  # given or solved, not guessed
+    options, known = known_export_size(before, options, footprint)  # given or solved, not guessed
     options = anchored([before, after], before.proto, options, guard=footprint.check)
     sizes = probe_sizes(before.proto, options)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
@@ -148,30 +145,6 @@ def _degenerate(export: dict[str, int], probed: set[str], tied) -> dict[str, int
     only where the original runs as it declares, and earns no level (a coincidence, graphfix.validate.sizes)."""
     binding = {name: 1 if name in probed else size for name, size in export.items()}
     return bind(binding, tied) if tied else binding
-
-
-def _export_size(before: ModelRunner, options: ValidationOptions,
-                 footprint: Footprint) -> tuple[ValidationOptions, bool]:
-    """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
-    original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
-    fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""
-    solved = {name: size for name, size in options.solved_sizes.items() if name not in options.trace_sizes}
-    trial = dataclasses.replace(options, trace_sizes={**solved, **options.trace_sizes}, solved_sizes={})
-    if solved and _runs_at_export(before, trial, footprint) and \
-            not any(size in declared_sizes(before.proto) for size in solved.values()):
-        return trial, True
-    return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
-
-
-def _runs_at_export(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> bool:
-    if before.session is None:
-        return False
-    try:
-        feeds = synthesize_inputs(before.proto, probe_sizes(before.proto, options)[0], options)
-        footprint.check(feeds)
-    except NotProbed:
-        return False
-    return before.run(feeds).ok
 
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:

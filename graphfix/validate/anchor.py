@@ -10,6 +10,9 @@ findings (a broadcast mismatch fails at every size). Growing stops before its ru
 what is left of it is stopped: a model that fails at every size (a patch count baked for 32x32 images) would
 otherwise run on ever larger inputs, seconds each, before its failure is reported, and a grown run slowed by a busy
 machine would end the runner's runs at the run budget, blaming time instead of the model.
+
+An export size given (`--trace-shape`) is known; one solved from the graph is known only where the original runs
+there (`known_export_size`), for repair's proof and diagnose's probe alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 import onnx
 
 from graphfix.validate.budget import NotProbed
+from graphfix.validate.footprint import Footprint
+from graphfix.validate.graph_sizes import declared_sizes
 from graphfix.validate.inputs import (
     BATCH_LIKE,
     ValidationOptions,
@@ -102,3 +107,27 @@ def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: Validat
         if count > MAX_ELEMENTS:
             return True
     return False
+
+
+def known_export_size(before: ModelRunner, options: ValidationOptions,
+                 footprint: Footprint) -> tuple[ValidationOptions, bool]:
+    """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
+    original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
+    fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""
+    solved = {name: size for name, size in options.solved_sizes.items() if name not in options.trace_sizes}
+    trial = dataclasses.replace(options, trace_sizes={**solved, **options.trace_sizes}, solved_sizes={})
+    if solved and _runs_at_export(before, trial, footprint) and \
+            not any(size in declared_sizes(before.proto) for size in solved.values()):
+        return trial, True
+    return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
+
+
+def _runs_at_export(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> bool:
+    if before.session is None:
+        return False
+    try:
+        feeds = synthesize_inputs(before.proto, probe_sizes(before.proto, options)[0], options)
+        footprint.check(feeds)
+    except NotProbed:
+        return False
+    return before.run(feeds).ok

@@ -66,21 +66,52 @@ def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:
     return int(dims[axis]) if -len(dims) <= axis < len(dims) else None
 
 
-def size_thresholds(model: onnx.ModelProto) -> set[int]:
-    """The whole constants 1 < c <= MAX_HINT that a size read from a Shape meets in a subtraction, a Min, Max or
-    Clip, or a comparison: where a dim crosses one, the graph may take another course (a pad that turns into a cut,
-    a clamp that starts to bite). A traced `math.ceil(T / 8) * 8` is such a constant."""
+def size_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
+    """The whole constants 1 < c <= MAX_HINT that a size read from an input's Shape meets in a subtraction, a Min,
+    Max or Clip, or a comparison, each with the input dims that size is read from: where a size crosses one, the
+    graph may take another course (a pad that turns into a cut, a clamp that starts to bite). A traced
+    `math.ceil(T / 8) * 8` is such a constant. A size read from an inner tensor's Shape names no input dim, and is
+    left out."""
     constants = _constant_values(model)
-    sized = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Shape"})
-    found = set()
+    producers = {name: node for node in model.graph.node for name in node.output}
+    inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
+    found = []
     for node in model.graph.node:
-        if node.op_type not in THRESHOLD_OPS or not sized.intersection(node.input):
+        if node.op_type not in THRESHOLD_OPS:
             continue
-        for name in node.input:
-            value = constants.get(name)
-            if value is not None and value.dtype.kind in "iu" and value.size == 1 and 1 < value.ravel()[0] <= MAX_HINT:
-                found.add(int(value.ravel()[0]))
+        values = [constants.get(name) for name in node.input]
+        whole = [int(v.ravel()[0]) for v in values if v is not None and v.dtype.kind in "iu" and v.size == 1]
+        dims = set().union(*(_dims_read(name, producers, inputs, constants)
+                             for name, v in zip(node.input, values, strict=True) if v is None and name))
+        ordered = tuple(dict.fromkeys(d for names in inputs.values() for d in names if d in dims))
+        found += [(c, ordered) for c in whole if 1 < c <= MAX_HINT and ordered]
     return found
+
+
+def _dims_read(tensor: str, producers: dict, inputs: dict[str, list], constants: dict, budget: int = 64) -> set[str]:
+    """The symbolic input dims a value is computed from, through Shape ops of graph inputs (one axis where a Gather
+    of a constant index or a Slice picks it); nothing from an inner tensor's Shape."""
+    dims: set[str] = set()
+    todo, seen = [(tensor, None)], set()
+    while todo and len(seen) < budget:
+        name, axes = todo.pop()
+        node = producers.get(name)
+        if node is None or (name, axes) in seen:
+            continue
+        seen.add((name, axes))
+        if node.op_type == "Shape":
+            names = inputs.get(node.input[0])
+            if names is not None:
+                picked = names if axes is None else [names[a] for a in axes if -len(names) <= a < len(names)]
+                dims |= {d for d in picked if isinstance(d, str)}
+            continue
+        index = constants.get(node.input[1]) if node.op_type == "Gather" and len(node.input) > 1 else None
+        if index is not None and index.size == 1 and index.dtype.kind in "iu" and producers.get(node.input[0]) \
+                is not None and producers[node.input[0]].op_type == "Shape":
+            todo.append((node.input[0], (int(index.ravel()[0]),)))
+            continue
+        todo.extend((source, None) for source in node.input if source and source not in constants)
+    return dims
 
 
 def _downstream_of(model: onnx.ModelProto, sources: set[str], through: set[str] | None = None) -> set[str]:

@@ -18,7 +18,7 @@ from onnx import helper
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
-from graphfix.validate.anchor import anchored
+from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
@@ -35,13 +35,14 @@ from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
 KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Pad", "STFT",
-              "Col2Im"}  # ops whose failure below the export size is an input shorter than their window
+              "Col2Im", "TopK"}  # ops whose failure below the export size is an input shorter than their window (or k)
 SKIPPED_NAME = "probe-skipped"
 SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so nothing is proven there (exit 1); "
                 "the message says what was skipped and what would let it run.")
+DECLARED = "declared shape of"
 DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a size baked while tracing (`int(T)`, "
-                 "`math.ceil(T / k) * k`), or a dynamic_axes name given to an output dim that is not that size "
-                 "(re-export with a name of its own); `graphfix repair` refuses it unchanged either way.")
+                 "`math.ceil(T / k) * k`), or an output dim named after a size it is not (dynamic_axes: give it a "
+                 "name of its own, or the export size with --trace-shape, which shows such a declaration wrong).")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class RuntimeFailure:
     def _sentence(self) -> str:
         if self.severity is not Severity.ERROR or self.skipped:
             return self.message
+        if self.key.startswith(DECLARED):
+            return f"the model runs at sizes {self.sizes}, but {self.message}"
         if self.rule == "GF001" and not self.node:
             return f"inputs {self.tensors} are fed but the graph does not declare them: {short_message(self.message)}"
         where = f"{self.op_type} node '{self.node}'" if self.node else "the model"
@@ -111,6 +114,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
     whole = ModelRunner(proto, base_dir, files=files)  # one session for the uncut model, shared by every size
+    options, _ = known_export_size(whole, options, footprint)  # a solved export size, as repair's proof takes it
     options = anchored([whole], proto, options, guard=footprint.check)
     sizes = probe_sizes(proto, options)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
@@ -124,18 +128,17 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             skipped.setdefault(str(exc), []).append(binding)
             continue
         found, outputs = _failures_at(whole, feeds, binding, types, options)
-        if outputs is not None and not found:  # the whole model ran (a cut graph's outputs are partly made up)
+        if not found and outputs is not None:  # the whole model ran (a cut graph's outputs are partly made up)
+            clean_runs.append(outputs)
             if binding is sizes[0]:
                 drop_contradicted(declared, outputs, binding, options.trace_sizes)
-            found += _contradicted(declared, outputs, binding, proto)
+            found = _contradicted(declared, outputs, binding, proto)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         for failure in found:
             minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch fails too
             (below if minimum else failures).setdefault(failure.key or failure.node or failure.message, failure)
         if any(ENV_RUN_BUDGET in failure.message for failure in found):
             break  # a run past its time budget: other sizes would take as long
-        if not found and outputs is not None:
-            clean_runs.append(outputs)
     # A kernel that fails only below the export size meets the model's minimum size (a conv front end), unless
     # the model fails at the export size too: then the smaller size is no evidence of a limit. Any other node that
     # fails at a smaller size fails there (Swin's window padding baked: a Reshape at 273x289, grown from 544x576).
@@ -150,7 +153,7 @@ def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarra
     """The outputs of a clean run whose shape contradicts the model's declaration (a dim named like an input's, a
     fixed dim, the rank): the model runs, but not as it says it does. Repair refuses such a model unchanged."""
     oracle = ShapeOracle(proto, declared, says="the model declares")
-    return [RuntimeFailure("", "", problem, binding, tensors=[name], key=f"declared shape of {name}",
+    return [RuntimeFailure("", "", problem, binding, tensors=[name], key=f"{DECLARED} {name}",
                            hint=DECLARED_HINT)
             for name in outputs for problem in oracle.mismatches({name: outputs[name]}, binding)]
 

@@ -9,9 +9,10 @@ else a default). Then come
 - sizes above the export size (odd, never a multiple of it), different for every dim (dims that stay equal hide
   batch/time mix-ups) and from every fixed size of the graph (a dim equal to a weight's dim, or to a static dim of
   a tensor that also carries a dynamic one, lets a wrong broadcast run);
-- a size past the largest whole constant that a size read from a Shape is subtracted from, clamped by or compared
-  with (`size_thresholds`), where no other binding goes past it: `F.pad(x, (0, math.ceil(T / 8) * 8 - T))`
-  traced at T = 37 pads by `40 - T`, and only a length above 40 shows that the output stops at 40;
+- a binding past each whole constant that a size read from an input's Shape is subtracted from, clamped by or
+  compared with (`size_thresholds`), where no other binding goes past it: one of the dims that size is read from
+  just past it. `F.pad(x, (0, math.ceil(T / 8) * 8 - T))` traced at T = 37 pads by `40 - T`, and only a length
+  above 40 shows that the output stops at 40;
 
 No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a table indexed by positions (a
 Range) or sliced by a length bounds the non-batch dims; none falls below what a strided Conv/Pool front end needs
@@ -107,20 +108,26 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     return [*bindings, past] if past and past not in bindings else bindings
 
 
-def _past_thresholds(bindings: list[dict[str, int]], thresholds: set[int], batch: set[str], forced: dict[str, int],
-                     limit: int | None, avoid: set[int], least: dict[str, int]) -> dict[str, int] | None:
-    """The export binding with every free non-batch dim that no binding takes past the largest threshold set just
-    past it (within the limit); None when every such dim goes past it already, or none can."""
-    top = max(thresholds, default=0)
+def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int, tuple[str, ...]]],
+                     batch: set[str], forced: dict[str, int], limit: int | None, avoid: set[int],
+                     least: dict[str, int]) -> dict[str, int] | None:
+    """The export binding with, for each threshold that no binding takes a size it meets past, the first free
+    non-batch dim among those it meets set just past it (within the limit): one dim is enough to cross it, and a
+    sum of several past it could leave the model (a cache's length plus the new tokens past a position table).
+    None when no threshold needs it, or none can."""
     export, taken = bindings[0], {size for binding in bindings for size in binding.values()} | avoid
     moved = dict(export)
-    for name, size in export.items():
-        if name in batch or name in forced or any(b.get(name, 0) > top for b in bindings):
+    for threshold, dims in sorted(thresholds, reverse=True):
+        free = [d for d in dims if d in export and d not in batch and d not in forced]
+        if not free or any(b.get(d, 0) > threshold for b in [*bindings, moved] for d in dims):
             continue
-        floor = max(least.get(name, 1), top + 1)
-        moved[name] = _free(floor, size, taken, limit, floor)
-        taken.add(moved[name])
-    return moved if any(moved[n] > top for n in moved if moved[n] != export[n]) else None
+        name = free[0]
+        floor = max(least.get(name, 1), threshold + 1)
+        size = _free(floor, export[name], taken, limit, floor)
+        if size > threshold:  # a limit may stop it short: then no binding goes past this one
+            moved[name] = size
+            taken.add(size)
+    return moved if moved != export else None
 
 
 def is_smaller(binding: dict[str, int], export: dict[str, int], batch: set[str]) -> bool:

@@ -85,10 +85,11 @@ def test_a_length_rounded_up_with_ceil_is_probed_past_its_constant_and_refused(t
     x = np.random.default_rng(0).standard_normal((1, 4, 41)).astype(np.float32)
     got, = run(str(path), {"x": x})
     assert got.shape[2] == 40 and module(torch.from_numpy(x)).shape[2] == 41  # the trap: wrong past 40
-    assert 40 in size_thresholds(onnx.load(path))
+    assert (40, ("T",)) in size_thresholds(onnx.load(path))
     assert any(b["T"] > 40 for b in probe_sizes(onnx.load(path), ValidationOptions()))
     found = errors(path)
     assert [f.rule for f in found] == ["GF000"], found
+    assert "the model runs at sizes" in found[0].message
     assert "output 'y' dim 2 is 40, the model declares T = " in found[0].message
     assert "math.ceil" in found[0].hint
     done = repair(path, tmp_path / "out.onnx")  # written as it came (nothing applies), and exit 1: it fails
@@ -118,3 +119,93 @@ def test_an_output_shorter_than_its_declared_name_is_reported_as_repair_refuses_
     given = {"trace_shapes": {"x": (2, 4, EXPORT_T)}}
     assert errors(path, **given) == []
     assert repair(path, tmp_path / "out.onnx", "--trace-shape", f"x=2x4x{EXPORT_T}").returncode == 0
+
+
+# --- found by the review of this change (helper 30): healthy models the new probe size or check refused ----------
+
+
+class CachedWindow(torch.nn.Module):
+    """A decoder step with a cache: positions `arange(past, past + seq)` index a learned table of 64 rows, and a
+    sliding window of 40 tokens masks the attention (`qpos - kpos < 40`). Valid while past + seq <= 64."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos, self.q, self.kv = torch.nn.Embedding(64, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 32)
+
+    def forward(self, x, past_k, past_v):
+        past, seq = past_k.shape[1], x.shape[1]
+        positions = torch.arange(past, past + seq)
+        h = x + self.pos(positions)[None]
+        k, v = self.kv(h).chunk(2, -1)
+        k, v = torch.cat([past_k, k], 1), torch.cat([past_v, v], 1)
+        qpos, kpos = positions[:, None], torch.arange(past + seq)[None, :]
+        allowed = (kpos <= qpos) & (qpos - kpos < 40)
+        return (self.q(h) @ k.transpose(1, 2)).masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+def test_a_threshold_that_several_dims_meet_moves_one_of_them(tmp_path):
+    """Moving seq and past both past 40 needed 83 positions of a 64-row table: a healthy model refused."""
+    torch.manual_seed(0)
+    path = tmp_path / "cached.onnx"
+    example = (torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.randn(2, 7, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CachedWindow().eval(), example, str(path), dynamo=False, opset_version=17,
+                          input_names=["x", "past_k", "past_v"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "past_k": {0: "batch", 1: "past"},
+                                        "past_v": {0: "batch", 1: "past"}, "y": {0: "batch", 1: "seq"}})
+    sizes = probe_sizes(onnx.load(path), ValidationOptions())
+    past_it = [b for b in sizes if b["seq"] + b["past"] > 40]
+    assert past_it and all(b["seq"] + b["past"] <= 64 for b in sizes), sizes
+    assert errors(path) == []
+    assert repair(path, tmp_path / "out.onnx").returncode == 0
+
+
+class TopFrames(torch.nn.Module):
+    """Keeps the 8 highest-scoring frames: PyTorch's topk needs 8 of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.lin(x)
+        index = torch.topk(h.sum(-1), 8, dim=1).indices
+        return torch.gather(h, 1, index.unsqueeze(-1).expand(-1, -1, 4))
+
+
+def test_a_topk_sets_the_least_length_probed(tmp_path):
+    """The batch-1 size went to 7 frames, where TopK fails as PyTorch does: repair refused a healthy model, and
+    diagnose (once only a kernel's failure below the export size was the model's minimum) called it an error."""
+    torch.manual_seed(0)
+    path = tmp_path / "topk.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TopFrames().eval(), (torch.randn(2, 20, 4),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B"}})
+    assert all(b["T"] >= 8 for b in probe_sizes(onnx.load(path), ValidationOptions()))
+    assert errors(path) == []
+    assert repair(path, tmp_path / "out.onnx").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_declared_size_below_zero_is_outside_the_model_not_a_contradiction(tmp_path):
+    """dynamo declares `((samples - 400) // 160) + 1` frames: at a guessed 160 samples that is -1, a size outside
+    the model (PyTorch refuses below 400), not a declaration the model contradicts."""
+
+    class Frames(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(400, 8)
+
+        def forward(self, x):
+            return self.lin(x.unfold(-1, 400, 160))
+
+    torch.manual_seed(0)
+    path = tmp_path / "frames.onnx"
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("samples", min=400, max=100000)},)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Frames().eval(), (torch.randn(2, 16000),), str(path), dynamo=True, input_names=["x"],
+                          output_names=["y"], dynamic_shapes=dims)
+    assert not [f for f in errors(path) if "declares" in f.message]

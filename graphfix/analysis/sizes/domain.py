@@ -1,4 +1,4 @@
-"""The sizes a model accepts: a strided Conv or Pool needs enough input for its kernel.
+"""The sizes a model accepts: a strided Conv or Pool needs enough input for its kernel, a TopK for its k.
 
     least = input_minimums(model)   # {"samples": 55}: below it some Conv/Pool has fewer than FRAMES positions
 
@@ -19,6 +19,7 @@ from graphfix.analysis.sizes.solve import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
 FRAMES = 4
 
 
@@ -46,8 +47,8 @@ def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
 
 def _has_window(graph) -> bool:
     """Whether a Conv or Pool is in the graph or in a branch or body of one of its nodes."""
-    return any(node.op_type in WINDOW_OPS or any(_has_window(a.g) for a in node.attribute if a.HasField("g"))
-               for node in graph.node)
+    return any(node.op_type in WINDOW_OPS | KEEP_OPS or any(_has_window(a.g) for a in node.attribute
+                                                            if a.HasField("g")) for node in graph.node)
 
 
 def _window_lengths(node, sizes) -> list:
@@ -55,6 +56,13 @@ def _window_lengths(node, sizes) -> list:
     outer tensor of known shape (the branch taken computes one of them from the same input)."""
     if node.op in WINDOW_OPS and node.outputs:
         return list((sizes.shape(node.outputs[0]) or ())[2:])
+    if node.op in KEEP_OPS and len(node.inputs) > 1:  # as a window of k: the positions past the first k, plus one
+        shape, k = sizes.shape(node.inputs[0]), sizes.value(node.inputs[1])
+        axis = node.attrs.get("axis", -1)
+        if shape and k and len(k) == 1 and getattr(k[0], "is_Integer", isinstance(k[0], int)) and \
+                -len(shape) <= axis < len(shape) and shape[axis] is not None:
+            return [shape[axis] - int(k[0]) + 1]
+        return []
     if node.op != "If":
         return []
     lengths = []
