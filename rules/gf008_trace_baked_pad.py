@@ -9,7 +9,14 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.hypotheses import show
-from graphfix.analysis.sizes import baked_pads, downstream_outputs, fixed_length_pads, frozen_outputs, sizes_if
+from graphfix.analysis.sizes import (
+    baked_pads,
+    downstream_outputs,
+    fixed_length_pads,
+    frozen_by_pads,
+    frozen_outputs,
+    sizes_if,
+)
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -47,7 +54,8 @@ class TraceBakedPad(Rule):
     `pad = math.ceil(T / 8) * 8 - T`, or TF-style 'SAME' padding computed with math.ceil (transformers' BiT), traced
     at one length. Longer inputs are cut to that length, shorter ones padded past what PyTorch pads. A model that
     pads to a maximum length on purpose leaves the same graph, so this is a warning; it is an error where an output
-    the exporter was told is dynamic stays fixed because of it (BiT's feature map, 8 x 8 at every image size).
+    the exporter was told is dynamic stays fixed because of it (BiT's feature map, 8 x 8 at every image size): with
+    the Pad's amounts made unknown, the analysis no longer finds that output fixed.
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
@@ -79,11 +87,11 @@ class TraceBakedPad(Rule):
         for pad in fixed_length_pads(sizes) if sizes else ():
             by_node.setdefault(id(pad.node), []).append(pad)
         for pads in by_node.values():
-            yield self._fixed_finding(sizes, pads)
+            yield self._fixed_finding(ctx, sizes, pads)
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
-    def _fixed_finding(self, sizes, pads) -> Finding:
+    def _fixed_finding(self, ctx: RuleContext, sizes, pads) -> Finding:
         node = pads[0].node
         taken = ", ".join(f"axis {p.axis} ({p.length}) to {p.padded}" for p in pads)
         amounts = ", ".join(f"{p.padded} - {p.length if p.length.is_Symbol else f'({p.length})'}" for p in pads)
@@ -91,6 +99,7 @@ class TraceBakedPad(Rule):
                    "Python while tracing (math.ceil, 'SAME' padding) or a pad to a maximum; longer inputs are cut")
         fed = downstream_outputs(sizes, node)
         frozen = [f for f in frozen_outputs(sizes) if f.name in fed]
+        frozen = frozen_by_pads(ctx.model, pads, frozen) if frozen else []
         if frozen:
             stays = ", ".join(f"'{f.name}' axis {f.axis} ({f.dim}) stays {f.value}" for f in frozen)
             return self.finding(f"{message}; outputs declared dynamic stay fixed because of it: {stays}",
@@ -122,9 +131,15 @@ class TraceBakedPad(Rule):
             message += f"; the amount may be {amounts.describe()}"
         return self.finding(
             message, **kwargs,
-            fix=Fix(f"compute pad {baked.position} of Pad '{node.name}' as (k - {baked.length} % k) % k with k={k}",
+            fix=Fix(f"compute the pad at the {_side(baked.position, len(sizes.shape(node.inputs[0])))} of Pad "
+                    f"'{node.name}' as (k - {baked.length} % k) % k with k={k}",
                     apply=rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset),
                     safety=safety, reason=reason))
+
+
+def _side(position: int, rank: int) -> str:
+    """Where entry `position` of ONNX's pads vector (starts of every axis, then ends) pads: 'end of axis 2'."""
+    return f"{'start' if position < rank else 'end'} of axis {position % rank}"
 
 
 def pad_amounts(ctx: RuleContext, baked) -> hypotheses.Determination:

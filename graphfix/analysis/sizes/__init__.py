@@ -20,6 +20,7 @@ from graphfix.analysis.sizes.limits import (
     downstream_outputs,
     fixed_length_pads,
     frozen_by_other_entries,
+    frozen_by_pads,
     frozen_outputs,
 )
 from graphfix.analysis.sizes.solve import (
@@ -81,7 +82,7 @@ def tied_dims(model) -> dict:
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FixedPad", "FrozenOutput", "Sizes",
     "Solution", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries",
-    "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries",
+    "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries", "frozen_by_pads",
     "frozen_outputs",
     "partly_constant", "relations",
     "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
@@ -124,3 +125,21 @@ def downstream_outputs(sizes: Sizes, node: gs.Node) -> set[str]:
                     seen.add(id(consumer))
                     todo.append(consumer)
     return reached
+
+
+def frozen_by_pads(model: onnx.ModelProto, pads: list[FixedPad], frozen: list[FrozenOutput]) -> list[FrozenOutput]:
+    """Those of `frozen` that the Pads hold fixed: with their amounts made unknown (a graph input each, in a copy of
+    `model`), the analysis no longer finds them at that value. An output fixed by something else (an Expand to 4)
+    stays fixed there, and is not the Pads' doing."""
+    from graphfix.analysis.sizes import static_sizes
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    outputs = {pad.node.outputs[0].name for pad in pads}
+    for k, node in enumerate(n for n in copy.graph.node if n.op_type == "Pad" and n.output and n.output[0] in outputs):
+        free = f"graphfix_free_pads_{k}"
+        rank = len(next(p for p in pads if p.node.outputs[0].name == node.output[0]).node.inputs[0].shape or ())
+        copy.graph.input.append(onnx.helper.make_tensor_value_info(free, onnx.TensorProto.INT64, [2 * rank or None]))
+        node.input[1] = free
+    still = {(f.name, f.axis, f.value) for f in frozen_outputs(static_sizes(copy)[0])}
+    return [f for f in frozen if (f.name, f.axis, f.value) not in still]
