@@ -133,18 +133,21 @@ class PadToMaxTwoOutputs(torch.nn.Module):
         return y[:, :t], y.mean(1, keepdim=True).expand(-1, 4, -1)
 
 
-def test_an_output_fixed_by_something_else_is_not_the_pads_doing(tmp_path):
-    """Found by review (helper 31): the finding was an error because some output declared dynamic stayed fixed
-    downstream of the Pad, though an Expand fixed it. With the Pad's amounts unknown, the analysis still finds it
-    fixed: not the Pad's doing, so the Pad is a warning."""
+def export_two_outputs(path, z_axes):
     torch.manual_seed(0)
-    path = tmp_path / "two.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(PadToMaxTwoOutputs().eval(), (torch.randn(2, 20, 16),), str(path), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y", "z"],
-                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}, "z": {0: "B", 1: "K"}})
-    found = gf008(path)
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}, "z": z_axes})
+    return path
+
+
+def test_an_output_fixed_by_something_else_is_not_the_pads_doing(tmp_path):
+    """Found by review (helper 31): the finding was an error because some output declared dynamic stayed fixed
+    downstream of the Pad, though an Expand fixed it. With the Pad's amounts unknown, the analysis still finds it
+    fixed: not the Pad's doing, so the Pad is a warning."""
+    found = gf008(export_two_outputs(tmp_path / "two.onnx", {0: "B", 1: "K"}))
     assert [f.severity.value for f in found] == ["warning"], found
 
 
@@ -152,13 +155,7 @@ def test_a_pad_to_a_maximum_cut_back_to_t_is_refused_past_it_and_says_why(tmp_pa
     """The same graph as a traced math.ceil(T / k) * k: past 64 its output stops at 64 where it declares T, as the
     PyTorch module's does. graphfix cannot tell the two apart, so it refuses (exit 1, written unchanged), and the
     findings name both readings."""
-    torch.manual_seed(0)
-    path = tmp_path / "cut.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(PadToMaxTwoOutputs().eval(), (torch.randn(2, 20, 16),), str(path), dynamo=False,
-                          opset_version=17, input_names=["x"], output_names=["y", "z"],
-                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}, "z": {0: "B"}})
+    path = export_two_outputs(tmp_path / "cut.onnx", {0: "B"})
     found = {f.rule: f for f in graphfix.diagnose(path)}
     assert found["GF008"].severity.value == "warning" and "a pad to a maximum" in found["GF008"].message
     assert "output 'y' dim 1 is 64" in found["GF000"].message and "pad to a maximum" in found["GF000"].hint
