@@ -110,7 +110,7 @@ def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: Validat
 
 
 def known_export_size(before: ModelRunner, options: ValidationOptions,
-                 footprint: Footprint) -> tuple[ValidationOptions, bool]:
+                      footprint: Footprint) -> tuple[ValidationOptions, bool]:
     """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
     original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
     fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""

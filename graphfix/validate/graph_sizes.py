@@ -90,7 +90,7 @@ def size_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]
 
 def _dims_read(tensor: str, producers: dict, inputs: dict[str, list], constants: dict, budget: int = 64) -> set[str]:
     """The symbolic input dims a value is computed from, through Shape ops of graph inputs (one axis where a Gather
-    of a constant index or a Slice picks it); nothing from an inner tensor's Shape."""
+    of a constant index picks it); nothing from an inner tensor's Shape."""
     dims: set[str] = set()
     todo, seen = [(tensor, None)], set()
     while todo and len(seen) < budget:

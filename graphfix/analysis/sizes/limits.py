@@ -99,6 +99,7 @@ class FixedPad:
 
 
 def fixed_length_pads(sizes: Sizes) -> list[FixedPad]:
+    """Each axis a Pad takes from a size to one whole number, in graph order."""
     found = []
     for node in sizes.graph.nodes:
         if node.op != "Pad" or not node.outputs:
@@ -136,7 +137,8 @@ def frozen_by_pads(model: onnx.ModelProto, pads: list[FixedPad], frozen: list[Fr
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     outputs = {pad.node.outputs[0].name for pad in pads}
-    for k, node in enumerate(n for n in copy.graph.node if n.op_type == "Pad" and n.output and n.output[0] in outputs):
+    for k, node in enumerate(n for n in copy.graph.node
+                             if n.op_type == "Pad" and n.output and n.output[0] in outputs and len(n.input) > 1):
         free = f"graphfix_free_pads_{k}"
         rank = len(next(p for p in pads if p.node.outputs[0].name == node.output[0]).node.inputs[0].shape or ())
         copy.graph.input.append(onnx.helper.make_tensor_value_info(free, onnx.TensorProto.INT64, [2 * rank or None]))
