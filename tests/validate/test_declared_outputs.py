@@ -209,3 +209,32 @@ def test_a_declared_size_below_zero_is_outside_the_model_not_a_contradiction(tmp
         torch.onnx.export(Frames().eval(), (torch.randn(2, 16000),), str(path), dynamo=True, input_names=["x"],
                           output_names=["y"], dynamic_shapes=dims)
     assert not [f for f in errors(path) if "declares" in f.message]
+
+
+class BakedBatch(torch.nn.Module):
+    """A batch baked while tracing (`int(x.shape[0])`: GF004 finds it and solves the export batch, B = 2), and an
+    output `[B, 1, 8]` declared `[B, B, 8]`, as TorchScript wrote speechbrain's ECAPA: a wrong declaration."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        lengths = torch.arange(x.shape[1]).expand(int(x.shape[0]), -1)  # `len(lengths)` as speechbrain writes it
+        return self.lin(x * (lengths < x.shape[1]).unsqueeze(-1)).mean(1, keepdim=True)
+
+
+def test_a_declaration_wrong_at_the_solved_export_size_is_dropped_by_diagnose_as_by_repair(tmp_path):
+    """Found by review (helper 30, speechbrain's ECAPA): repair's proof solves the export size and drops the
+    declaration the model contradicts there; diagnose did not solve it, and reported the contradiction."""
+    torch.manual_seed(0)
+    path = tmp_path / "baked.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(BakedBatch().eval(), (torch.randn(2, 10, 8),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "B"}})
+    found = errors(path)
+    assert "GF004" in [f.rule for f in found], found
+    assert not [f for f in found if "dim 1 is 1, the model declares B" in f.message], found  # dropped: wrong
+    assert [f for f in found if "dim 0 is 2, the model declares B = 1" in f.message]  # the baked batch: kept
