@@ -133,6 +133,7 @@ def fixed_sizes(model: onnx.ModelProto) -> set[int]:
 
 
 _MET: list[tuple[onnx.ModelProto, set[int]]] = []  # the last few models' sizes (each proof asks several times)
+_CONSTANTS: list[tuple[onnx.ModelProto, dict[str, np.ndarray]]] = []  # the same, for `_constant_values`
 
 
 def declared_sizes(model: onnx.ModelProto) -> set[int]:
@@ -179,7 +180,12 @@ def baked_size_hint(model: onnx.ModelProto) -> int | None:
 
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
+    """Small initializers and Constant-node values by tensor name (external tensors are not read); the last few
+    models' kept, as `met_sizes` keeps theirs (the limit, the thresholds and the hint each read them, at every
+    probe_sizes call of a proof)."""
+    for known, values in _CONSTANTS:
+        if known is model:
+            return values
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
     for node in model.graph.node:
         if node.op_type != "Constant":
@@ -187,6 +193,7 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         value = next((a for a in node.attribute if a.name == "value"), None)
         if value is not None and _small_inline(value.t):
             values[node.output[0]] = numpy_helper.to_array(value.t)
+    _CONSTANTS[:] = [(model, values), *_CONSTANTS[:3]]
     return values
 
 
