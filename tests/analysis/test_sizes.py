@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
+import pytest
 from conftest import parse
 
 from graphfix.analysis.context import RuleContext
@@ -232,3 +233,35 @@ g (float[B, T] x) => (float[B, T] y) {
     filled = next(n for n in graph.nodes if n.op == "ConstantOfShape").outputs[0]
     assert sizes.value(filled) is None and not sizes.incomplete
     assert sizes.dims(graph.outputs[0]) == ["B", "T"]
+
+
+STRIDED = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, T, 4] x) => (float[B, ?, 4] y) {
+    starts = Constant <value = int64[1] {START}> ()
+    ends = Constant <value = int64[1] {END}> ()
+    axes = Constant <value = int64[1] {1}> ()
+    steps = Constant <value = int64[1] {STEP}> ()
+    y = Slice(x, starts, ends, axes, steps)
+}
+"""
+BIG = 2**63 - 1  # what the exporters write for "to the end"
+
+
+@pytest.mark.parametrize(("start", "end", "step"), [(0, BIG, 2), (1, BIG, 3), (-5, BIG, 2), (0, -1, 2), (2, 7, 2),
+                                                    (-1, -BIG, -1), (-1, -BIG, -2), (BIG, -BIG, -3),
+                                                    (BIG, BIG, 2)])
+def test_a_strided_slice_of_a_length_has_the_length_numpy_gives(start, end, step):
+    """`x[:, s:e:k]` of a dynamic length: a strided window's count, at every length where the start is inside."""
+    import sympy
+
+    text = STRIDED.replace("START", str(start)).replace("END", str(end)).replace("STEP", str(step))
+    sizes, graph = analysed(text)
+    dim = sympy.sympify(sizes.dims(tensor(graph, "y"))[1])
+    for length in range(6, 40):
+        assert int(dim.subs({s: length for s in dim.free_symbols})) == len(range(length)[start:end:step]), dim
+
+
+def test_a_strided_slice_read_from_the_middle_backwards_is_not_guessed():
+    sizes, graph = analysed(STRIDED.replace("START", "3").replace("END", "0").replace("STEP", "-1"))
+    assert sizes.dims(tensor(graph, "y"))[1] is None

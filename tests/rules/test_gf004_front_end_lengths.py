@@ -5,7 +5,9 @@ exporter bakes), random weights, dynamic batch, time and tokens.
 
 - the FireRedASR-shaped AED: Conv1d(stride 2) front end, encoder, decoder with cross-attention to the frames;
   repaired by default, then split with `extract` into an encoder and a decoder that each match PyTorch;
-- Wenet/ESPnet-style Conv2dSubsampling (two stride-2 Conv2d, `((T - 1) // 2 - 1) // 2`), batch first.
+- Wenet/ESPnet-style Conv2dSubsampling (two stride-2 Conv2d, `((T - 1) // 2 - 1) // 2`), batch first;
+- frames kept by a strided slice (`x[:, ::2]`, `x[:, 1::3]`, after a flip): `ceil((T - s) / k)` frames, odd and
+  even export lengths.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ class AED(nn.Module):
 
     def forward(self, features, tokens):
         return self.decode(self.encode(features), tokens)
+
+
+class SkippedFrames(nn.Module):
+    """A frame-rate reduction by slicing, then a batch-first encoder layer (its attention bakes the frames)."""
+
+    def __init__(self, start: int, step: int, flip: bool):
+        super().__init__()
+        self.start, self.step, self.flip = start, step, flip
+        self.proj = nn.Linear(FEATURES, DIM)
+        self.layer = nn.TransformerEncoderLayer(DIM, HEADS, 64, dropout=0.0, batch_first=True)
+
+    def forward(self, features):
+        h = self.proj(features.flip(1) if self.flip else features)
+        return self.layer(h[:, self.start::self.step])
 
 
 class Conv2dSubsampling(nn.Module):
@@ -137,6 +153,27 @@ def test_conv2d_subsampling_frames_are_repaired_by_default(tmp_path):
                   {"features": {0: "batch", 1: "time"}, "h": {0: "batch", 1: "frames"}})
     with pytest.raises(Exception, match="reshape"):
         run(path, {"features": feeds(1, 23)})  # the export as it is: 9 frames baked
+    findings = [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF004"]
+    assert findings and all("floor(" in f.message and f.fix.safety is Safety.SAFE for f in findings)
+    result = graphfix.repair(path, output=str(tmp_path / "fixed.onnx"))
+    assert result.status == "repaired", result.error
+    for batch, time, _ in SIZES:
+        x = feeds(batch, time)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(run(str(tmp_path / "fixed.onnx"), {"features": x})[0], want, rtol=1e-4,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize(("start", "step", "flip", "length"), [(0, 2, False, 40), (0, 2, False, 41), (1, 3, False, 40),
+                                                               (0, 2, True, 39)])
+def test_frames_kept_by_a_strided_slice_are_repaired_by_default(tmp_path, start, step, flip, length):
+    torch.manual_seed(0)
+    module = SkippedFrames(start, step, flip).eval()
+    path = export(module, (torch.from_numpy(feeds(2, length)),), tmp_path / "skipped.onnx", ["features", "h"],
+                  {"features": {0: "batch", 1: "time"}, "h": {0: "batch", 1: "frames"}})
+    with pytest.raises(Exception, match=r"(?i)reshape"):
+        run(path, {"features": feeds(1, 23)})  # the export as it is: its frame count baked
     findings = [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF004"]
     assert findings and all("floor(" in f.message and f.fix.safety is Safety.SAFE for f in findings)
     result = graphfix.repair(path, output=str(tmp_path / "fixed.onnx"))

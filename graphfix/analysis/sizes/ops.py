@@ -271,8 +271,18 @@ class OpShapes:
     def _slice_len(self, node: gs.Node, dim: Expr | None, start: Expr, end: Expr, step: int) -> Expr | None:
         if dim is not None and step != 1 and all(self.num.expr(x).is_number for x in (dim, start, end)):
             return self.num.integer(len(range(*slice(int(start), int(end), step).indices(int(dim)))))
-        if dim is None or step != 1:
+        if dim is None:
             return None
+        if step < 0:  # only a whole axis read backwards (`x.flip(1)` written `x[:, ::-k]`) has a known length
+            whole = start.is_number and (start == -1 or start >= INT_BIG) and end.is_number and end <= -INT_BIG
+            return self.simplify(self.num.floor_div(dim - 1, -step) + 1) if whole else None
+        if step != 1:  # `x[:, s::k]`: ceil((end - s) / k) entries, on the sizes where s is inside the axis
+            if start.is_number and start >= INT_BIG:
+                return self.num.integer(0)
+            start = dim + start if start.is_number and start < 0 else start
+            end = dim if end.is_number and end >= INT_BIG else (
+                dim + end if end.is_number and end < 0 else self.num.min(dim, end))
+            return self.simplify(self.num.floor_div(end - start - 1, step) + 1)  # a strided window's count
         if start.is_number and start < 0:
             start = dim + start
         if end.is_number:
