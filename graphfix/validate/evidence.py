@@ -225,7 +225,7 @@ class Judge:
                 why_not.append(expected)
                 continue
             run.outputs = expected.compare(probe.actual, self.options.rtol, self.options.atol)
-            run.level = reference_.level
+            run.level = reference_.level if expected.evidence else "runs"
             run.note = "; ".join(dict.fromkeys(filter(None, [*why_not[:1], expected.note])))
             if reference_ is self.original:
                 self._bisect(run, probe.feeds)

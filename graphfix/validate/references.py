@@ -46,6 +46,7 @@ class Expected:
     outputs: list[dict[str, np.ndarray]]
     note: str = ""
     overlap: set[str] = field(default_factory=set)
+    evidence: bool = True  # False: compared (a difference refutes), but a match earns no level (a coincidence)
 
     def compare(self, actual: dict[str, np.ndarray], rtol: float, atol: float) -> list[OutputComparison]:
         comparisons: list[OutputComparison] = []
@@ -83,11 +84,24 @@ class OriginalReference:
         wrong = contradicts(expected, self.declared, probe.binding)
         baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
                  self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(probe.actual.get(name)))}
-        if wrong and not baked:
+        spread = {name for name, value in expected.items()
+                  if _spread_from_one(np.shape(value), np.shape(probe.actual.get(name)), self.declared.get(name))}
+        if wrong and not baked | spread:
             return f"the original {wrong}"
-        note = (f"the original returns its export-time shape for {sorted(baked)}: compared on the region both "
-                "shapes cover") if baked else ""
-        return Expected([expected], note, baked)
+        notes = [f"the original returns its export-time shape for {sorted(baked)}"] if baked else []
+        notes += [f"the original spreads a length of 1 along a dynamic axis of {sorted(spread - baked)} (a "
+                  "broadcast against a baked size)"] if spread - baked else []
+        note = ", ".join(notes) + ": compared on the region both shapes cover" if notes else ""
+        return Expected([expected], note, baked | spread, evidence=not spread - baked)
+
+
+def _spread_from_one(original: tuple, candidate: tuple, declared: list | None) -> bool:
+    """Where the two shapes differ, the candidate's length is 1 and the original's longer, on axes the model
+    declares dynamic: the original broadcast a length of 1 against a size baked into it (a table of the export
+    length added to one frame), the one way a broken original runs there. Its values cover the candidate's."""
+    differ = [axis for axis, (a, b) in enumerate(zip(original, candidate, strict=False)) if a != b]
+    return bool(declared is not None and len(original) == len(candidate) == len(declared) and differ) and all(
+        candidate[axis] == 1 < original[axis] and not isinstance(declared[axis], int) for axis in differ)
 
 
 @dataclass

@@ -148,3 +148,38 @@ def test_a_float64_table_built_with_a_python_int_is_regrown_in_float64(tmp_path)
     for batch, time in ((1, 7), (2, 12), (3, 5000)):
         x = np.random.default_rng(time).standard_normal((batch, time, 16))
         np.testing.assert_allclose(run(result.model, {"x": x})[0], x + table(time)[None], rtol=0, atol=1e-9)
+
+
+@pytest.mark.torch
+def test_a_sinusoidal_table_of_the_frames_a_strided_slice_keeps_is_regrown_from_their_count(tmp_path):
+    """Frames kept by `h[:, ::2]`, then a sinusoidal table of `int(h.shape[1])` rows: rebuilt from Range over the
+    slice's length. With one frame (T = 1 or 2) the original broadcasts it to the 20 rows it baked: the proof
+    compares the row both have, instead of refusing the repair for the rows the original made up."""
+    import warnings
+
+    import torch
+
+    class FramesWithPositions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 32)
+
+        def forward(self, x):
+            h = self.proj(x)[:, ::2]
+            n = int(h.shape[1])
+            angle = torch.arange(n).float()[:, None] * torch.exp(torch.arange(0, 32, 2).float() * -0.3)[None]
+            return h + torch.stack([angle.sin(), angle.cos()], -1).reshape(n, 32)
+
+    torch.manual_seed(0)
+    module, path = FramesWithPositions().eval(), tmp_path / "frames.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 40, 16),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "frames"}}, dynamo=False)
+    result = graphfix.repair(str(path))
+    assert result.status == "repaired" and [a.rule for a in result.applied] == ["GF006"], result.error
+    for batch, time in ((1, 23), (2, 40), (3, 64), (1, 1)):
+        x = torch.randn(batch, time, 16)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(run(result.model, {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5)

@@ -115,6 +115,30 @@ def test_an_output_at_its_export_time_shape_is_compared_on_the_overlap():
     assert not validate(BAKED_SLICE, doubled, ValidationOptions(trace_sizes={"N": 2})).passed
 
 
+TABLE = ", ".join(str(v) for v in np.sin(np.arange(80.0) * 0.37).round(4))
+ADDS_TABLE = HEADER + """
+g (float[B, T, 4] x) => (float[B, U, 4] y) <float[20, 4] table = {TABLE}, int64[1] zero = {0}, int64[1] one = {1},
+                                             int64[1] two = {2}> {
+    BODY
+}""".replace("TABLE", TABLE)
+BAKED_TABLE = parse(ADDS_TABLE.replace("BODY", "y = Add(x, table)"))  # a table of T = 20 rows, folded whole
+CUT = "shape = Shape(x)\n    t = Slice(shape, one, two)\n    rows = Slice(table, zero, t)\n    "
+
+
+def test_an_original_that_spreads_a_length_of_1_against_a_baked_size_is_compared_on_the_overlap():
+    """The folded table runs at T = 1 only by broadcasting: its output has 20 rows where PyTorch's has 1. A repair
+    that cuts the table to the length is compared there on the row both have (it was refused for the 19 rows the
+    original made up); one that cuts the wrong rows is still refuted there. A coincidence: no level."""
+    right = parse(ADDS_TABLE.replace("BODY", CUT + "y = Add(x, rows)"))
+    validation = validate(BAKED_TABLE, right, ValidationOptions())
+    assert validation.passed, validation.reasons
+    spread = [run for run in validation.runs if "spreads a length of 1" in run.note]
+    assert spread and all(run.level == "runs" and run.outputs for run in spread)
+    shifted = parse(ADDS_TABLE.replace("BODY", CUT + "later = Add(t, one)\n    rows = Slice(table, one, later)\n"
+                                       "    y = Add(x, rows)").replace("rows = Slice(table, zero, t)\n    ", ""))
+    assert not validate(BAKED_TABLE, shifted, ValidationOptions()).passed
+
+
 def test_an_unchanged_model_is_its_own_original_and_require_is_checked():
     model = parse(HEADER + "g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }")
     same = validate(model, model, ValidationOptions(require="original"))
