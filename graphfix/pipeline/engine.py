@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import export_sizes
@@ -161,9 +162,14 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
 def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions,
                  tried: set[tuple[str, tuple[str, ...], str]]) -> tuple[list[AppliedFix], str]:
     """Apply the applicable, non-overlapping fixes. The text, when not empty, says which fix raised: the
-    graph is then half-edited and must be rebuilt."""
+    graph is then half-edited and must be rebuilt.
+
+    A fix waits for the next round where its nodes overlap one applied in this round, or lie downstream of one
+    another rule applied: its rule read the shapes there before that fix changed them (GF006 sizing a mask by the
+    keys' length that GF004 is making dynamic). One rule's fixes are built to hold together."""
     applied: list[AppliedFix] = []
     touched: set[str] = set()
+    downstream: dict[str, set[str]] = {}  # rule -> the nodes its fixes of this round feed
     for finding in findings:
         fix = finding.fix
         if fix is None or (fix.safety is Safety.UNSAFE and not options.unsafe_fixes):
@@ -171,7 +177,8 @@ def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions
         key = (finding.rule, tuple(finding.nodes), fix.summary)
         if key in tried:  # the same fix came back: it did not take, do not loop on it
             continue
-        if touched.intersection(finding.nodes):  # overlapping fixes wait for the next round
+        if touched.intersection(finding.nodes) or any(
+                rule != finding.rule and fed.intersection(finding.nodes) for rule, fed in downstream.items()):
             continue
         tried.add(key)
         try:
@@ -179,5 +186,19 @@ def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions
         except Exception as exc:
             return applied, f"{finding.rule} fix '{fix.summary}' failed: {format_traceback(exc)}"
         touched.update(finding.nodes)
+        downstream.setdefault(finding.rule, set()).update(_fed_by(ctx.graph, finding.nodes))
         applied.append(AppliedFix(finding.rule, list(finding.nodes), fix.summary))
     return applied, ""
+
+
+def _fed_by(graph: gs.Graph, names: list[str]) -> set[str]:
+    """The names of the nodes that read, directly or not, what the nodes `names` compute."""
+    fed, wanted = set(), set(names)
+    stack = [node for node in graph.nodes if node.name in wanted]
+    while stack:
+        for tensor in stack.pop().outputs:
+            for consumer in tensor.outputs:
+                if consumer.name not in fed:
+                    fed.add(consumer.name)
+                    stack.append(consumer)
+    return fed
