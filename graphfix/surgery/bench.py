@@ -198,8 +198,7 @@ def _measure(row: BenchRow, call: Callable[[], Any], feeds: dict[str, np.ndarray
 
 def short_error(error: str) -> str:
     """`Where '/Where': Attempting to broadcast ...` from onnxruntime's long status line."""
-    from graphfix.validate.probe import short_message
-    from graphfix.validate.runner import failing_node
+    from graphfix.validate.runner import failing_node, short_message
 
     where = failing_node(error)
     return f"{where[0]} '{where[1]}': {short_message(error)}" if where else error

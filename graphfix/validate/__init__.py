@@ -38,7 +38,7 @@ import numpy as np
 
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.validate.anchor import anchored, known_export_size
-from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, weakest
+from graphfix.validate.evidence import LEVELS, Judge, derived_summary, dim_evidence, failure_reasons, weakest
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.probe import RuntimeFailure, probe
@@ -149,7 +149,7 @@ def _degenerate(export: dict[str, int], probed: set[str], tied) -> dict[str, int
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
     subject = "the model" if after is before else "repaired model"
-    reasons = [line for run in runs for line in run.reasons(subject)]
+    reasons = failure_reasons(runs, subject)
     evidence = weakest(dims.values()) if dims else (runs[0].level if runs else "runs")
     if after is not before and not reasons and LEVELS.index(evidence) < LEVELS.index(options.require):
         weak = ", ".join(f"{name}: {level}" for name, level in dims.items() if LEVELS.index(level) <

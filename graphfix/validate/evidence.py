@@ -32,7 +32,7 @@ from graphfix.validate.graph_sizes import met_sizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
-from graphfix.validate.runner import failing_node
+from graphfix.validate.runner import failing_node, short_message
 from graphfix.validate.sizes import batch_dims, coincidence, forced_sizes, is_smaller
 
 
@@ -57,14 +57,19 @@ class SizeRun:
         return not self.skipped and bool(self.candidate_error or self.shape_problems
                                          or self.derived is False or any(not o.ok for o in self.outputs))
 
+    @property
+    def failure(self) -> str:
+        """Where and why the candidate failed, in short: `node '/Reshape' (Reshape): <onnxruntime's message>`."""
+        where = failing_node(self.candidate_error or "")
+        node = f"node '{where[1]}' ({where[0]})" if where else "the model"
+        return f"{node}: {short_message(self.candidate_error or '')}"
+
     def reasons(self, subject: str) -> list[str]:
         if self.skipped:
             return []
         at = f"at sizes {self.sizes}"
         if self.candidate_error is not None:
-            where = failing_node(self.candidate_error)
-            node = f"node '{where[1]}' ({where[0]})" if where else "the model"
-            return [f"{subject} fails {at}: {node}: {self.candidate_error}"]
+            return [f"{subject} fails {at}: {self.failure}"]
         against = "the original run sample by sample" if self.level == "consistent" else "the original"
         lines = [f"output '{o.name}' differs from {against} {at}: {o.problem}" for o in self.outputs if not o.ok]
         lines += [f"output '{o.name}' differs from the original re-traced {at} (derived check: the rewrite does not "
@@ -84,6 +89,28 @@ class SizeRun:
             "derived": self.derived,
             "note": self.note,
         }
+
+
+def failure_reasons(runs: list[SizeRun], subject: str) -> list[str]:
+    """Each run's reasons, in order, where the failures at one node are one line that lists their sizes (the
+    first size's message): `fails at sizes {...}, {...} and {...}: node '/Reshape' (Reshape): ...`."""
+    lines: list[str | tuple[str, str]] = []
+    failed: dict[tuple[str, str], list[SizeRun]] = {}
+    for run in runs:
+        where = failing_node(run.candidate_error) if run.candidate_error and not run.skipped else None
+        if where is None:
+            lines += run.reasons(subject)
+            continue
+        if where not in failed:
+            lines.append(where)
+        failed.setdefault(where, []).append(run)
+    return [line if isinstance(line, str) else _failed_at(failed[line], subject) for line in lines]
+
+
+def _failed_at(runs: list[SizeRun], subject: str) -> str:
+    sizes = [str(run.sizes) for run in runs]
+    listed = sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
+    return f"{subject} fails at sizes {listed}: {runs[0].failure}"
 
 
 def weakest(levels) -> str:

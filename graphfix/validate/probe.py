@@ -8,7 +8,6 @@ dropped), and the run goes on to find failures further down. Polygraphy's lint s
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +27,7 @@ from graphfix.validate.runner import (
     ModelSource,
     failing_node,
     load_structure,
+    short_message,
     upstream_only,
     without_downstream,
 )
@@ -90,12 +90,6 @@ class RuntimeFailure:
             return f"inputs {self.tensors} are fed but the graph does not declare them: {short_message(self.message)}"
         where = f"{self.op_type} node '{self.node}'" if self.node else "the model"
         return f"{where} fails at sizes {self.sizes}: {short_message(self.message)}"
-
-
-def short_message(message: str) -> str:
-    """ORT's status message without the 'Non-zero status code' preamble and the C++ source location."""
-    text = message.split("Status Message: ", 1)[-1]
-    return re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
 
 
 def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[RuntimeFailure]:

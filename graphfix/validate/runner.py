@@ -315,6 +315,12 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+def short_message(message: str) -> str:
+    """ORT's status message without the 'Non-zero status code' preamble and the C++ source location."""
+    text = message.split("Status Message: ", 1)[-1]
+    return re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", text)
+
+
 def failing_node(error: str) -> tuple[str, str] | None:
     """(op_type, node name) from `... while running Where node. Name:'/Where' ...`, or None."""
     match = NODE_IN_ERROR.search(error)

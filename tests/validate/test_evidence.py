@@ -152,3 +152,21 @@ def test_evidence_is_in_the_json():
     assert data["derived"] == {"matched": 0, "differed": 0}
     assert {run["level"] for run in data["runs"]} <= {"original", "consistent", "runs", None}
     assert all("derived" in run for run in data["runs"])
+
+
+def test_failures_at_one_node_are_one_line_that_lists_their_sizes():
+    from graphfix.validate.evidence import SizeRun, failure_reasons
+
+    def failed(t: int, node: str) -> SizeRun:
+        error = (f"Non-zero status code returned while running Reshape node. Name:'{node}' Status Message: "
+                 f"/onnxruntime_src/reshape_helper.h:91 ReshapeHelper() size == 0 was false. The input tensor "
+                 f"cannot be reshaped to the requested shape. Input shape:{{{t}}}")
+        return SizeRun({"T": t}, error, error)
+
+    runs = [failed(3, "/a"), failed(5, "/b"), failed(7, "/a"), SizeRun({"T": 9}, "its own error", "its own error")]
+    assert failure_reasons(runs, "the model") == [
+        "the model fails at sizes {'T': 3} and {'T': 7}: node '/a' (Reshape): The input tensor cannot be reshaped "
+        "to the requested shape. Input shape:{3}",
+        "the model fails at sizes {'T': 5}: node '/b' (Reshape): The input tensor cannot be reshaped to the "
+        "requested shape. Input shape:{5}",
+        "the model fails at sizes {'T': 9}: the model: its own error"]
