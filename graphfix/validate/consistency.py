@@ -52,17 +52,17 @@ def batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
 
 
 def independent_samples(original, feeds: dict[str, np.ndarray], batch: str, rtol: float,
-                        atol: float) -> Samples | str:
-    """`batch` with its axes when the original, at `feeds`, gives each sample's outputs alone as it gives them in
-    the batch (tried for the first and the last sample) and gives them permuted for permuted samples; else why
-    not (it is not assumed where the original cannot be tried)."""
+                        atol: float, where: str = "its export size") -> Samples | str:
+    """`batch` with its axes when the original, at `feeds` (`where`, in words), gives each sample's outputs alone
+    as it gives them in the batch (tried for the first and the last sample) and gives them permuted for permuted
+    samples; else why not (it is not assumed where the original cannot be tried)."""
     axes = batch_axes(original.proto, batch)
     size = next((np.shape(feeds[name])[axis] for name, axis in axes.items() if name in feeds), 0)
     if size < 2:
         return f"samples along '{batch}' cannot be told apart at {batch}={size}: their independence is not shown"
     whole = original.run(feeds)
     if not whole.ok:
-        return (f"the original fails at its export size with {batch}={size}: the independence of samples along "
+        return (f"the original fails at {where} with {batch}={size}: the independence of samples along "
                 f"'{batch}' is not shown, so it is not assumed")
     alone = {}
     for sample in (0, size - 1):

@@ -180,8 +180,9 @@ class Judge:
         found = []
         for batch in self.batch:
             binding = {**self.export, batch: max(self.export[batch], 2)}
+            where = "its export size" if self.known else f"the size taken for its export ({binding})"
             trial = independent_samples(self.before, self.feeds(binding), batch, self.options.rtol,
-                                        self.options.atol)
+                                        self.options.atol, where)
             if isinstance(trial, Samples):
                 found.append(trial)
             else:
