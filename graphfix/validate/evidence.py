@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from graphfix.analysis.shapes import infer_shapes
 from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import (
     OutputComparison,
@@ -28,7 +29,8 @@ from graphfix.validate.consistency import (
     batch_axes,
     independent_samples,
 )
-from graphfix.validate.graph_sizes import met_sizes
+from graphfix.validate.graph_sizes import declared_sizes, met_sizes
+from graphfix.validate.held_sizes import HeldSizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
@@ -172,6 +174,9 @@ class Judge:
         self.divergence: dict | None = None
         self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
         self.retracer = Retracer(before, options.choices)
+        # output axes held at an input dim's export size (learnt at a known export size only)
+        self.held = HeldSizes(self.declared, self.probed_dims - set(self.batch) - self.derived_dims,
+                              declared_sizes(before.proto))
 
     @functools.cached_property
     def samples(self) -> list[Samples]:
@@ -190,6 +195,12 @@ class Judge:
         return found
 
     @functools.cached_property
+    def fixed_outputs(self) -> dict[str, list | None]:
+        """The original's output dims as onnx's shape inference of its own graph gives them (a size its graph
+        fixes is an int there)."""
+        return declared_shapes(infer_shapes(self.before.proto))
+
+    @functools.cached_property
     def inferred(self) -> ShapeOracle:
         return ShapeOracle(self.after.proto)
 
@@ -205,7 +216,7 @@ class Judge:
 
     @functools.cached_property
     def original(self) -> OriginalReference:
-        return OriginalReference(self.declared, self.export_shapes)
+        return OriginalReference(self.declared, self.export_shapes, lambda: self.fixed_outputs)
 
     @functools.cached_property
     def by_samples(self) -> SamplesReference:
@@ -225,11 +236,14 @@ class Judge:
         if at_export and expected.ok:
             self.export_shapes.update({name: list(np.shape(v)) for name, v in expected.outputs.items()})
             self._drop_wrong_declarations(expected.outputs, binding)
+            if self.known:
+                self.held.learn(expected.outputs, binding)
         if not actual.ok:
             self._outside_range(run, reference_only)
             return run
         run.candidate_shapes = {k: list(np.shape(v)) for k, v in actual.outputs.items()}
-        run.shape_problems = self.promised.mismatches(actual.outputs, binding)
+        run.shape_problems = self.promised.mismatches(actual.outputs, binding) + self.held.problems(actual.outputs,
+                                                                                                    binding)
         if self.after is self.before:
             run.level = "original"  # nothing changed: the model is its own original
             return run

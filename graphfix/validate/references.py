@@ -26,6 +26,8 @@ from graphfix.validate.consistency import Samples, contradicts, reference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import ModelRunner, RunResult
 
+EXACT = "the export size, or a size giving every size the graph baked: compared in full"
+
 
 @dataclass
 class Probe:
@@ -67,10 +69,12 @@ class Reference(Protocol):
 @dataclass
 class OriginalReference:
     """The original's own run. `declared`: its declared output dims; `export_shapes`: its output shapes at the
-    export size (filled once it ran there)."""
+    export size (filled once it ran there); `fixed`: its output dims as onnx's shape inference of its own graph
+    gives them (asked for only where a run may have spread a length of 1)."""
 
     declared: dict[str, list | None]
     export_shapes: dict[str, list[int]]
+    fixed: Callable[[], dict[str, list | None]] = dict
     level: str = "original"
 
     def expect(self, probe: Probe) -> Expected | str:
@@ -78,14 +82,15 @@ class OriginalReference:
             return "the original fails here"
         expected = probe.original.outputs
         if probe.exact:  # right by construction there: every output in full, nothing left out
-            return Expected([expected], "the export size: compared in full")
+            return Expected([expected], EXACT)
         if all(np.size(value) == 0 for value in expected.values()):
             return "the original returns only empty outputs here: nothing to compare"
         wrong = contradicts(expected, self.declared, probe.binding)
         baked = {name for name, value in expected.items() if wrong and list(np.shape(value)) ==
                  self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(probe.actual.get(name)))}
         spread = {name for name, value in expected.items()
-                  if _spread_from_one(np.shape(value), np.shape(probe.actual.get(name)), self.declared.get(name))}
+                  if _spread_from_one(np.shape(value), np.shape(probe.actual.get(name)), self.declared.get(name),
+                                      lambda name=name: self.fixed().get(name))}
         if wrong and not baked | spread:
             return f"the original {wrong}"
         notes = [f"the original returns its export-time shape for {sorted(baked)}"] if baked else []
@@ -95,13 +100,19 @@ class OriginalReference:
         return Expected([expected], note, baked | spread, evidence=not spread - baked)
 
 
-def _spread_from_one(original: tuple, candidate: tuple, declared: list | None) -> bool:
-    """Where the two shapes differ, the candidate's length is 1 and the original's longer, on axes the model
-    declares dynamic: the original broadcast a length of 1 against a size baked into it (a table of the export
-    length added to one frame), the one way a broken original runs there. Its values cover the candidate's."""
+def _spread_from_one(original: tuple, candidate: tuple, declared: list | None,
+                     fixed: Callable[[], list | None]) -> bool:
+    """Where the two shapes differ, the candidate's length is 1 and the original's is the size the original's own
+    graph fixes there (its shape inference says so), on axes the model declares dynamic: the original broadcast a
+    length of 1 against a size baked into it (a table of the export length added to one frame), the one way a
+    broken original runs there. Its values cover the candidate's. An original whose length there follows its
+    inputs is no such case: a candidate that returns 1 there is compared in full, and differs."""
     differ = [axis for axis, (a, b) in enumerate(zip(original, candidate, strict=False)) if a != b]
-    return bool(declared is not None and len(original) == len(candidate) == len(declared) and differ) and all(
-        candidate[axis] == 1 < original[axis] and not isinstance(declared[axis], int) for axis in differ)
+    if not (declared is not None and len(original) == len(candidate) == len(declared) and differ and all(
+            candidate[axis] == 1 < original[axis] and not isinstance(declared[axis], int) for axis in differ)):
+        return False
+    dims = fixed()
+    return dims is not None and len(dims) == len(original) and all(dims[axis] == original[axis] for axis in differ)
 
 
 @dataclass

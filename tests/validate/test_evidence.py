@@ -139,6 +139,17 @@ def test_an_original_that_spreads_a_length_of_1_against_a_baked_size_is_compared
     assert not validate(BAKED_TABLE, shifted, ValidationOptions()).passed
 
 
+def test_a_candidate_that_collapses_an_axis_the_original_follows_is_refuted_in_full():
+    """The spread is a broadcast against a size the original's graph fixes: where the original's length follows
+    its input (a healthy `2 * x`, its output's axis named by no input), a candidate that returns one row is
+    compared in full, and differs (review, helper 33: it passed on the row both had)."""
+    healthy = HEADER + "g (float[B, T, 4] x) => (float[B, frames, 4] y) <float two = {2.0}, int64[1] zero = {0}, " \
+        "int64[1] one = {1}> {\n    BODY\n}"
+    collapsed = parse(healthy.replace("BODY", "row = Slice(x, zero, one, one)\n    y = Mul(row, two)"))
+    validation = validate(parse(healthy.replace("BODY", "y = Mul(x, two)")), collapsed, ValidationOptions())
+    assert not validation.passed and "shape [2, 1, 4] instead of" in " ".join(validation.reasons)
+
+
 def test_an_unchanged_model_is_its_own_original_and_require_is_checked():
     model = parse(HEADER + "g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }")
     same = validate(model, model, ValidationOptions(require="original"))

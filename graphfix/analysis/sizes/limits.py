@@ -67,12 +67,12 @@ def frozen_outputs(sizes: Sizes) -> list[FrozenOutput]:
             continue
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
             if isinstance(dim, str) and dim and size is not None and size.is_Integer and size > 1 \
-                    and not _made_up(dim, tensor.name, axis):
+                    and not made_up_dim(dim, tensor.name, axis):
                 found.append(FrozenOutput(tensor.name, axis, dim, int(size)))
     return found
 
 
-def _made_up(dim: str, output: str, axis: int) -> bool:
+def made_up_dim(dim: str, output: str, axis: int) -> bool:
     """A name the TorchScript exporter invents for a dim it could not infer (`Reluy_dim_2` for axis 2 of `y`, the
     output of a Relu), not one the user declared dynamic."""
     return dim.endswith(f"{output}_dim_{axis}")
