@@ -42,7 +42,9 @@ from graphfix.validate.graph_sizes import (
     size_thresholds,
 )
 
-BATCH_LIKE = re.compile(r"batch|^b$|^n$|^bs$|num_|^N$", re.IGNORECASE)
+# names of a batch beyond an input's leading dim (PyTorch's `(L, N, E)`); a lowercase `n` or `num_samples` is as
+# often a length, probed at 1 as a batch it made healthy conv front ends fail (sweep, helper 34)
+BATCH_LIKE = re.compile(r"(?i:batch|^b$|^bs$)|^N$")
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12

@@ -28,9 +28,9 @@ def _export(module, example, path, names, axes, dynamo=False):
     return path
 
 
-def conv_front_end(path, dynamo):
+def conv_front_end(path, dynamo, samples="S"):
     """A kernel-16 stride-8 Conv1d and a stride-2 Conv1d over raw audio, then attention-like pooling over the frames:
-    88 samples give 4 frames."""
+    88 samples give 4 frames. `samples`: the name of the audio's length axis."""
     from torch import nn
 
     class FrontEnd(nn.Module):
@@ -45,7 +45,7 @@ def conv_front_end(path, dynamo):
 
     torch.manual_seed(0)
     return _export(FrontEnd(), (torch.randn(2, 400),), path, ["audio", "h"],
-                   {"audio": {0: "B", 1: "S"}, "h": {0: "B", 1: "F"}}, dynamo)
+                   {"audio": {0: "B", 1: samples}, "h": {0: "B", 1: "F"}}, dynamo)
 
 
 def speech_encoder(path, name):
@@ -85,11 +85,15 @@ def mobilenet(path):
 MODELS = {
     "conv-front-end-ts": lambda p: conv_front_end(p, False),
     "conv-front-end-dynamo": lambda p: conv_front_end(p, True),
+    # a length named like a count (`n`, `num_samples`) was probed at 1 as a batch (sweep, helper 34)
+    "conv-front-end-n": lambda p: conv_front_end(p, False, "n"),
+    "conv-front-end-num-samples": lambda p: conv_front_end(p, False, "num_samples"),
     "wav2vec2": lambda p: speech_encoder(p, "wav2vec2"),
     "hubert": lambda p: speech_encoder(p, "hubert"),
     "mobilenet-v3": mobilenet,
 }
-LEAST = {"conv-front-end-ts": {"S": 88}, "conv-front-end-dynamo": {"S": 88}, "mobilenet-v3": {"H": 97, "W": 97}}
+LEAST = {"conv-front-end-ts": {"S": 88}, "conv-front-end-dynamo": {"S": 88}, "conv-front-end-n": {"n": 88},
+         "conv-front-end-num-samples": {"num_samples": 88}, "mobilenet-v3": {"H": 97, "W": 97}}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -123,3 +127,29 @@ def test_guessed_export_sizes_differ_from_each_other_and_from_fixed_sizes():
         }}""")
     export = probe_sizes(model, ValidationOptions())[0]
     assert export["T"] != export["U"] and not {export["T"], export["U"]} & {12, 13}, export
+
+
+def test_a_kernel_that_fails_at_batch_1_at_every_length_is_no_minimum_length(tmp_path):
+    """speechbrain's SepFormer decoder calls `squeeze()` without a dim: at batch 1 the batch axis goes too, and the
+    Pad after it (pads for three axes) fails at every length. Probed at batch 1 and a shorter length, that failure
+    was taken for the model's minimum length and `diagnose` said "no findings" while `repair` refused it (sweep,
+    helper 34). A kernel's failure below the export size is a minimum only where that batch runs at the export's
+    lengths."""
+    from torch import nn
+    from torch.nn import functional
+
+    class SqueezedPad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, 8, stride=4)
+
+        def forward(self, audio):
+            return functional.pad(self.conv(audio.unsqueeze(1)).squeeze(), (2, 2))
+
+    torch.manual_seed(0)
+    path = _export(SqueezedPad(), (torch.randn(2, 400),), tmp_path / "squeezed.onnx", ["audio", "h"],
+                   {"audio": {0: "B", 1: "S"}, "h": {0: "B", 2: "F"}})
+    # the export size given: the batch-1 size is then shorter than it (201 samples), as in SepFormer's probe
+    diagnosed = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "audio=2x400"])
+    assert diagnosed.exit_code == 1 and "Pad" in diagnosed.output and "'B': 1" in diagnosed.output, \
+        diagnosed.output
