@@ -31,7 +31,7 @@ import re
 
 import onnx
 
-from graphfix.analysis.sizes.domain import input_minimums
+from graphfix.analysis.sizes.domain import input_minimums, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -98,8 +98,9 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     wanted = max(options.num_sizes, 1)
     bindings = [export]
     single = {name: 1 for name in batch if name in export and name not in forced}
+    grow = input_strides(model, export)  # a larger size gives every strided front end another output position
     smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least)
-    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least)
+    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least, grow)
                               for step in (1, *range(3, wanted + 8))]
     for other in candidates:
         if len(bindings) >= wanted:
@@ -179,9 +180,9 @@ def coincidence(model: onnx.ModelProto, binding: dict[str, int], probed: set[str
 
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
-            avoid: set[int], least: dict[str, int]) -> dict[str, int]:
+            avoid: set[int], least: dict[str, int], grow: dict[str, int] | None = None) -> dict[str, int]:
     """One size per dim around its export size, all different from each other and from the graph's fixed sizes,
-    none below the least size the model accepts."""
+    none below the least size the model accepts; a larger one at least `grow` past it."""
     taken: set[int] = set(forced.values())
     binding = dict(forced)
     for name, size in export.items():
@@ -189,15 +190,16 @@ def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: i
             continue
         cap = None if name in batch else limit
         floor = max(least.get(name, 1), 2)  # 1 only where asked for: the batch-1 binding
-        binding[name] = _free(max(_around(size, step), floor), size, taken | avoid, cap, floor)
+        binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken | avoid, cap,
+                              floor)
         taken.add(binding[name])
     return {name: binding[name] for name in export}
 
 
-def _around(export_size: int, step: int) -> int:
-    """Step 1 larger, step 2 smaller, then larger again: odd where the export size is even."""
+def _around(export_size: int, step: int, grow: int = 1) -> int:
+    """Step 1 larger (by `grow` at least), step 2 smaller, then larger again: odd where the export size is even."""
     if step == 1:
-        return export_size + 3
+        return export_size + max(3, grow)
     if step == 2:
         return (export_size // 2) | 1 if export_size > 2 else 1
     return 2 * export_size + 2 * step - 1

@@ -81,3 +81,17 @@ def test_a_conv_inside_an_if_branch_bounds_the_input_it_reads():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {"x": np.ones((1, 1, least["S"]), np.float32), "flag": np.array(True)}
     assert session.run(None, feeds)[0].shape[-1] == 4
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_a_larger_probe_size_gives_every_strided_output_another_frame(name):
+    """`input_strides`: the least growth past the export size at which onnxruntime gives more output frames (a
+    stride-16 stack at 400 samples: 403 gives the same frames, so a probe there showed nothing new)."""
+    from graphfix.analysis.sizes.domain import input_strides
+    from graphfix.validate import ValidationOptions, probe_sizes
+
+    model = stack(STACKS[name])
+    (grow,) = input_strides(model, {"S": 400}).values()
+    assert frames_at(model, 400 + grow) > frames_at(model, 400) == frames_at(model, 400 + grow - 1)
+    larger = [b["S"] for b in probe_sizes(model, ValidationOptions(trace_sizes={"S": 400})) if b["S"] > 400]
+    assert larger and all(frames_at(model, s) > frames_at(model, 400) for s in larger)

@@ -26,23 +26,58 @@ FRAMES = 4
 def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
     """Input dim name -> the least size at which every Conv/Pool output that depends on that dim alone has at least
     `frames` positions along it. Empty for graphs without a windowed op (nothing is analysed there)."""
+    least: dict[str, int] = {}
+    for symbol, length in _input_lengths(model):
+        size = least_size(length, symbol, frames)
+        if size is not None:
+            least[symbol.name] = max(least.get(symbol.name, 1), size)
+    return least
+
+
+def input_strides(model, export: dict[str, int]) -> dict[str, int]:
+    """Input dim name -> how far past its `export` size it must grow before every Conv/Pool output that depends on
+    it alone has grown by a position (a ViT's 16-pixel patch: 224 and 227 give the same 14 patches, and a probe
+    there tells nothing the export size does not)."""
+    strides: dict[str, int] = {}
+    for symbol, length in _input_lengths(model):
+        if symbol.name in export:
+            step = _growth(length, symbol, export[symbol.name])
+            if step is not None:
+                strides[symbol.name] = max(strides.get(symbol.name, 1), step)
+    return strides
+
+
+def _input_lengths(model) -> list:
+    """(input dim symbol, length) of each windowed output that depends on one input dim alone."""
     if not _has_window(model.graph):
-        return {}
+        return []
     from graphfix.analysis.sizes import static_sizes
 
     sizes, graph = static_sizes(model)
-    least: dict[str, int] = {}
-    seen: set = set()
+    found, seen = [], set()
     for node in _clear_of_constraints(graph, sizes):
         for length in _window_lengths(node, sizes):
             if length is None or len(length.free_symbols) != 1 or length in seen:
                 continue
             seen.add(length)
-            (symbol,) = length.free_symbols
-            size = least_size(length, symbol, frames)
-            if size is not None:
-                least[symbol.name] = max(least.get(symbol.name, 1), size)
-    return least
+            found.append((next(iter(length.free_symbols)), length))
+    return found
+
+
+def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 1024) -> int | None:
+    """The least d > 0 at which `length` at `size + d` exceeds its value at `size` (None past `most`)."""
+    start = length.subs(symbol, size)
+    if not start.is_number:
+        return None
+    low, high = 1, 1
+    while length.subs(symbol, size + high) <= start:
+        if high >= most:
+            return None
+        low, high = high + 1, min(high * 2, most)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if length.subs(symbol, size + middle) > start else (middle + 1, high)
+    return low
 
 
 def _has_window(graph) -> bool:
