@@ -28,6 +28,10 @@ FIXED_HINT = ("The padded length went through Python while tracing (`math.ceil(T
               "that follow it static.")
 
 
+WHOLE_HINT = ("A pad amount `k - x % k` pads a whole k where x is a multiple of k: if the source pads under "
+              "`if x % k != 0:`, the trace froze that branch; write `(k - x % k) % k` without the `if`.")
+
+
 class TraceBakedPad(Rule):
     """Pads that round a length up to a multiple, computed in Python while tracing and frozen at export.
 
@@ -56,6 +60,11 @@ class TraceBakedPad(Rule):
     pads to a maximum length on purpose leaves the same graph, so this is a warning; it is an error where an output
     the exporter was told is dynamic stays fixed because of it (BiT's feature map, 8 x 8 at every image size): with
     the Pad's amounts made unknown, the analysis no longer finds that output fixed.
+
+    A third finding, a warning: a Pad by `k - x % k`, which pads a whole k where x is already a multiple of k. That
+    is what `if x % k != 0: x = F.pad(x, (0, k - x % k))` leaves when the trace takes the branch at export
+    (transformers' FocalNet: 9 tokens become 16 at 48 x 48); PyTorch pads nothing there. A model that always pads
+    leaves the same graph, and the original runs at every size, so the proof can only follow the original.
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
@@ -88,6 +97,8 @@ class TraceBakedPad(Rule):
             by_node.setdefault(id(pad.node), []).append(pad)
         for pads in by_node.values():
             yield self._fixed_finding(ctx, sizes, pads)
+        for node, whole in _whole_window_pads(sizes) if sizes else ():
+            yield self._whole_window_finding(sizes, node, whole)
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
@@ -135,6 +146,38 @@ class TraceBakedPad(Rule):
                     f"'{node.name}' as (k - {baked.length} % k) % k with k={k}",
                     apply=rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset),
                     safety=safety, reason=reason))
+
+    def _whole_window_finding(self, sizes, node, whole: dict[int, tuple]) -> Finding:
+        """Not repaired: the original runs at every size (padding a whole k), so only the module tells which model
+        it is, and the proof compares with the original."""
+        rank = len(sizes.shape(node.inputs[0]))
+        amounts = "; ".join(f"the {_side(j, rank)} by {k} - {x} % {k}" for j, (k, x) in whole.items())
+        return self.finding(
+            f"Pad '{node.name}' pads {amounts}: a whole {', '.join(sorted({str(k) for k, _ in whole.values()}))} "
+            "where the length is already a multiple, as an `if length % k != 0:` taken at export and frozen by the "
+            "trace leaves it (PyTorch pads nothing there); a model that always pads leaves the same graph",
+            nodes=[node], tensors=[node.inputs[1]], severity=Severity.WARNING, hint=WHOLE_HINT)
+
+
+def _whole_window_pads(sizes) -> Iterator[tuple]:
+    """Pads with an amount `k - x % k` (k > 1): a whole k where x is a multiple of k. -> (node, {entry: (k, x)})."""
+    for node in sizes.graph.nodes:
+        if node.op != "Pad" or len(node.inputs) < 2:
+            continue
+        whole = {j: found for j, amount in enumerate(sizes.value(node.inputs[1]) or ())
+                 if (found := _whole_window(amount)) is not None}
+        if whole:
+            yield node, whole
+
+
+def _whole_window(amount) -> tuple | None:
+    """(k, x) where `amount` is `k - Mod(x, k)` for a whole k > 1."""
+    amount = sympy.sympify(amount)
+    mods = [t for t in sympy.Add.make_args(amount) if isinstance(-t, sympy.Mod)]
+    if len(mods) != 1:
+        return None
+    x, k = (-mods[0]).args
+    return (int(k), x) if k.is_Integer and k > 1 and sympy.expand(amount - k + (-mods[0])) == 0 else None
 
 
 def _side(position: int, rank: int) -> str:
