@@ -19,7 +19,6 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.shapes import infer_shapes
-from graphfix.analysis.sizes import sizes_giving_lengths, sizes_of
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
 from graphfix.core.rule import Finding, Rejection, Rule, RuleOptions, Safety, Severity
@@ -122,17 +121,7 @@ def solved_sizes(ctx: RuleContext, diagnosis: Diagnosis) -> dict[str, int]:
     choice to make (without one the proof needs no export size, and the analysis is not paid for)."""
     if not any(f.fix is not None or f.choice is not None for f in diagnosis.findings):
         return {}
-    solved = dict(export_sizes(ctx, ctx.evaluator).values)
-    # where a baked length was derived through a floor, the largest input size that gives it and that no input or
-    # output declares (the proof anchors on it only where the original runs there: known_export_size)
-    from graphfix.validate.graph_sizes import declared_sizes  # here: graphfix.validate loads onnxruntime
-
-    declared = declared_sizes(ctx.model)
-    for name, (first, last) in sizes_giving_lengths(sizes_of(ctx)).items():
-        size = next((t for t in range(last, max(first, last - 16) - 1, -1) if t not in declared), None)
-        if name not in solved and size is not None:
-            solved[name] = size
-    return solved
+    return dict(export_sizes(ctx, ctx.evaluator).values)
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,

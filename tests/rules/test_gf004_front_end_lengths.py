@@ -122,11 +122,6 @@ def test_aed_is_repaired_by_default_and_split_into_parts_that_match_pytorch(aed,
     module, path = aed
     result = graphfix.repair(path, output=str(tmp_path / "fixed.onnx"))
     assert result.status == "repaired", result.error
-    # the proof anchors on a time that gives the 20 frames baked (39 or 40; 40 is also the vocabulary's size, so
-    # 39): there the original runs, and the repair must equal it in full
-    first = result.validation["runs"][0]
-    assert (first["sizes"]["time"], first["sizes"]["tokens"], first["level"]) == (39, 5, "original"), first
-    assert "compared in full" in first["note"]
     for batch, time, tokens in SIZES:
         x, t = feeds(batch, time, tokens)
         with torch.no_grad():

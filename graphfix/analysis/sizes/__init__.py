@@ -37,7 +37,6 @@ from graphfix.analysis.sizes.solve import (
     determined_entries,
     partly_constant,
     relations,
-    sizes_giving_lengths,
     solve,
 )
 
@@ -86,5 +85,5 @@ __all__ = [
     "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries", "frozen_by_pads",
     "frozen_outputs",
     "partly_constant", "relations",
-    "sizes_giving_lengths", "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",
+    "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",
 ]

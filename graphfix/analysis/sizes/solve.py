@@ -53,7 +53,6 @@ class BakedShape:
     node: gs.Node
     solution: Solution
     entries: list[BakedEntry]
-    length: sympy.Expr | None = None  # what `solution.symbol` stands for, where it is a length derived from an input
 
     @property
     def equation(self) -> str:
@@ -160,44 +159,7 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
         entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
                               tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
-    return BakedShape(constraint.node, solution, entries, length)
-
-
-def sizes_giving_lengths(sizes: Sizes) -> dict[str, tuple[int, int]]:
-    """The input sizes (first, last) at which every length the Reshapes baked through a floor comes out as it did
-    at export: a strided front end's frames, `floor((T - 1)/2) + 1 = 20`, give T in (39, 40). Not the export size
-    (each of those gives the same graph), but sizes at which the original computes each baked length as it did
-    there; an input the lengths disagree about gets none."""
-    ranges: dict[sympy.Symbol, tuple[int, int]] = {}
-    for baked in baked_reshapes(sizes):
-        if baked.length is None or len(baked.length.free_symbols) != 1:
-            continue
-        (symbol,) = baked.length.free_symbols
-        found = _sizes_giving(baked.length, symbol, baked.solution.value)
-        low, high = ranges.get(symbol, found or (1, 0))
-        ranges[symbol] = (max(low, found[0]), min(high, found[1])) if found else (1, 0)
-    return {symbol.name: (low, high) for symbol, (low, high) in ranges.items() if low <= high}
-
-
-def _sizes_giving(length: sympy.Expr, symbol: sympy.Symbol, value: int, limit: int = 1 << 24) -> tuple | None:
-    """The sizes of `symbol` at which `length`, a count that grows with it (a floor of a positive multiple),
-    equals `value`: (first, last), or None where none does up to `limit`."""
-    def first_reaching(target: int) -> int | None:
-        high = 1
-        while int(length.subs(symbol, high)) < target:
-            high *= 2
-            if high > limit:
-                return None
-        low = high // 2 + 1 if high > 1 else 1
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (low, middle) if int(length.subs(symbol, middle)) >= target else (middle + 1, high)
-        return low
-
-    first, after = first_reaching(value), first_reaching(value + 1)
-    if first is None or int(length.subs(symbol, first)) != value:
-        return None
-    return first, (after - 1 if after is not None else limit)
+    return BakedShape(constraint.node, solution, entries)
 
 
 def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
