@@ -149,7 +149,7 @@ def _degenerate(export: dict[str, int], probed: set[str], tied) -> dict[str, int
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
     subject = "the model" if after is before else "repaired model"
-    reasons = failure_reasons(runs, subject)
+    reasons = failure_reasons(runs, subject) + judge.held.problems()  # an axis that stayed at every moved size
     evidence = weakest(dims.values()) if dims else (runs[0].level if runs else "runs")
     if after is not before and not reasons and LEVELS.index(evidence) < LEVELS.index(options.require):
         weak = ", ".join(f"{name}: {level}" for name, level in dims.items() if LEVELS.index(level) <

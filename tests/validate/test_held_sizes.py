@@ -19,14 +19,29 @@ def outputs(*shape):
     return {"y": np.zeros(shape, np.float32)}
 
 
-def test_an_axis_as_long_as_one_input_dim_at_export_is_held_only_where_it_stays():
+def held_after(*runs: tuple[int, int]) -> list[str]:
+    """The problems once the axis was `length` long at each (T, length) of `runs`, learnt at T = 40 (40 long)."""
     held = HeldSizes({"y": ["B", "frames", 8]}, {"T"}, set())
     held.learn(outputs(2, 40, 8), {"B": 2, "T": 40})
-    assert held.problems(outputs(1, 40, 8), {"B": 1, "T": 21}) == [
-        "output 'y' axis 1 ('frames', declared dynamic) stays 40, T's export size, while T is 21: a size computed at "
-        "export holds it"]
-    assert held.problems(outputs(1, 24, 8), {"B": 1, "T": 21}) == []  # a round-up to 8: it moved with T
-    assert held.problems(outputs(3, 40, 8), {"B": 3, "T": 40}) == []  # T at its export size: nothing to tell
+    for time, length in runs:
+        held.watch(outputs(1, length, 8), {"B": 1, "T": time})
+    return held.problems()
+
+
+def test_an_axis_that_stays_at_the_export_size_below_and_above_it_is_held():
+    assert held_after((21, 40), (43, 40), (40, 40)) == [
+        "output 'y' axis 1 ('frames', declared dynamic) stays 40, T's export size, at T = 21, 43: a size computed "
+        "at export holds it"]
+
+
+@pytest.mark.parametrize("runs", [
+    [(21, 21), (43, 40)],  # a cut to 40 on purpose: it moved below
+    [(21, 40), (43, 60)],  # a round-up to a multiple of 20: it moved above
+    [(43, 40), (87, 40)],  # only longer sizes seen: a cap fits too
+    [(21, 40), (43, 43)],  # a pad to 40 at least
+])
+def test_an_axis_that_moves_somewhere_or_is_seen_on_one_side_only_is_not_held(runs):
+    assert held_after(*runs) == []
 
 
 @pytest.mark.parametrize(("declared", "watched", "static", "why"), [
@@ -42,8 +57,10 @@ def test_an_axis_is_not_held_where_its_length_may_be_another_size(declared, watc
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("baked", [True, False])
-def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_size_is_repaired(tmp_path, baked):
+@pytest.mark.parametrize("kind", ["baked", "traced", "cut"])
+def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_size_is_repaired(tmp_path, kind):
+    """`baked`: ones(int(T), 8) added to one frame, refused; `traced`: ones(T, 8), repaired; `cut`: the frames cut to
+    40 on purpose (40 = T at export, but 23 rows at T = 23), repaired (review, helper 35: it was refused)."""
     torch = pytest.importorskip("torch")
 
     class PooledRows(torch.nn.Module):
@@ -55,7 +72,9 @@ def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_si
             h = self.proj(x)
             t = int(h.shape[1])  # bakes the Reshape (GF004 repairs it), and the rows below when `baked`
             grouped = h.reshape(h.shape[0], t, 4, 8).mean(2)
-            rows = torch.ones(t if baked else h.shape[1], 8)
+            if kind == "cut":
+                return grouped[:, :40]
+            rows = torch.ones(t if kind == "baked" else h.shape[1], 8)
             return h.mean(1, keepdim=True)[..., :8] + rows + grouped[:, :1]
 
     torch.manual_seed(0)
@@ -65,8 +84,8 @@ def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_si
         torch.onnx.export(module, (torch.randn(2, 40, 16),), str(path), input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "frames"}}, dynamo=False)
     result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"))
-    if baked:
-        assert result.status == "failed" and "stays 40, T's export size" in result.error, result.error
+    if kind == "baked":
+        assert result.status == "failed" and "stays 40, T's export size, at T = " in result.error, result.error
         assert not (tmp_path / "fixed.onnx").exists()
         return
     assert result.status == "repaired", result.error
