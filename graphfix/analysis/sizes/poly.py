@@ -12,6 +12,7 @@ the full sympy analysis decides.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -48,9 +49,10 @@ class Poly:
     __slots__ = ("derived", "terms")
 
     def __init__(self, terms: dict, *operands: Poly):
-        self.terms = {m: c for m, c in terms.items() if c}
+        self.terms = terms if all(terms.values()) else {m: c for m, c in terms.items() if c}  # never changed later
         # a number reached from sizes (a cancellation, a decided Min): sympy may still hold it as an expression
-        self.derived = not self.variables() and any(o.derived or o.variables() for o in operands)
+        self.derived = bool(operands) and _numeric(self.terms) and \
+            any(o.derived or not _numeric(o.terms) for o in operands)
 
     # --- reading --------------------------------------------------------------------------------------------------
     @property
@@ -127,6 +129,10 @@ class Poly:
         other = _lift_or_none(other)
         if other is None:
             return NotImplemented
+        if _numeric(self.terms) or _numeric(other.terms):  # scaled: no Poly is past the bounds (each op checks)
+            number, poly = (other, self) if _numeric(other.terms) else (self, other)
+            factor = number.terms.get(ONE, 0)
+            return Poly({m: _normal(c * factor) for m, c in poly.terms.items()}, self, other)
         if len(self.terms) * len(other.terms) > MAX_TERMS ** 2 or self.degree + other.degree > MAX_DEGREE:
             raise Unscreened("a product of sizes too large to screen")
         terms: dict = {}
@@ -212,6 +218,11 @@ class Poly:
     __repr__ = __str__
 
 
+def _numeric(terms: dict) -> bool:
+    """Whether terms hold no variable (the constant term alone, or nothing): `not Poly(terms).variables()`."""
+    return not terms or (len(terms) == 1 and ONE in terms)
+
+
 def variable(v) -> Poly:
     return Poly({frozenset({(v, 1)}): 1})
 
@@ -241,7 +252,13 @@ def lift(value) -> Poly:
     if isinstance(value, Poly):
         return value
     if isinstance(value, bool | int | np.integer):
-        return Poly({ONE: int(value)})
+        return _whole(int(value))
     if isinstance(value, Fraction):
         return Poly({ONE: _normal(value)})
     raise Unscreened(f"a {type(value).__name__} among the sizes")
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole(value: int) -> Poly:
+    """One Poly per whole number (a Poly is never changed once made): the pass lifts the same few thousands of times."""
+    return Poly({ONE: value})
