@@ -144,12 +144,17 @@ class Rejection:
 class KnownError:
     """An exporter or onnxruntime error message: what it means and what to change (`graphfix explain TEXT`)."""
 
-    pattern: re.Pattern[str]
+    regex: str  # matched case-insensitively: see `pattern`
     title: str
     cause: str
     fix: str
     rule: str | None = None  # the graphfix rule that detects it in the exported graph (set from the owner)
     reports: str = ""  # public reports where it was seen
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """Compiled when first matched (`re` keeps it), not at import: every command imports the rules, few match."""
+        return re.compile(self.regex, re.I)
 
     def explain(self) -> str:
         lines = [self.title, "", f"Cause: {self.cause}", f"Fix: {self.fix}"]
@@ -162,7 +167,7 @@ class KnownError:
 
 
 def known(pattern: str, title: str, cause: str, fix: str, reports: str = "") -> KnownError:
-    return KnownError(re.compile(pattern, re.I), title, cause, fix, None, reports)
+    return KnownError(pattern, title, cause, fix, None, reports)
 
 
 @dataclass
