@@ -18,9 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +107,10 @@ def run_jobs(jobs: list[Job], workers: int, progress: bool = False) -> list[Outc
                 outcomes.append(check_model(job))
                 advance(outcomes[-1])
             return outcomes
+        # the fallback where no fork is safe: its modules (multiprocessing, 4 ms) load only here, not for every command
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
         results: list[Outcome | None] = [None] * len(jobs)
         with _safe_path_children(), ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(check_model, job): index for index, job in enumerate(jobs)}
