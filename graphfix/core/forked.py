@@ -18,6 +18,7 @@ in the process itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -109,6 +110,10 @@ class Forked:
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        # What exists now lives until the process ends: the collector skips it from here on (Python's advice before
+        # a fork). The child's collections then write no page it shares, and this process' final ones, at exit,
+        # do not walk every object onnx, numpy and graphfix made (25 ms on `diagnose --static`).
+        gc.freeze()
         # The stopping signals wait while the fork runs its at-fork callbacks (logging's, threading's): a handler that
         # raised in one (--timeout's SIGALRM) would be printed and ignored, and the work would go on to the end.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
