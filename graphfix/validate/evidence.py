@@ -32,6 +32,7 @@ from graphfix.validate.consistency import (
 from graphfix.validate.graph_sizes import declared_sizes, met_sizes
 from graphfix.validate.held_sizes import HeldSizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
+from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
 from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node, short_message
@@ -306,6 +307,17 @@ class Judge:
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
             run.note = "both models fail at the same node below the export size (the model's minimum size)"
+        elif self.after is self.before and self._below_a_kernel(run):
+            run.skipped = True
+            run.note = "a kernel fails below the export size (the model's minimum size, as diagnose takes it)"
+
+    def _below_a_kernel(self, run: SizeRun) -> bool:
+        """An unchanged model's kernel (Conv, Pool, a reflecting Pad) failing below the export size, where that
+        size's batch runs at the export's lengths: an input shorter than the kernel (graphfix.validate.minimum)."""
+        where = failing_node(run.candidate_error or "")
+        return bool(where and where[0] in KERNEL_OPS and is_smaller(run.sizes, self.export, batch_dims(
+            self.before.proto)) and runs_with_its_batch(self.before, self.before.proto, run.sizes, self.export,
+                                                          self.options, None))
 
     def _bisect(self, run: SizeRun, feeds) -> None:
         if self.divergence is None and any(not o.ok for o in run.outputs):

@@ -22,6 +22,7 @@ from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_b
 from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
+from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
 from graphfix.validate.runner import (
     ModelRunner,
     ModelSource,
@@ -34,8 +35,6 @@ from graphfix.validate.runner import (
 from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
-KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Pad", "STFT",
-              "Col2Im", "TopK"}  # ops whose failure below the export size is an input shorter than their window (or k)
 SKIPPED_NAME = "probe-skipped"
 SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so nothing is proven there (exit 1); "
                 "the message says what was skipped and what would let it run.")
@@ -135,7 +134,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         for failure in found:
             minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch fails too
             if minimum and limit is None:
-                limit = _runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
+                limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
             # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
             minimum = minimum and bool(limit)
             (below if minimum else failures).setdefault(failure.key or failure.node or failure.message, failure)
@@ -148,23 +147,6 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
     return [*failures.values(), *suspect_outputs(clean_runs)]
-
-
-def _runs_with_its_batch(whole: ModelRunner, proto: onnx.ModelProto, binding: dict[str, int],
-                         export: dict[str, int], options: ValidationOptions, footprint: Footprint) -> bool:
-    """Whether the model runs at the export size with `binding`'s batch dims: a kernel that fails at a smaller
-    length meets the model's minimum only where the batch is not what fails (a size over the memory budget is
-    not run: taken as running, as before this check)."""
-    batch = {name: size for name, size in binding.items() if name in batch_dims(proto)}
-    trial = {**export, **batch}
-    if trial == export:
-        return True
-    try:
-        feeds = synthesize_inputs(proto, trial, options)
-        footprint.check(feeds)
-    except NotProbed:
-        return True
-    return whole.run(feeds).ok
 
 
 def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],

@@ -153,3 +153,30 @@ def test_a_kernel_that_fails_at_batch_1_at_every_length_is_no_minimum_length(tmp
     diagnosed = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "audio=2x400"])
     assert diagnosed.exit_code == 1 and "Pad" in diagnosed.output and "'B': 1" in diagnosed.output, \
         diagnosed.output
+
+
+def test_a_reflecting_pad_longer_than_a_short_probe_is_the_models_minimum_for_repair_as_for_diagnose(tmp_path):
+    """A reflecting pad of 30 needs more than 30 samples, in PyTorch as in onnxruntime. At the batch-1 size (21 of
+    the export's 40) it fails: `diagnose` took that for the model's minimum, but `repair`'s proof of the unchanged
+    model counted it and exited 1 on a healthy model (EnCodec, sweep, helper 34). Both take it as the minimum now;
+    the batch-1 Pad of the test above still fails both."""
+    from torch import nn
+    from torch.nn import functional
+
+    class Reflect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, 3)
+
+        def forward(self, audio):
+            return self.conv(functional.pad(audio.unsqueeze(1), (30, 30), mode="reflect"))
+
+    torch.manual_seed(0)
+    path = _export(Reflect(), (torch.randn(2, 40),), tmp_path / "reflect.onnx", ["audio", "h"],
+                   {"audio": {0: "B", 1: "S"}, "h": {0: "B", 2: "F"}})
+    with pytest.raises(RuntimeError, match=r"(?i)padding size"):
+        Reflect()(torch.randn(1, 21))  # PyTorch has the same minimum
+    runner = CliRunner()
+    for command in (["diagnose", str(path)], ["repair", str(path), "-o", str(tmp_path / "out.onnx")]):
+        done = runner.invoke(cli, [*command, "--trace-shape", "audio=2x40"])
+        assert done.exit_code == 0 and "FAILS" not in done.output and "error" not in done.output, done.output
