@@ -52,8 +52,8 @@ class HeldSizes:
         lines = []
         for (name, axis), (dim, size) in self.held.items():
             seen = self.seen.get((name, axis), [])
-            if all(length == size for _, length in seen) and min(seen, default=(size,))[0] < size < max(
-                    seen, default=(size,))[0]:
+            both_sides = any(d < size for d, _ in seen) and any(d > size for d, _ in seen)
+            if both_sides and all(length == size for _, length in seen):
                 at = ", ".join(str(d) for d, _ in sorted(seen))
                 lines.append(f"output '{name}' axis {axis} ('{self.declared[name][axis]}', declared dynamic) stays "
                              f"{size}, {dim}'s export size, at {dim} = {at}: a size computed at export holds it")

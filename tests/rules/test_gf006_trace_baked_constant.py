@@ -231,42 +231,6 @@ def test_sliding_window_traced_at_its_width_equals_tril_and_is_not_repaired_by_d
 
 
 @pytest.mark.torch
-def test_a_sliding_window_given_to_multihead_attention_is_rebuilt_after_the_keys_length(tmp_path):
-    """nn.MultiheadAttention under the TorchScript exporter bakes the keys' length (GF004) and the window mask is
-    built with int(T) (GF006). In one round GF006 read the keys' axis as the fixed 12 it was before GF004's fix,
-    and its mask stayed 12 wide: the proof refused it. A fix downstream of another rule's waits a round."""
-    import warnings
-
-    import torch
-
-    class WindowedAttention(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
-
-        def forward(self, x):
-            t = int(x.shape[1])
-            i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
-            mask = ~((i >= j) & (i - j < 3))
-            return self.attention(x, x, x, attn_mask=mask, need_weights=False)[0]
-
-    torch.manual_seed(0)
-    module, path = WindowedAttention().eval(), tmp_path / "windowed.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(2, 12, 16),), str(path), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}, dynamo=False)
-    result = graphfix.repair(str(path))
-    assert result.status == "repaired", result.error
-    assert sorted({a.rule for a in result.applied}) == ["GF004", "GF006"]
-    for batch, time in ((1, 7), (2, 12), (3, 30)):
-        x = torch.randn(batch, time, 16)
-        with torch.no_grad():
-            want = module(x).numpy()
-        np.testing.assert_allclose(run(result.model, {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.torch
 @pytest.mark.parametrize("kind", STRUCTURES)
 def test_structured_constant_built_from_the_traced_size_is_quiet(kind, tmp_path):
     pytest.importorskip("torch")

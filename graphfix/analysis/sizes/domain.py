@@ -47,20 +47,27 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
     return strides
 
 
-def _input_lengths(model) -> list:
-    """(input dim symbol, length) of each windowed output that depends on one input dim alone."""
-    if not _has_window(model.graph):
-        return []
-    from graphfix.analysis.sizes import static_sizes
+_LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
 
-    sizes, graph = static_sizes(model)
+
+def _input_lengths(model) -> list:
+    """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
+    runs once per model for the minimums and the strides of every probe_sizes call (the last few models kept)."""
+    for known, found in _LENGTHS:
+        if known is model:
+            return found
     found, seen = [], set()
-    for node in _clear_of_constraints(graph, sizes):
-        for length in _window_lengths(node, sizes):
-            if length is None or len(length.free_symbols) != 1 or length in seen:
-                continue
-            seen.add(length)
-            found.append((next(iter(length.free_symbols)), length))
+    if _has_window(model.graph):
+        from graphfix.analysis.sizes import static_sizes
+
+        sizes, graph = static_sizes(model)
+        for node in _clear_of_constraints(graph, sizes):
+            for length in _window_lengths(node, sizes):
+                if length is None or len(length.free_symbols) != 1 or length in seen:
+                    continue
+                seen.add(length)
+                found.append((next(iter(length.free_symbols)), length))
+    _LENGTHS[:] = [(model, found), *_LENGTHS[:3]]
     return found
 
 
