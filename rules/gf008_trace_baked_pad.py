@@ -17,6 +17,7 @@ from graphfix.analysis.sizes import (
     frozen_outputs,
     sizes_if,
 )
+from graphfix.analysis.sizes.arith import as_expr
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -172,7 +173,10 @@ def _whole_window_pads(sizes) -> Iterator[tuple]:
 
 def _whole_window(amount) -> tuple | None:
     """(k, x) where `amount` is `k - Mod(x, k)` for a whole k > 1."""
-    amount = sympy.sympify(amount)
+    try:
+        amount = as_expr(amount)  # strict: text is never parsed (a value is the analysis', names are the model's)
+    except sympy.SympifyError:
+        return None
     mods = [t for t in sympy.Add.make_args(amount) if isinstance(-t, sympy.Mod)]
     if len(mods) != 1:
         return None

@@ -70,3 +70,13 @@ def test_only_an_amount_that_pads_a_whole_window_is_noted(tmp_path, outer_mod):
 
     found = gf008(export(Windows(), tmp_path / "windows.onnx"))
     assert [f.severity.value for f in found] == ([] if outer_mod else ["warning"]), found
+
+
+def test_an_amount_is_never_parsed_as_text(tmp_path):
+    """The amounts are the size analysis' expressions; text among them (a dim name is model text) is refused by
+    sympy's strict conversion, never run."""
+    from rules.gf008_trace_baked_pad import _whole_window
+
+    marker = tmp_path / "ran"
+    assert _whole_window(f"__import__('pathlib').Path({str(marker)!r}).touch()") is None
+    assert not marker.exists()
