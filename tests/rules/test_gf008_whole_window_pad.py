@@ -75,8 +75,11 @@ def test_only_an_amount_that_pads_a_whole_window_is_noted(tmp_path, outer_mod):
 def test_an_amount_is_never_parsed_as_text(tmp_path):
     """The amounts are the size analysis' expressions; text among them (a dim name is model text) is refused by
     sympy's strict conversion, never run."""
-    from rules.gf008_trace_baked_pad import _whole_window
+    import importlib
 
+    from graphfix.core.registry import find_rule
+
+    _whole_window = importlib.import_module(find_rule("GF008").__module__)._whole_window  # wherever it is installed
     marker = tmp_path / "ran"
     assert _whole_window(f"__import__('pathlib').Path({str(marker)!r}).touch()") is None
     assert not marker.exists()
