@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -206,6 +207,55 @@ def match_fixed_count(sizes: ExportSizes, data: gs.Tensor, target: list[int], en
                          + " * ".join(sizes.explain(s) for _, s in rest))
             return []
     return rest
+
+
+@dataclass(frozen=True)
+class ExportFact:
+    """The graph says input dim `dim` was `value` long at export (`length` None), or that a length derived from it
+    through a floor, `length`, was (a strided Conv's frames, `floor(T/2) - 1` = 19), because of `source`."""
+
+    dim: str
+    value: int
+    source: str
+    length: Any = None  # a sympy expression of the dim's symbol
+
+    def gives(self, size: int) -> bool:
+        """Whether the dim at `size` agrees with the fact."""
+        if self.length is None:
+            return size == self.value
+        (symbol,) = self.length.free_symbols
+        return self.length.subs(symbol, size) == self.value
+
+    def show(self, size: int) -> str:
+        if self.length is None:
+            return f"{self.dim}={self.value} at export ({self.source})"
+        return f"{self.dim}={size} gives the export's {self.length} = {self.value} ({self.source})"
+
+
+def export_facts(ctx: RuleContext) -> tuple[ExportFact, ...]:
+    """What this graph says of its input dims' export sizes (each solved, or given with --trace-shape; and each
+    length derived from one that a constraint solves), with what the graph before any fix said
+    (`RuleOptions.exported`: a fix may have removed that evidence from this one)."""
+    from graphfix.analysis.sizes import sizes_of, solve
+    from graphfix.analysis.sizes.solve import solve_length
+
+    known = export_sizes(ctx, ctx.evaluator)
+    facts = [ExportFact(s, v, known.sources[s]) for s, v in known.values.items() if s in known.carriers]
+    for constraint in sizes_of(ctx).constraints:
+        solved = None if solve(constraint) is not None else solve_length(constraint)
+        if solved is None or len(solved[1].free_symbols) != 1:
+            continue
+        solution, length = solved
+        dim = next(iter(length.free_symbols)).name
+        if dim in known.carriers and dim not in known.values:
+            facts.append(ExportFact(dim, solution.value, f"{constraint.kind} at '{constraint.node.name}' holds only "
+                                    "there", length))
+    return tuple(dict.fromkeys([*facts, *ctx.options.exported]))
+
+
+def sized_at_export(ctx: RuleContext, value: int) -> list[str]:
+    """Each input dim that the graph says was `value` long at export, with why (see `export_facts`)."""
+    return list(dict.fromkeys(f.show(value) for f in export_facts(ctx) if f.gives(value)))
 
 
 def carriers_of(sizes: ExportSizes, value: int) -> list[str]:

@@ -90,6 +90,9 @@ class RuleOptions:
     trace_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     static: bool = False
     choices: Mapping[str, int] = field(default_factory=dict)  # Choice key -> the option to build (repair's trials)
+    # what the graph before any fix said of its export sizes (graphfix.analysis.export_sizes.ExportFact), for
+    # the later rounds of a repair, whose graph a fix may have cleared of that evidence
+    exported: tuple = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 

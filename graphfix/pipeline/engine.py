@@ -7,6 +7,7 @@ once, refreshes shapes, and detects again.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.export_sizes import export_sizes
+from graphfix.analysis.export_sizes import export_facts, export_sizes
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
@@ -138,6 +139,8 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
     ctx = analyse(model, base_dir, options, weights)
     before = after = detect(ctx, rules)
     solved = solved_sizes(ctx, before) if solve else {}  # before any fix edits the graph
+    if any(f.fix is not None for f in before.findings):  # later rounds see what this graph says of its export
+        options = dataclasses.replace(options, exported=export_facts(ctx))
     # the rounds pass a light model on; `weights` (the input's own tensors) grows with what each round detaches
     applied: list[AppliedFix] = []
     failures: list[str] = []

@@ -1,0 +1,113 @@
+"""GF010 trace-baked-broadcast."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from graphfix.analysis.constants import arange_axis
+from graphfix.analysis.context import RuleContext
+from graphfix.analysis.export_sizes import sized_at_export
+from graphfix.analysis.held_axes import CONSTANT, CONSTANT_OF_SHAPE, EXPAND, Widening, could_hold, held_by
+from graphfix.analysis.sizes import frozen_outputs, sizes_of
+from graphfix.analysis.sizes.limits import FrozenOutput, made_up_dim
+from graphfix.analysis.structured import is_uniform
+from graphfix.core.rule import Finding, Rejection, Rule, Severity
+
+HINT = ("Build the size from the traced tensor (`x.new_ones(x.shape[1], 8)`, `h.expand(-1, x.shape[1], -1)`, "
+        "without int()) and re-export; if the model keeps that length on purpose, declare the output axis static.")
+
+
+class TraceBakedBroadcast(Rule):
+    """Outputs declared dynamic that a broadcast holds at an export-time size: a length-1 axis widened to a size
+    computed in Python while tracing.
+
+    ## What it does
+    Finds each output axis the exporter was told is dynamic (`dynamic_axes`) that the size analysis finds fixed,
+    and walks it back (through elementwise ops, Transpose, Expands that keep it; `graphfix.analysis.held_axes`) to
+    the node that widens a length-1 axis to that size: a constant operand of a broadcasting op (`torch.ones(int(T),
+    8)` added to a pooled `[B, 1, 8]`), an entry of an Expand's shape (`h.expand(-1, int(T), -1)`), or
+    ConstantOfShape's shape (`torch.zeros(B, int(T), 8)`). An error where that size is an input dim's export size
+    as the graph tells it (a Reshape or broadcast elsewhere that holds only there, a strided front end's frame count
+    that only it gives, or `--trace-shape`) and the constant is a size or a table built from one (uniform along
+    the axis, or 0, 1, 2, ...); a warning otherwise.
+
+    ## Why it breaks deployment
+    The model runs at every size and returns the export's length: PyTorch's output follows T, the graph's stays 40.
+    Nothing fails, so no other check sees it, and after another rule repairs a Reshape baked with the same int(T)
+    the proof has nothing to compare the longer sizes with (the original fails there).
+
+    ## Example
+    ```python
+    t = int(x.shape[1])                                # 40 at export
+    return h.mean(1, keepdim=True) + torch.ones(t, 8)  # [B, 40, 8] at every T; declared [B, "frames", 8]
+    ```
+
+    ## Fix safety
+    Not repaired: the graph holds 40, and whether the module computed it from T (and how: T, T - 1, another input
+    of the same length) or keeps 40 slots on purpose is not in it. A learned table of as many rows as T had (40
+    query slots) leaves the same graph, which is why its constant must follow from its size for an error.
+    """
+
+    code = "GF010"
+    name = "trace-baked-broadcast"
+    severity = Severity.ERROR
+    traced_values = True
+
+    def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        outputs = {t.name: t for t in ctx.graph.outputs}
+        declared = {(t.name, axis) for t in outputs.values() for axis, d in enumerate(t.shape or ())
+                    if isinstance(d, str) and d and not made_up_dim(d, t.name, axis)}
+        if not any(could_hold(ctx, outputs[name], axis) for name, axis in declared):
+            return  # the size analysis is only paid for where an output could be held
+        sizes = sizes_of(ctx)
+        for frozen in frozen_outputs(sizes):
+            held = held_by(sizes, outputs[frozen.name], frozen.axis, frozen.value)
+            if isinstance(held, str):
+                yield self.reject(f"output '{frozen.name}' axis {frozen.axis} stays {frozen.value}: {held}")
+            else:
+                yield self._finding(ctx, frozen, held)
+
+    def _finding(self, ctx: RuleContext, frozen: FrozenOutput, held: Widening) -> Finding:
+        node, value = held.node, frozen.value
+        built, made = _what_builds(ctx, held, value)
+        message = (f"output '{frozen.name}' axis {frozen.axis} ('{frozen.dim}', declared dynamic) is {value} at every "
+                   f"size: {built}")
+        exported = sized_at_export(ctx, value)
+        where = {"nodes": [node], "tensors": [held.tensor] + ([held.narrow] if held.narrow is not None else [])}
+        if exported and made:
+            return self.finding(
+                f"{message}; {value} is the export size: {'; '.join(exported)}. A size computed in Python while "
+                f"tracing ({made}) holds the axis: PyTorch's follows the input, the graph's never will", **where,
+                hint=HINT)
+        why = "no input dim's export size is known to be " + str(value) if not exported else \
+            f"{value} is the export size ({'; '.join(exported)}), but the constant's values do not follow from " \
+            "its size (learned slots leave the same graph)"
+        return self.finding(f"{message}; if {value} was a size computed while tracing, the graph is wrong at every "
+                            f"other size, and if the model keeps {value} on purpose, the declaration is ({why})",
+                            **where, hint=HINT, severity=Severity.WARNING)
+
+
+def _what_builds(ctx: RuleContext, held: Widening, value: int) -> tuple[str, str]:
+    """What widens the axis, in words, and the PyTorch that builds it from a size ('' where the values of a constant
+    operand do not follow from its size)."""
+    node, narrow = held.node, held.narrow
+    if held.kind == EXPAND:
+        return (f"Expand '{node.name}' widens '{narrow.name}' (1 there) to entry {held.axis} of its shape, {value}",
+                "`expand(-1, int(T), -1)`")
+    if held.kind == CONSTANT_OF_SHAPE:
+        return (f"ConstantOfShape '{node.name}' fills a shape whose entry {held.axis} is {value}",
+                "`torch.zeros(B, int(T), 8)`")
+    assert held.kind == CONSTANT
+    table = ctx.constant_value(held.tensor)
+    built = (f"{node.op} '{node.name}' broadcasts '{narrow.name}' (1 there) against constant '{held.tensor.name}' "
+             f"{list(np.shape(table)) if table is not None else ''}, {value} along axis {held.axis}")
+    if table is None:
+        return built, ""
+    if is_uniform(table, [held.axis]):
+        return built + ", where its values do not vary", "`torch.ones(int(T), 8)`"
+    progression = arange_axis(table, [held.axis])
+    if progression is not None and progression[:2] == (0.0, 1.0):
+        return built + ", 0, 1, 2, ... along it", "`torch.arange(int(T))`"
+    return built, ""

@@ -1,0 +1,180 @@
+"""GF010 on outputs declared dynamic that a broadcast holds at an export-time size (helpers 33 and 35 wrote these
+models; each was repaired with exit 0 and stayed wrong): `torch.ones(int(T), 8)` added to a pooled `[B, 1, 8]`, or
+`pooled.expand(-1, int(T), -1)`, traced at T = 40. GF004 repaired the Reshape the same `int(T)` baked, the model
+then ran at every T, and it returned 40 rows where PyTorch returns T: the proof had nothing to compare the other
+sizes with (the original fails there) and, where the export size is derived through a strided Conv or equals a
+declared size, nothing to learn it from. Now an error with no fix: `repair` refuses and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import graphfix
+from graphfix.analysis.held_axes import held_by
+from graphfix.analysis.sizes import static_sizes
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch]
+nn = torch.nn
+
+
+def findings(path, rule="GF010", **options):
+    return [f for f in graphfix.diagnose(str(path), static=True, **options) if f.rule == rule]
+
+
+def repair(path, out):
+    return subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def export(module, path, t=40, inputs=("x",)):
+    axes = {name: {0: "B", 1: "T" if name == "x" else "S"} for name in inputs}
+    outputs = getattr(module, "outputs", ("y",))
+    axes.update({name: {0: "B", 1: "frames"} for name in outputs})
+    torch.manual_seed(0)
+    example = tuple(torch.randn(2, t, 16) for _ in inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=17, input_names=list(inputs),
+                          output_names=list(outputs), dynamic_axes=axes)
+    return path
+
+
+class Frames(nn.Module):
+    """A Linear, a Reshape baked with int(T) (GF004 repairs it), and `ones(int(T) - drop, 8)` on a pooled frame."""
+
+    def __init__(self, drop=0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.drop = nn.Linear(16, 32), drop
+
+    def forward(self, x):
+        h = self.lin(x)
+        t = int(h.shape[1])
+        g = h.reshape(h.shape[0], t, 4, 8).mean(2)
+        return h.mean(1, keepdim=True)[..., :8] + torch.ones(t - self.drop, 8) + g[:, :1]
+
+
+class ConvFrames(nn.Module):
+    """A stride-2 Conv1d front end (19 frames at T = 40 or 41) whose frame count a Reshape bakes; the export size of
+    T is only derived. `expand` spreads the pooled input over int(T) rows, or `ones(int(T), 8)` is added."""
+
+    outputs = ("y", "z")
+
+    def __init__(self, expand):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.expand = nn.Conv1d(16, 32, 4, 2), expand
+
+    def forward(self, x):
+        f = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        n, t = int(f.shape[1]), int(x.shape[1])
+        g = f.reshape(f.shape[0], n, 4, 8).mean(2)
+        pooled = x.mean(1, keepdim=True)
+        return g, pooled.expand(-1, t, -1) * 2 if self.expand else pooled[..., :8] + torch.ones(t, 8)
+
+
+class TwoInputs(Frames):
+    """Two inputs pinned at the same export length by their own baked Reshapes: 40 is T's and S's."""
+
+    def forward(self, x, m):
+        return super().forward(x) + super().forward(m)[:, :1]
+
+
+@pytest.mark.parametrize(("name", "module", "t", "inputs"), [
+    ("ones", Frames(), 40, ("x",)),
+    ("t_equals_a_declared_size", Frames(), 16, ("x",)),  # T = 16 at export, as the feature size
+    ("conv_ones", ConvFrames(expand=False), 40, ("x",)),
+    ("conv_expand", ConvFrames(expand=True), 40, ("x",)),
+    ("two_inputs", TwoInputs(), 40, ("x", "m")),
+])
+def test_an_output_held_at_an_export_size_is_an_error_and_refused(tmp_path, name, module, t, inputs):
+    path = export(module, tmp_path / f"{name}.onnx", t, inputs)
+    found = findings(path)
+    assert [f.severity.value for f in found] == ["error"] and found[0].fix is None, found
+    assert f"is {t} at every size" in found[0].message and f"{t} is the export size" in found[0].message
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 1 and "GF010" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_derived_export_size_is_named_with_the_length_it_gives(tmp_path):
+    found = findings(export(ConvFrames(expand=True), tmp_path / "conv.onnx"))
+    assert "T=40 gives the export's floor(T/2) - 1 = 19" in found[0].message, found
+    assert "Expand" in found[0].message and "expand(-1, int(T), -1)" in found[0].message
+
+
+def test_a_size_no_input_had_at_export_is_a_warning(tmp_path):
+    """`ones(int(T) - 1, 8)`: 39, which no input dim was. Still wrong at every other T, but the graph does not tie
+    39 to T (a model may keep 39 slots): a warning, and the repair of the Reshape is written."""
+    path = export(Frames(drop=1), tmp_path / "m1.onnx")
+    found = findings(path)
+    assert [f.severity.value for f in found] == ["warning"], found
+    assert "no input dim's export size is known to be 39" in found[0].message
+
+
+class Slots(nn.Module):
+    """Healthy: 40 learned slots added to a pooled frame (the output is 40 long in PyTorch too), exported at T = 40
+    with the output axis declared dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.slots = nn.Linear(16, 8), nn.Parameter(torch.randn(40, 8))
+
+    def forward(self, x):
+        return self.lin(x).mean(1, keepdim=True) + self.slots
+
+
+def test_learned_slots_as_long_as_the_export_size_are_a_warning_and_written(tmp_path):
+    path = export(Slots(), tmp_path / "slots.onnx")
+    found = findings(path, trace_shapes={"x": (2, 40, 16)})  # T = 40 known: the values do not follow from a size
+    assert [f.severity.value for f in found] == ["warning"], found
+    assert "do not follow from its size" in found[0].message
+    assert repair(path, tmp_path / "out.onnx").returncode == 0
+
+
+class Healthy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h + torch.ones(1, 8) + h.mean(1, keepdim=True).expand(-1, x.shape[1], -1)
+
+
+def test_an_output_that_follows_its_input_gets_nothing(tmp_path):
+    assert findings(export(Healthy(), tmp_path / "healthy.onnx")) == []
+
+
+def graph(nodes, out_shape, initializers=()):
+    return helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], list(initializers)),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_walk_follows_transpose_and_says_where_it_stops(tmp_path):
+    """Through a Transpose to ConstantOfShape's shape (an error needs an export size: here a warning); a Tile is
+    not followed: nothing is found, and the walk names where it stopped."""
+    fill = helper.make_tensor("shape", TensorProto.INT64, [3], [2, 8, 40])
+    zeros = [helper.make_node("ConstantOfShape", ["shape"], ["z"]),
+             helper.make_node("Transpose", ["z"], ["y"], perm=[0, 2, 1])]
+    onnx.save(graph(zeros, [2, "frames", 8], [fill]), tmp_path / "zeros.onnx")
+    found = findings(tmp_path / "zeros.onnx")
+    assert [f.severity.value for f in found] == ["warning"] and "ConstantOfShape" in found[0].message, found
+    reps = helper.make_tensor("reps", TensorProto.INT64, [3], [1, 40, 1])
+    tiled = graph([helper.make_node("Tile", ["x", "reps"], ["t"]), helper.make_node("Add", ["t", "x"], ["y"])],
+                  ["B", "frames", 8], [reps])
+    onnx.save(tiled, tmp_path / "tile.onnx")
+    assert findings(tmp_path / "tile.onnx") == []
+    sizes, g = static_sizes(tiled)
+    assert held_by(sizes, g.outputs[0], 1, 40) == "it stops at Tile '', an op the walk does not follow"
