@@ -20,8 +20,7 @@ HINT = ("Build the size from the traced tensor (`x.new_ones(x.shape[1], 8)`, `h.
 
 
 class TraceBakedBroadcast(Rule):
-    """Outputs declared dynamic that a broadcast holds at an export-time size: a length-1 axis widened to a size
-    computed in Python while tracing.
+    """Outputs declared dynamic that a broadcast holds at a size computed in Python while tracing.
 
     ## What it does
     Finds each output axis the exporter was told is dynamic (`dynamic_axes`) that the size analysis finds fixed,
