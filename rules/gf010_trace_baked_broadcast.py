@@ -9,7 +9,7 @@ import numpy as np
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import sized_at_export
-from graphfix.analysis.held_axes import CONSTANT, CONSTANT_OF_SHAPE, EXPAND, Widening, could_hold, held_by
+from graphfix.analysis.held_axes import CONSTANT, CONSTANT_OF_SHAPE, EXPAND, RESIZE, TILE, Widening, could_hold, held_by
 from graphfix.analysis.sizes import frozen_outputs, sizes_of
 from graphfix.analysis.sizes.limits import FrozenOutput, made_up_dim
 from graphfix.analysis.structured import is_uniform
@@ -26,11 +26,12 @@ class TraceBakedBroadcast(Rule):
     Finds each output axis the exporter was told is dynamic (`dynamic_axes`) that the size analysis finds fixed,
     and walks it back (through elementwise ops, Transpose, Expands that keep it; `graphfix.analysis.held_axes`) to
     the node that widens a length-1 axis to that size: a constant operand of a broadcasting op (`torch.ones(int(T),
-    8)` added to a pooled `[B, 1, 8]`), an entry of an Expand's shape (`h.expand(-1, int(T), -1)`), or
-    ConstantOfShape's shape (`torch.zeros(B, int(T), 8)`). An error where that size is an input dim's export size
-    as the graph tells it (a Reshape or broadcast elsewhere that holds only there, a strided front end's frame count
-    that only it gives, or `--trace-shape`) and the constant is a size or a table built from one (uniform along
-    the axis, or 0, 1, 2, ...); a warning otherwise.
+    8)` added to a pooled `[B, 1, 8]`), an entry of an Expand's shape (`h.expand(-1, int(T), -1)`), of
+    ConstantOfShape's shape (`torch.zeros(B, int(T), 8)`), of Tile's repeats (`h.repeat(1, int(T), 1)`), or of a
+    Resize's sizes (`F.interpolate(x, size=int(T))`, which takes any length to that size). An error where that size
+    is an input dim's export size as the graph tells it (a Reshape or broadcast elsewhere that holds only there,
+    a strided front end's frame count that only it gives, or `--trace-shape`) and the constant is a size or a
+    table built from one (uniform along the axis, or 0, 1, 2, ...); a warning otherwise.
 
     ## Why it breaks deployment
     The model runs at every size and returns the export's length: PyTorch's output follows T, the graph's stays 40.
@@ -98,6 +99,11 @@ def _what_builds(ctx: RuleContext, held: Widening, value: int) -> tuple[str, str
     if held.kind == CONSTANT_OF_SHAPE:
         return (f"ConstantOfShape '{node.name}' fills a shape whose entry {held.axis} is {value}",
                 "`torch.zeros(B, int(T), 8)`")
+    if held.kind == TILE:
+        return f"Tile '{node.name}' repeats '{narrow.name}' (1 there) {value} times", "`h.repeat(1, int(T), 1)`"
+    if held.kind == RESIZE:
+        return (f"Resize '{node.name}' takes '{narrow.name}' to entry {held.axis} of its sizes, {value}",
+                "`F.interpolate(x, size=int(T))`")
     assert held.kind == CONSTANT
     table = ctx.constant_value(held.tensor)
     built = (f"{node.op} '{node.name}' broadcasts '{narrow.name}' (1 there) against constant '{held.tensor.name}' "

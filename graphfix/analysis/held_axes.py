@@ -20,14 +20,14 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.sizes.ops import SAME_SHAPE, is_table
 
-CONSTANT, EXPAND, CONSTANT_OF_SHAPE = "constant", "expand", "constant-of-shape"
+CONSTANT, EXPAND, CONSTANT_OF_SHAPE, TILE, RESIZE = "constant", "expand", "constant-of-shape", "tile", "resize"
 
 
 @dataclass(frozen=True)
 class Widening:
     """`node` widens a length-1 axis of `narrow` to the fixed size: through axis `axis` of the constant operand
-    `tensor` (kind CONSTANT), or entry `axis` of the shape vector `tensor` (EXPAND, CONSTANT_OF_SHAPE, which has
-    no `narrow`)."""
+    `tensor` (kind CONSTANT), or entry `axis` of the vector `tensor`: a shape (EXPAND; CONSTANT_OF_SHAPE, which has
+    no `narrow`), the repeats (TILE), the sizes (RESIZE, which takes `narrow` from any length to that size)."""
 
     node: gs.Node
     kind: str
@@ -47,7 +47,7 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
         if (tensor.name, axis) in seen or node is None:
             continue
         seen.add((tensor.name, axis))
-        if node.op in ("Expand", "ConstantOfShape"):
+        if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
         if node.op in SAME_SHAPE:
             todo.append((node.inputs[0], axis))
@@ -108,6 +108,10 @@ def _step(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Wid
         return [(node.inputs[0], before[1])] if _is(before, value) else f"Expand '{node.name}' keeps another size"
     if node.op == "ConstantOfShape":
         return Widening(node, CONSTANT_OF_SHAPE, node.inputs[0], axis, None)
+    if node.op == "Tile" and _is(_dim(sizes, node.inputs[0], tensor, axis), 1):
+        return Widening(node, TILE, node.inputs[1], axis, node.inputs[0])
+    if node.op == "Resize" and len(node.inputs) > 3 and _entry(sizes, node.inputs[3], axis) == value:
+        return Widening(node, RESIZE, node.inputs[3], axis, node.inputs[0])
     return f"it stops at {node.op} '{node.name}', an op the walk does not follow"
 
 
@@ -135,6 +139,13 @@ def _dim(sizes, operand: gs.Tensor, out: gs.Tensor, axis: int):
         return None, None
     k = axis - (rank - len(shape))
     return "broadcast" if k < 0 else (shape[k], k)
+
+
+def _entry(sizes, vector: gs.Tensor, index: int) -> int | None:
+    """Entry `index` of a shape vector where the analysis knows it as a whole number."""
+    value = sizes.value(vector)
+    entry = value[index] if value is not None and index < len(value) else None
+    return int(entry) if entry is not None and getattr(entry, "is_Integer", False) else None
 
 
 def _is(dim, value: int) -> bool:

@@ -87,12 +87,30 @@ class TwoInputs(Frames):
         return super().forward(x) + super().forward(m)[:, :1]
 
 
+class Repeated(Frames):
+    """`repeat(1, int(T), 1)` of a pooled frame (Tile), or `F.interpolate(size=int(T))` of the frames (Resize)."""
+
+    def __init__(self, resize):
+        super().__init__()
+        self.resize = resize
+
+    def forward(self, x):
+        h = self.lin(x)
+        t = int(h.shape[1])
+        g = h.reshape(h.shape[0], t, 4, 8).mean(2)
+        if self.resize:
+            return nn.functional.interpolate(g.transpose(1, 2)[..., ::2], size=t).transpose(1, 2)
+        return h.mean(1, keepdim=True)[..., :8].repeat(1, t, 1) + g
+
+
 @pytest.mark.parametrize(("name", "module", "t", "inputs"), [
     ("ones", Frames(), 40, ("x",)),
     ("t_equals_a_declared_size", Frames(), 16, ("x",)),  # T = 16 at export, as the feature size
     ("conv_ones", ConvFrames(expand=False), 40, ("x",)),
     ("conv_expand", ConvFrames(expand=True), 40, ("x",)),
     ("two_inputs", TwoInputs(), 40, ("x", "m")),
+    ("repeat", Repeated(resize=False), 40, ("x",)),
+    ("interpolate", Repeated(resize=True), 40, ("x",)),
 ])
 def test_an_output_held_at_an_export_size_is_an_error_and_refused(tmp_path, name, module, t, inputs):
     path = export(module, tmp_path / f"{name}.onnx", t, inputs)
@@ -162,19 +180,22 @@ def graph(nodes, out_shape, initializers=()):
         opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_the_walk_follows_transpose_and_says_where_it_stops(tmp_path):
-    """Through a Transpose to ConstantOfShape's shape (an error needs an export size: here a warning); a Tile is
-    not followed: nothing is found, and the walk names where it stopped."""
+def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
+    """Through a Transpose to ConstantOfShape's shape, through a Relu to Tile's repeats (an error needs an export
+    size: here warnings); a Concat is not followed: nothing is found, and the walk names where it stopped."""
     fill = helper.make_tensor("shape", TensorProto.INT64, [3], [2, 8, 40])
     zeros = [helper.make_node("ConstantOfShape", ["shape"], ["z"]),
              helper.make_node("Transpose", ["z"], ["y"], perm=[0, 2, 1])]
     onnx.save(graph(zeros, [2, "frames", 8], [fill]), tmp_path / "zeros.onnx")
-    found = findings(tmp_path / "zeros.onnx")
-    assert [f.severity.value for f in found] == ["warning"] and "ConstantOfShape" in found[0].message, found
     reps = helper.make_tensor("reps", TensorProto.INT64, [3], [1, 40, 1])
-    tiled = graph([helper.make_node("Tile", ["x", "reps"], ["t"]), helper.make_node("Add", ["t", "x"], ["y"])],
-                  ["B", "frames", 8], [reps])
-    onnx.save(tiled, tmp_path / "tile.onnx")
-    assert findings(tmp_path / "tile.onnx") == []
-    sizes, g = static_sizes(tiled)
-    assert held_by(sizes, g.outputs[0], 1, 40) == "it stops at Tile '', an op the walk does not follow"
+    tiled = [helper.make_node("Tile", ["x", "reps"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    onnx.save(graph(tiled, ["B", "frames", 8], [reps]), tmp_path / "tile.onnx")
+    for name, op in (("zeros", "ConstantOfShape"), ("tile", "Tile")):
+        found = findings(tmp_path / f"{name}.onnx")
+        assert [f.severity.value for f in found] == ["warning"] and op in found[0].message, found
+    rest = helper.make_tensor("rest", TensorProto.FLOAT, [1, 39, 8], [0.0] * 39 * 8)
+    joined = graph([helper.make_node("Concat", ["x", "rest"], ["y"], axis=1)], ["B", "frames", 8], [rest])
+    onnx.save(joined, tmp_path / "concat.onnx")
+    assert findings(tmp_path / "concat.onnx") == []
+    sizes, g = static_sizes(joined)
+    assert held_by(sizes, g.outputs[0], 1, 40) == "it stops at Concat '', an op the walk does not follow"

@@ -301,6 +301,21 @@ class OpShapes:
             return
         self._set(node, _broadcast_dims(self, shape, tuple(self.num.expr(t) for t in target), node))
 
+    def _op_Tile(self, node: gs.Node) -> None:
+        shape, repeats = self._in_shape(node, 0), self._in_value(node, 1)
+        if shape is None or repeats is None or len(repeats) != len(shape) or any(d is None for d in shape):
+            return
+        self._set(node, tuple(self.num.mul(d, self.num.expr(r)) for d, r in zip(shape, repeats, strict=True)))
+
+    def _op_Resize(self, node: gs.Node) -> None:
+        """Resized to its `sizes` (input 3); by `scales`, the analysis does not follow."""
+        shape = self._in_shape(node, 0)
+        if len(node.inputs) < 4 or not _present(node.inputs[3]) or shape is None or node.attrs.get("axes"):
+            return
+        target = self._in_value(node, 3)
+        if target is not None and len(target) == len(shape):
+            self._set(node, tuple(self.num.expr(t) for t in target))
+
     def _op_ConstantOfShape(self, node: gs.Node) -> None:
         target = self._in_value(node, 0)
         if target is not None:
