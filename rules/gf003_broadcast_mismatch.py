@@ -24,6 +24,7 @@ from graphfix.analysis.broadcast import (
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes import sizes_of
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
+from graphfix.io.sources import known_values
 
 BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
 WHERE_LABELS = ("condition", "X", "Y")
@@ -319,7 +320,7 @@ def _built_as_said(apply, node: gs.Node, padded: dict[int, list[Dim]]):
         apply(graph)
         from graphfix.analysis.sizes.core import Sizes
 
-        sizes = Sizes(graph, lambda t: t.values if isinstance(t, gs.Constant) else None, budget_s=3.0)
+        sizes = Sizes(graph, lambda t: known_values(t) if isinstance(t, gs.Constant) else None, budget_s=3.0)
         for index, want in padded.items():
             got = sizes.shape(node.inputs[index])
             if got is None or len(got) != len(want):

@@ -9,7 +9,17 @@ import numpy as np
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import sized_at_export
-from graphfix.analysis.held_axes import CONSTANT, CONSTANT_OF_SHAPE, EXPAND, RESIZE, TILE, Widening, could_hold, held_by
+from graphfix.analysis.held_axes import (
+    CONSTANT,
+    CONSTANT_OF_SHAPE,
+    EXPAND,
+    RESIZE,
+    TILE,
+    Widening,
+    could_hold,
+    held_by,
+    reads_inputs,
+)
 from graphfix.analysis.sizes import frozen_outputs, sizes_of
 from graphfix.analysis.sizes.limits import FrozenOutput, made_up_dim
 from graphfix.analysis.structured import is_uniform
@@ -63,27 +73,30 @@ class TraceBakedBroadcast(Rule):
             return  # the size analysis is only paid for where an output could be held
         sizes = sizes_of(ctx)
         for frozen in frozen_outputs(sizes):
-            held = held_by(sizes, outputs[frozen.name], frozen.axis, frozen.value)
+            held = held_by(sizes, outputs[frozen.name], frozen.axis)
             if isinstance(held, str):
                 yield self.reject(f"output '{frozen.name}' axis {frozen.axis} stays {frozen.value}: {held}")
             else:
                 yield self._finding(ctx, frozen, held)
 
     def _finding(self, ctx: RuleContext, frozen: FrozenOutput, held: Widening) -> Finding:
-        node, value = held.node, frozen.value
+        value = held.value  # the widened size; a Slice on the way may have cut the output's
         built, made = _what_builds(ctx, held, value)
-        message = (f"output '{frozen.name}' axis {frozen.axis} ('{frozen.dim}', declared dynamic) is {value} at every "
-                   f"size: {built}")
+        message = (f"output '{frozen.name}' axis {frozen.axis} ('{frozen.dim}', declared dynamic) is {frozen.value} "
+                   f"at every size: {built}")
         exported = sized_at_export(ctx, value)
-        where = {"nodes": [node], "tensors": [held.tensor] + ([held.narrow] if held.narrow is not None else [])}
-        if exported and made:
+        where = {"nodes": [held.node], "tensors": [held.tensor] + ([held.narrow] if held.narrow is not None else [])}
+        learned = held.narrow is not None and not reads_inputs(held.narrow)
+        if exported and made and not learned:
             return self.finding(
                 f"{message}; {value} is the export size: {'; '.join(exported)}. A size computed in Python while "
                 f"tracing ({made}) holds the axis: PyTorch's follows the input, the graph's never will", **where,
                 hint=HINT)
-        why = "no input dim's export size is known to be " + str(value) if not exported else \
-            f"{value} is the export size ({'; '.join(exported)}), but the constant's values do not follow from " \
-            "its size (learned slots leave the same graph)"
+        why = f"no input dim's export size is known to be {value}" if not exported else \
+            f"{value} is the export size ({'; '.join(exported)}), but " + (
+                f"'{held.narrow.name}' is computed from weights alone (learned slots spread to {value} leave the "
+                "same graph)" if learned else "the constant's values do not follow from its size (learned slots "
+                "leave the same graph)")
         return self.finding(f"{message}; if {value} was a size computed while tracing, the graph is wrong at every "
                             f"other size, and if the model keeps {value} on purpose, the declaration is ({why})",
                             **where, hint=HINT, severity=Severity.WARNING)

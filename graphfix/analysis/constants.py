@@ -14,6 +14,7 @@ linear in graph size. One evaluator serves one graph state (`RuleContext.evaluat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from graphfix.io.sources import known_values
 
 MAX_ELEMENTS = 4096  # shape vectors are small; anything bigger is data, not worth folding here
 MAX_DEPTH = 64
@@ -99,10 +102,27 @@ def _div(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
 
 
 def _const_of_shape(node: gs.Node, v: list[np.ndarray]) -> np.ndarray:
-    value = _attr(node, "value")
-    fill = np.asarray(value.values if isinstance(value, gs.Constant) else (value if value is not None else 0.0))
+    fill = known_values(_attr(node, "value")) if _attr(node, "value") is not None else np.float32(0)
+    if fill is None:
+        raise ValueError("the fill value is kept in external data")
     fill = fill.reshape(-1)[0] if fill.size else np.float32(0)
     return np.full([int(d) for d in v[0].reshape(-1)], fill, dtype=np.asarray(fill).dtype)
+
+
+def _elements_out(node: gs.Node, v: list[np.ndarray]) -> int | None:
+    """How many elements folding `node` makes, where that is not bounded by its inputs' (a ConstantOfShape's
+    shape, a broadcast of several vectors, a gather of rows): checked before anything is allocated."""
+    if node.op == "ConstantOfShape":
+        dims = [int(d) for d in v[0].reshape(-1)]
+        return None if any(d < 0 for d in dims) else math.prod(dims)
+    if node.op in ("Add", "Sub", "Mul", "Div", "Equal", "Where"):
+        try:
+            return math.prod(np.broadcast_shapes(*(a.shape for a in v)))
+        except ValueError:
+            return None
+    if node.op == "Gather":
+        return v[1].size * (v[0].size // max(v[0].shape[int(_attr(node, "axis", 0))], 1)) if v[0].ndim else None
+    return 0
 
 
 _OPS: dict[str, Callable[[gs.Node, list[np.ndarray]], np.ndarray]] = {
@@ -149,8 +169,8 @@ class Evaluator:
 
     def _fold(self, tensor: gs.Tensor, depth: int) -> np.ndarray | None:
         value = self.constant_value(tensor)
-        if value is not None:
-            return value if value.size <= MAX_ELEMENTS else None
+        if value is not None:  # sizes are numbers: a string or object tensor is never one (a hostile model's)
+            return value if value.size <= MAX_ELEMENTS and value.dtype.kind in "biuf" else None
         node = tensor.inputs[0] if tensor.inputs else None
         if node is None or node.op not in _OPS or depth > MAX_DEPTH or len(node.outputs) != 1:
             return None
@@ -158,6 +178,9 @@ class Evaluator:
         if any(v is None for v in inputs):
             return None
         try:
+            made = _elements_out(node, inputs)
+            if made is None or made > MAX_ELEMENTS:
+                return None  # too large to be a shape vector: never allocated
             out = np.asarray(_OPS[node.op](node, inputs))
         except Exception:  # an op variant this folder does not know: treat the value as unknown
             return None
@@ -229,9 +252,10 @@ class Evaluator:
                 return None
             return [e for part, _ in ins for e in part], False
         if op == "ConstantOfShape":
-            fill = attrs.get("value")
-            fill = np.asarray(fill.values if isinstance(fill, gs.Constant) else (0 if fill is None else fill))
             if len(data) != 1 or not isinstance(data[0], int) or data[0] > 4096:
+                return None
+            fill = known_values(attrs["value"]) if attrs.get("value") is not None else np.zeros(1)
+            if fill is None or not fill.size:
                 return None
             return [fill.reshape(-1)[0].item()] * data[0], False
         if op == "OneHot":

@@ -8,7 +8,7 @@ widens a 1 to that size: a constant operand of a broadcasting op, an entry of an
 shape. A walk that meets anything else (a Reshape, a Pad, a pool) says where it stopped: those are other rules'.
 
     if could_hold(ctx, output, axis=1):                  # cheap, onnx's shapes: is there anything to find?
-        held = held_by(sizes, output, axis=1, value=40)   # Widening(node=Add '/Add', kind='constant', ...) or why not
+        held = held_by(sizes, output, axis=1)             # Widening(node=Add '/Add', kind='constant', ...) or why not
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Widening:
     tensor: gs.Tensor
     axis: int
     narrow: gs.Tensor | None
+    value: int  # the size it widens to (a Slice further on may cut it)
 
 
 def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
@@ -49,8 +50,10 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
         seen.add((tensor.name, axis))
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
-        if node.op in SAME_SHAPE:
+        if node.op in SAME_SHAPE or node.op == "Slice":
             todo.append((node.inputs[0], axis))
+        elif node.op in ("Unsqueeze", "Squeeze"):  # any axis of the input may be the one: generous, it is a gate
+            todo.extend((node.inputs[0], k) for k in range(len(ctx.shape(node.inputs[0]) or ())))
         elif node.op == "Transpose" and (perm := node.attrs.get("perm")) is not None:
             todo.append((node.inputs[0], list(perm)[axis]))
         elif node.op in BROADCAST_OPS:
@@ -68,51 +71,99 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
     return False
 
 
-def held_by(sizes, output: gs.Tensor, axis: int, value: int) -> Widening | str:
-    """The node that widens axis `axis` of `output` (`value` at every size) from 1, or where the walk stopped."""
-    todo, seen, stops = [(output, axis)], set(), []
-    while todo:
-        tensor, axis = todo.pop()
-        if (tensor.name, axis) in seen:
-            continue
-        seen.add((tensor.name, axis))
-        node = tensor.inputs[0] if tensor.inputs else None
-        if node is None or node.op == "Constant":
-            stops.append(f"'{tensor.name}' is a graph input or a constant")
-            continue
-        step = _step(sizes, node, tensor, axis, value)
-        if isinstance(step, Widening):
-            return step
-        if isinstance(step, str):
-            stops.append(step)
-        else:
-            todo.extend(step)
-    return stops[0] if stops else "no node on its way fixes it"
+MAX_DEPTH = 400  # nodes on one way back from an output: past it, the walk says so
+
+
+def held_by(sizes, output: gs.Tensor, axis: int) -> Widening | str:
+    """The node that widens axis `axis` of `output` (fixed at every size) from 1, or where the walk stopped.
+    Every way the size reaches the output must end in a widening: one that holds it otherwise (a MatMul of
+    learned queries beside `zeros_like(queries)`) explains the size without one, and the walk names it."""
+    return _held(sizes, output, axis, {}, 0)
+
+
+def _held(sizes, tensor: gs.Tensor, axis: int, memo: dict, depth: int) -> Widening | str:
+    key = (id(tensor), axis)
+    if key in memo:
+        return memo[key]
+    memo[key] = f"'{tensor.name}' is reached again (a cycle)"
+    value = _entry_of(sizes.shape(tensor), axis)
+    node = tensor.inputs[0] if tensor.inputs else None
+    if value is None or value < 2:
+        found = f"'{tensor.name}' has no fixed size above 1 on axis {axis}"
+    elif depth > MAX_DEPTH:
+        found = f"more than {MAX_DEPTH} nodes back from the output"
+    elif node is None or node.op == "Constant":
+        found = f"'{tensor.name}' is a graph input or a constant"
+    else:
+        found = _step(sizes, node, tensor, axis, value)
+        if isinstance(found, list):
+            ways = [_held(sizes, t, k, memo, depth + 1) for t, k in found]
+            found = next((w for w in ways if isinstance(w, str)), ways[0])
+    memo[key] = found
+    return found
 
 
 def _step(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Widening | str | list:
     """What `node` does to axis `axis` of its output `tensor`: widens it (Widening), passes it on from its inputs
-    (a list of (tensor, axis)), or something the walk does not follow (why, as text)."""
-    if node.op in SAME_SHAPE:
+    (a list of (tensor, axis), each of which must hold it), or something the walk does not follow (why, as
+    text)."""
+    if node.op in SAME_SHAPE or node.op == "Slice":  # a Slice cuts a fixed size from a fixed size
         return [(node.inputs[0], axis)]
     if node.op == "Transpose":
         perm = node.attrs.get("perm")
         rank = len(sizes.shape(tensor) or ())
         return [(node.inputs[0], list(perm)[axis] if perm else rank - 1 - axis)]
+    if node.op in ("Unsqueeze", "Squeeze"):
+        source = _unsqueezed_axis(sizes, node, axis)
+        return [(node.inputs[0], source)] if source is not None else f"{node.op} '{node.name}': axes not known"
     if node.op in BROADCAST_OPS:
         return _broadcast(sizes, node, tensor, axis, value)
     if node.op == "Expand":
         before = _dim(sizes, node.inputs[0], tensor, axis)
         if before == "broadcast" or _is(before, 1):
-            return Widening(node, EXPAND, node.inputs[1], axis, node.inputs[0])
+            return Widening(node, EXPAND, node.inputs[1], axis, node.inputs[0], value)
         return [(node.inputs[0], before[1])] if _is(before, value) else f"Expand '{node.name}' keeps another size"
     if node.op == "ConstantOfShape":
-        return Widening(node, CONSTANT_OF_SHAPE, node.inputs[0], axis, None)
+        return Widening(node, CONSTANT_OF_SHAPE, node.inputs[0], axis, None, value)
     if node.op == "Tile" and _is(_dim(sizes, node.inputs[0], tensor, axis), 1):
-        return Widening(node, TILE, node.inputs[1], axis, node.inputs[0])
+        return Widening(node, TILE, node.inputs[1], axis, node.inputs[0], value)
     if node.op == "Resize" and len(node.inputs) > 3 and _entry(sizes, node.inputs[3], axis) == value:
-        return Widening(node, RESIZE, node.inputs[3], axis, node.inputs[0])
+        return Widening(node, RESIZE, node.inputs[3], axis, node.inputs[0], value)
     return f"it stops at {node.op} '{node.name}', an op the walk does not follow"
+
+
+def _unsqueezed_axis(sizes, node: gs.Node, axis: int) -> int | None:
+    """The input axis of an Unsqueeze or Squeeze that becomes output axis `axis` (None where it is a new axis or
+    the axes are not known)."""
+    out_rank, in_rank = len(sizes.shape(node.outputs[0]) or ()), len(sizes.shape(node.inputs[0]) or ())
+    given = node.attrs.get("axes")
+    if given is None and len(node.inputs) > 1:
+        given = sizes.value(node.inputs[1])
+    if given is None or not out_rank or not in_rank:
+        return None
+    try:
+        axes = {int(a) % (out_rank if node.op == "Unsqueeze" else in_rank) for a in given}
+    except TypeError:  # an axis the analysis knows only as an expression
+        return None
+    kept = [a for a in range(out_rank) if a not in axes] if node.op == "Unsqueeze" else \
+        [a for a in range(in_rank) if a not in axes]
+    if node.op == "Unsqueeze":
+        return kept.index(axis) if axis in kept else None
+    return kept[axis] if axis < len(kept) else None
+
+
+def reads_inputs(tensor: gs.Tensor) -> bool:
+    """Whether a graph input reaches `tensor` (a tensor computed from weights alone does not: learned slots)."""
+    todo, seen = [tensor], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            return True
+        todo.extend(current.inputs[0].inputs)
+    return False
 
 
 def _broadcast(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Widening | str | list:
@@ -127,7 +178,7 @@ def _broadcast(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -
         return f"{node.op} '{node.name}': no operand's size there is known"
     (constant, k), = fixed
     narrow = next((t for t in node.inputs if t is not constant and not is_table(t)), None)
-    return Widening(node, CONSTANT, constant, k, narrow) if narrow is not None else \
+    return Widening(node, CONSTANT, constant, k, narrow, value) if narrow is not None else \
         f"{node.op} '{node.name}' combines constants only"
 
 
@@ -146,6 +197,11 @@ def _entry(sizes, vector: gs.Tensor, index: int) -> int | None:
     value = sizes.value(vector)
     entry = value[index] if value is not None and index < len(value) else None
     return int(entry) if entry is not None and getattr(entry, "is_Integer", False) else None
+
+
+def _entry_of(shape, axis: int) -> int | None:
+    dim = shape[axis] if shape is not None and axis < len(shape) else None
+    return int(dim) if dim is not None and getattr(dim, "is_Integer", False) else None
 
 
 def _is(dim, value: int) -> bool:

@@ -119,6 +119,8 @@ def data_prop_allowed(model: onnx.ModelProto) -> bool:
     for node in model.graph.node:
         if node.op_type != "Range" or not all(name in constants for name in node.input[:3]):
             continue
+        if any(constants[n].data_location == onnx.TensorProto.EXTERNAL for n in node.input[:3]):
+            return False  # its values are not read here (onnx's numpy_helper would look in the working directory)
         try:
             start, limit, delta = (float(np.asarray(numpy_helper.to_array(constants[n])).reshape(()))
                                    for n in node.input[:3])

@@ -10,7 +10,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from graphfix.core.errors import InputError
 from graphfix.io.protos import initializers_as_inputs
-from graphfix.io.sources import remember_initializers
+from graphfix.io.sources import guard_external, remember_initializers
 from graphfix.io.weights import Weights, attach, detached
 
 # onnx-graphsurgeon logs every folded or removed node; graphfix reports what it did itself.
@@ -33,6 +33,7 @@ def import_graph(model: onnx.ModelProto, value_info=None, weights: Weights | Non
             del model.graph.value_info[:]
             model.graph.value_info.extend(original)
     remember_initializers(graph, model.graph)
+    guard_external(graph)  # external data is read from the model's folder only, never through gs
     attach(graph, weights or {})
     unique_node_names(graph)
     return graph

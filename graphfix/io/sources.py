@@ -10,6 +10,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
@@ -39,6 +40,47 @@ def source_proto(tensor: gs.Tensor) -> onnx.TensorProto | MappedTensor | None:
     if isinstance(lazy, MappedValues):
         return lazy.mapped
     return lazy.tensor if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto) else None
+
+
+class UnreadExternal(LazyValues):
+    """The lazy values of a Constant kept in external data. onnx-graphsurgeon would load them with onnx's
+    numpy_helper, which resolves the location against the working directory; graphfix reads external data only
+    through `graphfix.io.external_data` with the model's folder (`RuleContext.constant_value`). Asked for
+    `.values`, it raises a ValueError (code that folds constants takes that for unknown); exported, it is the
+    proto as it was (onnx-graphsurgeon writes a LazyValues' proto without loading it)."""
+
+    def __init__(self, tensor: onnx.TensorProto):
+        super().__init__(tensor)
+
+    def load(self):
+        raise ValueError(f"tensor '{self.tensor.name}' keeps its values in external data: graphfix reads it only "
+                         "from the model's folder (graphfix.io.external_data), never through onnx-graphsurgeon")
+
+
+def known_values(value) -> np.ndarray | None:
+    """A node attribute's or a Constant's values as an array; None for one kept in external data (see
+    `UnreadExternal`), or for no value."""
+    if isinstance(value, gs.Constant):
+        return None if isinstance(vars(value).get("_values"), UnreadExternal) else np.asarray(value.values)
+    return None if value is None else np.asarray(value)
+
+
+def guard_external(graph: gs.Graph) -> None:
+    """Give every Constant of `graph` kept in external data (initializers, node attributes such as a Constant's or
+    ConstantOfShape's `value`, in subgraphs too) lazy values that never read it (`UnreadExternal`)."""
+    for tensor in _all_constants(graph):
+        lazy = vars(tensor).get("_values")
+        if type(lazy) is LazyValues and isinstance(lazy.tensor, onnx.TensorProto) and \
+                lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor._values = UnreadExternal(lazy.tensor)
+
+
+def _all_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """The Constants of `graph` and its subgraphs, and those held as node attributes."""
+    yield from _constants(graph)
+    for sub in (graph, *graph.subgraphs(recursive=True)):
+        for node in sub.nodes:
+            yield from (value for value in node.attrs.values() if isinstance(value, gs.Constant))
 
 
 def remember_initializers(graph: gs.Graph, model_graph: onnx.GraphProto) -> None:

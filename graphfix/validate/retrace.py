@@ -233,6 +233,6 @@ def _constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     for node in graph.node:
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and len(value.dims) <= 1:
+            if value is not None and len(value.dims) <= 1 and value.data_location != onnx.TensorProto.EXTERNAL:
                 arrays[node.output[0]] = numpy_helper.to_array(value)
     return arrays

@@ -69,3 +69,34 @@ def test_builder_vector_reads_dims_at_run_time():
 def test_builder_keeps_an_all_constant_vector_constant():
     graph = gs.Graph(opset=17)
     assert isinstance(Builder(graph, "c", 17).vector([1, 2]), gs.Constant) and not graph.nodes
+
+
+BOMBS = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, 4] x) => (float[B, 4] y) {
+    side = Constant <value = int64[2] {8192, 8192}> ()
+    square = ConstantOfShape <value = int64[1] {1}> (side)
+    rows = Constant <value = int64[4096, 1] {ONES}> ()
+    cols = Constant <value = int64[1, 4096] {ONES}> ()
+    table = Add (rows, cols)
+    words = Constant <value = string[2] {"2**99", "4"}> ()
+    y = Identity (x)
+}
+""".replace("ONES", ", ".join(["1"] * 4096))
+
+
+def test_folding_never_allocates_what_is_too_large_to_be_a_shape_vector():
+    """Found by review (helper 36): an 8192 x 8192 ConstantOfShape was filled (512 MB; a side of 65536 needs 32 GB)
+    before its size was checked, and a broadcast of two 4096-element vectors made 16M elements. Both are unknown
+    now, with nothing allocated; a string tensor is never a size (it crashed GF004 with `int('2**99')`)."""
+    import tracemalloc
+
+    ctx = _context(BOMBS)
+    tracemalloc.start()
+    try:
+        found = [ctx.evaluator.value(ctx.tensors[name]) for name in ("square", "table", "words")]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak
+    assert [v is None for v in found] == [True, True, True], found

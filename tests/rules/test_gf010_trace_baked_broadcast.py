@@ -11,8 +11,10 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import onnx
 import pytest
+from conftest import run
 from onnx import TensorProto, helper
 
 import graphfix
@@ -100,7 +102,7 @@ class Repeated(Frames):
         g = h.reshape(h.shape[0], t, 4, 8).mean(2)
         if self.resize:
             return nn.functional.interpolate(g.transpose(1, 2)[..., ::2], size=t).transpose(1, 2)
-        return h.mean(1, keepdim=True)[..., :8].repeat(1, t, 1) + g
+        return h.mean(1, keepdim=True)[..., :8].repeat(1, t, 1) + g[:, :1]
 
 
 @pytest.mark.parametrize(("name", "module", "t", "inputs"), [
@@ -120,6 +122,57 @@ def test_an_output_held_at_an_export_size_is_an_error_and_refused(tmp_path, name
     done = repair(path, tmp_path / "out.onnx")
     assert done.returncode == 1 and "GF010" in done.stdout + done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+class BehindABakedReshape(Frames):
+    """`ones(int(T), 8)` added to frames that a Reshape baked with the same int(T) holds at 40 too."""
+
+    def forward(self, x):
+        h = self.lin(x)
+        t = int(h.shape[1])
+        return h.reshape(h.shape[0], t, 4, 8).mean(2) + torch.ones(t, 8)
+
+
+def test_a_constant_that_meets_the_frames_is_gf006s_and_repaired(tmp_path):
+    """Two ways hold the 40: the constant, and the Reshape GF004 repairs. The Reshape explains the 40 as well as a
+    learned table of queries would (a DETR decoder at T = its query count is healthy): no GF010 finding. Here the
+    constant meets the frames themselves, so GF006 knows it for `ones(int(T), 8)` and shrinks it: repaired, and
+    it matches PyTorch."""
+    module = BehindABakedReshape().eval()
+    path = export(module, tmp_path / "both.onnx")
+    assert findings(path) == []
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 0 and "GF006" in done.stdout, done.stdout + done.stderr
+    for batch, t in ((1, 21), (2, 40), (3, 64)):
+        x = torch.randn(batch, t, 16)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(run(str(tmp_path / "out.onnx"), {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5)
+
+
+class Queries(nn.Module):
+    """Healthy (helper 37): a DETR-style decoder step, 16 learned queries attending over the input, the target
+    `zeros_like(queries)`; exported at T = 16, as many frames as queries. The TorchScript export of the attention
+    bakes a Reshape with the queries' 16, which says T was 16: the zeros alone would look like `zeros(int(T))`,
+    but the attention's output holds the 16 too, through learned weights."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.queries = nn.Linear(16, 8), nn.Parameter(torch.randn(16, 8))
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        memory = self.lin(x)
+        queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+        target = torch.zeros_like(queries)
+        return target + self.attn(target + queries, memory, memory)[0]
+
+
+def test_learned_queries_as_many_as_the_export_frames_are_written(tmp_path):
+    path = export(Queries(), tmp_path / "queries.onnx", t=16)
+    assert [f for f in findings(path) if f.severity.value == "error"] == []
+    assert repair(path, tmp_path / "out.onnx").returncode == 0
 
 
 def test_a_derived_export_size_is_named_with_the_length_it_gives(tmp_path):
@@ -198,4 +251,4 @@ def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
     onnx.save(joined, tmp_path / "concat.onnx")
     assert findings(tmp_path / "concat.onnx") == []
     sizes, g = static_sizes(joined)
-    assert held_by(sizes, g.outputs[0], 1, 40) == "it stops at Concat '', an op the walk does not follow"
+    assert held_by(sizes, g.outputs[0], 1) == "it stops at Concat '', an op the walk does not follow"

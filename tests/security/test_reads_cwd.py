@@ -132,3 +132,57 @@ def test_onnxsim_is_never_handed_a_tensor_that_names_a_file(tmp_path):
     assert not result.applied
     assert result.message == ("simplification skipped: a tensor outside the graph's initializers keeps its values "
                               "in external data")
+
+
+def _external(name: str, location: str, dtype=TensorProto.INT64, dims=()) -> onnx.TensorProto:
+    """A tensor of `dims` whose 8 bytes per element lie in `location` (beside the model: its own folder)."""
+    tensor = onnx.TensorProto(name=name, data_type=dtype, dims=list(dims))
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("length", str(8 * int(np.prod(dims or [1]))))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _attribute_models() -> dict[str, onnx.ModelProto]:
+    """Constants kept in external data where graphfix's analysis folds values (helper 36 read the working
+    directory's file through onnx's numpy_helper with each, and printed its bytes as a Reshape's shape):
+    ConstantOfShape's fill value, a Constant node's value, and a Range's limit (which decides whether onnx's
+    shape inference may propagate data)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])
+    two = helper.make_tensor("two", TensorProto.INT64, [1], [2])
+    fill = [helper.make_node("ConstantOfShape", ["two"], ["shape"], value=_external("fill", "data.bin", dims=[1])),
+            helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    node = [helper.make_node("Constant", [], ["shape"], value=_external("shape", "data.bin", dims=[2])),
+            helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    ranged = [helper.make_node("Constant", [], ["limit"], value=_external("limit", "data.bin")),
+              helper.make_node("Range", ["zero", "limit", "one"], ["r"]),
+              helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+              helper.make_node("Add", ["x", "rf"], ["y"])]
+    scalars = [helper.make_tensor(n, TensorProto.INT64, [], [v]) for n, v in (("zero", 0), ("one", 1))]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return {name: helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                    opset_imports=[helper.make_opsetid("", 17)])
+            for name, nodes, inits in (("fill", fill, [two]), ("constant", node, []), ("range", ranged, scalars))}
+
+
+@pytest.mark.parametrize("place", ["fill", "constant", "range"])
+@pytest.mark.parametrize("command", [["diagnose", "--static"], ["diagnose"], ["repair", "-o", "OUT"]])
+def test_external_data_in_a_node_attribute_is_never_read_from_the_working_directory(sandbox, place, command):
+    """The model's folder holds `data.bin` (zeros, as the checks ask); the working directory holds another
+    `data.bin`, watched. Nothing reads it, and no byte of it shows in the report."""
+    path = sandbox.model_dir / "model.onnx"
+    path.write_bytes(_attribute_models()[place].SerializeToString())
+    (sandbox.model_dir / "data.bin").write_bytes(bytes(16))
+    decoy = sandbox.cwd / "data.bin"
+    decoy.write_bytes(b"hello-se" * 2)
+    watch = OpenWatch([str(decoy)], READS)
+    try:
+        args = [str(sandbox.root / "out.onnx") if a == "OUT" else a for a in command]
+        done = sandbox.run(args[0], str(path), *args[1:])
+        assert watch.events() == [], done.stdout + done.stderr
+    finally:
+        watch.close()
+    said = done.stdout + done.stderr
+    assert "Traceback" not in said and "internal error" not in said, said
+    assert str(int.from_bytes(b"hello-se", "little")) not in said

@@ -65,9 +65,12 @@ def static_sizes(model) -> tuple[Sizes, object]:
     from graphfix.analysis.context import RuleContext
     from graphfix.analysis.shapes import infer_shapes
     from graphfix.core.rule import RuleOptions
+    from graphfix.io.sources import guard_external
 
     inferred = infer_shapes(model)
-    ctx = RuleContext(inferred, gs.import_onnx(inferred), None, RuleOptions(static=True))
+    graph = gs.import_onnx(inferred)
+    guard_external(graph)  # external data is read from the model's folder only, never through gs
+    ctx = RuleContext(inferred, graph, None, RuleOptions(static=True))
     return sizes_of(ctx), ctx.graph
 
 

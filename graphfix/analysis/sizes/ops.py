@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import Shape, window_output
+from graphfix.io.sources import known_values
 
 if TYPE_CHECKING:
     from sympy import Expr
@@ -319,9 +320,10 @@ class OpShapes:
     def _op_ConstantOfShape(self, node: gs.Node) -> None:
         target = self._in_value(node, 0)
         if target is not None:
-            fill = np.asarray(getattr(node.attrs.get("value"), "values", 0)).reshape(-1)
-            value = tuple(int(fill[0]) if fill.size else 0 for _ in range(int(target[0]))) \
-                if len(target) == 1 and self.num.expr(target[0]).is_number and target[0] <= MAX_VECTOR else None
+            fill = known_values(node.attrs["value"]) if node.attrs.get("value") is not None else np.zeros(1)
+            value = tuple(int(fill.reshape(-1)[0]) if fill.size else 0 for _ in range(int(target[0]))) \
+                if fill is not None and len(target) == 1 and self.num.expr(target[0]).is_number and \
+                target[0] <= MAX_VECTOR else None
             self._set(node, tuple(target), value)
 
     def _op_Range(self, node: gs.Node) -> None:
