@@ -123,8 +123,7 @@ class Forked:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
         if pid == 0:  # the child: never returns into the caller's code
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            _serve(work, read_fd, write_fd)
+            _serve(work, read_fd, write_fd, held)
         os.close(write_fd)
         self.pid, self.fd = pid, read_fd
         try:
@@ -202,11 +201,15 @@ def _unpack(outcome: tuple[str, Any]) -> Any:
     return value
 
 
-def _serve(work: Callable[[], Any], read_fd: int, write_fd: int) -> None:
+def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held) -> None:
+    """The child's whole life. Its stopping signals are unblocked inside the `try`: one sent before (a stop right
+    after the fork) raises here and ends in `os._exit`, never in the caller's code (helper 36 saw such a child
+    unwind into its parent's code and write its SystemExit into the parent's own result pipe)."""
     global _in_child
     _in_child = True
     code = 1
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(read_fd)
         data = _pickled(_outcome(work))
         with os.fdopen(write_fd, "wb") as pipe:

@@ -5,9 +5,13 @@ traceback on stderr (seen on a loaded machine as `test_staging`'s `--timeout` ca
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+
+from graphfix.core import forked
 
 
 def test_an_alarm_during_the_forks_own_callbacks_stops_the_work(tmp_path):
@@ -40,3 +44,25 @@ def test_an_alarm_during_the_forks_own_callbacks_stops_the_work(tmp_path):
     assert done.stdout.strip() == "stopped", done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     assert not marker.exists()
+
+
+def test_a_stop_sent_before_the_child_unblocks_its_signals_ends_the_child_not_in_the_callers_code(tmp_path):
+    """Found by review (helper 36): a SIGTERM that reached a child between the fork and `_serve` raised (graphfix
+    turns SIGTERM into SystemExit) when the child unblocked its signals, outside `_serve`: the child unwound into
+    its parent's code. The signal is pending here when `_serve` starts; the child must end in `_serve`'s
+    `os._exit`, and never run the line after it."""
+    marker = tmp_path / "returned"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            os.kill(os.getpid(), signal.SIGTERM)  # pending until unblocked
+            read_fd, write_fd = os.pipe()
+            os.dup(read_fd)  # a reader stays, as the parent is: the work's result could be written
+            forked._serve(lambda: 1, read_fd, write_fd, held)
+        finally:
+            marker.write_text("the child ran its caller's code")
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1 and not marker.exists()
