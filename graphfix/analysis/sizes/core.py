@@ -32,7 +32,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith, same
-from graphfix.analysis.sizes.ops import BROADCAST, MAX_VECTOR, SAME_SHAPE, OpShapes, Shape, _present
+from graphfix.analysis.sizes.ops import BROADCAST, SAME_SHAPE, OpShapes, Shape, _present
+from graphfix.analysis.sizes.spread import MAX_VECTOR
 
 if TYPE_CHECKING:
     import sympy

@@ -14,13 +14,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import Shape, window_output
-from graphfix.io.sources import known_values
+from graphfix.analysis.sizes.spread import SpreadShapes
 
 if TYPE_CHECKING:
     from sympy import Expr
 
 INT_BIG = 2**31 - 1  # ends at or past this mean "to the end"
-MAX_VECTOR = 16  # value tracking is for shape vectors only
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
              "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "BitShift", "Sum", "Mean"}
 SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Gelu", "Erf", "Sqrt", "Softmax", "LogSoftmax", "Tanh",
@@ -30,7 +29,7 @@ SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Gelu", "Erf", "Sqrt", "So
               "HardSwish", "Mish", "Sign", "SimplifiedLayerNormalization", "SkipLayerNormalization", "Silu",
               "QuickGelu", "FastGelu", "BiasGelu"}
 
-class OpShapes:
+class OpShapes(SpreadShapes):
     """Shape (and shape-vector value) propagation rules, one method per op."""
 
     def _one(self, d) -> bool:
@@ -301,36 +300,6 @@ class OpShapes:
         if shape is None or target is None:
             return
         self._set(node, _broadcast_dims(self, shape, tuple(self.num.expr(t) for t in target), node))
-
-    def _op_Tile(self, node: gs.Node) -> None:
-        shape, repeats = self._in_shape(node, 0), self._in_value(node, 1)
-        if shape is None or repeats is None or len(repeats) != len(shape) or any(d is None for d in shape):
-            return
-        self._set(node, tuple(self.num.mul(d, self.num.expr(r)) for d, r in zip(shape, repeats, strict=True)))
-
-    def _op_Resize(self, node: gs.Node) -> None:
-        """Resized to its `sizes` (input 3); by `scales`, the analysis does not follow."""
-        shape = self._in_shape(node, 0)
-        if len(node.inputs) < 4 or not _present(node.inputs[3]) or shape is None or node.attrs.get("axes"):
-            return
-        target = self._in_value(node, 3)
-        if target is not None and len(target) == len(shape):
-            self._set(node, tuple(self.num.expr(t) for t in target))
-
-    def _op_ConstantOfShape(self, node: gs.Node) -> None:
-        target = self._in_value(node, 0)
-        if target is not None:
-            fill = known_values(node.attrs["value"]) if node.attrs.get("value") is not None else np.zeros(1)
-            value = tuple(int(fill.reshape(-1)[0]) if fill.size else 0 for _ in range(int(target[0]))) \
-                if fill is not None and len(target) == 1 and self.num.expr(target[0]).is_number and \
-                target[0] <= MAX_VECTOR else None
-            self._set(node, tuple(target), value)
-
-    def _op_Range(self, node: gs.Node) -> None:
-        start, limit, delta = (self._in_value(node, k) for k in range(3))
-        if start is None or limit is None or delta is None:
-            return
-        self._set(node, (self.num.ceiling(self.num.truediv(limit[0] - start[0], delta[0])),))
 
     def _op_Split(self, node: gs.Node) -> None:
         shape = self._in_shape(node, 0)
