@@ -38,10 +38,13 @@ class TraceBakedBroadcast(Rule):
     the node that widens a length-1 axis to that size: a constant operand of a broadcasting op (`torch.ones(int(T),
     8)` added to a pooled `[B, 1, 8]`), an entry of an Expand's shape (`h.expand(-1, int(T), -1)`), of
     ConstantOfShape's shape (`torch.zeros(B, int(T), 8)`), of Tile's repeats (`h.repeat(1, int(T), 1)`), or of a
-    Resize's sizes (`F.interpolate(x, size=int(T))`, which takes any length to that size). An error where that size
-    is an input dim's export size as the graph tells it (a Reshape or broadcast elsewhere that holds only there,
-    a strided front end's frame count that only it gives, or `--trace-shape`) and the constant is a size or a
-    table built from one (uniform along the axis, or 0, 1, 2, ...); a warning otherwise.
+    Resize's sizes (`F.interpolate(x, size=int(T))`, which takes any length to that size). Every way the size
+    reaches the output must end in such a widening: one that holds it otherwise (the attention of 16 learned
+    queries beside their `zeros_like`) explains it without a Python int. An error where that size is an input
+    dim's export size as the graph tells it (a Reshape or broadcast elsewhere that holds only there, a strided
+    front end's frame count that only it gives, or `--trace-shape`), or one step from it (`int(T) - 1`, `+ 1`,
+    `* 2`, `/ 2`), the widened tensor is computed from an input, and the constant is a size or a table built from
+    one (uniform along the axis, or 0, 1, 2, ...); a warning otherwise (learned slots spread to their number).
 
     ## Why it breaks deployment
     The model runs at every size and returns the export's length: PyTorch's output follows T, the graph's stays 40.
@@ -84,16 +87,16 @@ class TraceBakedBroadcast(Rule):
         built, made = _what_builds(ctx, held, value)
         message = (f"output '{frozen.name}' axis {frozen.axis} ('{frozen.dim}', declared dynamic) is {frozen.value} "
                    f"at every size: {built}")
-        exported = sized_at_export(ctx, value)
+        exported = sized_at_export(ctx, value, near=True)
         where = {"nodes": [held.node], "tensors": [held.tensor] + ([held.narrow] if held.narrow is not None else [])}
         learned = held.narrow is not None and not reads_inputs(held.narrow)
         if exported and made and not learned:
             return self.finding(
-                f"{message}; {value} is the export size: {'; '.join(exported)}. A size computed in Python while "
+                f"{message}; {value} comes from an export size: {'; '.join(exported)}. A size computed in Python while "
                 f"tracing ({made}) holds the axis: PyTorch's follows the input, the graph's never will", **where,
                 hint=HINT)
         why = f"no input dim's export size is known to be {value}" if not exported else \
-            f"{value} is the export size ({'; '.join(exported)}), but " + (
+            f"{value} comes from an export size ({'; '.join(exported)}), but " + (
                 f"'{held.narrow.name}' is computed from weights alone (learned slots spread to {value} leave the "
                 "same graph)" if learned else "the constant's values do not follow from its size (learned slots "
                 "leave the same graph)")

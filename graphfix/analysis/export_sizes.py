@@ -231,6 +231,17 @@ class ExportFact:
             return f"{self.dim}={self.value} at export ({self.source})"
         return f"{self.dim}={size} gives the export's {self.length} = {self.value} ({self.source})"
 
+    def near(self, size: int) -> str | None:
+        """How `size` is one step from the dim's export size (`int(T) - 1`, `2 * int(T)`), in words; None where it
+        is not (or the fact is a derived length's)."""
+        if self.length is not None:
+            return None
+        steps = {self.value - 1: "- 1", self.value + 1: "+ 1", 2 * self.value: "* 2"}
+        if self.value % 2 == 0 and self.value >= 4:
+            steps.setdefault(self.value // 2, "/ 2")
+        step = steps.get(size) if size > 1 else None
+        return None if step is None else f"{size} = {self.dim} {step}, {self.show(size)}"
+
 
 def export_facts(ctx: RuleContext) -> tuple[ExportFact, ...]:
     """What this graph says of its input dims' export sizes (each solved, or given with --trace-shape; and each
@@ -253,9 +264,14 @@ def export_facts(ctx: RuleContext) -> tuple[ExportFact, ...]:
     return tuple(dict.fromkeys([*facts, *ctx.options.exported]))
 
 
-def sized_at_export(ctx: RuleContext, value: int) -> list[str]:
-    """Each input dim that the graph says was `value` long at export, with why (see `export_facts`)."""
-    return list(dict.fromkeys(f.show(value) for f in export_facts(ctx) if f.gives(value)))
+def sized_at_export(ctx: RuleContext, value: int, near: bool = False) -> list[str]:
+    """Each input dim that the graph says was `value` long at export, with why (see `export_facts`); with `near`,
+    also each whose export size is one step from `value` (`ExportFact.near`)."""
+    facts = export_facts(ctx)
+    found = [f.show(value) for f in facts if f.gives(value)]
+    if near and not found:
+        found = [said for f in facts if (said := f.near(value))]
+    return list(dict.fromkeys(found))
 
 
 def carriers_of(sizes: ExportSizes, value: int) -> list[str]:

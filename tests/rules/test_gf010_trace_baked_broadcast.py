@@ -118,7 +118,7 @@ def test_an_output_held_at_an_export_size_is_an_error_and_refused(tmp_path, name
     path = export(module, tmp_path / f"{name}.onnx", t, inputs)
     found = findings(path)
     assert [f.severity.value for f in found] == ["error"] and found[0].fix is None, found
-    assert f"is {t} at every size" in found[0].message and f"{t} is the export size" in found[0].message
+    assert f"is {t} at every size" in found[0].message and f"{t} comes from an export size" in found[0].message
     done = repair(path, tmp_path / "out.onnx")
     assert done.returncode == 1 and "GF010" in done.stdout + done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "out.onnx").exists()
@@ -181,13 +181,21 @@ def test_a_derived_export_size_is_named_with_the_length_it_gives(tmp_path):
     assert "Expand" in found[0].message and "expand(-1, int(T), -1)" in found[0].message
 
 
-def test_a_size_no_input_had_at_export_is_a_warning(tmp_path):
-    """`ones(int(T) - 1, 8)`: 39, which no input dim was. Still wrong at every other T, but the graph does not tie
-    39 to T (a model may keep 39 slots): a warning, and the repair of the Reshape is written."""
+def test_a_size_one_step_from_the_export_size_is_an_error(tmp_path):
+    """`ones(int(T) - 1, 8)` (helper 37's `tm1`, written wrong with exit 0): 39 is T - 1 with T = 40 at export."""
     path = export(Frames(drop=1), tmp_path / "m1.onnx")
     found = findings(path)
+    assert [f.severity.value for f in found] == ["error"], found
+    assert "39 = T - 1, T=40 at export" in found[0].message
+    assert repair(path, tmp_path / "out.onnx").returncode == 1 and not (tmp_path / "out.onnx").exists()
+
+
+def test_a_size_no_input_had_at_export_is_a_warning(tmp_path):
+    """`ones(int(T) - 3, 8)`: 37, which the graph ties to no input's export size (a model may keep 37 slots): a
+    warning."""
+    found = findings(export(Frames(drop=3), tmp_path / "m3.onnx"))
     assert [f.severity.value for f in found] == ["warning"], found
-    assert "no input dim's export size is known to be 39" in found[0].message
+    assert "no input dim's export size is known to be 37" in found[0].message
 
 
 class Slots(nn.Module):
