@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.sizes.ops import SAME_SHAPE, is_table
+from graphfix.analysis.structured import is_uniform
+from graphfix.io.sources import known_values
 
 CONSTANT, EXPAND, CONSTANT_OF_SHAPE, TILE, RESIZE = "constant", "expand", "constant-of-shape", "tile", "resize"
 
@@ -50,7 +53,7 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
         seen.add((tensor.name, axis))
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
-        if node.op in SAME_SHAPE or node.op == "Slice":
+        if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul"):  # MatMul: its rows are its first input's
             todo.append((node.inputs[0], axis))
         elif node.op in ("Unsqueeze", "Squeeze"):  # any axis of the input may be the one: generous, it is a gate
             todo.extend((node.inputs[0], k) for k in range(len(ctx.shape(node.inputs[0]) or ())))
@@ -118,6 +121,8 @@ def _step(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Wid
         return [(node.inputs[0], source)] if source is not None else f"{node.op} '{node.name}': axes not known"
     if node.op in BROADCAST_OPS:
         return _broadcast(sizes, node, tensor, axis, value)
+    if node.op == "MatMul" and is_table(node.inputs[1]) and axis < len(sizes.shape(tensor) or ()) - 1:
+        return [(node.inputs[0], axis)]  # rows times a weight: a row axis is the input's
     if node.op == "Expand":
         before = _dim(sizes, node.inputs[0], tensor, axis)
         if before == "broadcast" or _is(before, 1):
@@ -172,6 +177,9 @@ def _broadcast(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -
     fixed = [(operand, dim[1]) for operand in node.inputs
              if (dim := _dim(sizes, operand, tensor, axis)) != "broadcast" and _is(dim, value)]
     computed = [(operand, k) for operand, k in fixed if not is_table(operand)]
+    learned = next((operand for operand, k in fixed if is_table(operand) and _learned(operand, k)), None)
+    if computed and learned is not None:  # a learned table of that many rows holds the size too: a model constant
+        return f"{node.op} '{node.name}' meets '{learned.name}', a learned table of {value} along that axis"
     if computed:
         return computed
     if len(fixed) != 1:
@@ -180,6 +188,17 @@ def _broadcast(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -
     narrow = next((t for t in node.inputs if t is not constant and not is_table(t)), None)
     return Widening(node, CONSTANT, constant, k, narrow, value) if narrow is not None else \
         f"{node.op} '{node.name}' combines constants only"
+
+
+def _learned(table: gs.Tensor, axis: int) -> bool:
+    """Whether a constant's values along `axis` follow from no size (not uniform there, not 0, 1, 2, ...): a
+    learned table, or values not read here (external data)."""
+    node = table.inputs[0] if table.inputs else None
+    values = known_values(table if isinstance(table, gs.Constant) else node.attrs.get("value") if node else None)
+    if values is None or values.ndim <= axis:
+        return values is None
+    progression = arange_axis(values, [axis]) if values.size == values.shape[axis] else None
+    return not (is_uniform(values, [axis]) or (progression is not None and progression[:2] == (0.0, 1.0)))
 
 
 def _dim(sizes, operand: gs.Tensor, out: gs.Tensor, axis: int):

@@ -105,6 +105,20 @@ class Repeated(Frames):
         return h.mean(1, keepdim=True)[..., :8].repeat(1, t, 1) + g[:, :1]
 
 
+class Projected(Frames):
+    """A pooled frame spread over int(T) rows, then a Linear (a MatMul by a weight keeps the rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        t = int(h.shape[1])
+        g = h.reshape(h.shape[0], t, 4, 8).mean(2)
+        return self.fc(h.mean(1, keepdim=True)[..., :8].expand(-1, t, -1)) + g[:, :1]
+
+
 @pytest.mark.parametrize(("name", "module", "t", "inputs"), [
     ("ones", Frames(), 40, ("x",)),
     ("t_equals_a_declared_size", Frames(), 16, ("x",)),  # T = 16 at export, as the feature size
@@ -113,6 +127,7 @@ class Repeated(Frames):
     ("two_inputs", TwoInputs(), 40, ("x", "m")),
     ("repeat", Repeated(resize=False), 40, ("x",)),
     ("interpolate", Repeated(resize=True), 40, ("x",)),
+    ("matmul", Projected(), 40, ("x",)),
 ])
 def test_an_output_held_at_an_export_size_is_an_error_and_refused(tmp_path, name, module, t, inputs):
     path = export(module, tmp_path / f"{name}.onnx", t, inputs)
@@ -217,6 +232,28 @@ def test_learned_slots_as_long_as_the_export_size_are_a_warning_and_written(tmp_
     assert [f.severity.value for f in found] == ["warning"], found
     assert "do not follow from its size" in found[0].message
     assert repair(path, tmp_path / "out.onnx").returncode == 0
+
+
+class SetHead(Frames):
+    """Healthy (helper 38): a pooled frame spread over 16 learned slots, exported at T = 16, where a Reshape baked
+    with int(T) tells the graph T was 16. The learned table of 16 rows says 16 is the model's own."""
+
+    def __init__(self):
+        super().__init__()
+        self.slots = nn.Parameter(torch.randn(16, 8))
+
+    def forward(self, x):
+        h = self.lin(x)
+        t = int(h.shape[1])
+        g = h.reshape(h.shape[0], t, 4, 8).mean(2)
+        return h.mean(1, keepdim=True)[..., :8].expand(-1, 16, -1) + self.slots + g[:, :1]
+
+
+def test_a_spread_beside_a_learned_table_of_as_many_rows_is_no_error(tmp_path):
+    path = export(SetHead(), tmp_path / "set.onnx", t=16)
+    assert [f for f in findings(path) if f.severity.value == "error"] == []
+    done = repair(path, tmp_path / "out.onnx")  # GF004 repairs the Reshape; the slots stay 16
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 class Healthy(nn.Module):
