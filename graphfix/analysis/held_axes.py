@@ -43,7 +43,10 @@ class Widening:
 def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
     """Whether the walk `held_by` takes from axis `axis` of `output` may reach a widening, read from onnx's shapes
     (no size analysis, which a graph without one never pays for): a constant longer than 1 there where it meets a
-    computed operand, an Expand or ConstantOfShape on the way."""
+    computed operand, an Expand or ConstantOfShape on the way. A way where onnx's inference names the dim after a
+    graph input's follows that input: it holds nothing, and the walk leaves it (a Llama's logits, `seq` back to
+    its ids)."""
+    follows = {d for t in ctx.graph.inputs for d in (ctx.shape(t) or ()) if isinstance(d, str)}
     todo, seen = [(output, axis)], set()
     while todo:
         tensor, axis = todo.pop()
@@ -51,6 +54,9 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
         if (tensor.name, axis) in seen or node is None:
             continue
         seen.add((tensor.name, axis))
+        shape = ctx.shape(tensor) if tensor is not output else None  # an output's dims are its declaration
+        if shape is not None and axis < len(shape) and shape[axis] in follows:
+            continue
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
         if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul"):  # MatMul: its rows are its first input's
