@@ -3,9 +3,11 @@
 `torch.ones(int(T), 8)` added to a pooled `[B, 1, 8]`, or `pooled.expand(-1, int(T), -1)`, traced at T = 40: the
 graph broadcasts the pooled axis to the constant's 40 at every size. The exporter still declares the output axis
 dynamic (`frames`, from `dynamic_axes`), and the size analysis finds it fixed (`frozen_outputs`). `held_by` walks
-that axis back from the output, through elementwise ops, Transpose and the Expands that keep it, to the node that
-widens a 1 to that size: a constant operand of a broadcasting op, an entry of an Expand's shape, ConstantOfShape's
-shape. A walk that meets anything else (a Reshape, a Pad, a pool) says where it stopped: those are other rules'.
+that axis back from the output, through elementwise ops, Transpose, Slice, Unsqueeze and Squeeze, a MatMul by a
+weight and the Expands that keep it, to the node that widens a 1 to that size: a constant operand of a
+broadcasting op, an entry of an Expand's shape, of ConstantOfShape's shape, of Tile's repeats, of a Resize's sizes.
+Every way the size reaches the output must end so: a way that holds it otherwise (a Reshape, a pool, a learned
+table of as many rows) explains the size without a Python int, and the walk says where it stopped.
 
     if could_hold(ctx, output, axis=1):                  # cheap, onnx's shapes: is there anything to find?
         held = held_by(sizes, output, axis=1)             # Widening(node=Add '/Add', kind='constant', ...) or why not
@@ -51,9 +53,9 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
     while todo:
         tensor, axis = todo.pop()
         node = tensor.inputs[0] if tensor.inputs else None
-        if (tensor.name, axis) in seen or node is None:
+        if (id(tensor), axis) in seen or node is None:
             continue
-        seen.add((tensor.name, axis))
+        seen.add((id(tensor), axis))
         shape = ctx.shape(tensor) if tensor is not output else None  # an output's dims are its declaration
         if shape is not None and axis < len(shape) and shape[axis] in follows:
             continue
