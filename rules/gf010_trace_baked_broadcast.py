@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import sized_at_export
 from graphfix.analysis.held_axes import (
@@ -19,10 +18,10 @@ from graphfix.analysis.held_axes import (
     could_hold,
     held_by,
     reads_inputs,
+    size_family,
 )
 from graphfix.analysis.sizes import frozen_outputs, sizes_of
 from graphfix.analysis.sizes.limits import FrozenOutput, made_up_dim
-from graphfix.analysis.structured import is_uniform
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
 HINT = ("Build the size from the traced tensor (`x.new_ones(x.shape[1], 8)`, `h.expand(-1, x.shape[1], -1)`, "
@@ -127,9 +126,9 @@ def _what_builds(ctx: RuleContext, held: Widening, value: int) -> tuple[str, str
              f"{list(np.shape(table)) if table is not None else ''}, {value} along axis {held.axis}")
     if table is None:
         return built, ""
-    if is_uniform(table, [held.axis]):
+    family = size_family(table, held.axis)
+    if family == "uniform":
         return built + ", where its values do not vary", "`torch.ones(int(T), 8)`"
-    progression = arange_axis(table, [held.axis])
-    if progression is not None and progression[:2] == (0.0, 1.0):
+    if family == "arange":
         return built + ", 0, 1, 2, ... along it", "`torch.arange(int(T))`"
     return built, ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS
@@ -198,15 +199,23 @@ def _broadcast(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -
         f"{node.op} '{node.name}' combines constants only"
 
 
+def size_family(values: np.ndarray, axis: int) -> str | None:
+    """How a constant's values along `axis` follow from its size: "uniform" (ones, zeros, full along it),
+    "arange" (0, 1, 2, ...), or None (a learned table)."""
+    if is_uniform(values, [axis]):
+        return "uniform"
+    progression = arange_axis(values, [axis])
+    return "arange" if progression is not None and progression[:2] == (0.0, 1.0) else None
+
+
 def _learned(table: gs.Tensor, axis: int) -> bool:
-    """Whether a constant's values along `axis` follow from no size (not uniform there, not 0, 1, 2, ...): a
-    learned table, or values not read here (external data)."""
+    """Whether a constant's values along `axis` follow from no size (`size_family` None): a learned table, or
+    values not read here (external data)."""
     node = table.inputs[0] if table.inputs else None
     values = known_values(table if isinstance(table, gs.Constant) else node.attrs.get("value") if node else None)
     if values is None or values.ndim <= axis:
         return values is None
-    progression = arange_axis(values, [axis]) if values.size == values.shape[axis] else None
-    return not (is_uniform(values, [axis]) or (progression is not None and progression[:2] == (0.0, 1.0)))
+    return size_family(values, axis) is None
 
 
 def _dim(sizes, operand: gs.Tensor, out: gs.Tensor, axis: int):
