@@ -55,6 +55,8 @@ class ExportReport:
     causes: dict[int, list[TracerNote]] = field(default_factory=dict)  # index in findings -> warnings behind it
     status: str = "unchanged"  # of the repair: repaired | unchanged | failed
     error: str | None = None
+    refitted: list[str] = field(default_factory=list)  # constants rebuilt from traces at other sizes (refit)
+    refit_notes: list[str] = field(default_factory=list)  # what the traces could not settle, or how they did
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,8 @@ class ExportReport:
             worst = max((o.max_abs for o in check.outputs), default=0.0)
             lines.append(f"  {check.input_shapes}: {'ok' if check.ok else 'FAIL'}"
                          f"{' ' + check.error if check.error else ''} max abs err {worst:.3g}")
+        lines.extend(f"  rebuilt from traces at other sizes: {line}" for line in self.refitted)
+        lines.extend(f"  traces: {note}" for note in self.refit_notes)
         for index, finding in enumerate(self.findings):
             lines.append(f"  {finding.severity.value} {finding.rule} [{', '.join(finding.nodes[:2])}]: "
                          f"{finding.message}")
@@ -107,16 +111,17 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = _probe_args(call, requested)
 
-        def repaired(unsafe: bool, output: Path = destination):
+        def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
             # `torch`): the repair needs only to run, and verify() compares it with the module.
-            result = repair(raw, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
+            result = repair(source, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
             checked = None if result.output is None else verify(output, model, args, probe_args=probe_args,
                                                                    kwargs=export_kwargs.get("kwargs"))
             return result, checked
 
         result, verification = repaired(unsafe=False)
+        findings = result.findings_before  # the export's own, which a refitted source no longer shows
         if verification is not None and not verification.ok and _unsafe_left(result):
             # A constant equal to an export size is only a guess in the graph (it may be the model's own), so its
             # fix is unsafe; here the module can settle it: keep the unsafe repair only if it then matches.
@@ -128,14 +133,74 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             _, checked = repaired(unsafe=True, output=Path(scratch) / "trial" / destination.name)
             if _settles(checked):
                 result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
-    findings = result.findings_before
+        refitted = None
+        if (verification is None or not verification.ok) and exporter == "torchscript" and flat and probe_args:
+            # The graph did not settle it; traces of the module at other sizes may (graphfix.exporting.refit).
+            refitted = _refitted(model, call, raw, probe_args, Path(scratch), input_names=input_names,
+                                 output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset_version,
+                                 **export_kwargs)
+            kept = _kept_refit(refitted, Path(scratch), destination.name, repaired)
+            if kept is not None:
+                result, verification = kept
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
+    if refitted is not None:
+        report.refitted, report.refit_notes = refitted.rebuilt, refitted.notes
     report.causes = _link(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
     report.checks = verification.checks
     return report
+
+
+def _kept_refit(refitted, scratch: Path, name: str, repaired):
+    """The repair of the refitted export where asked, and its check, if a trial beside the scratch export matched
+    the module at the proof's sizes; else None, and the refit's notes say why."""
+    if refitted.model is None:
+        return None
+    import onnx
+
+    source = scratch / "refit" / name
+    source.parent.mkdir()
+    onnx.save_model(refitted.model, str(source))
+    _, checked = repaired(unsafe=False, output=scratch / "refit-trial" / name, source=source)
+    if not _settles(checked):
+        refitted.notes.append("the refitted model did not match the module at the proof's sizes: not kept")
+        refitted.rebuilt = []
+        return None
+    result, verification = repaired(unsafe=False, source=source)
+    result.status = "repaired" if result.status == "unchanged" else result.status
+    return result, verification
+
+
+def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple], scratch: Path,
+              **export_kwargs: Any):
+    """The export with the constants that move between traces at other sizes rebuilt (refit.Refitted)."""
+    import onnx
+    import torch
+
+    from graphfix.exporting.refit import refit
+    from graphfix.exporting.verify import call_tensors, dim_sizes, named_dims, sized_call, split_call
+
+    exported = onnx.load_model(str(raw), load_external_data=False)
+    generator = torch.Generator().manual_seed(1)
+    folder = scratch / "traces"
+    folder.mkdir()
+
+    def trace(sizes) -> onnx.ModelProto | None:
+        path = folder / f"trace{len(list(folder.iterdir()))}.onnx"
+        try:
+            args, named = sized_call(exported, call, dict(sizes), generator)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (*args, named) if named else args, str(path), dynamo=False,
+                                  **export_kwargs)
+            return onnx.load_model(str(path), load_external_data=False)
+        except Exception:  # a size the module rejects, or traces differently: outside the graph's domain
+            return None
+
+    proof = [dim_sizes(exported, call_tensors(*split_call(args))) for args in probe_args]
+    return refit(exported, named_dims(exported, [t.shape for t in call_tensors(*call)]), trace, avoid=proof)
 
 
 def _settles(checked) -> bool:

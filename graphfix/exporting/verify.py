@@ -153,29 +153,47 @@ def _resized_calls(model: onnx.ModelProto, example: tuple[tuple, dict], seed: in
     divisibility the module relies on."""
     import torch
 
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    tensors = call_tensors(*example)
-    export_sizes: dict[str, int] = {}
-    for meta, tensor in zip(inputs, tensors, strict=False):
-        for dim, size in zip(meta.type.tensor_type.shape.dim, tensor.shape, strict=False):
-            if dim.dim_param:
-                export_sizes.setdefault(dim.dim_param, int(size))
+    export_sizes = dim_sizes(model, call_tensors(*example))
     if not export_sizes:
         return []
     generator = torch.Generator().manual_seed(seed)
-    calls = []
-    for factor in (2, 3):
-        sizes = {name: factor * size for name, size in export_sizes.items()}
+    return [sized_call(model, example, {name: factor * size for name, size in export_sizes.items()}, generator)
+            for factor in (2, 3)]
 
-        def resized(position: int, arg, sizes=sizes):
-            meta = inputs[position] if position < len(inputs) else None
-            dims = meta.type.tensor_type.shape.dim if meta is not None else []
-            shape = [sizes.get(d.dim_param, s) if d.dim_param else s
-                     for d, s in zip(dims, arg.shape, strict=False)] or list(arg.shape)
-            return random_like(arg, shape, generator)
 
-        calls.append(resized_call(*example, resized))
-    return calls
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a call feeds (not initializers), in order."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def dim_sizes(model: onnx.ModelProto, tensors) -> dict[str, int]:
+    """dim_param -> its size in `tensors` (the call's tensors, in the graph inputs' order)."""
+    return {name: size for name, (_, _, size) in named_dims(model, [t.shape for t in tensors]).items()}
+
+
+def named_dims(model: onnx.ModelProto, shapes) -> dict[str, tuple[str, int, int]]:
+    """dim_param -> (graph input, axis, size in `shapes`): the first input that has the dim, where it is read."""
+    dims: dict[str, tuple[str, int, int]] = {}
+    for meta, shape in zip(graph_inputs(model), shapes, strict=False):
+        for axis, (dim, size) in enumerate(zip(meta.type.tensor_type.shape.dim, shape, strict=False)):
+            if dim.dim_param and dim.dim_param not in dims:
+                dims[dim.dim_param] = (meta.name, axis, int(size))
+    return dims
+
+
+def sized_call(model: onnx.ModelProto, example: tuple[tuple, dict], sizes: dict[str, int], generator):
+    """The example call with random tensors whose named dims have `sizes` (the other dims as in the example)."""
+    inputs = graph_inputs(model)
+
+    def resized(position: int, arg):
+        meta = inputs[position] if position < len(inputs) else None
+        dims = meta.type.tensor_type.shape.dim if meta is not None else []
+        shape = [sizes.get(d.dim_param, s) if d.dim_param else s
+                 for d, s in zip(dims, arg.shape, strict=False)] or list(arg.shape)
+        return random_like(arg, shape, generator)
+
+    return resized_call(*example, resized)
 
 
 def random_like(arg, shape: list[int], generator):

@@ -12,10 +12,11 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   at 80 frames. speechbrain's wav2vec2 EncoderWrapper masks by `length_to_mask(round(wav_lens * T))` without
   `max_len`, so the width is `.item()` of the lengths' maximum: found where attention reshapes the mask with the
   traced length, but an arange the graph does not tell from a clamped one, so it is repaired with --unsafe-fixes
-  and by graphfix.export (the module settles it), not by default. MobileViT is not repaired, a strict xfail: its
-  unfold bakes the patch counts of height and width, and a block with a fixed grid of patches that grow with the
-  input leaves the same graph (test_patch_grid_ambiguity.py), so which constants vary is not determined by the
-  graph.
+  and by graphfix.export (the module settles it), not by default. MobileViT is not repaired by `graphfix repair`, a
+  strict xfail: its unfold bakes the patch counts of height and width, and a block with a fixed grid of patches
+  that grow with the input leaves the same graph (test_patch_grid_ambiguity.py), so which constants vary is not
+  determined by the graph. graphfix.export settles it with traces of the module at other sizes
+  (graphfix.exporting.refit).
 """
 
 from __future__ import annotations
@@ -153,6 +154,28 @@ def test_unsafe_only_front_end_is_repaired_with_unsafe_fixes_and_by_the_export_c
                              output_names=list(case.names[2:]), dynamic_axes=case.axes, opset_version=17,
                              probe_args=inputs[1:])
     assert report.ok and len(report.checks) == len(sizes), report.summary()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n in UNREPAIRED and n not in UNSAFE_ONLY])
+def test_front_end_the_graph_leaves_undetermined_is_repaired_by_the_export_companion(exported, tmp_path, name):
+    """MobileViT's patch counts: `graphfix repair` cannot tell them from patch sizes (the strict xfail above);
+    `graphfix.export` traces the module at other sizes, sees which constants move, and rebuilds them. Checked by
+    onnxruntime against the module at the case's sizes, which no trace used."""
+    import torch
+
+    from graphfix import export as export_repaired
+
+    case, _ = exported[name]
+    sizes = (case.export_size, *case.sizes)
+    inputs = [tuple(torch.from_numpy(a) for a in case.inputs(*size)) for size in sizes]
+    written = tmp_path / "exported.onnx"
+    report = export_repaired(case.module, inputs[0], written, input_names=list(case.names[:len(inputs[0])]),
+                             output_names=list(case.names[len(inputs[0]):]), dynamic_axes=case.axes,
+                             probe_args=inputs[1:])
+    assert report.ok and report.status == "repaired" and report.refitted, report.summary()
+    for batch, length in sizes:
+        for g, want in zip(run(str(written), case.feeds(batch, length)), case.expected(batch, length), strict=True):
+            np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-4, err_msg=f"{name} at {(batch, length)}")
 
 
 def test_sizes_cover_batch_1_and_a_longer_length(exported):

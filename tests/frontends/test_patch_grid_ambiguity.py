@@ -8,7 +8,8 @@ ops, the same constants, `[B*C*4, 2, 6, 2]`. From the graph, the 4 and the 6 may
 or the 2s may (the fixed grid); both keep every element count, and the two models compute different things at
 every other size. So no repair of that graph is determined: graphfix must repair neither, and say (exit 1) that
 they fail at other sizes. The obvious repair (MobileViT's) is wrong for the second model. (Telling them apart
-needs the module: a second trace at another size shows which constants move.)
+needs the module: traces at other sizes show which constants move; graphfix.export makes them, and
+tests/exporting/test_refit.py repairs each design so.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,160 @@
+"""Which function of the input sizes a traced constant is, read from its values in traces at several sizes.
+
+A constant that a trace baked (`int(h)`, `math.ceil(h / p)`) has one value per trace; a constant that moves
+between two traces of one module that differ in one dim is a function of that dim. The family searched:
+
+    one dim d:      a * g(d) + b              (MobileViT's `ceil(H / p)`, a Wenet `(T - 1) // 2 - 1`)
+    several dims:   c * g1(d1) * g2(d2) ...   (MobileViT's `B * C * ceil(H / p)`)
+
+with g(d) = d // k or ceil(d / k), k in 1..16, and a, b, c integers (a, c not 0). A fit must reproduce every
+observation. Fits that agree at every size are one fit; fits that do not are told apart by a trace at a size where
+they disagree (`splitting_size`), which the caller makes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+Sizes = Mapping[str, int]  # a dim's name (the export's dim_param) -> its size in one trace
+Observation = tuple[Sizes, int]  # the sizes of a trace, and the constant's value in it
+
+DIVISORS = range(1, 17)
+REACH = 8  # fits are compared, and split, at sizes up to REACH times the export size
+
+
+@dataclass(frozen=True)
+class Term:
+    """`d // k` or `ceil(d / k)` of one dim."""
+
+    dim: str
+    k: int = 1
+    ceil: bool = False
+
+    def at(self, sizes: Sizes) -> int:
+        size = sizes[self.dim]
+        return -(-size // self.k) if self.ceil else size // self.k
+
+    def __str__(self) -> str:
+        if self.k == 1:
+            return self.dim
+        return f"ceil({self.dim} / {self.k})" if self.ceil else f"{self.dim} // {self.k}"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """scale * (product of terms) + offset; with no term, the constant `offset` (scale 0)."""
+
+    terms: tuple[Term, ...]
+    scale: int = 1
+    offset: int = 0
+
+    def at(self, sizes: Sizes) -> int:
+        return self.scale * math.prod(t.at(sizes) for t in self.terms) + self.offset
+
+    @property
+    def cost(self) -> tuple[int, ...]:
+        """Simpler first: fewer terms, no scale, no offset, floor before ceil, smaller divisors."""
+        return (len(self.terms), self.scale != 1, self.offset != 0, sum(t.ceil for t in self.terms),
+                sum(t.k for t in self.terms))
+
+    def __str__(self) -> str:
+        if not self.terms:
+            return str(self.offset)
+        text = " * ".join(str(t) if t.k == 1 or len(self.terms) == 1 else f"({t})" for t in self.terms)
+        if self.scale != 1:
+            text = f"{self.scale} * " + (f"({text})" if self.offset == 0 and len(self.terms) == 1
+                                         and self.terms[0].k != 1 else text)
+        if self.offset:
+            text += f" {'+' if self.offset > 0 else '-'} {abs(self.offset)}"
+        return text
+
+
+def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
+    """Every fit in the family that reproduces all observations, one per class of fits that agree at every size
+    (up to REACH times the export size), cheapest first. `base` is the export's sizes, the first observation's."""
+    at_export = _at_export(observations, base)
+    moving = [dim for dim in base if any(v != at_export for s, v in observations if _only(s, base) == {dim})]
+    if not moving:
+        return []
+    if len(moving) == 1:
+        found = [f for term in _terms(moving[0]) for f in _linear(term, observations, base)]
+    else:
+        per_dim = [[t for t in _terms(dim) if _ratios_hold(t, observations, base)] for dim in moving]
+        found = [f for combo in itertools.product(*per_dim) for f in _product(combo, at_export, base)]
+    matching = [f for f in found if all(f.at(s) == v for s, v in observations)]
+    return _distinct(sorted(matching, key=lambda f: f.cost), base)
+
+
+def splitting_size(candidates: Sequence[Fit], base: Sizes, known: Iterable[int], dim: str) -> int | None:
+    """A size of `dim` (the others at export) at which the candidates disagree, not in `known`: the coarsest such
+    size first (a multiple of the largest divisor of the export size, nearest it), since a model's own domain is
+    often the multiples of a stride or a patch, and a trace outside it takes another path."""
+    export, known = base[dim], set(known)
+    for step in sorted((s for s in range(1, export + 1) if export % s == 0), reverse=True):
+        for size in range(export + step, REACH * export + 1, step):
+            if size in known:
+                continue
+            sizes = {**base, dim: size}
+            if len({c.at(sizes) for c in candidates}) > 1:
+                return size
+    return None
+
+
+def _at_export(observations: Sequence[Observation], base: Sizes) -> int:
+    return next(value for sizes, value in observations if dict(sizes) == dict(base))
+
+
+def _only(sizes: Sizes, base: Sizes) -> set[str]:
+    """The dims in which `sizes` differ from the export's."""
+    return {dim for dim in base if sizes[dim] != base[dim]}
+
+
+def _terms(dim: str) -> list[Term]:
+    return [Term(dim)] + [Term(dim, k, ceil) for k in DIVISORS if k > 1 for ceil in (False, True)]
+
+
+def _linear(term: Term, observations: Sequence[Observation], base: Sizes) -> list[Fit]:
+    """a * term + b through the export's value and one other observation where the term differs."""
+    g0, v0 = term.at(base), _at_export(observations, base)
+    other = next(((term.at(s), v) for s, v in observations if term.at(s) != g0), None)
+    if other is None:
+        return []
+    g1, v1 = other
+    if (v1 - v0) % (g1 - g0):
+        return []
+    scale = (v1 - v0) // (g1 - g0)
+    return [Fit((term,), scale, v0 - scale * g0)] if scale else []
+
+
+def _ratios_hold(term: Term, observations: Sequence[Observation], base: Sizes) -> bool:
+    """With the other dims at export, value / value at export = term / term at export (a product's factor)."""
+    g0, v0 = term.at(base), _at_export(observations, base)
+    return g0 != 0 and all(v * g0 == v0 * term.at(s) for s, v in observations if _only(s, base) == {term.dim})
+
+
+def _product(terms: tuple[Term, ...], value: int, base: Sizes) -> list[Fit]:
+    at_export = math.prod(t.at(base) for t in terms)
+    if at_export == 0 or value % at_export or value == 0:
+        return []
+    return [Fit(terms, value // at_export)]
+
+
+def _distinct(candidates: list[Fit], base: Sizes) -> list[Fit]:
+    """One fit per class of fits that agree at every size up to REACH times the export size (each dim alone)."""
+    kept: list[Fit] = []
+    for candidate in candidates:
+        if not any(_agree(candidate, k, base) for k in kept):
+            kept.append(candidate)
+    return kept
+
+
+def _agree(a: Fit, b: Fit, base: Sizes) -> bool:
+    for dim, export in base.items():
+        for size in range(1, REACH * export + 1):
+            sizes = {**base, dim: size}
+            if a.at(sizes) != b.at(sizes):
+                return False
+    return True

@@ -1,0 +1,150 @@
+"""graphfix.exporting.refit: constants that move between traces of the module, rebuilt from the input's shape.
+
+The graph alone cannot say which of its constants follow the input (tests/frontends/test_patch_grid_ambiguity.py:
+two designs, one graph); traces of the module at other sizes can. Each case is checked by our own comparison,
+onnxruntime against the module at sizes no trace and no proof used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+import graphfix  # noqa: E402
+from graphfix.exporting.refit import refit  # noqa: E402
+from graphfix.exporting.verify import named_dims, sized_call  # noqa: E402
+
+pytestmark = [pytest.mark.torch]
+
+
+class PatchCount(torch.nn.Module):
+    """MobileViT's unfold and fold: 2x2 patches, their count from the size (`math.ceil`)."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return _mix(x, b, c, math.ceil(h / 2), 2, math.ceil(w / 2), 2)
+
+
+class FixedGrid(torch.nn.Module):
+    """A fixed 4x6 grid of patches whose size follows the input: the same graph as PatchCount at 8x12."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return _mix(x, b, c, 4, int(h) // 4, 6, int(w) // 6)
+
+
+def _mix(x, b, c, n_h, p_h, n_w, p_w):
+    patches = x.reshape(b * c * n_h, p_h, n_w, p_w).transpose(1, 2)
+    patches = patches.reshape(b, c, n_h * n_w, p_h * p_w).transpose(1, 3)
+    mixed = patches - patches.mean(dim=2, keepdim=True) * 0.5
+    folded = mixed.transpose(1, 3).reshape(b * c * n_h, n_w, p_h, p_w).transpose(1, 2)
+    return folded.reshape(b, c, n_h * p_h, n_w * p_w)
+
+
+class StridedFrames(torch.nn.Module):
+    """Every third frame, flattened with the frame count computed in Python: ceil(T / 3), which is T // 3 at the
+    export length 9 and at every multiple of 3 (the obvious repair, wrong at 10 and 11)."""
+
+    def forward(self, x):
+        b, t, f = x.shape
+        return x[:, ::3].reshape(b, math.ceil(t / 3) * f) * 2.0
+
+
+class ValueLength(torch.nn.Module):
+    """A width taken from the values (`.item()`): it moves between traces as no size does."""
+
+    def forward(self, x):
+        width = int(x[0, :, 0].abs().argmax().item()) + 1
+        return x[:, :width].sum(dim=1)
+
+
+def _independent_ok(path, module, shapes) -> bool:
+    """onnxruntime against the module, sharing no code with graphfix."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in shapes:
+        x = torch.randn(*shape)
+        try:
+            got = session.run(None, {"x": x.numpy()})[0]
+        except Exception:
+            return False
+        with torch.no_grad():
+            want = module(x).numpy()
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
+            return False
+    return True
+
+
+IMAGE_AXES = {"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 2: "H", 3: "W"}}
+# inside both designs' domains (even sides; H a multiple of 4, W of 6), and none of them traced or proved
+IMAGE_SIZES = ((1, 3, 16, 12), (3, 3, 12, 18), (2, 3, 20, 24))
+
+
+@pytest.mark.parametrize("design", [PatchCount, FixedGrid])
+def test_traces_settle_which_constants_follow_the_input(tmp_path, design):
+    """The two designs leave one graph, which `graphfix repair` must refuse; traces of each module at other sizes
+    settle it, and each written model matches its own module, the obvious repair (PatchCount's) being wrong for
+    FixedGrid."""
+    module = design().eval()
+    path = tmp_path / "model.onnx"
+    report = graphfix.export(module, (torch.randn(2, 3, 8, 12),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes=IMAGE_AXES)
+    assert report.ok, report.summary()
+    assert report.status == "repaired" and report.refitted, report.summary()
+    assert _independent_ok(path, module, IMAGE_SIZES)
+    other = FixedGrid() if design is PatchCount else PatchCount()
+    assert not _independent_ok(path, other, IMAGE_SIZES)  # the other design's repair would be wrong here
+
+
+def _traced(module, example, axes, folder):
+    """The module exported at the example's sizes, and the trace function refit calls; the sizes it was called
+    with are recorded."""
+    raw = folder / "raw.onnx"
+    kwargs = {"input_names": ["x"], "output_names": ["y"], "dynamic_axes": axes, "dynamo": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(raw), **kwargs)
+    exported = onnx.load(str(raw))
+    generator = torch.Generator().manual_seed(0)
+    asked = []
+
+    def trace(sizes):
+        asked.append(dict(sizes))
+        path = folder / f"trace{len(asked)}.onnx"
+        args, _ = sized_call(exported, ((example,), {}), dict(sizes), generator)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(path), **kwargs)
+        except Exception:
+            return None
+        return onnx.load(str(path))
+
+    return exported, trace, asked
+
+
+def test_a_ceiling_is_told_from_a_floor_by_a_trace_where_they_differ(tmp_path):
+    module = StridedFrames().eval()
+    exported, trace, asked = _traced(module, torch.randn(2, 9, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B"}}, tmp_path)
+    proof = [{"B": 4, "T": 18}, {"B": 6, "T": 27}]
+    result = refit(exported, named_dims(exported, [(2, 9, 4)]), trace, avoid=proof)
+    assert result.model is not None, result.notes
+    assert any("ceil(T / 3)" in line for line in result.rebuilt), result.rebuilt
+    assert not any(sizes in proof for sizes in asked)  # the proof's sizes stay the proof's evidence
+    assert any(sizes["T"] % 3 for sizes in asked)  # a trace where floor and ceil disagree
+    onnx.save(result.model, str(tmp_path / "refit.onnx"))
+    assert _independent_ok(tmp_path / "refit.onnx", module, ((1, 10, 4), (3, 11, 4), (2, 40, 4)))
+
+
+def test_a_value_that_moves_as_no_size_does_is_not_rebuilt(tmp_path):
+    torch.manual_seed(0)
+    module = ValueLength().eval()
+    exported, trace, _ = _traced(module, torch.randn(2, 9, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B"}}, tmp_path)
+    result = refit(exported, named_dims(exported, [(2, 9, 4)]), trace)
+    assert result.model is None
+    assert any("moves as no size expression does" in note for note in result.notes), result.notes
