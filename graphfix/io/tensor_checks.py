@@ -24,6 +24,7 @@ after them. Each refusal is one line naming the tensor, node or field.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -169,36 +170,47 @@ def check_types(proto: onnx.ModelProto, name: str) -> None:
 def _type_binding(node: onnx.NodeProto, types: dict, opsets: dict[str, int]) -> str:
     """'' when the node's input types fit its schema's type parameters, else what does not."""
     domain = node.domain or "ai.onnx"
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "" if domain == "ai.onnx" else domain)
-    except onnx.defs.SchemaError:
+    signature = _signature(node.op_type, opsets.get(domain, 1), domain)
+    if signature is None:
         return ""  # a model-local function or a runtime's own operator: no schema to hold it to
-    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    formals, allowed = signature
     bound: dict[str, str] = {}
     for index, value in enumerate(node.input):
-        if not value or not schema.inputs or value not in types:
+        if not value or not formals or value not in types:
             continue
-        formal = schema.inputs[min(index, len(schema.inputs) - 1)]
-        if index >= len(schema.inputs) and formal.option != formal.option.Variadic:
+        param, variadic, homogeneous = formals[min(index, len(formals) - 1)]
+        if index >= len(formals) and not variadic:
             continue
-        param, actual = formal.type_str, _type_string(types[value])
-        if param not in allowed or actual is None:
+        if param not in allowed:
+            continue
+        actual = _type_string(types[value])
+        if actual is None:
             continue
         if actual not in allowed[param]:
             return f"input {index} ('{value}') is {actual}, which type parameter {param} does not take"
-        if bound.setdefault(param, actual) != actual and formal.is_homogeneous:
+        if bound.setdefault(param, actual) != actual and homogeneous:
             return f"type parameter {param} bound to different types ({bound[param]} and {actual})"
     return ""
+
+
+@functools.cache
+def _signature(op_type: str, version: int, domain: str
+               ) -> tuple[tuple[tuple[str, bool, bool], ...], dict[str, frozenset[str]]] | None:
+    """An operator's formal inputs (type parameter, variadic, homogeneous) and each type parameter's allowed
+    types, once per operator and version (a graph has thousands of nodes and a few dozen operators)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, version, "" if domain == "ai.onnx" else domain)
+    except onnx.defs.SchemaError:
+        return None
+    formals = tuple((f.type_str, f.option == f.option.Variadic, f.is_homogeneous) for f in schema.inputs)
+    return formals, {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints}
 
 
 def _type_string(type_proto: onnx.TypeProto) -> str | None:
     """'tensor(float)', 'seq(tensor(int64))', ...: the words of onnx's type constraints; None when not known."""
     kind = type_proto.WhichOneof("value")
     if kind == "tensor_type":
-        elem = type_proto.tensor_type.elem_type
-        if elem == TensorProto.UNDEFINED:
-            return None
-        return f"tensor({onnx.helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()})"
+        return TENSOR_TYPE_WORDS.get(type_proto.tensor_type.elem_type)
     if kind in ("sequence_type", "optional_type"):
         inner = _type_string(getattr(type_proto, kind).elem_type)
         return None if inner is None else f"{'seq' if kind == 'sequence_type' else 'optional'}({inner})"
@@ -208,6 +220,9 @@ def _type_string(type_proto: onnx.TypeProto) -> str | None:
         return None if inner is None else f"map({key},{inner})"
     return None
 
+
+TENSOR_TYPE_WORDS = {elem: f"tensor({onnx.helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()})"
+                     for elem in VALID_TYPES}
 
 # The checker's words for external data it will not read; graphfix's own checks of locations, links and lengths
 # ran first, and accept what the checker cannot tell from an attack (a Hugging Face hub cache links its files).
