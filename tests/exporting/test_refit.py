@@ -64,6 +64,25 @@ class ValueLength(torch.nn.Module):
         return x[:, :width].sum(dim=1)
 
 
+class OnesOffset(torch.nn.Module):
+    """`torch.ones(int(T) - 3, 8)` beside a pooled row: the trace folds a [37, 8] table of ones (GF010's case with
+    an offset `repair` cannot tie to T: a warning there, and the graph alone cannot say it grows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x).mean(1, keepdim=True) + torch.ones(int(x.shape[1]) - 3, 8)
+
+
+class Positions(torch.nn.Module):
+    """Positions `arange(int(T))` added to every frame: a table 0, 1, ..., T - 1 the trace folds."""
+
+    def forward(self, x):
+        return x + torch.arange(int(x.shape[1])).float()[None, :, None] * 0.5
+
+
 def _independent_ok(path, module, shapes) -> bool:
     """onnxruntime against the module, sharing no code with graphfix."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -148,3 +167,15 @@ def test_a_value_that_moves_as_no_size_does_is_not_rebuilt(tmp_path):
     result = refit(exported, named_dims(exported, [(2, 9, 4)]), trace)
     assert result.model is None
     assert any("moves as no size expression does" in note for note in result.notes), result.notes
+
+
+@pytest.mark.parametrize("design, rebuilt", [(OnesOffset, "uniform of shape [T - 3, 8]"),
+                                             (Positions, "arange of shape [1, T, 1]")])
+def test_a_table_the_trace_filled_at_its_size_is_regrown(tmp_path, design, rebuilt):
+    torch.manual_seed(0)
+    module = design().eval()
+    path = tmp_path / "model.onnx"
+    report = graphfix.export(module, (torch.randn(2, 40, 8),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    assert report.ok and any(rebuilt in line for line in report.refitted), report.summary()
+    assert _independent_ok(path, module, ((1, 7, 8), (3, 41, 8), (2, 100, 8)))
