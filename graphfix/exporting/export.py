@@ -179,7 +179,7 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
     import onnx
     import torch
 
-    from graphfix.exporting.refit import refit
+    from graphfix.exporting.refit import Refitted, refit
     from graphfix.exporting.verify import call_tensors, dim_sizes, named_dims, sized_call, split_call
 
     exported = onnx.load_model(str(raw), load_external_data=False)
@@ -188,7 +188,7 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
     folder.mkdir()
 
     def trace(sizes) -> onnx.ModelProto | None:
-        path = folder / f"trace{len(list(folder.iterdir()))}.onnx"
+        path = folder / "trace.onnx"
         try:
             args, named = sized_call(exported, call, dict(sizes), generator)
             with warnings.catch_warnings():
@@ -196,11 +196,19 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
                 torch.onnx.export(model, (*args, named) if named else args, str(path), dynamo=False,
                                   **export_kwargs)
             return onnx.load_model(str(path), load_external_data=False)
-        except Exception:  # a size the module rejects, or traces differently: outside the graph's domain
+        except MemoryError:
+            raise  # not the module's domain: the refit stops (below)
+        except Exception:  # a size the module rejects: outside the graph's domain
             return None
+        finally:
+            for written in folder.iterdir():  # the trace and any external data it wrote: one at a time on disk
+                written.unlink()
 
     proof = [dim_sizes(exported, call_tensors(*split_call(args))) for args in probe_args]
-    return refit(exported, named_dims(exported, [t.shape for t in call_tensors(*call)]), trace, avoid=proof)
+    try:
+        return refit(exported, named_dims(exported, [t.shape for t in call_tensors(*call)]), trace, avoid=proof)
+    except MemoryError:
+        return Refitted(None, notes=["a trace at another size ran out of memory: the traces stopped"])
 
 
 def _settles(checked) -> bool:

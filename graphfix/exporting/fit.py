@@ -63,10 +63,10 @@ class Fit:
     def __str__(self) -> str:
         if not self.terms:
             return str(self.offset)
-        text = " * ".join(str(t) if t.k == 1 or len(self.terms) == 1 else f"({t})" for t in self.terms)
+        grouped = len(self.terms) > 1 or self.scale != 1  # `3 * (T // 3)`, never `3 * T // 3`
+        text = " * ".join(f"({t})" if grouped and t.k != 1 else str(t) for t in self.terms)
         if self.scale != 1:
-            text = f"{self.scale} * " + (f"({text})" if self.offset == 0 and len(self.terms) == 1
-                                         and self.terms[0].k != 1 else text)
+            text = f"{self.scale} * {text}"
         if self.offset:
             text += f" {'+' if self.offset > 0 else '-'} {abs(self.offset)}"
         return text
@@ -88,18 +88,24 @@ def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
     return _distinct(sorted(matching, key=lambda f: f.cost), base)
 
 
-def splitting_size(candidates: Sequence[Fit], base: Sizes, known: Iterable[int], dim: str) -> int | None:
-    """A size of `dim` (the others at export) at which the candidates disagree, not in `known`: the coarsest such
-    size first (a multiple of the largest divisor of the export size, nearest it), since a model's own domain is
-    often the multiples of a stride or a patch, and a trace outside it takes another path."""
-    export, known = base[dim], set(known)
-    for step in sorted((s for s in range(1, export + 1) if export % s == 0), reverse=True):
-        for size in range(export + step, REACH * export + 1, step):
-            if size in known:
-                continue
-            sizes = {**base, dim: size}
-            if len({c.at(sizes) for c in candidates}) > 1:
-                return size
+def next_split(candidates: Sequence[Fit], base: Sizes, dim: str, valid: Iterable[int], outside: Iterable[int],
+               avoid: Iterable[int] = ()) -> int | None:
+    """The next size of `dim` (the others at export) to trace to tell the candidates apart, or None when there is
+    none to try. The sizes where they disagree are taken by class, their greatest common divisor with the sizes
+    the trace kept the graph at (`valid`), the largest first: a model's own domain is often the multiples of a
+    stride or a patch, and a trace outside it takes another path. A class is tried until one of its sizes left
+    the graph (`outside`); the nearest size above the export size first. Sizes in `avoid` are not traced."""
+    export, valid, outside, avoid = base[dim], set(valid), set(outside), set(avoid)
+    lattice = math.gcd(*valid)
+    classes: dict[int, list[int]] = {}
+    for size in sorted(range(1, REACH * export + 1), key=lambda s: (s < export, abs(s - export))):
+        if size not in valid and len({c.at({**base, dim: size}) for c in candidates}) > 1:
+            classes.setdefault(math.gcd(size, lattice), []).append(size)
+    for _, sizes in sorted(classes.items(), reverse=True):
+        if outside.isdisjoint(sizes):
+            untried = [s for s in sizes if s not in avoid]
+            if untried:
+                return untried[0]
     return None
 
 

@@ -47,6 +47,22 @@ def structure(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return [(node.op_type, node.name) for node in model.graph.node]
 
 
+def attributes(model: onnx.ModelProto) -> list[tuple]:
+    """Each main-graph node's attributes but subgraphs (and a Constant's value, which `readings` reads), as
+    comparable values: an attribute that moves between traces is a number no rebuilt input can carry."""
+    return [tuple((a.name, _attribute_value(a)) for a in node.attribute
+                  if a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                  and not (node.op_type == "Constant" and a.name.startswith("value")))
+            for node in model.graph.node]
+
+
+def _attribute_value(attribute: onnx.AttributeProto):
+    if attribute.type == onnx.AttributeProto.TENSOR:
+        return attribute.t.SerializeToString()
+    value = onnx.helper.get_attribute_value(attribute)
+    return tuple(value) if isinstance(value, list) else value
+
+
 def readings(model: onnx.ModelProto) -> dict[Site, Reading]:
     """Each constant a node of the main graph reads (an initializer or a Constant node's output) that is a size
     vector or a table of a family, by site."""

@@ -17,19 +17,21 @@ domain differ only where the graph does not hold: the simplest is kept, and the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
-from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, splitting_size
-from graphfix.exporting.readings import Reading, Site, readings, structure
+from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_split
+from graphfix.exporting.readings import Reading, Site, attributes, readings, structure
 from graphfix.exporting.rebuild import rebuild
 
 MAX_TRACES = 24  # traces beyond the first, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
-MAX_OUTSIDE = 3  # traces outside the graph's domain, for one dim, after which its fits count as one
+HELD_OUT = 4  # traces at sizes no fit used that must show what the fits predict, at most
+HELD_OUT_TRIES = 10  # sizes tried for them (those outside the graph's domain say nothing)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
 
 Trace = Callable[[Sizes], "onnx.ModelProto | None"]  # the module exported at these sizes, or None if it failed
@@ -66,6 +68,11 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
     chosen, notes = _settle(traces, kinds, base)
     if chosen is None:
         return Refitted(None, notes=notes)
+    wrong, held = _held_out(traces, chosen, base)
+    if wrong:
+        return Refitted(None, notes=[*notes, wrong])
+    notes.append(f"the fits held at {len(held)} size(s) no fit used" + (f" ({_sizes_text(held)})" if held else
+                 ": none of those tried kept the graph; the proof's sizes alone check them"))
     rebuilt = [f"{traces.reader(site)}: {'' if kind == 'vector' else reading.family[0] + ' of shape '}"
                f"[{', '.join(map(str, fitted))}]" for site, (kind, reading, fitted) in sorted(chosen.items())]
     return Refitted(rebuild(model, chosen, dims), rebuilt, notes)
@@ -75,8 +82,9 @@ class _Traces:
     """The traces made so far: each site's reading in each trace that kept the graph's structure."""
 
     def __init__(self, trace: Trace, model: onnx.ModelProto, base: Sizes, avoid: Sequence[Sizes]):
-        self.trace, self.structure, self.base = trace, structure(model), base
+        self.trace, self.structure, self.attributes, self.base = trace, structure(model), attributes(model), base
         self.avoid = [dict(sizes) for sizes in avoid]
+        self.moved: set[int] = set()  # nodes whose attributes moved between traces
         self.read: dict[Site, list[tuple[Sizes, Reading | None]]] = {
             site: [(base, reading)] for site, reading in readings(model).items()}
         self.outside: dict[str, list[int]] = {dim: [] for dim in base}
@@ -90,21 +98,38 @@ class _Traces:
         if self.spent() or dict(sizes) in self.avoid:
             return False
         self.made += 1
+        found = self.readings_at(sizes)
+        if found is None:
+            return False
+        for site, seen in self.read.items():
+            seen.append((sizes, found.get(site)))
+        return True
+
+    def readings_at(self, sizes: Sizes) -> dict[Site, Reading] | None:
+        """The readings of a trace at `sizes`, or None where the trace left the graph's structure (recorded)."""
         traced = self.trace(sizes)
         if traced is None or structure(traced) != self.structure:
             for dim in self.base:
                 if sizes[dim] != self.base[dim]:
                     self.outside[dim].append(sizes[dim])
-            return False
-        found = readings(traced)
-        for site, seen in self.read.items():
-            seen.append((sizes, found.get(site)))
-        return True
+            return None
+        self.moved |= {i for i, (a, b) in enumerate(zip(attributes(traced), self.attributes, strict=True)) if a != b}
+        return readings(traced)
+
+    def valid(self, dim: str) -> set[int]:
+        """The sizes of `dim` at which a trace (the others at export) kept the graph, the export's among them."""
+        return {sizes[dim] for seen in self.read.values() for sizes, _ in seen
+                if sizes == {**self.base, dim: sizes[dim]}} | {self.base[dim]}
+
+    def avoided(self, dim: str) -> set[int]:
+        return {sizes[dim] for sizes in self.avoid if sizes == {**self.base, dim: sizes[dim]}}
 
     def kinds(self) -> tuple[dict[Site, str], list[str]]:
         """The sites that move, each a "vector" (its values move) or a "table" (its shape moves, its family
         stays); and why a site that moves as neither cannot be rebuilt."""
-        kinds, unfit = {}, []
+        kinds = {}
+        unfit = [f"the attributes of {self.structure[i][0]} node '{self.structure[i][1] or i}' move between traces"
+                 for i in sorted(self.moved)]
         for site, seen in self.read.items():
             first = seen[0][1]
             if all(r == first for _, r in seen):
@@ -113,8 +138,8 @@ class _Traces:
                 unfit.append(f"the constant read by {self.reader(site)} is not read alike in every trace")
             elif first.values is not None and all(r.shape == first.shape and r.values is not None for _, r in seen):
                 kinds[site] = "vector"
-            elif first.family is not None and all(r.family == first.family and r.dtype == first.dtype
-                                                  and len(r.shape) == len(first.shape) for _, r in seen):
+            elif first.family is not None and all(_same_table(first, r) and len(r.shape) == len(first.shape)
+                                                  for _, r in seen):
                 kinds[site] = "table"
             else:
                 unfit.append(f"the constant read by {self.reader(site)} moves between traces as neither a size "
@@ -124,12 +149,6 @@ class _Traces:
     def reader(self, site: Site) -> str:
         op, name = self.structure[site[0]]
         return f"{op} node '{name or site[0]}' (input {site[1]})"
-
-    def sizes_of(self, dim: str) -> set[int]:
-        """The sizes of `dim` traced already, or not to trace (the others at export)."""
-        known = {sizes[dim] for seen in self.read.values() for sizes, _ in seen}
-        avoided = {sizes[dim] for sizes in self.avoid if sizes == {**self.base, dim: sizes[dim]}}
-        return known | avoided | set(self.outside[dim])
 
     def observations(self, site: Site, kind: str, index: int) -> list[Observation]:
         return [(sizes, reading.numbers(kind)[index]) for sizes, reading in self.read[site]]
@@ -164,19 +183,99 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
             return chosen, list(notes.values())
         key, candidates = tie
         dim = _dim_to_split(candidates, base)
-        tried = [s for s in traces.outside[dim] if _disagree(candidates, {**base, dim: s})]
-        size = splitting_size(candidates, base, traces.sizes_of(dim), dim)
-        if size is None or len(tried) >= MAX_OUTSIDE:
-            # every size where they disagree that was traced took another path: there the graph is not the module
+        size = next_split(candidates, base, dim, traces.valid(dim), traces.outside[dim], traces.avoided(dim))
+        if size is None:
+            # each class of sizes where they disagree had a size the module traces another way: there the graph
+            # is not the module, whichever fit is kept
             decided[key] = candidates[0]
-            notes.setdefault(dim, f"the fits along {dim} differ only at sizes where the module traces another graph "
-                                  f"({dim} = {', '.join(map(str, tried)) or 'none within reach'}): kept the simplest, "
-                                  f"as {candidates[0]} over {candidates[1]}")
+            outside = sorted(s for s in traces.outside[dim] if _disagree(candidates, {**base, dim: s}))
+            notes.setdefault(dim, f"the fits along {dim} differ only where the module traces another graph "
+                                  f"({dim} = {', '.join(map(str, outside)) or 'the proof sizes'}): kept the "
+                                  f"simplest, {candidates[0]} over {candidates[1]}")
             continue
         if traces.spent():
             return None, [f"{len(candidates)} size expressions still fit after {traces.made} traces (at most "
                           f"{MAX_TRACES}, in {MAX_SECONDS:.0f} s): {', '.join(map(str, candidates[:4]))}"]
         traces.at({**base, dim: size})
+
+
+def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]], base: Sizes
+              ) -> tuple[str | None, list[Sizes]]:
+    """Traces at sizes no fit used, every dim at once and each alone, off the sizes traced so far: each that keeps
+    the graph must show every constant as the fits predict, and the others as at export. What went wrong, if
+    anything, and the sizes checked."""
+    held: list[Sizes] = []
+    tried = 0
+    for sizes in _held_out_sizes(traces, base):
+        if len(held) >= HELD_OUT or tried >= HELD_OUT_TRIES or time.monotonic() > traces.deadline:
+            break
+        tried += 1
+        found = traces.readings_at(sizes)
+        if found is None:
+            continue
+        if traces.moved:
+            return "the attributes of a node move between traces", held
+        for site, seen in traces.read.items():
+            expected = _predicted(chosen[site], sizes) if site in chosen else seen[0][1]
+            got = found.get(site)
+            if site in chosen and got is not None:
+                kind, reading, _ = chosen[site]
+                got = got.numbers(kind) if kind == "vector" or _same_table(reading, got) else None
+            if got != expected:
+                return (f"the fits fail at {_sizes_text([sizes])}, a size no fit used: the constant read by "
+                        f"{traces.reader(site)} is {_shown_reading(got)} there, not {_shown_reading(expected)}",
+                        held)
+        held.append(sizes)
+    return None, held
+
+
+def _held_out_sizes(traces: _Traces, base: Sizes) -> list[Sizes]:
+    """Sizes at which every dim that differs from export has a value no trace of that dim had: all dims at once
+    one past export, at one, one before, half again, half less, a quarter again (or the nearest value above that
+    no trace had); then each alone, one past and at one. Near, small and large sizes, and all dims moved together,
+    where a product fitted one dim at a time is checked."""
+    def unknown(dim: str, export: int, step: int) -> int:
+        known = traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
+        return next((v for v in range(export + step, export + step + 8) if v >= 1 and v not in known), export)
+
+    joint = (lambda e: 1, lambda e: 1 - e, lambda e: -1, lambda e: e // 2, lambda e: -(e // 2), lambda e: e // 4)
+    candidates = [{d: unknown(d, e, step(e)) for d, e in base.items()} for step in joint]
+    for dim, export in base.items():
+        candidates += [{**base, dim: unknown(dim, export, step)} for step in (1, 1 - export)]
+    kept: list[Sizes] = []
+    for sizes in candidates:
+        if sizes not in kept and sizes != dict(base) and sizes not in traces.avoid:
+            kept.append(sizes)
+    return kept
+
+
+def _same_table(export: Reading, got: Reading) -> bool:
+    """Whether `got` is the table `export` regrown: the same family and type (a one-element table is uniform,
+    and then its value must be the arange's start)."""
+    if got.dtype != export.dtype:
+        return False
+    if math.prod(got.shape) == 1 and got.family is not None and export.family[0] == "arange":
+        return got.family[1] == export.family[1]
+    return got.family == export.family
+
+
+def _predicted(chosen: tuple[str, Reading, list[Fit]], sizes: Sizes) -> tuple[int, ...]:
+    return tuple(fit.at(sizes) for fit in chosen[2])
+
+
+def _shown_reading(value) -> str:
+    if value is None:
+        return "not read"
+    if isinstance(value, Reading):
+        if value.values is not None:
+            return str(list(value.values))
+        family = f"{value.family[0]} {', '.join(map(str, value.family[1:]))}" if value.family else "a table"
+        return f"{family} of shape {list(value.shape)}"
+    return str(list(value))
+
+
+def _sizes_text(all_sizes: list[Sizes]) -> str:
+    return "; ".join(", ".join(f"{d}={v}" for d, v in sizes.items()) for sizes in all_sizes)
 
 
 def _disagree(candidates: list[Fit], sizes: Sizes) -> bool:

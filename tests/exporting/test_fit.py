@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from graphfix.exporting.fit import Fit, Term, fits, splitting_size
+from graphfix.exporting.fit import Fit, Term, fits, next_split
 
 BASE = {"B": 2, "H": 32, "W": 48}
 
@@ -50,7 +50,7 @@ def test_floor_and_ceil_stay_two_fits_until_sizes_split_them():
     found = fits(observations, base)
     assert {str(f) for f in found} >= {"H // 3", "ceil(H / 3)"}
     while len(found) > 1:
-        size = splitting_size(found, base, known={s["H"] for s, _ in observations}, dim="H")
+        size = next_split(found, base, "H", valid={s["H"] for s, _ in observations}, outside=())
         assert size is not None and len({f.at({"H": size}) for f in found}) > 1
         observations.append(({"H": size}, function({"H": size})))
         found = fits(observations, base)
@@ -58,11 +58,26 @@ def test_floor_and_ceil_stay_two_fits_until_sizes_split_them():
     assert len(observations) <= 5 + 4
 
 
-def test_the_splitting_size_tries_the_coarsest_multiples_of_the_export_size_first():
+def test_the_next_split_tries_the_coarsest_class_of_sizes_first():
     """Between H // 8 and 2 * (H // 16) (equal at multiples of 16), 40 splits them: a multiple of 8, inside a
     patch model's domain, tried before the sizes between (33 .. 39) that a patch model rejects."""
     candidates = [Fit((Term("H", 8),)), Fit((Term("H", 16),), 2)]
-    assert splitting_size(candidates, {"H": 32}, known=(), dim="H") == 40
+    assert next_split(candidates, {"H": 32}, "H", valid={32}, outside=()) == 40
+
+
+def test_each_class_of_sizes_is_tried_before_a_tie_counts_as_outside_the_domain():
+    """ceil(T / 3) and T // 3 at a module that takes even lengths only (traced at 6, 24 and 30): the odd sizes
+    where they disagree leave the graph, but an even one (8) tells them apart, so it is tried; only when every
+    class has left the graph (MobileViT's floor and ceil of H / 8, which agree at every multiple of 8) is there
+    nothing more to try."""
+    candidates = [Fit((Term("T", 3),)), Fit((Term("T", 3, ceil=True),))]
+    assert next_split(candidates, {"T": 6}, "T", valid={6, 24, 30}, outside={7, 9, 15, 21}) == 8
+    patches = [Fit((Term("H", 8),)), Fit((Term("H", 8, ceil=True),))]
+    tried = []
+    while (size := next_split(patches, {"H": 32}, "H", valid={32, 128, 160}, outside=tried)) is not None:
+        assert size % 8, size  # at every multiple of 8 the two agree: nothing to learn there
+        tried.append(size)
+    assert sorted({math.gcd(size, 32) for size in tried}) == [1, 2, 4]  # one size per class, then none left
 
 
 def test_a_product_of_dims_is_fitted_per_dim():
@@ -74,5 +89,6 @@ def test_a_product_of_dims_is_fitted_per_dim():
 
 def test_fits_are_shown_as_expressions():
     assert str(Fit((Term("T", 2, ceil=True),), 1, -1)) == "ceil(T / 2) - 1"
+    assert str(Fit((Term("T", 3),), 3, 2)) == "3 * (T // 3) + 2"
     assert str(Fit((Term("B"), Term("H", 8)), 16)) == "16 * B * (H // 8)"
     assert str(Fit((), 0, 7)) == "7"

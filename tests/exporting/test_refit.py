@@ -179,3 +179,70 @@ def test_a_table_the_trace_filled_at_its_size_is_regrown(tmp_path, design, rebui
                              dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
     assert report.ok and any(rebuilt in line for line in report.refitted), report.summary()
     assert _independent_ok(path, module, ((1, 7, 8), (3, 41, 8), (2, 100, 8)))
+
+
+class RoundThird(torch.nn.Module):
+    """The first round(T / 3) frames: equal to T // 3 or ceil(T / 3) at every traced size but some."""
+
+    def forward(self, x):
+        return x[:, :round(int(x.shape[1]) / 3)] * 2.0
+
+
+class CellsOfArea(torch.nn.Module):
+    """The first H * W // 64 cells: (H // 8) * (W // 8) wherever one side stays at 8, as each dim traced alone."""
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        return x.flatten(2)[:, :, :int(h) * int(w) // 64] * 2.0
+
+
+class SmallBranch(torch.nn.Module):
+    """`T - T % 4` frames, but all of them below 5: a branch the traces above the export size never take."""
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        return x[:, :t - t % 4 if t > 4 else t] * 2.0
+
+
+class MovingScale(torch.nn.Module):
+    """Half the frames, scaled by a float that follows the length: the float is no size the graph can rebuild."""
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        return x[:, :t // 2] * (1.0 if t % 4 == 0 else 0.5)
+
+
+@pytest.mark.parametrize("design, example, axes", [
+    (RoundThird, (2, 6, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
+    (CellsOfArea, (2, 3, 8, 8), {"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 2: "N"}}),
+    (SmallBranch, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
+    (MovingScale, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
+])
+def test_fits_that_fail_at_a_held_out_size_are_not_kept(tmp_path, design, example, axes):
+    """Each fits every trace it was fitted on and the proof's sizes (2x, 3x), and is wrong elsewhere (helper 39's
+    attacks): a trace at a size no fit used, one past the export size, at one, or every dim at once, shows it,
+    and nothing refitted is kept."""
+    module = design().eval()
+    report = graphfix.export(module, (torch.randn(*example),), tmp_path / "model.onnx", input_names=["x"],
+                             output_names=["y"], dynamic_axes=axes)
+    assert not report.ok and not report.refitted, report.summary()
+    assert any("a size no fit used" in note or "moves as" in note for note in report.refit_notes), report.summary()
+
+
+class EvenFrames(torch.nn.Module):
+    """Pairs of frames (odd T raises), then the first ceil(T / 3) frames: T // 3 and ceil(T / 3) agree at every
+    multiple of 6 and at no odd size, so only an even size that is no multiple of 3 tells them apart."""
+
+    def forward(self, x):
+        b, t, f = x.shape
+        pairs = x.view(b, -1, 2, f).mean(2)
+        return torch.cat([x[:, :math.ceil(int(t) / 3)] * 2.0, pairs], dim=1)
+
+
+def test_a_tie_is_split_at_a_size_of_each_class_the_module_accepts(tmp_path):
+    module = EvenFrames().eval()
+    path = tmp_path / "model.onnx"
+    report = graphfix.export(module, (torch.randn(2, 6, 4),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
+    assert report.ok and any("ceil(T / 3)" in line for line in report.refitted), report.summary()
+    assert _independent_ok(path, module, [(b, t, 4) for t in (2, 4, 8, 10, 14, 16) for b in (1, 3)])
