@@ -93,19 +93,22 @@ def next_split(candidates: Sequence[Fit], base: Sizes, dim: str, valid: Iterable
     """The next size of `dim` (the others at export) to trace to tell the candidates apart, or None when there is
     none to try. The sizes where they disagree are taken by class, their greatest common divisor with the sizes
     the trace kept the graph at (`valid`), the largest first: a model's own domain is often the multiples of a
-    stride or a patch, and a trace outside it takes another path. A class is tried until one of its sizes left
-    the graph (`outside`); the nearest size above the export size first. Sizes in `avoid` are not traced."""
+    stride or a patch, and a trace outside it takes another path. A class counts as outside the domain once its
+    nearest size above the export size and its nearest below (where there is one) left the graph (`outside`):
+    the sizes before a front end's rounding can keep it where those after do not. Sizes in `avoid` are not
+    traced."""
     export, valid, outside, avoid = base[dim], set(valid), set(outside), set(avoid)
     lattice = math.gcd(*valid)
     classes: dict[int, list[int]] = {}
-    for size in sorted(range(1, REACH * export + 1), key=lambda s: (s < export, abs(s - export))):
-        if size not in valid and len({c.at({**base, dim: size}) for c in candidates}) > 1:
+    for size in range(1, REACH * export + 1):
+        if size not in valid and size not in avoid and len({c.at({**base, dim: size}) for c in candidates}) > 1:
             classes.setdefault(math.gcd(size, lattice), []).append(size)
     for _, sizes in sorted(classes.items(), reverse=True):
-        if outside.isdisjoint(sizes):
-            untried = [s for s in sizes if s not in avoid]
-            if untried:
-                return untried[0]
+        above = [s for s in sizes if s > export]
+        below = [s for s in reversed(sizes) if s < export]
+        for side in (above, below):
+            if side and side[0] not in outside:
+                return side[0]
     return None
 
 

@@ -28,7 +28,7 @@ from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_sp
 from graphfix.exporting.readings import Reading, Site, attributes, readings, structure
 from graphfix.exporting.rebuild import rebuild
 
-MAX_TRACES = 24  # traces beyond the first, in all: each is one export of the module
+MAX_TRACES = 48  # traces beyond the first, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
 HELD_OUT = 4  # traces at sizes no fit used that must show what the fits predict, at most
 HELD_OUT_TRIES = 10  # sizes tried for them (those outside the graph's domain say nothing)
