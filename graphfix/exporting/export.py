@@ -66,14 +66,21 @@ class ExportReport:
         lines = [f"{self.path}: {'ok' if self.ok else 'NOT OK'} (repair {self.status})"]
         for check in self.checks:
             worst = max((o.max_abs for o in check.outputs), default=0.0)
+            shapes = "; ".join(f"output {o.name} is {o.shape_onnx}, torch's {o.shape_torch}" for o in check.outputs
+                               if o.shape_onnx != o.shape_torch)
             lines.append(f"  {check.input_shapes}: {'ok' if check.ok else 'FAIL'}"
-                         f"{' ' + check.error if check.error else ''} max abs err {worst:.3g}")
+                         f"{' ' + check.error if check.error else ''}"
+                         + (f" {shapes}" if shapes else f" max abs err {worst:.3g}"))
         lines.extend(f"  rebuilt from traces at other sizes: {line}" for line in self.refitted)
         lines.extend(f"  traces: {note}" for note in self.refit_notes)
         for index, finding in enumerate(self.findings):
             lines.append(f"  {finding.severity.value} {finding.rule} [{', '.join(finding.nodes[:2])}]: "
                          f"{finding.message}")
             lines.extend(f"      caused by {note}" for note in self.causes.get(index, []))
+        if not self.ok:  # the values a failing file may keep, where no finding names them
+            linked = {id(note) for notes in self.causes.values() for note in notes}
+            lines.extend(f"  the trace turned a value into a constant at {note}" for note in self.tracer_warnings
+                         if id(note) not in linked)
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -107,9 +114,10 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                 raise ExportError(_explain_failure(exc)) from exc
         notes = _tracer_notes(caught, model)
         requested = _requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
+        dim_names = _dim_names(input_names, dynamic_axes)
         flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
-            probe_args = _probe_args(call, requested)
+            probe_args = _probe_args(call, requested, dim_names, _front_end_strides(raw, call))
 
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
@@ -236,6 +244,32 @@ def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, 
     return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
 
 
+def _front_end_strides(raw: Path, call: tuple[tuple, dict]) -> dict[tuple[int, int], int]:
+    """(arg index, axis) -> how far that dim must grow for its strided front end's output to grow by a position
+    (graphfix.analysis.sizes.domain), from the export's own graph."""
+    import onnx
+
+    from graphfix.analysis.sizes.domain import input_strides
+    from graphfix.core.errors import GraphfixError
+    from graphfix.exporting.verify import call_tensors, graph_inputs, named_dims
+
+    exported = onnx.load_model(str(raw), load_external_data=False)
+    dims = named_dims(exported, [t.shape for t in call_tensors(*call)])
+    try:
+        strides = input_strides(exported, {name: size for name, (_, _, size) in dims.items()})
+    except GraphfixError:  # an analysis past its budget: probes one past the size instead
+        return {}
+    return {(pos, axis): strides[dim.dim_param] for pos, meta in enumerate(graph_inputs(exported))
+            for axis, dim in enumerate(meta.type.tensor_type.shape.dim) if dim.dim_param in strides}
+
+
+def _dim_names(input_names, dynamic_axes) -> dict[tuple[int, int], str]:
+    """(arg index, axis) -> the name dynamic_axes gives it, where it gives one."""
+    names = list(input_names or [])
+    return {(names.index(name), axis): dim for name, axes in (dynamic_axes or {}).items() if name in names
+            and isinstance(axes, dict) for axis, dim in axes.items()}
+
+
 def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynamic_shapes) -> dict[int, set[int]]:
     """Positional arg index -> dims the user asked to keep dynamic (dynamic_axes or dynamic_shapes)."""
     requested: dict[int, set[int]] = {}
@@ -258,20 +292,38 @@ def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynam
     return requested
 
 
-def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]]) -> list[tuple]:
-    """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), as args
-    tuples ending with their keyword arguments (torch.onnx.export's convention)."""
+def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]], names: dict[tuple[int, int], str],
+                strides: dict[tuple[int, int], int]) -> list[tuple]:
+    """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), then off
+    that lattice, where a branch on parity, a remainder or batch 1 that the trace froze shows: batch 1 (a dim
+    named like a batch, or else axis 0) with every other dim one position past its example's size (its strided
+    front end's stride, or 1), and the example's batch with every other dim half a stride past. As args
+    tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
+    the dim's name; `strides`: (arg index, axis) -> its stride."""
     import torch
 
     from graphfix.exporting.verify import random_like, resized_call
+    from graphfix.validate.sizes import BATCH_LIKE
 
+    def batch(pos: int, axis: int) -> bool:
+        name = names.get((pos, axis))
+        return bool(BATCH_LIKE.search(name)) if name else axis == 0
+
+    def past(pos: int, axis: int, size: int) -> int:  # batch 1, the others a stride past
+        return 1 if batch(pos, axis) else size + strides.get((pos, axis), 1)
+
+    def half_past(pos: int, axis: int, size: int) -> int:  # the others half a stride past (at least one)
+        return size if batch(pos, axis) else size + max(1, strides.get((pos, axis), 1) // 2)
+
+    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past]
     args, named = call
     generator = torch.Generator().manual_seed(0)
     sets = []
-    for factor in (2, 3):
+    for size_of in sizes:
         resized = tuple(
-            resized_call((arg,), {}, lambda _, t, axes=requested[pos], factor=factor: random_like(
-                t, [d * factor if i in axes else d for i, d in enumerate(t.shape)], generator))[0][0]
+            resized_call((arg,), {}, lambda _, t, pos=pos, size_of=size_of: random_like(
+                t, [size_of(pos, i, d) if i in requested[pos] else d for i, d in enumerate(t.shape)],
+                generator))[0][0]
             if pos in requested else arg
             for pos, arg in enumerate(args))
         sets.append((*resized, named))
