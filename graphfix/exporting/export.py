@@ -55,12 +55,18 @@ class ExportReport:
     causes: dict[int, list[TracerNote]] = field(default_factory=dict)  # index in findings -> warnings behind it
     status: str = "unchanged"  # of the repair: repaired | unchanged | failed
     error: str | None = None
+    skipped: list[str] = field(default_factory=list)  # probe sizes the module itself rejected, and why
     refitted: list[str] = field(default_factory=list)  # constants rebuilt from traces at other sizes (refit)
     refit_notes: list[str] = field(default_factory=list)  # what the traces could not settle, or how they did
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status != "failed" and bool(self.checks) and all(c.ok for c in self.checks)
+        """Every check ran and matched; and where the module rejected probe sizes, two sizes or more were checked
+        (the example's size alone proves nothing about the others)."""
+        sizes = {str(c.input_shapes) for c in self.checks}
+        enough = len(sizes) >= 2 or not self.skipped
+        return self.error is None and self.status != "failed" and bool(self.checks) and \
+            all(c.ok for c in self.checks) and enough
 
     def summary(self) -> str:
         lines = [f"{self.path}: {'ok' if self.ok else 'NOT OK'} (repair {self.status})"]
@@ -71,6 +77,7 @@ class ExportReport:
             lines.append(f"  {check.input_shapes}: {'ok' if check.ok else 'FAIL'}"
                          f"{' ' + check.error if check.error else ''}"
                          + (f" {shapes}" if shapes else f" max abs err {worst:.3g}"))
+        lines.extend(f"  not checked: {reason}" for reason in self.skipped)
         lines.extend(f"  rebuilt from traces at other sizes: {line}" for line in self.refitted)
         lines.extend(f"  traces: {note}" for note in self.refit_notes)
         for index, finding in enumerate(self.findings):
@@ -147,7 +154,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             refitted = _refitted(model, call, raw, probe_args, Path(scratch), input_names=input_names,
                                  output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset_version,
                                  **export_kwargs)
-            kept = _kept_refit(refitted, Path(scratch), destination.name, repaired)
+            kept = _kept_refit(refitted, Path(scratch), destination.name, repaired, verification)
             if kept is not None:
                 result, verification = kept
     report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
@@ -157,13 +164,15 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
-    report.checks = verification.checks
+    report.checks, report.skipped = verification.checks, verification.skipped
     return report
 
 
-def _kept_refit(refitted, scratch: Path, name: str, repaired):
+def _kept_refit(refitted, scratch: Path, name: str, repaired, current):
     """The repair of the refitted export where asked, and its check, if a trial beside the scratch export matched
-    the module at the proof's sizes; else None, and the refit's notes say why."""
+    the module at two sizes or more, and wherever the file without it did; else None, and the refit's notes say
+    why. Kept even where it misses some sizes (a branch the trace froze at other sizes) when it matches at more
+    than the file without it: the report then stays not ok, and the better file is written."""
     if refitted.model is None:
         return None
     import onnx
@@ -172,13 +181,25 @@ def _kept_refit(refitted, scratch: Path, name: str, repaired):
     source.parent.mkdir()
     onnx.save_model(refitted.model, str(source))
     _, checked = repaired(unsafe=False, output=scratch / "refit-trial" / name, source=source)
-    if not _settles(checked):
+    if not _settles(checked) and not _better(checked, current):
         refitted.notes.append("the refitted model did not match the module at the proof's sizes: not kept")
         refitted.rebuilt = []
         return None
+    if not checked.ok:
+        refitted.notes.append("kept, though it does not match the module at every size: it matches wherever the "
+                              "file without it did, and at more sizes")
     result, verification = repaired(unsafe=False, source=source)
     result.status = "repaired" if result.status == "unchanged" else result.status
     return result, verification
+
+
+def _better(checked, current) -> bool:
+    """Whether the checks `checked` pass at two sizes or more, every size `current` passed at, and more."""
+    if checked is None:
+        return False
+    passed = {str(c.input_shapes) for c in checked.checks if c.ok}
+    before = set() if current is None else {str(c.input_shapes) for c in current.checks if c.ok}
+    return len(passed) >= 2 and before < passed
 
 
 def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple], scratch: Path,
@@ -297,7 +318,8 @@ def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]], names:
     """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), then off
     that lattice, where a branch on parity, a remainder or batch 1 that the trace froze shows: batch 1 (a dim
     named like a batch, or else axis 0) with every other dim one position past its example's size (its strided
-    front end's stride, or 1), and the example's batch with every other dim half a stride past. As args
+    front end's stride, or 1); the example's batch with every other dim half a stride past; batch 1 alone; and
+    the example's batch with every other dim half a stride shorter (a model capped at its example's length). As args
     tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
     the dim's name; `strides`: (arg index, axis) -> its stride."""
     import torch
@@ -315,7 +337,13 @@ def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]], names:
     def half_past(pos: int, axis: int, size: int) -> int:  # the others half a stride past (at least one)
         return size if batch(pos, axis) else size + max(1, strides.get((pos, axis), 1) // 2)
 
-    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past]
+    def batch_one(pos: int, axis: int, size: int) -> int:  # batch 1 alone
+        return 1 if batch(pos, axis) else size
+
+    def shorter(pos: int, axis: int, size: int) -> int:  # the others half a stride before (at least one)
+        return size if batch(pos, axis) else max(1, size - max(1, strides.get((pos, axis), 1) // 2))
+
+    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter]
     args, named = call
     generator = torch.Generator().manual_seed(0)
     sets = []
@@ -326,7 +354,10 @@ def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]], names:
                 generator))[0][0]
             if pos in requested else arg
             for pos, arg in enumerate(args))
-        sets.append((*resized, named))
+        shapes = [tuple(t.shape) for t in resized if isinstance(t, torch.Tensor)]
+        if shapes != [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)] and \
+                all(shapes != [tuple(t.shape) for t in s[:-1] if isinstance(t, torch.Tensor)] for s in sets):
+            sets.append((*resized, named))  # the example's own sizes, or a probe's again, only once
     return sets
 
 

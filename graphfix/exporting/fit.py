@@ -6,7 +6,9 @@ between two traces of one module that differ in one dim is a function of that di
     one dim d:      a * g(d) + b              (MobileViT's `ceil(H / p)`, a Wenet `(T - 1) // 2 - 1`)
     several dims:   c * g1(d1) * g2(d2) ...   (MobileViT's `B * C * ceil(H / p)`)
 
-with g(d) = d // k or ceil(d / k), k in 1..16, and a, b, c integers (a, c not 0). A fit must reproduce every
+with g(d) = (d + r) // k, k in 1..16 and 0 <= r < k (r = 0 a floor, r = k - 1 a ceiling, and between them a
+floor after a ceiling, as a ceil-mode pool then a floor one: `ceil(T / 2) // 3` is `(T + 1) // 6`), and a, b, c
+integers (a, c not 0). A fit must reproduce every
 observation. Fits that agree at every size are one fit; fits that do not are told apart by a trace at a size where
 they disagree (`splitting_size`), which the caller makes.
 """
@@ -27,20 +29,21 @@ REACH = 8  # fits are compared, and split, at sizes up to REACH times the export
 
 @dataclass(frozen=True)
 class Term:
-    """`d // k` or `ceil(d / k)` of one dim."""
+    """`(d + r) // k` of one dim: `d // k` (r = 0), `ceil(d / k)` (r = k - 1), or between."""
 
     dim: str
     k: int = 1
-    ceil: bool = False
+    r: int = 0
 
     def at(self, sizes: Sizes) -> int:
-        size = sizes[self.dim]
-        return -(-size // self.k) if self.ceil else size // self.k
+        return (sizes[self.dim] + self.r) // self.k
 
     def __str__(self) -> str:
         if self.k == 1:
             return self.dim
-        return f"ceil({self.dim} / {self.k})" if self.ceil else f"{self.dim} // {self.k}"
+        if self.r == self.k - 1:
+            return f"ceil({self.dim} / {self.k})"
+        return f"({self.dim} + {self.r}) // {self.k}" if self.r else f"{self.dim} // {self.k}"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ class Fit:
 
     @property
     def cost(self) -> tuple[int, ...]:
-        """Simpler first: fewer terms, no scale, no offset, floor before ceil, smaller divisors."""
-        return (len(self.terms), self.scale != 1, self.offset != 0, sum(t.ceil for t in self.terms),
+        """Simpler first: fewer terms, no scale, no offset, floor, then ceiling, then between, smaller divisors."""
+        return (len(self.terms), self.scale != 1, self.offset != 0,
+                sum(0 if t.r == 0 else 1 if t.r == t.k - 1 else 2 for t in self.terms),
                 sum(t.k for t in self.terms))
 
     def __str__(self) -> str:
@@ -122,7 +126,7 @@ def _only(sizes: Sizes, base: Sizes) -> set[str]:
 
 
 def _terms(dim: str) -> list[Term]:
-    return [Term(dim)] + [Term(dim, k, ceil) for k in DIVISORS if k > 1 for ceil in (False, True)]
+    return [Term(dim)] + [Term(dim, k, r) for k in DIVISORS if k > 1 for r in range(k)]
 
 
 def _linear(term: Term, observations: Sequence[Observation], base: Sizes) -> list[Fit]:
@@ -152,18 +156,10 @@ def _product(terms: tuple[Term, ...], value: int, base: Sizes) -> list[Fit]:
 
 
 def _distinct(candidates: list[Fit], base: Sizes) -> list[Fit]:
-    """One fit per class of fits that agree at every size up to REACH times the export size (each dim alone)."""
-    kept: list[Fit] = []
+    """One fit per class of fits that agree at every size up to REACH times the export size (each dim alone): the
+    first, cheapest, of each."""
+    grid = [{**base, dim: size} for dim, export in base.items() for size in range(1, REACH * export + 1)]
+    kept: dict[tuple[int, ...], Fit] = {}
     for candidate in candidates:
-        if not any(_agree(candidate, k, base) for k in kept):
-            kept.append(candidate)
-    return kept
-
-
-def _agree(a: Fit, b: Fit, base: Sizes) -> bool:
-    for dim, export in base.items():
-        for size in range(1, REACH * export + 1):
-            sizes = {**base, dim: size}
-            if a.at(sizes) != b.at(sizes):
-                return False
-    return True
+        kept.setdefault(tuple(candidate.at(sizes) for sizes in grid), candidate)
+    return list(kept.values())

@@ -1,7 +1,7 @@
 """The export with its moving constants computed from the input's shape (refit's last step).
 
 Each fitted number (graphfix.exporting.fit) becomes `Gather(Shape(input), [axis])` of the input that carries its
-dim, then `Div` by k (after `Add k - 1` for a ceiling), `Mul` and `Add` by integers. A size vector is the
+dim, then `Div` by k (after `Add r`: k - 1 for a ceiling), `Mul` and `Add` by integers. A size vector is the
 `Concat` of its numbers; a uniform table is `ConstantOfShape` of its fitted shape with its value; an arange is
 `Range(start, start + n * step, step)` of its element count n, reshaped to its fitted shape. The replaced
 constants that nothing reads any more are removed.
@@ -92,8 +92,8 @@ class _Builder:
         value = None
         for n, term in enumerate(fit.terms):
             part = self.size(term.dim)
-            if term.ceil:
-                part = self.node("Add", [part, self.constant([term.k - 1], f"{name}_t{n}_up")], f"{name}_t{n}_a")
+            if term.r:
+                part = self.node("Add", [part, self.constant([term.r], f"{name}_t{n}_up")], f"{name}_t{n}_a")
             if term.k != 1:
                 part = self.node("Div", [part, self.constant([term.k], f"{name}_t{n}_k")], f"{name}_t{n}_d")
             value = part if value is None else self.node("Mul", [value, part], f"{name}_t{n}_m")

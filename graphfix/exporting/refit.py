@@ -30,8 +30,8 @@ from graphfix.exporting.rebuild import rebuild
 
 MAX_TRACES = 48  # traces beyond the first, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
-HELD_OUT = 4  # traces at sizes no fit used that must show what the fits predict, at most
-HELD_OUT_TRIES = 10  # sizes tried for them (those outside the graph's domain say nothing)
+PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
+# of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
 
 Trace = Callable[[Sizes], "onnx.ModelProto | None"]  # the module exported at these sizes, or None if it failed
@@ -64,7 +64,10 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
     if unfit:
         return Refitted(None, notes=unfit)
     if not kinds:
-        return Refitted(None, notes=["no constant moves between the traces at other sizes"])
+        kept_graph = any(len(seen) > 1 for seen in traces.read.values())
+        return Refitted(None, notes=["no constant moves between the traces at other sizes" if kept_graph else
+                                     "no trace at another size kept the graph (the module raised or took another "
+                                     f"path at each of {traces.made})"])
     chosen, notes = _settle(traces, kinds, base)
     if chosen is None:
         return Refitted(None, notes=notes)
@@ -160,6 +163,7 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
     cannot be fitted."""
     notes: dict[str, str] = {}  # dim -> how its ties were settled
     decided: dict[Number, Fit] = {}
+    known = _Fits(base)
     while True:
         chosen: dict[Site, tuple[str, Reading, list[Fit]]] = {}
         tie: tuple[Number, list[Fit]] | None = None
@@ -170,7 +174,7 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
                 if len({v for _, v in observations}) == 1:
                     row.append(Fit((), 0, value))  # the model's own number
                     continue
-                found = [decided[site, index]] if (site, index) in decided else fits(observations, base)
+                found = [decided[site, index]] if (site, index) in decided else known.of((site, index), observations)
                 if not found:
                     what = "element" if kind == "vector" else "dim"
                     return None, [f"the constant read by {traces.reader(site)}, {what} {index}, moves as no size "
@@ -201,15 +205,14 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
 
 def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]], base: Sizes
               ) -> tuple[str | None, list[Sizes]]:
-    """Traces at sizes no fit used, every dim at once and each alone, off the sizes traced so far: each that keeps
-    the graph must show every constant as the fits predict, and the others as at export. What went wrong, if
-    anything, and the sizes checked."""
+    """Traces at sizes no fit used: each that keeps the graph must show every constant as the fits predict, and
+    the others as at export. What went wrong, if anything (the time running out before every size was traced
+    is wrong too), and the sizes checked."""
     held: list[Sizes] = []
-    tried = 0
-    for sizes in _held_out_sizes(traces, base):
-        if len(held) >= HELD_OUT or tried >= HELD_OUT_TRIES or time.monotonic() > traces.deadline:
-            break
-        tried += 1
+    dims = {t.dim for _, _, fitted in chosen.values() for fit in fitted for t in fit.terms}
+    for sizes in _held_out_sizes(traces, base, dims):
+        if time.monotonic() > traces.deadline:
+            return f"the traces ran out of their {MAX_SECONDS:.0f} s before the fits were checked", held
         found = traces.readings_at(sizes)
         if found is None:
             continue
@@ -229,19 +232,23 @@ def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]
     return None, held
 
 
-def _held_out_sizes(traces: _Traces, base: Sizes) -> list[Sizes]:
-    """Sizes at which every dim that differs from export has a value no trace of that dim had: all dims at once
-    one past export, at one, one before, half again, half less, a quarter again (or the nearest value above that
-    no trace had); then each alone, one past and at one. Near, small and large sizes, and all dims moved together,
-    where a product fitted one dim at a time is checked."""
+def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str]) -> list[Sizes]:
+    """The sizes the fits are checked at, none traced yet: all dims at once one past export, at one, one before,
+    half again, half less, a quarter again (or the nearest value above no trace had), where a product fitted one
+    dim at a time shows; then each dim a fit reads alone at every size from one to PERIOD past its export size
+    that no trace had, and at one."""
+    def known(dim: str) -> set[int]:
+        return traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
+
     def unknown(dim: str, export: int, step: int) -> int:
-        known = traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
-        return next((v for v in range(export + step, export + step + 8) if v >= 1 and v not in known), export)
+        return next((v for v in range(export + step, export + step + 8) if v >= 1 and v not in known(dim)), export)
 
     joint = (lambda e: 1, lambda e: 1 - e, lambda e: -1, lambda e: e // 2, lambda e: -(e // 2), lambda e: e // 4)
     candidates = [{d: unknown(d, e, step(e)) for d, e in base.items()} for step in joint]
-    for dim, export in base.items():
-        candidates += [{**base, dim: unknown(dim, export, step)} for step in (1, 1 - export)]
+    for dim in sorted(dims):
+        export = base[dim]
+        candidates += [{**base, dim: size} for size in [*range(export + 1, export + PERIOD + 1), 1]
+                       if size not in known(dim)]
     kept: list[Sizes] = []
     for sizes in candidates:
         if sizes not in kept and sizes != dict(base) and sizes not in traces.avoid:
@@ -276,6 +283,23 @@ def _shown_reading(value) -> str:
 
 def _sizes_text(all_sizes: list[Sizes]) -> str:
     return "; ".join(", ".join(f"{d}={v}" for d, v in sizes.items()) for sizes in all_sizes)
+
+
+class _Fits:
+    """Each number's fits so far: a trace added since only strikes the ones it contradicts (the family is fixed,
+    so the fits of more observations are among those of fewer); searched again only if it strikes them all."""
+
+    def __init__(self, base: Sizes):
+        self.base, self.found = base, {}
+
+    def of(self, number: Number, observations: list[Observation]) -> list[Fit]:
+        seen, found = self.found.get(number, (0, None))
+        if found is not None:
+            found = [f for f in found if all(f.at(s) == v for s, v in observations[seen:])]
+        if not found:
+            found = fits(observations, self.base)
+        self.found[number] = len(observations), found
+        return found
 
 
 def _disagree(candidates: list[Fit], sizes: Sizes) -> bool:

@@ -176,3 +176,34 @@ def test_a_branch_the_example_size_froze_makes_the_report_not_ok(tmp_path, modul
         except Exception:
             wrong += 1
     assert wrong
+
+
+class CappedPositions(torch.nn.Module):
+    """A learned position table of 8 rows, exported at its full length 8, with the batch baked into a Reshape: the
+    module raises at every longer probe, so only batch 1 and shorter lengths can show the bake (helper 41: the
+    report said ok on the example's size alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.positions = torch.nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, x):
+        b, t, f = x.shape
+        return (x + self.positions[:t]).reshape(int(b), int(t) * f)
+
+
+def test_probes_the_module_rejects_leave_the_report_not_ok_unless_two_sizes_ran(tmp_path):
+    module = CappedPositions().eval()
+    path = tmp_path / "m.onnx"
+    report = graphfix.export(module, (torch.randn(2, 8, 4),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "batch", 1: "T"}, "y": {0: "batch", 1: "N"}})
+    assert not report.ok, report.summary()
+    assert report.skipped and "not checked" in report.summary()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 5, 4)
+    try:  # our own check: the file is wrong where the module runs
+        got = session.run(None, {"x": x.numpy()})[0]
+        right = got.shape == module(x).shape and np.allclose(got, module(x).detach().numpy(), atol=1e-5)
+    except Exception:  # onnxruntime refuses the baked Reshape
+        right = False
+    assert not right

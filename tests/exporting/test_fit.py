@@ -70,9 +70,9 @@ def test_each_class_of_sizes_is_tried_before_a_tie_counts_as_outside_the_domain(
     where they disagree leave the graph, but an even one (8) tells them apart, so it is tried; only when every
     class has left the graph (MobileViT's floor and ceil of H / 8, which agree at every multiple of 8) is there
     nothing more to try."""
-    candidates = [Fit((Term("T", 3),)), Fit((Term("T", 3, ceil=True),))]
+    candidates = [Fit((Term("T", 3),)), Fit((Term("T", 3, 2),))]
     assert next_split(candidates, {"T": 6}, "T", valid={6, 24, 30}, outside={7, 9, 15, 21}) == 8
-    patches = [Fit((Term("H", 8),)), Fit((Term("H", 8, ceil=True),))]
+    patches = [Fit((Term("H", 8),)), Fit((Term("H", 8, 7),))]
     tried = []
     while (size := next_split(patches, {"H": 32}, "H", valid={32, 128, 160}, outside=tried)) is not None:
         assert size % 8, size  # at every multiple of 8 the two agree: nothing to learn there
@@ -88,7 +88,7 @@ def test_a_product_of_dims_is_fitted_per_dim():
 
 
 def test_fits_are_shown_as_expressions():
-    assert str(Fit((Term("T", 2, ceil=True),), 1, -1)) == "ceil(T / 2) - 1"
+    assert str(Fit((Term("T", 2, 1),), 1, -1)) == "ceil(T / 2) - 1"
     assert str(Fit((Term("T", 3),), 3, 2)) == "3 * (T // 3) + 2"
     assert str(Fit((Term("B"), Term("H", 8)), 16)) == "16 * B * (H // 8)"
     assert str(Fit((), 0, 7)) == "7"

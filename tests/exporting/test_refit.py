@@ -181,11 +181,12 @@ def test_a_table_the_trace_filled_at_its_size_is_regrown(tmp_path, design, rebui
     assert _independent_ok(path, module, ((1, 7, 8), (3, 41, 8), (2, 100, 8)))
 
 
-class RoundThird(torch.nn.Module):
-    """The first round(T / 3) frames: equal to T // 3 or ceil(T / 3) at every traced size but some."""
+class RoundQuarter(torch.nn.Module):
+    """The first round(T / 4) frames, Python's rounding half to even (0 at T = 2, 2 at T = 6 and at T = 10): no
+    floor `(T + r) // 4` is that, though one agrees at every multiple of 4 and more."""
 
     def forward(self, x):
-        return x[:, :round(int(x.shape[1]) / 3)] * 2.0
+        return x[:, :round(int(x.shape[1]) / 4)] * 2.0
 
 
 class CellsOfArea(torch.nn.Module):
@@ -213,7 +214,7 @@ class MovingScale(torch.nn.Module):
 
 
 @pytest.mark.parametrize("design, example, axes", [
-    (RoundThird, (2, 6, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
+    (RoundQuarter, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
     (CellsOfArea, (2, 3, 8, 8), {"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 2: "N"}}),
     (SmallBranch, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
     (MovingScale, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
@@ -246,3 +247,20 @@ def test_a_tie_is_split_at_a_size_of_each_class_the_module_accepts(tmp_path):
                              dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
     assert report.ok and any("ceil(T / 3)" in line for line in report.refitted), report.summary()
     assert _independent_ok(path, module, [(b, t, 4) for t in (2, 4, 8, 10, 14, 16) for b in (1, 3)])
+
+
+class PoolThenPool(torch.nn.Module):
+    """A ceil-mode pool by 2, then a floor pool by 3, counted in Python: `ceil(T / 2) // 3`, which is
+    `(T + 1) // 6`, neither a floor nor a ceiling of T / 6 (helper 41: `T // 6` fitted every trace before)."""
+
+    def forward(self, x):
+        return x[:, :math.ceil(int(x.shape[1]) / 2) // 3] * 2.0
+
+
+def test_a_floor_after_a_ceiling_is_fitted_as_itself(tmp_path):
+    module = PoolThenPool().eval()
+    path = tmp_path / "model.onnx"
+    report = graphfix.export(module, (torch.randn(2, 8, 4),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
+    assert report.ok and any("(T + 1) // 6" in line for line in report.refitted), report.summary()
+    assert _independent_ok(path, module, [(b, t, 4) for t in (5, 11, 17, 23, 6, 13) for b in (1, 3)])
