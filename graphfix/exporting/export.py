@@ -21,6 +21,7 @@ from typing import Any
 
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Safety
+from graphfix.exporting.probes import default_probes, dim_names, front_end_strides, requested_dynamic_dims
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
 from graphfix.pipeline.engine import AppliedFix
@@ -120,11 +121,11 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             except Exception as exc:
                 raise ExportError(_explain_failure(exc)) from exc
         notes = _tracer_notes(caught, model)
-        requested = _requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
-        dim_names = _dim_names(input_names, dynamic_axes)
+        requested = requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
         flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
-            probe_args = _probe_args(call, requested, dim_names, _front_end_strides(raw, call))
+            probe_args = default_probes(call, requested, dim_names(input_names, dynamic_axes),
+                                        front_end_strides(raw, call))
 
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
@@ -263,102 +264,6 @@ def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, 
     names = [i.name for i in graph.input if i.name not in initializers]
     tensors = call_tensors(*call)
     return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
-
-
-def _front_end_strides(raw: Path, call: tuple[tuple, dict]) -> dict[tuple[int, int], int]:
-    """(arg index, axis) -> how far that dim must grow for its strided front end's output to grow by a position
-    (graphfix.analysis.sizes.domain), from the export's own graph."""
-    import onnx
-
-    from graphfix.analysis.sizes.domain import input_strides
-    from graphfix.core.errors import GraphfixError
-    from graphfix.exporting.verify import call_tensors, graph_inputs, named_dims
-
-    exported = onnx.load_model(str(raw), load_external_data=False)
-    dims = named_dims(exported, [t.shape for t in call_tensors(*call)])
-    try:
-        strides = input_strides(exported, {name: size for name, (_, _, size) in dims.items()})
-    except GraphfixError:  # an analysis past its budget: probes one past the size instead
-        return {}
-    return {(pos, axis): strides[dim.dim_param] for pos, meta in enumerate(graph_inputs(exported))
-            for axis, dim in enumerate(meta.type.tensor_type.shape.dim) if dim.dim_param in strides}
-
-
-def _dim_names(input_names, dynamic_axes) -> dict[tuple[int, int], str]:
-    """(arg index, axis) -> the name dynamic_axes gives it, where it gives one."""
-    names = list(input_names or [])
-    return {(names.index(name), axis): dim for name, axes in (dynamic_axes or {}).items() if name in names
-            and isinstance(axes, dict) for axis, dim in axes.items()}
-
-
-def _requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynamic_shapes) -> dict[int, set[int]]:
-    """Positional arg index -> dims the user asked to keep dynamic (dynamic_axes or dynamic_shapes)."""
-    requested: dict[int, set[int]] = {}
-    if dynamic_axes:
-        names = list(input_names or [])
-        for name, axes in dynamic_axes.items():
-            if name in names:
-                requested.setdefault(names.index(name), set()).update(axes if isinstance(axes, list | tuple)
-                                                                       else axes.keys())
-    if dynamic_shapes:
-        if isinstance(dynamic_shapes, dict):
-            params = list(inspect.signature(model.forward).parameters)
-            items = [(params.index(k), v) for k, v in dynamic_shapes.items() if k in params]
-        else:
-            items = list(enumerate(dynamic_shapes))
-        for index, spec in items:
-            if spec:
-                requested.setdefault(index, set()).update(spec.keys() if isinstance(spec, dict) else
-                                                          [i for i, d in enumerate(spec) if d is not None])
-    return requested
-
-
-def _probe_args(call: tuple[tuple, dict], requested: dict[int, set[int]], names: dict[tuple[int, int], str],
-                strides: dict[tuple[int, int], int]) -> list[tuple]:
-    """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), then off
-    that lattice, where a branch on parity, a remainder or batch 1 that the trace froze shows: batch 1 (a dim
-    named like a batch, or else axis 0) with every other dim one position past its example's size (its strided
-    front end's stride, or 1); the example's batch with every other dim half a stride past; batch 1 alone; and
-    the example's batch with every other dim half a stride shorter (a model capped at its example's length). As args
-    tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
-    the dim's name; `strides`: (arg index, axis) -> its stride."""
-    import torch
-
-    from graphfix.exporting.verify import random_like, resized_call
-    from graphfix.validate.sizes import BATCH_LIKE
-
-    def batch(pos: int, axis: int) -> bool:
-        name = names.get((pos, axis))
-        return bool(BATCH_LIKE.search(name)) if name else axis == 0
-
-    def past(pos: int, axis: int, size: int) -> int:  # batch 1, the others a stride past
-        return 1 if batch(pos, axis) else size + strides.get((pos, axis), 1)
-
-    def half_past(pos: int, axis: int, size: int) -> int:  # the others half a stride past (at least one)
-        return size if batch(pos, axis) else size + max(1, strides.get((pos, axis), 1) // 2)
-
-    def batch_one(pos: int, axis: int, size: int) -> int:  # batch 1 alone
-        return 1 if batch(pos, axis) else size
-
-    def shorter(pos: int, axis: int, size: int) -> int:  # the others half a stride before (at least one)
-        return size if batch(pos, axis) else max(1, size - max(1, strides.get((pos, axis), 1) // 2))
-
-    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter]
-    args, named = call
-    generator = torch.Generator().manual_seed(0)
-    sets = []
-    for size_of in sizes:
-        resized = tuple(
-            resized_call((arg,), {}, lambda _, t, pos=pos, size_of=size_of: random_like(
-                t, [size_of(pos, i, d) if i in requested[pos] else d for i, d in enumerate(t.shape)],
-                generator))[0][0]
-            if pos in requested else arg
-            for pos, arg in enumerate(args))
-        shapes = [tuple(t.shape) for t in resized if isinstance(t, torch.Tensor)]
-        if shapes != [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)] and \
-                all(shapes != [tuple(t.shape) for t in s[:-1] if isinstance(t, torch.Tensor)] for s in sets):
-            sets.append((*resized, named))  # the example's own sizes, or a probe's again, only once
-    return sets
 
 
 def _explain_failure(exc: BaseException) -> str:

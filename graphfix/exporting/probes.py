@@ -1,0 +1,104 @@
+"""The sizes `graphfix.export` checks a file at when the caller gives no `probe_args`: the example's, each
+requested dynamic dim doubled and tripled (a model's own divisibility kept), and sizes off that lattice, where a
+branch the trace froze shows (parity, a remainder, batch 1, a length cap)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+
+def front_end_strides(raw: Path, call: tuple[tuple, dict]) -> dict[tuple[int, int], int]:
+    """(arg index, axis) -> how far that dim must grow for its strided front end's output to grow by a position
+    (graphfix.analysis.sizes.domain), from the export's own graph."""
+    import onnx
+
+    from graphfix.analysis.sizes.domain import input_strides
+    from graphfix.core.errors import GraphfixError
+    from graphfix.exporting.verify import call_tensors, graph_inputs, named_dims
+
+    exported = onnx.load_model(str(raw), load_external_data=False)
+    dims = named_dims(exported, [t.shape for t in call_tensors(*call)])
+    try:
+        strides = input_strides(exported, {name: size for name, (_, _, size) in dims.items()})
+    except GraphfixError:  # an analysis past its budget: probes one past the size instead
+        return {}
+    return {(pos, axis): strides[dim.dim_param] for pos, meta in enumerate(graph_inputs(exported))
+            for axis, dim in enumerate(meta.type.tensor_type.shape.dim) if dim.dim_param in strides}
+
+
+def dim_names(input_names, dynamic_axes) -> dict[tuple[int, int], str]:
+    """(arg index, axis) -> the name dynamic_axes gives it, where it gives one."""
+    names = list(input_names or [])
+    return {(names.index(name), axis): dim for name, axes in (dynamic_axes or {}).items() if name in names
+            and isinstance(axes, dict) for axis, dim in axes.items()}
+
+
+def requested_dynamic_dims(model, args: tuple, input_names, dynamic_axes, dynamic_shapes) -> dict[int, set[int]]:
+    """Positional arg index -> dims the user asked to keep dynamic (dynamic_axes or dynamic_shapes)."""
+    requested: dict[int, set[int]] = {}
+    if dynamic_axes:
+        names = list(input_names or [])
+        for name, axes in dynamic_axes.items():
+            if name in names:
+                requested.setdefault(names.index(name), set()).update(axes if isinstance(axes, list | tuple)
+                                                                       else axes.keys())
+    if dynamic_shapes:
+        if isinstance(dynamic_shapes, dict):
+            params = list(inspect.signature(model.forward).parameters)
+            items = [(params.index(k), v) for k, v in dynamic_shapes.items() if k in params]
+        else:
+            items = list(enumerate(dynamic_shapes))
+        for index, spec in items:
+            if spec:
+                requested.setdefault(index, set()).update(spec.keys() if isinstance(spec, dict) else
+                                                          [i for i, d in enumerate(spec) if d is not None])
+    return requested
+
+
+def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], names: dict[tuple[int, int], str],
+                strides: dict[tuple[int, int], int]) -> list[tuple]:
+    """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), then off
+    that lattice, where a branch on parity, a remainder or batch 1 that the trace froze shows: batch 1 (a dim
+    named like a batch, or else axis 0) with every other dim one position past its example's size (its strided
+    front end's stride, or 1); the example's batch with every other dim half a stride past; batch 1 alone; and
+    the example's batch with every other dim half a stride shorter (a model capped at its example's length). As args
+    tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
+    the dim's name; `strides`: (arg index, axis) -> its stride."""
+    import torch
+
+    from graphfix.exporting.verify import random_like, resized_call
+    from graphfix.validate.sizes import BATCH_LIKE
+
+    def batch(pos: int, axis: int) -> bool:
+        name = names.get((pos, axis))
+        return bool(BATCH_LIKE.search(name)) if name else axis == 0
+
+    def past(pos: int, axis: int, size: int) -> int:  # batch 1, the others a stride past
+        return 1 if batch(pos, axis) else size + strides.get((pos, axis), 1)
+
+    def half_past(pos: int, axis: int, size: int) -> int:  # the others half a stride past (at least one)
+        return size if batch(pos, axis) else size + max(1, strides.get((pos, axis), 1) // 2)
+
+    def batch_one(pos: int, axis: int, size: int) -> int:  # batch 1 alone
+        return 1 if batch(pos, axis) else size
+
+    def shorter(pos: int, axis: int, size: int) -> int:  # the others half a stride before (at least one)
+        return size if batch(pos, axis) else max(1, size - max(1, strides.get((pos, axis), 1) // 2))
+
+    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter]
+    args, named = call
+    generator = torch.Generator().manual_seed(0)
+    sets = []
+    for size_of in sizes:
+        resized = tuple(
+            resized_call((arg,), {}, lambda _, t, pos=pos, size_of=size_of: random_like(
+                t, [size_of(pos, i, d) if i in requested[pos] else d for i, d in enumerate(t.shape)],
+                generator))[0][0]
+            if pos in requested else arg
+            for pos, arg in enumerate(args))
+        shapes = [tuple(t.shape) for t in resized if isinstance(t, torch.Tensor)]
+        if shapes != [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)] and \
+                all(shapes != [tuple(t.shape) for t in s[:-1] if isinstance(t, torch.Tensor)] for s in sets):
+            sets.append((*resized, named))  # the example's own sizes, or a probe's again, only once
+    return sets
