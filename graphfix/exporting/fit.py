@@ -25,6 +25,8 @@ Observation = tuple[Sizes, int]  # the sizes of a trace, and the constant's valu
 
 DIVISORS = range(1, 17)
 REACH = 8  # fits are compared, and split, at sizes up to REACH times the export size
+NEAR = 512  # of those, every size this near the export size (and below it) is used; farther ones thinned out
+FAR = 256  # to this many, evenly spread: the arithmetic stays bounded at 480000 samples
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ class Fit:
         return text
 
 
+def sizes_of(export: int) -> list[int]:
+    """The sizes of a dim, from 1 to REACH times its export size, at which fits are compared and split: all of
+    them for a small export size; near it and at the start all, and a spread sample elsewhere."""
+    top = REACH * export
+    if top <= 2 * NEAR + FAR:
+        return list(range(1, top + 1))
+    near = range(max(1, export - NEAR), export + NEAR + 1)
+    spread = range(1, top + 1, max(1, top // FAR))
+    return sorted({*range(1, NEAR + 1), *near, *spread, top})
+
+
 def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
     """Every fit in the family that reproduces all observations, one per class of fits that agree at every size
     (up to REACH times the export size), cheapest first. `base` is the export's sizes, the first observation's."""
@@ -104,7 +117,7 @@ def next_split(candidates: Sequence[Fit], base: Sizes, dim: str, valid: Iterable
     export, valid, outside, avoid = base[dim], set(valid), set(outside), set(avoid)
     lattice = math.gcd(*valid)
     classes: dict[int, list[int]] = {}
-    for size in range(1, REACH * export + 1):
+    for size in sizes_of(export):
         if size not in valid and size not in avoid and len({c.at({**base, dim: size}) for c in candidates}) > 1:
             classes.setdefault(math.gcd(size, lattice), []).append(size)
     for _, sizes in sorted(classes.items(), reverse=True):
@@ -158,7 +171,7 @@ def _product(terms: tuple[Term, ...], value: int, base: Sizes) -> list[Fit]:
 def _distinct(candidates: list[Fit], base: Sizes) -> list[Fit]:
     """One fit per class of fits that agree at every size up to REACH times the export size (each dim alone): the
     first, cheapest, of each."""
-    grid = [{**base, dim: size} for dim, export in base.items() for size in range(1, REACH * export + 1)]
+    grid = [{**base, dim: size} for dim, export in base.items() for size in sizes_of(export)]
     kept: dict[tuple[int, ...], Fit] = {}
     for candidate in candidates:
         kept.setdefault(tuple(candidate.at(sizes) for sizes in grid), candidate)

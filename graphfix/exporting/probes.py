@@ -61,8 +61,9 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
     """The example call with every requested dynamic dim doubled, then tripled (keeping divisibility), then off
     that lattice, where a branch on parity, a remainder or batch 1 that the trace froze shows: batch 1 (a dim
     named like a batch, or else axis 0) with every other dim one position past its example's size (its strided
-    front end's stride, or 1); the example's batch with every other dim half a stride past; batch 1 alone; and
-    the example's batch with every other dim half a stride shorter (a model capped at its example's length). As args
+    front end's stride, or 1); the example's batch with every other dim half a stride past; batch 1 alone; the
+    example's batch with every other dim half a stride shorter (a model capped at its example's length), and at
+    one (a pad that guards short inputs). As args
     tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
     the dim's name; `strides`: (arg index, axis) -> its stride."""
     import torch
@@ -86,7 +87,11 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
     def shorter(pos: int, axis: int, size: int) -> int:  # the others half a stride before (at least one)
         return size if batch(pos, axis) else max(1, size - max(1, strides.get((pos, axis), 1) // 2))
 
-    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter]
+    def smallest(pos: int, axis: int, size: int) -> int:  # the others at one (a guard for short inputs)
+        return size if batch(pos, axis) else 1
+
+    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter,
+             smallest]
     args, named = call
     generator = torch.Generator().manual_seed(0)
     sets = []

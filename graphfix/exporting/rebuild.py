@@ -3,7 +3,7 @@
 Each fitted number (graphfix.exporting.fit) becomes `Gather(Shape(input), [axis])` of the input that carries its
 dim, then `Div` by k (after `Add r`: k - 1 for a ceiling), `Mul` and `Add` by integers. A size vector is the
 `Concat` of its numbers; a uniform table is `ConstantOfShape` of its fitted shape with its value; an arange is
-`Range(start, start + n * step, step)` of its element count n, reshaped to its fitted shape. The replaced
+`start + step * Range(0, n, 1)` of its element count n, reshaped to its fitted shape. The replaced
 constants that nothing reads any more are removed.
 """
 
@@ -76,13 +76,16 @@ class _Builder:
         return self.node("ConstantOfShape", [shape], name, value=fill)
 
     def arange(self, shape: str, reading: Reading, name: str) -> str:
-        """Range(start, start + n * step, step) in the table's type, n its element count, in its shape."""
+        """start + step * Range(0, n, 1) in the table's type, n its element count, in its shape: an integer Range,
+        whose length is n exactly (a float one's is ceil((limit - start) / step), one too many when rounding
+        makes the division land past n)."""
         _, start, step = reading.family
-        scalars = [self.typed(v, reading.dtype, f"{name}_{what}") for v, what in ((start, "start"), (step, "step"))]
         count = self.node("ReduceProd", [shape], f"{name}_count", keepdims=0)
-        n = self.node("Cast", [count], f"{name}_n", to=helper.np_dtype_to_tensor_dtype(reading.dtype))
-        limit = self.node("Add", [scalars[0], self.node("Mul", [n, scalars[1]], f"{name}_span")], f"{name}_limit")
-        flat = self.node("Range", [scalars[0], limit, scalars[1]], f"{name}_flat")
+        zero, one = (self.typed(v, np.int64, f"{name}_{what}") for v, what in ((0, "zero"), (1, "one")))
+        index = self.node("Range", [zero, count, one], f"{name}_index")
+        typed = self.node("Cast", [index], f"{name}_typed", to=helper.np_dtype_to_tensor_dtype(reading.dtype))
+        scaled = self.node("Mul", [typed, self.typed(step, reading.dtype, f"{name}_step")], f"{name}_scaled")
+        flat = self.node("Add", [scaled, self.typed(start, reading.dtype, f"{name}_start")], f"{name}_flat")
         return self.node("Reshape", [flat, shape], name)
 
     def fit(self, fit: Fit, name: str) -> str:

@@ -17,6 +17,7 @@ domain differ only where the graph does not hold: the simplest is kept, and the 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_split
+from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_split, sizes_of
 from graphfix.exporting.readings import Reading, Site, attributes, readings, structure
 from graphfix.exporting.rebuild import rebuild
 
@@ -165,6 +166,9 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
     decided: dict[Number, Fit] = {}
     known = _Fits(base)
     while True:
+        if time.monotonic() > traces.deadline:
+            return None, [f"the traces and their fits ran out of their {MAX_SECONDS:.0f} s after {traces.made} "
+                          "traces"]
         chosen: dict[Site, tuple[str, Reading, list[Fit]]] = {}
         tie: tuple[Number, list[Fit]] | None = None
         for site, kind in sorted(kinds.items()):
@@ -210,7 +214,9 @@ def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]
     is wrong too), and the sizes checked."""
     held: list[Sizes] = []
     dims = {t.dim for _, _, fitted in chosen.values() for fit in fitted for t in fit.terms}
-    for sizes in _held_out_sizes(traces, base, dims):
+    products = {frozenset(t.dim for t in fit.terms) for _, _, fitted in chosen.values() for fit in fitted
+                if len({t.dim for t in fit.terms}) > 1}
+    for sizes in _held_out_sizes(traces, base, dims, products):
         if time.monotonic() > traces.deadline:
             return f"the traces ran out of their {MAX_SECONDS:.0f} s before the fits were checked", held
         found = traces.readings_at(sizes)
@@ -229,14 +235,21 @@ def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]
                         f"{traces.reader(site)} is {_shown_reading(got)} there, not {_shown_reading(expected)}",
                         held)
         held.append(sizes)
+    for product in products:  # a product fitted one dim at a time holds only if checked with them all moved
+        if not any(all(sizes[d] != base[d] for d in product) for sizes in held):
+            return (f"a fit over {', '.join(sorted(product))} was fitted one dim at a time, and no size with them "
+                    "all moved kept the graph to check it"), held
     return None, held
 
 
-def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str]) -> list[Sizes]:
+def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[frozenset[str]]) -> list[Sizes]:
     """The sizes the fits are checked at, none traced yet: all dims at once one past export, at one, one before,
-    half again, half less, a quarter again (or the nearest value above no trace had), where a product fitted one
-    dim at a time shows; then each dim a fit reads alone at every size from one to PERIOD past its export size
-    that no trace had, and at one."""
+    half again, half less, a quarter again (or the nearest value above no trace had); the dims of each product
+    fit together at each pair of their next three untraced sizes (a module may take only some of them: `B * T`
+    a multiple of 4); then each dim a fit reads alone at every size from one to PERIOD past its export size that
+    no trace had, at one, and at every size up to REACH times its export size where that is 4 * PERIOD sizes at
+    most, else at 2 * PERIOD sizes spread over them (a function outside the family, `(3 * T) // 40`, may agree
+    with a fit near the export size and not farther)."""
     def known(dim: str) -> set[int]:
         return traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
 
@@ -245,9 +258,16 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str]) -> list[Sizes]
 
     joint = (lambda e: 1, lambda e: 1 - e, lambda e: -1, lambda e: e // 2, lambda e: -(e // 2), lambda e: e // 4)
     candidates = [{d: unknown(d, e, step(e)) for d, e in base.items()} for step in joint]
+    for product in sorted(products, key=sorted):
+        nearest = {d: [v for v in range(base[d] + 1, base[d] + PERIOD + 1) if v not in known(d)][:3] for d in product}
+        candidates += [{**base, **dict(zip(sorted(product), values, strict=True))}
+                       for values in itertools.product(*(nearest[d] for d in sorted(product)))]
     for dim in sorted(dims):
         export = base[dim]
-        candidates += [{**base, dim: size} for size in [*range(export + 1, export + PERIOD + 1), 1]
+        top = REACH * export
+        spread = range(1, top + 1) if top <= 4 * PERIOD else range(3, top + 1, top // (2 * PERIOD))
+        candidates += [{**base, dim: size} for size in dict.fromkeys([*range(export + 1, export + PERIOD + 1), 1,
+                                                                       *spread])
                        if size not in known(dim)]
     kept: list[Sizes] = []
     for sizes in candidates:
@@ -257,10 +277,12 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str]) -> list[Sizes]
 
 
 def _same_table(export: Reading, got: Reading) -> bool:
-    """Whether `got` is the table `export` regrown: the same family and type (a one-element table is uniform,
-    and then its value must be the arange's start)."""
+    """Whether `got` is the table `export` regrown: the same family and type (an empty table is any; a
+    one-element table is uniform, and then its value must be the arange's start)."""
     if got.dtype != export.dtype:
         return False
+    if math.prod(got.shape) == 0:  # no element to tell a family by
+        return True
     if math.prod(got.shape) == 1 and got.family is not None and export.family[0] == "arange":
         return got.family[1] == export.family[1]
     return got.family == export.family
@@ -309,7 +331,7 @@ def _disagree(candidates: list[Fit], sizes: Sizes) -> bool:
 def _dim_to_split(candidates: list[Fit], base: Sizes) -> str:
     """The first dim along which the candidates disagree (fits.fits keeps only candidates that do)."""
     return next((dim for dim in base if any(_disagree(candidates, {**base, dim: size})
-                                            for size in range(1, REACH * base[dim] + 1))), next(iter(base)))
+                                            for size in sizes_of(base[dim]))), next(iter(base)))
 
 
 def _shown(observations: list[Observation]) -> str:

@@ -207,3 +207,21 @@ def test_probes_the_module_rejects_leave_the_report_not_ok_unless_two_sizes_ran(
     except Exception:  # onnxruntime refuses the baked Reshape
         right = False
     assert not right
+
+
+class ShortGuard(torch.nn.Module):
+    """A pad up to the kernel for inputs shorter than it (`max(3 - T, 0)`), frozen at 0 by a trace at 8: no
+    probe at or above 7 shows it; one at length 1 does (helper 43)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.pad(x[:, None], (0, max(3 - int(x.shape[1]), 0))))
+
+
+def test_a_guard_for_short_inputs_the_trace_froze_makes_the_report_not_ok(tmp_path):
+    report = graphfix.export(ShortGuard().eval(), (torch.randn(2, 8),), tmp_path / "m.onnx", input_names=["x"],
+                             output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "T"}, "y": {0: "batch", 2: "N"}})
+    assert not report.ok and any(c.input_shapes["x"][1] == 1 and not c.ok for c in report.checks), report.summary()
