@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import linecache
+import tempfile
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         elif verification is None and _unsafe_left(result):
             # Nothing was written: the safe fixes alone leave a failing model. The unsafe repair is tried beside
             # the scratch export, so that a failed try never reaches `f`; written there only if it matches.
-            _, checked = repaired(unsafe=True, output=Path(scratch) / "trial" / destination.name)
+            _, checked = repaired(unsafe=True, output=_fresh(scratch) / destination.name)
             if _settles(checked):
                 result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
         refitted = None
@@ -178,10 +179,10 @@ def _kept_refit(refitted, scratch: Path, name: str, repaired, current):
         return None
     import onnx
 
-    source = scratch / "refit" / name
-    source.parent.mkdir()
+    # beside the raw export: its external data, which the refit never loaded, stays where its locations say
+    source = Path(tempfile.mkstemp(dir=scratch, prefix="refit-", suffix=".onnx")[1])
     onnx.save_model(refitted.model, str(source))
-    _, checked = repaired(unsafe=False, output=scratch / "refit-trial" / name, source=source)
+    _, checked = repaired(unsafe=False, output=_fresh(scratch) / name, source=source)
     if not _settles(checked) and not _better(checked, current):
         refitted.notes.append("the refitted model did not match the module at the proof's sizes: not kept")
         refitted.rebuilt = []
@@ -192,6 +193,11 @@ def _kept_refit(refitted, scratch: Path, name: str, repaired, current):
     result, verification = repaired(unsafe=False, source=source)
     result.status = "repaired" if result.status == "unchanged" else result.status
     return result, verification
+
+
+def _fresh(scratch) -> Path:
+    """A new folder in the scratch folder, whatever the export's own file is named."""
+    return Path(tempfile.mkdtemp(dir=scratch))
 
 
 def _better(checked, current) -> bool:
@@ -214,8 +220,7 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
 
     exported = onnx.load_model(str(raw), load_external_data=False)
     generator = torch.Generator().manual_seed(1)
-    folder = scratch / "traces"
-    folder.mkdir()
+    folder = _fresh(scratch)
 
     def trace(sizes) -> onnx.ModelProto | None:
         path = folder / "trace.onnx"

@@ -27,6 +27,7 @@ DIVISORS = range(1, 17)
 REACH = 8  # fits are compared, and split, at sizes up to REACH times the export size
 NEAR = 512  # of those, every size this near the export size (and below it) is used; farther ones thinned out
 FAR = 256  # to this many, evenly spread: the arithmetic stays bounded at 480000 samples
+MAX_PRODUCTS = 4096  # products of several dims' terms tried, the simplest terms first
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
         found = [f for term in _terms(moving[0]) for f in _linear(term, observations, base)]
     else:
         per_dim = [[t for t in _terms(dim) if _ratios_hold(t, observations, base)] for dim in moving]
-        found = [f for combo in itertools.product(*per_dim) for f in _product(combo, at_export, base)]
+        combos = itertools.islice(itertools.product(*per_dim), MAX_PRODUCTS)  # past it: fewer fits, none wrong
+        found = [f for combo in combos for f in _product(combo, at_export, base)]
     matching = [f for f in found if all(f.at(s) == v for s, v in observations)]
     return _distinct(sorted(matching, key=lambda f: f.cost), base)
 

@@ -178,6 +178,8 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
                 if len({v for _, v in observations}) == 1:
                     row.append(Fit((), 0, value))  # the model's own number
                     continue
+                if (site, index) in decided and any(decided[site, index].at(s) != v for s, v in observations):
+                    del decided[site, index]  # a trace made for another tie contradicts the simplest
                 found = [decided[site, index]] if (site, index) in decided else known.of((site, index), observations)
                 if not found:
                     what = "element" if kind == "vector" else "dim"
@@ -190,8 +192,9 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
         if tie is None:
             return chosen, list(notes.values())
         key, candidates = tie
-        dim = _dim_to_split(candidates, base)
-        size = next_split(candidates, base, dim, traces.valid(dim), traces.outside[dim], traces.avoided(dim))
+        splits = ((d, next_split(candidates, base, d, traces.valid(d), traces.outside[d], traces.avoided(d)))
+                  for d in _dims_to_split(candidates, base))
+        dim, size = next(((d, s) for d, s in splits if s is not None), (_dims_to_split(candidates, base)[0], None))
         if size is None:
             # each class of sizes where they disagree had a size the module traces another way: there the graph
             # is not the module, whichever fit is kept
@@ -328,10 +331,11 @@ def _disagree(candidates: list[Fit], sizes: Sizes) -> bool:
     return len({c.at(sizes) for c in candidates}) > 1
 
 
-def _dim_to_split(candidates: list[Fit], base: Sizes) -> str:
-    """The first dim along which the candidates disagree (fits.fits keeps only candidates that do)."""
-    return next((dim for dim in base if any(_disagree(candidates, {**base, dim: size})
-                                            for size in sizes_of(base[dim]))), next(iter(base)))
+def _dims_to_split(candidates: list[Fit], base: Sizes) -> list[str]:
+    """The dims along which the candidates disagree (each dim alone, the others at export); fits.fits keeps only
+    candidates that do along one at least."""
+    return [dim for dim in base if any(_disagree(candidates, {**base, dim: size}) for size in sizes_of(base[dim]))] \
+        or [next(iter(base))]
 
 
 def _shown(observations: list[Observation]) -> str:

@@ -292,3 +292,11 @@ def test_a_floor_after_a_ceiling_is_fitted_as_itself(tmp_path):
                              dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
     assert report.ok and any("(T + 1) // 6" in line for line in report.refitted), report.summary()
     assert _independent_ok(path, module, [(b, t, 4) for t in (5, 11, 17, 23, 6, 13) for b in (1, 3)])
+
+
+@pytest.mark.parametrize("name", ["traces", "trial", "refit-trial"])
+def test_the_scratch_folders_take_no_name_from_the_output(tmp_path, name):
+    """helper 44: an output named like a scratch folder of the refit raised FileExistsError out of export."""
+    report = graphfix.export(FixedGrid().eval(), (torch.randn(2, 3, 8, 12),), tmp_path / name, input_names=["x"],
+                             output_names=["y"], dynamic_axes=IMAGE_AXES)
+    assert report.ok and report.refitted, report.summary()
