@@ -5,14 +5,17 @@ A TorchScript export bakes every Python number the module computed from a size: 
 grid of patches whose size follows the input) leaves the same graph, constants and all
 (tests/frontends/test_patch_grid_ambiguity.py), so `graphfix repair` refuses both. The module settles it: traced
 again at other sizes, the constants that follow a size move and the model's own stay. This module makes those
-traces, one dim at a time, and fits each moving integer (graphfix.exporting.fit); where several fits remain it
-traces again at a size where they disagree. The fitted constants are then computed from `Shape` of the input
-that carries the dim, and `graphfix.export` proves the result against the module at sizes no trace used.
+traces, one dim at a time, and fits each moving number (graphfix.exporting.fit): a size vector's values, or the
+shape of a table the trace filled at its size (graphfix.exporting.readings). Where several fits remain it traces
+again where they disagree (fit.next_split). The fits are then checked at traces no fit used (`_held_out`), and
+rebuilt from `Shape` of the input that carries each dim (graphfix.exporting.rebuild); `graphfix.export` proves the
+result against the module at sizes no trace used.
 
 Only what every trace agrees on is rebuilt: the traces must keep the graph's structure (the same ops, in order;
-a trace that takes another branch is outside the graph's domain and says nothing), and a moving constant is an
-integer vector of one length in all. Fits still several after MAX_OUTSIDE traces that all left the graph's
-domain differ only where the graph does not hold: the simplest is kept, and the note says so.
+a trace that takes another branch is outside the graph's domain and says nothing), and a moving constant is a size
+vector of one length in all traces, or a table of one family. Fits that still disagree once every class of sizes
+where they do has left the graph's domain, above and below the export size, differ only where the graph does not
+hold: the simplest is kept, and the note says so.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
     wrong, held = _held_out(traces, chosen, base)
     if wrong:
         return Refitted(None, notes=[*notes, wrong])
-    notes.append(f"the fits held at {len(held)} size(s) no fit used" + (f" ({_sizes_text(held)})" if held else
+    shown = _sizes_text(held[:6]) + (f"; and {len(held) - 6} more" if len(held) > 6 else "")
+    notes.append(f"the fits held at {len(held)} size(s) no fit used" + (f" ({shown})" if held else
                  ": none of those tried kept the graph; the proof's sizes alone check them"))
     rebuilt = [f"{traces.reader(site)}: {'' if kind == 'vector' else reading.family[0] + ' of shape '}"
                f"[{', '.join(map(str, fitted))}]" for site, (kind, reading, fitted) in sorted(chosen.items())]
