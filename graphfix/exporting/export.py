@@ -65,8 +65,7 @@ class ExportReport:
     def ok(self) -> bool:
         """Every check ran and matched; and where the module rejected probe sizes, two sizes or more were checked
         (the example's size alone proves nothing about the others)."""
-        sizes = {str(c.input_shapes) for c in self.checks}
-        enough = len(sizes) >= 2 or not self.skipped
+        enough = _two_sizes(self.checks) or not self.skipped
         return self.error is None and self.status != "failed" and bool(self.checks) and \
             all(c.ok for c in self.checks) and enough
 
@@ -206,7 +205,7 @@ def _better(checked, current) -> bool:
         return False
     passed = {str(c.input_shapes) for c in checked.checks if c.ok}
     before = set() if current is None else {str(c.input_shapes) for c in current.checks if c.ok}
-    return len(passed) >= 2 and before < passed
+    return _two_sizes([c for c in checked.checks if c.ok]) and before < passed
 
 
 def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple], scratch: Path,
@@ -250,7 +249,12 @@ def _settles(checked) -> bool:
     """Whether the module settles an unsafe repair: it matched at every size, and at two sizes or more. At the
     export size alone every hypothesis agrees (the module may reject the other probes' made-up values, as
     `lengths.max().item()` must equal the length: give `probe_args` then)."""
-    return checked is not None and checked.ok and len({str(c.input_shapes) for c in checked.checks}) >= 2
+    return checked is not None and checked.ok and _two_sizes(checked.checks)
+
+
+def _two_sizes(checks) -> bool:
+    """Whether `checks` are at two sizes or more: at the example's size alone every guess and every fit agree."""
+    return len({str(c.input_shapes) for c in checks}) >= 2
 
 
 def _unsafe_left(result) -> bool:
@@ -263,12 +267,10 @@ def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, 
     import onnx
 
     from graphfix.exporting.verify import call_tensors
+    from graphfix.validate.graph_sizes import graph_inputs
 
-    graph = onnx.load_model(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    names = [i.name for i in graph.input if i.name not in initializers]
-    tensors = call_tensors(*call)
-    return {name: tuple(t.shape) for name, t in zip(names, tensors, strict=False)}
+    inputs = graph_inputs(onnx.load_model(str(path), load_external_data=False))
+    return {meta.name: tuple(t.shape) for meta, t in zip(inputs, call_tensors(*call), strict=False)}
 
 
 def _explain_failure(exc: BaseException) -> str:

@@ -15,7 +15,8 @@ def front_end_strides(raw: Path, call: tuple[tuple, dict]) -> dict[tuple[int, in
 
     from graphfix.analysis.sizes.domain import input_strides
     from graphfix.core.errors import GraphfixError
-    from graphfix.exporting.verify import call_tensors, graph_inputs, named_dims
+    from graphfix.exporting.verify import call_tensors, named_dims
+    from graphfix.validate.graph_sizes import graph_inputs
 
     exported = onnx.load_model(str(raw), load_external_data=False)
     dims = named_dims(exported, [t.shape for t in call_tensors(*call)])

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from graphfix.io.loading import load_model
+from graphfix.validate.graph_sizes import graph_inputs
 
 
 @dataclass
@@ -163,12 +164,6 @@ def _resized_calls(model: onnx.ModelProto, example: tuple[tuple, dict], seed: in
     generator = torch.Generator().manual_seed(seed)
     return [sized_call(model, example, {name: factor * size for name, size in export_sizes.items()}, generator)
             for factor in (2, 3)]
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs a call feeds (not initializers), in order."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
 
 
 def dim_sizes(model: onnx.ModelProto, tensors) -> dict[str, int]:
