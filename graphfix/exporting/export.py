@@ -127,10 +127,12 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             probe_args = default_probes(call, requested, dim_names(input_names, dynamic_axes),
                                         front_end_strides(raw, call))
 
+        trace_shapes = _trace_shapes(raw, call)  # the raw export read once, for every repair below
+
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
             # `torch`): the repair needs only to run, and verify() compares it with the module.
-            result = repair(source, output=output, trace_shapes=_trace_shapes(raw, call), unsafe_fixes=unsafe,
+            result = repair(source, output=output, trace_shapes=trace_shapes, unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
             checked = None if result.output is None else verify(output, model, args, probe_args=probe_args,
                                                                    kwargs=export_kwargs.get("kwargs"))
