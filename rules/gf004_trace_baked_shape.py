@@ -307,7 +307,7 @@ class TraceBakedShape(Rule):
         target = [int(t) for t in target.reshape(-1)]
         offset = len(target) - len(shape)
         entries: list[int | tuple[gs.Tensor, int]] = list(target)
-        notes, by_value = [], []
+        notes, by_value, given_only = [], [], []
         for j, t in enumerate(target):
             i = j - offset
             dim = shape[i] if i >= 0 else 1
@@ -319,6 +319,7 @@ class TraceBakedShape(Rule):
             elif dim == 1 and len(cands := evidence.carriers_of(sizes, t)) == 1:
                 entries[j] = sizes.carriers[cands[0]]
                 by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
+                given_only.append(not sizes.is_solved(cands[0]))
         if not notes and not by_value:
             return
         safety = Safety.UNSAFE if by_value else Safety.SAFE
@@ -329,6 +330,8 @@ class TraceBakedShape(Rule):
             + "; at other sizes onnxruntime fails or the output keeps the export size",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
+            # a new axis that only equals a size given with --trace-shape may be the model's own (a repeat count)
+            severity=Severity.WARNING if by_value and all(given_only) and not notes else None,
             fix=_shape_fix(ctx, node, target, entries, safety, reason))
 
     # --- Slice ---------------------------------------------------------------------------------------------

@@ -303,6 +303,26 @@ def test_a_given_size_makes_a_safe_error_only_where_a_constraint_pins_it(target,
         assert run(result.model, x)[0].shape == (2, 3, 4)
 
 
+EXPANDS = {  # a new axis of 2 where the batch was 2 at export: a repeat count, or a cls token's baked batch
+    "repeat": "u = Unsqueeze(x, one)\n e = Expand(u, s)\n y = Reshape(e, flat)",  # repeat_interleave(x, 2, 1)
+    "meets the batch": "e = Expand(c, s2)\n y = Add(e, x)",  # the Add broadcasts 2 against B: holds at B=2 only
+}
+
+
+@pytest.mark.parametrize("name, solved", [("repeat", False), ("meets the batch", True)])
+def test_an_expanded_axis_that_only_equals_a_given_size_is_a_warning(name, solved):
+    """The same evidence as a Tile's repeats: a new axis of 2 equal to the batch given with --trace-shape is a
+    warning (GF002 rewrites repeat_interleave's Tile into this Expand, and a batch-2 export was then refused); an
+    error where the graph itself pins the batch there."""
+    model = onnx.parser.parse_model(f"""<ir_version: 10, opset_import: ["" : 17]>
+g (float[B, 8] x) => (float[?, ?] y) <int64[3] s = {{1, 2, 1}}, int64[2] s2 = {{2, 8}}, int64[1] one = {{1}},
+ int64[2] flat = {{0, -1}}, float[1, 8] c = {{1, 2, 3, 4, 5, 6, 7, 8}}> {{ {EXPANDS[name]} }}""")
+    (finding,) = gf004(graphfix.diagnose(model, static=True, trace_shapes={"x": (2, 8)}))
+    assert finding.severity.value == ("error" if solved else "warning") and finding.fix.safety is Safety.UNSAFE
+    result = graphfix.repair(model, trace_shapes={"x": (2, 8)})
+    assert bool(result.error) is solved and "GF004" not in {fix.rule for fix in result.applied}, result.error
+
+
 class ThirdsMax(nn.Module):  # reshape with a size computed in Python next to a model constant (#21)
     def forward(self, x):
         b, t = x.shape[0], x.shape[1]
