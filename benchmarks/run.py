@@ -5,7 +5,8 @@
 
 Rows (goals from issue 23):
   static-llama      `graphfix diagnose --static` on the Llama-style model with external data, against
-                    `onnx.checker.check_model(path, full_check=True)`: <= 1.0x time, <= 1.5x memory
+                    `onnx.checker.check_model(path, full_check=True)`: <= 1.0x time, <= 1.5x memory; beside
+                    them the floor both share, `import onnx` alone (reported, not a peer)
   repair-bert-pad   `graphfix repair` of BERT-base with `h[pad] = 0` (GF003 fixes it; fix, onnxsim, proof, write)
                     against onnxsim alone: <= 1.0x time and memory; exits 0 and matches PyTorch at 3 sizes
   repair-bert       `graphfix repair` of a healthy BERT-base against onnxsim alone: keep 0.40x time, 0.62x memory
@@ -43,6 +44,7 @@ PY = sys.executable
 HERE = Path(__file__).resolve().parent
 GRAPHFIX = [PY, "-m", "graphfix"]
 CHECKER = "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True)"
+FLOOR = "import onnx"  # the interpreter and onnx's import (numpy and protobuf with it): paid by the checker too
 ONNXSIM = ("import onnxsim, sys; onnxsim.simplify(sys.argv[1], output_path=sys.argv[2], "
            "external_data_threshold='2GB')")
 ONNXSIM_NO_TORCH = "import sys; sys.modules['torch'] = None; " + ONNXSIM
@@ -110,12 +112,15 @@ def onnxsim_peers(model: Path, out: Path) -> dict[str, list[str]]:
 def row_static_llama(work: Path, repeat: int) -> dict:
     model = work / "llama" / "llama.onnx"
     tools = {"graphfix diagnose --static": [*GRAPHFIX, "diagnose", "--static", str(model)],
-             "onnx.checker full_check": [PY, "-c", CHECKER, str(model)]}
+             "onnx.checker full_check": [PY, "-c", CHECKER, str(model)],
+             "import onnx": [PY, "-c", FLOOR]}
     figures = side_by_side(tools, repeat)
-    mine, peer = figures.pop("graphfix diagnose --static"), list(figures.values())
+    mine, floor = figures.pop("graphfix diagnose --static"), figures.pop("import onnx")
+    peer = list(figures.values())
     r = ratios(mine, peer)
+    floor["time_ratio"] = round(floor["seconds"] / peer[0]["seconds"], 3) if peer[0]["exit"] == 0 else None
     return {"row": "static-llama", "work": f"diagnose --static, Llama-style {_size(work)} with external data",
-            "graphfix": mine, "peers": peer, **r,
+            "graphfix": mine, "peers": peer, "floor": floor, **r,
             "goals": [goal("time / checker", r["time_ratio"], 1.0), goal("memory / checker", r["memory_ratio"], 1.5)]}
 
 
@@ -184,6 +189,9 @@ def report(row: dict) -> None:
                       for g in row["goals"])
     print(f"{row['row']:<17}{mine['seconds']:>11.2f}{peer['seconds']:>9.2f}{_num(row['time_ratio']):>8}"
           f"{mine['peak_mib']:>13.0f}{peer['peak_mib']:>10.0f}{_num(row['memory_ratio']):>8}  {goals}", flush=True)
+    if "floor" in row:
+        print(f"{'':<17}{row['floor']['seconds']:>11.2f}{'':>9}{_num(row['floor']['time_ratio']):>8}"
+              f"{row['floor']['peak_mib']:>13.0f}  ({row['floor']['tool']} alone: the floor of both)", flush=True)
     for tool in [mine, *row["peers"]]:
         if tool["exit"] not in (0, 1):
             print(f"{'':<17}{tool['tool']} exit {tool['exit']}: {tool['note']}", flush=True)

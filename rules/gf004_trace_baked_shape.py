@@ -72,7 +72,8 @@ class TraceBakedShape(Rule):
     A constant that only equals a size given with
     `--trace-shape` (or guessed from the constant) may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at
     every B, and rewriting it changes a healthy model; such fixes, and Slice ends equal to a given length, are
-    unsafe and the finding a warning. Unsafe also when the link is by value only, or two dynamic dims had the
+    unsafe and the finding a warning, as is a new axis an Expand makes that only equals a given size
+    (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the
     same export size. Where several entries could stand for the size (MultiheadAttention traced at a length
     equal to its head size), `repair` builds each and applies one only if the proof accepts it alone. Not
     fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in Python.

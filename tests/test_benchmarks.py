@@ -36,6 +36,8 @@ def test_tiny_run_writes_every_row_with_numbers(tmp_path):
         assert isinstance(row["time_ratio"], numbers.Real) and isinstance(row["memory_ratio"], numbers.Real)
         assert row["goals"] and all(isinstance(g["value"], numbers.Real) for g in row["goals"]), row["goals"]
     by_name = {row["row"]: row for row in results["rows"]}
+    floor = by_name["static-llama"]["floor"]  # `import onnx` alone, which graphfix and the checker both pay
+    assert floor["exit"] == 0 and isinstance(floor["time_ratio"], numbers.Real), floor
     assert by_name["repair-bert-pad"]["matches_pytorch"], by_name["repair-bert-pad"]["pytorch_check"]
     assert isinstance(by_name["repair-llama"]["memory_per_weights"], numbers.Real)
     assert row["row"] in run.stdout  # the table is printed too
