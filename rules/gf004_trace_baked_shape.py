@@ -69,14 +69,14 @@ class TraceBakedShape(Rule):
     12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry the analysis proposes
     that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is safe only where a
     consumer needs the slice to follow the size (otherwise it may be the model's own length).
-    A constant that only equals a size given with
-    `--trace-shape` (or guessed from the constant) may be the model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at
-    every B, and rewriting it changes a healthy model; such fixes, and Slice ends equal to a given length, are
-    unsafe and the finding a warning, as is a new axis an Expand makes that only equals a given size
-    (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the
-    same export size. Where several entries could stand for the size (MultiheadAttention traced at a length
-    equal to its head size), `repair` builds each and applies one only if the proof accepts it alone. Not
-    fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in Python.
+    A constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the
+    model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such
+    fixes, and Slice ends equal to a given length, are unsafe and the finding a warning, as is a new axis an
+    Expand makes that only equals a given size (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made
+    its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size.
+    Where several entries could stand for the size (MultiheadAttention traced at a length equal to its head size),
+    `repair` builds each and applies one only if the proof accepts it alone. Not fixable: Split sizes (the number
+    of outputs is fixed) and pad amounts computed in Python.
     """
 
     code = "GF004"
@@ -88,7 +88,9 @@ class TraceBakedShape(Rule):
     runtime_messages = (r"MatMul dimension mismatch", r"Non concat axis dimensions must match")
     runtime_order = 30
     runtime_hint = ("A size was baked into a shape constant at export time; compute it from the input (x.shape / "
-                    "Shape ops) or use -1, and re-export with dynamic axes.")
+                    "Shape ops) or use -1, and re-export with dynamic axes. Where the graph does not tell which "
+                    "constants follow the input (patch counts or patch sizes), `graphfix.export(module, args, path, "
+                    "...)` traces the module at other sizes and rebuilds the ones that move.")
     traced_values = True
 
     @classmethod

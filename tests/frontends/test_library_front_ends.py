@@ -157,6 +157,14 @@ def test_unsafe_only_front_end_is_repaired_with_unsafe_fixes_and_by_the_export_c
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n in UNREPAIRED and n not in UNSAFE_ONLY])
+def test_diagnosis_of_a_front_end_the_graph_leaves_undetermined_names_the_export_companion(exported, name):
+    """No fix the graph determines: the error says where one comes from (the module, traced at other sizes)."""
+    proc, _ = graphfix("diagnose", "--format", "json", str(exported[name][1]))
+    (finding,) = [f for f in json.loads(proc.stdout)["models"][0]["findings"] if f["severity"] == "error"]
+    assert finding["rule"] == "GF004" and "graphfix.export(module" in finding["hint"], finding
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n in UNREPAIRED and n not in UNSAFE_ONLY])
 def test_front_end_the_graph_leaves_undetermined_is_repaired_by_the_export_companion(exported, tmp_path, name):
     """MobileViT's patch counts: `graphfix repair` cannot tell them from patch sizes (the strict xfail above);
     `graphfix.export` traces the module at other sizes, sees which constants move, and rebuilds them. Checked by
