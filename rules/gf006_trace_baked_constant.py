@@ -26,6 +26,7 @@ from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
     Baked,
+    a_mask_value,
     baked_operands,
     band_pattern,
     is_uniform,
@@ -86,13 +87,17 @@ class TraceBakedConstant(Rule):
     `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
 
     ## Fix safety
-    Safe where the constant determines the rebuild: uniform, a table's prefix, a sinusoidal table (at least 3
-    positions), a band or a diagonal whose edges all lie inside the matrix, positions a table is computed from
-    and cut to its first T rows (table arithmetic all the way to a Slice from row 0: the positions' count reaches
-    nothing else). Unsafe where several constructions give the same constant at the export size and differ
-    elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
+    Safe where the constant determines the rebuild: uniform (but for what a mask holds where it lets everything
+    through, below), a table's prefix, a sinusoidal table (at least 3 positions), a band or a diagonal whose edges
+    all lie inside the matrix, positions a table is computed from and cut to its first T rows (table arithmetic
+    all the way to a Slice from row 0: the positions' count reaches nothing else). Unsafe where several
+    constructions give the same constant at the export size and differ elsewhere; the finding names them and
+    `--unsafe-fixes` applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
+    - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied) is also every mask
+      whose edge lies past the export size: a local window `|i - j| <= w` or chunks of w >= T, a cutoff `j < L`
+      with L >= T (rebuilt as no mask, it is wrong at every size past the edge); `x + ones(int(T), 8)` is no mask;
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
       so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
       equal it too) but whose positions past the export length the graph does not show;
@@ -264,13 +269,20 @@ class TraceBakedConstant(Rule):
         # Uniform along the baked axes (ones/zeros/full): a size-1 dim broadcasts to any size.
         if is_uniform(c.value, baked):
             small = shrunk(c.value, baked)
+            masked = a_mask_value(c.value, c.node.op)  # all let through at T: so does a mask whose edge lies past T
             yield self.finding(
                 base + "; its values do not vary along those axes", **where,
-                hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar.",
+                hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar."
+                     + (" A mask built with a Python int (a window, a chunk, a cutoff) must be built from the traced "
+                        "size (`torch.arange(x.size(1))`)." if masked else ""),
                 fix=Fix(f"shrink {c.const.name} to {list(small.shape)} (broadcasting restores the size)",
                         apply=loosened(c.node, c.export_sizes(), set_constant(c.node, c.index, small)),
-                        safety=Safety.SAFE,
-                        reason="the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
+                        safety=Safety.UNSAFE if masked else Safety.SAFE,
+                        reason=f"{c.value.reshape(-1)[0].item()} everywhere along the baked axes is a uniform constant "
+                               "(applied, the simplest) or a mask whose edge lies past the export size (a window "
+                               "wider than it, chunks or blocks of that size or more, a cutoff at a fixed length): "
+                               "the graph does not say which" if masked else
+                               "the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
             return
         # 0, 1, 2, ... along one baked axis (arange): Range over the dim.
         arange = arange_axis(c.value, baked)

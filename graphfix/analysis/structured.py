@@ -98,6 +98,22 @@ def is_uniform(value: np.ndarray, axes: Iterable[int]) -> bool:
     return all(np.all(value == value.take([0], axis=a)) for a in axes)
 
 
+def a_mask_value(value: np.ndarray, op: str) -> bool:
+    """Whether a uniform constant's one value is what a mask holds where it lets everything through, as `op`
+    applies it (`MASK_VALUES`: True; 0 added, or a large negative number; 0 or 1 multiplied): then it is also every
+    mask whose edge lies past the export size (a window wider than T, a cutoff at a fixed length, blocks of T or
+    more). `x + ones(int(T), 8)` is no mask: an added mask is 0 where it lets through."""
+    item = value.reshape(-1)[0]
+    large_negative = bool(np.isneginf(item) or item <= -1e4)
+    if value.dtype == np.bool_:
+        return True
+    if op in ("Add", "Sub"):
+        return bool(item == 0) or large_negative
+    if op == "Mul":
+        return bool(item == 0 or item == 1)
+    return bool(item == 0 or item == 1) or large_negative
+
+
 def shrunk(value: np.ndarray, axes: Iterable[int]) -> np.ndarray:
     """`value` cut to size 1 along `axes` (a uniform constant that broadcasts back to any size)."""
     axes = set(axes)
@@ -189,9 +205,6 @@ class Band:
             k = f" (k={self.k})" if self.k else ""
             noun = ("an eye (diagonal) matrix" if self.kind == "eye" else f"a {self.kind} mask") + k
         return f"{noun}: {_torch_value(self.inside)} inside, {_torch_value(self.outside)} elsewhere"
-
-
-MASK_VALUES = "0/1, True/False, 0/-inf or 0 and a large negative number"
 
 
 def band_pattern(value: np.ndarray, axes: Iterable[int]) -> Band | str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Safety
-from graphfix.exporting.probes import default_probes, dim_names, front_end_strides, requested_dynamic_dims
+from graphfix.exporting.probes import default_probes, dim_names, far_probes, front_end_strides, requested_dynamic_dims
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
 from graphfix.pipeline.engine import AppliedFix
@@ -128,6 +128,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                                         front_end_strides(raw, call))
 
         trace_shapes = _trace_shapes(raw, call)  # the raw export read once, for every repair below
+        far = far_probes(call, requested, dim_names(input_names, dynamic_axes)) if requested and flat else []
 
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
@@ -138,18 +139,25 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                                                                    kwargs=export_kwargs.get("kwargs"))
             return result, checked
 
+        def settled(checked, output: Path = destination) -> bool:
+            # An unsafe fix is a guess the graph left open: the module settles it at the probes, and where a guess
+            # and the module part only further out (a mask window wider than the probes), at 5 and 8 times too.
+            return _settles(checked) and (not far or all(c.ok for c in verify(
+                output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs")).checks))
+
         result, verification = repaired(unsafe=False)
         findings = result.findings_before  # the export's own, which a refitted source no longer shows
         if verification is not None and not verification.ok and _unsafe_left(result):
             # A constant equal to an export size is only a guess in the graph (it may be the model's own), so its
             # fix is unsafe; here the module can settle it: keep the unsafe repair only if it then matches.
             retry, checked = repaired(unsafe=True)
-            result, verification = (retry, checked) if _settles(checked) else repaired(unsafe=False)
+            result, verification = (retry, checked) if settled(checked) else repaired(unsafe=False)
         elif verification is None and _unsafe_left(result):
             # Nothing was written: the safe fixes alone leave a failing model. The unsafe repair is tried beside
             # the scratch export, so that a failed try never reaches `f`; written there only if it matches.
-            _, checked = repaired(unsafe=True, output=_fresh(scratch) / destination.name)
-            if _settles(checked):
+            trial = _fresh(scratch) / destination.name
+            _, checked = repaired(unsafe=True, output=trial)
+            if settled(checked, trial):
                 result, verification = repaired(unsafe=True)  # the same repair where asked, checked again
         refitted = None
         if (verification is None or not verification.ok) and exporter == "torchscript" and flat and probe_args:

@@ -67,14 +67,8 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
     one (a pad that guards short inputs). As args
     tuples ending with their keyword arguments (torch.onnx.export's convention). `names`: (arg index, axis) ->
     the dim's name; `strides`: (arg index, axis) -> its stride."""
-    import torch
-
-    from graphfix.exporting.verify import random_like, resized_call
-    from graphfix.validate.sizes import BATCH_LIKE
-
     def batch(pos: int, axis: int) -> bool:
-        name = names.get((pos, axis))
-        return bool(BATCH_LIKE.search(name)) if name else axis == 0
+        return _batch_like(names, pos, axis)
 
     def past(pos: int, axis: int, size: int) -> int:  # batch 1, the others a stride past
         return 1 if batch(pos, axis) else size + strides.get((pos, axis), 1)
@@ -93,6 +87,33 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
 
     sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter,
              smallest]
+    return _resized_sets(call, requested, sizes)
+
+
+def far_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], names: dict[tuple[int, int], str]
+               ) -> list[tuple]:
+    """The example call with every requested dynamic dim but the batch at 5 and at 8 times its size: where an
+    unsafe repair's guess and what the module computes part only past the default probes (a mask window wider
+    than three times the example's length is all True there, as no mask is)."""
+    sizes = [lambda pos, axis, size, k=k: size if _batch_like(names, pos, axis) else size * k for k in (5, 8)]
+    return _resized_sets(call, requested, sizes)
+
+
+def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int) -> bool:
+    """A dim named like a batch, or else axis 0."""
+    from graphfix.validate.sizes import BATCH_LIKE
+
+    name = names.get((pos, axis))
+    return bool(BATCH_LIKE.search(name)) if name else axis == 0
+
+
+def _resized_sets(call: tuple[tuple, dict], requested: dict[int, set[int]], sizes) -> list[tuple]:
+    """The example call with its requested dims resized by each of `sizes` ((arg index, axis, size) -> size), as
+    args tuples ending with the keyword arguments; each distinct set once, none at the example's own sizes."""
+    import torch
+
+    from graphfix.exporting.verify import random_like, resized_call
+
     args, named = call
     generator = torch.Generator().manual_seed(0)
     sets = []

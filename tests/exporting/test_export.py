@@ -82,6 +82,41 @@ def test_a_constant_equal_to_the_export_batch_is_settled_by_the_module(tmp_path,
     assert report.status == ("repaired" if repaired else "unchanged")
 
 
+class Windowed(torch.nn.Module):
+    """Local attention `|i - j| <= window` with the positions built from int(T): at T=8 a window of 32 lets every
+    position through, as `window=None` (no mask) does at every length."""
+
+    def __init__(self, window: int | None):
+        super().__init__()
+        self.window = window
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        i = torch.arange(t)
+        mask = (i[:, None] - i[None, :]).abs() <= self.window if self.window else torch.ones(t, t, dtype=torch.bool)
+        scores = (x @ x.transpose(1, 2)).masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1) @ x
+
+
+@pytest.mark.parametrize("window", [None, 32])
+def test_an_unsafe_guess_is_kept_only_where_the_module_agrees_far_past_the_probes(tmp_path, window):
+    """The mask is all True at the export length: no mask, or a window wider than it (GF006's fix is unsafe). The
+    module settles the guess only if it also agrees at 5 and 8 times the example's length: a window of 32 agrees
+    with no mask at the default probes (up to 24), not at 40 (helper 46: it was reported ok and written)."""
+    torch.manual_seed(0)
+    module = Windowed(window).eval()
+    path = tmp_path / "m.onnx"
+    report = graphfix.export(module, (torch.randn(2, 8, 4),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    assert report.ok is (window is None), report.summary()
+    if window is None:  # our own check: the file matches the module far past the probes
+        assert report.status == "repaired"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for length in (8, 40, 64):
+            x = torch.randn(1, length, 4)
+            np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], module(x).numpy(), atol=1e-5)
+
+
 def test_tracer_warning_is_linked_to_the_finding_it_causes(tmp_path):
     module = Net(baked=True).eval()
     report = graphfix.export(module, (torch.randn(3, 8),), tmp_path / "net.onnx", input_names=["x"],

@@ -183,8 +183,9 @@ FIXED = [
     ("expand", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Concat", "Expand"]),
     ("slice", 17, False, {"x": (2, 7)}, True, {Safety.UNSAFE}, ["Slice", "Slice", "Mul"]),  # given, not solved
     # arange(int(T)) is also arange(T).clamp(max=c) for any c >= T - 1: unsafe; ones(int(T)) is determined
-    ("range", 13, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
-    ("range", 17, False, None, True, {Safety.SAFE, Safety.UNSAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
+    # x * ones(int(T)) is also x * (arange(T) < L) for any L >= T: unsafe too (GF006)
+    ("range", 13, False, None, True, {Safety.UNSAFE}, ["Shape", "Gather", "Range", "Cast", "Add", "Mul"]),
+    ("range", 17, False, None, True, {Safety.UNSAFE}, ["Shape", "Range", "Cast", "Add", "Mul"]),
 ]
 
 

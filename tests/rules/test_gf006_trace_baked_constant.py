@@ -87,7 +87,10 @@ def test_a_size_one_constant_is_quiet():
 # --- structured constants in real PyTorch modules (random weights, exported the way users do) ----------------------
 STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask", "sliding-window", "sinusoid",
               "whisper-table")
+WIDE = ("local-window", "chunk-mask", "key-cutoff")  # all True at the export length: their edges lie past it
+STRUCTURES += WIDE
 WINDOW = 4  # "sliding-window": each query sees itself and the 3 before it
+EDGE = 9  # the wide masks': local attention |i - j| <= 9, wenet's chunks of 9 frames, keys j < 9
 EXPORT_TIME = 7
 SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
 
@@ -132,6 +135,11 @@ def structure_module(kind: str, baked: bool):
                 return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind == "eye":
                 return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
+            if kind in WIDE:
+                i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+                mask = (i - j).abs() <= EDGE if kind == "local-window" else j < EDGE if kind == "key-cutoff" else \
+                    j < (torch.div(torch.arange(t), EDGE, rounding_mode="trunc") + 1)[:, None] * EDGE  # wenet
+                return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind in ("sinusoid", "whisper-table"):  # the table is read only here: the export keeps the cut rows
                 table = self.sinusoid if kind == "sinusoid" else self.whisper
                 h = self.q(x + table[:, :t])
@@ -227,6 +235,24 @@ def test_sliding_window_traced_at_its_width_equals_tril_and_is_not_repaired_by_d
     # what --unsafe-fixes would write is the triangle, and it is wrong past the window: the reason is not idle
     forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
     feeds = structure_inputs(2, 9)
+    assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", WIDE)
+def test_a_mask_all_true_at_the_export_length_is_not_taken_for_no_mask(kind, tmp_path):
+    """Local attention, wenet's subsequent_chunk_mask and a key cutoff wider than the export length fold to a mask
+    that lets everything through, as no mask would: not repaired by default (helper 46 found them shrunk to
+    [1, 1] and written with exit 0); what --unsafe-fixes writes is no mask, wrong past the edge."""
+    pytest.importorskip("torch")
+    path = tmp_path / f"{kind}.onnx"
+    module = export_structure(kind, True, path)
+    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
+    assert finding.fix.safety.value == "unsafe" and "edge lies past the export size" in finding.fix.reason
+    result = graphfix.repair(str(path), output=str(tmp_path / "default.onnx"))
+    assert result.status == "unchanged" and not result.applied and result.output is None, result
+    forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
+    feeds = structure_inputs(2, 2 * EDGE + 3)
     assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
 
 
