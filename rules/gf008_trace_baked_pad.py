@@ -53,7 +53,8 @@ class TraceBakedPad(Rule):
     pad = (4 - int(x.shape[1]) % 4) % 4          # baked: Pad(x, [0, 0, 0, 0, 1, 0]) at T=7
     x = F.pad(x, (0, 0, 0, pad)).reshape(b, -1, 4, c)
     ```
-    Repaired: the amount becomes `Mod(3 * Shape(x)[1], 4)`, that is `(4 - T % 4) % 4`.
+    Repaired with `--unsafe-fixes` (or by `graphfix.export`, where the module settles it): the amount becomes
+    `Mod(3 * Shape(x)[1], 4)`, that is `(4 - T % 4) % 4`.
 
     It also finds a Pad whose amounts take a length to one fixed length at every size (`40 - T` added to T):
     `pad = math.ceil(T / 8) * 8 - T`, or TF-style 'SAME' padding computed with math.ceil (transformers' BiT), traced
@@ -69,12 +70,15 @@ class TraceBakedPad(Rule):
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
-    A round-up by a constant is safe when the chunking determines the amount: of the amounts equal to the constant
-    at the export length (graphfix.analysis.hypotheses, `(k - T % k) % k` for every k among them), only one makes
-    every length a whole number of chunks. Rounding up to a multiple of the chunk's multiples fits as well wherever
-    it gave the same constant (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks
-    elsewhere; where the export length is unknown, every length it may have had counts. Then the finding lists them
-    and is unsafe; `--unsafe-fixes` applies the round-up to the Reshape's own chunk.
+    A round-up by a constant is not determined by the graph, and so never safe: of the amounts equal to the
+    constant at the export length (graphfix.analysis.hypotheses, `(k - T % k) % k` and `k - T % k` for every k
+    among them), those that make every length a whole number of chunks always include two, the round-up and
+    `k - T % k`, which pads a whole k where T is a multiple already (both pad 3 at T=17; at T=20 one pads 0, the
+    other 4). Rounding up to a multiple of the chunk's multiples fits as well wherever it gave the same constant
+    (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks elsewhere; where the export
+    length is unknown, every length it may have had counts. The finding lists them; `--unsafe-fixes` applies the
+    round-up to the Reshape's own chunk, and `graphfix.export` keeps it where the module agrees at lengths of
+    every residue.
     """
 
     code = "GF008"

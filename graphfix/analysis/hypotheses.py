@@ -4,7 +4,8 @@ A number in a shape vector, a slice end or a pad amount that equals some functio
 any expression of the upstream dims that had that value there. The family searched (`size_hypotheses`), for each
 upstream dim d at its export size and every divisor k in `DIVISORS`:
 
-    c (the model's own constant)   d   d + c   k*d   d // k   ceil(d / k)   (k - d mod k) mod k   d1*d2   min(d, c)
+    c (the model's own constant)   d   d + c   k*d   d // k   ceil(d / k)   d1*d2   min(d, c)
+    and for a pad amount: (k - d mod k) mod k   k - d mod k
 
 A constraint of the graph (`Requirement`: an element count, two dims a broadcast, MatMul or Concat must keep
 equal, a chunk count that must be whole) is written with a hole (`hole()`, or several) where the baked value sits.
@@ -61,14 +62,21 @@ def show(expr: sympy.Expr) -> str:
     """Python-like text: `T // 2`, `ceil(T / 3)`, `(4 - T % 4) % 4`."""
     text = str(expr)
     for pattern, repl in ((r"floor\(([A-Za-z_]\w*)/(\d+)\)", r"\1 // \2"), (r"ceiling\(([A-Za-z_]\w*)/(\d+)\)",
-                          r"ceil(\1 / \2)"), (r"Mod\((-?[\w*+ -]+), (\d+)\)", r"(\1) % \2"), (r"Min\(", "min(")):
+                          r"ceil(\1 / \2)"), (r"Mod\((-?[\w*+ -]+), (\d+)\)", _mod), (r"Min\(", "min(")):
         text = re.sub(pattern, repl, text)
     return re.sub(r"\((\d+)\*([A-Za-z_]\w*)\) % (\d+)",
                   lambda m: f"({m[3]} - {m[2]} % {m[3]}) % {m[3]}" if int(m[1]) == int(m[3]) - 1 else m[0], text)
 
 
+def _mod(match: re.Match) -> str:
+    """`Mod(x, k)` as `x % k`, `x` in parentheses unless it is a name."""
+    operand = match[1] if re.fullmatch(r"[A-Za-z_]\w*", match[1]) else f"({match[1]})"
+    return f"{operand} % {match[2]}"
+
+
 SIZE = frozenset({"d", "c", "d + c", "d - c", "k*d", "d // k", "ceil(d / k)", "d1*d2", "min(d, c)"})
-PAD = SIZE | {"(k - d mod k) mod k"}  # a pad amount may also round a length up to a multiple
+# a pad amount may also round a length up to a multiple, or pad a whole k where it is one already (`k - d % k`)
+PAD = SIZE | {"(k - d mod k) mod k", "k - d mod k"}
 
 
 def size_hypotheses(value: int, export: Mapping[sympy.Symbol, int], divisors: Iterable[int] = DIVISORS,
@@ -100,6 +108,8 @@ def size_hypotheses(value: int, export: Mapping[sympy.Symbol, int], divisors: It
                 add(sympy.ceiling(d / k), "ceil(d / k)", 4)
             if (k - v % k) % k == value and value:
                 add(sympy.Mod(-d, k), "(k - d mod k) mod k", 5)
+            if k - v % k == value:
+                add(k - sympy.Mod(d, k), "k - d mod k", 6)
         if v > value > 1:
             add(sympy.Min(d, value), "min(d, c)", 4)
     for (d1, v1), (d2, v2) in itertools.combinations(sorted(export.items(), key=lambda i: str(i[0])), 2):

@@ -91,11 +91,14 @@ def test_floor_and_ceil_that_agree_wherever_the_graph_runs_are_one_hypothesis():
 
 def test_a_pad_must_make_every_length_whole_chunks():
     # (4 - int(T) % 4) % 4 at T=7 is 1; rounding up to 8 gives 1 there as well and also makes every length whole
-    # chunks of 4; at T=3 only the round-up to 4 gives 1
+    # chunks of 4, and so do `4 - T % 4` and `8 - T % 8`, which pad a whole chunk where T is a multiple already
     at7 = determine({HOLE: size_hypotheses(1, {T: 7}, families=PAD)}, [Multiple(T + HOLE, 4, "chunks")], {T: 7})
-    assert texts(at7.alternatives()) == ["(4 - T % 4) % 4", "(8 - T % 8) % 8"]
+    assert texts(at7.alternatives()) == ["(4 - T % 4) % 4", "(8 - T % 8) % 8", "4 - T % 4", "8 - T % 8"]
     at3 = determine({HOLE: size_hypotheses(1, {T: 3}, families=PAD)}, [Multiple(T + HOLE, 4, "chunks")], {T: 3})
-    assert at3.determined and str(at3.chosen()) == "(4 - T % 4) % 4"
+    assert texts(at3.alternatives()) == ["(4 - T % 4) % 4", "4 - T % 4"]
+    # only at a multiple of 4 do the two part: a pad of 4 there is the whole chunk, and no round-up gives it
+    at8 = determine({HOLE: size_hypotheses(4, {T: 8}, families=PAD)}, [Multiple(T + HOLE, 4, "chunks")], {T: 8})
+    assert "4 - T % 4" in texts(at8.alternatives()) and "(4 - T % 4) % 4" not in texts(at8.alternatives())
 
 
 def test_a_batch_whose_export_size_is_unknown_is_sampled():

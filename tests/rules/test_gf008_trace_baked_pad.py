@@ -77,6 +77,30 @@ def test_a_pad_baked_by_int_is_found_rebuilt_and_matches_pytorch_at_every_residu
                                    atol=1e-6)
 
 
+class PadsAWholeChunk(torch.nn.Module):  # `4 - T % 4`: a whole chunk of padding where T is a multiple already
+    def forward(self, x):
+        x = torch.nn.functional.pad(x, (0, 0, 0, CHUNK - int(x.shape[1]) % CHUNK))
+        return x.reshape(x.shape[0], -1, CHUNK, x.shape[2]).sum(2)
+
+
+@pytest.mark.parametrize("module", [Chunked(), PadsAWholeChunk()], ids=["round-up", "whole-chunk"])
+def test_a_pad_given_its_export_length_is_not_told_from_one_that_pads_a_whole_chunk(tmp_path, module):
+    """At T=17 both pad 3 and the graphs are the same; they part at multiples of 4 (0 or 4 frames). With the export
+    length given, the round-up was applied by default, and the whole-chunk module was written wrong with exit 0
+    (helper 46). Now the finding names both, and the default repair writes nothing."""
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 17, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "chunks"}})
+    trace = {"x": (2, 17, 8)}
+    (finding,) = [f for f in graphfix.diagnose(path, static=True, trace_shapes=trace) if f.rule == "GF008"]
+    assert finding.fix.safety is Safety.UNSAFE and "4 - time % 4" in finding.fix.reason, finding.fix.reason
+    result = graphfix.repair(path, output=str(tmp_path / "out.onnx"), trace_shapes=trace)
+    assert result.status != "repaired" and not (tmp_path / "out.onnx").exists()
+
+
 def test_a_rebuilt_pad_of_the_wrong_multiple_is_refused(tmp_path):
     path = tmp_path / "chunked.onnx"
     export(Chunked(), path)

@@ -63,7 +63,7 @@ class Heads(nn.Module):  # GF004: [T, B, 16] -> [7, 4B, 4] at T=7: only entry 0 
         return x.reshape(int(x.shape[0]), x.shape[1] * 4, 4).relu()
 
 
-class Chunked(nn.Module):  # GF008: pad to a multiple of 4 through Python; at T=3 only (4 - T % 4) % 4 gives 1
+class Chunked(nn.Module):  # GF008: pad to a multiple of 4 through Python; at T=3, 1 is (4 - T % 4) % 4 or 4 - T % 4
     def forward(self, x):
         pad = (4 - int(x.shape[1]) % 4) % 4
         x = nn.functional.pad(x, (0, 0, 0, pad))
@@ -131,8 +131,8 @@ MODELS = {
     "halves": Export(Halves, (2, 8, 4), BT, False),
     "thirds": Export(Thirds, (2, 6, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "G"}}, True, ((1, 9), (3, 12))),
     "heads": Export(Heads, (7, 2, 16), {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B4"}}, True, ((9, 1), (12, 3))),
-    "chunked": Export(Chunked, (2, 3, 8), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "C"}}, True,
-                      ((1, 9), (3, 14)), trace=True),
+    "chunked": Export(Chunked, (2, 3, 8), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "C"}}, False,
+                      ((1, 9), (3, 14)), trace=True),  # a whole chunk at multiples of 4 (`4 - T % 4`) fits too
     "front-end": Export(FrontEnd, (2, 20, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "F"}}, True,
                         ((1, 31), (3, 44))),
     "window": Export(lambda: Masked("window"), (2, 7, 4), BT, True),
