@@ -88,13 +88,15 @@ class TraceBakedConstant(Rule):
 
     ## Fix safety
     Safe where the constant determines the rebuild: uniform (but for what a mask holds where it lets everything
-    through, below), a table's prefix, a sinusoidal table (at least 3 positions), a band or a diagonal whose edges
-    all lie inside the matrix, positions a table is computed from and cut to its first T rows (table arithmetic
-    all the way to a Slice from row 0: the positions' count reaches nothing else). Unsafe where several
-    constructions give the same constant at the export size and differ elsewhere; the finding names them and
-    `--unsafe-fixes` applies the simplest:
+    through, below), a table's prefix, a sinusoidal table (at least 3 positions), positions a table is computed
+    from and cut to its first T rows (table arithmetic all the way to a Slice from row 0: the positions' count
+    reaches nothing else). Unsafe where several constructions give the same constant at the export size and differ
+    elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
+    - a band or a diagonal with every edge inside the matrix is also a strided sparse-attention pattern (Sparse
+      Transformer's heads: that position and every s-th one back, `(i - j) % s == 0`) for any stride s past the
+      export size: a strided head is an eye at T <= s;
     - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied) is also every mask
       whose edge lies past the export size: a local window `|i - j| <= w` or chunks of w >= T, a cutoff `j < L`
       with L >= T (rebuilt as no mask, it is wrong at every size past the edge); `x + ones(int(T), 8)` is no mask;
@@ -351,9 +353,16 @@ class TraceBakedConstant(Rule):
             # A mask that reaches the matrix's corner along a size hides its edge there: a window as wide as the
             # export size or wider (`tril` traced at T=4 is every sliding window of width >= 4) fits as well.
             others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
+            # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
+            # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
+            strided = band.kind in ("eye", "band")
             reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
                       f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
                       "wrong at every longer size" if len(masks) > 1 else
+                      f"the constant is exactly {band.show()} with every edge inside the matrix (applied, the "
+                      "simplest), which is also a strided sparse-attention pattern, that position and every s-th one "
+                      "besides (`(i - j) % s == 0`, Sparse Transformer), for any stride s past the export size: the "
+                      "graph does not say which" if strided else
                       f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
                       "pattern at every size")
             yield self.finding(
@@ -364,7 +373,7 @@ class TraceBakedConstant(Rule):
                 fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
                         "values", apply=loosened(c.node, c.export_sizes(), band_input(
                             c.node, c.index, c.value, band, entries, ctx.opset)),
-                        safety=Safety.UNSAFE if len(masks) > 1 else Safety.SAFE, reason=reason))
+                        safety=Safety.UNSAFE if len(masks) > 1 or strided else Safety.SAFE, reason=reason))
             return
         why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
         yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])

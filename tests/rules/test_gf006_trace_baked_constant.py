@@ -88,9 +88,11 @@ def test_a_size_one_constant_is_quiet():
 STRUCTURES = ("causal-mask", "additive-mask", "eye", "table-prefix", "slot-mask", "sliding-window", "sinusoid",
               "whisper-table")
 WIDE = ("local-window", "chunk-mask", "key-cutoff")  # all True at the export length: their edges lie past it
-STRUCTURES += WIDE
+STRIDED = ("strided-head", "local-and-strided")  # Sparse Transformer's heads, their stride past the export length
+STRUCTURES += WIDE + STRIDED
 WINDOW = 4  # "sliding-window": each query sees itself and the 3 before it
 EDGE = 9  # the wide masks': local attention |i - j| <= 9, wenet's chunks of 9 frames, keys j < 9
+STRIDE = 8  # a strided head sees every 8th position back: at T=7, itself only (an eye)
 EXPORT_TIME = 7
 SIZES = ((1, 3), (2, EXPORT_TIME), (3, 12))  # (batch, time): shorter, the export length, longer
 
@@ -135,6 +137,11 @@ def structure_module(kind: str, baked: bool):
                 return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind == "eye":
                 return (scores + torch.eye(t)) @ x + mem.mean(1, keepdim=True)
+            if kind in STRIDED:
+                i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+                mask = (i - j) % STRIDE == 0
+                mask = (i >= j) & ((mask | (i - j < WINDOW)) if kind == "local-and-strided" else mask)
+                return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ x + mem.mean(1, keepdim=True)
             if kind in WIDE:
                 i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
                 mask = (i - j).abs() <= EDGE if kind == "local-window" else j < EDGE if kind == "key-cutoff" else \
@@ -191,14 +198,16 @@ def _matches_torch_at_every_size(module, model) -> None:
 
 @pytest.mark.torch
 @pytest.mark.parametrize("kind,rebuilt_by,safety", [
-    ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"), ("eye", "EyeLike", "safe"),
+    ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"),
+    ("eye", "EyeLike", "unsafe"),  # also a strided head, (i - j) % s == 0 for any s >= 7
     ("table-prefix", "Slice", "safe"), ("slot-mask", "Trilu", "unsafe"),
-    ("sliding-window", "Trilu", "safe"),  # traced at T=7 > 4: both edges of the window show
+    ("sliding-window", "Trilu", "unsafe"),  # traced at T=7 > 4: both edges show, but a stride past 7 would not
     ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
 ])
 def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safety, tmp_path):
     """Determined structures are repaired by default. A triangle is also every window at least as wide as the export
-    length: reported with its alternatives and applied only with --unsafe-fixes (this module is a true triangle)."""
+    length, and a window or a diagonal a strided pattern whose stride lies past it: reported with its alternatives
+    and applied only with --unsafe-fixes (these modules are the simplest of them)."""
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
@@ -209,7 +218,10 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safe
     assert len(named) == 1 and f"T={EXPORT_TIME}" in finding.message  # the constant and the export-time size
     assert finding.fix is not None and finding.fix.safety.value == safety
     if safety == "unsafe":
-        assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
+        if kind in ("eye", "sliding-window"):
+            assert "strided sparse-attention pattern" in finding.fix.reason, finding.fix.reason
+        else:
+            assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
         default = graphfix.repair(str(path))
         assert default.status == "unchanged" and not default.applied
     result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"), unsafe_fixes=safety == "unsafe")
@@ -235,6 +247,24 @@ def test_sliding_window_traced_at_its_width_equals_tril_and_is_not_repaired_by_d
     # what --unsafe-fixes would write is the triangle, and it is wrong past the window: the reason is not idle
     forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
     feeds = structure_inputs(2, 9)
+    assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", STRIDED)
+def test_a_strided_sparse_head_is_not_taken_for_the_diagonal_or_window_it_shows(kind, tmp_path):
+    """At T=7 a head that sees every 8th position is an eye, and one that sees the 3 before it and every 8th is the
+    sliding window of 4: helper 46 found both rebuilt as such by default and written with exit 0. Now neither is
+    repaired by default; what --unsafe-fixes writes is wrong once the stride fits in the matrix."""
+    pytest.importorskip("torch")
+    path = tmp_path / f"{kind}.onnx"
+    module = export_structure(kind, True, path)
+    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
+    assert finding.fix.safety.value == "unsafe" and "strided sparse-attention pattern" in finding.fix.reason
+    result = graphfix.repair(str(path), output=str(tmp_path / "default.onnx"))
+    assert result.status == "unchanged" and not result.applied and result.output is None, result
+    forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
+    feeds = structure_inputs(2, 3 * STRIDE)
     assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
 
 
