@@ -118,7 +118,8 @@ def row_static_llama(work: Path, repeat: int) -> dict:
     mine, floor = figures.pop("graphfix diagnose --static"), figures.pop("import onnx")
     peer = list(figures.values())
     r = ratios(mine, peer)
-    floor["time_ratio"] = round(floor["seconds"] / peer[0]["seconds"], 3) if peer[0]["exit"] == 0 else None
+    floor["time_ratio"] = round(floor["seconds"] / peer[0]["seconds"], 3) \
+        if peer[0]["exit"] == 0 and floor["exit"] == 0 else None
     return {"row": "static-llama", "work": f"diagnose --static, Llama-style {_size(work)} with external data",
             "graphfix": mine, "peers": peer, "floor": floor, **r,
             "goals": [goal("time / checker", r["time_ratio"], 1.0), goal("memory / checker", r["memory_ratio"], 1.5)]}

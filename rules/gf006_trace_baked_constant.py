@@ -26,7 +26,7 @@ from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
     Baked,
-    a_mask_value,
+    applied_as_mask,
     baked_operands,
     band_pattern,
     is_uniform,
@@ -35,6 +35,7 @@ from graphfix.analysis.structured import (
     shrunk,
     table_prefix,
     tables,
+    uniform_alternatives,
 )
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -64,7 +65,8 @@ class TraceBakedConstant(Rule):
     return x + torch.arange(int(x.shape[1]))   # baked: Add(x, [0, 1, ..., 6]); write torch.arange(x.shape[1])
     T = int(x.size(1)); scores.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))  # bool [7, 7]
     ```
-    Repaired, each from `Shape(x)[i]` of the tensor the constant meets:
+    Rebuilt, each from `Shape(x)[i]` of the tensor the constant meets (by default only where the fix is safe,
+    see Fix safety; else with `--unsafe-fixes`, or by `graphfix.export` where the module agrees):
     - uniform along the baked axes (ones/zeros/full): shrunk to size 1 there (broadcasting restores it);
     - 0, 1, 2, ... along one axis (arange): `Range(0, Shape(x)[i])`;
     - the leading rows of a table still in the graph (`self.pe` also read elsewhere): `Slice(pe, 0, Shape(x)[i])`;
@@ -271,19 +273,17 @@ class TraceBakedConstant(Rule):
         # Uniform along the baked axes (ones/zeros/full): a size-1 dim broadcasts to any size.
         if is_uniform(c.value, baked):
             small = shrunk(c.value, baked)
-            masked = a_mask_value(c.value, c.node.op)  # all let through at T: so does a mask whose edge lies past T
+            doubt = uniform_alternatives(c)  # all let through at T: so does a mask whose edge lies past T
             yield self.finding(
                 base + "; its values do not vary along those axes", **where,
                 hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar."
-                     + (" A mask built with a Python int (a window, a chunk, a cutoff) must be built from the traced "
-                        "size (`torch.arange(x.size(1))`)." if masked else ""),
+                     + (" A mask or a value built with a Python int (a window, a chunk, a cutoff, `1 / T`) must be "
+                        "built from the traced size (`torch.arange(x.size(1))`)." if doubt else ""),
                 fix=Fix(f"shrink {c.const.name} to {list(small.shape)} (broadcasting restores the size)",
                         apply=loosened(c.node, c.export_sizes(), set_constant(c.node, c.index, small)),
-                        safety=Safety.UNSAFE if masked else Safety.SAFE,
-                        reason=f"{c.value.reshape(-1)[0].item()} everywhere along the baked axes is a uniform constant "
-                               "(applied, the simplest) or a mask whose edge lies past the export size (a window "
-                               "wider than it, chunks or blocks of that size or more, a cutoff at a fixed length): "
-                               "the graph does not say which" if masked else
+                        safety=Safety.UNSAFE if doubt else Safety.SAFE,
+                        reason=f"uniform along the baked axes: a uniform constant (applied, the simplest) or {doubt}; "
+                               "the graph does not say which" if doubt else
                                "the constant is uniform along the baked axes, so a size-1 dim broadcasts to it"))
             return
         # 0, 1, 2, ... along one baked axis (arange): Range over the dim.
@@ -355,7 +355,7 @@ class TraceBakedConstant(Rule):
             others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
             # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
             # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
-            strided = band.kind in ("eye", "band")
+            strided = band.kind in ("eye", "band") and applied_as_mask(band, c)
             reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
                       f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
                       "wrong at every longer size" if len(masks) > 1 else

@@ -77,8 +77,9 @@ class TraceBakedPad(Rule):
     other 4). Rounding up to a multiple of the chunk's multiples fits as well wherever it gave the same constant
     (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks elsewhere; where the export
     length is unknown, every length it may have had counts. The finding lists them; `--unsafe-fixes` applies the
-    round-up to the Reshape's own chunk, and `graphfix.export` keeps it where the module agrees at lengths of
-    every residue.
+    round-up to the Reshape's own chunk, and `graphfix.export` keeps it where the module agrees at its probe
+    sizes, which tell the two apart only where one of them is a multiple of the chunk (the example's length minus
+    half a stride, 5 and 8 times it: at T=19 with chunks of 16 none is, and a wrong guess is kept).
     """
 
     code = "GF008"

@@ -24,6 +24,10 @@ BROADCAST_OPS = frozenset({
     "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Where",
 })
 
+# names of a batch beyond an input's leading dim (PyTorch's `(L, N, E)`); a lowercase `n` or `num_samples` is as
+# often a length, probed at 1 as a batch it made healthy conv front ends fail (sweep, helper 34)
+BATCH_NAME = re.compile(r"(?i:batch|^b$|^bs$)")  # surely a batch: where taking a length for one would hide a bug
+BATCH_LIKE = re.compile(BATCH_NAME.pattern + r"|^N$")
 Dim = int | str | None
 # Names sympy prints in onnxruntime's dim expressions ("floor(T/2) + 1"); they are not dims.
 _SYMPY_NAMES = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "CeilToInt", "FloorToInt", "Abs", "sqrt"})

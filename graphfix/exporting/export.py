@@ -22,7 +22,14 @@ from typing import Any
 
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Safety
-from graphfix.exporting.probes import default_probes, dim_names, far_probes, front_end_strides, requested_dynamic_dims
+from graphfix.exporting.probes import (
+    default_probes,
+    dim_names,
+    far_probes,
+    front_end_strides,
+    growing_dims,
+    requested_dynamic_dims,
+)
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
 from graphfix.pipeline.engine import AppliedFix
@@ -123,12 +130,16 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         notes = _tracer_notes(caught, model)
         requested = requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
         flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
+        given = probe_args is not None  # the caller's own sizes: inputs the module takes, lengths that fit
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = default_probes(call, requested, dim_names(input_names, dynamic_axes),
                                         front_end_strides(raw, call))
 
         trace_shapes = _trace_shapes(raw, call)  # the raw export read once, for every repair below
-        far = far_probes(call, requested, dim_names(input_names, dynamic_axes)) if requested and flat else []
+        names = dim_names(input_names, dynamic_axes)
+        grows = growing_dims(requested, names)  # dims an unsafe guess must also hold at far past the probes
+        far = far_probes(call, grows) if grows and flat else []
+        unsettled: list[str] = []  # why an unsafe guess the probes accepted was not kept
 
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
@@ -141,9 +152,25 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
 
         def settled(checked, output: Path = destination) -> bool:
             # An unsafe fix is a guess the graph left open: the module settles it at the probes, and where a guess
-            # and the module part only further out (a mask window wider than the probes), at 5 and 8 times too.
-            return _settles(checked) and (not far or all(c.ok for c in verify(
-                output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs")).checks))
+            # and the module part only further out (a mask window wider than the probes), at 5 and 8 times the
+            # example's lengths too. Where no such size can be made or run, the guess is not kept.
+            if not _settles(checked) or not grows:
+                return _settles(checked)
+            if not far:
+                unsettled.append("sizes far past the probes, where an unsafe fix's guess must also hold: none could "
+                                 "be made (keyword or nested arguments, or over the size budget); not kept")
+                return False
+            beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"))
+            ran = [c for c in beyond.checks if c.input_shapes not in [k.input_shapes for k in checked.checks]]
+            where = "5 and 8 times the example's lengths, where an unsafe fix's guess must also hold"
+            if not all(c.ok for c in beyond.checks):
+                unsettled.append(f"{where}: it differs from the module there; not kept")
+                return False
+            if not ran:  # made-up inputs the module rejects (lengths whose maximum must be the length)
+                unsettled.append(f"{where}: the module rejected them; " + (
+                    "kept on the probe sizes given" if given else "not kept (give `probe_args` far past the example)"))
+                return given
+            return True
 
         result, verification = repaired(unsafe=False)
         findings = result.findings_before  # the export's own, which a refitted source no longer shows
@@ -168,14 +195,15 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             kept = _kept_refit(refitted, Path(scratch), destination.name, repaired, verification)
             if kept is not None:
                 result, verification = kept
-    report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error)
+    report = ExportReport(destination, findings, result.applied, [], notes, status=result.status, error=result.error,
+                          skipped=list(unsettled))
     if refitted is not None:
         report.refitted, report.refit_notes = refitted.rebuilt, refitted.notes
     report.causes = _link(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
-    report.checks, report.skipped = verification.checks, verification.skipped
+    report.checks, report.skipped = verification.checks, [*verification.skipped, *unsettled]
     return report
 
 

@@ -90,13 +90,28 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
     return _resized_sets(call, requested, sizes)
 
 
-def far_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], names: dict[tuple[int, int], str]
-               ) -> list[tuple]:
-    """The example call with every requested dynamic dim but the batch at 5 and at 8 times its size: where an
-    unsafe repair's guess and what the module computes part only past the default probes (a mask window wider
-    than three times the example's length is all True there, as no mask is)."""
-    sizes = [lambda pos, axis, size, k=k: size if _batch_like(names, pos, axis) else size * k for k in (5, 8)]
-    return _resized_sets(call, requested, sizes)
+FAR = (5, 8)  # times the example's lengths, where an unsafe guess must also hold
+FAR_ELEMENTS = 1 << 22  # a far probe's tensors stay below this many elements each (attention grows with its square)
+
+
+def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], str]) -> dict[int, set[int]]:
+    """The requested dynamic dims but the batch (named so, or an unnamed axis 0; `N` is grown, as a length it may
+    be, as a batch it costs little): the lengths an unsafe guess may follow only part of the way."""
+    from graphfix.analysis.broadcast import BATCH_NAME
+
+    grows = {pos: {axis for axis in axes if not (BATCH_NAME.search(names[(pos, axis)]) if (pos, axis) in names
+                                                  else axis == 0)} for pos, axes in requested.items()}
+    return {pos: axes for pos, axes in grows.items() if axes}
+
+
+def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tuple]:
+    """The example call with the dims `grows` names at 5 and at 8 times their size, each set only while every tensor
+    stays under FAR_ELEMENTS: where an unsafe repair's guess and what the module computes part only past the default
+    probes (a mask window wider than three times the example's length is all True there, as no mask is)."""
+    import torch
+
+    sets = _resized_sets(call, grows, [lambda pos, axis, size, k=k: size * k for k in FAR])
+    return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
 
 
 def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int) -> bool:

@@ -31,6 +31,7 @@ import re
 
 import onnx
 
+from graphfix.analysis.broadcast import BATCH_LIKE
 from graphfix.analysis.sizes.domain import input_minimums, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
@@ -42,9 +43,6 @@ from graphfix.validate.graph_sizes import (
     size_thresholds,
 )
 
-# names of a batch beyond an input's leading dim (PyTorch's `(L, N, E)`); a lowercase `n` or `num_samples` is as
-# often a length, probed at 1 as a batch it made healthy conv front ends fail (sweep, helper 34)
-BATCH_LIKE = re.compile(r"(?i:batch|^b$|^bs$)|^N$")
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12

@@ -98,6 +98,26 @@ class Windowed(torch.nn.Module):
         return scores.softmax(-1) @ x
 
 
+class WindowedWithBias(Windowed):
+    def forward(self, x, bias=None):
+        return super().forward(x) + (0 if bias is None else bias)
+
+
+@pytest.mark.parametrize("call", ["keyword", "length named N"])
+def test_an_unsafe_guess_without_far_evidence_is_not_kept(tmp_path, call):
+    """Helper 47: with a keyword argument no far size was made, and a length named `N` was taken for a batch and
+    never grown: the window of 32 was reported ok. Now a keyword call keeps no unsafe guess, and `N` is grown."""
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    names = ["x", "bias"] if call == "keyword" else ["x"]
+    args = (torch.randn(2, 8, 4), {"bias": torch.randn(4)}) if call == "keyword" else (torch.randn(2, 8, 4),)
+    length = "T" if call == "keyword" else "N"
+    report = graphfix.export(WindowedWithBias(32).eval(), args, path, input_names=names, output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: length}, "y": {0: "B", 1: length}})
+    assert not report.ok, report.summary()
+    assert call != "keyword" or any("none could be made" in s for s in report.skipped), report.skipped
+
+
 @pytest.mark.parametrize("window", [None, 32])
 def test_an_unsafe_guess_is_kept_only_where_the_module_agrees_far_past_the_probes(tmp_path, window):
     """The mask is all True at the export length: no mask, or a window wider than it (GF006's fix is unsafe). The

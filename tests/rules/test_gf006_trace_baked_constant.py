@@ -57,6 +57,35 @@ def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, 
         np.testing.assert_allclose(got, x["x"] + expected(time), rtol=1e-6)
 
 
+@pytest.mark.parametrize("constant,op,safety", [
+    (np.full((1, 5), 0.2, np.float32), "Mul", "unsafe"),  # 1/T at T=5: `full((T,), 1 / T)` keeps no 0.2 elsewhere
+    (np.full((1, 6), 0.0, np.float32), "Add", "unsafe"),  # an added mask that lets everything through
+    (np.full((1, 6), 1.0, np.float32), "Div", "safe"),  # dividing by ones is no mask
+    (np.full((1, 6), 1.0, np.float32), "Sub", "safe"),  # nor subtracting them
+], ids=["one-over-T", "added-zeros", "divided-ones", "subtracted-ones"])
+def test_a_uniform_constant_is_safe_only_where_nothing_else_gives_its_value(constant, op, safety):
+    """Helper 47: `full((T,), 1 / T)` was shrunk keeping 1/5, wrong at every other length, and `x / ones(int(T))`
+    was refused as if it were a mask."""
+    (finding,) = gf006(graphfix.diagnose(model_with(constant, op), static=True))
+    assert finding.fix.safety.value == safety, finding.fix.reason
+
+
+def test_an_empty_constant_is_judged_not_crashed_on():
+    model = parse("""<ir_version: 10, opset_import: ["" : 17]>
+        g (float[T, 0] x) => (float[T, 0] y) <float[7, 0] c = {}> { y = Add(x, c) }""")
+    assert [f.fix.safety.value for f in gf006(graphfix.diagnose(model, static=True))] == ["safe"]
+
+
+def test_an_identity_added_to_a_graph_is_no_attention_mask():
+    """`adj + eye(int(N))` (a graph's self-loops) adds 1 on the diagonal: no mask, so no strided head stands beside
+    it and the eye is rebuilt by default (helper 47)."""
+    eye = ", ".join(str(float(v)) for v in np.eye(6).reshape(-1))
+    model = parse(f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[B, T, T] x) => (float[B, T, T] y) <float[6, 6] c = {{{eye}}}> {{ y = Add(x, c) }}""")
+    (finding,) = gf006(graphfix.diagnose(model, static=True))
+    assert finding.fix.safety.value == "safe" and "EyeLike" in finding.fix.summary + finding.fix.reason
+
+
 def test_table_cut_at_the_export_length_is_reported_not_guessed():
     table = np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32)  # a positional table's rows
     (finding,) = gf006(graphfix.diagnose(model_with(table), static=True))
@@ -199,7 +228,7 @@ def _matches_torch_at_every_size(module, model) -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize("kind,rebuilt_by,safety", [
     ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"),
-    ("eye", "EyeLike", "unsafe"),  # also a strided head, (i - j) % s == 0 for any s >= 7
+    ("eye", "EyeLike", "safe"),  # 1 added on the diagonal: no mask, so no strided head stands beside it
     ("table-prefix", "Slice", "safe"), ("slot-mask", "Trilu", "unsafe"),
     ("sliding-window", "Trilu", "unsafe"),  # traced at T=7 > 4: both edges show, but a stride past 7 would not
     ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
@@ -218,7 +247,7 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safe
     assert len(named) == 1 and f"T={EXPORT_TIME}" in finding.message  # the constant and the export-time size
     assert finding.fix is not None and finding.fix.safety.value == safety
     if safety == "unsafe":
-        if kind in ("eye", "sliding-window"):
+        if kind == "sliding-window":
             assert "strided sparse-attention pattern" in finding.fix.reason, finding.fix.reason
         else:
             assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
