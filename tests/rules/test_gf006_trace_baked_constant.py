@@ -280,38 +280,24 @@ def test_sliding_window_traced_at_its_width_equals_tril_and_is_not_repaired_by_d
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("kind", STRIDED)
-def test_a_strided_sparse_head_is_not_taken_for_the_diagonal_or_window_it_shows(kind, tmp_path):
-    """At T=7 a head that sees every 8th position is an eye, and one that sees the 3 before it and every 8th is the
-    sliding window of 4: helper 46 found both rebuilt as such by default and written with exit 0. Now neither is
-    repaired by default; what --unsafe-fixes writes is wrong once the stride fits in the matrix."""
+@pytest.mark.parametrize("kind", STRIDED + WIDE)
+def test_a_mask_that_shows_a_simpler_one_at_the_export_length_is_not_repaired_by_default(kind, tmp_path):
+    """Helper 46 found each rebuilt by default and written with exit 0, wrong past the export length:
+    - at T=7 a head that sees every 8th position is an eye, and one that sees the 3 before it and every 8th is the
+      sliding window of 4 (Sparse Transformer's strided heads);
+    - local attention, wenet's subsequent_chunk_mask and a key cutoff wider than the export length let everything
+      through, as no mask does.
+    Now none is repaired by default; what --unsafe-fixes writes is wrong once the stride or the edge fits."""
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
     (finding,) = gf006(graphfix.diagnose(str(path), static=True))
-    assert finding.fix.safety.value == "unsafe" and "strided sparse-attention pattern" in finding.fix.reason
+    why = "strided sparse-attention pattern" if kind in STRIDED else "edge lies past the export size"
+    assert finding.fix.safety.value == "unsafe" and why in finding.fix.reason, finding.fix.reason
     result = graphfix.repair(str(path), output=str(tmp_path / "default.onnx"))
     assert result.status == "unchanged" and not result.applied and result.output is None, result
     forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
-    feeds = structure_inputs(2, 3 * STRIDE)
-    assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("kind", WIDE)
-def test_a_mask_all_true_at_the_export_length_is_not_taken_for_no_mask(kind, tmp_path):
-    """Local attention, wenet's subsequent_chunk_mask and a key cutoff wider than the export length fold to a mask
-    that lets everything through, as no mask would: not repaired by default (helper 46 found them shrunk to
-    [1, 1] and written with exit 0); what --unsafe-fixes writes is no mask, wrong past the edge."""
-    pytest.importorskip("torch")
-    path = tmp_path / f"{kind}.onnx"
-    module = export_structure(kind, True, path)
-    (finding,) = gf006(graphfix.diagnose(str(path), static=True))
-    assert finding.fix.safety.value == "unsafe" and "edge lies past the export size" in finding.fix.reason
-    result = graphfix.repair(str(path), output=str(tmp_path / "default.onnx"))
-    assert result.status == "unchanged" and not result.applied and result.output is None, result
-    forced = graphfix.repair(str(path), unsafe_fixes=True, validate=False)
-    feeds = structure_inputs(2, 2 * EDGE + 3)
+    feeds = structure_inputs(2, 3 * STRIDE if kind in STRIDED else 2 * EDGE + 3)
     assert not np.allclose(run(forced.model, feeds)[0], torch_output(module, feeds), rtol=1e-4, atol=1e-5)
 
 
