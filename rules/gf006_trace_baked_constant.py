@@ -98,10 +98,12 @@ class TraceBakedConstant(Rule):
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - a band or a diagonal with every edge inside the matrix is also a strided sparse-attention pattern (Sparse
       Transformer's heads: that position and every s-th one back, `(i - j) % s == 0`) for any stride s past the
-      export size: a strided head is an eye at T <= s;
-    - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied) is also every mask
-      whose edge lies past the export size: a local window `|i - j| <= w` or chunks of w >= T, a cutoff `j < L`
-      with L >= T (rebuilt as no mask, it is wrong at every size past the edge); `x + ones(int(T), 8)` is no mask;
+      export size: a strided head is an eye at T <= s (where its values act as a mask: not `adj + eye(int(N))`);
+    - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied), or over rows and
+      columns of one size, is also every mask whose edge lies past the export size: a local window `|i - j| <= w`
+      or chunks of w >= T, a cutoff `j < L` with L >= T (rebuilt as no mask, it is wrong at every size past the
+      edge); one whose value is T, 1/T, sqrt(T) or 1/sqrt(T) there is also a value computed from the size
+      (`full((T,), 1 / T)`); not along batch dims alone, and `x + ones(int(T), 8)` is neither;
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
       so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
       equal it too) but whose positions past the export length the graph does not show;

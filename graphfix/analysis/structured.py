@@ -107,9 +107,9 @@ def uniform_alternatives(baked: Baked) -> str:
       mask lets everything through with as its op applies it (`MASK_VALUES`: True; 0 added, or a large negative
       number; 0 or 1 multiplied). Not along batch dims alone: no model masks its batch by position.
     `x + ones(int(T), 8)` is neither: an added mask is 0 where it lets through."""
-    if not baked.value.size:
-        return ""
-    item = baked.value.reshape(-1)[0].item()
+    item = baked.value.reshape(-1)[0].item() if baked.value.size else None
+    if not isinstance(item, bool | int | float):
+        return ""  # empty, complex, text: nothing a size or a mask gives
     for axis, dim in baked.axes:
         n = int(baked.value.shape[axis])
         for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5)):

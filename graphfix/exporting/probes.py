@@ -116,7 +116,7 @@ def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tup
 
 def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int) -> bool:
     """A dim named like a batch, or else axis 0."""
-    from graphfix.validate.sizes import BATCH_LIKE
+    from graphfix.analysis.broadcast import BATCH_LIKE
 
     name = names.get((pos, axis))
     return bool(BATCH_LIKE.search(name)) if name else axis == 0
