@@ -26,7 +26,6 @@ from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
     Baked,
-    applied_as_mask,
     baked_operands,
     band_pattern,
     is_uniform,
@@ -35,7 +34,6 @@ from graphfix.analysis.structured import (
     shrunk,
     table_prefix,
     tables,
-    uniform_alternatives,
 )
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -275,7 +273,7 @@ class TraceBakedConstant(Rule):
         # Uniform along the baked axes (ones/zeros/full): a size-1 dim broadcasts to any size.
         if is_uniform(c.value, baked):
             small = shrunk(c.value, baked)
-            doubt = uniform_alternatives(c)  # all let through at T: so does a mask whose edge lies past T
+            doubt = bands.uniform_alternatives(c)  # all let through at T: so does a mask whose edge lies past T
             yield self.finding(
                 base + "; its values do not vary along those axes", **where,
                 hint="`torch.zeros(int(x.shape[1]))`-style constants: use `x.new_zeros(...)`/broadcast a scalar."
@@ -357,7 +355,7 @@ class TraceBakedConstant(Rule):
             others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
             # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
             # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
-            strided = band.kind in ("eye", "band") and applied_as_mask(band, c)
+            strided = band.kind in ("eye", "band") and bands.applied_as_mask(band, c)
             reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
                       f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
                       "wrong at every longer size" if len(masks) > 1 else

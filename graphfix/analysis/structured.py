@@ -22,14 +22,13 @@ re-traced original, graphfix.validate.retrace).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BATCH_NAME, BROADCAST_OPS, input_dim_names, is_input_dim
+from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input_dim
 from graphfix.analysis.constants import Sym, arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import sizes_of
@@ -97,51 +96,6 @@ def _varies(ctx, tensor: gs.Tensor, axis: int, shape: list, inputs: frozenset[st
 
 def is_uniform(value: np.ndarray, axes: Iterable[int]) -> bool:
     return all(np.all(value == value.take([0], axis=a)) for a in axes)
-
-
-def uniform_alternatives(baked: Baked) -> str:
-    """What else gives the uniform constant `baked` at its export sizes, or '' where nothing does:
-    - a value computed from the size it is cut at (`full((T,), 1 / T)`): T, 1/T, sqrt(T) or 1/sqrt(T) there;
-    - a mask whose edge lies past the export size (a window wider than T, chunks of T or more, a cutoff at a fixed
-      length), where the constant sets positions against positions (rows and columns of one size) or holds what a
-      mask lets everything through with as its op applies it (`MASK_VALUES`: True; 0 added, or a large negative
-      number; 0 or 1 multiplied). Not along batch dims alone: no model masks its batch by position.
-    `x + ones(int(T), 8)` is neither: an added mask is 0 where it lets through."""
-    item = baked.value.reshape(-1)[0].item() if baked.value.size else None
-    if not isinstance(item, bool | int | float):
-        return ""  # empty, complex, text: nothing a size or a mask gives
-    for axis, dim in baked.axes:
-        n = int(baked.value.shape[axis])
-        for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5)):
-            if n > 1 and not isinstance(item, bool) and math.isclose(item, of_size, rel_tol=1e-6):
-                return (f"a value computed from the size: {item:g} is {text} at {dim}={n} (`torch.full((T,), 1 / T)` "
-                        "keeps no such value at other sizes)")
-    dims = [dim for _, dim in baked.axes]
-    if all(BATCH_NAME.search(dim) for dim in dims):
-        return ""
-    op = baked.node.op
-    let_through = isinstance(item, bool) or item == 0 or (item == 1 and op not in ("Add", "Sub", "Div", "Pow")) or (
-        item <= -1e4 and op not in ("Mul", "Div", "Min")) or (item == math.inf and op == "Min")
-    if op == "Sub" and baked.index == 0:
-        let_through = False  # c - x: the constant is no mask applied to x
-    if let_through or len(set(dims)) < len(dims):
-        return ("a mask whose edge lies past the export size: a window wider than it, chunks or blocks of that "
-                "size or more, a cutoff at a fixed length")
-    return ""
-
-
-def applied_as_mask(band: Band, baked: Baked) -> bool:
-    """Whether the band's two values act as a mask where its op applies them: True/False anywhere, 0 and a large
-    negative number added, 0 and 1 multiplied. `A + eye(int(N))` (1 added on the diagonal, a graph's self-loops) is
-    no attention mask, so no sparse-attention pattern stands beside it."""
-    op, values = baked.node.op, {band.inside.item(), band.outside.item()}
-    if baked.value.dtype == np.bool_:
-        return True
-    if op == "Add" or (op == "Sub" and baked.index == 1):
-        return 0 in values and min(values) <= -1e4
-    if op == "Sub":
-        return False
-    return values == {0, 1} if op == "Mul" else True
 
 
 def shrunk(value: np.ndarray, axes: Iterable[int]) -> np.ndarray:
