@@ -78,8 +78,9 @@ class TraceBakedPad(Rule):
     (`(8 - T % 8) % 8` is 1 at T=7, like `(4 - T % 4) % 4`), and gives more chunks elsewhere; where the export
     length is unknown, every length it may have had counts. The finding lists them; `--unsafe-fixes` applies the
     round-up to the Reshape's own chunk, and `graphfix.export` keeps it where the module agrees at its probe
-    sizes, which tell the two apart only where one of them is a multiple of the chunk (the example's length minus
-    half a stride, 5 and 8 times it: at T=19 with chunks of 16 none is, and a wrong guess is kept).
+    sizes, which tell the two apart only where one of them is a multiple of the chunk: among them the first
+    multiple of 16 from 5 times the example's length, so chunks of 2, 4, 8 and 16 always show; other chunks only
+    where a probe happens to fall on a multiple.
     """
 
     code = "GF008"

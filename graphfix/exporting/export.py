@@ -162,7 +162,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                 return False
             beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"))
             ran = [c for c in beyond.checks if c.input_shapes not in [k.input_shapes for k in checked.checks]]
-            where = "5 and 8 times the example's lengths, where an unsafe fix's guess must also hold"
+            where = "5 and 8 times the example's lengths (and a multiple of 16), where an unsafe fix's guess must hold"
             if not all(c.ok for c in beyond.checks):
                 unsettled.append(f"{where}: it differs from the module there; not kept")
                 return False

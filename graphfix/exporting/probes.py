@@ -91,6 +91,7 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
 
 
 FAR = (5, 8)  # times the example's lengths, where an unsafe guess must also hold
+FAR_MULTIPLE = 16  # and the first multiple of 16 past 5 times: a pad to chunks of 2, 4, 8 or 16 pads 0 there
 FAR_ELEMENTS = 1 << 22  # a far probe's tensors stay below this many elements each (attention grows with its square)
 
 
@@ -105,12 +106,16 @@ def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], st
 
 
 def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tuple]:
-    """The example call with the dims `grows` names at 5 and at 8 times their size, each set only while every tensor
-    stays under FAR_ELEMENTS: where an unsafe repair's guess and what the module computes part only past the default
-    probes (a mask window wider than three times the example's length is all True there, as no mask is)."""
+    """The example call with the dims `grows` names at 5 and at 8 times their size, and at the first multiple of
+    FAR_MULTIPLE from 5 times, each set only while every tensor stays under FAR_ELEMENTS: where an unsafe repair's
+    guess and what the module computes part only past the default probes (a mask window wider than three times the
+    example's length is all True there, as no mask is; a pad of a whole chunk and a round-up part only at a
+    multiple of the chunk)."""
     import torch
 
-    sets = _resized_sets(call, grows, [lambda pos, axis, size, k=k: size * k for k in FAR])
+    sizes = [lambda pos, axis, size, k=k: size * k for k in FAR]
+    sizes.append(lambda pos, axis, size: -(-size * FAR[0] // FAR_MULTIPLE) * FAR_MULTIPLE)
+    sets = _resized_sets(call, grows, sizes)
     return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
 
 

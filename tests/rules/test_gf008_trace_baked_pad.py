@@ -101,6 +101,24 @@ def test_a_pad_given_its_export_length_is_not_told_from_one_that_pads_a_whole_ch
     assert result.status != "repaired" and not (tmp_path / "out.onnx").exists()
 
 
+class WholeChunkOf16(torch.nn.Module):  # `16 - T % 16`: at T=19 no default probe is a multiple of 16
+    def forward(self, x):
+        x = torch.nn.functional.pad(x, (0, 0, 0, 16 - int(x.shape[1]) % 16))
+        return x.reshape(x.shape[0], -1, 16, x.shape[2]).sum(2)
+
+
+def test_the_export_companion_keeps_the_round_up_only_where_a_probe_is_a_multiple_of_the_chunk(tmp_path):
+    """Helper 47: exported at T=19 with chunks of 16, no probe (38, 57, 20, 18, 1, 95, 152) was a multiple of 16,
+    and graphfix.export kept the round-up for a module that pads a whole chunk: ok, and wrong at T=32. The far
+    probes now include the first multiple of 16 from 5 times the example (96)."""
+    path = tmp_path / "m.onnx"
+    axes = {"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "chunks"}}
+    report = graphfix.export(WholeChunkOf16().eval(), (torch.randn(2, 19, 8),), path, input_names=["x"],
+                             output_names=["y"], dynamic_axes=axes)
+    assert not report.ok and not path.exists(), report.summary()
+    assert any("differs from the module" in s for s in report.skipped), report.skipped
+
+
 def test_a_rebuilt_pad_of_the_wrong_multiple_is_refused(tmp_path):
     path = tmp_path / "chunked.onnx"
     export(Chunked(), path)
