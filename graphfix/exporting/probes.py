@@ -100,8 +100,8 @@ def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], st
     be, as a batch it costs little): the lengths an unsafe guess may follow only part of the way."""
     from graphfix.analysis.broadcast import BATCH_NAME
 
-    grows = {pos: {axis for axis in axes if not (BATCH_NAME.search(names[(pos, axis)]) if (pos, axis) in names
-                                                  else axis == 0)} for pos, axes in requested.items()}
+    grows = {pos: {axis for axis in axes if not _batch_like(names, pos, axis, BATCH_NAME)}
+             for pos, axes in requested.items()}
     return {pos: axes for pos, axes in grows.items() if axes}
 
 
@@ -119,12 +119,12 @@ def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tup
     return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
 
 
-def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int) -> bool:
-    """A dim named like a batch, or else axis 0."""
+def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int, pattern=None) -> bool:
+    """A dim named like a batch (`pattern`, BATCH_LIKE by default), or else axis 0."""
     from graphfix.analysis.broadcast import BATCH_LIKE
 
     name = names.get((pos, axis))
-    return bool(BATCH_LIKE.search(name)) if name else axis == 0
+    return bool((pattern or BATCH_LIKE).search(name)) if name else axis == 0
 
 
 def _resized_sets(call: tuple[tuple, dict], requested: dict[int, set[int]], sizes) -> list[tuple]:
