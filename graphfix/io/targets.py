@@ -5,7 +5,8 @@
 - No link followed: a destination that is a symbolic link is refused, as is anything there that is not a regular
   file (a folder, a FIFO, a device).
 - Never an input of the same run: a destination is compared with the run's input files by device and inode, not
-  by name (a hard link or another spelling of the input is caught too).
+  by name (a hard link or another spelling of the input is caught too, and so is the file an input read through
+  a symbolic link names).
 - A model's data file is named after the model (`OUT.data`, `OUT.1.data` while the replaced graph still reads
   `OUT.data`) and never overwrites a file that exists: a file of that name that is not the replaced model's own
   data is a collision, refused with exit 2.
@@ -54,13 +55,21 @@ def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bo
                              + ("; use --in-place to replace it" if source.suffix == ".onnx" else ""))
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Whether both names are one file (device and inode; links not followed)."""
+def same_file(destination: Path, source: Path) -> bool:
+    """Whether writing `destination` would replace `source` (device and inode): the destination's own name (a link
+    there is refused before), the source's name and the file it names through links (an input read as `link.onnx`
+    is the file `real.onnx`, and writing `real.onnx` replaces it)."""
     try:
-        x, y = os.lstat(a), os.lstat(b)
+        target = os.lstat(destination)
     except OSError:
         return False
-    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+    read = []
+    for look in (os.lstat, os.stat):
+        try:
+            read.append(look(source))
+        except OSError:
+            continue
+    return any((target.st_dev, target.st_ino) == (info.st_dev, info.st_ino) for info in read)
 
 
 def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:

@@ -81,3 +81,27 @@ def test_an_output_dir_never_replaces_another_input_of_the_run(sandbox):
     done = sandbox.run("repair", str(a), str(b), "--output-dir", str(sandbox.model_dir / "sub"))
     one_line_refusal(done, "would overwrite the input")
     assert b.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [
+    ("check", "--format", "json", "--output-file"),
+    ("set-shape", "--shape", "x=2x64", "-o"),
+    ("repair", "--force", "-o"),
+])
+@pytest.mark.parametrize("what", ["model", "data"])
+def test_the_file_an_input_is_read_through_a_link_is_the_input(sandbox, command, what):
+    """Found by a review: read as `link.onnx`, the model is the file the link names; `-o real.onnx` replaced it
+    (with a JSON report, for `check`), and a data file read through an in-folder link was overwritten the same
+    way (the input's inode was compared without following its link)."""
+    real = healthy(sandbox.model_dir / "real.onnx", "weights.bin")
+    if what == "model":
+        (sandbox.model_dir / "link.onnx").symlink_to("real.onnx")
+        model, target = sandbox.model_dir / "link.onnx", real
+    else:
+        (sandbox.model_dir / "weights.bin").rename(sandbox.model_dir / "weights_real.bin")
+        (sandbox.model_dir / "weights.bin").symlink_to("weights_real.bin")
+        model, target = real, sandbox.model_dir / "weights_real.bin"
+    before = {p.name: p.read_bytes() for p in sandbox.model_dir.iterdir()}
+    done = sandbox.run(command[0], str(model), *command[1:], str(target))
+    one_line_refusal(done, "would overwrite the input")
+    assert {p.name: p.read_bytes() for p in sandbox.model_dir.iterdir()} == before
