@@ -65,11 +65,19 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
 
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
-    """(where, tensor) for every TensorProto of a model: its graph and its model-local functions."""
+    """(where, tensor) for every TensorProto of a model: its graph, its model-local functions (their nodes and the
+    defaults of their attributes, which a node's `ref_attr_name` reads) and its training graphs (onnxruntime
+    reads none of them by path without the checks here)."""
     yield from _graph_tensors(model.graph, "")
     for function in model.functions:
+        context = f" in function '{function.domain}.{function.name}'"
         for node in function.node:
-            yield from _node_tensors(node, f" in function '{function.domain}.{function.name}'")
+            yield from _node_tensors(node, context)
+        for attr in function.attribute_proto:
+            yield from _attribute_tensors(attr, f"default of attribute '{attr.name}'{context}", context)
+    for index, training in enumerate(model.training_info):
+        for name, graph in (("initialization", training.initialization), ("algorithm", training.algorithm)):
+            yield from _graph_tensors(graph, f" in training info {index}'s {name} graph")
 
 
 def _graph_tensors(graph: onnx.GraphProto, context: str) -> Iterator[tuple[str, TensorProto]]:
@@ -88,22 +96,30 @@ def _sparse_tensors(sparse: onnx.SparseTensorProto, where: str) -> Iterator[tupl
 
 def _node_tensors(node: onnx.NodeProto, context: str) -> Iterator[tuple[str, TensorProto]]:
     for attr in node.attribute:
-        where = f"tensor in attribute '{attr.name}' of node '{node.name or node.op_type}'{context}"
-        if attr.type == AttributeProto.TENSOR:
-            yield where, attr.t
-        elif attr.type == AttributeProto.TENSORS:
-            for tensor in attr.tensors:
-                yield where, tensor
-        elif attr.type == AttributeProto.SPARSE_TENSOR:
-            yield from _sparse_tensors(attr.sparse_tensor, f"sparse {where}")
-        elif attr.type == AttributeProto.SPARSE_TENSORS:
-            for sparse in attr.sparse_tensors:
-                yield from _sparse_tensors(sparse, f"sparse {where}")
-        elif attr.type == AttributeProto.GRAPH:
-            yield from _graph_tensors(attr.g, f" in a subgraph of node '{node.name or node.op_type}'{context}")
-        elif attr.type == AttributeProto.GRAPHS:
-            for sub in attr.graphs:
-                yield from _graph_tensors(sub, f" in a subgraph of node '{node.name or node.op_type}'{context}")
+        if attr.ref_attr_name:
+            continue  # a function's node reads the function's attribute: no value of its own
+        yield from _attribute_tensors(
+            attr, f"tensor in attribute '{attr.name}' of node '{node.name or node.op_type}'{context}",
+            f" in a subgraph of node '{node.name or node.op_type}'{context}")
+
+
+def _attribute_tensors(attr: onnx.AttributeProto, where: str, inside: str) -> Iterator[tuple[str, TensorProto]]:
+    """The tensors an attribute holds: `where` names them, `inside` the subgraphs it holds."""
+    if attr.type == AttributeProto.TENSOR:
+        yield where, attr.t
+    elif attr.type == AttributeProto.TENSORS:
+        for tensor in attr.tensors:
+            yield where, tensor
+    elif attr.type == AttributeProto.SPARSE_TENSOR:
+        yield from _sparse_tensors(attr.sparse_tensor, f"sparse {where}")
+    elif attr.type == AttributeProto.SPARSE_TENSORS:
+        for sparse in attr.sparse_tensors:
+            yield from _sparse_tensors(sparse, f"sparse {where}")
+    elif attr.type == AttributeProto.GRAPH:
+        yield from _graph_tensors(attr.g, inside)
+    elif attr.type == AttributeProto.GRAPHS:
+        for sub in attr.graphs:
+            yield from _graph_tensors(sub, inside)
 
 
 def element_count(tensor: TensorProto) -> int:
