@@ -32,6 +32,10 @@ class GraphfixGroup(click.Group):
         except TimedOut as exc:
             click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
+        except MemoryError as exc:  # the machine's limit, not a bug: what the model or the sizes given need
+            click.echo(f"graphfix: error: out of memory{': ' + printable(exc) if str(exc) else ''} (give smaller "
+                       "sizes with --shape or --trace-shape, or run where more memory is free)", err=True)
+            ctx.exit(2)
         except GraphfixError as exc:
             if isinstance(exc, InternalError) and exc.__cause__ is not None and (ctx.obj or {}).get("debug"):
                 raise exc.__cause__ from None  # the rule's own traceback

@@ -28,6 +28,7 @@ from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery c
 LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
 PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
 LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
+NORMAL_BLOCK = 1 << 20  # values drawn at a time for a float input
 UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (
     "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
     "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
@@ -92,6 +93,16 @@ def _concrete_shape(vi: onnx.ValueInfoProto, sizes: dict[str, int], given: tuple
     return tuple(shape)
 
 
+def _normal(shape: tuple[int, ...], dtype, rng: np.random.Generator) -> np.ndarray:
+    """Standard normal values in `dtype`, drawn a block at a time: the float64 draws of a whole large input would
+    take twice its memory (or four times a float16 one's) beside it. The values are those of one draw."""
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, NORMAL_BLOCK):
+        flat[start:start + NORMAL_BLOCK] = rng.standard_normal(min(NORMAL_BLOCK, flat.size - start))
+    return out
+
+
 def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int, relative: bool = False) -> np.ndarray:
     if dtype == np.bool_:
         return mixed_mask(shape, rng, padded_true=bool(PADDING_LIKE.search(name)))
@@ -107,7 +118,7 @@ def _values(name, shape, dtype, rng, vocab: int | None, time_dim: int, relative:
         if LENGTH_LIKE.search(name) and len(shape) == 1:  # one length per row: absolute, or relative
             lengths = _lengths(shape, rng, time_dim)
             return (lengths / time_dim if relative else lengths).astype(dtype)
-        return rng.standard_normal(shape).astype(dtype)  # like activations: signed, unit scale
+        return _normal(shape, dtype, rng)  # like activations: signed, unit scale
     return np.zeros(shape, dtype=dtype)
 
 

@@ -27,6 +27,7 @@ them alike).
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import onnx
@@ -212,7 +213,7 @@ def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor:
             (not cap or size <= cap)
 
     start = min(start, cap) if cap else start
-    for size in [*range(start, start + 64), *range(start - 1, floor - 1, -1)]:
+    for size in itertools.chain(range(start, start + 64), range(start - 1, floor - 1, -1)):  # lazily: sizes may be huge
         if usable(size):
             return size
     return start

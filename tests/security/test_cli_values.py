@@ -69,3 +69,24 @@ def test_shared_parsers_take_ascii_numbers_only():
                         (values.byte_size, "1e999"), (values.tolerance, "-1"), (values.count, "0")]:
         with pytest.raises(UsageError):
             parse(text, "x")
+
+
+@pytest.mark.parametrize("size", ["100000000000", "9223372036854775807"])
+def test_a_huge_export_size_is_judged_against_the_probe_budget_not_enumerated(sandbox, size):
+    """Found by a review: the probe sizes were searched through a list of every size below the export size, so
+    `--trace-shape x=100000000000x4` died of a MemoryError (an internal error) before the memory budget was asked."""
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "m.onnx")
+    done = sandbox.run("diagnose", "m.onnx", "--trace-shape", f"x={size}x4", timeout=120)
+    assert done.returncode == 1 and "memory budget" in done.stdout, done.stdout + done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_probe_values_are_drawn_a_block_at_a_time_as_one_draw():
+    import numpy as np
+
+    from graphfix.validate.inputs import NORMAL_BLOCK, _normal
+
+    shape = (3, NORMAL_BLOCK // 2 + 1)
+    got = _normal(shape, np.float32, np.random.default_rng(7))
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, np.random.default_rng(7).standard_normal(shape).astype(np.float32))
