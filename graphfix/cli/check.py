@@ -29,7 +29,6 @@ from graphfix.cli.options import (
 )
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
 from graphfix.core.registry import select_rules
-from graphfix.io import staging
 from graphfix.io.paths import expand_globs, expand_paths
 from graphfix.io.saving import files_read_by
 from graphfix.io.targets import check_target, write_atomic
@@ -68,10 +67,8 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
         select, ignore = config_filter(model.path)
         job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base),
                             select=select or only, ignore=tuple(dict.fromkeys((*skip, *ignore)))))
-    with sweeping():  # the scratch folders of a stopped child
+    with sweeping():  # the scratch folders of a crashed child
         outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))
-    if any(o.crashed for o in outcomes):
-        staging.sweep()  # those of a crashed one
     failed = sum(fails(o.findings, fail_on) or o.runtime_failures > 0 for o in outcomes if o.error is None)
     _report(outcomes, fmt, output_file, inputs, show_rejected, time.perf_counter() - started, failed)
     if any(o.error for o in outcomes):

@@ -15,15 +15,13 @@ from graphfix.io import staging
 
 @contextmanager
 def sweeping(output: Path | str | None = None) -> Iterator[None]:
-    """Remove the folders of dead graphfix processes (a crashed or stopped child) when the block fails."""
+    """When the block fails because a forked child crashed, remove the folders that child left (in the temp folder
+    and beside `output`; see staging.remove_left)."""
     try:
         yield
-    except BaseException as exc:
-        if isinstance(exc, Crashed) and exc.pid is not None:  # the folders it had not marked yet, first
-            staging.remove_unfinished(exc.pid, exc.started, [None, *([Path(output).parent] if output else [])])
-        staging.sweep()
-        if output is not None:
-            staging.sweep(Path(output).parent)
+    except Crashed as exc:
+        if exc.pid is not None:
+            staging.remove_left(exc.pid, exc.started, [None, *([Path(output).parent] if output else [])])
         raise
 
 

@@ -102,7 +102,7 @@ class Forked:
 
     def __init__(self, work: Callable[[], Any], label: str):
         self.label, self.pid, self.fd, self._chunks = label, None, None, []
-        self.started = time.time()  # before the fork: what the child makes is newer (see staging.remove_unfinished)
+        self.started = time.time()  # before the fork: what the child makes is newer (see staging.remove_left)
         self._inline: tuple[str, Any] | None = None
         if not can_fork():
             self._inline = _outcome(work)

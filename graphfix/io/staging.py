@@ -3,10 +3,11 @@
 Every folder graphfix creates for itself carries the creating process id in its name (`graphfix-<pid>-<token>` in
 the system temp folder, `.<output>.graphfix-<pid>-<token>.tmp` beside an output) and a marker file inside that
 repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, `--timeout`).
-A folder left by a process killed outright (SIGKILL) is removed by a later run that writes there, and only when
-it is exactly what graphfix leaves: a real folder (no link) of this user, named as above, whose marker is a
-regular file of this user with that pid and token, and whose process is gone. A folder of the user's own that
-merely looks like one (`graphfix-2024-12-01`, `results.graphfix-77777-runs`) has no such marker and is kept.
+graphfix deletes nothing that was not made in the same run: the folders of a forked child that crashed are removed
+by its parent (`remove_left`: named with the child's pid, made since it was forked, and marked by it or holding
+nothing but a marker it was still writing), and a folder left by a graphfix process killed outright (SIGKILL) from
+outside stays for the user to remove. Its name and marker are text anyone can write (a repository may carry
+one), so they prove nothing about who made it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ TOKEN = r"([a-z0-9_]{6,32})"  # tempfile.mkdtemp's random part
 OWNED = (re.compile(rf"^graphfix-(?:[a-z]+-)?(\d{{1,10}})-{TOKEN}$"),
          re.compile(rf"^\..+\.graphfix-(\d{{1,10}})-{TOKEN}\.tmp$"))
 _LIVE: set[Path] = set()
-_SWEPT: set[str] = set()  # temp folders already swept by this process
 
 
 def scratch_name(kind: str = "") -> str:
@@ -43,9 +43,6 @@ def scratch_name(kind: str = "") -> str:
 def scratch_dir(kind: str = "") -> Iterator[str]:
     """A private folder in the system temp folder, like tempfile.TemporaryDirectory, named with our pid."""
     temp = tempfile.gettempdir()
-    if temp not in _SWEPT:  # once per process and temp folder: it writes there, so it tidies there
-        _SWEPT.add(temp)
-        sweep(temp)
     try:
         path = _make(tempfile.mkdtemp(prefix=scratch_name(kind)))
     except OSError as exc:
@@ -62,7 +59,6 @@ def scratch_dir(kind: str = "") -> Iterator[str]:
 
 def staging_dir(destination: Path) -> Path:
     """A hidden folder beside `destination` for writing it atomically."""
-    sweep(destination.parent)
     return _make(tempfile.mkdtemp(prefix=f".{destination.name}.{scratch_name()}", suffix=".tmp",
                                   dir=destination.parent))
 
@@ -86,30 +82,12 @@ def remove(path: Path) -> None:
     _LIVE.discard(path)
 
 
-def sweep(folder: Path | str | None = None, pid: int | None = None) -> list[Path]:
-    """Remove graphfix's own folders in `folder` (default: the system temp folder) whose process is gone; with
-    `pid`, only that process's."""
-    folder = Path(folder if folder is not None else tempfile.gettempdir())
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        owner = _left_by(entry)
-        if owner is None or (pid is not None and owner != pid) or _alive(owner):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)  # a folder swapped for a link since is refused by rmtree
-        removed.append(Path(entry.path))
-    return removed
-
-
-def remove_unfinished(pid: int, since: float, folders: Iterable[Path | str | None] = (None,)) -> list[Path]:
-    """The folders a crashed graphfix child `pid` made in `folders` (None: the temp folder) but had not marked yet:
-    killed between `mkdtemp` and the marker's write, it left a folder that `sweep` must keep (it cannot tell it
-    from a user's). Only its parent, which saw it crash, can: a folder named with that pid, of this user, changed
-    since the child was forked (`since`, time.time), that holds nothing or only a marker it was still writing (a
-    prefix of its text), is removed. Nothing else is: not a byte of data goes with it."""
+def remove_left(pid: int, since: float, folders: Iterable[Path | str | None] = (None,)) -> list[Path]:
+    """The folders a crashed graphfix child `pid` of this run, forked at `since` (time.time), left in `folders`
+    (None: the temp folder): a real folder of this user named with that pid and changed since the fork, that the
+    child marked as its own (whatever it holds: a staged model) or that holds nothing or only a marker it was
+    still writing (a prefix of its text; killed between `mkdtemp` and the marker). Nothing else goes: a folder of
+    another process, or one older than the fork, is never graphfix's to delete."""
     removed = []
     for folder in folders:
         folder = Path(folder if folder is not None else tempfile.gettempdir())
@@ -119,20 +97,32 @@ def remove_unfinished(pid: int, since: float, folders: Iterable[Path | str | Non
             continue
         for entry in entries:
             owner, token = _owner_name(entry.name)
-            if owner == pid and _unfinished(entry, since, _marker_text(pid, token).encode()):
+            if owner != pid or not _made_since(entry, since):
+                continue
+            text = _marker_text(pid, token).encode()
+            if _marker(entry.path) == text:
+                shutil.rmtree(entry.path, ignore_errors=True)  # a folder swapped for a link since is refused
+                removed.append(Path(entry.path))
+            elif _unfinished(entry, text):
                 with contextlib.suppress(OSError):  # anything that came into it since: kept
                     os.rmdir(entry.path)
                     removed.append(Path(entry.path))
     return removed
 
 
-def _unfinished(entry: os.DirEntry, since: float, marker_text: bytes) -> bool:
-    """Whether `entry` is a real folder of this user, changed since `since`, whose only content, if any, is a
-    regular file named MARKER of this user holding a prefix of `marker_text` (which is then removed)."""
+def _made_since(entry: os.DirEntry, since: float) -> bool:
+    """Whether `entry` is a real folder (no link) of this user, changed since `since`."""
     try:
         info = entry.stat(follow_symlinks=False)
-        if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid() or info.st_ctime < since - 1:
-            return False
+    except OSError:
+        return False
+    return entry.is_dir(follow_symlinks=False) and info.st_uid == os.getuid() and info.st_ctime >= since - 1
+
+
+def _unfinished(entry: os.DirEntry, marker_text: bytes) -> bool:
+    """Whether `entry`'s only content, if any, is a regular file named MARKER of this user holding a prefix of
+    `marker_text` (which is then removed)."""
+    try:
         names = os.listdir(entry.path)
     except OSError:
         return False
@@ -169,31 +159,6 @@ def _owner_name(name: str) -> tuple[int, str] | tuple[None, None]:
 
 def _marker_text(pid: int, token: str | None) -> str:
     return f"graphfix staging {pid} {token}\n"
-
-
-def _left_by(entry: os.DirEntry) -> int | None:
-    """The pid that made this folder, when it is one of graphfix's (see the module's docstring); else None."""
-    pid, token = _owner_name(entry.name)
-    if pid is None:
-        return None
-    try:
-        if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
-            return None
-    except OSError:
-        return None
-    return pid if _marker(entry.path) == _marker_text(pid, token).encode() else None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or a number no process can have: keep, to be safe)
-    return True
 
 
 def _remove_all() -> None:

@@ -30,7 +30,7 @@ from graphfix.core.forked import Crashed, Forked, can_fork
 from graphfix.core.registry import find_rule
 from graphfix.core.rule import Finding, Rejection, RuleOptions
 from graphfix.io.loading import load_model
-from graphfix.io.staging import remove_unfinished
+from graphfix.io.staging import remove_left
 from graphfix.pipeline.diagnose import diagnose_loaded, merge_runtime_findings, runtime_findings
 
 
@@ -160,12 +160,12 @@ def _run_forked(jobs: list[Job], workers: int, advance: Callable[[Outcome], None
 
 
 def _collect(child: Forked, job: Job) -> Outcome:
-    """The child's outcome; a crashed child's model gets the crash as its error (and its unmarked scratch folders
-    go: `staging.remove_unfinished`; the marked ones are the caller's sweep)."""
+    """The child's outcome; a crashed child's model gets the crash as its error, and the scratch folders it left
+    go (`staging.remove_left`)."""
     try:
         return child.result()
     except Crashed as exc:
-        remove_unfinished(exc.pid, exc.started)
+        remove_left(exc.pid, exc.started)
         return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code, crashed=True)
 
 

@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from graphfix.cli import cli
-from graphfix.io import staging
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 GRAPHFIX = [sys.executable, "-m", "graphfix"]
@@ -55,32 +54,6 @@ def test_file_too_large_is_one_line_exit_2(tmp_path):
     assert "cannot write" in done.stderr and "file too large" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and leftovers(tmp_path) == []
-
-
-KILLED = ("import os, sys; from pathlib import Path; from graphfix.io import staging; "
-          "held = [staging.scratch_dir(), staging.scratch_dir('sim')]; [h.__enter__() for h in held]; "
-          "Path(sys.argv[1]).parent.mkdir(parents=True); staging.staging_dir(Path(sys.argv[1])); os._exit(0)")
-
-
-def test_folders_of_a_killed_run_are_removed_by_the_next(tmp_path, monkeypatch):
-    """Made by graphfix's own code in a process that then dies without cleaning up (as SIGKILL leaves them)."""
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    staging.tempfile.tempdir = None  # re-read TMPDIR
-    try:
-        subprocess.run([sys.executable, "-c", KILLED, str(tmp_path / "out" / "out.onnx")], check=True)
-        killed = [*(tmp_path / "tmp").iterdir(), *(tmp_path / "out").iterdir()]
-        assert len(killed) == 3
-        alive = [tmp_path / "tmp" / f"graphfix-{os.getppid()}-live", tmp_path / "tmp" / "graphfix-unrelated"]
-        for folder in alive:
-            folder.mkdir(parents=True)
-            (folder / "model.onnx").write_bytes(b"partial")
-        result = CliRunner().invoke(cli, ["repair", str(SAMPLE), "-o", str(tmp_path / "out" / "out.onnx")])
-        assert result.exit_code == 0, result.output
-        assert [f.exists() for f in killed] == [False, False, False]
-        assert [f.exists() for f in alive] == [True, True]
-    finally:
-        staging.tempfile.tempdir = None
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "--timeout"])
