@@ -78,6 +78,14 @@ class GroupMax(nn.Module):
         return x.reshape(x.shape[0], int(x.shape[1]) // 3, 12).amax(-1)
 
 
+class GroupMaxOf4(nn.Module):
+    """`x.reshape(B, int(T) // 4, 16).amax(-1)`: traced at T=8 the 2 is T // 4, and the model takes only multiples
+    of 4; 16 = 2*T there too, and a reshape with 2*T runs at every length."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], int(x.shape[1]) // 4, 16).amax(-1)
+
+
 class SlidingWindow(nn.Module):
     """A causal mask of width 4 built with `int(T)`: traced at T=4 it equals `tril`, which is wrong at T > 4."""
 
@@ -114,6 +122,16 @@ def test_a_reshape_whose_output_declares_nothing_is_ambiguous(tmp_path):
     done, _ = repaired(path, GroupMax(), floats(lambda b, t: (b, t, 4)), [(1, 3), (2, 6), (3, 12)],
                        expect=REFUSED)
     assert "ambiguous" in done.output and "T // 3" in done.output and "2*T" in done.output
+
+
+def test_a_candidate_that_fails_only_where_the_original_fails_too_is_not_ruled_out(tmp_path):
+    """Found while adding probes: every probe off the multiples of 4 (T = 5, 11) failed T // 4, as PyTorch fails
+    there too, and the proof wrote 2*T, "the only one it accepts", wrong at every other length with exit 0."""
+    path = export(GroupMaxOf4(), (torch.randn(2, 8, 4),), ["x"], {"x": {0: "B", 1: "T"}}, tmp_path / "group4.onnx")
+    done, _ = repaired(path, GroupMaxOf4(), floats(lambda b, t: (b, t, 4)), [(1, 4), (2, 8), (3, 16)],
+                       expect=REFUSED)
+    assert "ambiguous" in done.output and "fails only at sizes where the original fails too" in done.output
+    assert "T // 4" in done.output and "2*T" in done.output
 
 
 def test_a_sliding_window_traced_at_its_width_is_not_rebuilt_as_tril(tmp_path):

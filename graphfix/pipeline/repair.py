@@ -270,12 +270,12 @@ def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
         rule_options = dataclasses.replace(options.rule_options, choices=picked)
         return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options, weights=loaded.weights)
 
-    def judge(tried: FixOutcome, picked: dict[str, int]) -> bool:
+    def judge(tried: FixOutcome, picked: dict[str, int]):  # -> graphfix.validate.Validation
         model = tried.model
         if options.validation is not None:
             model = declare_followed_outputs(model, _export_of(options.validation))[0]
         candidate = ModelRunner(model, loaded.base_dir, weights=tried.weights, fed=original.fed)
-        return _validate(loaded, original, candidate, _with_choices(options, picked)).passed
+        return _validate(loaded, original, candidate, _with_choices(options, picked))
 
     chosen, picked, note = choose(outcome, trial, judge, unsafe=options.rule_options.unsafe_fixes)
     return chosen, _with_choices(options, picked) if picked else options, note

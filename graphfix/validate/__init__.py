@@ -71,6 +71,7 @@ class Validation:
     evidence: str = "runs"  # the weakest of the dims' evidence (see `dims`)
     dims: dict[str, str] = field(default_factory=dict)  # symbolic dim -> strongest evidence away from export size
     require: str = "runs"
+    refuted: bool = False  # a failure where the original gives a reference, not only where both fail (`_refuted`)
 
     @property
     def failed_sizes(self) -> int:
@@ -149,7 +150,8 @@ def _degenerate(export: dict[str, int], probed: set[str], tied) -> dict[str, int
 
 def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
     subject = "the model" if after is before else "repaired model"
-    reasons = failure_reasons(runs, subject) + judge.held.problems()  # an axis that stayed at every moved size
+    held = judge.held.problems()  # an axis that stayed at every moved size
+    reasons = failure_reasons(runs, subject) + held
     evidence = weakest(dims.values()) if dims else (runs[0].level if runs else "runs")
     if after is not before and not reasons and LEVELS.index(evidence) < LEVELS.index(options.require):
         weak = ", ".join(f"{name}: {level}" for name, level in dims.items() if LEVELS.index(level) <
@@ -160,7 +162,17 @@ def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
     if divergence and divergence.get("tensor"):
         reasons.append(f"first diverging node: '{divergence['node']}' ({divergence['op_type']}), "
                        f"tensor '{divergence['tensor']}': {divergence['problem']}")
-    return Validation(not reasons, sizes, runs, reasons, divergence, evidence, dims, options.require)
+    return Validation(not reasons, sizes, runs, reasons, divergence, evidence, dims, options.require,
+                      refuted=bool(held) or any(_refuted(run) for run in runs))
+
+
+def _refuted(run: SizeRun) -> bool:
+    """Whether the candidate's failure at `run` says it is wrong: it differs from a reference, breaks a declared
+    output, or fails where the original runs. Failing where the original fails too does not: nothing says the
+    model takes that size (`x.reshape(B, T // 4, 16)` takes only multiples of 4, and a probe at T = 5 fails in
+    PyTorch as well)."""
+    unreferenced = run.candidate_error is not None and run.original_error is not None and not run.shape_problems
+    return run.failed and not unreferenced
 
 
 def _plain(value: Any) -> Any:

@@ -71,7 +71,7 @@ def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_si
         def forward(self, x):
             h = self.proj(x)
             t = int(h.shape[1])  # bakes the Reshape (GF004 repairs it), and the rows below when `baked`
-            grouped = h.reshape(h.shape[0], t, 4, 8).mean(2)
+            grouped = h.reshape(h.shape[0], t, 32)[..., 8:16]  # no entry a size divides (4 = T // 10: ambiguous)
             if kind == "cut":
                 return grouped[:, :40]
             rows = torch.ones(t if kind == "baked" else h.shape[1], 8)
