@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -45,6 +54,39 @@ def save(tmp_path):
         return path
 
     return _save
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_bytes: int  # the most memory it (or its forked worker) held
+
+
+def bounded_graphfix(*args: str, seconds: float = 60, memory: int | None = None) -> Finished:
+    """`python -m graphfix args` in its own session, with `memory` bytes of address space at most; past `seconds`
+    the whole session (the forked worker too) is killed and the test fails, saying so."""
+
+    def limit():
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, "-m", "graphfix", *args], stdout=out, stderr=err, text=True,
+                                 start_new_session=True, preexec_fn=limit)
+        deadline = time.monotonic() + seconds
+        while not (done := os.wait4(child.pid, os.WNOHANG))[0]:  # wait4: its peak memory, its worker's included
+            if time.monotonic() > deadline:
+                os.killpg(child.pid, signal.SIGKILL)
+                os.wait4(child.pid, 0)
+                child.returncode = -signal.SIGKILL
+                pytest.fail(f"graphfix {' '.join(args)} ran past {seconds:g} s")
+            time.sleep(0.05)
+        child.returncode = os.waitstatus_to_exitcode(done[1])
+        out.seek(0)
+        err.seek(0)
+        return Finished(child.returncode, out.read(), err.read(), done[2].ru_maxrss * 1024)
 
 
 def sample_module(name: str):

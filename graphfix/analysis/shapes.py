@@ -11,7 +11,7 @@ import onnx
 
 from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
 from graphfix.core.nocode import CodeFromText, no_code_from_text
-from graphfix.io.budgets import data_prop_allowed
+from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed, expands_past_budget
 from graphfix.io.external_data import tensor_nbytes, without_external_values
 from graphfix.io.weights import stub
 
@@ -46,10 +46,17 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails."""
+    """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails. Bounded:
+    functions that would expand past the node budget are left out (their calls get no shapes), and data
+    propagation is off where a constant could make it allocate without bound (`graphfix.io.budgets`)."""
     light = skeleton(model)
+    if expands_past_budget(light):
+        del light.functions[:]
+    data_prop = data_prop_allowed(light)
+    if not data_prop:
+        log.debug("onnx data propagation off: a node is sized past %d elements", MAX_PROPAGATED_ELEMENTS)
     try:
-        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop_allowed(light))
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
     except Exception as exc:  # shape inference rejects some valid-to-run models; rules then see fewer shapes
         log.debug("onnx shape inference failed: %s", exc)
         return light

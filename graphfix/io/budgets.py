@@ -6,16 +6,21 @@
   alone would run for minutes): the command says so and exits 1. A graph within it whose functions expand past
   it (a few KB that double twenty times) is loaded and checked; `diagnose` and `check` then run the static rules
   on the graph with its function calls unexpanded and skip the probe, saying so (exit 1); the commands that must
-  run the model to prove what they write (repair, extract, freeze) refuse it (exit 1).
+  run the model to prove what they write (repair, extract, freeze) refuse it (exit 1). onnx's shape inference
+  inlines every call, so it gets such a graph without its functions (`expands_past_budget`, counted in time
+  linear in the file, never by expanding).
 - Runs: one onnxruntime run stops after GRAPHFIX_MAX_RUN_SECONDS (default 10) and reports it did.
-- Data propagation: onnx's shape inference with `data_prop=True` materialises the values of a `Range` with
-  constant inputs (10¹² elements: terabytes); `data_prop_allowed` turns it off for such models.
+- Data propagation: onnx's shape inference with `data_prop=True` holds each value of a 1-D tensor of known length
+  as a dim, so a node sized by constants (`Range`, `ConstantOfShape`, `Expand`, `Tile`, `Pad`, `Resize`,
+  `OneHot`, ...) past MAX_PROPAGATED_ELEMENTS asks for gigabytes from a 160-byte file; `data_prop_allowed` turns
+  it off for such models (their rules then see fewer shapes computed from shapes).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -26,7 +31,7 @@ from graphfix.core.errors import GraphfixError
 
 ENV_MAX_NODES = "GRAPHFIX_MAX_NODES"
 DEFAULT_MAX_NODES = 200_000
-MAX_PROPAGATED_ELEMENTS = 1 << 20  # a Range longer than this is no shape computation
+MAX_PROPAGATED_ELEMENTS = 1 << 20  # a tensor sized by constants past this is no shape computation
 
 
 class BudgetExceeded(GraphfixError):
@@ -78,54 +83,188 @@ def check_node_budget(proto: onnx.ModelProto, name: str) -> str:
     if expanded_node_count(proto, limit, expand=False) > limit:
         raise BudgetExceeded(f"{name}: more than {limit:,} nodes, over the node budget ({ENV_MAX_NODES}): not "
                              "analysed")
-    if expanded_node_count(proto, limit) <= limit:
+    if not expands_past_budget(proto):
         return ""
     return (f"more than {limit:,} nodes once its model-local functions are expanded, over the node budget "
             f"({ENV_MAX_NODES})")
 
 
+def expands_past_budget(proto: onnx.ModelProto) -> bool:
+    """Whether inlining the model's functions, as onnx's shape inference does, would make more nodes than the
+    budget: a few KB of functions that each call the next twice make 2**30 (counted here, never expanded)."""
+    return bool(proto.functions) and expanded_node_count(proto, max_nodes()) > max_nodes()
+
+
+FunctionKey = tuple[str, str, str]  # domain, name, overload: what a call names
+
+
 def expanded_node_count(proto: onnx.ModelProto, limit: int, expand: bool = True) -> int:
     """Nodes after inlining model-local functions (`expand`), else with each call counted as one node;
     counting stops a little past `limit`."""
-    functions = {(f.domain, f.name): f for f in proto.functions} if expand else {}
-    sizes: dict[tuple[str, str], int] = {}
+    functions = {(f.domain, f.name, f.overload): f for f in proto.functions} if expand else {}
+    return _count(proto.graph.node, _function_sizes(functions, limit), limit)
 
-    def count(nodes: Iterable[onnx.NodeProto], stack: tuple) -> int:
-        total = 0
-        for node in nodes:
-            key = (node.domain, node.op_type)
-            if key in functions and key not in stack:
-                if key not in sizes:
-                    sizes[key] = count(functions[key].node, (*stack, key))
-                total += sizes[key]
-            else:
-                total += 1
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
-                    total += count(sub.node, stack)
-            if total > limit:
-                return total
-        return total
 
-    return count(proto.graph.node, ())
+def _count(nodes: Iterable[onnx.NodeProto], sizes: dict[FunctionKey, int], limit: int) -> int:
+    """Nodes, a call counted as its function's size in `sizes` (else as one), subgraphs' nodes added."""
+    total = 0
+    for node in nodes:
+        total += sizes.get((node.domain, node.op_type, node.overload), 1)
+        for sub in _subgraphs(node):
+            total += _count(sub.node, sizes, limit)
+        if total > limit:
+            return total
+    return total
+
+
+def _function_sizes(functions: dict[FunctionKey, onnx.FunctionProto], limit: int) -> dict[FunctionKey, int]:
+    """Each function's node count once inlined, callees first, each once: linear in the model however often they
+    call each other. Depth first without recursion (a chain of 10,000 functions is a few hundred KB); a call back
+    into a function still being counted (a cycle, which onnx's checker refuses) counts as one node."""
+    sizes: dict[FunctionKey, int] = {}
+    for root in functions:
+        if root in sizes:
+            continue
+        path, stack = {root}, [(root, _calls(functions[root].node))]
+        while stack:
+            key, callees = stack[-1]
+            callee = next((c for c in callees if c in functions and c not in sizes and c not in path), None)
+            if callee is not None:
+                path.add(callee)
+                stack.append((callee, _calls(functions[callee].node)))
+                continue
+            if key not in sizes:
+                sizes[key] = _count(functions[key].node, sizes, limit)
+            path.discard(key)
+            stack.pop()
+    return sizes
+
+
+def _calls(nodes: Iterable[onnx.NodeProto]) -> Iterator[FunctionKey]:
+    """What each node names as its operator, subgraphs' nodes included."""
+    for node in nodes:
+        yield node.domain, node.op_type, node.overload
+        for sub in _subgraphs(node):
+            yield from _calls(sub.node)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        yield from [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs
 
 
 def data_prop_allowed(model: onnx.ModelProto) -> bool:
-    """False when a Range with constant inputs would make onnx's data propagation allocate without bound."""
-    constants = {t.name: t for t in model.graph.initializer if len(t.dims) == 0}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == AttributeProto.TENSOR:
-            constants[node.output[0]] = node.attribute[0].t
-    for node in model.graph.node:
-        if node.op_type != "Range" or not all(name in constants for name in node.input[:3]):
-            continue
-        if any(constants[n].data_location == onnx.TensorProto.EXTERNAL for n in node.input[:3]):
-            return False  # its values are not read here (onnx's numpy_helper would look in the working directory)
-        try:
-            start, limit, delta = (float(np.asarray(numpy_helper.to_array(constants[n])).reshape(()))
-                                   for n in node.input[:3])
-        except (ValueError, TypeError):
+    """False when onnx's data propagation could allocate without bound. It holds the values of a 1-D tensor of
+    known length as one dim each (about 100 bytes) wherever an Add, Mul, Concat, Gather, Slice, ... reads it, and
+    a node sized by constants makes that length what a constant says: `ConstantOfShape([10**8])`, 160 bytes on
+    disk, asks for 10 GB. So each node's output is sized from its constants, never computed (`sized_elements`),
+    in every graph and function, as is each 1-D graph input."""
+    if any(_declared_length(value) > MAX_PROPAGATED_ELEMENTS for value in model.graph.input):
+        return False
+    scopes = [(model.graph.node, model.graph.initializer)] + [(f.node, ()) for f in model.functions]
+    return all(_scope_allowed(nodes, initializers, {}) for nodes, initializers in scopes)
+
+
+def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.TensorProto],
+                   outer: dict[str, onnx.TensorProto]) -> bool:
+    """Whether no node of a graph (or function body), nor of its subgraphs, is sized past the budget; `outer`:
+    the constants of the graphs around it, which a subgraph reads by name."""
+    constants = {**outer, **{t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}}
+    for node in nodes:
+        value = constant_value(node)
+        if value is not None:
+            constants[node.output[0]] = value
+    for node in nodes:
+        if sized_elements(node, constants) > MAX_PROPAGATED_ELEMENTS:
             return False
-        if delta == 0 or (limit - start) / delta > MAX_PROPAGATED_ELEMENTS:
+        if not all(_scope_allowed(sub.node, sub.initializer, constants) for sub in _subgraphs(node)):
             return False
     return True
+
+
+def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node holds (`value`, `value_int(s)`, `value_float(s)`), as onnx's shape inference
+    reads it; None for any other node."""
+    if node.op_type != "Constant" or len(node.output) != 1 or len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+        return attr.t
+    made = {"value_int": (onnx.TensorProto.INT64, [attr.i]), "value_ints": (onnx.TensorProto.INT64, attr.ints),
+            "value_float": (onnx.TensorProto.FLOAT, [attr.f]), "value_floats": (onnx.TensorProto.FLOAT, attr.floats)}
+    if attr.name not in made:
+        return None
+    elem, values = made[attr.name]
+    dims = [] if attr.name in ("value_int", "value_float") else [len(values)]
+    return onnx.helper.make_tensor(node.output[0], elem, dims, values)
+
+
+MAX_SHAPE_VALUES = 4096  # a shape, scales or pads input longer than this is read as unbounded
+# op -> the input (index) whose values size its output, and whether the output also has the first input's elements
+SIZED_BY = {"ConstantOfShape": (0, False), "Expand": (1, False), "Tile": (1, True), "CenterCropPad": (1, False),
+            "Upsample": (1, True), "OneHot": (1, False)}
+
+
+def sized_elements(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float:
+    """A lower bound on the elements (or on the length of one axis) of a node's output, computed from constant
+    inputs without making them; 0 where its size is not constant. A 0 in a shape counts as 1: a reduction over
+    that axis leaves the others, as long. Constants themselves count: a 1-D integer one is propagated whole."""
+    if node.op_type == "Constant":
+        value = constants.get(node.output[0])
+        integer = value is not None and value.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        return _elements(value.dims) if integer and len(value.dims) == 1 else 0
+    if node.op_type == "Range":
+        return _range_length(node, constants)
+    if node.op_type == "Resize":  # sizes (input 3) or scales (input 2, input 1 before opset 11)
+        return max(_sized(node, 3, False, constants), _sized(node, 2, True, constants),
+                   _sized(node, 1, True, constants))
+    if node.op_type == "Pad":  # pads as input 1 (opset 11) or as an attribute: one axis is at least as long
+        pads = _values(node, 1, constants)
+        pads = pads if pads is not None else next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
+        half = len(pads) // 2
+        return max((pads[i] + pads[i + half] for i in range(half)), default=0)
+    if node.op_type in SIZED_BY:
+        return _sized(node, *SIZED_BY[node.op_type], constants)
+    return 0
+
+
+def _sized(node: onnx.NodeProto, index: int, times_input: bool, constants: dict[str, onnx.TensorProto]) -> float:
+    values = _values(node, index, constants)
+    if values is None:
+        return 0
+    first = constants.get(node.input[0]) if times_input and node.input else None
+    return _elements(values) * (_elements(first.dims) if first is not None else 1)
+
+
+def _values(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> list[float] | None:
+    """The values of a node's constant input, or None (no such input, not constant, stored apart, unreadable).
+    One of more than MAX_SHAPE_VALUES is not read: its size is taken as unbounded (no rank is that high; ones
+    around a long axis, squeezed away, would hide it)."""
+    tensor = constants.get(node.input[index]) if index < len(node.input) else None
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # stored apart: onnx's numpy_helper would look in the working directory
+    if _elements(tensor.dims) > MAX_SHAPE_VALUES:
+        return [math.inf]
+    try:
+        return [float(v) for v in np.asarray(numpy_helper.to_array(tensor)).reshape(-1)]
+    except (ValueError, TypeError):
+        return None
+
+
+def _range_length(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float:
+    bounds = [_values(node, index, constants) for index in range(3)]
+    if any(b is None or len(b) != 1 for b in bounds):
+        return 0
+    start, limit, delta = (b[0] for b in bounds)
+    return math.inf if delta == 0 else (limit - start) / delta
+
+
+def _elements(dims: Iterable[float]) -> float:
+    """The product of `dims`, each at least 1 (a float: 10**300 stays a number)."""
+    return math.prod(max(float(d), 1.0) for d in dims)
+
+
+def _declared_length(value: onnx.ValueInfoProto) -> int:
+    """The length a 1-D graph input declares, else 0."""
+    dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+    return dims[0].dim_value if len(dims) == 1 else 0

@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.errors import InputError
+from graphfix.io.budgets import expands_past_budget
 from graphfix.io.external_data import has_external_data, is_stub, model_tensors, tensor_nbytes
 from graphfix.io.graph_checks import check_acyclic, check_local_calls, check_names, every_graph, is_sorted, sort_nodes
 from graphfix.io.protos import lift_initializers
@@ -149,8 +150,12 @@ def check_types(proto: onnx.ModelProto, name: str) -> None:
     types (`Add(float, int64)`, often the work of an unsorted graph, which onnxruntime sorts first) or to a type
     it does not take (a sequence, map or string where numbers are needed). Types come from onnx's type and shape
     inference on the sorted graph without its weights (their types and dims stay: no second copy of gigabytes);
-    shapes that do not unify are the rules' and the probe's business, not a load error."""
+    shapes that do not unify are the rules' and the probe's business, not a load error. Inference inlines every
+    function call: where that would make more nodes than the budget (2**30 from a few KB), the graph is checked
+    without its functions, each call a node of no schema, as the rules see it."""
     light = lift_initializers(proto)
+    if expands_past_budget(light):
+        del light.functions[:]
     if not is_sorted(light.graph):
         sort_nodes(light.graph)  # quadratic: only for the graphs that need it
     try:

@@ -8,10 +8,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import bounded_graphfix
 from onnx import TensorProto, helper, numpy_helper
 
 from graphfix.cli import cli
-from graphfix.io.budgets import ENV_MAX_NODES
+from graphfix.io.budgets import ENV_MAX_NODES, expanded_node_count
 
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
 BUDGET = 100
@@ -87,3 +88,29 @@ def test_a_graph_whose_own_nodes_are_over_the_budget_is_not_analysed(budget, tmp
     result = CliRunner().invoke(cli, ["diagnose", "--static", path])
     assert result.exit_code == 1
     assert f"more than {BUDGET} nodes, over the node budget ({ENV_MAX_NODES}): not analysed" in result.output
+
+
+@pytest.mark.parametrize("args", [["diagnose"], ["diagnose", "--static"], ["check"]])
+def test_a_function_bomb_is_diagnosed_without_expanding_it(args, tmp_path):
+    """2**40 nodes once inlined, in 2 KB: onnx's type and shape inference would inline them all (the time doubled
+    with each level: days at 35), so they get the graph without its functions, as the rules do."""
+    path = _write(tmp_path, _model(levels=40))
+    done = bounded_graphfix(*args, path, seconds=60)
+    assert done.returncode == 1, done.stderr
+    assert "GF003" in done.stdout and "once its model-local functions are expanded" in done.stdout
+    assert "the functions were not expanded" in done.stdout and "internal error" not in done.stderr
+
+
+def test_a_function_chain_deeper_than_python_recursion_is_counted(tmp_path):
+    """F0 calls F1 ... calls F4999: counted without recursion, each function once."""
+    functions = [helper.make_function("local", f"F{k}", ["a"], ["b"],
+                                      [helper.make_node(f"F{k + 1}", ["a"], ["b"], domain="local")], OPSETS)
+                 for k in range(4999)]
+    functions.append(helper.make_function("local", "F4999", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+                                          OPSETS))
+    model = helper.make_model(helper.make_graph([helper.make_node("F0", ["x"], ["y"], domain="local")], "g",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]),
+                              opset_imports=OPSETS, functions=functions, ir_version=9)
+    assert expanded_node_count(model, 10) == 1
+    assert expanded_node_count(model, 10**6, expand=False) == 1

@@ -1,0 +1,61 @@
+"""Data propagation's budget: a node sized by constants past it turns onnx's data propagation off, which would
+hold each of its values as a dim (about 145 bytes each: 30 million from a 160-byte file are 4 GB)."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from conftest import bounded_graphfix
+from onnx import TensorProto, helper
+
+from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
+
+N = 30_000_000
+CAP = 2 << 30  # address space: the old inference needed 4 GB here
+
+
+def _sized(op: str, n: int) -> onnx.ModelProto:
+    """y = x + op(...) where op makes n elements from a constant [n]."""
+    nodes = [helper.make_node("Constant", [], ["n"], value_ints=[n])]
+    if op != "ConstantOfShape":
+        nodes.append(helper.make_node("Constant", [], ["one"], value_floats=[1.0]))
+    nodes.append({
+        "ConstantOfShape": helper.make_node("ConstantOfShape", ["n"], ["c"],
+                                            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        "Expand": helper.make_node("Expand", ["one", "n"], ["c"]),
+        "Tile": helper.make_node("Tile", ["one", "n"], ["c"]),
+    }[op])
+    nodes.append(helper.make_node("Add", ["x", "c"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(("op", "args"), [("ConstantOfShape", ["diagnose", "--static"]),
+                                          ("Expand", ["diagnose", "--static"]), ("Tile", ["check", "--jobs", "1"])])
+def test_a_node_sized_past_the_budget_is_inferred_without_data_propagation(op, args, tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(_sized(op, N), path)
+    done = bounded_graphfix(*args, str(path), seconds=120, memory=CAP)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no findings" in done.stdout or "0 findings" in done.stdout, done.stdout
+    assert done.peak_bytes < 1 << 30, f"{done.peak_bytes:,} bytes"
+
+
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile"])
+def test_a_node_sized_within_the_budget_keeps_data_propagation(op):
+    assert data_prop_allowed(_sized(op, MAX_PROPAGATED_ELEMENTS))
+    assert not data_prop_allowed(_sized(op, MAX_PROPAGATED_ELEMENTS + 1))
+
+
+def test_a_long_1d_graph_input_turns_data_propagation_off():
+    model = _sized("Expand", 4)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = N
+    assert not data_prop_allowed(model)
+
+
+def test_a_shape_too_long_to_read_counts_as_unbounded():
+    """Ones around a long axis (squeezed away later) are no way past the budget."""
+    model = _sized("ConstantOfShape", 1)
+    model.graph.node[0].attribute[0].ints[:] = [1] * 5000 + [N]
+    assert not data_prop_allowed(model)
