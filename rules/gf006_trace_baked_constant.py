@@ -87,11 +87,12 @@ class TraceBakedConstant(Rule):
     `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
 
     ## Fix safety
-    Safe where the constant determines the rebuild: uniform (but for what a mask holds where it lets everything
-    through, below), a table's prefix, a sinusoidal table (at least 3 positions), positions a table is computed
-    from and cut to its first T rows (table arithmetic all the way to a Slice from row 0: the positions' count
-    reaches nothing else). Unsafe where several constructions give the same constant at the export size and differ
-    elsewhere; the finding names them and `--unsafe-fixes` applies the simplest:
+    Safe where the constant determines the rebuild: uniform of 0 or 1 (True, False; but for what a mask holds where
+    it lets everything through, below), a sinusoidal table of the integer positions 0, 1, 2, ... (at least 3; its
+    largest frequency 1), positions a table is computed from and cut to its first T rows (table arithmetic all the
+    way to a Slice from row 0: the positions' count reaches nothing else). Unsafe where several constructions give
+    the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes` applies
+    the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - a band or a diagonal with every edge inside the matrix is also a strided sparse-attention pattern (Sparse
@@ -100,8 +101,14 @@ class TraceBakedConstant(Rule):
     - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied), or over rows and
       columns of one size, is also every mask whose edge lies past the export size: a local window `|i - j| <= w`
       or chunks of w >= T, a cutoff `j < L` with L >= T (rebuilt as no mask, it is wrong at every size past the
-      edge); one whose value is T, 1/T, sqrt(T) or 1/sqrt(T) there is also a value computed from the size
-      (`full((T,), 1 / T)`); not along batch dims alone, and `x + ones(int(T), 8)` is neither;
+      edge); not along batch dims alone, and `x + ones(int(T), 8)` is neither;
+    - a uniform constant of any value but 0 and 1, along batch dims too, is also a value computed from the sizes
+      at the export size: `full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
+      `full((B, 1), float(T))` (an initial state `zeros(int(B), H)` or an all-ones mask stays safe);
+    - a table's first T rows `pe[:T]` are, at the export size N, also its rows `pe[N - T : N]` (rows anchored at
+      their end: the last T of a context of N, right-aligned positions);
+    - a sinusoidal table whose positions step by s != 1 (its largest frequency s) is positions scaled by a factor,
+      which may follow the length (`arange(T) * c / T` is s only at the export length);
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
       so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
       equal it too) but whose positions past the export length the graph does not show;
@@ -307,6 +314,7 @@ class TraceBakedConstant(Rule):
         table = table_prefix(c.value, baked, tables(ctx, c), ctx.constant_value)
         if not isinstance(table, str):
             cut = ", ".join(f"axis {a} to {c.other.name}.shape[{c.source(a)}]" for a in baked)
+            ends = ", ".join(str(c.value.shape[a]) for a in baked)  # the export sizes: [N - T : N] is [0 : T] there
             yield self.finding(
                 base + f"; it is the start of '{table.name}' {list(table.shape or [])}, still in the graph", **where,
                 hint="A table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); write "
@@ -314,9 +322,12 @@ class TraceBakedConstant(Rule):
                 fix=Fix(f"compute {c.const.name} as Slice({table.name}, {cut})",
                         apply=loosened(c.node, c.export_sizes(), table_slice_input(
                             c.node, c.index, table, {a: (c.other, c.source(a)) for a in baked}, ctx.opset)),
-                        safety=Safety.SAFE,
-                        reason=f"the constant equals the leading entries of {table.name}: the slice gives the same "
-                               "values at the export size and the table's rows at every other size"))
+                        safety=Safety.UNSAFE,
+                        reason=f"the constant equals the leading entries of {table.name}, `{table.name}[:T]` "
+                               f"(applied, the simplest), and so do the entries that end at the export size "
+                               f"N, `{table.name}[N - T : N]` with N = {ends} (rows anchored at their end, "
+                               "right-aligned positions), which differ at every other size: the graph does not say "
+                               "which"))
             return
         why.append(f"no table's prefix ({table})")
         # A sinusoidal position table cut at the export length (`self.pe[:, :int(T)]`, the rest gone): a formula.
@@ -331,10 +342,15 @@ class TraceBakedConstant(Rule):
                         f"Shape({c.other.name})[{c.source(axis)}])",
                         apply=loosened(c.node, c.export_sizes(), sinusoid_input(
                             c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
-                        safety=Safety.SAFE,
+                        safety=Safety.SAFE if sinusoid.step == 1 else Safety.UNSAFE,
                         reason=f"every entry is sin or cos of its position times its column's frequency "
                                f"({sinusoid.layout}, frequencies a geometric series): the formula gives the same "
-                               "values at the export length and the rows a longer input needs"))
+                               "values at the export length and the rows a longer input needs" if sinusoid.step == 1
+                        else f"every entry is sin or cos of positions 0, s, 2s, ... (s = {sinusoid.step:.6g}, not "
+                             f"1) times its column's frequency ({sinusoid.layout}): positions scaled by a factor, "
+                             f"which is {sinusoid.step:.6g} at every length (applied, the simplest) or may follow "
+                             f"the length (arange(T) * c / T, {sinusoid.step:.6g} only at T={c.value.shape[axis]}): "
+                             "the graph does not say which"))
             return
         why.append(f"no sinusoidal table ({sinusoid})")
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.

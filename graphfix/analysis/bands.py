@@ -124,32 +124,42 @@ def hypotheses(value: np.ndarray, baked: list[int], band) -> list[Structure] | s
 
 def uniform_alternatives(baked: Baked) -> str:
     """What else gives the uniform constant `baked` at its export sizes, or '' where nothing does:
-    - a value computed from the size it is cut at (`full((T,), 1 / T)`): T, 1/T, sqrt(T) or 1/sqrt(T) there;
+    - a value computed from the sizes (`full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
+      `full((B, 1), float(T))`): any value but 0 and 1 (True, False) may be some f(T) at the export size, along
+      batch dims too;
     - a mask whose edge lies past the export size (a window wider than T, chunks of T or more, a cutoff at a fixed
       length), where the constant sets positions against positions (rows and columns of one size) or holds what a
-      mask lets everything through with as its op applies it (`MASK_VALUES`: True; 0 added, or a large negative
-      number; 0 or 1 multiplied). Not along batch dims alone: no model masks its batch by position.
-    `x + ones(int(T), 8)` is neither: an added mask is 0 where it lets through."""
+      mask lets everything through with as its op applies it (`MASK_VALUES`: True; 0 added; 0 or 1 multiplied).
+      Not along batch dims alone: no model masks its batch by position.
+    `x + ones(int(T), 8)` and an initial state `zeros(int(B), H)` are neither: an added mask is 0 where it lets
+    through, and 0 and 1 are what a size-free constant holds."""
     item = baked.value.reshape(-1)[0].item() if baked.value.size else None
     if not isinstance(item, bool | int | float):
         return ""  # empty, complex, text: nothing a size or a mask gives
-    for axis, dim in baked.axes:
-        n = int(baked.value.shape[axis])
-        for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5)):
-            if n > 1 and not isinstance(item, bool) and math.isclose(item, of_size, rel_tol=1e-6):
-                return (f"a value computed from the size: {item:g} is {text} at {dim}={n} (`torch.full((T,), 1 / T)` "
-                        "keeps no such value at other sizes)")
+    reasons = []
     dims = [dim for _, dim in baked.axes]
-    if all(BATCH_NAME.search(dim) for dim in dims):
-        return ""
     op = baked.node.op
     let_through = isinstance(item, bool) or item == 0 or (item == 1 and op not in ("Add", "Sub", "Div", "Pow")) or (
         item <= -1e4 and op not in ("Mul", "Div", "Min")) or (item == math.inf and op == "Min")
     if op == "Sub" and baked.index == 0:
         let_through = False  # c - x: the constant is no mask applied to x
-    if let_through or len(set(dims)) < len(dims):
-        return ("a mask whose edge lies past the export size: a window wider than it, chunks or blocks of that "
-                "size or more, a cutoff at a fixed length")
+    if not all(BATCH_NAME.search(dim) for dim in dims) and (let_through or len(set(dims)) < len(dims)):
+        reasons.append("a mask whose edge lies past the export size: a window wider than it, chunks or blocks of "
+                       "that size or more, a cutoff at a fixed length")
+    if item not in (0, 1):  # True and False are 1 and 0: what a size-free constant holds
+        reasons.append(f"a value computed from the sizes (1/(T-1), log T, T, ...) gives it at the export size: "
+                       f"{item:g}{_of_a_size(item, baked)} (`torch.full((T,), 1 / T)` keeps no such value at other "
+                       "sizes)")
+    return "; or ".join(reasons)
+
+
+def _of_a_size(item: float, baked: Baked) -> str:
+    """', which is 1/T at T=5'-style text where the value is a size's simplest function there, else ''."""
+    for axis, dim in baked.axes:
+        n = int(baked.value.shape[axis])
+        for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5)):
+            if n > 1 and math.isclose(item, of_size, rel_tol=1e-6):
+                return f", which is {text} at {dim}={n}"
     return ""
 
 

@@ -43,6 +43,13 @@ class Sinusoid:
         angles = np.arange(length, dtype=self.precision)[:, None] * self.omega.astype(self.precision)[None, :]
         return np.where(self.cosine[None, :], np.cos(angles), np.sin(angles)).astype(self.precision)
 
+    @property
+    def step(self) -> float:
+        """The step between positions the table shows: its largest frequency, which is 1 (`10000 ** 0`, snapped to
+        exactly 1 by `_series`) for the integer positions 0, 1, 2, ... of every library's table. Any other step
+        is positions scaled by a factor, which may follow the length (`arange(T) * 4 / T`)."""
+        return float(self.omega.max())
+
     def show(self) -> str:
         return (f"a sinusoidal position table ({self.layout}, {len(self.omega)} columns, frequencies "
                 f"{self.omega[0]:.4g} ... {self.omega[-1]:.4g})")

@@ -8,7 +8,8 @@ A constant cut at an export-time size can be rebuilt at run time when its conten
   side fixed (`tril(ones(T, 8))`, T queries over 8 memory slots). A triangle that reaches the corner of the matrix
   along a size does not show its far edge: it is also every window wider than the export size (`Band.open`);
 - `table_prefix`: a constant equal to the leading rows of a larger table that is still in the graph
-  (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere);
+  (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere); at the export length N they are also the rows
+  that end there (`self.pe[N - T : N]`), so the graph does not determine which;
 - `rows_cut_at_a_length`: a whole table folded to N rows and sliced to a length at run time, the rows met with
   that length downstream (`self.cos_cached[: x.shape[1]] * x`): the graph runs only while the length is <= N;
 - `positions_cut_to_length`: positions 0 .. N-1 folded while a table is computed from them and cut to a length

@@ -41,11 +41,14 @@ def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
 
 def size_limit(model: onnx.ModelProto) -> int | None:
     """The fewest rows of a table the graph indexes with positions (a Range, offset or moved: `POSITION_OPS`) or
-    slices by a computed end: a length beyond it is outside the model (Whisper's 448 positions), not a bug of the
-    export."""
+    slices by a computed end, and the least c of a table sliced from `c - size` (a size read from an input's Shape:
+    `self.pe[16 - x.shape[1]:16]`, the last rows of a context of 16, whose start wraps past 16 in PyTorch too): a
+    length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
     tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
     constants = _constant_values(model)
     ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
+    producers = {name: node for node in model.graph.node for name in node.output}
+    inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
     limits = []
     for node in model.graph.node:
         if node.op_type not in TABLE_OPS or node.input[0] not in tables or len(node.input) < 2:
@@ -54,8 +57,24 @@ def size_limit(model: onnx.ModelProto) -> int | None:
             limits.append(_sliced_rows(node, tables, constants))
         elif node.op_type != "Slice" and node.input[1] in ranged:
             limits.append(int(tables[node.input[0]][0]))
+        if node.op_type == "Slice":
+            limits.append(_start_before_a_size(node.input[1], producers, inputs, constants))
     limits = [rows for rows in limits if rows and rows > 1]
     return min(limits) if limits else None
+
+
+def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], constants: dict) -> int | None:
+    """c where a Slice's start is `c - size`, c a whole constant and the size read from an input's Shape (moved
+    through reshapes and casts on its way): the start goes negative, and wraps, past c."""
+    node = producers.get(start)
+    while node is not None and node.op_type in ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity"):
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "Sub":
+        return None
+    c = constants.get(node.input[0])
+    if c is None or c.dtype.kind not in "iu" or c.size != 1 or node.input[1] in constants:
+        return None
+    return int(c.ravel()[0]) if _dims_read(node.input[1], producers, inputs, constants) else None
 
 
 def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:

@@ -15,11 +15,13 @@ else a default). Then come
   above 40 shows that the output stops at 40;
 
 No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a table indexed by positions (a
-Range) or sliced by a length bounds the non-batch dims; none falls below what a strided Conv/Pool front end needs
-for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch too, it
-is outside the model). 1 appears only in the batch-1 binding (batch dims at 1; no other dim goes below 2). A
-binding where a probed dim is 1, equals another probed dim or a static size of the graph is a coincidence
-(`coincidence`): it is still compared, but earns no evidence. `--shape` and `--input` fix dims at every binding.
+Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps,
+and the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool
+front end needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in
+PyTorch too, it is outside the model). 1 appears only in the batch-1 binding (batch dims at 1; no other dim goes
+below 2). A binding where a probed dim is 1, equals another probed dim or a static size of the graph is a
+coincidence (`coincidence`): it is still compared, but earns no evidence. `--shape` and `--input` fix dims at
+every binding.
 A mask input whose dims the exporter named apart from those of the input it masks takes that input's sizes
 (`mask_aliases`: torch.export names GPT-2's `attention_mask` apart from `input_ids`, though every caller feeds
 them alike).

@@ -57,12 +57,14 @@ def test_a_rule_and_the_retrace_both_read_a_heavy_weight(tmp_path):
     model, pe = table_model()
     path = tmp_path / "table.onnx"
     onnx.save(model, path)
-    # the rule: the fix is SAFE only because it read pe's values and found c among them
+    # the rule: the fix exists only because it read pe's values and found c among them (unsafe: at the export
+    # length pe[:T] is also pe[7 - T : 7], so it is asked for)
     (finding,) = [f for f in graphfix.diagnose(path, static=True) if f.rule == "GF006"]
-    assert finding.fix is not None and finding.fix.safety is Safety.SAFE, finding.message
+    assert finding.fix is not None and finding.fix.safety is Safety.UNSAFE, finding.message
+    assert "start of 'pe'" in finding.message
     # the re-trace: the original fails at every length but 7; re-traced at the others (c regrown from pe), it is
     # the derived check's reference, which ran and matched (it reads pe through the weights map, not the stub)
-    result = graphfix.repair(path, output=tmp_path / "fixed.onnx")
+    result = graphfix.repair(path, output=tmp_path / "fixed.onnx", unsafe_fixes=True)
     assert result.status == "repaired", result.error
     derived = [run["derived"] for run in result.validation["runs"] if run["sizes"]["T"] not in (1, EXPORT_T)]
     assert len(derived) >= 3 and all(d is True for d in derived), result.validation

@@ -229,14 +229,16 @@ def _matches_torch_at_every_size(module, model) -> None:
 @pytest.mark.parametrize("kind,rebuilt_by,safety", [
     ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"),
     ("eye", "EyeLike", "safe"),  # 1 added on the diagonal: no mask, so no strided head stands beside it
-    ("table-prefix", "Slice", "safe"), ("slot-mask", "Trilu", "unsafe"),
+    ("table-prefix", "Slice", "unsafe"),  # pe[:T] at T=7 is also pe[7 - T : 7], rows anchored at their end
+    ("slot-mask", "Trilu", "unsafe"),
     ("sliding-window", "Trilu", "unsafe"),  # traced at T=7 > 4: both edges show, but a stride past 7 would not
     ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
 ])
 def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safety, tmp_path):
     """Determined structures are repaired by default. A triangle is also every window at least as wide as the export
-    length, and a window or a diagonal a strided pattern whose stride lies past it: reported with its alternatives
-    and applied only with --unsafe-fixes (these modules are the simplest of them)."""
+    length, a window or a diagonal a strided pattern whose stride lies past it, and a table's first T rows its rows
+    that end at the export length (`pe[7 - T : 7]`): reported with their alternatives and applied only with
+    --unsafe-fixes (these modules are the simplest of them)."""
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
@@ -249,6 +251,8 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safe
     if safety == "unsafe":
         if kind == "sliding-window":
             assert "strided sparse-attention pattern" in finding.fix.reason, finding.fix.reason
+        elif kind == "table-prefix":
+            assert "[N - T : N]` with N = 7" in finding.fix.reason, finding.fix.reason
         else:
             assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
         default = graphfix.repair(str(path))
@@ -438,7 +442,7 @@ def test_positions_read_other_than_through_the_cut_are_not_regrown():
 def test_a_fix_the_model_s_opset_cannot_hold_is_dropped_with_its_reason(tmp_path):
     """Opset 9 has only Slice-1, whose bounds are attributes: the fix's Slice up to x.shape[1] cannot be written
     there. It wrote one anyway, which onnxruntime refused to load (found by a review); the fix is dropped, the
-    model refused with the reason, and nothing is written."""
+    model refused with the reason, and nothing is written. (A table's prefix is an unsafe fix: asked for.)"""
     import subprocess
     import sys
 
@@ -456,7 +460,7 @@ def test_a_fix_the_model_s_opset_cannot_hold_is_dropped_with_its_reason(tmp_path
                               [numpy_helper.from_array(pe, "pe"), numpy_helper.from_array(pe[:, :7].copy(), "c")])
     path = tmp_path / "opset9.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), path)
-    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "o.onnx"),
+                           "--unsafe-fixes"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "needs Slice of opset 10 or later" in done.stdout, done.stdout + done.stderr
     assert not (tmp_path / "o.onnx").exists()

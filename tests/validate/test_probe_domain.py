@@ -180,3 +180,45 @@ def test_a_reflecting_pad_longer_than_a_short_probe_is_the_models_minimum_for_re
     for command in (["diagnose", str(path)], ["repair", str(path), "-o", str(tmp_path / "out.onnx")]):
         done = runner.invoke(cli, [*command, "--trace-shape", "audio=2x40"])
         assert done.exit_code == 0 and "FAILS" not in done.output and "error" not in done.output, done.output
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["ts", "dynamo"])
+def test_a_table_sliced_from_a_constant_minus_the_length_bounds_the_length(dynamo, tmp_path):
+    """`x + self.pe[16 - T : 16]`: the last T rows of a context of 16. Past 16 the start goes negative and wraps, and
+    PyTorch fails too: the model's domain is T <= 16. The probe went to T = 19 past the 16 that T is subtracted
+    from, and `repair` exited 1 on a healthy export with a GF000 error from `diagnose` (red team 35)."""
+    import onnx
+    from torch import nn
+
+    from graphfix.validate.graph_sizes import size_limit
+
+    class RightAligned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pe = nn.Parameter(torch.randn(32, 8))
+
+        def forward(self, x):
+            return x + self.pe[16 - x.shape[1]:16] + self.pe.mean(0)
+
+    torch.manual_seed(0)
+    module, path = RightAligned().eval(), tmp_path / "right.onnx"
+    with pytest.raises(RuntimeError):
+        module(torch.randn(1, 19, 8))  # outside the model in PyTorch too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(module, (torch.randn(2, 16, 8),), str(path), dynamo=True, input_names=["x"],
+                              output_names=["y"], dynamic_shapes=({0: torch.export.Dim("B"),
+                                                                   1: torch.export.Dim("T", min=1, max=16)},))
+        else:
+            _export(module, (torch.randn(2, 16, 8),), path, ["x", "y"], {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    model = onnx.load(str(path))
+    assert size_limit(model) == 16
+    assert all(binding["T"] <= 16 for binding in probe_sizes(model, ValidationOptions(num_sizes=8)))
+    runner = CliRunner()
+    diagnosed = runner.invoke(cli, ["diagnose", str(path)])
+    assert diagnosed.exit_code == 0 and "GF000" not in diagnosed.output, diagnosed.output
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
+    assert repaired.exit_code == 0 and "unchanged" in repaired.output and "fails" not in repaired.output, \
+        repaired.output
+    assert (tmp_path / "out.onnx").read_bytes() == path.read_bytes()
