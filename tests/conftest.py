@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,29 +62,37 @@ class Finished:
     peak_bytes: int  # the most memory it (or its forked worker) held
 
 
+# Runs the command and writes its peak memory (its forked worker's included) to the file argv[1]. A process
+# forked from the test runner starts with the runner's memory counted as its own peak (gigabytes, late in a
+# suite); one forked from this small one does not.
+_MEASURED = """
+import os, resource, subprocess, sys
+limit = int(sys.argv[2])
+cap = (lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if limit else None
+child = subprocess.Popen(sys.argv[3:], preexec_fn=cap)
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def bounded_graphfix(*args: str, seconds: float = 60, memory: int | None = None) -> Finished:
     """`python -m graphfix args` in its own session, with `memory` bytes of address space at most; past `seconds`
     the whole session (the forked worker too) is killed and the test fails, saying so."""
-
-    def limit():
-        if memory is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, "-m", "graphfix", *args], stdout=out, stderr=err, text=True,
-                                 start_new_session=True, preexec_fn=limit)
-        deadline = time.monotonic() + seconds
-        while not (done := os.wait4(child.pid, os.WNOHANG))[0]:  # wait4: its peak memory, its worker's included
-            if time.monotonic() > deadline:
-                os.killpg(child.pid, signal.SIGKILL)
-                os.wait4(child.pid, 0)
-                child.returncode = -signal.SIGKILL
-                pytest.fail(f"graphfix {' '.join(args)} ran past {seconds:g} s")
-            time.sleep(0.05)
-        child.returncode = os.waitstatus_to_exitcode(done[1])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
+        child = subprocess.Popen([sys.executable, "-c", _MEASURED, peak.name, str(memory or 0), sys.executable,
+                                  "-m", "graphfix", *args], stdout=out, stderr=err, text=True,
+                                 start_new_session=True)
+        try:
+            child.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            pytest.fail(f"graphfix {' '.join(args)} ran past {seconds:g} s")
         out.seek(0)
         err.seek(0)
-        return Finished(child.returncode, out.read(), err.read(), done[2].ru_maxrss * 1024)
+        return Finished(child.returncode, out.read(), err.read(), int(peak.read() or 0))
 
 
 def sample_module(name: str):
