@@ -95,9 +95,10 @@ class TraceBakedConstant(Rule):
     the simplest:
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
-    - a band or a diagonal with every edge inside the matrix is also a strided sparse-attention pattern (Sparse
-      Transformer's heads: that position and every s-th one back, `(i - j) % s == 0`) for any stride s past the
-      export size: a strided head is an eye at T <= s (where its values act as a mask: not `adj + eye(int(N))`);
+    - a band or a diagonal with every edge inside the matrix is also a strided pattern (that position and every
+      s-th one, `(i - j) % s == 0`: Sparse Transformer's heads, a seasonal graph's links) for any stride s past the
+      export size, however its values are applied: a strided pattern is an eye at T <= s, so `adj + eye(int(N))`
+      (self-loops) is not told from `adj + ((i - j) % 8 == 0)` either;
     - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied), or over rows and
       columns of one size, is also every mask whose edge lies past the export size: a local window `|i - j| <= w`
       or chunks of w >= T, a cutoff `j < L` with L >= T (rebuilt as no mask, it is wrong at every size past the
@@ -108,7 +109,10 @@ class TraceBakedConstant(Rule):
     - a table's first T rows `pe[:T]` are, at the export size N, also its rows `pe[N - T : N]` (rows anchored at
       their end: the last T of a context of N, right-aligned positions);
     - a sinusoidal table whose positions step by s != 1 (its largest frequency s) is positions scaled by a factor,
-      which may follow the length (`arange(T) * c / T` is s only at the export length);
+      which may follow the length (`arange(T) * c / T` is s only at the export length); one whose frequencies are
+      of a base no library uses (10000, 500000, 1000, 100) may have it computed from the length (NTK scaling by
+      the length, without a branch). A library's base at the export length is taken for a constant: a scaling
+      whose reference length is the export length shows the library's base there, and is not told apart;
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
       so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
       equal it too) but whose positions past the export length the graph does not show;
@@ -342,10 +346,15 @@ class TraceBakedConstant(Rule):
                         f"Shape({c.other.name})[{c.source(axis)}])",
                         apply=loosened(c.node, c.export_sizes(), sinusoid_input(
                             c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
-                        safety=Safety.SAFE if sinusoid.step == 1 else Safety.UNSAFE,
+                        safety=Safety.SAFE if sinusoid.standard else Safety.UNSAFE,
                         reason=f"every entry is sin or cos of its position times its column's frequency "
-                               f"({sinusoid.layout}, frequencies a geometric series): the formula gives the same "
-                               "values at the export length and the rows a longer input needs" if sinusoid.step == 1
+                               f"({sinusoid.layout}, frequencies a geometric series of a library's base): the "
+                               "formula gives the same values at the export length and the rows a longer input "
+                               "needs" if sinusoid.standard
+                        else f"every entry is sin or cos of its position times frequencies of a base no library "
+                             f"uses ({sinusoid.show()}), which may be computed from the length (NTK scaling by the "
+                             "length, `base * (T / L) ** (d / (d - 2))`): the graph shows one length, and does not "
+                             "say which" if sinusoid.step == 1
                         else f"every entry is sin or cos of positions 0, s, 2s, ... (s = {sinusoid.step:.6g}, not "
                              f"1) times its column's frequency ({sinusoid.layout}): positions scaled by a factor, "
                              f"which is {sinusoid.step:.6g} at every length (applied, the simplest) or may follow "
@@ -371,14 +380,14 @@ class TraceBakedConstant(Rule):
             others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
             # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
             # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
-            strided = band.kind in ("eye", "band") and bands.applied_as_mask(band, c)
+            strided = band.kind in ("eye", "band")
             reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
                       f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
                       "wrong at every longer size" if len(masks) > 1 else
                       f"the constant is exactly {band.show()} with every edge inside the matrix (applied, the "
-                      "simplest), which is also a strided sparse-attention pattern, that position and every s-th one "
-                      "besides (`(i - j) % s == 0`, Sparse Transformer), for any stride s past the export size: the "
-                      "graph does not say which" if strided else
+                      "simplest), which is also a strided pattern, that position and every s-th one besides "
+                      "(`(i - j) % s == 0`: a Sparse Transformer head, a seasonal graph's links), for any stride s "
+                      "past the export size: the graph does not say which" if strided else
                       f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
                       "pattern at every size")
             yield self.finding(

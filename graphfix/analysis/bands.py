@@ -2,8 +2,7 @@
 of any offset, a sliding window of any width, eye) that reproduces it at the export size, told apart by what each
 gives at a larger size. Values that follow no such family are learned, never regrown. (The space of a baked size
 is graphfix.analysis.hypotheses.) Besides the bands: what else a uniform constant may be (`uniform_alternatives`:
-a mask whose edge lies past the export size, a value computed from the size), and whether a band's values act as
-a mask at all (`applied_as_mask`: a strided sparse-attention head gives an eye or a band too).
+a mask whose edge lies past the export size, a value computed from the size).
 
     for band in structures(mask == 0, rows_grow=True, cols_grow=True): band.holds(12, 12)
     hypotheses(value, baked_axes, proposed_band)  # the proposal checked, then the others that fit
@@ -21,7 +20,7 @@ import numpy as np
 from graphfix.analysis.broadcast import BATCH_NAME
 
 if TYPE_CHECKING:
-    from graphfix.analysis.structured import Baked, Band
+    from graphfix.analysis.structured import Baked
 
 
 @dataclass(frozen=True)
@@ -161,17 +160,3 @@ def _of_a_size(item: float, baked: Baked) -> str:
             if n > 1 and math.isclose(item, of_size, rel_tol=1e-6):
                 return f", which is {text} at {dim}={n}"
     return ""
-
-
-def applied_as_mask(band: Band, baked: Baked) -> bool:
-    """Whether the band's two values act as a mask where its op applies them: True/False anywhere, 0 and a large
-    negative number added, 0 and 1 multiplied. `A + eye(int(N))` (1 added on the diagonal, a graph's self-loops) is
-    no attention mask, so no sparse-attention pattern stands beside it."""
-    op, values = baked.node.op, {band.inside.item(), band.outside.item()}
-    if baked.value.dtype == np.bool_:
-        return True
-    if op == "Add" or (op == "Sub" and baked.index == 1):
-        return 0 in values and min(values) <= -1e4
-    if op == "Sub":
-        return False
-    return values == {0, 1} if op == "Mul" else True

@@ -50,6 +50,18 @@ class Sinusoid:
         is positions scaled by a factor, which may follow the length (`arange(T) * 4 / T`)."""
         return float(self.omega.max())
 
+    @property
+    def standard(self) -> bool:
+        """Integer positions (`step` 1) and frequencies of a base a library uses (`BASES`: 10000 ** (-k/m)). Any
+        other base may be computed from the length (NTK scaling by the length, no branch: `base * (T / L) ** ...`),
+        and so may a step: the table shows one length only."""
+        omega = np.unique(self.omega)[::-1]
+        if self.step != 1.0 or len(omega) < 2:
+            return self.step == 1.0
+        ratio = float(omega[1] / omega[0])
+        return _snapped(ratio) != ratio or any(math.isclose(ratio, b ** (-1.0 / round(-math.log(b) / math.log(
+            ratio))), rel_tol=1e-12) for b in BASES if ratio < 1)
+
     def show(self) -> str:
         return (f"a sinusoidal position table ({self.layout}, {len(self.omega)} columns, frequencies "
                 f"{self.omega[0]:.4g} ... {self.omega[-1]:.4g})")

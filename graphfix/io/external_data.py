@@ -96,11 +96,18 @@ def _sparse_tensors(sparse: onnx.SparseTensorProto, where: str) -> Iterator[tupl
 
 def _node_tensors(node: onnx.NodeProto, context: str) -> Iterator[tuple[str, TensorProto]]:
     for attr in node.attribute:
-        if attr.ref_attr_name:
+        if attr.ref_attr_name and not _holds_values(attr):
             continue  # a function's node reads the function's attribute: no value of its own
         yield from _attribute_tensors(
             attr, f"tensor in attribute '{attr.name}' of node '{node.name or node.op_type}'{context}",
             f" in a subgraph of node '{node.name or node.op_type}'{context}")
+
+
+def _holds_values(attr: onnx.AttributeProto) -> bool:
+    """Whether an attribute holds a tensor, a sparse tensor or a graph of its own: one that also names a function's
+    attribute (`ref_attr_name`) is still read by onnxruntime where no function encloses it, so it is checked."""
+    return any(attr.HasField(name) for name in ("t", "sparse_tensor", "g")) or bool(
+        attr.tensors or attr.sparse_tensors or attr.graphs)
 
 
 def _attribute_tensors(attr: onnx.AttributeProto, where: str, inside: str) -> Iterator[tuple[str, TensorProto]]:

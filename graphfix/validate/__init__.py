@@ -170,9 +170,12 @@ def _refuted(run: SizeRun) -> bool:
     """Whether the candidate's failure at `run` says it is wrong: it differs from a reference, breaks a declared
     output, or fails where the original runs. Failing where the original fails too does not: nothing says the
     model takes that size (`x.reshape(B, T // 4, 16)` takes only multiples of 4, and a probe at T = 5 fails in
-    PyTorch as well)."""
+    PyTorch as well). Nor does an output dim other than a declared int above 1: the TorchScript exporter writes an
+    axis left out of `dynamic_axes` as its traced size, which the right repair no longer keeps."""
     unreferenced = run.candidate_error is not None and run.original_error is not None and not run.shape_problems
-    return run.failed and not unreferenced
+    traced = run.traced_ints_only and not run.candidate_error and run.derived is not False and all(
+        o.ok for o in run.outputs)
+    return run.failed and not unreferenced and not traced
 
 
 def _plain(value: Any) -> Any:

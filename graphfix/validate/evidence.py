@@ -54,6 +54,7 @@ class SizeRun:
     skipped: bool = False  # outside the model's range (both fail below a minimum size): no evidence, no failure
     derived: bool | None = None  # matched the original re-traced here; None: no re-trace here
     derived_outputs: list[OutputComparison] = field(default_factory=list)  # its comparisons, kept when one differs
+    traced_ints_only: bool = False  # every shape problem is against a declared int that may be a traced size
 
     @property
     def failed(self) -> bool:
@@ -209,6 +210,14 @@ class Judge:
     def promised(self) -> ShapeOracle:
         return ShapeOracle(self.before.proto, self.promises, says="the original declares")
 
+    @functools.cached_property
+    def promised_symbols(self) -> ShapeOracle:
+        """The promises without their ints above 1: the TorchScript exporter writes every axis left out of
+        `dynamic_axes` as its traced size, so such an int may be the export size a repair now follows."""
+        symbols = {name: None if dims is None else [None if isinstance(d, int) and d > 1 else d for d in dims]
+                   for name, dims in self.promises.items()}
+        return ShapeOracle(self.before.proto, symbols, says="the original declares")
+
     def feeds(self, binding: dict[str, int]) -> dict[str, np.ndarray]:
         """Inputs for both models: the original's, plus any input only the candidate declares."""
         feeds = synthesize_inputs(self.after.proto, binding, self.options) if self.after is not self.before else {}
@@ -244,6 +253,8 @@ class Judge:
             return run
         run.candidate_shapes = {k: list(np.shape(v)) for k, v in actual.outputs.items()}
         run.shape_problems = self.promised.mismatches(actual.outputs, binding)
+        run.traced_ints_only = bool(run.shape_problems) and not self.promised_symbols.mismatches(actual.outputs,
+                                                                                                  binding)
         self.held.watch(actual.outputs, binding)
         if self.after is self.before:
             run.level = "original"  # nothing changed: the model is its own original

@@ -63,18 +63,48 @@ def size_limit(model: onnx.ModelProto) -> int | None:
     return min(limits) if limits else None
 
 
+_MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")  # a value passes them as it is
+
+
 def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], constants: dict) -> int | None:
-    """c where a Slice's start is `c - size`, c a whole constant and the size read from an input's Shape (moved
-    through reshapes and casts on its way): the start goes negative, and wraps, past c."""
-    node = producers.get(start)
-    while node is not None and node.op_type in ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity"):
-        node = producers.get(node.input[0])
+    """c where a Slice's start is `c - size`, c a whole constant and the size one axis of an input's Shape (moved
+    through reshapes and casts on its way, nothing computed from it: `c - T // 4` passes c at 4c): the start goes
+    negative, and wraps, past c."""
+    node = _through_moves(start, producers)
     if node is None or node.op_type != "Sub":
         return None
     c = constants.get(node.input[0])
-    if c is None or c.dtype.kind not in "iu" or c.size != 1 or node.input[1] in constants:
+    if c is None or c.dtype.kind not in "iu" or c.size != 1 or not _an_input_axis(node.input[1], producers, inputs,
+                                                                                    constants):
         return None
-    return int(c.ravel()[0]) if _dims_read(node.input[1], producers, inputs, constants) else None
+    return int(c.ravel()[0])
+
+
+def _through_moves(name: str, producers: dict):
+    node = producers.get(name)
+    while node is not None and node.op_type in _MOVES:
+        node = producers.get(node.input[0])
+    return node
+
+
+def _an_input_axis(name: str, producers: dict, inputs: dict[str, list], constants: dict) -> bool:
+    """Whether the value is one symbolic axis of a graph input: Gather(Shape(input), a constant index), or a Shape
+    whose start and end take one axis (torch.export's `sym_size`)."""
+    node = _through_moves(name, producers)
+    if node is not None and node.op_type == "Shape":
+        bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
+        axis, shape = bounds.get("start"), node
+        if axis is None or bounds.get("end") != axis + 1:
+            return False
+    elif node is not None and node.op_type == "Gather" and len(node.input) > 1:
+        index, shape = constants.get(node.input[1]), producers.get(node.input[0])
+        if index is None or index.size != 1 or shape is None or shape.op_type != "Shape" or shape.attribute:
+            return False
+        axis = int(index.ravel()[0])
+    else:
+        return False
+    names = inputs.get(shape.input[0])
+    return names is not None and -len(names) <= axis < len(names) and isinstance(names[axis], str)
 
 
 def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:

@@ -4,6 +4,8 @@ rows that are reduced or only measured (they run at any length as they are), a t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -167,7 +169,8 @@ def test_a_sinusoidal_table_of_the_frames_a_strided_slice_keeps_is_regrown_from_
         def forward(self, x):
             h = self.proj(x)[:, ::2]
             n = int(h.shape[1])
-            angle = torch.arange(n).float()[:, None] * torch.exp(torch.arange(0, 32, 2).float() * -0.3)[None]
+            frequencies = torch.exp(torch.arange(0, 32, 2).float() * (-math.log(1e4) / 32))  # 10000's: a library's
+            angle = torch.arange(n).float()[:, None] * frequencies[None]
             return h + torch.stack([angle.sin(), angle.cos()], -1).reshape(n, 32)
 
     torch.manual_seed(0)

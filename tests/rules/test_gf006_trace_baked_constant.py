@@ -76,14 +76,16 @@ def test_an_empty_constant_is_judged_not_crashed_on():
     assert [f.fix.safety.value for f in gf006(graphfix.diagnose(model, static=True))] == ["safe"]
 
 
-def test_an_identity_added_to_a_graph_is_no_attention_mask():
-    """`adj + eye(int(N))` (a graph's self-loops) adds 1 on the diagonal: no mask, so no strided head stands beside
-    it and the eye is rebuilt by default (helper 47)."""
+def test_an_identity_added_to_a_graph_is_also_a_strided_pattern():
+    """`adj + eye(int(N))` (a graph's self-loops) is also `adj + ((i - j) % s == 0)` for any s past N (a seasonal
+    graph's links, helper 52: rebuilt as an eye, it was wrong past s with exit 0), so the eye is not rebuilt by
+    default, however its values are applied."""
     eye = ", ".join(str(float(v)) for v in np.eye(6).reshape(-1))
     model = parse(f"""<ir_version: 8, opset_import: ["" : 17]>
         g (float[B, T, T] x) => (float[B, T, T] y) <float[6, 6] c = {{{eye}}}> {{ y = Add(x, c) }}""")
     (finding,) = gf006(graphfix.diagnose(model, static=True))
-    assert finding.fix.safety.value == "safe" and "EyeLike" in finding.fix.summary + finding.fix.reason
+    assert finding.fix.safety.value == "unsafe" and "EyeLike" in finding.fix.summary
+    assert "(i - j) % s == 0" in finding.fix.reason and "seasonal" in finding.fix.reason
 
 
 def test_table_cut_at_the_export_length_is_reported_not_guessed():
@@ -228,7 +230,7 @@ def _matches_torch_at_every_size(module, model) -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize("kind,rebuilt_by,safety", [
     ("causal-mask", "Trilu", "unsafe"), ("additive-mask", "Trilu", "unsafe"),
-    ("eye", "EyeLike", "safe"),  # 1 added on the diagonal: no mask, so no strided head stands beside it
+    ("eye", "EyeLike", "unsafe"),  # 1 added on the diagonal: also every period s past T, `(i - j) % s == 0`
     ("table-prefix", "Slice", "unsafe"),  # pe[:T] at T=7 is also pe[7 - T : 7], rows anchored at their end
     ("slot-mask", "Trilu", "unsafe"),
     ("sliding-window", "Trilu", "unsafe"),  # traced at T=7 > 4: both edges show, but a stride past 7 would not
@@ -249,8 +251,8 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safe
     assert len(named) == 1 and f"T={EXPORT_TIME}" in finding.message  # the constant and the export-time size
     assert finding.fix is not None and finding.fix.safety.value == safety
     if safety == "unsafe":
-        if kind == "sliding-window":
-            assert "strided sparse-attention pattern" in finding.fix.reason, finding.fix.reason
+        if kind in ("sliding-window", "eye"):
+            assert "which is also a strided pattern" in finding.fix.reason, finding.fix.reason
         elif kind == "table-prefix":
             assert "[N - T : N]` with N = 7" in finding.fix.reason, finding.fix.reason
         else:
@@ -296,7 +298,7 @@ def test_a_mask_that_shows_a_simpler_one_at_the_export_length_is_not_repaired_by
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
     (finding,) = gf006(graphfix.diagnose(str(path), static=True))
-    why = "strided sparse-attention pattern" if kind in STRIDED else "edge lies past the export size"
+    why = "which is also a strided pattern" if kind in STRIDED else "edge lies past the export size"
     assert finding.fix.safety.value == "unsafe" and why in finding.fix.reason, finding.fix.reason
     result = graphfix.repair(str(path), output=str(tmp_path / "default.onnx"))
     assert result.status == "unchanged" and not result.applied and result.output is None, result

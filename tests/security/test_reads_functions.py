@@ -80,3 +80,23 @@ def test_a_training_graph_read_from_outside_the_folder_is_refused(sandbox):
     done = sandbox.run("diagnose", str(path))
     assert done.returncode == 2 and "training info" in done.stderr, done.stdout + done.stderr
     assert sandbox.touched() == []
+
+
+def test_a_tensor_that_also_names_a_function_attribute_is_checked(sandbox):
+    """Found by a review: an attribute in the main graph holding an external tensor and a `ref_attr_name` was
+    skipped as a mere reference, and onnxruntime read the tensor through a hard link out of the folder."""
+    os.link(sandbox.outside / "secret.bin", sandbox.model_dir / "w.bin")
+    const = helper.make_node("Constant", [], ["shape"])
+    attr = AttributeProto(name="value", ref_attr_name="v", type=AttributeProto.TENSOR)
+    attr.t.CopyFrom(_external("value", "w.bin"))
+    const.attribute.append(attr)
+    graph = helper.make_graph([const, helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = sandbox.model_dir / "m.onnx"
+    path.write_bytes(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
+                     .SerializeToString())
+    sandbox.touched()
+    done = sandbox.run("diagnose", str(path))
+    assert done.returncode == 2 and "hard link" in done.stderr, done.stdout + done.stderr
+    assert sandbox.touched() == []
