@@ -33,5 +33,5 @@ def command(model, inputs, outputs, names, output, shapes, rtol, atol, fmt) -> i
 
     checks = validation_options_from(shapes=shapes, rtol=rtol, atol=atol)
     rename = name_values("--name", names)
-    result = in_child(lambda: extract(load_model(model), inputs, outputs, output, checks, rename=rename), model, output)
+    result = in_child(lambda: extract(load_model(model), inputs, outputs, output, checks, rename=rename), model)
     return emit_result(result, fmt)

@@ -30,5 +30,5 @@ def command(model, fills, output, no_simplify, shapes, rtol, atol, fmt) -> int:
     values = {name: parse_fill(text) for name, text in name_values("--input", fills).items()}
     checks = validation_options_from(shapes=shapes, rtol=rtol, atol=atol)
     simplify = not no_simplify
-    result = in_child(lambda: freeze(load_model(model), values, output, checks, simplify=simplify), model, output)
+    result = in_child(lambda: freeze(load_model(model), values, output, checks, simplify=simplify), model)
     return emit_result(result, fmt)

@@ -111,7 +111,7 @@ def _repaired(path: Path, target: Path | None, options: RepairOptions) -> Repair
                          for d in (result.before, result.after))
         return dataclasses.replace(result, before=before, after=after, light=None, weights={})
 
-    with sweeping(target):  # what a crashed or stopped child left: scratch folders, staging beside the output
+    with sweeping():  # what a crashed child left: its scratch folders, its staging beside the output
         return run_forked(work, str(path))
 
 

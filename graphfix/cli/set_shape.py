@@ -21,5 +21,5 @@ def command(model, shapes, output, rtol, atol, fmt) -> int:
 
     dims = {name: parse_named_dims(text) for name, text in name_values("--shape", shapes).items()}
     checks = validation_options_from(shapes=(), rtol=rtol, atol=atol)
-    result = in_child(lambda: set_shape(load_model(model), dims, output, checks), model, output)
+    result = in_child(lambda: set_shape(load_model(model), dims, output, checks), model)
     return emit_result(result, fmt)

@@ -32,6 +32,7 @@ from graphfix.core.errors import GraphfixError, InputError, InternalError
 
 STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
 _in_child = False
+_made_fd: int | None = None  # in a child: where `made` tells the parent what it creates
 _enabled = False
 _baseline: int | None = None  # native threads at the first fork
 
@@ -39,8 +40,8 @@ _baseline: int | None = None  # native threads at the first fork
 class Crashed(InputError):
     """The child doing one model's work was killed by a signal (a crash in native code on that model)."""
 
-    def __init__(self, label: str, signum: int, pid: int | None = None, started: float | None = None):
-        self.signum, self.pid, self.started = signum, pid, started  # the child, and when it was forked (time.time)
+    def __init__(self, label: str, signum: int, pid: int | None = None, made: tuple[str, ...] = ()):
+        self.signum, self.pid, self.made = signum, pid, made  # the child, and the folders it said it made
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
         super().__init__(f"{label}: the work on this model crashed ({name}, {signal.strsignal(signum) or ''}) in "
                          "onnxruntime or another native library; nothing was written for it")
@@ -102,12 +103,13 @@ class Forked:
 
     def __init__(self, work: Callable[[], Any], label: str):
         self.label, self.pid, self.fd, self._chunks = label, None, None, []
-        self.started = time.time()  # before the fork: what the child makes is newer (see staging.remove_left)
         self._inline: tuple[str, Any] | None = None
+        self._made_fd: int | None = None
         if not can_fork():
             self._inline = _outcome(work)
             return
         read_fd, write_fd = os.pipe()
+        made_read, made_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         # What exists now lives until the process ends: the collector skips it from here on (Python's advice before
@@ -123,9 +125,11 @@ class Forked:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
         if pid == 0:  # the child: never returns into the caller's code
-            _serve(work, read_fd, write_fd, held)
+            os.close(made_read)
+            _serve(work, read_fd, write_fd, held, made_write)
         os.close(write_fd)
-        self.pid, self.fd = pid, read_fd
+        os.close(made_write)
+        self.pid, self.fd, self._made_fd = pid, read_fd, made_read
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is handled here
         except BaseException:
@@ -154,14 +158,27 @@ class Forked:
             raise
         finally:
             os.close(self.fd)
+            made = self._made()
         pid, self.pid = self.pid, None
         if os.WIFSIGNALED(status):
-            raise Crashed(self.label, os.WTERMSIG(status), pid, self.started)
+            raise Crashed(self.label, os.WTERMSIG(status), pid, made)
         data = b"".join(self._chunks)
         if not data:
             raise InternalError(f"{self.label}: the worker exited with status {os.waitstatus_to_exitcode(status)} "
                                 "and no result")
         return _unpack(pickle.loads(data))  # written by our own child
+
+    def _made(self) -> tuple[str, ...]:
+        """The folders the child said it made (`made`), read once it has ended; closes that pipe."""
+        if self._made_fd is None:
+            return ()
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self._made_fd, 1 << 16):
+                chunks.append(chunk)
+        os.close(self._made_fd)
+        self._made_fd = None
+        return tuple(p.decode("utf-8", "surrogateescape") for p in b"".join(chunks).split(b"\0") if p)
 
     def kill(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
@@ -180,6 +197,7 @@ class Forked:
             os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
         self.pid = None
+        self._made()  # a child killed after its grace leaves its folders: they stay, as a crash's did before
 
 
 def run_forked(work: Callable[[], Any], label: str) -> Any:
@@ -201,12 +219,20 @@ def _unpack(outcome: tuple[str, Any]) -> Any:
     return value
 
 
-def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held) -> None:
+def made(path: str) -> None:
+    """In a forked child, tell the parent that this folder was just made by it: if the child crashes, the parent
+    removes it (graphfix.io.staging.remove_left), and nothing it was not told of."""
+    if _made_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_made_fd, os.fsencode(path) + b"\0")
+
+
+def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int) -> None:
     """The child's whole life. Its stopping signals are unblocked inside the `try`: one sent before (a stop right
     after the fork) raises here and ends in `os._exit`, never in the caller's code (helper 36 saw such a child
     unwind into its parent's code and write its SystemExit into the parent's own result pipe)."""
-    global _in_child
-    _in_child = True
+    global _in_child, _made_fd
+    _in_child, _made_fd = True, made_fd
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)

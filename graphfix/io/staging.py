@@ -3,11 +3,11 @@
 Every folder graphfix creates for itself carries the creating process id in its name (`graphfix-<pid>-<token>` in
 the system temp folder, `.<output>.graphfix-<pid>-<token>.tmp` beside an output) and a marker file inside that
 repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, `--timeout`).
-graphfix deletes nothing that was not made in the same run: the folders of a forked child that crashed are removed
-by its parent (`remove_left`: named with the child's pid, made since it was forked, and marked by it or holding
-nothing but a marker it was still writing), and a folder left by a graphfix process killed outright (SIGKILL) from
-outside stays for the user to remove. Its name and marker are text anyone can write (a repository may carry
-one), so they prove nothing about who made it.
+graphfix deletes nothing another process made: a forked child tells its parent each folder it makes as it makes
+it (`graphfix.core.forked.made`), and if the child crashes the parent removes those folders and no other
+(`remove_left`). Names, markers, owners and times prove nothing: a checkout can carry a forged marker, and a
+container beside this one can have a child of the same pid. A folder left by a graphfix process killed outright
+(SIGKILL) from outside stays for the user to remove.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from graphfix.core import forked
 from graphfix.core.errors import OutputError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}  # the folder cannot take our files
@@ -64,9 +65,10 @@ def staging_dir(destination: Path) -> Path:
 
 
 def _make(folder: str) -> Path:
-    """Mark a folder mkdtemp just made as graphfix's (the sweep removes nothing else)."""
+    """Mark a folder mkdtemp just made as graphfix's, and tell a forking parent that this process made it."""
     path = Path(folder)
     _LIVE.add(path)
+    forked.made(folder)
     try:
         fd = os.open(path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -82,57 +84,44 @@ def remove(path: Path) -> None:
     _LIVE.discard(path)
 
 
-def remove_left(pid: int, since: float, folders: Iterable[Path | str | None] = (None,)) -> list[Path]:
-    """The folders a crashed graphfix child `pid` of this run, forked at `since` (time.time), left in `folders`
-    (None: the temp folder): a real folder of this user named with that pid and changed since the fork, that the
-    child marked as its own (whatever it holds: a staged model) or that holds nothing or only a marker it was
-    still writing (a prefix of its text; killed between `mkdtemp` and the marker). Nothing else goes: a folder of
-    another process, or one older than the fork, is never graphfix's to delete."""
+def remove_left(pid: int, made: Iterable[str]) -> list[Path]:
+    """The folders a crashed graphfix child `pid` of this run said it made (`made`), each where it still is a real
+    folder of this user that the child marked as its own (whatever it holds: a staged model) or that holds nothing
+    or only a marker it was still writing. Nothing it did not name goes."""
     removed = []
-    for folder in folders:
-        folder = Path(folder if folder is not None else tempfile.gettempdir())
+    for folder in made:
+        _, token = _owner_name(os.path.basename(folder))
+        text = _marker_text(pid, token).encode()
         try:
-            entries = list(os.scandir(folder))
+            info = os.lstat(folder)
         except OSError:
             continue
-        for entry in entries:
-            owner, token = _owner_name(entry.name)
-            if owner != pid or not _made_since(entry, since):
-                continue
-            text = _marker_text(pid, token).encode()
-            if _marker(entry.path) == text:
-                shutil.rmtree(entry.path, ignore_errors=True)  # a folder swapped for a link since is refused
-                removed.append(Path(entry.path))
-            elif _unfinished(entry, text):
-                with contextlib.suppress(OSError):  # anything that came into it since: kept
-                    os.rmdir(entry.path)
-                    removed.append(Path(entry.path))
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if _marker(folder) == text:
+            shutil.rmtree(folder, ignore_errors=True)  # fd-based: never follows a link inside
+            removed.append(Path(folder))
+        elif _unfinished(folder, text):
+            with contextlib.suppress(OSError):  # anything that came into it since: kept
+                os.rmdir(folder)
+                removed.append(Path(folder))
     return removed
 
 
-def _made_since(entry: os.DirEntry, since: float) -> bool:
-    """Whether `entry` is a real folder (no link) of this user, changed since `since`."""
-    try:
-        info = entry.stat(follow_symlinks=False)
-    except OSError:
-        return False
-    return entry.is_dir(follow_symlinks=False) and info.st_uid == os.getuid() and info.st_ctime >= since - 1
-
-
-def _unfinished(entry: os.DirEntry, marker_text: bytes) -> bool:
-    """Whether `entry`'s only content, if any, is a regular file named MARKER of this user holding a prefix of
+def _unfinished(folder: str, marker_text: bytes) -> bool:
+    """Whether the folder's only content, if any, is a regular file named MARKER of this user holding a prefix of
     `marker_text` (which is then removed)."""
     try:
-        names = os.listdir(entry.path)
+        names = os.listdir(folder)
     except OSError:
         return False
     if not names:
         return True
-    text = _marker(entry.path) if names == [MARKER] else None
+    text = _marker(folder) if names == [MARKER] else None
     if text is None or not marker_text.startswith(text):
         return False
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(entry.path, MARKER))
+        os.unlink(os.path.join(folder, MARKER))
     return True
 
 

@@ -165,7 +165,7 @@ def _collect(child: Forked, job: Job) -> Outcome:
     try:
         return child.result()
     except Crashed as exc:
-        remove_left(exc.pid, exc.started)
+        remove_left(exc.pid, exc.made)
         return Outcome(str(job.path), error=str(exc), exit_code=exc.exit_code, crashed=True)
 
 

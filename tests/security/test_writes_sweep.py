@@ -93,7 +93,9 @@ def test_folders_of_another_run_are_kept_even_with_a_marker(sandbox):
 
 
 # A child killed while staging, as the `graphfix` command forks it (a fresh process: forking is safe there), run
-# inside the parent's `sweeping` block; prints the crashed child's pid.
+# inside the parent's `sweeping` block; prints the crashed child's pid. Each folder it makes it announces as
+# graphfix's own `staging._make` does (`forked.made`, right after `mkdtemp`); one named with its pid it does not
+# announce (a container beside this one whose child has the same pid made it).
 CRASH_WHILE_STAGING = """
 import os, signal, sys, tempfile
 from pathlib import Path
@@ -102,38 +104,49 @@ from graphfix.core import forked
 from graphfix.io import staging
 out = Path(sys.argv[1])
 
+def made(**where):
+    folder = tempfile.mkdtemp(**where)
+    forked.made(folder)
+    return Path(folder)
+
 def crash_while_staging():
     prefix = f".o.onnx.{staging.scratch_name()}"
-    tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out)  # killed before its marker
-    half = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
+    made(prefix=prefix, suffix=".tmp", dir=out)  # killed before its marker
+    half = made(prefix=prefix, suffix=".tmp", dir=out)
     (half / staging.MARKER).write_text(f"graphfix staging {os.getpid()}")  # killed while writing it
-    data = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))
-    (data / "weights.bin").write_bytes(b"user data?")  # holds more than a marker: kept
-    tempfile.mkdtemp(prefix=staging.scratch_name("sim"))  # in the temp folder
+    staged = made(prefix=prefix, suffix=".tmp", dir=out)
+    (staged / staging.MARKER).write_text(f"graphfix staging {os.getpid()} {staged.name.split('-')[-1][:-4]}\\n")
+    (staged / "o.onnx").write_bytes(b"half a model")  # marked: its own staging, whatever it holds
+    data = made(prefix=prefix, suffix=".tmp", dir=out)
+    (data / "weights.bin").write_bytes(b"user data?")  # unmarked, and holds more than a marker: kept
+    made(prefix=staging.scratch_name("sim"))  # in the temp folder
+    neighbour = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out))  # named alike, not announced
+    (neighbour / staging.MARKER).write_text(f"graphfix staging {os.getpid()} {neighbour.name.split('-')[-1][:-4]}\\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
 forked.enable()
 assert forked.can_fork()
 try:
-    with sweeping(out / "o.onnx"):
+    with sweeping():
         forked.run_forked(crash_while_staging, "m.onnx")
 except forked.Crashed as crashed:
     print(crashed.pid)
 """
 
 
-def test_a_crashed_child_s_unmarked_folders_go_and_nothing_else(sandbox):
-    """A child killed between `mkdtemp` and its marker's write leaves a folder the sweep must keep (nothing tells it
-    from a user's); its parent, which saw it crash, removes those it made that hold nothing or a half-written
-    marker. One holding anything else stays, and so does another process's."""
+def test_a_crashed_child_s_folders_go_and_nothing_else(sandbox):
+    """The parent that saw its child crash removes the folders the child said it made: marked (a staged model) or
+    holding nothing or a half-written marker. One holding anything else stays, and so does a folder named and
+    marked like the child's that it did not announce (a neighbour container's child of the same pid: review 36
+    saw a parent delete a live one), and another dead run's."""
     out = sandbox.root / "out"
     out.mkdir()
-    other = out / f".o.onnx.graphfix-{dead_pid()}-abcdefgh.tmp"  # another dead run's: the next sweep's business
+    other = out / f".o.onnx.graphfix-{dead_pid()}-abcdefgh.tmp"  # another dead run's: never graphfix's to remove
     other.mkdir()
     done = subprocess.run([sys.executable, "-c", CRASH_WHILE_STAGING, str(out)], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "TMPDIR": str(sandbox.tmp)})
     assert done.returncode == 0 and done.stdout.strip().isdigit(), done.stderr
     left = graphfix_folders(sandbox.tmp, out)
-    assert len(left) == 2 and other.name in left, left
-    kept = next(out / name for name in left if name != other.name)
-    assert done.stdout.strip() in kept.name and [p.name for p in kept.iterdir()] == ["weights.bin"]
+    assert len(left) == 3 and other.name in left, left
+    kept = sorted(sorted(p.name for p in (out / name).iterdir()) for name in left if name != other.name)
+    assert kept == [[".graphfix-staging"], ["weights.bin"]], kept  # the neighbour's, and the unmarked data
