@@ -88,8 +88,8 @@ def report_inputs(output_file: Path, models: list[Path]) -> list[Path]:
     inputs = list(models)
     if output_file.is_file():
         where = output_file.parent.resolve()
-        inputs += [data for model in models if where.is_relative_to(model.parent.resolve())
-                   for data in files_read_by(model)]
+        real = [model.resolve() for model in models]  # a model named through a link reads data beside its file
+        inputs += [data for model in real if where.is_relative_to(model.parent) for data in files_read_by(model)]
         check_target(output_file, inputs)
     return inputs
 

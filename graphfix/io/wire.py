@@ -4,9 +4,10 @@ Replacing an output (a second run, `--in-place`) must know which data files the 
 that the commit can remove its own and keep the rest (graphfix.io.saving). Parsing that model costs its whole
 size in memory and time, and a search of its bytes for `location` reads all of them (0.3 s and 50 MB on an inline
 BERT-base, on the staging thread, beside validation). `external_locations` walks protobuf's wire format instead:
-only the messages that hold tensors (the graph, its nodes, their attributes and subgraphs, the model's functions,
-as `graphfix.io.external_data.model_tensors` visits them) are entered, every other field is skipped by its
-length, and no tensor's values are read: a few milliseconds on BERT-base.
+only the messages that hold tensors (the graph, its nodes, their attributes and subgraphs, the model's functions
+and their attributes' defaults, its training graphs, as `graphfix.io.external_data.model_tensors` visits them)
+are entered, every other field is skipped by its length, and no tensor's values are read: a few milliseconds on
+BERT-base.
 
 Anything the walk does not expect makes it answer None, and the caller parses the model: a truncated field, a
 group, a field number protobuf refuses, an enum value onnx.proto does not define (proto2's enums are closed: the
@@ -31,7 +32,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto
+from onnx import (
+    AttributeProto,
+    FunctionProto,
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    SparseTensorProto,
+    TensorProto,
+    TrainingInfoProto,
+)
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5  # wire types (3 and 4, groups, are not used by onnx.proto)
 WINDOW = 64 << 10  # bytes read at a time around the fields the walk reads
@@ -44,7 +54,10 @@ def _number(message, field: str) -> int:
 
 
 MODEL_GRAPH, MODEL_FUNCTIONS = _number(ModelProto, "graph"), _number(ModelProto, "functions")
-FUNCTION_NODE = 7  # FunctionProto.node
+MODEL_TRAINING = _number(ModelProto, "training_info")
+TRAINING_GRAPHS = (_number(TrainingInfoProto, "initialization"), _number(TrainingInfoProto, "algorithm"))
+FUNCTION_NODE = _number(FunctionProto, "node")
+FUNCTION_DEFAULTS = _number(FunctionProto, "attribute_proto")  # the defaults of its attributes
 GRAPH_NODE, GRAPH_INITIALIZER = _number(GraphProto, "node"), _number(GraphProto, "initializer")
 GRAPH_SPARSE = _number(GraphProto, "sparse_initializer")
 NODE_ATTRIBUTE = _number(NodeProto, "attribute")
@@ -143,6 +156,11 @@ def external_locations(fd: int, size: int) -> set[str] | None:
         for function in _messages(reader, 0, size, MODEL_FUNCTIONS):
             for node in _messages(reader, *function, FUNCTION_NODE):
                 _node(reader, node, found, 0)
+            _attributes(reader, _messages(reader, *function, FUNCTION_DEFAULTS), found, 0)
+        for training in _messages(reader, 0, size, MODEL_TRAINING):
+            for number in TRAINING_GRAPHS:
+                for graph in _messages(reader, *training, number, singular=True):
+                    _graph(reader, graph, found, 0)
     except (Unexpected, OSError, UnicodeDecodeError):
         return None
     return found
@@ -175,7 +193,11 @@ def _graph(reader: _Reader, span: tuple[int, int], found: set[str], depth: int) 
 
 
 def _node(reader: _Reader, span: tuple[int, int], found: set[str], depth: int) -> None:
-    for attribute in _messages(reader, *span, NODE_ATTRIBUTE):
+    _attributes(reader, _messages(reader, *span, NODE_ATTRIBUTE), found, depth)
+
+
+def _attributes(reader: _Reader, spans: list[tuple[int, int]], found: set[str], depth: int) -> None:
+    for attribute in spans:
         kind, parts = None, []
         for number, wire, value in reader.fields(*attribute):
             if number == ATTR_TYPE and wire == VARINT:

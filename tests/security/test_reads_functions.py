@@ -100,3 +100,17 @@ def test_a_tensor_that_also_names_a_function_attribute_is_checked(sandbox):
     done = sandbox.run("diagnose", str(path))
     assert done.returncode == 2 and "hard link" in done.stderr, done.stdout + done.stderr
     assert sandbox.touched() == []
+
+
+@pytest.mark.parametrize("reader", ["function default", "link to the model"])
+def test_a_report_never_replaces_data_only_a_function_default_or_a_linked_model_reads(sandbox, reader):
+    """Found by a review: `check --output-file w.bin` replaced the data a function's default read (the wire walk
+    that lists a model's data files skipped function defaults), and the data of a model named through a link."""
+    (sandbox.model_dir / "w.bin").write_bytes(SHAPE.tobytes())
+    model = function_default_model(sandbox.model_dir, "w.bin")
+    if reader == "link to the model":
+        (sandbox.model_dir / "link.onnx").symlink_to(model.name)
+        model = sandbox.model_dir / "link.onnx"
+    done = sandbox.run("check", str(model), "--output-file", str(sandbox.model_dir / "w.bin"))
+    assert done.returncode == 2 and "would overwrite the input" in done.stderr, done.stdout + done.stderr
+    assert (sandbox.model_dir / "w.bin").read_bytes() == SHAPE.tobytes()
