@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import json
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.children import child_environment, python_module_argv
+from graphfix.io.budgets import probe_memory_budget
 from graphfix.io.external_data import has_external_data, tensor_nbytes
 from graphfix.io.protos import lift_initializers
 from graphfix.io.staging import scratch_dir
@@ -237,10 +239,25 @@ def _serve() -> int:
         onnxsim, failed = _import_onnxsim(), ""
     except Exception as exc:
         onnxsim, failed = None, _one_line(exc)
+    _bound_memory()
     while (source := sys.stdin.readline().rstrip("\n")) and (target := sys.stdin.readline().rstrip("\n")):
         status, error = (1, failed) if onnxsim is None else _simplify_file(onnxsim, source, target)
         replies.write(json.dumps({"status": status, "error": error}) + "\n")
     return 0
+
+
+def _bound_memory() -> None:
+    """Hold this child's data (heap, anonymous mappings) to what it holds now plus the probe's memory budget: the
+    model it gets is the light one, without weights, so a constant onnxsim folds past that is a bomb (`Relu` beside
+    `ConstantOfShape([10**9])`, 219 bytes, made it take 4 GB). Folding it then fails, and the graph stays as it
+    was."""
+    try:
+        with open("/proc/self/status") as status:
+            held = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmData:"))
+        limit = held + probe_memory_budget()
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    except (OSError, ValueError, StopIteration):
+        return  # no /proc, or a lower hard limit than the budget: the system's own bound holds
 
 
 def _simplify_file(onnxsim, source: str, target: str) -> tuple[int, str]:

@@ -59,3 +59,28 @@ def test_a_shape_too_long_to_read_counts_as_unbounded():
     model = _sized("ConstantOfShape", 1)
     model.graph.node[0].attribute[0].ints[:] = [1] * 5000 + [N]
     assert not data_prop_allowed(model)
+
+
+def test_onnxsim_folds_no_constant_past_the_probe_budget(tmp_path, monkeypatch):
+    """Found by a review: a dead node (a fix, so `repair` simplifies) beside `ConstantOfShape([N])`, 219 bytes:
+    onnxsim's child folded the constant (4 GB at N = 10**9) while the probe's budget refused to run the model. The
+    child now holds its data to what it needs plus the budget: that folding fails, and the rest goes on."""
+    from graphfix.pipeline.simplify import OnnxsimChild
+
+    nodes = [helper.make_node("Constant", [], ["n"], value_ints=[250_000_000]),  # 1 GB of floats
+             helper.make_node("ConstantOfShape", ["n"], ["c"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    monkeypatch.setenv("GRAPHFIX_MAX_PROBE_MEMORY", str(256 << 20))
+    child = OnnxsimChild()  # reads the budget as it starts
+    try:
+        status, _ = child.run(path, tmp_path / "out.onnx", 120)
+        with open(f"/proc/{child.process.pid}/status") as info:
+            peak = next(int(line.split()[1]) << 10 for line in info if line.startswith("VmHWM:"))
+    finally:
+        child.close()
+    assert peak < 768 << 20, f"status {status}, {peak:,} bytes"  # folded, it held 1.2 GB
