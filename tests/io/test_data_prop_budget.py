@@ -84,3 +84,20 @@ def test_onnxsim_folds_no_constant_past_the_probe_budget(tmp_path, monkeypatch):
     finally:
         child.close()
     assert peak < 768 << 20, f"status {status}, {peak:,} bytes"  # folded, it held 1.2 GB
+
+
+def test_values_concatenated_past_the_budget_turn_data_propagation_off():
+    """Found by a review: 1,000 copies of a constant of 1,000 values concatenated, and that again 1,000 times
+    (11 KB): 10**9 values held as dims, 70 GB."""
+    nodes = [helper.make_node("Constant", [], ["c0"], value_ints=list(range(1000)))]
+    for level in (1, 2):
+        nodes.append(helper.make_node("Concat", [f"c{level - 1}"] * 1000, [f"c{level}"], axis=0))
+    nodes.append(helper.make_node("Shape", ["x"], ["s"]))
+    nodes.append(helper.make_node("Concat", ["s", "c2"], ["y"], axis=0))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not data_prop_allowed(model)
+    del model.graph.node[2:]  # one level: 10**6 values, within the budget
+    model.graph.node.append(helper.make_node("Concat", ["c1"], ["y"], axis=0))
+    assert data_prop_allowed(model)
