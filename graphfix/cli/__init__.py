@@ -145,5 +145,8 @@ def _with_timeout(command: click.Command) -> click.Command:
 
 def main() -> None:
     staging.install_signal_cleanup()
-    forked.enable()  # each model's work in a child of its own: a crash in onnxruntime costs that model only
+    from graphfix.io.budgets import bound_worker_memory
+
+    # each model's work in a child of its own, its memory bounded: a crash in onnxruntime costs that model only
+    forked.enable(setup=bound_worker_memory)
     cli.main(prog_name="graphfix")

@@ -33,6 +33,7 @@ from graphfix.core.errors import GraphfixError, InputError, InternalError
 STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
 _in_child = False
 _made_fd: int | None = None  # in a child: where `made` tells the parent what it creates
+_setup: Callable[[], None] | None = None  # what each child does first (`enable`)
 _enabled = False
 _baseline: int | None = None  # native threads at the first fork
 
@@ -58,13 +59,13 @@ class Relayed(GraphfixError):
         return Relayed, (str(self), self.exit_code)
 
 
-def enable(on: bool = True) -> None:
+def enable(on: bool = True, setup: Callable[[], None] | None = None) -> None:
     """Let this process fork (the `graphfix` command calls this; `--debug` turns it off, so that a traceback shows
-    where it arose). A process that embeds graphfix (the Python API, a test runner, a harness) may hold onnxruntime
-    sessions, whose thread pools a forked child inherits broken (it hangs on its first session): there the work
-    runs in the process itself."""
-    global _enabled
-    _enabled = on
+    where it arose), each child calling `setup` first (the command bounds its memory). A process that embeds
+    graphfix (the Python API, a test runner, a harness) may hold onnxruntime sessions, whose thread pools a forked
+    child inherits broken (it hangs on its first session): there the work runs in the process itself."""
+    global _enabled, _setup
+    _enabled, _setup = on, setup
 
 
 def in_child() -> bool:
@@ -237,6 +238,8 @@ def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: 
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(read_fd)
+        if _setup is not None:
+            _setup()
         data = _pickled(_outcome(work))
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(data)

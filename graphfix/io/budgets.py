@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -52,6 +53,33 @@ def probe_memory_budget(available: int | None = None) -> int:
     if given is not None:
         return given
     return max((available or available_memory()) // PROBE_MEMORY_SHARE, 64 << 20)
+
+
+ENV_MAX_MEMORY = "GRAPHFIX_MAX_MEMORY"
+MEMORY_SHARE = 0.75  # of the memory available when a worker starts: what its own allocations may add
+
+
+def bound_data(extra: int) -> None:
+    """Hold this process's data (heap and anonymous mappings, RLIMIT_DATA; a file mapped read-only is not data) to
+    what it holds now plus `extra` bytes: past it an allocation fails (numpy's MemoryError, onnxruntime's "failed
+    to allocate"), where the machine would otherwise kill a process of its choosing. Without /proc, or under a
+    lower hard limit, the system's own bound holds."""
+    try:
+        with open("/proc/self/status") as status:
+            held = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmData:"))
+        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+        limit = held + extra if hard == resource.RLIM_INFINITY else min(held + extra, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (OSError, ValueError, StopIteration):
+        return
+
+
+def bound_worker_memory() -> None:
+    """A forked worker's bound (`bound_data`): GRAPHFIX_MAX_MEMORY bytes, or three quarters of the memory available
+    as it starts. The probe's budget sizes its runs from inferred shapes; a tensor whose size inference does not
+    see (a ConstantOfShape of computed constants, beside a node that turns data propagation off) is held here."""
+    given = values.from_env(ENV_MAX_MEMORY, values.byte_size, None)
+    bound_data(given if given is not None else int(available_memory() * MEMORY_SHARE))
 
 
 def available_memory() -> int:

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import json
 import os
-import resource
 import select
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.children import child_environment, python_module_argv
-from graphfix.io.budgets import probe_memory_budget
+from graphfix.io.budgets import bound_data, probe_memory_budget
 from graphfix.io.external_data import has_external_data, tensor_nbytes
 from graphfix.io.protos import lift_initializers
 from graphfix.io.staging import scratch_dir
@@ -247,17 +246,10 @@ def _serve() -> int:
 
 
 def _bound_memory() -> None:
-    """Hold this child's data (heap, anonymous mappings) to what it holds now plus the probe's memory budget: the
-    model it gets is the light one, without weights, so a constant onnxsim folds past that is a bomb (`Relu` beside
-    `ConstantOfShape([10**9])`, 219 bytes, made it take 4 GB). Folding it then fails, and the graph stays as it
-    was."""
-    try:
-        with open("/proc/self/status") as status:
-            held = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmData:"))
-        limit = held + probe_memory_budget()
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
-    except (OSError, ValueError, StopIteration):
-        return  # no /proc, or a lower hard limit than the budget: the system's own bound holds
+    """Hold this child's data to what it holds now plus the probe's memory budget: the model it gets is the light
+    one, without weights, so a constant onnxsim folds past that is a bomb (`Relu` beside `ConstantOfShape([10**9])`,
+    219 bytes, made it take 4 GB). Folding it then fails, and the rest goes on."""
+    bound_data(probe_memory_budget())
 
 
 def _simplify_file(onnxsim, source: str, target: str) -> tuple[int, str]:

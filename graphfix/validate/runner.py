@@ -29,16 +29,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphfix.io.budgets import ENV_RUN_BUDGET, run_budget_seconds
+from graphfix.io.budgets import ENV_MAX_MEMORY, ENV_RUN_BUDGET, run_budget_seconds
 from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weight, Weights, has_stubs, is_stub, materialize, resolve, weight_array, weight_proto
+from graphfix.validate.budget import NotProbed
 from graphfix.validate.fusion import as_written, transposes_fused
 
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+OUT_OF_MEMORY = re.compile(r"bad_alloc|Failed to allocate memory")  # onnxruntime's words for an allocation refused
 
 
 @dataclass
@@ -164,7 +166,12 @@ class ModelRunner:
             if options.terminate:
                 self.timed_out = f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})"
                 return RunResult(None, self.timed_out)
-            result = RunResult(None, as_written(first_line(error_text(exc)), self.fused))
+            text = error_text(exc)
+            if OUT_OF_MEMORY.search(text):  # the worker's bound (GRAPHFIX_MAX_MEMORY): not run, not failing
+                raise NotProbed(f"onnxruntime could not allocate what these sizes need within the memory graphfix "
+                                f"allows ({ENV_MAX_MEMORY}): {first_line(text)}; the model was not run at these "
+                                "sizes") from None
+            result = RunResult(None, as_written(first_line(text), self.fused))
         else:
             result = RunResult(dict(zip(self.output_names, values, strict=True)))
         finally:

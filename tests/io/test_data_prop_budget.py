@@ -101,3 +101,27 @@ def test_values_concatenated_past_the_budget_turn_data_propagation_off():
     del model.graph.node[2:]  # one level: 10**6 values, within the budget
     model.graph.node.append(helper.make_node("Concat", ["c1"], ["y"], axis=0))
     assert data_prop_allowed(model)
+
+
+def test_a_tensor_the_probe_cannot_size_is_held_by_the_worker_s_memory_bound(tmp_path, monkeypatch):
+    """Found by a review: one node sized past the budget turns data propagation off for the whole model, and then
+    `ConstantOfShape(Add([N], 0))` has no size the probe's budget sees: onnxruntime made all of it (2 GB here, 20
+    GB at N = 5e9 on a 24 GB machine). The worker's data is bounded (GRAPHFIX_MAX_MEMORY, else three quarters of
+    the memory available): the allocation fails and the command ends with its finding, not the machine."""
+    nodes = [helper.make_node("Constant", [], ["k"], value_ints=[500_000_000]),  # 2 GB of floats
+             helper.make_node("Constant", [], ["z"], value_ints=[0]), helper.make_node("Add", ["k", "z"], ["k2"]),
+             helper.make_node("ConstantOfShape", ["k2"], ["c"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ReduceSum", ["c"], ["r"], keepdims=0), helper.make_node("Add", ["x", "r"], ["y"]),
+             helper.make_node("Constant", [], ["k3"], value_ints=[1 << 21]),  # sized past the budget: no data prop
+             helper.make_node("ConstantOfShape", ["k3"], ["c3"],
+                              value=helper.make_tensor("v3", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ReduceSum", ["c3"], ["r3"], keepdims=0), helper.make_node("Add", ["y", "r3"], ["y3"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y3", TensorProto.FLOAT, ["B", 4])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    monkeypatch.setenv("GRAPHFIX_MAX_MEMORY", str(512 << 20))
+    done = bounded_graphfix("diagnose", str(path), seconds=120)
+    assert done.returncode == 1 and "internal error" not in done.stderr, done.stdout + done.stderr
+    assert done.peak_bytes < 1 << 30, f"{done.peak_bytes:,} bytes"
