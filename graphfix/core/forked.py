@@ -228,7 +228,7 @@ def made(path: str) -> None:
             os.write(_made_fd, os.fsencode(path) + b"\0")
 
 
-def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int) -> None:
+def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int | None = None) -> None:
     """The child's whole life. Its stopping signals are unblocked inside the `try`: one sent before (a stop right
     after the fork) raises here and ends in `os._exit`, never in the caller's code (helper 36 saw such a child
     unwind into its parent's code and write its SystemExit into the parent's own result pipe)."""
