@@ -234,6 +234,8 @@ def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: 
     unwind into its parent's code and write its SystemExit into the parent's own result pipe)."""
     global _in_child, _made_fd
     _in_child, _made_fd = True, made_fd
+    if made_fd is not None:
+        os.set_blocking(made_fd, False)  # the parent reads it at the end: a full pipe loses a name, never blocks
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
