@@ -9,7 +9,7 @@ The Python API mirrors the CLI:
 
 import os
 
-__version__ = "0.1.0"
+from graphfix.core.version import VERSION as __version__  # noqa: F401  (the package's release, for users)
 
 # onnxruntime (1.29+ on Linux) keeps telemetry of every session it creates, model and node names included, in
 # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db, a device id beside it and a session id in
@@ -42,6 +42,6 @@ def export(model, args, f, **options):
 
 def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
     """Compare an ONNX file with the PyTorch module it came from, at several input sizes."""
-    from graphfix.api import verify as _verify
+    from graphfix.exporting.verify import verify as _verify
 
     return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)

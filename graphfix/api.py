@@ -1,4 +1,5 @@
-"""The Python API: `diagnose`, `repair` and `verify` on a path or a ModelProto.
+"""The Python API: `diagnose` and `repair` on a path or a ModelProto (`graphfix.verify` is the PyTorch side's,
+`graphfix.exporting.verify`).
 
 A thin facade: the work is done in `graphfix.pipeline` (diagnose.py, repair.py), which the CLI commands share.
 """
@@ -35,7 +36,6 @@ __all__ = [
     "load",
     "merge_runtime_findings",
     "repair",
-    "verify",
     "without_functions",
 ]
 
@@ -70,13 +70,6 @@ def repair(model_or_path, *, output: str | Path | None = None, only=(), skip=(),
         simplify=simplify, validate=validate, force=force, in_place=in_place, validation=validation,
     )
     return repair_model(loaded, Path(output) if output is not None else None, options)
-
-
-def verify(onnx_path, torch_module, example_args, probe_args=None, **options):
-    """Compare an ONNX file with its PyTorch module at the example and probe inputs."""
-    from graphfix.exporting.verify import verify as _verify
-
-    return _verify(onnx_path, torch_module, example_args, probe_args=probe_args, **options)
 
 
 def __getattr__(name: str):

@@ -10,10 +10,10 @@ import sys
 
 import click
 
-from graphfix import __version__
 from graphfix.cli.options import parsed
 from graphfix.core import forked, values
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
+from graphfix.core.version import VERSION
 from graphfix.io import staging
 from graphfix.report.text import printable
 
@@ -91,7 +91,7 @@ class LazyCommands(dict):
 
 
 @click.group(cls=GraphfixGroup, commands=LazyCommands(), context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="graphfix")
+@click.version_option(VERSION, prog_name="graphfix")
 @click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

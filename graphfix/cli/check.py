@@ -105,9 +105,9 @@ def _report(outcomes, fmt, output_file, inputs, show_rejected, seconds, failed) 
         if out is None:
             emit_json("models", [o.to_json(show_rejected) for o in outcomes])
         else:
-            from graphfix import __version__
+            from graphfix.core.version import VERSION
 
-            click.echo(json.dumps({"graphfix": __version__, "models": [o.to_json(show_rejected)
+            click.echo(json.dumps({"graphfix": VERSION, "models": [o.to_json(show_rejected)
                                                                       for o in outcomes]}, indent=2), file=out)
     else:
         for outcome in outcomes:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from graphfix import __version__
+from graphfix.core.version import VERSION
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}
@@ -45,7 +45,7 @@ def sarif_log(outcomes: list, root: Path | None = None) -> dict[str, Any]:
         "$schema": SCHEMA,
         "version": "2.1.0",
         "runs": [{
-            "tool": {"driver": {"name": "graphfix", "version": __version__, "semanticVersion": __version__,
+            "tool": {"driver": {"name": "graphfix", "version": VERSION, "semanticVersion": VERSION,
                                 "rules": rules}},
             "invocations": [invocation],
             "results": results,

@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from graphfix import __version__
 from graphfix.core.config import CONFIG_META
 from graphfix.core.errors import printable
 from graphfix.core.rule import Finding, Severity
+from graphfix.core.version import VERSION
 
 COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -25,7 +25,7 @@ def emit_json(key: str, items: list[dict[str, Any]]) -> None:
     """One JSON document on stdout; `config` names the pyproject.toml whose settings the command used (the key is
     left out when it used none)."""
     used = config_used()
-    click.echo(json.dumps({"graphfix": __version__, **({"config": used} if used else {}), key: items}, indent=2))
+    click.echo(json.dumps({"graphfix": VERSION, **({"config": used} if used else {}), key: items}, indent=2))
 
 
 def config_used() -> str | None:
