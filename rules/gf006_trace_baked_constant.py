@@ -80,7 +80,8 @@ class TraceBakedConstant(Rule):
     - positions 0, 1, ..., N-1 folded while a table is computed from them at run time, for more rows than the
       export length (speechbrain's RoPEMHA computes its rotary cache for the next power of two: 64 rows at 40
       frames) and cut to the length: `Range(0, max(N, Shape(x)[i]))`, each Reshape on the table's way taking -1
-      where it held N. The graph runs only while T <= N; up to N the repair computes what the original does.
+      where it held N. The graph runs only while T <= N; up to N the repair computes what the original does,
+      past N what the simplest module would (unsafe, below).
     A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer,
     `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded) is a note, not an error: the graph runs
     while T <= N, which may be the model's own maximum (`self.pe[:, : x.size(1)]` of 5000 rows is healthy).
@@ -88,31 +89,35 @@ class TraceBakedConstant(Rule):
 
     ## Fix safety
     Safe where the constant determines the rebuild: uniform of 0 or 1 (True, False; but for what a mask holds where
-    it lets everything through, below), a sinusoidal table of the integer positions 0, 1, 2, ... (at least 3; its
-    largest frequency 1), positions a table is computed from and cut to its first T rows (table arithmetic all the
-    way to a Slice from row 0: the positions' count reaches nothing else). Unsafe where several constructions give
-    the same constant at the export size and differ elsewhere; the finding names them and `--unsafe-fixes` applies
-    the simplest:
+    it lets everything through, below). Unsafe where several constructions give the same constant at the export
+    size and differ elsewhere; the finding names them and `--unsafe-fixes` applies the simplest (`graphfix.export`
+    applies it where the module agrees):
     - a triangle reaches the matrix's corner, so its far edge is not shown: `tril(ones(T, T))` traced at T=4 is
       also every sliding window `0 <= i - j < w` with w >= 4 (rebuilt as tril, it is wrong at every longer size);
     - a band or a diagonal with every edge inside the matrix is also a strided pattern (that position and every
       s-th one, `(i - j) % s == 0`: Sparse Transformer's heads, a seasonal graph's links) for any stride s past the
       export size, however its values are applied: a strided pattern is an eye at T <= s, so `adj + eye(int(N))`
       (self-loops) is not told from `adj + ((i - j) % 8 == 0)` either;
-    - a uniform constant of what a mask lets through with (True, 0 added, 0 or 1 multiplied), or over rows and
-      columns of one size, is also every mask whose edge lies past the export size: a local window `|i - j| <= w`
-      or chunks of w >= T, a cutoff `j < L` with L >= T (rebuilt as no mask, it is wrong at every size past the
-      edge); not along batch dims alone, and `x + ones(int(T), 8)` is neither;
+    - a uniform constant along any axis but a batch's is also the same value up to an edge past the export size:
+      every mask that lets everything through there (True, 0 added, 0 or 1 multiplied; a local window
+      `|i - j| <= w` or chunks of w >= T, a cutoff `j < L` with L >= T) and every indicator added or concatenated
+      (`x + (arange(T) < 20)`: 1 inside the first 20 frames, 0 past them); rebuilt as uniform, each is wrong at
+      every size past its edge. Along batch dims alone no model masks by position (`zeros(int(B), H)`: safe);
     - a uniform constant of any value but 0 and 1, along batch dims too, is also a value computed from the sizes
       at the export size: `full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
       `full((B, 1), float(T))` (an initial state `zeros(int(B), H)` or an all-ones mask stays safe);
     - a table's first T rows `pe[:T]` are, at the export size N, also its rows `pe[N - T : N]` (rows anchored at
       their end: the last T of a context of N, right-aligned positions);
-    - a sinusoidal table whose positions step by s != 1 (its largest frequency s) is positions scaled by a factor,
-      which may follow the length (`arange(T) * c / T` is s only at the export length); one whose frequencies are
-      of a base no library uses (10000, 500000, 1000, 100) may have it computed from the length (NTK scaling by
-      the length, without a branch). A library's base at the export length is taken for a constant: a scaling
-      whose reference length is the export length shows the library's base there, and is not told apart;
+    - a sinusoidal table of the integer positions 0, 1, ..., T-1 and a library's base (10000, 500000, 1000, 100) is
+      also the table of positions capped at any c >= T-1 (`arange(T).clamp(max=c)`, clipped relative positions),
+      of positions that restart every c >= T frames (`arange(T) % c`, streaming chunks) and of frequencies that
+      change past a length L >= T (dynamic NTK rotary scaling); one whose positions step by s != 1 (its largest
+      frequency s) is positions scaled by a factor, which may follow the length (`arange(T) * c / T` is s only at
+      the export length); one of a base no library uses may have it computed from the length (NTK scaling by the
+      length, without a branch);
+    - positions 0, 1, ..., N-1 folded for more rows than the export length and cut to the length (speechbrain's
+      rotary cache) are, past N, the same positions continuing or positions capped at N, or a table whose
+      frequencies change past N (a module computing its cache for max(T, N), as dynamic NTK scaling does);
     - 0, 1, ..., T-1 is also `arange(T).clamp(max=c)` for any c >= T-1 (positions capped at a table's length);
       so is a mask's width pinned further on, which is T wherever the model runs (PyTorch's `.item()` must
       equal it too) but whose positions past the export length the graph does not show;
@@ -205,10 +210,12 @@ class TraceBakedConstant(Rule):
                 + (f" and let {len(grown[1])} Reshape(s) on its way follow it" if grown[1] else ""),
                 apply=positions_at_least(source.tensor, source.length, ctx.constant_value(source.tensor).dtype,
                                          *grown, ctx.opset),
-                safety=Safety.SAFE,
+                safety=Safety.UNSAFE,
                 reason=f"positions 0, 1, ... only ever cut to the first {sym} (a table computed for {source.length} "
-                       f"of them): up to {source.length} the repair computes what the original does, beyond it "
-                       "the same positions continue")
+                       f"of them): up to {source.length} the repair computes what the original does; beyond it "
+                       "the same positions continuing is the simplest (applied), but a module that computes "
+                       f"positions for max(T, {source.length}) may also cap them there or change its frequencies "
+                       f"past {source.length} (dynamic NTK rotary scaling), and the graph does not say which")
             yield self.finding(
                 f"{node.op} '{node.name}' runs only while {sym} <= {limit} (it needs {cap.constraint.left} = "
                 f"{cap.constraint.right}): constant '{source.tensor.name}' is {source.show()}, positions computed "
@@ -346,11 +353,16 @@ class TraceBakedConstant(Rule):
                         f"Shape({c.other.name})[{c.source(axis)}])",
                         apply=loosened(c.node, c.export_sizes(), sinusoid_input(
                             c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
-                        safety=Safety.SAFE if sinusoid.standard else Safety.UNSAFE,
+                        safety=Safety.UNSAFE,
                         reason=f"every entry is sin or cos of its position times its column's frequency "
                                f"({sinusoid.layout}, frequencies a geometric series of a library's base): the "
-                               "formula gives the same values at the export length and the rows a longer input "
-                               "needs" if sinusoid.standard
+                               "formula of positions 0, 1, ..., T-1 (applied, the simplest) gives these values at "
+                               "the export length, and so do positions capped at any c >= "
+                               f"{c.value.shape[axis] - 1} (`arange(T).clamp(max=c)`, clipped relative "
+                               f"positions), positions that restart every c >= {c.value.shape[axis]} frames "
+                               "(`arange(T) % c`, streaming chunks) and frequencies that change past a length "
+                               f"L >= {c.value.shape[axis]} (dynamic NTK rotary scaling), which differ at longer "
+                               "inputs: the graph shows one length and does not say which" if sinusoid.standard
                         else f"every entry is sin or cos of its position times frequencies of a base no library "
                              f"uses ({sinusoid.show()}), which may be computed from the length (NTK scaling by the "
                              "length, `base * (T / L) ** (d / (d - 2))`): the graph shows one length, and does not "

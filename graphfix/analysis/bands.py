@@ -126,26 +126,23 @@ def uniform_alternatives(baked: Baked) -> str:
     - a value computed from the sizes (`full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
       `full((B, 1), float(T))`): any value but 0 and 1 (True, False) may be some f(T) at the export size, along
       batch dims too;
-    - a mask whose edge lies past the export size (a window wider than T, chunks of T or more, a cutoff at a fixed
-      length), where the constant sets positions against positions (rows and columns of one size) or holds what a
-      mask lets everything through with as its op applies it (`MASK_VALUES`: True; 0 added; 0 or 1 multiplied).
-      Not along batch dims alone: no model masks its batch by position.
-    `x + ones(int(T), 8)` and an initial state `zeros(int(B), H)` are neither: an added mask is 0 where it lets
-    through, and 0 and 1 are what a size-free constant holds."""
-    item = baked.value.reshape(-1)[0].item() if baked.value.size else None
-    if not isinstance(item, bool | int | float):
+    - along any axis but a batch's, the same value up to an edge that lies past the export size and another past
+      it: a mask (True, 0 added, 0 or 1 multiplied) of a window wider than T, chunks of T or more or a cutoff at a
+      fixed length, and as much an indicator added or concatenated (`x + (arange(T) < 20)`, 1 inside the first
+      20 frames; helper 54); not as a divisor or an exponent. No model masks its batch by position, so an
+      initial state `zeros(int(B), H)` is neither.
+    Every value the constant holds is judged (uniform along the baked axes, it may vary along the others)."""
+    values = np.unique(baked.value) if baked.value.size and baked.value.dtype.kind in "biuf" else ()
+    if len(values) == 0:
         return ""  # empty, complex, text: nothing a size or a mask gives
     reasons = []
-    dims = [dim for _, dim in baked.axes]
-    op = baked.node.op
-    let_through = isinstance(item, bool) or item == 0 or (item == 1 and op not in ("Add", "Sub", "Div", "Pow")) or (
-        item <= -1e4 and op not in ("Mul", "Div", "Min")) or (item == math.inf and op == "Min")
-    if op == "Sub" and baked.index == 0:
-        let_through = False  # c - x: the constant is no mask applied to x
-    if not all(BATCH_NAME.search(dim) for dim in dims) and (let_through or len(set(dims)) < len(dims)):
-        reasons.append("a mask whose edge lies past the export size: a window wider than it, chunks or blocks of "
-                       "that size or more, a cutoff at a fixed length")
-    if item not in (0, 1):  # True and False are 1 and 0: what a size-free constant holds
+    divides = baked.node.op in ("Div", "Pow") and baked.index == 1  # x / mask, x ** mask: what no model computes
+    if not divides and not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
+        reasons.append("a mask or an added indicator whose edge lies past the export size: a window wider than it, "
+                       "chunks or blocks of that size or more, a cutoff at a fixed length")
+    sized = [v.item() for v in values if v.item() not in (0, 1)]  # True and False are 1 and 0: size-free values
+    if sized:
+        item = sized[0]
         reasons.append(f"a value computed from the sizes (1/(T-1), log T, T, ...) gives it at the export size: "
                        f"{item:g}{_of_a_size(item, baked)} (`torch.full((T,), 1 / T)` keeps no such value at other "
                        "sizes)")

@@ -24,23 +24,31 @@ def replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool =
     return apply
 
 
-def loosened(node: gs.Node, values: set[int], apply):
+def loosened(node: gs.Node, values: set[int], apply) -> Loosened:
     """Run `apply`, then forget the baked sizes in the static shapes of graph outputs the node feeds."""
+    return Loosened(node, frozenset(values), apply)
 
-    def run(graph: gs.Graph) -> None:
-        apply(graph)
+
+class Loosened:
+    """An edit that makes sizes follow the input: run `apply`, then forget the baked sizes (`values`) in the static
+    shapes of graph outputs the node feeds. `values` stay readable: a float constant that echoes one of them
+    elsewhere in the graph doubts the fix (graphfix.analysis.echoes)."""
+
+    def __init__(self, node: gs.Node, values: frozenset[int], apply):
+        self.node, self.values, self.apply = node, values, apply
+
+    def __call__(self, graph: gs.Graph) -> None:
+        self.apply(graph)
         outputs = {id(t) for t in graph.outputs}
-        queue, seen = list(node.outputs), set()
+        queue, seen = list(self.node.outputs), set()
         while queue:
             tensor = queue.pop()
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
             if id(tensor) in outputs and tensor.shape is not None:
-                tensor.shape = [None if isinstance(d, int) and d in values else d for d in tensor.shape]
+                tensor.shape = [None if isinstance(d, int) and d in self.values else d for d in tensor.shape]
             queue.extend(out for consumer in tensor.outputs for out in consumer.outputs)
-
-    return run
 
 
 def in_turn(edits):

@@ -18,6 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.context import RuleContext
+from graphfix.analysis.echoes import echoes
+from graphfix.analysis.edits import Loosened
 from graphfix.analysis.export_sizes import export_facts, export_sizes
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.core.errors import GraphfixError, InternalError
@@ -87,7 +89,26 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
         result.findings.extend(Finding(rule_cls.code, "analysis-incomplete", Severity.INFO,
                                        f"{note}; {rule_cls.code} judged the rest without those shapes")
                                for note in ctx.notes[noted:])
+    result.findings = [_echo_doubted(ctx, f) for f in result.findings]
     return result
+
+
+def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
+    """A safe fix that makes a size follow the input, unsafe where a float constant of the graph echoes that
+    size (graphfix.analysis.echoes: `h.sum(1) / T` beside a Reshape of the same int T). Every rule's such fix
+    is a `Loosened` edit that names the sizes, so the doubt is one for all of them."""
+    fix = finding.fix
+    if fix is None or fix.safety is not Safety.SAFE or not isinstance(fix.apply, Loosened):
+        return finding
+    heard = echoes(ctx.graph, fix.apply.values, ctx.constant_value)
+    if not heard:
+        return finding
+    sizes = ", ".join(str(v) for v in sorted(fix.apply.values))
+    reason = (f"{fix.reason}; but {'; '.join(heard[:2])}{' (and more)' * (len(heard) > 2)}: if the Python int "
+              f"that gave {sizes} is used there too, this fix lets the model run at other sizes with that "
+              "constant still at the export size, and the original, which fails there, shows no reference; "
+              "export at a size no constant of the model equals, or say which with --unsafe-fixes")
+    return dataclasses.replace(finding, fix=dataclasses.replace(fix, safety=Safety.UNSAFE, reason=reason))
 
 
 @contextmanager

@@ -7,9 +7,12 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   inside its domain (batch 1, and a length longer than the export length where the model has more than one);
 - a broken export gets an error finding, and is repaired by default and matches PyTorch the same way: ECAPA and
   the Conformer called with relative lengths (`wav_lens`), whose masks speechbrain's `length_to_mask` builds by
-  expanding `arange(T)` to `len(lengths)`, the export batch; the rotary Conformer besides, whose rotation table
-  is computed while tracing for 64 positions (the next power of two at 40 frames) and cut to the length: checked
-  at 80 frames. speechbrain's wav2vec2 EncoderWrapper masks by `length_to_mask(round(wav_lens * T))` without
+  expanding `arange(T)` to `len(lengths)`, the export batch. The rotary Conformer besides, whose rotation
+  positions are computed while tracing for 64 (the next power of two at 40 frames) and cut to the length, is
+  repaired with --unsafe-fixes and by graphfix.export: past 64 a module may continue the positions (speechbrain
+  does: checked at 80 frames), cap them or change its frequencies (dynamic NTK scaling computes its cache for
+  max(T, 64)), and the graph does not say which. speechbrain's wav2vec2 EncoderWrapper masks by
+  `length_to_mask(round(wav_lens * T))` without
   `max_len`, so the width is `.item()` of the lengths' maximum: found where attention reshapes the mask with the
   traced length, but an arange the graph does not tell from a clamped one, so it is repaired with --unsafe-fixes
   and by graphfix.export (the module settles it), not by default. MobileViT is not repaired by `graphfix repair`, a
@@ -42,10 +45,14 @@ BROKEN = ("ecapa", "conformer", "conformer-rope", "mobilevit", "w2v-encoder")
 UNREPAIRED = {"mobilevit": "its unfold bakes the patch counts, and the graph does not say whether the counts or the "
                            "patch sizes vary (test_patch_grid_ambiguity.py: a fixed grid leaves the same graph)",
               "w2v-encoder": "its mask's width is a folded arange(T), which the graph does not tell from a clamped "
-                             "arange (test_gf006_pinned_width.py): repaired with --unsafe-fixes, or by graphfix.export"}
+                             "arange (test_gf006_pinned_width.py): repaired with --unsafe-fixes, or by graphfix.export",
+              "conformer-rope": "its rotary positions are folded for 64 frames; past them the graph does not say "
+                                "whether they continue, stop or change frequency (dynamic NTK): repaired with "
+                                "--unsafe-fixes, or by graphfix.export"}
 # the broken ones the static pass finds (MobileViT's reshapes fail only at run time)
 STATIC = ("ecapa", "conformer", "conformer-rope", "w2v-encoder")
-UNSAFE_ONLY = ("w2v-encoder",)  # unrepaired by default; the module (graphfix.export) or --unsafe-fixes settles it
+# unrepaired by default; the module (graphfix.export) or --unsafe-fixes settles it
+UNSAFE_ONLY = ("w2v-encoder", "conformer-rope")
 NAMES = tuple(n for n in BUILDERS if installed(n))
 TIMEOUT_S = 60  # a bound on each command per model, not a timed assertion
 GRAPHFIX = Path(sys.executable).parent / "graphfix"

@@ -30,24 +30,26 @@ def feeds(batch: int, time: int) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(time).standard_normal((batch, time)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("constant,ops,expected,safety", [
-    (np.arange(6, dtype=np.float32).reshape(1, 6), ["Range"], lambda t: np.arange(t, dtype=np.float32), "unsafe"),
-    (np.ones((1, 6), np.float32), [], lambda t: np.ones(t, np.float32), "safe"),
+@pytest.mark.parametrize("constant,ops,expected,says", [
+    (np.arange(6, dtype=np.float32).reshape(1, 6), ["Range"], lambda t: np.arange(t, dtype=np.float32),
+     "clamp(max=c)"),
+    (np.ones((1, 6), np.float32), [], lambda t: np.ones(t, np.float32), "added indicator"),
 ], ids=["arange", "uniform"])
-def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, expected, safety, tmp_path):
-    """A uniform constant determines its rebuild; 0..5 is arange(T) or arange(T).clamp(max=c) for any c >= 5."""
+def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, expected, says, tmp_path):
+    """0..5 is arange(T) or arange(T).clamp(max=c) for any c >= 5; ones added along T are also an indicator of the
+    positions before an edge past 6 (helper 54): neither is rebuilt by default, and `--unsafe-fixes` builds the
+    simplest."""
     model = model_with(constant)
     (finding,) = gf006(graphfix.diagnose(model, static=True))
-    assert finding.severity.value == "error" and finding.fix is not None and finding.fix.safety.value == safety
-    if safety == "unsafe":
-        assert "clamp(max=c)" in finding.fix.reason
-        assert graphfix.repair(model).status == "unchanged"
+    assert finding.severity.value == "error" and finding.fix is not None and finding.fix.safety.value == "unsafe"
+    assert says in finding.fix.reason
+    assert graphfix.repair(model).status == "unchanged"
     with pytest.raises(Exception, match="broadcast"):
         run(model, feeds(2, 9))  # the export length (6) runs, no other does
     # The original runs only at the export length and T=1, with the wrong output shape: no size gives a reference, so
     # the proof reaches `runs`; this test compares the values itself.
     result = graphfix.repair(model, output=str(tmp_path / "fixed.onnx"), validation=ValidationOptions(require="runs"),
-                             unsafe_fixes=safety == "unsafe")
+                             unsafe_fixes=True)
     assert result.status == "repaired" and not gf006(result.after.findings)
     onnx.checker.check_model(result.model, full_check=True)
     assert all(op in [n.op_type for n in result.model.graph.node] for op in ops)
@@ -61,11 +63,12 @@ def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, 
     (np.full((1, 5), 0.2, np.float32), "Mul", "unsafe"),  # 1/T at T=5: `full((T,), 1 / T)` keeps no 0.2 elsewhere
     (np.full((1, 6), 0.0, np.float32), "Add", "unsafe"),  # an added mask that lets everything through
     (np.full((1, 6), 1.0, np.float32), "Div", "safe"),  # dividing by ones is no mask
-    (np.full((1, 6), 1.0, np.float32), "Sub", "safe"),  # nor subtracting them
+    (np.full((1, 6), 1.0, np.float32), "Sub", "unsafe"),  # subtracting them may be an indicator's (helper 54)
 ], ids=["one-over-T", "added-zeros", "divided-ones", "subtracted-ones"])
 def test_a_uniform_constant_is_safe_only_where_nothing_else_gives_its_value(constant, op, safety):
     """Helper 47: `full((T,), 1 / T)` was shrunk keeping 1/5, wrong at every other length, and `x / ones(int(T))`
-    was refused as if it were a mask."""
+    was refused as if it were a mask. Helper 54: `x + (arange(T) < 20)` is all ones at T=12, so ones added or
+    subtracted along T are also such an indicator."""
     (finding,) = gf006(graphfix.diagnose(model_with(constant, op), static=True))
     assert finding.fix.safety.value == safety, finding.fix.reason
 
@@ -234,13 +237,15 @@ def _matches_torch_at_every_size(module, model) -> None:
     ("table-prefix", "Slice", "unsafe"),  # pe[:T] at T=7 is also pe[7 - T : 7], rows anchored at their end
     ("slot-mask", "Trilu", "unsafe"),
     ("sliding-window", "Trilu", "unsafe"),  # traced at T=7 > 4: both edges show, but a stride past 7 would not
-    ("sinusoid", "Sin", "safe"), ("whisper-table", "Cos", "safe"),  # tables cut at the export length: formulas
+    # tables cut at the export length: positions 0..T-1, or capped, restarting every chunk, or of frequencies that
+    # change past a length (helper 54)
+    ("sinusoid", "Sin", "unsafe"), ("whisper-table", "Cos", "unsafe"),
 ])
 def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safety, tmp_path):
-    """Determined structures are repaired by default. A triangle is also every window at least as wide as the export
-    length, a window or a diagonal a strided pattern whose stride lies past it, and a table's first T rows its rows
-    that end at the export length (`pe[7 - T : 7]`): reported with their alternatives and applied only with
-    --unsafe-fixes (these modules are the simplest of them)."""
+    """A triangle is also every window at least as wide as the export length, a window or a diagonal a strided
+    pattern whose stride lies past it, a table's first T rows its rows that end at the export length
+    (`pe[7 - T : 7]`), and a sinusoidal table the table of capped or restarting positions: reported with their
+    alternatives and applied only with --unsafe-fixes (these modules are the simplest of them)."""
     pytest.importorskip("torch")
     path = tmp_path / f"{kind}.onnx"
     module = export_structure(kind, True, path)
@@ -255,6 +260,8 @@ def test_structured_constant_of_a_torch_module_is_rebuilt(kind, rebuilt_by, safe
             assert "which is also a strided pattern" in finding.fix.reason, finding.fix.reason
         elif kind == "table-prefix":
             assert "[N - T : N]` with N = 7" in finding.fix.reason, finding.fix.reason
+        elif kind in ("sinusoid", "whisper-table"):
+            assert "clamp(max=c)" in finding.fix.reason and "dynamic NTK" in finding.fix.reason, finding.fix.reason
         else:
             assert "sliding window of any width >= 7" in finding.message and "sliding window" in finding.fix.reason
         default = graphfix.repair(str(path))
@@ -420,12 +427,16 @@ def rotary_reference(x: np.ndarray) -> np.ndarray:
 def test_positions_computed_for_a_longer_table_and_cut_to_the_length_are_regrown(tmp_path):
     """arange(0, 8) only ever cut to the first T rows: Range(0, max(8, T)), the Reshape(8, 4) on its way taking -1.
     Up to 8 frames the repair computes what the original does; past it, what the formula gives (speechbrain's
-    rotary Conformer, tests/frontends, is the same against PyTorch)."""
+    rotary Conformer, tests/frontends, is the same against PyTorch). Past 8 a module may also cap the positions or
+    change its frequencies (dynamic NTK scaling computes its cache for max(T, 8)): unsafe, built with
+    --unsafe-fixes."""
     model = rotary()
     (finding,) = gf006(graphfix.diagnose(model, static=True))
     assert "runs only while T <= 8" in finding.message and finding.fix is not None, finding.message
-    assert finding.fix.safety.value == "safe" and "1 Reshape(s)" in finding.fix.summary
-    result = graphfix.repair(model)
+    assert finding.fix.safety.value == "unsafe" and "1 Reshape(s)" in finding.fix.summary
+    assert "dynamic NTK" in finding.fix.reason, finding.fix.reason
+    assert graphfix.repair(model).status == "unchanged"
+    result = graphfix.repair(model, unsafe_fixes=True)
     assert result.status == "repaired", result
     for batch, time in ((1, 3), (2, 6), (3, 13)):
         x = np.random.default_rng(time).standard_normal((batch, time, 4)).astype(np.float32)

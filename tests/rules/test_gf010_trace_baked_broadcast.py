@@ -30,8 +30,8 @@ def findings(path, rule="GF010", **options):
     return [f for f in graphfix.diagnose(str(path), static=True, **options) if f.rule == rule]
 
 
-def repair(path, out):
-    return subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(out)],
+def repair(path, out, *flags):
+    return subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(out), *flags],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -151,12 +151,15 @@ class BehindABakedReshape(Frames):
 def test_a_constant_that_meets_the_frames_is_gf006s_and_repaired(tmp_path):
     """Two ways hold the 40: the constant, and the Reshape GF004 repairs. The Reshape explains the 40 as well as a
     learned table of queries would (a DETR decoder at T = its query count is healthy): no GF010 finding. Here the
-    constant meets the frames themselves, so GF006 knows it for `ones(int(T), 8)` and shrinks it: repaired, and
-    it matches PyTorch."""
+    constant meets the frames themselves, so GF006 knows it for `ones(int(T), 8)`: ones along T are also an
+    indicator of the frames before an edge past 40 (helper 54), so the default repair refuses, and
+    `--unsafe-fixes` shrinks it: repaired, and it matches PyTorch."""
     module = BehindABakedReshape().eval()
     path = export(module, tmp_path / "both.onnx")
     assert findings(path) == []
-    done = repair(path, tmp_path / "out.onnx")
+    done = repair(path, tmp_path / "default.onnx")
+    assert done.returncode == 1 and "GF006" in done.stdout, done.stdout + done.stderr
+    done = repair(path, tmp_path / "out.onnx", "--unsafe-fixes")
     assert done.returncode == 0 and "GF006" in done.stdout, done.stdout + done.stderr
     for batch, t in ((1, 21), (2, 40), (3, 64)):
         x = torch.randn(batch, t, 16)

@@ -1,0 +1,177 @@
+"""Traps from red team 37 (helper 54). Each was written wrong with exit 0 by `graphfix repair` with its default
+flags ("validation: passed"), and is now refused by default (exit 1, nothing written); the unsafe fix the finding
+names is still what `--unsafe-fixes` applies, right where the simplest construction is the module's.
+
+- a sinusoidal table over positions that restart every chunk (`arange(T) % 16`), that are capped
+  (`clamp(max=15)`), or whose frequencies change past a length (dynamic NTK rotary scaling past 32), each traced
+  at a length where it equals the standard table: the table was regrown as the standard one, safe;
+- one Python int T in a head split's Reshape (GF004 pins it) and in a mean, `h.sum(1) / T` (a Div by 12.0): the
+  Reshape was rebuilt and the Div kept dividing by the export length;
+- an indicator added (`x + (arange(T) < 20)`), all ones at the export length 12: shrunk to one 1, safe.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import run
+
+import graphfix
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+pytestmark = pytest.mark.torch
+D = 8
+
+
+def _sinusoid(positions, d=D, base=10000.0):
+    inv = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
+    angles = positions.float()[:, None] * inv[None, :]
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+class ChunkPositions(nn.Module):
+    """Positions restart every 16 frames (streaming chunks), exported at one chunk."""
+
+    def forward(self, x):
+        return x + _sinusoid(torch.arange(int(x.shape[1])) % 16)
+
+
+class CappedPositions(nn.Module):
+    """Positions clipped at 15 (a relative-position clip), exported at 16 frames."""
+
+    def forward(self, x):
+        return x + _sinusoid(torch.arange(int(x.shape[1])).clamp(max=15))
+
+
+class DynamicNTKRotary(nn.Module):
+    """Rotary positions whose base grows past 32 frames (transformers' dynamic NTK scaling), exported at 24."""
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        base = 10000.0 * ((2 * t / 32) - 1) ** (D / (D - 2)) if t > 32 else 10000.0
+        emb = _sinusoid(torch.arange(t), base=base)
+        cos, sin = emb[:, D // 2:].repeat(1, 2), emb[:, : D // 2].repeat(1, 2)
+        half = torch.cat([-x[..., D // 2:], x[..., : D // 2]], -1)
+        return x * cos + half * sin
+
+
+class MeanOfHeads(nn.Module):
+    """One head split off and merged with int(T), then a mean over time by the same int."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(D, D)
+
+    def forward(self, x):
+        b, t = x.shape[0], int(x.shape[1])
+        h = self.lin(x).reshape(b, t, 1, D).transpose(1, 2).reshape(b, t, D)
+        return h.sum(1) / t
+
+
+class AddedIndicator(nn.Module):
+    """1 added to the first 20 frames, 0 past them."""
+
+    def forward(self, x):
+        return x + (torch.arange(int(x.shape[1])) < 20).float()[:, None]
+
+
+def export(module: nn.Module, length: int, path: Path, output_axes: dict) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, D),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": output_axes})
+    return path
+
+
+def repair(path: Path, *flags: str):
+    out = path.with_name("fixed.onnx")
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), *flags], catch_exceptions=False)
+    return done, out
+
+
+def error_at(module: nn.Module, path: Path, length: int) -> float:
+    x = torch.randn(1, length, D)
+    with torch.no_grad():
+        want = module(x).numpy()
+    return float(np.abs(run(str(path), {"x": x.numpy()})[0] - want).max())
+
+
+CASES = {  # name: (module, export length, output axes)
+    "chunk-positions": (ChunkPositions(), 16, {0: "B", 1: "T"}),
+    "capped-positions": (CappedPositions(), 16, {0: "B", 1: "T"}),
+    "dynamic-ntk": (DynamicNTKRotary(), 24, {0: "B", 1: "T"}),
+    "mean-by-the-same-int": (MeanOfHeads(), 12, {0: "B"}),
+    "added-indicator": (AddedIndicator(), 12, {0: "B", 1: "T"}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_construction_the_graph_does_not_determine_is_refused_by_default(tmp_path, name):
+    """Refused, and every fix the diagnosis offers is unsafe. (Had it written, the suite's guard would compare the
+    output with the module at longer lengths, where each of these differs from the simplest construction.)"""
+    module, length, axes = CASES[name]
+    path = export(module, length, tmp_path / f"{name}.onnx", axes)
+    done, out = repair(path)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    fixes = [f.fix for f in graphfix.diagnose(str(path), static=True) if f.fix is not None]
+    assert fixes and all(fix.safety.value == "unsafe" for fix in fixes), [(f.summary, f.safety) for f in fixes]
+
+
+class StandardPositions(nn.Module):
+    """The standard table, `pe[:int(T)]` of positions 0, 1, ..., T-1: the simplest construction is the module's."""
+
+    def forward(self, x):
+        return x + _sinusoid(torch.arange(int(x.shape[1])))
+
+
+def test_the_simplest_construction_is_still_built_and_right_where_it_is_the_modules(tmp_path):
+    module = StandardPositions()
+    path = export(module, 16, tmp_path / "standard.onnx", {0: "B", 1: "T"})
+    done, out = repair(path, "--unsafe-fixes")
+    assert done.exit_code == 0, done.output
+    for length in (1, 16, 40):
+        assert error_at(module, out, length) < 1e-4
+
+
+def test_a_float_constant_that_echoes_no_baked_size_leaves_the_fix_safe(tmp_path):
+    """The head split alone, beside a scale of the model's own (0.37, no function of 12): safe, repaired."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = nn.Linear(D, D)
+
+        def forward(self, x):
+            b, t = x.shape[0], int(x.shape[1])
+            return self.lin(x).reshape(b, t, 2, D // 2).reshape(b, t, D) * 0.37
+
+    module = Scaled()
+    path = export(module, 12, tmp_path / "scaled.onnx", {0: "B", 1: "T"})
+    done, out = repair(path)
+    assert done.exit_code == 0, done.output
+    for length in (1, 5, 30):
+        assert error_at(module, out, length) < 1e-4
+
+
+@pytest.mark.parametrize(("value", "echoed"), [(1 / 12, True), (math.sqrt(12), True), (11.0, True), (12.5, False),
+                                               (0.5, False)])
+def test_echoes_are_the_simple_functions_of_a_size(value, echoed):
+    import onnx_graphsurgeon as gs
+
+    from graphfix.analysis.echoes import echoes
+
+    x = gs.Variable("x", np.float32, [2, 12])
+    c = gs.Constant("c", np.array(value, np.float32))
+    graph = gs.Graph(nodes=[gs.Node("Mul", "m", inputs=[x, c], outputs=[gs.Variable("y", np.float32)])], inputs=[x])
+    heard = echoes(graph, {12}, lambda t: np.asarray(t.values) if isinstance(t, gs.Constant) else None)
+    assert bool(heard) is echoed, heard
