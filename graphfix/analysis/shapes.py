@@ -91,6 +91,9 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     before inference stopped. Unlike the library's `infer_shapes`, an incomplete run neither raises nor writes
     `sym_shape_infer_temp.onnx` into the working directory.
     """
+    if not data_prop_allowed(model):  # it propagates shape values as Python lists, unbounded (helper 55: 10**9)
+        return SymbolicShapes(incomplete=[f"symbolic shape inference skipped: a node would hold more than "
+                                          f"{MAX_PROPAGATED_ELEMENTS} shape values (graphfix.io.budgets)"])
     try:  # it reads initializers with onnx's numpy_helper, which resolves external data against the working folder
         model, lifted = without_external_values(model)
     except ValueError as exc:

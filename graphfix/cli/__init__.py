@@ -21,6 +21,19 @@ from graphfix.report.text import printable
 class GraphfixGroup(click.Group):
     """Turns GraphfixError into its one-line message and exit code, and a command's int result into the exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A word that reads as an option but names a file that exists is refused before anything runs (exit 2):
+        pre-commit and other callers append file names after the options, and a repository may hold a file named
+        `--output-file=/elsewhere/model.onnx` (a folder `--output-file=` and the rest below it), which would
+        otherwise be parsed as that option and overwrite a file outside the repository (helper 55). File names
+        after `--` are file names."""
+        for word in args[:args.index("--")] if "--" in args else args:
+            if word.startswith("-") and word != "-" and os.path.lexists(word):
+                click.echo(f"graphfix: error: {printable(word)!r} reads as an option but names an existing file; "
+                           "pass file names after `--` (or as ./NAME)", err=True)
+                ctx.exit(2)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)

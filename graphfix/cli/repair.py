@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import click
@@ -29,6 +31,7 @@ from graphfix.core.lazy import warm
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.io.targets import same_file
+from graphfix.io.wire import external_locations
 from graphfix.pipeline.batch import portable, warm_up
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
 from graphfix.report.text import emit_json, findings_text, printable, rejection_line
@@ -132,8 +135,9 @@ def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run
 
 
 def _refuse_collisions(models: list[ModelPath], targets: list[Path]) -> None:
-    """Two models are never written to one file, and no output replaces another input of the run (its own only
-    with --in-place, which check_destination allows)."""
+    """Two models are never written to one file, no model is written where another writes its data (helper 55:
+    x's data file `y.onnx` was copied beside x's output, then replaced by y's output after x was validated), and
+    no output replaces another input of the run (its own only with --in-place, which check_destination allows)."""
     seen: dict[Path, Path] = {}
     for model, target in zip(models, targets, strict=True):
         where = target.parent.resolve() / target.name
@@ -144,6 +148,31 @@ def _refuse_collisions(models: list[ModelPath], targets: list[Path]) -> None:
         for other in models:
             if other is not model and same_file(target, other.path):
                 raise UsageError(f"{target}: would overwrite the input {other.path} (another model of this run)")
+    if len(models) < 2:
+        return
+    for model, target in zip(models, targets, strict=True):
+        for data in _data_beside(model.path, target):
+            if data in seen and seen[data] != model.path:
+                raise UsageError(f"{seen[data]} would be written to {data}, where {model.path} writes its data "
+                                 "beside its output; repair them apart or give them different names")
+
+
+def _data_beside(path: Path, target: Path) -> set[Path]:
+    """The data files a repair of `path` may write beside `target`: its own data under their names (an unchanged
+    model is copied as it came) and `NAME.data` (a repaired one's), read from the model's wire format."""
+    folder = target.parent.resolve()
+    names = {target.name + ".data"}
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {folder / name for name in names}  # loading says why it cannot be read
+    try:
+        info = os.fstat(fd)
+        locations = external_locations(fd, info.st_size) if stat.S_ISREG(info.st_mode) else None
+    finally:
+        os.close(fd)
+    names |= {location for location in locations or () if location}
+    return {Path(os.path.normpath(folder / name)) for name in names}
 
 
 def _has_errors(result: RepairResult) -> bool:

@@ -187,37 +187,70 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs
 
 
-def data_prop_allowed(model: onnx.ModelProto) -> bool:
+def data_prop_allowed(model: onnx.ModelProto, sized: bool = True) -> bool:
     """False when onnx's data propagation could allocate without bound. It holds the values of a 1-D tensor of
     known length as one dim each (about 100 bytes) wherever an Add, Mul, Concat, Gather, Slice, ... reads it, and
     a node sized by constants makes that length what a constant says: `ConstantOfShape([10**8])`, 160 bytes on
     disk, asks for 10 GB. So each node's output is sized from its constants, never computed (`sized_elements`),
-    in every graph and function, as is each 1-D graph input."""
+    in every graph and function, as is each 1-D graph input. `sized=False` counts only the values propagated
+    from shapes and 1-D tensors (`Shape`, `Concat`, ...), which is what onnxruntime propagates as it loads a
+    graph (it makes no tensor that constants size before a run)."""
     if any(_declared_length(value) > MAX_PROPAGATED_ELEMENTS for value in model.graph.input):
         return False
-    scopes = [(model.graph.node, model.graph.initializer)] + [(f.node, ()) for f in model.functions]
-    return all(_scope_allowed(nodes, initializers, {}) for nodes, initializers in scopes)
+    graph = model.graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
+             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    ranks.update((t.name, len(t.dims)) for t in graph.initializer)
+    widest = max(ranks.values(), default=0)  # a function's inputs: as wide as any tensor the model declares
+    scopes = [(graph.node, graph.initializer, ranks)] + [(f.node, (), {}) for f in model.functions]
+    return all(_scope_allowed(nodes, initializers, {}, dict(known), widest, sized)
+               for nodes, initializers, known in scopes)
 
 
 def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.TensorProto],
-                   outer: dict[str, onnx.TensorProto]) -> bool:
+                   outer: dict[str, onnx.TensorProto], ranks: dict[str, float], widest: float,
+                   sized: bool = True) -> bool:
     """Whether no node of a graph (or function body), nor of its subgraphs, is sized past the budget; `outer`:
-    the constants of the graphs around it, which a subgraph reads by name."""
+    the constants of the graphs around it, which a subgraph reads by name; `ranks`: the tensors' ranks known so
+    far (declared, or carried through the nodes by `_rank`), `widest` the rank of a tensor whose rank is not."""
     constants = {**outer, **{t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}}
     for node in nodes:
         value = constant_value(node)
         if value is not None:
             constants[node.output[0]] = value
     lengths = {name: _elements(t.dims) for name, t in constants.items() if len(t.dims) == 1}
+    ranks.update((name, len(t.dims)) for name, t in constants.items())
     for node in nodes:
-        made = max(sized_elements(node, constants), _propagated(node, lengths))
+        made = max(sized_elements(node, constants) if sized else 0, _propagated(node, lengths))
+        if node.op_type == "Shape" and node.input:  # one value per dim (helper 55: 1,000 dims, concatenated)
+            made = max(made, ranks.get(node.input[0], widest))
         if made > MAX_PROPAGATED_ELEMENTS:
             return False
         if made and node.output:
             lengths[node.output[0]] = made
-        if not all(_scope_allowed(sub.node, sub.initializer, constants) for sub in _subgraphs(node)):
+        rank = _rank(node, ranks, lengths)
+        ranks.update((name, rank) for name in node.output if name)
+        if not all(_scope_allowed(sub.node, sub.initializer, constants, ranks, max(widest, rank), sized)
+                   for sub in _subgraphs(node)):
             return False
     return True
+
+
+def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float]) -> float:
+    """An upper bound on the rank of the node's outputs, for `Shape` downstream: the widest input's, but where an
+    op adds dims (Unsqueeze, a shape vector's length for Reshape, Expand, ConstantOfShape, Gather's indices)."""
+    inputs = [ranks.get(name, 0) for name in node.input if name]
+    widest = max(inputs, default=0)
+    if node.op_type == "Unsqueeze":
+        axes = next((len(a.ints) for a in node.attribute if a.name == "axes"), 0)
+        return widest + max(axes, lengths.get(node.input[1], 1) if len(node.input) > 1 else 1)
+    if node.op_type in ("Reshape", "Expand") and len(node.input) > 1:
+        return max(widest, lengths.get(node.input[1], 0))
+    if node.op_type == "ConstantOfShape" and node.input:
+        return lengths.get(node.input[0], 0)
+    if node.op_type == "Gather" and len(node.input) > 1:
+        return sum(inputs)
+    return widest
 
 
 KEEPS_LENGTH = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Neg",

@@ -209,10 +209,9 @@ def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
     if reason:
         return reason
     full = base_dir / location
-    root = os.path.realpath(base_dir)
     try:
         real = os.path.realpath(full)
-        if os.path.commonpath([root, real]) != root and not _in_hub_repository(base_dir, real):
+        if _outside(base_dir, real):
             return f"points outside the model's folder through a symbolic link ('{location}' -> '{real}')"
         info = os.stat(full)
     except FileNotFoundError:
@@ -224,6 +223,12 @@ def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
     if info.st_nlink > 1:
         return f"is a hard link ('{location}'); copy the file instead of linking it"
     return None
+
+
+def _outside(base_dir: Path, real: str) -> bool:
+    """Whether the resolved path `real` lies outside the model's folder (and outside its hub repository's blobs)."""
+    root = os.path.realpath(base_dir)
+    return os.path.commonpath([root, real]) != root and not _in_hub_repository(base_dir, real)
 
 
 def _in_hub_repository(base_dir: Path, real: str) -> bool:
@@ -299,8 +304,10 @@ def data_file(base_dir: Path, location: str, where: str = "tensor") -> HeldFile:
     reason = unsafe_location_reason(location, base_dir)
     if reason:
         raise InputError(f"{where} {reason}; refusing to read outside the model's folder")
-    opened = files.open(location, f"external data file '{location}' for {where}")
+    opened = files.open(location, f"external data file '{location}' for {where}",
+                        allowed=lambda real: not _outside(base_dir, real))  # a link swapped in since the check
     if opened.links > 1:  # a hard link made since the check
+        files.drop(location)
         raise InputError(f"{where} is a hard link ('{location}'); refusing to read outside the model's folder")
     return opened
 

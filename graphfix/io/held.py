@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from graphfix.core.errors import InputError
@@ -34,10 +34,17 @@ KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "
 class HeldFile:
     """One regular file, open for reading; `fd` stays valid until the object goes."""
 
-    def __init__(self, path: Path | str, name: str):
-        real = os.path.realpath(path)  # the user's own link is followed once, here; nothing after this is
+    def __init__(self, path: Path | str, name: str, allowed: Callable[[str], bool] | None = None):
+        """`allowed(real path)`: where a file may be (a model's data files: its folder); a link to anywhere else
+        is refused before it is opened, and a folder on the way swapped for one is refused once open (helper 55
+        swapped a data file for a link between its check and its open). Without it, the user's own link is
+        followed once, here."""
+        real = os.path.realpath(path)
         try:
-            self.fd = os.open(real, OPEN_FLAGS)
+            if allowed is None:
+                self.fd = os.open(real, OPEN_FLAGS)
+            else:
+                self.fd, real = _open_allowed(path, name, allowed)
         except OSError as exc:
             raise InputError(f"{name}: cannot be opened ({_reason(exc)})") from None
         try:
@@ -45,7 +52,8 @@ class HeldFile:
             kind = next((what for test, what in KINDS if test(info.st_mode)), None)
             if kind or not stat.S_ISREG(info.st_mode):
                 raise InputError(f"{name}: is {kind or 'not a regular file'}, not a regular file")
-            if _opened_path(self.fd) not in (None, real):  # a folder on the way swapped for a link meanwhile
+            opened = _opened_path(self.fd)
+            if opened not in (None, real):  # a folder on the way swapped for a link meanwhile
                 raise InputError(f"{name}: changed while it was opened; refusing to read it")
         except BaseException:
             os.close(self.fd)
@@ -117,15 +125,20 @@ class DataFiles:
         self._files: dict[str, HeldFile] = {}
         self._lock = threading.Lock()
 
-    def open(self, location: str, name: str) -> HeldFile:
+    def open(self, location: str, name: str, allowed: Callable[[str], bool] | None = None) -> HeldFile:
         with self._lock:
             held_file = self._files.get(location)
             if held_file is None:
-                held_file = self._files[location] = HeldFile(self.base_dir / location, name)
+                held_file = self._files[location] = HeldFile(self.base_dir / location, name, allowed)
             return held_file
 
     def get(self, location: str) -> HeldFile | None:
         return self._files.get(location)
+
+    def drop(self, location: str) -> None:
+        """Let go of a file opened and then refused: nothing reads it later by its location."""
+        with self._lock:
+            self._files.pop(location, None)
 
     def opened(self) -> list[HeldFile]:
         with self._lock:
@@ -167,6 +180,27 @@ def _reason(exc: OSError) -> str:
     if exc.errno == getattr(os, "ELOOP", -1):
         return "it became a symbolic link after it was checked"
     return (exc.strerror or str(exc)).lower()
+
+
+def _open_allowed(path: Path | str, name: str, allowed: Callable[[str], bool]) -> tuple[int, str]:
+    """The descriptor of `path` and the real path it holds, opened without following a link the check did not
+    see: its last part is opened as it is (O_NOFOLLOW), and a link there is resolved and checked first."""
+    try:
+        fd = os.open(path, OPEN_FLAGS)  # O_NOFOLLOW: a link there is ELOOP
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        real = os.path.realpath(path)  # a link: allowed only where it stays (a hub snapshot's blobs)
+        if not allowed(real):
+            raise InputError(f"{name}: points outside the model's folder ('{path}' -> '{real}'), a link made "
+                             "while it was read; refusing to read outside the model's folder") from None
+        fd = os.open(real, OPEN_FLAGS)
+    real = _opened_path(fd) or os.path.realpath(path)
+    if not allowed(real):
+        os.close(fd)
+        raise InputError(f"{name}: points outside the model's folder ('{path}' -> '{real}'), a link made while it "
+                         "was read; refusing to read outside the model's folder")
+    return fd, real
 
 
 def _opened_path(fd: int) -> str | None:

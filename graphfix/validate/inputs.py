@@ -29,6 +29,7 @@ LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
 PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
 LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
 NORMAL_BLOCK = 1 << 20  # values drawn at a time for a float input
+MAX_RANK = 64  # numpy's NPY_MAXDIMS: no array of more dims can be made
 UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (
     "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
     "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
@@ -60,6 +61,11 @@ def synthesize_inputs(
         check_input_kind(vi)
         check_input_type(vi)
     shapes = {vi.name: _concrete_shape(vi, sizes, options.shapes.get(vi.name)) for vi in made}
+    for name, shape in shapes.items():
+        if len(shape) > MAX_RANK:
+            raise NotProbed(f"input '{name}' has {len(shape)} dims, and numpy, which graphfix makes the probe's "
+                            f"values with, holds at most {MAX_RANK}: the model was not run (its static analysis "
+                            "stands)")
     dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in made}
     check_input_bytes(shapes, dtypes)  # before allocating anything
     for vi in graph_inputs(model):

@@ -28,6 +28,7 @@ from graphfix.validate.runner import (
     ModelSource,
     failing_node,
     load_structure,
+    loadable,
     short_message,
     upstream_only,
     without_downstream,
@@ -102,6 +103,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         for value in graph_inputs(proto):
             if value.name not in options.inputs:
                 check_input_kind(value)  # before symbolic inference, which can loop on such inputs
+        loadable(proto)  # before onnxruntime loads it: its data propagation is unbounded
     except NotProbed as exc:
         return [RuntimeFailure("", "", str(exc), {}, skipped=True)]
     proto = with_node_names(proto)

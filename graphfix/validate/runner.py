@@ -29,7 +29,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphfix.io.budgets import ENV_MAX_MEMORY, ENV_RUN_BUDGET, run_budget_seconds
+from graphfix.io.budgets import (
+    ENV_MAX_MEMORY,
+    ENV_RUN_BUDGET,
+    MAX_PROPAGATED_ELEMENTS,
+    data_prop_allowed,
+    run_budget_seconds,
+)
 from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
@@ -258,9 +264,20 @@ def _unhanded(proto: onnx.ModelProto, handed: set[str]):
             yield tensor, ref
 
 
+def loadable(proto: onnx.ModelProto) -> None:
+    """NotProbed where onnx's data propagation, which onnxruntime runs as it loads the graph, would hold more
+    than the budget's shape values (helper 55: `Shape` of 1,000 dims, concatenated 1,000 times twice, took 8 GB
+    and 15 s before any run)."""
+    if not data_prop_allowed(proto, sized=False):
+        raise NotProbed(f"a node would hold more than {MAX_PROPAGATED_ELEMENTS:,} shape values while onnxruntime "
+                        "loads the model (graphfix.io.budgets): it was not run (its static analysis stands)")
+
+
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
                  linked: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
-    """A session with optimizations off, made from the proto: onnxruntime opens no file (see `hand_over`)."""
+    """A session with optimizations off, made from the proto: onnxruntime opens no file (see `hand_over`); none
+    where loading it could take without bound (`loadable`)."""
+    loadable(proto)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed

@@ -110,3 +110,30 @@ def test_hook_repository(tmp_path):
     rev = snapshot(tmp_path / "hooks")
     config = {"repos": [{"repo": str(tmp_path / "hooks"), "rev": rev, "hooks": [{"id": "graphfix-check"}]}]}
     gate(tmp_path / "project", config, tmp_path / "home", timeout=900)
+
+
+def test_a_file_named_like_an_option_is_refused_not_parsed(tmp_path):
+    """pre-commit appends file names after the hook's options: a repository that holds a model at the path
+    `--output-file=<outside>/victim.onnx` (a folder `--output-file=` and the rest below it) had `graphfix check`
+    parse it as that option and overwrite a file outside the repository with its report, the hook passing
+    (helper 55). Now the word is refused before anything runs: the hook fails, and nothing outside is touched."""
+    hook = {**manifest_hook(), "language": "system"}
+    if shutil.which("graphfix", path=_env()["PATH"]) is None:
+        pytest.skip("graphfix is not installed on PATH")
+    victim = tmp_path / "outside" / "victim.onnx"
+    victim.parent.mkdir()
+    onnx.save(parse(HEADER + HEALTHY), victim)
+    before = victim.read_bytes()
+    project = tmp_path / "project"
+    planted = project / f"--output-file={victim}"  # the word pre-commit passes: `--output-file=/.../victim.onnx`
+    planted.parent.mkdir(parents=True)
+    onnx.save(parse(HEADER + HEALTHY), planted)
+    onnx.save(parse(HEADER + HEALTHY), project / "model.onnx")
+    (project / ".pre-commit-config.yaml").write_text(yaml.safe_dump({"repos": [{"repo": "local", "hooks": [hook]}]}))
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    done = subprocess.run([sys.executable, "-m", "pre_commit", "run", "--all-files", "--color", "never"],
+                          cwd=project, env=_env(PRE_COMMIT_HOME=str(tmp_path / "home")), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "reads as an option but names an existing file" in done.stdout, done.stdout
+    assert victim.read_bytes() == before

@@ -125,3 +125,47 @@ def test_a_tensor_the_probe_cannot_size_is_held_by_the_worker_s_memory_bound(tmp
     done = bounded_graphfix("diagnose", str(path), seconds=120)
     assert done.returncode == 1 and "internal error" not in done.stderr, done.stdout + done.stderr
     assert done.peak_bytes < 1 << 30, f"{done.peak_bytes:,} bytes"
+
+
+def _shape_concatenated(rank: int, copies: int) -> onnx.ModelProto:
+    """Helper 55: `Shape` of an input of `rank` dims, concatenated `copies` times, twice (11 KB at 1,000 and 1,000:
+    10**9 values held while inferring, and again while onnxruntime loads the graph)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Concat", ["s"] * copies, ["c1"], axis=0),
+             helper.make_node("Concat", ["c1"] * copies, ["c2"], axis=0),
+             helper.make_node("Cast", ["c2"], ["y"], to=TensorProto.INT64)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * rank)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_a_shape_counts_one_value_per_dim_of_its_input():
+    assert data_prop_allowed(_shape_concatenated(1, 1000))
+    assert not data_prop_allowed(_shape_concatenated(60, 1000))
+    assert not data_prop_allowed(_shape_concatenated(1000, 1000))
+
+
+@pytest.mark.parametrize(("rank", "args", "says"), [
+    (1000, ["diagnose", "--static"], "no findings"),
+    (60, ["check"], "while onnxruntime loads the model"),
+    (1000, ["check"], "while onnxruntime loads the model"),
+])
+def test_shape_values_past_the_budget_are_neither_inferred_nor_loaded(tmp_path, rank, args, says):
+    path = tmp_path / "model.onnx"
+    onnx.save(_shape_concatenated(rank, 1000), path)
+    done = bounded_graphfix(*args, str(path), seconds=120, memory=CAP)
+    assert done.returncode in (0, 1) and says in done.stdout, done.stdout + done.stderr
+    assert "internal error" not in done.stdout + done.stderr
+    assert done.peak_bytes < 1 << 30, f"{done.peak_bytes:,} bytes"
+
+
+def test_an_input_of_more_dims_than_numpy_holds_is_not_run_and_says_so(tmp_path):
+    """Helper 55: a Relu of a 70-dim input was an internal error (numpy's `np.empty` refuses past 64 dims)."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * 70)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1] * 70)])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    done = bounded_graphfix("check", str(path), seconds=120)
+    assert done.returncode == 1 and "has 70 dims" in done.stdout and "probe-skipped" in done.stdout, done.stdout
+    assert "internal error" not in done.stdout + done.stderr

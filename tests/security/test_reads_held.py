@@ -68,6 +68,27 @@ def test_a_data_file_swapped_for_a_link_before_its_first_read_is_refused(sandbox
     assert sandbox.touched() == []
 
 
+def test_a_data_file_swapped_for_a_link_between_its_check_and_its_open_is_refused(sandbox, model, monkeypatch):
+    """Helper 55 raced a swapping process against 40 repairs: 9 copied the outside file into their output. The
+    swap is put here exactly where the race won, right after the first read's check of the path and before the
+    open (the check itself runs as it is; only its caller sees the swap happen after it): the file the descriptor
+    holds is checked too, and refused."""
+    import graphfix.io.external_data as external_data
+
+    checked = external_data.unsafe_location_reason
+
+    def check_then_swap(location, base_dir):
+        reason = checked(location, base_dir)
+        _swap_for_link(sandbox.model_dir / "model.onnx.data", sandbox.outside / "model.onnx.data")
+        return reason
+
+    loaded = load_model(model)
+    monkeypatch.setattr(external_data, "unsafe_location_reason", check_then_swap)
+    with pytest.raises(InputError, match="a link made while it was read"):
+        read_external(loaded.proto.graph.initializer[0], loaded.base_dir)
+    assert sandbox.touched() == []
+
+
 def test_a_model_file_replaced_after_loading_is_not_read_again(sandbox, model):
     """The unchanged model is copied from the descriptor it was parsed from, not from its path."""
     original = model.read_bytes()

@@ -129,6 +129,23 @@ def test_output_dir_with_two_inputs_of_one_name_is_refused(sandbox):
     assert not (sandbox.root / "out").exists()
 
 
+@pytest.mark.parametrize("order", ["data-first", "model-first"])
+def test_output_dir_where_one_model_s_data_is_another_model_s_output_is_refused(sandbox, order):
+    """Helper 55: x's weights in the file `y.onnx` of the same folder. Copied as it came, x's data landed on
+    out/y.onnx, validated, and was then replaced by y's repaired output in the same run (exit 0). Refused before
+    anything is written, whichever model comes first."""
+    folder = sandbox.model_dir / "in"
+    y = hubert(folder / "y.onnx")
+    x = healthy(sandbox.root / "scratch" / "x.onnx", "y.onnx")  # its data file is then replaced by the model y
+    x.rename(folder / "x.onnx")
+    x = folder / "x.onnx"
+    (sandbox.root / "scratch" / "y.onnx").unlink()
+    models = [str(x), str(y)] if order == "data-first" else [str(y), str(x)]
+    done = sandbox.run("repair", *models, "--output-dir", str(sandbox.root / "out"), "--no-simplify")
+    one_line_refusal(done, "writes its data beside its output")
+    assert not (sandbox.root / "out").exists()
+
+
 def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(sandbox):
     source = healthy(sandbox.model_dir / "model.onnx", "weights.bin")
     out = sandbox.root / "out"
