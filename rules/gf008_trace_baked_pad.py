@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.edits import rebuilt_entries, size_expr
+from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import (
@@ -151,7 +151,8 @@ class TraceBakedPad(Rule):
             message, **kwargs,
             fix=Fix(f"compute the pad at the {_side(baked.position, len(sizes.shape(node.inputs[0])))} of Pad "
                     f"'{node.name}' as (k - {baked.length} % k) % k with k={k}",
-                    apply=rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset),
+                    apply=loosened(node, _at_export(export_sizes(ctx, ctx.evaluator).values, baked.length),
+                                   rebuilt_entries(node, 1, {baked.position: baked.expr}, sizes, ctx.opset)),
                     safety=safety, reason=reason))
 
     def _whole_window_finding(self, sizes, node, whole: dict[int, tuple]) -> Finding:
@@ -214,3 +215,11 @@ def pad_amounts(ctx: RuleContext, baked) -> hypotheses.Determination:
             survivors.setdefault(show(expr), {hypotheses.hole(): hypotheses.Hypothesis(
                 expr, fill[hypotheses.hole()].family, fill[hypotheses.hole()].cost)})
     return hypotheses.Determination(sorted(survivors.values(), key=lambda f: f[hypotheses.hole()].cost))
+
+
+def _at_export(values: dict[str, int], length) -> set[int]:
+    """The padded length at the export sizes `values` ({} where a size in it has none): the size the fix lets
+    vary."""
+    known = {symbol: values[symbol.name] for symbol in length.free_symbols if symbol.name in values}
+    value = length.subs(known) if len(known) == len(length.free_symbols) else None
+    return {int(value)} if value is not None and value.is_Integer else set()

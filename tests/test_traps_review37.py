@@ -163,15 +163,25 @@ def test_a_float_constant_that_echoes_no_baked_size_leaves_the_fix_safe(tmp_path
         assert error_at(module, out, length) < 1e-4
 
 
-@pytest.mark.parametrize(("value", "echoed"), [(1 / 12, True), (math.sqrt(12), True), (11.0, True), (12.5, False),
-                                               (0.5, False)])
-def test_echoes_are_the_simple_functions_of_a_size(value, echoed):
+@pytest.mark.parametrize(("value", "size", "summed", "echoed"), [
+    (1 / 12, 12, False, True), (math.sqrt(12), 12, False, True), (12.5, 12, False, False), (0.5, 12, False, False),
+    (11.0, 12, True, True), (11.0, 12, False, False),  # T - 1 only beside a sum over T (`h.sum(1) / (T - 1)`)
+    (96.0, 12, True, True),  # T times a dim of what was summed (`h.sum((1, 2)) / (T * D)`)
+    (0.125, 9, False, False),  # 1/sqrt(64), an attention scale: 1/(T - 1) at T=9, but nothing summed (helper 56)
+])
+def test_echoes_are_the_simple_functions_of_a_size(value, size, summed, echoed):
     import onnx_graphsurgeon as gs
 
     from graphfix.analysis.echoes import echoes
 
-    x = gs.Variable("x", np.float32, [2, 12])
+    x = gs.Variable("x", np.float32, [2, size, 8])
     c = gs.Constant("c", np.array(value, np.float32))
-    graph = gs.Graph(nodes=[gs.Node("Mul", "m", inputs=[x, c], outputs=[gs.Variable("y", np.float32)])], inputs=[x])
-    heard = echoes(graph, {12}, lambda t: np.asarray(t.values) if isinstance(t, gs.Constant) else None)
+    h, y = gs.Variable("h", np.float32), gs.Variable("y", np.float32)
+    nodes = [gs.Node("ReduceSum" if summed else "Relu", "sum", inputs=[x], outputs=[h],
+                     attrs={"axes": [1, 2]} if summed else {}),
+             gs.Node("Div", "div", inputs=[h, c], outputs=[y])]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[y])
+    shapes = {"x": [2, size, 8]}
+    heard = echoes(graph, {size}, lambda t: np.asarray(t.values) if isinstance(t, gs.Constant) else None,
+                   lambda t: shapes.get(t.name))
     assert bool(heard) is echoed, heard

@@ -237,20 +237,39 @@ def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.
 
 
 def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float]) -> float:
-    """An upper bound on the rank of the node's outputs, for `Shape` downstream: the widest input's, but where an
-    op adds dims (Unsqueeze, a shape vector's length for Reshape, Expand, ConstantOfShape, Gather's indices)."""
+    """An upper bound on the rank of the node's outputs, for `Shape` downstream: the widest input's for an op that
+    adds no dim (`RANK_KEEPING`); for one that does, what it adds (Unsqueeze's axes, a shape vector's length for
+    Reshape, Expand and ConstantOfShape, Gather's indices); for any other, one more than the widest input
+    (helper 56: 999 OneHots took a rank-1 input to rank 1000), or their sum for Einsum and GatherND."""
     inputs = [ranks.get(name, 0) for name in node.input if name]
     widest = max(inputs, default=0)
+    if node.op_type in RANK_KEEPING:
+        return widest
     if node.op_type == "Unsqueeze":
         axes = next((len(a.ints) for a in node.attribute if a.name == "axes"), 0)
         return widest + max(axes, lengths.get(node.input[1], 1) if len(node.input) > 1 else 1)
     if node.op_type in ("Reshape", "Expand") and len(node.input) > 1:
-        return max(widest, lengths.get(node.input[1], 0))
+        return max(widest, lengths.get(node.input[1], widest + 1))
     if node.op_type == "ConstantOfShape" and node.input:
-        return lengths.get(node.input[0], 0)
-    if node.op_type == "Gather" and len(node.input) > 1:
+        return lengths.get(node.input[0], widest + 1)
+    if node.op_type in ("Gather", "GatherND", "Einsum"):
         return sum(inputs)
-    return widest
+    return widest + 1
+
+
+# ops whose outputs have no more dims than their widest input
+RANK_KEEPING = frozenset({
+    "Abs", "Acos", "Add", "And", "ArgMax", "ArgMin", "Asin", "Atan", "AveragePool", "BatchNormalization", "Cast",
+    "CastLike", "Ceil", "Celu", "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace",
+    "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gelu", "Gemm", "GlobalAveragePool",
+    "GlobalMaxPool", "Greater", "GreaterOrEqual", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity",
+    "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log",
+    "LogSoftmax", "LpNormalization", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
+    "Or", "PRelu", "Pad", "Pow", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Resize", "Round", "Selu", "Shape", "Sigmoid",
+    "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt",
+    "Squeeze", "Sub", "Sum", "Tan", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Where", "Xor",
+})
 
 
 KEEPS_LENGTH = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Neg",

@@ -12,8 +12,8 @@ run on them through the console script, as a user would, each bounded by a 60 s 
   repaired with --unsafe-fixes and by graphfix.export: past 64 a module may continue the positions (speechbrain
   does: checked at 80 frames), cap them or change its frequencies (dynamic NTK scaling computes its cache for
   max(T, 64)), and the graph does not say which. speechbrain's wav2vec2 EncoderWrapper masks by
-  `length_to_mask(round(wav_lens * T))` without
-  `max_len`, so the width is `.item()` of the lengths' maximum: found where attention reshapes the mask with the
+  `length_to_mask(round(wav_lens * T))` without `max_len`, so the width is `.item()` of the lengths' maximum:
+  found where attention reshapes the mask with the
   traced length, but an arange the graph does not tell from a clamped one, so it is repaired with --unsafe-fixes
   and by graphfix.export (the module settles it), not by default. MobileViT is not repaired by `graphfix repair`, a
   strict xfail: its unfold bakes the patch counts of height and width, and a block with a fixed grid of patches

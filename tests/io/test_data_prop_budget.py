@@ -169,3 +169,24 @@ def test_an_input_of_more_dims_than_numpy_holds_is_not_run_and_says_so(tmp_path)
     done = bounded_graphfix("check", str(path), seconds=120)
     assert done.returncode == 1 and "has 70 dims" in done.stdout and "probe-skipped" in done.stdout, done.stdout
     assert "internal error" not in done.stdout + done.stderr
+
+
+def test_ranks_grown_by_ops_that_add_a_dim_are_counted():
+    """Helper 56: 999 OneHots take a 1-D input to 1,000 dims, which the rank walk took for 1: its Shape,
+    concatenated 100 times twice, held 10**7 values while onnxruntime loaded it (1.6 GB)."""
+    nodes = [helper.make_node("Constant", [], ["depth"], value_ints=[1]),
+             helper.make_node("Constant", [], ["values"], value_ints=[0, 1])]
+    previous = "x"
+    for i in range(999):
+        nodes.append(helper.make_node("OneHot", [previous, "depth", "values"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes += [helper.make_node("Shape", [previous], ["s"]),
+              helper.make_node("Concat", ["s"] * 100, ["c1"], axis=0),
+              helper.make_node("Concat", ["c1"] * 100, ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert not data_prop_allowed(model, sized=False)
+    del model.graph.node[-1]  # one Concat: 10**5 values, within the budget
+    model.graph.output[0].name = "c1"
+    assert data_prop_allowed(model, sized=False)
