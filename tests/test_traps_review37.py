@@ -76,6 +76,14 @@ class MeanOfHeads(nn.Module):
         return h.sum(1) / t
 
 
+class ScaledHeads(MeanOfHeads):
+    """The same head split, then a scale of the model's own instead of the mean."""
+
+    def forward(self, x):
+        b, t = x.shape[0], int(x.shape[1])
+        return self.lin(x).reshape(b, t, 1, D).transpose(1, 2).reshape(b, t, D) * 0.37
+
+
 class AddedIndicator(nn.Module):
     """1 added to the first 20 frames, 0 past them."""
 
@@ -144,18 +152,7 @@ def test_the_simplest_construction_is_still_built_and_right_where_it_is_the_modu
 
 def test_a_float_constant_that_echoes_no_baked_size_leaves_the_fix_safe(tmp_path):
     """The head split alone, beside a scale of the model's own (0.37, no function of 12): safe, repaired."""
-
-    class Scaled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.lin = nn.Linear(D, D)
-
-        def forward(self, x):
-            b, t = x.shape[0], int(x.shape[1])
-            return self.lin(x).reshape(b, t, 2, D // 2).reshape(b, t, D) * 0.37
-
-    module = Scaled()
+    module = ScaledHeads()
     path = export(module, 12, tmp_path / "scaled.onnx", {0: "B", 1: "T"})
     done, out = repair(path)
     assert done.exit_code == 0, done.output
