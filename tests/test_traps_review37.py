@@ -76,6 +76,14 @@ class MeanOfHeads(nn.Module):
         return h.sum(1) / t
 
 
+class MeanOverTPlusOne(MeanOfHeads):
+    """The same head split, then the sum over time divided by T + 1: an echo only beside the sum (review 56)."""
+
+    def forward(self, x):
+        b, t = x.shape[0], int(x.shape[1])
+        return self.lin(x).reshape(b, t, 1, D).transpose(1, 2).reshape(b, t, D).sum(1) / (t + 1)
+
+
 class ScaledHeads(MeanOfHeads):
     """The same head split, then a scale of the model's own instead of the mean."""
 
@@ -118,6 +126,7 @@ CASES = {  # name: (module, export length, output axes)
     "capped-positions": (CappedPositions(), 16, {0: "B", 1: "T"}),
     "dynamic-ntk": (DynamicNTKRotary(), 24, {0: "B", 1: "T"}),
     "mean-by-the-same-int": (MeanOfHeads(), 12, {0: "B"}),
+    "sum-over-t-plus-one": (MeanOverTPlusOne(), 12, {0: "B"}),
     "added-indicator": (AddedIndicator(), 12, {0: "B", 1: "T"}),
 }
 
@@ -158,6 +167,36 @@ def test_a_float_constant_that_echoes_no_baked_size_leaves_the_fix_safe(tmp_path
     assert done.exit_code == 0, done.output
     for length in (1, 5, 30):
         assert error_at(module, out, length) < 1e-4
+
+
+def test_an_attention_scale_that_equals_one_over_t_minus_one_does_not_doubt_the_repair(tmp_path):
+    """Review 56: nn.MultiheadAttention with 16-dim heads scales the queries by 0.25, which is 1/(T - 1) at T = 5;
+    the first echo check refused its repair there. The scale meets the queries, which nothing summed over the
+    length: repaired by default (the suite's guard compares it with the module at other lengths)."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.attention = nn.MultiheadAttention(64, 4)
+
+        def forward(self, x):
+            return self.attention(x, x, x)[0]
+
+    module = Attention().eval()
+    path = tmp_path / "attention.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(5, 2, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"}})
+    done, out = repair(path)
+    assert done.exit_code == 0 and "repaired" in done.output, done.output
+    for length in (1, 5, 21):
+        x = torch.randn(length, 2, 64)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(run(str(out), {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("value", "size", "summed", "echoed"), [
