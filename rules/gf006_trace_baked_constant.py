@@ -354,7 +354,7 @@ class TraceBakedConstant(Rule):
                         apply=loosened(c.node, c.export_sizes(), sinusoid_input(
                             c.node, c.index, c.value, sinusoid, c.other, c.source(axis), ctx.opset)),
                         safety=Safety.UNSAFE,
-                        reason=_sinusoid_doubt(sinusoid, c.value.shape[axis])))
+                        reason=sinusoid.doubt(c.value.shape[axis])))
             return
         why.append(f"no sinusoidal table ({sinusoid})")
         # A triangle (tril/triu mask) or a diagonal (eye) over the last two axes: Trilu/EyeLike over the dims.
@@ -401,23 +401,3 @@ class TraceBakedConstant(Rule):
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
-
-
-def _sinusoid_doubt(sinusoid, rows: int) -> str:
-    """Why a sinusoidal table cut at the export length (`rows` positions) is not determined by its values."""
-    if sinusoid.standard:
-        return (f"every entry is sin or cos of its position times its column's frequency ({sinusoid.layout}, "
-                "frequencies a geometric series of a library's base): the formula of positions 0, 1, ..., T-1 "
-                f"(applied, the simplest) gives these values at the export length, and so do positions capped at "
-                f"any c >= {rows - 1} (`arange(T).clamp(max=c)`, clipped relative positions), positions that restart "
-                f"every c >= {rows} frames (`arange(T) % c`, streaming chunks) and frequencies that change past a "
-                f"length L >= {rows} (dynamic NTK rotary scaling), which differ at longer inputs: the graph shows "
-                "one length and does not say which")
-    if sinusoid.step == 1:
-        return (f"every entry is sin or cos of its position times frequencies of a base no library uses "
-                f"({sinusoid.show()}), which may be computed from the length (NTK scaling by the length, "
-                "`base * (T / L) ** (d / (d - 2))`): the graph shows one length, and does not say which")
-    return (f"every entry is sin or cos of positions 0, s, 2s, ... (s = {sinusoid.step:.6g}, not 1) times its "
-            f"column's frequency ({sinusoid.layout}): positions scaled by a factor, which is {sinusoid.step:.6g} at "
-            f"every length (applied, the simplest) or may follow the length (arange(T) * c / T, "
-            f"{sinusoid.step:.6g} only at T={rows}): the graph does not say which")

@@ -62,6 +62,26 @@ class Sinusoid:
         return _snapped(ratio) != ratio or any(math.isclose(ratio, b ** (-1.0 / round(-math.log(b) / math.log(
             ratio))), rel_tol=1e-12) for b in BASES if ratio < 1)
 
+    def doubt(self, rows: int) -> str:
+        """Why the table, cut at the export length (`rows` positions), is not determined by its values: what
+        else gives them there (GF006's reason for leaving its regrowth unsafe)."""
+        if self.standard:
+            return (f"every entry is sin or cos of its position times its column's frequency ({self.layout}, "
+                    "frequencies a geometric series of a library's base): the formula of positions 0, 1, ..., T-1 "
+                    "(applied, the simplest) gives these values at the export length, and so do positions capped "
+                    f"at any c >= {rows - 1} (`arange(T).clamp(max=c)`, clipped relative positions), positions that "
+                    f"restart every c >= {rows} frames (`arange(T) % c`, streaming chunks) and frequencies that change "
+                    f"past a length L >= {rows} (dynamic NTK rotary scaling), which differ at longer inputs: the graph "
+                    "shows one length and does not say which")
+        if self.step == 1:
+            return (f"every entry is sin or cos of its position times frequencies of a base no library uses "
+                    f"({self.show()}), which may be computed from the length (NTK scaling by the length, "
+                    "`base * (T / L) ** (d / (d - 2))`): the graph shows one length, and does not say which")
+        return (f"every entry is sin or cos of positions 0, s, 2s, ... (s = {self.step:.6g}, not 1) times its "
+                f"column's frequency ({self.layout}): positions scaled by a factor, which is {self.step:.6g} at "
+                f"every length (applied, the simplest) or may follow the length (arange(T) * c / T, "
+                f"{self.step:.6g} only at T={rows}): the graph does not say which")
+
     def show(self) -> str:
         return (f"a sinusoidal position table ({self.layout}, {len(self.omega)} columns, frequencies "
                 f"{self.omega[0]:.4g} ... {self.omega[-1]:.4g})")

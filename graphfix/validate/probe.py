@@ -28,7 +28,6 @@ from graphfix.validate.runner import (
     ModelSource,
     failing_node,
     load_structure,
-    loadable,
     short_message,
     upstream_only,
     without_downstream,
@@ -103,7 +102,6 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         for value in graph_inputs(proto):
             if value.name not in options.inputs:
                 check_input_kind(value)  # before symbolic inference, which can loop on such inputs
-        loadable(proto)  # before onnxruntime loads it: its data propagation is unbounded
     except NotProbed as exc:
         return [RuntimeFailure("", "", str(exc), {}, skipped=True)]
     proto = with_node_names(proto)
@@ -112,6 +110,8 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     failures: dict[str, RuntimeFailure] = {}
     clean_runs: list[dict[str, np.ndarray]] = []
     whole = ModelRunner(proto, base_dir, files=files)  # one session for the uncut model, shared by every size
+    if whole.not_probed:  # the budget kept onnxruntime from loading it: nothing is run
+        return [RuntimeFailure("", "", whole.not_probed, {}, skipped=True)]
     options, _ = known_export_size(whole, options, footprint)  # a solved export size, as repair's proof takes it
     options = anchored([whole], proto, options, guard=footprint.check)
     sizes = probe_sizes(proto, options)

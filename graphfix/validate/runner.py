@@ -29,18 +29,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphfix.io.budgets import (
-    ENV_MAX_MEMORY,
-    ENV_RUN_BUDGET,
-    MAX_PROPAGATED_ELEMENTS,
-    data_prop_allowed,
-    run_budget_seconds,
-)
+from graphfix.io.budgets import ENV_MAX_MEMORY, ENV_RUN_BUDGET, run_budget_seconds
 from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weight, Weights, has_stubs, is_stub, materialize, resolve, weight_array, weight_proto
-from graphfix.validate.budget import NotProbed
+from graphfix.validate.budget import NotProbed, loadable
 from graphfix.validate.fusion import as_written, transposes_fused
 
 ModelSource = onnx.ModelProto | pathlib.Path
@@ -88,6 +82,7 @@ class ModelRunner:
         self.weight_feeds: dict[str, np.ndarray] = {}
         self.session: ort.InferenceSession | None = None
         self.load_error: str | None = None
+        self.not_probed: str | None = None  # why the budget kept onnxruntime from loading it (`loadable`)
         self.linked: dict[str, ort.OrtValue] = {}  # external weights, mapped from held descriptors (kept alive here)
         self._last: tuple[tuple, RunResult] | None = None  # the latest run, by its inputs
         self.fused: frozenset[str] = frozenset()  # MatMul nodes run fused (graphfix.validate.fusion)
@@ -103,6 +98,8 @@ class ModelRunner:
             self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
                            for name, array in linked_weights(runnable, base_dir).items()}
             self.session = make_session(runnable, base_dir, linked=self.linked)
+        except NotProbed as exc:  # not loaded, by the budget: no failure of the model (the probe skips it)
+            self.load_error = self.not_probed = str(exc)
         except Exception as exc:  # an invalid model is a result here, not a crash
             self.load_error = as_written(first_line(str(exc)), self.fused)
 
@@ -262,15 +259,6 @@ def _unhanded(proto: onnx.ModelProto, handed: set[str]):
         ref = external_ref(tensor, where)
         if ref is not None and not is_stub(tensor) and not (index < top and tensor.name in handed):
             yield tensor, ref
-
-
-def loadable(proto: onnx.ModelProto) -> None:
-    """NotProbed where onnx's data propagation, which onnxruntime runs as it loads the graph, would hold more
-    than the budget's shape values (helper 55: `Shape` of 1,000 dims, concatenated 1,000 times twice, took 8 GB
-    and 15 s before any run)."""
-    if not data_prop_allowed(proto, sized=False):
-        raise NotProbed(f"a node would hold more than {MAX_PROPAGATED_ELEMENTS:,} shape values while onnxruntime "
-                        "loads the model (graphfix.io.budgets): it was not run (its static analysis stands)")
 
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
