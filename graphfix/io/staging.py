@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -45,7 +46,7 @@ def scratch_dir(kind: str = "") -> Iterator[str]:
     """A private folder in the system temp folder, like tempfile.TemporaryDirectory, named with our pid."""
     temp = tempfile.gettempdir()
     try:
-        path = _make(tempfile.mkdtemp(prefix=scratch_name(kind)))
+        path = _make(_announced_mkdtemp(scratch_name(kind), "", temp))
     except OSError as exc:
         raise OutputError(f"cannot write temporary files in {temp}: {(exc.strerror or str(exc)).lower()}") from None
     try:
@@ -60,15 +61,29 @@ def scratch_dir(kind: str = "") -> Iterator[str]:
 
 def staging_dir(destination: Path) -> Path:
     """A hidden folder beside `destination` for writing it atomically."""
-    return _make(tempfile.mkdtemp(prefix=f".{destination.name}.{scratch_name()}", suffix=".tmp",
-                                  dir=destination.parent))
+    return _make(_announced_mkdtemp(f".{destination.name}.{scratch_name()}", ".tmp", str(destination.parent)))
+
+
+def _announced_mkdtemp(prefix: str, suffix: str, parent: str) -> str:
+    """`tempfile.mkdtemp`, but each name is told to a forking parent before the folder is made (`forked.made`):
+    a child killed between the two left a folder its parent was never told of (a CI run saw one after SIGTERM).
+    A name told but never made is nothing the parent finds; one made but not yet marked it finds empty."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_"  # mkdtemp's: what OWNED's TOKEN reads back
+    for _ in range(tempfile.TMP_MAX):
+        path = os.path.join(parent, prefix + "".join(secrets.choice(alphabet) for _ in range(8)) + suffix)
+        forked.made(path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return os.path.abspath(path)
+    raise FileExistsError(errno.EEXIST, "no usable temporary folder name found", parent)
 
 
 def _make(folder: str) -> Path:
-    """Mark a folder mkdtemp just made as graphfix's, and tell a forking parent that this process made it."""
+    """Mark a folder `_announced_mkdtemp` just made as graphfix's."""
     path = Path(folder)
     _LIVE.add(path)
-    forked.made(folder)
     try:
         fd = os.open(path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
