@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Sizes = Mapping[str, int]  # a dim's name (the export's dim_param) -> its size in one trace
 Observation = tuple[Sizes, int]  # the sizes of a trace, and the constant's value in it
 
@@ -173,8 +175,25 @@ def _product(terms: tuple[Term, ...], value: int, base: Sizes) -> list[Fit]:
 def _distinct(candidates: list[Fit], base: Sizes) -> list[Fit]:
     """One fit per class of fits that agree at every size up to REACH times the export size (each dim alone): the
     first, cheapest, of each."""
-    grid = [{**base, dim: size} for dim, export in base.items() for size in sizes_of(export)]
+    grid = {dim: np.array(sizes_of(export), dtype=np.int64) for dim, export in base.items()}
     kept: dict[tuple[int, ...], Fit] = {}
     for candidate in candidates:
-        kept.setdefault(tuple(candidate.at(sizes) for sizes in grid), candidate)
+        kept.setdefault(_values_on(candidate, base, grid), candidate)
     return list(kept.values())
+
+
+def _values_on(fit: Fit, base: Sizes, grid: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+    """`fit` at each size of `grid` (one dim moved at a time, the others at export), in grid order: in int64
+    arrays where no value can pass 2**62, else in Python's integers (the same numbers either way)."""
+    values: list[int] = []
+    for dim, sizes in grid.items():
+        top = {**base, dim: int(sizes[-1])}
+        if abs(fit.scale) * math.prod(max(abs(t.at(base)), abs(t.at(top))) for t in fit.terms) + abs(fit.offset) \
+                >= 1 << 62:
+            values += [fit.at({**base, dim: int(size)}) for size in sizes]
+            continue
+        column = np.full(len(sizes), fit.scale, dtype=np.int64)
+        for term in fit.terms:
+            column *= (sizes + term.r) // term.k if term.dim == dim else term.at(base)
+        values += (column + fit.offset).tolist()
+    return tuple(values)

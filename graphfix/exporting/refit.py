@@ -255,8 +255,11 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[
     fit together at each pair of their next three untraced sizes (a module may take only some of them: `B * T`
     a multiple of 4); then each dim a fit reads alone at every size from one to PERIOD past its export size that
     no trace had, at one, and at every size up to REACH times its export size where that is 4 * PERIOD sizes at
-    most, else at 2 * PERIOD sizes spread over them (a function outside the family, `(3 * T) // 40`, may agree
-    with a fit near the export size and not farther)."""
+    most, else at up to 2 * PERIOD sizes spread over them (a function outside the family, `(3 * T) // 40`, may
+    agree with a fit near the export size and not farther), a step apart that shares no factor with 2, 3, 5 or 7:
+    they fall in every class of sizes modulo a stride or a patch, not in one (a step of 8 from 3 put every one of
+    MobileViT's at a height its 8-pixel patches do not take, where the module traces another graph and checks
+    nothing)."""
     def known(dim: str) -> set[int]:
         return traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
 
@@ -272,7 +275,7 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[
     for dim in sorted(dims):
         export = base[dim]
         top = REACH * export
-        spread = range(1, top + 1) if top <= 4 * PERIOD else range(3, top + 1, top // (2 * PERIOD))
+        spread = range(1, top + 1) if top <= 4 * PERIOD else range(3, top + 1, _coprime_step(top // (2 * PERIOD)))
         candidates += [{**base, dim: size} for size in dict.fromkeys([*range(export + 1, export + PERIOD + 1), 1,
                                                                        *spread])
                        if size not in known(dim)]
@@ -281,6 +284,13 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[
         if sizes not in kept and sizes != dict(base) and sizes not in traces.avoid:
             kept.append(sizes)
     return kept
+
+
+def _coprime_step(step: int) -> int:
+    """The least step >= `step` that shares no prime factor with 2, 3, 5 or 7."""
+    while math.gcd(step, 2 * 3 * 5 * 7) != 1:
+        step += 1
+    return step
 
 
 def _same_table(export: Reading, got: Reading) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from graphfix.exporting.fit import Fit, Term, fits, next_split
@@ -91,3 +92,18 @@ def test_fits_are_shown_as_expressions():
     assert str(Fit((Term("T", 3),), 3, 2)) == "3 * (T // 3) + 2"
     assert str(Fit((Term("B"), Term("H", 8)), 16)) == "16 * B * (H // 8)"
     assert str(Fit((), 0, 7)) == "7"
+
+
+@pytest.mark.parametrize("fit", [
+    Fit((Term("H", 8, 7),), 3, -2),
+    Fit((Term("B"), Term("H", 8, 7), Term("W", 4)), 16),
+    Fit((Term("B"), Term("H"), Term("W")), 1 << 40, 5),  # past int64 on the grid: Python's integers
+], ids=str)
+def test_fits_are_told_apart_by_their_exact_values_on_the_grid(fit):
+    """The grid `fits` tells fits apart on is computed in arrays: its numbers are Fit.at's, past int64 too."""
+    from graphfix.exporting.fit import _values_on, sizes_of
+
+    base = {"B": 2, "H": 32, "W": 4800}
+    grid = {dim: np.array(sizes_of(export), dtype=np.int64) for dim, export in base.items()}
+    assert _values_on(fit, base, grid) == tuple(fit.at({**base, dim: int(size)})
+                                                for dim, sizes in grid.items() for size in sizes)

@@ -300,3 +300,20 @@ def test_the_scratch_folders_take_no_name_from_the_output(tmp_path, name):
     report = graphfix.export(FixedGrid().eval(), (torch.randn(2, 3, 8, 12),), tmp_path / name, input_names=["x"],
                              output_names=["y"], dynamic_axes=IMAGE_AXES)
     assert report.ok and report.refitted, report.summary()
+
+
+def test_far_held_out_sizes_fall_in_every_class_modulo_a_stride_or_a_patch():
+    """The held-out sizes spread up to REACH times the export size are a step apart that shares no factor with
+    2, 3, 5 or 7: a module that takes only multiples of 8 (MobileViT's patches) is checked far from its export
+    size too, not only at sizes where it traces another graph."""
+    from graphfix.exporting.refit import PERIOD, _held_out_sizes, _Traces
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["B", "T"])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["B", "T"])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+                                                          [x], [y]))
+    base = {"B": 2, "T": 32}
+    traces = _Traces(lambda sizes: None, model, base, ())
+    far = [s["T"] for s in _held_out_sizes(traces, base, {"T"}, set()) if s["B"] == 2 and s["T"] > 32 + PERIOD]
+    for modulus in (8, 3, 5, 7):
+        assert {t % modulus for t in far} == set(range(modulus)), (modulus, far)
