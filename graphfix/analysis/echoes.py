@@ -17,6 +17,14 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
 Only sizes above 2, and no form that gives 0.5, 1 or 2 (every GELU's and every mean of two's own numbers).
 Constants of one element are read, in the graph, its subgraphs and its local functions; a float16 constant is
 compared at float16's precision.
+
+The same int baked as an integer (helper 57): where it picks or cuts along an axis of that size (`x[:, T // 2]`
+a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`), where it meets an
+integer value that no input's shape gave (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
+`torch.full((B,), T - 1)`), or as a Pool's kernel or stride (`avg_pool1d(x, T)`). Forms: n, n - 1, n + 1,
+n // 2, ceil(n / 2), 2n and their negatives for an index or a cut, n and n +- 1 for a value, n for a kernel; no
+value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`), and no constant that meets a size the graph
+reads from a Shape (`(T + 7) // 8`: the model's own number beside a size, not a size).
 """
 
 from __future__ import annotations
@@ -40,17 +48,37 @@ SUMMED = (("{} - 1", lambda n: n - 1), ("1/({} - 1)", lambda n: 1 / (n - 1)), ("
           ("log({})", math.log), ("1/log({})", lambda n: 1 / math.log(n)))
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to a sum
+INT_CUTS = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1),
+            ("{} // 2", lambda n: n // 2), ("ceil({} / 2)", lambda n: (n + 1) // 2), ("2*{}", lambda n: 2 * n))
+INT_CUTS = (*INT_CUTS, *((f"-({text})", lambda n, of=of: -of(n)) for text, of in INT_CUTS))
+INT_VALUES = INT_CUTS[:3]
+INT_KERNELS = INT_CUTS[:1]
+CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
+VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
+                       "GreaterOrEqual", "Equal", "Range"})
+POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
+SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
 
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
-           shape: Callable[[gs.Tensor], list | None]) -> list[str]:
-    """For each one-element float constant an arithmetic op reads that equals a form of one of `sizes` (the sizes
-    a fix makes follow the input), a line naming it. `constant_value` and `shape` are the rule context's."""
+           shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False
+           ) -> list[str]:
+    """For each one-element constant that equals a form of one of `sizes` (the sizes a fix makes follow the
+    input) where the graph reads it as a size, a line naming it. `constant_value` and `shape` are the rule
+    context's. On the nodes `fixed` names, an integer equal to one of `sizes` is the constant the fix rebuilds
+    (a slice end), not an echo; their other integers are (`x[:, T // 2 : T]` keeps its start at 3)."""
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
     if not wanted:
         return []
+    nodes = list(_nodes(graph))
+    return [*_float_echoes(nodes, wanted, constant_value, shape),
+            *_int_echoes(nodes, wanted, constant_value, shape, fixed)]
+
+
+def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:
+    """Float constants that arithmetic reads (the forms of the module's docstring)."""
     found, seen = [], set()
-    for node in _nodes(graph):
+    for node in nodes:
         if node.op not in ARITHMETIC:
             continue
         for tensor in node.inputs:
@@ -116,3 +144,84 @@ def _times_dims(dims: list[int]) -> list[tuple[str, Callable[[int], float]]]:
     """n times a dim of the summed value, and its inverse (`h.sum((1, 2)) / (T * D)`)."""
     return [form for d in sorted(set(dims)) for form in ((f"{{}}*{d}", lambda n, d=d: n * d),
                                                           (f"1/({{}}*{d})", lambda n, d=d: 1 / (n * d)))]
+
+
+def _int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed) -> list[str]:
+    """Integer constants that index or cut data along an axis of the size, meet an integer value no shape gave,
+    fill a ConstantOfShape, or size a Pool (the forms of the module's docstring)."""
+    found = []
+    for node in nodes:
+        for where, item, forms in _int_reads(node, constant_value, shape, wanted):
+            if item in wanted and fixed(node):
+                continue  # the fix's own constant
+            form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
+            if form is not None:
+                found.append(f"{node.op} '{node.name}' reads the integer {item} as {where}, which is {form}")
+                break
+    return found
+
+
+def _int_reads(node: gs.Node, constant_value, shape, wanted: list[int]) -> Iterator[tuple[str, int, tuple]]:
+    """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
+    reads as a size, skipping magnitudes of 2 or less."""
+    def small_int(tensor, integral: bool = False) -> int | None:
+        """Its one integer (or, with `integral`, a float that is one: `torch.full` fills floats), if above 2."""
+        value = constant_value(tensor) if is_table(tensor) else None
+        kinds = "iuf" if integral else "iu"
+        if value is None or value.size != 1 or value.dtype.kind not in kinds:
+            return None
+        number = value.reshape(-1)[0]
+        if not np.isfinite(number) or number != int(number):
+            return None
+        return int(number) if abs(int(number)) > 2 else None
+
+    if node.op in CUT_INPUTS and node.inputs:
+        items = [small_int(node.inputs[i]) for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
+        if any(items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), wanted) \
+                and not _sized_by_shape(node.inputs[0]):
+            yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, INT_CUTS) for item in items if item)
+    elif node.op in VALUE_OPS:
+        items = [small_int(tensor) for tensor in node.inputs]
+        if any(items) and not any(_sized_by_shape(t) for t in node.inputs if not is_table(t)):
+            yield from (("a value", item, INT_VALUES) for item in items if item)
+    elif node.op == "ConstantOfShape" and isinstance(node.attrs.get("value"), gs.Constant):
+        item = small_int(node.attrs["value"], integral=True)
+        if item is not None:
+            yield "the value it fills", item, INT_VALUES
+    elif node.op in POOLS:
+        for attr in ("kernel_shape", "strides"):
+            for item in node.attrs.get(attr) or ():
+                if abs(int(item)) > 2:
+                    yield f"its {attr}", int(item), INT_KERNELS
+
+
+def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, wanted: list[int]) -> bool:
+    """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of the `wanted`
+    sizes (a static export shows its lengths as numbers): an axis a size can be baked along, not a model's
+    fixed features (`x[..., :3]`)."""
+    if dims is None:
+        return True
+    if node.op == "Slice":
+        axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 and is_table(node.inputs[3]) else None
+        axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(dims)))
+    else:
+        axes = [int(node.attrs.get("axis", 0 if node.op == "Gather" else -1))]
+    picked = [dims[a] for a in axes if -len(dims) <= a < len(dims)]
+    return not picked or any(not isinstance(d, int) or d in wanted for d in picked)
+
+
+def _sized_by_shape(tensor: gs.Tensor) -> bool:
+    """Whether a Shape or Size op is among the tensor's producers within SHAPE_HOPS ops: a shape vector, or a
+    value computed from a size (a constant meeting it is the model's own number beside that size)."""
+    frontier, seen = [tensor], set()
+    for _ in range(SHAPE_HOPS):
+        step = []
+        for current in frontier:
+            for producer in current.inputs:
+                if producer.op in ("Shape", "Size"):
+                    return True
+                if id(producer) not in seen:
+                    seen.add(id(producer))
+                    step.extend(producer.inputs)
+        frontier = step
+    return False

@@ -94,14 +94,16 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
 
 
 def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
-    """A safe fix that makes a size follow the input, unsafe where a float constant of the graph echoes that
-    size (graphfix.analysis.echoes: `h.sum(1) / T` beside a Reshape of the same int T). Such fixes of GF004,
+    """A safe fix that makes a size follow the input, unsafe where a constant of the graph echoes that size
+    (graphfix.analysis.echoes: `h.sum(1) / T` or `x[:, T - 1]` beside a Reshape of the same int T). Such fixes of GF004,
     GF006, GF007, GF008 and GF010 are `Loosened` edits that name the sizes, so the doubt is one for all of them;
     GF002's rebuild of repeat_interleave's own data flow names none."""
     fix = finding.fix
     if fix is None or fix.safety is not Safety.SAFE or not isinstance(fix.apply, Loosened):
         return finding
-    heard = echoes(ctx.graph, fix.apply.values, ctx.constant_value, ctx.shape)
+    named = set(finding.nodes)
+    heard = echoes(ctx.graph, fix.apply.values, ctx.constant_value, ctx.shape,
+                   fixed=lambda node: node is fix.apply.node or (bool(node.name) and node.name in named))
     if not heard:
         return finding
     sizes = ", ".join(str(v) for v in sorted(fix.apply.values))

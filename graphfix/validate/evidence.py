@@ -311,9 +311,11 @@ class Judge:
             drop_contradicted(declared, outputs, binding, self.options.trace_sizes)
 
     def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
-        """Both fail at the same node below the export size: the model's minimum size, not a failed repair."""
-        same = run.original_error is not None and failing_node(run.original_error) == failing_node(
-            run.candidate_error or "") and failing_node(run.original_error) is not None
+        """Both fail at the same kernel (Conv, Pool, a reflecting Pad) below the export size: the model's minimum
+        size, not a failed repair. Not any other op: a Gather whose index a trace baked (`x[:, T - 1]`) fails
+        below the export size in both, and PyTorch runs there (helper 57)."""
+        where = failing_node(run.original_error) if run.original_error is not None else None
+        same = where is not None and where[0] in KERNEL_OPS and where == failing_node(run.candidate_error or "")
         below = is_smaller(run.sizes, self.export, set(self.batch))
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
