@@ -109,8 +109,11 @@ def find_config(start: Path | None = None) -> Path | None:
         if _writable_by_others(candidate):
             return None
         path = candidate / "pyproject.toml"
+        if path.is_symlink():  # found, not named: a link would read a file outside the project (helper 58)
+            raise UsageError(f"{path}: a symbolic link; a configuration found by search is read only from a "
+                             "regular file (name it with --config to read it)")
         if path.is_file():
-            return path if "graphfix" in _read_toml(path).get("tool", {}) else None
+            return path if "graphfix" in _read_toml(path, follow=False).get("tool", {}) else None
         if (candidate / ".git").exists():
             return None
     return None
@@ -209,15 +212,16 @@ def filter_findings(findings: list, select: tuple[str, ...] = (), ignore: tuple[
     return [f for f in findings if (not select or f.rule in select) and f.rule not in ignore]
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, follow: bool = True) -> dict[str, Any]:
     """The TOML document at `path`: a regular file (opened without blocking: a FIFO is refused, not waited on) of
-    at most MAX_CONFIG_BYTES."""
+    at most MAX_CONFIG_BYTES; without `follow`, not through a link in its last part (swapped in after a check)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as stream:
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        with os.fdopen(os.open(path, flags), "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise UsageError(f"{path}: cannot read the configuration: not a regular file")
             text = stream.read(MAX_CONFIG_BYTES + 1)

@@ -76,3 +76,14 @@ def test_a_value_file_inside_the_config_folder_is_read(sandbox):
     (root / "pyproject.toml").write_text('[tool.graphfix.inputs."*.onnx"]\nvalues = { s = "data/s.npy" }\n')
     done = sandbox.run("check", "m.onnx")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_config_found_by_search_is_not_read_through_a_link(sandbox):
+    """A checkout's pyproject.toml that links to a file outside it is not read (helper 58): one line, exit 2,
+    and the outside file, which would switch the gate off, is not applied."""
+    outside = sandbox.root / "outside.toml"
+    outside.write_text(SWITCH_OFF)
+    (project(sandbox.cwd) / "pyproject.toml").symlink_to(outside)
+    done = sandbox.run("check", "m.onnx")
+    assert done.returncode == 2 and "symbolic link" in done.stderr, (done.returncode, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
