@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from graphfix.core.errors import printable
 from graphfix.core.registry import find_rule
 from graphfix.report.knowledge import explain_message
 
@@ -20,7 +21,7 @@ def command(text: tuple[str, ...]) -> int:
         return 0
     known = explain_message(query)
     if known is None:
-        click.echo(f"graphfix: not recognised: '{query[:120]}' is neither a rule nor a known error message "
+        click.echo(f"graphfix: not recognised: '{printable(query[:120])}' is neither a rule nor a known error message "
                    "(see `graphfix rules`)", err=True)
         return 1
     click.echo(known.explain())

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from graphfix.core.errors import InputError, UsageError
+from graphfix.core.errors import InputError, UsageError, printable
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import dim_names, graph_inputs
@@ -217,9 +217,10 @@ def rows_text(rows: list[BenchRow]) -> str:
     lines = [head]
     first: dict[int | None, float] = {}
     for row in rows:
-        name = row.model if len(row.model) <= 32 else "…" + row.model[-31:]
+        model = printable(row.model)  # names and errors come from the model: no escape reaches the terminal
+        name = model if len(model) <= 32 else "…" + model[-31:]
         if row.error:
-            lines.append(f"{name:<32} {row.batch or '':>5} error: {row.error}")
+            lines.append(f"{name:<32} {row.batch or '':>5} error: {printable(row.error)}")
             continue
         p50 = row.latency_ms["p50"]
         base = first.setdefault(row.batch, p50)

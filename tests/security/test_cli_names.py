@@ -63,3 +63,18 @@ def strings(doc):
         yield doc
     for item in doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else ():
         yield from strings(item)
+
+
+def test_bench_and_explain_escape_what_they_echo(sandbox):
+    """`bench` prints each model's file name in its table, and `explain` the text it did not recognise (a pasted
+    onnxruntime message quotes the model's node names): escaped like every other command's (helper 58)."""
+    name = "a\x1b]0;PWNED\x07\u202e.onnx"
+    hostile_model(sandbox.cwd, name)
+    done = sandbox.run("bench", name, "--runs", "1", "--warmup", "0")
+    assert done.returncode == 0, done.stderr
+    no_raw_controls(done.stdout + done.stderr)
+    assert "\x07" not in done.stdout + done.stderr and "\x1b" not in done.stdout + done.stderr
+    done = sandbox.run("explain", HOSTILE)
+    assert done.returncode == 1
+    no_raw_controls(done.stdout)
+    no_raw_controls(done.stderr)
