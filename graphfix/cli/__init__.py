@@ -7,6 +7,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 
 import click
 
@@ -157,6 +158,8 @@ def _with_timeout(command: click.Command) -> click.Command:
 
 
 def main() -> None:
+    if not sys.warnoptions:  # a library's warning (numpy's, inside onnxruntime's shape inference) is no line of ours
+        warnings.simplefilter("ignore")
     staging.install_signal_cleanup()
     from graphfix.io.budgets import bound_worker_memory
 

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from graphfix.io.loading import LoadedModel
 
 
-def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bool = False) -> None:
+def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bool | None = None) -> None:
     """Refuse (exit 2) a destination that is a link or not a regular file, or that is one of `inputs` (unless
-    `in_place`, where replacing the input is what was asked)."""
+    `in_place`, where replacing the input is what was asked; None where the command has no --in-place to
+    suggest)."""
     try:
         info = destination.lstat()
     except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in the way is said when writing)
@@ -52,7 +53,8 @@ def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bo
     for source in inputs:
         if same_file(destination, source):
             raise UsageError(f"{destination}: would overwrite the input {source}"
-                             + ("; use --in-place to replace it" if source.suffix == ".onnx" else ""))
+                             + ("; use --in-place to replace it" if in_place is False and source.suffix == ".onnx"
+                                else ""))
 
 
 def same_file(destination: Path, source: Path) -> bool:
@@ -201,6 +203,7 @@ def input_files(loaded: LoadedModel) -> list[Path]:
     return [loaded.path, *dict.fromkeys(ref.path(loaded.base_dir) for ref in loaded.external)]
 
 
-def check_destination(loaded: LoadedModel, output: Path, in_place: bool) -> None:
-    """Never overwrite the input (or its external data) unless --in-place says so; never through a link."""
+def check_destination(loaded: LoadedModel, output: Path, in_place: bool | None) -> None:
+    """Never overwrite the input (or its external data) unless --in-place says so (None: the command has none);
+    never through a link."""
     check_target(output, input_files(loaded), in_place=in_place)

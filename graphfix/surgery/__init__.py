@@ -58,7 +58,7 @@ def write_checked(proto: onnx.ModelProto, output: Path | None, loaded: LoadedMod
 
     Without `output` (dry run) the model is staged in `scratch` and checked, never written."""
     if output is not None:
-        check_destination(loaded, output, in_place=False)
+        check_destination(loaded, output, in_place=None)  # no surgery command replaces its input
     destination = output if output is not None else Path(scratch) / "model.onnx"
     result = SurgeryResult(loaded.name, None, "failed", summary, model=proto)
     staged = protect_inputs(stage_model(proto, destination, loaded.base_dir), loaded)

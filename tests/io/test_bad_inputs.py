@@ -165,6 +165,18 @@ def test_output_never_overwrites_input_without_in_place(tmp_path):
     assert model.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", [["set-shape", "--shape", "X=1x4"], ["extract", "--inputs", "X", "--outputs", "Y"]])
+def test_a_command_without_in_place_does_not_suggest_it(tmp_path, command):
+    """set-shape and extract have no --in-place: refusing to overwrite the input, they do not name it (helper
+    58)."""
+    model = _good(tmp_path)
+    before = model.read_bytes()
+    result = CliRunner().invoke(cli, [command[0], str(model), *command[1:], "-o", str(model)])
+    assert result.exit_code == 2 and "would overwrite the input" in result.output, result.output
+    assert "--in-place" not in result.output
+    assert model.read_bytes() == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["repair", "{m}"], "say where to write"),
     (["repair", "{m}", "-o", "a.onnx", "--output-dir", "d"], "only one of"),
