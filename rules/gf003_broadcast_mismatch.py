@@ -27,6 +27,10 @@ from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, 
 from graphfix.io.sources import known_values
 
 BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
+# Operands of one shape are paired once (equal dims never mismatch), so real ops, with two or three operands, pair
+# a handful of shapes; a crafted `Sum` of thousands of differently shaped inputs would pair each with each.
+MAX_NODE_SHAPES = 16  # distinct operand shapes of one node that GF003 pairs; past it the node is not checked
+MAX_GRAPH_PAIRS = 1_000_000  # pairs of distinct shapes over the whole graph; past it GF003 stops, saying where
 WHERE_LABELS = ("condition", "X", "Y")
 
 MASK_HINT = (
@@ -128,6 +132,7 @@ class BroadcastMismatch(Rule):
         # Tensors downstream of a reported mismatch: their inferred dims are an artefact of it (onnx infers
         # broadcast(T, 5) as 5), so they must not raise a second finding for the same cause.
         tainted: set[int] = set()
+        pairs_left = MAX_GRAPH_PAIRS
         for node in ctx.graph.nodes:  # in graph order, which ONNX requires to be topological
             upstream = [t for t in node.inputs if id(t) in tainted]
             if upstream:
@@ -138,6 +143,14 @@ class BroadcastMismatch(Rule):
             if len(operands) < 2:
                 continue  # nothing to broadcast against
             coarse = [ctx.shape(t) for t in operands]
+            if (over := _over_budget(coarse)) is not None:
+                yield self.reject(over, nodes=[node])
+                continue
+            pairs_left -= _pair_count(coarse)
+            if pairs_left < 0:
+                yield self.reject(f"the graph's broadcasting ops pair more than {MAX_GRAPH_PAIRS:,} operand shapes: "
+                                  "GF003 stopped here and checked no node from this one on", nodes=[node])
+                return
             if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
             if refined is None:  # one symbolic size analysis per graph, only once a candidate needs it
@@ -158,6 +171,9 @@ class BroadcastMismatch(Rule):
             yield from found
 
     def _check(self, ctx, node, operands, shapes, inputs) -> Iterator[Finding | Rejection]:
+        if (over := _over_budget(shapes)) is not None:  # the size analysis can tell apart what onnx's shapes did not
+            yield self.reject(over, nodes=[node])
+            return
         pairs = _pairs(shapes, inputs)
         bad = [p for p in pairs if p[-1] in BAD]
         if not bad:
@@ -172,7 +188,9 @@ class BroadcastMismatch(Rule):
         labels = _labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
         ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))
-        lower = sorted({i for p in bad for i in p[:2] if len(shapes[i]) < len(shapes[ref])})
+        # each operand of a lower-rank shape in a bad pair (`_pairs` pairs the first operand of each shape only)
+        lower_shapes = {tuple(shapes[i]) for p in bad for i in p[:2] if len(shapes[i]) < len(shapes[ref])}
+        lower = [i for i, s in enumerate(shapes) if tuple(s) in lower_shapes]
         proofs = [leading_match(shapes[i], shapes[ref]) for i in lower]
         rank = len(shapes[ref])
         # every way each lower-rank operand's dims fit the reference's; the one closest to onnxruntime's placement
@@ -290,13 +308,38 @@ def _lost(dim: Dim, inputs: frozenset[str]) -> bool:
 
 
 def _pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, int, int, Dim, Dim, Pair]]:
-    """(operand i, operand j, axis, dim of i, dim of j, verdict) for every operand pair and shared axis."""
+    """(operand i, operand j, axis, dim of i, dim of j, verdict) for every pair of operands of different shapes (the
+    first operand of each shape stands for the others: equal dims are never a mismatch) and shared axis."""
+    firsts = _firsts(shapes)
     out = []
-    for i in range(len(shapes)):
-        for j in range(i + 1, len(shapes)):
+    for k, i in enumerate(firsts):
+        for j in firsts[k + 1:]:
             for axis, a, b in right_aligned(shapes[i], shapes[j]):
                 out.append((i, j, axis, a, b, pair_verdict(a, b, shapes[i], shapes[j], inputs)))
     return out
+
+
+def _firsts(shapes: list[list[Dim] | None]) -> list[int]:
+    """The index of the first operand of each distinct shape, in operand order: `Sum(x, x, ..., x)` has one."""
+    first: dict[tuple[Dim, ...] | None, int] = {}
+    for i, shape in enumerate(shapes):
+        first.setdefault(None if shape is None else tuple(shape), i)
+    return list(first.values())
+
+
+def _pair_count(shapes: list[list[Dim] | None]) -> int:
+    """How many pairs of distinct operand shapes `_pairs` makes: what a node costs of MAX_GRAPH_PAIRS."""
+    n = len(_firsts(shapes))
+    return n * (n - 1) // 2
+
+
+def _over_budget(shapes: list[list[Dim] | None]) -> str | None:
+    """Why a node has too many distinct operand shapes to pair them all (MAX_NODE_SHAPES); None when it has not.
+    Not checking it reports nothing false: the node is named in the rejections."""
+    n = len(_firsts(shapes))
+    if n <= MAX_NODE_SHAPES:
+        return None
+    return f"{n} different operand shapes, more than the {MAX_NODE_SHAPES} GF003 pairs in one node: not checked"
 
 
 def _placed_shape(shape: list[Dim], axes: tuple[int, ...], rank: int) -> list[Dim]:

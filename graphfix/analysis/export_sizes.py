@@ -87,12 +87,8 @@ def export_sizes(ctx: RuleContext, ev: Evaluator) -> ExportSizes:
             if shape and isinstance(dim := shape[int(node.attrs.get("axis", 0)) % len(shape)], str):
                 sizes.learn(dim, sum(split), f"Split '{node.name}' sizes")
         elif node.op in BROADCAST_OPS:
-            shapes = [ctx.shape(t) for t in node.inputs]
-            for shape in shapes:
-                for other in shapes:
-                    if shape is not other and shape and other:
-                        _learn_aligned(sizes, shape, np.asarray([d if isinstance(d, int) else 1 for d in other]),
-                                       f"{node.op} '{node.name}' broadcasts it with a fixed size")
+            _learn_broadcast(sizes, [ctx.shape(t) for t in node.inputs],
+                             f"{node.op} '{node.name}' broadcasts it with a fixed size")
     sizes.deferred.append(lambda s: _learn_from_symbolic(ctx, s, set(s._values)))
     sizes.deferred.append(lambda s: _learn_from_reshapes(ctx, ev, s, reshapes))
     sizes.corroborate.append(lambda s: _learn_from_symbolic(ctx, s, s.solved))
@@ -112,6 +108,26 @@ def _learn_from_reshapes(ctx: RuleContext, ev: Evaluator, sizes: ExportSizes, re
             if known and int(np.prod(target)) % known == 0:
                 sizes.learn(unknown[0], int(np.prod(target)) // known,
                             f"Reshape '{node.name}' conserves elements only there")
+
+
+def _learn_broadcast(sizes: ExportSizes, shapes: list, source: str) -> None:
+    """Each dynamic dim of an operand that meets, right-aligned, a fixed size > 1 in another operand: the op runs
+    at that size only. Read axis by axis, in time linear in the operands' dims: pairing each operand with each
+    other one cost a 12 KB `Sum` of one tensor 8000 times minutes and gigabytes. A dim takes the first size found
+    at its axis (operands in order), and is solved where any size there equals its value."""
+    fixed: dict[int, dict[int, None]] = {}  # axis from the right -> the sizes > 1 there, in operand order
+    dynamic: dict[tuple[str, int], None] = {}  # (dim name, axis from the right), in operand order
+    for shape in shapes:
+        for j, dim in enumerate(reversed(shape or ()), 1):
+            if isinstance(dim, str):
+                dynamic[dim, j] = None
+            elif isinstance(dim, int) and dim > 1:
+                fixed.setdefault(j, {})[dim] = None
+    for dim, j in dynamic:
+        if j in fixed:
+            sizes.learn(dim, next(iter(fixed[j])), source)
+            if sizes._values[dim] in fixed[j]:
+                sizes.learn(dim, sizes._values[dim], source)  # solved: a size here agrees with one learnt before
 
 
 def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:

@@ -73,7 +73,8 @@ def in_child() -> bool:
     return _in_child
 
 
-STOPPING = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM}  # --timeout, Ctrl-C, a stop: handlers that raise
+# --timeout, Ctrl-C, a stop, a closed terminal: handlers that raise
+STOPPING = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def can_fork() -> bool:
@@ -183,22 +184,39 @@ class Forked:
 
     def kill(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
-        folders on the way out (graphfix turns SIGTERM into SystemExit), SIGKILL after `grace_s`."""
+        folders on the way out (graphfix turns SIGTERM into SystemExit), SIGKILL after `grace_s`. Then the folders
+        it said it made go, and no other (`staging.remove_left`): a child blocked in one onnxruntime call runs no
+        Python until the call returns, so the SIGKILL found it with its folders still there."""
         if self.pid is None:
             return
+        pid = self.pid
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                self.pid = None
-                return
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+            os.kill(pid, signal.SIGTERM)
+        if not _reaped(pid, grace_s):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         self.pid = None
-        self._made()  # a child killed after its grace leaves its folders: they stay, as a crash's did before
+        _remove_left(pid, self._made())
+
+
+def _reaped(pid: int, grace_s: float) -> bool:
+    """Whether the child `pid` ended (and was reaped) within `grace_s` seconds."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _remove_left(pid: int, made: tuple[str, ...]) -> None:
+    """The folders the ended child `pid` said it made, where they are still its own (`staging.remove_left`).
+    Imported here, not above: staging imports this module."""
+    if made:
+        from graphfix.io.staging import remove_left
+
+        remove_left(pid, made)
 
 
 def run_forked(work: Callable[[], Any], label: str) -> Any:

@@ -2,10 +2,11 @@
 
 Every folder graphfix creates for itself carries the creating process id in its name (`graphfix-<pid>-<token>` in
 the system temp folder, `.<output>.graphfix-<pid>-<token>.tmp` beside an output) and a marker file inside that
-repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, `--timeout`).
+repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, SIGHUP,
+`--timeout`), and a child stopped by its parent leaves none: the parent removes what the child said it made.
 graphfix deletes nothing another process made: a forked child tells its parent each folder it makes as it makes
-it (`graphfix.core.forked.made`), and if the child crashes the parent removes those folders and no other
-(`remove_left`). Names, markers, owners and times prove nothing: a checkout can carry a forged marker, and a
+it (`graphfix.core.forked.made`), and if the child crashes or is killed the parent removes those folders and no
+other (`remove_left`). Names, markers, owners and times prove nothing: a checkout can carry a forged marker, and a
 container beside this one can have a child of the same pid. A folder left by a graphfix process killed outright
 (SIGKILL) from outside stays for the user to remove.
 """
@@ -171,12 +172,14 @@ def _remove_all() -> None:
 
 
 def install_signal_cleanup() -> None:
-    """SIGTERM ends graphfix like SIGINT does: by an exception, so every `finally` and context manager runs."""
+    """SIGTERM and SIGHUP (a closed terminal, a stopped session) end graphfix like SIGINT does: by an exception, so
+    every `finally` and context manager runs. Their default action ended the process at once, its folders left."""
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, stop)
 
 
 atexit.register(_remove_all)

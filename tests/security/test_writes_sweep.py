@@ -150,3 +150,48 @@ def test_a_crashed_child_s_folders_go_and_nothing_else(sandbox):
     assert len(left) == 3 and other.name in left, left
     kept = sorted(sorted(p.name for p in (out / name).iterdir()) for name in left if name != other.name)
     assert kept == [[".graphfix-staging"], ["weights.bin"]], kept  # the neighbour's, and the unmarked data
+
+
+# A child stopped while it runs no Python (inside one onnxruntime call: SIGTERM held), as `--timeout`, Ctrl-C or
+# SIGTERM to graphfix stop it: its grace runs out and it is SIGKILLed with its scratch and staging folders made.
+# A neighbour's folder named like the child's, not announced, stays. Prints the child's pid.
+KILLED_WHILE_NATIVE = """
+import os, signal, sys, tempfile, time
+from pathlib import Path
+from graphfix.core import forked
+from graphfix.io import staging
+out = Path(sys.argv[1])
+
+def blocked_in_native_code():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as a long C call: no handler runs
+    staging.scratch_dir().__enter__()
+    staged = staging.staging_dir(out / "r.onnx")
+    (staged / "r.onnx").write_bytes(b"half a model")
+    neighbour = Path(tempfile.mkdtemp(prefix=f".r.onnx.{staging.scratch_name()}", suffix=".tmp", dir=out))
+    (neighbour / staging.MARKER).write_text(f"graphfix staging {os.getpid()} {neighbour.name.split('-')[-1][:-4]}\\n")
+    (out / "ready").write_text("")
+    time.sleep(600)
+
+forked.enable()
+child = forked.Forked(blocked_in_native_code, "m.onnx")
+for _ in range(6000):  # a hang guard, not a timing: the child says when its folders are made
+    if (out / "ready").exists():
+        break
+    time.sleep(0.01)
+child.kill(grace_s=0.2)
+print(sorted(p.name for p in Path(tempfile.gettempdir()).iterdir() if "graphfix" in p.name))
+"""
+
+
+def test_a_child_killed_after_its_grace_leaves_no_folder(sandbox):
+    """The parent SIGKILLs a child that did not stop within its grace, then removes the folders the child said it
+    made (scratch in the temp folder, staging beside the output with a half-written model); a neighbour's folder
+    of the same name pattern, which the child did not announce, stays."""
+    out = sandbox.root / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_NATIVE, str(out)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(sandbox.tmp)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+    left = graphfix_folders(sandbox.tmp, out)
+    assert len(left) == 1 and (out / left[0] / "r.onnx").exists() is False, left  # the neighbour's only
