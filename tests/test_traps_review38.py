@@ -102,17 +102,78 @@ class FeatureCut(nn.Module):
         return _heads(x, t) + x[..., :3].sum(-1, keepdim=True)
 
 
+class Attention(nn.Module):
+    """Self-attention whose head split bakes T = int(x.shape[1]) (42 features in 3 heads: no dim a form of 16)."""
+
+    def __init__(self, width: int = 42):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.out, self.width = nn.Linear(42, 3 * 42), nn.Linear(42, width), width
+
+    def forward(self, x):
+        b, t = x.shape[0], int(x.shape[1])
+        q, k, v = self.qkv(x).reshape(b, t, 3, 3, 14).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-1, -2) * 14 ** -0.5).softmax(-1)
+        return self.out((a @ v).transpose(1, 2).reshape(b, t, 42))
+
+
+class CentreOfAttention(nn.Module):
+    """`h[:, T // 2]` of the attention's output, which a Shape shaped: data, not a size (review 61)."""
+
+    keeps_length = False
+
+    def __init__(self):
+        super().__init__()
+        self.att = Attention()
+
+    def forward(self, x):
+        return self.att(x)[:, int(x.shape[1]) // 2]
+
+
+class CountdownWeights(CentreOfAttention):
+    """`(T - 1) - arange(T)`: the 15 meets positions, a Range's output, not a size (review 61)."""
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        w = ((t - 1) - torch.arange(x.shape[1])).float()
+        return (self.att(x) * w[None, :, None]).sum(1)
+
+
+class TiledMean(CentreOfAttention):
+    """`.repeat(1, T, 1)`: a Tile's repeats of 16 (review 61)."""
+
+    def forward(self, x):
+        return self.att(x).mean(1) + x.mean(1, keepdim=True).repeat(1, int(x.shape[1]), 1).sum(1)
+
+
+class GatedFeatures(CentreOfAttention):
+    """The control: a GLU over 64 features, `z[..., :32]`, exported at T = 64: 32 is T // 2 and the features'
+    axis is as long as T, but 64 is a weight's dim, so the cut is the model's own (review 61)."""
+
+    keeps_length = True
+
+    def __init__(self):
+        super().__init__()
+        self.att = Attention(width=64)
+
+    def forward(self, x):
+        z = self.att(x)
+        return z[..., :32] * torch.sigmoid(z[..., 32:])
+
+
 WITH_LENGTHS = (ClampedLengths, OffsetLengths)
 
 
-def export(module: nn.Module, path: Path) -> Path:
-    x = torch.randn(2, 7, 8)
+def export(module: nn.Module, path: Path, length: int = 7) -> Path:
+    x = torch.randn(2, length, 42 if isinstance(module, CentreOfAttention) else 8)
     args, names, axes = (x,), ["x"], {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}
     outputs = ["y"]
     if isinstance(module, WITH_LENGTHS):
         args, names, axes = (x, torch.tensor([3, 9])), ["x", "n"], {**axes, "n": {0: "B"}}
     if isinstance(module, (OffsetLengths, FullLengths)):
         outputs, axes = ["y", "lengths"], {**axes, "lengths": {0: "B"}}
+    if not getattr(module, "keeps_length", True):
+        axes = {**axes, "y": {0: "B"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=17, input_names=names,
@@ -135,6 +196,20 @@ def test_a_size_baked_as_an_integer_beside_a_safe_fix_makes_it_unsafe(tmp_path, 
     fixes = [f.fix for f in graphfix.diagnose(str(path), static=True) if f.fix is not None]
     assert fixes and all(fix.safety.value == "unsafe" for fix in fixes), [(f.summary, f.safety) for f in fixes]
     assert any("reads the integer" in fix.reason for fix in fixes), [fix.reason for fix in fixes]
+
+
+@pytest.mark.parametrize("module", [CentreOfAttention, CountdownWeights, TiledMean], ids=lambda m: m.__name__)
+def test_an_echo_past_an_attention_layer_makes_the_fix_unsafe(tmp_path, module):
+    path = export(module(), tmp_path / "m.onnx", length=16)
+    done, out = repair(path)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    fixes = [f.fix for f in graphfix.diagnose(str(path), static=True) if f.fix is not None]
+    assert fixes and all(fix.safety.value == "unsafe" for fix in fixes), [(f.summary, f.safety) for f in fixes]
+
+
+def test_a_cut_of_features_as_wide_as_the_length_stays_safe(tmp_path):
+    done, out = repair(export(GatedFeatures(), tmp_path / "m.onnx", length=64))
+    assert done.exit_code == 0 and out.exists(), done.output
 
 
 def test_a_cut_of_the_features_is_no_echo_and_the_fix_stays_safe(tmp_path):

@@ -18,13 +18,17 @@ Only sizes above 2, and no form that gives 0.5, 1 or 2 (every GELU's and every m
 Constants of one element are read, in the graph, its subgraphs and its local functions; a float16 constant is
 compared at float16's precision.
 
-The same int baked as an integer (helper 57): where it picks or cuts along an axis of that size (`x[:, T // 2]`
-a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`), where it meets an
-integer value that no input's shape gave (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
-`torch.full((B,), T - 1)`), or as a Pool's kernel or stride (`avg_pool1d(x, T)`). Forms: n, n - 1, n + 1,
-n // 2, ceil(n / 2), 2n and their negatives for an index or a cut, n and n +- 1 for a value, n for a kernel; no
-value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`), and no constant that meets a size the graph
-reads from a Shape (`(T + 7) // 8`: the model's own number beside a size, not a size).
+The same int baked as an integer (helpers 57 and 61): where it picks or cuts along an axis of that size
+(`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
+where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
+`where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), or as a Pool's kernel or
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n, n - 1, n + 1, n // 2,
+ceil(n / 2), 2n and their negatives for an index or a cut, n and n +- 1 for a value, n for a kernel or repeats;
+no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`: so `x[:, :: T // 3]` at 7 is missed). An
+axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a static export) is
+no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that meets a size is
+the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a size's own
+arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ INT_VALUES = INT_CUTS[:3]
 INT_KERNELS = INT_CUTS[:1]
 CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
 VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
-                       "GreaterOrEqual", "Equal", "Range"})
+                       "GreaterOrEqual", "Equal", "Range", "Where"})
+# the ops of a size's own arithmetic (`(T + 7) // 8`, a shape vector): a constant meeting their value meets a size
+SIZE_OPS = frozenset({"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Add",
+                      "Sub", "Mul", "Div", "Mod", "Neg", "Floor", "Ceil", "Min", "Max"})
 POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
 SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
@@ -72,7 +79,7 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
         return []
     nodes = list(_nodes(graph))
     return [*_float_echoes(nodes, wanted, constant_value, shape),
-            *_int_echoes(nodes, wanted, constant_value, shape, fixed)]
+            *_int_echoes(nodes, wanted, constant_value, shape, fixed, _lengths(graph, wanted))]
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:
@@ -146,12 +153,13 @@ def _times_dims(dims: list[int]) -> list[tuple[str, Callable[[int], float]]]:
                                                           (f"1/({{}}*{d})", lambda n, d=d: 1 / (n * d)))]
 
 
-def _int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed) -> list[str]:
+def _int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int]
+                ) -> list[str]:
     """Integer constants that index or cut data along an axis of the size, meet an integer value no shape gave,
     fill a ConstantOfShape, or size a Pool (the forms of the module's docstring)."""
     found = []
     for node in nodes:
-        for where, item, forms in _int_reads(node, constant_value, shape, wanted):
+        for where, item, forms in _int_reads(node, constant_value, shape, lengths):
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
             form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
@@ -161,9 +169,9 @@ def _int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, 
     return found
 
 
-def _int_reads(node: gs.Node, constant_value, shape, wanted: list[int]) -> Iterator[tuple[str, int, tuple]]:
+def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
     """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
-    reads as a size, skipping magnitudes of 2 or less."""
+    reads as a size (and each element of a Tile's repeats), skipping magnitudes of 2 or less."""
     def small_int(tensor, integral: bool = False) -> int | None:
         """Its one integer (or, with `integral`, a float that is one: `torch.full` fills floats), if above 2."""
         value = constant_value(tensor) if is_table(tensor) else None
@@ -177,13 +185,17 @@ def _int_reads(node: gs.Node, constant_value, shape, wanted: list[int]) -> Itera
 
     if node.op in CUT_INPUTS and node.inputs:
         items = [small_int(node.inputs[i]) for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
-        if any(items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), wanted) \
-                and not _sized_by_shape(node.inputs[0]):
+        if any(items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
+                and not _is_size(node.inputs[0]):
             yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, INT_CUTS) for item in items if item)
     elif node.op in VALUE_OPS:
         items = [small_int(tensor) for tensor in node.inputs]
-        if any(items) and not any(_sized_by_shape(t) for t in node.inputs if not is_table(t)):
+        if any(items) and not any(_is_size(t) for t in node.inputs if not is_table(t)):
             yield from (("a value", item, INT_VALUES) for item in items if item)
+    elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
+        repeats = constant_value(node.inputs[1])
+        if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:
+            yield from (("its repeats", int(r), INT_KERNELS) for r in repeats.reshape(-1) if abs(int(r)) > 2)
     elif node.op == "ConstantOfShape" and isinstance(node.attrs.get("value"), gs.Constant):
         item = small_int(node.attrs["value"], integral=True)
         if item is not None:
@@ -195,10 +207,10 @@ def _int_reads(node: gs.Node, constant_value, shape, wanted: list[int]) -> Itera
                     yield f"its {attr}", int(item), INT_KERNELS
 
 
-def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, wanted: list[int]) -> bool:
-    """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of the `wanted`
-    sizes (a static export shows its lengths as numbers): an axis a size can be baked along, not a model's
-    fixed features (`x[..., :3]`)."""
+def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int]) -> bool:
+    """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of `lengths`
+    (downstream of a baked Reshape, and in a static export, a length shows as a number): an axis a size can be
+    baked along, not a model's fixed features (`x[..., :3]`)."""
     if dims is None:
         return True
     if node.op == "Slice":
@@ -207,12 +219,23 @@ def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, wanted: lis
     else:
         axes = [int(node.attrs.get("axis", 0 if node.op == "Gather" else -1))]
     picked = [dims[a] for a in axes if -len(dims) <= a < len(dims)]
-    return not picked or any(not isinstance(d, int) or d in wanted for d in picked)
+    return not picked or any(not isinstance(d, int) or d in lengths for d in picked)
 
 
-def _sized_by_shape(tensor: gs.Tensor) -> bool:
-    """Whether a Shape or Size op is among the tensor's producers within SHAPE_HOPS ops: a shape vector, or a
-    value computed from a size (a constant meeting it is the model's own number beside that size)."""
+def _lengths(graph: gs.Graph, wanted: list[int]) -> list[int]:
+    """The sizes of `wanted` that a static axis of that size is taken for: those no weight of the graph has as a
+    dim. A weight's dim is a feature width (a GLU's `z[..., :32]` of 64 features, exported at T = 64, cuts
+    features, not the length); a length is no weight's dim."""
+    widths = {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
+              for d in t.shape}
+    return [n for n in wanted if n not in widths]
+
+
+def _is_size(tensor: gs.Tensor) -> bool:
+    """Whether the tensor is a size or a shape vector: computed from a Shape or Size op within SHAPE_HOPS ops of
+    a size's own arithmetic (SIZE_OPS). A constant meeting it is the model's own number beside a size
+    (`(T + 7) // 8`). Not data that a shape merely shaped (an attention output reshaped with `x.shape[0]`), nor
+    positions (`(T - 1) - arange(T)`: a Range's output is data)."""
     frontier, seen = [tensor], set()
     for _ in range(SHAPE_HOPS):
         step = []
@@ -220,8 +243,8 @@ def _sized_by_shape(tensor: gs.Tensor) -> bool:
             for producer in current.inputs:
                 if producer.op in ("Shape", "Size"):
                     return True
-                if id(producer) not in seen:
+                if producer.op in SIZE_OPS and id(producer) not in seen:
                     seen.add(id(producer))
-                    step.extend(producer.inputs)
+                    step.extend(producer.inputs if producer.op != "Reshape" else producer.inputs[:1])
         frontier = step
     return False
