@@ -60,7 +60,9 @@ def test_an_axis_is_not_held_where_its_length_may_be_another_size(declared, watc
 @pytest.mark.parametrize("kind", ["baked", "traced", "cut"])
 def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_size_is_repaired(tmp_path, kind):
     """`baked`: ones(int(T), 8) added to one frame, refused; `traced`: ones(T, 8), repaired; `cut`: the frames cut to
-    40 on purpose (40 = T at export, but 23 rows at T = 23), repaired (review, helper 35: it was refused)."""
+    40 on purpose (40 = T at export, but 23 rows at T = 23): the held-size check lets it through (review, helper
+    35), and the echo check refuses it, since the graph does not tell `[:, :40]` from `[:, :int(T)]` beside the
+    Reshape that the same int T pins (graphfix.analysis.echoes, helper 57)."""
     torch = pytest.importorskip("torch")
 
     class PooledRows(torch.nn.Module):
@@ -89,6 +91,12 @@ def test_a_frame_broadcast_to_a_table_of_int_t_rows_is_refused_and_the_traced_si
         result = graphfix.repair(str(path), output=str(tmp_path / "fixed.onnx"), skip=("GF010",))
         assert result.status == "failed" and "stays 40, T's export size, at T = " in result.error, result.error
         assert not (tmp_path / "fixed.onnx").exists()
+        return
+    if kind == "cut":
+        assert result.status == "unchanged" and "no safe fix" in result.error, result.error
+        assert "stays 40" not in result.error  # refused before the proof: the held-size check is not what refuses
+        fixes = [f.fix for f in graphfix.diagnose(str(path), static=True) if f.fix is not None]
+        assert any("reads the integer 40 as a cut" in fix.reason for fix in fixes), [f.reason for f in fixes]
         return
     assert result.status == "repaired", result.error
     from conftest import run
