@@ -63,6 +63,7 @@ class StagedModel:
     replacing: Existing | None = None  # the file at the destination when staging began
     kept: tuple[str, ...] = ()  # after commit: why data of the replaced model was kept
     within: Path | None = None  # the output folder the user named: no link below it is written through
+    input_mode: int | None = None  # the input model's permission bits (see inherit_mode)
 
     @property
     def path(self) -> Path:
@@ -80,6 +81,7 @@ class StagedModel:
         if self.within is not None:
             refuse_linked_folders(self.within, self.destination)
         replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
+        self._set_mode()
         moved: list[Path] = []
         try:
             for name in (*self.copied, *([self.data_name] if self.data_name else [])):
@@ -102,6 +104,20 @@ class StagedModel:
                 old.unlink(missing_ok=True)
         self.discard()
         return self.destination
+
+    def _set_mode(self) -> None:
+        """Give the staged model and data the permission bits of the file they replace, else the input's, never
+        more than a new file gets: a private model (0600) repaired or replaced in place stays private, and an
+        output the user made private stays so."""
+        staged = [self.path, *(self.temp_dir / name for name in (*self.copied, self.data_name) if name)]
+        try:
+            mode = stat.S_IMODE(self.destination.lstat().st_mode)  # a regular file: check_target said so
+        except FileNotFoundError:
+            if self.input_mode is None:
+                return
+            mode = self.input_mode & stat.S_IMODE(self.path.stat().st_mode)  # as a new file gets it (umask)
+        for path in staged:
+            os.chmod(path, mode & 0o777)
 
     def sync(self) -> StagedModel:
         """Write the staged files back to disk now (on the staging thread, while validation runs), so that the
@@ -226,9 +242,12 @@ def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Pa
 
 
 def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
-    """The input's data files are never removed by a commit that does not replace the input itself."""
+    """The input's data files are never removed by a commit that does not replace the input itself; the output
+    takes the input model's permission bits where it replaces no file (see `StagedModel._set_mode`)."""
     if loaded.path is not None and not same_file(staged.destination, loaded.path):
         staged.protected = frozenset(input_files(loaded)[1:])
+    if loaded.model_file is not None:
+        staged.input_mode = stat.S_IMODE(os.fstat(loaded.model_file.fd).st_mode)
     return staged
 
 

@@ -277,3 +277,35 @@ def test_output_dir_never_writes_through_a_linked_folder_inside_it(sandbox):
     done = sandbox.run("repair", str(models / "x"), "--output-dir", str(named_link), "--no-simplify")
     assert done.returncode == 0 and (victim / "m.onnx").is_file(), done.stdout + done.stderr
 
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_outputs_of_a_private_model_stay_private(sandbox):
+    """A 0600 model was written 0644: repaired in place or beside it, made world-readable; an output the user had
+    made 0600 was replaced by a 0644 one. A written model and its data take the replaced file's bits, else the
+    input's; a report keeps the default."""
+    folder = sandbox.model_dir
+    broken, fine = hubert(folder / "broken.onnx", "broken.onnx.data"), healthy(folder / "fine.onnx", "fine.data")
+    for path in (broken, folder / "broken.onnx.data", fine, folder / "fine.data"):
+        path.chmod(0o600)
+    out = sandbox.root / "out"
+    out.mkdir()
+    (out / "kept.onnx").write_bytes(b"")
+    (out / "kept.onnx").chmod(0o640)
+    runs = [("repair", str(broken), "-o", str(out / "broken.onnx"), "--no-simplify"),
+            ("repair", str(fine), "-o", str(out / "fine.onnx")),
+            ("repair", str(fine), "-o", str(out / "kept.onnx")),
+            ("set-shape", str(fine), "--shape", "x=2x64", "-o", str(out / "shaped.onnx")),
+            ("check", str(fine), "--output-file", str(out / "report.txt")),
+            ("repair", str(broken), "--in-place", "--no-simplify")]
+    for args in runs:
+        done = sandbox.run(*args, cwd=folder)
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+    assert {p.name: mode(p) for p in out.iterdir()} == {
+        "broken.onnx": 0o600, "broken.onnx.data": 0o600, "fine.onnx": 0o600, "fine.onnx.data": 0o600,
+        "kept.onnx": 0o640, "kept.onnx.data": 0o640, "shaped.onnx": 0o600, "shaped.onnx.data": 0o600,
+        "report.txt": 0o644}
+    assert {p.name: mode(p) for p in folder.iterdir()} == {
+        "broken.onnx": 0o600, "broken.onnx.1.data": 0o600, "fine.onnx": 0o600, "fine.data": 0o600}
