@@ -30,7 +30,7 @@ from graphfix.core.forked import in_child, run_forked
 from graphfix.core.lazy import warm
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
-from graphfix.io.targets import same_file
+from graphfix.io.targets import refuse_linked_folders, same_file
 from graphfix.io.wire import external_locations
 from graphfix.pipeline.batch import portable, warm_up
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
@@ -70,6 +70,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
         rule_options=rule_options_from(unsafe_fixes=unsafe_fixes, expect_outputs=expect_outputs,
                                        trace_shapes=trace_shapes),
         simplify=not no_simplify, force=force, dry_run=dry_run, in_place=in_place,
+        output_root=output_dir if output is None and not in_place else None,
         validation=validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol,
                                            require=require),
     )
@@ -130,6 +131,9 @@ def _destinations(models: list[ModelPath], output, output_dir, in_place, dry_run
         return [None] * len(models)
     targets = [m.path for m in models] if in_place else [output] if output is not None else \
         [output_dir / m.relative for m in models]
+    if output_dir is not None:
+        for target in targets:  # all of them before anything is written
+            refuse_linked_folders(output_dir, target)
     _refuse_collisions(models, targets)
     return targets
 
@@ -158,21 +162,21 @@ def _refuse_collisions(models: list[ModelPath], targets: list[Path]) -> None:
 
 
 def _data_beside(path: Path, target: Path) -> set[Path]:
-    """The data files a repair of `path` may write beside `target`: its own data under their names (an unchanged
-    model is copied as it came) and `NAME.data` (a repaired one's), read from the model's wire format."""
+    """The data files a repair of `path` may write beside `target`: names derived from the output's own
+    (`NAME.data`, `NAME.1.data`...: one per data file the model reads, counted from its wire format, and one more
+    while a replaced model still reads the first ones), never the names the model gives them."""
     folder = target.parent.resolve()
-    names = {target.name + ".data"}
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return {folder / name for name in names}  # loading says why it cannot be read
+        return {folder / (target.name + ".data")}  # loading says why it cannot be read
     try:
         info = os.fstat(fd)
         locations = external_locations(fd, info.st_size) if stat.S_ISREG(info.st_mode) else None
     finally:
         os.close(fd)
-    names |= {location for location in locations or () if location}
-    return {Path(os.path.normpath(folder / name)) for name in names}
+    count = len(locations or ()) + 1
+    return {folder / name for name in [target.name + ".data", *(f"{target.name}.{n}.data" for n in range(1, count))]}
 
 
 def _has_errors(result: RepairResult) -> bool:

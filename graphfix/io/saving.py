@@ -31,14 +31,13 @@ from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.staging import remove, staging_dir
 from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
-    DataNameTaken,
     _mentions,
     check_target,
     data_name,
+    data_names,
     input_files,
     move_new,
-    other_readers,
-    refuse_collision,
+    refuse_linked_folders,
     same_file,
     why_kept,
 )
@@ -58,12 +57,13 @@ class StagedModel:
     destination: Path
     data_name: str | None
     prewritten: frozenset[str] = frozenset()  # weights already in the file (see stage_weights)
-    copied: tuple[str, ...] = ()  # external data files copied as they came (see stage_copy)
+    copied: tuple[str, ...] = ()  # external data files copied under names derived from the output's (stage_copy)
     referenced: tuple[str, ...] = ()  # data files the staged model reads that are already in place
     protected: frozenset[Path] = frozenset()  # never removed by commit (the input's data, unless replaced)
     replacing: Existing | None = None  # the file at the destination when staging began
-    overwrites: tuple[str, ...] = ()  # copied names that replace the replaced model's own, unshared data
     kept: tuple[str, ...] = ()  # after commit: why data of the replaced model was kept
+    within: Path | None = None  # the output folder the user named: no link below it is written through
+    input_mode: int | None = None  # the input model's permission bits (see inherit_mode)
 
     @property
     def path(self) -> Path:
@@ -78,17 +78,16 @@ class StagedModel:
 
     def _commit(self) -> Path:
         check_target(self.destination)  # what is there now is what the rename replaces: never a link
+        if self.within is not None:
+            refuse_linked_folders(self.within, self.destination)
         replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
+        self._set_mode()
         moved: list[Path] = []
         try:
             for name in (*self.copied, *([self.data_name] if self.data_name else [])):
                 _fsync(self.temp_dir / name)
-                (self.destination.parent / name).parent.mkdir(parents=True, exist_ok=True)
-                if name in self.overwrites:
-                    os.replace(self.temp_dir / name, self.destination.parent / name)
-                else:
-                    move_new(self.temp_dir / name, self.destination.parent / name)
-                    moved.append(self.destination.parent / name)
+                move_new(self.temp_dir / name, self.destination.parent / name)
+                moved.append(self.destination.parent / name)
         except BaseException:
             for path in moved:  # made by this run, read by nothing yet
                 path.unlink(missing_ok=True)
@@ -105,6 +104,20 @@ class StagedModel:
                 old.unlink(missing_ok=True)
         self.discard()
         return self.destination
+
+    def _set_mode(self) -> None:
+        """Give the staged model and data the permission bits of the file they replace, else the input's, never
+        more than a new file gets: a private model (0600) repaired or replaced in place stays private, and an
+        output the user made private stays so."""
+        staged = [self.path, *(self.temp_dir / name for name in (*self.copied, self.data_name) if name)]
+        try:
+            mode = stat.S_IMODE(self.destination.lstat().st_mode)  # a regular file: check_target said so
+        except FileNotFoundError:
+            if self.input_mode is None:
+                return
+            mode = self.input_mode & stat.S_IMODE(self.path.stat().st_mode)  # as a new file gets it (umask)
+        for path in staged:
+            os.chmod(path, mode & 0o777)
 
     def sync(self) -> StagedModel:
         """Write the staged files back to disk now (on the staging thread, while validation runs), so that the
@@ -136,10 +149,11 @@ def needs_external_data(proto: onnx.ModelProto) -> bool:
 
 
 def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Path | None = None,
-                weights: Weights | None = None) -> StagedModel:
+                weights: Weights | None = None, within: Path | None = None) -> StagedModel:
     """Write `proto` into a temporary folder beside `destination`; external data goes to `<name>.data`.
-    A light `proto` is written with the `weights` its stubs stand for."""
-    staged = _new_stage(Path(destination))
+    A light `proto` is written with the `weights` its stubs stand for. `within`: the output folder the user
+    named (see `_new_stage`)."""
+    staged = _new_stage(Path(destination), within)
     temp_dir = staged.temp_dir
     with writing(staged.destination, staged):
         if needs_external_data(proto):
@@ -153,10 +167,11 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     return staged
 
 
-def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weights) -> StagedModel:
+def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weights,
+                  within: Path | None = None) -> StagedModel:
     """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
     most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
-    staged = _new_stage(Path(destination))
+    staged = _new_stage(Path(destination), within)
     with writing(staged.destination, staged), open(staged.path, "wb") as f:
         for tensor in proto.graph.initializer:
             if is_stub(tensor):
@@ -175,59 +190,64 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
 
 
 def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, int] | Iterable[Path] = (),
-               model_file: HeldFile | None = None) -> StagedModel:
-    """Stage a byte-for-byte copy of a model file and of its external data files, under their own names (an
-    unchanged model is written as it came). Each is read from the descriptor loading checked (`model_file`, the
-    data files the model's folder holds; see graphfix.io.held), never from its path again. A data file given with
-    the bytes its tensors reach is copied up to there (see `copy_used`)."""
-    staged = _new_stage(Path(destination))
+               model_file: HeldFile | None = None, within: Path | None = None) -> StagedModel:
+    """Stage a copy of a model file and of its external data files (an unchanged model is written as it came).
+    Each data file is copied under a name derived from the output's (`OUT.data`, `OUT.1.data`...), never under
+    the name the model gives it: a downloaded model naming `conftest.py` or `.config/autostart/x.desktop` would
+    otherwise have graphfix create those beside the output. Only the locations in the (small) graph are rewritten;
+    the model file is copied as it is where no data file is copied. Each is read from the descriptor loading
+    checked (`model_file`, the data files the model's folder holds; see graphfix.io.held), never from its path
+    again. A data file given with the bytes its tensors reach is copied up to there (see `copy_used`)."""
+    staged = _new_stage(Path(destination), within)
     with writing(staged.destination, staged):
-        copy_used(model_file or HeldFile(source, str(source)), staged.path)
-        copied, referenced = [], []
+        model_file = model_file or HeldFile(source, str(source))
         files = dict.fromkeys(data_files)  # once: `data_files` may be an iterator
-        for data in files:
-            relative = data.relative_to(source.parent)
-            if same_file(staged.destination.parent / relative, data):
-                referenced.append(str(relative))  # written beside its input: the data is already there
-                continue
-            _claim_copy_name(staged, staged.destination.parent / relative, (source, *files))
-            (staged.temp_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            copy_used(data_file(source.parent, str(relative)), staged.temp_dir / relative,
-                      data_files.get(data) if isinstance(data_files, Mapping) else None)
-            copied.append(str(relative))
-        staged.copied, staged.referenced = tuple(copied), tuple(referenced)
+        ends = data_files if isinstance(data_files, Mapping) else {}
+        referenced = [data for data in files if _already_beside(staged.destination, source, data)]
+        to_copy = [data for data in files if data not in referenced]
+        names = data_names(staged.destination, staged.replacing.data_files, len(to_copy)) if to_copy else []
+        renamed = dict(zip(to_copy, names, strict=True))
+        for data, name in renamed.items():
+            copy_used(data_file(source.parent, str(data.relative_to(source.parent))), staged.temp_dir / name,
+                      ends.get(data))
+        if renamed:
+            _write_relocated(model_file, source.parent, renamed, staged.path)
+        else:
+            copy_used(model_file, staged.path)
+        staged.copied = tuple(names)
+        staged.referenced = tuple(str(data.relative_to(source.parent)) for data in referenced)
     return staged
 
 
-def _claim_copy_name(staged: StagedModel, target: Path, inputs: Iterable[Path]) -> None:
-    """A data file copied under its own name (an unchanged model, written as it came) may replace only the
-    replaced model's own data, and only when no other model reads it; any other file of that name is a collision
-    (`DataNameTaken`: the repair then writes the model anew, its data under the output's own name). So is a name
-    that is the output itself, one of the input's own files (which the replaced model may read too), or one
-    reached through a link or a file among the folders between the output and it."""
-    folder = staged.destination.parent
-    between = [p for p in target.parents if p != folder and folder in p.parents]
-    if target == staged.destination:
-        refuse_collision(staged.destination, target, "would be the output itself")
-    if any(same_file(target, f) for f in inputs):
-        refuse_collision(staged.destination, target, "is one of the input's own files")
-    if any(os.path.islink(p) or (os.path.lexists(p) and not p.is_dir()) for p in between):
-        refuse_collision(staged.destination, target, "is reached through a link or a file beside the output")
-    if not os.path.lexists(target):
-        return
-    if target not in staged.replacing.data_files:
-        refuse_collision(staged.destination, target)
-    readers = other_readers(target, staged.destination)
-    if readers or target.is_symlink() or not target.is_file() or target.stat().st_nlink > 1:
-        raise DataNameTaken(f"cannot write {staged.destination}: its data file {target} would replace data that "
-                          f"{readers[0] if readers else 'another name of it'} may read; choose another output")
-    staged.overwrites += (str(target.relative_to(staged.destination.parent)),)
+def _already_beside(destination: Path, source: Path, data: Path) -> bool:
+    """Whether the output, written where the input is (`--in-place`, or beside it), finds the input's data file at
+    the location the model gives: then it is read where it is, and nothing is written for it."""
+    return same_file(destination.parent / data.relative_to(source.parent), data)
+
+
+def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Path, str], path: Path) -> None:
+    """Write the model held in `model_file` to `path` with each external location that names a file of `renamed`
+    (by its path in `source_dir`) pointing to that file's new name. A model with external data is small: parsing
+    it and writing it again costs little (graphfix.io.wire)."""
+    proto = onnx.ModelProto()
+    proto.ParseFromString(model_file.read())
+    for _where, tensor in model_tensors(proto):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location" and source_dir / entry.value in renamed:
+                entry.value = renamed[source_dir / entry.value]
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
 
 
 def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
-    """The input's data files are never removed by a commit that does not replace the input itself."""
+    """The input's data files are never removed by a commit that does not replace the input itself; the output
+    takes the input model's permission bits where it replaces no file (see `StagedModel._set_mode`)."""
     if loaded.path is not None and not same_file(staged.destination, loaded.path):
         staged.protected = frozenset(input_files(loaded)[1:])
+    if loaded.model_file is not None:
+        staged.input_mode = stat.S_IMODE(os.fstat(loaded.model_file.fd).st_mode)
     return staged
 
 
@@ -299,15 +319,23 @@ def _parsed_locations(fd: int, size: int) -> set[str]:
         return set()
 
 
-def _new_stage(destination: Path) -> StagedModel:
+def _new_stage(destination: Path, within: Path | None = None) -> StagedModel:
+    """The staging folder beside `destination`, its folders made first. Below `within` (the output folder the
+    user named) no folder may be a link, checked before the folders are made and again after (one made by another
+    process meanwhile), before anything is written in them."""
     with writing(destination):
         for folder in (destination.parent, *destination.parent.parents):
             if folder.exists() and not folder.is_dir():
                 raise NotADirectoryError(20, f"{folder} is not a folder")
+        if within is not None:
+            refuse_linked_folders(within, destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
+        if within is not None:
+            refuse_linked_folders(within, destination)
         check_target(destination)  # a link, a folder or a FIFO there is refused
         # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
-        return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination))
+        return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination),
+                           within=within)
 
 
 @contextmanager

@@ -77,24 +77,47 @@ def same_file(destination: Path, source: Path) -> bool:
 def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
     """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) while the model being replaced still reads the first: the
     first such name the replaced model does not read. A file that has it already is a collision (exit 2)."""
+    return data_names(destination, replaced_data, 1)[0]
+
+
+def data_names(destination: Path, replaced_data: Iterable[Path], count: int) -> list[str]:
+    """`count` data file names for `destination`, all derived from its own name (`NAME.data`, `NAME.1.data`...),
+    none of them one the model being replaced still reads: a model's data never goes under a name or into a folder
+    the model chose (a downloaded model naming `conftest.py` would have it written beside the output). A file
+    that has one of them already is a collision (exit 2)."""
     in_use = {path.name for path in replaced_data if path.parent == destination.parent}
-    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + 1)]
-    name = next(name for name in names if name not in in_use)
-    refuse_collision(destination, destination.parent / name)
-    return name
+    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + count)]
+    chosen = [name for name in names if name not in in_use][:count]
+    for name in chosen:
+        refuse_collision(destination, destination.parent / name)
+    return chosen
 
 
-class DataNameTaken(OutputError):
-    """The name a data file would get beside the output belongs to another file: exit 2, unless the repair of an
-    unchanged model writes it anew with its data under the output's own name."""
+def refuse_collision(destination: Path, data: Path) -> None:
+    """Refuse (exit 2) a data file name that a file has already: graphfix overwrites no other file."""
+    if os.path.lexists(data):
+        raise OutputError(f"cannot write {destination}: its data file {data} exists and is not the data of the model "
+                          "being replaced (graphfix overwrites no other file; move it or choose another output)")
 
 
-def refuse_collision(destination: Path, data: Path, why: str = "") -> None:
-    """Raise `DataNameTaken` where a file has `data`'s name already, or where the caller says `why` it is taken."""
-    if why or os.path.lexists(data):
-        raise DataNameTaken(f"cannot write {destination}: its data file {data} "
-                            f"{why or 'exists and is not the data of the model being replaced'} (graphfix overwrites "
-                            "no other file; move it or choose another output)")
+def refuse_linked_folders(root: Path, destination: Path) -> None:
+    """Refuse (exit 2) a destination reached through a symbolic link in a folder below `root`, the output folder
+    the user named (which may itself be a link: the user named it). A checkout can commit `out/x -> ~/.ssh`, and
+    `--output-dir out` would then write the model and its data there. Each folder is read with lstat; one that does
+    not exist yet is made by graphfix, which calls this again once it has."""
+    below = [folder for folder in destination.parents if root in folder.parents]
+    for folder in reversed(below):  # from the root down: a missing folder has no links below it
+        try:
+            info = folder.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise OutputError(f"cannot write {destination}: {folder} is a symbolic link inside the output folder "
+                              f"{root} (graphfix writes nothing through a link there)")
+        if not stat.S_ISDIR(info.st_mode):
+            raise OutputError(f"cannot write {destination}: {folder} is not a folder")
 
 
 def derived_data_name(destination: Path, data: Path) -> bool:

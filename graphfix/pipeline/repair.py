@@ -37,7 +37,7 @@ from graphfix.io.saving import (
     stage_weights,
 )
 from graphfix.io.staging import scratch_dir
-from graphfix.io.targets import DataNameTaken, check_destination
+from graphfix.io.targets import check_destination
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
@@ -56,6 +56,7 @@ class RepairOptions:
     dry_run: bool = False
     in_place: bool = False
     validation: Any = None  # graphfix.validate.ValidationOptions; None means defaults
+    output_root: Path | None = None  # --output-dir: no folder below it is written through a link
 
 
 @dataclass
@@ -168,9 +169,10 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
         # Without a destination (dry run, Python API) the model is staged in a scratch folder for validation.
         commit = output is not None and not options.dry_run
         destination = output if commit else Path(scratch) / "model.onnx"
+        within = options.output_root if commit else None
         ahead = None  # the weights are written while onnxsim works: they are most of the bytes, and it keeps them
         if outcome.changed and has_stubs(model) and not loaded.external and not needs_external_data(model):
-            ahead = pool.submit(stage_weights, destination, model, result.weights)
+            ahead = pool.submit(stage_weights, destination, model, result.weights, within)
         try:
             if outcome.changed and options.simplify:
                 model, result.simplify = _simplify(model, loaded.base_dir)
@@ -180,7 +182,8 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
                 model, declared = declare_followed_outputs(model, _export_of(options.validation))
                 result.notes += declared
             result.light = model
-            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead, commit)
+            staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead, commit,
+                                  within)
         except BaseException:
             _discard(ahead)
             raise
@@ -227,31 +230,27 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
 
 
 def _stage(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
-           ahead: Future[StagedModel] | None, durable: bool) -> StagedModel:
+           ahead: Future[StagedModel] | None, durable: bool, within: Path | None = None) -> StagedModel:
     """The output staged beside its destination and, to be committed, written back to disk here, beside validation
     (commit's fsyncs then find nothing to write: 0.2-0.4 s less on BERT-base, #23; a failed sync discards it)."""
-    staged = _staged(model, destination, loaded, changed, weights, ahead)
+    staged = _staged(model, destination, loaded, changed, weights, ahead, within)
     return staged.sync() if durable else staged
 
 
 def _staged(model: onnx.ModelProto, destination: Path, loaded: LoadedModel, changed: bool, weights: Weights,
-            ahead: Future[StagedModel] | None) -> StagedModel:
+            ahead: Future[StagedModel] | None, within: Path | None) -> StagedModel:
     if not changed and loaded.model_file is not None:  # read from a file (an in-memory model's path is made up)
-        try:  # the input's own bytes, its external data files beside it: nothing to serialize
-            staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file)
-        except DataNameTaken:  # another file there has its data's name (an earlier output of the same input):
-            staged = stage_model(model, destination, loaded.base_dir, weights)  # the data under the output's name
-            staged.kept += (f"its data written as {staged.data_name}: the input's data file name is taken beside "
-                            "the output",)
+        # the input's own bytes, its data files copied under the output's names: no weight is serialized
+        staged = stage_copy(loaded.path, destination, loaded.data_files, loaded.model_file, within)
     elif ahead is not None:
         started = ahead.result()
         if stub_names(model) == started.prewritten:
             staged = finish_stage(started, model, weights)
         else:
             started.discard()  # onnxsim dropped a weight: the file would keep it, so start over
-            staged = stage_model(model, destination, loaded.base_dir, weights)
+            staged = stage_model(model, destination, loaded.base_dir, weights, within)
     else:
-        staged = stage_model(model, destination, loaded.base_dir, weights)
+        staged = stage_model(model, destination, loaded.base_dir, weights, within)
     return protect_inputs(staged, loaded)
 
 

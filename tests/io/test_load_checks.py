@@ -220,8 +220,8 @@ def test_in_memory_model_with_external_data_is_refused_without_a_folder():
 @pytest.mark.parametrize("place", ["function", "constant", "subgraph"])
 def test_valid_external_data_anywhere_is_copied_beside_the_output(place, tmp_path, monkeypatch):
     """Accepted external data in a function, a Constant or a subgraph is written beside the output (the model
-    needs no change, so it is copied byte for byte with its data file under its own name) and read from there,
-    whatever the working directory."""
+    needs no change, so it is copied with its data file under the output's name, the location renamed wherever
+    it is) and read from there, whatever the working directory."""
     import onnxruntime as ort
     from fuzz_attacks import PLACES, SECRET
 
@@ -232,7 +232,7 @@ def test_valid_external_data_anywhere_is_copied_beside_the_output(place, tmp_pat
     out = tmp_path / "out" / "o.onnx"
     result = CliRunner().invoke(cli, ["repair", str(model_dir / "model.onnx"), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx", "w.bin"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.onnx", "o.onnx.data"]
     monkeypatch.chdir(tmp_path)
     x = np.ones((2, 4), np.float32)
     got = ort.InferenceSession(str(out)).run(None, {"x": x, "z": x})[0]

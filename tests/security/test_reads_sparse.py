@@ -39,7 +39,7 @@ def test_an_unchanged_repair_copies_only_what_the_tensors_use(sandbox):
     out = sandbox.root / "out" / "o.onnx"
     done = sandbox.run("repair", str(model), "-o", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
-    copied = out.parent / "model.onnx.data"
+    copied = out.parent / "o.onnx.data"
     assert copied.stat().st_size == used  # the apparent size: what the tensors declare
     assert copied.stat().st_blocks * 512 <= 64 << 10  # the allocated size
     x = np.ones((2, 256), np.float32)

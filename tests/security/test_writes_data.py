@@ -65,19 +65,18 @@ def test_surgery_onto_an_output_that_shares_the_input_data_keeps_it(sandbox, com
 
 def test_unchanged_repair_never_overwrites_a_data_file_of_another_model(sandbox):
     """The input's data file name is taken beside the output (by another model's data, or an earlier output of the
-    same input): the copy is written anew, its data under the output's own name, and says so."""
+    same input): the copy's data goes under the output's own name, as always, and that file is left alone."""
     source = healthy(sandbox.model_dir / "model.onnx", "model.onnx.data")
     deployed = healthy(sandbox.outside / "deployed.onnx", "model.onnx.data", weight=2.0)
     expected = run(deployed)
     sandbox.touched()
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"))
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
-    assert "its data written as fixed.onnx.data" in done.stdout
     assert same_outputs(run(deployed), expected)
     assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
     assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx", "fixed.onnx.data",
                                                                   "model.onnx.data", "secret.bin"]
-    stranger = sandbox.outside / "again.onnx.data"  # the name the fallback would take is taken too: exit 2
+    stranger = sandbox.outside / "again.onnx.data"  # the output's own data name is taken: exit 2
     stranger.write_bytes(b"a stranger's bytes")
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "again.onnx"))
     one_line_refusal(done, "again.onnx.data", "exists")
@@ -130,20 +129,19 @@ def test_output_dir_with_two_inputs_of_one_name_is_refused(sandbox):
 
 
 @pytest.mark.parametrize("order", ["data-first", "model-first"])
-def test_output_dir_where_one_model_s_data_is_another_model_s_output_is_refused(sandbox, order):
+def test_output_dir_where_one_model_s_data_is_named_like_another_model_s_output_writes_each_apart(sandbox, order):
     """Helper 55: x's weights in the file `y.onnx` of the same folder. Copied as it came, x's data landed on
-    out/y.onnx, validated, and was then replaced by y's repaired output in the same run (exit 0). Refused before
-    anything is written, whichever model comes first."""
-    folder = sandbox.model_dir / "in"
-    y = hubert(folder / "y.onnx")
-    x = healthy(sandbox.root / "scratch" / "x.onnx", "y.onnx")  # its data file is then replaced by the model y
-    x.rename(folder / "x.onnx")
-    x = folder / "x.onnx"
-    (sandbox.root / "scratch" / "y.onnx").unlink()
+    out/y.onnx, validated, and was then replaced by y's repaired output in the same run (exit 0). x's data now goes
+    under x's output's own name, whichever model comes first, and each output gives what its input gave."""
+    x = healthy(sandbox.model_dir / "a" / "x.onnx", "y.onnx")  # its data in a file called y.onnx
+    y = hubert(sandbox.model_dir / "b" / "y.onnx")
     models = [str(x), str(y)] if order == "data-first" else [str(y), str(x)]
-    done = sandbox.run("repair", *models, "--output-dir", str(sandbox.root / "out"), "--no-simplify")
-    one_line_refusal(done, "writes its data beside its output")
-    assert not (sandbox.root / "out").exists()
+    out = sandbox.root / "out"
+    done = sandbox.run("repair", *models, "--output-dir", str(out), "--no-simplify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x.onnx", "x.onnx.data", "y.onnx"]
+    assert same_outputs(run(out / "x.onnx"), run(x))
+    run(out / "y.onnx")
 
 
 def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(sandbox):
@@ -152,11 +150,13 @@ def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(san
     for _ in range(2):  # the same command again: its own earlier output and data are replaced
         done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
         assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "weights.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.1.data"]
+    (out / "model.onnx.1.data").rename(out / "weights.bin")  # an output of old, whose data has the input's name
+    (out / "model.onnx").write_bytes(source.read_bytes())
     other = healthy(out / "other.onnx", "weights.bin", weight=2.0)  # another model, its data under that name
     expected = run(other)
     done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
-    assert done.returncode == 0 and "its data written as model.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     assert "kept" in done.stdout and "weights.bin" in done.stdout  # the shared data stays, and it is said
     assert same_outputs(run(other), expected)
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "other.onnx", "weights.bin"]
@@ -197,7 +197,7 @@ def test_an_unchanged_copy_never_writes_over_the_inputs_own_data(sandbox):
     healthy(folder / "sub" / "o.onnx", "w.bin", weight=3.0)  # writes sub/w.bin the same (64x64 of 3.0)
     expected = run(source)
     done = sandbox.run("repair", str(source), "-o", str(folder / "sub" / "o.onnx"), cwd=folder)
-    assert done.returncode == 0 and "its data written as o.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and (folder / "sub" / "o.onnx.data").exists(), done.stdout + done.stderr
     assert same_outputs(run(source), expected) and same_outputs(run(folder / "sub" / "o.onnx"), expected)
 
 
@@ -206,7 +206,7 @@ def test_a_data_file_named_like_the_output_is_not_copied_over_it(sandbox):
     and the commit left raw weights as the output (exit 2, the file left behind)."""
     source = healthy(sandbox.model_dir / "model.onnx", "fixed.onnx")
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"))
-    assert done.returncode == 0 and "its data written as fixed.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and (sandbox.outside / "fixed.onnx.data").exists(), done.stdout + done.stderr
     assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
 
 
@@ -220,7 +220,7 @@ def test_an_unchanged_copy_never_follows_a_linked_folder_beside_the_output(sandb
     elsewhere.mkdir()
     (out / "sub").symlink_to(elsewhere, target_is_directory=True)
     done = sandbox.run("repair", str(source), "-o", str(out / "fixed.onnx"))
-    assert done.returncode == 0 and "its data written as fixed.onnx.data" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and (out / "fixed.onnx.data").exists(), done.stdout + done.stderr
     assert list(elsewhere.iterdir()) == []
     assert same_outputs(run(out / "fixed.onnx"), run(source))
 
@@ -244,3 +244,68 @@ def test_an_in_memory_model_is_written_from_itself_not_from_a_file_of_its_folder
     assert result.status == "unchanged"
     assert same_outputs(run(tmp_path / "out" / "fixed.onnx"), run(mine))
     assert not same_outputs(run(tmp_path / "out" / "fixed.onnx"), run(stranger))
+
+
+def test_an_unchanged_copy_creates_no_file_or_folder_the_model_names(sandbox):
+    """A downloaded, healthy model keeps its weights in `conftest.py` and `.config/autostart/evil.desktop`: copied
+    under those names, its repair beside a project made a conftest.py pytest would run and a folder of its choice.
+    Its data now goes under the output's own names, and the output gives what the input gave."""
+    source = two_data_files(sandbox.model_dir / "model.onnx", "conftest.py", ".config/autostart/evil.desktop")
+    project = sandbox.root / "project"
+    project.mkdir()
+    done = sandbox.run("repair", str(source), "-o", "fixed.onnx", cwd=project)
+    assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["fixed.onnx", "fixed.onnx.1.data", "fixed.onnx.data"]
+    assert same_outputs(run(project / "fixed.onnx"), run(source))
+
+
+def test_output_dir_never_writes_through_a_linked_folder_inside_it(sandbox):
+    """A checkout commits `fixed/x -> ~/.ssh`; `--output-dir fixed` wrote the model and its data (under a name the
+    model chose) there. Refused in one line before anything is written; the folder named may itself be a link."""
+    models = sandbox.model_dir / "models"
+    healthy(models / "x" / "m.onnx", "authorized_keys")
+    hubert(models / "a.onnx")
+    victim, out = sandbox.root / "victim", sandbox.root / "fixed"
+    victim.mkdir()
+    out.mkdir()
+    (out / "x").symlink_to(victim, target_is_directory=True)
+    done = sandbox.run("repair", str(models), "--output-dir", str(out), "--no-simplify")
+    one_line_refusal(done, "symbolic link", str(out / "x"))
+    assert list(victim.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["x"]
+    named_link = sandbox.root / "named"
+    named_link.symlink_to(victim, target_is_directory=True)
+    done = sandbox.run("repair", str(models / "x"), "--output-dir", str(named_link), "--no-simplify")
+    assert done.returncode == 0 and (victim / "m.onnx").is_file(), done.stdout + done.stderr
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_outputs_of_a_private_model_stay_private(sandbox):
+    """A 0600 model was written 0644: repaired in place or beside it, made world-readable; an output the user had
+    made 0600 was replaced by a 0644 one. A written model and its data take the replaced file's bits, else the
+    input's; a report keeps the default."""
+    folder = sandbox.model_dir
+    broken, fine = hubert(folder / "broken.onnx", "broken.onnx.data"), healthy(folder / "fine.onnx", "fine.data")
+    for path in (broken, folder / "broken.onnx.data", fine, folder / "fine.data"):
+        path.chmod(0o600)
+    out = sandbox.root / "out"
+    out.mkdir()
+    (out / "kept.onnx").write_bytes(b"")
+    (out / "kept.onnx").chmod(0o640)
+    runs = [("repair", str(broken), "-o", str(out / "broken.onnx"), "--no-simplify"),
+            ("repair", str(fine), "-o", str(out / "fine.onnx")),
+            ("repair", str(fine), "-o", str(out / "kept.onnx")),
+            ("set-shape", str(fine), "--shape", "x=2x64", "-o", str(out / "shaped.onnx")),
+            ("check", str(fine), "--output-file", str(out / "report.txt")),
+            ("repair", str(broken), "--in-place", "--no-simplify")]
+    for args in runs:
+        done = sandbox.run(*args, cwd=folder)
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+    assert {p.name: mode(p) for p in out.iterdir()} == {
+        "broken.onnx": 0o600, "broken.onnx.data": 0o600, "fine.onnx": 0o600, "fine.onnx.data": 0o600,
+        "kept.onnx": 0o640, "kept.onnx.data": 0o640, "shaped.onnx": 0o600, "shaped.onnx.data": 0o600,
+        "report.txt": 0o644}
+    assert {p.name: mode(p) for p in folder.iterdir()} == {
+        "broken.onnx": 0o600, "broken.onnx.1.data": 0o600, "fine.onnx": 0o600, "fine.data": 0o600}
