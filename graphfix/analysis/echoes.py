@@ -155,8 +155,8 @@ def _times_dims(dims: list[int]) -> list[tuple[str, Callable[[int], float]]]:
 
 def _int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int]
                 ) -> list[str]:
-    """Integer constants that index or cut data along an axis of the size, meet an integer value no shape gave,
-    fill a ConstantOfShape, or size a Pool (the forms of the module's docstring)."""
+    """Integer constants that index or cut data along an axis of the size, meet an integer value that is no
+    size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring)."""
     found = []
     for node in nodes:
         for where, item, forms in _int_reads(node, constant_value, shape, lengths):
