@@ -273,3 +273,15 @@ def test_a_constant_beside_a_size_read_from_a_shape_is_the_models_own():
     heard = echoes(graph, {7}, lambda t: np.asarray(t.values) if isinstance(t, gs.Constant) else None,
                    lambda t: None)
     assert heard == []
+
+
+def test_diagnose_says_why_the_fix_is_unsafe(tmp_path):
+    """The refusal points at `graphfix diagnose`: its text and its JSON name the constant that doubts the fix."""
+    import json
+
+    path = export(Centre(), tmp_path / "m.onnx")
+    text = CliRunner().invoke(cli, ["diagnose", "--static", str(path)], catch_exceptions=False).output
+    assert "unsafe because:" in text and "reads the integer 3 as an index, which is 7 // 2" in text, text
+    done = CliRunner().invoke(cli, ["diagnose", "--static", "--format", "json", str(path)], catch_exceptions=False)
+    fixes = [f["fix"] for f in json.loads(done.output)["models"][0]["findings"] if f["fix"]]
+    assert any("reads the integer 3" in fix["reason"] for fix in fixes), fixes

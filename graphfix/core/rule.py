@@ -125,7 +125,8 @@ class Finding:
             "tensors": list(self.tensors),
             "shapes": {k: _jsonable_shape(v) for k, v in self.shapes.items()},
             "fixable": self.fixable,
-            "fix": None if self.fix is None else {"summary": self.fix.summary, "safety": self.fix.safety.value},
+            "fix": None if self.fix is None else {"summary": self.fix.summary, "safety": self.fix.safety.value,
+                                                  "reason": self.fix.reason},
             "hint": self.hint,
             "candidates": list(self.choice.labels) if self.choice else [],  # the proof chooses (see Choice)
         }

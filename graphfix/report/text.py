@@ -15,7 +15,7 @@ import click
 
 from graphfix.core.config import CONFIG_META
 from graphfix.core.errors import printable
-from graphfix.core.rule import Finding, Severity
+from graphfix.core.rule import Finding, Safety, Severity
 from graphfix.core.version import VERSION
 
 COLORS = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -46,6 +46,8 @@ def finding_lines(finding: Finding) -> list[str]:
         lines.append(f"      fix: {printable(finding.hint)}")
     if finding.fix is not None:
         lines.append(f"      graphfix can: {printable(finding.fix.summary)} ({finding.fix.safety.value})")
+        if finding.fix.safety is Safety.UNSAFE and finding.fix.reason:  # what --unsafe-fixes would take on trust
+            lines.append(f"      unsafe because: {printable(finding.fix.reason)}")
     return lines
 
 
