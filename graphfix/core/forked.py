@@ -185,8 +185,8 @@ class Forked:
     def kill(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
         folders on the way out (graphfix turns SIGTERM into SystemExit), SIGKILL after `grace_s`. Then the folders
-        it said it made go, and no other (`staging.remove_left`): a child blocked in one onnxruntime call runs no
-        Python until the call returns, so the SIGKILL found it with its folders still there."""
+        it said it made go, and no other (`on_left`: staging.remove_left): a child blocked in one onnxruntime call
+        runs no Python until the call returns, so the SIGKILL found it with its folders still there."""
         if self.pid is None:
             return
         pid = self.pid
@@ -210,13 +210,21 @@ def _reaped(pid: int, grace_s: float) -> bool:
     return False
 
 
-def _remove_left(pid: int, made: tuple[str, ...]) -> None:
-    """The folders the ended child `pid` said it made, where they are still its own (`staging.remove_left`).
-    Imported here, not above: staging imports this module."""
-    if made:
-        from graphfix.io.staging import remove_left
+_LEFT_HANDLERS: list[Callable[[int, tuple[str, ...]], object]] = []
 
-        remove_left(pid, made)
+
+def on_left(handler: Callable[[int, tuple[str, ...]], object]) -> None:
+    """Register what removes the folders a killed child said it made: `graphfix.io.staging` registers its
+    `remove_left` when imported (it makes every such folder, and sits above this module, which knows no folder)."""
+    if handler not in _LEFT_HANDLERS:
+        _LEFT_HANDLERS.append(handler)
+
+
+def _remove_left(pid: int, made: tuple[str, ...]) -> None:
+    """The folders the ended child `pid` said it made, where they are still its own (see `on_left`)."""
+    if made:
+        for handler in _LEFT_HANDLERS:
+            handler(pid, made)
 
 
 def run_forked(work: Callable[[], Any], label: str) -> Any:

@@ -124,6 +124,9 @@ def remove_left(pid: int, made: Iterable[str]) -> list[Path]:
     return removed
 
 
+forked.on_left(remove_left)  # a child killed after its grace (inside one onnxruntime call) leaves its folders
+
+
 def _unfinished(folder: str, marker_text: bytes) -> bool:
     """Whether the folder's only content, if any, is a regular file named MARKER of this user holding a prefix of
     `marker_text` (which is then removed)."""
