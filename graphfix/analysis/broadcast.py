@@ -8,7 +8,6 @@ broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 from enum import Enum
@@ -110,11 +109,37 @@ def leading_match(small: list[Dim], big: list[Dim]) -> tuple[bool, list[int]]:
     return True, static
 
 
+MAX_ALIGNMENTS = 16  # past these, "more than one" is all a caller learns: their count may be C(64, 32)
+
+
 def alignments(small: list[Dim], big: list[Dim]) -> list[tuple[int, ...]]:
-    """Every way to lay `small`'s dims on axes of `big` in order, each on an equal known dim: `[B, T]` fits
-    `[B, T, C]` one way (axes 0, 1) and `[B, T, T]` two ways (0, 1 and 0, 2)."""
-    return [axes for axes in itertools.combinations(range(len(big)), len(small))
-            if all(_known(s) and s == big[a] for s, a in zip(small, axes, strict=True))]
+    """The ways to lay `small`'s dims on axes of `big` in order, each on an equal known dim: `[B, T]` fits
+    `[B, T, C]` one way (axes 0, 1) and `[B, T, T]` two ways (0, 1 and 0, 2). In the order of
+    `itertools.combinations`, at most MAX_ALIGNMENTS of them, and only along placements that can still be
+    completed: trying every combination of axes made a 319-byte model (a rank-21 operand of equal dims added to
+    a rank-41 one) run for hours (helper 60)."""
+    n, m = len(small), len(big)
+    fits = [[_known(s) and s == b for b in big] for s in small]
+    completes: dict[tuple[int, int], bool] = {}
+    for i in range(n, -1, -1):  # completes[i, j]: small[i:] can be laid on big[j:]
+        for j in range(m, -1, -1):
+            completes[i, j] = i == n or (m - j >= n - i and (
+                (fits[i][j] and completes[i + 1, j + 1]) or completes[i, j + 1]))
+    found: list[tuple[int, ...]] = []
+
+    def lay(i: int, start: int, axes: tuple[int, ...]) -> None:
+        if i == n:
+            found.append(axes)
+            return
+        for a in range(start, m - (n - i) + 1):
+            if len(found) >= MAX_ALIGNMENTS:
+                return
+            if fits[i][a] and completes[i + 1, a + 1]:
+                lay(i + 1, a + 1, (*axes, a))
+
+    if completes[0, 0]:
+        lay(0, 0, ())
+    return found
 
 
 def closest_to_right(choices: list[tuple[int, ...]], small_rank: int, big_rank: int) -> tuple[int, ...]:
