@@ -10,16 +10,17 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import (
     BROADCAST_OPS,
+    MAX_NODE_SHAPES,
     Dim,
     Pair,
     alignments,
     closest_to_right,
+    distinct_shapes,
     input_dim_names,
     is_input_dim,
     leading_match,
     merge_shape,
-    pair_verdict,
-    right_aligned,
+    operand_pairs,
 )
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes import sizes_of
@@ -27,9 +28,6 @@ from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, 
 from graphfix.io.sources import known_values
 
 BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
-# Operands of one shape are paired once (equal dims never mismatch), so real ops, with two or three operands, pair
-# a handful of shapes; a crafted `Sum` of thousands of differently shaped inputs would pair each with each.
-MAX_NODE_SHAPES = 16  # distinct operand shapes of one node that GF003 pairs; past it the node is not checked
 MAX_GRAPH_PAIRS = 1_000_000  # pairs of distinct shapes over the whole graph; past it GF003 stops, saying where
 WHERE_LABELS = ("condition", "X", "Y")
 
@@ -146,7 +144,7 @@ class BroadcastMismatch(Rule):
             if (over := _over_budget(coarse)) is not None:
                 yield self.reject(over, nodes=[node])
                 continue
-            pairs_left -= _pair_count(coarse)
+            pairs_left -= (n := len(distinct_shapes(coarse))) * (n - 1) // 2
             if pairs_left < 0:
                 yield self.reject(f"the graph's broadcasting ops pair more than {MAX_GRAPH_PAIRS:,} operand shapes: "
                                   "GF003 stopped here and checked no node from this one on", nodes=[node])
@@ -174,7 +172,7 @@ class BroadcastMismatch(Rule):
         if (over := _over_budget(shapes)) is not None:  # the size analysis can tell apart what onnx's shapes did not
             yield self.reject(over, nodes=[node])
             return
-        pairs = _pairs(shapes, inputs)
+        pairs = operand_pairs(shapes, inputs)
         bad = [p for p in pairs if p[-1] in BAD]
         if not bad:
             # only dims that may be equal at run time (two different names, an unknown dim)
@@ -188,7 +186,7 @@ class BroadcastMismatch(Rule):
         labels = _labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
         ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))
-        # each operand of a lower-rank shape in a bad pair (`_pairs` pairs the first operand of each shape only)
+        # each operand of a lower-rank shape in a bad pair (`operand_pairs` pairs the first of each shape)
         lower_shapes = {tuple(shapes[i]) for p in bad for i in p[:2] if len(shapes[i]) < len(shapes[ref])}
         lower = [i for i, s in enumerate(shapes) if tuple(s) in lower_shapes]
         proofs = [leading_match(shapes[i], shapes[ref]) for i in lower]
@@ -293,7 +291,7 @@ def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
     shows up as a number, not as a lost dim; what it loses is computed at run time from the input, which a
     lower-rank operand (the `x[mask]` mask) can still misalign. Refining every residual `Add` of a transformer
     whose attention hid T would cost more than the whole rest of a static diagnose."""
-    for i, j, _, a, b, verdict in _pairs(shapes, inputs):
+    for i, j, _, a, b, verdict in operand_pairs(shapes, inputs):
         if verdict is Pair.OK:
             continue
         if len(shapes[i]) == len(shapes[j]) and (_lost(a, inputs) or _lost(b, inputs)):
@@ -307,36 +305,10 @@ def _lost(dim: Dim, inputs: frozenset[str]) -> bool:
     return dim is None or (isinstance(dim, str) and not is_input_dim(dim, inputs))
 
 
-def _pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, int, int, Dim, Dim, Pair]]:
-    """(operand i, operand j, axis, dim of i, dim of j, verdict) for every pair of operands of different shapes (the
-    first operand of each shape stands for the others: equal dims are never a mismatch) and shared axis."""
-    firsts = _firsts(shapes)
-    out = []
-    for k, i in enumerate(firsts):
-        for j in firsts[k + 1:]:
-            for axis, a, b in right_aligned(shapes[i], shapes[j]):
-                out.append((i, j, axis, a, b, pair_verdict(a, b, shapes[i], shapes[j], inputs)))
-    return out
-
-
-def _firsts(shapes: list[list[Dim] | None]) -> list[int]:
-    """The index of the first operand of each distinct shape, in operand order: `Sum(x, x, ..., x)` has one."""
-    first: dict[tuple[Dim, ...] | None, int] = {}
-    for i, shape in enumerate(shapes):
-        first.setdefault(None if shape is None else tuple(shape), i)
-    return list(first.values())
-
-
-def _pair_count(shapes: list[list[Dim] | None]) -> int:
-    """How many pairs of distinct operand shapes `_pairs` makes: what a node costs of MAX_GRAPH_PAIRS."""
-    n = len(_firsts(shapes))
-    return n * (n - 1) // 2
-
-
 def _over_budget(shapes: list[list[Dim] | None]) -> str | None:
     """Why a node has too many distinct operand shapes to pair them all (MAX_NODE_SHAPES); None when it has not.
     Not checking it reports nothing false: the node is named in the rejections."""
-    n = len(_firsts(shapes))
+    n = len(distinct_shapes(shapes))
     if n <= MAX_NODE_SHAPES:
         return None
     return f"{n} different operand shapes, more than the {MAX_NODE_SHAPES} GF003 pairs in one node: not checked"
@@ -353,7 +325,7 @@ def _placed_shape(shape: list[Dim], axes: tuple[int, ...], rank: int) -> list[Di
 def _fixed_by_placing(shapes, placed, rank, inputs) -> bool:
     """After laying each lower-rank operand on its chosen axes (1s elsewhere), no pair is a mismatch any more."""
     padded = [_placed_shape(s, placed[k], rank) if k in placed else s for k, s in enumerate(shapes)]
-    return not any(p[-1] in BAD for p in _pairs(padded, inputs))
+    return not any(p[-1] in BAD for p in operand_pairs(padded, inputs))
 
 
 def _built_as_said(apply, node: gs.Node, padded: dict[int, list[Dim]]):

@@ -147,3 +147,28 @@ def closest_to_right(choices: list[tuple[int, ...]], small_rank: int, big_rank: 
     only the dims that pair wrongly, so it computes what the original computes at sizes where those are 1."""
     right = range(big_rank - small_rank, big_rank)
     return max(choices, key=lambda axes: (sum(a == r for a, r in zip(axes, right, strict=True)), axes))
+
+
+# Operands of one shape are paired once (equal dims never mismatch), so real ops, with two or three operands, pair
+# a handful of shapes; a crafted `Sum` of thousands of differently shaped inputs would pair each with each.
+MAX_NODE_SHAPES = 16  # distinct operand shapes of one node that a rule pairs; past it the node is not checked
+
+
+def operand_pairs(shapes: list[list[Dim]], inputs: frozenset[str]) -> list[tuple[int, int, int, Dim, Dim, Pair]]:
+    """(operand i, operand j, axis, dim of i, dim of j, verdict) for every pair of operands of different shapes (the
+    first operand of each shape stands for the others: equal dims are never a mismatch) and shared axis."""
+    firsts = distinct_shapes(shapes)
+    out = []
+    for k, i in enumerate(firsts):
+        for j in firsts[k + 1:]:
+            for axis, a, b in right_aligned(shapes[i], shapes[j]):
+                out.append((i, j, axis, a, b, pair_verdict(a, b, shapes[i], shapes[j], inputs)))
+    return out
+
+
+def distinct_shapes(shapes: list[list[Dim] | None]) -> list[int]:
+    """The index of the first operand of each distinct shape, in operand order: `Sum(x, x, ..., x)` has one."""
+    first: dict[tuple[Dim, ...] | None, int] = {}
+    for i, shape in enumerate(shapes):
+        first.setdefault(None if shape is None else tuple(shape), i)
+    return list(first.values())
