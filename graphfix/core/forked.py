@@ -18,6 +18,7 @@ in the process itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import pickle
@@ -73,8 +74,12 @@ def in_child() -> bool:
     return _in_child
 
 
-# --timeout, Ctrl-C, a stop, a closed terminal: handlers that raise
-STOPPING = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+# Signals whose default action ends the process at once, its folders left: a stop (SIGTERM), a closed terminal
+# (SIGHUP), Ctrl-\ (SIGQUIT), a user's or a supervisor's signals (SIGUSR1, SIGUSR2) and a CPU limit (SIGXCPU).
+# The `graphfix` command ends by an exception on each instead (graphfix.io.staging.install_signal_cleanup).
+ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
+# --timeout, Ctrl-C and those: handlers that raise
+STOPPING = {signal.SIGALRM, signal.SIGINT, *ENDING}
 
 
 def can_fork() -> bool:
@@ -121,6 +126,7 @@ class Forked:
         # The stopping signals wait while the fork runs its at-fork callbacks (logging's, threading's): a handler that
         # raised in one (--timeout's SIGALRM) would be printed and ignored, and the work would go on to the end.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
+        parent = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
@@ -128,7 +134,7 @@ class Forked:
             raise
         if pid == 0:  # the child: never returns into the caller's code
             os.close(made_read)
-            _serve(work, read_fd, write_fd, held, made_write)
+            _serve(work, read_fd, write_fd, held, made_write, parent)
         os.close(write_fd)
         os.close(made_write)
         self.pid, self.fd, self._made_fd = pid, read_fd, made_read
@@ -254,7 +260,8 @@ def made(path: str) -> None:
             os.write(_made_fd, os.fsencode(path) + b"\0")
 
 
-def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int | None = None) -> None:
+def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int | None = None,
+           parent: int | None = None) -> None:
     """The child's whole life. Its stopping signals are unblocked inside the `try`: one sent before (a stop right
     after the fork) raises here and ends in `os._exit`, never in the caller's code (helper 36 saw such a child
     unwind into its parent's code and write its SystemExit into the parent's own result pipe)."""
@@ -264,6 +271,7 @@ def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: 
         os.set_blocking(made_fd, False)  # the parent reads it at the end: a full pipe loses a name, never blocks
     code = 1
     try:
+        _end_with(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(read_fd)
         if _setup is not None:
@@ -277,6 +285,22 @@ def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: 
             with contextlib.suppress(Exception):  # a closed stream: nothing to flush
                 stream.flush()
         os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with(parent: int | None) -> None:
+    """A child whose parent ended (SIGKILL, or any end that left it no time to stop its child) is sent SIGTERM and
+    stops as if its parent had stopped it, writing nothing: it went on to write the output seconds after the user
+    had killed graphfix. Linux only (prctl); a parent gone before this call is seen by `getppid`."""
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def _pickled(outcome: tuple[str, Any]) -> bytes:

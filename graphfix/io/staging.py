@@ -2,13 +2,14 @@
 
 Every folder graphfix creates for itself carries the creating process id in its name (`graphfix-<pid>-<token>` in
 the system temp folder, `.<output>.graphfix-<pid>-<token>.tmp` beside an output) and a marker file inside that
-repeats both. It is removed on every exit path graphfix controls (return, error, SIGINT, SIGTERM, SIGHUP,
-`--timeout`), and a child stopped by its parent leaves none: the parent removes what the child said it made.
-graphfix deletes nothing another process made: a forked child tells its parent each folder it makes as it makes
-it (`graphfix.core.forked.made`), and if the child crashes or is killed the parent removes those folders and no
-other (`remove_left`). Names, markers, owners and times prove nothing: a checkout can carry a forged marker, and a
-container beside this one can have a child of the same pid. A folder left by a graphfix process killed outright
-(SIGKILL) from outside stays for the user to remove.
+repeats both. It is removed on every exit path graphfix controls (return, error, `--timeout`, SIGINT, and the
+signals that would end it at once: `forked.ENDING`), and a child stopped by its parent leaves none: the parent
+removes what the child said it made. graphfix deletes nothing another process made: a forked child tells its parent
+each folder it makes as it makes it (`graphfix.core.forked.made`), and if the child crashes or is killed the parent
+removes those folders and no other (`remove_left`). Names, markers, owners and times prove nothing: a checkout can
+carry a forged marker, and a container beside this one can have a child of the same pid. A graphfix process killed
+outright (SIGKILL) from outside cannot clean up: its forked worker is stopped as it ends (`forked._end_with`) and
+removes its own folders, and a folder the killed process made itself stays for the user to remove.
 """
 
 from __future__ import annotations
@@ -175,12 +176,13 @@ def _remove_all() -> None:
 
 
 def install_signal_cleanup() -> None:
-    """SIGTERM and SIGHUP (a closed terminal, a stopped session) end graphfix like SIGINT does: by an exception, so
-    every `finally` and context manager runs. Their default action ended the process at once, its folders left."""
+    """SIGTERM, SIGHUP (a closed terminal, a stopped session) and the other signals that end a process at once
+    (`forked.ENDING`) end graphfix like SIGINT does: by an exception, so every `finally` and context manager runs.
+    Their default action ended the process, its folders left. A handler set by whoever embeds graphfix is kept."""
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in forked.ENDING:
         if signal.getsignal(signum) in (signal.SIG_DFL, None):
             signal.signal(signum, stop)
 

@@ -56,7 +56,9 @@ def test_file_too_large_is_one_line_exit_2(tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "--timeout"])
+# SIGINT, --timeout, and each signal whose default action ends a process at once (SIGQUIT's dumps core)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "--timeout", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+                                 "SIGXCPU"])
 def test_interrupted_repair_leaves_nothing(how, tmp_path):
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "out" / "out.onnx"
@@ -68,11 +70,33 @@ def test_interrupted_repair_leaves_nothing(how, tmp_path):
         while not leftovers(tmp_path / "tmp") and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # until it works in its scratch folder
         child.send_signal(getattr(signal, how))
+    child.wait(timeout=120)
+    left_at_its_end = leftovers(tmp_path / "tmp")  # its forked worker may not outlive it
     _, err = child.communicate(timeout=120)
-    assert child.returncode != 0 or out.exists()  # a run that finished first wrote its output
+    assert (child.returncode == 0) == out.exists()  # a run that finished first wrote its output; none other did
+    assert left_at_its_end == []
     if how == "--timeout":
         assert child.returncode == 1 and "stopped after 0.05 s (--timeout)" in err
     assert "Traceback" not in err
+    assert leftovers(tmp_path / "tmp") == []
+    assert (leftovers(out.parent) if out.parent.exists() else []) == []
+
+
+def test_a_worker_whose_graphfix_was_killed_stops_and_writes_nothing(tmp_path):
+    """SIGKILL gives graphfix no time to stop its forked worker: the worker went on alone and wrote the output
+    seconds after the user had killed the command. It is now stopped as its parent ends, and removes its folders."""
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out" / "out.onnx"
+    child = subprocess.Popen([*GRAPHFIX, "repair", str(SAMPLE), "-o", str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    deadline = time.monotonic() + 90
+    while not leftovers(tmp_path / "tmp") and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until its worker works in its scratch folder
+    if child.poll() is not None:
+        pytest.fail(f"graphfix ended before it could be killed: {child.communicate()}")
+    child.kill()
+    child.communicate(timeout=60)  # the pipes close once the worker, which holds them too, has ended
+    assert not out.exists()
     assert leftovers(tmp_path / "tmp") == []
     assert (leftovers(out.parent) if out.parent.exists() else []) == []
 
