@@ -108,9 +108,8 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     footprint = Footprint.of(before.proto, {})  # a size over the memory budget is not run: NotProbed (exit 1)
     options, known = known_export_size(before, options, footprint)  # given or solved, not guessed
     options = anchored([before, after], before.proto, options, guard=footprint.check)
-    sizes = probe_sizes(before.proto, options)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
-    sizes = [bind(binding, tied) for binding in sizes] if tied else sizes
+    sizes = probe_sizes(before.proto, options, tied)
     for binding in sizes:
         footprint.check_sizes(binding)
     judge = Judge(before, after, options, sizes[0], known=known, derived_dims={*tied, *mask_aliases(before.proto)})

@@ -35,6 +35,7 @@ import re
 import onnx
 
 from graphfix.analysis.broadcast import BATCH_LIKE
+from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.analysis.sizes.domain import input_minimums, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
@@ -81,12 +82,21 @@ def mask_aliases(model: onnx.ModelProto) -> dict[str, str]:
     return aliases
 
 
-def probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
+def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> list[dict[str, int]]:
     """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all. A mask's
-    dims named apart from the input it masks take that input's sizes (`mask_aliases`)."""
+    dims named apart from the input it masks take that input's sizes (`mask_aliases`), and a dim the graph ties to
+    others is computed from them (`tied`, by default `tied_dims(model)`: a mask's frames from the audio's samples,
+    `U = 3 T`, query heads a multiple of key-value heads): probed apart, the model fails where PyTorch fails too."""
     aliases = mask_aliases(model)
-    return [{name: binding[aliases[name]] if aliases.get(name) in binding else size
-             for name, size in binding.items()} for binding in _probe_sizes(model, options)]
+    tied = tied_dims(model) if tied is None else tied
+    bindings: list[dict[str, int]] = []
+    for binding in _probe_sizes(model, options):
+        binding = {name: binding[aliases[name]] if aliases.get(name) in binding else size
+                   for name, size in binding.items()}
+        binding = bind(binding, tied) if tied else binding
+        if binding not in bindings:
+            bindings.append(binding)
+    return bindings
 
 
 def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
