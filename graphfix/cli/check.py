@@ -88,8 +88,12 @@ def report_inputs(output_file: Path, models: list[Path]) -> list[Path]:
     inputs = list(models)
     if output_file.is_file():
         where = output_file.parent.resolve()
-        real = [model.resolve() for model in models]  # a model named through a link reads data beside its file
-        inputs += [data for model in real if where.is_relative_to(model.parent) for data in files_read_by(model)]
+        for model in models:
+            # loading reads the data beside the name given, a link's too (helper 63: the report replaced the
+            # weights of `links/m.onnx -> ../real/m.onnx`, checked beside `real/`); its locations are in the file
+            folder = model.parent.resolve()
+            if where.is_relative_to(folder):
+                inputs += files_read_by(model.resolve(), folder)
         check_target(output_file, inputs)
     return inputs
 

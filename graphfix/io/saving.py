@@ -282,9 +282,11 @@ def _data_files(model: Path) -> list[Path]:
             and "\\" not in location and location not in (".", "..")]
 
 
-def files_read_by(model: Path) -> list[Path]:
-    """The model file and every external data file it names (in its folder or below), without reading them."""
-    return [model, *(model.parent / location for location in sorted(_locations(model)))]
+def files_read_by(model: Path, folder: Path | None = None) -> list[Path]:
+    """The model file and every external data file it names (in `folder`, by default the model's, or below),
+    without reading them."""
+    folder = model.parent if folder is None else folder
+    return [model, *(folder / location for location in sorted(_locations(model)))]
 
 
 def _locations(model: Path) -> set[str]:

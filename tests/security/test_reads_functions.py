@@ -102,15 +102,24 @@ def test_a_tensor_that_also_names_a_function_attribute_is_checked(sandbox):
     assert sandbox.touched() == []
 
 
-@pytest.mark.parametrize("reader", ["function default", "link to the model"])
+@pytest.mark.parametrize("reader", ["function default", "link to the model", "link from another folder"])
 def test_a_report_never_replaces_data_only_a_function_default_or_a_linked_model_reads(sandbox, reader):
-    """Found by a review: `check --output-file w.bin` replaced the data a function's default read (the wire walk
-    that lists a model's data files skipped function defaults), and the data of a model named through a link."""
-    (sandbox.model_dir / "w.bin").write_bytes(SHAPE.tobytes())
-    model = function_default_model(sandbox.model_dir, "w.bin")
+    """Found by reviews: `check --output-file w.bin` replaced the data a function's default read (the wire walk
+    that lists a model's data files skipped function defaults), the data of a model named through a link, and
+    (helper 63) the data beside a link in another folder than the model, which is the data loading reads: the
+    check looked beside the model."""
+    folder = sandbox.model_dir / "real" if reader == "link from another folder" else sandbox.model_dir
+    folder.mkdir(exist_ok=True)
+    (folder / "w.bin").write_bytes(SHAPE.tobytes())
+    model = function_default_model(folder, "w.bin")
     if reader == "link to the model":
         (sandbox.model_dir / "link.onnx").symlink_to(model.name)
         model = sandbox.model_dir / "link.onnx"
-    done = sandbox.run("check", str(model), "--output-file", str(sandbox.model_dir / "w.bin"))
+    if reader == "link from another folder":
+        (sandbox.model_dir / "links").mkdir()
+        (sandbox.model_dir / "links" / "w.bin").write_bytes(SHAPE.tobytes())
+        (sandbox.model_dir / "links" / "m.onnx").symlink_to(f"../real/{model.name}")
+        model, folder = sandbox.model_dir / "links" / "m.onnx", sandbox.model_dir / "links"
+    done = sandbox.run("check", str(model), "--output-file", str(folder / "w.bin"))
     assert done.returncode == 2 and "would overwrite the input" in done.stderr, done.stdout + done.stderr
-    assert (sandbox.model_dir / "w.bin").read_bytes() == SHAPE.tobytes()
+    assert (folder / "w.bin").read_bytes() == SHAPE.tobytes()
