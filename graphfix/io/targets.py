@@ -144,21 +144,30 @@ def why_kept(data: Path, destination: Path) -> str:
 
 
 def other_readers(data: Path, destination: Path) -> list[str]:
-    """Models in the folder of `data`, other than `destination`, whose bytes name it (a model that is a link, or
-    cannot be read, counts: in doubt, it may read it)."""
-    needle = data.name.encode("utf-8", "surrogateescape")
-    readers = []
+    """Models in the folder of `data`, other than `destination`, whose bytes name it or a link of that folder to
+    it (`shared.bin -> m.onnx.data`). A model that is a link, or cannot be read, counts: in doubt, it may read it
+    (helper 63: both were skipped, and an in-place repair deleted the data they read)."""
     try:
         siblings = sorted(data.parent.iterdir())
     except OSError:
         return [str(data.parent)]
+    needles = [name.encode("utf-8", "surrogateescape")
+               for name in [data.name, *(s.name for s in siblings if s.is_symlink() and _names(s, data))]]
+    readers = []
     for sibling in siblings:
         if sibling.suffix.lower() != ".onnx" or sibling.name == destination.name:
             continue
-        if sibling.is_symlink() or not _mentions(sibling, needle, missing=True):
-            continue
-        readers.append(sibling.name)
+        if sibling.is_symlink() or any(_mentions(sibling, needle, missing=True) for needle in needles):
+            readers.append(sibling.name)
     return readers
+
+
+def _names(link: Path, data: Path) -> bool:
+    """Whether `link` leads to the file `data` (a link that cannot be followed leads nowhere)."""
+    try:
+        return os.path.samefile(link, data)
+    except OSError:
+        return False
 
 
 def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = False) -> bool:

@@ -120,6 +120,28 @@ def test_in_place_keeps_its_own_data_when_a_copy_of_the_model_reads_it(sandbox):
     assert same_outputs(run(copy), expected)
 
 
+@pytest.mark.parametrize("reader", ["a linked model", "a model reading it through a link"])
+def test_in_place_keeps_its_own_data_when_a_linked_model_or_a_link_to_it_is_read(sandbox, reader):
+    """Helper 63: `other.onnx -> ../elsewhere/other.onnx` reads `model.onnx.data` from this folder, and so does a
+    model that names `shared.bin -> model.onnx.data`; an in-place repair deleted the data both read (a linked model
+    was skipped, and only the data's own name was looked for)."""
+    model = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    if reader == "a linked model":
+        elsewhere = sandbox.root / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "other.onnx").write_bytes(model.read_bytes())
+        (sandbox.model_dir / "other.onnx").symlink_to(elsewhere / "other.onnx")
+    else:
+        (sandbox.model_dir / "shared.bin").symlink_to("model.onnx.data")
+        other = hubert(sandbox.root / "build" / "other.onnx", "shared.bin")  # the same model, its data so named
+        (sandbox.model_dir / "other.onnx").write_bytes(other.read_bytes())
+    other = sandbox.model_dir / "other.onnx"
+    expected = run(other)
+    done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
+    assert done.returncode == 0 and "other.onnx may read it" in done.stdout, done.stdout + done.stderr
+    assert same_outputs(run(other), expected)
+
+
 def test_output_dir_with_two_inputs_of_one_name_is_refused(sandbox):
     a = hubert(sandbox.model_dir / "A" / "model.onnx")
     b = healthy(sandbox.model_dir / "B" / "model.onnx")
