@@ -82,9 +82,15 @@ class OnnxsimChild:
             return child
 
     def run(self, source: Path, target: Path, timeout_s: float) -> tuple[int, str]:
-        """(status, error line) of the job; raises subprocess.TimeoutExpired after killing the child."""
+        """(status, error line) of the job; raises subprocess.TimeoutExpired after killing the child. A job cut
+        short (`--timeout`, Ctrl-C, a stop) kills the child too: it went on folding constants for minutes after
+        graphfix had ended (helper 63), and its late reply would have answered the next job."""
         with self._lock:
-            return self._run(source, target, timeout_s)
+            try:
+                return self._run(source, target, timeout_s)
+            except BaseException:
+                self.close()
+                raise
 
     def _run(self, source: Path, target: Path, timeout_s: float) -> tuple[int, str]:
         try:

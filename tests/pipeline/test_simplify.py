@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import onnx.parser
 import onnxruntime as ort
+import pytest
 from onnx import numpy_helper
 
 import graphfix.pipeline.simplify as simplify_module
@@ -163,3 +164,25 @@ def test_one_child_serves_every_job_and_exits_when_its_input_closes():
 def test_a_child_past_its_time_is_replaced_for_the_next_job():
     assert "did not finish within" in simplify(SLOW, timeout_s=0.05).message
     assert simplify(FOLDABLE).applied
+
+
+def test_a_job_cut_short_by_the_caller_stops_the_child():
+    """`--timeout`'s SIGALRM, Ctrl-C or a stop raise inside the job's wait: onnxsim's process went on folding for
+    minutes after graphfix had ended (helper 63), and its late reply would have answered the next job."""
+    import signal
+
+    child = OnnxsimChild()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            simplify(SLOW, timeout_s=600, child=child)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert child.process.poll() is not None  # stopped and reaped, not left to finish the job
+    assert simplify(FOLDABLE).applied  # the process's own child is untouched
