@@ -9,12 +9,13 @@ the input is doubted where one is read; exported at a length no constant of the 
 16), the doubt goes away.
 
 Two sets of forms, so that a model's own numbers are not taken for sizes where nothing points at a size:
-- anywhere: n, 1/n, sqrt(n), 1/sqrt(n) (a mean, a `T ** -0.5` scale);
+- anywhere: n, 1/n, sqrt(n), 1/sqrt(n), n ** 0.25, n ** -0.25 (a mean, a `T ** -0.5` scale);
 - where the value it meets was summed over an axis of that size, or is then (`h.sum(1) / (T - 1)`,
-  `h.sum((1, 2)) / (T * D)`): also n - 1, n + 1, 2n, n times a dim of that value, log n, and their inverses.
-  An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9 (helper 56), but it meets the queries, which nothing
-  summed over the length.
-Only sizes above 2, and no form that gives 0.5, 1 or 2 (every GELU's and every mean of two's own numbers).
+  `h.sum((1, 2)) / (T * D)`), or holds positions along it (`arange(T) / (T - 1)`, CoordConv's
+  `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -3 to 3, 2n, n times a dim of a summed
+  value, log(n + k), and their inverses, and 2 / (n + k). An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9
+  (helper 56), but it meets the queries, which nothing summed over the length.
+Only sizes above 2, and no form that gives 0, 0.5, 1 or 2 (every GELU's and every mean of two's own numbers).
 Constants of one element are read, in the graph, its subgraphs and its local functions; a float16 constant is
 compared at float16's precision.
 
@@ -45,11 +46,31 @@ ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp"})
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
                     "Abs", "Add", "Sub", "Mul", "Div"})  # a sum seen through these is still the value's
-COMMON = (0.5, 1.0, 2.0)  # what a function of a small size gives, and what models hold for their own reasons
-PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
-SUMMED = (("{} - 1", lambda n: n - 1), ("1/({} - 1)", lambda n: 1 / (n - 1)), ("{} + 1", lambda n: n + 1),
-          ("1/({} + 1)", lambda n: 1 / (n + 1)), ("2*{}", lambda n: 2 * n), ("1/(2*{})", lambda n: 1 / (2 * n)),
-          ("log({})", math.log), ("1/log({})", lambda n: 1 / math.log(n)))
+COMMON = (0.0, 0.5, 1.0, 2.0)  # what a function of a small size gives, and what models hold for their own reasons
+PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5),
+         ("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))
+SHIFTS = (-3, -2, -1, 1, 2, 3)  # n + k: `T - 1` for an unbiased mean or the last position, `T + 3` for a margin
+
+
+def _plus(k: int) -> str:
+    return "{}" if k == 0 else f"{{}} {'+' if k > 0 else '-'} {abs(k)}"
+
+
+def _over(top: float, of: Callable[[int], float]) -> Callable[[int], float]:
+    """`top / of(n)`, infinite (matching no constant) where `of(n)` is 0."""
+    return lambda n: top / of(n) if of(n) else math.inf
+
+
+def _log(k: int) -> Callable[[int], float]:
+    return lambda n: math.log(n + k) if n + k > 0 else math.inf
+
+
+SUMMED = (*(form for k in SHIFTS for form in ((_plus(k), lambda n, k=k: n + k),
+                                               (f"1/({_plus(k)})", _over(1, lambda n, k=k: n + k)),
+                                               (f"2/({_plus(k)})", _over(2, lambda n, k=k: n + k)))),
+          ("2*{}", lambda n: 2 * n), ("1/(2*{})", lambda n: 1 / (2 * n)),
+          *(form for k in (0, *SHIFTS) for form in ((f"log({_plus(k)})", _log(k)),
+                                                     (f"1/log({_plus(k)})", _over(1, _log(k))))))
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to a sum
 INT_CUTS = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1),
@@ -119,7 +140,8 @@ def _nodes(graph: gs.Graph) -> Iterator[gs.Node]:
 
 def _summed_dims(node: gs.Node, const: gs.Tensor, n: int, shape) -> list[int] | None:
     """The static dims of a value summed over an axis of size `n` (or a dim the graph left symbolic) that the
-    node's other operand comes from, or its output goes to, within HOPS ops; None where no such sum is near."""
+    node's other operand comes from, or its output goes to, within HOPS ops; [] for positions along such an axis
+    (a Range the other operand comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up"), *((out, "down") for out in node.outputs)]
     for _ in range(HOPS):
@@ -133,6 +155,10 @@ def _summed_dims(node: gs.Node, const: gs.Tensor, n: int, shape) -> list[int] | 
                     dims = shape(op.inputs[0]) if op.inputs else None
                     if dims is not None and any(d == n or not isinstance(d, int) for d in _reduced(op, dims)):
                         return [d for d in dims if isinstance(d, int) and d > 1]
+                elif op.op == "Range" and way == "up":
+                    dims = shape(op.outputs[0]) if op.outputs else None
+                    if dims is None or any(d == n or not isinstance(d, int) for d in dims):
+                        return []
                 elif op.op in PASSES:
                     step.extend((t, way) for t in (op.inputs[:1] if way == "up" else op.outputs))
         frontier = step

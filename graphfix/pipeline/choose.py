@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable
 from typing import Protocol
 
-from graphfix.core.rule import Choice
+from graphfix.core.rule import Choice, Safety
 from graphfix.pipeline.engine import FixOutcome
 
 MAX_TRIALS = 8
@@ -51,9 +51,12 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
         return outcome, {}, (f"{len(choices)} shape(s) with several candidate entries make more than {MAX_TRIALS} "
                              "combinations; none was tried")
     passed, standing = [], []  # standing: passed, or failed only where the original fails too
+    unsafe_because = []  # why a combination's fix was not applied (an echo of the size it makes follow the input)
     for picked in combos:
         tried = trial(picked)
         if not tried.changed or any(f.choice is not None for f in tried.after.findings):
+            unsafe_because += [f.fix.reason for f in tried.after.findings
+                               if f.fix is not None and f.fix.safety is Safety.UNSAFE and f.fix.reason]
             continue
         verdict = judge(tried, picked)
         if verdict.passed:
@@ -81,4 +84,7 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
         return tried, picked, (f"{ambiguous}; --unsafe-fixes applied the first, {described(picked)}: it may be "
                                "wrong: the others pass the proof as well, and the graph does not say which the "
                                "model code meant")
+    if unsafe_because and not standing:
+        return outcome, {}, (f"none of {len(combos)} candidate combination(s) is safe to apply ({unsafe_because[0]})"
+                             "; none applied")
     return outcome, {}, f"none of {len(combos)} candidate combination(s) passes the proof; none applied"

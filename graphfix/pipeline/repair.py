@@ -296,7 +296,9 @@ def unaddressed_errors(after: Diagnosis) -> str:
         return ""
     named = "; ".join(f"{f.rule} at {', '.join(repr(n) for n in f.nodes[:2]) or 'the model'}" for f in errors[:3])
     more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
-    return (f"not written: {len(errors)} error finding(s) that no applied fix addresses ({named}{more}); "
+    why = next((f"; {f.rule}'s fix at {f.nodes[0]!r} is unsafe because {f.fix.reason}" for f in errors
+                if f.fix is not None and f.fix.safety is Safety.UNSAFE and f.fix.reason and f.nodes), "")
+    return (f"not written: {len(errors)} error finding(s) that no applied fix addresses ({named}{more}){why}; "
             "`graphfix diagnose` says why each has no safe fix (--unsafe-fixes, --trace-shape may give one)")
 
 

@@ -1,0 +1,106 @@
+"""Traps from red team 39 (helper 62): one Python int, `t = int(x.shape[1])` traced at T = 12, pins a head split's
+Reshape (GF004 rebuilds the entry, safe) and is also baked into a float of a form the echo check did not read:
+positions normalised by `t - 1` (and CoordConv's `* (2 / (t - 1)) - 1`), a sum scaled by `1 / (t - 2)`, frames
+scaled by `t ** -0.25`, and `log(t + 3)` added to a mean. Each repair was written with exit 0 and wrong at every
+other length (max abs error 0.14 to 2.4). Now each fix is unsafe (graphfix.analysis.echoes) and the repair refuses
+by default (exit 1, nothing written); the control, a model's own constant beside positions, is still repaired.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+pytestmark = pytest.mark.torch
+D = 8
+
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(D, D)
+
+    def heads(self, x):
+        """The GF004 trigger: the element count of [B, T, 2, 4] pins T."""
+        t = int(x.shape[1])
+        return self.lin(x).reshape(x.shape[0], t, 2, D // 2).reshape(x.shape[0], t, D), t
+
+
+class NormalisedPositions(Heads):
+    def forward(self, x):
+        h, t = self.heads(x)
+        return h + (torch.arange(x.shape[1], dtype=torch.float32) / (t - 1))[None, :, None]
+
+
+class CoordChannel(Heads):
+    def forward(self, x):
+        h, t = self.heads(x)
+        return h + (torch.arange(x.shape[1], dtype=torch.float32) * (2.0 / (t - 1)) - 1.0)[None, :, None]
+
+
+class SumOverTMinus2(Heads):
+    keeps_length = False
+
+    def forward(self, x):
+        h, t = self.heads(x)
+        return h.sum(1) * (1.0 / (t - 2))
+
+
+class QuarterRoot(Heads):
+    def forward(self, x):
+        h, t = self.heads(x)
+        return h * t ** -0.25
+
+
+class LogLength(Heads):
+    keeps_length = False
+
+    def forward(self, x):
+        h, t = self.heads(x)
+        return h.mean(1) + math.log(t + 3)
+
+
+class OwnScaleOfPositions(Heads):
+    """The control: positions scaled by the model's own 1 / 7.5, no form of 12."""
+
+    def forward(self, x):
+        h, _ = self.heads(x)
+        return h + (torch.arange(x.shape[1], dtype=torch.float32) / 7.5)[None, :, None]
+
+
+def export(module: nn.Module, path: Path, length: int = 12) -> Path:
+    axes = {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"} if getattr(module, "keeps_length", True) else {0: "B"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, D),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
+    return path
+
+
+def repair(path: Path):
+    out = path.with_name("fixed.onnx")
+    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False), out
+
+
+@pytest.mark.parametrize("module", [NormalisedPositions, CoordChannel, SumOverTMinus2, QuarterRoot, LogLength],
+                         ids=lambda m: m.__name__)
+def test_a_size_baked_into_a_float_beside_a_safe_fix_makes_it_unsafe(tmp_path, module):
+    path = export(module(), tmp_path / "m.onnx")
+    done, out = repair(path)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "for the size 12" in done.output, done.output  # says which constant (the fix, or each candidate's)
+
+
+def test_a_models_own_scale_of_positions_is_no_echo_and_the_fix_stays_safe(tmp_path):
+    """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""
+    done, out = repair(export(OwnScaleOfPositions(), tmp_path / "m.onnx"))
+    assert done.exit_code == 0 and out.exists(), done.output
