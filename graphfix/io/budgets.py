@@ -220,15 +220,20 @@ def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.
             constants[node.output[0]] = value
     lengths = {name: _elements(t.dims) for name, t in constants.items() if len(t.dims) == 1}
     ranks.update((name, len(t.dims)) for name, t in constants.items())
+    bounds = dict(constants)  # and the numbers passed on from them: a Slice's bounds, read for its length only
     for node in nodes:
-        made = max(sized_elements(node, constants) if sized else 0, _propagated(node, lengths))
+        value = _passed_through(node, bounds)
+        if value is not None:
+            bounds[node.output[0]] = value
+    for node in nodes:
+        made = max(sized_elements(node, constants) if sized else 0, _propagated(node, lengths, bounds))
         if node.op_type == "Shape" and node.input:  # one value per dim (helper 55: 1,000 dims, concatenated)
             made = max(made, ranks.get(node.input[0], widest))
         if made > MAX_PROPAGATED_ELEMENTS:
             return False
+        rank = _rank(node, ranks, lengths, constants)
         if made and node.output:
-            lengths[node.output[0]] = made
-        rank = _rank(node, ranks, lengths)
+            lengths[node.output[0]] = 1 if rank == 0 else made  # a scalar holds one value, whatever made it
         ranks.update((name, rank) for name in node.output if name)
         if not all(_scope_allowed(sub.node, sub.initializer, constants, ranks, max(widest, rank), sized)
                    for sub in _subgraphs(node)):
@@ -236,13 +241,24 @@ def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.
     return True
 
 
-def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float]) -> float:
-    """An upper bound on the rank of the node's outputs, for `Shape` downstream: the widest input's for an op that
-    adds no dim (`RANK_KEEPING`); for one that does, what it adds (Unsqueeze's axes, a shape vector's length for
-    Reshape, Expand and ConstantOfShape, Gather's indices); for any other, one more than the widest input
-    (helper 56: 999 OneHots took a rank-1 input to rank 1000), or their sum for Einsum and GatherND."""
+def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float],
+          constants: dict[str, onnx.TensorProto] | None = None) -> float:
+    """An upper bound on the rank of the node's outputs, for `Shape` downstream: exact where the op says it (1 for
+    Shape, 0 for Size, r + q - 1 for Gather, a dim per output letter of an Einsum, what a Squeeze leaves); the
+    widest input's for an op that adds no dim (`RANK_KEEPING`); for one that does, what it adds (Unsqueeze's axes,
+    a shape vector's length for Reshape, Expand and ConstantOfShape); for any other, one more than the widest
+    input (helper 56: 999 OneHots took a rank-1 input to rank 1000), or their sum for GatherND. Looser bounds
+    (Shape as wide as its input, Einsum as the sum of its inputs) doubled with every layer of a torchvision ViT or
+    MaxViT, which then was not run (helper 62)."""
     inputs = [ranks.get(name, 0) for name in node.input if name]
     widest = max(inputs, default=0)
+    if node.op_type in ("Shape", "Size"):  # a shape vector, a count
+        return 1 if node.op_type == "Shape" else 0
+    if node.op_type == "Squeeze" and inputs:  # the axes it removes, where they are known
+        axes = next((len(a.ints) for a in node.attribute if a.name == "axes"), None)
+        given = _values(node, 1, constants or {}) if len(node.input) > 1 else None
+        axes = len(given) if given is not None else axes
+        return max(inputs[0] - axes, 0) if axes else inputs[0]
     if node.op_type in RANK_KEEPING:
         return widest
     if node.op_type == "Unsqueeze":
@@ -252,7 +268,13 @@ def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, floa
         return max(widest, lengths.get(node.input[1], widest + 1))
     if node.op_type == "ConstantOfShape" and node.input:
         return lengths.get(node.input[0], widest + 1)
-    if node.op_type in ("Gather", "GatherND", "Einsum"):
+    if node.op_type == "Einsum":  # a letter per output dim, and what "..." stands for: no wider than an input
+        equation = next((a.s.decode("utf-8", "replace") for a in node.attribute if a.name == "equation"), "")
+        output = equation.split("->", 1)[1] if "->" in equation else "".join(set(filter(str.isalpha, equation)))
+        return sum(map(str.isalpha, output)) + (widest if "." in equation else 0)
+    if node.op_type == "Gather" and len(inputs) == 2:
+        return max(inputs[0] + inputs[1] - 1, 0)  # the data's axis replaced by the indices' dims
+    if node.op_type in ("Gather", "GatherND"):
         return sum(inputs)
     return widest + 1
 
@@ -266,8 +288,8 @@ RANK_KEEPING = frozenset({
     "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log",
     "LogSoftmax", "LpNormalization", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not",
     "Or", "PRelu", "Pad", "Pow", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Resize", "Round", "Selu", "Shape", "Sigmoid",
-    "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Resize", "Round", "Selu", "Sigmoid",
+    "Sign", "Sin", "Sinh", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt",
     "Squeeze", "Sub", "Sum", "Tan", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Where", "Xor",
 })
 
@@ -276,16 +298,78 @@ KEEPS_LENGTH = frozenset({"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Squee
                           "Abs", "Max", "Min", "Slice", "Where", "Equal", "Floor", "Ceil", "Mod"})
 
 
-def _propagated(node: onnx.NodeProto, lengths: dict[str, float]) -> float:
+def _propagated(node: onnx.NodeProto, lengths: dict[str, float],
+                constants: dict[str, onnx.TensorProto] | None = None) -> float:
     """The length of the 1-D value onnx's data propagation may hold for the node's output, from its inputs'
     (`lengths`): a Concat's adds them up (1,000 copies of 1,000 values, twice: 10**9 from 11 KB), an elementwise op
-    keeps the longest, a Gather takes its indices'."""
+    keeps the longest, a Gather takes its indices', a Slice with constant bounds no more than they allow."""
     known = [lengths.get(name, 0) for name in node.input if name]
     if node.op_type == "Concat":
         return sum(known)
     if node.op_type == "Gather" and len(node.input) > 1:
         return lengths.get(node.input[1], 0)
+    if node.op_type == "Slice" and known and known[0]:
+        return min(known[0], _slice_most(node, constants or {}, known[0]))
     return max(known, default=0) if node.op_type in KEEPS_LENGTH else 0
+
+
+def _slice_most(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], longest: float) -> float:
+    """The most values a Slice with constant bounds keeps of a vector of at most `longest` values (`shape[:2]` and
+    `shape[3:]` of a ViT's unflatten keep all but one between them); infinite where the bounds are not constant.
+    For a start s and an end e of one sign, or e < 0 <= s, the count grows with the vector's length l, so the
+    longest keeps the most; for s < 0 <= e, min(e, l) - max(s + l, 0) <= min(e, -s) at any l."""
+    starts, ends = _values(node, 1, constants), _values(node, 2, constants)
+    steps = _values(node, 4, constants) if len(node.input) > 4 else [1.0]
+    if not (starts and ends and steps) or len(starts) != 1 or len(ends) != 1 or len(steps) != 1 or steps[0] < 1:
+        return math.inf
+    start, end, step = starts[0], ends[0], steps[0]
+    if start < 0 <= end:
+        return max(math.ceil(min(end, -start) / step), 0)
+    if not math.isfinite(longest):
+        return math.inf
+
+    def clamped(index: float) -> float:
+        return min(max(index + longest if index < 0 else index, 0), longest)
+
+    return max(math.ceil((clamped(end) - clamped(start)) / step), 0)
+
+
+FOLDED = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+
+
+def _passed_through(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """A few integers a Reshape, Squeeze, Unsqueeze or Identity passes on from a constant, or that Add, Sub, Mul or
+    Mod compute from constants (the TorchScript exporter writes unflatten's Slice bounds as
+    `Reshape(Mod(2, 3), [1])` and `Reshape(Add(Mod(2, 3), 1), [1])`), as a vector of those values: their values,
+    never their shape (a Reshape of one number may have any rank)."""
+    if not node.input or not node.output:
+        return None
+    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
+        numbers = _integers(node, 0, constants)
+    elif node.op_type in (*FOLDED, "Mod") and len(node.input) == 2:
+        a, b = _integers(node, 0, constants), _integers(node, 1, constants)
+        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+            return None
+        if node.op_type == "Mod":
+            if not b.all():
+                return None
+            fmod = next((attr.i for attr in node.attribute if attr.name == "fmod"), 0)
+            numbers = np.fmod(a, b) if fmod else np.mod(a, b)
+        else:
+            numbers = FOLDED[node.op_type](a, b)
+    else:
+        return None
+    if numbers is None or numbers.size > 8 or np.abs(numbers).max(initial=0) >= 1 << 62:
+        return None
+    return numpy_helper.from_array(numbers.astype(np.int64).reshape(-1), node.output[0])
+
+
+def _integers(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """A constant input of a few integers (at most 8), as int64; None otherwise."""
+    numbers = _values(node, index, constants)
+    if numbers is None or len(numbers) > 8 or not all(math.isfinite(n) and n == int(n) for n in numbers):
+        return None
+    return np.array([int(n) for n in numbers], np.int64)
 
 
 def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:

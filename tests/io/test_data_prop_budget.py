@@ -190,3 +190,54 @@ def test_ranks_grown_by_ops_that_add_a_dim_are_counted():
     del model.graph.node[-1]  # one Concat: 10**5 values, within the budget
     model.graph.output[0].name = "c1"
     assert data_prop_allowed(model, sized=False)
+
+
+def _reshape_chain(layers: int, sliced: str) -> onnx.ModelProto:
+    """x reshaped, layer after layer, to its shape concatenated with slices of itself: `sliced` is the slices'
+    (start, end) pairs, as ONNX text."""
+    consts, nodes, x = [], [], "x"
+    for i in range(layers):
+        parts = []
+        for k, (start, end) in enumerate(sliced):
+            consts += [f"s{i}_{k} = Constant<value = int64[1] {{{start}}}>()",
+                       f"e{i}_{k} = Constant<value = int64[1] {{{end}}}>()"]
+            nodes.append(f"p{i}_{k} = Slice(v{i}, s{i}_{k}, e{i}_{k})")
+            parts.append(f"p{i}_{k}")
+        nodes = [*nodes[:-len(sliced)], f"v{i} = Shape({x})", *nodes[-len(sliced):],
+                 f"c{i} = Concat<axis = 0>({', '.join(parts)})", f"r{i} = Reshape({x}, c{i})"]
+        x = f"r{i}"
+    body = "\n".join([*consts, *nodes, f"y = Identity({x})"])
+    return onnx.parser.parse_model(f"""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[1, 1] x) => (float[?] y) {{ {body} }}""")
+
+
+@pytest.mark.parametrize(("sliced", "allowed"), [
+    ([(0, 1), (1, 9223372036854775807)], True),  # unflatten's shape[:k] and shape[k:]: the rank stays
+    ([(0, 9223372036854775807), (-1, 9223372036854775807)], True),  # the shape and its last dim: one more a layer
+    ([(-3, 9223372036854775807), (-3, 9223372036854775807)], True),  # the last three dims twice: at most 6
+    ([(0, 9223372036854775807), (0, 9223372036854775807)], False),  # the whole shape twice: it doubles
+    ([(0, 9223372036854775807), (1, 9223372036854775807)], False),  # all but one dim more: nearly so
+])
+def test_a_slice_of_a_shape_counts_what_its_constant_bounds_keep(sliced, allowed):
+    """A torchvision ViT slices each layer's shape around the axis it unflattens (`shape[:2]`, `shape[3:]`, its
+    bounds computed from constants by Mod and Add): counted as the whole shape twice, the bound on the rank
+    doubled with every layer and a healthy 12-layer ViT was not run (helper 62). Slices that do grow the rank
+    still count, as onnxruntime's propagation would hold them."""
+    assert data_prop_allowed(_reshape_chain(24, sliced), sized=False) is allowed
+
+
+def test_ops_whose_output_rank_is_known_count_that_rank():
+    """Shape gives a vector, Size and a Squeeze of every axis a scalar, Gather r + q - 1 dims, Einsum a dim per
+    output letter (MaxViT's relative attention summed both inputs' ranks at each of its Einsums)."""
+    from onnx import helper
+
+    from graphfix.io.budgets import _rank
+
+    ranks = {"x": 6.0, "i": 0.0, "v": 1.0, "axes": 1.0}
+    cases = [(helper.make_node("Shape", ["x"], ["o"]), 1), (helper.make_node("Size", ["x"], ["o"]), 0),
+             (helper.make_node("Gather", ["x", "i"], ["o"]), 5),
+             (helper.make_node("Squeeze", ["x"], ["o"], axes=[0, 1]), 4),
+             (helper.make_node("Einsum", ["x", "x"], ["o"], equation="abcdef,abcdeg->abcfg"), 5),
+             (helper.make_node("Einsum", ["x", "x"], ["o"], equation="...ij,...jk->...ik"), 8)]
+    for node, rank in cases:
+        assert _rank(node, ranks, {}) == rank, node.op_type
