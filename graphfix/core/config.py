@@ -230,6 +230,8 @@ def _read_toml(path: Path, follow: bool = True) -> dict[str, Any]:
             return tomllib.loads(text.decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the configuration: {exc}") from exc
+    except ValueError:  # tomllib's int() of an integer too long for CPython to convert
+        raise UsageError(f"{path}: cannot read the configuration: an integer of thousands of digits") from None
     except RecursionError:
         raise UsageError(f"{path}: cannot read the configuration: nested too deeply") from None
 

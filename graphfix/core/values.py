@@ -9,7 +9,8 @@ inside a run.
 - `dim`: one dim of a shape: ASCII digits (a size below 2**63), `?` or a name (`--shape`, `shapes = {...}`).
 - `from_env`: an environment variable read with one of them; unset or empty is the default.
 
-Only ASCII digits are numbers here: `str.isdigit()` also accepts '²', which `int()` then refuses.
+Only ASCII digits are numbers here: `str.isdigit()` also accepts '²', which `int()` then refuses. And at most
+MAX_DIGITS of them: `int()` of more than 4300 digits is a ValueError (CPython's guard against quadratic time).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ T = TypeVar("T")
 MAX_SECONDS = 365 * 24 * 3600.0
 MAX_BYTES = 1 << 62
 MAX_DIM = (1 << 63) - 1
+MAX_DIGITS = 20  # more than any bound here needs (2**63 has 19 digits); a longer number is out of bounds unread
 NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
 DIGITS = re.compile(r"[0-9]+")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -75,18 +77,24 @@ def byte_size(text: object, where: str) -> int:
     return int(value)
 
 
+def whole(text: str) -> int | None:
+    """The whole number `text` spells in at most MAX_DIGITS ASCII digits, else None."""
+    return int(text) if len(text) <= MAX_DIGITS and DIGITS.fullmatch(text) else None
+
+
 def count(text: object, where: str, low: int = 1, high: int = MAX_DIM) -> int:
-    body = str(text).strip()
-    if isinstance(text, bool) or not DIGITS.fullmatch(body) or not low <= int(body) <= high:
+    value = None if isinstance(text, bool) else whole(str(text).strip())
+    if value is None or not low <= value <= high:
         raise UsageError(f"{where}: expected a whole number from {low} to {high}, got {str(text)!r}")
-    return int(body)
+    return value
 
 
 def dim(text: str, where: str) -> int | str | None:
     """'16000' -> 16000; '?' -> None; 'batch' -> 'batch'."""
     part = text.strip()
-    if DIGITS.fullmatch(part) and int(part) <= MAX_DIM:
-        return int(part)
+    size = whole(part)
+    if size is not None and size <= MAX_DIM:
+        return size
     if part == "?":
         return None
     if NAME.fullmatch(part):

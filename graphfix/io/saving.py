@@ -28,7 +28,7 @@ from onnx import TensorProto
 from graphfix.core.errors import OutputError
 from graphfix.io.external_data import data_file, external_ref, is_stub, model_tensors, tensor_nbytes
 from graphfix.io.held import HeldFile, copy_used
-from graphfix.io.staging import remove, staging_dir
+from graphfix.io.staging import make_folders, remove, remove_made, staging_dir
 from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
     _mentions,
@@ -64,6 +64,7 @@ class StagedModel:
     kept: tuple[str, ...] = ()  # after commit: why data of the replaced model was kept
     within: Path | None = None  # the output folder the user named: no link below it is written through
     input_mode: int | None = None  # the input model's permission bits (see inherit_mode)
+    made: tuple[Path, ...] = ()  # the destination's folders staging made, deepest first: removed unless committed
 
     @property
     def path(self) -> Path:
@@ -94,6 +95,7 @@ class StagedModel:
             raise
         _fsync(self.path)
         os.replace(self.path, self.destination)
+        self.made = ()  # they hold the output now
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:
             if old in new or old == self.destination or any(same_file(old, p) for p in self.protected):
@@ -129,7 +131,11 @@ class StagedModel:
         return self
 
     def discard(self) -> None:
+        """Remove the staging folder and, where nothing was committed, the folders made for the output (a failed
+        repair into `new1/new2/out.onnx` left both, empty)."""
         remove(self.temp_dir)
+        remove_made(self.made)
+        self.made = ()
 
 
 # An external data reference is a StringStringEntryProto with key "location" (field 1, 8 bytes): a file without
@@ -331,13 +337,17 @@ def _new_stage(destination: Path, within: Path | None = None) -> StagedModel:
                 raise NotADirectoryError(20, f"{folder} is not a folder")
         if within is not None:
             refuse_linked_folders(within, destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if within is not None:
-            refuse_linked_folders(within, destination)
-        check_target(destination)  # a link, a folder or a FIFO there is refused
-        # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
-        return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination),
-                           within=within)
+        made = make_folders(destination.parent)
+        try:
+            if within is not None:
+                refuse_linked_folders(within, destination)
+            check_target(destination)  # a link, a folder or a FIFO there is refused
+            # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
+            return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination),
+                               within=within, made=made)
+        except BaseException:
+            remove_made(made)
+            raise
 
 
 @contextmanager

@@ -10,6 +10,8 @@ removes those folders and no other (`remove_left`). Names, markers, owners and t
 carry a forged marker, and a container beside this one can have a child of the same pid. A graphfix process killed
 outright (SIGKILL) from outside cannot clean up: its forked worker is stopped as it ends (`forked._end_with`) and
 removes its own folders, and a folder the killed process made itself stays for the user to remove.
+The folders made for an output (`make_folders`: `-o new1/new2/out.onnx`) go too where nothing was written in them
+(`remove_made`); a crashed or killed worker's stay, empty.
 """
 
 from __future__ import annotations
@@ -94,6 +96,40 @@ def _make(folder: str) -> Path:
         remove(path)
         raise
     return path
+
+
+def make_folders(folder: Path) -> tuple[Path, ...]:
+    """`folder.mkdir(parents=True, exist_ok=True)`, returning the folders this call made, deepest first: what
+    `remove_made` may take back (a folder another process made meanwhile is not among them)."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    made: list[Path] = []
+    try:
+        for parent in reversed(missing):
+            try:
+                os.mkdir(parent)
+            except FileExistsError:
+                if not parent.is_dir():
+                    raise
+                continue
+            made.insert(0, parent)
+    except BaseException:
+        remove_made(made)
+        raise
+    return tuple(made)
+
+
+def remove_made(folders: Iterable[Path]) -> None:
+    """Remove the folders `make_folders` made, deepest first, each only while empty: whatever came into one since
+    (another process's files) keeps it and the folders above it."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # never through a link: one put in its place is no folder to rmdir
+        except OSError:
+            return
 
 
 def remove(path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graphfix.core.errors import OutputError, UsageError
-from graphfix.io.staging import remove, staging_dir
+from graphfix.io.staging import make_folders, remove, remove_made, staging_dir
 
 if TYPE_CHECKING:
     from graphfix.io.loading import LoadedModel
@@ -209,10 +209,12 @@ def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> N
     """Write a text file (a report) as models are written: staged beside it, then renamed into place; refused
     when it is a link, not a regular file, or one of `inputs`."""
     check_target(destination, inputs)
+    made: tuple[Path, ...] = ()
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        made = make_folders(destination.parent)
         folder = staging_dir(destination)
     except OSError as exc:
+        remove_made(made)
         raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
     try:
         staged = folder / "report"
@@ -222,10 +224,12 @@ def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> N
             os.fsync(f.fileno())
         check_target(destination, inputs)  # again: what is there now is what the rename replaces
         os.replace(staged, destination)
+        made = ()  # they hold the report now
     except OSError as exc:
         raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
     finally:
         remove(folder)
+        remove_made(made)
 
 
 def input_files(loaded: LoadedModel) -> list[Path]:

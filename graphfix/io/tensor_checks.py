@@ -25,13 +25,13 @@ after them. Each refusal is one line naming the tensor, node or field.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
 
+from graphfix.core.counts import MAX_RANK, bounded_product, spelled
 from graphfix.core.errors import InputError
 from graphfix.io.budgets import expands_past_budget
 from graphfix.io.external_data import has_external_data, is_stub, model_tensors, tensor_nbytes
@@ -73,11 +73,14 @@ def refuse_unsupported(proto: onnx.ModelProto, name: str) -> None:
 def check_tensor(tensor: TensorProto, where: str) -> None:
     if tensor.data_type not in VALID_TYPES:
         raise InputError(f"{where}: data type {tensor.data_type} is not an ONNX tensor type")
+    if len(tensor.dims) > MAX_RANK:  # before anything reads them: their product takes time quadratic in their count
+        raise InputError(f"{where}: {len(tensor.dims)} dims, and numpy, which graphfix reads tensors with, holds "
+                         f"at most {MAX_RANK}")
     if any(d < 0 for d in tensor.dims):
         raise InputError(f"{where}: negative dim in {list(tensor.dims)}")
-    count = math.prod(tensor.dims)
+    count = bounded_product(tensor.dims, MAX_ELEMENTS)
     if count > MAX_ELEMENTS:
-        raise InputError(f"{where}: dims {list(tensor.dims)} ask for {count} elements")
+        raise InputError(f"{where}: dims {list(tensor.dims)} ask for more than {spelled(MAX_ELEMENTS)} elements")
     if tensor.data_location == TensorProto.EXTERNAL:
         if tensor.HasField("raw_data") or _typed_values(tensor):
             raise InputError(f"{where}: has both external data and values in the file")

@@ -43,6 +43,8 @@ from onnx import (
     TrainingInfoProto,
 )
 
+from graphfix.core.counts import MAX_RANK
+
 VARINT, I64, LEN, I32 = 0, 1, 2, 5  # wire types (3 and 4, groups, are not used by onnx.proto)
 WINDOW = 64 << 10  # bytes read at a time around the fields the walk reads
 MAX_DEPTH = 30  # nested subgraphs: protobuf's parser stops at 100 levels of messages, 3 per subgraph level
@@ -331,8 +333,8 @@ def _raw_bytes(reader: _Reader, span: tuple[int, int], min_bytes: int,
                 dims.append(dim)
         elif number == TENSOR_TYPE:
             return None
-    if len(raws) != 1 or data_type not in types or any(d >= 1 << 48 for d in dims):  # negative or absurd dims
-        return None
+    if len(raws) != 1 or data_type not in types or len(dims) > MAX_RANK or any(d >= 1 << 48 for d in dims):
+        return None  # other values, or negative or absurd dims: check_tensor's to refuse
     begin, start, end = raws[0]
     if end - start < min_bytes or end - start != math.prod(dims) * types[data_type]:
         return None

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import onnx
 
+from graphfix.core.counts import spelled
 from graphfix.core.errors import GraphfixError
 from graphfix.io.budgets import ENV_PROBE_MEMORY as ENV_BUDGET
 from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed, probe_memory_budget
@@ -40,7 +41,7 @@ def check_input_bytes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.d
     total = sum(math.prod(shape) * np.dtype(dtypes[name]).itemsize for name, shape in shapes.items())
     if total > budget:
         sizes = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
-        raise NotProbed(f"the inputs ({sizes}) would take {total:,} bytes, over the probe's memory budget of "
+        raise NotProbed(f"the inputs ({sizes}) would take {spelled(total)} bytes, over the probe's memory budget of "
                         f"{budget:,} ({ENV_BUDGET}); the model was not run at these sizes")
 
 

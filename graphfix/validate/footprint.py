@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphfix.core.counts import spelled
 from graphfix.io.budgets import available_memory, probe_memory_budget
 from graphfix.validate.budget import ENV_BUDGET, NotProbed
 from graphfix.validate.compare import evaluate_dim
@@ -94,8 +95,8 @@ class Footprint:
         if largest is None or largest[2] <= budget:
             return
         name, dims, size = largest
-        raise NotProbed(f"tensor '{name}' {dims} would take {size:,} bytes, over the probe's memory budget of "
-                        f"{budget:,} ({ENV_BUDGET}); the model was not run at these sizes")
+        raise NotProbed(f"tensor '{name}' {dims} would take {spelled(size)} bytes, over the probe's memory budget "
+                        f"of {budget:,} ({ENV_BUDGET}); the model was not run at these sizes")
 
 
 def bind_feeds(inputs: Iterable[onnx.ValueInfoProto], feeds: dict[str, np.ndarray]) -> dict[str, int]:

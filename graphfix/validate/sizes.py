@@ -194,15 +194,14 @@ def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: i
             avoid: set[int], least: dict[str, int], grow: dict[str, int] | None = None) -> dict[str, int]:
     """One size per dim around its export size, all different from each other and from the graph's fixed sizes,
     none below the least size the model accepts; a larger one at least `grow` past it."""
-    taken: set[int] = set(forced.values())
+    taken: set[int] = set(forced.values()) | avoid  # not `taken | avoid` per dim: a copy of every size taken
     binding = dict(forced)
     for name, size in export.items():
         if name in forced:
             continue
         cap = None if name in batch else limit
         floor = max(least.get(name, 1), 2)  # 1 only where asked for: the batch-1 binding
-        binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken | avoid, cap,
-                              floor)
+        binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken, cap, floor)
         taken.add(binding[name])
     return {name: binding[name] for name in export}
 

@@ -100,6 +100,17 @@ def huge_dims(m):
     _w(m).dims.extend([2**40, 2**40])
 
 
+def many_huge_dims(m):
+    """62 more dims of 10**18 (numpy's most, 64): a product of 1100 digits, never made."""
+    _w(m).dims.extend([10**18] * 62)
+
+
+def too_many_dims(m):
+    """5000 dims of 10**18: their product, 90,000 digits, took time quadratic in their count (a minute for
+    100,000 dims, a 1 MB file) and was then too long to write in the message."""
+    _w(m).dims.extend([10**18] * 4998)
+
+
 def input_elem_type(m):
     m.graph.input[0].type.tensor_type.elem_type = 99
 
@@ -138,7 +149,10 @@ CASES = [
     (cycle, "node 'mm' is on a cycle"),
     (undefined_input, "a node reads a tensor that nothing produces"),
     (negative_dim, "tensor 'w': negative dim in [-4, 4]"),
-    (huge_dims, "tensor 'w': dims [4, 4, 1099511627776, 1099511627776] ask for"),
+    (huge_dims, "tensor 'w': dims [4, 4, 1099511627776, 1099511627776] ask for more than 281,474,976,710,656 "
+                "elements"),
+    (many_huge_dims, "ask for more than 281,474,976,710,656 elements"),
+    (too_many_dims, "tensor 'w': 5000 dims, and numpy, which graphfix reads tensors with, holds at most 64"),
     (input_elem_type, "graph input 'x': element type 99 is not an ONNX tensor type"),
     (input_without_type, "graph input 'x' has no type"),
     (two_producers, "'m' has been used as output names multiple times"),

@@ -10,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnx.parser
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from graphfix.cli import cli
+from graphfix.io.saving import stage_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
 GRAPHFIX = [sys.executable, "-m", "graphfix"]
@@ -124,7 +129,7 @@ def test_read_only_or_full_file_system_is_one_line_exit_2(options, reason, tmp_p
     assert f"cannot write {tmp_path / 'mnt' / 'sub' / 'out.onnx'}" in done.stderr
     assert reason in done.stderr.lower() and len(done.stderr.strip().splitlines()) == 1, done.stderr
     left = done.stdout.strip().splitlines()[-1].split()
-    assert left == ["left:", *([] if options.endswith("ro") else ["./sub"])]  # the output's folder, no staging
+    assert left == ["left:"]  # neither the staging nor the output's folder, which graphfix made
     assert leftovers(tmp_path) == []
 
 
@@ -145,6 +150,71 @@ def test_a_disk_error_while_the_staged_output_is_synced_is_one_line_exit_2(tmp_p
     assert not out.exists() and leftovers(out.parent) == []
 
 
+def _tiny() -> onnx.ModelProto:
+    return onnx.parser.parse_model('< ir_version: 8, opset_import: ["" : 17] > g (float[N, 4] x) => (float[N, 4] y) '
+                                   "{ y = Relu(x) }")
+
+
+def test_a_discarded_stage_removes_the_folders_it_made_and_no_other(tmp_path):
+    """`out/new1/new2/model.onnx` staged where `out` is: new1 and new2 are graphfix's to remove, empty; `out` is
+    the user's."""
+    (tmp_path / "out").mkdir()
+    staged = stage_model(_tiny(), tmp_path / "out" / "new1" / "new2" / "model.onnx")
+    assert staged.made == (tmp_path / "out" / "new1" / "new2", tmp_path / "out" / "new1")
+    staged.discard()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_folder_something_else_wrote_into_meanwhile_is_kept(tmp_path):
+    staged = stage_model(_tiny(), tmp_path / "new1" / "new2" / "model.onnx")
+    (tmp_path / "new1" / "theirs.txt").write_text("another process's file")
+    staged.discard()
+    assert sorted(p.name for p in (tmp_path / "new1").iterdir()) == ["theirs.txt"]  # new2 went, new1 stays
+
+
+def test_a_committed_output_keeps_the_folders_made_for_it(tmp_path):
+    out = tmp_path / "new1" / "new2" / "model.onnx"
+    staged = stage_model(_tiny(), out)
+    staged.commit()
+    staged.discard()  # as every caller does after a commit
+    assert out.is_file() and leftovers(out.parent) == []
+
+
+def _failing_repair_model() -> onnx.ModelProto:
+    """The hubert sample (a fix to apply) plus a Loop of 10**15 trips added to its output times 0: the repaired
+    model runs out of its run budget at every probe size, so validation fails (exit 1), nothing written."""
+    model = onnx.load(SAMPLE)
+    graph, out = model.graph, model.graph.output[0].name
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "one"], ["acc_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    graph.initializer.extend([numpy_helper.from_array(np.array(10**15, np.int64), "trips"),
+                              numpy_helper.from_array(np.array(True), "cond0"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "acc0"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    for node in graph.node:
+        node.output[:] = [f"{o}_pre" if o == out else o for o in node.output]
+    graph.node.extend([helper.make_node("Loop", ["trips", "cond0", "acc0"], ["acc"], body=body),
+                       helper.make_node("Mul", ["acc", "zero"], ["z"]),
+                       helper.make_node("Add", [f"{out}_pre", "z"], [out])])
+    return model
+
+
+def test_a_failed_repair_leaves_no_folder_it_made_for_its_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHFIX_MAX_RUN_SECONDS", "1")
+    onnx.save(_failing_repair_model(), tmp_path / "model.onnx")
+    result = CliRunner().invoke(cli, ["repair", str(tmp_path / "model.onnx"), "-o",
+                                      str(tmp_path / "new1" / "new2" / "out.onnx")])
+    assert result.exit_code == 1, result.output
+    assert "validation: FAILED" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_a_model_on_a_file_system_that_maps_no_file_is_read_instead(tmp_path):
     """The forked worker parses the model memory-mapped; sysfs (and FUSE with direct I/O) refuse mmap (ENODEV):
     the file is then read, and judged like any other (here: not a model), never an internal error."""
@@ -156,3 +226,16 @@ def test_a_model_on_a_file_system_that_maps_no_file_is_read_instead(tmp_path):
     done = subprocess.run([*GRAPHFIX, "check", found[0]], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "not a valid ONNX protobuf" in done.stderr, done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_a_report_that_cannot_be_written_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    from graphfix.core.errors import OutputError
+    from graphfix.io import targets
+
+    def refused(source, target):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(targets.os, "replace", refused)
+    with pytest.raises(OutputError, match="no space left on device"):
+        targets.write_atomic(tmp_path / "new1" / "new2" / "report.json", "{}")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ import pytest
 
 HEALTHY = '< ir_version: 8, opset_import: ["" : 17] > g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }'
 DEEP = "a = " + "[" * 50_000 + "]" * 50_000 + "\n"
+LONG = "9" * 5000  # past the 4300 digits CPython converts: a ValueError unless refused first
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,11 @@ DEEP = "a = " + "[" * 50_000 + "]" * 50_000 + "\n"
         ([], {"GRAPHFIX_MAX_PROBE_MEMORY": "1e400"}, None, "GRAPHFIX_MAX_PROBE_MEMORY"),
         ([], {"GRAPHFIX_SHAPE_SECONDS": "nan"}, None, "GRAPHFIX_SHAPE_SECONDS"),
         ([], {}, DEEP, "nested too deeply"),
+        (["--jobs", LONG], {}, None, "--jobs"),
+        (["--shape", f"x={LONG}x4"], {}, None, "bad shape"),
+        ([], {"GRAPHFIX_MAX_NODES": LONG}, None, "GRAPHFIX_MAX_NODES"),
+        ([], {}, f'[tool.graphfix.inputs."*.onnx"]\nshapes = {{ x = "{LONG}x4" }}\n', "bad shape"),
+        ([], {}, f"[tool.graphfix]\nrtol = {LONG}\n", "thousands of digits"),
     ],
 )
 def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
@@ -45,6 +51,7 @@ def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
     ("args", "says"),
     [
         (["bench", "m.onnx", "--runs", "²"], "--runs"),
+        (["bench", "m.onnx", "--runs", LONG], "--runs"),
         (["bench", "m.onnx", "--batch", "-4"], "--batch"),
         (["bench", "m.onnx", "--audio-seconds", "inf"], "--audio-seconds"),
         (["stream", "m.onnx", "--feedback", "y=x", "--steps", "1e9"], "--steps"),
@@ -66,7 +73,8 @@ def test_shared_parsers_take_ascii_numbers_only():
     assert values.seconds("1.5", "x") == 1.5 and values.count("12", "x") == 12
     assert [values.dim(d, "x") for d in ("8", "?", "batch")] == [8, None, "batch"]
     for parse, text in [(values.count, "١٢"), (values.dim, "²"), (values.seconds, "inf"), (values.seconds, "0"),
-                        (values.byte_size, "1e999"), (values.tolerance, "-1"), (values.count, "0")]:
+                        (values.byte_size, "1e999"), (values.tolerance, "-1"), (values.count, "0"),
+                        (values.count, LONG), (values.dim, LONG), (values.count, "0" * 5000 + "1")]:
         with pytest.raises(UsageError):
             parse(text, "x")
 

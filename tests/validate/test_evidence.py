@@ -10,7 +10,8 @@ from conftest import parse
 from onnx import TensorProto, helper, numpy_helper
 
 import graphfix
-from graphfix.validate import ValidationOptions, validate
+from graphfix.validate import ValidationOptions, evidence, minimum, validate
+from graphfix.validate.runner import ModelRunner
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>\n'
 HUBERT = Path(__file__).resolve().parents[2] / "samples" / "hubert_padding_mask" / "model.onnx"
@@ -181,3 +182,39 @@ def test_failures_at_one_node_are_one_line_that_lists_their_sizes():
         "the model fails at sizes {'T': 5}: node '/b' (Reshape): The input tensor cannot be reshaped to the "
         "requested shape. Input shape:{5}",
         "the model fails at sizes {'T': 9}: the model: its own error"]
+
+
+def _counting(monkeypatch, module, name: str) -> list:
+    """Calls of `module.name`, each recorded, the function itself unchanged."""
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _wide(rank: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """An input of `rank` symbolic dims, half of them named like a batch, and an export size of 2 for each."""
+    dims = [f"batch{i}" if i % 2 else f"d{i}" for i in range(rank)]
+    return parse(HEADER + f"g (float[{', '.join(dims)}] x) => (float[N] y) {{ y = Relu(x) }}"), dict.fromkeys(dims, 2)
+
+
+def test_the_batch_dims_are_read_once_per_judge_not_once_per_dim(monkeypatch):
+    """`batch_dims` reads every dim of every input: asked once per dim, an input of 5000 symbolic dims took 25M
+    regex searches (47 s) before the first run."""
+    model, export = _wide(200)
+    calls = _counting(monkeypatch, evidence, "batch_dims")
+    judge = evidence.Judge(ModelRunner(model), ModelRunner(model), ValidationOptions(), export)
+    assert len(calls) == 1
+    assert judge.batch == ["d0", *(f"batch{i}" for i in range(1, 200, 2))]  # the leading dim, and the named ones
+
+
+def test_the_minimum_size_check_reads_the_batch_dims_once(monkeypatch):
+    """Not once per dim of the binding (graphfix.validate.minimum)."""
+    model, export = _wide(200)
+    calls = _counting(monkeypatch, minimum, "batch_dims")
+    assert minimum.runs_with_its_batch(ModelRunner(model), model, export, export, ValidationOptions(), None)
+    assert len(calls) == 1

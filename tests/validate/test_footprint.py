@@ -115,3 +115,12 @@ def test_sizes_skipped_for_one_tensor_are_one_finding_while_free_memory_moves(mo
                    {"shape": np.array([10**6, 10**6], np.int64), "flat": np.array([-1], np.int64)})
     [failure] = probe(model, ValidationOptions())
     assert failure.skipped and failure.message.startswith("tensor 'big' [1000000, 1000000]")
+
+
+def test_a_tensor_of_thousands_of_digits_of_bytes_is_named_by_its_order_of_magnitude(monkeypatch):
+    """5000 symbolic dims of 16: 2**20002 bytes, a number Python will not write out (over 4300 digits)."""
+    dims = [f"d{i}" for i in range(5000)]
+    footprint = Footprint({"y": (4, [dims])}, _model([helper.make_node("Relu", ["x"], ["y"])], {}))
+    monkeypatch.setenv(ENV_BUDGET, "1000")
+    with pytest.raises(NotProbed, match=r"tensor 'y' \[16, 16, .* would take about 10\^6021 bytes, over"):
+        footprint.check_sizes(dict.fromkeys(dims, 16))
