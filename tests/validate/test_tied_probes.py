@@ -1,12 +1,14 @@
 """Input dims the graph ties to each other are probed together (#22 item 1): a healthy model gets no error and
-`repair` exits 0. Before, each dim was probed apart, and two healthy models failed where PyTorch fails too:
+`repair` exits 0, and `diagnose` probes the sizes `repair`'s proof does. A low-frame-rate stacking (FireRedASR's and
+Paraformer's LFR: three feature frames to one), a Reshape that groups U frames in threes beside a T-frame input,
+ties T = U / 3, met at every third U only: the search for a valid U doubled from 13, which never meets a multiple
+of 3, and the healthy model failed `diagnose` (GF004) and `repair` (exit 1).
 
-- grouped-query attention through transformers' own `repeat_kv` (Llama, Mistral, Qwen), with the query and key-value
-  head counts both dynamic: `H // K` heads per group at H = 12, K = 14 is 0, and `diagnose` reported two GF004
-  errors while `repair` exited 1 (helper 57's finding 3). An integer Div of two sizes now ties H to a multiple of K;
-- low-frame-rate stacking (FireRedASR's and Paraformer's LFR: three feature frames to one), a Reshape that groups U
-  frames in threes beside a T-frame input: T = U / 3 holds at every third U only, and the search for a valid U
-  doubled from 13, which never meets a multiple of 3.
+Not tied: a dim an integer Div of sizes divides (`H // K` heads). A first version tied H to multiples of K, and
+helper 65 showed why not: a model that handles the remainder but bakes `int(H % K)` was never probed where it
+fails (written unchanged, exit 0, "validation: passed"), and a healthy model chunking T by C was probed past its
+position table. So grouped-query attention through transformers' `repeat_kv` with both head counts dynamic is
+still probed at H < K, where PyTorch fails too (a strict xfail below).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.solve import multiple_of
 from graphfix.cli import cli
 from graphfix.validate import ValidationOptions, probe_sizes
 
@@ -66,13 +67,50 @@ def low_frame_rate(path):
                               {"x": {0: "B", 1: "T"}, "feats": {0: "B", 1: "U"}})
 
 
-MODELS = {"gqa-repeat-kv": grouped_query_attention, "low-frame-rate": low_frame_rate}
+def remainder_baked(path):
+    """Groups of K heads out of H, the remainder handled, but its count baked (`int(H % K)`, 0 at H = 12, K = 4):
+    onnxruntime fails wherever K does not divide H, PyTorch runs everywhere (helper 65)."""
+    class Grouped(torch.nn.Module):
+        def forward(self, x, kv):
+            batch, heads, groups, dim = x.shape[0], x.shape[1], kv.shape[1], x.shape[2]
+            per = heads // groups
+            head = x[:, : per * groups].reshape(batch, per, groups, dim) * kv.unsqueeze(1)
+            rest = int(x.shape[1] % kv.shape[1])
+            return head.sum((1, 2)) + x[:, per * groups:].reshape(batch, rest * dim).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    return Grouped(), _export(Grouped(), (torch.randn(2, 12, 8), torch.randn(2, 4, 8)), path, ["x", "kv", "y"],
+                              {"x": {0: "B", 1: "H"}, "kv": {0: "B", 1: "K"}, "y": {0: "B"}})
+
+
+def chunked_with_positions(path):
+    """Healthy: chunks of C frames out of T (`T // C`, the remainder dropped) beside a 64-row position table."""
+    class Chunked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = torch.nn.Parameter(torch.randn(64, 4))
+
+        def forward(self, x, c):
+            batch, length, chunk, dim = x.shape[0], x.shape[1], c.shape[1], x.shape[2]
+            h = x + self.pos[:length]
+            return h[:, : (length // chunk) * chunk].reshape(batch, -1, chunk, dim).mean(2).sum(1) + c.mean(1)
+
+    torch.manual_seed(0)
+    return Chunked(), _export(Chunked(), (torch.randn(2, 32, 4), torch.randn(2, 8, 4)), path, ["x", "c", "out"],
+                              {"x": {0: "B", 1: "T"}, "c": {0: "B", 1: "C"}, "out": {0: "B"}})
+
+
+GQA_XFAIL = pytest.mark.xfail(strict=True, reason="H // K is no tie (the model may handle the remainder): the probe "
+                                                  "tries H < K, where repeat_kv fails in PyTorch as in onnxruntime")
+MODELS = {"low-frame-rate": low_frame_rate, "chunked-with-positions": chunked_with_positions,
+          "gqa-repeat-kv": grouped_query_attention}
 INPUTS = {"gqa-repeat-kv": (("q", "B", "H", "T", 8), ("k", "B", "K", "T", 8), ("v", "B", "K", "T", 8)),
-          "low-frame-rate": (("x", "B", "T", 4), ("feats", "B", "U", 4))}
+          "low-frame-rate": (("x", "B", "T", 4), ("feats", "B", "U", 4)),
+          "chunked-with-positions": (("x", "B", "T", 4), ("c", "B", "C", 4))}
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_a_healthy_model_with_tied_input_dims_is_probed_with_them_tied(name, tmp_path):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=GQA_XFAIL) if n == "gqa-repeat-kv" else n for n in MODELS])
+def test_a_healthy_model_with_tied_input_dims_is_probed_inside_its_domain(name, tmp_path):
     module, path = MODELS[name](tmp_path / f"{name}.onnx")
     model = onnx.load(str(path))
     sizes = probe_sizes(model, ValidationOptions())
@@ -84,7 +122,8 @@ def test_a_healthy_model_with_tied_input_dims_is_probed_with_them_tied(name, tmp
     for binding in sizes:  # inside the model's domain: PyTorch runs there, and onnxruntime agrees with it
         feeds = {spec[0]: rng.standard_normal([binding.get(d, d) for d in spec[1:]]).astype(np.float32)
                  for spec in INPUTS[name]}
-        expected = module(*(torch.from_numpy(feeds[spec[0]]) for spec in INPUTS[name])).numpy()
+        with torch.no_grad():
+            expected = module(*(torch.from_numpy(feeds[spec[0]]) for spec in INPUTS[name])).numpy()
         np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=1e-4, atol=1e-5)
     runner = CliRunner()
     diagnosed = runner.invoke(cli, ["diagnose", str(path)])
@@ -94,23 +133,17 @@ def test_a_healthy_model_with_tied_input_dims_is_probed_with_them_tied(name, tmp
         repaired.output
 
 
-def test_query_heads_are_probed_at_several_groups_per_key_value_head(tmp_path):
-    """Each binding a multiple, and not always twice: a repair that kept the export's `H // K` would pass a proof
-    whose every binding had the same ratio."""
-    _, path = grouped_query_attention(tmp_path / "gqa.onnx")
+def test_a_model_that_fails_off_the_multiples_of_a_division_is_probed_there(tmp_path):
+    """The trap of a Div taken for a tie: `diagnose` finds the failure where K does not divide H, and `repair`
+    writes nothing with exit 0."""
+    _, path = remainder_baked(tmp_path / "grouped.onnx")
     sizes = probe_sizes(onnx.load(str(path)), ValidationOptions())
-    assert all(binding["H"] % binding["K"] == 0 for binding in sizes), sizes
-    assert len({binding["H"] // binding["K"] for binding in sizes}) >= 2, sizes
-
-
-def test_a_binding_that_meets_the_multiple_is_kept_and_one_that_does_not_is_moved():
-    import sympy
-
-    heads, groups = sympy.symbols("H K", positive=True, integer=True)
-    tied = {"H": multiple_of(heads, groups)}
-    assert bind({"H": 8, "K": 2}, tied) == {"H": 8, "K": 2}  # an export size stays as it was traced
-    assert bind({"H": 3, "K": 5}, tied) == {"H": 15, "K": 5}
-    assert bind({"H": 40, "K": 7}, tied) == {"H": 56, "K": 7}  # at most 8 groups
+    assert any(binding["H"] % binding["K"] for binding in sizes), sizes
+    runner = CliRunner()
+    assert runner.invoke(cli, ["diagnose", str(path)]).exit_code == 1
+    out = tmp_path / "out.onnx"
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert repaired.exit_code == 1, repaired.output
 
 
 def test_a_tie_met_at_every_third_size_is_found_near_the_probe():
@@ -118,9 +151,10 @@ def test_a_tie_met_at_every_third_size_is_found_near_the_probe():
 
     frames = sympy.Symbol("U", positive=True, integer=True)
     assert bind({"U": 13, "T": 12}, {"T": frames / 3}) == {"U": 15, "T": 5}
-
-
-def test_an_integer_div_of_sizes_ties_its_dividend_to_a_multiple_of_its_divisor(tmp_path):
-    _, path = grouped_query_attention(tmp_path / "gqa.onnx")
-    tied = tied_dims(onnx.load(str(path)))
-    assert set(tied) == {"H"} and {s.name for s in tied["H"].free_symbols} == {"H", "K"}, tied
+    assert tied_dims(onnx.parser.parse_model("""< ir_version: 8, opset_import: ["" : 17] >
+        g (float[B, T, 4] x, float[B, U, 4] y) => (float[B, T, 4] z) {
+            s = Constant<value = int64[4] {0, -1, 3, 4}>()
+            r = Reshape(y, s)
+            m = ReduceMean<axes = [2], keepdims = 0>(r)
+            z = Add(m, x)
+        }""")).keys() == {"T"}

@@ -109,9 +109,8 @@ class Sizes(OpShapes):
 
     @property
     def multiples(self) -> list[Constraint]:
-        """Lengths a Reshape with -1 splits into whole chunks, or an integer Div of sizes divides: `left` must be a
-        multiple of `right` (an integer, or a size), kept apart from `constraints`: it holds on a residue class, not
-        at one size."""
+        """Lengths a Reshape with -1 splits into whole chunks: `left` must be a multiple of the integer `right`
+        (kept apart from `constraints`: it holds on a residue class, not at one size)."""
         self._run()
         return self._multiples
 

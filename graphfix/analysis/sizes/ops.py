@@ -64,16 +64,7 @@ class OpShapes(SpreadShapes):
                         np.issubdtype(np.dtype(node.outputs[0].dtype), np.floating):
                     arith = self.num.truediv  # `math.ceil(n / k)` traced through floats: keep the fraction for Ceil
                 value = tuple(arith(a[i % len(a)], b[i % len(b)]) for i in range(n))
-                if node.op == "Div" and arith == self.num.floordiv:
-                    self._divided(node, [(a[i % len(a)], b[i % len(b)]) for i in range(n)])
         self._set(node, tuple(out), value)
-
-    def _divided(self, node: gs.Node, pairs: list) -> None:
-        """A size divided by a size (`H // K` query heads per key-value head) is taken as exact: the model means
-        what it did at export only where the divisor divides it, a multiple the probe sizes then keep to."""
-        for size, divisor in pairs:
-            if getattr(size, "free_symbols", None) and getattr(divisor, "free_symbols", None):
-                self._multiple(node, size, divisor)
 
     def _op_Equal(self, node: gs.Node) -> None:
         """Elementwise equality of two shape vectors where the sizes decide it: the exporter's `expand(..., -1)`

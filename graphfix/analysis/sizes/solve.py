@@ -249,8 +249,6 @@ def baked_pads(sizes: Sizes) -> Iterator[BakedPad]:
     """Pads by a constant p < k of a length L that a Reshape then splits into chunks of k: `L + p` is a multiple of
     k only where L is at export (`(k - int(T) % k) % k` computed in Python while tracing)."""
     for multiple in sizes.multiples:
-        if not multiple.right.is_Integer:
-            continue  # a size divided by a size
         padding, length = multiple.left.as_coeff_Add()
         chunk = int(multiple.right)
         if not (padding.is_Integer and 0 < padding < chunk and length.free_symbols):
@@ -322,30 +320,16 @@ def determined_entries(sizes: Sizes, baked: BakedShape) -> list[BakedEntry]:
 def relations(sizes: Sizes) -> dict[str, sympy.Expr]:
     """Graph-input dims that a constraint ties to an expression of the others: `frames = floor(samples/320)` when a
     padding mask's length must equal the encoder's frame count, `T = U/3` where a Reshape groups U in threes that
-    meet T. A dim that must be a multiple of another (`H // K` heads) is tied to a multiple of it (`multiple_of`).
-    Inputs fed at other sizes are invalid inputs."""
+    meet T. Inputs fed at other sizes are invalid inputs. Not a dim that an integer Div of sizes divides
+    (`H // K` heads): the model may handle the remainder, and tied to multiples the probe would never see it
+    fail (helper 65)."""
     found: dict[str, sympy.Expr] = {}
     for constraint in sizes.constraints:
         for left, right in ((constraint.left, constraint.right), (constraint.right, constraint.left)):
             if left.is_Symbol and left.name not in found and right.free_symbols and left not in right.free_symbols:
                 found[left.name] = right
                 break
-    for multiple in sizes.multiples:
-        size, divisor = multiple.left, multiple.right
-        if size.is_Symbol and divisor.is_Symbol and size != divisor and size.name not in found:
-            found[size.name] = multiple_of(size, divisor)
     return found
-
-
-MOST_GROUPS = 8
-
-
-def multiple_of(size: sympy.Symbol, divisor: sympy.Symbol) -> sympy.Expr:
-    """`size` where `divisor` divides it, else `divisor` times `size` (2 to MOST_GROUPS): `H // K` query heads per
-    key-value head differs from one binding to the next, as the probed sizes do (a least multiple would make it 2
-    at every probe, and a repair that kept the export's ratio would pass)."""
-    return sympy.Piecewise((size, sympy.Eq(sympy.Mod(size, divisor), 0)),
-                           (divisor * sympy.Max(2, sympy.Min(size, MOST_GROUPS)), True))
 
 
 def bind(binding: dict[str, int], tied: dict[str, sympy.Expr]) -> dict[str, int]:
