@@ -231,7 +231,7 @@ def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.
             made = max(made, ranks.get(node.input[0], widest))
         if made > MAX_PROPAGATED_ELEMENTS:
             return False
-        rank = _rank(node, ranks, lengths, constants)
+        rank = _rank(node, ranks, lengths, constants, unknown=widest)
         if made and node.output:
             lengths[node.output[0]] = 1 if rank == 0 else made  # a scalar holds one value, whatever made it
         ranks.update((name, rank) for name in node.output if name)
@@ -242,7 +242,7 @@ def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.
 
 
 def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float],
-          constants: dict[str, onnx.TensorProto] | None = None) -> float:
+          constants: dict[str, onnx.TensorProto] | None = None, unknown: float = 0) -> float:
     """An upper bound on the rank of the node's outputs, for `Shape` downstream: exact where the op says it (1 for
     Shape, 0 for Size, r + q - 1 for Gather, a dim per output letter of an Einsum, what a Squeeze leaves); the
     widest input's for an op that adds no dim (`RANK_KEEPING`); for one that does, what it adds (Unsqueeze's axes,
@@ -250,15 +250,16 @@ def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, floa
     input (helper 56: 999 OneHots took a rank-1 input to rank 1000), or their sum for GatherND. Looser bounds
     (Shape as wide as its input, Einsum as the sum of its inputs) doubled with every layer of a torchvision ViT or
     MaxViT, which then was not run (helper 62)."""
-    inputs = [ranks.get(name, 0) for name in node.input if name]
+    inputs = [ranks.get(name, unknown) for name in node.input if name]  # a function's inputs: as wide as any
     widest = max(inputs, default=0)
     if node.op_type in ("Shape", "Size"):  # a shape vector, a count
         return 1 if node.op_type == "Shape" else 0
-    if node.op_type == "Squeeze" and inputs:  # the axes it removes, where they are known
-        axes = next((len(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if node.op_type == "Squeeze" and inputs:  # the axes it surely removes: [0, 0] is one, so may [0, -1] be
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
         given = _values(node, 1, constants or {}) if len(node.input) > 1 else None
-        axes = len(given) if given is not None else axes
-        return max(inputs[0] - axes, 0) if axes else inputs[0]
+        axes = given if given is not None else axes
+        removed = max(len({a for a in axes if a >= 0}), len({a for a in axes if a < 0})) if axes else 0
+        return max(inputs[0] - removed, 0)
     if node.op_type in RANK_KEEPING:
         return widest
     if node.op_type == "Unsqueeze":
@@ -334,7 +335,8 @@ def _slice_most(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], lo
     return max(math.ceil((clamped(end) - clamped(start)) / step), 0)
 
 
-FOLDED = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+FOLDED = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+          "Mod": lambda a, b: a % b}  # on Python ints: exact, where int64 would wrap
 
 
 def _passed_through(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
@@ -346,30 +348,31 @@ def _passed_through(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]
         return None
     if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
         numbers = _integers(node, 0, constants)
-    elif node.op_type in (*FOLDED, "Mod") and len(node.input) == 2:
+    elif node.op_type in FOLDED and len(node.input) == 2:
         a, b = _integers(node, 0, constants), _integers(node, 1, constants)
-        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+        fmod = any(attr.name == "fmod" and attr.i for attr in node.attribute)
+        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))) or \
+                (node.op_type == "Mod" and (fmod or 0 in b)):
             return None
-        if node.op_type == "Mod":
-            if not b.all():
-                return None
-            fmod = next((attr.i for attr in node.attribute if attr.name == "fmod"), 0)
-            numbers = np.fmod(a, b) if fmod else np.mod(a, b)
-        else:
-            numbers = FOLDED[node.op_type](a, b)
+        numbers = [FOLDED[node.op_type](a[i % len(a)], b[i % len(b)]) for i in range(max(len(a), len(b)))]
     else:
         return None
-    if numbers is None or numbers.size > 8 or np.abs(numbers).max(initial=0) >= 1 << 62:
+    if numbers is None or any(abs(n) >= 1 << 62 for n in numbers):
         return None
-    return numpy_helper.from_array(numbers.astype(np.int64).reshape(-1), node.output[0])
+    return numpy_helper.from_array(np.array(numbers, np.int64), node.output[0])
 
 
-def _integers(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> np.ndarray | None:
-    """A constant input of a few integers (at most 8), as int64; None otherwise."""
-    numbers = _values(node, index, constants)
-    if numbers is None or len(numbers) > 8 or not all(math.isfinite(n) and n == int(n) for n in numbers):
+def _integers(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> list[int] | None:
+    """A constant integer input of a few values (at most 8), as Python ints read from the tensor's own integers;
+    None otherwise. Never through floats: 2**61 + 255 - 2**61 is 255, not the 0 that doubles give (helper 65)."""
+    tensor = constants.get(node.input[index]) if index < len(node.input) else None
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL or _elements(tensor.dims) > 8 \
+            or tensor.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
         return None
-    return np.array([int(n) for n in numbers], np.int64)
+    try:
+        return [int(n) for n in np.asarray(numpy_helper.to_array(tensor)).reshape(-1)]
+    except (ValueError, TypeError):
+        return None
 
 
 def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:

@@ -3,6 +3,7 @@ hold each of its values as a dim (about 145 bytes each: 30 million from a 160-by
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from conftest import bounded_graphfix
@@ -241,3 +242,70 @@ def test_ops_whose_output_rank_is_known_count_that_rank():
              (helper.make_node("Einsum", ["x", "x"], ["o"], equation="...ij,...jk->...ik"), 8)]
     for node, rank in cases:
         assert _rank(node, ranks, {}) == rank, node.op_type
+
+
+def _doubled(nodes: list, value: str, layers: int, inputs: list, initializers=(), functions=()) -> onnx.ModelProto:
+    """`value` (a 1-D int64 vector the nodes make) concatenated with itself `layers` times."""
+    for i in range(layers):
+        nodes.append(helper.make_node("Concat", [value, value], [f"{value}{i}"], axis=0))
+        value = f"{value}{i}"
+    graph = helper.make_graph([*nodes, helper.make_node("Identity", [value], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)], list(initializers))
+    opsets = [helper.make_opsetid("", 17), *([helper.make_opsetid("local", 1)] if functions else [])]
+    return helper.make_model(graph, opset_imports=opsets, functions=list(functions))
+
+
+def _slice_end_past_doubles() -> onnx.ModelProto:
+    """A Slice of a rank-255 input's shape up to `(2**61 + 255) - 2**61`: 255 in int64, 0 in doubles."""
+    from onnx import numpy_helper
+
+    big = [numpy_helper.from_array(np.array([v], np.int64), name)
+           for name, v in (("a", 2 ** 61 + 255), ("b", 2 ** 61), ("zero", 0))]
+    nodes = [helper.make_node("Shape", ["x"], ["v"]), helper.make_node("Sub", ["a", "b"], ["end"]),
+             helper.make_node("Slice", ["v", "zero", "end"], ["s"])]
+    return _doubled(nodes, "s", 13, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * 255)], big)
+
+
+def _squeeze_twice_one_axis() -> onnx.ModelProto:
+    """Squeeze(axes=[0] * 40) of a rank-40 input removes one dim, not 40: its Shape has 39 values."""
+    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["q"]), helper.make_node("Shape", ["q"], ["s"])]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [40], [0] * 40)
+    return _doubled(nodes, "s", 16, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * 40)], [axes])
+
+
+def _inside_a_function(op: str) -> onnx.ModelProto:
+    """A model-local function, concatenating with itself 13 times in its body the Shape of the Identity of its
+    input (a tensor of rank 255), or a Gather by 255 indices of its input (a shape vector)."""
+    body = ([helper.make_node("Constant", [], ["idx"], value_ints=[0] * 255),
+             helper.make_node("Gather", ["t", "idx"], ["c"], axis=0)] if op == "Gather"
+            else [helper.make_node("Identity", ["t"], ["i"]), helper.make_node("Shape", ["i"], ["c"])])
+    body = _chained([*body, *(helper.make_node("Concat", ["c", "c"], [f"c{k}"], axis=0) for k in range(13))])
+    function = helper.make_function("local", "F", ["t"], ["out"], body, [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]) if op == "Gather" else helper.make_node("Identity", ["x"], ["s"]),
+             helper.make_node("F", ["s"], ["f"], domain="local")]
+    rank = 2 if op == "Gather" else 255
+    return _doubled(nodes, "f", 0, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * rank)],
+                    functions=[function])
+
+
+def _chained(body: list) -> list:
+    """The Concats of `body` each reading the one before, the last named `out`."""
+    previous = "c"
+    for node in body:
+        if node.op_type == "Concat":
+            node.input[:] = [previous, previous]
+            previous = node.output[0]
+    body.append(helper.make_node("Identity", [previous], ["out"]))
+    return body
+
+
+@pytest.mark.parametrize("build", [_slice_end_past_doubles, _squeeze_twice_one_axis,
+                                   lambda: _inside_a_function("Gather"), lambda: _inside_a_function("Identity")],
+                         ids=["slice-end-past-doubles", "squeeze-twice-one-axis", "function-gather",
+                              "function-identity"])
+def test_a_tighter_rank_is_never_below_the_true_one(build):
+    """Helper 65, against the exact ranks and slice counts above: a Slice end folded through doubles (0 where int64
+    gives 255), a Squeeze naming one axis 40 times (a rank-0 bound for 39 dims), a function's input taken for a
+    scalar (its Gather by 255 indices held one value, its Identity none). Each let a 2 KB chain through that
+    doubled to millions of values: 4 to 6.5 GB in onnx's inference and onnxruntime's load."""
+    assert not data_prop_allowed(build(), sized=False)
