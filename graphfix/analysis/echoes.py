@@ -9,13 +9,17 @@ the input is doubted where one is read; exported at a length no constant of the 
 16), the doubt goes away.
 
 Two sets of forms, so that a model's own numbers are not taken for sizes where nothing points at a size:
-- anywhere: n, 1/n, sqrt(n), 1/sqrt(n), n ** 0.25, n ** -0.25 (a mean, a `T ** -0.5` scale);
+- anywhere: n, 1/n, sqrt(n), 1/sqrt(n) (a mean, a `T ** -0.5` scale);
 - where the value it meets was summed over an axis of that size, or is then (`h.sum(1) / (T - 1)`,
   `h.sum((1, 2)) / (T * D)`), or holds positions along it (`arange(T) / (T - 1)`, CoordConv's
   `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -3 to 3, 2n, n times a dim of a summed
-  value, log(n + k), and their inverses, and 2 / (n + k). An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9
+  value, log(n + k), and their inverses, 2 / (n + k), and n ** 0.25 and its inverse (only there: the TorchScript
+  exporter scales SDPA's queries and keys by head_dim ** -0.25, and BERT traced at as many tokens as its head
+  has features was refused, helper 65). An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9
   (helper 56), but it meets the queries, which nothing summed over the length.
-Only sizes above 2, and no form that gives 0, 0.5, 1 or 2 (every GELU's and every mean of two's own numbers).
+Only sizes above 2, and no form that gives 0, 0.5, 1 or 2 (every GELU's and every mean of two's own numbers);
+not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25 dividing scores of 16-wide
+heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
 Constants of one element are read, in the graph, its subgraphs and its local functions; a float16 constant is
 compared at float16's precision.
 
@@ -47,8 +51,8 @@ SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "Red
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
                     "Abs", "Add", "Sub", "Mul", "Div"})  # a sum seen through these is still the value's
 COMMON = (0.0, 0.5, 1.0, 2.0)  # what a function of a small size gives, and what models hold for their own reasons
-PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5),
-         ("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))
+PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
+ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
 SHIFTS = (-3, -2, -1, 1, 2, 3)  # n + k: `T - 1` for an unbiased mean or the last position, `T + 3` for a margin
 
 
@@ -70,7 +74,7 @@ SUMMED = (*(form for k in SHIFTS for form in ((_plus(k), lambda n, k=k: n + k),
                                                (f"2/({_plus(k)})", _over(2, lambda n, k=k: n + k)))),
           ("2*{}", lambda n: 2 * n), ("1/(2*{})", lambda n: 1 / (2 * n)),
           *(form for k in (0, *SHIFTS) for form in ((f"log({_plus(k)})", _log(k)),
-                                                     (f"1/log({_plus(k)})", _over(1, _log(k))))))
+                                                     (f"1/log({_plus(k)})", _over(1, _log(k))))), *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to a sum
 INT_CUTS = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1),
@@ -117,6 +121,9 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
             if value is None or value.size != 1 or value.dtype not in REL_TOL:
                 continue
             item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
+            if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widths_near(node, tensor, shape) - {*wanted}
+                   for _, of in PLAIN):
+                continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
                 summed = _summed_dims(node, tensor, n, shape)
                 forms = [*PLAIN, *SUMMED, *_times_dims(summed)] if summed is not None else PLAIN
@@ -126,6 +133,28 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                     found.append(f"{node.op} '{node.name}' reads {item:.6g}, which is {form} for the size {n}")
                     break
     return found
+
+
+def _widths_near(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
+    """The static dims above 2 of the node's other operands and of the tensors they are computed from, within
+    HOPS ops: a constant that is a plain form of one of them (`1 / sqrt(16)` dividing scores computed from queries
+    of 16 features, `32 ** -0.25` scaling the queries themselves, as the TorchScript exporter writes SDPA) is the
+    model's scale of that width, where it is also a form of the length (helper 65: transformers' BERT traced at
+    256 tokens, 0.25 = 256 ** -0.25, and at 1024, was refused). Not a width equal to the size itself: downstream
+    of the baked Reshape the length shows as that number (BERT traced at as many tokens as its head has features
+    stays refused, as it was)."""
+    widths: set[int] = set()
+    frontier, seen = [t for t in node.inputs if t is not const], set()
+    for _ in range(HOPS):
+        step = []
+        for tensor in frontier:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            widths.update(d for d in shape(tensor) or () if isinstance(d, int) and d > 2)
+            step.extend(t for producer in tensor.inputs for t in producer.inputs if not is_table(t))
+        frontier = step
+    return widths
 
 
 def _nodes(graph: gs.Graph) -> Iterator[gs.Node]:
