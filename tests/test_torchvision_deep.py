@@ -1,6 +1,6 @@
 """Deep healthy vision transformers from torchvision get no error and `repair` exits 0 (helper 62, #22).
 
-The static bound on what onnxruntime's data propagation holds while it loads a model (graphfix.io.budgets) took
+The static bound on what onnxruntime's data propagation holds while it loads a model (graphfix.io.propagation) took
 a Shape for as wide as its input, the two slices of a shape that torch's unflatten concatenates (`shape[:2]`,
 `shape[3:]`, bounds computed by Mod and Add of constants) for the whole shape each, and an Einsum for the sum of
 its inputs' ranks: the bound doubled with every layer, and a 12-layer ViT and a MaxViT got "GF000 probe-skipped:

@@ -11,8 +11,9 @@ import onnx
 
 from graphfix.core.budget import NODE_SECONDS, OutOfTime, Watchdog, shape_seconds
 from graphfix.core.nocode import CodeFromText, no_code_from_text
-from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed, expands_past_budget
+from graphfix.io.budgets import expands_past_budget
 from graphfix.io.external_data import tensor_nbytes, without_external_values
+from graphfix.io.propagation import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
 from graphfix.io.weights import stub
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails. Bounded:
     functions that would expand past the node budget are left out (their calls get no shapes), and data
-    propagation is off where a constant could make it allocate without bound (`graphfix.io.budgets`)."""
+    propagation is off where a constant could make it allocate without bound (`graphfix.io.propagation`)."""
     light = skeleton(model)
     if expands_past_budget(light):
         del light.functions[:]
@@ -93,7 +94,7 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     """
     if not data_prop_allowed(model):  # it propagates shape values as Python lists, unbounded (helper 55: 10**9)
         return SymbolicShapes(incomplete=[f"symbolic shape inference skipped: a node would hold more than "
-                                          f"{MAX_PROPAGATED_ELEMENTS} shape values (graphfix.io.budgets)"])
+                                          f"{MAX_PROPAGATED_ELEMENTS} shape values (graphfix.io.propagation)"])
     try:  # it reads initializers with onnx's numpy_helper, which resolves external data against the working folder
         model, lifted = without_external_values(model)
     except ValueError as exc:

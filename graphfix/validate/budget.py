@@ -17,7 +17,8 @@ import onnx
 from graphfix.core.counts import spelled
 from graphfix.core.errors import GraphfixError
 from graphfix.io.budgets import ENV_PROBE_MEMORY as ENV_BUDGET
-from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed, probe_memory_budget
+from graphfix.io.budgets import probe_memory_budget
+from graphfix.io.propagation import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
 
 
 class NotProbed(GraphfixError):

@@ -9,7 +9,7 @@ import pytest
 from conftest import bounded_graphfix
 from onnx import TensorProto, helper
 
-from graphfix.io.budgets import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
+from graphfix.io.propagation import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
 
 N = 30_000_000
 CAP = 2 << 30  # address space: the old inference needed 4 GB here
@@ -232,7 +232,7 @@ def test_ops_whose_output_rank_is_known_count_that_rank():
     output letter (MaxViT's relative attention summed both inputs' ranks at each of its Einsums)."""
     from onnx import helper
 
-    from graphfix.io.budgets import _rank
+    from graphfix.io.propagation import _rank
 
     ranks = {"x": 6.0, "i": 0.0, "v": 1.0, "axes": 1.0}
     cases = [(helper.make_node("Shape", ["x"], ["o"]), 1), (helper.make_node("Size", ["x"], ["o"]), 0),
