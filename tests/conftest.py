@@ -76,6 +76,21 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+def assert_left_alone(path, out) -> None:
+    """What a healthy export gets: `diagnose` reports no error (exit 0), and `repair` writes it unchanged (exit 0),
+    failing at no probe size."""
+    from click.testing import CliRunner
+
+    from graphfix.cli import cli
+
+    runner = CliRunner()
+    diagnosed = runner.invoke(cli, ["diagnose", str(path)])
+    assert diagnosed.exit_code == 0 and "error" not in diagnosed.output, diagnosed.output
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert repaired.exit_code == 0 and "unchanged" in repaired.output and "FAILS" not in repaired.output, \
+        repaired.output
+
+
 def bounded_graphfix(*args: str, seconds: float = 60, memory: int | None = None) -> Finished:
     """`python -m graphfix args` in its own session, with `memory` bytes of address space at most; past `seconds`
     the whole session (the forked worker too) is killed and the test fails, saying so."""
