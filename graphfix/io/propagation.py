@@ -38,10 +38,13 @@ def data_prop_allowed(model: onnx.ModelProto, sized: bool = True) -> bool:
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
              if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
     ranks.update((t.name, len(t.dims)) for t in graph.initializer)
-    widest = max(ranks.values(), default=0)  # a function's inputs: as wide as any tensor the model declares
-    scopes = [(graph.node, graph.initializer, ranks)] + [(f.node, (), {}) for f in model.functions]
-    return all(_scope_allowed(nodes, initializers, {}, dict(known), widest, sized)
-               for nodes, initializers, known in scopes)
+    widest = max(ranks.values(), default=0)
+    if not _scope_allowed(graph.node, graph.initializer, {}, ranks, widest, sized):
+        return False
+    # a function's inputs: as wide as any tensor the graph declares or makes (a OneHot chain's 300 dims passed to
+    # a function that concatenates their shape was taken for as wide as the declared inputs)
+    widest = max([widest, *ranks.values()])
+    return all(_scope_allowed(f.node, (), {}, {}, widest, sized) for f in model.functions)
 
 
 def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.TensorProto],

@@ -309,3 +309,21 @@ def test_a_tighter_rank_is_never_below_the_true_one(build):
     scalar (its Gather by 255 indices held one value, its Identity none). Each let a 2 KB chain through that
     doubled to millions of values: 4 to 6.5 GB in onnx's inference and onnxruntime's load."""
     assert not data_prop_allowed(build(), sized=False)
+
+
+def test_a_function_s_input_is_as_wide_as_anything_the_graph_makes():
+    """The graph widens a rank-1 input to 300 dims (OneHots), then a function concatenates the shape of what it is
+    given with itself 13 times: a function's input was taken for as wide as the widest tensor the model declares
+    (1 here), and the 2.5 million values went through."""
+    onehots = [helper.make_node("Constant", [], ["depth"], value_ints=[1]),
+               helper.make_node("Constant", [], ["values"], value_ints=[0, 1])]
+    previous = "x"
+    for i in range(299):
+        onehots.append(helper.make_node("OneHot", [previous, "depth", "values"], [f"h{i}"]))
+        previous = f"h{i}"
+    body = _chained([helper.make_node("Shape", ["t"], ["c"]),
+                     *(helper.make_node("Concat", ["c", "c"], [f"c{k}"], axis=0) for k in range(13))])
+    function = helper.make_function("local", "F", ["t"], ["out"], body, [helper.make_opsetid("", 17)])
+    model = _doubled([*onehots, helper.make_node("F", [previous], ["f"], domain="local")], "f", 0,
+                     [helper.make_tensor_value_info("x", TensorProto.INT64, [1])], functions=[function])
+    assert not data_prop_allowed(model, sized=False)
