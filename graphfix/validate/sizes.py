@@ -86,7 +86,7 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> li
     """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all. A mask's
     dims named apart from the input it masks take that input's sizes (`mask_aliases`), and a dim the graph ties to
     others is computed from them (`tied`, by default `tied_dims(model)`: a mask's frames from the audio's samples,
-    `U = 3 T`, query heads a multiple of key-value heads): probed apart, the model fails where PyTorch fails too."""
+    `T = U / 3`): probed apart, the model fails where PyTorch fails too."""
     aliases = mask_aliases(model)
     tied = tied_dims(model) if tied is None else tied
     bindings: list[dict[str, int]] = []
