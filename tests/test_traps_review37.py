@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import run
 
 import graphfix
-from graphfix.cli import cli
 
 torch = pytest.importorskip("torch")
+from fixtures.baked_heads import D, export, repair  # noqa: E402  (imports torch)
+
 nn = torch.nn
 pytestmark = pytest.mark.torch
-D = 8
 
 
 def _sinusoid(positions, d=D, base=10000.0):
@@ -99,21 +98,6 @@ class AddedIndicator(nn.Module):
         return x + (torch.arange(int(x.shape[1])) < 20).float()[:, None]
 
 
-def export(module: nn.Module, length: int, path: Path, output_axes: dict) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, length, D),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": output_axes})
-    return path
-
-
-def repair(path: Path, *flags: str):
-    out = path.with_name("fixed.onnx")
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), *flags], catch_exceptions=False)
-    return done, out
-
-
 def error_at(module: nn.Module, path: Path, length: int) -> float:
     x = torch.randn(1, length, D)
     with torch.no_grad():
@@ -136,7 +120,7 @@ def test_a_construction_the_graph_does_not_determine_is_refused_by_default(tmp_p
     """Refused, and every fix the diagnosis offers is unsafe. (Had it written, the suite's guard would compare the
     output with the module at longer lengths, where each of these differs from the simplest construction.)"""
     module, length, axes = CASES[name]
-    path = export(module, length, tmp_path / f"{name}.onnx", axes)
+    path = export(module, tmp_path / f"{name}.onnx", length, axes)
     done, out = repair(path)
     assert done.exit_code == 1 and not out.exists(), done.output
     fixes = [f.fix for f in graphfix.diagnose(str(path), static=True) if f.fix is not None]
@@ -152,7 +136,7 @@ class StandardPositions(nn.Module):
 
 def test_the_simplest_construction_is_still_built_and_right_where_it_is_the_modules(tmp_path):
     module = StandardPositions()
-    path = export(module, 16, tmp_path / "standard.onnx", {0: "B", 1: "T"})
+    path = export(module, tmp_path / "standard.onnx", 16, {0: "B", 1: "T"})
     done, out = repair(path, "--unsafe-fixes")
     assert done.exit_code == 0, done.output
     for length in (1, 16, 40):
@@ -162,7 +146,7 @@ def test_the_simplest_construction_is_still_built_and_right_where_it_is_the_modu
 def test_a_float_constant_that_echoes_no_baked_size_leaves_the_fix_safe(tmp_path):
     """The head split alone, beside a scale of the model's own (0.37, no function of 12): safe, repaired."""
     module = ScaledHeads()
-    path = export(module, 12, tmp_path / "scaled.onnx", {0: "B", 1: "T"})
+    path = export(module, tmp_path / "scaled.onnx", 12, {0: "B", 1: "T"})
     done, out = repair(path)
     assert done.exit_code == 0, done.output
     for length in (1, 5, 30):

@@ -13,26 +13,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from graphfix.cli import cli
 
 torch = pytest.importorskip("torch")
+from fixtures.baked_heads import Heads, export, repair  # noqa: E402  (imports torch)
+
 nn = torch.nn
 pytestmark = pytest.mark.torch
-D = 8
-
-
-class Heads(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(D, D)
-
-    def heads(self, x):
-        """The GF004 trigger: the element count of [B, T, 2, 4] pins T."""
-        t = int(x.shape[1])
-        return self.lin(x).reshape(x.shape[0], t, 2, D // 2).reshape(x.shape[0], t, D), t
 
 
 class NormalisedPositions(Heads):
@@ -77,18 +63,8 @@ class OwnScaleOfPositions(Heads):
         return h + (torch.arange(x.shape[1], dtype=torch.float32) / 7.5)[None, :, None]
 
 
-def export(module: nn.Module, path: Path, length: int = 12) -> Path:
-    axes = {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"} if getattr(module, "keeps_length", True) else {0: "B"}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, length, D),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
-    return path
-
-
-def repair(path: Path):
-    out = path.with_name("fixed.onnx")
-    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False), out
+def _export(module: nn.Module, path: Path) -> Path:
+    return export(module, path, 12, {0: "B", 1: "T"} if getattr(module, "keeps_length", True) else {0: "B"})
 
 
 QUARTER_ROOT_MISSED = pytest.mark.xfail(strict=True, reason="known miss: n ** -0.25 is read beside sums and "
@@ -100,7 +76,7 @@ QUARTER_ROOT_MISSED = pytest.mark.xfail(strict=True, reason="known miss: n ** -0
                                     pytest.param(QuarterRoot, marks=QUARTER_ROOT_MISSED), LogLength],
                          ids=lambda m: getattr(m, "__name__", str(m)))
 def test_a_size_baked_into_a_float_beside_a_safe_fix_makes_it_unsafe(tmp_path, module):
-    path = export(module(), tmp_path / "m.onnx")
+    path = _export(module(), tmp_path / "m.onnx")
     done, out = repair(path)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "for the size 12" in done.output, done.output  # says which constant (the fix, or each candidate's)
@@ -108,7 +84,7 @@ def test_a_size_baked_into_a_float_beside_a_safe_fix_makes_it_unsafe(tmp_path, m
 
 def test_a_models_own_scale_of_positions_is_no_echo_and_the_fix_stays_safe(tmp_path):
     """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""
-    done, out = repair(export(OwnScaleOfPositions(), tmp_path / "m.onnx"))
+    done, out = repair(_export(OwnScaleOfPositions(), tmp_path / "m.onnx"))
     assert done.exit_code == 0 and out.exists(), done.output
 
 

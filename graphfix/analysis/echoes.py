@@ -17,9 +17,13 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
   exporter scales SDPA's queries and keys by head_dim ** -0.25, and BERT traced at as many tokens as its head
   has features was refused, helper 65). An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9
   (helper 56), but it meets the queries, which nothing summed over the length.
-Only sizes above 2, and no form that gives 0, 0.5, 1 or 2 (every GELU's and every mean of two's own numbers);
-not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25 dividing scores of 16-wide
-heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
+Beyond these forms, any other number that scales (Mul, Div) a sum, mean or extreme over an axis of the size
+(`h.sum(1) * T / (T + 1)`, `h.amax(1) / (T - 1)`, `h.sum(1) / log2(T)`, helper 65): a model scales such a sum by
+its own number rarely, and no list of forms holds every function of the size; positions are scaled by models'
+own numbers (a rotary table's linear scaling), so only the forms are read there.
+Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
+two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
+dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
 Constants of one element are read, in the graph, its subgraphs and its local functions; a float16 constant is
 compared at float16's precision.
 
@@ -27,9 +31,12 @@ The same int baked as an integer (helpers 57 and 61): where it picks or cuts alo
 (`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
 where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
 `where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), or as a Pool's kernel or
-stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n, n - 1, n + 1, n // 2,
-ceil(n / 2), 2n and their negatives for an index or a cut, n and n +- 1 for a value, n for a kernel or repeats;
-no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`: so `x[:, :: T // 3]` at 7 is missed). An
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n + k for k from -3 to 3, n // k
+and ceil(n / k) for k from 2 to 4, 2n and their negatives for an index or a cut (`x[:, T // 4]`, `x[:, :T - 3]`,
+helper 65), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
+step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), n and
+n +- 1 for a value, n for a kernel or repeats; no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
+`x[:, ::2]`). An
 axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a static export) is
 no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that meets a size is
 the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a size's own
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -47,10 +55,12 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.sizes.ops import is_table
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
-SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp"})
+SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
+                  "ReduceMax", "ReduceMin"})  # a mean's sum, and the extremes a normalization divides by
+SCALES = frozenset({"Mul", "Div"})
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
                     "Abs", "Add", "Sub", "Mul", "Div"})  # a sum seen through these is still the value's
-COMMON = (0.0, 0.5, 1.0, 2.0)  # what a function of a small size gives, and what models hold for their own reasons
+COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
 SHIFTS = (-3, -2, -1, 1, 2, 3)  # n + k: `T - 1` for an unbiased mean or the last position, `T + 3` for a margin
@@ -77,10 +87,22 @@ SUMMED = (*(form for k in SHIFTS for form in ((_plus(k), lambda n, k=k: n + k),
                                                      (f"1/log({_plus(k)})", _over(1, _log(k))))), *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to a sum
-INT_CUTS = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1),
-            ("{} // 2", lambda n: n // 2), ("ceil({} / 2)", lambda n: (n + 1) // 2), ("2*{}", lambda n: 2 * n))
-INT_CUTS = (*INT_CUTS, *((f"-({text})", lambda n, of=of: -of(n)) for text, of in INT_CUTS))
-INT_VALUES = INT_CUTS[:3]
+INT_VALUES = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1))
+INT_HALVES = (("{} // 2", lambda n: n // 2), ("ceil({} / 2)", lambda n: (n + 1) // 2), ("2*{}", lambda n: 2 * n))
+INT_PARTS = (*((f"{{}} // {k}", lambda n, k=k: n // k) for k in (3, 4)),
+             *((f"ceil({{}} / {k})", lambda n, k=k: -(-n // k)) for k in (3, 4)),
+             *((_plus(k), lambda n, k=k: n + k) for k in SHIFTS if abs(k) > 1))
+
+
+def _signed(forms: tuple) -> tuple:
+    """The forms and their negatives (an index or a cut from the end)."""
+    return (*forms, *((f"-({text})", lambda n, of=of: -of(n)) for text, of in forms))
+
+
+INT_CUTS = _signed((*INT_VALUES, *INT_HALVES, *INT_PARTS))
+# a step: a third or a quarter is every strided front end's own (`x[:, 1::3]` reduces 40 frames to the 13 a
+# Reshape bakes, and 3 is 13 // 4), so a step reads the size, its neighbours, its half and its double only
+STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
 INT_KERNELS = INT_CUTS[:1]
 CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
 VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
@@ -125,12 +147,17 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                    for _, of in PLAIN):
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
-                summed = _summed_dims(node, tensor, n, shape)
-                forms = [*PLAIN, *SUMMED, *_times_dims(summed)] if summed is not None else PLAIN
+                near = _near(node, tensor, n, shape, constant_value)
+                forms = [*PLAIN, *SUMMED, *_times_dims(near.dims)] if near is not None else PLAIN
                 form = next((text.format(n) for text, of in forms if not any(math.isclose(of(n), c) for c in COMMON)
                              and math.isclose(item, of(n), rel_tol=tolerance)), None)
                 if form is not None:
                     found.append(f"{node.op} '{node.name}' reads {item:.6g}, which is {form} for the size {n}")
+                    break
+                if near is not None and near.summed and node.op in SCALES \
+                        and not any(math.isclose(item, c) for c in COMMON):
+                    found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
+                                 f"which a function of the size would read the same at {n}")
                     break
     return found
 
@@ -167,10 +194,18 @@ def _nodes(graph: gs.Graph) -> Iterator[gs.Node]:
             graphs.extend(node.subgraphs())
 
 
-def _summed_dims(node: gs.Node, const: gs.Tensor, n: int, shape) -> list[int] | None:
-    """The static dims of a value summed over an axis of size `n` (or a dim the graph left symbolic) that the
-    node's other operand comes from, or its output goes to, within HOPS ops; [] for positions along such an axis
-    (a Range the other operand comes from); None where neither is near."""
+class Near(NamedTuple):
+    """What the value a constant meets holds: a sum (or extreme) over an axis of the size, with the static dims
+    of what was summed, or positions along it (a Range, no dims)."""
+
+    summed: bool
+    dims: list[int]
+
+
+def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Near | None:
+    """A sum over an axis of size `n` (or a dim the graph left symbolic) that the node's other operand comes
+    from, or its output goes to, within HOPS ops, or positions along such an axis (a Range the other operand
+    comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up"), *((out, "down") for out in node.outputs)]
     for _ in range(HOPS):
@@ -182,23 +217,26 @@ def _summed_dims(node: gs.Node, const: gs.Tensor, n: int, shape) -> list[int] | 
             for op in nexts:
                 if op.op in SUMS:
                     dims = shape(op.inputs[0]) if op.inputs else None
-                    if dims is not None and any(d == n or not isinstance(d, int) for d in _reduced(op, dims)):
-                        return [d for d in dims if isinstance(d, int) and d > 1]
+                    reduced = _reduced(op, dims, constant_value) if dims is not None else ()
+                    if any(d == n or not isinstance(d, int) for d in reduced):
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1])
                 elif op.op == "Range" and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
-                        return []
+                        return Near(False, [])
                 elif op.op in PASSES:
                     step.extend((t, way) for t in (op.inputs[:1] if way == "up" else op.outputs))
         frontier = step
     return None
 
 
-def _reduced(node: gs.Node, dims: list) -> list:
-    """The dims a reduction sums over (its `axes` attribute or constant input; all of them without)."""
+def _reduced(node: gs.Node, dims: list, constant_value) -> list:
+    """The dims a reduction sums over (its `axes` attribute or constant input, as a Constant node gives it too;
+    all of them without)."""
     axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-        axes = [int(a) for a in np.asarray(node.inputs[1].values).reshape(-1)]
+    if axes is None and len(node.inputs) > 1 and is_table(node.inputs[1]):
+        value = constant_value(node.inputs[1])
+        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
     return list(dims) if not axes else [dims[a] for a in axes if -len(dims) <= a < len(dims)]
 
 
@@ -239,10 +277,12 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iter
         return int(number) if abs(int(number)) > 2 else None
 
     if node.op in CUT_INPUTS and node.inputs:
-        items = [small_int(node.inputs[i]) for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
-        if any(items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
+        items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else INT_CUTS)
+                 for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
+        if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
                 and not _is_size(node.inputs[0]):
-            yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, INT_CUTS) for item in items if item)
+            yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
+                        if item)
     elif node.op in VALUE_OPS:
         items = [small_int(tensor) for tensor in node.inputs]
         if any(items) and not any(_is_size(t) for t in node.inputs if not is_table(t)):

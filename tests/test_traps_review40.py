@@ -1,0 +1,72 @@
+"""Traps from red team 40 (helper 65's table): `t = int(x.shape[1])` traced at T = 12 pins a head split's Reshape
+(GF004 rebuilds the entry, safe) and is baked again where the echo check read no form of it: an index or a cut at
+`t // 4`, `t // 3` or `t - 3`, a step of `t // 3`, a sum scaled by `t / (t + 1)`, `1 / (t + 4)`, `exp(-t / 10)`,
+`t ** -1.5` or `1 / log2(t)`, and a maximum over the length divided by `t - 1`. Each was written with exit 0 and
+wrong at every other length. Now the cuts read a third and a quarter of the size and the size plus or minus up to
+3, and a scale of a sum or maximum over the size is doubted whatever its value (graphfix.analysis.echoes): the
+repair refuses by default (exit 1, nothing written). The controls, a model's own cut and scale that follow no size,
+are still repaired.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from fixtures.baked_heads import D, Heads, export, repair  # noqa: E402  (imports torch)
+
+pytestmark = pytest.mark.torch
+LENGTH = 12
+
+
+def _module(name: str, body, keeps_length: bool) -> type:
+    """A Heads whose output is `body(h, t)`; with `keeps_length`, its output has a length axis (a cut of the
+    input's, declared dynamic as L)."""
+    return type(name, (Heads,), {"forward": lambda self, x: body(*self.heads(x)), "keeps_length": keeps_length})
+
+
+def _export(module, path: Path) -> Path:
+    return export(module, path, LENGTH, {0: "B", 1: "L"} if module.keeps_length else {0: "B"})
+
+
+TRAPS = {
+    "index-quarter": (lambda h, t: h[:, t // 4], False),
+    "index-third": (lambda h, t: h[:, t // 3], False),
+    "cut-end-minus-3": (lambda h, t: h[:, : t - 3], True),
+    "cut-start-quarter": (lambda h, t: h[:, t // 4:], True),
+    "step-third": pytest.param((lambda h, t: h[:, :: t // 3], True), marks=pytest.mark.xfail(
+        strict=True, reason="known miss: a step reads no third or quarter of the size, which strided front ends "
+                            "take as their own (x[:, 1::3] of 40 frames baked as 13: 3 is 13 // 4)")),
+    "sum-times-t-over-t-plus-1": (lambda h, t: h.sum(1) * (t / (t + 1)), False),
+    "sum-over-t-plus-4": (lambda h, t: h.sum(1) / (t + 4), False),
+    "amax-over-t-minus-1": (lambda h, t: h.amax(1) / (t - 1), False),
+    "sum-times-exp": (lambda h, t: h.sum(1) * math.exp(-t / 10), False),
+    "sum-times-power": (lambda h, t: h.sum(1) * t ** -1.5, False),
+    "sum-over-log2": (lambda h, t: h.sum(1) / math.log2(t), False),
+}
+CONTROLS = {
+    "own-cut": (lambda h, t: h[:, 5:], True),  # 5 is no form of 12
+    "own-index": (lambda h, t: h[:, -5], False),
+    "sum-over-sqrt-width": (lambda h, t: h.sum(1) / math.sqrt(D), False),  # the summed value's own width
+    "half-sum": (lambda h, t: h.sum(1) * 0.5, False),
+    "scaled-feature-sum": (lambda h, t: h.sum(2) * 0.3, True),  # summed over the features, not the length
+    "positions-scaled": (lambda h, t: h + (torch.arange(h.shape[1], dtype=torch.float32) * 0.3)[None, :, None],
+                         True),  # a rotary table's linear scaling: positions, not a sum
+}
+
+
+@pytest.mark.parametrize("trap", TRAPS.values(), ids=TRAPS)
+def test_a_size_baked_beside_a_safe_fix_in_a_form_red_team_40_found_makes_it_unsafe(tmp_path, trap):
+    done, out = repair(_export(_module("Trap", *trap)(), tmp_path / "m.onnx"))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "which is" in done.output or "scales a sum over an axis of the size 12" in done.output, done.output
+
+
+@pytest.mark.parametrize("name", CONTROLS)
+def test_a_models_own_cut_or_scale_is_no_echo_and_the_fix_stays_safe(tmp_path, name):
+    """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""
+    done, out = repair(_export(_module("Control", *CONTROLS[name])(), tmp_path / "m.onnx"))
+    assert done.exit_code == 0 and out.exists(), done.output
