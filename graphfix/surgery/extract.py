@@ -99,16 +99,37 @@ def _upstream(producers: dict[str, onnx.NodeProto], stops: set[str], outputs: li
             continue
         node = producers[name]
         stack.extend(node.input)
-        for attr in node.attribute:  # outer-scope names read by If/Loop/Scan bodies
-            for graph in (*([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []), *attr.graphs):
-                stack.extend(_outer_names(graph))
+        for graph in _subgraphs(node):  # outer-scope names read by If/Loop/Scan bodies
+            stack.extend(_outer_names(graph))
     return seen
 
 
 def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    """The names a subgraph reads from the scopes around it, its own subgraphs' included."""
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     local |= {o for n in graph.node for o in n.output}
-    return [i for n in graph.node for i in n.input if i and i not in local]
+    read = [i for n in graph.node for i in n.input]
+    read += [name for n in graph.node for inner in _subgraphs(n) for name in _outer_names(inner)]
+    return [name for name in read if name and name not in local]
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for attr in node.attribute for g in (*([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []),
+                                                    *attr.graphs)]
+
+
+def _with_outer_reads(model: onnx.ModelProto, part: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:
+    """Add to `part` the nodes and weights that only its subgraphs read (an If's branches reading `x` and a
+    constant of the main graph, as the dynamo exporter writes `torch.cond`): onnx's Extractor follows node inputs
+    alone, and its part failed the checker (helper 67)."""
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    reached = _upstream(producers, set(inputs), outputs) - set(inputs)
+    kept = [node for node in model.graph.node if any(out in reached for out in node.output)]
+    if len(kept) > len(part.graph.node):
+        del part.graph.node[:]
+        part.graph.node.extend(kept)
+    present = {t.name for t in part.graph.initializer}
+    part.graph.initializer.extend(t for t in model.graph.initializer if t.name in reached and t.name not in present)
 
 
 def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
@@ -122,6 +143,7 @@ def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str])
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(original)
+    _with_outer_reads(model, part, inputs, outputs)
     part.graph.name = model.graph.name or part.graph.name
     for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(part, name, getattr(model, name))

@@ -154,7 +154,7 @@ def mixed_mask(shape, rng, padded_true: bool) -> np.ndarray:
     return ~kept if padded_true else kept
 
 
-_PASS = frozenset({"Cast", "Unsqueeze", "Reshape", "Flatten", "Identity"})  # an input's values pass them as they are
+_PASS = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"})  # values pass as they are
 _SIZE_OPS = _PASS | {"Gather", "Slice", "Concat", "ReduceProd", "Mul"}  # a size read from Shape, and reshaped
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 import torch
 from click.testing import CliRunner
@@ -212,3 +213,33 @@ def test_nothing_is_written_when_the_check_fails(aed_path, tmp_path, monkeypatch
                           "-o", tmp_path / "part.onnx")
     assert code == 1 and "nothing written" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_part_keeps_what_only_its_subgraphs_read(tmp_path):
+    """The dynamo exporter writes `torch.cond` as an If whose branches read `x` and the main graph's constants
+    (helper 67): onnx's Extractor follows node inputs alone, and the part failed the checker (exit 1). The
+    branches' outer reads, nested ones too, now come with the part, which matches the whole model."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[B, T, 4] x) => (float[B, T, 4] y) <int64 axis = {1}, float scale = {3.0}> {
+        total = ReduceSum<keepdims = 0>(x)
+        zero = Constant<value = float {0.0}>()
+        positive = Greater(total, zero)
+        y = If(positive) <then_branch = then () => (float[B, T, 4] summed) {
+            summed = CumSum(x, axis)
+        }, else_branch = otherwise () => (float[B, T, 4] scaled) {
+            inner = Not(positive)
+            scaled = If(inner) <then_branch = deep () => (float[B, T, 4] times) {
+                times = Mul(x, scale)
+            }, else_branch = never () => (float[B, T, 4] same) {
+                same = Identity(x)
+            }>
+        }>
+    }""")
+    whole, part = tmp_path / "cond.onnx", tmp_path / "part.onnx"
+    onnx.save(model, whole)
+    code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
+    assert code == 0, out + err
+    for sign in (1.0, -1.0):
+        x = sign * np.abs(np.random.default_rng(0).standard_normal((2, 5, 4))).astype(np.float32)
+        np.testing.assert_allclose(run(str(part), {"x": x})[0], run(str(whole), {"x": x})[0])

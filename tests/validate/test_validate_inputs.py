@@ -158,3 +158,17 @@ def test_float_lengths_are_absolute_or_relative_as_the_graph_uses_them():
     assert np.allclose(np.round(relative * 9), relative * 9)  # whole frames once scaled
     assert absolute.max() == 9 and 1 <= absolute.min() < 9 and np.all(absolute == np.round(absolute))
     assert feeds["scale_len2"].max() == 9  # named as a length, not scaled by a size: absolute
+
+
+def test_relative_lengths_are_read_through_a_shape_slice_and_a_squeeze():
+    """The dynamo exporter reads the length as `Shape<start=1, end=2>` then Squeeze (helper 67): relative
+    lengths scaled by it were fed as absolute ones, and a healthy speechbrain-style model got a false GF003."""
+    m = model("""
+    g (float[B, T, 8] X, float[B] wav_lens) => (float[B] A) {
+        shape = Shape<start = 1, end = 2>(X)
+        t = Squeeze(shape)
+        tf = Cast<to = 1>(t)
+        A = Mul(wav_lens, tf)
+    }""")
+    relative = synthesize_inputs(m, {"B": 5, "T": 9}, ValidationOptions())["wav_lens"]
+    assert relative.max() == 1.0 and 0 < relative.min() < 1
