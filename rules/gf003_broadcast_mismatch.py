@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import (
+    BAD_PAIRS,
     BROADCAST_OPS,
-    MAX_NODE_SHAPES,
     Dim,
     Pair,
     alignments,
+    as_declared,
     closest_to_right,
     distinct_shapes,
+    doubtful,
+    fixed_by_placing,
     input_dim_names,
-    is_input_dim,
     leading_match,
     merge_shape,
     operand_pairs,
+    over_budget,
+    placed_shape,
+)
+from graphfix.analysis.broadcast_text import (
+    capped,
+    describe_operands,
+    operand_labels,
+    pairs_text,
+    show_dim,
+    show_shape,
+    when_it_runs,
 )
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes import sizes_of
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 from graphfix.io.sources import known_values
 
-BAD = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)
 MAX_GRAPH_PAIRS = 1_000_000  # pairs of distinct shapes over the whole graph; past it GF003 stops, saying where
-WHERE_LABELS = ("condition", "X", "Y")
 
 MASK_HINT = (
     "Replace `x[mask] = value` with `x = x.masked_fill(mask.unsqueeze(-1), value)` (transformers: "
@@ -141,7 +151,7 @@ class BroadcastMismatch(Rule):
             if len(operands) < 2:
                 continue  # nothing to broadcast against
             coarse = [ctx.shape(t) for t in operands]
-            if (over := _over_budget(coarse)) is not None:
+            if (over := over_budget(coarse)) is not None:
                 yield self.reject(over, nodes=[node])
                 continue
             pairs_left -= (n := len(distinct_shapes(coarse))) * (n - 1) // 2
@@ -149,12 +159,12 @@ class BroadcastMismatch(Rule):
                 yield self.reject(f"the graph's broadcasting ops pair more than {MAX_GRAPH_PAIRS:,} operand shapes: "
                                   "GF003 stopped here and checked no node from this one on", nodes=[node])
                 return
-            if all(s is not None for s in coarse) and not _doubtful(coarse, inputs):
+            if all(s is not None for s in coarse) and not doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
             if refined is None:  # one symbolic size analysis per graph, only once a candidate needs it
                 refined = sizes_of(ctx)
             shapes = [merge_shape(refined.dims(t), s) for t, s in zip(operands, coarse, strict=True)]
-            shapes = _as_declared(ctx, node, shapes, inputs)
+            shapes = as_declared(ctx, node, shapes, inputs)
             if any(s is None for s in shapes):
                 yield self.reject("an operand's rank is unknown", nodes=[node])
                 continue
@@ -169,21 +179,21 @@ class BroadcastMismatch(Rule):
             yield from found
 
     def _check(self, ctx, node, operands, shapes, inputs) -> Iterator[Finding | Rejection]:
-        if (over := _over_budget(shapes)) is not None:  # the size analysis can tell apart what onnx's shapes did not
+        if (over := over_budget(shapes)) is not None:  # the size analysis can tell apart what onnx's shapes did not
             yield self.reject(over, nodes=[node])
             return
         pairs = operand_pairs(shapes, inputs)
-        bad = [p for p in pairs if p[-1] in BAD]
+        bad = [p for p in pairs if p[-1] in BAD_PAIRS]
         if not bad:
             # only dims that may be equal at run time (two different names, an unknown dim)
             a, b = next(((p[3], p[4]) for p in pairs if p[-1] is Pair.UNKNOWN), (None, None))
-            yield self.reject(f"dims {_dim(a)} and {_dim(b)} differ but may be equal at run time", nodes=[node])
+            yield self.reject(f"dims {show_dim(a)} and {show_dim(b)} differ but may be equal at run time", nodes=[node])
             return
-        if all(_capped(p[3], p[4]) for p in bad):
-            yield self.reject(f"{_capped(bad[0][3], bad[0][4])}: a length cap, GF006 (trace-baked-constant) reports it",
+        if all(capped(p[3], p[4]) for p in bad):
+            yield self.reject(f"{capped(bad[0][3], bad[0][4])}: a length cap, GF006 (trace-baked-constant) reports it",
                               nodes=[node])
             return
-        labels = _labels(node, operands)
+        labels = operand_labels(node, operands)
         shape_map = {t.name: s for t, s in zip(operands, shapes, strict=True)}
         ref = max(range(len(shapes)), key=lambda i: len(shapes[i]))
         # each operand of a lower-rank shape in a bad pair (`operand_pairs` pairs the first of each shape)
@@ -194,23 +204,23 @@ class BroadcastMismatch(Rule):
         # every way each lower-rank operand's dims fit the reference's; the one closest to onnxruntime's placement
         choices = {i: alignments(shapes[i], shapes[ref]) for i in lower}
         placed = {i: closest_to_right(choices[i], len(shapes[i]), rank) for i in lower if choices[i]}
-        if lower and all(ok for ok, _ in proofs) and _fixed_by_placing(shapes, placed, rank, inputs):
+        if lower and all(ok for ok, _ in proofs) and fixed_by_placing(shapes, placed, rank, inputs):
             static_axes = sorted({a for _, axes in proofs for a in axes})
             ambiguous = {i: choices[i] for i in lower if len(choices[i]) > 1}
             fix = self._unsqueeze_fix(ctx, node, lower, shapes, ref, labels, static_axes, placed, ambiguous)
             if ambiguous:
                 options = "; ".join(f"{labels[i]} on axes {' or '.join(map(str, c))}" for i, c in ambiguous.items())
-                why = (f", so it {_when(bad)}. Its dims fit {labels[ref]}'s in more than one way ({options}): the "
-                       "leading dims, as `x[mask] = value` exports with the TorchScript exporter, or a mask over "
+                why = (f", so it {when_it_runs(bad)}. Its dims fit {labels[ref]}'s in more than one way ({options}): "
+                       "the leading dims, as `x[mask] = value` exports with the TorchScript exporter, or a mask over "
                        "the last axis (key padding), which is what the original applies where it runs; which one "
                        "the model means cannot be told from the graph.")
             else:
                 why = (f"; yet its dims are the leading dims of {labels[ref]} (a lower-rank bool mask, as `x[mask] = "
-                       f"value` exports with the TorchScript exporter), so it {_when(bad)}.")
+                       f"value` exports with the TorchScript exporter), so it {when_it_runs(bad)}.")
             yield self.finding(
-                f"{node.op} '{node.name}' aligns {_describe(labels, operands, shapes, lower)} with "
-                f"{labels[ref]} '{operands[ref].name}' {_fmt(shapes[ref])} from the right, pairing "
-                f"{_pairs_text(bad)}{why}",
+                f"{node.op} '{node.name}' aligns {describe_operands(labels, operands, shapes, lower)} with "
+                f"{labels[ref]} '{operands[ref].name}' {show_shape(shapes[ref])} from the right, pairing "
+                f"{pairs_text(bad)}{why}",
                 nodes=[node], tensors=operands, shapes=shape_map, fix=fix,
                 hint=AMBIGUOUS_HINT if ambiguous else MASK_HINT if node.op == "Where" else GENERIC_HINT,
             )
@@ -221,24 +231,24 @@ class BroadcastMismatch(Rule):
             static, dynamic = (i, j) if isinstance(a, int) else (j, i)
             size, dim = (a, b) if isinstance(a, int) else (b, a)
             yield self.finding(
-                f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {_fmt(shapes[static])} has "
+                f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {show_shape(shapes[static])} has "
                 f"static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "
-                f"{_fmt(shapes[dynamic])} has the dynamic dim {dim}, so it {_when(bad)}: a size captured at "
-                "export time (trace-baked); GF006 (trace-baked-constant) handles the fix.",
+                f"{show_shape(shapes[dynamic])} has the dynamic dim {dim}, so it {when_it_runs(bad)}: a size captured "
+                "at export time (trace-baked); GF006 (trace-baked-constant) handles the fix.",
                 nodes=[node], tensors=operands, shapes=shape_map, hint=BAKED_HINT,
             )
             return
         yield self.finding(
             f"{node.op} '{node.name}': operand shapes "
-            + ", ".join(f"{labels[k]} {_fmt(shapes[k])}" for k in range(len(shapes)))
-            + f" cannot broadcast: right-aligned they pair {_pairs_text(bad)}, so it {_when(bad)}.",
+            + ", ".join(f"{labels[k]} {show_shape(shapes[k])}" for k in range(len(shapes)))
+            + f" cannot broadcast: right-aligned they pair {pairs_text(bad)}, so it {when_it_runs(bad)}.",
             nodes=[node], tensors=operands, shapes=shape_map, hint=GENERIC_HINT,
         )
 
     def _unsqueeze_fix(self, ctx, node, lower, shapes, ref, labels, static_axes, placed, ambiguous) -> Fix:
         rank = len(shapes[ref])
-        padded = {i: _placed_shape(shapes[i], placed[i], rank) for i in lower}
-        names = ", ".join(f"{labels[i]} {_fmt(shapes[i])} -> {_fmt(padded[i])}" for i in lower)
+        padded = {i: placed_shape(shapes[i], placed[i], rank) for i in lower}
+        names = ", ".join(f"{labels[i]} {show_shape(shapes[i])} -> {show_shape(padded[i])}" for i in lower)
         trailing = all(placed[i] == tuple(range(len(shapes[i]))) for i in lower)
         summary = (f"unsqueeze the trailing axes of {names} in {node.op} '{node.name}'" if trailing else
                    f"unsqueeze {names} in {node.op} '{node.name}'")
@@ -268,66 +278,6 @@ class BroadcastMismatch(Rule):
                    reason=reason)
 
 
-def _as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
-    """Where the node writes a graph output whose dims the export declared (`[batch, frames, 768]`), an operand of
-    the output's rank has, on each axis, either 1 or the output's dim: a computed size there (`floor(T/320)`, a dim
-    onnx could not name) is the declared name."""
-    out = node.outputs[0]
-    declared = ctx.shape(out) if out.name in ctx.graph_output_names else None
-    if not declared:
-        return shapes
-    unified = []
-    for shape in shapes:
-        if shape is not None and len(shape) == len(declared):
-            shape = [d if d == 1 or not is_input_dim(name, inputs) or isinstance(d, int) else name
-                     for d, name in zip(shape, declared, strict=True)]
-        unified.append(shape)
-    return unified
-
-
-def _doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
-    """Whether some right-aligned pair is worth symbolic inference: not plainly fine (equal, or a 1), and not a
-    dim onnx lost track of in operands of equal rank. onnx's inference folds constant shapes, so a baked size
-    shows up as a number, not as a lost dim; what it loses is computed at run time from the input, which a
-    lower-rank operand (the `x[mask]` mask) can still misalign. Refining every residual `Add` of a transformer
-    whose attention hid T would cost more than the whole rest of a static diagnose."""
-    for i, j, _, a, b, verdict in operand_pairs(shapes, inputs):
-        if verdict is Pair.OK:
-            continue
-        if len(shapes[i]) == len(shapes[j]) and (_lost(a, inputs) or _lost(b, inputs)):
-            continue
-        return True
-    return False
-
-
-def _lost(dim: Dim, inputs: frozenset[str]) -> bool:
-    """A dim onnx's shape inference could not name (None, or an `unk__N` it made up)."""
-    return dim is None or (isinstance(dim, str) and not is_input_dim(dim, inputs))
-
-
-def _over_budget(shapes: list[list[Dim] | None]) -> str | None:
-    """Why a node has too many distinct operand shapes to pair them all (MAX_NODE_SHAPES); None when it has not.
-    Not checking it reports nothing false: the node is named in the rejections."""
-    n = len(distinct_shapes(shapes))
-    if n <= MAX_NODE_SHAPES:
-        return None
-    return f"{n} different operand shapes, more than the {MAX_NODE_SHAPES} GF003 pairs in one node: not checked"
-
-
-def _placed_shape(shape: list[Dim], axes: tuple[int, ...], rank: int) -> list[Dim]:
-    """`shape` laid on `axes` of a rank-`rank` shape, 1 elsewhere: what Unsqueeze on the other axes gives."""
-    out: list[Dim] = [1] * rank
-    for dim, axis in zip(shape, axes, strict=True):
-        out[axis] = dim
-    return out
-
-
-def _fixed_by_placing(shapes, placed, rank, inputs) -> bool:
-    """After laying each lower-rank operand on its chosen axes (1s elsewhere), no pair is a mismatch any more."""
-    padded = [_placed_shape(s, placed[k], rank) if k in placed else s for k, s in enumerate(shapes)]
-    return not any(p[-1] in BAD for p in operand_pairs(padded, inputs))
-
-
 def _built_as_said(apply, node: gs.Node, padded: dict[int, list[Dim]]):
     """`apply`, then the size analysis of the rewritten graph must give each operand the shape the finding states
     (`[B, T] -> [B, T, 1]`): a rewrite that builds something else (`mask[:, :1]`, right only where T is 1) fails."""
@@ -345,11 +295,11 @@ def _built_as_said(apply, node: gs.Node, padded: dict[int, list[Dim]]):
                                                                          {s.name for s in built.free_symbols}):
                     if isinstance(said, str) and built is not None and built.is_number:
                         raise ValueError(f"the rewrite gives {node.inputs[index].name} {list(got)}, the finding "
-                                         f"says {_fmt(want)}")
+                                         f"says {show_shape(want)}")
                     continue
                 if (isinstance(said, int) and built != said) or (isinstance(said, str) and str(built) != said):
                     raise ValueError(f"the rewrite gives {node.inputs[index].name} {list(got)}, the finding says "
-                                     f"{_fmt(want)}")
+                                     f"{show_shape(want)}")
     return run
 
 
@@ -369,47 +319,3 @@ def _unsqueeze(node: gs.Node, axes_of: dict[int, list[int]], opset: int):
             node.inputs[index] = out
 
     return apply
-
-
-def _labels(node: gs.Node, operands: list[gs.Tensor]) -> list[str]:
-    if node.op == "Where":
-        return list(WHERE_LABELS[: len(operands)])
-    return [f"input {k}" for k in range(len(operands))]
-
-
-def _dim(dim: Dim) -> str:
-    return "?" if dim is None else str(dim)
-
-
-def _fmt(shape: list[Dim]) -> str:
-    return "[" + ", ".join(_dim(d) for d in shape) + "]"
-
-
-def _describe(labels, operands, shapes, indices) -> str:
-    return " and ".join(f"{labels[i]} '{operands[i].name}' {_fmt(shapes[i])}" for i in indices)
-
-
-def _pairs_text(bad) -> str:
-    return ", ".join(f"{a} with {b}" for *_, a, b, _v in bad)
-
-
-def _when(bad) -> str:
-    if any(p[-1] is Pair.CONFLICT for p in bad):
-        return "fails at every input size"
-    conditions = []
-    for *_, a, b, verdict in bad:
-        if verdict is Pair.PINNED:
-            dim, size = (b, a) if isinstance(a, int) else (a, b)
-            conditions.append(f"{dim} is 1 or {size}")
-        else:
-            conditions.append(_capped(a, b) or f"{a} equals {b} (or one is 1)")
-    return "runs only when " + " and ".join(dict.fromkeys(conditions))
-
-
-def _capped(a: Dim, b: Dim) -> str:
-    """`Min(29, T)` against `T`: a length cut by a size fixed at export, so the op runs only up to that size."""
-    for x, y in ((a, b), (b, a)):
-        match = re.fullmatch(r"Min\((\d+), (.+)\)", str(x))
-        if match and match.group(2) == str(y):
-            return f"{y} <= {match.group(1)} (a size fixed at export time caps {y}; see GF006)"
-    return ""

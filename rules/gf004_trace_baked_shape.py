@@ -8,27 +8,24 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis import export_sizes as evidence
+from graphfix.analysis.baked_shapes import (
+    Entries,
+    constant_target,
+    entry_text,
+    expand_entries,
+    reshape_candidates,
+    reshape_entries,
+    rounded_pads,
+    slice_ends,
+    solved_entries,
+    value_entries,
+)
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.hypotheses import show
-from graphfix.analysis.sizes import (
-    baked_expands,
-    baked_reshapes,
-    baked_slices,
-    caps,
-    determined_entries,
-    frozen_by_other_entries,
-    partly_constant,
-    sizes_of,
-)
-from graphfix.analysis.sizes.arith import same
+from graphfix.analysis.sizes import baked_expands, baked_reshapes, baked_slices, partly_constant, sizes_of
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
-INT64_MAX = np.iinfo(np.int64).max
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
-# a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
-_BY_VALUE = ("the export size of {dims} is given, not solved: no constraint of the graph pins it, so the constant "
-             "may be a model size that equals it at export (rewriting a healthy reshape or slice changes its output)")
 HINT_CHOICE = " `graphfix repair` builds each and applies one only if the proof accepts it alone."
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
@@ -96,10 +93,8 @@ class TraceBakedShape(Rule):
     @classmethod
     def baked_entries(cls, sizes, choices: dict[str, int]):
         """Each baked Reshape entry with one candidate expression, or the one the repair chose; none while ambiguous."""
-        for baked in baked_reshapes(sizes):
-            chosen = [e for e in baked.entries if e.index == choices[baked.node.name]] if baked.node.name in choices \
-                else baked.entries if len(baked.entries) == 1 else []
-            yield from ((baked.node, 1, e.index, e.value, e.expr) for e in chosen)
+        return solved_entries(sizes, choices)
+
     knowledge = (
         known(r"cannot be reshaped to the requested shape",
               "onnxruntime Reshape: the requested shape holds a size baked at export time",
@@ -169,42 +164,26 @@ class TraceBakedShape(Rule):
                    f"{baked.solution.constraint.left} equals that of its shape [{target}] only at {sym}={value}, so "
                    f"onnxruntime fails ('cannot be reshaped to the requested shape') at every other {sym}")
         kwargs = dict(nodes=[node], tensors=[data, node.inputs[1]], shapes={data.name: sizes.dims(data)})
-        # the proposal checked against the hypotheses the graph's constraints leave, recomputed
-        left = determined_entries(sizes, baked)
-        wrong = [e for e in baked.entries if not any(d.index == e.index and same(d.expr, e.expr) for d in left)]
-        if wrong:
+        found = reshape_candidates(sizes, baked, ctx.options.choices.get(node.name))
+        if found.wrong:
             return self.finding(
-                f"{message}; the analysis proposes {_entry_text(wrong[0])}, which the graph's constraints do not "
-                f"leave (they leave {', '.join(_entry_text(d) for d in left) or 'nothing'}): not repaired", **kwargs,
-                hint=HINT_INT)
-        entries = [e for e in baked.entries if size_expr(None, sizes, e.expr, data)]
-        entries += [d for d in left if not any(d.index == e.index for e in baked.entries)
-                    and size_expr(None, sizes, d.expr, data)]
-        chosen = [e for e in entries if e.index == ctx.options.choices.get(node.name)]
-        trial = len(entries) > 1 and bool(chosen)  # one of repair's trials (see Choice): the proof judges it
-        entries = chosen if trial else entries
+                f"{message}; the analysis proposes {entry_text(found.wrong[0])}, which the graph's constraints do "
+                f"not leave (they leave {', '.join(entry_text(d) for d in found.left) or 'nothing'}): not repaired",
+                **kwargs, hint=HINT_INT)
+        entries, doubt = found.entries, found.doubt
         if len(entries) != 1:  # none rebuildable, or several that fit: the proof chooses, if one alone passes
-            labels = tuple(_entry_text(e) for e in entries)
+            labels = tuple(entry_text(e) for e in entries)
             choice = Choice(node.name, tuple(e.index for e in entries), labels) if entries else None
             return self.finding(f"{message}; entries that could stand for it: {', '.join(labels) or 'none'}",
                                 **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
-        # a declared dim disagrees
-        doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry.index)[:2])
-        if entry.others:  # several expressions fit the same entry: the graph does not say which
-            doubt = "; ".join(filter(None, [doubt, f"{show(entry.expr)} (applied, the simplest) or "
-                                            + " or ".join(show(o) for o in entry.others) + " fits the element count "
-                                            "as well: they differ at other sizes and the graph does not say which"]))
         return self.finding(
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}" + (f"; but {doubt}" if doubt else ""),
             **kwargs, hint=HINT_INT,
             fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
                     apply=loosened(node, {value}, rebuild), safety=Safety.UNSAFE if doubt else Safety.SAFE,
-                    reason=f"the element count says entry {entry.index} is {entry.expr}, but {doubt}" if doubt else
-                    "the one candidate the proof accepted (repair's trial)" if trial else
-                    f"solved from the element count: entry {entry.index} is {entry.expr} at every size"))
-
+                    reason=found.reason()))
 
     # --- partly constant Expand shapes: a broadcast right after pins a size (solved constraint) ----------------
     def _solved_expands(self, ctx: RuleContext, ev) -> Iterator[Finding]:
@@ -237,105 +216,44 @@ class TraceBakedShape(Rule):
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
         data, target_t = node.inputs[0], node.inputs[1]
-        shape, target = ctx.shape(data), ev(target_t)
-        # only constant targets can be baked
-        if target is None or shape is None:
+        if (shape := ctx.shape(data)) is None or (target := constant_target(ev, node)) is None:
+            return  # only constant targets can be baked
+        found = reshape_entries(sizes, data, shape, target, int(node.attrs.get("allowzero", 0)))
+        if found is None:
+            return  # only the graph inputs' dynamic dims have export-time sizes to compare with
+        if found.unmatched:
+            yield self.finding(
+                f"Reshape '{node.name}' has the constant shape {target}: its element count is fixed while "
+                f"the input {data.name} {shape} varies with {', '.join(found.unmatched)}; it runs at the export "
+                "size only", nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
+                hint=HINT_INT + " Give --trace-shape NAME=DIMS so graphfix can tell which entry is baked.")
             return
-        target = [int(t) for t in target.reshape(-1)]
-        syms = {i: d for i, d in enumerate(shape) if isinstance(d, str) and d in sizes.carriers}
-        # only the graph inputs' dynamic dims have export-time sizes to compare with
-        if not syms:
+        if not found.notes:
             return
-        allowzero = int(node.attrs.get("allowzero", 0))
-        entries: list[int | tuple[gs.Tensor, int]] = list(target)
-        notes, guessed, given, unsafe = [], [], [], []
-        matched: set[str] = set()
-        for j, t in enumerate(target):
-            sym = syms.get(j)
-            if sym is None or t <= 0:
-                continue
-            if sym in sizes.values and sizes.values[sym] == t:
-                entries[j] = 0 if allowzero == 0 else (data, j)
-                matched.add(sym)
-                if sizes.is_solved(sym):
-                    notes.append(f"entry {j} = {t} is {sizes.explain(sym)}")
-                    continue
-                # a given size that no constraint pins: [2, -1, 4] runs at every B, the 2 may be the model's own
-                notes.append(f"entry {j} = {t} equals {sizes.explain(sym)}, which no constraint of the graph pins")
-                given.append(sym)
-            elif evidence.regroups_static_trailing_dims(shape, target, j):
-                continue  # [B, T, 32] -> [-1, 32]: the entry is the input's own trailing static dim, not a size
-            elif sym not in sizes.values and -1 in target and all(isinstance(e, int) and e != 0 for e in entries[:j]):
-                # nothing else tells the export size: the constant at the dim's own position is the best guess
-                entries[j] = 0 if allowzero == 0 else (data, j)
-                notes.append(f"entry {j} = {t} sits where dynamic dim {sym} is (its export size is not known)")
-                guessed.append(sym)
-                matched.add(sym)
-        rest = [(i, s) for i, s in syms.items() if s not in matched]
-        if rest and -1 not in target and 0 not in target:
-            # element count is fixed while the input's varies: find which entries stand for which dims
-            rest = evidence.match_fixed_count(sizes, data, target, entries, syms, rest, notes, unsafe)
-            if rest:
-                dims = ", ".join(s for _, s in rest)
-                yield self.finding(
-                    f"Reshape '{node.name}' has the constant shape {target}: its element count is fixed while "
-                    f"the input {data.name} {shape} varies with {dims}; it runs at the export size only",
-                    nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
-                    hint=HINT_INT + " Give --trace-shape NAME=DIMS so graphfix can tell which entry is baked.")
-                return
-        if not notes:
-            return
-        if guessed:
-            unsafe.append(f"export size of {', '.join(guessed)} guessed from the constant; confirm with --trace-shape")
-        if given:
-            unsafe.append(_BY_VALUE.format(dims=", ".join(given)))
-        safety = Safety.UNSAFE if unsafe else Safety.SAFE
-        reason = "; ".join(unsafe) or "each replaced entry is the export size of the input's dynamic dim there"
-        # an error needs a solved constraint: an entry that only equals an export size may be meant
-        doubt = guessed or given
+        doubt = found.doubt  # an error needs a solved constraint: an entry that only equals an export size may be meant
         yield self.finding(
             f"Reshape '{node.name}' {'may bake' if doubt else 'bakes'} export-time sizes into its shape {target}: "
-            + "; ".join(notes) + f"; {'if so, ' if doubt else ''}at other sizes of {data.name} {shape} onnxruntime "
-            "fails ('cannot be reshaped to the requested shape') or returns a wrong shape",
+            + "; ".join(found.notes) + f"; {'if so, ' if doubt else ''}at other sizes of {data.name} {shape} "
+            "onnxruntime fails ('cannot be reshaped to the requested shape') or returns a wrong shape",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,
             severity=Severity.WARNING if doubt else None,
-            fix=_shape_fix(ctx, node, target, entries, safety, reason))
+            fix=_shape_fix(ctx, node, target, found))
 
     # --- Expand --------------------------------------------------------------------------------------------
     def _expand(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
         data, target_t = node.inputs[0], node.inputs[1]
-        shape, target = ctx.shape(data), ev(target_t)
-        if target is None or shape is None:
+        if (shape := ctx.shape(data)) is None or (target := constant_target(ev, node)) is None:
             return
-        target = [int(t) for t in target.reshape(-1)]
-        offset = len(target) - len(shape)
-        entries: list[int | tuple[gs.Tensor, int]] = list(target)
-        notes, by_value, given_only = [], [], []
-        for j, t in enumerate(target):
-            i = j - offset
-            dim = shape[i] if i >= 0 else 1
-            if t <= 1:
-                continue
-            if isinstance(dim, str) and sizes.values.get(dim) == t:
-                entries[j] = 1  # Expand keeps the input's dim where the shape says 1
-                notes.append(f"entry {j} = {t} is {sizes.explain(dim)}")
-            elif dim == 1 and len(cands := evidence.carriers_of(sizes, t)) == 1:
-                entries[j] = sizes.carriers[cands[0]]
-                by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
-                given_only.append(not sizes.is_solved(cands[0]))
-        if not notes and not by_value:
+        found = expand_entries(sizes, shape, target)
+        if not found.notes:
             return
-        safety = Safety.UNSAFE if by_value else Safety.SAFE
-        reason = ("the expanded dim is linked to the graph input by value only" if by_value else
-                  "the input carries the dynamic dim at each replaced position; 1 keeps it")
         yield self.finding(
-            f"Expand '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(notes + by_value)
+            f"Expand '{node.name}' bakes export-time sizes into its shape {target}: " + "; ".join(found.notes)
             + "; at other sizes onnxruntime fails or the output keeps the export size",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape},
             hint=HINT_INT + " E.g. `cls.expand(int(x.shape[0]), -1, -1)` -> `cls.expand(x.shape[0], -1, -1)`.",
-            # a new axis that only equals a size given with --trace-shape may be the model's own (a repeat count)
-            severity=Severity.WARNING if by_value and all(given_only) and not notes else None,
-            fix=_shape_fix(ctx, node, target, entries, safety, reason))
+            severity=Severity.WARNING if found.doubt else None,
+            fix=_shape_fix(ctx, node, target, found))
 
     # --- Slice ---------------------------------------------------------------------------------------------
     def _slice(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -344,40 +262,10 @@ class TraceBakedShape(Rule):
         values = [ev(t) for t in node.inputs[1:5] if t.name or isinstance(t, gs.Constant)]
         if shape is None or len(values) < 2 or any(v is None for v in values):
             return
-        starts, ends = values[0].reshape(-1), values[1].reshape(-1).copy()
-        axes = values[2].reshape(-1) if len(values) > 2 else np.arange(len(starts))
-        steps = values[3].reshape(-1) if len(values) > 3 else np.ones(len(starts), dtype=np.int64)
-        notes, unsafe = [], []
-        for k, axis in enumerate(axes):
-            dim = shape[int(axis) % len(shape)]
-            if not isinstance(dim, str) or steps[k] <= 0:
-                continue
-            if ends[k] < 0 or ends[k] >= np.iinfo(np.int32).max:
-                continue  # an open or end-relative end bakes nothing (and needs no export size)
-            if dim not in sizes.carriers:
-                continue  # not a graph input's dim: no export size to compare with
-            if dim not in sizes.values:
-                yield self.reject(f"Slice on dynamic dim {dim}: its export size is unknown (give --trace-shape)",
-                                  nodes=[node])
-                continue
-            size = sizes.values[dim]
-            if ends[k] == size:
-                ends[k] = INT64_MAX
-                notes.append(f"end {size} on axis {int(axis)} is {sizes.explain(dim)}")
-                if not sizes.is_solved(dim):
-                    unsafe.append(_BY_VALUE.format(dims=dim))
-                elif not any(c.symbol.name == dim and c.limit == size for c in caps(sizes_of(ctx))):
-                    # hypotheses: the end is the dim (to the end) or the model's own length; only a consumer that
-                    # needs the slice to follow the dim past the export size (`Min(T, 8) == T`) tells them apart
-                    unsafe.append(f"the end is {dim} (to the end) or a fixed length {size} of the model: nothing "
-                                  f"downstream needs the slice to follow {dim}")
-                if len(sizes.symbols_with(size)) > 1:
-                    unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
-            elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:
-                notes.append(f"end {int(ends[k])} on axis {int(axis)} is {sizes.explain(dim)} minus "
-                             f"{size - int(ends[k])}")
-                unsafe.append("the end may be a deliberate fixed length rather than `n - k`")
-                ends[k] = int(ends[k]) - size
+        found = slice_ends(ctx, sizes, shape, values)
+        for why in found.rejected:
+            yield self.reject(why, nodes=[node])
+        notes, ends = found.notes, found.entries
         if not notes or any(b.node is node for b in baked_slices(sizes_of(ctx))):
             return  # GF007's when a constraint solves the end
         yield self.finding(
@@ -389,8 +277,7 @@ class TraceBakedShape(Rule):
             fix=Fix(f"make Slice '{node.name}' ends relative to the end: {ends.tolist()}",
                     apply=loosened(node, set(values[1].reshape(-1).tolist()),
                                    replace_input(node, 2, [int(e) for e in ends], ctx.opset)),
-                    safety=Safety.UNSAFE if unsafe else Safety.SAFE,
-                    reason="; ".join(unsafe) or "the end was the full length of the sliced dynamic dim"))
+                    safety=Safety.UNSAFE if found.unsafe else Safety.SAFE, reason=found.reason))
 
     # --- Split and Pad: the information is gone --------------------------------------------------------------
     def _split(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -420,13 +307,7 @@ class TraceBakedShape(Rule):
         pads = ev(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
         if shape is None or pads is None or pads.size != 2 * len(shape):
             return
-        pads = pads.reshape(-1)
-        for axis, dim in enumerate(shape):
-            amount = int(pads[axis] + pads[axis + len(shape)])
-            if not isinstance(dim, str) or amount <= 0 or dim not in sizes.values:
-                continue
-            padded = sizes.values[dim] + amount
-            multiple = next((m for m in (2 ** k for k in range(1, 13)) if m > amount and padded % m == 0), None)
+        for axis, dim, amount, multiple in rounded_pads(sizes, shape, pads.reshape(-1)):
             if multiple is None:  # a pad amount unrelated to the size (conv padding) is fine
                 yield self.reject(f"pad {amount} on axis {axis} does not round {dim} up to a multiple", nodes=[node])
                 continue
@@ -449,15 +330,10 @@ class TraceBakedShape(Rule):
                              and np.issubdtype(ev(node.outputs[0]).dtype, np.integer)):
             return
         flat = [int(v) for v in value.reshape(-1)] if value.size else []
-        entries: list[int | tuple[gs.Tensor, int]] = list(flat)
-        notes = []
-        for j, v in enumerate(flat):
-            cands = evidence.carriers_of(sizes, v) if v > 1 and v == value.reshape(-1)[j] else []
-            if len(cands) == 1:
-                entries[j] = sizes.carriers[cands[0]]
-                notes.append(f"{v} equals {sizes.explain(cands[0])}")
-            elif len(cands) > 1:
-                yield self.reject(f"{v} matches several dynamic dims ({', '.join(cands)})", nodes=[node])
+        found = value_entries(sizes, value, flat)
+        for why in found.rejected:
+            yield self.reject(why, nodes=[node])
+        notes, entries = found.notes, found.entries
         if not notes:
             return
         role = {"ConstantOfShape": "shape", "Tile": "repeats", "Range": "limit", "Resize": "sizes"}[node.op]
@@ -473,13 +349,10 @@ class TraceBakedShape(Rule):
                     safety=Safety.UNSAFE, reason="linked to the input's dim by equal value only"))
 
 
-
-def _entry_text(entry) -> str:
-    return f"entry {entry.index} ({entry.value} = {show(entry.expr)})"
-
-
-def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], entries, safety: Safety, reason: str) -> Fix:
-    """Compute the shape input of a Reshape or Expand from `entries` (ints, or (tensor, axis) read at run time)."""
-    rebuild = replace_input(node, 1, entries, ctx.opset)
-    return Fix(f"compute {node.op} '{node.name}' shape at run time: {evidence.show_entries(entries)}",
-               apply=loosened(node, evidence.changed_values(target, entries), rebuild), safety=safety, reason=reason)
+def _shape_fix(ctx: RuleContext, node: gs.Node, target: list[int], found: Entries) -> Fix:
+    """Compute the shape input of a Reshape or Expand from `found.entries` (ints, or (tensor, axis) read at run
+    time); unsafe where the analysis says a replacement may be wrong."""
+    rebuild = replace_input(node, 1, found.entries, ctx.opset)
+    return Fix(f"compute {node.op} '{node.name}' shape at run time: {evidence.show_entries(found.entries)}",
+               apply=loosened(node, evidence.changed_values(target, found.entries), rebuild),
+               safety=Safety.UNSAFE if found.unsafe else Safety.SAFE, reason=found.reason)

@@ -21,7 +21,7 @@ from graphfix.analysis.edits import (
     table_slice_input,
 )
 from graphfix.analysis.export_sizes import folded_ranges
-from graphfix.analysis.pinned import Pinned, copies, pinned_operands, widening_constants
+from graphfix.analysis.pinned import Pinned, kept_because, pinned_operands, widening_constants
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
@@ -178,17 +178,14 @@ class TraceBakedConstant(Rule):
             name, length = node.inputs[0].name, f"{tensor.name}.shape[{axis}]"
             yield self.finding(
                 f"Slice '{node.name}' cuts constant '{name}' ({rows} rows) to {length}: longer inputs fail in "
-                f"onnxruntime. The constant is {table.show()}, a formula: if the module computes it for any length "
-                f"(a cache grown per call, as speechbrain's rotary cache is), the repair can too; if {rows} is the "
-                "model's own limit, or its frequencies change past it (dynamic NTK, YaRN), it must stay",
+                f"onnxruntime. The constant is {table.show()}, {table.past(rows)}",
                 nodes=[node], tensors=[node.inputs[0]], severity=Severity.INFO,
                 hint="Compute the table from the traced length in forward() (torch.arange(x.shape[1])), or export "
                      "with a table as long as the longest input you deploy.",
                 fix=Fix(f"compute '{name}' as the same sines and cosines of Range(0, max({rows}, {length}))",
                         apply=sinusoid_input(node, 0, value, table, tensor, axis, ctx.opset, at_least=rows),
                         safety=Safety.UNSAFE,
-                        reason=f"up to {rows} rows the formula gives the table's values; past them the graph does "
-                               "not say whether the module computes the same formula, stops, or scales it"))
+                        reason=table.doubt_past(rows)))
 
     # --- a length capped by positions folded at export (FunnelModel's relative positions) ------------------------
     def _length_caps(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
@@ -211,11 +208,7 @@ class TraceBakedConstant(Rule):
                 apply=positions_at_least(source.tensor, source.length, ctx.constant_value(source.tensor).dtype,
                                          *grown, ctx.opset),
                 safety=Safety.UNSAFE,
-                reason=f"positions 0, 1, ... only ever cut to the first {sym} (a table computed for {source.length} "
-                       f"of them): up to {source.length} the repair computes what the original does; beyond it "
-                       "the same positions continuing is the simplest (applied), but a module that computes "
-                       f"positions for max(T, {source.length}) may also cap them there or change its frequencies "
-                       f"past {source.length} (dynamic NTK rotary scaling), and the graph does not say which")
+                reason=source.doubt(sym))
             yield self.finding(
                 f"{node.op} '{node.name}' runs only while {sym} <= {limit} (it needs {cap.constraint.left} = "
                 f"{cap.constraint.right}): constant '{source.tensor.name}' is {source.show()}, positions computed "
@@ -239,15 +232,9 @@ class TraceBakedConstant(Rule):
                 yield from self._pinned_width(ctx, pinned)
 
     def _pinned_width(self, ctx: RuleContext, p: Pinned) -> Iterator[Finding | Rejection]:
-        constraint, sym, width = p.solution.constraint, p.solution.symbol, p.solution.value
-        (carrier, axis), reader = p.carrier, p.node
-        message = (f"{constraint.node.op} '{constraint.node.name}' holds only at {sym}={width} ({constraint.left} = "
-                   f"{constraint.right}, {constraint.detail}): the {width} is the extent of constant "
-                   f"'{p.const.name}' {list(p.value.shape)} along axis {p.axis}, read by {reader.op} '{reader.name}' "
-                   "where nothing meets it with a size; a width computed in Python while tracing (`.item()` of a "
-                   "maximum, as speechbrain's `length_to_mask(lengths)` takes it from `lengths.max().item()`, or "
-                   f"`int()` of a size), so onnxruntime fails at every other {sym}")
-        where = {"nodes": [constraint.node, reader], "tensors": [p.const],
+        width, reader, (carrier, axis) = p.solution.value, p.node, p.carrier
+        message = p.describe()
+        where = {"nodes": [p.solution.constraint.node, reader], "tensors": [p.const],
                  "shapes": {p.const.name: list(p.value.shape)}}
         hint = ("Give the width as a traced size (`length_to_mask(lengths, max_len=x.shape[1])`, "
                 "`torch.arange(x.shape[1])`), not a Python int.")
@@ -257,12 +244,7 @@ class TraceBakedConstant(Rule):
                               nodes=[reader])
             yield self.finding(message + "; its values are not an arange: not repaired", **where, hint=hint)
             return
-        others, elsewhere = copies(ctx, p), p.read_elsewhere()
-        if others or elsewhere:  # the Python int also reaches what nothing pins: rebuilt, that would change too
-            why = (f"and so is '{others[0]}'" + (f" (and {len(others) - 1} more)" if len(others) > 1 else "") +
-                   ": if they are the same Python int, rebuilding one leaves the others at the export size"
-                   if others else f"{elsewhere[0].op} '{elsewhere[0].name}' reads it too, where nothing needs it to "
-                   "follow the length: rebuilding it would change what that computes")
+        if why := kept_because(ctx, p):  # the Python int also reaches what nothing pins: rebuilt, that would change
             yield self.finding(message + f"; it is arange({width}) along axis {p.axis}, {why}; not repaired",
                                **where, hint=hint)
             return
@@ -272,21 +254,11 @@ class TraceBakedConstant(Rule):
             fix=Fix(f"compute {p.const.name} as Range(0, {length})",
                     apply=loosened(reader, {width}, in_turn(arange_input(node, index, p.value, p.axis, carrier,
                                                                        axis, ctx.opset) for node, index in p.readers)),
-                    safety=Safety.UNSAFE,
-                    reason=f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
-                           f"own width, a maximum of the lengths, must equal it too); but 0, 1, ..., {width - 1} is "
-                           f"arange({sym}) (applied, the simplest), arange({sym}).clamp(max=c) for any c >= "
-                           f"{width - 1}, or another sequence that starts so (a linspace): the graph does not say "
-                           f"which; nor whether the Python int that gave {width} is used where nothing needs it to "
-                           "follow the length (a count, a loop bound folded elsewhere)"))
+                    safety=Safety.UNSAFE, reason=p.doubt()))
 
     # --- constant operands cut at an export-time size -----------------------------------------------------------
     def _baked_constant(self, ctx, c: Baked) -> Iterator[Finding | Rejection]:
-        sizes = ", ".join(f"{d}={c.value.shape[a]} on axis {a}" for a, d in c.axes)
-        base = (f"{c.node.op} '{c.node.name}' combines {c.other.name} {c.oshape} with constant '{c.const.name}' "
-                f"{list(c.value.shape)} cut at export-time sizes ({sizes}): onnxruntime fails at other sizes")
-        where = {"nodes": [c.node], "tensors": [c.const, c.other],
-                 "shapes": {c.const.name: list(c.value.shape), c.other.name: c.oshape}}
+        base, where = c.describe(), c.where()
         baked = [a for a, _ in c.axes]
         # Uniform along the baked axes (ones/zeros/full): a size-1 dim broadcasts to any size.
         if is_uniform(c.value, baked):
@@ -366,34 +338,16 @@ class TraceBakedConstant(Rule):
                 yield self.finding(base + f"; {masks}: not repaired", **where,
                                    hint="Build the mask from the traced size (`x.size(1)`, not int()) and re-export.")
                 return
-            rows_cols = (c.value.ndim - 2, c.value.ndim - 1)  # a side that follows no size keeps its length
-            entries = [(c.other, c.source(a)) if a in baked else int(c.value.shape[a]) for a in rows_cols]
-            cols = None if rows_cols[1] in baked else str(c.value.shape[-1])
-            op = "EyeLike" if band.kind == "eye" else "Trilu"
-            # A mask that reaches the matrix's corner along a size hides its edge there: a window as wide as the
-            # export size or wider (`tril` traced at T=4 is every sliding window of width >= 4) fits as well.
-            others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
-            # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
-            # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
-            strided = band.kind in ("eye", "band")
-            reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
-                      f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
-                      "wrong at every longer size" if len(masks) > 1 else
-                      f"the constant is exactly {band.show()} with every edge inside the matrix (applied, the "
-                      "simplest), which is also a strided pattern, that position and every s-th one besides "
-                      "(`(i - j) % s == 0`: a Sparse Transformer head, a seasonal graph's links), for any stride s "
-                      "past the export size: the graph does not say which" if strided else
-                      f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
-                      "pattern at every size")
+            rebuild = bands.band_rebuild(c, band, masks)
             yield self.finding(
-                base + f"; it is {band.show()}" + (f", or {others}" if len(masks) > 1 else ""), **where,
-                hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)', cols)}`); build it from the "
-                     f"traced size: `{band.torch('x.size(1)', cols)}`" + (
+                base + f"; it is {band.show()}" + (f", or {rebuild.others}" if len(masks) > 1 else ""), **where,
+                hint=f"The mask was built with a Python int (e.g. `{band.torch('int(T)', rebuild.cols)}`); build it "
+                     f"from the traced size: `{band.torch('x.size(1)', rebuild.cols)}`" + (
                          " (or the window it really is), then re-export" if len(masks) > 1 else "") + ".",
-                fix=Fix(f"compute {c.const.name} as {op}(ConstantOfShape({c.other.name}'s dims)) with the mask's "
-                        "values", apply=loosened(c.node, c.export_sizes(), band_input(
-                            c.node, c.index, c.value, band, entries, ctx.opset)),
-                        safety=Safety.UNSAFE if len(masks) > 1 or strided else Safety.SAFE, reason=reason))
+                fix=Fix(f"compute {c.const.name} as {rebuild.op}(ConstantOfShape({c.other.name}'s dims)) with the "
+                        "mask's values", apply=loosened(c.node, c.export_sizes(), band_input(
+                            c.node, c.index, c.value, band, rebuild.entries, ctx.opset)),
+                        safety=Safety.SAFE if rebuild.safe else Safety.UNSAFE, reason=rebuild.reason))
             return
         why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
         yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])

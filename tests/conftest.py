@@ -42,6 +42,11 @@ def op_types(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 
 
+def of_rule(code: str, findings) -> list:
+    """The findings (or applied fixes) of rule `code`, in order."""
+    return [f for f in findings if f.rule == code]
+
+
 @pytest.fixture
 def save(tmp_path):
     """save(model, name) -> path of the model written under tmp_path."""

@@ -2,7 +2,8 @@
 of any offset, a sliding window of any width, eye) that reproduces it at the export size, told apart by what each
 gives at a larger size. Values that follow no such family are learned, never regrown. (The space of a baked size
 is graphfix.analysis.hypotheses.) Besides the bands: what else a uniform constant may be (`uniform_alternatives`:
-a mask whose edge lies past the export size, a value computed from the size).
+a mask whose edge lies past the export size, a value computed from the size). `band_rebuild`: how a mask is built
+again over the sizes it follows, and why that is safe or not.
 
     for band in structures(mask == 0, rows_grow=True, cols_grow=True): band.holds(12, 12)
     hypotheses(value, baked_axes, proposed_band)  # the proposal checked, then the others that fit
@@ -157,3 +158,41 @@ def _of_a_size(item: float, baked: Baked) -> str:
             if n > 1 and math.isclose(item, of_size, rel_tol=1e-6):
                 return f", which is {text} at {dim}={n}"
     return ""
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """How a baked mask (`band`, with the masks `hypotheses` leaves) is built again over the sizes it follows."""
+
+    op: str  # EyeLike or Trilu, over ConstantOfShape of the rows and columns
+    entries: list  # rows and columns: (tensor, axis) read at run time, or a length that follows no size
+    cols: str | None  # the fixed number of columns in PyTorch's words; None where the columns follow a size
+    others: str  # what else gives the constant at the export size
+    safe: bool
+    reason: str
+
+
+def band_rebuild(baked: Baked, band, masks: list) -> Rebuild:
+    """The rebuild of the mask `baked` holds as `band` (graphfix.analysis.structured.Band), safe only where it is
+    the one mask that gives the constant and no strided pattern does."""
+    c, axes = baked, [a for a, _ in baked.axes]
+    rows_cols = (c.value.ndim - 2, c.value.ndim - 1)  # a side that follows no size keeps its length
+    entries = [(c.other, c.source(a)) if a in axes else int(c.value.shape[a]) for a in rows_cols]
+    cols = None if rows_cols[1] in axes else str(c.value.shape[-1])
+    op = "EyeLike" if band.kind == "eye" else "Trilu"
+    # A mask that reaches the matrix's corner along a size hides its edge there: a window as wide as the
+    # export size or wider (`tril` traced at T=4 is every sliding window of width >= 4) fits as well.
+    others = "; ".join(band.others) or ", ".join(str(m) for m in masks[1:])
+    # A diagonal or a window with both edges inside is also a sparse-attention head's pattern while its
+    # stride reaches past the matrix: every s-th position besides (Sparse Transformer), shown from T > s.
+    strided = band.kind in ("eye", "band")
+    reason = (f"several masks give this constant at the export size: {band.show()} (applied, the simplest) "
+              f"or {others}; the graph does not say which, and a sliding window rebuilt as a triangle is "
+              "wrong at every longer size" if len(masks) > 1 else
+              f"the constant is exactly {band.show()} with every edge inside the matrix (applied, the "
+              "simplest), which is also a strided pattern, that position and every s-th one besides "
+              "(`(i - j) % s == 0`: a Sparse Transformer head, a seasonal graph's links), for any stride s "
+              "past the export size: the graph does not say which" if strided else
+              f"the constant is exactly {band.show()} with every edge inside the matrix; {op} builds the same "
+              "pattern at every size")
+    return Rebuild(op, entries, cols, others, safe=not (len(masks) > 1 or strided), reason=reason)

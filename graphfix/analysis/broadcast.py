@@ -1,5 +1,6 @@
-"""Numpy-style broadcasting checks on symbolic shapes: which ops broadcast, and the verdict on one pair of
-right-aligned dims.
+"""Numpy-style broadcasting checks on symbolic shapes: which ops broadcast, the verdict on one pair of
+right-aligned dims, which nodes are worth the size analysis, and where a lower-rank operand may lie on the other.
+(How findings word them: graphfix.analysis.broadcast_text.)
 
 Rules use `ctx.unmerged_shapes`, not `ctx.symbolic_shapes`: auto-merge *merges* the symbols of a pair that cannot
 broadcast. On `Where(mask[B,T], 0, x[B,T,768])` it rewrites every B and T of the model (graph inputs included) to
@@ -172,3 +173,67 @@ def distinct_shapes(shapes: list[list[Dim] | None]) -> list[int]:
     for i, shape in enumerate(shapes):
         first.setdefault(None if shape is None else tuple(shape), i)
     return list(first.values())
+
+
+# --- which nodes are worth the size analysis, and how a lower-rank operand is laid on the other ---------------
+BAD_PAIRS = (Pair.CONFLICT, Pair.PINNED, Pair.MISALIGNED)  # pairs that fail, or run at one size only
+
+
+def as_declared(ctx, node, shapes: list[list[Dim] | None], inputs: frozenset[str]) -> list[list[Dim] | None]:
+    """Where the node writes a graph output whose dims the export declared (`[batch, frames, 768]`), an operand of
+    the output's rank has, on each axis, either 1 or the output's dim: a computed size there (`floor(T/320)`, a dim
+    onnx could not name) is the declared name."""
+    out = node.outputs[0]
+    declared = ctx.shape(out) if out.name in ctx.graph_output_names else None
+    if not declared:
+        return shapes
+    unified = []
+    for shape in shapes:
+        if shape is not None and len(shape) == len(declared):
+            shape = [d if d == 1 or not is_input_dim(name, inputs) or isinstance(d, int) else name
+                     for d, name in zip(shape, declared, strict=True)]
+        unified.append(shape)
+    return unified
+
+
+def doubtful(shapes: list[list[Dim]], inputs: frozenset[str]) -> bool:
+    """Whether some right-aligned pair is worth symbolic inference: not plainly fine (equal, or a 1), and not a
+    dim onnx lost track of in operands of equal rank. onnx's inference folds constant shapes, so a baked size
+    shows up as a number, not as a lost dim; what it loses is computed at run time from the input, which a
+    lower-rank operand (the `x[mask]` mask) can still misalign. Refining every residual `Add` of a transformer
+    whose attention hid T would cost more than the whole rest of a static diagnose."""
+    for i, j, _, a, b, verdict in operand_pairs(shapes, inputs):
+        if verdict is Pair.OK:
+            continue
+        if len(shapes[i]) == len(shapes[j]) and (_lost(a, inputs) or _lost(b, inputs)):
+            continue
+        return True
+    return False
+
+
+def _lost(dim: Dim, inputs: frozenset[str]) -> bool:
+    """A dim onnx's shape inference could not name (None, or an `unk__N` it made up)."""
+    return dim is None or (isinstance(dim, str) and not is_input_dim(dim, inputs))
+
+
+def over_budget(shapes: list[list[Dim] | None]) -> str | None:
+    """Why a node has too many distinct operand shapes to pair them all (MAX_NODE_SHAPES); None when it has not.
+    Not checking it reports nothing false: the node is named in the rejections."""
+    n = len(distinct_shapes(shapes))
+    if n <= MAX_NODE_SHAPES:
+        return None
+    return f"{n} different operand shapes, more than the {MAX_NODE_SHAPES} GF003 pairs in one node: not checked"
+
+
+def placed_shape(shape: list[Dim], axes: tuple[int, ...], rank: int) -> list[Dim]:
+    """`shape` laid on `axes` of a rank-`rank` shape, 1 elsewhere: what Unsqueeze on the other axes gives."""
+    out: list[Dim] = [1] * rank
+    for dim, axis in zip(shape, axes, strict=True):
+        out[axis] = dim
+    return out
+
+
+def fixed_by_placing(shapes, placed, rank, inputs) -> bool:
+    """After laying each lower-rank operand on its chosen axes (1s elsewhere), no pair is a mismatch any more."""
+    padded = [placed_shape(s, placed[k], rank) if k in placed else s for k, s in enumerate(shapes)]
+    return not any(p[-1] in BAD_PAIRS for p in operand_pairs(padded, inputs))

@@ -321,6 +321,14 @@ class FoldedRange:
     def show(self) -> str:
         return f"arange({self.start}, {self.start + self.step * self.length}, {self.step})"
 
+    def doubt(self, sym) -> str:
+        """Why growing the positions with the length `sym` that cuts them is a guess past their count."""
+        n = self.length
+        return (f"positions 0, 1, ... only ever cut to the first {sym} (a table computed for {n} of them): up to {n} "
+                "the repair computes what the original does; beyond it the same positions continuing is the simplest "
+                f"(applied), but a module that computes positions for max(T, {n}) may also cap them there or change "
+                f"its frequencies past {n} (dynamic NTK rotary scaling), and the graph does not say which")
+
 
 def folded_ranges(ctx: RuleContext) -> list[FoldedRange]:
     """Constant nodes whose values step by +-1 along their one long axis (cheap: no size analysis)."""

@@ -38,6 +38,26 @@ class Pinned:
     carrier: tuple[gs.Tensor, int]
     readers: tuple[tuple[gs.Node, int], ...] = ()
 
+    def describe(self) -> str:
+        """The finding's words: which constraint holds at one width only, and which constant holds the width."""
+        constraint, sym, width, reader = self.solution.constraint, self.solution.symbol, self.solution.value, self.node
+        return (f"{constraint.node.op} '{constraint.node.name}' holds only at {sym}={width} ({constraint.left} = "
+                f"{constraint.right}, {constraint.detail}): the {width} is the extent of constant "
+                f"'{self.const.name}' {list(self.value.shape)} along axis {self.axis}, read by {reader.op} "
+                f"'{reader.name}' where nothing meets it with a size; a width computed in Python while tracing "
+                "(`.item()` of a maximum, as speechbrain's `length_to_mask(lengths)` takes it from "
+                f"`lengths.max().item()`, or `int()` of a size), so onnxruntime fails at every other {sym}")
+
+    def doubt(self) -> str:
+        """Why Range(0, the size) for the constant, an arange, is a guess (a fix's reason)."""
+        constraint, sym, width = self.solution.constraint, self.solution.symbol, self.solution.value
+        return (f"where the model runs, the width is {sym} ({constraint.node.name} needs it: PyTorch's "
+                f"own width, a maximum of the lengths, must equal it too); but 0, 1, ..., {width - 1} is "
+                f"arange({sym}) (applied, the simplest), arange({sym}).clamp(max=c) for any c >= "
+                f"{width - 1}, or another sequence that starts so (a linspace): the graph does not say "
+                f"which; nor whether the Python int that gave {width} is used where nothing needs it to "
+                "follow the length (a count, a loop bound folded elsewhere)")
+
     def read_elsewhere(self) -> list[gs.Node]:
         """The nodes that read the constant off the way to the constraint (a count, another shape): rebuilding
         it for the pinned size would change what they compute too."""
@@ -194,6 +214,19 @@ def copies(ctx, pinned: Pinned) -> list[str]:
     folded one Python int into several constants, rebuilding one leaves the others at N."""
     width = pinned.solution.value
     return [t.name for t in ctx.tensors.values() if t is not pinned.const and _positions(ctx, t, width)]
+
+
+def kept_because(ctx, pinned: Pinned) -> str:
+    """Why the constant must keep its width though the size is pinned ('' where nothing stops a rebuild): the
+    Python int that gave it also reaches what nothing pins, other copies or other readers, that would change too."""
+    others, elsewhere = copies(ctx, pinned), pinned.read_elsewhere()
+    if others:
+        return (f"and so is '{others[0]}'" + (f" (and {len(others) - 1} more)" if len(others) > 1 else "") +
+                ": if they are the same Python int, rebuilding one leaves the others at the export size")
+    if elsewhere:
+        return (f"{elsewhere[0].op} '{elsewhere[0].name}' reads it too, where nothing needs it to follow the length: "
+                "rebuilding it would change what that computes")
+    return ""
 
 
 def _positions(ctx, tensor: gs.Tensor, width: int) -> bool:

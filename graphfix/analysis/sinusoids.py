@@ -82,6 +82,17 @@ class Sinusoid:
                 f"every length (applied, the simplest) or may follow the length (arange(T) * c / T, "
                 f"{self.step:.6g} only at T={rows}): the graph does not say which")
 
+    def past(self, rows: int) -> str:
+        """What a whole table of `rows` rows, cut at a length, is past them (GF006's note on a rotary cache)."""
+        return (f"a formula: if the module computes it for any length (a cache grown per call, as speechbrain's "
+                f"rotary cache is), the repair can too; if {rows} is the model's own limit, or its frequencies change "
+                "past it (dynamic NTK, YaRN), it must stay")
+
+    def doubt_past(self, rows: int) -> str:
+        """Why computing more than the `rows` rows of a whole table is a guess (the reason of GF006's fix)."""
+        return (f"up to {rows} rows the formula gives the table's values; past them the graph does not say whether "
+                "the module computes the same formula, stops, or scales it")
+
     def show(self) -> str:
         return (f"a sinusoidal position table ({self.layout}, {len(self.omega)} columns, frequencies "
                 f"{self.omega[0]:.4g} ... {self.omega[-1]:.4g})")

@@ -59,6 +59,18 @@ class Baked:
     def export_sizes(self) -> set[int]:
         return {int(self.value.shape[a]) for a, _ in self.axes}
 
+    def describe(self) -> str:
+        """The finding's words: which op combines what with the constant, cut at which sizes."""
+        sizes = ", ".join(f"{d}={self.value.shape[a]} on axis {a}" for a, d in self.axes)
+        return (f"{self.node.op} '{self.node.name}' combines {self.other.name} {self.oshape} with constant "
+                f"'{self.const.name}' {list(self.value.shape)} cut at export-time sizes ({sizes}): onnxruntime fails "
+                "at other sizes")
+
+    def where(self) -> dict:
+        """The nodes, tensors and shapes a finding on the constant names."""
+        return {"nodes": [self.node], "tensors": [self.const, self.other],
+                "shapes": {self.const.name: list(self.value.shape), self.other.name: self.oshape}}
+
 
 def baked_operands(ctx) -> Iterator[Baked]:
     """Constant operands of broadcasting ops with an axis longer than 1 where another operand has a dynamic dim:

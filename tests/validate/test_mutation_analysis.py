@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import warnings
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -33,148 +30,20 @@ from graphfix.analysis.sizes.solve import BakedEntry, BakedPad
 from graphfix.analysis.structured import Band
 from graphfix.validate import ValidationOptions
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
+pytest.importorskip("torch")
+import torch
+from fixtures.mutation_models import MODELS, export_all, feeds
+
 pytestmark = pytest.mark.torch
 
 # the original runs at one residue class (thirds) or only at its export size: `runs` is the level it can reach
 RUNS = ValidationOptions(require="runs")
 
 
-# --- the models -------------------------------------------------------------------------------------------------
-class Delta(nn.Module):  # GF007: frame differences, the end through Python; determined: T - 1
-    def forward(self, x):
-        return x[:, 1:] - x[:, : int(x.shape[1]) - 1]
-
-
-class Halves(nn.Module):  # GF007: both bounds baked; T - 4, T // 2 and ceil(T / 2) all fit
-    def forward(self, x):
-        h = int(x.shape[1]) // 2
-        return x[:, :h] * x[:, h:]
-
-
-class Thirds(nn.Module):  # GF004: [B, 2, 12] at T=6; the declared [B, G] output pins T // 3
-    def forward(self, x):
-        return x.reshape(x.shape[0], int(x.shape[1]) // 3, 12).amax(-1)
-
-
-class Heads(nn.Module):  # GF004: [T, B, 16] -> [7, 4B, 4] at T=7: only entry 0 keeps the count (it is T)
-    def forward(self, x):
-        return x.reshape(int(x.shape[0]), x.shape[1] * 4, 4).relu()
-
-
-class Chunked(nn.Module):  # GF008: pad to a multiple of 4 through Python; at T=3, 1 is (4 - T % 4) % 4 or 4 - T % 4
-    def forward(self, x):
-        pad = (4 - int(x.shape[1]) % 4) % 4
-        x = nn.functional.pad(x, (0, 0, 0, pad))
-        return x.reshape(x.shape[0], -1, 4, x.shape[2]).sum(2)
-
-
-class FrontEnd(nn.Module):  # GF004 through a strided Conv1d: frames = (T - 1) // 2 + 1 baked at T=20
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv1d(4, 8, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # [B, frames, 8]
-        return h.reshape(h.shape[0], int(h.shape[1]), 2, 4).sum(2)
-
-
-class Masked(nn.Module):  # GF006: attention with a mask built with int(T)
-    def __init__(self, kind: str):
-        super().__init__()
-        self.kind = kind
-
-    def forward(self, x):
-        t = int(x.shape[1])
-        scores = x @ x.transpose(1, 2)
-        if self.kind == "window":  # each query sees itself and the 2 before it: both edges show at T=7
-            i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
-            return scores.masked_fill(~((i >= j) & (i - j < 3)), float("-inf")).softmax(-1) @ x
-        if self.kind == "eye":
-            return scores * torch.eye(t) + x.sum(-1, keepdim=True)
-        if self.kind == "tril":  # a tril reaching the corner: every window of width >= 7 fits too
-            return scores.masked_fill(torch.tril(torch.ones(t, t)) == 0, float("-inf")).softmax(-1) @ x
-        return x + torch.arange(t)[:, None] * 1.0  # arange: also arange(T).clamp(max=c)
-
-
-class Gain(nn.Module):  # GF006: a learned gain meeting a dim declared dynamic; never regrown
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("gain", torch.tensor([[0.3, -1.2]]))
-
-    def forward(self, x):
-        return x * self.gain
-
-
-class IndexPut(nn.Module):  # GF003: x[mask] = 0 with a [B, T] mask on [B, T, 6]
-    def forward(self, x, mask):
-        x = x * 2
-        x[mask] = 0
-        return x
-
-
-@dataclass(frozen=True)
-class Export:
-    module: Callable[[], nn.Module]
-    shape: tuple  # x at export
-    axes: dict  # dynamic axes of x and y
-    determined: bool  # the unmutated repair is applied by default
-    sizes: tuple = ((1, 9), (3, 12))  # (batch, time) where the repair must match PyTorch
-    trace: bool = False  # give the export size with --trace-shape
-    channels_first: bool = False
-
-
-BT = {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}
-MODELS = {
-    "delta": Export(Delta, (2, 8, 4), BT, True),
-    "halves": Export(Halves, (2, 8, 4), BT, False),
-    "thirds": Export(Thirds, (2, 6, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "G"}}, True, ((1, 9), (3, 12))),
-    "heads": Export(Heads, (7, 2, 16), {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B4"}}, True, ((9, 1), (12, 3))),
-    "chunked": Export(Chunked, (2, 3, 8), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "C"}}, False,
-                      ((1, 9), (3, 14)), trace=True),  # a whole chunk at multiples of 4 (`4 - T % 4`) fits too
-    "front-end": Export(FrontEnd, (2, 20, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "F"}}, True,
-                        ((1, 31), (3, 44))),
-    # a window or a diagonal is also a strided sparse pattern whose stride lies past the export length
-    "window": Export(lambda: Masked("window"), (2, 7, 4), BT, False),
-    "eye": Export(lambda: Masked("eye"), (2, 7, 4), BT, False),
-    "tril": Export(lambda: Masked("tril"), (2, 7, 4), BT, False),
-    "arange": Export(lambda: Masked("arange"), (2, 7, 4), BT, False),
-    "gain": Export(Gain, (3, 2), {"x": {0: "B", 1: "W"}, "y": {0: "B", 1: "W"}}, False),
-    "index-put": Export(IndexPut, (2, 5, 6), BT, True, ((1, 7), (3, 9))),
-}
-
-
-def feeds(name: str, batch: int, time: int) -> dict[str, np.ndarray]:
-    spec = MODELS[name]
-    rng = np.random.default_rng(batch * 100 + time)
-    if name == "heads":
-        return {"x": rng.standard_normal((batch, time, 16)).astype(np.float32)}  # (T, B) given as (batch, time)
-    if name == "gain":
-        return {"x": rng.standard_normal((batch, time)).astype(np.float32)}
-    x = rng.standard_normal((batch, time, *spec.shape[2:])).astype(np.float32)
-    if name == "index-put":
-        return {"x": x, "mask": rng.random((batch, time)) < 0.4}
-    return {"x": x}
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (path, module, trace_shapes), each model exported once."""
-    folder = tmp_path_factory.mktemp("mutation_analysis")
-    out = {}
-    for name, spec in MODELS.items():
-        module = spec.module().eval()
-        example = tuple(torch.from_numpy(v) for v in feeds(name, *spec.shape[:2]).values())
-        names = ["x", "mask"] if name == "index-put" else ["x"]
-        axes = dict(spec.axes, **({"mask": {0: "B", 1: "T"}} if name == "index-put" else {}))
-        path = folder / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=names,
-                              output_names=["y"], dynamic_axes=axes)
-        out[name] = (str(path), module, {"x": spec.shape} if spec.trace else None)
-    return out
+    """name -> (path, module, trace_shapes), each model exported once (tests/fixtures/mutation_models.py)."""
+    return export_all(tmp_path_factory.mktemp("mutation_analysis"))
 
 
 def repair(exported, name: str, **options):
