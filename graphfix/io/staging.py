@@ -144,8 +144,18 @@ def remove_made(folders: Iterable[Path]) -> None:
             return
 
 
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a link inside
+def remove(path: Path, at: int | None = None) -> None:
+    """Remove a folder graphfix made, with all it holds; `at`: a descriptor of the folder it is in, through which
+    it is found (its path could lead through a link put there since)."""
+    if at is None:
+        shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a link inside
+    else:
+        shutil.rmtree(path.name, ignore_errors=True, dir_fd=at)
+    _LIVE.discard(path)
+
+
+def forget(path: Path) -> None:
+    """No longer remove this folder at exit: it was removed, or is not where graphfix made it."""
     _LIVE.discard(path)
 
 
