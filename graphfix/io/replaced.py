@@ -13,13 +13,11 @@ from pathlib import Path
 import onnx
 
 from graphfix.io.external_data import external_ref, model_tensors
-from graphfix.io.targets import _mentions
 from graphfix.io.wire import external_locations
 
 # An external data reference is a StringStringEntryProto with key "location" (field 1, 8 bytes): a file without
 # these bytes references no external data.
 LOCATION_ENTRY = b"\x0a\x08location"
-
 
 
 @dataclass(frozen=True)
@@ -34,22 +32,23 @@ class Existing:
         signature = _signature(model)
         return cls(signature, tuple(_data_files(model)) if signature else ())
 
-    def data_files_now(self, model: Path) -> tuple[Path, ...]:
-        """The data files, read again if the file changed since."""
-        return self.data_files if _signature(model) == self.signature else tuple(_data_files(model))
+    def data_files_now(self, model: Path, at: int | None = None) -> tuple[Path, ...]:
+        """The data files, read again if the file changed since; `at`: a descriptor of the model's folder, which
+        the file is read through (a commit holds it: a link swapped in for the folder leads elsewhere)."""
+        return self.data_files if _signature(model, at) == self.signature else tuple(_data_files(model, at))
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def _signature(path: Path, at: int | None = None) -> tuple[int, int, int] | None:
     try:
-        info = path.lstat()
+        info = path.lstat() if at is None else os.stat(path.name, dir_fd=at, follow_symlinks=False)
     except OSError:
         return None
     return (info.st_ino, info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
-def _data_files(model: Path) -> list[Path]:
+def _data_files(model: Path, at: int | None = None) -> list[Path]:
     """The external data files an existing model file reads (none when it does not exist or cannot be read)."""
-    return [model.parent / location for location in sorted(_locations(model)) if "/" not in location
+    return [model.parent / location for location in sorted(_locations(model, at)) if "/" not in location
             and "\\" not in location and location not in (".", "..")]
 
 
@@ -60,13 +59,13 @@ def files_read_by(model: Path, folder: Path | None = None) -> list[Path]:
     return [model, *(folder / location for location in sorted(_locations(model)))]
 
 
-def _locations(model: Path) -> set[str]:
+def _locations(model: Path, at: int | None = None) -> set[str]:
     """The data files (`location`) a model file's tensors name, as protobuf's parser reads them; none when it is a
     link, not a file, or not a model the parser reads. Its wire format is walked first (graphfix.io.wire, no tensor
     read): where the walk finds no tensor in external data (a big inline model: 10 ms instead of 0.5 s), that is
     the answer; where it finds some, or cannot tell, the file is parsed, from the descriptor opened here."""
     try:
-        fd = os.open(model, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(model if at is None else model.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=at)
     except OSError:
         return set()
     try:
@@ -76,11 +75,17 @@ def _locations(model: Path) -> set[str]:
         found = external_locations(fd, info.st_size)
         if found is not None and not found - {""}:
             return set()
-        if found is None and not _mentions(model, LOCATION_ENTRY):
+        if found is None and not _holds(fd, info.st_size, LOCATION_ENTRY):
             return set()
         return _parsed_locations(fd, info.st_size) - {""}
     finally:
         os.close(fd)
+
+
+def _holds(fd: int, size: int, needle: bytes, chunk: int = 16 << 20) -> bool:
+    """Whether the file open as `fd` holds these bytes, read in chunks that overlap by the needle's length."""
+    step = chunk - len(needle)
+    return any(needle in os.pread(fd, chunk, offset) for offset in range(0, max(size, 1), step))
 
 
 def _parsed_locations(fd: int, size: int) -> set[str]:

@@ -111,7 +111,7 @@ class StagedModel:
 
     def _move(self, folder: int, stage: int) -> Path:
         check_target(self.destination, at=folder)  # what is there now is what the rename replaces: never a link
-        replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
+        replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination, folder)
         self._set_mode(folder, stage)
         moved: list[str] = []
         try:
