@@ -27,7 +27,8 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.errors import OutputError
-from graphfix.io.external_data import data_file, external_ref, is_stub, model_tensors, tensor_nbytes
+from graphfix.io.external_data import data_file, is_stub, model_tensors, tensor_nbytes
+from graphfix.io.externalized import with_external_data
 from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.replaced import Existing
 from graphfix.io.staging import forget, make_folders, remove, remove_made, staging_dir
@@ -43,11 +44,9 @@ from graphfix.io.targets import (
     same_file,
     why_kept,
 )
-from graphfix.io.weights import Weights, has_stubs, resolve, stub_names, weight_bytes
+from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
-EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
-ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
 
 
 @dataclass
@@ -216,7 +215,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     with writing(staged.destination, staged):
         if needs_external_data(proto):
             staged.data_name = data_name(staged.destination, staged.replacing.data_files)
-            proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
+            proto = with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
         with open(staged.path, "wb") as f:
             if has_stubs(proto):
                 write_streaming(proto, weights or {}, f)
@@ -348,52 +347,6 @@ def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[No
         raise
 
 
-def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
-                        weights: Weights) -> onnx.ModelProto:
-    """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    with open(data_path, "wb") as data:
-        for where, tensor in model_tensors(out):
-            if is_stub(tensor):
-                _pad_to_alignment(data)
-                offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
-                data.write(raw)
-                _point_into(tensor, data_path.name, offset, len(raw))
-                continue
-            ref = external_ref(tensor)
-            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
-                                or not _movable(where)):
-                continue
-            _pad_to_alignment(data)
-            offset = data.tell()
-            if ref is not None:
-                if source_dir is None:
-                    raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
-                data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
-                length = ref.length
-            else:
-                data.write(tensor.raw_data)
-                length = len(tensor.raw_data)
-                tensor.ClearField("raw_data")
-            _point_into(tensor, data_path.name, offset, length)
-    return out
-
-
-def _movable(where: str) -> bool:
-    """Inline tensors of the graphs move to the data file; those of functions and sparse tensors stay (their
-    external data would be valid ONNX, but runtimes handle it unevenly)."""
-    return not where.startswith("sparse") and " in function '" not in where
-
-
-def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:
-    del tensor.external_data[:]
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-
-
 def _fsync(path: Path | str, at: int | None = None) -> None:
     """Write a staged file back to disk; `at`: the staging folder's descriptor, `path` then a name in it."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=at)
@@ -401,9 +354,3 @@ def _fsync(path: Path | str, at: int | None = None) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pad_to_alignment(f) -> None:
-    pos = f.tell()
-    if pos % ALIGNMENT:
-        f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))
