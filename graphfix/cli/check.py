@@ -30,7 +30,7 @@ from graphfix.cli.options import (
 from graphfix.core.config import canonical_code, known_codes, probe_options_for
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import expand_globs, expand_paths
-from graphfix.io.saving import files_read_by
+from graphfix.io.replaced import files_read_by
 from graphfix.io.targets import check_target, write_atomic
 from graphfix.pipeline.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
 from graphfix.report.text import emit_json, fails, findings_text, rejection_line

@@ -8,20 +8,29 @@ walks the graph once with upper bounds on each tensor's rank and on each vector'
 propagation off for such models (their rules then see fewer shapes computed from shapes), and onnxruntime's load
 too (`sized=False`). The bounds are exact where an op says its output's rank, and never below the truth: a model
 declares no rank that counts (onnxruntime merges a declared rank leniently and propagates the inferred one).
+A model-local function is walked at each call with what its caller passes, as both inline it (`Walk.call`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
-from onnx import AttributeProto, numpy_helper
 
-from graphfix.io.budgets import subgraphs
+from graphfix.io.budgets import FunctionKey, max_nodes, subgraphs
+from graphfix.io.sized import constant_value, elements, input_values, passed_through, sized_elements
 
 MAX_PROPAGATED_ELEMENTS = 1 << 20  # a tensor sized by constants past this is no shape computation
+MAX_CALL_DEPTH = 64  # calls within calls past this are not walked: the model is taken for unbounded
+
+
+Returned = tuple[float, float, onnx.TensorProto | None]  # a function output's rank, length and constant value
+
+
+class Unbounded(Exception):
+    """A node holds more than the budget, or a call cannot be bounded (a cycle, too deep, too many nodes)."""
 
 
 def data_prop_allowed(model: onnx.ModelProto, sized: bool = True) -> bool:
@@ -39,46 +48,150 @@ def data_prop_allowed(model: onnx.ModelProto, sized: bool = True) -> bool:
              if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
     ranks.update((t.name, len(t.dims)) for t in graph.initializer)
     widest = max(ranks.values(), default=0)
-    if not _scope_allowed(graph.node, graph.initializer, {}, ranks, widest, sized):
+    walk = Walk(model.functions, sized)
+    try:
+        walk.scope(graph.node, graph.initializer, Scope(ranks=ranks), widest)
+        # a function no call reaches: its inputs as wide as any tensor the graph declares or makes (a OneHot
+        # chain's 300 dims passed to a function that concatenates their shape was taken for as wide as the
+        # declared inputs)
+        widest = max([widest, *ranks.values()])
+        for key, function in walk.functions.items():
+            if key not in walk.reached:
+                walk.scope(function.node, (), Scope(), widest)
+    except Unbounded:
         return False
-    # a function's inputs: as wide as any tensor the graph declares or makes (a OneHot chain's 300 dims passed to
-    # a function that concatenates their shape was taken for as wide as the declared inputs)
-    widest = max([widest, *ranks.values()])
-    return all(_scope_allowed(f.node, (), {}, {}, widest, sized) for f in model.functions)
+    return True
 
 
-def _scope_allowed(nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.TensorProto],
-                   outer: dict[str, onnx.TensorProto], ranks: dict[str, float], widest: float,
-                   sized: bool = True) -> bool:
-    """Whether no node of a graph (or function body), nor of its subgraphs, is sized past the budget; `outer`:
-    the constants of the graphs around it, which a subgraph reads by name; `ranks`: the tensors' ranks known so
-    far (declared, or carried through the nodes by `_rank`), `widest` the rank of a tensor whose rank is not."""
-    constants = {**outer, **{t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}}
-    for node in nodes:
-        value = constant_value(node)
-        if value is not None:
-            constants[node.output[0]] = value
-    lengths = {name: _elements(t.dims) for name, t in constants.items() if len(t.dims) == 1}
-    ranks.update((name, len(t.dims)) for name, t in constants.items())
-    bounds = dict(constants)  # and the numbers passed on from them: a Slice's bounds, read for its length only
-    for node in nodes:
-        value = _passed_through(node, bounds)
-        if value is not None:
-            bounds[node.output[0]] = value
-    for node in nodes:
-        made = max(sized_elements(node, constants) if sized else 0, _propagated(node, lengths, bounds))
+@dataclass
+class Scope:
+    """What a graph, a subgraph or one call of a function knows, each an upper bound: its `constants` (those of
+    the graphs around it or its caller's, read by name), the numbers passed on from them (`bounds`: a Slice's
+    bounds, read for its length only), the `lengths` of 1-D values and the `ranks` of tensors."""
+
+    constants: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    bounds: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    lengths: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, float] = field(default_factory=dict)
+
+
+class Walk:
+    """One walk of a model: its local functions, walked at each call with what the caller passes in, as
+    onnxruntime inlines them and onnx's inference walks a body per call. A function's inputs are then as wide and
+    as long as what its caller gives (one that widened a vector handed it to another function, which took it
+    for as wide as the main graph made anything: 2.4 million values went through), and its outputs as its body
+    makes them (the caller knew no length of them: a function could return a vector of a million values to
+    Expand). At most MAX_CALL_DEPTH calls deep and `max_nodes()` nodes walked in calls (what inlining them makes,
+    which `graphfix.io.budgets` bounds too); a call into a function being walked (a cycle, which onnx's checker
+    refuses) is `Unbounded`: the walk never loops."""
+
+    def __init__(self, functions: Iterable[onnx.FunctionProto], sized: bool):
+        self.functions: dict[FunctionKey, onnx.FunctionProto] = {(f.domain, f.name, f.overload): f
+                                                                 for f in functions}
+        self.sized = sized
+        self.reached: set[FunctionKey] = set()  # called from the graph, or from a function it calls
+        self._calling: list[FunctionKey] = []
+        self._walked, self._most = 0, max_nodes()
+
+    def scope(self, nodes: Iterable[onnx.NodeProto], initializers: Iterable[onnx.TensorProto], outer: Scope,
+              widest: float) -> Scope:
+        """What a graph (or function body) holds at its end; `Unbounded` where a node of it, of its subgraphs or
+        of a function it calls is sized past the budget. `outer`: what the graphs around it or its caller pass
+        in (its `ranks` are shared: a subgraph's names are the graph's), `widest` the rank of a tensor whose rank
+        is not known."""
+        nodes = list(nodes)
+        if self._calling:
+            self._walked += len(nodes)
+            if self._walked > self._most:
+                raise Unbounded
+        constants = {**outer.constants,
+                     **{t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}}
+        for node in nodes:
+            value = constant_value(node)
+            if value is not None:
+                constants[node.output[0]] = value
+        here = Scope(constants, {**outer.bounds, **constants}, dict(outer.lengths), outer.ranks)
+        here.lengths.update((name, elements(t.dims)) for name, t in constants.items() if len(t.dims) == 1)
+        here.ranks.update((name, len(t.dims)) for name, t in constants.items())
+        for node in nodes:
+            value = passed_through(node, here.bounds)
+            if value is not None:
+                here.bounds[node.output[0]] = value
+        for node in nodes:
+            self._node(node, here, widest)
+        return here
+
+    def _node(self, node: onnx.NodeProto, here: Scope, widest: float) -> None:
+        """Bound what one node holds and makes, its subgraphs and the function it calls."""
+        lengths, ranks = here.lengths, here.ranks
+        made = max(sized_elements(node, here.constants) if self.sized else 0, _propagated(node, lengths, here.bounds))
         if node.op_type == "Shape" and node.input:  # one value per dim (helper 55: 1,000 dims, concatenated)
             made = max(made, ranks.get(node.input[0], widest))
         if made > MAX_PROPAGATED_ELEMENTS:
-            return False
-        rank = _rank(node, ranks, lengths, constants, unknown=widest)
+            raise Unbounded
+        rank = _rank(node, ranks, lengths, here.constants, unknown=widest)
         if made and node.output:
             lengths[node.output[0]] = 1 if rank == 0 else made  # a scalar holds one value, whatever made it
         ranks.update((name, rank) for name in node.output if name)
-        if not all(_scope_allowed(sub.node, sub.initializer, constants, ranks, max(widest, rank), sized)
-                   for sub in subgraphs(node)):
-            return False
-    return True
+        for name, (returned_rank, length, constant) in zip(node.output, self.call(node, here, widest), strict=False):
+            if not name:
+                continue
+            ranks[name] = returned_rank
+            if length:
+                lengths[name] = length
+            if constant is not None:
+                here.constants[name] = constant
+        for sub in subgraphs(node):
+            self.scope(sub.node, sub.initializer, here, max(widest, rank))
+
+    def call(self, node: onnx.NodeProto, caller: Scope, widest: float) -> list[Returned]:
+        """For a call of a local function: each output's rank, length and constant value, from its body walked
+        with the caller's inputs (and the caller's attributes where the body refers to them); [] for any other
+        node."""
+        key = (node.domain, node.op_type, node.overload)
+        function = self.functions.get(key)
+        if function is None:
+            return []
+        self.reached.add(key)
+        if key in self._calling or len(self._calling) >= MAX_CALL_DEPTH:
+            raise Unbounded
+        given = Scope()
+        for formal, actual in zip(function.input, node.input, strict=False):
+            if not actual:  # an optional input left out: nothing there
+                continue
+            given.ranks[formal] = caller.ranks.get(actual, widest)
+            given.lengths[formal] = caller.lengths.get(actual, 0)
+            for held, known in ((given.constants, caller.constants), (given.bounds, caller.bounds)):
+                if actual in known:
+                    held[formal] = known[actual]
+        self._calling.append(key)
+        try:
+            end = self.scope(_bound_attributes(function, node), (), given, widest)
+        finally:
+            self._calling.pop()
+        return [(end.ranks.get(name, widest), end.lengths.get(name, 0), end.constants.get(name))
+                for name in function.output]
+
+
+def _bound_attributes(function: onnx.FunctionProto, call: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    """The function's nodes as this call makes them: an attribute that refers to one of the function's
+    (`Constant<value_ints: ints = @shape>`) takes the call's value, else the function's default, else is left
+    out. A `ConstantOfShape` of such a constant is sized by what the caller gives, as onnx infers it."""
+    given = {a.name: a for a in function.attribute_proto}
+    given.update((a.name, a) for a in call.attribute)
+    for node in function.node:
+        if not any(a.ref_attr_name for a in node.attribute):
+            yield node
+            continue
+        bound = onnx.NodeProto()
+        bound.CopyFrom(node)
+        del bound.attribute[:]
+        for attr in node.attribute:
+            value = given.get(attr.ref_attr_name) if attr.ref_attr_name else attr
+            if value is not None:
+                bound.attribute.add().CopyFrom(value)
+                bound.attribute[-1].name = attr.name
+        yield bound
 
 
 def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, float],
@@ -96,7 +209,7 @@ def _rank(node: onnx.NodeProto, ranks: dict[str, float], lengths: dict[str, floa
         return 1 if node.op_type == "Shape" else 0
     if node.op_type == "Squeeze" and inputs:  # the axes it surely removes: [0, 0] is one, so may [0, -1] be
         axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-        given = _values(node, 1, constants or {}) if len(node.input) > 1 else None
+        given = input_values(node, 1, constants or {}) if len(node.input) > 1 else None
         axes = given if given is not None else axes
         removed = max(len({a for a in axes if a >= 0}), len({a for a in axes if a < 0})) if axes else 0
         return max(inputs[0] - removed, 0)
@@ -159,8 +272,8 @@ def _slice_most(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], lo
     `shape[3:]` of a ViT's unflatten keep all but one between them); infinite where the bounds are not constant.
     For a start s and an end e of one sign, or e < 0 <= s, the count grows with the vector's length l, so the
     longest keeps the most; for s < 0 <= e, min(e, l) - max(s + l, 0) <= min(e, -s) at any l."""
-    starts, ends = _values(node, 1, constants), _values(node, 2, constants)
-    steps = _values(node, 4, constants) if len(node.input) > 4 else [1.0]
+    starts, ends = input_values(node, 1, constants), input_values(node, 2, constants)
+    steps = input_values(node, 4, constants) if len(node.input) > 4 else [1.0]
     if not (starts and ends and steps) or len(starts) != 1 or len(ends) != 1 or len(steps) != 1 or steps[0] < 1:
         return math.inf
     start, end, step = starts[0], ends[0], steps[0]
@@ -173,128 +286,6 @@ def _slice_most(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], lo
         return min(max(index + longest if index < 0 else index, 0), longest)
 
     return max(math.ceil((clamped(end) - clamped(start)) / step), 0)
-
-
-FOLDED = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-          "Mod": lambda a, b: a % b}  # on Python ints: exact, where int64 would wrap
-
-
-def _passed_through(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
-    """A few integers a Reshape, Squeeze, Unsqueeze or Identity passes on from a constant, or that Add, Sub, Mul or
-    Mod compute from constants (the TorchScript exporter writes unflatten's Slice bounds as
-    `Reshape(Mod(2, 3), [1])` and `Reshape(Add(Mod(2, 3), 1), [1])`), as a vector of those values: their values,
-    never their shape (a Reshape of one number may have any rank)."""
-    if not node.input or not node.output:
-        return None
-    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
-        numbers = _integers(node, 0, constants)
-    elif node.op_type in FOLDED and len(node.input) == 2:
-        a, b = _integers(node, 0, constants), _integers(node, 1, constants)
-        fmod = any(attr.name == "fmod" and attr.i for attr in node.attribute)
-        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))) or \
-                (node.op_type == "Mod" and (fmod or 0 in b)):
-            return None
-        numbers = [FOLDED[node.op_type](a[i % len(a)], b[i % len(b)]) for i in range(max(len(a), len(b)))]
-    else:
-        return None
-    if numbers is None or any(abs(n) >= 1 << 62 for n in numbers):
-        return None
-    return numpy_helper.from_array(np.array(numbers, np.int64), node.output[0])
-
-
-def _integers(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> list[int] | None:
-    """A constant integer input of a few values (at most 8), as Python ints read from the tensor's own integers;
-    None otherwise. Never through floats: 2**61 + 255 - 2**61 is 255, not the 0 that doubles give (helper 65)."""
-    tensor = constants.get(node.input[index]) if index < len(node.input) else None
-    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL or _elements(tensor.dims) > 8 \
-            or tensor.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-        return None
-    try:
-        return [int(n) for n in np.asarray(numpy_helper.to_array(tensor)).reshape(-1)]
-    except (ValueError, TypeError):
-        return None
-
-
-def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The tensor a Constant node holds (`value`, `value_int(s)`, `value_float(s)`), as onnx's shape inference
-    reads it; None for any other node."""
-    if node.op_type != "Constant" or len(node.output) != 1 or len(node.attribute) != 1:
-        return None
-    attr = node.attribute[0]
-    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-        return attr.t
-    made = {"value_int": (onnx.TensorProto.INT64, [attr.i]), "value_ints": (onnx.TensorProto.INT64, attr.ints),
-            "value_float": (onnx.TensorProto.FLOAT, [attr.f]), "value_floats": (onnx.TensorProto.FLOAT, attr.floats)}
-    if attr.name not in made:
-        return None
-    elem, values = made[attr.name]
-    dims = [] if attr.name in ("value_int", "value_float") else [len(values)]
-    return onnx.helper.make_tensor(node.output[0], elem, dims, values)
-
-
-MAX_SHAPE_VALUES = 4096  # a shape, scales or pads input longer than this is read as unbounded
-# op -> the input (index) whose values size its output, and whether the output also has the first input's elements
-SIZED_BY = {"ConstantOfShape": (0, False), "Expand": (1, False), "Tile": (1, True), "CenterCropPad": (1, False),
-            "Upsample": (1, True), "OneHot": (1, False)}
-
-
-def sized_elements(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float:
-    """A lower bound on the elements (or on the length of one axis) of a node's output, computed from constant
-    inputs without making them; 0 where its size is not constant. A 0 in a shape counts as 1: a reduction over
-    that axis leaves the others, as long. Constants themselves count: a 1-D integer one is propagated whole."""
-    if node.op_type == "Constant":
-        value = constants.get(node.output[0])
-        integer = value is not None and value.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-        return _elements(value.dims) if integer and len(value.dims) == 1 else 0
-    if node.op_type == "Range":
-        return _range_length(node, constants)
-    if node.op_type == "Resize":  # sizes (input 3) or scales (input 2, input 1 before opset 11)
-        return max(_sized(node, 3, False, constants), _sized(node, 2, True, constants),
-                   _sized(node, 1, True, constants))
-    if node.op_type == "Pad":  # pads as input 1 (opset 11) or as an attribute: one axis is at least as long
-        pads = _values(node, 1, constants)
-        pads = pads if pads is not None else next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
-        half = len(pads) // 2
-        return max((pads[i] + pads[i + half] for i in range(half)), default=0)
-    if node.op_type in SIZED_BY:
-        return _sized(node, *SIZED_BY[node.op_type], constants)
-    return 0
-
-
-def _sized(node: onnx.NodeProto, index: int, times_input: bool, constants: dict[str, onnx.TensorProto]) -> float:
-    values = _values(node, index, constants)
-    if values is None:
-        return 0
-    first = constants.get(node.input[0]) if times_input and node.input else None
-    return _elements(values) * (_elements(first.dims) if first is not None else 1)
-
-
-def _values(node: onnx.NodeProto, index: int, constants: dict[str, onnx.TensorProto]) -> list[float] | None:
-    """The values of a node's constant input, or None (no such input, not constant, stored apart, unreadable).
-    One of more than MAX_SHAPE_VALUES is not read: its size is taken as unbounded (no rank is that high; ones
-    around a long axis, squeezed away, would hide it)."""
-    tensor = constants.get(node.input[index]) if index < len(node.input) else None
-    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return None  # stored apart: onnx's numpy_helper would look in the working directory
-    if _elements(tensor.dims) > MAX_SHAPE_VALUES:
-        return [math.inf]
-    try:
-        return [float(v) for v in np.asarray(numpy_helper.to_array(tensor)).reshape(-1)]
-    except (ValueError, TypeError):
-        return None
-
-
-def _range_length(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float:
-    bounds = [_values(node, index, constants) for index in range(3)]
-    if any(b is None or len(b) != 1 for b in bounds):
-        return 0
-    start, limit, delta = (b[0] for b in bounds)
-    return math.inf if delta == 0 else (limit - start) / delta
-
-
-def _elements(dims: Iterable[float]) -> float:
-    """The product of `dims`, each at least 1 (a float: 10**300 stays a number)."""
-    return math.prod(max(float(d), 1.0) for d in dims)
 
 
 def _declared_length(value: onnx.ValueInfoProto) -> int:

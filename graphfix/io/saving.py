@@ -15,6 +15,7 @@ full-size copy of the model is ever built in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,27 +27,26 @@ import onnx
 from onnx import TensorProto
 
 from graphfix.core.errors import OutputError
-from graphfix.io.external_data import data_file, external_ref, is_stub, model_tensors, tensor_nbytes
+from graphfix.io.external_data import data_file, is_stub, model_tensors, tensor_nbytes
+from graphfix.io.externalized import with_external_data
 from graphfix.io.held import HeldFile, copy_used
-from graphfix.io.staging import make_folders, remove, remove_made, staging_dir
+from graphfix.io.replaced import Existing
+from graphfix.io.staging import forget, make_folders, remove, remove_made, staging_dir
 from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
-    _mentions,
     check_target,
     data_name,
     data_names,
     input_files,
     move_new,
+    open_folder,
     refuse_linked_folders,
     same_file,
     why_kept,
 )
-from graphfix.io.weights import Weights, has_stubs, resolve, stub_names, weight_bytes
-from graphfix.io.wire import external_locations
+from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
 
 PROTOBUF_LIMIT = 2**31 - 1
-EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
-ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
 
 
 @dataclass
@@ -65,6 +65,8 @@ class StagedModel:
     within: Path | None = None  # the output folder the user named: no link below it is written through
     input_mode: int | None = None  # the input model's permission bits (see inherit_mode)
     made: tuple[Path, ...] = ()  # the destination's folders staging made, deepest first: removed unless committed
+    stage_id: tuple[int, int] | None = None  # the staging folder's device and inode: the one commit moves from
+    folder_fd: int | None = None  # while committing: the destination's folder, held (see `open_folder`)
 
     @property
     def path(self) -> Path:
@@ -73,28 +75,57 @@ class StagedModel:
     def commit(self) -> Path:
         """Make the staged files durable (validation ran while the kernel wrote them back), then move them: data
         first (under names no file has), the graph last; then the data the replaced graph used is removed where
-        graphfix may remove it (`kept` says why the rest stays)."""
-        with writing(self.destination, self):
-            return self._commit()
+        graphfix may remove it (`kept` says why the rest stays). Every step after the checks goes through the
+        descriptors of the destination's folder and of the staging folder, opened without following a link
+        (`open_folder`): a folder below `--output-dir` swapped for a link after its check is never followed."""
+        try:
+            with writing(self.destination, self):
+                return self._commit()
+        finally:
+            if self.folder_fd is not None:
+                os.close(self.folder_fd)
+                self.folder_fd = None
 
     def _commit(self) -> Path:
-        check_target(self.destination)  # what is there now is what the rename replaces: never a link
+        check_target(self.destination)
         if self.within is not None:
             refuse_linked_folders(self.within, self.destination)
-        replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination)
-        self._set_mode()
-        moved: list[Path] = []
+        self.folder_fd = folder = open_folder(self.destination, self.within)
+        stage = self._open_stage()
+        try:
+            return self._move(folder, stage)
+        finally:
+            os.close(stage)
+
+    def _open_stage(self) -> int:
+        """The staging folder, found in the held destination folder without following a link, and refused unless
+        it is the one staging made (a folder put in its place holds files graphfix never validated)."""
+        stage = os.open(self.temp_dir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.folder_fd)
+        info = os.fstat(stage)
+        if self.stage_id is not None and (info.st_dev, info.st_ino) != self.stage_id:
+            os.close(stage)
+            raise OutputError(f"cannot write {self.destination}: its staging folder {self.temp_dir} was replaced "
+                              "while graphfix wrote it")
+        return stage
+
+    def _move(self, folder: int, stage: int) -> Path:
+        check_target(self.destination, at=folder)  # what is there now is what the rename replaces: never a link
+        replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination, folder)
+        self._set_mode(folder, stage)
+        moved: list[str] = []
         try:
             for name in (*self.copied, *([self.data_name] if self.data_name else [])):
-                _fsync(self.temp_dir / name)
-                move_new(self.temp_dir / name, self.destination.parent / name)
-                moved.append(self.destination.parent / name)
+                _fsync(name, stage)
+                move_new(name, stage, folder, self.destination.parent / name)
+                moved.append(name)
         except BaseException:
-            for path in moved:  # made by this run, read by nothing yet
-                path.unlink(missing_ok=True)
+            for name in moved:  # made by this run, read by nothing yet
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
             raise
-        _fsync(self.path)
-        os.replace(self.path, self.destination)
+        name = self.destination.name
+        _fsync(name, stage)
+        os.replace(name, name, src_dir_fd=stage, dst_dir_fd=folder)
         self.made = ()  # they hold the output now
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:
@@ -103,23 +134,30 @@ class StagedModel:
             if reason := why_kept(old, self.destination):
                 self.kept += (f"kept {old}, the replaced model's data: {reason}",)
             else:
-                old.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old.name, dir_fd=folder)  # in the destination's folder (`_data_files`)
         self.discard()
         return self.destination
 
-    def _set_mode(self) -> None:
+    def _set_mode(self, folder: int, stage: int) -> None:
         """Give the staged model and data the permission bits of the file they replace, else the input's, never
         more than a new file gets: a private model (0600) repaired or replaced in place stays private, and an
-        output the user made private stays so."""
-        staged = [self.path, *(self.temp_dir / name for name in (*self.copied, self.data_name) if name)]
-        try:
-            mode = stat.S_IMODE(self.destination.lstat().st_mode)  # a regular file: check_target said so
+        output the user made private stays so. Each file is changed through a descriptor (a link put in the
+        staging folder would have chmod change the file it names)."""
+        staged = [self.destination.name, *(name for name in (*self.copied, self.data_name) if name)]
+        try:  # a regular file: check_target said so
+            mode = stat.S_IMODE(os.stat(self.destination.name, dir_fd=folder, follow_symlinks=False).st_mode)
         except FileNotFoundError:
             if self.input_mode is None:
                 return
-            mode = self.input_mode & stat.S_IMODE(self.path.stat().st_mode)  # as a new file gets it (umask)
-        for path in staged:
-            os.chmod(path, mode & 0o777)
+            new = os.stat(self.destination.name, dir_fd=stage, follow_symlinks=False)
+            mode = self.input_mode & stat.S_IMODE(new.st_mode)  # as a new file gets it (umask)
+        for name in staged:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=stage)
+            try:
+                os.fchmod(fd, mode & 0o777)
+            finally:
+                os.close(fd)
 
     def sync(self) -> StagedModel:
         """Write the staged files back to disk now (on the staging thread, while validation runs), so that the
@@ -133,14 +171,27 @@ class StagedModel:
     def discard(self) -> None:
         """Remove the staging folder and, where nothing was committed, the folders made for the output (a failed
         repair into `new1/new2/out.onnx` left both, empty)."""
-        remove(self.temp_dir)
+        self._remove_stage()
         remove_made(self.made)
         self.made = ()
 
-
-# An external data reference is a StringStringEntryProto with key "location" (field 1, 8 bytes): a file without
-# these bytes references no external data.
-LOCATION_ENTRY = b"\x0a\x08location"
+    def _remove_stage(self) -> None:
+        """Remove the staging folder where it was made: through the folder a commit holds, else found again from
+        the output folder without following a link, and only while it is the one staging made (its inode). A
+        folder swapped for a link to elsewhere, holding a copy of it, had that copy removed."""
+        folder = self.folder_fd
+        try:
+            if folder is None:
+                folder = open_folder(self.destination, self.within)
+            info = os.stat(self.temp_dir.name, dir_fd=folder, follow_symlinks=False)
+            if self.stage_id in (None, (info.st_dev, info.st_ino)):
+                remove(self.temp_dir, folder)
+        except (OSError, OutputError):
+            pass  # gone, or not where it was made: nothing graphfix may remove there
+        finally:
+            forget(self.temp_dir)  # never removed by its path at exit either
+            if folder is not None and folder != self.folder_fd:
+                os.close(folder)
 
 
 def needs_external_data(proto: onnx.ModelProto) -> bool:
@@ -164,7 +215,7 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     with writing(staged.destination, staged):
         if needs_external_data(proto):
             staged.data_name = data_name(staged.destination, staged.replacing.data_files)
-            proto = _with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
+            proto = with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
         with open(staged.path, "wb") as f:
             if has_stubs(proto):
                 write_streaming(proto, weights or {}, f)
@@ -257,76 +308,6 @@ def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
     return staged
 
 
-@dataclass(frozen=True)
-class Existing:
-    """A file a commit will replace: which it was (inode, size, mtime) and the data files it read."""
-
-    signature: tuple[int, int, int] | None
-    data_files: tuple[Path, ...]
-
-    @classmethod
-    def of(cls, model: Path) -> Existing:
-        signature = _signature(model)
-        return cls(signature, tuple(_data_files(model)) if signature else ())
-
-    def data_files_now(self, model: Path) -> tuple[Path, ...]:
-        """The data files, read again if the file changed since."""
-        return self.data_files if _signature(model) == self.signature else tuple(_data_files(model))
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.lstat()
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
-
-
-def _data_files(model: Path) -> list[Path]:
-    """The external data files an existing model file reads (none when it does not exist or cannot be read)."""
-    return [model.parent / location for location in sorted(_locations(model)) if "/" not in location
-            and "\\" not in location and location not in (".", "..")]
-
-
-def files_read_by(model: Path, folder: Path | None = None) -> list[Path]:
-    """The model file and every external data file it names (in `folder`, by default the model's, or below),
-    without reading them."""
-    folder = model.parent if folder is None else folder
-    return [model, *(folder / location for location in sorted(_locations(model)))]
-
-
-def _locations(model: Path) -> set[str]:
-    """The data files (`location`) a model file's tensors name, as protobuf's parser reads them; none when it is a
-    link, not a file, or not a model the parser reads. Its wire format is walked first (graphfix.io.wire, no tensor
-    read): where the walk finds no tensor in external data (a big inline model: 10 ms instead of 0.5 s), that is
-    the answer; where it finds some, or cannot tell, the file is parsed, from the descriptor opened here."""
-    try:
-        fd = os.open(model, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return set()
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return set()
-        found = external_locations(fd, info.st_size)
-        if found is not None and not found - {""}:
-            return set()
-        if found is None and not _mentions(model, LOCATION_ENTRY):
-            return set()
-        return _parsed_locations(fd, info.st_size) - {""}
-    finally:
-        os.close(fd)
-
-
-def _parsed_locations(fd: int, size: int) -> set[str]:
-    try:
-        proto = onnx.ModelProto()
-        proto.ParseFromString(os.pread(fd, size, 0))
-        return {ref.location for ref in (external_ref(t) for _, t in model_tensors(proto)) if ref is not None}
-    except Exception:  # not a model we can read (or no valid reference): it names nothing
-        return set()
-
-
 def _new_stage(destination: Path, within: Path | None = None) -> StagedModel:
     """The staging folder beside `destination`, its folders made first. Below `within` (the output folder the
     user named) no folder may be a link, checked before the folders are made and again after (one made by another
@@ -343,8 +324,10 @@ def _new_stage(destination: Path, within: Path | None = None) -> StagedModel:
                 refuse_linked_folders(within, destination)
             check_target(destination)  # a link, a folder or a FIFO there is refused
             # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
-            return StagedModel(staging_dir(destination), destination, None, replacing=Existing.of(destination),
-                               within=within, made=made)
+            temp_dir = staging_dir(destination)
+            made_dir = os.lstat(temp_dir)
+            return StagedModel(temp_dir, destination, None, replacing=Existing.of(destination), within=within,
+                               made=made, stage_id=(made_dir.st_dev, made_dir.st_ino))
         except BaseException:
             remove_made(made)
             raise
@@ -364,61 +347,10 @@ def writing(destination: Path, staged: StagedModel | None = None) -> Iterator[No
         raise
 
 
-def _with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
-                        weights: Weights) -> onnx.ModelProto:
-    """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    with open(data_path, "wb") as data:
-        for where, tensor in model_tensors(out):
-            if is_stub(tensor):
-                _pad_to_alignment(data)
-                offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
-                data.write(raw)
-                _point_into(tensor, data_path.name, offset, len(raw))
-                continue
-            ref = external_ref(tensor)
-            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
-                                or not _movable(where)):
-                continue
-            _pad_to_alignment(data)
-            offset = data.tell()
-            if ref is not None:
-                if source_dir is None:
-                    raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
-                data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
-                length = ref.length
-            else:
-                data.write(tensor.raw_data)
-                length = len(tensor.raw_data)
-                tensor.ClearField("raw_data")
-            _point_into(tensor, data_path.name, offset, length)
-    return out
-
-
-def _movable(where: str) -> bool:
-    """Inline tensors of the graphs move to the data file; those of functions and sparse tensors stay (their
-    external data would be valid ONNX, but runtimes handle it unevenly)."""
-    return not where.startswith("sparse") and " in function '" not in where
-
-
-def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:
-    del tensor.external_data[:]
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: Path | str, at: int | None = None) -> None:
+    """Write a staged file back to disk; `at`: the staging folder's descriptor, `path` then a name in it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=at)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pad_to_alignment(f) -> None:
-    pos = f.tell()
-    if pos % ALIGNMENT:
-        f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))

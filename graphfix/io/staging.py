@@ -11,7 +11,8 @@ carry a forged marker, and a container beside this one can have a child of the s
 outright (SIGKILL) from outside cannot clean up: its forked worker is stopped as it ends (`forked._end_with`) and
 removes its own folders, and a folder the killed process made itself stays for the user to remove.
 The folders made for an output (`make_folders`: `-o new1/new2/out.onnx`) go too where nothing was written in them
-(`remove_made`); a crashed or killed worker's stay, empty.
+(`remove_made`); a crashed or killed worker tells its parent each as it makes it (with its inode), and the parent
+removes them, deepest first, each only while it is that folder and empty (`remove_left`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MARKER = ".graphfix-staging"  # inside every folder graphfix makes: "graphfix st
 TOKEN = r"([a-z0-9_]{6,32})"  # tempfile.mkdtemp's random part
 OWNED = (re.compile(rf"^graphfix-(?:[a-z]+-)?(\d{{1,10}})-{TOKEN}$"),
          re.compile(rf"^\..+\.graphfix-(\d{{1,10}})-{TOKEN}\.tmp$"))
+MADE_FOR_OUTPUT = "output-folder:"  # what `made` tells before "<dev>:<inode>:<absolute path>" of such a folder
 _LIVE: set[Path] = set()
 
 
@@ -75,7 +77,7 @@ def _announced_mkdtemp(prefix: str, suffix: str, parent: str) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_"  # mkdtemp's: what OWNED's TOKEN reads back
     for _ in range(tempfile.TMP_MAX):
         path = os.path.join(parent, prefix + "".join(secrets.choice(alphabet) for _ in range(8)) + suffix)
-        forked.made(path)
+        forked.made(os.path.abspath(path))  # absolute: never read as MADE_FOR_OUTPUT's
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -116,10 +118,20 @@ def make_folders(folder: Path) -> tuple[Path, ...]:
                     raise
                 continue
             made.insert(0, parent)
+            _tell_made(parent)
     except BaseException:
         remove_made(made)
         raise
     return tuple(made)
+
+
+def _tell_made(folder: Path) -> None:
+    """Tell a forking parent that this folder was made for an output, after making it (a folder of that name that
+    another process made first is not ours) and with its inode (one made again in its place is not ours either):
+    a worker that crashes or is killed before writing its output left it (`remove_left`)."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(folder)
+        forked.made(f"{MADE_FOR_OUTPUT}{info.st_dev}:{info.st_ino}:{os.path.abspath(folder)}")
 
 
 def remove_made(folders: Iterable[Path]) -> None:
@@ -132,17 +144,32 @@ def remove_made(folders: Iterable[Path]) -> None:
             return
 
 
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a link inside
+def remove(path: Path, at: int | None = None) -> None:
+    """Remove a folder graphfix made, with all it holds; `at`: a descriptor of the folder it is in, through which
+    it is found (its path could lead through a link put there since)."""
+    if at is None:
+        shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a link inside
+    else:
+        shutil.rmtree(path.name, ignore_errors=True, dir_fd=at)
+    _LIVE.discard(path)
+
+
+def forget(path: Path) -> None:
+    """No longer remove this folder at exit: it was removed, or is not where graphfix made it."""
     _LIVE.discard(path)
 
 
 def remove_left(pid: int, made: Iterable[str]) -> list[Path]:
     """The folders a crashed graphfix child `pid` of this run said it made (`made`), each where it still is a real
     folder of this user that the child marked as its own (whatever it holds: a staged model) or that holds nothing
-    or only a marker it was still writing. Nothing it did not name goes."""
+    or only a marker it was still writing; and the folders it made for its output (`make_folders`), each while it
+    is the one made (same inode) and empty. Nothing it did not name goes. Deepest first: the child names each
+    folder before any made inside it (its staging folder in `-o new1/new2/out.onnx`, then new2, then new1)."""
     removed = []
-    for folder in made:
+    for folder in reversed(list(made)):
+        if folder.startswith(MADE_FOR_OUTPUT):
+            removed.extend(_remove_made_for_output(folder[len(MADE_FOR_OUTPUT):]))
+            continue
         _, token = _owner_name(os.path.basename(folder))
         text = _marker_text(pid, token).encode()
         try:
@@ -159,6 +186,20 @@ def remove_left(pid: int, made: Iterable[str]) -> list[Path]:
                 os.rmdir(folder)
                 removed.append(Path(folder))
     return removed
+
+
+def _remove_made_for_output(told: str) -> list[Path]:
+    """The folder `_tell_made` told of ("<dev>:<inode>:<path>"), removed if it is still that folder and empty
+    (the output written in it keeps it, as does anything else that came into it)."""
+    device, inode, folder = told.split(":", 2)
+    try:
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or (info.st_dev, info.st_ino) != (int(device), int(inode)):
+            return []
+        os.rmdir(folder)
+    except (OSError, ValueError):
+        return []
+    return [Path(folder)]
 
 
 forked.on_left(remove_left)  # a child killed after its grace (inside one onnxruntime call) leaves its folders

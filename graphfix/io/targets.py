@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -31,12 +32,13 @@ if TYPE_CHECKING:
     from graphfix.io.loading import LoadedModel
 
 
-def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bool | None = None) -> None:
+def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bool | None = None,
+                 at: int | None = None) -> None:
     """Refuse (exit 2) a destination that is a link or not a regular file, or that is one of `inputs` (unless
     `in_place`, where replacing the input is what was asked; None where the command has no --in-place to
-    suggest)."""
+    suggest). `at`: a descriptor of its folder (`open_folder`), read instead of its path."""
     try:
-        info = destination.lstat()
+        info = destination.lstat() if at is None else os.stat(destination.name, dir_fd=at, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in the way is said when writing)
         return
     except OSError as exc:
@@ -120,6 +122,29 @@ def refuse_linked_folders(root: Path, destination: Path) -> None:
             raise OutputError(f"cannot write {destination}: {folder} is not a folder")
 
 
+def open_folder(destination: Path, root: Path | None) -> int:
+    """A descriptor of the destination's folder, opened from `root` (the output folder the user named, which may
+    itself be a link) one folder at a time, never through a link: the commit renames through it, so a folder
+    swapped for a link after `refuse_linked_folders` looked is never followed (the file lands in the folder that
+    was checked, or is refused). Without `root` (a path the user named whole) the folder is opened as named."""
+    below = destination.parent.relative_to(root).parts if root is not None and root in destination.parents else None
+    fd = os.open(destination.parent if below is None else root, os.O_RDONLY | os.O_DIRECTORY)
+    for part in below or ():
+        try:
+            if part in (".", ".."):
+                raise OSError(errno.ELOOP, "a step out of the output folder")
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise OutputError(f"cannot write {destination}: {part} is a symbolic link or no folder inside the "
+                              f"output folder {root} (graphfix writes nothing through a link there)") from None
+        finally:
+            os.close(fd)
+        fd = inner
+    return fd
+
+
 def derived_data_name(destination: Path, data: Path) -> bool:
     """A name given to the data of `destination` alone, in its folder: graphfix's (`NAME.data`, `NAME.<n>.data`)
     or the exporters' (`NAME_data`, as Hugging Face Optimum writes it)."""
@@ -188,21 +213,25 @@ def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = 
     return False
 
 
-def move_new(source: Path, target: Path) -> None:
-    """Rename `source` to `target`, which must not exist: a hard link made atomically (it fails on an existing
-    name), then the staged name dropped. Where the file system has no hard links, checked, then renamed."""
+def move_new(name: str, stage: int, folder: int, target: Path) -> None:
+    """Move the file `name` from the staging folder `stage` to the same name in `folder` (descriptors: no link
+    followed on the way), where no file may have it (`target` names it in messages): a hard link made atomically
+    (it fails on an existing name), then the staged name dropped. Where the file system has no hard links,
+    checked, then renamed."""
     try:
-        os.link(source, target, follow_symlinks=False)
+        os.link(name, name, src_dir_fd=stage, dst_dir_fd=folder, follow_symlinks=False)
     except FileExistsError:
         raise OutputError(f"cannot write {target}: a file of that name appeared while graphfix wrote it; "
                           "it was kept") from None
     except OSError:
-        if os.path.lexists(target):
-            raise OutputError(f"cannot write {target}: a file of that name appeared while graphfix wrote it; "
-                              "it was kept") from None
-        os.replace(source, target)
-        return
-    os.unlink(source)
+        try:
+            os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            os.replace(name, name, src_dir_fd=stage, dst_dir_fd=folder)
+            return
+        raise OutputError(f"cannot write {target}: a file of that name appeared while graphfix wrote it; "
+                          "it was kept") from None
+    os.unlink(name, dir_fd=stage)
 
 
 def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> None:

@@ -28,6 +28,13 @@ def _audit(event: str, args) -> None:
         target = target.decode(errors="replace")
     if not isinstance(target, (str, os.PathLike)):
         return
+    if event == "os.link" and len(args) > 2 and args[2] not in (None, -1):
+        return  # a name in a folder graphfix holds open (`src_dir_fd`): not the working folder's
+    if not os.path.isabs(target) and not os.path.lexists(target):
+        # a name opened in a folder graphfix holds open (`dir_fd`, which the "open" event does not carry: the
+        # commit of an output), or nothing at all: a file read from the working folder exists there, and one
+        # made there is seen by the kernel's watch of it (fuzz_opened)
+        return
     try:
         real = os.path.realpath(os.fspath(target))
     except (TypeError, ValueError):

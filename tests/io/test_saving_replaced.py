@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphfix.io.saving import LOCATION_ENTRY, _mentions, stage_model
+from graphfix.io.replaced import LOCATION_ENTRY
+from graphfix.io.saving import stage_model
+from graphfix.io.targets import _mentions
 
 
 def model(weight: float) -> onnx.ModelProto:

@@ -106,6 +106,30 @@ def test_a_worker_whose_graphfix_was_killed_stops_and_writes_nothing(tmp_path):
     assert (leftovers(out.parent) if out.parent.exists() else []) == []
 
 
+def test_a_killed_worker_leaves_no_folder_it_made_for_the_output(tmp_path):
+    """The forked worker is SIGKILLed (the kernel's OOM killer, a user's `kill -9` of it) once it made
+    out/new1/new2 for its output: graphfix reports the crash and removes the folders the worker made (they stayed,
+    empty), and no other: `out` and what the user keeps there stay."""
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "out" / "theirs").mkdir(parents=True)
+    out = tmp_path / "out" / "new1" / "new2" / "out.onnx"
+    child = subprocess.Popen([*GRAPHFIX, "repair", str(SAMPLE), "-o", str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    worker = None
+    deadline = time.monotonic() + 90
+    while worker is None and child.poll() is None and time.monotonic() < deadline:
+        pids = {int(p.name.split("-")[-2]) for p in (tmp_path / "tmp").iterdir() if p.name.startswith("graphfix-")}
+        worker = next((pid for pid in pids - {child.pid} if out.parent.is_dir()), None)
+        time.sleep(0.01)  # until the worker works in its scratch folder and made the output's
+    if worker is None:
+        pytest.fail(f"the worker ended before it could be killed: {child.communicate()}")
+    os.kill(worker, signal.SIGKILL)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 2 and "crashed (SIGKILL" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["theirs"]
+    assert leftovers(tmp_path / "tmp") == []
+
+
 # A file system of its own for the output, in a mount namespace of the child (gone when it exits): root ignores
 # file modes, so only a read-only or a full mount makes the write itself fail. Needs unshare(1) and the right to
 # mount, which containers often withhold: the test is skipped then.

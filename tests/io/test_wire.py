@@ -12,7 +12,7 @@ import pytest
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from graphfix.io.external_data import external_ref, model_tensors
-from graphfix.io.saving import files_read_by
+from graphfix.io.replaced import files_read_by
 from graphfix.io.wire import external_locations
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").rglob("*.onnx"))
@@ -192,7 +192,7 @@ def test_check_never_writes_its_report_over_the_model_s_data(tmp_path):
 def test_what_protobuf_cannot_parse_names_no_data_file_to_remove(tmp_path):
     """A replaced output that names `OUT.onnx.data` but does not parse (a field numbered 0 further on, subgraphs
     nested past protobuf's depth): nothing of it is removed, as before the walk."""
-    from graphfix.io.saving import _data_files
+    from graphfix.io.replaced import _data_files
     from graphfix.io.streaming import record
 
     broken = with_initializer(kept_in("OUT.onnx.data")) + vkey(0) + b"\x00"

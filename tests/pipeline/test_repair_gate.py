@@ -204,10 +204,10 @@ def test_a_crash_before_the_graph_is_swapped_leaves_the_old_pair_usable(tmp_path
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real_replace = os.replace
 
-    def crash_on_the_graph(src, dst):
-        if Path(dst) == source:
+    def crash_on_the_graph(src, dst, **dir_fds):
+        if Path(dst).name == source.name:  # a name in the source's folder, held open by the commit
             raise Crash  # the process dies between the data and the graph
-        real_replace(src, dst)
+        real_replace(src, dst, **dir_fds)
 
     monkeypatch.setattr(saving.os, "replace", crash_on_the_graph)
     with pytest.raises(Crash):

@@ -63,7 +63,18 @@ def test_repair_reports_the_crash_and_writes_nothing(sandbox, models):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(crash_lines(done.stderr)) == 1, done.stderr
     assert not out.exists()
-    assert leftovers(sandbox) == [] and [p.name for p in out.parent.iterdir()] == []
+    assert leftovers(sandbox) == [] and not out.parent.exists()  # made for the output, removed
+
+
+@pytest.mark.parametrize("where", [["-o", "new1/new2/fixed.onnx"], ["--output-dir", "new1/new2"]])
+def test_a_crashed_repair_leaves_no_folder_it_made_for_its_output(sandbox, models, where):
+    """The worker made new1/new2 for its output, then crashed: they stayed, empty (helper 66). They go now, and a
+    folder the user made beside them stays."""
+    (sandbox.model_dir / "theirs").mkdir()
+    done = sandbox.run("repair", models[0], *[str(sandbox.model_dir / w) if "new" in w else w for w in where])
+    assert done.returncode == 2 and len(crash_lines(done.stderr)) == 1, done.stderr
+    assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["crash.onnx", "healthy.onnx", "theirs"]
+    assert leftovers(sandbox) == [] and sandbox.touched() == []
 
 
 def test_repair_goes_on_with_the_next_model(sandbox, models):

@@ -105,3 +105,54 @@ def test_the_file_an_input_is_read_through_a_link_is_the_input(sandbox, command,
     done = sandbox.run(command[0], str(model), *command[1:], str(target))
     one_line_refusal(done, "would overwrite the input")
     assert {p.name: p.read_bytes() for p in sandbox.model_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("when", ["before its checks", "between its checks and its rename"])
+def test_a_folder_swapped_for_a_link_while_the_output_is_committed_is_not_followed(sandbox, monkeypatch, when):
+    """`--output-dir fixed`: the commit checked that no folder below `fixed` is a link, then renamed by path. A
+    process that swapped `fixed/x` for a link to `outside` in between (the real folder moved aside inside
+    `fixed`, a copy of the staging folder put outside) had the model renamed into `outside`. The commit now
+    holds `fixed/x` and its staging folder open (opened without following a link) from its checks to its
+    rename: a link swapped in before is refused, one swapped in after is never followed (the model lands in the
+    folder that was checked), and nothing outside is touched. The swap runs at the first `os.fsync` of the
+    commit, which comes after its checks."""
+    import shutil
+
+    import onnx.parser
+
+    from graphfix.core.errors import OutputError
+    from graphfix.io.saving import stage_model
+
+    out = sandbox.root / "fixed"
+    model = onnx.parser.parse_model('< ir_version: 8, opset_import: ["" : 17] > g (float[N, 4] x) => '
+                                    "(float[N, 4] y) { y = Relu(x) }")
+    staged = stage_model(model, out / "x" / "m.onnx", within=out)
+    stage = staged.temp_dir.name
+
+    def swap() -> None:
+        (out / "x").rename(out / "moved")
+        shutil.copytree(out / "moved" / stage, sandbox.outside / stage)
+        (out / "x").symlink_to(sandbox.outside, target_is_directory=True)
+        sandbox.touched()  # the swapping process's own doing
+
+    synced = os.fsync
+
+    def swapping_sync(fd: int) -> None:
+        if not (out / "moved").exists():
+            swap()
+        synced(fd)
+
+    if when == "before its checks":
+        swap()
+    else:
+        monkeypatch.setattr(os, "fsync", swapping_sync)
+    try:
+        staged.commit()
+    except OutputError as refused:
+        assert when == "before its checks" and "symbolic link" in str(refused)
+    else:
+        assert when != "before its checks" and (out / "moved" / "m.onnx").is_file()
+    finally:
+        monkeypatch.undo()
+    assert (out / "moved").is_dir() and not (sandbox.outside / "m.onnx").exists()
+    assert sandbox.touched() == [] and sorted(p.name for p in sandbox.outside.iterdir()) == [stage, "secret.bin"]

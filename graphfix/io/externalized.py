@@ -1,0 +1,69 @@
+"""A staged model's external data file: its large tensors, moved out of the graph and aligned for onnxruntime's
+memory map, their bytes copied in chunks from the source's data files or from the weights of a light model (see
+`graphfix.io.saving`, which writes the graph that points into it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from graphfix.io.external_data import data_file, external_ref, is_stub, model_tensors, tensor_nbytes
+from graphfix.io.weights import Weights, resolve, weight_bytes
+
+EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is split
+ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
+
+
+def with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
+                        weights: Weights) -> onnx.ModelProto:
+    """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    with open(data_path, "wb") as data:
+        for where, tensor in model_tensors(out):
+            if is_stub(tensor):
+                _pad_to_alignment(data)
+                offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
+                data.write(raw)
+                _point_into(tensor, data_path.name, offset, len(raw))
+                continue
+            ref = external_ref(tensor)
+            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
+                                or not _movable(where)):
+                continue
+            _pad_to_alignment(data)
+            offset = data.tell()
+            if ref is not None:
+                if source_dir is None:
+                    raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
+                data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
+                length = ref.length
+            else:
+                data.write(tensor.raw_data)
+                length = len(tensor.raw_data)
+                tensor.ClearField("raw_data")
+            _point_into(tensor, data_path.name, offset, length)
+    return out
+
+
+def _movable(where: str) -> bool:
+    """Inline tensors of the graphs move to the data file; those of functions and sparse tensors stay (their
+    external data would be valid ONNX, but runtimes handle it unevenly)."""
+    return not where.startswith("sparse") and " in function '" not in where
+
+
+def _point_into(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _pad_to_alignment(f) -> None:
+    pos = f.tell()
+    if pos % ALIGNMENT:
+        f.write(b"\0" * (ALIGNMENT - pos % ALIGNMENT))
