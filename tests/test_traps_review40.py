@@ -46,6 +46,8 @@ TRAPS = {
     "sum-times-exp": (lambda h, t: h.sum(1) * math.exp(-t / 10), False),
     "sum-times-power": (lambda h, t: h.sum(1) * t ** -1.5, False),
     "sum-over-log2": (lambda h, t: h.sum(1) / math.log2(t), False),
+    "pooled-mean-picked": (lambda h, t: torch.nn.functional.adaptive_avg_pool1d(h.transpose(1, 2), 1)[..., 0]
+                           * (t / (t - 1)), False),  # helper 69: a GlobalAveragePool, then a Gather
 }
 CONTROLS = {
     "own-cut": (lambda h, t: h[:, 5:], True),  # 5 is no form of 12
@@ -69,4 +71,49 @@ def test_a_size_baked_beside_a_safe_fix_in_a_form_red_team_40_found_makes_it_uns
 def test_a_models_own_cut_or_scale_is_no_echo_and_the_fix_stays_safe(tmp_path, name):
     """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""
     done, out = repair(_export(_module("Control", *CONTROLS[name])(), tmp_path / "m.onnx"))
+    assert done.exit_code == 0 and out.exists(), done.output
+
+
+class WhisperNorm(torch.nn.Module):
+    """openai-whisper's log-mel normalisation (whisper/audio.py, after the STFT): log10 is exported as a Div by
+    ln 10, and the maximum is taken over the whole spectrogram, length included."""
+
+    def forward(self, mel_spec):
+        log_spec = torch.clamp(mel_spec, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+
+def _amplitude_to_db() -> torch.nn.Module:
+    torchaudio = pytest.importorskip("torchaudio")
+    return torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0)
+
+
+class FrontEnd(torch.nn.Module):
+    """A dB front end, a conv head, and one baked size (the frame count, which GF004 rebuilds)."""
+
+    def __init__(self, front: torch.nn.Module):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front, self.conv, self.head = front, torch.nn.Conv1d(80, 8, 3, padding=1), torch.nn.Linear(8, 5)
+
+    def forward(self, mel):
+        mel = mel.reshape(mel.shape[0], mel.shape[1], int(mel.shape[2]))
+        return self.head(torch.relu(self.conv(self.front(mel))).mean(2))
+
+
+@pytest.mark.parametrize("front", [WhisperNorm, _amplitude_to_db], ids=["whisper-log-mel", "torchaudio-db"])
+def test_a_log_or_db_scale_beside_a_maximum_over_the_length_is_no_echo(tmp_path, front):
+    """Helper 69: the scale of a sum whatever its value took log10's ln 10 and the dB scale, which meet a maximum
+    over the length, for a function of it: repaired again (exit 0); the suite's guard compares the result with the
+    module at other lengths."""
+    import warnings
+
+    path = tmp_path / "front.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FrontEnd(front()).eval(), (torch.rand(2, 80, 128),), str(path), dynamo=False,
+                          opset_version=17, input_names=["mel"], output_names=["y"],
+                          dynamic_axes={"mel": {0: "B", 2: "T"}, "y": {0: "B"}})
+    done, out = repair(path)
     assert done.exit_code == 0 and out.exists(), done.output

@@ -17,10 +17,14 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
   exporter scales SDPA's queries and keys by head_dim ** -0.25, and BERT traced at as many tokens as its head
   has features was refused, helper 65). An attention scale `1 / sqrt(64)` is 1/(n - 1) at n = 9
   (helper 56), but it meets the queries, which nothing summed over the length.
-Beyond these forms, any other number that scales (Mul, Div) a sum, mean or extreme over an axis of the size
-(`h.sum(1) * T / (T + 1)`, `h.amax(1) / (T - 1)`, `h.sum(1) / log2(T)`, helper 65): a model scales such a sum by
-its own number rarely, and no list of forms holds every function of the size; positions are scaled by models'
-own numbers (a rotary table's linear scaling), so only the forms are read there.
+Beyond these forms, any other number that scales (Mul, Div) a sum or mean over an axis of the size, or the data
+so summed, or a maximum or minimum once taken (`h.sum(1) * T / (T + 1)`, `h.amax(1) / (T - 1)`,
+`h.sum(1) / log2(T)`, helper 65): a model scales such a sum by its own number rarely, and no list of forms holds
+every function of the size. Not a number of mathematics (ln 10, ln 2, pi, e, sqrt 2, a dB scale of 10 or 20, and
+their inverses: log10 is exported as a Div by ln 10, and whisper's log-mel and torchaudio's AmplitudeToDB take a
+maximum over the length beside it, helper 69); not a scale of the data before a maximum (it scales the maximum
+alone); positions are scaled by models' own numbers (a rotary table's linear scaling), so only the forms are read
+there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
 two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
 dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
@@ -56,10 +60,17 @@ from graphfix.analysis.sizes.ops import is_table
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
-                  "ReduceMax", "ReduceMin"})  # a mean's sum, and the extremes a normalization divides by
+                  "GlobalAveragePool"})  # a mean's sum: scaling the summed data scales the sum
+EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a normalization divides by, once taken:
+# scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
 SCALES = frozenset({"Mul", "Div"})
+# numbers no function of a size gives but by chance: log10 and log2 as exported (a Div by ln 10, ln 2), a dB scale
+MATHS = (math.log(10), 1 / math.log(10), math.log(2), 1 / math.log(2), math.pi, 2 * math.pi, 1 / math.pi, math.e,
+         math.sqrt(2), 1 / math.sqrt(2), 10.0, 20.0, 0.1, 0.05)
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
-                    "Abs", "Add", "Sub", "Mul", "Div"})  # a sum seen through these is still the value's
+                    "Abs", "Add", "Sub", "Mul", "Div", "Gather", "Slice"})  # a sum seen through these is still the
+# value's (a pick of a pooled mean, `adaptive_avg_pool1d(h, 1)[..., 0]`, helper 69)
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
@@ -155,7 +166,7 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                     found.append(f"{node.op} '{node.name}' reads {item:.6g}, which is {form} for the size {n}")
                     break
                 if near is not None and near.summed and node.op in SCALES \
-                        and not any(math.isclose(item, c) for c in COMMON):
+                        and not any(math.isclose(item, c, rel_tol=tolerance) for c in (*COMMON, *MATHS)):
                     found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
                                  f"which a function of the size would read the same at {n}")
                     break
@@ -215,7 +226,7 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
                 continue
             nexts = tensor.inputs[:1] if way == "up" else tensor.outputs
             for op in nexts:
-                if op.op in SUMS:
+                if op.op in SUMS or (op.op in EXTREMES and way == "up"):
                     dims = shape(op.inputs[0]) if op.inputs else None
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
                     if any(d == n or not isinstance(d, int) for d in reduced):
@@ -232,7 +243,9 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
 
 def _reduced(node: gs.Node, dims: list, constant_value) -> list:
     """The dims a reduction sums over (its `axes` attribute or constant input, as a Constant node gives it too;
-    all of them without)."""
+    all of them without; a global pool's past the channels)."""
+    if node.op in GLOBAL_POOLS:
+        return list(dims[2:])
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and is_table(node.inputs[1]):
         value = constant_value(node.inputs[1])
