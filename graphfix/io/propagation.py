@@ -14,7 +14,8 @@ A model-local function is walked at each call with what its caller passes, as bo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections import ChainMap
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 import onnx
@@ -69,9 +70,9 @@ class Scope:
     the graphs around it or its caller's, read by name), the numbers passed on from them (`bounds`: a Slice's
     bounds, read for its length only), the `lengths` of 1-D values and the `ranks` of tensors."""
 
-    constants: dict[str, onnx.TensorProto] = field(default_factory=dict)
-    bounds: dict[str, onnx.TensorProto] = field(default_factory=dict)
-    lengths: dict[str, float] = field(default_factory=dict)
+    constants: MutableMapping[str, onnx.TensorProto] = field(default_factory=dict)
+    bounds: MutableMapping[str, onnx.TensorProto] = field(default_factory=dict)
+    lengths: MutableMapping[str, float] = field(default_factory=dict)
     ranks: dict[str, float] = field(default_factory=dict)
 
 
@@ -104,15 +105,17 @@ class Walk:
             self._walked += len(nodes)
             if self._walked > self._most:
                 raise Unbounded
-        constants = {**outer.constants,
-                     **{t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}}
+        own = {t.name: t for t in initializers if t.data_location != onnx.TensorProto.EXTERNAL}
         for node in nodes:
             value = constant_value(node)
             if value is not None:
-                constants[node.output[0]] = value
-        here = Scope(constants, {**outer.bounds, **constants}, dict(outer.lengths), outer.ranks)
-        here.lengths.update((name, elements(t.dims)) for name, t in constants.items() if len(t.dims) == 1)
-        here.ranks.update((name, len(t.dims)) for name, t in constants.items())
+                own[node.output[0]] = value
+        # layered over the outer scope's, not copied: 4,000 Ifs beside 4,000 constants copied 16 million entries
+        # (helper 69); what the outer scope holds it already counted
+        here = Scope(ChainMap(own, outer.constants), ChainMap({}, dict(own), outer.bounds), ChainMap({}, outer.lengths),
+                     outer.ranks)
+        here.lengths.update((name, elements(t.dims)) for name, t in own.items() if len(t.dims) == 1)
+        here.ranks.update((name, len(t.dims)) for name, t in own.items())
         for node in nodes:
             value = passed_through(node, here.bounds)
             if value is not None:
