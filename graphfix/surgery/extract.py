@@ -155,19 +155,40 @@ def rename_boundaries(part: onnx.ModelProto, rename: dict[str, str], boundaries:
     """Rename boundary tensors everywhere in `part` (nodes, graph inputs and outputs, value_info)."""
     if not rename:
         return
-    taken = {o for n in part.graph.node for o in n.output} | {i for n in part.graph.node for i in n.input}
-    taken |= {vi.name for vi in (*part.graph.input, *part.graph.output)} | {t.name for t in part.graph.initializer}
+    taken = _names(part.graph)
     for old, new in rename.items():
         if old not in boundaries:
             raise UsageError(f"--name {old}={new}: '{old}' is not one of the --inputs or --outputs")
         if new in taken and new != old:
             raise UsageError(f"--name {old}={new}: the part already has a tensor named '{new}'")
     graph = part.graph
+    _rename_reads(graph, rename)
     for node in graph.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
         node.output[:] = [rename.get(n, n) for n in node.output]
     for vi in (*graph.input, *graph.output, *graph.value_info):
         vi.name = rename.get(vi.name, vi.name)
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every name the graph and its subgraphs define or read: a new name must be none of them (a branch's own
+    tensor of that name would shadow the boundary it reads)."""
+    names = {vi.name for vi in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input, node.output)
+        for sub in _subgraphs(node):
+            names |= _names(sub)
+    return names - {""}
+
+
+def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Rename what the graph's nodes read, in its subgraphs too, where the subgraph does not define the name
+    itself (helper 69: `--name a=feat` left an If's branch reading `a`, and the part failed the checker)."""
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        for sub in _subgraphs(node):
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            local |= {o for n in sub.node for o in n.output}
+            _rename_reads(sub, {old: new for old, new in rename.items() if old not in local})
 
 
 def _typed_value_info(model: onnx.ModelProto, needed: set[str]) -> list[onnx.ValueInfoProto]:

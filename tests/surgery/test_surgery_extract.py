@@ -243,3 +243,32 @@ def test_a_part_keeps_what_only_its_subgraphs_read(tmp_path):
     for sign in (1.0, -1.0):
         x = sign * np.abs(np.random.default_rng(0).standard_normal((2, 5, 4))).astype(np.float32)
         np.testing.assert_allclose(run(str(part), {"x": x})[0], run(str(whole), {"x": x})[0])
+
+
+BRANCH_READS = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[N] x) => (float[N] y) <float zero = {0.0}> {
+        a = Relu(x)
+        b = Neg(x)
+        total = ReduceSum<keepdims = 0>(x)
+        positive = Greater(total, zero)
+        y = If(positive) <then_branch = then () => (float[N] t) {
+            t = Add(a, a)
+        }, else_branch = otherwise () => (float[N] e) {
+            e = Neg(b)
+        }>
+    }"""
+
+
+def test_a_boundary_renamed_is_renamed_where_a_branch_reads_it(tmp_path):
+    """Helper 69: `--name a=feat` renamed `a` in the main graph only, the branch still read `a`, and the part
+    failed the checker; a new name that a branch defines (`t`) is refused, as any name the part holds."""
+    whole, part = tmp_path / "branches.onnx", tmp_path / "part.onnx"
+    onnx.save(onnx.parser.parse_model(BRANCH_READS), whole)
+    code, out, err = invoke("extract", whole, "--inputs", "x,a", "--outputs", "y", "--name", "a=feat", "-o", part)
+    assert code == 0, out + err
+    x = np.linspace(-1, 2, 5, dtype=np.float32)
+    np.testing.assert_allclose(run(str(part), {"x": x, "feat": np.maximum(x, 0)})[0], 2 * np.maximum(x, 0))
+    code, out, err = invoke("extract", whole, "--inputs", "x,a", "--outputs", "y", "--name", "a=t", "-o",
+                            tmp_path / "clash.onnx")
+    assert code == 2 and "'t'" in err and not (tmp_path / "clash.onnx").exists(), out + err
