@@ -4,6 +4,9 @@ axis) that red team 41 (helper 67) saw refused or mangled:
 - speechbrain-style relative lengths (`round(wav_lens * T)`): dynamo reads T as `Shape<start=1, end=2>` and a
   Squeeze, which the input synthesis did not follow, so `wav_lens` was fed absolute lengths and the healthy model
   got a GF003 error and `repair` exit 1;
+- `nn.GRU`: dynamo declares its output `[B, 12, 16]` at the export length, where the GRU op makes it `T` and
+  onnxruntime runs it at every length: the declaration was taken for the model's size (a GF000 error, `repair`
+  exit 1); the number the ops compute as an input's dim is now read as that dim;
 - `torch.cond`: an If whose branches read the main graph's input and constants, which `extract` dropped (the
   part failed the ONNX checker, exit 1).
 """
@@ -36,6 +39,16 @@ class RelativeMask(torch.nn.Module):
         return (x * mask[..., None]).sum(1) / lengths[:, None]
 
 
+class Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = torch.nn.GRU(16, 16, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x)[0]
+
+
 class Branches(torch.nn.Module):
     def forward(self, x):
         return torch.cond(x.sum() > 0, lambda x: x.cumsum(1), lambda x: x.flip(1), (x,))
@@ -52,6 +65,16 @@ def test_relative_lengths_of_a_dynamo_export_are_fed_as_relative_and_the_model_i
     batch, time = torch.export.Dim("B"), torch.export.Dim("T")
     path = export(RelativeMask(), (torch.randn(2, 40, 8), torch.tensor([1.0, 0.6])), tmp_path / "m.onnx",
                   ["x", "wav_lens"], {"x": {0: batch, 1: time}, "wav_lens": {0: batch}})
+    assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"] == []
+    out = tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
+    assert done.exit_code == 0 and out.exists(), done.output  # the suite's guard compares it with the module
+
+
+def test_a_gru_s_output_declared_at_its_export_length_is_no_error(tmp_path):
+    path = export(Recurrent(), (torch.randn(2, 12, 16),), tmp_path / "gru.onnx", ["x"],
+                  {"x": {0: torch.export.Dim("B"), 1: torch.export.Dim("T")}})
+    assert 12 in [d.dim_value for d in onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim]
     assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"] == []
     out = tmp_path / "fixed.onnx"
     done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
