@@ -61,24 +61,27 @@ def export(module, args, path, names, shapes):
     return path
 
 
+def assert_healthy(path) -> None:
+    """No error finding, and `repair` writes the model with exit 0 (the suite's guard compares it with the
+    module at other sizes)."""
+    assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"] == []
+    out = path.with_name("fixed.onnx")
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
+    assert done.exit_code == 0 and out.exists(), done.output
+
+
 def test_relative_lengths_of_a_dynamo_export_are_fed_as_relative_and_the_model_is_healthy(tmp_path):
     batch, time = torch.export.Dim("B"), torch.export.Dim("T")
     path = export(RelativeMask(), (torch.randn(2, 40, 8), torch.tensor([1.0, 0.6])), tmp_path / "m.onnx",
                   ["x", "wav_lens"], {"x": {0: batch, 1: time}, "wav_lens": {0: batch}})
-    assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"] == []
-    out = tmp_path / "fixed.onnx"
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
-    assert done.exit_code == 0 and out.exists(), done.output  # the suite's guard compares it with the module
+    assert_healthy(path)
 
 
 def test_a_gru_s_output_declared_at_its_export_length_is_no_error(tmp_path):
     path = export(Recurrent(), (torch.randn(2, 12, 16),), tmp_path / "gru.onnx", ["x"],
                   {"x": {0: torch.export.Dim("B"), 1: torch.export.Dim("T")}})
     assert 12 in [d.dim_value for d in onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim]
-    assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"] == []
-    out = tmp_path / "fixed.onnx"
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
-    assert done.exit_code == 0 and out.exists(), done.output  # the suite's guard compares it with the module
+    assert_healthy(path)
 
 
 def test_extract_keeps_what_the_branches_of_a_dynamo_cond_read(tmp_path):
