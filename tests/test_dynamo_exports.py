@@ -5,8 +5,9 @@ axis) that red team 41 (helper 67) saw refused or mangled:
   Squeeze, which the input synthesis did not follow, so `wav_lens` was fed absolute lengths and the healthy model
   got a GF003 error and `repair` exit 1;
 - `nn.GRU`: dynamo declares its output `[B, 12, 16]` at the export length, where the GRU op makes it `T` and
-  onnxruntime runs it at every length: the declaration was taken for the model's size (a GF000 error, `repair`
-  exit 1); the number the ops compute as an input's dim is now read as that dim;
+  onnxruntime runs it at every length: a GF000 error and `repair` exit 1 on a healthy model. Left so (a strict
+  xfail): dynamo drops a crop `gru(x)[0][:, :12]` traced at 12 and declares the same `[B, 12, 8]` over the same
+  graph, where the number is PyTorch's truth (helper 70: reading it as T wrote that model wrong with exit 0);
 - `torch.cond`: an If whose branches read the main graph's input and constants, which `extract` dropped (the
   part failed the ONNX checker, exit 1).
 """
@@ -77,6 +78,10 @@ def test_relative_lengths_of_a_dynamo_export_are_fed_as_relative_and_the_model_i
     assert_healthy(path)
 
 
+@pytest.mark.xfail(strict=True, reason="known false error: dynamo writes this graph and declaration for "
+                                       "`gru(x)[0][:, :12]` traced at 12 too (it drops the crop), where the declared "
+                                       "12 is PyTorch's truth: helper 70, whose model a reading of 12 as T wrote "
+                                       "wrong with exit 0")
 def test_a_gru_s_output_declared_at_its_export_length_is_no_error(tmp_path):
     path = export(Recurrent(), (torch.randn(2, 12, 16),), tmp_path / "gru.onnx", ["x"],
                   {"x": {0: torch.export.Dim("B"), 1: torch.export.Dim("T")}})

@@ -46,15 +46,11 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_shapes(model: onnx.ModelProto, *, declared_outputs: bool = True) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The skeleton of the model with fresh value_info; without intermediate shapes if inference fails. Bounded:
     functions that would expand past the node budget are left out (their calls get no shapes), and data
-    propagation is off where a constant could make it allocate without bound (`graphfix.io.propagation`).
-    Without `declared_outputs`, the outputs' shapes are what the graph's ops compute, not what the model says."""
+    propagation is off where a constant could make it allocate without bound (`graphfix.io.propagation`)."""
     light = skeleton(model)
-    if not declared_outputs:
-        for output in light.graph.output:
-            output.type.tensor_type.ClearField("shape")
     if expands_past_budget(light):
         del light.functions[:]
     data_prop = data_prop_allowed(light)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphfix.analysis.shapes import infer_shapes, symbolic_shapes
+from graphfix.analysis.shapes import symbolic_shapes
 from graphfix.validate import dim_expr
 
 log = logging.getLogger(__name__)
@@ -149,22 +149,6 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
             continue
         shapes[out.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tensor.shape.dim]
     return shapes
-
-
-def computed_declarations(model: onnx.ModelProto, declared: dict[str, list | None]) -> dict[str, list | None]:
-    """`declared`, where the graph's own ops compute a declared number as an input's dim (onnx's shape inference,
-    the outputs' declarations left out): that dim's name. The dynamo exporter declares a GRU's output at its
-    export length, `[B, 12, 16]`, where the GRU op makes it `T`, and onnxruntime runs it at every length
-    (helper 67): the number is a wrong declaration, not the model's size. A size a trace baked stays a number:
-    the ops compute it from constants."""
-    names = {d.dim_param for value in model.graph.input for d in value.type.tensor_type.shape.dim if d.dim_param}
-    computed = declared_shapes(infer_shapes(model, declared_outputs=False))
-    fixed = {}
-    for name, dims in declared.items():
-        ops = computed.get(name)
-        fixed[name] = dims if dims is None or ops is None or len(ops) != len(dims) else [
-            op if isinstance(dim, int) and op in names else dim for dim, op in zip(dims, ops, strict=True)]
-    return fixed
 
 
 def drop_contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],

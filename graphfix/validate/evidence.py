@@ -21,7 +21,6 @@ from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import (
     OutputComparison,
     ShapeOracle,
-    computed_declarations,
     declared_shapes,
     drop_contradicted,
 )
@@ -161,8 +160,7 @@ class Judge:
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
                  derived_dims: set[str] = frozenset()):
         self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
-        # what the original's own outputs are checked against (not a number its ops compute as an input's dim)
-        self.declared = computed_declarations(before.proto, declared_shapes(before.proto))
+        self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
         # what the candidate is held to: an export-time size the repair now computes is no promise
         self.promises = following_repair(self.declared, declared_shapes(after.proto), export)
         # once, not per dim: each reads every dim of every input (5000 dims: 25M regex searches, 47 s). A batch dim

@@ -19,13 +19,7 @@ from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
 from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
-from graphfix.validate.compare import (
-    ShapeOracle,
-    computed_declarations,
-    declared_shapes,
-    drop_contradicted,
-    evaluate_dim,
-)
+from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
 from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
@@ -124,7 +118,6 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
     declared = declared_shapes(proto)  # what repair's proof holds the unchanged model to, as it does
-    computed = False  # whether a declared number was checked against what the ops compute (once, if needed)
     for binding in sizes:
         try:
             feeds = synthesize_inputs(proto, binding, options)
@@ -138,9 +131,6 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             if binding is sizes[0]:
                 drop_contradicted(declared, outputs, binding, options.trace_sizes)
             found = _contradicted(declared, outputs, binding, proto)
-            if found and not computed:  # a declared number the graph's ops may compute as an input's dim
-                declared, computed = computed_declarations(proto, declared), True
-                found = _contradicted(declared, outputs, binding, proto)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         limit: bool | None = None  # whether this size's batch runs at the export's lengths: asked once, if needed
         for failure in found:
