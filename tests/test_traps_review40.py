@@ -49,13 +49,17 @@ TRAPS = {
     "pooled-mean-picked": (lambda h, t: torch.nn.functional.adaptive_avg_pool1d(h.transpose(1, 2), 1)[..., 0]
                            * (t / (t - 1)), False),  # helper 69: a GlobalAveragePool, then a Gather
     "einsum-sum": (lambda h, t: torch.einsum("btd->bd", h) * (1.0 / (t - 5)), False),  # helper 69
-    "uniform-vector-scale": (lambda h, t: h.sum(1) * torch.full((D,), 1.0 / (t - 5)), False),  # helper 69
+    "uniform-vector-scale": pytest.param((lambda h, t: h.sum(1) * torch.full((D,), 1.0 / (t - 5)), False),
+                                         marks=pytest.mark.xfail(strict=True, reason=(
+                                             "known miss: a vector of one number repeated is not read as that "
+                                             "number, since a LayerScale at its initial value is one (helper 70)"))),
 }
 CONTROLS = {
     "own-cut": (lambda h, t: h[:, 5:], True),  # 5 is no form of 12
     "own-index": (lambda h, t: h[:, -5], False),
     "sum-over-sqrt-width": (lambda h, t: h.sum(1) / math.sqrt(D), False),  # the summed value's own width
     "half-sum": (lambda h, t: h.sum(1) * 0.5, False),
+    "layer-scale-at-init": (lambda h, t: (h + h * torch.full((D,), 1e-6)).mean(1), False),  # helper 70: timm's
     "scaled-feature-sum": (lambda h, t: h.sum(2) * 0.3, True),  # summed over the features, not the length
     "positions-scaled": (lambda h, t: h + (torch.arange(h.shape[1], dtype=torch.float32) * 0.3)[None, :, None],
                          True),  # a rotary table's linear scaling: positions, not a sum

@@ -28,9 +28,9 @@ there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
 two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
 dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
-Constants of one element (or of one number repeated, up to UNIFORM_MOST elements) are read, in the graph, its
-subgraphs and its local functions; a float16 constant is compared at float16's precision. An Einsum sums over
-the letters of its first operand that its output drops.
+Constants of one element are read, in the graph, its subgraphs and its local functions (not a vector of one
+number repeated: a LayerScale at its initial value, `1e-6 * ones(D)`, is one, helper 70); a float16 constant is
+compared at float16's precision. An Einsum sums over the letters of its first operand that its output drops.
 
 The same int baked as an integer (helpers 57 and 61): where it picks or cuts along an axis of that size
 (`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
@@ -62,7 +62,6 @@ from graphfix.analysis.sizes.ops import is_table
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
                   "GlobalAveragePool", "Einsum"})  # a mean's sum: scaling the summed data scales the sum
-UNIFORM_MOST = 4096  # elements of a constant read as one number where it holds one
 EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a normalization divides by, once taken:
 # scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
@@ -153,7 +152,7 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                 continue
             seen.add(id(tensor))
             value = constant_value(tensor)
-            if value is None or value.dtype not in REL_TOL or not _uniform(value):
+            if value is None or value.size != 1 or value.dtype not in REL_TOL:
                 continue
             item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
             if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widths_near(node, tensor, shape) - {*wanted}
@@ -173,13 +172,6 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                                  f"which a function of the size would read the same at {n}")
                     break
     return found
-
-
-def _uniform(value: np.ndarray) -> bool:
-    """One number, or a small tensor that holds one number only: a scale given per feature as
-    `torch.full((D,), 1 / (T - 5))` is that scalar (helper 69); trained weights are never uniform."""
-    flat = value.reshape(-1)
-    return flat.size == 1 or (1 < flat.size <= UNIFORM_MOST and bool((flat == flat[0]).all()))
 
 
 def _widths_near(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
