@@ -11,6 +11,7 @@ are still repaired.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,6 @@ def test_a_log_or_db_scale_beside_a_maximum_over_the_length_is_no_echo(tmp_path,
     """Helper 69: the scale of a sum whatever its value took log10's ln 10 and the dB scale, which meet a maximum
     over the length, for a function of it: repaired again (exit 0); the suite's guard compares the result with the
     module at other lengths."""
-    import warnings
-
     path = tmp_path / "front.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,3 +122,37 @@ def test_a_log_or_db_scale_beside_a_maximum_over_the_length_is_no_echo(tmp_path,
                           dynamic_axes={"mel": {0: "B", 2: "T"}, "y": {0: "B"}})
     done, out = repair(path)
     assert done.exit_code == 0 and out.exists(), done.output
+
+
+class SepFormerMasks(torch.nn.Module):
+    """speechbrain's SepFormer mask net (Dual_Path_Model, its default chunks of K = 250 frames cut by P = 125)
+    behind one baked size, the frame count (GF004 rebuilds it)."""
+
+    def __init__(self):
+        super().__init__()
+        from speechbrain.lobes.models.dual_path import Dual_Path_Model, SBTransformerBlock
+
+        torch.manual_seed(0)
+        self.masks = Dual_Path_Model(20, 20, SBTransformerBlock(1, 20, 2, 32, dropout=0.0),
+                                     SBTransformerBlock(1, 20, 2, 32, dropout=0.0), num_layers=1, norm="ln", K=250,
+                                     num_spks=2, skip_around_intra=True, linear_layer_after_inter_intra=False)
+
+    def forward(self, x):
+        return self.masks(x.reshape(x.shape[0], x.shape[1], int(x.shape[2])))
+
+
+@pytest.mark.parametrize(("frames", "repaired"), [(131, True), (128, False)])
+def test_sepformer_s_chunk_cut_is_doubted_only_where_it_is_a_form_of_the_export_length(tmp_path, frames, repaired):
+    """The cost of reading n - 3 (helper 70): SepFormer's cut by 125 is 128 - 3, so at 128 frames the fix is
+    doubted and the message says to export at another length; at 131 it is repaired (exit 0, and the suite's guard
+    compares the result with the module at other lengths)."""
+    pytest.importorskip("speechbrain")
+    path = tmp_path / "sepformer.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SepFormerMasks().eval(), (torch.randn(2, 20, frames),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["masks"],
+                          dynamic_axes={"x": {0: "B", 2: "L"}, "masks": {1: "B", 3: "L"}})
+    done, out = repair(path)
+    assert (done.exit_code, out.exists()) == ((0, True) if repaired else (1, False)), done.output
+    assert repaired or ("-(128 - 3)" in done.output and "export at a size" in done.output), done.output
