@@ -74,6 +74,15 @@ def test_a_size_baked_beside_a_safe_fix_in_a_form_red_team_40_found_makes_it_uns
     assert "which is" in done.output or "scales a sum over an axis of the size 12" in done.output, done.output
 
 
+@pytest.mark.parametrize("body", [lambda h, t: h.sum(1) * (20 / t), lambda h, t: h.sum(1) / math.sqrt(2 * t),
+                                  lambda h, t: h.amax(1) * (t / 20)], ids=["0.1", "1/20", "10"])
+def test_a_scale_of_a_sum_that_is_a_round_number_at_the_export_length_is_still_doubted(tmp_path, body):
+    """Helper 70: at 200 these are 0.1, 1 / 20 and 10, which a list of numbers of mathematics (a dB scale's 10 and
+    20, and inverses) let through, written wrong with exit 0; no number is exempt now."""
+    done, out = repair(export(_module("Round", body, False)(), tmp_path / "m.onnx", 200, {0: "B"}))
+    assert done.exit_code == 1 and not out.exists(), done.output
+
+
 @pytest.mark.parametrize("name", CONTROLS)
 def test_a_models_own_cut_or_scale_is_no_echo_and_the_fix_stays_safe(tmp_path, name):
     """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""

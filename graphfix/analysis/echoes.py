@@ -20,11 +20,10 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
 Beyond these forms, any other number that scales (Mul, Div) a sum or mean over an axis of the size, or the data
 so summed, or a maximum or minimum once taken (`h.sum(1) * T / (T + 1)`, `h.amax(1) / (T - 1)`,
 `h.sum(1) / log2(T)`, helper 65): a model scales such a sum by its own number rarely, and no list of forms holds
-every function of the size. Not a number of mathematics (ln 10, ln 2, pi, e, sqrt 2, a dB scale of 10 or 20, and
-their inverses: log10 is exported as a Div by ln 10, and whisper's log-mel and torchaudio's AmplitudeToDB take a
-maximum over the length beside it, helper 69); not a scale of the data before a maximum (it scales the maximum
-alone); positions are scaled by models' own numbers (a rotary table's linear scaling), so only the forms are read
-there.
+every function of the size. Not a scale of the data before a maximum: it scales the maximum alone (whisper's
+log-mel divides by ln 10 for its log10, torchaudio's AmplitudeToDB multiplies by 10, and both then take a maximum
+over the length, helper 69; no number is exempt for what it is: 20 / T is 0.1 at 200, helper 70). Positions are
+scaled by models' own numbers (a rotary table's linear scaling), so only the forms are read there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
 two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
 dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
@@ -66,9 +65,6 @@ EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a norm
 # scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
 SCALES = frozenset({"Mul", "Div"})
-# numbers no function of a size gives but by chance: log10 and log2 as exported (a Div by ln 10, ln 2), a dB scale
-MATHS = (math.log(10), 1 / math.log(10), math.log(2), 1 / math.log(2), math.pi, 2 * math.pi, 1 / math.pi, math.e,
-         math.sqrt(2), 1 / math.sqrt(2), 10.0, 20.0, 0.1, 0.05)
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
                     "Abs", "Add", "Sub", "Mul", "Div", "Gather", "Slice"})  # a sum seen through these is still the
 # value's (a pick of a pooled mean, `adaptive_avg_pool1d(h, 1)[..., 0]`, helper 69)
@@ -167,7 +163,7 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                     found.append(f"{node.op} '{node.name}' reads {item:.6g}, which is {form} for the size {n}")
                     break
                 if near is not None and near.summed and node.op in SCALES \
-                        and not any(math.isclose(item, c, rel_tol=tolerance) for c in (*COMMON, *MATHS)):
+                        and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
                     found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
                                  f"which a function of the size would read the same at {n}")
                     break
