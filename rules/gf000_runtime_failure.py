@@ -18,7 +18,10 @@ class RuntimeFailure(Rule):
     shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
     rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
     of a size it is not (the export size given with `--trace-shape` tells the two apart: a declaration the model
-    contradicts there is wrong, not the model). It has no static detection.
+    contradicts there is wrong, not the model). The dynamo exporter declares an `nn.GRU`'s output `[B, 12, 16]` at
+    the export length, though the GRU op makes it `T`: an error on a model onnxruntime runs at every length, left so
+    because dynamo writes the same graph and declaration for `gru(x)[0][:, :12]` traced at 12 (it drops the crop),
+    where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). It has no static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime
