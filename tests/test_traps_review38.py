@@ -249,7 +249,7 @@ def _graph(op: str, data_shape: list, constant: int, attrs: dict | None = None, 
 @pytest.mark.parametrize(("op", "shape", "constant", "attrs", "axis", "echoed"), [
     ("Gather", [2, "T", 8], 3, {"axis": 1}, None, True),  # T // 2 along the length
     ("Gather", [2, "T", 8], 3, {"axis": 2}, None, False),  # along the 8 features
-    ("Gather", [2, "T", 8], 12, {"axis": 1}, None, False),  # no form of 7 (5 is 7 - 2, 4 is ceil(7 / 2))
+    ("Gather", [2, "T", 8], 13, {"axis": 1}, None, False),  # no form of 7 (12 is 7 + 5, 4 is ceil(7 / 2))
     ("Slice", [2, "T", 8], -3, None, 1, True),  # -(T // 2): a roll's cut
     ("Slice", [2, "T", 8], 1, None, 1, False),  # x[:, 1:], every model's own
     ("Slice", [2, 7, 8], 6, None, 1, True),  # a static export shows its length as 7

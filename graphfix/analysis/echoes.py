@@ -20,31 +20,34 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
 Beyond these forms, any other number that scales (Mul, Div) a sum or mean over an axis of the size, or the data
 so summed, or a maximum or minimum once taken (`h.sum(1) * T / (T + 1)`, `h.amax(1) / (T - 1)`,
 `h.sum(1) / log2(T)`, helper 65): a model scales such a sum by its own number rarely, and no list of forms holds
-every function of the size. Not a scale of the data before a maximum: it scales the maximum alone (whisper's
-log-mel divides by ln 10 for its log10, torchaudio's AmplitudeToDB multiplies by 10, and both then take a maximum
-over the length, helper 69; no number is exempt for what it is: 20 / T is 0.1 at 200, helper 70). Positions are
-scaled by models' own numbers (a rotary table's linear scaling), so only the forms are read there.
+every function of the size. The sum is looked for within 8 ops, through a linear map (a MatMul or Gemm with
+constant weights, and its bias: `Linear(h.sum(1)) / (T - 5)`), and a cumulative sum counts (red team 41). Not a
+scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10 for its log10,
+torchaudio's AmplitudeToDB multiplies by 10, and both then take a maximum over the length, helper 69; no number is
+exempt for what it is: 20 / T is 0.1 at 200, helper 70). Positions are scaled by models' own numbers (a rotary
+table's linear scaling), so only the forms are read there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
 two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
 dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
-Constants of one element are read, in the graph, its subgraphs and its local functions (not a vector of one
-number repeated: a LayerScale at its initial value, `1e-6 * ones(D)`, is one, helper 70); a float16 constant is
+Constants of one element are read, in the graph, its subgraphs and its local functions, and a vector of one
+number repeated where it scales a sum once taken (`h.sum(1) * torch.full((D,), 1 / (T - 5))`, red team 41), not
+data before a sum: a LayerScale at its initial value, `1e-6 * ones(D)`, is one (helper 70); a float16 constant is
 compared at float16's precision. An Einsum sums over the letters of its first operand that its output drops.
 
 The same int baked as an integer (helpers 57 and 61): where it picks or cuts along an axis of that size
 (`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
 where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
 `where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), or as a Pool's kernel or
-stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n + k for k from -3 to 3, n // k
-and ceil(n / k) for k from 2 to 4, 2n and their negatives for an index or a cut (`x[:, T // 4]`, `x[:, :T - 3]`,
-helper 65), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n + k for k from -5 to 5, n // k
+and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
+`x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
+offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
 step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), n and
 n +- 1 for a value, n for a kernel or repeats; no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
-`x[:, ::2]`). An
-axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a static export) is
-no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that meets a size is
-the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a size's own
-arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
+`x[:, ::2]`). An axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a
+static export) is no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that
+meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a
+size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from graphfix.analysis.sizes.ops import is_table
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
-                  "GlobalAveragePool", "Einsum"})  # a mean's sum: scaling the summed data scales the sum
+                  "GlobalAveragePool", "Einsum", "CumSum"})  # a mean's sum: scaling the summed data scales the sum
 EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a normalization divides by, once taken:
 # scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
@@ -68,6 +71,8 @@ SCALES = frozenset({"Mul", "Div"})
 PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
                     "Abs", "Add", "Sub", "Mul", "Div", "Gather", "Slice"})  # a sum seen through these is still the
 # value's (a pick of a pooled mean, `adaptive_avg_pool1d(h, 1)[..., 0]`, helper 69)
+LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: it scales with the sum it maps
+# (`Linear(h.sum(1)) / (T - 5)`, red team 41)
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
@@ -94,12 +99,15 @@ SUMMED = (*(form for k in SHIFTS for form in ((_plus(k), lambda n, k=k: n + k),
           *(form for k in (0, *SHIFTS) for form in ((f"log({_plus(k)})", _log(k)),
                                                      (f"1/log({_plus(k)})", _over(1, _log(k))))), *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
-HOPS = 6  # ops walked from the constant's node to a sum
+HOPS = 6  # ops walked from the constant's node to the widths it meets
+SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
 INT_VALUES = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1))
 INT_HALVES = (("{} // 2", lambda n: n // 2), ("ceil({} / 2)", lambda n: (n + 1) // 2), ("2*{}", lambda n: 2 * n))
+CUT_SHIFTS = (*SHIFTS, -5, -4, 4, 5)  # a cut near the size's end (`x[:, :T - 4]`, red team 41)
 INT_PARTS = (*((f"{{}} // {k}", lambda n, k=k: n // k) for k in (3, 4)),
              *((f"ceil({{}} / {k})", lambda n, k=k: -(-n // k)) for k in (3, 4)),
-             *((_plus(k), lambda n, k=k: n + k) for k in SHIFTS if abs(k) > 1))
+             ("3*{} // 4", lambda n: 3 * n // 4), ("2*{} // 3", lambda n: 2 * n // 3),
+             *((_plus(k), lambda n, k=k: n + k) for k in CUT_SHIFTS if abs(k) > 1))
 
 
 def _signed(forms: tuple) -> tuple:
@@ -148,9 +156,12 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                 continue
             seen.add(id(tensor))
             value = constant_value(tensor)
-            if value is None or value.size != 1 or value.dtype not in REL_TOL:
+            if value is None or value.size == 0 or value.dtype not in REL_TOL:
                 continue
             item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
+            if value.size > 1:
+                found.extend(_uniform_scale(node, tensor, value, wanted, shape, constant_value))
+                continue
             if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widths_near(node, tensor, shape) - {*wanted}
                    for _, of in PLAIN):
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
@@ -168,6 +179,24 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                                  f"which a function of the size would read the same at {n}")
                     break
     return found
+
+
+def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,
+                   constant_value) -> list[str]:
+    """A vector of one number repeated that scales a sum over an axis of the size once taken (`h.sum(1) *
+    torch.full((D,), 1 / (T - 5))`, red team 41): doubted as that number would be. Not one that scales data before
+    it is summed: a LayerScale at its initial value (`1e-6 * ones(D)`, then a residual and a mean) is one (helper
+    70)."""
+    item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
+    if node.op not in SCALES or not np.all(value == value.reshape(-1)[0]) \
+            or any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
+        return []
+    for n in wanted:
+        near = _near(node, const, n, shape, constant_value)
+        if near is not None and near.summed and near.taken:
+            return [f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g} (in a vector of "
+                    f"{value.size}), which a function of the size would read the same at {n}"]
+    return []
 
 
 def _widths_near(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
@@ -204,10 +233,12 @@ def _nodes(graph: gs.Graph) -> Iterator[gs.Node]:
 
 class Near(NamedTuple):
     """What the value a constant meets holds: a sum (or extreme) over an axis of the size, with the static dims
-    of what was summed, or positions along it (a Range, no dims)."""
+    of what was summed, or positions along it (a Range, no dims); `taken`: the sum was taken before the constant
+    meets it (found up the graph), not after."""
 
     summed: bool
     dims: list[int]
+    taken: bool = False
 
 
 def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Near | None:
@@ -216,7 +247,7 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
     comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up"), *((out, "down") for out in node.outputs)]
-    for _ in range(HOPS):
+    for _ in range(SUM_HOPS):
         step = []
         for tensor, way in frontier:
             if tensor is None:
@@ -227,12 +258,12 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
                     dims = shape(op.inputs[0]) if op.inputs else None
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
                     if any(d == n or not isinstance(d, int) for d in reduced):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1])
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up")
                 elif op.op == "Range" and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
                         return Near(False, [])
-                elif op.op in PASSES:
+                elif op.op in PASSES or (op.op in LINEAR and all(is_table(t) for t in op.inputs[1:])):
                     step.extend((t, way) for t in (op.inputs[:1] if way == "up" else op.outputs))
         frontier = step
     return None
