@@ -204,7 +204,7 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
         if original is not None:  # an unchanged model is its own candidate: one session, not two
             before = original.result()
             after = None if not changed else ModelRunner(model, loaded.base_dir, files=loaded.files,
-                                                         weights=result.weights, fed=before.fed)
+                                                         weights=result.weights, fed=before.fed, deployed=True)
             validation = _validate(loaded, before, after, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:

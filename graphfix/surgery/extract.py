@@ -232,7 +232,7 @@ def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: li
         onnx.checker.check_model(str(staged))
     except Exception as exc:  # the checker's message is the reason
         return [], [f"the part fails the ONNX checker: {str(exc).strip().splitlines()[0]}"]
-    part = ModelRunner.from_source(staged)
+    part = ModelRunner.from_source(staged, deployed=True)
     if part.session is None:
         return [], [f"onnxruntime cannot load the part: {part.load_error}"]
     base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None

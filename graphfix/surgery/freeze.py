@@ -263,7 +263,7 @@ def check_frozen(loaded: LoadedModel, staged: Path, fills: dict[str, Fill],
                  options: ValidationOptions) -> tuple[list[dict], list[str]]:
     """At each probe size: the original fed the fill and the frozen model agree, or, where the original fails,
     the frozen model runs with finite outputs of the inferred shapes."""
-    frozen = ModelRunner.from_source(staged)
+    frozen = ModelRunner.from_source(staged, deployed=True)
     if frozen.session is None:
         return [], [f"onnxruntime cannot load the frozen model: {frozen.load_error}"]
     still = sorted(set(fills) & set(frozen.input_names))

@@ -121,7 +121,7 @@ def declared_mismatches(model: onnx.ModelProto, outputs: dict[str, np.ndarray], 
 
 
 def check_reshaped(loaded: LoadedModel, staged: Path, options: ValidationOptions) -> tuple[list[dict], list[str]]:
-    candidate = ModelRunner.from_source(staged)
+    candidate = ModelRunner.from_source(staged, deployed=True)
     if candidate.session is None:
         return [], [f"onnxruntime cannot load the result: {candidate.load_error}"]
     base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None

@@ -40,6 +40,7 @@ from graphfix.validate.fusion import as_written, transposes_fused
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+DEPLOYED = " (with onnxruntime's default optimizations, as a user's session runs it)"
 OUT_OF_MEMORY = re.compile(r"bad_alloc|Failed to allocate memory")  # onnxruntime's words for an allocation refused
 
 
@@ -72,8 +73,9 @@ class ModelRunner:
 
     def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None,
                  path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None,
-                 files: DataFiles | None = None):
+                 files: DataFiles | None = None, deployed: bool = False):
         self.proto = proto
+        self.deployed = deployed  # run as a user's session runs it: onnxruntime's default optimizations on
         self.base_dir = base_dir
         self.files = files or (held(base_dir) if base_dir is not None else None)  # kept open while this runs
         self.path = path
@@ -97,7 +99,7 @@ class ModelRunner:
             runnable, self.fused = transposes_fused(runnable, self.weight_feeds)
             self.linked = {name: ort.OrtValue.ortvalue_from_numpy(array)
                            for name, array in linked_weights(runnable, base_dir).items()}
-            self.session = make_session(runnable, base_dir, linked=self.linked)
+            self.session = make_session(runnable, base_dir, linked=self.linked, optimized=deployed)
         except NotProbed as exc:  # not loaded, by the budget: no failure of the model (the probe skips it)
             self.load_error = self.not_probed = str(exc)
         except Exception as exc:  # an invalid model is a result here, not a crash
@@ -107,22 +109,26 @@ class ModelRunner:
         """A runner of the same model that also outputs the named intermediate tensors."""
         if self.weights:
             return ModelRunner(with_outputs(self.proto, names), self.base_dir, weights=self.weights, fed=self.fed,
-                               files=self.files)
-        return ModelRunner(with_outputs(self.full_proto(), names), self.base_dir, files=self.files)
+                               files=self.files, deployed=self.deployed)
+        return ModelRunner(with_outputs(self.full_proto(), names), self.base_dir, files=self.files,
+                           deployed=self.deployed)
 
     @classmethod
-    def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner) -> ModelRunner:
+    def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner,
+                    deployed: bool = False) -> ModelRunner:
         """From a proto, a path, or (proto, path of the same model): the caller's proto then saves loading it
-        again. A runner is returned as it is."""
+        again. A runner is returned as it is. `deployed`: a model graphfix writes, run as a user's session runs
+        it (optimizations on: a declared shape that onnxruntime's optimizer trusts may fail there, helper 72)."""
         if isinstance(source, ModelRunner):
             return source
         if isinstance(source, tuple) and not has_stubs(source[0]):
             proto, path = source
-            return cls(proto, pathlib.Path(path).parent.resolve(), pathlib.Path(path))
+            return cls(proto, pathlib.Path(path).parent.resolve(), pathlib.Path(path), deployed=deployed)
         if isinstance(source, tuple):  # a light proto: its file holds the weights
             source = pathlib.Path(source[1])
         proto, base_dir, files = load_structure(source)
-        return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source), files=files)
+        return cls(proto, base_dir, None if isinstance(source, onnx.ModelProto) else pathlib.Path(source), files=files,
+                   deployed=deployed)
 
     def full_proto(self) -> onnx.ModelProto:
         """The proto with its weights: a light proto's stubs are filled from its weights, or read from its file."""
@@ -174,7 +180,8 @@ class ModelRunner:
                 raise NotProbed(f"onnxruntime could not allocate what these sizes need within the memory graphfix "
                                 f"allows ({ENV_MAX_MEMORY}): {first_line(text)}; the model was not run at these "
                                 "sizes") from None
-            result = RunResult(None, as_written(first_line(text), self.fused))
+            deployed = DEPLOYED if self.deployed and NODE_IN_ERROR.search(text) else ""  # a node failed there
+            result = RunResult(None, as_written(first_line(text), self.fused) + deployed)
         else:
             result = RunResult(dict(zip(self.output_names, values, strict=True)))
         finally:
@@ -262,12 +269,14 @@ def _unhanded(proto: onnx.ModelProto, handed: set[str]):
 
 
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-                 linked: dict[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
-    """A session with optimizations off, made from the proto: onnxruntime opens no file (see `hand_over`); none
-    where loading it could take without bound (`loadable`)."""
+                 linked: dict[str, ort.OrtValue] | None = None, optimized: bool = False) -> ort.InferenceSession:
+    """A session made from the proto, with optimizations off (a probe compares what the graph says) or, with
+    `optimized`, at onnxruntime's default level: onnxruntime opens no file (see `hand_over`); none where loading it
+    could take without bound (`loadable`)."""
     loadable(proto)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else \
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
     options.enable_cpu_mem_arena = False  # else each session keeps its largest run's buffers (622 MB on Llama)

@@ -1,0 +1,92 @@
+"""Surgery checks run the written model as a user's session runs it (helper 72).
+
+A dynamo export of an LSTM with batch 1 and a dynamic time axis (a streaming ASR encoder) declares the LSTM's output
+`[1, 7, 24]` at the export length 7. With optimizations off, onnxruntime runs the graph at every length; with its
+default optimizations, which every `ort.InferenceSession` a user makes has, its MatMul fusion trusts the declared 7
+and reshapes to `[7, 24]`, failing at every other length. `freeze` and `extract` checked their output with
+optimizations off and wrote it with "check: passed" and exit 0; their checks now run it with the default
+optimizations and refuse it (exit 1, nothing written). A healthy model still passes both ways.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.mid, self.out = torch.nn.LSTM(16, 24, batch_first=True), torch.nn.Linear(24, 24), \
+            torch.nn.Linear(24, 5)
+
+    def forward(self, x, mask):
+        y, _ = self.rnn(x)
+        return y, self.out(torch.relu(self.mid(y)) * mask.unsqueeze(-1).to(x.dtype))
+
+
+def _export(path, dynamo: bool):
+    """Batch 1, time dynamic: with dynamo (which declares the LSTM's output at the export length), or with the
+    TorchScript exporter (which does not)."""
+    args, names = (torch.randn(1, 7, 16), torch.ones(1, 7, dtype=torch.bool)), ["x", "mask"]
+    if dynamo:
+        time = torch.export.Dim("time")
+        kwargs = {"dynamo": True, "dynamic_shapes": ({1: time}, {1: time})}
+    else:
+        kwargs = {"dynamo": False, "dynamic_axes": {"x": {1: "time"}, "mask": {1: "time"}, "rnn": {1: "time"},
+                                                     "logits": {1: "time"}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder().eval(), args, str(path), input_names=names, output_names=["rnn", "logits"],
+                          opset_version=18, **kwargs)
+    return path
+
+
+def _runs_optimized(path, lengths) -> bool:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the defaults: optimizations on
+    feeds = {"x": lambda t: np.random.randn(1, t, 16).astype(np.float32), "mask": lambda t: np.ones((1, t), bool)}
+    try:
+        for t in lengths:
+            session.run(None, {i.name: feeds[i.name](t) for i in session.get_inputs()})
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def dynamo_lstm(tmp_path_factory):
+    """Exported once: a second dynamo export of the module in the same process specializes the time axis."""
+    path = _export(tmp_path_factory.mktemp("dynamo") / "lstm.onnx", dynamo=True)
+    assert not _runs_optimized(path, [3, 20])  # the export itself: what the surgery's output inherits
+    return path
+
+
+@pytest.mark.parametrize("command", [["freeze", "--input", "mask=true"],
+                                     ["extract", "--inputs", "x,mask", "--outputs", "logits"]],
+                         ids=["freeze", "extract"])
+def test_a_part_that_fails_in_a_default_session_is_not_written(tmp_path, dynamo_lstm, command):
+    path = dynamo_lstm
+    out = tmp_path / "part.onnx"
+    done = CliRunner().invoke(cli, [command[0], str(path), *command[1:], "-o", str(out)], catch_exceptions=False)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "default optimizations" in done.output, done.output
+
+
+def test_a_part_that_runs_in_a_default_session_is_written(tmp_path):
+    """The control: the same encoder exported with TorchScript declares no export length, and runs both ways."""
+    path = _export(tmp_path / "lstm.onnx", dynamo=False)
+    out = tmp_path / "frozen.onnx"
+    done = CliRunner().invoke(cli, ["freeze", str(path), "--input", "mask=true", "-o", str(out)],
+                              catch_exceptions=False)
+    assert done.exit_code == 0 and out.exists(), done.output
+    assert _runs_optimized(out, [3, 7, 20])
