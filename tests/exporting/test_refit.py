@@ -16,6 +16,8 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
 import graphfix  # noqa: E402
 from graphfix.exporting.refit import refit  # noqa: E402
 from graphfix.exporting.verify import named_dims, sized_call  # noqa: E402
@@ -317,3 +319,19 @@ def test_far_held_out_sizes_fall_in_every_class_modulo_a_stride_or_a_patch():
     far = [s["T"] for s in _held_out_sizes(traces, base, {"T"}, set()) if s["B"] == 2 and s["T"] > 32 + PERIOD]
     for modulus in (8, 3, 5, 7):
         assert {t % modulus for t in far} == set(range(modulus)), (modulus, far)
+
+
+class PadToLength(torch.nn.Module):
+    """A pad to a fixed 100 frames computed in Python: exported at 100 it pads by zeros, which a healthy model's
+    own padding leaves too (the graph alone cannot report it, README's "What no graph shows")."""
+
+    def forward(self, x):
+        return F.pad(x, (0, 0, 0, 100 - int(x.shape[1]))) * 2.0
+
+
+def test_a_pad_to_a_fixed_length_exported_at_that_length_is_rebuilt(tmp_path):
+    module, path = PadToLength().eval(), tmp_path / "model.onnx"
+    report = graphfix.export(module, (torch.randn(2, 100, 4),), path, input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B"}})
+    assert report.ok and report.status == "repaired" and report.refitted, report.summary()
+    assert _independent_ok(path, module, [(1, 60, 4), (3, 99, 4), (2, 100, 4)])
