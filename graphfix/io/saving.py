@@ -197,9 +197,7 @@ class StagedModel:
         try:
             if folder is None:
                 folder = open_folder(self.destination, self.within)
-            info = os.stat(self.temp_dir.name, dir_fd=folder, follow_symlinks=False)
-            if self.stage_id in (None, (info.st_dev, info.st_ino)):
-                remove(self.temp_dir, folder)
+            remove(self.temp_dir, folder, self.stage_id)
         except (OSError, OutputError):
             pass  # gone, or not where it was made: nothing graphfix may remove there
         finally:

@@ -148,9 +148,9 @@ def create(name: str, at: int, append: bool = False, mode: int = 0o666) -> Binar
     return os.fdopen(os.open(name, flags, mode, dir_fd=at), "ab" if append else "wb")
 
 
-def make_folders(folder: Path, root: Path | None = None) -> tuple[Path, ...]:
+def make_folders(folder: Path) -> tuple[Path, ...]:
     """`folder.mkdir(parents=True, exist_ok=True)` as `open_folders` does it, returning the folders it made."""
-    fd, made = open_folders(folder, root)
+    fd, made = open_folders(folder)
     os.close(fd)
     return made
 
@@ -169,7 +169,9 @@ def open_folders(folder: Path, root: Path | None = None) -> tuple[int, tuple[Pat
     try:
         for depth, part in enumerate(folder.relative_to(base).parts, 1):
             path = base.joinpath(*folder.relative_to(base).parts[:depth])
-            fd = _step(fd, part, path, folder, made)
+            inner = _step(fd, part, path, folder, made)
+            os.close(fd)
+            fd = inner
     except BaseException:
         os.close(fd)
         remove_made(made)
@@ -178,8 +180,8 @@ def open_folders(folder: Path, root: Path | None = None) -> tuple[int, tuple[Pat
 
 
 def _step(fd: int, part: str, path: Path, folder: Path, made: list[Path]) -> int:
-    """The folder `part` in the folder open as `fd` (which is closed), made where missing (then put first in
-    `made`, and told to a forking parent), opened without following a link."""
+    """The folder `part` in the folder open as `fd`, made where missing (then put first in `made`, and told to a
+    forking parent), opened without following a link."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(part, dir_fd=fd)
         made.insert(0, path)
@@ -190,8 +192,6 @@ def _step(fd: int, part: str, path: Path, folder: Path, made: list[Path]) -> int
             raise
         raise OutputError(f"cannot write in {folder}: {path} is a symbolic link or no folder (graphfix writes "
                           "nothing through a link there)") from None
-    finally:
-        os.close(fd)
     if made and made[0] == path:
         info = os.fstat(inner)
         if info.st_uid != os.getuid():  # what has the name now is not the folder made: another user's
@@ -237,20 +237,20 @@ def _rmdir_made(folder: Path, made: tuple[int, int] | None) -> bool:
     return True
 
 
-def remove(path: Path, at: int | None = None) -> None:
-    """Remove a folder graphfix made, with all it holds, only while it is that folder (its device and inode):
-    found in `at`, a descriptor of the folder it is in, else in its parent opened by path (which could lead
-    through a link put there since: what is found there then is not it, and stays)."""
-    made = _LIVE.pop(path, None)
+def remove(path: Path, at: int | None = None, made: tuple[int, int] | None = None) -> None:
+    """Remove a folder graphfix made, with all it holds, only while it is that folder (`made`, its device and
+    inode, by default the ones recorded as it was made): found in `at`, a descriptor of the folder it is in, else in
+    its parent opened by path (which could lead through a link put there since: what is found there then is not
+    it, and stays)."""
+    made = made or _LIVE.get(path)
+    _LIVE.pop(path, None)
     try:
         parent = os.open(path.parent, FOLDER) if at is None else at
     except OSError:
         return
     try:
         info = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
-        if made is None:  # not known yet: removed only where it holds nothing
-            os.rmdir(path.name, dir_fd=parent)
-        elif (info.st_dev, info.st_ino) == made:
+        if (info.st_dev, info.st_ino) == made:  # not known (swapped as it was made): kept
             shutil.rmtree(path.name, ignore_errors=True, dir_fd=parent)  # fd-based: never follows a link inside
     except OSError:
         pass
