@@ -6,6 +6,7 @@ memory map, their bytes copied in chunks from the source's data files or from th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from onnx import TensorProto
@@ -17,35 +18,35 @@ EXTERNALIZE_MIN_BYTES = 1024  # smaller tensors stay inline when a model is spli
 ALIGNMENT = 4096  # onnxruntime memory-maps aligned tensors
 
 
-def with_external_data(proto: onnx.ModelProto, data_path: Path, source_dir: Path | None,
-                        weights: Weights) -> onnx.ModelProto:
-    """A copy of `proto` whose large tensors point into `data_path`, which this writes."""
+def with_external_data(proto: onnx.ModelProto, data: BinaryIO, location: str, source_dir: Path | None,
+                       weights: Weights) -> onnx.ModelProto:
+    """A copy of `proto` whose large tensors point into the data file `location`, which this writes to `data`
+    (a new file: see `graphfix.io.staging.create`)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    with open(data_path, "wb") as data:
-        for where, tensor in model_tensors(out):
-            if is_stub(tensor):
-                _pad_to_alignment(data)
-                offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
-                data.write(raw)
-                _point_into(tensor, data_path.name, offset, len(raw))
-                continue
-            ref = external_ref(tensor)
-            if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
-                                or not _movable(where)):
-                continue
+    for where, tensor in model_tensors(out):
+        if is_stub(tensor):
             _pad_to_alignment(data)
-            offset = data.tell()
-            if ref is not None:
-                if source_dir is None:
-                    raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
-                data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
-                length = ref.length
-            else:
-                data.write(tensor.raw_data)
-                length = len(tensor.raw_data)
-                tensor.ClearField("raw_data")
-            _point_into(tensor, data_path.name, offset, length)
+            offset, raw = data.tell(), weight_bytes(resolve(tensor, weights))
+            data.write(raw)
+            _point_into(tensor, location, offset, len(raw))
+            continue
+        ref = external_ref(tensor)
+        if ref is None and (not tensor.HasField("raw_data") or tensor_nbytes(tensor) < EXTERNALIZE_MIN_BYTES
+                            or not _movable(where)):
+            continue
+        _pad_to_alignment(data)
+        offset = data.tell()
+        if ref is not None:
+            if source_dir is None:
+                raise ValueError(f"tensor '{tensor.name}' is external but the source folder is unknown")
+            data_file(source_dir, ref.location, ref.where).copy_to(data, ref.offset, ref.length)
+            length = ref.length
+        else:
+            data.write(tensor.raw_data)
+            length = len(tensor.raw_data)
+            tensor.ClearField("raw_data")
+        _point_into(tensor, location, offset, length)
     return out
 
 

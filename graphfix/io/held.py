@@ -13,6 +13,7 @@ process (analysis, onnxruntime sessions, the copy into the output) while a loade
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import mmap
@@ -22,6 +23,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from graphfix.core.errors import InputError
 
@@ -211,14 +213,15 @@ def _opened_path(fd: int) -> str | None:
         return None
 
 
-def copy_used(src: HeldFile, dst: Path, end: int | None = None) -> None:
-    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst`, holes left as holes: only the
-    extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read and written, so a sparse data file
-    with a huge hole cannot turn into gigabytes on disk, and nothing past the tensors' bytes is copied."""
+def copy_used(src: HeldFile, dst: Path | BinaryIO, end: int | None = None) -> None:
+    """Copy the first `end` bytes of `src` (all of it when None) to a new file `dst` (a path, or a file open for
+    writing), holes left as holes: only the extents the file system reports as data (SEEK_DATA/SEEK_HOLE) are read
+    and written, so a sparse data file with a huge hole cannot turn into gigabytes on disk, and nothing past the
+    tensors' bytes is copied."""
     end = src.size if end is None else end
     if end > src.size:
         raise InputError(f"{src.path}: is {src.size} bytes but its tensors need {end} (changed since it was checked)")
-    with open(dst, "wb") as out:
+    with open(dst, "wb") if isinstance(dst, str | os.PathLike) else contextlib.nullcontext(dst) as out:
         for start, stop in _data_extents(src.fd, end):
             out.seek(start)
             src.copy_to(out, start, stop - start)

@@ -28,9 +28,10 @@ class Existing:
     data_files: tuple[Path, ...]
 
     @classmethod
-    def of(cls, model: Path) -> Existing:
-        signature = _signature(model)
-        return cls(signature, tuple(_data_files(model)) if signature else ())
+    def of(cls, model: Path, at: int | None = None) -> Existing:
+        """`at`: a descriptor of the model's folder, read instead of its path."""
+        signature = _signature(model, at)
+        return cls(signature, tuple(_data_files(model, at)) if signature else ())
 
     def data_files_now(self, model: Path, at: int | None = None) -> tuple[Path, ...]:
         """The data files, read again if the file changed since; `at`: a descriptor of the model's folder, which

@@ -3,7 +3,9 @@
 A model is first *staged*: written with its external data into a hidden temporary folder next to the
 destination, where onnxruntime can validate it from disk. Only `commit()` moves the files into place (one
 `os.replace` each, data before model), so a reader never sees a half-written model and a failed validation
-leaves nothing behind. Replacing a model that has external data (`--in-place`, or an earlier output) is atomic
+leaves nothing behind. Every staged file is written through the descriptor of its staging folder, found from the
+output folder without following a link (`StagedModel.staging`): a folder swapped for a link is never followed.
+Replacing a model that has external data (`--in-place`, or an earlier output) is atomic
 for the pair: the new data goes under a name no file has (`NAME.data`, else `NAME.1.data`), then the graph
 replaces the old one, and only then is the old data removed, if graphfix may (see `graphfix.io.targets`: only data
 named after the model that nothing else reads); a crash in between leaves the old pair usable.
@@ -22,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from onnx import TensorProto
@@ -31,7 +34,16 @@ from graphfix.io.external_data import data_file, is_stub, model_tensors, tensor_
 from graphfix.io.externalized import with_external_data
 from graphfix.io.held import HeldFile, copy_used
 from graphfix.io.replaced import Existing
-from graphfix.io.staging import forget, make_folders, remove, remove_made, staging_dir
+from graphfix.io.staging import (
+    create,
+    forget,
+    identity,
+    open_folders,
+    open_stage,
+    remove,
+    remove_made,
+    staging_dir,
+)
 from graphfix.io.streaming import write_initializer, write_streaming
 from graphfix.io.targets import (
     check_target,
@@ -91,22 +103,25 @@ class StagedModel:
         if self.within is not None:
             refuse_linked_folders(self.within, self.destination)
         self.folder_fd = folder = open_folder(self.destination, self.within)
-        stage = self._open_stage()
+        stage = open_stage(self.temp_dir, folder, self.stage_id)  # a folder put in its place: never validated
         try:
             return self._move(folder, stage)
         finally:
             os.close(stage)
 
-    def _open_stage(self) -> int:
-        """The staging folder, found in the held destination folder without following a link, and refused unless
-        it is the one staging made (a folder put in its place holds files graphfix never validated)."""
-        stage = os.open(self.temp_dir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.folder_fd)
-        info = os.fstat(stage)
-        if self.stage_id is not None and (info.st_dev, info.st_ino) != self.stage_id:
+    @contextmanager
+    def staging(self) -> Iterator[int]:
+        """The staging folder's descriptor, found from the output folder without following a link (`open_folder`)
+        and only while it is the one staging made (`open_stage`): each file is staged through it (`create`)."""
+        folder = open_folder(self.destination, self.within)
+        try:
+            stage = open_stage(self.temp_dir, folder, self.stage_id)
+        finally:
+            os.close(folder)
+        try:
+            yield stage
+        finally:
             os.close(stage)
-            raise OutputError(f"cannot write {self.destination}: its staging folder {self.temp_dir} was replaced "
-                              "while graphfix wrote it")
-        return stage
 
     def _move(self, folder: int, stage: int) -> Path:
         check_target(self.destination, at=folder)  # what is there now is what the rename replaces: never a link
@@ -129,9 +144,9 @@ class StagedModel:
         self.made = ()  # they hold the output now
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:
-            if old in new or old == self.destination or any(same_file(old, p) for p in self.protected):
+            if old in new or old == self.destination or any(same_file(old, p, folder) for p in self.protected):
                 continue
-            if reason := why_kept(old, self.destination):
+            if reason := why_kept(old, self.destination, folder):  # read in the held folder, not by its path
                 self.kept += (f"kept {old}, the replaced model's data: {reason}",)
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -162,10 +177,9 @@ class StagedModel:
     def sync(self) -> StagedModel:
         """Write the staged files back to disk now (on the staging thread, while validation runs), so that the
         fsyncs of `commit` find nothing left to write."""
-        with writing(self.destination, self):  # an I/O error is the output's (one line), and the staging goes
-            for name in (*self.copied, *([self.data_name] if self.data_name else [])):
-                _fsync(self.temp_dir / name)
-            _fsync(self.path)
+        with writing(self.destination, self), self.staging() as stage:  # an I/O error is the output's (one line)
+            for name in (*self.copied, *([self.data_name] if self.data_name else []), self.destination.name):
+                _fsync(name, stage)
         return self
 
     def discard(self) -> None:
@@ -183,9 +197,7 @@ class StagedModel:
         try:
             if folder is None:
                 folder = open_folder(self.destination, self.within)
-            info = os.stat(self.temp_dir.name, dir_fd=folder, follow_symlinks=False)
-            if self.stage_id in (None, (info.st_dev, info.st_ino)):
-                remove(self.temp_dir, folder)
+            remove(self.temp_dir, folder, self.stage_id)
         except (OSError, OutputError):
             pass  # gone, or not where it was made: nothing graphfix may remove there
         finally:
@@ -211,12 +223,12 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
     A light `proto` is written with the `weights` its stubs stand for. `within`: the output folder the user
     named (see `_new_stage`)."""
     staged = _new_stage(Path(destination), within)
-    temp_dir = staged.temp_dir
-    with writing(staged.destination, staged):
+    with writing(staged.destination, staged), staged.staging() as stage:
         if needs_external_data(proto):
             staged.data_name = data_name(staged.destination, staged.replacing.data_files)
-            proto = with_external_data(proto, temp_dir / staged.data_name, source_dir, weights or {})
-        with open(staged.path, "wb") as f:
+            with create(staged.data_name, stage) as data:
+                proto = with_external_data(proto, data, staged.data_name, source_dir, weights or {})
+        with create(staged.destination.name, stage) as f:
             if has_stubs(proto):
                 write_streaming(proto, weights or {}, f)
             else:
@@ -229,7 +241,7 @@ def stage_weights(destination: str | Path, proto: onnx.ModelProto, weights: Weig
     """Start staging a light, inline model with its weights alone, before its graph is final (the weights are
     most of the bytes, and fixes or onnxsim change the graph, not them). `finish_stage` adds the rest."""
     staged = _new_stage(Path(destination), within)
-    with writing(staged.destination, staged), open(staged.path, "wb") as f:
+    with writing(staged.destination, staged), staged.staging() as stage, create(staged.destination.name, stage) as f:
         for tensor in proto.graph.initializer:
             if is_stub(tensor):
                 write_initializer(resolve(tensor, weights), f)
@@ -241,7 +253,8 @@ def finish_stage(staged: StagedModel, proto: onnx.ModelProto, weights: Weights) 
     """Append the graph and every initializer not written yet; the model's stubs must be the prewritten ones."""
     if stub_names(proto) != staged.prewritten:
         raise ValueError("the final model's weights differ from the ones written ahead")
-    with writing(staged.destination, staged), open(staged.path, "ab") as f:
+    with writing(staged.destination, staged), staged.staging() as stage, \
+            create(staged.destination.name, stage, append=True) as f:
         write_streaming(proto, weights, f, skip=staged.prewritten)
     return staged
 
@@ -256,7 +269,7 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
     checked (`model_file`, the data files the model's folder holds; see graphfix.io.held), never from its path
     again. A data file given with the bytes its tensors reach is copied up to there (see `copy_used`)."""
     staged = _new_stage(Path(destination), within)
-    with writing(staged.destination, staged):
+    with writing(staged.destination, staged), staged.staging() as stage:
         model_file = model_file or HeldFile(source, str(source))
         files = dict.fromkeys(data_files)  # once: `data_files` may be an iterator
         ends = data_files if isinstance(data_files, Mapping) else {}
@@ -265,12 +278,13 @@ def stage_copy(source: Path, destination: str | Path, data_files: Mapping[Path, 
         names = data_names(staged.destination, staged.replacing.data_files, len(to_copy)) if to_copy else []
         renamed = dict(zip(to_copy, names, strict=True))
         for data, name in renamed.items():
-            copy_used(data_file(source.parent, str(data.relative_to(source.parent))), staged.temp_dir / name,
-                      ends.get(data))
-        if renamed:
-            _write_relocated(model_file, source.parent, renamed, staged.path)
-        else:
-            copy_used(model_file, staged.path)
+            with create(name, stage) as out:
+                copy_used(data_file(source.parent, str(data.relative_to(source.parent))), out, ends.get(data))
+        with create(staged.destination.name, stage) as out:
+            if renamed:
+                _write_relocated(model_file, source.parent, renamed, out)
+            else:
+                copy_used(model_file, out)
         staged.copied = tuple(names)
         staged.referenced = tuple(str(data.relative_to(source.parent)) for data in referenced)
     return staged
@@ -282,8 +296,8 @@ def _already_beside(destination: Path, source: Path, data: Path) -> bool:
     return same_file(destination.parent / data.relative_to(source.parent), data)
 
 
-def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Path, str], path: Path) -> None:
-    """Write the model held in `model_file` to `path` with each external location that names a file of `renamed`
+def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Path, str], out: BinaryIO) -> None:
+    """Write the model held in `model_file` to `out` with each external location that names a file of `renamed`
     (by its path in `source_dir`) pointing to that file's new name. A model with external data is small: parsing
     it and writing it again costs little (graphfix.io.wire)."""
     proto = onnx.ModelProto()
@@ -294,8 +308,7 @@ def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Pa
         for entry in tensor.external_data:
             if entry.key == "location" and source_dir / entry.value in renamed:
                 entry.value = renamed[source_dir / entry.value]
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    out.write(proto.SerializeToString())
 
 
 def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
@@ -310,27 +323,26 @@ def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
 
 def _new_stage(destination: Path, within: Path | None = None) -> StagedModel:
     """The staging folder beside `destination`, its folders made first. Below `within` (the output folder the
-    user named) no folder may be a link, checked before the folders are made and again after (one made by another
-    process meanwhile), before anything is written in them."""
+    user named) no folder may be a link: checked before the folders are made, then each folder is made and opened
+    without following a link (`open_folders`), and the staging folder is made in the one opened."""
     with writing(destination):
         for folder in (destination.parent, *destination.parent.parents):
             if folder.exists() and not folder.is_dir():
                 raise NotADirectoryError(20, f"{folder} is not a folder")
         if within is not None:
             refuse_linked_folders(within, destination)
-        made = make_folders(destination.parent)
+        folder, made = open_folders(destination.parent, within)
         try:
-            if within is not None:
-                refuse_linked_folders(within, destination)
-            check_target(destination)  # a link, a folder or a FIFO there is refused
+            check_target(destination, at=folder)  # a link, a folder or a FIFO there is refused
             # learnt on the staging thread: reading what a big existing output refers to takes 0.4 s per 400 MB
-            temp_dir = staging_dir(destination)
-            made_dir = os.lstat(temp_dir)
-            return StagedModel(temp_dir, destination, None, replacing=Existing.of(destination), within=within,
-                               made=made, stage_id=(made_dir.st_dev, made_dir.st_ino))
+            temp_dir = staging_dir(destination, folder)
+            return StagedModel(temp_dir, destination, None, replacing=Existing.of(destination, folder),
+                               within=within, made=made, stage_id=identity(temp_dir))
         except BaseException:
             remove_made(made)
             raise
+        finally:
+            os.close(folder)
 
 
 @contextmanager

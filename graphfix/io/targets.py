@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graphfix.core.errors import OutputError, UsageError
-from graphfix.io.staging import make_folders, remove, remove_made, staging_dir
+from graphfix.io.staging import create, open_folders, open_stage, remove, remove_made, staging_dir
 
 if TYPE_CHECKING:
     from graphfix.io.loading import LoadedModel
@@ -59,12 +59,12 @@ def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bo
                                 else ""))
 
 
-def same_file(destination: Path, source: Path) -> bool:
+def same_file(destination: Path, source: Path, at: int | None = None) -> bool:
     """Whether writing `destination` would replace `source` (device and inode): the destination's own name (a link
     there is refused before), the source's name and the file it names through links (an input read as `link.onnx`
-    is the file `real.onnx`, and writing `real.onnx` replaces it)."""
+    is the file `real.onnx`, and writing `real.onnx` replaces it). `at`: the destination's folder, held."""
     try:
-        target = os.lstat(destination)
+        target = os.lstat(destination) if at is None else os.stat(destination.name, dir_fd=at, follow_symlinks=False)
     except OSError:
         return False
     read = []
@@ -152,54 +152,69 @@ def derived_data_name(destination: Path, data: Path) -> bool:
         re.fullmatch(re.escape(destination.name) + r"((\.\d+)?\.data|_data)", data.name))
 
 
-def why_kept(data: Path, destination: Path) -> str:
-    """'' when `data`, read by the model `destination` replaced, may be deleted; else why it stays."""
+def why_kept(data: Path, destination: Path, at: int | None = None) -> str:
+    """'' when `data`, read by the model `destination` replaced, may be deleted; else why it stays. `at`: a
+    descriptor of their folder (the one a commit holds and removes `data` from), read instead of its path: a link
+    swapped in for the folder would have the models of another folder asked whether they read it."""
     if not derived_data_name(destination, data):
         return f"its name is not derived from {destination.name}, so other models may read it"
     try:
-        info = data.lstat()
+        info = _look(data, at, follow=False)
     except FileNotFoundError:
         return ""
     except OSError as exc:
         return (exc.strerror or str(exc)).lower()
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         return "it is a link or has other names"
-    readers = other_readers(data, destination)
+    readers = other_readers(data, destination, at)
     return f"{readers[0]} may read it too" if readers else ""
 
 
-def other_readers(data: Path, destination: Path) -> list[str]:
-    """Models in the folder of `data`, other than `destination`, whose bytes name it or a link of that folder to
-    it (`shared.bin -> m.onnx.data`). A model that is a link, or cannot be read, counts: in doubt, it may read it
-    (helper 63: both were skipped, and an in-place repair deleted the data they read)."""
+def other_readers(data: Path, destination: Path, at: int | None = None) -> list[str]:
+    """Models in the folder of `data` (`at`, where given), other than `destination`, whose bytes name it or a link
+    of that folder to it (`shared.bin -> m.onnx.data`). A model that is a link, or cannot be read, counts: in
+    doubt, it may read it (helper 63: both were skipped, and an in-place repair deleted the data they read)."""
     try:
-        siblings = sorted(data.parent.iterdir())
+        siblings = [data.parent / name for name in sorted(os.listdir(data.parent if at is None else at))]
     except OSError:
         return [str(data.parent)]
+    links = [s for s in siblings if _is_link(s, at)]
     needles = [name.encode("utf-8", "surrogateescape")
-               for name in [data.name, *(s.name for s in siblings if s.is_symlink() and _names(s, data))]]
+               for name in [data.name, *(s.name for s in links if _names(s, data, at))]]
     readers = []
     for sibling in siblings:
         if sibling.suffix.lower() != ".onnx" or sibling.name == destination.name:
             continue
-        if sibling.is_symlink() or any(_mentions(sibling, needle, missing=True) for needle in needles):
+        if sibling in links or any(_mentions(sibling, needle, missing=True, at=at) for needle in needles):
             readers.append(sibling.name)
     return readers
 
 
-def _names(link: Path, data: Path) -> bool:
-    """Whether `link` leads to the file `data` (a link that cannot be followed leads nowhere)."""
+def _look(path: Path, at: int | None, follow: bool) -> os.stat_result:
+    """`os.stat` of a file of the folder `at` (by its name), else of `path`."""
+    return os.stat(path if at is None else path.name, dir_fd=at, follow_symlinks=follow)
+
+
+def _is_link(path: Path, at: int | None) -> bool:
     try:
-        return os.path.samefile(link, data)
+        return stat.S_ISLNK(_look(path, at, follow=False).st_mode)
     except OSError:
         return False
 
 
-def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = False) -> bool:
+def _names(link: Path, data: Path, at: int | None) -> bool:
+    """Whether `link` leads to the file `data` (a link that cannot be followed leads nowhere)."""
+    try:
+        return os.path.samestat(_look(link, at, follow=True), _look(data, at, follow=True))
+    except OSError:
+        return False
+
+
+def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = False, at: int | None = None) -> bool:
     """Whether the file holds these bytes, read in chunks (a model with inline weights need not be parsed to learn
     that it names no data file); `missing` when it cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path if at is None else path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=at)
     except OSError:
         return missing
     with os.fdopen(fd, "rb") as f:
@@ -239,25 +254,34 @@ def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> N
     when it is a link, not a regular file, or one of `inputs`."""
     check_target(destination, inputs)
     made: tuple[Path, ...] = ()
-    try:
-        made = make_folders(destination.parent)
-        folder = staging_dir(destination)
-    except OSError as exc:
+    at = None
+    try:  # each folder made, the report staged and renamed through descriptors: no link swapped in is followed
+        at, made = open_folders(destination.parent)
+        folder = staging_dir(destination, at)
+    except BaseException as exc:
+        if at is not None:
+            os.close(at)
         remove_made(made)
-        raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
+        raise
     try:
-        staged = folder / "report"
-        with open(staged, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        check_target(destination, inputs)  # again: what is there now is what the rename replaces
-        os.replace(staged, destination)
+        stage = open_stage(folder, at)
+        try:
+            with create("report", stage) as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            check_target(destination, inputs, at=at)  # again: what is there now is what the rename replaces
+            os.replace("report", destination.name, src_dir_fd=stage, dst_dir_fd=at)
+        finally:
+            os.close(stage)
         made = ()  # they hold the report now
     except OSError as exc:
         raise OutputError(f"cannot write {destination}: {(exc.strerror or str(exc)).lower()}") from None
     finally:
-        remove(folder)
+        remove(folder, at)
+        os.close(at)
         remove_made(made)
 
 

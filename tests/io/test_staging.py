@@ -162,7 +162,7 @@ def test_a_disk_error_while_the_staged_output_is_synced_is_one_line_exit_2(tmp_p
     fails the write like any other, and the staging folder goes with it."""
     from graphfix.io import saving
 
-    def failing(path):
+    def failing(path, at=None):
         raise OSError(5, "Input/output error", str(path))
 
     monkeypatch.setattr(saving, "_fsync", failing)
@@ -256,7 +256,7 @@ def test_a_report_that_cannot_be_written_leaves_no_folder_it_made(tmp_path, monk
     from graphfix.core.errors import OutputError
     from graphfix.io import targets
 
-    def refused(source, target):
+    def refused(source, target, **kwargs):
         raise OSError(28, "No space left on device", str(target))
 
     monkeypatch.setattr(targets.os, "replace", refused)
