@@ -42,6 +42,7 @@ from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, 
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
+from graphfix.validate.inputs import check_shapes
 from graphfix.validate.runner import ModelRunner
 from graphfix.validate.sizes import trace_sizes
 
@@ -118,6 +119,8 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
+    if options.validation is not None:
+        check_shapes(loaded.proto, options.validation.shapes)  # before any work: a typo is no input
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
         return _repair(loaded, output, options, pool, original)

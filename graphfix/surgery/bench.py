@@ -24,7 +24,7 @@ import onnxruntime as ort
 from graphfix.core.errors import InputError, UsageError, printable
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
-from graphfix.validate.inputs import dim_names, graph_inputs
+from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
 from graphfix.validate.runner import error_text, first_line, hand_over
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -63,7 +63,7 @@ class BenchRow:
 
 def bench(models: list[LoadedModel], options: BenchOptions) -> list[BenchRow]:
     """One row per (batch, model), models side by side within a batch; failures are rows with `error`."""
-    _check_options(options)
+    _check_options(options, models)
     sessions = [(m, make_session(m, options)) for m in models]
     rows = []
     for batch in options.batches or [None]:
@@ -76,7 +76,7 @@ def bench_torch(module, like: LoadedModel, options: BenchOptions, name: str | No
     """Time a PyTorch module (CPU, inference mode) on the inputs `like` would get, positional in input order."""
     import torch
 
-    _check_options(options)
+    _check_options(options, [like])
     if options.threads:
         torch.set_num_threads(options.threads)
     module.eval()
@@ -99,7 +99,9 @@ def bench_torch(module, like: LoadedModel, options: BenchOptions, name: str | No
     return rows
 
 
-def _check_options(options: BenchOptions) -> None:
+def _check_options(options: BenchOptions, models: list[LoadedModel]) -> None:
+    for loaded in models:
+        check_shapes(loaded.proto, options.shapes)
     if options.runs < 1 or options.warmup < 0:
         raise UsageError("--runs must be at least 1 and --warmup at least 0")
     if any(b < 1 for b in options.batches or []):

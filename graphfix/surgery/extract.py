@@ -26,7 +26,7 @@ from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
-from graphfix.validate.inputs import graph_inputs
+from graphfix.validate.inputs import check_shapes, graph_inputs
 from graphfix.validate.runner import ModelRunner, with_outputs
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
     `encoder_out`), so that the encoder's output and the decoder's input can carry the same plain name."""
     options = options or ValidationOptions()
     rename = dict(rename or {})
+    check_shapes(loaded.proto, options.shapes)
     check_boundaries(loaded.proto, inputs, outputs)
     part = extract_proto(loaded.proto, inputs, outputs)
     rename_boundaries(part, rename, set(inputs) | set(outputs))

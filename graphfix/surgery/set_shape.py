@@ -25,7 +25,7 @@ from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, output_problems, write_checked
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
-from graphfix.validate.inputs import graph_inputs
+from graphfix.validate.inputs import check_shapes, graph_inputs
 from graphfix.validate.runner import ModelRunner
 
 Dim = int | str | None
@@ -59,13 +59,14 @@ def reshaped_proto(source: onnx.ModelProto, shapes: dict[str, list[Dim]]) -> tup
     model.CopyFrom(source)
     feeds = {vi.name: vi for vi in graph_inputs(model)}
     changes = []
+    check_shapes(model, shapes)
     for name, dims in shapes.items():
-        if name not in feeds:
-            raise UsageError(f"--shape {name}: no such graph input (inputs: {', '.join(feeds) or 'none'})")
+        for axis, dim in enumerate(dims):
+            if isinstance(dim, int) and dim < 1:  # an empty input: no shape to deploy at
+                raise UsageError(f"--shape {name}: dim {axis} is {dim}; a fixed size is at least 1 (a name or ? "
+                                 "leaves the dim dynamic)")
         tensor_type = feeds[name].type.tensor_type
         before = value_info_shape(feeds[name])
-        if before is not None and len(before) != len(dims):
-            raise UsageError(f"--shape {name}: {len(dims)} dims given, the input has rank {len(before)}")
         tensor_type.ClearField("shape")
         shape = tensor_type.shape
         shape.SetInParent()

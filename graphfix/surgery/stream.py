@@ -29,7 +29,7 @@ from graphfix.analysis.shapes import value_info_shape
 from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
-from graphfix.validate.inputs import graph_inputs
+from graphfix.validate.inputs import check_shapes, graph_inputs
 from graphfix.validate.runner import error_text, first_line, hand_over
 
 
@@ -72,6 +72,7 @@ def stream(loaded: LoadedModel, feedback: dict[str, str], options: StreamOptions
     if options.steps < 1:
         raise UsageError("--steps must be at least 1")
     model = loaded.proto
+    check_shapes(model, options.shapes)
     report = StreamReport(loaded.name, list(feedback.items()))
     report.problems = static_problems(model, feedback)
     session = _session(loaded, options.threads)

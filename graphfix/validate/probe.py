@@ -21,7 +21,13 @@ from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
-from graphfix.validate.inputs import ValidationOptions, graph_inputs, probe_sizes, synthesize_inputs
+from graphfix.validate.inputs import (
+    ValidationOptions,
+    check_shapes,
+    graph_inputs,
+    probe_sizes,
+    synthesize_inputs,
+)
 from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
 from graphfix.validate.runner import (
     ModelRunner,
@@ -98,6 +104,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         proto, base_dir, files = model.proto, model.base_dir, model.files
     else:
         proto, base_dir, files = load_structure(model)
+    check_shapes(proto, options.shapes)
     try:
         for value in graph_inputs(proto):
             if value.name not in options.inputs:

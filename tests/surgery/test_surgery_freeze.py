@@ -150,6 +150,57 @@ def test_number_and_array_fills(tmp_path, monkeypatch, fill, factor, simplify):
     np.testing.assert_allclose(run(frozen, {"X": x})[0], x * factor, rtol=1e-6)
 
 
+def test_array_fill_of_another_dtype_is_cast_and_compared_with_the_original(tmp_path):
+    # np.save(np.array([3.0])) is float64, the input float32: fed uncast, the original failed and nothing was compared
+    np.save(tmp_path / "scale.npy", np.array([3.0], dtype=np.float64))
+    onnx.save(parse(SCALE), tmp_path / "m.onnx")
+    code, out, _ = invoke("freeze", tmp_path / "m.onnx", "--input", f"scale=@{tmp_path / 'scale.npy'}",
+                          "-o", tmp_path / "f.onnx", "--format", "json", "--no-simplify")
+    report = json.loads(out)["models"][0]
+    assert code == 0 and report["status"] == "written", out
+    assert report["checks"] and all(check["original"] == "ran" for check in report["checks"]), out
+    assert "float32" in report["summary"]
+
+
+INTEGERS = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N, 3] X, uint8[1, 3] a, int64[1, 3] b, bool[1, 3] m) => (float[N, 3] Y) {
+    af = Cast<to = 1>(a)  bf = Cast<to = 1>(b)  mf = Cast<to = 1>(m)  s = Add(af, bf)  t = Add(s, mf)  Y = Mul(X, t)
+}"""
+
+
+@pytest.mark.parametrize(("fill", "array", "message"), [
+    ("a=300", None, "--input a: 300 is no uint8 value (whole numbers from 0 to 255)"),
+    ("a=-1", None, "--input a: -1 is no uint8 value (whole numbers from 0 to 255)"),
+    ("b=99999999999999999999", None, "--input b: 99999999999999999999 is no int64 value (whole numbers from "
+                                     "-9223372036854775808 to 9223372036854775807)"),
+    ("b=1.5", None, "--input b: 1.5 is no int64 value"),
+    ("m=2", None, "--input m: 2 is no bool value (true, false, 0 or 1)"),
+    ("a=@f.npy", np.array([[1, 2, 300]]), "--input a: the array holds 300, no uint8 value (whole numbers from 0"),
+    ("b=@f.npy", np.array([[1.0, 1.5, 2.0]]), "--input b: the array holds 1.5, no int64 value"),
+])
+def test_fill_the_input_type_cannot_hold_is_a_usage_error(tmp_path, fill, array, message):
+    onnx.save(parse(INTEGERS), tmp_path / "m.onnx")
+    if array is not None:
+        np.save(tmp_path / "f.npy", array)
+        fill = fill.replace("@f.npy", f"@{tmp_path / 'f.npy'}")
+    code, _, err = invoke("freeze", tmp_path / "m.onnx", "--input", fill, "-o", tmp_path / "f.onnx")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert "internal error" not in err and not (tmp_path / "f.onnx").exists()
+
+
+def test_fill_the_input_type_holds_exactly_is_cast(tmp_path):
+    onnx.save(parse(INTEGERS), tmp_path / "m.onnx")
+    np.save(tmp_path / "a.npy", np.array([[1, 2, 255]], dtype=np.int64))
+    np.save(tmp_path / "m.npy", np.array([[0.0, 1.0, 1.0]]))
+    result = freeze(load_model(tmp_path / "m.onnx"), {"a": parse_fill(f"@{tmp_path / 'a.npy'}"), "b": 2.0,
+                                                      "m": parse_fill(f"@{tmp_path / 'm.npy'}")},
+                    tmp_path / "f.onnx", simplify=False)
+    assert result.status == "written", result.error
+    assert all(check["original"] == "ran" for check in result.checks)
+    x = np.ones((2, 3), dtype=np.float32)
+    np.testing.assert_array_equal(run(onnx.load(tmp_path / "f.onnx"), {"X": x})[0], x * [[3, 5, 258]])
+
+
 def test_fill_follows_dims_shared_with_another_input(tmp_path):
     model = parse(MASKED)
     onnx.save(model, tmp_path / "m.onnx")

@@ -118,6 +118,7 @@ def test_shared_names_bind_inputs_together(tmp_path):
     ("x=2x8x1", "3 dims given, the input has rank 2"),
     ("nope=2x8", "no such graph input"),
     ("x=2x-8", "bad shape"),
+    ("x=0x8", "--shape x: dim 0 is 0; a fixed size is at least 1"),  # ONNX reads dim_value 0 as no size
     ("x", "expects NAME=VALUE"),
 ])
 def test_usage_errors(tmp_path, shape, message):
