@@ -185,7 +185,8 @@ def probe_options_for(config: Config, model: Path, base):
     arrays = {name: read_npy(file, f"{config.path} [tool.graphfix] inputs: value of '{name}' for {model}",
                              inside=config.root)
               for name, file in settings.values.items() if name not in base.inputs}
-    return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**arrays, **base.inputs})
+    return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**arrays, **base.inputs},
+                               configured=frozenset(settings.shapes) - set(base.shapes))
 
 
 def read_npy(path: Path, where: str, inside: Path | None = None):

@@ -47,6 +47,7 @@ class ValidationOptions:
     atol: float = 1e-4
     require: str = "runs"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
     choices: dict[str, int] = field(default_factory=dict)  # the candidates the repair was built with (re-trace)
+    configured: frozenset[str] = frozenset()  # the shapes the configuration gave (for every model a glob matches)
 
 
 def synthesize_inputs(
@@ -79,11 +80,16 @@ def synthesize_inputs(
     return feeds
 
 
-def check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple], option: str = "--shape") -> None:
+def check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple], option: str = "--shape",
+                 configured: frozenset[str] = frozenset()) -> None:
     """Refuse a shape (`--shape`, or the configuration's) for a name that is no graph input of `model`, or with
-    another number of dims than the input declares: a typo would leave the input at a guessed size, unsaid."""
+    another number of dims than the input declares: a typo would leave the input at a guessed size, unsaid. A name
+    only the configuration gives (`configured`) may be no input of this model: its glob (or the whole project's
+    `shapes`) matches models with other inputs too."""
     inputs = {vi.name: vi for vi in graph_inputs(model)}
     for name, dims in shapes.items():
+        if name not in inputs and name in configured:
+            continue
         if name not in inputs:
             raise UsageError(f"{option} {name}: no such graph input (inputs: {', '.join(inputs) or 'none'})")
         declared = inputs[name].type.tensor_type

@@ -65,3 +65,19 @@ def test_set_shape_refuses_the_same(tmp_path):
     for shape, message in [("Xx=2x4", "no such graph input"), ("X=2x4x1", "3 dims given, the input has rank 2")]:
         code, _, stderr = invoke("set-shape", model, "--shape", shape, "-o", Path(tmp_path) / "s.onnx")
         assert code == 2 and message in stderr and stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["diagnose", "check", "repair"])
+def test_a_configured_shape_of_an_input_this_model_lacks_is_no_error(tmp_path, monkeypatch, command):
+    """A glob's `shapes` apply to every model it matches, some of which have other inputs: only the command line's
+    names must be this model's. A configured shape of the wrong rank is still refused."""
+    model = tmp_path / "m.onnx"
+    onnx.save(parse(TWO_INPUTS), model)
+    monkeypatch.chdir(tmp_path)
+    extra = ["--dry-run"] if command == "repair" else []
+    (tmp_path / "pyproject.toml").write_text('[tool.graphfix.inputs."*.onnx"]\nshapes = { audio = "1x16000" }\n')
+    code, stdout, stderr = invoke(command, model, *extra)
+    assert code == 0, (stdout, stderr)
+    (tmp_path / "pyproject.toml").write_text('[tool.graphfix.inputs."*.onnx"]\nshapes = { X = "2x4x1" }\n')
+    code, stdout, stderr = invoke(command, model, *extra)
+    assert code == 2 and "X: 3 dims given, the input has rank 2" in stdout + stderr, (stdout, stderr)
