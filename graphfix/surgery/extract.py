@@ -25,6 +25,7 @@ from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
+from graphfix.surgery.shared_dims import borrow, borrowed_sizes, described
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
 from graphfix.validate.runner import ModelRunner, with_outputs
@@ -41,12 +42,17 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
     options = options or ValidationOptions()
     rename = dict(rename or {})
     check_shapes(loaded.proto, options.shapes)
-    check_boundaries(loaded.proto, inputs, outputs)
-    part = extract_proto(loaded.proto, inputs, outputs)
+    producers = {out: node for node in loaded.proto.graph.node for out in node.output if out}
+    borrowed = borrowed_sizes(loaded.proto, inputs, _upstream(producers, set(inputs), outputs)) or {}
+    sources = sorted({how.source for how in borrowed.values()})  # read for their sizes alone: not the part's inputs
+    check_boundaries(loaded.proto, [*inputs, *sources], outputs)
+    part = extract_proto(loaded.proto, [*inputs, *sources], outputs)
+    borrow(part, borrowed)
     rename_boundaries(part, rename, set(inputs) | set(outputs))
     shown = [f"{name} as {rename[name]}" if name in rename else name for name in (*inputs, *outputs)]
     summary = (f"extracted {len(part.graph.node)} of {len(loaded.proto.graph.node)} nodes: "
-               f"({', '.join(shown[:len(inputs)])}) -> ({', '.join(shown[len(inputs):])})")
+               f"({', '.join(shown[:len(inputs)])}) -> ({', '.join(shown[len(inputs):])})"
+               + (f"; {described(borrowed)}" if borrowed else ""))
 
     def check(staged: Path):
         return check_part(loaded, staged, inputs, outputs, options, rename)

@@ -103,13 +103,11 @@ def test_split_encoder_decoder_matches_pytorch(exported, tmp_path):
     module, path = exported
     boundary = encoder_output(onnx.load(path))
     shapes = {"features": (None, None, AED.FEATURES)}
-    encoder_inputs = ["features"]
-    if _shape_of_tokens_feeds_encoder(onnx.load(path)):
-        with pytest.raises(UsageError, match=r"also depend on graph input\(s\) tokens"):
-            extract(load_model(path), ["features"], [boundary], tmp_path / "encoder.onnx")
-        encoder_inputs = ["features", "tokens"]
+    encoder_inputs = ["features"]  # dynamo's Shape(tokens) in the encoder reads features' batch instead (helper 72)
     enc = extract(load_model(path), encoder_inputs, [boundary], tmp_path / "encoder.onnx",
                   ValidationOptions(shapes=shapes), rename={boundary: "encoder_out"})
+    borrowed = "the sizes of tokens read from features (both declare them)" in enc.summary
+    assert borrowed == _shape_of_tokens_feeds_encoder(onnx.load(path)), enc.summary
     dec = extract(load_model(path), [boundary, "tokens"], ["logits"], tmp_path / "decoder.onnx",
                   rename={boundary: "encoder_out"})
     assert enc.status == dec.status == "written", (enc.error, dec.error)
@@ -136,7 +134,7 @@ def test_split_encoder_decoder_matches_pytorch(exported, tmp_path):
 def test_parts_keep_named_dims(exported, tmp_path):
     _, path = exported
     boundary = encoder_output(onnx.load(path))
-    inputs = ["features", "tokens"] if _shape_of_tokens_feeds_encoder(onnx.load(path)) else ["features"]
+    inputs = ["features"]
     extract(load_model(path), inputs, [boundary], tmp_path / "encoder.onnx")
     out = onnx.load(tmp_path / "encoder.onnx").graph.output[0]
     dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
@@ -272,3 +270,42 @@ def test_a_boundary_renamed_is_renamed_where_a_branch_reads_it(tmp_path):
     code, out, err = invoke("extract", whole, "--inputs", "x,a", "--outputs", "y", "--name", "a=t", "-o",
                             tmp_path / "clash.onnx")
     assert code == 2 and "'t'" in err and not (tmp_path / "clash.onnx").exists(), out + err
+
+
+
+SIZE_FROM_ANOTHER_INPUT = """
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[batch, frames, 4] x, int64[{tokens_batch}, tokens] t) => (float[batch, 4] y)
+      <int64[1] minus = {{-1}}, int64[1] axes = {{1}}> {{
+        b = Shape<start = 0, end = 1>(t)
+        shape = Concat<axis = 0>(b, minus)
+        h = ReduceMean<keepdims = 0>(x, axes)
+        {body}
+    }}"""
+READ_AS_DATA = """r = Reshape(h, shape)
+        f = Cast<to = 1>(t)
+        s = ReduceSum<keepdims = 0>(f, axes)
+        y = Add(r, s)"""
+
+
+@pytest.mark.parametrize(("tokens_batch", "body", "borrowed"), [
+    ("batch", "y = Reshape(h, shape)", True),  # both declare `batch` there: read from x
+    ("n", "y = Reshape(h, shape)", False),  # another symbol: nothing says they are equal
+    ("batch", "y = Reshape(h, shape)\n        unused = Cast<to = 1>(t)", True),  # a node no output reads
+    ("batch", READ_AS_DATA, False),  # t's values are read: the part needs t
+])
+def test_a_size_read_from_an_input_the_part_does_not_take_is_read_from_one_that_declares_it(
+        tmp_path, tokens_batch, body, borrowed):
+    """Helper 72: dynamo reads a batch size two inputs share from either (an encoder's from the decoder's tokens);
+    a part cut at `--inputs x` reads it from x where both declare the dim under one symbol and the part reads
+    nothing else of t, and is refused (exit 2) otherwise."""
+    whole, part = tmp_path / "whole.onnx", tmp_path / "part.onnx"
+    onnx.save(onnx.parser.parse_model(SIZE_FROM_ANOTHER_INPUT.format(tokens_batch=tokens_batch, body=body)), whole)
+    code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
+    if not borrowed:
+        assert code == 2 and "also depend on graph input(s) t" in err and not part.exists(), out + err
+        return
+    assert code == 0 and "the sizes of t read from x (both declare them)" in out, out + err
+    assert [i.name for i in onnx.load(part).graph.input] == ["x"]
+    x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(str(part), {"x": x})[0], x.mean(1), rtol=1e-6)

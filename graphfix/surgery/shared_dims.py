@@ -1,0 +1,101 @@
+"""Sizes a part reads from a graph input it does not take, read from a boundary input that declares them too.
+
+The dynamo exporter gives inputs one symbol for a dim they share (`features [batch, frames, 16]`, `tokens [batch,
+tokens]`) and reads it from whichever input it meets first: an encoder-decoder's encoder then takes its batch size
+from `Shape(tokens)`, and cutting the encoder at `--inputs features` needed the decoder's tokens (helper 72). Where
+the part reads such an input only through Shape ops, and every dim they read is a symbol that a boundary input
+declares at consecutive axes in the same order, the Shape reads that input instead, and the part does not take the
+other. The declarations say the two dims are equal (the exporter's, or the user's `dynamic_axes` names), and the
+part is checked against the whole at every probe size as any part is.
+
+    Shape(tokens, start=0, end=1)  ->  Shape(features, start=0, end=1)      (both declare `batch` there)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import onnx
+from onnx import helper
+
+from graphfix.validate.inputs import graph_inputs
+
+
+class Borrowed(NamedTuple):
+    """A Shape (named by its output) of `source`, to read axes `start:end` of `boundary` instead."""
+
+    source: str
+    boundary: str
+    start: int
+    end: int
+
+
+def borrowed_sizes(model: onnx.ModelProto, inputs: list[str], reached: set[str]) -> dict[str, Borrowed] | None:
+    """For the graph inputs the part reaches (`reached`: the names its outputs read) but does not take, each Shape
+    of them to rewrite, by its output's name; None where one is read otherwise (by data) or reads a dim that no
+    boundary input declares under the same symbol, in the same order."""
+    declared = {vi.name: _dims(vi) for vi in graph_inputs(model)}
+    sources = {name for name in declared if name in reached and name not in inputs}
+    boundaries = [name for name in inputs if declared.get(name)]
+    found: dict[str, Borrowed] = {}
+    if sources & _read_in_subgraphs(model.graph):  # a branch reads it: no Shape of the main graph stands for that
+        return None
+    for node in model.graph.node:
+        read = [name for name in node.input if name in sources]
+        if not read or not any(out in reached for out in node.output):
+            continue
+        if node.op_type != "Shape" or not declared[read[0]]:
+            return None
+        dims = declared[read[0]]
+        attrs = {a.name: a.i for a in node.attribute}
+        start, end = (max(0, min(len(dims), v + len(dims) if v < 0 else v))
+                      for v in (attrs.get("start", 0), attrs.get("end", len(dims))))
+        wanted = dims[start:end]
+        if not wanted or not all(isinstance(d, str) for d in wanted):
+            return None
+        where = next(((b, j) for b in boundaries for j in range(len(declared[b]) - len(wanted) + 1)
+                      if declared[b][j:j + len(wanted)] == wanted), None)
+        if where is None:
+            return None
+        found[node.output[0]] = Borrowed(read[0], where[0], where[1], where[1] + len(wanted))
+    return found
+
+
+def borrow(part: onnx.ModelProto, borrowed: dict[str, Borrowed]) -> None:
+    """Rewrite the part's Shapes as `borrowed` says, and drop the inputs they read from its interface."""
+    for node in part.graph.node:
+        if node.op_type == "Shape" and node.output[0] in borrowed:
+            how = borrowed[node.output[0]]
+            node.input[0] = how.boundary
+            del node.attribute[:]
+            node.attribute.extend([helper.make_attribute("start", how.start), helper.make_attribute("end", how.end)])
+    sources = {how.source for how in borrowed.values()}
+    kept = [vi for vi in part.graph.input if vi.name not in sources]
+    del part.graph.input[:]
+    part.graph.input.extend(kept)
+
+
+def described(borrowed: dict[str, Borrowed]) -> str:
+    """`tokens' sizes read from features`, once per pair."""
+    pairs = sorted({(how.source, how.boundary) for how in borrowed.values()})
+    return "; ".join(f"the sizes of {source} read from {boundary} (both declare them)" for source, boundary in pairs)
+
+
+def _read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of a subgraph of `graph` (at any depth) reads."""
+    read: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for inner in (*([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []), *attr.graphs):
+                read.update(name for n in inner.node for name in n.input)
+                read |= _read_in_subgraphs(inner)
+    return read
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[str | int | None]:
+    """The declared dims: a symbol's name, a number, or None for an unnamed dynamic dim; [] without a shape."""
+    tensor = vi.type.tensor_type
+    if not tensor.HasField("shape"):
+        return []
+    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+            for d in tensor.shape.dim]
