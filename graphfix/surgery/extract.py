@@ -6,9 +6,11 @@ Any tensor can be a boundary: graph inputs, graph outputs, or intermediate tenso
 `onnx.utils.Extractor` on the structure-only model (weights in external data stay on disk and are copied in
 chunks into `OUT.data`), with value_info inferred afresh on a weightless skeleton (the export's own value_info
 is often stale). The part is refused (exit 2) when the outputs also depend on a graph input that is not a
-boundary, or when a boundary input feeds none of the outputs. Before writing, onnxruntime runs the whole model
-at several sizes, exposing the boundary tensors, and the part, fed with the whole's boundary values, must
-reproduce the whole's boundary outputs.
+boundary, or when a boundary input feeds none of the outputs. onnxruntime runs the whole model once at each of
+several sizes, exposing the boundary tensors: a declared int dim (the whole's outputs, the part's inputs and
+outputs) that the whole contradicts there becomes a dim name (`rnn [batch, 7, 24]` from a dynamo LSTM, 7 the
+export length, is declared `[batch, time, 24]`). Before writing, the part, fed with the whole's boundary values,
+must reproduce the whole's boundary outputs and return the shapes it declares.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
+from graphfix.surgery.observed import WholeRun, dim_names, relax, run_whole, undeclared
 from graphfix.surgery.shared_dims import borrow, borrowed_sizes, described
-from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+from graphfix.validate import ValidationOptions, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
-from graphfix.validate.runner import ModelRunner, with_outputs
+from graphfix.validate.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,9 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
     borrowed = borrowed_sizes(loaded.proto, inputs, _upstream(producers, set(inputs), outputs)) or {}
     sources = sorted({how.source for how in borrowed.values()})  # read for their sizes alone: not the part's inputs
     check_boundaries(loaded.proto, [*inputs, *sources], outputs)
-    part = extract_proto(loaded.proto, [*inputs, *sources], outputs)
+    runs = run_whole(loaded, inputs, outputs, options)  # once per probe size: the declarations, then the check
+    notes: list[str] = []
+    part = extract_proto(loaded.proto, [*inputs, *sources], outputs, runs, notes)
     borrow(part, borrowed)
     rename_boundaries(part, rename, set(inputs) | set(outputs))
     shown = [f"{name} as {rename[name]}" if name in rename else name for name in (*inputs, *outputs)]
@@ -55,10 +60,12 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
                + (f"; {described(borrowed)}" if borrowed else ""))
 
     def check(staged: Path):
-        return check_part(loaded, staged, inputs, outputs, options, rename)
+        return check_part(loaded, staged, inputs, outputs, options, rename, runs)
 
     with scratch_dir() as scratch:
-        return write_checked(part, output, loaded, summary, check, Path(scratch))
+        result = write_checked(part, output, loaded, summary, check, Path(scratch))
+    result.notes[:0] = notes
+    return result
 
 
 def check_boundaries(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:
@@ -139,23 +146,44 @@ def _with_outer_reads(model: onnx.ModelProto, part: onnx.ModelProto, inputs: lis
     part.graph.initializer.extend(t for t in model.graph.initializer if t.name in reached and t.name not in present)
 
 
-def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-    """The part as a ModelProto; external weights keep their references (never read here)."""
-    value_info = _typed_value_info(model, set(inputs) | set(outputs))
+def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str], runs: list[WholeRun] | None = None,
+                  notes: list[str] | None = None) -> onnx.ModelProto:
+    """The part as a ModelProto; external weights keep their references (never read here). With the whole's
+    `runs`, declared ints they contradict (the whole's outputs, then the part's boundaries) become dim names,
+    before shape inference, so that a stale one is not carried downstream; `notes` gets one line per change."""
+    notes, runs = (notes if notes is not None else []), runs or []
+    taken = dim_names(model)
+    original_outputs = list(model.graph.output)
+    declared = [_copy(vi) for vi in original_outputs]
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    reached = _upstream(producers, set(inputs), outputs)  # the whole's outputs the part reads or computes
+    notes.extend(note for vi in declared if (note := relax(vi, runs, taken)) and vi.name in reached)
     original = list(model.graph.value_info)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(declared)
     try:
+        value_info = _typed_value_info(model, set(inputs) | set(outputs))
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(value_info)
         part = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(original)
+        del model.graph.output[:]
+        model.graph.output.extend(original_outputs)
+    notes.extend(note for vi in (*part.graph.input, *part.graph.output) if (note := relax(vi, runs, taken)))
     _with_outer_reads(model, part, inputs, outputs)
     part.graph.name = model.graph.name or part.graph.name
     for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(part, name, getattr(model, name))
     part.metadata_props.extend(model.metadata_props)
     return part
+
+
+def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copied = onnx.ValueInfoProto()
+    copied.CopyFrom(vi)
+    return copied
 
 
 def rename_boundaries(part: onnx.ModelProto, rename: dict[str, str], boundaries: set[str]) -> None:
@@ -233,8 +261,10 @@ def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProt
 
 
 def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: list[str],
-               options: ValidationOptions, rename: dict[str, str] | None = None) -> tuple[list[dict], list[str]]:
-    """Run the whole (boundaries exposed) and the staged part at each probe size; the part must agree."""
+               options: ValidationOptions, rename: dict[str, str] | None = None,
+               runs: list[WholeRun] | None = None) -> tuple[list[dict], list[str]]:
+    """Run the staged part at each probe size the whole ran at (`runs`, else the whole is run here): it must
+    reproduce the whole's boundary outputs and return the dims it declares."""
     try:
         onnx.checker.check_model(str(staged))
     except Exception as exc:  # the checker's message is the reason
@@ -242,25 +272,23 @@ def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: li
     part = ModelRunner.from_source(staged, deployed=True)
     if part.session is None:
         return [], [f"onnxruntime cannot load the part: {part.load_error}"]
-    base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
-    feeds_of_whole = {i.name for i in graph_inputs(loaded.proto)}
-    exposed = [n for n in (*inputs, *outputs) if n not in feeds_of_whole]
-    whole = ModelRunner(with_outputs(loaded.proto, exposed), base_dir)
+    runs = runs if runs is not None else run_whole(loaded, inputs, outputs, options)
+    new = rename or {}
     checks, reasons = [], []
-    for binding in probe_sizes(loaded.proto, options):
-        feeds = synthesize_inputs(loaded.proto, binding, options)
-        reference = whole.run(feeds)
-        if reference.ok:
-            values = {**feeds, **reference.outputs}
-            new = rename or {}
-            got = part.run({new.get(name, name): values[name] for name in inputs}, strict_feeds=True)
+    for run in runs:
+        binding = run.sizes
+        if run.values is not None:
+            fed = {new.get(name, name): run.values[name] for name in inputs}
+            got = part.run(fed, strict_feeds=True)
             problems = [got.error] if not got.ok else output_problems(
-                {new.get(name, name): values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
-            checks.append({"sizes": binding, "ok": not problems, "whole": "ran", "problems": problems})
+                {new.get(name, name): run.values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
         else:  # the whole fails here (a bug outside the part, maybe): the part must at least run on its own
-            got = part.run(synthesize_inputs(part.proto, binding, options), strict_feeds=True)
+            fed = synthesize_inputs(part.proto, binding, options)
+            got = part.run(fed, strict_feeds=True)
             problems = [got.error] if not got.ok else non_finite(got.outputs)
-            checks.append({"sizes": binding, "ok": not problems, "whole": f"failed: {reference.error}",
-                           "problems": problems})
+        if got.ok:
+            problems += undeclared(part.proto, fed, got.outputs, binding)
+        checks.append({"sizes": binding, "ok": not problems,
+                       "whole": "ran" if run.values is not None else f"failed: {run.error}", "problems": problems})
         reasons += [f"at sizes {binding}: {p}" for p in problems]
     return checks, reasons

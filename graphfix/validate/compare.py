@@ -117,7 +117,8 @@ class ShapeOracle:
             for axis, (dim, got) in enumerate(zip(expected, actual, strict=True)):
                 want = evaluate_dim(dim, sizes)
                 if want is not None and want >= 0 and want != got:  # below 0: a size outside the declaration
-                    problems.append(f"output '{name}' dim {axis} is {got}, {self.says} {dim} = {want}")
+                    shown = dim if isinstance(dim, int) else f"{dim} = {want}"
+                    problems.append(f"output '{name}' dim {axis} is {got}, {self.says} {shown}")
         return problems
 
 

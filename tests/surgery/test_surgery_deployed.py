@@ -5,7 +5,8 @@ A dynamo export of an LSTM with batch 1 and a dynamic time axis (a streaming ASR
 default optimizations, which every `ort.InferenceSession` a user makes has, its MatMul fusion trusts the declared 7
 and reshapes to `[7, 24]`, failing at every other length. `freeze` and `extract` checked their output with
 optimizations off and wrote it with "check: passed" and exit 0; their checks now run it with the default
-optimizations and refuse it (exit 1, nothing written). A healthy model still passes both ways.
+optimizations: `freeze` refuses it (exit 1, nothing written), and `extract` declares the dims the whole returns,
+so its part runs there. A healthy model still passes both ways.
 """
 
 from __future__ import annotations
@@ -71,15 +72,22 @@ def dynamo_lstm(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", [["freeze", "--input", "mask=true"],
-                                     ["extract", "--inputs", "x,mask", "--outputs", "logits"]],
-                         ids=["freeze", "extract"])
-def test_a_part_that_fails_in_a_default_session_is_not_written(tmp_path, dynamo_lstm, command):
-    path = dynamo_lstm
-    out = tmp_path / "part.onnx"
-    done = CliRunner().invoke(cli, [command[0], str(path), *command[1:], "-o", str(out)], catch_exceptions=False)
+def test_a_frozen_model_that_fails_in_a_default_session_is_not_written(tmp_path, dynamo_lstm):
+    out = tmp_path / "frozen.onnx"
+    done = CliRunner().invoke(cli, ["freeze", str(dynamo_lstm), "--input", "mask=true", "-o", str(out)],
+                              catch_exceptions=False)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "default optimizations" in done.output, done.output
+
+
+def test_an_extracted_part_declares_what_the_whole_returns_and_runs_in_a_default_session(tmp_path, dynamo_lstm):
+    """extract declares the dims the whole returns where a declared number contradicts them (the export length 7
+    becomes `time`, test_surgery_extract_declared.py), so its part runs in a default session."""
+    out = tmp_path / "part.onnx"
+    done = CliRunner().invoke(cli, ["extract", str(dynamo_lstm), "--inputs", "x,mask", "--outputs", "logits", "-o",
+                                    str(out)], catch_exceptions=False)
+    assert done.exit_code == 0 and "declared [1, time, 5]" in done.output, done.output
+    assert _runs_optimized(out, [3, 7, 20])
 
 
 def test_a_part_that_runs_in_a_default_session_is_written(tmp_path):
