@@ -72,6 +72,21 @@ def run_ort(path, feeds) -> list[np.ndarray]:
     return session.run(None, feeds)
 
 
+def _at_time(vi: onnx.ValueInfoProto, time: int) -> tuple:
+    """The input's shape with its batch free, its first other dynamic dim at `time`, the rest as declared (a
+    static dim its number, a dynamic one free): `--shape` takes the input's full rank."""
+    dims, timed = [], False
+    for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        elif axis > 0 and not timed:
+            dims.append(time)
+            timed = True
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
 @pytest.mark.parametrize("traced", [False, True], ids=["plain", "trace-shape"])
 @pytest.mark.parametrize(("arch", "exporter"), CASES)
 def test_static_diagnose_finds_no_error(exported, architectures, arch, exporter, traced):
@@ -99,10 +114,11 @@ def test_runtime_diagnose_at_deployment_length_finds_no_error(exported, architec
         from graphfix.validate import ValidationOptions
     except ImportError as exc:
         pytest.skip(f"runtime probing (graphfix.validate) is not available: {exc}")
-    model = architectures[arch]
+    model, path = architectures[arch], exported(arch, exporter)
     time = model.sizes[1][1]
-    options = ValidationOptions(shapes={name: (None, time) for name in model.input_names})
-    findings = graphfix.diagnose(exported(arch, exporter), validation=options)
+    options = ValidationOptions(shapes={vi.name: _at_time(vi, time) for vi in onnx.load(path).graph.input
+                                        if vi.name in model.input_names})
+    findings = graphfix.diagnose(path, validation=options)
     assert not errors(findings), f"{arch}/{exporter} at time={time}: healthy export flagged:\n{describe(findings)}"
 
 

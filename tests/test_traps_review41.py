@@ -7,7 +7,11 @@ passes a linear map (a MatMul or Gemm with a constant weight, and its bias), a C
 walk to a sum is 8 ops long, and a cut reads the size plus or minus up to 5, three quarters and two thirds of it
 (graphfix.analysis.echoes): the repair refuses by default (exit 1, nothing written). A vector of one number
 repeated is read too where it scales a sum once taken (test_traps_review40's uniform-vector trap, a strict xfail
-before), not data before a sum (its LayerScale control). The controls, a model's own
+before), not data before a sum (its LayerScale control). Helper 75 found the walk blind to a 3-D Linear (its
+bias comes first) and to concatenated pooled statistics, and new false refusals: a classifier's temperature after
+a Linear of a mean, and DETR's positions (a cumulative sum of a mask, times 2 pi): past a linear map and on
+positions, only the forms are read now (n - 5 and n / (n - 1) among them), and a CumSum holds positions. The
+controls, a model's own
 numbers beside a Linear, a cumulative sum and a cut, are still repaired (the suite's guard compares each written
 model with the module at other lengths).
 """
@@ -44,13 +48,26 @@ TRAPS = {
     "cut-end-plus-5": (lambda self, h, t: h[:, : t + 5].sum(1), False),
     "index-three-quarters": (lambda self, h, t: h[:, 3 * t // 4], False),
     "cut-start-two-thirds": (lambda self, h, t: h[:, 2 * t // 3:], True),
+    # helper 75: a 3-D Linear is `Add(bias, MatMul)`, its data second; pooled statistics concatenated; an offset
+    "linear-3d-after-sum": (lambda self, h, t: self.lin(h.sum(1, keepdim=True)) / (t - 5), False),
+    "linear-after-cumsum": (lambda self, h, t: self.lin(h.cumsum(1)) / (t - 5), True),
+    "pooled-statistics": (lambda self, h, t: torch.cat([h.sum(1), h.amax(1)], 1) / (t - 5), False),
+    "sum-plus-offset": (lambda self, h, t: h.sum(1) + float(t - 5), False),
 }
 CONTROLS = {
     "linear-then-own-scale": (lambda self, h, t: self.lin(h) * 0.3, True),  # no sum over the length
     "own-cumsum-over-features": (lambda self, h, t: h.cumsum(2) * 0.3, True),
     "own-cut": (lambda self, h, t: h[:, 5:], True),  # 5 is 37 // 7, a seventh: not read
     "own-index": (lambda self, h, t: h[:, 7], False),
+    "temperature-head": (lambda self, h, t: self.lin(h.mean(1)) / 0.07, False),  # helper 75: a classifier's own
+    "positions-of-a-mask": (lambda self, h, t: h + _detr_positions(h), True),  # DETR's 2 pi over a cumulative sum
 }
+
+
+def _detr_positions(h):
+    """DETR's normalized positions: a mask's cumulative sum over its last value, times 2 pi."""
+    along = torch.ones_like(h[..., :1]).cumsum(1)
+    return along / (along[:, -1:] + 1e-6) * 6.283185307179586
 
 
 @pytest.mark.parametrize("trap", TRAPS.values(), ids=TRAPS)
@@ -67,4 +84,29 @@ def test_a_models_own_numbers_beside_a_linear_a_cumsum_or_a_cut_are_no_echo(tmp_
     module = _module("Control", *CONTROLS[name])()
     done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
                               else {0: "B"}))
+    assert done.exit_code == 0 and out.exists(), done.output
+
+
+class DetrPositions(Heads):
+    """transformers' DetrSinePositionEmbedding (normalize=True) beside the GF004 trigger (helper 75)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers.models.detr.modeling_detr import DetrSinePositionEmbedding
+
+        self.pos = DetrSinePositionEmbedding(4, normalize=True)
+
+    def forward(self, x):
+        h, _ = self.heads(x)
+        grid = h.reshape(h.shape[0], h.shape[1], 1, h.shape[2]).permute(0, 3, 1, 2)  # [B, D, T, 1]
+        return grid + self.pos(grid.shape, grid.device, grid.dtype, torch.ones_like(grid[:, 0]))
+
+
+def test_detr_s_sine_positions_are_no_echo_of_the_length(tmp_path):
+    """Repaired (exit 0); the suite's guard compares the result with the module at other lengths."""
+    pytest.importorskip("transformers")
+    from fixtures.torchvision_models import register_ops
+
+    register_ops()  # transformers imports torchvision, whose compiled ops the CPU torch does not load
+    done, out = repair(export(DetrPositions(), tmp_path / "m.onnx", LENGTH, {0: "B", 2: "L"}))
     assert done.exit_code == 0 and out.exists(), done.output

@@ -65,7 +65,7 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     inputs = report_inputs(output_file, [m.path for m in models]) if output_file else []
     for model in models:
         select, ignore = config_filter(model.path)
-        job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base),
+        job_list.append(Job(model.path, rules, options, probe_options_for(config, model.path, base, len(models) > 1),
                             select=select or only, ignore=tuple(dict.fromkeys((*skip, *ignore)))))
     with sweeping():  # the scratch folders of a crashed child
         outcomes = run_jobs(job_list, jobs or default_workers(), progress=should_show_progress(fmt))

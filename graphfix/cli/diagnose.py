@@ -52,7 +52,7 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
     if len(models) > 1:
         warm_up()  # once here, not in every model's child
     for model in models:
-        model_probing = None if probing is None else probe_options_for(config, model.path, probing)
+        model_probing = None if probing is None else probe_options_for(config, model.path, probing, len(models) > 1)
         report = _diagnosed(model.path, rules, options, model_probing)
         report.findings = filter_findings(report.findings, *config_filter(model.path))
         reports.append(report)

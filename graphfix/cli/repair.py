@@ -84,7 +84,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             model_options = dataclasses.replace(
                 options,
                 rules=[r for r in options.rules if r.code not in ignore and (not select or r.code in select)],
-                validation=probe_options_for(current_config(), model.path, options.validation),
+                validation=probe_options_for(current_config(), model.path, options.validation, len(models) > 1),
             )
             result = _repaired(model.path, target, model_options)
         except GraphfixError as exc:

@@ -175,18 +175,19 @@ def canonical_code(key: str, where: str) -> str:
     return code
 
 
-def probe_options_for(config: Config, model: Path, base):
+def probe_options_for(config: Config, model: Path, base, several: bool = False):
     """`base` ValidationOptions (from the command line) completed with the config's shapes and values for
-    `model`; what the command line names wins."""
+    `model`; what the command line names wins. The shapes a model may lack (`configured`): the configuration's,
+    and with `several` models the command line's too (`--shape tokens=1x8` for those of them that take tokens)."""
     import dataclasses
-
 
     settings = config.for_model(model)
     arrays = {name: read_npy(file, f"{config.path} [tool.graphfix] inputs: value of '{name}' for {model}",
                              inside=config.root)
               for name, file in settings.values.items() if name not in base.inputs}
     return dataclasses.replace(base, shapes={**settings.shapes, **base.shapes}, inputs={**arrays, **base.inputs},
-                               configured=frozenset(settings.shapes) - set(base.shapes))
+                               configured=frozenset({**settings.shapes, **base.shapes}) if several
+                               else frozenset(settings.shapes) - set(base.shapes))
 
 
 def read_npy(path: Path, where: str, inside: Path | None = None):

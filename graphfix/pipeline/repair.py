@@ -120,7 +120,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     if output is not None:
         check_destination(loaded, output, options.in_place)
     if (checks := options.validation) is not None:  # before any work: a typo is no input
-        check_shapes(loaded.proto, checks.shapes, configured=checks.configured)
+        check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
         return _repair(loaded, output, options, pool, original)

@@ -100,8 +100,9 @@ def bench_torch(module, like: LoadedModel, options: BenchOptions, name: str | No
 
 
 def _check_options(options: BenchOptions, models: list[LoadedModel]) -> None:
-    for loaded in models:
-        check_shapes(loaded.proto, options.shapes)
+    held = {vi.name for loaded in models for vi in graph_inputs(loaded.proto)}
+    for loaded in models:  # models side by side take the shapes of the inputs each has (an encoder no tokens')
+        check_shapes(loaded.proto, options.shapes, optional=frozenset(options.shapes) & held)
     if options.runs < 1 or options.warmup < 0:
         raise UsageError("--runs must be at least 1 and --warmup at least 0")
     if any(b < 1 for b in options.batches or []):

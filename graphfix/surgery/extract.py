@@ -28,10 +28,10 @@ from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
 from graphfix.surgery.observed import WholeRun, dim_names, relax, run_whole, undeclared
-from graphfix.surgery.shared_dims import borrow, borrowed_sizes, described
+from graphfix.surgery.shared_dims import borrow, borrowed_sizes, described, untied
 from graphfix.validate import ValidationOptions, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
-from graphfix.validate.runner import ModelRunner
+from graphfix.validate.runner import ModelRunner, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,11 @@ def extract(loaded: LoadedModel, inputs: list[str], outputs: list[str], output: 
                + (f"; {described(borrowed)}" if borrowed else ""))
 
     def check(staged: Path):
-        return check_part(loaded, staged, inputs, outputs, options, rename, runs)
+        checks, reasons = check_part(loaded, staged, inputs, outputs, options, rename, runs)
+        if borrowed and not reasons and (reasons := check_tied(loaded, staged, borrowed, inputs, outputs, options,
+                                                                rename, runs)):
+            checks.append({"sizes": {}, "ok": False, "whole": "ran, the borrowed sizes untied", "problems": reasons})
+        return checks, reasons
 
     with scratch_dir() as scratch:
         result = write_checked(part, output, loaded, summary, check, Path(scratch))
@@ -258,6 +262,20 @@ def _symbolic_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProt
     inputs = {i.name for i in model.graph.input}
     return {name: vi for name, vi in inferred.value_info.items()
             if name not in inputs and vi.type.tensor_type.elem_type}
+
+
+def check_tied(loaded: LoadedModel, staged: Path, borrowed: dict, inputs: list[str], outputs: list[str],
+               options: ValidationOptions, rename: dict[str, str], runs: list[WholeRun]) -> list[str]:
+    """The borrowed sizes checked at the first size the whole ran at, with them untied (shared_dims.untied)."""
+    ran = next((run for run in runs if run.values is not None), None)
+    if ran is None:
+        return []
+    exposed = [n for n in (*inputs, *outputs) if n not in {i.name for i in graph_inputs(loaded.proto)}]
+    whole = ModelRunner(with_outputs(loaded.proto, exposed), loaded.base_dir.resolve() if loaded.base_dir else None)
+    part = ModelRunner.from_source(staged, deployed=True)
+    feeds = synthesize_inputs(loaded.proto, ran.sizes, options)
+    return [f"at sizes {ran.sizes}: {reason}"
+            for reason in untied(whole, part, feeds, borrowed, inputs, outputs, rename, options)]
 
 
 def check_part(loaded: LoadedModel, staged: Path, inputs: list[str], outputs: list[str],

@@ -94,8 +94,9 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
 
 def cast_fills(model: onnx.ModelProto, fills: dict[str, Fill]) -> dict[str, Fill]:
     """`fills` in their inputs' types: an array cast (a float64 .npy for a float32 input), a number checked to fit.
-    Floats round to the nearest float of the input's type; any other value must survive the cast unchanged (no
-    1.5 for an int input, no 300 for a uint8 one), else it is a UsageError naming the input and its type's range."""
+    A number rounds to the nearest float of a float input's type (2049 and 2049.0 to float16's 2048, helper 75);
+    into any other type it must survive the cast unchanged (no 1.5 for an int input, no 300 for a uint8 one), else
+    it is a UsageError naming the input and its type's range."""
     types = {vi.name: vi.type.tensor_type.elem_type for vi in graph_inputs(model)
              if vi.type.WhichOneof("value") == "tensor_type"}
     cast = dict(fills)
@@ -120,10 +121,7 @@ def _holds(value: bool | int | float, dtype: np.dtype) -> bool:
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return (not isinstance(value, float) or value.is_integer()) and info.min <= value <= info.max
-    if isinstance(value, float):
-        return not np.isfinite(value) or abs(value) <= np.finfo(dtype).max
-    with np.errstate(all="ignore"):
-        return abs(value) <= np.finfo(dtype).max and int(dtype.type(value).real) == value  # an int kept exactly
+    return not np.isfinite(value) or abs(value) <= np.finfo(dtype).max  # rounded to the nearest, as 2049.0 is
 
 
 def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -15,19 +15,24 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import onnx
 from onnx import helper
 
+from graphfix.surgery import output_problems
 from graphfix.validate.inputs import graph_inputs
+from graphfix.validate.runner import ModelRunner
 
 
 class Borrowed(NamedTuple):
-    """A Shape (named by its output) of `source`, to read axes `start:end` of `boundary` instead."""
+    """A Shape (named by its output) of `source`'s axes `read` (start, end), to read axes `start:end` of
+    `boundary` instead."""
 
     source: str
     boundary: str
     start: int
     end: int
+    read: tuple[int, int] = (0, 0)
 
 
 def borrowed_sizes(model: onnx.ModelProto, inputs: list[str], reached: set[str]) -> dict[str, Borrowed] | None:
@@ -57,7 +62,7 @@ def borrowed_sizes(model: onnx.ModelProto, inputs: list[str], reached: set[str])
                       if declared[b][j:j + len(wanted)] == wanted), None)
         if where is None:
             return None
-        found[node.output[0]] = Borrowed(read[0], where[0], where[1], where[1] + len(wanted))
+        found[node.output[0]] = Borrowed(read[0], where[0], where[1], where[1] + len(wanted), (start, end))
     return found
 
 
@@ -79,6 +84,28 @@ def described(borrowed: dict[str, Borrowed]) -> str:
     """`tokens' sizes read from features`, once per pair."""
     pairs = sorted({(how.source, how.boundary) for how in borrowed.values()})
     return "; ".join(f"the sizes of {source} read from {boundary} (both declare them)" for source, boundary in pairs)
+
+
+def untied(whole: ModelRunner, part: ModelRunner, feeds: dict[str, np.ndarray], borrowed: dict[str, Borrowed],
+           inputs: list[str], outputs: list[str], rename: dict[str, str], options) -> list[str]:
+    """Why the part may not read a source's sizes from its boundary: the whole (boundaries exposed) runs with one
+    of the source's dims one longer than the boundary's, and the part, fed the whole's boundary values, differs
+    there (helper 75: two inputs a TorchScript export named alike, `seq`, that the model does not tie). Nothing
+    where the whole fails so at each (the model needs them equal) or the part agrees."""
+    for source, axis in sorted({(how.source, axis) for how in borrowed.values() for axis in range(*how.read)}):
+        array = feeds[source]  # one longer along that axis, its values repeated (token ids stay ids)
+        longer = np.take(array, np.arange(array.shape[axis] + 1), axis=axis, mode="wrap")
+        reference = whole.run({**feeds, source: longer})
+        if not reference.ok:
+            continue
+        values = {**feeds, **reference.outputs}
+        got = part.run({rename.get(name, name): values[name] for name in inputs}, strict_feeds=True)
+        problems = [got.error] if not got.ok else output_problems(
+            {rename.get(name, name): values[name] for name in outputs}, got.outputs, options.rtol, options.atol)
+        if problems:
+            return [f"{described(borrowed)}, but the whole runs with {source}'s dim {axis} one longer and the part "
+                    f"differs there ({problems[0]}): the model does not tie them; give {source} in --inputs"]
+    return []
 
 
 def _read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:

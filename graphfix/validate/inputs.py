@@ -81,14 +81,14 @@ def synthesize_inputs(
 
 
 def check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple], option: str = "--shape",
-                 configured: frozenset[str] = frozenset()) -> None:
+                 optional: frozenset[str] = frozenset()) -> None:
     """Refuse a shape (`--shape`, or the configuration's) for a name that is no graph input of `model`, or with
-    another number of dims than the input declares: a typo would leave the input at a guessed size, unsaid. A name
-    only the configuration gives (`configured`) may be no input of this model: its glob (or the whole project's
-    `shapes`) matches models with other inputs too."""
+    another number of dims than the input declares: a typo would leave the input at a guessed size, unsaid. An
+    `optional` name may be no input of this model: one only the configuration gives (its glob matches models with
+    other inputs too), or one of another model beside it (`bench model.onnx encoder.onnx --shape tokens=1x8`)."""
     inputs = {vi.name: vi for vi in graph_inputs(model)}
     for name, dims in shapes.items():
-        if name not in inputs and name in configured:
+        if name not in inputs and name in optional:
             continue
         if name not in inputs:
             raise UsageError(f"{option} {name}: no such graph input (inputs: {', '.join(inputs) or 'none'})")

@@ -104,7 +104,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         proto, base_dir, files = model.proto, model.base_dir, model.files
     else:
         proto, base_dir, files = load_structure(model)
-    check_shapes(proto, options.shapes, configured=options.configured)
+    check_shapes(proto, options.shapes, optional=options.configured)
     try:
         for value in graph_inputs(proto):
             if value.name not in options.inputs:

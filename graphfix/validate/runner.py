@@ -40,7 +40,7 @@ from graphfix.validate.fusion import as_written, transposes_fused
 ModelSource = onnx.ModelProto | pathlib.Path
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
-DEPLOYED = " (with onnxruntime's default optimizations, as a user's session runs it)"
+DEPLOYED = " (with onnxruntime's basic graph optimizations, which every default session runs)"
 OUT_OF_MEMORY = re.compile(r"bad_alloc|Failed to allocate memory")  # onnxruntime's words for an allocation refused
 
 
@@ -75,7 +75,7 @@ class ModelRunner:
                  path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None,
                  files: DataFiles | None = None, deployed: bool = False):
         self.proto = proto
-        self.deployed = deployed  # run as a user's session runs it: onnxruntime's default optimizations on
+        self.deployed = deployed  # a model graphfix writes: its fusions run as in every default session
         self.base_dir = base_dir
         self.files = files or (held(base_dir) if base_dir is not None else None)  # kept open while this runs
         self.path = path
@@ -117,8 +117,8 @@ class ModelRunner:
     def from_source(cls, source: ModelSource | tuple[onnx.ModelProto, pathlib.Path] | ModelRunner,
                     deployed: bool = False) -> ModelRunner:
         """From a proto, a path, or (proto, path of the same model): the caller's proto then saves loading it
-        again. A runner is returned as it is. `deployed`: a model graphfix writes, run as a user's session runs
-        it (optimizations on: a declared shape that onnxruntime's optimizer trusts may fail there, helper 72)."""
+        again. A runner is returned as it is. `deployed`: a model graphfix writes, run with the fusions a user's
+        session runs (a declared shape they trust may fail there, helper 72)."""
         if isinstance(source, ModelRunner):
             return source
         if isinstance(source, tuple) and not has_stubs(source[0]):
@@ -271,11 +271,12 @@ def _unhanded(proto: onnx.ModelProto, handed: set[str]):
 def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
                  linked: dict[str, ort.OrtValue] | None = None, optimized: bool = False) -> ort.InferenceSession:
     """A session made from the proto, with optimizations off (a probe compares what the graph says) or, with
-    `optimized`, at onnxruntime's default level: onnxruntime opens no file (see `hand_over`); none where loading it
-    could take without bound (`loadable`)."""
+    `optimized`, at the basic level, whose fusions trust declared shapes as a default session's do (the extended
+    level's turn a quantized model's QDQ pairs into integer kernels, off by a quantization step by design, helper
+    75): onnxruntime opens no file (`hand_over`); none where loading could take without bound (`loadable`)."""
     loadable(proto)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else \
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimized else \
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # failures are returned, not printed
     options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more

@@ -81,3 +81,18 @@ def test_a_configured_shape_of_an_input_this_model_lacks_is_no_error(tmp_path, m
     (tmp_path / "pyproject.toml").write_text('[tool.graphfix.inputs."*.onnx"]\nshapes = { X = "2x4x1" }\n')
     code, stdout, stderr = invoke(command, model, *extra)
     assert code == 2 and "X: 3 dims given, the input has rank 2" in stdout + stderr, (stdout, stderr)
+
+
+@pytest.mark.parametrize("command", ["diagnose", "check", "repair", "bench"])
+def test_with_several_models_a_shape_applies_to_those_that_have_the_input(tmp_path, command):
+    """`bench model.onnx encoder.onnx --shape tokens=1x8` (the encoder-decoder sample's README): the encoder takes
+    no tokens. With several models a name only some of them have is theirs; a model's rank is still checked."""
+    both, one = tmp_path / "both.onnx", tmp_path / "one.onnx"
+    onnx.save(parse(TWO_INPUTS), both)
+    onnx.save(parse("""<ir_version: 10, opset_import: ["" : 17]>
+        g (float[N, 4] X) => (float[N, 4] Y) { Y = Relu(X) }"""), one)
+    extra = {"repair": ["--dry-run"], "bench": ["--runs", "1", "--warmup", "0"]}.get(command, [])
+    code, stdout, stderr = invoke(command, both, one, *extra, "--shape", "Z=2x4")
+    assert code == 0, (stdout, stderr)
+    code, stdout, stderr = invoke(command, both, one, *extra, "--shape", "Z=2x4x1")
+    assert code == 2 and "Z: 3 dims given, the input has rank 2" in stdout + stderr, (stdout, stderr)

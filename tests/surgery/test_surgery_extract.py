@@ -309,3 +309,24 @@ def test_a_size_read_from_an_input_the_part_does_not_take_is_read_from_one_that_
     assert [i.name for i in onnx.load(part).graph.input] == ["x"]
     x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
     np.testing.assert_allclose(run(str(part), {"x": x})[0], x.mean(1), rtol=1e-6)
+
+
+UNTIED = """
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[batch, seq, 4] x, int64[batch, seq] t) => (float[batch, 4] y) <int64[1] axes = {1}> {
+        n = Shape<start = 1, end = 2>(t)
+        scale = Cast<to = 1>(n)
+        h = ReduceMean<keepdims = 0>(x, axes)
+        y = Mul(h, scale)
+    }"""
+
+
+def test_a_size_two_inputs_are_only_named_alike_for_is_not_borrowed(tmp_path):
+    """Helper 75: a TorchScript export's `dynamic_axes` may give two inputs one name (`seq`) that the model does not
+    tie; the probes feed them equal and cannot tell. The check runs the whole with t's dim one longer: it runs, and
+    the part that read t's length from x differs there, so the part is refused (exit 1, nothing written)."""
+    whole, part = tmp_path / "whole.onnx", tmp_path / "part.onnx"
+    onnx.save(onnx.parser.parse_model(UNTIED), whole)
+    code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
+    assert code == 1 and not part.exists(), out + err
+    assert "the model does not tie them; give t in --inputs" in out + err, out + err

@@ -297,3 +297,21 @@ def test_mul_by_a_uniform_one_folds(tmp_path):
     assert result.status == "written", result.error
     frozen = onnx.load(tmp_path / "f.onnx")
     assert op_types(frozen) == ["Identity"] and [i.name for i in frozen.graph.input] == ["X"]
+
+
+def test_a_whole_number_rounds_into_a_float_input_as_its_float_does(tmp_path):
+    """Helper 75: `scale=2049` on a float16 input was refused ("no float16 value") where `scale=2049.0` rounded to
+    2048; both round now. 70000 is past float16's range and refused."""
+    onnx.save(parse(SCALE.replace("float[1] scale", "float16[1] scale").replace("Y = Mul(X, scale)",
+                                                                               "s = Cast<to = 1>(scale)\n"
+                                                                               "    Y = Mul(X, s)")),
+              tmp_path / "m.onnx")
+    for fill in ("scale=2049", "scale=2049.0"):
+        code, out, err = invoke("freeze", tmp_path / "m.onnx", "--input", fill, "-o", tmp_path / "f.onnx",
+                                "--no-simplify")
+        assert code == 0, out + err
+        x = np.ones((2, 4), dtype=np.float32)
+        np.testing.assert_array_equal(run(onnx.load(tmp_path / "f.onnx"), {"X": x})[0], x * 2048)
+        (tmp_path / "f.onnx").unlink()
+    code, _, err = invoke("freeze", tmp_path / "m.onnx", "--input", "scale=70000", "-o", tmp_path / "f.onnx")
+    assert code == 2 and "70000 is no float16 value" in err, err

@@ -1,0 +1,159 @@
+"""Echoes of a baked size as an integer: a cut, a pick, a value, a kernel or repeats that equal a form of it.
+
+The same int baked as an integer (helpers 57 and 61): where it picks or cuts along an axis of that size
+(`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
+where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
+`where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), or as a Pool's kernel or
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n + k for k from -5 to 5, n // k
+and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
+`x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
+offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
+step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), n and
+n +- 1 for a value, n for a kernel or repeats; no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
+`x[:, ::2]`). An axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a
+static export) is no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that
+meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a
+size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.sizes.ops import is_table
+
+SHIFTS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)  # n + k: `T - 1` for an unbiased mean or the last position
+
+
+def plus(k: int) -> str:
+    return "{}" if k == 0 else f"{{}} {'+' if k > 0 else '-'} {abs(k)}"
+
+
+INT_VALUES = (("{}", lambda n: n), ("{} - 1", lambda n: n - 1), ("{} + 1", lambda n: n + 1))
+INT_HALVES = (("{} // 2", lambda n: n // 2), ("ceil({} / 2)", lambda n: (n + 1) // 2), ("2*{}", lambda n: 2 * n))
+INT_PARTS = (*((f"{{}} // {k}", lambda n, k=k: n // k) for k in (3, 4)),
+             *((f"ceil({{}} / {k})", lambda n, k=k: -(-n // k)) for k in (3, 4)),
+             ("3*{} // 4", lambda n: 3 * n // 4), ("2*{} // 3", lambda n: 2 * n // 3),
+             *((plus(k), lambda n, k=k: n + k) for k in SHIFTS if abs(k) > 1))
+
+
+def _signed(forms: tuple) -> tuple:
+    """The forms and their negatives (an index or a cut from the end)."""
+    return (*forms, *((f"-({text})", lambda n, of=of: -of(n)) for text, of in forms))
+
+
+INT_CUTS = _signed((*INT_VALUES, *INT_HALVES, *INT_PARTS))
+# a step: a third or a quarter is every strided front end's own (`x[:, 1::3]` reduces 40 frames to the 13 a
+# Reshape bakes, and 3 is 13 // 4), so a step reads the size, its neighbours, its half and its double only
+STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
+INT_KERNELS = INT_CUTS[:1]
+CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
+VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
+                       "GreaterOrEqual", "Equal", "Range", "Where"})
+# the ops of a size's own arithmetic (`(T + 7) // 8`, a shape vector): a constant meeting their value meets a size
+SIZE_OPS = frozenset({"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Add",
+                      "Sub", "Mul", "Div", "Mod", "Neg", "Floor", "Ceil", "Min", "Max"})
+POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
+SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
+
+
+def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int]
+                ) -> list[str]:
+    """Integer constants that index or cut data along an axis of the size, meet an integer value that is no
+    size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring)."""
+    found = []
+    for node in nodes:
+        for where, item, forms in _int_reads(node, constant_value, shape, lengths):
+            if item in wanted and fixed(node):
+                continue  # the fix's own constant
+            form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
+            if form is not None:
+                found.append(f"{node.op} '{node.name}' reads the integer {item} as {where}, which is {form}")
+                break
+    return found
+
+
+def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+    """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
+    reads as a size (and each element of a Tile's repeats), skipping magnitudes of 2 or less."""
+    def small_int(tensor, integral: bool = False) -> int | None:
+        """Its one integer (or, with `integral`, a float that is one: `torch.full` fills floats), if above 2."""
+        value = constant_value(tensor) if is_table(tensor) else None
+        kinds = "iuf" if integral else "iu"
+        if value is None or value.size != 1 or value.dtype.kind not in kinds:
+            return None
+        number = value.reshape(-1)[0]
+        if not np.isfinite(number) or number != int(number):
+            return None
+        return int(number) if abs(int(number)) > 2 else None
+
+    if node.op in CUT_INPUTS and node.inputs:
+        items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else INT_CUTS)
+                 for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
+        if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
+                and not _is_size(node.inputs[0]):
+            yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
+                        if item)
+    elif node.op in VALUE_OPS:
+        items = [small_int(tensor) for tensor in node.inputs]
+        if any(items) and not any(_is_size(t) for t in node.inputs if not is_table(t)):
+            yield from (("a value", item, INT_VALUES) for item in items if item)
+    elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
+        repeats = constant_value(node.inputs[1])
+        if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:
+            yield from (("its repeats", int(r), INT_KERNELS) for r in repeats.reshape(-1) if abs(int(r)) > 2)
+    elif node.op == "ConstantOfShape" and isinstance(node.attrs.get("value"), gs.Constant):
+        item = small_int(node.attrs["value"], integral=True)
+        if item is not None:
+            yield "the value it fills", item, INT_VALUES
+    elif node.op in POOLS:
+        for attr in ("kernel_shape", "strides"):
+            for item in node.attrs.get(attr) or ():
+                if abs(int(item)) > 2:
+                    yield f"its {attr}", int(item), INT_KERNELS
+
+
+def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int]) -> bool:
+    """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of `lengths`
+    (downstream of a baked Reshape, and in a static export, a length shows as a number): an axis a size can be
+    baked along, not a model's fixed features (`x[..., :3]`)."""
+    if dims is None:
+        return True
+    if node.op == "Slice":
+        axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 and is_table(node.inputs[3]) else None
+        axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(dims)))
+    else:
+        axes = [int(node.attrs.get("axis", 0 if node.op == "Gather" else -1))]
+    picked = [dims[a] for a in axes if -len(dims) <= a < len(dims)]
+    return not picked or any(not isinstance(d, int) or d in lengths for d in picked)
+
+
+def lengths(graph: gs.Graph, wanted: list[int]) -> list[int]:
+    """The sizes of `wanted` that a static axis of that size is taken for: those no weight of the graph has as a
+    dim. A weight's dim is a feature width (a GLU's `z[..., :32]` of 64 features, exported at T = 64, cuts
+    features, not the length); a length is no weight's dim."""
+    widths = {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
+              for d in t.shape}
+    return [n for n in wanted if n not in widths]
+
+
+def _is_size(tensor: gs.Tensor) -> bool:
+    """Whether the tensor is a size or a shape vector: computed from a Shape or Size op within SHAPE_HOPS ops of
+    a size's own arithmetic (SIZE_OPS). A constant meeting it is the model's own number beside a size
+    (`(T + 7) // 8`). Not data that a shape merely shaped (an attention output reshaped with `x.shape[0]`), nor
+    positions (`(T - 1) - arange(T)`: a Range's output is data)."""
+    frontier, seen = [tensor], set()
+    for _ in range(SHAPE_HOPS):
+        step = []
+        for current in frontier:
+            for producer in current.inputs:
+                if producer.op in ("Shape", "Size"):
+                    return True
+                if producer.op in SIZE_OPS and id(producer) not in seen:
+                    seen.add(id(producer))
+                    step.extend(producer.inputs if producer.op != "Reshape" else producer.inputs[:1])
+        frontier = step
+    return False
