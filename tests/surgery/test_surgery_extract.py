@@ -288,19 +288,28 @@ READ_AS_DATA = """r = Reshape(h, shape)
         y = Add(r, s)"""
 
 
-@pytest.mark.parametrize(("tokens_batch", "body", "borrowed"), [
-    ("batch", "y = Reshape(h, shape)", True),  # both declare `batch` there: read from x
-    ("n", "y = Reshape(h, shape)", False),  # another symbol: nothing says they are equal
-    ("batch", "y = Reshape(h, shape)\n        unused = Cast<to = 1>(t)", True),  # a node no output reads
-    ("batch", READ_AS_DATA, False),  # t's values are read: the part needs t
+def _as_dynamo(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each node's module path in its metadata, as the dynamo exporter writes it."""
+    for node in model.graph.node:
+        node.metadata_props.add(key="namespace", value=f"model: {node.op_type}")
+    return model
+
+
+@pytest.mark.parametrize(("tokens_batch", "body", "dynamo", "borrowed"), [
+    ("batch", "y = Reshape(h, shape)", True, True),  # both declare `batch` there: read from x
+    ("batch", "y = Reshape(h, shape)", False, False),  # names in a TorchScript export's dynamic_axes prove nothing
+    ("n", "y = Reshape(h, shape)", True, False),  # another symbol: nothing says they are equal
+    ("batch", "y = Reshape(h, shape)\n        unused = Cast<to = 1>(t)", True, True),  # a node no output reads
+    ("batch", READ_AS_DATA, True, False),  # t's values are read: the part needs t
 ])
 def test_a_size_read_from_an_input_the_part_does_not_take_is_read_from_one_that_declares_it(
-        tmp_path, tokens_batch, body, borrowed):
+        tmp_path, tokens_batch, body, dynamo, borrowed):
     """Helper 72: dynamo reads a batch size two inputs share from either (an encoder's from the decoder's tokens);
-    a part cut at `--inputs x` reads it from x where both declare the dim under one symbol and the part reads
-    nothing else of t, and is refused (exit 2) otherwise."""
+    a part cut at `--inputs x` reads it from x where a dynamo export declares the dim under one symbol for both and
+    the part reads nothing else of t, and is refused (exit 2) otherwise."""
     whole, part = tmp_path / "whole.onnx", tmp_path / "part.onnx"
-    onnx.save(onnx.parser.parse_model(SIZE_FROM_ANOTHER_INPUT.format(tokens_batch=tokens_batch, body=body)), whole)
+    model = onnx.parser.parse_model(SIZE_FROM_ANOTHER_INPUT.format(tokens_batch=tokens_batch, body=body))
+    onnx.save(_as_dynamo(model) if dynamo else model, whole)
     code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
     if not borrowed:
         assert code == 2 and "also depend on graph input(s) t" in err and not part.exists(), out + err
@@ -323,10 +332,14 @@ UNTIED = """
 
 def test_a_size_two_inputs_are_only_named_alike_for_is_not_borrowed(tmp_path):
     """Helper 75: a TorchScript export's `dynamic_axes` may give two inputs one name (`seq`) that the model does not
-    tie; the probes feed them equal and cannot tell. The check runs the whole with t's dim one longer: it runs, and
-    the part that read t's length from x differs there, so the part is refused (exit 1, nothing written)."""
+    tie; the probes feed them equal and cannot tell. Such a name is no proof (refused, exit 2, as any cut that
+    needs t); and should a dynamo export hold one, the whole is run with t's dim one longer: it runs, and the part
+    that read t's length from x differs there, so the part is refused (exit 1, nothing written)."""
     whole, part = tmp_path / "whole.onnx", tmp_path / "part.onnx"
     onnx.save(onnx.parser.parse_model(UNTIED), whole)
+    code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
+    assert code == 2 and "also depend on graph input(s) t" in err and not part.exists(), out + err
+    onnx.save(_as_dynamo(onnx.parser.parse_model(UNTIED)), whole)
     code, out, err = invoke("extract", whole, "--inputs", "x", "--outputs", "y", "-o", part)
     assert code == 1 and not part.exists(), out + err
     assert "the model does not tie them; give t in --inputs" in out + err, out + err
