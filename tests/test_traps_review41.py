@@ -18,6 +18,8 @@ model with the module at other lengths).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -53,6 +55,13 @@ TRAPS = {
     "linear-after-cumsum": (lambda self, h, t: self.lin(h.cumsum(1)) / (t - 5), True),
     "pooled-statistics": (lambda self, h, t: torch.cat([h.sum(1), h.amax(1)], 1) / (t - 5), False),
     "sum-plus-offset": (lambda self, h, t: h.sum(1) + float(t - 5), False),
+    # helper 76: past a nonlinearity or a softmax over the length, a period of it, a base-2 log
+    "fourier-positions": (lambda self, h, t: h + torch.sin(torch.arange(h.shape[1], dtype=torch.float32)
+                                                           * (2 * math.pi / t))[None, :, None], True),
+    "log-mean-exp": (lambda self, h, t: torch.log(torch.exp(h).sum(1)) - math.log(t), False),
+    "relu-then-unbiased": (lambda self, h, t: torch.relu(h.sum(1)) / (t - 1), False),
+    "softmax-times-length": (lambda self, h, t: torch.softmax(h, 1) * (t - 1), True),
+    "linear-over-log2": (lambda self, h, t: self.lin(h.sum(1)) / math.log2(t), False),
 }
 CONTROLS = {
     "linear-then-own-scale": (lambda self, h, t: self.lin(h) * 0.3, True),  # no sum over the length

@@ -13,7 +13,8 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
 - where the value it meets was summed over an axis of that size, or is then (`h.sum(1) / (T - 1)`,
   `h.sum((1, 2)) / (T * D)`), or holds positions along it (a Range or CumSum: `arange(T) / (T - 1)`, CoordConv's
   `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -5 to 5, n / (n + k) and its inverse (an
-  unbiased mean), 2n, n times a dim of a summed value, log(n + k), and their inverses, 2 / (n + k), and n ** 0.25
+  unbiased mean), 2n, n times a dim of a summed value, log(n + k), log2(n + k) and 2 pi / (n + k) for k from -1
+  to 1 (a period: `sin(arange(L) * 2 pi / T)`, helper 76), and their inverses, 2 / (n + k), and n ** 0.25
   and its inverse (only there: the TorchScript exporter scales SDPA's queries and keys by head_dim ** -0.25, and
   BERT traced at 64 tokens of 64-wide heads was refused, helper 65). `1 / sqrt(64)` is 1/(n - 1) at n = 9
   (helper 56), but it meets the queries, which nothing summed over the length.
@@ -23,9 +24,11 @@ so summed, or a maximum or minimum once taken (`h.sum(1) * T / (T + 1)`, `h.amax
 every function of the size. The sum is looked for within 8 ops, through every operand of arithmetic and Concat
 (a 3-D Linear's `Add(bias, MatMul)`, pooled statistics concatenated), and through a linear map (a MatMul or Gemm
 with constant weights), past which only the forms are read (`Linear(h.sum(1)) / (T - 5)`; a classifier's own
-temperature, `Linear(h.mean(1)) / 0.07`, helper 75). Not a scale of the data before a maximum: it scales the
-maximum alone (whisper's log-mel divides by ln 10, torchaudio's AmplitudeToDB multiplies by 10, both before a
-maximum over the length, helper 69; no number is exempt for what it is: 20 / T is 0.1 at 200, helper 70).
+temperature, `Linear(h.mean(1)) / 0.07`, helper 75), as past an elementwise nonlinearity (`relu(h.sum(1)) /
+(T - 1)`, `log(exp(h).sum(1)) - log(T)`) and from a softmax over the size (`softmax(h, 1) * (T - 1)`, helper 76).
+Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
+torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
+for what it is: 20 / T is 0.1 at 200, helper 70).
 Positions are scaled by models' own numbers (a rotary table's linear scaling, DETR's 2 pi over a mask's
 cumulative sum, helper 75), so only the forms are read there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
@@ -66,6 +69,9 @@ OPERANDS = frozenset({"Add", "Sub", "Mul", "Div", "Concat"})  # whose every oper
 LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: it scales with the sum it maps
 # (`Linear(h.sum(1)) / (T - 5)`, red team 41), but a model scales what it maps by its own numbers (a classifier's
 # temperature, helper 75): past one, only the forms are read
+NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
+# past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
+NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken (forms only)
 POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
@@ -82,8 +88,8 @@ def _over(top: float, of: Callable[[int], float]) -> Callable[[int], float]:
     return lambda n: top / of(n) if of(n) else math.inf
 
 
-def _log(k: int) -> Callable[[int], float]:
-    return lambda n: math.log(n + k) if n + k > 0 else math.inf
+def _log(k: int, base: float = math.e) -> Callable[[int], float]:
+    return lambda n: math.log(n + k, base) if n + k > 0 else math.inf
 
 
 SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
@@ -93,7 +99,12 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
                                                (f"({_twice(k)})/{{0}}", lambda n, k=k: (n + k) / n))),
           ("2*{}", lambda n: 2 * n), ("1/(2*{})", lambda n: 1 / (2 * n)),
           *(form for k in (0, *SHIFTS) for form in ((f"log({plus(k)})", _log(k)),
-                                                     (f"1/log({plus(k)})", _over(1, _log(k))))), *ROOTS)
+                                                     (f"1/log({plus(k)})", _over(1, _log(k))))),
+          *(form for k in (0, -1, 1) for form in ((f"log2({plus(k)})", _log(k, 2)), (f"1/log2({plus(k)})",
+                                                                                       _over(1, _log(k, 2))),
+                                                  (f"2pi/({plus(k)})", _over(2 * math.pi, lambda n, k=k: n + k)),
+                                                  (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
+          *ROOTS)  # a period of the size (`sin(arange(L) * 2 pi / T)`, helper 76)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
 SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
@@ -226,14 +237,20 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
                     if any(d == n or not isinstance(d, int) for d in reduced):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
+                elif op.op in NORMALIZED and way == "up":
+                    dims = shape(op.inputs[0]) if op.inputs else None
+                    axis = int(op.attrs.get("axis", -1))
+                    if dims is not None and -len(dims) <= axis < len(dims) and \
+                            (dims[axis] == n or not isinstance(dims[axis], int)):
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, True)
                 elif op.op in POSITIONS and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
                         return Near(False, [])
-                elif op.op in PASSES or _linear(op):
+                elif op.op in PASSES or op.op in NONLINEAR or _linear(op):
                     ahead = op.outputs if way == "down" else \
                         [t for t in op.inputs if not _weight(t)] if op.op in OPERANDS else op.inputs[:1]
-                    step.extend((t, way, mapped or _linear(op)) for t in ahead)
+                    step.extend((t, way, mapped or op.op in NONLINEAR or _linear(op)) for t in ahead)
         frontier = step
     return None
 
