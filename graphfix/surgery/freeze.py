@@ -35,6 +35,8 @@ from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.loading import LoadedModel, default_opset
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
+from graphfix.surgery.observed import WholeRun, relax
+from graphfix.surgery.observed import dim_names as declared_names
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
@@ -75,6 +77,9 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
     fills = cast_fills(loaded.proto, fills)  # the original is fed the same values the constant holds
     model, folded = freeze_proto(loaded.proto, fills)
     notes = [f"folded {n}" for n in folded]
+    runs = original_runs(loaded, fills, options)  # once per probe size: the declarations, then the check
+    taken = declared_names(model)
+    notes += [note for vi in model.graph.output if (note := relax(vi, runs, taken))]
     if simplify:
         from graphfix.pipeline.simplify import simplify as onnxsim
 
@@ -84,7 +89,7 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
     summary = "froze " + ", ".join(f"{name}={_describe(value)}" for name, value in fills.items())
 
     def check(staged: Path):
-        return check_frozen(loaded, staged, fills, options)
+        return check_frozen(loaded, staged, fills, options, runs)
 
     with scratch_dir() as scratch:
         result = write_checked(model, output, loaded, summary, check, Path(scratch))
@@ -317,34 +322,50 @@ def _same(a, b) -> bool:
     return isinstance(a, int) and isinstance(b, int) and a == b and a >= 0
 
 
-def check_frozen(loaded: LoadedModel, staged: Path, fills: dict[str, Fill],
-                 options: ValidationOptions) -> tuple[list[dict], list[str]]:
-    """At each probe size: the original fed the fill and the frozen model agree, or, where the original fails,
-    the frozen model runs with finite outputs of the inferred shapes."""
+def original_runs(loaded: LoadedModel, fills: dict[str, Fill], options: ValidationOptions) -> list[WholeRun]:
+    """The original fed the fills at each probe size: its outputs (the check's reference) and their shapes, which
+    tell the declared dims it contradicts (a dynamo LSTM's output `[1, 7, 24]`, 7 the export length, which
+    onnxruntime's fusions trust: its frozen model failed in every default session, helper 72)."""
+    base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
+    original = ModelRunner(loaded.proto, base_dir)
+    runs = []
+    for binding in probe_sizes(loaded.proto, options):
+        reference = original.run(_filled(synthesize_inputs(loaded.proto, binding, options), fills))
+        runs.append(WholeRun(binding, reference.outputs, {name: tuple(np.shape(value)) for name, value in
+                                                          reference.outputs.items()}) if reference.ok
+                    else WholeRun(binding, error=reference.error))
+    return runs
+
+
+def _filled(feeds: dict[str, np.ndarray], fills: dict[str, Fill]) -> dict[str, np.ndarray]:
+    for name, value in fills.items():
+        feeds[name] = value if isinstance(value, np.ndarray) else np.full(feeds[name].shape, value,
+                                                                         dtype=feeds[name].dtype)
+    return feeds
+
+
+def check_frozen(loaded: LoadedModel, staged: Path, fills: dict[str, Fill], options: ValidationOptions,
+                 runs: list[WholeRun] | None = None) -> tuple[list[dict], list[str]]:
+    """At each probe size (`runs`, else the original is run here): the original fed the fill and the frozen model
+    agree, or, where the original fails, the frozen model runs with finite outputs of the inferred shapes."""
     frozen = ModelRunner.from_source(staged, deployed=True)
     if frozen.session is None:
         return [], [f"onnxruntime cannot load the frozen model: {frozen.load_error}"]
     still = sorted(set(fills) & set(frozen.input_names))
     if still:
         return [], [f"the frozen model still declares input(s) {', '.join(still)}"]
-    base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
-    original = ModelRunner(loaded.proto, base_dir)
     oracle = ShapeOracle(frozen.proto)
     checks, reasons = [], []
-    for binding in probe_sizes(loaded.proto, options):
-        feeds = synthesize_inputs(loaded.proto, binding, options)
-        for name, value in fills.items():
-            feeds[name] = value if isinstance(value, np.ndarray) else np.full(feeds[name].shape, value,
-                                                                             dtype=feeds[name].dtype)
-        reference = original.run(feeds)
+    for run in runs if runs is not None else original_runs(loaded, fills, options):
+        feeds = _filled(synthesize_inputs(loaded.proto, run.sizes, options), fills)
         got = frozen.run({k: v for k, v in feeds.items() if k not in fills}, strict_feeds=True)
         if not got.ok:
             problems = [f"the frozen model fails: {got.error}"]
-        elif reference.ok:
-            problems = output_problems(reference.outputs, got.outputs, options.rtol, options.atol)
+        elif run.values is not None:
+            problems = output_problems(run.values, got.outputs, options.rtol, options.atol)
         else:
-            problems = non_finite(got.outputs) + oracle.mismatches(got.outputs, binding)
-        checks.append({"sizes": binding, "ok": not problems,
-                       "original": "ran" if reference.ok else f"failed: {reference.error}", "problems": problems})
-        reasons += [f"at sizes {binding}: {p}" for p in problems]
+            problems = non_finite(got.outputs) + oracle.mismatches(got.outputs, run.sizes)
+        checks.append({"sizes": run.sizes, "ok": not problems,
+                       "original": "ran" if run.values is not None else f"failed: {run.error}", "problems": problems})
+        reasons += [f"at sizes {run.sizes}: {p}" for p in problems]
     return checks, reasons

@@ -6,9 +6,9 @@ default optimizations, which every `ort.InferenceSession` a user makes has, its 
 and reshapes to `[7, 24]`, failing at every other length. `freeze` and `extract` checked their output with
 optimizations off and wrote it with "check: passed" and exit 0. Their checks now run it with onnxruntime's basic
 optimizations (that fusion is one; not the extended ones, which change a quantized model's outputs by a
-quantization step by design: helper 75's QDQ model failed freeze, set-shape and extract): `freeze` refuses it
-(exit 1, nothing written), and `extract` declares the dims the whole returns, so its part runs there. A healthy
-model still passes both ways.
+quantization step by design: helper 75's QDQ model failed freeze, set-shape and extract). `freeze` and
+`extract` now also declare the dims the original returns where a declared number contradicts them, so their
+outputs run there. A healthy model still passes both ways.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from graphfix.cli import cli
+from graphfix.validate.runner import ModelRunner
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -74,12 +75,23 @@ def dynamo_lstm(tmp_path_factory):
     return path
 
 
-def test_a_frozen_model_that_fails_in_a_default_session_is_not_written(tmp_path, dynamo_lstm):
+def test_a_model_that_fails_with_the_fusions_users_run_fails_its_check_there(dynamo_lstm):
+    """The export itself, as a written model is run by every surgery check: it runs with optimizations off and
+    fails with the basic ones, and the failure says so."""
+    feeds = {"x": np.random.randn(1, 3, 16).astype(np.float32), "mask": np.ones((1, 3), bool)}
+    assert ModelRunner.from_source(dynamo_lstm).run(feeds).ok
+    got = ModelRunner.from_source(dynamo_lstm, deployed=True).run(feeds)
+    assert not got.ok and "basic graph optimizations" in got.error, got.error
+
+
+def test_a_frozen_model_declares_what_the_original_returns_and_runs_in_a_default_session(tmp_path, dynamo_lstm):
+    """freeze declares the dims the original returns where a declared number contradicts them, as extract does,
+    so the frozen LSTM runs in a default session (before: refused, exit 1; before that, written and failing)."""
     out = tmp_path / "frozen.onnx"
     done = CliRunner().invoke(cli, ["freeze", str(dynamo_lstm), "--input", "mask=true", "-o", str(out)],
                               catch_exceptions=False)
-    assert done.exit_code == 1 and not out.exists(), done.output
-    assert "basic graph optimizations" in done.output, done.output
+    assert done.exit_code == 0 and "declared [1, time, 5]" in done.output, done.output
+    assert _runs_optimized(out, [3, 7, 20])
 
 
 def test_an_extracted_part_declares_what_the_whole_returns_and_runs_in_a_default_session(tmp_path, dynamo_lstm):
