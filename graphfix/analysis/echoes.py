@@ -100,14 +100,16 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
           ("2*{}", lambda n: 2 * n), ("1/(2*{})", lambda n: 1 / (2 * n)),
           *(form for k in (0, *SHIFTS) for form in ((f"log({plus(k)})", _log(k)),
                                                      (f"1/log({plus(k)})", _over(1, _log(k))))),
-          *(form for k in (0, -1, 1) for form in ((f"log2({plus(k)})", _log(k, 2)), (f"1/log2({plus(k)})",
-                                                                                       _over(1, _log(k, 2))),
-                                                  (f"2pi/({plus(k)})", _over(2 * math.pi, lambda n, k=k: n + k)),
-                                                  (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
-          *ROOTS)  # a period of the size (`sin(arange(L) * 2 pi / T)`, helper 76)
+          *(form for k in (0, -1, 1) for form in (  # a base-2 log, and a period (`sin(arange(L) * 2 pi / T)`)
+              (f"log2({plus(k)})", _log(k, 2)), (f"1/log2({plus(k)})", _over(1, _log(k, 2))),
+              (f"2pi/({plus(k)})", _over(2 * math.pi, lambda n, k=k: n + k)),
+              (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
+          *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
 SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
+
+
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
            shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False
            ) -> list[str]:
