@@ -27,11 +27,11 @@ from graphfix.core.errors import InputError, UsageError
 from graphfix.io.loading import LoadedModel
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
-from graphfix.surgery.observed import WholeRun, dim_names, relax, run_whole, undeclared
+from graphfix.surgery.observed import WholeRun, declared_names, relax, run_whole, undeclared, whole_runner
 from graphfix.surgery.shared_dims import borrow, borrowed_sizes, described, untied
 from graphfix.validate import ValidationOptions, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
-from graphfix.validate.runner import ModelRunner, with_outputs
+from graphfix.validate.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str],
     `runs`, declared ints they contradict (the whole's outputs, then the part's boundaries) become dim names,
     before shape inference, so that a stale one is not carried downstream; `notes` gets one line per change."""
     notes, runs = (notes if notes is not None else []), runs or []
-    taken = dim_names(model)
+    taken = declared_names(model)
     original_outputs = list(model.graph.output)
     declared = [_copy(vi) for vi in original_outputs]
     producers = {out: node for node in model.graph.node for out in node.output if out}
@@ -270,9 +270,7 @@ def check_tied(loaded: LoadedModel, staged: Path, borrowed: dict, inputs: list[s
     ran = next((run for run in runs if run.values is not None), None)
     if ran is None:
         return []
-    exposed = [n for n in (*inputs, *outputs) if n not in {i.name for i in graph_inputs(loaded.proto)}]
-    whole = ModelRunner(with_outputs(loaded.proto, exposed), loaded.base_dir.resolve() if loaded.base_dir else None)
-    part = ModelRunner.from_source(staged, deployed=True)
+    whole, part = whole_runner(loaded, inputs, outputs), ModelRunner.from_source(staged, deployed=True)
     feeds = synthesize_inputs(loaded.proto, ran.sizes, options)
     return [f"at sizes {ran.sizes}: {reason}"
             for reason in untied(whole, part, feeds, borrowed, inputs, outputs, rename, options)]

@@ -35,8 +35,7 @@ from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.loading import LoadedModel, default_opset
 from graphfix.io.staging import scratch_dir
 from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_checked
-from graphfix.surgery.observed import WholeRun, relax
-from graphfix.surgery.observed import dim_names as declared_names
+from graphfix.surgery.observed import WholeRun, declared_names, relax
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs

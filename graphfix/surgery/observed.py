@@ -34,13 +34,18 @@ class WholeRun:
     error: str | None = None
 
 
-def run_whole(loaded: LoadedModel, inputs: list[str], outputs: list[str],
-              options: ValidationOptions) -> list[WholeRun]:
-    """Run the whole with the boundaries exposed at each probe size; keep the boundaries' values only."""
+def whole_runner(loaded: LoadedModel, inputs: list[str], outputs: list[str]) -> ModelRunner:
+    """The whole model with the boundaries that are no graph inputs exposed as outputs."""
     base_dir = loaded.base_dir.resolve() if loaded.base_dir is not None else None
     feeds_of_whole = {i.name for i in graph_inputs(loaded.proto)}
     exposed = [n for n in (*inputs, *outputs) if n not in feeds_of_whole]
-    whole = ModelRunner(with_outputs(loaded.proto, exposed), base_dir)
+    return ModelRunner(with_outputs(loaded.proto, exposed), base_dir)
+
+
+def run_whole(loaded: LoadedModel, inputs: list[str], outputs: list[str],
+              options: ValidationOptions) -> list[WholeRun]:
+    """Run the whole with the boundaries exposed at each probe size; keep the boundaries' values only."""
+    whole = whole_runner(loaded, inputs, outputs)
     runs = []
     for binding in probe_sizes(loaded.proto, options):
         feeds = synthesize_inputs(loaded.proto, binding, options)
@@ -98,7 +103,7 @@ def _text(vi: onnx.ValueInfoProto) -> str:
                            for d in vi.type.tensor_type.shape.dim) + "]"
 
 
-def dim_names(model: onnx.ModelProto) -> set[str]:
+def declared_names(model: onnx.ModelProto) -> set[str]:
     """Every dim name the graph's inputs, outputs and value_info declare."""
     graph = model.graph
     return {d.dim_param for vi in (*graph.input, *graph.output, *graph.value_info)

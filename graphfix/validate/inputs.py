@@ -47,7 +47,8 @@ class ValidationOptions:
     atol: float = 1e-4
     require: str = "runs"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
     choices: dict[str, int] = field(default_factory=dict)  # the candidates the repair was built with (re-trace)
-    configured: frozenset[str] = frozenset()  # the shapes the configuration gave (for every model a glob matches)
+    configured: frozenset[str] = frozenset()  # shapes a model may lack: the configuration's (a glob matches many
+    # models), and with several models on the command line, its own too (graphfix.core.config.probe_options_for)
 
 
 def synthesize_inputs(

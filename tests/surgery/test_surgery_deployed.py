@@ -13,7 +13,10 @@ outputs run there. A healthy model still passes both ways.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -69,8 +72,13 @@ def _runs_optimized(path, lengths) -> bool:
 
 @pytest.fixture(scope="module")
 def dynamo_lstm(tmp_path_factory):
-    """Exported once: a second dynamo export of the module in the same process specializes the time axis."""
-    path = _export(tmp_path_factory.mktemp("dynamo") / "lstm.onnx", dynamo=True)
+    """Exported in a fresh interpreter: after another LSTM's dynamo export in the same process (another test
+    file's, on the same xdist worker), torch 2.13 specializes the time axis, even after `torch._dynamo.reset()`."""
+    path = tmp_path_factory.mktemp("dynamo") / "lstm.onnx"
+    here = str(Path(__file__).resolve().parent)
+    subprocess.run([sys.executable, "-c", f"import sys, pathlib; sys.path.insert(0, {here!r}); "
+                    f"import test_surgery_deployed as t; t._export(pathlib.Path({str(path)!r}), dynamo=True)"],
+                   check=True, capture_output=True, timeout=600)
     assert not _runs_optimized(path, [3, 20])  # the export itself: what the surgery's output inherits
     return path
 
