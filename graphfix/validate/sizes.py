@@ -18,10 +18,11 @@ No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a
 Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps,
 and the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool
 front end needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in
-PyTorch too, it is outside the model). 1 appears only in the batch-1 binding (batch dims at 1; no other dim goes
-below 2). A binding where a probed dim is 1, equals another probed dim or a static size of the graph is a
-coincidence (`coincidence`): it is still compared, but earns no evidence. `--shape` and `--input` fix dims at
-every binding.
+PyTorch too, it is outside the model), and a dim that a Reshape splits into whole chunks is probed at multiples
+of the chunk (`domain_steps`: `nn.PixelUnshuffle(2)` takes even sizes only). 1 appears only in the batch-1
+binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another probed dim or a
+static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no evidence. `--shape` and
+`--input` fix dims at every binding.
 A mask input whose dims the exporter named apart from those of the input it masks takes that input's sizes
 (`mask_aliases`: torch.export names GPT-2's `attention_mask` apart from `input_ids`, though every caller feeds
 them alike).
@@ -36,7 +37,7 @@ import onnx
 
 from graphfix.analysis.broadcast import BATCH_LIKE
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.domain import input_minimums, input_strides
+from graphfix.analysis.sizes.domain import DERIVED, TINY_STEP, input_minimums, input_multiples, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -50,6 +51,7 @@ from graphfix.validate.graph_sizes import (
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
+MAX_STEP = 32  # a chunk above it is taken for a baked length, not a domain: a window or patch grid is smaller
 
 
 def batch_dims(model: onnx.ModelProto) -> set[str]:
@@ -99,32 +101,48 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> li
     return bindings
 
 
+def domain_steps(model: onnx.ModelProto, options) -> dict[str, int]:
+    """Input dim name -> the multiple its probe sizes keep to (graphfix.analysis.sizes.domain.input_multiples):
+    torch.export's `k * name` dims, and chunks a Reshape splits a length into, except where the chunk may be the
+    length baked (`x.reshape(B, -1, int(T))` splits T into chunks of its export size, and only a size that is no
+    multiple shows it): above MAX_STEP, or the size, a half, a third or a quarter of a known export size
+    (`--trace-shape`, the analysis' solution, the most frequent baked size), unless TINY_STEP or less (a pixel
+    shuffle's factor, a 2x or 4x downsampling: PixelUnshuffle(2)'s 2 is the most frequent baked size itself)."""
+    known = {*options.trace_sizes.values(), baked_size_hint(model)} - {None}
+    steps = {}
+    for name, step in input_multiples(model).items():
+        echo = any(size % step == 0 and size // step <= 4 for size in known)
+        if DERIVED.match(name) or step <= TINY_STEP or (step <= MAX_STEP and not echo):
+            steps[name] = step
+    return steps
+
+
 def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
-    least = input_minimums(model)
-    export = export_sizes(model, options, forced, least)
+    least, steps = input_minimums(model), domain_steps(model, options)
+    export = export_sizes(model, options, forced, least, steps)
     if not export:
         return [{}]
     batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
     wanted = max(options.num_sizes, 1)
     bindings = [export]
-    single = {name: 1 for name in batch if name in export and name not in forced}
+    single = {name: steps.get(name, 1) for name in batch if name in export and name not in forced}
     grow = input_strides(model, export)  # a larger size gives every strided front end another output position
-    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least)
-    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least, grow)
+    smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least, steps=steps)
+    candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least, grow, steps)
                               for step in (1, *range(3, wanted + 8))]
     for other in candidates:
         if len(bindings) >= wanted:
             break
         if other not in bindings:
             bindings.append(other)
-    past = _past_thresholds(bindings, size_thresholds(model), batch, forced, limit, avoid, least)
+    past = _past_thresholds(bindings, size_thresholds(model), batch, forced, limit, avoid, least, steps)
     return [*bindings, past] if past and past not in bindings else bindings
 
 
 def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int, tuple[str, ...]]],
                      batch: set[str], forced: dict[str, int], limit: int | None, avoid: set[int],
-                     least: dict[str, int]) -> dict[str, int] | None:
+                     least: dict[str, int], steps: dict[str, int]) -> dict[str, int] | None:
     """The export binding with, for each threshold that no binding takes a size it meets past, the first free
     non-batch dim among those it meets set just past it (within the limit): one dim is enough to cross it, and a
     sum of several past it could leave the model (a cache's length plus the new tokens past a position table).
@@ -137,7 +155,7 @@ def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int,
             continue
         name = free[0]
         floor = max(least.get(name, 1), threshold + 1)
-        size = _free(floor, export[name], taken, limit, floor)
+        size = _free(floor, export[name], taken, limit, floor, steps.get(name, 1))
         if size > threshold:  # a limit may stop it short: then no binding goes past this one
             moved[name] = size
             taken.add(size)
@@ -159,10 +177,10 @@ def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
         return []
-    taken = set(export.values()) | fixed_sizes(model)
+    taken, steps = set(export.values()) | fixed_sizes(model), domain_steps(model, options)
     binding = dict(export)
     for name in free_batch:
-        binding[name] = _free(3, export[name], taken, None, 2)
+        binding[name] = _free(3, export[name], taken, None, 2, steps.get(name, 1))
         taken.add(binding[name])
     return [binding]
 
@@ -191,9 +209,11 @@ def coincidence(model: onnx.ModelProto, binding: dict[str, int], probed: set[str
 
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
-            avoid: set[int], least: dict[str, int], grow: dict[str, int] | None = None) -> dict[str, int]:
+            avoid: set[int], least: dict[str, int], grow: dict[str, int] | None = None,
+            steps: dict[str, int] | None = None) -> dict[str, int]:
     """One size per dim around its export size, all different from each other and from the graph's fixed sizes,
-    none below the least size the model accepts; a larger one at least `grow` past it."""
+    none below the least size the model accepts, each a multiple of its `steps`; a larger one at least `grow` past
+    it."""
     taken: set[int] = set(forced.values()) | avoid  # not `taken | avoid` per dim: a copy of every size taken
     binding = dict(forced)
     for name, size in export.items():
@@ -201,7 +221,8 @@ def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: i
             continue
         cap = None if name in batch else limit
         floor = max(least.get(name, 1), 2)  # 1 only where asked for: the batch-1 binding
-        binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken, cap, floor)
+        binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken, cap, floor,
+                              (steps or {}).get(name, 1))
         taken.add(binding[name])
     return {name: binding[name] for name in export}
 
@@ -215,16 +236,17 @@ def _around(export_size: int, step: int, grow: int = 1) -> int:
     return 2 * export_size + 2 * step - 1
 
 
-def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor: int = 1) -> int:
-    """The first size from `start` (up, then down from `cap` to `floor`) not taken, not the export size nor a
-    multiple."""
+def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor: int = 1, step: int = 1) -> int:
+    """The first multiple of `step` from `start` (up, then down from `cap` to `floor`) not taken, not the export
+    size nor a multiple of it."""
     def usable(size: int) -> bool:
         multiple = size > export_size > 1 and size % export_size == 0
-        return size >= floor and size not in taken and size != export_size and not multiple and \
-            (not cap or size <= cap)
+        return size >= floor and size % step == 0 and size not in taken and size != export_size and not multiple \
+            and (not cap or size <= cap)
 
     start = min(start, cap) if cap else start
-    for size in itertools.chain(range(start, start + 64), range(start - 1, floor - 1, -1)):  # lazily: sizes may be huge
+    start = -(-start // step) * step
+    for size in itertools.chain(range(start, start + 64 * step, step), range(start - step, floor - 1, -step)):
         if usable(size):
             return size
     return start
@@ -244,10 +266,11 @@ def forced_sizes(model: onnx.ModelProto, options) -> dict[str, int]:
 
 
 def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
-                 least: dict[str, int] | None = None) -> dict[str, int]:
+                 least: dict[str, int] | None = None, steps: dict[str, int] | None = None) -> dict[str, int]:
     """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits), raised
-    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain)."""
-    least = least or {}
+    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain) and to a multiple of its
+    `steps` (`domain_steps`)."""
+    least, steps = least or {}, steps or {}
     hint, limit = baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
     # guessed lengths differ from the batch, from each other and from the graph's fixed sizes: equal dims hide
@@ -263,10 +286,11 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
             elif name in options.trace_sizes:
                 sizes[name] = options.trace_sizes[name]
             elif axis == 0 or BATCH_LIKE.search(name):
-                sizes[name] = max(DEFAULT_BATCH, least.get(name, 1))
+                step = steps.get(name, 1)
+                sizes[name] = -(-max(DEFAULT_BATCH, least.get(name, 1)) // step) * step
             else:
                 floor = least.get(name, 1)
-                sizes[name] = _free(max(other, floor), 0, taken, limit, floor)
+                sizes[name] = _free(max(other, floor), 0, taken, limit, floor, steps.get(name, 1))
                 taken.add(sizes[name])
     return sizes
 

@@ -10,15 +10,32 @@ frames, not the bare minimum, so what follows the front end sees a real sequence
 
 A windowed op inside an If branch (asteroid's filterbank encoder, scripted: `Conv` on a 3-D input, else a
 Reshape first) bounds the size too where it reads an outer tensor whose shape the analysis knows.
+
+    steps = input_multiples(model)  # {"H": 2}: a Reshape splits H into whole chunks of 2
+
+A Reshape with -1 that splits a length into whole chunks (`nn.PixelUnshuffle(2)`, `x.reshape(B, -1, 8 * C)`)
+takes only multiples of the chunk, in PyTorch too; torch.export says so in a dim's name (`2*H2`, a dim declared
+`2 * H`). Where a chunk is no weight's size but the length itself at export (`x.reshape(B, -1, int(T))`), the
+multiple is the bug, not the domain: the caller judges that (graphfix.validate.sizes.domain_steps).
 """
 
 from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+# a chunk this small is a model's own (a pixel shuffle's factor, a 2x or 4x downsampling), a larger one only where
+# the Reshape's shape holds a size a weight has (the 32 features a Linear reads after `x.reshape(B, -1, 8 * 4)`): a
+# chunk of the length baked (`x.reshape(B, -1, int(T))`) meets no weight
+TINY_STEP = 4
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
 FRAMES = 4
 
@@ -47,28 +64,89 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
     return strides
 
 
-_LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
+DERIVED = re.compile(r"^(\d+)\*([A-Za-z_]\w*)$")  # torch.export's name of a dim declared `k * Dim(...)`
+
+
+def input_multiples(model) -> dict[str, int]:
+    """Input dim name -> the number its sizes must be a multiple of: a dim torch.export declared `k * name`, or
+    a length (one dim, times a whole number) that a Reshape with -1 splits into whole chunks, clear of any place
+    where the graph fails at some sizes (behind one the analysis follows the broken shapes)."""
+    steps: dict[str, int] = {}
+    for vi in model.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            derived = DERIVED.match(dim.dim_param)
+            if derived and int(derived.group(1)) > 1:
+                steps[dim.dim_param] = int(derived.group(1))
+    for symbol, step in _facts(model)[1]:
+        steps[symbol.name] = math.lcm(steps.get(symbol.name, 1), step)
+    return steps
+
+
+_FACTS: list[tuple[object, tuple]] = []  # the last few models' facts: a proof asks for them at every probe_sizes
 
 
 def _input_lengths(model) -> list:
-    """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
-    runs once per model for the minimums and the strides of every probe_sizes call (the last few models kept)."""
-    for known, found in _LENGTHS:
+    return _facts(model)[0]
+
+
+def _facts(model) -> tuple[list, list]:
+    """(input dim symbol, length) of each windowed output that depends on one input dim alone, and (input dim
+    symbol, step) of each length `k * symbol` a Reshape splits into chunks; the size analysis runs once per model
+    for the minimums, the strides and the steps of every probe_sizes call (the last few models kept), and only on
+    a graph with a windowed op or a Reshape to a -1."""
+    for known, found in _FACTS:
         if known is model:
             return found
-    found, seen = [], set()
-    if _has_window(model.graph):
+    lengths, steps, seen = [], [], set()
+    if _has_window(model.graph) or _splits(model.graph):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
-        for node in _clear_of_constraints(graph, sizes):
+        clear = _clear_of_constraints(graph, sizes)
+        for node in clear:
             for length in _window_lengths(node, sizes):
                 if length is None or len(length.free_symbols) != 1 or length in seen:
                     continue
                 seen.add(length)
-                found.append((next(iter(length.free_symbols)), length))
-    _LENGTHS[:] = [(model, found), *_LENGTHS[:3]]
-    return found
+                lengths.append((next(iter(length.free_symbols)), length))
+        ids, weights = {id(node) for node in clear}, _weight_dims(graph)
+        for multiple in sizes.multiples:
+            times, symbol = multiple.left.as_coeff_Mul()
+            if id(multiple.node) in ids and symbol.is_Symbol and times.is_Integer and multiple.right.is_Integer:
+                step = int(multiple.right) // math.gcd(int(times), int(multiple.right))
+                if step <= TINY_STEP or weights.intersection(_entries(multiple.node, sizes)):
+                    steps.append((symbol, step))
+    _FACTS[:] = [(model, (lengths, steps)), *_FACTS[:3]]
+    return lengths, steps
+
+
+def _weight_dims(graph) -> set[int]:
+    """The dims > 1 of the graph's float constants: weights, biases, norms' scales."""
+    return {int(d) for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.dtype is not None
+            and np.dtype(t.dtype).kind == "f" for d in t.shape if d > 1}
+
+
+def _entries(reshape, sizes) -> set[int]:
+    """The whole-number entries > 1 of a Reshape's target shape."""
+    return {int(v) for v in sizes.value(reshape.inputs[1]) or () if getattr(v, "is_Integer", False) and v > 1}
+
+
+def _splits(graph) -> bool:
+    """Whether a Reshape reads a -1 from a small constant, directly or through a Concat (as both exporters build
+    a shape): without one, no Reshape infers a dim, and nothing is split into chunks."""
+    minus_one = {t.name for t in graph.initializer if _holds_minus_one(t)} | {
+        node.output[0] for node in graph.node if node.op_type == "Constant"
+        and any(a.name == "value" and _holds_minus_one(a.t) for a in node.attribute)}
+    concats = {node.output[0] for node in graph.node if node.op_type == "Concat" and minus_one.intersection(node.input)}
+    return any(node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in minus_one | concats
+               for node in graph.node)
+
+
+def _holds_minus_one(tensor) -> bool:
+    from onnx import TensorProto, numpy_helper
+
+    return tensor.data_type == TensorProto.INT64 and math.prod(tensor.dims) <= 8 and \
+        tensor.data_location != TensorProto.EXTERNAL and bool((numpy_helper.to_array(tensor) == -1).any())
 
 
 def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 1024) -> int | None:
