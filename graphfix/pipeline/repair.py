@@ -42,6 +42,7 @@ from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, 
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
+from graphfix.validate.given import check_given
 from graphfix.validate.inputs import check_shapes
 from graphfix.validate.runner import ModelRunner
 from graphfix.validate.sizes import trace_sizes
@@ -121,6 +122,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
         check_destination(loaded, output, options.in_place)
     if (checks := options.validation) is not None:  # before any work: a typo is no input
         check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
+        check_given(loaded.proto, checks.inputs)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
         return _repair(loaded, output, options, pool, original)

@@ -38,10 +38,9 @@ from graphfix.surgery import SurgeryResult, non_finite, output_problems, write_c
 from graphfix.surgery.observed import WholeRun, declared_names, relax
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.compare import ShapeOracle
+from graphfix.validate.given import Fill, cast_fills
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
 from graphfix.validate.runner import ModelRunner
-
-Fill = bool | int | float | np.ndarray
 
 UNIFORM_UNARY = {
     "Not": np.logical_not, "Identity": lambda v: v, "Neg": np.negative, "Abs": np.abs, "Sign": np.sign,
@@ -50,7 +49,6 @@ NEUTRAL = {"Mul": 1, "Div": 1, "Add": 0, "Sub": 0}  # op(x, uniform n) == x
 UNIFORM_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "And": np.logical_and,
                   "Or": np.logical_or, "Xor": np.logical_xor, "Equal": np.equal, "Less": np.less,
                   "Greater": np.greater}
-NUMERIC = "biufc"  # numpy's kinds of bools and numbers: fills of these are cast to the input's type
 MAX_CONSTANT = 64  # constants up to this many elements are read to see whether they are uniform
 UNIFORM_LAYOUT = {"Unsqueeze", "Squeeze", "Reshape", "Expand", "Transpose", "Flatten", "Tile", "Slice"}
 
@@ -94,59 +92,6 @@ def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,
         result = write_checked(model, output, loaded, summary, check, Path(scratch))
     result.notes = notes + result.notes
     return result
-
-
-def cast_fills(model: onnx.ModelProto, fills: dict[str, Fill]) -> dict[str, Fill]:
-    """`fills` in their inputs' types: an array cast (a float64 .npy for a float32 input), a number checked to fit.
-    A number rounds to the nearest float of a float input's type (2049 and 2049.0 to float16's 2048, helper 75);
-    into any other type it must survive the cast unchanged (no 1.5 for an int input, no 300 for a uint8 one), else
-    it is a UsageError naming the input and its type's range."""
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in graph_inputs(model)
-             if vi.type.WhichOneof("value") == "tensor_type"}
-    cast = dict(fills)
-    for name, value in fills.items():
-        if not types.get(name):
-            continue  # no such tensor input, or no declared type: freeze_proto says so, or takes it as it is
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types[name]))
-        if dtype.kind not in NUMERIC:
-            continue  # strings and the types numpy has no arrays of pass as they are
-        if not isinstance(value, np.ndarray):
-            if not _holds(value, dtype):
-                raise UsageError(f"--input {name}: {value} is no {dtype} value ({_range(dtype)})")
-        elif value.dtype != dtype and value.dtype.kind in NUMERIC:
-            cast[name] = _cast_array(name, value, dtype)
-    return cast
-
-
-def _holds(value: bool | int | float, dtype: np.dtype) -> bool:
-    """Whether the number `value` is one of `dtype`'s values (a float: within its finite range)."""
-    if dtype.kind == "b":
-        return value in (0, 1)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return (not isinstance(value, float) or value.is_integer()) and info.min <= value <= info.max
-    return not np.isfinite(value) or abs(value) <= np.finfo(dtype).max  # rounded to the nearest, as 2049.0 is
-
-
-def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        cast = value.astype(dtype)
-        if value.dtype.kind in "fc" and dtype.kind in "fc":
-            lost = np.isfinite(value) & ~np.isfinite(cast)  # rounding is fine, overflow is not
-        else:
-            lost = cast.astype(value.dtype) != value
-    if lost.any():
-        raise UsageError(f"--input {name}: the array holds {value[lost].flat[0]}, no {dtype} value "
-                         f"({_range(dtype)}); give values the input's type holds")
-    return cast
-
-
-def _range(dtype: np.dtype) -> str:
-    if dtype.kind == "b":
-        return "true, false, 0 or 1"
-    if dtype.kind in "iu":
-        return f"whole numbers from {np.iinfo(dtype).min} to {np.iinfo(dtype).max}"
-    return f"finite values up to {float(np.finfo(dtype).max):g} in size"
 
 
 def _describe(value: Fill) -> str:

@@ -19,6 +19,7 @@ from onnx import helper
 from graphfix.core.counts import MAX_RANK
 from graphfix.core.errors import UsageError
 from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
+from graphfix.validate.given import cast_fills
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
@@ -71,9 +72,10 @@ def synthesize_inputs(
                             "stands)")
     dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in made}
     check_input_bytes(shapes, dtypes)  # before allocating anything
+    given = cast_fills(model, options.inputs)  # a float64 .npy for a float32 input (check_given refused the rest)
     for vi in graph_inputs(model):
-        if vi.name in options.inputs:
-            feeds[vi.name] = options.inputs[vi.name]
+        if vi.name in given:
+            feeds[vi.name] = given[vi.name]
             continue
         rng = np.random.default_rng(zlib.crc32(f"{vi.name}|{sorted(sizes.items())}".encode()))
         feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim,

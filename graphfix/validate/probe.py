@@ -21,6 +21,7 @@ from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
 from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
+from graphfix.validate.given import check_given
 from graphfix.validate.inputs import (
     ValidationOptions,
     check_shapes,
@@ -105,6 +106,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     else:
         proto, base_dir, files = load_structure(model)
     check_shapes(proto, options.shapes, optional=options.configured)
+    check_given(proto, options.inputs)
     try:
         for value in graph_inputs(proto):
             if value.name not in options.inputs:

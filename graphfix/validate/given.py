@@ -1,0 +1,98 @@
+"""Values the user gives for graph inputs (`--input NAME=FILE.npy`, freeze's fills), checked against the inputs
+they feed and cast to their types.
+
+    check_given(model, options.inputs)   # a UsageError for an array of another rank, a fixed dim it does not
+                                         # have, or values the input's type cannot hold
+    fills = cast_fills(model, fills)     # in the inputs' types (a float64 .npy for a float32 input): the probe's
+                                         # feeds (graphfix.validate.inputs.synthesize_inputs), freeze's fills
+
+An array onnxruntime would refuse (rank 2 for a rank-3 input, a float64 array for a float32 input) is the user's
+input, not the model, failing: said as a one-line usage error, or cast where the type holds its values (floats
+round to the nearest, as numpy's `astype` does), never reported as the model failing at that size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from graphfix.core.errors import UsageError
+from graphfix.validate.graph_sizes import dim_names, graph_inputs
+
+NUMERIC = "biufc"  # numpy's kinds of bools and numbers: values of these are cast to the input's type
+Fill = bool | int | float | np.ndarray
+
+
+def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
+    """Refuse (UsageError) an array of another rank than its input, one whose dim differs from a fixed dim the
+    input declares, or one holding a value the input's type cannot. A name that is no graph input is left to the
+    probe (GF001: a caller feeding an input the exporter pruned)."""
+    declared = {vi.name: vi for vi in graph_inputs(model) if vi.type.WhichOneof("value") == "tensor_type"}
+    for name, value in inputs.items():
+        vi = declared.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = dim_names(vi)
+        if len(dims) != value.ndim:
+            raise UsageError(f"--input {name}: the array has {value.ndim} dims {list(value.shape)}, the input has "
+                             f"rank {len(dims)} {dims}")
+        for axis, (want, got) in enumerate(zip(dims, value.shape, strict=True)):
+            if isinstance(want, int) and want != got:
+                raise UsageError(f"--input {name}: dim {axis} of the array is {got}, the input declares {want} "
+                                 f"{dims}")
+    cast_fills(model, inputs)
+
+
+def cast_fills(model: onnx.ModelProto, fills: dict[str, Fill]) -> dict[str, Fill]:
+    """`fills` in their inputs' types: an array cast (a float64 .npy for a float32 input), a number checked to fit.
+    A number rounds to the nearest float of a float input's type (2049 and 2049.0 to float16's 2048, helper 75);
+    into any other type it must survive the cast unchanged (no 1.5 for an int input, no 300 for a uint8 one), else
+    it is a UsageError naming the input and its type's range."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in graph_inputs(model)
+             if vi.type.WhichOneof("value") == "tensor_type"}
+    cast = dict(fills)
+    for name, value in fills.items():
+        if not types.get(name):
+            continue  # no such tensor input, or no declared type: freeze_proto says so, or takes it as it is
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types[name]))
+        if dtype.kind not in NUMERIC:
+            continue  # strings and the types numpy has no arrays of pass as they are
+        if not isinstance(value, np.ndarray):
+            if not _holds(value, dtype):
+                raise UsageError(f"--input {name}: {value} is no {dtype} value ({_range(dtype)})")
+        elif value.dtype != dtype and value.dtype.kind in NUMERIC:
+            cast[name] = _cast_array(name, value, dtype)
+    return cast
+
+
+def _holds(value: bool | int | float, dtype: np.dtype) -> bool:
+    """Whether the number `value` is one of `dtype`'s values (a float: within its finite range)."""
+    if dtype.kind == "b":
+        return value in (0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return (not isinstance(value, float) or value.is_integer()) and info.min <= value <= info.max
+    return not np.isfinite(value) or abs(value) <= np.finfo(dtype).max  # rounded to the nearest, as 2049.0 is
+
+
+def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        cast = value.astype(dtype)
+        if value.dtype.kind == "c" and dtype.kind != "c":
+            lost = value.imag != 0
+        elif value.dtype.kind in "fc" and dtype.kind in "fc":
+            lost = np.isfinite(value) & ~np.isfinite(cast)  # rounding is fine, overflow is not
+        else:
+            lost = cast.astype(value.dtype) != value
+    if lost.any():
+        raise UsageError(f"--input {name}: the array holds {value[lost].flat[0]}, no {dtype} value "
+                         f"({_range(dtype)}); give values the input's type holds")
+    return cast
+
+
+def _range(dtype: np.dtype) -> str:
+    if dtype.kind == "b":
+        return "true, false, 0 or 1"
+    if dtype.kind in "iu":
+        return f"whole numbers from {np.iinfo(dtype).min} to {np.iinfo(dtype).max}"
+    return f"finite values up to {float(np.finfo(dtype).max):g} in size"
