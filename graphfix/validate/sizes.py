@@ -110,7 +110,7 @@ def domain_steps(model: onnx.ModelProto, options) -> dict[str, int]:
     shuffle's factor, a 2x or 4x downsampling: PixelUnshuffle(2)'s 2 is the most frequent baked size itself)."""
     known = {*options.trace_sizes.values(), baked_size_hint(model)} - {None}
     steps = {}
-    for name, step in input_multiples(model).items():
+    for name, step in (input_multiples(model) if options.steps is None else options.steps).items():
         echo = any(size % step == 0 and size // step <= 4 for size in known)
         if DERIVED.match(name) or step <= TINY_STEP or (step <= MAX_STEP and not echo):
             steps[name] = step

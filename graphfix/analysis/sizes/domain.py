@@ -67,57 +67,102 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
 DERIVED = re.compile(r"^(\d+)\*([A-Za-z_]\w*)$")  # torch.export's name of a dim declared `k * Dim(...)`
 
 
-def input_multiples(model) -> dict[str, int]:
+def input_multiples(model, analysed=None) -> dict[str, int]:
     """Input dim name -> the number its sizes must be a multiple of: a dim torch.export declared `k * name`, or
     a length (one dim, times a whole number) that a Reshape with -1 splits into whole chunks, clear of any place
-    where the graph fails at some sizes (behind one the analysis follows the broken shapes)."""
+    where the graph fails at some sizes (behind one the analysis follows the broken shapes). `analysed`: the
+    model's own analysis (a rule context's, `sizes_of(ctx)`), read instead of a new one: repair's proof starts
+    from the analysis its fixes made (graphfix.pipeline.engine.fix_model)."""
     steps: dict[str, int] = {}
     for vi in model.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             derived = DERIVED.match(dim.dim_param)
             if derived and int(derived.group(1)) > 1:
                 steps[dim.dim_param] = int(derived.group(1))
-    for symbol, step in _facts(model)[1]:
-        steps[symbol.name] = math.lcm(steps.get(symbol.name, 1), step)
+    for name, step in chunk_steps(analysed) if analysed is not None else _chunks(model):
+        steps[name] = math.lcm(steps.get(name, 1), step)
     return steps
 
 
-_FACTS: list[tuple[object, tuple]] = []  # the last few models' facts: a proof asks for them at every probe_sizes
+def chunk_steps(sizes) -> list[tuple[str, int]]:
+    """(input dim name, step) of each length `k * dim` that a Reshape with -1 splits into chunks of a weight's
+    size, or of TINY_STEP or less, clear of constraints; from the full pass where it ran, else from its screen
+    (cheap, as far as it decides: BERT's head splits need no sympy pass, and split no length)."""
+    sizes = sizes if sizes.done else sizes.screen_pass()
+    clear = {id(node) for node in _clear_of_constraints(sizes.graph, sizes)}
+    weights, steps = _weight_dims(sizes.graph), []
+    for multiple in sizes.multiples:
+        split, chunk = _times_a_dim(multiple.left), _whole(multiple.right)
+        if id(multiple.node) in clear and split is not None and chunk is not None:
+            times, name = split
+            step = chunk // math.gcd(times, chunk)
+            if step <= TINY_STEP or weights.intersection(_entries(multiple.node, sizes)):
+                steps.append((name, step))
+    return steps
+
+
+_LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
+_CHUNKS: list[tuple[object, list]] = []  # the same, for their chunks
 
 
 def _input_lengths(model) -> list:
-    return _facts(model)[0]
-
-
-def _facts(model) -> tuple[list, list]:
-    """(input dim symbol, length) of each windowed output that depends on one input dim alone, and (input dim
-    symbol, step) of each length `k * symbol` a Reshape splits into chunks; the size analysis runs once per model
-    for the minimums, the strides and the steps of every probe_sizes call (the last few models kept), and only on
-    a graph with a windowed op or a Reshape to a -1."""
-    for known, found in _FACTS:
+    """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
+    runs once per model for the minimums, the strides and the chunks of every probe_sizes call (the last few
+    models kept), and only on a graph with a windowed op."""
+    for known, found in _LENGTHS:
         if known is model:
             return found
-    lengths, steps, seen = [], [], set()
-    if _has_window(model.graph) or _splits(model.graph):
+    found, seen = [], set()
+    if _has_window(model.graph):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
-        clear = _clear_of_constraints(graph, sizes)
-        for node in clear:
+        for node in _clear_of_constraints(graph, sizes):
             for length in _window_lengths(node, sizes):
                 if length is None or len(length.free_symbols) != 1 or length in seen:
                     continue
                 seen.add(length)
-                lengths.append((next(iter(length.free_symbols)), length))
-        ids, weights = {id(node) for node in clear}, _weight_dims(graph)
-        for multiple in sizes.multiples:
-            times, symbol = multiple.left.as_coeff_Mul()
-            if id(multiple.node) in ids and symbol.is_Symbol and times.is_Integer and multiple.right.is_Integer:
-                step = int(multiple.right) // math.gcd(int(times), int(multiple.right))
-                if step <= TINY_STEP or weights.intersection(_entries(multiple.node, sizes)):
-                    steps.append((symbol, step))
-    _FACTS[:] = [(model, (lengths, steps)), *_FACTS[:3]]
-    return lengths, steps
+                found.append((next(iter(length.free_symbols)), length))
+        _CHUNKS[:] = [(model, chunk_steps(sizes)), *_CHUNKS[:3]]  # the full pass ran for the lengths
+    _LENGTHS[:] = [(model, found), *_LENGTHS[:3]]
+    return found
+
+
+def _chunks(model) -> list[tuple[str, int]]:
+    """`chunk_steps` of the model's own analysis, only on a graph with a windowed op (whose full pass the lengths
+    run) or a Reshape to a -1 (the last few models kept)."""
+    if _has_window(model.graph):
+        _input_lengths(model)
+    for known, found in _CHUNKS:
+        if known is model:
+            return found
+    found = []
+    if _splits(model.graph):
+        from graphfix.analysis.sizes import static_sizes
+
+        found = chunk_steps(static_sizes(model)[0])
+    _CHUNKS[:] = [(model, found), *_CHUNKS[:3]]
+    return found
+
+
+def _times_a_dim(length) -> tuple[int, str] | None:
+    """(k, name) where `length` is k times one input dim, in either arithmetic (sympy's, the screen's)."""
+    terms = getattr(length, "terms", None)
+    if terms is not None:  # the screen's polynomial
+        if len(terms) != 1:
+            return None
+        (monomial, times), = terms.items()
+        (name, power), = monomial if len(monomial) == 1 else ((None, 0),)
+        return (times, name) if power == 1 and isinstance(name, str) and isinstance(times, int) else None
+    times, symbol = length.as_coeff_Mul()
+    return (int(times), symbol.name) if symbol.is_Symbol and times.is_Integer else None
+
+
+def _whole(value) -> int | None:
+    """The whole number `value` is (a sympy Integer, the screen's constant), None where it is none."""
+    if not getattr(value, "is_Integer", False):
+        return None
+    return int(value.constant) if hasattr(value, "terms") else int(value)
 
 
 def _weight_dims(graph) -> set[int]:
@@ -128,18 +173,18 @@ def _weight_dims(graph) -> set[int]:
 
 def _entries(reshape, sizes) -> set[int]:
     """The whole-number entries > 1 of a Reshape's target shape."""
-    return {int(v) for v in sizes.value(reshape.inputs[1]) or () if getattr(v, "is_Integer", False) and v > 1}
+    return {whole for v in sizes.value(reshape.inputs[1]) or () if (whole := _whole(v)) is not None and whole > 1}
 
 
 def _splits(graph) -> bool:
-    """Whether a Reshape reads a -1 from a small constant, directly or through a Concat (as both exporters build
-    a shape): without one, no Reshape infers a dim, and nothing is split into chunks."""
+    """Whether a Reshape reads a -1 from a small constant, directly or through a Concat (as both exporters build a
+    shape): without one, no Reshape splits a length into chunks."""
     minus_one = {t.name for t in graph.initializer if _holds_minus_one(t)} | {
         node.output[0] for node in graph.node if node.op_type == "Constant"
         and any(a.name == "value" and _holds_minus_one(a.t) for a in node.attribute)}
-    concats = {node.output[0] for node in graph.node if node.op_type == "Concat" and minus_one.intersection(node.input)}
-    return any(node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in minus_one | concats
-               for node in graph.node)
+    shapes = minus_one | {node.output[0] for node in graph.node
+                          if node.op_type == "Concat" and minus_one.intersection(node.input)}
+    return any(node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in shapes for node in graph.node)
 
 
 def _holds_minus_one(tensor) -> bool:
