@@ -149,10 +149,10 @@ def _times_a_dim(length) -> tuple[int, str] | None:
     """(k, name) where `length` is k times one input dim, in either arithmetic (sympy's, the screen's)."""
     terms = getattr(length, "terms", None)
     if terms is not None:  # the screen's polynomial
-        if len(terms) != 1:
+        if len(terms) != 1 or len(next(iter(terms))) != 1:
             return None
         (monomial, times), = terms.items()
-        (name, power), = monomial if len(monomial) == 1 else ((None, 0),)
+        (name, power), = monomial
         return (times, name) if power == 1 and isinstance(name, str) and isinstance(times, int) else None
     times, symbol = length.as_coeff_Mul()
     return (int(times), symbol.name) if symbol.is_Symbol and times.is_Integer else None
