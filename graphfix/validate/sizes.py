@@ -104,15 +104,17 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> li
 def domain_steps(model: onnx.ModelProto, options) -> dict[str, int]:
     """Input dim name -> the multiple its probe sizes keep to (graphfix.analysis.sizes.domain.input_multiples):
     torch.export's `k * name` dims, and chunks a Reshape splits a length into, except where the chunk may be the
-    length baked (`x.reshape(B, -1, int(T))` splits T into chunks of its export size, and only a size that is no
-    multiple shows it): above MAX_STEP, or the size, a half, a third or a quarter of a known export size
-    (`--trace-shape`, the analysis' solution, the most frequent baked size), unless TINY_STEP or less (a pixel
-    shuffle's factor, a 2x or 4x downsampling: PixelUnshuffle(2)'s 2 is the most frequent baked size itself)."""
+    size baked (`x.reshape(B, -1, int(T))` splits T into chunks of its export size, and only a size that is no
+    multiple shows it): along a batch dim (`x.reshape(3, -1, 4)` traced at batch 3 splits the batch in threes),
+    above MAX_STEP, or the size, a half, a third or a quarter of a known export size (`--trace-shape`, the
+    analysis' solution, the most frequent baked size), unless TINY_STEP or less (a pixel shuffle's factor, a 2x or
+    4x downsampling: PixelUnshuffle(2)'s 2 is the most frequent baked size itself)."""
     known = {*options.trace_sizes.values(), baked_size_hint(model)} - {None}
+    batch = batch_dims(model)
     steps = {}
     for name, step in (input_multiples(model) if options.steps is None else options.steps).items():
         echo = any(size % step == 0 and size // step <= 4 for size in known)
-        if DERIVED.match(name) or step <= TINY_STEP or (step <= MAX_STEP and not echo):
+        if DERIVED.match(name) or (name not in batch and (step <= TINY_STEP or (step <= MAX_STEP and not echo))):
             steps[name] = step
     return steps
 
