@@ -37,6 +37,9 @@ class LazyModule:
 
 
 sympy = LazyModule("sympy")
+# the size hypotheses: only a rule with a candidate to judge reads them, and their frozen dataclasses cost 3.5 ms
+# to build at import, on every graph (#23)
+hypotheses = LazyModule("graphfix.analysis.hypotheses")
 
 
 def warm(*names: str) -> threading.Thread | None:
