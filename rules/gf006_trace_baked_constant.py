@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis import bands
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import (
@@ -35,6 +34,7 @@ from graphfix.analysis.structured import (
     table_prefix,
     tables,
 )
+from graphfix.core.lazy import bands  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 

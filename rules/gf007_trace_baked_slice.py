@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
-from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_slices, sizes_if
 from graphfix.analysis.sizes.arith import same
-from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("A slice bound went through Python while tracing (`int(x.shape[i]) - 1`, `.item()`): index with the traced "
@@ -92,21 +90,24 @@ class TraceBakedSlice(Rule):
             return self.finding(f"{message}; {baked.expr} cannot be built from the sizes upstream", **kwargs)
         ends = slice_ends(baked)  # the hypotheses the constraint leaves, recomputed: the proposal must be one
         if not any(same(h.expr, baked.expr) for h in ends.alternatives()):
-            return self.finding(f"{message}; the analysis proposes the end {show(baked.expr)}, which the constraint "
-                                f"does not leave (it leaves {ends.describe()}): not repaired", **kwargs)
+            return self.finding(f"{message}; the analysis proposes the end {hypotheses.show(baked.expr)}, which the "
+                                f"constraint does not leave (it leaves {ends.describe()}): not repaired", **kwargs)
         rebuild = rebuilt_entries(node, 2, {baked.position: baked.expr}, sizes, ctx.opset)
         if ends.determined:
             safety, reason = Safety.SAFE, (f"determined by '{constraint.node.name}': of the expressions that equal "
-                                           f"{baked.value} at export, only {show(baked.expr)} lets it run beyond")
+                                           f"{baked.value} at export, only {hypotheses.show(baked.expr)} lets it run "
+                                           "beyond")
         else:
             safety, reason = Safety.UNSAFE, (
-                f"several ends fit '{constraint.node.name}': {ends.describe()}; applied {show(baked.expr)}, the one "
-                "that keeps the graph's other constants as they are: wrong if they were baked too (`x[:, :h]`, "
+                f"several ends fit '{constraint.node.name}': {ends.describe()}; applied "
+                f"{hypotheses.show(baked.expr)}, the one that keeps the graph's other constants as they are: wrong "
+                "if they were baked too (`x[:, :h]`, "
                 "`x[:, h:]` with `h = int(T) // 2` needs T // 2 in both)")
             message += f"; the end may be {ends.describe()}"
         return self.finding(
             message, **kwargs,
-            fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {show(baked.expr)} from Shape ops",
+            fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {hypotheses.show(baked.expr)} from "
+                    "Shape ops",
                     apply=loosened(node, {baked.value}, rebuild), safety=safety, reason=reason))
 
 

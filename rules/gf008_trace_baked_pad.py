@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from graphfix.analysis import hypotheses
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
-from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import (
     baked_pads,
     downstream_outputs,
@@ -18,7 +16,7 @@ from graphfix.analysis.sizes import (
     sizes_if,
 )
 from graphfix.analysis.sizes.arith import as_expr
-from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("The pad amount went through Python while tracing (`(k - int(x.shape[1]) % k) % k`): compute it from the "
@@ -135,12 +133,12 @@ class TraceBakedPad(Rule):
             return self.finding(f"{message}; {baked.length} cannot be read from the sizes upstream", **kwargs)
         amounts = pad_amounts(ctx, baked)  # the hypotheses the chunking leaves, recomputed: the proposal must be one
         if not any(hypotheses.equivalent(h.expr, baked.expr) for h in amounts.alternatives()):
-            return self.finding(f"{message}; the analysis proposes the amount {show(baked.expr)}, which the chunking "
-                                f"does not leave (it leaves {amounts.describe()}): not repaired", **kwargs)
+            return self.finding(f"{message}; the analysis proposes the amount {hypotheses.show(baked.expr)}, which "
+                                f"the chunking does not leave (it leaves {amounts.describe()}): not repaired", **kwargs)
         if amounts.determined:
             safety, reason = Safety.SAFE, (f"determined: of the amounts equal to {baked.value} at export, only "
-                                           f"{show(baked.expr)} makes {baked.length} + pad a multiple of {k} at "
-                                           "every length")
+                                           f"{hypotheses.show(baked.expr)} makes {baked.length} + pad a multiple of "
+                                           f"{k} at every length")
         else:
             safety, reason = Safety.UNSAFE, (
                 f"several amounts fit: {amounts.describe()} (each makes every length a whole number of chunks of "
@@ -212,7 +210,7 @@ def pad_amounts(ctx: RuleContext, baked) -> hypotheses.Determination:
                                      {symbol: n})
         for fill in found.survivors:
             expr = fill[hypotheses.hole()].expr.xreplace({symbol: length})
-            survivors.setdefault(show(expr), {hypotheses.hole(): hypotheses.Hypothesis(
+            survivors.setdefault(hypotheses.show(expr), {hypotheses.hole(): hypotheses.Hypothesis(
                 expr, fill[hypotheses.hole()].family, fill[hypotheses.hole()].cost)})
     return hypotheses.Determination(sorted(survivors.values(), key=lambda f: f[hypotheses.hole()].cost))
 

@@ -16,9 +16,9 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.edits import size_expr
 from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed_count, regroups_static_trailing_dims
-from graphfix.analysis.hypotheses import show
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
+from graphfix.core.lazy import hypotheses  # imported on first use: see graphfix.core.lazy
 
 INT64_MAX = np.iinfo(np.int64).max
 # a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
@@ -228,9 +228,9 @@ def reshape_candidates(sizes, baked, choice: int | None) -> Candidates:
     # a declared dim disagrees
     doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry.index)[:2])
     if entry.others:  # several expressions fit the same entry: the graph does not say which
-        doubt = "; ".join(filter(None, [doubt, f"{show(entry.expr)} (applied, the simplest) or "
-                                        + " or ".join(show(o) for o in entry.others) + " fits the element count "
-                                        "as well: they differ at other sizes and the graph does not say which"]))
+        doubt = "; ".join(filter(None, [doubt, f"{hypotheses.show(entry.expr)} (applied, the simplest) or "
+                                        + " or ".join(hypotheses.show(o) for o in entry.others) + " fits the element "
+                                        "count as well: they differ at other sizes and the graph does not say which"]))
     return Candidates(left, wrong, entries, trial, doubt)
 
 
@@ -244,4 +244,4 @@ def solved_entries(sizes, choices: dict[str, int]):
 
 
 def entry_text(entry) -> str:
-    return f"entry {entry.index} ({entry.value} = {show(entry.expr)})"
+    return f"entry {entry.index} ({entry.value} = {hypotheses.show(entry.expr)})"

@@ -5,7 +5,8 @@
 sympy takes 0.7 s to import on a 2-core machine, more than the rest of graphfix's start-up (issue 23); only the
 size analysis uses it, and only when a rule has a candidate to solve. The stand-in imports the real module on its
 first attribute read, then keeps each attribute it handed out, so that hot loops read plain attributes. Nothing
-enters `sys.modules` before that first read.
+enters `sys.modules` before that first read. graphfix's own modules that only a candidate of a rule reads
+(`hypotheses`, `bands`) stand in the same way: building their dataclasses costs every graph a few ms.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class LazyModule:
 
 
 sympy = LazyModule("sympy")
+# the size hypotheses: only a rule with a candidate to judge reads them, and their frozen dataclasses cost 3.5 ms
+# to build at import, on every graph (#23)
+hypotheses = LazyModule("graphfix.analysis.hypotheses")
+# the band structures of a baked mask: GF006 reads them only for a constant that varies with a size
+bands = LazyModule("graphfix.analysis.bands")
 
 
 def warm(*names: str) -> threading.Thread | None:

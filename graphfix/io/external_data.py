@@ -276,8 +276,11 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path | None, model_nam
         raise InputError(f"{model_name}: {refs[0].where} keeps its values in external data, but no folder was "
                          "given to read it from")
     sizes: dict[str, int] = {}
+    reasons: dict[str, str | None] = {}  # once per location: a Llama's hundreds of tensors share one or two files
     for ref in refs:
-        reason = unsafe_location_reason(ref.location, base_dir)
+        if ref.location not in reasons:
+            reasons[ref.location] = unsafe_location_reason(ref.location, base_dir)
+        reason = reasons[ref.location]
         if reason:
             raise InputError(f"{model_name}: {ref.where} {reason}; refusing to read outside the model's folder")
         if ref.location not in sizes:

@@ -55,8 +55,10 @@ def _node_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[str, object]]
         yield "node name", node.name
         yield "node op_type", node.op_type
         yield "node domain", node.domain
+        # each place worded once per node, not once per name (a graph has tens of thousands of names)
+        tensor = f"tensor name of node '{node.name}'"
         for value in (*node.input, *node.output):
-            yield f"tensor name of node '{node.name}'", value
+            yield tensor, value
         for attr in node.attribute:
             _check_attribute(node, attr)
             yield f"attribute name of node '{node.name}'", attr.name
@@ -92,7 +94,12 @@ def every_graph(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, str]]
             continue
         node, context = nodes_with_graphs.pop()
         for attr in node.attribute:
-            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            if attr.type == AttributeProto.GRAPH:
+                subs = [attr.g]
+            elif attr.graphs:  # GRAPHS; any other attribute holds none (skipped: most nodes hold no subgraph)
+                subs = list(attr.graphs)
+            else:
+                continue
             pending.extend((sub, f" in a subgraph of node '{node.name or node.op_type}'{context}") for sub in subs)
 
 

@@ -26,7 +26,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -82,6 +81,8 @@ def _announced_mkdtemp(prefix: str, suffix: str, parent: str, at: int | None = N
     """`tempfile.mkdtemp`, but each name is told to a forking parent before the folder is made (`forked.made`):
     a child killed between the two left a folder its parent was never told of (a CI run saw one after SIGTERM).
     A name told but never made is nothing the parent finds; one made but not yet marked it finds empty."""
+    import secrets  # here, not at the top: it loads OpenSSL's hashlib, which `diagnose --static` never needs (#23)
+
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789_"  # mkdtemp's: what OWNED's TOKEN reads back
     for _ in range(tempfile.TMP_MAX):
         path = os.path.join(parent, prefix + "".join(secrets.choice(alphabet) for _ in range(8)) + suffix)

@@ -148,15 +148,16 @@ def check_graph_inputs(graph: onnx.GraphProto) -> None:
                 raise InputError(f"graph input '{value.name}': negative dim {dim.dim_value}")
 
 
-def check_types(proto: onnx.ModelProto, name: str) -> None:
+def check_types(proto: onnx.ModelProto, name: str, lifted: onnx.ModelProto | None = None) -> None:
     """Refuse what onnxruntime refuses to load for its element types: an operator's type parameter bound to two
     types (`Add(float, int64)`, often the work of an unsorted graph, which onnxruntime sorts first) or to a type
     it does not take (a sequence, map or string where numbers are needed). Types come from onnx's type and shape
     inference on the sorted graph without its weights (their types and dims stay: no second copy of gigabytes);
     shapes that do not unify are the rules' and the probe's business, not a load error. Inference inlines every
     function call: where that would make more nodes than the budget (2**30 from a few KB), the graph is checked
-    without its functions, each call a node of no schema, as the rules see it."""
-    light = lift_initializers(proto)
+    without its functions, each call a node of no schema, as the rules see it. `lifted`: `lift_initializers(proto)`
+    made already (for the checker), which this check may change: a second copy of the graph is not made."""
+    light = lift_initializers(proto) if lifted is None else lifted
     if expands_past_budget(light):
         del light.functions[:]
     if not is_sorted(light.graph):
@@ -247,8 +248,10 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
         if missing := [t.name for t in proto.graph.initializer if t.name not in inputs]:
             raise InputError(f"{name}: {missing[0]} in initializer but not in graph input")
     unshaped, dangling = _unshaped_io(proto), _dangling_outputs(proto)
+    lifted = None  # the checker's copy, where it is exactly what check_types makes of the model
     if unshaped or dangling or (path is None and has_external_data(proto)):
         proto, path = lift_initializers(proto), None
+        lifted = None if unshaped or dangling else proto
         for value in (*proto.graph.input, *proto.graph.output):
             if value.name in unshaped:  # unknown rank: valid for onnxruntime, which the checker does not allow
                 value.type.tensor_type.shape.SetInParent()
@@ -270,7 +273,7 @@ def run_onnx_checker(proto: onnx.ModelProto, name: str, path: Path | None) -> No
             _check_unsorted(proto, name)
     except (ValueError, RuntimeError, OSError) as exc:
         raise InputError(f"{name}: {_checker_line(' '.join(str(exc).split()))}") from None
-    check_types(given, name)
+    check_types(given, name, lifted)
 
 
 def _check_unsorted(proto: onnx.ModelProto, name: str) -> None:

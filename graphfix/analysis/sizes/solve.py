@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis import hypotheses
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
-from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
 MAX_CANDIDATES = 4
 
