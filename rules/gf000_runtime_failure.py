@@ -14,7 +14,12 @@ class RuntimeFailure(Rule):
     with onnxruntime at the export size and at other sizes, and every node that fails is reported with its input
     shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006, GF007); this
     code carries the others. A Conv, Pool or Pad that fails only below the export size is the model's minimum
-    size (PyTorch fails there too), not a finding; any other node that fails there is. So is an output whose
+    size (PyTorch fails there too), not a finding; any other node that fails there is. Nor is a size outside the
+    model probed: a dim that a Reshape splits into whole chunks of 4 or less, or of a size a weight has, is probed
+    at multiples of the chunk (`nn.PixelUnshuffle(2)` takes even sizes only, a frame stack read by a Linear takes
+    whole stacks), as a dim torch.export declares `2*H2` is; not a batch dim, nor a chunk that may be the export
+    size baked (`x.reshape(B, -1, int(T))` meets no weight), where only a size that is no multiple shows it
+    (`tests/frontends/test_chunked_lengths.py`). So is an output whose
     shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
     rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
     of a size it is not (the export size given with `--trace-shape` tells the two apart: a declaration the model
