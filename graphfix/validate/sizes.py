@@ -119,6 +119,19 @@ def domain_steps(model: onnx.ModelProto, options) -> dict[str, int]:
     return steps
 
 
+def outside_domain(model: onnx.ModelProto, options, export: dict[str, int]) -> tuple[dict[str, int], dict] | None:
+    """The `export` binding with each dim `domain_steps` keeps to multiples one past its size (no multiple), and
+    those steps; None where no dim has one or the user fixed them all. The probe runs it once: a failure there is
+    the model's own domain (PyTorch's pixel_unshuffle fails there too) or a pad to a multiple that the trace
+    dropped with its branch (`if T % 8: x = F.pad(...)`), which the graph cannot tell apart."""
+    forced = forced_sizes(model, options)
+    steps = {name: step for name, step in domain_steps(model, options).items()
+             if name in export and name not in forced and not DERIVED.match(name)}  # torch.export checked those
+    if not steps:
+        return None
+    return {name: size + 1 if name in steps else size for name, size in export.items()}, steps
+
+
 def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
     least, steps = input_minimums(model), domain_steps(model, options)
