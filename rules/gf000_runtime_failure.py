@@ -18,7 +18,9 @@ class RuntimeFailure(Rule):
     model probed: a dim that a Reshape splits into whole chunks of 4 or less, or of a size a weight has, is probed
     at multiples of the chunk (`nn.PixelUnshuffle(2)` takes even sizes only, a frame stack read by a Linear takes
     whole stacks), as a dim torch.export declares `2*H2` is; not a batch dim, nor a chunk that may be the export
-    size baked (`x.reshape(B, -1, int(T))` meets no weight), where only a size that is no multiple shows it
+    size baked (`x.reshape(B, -1, int(T))` meets no weight), where only a size that is no multiple shows it. One
+    size that is no multiple is still run: a failure there is a warning, since a module that pads to a multiple in
+    a branch the trace dropped (`if T % 8: x = F.pad(...)`) leaves the same graph and is wrong there
     (`tests/frontends/test_chunked_lengths.py`). So is an output whose
     shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
     rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
