@@ -14,21 +14,19 @@ class RuntimeFailure(Rule):
     with onnxruntime at the export size and at other sizes, and every node that fails is reported with its input
     shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006, GF007); this
     code carries the others. A Conv, Pool or Pad that fails only below the export size is the model's minimum
-    size (PyTorch fails there too), not a finding; any other node that fails there is. Nor is a size outside the
-    model probed: a dim that a Reshape splits into whole chunks of 4 or less, or of a size a weight has, is probed
-    at multiples of the chunk (`nn.PixelUnshuffle(2)` takes even sizes only, a frame stack read by a Linear takes
-    whole stacks), as a dim torch.export declares `2*H2` is; not a batch dim, nor a chunk that may be the export
-    size baked (`x.reshape(B, -1, int(T))` meets no weight), where only a size that is no multiple shows it. One
-    size that is no multiple is still run: a failure there is a warning, since a module that pads to a multiple in
-    a branch the trace dropped (`if T % 8: x = F.pad(...)`) leaves the same graph and is wrong there
-    (`tests/frontends/test_chunked_lengths.py`). So is an output whose
+    size (PyTorch fails there too), not a finding; any other node that fails there is. So is an output whose
     shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
     rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
     of a size it is not (the export size given with `--trace-shape` tells the two apart: a declaration the model
     contradicts there is wrong, not the model). The dynamo exporter declares an `nn.GRU`'s output `[B, 12, 16]` at
     the export length, though the GRU op makes it `T`: an error on a model onnxruntime runs at every length, left so
     because dynamo writes the same graph and declaration for `gru(x)[0][:, :12]` traced at 12 (it drops the crop),
-    where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). It has no static detection.
+    where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). A dim torch.export declares `2*H2` is probed
+    at even sizes only (the exporter checked the model there); a length a Reshape splits into whole chunks is not
+    kept to multiples, since a head split with the length baked, a pad to a multiple that the trace dropped with
+    its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding says to give
+    multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`). It has no
+    static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime

@@ -87,7 +87,10 @@ class TraceBakedShape(Rule):
     runtime_hint = ("A size was baked into a shape constant at export time; compute it from the input (x.shape / "
                     "Shape ops) or use -1, and re-export with dynamic axes. Where the graph does not tell which "
                     "constants follow the input (patch counts or patch sizes), `graphfix.export(module, args, path, "
-                    "...)` traces the module at other sizes and rebuilds the ones that move.")
+                    "...)` traces the module at other sizes and rebuilds the ones that move. If the model takes "
+                    "only sizes a Reshape splits into whole chunks (`nn.PixelUnshuffle(2)` takes even sizes, and "
+                    "PyTorch fails at the others too), give such sizes with --shape: the graph of a pad to a "
+                    "multiple that the trace dropped with its branch (`if T % 8: F.pad`) looks the same.")
     traced_values = True
 
     @classmethod

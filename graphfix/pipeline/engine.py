@@ -22,8 +22,6 @@ from graphfix.analysis.echoes import echoes
 from graphfix.analysis.edits import Loosened
 from graphfix.analysis.export_sizes import export_facts, export_sizes
 from graphfix.analysis.shapes import infer_shapes
-from graphfix.analysis.sizes import sizes_of
-from graphfix.analysis.sizes.domain import input_multiples
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
 from graphfix.core.rule import Finding, Rejection, Rule, RuleOptions, Safety, Severity
@@ -58,7 +56,6 @@ class FixOutcome:
     failures: list[str] = field(default_factory=list)  # fixes that raised, one line each
     weights: Weights = field(default_factory=dict)  # what the light model's stubs stand for
     solved: dict[str, int] = field(default_factory=dict)  # the input dims' export sizes (fix_model(solve=True))
-    steps: dict[str, int] = field(default_factory=dict)  # dims a Reshape splits into chunks (solve=True)
 
     @property
     def changed(self) -> bool:
@@ -166,7 +163,6 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
     ctx = analyse(model, base_dir, options, weights)
     before = after = detect(ctx, rules)
     solved = solved_sizes(ctx, before) if solve else {}  # before any fix edits the graph
-    steps = input_multiples(model, sizes_of(ctx)) if solve else {}  # the proof's domain, from this analysis
     if any(f.fix is not None for f in before.findings):  # later rounds see what this graph says of its export
         options = dataclasses.replace(options, exported=export_facts(ctx))
     # the rounds pass a light model on; `weights` (the input's own tensors) grows with what each round detaches
@@ -187,7 +183,7 @@ def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[
         model = export_graph(tidy(ctx.graph), like=model, weights=weights)
         ctx = analyse(model, base_dir, options, weights)
         after = detect(ctx, rules)
-    return FixOutcome(model, applied, before, after, failures, weights, solved, steps)
+    return FixOutcome(model, applied, before, after, failures, weights, solved)
 
 
 def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions,

@@ -148,8 +148,9 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
             original: Future[ModelRunner] | None) -> RepairResult:
     outcome = fix_model(loaded.proto, loaded.base_dir, options.rules, options.rule_options,
                         solve=original is not None, weights=loaded.weights)
-    if original is not None:
-        options = _with_analysis(loaded, options, outcome)
+    if original is not None and (outcome.changed or any(f.choice is not None for f in outcome.after.findings)):
+        # the export size is validated first, and exactly
+        options = _with_export_sizes(loaded, options, outcome.solved)
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
         outcome, options, chose = _choose(loaded, outcome, options, original.result())
@@ -361,20 +362,21 @@ def _export_of(validation) -> dict[str, int]:
     return {**validation.solved_sizes, **validation.trace_sizes}
 
 
-def _with_analysis(loaded: LoadedModel, options: RepairOptions, outcome: FixOutcome) -> RepairOptions:
-    """Options whose probe sizes keep to the multiples the original's analysis found (see fix_model), and, where a
-    fix was applied or a choice is to be made, start at the export size (validated first, and exactly):
-    `--trace-shape`'s, over what the graph solves."""
+def _with_export_sizes(loaded: LoadedModel, options: RepairOptions, solved: dict[str, int]) -> RepairOptions:
+    """Options whose validation starts at the export size: `--trace-shape`'s, over what the graph solves
+    (`solved`, from the original's analysis: see fix_model)."""
     from graphfix.validate import ValidationOptions
 
-    validation = dataclasses.replace(options.validation or ValidationOptions(), steps=outcome.steps)
-    if (outcome.changed or any(f.choice is not None for f in outcome.after.findings)) and \
-            not (validation.trace_sizes or validation.solved_sizes):
-        given = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
-        # solved sizes are trusted only where the original runs at them (graphfix.validate)
-        solved = {name: size for name, size in outcome.solved.items() if name not in given}
-        validation = dataclasses.replace(validation, trace_sizes=given, solved_sizes=solved)
-    return dataclasses.replace(options, validation=validation)
+    validation = options.validation or ValidationOptions()
+    if validation.trace_sizes or validation.solved_sizes:
+        return options
+    given = trace_sizes(loaded.proto, options.rule_options.trace_shapes)
+    # solved sizes are trusted only where the original runs at them (graphfix.validate)
+    solved = {name: size for name, size in solved.items() if name not in given}
+    if not (given or solved):
+        return options
+    return dataclasses.replace(options, validation=dataclasses.replace(validation, trace_sizes=given,
+                                                                       solved_sizes=solved))
 
 
 def _simplify(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, str]:

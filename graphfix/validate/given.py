@@ -40,6 +40,10 @@ def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
             if isinstance(want, int) and want != got:
                 raise UsageError(f"--input {name}: dim {axis} of the array is {got}, the input declares {want} "
                                  f"{dims}")
+        kind = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).kind \
+            if vi.type.tensor_type.elem_type else None
+        if kind in NUMERIC and value.dtype.kind not in NUMERIC:
+            raise UsageError(f"--input {name}: the array holds {value.dtype.name} values, the input takes numbers")
     cast_fills(model, inputs)
 
 
@@ -80,8 +84,8 @@ def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
         cast = value.astype(dtype)
         if value.dtype.kind == "c" and dtype.kind != "c":
             lost = value.imag != 0
-        elif value.dtype.kind in "fc" and dtype.kind in "fc":
-            lost = np.isfinite(value) & ~np.isfinite(cast)  # rounding is fine, overflow is not
+        elif dtype.kind in "fc":  # into a float: rounding is fine (2049 is float16's 2048), overflow is not
+            lost = np.isfinite(value) & ~np.isfinite(cast)
         else:
             lost = cast.astype(value.dtype) != value
     if lost.any():

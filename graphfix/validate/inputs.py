@@ -43,7 +43,6 @@ class ValidationOptions:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # input -> user values
     trace_sizes: dict[str, int] = field(default_factory=dict)  # symbolic dim -> export-time size (given)
     solved_sizes: dict[str, int] = field(default_factory=dict)  # export-time sizes the graph's analysis solved
-    steps: dict[str, int] | None = None  # input_multiples from the graph's analysis (None: probe_sizes reads them)
     num_sizes: int = 3  # the export size, batch 1 with smaller sizes, larger sizes
     rtol: float = 1e-3
     atol: float = 1e-4

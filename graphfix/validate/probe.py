@@ -7,7 +7,6 @@ dropped), and the run goes on to find failures further down. Polygraphy's lint s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -40,14 +39,12 @@ from graphfix.validate.runner import (
     upstream_only,
     without_downstream,
 )
-from graphfix.validate.sizes import batch_dims, is_smaller, outside_domain
+from graphfix.validate.sizes import batch_dims, is_smaller
 
 MAX_CUTS = 32  # failing nodes followed per size
 SKIPPED_NAME = "probe-skipped"
 SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so nothing is proven there (exit 1); "
                 "the message says what was skipped and what would let it run.")
-OUTSIDE_HINT = ("If PyTorch fails at such sizes too, the model takes multiples only: nothing to fix. If it runs "
-                "there, re-export at a size that is no multiple, so the trace keeps the branch that pads.")
 DECLARED = "declared shape of"
 DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a size baked while tracing (`int(T)`, "
                  "`math.ceil(T / k) * k`), an output dim named after a size it is not (dynamic_axes: give it a "
@@ -159,30 +156,8 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     # fails at a smaller size fails there (Swin's window padding baked: a Reshape at 273x289, grown from 544x576).
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
-    if (outside := outside_domain(proto, options, sizes[0])) is not None and not failures:
-        failures.update(_outside_domain(whole, proto, types, options, *outside))
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
     return [*failures.values(), *suspect_outputs(clean_runs)]
-
-
-def _outside_domain(whole: ModelRunner, proto: onnx.ModelProto, types, options: ValidationOptions,
-                    binding: dict[str, int], steps: dict[str, int]) -> dict[str, RuntimeFailure]:
-    """Warnings for the nodes that fail at `binding`, where each dim a Reshape splits into chunks is no multiple
-    of its chunk (graphfix.validate.sizes.outside_domain): the other sizes keep to multiples, and this one says
-    what the graph leaves open."""
-    try:
-        found, _ = _failures_at(whole, synthesize_inputs(proto, binding, options), binding, types, options)
-    except NotProbed:
-        return {}
-    dims = " and ".join(f"{name} a multiple of {step}" for name, step in steps.items())
-    return {f"outside {f.node or f.message}": dataclasses.replace(
-        f, severity=Severity.WARNING, hint=OUTSIDE_HINT,
-        message=f"the model fails at sizes {binding}, where it takes {dims} only ({f.op_type} node '{f.node}': "
-                f"{short_message(f.message)}): a Reshape splits the length into whole chunks, as in PyTorch "
-                "(`nn.PixelUnshuffle(2)`, frames stacked for a Linear), and the other probe sizes keep to "
-                "multiples; but if the module pads to a multiple first in a branch the trace dropped "
-                "(`if T % 8: x = F.pad(...)`), the export is wrong at these sizes")
-        for f in found if f.node and "downstream of an earlier failure" not in f.message}
 
 
 def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],

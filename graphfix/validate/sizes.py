@@ -15,14 +15,14 @@ else a default). Then come
   above 40 shows that the output stops at 40;
 
 No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a table indexed by positions (a
-Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps,
-and the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool
-front end needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in
-PyTorch too, it is outside the model), and a dim that a Reshape splits into whole chunks is probed at multiples
-of the chunk (`domain_steps`: `nn.PixelUnshuffle(2)` takes even sizes only). 1 appears only in the batch-1
-binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another probed dim or a
-static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no evidence. `--shape` and
-`--input` fix dims at every binding.
+Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps, and
+the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool front end
+needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch
+too, it is outside the model), and a dim torch.export declares `k * name` is probed at multiples of k
+(graphfix.analysis.sizes.domain.input_multiples: the exporter checked the model there). 1 appears only in the
+batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
+probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
+evidence. `--shape` and `--input` fix dims at every binding.
 A mask input whose dims the exporter named apart from those of the input it masks takes that input's sizes
 (`mask_aliases`: torch.export names GPT-2's `attention_mask` apart from `input_ids`, though every caller feeds
 them alike).
@@ -37,7 +37,7 @@ import onnx
 
 from graphfix.analysis.broadcast import BATCH_LIKE
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.domain import DERIVED, TINY_STEP, input_minimums, input_multiples, input_strides
+from graphfix.analysis.sizes.domain import input_minimums, input_multiples, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -51,7 +51,6 @@ from graphfix.validate.graph_sizes import (
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
-MAX_STEP = 32  # a chunk above it is taken for a baked length, not a domain: a window or patch grid is smaller
 
 
 def batch_dims(model: onnx.ModelProto) -> set[str]:
@@ -101,40 +100,9 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> li
     return bindings
 
 
-def domain_steps(model: onnx.ModelProto, options) -> dict[str, int]:
-    """Input dim name -> the multiple its probe sizes keep to (graphfix.analysis.sizes.domain.input_multiples):
-    torch.export's `k * name` dims, and chunks a Reshape splits a length into, except where the chunk may be the
-    size baked (`x.reshape(B, -1, int(T))` splits T into chunks of its export size, and only a size that is no
-    multiple shows it): along a batch dim (`x.reshape(3, -1, 4)` traced at batch 3 splits the batch in threes),
-    above MAX_STEP, or the size, a half, a third or a quarter of a known export size (`--trace-shape`, the
-    analysis' solution, the most frequent baked size), unless TINY_STEP or less (a pixel shuffle's factor, a 2x or
-    4x downsampling: PixelUnshuffle(2)'s 2 is the most frequent baked size itself)."""
-    known = {*options.trace_sizes.values(), baked_size_hint(model)} - {None}
-    batch = batch_dims(model)
-    steps = {}
-    for name, step in (input_multiples(model) if options.steps is None else options.steps).items():
-        echo = any(size % step == 0 and size // step <= 4 for size in known)
-        if DERIVED.match(name) or (name not in batch and (step <= TINY_STEP or (step <= MAX_STEP and not echo))):
-            steps[name] = step
-    return steps
-
-
-def outside_domain(model: onnx.ModelProto, options, export: dict[str, int]) -> tuple[dict[str, int], dict] | None:
-    """The `export` binding with each dim `domain_steps` keeps to multiples one past its size (no multiple), and
-    those steps; None where no dim has one or the user fixed them all. The probe runs it once: a failure there is
-    the model's own domain (PyTorch's pixel_unshuffle fails there too) or a pad to a multiple that the trace
-    dropped with its branch (`if T % 8: x = F.pad(...)`), which the graph cannot tell apart."""
-    forced = forced_sizes(model, options)
-    steps = {name: step for name, step in domain_steps(model, options).items()
-             if name in export and name not in forced and not DERIVED.match(name)}  # torch.export checked those
-    if not steps:
-        return None
-    return {name: size + 1 if name in steps else size for name, size in export.items()}, steps
-
-
 def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
-    least, steps = input_minimums(model), domain_steps(model, options)
+    least, steps = input_minimums(model), input_multiples(model)
     export = export_sizes(model, options, forced, least, steps)
     if not export:
         return [{}]
@@ -192,7 +160,7 @@ def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
         return []
-    taken, steps = set(export.values()) | fixed_sizes(model), domain_steps(model, options)
+    taken, steps = set(export.values()) | fixed_sizes(model), input_multiples(model)
     binding = dict(export)
     for name in free_batch:
         binding[name] = _free(3, export[name], taken, None, 2, steps.get(name, 1))
@@ -284,7 +252,7 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
                  least: dict[str, int] | None = None, steps: dict[str, int] | None = None) -> dict[str, int]:
     """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits), raised
     to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain) and to a multiple of its
-    `steps` (`domain_steps`)."""
+    `steps` (graphfix.analysis.sizes.domain.input_multiples)."""
     least, steps = least or {}, steps or {}
     hint, limit = baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER

@@ -97,25 +97,6 @@ def test_a_larger_probe_size_gives_every_strided_output_another_frame(name):
     assert larger and all(frames_at(model, s) > frames_at(model, 400) for s in larger)
 
 
-def _split(chunk: int, after: str) -> onnx.ModelProto:
-    """float[B, T, 4] x reshaped to [B, -1, chunk], then `after` (reading s) into y."""
-    weight = "float[32, 6] w = {" + ", ".join(["0.1"] * 192) + "}"
-    return parse(f"""< ir_version: 8, opset_import: ["" : 17] >
-        g (float[B, T, 4] x) => (float[B, U, V] y) <int64[3] shape = {{0, -1, {chunk}}}, {weight}> {{
-            s = Reshape(x, shape)
-            {after}
-        }}""")
-
-
-def test_a_length_split_into_chunks_a_weight_reads_is_a_domain_of_multiples():
-    assert input_multiples(_split(32, "y = MatMul(s, w)")) == {"T": 8}
-
-
-def test_a_chunk_no_weight_reads_is_no_domain_unless_it_is_tiny():
-    assert input_multiples(_split(32, "y = Relu(s)")) == {}  # 32 = T at export, as `reshape(B, -1, int(T))`
-    assert input_multiples(_split(8, "y = Relu(s)")) == {"T": 2}  # two frames of 4 (a pixel shuffle's factor)
-
-
 def test_a_dim_torch_export_declares_as_a_multiple_is_one():
     model = parse("""< ir_version: 8, opset_import: ["" : 17] >
         g (float[1, 3, "2*H2", "2*W2"] x) => (float[1, 3, "2*H2", "2*W2"] y) { y = Relu(x) }""")

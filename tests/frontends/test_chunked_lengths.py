@@ -1,16 +1,18 @@
 """Lengths a Reshape splits into whole chunks (#22, probes inside the model's domain).
 
 `nn.PixelUnshuffle(2)` takes even heights and widths only, in PyTorch too, and a frame-stacking front end
-(`x.reshape(B, -1, 8 * C)` before a Linear of 8 * C features) takes multiples of 8 frames. Probed at odd sizes,
-graphfix reported both as broken (GF004 and GF000 errors, `repair` exit 1). Now a dim such a Reshape splits is
-probed at multiples of the chunk (graphfix.analysis.sizes.domain.input_multiples, graphfix.validate.sizes
-.domain_steps): a chunk of 4 or less, one whose Reshape holds a size a weight has, or a dim torch.export names
-`2*H2` (declared `2 * H`). The traps keep their error: a chunk of the length itself baked
-(`x.reshape(B, -1, int(T))`, meeting no weight) splits T only at multiples of its export size, and a size that is no
-multiple is what shows it. And one size that is no multiple is still run (not for torch.export's own dims): where
-the model fails there, a warning says what the graph leaves open, since a module that pads to a multiple first in
-a branch the trace dropped (`if T % 8: x = F.pad(...)`, exported at a multiple) leaves the same graph as one that
-takes multiples only, and is wrong there (red team 79's point on the first version, which said nothing).
+(`x.reshape(B, -1, 8 * C)` before a Linear of 8 * C features) takes multiples of 8 frames. Exported with dynamo as
+`2 * H` (a dim torch.export names `2*H2`), the exporter checked the model at even sizes only: graphfix probes those
+(graphfix.analysis.sizes.domain.input_multiples), finds no error, and `repair` writes it unchanged with exit 0.
+
+Exported with the TorchScript exporter, such a split is not taken for the model's domain: a first version did,
+from the chunk's size (4 or less, or a size a weight has), and red team 79 had wrong models pass through it with
+exit 0, all of which the graph cannot tell from a healthy split: a head split with the length baked
+(`q.reshape(B, int(T), H, -1)`: the split's -1 takes 64 T / 96 values, so it runs at multiples of 3 with the heads
+mixed up), a chunk of the length baked, a pad to a multiple that the trace dropped with its branch
+(`if T % 8: x = F.pad(...)`, PyTorch runs at 43 frames). So a size that is no multiple is still probed, the healthy
+split is an error too, and its hint says to give multiples with `--shape` where the model takes no others: with
+that, it is left alone and matches PyTorch.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Stacked(torch.nn.Module):
 
 
 class PaddedInABranch(Stacked):
-    """The trap: frames padded to a whole stack in a branch the trace drops at a multiple (PyTorch runs at 43)."""
+    """A trap: frames padded to a whole stack in a branch the trace drops at a multiple (PyTorch runs at 43)."""
 
     def forward(self, x):
         if x.shape[1] % self.stack:
@@ -61,9 +63,26 @@ class PaddedInABranch(Stacked):
         return super().forward(x)
 
 
+class BakedHeads(torch.nn.Module):
+    """A trap (red team 79): attention whose head split bakes the length and merges back with -1."""
+
+    def __init__(self, width: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)
+
+        def split(h):
+            return h.reshape(b, int(t), self.heads, -1).transpose(1, 2)
+
+        a = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 4.0, -1) @ split(v)
+        return self.out(a.transpose(1, 2).reshape(b, -1, d))
+
+
 class BakedChunk(torch.nn.Module):
-    """The trap: the length itself as the chunk (`int(T)` is a constant in the TorchScript export), optionally
-    halved."""
+    """A trap: the length itself as the chunk (`int(T)` is a constant in the TorchScript export), or its half."""
 
     def __init__(self, half: bool = False):
         super().__init__()
@@ -94,8 +113,8 @@ def graphfix(*args) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.output)
 
 
-def errors(report: dict, severity: str = "error") -> list[str]:
-    return [f["rule"] for f in report["models"][0]["findings"] if f["severity"] == severity]
+def errors(report: dict) -> list[str]:
+    return [f["rule"] for f in report["models"][0]["findings"] if f["severity"] == "error"]
 
 
 def matches(module, path, shapes) -> None:
@@ -108,47 +127,68 @@ def matches(module, path, shapes) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(shape))
 
 
-HEALTHY = {  # name -> (module, export shape, exporter, dynamic axes, sizes checked after repair)
-    "pixel-unshuffle": (Unshuffled, (1, 3, 32, 48), False, {0: "B", 2: "H", 3: "W"},
+def test_a_dim_torch_export_declares_a_multiple_is_probed_at_multiples(tmp_path):
+    torch.manual_seed(0)
+    module = Unshuffled().eval()
+    path = export(module, torch.randn(1, 3, 32, 48), tmp_path / "m.onnx", dynamo=True)
+    code, report = graphfix("diagnose", str(path))
+    assert (code, report["models"][0]["findings"]) == (0, []), report
+    out = tmp_path / "fixed.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out))
+    assert code == 0 and report["models"][0]["validation"]["passed"], report
+    assert all(size % 2 == 0 for sizes in report["models"][0]["validation"]["sizes"] for size in sizes.values())
+    matches(module, out, [(1, 3, 32, 48), (1, 3, 10, 14), (1, 3, 64, 30)])
+
+
+HEALTHY = {  # name -> (module, export shape, dynamic axes, a shape at multiples for --shape, sizes checked)
+    "pixel-unshuffle": (Unshuffled, (1, 3, 32, 48), {0: "B", 2: "H", 3: "W"}, "x=1x3x20x28",
                         [(1, 3, 10, 14), (3, 3, 64, 30)]),
-    "pixel-unshuffle-dynamo": (Unshuffled, (1, 3, 32, 48), True, None, [(1, 3, 10, 14), (1, 3, 64, 30)]),
-    "frame-stacking": (Stacked, (2, 40, 4), False, {0: "B", 1: "T"}, [(1, 16, 4), (3, 96, 4)]),
+    "frame-stacking": (Stacked, (2, 40, 4), {0: "B", 1: "T"}, "x=1x24x4", [(1, 16, 4), (3, 96, 4)]),
 }
 
 
 @pytest.mark.parametrize("name", HEALTHY)
-def test_a_length_split_into_whole_chunks_is_probed_at_multiples_of_the_chunk(name, tmp_path):
-    make, shape, dynamo, axes, sizes = HEALTHY[name]
+def test_a_split_the_trace_leaves_ambiguous_is_an_error_whose_hint_gives_multiples(name, tmp_path):
+    make, shape, axes, multiples, sizes = HEALTHY[name]
     torch.manual_seed(0)
     module = make().eval()
-    path = export(module, torch.randn(*shape), tmp_path / "m.onnx", dynamo, axes)
+    path = export(module, torch.randn(*shape), tmp_path / "m.onnx", axes=axes)
     code, report = graphfix("diagnose", str(path))
+    assert code == 1 and "GF004" in errors(report), report
+    assert all("give such sizes with --shape" in f["hint"] for f in report["models"][0]["findings"]
+               if f["rule"] == "GF004"), report
+    code, report = graphfix("diagnose", str(path), "--shape", multiples)
     assert (code, errors(report)) == (0, []), report
-    # a size that is no multiple is run once, and says what the graph leaves open (not for torch.export's dims)
-    assert errors(report, "warning") == ([] if dynamo else ["GF004"]), report
     out = tmp_path / "fixed.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out))
-    assert code == 0, report
-    assert report["models"][0]["validation"]["passed"], report
+    code, report = graphfix("repair", str(path), "-o", str(out), "--shape", multiples)
+    assert code == 0 and report["models"][0]["status"] == "unchanged", report
     matches(module, out, [shape, *sizes])
 
 
-@pytest.mark.parametrize(("half", "length"), [(False, 24), (False, 8), (True, 16), (True, 40)])
-def test_a_chunk_that_is_the_export_length_is_still_an_error(half, length, tmp_path):
-    path = export(BakedChunk(half), torch.randn(2, length, 2), tmp_path / "m.onnx", axes={0: "B", 1: "T"})
+TRAPS = {  # name -> (module, export shape, a shape PyTorch runs at and the export gets wrong)
+    "baked-heads": (BakedHeads, (2, 24, 64), (1, 18, 64)),
+    "padded-in-a-dropped-branch": (PaddedInABranch, (2, 40, 4), (1, 43, 4)),
+    "baked-chunk": (lambda: BakedChunk(), (2, 24, 2), (1, 48, 2)),
+    "baked-half-chunk": (lambda: BakedChunk(half=True), (2, 16, 2), (1, 24, 2)),
+}
+
+
+@pytest.mark.parametrize("name", TRAPS)
+def test_a_split_that_is_wrong_at_other_sizes_is_an_error_and_fails_its_proof(name, tmp_path):
+    make, shape, other = TRAPS[name]
+    torch.manual_seed(0)
+    module = make().eval()
+    path = export(module, torch.randn(*shape), tmp_path / "m.onnx", axes={0: "B", 1: "T"})
+    x = torch.randn(*other)
+    with torch.no_grad():
+        want = module(x).numpy()
+    try:
+        (got,) = run(str(path), {"x": x.numpy()})
+        wrong = got.shape != want.shape or not np.allclose(got, want, atol=1e-4)
+    except Exception:  # onnxruntime refuses a size PyTorch runs at
+        wrong = True
+    assert wrong
     code, report = graphfix("diagnose", str(path))
     assert code == 1 and "GF004" in errors(report), report
-
-
-def test_a_pad_to_a_whole_stack_the_trace_dropped_is_warned_of(tmp_path):
-    module = PaddedInABranch().eval()
-    path = export(module, torch.randn(2, 40, 4), tmp_path / "m.onnx", axes={0: "B", 1: "T"})
-    x = torch.randn(1, 43, 4)
-    with pytest.raises(Exception, match="cannot be reshaped"):  # the export is wrong at 43: PyTorch runs there
-        run(str(path), {"x": x.numpy()})
-    assert module(x).shape == (1, 6, 6)
-    code, report = graphfix("diagnose", str(path))
-    warned = [f for f in report["models"][0]["findings"] if f["severity"] == "warning"]
-    assert code == 0 and len(warned) == 1 and "a branch the trace dropped" in warned[0]["message"], report
-    code, report = graphfix("diagnose", str(path), "--fail-on", "warning")
-    assert code == 1
+    code, report = graphfix("repair", str(path), "-o", str(tmp_path / "fixed.onnx"))
+    assert code == 1 and not report["models"][0]["validation"]["passed"], report

@@ -42,6 +42,7 @@ def invoke(command: str, model, *inputs: str, out=None):
     (np.zeros((2, 6, 5), np.float32), "--input x: dim 2 of the array is 5, the input declares 4"),
     (np.full((2, 6, 4), 1e39), "--input x: the array holds 1e+39, no float32 value"),
     (np.full((2, 6, 4), 1j, np.complex64), "--input x: the array holds 1j, no float32 value"),
+    (np.full((2, 6, 4), "a"), "--input x: the array holds str32 values, the input takes numbers"),  # red team 79
 ])
 def test_an_array_the_input_cannot_take_is_a_usage_error(model, tmp_path, command, value, says):
     out = tmp_path / "fixed.onnx"
@@ -64,3 +65,10 @@ def test_an_array_of_another_type_the_input_holds_is_cast(model, tmp_path, comma
     result = invoke(command, model, *inputs, out=out if command == "repair" else None)
     assert result.exit_code == 0, result.output
     assert "GF000" not in result.output and "FAIL" not in result.output
+
+
+def test_whole_numbers_round_into_a_float_input_as_floats_do(model, tmp_path):
+    """2049 is float16's 2048 and 16777217 float32's 16777216, as the float64 2049.0 and freeze's fill 2049 round
+    (red team 79: an int64 array of them was refused, "holds 2049, no float16 value")."""
+    result = invoke("diagnose", model, given(tmp_path, "x", np.full((2, 6, 4), 16777217, np.int64)))
+    assert result.exit_code == 0 and "GF000" not in result.output, result.output

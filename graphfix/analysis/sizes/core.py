@@ -73,7 +73,6 @@ class Sizes(OpShapes):
     _values: dict[int, tuple | None] = field(default_factory=dict)
     _done: bool = False
     _clean: bool | None = None  # the screen's verdict, once asked
-    _screen: Sizes | None = None  # the screen's own pass, once run
 
     # --- public reading -------------------------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> Shape | None:
@@ -107,11 +106,6 @@ class Sizes(OpShapes):
             return []
         self._run()
         return self._constraints
-
-    @property
-    def done(self) -> bool:
-        """Whether the full pass ran (a rule asked what only it answers)."""
-        return self._done
 
     @property
     def multiples(self) -> list[Constraint]:
@@ -158,18 +152,10 @@ class Sizes(OpShapes):
                 from graphfix.analysis.sizes.screen import POLY
 
                 probe = Sizes(self.graph, self.constant, min(self.budget_s, SCREEN_S), num=POLY, screen=False)
-                self._screen = probe
                 with contextlib.suppress(Unscreened, *TOLERATED):
                     probe._run()
                     self._clean = not (probe._incomplete or probe._constraints)
         return self._clean
-
-    def screen_pass(self) -> Sizes:
-        """The screen's pass (see `screened`) as far as its arithmetic decided: what it recorded before it gave up
-        is what the full pass records there (its multiples, and the constraints before them); this pass where no
-        screen ran."""
-        self.screened()
-        return self._screen or self
 
     # --- the pass -----------------------------------------------------------------------------------------------
     def _run(self) -> None:

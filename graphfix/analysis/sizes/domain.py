@@ -11,31 +11,24 @@ frames, not the bare minimum, so what follows the front end sees a real sequence
 A windowed op inside an If branch (asteroid's filterbank encoder, scripted: `Conv` on a 3-D input, else a
 Reshape first) bounds the size too where it reads an outer tensor whose shape the analysis knows.
 
-    steps = input_multiples(model)  # {"H": 2}: a Reshape splits H into whole chunks of 2
+    steps = input_multiples(model)  # {"2*H2": 2}: torch.export declared the dim as 2 * H2
 
-A Reshape with -1 that splits a length into whole chunks (`nn.PixelUnshuffle(2)`, `x.reshape(B, -1, 8 * C)`)
-takes only multiples of the chunk, in PyTorch too; torch.export says so in a dim's name (`2*H2`, a dim declared
-`2 * H`). Where a chunk is no weight's size but the length itself at export (`x.reshape(B, -1, int(T))`), the
-multiple is the bug, not the domain: the caller judges that (graphfix.validate.sizes.domain_steps).
+A dim torch.export declares `k * name` takes multiples of k only: the exporter checked the model for those. Not a
+length a Reshape with -1 splits into whole chunks (`nn.PixelUnshuffle(2)`, frames stacked for a Linear): a head
+split with the length baked (`q.reshape(B, int(T), H, -1)`), a chunk of the length baked and a pad to a multiple
+that the trace dropped with its branch (`if T % 8: x = F.pad(...)`) leave such graphs too, wrong at other sizes
+(red team 79), so a size that is no multiple is still probed there, and the error says how to probe multiples.
 """
 
 from __future__ import annotations
 
-import math
 import re
-
-import numpy as np
-import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
-# a chunk this small is a model's own (a pixel shuffle's factor, a 2x or 4x downsampling), a larger one only where
-# the Reshape's shape holds a size a weight has (the 32 features a Linear reads after `x.reshape(B, -1, 8 * 4)`): a
-# chunk of the length baked (`x.reshape(B, -1, int(T))`) meets no weight
-TINY_STEP = 4
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
 FRAMES = 4
 
@@ -67,48 +60,23 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
 DERIVED = re.compile(r"^(\d+)\*([A-Za-z_]\w*)$")  # torch.export's name of a dim declared `k * Dim(...)`
 
 
-def input_multiples(model, analysed=None) -> dict[str, int]:
-    """Input dim name -> the number its sizes must be a multiple of: a dim torch.export declared `k * name`, or
-    a length (one dim, times a whole number) that a Reshape with -1 splits into whole chunks, clear of any place
-    where the graph fails at some sizes (behind one the analysis follows the broken shapes). `analysed`: the
-    model's own analysis (a rule context's, `sizes_of(ctx)`), read instead of a new one: repair's proof starts
-    from the analysis its fixes made (graphfix.pipeline.engine.fix_model)."""
+def input_multiples(model) -> dict[str, int]:
+    """Input dim name -> the number its sizes must be a multiple of, where torch.export declared the dim `k * name`."""
     steps: dict[str, int] = {}
     for vi in model.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             derived = DERIVED.match(dim.dim_param)
             if derived and int(derived.group(1)) > 1:
                 steps[dim.dim_param] = int(derived.group(1))
-    for name, step in chunk_steps(analysed) if analysed is not None else _chunks(model):
-        steps[name] = math.lcm(steps.get(name, 1), step)
-    return steps
-
-
-def chunk_steps(sizes) -> list[tuple[str, int]]:
-    """(input dim name, step) of each length `k * dim` that a Reshape with -1 splits into chunks of a weight's
-    size, or of TINY_STEP or less, clear of constraints; from the full pass where it ran, else from its screen
-    (cheap, as far as it decides: BERT's head splits need no sympy pass, and split no length)."""
-    sizes = sizes if sizes.done else sizes.screen_pass()
-    clear = {id(node) for node in _clear_of_constraints(sizes.graph, sizes)}
-    weights, steps = _weight_dims(sizes.graph), []
-    for multiple in sizes.multiples:
-        split, chunk = _times_a_dim(multiple.left), _whole(multiple.right)
-        if id(multiple.node) in clear and split is not None and chunk is not None:
-            times, name = split
-            step = chunk // math.gcd(times, chunk)
-            if step <= TINY_STEP or weights.intersection(_entries(multiple.node, sizes)):
-                steps.append((name, step))
     return steps
 
 
 _LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
-_CHUNKS: list[tuple[object, list]] = []  # the same, for their chunks
 
 
 def _input_lengths(model) -> list:
     """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
-    runs once per model for the minimums, the strides and the chunks of every probe_sizes call (the last few
-    models kept), and only on a graph with a windowed op."""
+    runs once per model for the minimums and the strides of every probe_sizes call (the last few models kept)."""
     for known, found in _LENGTHS:
         if known is model:
             return found
@@ -123,75 +91,8 @@ def _input_lengths(model) -> list:
                     continue
                 seen.add(length)
                 found.append((next(iter(length.free_symbols)), length))
-        _CHUNKS[:] = [(model, chunk_steps(sizes)), *_CHUNKS[:3]]  # the full pass ran for the lengths
     _LENGTHS[:] = [(model, found), *_LENGTHS[:3]]
     return found
-
-
-def _chunks(model) -> list[tuple[str, int]]:
-    """`chunk_steps` of the model's own analysis, only on a graph with a windowed op (whose full pass the lengths
-    run) or a Reshape to a -1 (the last few models kept)."""
-    if _has_window(model.graph):
-        _input_lengths(model)
-    for known, found in _CHUNKS:
-        if known is model:
-            return found
-    found = []
-    if _splits(model.graph):
-        from graphfix.analysis.sizes import static_sizes
-
-        found = chunk_steps(static_sizes(model)[0])
-    _CHUNKS[:] = [(model, found), *_CHUNKS[:3]]
-    return found
-
-
-def _times_a_dim(length) -> tuple[int, str] | None:
-    """(k, name) where `length` is k times one input dim, in either arithmetic (sympy's, the screen's)."""
-    terms = getattr(length, "terms", None)
-    if terms is not None:  # the screen's polynomial
-        if len(terms) != 1 or len(next(iter(terms))) != 1:
-            return None
-        (monomial, times), = terms.items()
-        (name, power), = monomial
-        return (times, name) if power == 1 and isinstance(name, str) and isinstance(times, int) else None
-    times, symbol = length.as_coeff_Mul()
-    return (int(times), symbol.name) if symbol.is_Symbol and times.is_Integer else None
-
-
-def _whole(value) -> int | None:
-    """The whole number `value` is (a sympy Integer, the screen's constant), None where it is none."""
-    if not getattr(value, "is_Integer", False):
-        return None
-    return int(value.constant) if hasattr(value, "terms") else int(value)
-
-
-def _weight_dims(graph) -> set[int]:
-    """The dims > 1 of the graph's float constants: weights, biases, norms' scales."""
-    return {int(d) for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.dtype is not None
-            and np.dtype(t.dtype).kind == "f" for d in t.shape if d > 1}
-
-
-def _entries(reshape, sizes) -> set[int]:
-    """The whole-number entries > 1 of a Reshape's target shape."""
-    return {whole for v in sizes.value(reshape.inputs[1]) or () if (whole := _whole(v)) is not None and whole > 1}
-
-
-def _splits(graph) -> bool:
-    """Whether a Reshape reads a -1 from a small constant, directly or through a Concat (as both exporters build a
-    shape): without one, no Reshape splits a length into chunks."""
-    minus_one = {t.name for t in graph.initializer if _holds_minus_one(t)} | {
-        node.output[0] for node in graph.node if node.op_type == "Constant"
-        and any(a.name == "value" and _holds_minus_one(a.t) for a in node.attribute)}
-    shapes = minus_one | {node.output[0] for node in graph.node
-                          if node.op_type == "Concat" and minus_one.intersection(node.input)}
-    return any(node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in shapes for node in graph.node)
-
-
-def _holds_minus_one(tensor) -> bool:
-    from onnx import TensorProto, numpy_helper
-
-    return tensor.data_type == TensorProto.INT64 and math.prod(tensor.dims) <= 8 and \
-        tensor.data_location != TensorProto.EXTERNAL and bool((numpy_helper.to_array(tensor) == -1).any())
 
 
 def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 1024) -> int | None:
