@@ -7,13 +7,18 @@ from collections.abc import Iterator
 
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
+from graphfix.analysis.export_sizes import export_facts
 from graphfix.analysis.sizes import baked_slices, sizes_if
 from graphfix.analysis.sizes.arith import same
+from graphfix.analysis.sizes.cuts import ExportLengthCut, export_length_cuts
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
 HINT = ("A slice bound went through Python while tracing (`int(x.shape[i]) - 1`, `.item()`): index with the traced "
         "size itself or a negative bound (`x[:, :-1]`).")
+EXPORT_LENGTH_HINT = ("Keep the length a tensor while tracing (`x[:, :n]` with `n` a tensor, not a Python int), or "
+                      "mask instead of slicing (`(x * mask).sum(1) / mask.sum(1)`); if the cut is the model's own, "
+                      "export at a length other than the cut.")
 
 
 class TraceBakedSlice(Rule):
@@ -25,11 +30,18 @@ class TraceBakedSlice(Rule):
     Min's `T` side can never equal (`T - 1` from a neighbouring `x[:, 1:]`), it is solved on the constant side for
     the export-time size (T = c + 1). The end is then the solved expression, rebuilt from Shape ops.
 
+    Also finds Slices that cut a dynamic length from 0 to a constant end equal to that length at export
+    (graphfix.analysis.sizes.cuts), as `--trace-shape` or a constraint that holds at one size only says: they cut
+    nothing at the export size, so no constraint breaks and no probe fails. Where nothing says the export length,
+    such a cut is an info that names the constant.
+
     ## Why it breaks deployment
     `x[:, : int(x.size(1)) - 1]`, `x[:, : x.shape[1] // 2]` with the size through Python, or `.item()` of a length
     make the slice end a number while tracing. At the export size everything lines up; at any longer input the
     slice keeps the export-time length and the op that meets it fails (`Attempting to broadcast an axis by a
     dimension other than 1`), or, where nothing meets it, the model silently returns the export-time length.
+    speechbrain's StatisticsPooling keeps `x[i, 0:int(round(lens[i] * T))]`: exported at batch 1 with relative
+    length 1.0, the end is the export length, and every longer input is pooled over its first frames only.
 
     ## Example
     ```python
@@ -45,7 +57,9 @@ class TraceBakedSlice(Rule):
     `h = int(T) // 2` traced at T=8 fit `T - 4`, `T // 2` and `ceil(T / 2)`); the finding lists them and
     `--unsafe-fixes` applies the one that keeps the other constants. Not fixable (reported with the equation) when
     the expression cannot be built from the sizes of upstream tensors, or when the analysis' end is not one the
-    constraint leaves.
+    constraint leaves. Not fixable either where the end is the export length and nothing downstream pins it: a
+    model that keeps its first c frames on purpose, exported at exactly c, gives the same graph, and the relative
+    length the trace read is gone from it (re-exported at another length, a baked end moves with it).
     """
 
     code = "GF007"
@@ -74,8 +88,13 @@ class TraceBakedSlice(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         sizes = sizes_if(ctx, "Slice")
+        solved = set()
         for baked in baked_slices(sizes) if sizes else ():
+            solved.add(baked.node.name)
             yield self._finding(ctx, sizes, baked)
+        for cut in export_length_cuts(sizes, lambda: export_facts(ctx)) if sizes else ():
+            if cut.node.name not in solved:  # a constraint solved it: that finding says more, and fixes it
+                yield self._export_length_finding(cut)
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Slices were not checked (analysis incomplete)")
 
@@ -109,6 +128,24 @@ class TraceBakedSlice(Rule):
             fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {hypotheses.show(baked.expr)} from "
                     "Shape ops",
                     apply=loosened(node, {baked.value}, rebuild), safety=safety, reason=reason))
+
+
+    def _export_length_finding(self, cut: ExportLengthCut) -> Finding:
+        node, data = cut.node, cut.node.inputs[0]
+        if not cut.known:
+            return self.finding(
+                f"Slice '{node.name}' cuts axis {cut.axis} of '{data.name}' ({cut.length} long) at the constant "
+                f"{cut.end}: inputs longer than that lose the rest. Nothing says the export length; if it was "
+                f"{cut.end}, the end is a length traced through Python and baked (--trace-shape tells)",
+                nodes=[node], tensors=[data, node.inputs[2]], hint=EXPORT_LENGTH_HINT, severity=Severity.INFO)
+        return self.finding(
+            f"Slice '{node.name}' cuts axis {cut.axis} of '{data.name}' ({cut.length} long) at the constant "
+            f"{cut.end}, its length at export ({cut.why}): it cuts nothing at the export size and drops everything "
+            f"past {cut.end} at every longer input, with no error. A length computed in Python while tracing "
+            f"(`x[:, :int(round(lens[0] * x.shape[1]))]`, speechbrain's StatisticsPooling) is baked so; a model that "
+            f"keeps its first {cut.end} on purpose, exported at exactly {cut.end}, gives the same graph, and the graph "
+            "cannot say which: not repaired. Re-export at another length: a baked end moves with it",
+            nodes=[node], tensors=[data, node.inputs[2]], hint=EXPORT_LENGTH_HINT)
 
 
 def slice_ends(baked) -> hypotheses.Determination:
