@@ -42,13 +42,15 @@ class ExportLengthCut:
         return bool(self.why)
 
 
-def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable]) -> Iterator[ExportLengthCut]:
-    """Each axis a Slice cuts with a step of 1 at a constant end > 1 equal to its length at export, or at any such
-    end where the length's export value is not known, in graph order. `facts` gives
+def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable],
+                       slices: Iterable[gs.Node]) -> Iterator[ExportLengthCut]:
+    """Each axis one of `slices` cuts with a step of 1 at a constant end > 1 equal to its length at export, or at
+    any such end where the length's export value is not known, in graph order. `facts` gives
     graphfix.analysis.export_sizes.ExportFacts, asked once a Slice cuts a length at a constant (they may run
-    onnxruntime's symbolic inference)."""
+    onnxruntime's symbolic inference). The caller passes only the Slices that may cut a length (`may_cut_a_length`):
+    the analysis' shapes cost its whole pass, sympy's (a Llama's rotary half-splits cut fixed head dims)."""
     known: tuple | None = None
-    for node in sizes.graph.nodes:
+    for node in slices:
         if node.op != "Slice" or len(node.inputs) < 3:
             continue
         for axis, end in _constant_ends(sizes, node):
@@ -102,3 +104,18 @@ def _at_export(length: sympy.Expr, facts: tuple) -> tuple[int, str] | None:
         return None
     return int(value), "; ".join(given[s.name].show(given[s.name].value) for s in
                                  sorted(length.free_symbols, key=lambda s: s.name))
+
+
+def may_cut_a_length(node: gs.Node, constant, shape) -> bool:
+    """Whether the Slice `node` cuts from 0 at a constant end > 1 along an axis onnx's inference does not fix
+    (`constant`, `shape`: the rule context's readers of values and inferred shapes), before any size analysis."""
+    if node.op != "Slice" or len(node.inputs) < 3:
+        return False
+    starts, ends, dims = constant(node.inputs[1]), constant(node.inputs[2]), shape(node.inputs[0])
+    if starts is None or ends is None or starts.size != ends.size:
+        return False
+    axes = constant(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    axes = range(ends.size) if axes is None else axes.ravel().tolist()
+    return any(start == 0 and end > 1 and (dims is None or not isinstance(dims[int(axis)], int))
+               for start, end, axis in zip(starts.ravel().tolist(), ends.ravel().tolist(), axes, strict=False)
+               if dims is None or -len(dims) <= int(axis) < len(dims))
