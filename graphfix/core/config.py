@@ -203,7 +203,12 @@ def read_npy(path: Path, where: str, inside: Path | None = None):
         with os.fdopen(os.open(path, flags), "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise UsageError(f"{where}: '{path}' is not a regular file: refused")
-            return np.load(stream, allow_pickle=False)
+            value = np.load(stream, allow_pickle=False)
+            if not isinstance(value, np.ndarray):  # an .npz archive of several arrays (helper 81)
+                value.close()
+                raise UsageError(f"{where}: '{path}' is an .npz archive, not a .npy array: save one array with "
+                                 "numpy.save")
+            return value
     except (OSError, ValueError, EOFError) as exc:
         why = "a symbolic link: refused" if getattr(exc, "errno", None) == errno.ELOOP else str(exc)
         raise UsageError(f"{where}: cannot read '{path}' as a .npy array ({why})") from exc

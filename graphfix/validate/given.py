@@ -20,6 +20,9 @@ from graphfix.core.errors import UsageError
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
 NUMERIC = "biufc"  # numpy's kinds of bools and numbers: values of these are cast to the input's type
+UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (  # types numpy has no arrays of
+    "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
+    "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
 Fill = bool | int | float | np.ndarray
 
 
@@ -28,6 +31,7 @@ def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
     input declares, or one holding a value the input's type cannot. A name that is no graph input is left to the
     probe (GF001: a caller feeding an input the exporter pruned)."""
     declared = {vi.name: vi for vi in graph_inputs(model) if vi.type.WhichOneof("value") == "tensor_type"}
+    sized: dict[str, tuple[str, int]] = {}  # dim name -> the first input and size given for it
     for name, value in inputs.items():
         vi = declared.get(name)
         if vi is None or not vi.type.tensor_type.HasField("shape"):
@@ -40,8 +44,15 @@ def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
             if isinstance(want, int) and want != got:
                 raise UsageError(f"--input {name}: dim {axis} of the array is {got}, the input declares {want} "
                                  f"{dims}")
-        kind = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).kind \
-            if vi.type.tensor_type.elem_type else None
+            first, size = sized.setdefault(want, (name, got)) if isinstance(want, str) else (name, got)
+            if size != got:  # x and ids share 't': PyTorch refuses them apart too (helper 81)
+                raise UsageError(f"--input {name}: dim {axis} of the array is {got}, but '{want}' is {size} in "
+                                 f"--input {first}; the inputs share that dim")
+        elem = vi.type.tensor_type.elem_type
+        if elem in UNFEEDABLE:
+            raise UsageError(f"--input {name}: the input is {onnx.TensorProto.DataType.Name(elem).lower()}, which "
+                             "onnxruntime's Python API takes no values of")
+        kind = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind if elem else None
         if kind in NUMERIC and value.dtype.kind not in NUMERIC:
             raise UsageError(f"--input {name}: the array holds {value.dtype.name} values, the input takes numbers")
     cast_fills(model, inputs)
@@ -86,6 +97,12 @@ def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
             lost = value.imag != 0
         elif dtype.kind in "fc":  # into a float: rounding is fine (2049 is float16's 2048), overflow is not
             lost = np.isfinite(value) & ~np.isfinite(cast)
+        elif dtype.kind in "iub" and value.dtype.kind in "iu" and value.size:  # exactly: a uint64 above int64's
+            lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+            if lo <= int(value.min()) and int(value.max()) <= hi:  # not astype's round trip: it wraps back
+                lost = np.zeros(value.shape, bool)
+            else:  # as Python ints, which no comparison of mixed signs wraps
+                lost = (value.astype(object) < lo) | (value.astype(object) > hi)
         else:
             lost = cast.astype(value.dtype) != value
     if lost.any():

@@ -19,7 +19,7 @@ from onnx import helper
 from graphfix.core.counts import MAX_RANK
 from graphfix.core.errors import UsageError
 from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
-from graphfix.validate.given import cast_fills
+from graphfix.validate.given import UNFEEDABLE, cast_fills
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
     BATCH_LIKE,
@@ -32,9 +32,6 @@ LENGTH_LIKE = re.compile(r"len", re.IGNORECASE)
 PADDING_LIKE = re.compile(r"pad", re.IGNORECASE)
 LEVELS = ("runs", "consistent", "original", "torch")  # weakest first
 NORMAL_BLOCK = 1 << 20  # values drawn at a time for a float input
-UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (
-    "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
-    "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
 
 
 @dataclass

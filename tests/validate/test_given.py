@@ -72,3 +72,29 @@ def test_whole_numbers_round_into_a_float_input_as_floats_do(model, tmp_path):
     (red team 79: an int64 array of them was refused, "holds 2049, no float16 value")."""
     result = invoke("diagnose", model, given(tmp_path, "x", np.full((2, 6, 4), 16777217, np.int64)))
     assert result.exit_code == 0 and "GF000" not in result.output, result.output
+
+
+SHARED = """< ir_version: 8, opset_import: ["" : 17] >
+    g (float[b, t, 4] x, int64[b, t] ids, bfloat16[b] w) => (float[b, t, 4] y) { y = Relu(x) }"""
+
+
+@pytest.mark.parametrize(("arrays", "says"), [
+    ({"ids": np.array([[2**63 + 5]], np.uint64)}, "--input ids: the array holds 9223372036854775813, no int64 value"),
+    ({"x": np.zeros((2, 12, 4), np.float32), "ids": np.zeros((2, 13), np.int64)},
+     "--input ids: dim 1 of the array is 13, but 't' is 12 in --input x; the inputs share that dim"),
+    ({"w": np.zeros((2,), np.float32)}, "--input w: the input is bfloat16, which onnxruntime's Python API takes no"),
+], ids=["uint64-past-int64", "shared-dim-apart", "bfloat16-input"])
+def test_inputs_the_model_cannot_take_together_are_usage_errors(tmp_path, arrays, says):
+    """Helper 81: each was reported as the model failing (GF000, GF003), the uint64 wrapped to a negative index."""
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(SHARED), path)
+    result = invoke("diagnose", path, *(given(tmp_path, name, value) for name, value in arrays.items()))
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_an_npz_archive_is_a_usage_error_not_an_internal_one(model, tmp_path):
+    archive = tmp_path / "x.npz"
+    np.savez(archive, x=np.zeros((2, 6, 4), np.float32))
+    result = invoke("diagnose", model, f"x={archive}")
+    assert result.exit_code == 2 and "is an .npz archive, not a .npy array" in result.output, result.output
+    assert "internal error" not in result.output
