@@ -6,9 +6,12 @@ import re
 from collections.abc import Iterator
 
 from graphfix.analysis.context import RuleContext
-from graphfix.core.rule import Finding, Rejection, Rule
+from graphfix.analysis.sizes import sizes_of
+from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
 ADAPTIVE = re.compile(r"(?:^|/)\s*([^/:]*):\s*torch\.nn\.modules\.pooling\.(Adaptive(?:Avg|Max)Pool[123]d)(?=/|$)")
+CALLED = re.compile(r"\badaptive_(?:avg|max)_pool[123]d\b")  # the call in a stack trace's innermost frame
+STACK = "pkg.torch.onnx.stack_trace"
 POOLS = frozenset({"AveragePool", "MaxPool"})
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
         "`x.mean(-1, keepdim=True)` or `amax`, which export at every size), and re-export.")
@@ -18,16 +21,21 @@ class AdaptivePoolSpecialized(Rule):
     """An adaptive pool that the dynamo exporter wrote as a pool of fixed kernel along a dynamic axis.
 
     ## What it does
-    Reads the module path the dynamo exporter writes on each node (its `namespace` metadata) and finds an
-    AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or `nn.AdaptiveMaxPool1d/2d/3d` whose kernel
-    is more than 1 along an input axis the graph declares dynamic. An adaptive pool returns its output size at
-    every input size; torch.export decomposes one whose output size divides the export size into a pool of kernel
-    and stride `export size / output size` (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns
-    `T // 5` positions, not 8, at every other length (the graph declares it `(t//5)`). An axis an adaptive pool
-    keeps (`(None, 1)`) has kernel 1 there, and a static axis is pooled as PyTorch pools it: neither is reported.
-    Not found: an output size that does not divide the export size, which torch.export decomposes into gathers
-    over bins whose window length is fixed at export (torchvision's AlexNet at 96 by 128), nor a TorchScript
-    export, which carries no module path (its exporter refuses such a pool on a dynamic axis).
+    Reads what the dynamo exporter writes on each node, its module path (`namespace`) and its stack trace, and
+    finds an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or `nn.AdaptiveMaxPool1d/2d/3d`, or for
+    a call of `F.adaptive_avg_pool1d` and its kin in the stack trace's innermost frame (a user's module, a subclass,
+    timm's `SelectAdaptivePool2d('avgmax')`), whose kernel is more than 1 along an axis whose length varies. An
+    adaptive pool returns its output size at every input size; torch.export decomposes one whose output size
+    divides the export size into a pool of kernel and stride `export size / output size` (`AdaptiveAvgPool1d(8)`
+    at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at every other length (the graph declares it
+    `(t//5)`). The length is read from onnx's inference, then from the size analysis where onnx leaves it open: a
+    length padded and cropped to 16 before the pool is 16 at every size, and pooled as PyTorch pools it. A length
+    `x[..., :16]` of a dynamic one is 16 from 16 on: a warning (torch.export's `Dim("t", min=16)` says the model
+    takes no less, which the graph does not keep). An axis an adaptive pool keeps (`(None, 1)`) has kernel 1 there,
+    and a static axis is pooled as PyTorch pools it: neither is reported. Not found: an output size that does not
+    divide the export size, which torch.export decomposes into gathers over bins (torchvision's AlexNet at 96 by
+    128), a pool exported where its input already had the output size (kernel 1, the same graph as a kept axis),
+    nor a TorchScript export, which carries no module path (its exporter refuses such a pool on a dynamic axis).
 
     ## Why it breaks deployment
     The model runs at every size and returns a wrong shape (a classifier after the pool fails; a pyramid pooling
@@ -50,43 +58,59 @@ class AdaptivePoolSpecialized(Rule):
     name = "adaptive-pool-specialized"
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        modules = _adaptive_modules(ctx.model)
-        if not modules:
+        pools = _adaptive_pools(ctx.model)
+        if not pools:
             return
         for node in ctx.graph.nodes:
-            module = modules.get(node.name)
-            if node.op not in POOLS or module is None or not node.inputs:
+            if node.op not in POOLS or node.name not in pools or not node.inputs:
                 continue
-            name, kind = module
+            what = pools[node.name]
             shape = ctx.shape(node.inputs[0]) or []
             kernel = list(node.attrs.get("kernel_shape", []))
             spatial = shape[2:] if len(shape) == len(kernel) + 2 else []
-            pooled = [(axis + 2, dim, k) for axis, (dim, k) in enumerate(zip(spatial, kernel, strict=False))
+            pooled = [(axis + 2, k) for axis, (dim, k) in enumerate(zip(spatial, kernel, strict=False))
                       if k > 1 and isinstance(dim, str)]
+            lengths = sizes_of(ctx).shape(node.inputs[0]) if pooled else None  # only where onnx leaves it open
+            pooled = [(axis, k, lengths[axis] if lengths else None) for axis, k in pooled]
+            pooled = [(axis, k, length) for axis, k, length in pooled if length is None or length.free_symbols]
             if not pooled:
-                yield self.reject(f"{node.op} '{node.name}' of {kind} '{name}' pools no dynamic axis with a kernel "
-                                  f"above 1 (input {shape}, kernel {kernel})", nodes=[node.name])
+                yield self.reject(f"{node.op} '{node.name}' of {what} pools no dynamic axis with a kernel above 1 "
+                                  f"(input {shape}, kernel {kernel}; a length fixed before it is as PyTorch pools "
+                                  "it)", nodes=[node.name])
                 continue
-            axis, dim, k = pooled[0]
+            axis, k, length = pooled[0]
+            message = (f"{what} is written as {node.op} '{node.name}' with kernel {kernel}, {k} along axis {axis}, "
+                       f"whose length is dynamic ({length if length is not None else 'as onnx infers it'}): it "
+                       f"returns that length divided by {k} there, where the adaptive pool returns its output size "
+                       "at every size; the exporter fixed the pool at the export size")
+            floor = _floor(length)
             yield self.finding(
-                f"{kind} '{name}' is written as {node.op} '{node.name}' with kernel {kernel}, {k} along axis {axis}, "
-                f"which is dynamic ({_dim(dim)}): it returns the input's length divided by {k} there, where the "
-                "adaptive pool returns its output size at every size; the exporter fixed the pool at the export "
-                "size", nodes=[node.name], tensors=[node.inputs[0].name, node.outputs[0].name], hint=HINT)
+                message + (f", and the length is {floor} wherever the input reaches it (a model that takes no "
+                           f"shorter input is right)" if floor else ""),
+                nodes=[node.name], tensors=[node.inputs[0].name, node.outputs[0].name], hint=HINT,
+                severity=Severity.WARNING if floor else Severity.ERROR)
 
 
-def _dim(dim: str) -> str:
-    """A dim's name as the message gives it: shape inference's own (`unk__3`) say nothing."""
-    return "a length the graph computes" if re.fullmatch(r"unk__\d+", dim) else f"'{dim}'"
+def _floor(length) -> int | None:
+    """c where `length` is Min(c, ...): `x[..., :16]` of a dynamic length is 16 from 16 on (torch.export's
+    `Dim("t", min=16)` says the model takes no less, which the graph does not keep)."""
+    if length is None or type(length).__name__ != "Min":
+        return None
+    return next((int(a) for a in length.args if a.is_Integer), None)
 
 
-def _adaptive_modules(model) -> dict[str, tuple[str, str]]:
-    """Node name -> (module name, class name) for the nodes the dynamo exporter wrote for an adaptive pool (the
-    innermost one its `namespace` names)."""
+def _adaptive_pools(model) -> dict[str, str]:
+    """Node name -> what the dynamo exporter wrote it for, where that is an adaptive pool: the innermost module of
+    its `namespace` when it is one of torch.nn's (`AdaptiveAvgPool1d 'p'`), else the call of the innermost frame of
+    its stack trace (`F.adaptive_avg_pool1d` of a user's module, of a subclass, of timm's SelectAdaptivePool2d)."""
     found = {}
     for node in model.graph.node:
-        namespace = next((entry.value for entry in node.metadata_props if entry.key == "namespace"), "")
-        matches = ADAPTIVE.findall(namespace)
-        if matches and node.name:
-            found[node.name] = matches[-1]
+        meta = {entry.key: entry.value for entry in node.metadata_props}
+        modules = ADAPTIVE.findall(meta.get("namespace", ""))
+        called = CALLED.findall(meta.get(STACK, "").strip().splitlines()[-1] if meta.get(STACK, "").strip() else "")
+        if node.name and modules:
+            name, kind = modules[-1]
+            found[node.name] = f"{kind} '{name or '(the model)'}'"
+        elif node.name and called:
+            found[node.name] = f"a call of {called[-1]}"
     return found

@@ -41,9 +41,39 @@ def pooled_max_2d(size):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveMaxPool2d(size))
 
 
+class Called(nn.Module):
+    """The functional call, as timm's SelectAdaptivePool2d('avgmax') makes it: no pooling module in the path."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return nn.functional.adaptive_avg_pool1d(self.conv(x), 8)
+
+
+class Subclassed(nn.AdaptiveAvgPool1d):
+    """A subclass: the module path names it, not torch.nn's class."""
+
+
+class Cropped(nn.Module):
+    """Padded and cropped to 16 before the pool: its input is 16 long at every size (helper 81)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv1d(4, 4, 3, padding=1), nn.AdaptiveAvgPool1d(4)
+
+    def forward(self, x):
+        return self.pool(nn.functional.pad(self.conv(x), (0, 16))[..., :16])
+
+
 BROKEN = {  # name -> (module, export input, dynamic dims, an input at another size)
     "avg-1d": (lambda: pooled_1d(8), (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 48)),
     "max-2d": (lambda: pooled_max_2d((4, 4)), (2, 3, 32, 40), {0: "b", 2: "h", 3: "w"}, (1, 3, 64, 47)),
+    # helper 81: no torch.nn pooling class in the module path; the stack trace's innermost call names it
+    "functional": (Called, (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 48)),
+    "subclass": (lambda: nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), Subclassed(8)), (2, 4, 40), {0: "b", 2: "t"},
+                 (1, 4, 48)),
 }
 
 
@@ -69,7 +99,8 @@ def test_an_adaptive_pool_fixed_at_the_export_size_is_an_error_and_not_written(n
     (lambda: pooled_1d(1), (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 48)),  # a mean at every size
     (lambda: pooled_1d(8), (2, 4, 40), {0: "b"}, (3, 4, 40)),  # the pooled axis is static
     (lambda: pooled_max_2d(1), (2, 3, 32, 40), {0: "b", 2: "h", 3: "w"}, (1, 3, 50, 37)),  # a max at every size
-], ids=["to-one", "static-axis", "max-to-one"])
+    (Cropped, (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 23)),  # 16 long at every size: onnx's inference leaves it open
+], ids=["to-one", "static-axis", "max-to-one", "cropped-to-16"])
 def test_an_adaptive_pool_right_at_every_size_is_not_reported(make, shape, dims, other, tmp_path):
     torch.manual_seed(0)
     module = make().eval()
