@@ -18,8 +18,8 @@ No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a
 Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps, and
 the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool front end
 needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch
-too, it is outside the model), and a dim torch.export declares `k * name` is probed at multiples of k
-(graphfix.analysis.sizes.domain.input_multiples: the exporter checked the model there). 1 appears only in the
+too, it is outside the model), and a dim torch.export declares `k * name + c` is probed at sizes k n + c
+(graphfix.analysis.sizes.domain.input_steps: the exporter checked the model there). 1 appears only in the
 batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
 probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
 evidence. `--shape` and `--input` fix dims at every binding.
@@ -37,7 +37,7 @@ import onnx
 
 from graphfix.analysis.broadcast import BATCH_LIKE
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.domain import input_minimums, input_multiples, input_strides
+from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -51,6 +51,7 @@ from graphfix.validate.graph_sizes import (
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
+ANY = (1, 0)  # a dim's step where torch.export declared none: every size
 
 
 def batch_dims(model: onnx.ModelProto) -> set[str]:
@@ -102,14 +103,14 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> li
 
 def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
-    least, steps = input_minimums(model), input_multiples(model)
+    least, steps = input_minimums(model), input_steps(model)
     export = export_sizes(model, options, forced, least, steps)
     if not export:
         return [{}]
     batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
     wanted = max(options.num_sizes, 1)
     bindings = [export]
-    single = {name: steps.get(name, 1) for name in batch if name in export and name not in forced}
+    single = {name: _up(1, steps.get(name, ANY)) for name in batch if name in export and name not in forced}
     grow = input_strides(model, export)  # a larger size gives every strided front end another output position
     smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least, steps=steps)
     candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least, grow, steps)
@@ -125,7 +126,7 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
 
 def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int, tuple[str, ...]]],
                      batch: set[str], forced: dict[str, int], limit: int | None, avoid: set[int],
-                     least: dict[str, int], steps: dict[str, int]) -> dict[str, int] | None:
+                     least: dict[str, int], steps: dict[str, tuple[int, int]]) -> dict[str, int] | None:
     """The export binding with, for each threshold that no binding takes a size it meets past, the first free
     non-batch dim among those it meets set just past it (within the limit): one dim is enough to cross it, and a
     sum of several past it could leave the model (a cache's length plus the new tokens past a position table).
@@ -138,7 +139,7 @@ def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int,
             continue
         name = free[0]
         floor = max(least.get(name, 1), threshold + 1)
-        size = _free(floor, export[name], taken, limit, floor, steps.get(name, 1))
+        size = _free(floor, export[name], taken, limit, floor, steps.get(name, ANY))
         if size > threshold:  # a limit may stop it short: then no binding goes past this one
             moved[name] = size
             taken.add(size)
@@ -160,10 +161,10 @@ def reference_bindings(model: onnx.ModelProto, options, export: dict[str, int],
     free_batch = [name for name in export if name in batch and name not in forced]
     if not free_batch:
         return []
-    taken, steps = set(export.values()) | fixed_sizes(model), input_multiples(model)
+    taken, steps = set(export.values()) | fixed_sizes(model), input_steps(model)
     binding = dict(export)
     for name in free_batch:
-        binding[name] = _free(3, export[name], taken, None, 2, steps.get(name, 1))
+        binding[name] = _free(3, export[name], taken, None, 2, steps.get(name, ANY))
         taken.add(binding[name])
     return [binding]
 
@@ -193,9 +194,9 @@ def coincidence(model: onnx.ModelProto, binding: dict[str, int], probed: set[str
 
 def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: int | None,
             avoid: set[int], least: dict[str, int], grow: dict[str, int] | None = None,
-            steps: dict[str, int] | None = None) -> dict[str, int]:
+            steps: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
     """One size per dim around its export size, all different from each other and from the graph's fixed sizes,
-    none below the least size the model accepts, each a multiple of its `steps`; a larger one at least `grow` past
+    none below the least size the model accepts, each k n + c for its `steps` (k, c); a larger one at least `grow` past
     it."""
     taken: set[int] = set(forced.values()) | avoid  # not `taken | avoid` per dim: a copy of every size taken
     binding = dict(forced)
@@ -205,7 +206,7 @@ def _spread(export, step: int, batch: set[str], forced: dict[str, int], limit: i
         cap = None if name in batch else limit
         floor = max(least.get(name, 1), 2)  # 1 only where asked for: the batch-1 binding
         binding[name] = _free(max(_around(size, step, (grow or {}).get(name, 1)), floor), size, taken, cap, floor,
-                              (steps or {}).get(name, 1))
+                              (steps or {}).get(name, ANY))
         taken.add(binding[name])
     return {name: binding[name] for name in export}
 
@@ -219,17 +220,24 @@ def _around(export_size: int, step: int, grow: int = 1) -> int:
     return 2 * export_size + 2 * step - 1
 
 
-def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor: int = 1, step: int = 1) -> int:
-    """The first multiple of `step` from `start` (up, then down from `cap` to `floor`) not taken, not the export
-    size nor a multiple of it."""
+def _up(size: int, step: tuple[int, int]) -> int:
+    """The least k n + c at or above `size`, for `step` (k, c)."""
+    k, c = step
+    return size + (c - size) % k
+
+
+def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor: int = 1,
+          step: tuple[int, int] = (1, 0)) -> int:
+    """The first size k n + c (`step`: (k, c)) from `start` (up, then down from `cap` to `floor`) not taken, not the
+    export size nor a multiple of it."""
     def usable(size: int) -> bool:
         multiple = size > export_size > 1 and size % export_size == 0
-        return size >= floor and size % step == 0 and size not in taken and size != export_size and not multiple \
-            and (not cap or size <= cap)
+        return size >= floor and size not in taken and size != export_size and not multiple and \
+            (not cap or size <= cap)
 
-    start = min(start, cap) if cap else start
-    start = -(-start // step) * step
-    for size in itertools.chain(range(start, start + 64 * step, step), range(start - step, floor - 1, -step)):
+    k = step[0]
+    start = _up(min(start, cap) if cap else start, step)
+    for size in itertools.chain(range(start, start + 64 * k, k), range(start - k, floor - 1, -k)):
         if usable(size):
             return size
     return start
@@ -249,10 +257,11 @@ def forced_sizes(model: onnx.ModelProto, options) -> dict[str, int]:
 
 
 def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
-                 least: dict[str, int] | None = None, steps: dict[str, int] | None = None) -> dict[str, int]:
+                 least: dict[str, int] | None = None, steps: dict[str, tuple[int, int]] | None = None
+                 ) -> dict[str, int]:
     """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits), raised
-    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain) and to a multiple of its
-    `steps` (graphfix.analysis.sizes.domain.input_multiples)."""
+    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain) and to a size k n + c of its
+    `steps` (graphfix.analysis.sizes.domain.input_steps)."""
     least, steps = least or {}, steps or {}
     hint, limit = baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
@@ -269,11 +278,10 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
             elif name in options.trace_sizes:
                 sizes[name] = options.trace_sizes[name]
             elif axis == 0 or BATCH_LIKE.search(name):
-                step = steps.get(name, 1)
-                sizes[name] = -(-max(DEFAULT_BATCH, least.get(name, 1)) // step) * step
+                sizes[name] = _up(max(DEFAULT_BATCH, least.get(name, 1)), steps.get(name, ANY))
             else:
                 floor = least.get(name, 1)
-                sizes[name] = _free(max(other, floor), 0, taken, limit, floor, steps.get(name, 1))
+                sizes[name] = _free(max(other, floor), 0, taken, limit, floor, steps.get(name, ANY))
                 taken.add(sizes[name])
     return sizes
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from conftest import parse
 
-from graphfix.analysis.sizes.domain import input_minimums, input_multiples
+from graphfix.analysis.sizes.domain import input_minimums, input_steps
 
 # (conv/pool layers as ONNX text over float[B, 1, S] x, each ending in a tensor named by the next)
 STACKS = {
@@ -97,7 +97,13 @@ def test_a_larger_probe_size_gives_every_strided_output_another_frame(name):
     assert larger and all(frames_at(model, s) > frames_at(model, 400) for s in larger)
 
 
-def test_a_dim_torch_export_declares_as_a_multiple_is_one():
+def test_a_dim_torch_export_declares_k_n_plus_c_takes_those_sizes():
     model = parse("""< ir_version: 8, opset_import: ["" : 17] >
-        g (float[1, 3, "2*H2", "2*W2"] x) => (float[1, 3, "2*H2", "2*W2"] y) { y = Relu(x) }""")
-    assert input_multiples(model) == {"2*H2": 2, "2*W2": 2}
+        g (float[1, "2*H2", "2*W2 + 1", "4*t - 1"] x) => (float[1, "2*H2", "2*W2 + 1", "4*t - 1"] y) {
+            y = Relu(x)
+        }""")
+    assert input_steps(model) == {"2*H2": (2, 0), "2*W2 + 1": (2, 1), "4*t - 1": (4, 3)}
+    from graphfix.validate import ValidationOptions, probe_sizes
+
+    sizes = probe_sizes(model, ValidationOptions())
+    assert all(b["2*H2"] % 2 == 0 and b["2*W2 + 1"] % 2 == 1 and b["4*t - 1"] % 4 == 3 for b in sizes), sizes

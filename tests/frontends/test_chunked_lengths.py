@@ -3,7 +3,7 @@
 `nn.PixelUnshuffle(2)` takes even heights and widths only, in PyTorch too, and a frame-stacking front end
 (`x.reshape(B, -1, 8 * C)` before a Linear of 8 * C features) takes multiples of 8 frames. Exported with dynamo as
 `2 * H` (a dim torch.export names `2*H2`), the exporter checked the model at even sizes only: graphfix probes those
-(graphfix.analysis.sizes.domain.input_multiples), finds no error, and `repair` writes it unchanged with exit 0.
+(graphfix.analysis.sizes.domain.input_steps), finds no error, and `repair` writes it unchanged with exit 0.
 
 Exported with the TorchScript exporter, such a split is not taken for the model's domain: a first version did,
 from the chunk's size (4 or less, or a size a weight has), and red team 79 had wrong models pass through it with

@@ -11,9 +11,9 @@ frames, not the bare minimum, so what follows the front end sees a real sequence
 A windowed op inside an If branch (asteroid's filterbank encoder, scripted: `Conv` on a 3-D input, else a
 Reshape first) bounds the size too where it reads an outer tensor whose shape the analysis knows.
 
-    steps = input_multiples(model)  # {"2*H2": 2}: torch.export declared the dim as 2 * H2
+    steps = input_steps(model)  # {"2*h": (2, 0), "2*h + 1": (2, 1)}: torch.export declared 2 * h, 2 * h + 1
 
-A dim torch.export declares `k * name` takes multiples of k only: the exporter checked the model for those. Not a
+A dim torch.export declares `k * name + c` takes sizes k n + c only: the exporter checked the model for those. Not a
 length a Reshape with -1 splits into whole chunks (`nn.PixelUnshuffle(2)`, frames stacked for a Linear): a head
 split with the length baked (`q.reshape(B, int(T), H, -1)`), a chunk of the length baked and a pad to a multiple
 that the trace dropped with its branch (`if T % 8: x = F.pad(...)`) leave such graphs too, wrong at other sizes
@@ -57,17 +57,18 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
     return strides
 
 
-DERIVED = re.compile(r"^(\d+)\*([A-Za-z_]\w*)$")  # torch.export's name of a dim declared `k * Dim(...)`
+DERIVED = re.compile(r"^(\d+)\*[A-Za-z_]\w*(?: ([+-]) (\d+))?$")  # torch.export's `2*h`, `2*h + 1` (k * Dim + c)
 
 
-def input_multiples(model) -> dict[str, int]:
-    """Input dim name -> the number its sizes must be a multiple of, where torch.export declared the dim `k * name`."""
-    steps: dict[str, int] = {}
+def input_steps(model) -> dict[str, tuple[int, int]]:
+    """Input dim name -> (k, c) where torch.export declared the dim `k * name + c` (k > 1): its sizes are k n + c."""
+    steps: dict[str, tuple[int, int]] = {}
     for vi in model.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             derived = DERIVED.match(dim.dim_param)
             if derived and int(derived.group(1)) > 1:
-                steps[dim.dim_param] = int(derived.group(1))
+                k, c = int(derived.group(1)), int(derived.group(3) or 0) * (-1 if derived.group(2) == "-" else 1)
+                steps[dim.dim_param] = (k, c % k)
     return steps
 
 
