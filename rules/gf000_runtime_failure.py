@@ -22,11 +22,11 @@ class RuntimeFailure(Rule):
     the export length, though the GRU op makes it `T`: an error on a model onnxruntime runs at every length, left so
     because dynamo writes the same graph and declaration for `gru(x)[0][:, :12]` traced at 12 (it drops the crop),
     where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). A dim torch.export declares `2*H2` is probed
-    at even sizes only, `2*h + 1` at odd ones (the exporter checked the model there); a length a Reshape splits into whole chunks is not
-    kept to multiples, since a head split with the length baked, a pad to a multiple that the trace dropped with
-    its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding says to give
-    multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`). It has no
-    static detection.
+    at even sizes only, `2*h + 1` at odd ones (the exporter checked the model there); a length a Reshape splits into
+    whole chunks is not kept to multiples, since a head split with the length baked, a pad to a multiple that the
+    trace dropped with its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding
+    says to give multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`).
+    It has no static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime
