@@ -48,7 +48,9 @@ SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so 
 DECLARED = "declared shape of"
 DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a size baked while tracing (`int(T)`, "
                  "`math.ceil(T / k) * k`), an output dim named after a size it is not (dynamic_axes: give it a "
-                 "name of its own, or the export size with --trace-shape, which shows such a declaration wrong), "
+                 "name of its own, or the export size with --trace-shape, which shows such a declaration wrong; "
+                 "exported at batch 1, the TorchScript exporter may name a dim that is always 1 after the batch, "
+                 "as speechbrain's ECAPA's [b, b, 8]: export at batch 2), "
                  "or a size past the most the model takes (a pad to a maximum length, which GF008 names: the same "
                  "graph as a traced math.ceil, so graphfix cannot tell them apart; `repair` writes it unchanged "
                  "with exit 1).")
