@@ -71,7 +71,7 @@ class AdaptivePoolSpecialized(Rule):
             pooled = [(axis + 2, k) for axis, (dim, k) in enumerate(zip(spatial, kernel, strict=False))
                       if k > 1 and isinstance(dim, str)]
             lengths = sizes_of(ctx).shape(node.inputs[0]) if pooled else None  # only where onnx leaves it open
-            pooled = [(axis, k, lengths[axis] if lengths else None) for axis, k in pooled]
+            pooled = [(axis, k, lengths[axis] if lengths and axis < len(lengths) else None) for axis, k in pooled]
             pooled = [(axis, k, length) for axis, k, length in pooled if length is None or length.free_symbols]
             if not pooled:
                 yield self.reject(f"{node.op} '{node.name}' of {what} pools no dynamic axis with a kernel above 1 "
@@ -100,11 +100,13 @@ def _floor(length) -> int | None:
 
 
 def _adaptive_pools(model) -> dict[str, str]:
-    """Node name -> what the dynamo exporter wrote it for, where that is an adaptive pool: the innermost module of
+    """Pool node name -> what the dynamo exporter wrote it for, where that is an adaptive pool: the innermost module of
     its `namespace` when it is one of torch.nn's (`AdaptiveAvgPool1d 'p'`), else the call of the innermost frame of
     its stack trace (`F.adaptive_avg_pool1d` of a user's module, of a subclass, of timm's SelectAdaptivePool2d)."""
     found = {}
     for node in model.graph.node:
+        if node.op_type not in POOLS:
+            continue
         meta = {entry.key: entry.value for entry in node.metadata_props}
         modules = ADAPTIVE.findall(meta.get("namespace", ""))
         called = CALLED.findall(meta.get(STACK, "").strip().splitlines()[-1] if meta.get(STACK, "").strip() else "")
