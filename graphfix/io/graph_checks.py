@@ -104,11 +104,17 @@ def every_graph(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, str]]
 
 
 def check_acyclic(graph: onnx.GraphProto, context: str) -> None:
-    """Refuse a cycle (Kahn's algorithm), naming a node on it. Inputs from outer scopes are not this graph's
-    business; a subgraph's reads of this graph's tensors count as its node's inputs."""
+    """Refuse a cycle (Kahn's algorithm), naming a node on it, and a node writing a graph input or a weight (a name
+    defined twice, which onnxruntime refuses: the dynamo exporter writes one for `output_names` that reuse an
+    input's, and the graph then reads its own output before it is made). Inputs from outer scopes are not this
+    graph's business; a subgraph's reads of this graph's tensors count as its node's inputs."""
+    given = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
     producer: dict[str, int] = {}
     for index, node in enumerate(graph.node):
         for name in node.output:
+            if name in given:
+                raise InputError(f"tensor '{name}'{context} is defined twice: a graph input or weight, and an output "
+                                 f"of node '{node.name or node.op_type}' (give the outputs names of their own)")
             if name:
                 producer[name] = index
     waiting = [0] * len(graph.node)

@@ -90,6 +90,19 @@ def _write(folder: Path, content: bytes) -> Path:
     return path
 
 
+def _output_named_like_an_input(folder: Path) -> Path:
+    """What the dynamo exporter writes for `output_names` that reuse an input's (helper 81): onnxruntime refuses it
+    ("Duplicate definition"); graphfix said "node ... is on a cycle"."""
+    from onnx import TensorProto, helper
+
+    path = folder / "model.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["y"], ["z"]), helper.make_node("Neg", ["z"], ["y"])], "g",
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def _empty_folder_named_like_model(folder: Path) -> Path:
     path = folder / "model.onnx"
     path.mkdir()
@@ -111,6 +124,7 @@ CASES = {
     "hard link": (_hardlink, "hard link"),
     "unsupported IR": (lambda d: _set_model_field(d, ir_version=99), "IR version 99"),
     "unsupported opset": (lambda d: _set_model_field(d, opset=99), "opset 99"),
+    "output named like an input": (_output_named_like_an_input, "tensor 'y' is defined twice"),
 }
 
 
