@@ -21,21 +21,22 @@ class AdaptivePoolSpecialized(Rule):
     """An adaptive pool that the dynamo exporter wrote as a pool of fixed kernel along a dynamic axis.
 
     ## What it does
-    Reads what the dynamo exporter writes on each node, its module path (`namespace`) and its stack trace, and
-    finds an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or `nn.AdaptiveMaxPool1d/2d/3d`, or for
-    a call of `F.adaptive_avg_pool1d` and its kin in the stack trace's innermost frame (a user's module, a subclass,
+    Reads what the dynamo exporter writes on each node, its module path (`namespace`) and its stack trace, and finds
+    an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or `nn.AdaptiveMaxPool1d/2d/3d`, or for a
+    call of `F.adaptive_avg_pool1d` and its kin in the stack trace's innermost frame (a user's module, a subclass,
     timm's `SelectAdaptivePool2d('avgmax')`), whose kernel is more than 1 along an axis whose length varies. An
-    adaptive pool returns its output size at every input size; torch.export decomposes one whose output size
-    divides the export size into a pool of kernel and stride `export size / output size` (`AdaptiveAvgPool1d(8)`
-    at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at every other length (the graph declares it
+    adaptive pool returns its output size at every input size; torch.export decomposes one whose output size divides
+    the export size into a pool of kernel and stride `export size / output size` (`AdaptiveAvgPool1d(8)` at 40
+    frames: kernel 5), which returns `T // 5` positions, not 8, at every other length (the graph declares it
     `(t//5)`). The length is read from onnx's inference, then from the size analysis where onnx leaves it open: a
     length padded and cropped to 16 before the pool is 16 at every size, and pooled as PyTorch pools it. A length
     `x[..., :16]` of a dynamic one is 16 from 16 on: a warning (torch.export's `Dim("t", min=16)` says the model
     takes no less, which the graph does not keep). An axis an adaptive pool keeps (`(None, 1)`) has kernel 1 there,
     and a static axis is pooled as PyTorch pools it: neither is reported. Not found: an output size that does not
     divide the export size, which torch.export decomposes into gathers over bins (torchvision's AlexNet at 96 by
-    128), a pool exported where its input already had the output size (kernel 1, the same graph as a kept axis),
-    nor a TorchScript export, which carries no module path (its exporter refuses such a pool on a dynamic axis).
+    128), a 2-d or 3-d pool exported where its input already had the output size (kernel 1, the graph of a kept
+    `None` axis; a 1-d pool keeps none, and is found), nor a TorchScript export, which carries no module path (its
+    exporter refuses such a pool on a dynamic axis).
 
     ## Why it breaks deployment
     The model runs at every size and returns a wrong shape (a classifier after the pool fails; a pyramid pooling
@@ -68,8 +69,9 @@ class AdaptivePoolSpecialized(Rule):
             shape = ctx.shape(node.inputs[0]) or []
             kernel = list(node.attrs.get("kernel_shape", []))
             spatial = shape[2:] if len(shape) == len(kernel) + 2 else []
+            one_d = bool(re.search(r"pool1d", what, re.IGNORECASE))  # keeps no axis: a kernel of 1 is fixed too
             pooled = [(axis + 2, k) for axis, (dim, k) in enumerate(zip(spatial, kernel, strict=False))
-                      if k > 1 and isinstance(dim, str)]
+                      if isinstance(dim, str) and (k > 1 or (one_d and axis == len(spatial) - 1))]
             lengths = sizes_of(ctx).shape(node.inputs[0]) if pooled else None  # only where onnx leaves it open
             pooled = [(axis, k, lengths[axis] if lengths and axis < len(lengths) else None) for axis, k in pooled]
             pooled = [(axis, k, length) for axis, k, length in pooled if length is None or length.free_symbols]
@@ -79,10 +81,11 @@ class AdaptivePoolSpecialized(Rule):
                                   "it)", nodes=[node.name])
                 continue
             axis, k, length = pooled[0]
+            returns = f"that length divided by {k}" if k > 1 else "that length (exported where it was the output size)"
             message = (f"{what} is written as {node.op} '{node.name}' with kernel {kernel}, {k} along axis {axis}, "
                        f"whose length is dynamic ({length if length is not None else 'as onnx infers it'}): it "
-                       f"returns that length divided by {k} there, where the adaptive pool returns its output size "
-                       "at every size; the exporter fixed the pool at the export size")
+                       f"returns {returns} there, where the adaptive pool returns its output size at every size; the "
+                       "exporter fixed the pool at the export size")
             floor = _floor(length)
             yield self.finding(
                 message + (f", and the length is {floor} wherever the input reaches it (a model that takes no "

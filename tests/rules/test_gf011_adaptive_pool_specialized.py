@@ -74,6 +74,8 @@ BROKEN = {  # name -> (module, export input, dynamic dims, an input at another s
     "functional": (Called, (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 48)),
     "subclass": (lambda: nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), Subclassed(8)), (2, 4, 40), {0: "b", 2: "t"},
                  (1, 4, 48)),
+    # exported where the length was the output size: kernel 1, which a 1-d pool never keeps (helper 81)
+    "avg-1d-at-its-size": (lambda: pooled_1d(8), (2, 4, 8), {0: "b", 2: "t"}, (1, 4, 48)),
 }
 
 
