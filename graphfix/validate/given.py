@@ -1,8 +1,8 @@
 """Values the user gives for graph inputs (`--input NAME=FILE.npy`, freeze's fills), checked against the inputs
 they feed and cast to their types.
 
-    check_given(model, options.inputs)   # a UsageError for an array of another rank, a fixed dim it does not
-                                         # have, or values the input's type cannot hold
+    check_given(model, options.inputs)   # a UsageError for an array the input cannot take: another rank, a
+                                         # fixed dim it does not have, values the input's type cannot hold
     fills = cast_fills(model, fills)     # in the inputs' types (a float64 .npy for a float32 input): the probe's
                                          # feeds (graphfix.validate.inputs.synthesize_inputs), freeze's fills
 
@@ -28,8 +28,9 @@ Fill = bool | int | float | np.ndarray
 
 def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
     """Refuse (UsageError) an array of another rank than its input, one whose dim differs from a fixed dim the
-    input declares, or one holding a value the input's type cannot. A name that is no graph input is left to the
-    probe (GF001: a caller feeding an input the exporter pruned)."""
+    input declares or from the size another array gives a dim they share, one for an input of a type numpy has no
+    arrays of (bfloat16), strings for numbers, or a value the input's type cannot hold. A name that is no graph
+    input is left to the probe (GF001: a caller feeding an input the exporter pruned)."""
     declared = {vi.name: vi for vi in graph_inputs(model) if vi.type.WhichOneof("value") == "tensor_type"}
     sized: dict[str, tuple[str, int]] = {}  # dim name -> the first input and size given for it
     for name, value in inputs.items():
