@@ -13,6 +13,8 @@ round to the nearest, as numpy's `astype` does), never reported as the model fai
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 
@@ -92,7 +94,8 @@ def _holds(value: bool | int | float, dtype: np.dtype) -> bool:
 
 
 def _cast_array(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", np.exceptions.ComplexWarning)  # the imaginary part is checked below
         cast = value.astype(dtype)
         if value.dtype.kind == "c" and dtype.kind != "c":
             lost = value.imag != 0
