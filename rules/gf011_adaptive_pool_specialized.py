@@ -10,7 +10,8 @@ from graphfix.analysis.sizes import sizes_of
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
 ADAPTIVE = re.compile(r"(?:^|/)\s*([^/:]*):\s*torch\.nn\.modules\.pooling\.(Adaptive(?:Avg|Max)Pool[123]d)(?=/|$)")
-CALLED = re.compile(r"\badaptive_(?:avg|max)_pool[123]d\b")  # the call in a stack trace's innermost frame
+# the call in a stack trace's innermost frame: torch's, or timm's adaptive_avgmax_pool2d, select_adaptive_pool2d
+CALLED = re.compile(r"adaptive_\w*pool[123]d\b")
 STACK = "pkg.torch.onnx.stack_trace"
 POOLS = frozenset({"AveragePool", "MaxPool"})
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
