@@ -10,7 +10,7 @@ from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_facts
 from graphfix.analysis.sizes import baked_slices, sizes_if
 from graphfix.analysis.sizes.arith import same
-from graphfix.analysis.sizes.cuts import ExportLengthCut, export_length_cuts, may_cut_a_length
+from graphfix.analysis.sizes.cuts import ExportLengthCut, constant_cuts, export_length_cuts
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import FailureSite, Finding, Fix, Rejection, Rule, Safety, Severity
 
@@ -92,8 +92,8 @@ class TraceBakedSlice(Rule):
         for baked in baked_slices(sizes) if sizes else ():
             solved.add(baked.node.name)
             yield self._finding(ctx, sizes, baked)
-        slices = [node for node in ctx.graph.nodes if may_cut_a_length(node, ctx.constant_value, ctx.shape)]
-        for cut in export_length_cuts(sizes, lambda: export_facts(ctx), slices) if sizes and slices else ():
+        cuts = [cut for node in ctx.graph.nodes for cut in constant_cuts(node, ctx.constant_value, ctx.shape)]
+        for cut in export_length_cuts(sizes, lambda: export_facts(ctx), cuts) if sizes and cuts else ():
             if cut.node.name not in solved:  # a constraint solved it: that finding says more, and fixes it
                 yield self._export_length_finding(cut)
         if sizes and sizes.incomplete:

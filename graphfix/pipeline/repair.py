@@ -122,7 +122,8 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
         check_destination(loaded, output, options.in_place)
     if (checks := options.validation) is not None:  # before any work: a typo is no input
         check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
-        check_given(loaded.proto, checks.inputs)
+        cast = check_given(loaded.proto, checks.inputs)  # once: every probe size feeds them as they are
+        options = dataclasses.replace(options, validation=dataclasses.replace(checks, inputs=cast))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphfix-io") as pool:
         original = pool.submit(_original_runner, loaded) if options.validate else None
         return _repair(loaded, output, options, pool, original)

@@ -2,7 +2,8 @@
 they feed and cast to their types.
 
     check_given(model, options.inputs)   # a UsageError for an array the input cannot take: another rank, a
-                                         # fixed dim it does not have, values the input's type cannot hold
+                                         # fixed dim it does not have, values the input's type cannot hold;
+                                         # else the arrays cast to the inputs' types
     fills = cast_fills(model, fills)     # in the inputs' types (a float64 .npy for a float32 input): the probe's
                                          # feeds (graphfix.validate.inputs.synthesize_inputs), freeze's fills
 
@@ -28,11 +29,12 @@ UNFEEDABLE = frozenset(getattr(onnx.TensorProto, name) for name in (  # types nu
 Fill = bool | int | float | np.ndarray
 
 
-def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
+def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Refuse (UsageError) an array of another rank than its input, one whose dim differs from a fixed dim the
     input declares or from the size another array gives a dim they share, one for an input of a type numpy has no
     arrays of (bfloat16), strings for numbers, or a value the input's type cannot hold. A name that is no graph
-    input is left to the probe (GF001: a caller feeding an input the exporter pruned)."""
+    input is left to the probe (GF001: a caller feeding an input the exporter pruned). Returns `inputs` cast to
+    their inputs' types (`cast_fills`), once: every probe size then feeds them as they are."""
     declared = {vi.name: vi for vi in graph_inputs(model) if vi.type.WhichOneof("value") == "tensor_type"}
     sized: dict[str, tuple[str, int]] = {}  # dim name -> the first input and size given for it
     for name, value in inputs.items():
@@ -58,7 +60,7 @@ def check_given(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
         kind = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind if elem else None
         if kind in NUMERIC and value.dtype.kind not in NUMERIC:
             raise UsageError(f"--input {name}: the array holds {value.dtype.name} values, the input takes numbers")
-    cast_fills(model, inputs)
+    return cast_fills(model, inputs)
 
 
 def cast_fills(model: onnx.ModelProto, fills: dict[str, Fill]) -> dict[str, Fill]:

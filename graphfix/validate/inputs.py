@@ -69,7 +69,7 @@ def synthesize_inputs(
                             "stands)")
     dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in made}
     check_input_bytes(shapes, dtypes)  # before allocating anything
-    given = cast_fills(model, options.inputs)  # a float64 .npy for a float32 input (check_given refused the rest)
+    given = cast_fills(model, options.inputs)  # cast once by check_given; a caller of validate itself here
     for vi in graph_inputs(model):
         if vi.name in given:
             feeds[vi.name] = given[vi.name]

@@ -7,6 +7,7 @@ dropped), and the run goes on to find failures further down. Polygraphy's lint s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     else:
         proto, base_dir, files = load_structure(model)
     check_shapes(proto, options.shapes, optional=options.configured)
-    check_given(proto, options.inputs)
+    options = dataclasses.replace(options, inputs=check_given(proto, options.inputs))  # cast once
     try:
         for value in graph_inputs(proto):
             if value.name not in options.inputs:

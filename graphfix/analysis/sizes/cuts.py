@@ -43,51 +43,46 @@ class ExportLengthCut:
 
 
 def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable],
-                       slices: Iterable[gs.Node]) -> Iterator[ExportLengthCut]:
-    """Each axis one of `slices` cuts with a step of 1 at a constant end > 1 equal to its length at export, or at
-    any such end where the length's export value is not known, in graph order. `facts` gives
-    graphfix.analysis.export_sizes.ExportFacts, asked once a Slice cuts a length at a constant (they may run
-    onnxruntime's symbolic inference). The caller passes only the Slices that may cut a length (`may_cut_a_length`):
-    the analysis' shapes cost its whole pass, sympy's (a Llama's rotary half-splits cut fixed head dims)."""
+                       cuts: Iterable[tuple[gs.Node, int, int]]) -> Iterator[ExportLengthCut]:
+    """Each of `cuts` (Slice, axis, end: `constant_cuts`) whose length is an expression of the input dims and equal
+    to the end at export, or whose length's export value is not known, in graph order. `facts` gives
+    graphfix.analysis.export_sizes.ExportFacts, asked once a cut meets a length (they may run onnxruntime's
+    symbolic inference). Only the cuts onnx's inference leaves open reach the analysis' shapes, which cost its
+    whole pass, sympy's (a Llama's rotary half-splits cut fixed head dims)."""
     known: tuple | None = None
-    for node in slices:
-        if node.op != "Slice" or len(node.inputs) < 3:
-            continue
-        for axis, end in _constant_ends(sizes, node):
-            shape = sizes.shape(node.inputs[0])
-            length = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
-            if length is None or not length.free_symbols:
-                continue  # a fixed axis: a cut of features, or of a length already baked (GF004's)
-            known = tuple(facts()) if known is None else known
-            at_export = _at_export(length, known)
-            if at_export is None:
-                yield ExportLengthCut(node, axis % len(shape), length, end)
-            elif at_export[0] == end:
-                yield ExportLengthCut(node, axis % len(shape), length, end, at_export[1])
+    for node, axis, end in cuts:
+        shape = sizes.shape(node.inputs[0])
+        length = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+        if length is None or not length.free_symbols:
+            continue  # a fixed axis: a cut of features, or of a length already baked (GF004's)
+        known = tuple(facts()) if known is None else known
+        at_export = _at_export(length, known)
+        if at_export is None:
+            yield ExportLengthCut(node, axis % len(shape), length, end)
+        elif at_export[0] == end:
+            yield ExportLengthCut(node, axis % len(shape), length, end, at_export[1])
 
 
-def _constant_ends(sizes: Sizes, node: gs.Node) -> Iterator[tuple[int, int]]:
-    """(axis, end) for each axis the Slice cuts from 0 to a whole constant end > 1 with step 1 (no step given is 1):
-    the whole slice is a no-op at that length. A later start cuts at export (`x[:, t:t + 1]`, the last step of an
-    unrolled loop, ends at the length: GF009's), and a model reading to the end writes `x[:, k:]`."""
-    starts, ends = _whole(sizes.value(node.inputs[1])), _whole(sizes.value(node.inputs[2]))
-    if starts is None or ends is None:
-        return
-    axes = _whole(sizes.value(node.inputs[3])) if len(node.inputs) > 3 and node.inputs[3].name else \
-        tuple(range(len(ends)))
-    steps = _whole(sizes.value(node.inputs[4])) if len(node.inputs) > 4 and node.inputs[4].name else \
-        (1,) * len(ends)
-    if axes is None or steps is None or not len(axes) == len(steps) == len(ends) == len(starts):
-        return
-    yield from ((axis, end) for axis, start, end, step in zip(axes, starts, ends, steps, strict=True)
-                if start == 0 and step == 1 and end > 1)
-
-
-def _whole(value) -> tuple[int, ...] | None:
-    """The value as whole numbers, None where any element is not one (a computed end is no constant)."""
-    if value is None or not all(getattr(v, "is_Integer", isinstance(v, int)) for v in value):
-        return None
-    return tuple(int(v) for v in value)
+def constant_cuts(node: gs.Node, constant, shape) -> list[tuple[gs.Node, int, int]]:
+    """(node, axis, end) for each axis the Slice `node` cuts from 0 to a whole constant end > 1 with step 1 (no step
+    given is 1), along an axis onnx's inference does not fix (`constant`, `shape`: the rule context's readers of
+    values and inferred shapes; an unknown shape leaves every axis open): the whole slice is a no-op at that length.
+    A later start cuts at export (`x[:, t:t + 1]`, the last step of an unrolled loop, ends at the length: GF009's),
+    and a model reading to the end writes `x[:, k:]`."""
+    if node.op != "Slice" or len(node.inputs) < 3:
+        return []
+    starts, ends, dims = constant(node.inputs[1]), constant(node.inputs[2]), shape(node.inputs[0])
+    given = [constant(node.inputs[k]) if len(node.inputs) > k and node.inputs[k].name else None for k in (3, 4)]
+    if starts is None or ends is None or starts.size != ends.size:
+        return []
+    axes = range(ends.size) if given[0] is None else given[0].ravel().tolist()
+    steps = [1] * ends.size if given[1] is None else given[1].ravel().tolist()
+    if not len(axes) == len(steps) == ends.size:
+        return []
+    return [(node, int(axis), int(end)) for start, end, axis, step in
+            zip(starts.ravel().tolist(), ends.ravel().tolist(), axes, steps, strict=True)
+            if start == 0 and step == 1 and end > 1 and (dims is None or (
+                -len(dims) <= int(axis) < len(dims) and not isinstance(dims[int(axis)], int)))]
 
 
 def _at_export(length: sympy.Expr, facts: tuple) -> tuple[int, str] | None:
@@ -104,18 +99,3 @@ def _at_export(length: sympy.Expr, facts: tuple) -> tuple[int, str] | None:
         return None
     return int(value), "; ".join(given[s.name].show(given[s.name].value) for s in
                                  sorted(length.free_symbols, key=lambda s: s.name))
-
-
-def may_cut_a_length(node: gs.Node, constant, shape) -> bool:
-    """Whether the Slice `node` cuts from 0 at a constant end > 1 along an axis onnx's inference does not fix
-    (`constant`, `shape`: the rule context's readers of values and inferred shapes), before any size analysis."""
-    if node.op != "Slice" or len(node.inputs) < 3:
-        return False
-    starts, ends, dims = constant(node.inputs[1]), constant(node.inputs[2]), shape(node.inputs[0])
-    if starts is None or ends is None or starts.size != ends.size:
-        return False
-    axes = constant(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
-    axes = range(ends.size) if axes is None else axes.ravel().tolist()
-    return any(start == 0 and end > 1 and (dims is None or not isinstance(dims[int(axis)], int))
-               for start, end, axis in zip(starts.ravel().tolist(), ends.ravel().tolist(), axes, strict=False)
-               if dims is None or -len(dims) <= int(axis) < len(dims))
