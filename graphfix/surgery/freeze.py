@@ -101,12 +101,12 @@ def _describe(value: Fill) -> str:
 
 
 def freeze_proto(model: onnx.ModelProto, fills: dict[str, Fill]) -> tuple[onnx.ModelProto, list[str]]:
-    """The model with each named input computed from its fill; what uniform folding removed, one line each."""
+    """The model with each named input computed from its fill (in the input's type: `cast_fills`); what uniform
+    folding removed, one line each."""
     inferred = infer_shapes(model)
     graph = import_graph(model, inferred.graph.value_info)
     opset = default_opset(model) or 13
     feeds = {i.name: i for i in graph_inputs(model)}
-    fills = cast_fills(model, fills)
     uniform: dict[str, np.ndarray] = {}
     for name, value in fills.items():
         if name not in feeds:
