@@ -136,12 +136,11 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
                                                     *attr.graphs)]
 
 
-def _with_outer_reads(model: onnx.ModelProto, part: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:
+def _with_outer_reads(model: onnx.ModelProto, part: onnx.ModelProto, reached: set[str]) -> None:
     """Add to `part` the nodes and weights that only its subgraphs read (an If's branches reading `x` and a
     constant of the main graph, as the dynamo exporter writes `torch.cond`): onnx's Extractor follows node inputs
-    alone, and its part failed the checker (helper 67)."""
-    producers = {out: node for node in model.graph.node for out in node.output if out}
-    reached = _upstream(producers, set(inputs), outputs) - set(inputs)
+    alone, and its part failed the checker (helper 67). `reached`: the names the part's outputs read, its inputs
+    left out."""
     kept = [node for node in model.graph.node if any(out in reached for out in node.output)]
     if len(kept) > len(part.graph.node):
         del part.graph.node[:]
@@ -176,7 +175,7 @@ def extract_proto(model: onnx.ModelProto, inputs: list[str], outputs: list[str],
         del model.graph.output[:]
         model.graph.output.extend(original_outputs)
     notes.extend(note for vi in (*part.graph.input, *part.graph.output) if (note := relax(vi, runs, taken)))
-    _with_outer_reads(model, part, inputs, outputs)
+    _with_outer_reads(model, part, reached - set(inputs))
     part.graph.name = model.graph.name or part.graph.name
     for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(part, name, getattr(model, name))
