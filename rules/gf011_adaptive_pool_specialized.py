@@ -15,6 +15,7 @@ CALLED = re.compile(r"adaptive_\w*pool[123]d\b")
 STACK = "pkg.torch.onnx.stack_trace"
 POOLS = frozenset({"AveragePool", "MaxPool"})
 GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's bins where the size does not divide
+WATCHED = POOLS | GATHERS
 LAYOUT = frozenset({"Unsqueeze", "Transpose"})  # what the pool does to its input before gathering (1-d: 2-d)
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
         "`x.mean(-1, keepdim=True)` or `amax`, which export at every size), and re-export.")
@@ -171,7 +172,7 @@ def _attributed(model) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str,
     these ops' metadata is read (a Llama's thousands of stack traces are not)."""
     pools, gathers = {}, {}
     for node in model.graph.node:
-        if node.name and node.op_type in POOLS | GATHERS and (found := _attribution(node)):
+        if node.op_type in WATCHED and node.name and (found := _attribution(node)):
             (pools if node.op_type in POOLS else gathers)[node.name] = found
     return pools, gathers
 
