@@ -14,34 +14,48 @@ ADAPTIVE = re.compile(r"(?:^|/)\s*([^/:]*):\s*torch\.nn\.modules\.pooling\.(Adap
 CALLED = re.compile(r"adaptive_\w*pool[123]d\b")
 STACK = "pkg.torch.onnx.stack_trace"
 POOLS = frozenset({"AveragePool", "MaxPool"})
+GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's bins where the size does not divide
+WATCHED = POOLS | GATHERS
+LAYOUT = frozenset({"Unsqueeze", "Transpose"})  # what the pool does to its input before gathering (1-d: 2-d)
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
         "`x.mean(-1, keepdim=True)` or `amax`, which export at every size), and re-export.")
 
 
 class AdaptivePoolSpecialized(Rule):
-    """An adaptive pool that the dynamo exporter wrote as a pool of fixed kernel along a dynamic axis.
+    """An adaptive pool that the dynamo exporter wrote for the export size along a dynamic axis (kernel or bins).
 
     ## What it does
-    Reads what the dynamo exporter writes on each node, its module path (`namespace`) and its stack trace, and finds
-    an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or `nn.AdaptiveMaxPool1d/2d/3d`, or for a
-    call of `F.adaptive_avg_pool1d` and its kin in the stack trace's innermost frame (a user's module, a subclass,
-    timm's `SelectAdaptivePool2d('avgmax')`), whose kernel is more than 1 along an axis whose length varies. An
-    adaptive pool returns its output size at every input size; torch.export decomposes one whose output size divides
-    the export size into a pool of kernel and stride `export size / output size` (`AdaptiveAvgPool1d(8)` at 40
-    frames: kernel 5), which returns `T // 5` positions, not 8, at every other length (the graph declares it
-    `(t//5)`). The length is read from onnx's inference, then from the size analysis where onnx leaves it open: a
-    length padded and cropped to 16 before the pool is 16 at every size, and pooled as PyTorch pools it. A length
-    `x[..., :16]` of a dynamic one is 16 from 16 on: a warning (torch.export's `Dim("t", min=16)` says the model
-    takes no less, which the graph does not keep). An axis an adaptive pool keeps (`(None, 1)`) has kernel 1 there,
-    and a static axis is pooled as PyTorch pools it: neither is reported. Not found: an output size that does not
-    divide the export size, which torch.export decomposes into gathers over bins (torchvision's AlexNet at 96 by
-    128), a 2-d or 3-d pool exported where its input already had the output size (kernel 1, the graph of a kept
-    `None` axis; a 1-d pool keeps none, and is found), nor a TorchScript export, which carries no module path (its
-    exporter refuses such a pool on a dynamic axis).
+    Reads what the dynamo exporter writes on each pool and GatherND node, its module path (`namespace`) and its
+    stack trace, and finds an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or
+    `nn.AdaptiveMaxPool1d/2d/3d`, or for a call of `F.adaptive_avg_pool1d` and its kin in the stack trace's
+    innermost frame (a user's module, a subclass, timm's `SelectAdaptivePool2d('avgmax')`), whose kernel is more
+    than 1 along an axis whose length varies. An adaptive pool returns its output size at every input size;
+    torch.export decomposes one whose output size divides the export size into a pool of kernel and stride `export
+    size / output size` (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at
+    every other length (the graph declares it `(t//5)`). The length is read from onnx's inference, then from the
+    size analysis where onnx leaves it open: a length padded and cropped to 16 before the pool is 16 at every size,
+    and pooled as PyTorch pools it. A length `x[..., :16]` of a dynamic one is 16 from 16 on: a warning
+    (torch.export's `Dim("t", min=16)` says the model takes no less, which the graph does not keep). An axis an
+    adaptive pool keeps (`(None, 1)`) has kernel 1 there, and a static axis is pooled as PyTorch pools it: neither
+    is reported.
+
+    An output size that does not divide the export size is decomposed into gathers over bins laid out for that size
+    (a GatherND the exporter writes for the pool, then a mean over bins of one length, or a sum unrolled over as many
+    positions as a bin held at export): torchvision's AlexNet (`AdaptiveAvgPool2d((6, 6))`) at 96 by 128 or 191 by
+    193, `AdaptiveAvgPool1d(7)` at 40 frames. The graph returns the output size at every size, but its bins are not
+    PyTorch's elsewhere: wrong values, or a Gather out of range (AlexNet from 96 by 128 fails at 224). Found where
+    the pool's input is dynamic along an axis (onnx's inference, then the size analysis: a length cropped to 16
+    first is 16 at every size) and its output a constant above 1 there; a kept `None` axis stays dynamic, an output
+    size of 1 is a mean over the whole axis. Not found: a 2-d or 3-d pool exported where its input already had the
+    output size (kernel 1: the graph, metadata included, is node for node that of a kept `None` axis, which is right;
+    a 1-d pool keeps none, and is found), nor a TorchScript export, which carries no module path (its exporter
+    refuses such a pool on a dynamic axis). An adaptive max pool whose size does not divide is not exported by
+    torch.onnx's dynamo exporter at all.
 
     ## Why it breaks deployment
     The model runs at every size and returns a wrong shape (a classifier after the pool fails; a pyramid pooling
-    module upsamples the wrong grid and returns wrong values), so nothing but PyTorch shows it: the graph itself
+    module upsamples the wrong grid and returns wrong values), or, from bins, the right shape with wrong values (at
+    some sizes a Gather out of range), so nothing but PyTorch shows it: the graph itself
     looks healthy, and `repair` compares it with itself.
 
     ## Example
@@ -53,20 +67,29 @@ class AdaptivePoolSpecialized(Rule):
 
     ## Fix safety
     Not repaired: the graph holds the kernel, not the output size the module asked for (it is the export size
-    divided by the kernel, and the export size is not in the graph).
+    divided by the kernel, and the export size is not in the graph); bins laid out at export hold the output size
+    but not the export size.
     """
 
     code = "GF011"
     name = "adaptive-pool-specialized"
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        pools = _adaptive_pools(ctx.model)
-        if not pools:
-            return
+        pools, gathers = _attributed(ctx.model)
+        if pools:
+            yield from self._pools(ctx, pools)
+        if gathers:
+            protos = {node.name: node for node in ctx.model.graph.node if node.name}
+            for node in ctx.graph.nodes:
+                if node.op in GATHERS and node.name in gathers:
+                    yield from self._bins(ctx, node, *gathers[node.name], protos)
+
+    def _pools(self, ctx: RuleContext, pools: dict[str, tuple[str, str]]) -> Iterator[Finding | Rejection]:
+        """The output size divides the export size: a pool of kernel `export size / output size`."""
         for node in ctx.graph.nodes:
             if node.op not in POOLS or node.name not in pools or not node.inputs:
                 continue
-            what = pools[node.name]
+            what = pools[node.name][0]
             shape = ctx.shape(node.inputs[0]) or []
             kernel = list(node.attrs.get("kernel_shape", []))
             spatial = shape[2:] if len(shape) == len(kernel) + 2 else []
@@ -95,6 +118,47 @@ class AdaptivePoolSpecialized(Rule):
                 severity=Severity.WARNING if floor else Severity.ERROR)
 
 
+    def _bins(self, ctx: RuleContext, node, what: str, key: str, protos) -> Iterator[Finding | Rejection]:
+        """The output size does not divide the export size: gathers over bins laid out for the export size."""
+        region = _region(node, key, protos)
+        source = node.inputs[0]  # back through the pool's own Unsqueeze and Transpose to what it pools
+        while (source.inputs and source.inputs[0].name in protos and source.inputs[0].op in LAYOUT
+               and _attribution(protos[source.inputs[0].name]) == (what, key)):
+            source = source.inputs[0].inputs[0]
+        shape = ctx.shape(source) or []
+        ends = [t for n in region.values() for t in n.outputs if t.name in ctx.graph_output_names
+                or any(c.name not in region for c in t.outputs)]
+        out = next((ctx.shape(t) for t in ends if len(ctx.shape(t) or []) == len(shape) > 2), None)
+        if out is None:
+            yield self.reject(f"{node.op} '{node.name}' of {what}: no output of its rank {len(shape)} found after it",
+                              nodes=[node.name])
+            return
+        # a dynamic axis pooled to a constant size above 1 (a kept None axis stays dynamic, an output size of 1 is a
+        # mean over the whole axis, a static axis is laid out as PyTorch lays it out)
+        fixed = [axis for axis in range(2, len(shape))
+                 if isinstance(shape[axis], str) and isinstance(out[axis], int) and out[axis] > 1]
+        lengths = sizes_of(ctx).shape(source) if fixed else None  # a length cropped to 16 before it is 16
+        fixed = [(axis, lengths[axis] if lengths and axis < len(lengths) else None) for axis in fixed]
+        fixed = [(axis, length) for axis, length in fixed if length is None or length.free_symbols]
+        if not fixed:
+            yield self.reject(f"{node.op} '{node.name}' of {what} gathers no dynamic axis pooled to a size above 1 "
+                              f"(input {shape}, output {out})", nodes=[node.name])
+            return
+        axis, length = fixed[0]
+        unrolled = [int(i) for n in region.values() if n.op == "Gather" and (i := _scalar_index(ctx, n)) is not None]
+        means = any(n.op == "ReduceMean" for n in region.values())
+        how = (f"a sum unrolled over up to {max(unrolled) + 1} positions of a bin, as many as one held at export"
+               if unrolled else "a mean over bins of the one length they had at export" if means
+               else "bins laid out at export")
+        message = (f"{what} is written as gathers over bins ({how}) along axis {axis}, whose length is dynamic "
+                   f"({length if length is not None else shape[axis]}), pooled to {out[axis]}: torch.export laid the "
+                   f"bins out for an export size that {out[axis]} does not divide, and at other sizes they are not "
+                   "PyTorch's bins (wrong values, or a Gather out of range); the exporter fixed the pool at the "
+                   "export size")
+        yield self.finding(message, nodes=[node.name], tensors=[source.name, node.outputs[0].name], hint=HINT,
+                           severity=Severity.ERROR)
+
+
 def _floor(length) -> int | None:
     """c where `length` is Min(c, ...): `x[..., :16]` of a dynamic length is 16 from 16 on (torch.export's
     `Dim("t", min=16)` says the model takes no less, which the graph does not keep)."""
@@ -103,20 +167,49 @@ def _floor(length) -> int | None:
     return next((int(a) for a in length.args if a.is_Integer), None)
 
 
-def _adaptive_pools(model) -> dict[str, str]:
-    """Pool node name -> what the dynamo exporter wrote it for, where that is an adaptive pool: the innermost module of
-    its `namespace` when it is one of torch.nn's (`AdaptiveAvgPool1d 'p'`), else the call of the innermost frame of
-    its stack trace (`F.adaptive_avg_pool1d` of a user's module, of a subclass, of timm's SelectAdaptivePool2d)."""
-    found = {}
+def _attributed(model) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """Pool and GatherND node names -> (what, key) where the dynamo exporter wrote them for an adaptive pool. Only
+    these ops' metadata is read (a Llama's thousands of stack traces are not)."""
+    pools, gathers = {}, {}
     for node in model.graph.node:
-        if node.op_type not in POOLS:
+        if node.op_type in WATCHED and node.name and (found := _attribution(node)):
+            (pools if node.op_type in POOLS else gathers)[node.name] = found
+    return pools, gathers
+
+
+def _attribution(node) -> tuple[str, str] | None:
+    """(what, key) where the dynamo exporter wrote `node` for an adaptive pool: the innermost module of its
+    `namespace` when it is one of torch.nn's (`AdaptiveAvgPool1d 'p'`), else the call of the innermost frame of its
+    stack trace (`F.adaptive_avg_pool1d` of a user's module, of a subclass, of timm's SelectAdaptivePool2d). The key
+    is the same on every node of one pool: its module path (and, for a call, that frame)."""
+    meta = {entry.key: entry.value for entry in node.metadata_props}
+    namespace, stack = meta.get("namespace", ""), meta.get(STACK, "").strip()
+    modules = list(ADAPTIVE.finditer(namespace))
+    if modules:
+        name, kind = modules[-1].groups()
+        return f"{kind} '{name or '(the model)'}'", namespace[:modules[-1].end()]
+    frame = stack.splitlines()[-1] if stack else ""
+    called = CALLED.findall(frame)
+    if called:
+        return f"a call of {called[-1]}", namespace.rsplit("/", 1)[0] + "\n" + frame
+    return None
+
+
+def _region(start, key: str, protos) -> dict:
+    """The nodes of the same pool from `start` on (what its gathered bins flow through), by name."""
+    region, todo = {}, [start]
+    while todo:
+        node = todo.pop()
+        found = _attribution(protos[node.name]) if node.name not in region and node.name in protos else None
+        if found is None or found[1] != key:
             continue
-        meta = {entry.key: entry.value for entry in node.metadata_props}
-        modules = ADAPTIVE.findall(meta.get("namespace", ""))
-        called = CALLED.findall(meta.get(STACK, "").strip().splitlines()[-1] if meta.get(STACK, "").strip() else "")
-        if node.name and modules:
-            name, kind = modules[-1]
-            found[node.name] = f"{kind} '{name or '(the model)'}'"
-        elif node.name and called:
-            found[node.name] = f"a call of {called[-1]}"
-    return found
+        region[node.name] = node
+        todo.extend(consumer for tensor in node.outputs for consumer in tensor.outputs)
+    return region
+
+
+def _scalar_index(ctx: RuleContext, node) -> int | None:
+    """The index of a Gather of one constant index: `vals[..., i, :, j]` of the sum torch.export unrolled over a
+    bin."""
+    index = ctx.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    return int(index) if index is not None and index.ndim == 0 else None
