@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from enum import Enum
 
 import onnx
@@ -27,11 +28,18 @@ BROADCAST_OPS = frozenset({
 # names of a batch beyond an input's leading dim (PyTorch's `(L, N, E)`); a lowercase `n` or `num_samples` is as
 # often a length, probed at 1 as a batch it made healthy conv front ends fail (sweep, helper 34)
 BATCH_NAME = re.compile(r"(?i:batch|^b$|^bs$)")  # surely a batch: where taking a length for one would hide a bug
-BATCH_LIKE = re.compile(BATCH_NAME.pattern + r"|^N$")
 Dim = int | str | None
 # Names sympy prints in onnxruntime's dim expressions ("floor(T/2) + 1"); they are not dims.
 _SYMPY_NAMES = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "CeilToInt", "FloorToInt", "Abs", "sqrt"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def batch_named(names: Iterable[Dim]) -> set[str]:
+    """The dims of one input (`names`, axis by axis) named like a batch: a batch's own name (BATCH_NAME), or `N`
+    where none is (PyTorch's `(L, N, E)`). In `[batch, N]` the N is a length: wav2vec2's samples named so were
+    probed at 1 as a batch, where its strided Conv has no input (helper 82)."""
+    named = [name for name in names if isinstance(name, str)]
+    return {name for name in named if BATCH_NAME.search(name)} or {name for name in named if name == "N"}
 
 
 def input_dim_names(model: onnx.ModelProto) -> frozenset[str]:

@@ -120,11 +120,15 @@ def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tup
 
 
 def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int, pattern=None) -> bool:
-    """A dim named like a batch (`pattern`, BATCH_LIKE by default), or else axis 0."""
-    from graphfix.analysis.broadcast import BATCH_LIKE
+    """A dim named like a batch (`pattern`, else `batch_named` among its argument's dims), or else axis 0."""
+    from graphfix.analysis.broadcast import batch_named
 
     name = names.get((pos, axis))
-    return bool((pattern or BATCH_LIKE).search(name)) if name else axis == 0
+    if not name:
+        return axis == 0
+    if pattern is not None:
+        return bool(pattern.search(name))
+    return name in batch_named(dim for (at, _), dim in sorted(names.items()) if at == pos)
 
 
 def _resized_sets(call: tuple[tuple, dict], requested: dict[int, set[int]], sizes) -> list[tuple]:

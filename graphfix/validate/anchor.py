@@ -24,11 +24,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from graphfix.analysis.broadcast import batch_named
 from graphfix.validate.budget import NotProbed
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.graph_sizes import declared_sizes
 from graphfix.validate.inputs import (
-    BATCH_LIKE,
     ValidationOptions,
     dim_names,
     graph_inputs,
@@ -78,10 +78,11 @@ def _guessed_dims(model: onnx.ModelProto, options: ValidationOptions) -> set[str
     guessed: set[str] = set()
     for vi in graph_inputs(model):
         fixed = options.shapes.get(vi.name) or ()
+        named = batch_named(dim_names(vi))
         for axis, name in enumerate(dim_names(vi)):
             user_sized = vi.name in options.inputs or (axis < len(fixed) and fixed[axis] is not None)
             if isinstance(name, str) and name not in given and not user_sized and axis > 0 \
-                    and not BATCH_LIKE.search(name):
+                    and name not in named:
                 guessed.add(name)
     return guessed
 

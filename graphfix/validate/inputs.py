@@ -16,13 +16,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphfix.analysis.broadcast import batch_named
 from graphfix.core.counts import MAX_RANK
 from graphfix.core.errors import UsageError
 from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
 from graphfix.validate.given import UNFEEDABLE, cast_fills
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 from graphfix.validate.sizes import (  # noqa: F401  (re-exported: the surgery commands import them from here)
-    BATCH_LIKE,
     DEFAULT_OTHER,
     MASK_LIKE,
     probe_sizes,
@@ -55,7 +55,8 @@ def synthesize_inputs(
     """A value for every graph input at the binding `sizes`; user values override; seeded per input, size."""
     vocab = _vocabulary_sizes(model)
     relative = _scaled_by_a_size(model) if any(LENGTH_LIKE.search(vi.name) for vi in graph_inputs(model)) else set()
-    time_dim = max((v for k, v in sizes.items() if not BATCH_LIKE.search(k)), default=DEFAULT_OTHER)
+    batches = {name for vi in graph_inputs(model) for name in batch_named(dim_names(vi))}
+    time_dim = max((v for k, v in sizes.items() if k not in batches), default=DEFAULT_OTHER)
     feeds = {}
     made = [vi for vi in graph_inputs(model) if vi.name not in options.inputs]
     for vi in made:

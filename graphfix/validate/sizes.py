@@ -35,7 +35,7 @@ import re
 
 import onnx
 
-from graphfix.analysis.broadcast import BATCH_LIKE
+from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
 from graphfix.validate.graph_sizes import (
@@ -58,9 +58,9 @@ def batch_dims(model: onnx.ModelProto) -> set[str]:
     """Symbolic dims taken for the batch: an input's leading dim, or one named like a batch."""
     found = set()
     for vi in graph_inputs(model):
-        for axis, name in enumerate(dim_names(vi)):
-            if isinstance(name, str) and (axis == 0 or BATCH_LIKE.search(name)):
-                found.add(name)
+        names = dim_names(vi)
+        named = batch_named(names)
+        found |= {name for axis, name in enumerate(names) if isinstance(name, str) and (axis == 0 or name in named)}
     return found
 
 
@@ -270,6 +270,7 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
     taken = {DEFAULT_BATCH, *forced.values(), *options.trace_sizes.values(), *fixed_sizes(model)}
     sizes: dict[str, int] = {}
     for vi in graph_inputs(model):
+        named = batch_named(dim_names(vi))
         for axis, name in enumerate(dim_names(vi)):
             if not isinstance(name, str) or name in sizes:
                 continue
@@ -277,7 +278,7 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
                 sizes[name] = forced[name]
             elif name in options.trace_sizes:
                 sizes[name] = options.trace_sizes[name]
-            elif axis == 0 or BATCH_LIKE.search(name):
+            elif axis == 0 or name in named:
                 sizes[name] = _up(max(DEFAULT_BATCH, least.get(name, 1)), steps.get(name, ANY))
             else:
                 floor = least.get(name, 1)

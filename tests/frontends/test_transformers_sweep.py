@@ -5,6 +5,9 @@ small configs and random weights, exported with TorchScript and dynamic axes:
   buckets of Range positions (Abs, Log, Min, Where). graphfix took those rows for a cap on the length, probed at
   most 32 samples, below the conv front end's minimum (PyTorch fails there too), and `repair` exited 1. A table
   caps the length only where positions index it as they are, moved or offset (`size_limit`).
+- Wav2Vec2 with its samples axis named `N` (helper 82; healthy): `N` was taken for a batch wherever it stood, as in
+  PyTorch's `(L, N, E)`, and probed at 1 sample, where the kernel-10 Conv has no input: a GF000 error, `repair`
+  exited 1. `N` is a batch only where no dim of the same input is named like one (`batch_named`).
 - Swin (window padding baked at 64 x 64): `repair` refused it, but `diagnose` and `check` said "no findings": the
   failure at a size below the grown export size was taken for the model's minimum. Only a kernel's failure is.
 """
@@ -88,3 +91,25 @@ def test_swin_with_its_window_padding_baked_is_reported_by_diagnose(tmp_path):
     assert found and all(f.rule == "GF004" and "Reshape" in f.message for f in found), found
     done = repair(path, tmp_path / "out.onnx")
     assert done.returncode == 1, done.stdout + done.stderr
+
+
+def test_wav2vec2_whose_samples_are_named_n_beside_a_batch_is_healthy_and_written(tmp_path):
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                               num_conv_pos_embedding_groups=4, feat_extract_norm="group")
+    module = Last(tf.Wav2Vec2Model(config), "input_values").eval()
+    path = export(module, torch.randn(2, 640), tmp_path / "w2v.onnx",
+                  {"x": {0: "batch", 1: "N"}, "y": {0: "batch", 1: "frames"}})
+    assert not [f for f in graphfix.diagnose(path) if f.severity.value == "error"]
+    out = tmp_path / "out.onnx"
+    done = repair(path, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for batch, length in ((1, 640), (2, 400), (3, 1001)):
+        x = np.random.default_rng(length).standard_normal((batch, length)).astype(np.float32)
+        got, = run(str(out), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
