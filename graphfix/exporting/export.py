@@ -101,19 +101,31 @@ class ExportReport:
         return "\n".join(lines)
 
 
+def _exporter(exporter: str | None, export_kwargs: dict[str, Any]) -> str:
+    """The exporter asked for, by name or by torch.onnx.export's `dynamo` flag (taken out of `export_kwargs`)."""
+    if exporter not in (None, "torchscript", "dynamo"):
+        raise GraphfixError(f"exporter must be 'torchscript' or 'dynamo', not '{exporter}'")
+    if "dynamo" not in export_kwargs:
+        return exporter or "torchscript"
+    flagged = "dynamo" if export_kwargs.pop("dynamo") else "torchscript"
+    if exporter not in (None, flagged):
+        raise GraphfixError(f"exporter='{exporter}' and dynamo={flagged == 'dynamo'} ask for different exporters")
+    return flagged
+
+
 def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=None, dynamic_shapes=None,
-           exporter: str = "torchscript", opset_version: int | None = None, probe_args=None,
+           exporter: str | None = None, opset_version: int | None = None, probe_args=None,
            **export_kwargs: Any) -> ExportReport:
     """Export `model(*args, **kwargs)` to `f`, repair the graph, and prove the file against the module. `args` and
-    `kwargs` are what torch.onnx.export takes: tensors, tuples, lists and dicts of them."""
+    `kwargs` are what torch.onnx.export takes: tensors, tuples, lists and dicts of them. `exporter` is "torchscript"
+    (the default) or "dynamo"; torch.onnx.export's own `dynamo=True/False` is taken for it."""
     import torch
 
     from graphfix.api import repair
     from graphfix.exporting.verify import split_call
     from graphfix.validate import ValidationOptions
 
-    if exporter not in ("torchscript", "dynamo"):
-        raise GraphfixError(f"exporter must be 'torchscript' or 'dynamo', not '{exporter}'")
+    exporter = _exporter(exporter, export_kwargs)
     args = args if isinstance(args, tuple) else (args,)
     call = split_call(args, export_kwargs.get("kwargs"))
     destination = Path(f)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
 import graphfix  # noqa: E402
+from graphfix.core.errors import GraphfixError  # noqa: E402
 from graphfix.exporting.export import ExportError  # noqa: E402
 
 
@@ -60,6 +62,23 @@ def test_report_ok_agrees_with_an_independent_check(tmp_path, exporter, baked):
     if not baked:
         assert report.ok, report.summary()
         assert not [f for f in report.findings if f.severity.value == "error"]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_torch_onnx_export_s_dynamo_flag_picks_the_exporter(tmp_path, dynamo):
+    """Helper 82: `dynamo=False`, as torch.onnx.export takes it, was passed on beside graphfix's own and failed as
+    "torch.onnx.export failed: ... multiple values for keyword argument 'dynamo'"."""
+    torch.manual_seed(0)
+    module = Net(False).eval()
+    kwargs = ({"dynamic_shapes": {"x": {0: torch.export.Dim("B")}}} if dynamo else {"dynamic_axes": {"x": {0: "B"}}})
+    report = graphfix.export(module, (torch.randn(3, 8),), tmp_path / "net.onnx", input_names=["x"], dynamo=dynamo,
+                             **kwargs)
+    assert report.ok, report.summary()
+    nodes = onnx.load(tmp_path / "net.onnx").graph.node
+    assert any(p.key.startswith("pkg.torch.onnx") for n in nodes for p in n.metadata_props) is dynamo  # its traces
+    with pytest.raises(GraphfixError, match="ask for different exporters"):
+        graphfix.export(module, (torch.randn(3, 8),), tmp_path / "other.onnx", input_names=["x"],
+                        exporter="torchscript" if dynamo else "dynamo", dynamo=dynamo, **kwargs)
 
 
 class LiteralThree(torch.nn.Module):  # healthy: reshape(3, -1, 4) is meant, at every batch
