@@ -26,7 +26,10 @@ class RuntimeFailure(Rule):
     whole chunks is not kept to multiples, since a head split with the length baked, a pad to a multiple that the
     trace dropped with its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding
     says to give multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`).
-    It has no static detection.
+    The probe also loads the model once as a default session does (graph optimizations on; its large weights left
+    out, graph inputs of their type and dims): a model onnxruntime runs only with its optimizations off is an error
+    (timm's EVA with rotary positions exported with TorchScript: "Can't merge shape info" at a Concat,
+    `tests/validate/test_deployed_load.py`). It has no static detection.
 
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphfix.analysis.shapes import skeleton
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
@@ -55,6 +56,11 @@ DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a si
                  "or a size past the most the model takes (a pad to a maximum length, which GF008 names: the same "
                  "graph as a traced math.ceil, so graphfix cannot tell them apart; `repair` writes it unchanged "
                  "with exit 1).")
+DEPLOYED = "deployed session"
+DEPLOYED_HINT = ("onnxruntime optimizes a default session's graph (constant folding, fusions) and infers its shapes "
+                 "again: the node named in its message gets a shape there that contradicts one the model holds. A "
+                 "session with graph_optimization_level ORT_DISABLE_ALL loads it; re-export, or fix the node's "
+                 "inputs, so that a default session does.")
 
 
 @dataclass
@@ -93,6 +99,9 @@ class RuntimeFailure:
     def _sentence(self) -> str:
         if self.severity is not Severity.ERROR or self.skipped:
             return self.message
+        if self.key == DEPLOYED:
+            return ("onnxruntime runs the model with its graph optimizations off, but a default session (optimized) "
+                    f"cannot load it: {short_message(self.message)}")
         if self.key.startswith(DECLARED):
             return f"the model runs at sizes {self.sizes}, but {self.message}"
         if self.rule == "GF001" and not self.node:
@@ -160,7 +169,29 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
+    if whole.session is not None and (error := _deployed_load_error(proto)):
+        failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]
+
+
+def _deployed_load_error(proto: onnx.ModelProto) -> str | None:
+    """Why a session with onnxruntime's graph optimizations on (as a default one, as repair validates what it
+    writes) cannot load a model the probe ran with them off (helper 82: timm's EVA exported with TorchScript, a
+    Concat's shape merge); None where it loads. Only loaded, never run (its runs are the probe's), and without its
+    large weights, each a graph input of its type and dims: their bytes fold into nothing a shape depends on, and
+    a second copy of BERT's cost 0.9 GB and 2 s."""
+    light = skeleton(proto)
+    light.graph.value_info.extend(proto.graph.value_info)  # what the export declares, as a session reads it
+    heavy = [t for t in light.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    listed = {vi.name for vi in light.graph.input}
+    light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in heavy if t.name not in listed)
+    kept = [t for t in light.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(kept)
+    runner = ModelRunner(light, deployed=True)
+    error, runner.session = runner.load_error, None
+    return None if runner.not_probed else error
 
 
 def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],
