@@ -22,6 +22,7 @@ from graphfix.analysis.edits import (
 from graphfix.analysis.export_sizes import folded_ranges
 from graphfix.analysis.pinned import Pinned, kept_because, pinned_operands, widening_constants
 from graphfix.analysis.sinusoids import sinusoid_table
+from graphfix.analysis.size_sets import SizeSet, rebuilt, size_sets
 from graphfix.analysis.sizes import caps, sizes_of
 from graphfix.analysis.structured import (
     Baked,
@@ -49,7 +50,12 @@ class TraceBakedConstant(Rule):
     (transformers FunnelModel's relative positions `arange(L, -L, -1)`, found from the size analysis' `Min(N, T)`
     constraints), and a constant whose width nothing meets where it is read but a Reshape or broadcast further on
     pins to one size (speechbrain's `length_to_mask(lengths)` takes its width from `lengths.max().item()`:
-    `arange(40) < lengths[:, None]`, reshaped by attention to `[B, 1, 1, T]`; `graphfix.analysis.pinned`). A
+    `arange(40) < lengths[:, None]`, reshaped by attention to `[B, 1, 1, T]`; `graphfix.analysis.pinned`), and a
+    float constant an arithmetic op reads whose rows are each the sizes of one tensor's adjacent dims at the export
+    size, a matched set (DeformableDetr's `offset_normalizer`, each level's (width, height) folded to `[[12, 8],
+    [6, 4], [3, 2]]` at 64x96: it broadcasts at every size and is wrong at each other one;
+    `graphfix.analysis.size_sets`): with `--trace-shape`, or without it where two levels or more hold at one
+    export size only the search finds. A
     constant whose content follows from its size is rebuilt at run time; the recognisers live in
     `graphfix.analysis.structured`.
 
@@ -123,6 +129,10 @@ class TraceBakedConstant(Rule):
       equal it too) but whose positions past the export length the graph does not show;
     - a whole sinusoidal table of N rows is the same up to N whether the module computes more rows, stops at N, or
       changes its frequencies past N (dynamic NTK or YaRN rotary scaling).
+    - a constant whose rows are sizes of the graph's tensors at the export size may be the model's own numbers
+      that equal them there; rebuilt from Shape ops of those tensors only where one reading of its rows stands
+      (not at a square export, `H = W`, nor where the export size was searched); the proof compares it with the
+      original, which is wrong at every other size, so `--force` writes it.
     Values that follow no family (a learned gain `[[0.3, -1.2]]`, a learned table) are weights: never regrown.
     Not fixable, reported with the constant's name and the PyTorch change (`self.pe[:, : x.size(1)]` without
     int()): a constant whose other values are gone from the graph (a learned table cut at the export length),
@@ -156,6 +166,31 @@ class TraceBakedConstant(Rule):
         for baked in direct:
             yield from self._baked_constant(ctx, baked)
         yield from self._pinned_widths(ctx, [b.const for b in direct])
+        yield from self._size_sets(ctx)
+
+    # --- a constant whose rows are the graph's own sizes at the export size (DeformableDetr's offset_normalizer) ---
+    def _size_sets(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        for found in size_sets(ctx):
+            if isinstance(found, str):
+                yield self.reject(found)
+                continue
+            yield self._size_set(ctx, found)
+
+    def _size_set(self, ctx: RuleContext, s: SizeSet) -> Finding:
+        where = {"nodes": [s.node], "tensors": [s.const], "shapes": {s.const.name: list(s.value.shape)}}
+        hint = ("Sizes went through Python while tracing (`torch.as_tensor([(h, w) for ...])`, `int(x.shape[-1])`): "
+                "build them from the traced shapes (`torch.stack([x.shape[-1], x.shape[-2]])`) and re-export, or "
+                "export with dynamo=True.")
+        message = s.describe() + "; the constant keeps these values at every other size, which runs and is wrong"
+        if s.others:  # a square export, or an export size searched: which dim is which is not told
+            first = " / ".join(f"({', '.join(map(str, e))})" for e in s.others[0])
+            more = f" and {len(s.others) - 1} other match(es)" if len(s.others) > 1 else ""
+            return self.finding(message + f" (its rows are also {first}{more}: not repaired)", **where, hint=hint)
+        return self.finding(message, **where, hint=hint, fix=Fix(
+            f"compute '{s.const.name}' from Shape ops of " + ", ".join(f"'{t.name}'" for t, _ in s.carriers),
+            apply=rebuilt(s, ctx.opset), safety=Safety.UNSAFE,
+            reason="each row equals the sizes of one tensor at the export size (applied), and a model's own "
+                   "numbers may equal them there: the graph does not say which"))
 
     # --- a length capped by a whole sinusoidal table folded at export (a rotary cache of fixed rows) -----------------
     def _formula_tables_cut(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
