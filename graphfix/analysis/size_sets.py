@@ -9,7 +9,8 @@ The evidence is a matched set, never one number: the constant, read as rows alon
 has in every row the sizes of two or three adjacent dims of one tensor (a feature map's height and width, in the
 constant's order or reversed, the same way in every row), each dim an expression of the inputs' dynamic dims the
 size analysis carries through Conv and Pool (`floor(H/8 - 1/8) + 1`), at one export size:
-- given with `--trace-shape`: every row is such a pair at that size, and two entries are 3 or more;
+- given with `--trace-shape`: every row is such a pair at that size, and two entries are 3 or more (one square
+  row alone is not: a 4 by 4 map and anchors' stride 4 are alike);
 - not given: two rows or more of distinct pairs, one of them not square (so that which value is the height is
   told), each dynamic dim constrained by two rows, and one export size, searched, at which every row holds.
 A lone small integer (2, 3, 8, a kernel, a head count), a 1-D list of lengths (strides `[8, 16, 32]` equal the
@@ -240,8 +241,9 @@ def size_sets(ctx) -> Iterator[SizeSet | str]:
 
 def _refused(rows: list[tuple[int, ...]], keys: list, domain: dict, constrained: list[set], given: bool) -> str:
     """Why a match is no evidence ("" where it is)."""
-    if given:
-        return ""
+    if given:  # one square row (a 4 by 4 map, anchors' stride 4) is as likely a coincidence at a given size
+        square = len(set(rows)) < 2 and all(len(set(row)) == 1 for row in rows)
+        return "its one row is square and may equal a map's sizes by coincidence" if square else ""
     if len({str(key) for key in keys}) < 2:
         return "its rows are one tensor's sizes, and no --trace-shape says the export size"
     if all(len(set(row)) == 1 for row in rows):

@@ -66,13 +66,17 @@ def coincidence(h1, h2):  # a fixed scale one of whose numbers is a size at the 
     return torch.tensor([[20.0, 5.0], [7.0, 3.0]])
 
 
-def _export(module, path):
+def _export(module, path, size=EXPORT):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(*EXPORT),), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(module.eval(), (torch.randn(*size),), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B"}})
     return str(path)
+
+
+def own_square(h1, h2):  # a model's own (6, 6), a stride or a grid, that a square export's 6 by 6 map equals
+    return torch.tensor([6.0, 6.0])
 
 
 def _errors(path, *, traced_at=EXPORT):
@@ -118,6 +122,13 @@ def test_both_sizes_of_one_map_are_an_error_where_the_export_size_is_given(tmp_p
     assert "[10, 6]" in finding.message, finding.message
     assert not _errors(path, traced_at=None)  # one pair fits some export size always: no evidence alone
     _refused_then_rebuilt(module, path, tmp_path, "--trace-shape", "x=2x3x24x40")
+
+
+def test_one_square_row_equal_to_a_square_map_at_a_given_size_stays_quiet(tmp_path):
+    """One square row is no matched set even at a given size: a 4 by 4 map and anchors' stride 4 are alike."""
+    size = (2, 3, 24, 24)  # feature maps 12x12 and 6x6
+    path = _export(Pyramid(own_square), tmp_path / "square.onnx", size)
+    assert not _errors(path, traced_at=size) and not _errors(path, traced_at=None)
 
 
 @pytest.mark.parametrize("sizes", [traced, None, strides, coincidence],
