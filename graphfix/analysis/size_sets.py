@@ -13,6 +13,8 @@ size analysis carries through Conv and Pool (`floor(H/8 - 1/8) + 1`), at one exp
   row alone is not: a 4 by 4 map and anchors' stride 4 are alike);
 - not given: two rows or more of distinct pairs, one of them not square (so that which value is the height is
   told), each dynamic dim constrained by two rows, and one export size, searched, at which every row holds.
+Rows that are all fixed sizes the graph holds (a resize to a fixed 64 by 96, read back: torchvision's SSD at its
+`fixed_size`) are read as those, never as the export size (helper 85).
 A lone small integer (2, 3, 8, a kernel, a head count), a 1-D list of lengths (strides `[8, 16, 32]` equal the
 sizes at /64, /32, /16 of a large enough image) and a constant no arithmetic op reads are never read.
 Each row's pair is one hypothesis where only one pair of expressions matches it; a square export (`H = W`) leaves
@@ -97,6 +99,23 @@ def _row_candidates(ctx, width: int) -> list[tuple[tuple, gs.Tensor, tuple[int, 
                 continue
             found.setdefault(tuple(dims), (tensor, tuple(range(start, start + width))))
     return [(key, *where) for key, where in found.items()]
+
+
+def _static_runs(ctx, width: int) -> dict[tuple[int, ...], str]:
+    """Each run of `width` adjacent fixed dims above 1 of a tensor onnx's inference shapes, both ways round, with
+    the first tensor that has it: the sizes a model holds at every size (a resize to a fixed 64 by 96). A constant
+    all of whose rows are such sizes is read as those; one row alone may be any small static pair (DeformableDetr's
+    3 levels by 2 points)."""
+    found: dict[tuple[int, ...], str] = {}
+    tensors = [*ctx.graph.inputs, *(t for node in ctx.graph.nodes for t in node.outputs)]
+    for tensor in tensors:
+        shape = ctx.shape(tensor) or []
+        for start in range(len(shape) - width + 1):
+            dims = shape[start:start + width]
+            if all(isinstance(d, int) and d > 1 for d in dims):
+                found.setdefault(tuple(dims), tensor.name)
+                found.setdefault(tuple(dims[::-1]), tensor.name)
+    return found
 
 
 def _given(ctx) -> dict[str, int]:
@@ -217,10 +236,16 @@ def size_sets(ctx) -> Iterator[SizeSet | str]:
     given = _given(ctx)
     solver = _Solver(given)
     keys: dict[int, list] = {}
+    fixed: dict[int, dict] = {}
     for node, index, const, value, width in candidates:
         if width not in keys:
-            keys[width] = _row_candidates(ctx, width)
+            keys[width], fixed[width] = _row_candidates(ctx, width), _static_runs(ctx, width)
         rows = [tuple(int(v) for v in row) for row in value.reshape(-1, width)]
+        if all(row in fixed[width] for row in rows):  # helper 85: SSD resizes to a fixed 256 by 320, reads it back
+            held = ", ".join(f"{list(row)} of '{fixed[width][row]}'" for row in rows)
+            yield (f"'{const.name}' {list(value.shape)} read by '{node.name}': its rows are also fixed sizes the "
+                   f"graph holds at every input size ({held})")
+            continue
         found = _solutions(rows, keys[width], solver)
         if not found:
             continue  # its rows are no sizes of the graph: a model's own numbers

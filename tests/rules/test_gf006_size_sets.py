@@ -131,6 +131,39 @@ def test_one_square_row_equal_to_a_square_map_at_a_given_size_stays_quiet(tmp_pa
     assert not _errors(path, traced_at=size) and not _errors(path, traced_at=None)
 
 
+class FixedResolution(nn.Module):
+    """Resizes every input to a fixed size and reads that size back as Python ints (torchvision's SSD resizes to
+    `fixed_size` and builds its anchors so): healthy at every size, helper 85. `pyramid`: a stem conv first, then two
+    levels of a fixed pyramid (12 by 8, 6 by 4), which the search without --trace-shape took for an export size."""
+
+    def __init__(self, pyramid: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pyramid = pyramid
+        self.stem, self.c1, self.c2 = nn.Conv2d(3, 3, 3, 2, 1), nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 2, 1)
+        self.head = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if not self.pyramid:
+            y = nn.functional.interpolate(x, size=(64, 96), mode="bilinear", align_corners=False)
+            size = torch.tensor([int(y.shape[-1]), int(y.shape[-2])], dtype=torch.float32)
+            return self.head(self.c1(y).mean((2, 3))).view(-1, 2, 2) / size
+        y = nn.functional.interpolate(self.stem(x), size=(24, 16), mode="bilinear", align_corners=False)
+        h1 = self.c1(y)
+        h2 = self.c2(h1)
+        sizes = torch.tensor([[int(h.shape[-1]), int(h.shape[-2])] for h in (h1, h2)], dtype=torch.float32)
+        return self.head(h2.mean((2, 3))).view(-1, 2, 2) / sizes
+
+
+@pytest.mark.parametrize("pyramid", [False, True], ids=["resized-to-64x96", "fixed-pyramid"])
+def test_sizes_a_model_holds_fixed_at_every_size_stay_quiet(pyramid, tmp_path):
+    module = FixedResolution(pyramid).eval()
+    size = (1, 3, 16, 24) if pyramid else (1, 3, 64, 96)  # the second exported at its own resolution
+    path = _export(module, tmp_path / "fixed.onnx", size)
+    _matches_torch(module, path)
+    assert not _errors(path, traced_at=size) and not _errors(path, traced_at=None)
+
+
 @pytest.mark.parametrize("sizes", [traced, None, strides, coincidence],
                          ids=["from-traced-shapes", "learned-scale", "strides", "one-size-by-coincidence"])
 def test_a_models_own_scale_or_traced_sizes_stay_quiet(sizes, tmp_path):
