@@ -169,12 +169,12 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
-    if whole.session is not None and (error := _deployed_load_error(proto)):
+    if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
         failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]
 
 
-def _deployed_load_error(proto: onnx.ModelProto) -> str | None:
+def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
     """Why a session with onnxruntime's graph optimizations on (as a default one, as repair validates what it
     writes) cannot load a model the probe ran with them off (helper 82: timm's EVA exported with TorchScript, a
     Concat's shape merge); None where it loads. Only loaded, never run (its runs are the probe's), and without its
@@ -189,7 +189,7 @@ def _deployed_load_error(proto: onnx.ModelProto) -> str | None:
     kept = [t for t in light.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
     del light.graph.initializer[:]
     light.graph.initializer.extend(kept)
-    runner = ModelRunner(light, deployed=True)
+    runner = ModelRunner(light, base_dir, files=files, deployed=True)  # a Constant's or a function's external data
     error, runner.session = runner.load_error, None
     return None if runner.not_probed else error
 
