@@ -179,7 +179,8 @@ def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
     writes) cannot load a model the probe ran with them off (helper 82: timm's EVA exported with TorchScript, a
     Concat's shape merge); None where it loads. Only loaded, never run (its runs are the probe's), and without its
     large weights, each a graph input of its type and dims: their bytes fold into nothing a shape depends on, and
-    a second copy of BERT's cost 0.9 GB and 2 s."""
+    a second copy of BERT's cost 0.9 GB and 2 s. Where that fails, the whole model is loaded so before it is
+    reported: an op that takes only constant weights (a packed MatMulNBits) fails without them."""
     light = skeleton(proto)
     light.graph.value_info.extend(proto.graph.value_info)  # what the export declares, as a session reads it
     heavy = [t for t in light.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
@@ -189,9 +190,12 @@ def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
     kept = [t for t in light.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
     del light.graph.initializer[:]
     light.graph.initializer.extend(kept)
-    runner = ModelRunner(light, base_dir, files=files, deployed=True)  # a Constant's or a function's external data
-    error, runner.session = runner.load_error, None
-    return None if runner.not_probed else error
+    for model in (light, proto):
+        runner = ModelRunner(model, base_dir, files=files, deployed=True)  # a Constant's, a function's external data
+        error, runner.session = runner.load_error, None
+        if runner.not_probed or not error:
+            return None
+    return error
 
 
 def _contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],

@@ -52,6 +52,15 @@ def repair(path, out):
                           capture_output=True, text=True, timeout=300)
 
 
+def matches(path, module, sizes) -> None:
+    """onnxruntime's outputs of `path` are the module's at each (batch, samples)."""
+    for batch, length in sizes:
+        x = np.random.default_rng(length).standard_normal((batch, length)).astype(np.float32)
+        got, = run(str(path), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
 def test_wavlm_with_few_buckets_is_healthy_and_written(tmp_path):
     from fixtures.library_models import import_transformers
 
@@ -66,11 +75,7 @@ def test_wavlm_with_few_buckets_is_healthy_and_written(tmp_path):
     out = tmp_path / "out.onnx"
     done = repair(path, out)
     assert done.returncode == 0, done.stdout + done.stderr
-    for batch, length in ((1, 4000), (2, 8000), (2, 12345)):
-        x = np.random.default_rng(length).standard_normal((batch, length)).astype(np.float32)
-        got, = run(str(out), {"x": x})
-        with torch.no_grad():
-            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+    matches(out, module, ((1, 4000), (2, 8000), (2, 12345)))
 
 
 def test_swin_with_its_window_padding_baked_is_reported_by_diagnose(tmp_path):
@@ -108,8 +113,4 @@ def test_wav2vec2_whose_samples_are_named_n_beside_a_batch_is_healthy_and_writte
     out = tmp_path / "out.onnx"
     done = repair(path, out)
     assert done.returncode == 0, done.stdout + done.stderr
-    for batch, length in ((1, 640), (2, 400), (3, 1001)):
-        x = np.random.default_rng(length).standard_normal((batch, length)).astype(np.float32)
-        got, = run(str(out), {"x": x})
-        with torch.no_grad():
-            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+    matches(out, module, ((1, 640), (2, 400), (3, 1001)))
