@@ -8,7 +8,8 @@ every size, so nothing fails, and every other image size is sampled at the wrong
 The evidence is a matched set, never one number: the constant, read as rows along its last axis that is not 1,
 has in every row the sizes of two or three adjacent dims of one tensor (a feature map's height and width, in the
 constant's order or reversed, the same way in every row), each dim an expression of the inputs' dynamic dims the
-size analysis carries through Conv and Pool (`floor(H/8 - 1/8) + 1`), at one export size:
+size analysis carries through Conv and Pool (`floor(H/8 - 1/8) + 1`), or every one of them less 1 (the last index,
+align_corners' `2 * x / (W - 1) - 1`, helper 85), at one export size:
 - given with `--trace-shape`: every row is such a pair at that size, and two entries are 3 or more (one square
   row alone is not: a 4 by 4 map and anchors' stride 4 are alike);
 - not given: two rows or more of distinct pairs, one of them not square (so that which value is the height is
@@ -38,6 +39,7 @@ READERS = frozenset({"Add", "Sub", "Mul", "Div", "Min", "Max", "Less", "Greater"
 MAX_ENTRIES = 48  # a level's sizes, a few levels: not a weight
 SEARCH = 1 << 14  # the largest export size searched where none is given
 MAX_SOLUTIONS = 64  # past one, the rows' pairs are ambiguous; the search stops here
+OFFSETS = (0, 1)  # a size, or a size less 1 (the last index: align_corners' `2 * x / (W - 1) - 1`)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class SizeSet:
     export: dict[str, tuple[int, int]]  # what the export size of each dynamic dim is (a range where searched)
     given: bool  # the export size came from --trace-shape
     others: list[list[tuple]] = field(default_factory=list)  # other rows' expressions that match as well
+    offset: int = 0  # each value is a size less this (`[W - 1, H - 1]`, an align_corners normalisation)
 
     def rows(self) -> list[list[int]]:
         return self.value.reshape(len(self.exprs), -1).astype(np.int64).tolist()
@@ -193,12 +196,17 @@ def _meet(domain: dict, span: dict) -> dict | None:
     return out
 
 
-def _solutions(rows: list[tuple[int, ...]], keys: list, solver: _Solver) -> list[tuple[list, dict, list]]:
+def _solutions(rows: list[tuple[int, ...]], keys: list, solver: _Solver) -> list[tuple[list, dict, list, int]]:
     """Each way to give every row a run of dims at one export size, read alike in every row: one order for all
-    rows, and the same dynamic dims at each position (the width of every level, then its height)."""
-    found: list[tuple[list, dict, list]] = []
-    for flip in (False, True):
-        _walk(rows, keys, solver, flip, [], {}, [], found)
+    rows, the same dynamic dims at each position (the width of every level, then its height), and the same offset
+    (the sizes themselves, or each less 1: `[W - 1, H - 1]`, helper 85)."""
+    found: list[tuple[list, dict, list, int]] = []
+    for offset in OFFSETS:
+        shifted = [(tuple(e - offset for e in key), tensor, axes) for key, tensor, axes in keys]
+        walked: list[tuple[list, dict, list]] = []
+        for flip in (False, True):
+            _walk(rows, shifted, solver, flip, [], {}, [], walked)
+        found += [(*f, offset) for f in walked]
     return found
 
 
@@ -249,19 +257,20 @@ def size_sets(ctx) -> Iterator[SizeSet | str]:
         found = _solutions(rows, keys[width], solver)
         if not found:
             continue  # its rows are no sizes of the graph: a model's own numbers
-        distinct = {tuple(tuple(str(e) for e in c[1]) for c in chosen): (chosen, domain, constrained)
-                    for chosen, domain, constrained in found}
-        # the largest export size first: where none is given, the deepest levels a graph computes are the ones
-        # a model reads again (the input itself and its first strided maps match a pyramid at a smaller size)
-        ranked = sorted(distinct.values(), key=lambda f: -sum(hi for _, hi in f[1].values()))
-        chosen, domain, constrained = ranked[0]
+        distinct = {tuple(tuple(str(e) for e in c[1]) for c in chosen): (chosen, domain, constrained, offset)
+                    for chosen, domain, constrained, offset in found}
+        # the sizes themselves before sizes less 1, then the largest export size first: where none is given, the
+        # deepest levels a graph computes are the ones a model reads again (the input itself and its first strided
+        # maps match a pyramid at a smaller size)
+        ranked = sorted(distinct.values(), key=lambda f: (f[3], -sum(hi for _, hi in f[1].values())))
+        chosen, domain, constrained, offset = ranked[0]
         is_given = all(s in given for s in domain)
         if why := _refused(rows, [c[0] for c in chosen], domain, constrained, is_given):
             yield f"'{const.name}' {list(value.shape)} read by '{node.name}' holds sizes of the graph, but {why}"
             continue
-        others = [[c[1] for c in other] for other, _, _ in ranked[1:]]
+        others = [[c[1] for c in other] for other, *_ in ranked[1:]]
         yield SizeSet(node, index, const, value, [(c[2], c[3]) for c in chosen], [c[1] for c in chosen],
-                      dict(sorted(domain.items())), is_given, others)
+                      dict(sorted(domain.items())), is_given, others, offset)
 
 
 def _refused(rows: list[tuple[int, ...]], keys: list, domain: dict, constrained: list[set], given: bool) -> str:
@@ -287,6 +296,8 @@ def rebuilt(found: SizeSet, opset: int):
         b = Builder(graph, f"{node.name}_gf006_sizes", opset)
         entries = [(tensor, axis) for tensor, axes in found.carriers for axis in axes]
         vector = b.vector(entries)
+        if found.offset:
+            vector = b.op("Sub", [vector, b.const([found.offset])])
         cast = b.op("Cast", [vector], {"to": onnx_type(value.dtype)}, dtype=value.dtype)
         node.inputs[index] = b.op("Reshape", [cast, b.const(list(value.shape))], dtype=value.dtype)
 

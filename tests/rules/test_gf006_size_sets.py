@@ -50,6 +50,10 @@ def baked(h1, h2):  # DeformableDetr's spatial_shapes: Python ints while tracing
     return torch.tensor([[int(h.shape[-1]), int(h.shape[-2])] for h in (h1, h2)], dtype=torch.float32)
 
 
+def last_index(h1, h2):  # align_corners' `2 * x / (W - 1) - 1`: each size less 1 (helper 85)
+    return torch.tensor([[int(h.shape[-1]) - 1, int(h.shape[-2]) - 1] for h in (h1, h2)], dtype=torch.float32)
+
+
 def traced(h1, h2):  # the same sizes read from the traced shapes: healthy
     return torch.stack([torch._shape_as_tensor(h)[-2:].flip(0) for h in (h1, h2)]).float()
 
@@ -112,6 +116,18 @@ def test_levels_sizes_folded_from_python_ints_are_an_error(tmp_path):
     assert finding.fix is not None and finding.fix.safety.value == "unsafe"
     (alone,) = _errors(path, traced_at=None)  # two levels, not square: one export size holds every row
     assert alone.fix is None and "H in [" in alone.message, alone.message
+    _refused_then_rebuilt(module, path, tmp_path, "--trace-shape", "x=2x3x24x40")
+
+
+def test_levels_sizes_less_one_folded_from_python_ints_are_an_error(tmp_path):
+    module = Pyramid(last_index)
+    path = _export(module, tmp_path / "last.onnx")
+    with pytest.raises(AssertionError):
+        _matches_torch(module, path)
+    (finding,) = _errors(path)
+    assert "[19, 11]" in finding.message and "[9, 5]" in finding.message, finding.message
+    assert finding.fix is not None and finding.fix.safety.value == "unsafe"
+    assert len(_errors(path, traced_at=None)) == 1
     _refused_then_rebuilt(module, path, tmp_path, "--trace-shape", "x=2x3x24x40")
 
 
