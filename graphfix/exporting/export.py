@@ -11,10 +11,7 @@ that explains it from graphfix's knowledge base and names the user's source line
 
 from __future__ import annotations
 
-import inspect
-import linecache
 import tempfile
-import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,28 +27,14 @@ from graphfix.exporting.probes import (
     growing_dims,
     requested_dynamic_dims,
 )
+from graphfix.exporting.tracing import TracerNote, explain_failure, link_notes, tracer_notes
 from graphfix.exporting.verify import SizeCheck, verify
 from graphfix.io.staging import scratch_dir
 from graphfix.pipeline.engine import AppliedFix
-from graphfix.report.knowledge import explain_message
 
 
 class ExportError(GraphfixError):
     """torch.onnx.export raised; the message explains why and where. The original exception is chained."""
-
-
-@dataclass
-class TracerNote:
-    """A value the tracer turned into a constant, where it happened, and the module scope it belongs to."""
-
-    message: str
-    filename: str
-    lineno: int
-    source: str
-    scope: str | None  # '/roi_heads' style prefix of the exported node names, when known
-
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno}: {self.source.strip()}  ({self.message.split('.')[0]})"
 
 
 @dataclass
@@ -138,8 +121,8 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                                   dynamic_axes=dynamic_axes, dynamic_shapes=dynamic_shapes,
                                   dynamo=exporter == "dynamo", opset_version=opset_version, **export_kwargs)
             except Exception as exc:
-                raise ExportError(_explain_failure(exc)) from exc
-        notes = _tracer_notes(caught, model)
+                raise ExportError(explain_failure(exc)) from exc
+        notes = tracer_notes(caught, model)
         requested = requested_dynamic_dims(model, call[0], input_names, dynamic_axes, dynamic_shapes)
         flat = all(isinstance(arg, torch.Tensor) for arg in call[0]) and not call[1]
         given = probe_args is not None  # the caller's own sizes: inputs the module takes, lengths that fit
@@ -211,7 +194,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                           skipped=list(unsettled))
     if refitted is not None:
         report.refitted, report.refit_notes = refitted.rebuilt, refitted.notes
-    report.causes = _link(findings, notes)
+    report.causes = link_notes(findings, notes)
     if result.output is None:
         report.error = report.error or "the repaired model was not written"
         return report
@@ -321,90 +304,3 @@ def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, 
 
     inputs = graph_inputs(onnx.load_model(str(path), load_external_data=False))
     return {meta.name: tuple(t.shape) for meta, t in zip(inputs, call_tensors(*call), strict=False)}
-
-
-def _explain_failure(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    known = explain_message(text) or (explain_message(str(exc.__cause__)) if exc.__cause__ else None)
-    where = _user_frame(exc)
-    head = f"torch.onnx.export failed{f' at {where}' if where else ''}: {_headline(str(exc))[:300]}"
-    if known is None:
-        return head
-    return f"{head}\n{known.explain()}"
-
-
-def _headline(message: str) -> str:
-    """The line that says what went wrong: the dynamo exporter puts it under '## Exception summary'."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if "## Exception summary" in lines:
-        following = lines[lines.index("## Exception summary") + 1:]
-        if following:
-            return following[0]
-    return lines[0] if lines else message
-
-
-def _user_frame(exc: BaseException) -> str | None:
-    """The innermost traceback frame outside torch, transformers and graphfix: the user's line."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause.__traceback__ is not None:
-        frames += traceback.extract_tb(cause.__traceback__)
-    mine = [fr for fr in frames if not any(p in fr.filename for p in ("/torch/", "/transformers/", "/graphfix/",
-                                                                       "site-packages", "<frozen"))]
-    if not mine:
-        return None
-    frame = mine[-1]
-    return f"{frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
-
-
-def _tracer_notes(caught, model) -> list[TracerNote]:
-    scopes = _module_scopes(model)
-    notes = []
-    for warning in caught:
-        message = str(warning.message)
-        if "TracerWarning" not in type(warning.message).__name__ and "Converting a tensor to a Python" not in message:
-            continue
-        source = linecache.getline(warning.filename, warning.lineno)
-        scope = next((s for (file, first, last), s in scopes.items()
-                      if file == warning.filename and first <= warning.lineno <= last), None)
-        notes.append(TracerNote(message, warning.filename, warning.lineno, source, scope))
-    return notes
-
-
-def _module_scopes(model) -> dict[tuple[str, int, int], str]:
-    """(file, first line, last line) of each submodule's forward() -> the node-name scope the exporter uses."""
-    scopes: dict[tuple[str, int, int], str] = {}
-    for name, module in model.named_modules():
-        try:
-            lines, first = inspect.getsourcelines(type(module).forward)
-            file = inspect.getsourcefile(type(module).forward)
-        except (OSError, TypeError):
-            continue
-        if file is None:
-            continue
-        key = (file, first, first + len(lines) - 1)
-        scope = "/" + name.replace(".", "/") if name else "/"
-        if key not in scopes or len(scope) > len(scopes[key]):  # the deepest module using this forward wins
-            scopes[key] = scope
-    return scopes
-
-
-def _link(findings: list[Finding], notes: list[TracerNote]) -> dict[int, list[TracerNote]]:
-    """Which warnings explain which findings: by module scope when the exporter named nodes by scope, else every
-    warning for every finding about a baked value when there is only one warning."""
-    from graphfix.core.registry import load_rules
-
-    baked = {rule.code for rule in load_rules()[0] if rule.traced_values}
-    links: dict[int, list[TracerNote]] = {}
-    for index, finding in enumerate(findings):
-        if finding.rule not in baked:
-            continue
-        matched = [n for n in notes if n.scope and n.scope != "/" and
-                   any(node.startswith(n.scope + "/") for node in finding.nodes)]
-        if not matched and len(notes) == 1:
-            matched = notes
-        if not matched:
-            matched = [n for n in notes if n.scope == "/"]
-        if matched:
-            links[index] = matched
-    return links
