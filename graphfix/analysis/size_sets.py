@@ -24,6 +24,7 @@ two, (H, W) and (W, H), and the rebuild is not offered.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -87,38 +88,28 @@ def _candidates(ctx) -> Iterator[tuple[gs.Node, int, gs.Tensor, np.ndarray, int]
             yield node, index, tensor, value, width
 
 
-def _row_candidates(ctx, width: int) -> list[tuple[tuple, gs.Tensor, tuple[int, ...]]]:
-    """Each distinct run of `width` adjacent dims, all dynamic, of a tensor, with its first carrier (graph order)."""
+def _runs(ctx, width: int) -> tuple[list[tuple[tuple, gs.Tensor, tuple[int, ...]]], dict[tuple[int, ...], str]]:
+    """Every tensor's runs of `width` adjacent dims, in one walk over the graph:
+    - each distinct run whose dims are all dynamic (the size analysis' expressions), with its first carrier in
+      graph order;
+    - each run of fixed dims above 1 of onnx's inference shapes, both ways round, with the first tensor that has it:
+      the sizes a model holds at every size (a resize to a fixed 64 by 96). A constant all of whose rows are such
+      sizes is read as those; one row alone may be any small static pair (DeformableDetr's 3 levels by 2 points)."""
     sizes = sizes_of(ctx)
-    found: dict[tuple, tuple[gs.Tensor, tuple[int, ...]]] = {}
-    tensors = [*ctx.graph.inputs, *(t for node in ctx.graph.nodes for t in node.outputs)]
-    for tensor in tensors:
-        shape = sizes.shape(tensor)
-        if not shape:
-            continue
-        for start in range(len(shape) - width + 1):
-            dims = shape[start:start + width]
-            if any(d is None or not d.free_symbols for d in dims):
-                continue
-            found.setdefault(tuple(dims), (tensor, tuple(range(start, start + width))))
-    return [(key, *where) for key, where in found.items()]
-
-
-def _static_runs(ctx, width: int) -> dict[tuple[int, ...], str]:
-    """Each run of `width` adjacent fixed dims above 1 of a tensor onnx's inference shapes, both ways round, with
-    the first tensor that has it: the sizes a model holds at every size (a resize to a fixed 64 by 96). A constant
-    all of whose rows are such sizes is read as those; one row alone may be any small static pair (DeformableDetr's
-    3 levels by 2 points)."""
-    found: dict[tuple[int, ...], str] = {}
-    tensors = [*ctx.graph.inputs, *(t for node in ctx.graph.nodes for t in node.outputs)]
-    for tensor in tensors:
-        shape = ctx.shape(tensor) or []
-        for start in range(len(shape) - width + 1):
-            dims = shape[start:start + width]
+    dynamic: dict[tuple, tuple[gs.Tensor, tuple[int, ...]]] = {}
+    static: dict[tuple[int, ...], str] = {}
+    for tensor in [*ctx.graph.inputs, *(t for node in ctx.graph.nodes for t in node.outputs)]:
+        exprs, fixed = sizes.shape(tensor) or [], ctx.shape(tensor) or []
+        for start in range(len(exprs) - width + 1):
+            dims = exprs[start:start + width]
+            if all(d is not None and d.free_symbols for d in dims):
+                dynamic.setdefault(tuple(dims), (tensor, tuple(range(start, start + width))))
+        for start in range(len(fixed) - width + 1):
+            dims = fixed[start:start + width]
             if all(isinstance(d, int) and d > 1 for d in dims):
-                found.setdefault(tuple(dims), tensor.name)
-                found.setdefault(tuple(dims[::-1]), tensor.name)
-    return found
+                static.setdefault(tuple(dims), tensor.name)
+                static.setdefault(tuple(dims[::-1]), tensor.name)
+    return [(key, *where) for key, where in dynamic.items()], static
 
 
 def _given(ctx) -> dict[str, int]:
@@ -158,32 +149,34 @@ class _Solver:
         if len(free) > 1:
             return None  # an area, a sum of levels: not one dim's size
         sym = free[0]
-        lo, hi = self._first(expr, sym, value), self._last(expr, sym, value)
-        if lo is None or hi is None or lo > hi or self.at(expr, sym, lo) != value or self.at(expr, sym, hi) != value:
+        lo, hi = self._bounds(expr, sym, value) or (1, 0)
+        if lo > hi or self.at(expr, sym, lo) != value or self.at(expr, sym, hi) != value:
             return None  # a size grows with the input: where it does not, nothing is read from it
         span = {s.name: (int(v), int(v)) for s, v in pinned.items()}
         span[sym.name] = (lo, hi)
         return span
 
-    def _first(self, expr, sym, value: int) -> int | None:
-        lo, hi = 1, SEARCH
-        while lo < hi:
-            mid = (lo + hi) // 2
-            got = self.at(expr, sym, mid)
-            if got is None:
-                return None
-            lo, hi = (mid + 1, hi) if got < value else (lo, mid)
-        return lo
+    def _bounds(self, expr, sym, value: int) -> tuple[int, int] | None:
+        """The sizes in [1, SEARCH] between the first at which `expr` reaches `value` and the last at which it does
+        not pass it (bisected: a size grows with the input); None where the expression is no integer at a size it
+        meets (a Reshape's exact H / 2 at an odd H)."""
 
-    def _last(self, expr, sym, value: int) -> int | None:
-        lo, hi = 1, SEARCH
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            got = self.at(expr, sym, mid)
+        def key(n: int) -> int:
+            got = self.at(expr, sym, n)
             if got is None:
-                return None
-            lo, hi = (mid, hi) if got <= value else (lo, mid - 1)
-        return lo
+                raise _NotInteger
+            return got
+
+        sizes = range(1, SEARCH + 1)
+        try:
+            first, past = bisect.bisect_left(sizes, value, key=key), bisect.bisect_right(sizes, value, key=key)
+        except _NotInteger:
+            return None
+        return sizes[min(first, SEARCH - 1)], past  # past: the count of sizes not above `value`, so the last one
+
+
+class _NotInteger(Exception):
+    """An expression met a size at which it is no integer."""
 
 
 def _meet(domain: dict, span: dict) -> dict | None:
@@ -247,7 +240,7 @@ def size_sets(ctx) -> Iterator[SizeSet | str]:
     fixed: dict[int, dict] = {}
     for node, index, const, value, width in candidates:
         if width not in keys:
-            keys[width], fixed[width] = _row_candidates(ctx, width), _static_runs(ctx, width)
+            keys[width], fixed[width] = _runs(ctx, width)
         rows = [tuple(int(v) for v in row) for row in value.reshape(-1, width)]
         if all(row in fixed[width] for row in rows):  # helper 85: SSD resizes to a fixed 256 by 320, reads it back
             held = ", ".join(f"{list(row)} of '{fixed[width][row]}'" for row in rows)
