@@ -44,7 +44,7 @@ def size_limit(model: onnx.ModelProto) -> int | None:
     slices by a computed end, and the least c of a table sliced from `c - size` (a size read from an input's Shape:
     `self.pe[16 - x.shape[1]:16]`, the last rows of a context of 16, whose start wraps past 16 in PyTorch too): a
     length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
-    tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
+    tables = _tables(model)
     constants = _constant_values(model)
     ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
     producers = {name: node for node in model.graph.node for name in node.output}
@@ -57,13 +57,24 @@ def size_limit(model: onnx.ModelProto) -> int | None:
             limits.append(_sliced_rows(node, tables, constants))
         elif node.op_type != "Slice" and node.input[1] in ranged:
             limits.append(int(tables[node.input[0]][0]))
-        if node.op_type == "Slice":
+        if node.op_type == "Slice" and not _centred(node, producers, constants):
             limits.append(_start_before_a_size(node.input[1], producers, inputs, constants))
     limits = [rows for rows in limits if rows and rows > 1]
     return min(limits) if limits else None
 
 
 _MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")  # a value passes them as it is
+
+
+def _tables(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The dims of every constant tensor of rank > 0: initializers, and Constant nodes (the TorchScript exporter
+    writes a buffer such as BERT's and DeBERTa's `position_ids`, [1, 512], as one)."""
+    tables = {t.name: list(t.dims) for t in model.graph.initializer if t.dims}
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and value.dims:
+            tables[node.output[0]] = list(value.dims)
+    return tables
 
 
 def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], constants: dict) -> int | None:
@@ -78,6 +89,17 @@ def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], c
                                                                                     constants):
         return None
     return int(c.ravel()[0])
+
+
+def _centred(node: onnx.NodeProto, producers: dict, constants: dict) -> bool:
+    """Whether a Slice runs from `c - x` to `c + x` (the same x): a window of 2 x rows around row c, whose start
+    wraps past c where Python capped x (DeBERTa's relative span, graphfix.analysis.sizes.spans), no domain limit."""
+    start, end = (_through_moves(name, producers) for name in node.input[1:3])
+    if start is None or end is None or start.op_type != "Sub" or end.op_type != "Add":
+        return False
+    c = constants.get(start.input[0])
+    return c is not None and start.input[1] in end.input and any(
+        constants.get(name) is not None and np.array_equal(constants[name], c) for name in end.input)
 
 
 def _through_moves(name: str, producers: dict):

@@ -38,6 +38,7 @@ import onnx
 from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
+from graphfix.analysis.sizes.spans import centred_windows
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -120,7 +121,8 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
             break
         if other not in bindings:
             bindings.append(other)
-    past = _past_thresholds(bindings, size_thresholds(model), batch, forced, limit, avoid, least, steps)
+    thresholds = size_thresholds(model) + centred_windows(model)  # the second: DeBERTa's span, capped in Python
+    past = _past_thresholds(bindings, thresholds, batch, forced, limit, avoid, least, steps)
     return [*bindings, past] if past and past not in bindings else bindings
 
 

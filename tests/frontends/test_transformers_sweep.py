@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import run
+from fixtures.library_models import import_transformers
 
 import graphfix
 
@@ -114,3 +115,64 @@ def test_wav2vec2_whose_samples_are_named_n_beside_a_batch_is_healthy_and_writte
     done = repair(path, out)
     assert done.returncode == 0, done.stdout + done.stderr
     matches(out, module, ((1, 640), (2, 400), (3, 1001)))
+
+
+def _token_model(tf, kind: str, rows: int):
+    """DeBERTa (v1, relative attention, `max_relative_positions=rows`) or BERT (`max_position_embeddings=rows`),
+    small, over token ids, exported at 2 x 16 tokens with dynamic batch and length."""
+    common = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    if kind == "deberta":
+        model = tf.DebertaModel(tf.DebertaConfig(relative_attention=True, max_relative_positions=rows,
+                                                 pos_att_type=["c2p", "p2c"], **common))
+    else:
+        model = tf.BertModel(tf.BertConfig(max_position_embeddings=rows, **common))
+    return Last(model, "input_ids").eval()
+
+
+def _ids(batch, length):
+    return np.random.default_rng(length).integers(0, 100, (batch, length))
+
+
+def test_deberta_whose_span_cap_tracing_dropped_is_reported_and_refused(tmp_path):
+    """DeBERTa with `max_relative_positions=32` slices its 64 relative embeddings at `[32 - s : 32 + s]`,
+    `s = min(T, 32)`; tracing at 16 tokens drops the `min`, and past 32 tokens the export fails (GatherElements out
+    of range) where PyTorch runs. The span is read from an inner tensor's Shape, so 32 was no threshold and the
+    probes stayed at 7 to 15 tokens: `diagnose` said "no findings" and `repair` exited 0."""
+    tf = import_transformers()
+    module = _token_model(tf, "deberta", 32)
+    path = export(module, torch.from_numpy(_ids(2, 16)), tmp_path / "deberta.onnx",
+                  {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    with torch.no_grad():
+        assert module(torch.from_numpy(_ids(1, 40))).shape == (1, 40, 32)  # PyTorch runs past 32
+    with pytest.raises(Exception, match="GatherElements"):
+        run(str(path), {"x": _ids(1, 40)})
+    found = [f for f in graphfix.diagnose(path) if f.severity.value == "error"]
+    assert found and all(f.rule == "GF000" and "GatherElements" in f.message for f in found), found
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("kind", "rows"), [("deberta", 512), ("bert", 64)])
+def test_a_table_of_positions_is_a_domain_not_a_dropped_cap(kind, rows, tmp_path):
+    """Healthy controls: DeBERTa with its checkpoints' 512 relative positions (its 512 absolute positions bound the
+    length first), BERT with 64 positions (PyTorch fails past 64 too). Their `position_ids` buffer is a Constant
+    node, which `size_limit` did not read: no probe goes past the table, and `repair` writes them."""
+    from graphfix.validate.graph_sizes import size_limit
+
+    tf = import_transformers()
+    module = _token_model(tf, kind, rows)
+    path = export(module, torch.from_numpy(_ids(2, 16)), tmp_path / f"{kind}.onnx",
+                  {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    import onnx
+
+    assert size_limit(onnx.load(str(path))) == (512 if kind == "deberta" else 64)
+    assert not [f for f in graphfix.diagnose(path) if f.severity.value == "error"]
+    out = tmp_path / "out.onnx"
+    done = repair(path, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for batch, length in ((1, 7), (2, 16), (3, rows - 1)):
+        got, = run(str(out), {"x": _ids(batch, length)})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(_ids(batch, length))).numpy(), rtol=1e-3,
+                                       atol=1e-4)

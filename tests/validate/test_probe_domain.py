@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -222,3 +223,48 @@ def test_a_table_sliced_from_a_constant_minus_the_length_bounds_the_length(dynam
     assert repaired.exit_code == 0 and "unchanged" in repaired.output and "fails" not in repaired.output, \
         repaired.output
     assert (tmp_path / "out.onnx").read_bytes() == path.read_bytes()
+
+
+def test_a_centred_window_whose_span_python_capped_is_probed_past_its_centre(tmp_path):
+    """`rel[16 - s : 16 + s]` with s = min(T, 16), traced at T = 8: the graph slices with s = T, and past 16 the
+    start wraps (PyTorch runs, onnxruntime fails). The start `16 - T` made 16 a limit of the domain, as for
+    `pe[16 - T : 16]` above, so no probe went past it: `diagnose` said nothing and `repair` exited 0. A window
+    centred on its row (its end `16 + T`) is no limit: 16 is a threshold the probe crosses."""
+    import onnx
+    from conftest import run
+    from torch import nn
+
+    from graphfix.validate.graph_sizes import size_limit
+
+    class CentredWindow(nn.Module):
+        """DeBERTa's relative attention in small: 2 s rows of a 32-row table around row 16, s = min(T, 16)
+        (Python's `min`, which tracing drops), indexed by the relative positions clamped into the window."""
+
+        def __init__(self):
+            super().__init__()
+            self.rel = torch.nn.Parameter(torch.randn(32, 8))
+
+        def forward(self, x):
+            length = x.shape[1]
+            span = min(length, 16)
+            window = self.rel[16 - span:16 + span]
+            positions = torch.arange(length)
+            index = torch.clamp(positions[:, None] - positions[None, :] + span, 0, 2 * span - 1)
+            return x + window[index].mean(1)
+
+    torch.manual_seed(0)
+    module, path = CentredWindow().eval(), tmp_path / "window.onnx"
+    _export(module, (torch.randn(2, 8, 8),), path, ["x", "y"], {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    x = np.random.default_rng(0).standard_normal((1, 20, 8)).astype(np.float32)
+    assert module(torch.from_numpy(x)).shape == (1, 20, 8)  # PyTorch runs past 16
+    with pytest.raises(Exception, match="Gather"):
+        run(str(path), {"x": x})  # the export does not
+    model = onnx.load(str(path))
+    assert size_limit(model) != 16
+    past = [binding["T"] for binding in probe_sizes(model, ValidationOptions()) if binding["T"] > 16]
+    assert past and all(size <= 32 for size in past), past
+    runner = CliRunner()
+    diagnosed = runner.invoke(cli, ["diagnose", str(path)])
+    assert diagnosed.exit_code == 1 and "GF000" in diagnosed.output, diagnosed.output
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
+    assert repaired.exit_code != 0, repaired.output
