@@ -52,12 +52,11 @@ class TraceBakedConstant(Rule):
     pins to one size (speechbrain's `length_to_mask(lengths)` takes its width from `lengths.max().item()`:
     `arange(40) < lengths[:, None]`, reshaped by attention to `[B, 1, 1, T]`; `graphfix.analysis.pinned`), and a
     float constant an arithmetic op reads whose rows are each the sizes of one tensor's adjacent dims at the export
-    size (or each less 1, `[W - 1, H - 1]`), a matched set (DeformableDetr's `offset_normalizer`, each level's (width, height) folded to `[[12, 8],
-    [6, 4], [3, 2]]` at 64x96: it broadcasts at every size and is wrong at each other one;
-    `graphfix.analysis.size_sets`): with `--trace-shape`, or without it where two levels or more hold at one
-    export size only the search finds. A
-    constant whose content follows from its size is rebuilt at run time; the recognisers live in
-    `graphfix.analysis.structured`.
+    size (or each less 1, `[W - 1, H - 1]`), a matched set (DeformableDetr's `offset_normalizer`, each level's
+    (width, height) folded to `[[12, 8], [6, 4], [3, 2]]` at 64x96: it broadcasts at every size and is wrong at
+    each other one; `graphfix.analysis.size_sets`): with `--trace-shape`, or without it where two levels or more
+    hold at one export size only the search finds. A constant whose content follows from its size is rebuilt at
+    run time; the recognisers live in `graphfix.analysis.structured`.
 
     ## Why it breaks deployment
     The tracer runs the Python that builds such tensors once, at the export size, and stores the result. At any

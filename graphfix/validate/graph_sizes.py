@@ -44,8 +44,8 @@ def size_limit(model: onnx.ModelProto) -> int | None:
     slices by a computed end, and the least c of a table sliced from `c - size` (a size read from an input's Shape:
     `self.pe[16 - x.shape[1]:16]`, the last rows of a context of 16, whose start wraps past 16 in PyTorch too): a
     length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
-    tables = _tables(model)
-    constants = _constant_values(model)
+    tables = constant_tables(model)
+    constants = constant_values(model)
     ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
     producers = {name: node for node in model.graph.node for name in node.output}
     inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
@@ -66,7 +66,7 @@ def size_limit(model: onnx.ModelProto) -> int | None:
 _MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")  # a value passes them as it is
 
 
-def _tables(model: onnx.ModelProto) -> dict[str, list[int]]:
+def constant_tables(model: onnx.ModelProto) -> dict[str, list[int]]:
     """The dims of every constant tensor of rank > 0: initializers, and Constant nodes (the TorchScript exporter
     writes a buffer such as BERT's and DeBERTa's `position_ids`, [1, 512], as one)."""
     tables = {t.name: list(t.dims) for t in model.graph.initializer if t.dims}
@@ -81,7 +81,7 @@ def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], c
     """c where a Slice's start is `c - size`, c a whole constant and the size one axis of an input's Shape (moved
     through reshapes and casts on its way, nothing computed from it: `c - T // 4` passes c at 4c): the start goes
     negative, and wraps, past c."""
-    node = _through_moves(start, producers)
+    node = through_moves(start, producers)
     if node is None or node.op_type != "Sub":
         return None
     c = constants.get(node.input[0])
@@ -93,8 +93,8 @@ def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], c
 
 def _centred(node: onnx.NodeProto, producers: dict, constants: dict) -> bool:
     """Whether a Slice runs from `c - x` to `c + x` (the same x): a window of 2 x rows around row c, whose start
-    wraps past c where Python capped x (DeBERTa's relative span, graphfix.analysis.sizes.spans), no domain limit."""
-    start, end = (_through_moves(name, producers) for name in node.input[1:3])
+    wraps past c where Python capped x (DeBERTa's relative span, graphfix.validate.spans), no domain limit."""
+    start, end = (through_moves(name, producers) for name in node.input[1:3])
     if start is None or end is None or start.op_type != "Sub" or end.op_type != "Add":
         return False
     c = constants.get(start.input[0])
@@ -102,7 +102,7 @@ def _centred(node: onnx.NodeProto, producers: dict, constants: dict) -> bool:
         constants.get(name) is not None and np.array_equal(constants[name], c) for name in end.input)
 
 
-def _through_moves(name: str, producers: dict):
+def through_moves(name: str, producers: dict):
     node = producers.get(name)
     while node is not None and node.op_type in _MOVES:
         node = producers.get(node.input[0])
@@ -112,7 +112,7 @@ def _through_moves(name: str, producers: dict):
 def _an_input_axis(name: str, producers: dict, inputs: dict[str, list], constants: dict) -> bool:
     """Whether the value is one symbolic axis of a graph input: Gather(Shape(input), a constant index), or a Shape
     whose start and end take one axis (torch.export's `sym_size`)."""
-    node = _through_moves(name, producers)
+    node = through_moves(name, producers)
     if node is not None and node.op_type == "Shape":
         bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
         axis, shape = bounds.get("start"), node
@@ -143,7 +143,7 @@ def size_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]
     graph may take another course (a pad that turns into a cut, a clamp that starts to bite). A traced
     `math.ceil(T / 8) * 8` is such a constant. A size read from an inner tensor's Shape names no input dim, and is
     left out."""
-    constants = _constant_values(model)
+    constants = constant_values(model)
     producers = {name: node for node in model.graph.node for name in node.output}
     inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
     found = []
@@ -204,7 +204,7 @@ def fixed_sizes(model: onnx.ModelProto) -> set[int]:
 
 
 _MET: list[tuple[onnx.ModelProto, set[int]]] = []  # the last few models' sizes (each proof asks several times)
-_CONSTANTS: list[tuple[onnx.ModelProto, dict[str, np.ndarray]]] = []  # the same, for `_constant_values`
+_CONSTANTS: list[tuple[onnx.ModelProto, dict[str, np.ndarray]]] = []  # the same, for `constant_values`
 
 
 def declared_sizes(model: onnx.ModelProto) -> set[int]:
@@ -238,7 +238,7 @@ def met_sizes(model: onnx.ModelProto) -> set[int]:
 
 def baked_size_hint(model: onnx.ModelProto) -> int | None:
     """The most frequent size > 1 in constants feeding shape ops: likely a trace-time length."""
-    constants = _constant_values(model)
+    constants = constant_values(model)
     counts: Counter[int] = Counter()
     for node in model.graph.node:
         if node.op_type not in SHAPE_OPS:
@@ -250,7 +250,7 @@ def baked_size_hint(model: onnx.ModelProto) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Small initializers and Constant-node values by tensor name (external tensors are not read); the last few
     models' kept, as `met_sizes` keeps theirs (the limit, the thresholds and the hint each read them, at every
     probe_sizes call of a proof)."""

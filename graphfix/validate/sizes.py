@@ -38,7 +38,6 @@ import onnx
 from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.sizes import bind, tied_dims
 from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
-from graphfix.analysis.sizes.spans import centred_windows
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -48,6 +47,7 @@ from graphfix.validate.graph_sizes import (
     size_limit,
     size_thresholds,
 )
+from graphfix.validate.spans import centred_windows
 
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2

@@ -4,12 +4,12 @@ of at least 2 c rows (DeBERTa's relative embeddings, sliced by `att_span = min(T
 Tracing drops Python's `min`: the graph slices with s = T, and past T = c the start goes negative and wraps (one
 row at T = c + 1) where PyTorch clamped the span to c; the ops after it then fail or compute something else. Only
 a probe past c shows it, and the length is often read from an inner tensor's Shape (DeBERTa's query layer), where
-the graph's own reading (graphfix.validate.graph_sizes.size_thresholds) names no input dim: the size analysis
-reads both bounds as expressions over the input dims instead.
+the graph's own reading (graph_sizes.size_thresholds) names no input dim: the size analysis reads both bounds as
+expressions over the input dims instead.
 
 A table whose rows are positions as they are (BERT's 512 position embeddings, a slice `pe[16 - T : 16]` with a
-constant end) is no centred window: those rows bound the model's domain (graphfix.validate.graph_sizes.size_limit)
-and nothing here moves a probe past them. A centred window's 2 c rows do not: the slice's end `c + s` runs past
+constant end) is no centred window: those rows bound the model's domain (graph_sizes.size_limit) and nothing here
+moves a probe past them. A centred window's 2 c rows do not: the slice's end `c + s` runs past
 them, and no model means the wrapped fragment, so past c either Python capped the span or the model fails in
 PyTorch too: the graph cannot tell these apart, and the failure is reported either way (an error on the
 second is the model's own, past the window it was written for).
@@ -18,9 +18,9 @@ second is the model's own, past the window it was written for).
 from __future__ import annotations
 
 import onnx
-from onnx import numpy_helper
 
-_MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")
+from graphfix.validate.graph_sizes import constant_tables, constant_values, through_moves
+
 _WINDOWS: list[tuple[object, list]] = []  # the last few models' windows: every probe_sizes call of a proof asks
 
 
@@ -59,17 +59,17 @@ def _windows(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
 
 
 def _candidates(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """(start, end, c) of each Slice of an initializer whose start is `c - x` (c a whole constant > 1, through
+    """(start, end, c) of each Slice of a constant table whose start is `c - x` (c a whole constant > 1, through
     reshapes and casts) and whose end is computed, with 2 c rows or more along the sliced axis."""
-    tables = {t.name: t.dims for t in model.graph.initializer if t.dims}
-    constants = _whole_constants(model)
+    tables, values = constant_tables(model), constant_values(model)
+    constants = {name: int(v.ravel()[0]) for name, v in values.items() if v.dtype.kind in "iu" and v.size == 1}
     producers = {name: node for node in model.graph.node for name in node.output}
     found = []
     for node in model.graph.node:
         if node.op_type != "Slice" or node.input[0] not in tables or len(node.input) < 3 \
                 or node.input[2] in constants:
             continue
-        sub = _through_moves(node.input[1], producers)
+        sub = through_moves(node.input[1], producers)
         c = constants.get(sub.input[0]) if sub is not None and sub.op_type == "Sub" else None
         axis = constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else 0
         rows = _rows(tables[node.input[0]], axis)
@@ -81,23 +81,3 @@ def _candidates(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
 def _rows(dims, axis: int | None) -> int | None:
     """The table's rows along the sliced axis (None where the axes are computed)."""
     return int(dims[axis]) if axis is not None and -len(dims) <= axis < len(dims) else None
-
-
-def _through_moves(name: str, producers: dict):
-    node = producers.get(name)
-    while node is not None and node.op_type in _MOVES:
-        node = producers.get(node.input[0])
-    return node
-
-
-def _whole_constants(model: onnx.ModelProto) -> dict[str, int]:
-    """Single whole numbers by tensor name, from small initializers and Constant nodes."""
-    tensors = [(t.name, t) for t in model.graph.initializer if len(t.dims) <= 1 and t.data_location == 0]
-    tensors += [(node.output[0], a.t) for node in model.graph.node if node.op_type == "Constant"
-                for a in node.attribute if a.name == "value"]
-    found = {}
-    for name, tensor in tensors:
-        if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and \
-                (not tensor.dims or list(tensor.dims) == [1]):
-            found[name] = int(numpy_helper.to_array(tensor).ravel()[0])
-    return found
