@@ -42,6 +42,7 @@ from graphfix.validate.runner import (
     without_downstream,
 )
 from graphfix.validate.sizes import batch_dims, is_smaller
+from graphfix.validate.spans import centred_windows
 
 MAX_CUTS = 32  # failing nodes followed per size
 SKIPPED_NAME = "probe-skipped"
@@ -56,6 +57,11 @@ DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a si
                  "or a size past the most the model takes (a pad to a maximum length, which GF008 names: the same "
                  "graph as a traced math.ceil, so graphfix cannot tell them apart; `repair` writes it unchanged "
                  "with exit 1).")
+WINDOW_HINT = ("{dims} is past {c} here, where the graph slices a constant table of {rows} rows or more around row "
+               "{c} (`rel[{c} - s : {c} + s]`, s computed from {dims}): a span Python capped (`min(T, {c})`, "
+               "DeBERTa's max_relative_positions) keeps the window inside the table, and tracing drops the cap. "
+               "Export with the cap as a tensor op (`torch.clamp(s, max={c})`); a model written without one fails "
+               "past {c} in PyTorch too (the same graph), and is deployed only up to {c}.")
 DEPLOYED = "deployed session"
 DEPLOYED_HINT = ("onnxruntime optimizes a default session's graph (constant folding, fusions) and infers its shapes "
                  "again: the node named in its message gets a shape there that contradicts one the model holds. A "
@@ -169,9 +175,19 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     limited = not any(f.sizes == sizes[0] for f in failures.values())
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
+    for failure in failures.values():
+        failure.hint = failure.hint or _past_a_window(proto, failure.sizes)
     if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
         failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]
+
+
+def _past_a_window(proto: onnx.ModelProto, sizes: dict[str, int]) -> str:
+    """What a failure at a size past a centred window's row c may be ("" where its sizes are past none)."""
+    for c, dims in centred_windows(proto):
+        if past := [dim for dim in dims if sizes.get(dim, 0) > c]:
+            return WINDOW_HINT.format(dims=", ".join(past), c=c, rows=2 * c)
+    return ""
 
 
 def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
