@@ -113,7 +113,9 @@ def check_input_type(value: onnx.ValueInfoProto) -> None:
 def _concrete_shape(vi: onnx.ValueInfoProto, sizes: dict[str, int], given: tuple | None) -> tuple[int, ...]:
     shape = []
     for axis, name in enumerate(dim_names(vi)):
-        if given is not None and axis < len(given) and given[axis] is not None:
+        if isinstance(name, str) and name in sizes:  # --shape's size, or where the probe moved it (shape_moved)
+            shape.append(sizes[name])
+        elif given is not None and axis < len(given) and given[axis] is not None:
             shape.append(int(given[axis]))
         else:
             shape.append(name if isinstance(name, int) else sizes.get(name, DEFAULT_OTHER))

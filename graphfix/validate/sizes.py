@@ -22,7 +22,8 @@ too, it is outside the model), and a dim torch.export declares `k * name + c` is
 (graphfix.analysis.sizes.domain.input_steps: the exporter checked the model there). 1 appears only in the
 batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
 probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
-evidence. `--shape` and `--input` fix dims at every binding.
+evidence. `--shape` and `--input` fix dims at every binding but one: the proof and the diagnosis probe also
+run the dims `--shape` fixed moved inside the multiples of the sizes given (`shape_moved`).
 A mask input whose dims the exporter named apart from those of the input it masks takes that input's sizes
 (`mask_aliases`: torch.export names GPT-2's `attention_mask` apart from `input_ids`, though every caller feeds
 them alike).
@@ -85,15 +86,19 @@ def mask_aliases(model: onnx.ModelProto) -> dict[str, str]:
     return aliases
 
 
-def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None) -> list[dict[str, int]]:
+def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *, moved: bool = False
+                ) -> list[dict[str, int]]:
     """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all. A mask's
     dims named apart from the input it masks take that input's sizes (`mask_aliases`), and a dim the graph ties to
     others is computed from them (`tied`, by default `tied_dims(model)`: a mask's frames from the audio's samples,
-    `T = U / 3`): probed apart, the model fails where PyTorch fails too."""
+    `T = U / 3`): probed apart, the model fails where PyTorch fails too. `moved` (the proof and the diagnosis
+    probe): one more binding where the dynamic dims `--shape` fixed move (`shape_moved`)."""
     aliases = mask_aliases(model)
     tied = tied_dims(model) if tied is None else tied
     bindings: list[dict[str, int]] = []
-    for binding in _probe_sizes(model, options):
+    found = _probe_sizes(model, options)
+    extra = shape_moved(model, options, found[0]) if moved else None
+    for binding in [*found, extra] if extra else found:
         binding = {name: binding[aliases[name]] if aliases.get(name) in binding else size
                    for name, size in binding.items()}
         binding = bind(binding, tied) if tied else binding
@@ -243,6 +248,32 @@ def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor:
         if usable(size):
             return size
     return start
+
+
+def shape_moved(model: onnx.ModelProto, options, first: dict[str, int]) -> dict[str, int] | None:
+    """`first` with the dynamic dims that `--shape` (not an `--input` array) fixed moved, where the user's sizes stay
+    inside the model's domain: a batch dim at 1 (at 2 where it was given 1), any other dim at twice its size (a
+    multiple of whatever it had to be a multiple of; left where that passes the graph's limit). `--shape` gives the
+    sizes the model takes, not its only size: the written model still declares the dim dynamic, and a model run at
+    one size only is compared with nothing but itself. Longformer's `as_strided`, exported with TorchScript, reads
+    strides baked at the export size: at `--shape input_ids=2x32` it runs 9% off PyTorch with nothing to show it,
+    at batch 1 its Gather fails (tests/frontends/test_longformer.py). None when no such dim is fixed."""
+    given = {name for vi in graph_inputs(model) if vi.name in options.inputs
+             for name in dim_names(vi) if isinstance(name, str)}
+    batch, limit, steps = batch_dims(model), size_limit(model), input_steps(model)
+    moved = dict(first)
+    for vi in graph_inputs(model):
+        if vi.name in options.inputs:
+            continue
+        for name, size in zip(dim_names(vi), options.shapes.get(vi.name) or (), strict=False):
+            if not isinstance(name, str) or size is None or name in given or name not in first:
+                continue
+            step = steps.get(name, ANY)
+            if name in batch:
+                moved[name] = _up(1 if size > 1 else 2, step)
+            elif not limit or _up(2 * size, step) <= limit:
+                moved[name] = _up(2 * size, step)
+    return moved if moved != first else None
 
 
 def forced_sizes(model: onnx.ModelProto, options) -> dict[str, int]:

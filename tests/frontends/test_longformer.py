@@ -1,0 +1,108 @@
+"""transformers' Longformer exported with TorchScript and dynamic (batch, sequence) axes (red team, helper 87).
+
+Its sliding chunks are `as_strided` views, which the exporter writes as a Gather from the flattened tensor at
+indices whose strides are the export size's: at other sizes the Gather either fails (batch 1) or runs and reads
+the wrong elements (batch 2, 32 tokens where it was traced at 16: about 9% off PyTorch). Without `--shape` the
+probe meets a failure and `repair` exits 1. With `--shape input_ids=2x32` the proof ran that one size only, where
+the unchanged model was compared with nothing but itself, and wrote it with exit 0. `--shape` gives sizes the model
+takes, not its only size: the proof also runs the dims it fixed moved (batch 1, twice the length), where the Gather
+fails (graphfix.validate.sizes.shape_moved). A healthy model given `--shape` is still written.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from conftest import run
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from graphfix.cli import cli  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+NAMES = ["input_ids", "attention_mask"]
+
+
+class Hidden(torch.nn.Module):
+    """The last hidden state from token ids and their mask."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask):
+        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def export(module, path, batch: int, length: int):
+    ids, mask = torch.randint(2, 100, (batch, length)), torch.ones(batch, length, dtype=torch.int64)
+    axes = {name: {0: "b", 1: "s"} for name in [*NAMES, "out"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (ids, mask), str(path), dynamo=False, opset_version=17, input_names=NAMES,
+                          output_names=["out"], dynamic_axes=axes)
+    return path
+
+
+def feeds(batch: int, length: int) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(length).integers(2, 100, (batch, length)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones((batch, length), np.int64)}
+
+
+def deviation(path, module, batch: int, length: int) -> float:
+    """The largest difference of onnxruntime's output from PyTorch's, relative to PyTorch's largest value."""
+    given = feeds(batch, length)
+    got, = run(str(path), given)
+    with torch.no_grad():
+        want = module(*(torch.from_numpy(given[name]) for name in NAMES)).numpy()
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def graphfix(*args) -> tuple[int, dict]:
+    result = CliRunner().invoke(cli, [*args, "--format", "json"])
+    return result.exit_code, json.loads(result.output)
+
+
+def shapes(dims: str) -> list[str]:
+    return [arg for name in NAMES for arg in ("--shape", f"{name}={dims}")]
+
+
+def test_longformer_with_baked_strides_is_not_written_at_a_shape_where_it_runs_wrong(tmp_path):
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.LongformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=100, attention_window=4, max_position_embeddings=128, pad_token_id=1)
+    module = Hidden(tf.LongformerModel(config)).eval()
+    path = export(module, tmp_path / "longformer.onnx", 2, 16)
+    assert deviation(path, module, 2, 16) < 1e-3  # right at the export size
+    assert deviation(path, module, 2, 32) > 0.02  # the trap: runs at 2x32, and runs wrong
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes("2x32"))
+    assert code == 1 and not report["models"][0]["validation"]["passed"], report
+    code, report = graphfix("diagnose", str(path), *shapes("2x32"))
+    assert code == 1 and any(f["severity"] == "error" and "Gather" in f["message"]
+                             for f in report["models"][0]["findings"]), report
+
+
+def test_a_healthy_encoder_given_one_shape_is_still_written(tmp_path):
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           vocab_size=100, max_position_embeddings=128)
+    module = Hidden(tf.BertModel(config)).eval()
+    path = export(module, tmp_path / "bert.onnx", 2, 16)
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes("3x24"))
+    assert code == 0 and report["models"][0]["validation"]["passed"], report
+    assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
+    for batch, length in ((3, 24), (1, 48), (2, 16)):
+        assert deviation(out, module, batch, length) < 1e-3
