@@ -109,7 +109,7 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     options, known = known_export_size(before, options, footprint)  # given or solved, not guessed
     options = anchored([before, after], before.proto, options, guard=footprint.check)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
-    sizes = probe_sizes(before.proto, options, tied, moved=True)
+    sizes = probe_sizes(before.proto, options, tied, moved=footprint.fits)
     for binding in sizes:
         footprint.check_sizes(binding)
     judge = Judge(before, after, options, sizes[0], known=known, derived_dims={*tied, *mask_aliases(before.proto)})

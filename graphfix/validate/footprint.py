@@ -85,6 +85,14 @@ class Footprint:
         more than the probe's memory budget."""
         self.check_sizes(bind_feeds(self.inputs, feeds))
 
+    def fits(self, binding: dict[str, int]) -> bool:
+        """Whether a run at `binding` stays inside the probe's memory budget (`check_sizes` does not raise)."""
+        try:
+            self.check_sizes(binding)
+        except NotProbed:
+            return False
+        return True
+
     def check_sizes(self, binding: dict[str, int]) -> None:
         """`check` for a binding of the symbolic dims."""
         largest = self.largest(binding)

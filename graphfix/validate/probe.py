@@ -141,7 +141,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
         return [RuntimeFailure("", "", whole.not_probed, {}, skipped=True)]
     options, _ = known_export_size(whole, options, footprint)  # a solved export size, as repair's proof takes it
     options = anchored([whole], proto, options, guard=footprint.check)
-    sizes = probe_sizes(proto, options, moved=True)
+    sizes = probe_sizes(proto, options, moved=footprint.fits)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
     declared = declared_shapes(proto)  # what repair's proof holds the unchanged model to, as it does

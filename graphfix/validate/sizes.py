@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 
 import onnx
 
@@ -86,22 +87,27 @@ def mask_aliases(model: onnx.ModelProto) -> dict[str, str]:
     return aliases
 
 
-def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *, moved: bool = False
-                ) -> list[dict[str, int]]:
+def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *,
+                moved: Callable[[dict[str, int]], bool] | None = None) -> list[dict[str, int]]:
     """The export binding first, then batch 1 and smaller sizes, then larger ones: `num_sizes` in all. A mask's
     dims named apart from the input it masks take that input's sizes (`mask_aliases`), and a dim the graph ties to
     others is computed from them (`tied`, by default `tied_dims(model)`: a mask's frames from the audio's samples,
     `T = U / 3`): probed apart, the model fails where PyTorch fails too. `moved` (the proof and the diagnosis
-    probe): one more binding where the dynamic dims `--shape` fixed move (`shape_moved`)."""
+    probe, their memory budget's `fits`): one more binding where the dynamic dims `--shape` fixed move
+    (`shape_moved`), where it fits; one that does not is not tried (the sizes given are the ones deployed: a run
+    past the budget at a size moved for more evidence would refuse a model the user's sizes prove)."""
     aliases = mask_aliases(model)
     tied = tied_dims(model) if tied is None else tied
     bindings: list[dict[str, int]] = []
     found = _probe_sizes(model, options)
     extra = shape_moved(model, options, found[0]) if moved else None
     for binding in [*found, extra] if extra else found:
+        last = binding is extra
         binding = {name: binding[aliases[name]] if aliases.get(name) in binding else size
                    for name, size in binding.items()}
         binding = bind(binding, tied) if tied else binding
+        if last and not moved(binding):
+            continue
         if binding not in bindings:
             bindings.append(binding)
     return bindings
