@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from graphfix.analysis import pool_structure as structure
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes import sizes_of
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
@@ -52,6 +53,15 @@ class AdaptivePoolSpecialized(Rule):
     refuses such a pool on a dynamic axis). An adaptive max pool whose size does not divide is not exported by
     torch.onnx's dynamo exporter at all.
 
+    A dynamo export converted to an older opset (`opset_version=17`) keeps no metadata, and the graph's structure
+    decides. Bins: a GatherND of windows whose positions are computed from the input's length at run time, then
+    summed over a fixed count of positions of windows whose length grows with the input, is an error (no other
+    reading: the sum was unrolled at export); a mean over whole windows of one length is a warning (a model's own
+    windows write it too). Pool: a 1-d pool written as a 2-d pool of kernel (1, k) between an Unsqueeze and a
+    Squeeze is how torch.export writes `adaptive_avg_pool1d` (`nn.AvgPool1d` writes a 1-d pool), but a model's own
+    `AvgPool2d((1, k))` writes it too: a warning. A 2-d or 3-d adaptive pool written as a pool is node for node
+    `nn.AvgPool2d` and not reported (a classifier after it fails at other sizes, which GF000 and GF004 show).
+
     ## Why it breaks deployment
     The model runs at every size and returns a wrong shape (a classifier after the pool fails; a pyramid pooling
     module upsamples the wrong grid and returns wrong values), or, from bins, the right shape with wrong values (at
@@ -78,11 +88,14 @@ class AdaptivePoolSpecialized(Rule):
         pools, gathers = _attributed(ctx.model)
         if pools:
             yield from self._pools(ctx, pools)
-        if gathers:
-            protos = {node.name: node for node in ctx.model.graph.node if node.name}
-            for node in ctx.graph.nodes:
-                if node.op in GATHERS and node.name in gathers:
-                    yield from self._bins(ctx, node, *gathers[node.name], protos)
+        protos = {node.name: node for node in ctx.model.graph.node if node.name}
+        for node in ctx.graph.nodes:
+            if node.op in GATHERS and node.name in gathers:
+                what, key = gathers[node.name]
+                yield from self._bins(ctx, node, what, *_named_bins(node, what, key, protos))
+            elif node.op in WATCHED and node.name in protos and not protos[node.name].metadata_props:
+                # metadata dropped (a conversion to an older opset): only what the graph's structure shows
+                yield from (self._unnamed_bins(ctx, node) if node.op in GATHERS else self._unnamed_pool(ctx, node))
 
     def _pools(self, ctx: RuleContext, pools: dict[str, tuple[str, str]]) -> Iterator[Finding | Rejection]:
         """The output size divides the export size: a pool of kernel `export size / output size`."""
@@ -118,13 +131,11 @@ class AdaptivePoolSpecialized(Rule):
                 severity=Severity.WARNING if floor else Severity.ERROR)
 
 
-    def _bins(self, ctx: RuleContext, node, what: str, key: str, protos) -> Iterator[Finding | Rejection]:
-        """The output size does not divide the export size: gathers over bins laid out for the export size."""
-        region = _region(node, key, protos)
-        source = node.inputs[0]  # back through the pool's own Unsqueeze and Transpose to what it pools
-        while (source.inputs and source.inputs[0].name in protos and source.inputs[0].op in LAYOUT
-               and _attribution(protos[source.inputs[0].name]) == (what, key)):
-            source = source.inputs[0].inputs[0]
+    def _bins(self, ctx: RuleContext, node, what: str, source, region: dict,
+              named: bool = True) -> Iterator[Finding | Rejection]:
+        """The output size does not divide the export size: gathers over bins laid out for the export size. `named`:
+        the exporter's metadata names the pool; else the graph's structure alone (unrolled bins are an error, a
+        mean over bins of one length a warning)."""
         shape = ctx.shape(source) or []
         ends = [t for n in region.values() for t in n.outputs if t.name in ctx.graph_output_names
                 or any(c.name not in region for c in t.outputs)]
@@ -147,6 +158,9 @@ class AdaptivePoolSpecialized(Rule):
         axis, length = fixed[0]
         unrolled = [int(i) for n in region.values() if n.op == "Gather" and (i := _scalar_index(ctx, n)) is not None]
         means = any(n.op == "ReduceMean" for n in region.values())
+        if not named:
+            yield from self._unnamed_bins_found(ctx, node, source, region, out[axis], axis, length)
+            return
         how = (f"a sum unrolled over up to {max(unrolled) + 1} positions of a bin, as many as one held at export"
                if unrolled else "a mean over bins of the one length they had at export" if means
                else "bins laid out at export")
@@ -157,6 +171,70 @@ class AdaptivePoolSpecialized(Rule):
                    "export size")
         yield self.finding(message, nodes=[node.name], tensors=[source.name, node.outputs[0].name], hint=HINT,
                            severity=Severity.ERROR)
+
+    def _unnamed_bins(self, ctx: RuleContext, node) -> Iterator[Finding | Rejection]:
+        """A GatherND with no metadata: windows laid out from the input's length at run time (its indices computed,
+        of a length that grows with the input), which the graph then reduces."""
+        indices = node.inputs[1] if len(node.inputs) > 1 else None
+        shape = sizes_of(ctx).shape(indices) if indices is not None and ctx.constant_value(indices) is None else None
+        if not shape or not any(getattr(dim, "free_symbols", None) for dim in shape):
+            return  # constant indices, or of one length at every size: fixed positions, a model's own choice
+        yield from self._bins(ctx, node, f"GatherND '{node.name}'", structure.layout_source(node),
+                              structure.window_region(node), named=False)
+
+    def _unnamed_bins_found(self, ctx, node, source, region, size, axis, length) -> Iterator[Finding | Rejection]:
+        """Bins with no metadata: a sum unrolled over k positions of windows whose length grows with the input
+        leaves one hypothesis (an error); a mean over whole windows of one length leaves two (a warning)."""
+        unrolled = structure.unrolled_window(sizes_of(ctx), ctx.tensors,
+                                             structure.scalar_reads(ctx.constant_value, region))
+        where = (f"GatherND '{node.name}' gathers {size} windows along axis {axis}, whose length is dynamic "
+                 f"({length if length is not None else 'as onnx infers it'}), at positions computed from that length "
+                 "at run time")
+        gone = ("; the node carries no metadata to name the module (a conversion to an older opset, "
+                "`opset_version=17`, drops it)")
+        tensors = [source.name, node.outputs[0].name]
+        if unrolled is not None:
+            count, window = unrolled
+            yield self.finding(
+                f"{where}, and adds up {count} positions of windows {window} long, read one at a time: the graph of "
+                f"an adaptive pool to {size} that torch.export laid out in bins for an export size that {size} does "
+                f"not divide, summed over as many positions as a bin held there{gone}. At other sizes a bin holds "
+                f"more or fewer than {count} positions: wrong values, or a Gather out of range; the exporter fixed "
+                "the pool at the export size", nodes=[node.name], tensors=tensors, hint=HINT, severity=Severity.ERROR)
+        elif any(n.op == "ReduceMean" for n in region.values()):
+            yield self.finding(
+                f"{where}, and takes a mean over each whole window{gone}. That is the graph of an adaptive pool to "
+                f"{size} laid out for an export size where every bin had one length (wrong at other sizes), or of a "
+                "model's own windows of one length (right): the graph does not say which; compare with PyTorch at "
+                "another size", nodes=[node.name], tensors=tensors, hint=HINT, severity=Severity.WARNING)
+        else:
+            yield self.reject(f"{where}, but no sum over the windows unrolled for a fixed count and no mean follows",
+                              nodes=[node.name])
+
+    def _unnamed_pool(self, ctx: RuleContext, node) -> Iterator[Finding | Rejection]:
+        """A pool with no metadata. A 2-d or 3-d one is node for node `nn.AvgPool2d` or `nn.MaxPool2d` of that
+        kernel: nothing to say. A 1-d pool written as a 2-d pool of kernel (1, k) between an Unsqueeze and a Squeeze
+        is how torch.export writes `adaptive_avg_pool1d` (a 1-d `nn.AvgPool1d` is a 1-d pool), but a model may
+        pool so itself: a warning."""
+        if not structure.unsqueezed_1d(node, ctx.constant_value):
+            return
+        k = int(node.attrs["kernel_shape"][1])
+        shape = ctx.shape(node.inputs[0]) or []
+        lengths = sizes_of(ctx).shape(node.inputs[0]) if len(shape) == 4 and isinstance(shape[3], str) else None
+        length = lengths[3] if lengths and len(lengths) == 4 else None
+        if k < 2 or length is None or not length.free_symbols:
+            yield self.reject(f"{node.op} '{node.name}' of kernel (1, {k}) between an Unsqueeze and a Squeeze pools "
+                              f"no dynamic axis with a kernel above 1 (input {shape})", nodes=[node.name])
+            return
+        yield self.finding(
+            f"{node.op} '{node.name}' pools a dynamic length ({length}) with kernel and stride {k}, written as a "
+            "2-d pool of kernel (1, k) between an Unsqueeze and a Squeeze: how torch.export writes an adaptive 1-d "
+            f"pool whose output size divides the export length (`AdaptiveAvgPool1d(n)` at {k}n), where `nn.AvgPool1d` "
+            "writes a 1-d pool. The node carries no metadata to say which (a conversion to an older opset, "
+            f"`opset_version=17`, drops it): an adaptive pool returns n positions at every length, this graph "
+            f"{length} // {k}; a model that pools by {k} itself is right. Compare with PyTorch at another length",
+            nodes=[node.name], tensors=[node.inputs[0].name, node.outputs[0].name], hint=HINT,
+            severity=Severity.WARNING)
 
 
 def _floor(length) -> int | None:
@@ -193,6 +271,15 @@ def _attribution(node) -> tuple[str, str] | None:
     if called:
         return f"a call of {called[-1]}", namespace.rsplit("/", 1)[0] + "\n" + frame
     return None
+
+
+def _named_bins(node, what: str, key: str, protos) -> tuple:
+    """(what the pool pools, the nodes of the pool from `node` on), by the exporter's metadata."""
+    source = node.inputs[0]  # back through the pool's own Unsqueeze and Transpose to what it pools
+    while (source.inputs and source.inputs[0].name in protos and source.inputs[0].op in LAYOUT
+           and _attribution(protos[source.inputs[0].name]) == (what, key)):
+        source = source.inputs[0].inputs[0]
+    return source, _region(node, key, protos)
 
 
 def _region(start, key: str, protos) -> dict:
