@@ -90,7 +90,7 @@ fail_on_option = click.option(
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
                             help="Input shape for the onnxruntime runs, e.g. audio=1x16000 (repeatable); the dynamic "
-                            "dims it fixes are also probed moved (batch 1, twice the length).")
+                            "dims it fixes are also probed moved (batch 1, a shorter length).")
 
 tolerance_options = _compose(
     click.option("--rtol", callback=parsed(values.tolerance), type=str, default=1e-3, show_default=True,

@@ -1,12 +1,15 @@
-"""transformers' Longformer exported with TorchScript and dynamic (batch, sequence) axes (red team, helper 87).
+"""Sizes given with `--shape`: the proof also runs the dims they fix moved (graphfix.validate.sizes.shape_moved).
+
+transformers' Longformer exported with TorchScript and dynamic (batch, sequence) axes (red team, helper 87).
 
 Its sliding chunks are `as_strided` views, which the exporter writes as a Gather from the flattened tensor at
 indices whose strides are the export size's: at other sizes the Gather either fails (batch 1) or runs and reads
 the wrong elements (batch 2, 32 tokens where it was traced at 16: about 9% off PyTorch). Without `--shape` the
 probe meets a failure and `repair` exits 1. With `--shape input_ids=2x32` the proof ran that one size only, where
 the unchanged model was compared with nothing but itself, and wrote it with exit 0. `--shape` gives sizes the model
-takes, not its only size: the proof also runs the dims it fixed moved (batch 1, twice the length), where the Gather
-fails (graphfix.validate.sizes.shape_moved). A healthy model given `--shape` is still written.
+takes, not its only size: the proof also runs the dims it fixed moved (batch 1, a shorter length), where the
+Gather fails. A healthy model given `--shape` is still written, RoBERTa too, whose length limit the graph does not
+show (helper 90: its positions are a cumulative sum of the mask; moved to twice the length, it was refused).
 """
 
 from __future__ import annotations
@@ -105,4 +108,26 @@ def test_a_healthy_encoder_given_one_shape_is_still_written(tmp_path):
     assert code == 0 and report["models"][0]["validation"]["passed"], report
     assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
     for batch, length in ((3, 24), (1, 48), (2, 16)):
+        assert deviation(out, module, batch, length) < 1e-3
+
+
+def test_a_healthy_roberta_given_a_length_near_its_table_is_still_written(tmp_path):
+    """RoBERTa's positions are a cumulative sum of its mask (no Range), so the graph shows no length limit: 64
+    tokens here (66 positions, 2 for padding). Given 1x40, a size moved to 80 failed where PyTorch fails too, and
+    `repair` refused a healthy model it wrote before (helper 90); moved down, it is written."""
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              vocab_size=100, max_position_embeddings=66)
+    module = Hidden(tf.RobertaModel(config)).eval()
+    path = export(module, tmp_path / "roberta.onnx", 2, 16)
+    with torch.no_grad(), pytest.raises((IndexError, RuntimeError), match="out of"):
+        module(*(torch.from_numpy(v) for v in feeds(1, 80).values()))  # past its table in PyTorch too
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes("1x40"))
+    assert code == 0 and report["models"][0]["validation"]["passed"], report
+    assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
+    for batch, length in ((1, 40), (2, 64), (3, 7)):
         assert deviation(out, module, batch, length) < 1e-3
