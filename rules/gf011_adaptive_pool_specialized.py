@@ -17,6 +17,8 @@ STACK = "pkg.torch.onnx.stack_trace"
 POOLS = frozenset({"AveragePool", "MaxPool"})
 GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's bins where the size does not divide
 WATCHED = POOLS | GATHERS
+UNNAMED = ("the node carries no metadata to name the module (a TorchScript export writes none; a dynamo export "
+           "converted to an older opset, `opset_version=17`, drops it)")
 LAYOUT = frozenset({"Unsqueeze", "Transpose"})  # what the pool does to its input before gathering (1-d: 2-d)
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
         "`x.mean(-1, keepdim=True)` or `amax`, which export at every size), and re-export.")
@@ -53,13 +55,14 @@ class AdaptivePoolSpecialized(Rule):
     refuses such a pool on a dynamic axis). An adaptive max pool whose size does not divide is not exported by
     torch.onnx's dynamo exporter at all.
 
-    A dynamo export converted to an older opset (`opset_version=17`) keeps no metadata, and the graph's structure
-    decides. Bins: a GatherND of windows whose positions are computed from the input's length at run time, then
-    summed over a fixed count of positions of windows whose length grows with the input, is an error (no other
-    reading: the sum was unrolled at export); a mean over whole windows of one length is a warning (a model's own
-    windows write it too). Pool: a 1-d pool written as a 2-d pool of kernel (1, k) between an Unsqueeze and a
-    Squeeze is how torch.export writes `adaptive_avg_pool1d` (`nn.AvgPool1d` writes a 1-d pool), but a model's own
-    `AvgPool2d((1, k))` writes it too: a warning. A 2-d or 3-d adaptive pool written as a pool is node for node
+    A dynamo export converted to an older opset (`opset_version=17`) keeps no metadata (a TorchScript export
+    writes none), and the graph's structure decides. Bins: a GatherND of windows whose positions are computed from
+    the input's length at run time, then summed over a fixed count of positions of windows whose length grows with
+    the input, is an error (no other reading: the sum was unrolled at export); a mean over whole windows of one
+    length is a warning (a model's own windows write it too). Pool: a 1-d pool written as a 2-d pool of kernel
+    (1, k), stride k, unpadded, between an Unsqueeze and a Squeeze is how torch.export writes
+    `adaptive_avg_pool1d` (`nn.AvgPool1d` writes a 1-d pool), but a model's own `AvgPool2d((1, k))` writes it too:
+    a warning. A 2-d or 3-d adaptive pool written as a pool is node for node
     `nn.AvgPool2d` and not reported (a classifier after it fails at other sizes, which GF000 and GF004 show).
 
     ## Why it breaks deployment
@@ -190,8 +193,7 @@ class AdaptivePoolSpecialized(Rule):
         where = (f"GatherND '{node.name}' gathers {size} windows along axis {axis}, whose length is dynamic "
                  f"({length if length is not None else 'as onnx infers it'}), at positions computed from that length "
                  "at run time")
-        gone = ("; the node carries no metadata to name the module (a conversion to an older opset, "
-                "`opset_version=17`, drops it)")
+        gone = f"; {UNNAMED}"
         tensors = [source.name, node.outputs[0].name]
         if unrolled is not None:
             count, window = unrolled
@@ -219,6 +221,12 @@ class AdaptivePoolSpecialized(Rule):
         if not structure.unsqueezed_1d(node, ctx.constant_value):
             return
         k = int(node.attrs["kernel_shape"][1])
+        kind = "AdaptiveMaxPool1d" if node.op == "MaxPool" else "AdaptiveAvgPool1d"
+        if list(node.attrs.get("strides", [1, 1])) != [1, k] or any(node.attrs.get("pads", [])):
+            yield self.reject(f"{node.op} '{node.name}' of kernel (1, {k}) has strides {node.attrs.get('strides')} "
+                              f"or pads: an adaptive pool that divides is one of stride {k}, unpadded",
+                              nodes=[node.name])
+            return
         shape = ctx.shape(node.inputs[0]) or []
         lengths = sizes_of(ctx).shape(node.inputs[0]) if len(shape) == 4 and isinstance(shape[3], str) else None
         length = lengths[3] if lengths and len(lengths) == 4 else None
@@ -229,10 +237,10 @@ class AdaptivePoolSpecialized(Rule):
         yield self.finding(
             f"{node.op} '{node.name}' pools a dynamic length ({length}) with kernel and stride {k}, written as a "
             "2-d pool of kernel (1, k) between an Unsqueeze and a Squeeze: how torch.export writes an adaptive 1-d "
-            f"pool whose output size divides the export length (`AdaptiveAvgPool1d(n)` at {k}n), where `nn.AvgPool1d` "
-            "writes a 1-d pool. The node carries no metadata to say which (a conversion to an older opset, "
-            f"`opset_version=17`, drops it): an adaptive pool returns n positions at every length, this graph "
-            f"{length} // {k}; a model that pools by {k} itself is right. Compare with PyTorch at another length",
+            f"pool whose output size divides the export length (`{kind}(n)` at {k}n), where `nn.{kind[8:]}` "
+            f"writes a 1-d pool. {UNNAMED[0].upper()}{UNNAMED[1:]}: an adaptive pool returns n positions at every "
+            f"length, this graph {length} // {k}; a model that pools by {k} itself is right. Compare with PyTorch at "
+            "another length",
             nodes=[node.name], tensors=[node.inputs[0].name, node.outputs[0].name], hint=HINT,
             severity=Severity.WARNING)
 

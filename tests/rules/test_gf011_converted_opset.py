@@ -146,6 +146,31 @@ def test_a_models_own_2d_pool_over_an_unsqueezed_sequence_is_only_a_warning(tmp_
     assert [f.severity.value for f in findings(path)] == ["warning"]
 
 
+@pytest.mark.parametrize("pool", [nn.AvgPool2d((1, 4), stride=(1, 2)), nn.MaxPool2d((1, 3), padding=(0, 1))],
+                         ids=["strided", "padded"])
+def test_a_models_own_pool_of_another_stride_over_an_unsqueezed_sequence_is_not_reported(pool, tmp_path):
+    """An adaptive pool whose size divides the length is a pool of stride k, unpadded: one of stride 2 and kernel
+    4, or padded, is the model's own (helper 90's review)."""
+    torch.manual_seed(0)
+    module = Pooled2d().eval()
+    module.pool = pool
+    path = export(module, torch.randn(2, 4, 40), tmp_path / "m.onnx", T)
+    assert findings(path) == []
+
+
+def test_a_torchscript_max_pool_over_an_unsqueezed_sequence_is_worded_as_what_it_may_be(tmp_path):
+    """The TorchScript exporter writes no metadata at all: the warning says so, and names the max pool's adaptive
+    twin, not `AdaptiveAvgPool1d` and a conversion to an older opset only (helper 90)."""
+    module = Pooled2d().eval()
+    module.pool = nn.MaxPool2d((1, 2))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(module, (torch.randn(2, 4, 40),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": T})
+    [found] = findings(path)
+    assert found.severity.value == "warning" and "TorchScript export writes none" in found.message, found
+    assert "AdaptiveMaxPool1d(n)" in found.message and "nn.MaxPool1d" in found.message, found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("opset", [17, 18])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
