@@ -23,7 +23,7 @@ too, it is outside the model), and a dim torch.export declares `k * name + c` is
 batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
 probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
 evidence. `--shape` and `--input` fix dims at every binding but one: the proof and the diagnosis probe also
-run the dims `--shape` fixed moved down inside the multiples of 2^k of the sizes given (`shape_moved`).
+run the batch dims `--shape` fixed moved (`shape_moved`).
 A mask input whose dims the exporter named apart from those of the input it masks takes that input's sizes
 (`mask_aliases`: torch.export names GPT-2's `attention_mask` apart from `input_ids`, though every caller feeds
 them alike).
@@ -257,33 +257,25 @@ def _free(start: int, export_size: int, taken: set[int], cap: int | None, floor:
 
 
 def shape_moved(model: onnx.ModelProto, options, first: dict[str, int]) -> dict[str, int] | None:
-    """`first` with the dynamic dims that `--shape` (not an `--input` array) fixed moved, where the user's sizes stay
-    inside the model's domain: a batch dim at 1 (at 2 where it was given 1), any other dim down by the largest
-    power of 2 it is a multiple of, at most half of it (40 to 32, 72 to 64, 300 to 296, 32 to 16: every multiple of
-    a stride or patch of 2^k it was stays one; never below the least size the graph takes). `--shape` gives the
-    sizes the model takes, not its only size: the written model still declares the dim dynamic, and a model run at
-    one size only is compared with nothing but itself. Longformer's `as_strided`, exported with TorchScript, reads
-    strides baked at the export size: at `--shape input_ids=2x32` it runs 9% off PyTorch with nothing to show it,
-    at batch 1 its Gather fails (tests/frontends/test_given_shapes.py). Down, not up: a length's limit may be one the
-    graph does not show (RoBERTa's positions, a cumulative sum of its mask, index a table of 514 rows: at
-    `--shape input_ids=1x300`, twice the length failed where PyTorch fails too, helper 90). None when no such dim
-    is fixed."""
+    """`first` with the batch dims that `--shape` (not an `--input` array) fixed moved: to 1, or to 2 where it was
+    given 1. `--shape` gives the sizes the model takes, not its only size: the written model still declares the dim
+    dynamic, and a model run at one size only is compared with nothing but itself. Longformer's `as_strided`,
+    exported with TorchScript, reads strides baked at the export size: at `--shape input_ids=2x32` it runs 9% off
+    PyTorch with nothing to show it, and at batch 1 its Gather fails (tests/frontends/test_given_shapes.py). Its
+    other dims stay as given: a length or an image size is often given to keep inside a domain the graph does not
+    show (RoBERTa's positions, a cumulative sum of its mask, index 514 rows; timm's MaxViT takes multiples of its
+    window, 64 pixels here), and a size moved past it failed where PyTorch fails too (helpers 90 and 92). None
+    when no batch dim is fixed."""
     given = {name for vi in graph_inputs(model) if vi.name in options.inputs
              for name in dim_names(vi) if isinstance(name, str)}
-    batch, least, steps = batch_dims(model), input_minimums(model), input_steps(model)
+    batch, steps = batch_dims(model), input_steps(model)
     moved = dict(first)
     for vi in graph_inputs(model):
         if vi.name in options.inputs:
             continue
         for name, size in zip(dim_names(vi), options.shapes.get(vi.name) or (), strict=False):
-            if not isinstance(name, str) or size is None or name in given or name not in first:
-                continue
-            step = steps.get(name, ANY)
-            if name in batch:
-                moved[name] = _up(1 if size > 1 else 2, step)
-            elif (drop := min(size & -size, size // 2)) and (down := _up(size - drop, step)) < size \
-                    and down >= least.get(name, 1):
-                moved[name] = down
+            if isinstance(name, str) and size is not None and name in batch and name not in given and name in first:
+                moved[name] = _up(1 if size > 1 else 2, steps.get(name, ANY))
     return moved if moved != first else None
 
 

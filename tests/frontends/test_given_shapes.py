@@ -7,9 +7,9 @@ indices whose strides are the export size's: at other sizes the Gather either fa
 the wrong elements (batch 2, 32 tokens where it was traced at 16: about 9% off PyTorch). Without `--shape` the
 probe meets a failure and `repair` exits 1. With `--shape input_ids=2x32` the proof ran that one size only, where
 the unchanged model was compared with nothing but itself, and wrote it with exit 0. `--shape` gives sizes the model
-takes, not its only size: the proof also runs the dims it fixed moved (batch 1, a shorter length), where the
-Gather fails. A healthy model given `--shape` is still written, RoBERTa too, whose length limit the graph does not
-show (helper 90: its positions are a cumulative sum of the mask; moved to twice the length, it was refused).
+takes, not its only size: the proof also runs the batch dims it fixed moved (batch 1), where the Gather fails.
+A healthy model given `--shape` is still written, RoBERTa too, whose length limit the graph does not show (helper
+90: its positions are a cumulative sum of the mask; with the length moved to twice the size given, it was refused).
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def test_a_healthy_encoder_given_one_shape_is_still_written(tmp_path):
 
 def test_a_healthy_roberta_given_a_length_near_its_table_is_still_written(tmp_path):
     """RoBERTa's positions are a cumulative sum of its mask (no Range), so the graph shows no length limit: 64
-    tokens here (66 positions, 2 for padding). Given 1x40, a size moved to 80 failed where PyTorch fails too, and
-    `repair` refused a healthy model it wrote before (helper 90); moved down, it is written."""
+    tokens here (66 positions, 2 for padding). Given 1x40, a length moved to 80 failed where PyTorch fails too, and
+    `repair` refused a healthy model it wrote before (helper 90); only the batch is moved now."""
     from fixtures.library_models import import_transformers
 
     tf = import_transformers()
@@ -131,3 +131,30 @@ def test_a_healthy_roberta_given_a_length_near_its_table_is_still_written(tmp_pa
     assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
     for batch, length in ((1, 40), (2, 64), (3, 7)):
         assert deviation(out, module, batch, length) < 1e-3
+
+
+def test_a_healthy_maxvit_given_its_window_multiple_is_written(tmp_path):
+    """timm's MaxViT takes multiples of its window (64 pixels at `img_size=64`) and fails elsewhere in PyTorch too;
+    `--shape` is how a user keeps the probe inside that domain. A size moved off it (32 by 32) failed as PyTorch
+    does, and `repair` refused the healthy model (helper 92); only the batch is moved now."""
+    from fixtures.library_models import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    module = timm.create_model("maxvit_nano_rw_256", img_size=64, num_classes=5).eval()
+    path = tmp_path / "maxvit.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["out"],
+                          dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    with torch.no_grad(), pytest.raises(Exception, match="divisible"):
+        module(torch.randn(1, 3, 32, 32))  # outside the model in PyTorch too
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), "--shape", "x=2x3x64x64")
+    assert code == 0 and report["models"][0]["validation"]["passed"], report
+    for shape in ((1, 3, 64, 64), (3, 3, 128, 128), (2, 3, 192, 128)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        got, = run(str(out), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
