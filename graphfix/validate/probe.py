@@ -43,6 +43,7 @@ from graphfix.validate.runner import (
 )
 from graphfix.validate.sizes import batch_dims, is_smaller
 from graphfix.validate.spans import centred_windows
+from graphfix.validate.steps import failed_at_a_step, step_hint
 
 MAX_CUTS = 32  # failing nodes followed per size
 SKIPPED_NAME = "probe-skipped"
@@ -176,7 +177,10 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     failures.update({key: f for key, f in below.items() if key not in failures and not limited})
     failures.update({why: _skipped(why, bindings) for why, bindings in skipped.items()})
     for failure in failures.values():
-        failure.hint = failure.hint or _past_a_window(proto, failure.sizes)
+        if not failure.skipped and failed_at_a_step(proto, failure.node, failure.sizes):
+            failure.rule = "GF000"  # shapes that agree only at k n + c meet there: no constant is the cause
+        failure.hint = failure.hint or _past_a_window(proto, failure.sizes) or \
+            (step_hint(proto, failure.sizes) if not failure.skipped else "")
     if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
         failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]

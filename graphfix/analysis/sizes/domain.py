@@ -73,6 +73,24 @@ def input_steps(model) -> dict[str, tuple[int, int]]:
 
 
 _LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
+_SIDES: list[tuple[object, list]] = []  # and their constraints' sides, which the probe reads where a size fails
+
+
+def constraint_sides(model) -> list[tuple]:
+    """(left, right, node name) of each constraint of the size analysis (`Sizes.constraints`): kept from the pass
+    `input_minimums` ran on the same model (graphfix.validate.steps reads them where a probe size fails)."""
+    for known, sides in _SIDES:
+        if known is model:
+            return sides
+    from graphfix.analysis.sizes import static_sizes
+
+    return _keep_sides(model, static_sizes(model)[0])
+
+
+def _keep_sides(model, sizes) -> list[tuple]:
+    sides = [(c.left, c.right, c.node.name) for c in sizes.constraints]
+    _SIDES[:] = [(model, sides), *_SIDES[:3]]
+    return sides
 
 
 def _input_lengths(model) -> list:
@@ -86,6 +104,7 @@ def _input_lengths(model) -> list:
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
+        _keep_sides(model, sizes)
         for node in _clear_of_constraints(graph, sizes):
             for length in _window_lengths(node, sizes):
                 if length is None or len(length.free_symbols) != 1 or length in seen:

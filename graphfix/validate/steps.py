@@ -1,0 +1,140 @@
+"""Sizes off a step the graph's own shapes need: what a failure there may be, and the sizes to give instead.
+
+    steps = graph_steps(model)  # [Step("H", 8, 0, "/Concat_6", ...)]: floor(H/8) meets ceil(H/8), equal at 8 n
+
+torchvision's RAFT computes `h // 8` from the image's shape for its grid of coordinates and meets it with the
+features three stride-2 Convs make of the image (ceil(H / 8)): the two agree only where H is a multiple of 8, and the
+probe's sizes fail (#22). PyTorch refuses those sizes too (RAFT raises), but TorchScript drops the check, and a pad
+to a multiple of 8 that the trace dropped with its branch (`if H % 8: x = F.pad(...)`, PyTorch then runs at every
+size) leaves the same graph, node for node (`tests/frontends/test_raft.py`). So such a step is not taken for the
+model's domain (graphfix.analysis.sizes.domain takes only what the exporter checked): the sizes are still probed,
+and the failure says what the graph shows and which sizes to give with `--shape` where the model takes no others.
+
+A step is read from a constraint of the size analysis (`Sizes.constraints`) over one input dim whose two sides both
+grow with it (a constant side is a baked size: GF004's) and that holds exactly at k n + c from its first size on, k
+> 1. A failure at the very node of such a constraint is GF000's: no constant is involved, so neither a baked repeat
+count (GF002) nor a baked shape (GF004) is its cause.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import onnx
+
+from graphfix.analysis.sizes.domain import constraint_sides
+from graphfix.validate.graph_sizes import dim_names, graph_inputs
+
+SPAN = 128  # sizes 1..SPAN are tried: three periods of a step of 32 (five stride-2 Convs) and more
+MODELS = 4  # the last few models' steps are kept: a failure at every probe size asks once per size
+
+
+@dataclass(frozen=True)
+class Step:
+    """The graph's shapes agree at `node` only where input dim `dim` is k n + c."""
+
+    dim: str
+    k: int
+    c: int
+    node: str
+    left: str
+    right: str
+
+    def sizes(self) -> str:
+        return f"multiples of {self.k}" if self.c == 0 else f"sizes {self.k} n + {self.c}"
+
+    def off(self, binding: dict[str, int]) -> bool:
+        return self.dim in binding and binding[self.dim] % self.k != self.c
+
+
+_STEPS: list[tuple[onnx.ModelProto, list[Step]]] = []
+
+
+def graph_steps(model: onnx.ModelProto) -> list[Step]:
+    """Each step that a constraint of the size analysis puts on one input dim (see the module's docstring)."""
+    for known, found in _STEPS:
+        if known is model:
+            return found
+    found, solved = [], {}  # one step per node; each difference solved once (RAFT repeats it at every refinement)
+    for left, right, node in constraint_sides(model):
+        free = (left - right).free_symbols
+        if len(free) != 1 or left.is_number or right.is_number:
+            continue
+        symbol, key = next(iter(free)), frozenset({left - right, right - left})
+        if key not in solved:
+            solved[key] = _step(left - right, symbol)
+        step = Step(symbol.name, *solved[key], node, str(left), str(right)) if solved[key] else None
+        if step and step not in found:
+            found.append(step)
+    _STEPS[:] = [(model, found), *_STEPS[:MODELS - 1]]
+    return found
+
+
+def _step(difference, symbol) -> tuple[int, int] | None:
+    """(k, c) where `difference` is 0 exactly at k n + c from its first zero on (k > 1); None otherwise."""
+    zeros = [n for n in range(1, SPAN + 1) if _zero(difference.subs(symbol, n))]
+    if len(zeros) < 3:
+        return None
+    k = math.gcd(*(b - a for a, b in itertools.pairwise(zeros)))
+    if k < 2 or zeros != list(range(zeros[0], SPAN + 1, k)):
+        return None
+    return k, zeros[0] % k
+
+
+def _zero(value) -> bool:
+    return bool(value.is_number and value == 0)
+
+
+def step_hint(model: onnx.ModelProto, binding: dict[str, int]) -> str:
+    """What a failure at `binding` may be where some dim of it is off a step of the graph ("" where none is)."""
+    off = [step for step in graph_steps(model) if step.off(binding)]
+    if not off:
+        return ""
+    first, dims = off[0], sorted({step.dim for step in off})
+    return (f"The graph's shapes agree only at {_wanted(off)}, and this size has "
+            f"{', '.join(f'{d} = {binding[d]}' for d in dims)}: '{first.node}' meets {first.left} with {first.right} "
+            "(torchvision's RAFT meets `H // 8`, computed from the image's shape, with what its strided Convs make of "
+            "H). If the model takes only such sizes (RAFT raises on others in PyTorch too), give them with --shape: "
+            f"{_shape_example(model, binding, off)}. A pad to such a size that the trace dropped with "
+            f"its branch (`if {first.dim} % {first.k}: x = F.pad(...)`) leaves the same graph, so graphfix does not "
+            "take them for the model's domain; where the model pads, re-export it with the pad computed by tensor "
+            "ops, never behind a Python `if`.")
+
+
+def failed_at_a_step(model: onnx.ModelProto, node: str, binding: dict[str, int]) -> bool:
+    """Whether `node` is where the graph's shapes meet off a step at `binding`: the failure is GF000's."""
+    return bool(node) and any(step.node == node and step.off(binding) for step in graph_steps(model))
+
+
+def _wanted(steps: list[Step]) -> str:
+    """`multiples of 8 of H and W`: each dim's largest step, dims with the same one together."""
+    kept: dict[str, Step] = {}
+    for step in steps:
+        if step.dim not in kept or step.k > kept[step.dim].k:
+            kept[step.dim] = step
+    grouped: dict[str, list[str]] = {}
+    for dim, step in kept.items():
+        grouped.setdefault(step.sizes(), []).append(dim)
+    return "; ".join(f"{sizes} of {' and '.join(dims)}" for sizes, dims in grouped.items())
+
+
+def _shape_example(model: onnx.ModelProto, binding: dict[str, int], off: list[Step]) -> str:
+    """`--shape` entries for every input at `binding`, each dim moved up onto every step of the graph it is off."""
+    every = graph_steps(model)
+    entries = []
+    for vi in graph_inputs(model):
+        dims = [d if isinstance(d, int) else _onto(binding.get(d, 1), [s for s in every if s.dim == d])
+                for d in dim_names(vi)]
+        if any(isinstance(d, str) and d in {s.dim for s in off} for d in dim_names(vi)):
+            entries.append(f"--shape {vi.name}={'x'.join(map(str, dims))}")
+    return " ".join(entries)
+
+
+def _onto(size: int, steps: list[Step]) -> int:
+    """The least size at or above `size` on every one of `steps` (`size` where none is met within a span)."""
+    for n in range(size, size + math.lcm(*(s.k for s in steps), 1) + 1):
+        if not any(s.off({s.dim: n}) for s in steps):
+            return n
+    return size
