@@ -94,42 +94,34 @@ def test_longformer_with_baked_strides_is_not_written_at_a_shape_where_it_runs_w
                              for f in report["models"][0]["findings"]), report
 
 
-def test_a_healthy_encoder_given_one_shape_is_still_written(tmp_path):
-    from fixtures.library_models import import_transformers
-
-    tf = import_transformers()
-    torch.manual_seed(0)
-    config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           vocab_size=100, max_position_embeddings=128)
-    module = Hidden(tf.BertModel(config)).eval()
-    path = export(module, tmp_path / "bert.onnx", 2, 16)
-    out = tmp_path / "out.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *shapes("3x24"))
-    assert code == 0 and report["models"][0]["validation"]["passed"], report
-    assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
-    for batch, length in ((3, 24), (1, 48), (2, 16)):
-        assert deviation(out, module, batch, length) < 1e-3
+ENCODERS = {  # name -> (transformers' classes, positions, the --shape given, sizes compared with PyTorch)
+    "bert": ("BertConfig", "BertModel", 128, "3x24", ((3, 24), (1, 48), (2, 16))),
+    "roberta": ("RobertaConfig", "RobertaModel", 66, "1x40", ((1, 40), (2, 64), (3, 7))),
+}
 
 
-def test_a_healthy_roberta_given_a_length_near_its_table_is_still_written(tmp_path):
+@pytest.mark.parametrize("name", ENCODERS)
+def test_a_healthy_encoder_given_one_shape_is_still_written(name, tmp_path):
     """RoBERTa's positions are a cumulative sum of its mask (no Range), so the graph shows no length limit: 64
     tokens here (66 positions, 2 for padding). Given 1x40, a length moved to 80 failed where PyTorch fails too, and
     `repair` refused a healthy model it wrote before (helper 90); only the batch is moved now."""
     from fixtures.library_models import import_transformers
 
     tf = import_transformers()
+    config_class, model_class, positions, given, compared = ENCODERS[name]
     torch.manual_seed(0)
-    config = tf.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              vocab_size=100, max_position_embeddings=66)
-    module = Hidden(tf.RobertaModel(config)).eval()
-    path = export(module, tmp_path / "roberta.onnx", 2, 16)
-    with torch.no_grad(), pytest.raises((IndexError, RuntimeError), match="out of"):
-        module(*(torch.from_numpy(v) for v in feeds(1, 80).values()))  # past its table in PyTorch too
+    config = getattr(tf, config_class)(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, vocab_size=100, max_position_embeddings=positions)
+    module = Hidden(getattr(tf, model_class)(config)).eval()
+    path = export(module, tmp_path / f"{name}.onnx", 2, 16)
+    if name == "roberta":
+        with torch.no_grad(), pytest.raises((IndexError, RuntimeError), match="out of"):
+            module(*(torch.from_numpy(v) for v in feeds(1, 80).values()))  # past its table in PyTorch too
     out = tmp_path / "out.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *shapes("1x40"))
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes(given))
     assert code == 0 and report["models"][0]["validation"]["passed"], report
-    assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the dims moved
-    for batch, length in ((1, 40), (2, 64), (3, 7)):
+    assert len(report["models"][0]["validation"]["sizes"]) == 2, report  # the given size, and the batch moved
+    for batch, length in compared:
         assert deviation(out, module, batch, length) < 1e-3
 
 
