@@ -43,6 +43,7 @@ from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.given import check_given
+from graphfix.validate.hints import unchanged_failure_note
 from graphfix.validate.inputs import check_shapes
 from graphfix.validate.runner import ModelRunner
 from graphfix.validate.sizes import trace_sizes
@@ -216,9 +217,7 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
             if not validation.passed and not changed:
                 # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
                 # inputs may be the inputs' fault (values a kernel rejects), so it is written and reported (exit 1).
-                result.notes.append(f"unchanged model fails at {validation.failed_sizes or 'every'} probe size(s): "
-                                    + "; ".join(validation.reasons)
-                                    + " (give real values with --input/--shape; `graphfix diagnose` probes in detail)")
+                result.notes.append(unchanged_failure_note(loaded.proto, validation))
             elif not validation.passed:
                 result.status = "failed"
                 result.error = "validation failed: " + "; ".join(validation.reasons)

@@ -24,6 +24,7 @@ from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_b
 from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.given import check_given
+from graphfix.validate.hints import domain_hint
 from graphfix.validate.inputs import (
     ValidationOptions,
     check_shapes,
@@ -42,8 +43,7 @@ from graphfix.validate.runner import (
     without_downstream,
 )
 from graphfix.validate.sizes import batch_dims, is_smaller
-from graphfix.validate.spans import centred_windows
-from graphfix.validate.steps import failed_at_a_step, step_hint
+from graphfix.validate.steps import failed_at_a_step
 
 MAX_CUTS = 32  # failing nodes followed per size
 SKIPPED_NAME = "probe-skipped"
@@ -58,11 +58,6 @@ DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a si
                  "or a size past the most the model takes (a pad to a maximum length, which GF008 names: the same "
                  "graph as a traced math.ceil, so graphfix cannot tell them apart; `repair` writes it unchanged "
                  "with exit 1).")
-WINDOW_HINT = ("{dims} is past {c} here, where the graph slices a constant table of {rows} rows or more around row "
-               "{c} (`rel[{c} - s : {c} + s]`, s computed from {dims}): a span Python capped (`min(T, {c})`, "
-               "DeBERTa's max_relative_positions) keeps the window inside the table, and tracing drops the cap. "
-               "Export with the cap as a tensor op (`torch.clamp(s, max={c})`); a model written without one fails "
-               "past {c} in PyTorch too (the same graph), and is deployed only up to {c}.")
 DEPLOYED = "deployed session"
 DEPLOYED_HINT = ("onnxruntime optimizes a default session's graph (constant folding, fusions) and infers its shapes "
                  "again: the node named in its message gets a shape there that contradicts one the model holds. A "
@@ -179,19 +174,10 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     for failure in failures.values():
         if not failure.skipped and failed_at_a_step(proto, failure.node, failure.sizes):
             failure.rule = "GF000"  # shapes that agree only at k n + c meet there: no constant is the cause
-        failure.hint = failure.hint or _past_a_window(proto, failure.sizes) or \
-            (step_hint(proto, failure.sizes) if not failure.skipped else "")
+        failure.hint = failure.hint or ("" if failure.skipped else domain_hint(proto, failure.sizes))
     if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
         failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]
-
-
-def _past_a_window(proto: onnx.ModelProto, sizes: dict[str, int]) -> str:
-    """What a failure at a size past a centred window's row c may be ("" where its sizes are past none)."""
-    for c, dims in centred_windows(proto):
-        if past := [dim for dim in dims if sizes.get(dim, 0) > c]:
-            return WINDOW_HINT.format(dims=", ".join(past), c=c, rows=2 * c)
-    return ""
 
 
 def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:

@@ -146,6 +146,8 @@ def diagnosed(module, tmp_path) -> tuple:
     assert len(shapes) == 2 and all(int(d) % 8 == 0 for d in shapes[1].split("=")[1].split("x")[2:]), shapes
     code, report = graphfix("repair", str(path), "-o", str(tmp_path / "unprobed.onnx"))
     assert code == 1 and not report["models"][0]["validation"]["passed"], report
+    note = next(n for n in report["models"][0]["notes"] if n.startswith("unchanged model fails"))
+    assert "agree only at multiples of 8 of H and W" in note and "--shape" in note, note  # repair says it too
     return path, shapes
 
 
