@@ -27,9 +27,10 @@ class RuntimeFailure(Rule):
     trace dropped with its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding
     says to give multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`).
     Sizes where the graph's own shapes agree only at a step are probed too (torchvision's RAFT meets `H // 8` with
-    what its strided Convs make of H, equal at multiples of 8 only; a pad to a multiple that the trace dropped leaves
-    the same graph): a failure at the node where they meet is this rule's, not a baked repeat count's or shape's,
-    and the hint of every failure at such a size names the step and the `--shape` to give
+    what its strided Convs make of H, equal at multiples of 8 only; timm's MaxViT adds a stride-2 Conv to an AvgPool
+    shortcut, equal at 2 sizes in every 4; a pad to a multiple that the trace dropped leaves the same graph): a
+    failure at the node where they meet is this rule's, not a baked repeat count's, shape's or a mask's, and the
+    hint of every failure at such a size names the sizes and the `--shape` to give, at multiples of the step
     (graphfix.validate.steps, `tests/frontends/test_raft.py`).
     The probe also loads the model once as a default session does (graph optimizations on; its large weights left
     out, graph inputs of their type and dims): a model onnxruntime runs only with its optimizations off is an error

@@ -1,6 +1,6 @@
 """Sizes off a step the graph's own shapes need: what a failure there may be, and the sizes to give instead.
 
-    steps = graph_steps(model)  # [Step("H", 8, 0, "/Concat_6", ...)]: floor(H/8) meets ceil(H/8), equal at 8 n
+    steps = graph_steps(model)  # [Step("H", 8, (0,), "/Concat_6", ...)]: floor(H/8) meets ceil(H/8), equal at 8 n
 
 torchvision's RAFT computes `h // 8` from the image's shape for its grid of coordinates and meets it with the
 features three stride-2 Convs make of the image (ceil(H / 8)): the two agree only where H is a multiple of 8, and the
@@ -11,14 +11,16 @@ model's domain (graphfix.analysis.sizes.domain takes only what the exporter chec
 and the failure says what the graph shows and which sizes to give with `--shape` where the model takes no others.
 
 A step is read from a constraint of the size analysis (`Sizes.constraints`) over one input dim whose two sides both
-grow with it (a constant side is a baked size: GF004's) and that holds exactly at k n + c from its first size on, k
-> 1. A failure at the very node of such a constraint is GF000's: no constant is involved, so neither a baked repeat
-count (GF002) nor a baked shape (GF004) is its cause.
+grow with it (a constant side is a baked size: GF004's) and that holds exactly at k n + c, for one residue c or
+several, from its first size on, k > 1: timm's MaxViT adds a stride-2 Conv's `ceil(H / 2)` to an AvgPool
+shortcut's `floor(H / 2)`, and HRNet a branch upsampled by 2 to one at twice its resolution, which agree at some
+sizes of every 16 or 32 (helpers 92 and 93; PyTorch fails at the others too). A failure at the very node of such
+a constraint is GF000's: no constant is involved, so neither a baked repeat count (GF002), a baked shape (GF004)
+nor a mask of a lower rank (GF003) is its cause.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -33,20 +35,25 @@ MODELS = 4  # the last few models' steps are kept: a failure at every probe size
 
 @dataclass(frozen=True)
 class Step:
-    """The graph's shapes agree at `node` only where input dim `dim` is k n + c."""
+    """The graph's shapes agree at `node` only where input dim `dim` is k n + c, c one of `residues`."""
 
     dim: str
     k: int
-    c: int
+    residues: tuple[int, ...]
     node: str
     left: str
     right: str
 
     def sizes(self) -> str:
-        return f"multiples of {self.k}" if self.c == 0 else f"sizes {self.k} n + {self.c}"
+        if self.residues == (0,):
+            return f"multiples of {self.k}"
+        if len(self.residues) == 1:
+            return f"sizes {self.k} n + {self.residues[0]}"
+        among = f" (multiples of {self.k} among them)" if 0 in self.residues else ""
+        return f"{len(self.residues)} sizes in every {self.k}{among}"
 
     def off(self, binding: dict[str, int]) -> bool:
-        return self.dim in binding and binding[self.dim] % self.k != self.c
+        return self.dim in binding and binding[self.dim] % self.k not in self.residues
 
 
 _STEPS: list[tuple[onnx.ModelProto, list[Step]]] = []
@@ -72,15 +79,18 @@ def graph_steps(model: onnx.ModelProto) -> list[Step]:
     return found
 
 
-def _step(difference, symbol) -> tuple[int, int] | None:
-    """(k, c) where `difference` is 0 exactly at k n + c from its first zero on (k > 1); None otherwise."""
+def _step(difference, symbol) -> tuple[int, tuple[int, ...]] | None:
+    """(k, residues) where `difference` is 0 exactly at the sizes k n + c, c among the residues, from its first zero
+    on (the least such k > 1 that leaves some residue out); None otherwise."""
     zeros = [n for n in range(1, SPAN + 1) if _zero(difference.subs(symbol, n))]
     if len(zeros) < 3:
         return None
-    k = math.gcd(*(b - a for a, b in itertools.pairwise(zeros)))
-    if k < 2 or zeros != list(range(zeros[0], SPAN + 1, k)):
-        return None
-    return k, zeros[0] % k
+    tried = range(zeros[0], SPAN + 1)
+    for k in range(2, SPAN // 3 + 1):
+        residues = sorted({n % k for n in zeros})
+        if len(residues) < k and zeros == [n for n in tried if n % k in residues]:
+            return k, tuple(residues)
+    return None
 
 
 def _zero(value) -> bool:
@@ -133,8 +143,13 @@ def _shape_example(model: onnx.ModelProto, binding: dict[str, int], off: list[St
 
 
 def _onto(size: int, steps: list[Step]) -> int:
-    """The least size at or above `size` on every one of `steps` (`size` where none is met within a span)."""
-    for n in range(size, size + math.lcm(*(s.k for s in steps), 1) + 1):
+    """The least multiple of every step at or above `size` where each takes multiples (a stride's multiple is the
+    size a user expects, and the likeliest inside what else the model needs: MaxViT's windows); else the least
+    size at or above `size` on every one of `steps` (`size` where none is met within a span)."""
+    period = math.lcm(*(s.k for s in steps), 1)
+    if all(0 in s.residues for s in steps):
+        return -(-size // period) * period
+    for n in range(size, size + period + 1):
         if not any(s.off({s.dim: n}) for s in steps):
             return n
     return size

@@ -63,6 +63,21 @@ class PaddedFlowish(Flowish):
         return x
 
 
+class Shortcut(torch.nn.Module):
+    """timm's MaxViT block in small: a stride-2 Conv (ceil of half) beside an AvgPool shortcut (floor of half),
+    added after a stride-2 stem; the two agree where the stem's output is even, h and w 4 n or 4 n + 3, and
+    PyTorch fails elsewhere too (helper 92)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Conv2d(8, 8, 3, 2, 1)
+        self.pool = torch.nn.AvgPool2d(2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.conv(x) + self.pool(x)
+
+
 def export(module, example: tuple, path, names=("x",)):
     axes = {name: {0: "B", 2: "H", 3: "W"} for name in (*names, "y")}
     with warnings.catch_warnings():
@@ -207,4 +222,28 @@ def test_raft_is_left_alone_at_the_multiples_of_8_its_hint_gives(tmp_path):
     assert code == 0 and report["models"][0]["status"] == "unchanged", report
     for shape in [(1, 3, 128, 192), (2, 3, 192, 136)]:
         want, got = outputs(module, out, shape, names)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+
+
+def test_shapes_that_agree_at_several_sizes_of_a_period_are_a_step_too(tmp_path):
+    """MaxViT's shortcut agrees at 2 sizes in every 4: a failure off them was GF003's, whose hint blamed a mask of
+    a lower rank; now GF000's, its hint naming the sizes and multiples of 4 to give."""
+    torch.manual_seed(0)
+    module = Shortcut().eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(module, (torch.randn(2, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B", 2: "H4", 3: "W4"}})
+    with torch.no_grad(), pytest.raises(RuntimeError, match="size of tensor"):
+        module(torch.randn(2, 3, 21, 22))  # PyTorch fails there too
+    code, report = graphfix("diagnose", str(path), "--shape", "x=2x3x21x22")
+    [found] = errors(report)
+    assert (code, found["rule"], found["nodes"]) == (1, "GF000", ["/Add"]), report
+    assert "2 sizes in every 4 (multiples of 4 among them)" in found["hint"], found
+    assert given_shapes(found["hint"]) == ["--shape", "x=2x3x24x24"], found  # multiples, not the least sizes
+    out = tmp_path / "fixed.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *given_shapes(found["hint"]))
+    assert code == 0, report
+    for shape in [(1, 3, 24, 24), (2, 3, 27, 40)]:
+        want, got = outputs(module, out, shape)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
