@@ -56,7 +56,9 @@ AMBIGUOUS_HINT = (
 BAKED_HINT = (
     "A size was captured as a constant while tracing (a table sliced or built with a Python int, int()/math.ceil/"
     ".item() on a size); keep it a tensor, e.g. `self.pe[:, : x.size(1)]` under torch.jit.trace is still dynamic, "
-    "`self.pe[:, : int(x.size(1))]` is not. GF004/GF006 (trace-baked-shape/-constant) locate and repair baked sizes."
+    "`self.pe[:, : int(x.size(1))]` is not. GF004/GF006 (trace-baked-shape/-constant) locate and repair baked sizes. "
+    "If the model takes that one size only (timm's LeViT holds attention biases of one image size), the dims are "
+    "not dynamic: fix them with `graphfix set-shape` and repair that."
 )
 GENERIC_HINT = (
     "Check these operand shapes in PyTorch and make the broadcast explicit (unsqueeze/view/expand) so the dims "

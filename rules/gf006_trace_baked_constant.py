@@ -388,4 +388,6 @@ class TraceBakedConstant(Rule):
         yield self.finding(
             base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
             hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
-                 "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export.")
+                 "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export. If the "
+                 "model takes that one size only (timm's PiT holds a position table of one image size), the dims "
+                 "are not dynamic: fix them with `graphfix set-shape` and repair that.")

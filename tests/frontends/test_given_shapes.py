@@ -150,3 +150,35 @@ def test_a_healthy_maxvit_given_its_window_multiple_is_written(tmp_path):
         got, = run(str(out), {"x": x})
         with torch.no_grad():
             np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pit_ti_224", "levit_128s"])
+def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_says(name, tmp_path):
+    """timm's PiT and LeViT at `img_size=64` hold a position table and attention biases of that size: they take 64
+    by 64 only, in PyTorch too, and exported with H and W dynamic they are errors (GF006, GF003) with or without
+    `--shape`. The finding says what works (helper 93): fix the dims with `set-shape`, then repair."""
+    from fixtures.library_models import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    module = timm.create_model(name, img_size=64, num_classes=5).eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["out"],
+                          dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):  # PyTorch refuses it too
+        module(torch.randn(1, 3, 96, 96))
+    code, report = graphfix("diagnose", str(path), "--shape", "x=2x3x64x64")
+    found = [f for f in report["models"][0]["findings"] if f["severity"] == "error"]
+    assert code == 1 and found and all("graphfix set-shape" in f["hint"] for f in found), report
+    pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
+    assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
+    code, report = graphfix("repair", str(pinned), "-o", str(out))
+    assert code == 0, report
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
+        got, = run(str(out), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
