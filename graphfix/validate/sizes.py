@@ -93,7 +93,7 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *,
     dims named apart from the input it masks take that input's sizes (`mask_aliases`), and a dim the graph ties to
     others is computed from them (`tied`, by default `tied_dims(model)`: a mask's frames from the audio's samples,
     `T = U / 3`): probed apart, the model fails where PyTorch fails too. `moved` (the proof and the diagnosis
-    probe, their memory budget's `fits`): one more binding where the dynamic dims `--shape` fixed move
+    probe, their memory budget's `fits`): one more binding where the batch dims `--shape` fixed move
     (`shape_moved`), where it fits; one that does not is not tried (the sizes given are the ones deployed: a run
     past the budget at a size moved for more evidence would refuse a model the user's sizes prove)."""
     aliases = mask_aliases(model)
