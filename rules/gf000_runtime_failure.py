@@ -28,10 +28,11 @@ class RuntimeFailure(Rule):
     says to give multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`).
     Sizes where the graph's own shapes agree only at a step are probed too (torchvision's RAFT meets `H // 8` with
     what its strided Convs make of H, equal at multiples of 8 only; timm's MaxViT adds a stride-2 Conv to an AvgPool
-    shortcut, equal at 2 sizes in every 4; a pad to a multiple that the trace dropped leaves the same graph): a
-    failure at the node where they meet is this rule's, not a baked repeat count's, shape's or a mask's, and the
-    hint of every failure at such a size names the sizes and the `--shape` to give, at multiples of the step
-    (graphfix.validate.steps, `tests/frontends/test_raft.py`).
+    shortcut, equal at 2 sizes in every 4; timm's HRNet adds branches upsampled by a Resize of scale 2 to finer
+    ones, 4 sizes in every 32, the size analysis reading `floor(d * scale)`; a pad to a multiple that the trace
+    dropped leaves the same graph): a failure at the node where they meet is this rule's, not a baked repeat
+    count's, shape's or a mask's, and the hint of every failure at such a size names the sizes and the `--shape`
+    to give, at multiples of the step (graphfix.validate.steps, `tests/frontends/test_raft.py`).
     The probe also loads the model once as a default session does (graph optimizations on; its large weights left
     out, graph inputs of their type and dims): a model onnxruntime runs only with its optimizations off is an error
     (timm's EVA with rotary positions exported with TorchScript: "Can't merge shape info" at a Concat,

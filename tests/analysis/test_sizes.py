@@ -265,3 +265,36 @@ def test_a_strided_slice_of_a_length_has_the_length_numpy_gives(start, end, step
 def test_a_strided_slice_read_from_the_middle_backwards_is_not_guessed():
     sizes, graph = analysed(STRIDED.replace("START", "3").replace("END", "0").replace("STEP", "-1"))
     assert sizes.dims(tensor(graph, "y"))[1] is None
+
+
+RESIZED = """
+< ir_version: 8, opset_import: ["" : OPSET] >
+g (float[B, 2, H, W] x) => (float[?, ?, ?, ?] y) {
+    scales = Constant <value = float[4] {1.0, 1.0, SH, SW}> ()
+    y = Resize <mode = "nearest"> (x, ARGS)
+}
+"""
+
+
+@pytest.mark.parametrize(("opset", "args"), [(17, ", scales"), (10, "scales")])
+@pytest.mark.parametrize(("sh", "sw", "followed"), [(2.0, 0.5, True), (1.25, 3.0, True), (0.25, 1.0, True),
+                                                    (1 / 3, 2.0, False), (1.1, 2.0, False)])
+def test_a_resize_by_scales_has_the_size_onnxruntime_gives(opset, args, sh, sw, followed):
+    """floor(d * scale) for scales whose products are exact in float (HRNet's and FPNs' upsampling by 2 meets a
+    branch at the finer resolution); others are not guessed (onnxruntime rounds them in float)."""
+    import numpy as np
+    import onnxruntime as ort
+    import sympy
+
+    text = RESIZED.replace("OPSET", str(opset)).replace("ARGS", args).replace("SH", repr(sh)).replace("SW", repr(sw))
+    sizes, graph = analysed(text)
+    dims = sizes.dims(tensor(graph, "y"))
+    if not followed:
+        assert list(dims[2:]) == [None, None], dims
+        return
+    session = ort.InferenceSession(parse(text).SerializeToString(), providers=["CPUExecutionProvider"])
+    for h, w in [(5, 7), (9, 16), (13, 31), (40, 23)]:
+        want = session.run(None, {"x": np.zeros((1, 2, h, w), np.float32)})[0].shape[2:]
+        at = {"H": h, "W": w}
+        got = [int(d.subs({s: at[s.name] for s in d.free_symbols})) for d in map(sympy.sympify, dims[2:])]
+        assert tuple(got) == want, (dims, h, w)

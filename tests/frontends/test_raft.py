@@ -247,3 +247,30 @@ def test_shapes_that_agree_at_several_sizes_of_a_period_are_a_step_too(tmp_path)
     for shape in [(1, 3, 24, 24), (2, 3, 27, 40)]:
         want, got = outputs(module, out, shape)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+
+
+def test_hrnet_upsampled_branches_are_a_step_the_hint_gives_sizes_on(tmp_path):
+    """timm's HRNet adds each branch, upsampled by a Resize of scale 2, 4 or 8, to one at a finer resolution: the
+    shapes agree where the strided Convs' ceilings do, multiples of 32 among them, and PyTorch fails elsewhere too
+    (helper 93). The size analysis did not follow a Resize by scales, so the failure was GF003's with a hint blaming
+    a mask of a lower rank; now GF000's, with the step's `--shape`, where the model is left alone and matches
+    PyTorch."""
+    from fixtures.library_models import import_timm
+
+    torch.manual_seed(0)
+    module = import_timm().create_model("hrnet_w18_small", pretrained=False, num_classes=10).eval()
+    path = export(module, (torch.randn(2, 3, 64, 64),), tmp_path / "hrnet.onnx")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="size of tensor"):
+        module(torch.randn(1, 3, 48, 48))  # PyTorch fails off the step too
+    code, report = graphfix("diagnose", str(path))
+    found = errors(report)
+    assert code == 1 and found and {f["rule"] for f in found} == {"GF000"}, report
+    assert all("(multiples of 32 among them) of W and H" in f["hint"] for f in found), report
+    shapes = given_shapes(found[0]["hint"])
+    assert len(shapes) == 2 and all(int(d) % 32 == 0 for d in shapes[1].split("=")[1].split("x")[2:]), shapes
+    out = tmp_path / "fixed.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes)
+    assert code == 0 and report["models"][0]["status"] == "unchanged", report
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 61)]:
+        want, got = outputs(module, out, shape)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
