@@ -81,28 +81,30 @@ def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], c
     """c where a Slice's start is `c - size`, c a whole constant and the size one axis of an input's Shape (moved
     through reshapes and casts on its way, nothing computed from it: `c - T // 4` passes c at 4c): the start goes
     negative, and wraps, past c."""
-    node = through_moves(start, producers)
-    if node is None or node.op_type != "Sub":
+    offset = offset_from(start, producers, constants)
+    return offset[0] if offset and _an_input_axis(offset[1], producers, inputs, constants) else None
+
+
+def offset_from(name: str, producers: dict, constants: dict) -> tuple[int, str] | None:
+    """(c, x) where the value is `c - x` (through reshapes and casts), c a whole constant of one element."""
+    node = _through_moves(name, producers)
+    c = constants.get(node.input[0]) if node is not None and node.op_type == "Sub" else None
+    if c is None or c.dtype.kind not in "iu" or c.size != 1:
         return None
-    c = constants.get(node.input[0])
-    if c is None or c.dtype.kind not in "iu" or c.size != 1 or not _an_input_axis(node.input[1], producers, inputs,
-                                                                                    constants):
-        return None
-    return int(c.ravel()[0])
+    return int(c.ravel()[0]), node.input[1]
 
 
 def _centred(node: onnx.NodeProto, producers: dict, constants: dict) -> bool:
     """Whether a Slice runs from `c - x` to `c + x` (the same x): a window of 2 x rows around row c, whose start
     wraps past c where Python capped x (DeBERTa's relative span, graphfix.validate.spans), no domain limit."""
-    start, end = (through_moves(name, producers) for name in node.input[1:3])
-    if start is None or end is None or start.op_type != "Sub" or end.op_type != "Add":
+    offset, end = offset_from(node.input[1], producers, constants), _through_moves(node.input[2], producers)
+    if offset is None or end is None or end.op_type != "Add" or offset[1] not in end.input:
         return False
-    c = constants.get(start.input[0])
-    return c is not None and start.input[1] in end.input and any(
-        constants.get(name) is not None and np.array_equal(constants[name], c) for name in end.input)
+    return any(value is not None and value.size == 1 and int(value.ravel()[0]) == offset[0]
+               for value in map(constants.get, end.input))
 
 
-def through_moves(name: str, producers: dict):
+def _through_moves(name: str, producers: dict):
     node = producers.get(name)
     while node is not None and node.op_type in _MOVES:
         node = producers.get(node.input[0])
@@ -112,7 +114,7 @@ def through_moves(name: str, producers: dict):
 def _an_input_axis(name: str, producers: dict, inputs: dict[str, list], constants: dict) -> bool:
     """Whether the value is one symbolic axis of a graph input: Gather(Shape(input), a constant index), or a Shape
     whose start and end take one axis (torch.export's `sym_size`)."""
-    node = through_moves(name, producers)
+    node = _through_moves(name, producers)
     if node is not None and node.op_type == "Shape":
         bounds = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
         axis, shape = bounds.get("start"), node

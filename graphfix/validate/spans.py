@@ -17,9 +17,10 @@ second is the model's own, past the window it was written for).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
-from graphfix.validate.graph_sizes import constant_tables, constant_values, through_moves
+from graphfix.validate.graph_sizes import constant_tables, constant_values, offset_from
 
 _WINDOWS: list[tuple[object, list]] = []  # the last few models' windows: every probe_sizes call of a proof asks
 
@@ -61,23 +62,23 @@ def _windows(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
 def _candidates(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
     """(start, end, c) of each Slice of a constant table whose start is `c - x` (c a whole constant > 1, through
     reshapes and casts) and whose end is computed, with 2 c rows or more along the sliced axis."""
-    tables, values = constant_tables(model), constant_values(model)
-    constants = {name: int(v.ravel()[0]) for name, v in values.items() if v.dtype.kind in "iu" and v.size == 1}
+    tables, constants = constant_tables(model), constant_values(model)
     producers = {name: node for node in model.graph.node for name in node.output}
     found = []
     for node in model.graph.node:
         if node.op_type != "Slice" or node.input[0] not in tables or len(node.input) < 3 \
                 or node.input[2] in constants:
             continue
-        sub = through_moves(node.input[1], producers)
-        c = constants.get(sub.input[0]) if sub is not None and sub.op_type == "Sub" else None
-        axis = constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else 0
+        offset = offset_from(node.input[1], producers, constants)
+        axis = constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else np.zeros(1, np.int64)
         rows = _rows(tables[node.input[0]], axis)
-        if c is not None and c > 1 and rows is not None and 2 * c <= rows:
-            found.append((node.input[1], node.input[2], c))
+        if offset is not None and offset[0] > 1 and rows is not None and 2 * offset[0] <= rows:
+            found.append((node.input[1], node.input[2], offset[0]))
     return found
 
 
-def _rows(dims, axis: int | None) -> int | None:
-    """The table's rows along the sliced axis (None where the axes are computed)."""
-    return int(dims[axis]) if axis is not None and -len(dims) <= axis < len(dims) else None
+def _rows(dims, axis: np.ndarray | None) -> int | None:
+    """The table's rows along the sliced axis (None where the axes are computed, or several)."""
+    if axis is None or axis.size != 1 or axis.dtype.kind not in "iu" or not -len(dims) <= axis.ravel()[0] < len(dims):
+        return None
+    return int(dims[int(axis.ravel()[0])])
