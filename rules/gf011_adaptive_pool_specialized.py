@@ -19,7 +19,6 @@ GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's 
 WATCHED = POOLS | GATHERS
 UNNAMED = ("the node carries no metadata to name the module (a TorchScript export writes none; a dynamo export "
            "converted to an older opset, `opset_version=17`, drops it)")
-LAYOUT = frozenset({"Unsqueeze", "Transpose"})  # what the pool does to its input before gathering (1-d: 2-d)
 HINT = ("Export the pooled axis static, or pool over explicit bins in the module (an output size of 1 is "
         "`x.mean(-1, keepdim=True)` or `amax`, which export at every size), and re-export.")
 
@@ -283,10 +282,8 @@ def _attribution(node) -> tuple[str, str] | None:
 
 def _named_bins(node, what: str, key: str, protos) -> tuple:
     """(what the pool pools, the nodes of the pool from `node` on), by the exporter's metadata."""
-    source = node.inputs[0]  # back through the pool's own Unsqueeze and Transpose to what it pools
-    while (source.inputs and source.inputs[0].name in protos and source.inputs[0].op in LAYOUT
-           and _attribution(protos[source.inputs[0].name]) == (what, key)):
-        source = source.inputs[0].inputs[0]
+    source = structure.layout_source(
+        node, lambda layout: layout.name in protos and _attribution(protos[layout.name]) == (what, key))
     return source, _region(node, key, protos)
 
 

@@ -3,6 +3,8 @@ stack trace) is gone: a dynamo export converted to an older opset (`opset_versio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -12,11 +14,12 @@ LAST = frozenset({"Div", "ReduceMean"})  # the sum divided by the bins' lengths,
 MAX_REGION = 2000  # nodes; a 3-d pool unrolls kd * kh * kw reads
 
 
-def layout_source(node: gs.Node) -> gs.Tensor:
-    """What `node` gathers from, back through Unsqueeze and Transpose nodes whose output nothing else reads."""
+def layout_source(node: gs.Node, belongs: Callable[[gs.Node], bool] | None = None) -> gs.Tensor:
+    """What `node` gathers from, back through the Unsqueeze and Transpose nodes of the pool: those `belongs`
+    accepts (the exporter's metadata names the same pool), by default those whose output nothing else reads."""
+    belongs = belongs or (lambda layout: len(layout.outputs[0].outputs) == 1)
     source = node.inputs[0]
-    while (source.inputs and source.inputs[0].op in LAYOUT and len(source.outputs) == 1
-           and source.inputs[0].inputs):
+    while source.inputs and source.inputs[0].op in LAYOUT and source.inputs[0].inputs and belongs(source.inputs[0]):
         source = source.inputs[0].inputs[0]
     return source
 
