@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphfix.core.recent import per_model
+
 MAX_HINT = 512  # baked constants above this are not taken as an export size
 SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
 THRESHOLD_OPS = {"Sub", "Min", "Max", "Clip", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
@@ -205,10 +207,6 @@ def fixed_sizes(model: onnx.ModelProto) -> set[int]:
     return sizes | met_sizes(model)
 
 
-_MET: list[tuple[onnx.ModelProto, set[int]]] = []  # the last few models' sizes (each proof asks several times)
-_CONSTANTS: list[tuple[onnx.ModelProto, dict[str, np.ndarray]]] = []  # the same, for `constant_values`
-
-
 def declared_sizes(model: onnx.ModelProto) -> set[int]:
     """The static dims > 1 that the graph's inputs and outputs declare beside a dynamic dim (no inference: a size
     baked at export is not among them)."""
@@ -220,12 +218,10 @@ def declared_sizes(model: onnx.ModelProto) -> set[int]:
     return sizes
 
 
+@per_model  # each proof asks several times
 def met_sizes(model: onnx.ModelProto) -> set[int]:
     """The static dims > 1 of every shape (inputs, outputs, inferred value_info) that also has a dynamic dim: the
     static sizes a dynamic dim meets (a sound stand-in for those its own tensors meet)."""
-    for known, sizes in _MET:
-        if known is model:
-            return sizes
     from graphfix.analysis.shapes import infer_shapes
 
     inferred = infer_shapes(model)
@@ -234,7 +230,6 @@ def met_sizes(model: onnx.ModelProto) -> set[int]:
         dims = vi.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
             sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
-    _MET[:] = [(model, sizes), *_MET[:3]]
     return sizes
 
 
@@ -252,13 +247,9 @@ def baked_size_hint(model: onnx.ModelProto) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+@per_model  # the limit, the thresholds and the hint each read them at every probe_sizes call of a proof
 def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small initializers and Constant-node values by tensor name (external tensors are not read); the last few
-    models' kept, as `met_sizes` keeps theirs (the limit, the thresholds and the hint each read them, at every
-    probe_sizes call of a proof)."""
-    for known, values in _CONSTANTS:
-        if known is model:
-            return values
+    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
     for node in model.graph.node:
         if node.op_type != "Constant":
@@ -266,7 +257,6 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         value = next((a for a in node.attribute if a.name == "value"), None)
         if value is not None and _small_inline(value.t):
             values[node.output[0]] = numpy_helper.to_array(value.t)
-    _CONSTANTS[:] = [(model, values), *_CONSTANTS[:3]]
     return values
 
 

@@ -20,24 +20,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import constant_tables, constant_values, offset_from
 
-_WINDOWS: list[tuple[object, list]] = []  # the last few models' windows: every probe_sizes call of a proof asks
 
-
+@per_model  # every probe_sizes call of a proof asks
 def centred_windows(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
     """(c, input dims s is computed from) for each Slice of a constant table from `c - s` to `c + s` (s a size
     over the input dims, 2 c no more than the table's rows along the sliced axis). The size analysis runs only
     where the graph holds a Slice of an initializer whose start is a Sub from a whole constant."""
-    for known, found in _WINDOWS:
-        if known is model:
-            return found
-    found = _windows(model)
-    _WINDOWS[:] = [(model, found), *_WINDOWS[:3]]
-    return found
-
-
-def _windows(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
     candidates = _candidates(model)
     if not candidates:
         return []

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import onnx
 
 from graphfix.analysis.sizes.domain import constraint_sides
+from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
 SPAN = 128  # sizes 1..SPAN are tried: three periods of a step of 32 (five stride-2 Convs) and more
-MODELS = 4  # the last few models' steps are kept: a failure at every probe size asks once per size
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,9 @@ class Step:
         return self.dim in binding and binding[self.dim] % self.k not in self.residues
 
 
-_STEPS: list[tuple[onnx.ModelProto, list[Step]]] = []
-
-
+@per_model  # a failure at every probe size asks
 def graph_steps(model: onnx.ModelProto) -> list[Step]:
     """Each step that a constraint of the size analysis puts on one input dim (see the module's docstring)."""
-    for known, found in _STEPS:
-        if known is model:
-            return found
     found, solved = [], {}  # one step per node; each difference solved once (RAFT repeats it at every refinement)
     for left, right, node in constraint_sides(model):
         free = (left - right).free_symbols
@@ -75,7 +70,6 @@ def graph_steps(model: onnx.ModelProto) -> list[Step]:
         step = Step(symbol.name, *solved[key], node, str(left), str(right)) if solved[key] else None
         if step and step not in found:
             found.append(step)
-    _STEPS[:] = [(model, found), *_STEPS[:MODELS - 1]]
     return found
 
 

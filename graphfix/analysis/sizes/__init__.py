@@ -39,6 +39,7 @@ from graphfix.analysis.sizes.solve import (
     relations,
     solve,
 )
+from graphfix.core.recent import per_model
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -74,19 +75,12 @@ def static_sizes(model) -> tuple[Sizes, object]:
     return sizes_of(ctx), ctx.graph
 
 
-_TIED: list[tuple[object, dict]] = []  # the last few models' ties: every probe_sizes call asks for them
-
-
+@per_model  # every probe_sizes call asks
 def tied_dims(model) -> dict:
     """Graph-input dims of `model` that its constraints compute from other input dims (see `relations`)."""
-    for known, tied in _TIED:
-        if known is model:
-            return tied
     names = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     # batch and one length: nothing to tie (a tie needs a dim besides the one it is computed from)
-    tied = relations(static_sizes(model)[0]) if len(names) >= 3 else {}
-    _TIED[:] = [(model, tied), *_TIED[:3]]
-    return tied
+    return relations(static_sizes(model)[0]) if len(names) >= 3 else {}
 
 
 __all__ = [

@@ -27,6 +27,7 @@ import re
 from graphfix.analysis.sizes.arith import window_output
 from graphfix.analysis.sizes.solve import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.core.recent import per_model
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
@@ -72,46 +73,35 @@ def input_steps(model) -> dict[str, tuple[int, int]]:
     return steps
 
 
-_LENGTHS: list[tuple[object, list]] = []  # the last few models' lengths: a proof asks for them at every probe_sizes
-_SIDES: list[tuple[object, list]] = []  # and their constraints' sides, which the probe reads where a size fails
-
-
+@per_model  # the probe reads them where a size fails
 def constraint_sides(model) -> list[tuple]:
     """(left, right, node name) of each constraint of the size analysis (`Sizes.constraints`): kept from the pass
     `input_minimums` ran on the same model (graphfix.validate.steps reads them where a probe size fails)."""
-    for known, sides in _SIDES:
-        if known is model:
-            return sides
     from graphfix.analysis.sizes import static_sizes
 
-    return _keep_sides(model, static_sizes(model)[0])
+    return _sides(static_sizes(model)[0])
 
 
-def _keep_sides(model, sizes) -> list[tuple]:
-    sides = [(c.left, c.right, c.node.name) for c in sizes.constraints]
-    _SIDES[:] = [(model, sides), *_SIDES[:3]]
-    return sides
+def _sides(sizes) -> list[tuple]:
+    return [(c.left, c.right, c.node.name) for c in sizes.constraints]
 
 
+@per_model  # a proof asks for them at every probe_sizes
 def _input_lengths(model) -> list:
     """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
     runs once per model for the minimums and the strides of every probe_sizes call (the last few models kept)."""
-    for known, found in _LENGTHS:
-        if known is model:
-            return found
     found, seen = [], set()
     if _has_window(model.graph):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
-        _keep_sides(model, sizes)
+        constraint_sides.keep(model, _sides(sizes))
         for node in _clear_of_constraints(graph, sizes):
             for length in _window_lengths(node, sizes):
                 if length is None or len(length.free_symbols) != 1 or length in seen:
                     continue
                 seen.add(length)
                 found.append((next(iter(length.free_symbols)), length))
-    _LENGTHS[:] = [(model, found), *_LENGTHS[:3]]
     return found
 
 
