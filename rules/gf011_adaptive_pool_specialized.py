@@ -133,65 +133,67 @@ class AdaptivePoolSpecialized(Rule):
                 severity=Severity.WARNING if floor else Severity.ERROR)
 
 
-    def _bins(self, ctx: RuleContext, node, what: str, source, region: dict,
-              named: bool = True) -> Iterator[Finding | Rejection]:
-        """The output size does not divide the export size: gathers over bins laid out for the export size. `named`:
-        the exporter's metadata names the pool; else the graph's structure alone (unrolled bins are an error, a
-        mean over bins of one length a warning)."""
+    def _pooled_axis(self, ctx: RuleContext, node, what: str, source, region: dict) -> tuple | Rejection:
+        """(axis, its length, the output size there) of the first dynamic axis the gathered bins pool to a constant
+        size above 1 (a kept None axis stays dynamic, an output size of 1 is a mean over the whole axis, a static
+        axis is laid out as PyTorch lays it out), or why there is none."""
         shape = ctx.shape(source) or []
         ends = [t for n in region.values() for t in n.outputs if t.name in ctx.graph_output_names
                 or any(c.name not in region for c in t.outputs)]
         out = next((ctx.shape(t) for t in ends if len(ctx.shape(t) or []) == len(shape) > 2), None)
         if out is None:
-            yield self.reject(f"{node.op} '{node.name}' of {what}: no output of its rank {len(shape)} found after it",
-                              nodes=[node.name])
-            return
-        # a dynamic axis pooled to a constant size above 1 (a kept None axis stays dynamic, an output size of 1 is a
-        # mean over the whole axis, a static axis is laid out as PyTorch lays it out)
+            return self.reject(f"{node.op} '{node.name}' of {what}: no output of its rank {len(shape)} found after it",
+                               nodes=[node.name])
         fixed = [axis for axis in range(2, len(shape))
                  if isinstance(shape[axis], str) and isinstance(out[axis], int) and out[axis] > 1]
         lengths = sizes_of(ctx).shape(source) if fixed else None  # a length cropped to 16 before it is 16
         fixed = [(axis, lengths[axis] if lengths and axis < len(lengths) else None) for axis in fixed]
         fixed = [(axis, length) for axis, length in fixed if length is None or length.free_symbols]
         if not fixed:
-            yield self.reject(f"{node.op} '{node.name}' of {what} gathers no dynamic axis pooled to a size above 1 "
-                              f"(input {shape}, output {out})", nodes=[node.name])
-            return
+            return self.reject(f"{node.op} '{node.name}' of {what} gathers no dynamic axis pooled to a size above 1 "
+                               f"(input {shape}, output {out})", nodes=[node.name])
         axis, length = fixed[0]
+        return axis, (length if length is not None else shape[axis]), out[axis]
+
+    def _bins(self, ctx: RuleContext, node, what: str, source, region: dict) -> Iterator[Finding | Rejection]:
+        """The output size does not divide the export size: gathers over bins laid out for the export size, the
+        exporter's metadata naming the pool."""
+        pooled = self._pooled_axis(ctx, node, what, source, region)
+        if isinstance(pooled, Rejection):
+            yield pooled
+            return
+        axis, length, size = pooled
         unrolled = [int(i) for n in region.values() if n.op == "Gather" and (i := _scalar_index(ctx, n)) is not None]
         means = any(n.op == "ReduceMean" for n in region.values())
-        if not named:
-            yield from self._unnamed_bins_found(ctx, node, source, region, out[axis], axis, length)
-            return
         how = (f"a sum unrolled over up to {max(unrolled) + 1} positions of a bin, as many as one held at export"
                if unrolled else "a mean over bins of the one length they had at export" if means
                else "bins laid out at export")
         message = (f"{what} is written as gathers over bins ({how}) along axis {axis}, whose length is dynamic "
-                   f"({length if length is not None else shape[axis]}), pooled to {out[axis]}: torch.export laid the "
-                   f"bins out for an export size that {out[axis]} does not divide, and at other sizes they are not "
-                   "PyTorch's bins (wrong values, or a Gather out of range); the exporter fixed the pool at the "
-                   "export size")
+                   f"({length}), pooled to {size}: torch.export laid the bins out for an export size that {size} "
+                   "does not divide, and at other sizes they are not PyTorch's bins (wrong values, or a Gather out of "
+                   "range); the exporter fixed the pool at the export size")
         yield self.finding(message, nodes=[node.name], tensors=[source.name, node.outputs[0].name], hint=HINT,
                            severity=Severity.ERROR)
 
     def _unnamed_bins(self, ctx: RuleContext, node) -> Iterator[Finding | Rejection]:
         """A GatherND with no metadata: windows laid out from the input's length at run time (its indices computed,
-        of a length that grows with the input), which the graph then reduces."""
+        of a length that grows with the input), which the graph then reduces. A sum unrolled over k positions of
+        windows whose length grows with the input leaves one hypothesis (an error); a mean over whole windows of
+        one length leaves two (a warning)."""
         indices = node.inputs[1] if len(node.inputs) > 1 else None
         shape = sizes_of(ctx).shape(indices) if indices is not None and ctx.constant_value(indices) is None else None
         if not shape or not any(getattr(dim, "free_symbols", None) for dim in shape):
             return  # constant indices, or of one length at every size: fixed positions, a model's own choice
-        yield from self._bins(ctx, node, f"GatherND '{node.name}'", structure.layout_source(node),
-                              structure.window_region(node), named=False)
-
-    def _unnamed_bins_found(self, ctx, node, source, region, size, axis, length) -> Iterator[Finding | Rejection]:
-        """Bins with no metadata: a sum unrolled over k positions of windows whose length grows with the input
-        leaves one hypothesis (an error); a mean over whole windows of one length leaves two (a warning)."""
+        source, region = structure.layout_source(node), structure.window_region(node)
+        pooled = self._pooled_axis(ctx, node, f"GatherND '{node.name}'", source, region)
+        if isinstance(pooled, Rejection):
+            yield pooled
+            return
+        axis, length, size = pooled
         unrolled = structure.unrolled_window(sizes_of(ctx), ctx.tensors,
                                              structure.scalar_reads(ctx.constant_value, region))
         where = (f"GatherND '{node.name}' gathers {size} windows along axis {axis}, whose length is dynamic "
-                 f"({length if length is not None else 'as onnx infers it'}), at positions computed from that length "
-                 "at run time")
+                 f"({length}), at positions computed from that length at run time")
         gone = f"; {UNNAMED}"
         tensors = [source.name, node.outputs[0].name]
         if unrolled is not None:
