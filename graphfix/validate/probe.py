@@ -78,6 +78,7 @@ class RuntimeFailure:
     skipped: bool = False  # not a failure of the model: the probe could not run it (message says why)
     key: str = ""  # what makes two failures one finding, when neither a node nor the message does
     hint: str = ""  # what to do, where the rule's runtime hint does not say it
+    knock_on: bool = False  # reads values fabricated at an earlier failure's cut, at the same size
 
     def to_finding(self) -> Finding:
         from graphfix.core.registry import find_rule
@@ -156,12 +157,17 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             found = _contradicted(declared, outputs, binding, proto)
         smaller = is_smaller(binding, sizes[0], batch_dims(proto))
         limit: bool | None = None  # whether this size's batch runs at the export's lengths: asked once, if needed
+        roots: list[bool] = []  # whether each failure not fed by another's cut met the minimum
         for failure in found:
-            minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch fails too
-            if minimum and limit is None:
-                limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
-            # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
-            minimum = minimum and bool(limit)
+            if failure.knock_on:  # a consequence of the failures before it: below the minimum where they all are
+                minimum = bool(roots) and all(roots)
+            else:
+                minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch too
+                if minimum and limit is None:
+                    limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
+                # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
+                minimum = minimum and bool(limit)
+                roots.append(minimum)
             (below if minimum else failures).setdefault(failure.key or failure.node or failure.message, failure)
         if any(ENV_RUN_BUDGET in failure.message for failure in found):
             break  # a run past its time budget: other sizes would take as long
@@ -246,6 +252,7 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
                 # a failure fed by fabricated values proves nothing about its own cause
                 "GF000" if knock_on else rule_for(node, result.error or "", current),
                 tensors=list(node.output),
+                knock_on=knock_on,
             )
         )
         current, fabricated = cut_at(current, node, binding, types)
