@@ -88,8 +88,10 @@ class TraceBakedConstant(Rule):
       where it held N. The graph runs only while T <= N; up to N the repair computes what the original does,
       past N what the simplest module would (unsafe, below).
     A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer,
-    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded) is a note, not an error: the graph runs
-    while T <= N, which may be the model's own maximum (`self.pe[:, : x.size(1)]` of 5000 rows is healthy).
+    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded; its rows along any axis whose others but
+    the columns are 1, as transformers' Wav2Vec2Conformer caches `[T, 1, 1, D]`, filled by a run before the export)
+    is a note, not an error: the graph runs while T <= N, which may be the model's own maximum
+    (`self.pe[:, : x.size(1)]` of 5000 rows is healthy).
     `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
 
     ## Fix safety
@@ -202,9 +204,9 @@ class TraceBakedConstant(Rule):
             cut = rows_cut_at_a_length(ctx, node)
             if cut is None:
                 continue
-            value, (tensor, axis) = cut
-            rows = value.shape[-2]
-            table = sinusoid_table(value, [value.ndim - 2])
+            value, along, (tensor, axis) = cut
+            rows = value.shape[along]
+            table = sinusoid_table(value, [along])
             if isinstance(table, str):
                 yield self.reject(f"'{node.name}' cuts a {rows}-row constant at a length, but it is {table}",
                                   nodes=[node])

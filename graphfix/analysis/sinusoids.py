@@ -110,12 +110,14 @@ LAYOUTS = {  # column j of D -> (frequency index k, cosine?)
 
 
 def sinusoid_table(value: np.ndarray, axes: list[int]) -> Sinusoid | str:
-    """The `Sinusoid` that `value` is, positions along its one baked axis and columns along its last, or why not."""
+    """The `Sinusoid` that `value` is, positions along its one baked axis and columns along its last, every other
+    axis of size 1 (`[T, D]`, `[1, T, D]`, a rotary cache `[T, 1, 1, D]`), or why not."""
     if value.dtype.kind != "f":
         return f"its element type {value.dtype} is not a float"
-    if len(axes) != 1 or axes[0] != value.ndim - 2 or any(d != 1 for d in value.shape[:-2]):
-        return "positions are not its one baked axis just before the columns"
-    table = value.reshape(value.shape[-2:]).astype(np.float64)
+    if len(axes) != 1 or not 0 <= axes[0] < value.ndim - 1 or \
+            any(d != 1 for k, d in enumerate(value.shape[:-1]) if k != axes[0]):
+        return "positions are not its one baked axis, its other axes but the columns of size 1"
+    table = value.reshape(value.shape[axes[0]], value.shape[-1]).astype(np.float64)
     rows, cols = table.shape
     if rows < MIN_ROWS or cols < 2:
         return f"{rows} rows of {cols} columns are too few to tell a formula from learned values"

@@ -299,10 +299,11 @@ def _torch_value(v: np.ndarray) -> str:
     return repr(item)
 
 
-def rows_cut_at_a_length(ctx, node: gs.Node) -> tuple[np.ndarray, tuple[gs.Tensor, int]] | None:
-    """(the float constant, (tensor, axis) of the length) when `node` is a Slice of a constant's rows (the axis
-    before its last, every axis before that of size 1) from 0 to a dim of a tensor read at run time, step 1. A table
-    still computed in the graph is not one (its positions are GF006's `_length_caps`')."""
+def rows_cut_at_a_length(ctx, node: gs.Node) -> tuple[np.ndarray, int, tuple[gs.Tensor, int]] | None:
+    """(the float constant, the axis of its rows, (tensor, axis) of the length) when `node` is a Slice of a
+    constant's rows (an axis before its last, every other one of size 1: `[T, D]`, a rotary cache `[T, 1, 1, D]`)
+    from 0 to a dim of a tensor read at run time, step 1. A table still computed in the graph is not one (its
+    positions are GF006's `_length_caps`')."""
     if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0], ctx.model.graph):
         return None
     value = ctx.constant_value(node.inputs[0])
@@ -315,18 +316,19 @@ def rows_cut_at_a_length(ctx, node: gs.Node) -> tuple[np.ndarray, tuple[gs.Tenso
     steps = ev.elems(given[1]) if len(given) > 1 and given[1].name else [1]
     if starts != [0] or steps != [1] or ends is None or len(ends) != 1 or axes is None or len(axes) != 1:
         return None
-    end = ends[0]
-    if type(axes[0]) is not int or axes[0] % value.ndim != value.ndim - 2 or not isinstance(end, Sym) \
-            or end.kind != "dim" or not _meets_the_length(ctx, node.outputs[0], end.tensor, end.index):
+    end, axis = ends[0], axes[0] % value.ndim if type(axes[0]) is int else None
+    if axis is None or axis == value.ndim - 1 or any(d != 1 for k, d in enumerate(value.shape[:-1]) if k != axis) \
+            or not isinstance(end, Sym) or end.kind != "dim" \
+            or not _meets_the_length(ctx, node.outputs[0], axis - value.ndim, end.tensor, end.index):
         return None
-    return value, (end.tensor, end.index)
+    return value, axis, (end.tensor, end.index)
 
 
-def _meets_the_length(ctx, rows: gs.Tensor, carrier: gs.Tensor, index: int) -> bool:
-    """Whether every reader of the cut rows is an elementwise op that meets them, row for row, with a dim of the
-    length they were cut to (as the size analysis computes dims): then a longer input fails there, and a longer
-    table is what it needs. A table reduced, only measured or broadcast against 1 runs at any length as it is (a
-    Slice stops at its rows): not this case."""
+def _meets_the_length(ctx, rows: gs.Tensor, at: int, carrier: gs.Tensor, index: int) -> bool:
+    """Whether every reader of the cut rows (axis `at`, from the right) is an elementwise op that meets them, row
+    for row, with a dim of the length they were cut to (as the size analysis computes dims): then a longer input
+    fails there, and a longer table is what it needs. A table reduced, only measured or broadcast against 1 runs at
+    any length as it is (a Slice stops at its rows): not this case."""
     readers = list(rows.outputs)
     if not readers or any(reader.op not in BROADCAST_OPS for reader in readers):
         return False
@@ -337,7 +339,7 @@ def _meets_the_length(ctx, rows: gs.Tensor, carrier: gs.Tensor, index: int) -> b
         return False
     for reader in readers:
         others = [sizes.shape(t) for t in reader.inputs if t is not rows and (t.name or isinstance(t, gs.Constant))]
-        if not any(o is not None and len(o) >= 2 and o[-2] is not None and same(o[-2], length) for o in others):
+        if not any(o is not None and len(o) >= -at and o[at] is not None and same(o[at], length) for o in others):
             return False
     return True
 

@@ -214,3 +214,33 @@ def test_efficientnet_probed_below_its_kernels_is_healthy_in_diagnose_as_in_repa
         with torch.no_grad():
             want = module(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_rotary_cache_run_before_the_export_is_noted_and_regrown_on_request(tmp_path):
+    """transformers' Wav2Vec2Conformer keeps its rotary cos/sin cache, `[frames, 1, 1, head_dim]`, in a Python
+    attribute: run once before the export (a sanity check), the trace returns the cached tensor and the export folds
+    it whole, 119 rows, cut to the frames; longer inputs fail in onnxruntime where PyTorch computes a longer cache
+    (helper 94: "no findings", `repair` exit 0). GF006 notes the cap (a formula table's rows do not say whether
+    they are the model's own maximum) and `--unsafe-fixes` computes the rows, matching PyTorch past the export."""
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.Wav2Vec2ConformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                        conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                                        num_conv_pos_embedding_groups=2, position_embeddings_type="rotary",
+                                        conv_depthwise_kernel_size=7)
+    module = Last(tf.Wav2Vec2ConformerModel(config), "input_values").eval()
+    example = torch.randn(2, 2400)
+    with torch.no_grad():
+        module(example)  # the user's check before exporting: it fills the cache at 119 frames
+    path = export(module, example, tmp_path / "conformer.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
+    longer = np.random.default_rng(0).standard_normal((1, 3000)).astype(np.float32)
+    with pytest.raises(Exception, match="broadcast"):
+        run(str(path), {"x": longer})  # the export fails past its 119 frames
+    notes = [f for f in graphfix.diagnose(str(path)) if f.rule == "GF006"]
+    assert len(notes) == 4 and all(f.severity.value == "info" and "(119 rows)" in f.message for f in notes), notes
+    result = graphfix.repair(str(path), unsafe_fixes=True)
+    assert result.status == "repaired" and {a.rule for a in result.applied} == {"GF006"}, result
+    out = tmp_path / "out.onnx"
+    out.write_bytes(result.model.SerializeToString())
+    matches(out, module, ((1, 2400), (1, 3000), (2, 4800)))

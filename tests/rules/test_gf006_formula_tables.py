@@ -18,9 +18,11 @@ def gf006(findings):
     return [f for f in findings if f.rule == "GF006"]
 
 
-def cached_rotary(rows: int, learned: bool = False):
+def cached_rotary(rows: int, learned: bool = False, time_major: bool = False):
     """A rotary cos/sin cache of `rows` positions kept as buffers and cut to the length in forward (as transformers'
-    rotary embeddings cached them): the TorchScript export folds each table whole. `learned`: random tables."""
+    rotary embeddings cached them): the TorchScript export folds each table whole. `learned`: random tables.
+    `time_major`: the cache `[rows, 1, 1, 8]` over `[T, B, heads, 8]` (transformers' Wav2Vec2Conformer and
+    Wav2Vec2Bert rotary embeddings)."""
     import torch
 
     class CachedRotary(torch.nn.Module):
@@ -30,51 +32,62 @@ def cached_rotary(rows: int, learned: bool = False):
             freqs = torch.outer(torch.arange(rows, dtype=torch.float32), inv)
             emb = torch.cat([freqs, freqs], dim=-1)
             torch.manual_seed(0)
-            self.register_buffer("cos_cached", torch.randn(rows, 8) if learned else emb.cos())
-            self.register_buffer("sin_cached", torch.randn(rows, 8) if learned else emb.sin())
+            shape = (rows, 1, 1, 8) if time_major else (rows, 8)
+            self.register_buffer("cos_cached", (torch.randn(rows, 8) if learned else emb.cos()).reshape(shape))
+            self.register_buffer("sin_cached", (torch.randn(rows, 8) if learned else emb.sin()).reshape(shape))
 
-        def forward(self, x):  # [B, T, 8]
-            cos, sin = self.cos_cached[: x.shape[1]], self.sin_cached[: x.shape[1]]
+        def forward(self, x):  # [B, T, 8], or [T, B, 2, 8] where time-major
+            length = x.shape[0] if time_major else x.shape[1]
+            cos, sin = self.cos_cached[:length], self.sin_cached[:length]
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
     return CachedRotary().eval()
 
 
-def export_rotary(module, path):
+def example(time_major: bool, batch: int, time: int) -> np.ndarray:
+    shape = (time, batch, 2, 8) if time_major else (batch, time, 8)
+    return np.random.default_rng(time).standard_normal(shape).astype(np.float32)
+
+
+def export_rotary(module, path, time_major: bool = False):
     import torch
 
-    torch.onnx.export(module, (torch.randn(2, 40, 8),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}}, dynamo=False)
+    axes = {0: "T", 1: "B"} if time_major else {0: "B", 1: "T"}
+    torch.onnx.export(module, (torch.from_numpy(example(time_major, 2, 40)),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": axes, "y": axes}, dynamo=False)
     return path
 
 
 @pytest.mark.torch
-def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(tmp_path):
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(time_major, tmp_path):
     """64 rows cut to T: past 64 the graph fails. The rows are a formula, so `--unsafe-fixes` computes
     max(64, T) of them, and then matches the module built with a longer cache; by default nothing changes (a fixed
     maximum, as in a tutorial's `self.pe[:, : x.size(1)]`, is healthy; a length-dependent scaling would make the
-    longer rows wrong)."""
+    longer rows wrong). A time-major cache `[64, 1, 1, 8]` was not read as a table (helper 94)."""
     import torch
 
-    path = export_rotary(cached_rotary(64), tmp_path / "rotary.onnx")
+    path = export_rotary(cached_rotary(64, time_major=time_major), tmp_path / "rotary.onnx", time_major)
     found = gf006(graphfix.diagnose(str(path), static=True))
     assert len(found) == 2 and all(f.severity.value == "info" for f in found), [f.message for f in found]
     assert all("(64 rows)" in f.message and f.fix.safety.value == "unsafe" for f in found)
     assert graphfix.repair(str(path)).status == "unchanged"
     result = graphfix.repair(str(path), unsafe_fixes=True)
     assert result.status == "repaired", result
-    longer = cached_rotary(128)
+    longer = cached_rotary(128, time_major=time_major)
     for batch, time in ((1, 7), (2, 40), (3, 100)):
-        x = np.random.default_rng(time).standard_normal((batch, time, 8)).astype(np.float32)
+        x = example(time_major, batch, time)
         with torch.no_grad():
             want = longer(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(run(result.model, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.torch
-def test_a_learned_table_cut_at_the_length_is_never_regrown(tmp_path):
-    path = export_rotary(cached_rotary(64, learned=True), tmp_path / "learned.onnx")
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_learned_table_cut_at_the_length_is_never_regrown(time_major, tmp_path):
+    module = cached_rotary(64, learned=True, time_major=time_major)
+    path = export_rotary(module, tmp_path / "learned.onnx", time_major)
     assert not gf006(graphfix.diagnose(str(path), static=True))
 
 
