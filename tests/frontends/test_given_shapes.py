@@ -182,3 +182,43 @@ def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_say
         got, = run(str(out), {"x": x})
         with torch.no_grad():
             np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_a_batch_of_codebook_rows_given_as_their_multiple_moves_to_another_multiple(tmp_path):
+    """transformers' MusicGen decoder reads `input_ids` as batch x codebooks rows, `reshape(-1, 2, T)`, and PyTorch
+    refuses a count of rows that is not a multiple of 2. Given `--shape input_ids=4x16`, the batch moved to 1 failed
+    there and `repair` refused a healthy model the user had given a size it takes (helper 94). A batch given as a
+    multiple of the chunks a Reshape splits it into moves to another multiple (2)."""
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.MusicgenDecoderConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      ffn_dim=64, max_position_embeddings=128, num_codebooks=2, pad_token_id=98,
+                                      bos_token_id=98)
+
+    class Rows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tf.MusicgenModel(config)
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).last_hidden_state
+
+    module, path = Rows().eval(), tmp_path / "musicgen.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randint(0, 98, (4, 24)),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids"], output_names=["out"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "out": {0: "rows", 1: "seq"}})
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shape"):
+        module(torch.randint(0, 98, (1, 8)))  # PyTorch refuses one row too
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), "--shape", "input_ids=4x16")
+    assert code == 0, report
+    assert [size["batch"] for size in report["models"][0]["validation"]["sizes"]] == [4, 2], report
+    for batch, length in [(2, 24), (6, 40), (4, 9)]:
+        ids = np.random.default_rng(length).integers(0, 98, (batch, length))
+        got, = run(str(out), {"input_ids": ids})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(ids)).numpy(), rtol=1e-4, atol=1e-4)
