@@ -19,7 +19,7 @@ from graphfix.analysis.edits import (
     sinusoid_input,
     table_slice_input,
 )
-from graphfix.analysis.export_sizes import folded_ranges
+from graphfix.analysis.export_sizes import folded_ranges, length_at_export
 from graphfix.analysis.pinned import Pinned, kept_because, pinned_operands, widening_constants
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.size_sets import SizeSet, rebuilt, size_sets
@@ -88,10 +88,10 @@ class TraceBakedConstant(Rule):
       where it held N. The graph runs only while T <= N; up to N the repair computes what the original does,
       past N what the simplest module would (unsafe, below).
     A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer,
-    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded; its rows along any axis whose others but
-    the columns are 1, as transformers' Wav2Vec2Conformer caches `[T, 1, 1, D]`, filled by a run before the export)
-    is a note, not an error: the graph runs while T <= N, which may be the model's own maximum
-    (`self.pe[:, : x.size(1)]` of 5000 rows is healthy).
+    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded; rows along any axis whose others but the
+    columns are 1: Wav2Vec2Conformer's `[T, 1, 1, D]`) is a note: the graph runs while T <= N, which may be the
+    model's own maximum (`self.pe[:, : x.size(1)]` of 5000 rows is healthy); an error where the length was N at
+    export (`--trace-shape`): a cache filled there (transformers' rotary caches, by a run before the export).
     `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
 
     ## Fix safety
@@ -212,12 +212,16 @@ class TraceBakedConstant(Rule):
                                   nodes=[node])
                 continue
             name, length = node.inputs[0].name, f"{tensor.name}.shape[{axis}]"
+            exported = length_at_export(ctx, tensor, axis, rows)
             yield self.finding(
                 f"Slice '{node.name}' cuts constant '{name}' ({rows} rows) to {length}: longer inputs fail in "
-                f"onnxruntime. The constant is {table.show()}, {table.past(rows)}",
-                nodes=[node], tensors=[node.inputs[0]], severity=Severity.INFO,
+                f"onnxruntime. The constant is {table.show()}, {table.past(rows)}" + (
+                    f". Its {rows} rows are the length at export ({exported}): a cache filled at the export length "
+                    "(a run before the export, or the trace itself), unless the model's own maximum is exactly "
+                    "that length" if exported else ""),
+                nodes=[node], tensors=[node.inputs[0]], severity=Severity.ERROR if exported else Severity.INFO,
                 hint="Compute the table from the traced length in forward() (torch.arange(x.shape[1])), or export "
-                     "with a table as long as the longest input you deploy.",
+                     "a fresh module (not run before, where it caches) with a table as long as any input you deploy.",
                 fix=Fix(f"compute '{name}' as the same sines and cosines of Range(0, max({rows}, {length}))",
                         apply=sinusoid_input(node, 0, value, table, tensor, axis, ctx.opset, at_least=rows),
                         safety=Safety.UNSAFE,
@@ -393,3 +397,4 @@ class TraceBakedConstant(Rule):
                  "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export. If the "
                  "model takes that one size only (timm's PiT holds a position table of one image size), the dims "
                  "are not dynamic: fix them with `graphfix set-shape` and repair that.")
+

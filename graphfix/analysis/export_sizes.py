@@ -290,6 +290,18 @@ def sized_at_export(ctx: RuleContext, value: int, near: bool = False) -> list[st
     return list(dict.fromkeys(found))
 
 
+def length_at_export(ctx: RuleContext, tensor, axis: int, value: int) -> str:
+    """Why axis `axis` of `tensor` was `value` long at export (see `export_facts`: `--trace-shape`, or a constraint
+    that holds there only), or '' where nothing says so."""
+    from graphfix.analysis.sizes import sizes_of
+    from graphfix.analysis.sizes.cuts import at_export
+
+    dims = sizes_of(ctx).shape(tensor)
+    length = dims[axis] if dims is not None and axis < len(dims) else None
+    found = at_export(length, export_facts(ctx)) if length is not None and length.free_symbols else None
+    return found[1] if found is not None and found[0] == value else ""
+
+
 def carriers_of(sizes: ExportSizes, value: int) -> list[str]:
     return [s for s in sizes.symbols_with(value) if s in sizes.carriers]
 

@@ -84,6 +84,20 @@ def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(time_majo
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize(("rows", "severity"), [(40, "error"), (64, "info")])
+def test_a_table_exactly_as_long_as_the_export_length_is_an_error(rows, severity, tmp_path):
+    """A rotary cache filled at the export length (a run before the export, helper 94) has as many rows as the
+    length had at export: with `--trace-shape` saying so, an error, which repair does not leave by default; a table
+    longer than the export length stays a note (it may be the model's own maximum)."""
+    path = export_rotary(cached_rotary(rows), tmp_path / "rotary.onnx")
+    found = gf006(graphfix.diagnose(str(path), static=True, trace_shapes={"x": (2, 40, 8)}))
+    assert len(found) == 2 and {f.severity.value for f in found} == {severity}, [f.message for f in found]
+    assert all(("length at export" in f.message) == (severity == "error") for f in found)
+    result = graphfix.repair(str(path), trace_shapes={"x": (2, 40, 8)})
+    assert result.status == "unchanged" and (result.error is None) == (severity == "info"), result
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("time_major", [False, True])
 def test_a_learned_table_cut_at_the_length_is_never_regrown(time_major, tmp_path):
     module = cached_rotary(64, learned=True, time_major=time_major)

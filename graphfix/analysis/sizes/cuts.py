@@ -56,11 +56,11 @@ def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable],
         if length is None or not length.free_symbols:
             continue  # a fixed axis: a cut of features, or of a length already baked (GF004's)
         known = tuple(facts()) if known is None else known
-        at_export = _at_export(length, known)
-        if at_export is None:
+        exported = at_export(length, known)
+        if exported is None:
             yield ExportLengthCut(node, axis % len(shape), length, end)
-        elif at_export[0] == end:
-            yield ExportLengthCut(node, axis % len(shape), length, end, at_export[1])
+        elif exported[0] == end:
+            yield ExportLengthCut(node, axis % len(shape), length, end, exported[1])
 
 
 def constant_cuts(node: gs.Node, constant, shape) -> list[tuple[gs.Node, int, int]]:
@@ -85,7 +85,7 @@ def constant_cuts(node: gs.Node, constant, shape) -> list[tuple[gs.Node, int, in
                 -len(dims) <= int(axis) < len(dims) and not isinstance(dims[int(axis)], int)))]
 
 
-def _at_export(length: sympy.Expr, facts: tuple) -> tuple[int, str] | None:
+def at_export(length: sympy.Expr, facts: tuple) -> tuple[int, str] | None:
     """The length's export value and the facts that give it: every dim it reads given a size, or the length
     itself one a constraint solves (a strided front end's `floor(T/2) - 1`)."""
     for fact in facts:
