@@ -90,8 +90,7 @@ fail_on_option = click.option(
 
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
                             help="Input shape for the onnxruntime runs, e.g. audio=1x16000 (repeatable); the "
-                            "batch dims it fixes are also probed moved (to 1, or 2 where given 1; to another "
-                            "multiple of the chunks a Reshape splits them into).")
+                            "batch dims it fixes are also probed moved (to 1, or 2 where given 1).")
 
 tolerance_options = _compose(
     click.option("--rtol", callback=parsed(values.tolerance), type=str, default=1e-3, show_default=True,

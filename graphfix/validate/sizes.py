@@ -39,7 +39,7 @@ import onnx
 
 from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.domain import input_chunks, input_minimums, input_steps, input_strides
+from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -264,9 +264,8 @@ def shape_moved(model: onnx.ModelProto, options, first: dict[str, int]) -> dict[
     PyTorch with nothing to show it, and at batch 1 its Gather fails (tests/frontends/test_given_shapes.py). Its
     other dims stay as given: a length or an image size is often given to keep inside a domain the graph does not
     show (RoBERTa's positions, a cumulative sum of its mask, index 514 rows; timm's MaxViT takes multiples of its
-    window, 64 pixels here), and a size moved past it failed where PyTorch fails too (helpers 90 and 92). A batch
-    given as a multiple of the chunks a Reshape splits it into (MusicGen's batch x codebooks rows) moves to another
-    multiple (`input_chunks`). None when no batch dim is fixed."""
+    window, 64 pixels here), and a size moved past it failed where PyTorch fails too (helpers 90 and 92). None
+    when no batch dim is fixed."""
     given = {name for vi in graph_inputs(model) if vi.name in options.inputs
              for name in dim_names(vi) if isinstance(name, str)}
     batch, steps = batch_dims(model), input_steps(model)
@@ -276,9 +275,7 @@ def shape_moved(model: onnx.ModelProto, options, first: dict[str, int]) -> dict[
             continue
         for name, size in zip(dim_names(vi), options.shapes.get(vi.name) or (), strict=False):
             if isinstance(name, str) and size is not None and name in batch and name not in given and name in first:
-                chunk = input_chunks(model).get(name, 1)
-                chunk = chunk if size % chunk == 0 else 1
-                moved[name] = _up(chunk if size > chunk else 2 * chunk, steps.get(name, ANY))
+                moved[name] = _up(1 if size > 1 else 2, steps.get(name, ANY))
     return moved if moved != first else None
 
 

@@ -22,7 +22,6 @@ that the trace dropped with its branch (`if T % 8: x = F.pad(...)`) leave such g
 
 from __future__ import annotations
 
-import math
 import re
 
 from graphfix.analysis.sizes.arith import window_output
@@ -72,22 +71,6 @@ def input_steps(model) -> dict[str, tuple[int, int]]:
                 k, c = int(derived.group(1)), int(derived.group(3) or 0) * (-1 if derived.group(2) == "-" else 1)
                 steps[dim.dim_param] = (k, c % k)
     return steps
-
-
-@per_model  # asked once per proof, only where --shape fixed a batch dim
-def input_chunks(model) -> dict[str, int]:
-    """Input dim name -> the chunk k a Reshape splits it into a whole number of (the least common multiple where
-    several do): MusicGen's `input_ids` hold batch x codebooks rows, `reshape(-1, 2, T)`. Not a step the probe keeps
-    to by default (a head split with the length baked writes the same graph, graphfix.validate.sizes); a size the
-    user gives that is such a multiple says the model takes them."""
-    from graphfix.analysis.sizes import static_sizes
-
-    chunks: dict[str, int] = {}
-    for multiple in static_sizes(model)[0].multiples:
-        length, chunk = multiple.left, multiple.right
-        if getattr(length, "is_Symbol", False) and getattr(chunk, "is_Integer", False) and chunk > 1:
-            chunks[length.name] = math.lcm(chunks.get(length.name, 1), int(chunk))
-    return chunks
 
 
 @per_model  # the probe reads them where a size fails
