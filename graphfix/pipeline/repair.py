@@ -217,7 +217,8 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
             if not validation.passed and not changed:
                 # The output is the input model as it came: writing it harms nothing, and a failure with synthesized
                 # inputs may be the inputs' fault (values a kernel rejects), so it is written and reported (exit 1).
-                result.notes.append(unchanged_failure_note(loaded.proto, validation))
+                result.notes.append(unchanged_failure_note(loaded.proto, validation,
+                                                           options.validation and options.validation.shapes))
             elif not validation.passed:
                 result.status = "failed"
                 result.error = "validation failed: " + "; ".join(validation.reasons)

@@ -180,7 +180,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     for failure in failures.values():
         if not failure.skipped and failed_at_a_step(proto, failure.node, failure.sizes):
             failure.rule = "GF000"  # shapes that agree only at k n + c meet there: no constant is the cause
-        failure.hint = failure.hint or ("" if failure.skipped else domain_hint(proto, failure.sizes))
+        failure.hint = failure.hint or ("" if failure.skipped else domain_hint(proto, failure.sizes, options.shapes))
     if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
         failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
     return [*failures.values(), *suspect_outputs(clean_runs)]

@@ -182,3 +182,74 @@ def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_say
         got, = run(str(out), {"x": x})
         with torch.no_grad():
             np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+class BakedBatchGroups(torch.nn.Module):
+    """Centres each sample on the batch's mean with the batch read by `int()` while tracing (helper 97): the export
+    reshapes to `[-1, 3, T, 8]`, runs at every multiple of 3 and is wrong at all but 3 (0.6 off at 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.proj(x)
+        groups = h.reshape(-1, int(h.shape[0]), h.shape[1], 8)
+        return (groups - groups.mean(1, keepdim=True)).reshape(h.shape)
+
+
+def musicgen():
+    """transformers' MusicGen decoder: `input_ids` are batch x codebooks rows, `reshape(-1, 2, T)`."""
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.MusicgenDecoderConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      ffn_dim=64, max_position_embeddings=128, num_codebooks=2, pad_token_id=98,
+                                      bos_token_id=98)
+
+    class Rows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tf.MusicgenModel(config)
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).last_hidden_state
+
+    return Rows().eval()
+
+
+def export_one(module, example, path, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=[name],
+                          output_names=["out"], dynamic_axes={name: {0: "batch", 1: "seq"}, "out": {0: "b", 1: "s"}})
+    return path
+
+
+def test_a_batch_split_into_a_fixed_count_is_refused_at_a_moved_batch_and_written_from_given_inputs(tmp_path):
+    """MusicGen refuses a count of rows that is no multiple of its 2 codebooks, in PyTorch too; a batch baked by
+    `int()` reshapes alike (`[-1, 3, T, 8]`) and runs wrong at every other multiple. `--shape` moves the batch to 1:
+    both fail there, and the graph cannot tell them apart (helper 94 found MusicGen refused; moving to another
+    multiple instead let the baked batch pass, helper 97). Both are refused, and the hint says which is which and
+    what to do: re-export the baked one; give MusicGen's inputs with `--input`, whose sizes are not moved."""
+    baked = export_one(BakedBatchGroups().eval(), torch.randn(3, 10, 8), tmp_path / "baked.onnx", "x")
+    module = musicgen()
+    rows = export_one(module, torch.randint(0, 98, (4, 24)), tmp_path / "musicgen.onnx", "input_ids")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shape"):
+        module(torch.randint(0, 98, (1, 8)))  # PyTorch refuses one row too
+    for path, given in [(baked, "x=3x16x8"), (baked, "x=6x16x8"), (rows, "input_ids=4x16")]:
+        code, report = graphfix("repair", str(path), "-o", str(tmp_path / "out.onnx"), "--shape", given)
+        assert code == 1, report
+        note = next(n for n in report["models"][0]["notes"] if n.startswith("unchanged model fails"))
+        assert "batch = 1 is not the size --shape gave" in note and "re-export" in note and "--input" in note, note
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(0, 98, (4, 16)))
+    out = tmp_path / "out.onnx"
+    code, report = graphfix("repair", str(rows), "-o", str(out), "--input", f"input_ids={ids}")
+    assert code == 0, report
+    for batch, length in [(2, 24), (6, 40), (4, 9)]:
+        given = np.random.default_rng(length).integers(0, 98, (batch, length))
+        got, = run(str(out), {"input_ids": given})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(given)).numpy(), rtol=1e-4, atol=1e-4)
