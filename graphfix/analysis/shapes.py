@@ -105,6 +105,7 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     ort_log.setLevel(logging.ERROR)  # it warns about every mismatch the rules are about to report
     result = SymbolicShapes()
     inference = _symbolic_shape_infer().SymbolicShapeInference(2**31 - 1, merge, guess_rank, 0)
+    _before_the_guard()
     try:
         with Watchdog(seconds) as dog, no_code_from_text():  # it hands model values to sympy, which runs text
             inference.dispatcher_ = {op: _bounded(inference, dog, handler, result)
@@ -129,6 +130,14 @@ def symbolic_inference(model: onnx.ModelProto, *, merge: bool = True, seconds: f
     result.value_info = {vi.name: vi for vi in (*graph.value_info, *graph.output, *graph.input)
                          if vi.name not in lifted}
     return result
+
+
+def _before_the_guard() -> None:
+    """Import what sympy imports on first use inside inference and builds from its own text: `simplify` imports
+    `sympy.physics.units`, whose module code sympifies its unit names (`Prefix('yotta', ...)` parses 'yotta'). Inside
+    `no_code_from_text` that compile is refused, and a fresh process lost every shape inferred past a Slice that a
+    process which had imported it before kept (helper 97): 0.1 s, once per process."""
+    import sympy.physics.units  # noqa: F401
 
 
 def _bounded(inference, dog: Watchdog, handler, result: SymbolicShapes):

@@ -47,7 +47,7 @@ def _audit(event: str, args: tuple) -> None:
         return
     filename = args[1]
     name = filename.decode(errors="replace") if isinstance(filename, bytes) else str(filename)
-    if name.startswith("<") and not _a_traceback_being_formatted():  # '<string>', '<unknown>': text, not a file's
+    if name.startswith("<") and not _a_traceback_being_formatted() and not _sympy_monomial_arithmetic():
         raise CodeFromText("the model's text reached a Python evaluator, which graphfix refused to run")
 
 
@@ -58,3 +58,13 @@ def _a_traceback_being_formatted() -> bool:
     parser, caller = sys._getframe(2), sys._getframe(3)  # _audit <- this <- ast.parse <- its caller
     return (parser.f_code.co_name == "parse" and parser.f_globals.get("__name__") == "ast"
             and caller.f_globals.get("__name__") == "traceback")
+
+
+def _sympy_monomial_arithmetic() -> bool:
+    """Whether the compile is sympy writing a polynomial ring's monomial arithmetic (`MonomialOps._build`: `exec`
+    of functions it formats from its own templates and the ring's number of generators, an int; no value of the
+    model reaches it). onnxruntime's symbolic inference simplifies a Slice's length (`cancel`) and builds such a
+    ring for each new count of symbols: refused, it lost every inferred shape of a conv and a slice in a fresh
+    process, where a process that had built the ring before kept them (helper 97)."""
+    caller = sys._getframe(2)  # _audit <- this; exec is C, so the frame above _audit is the one that called it
+    return caller.f_code.co_name == "_build" and caller.f_globals.get("__name__") == "sympy.polys.monomials"

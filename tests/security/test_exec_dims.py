@@ -96,6 +96,38 @@ def test_a_traceback_printed_inside_the_guard_is_not_refused():
             ast.parse("__import__('os')")
 
 
+CONV_SLICE = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, 1, T] x) => (float[B, 4, ?] y) {
+    w = Constant <value = float[4, 1, 76] {WEIGHTS}> ()
+    h = Conv <kernel_shape = [76]> (x, w)
+    starts = Constant <value = int64[1] {0}> ()
+    ends = Constant <value = int64[1] {64}> ()
+    axes = Constant <value = int64[1] {2}> ()
+    y = Slice(h, starts, ends, axes)
+}
+""".replace("WEIGHTS", ", ".join(["0.01"] * 304))
+
+
+def test_sympys_own_code_inside_the_guard_is_not_model_text(tmp_path):
+    """onnxruntime's inference simplifies the Slice's length: sympy imports its units on first use (their module
+    sympifies its own unit names) and writes a polynomial ring's arithmetic with `exec` (from its templates and a
+    count of symbols). Refused, a fresh process lost every shape inferred there, while a process that had done
+    either before kept them (helper 97): a fresh interpreter, as the CLI is, infers the Slice."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "conv_slice.onnx"
+    onnx.save(onnx.parser.parse_model(CONV_SLICE), str(path))
+    script = ("import sys, onnx\n"
+              "from graphfix.analysis.shapes import skeleton, symbolic_inference\n"
+              "found = symbolic_inference(skeleton(onnx.load(sys.argv[1])))\n"
+              "print(sorted(found.value_info), found.incomplete)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "'h'" in done.stdout and "[]" in done.stdout.split("] ")[-1], done.stdout
+
+
 HEALTHY = "relu.onnx"
 COMMANDS = {  # command -> payload models it runs over (those it reached on the landed main, where one model)
     "diagnose": (["diagnose"], list(BUILDERS)),
