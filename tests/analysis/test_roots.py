@@ -1,4 +1,4 @@
-"""A size equation's one root (graphfix.analysis.sizes.roots): sympy.solve time bounded, each equation solved once.
+"""A size equation's one root (graphfix.analysis.sizes.roots): samples before sympy, sympy.solve time bounded.
 
 torchvision's swin_v2_t exported with dynamo (dynamic batch, H, W) made `diagnose --static` spend 167 s in
 sympy.solve on its windows' element counts, and `diagnose` run past 180 s printing nothing. `swin_window_count` is
@@ -14,7 +14,7 @@ import pytest
 
 from graphfix.analysis.sizes import Constraint, solve
 from graphfix.analysis.sizes import roots as roots_module
-from graphfix.analysis.sizes.roots import Solver
+from graphfix.analysis.sizes.roots import Solver, sample_roots
 from graphfix.core.lazy import sympy
 
 B, H, W, T = (sympy.Symbol(n, integer=True, positive=True) for n in "BHWT")
@@ -50,8 +50,22 @@ def reshape(name: str, left, right) -> Constraint:
     return Constraint("reshape", gs.Node("Reshape", name), left, right)
 
 
+def test_the_samples_keep_a_baked_size_and_rule_out_a_root_that_moves():
+    assert sample_roots(sympy.expand(16 * B * T - 112 * B), T) == {7}  # T = 7 at every B: a baked size
+    assert sample_roots(B * sympy.floor(H / 4) - H, B) == set()  # B = H / floor(H / 4): no one size
+    assert sample_roots(B - sympy.Mod(4, sympy.floor(H / 1024)), B) is None  # a Mod by 0 at every sample: no say
+
+
+def test_a_linear_root_the_samples_share_needs_no_sympy_solve(tried):
+    solution = solve(reshape("view", 16 * B * T, 112 * B))
+    assert (solution.symbol, solution.value) == (T, 7)
+    assert tried == []
+    assert solve(reshape("view", B * sympy.floor(H / 4), H)) is None and tried == []  # ruled out by the samples
+
+
 def test_the_swin_window_count_goes_to_sympy_and_no_further_once_the_time_is_spent(monkeypatch, tried):
     left, right = swin_window_count()
+    assert sample_roots(sympy.expand(left - right), B) == {1}  # batch 1 fits every sample, but not as written
     monkeypatch.setattr(roots_module, "SOLVING_S", 0.0)  # the graph state's time already spent
     notes: list[str] = []
     solver = Solver(notes)
@@ -79,14 +93,14 @@ def test_a_sympy_solve_past_its_step_is_stopped_and_noted(monkeypatch):
 
 def test_one_solver_solves_each_equation_once(tried):
     solver = Solver()
-    constraint = reshape("view", B * B + 2, 3 * B)  # B = 1 or 2
+    constraint = reshape("view", B * B + 2, 3 * B)  # B = 1 or 2: the samples leave it to sympy
     assert solve(constraint, solver) is None and solve(constraint, solver) is None
     assert tried == [B]
     assert solve(constraint) is None and tried == [B, B]  # a fresh solver asks again
 
 
 # A Reshape of x[B, H] to [2, 4*(H // 4) + H % 4]: batch 2 baked, which sympy cannot prove (it leaves B as
-# 2*(Mod(H, 4) + 4*floor(H/4))/H), as it cannot on Swin's windows; sympy is asked.
+# 2*(Mod(H, 4) + 4*floor(H/4))/H), as it cannot on Swin's windows; the samples share B = 2, so sympy is asked.
 BAKED_BATCH = """
 < ir_version: 8, opset_import: ["" : 17] >
 g (float[B, H] x) => (float[?, ?] y) {
