@@ -148,8 +148,9 @@ def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes, settled: set[str]
         return  # nothing left to learn about (known sizes when reading values, solved ones when corroborating)
     from graphfix.analysis.sizes import sizes_of, solve
 
-    for constraint in sizes_of(ctx).constraints:
-        solution = solve(constraint)
+    analysis = sizes_of(ctx)
+    for constraint in analysis.constraints:
+        solution = solve(constraint, analysis.solver)
         if solution is not None:
             sizes.learn(solution.symbol.name, solution.value,
                         f"{constraint.kind} at '{constraint.node.name}' holds only there")
@@ -268,8 +269,9 @@ def export_facts(ctx: RuleContext) -> tuple[ExportFact, ...]:
 
     known = export_sizes(ctx, ctx.evaluator)
     facts = [ExportFact(s, v, known.sources[s]) for s, v in known.values.items() if s in known.carriers]
-    for constraint in sizes_of(ctx).constraints:
-        solved = None if solve(constraint) is not None else solve_length(constraint)
+    analysis = sizes_of(ctx)
+    for constraint in analysis.constraints:
+        solved = None if solve(constraint, analysis.solver) is not None else solve_length(constraint, analysis.solver)
         if solved is None or len(solved[1].free_symbols) != 1:
             continue
         solution, length = solved

@@ -93,7 +93,7 @@ def pinned_operands(ctx, direct: Iterable[gs.Tensor] = ()) -> Iterator[Pinned | 
     sizes, seen, direct = sizes_of(ctx), set(), {id(t) for t in direct}
     fed = {t.name for t in ctx.model.graph.input}  # an initializer that is also an input: a caller may feed it
     for constraint in sizes.constraints:
-        solution = solve(constraint) if _from_data(sizes, constraint) else None
+        solution = solve(constraint, sizes.solver) if _from_data(sizes, constraint) else None
         if solution is None or solution.cut is not None or solution.value < 2:
             continue  # a size of 1 is every constant's that broadcasts
         found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)

@@ -76,7 +76,7 @@ def graph_steps(model: onnx.ModelProto) -> list[Step]:
 def _step(difference, symbol) -> tuple[int, tuple[int, ...]] | None:
     """(k, residues) where `difference` is 0 exactly at the sizes k n + c, c among the residues, from its first zero
     on (the least such k > 1 that leaves some residue out); None otherwise."""
-    zeros = [n for n in range(1, SPAN + 1) if _zero(difference.subs(symbol, n))]
+    zeros = [n for n in range(1, SPAN + 1) if _zero_at(difference, symbol, n)]
     if len(zeros) < 3:
         return None
     tried = range(zeros[0], SPAN + 1)
@@ -87,7 +87,13 @@ def _step(difference, symbol) -> tuple[int, tuple[int, ...]] | None:
     return None
 
 
-def _zero(value) -> bool:
+def _zero_at(difference, symbol, n: int) -> bool:
+    """Whether `difference` is 0 at `symbol` = n; not where it is undefined there: torchvision's swin_v2_t exported
+    with dynamo pads its windows with `Mod(4, pad_H)`, a Mod by 0 at H < 4 (sympy raises ZeroDivisionError)."""
+    try:
+        value = difference.subs(symbol, n)
+    except ArithmeticError:
+        return False
     return bool(value.is_number and value == 0)
 
 

@@ -23,6 +23,7 @@ from graphfix.analysis.sizes.limits import (
     frozen_by_pads,
     frozen_outputs,
 )
+from graphfix.analysis.sizes.roots import Solver
 from graphfix.analysis.sizes.solve import (
     BakedEntry,
     BakedPad,
@@ -48,7 +49,7 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def sizes_of(ctx) -> Sizes:
     """The size analysis of this rule context's graph, built on first use (rules without a candidate never pay)."""
     if ctx not in _CACHE:
-        _CACHE[ctx] = Sizes(ctx.graph, ctx.evaluator.value, budget_s=BUDGET_S)
+        _CACHE[ctx] = Sizes(ctx.graph, ctx.evaluator.value, budget_s=BUDGET_S, solver=Solver(ctx.notes))
     return _CACHE[ctx]
 
 

@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith, same
 from graphfix.analysis.sizes.ops import BROADCAST, SAME_SHAPE, OpShapes, Shape, _present
+from graphfix.analysis.sizes.roots import Solver
 from graphfix.analysis.sizes.spread import MAX_VECTOR
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Sizes(OpShapes):
     budget_s: float = 5.0
     num: SympyArith | PolyArith = SYMPY  # the arithmetic: sympy's, or the screen's polynomials (see `screened`)
     screen: bool = True  # let the screen answer `constraints` and `incomplete` where it settles them
+    solver: Solver = field(default_factory=Solver)  # the constraints' roots, time bounded (`solve(c, sizes.solver)`)
     symbols: dict[str, sympy.Symbol] = field(default_factory=dict)
     bounds: dict[sympy.Symbol, tuple[int, str]] = field(default_factory=dict)  # symbol <= N, and why
     _constraints: list[Constraint] = field(default_factory=list)

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
+from graphfix.analysis.sizes.roots import Solver
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
 MAX_CANDIDATES = 4
@@ -58,32 +59,25 @@ class BakedShape:
         return f"{self.solution.constraint.left} = {self.solution.constraint.right}"
 
 
-def solve(constraint: Constraint) -> Solution | None:
-    """The one positive whole value of one symbol at which the constraint holds, else None."""
+def solve(constraint: Constraint, solver: Solver | None = None) -> Solution | None:
+    """The one positive whole value of one symbol at which the constraint holds, else None. `solver`: the graph
+    state's (`sizes.solver`: each equation solved once, sympy's time bounded in all); a fresh one by default."""
+    solver, where = solver or Solver(), _where(constraint)
     equation = sympy.expand(constraint.left - constraint.right)
-    found = _one_root(equation)
+    found = solver.one_root(equation, where)
     if found is not None:
         return Solution(constraint, *found)
     cut = _constant_cut(equation)
     if cut is None:
         return None
-    found = _one_root(equation.xreplace({cut: _constant_side(cut)}))
+    found = solver.one_root(equation.xreplace({cut: _constant_side(cut)}), where)
     if found is None or not _takes_constant_side(cut, *found):
         return None
     return Solution(constraint, *found, cut=cut)
 
 
-def _one_root(equation: sympy.Expr) -> tuple[sympy.Symbol, int] | None:
-    for symbol in sorted(equation.free_symbols, key=str):
-        if not equation.is_polynomial(symbol):
-            continue  # inside a floor, Mod or Min: sympy cannot isolate it, after seconds of trying (timm's Swin)
-        try:
-            roots = sympy.solve(equation, symbol)
-        except (NotImplementedError, TypeError, ValueError):
-            continue  # sympy cannot isolate this symbol (floor, Min): no proof from it
-        if len(roots) == 1 and roots[0].is_Integer and roots[0] > 0:
-            return symbol, int(roots[0])
-    return None
+def _where(constraint: Constraint) -> str:
+    return constraint.node.name if constraint.node is not None else constraint.kind
 
 
 def _constant_cut(equation: sympy.Expr) -> sympy.Min | None:
@@ -106,7 +100,7 @@ def _takes_constant_side(cut: sympy.Min, symbol: sympy.Symbol, value: int) -> bo
     return bool(sized.free_symbols == {symbol} and sized.subs(symbol, value) >= _constant_side(cut))
 
 
-def solve_length(constraint: Constraint) -> tuple[Solution, sympy.Expr] | None:
+def solve_length(constraint: Constraint, solver: Solver | None = None) -> tuple[Solution, sympy.Expr] | None:
     """The one whole value of a length derived through a floor (a strided Conv's frames, `floor((T - 16)/8) + 1`)
     at which the constraint holds: the trace baked that length, whatever input size gave it. Returns the solution,
     whose symbol stands for the length, and the length's expression."""
@@ -120,7 +114,7 @@ def solve_length(constraint: Constraint) -> tuple[Solution, sympy.Expr] | None:
     left, right = (side.xreplace({length: symbol}) for side in (constraint.left, constraint.right))
     if left.has(inner) or right.has(inner):
         return None
-    found = _one_root(sympy.expand(left - right))
+    found = (solver or Solver()).one_root(sympy.expand(left - right), _where(constraint))
     if found is None or found[0] != symbol:
         return None
     return Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail), symbol,
@@ -148,8 +142,8 @@ def _baked_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
 
 
 def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
-    solution, length = solve(constraint), None
-    if solution is None and (derived := solve_length(constraint)) is not None:
+    solution, length = solve(constraint, sizes.solver), None
+    if solution is None and (derived := solve_length(constraint, sizes.solver)) is not None:
         solution, length = derived
     if solution is None:
         return None
@@ -168,7 +162,7 @@ def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
     expanded dim has no other source: the Expand's input has 1 or nothing there)."""
     seen: set[tuple[int, int]] = set()
     for constraint in sizes.constraints:
-        solution = solve(constraint) if constraint.kind == "broadcast" else None
+        solution = solve(constraint, sizes.solver) if constraint.kind == "broadcast" else None
         if solution is None or solution.cut is not None or not constraint.detail.startswith("axis "):
             continue
         number, size = (constraint.left, constraint.right) if constraint.left.is_Integer else \
@@ -214,14 +208,14 @@ def baked_slices(sizes: Sizes) -> Iterator[BakedSlice]:
     """Slices cut at a constant end that a constraint elsewhere pins to one size, with the expression the end stands
     for: the other side of that constraint, solved for the cut."""
     for constraint in sizes.constraints:
-        solution = solve(constraint)
+        solution = solve(constraint, sizes.solver)
         if solution is None or solution.cut is None:
             continue
         cut, free = solution.cut, sympy.Dummy("end", integer=True)
         cut_side, other = (constraint.left, constraint.right) if constraint.left.has(cut) else \
             (constraint.right, constraint.left)
-        ends = sympy.solve(cut_side.xreplace({cut: free}) - other, free)
-        if len(ends) != 1 or ends[0].subs(solution.symbol, solution.value) != _constant_side(cut):
+        ends = sizes.solver.roots(cut_side.xreplace({cut: free}) - other, free, _where(constraint))
+        if ends is None or len(ends) != 1 or ends[0].subs(solution.symbol, solution.value) != _constant_side(cut):
             continue  # the cut is not a whole-number expression of the sizes
         for node, position in _slices_cut_by(sizes, cut):
             yield BakedSlice(node, solution, position, int(_constant_side(cut)), ends[0])
