@@ -137,6 +137,16 @@ def outputs(module, path, shape, names=("x",)):
     return want, got
 
 
+def written_unchanged(module, path, shapes: list[str], compared, tmp_path, names=("x",)) -> None:
+    """`repair` at the `--shape`s given leaves the model unchanged, and it matches PyTorch at each size compared."""
+    out = tmp_path / "fixed.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), *shapes)
+    assert code == 0 and report["models"][0]["status"] == "unchanged", report
+    for shape in compared:
+        want, got = outputs(module, out, shape, names)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+
+
 def test_the_healthy_and_the_padded_design_leave_one_graph(tmp_path):
     torch.manual_seed(0)
     healthy, padded = Flowish().eval(), PaddedFlowish().eval()
@@ -172,12 +182,7 @@ def test_a_size_off_the_graphs_step_is_an_error_whose_hint_gives_sizes_on_it(tmp
     path, shapes = diagnosed(module, tmp_path)
     code, report = graphfix("diagnose", str(path), *shapes)
     assert (code, errors(report)) == (0, []), report
-    out = tmp_path / "fixed.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *shapes)
-    assert code == 0 and report["models"][0]["status"] == "unchanged", report
-    for shape in [(1, 3, 32, 48), (2, 3, 40, 56)]:
-        want, got = outputs(module, out, shape)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+    written_unchanged(module, path, shapes, [(1, 3, 32, 48), (2, 3, 40, 56)], tmp_path)
 
 
 def test_a_pad_to_the_step_that_the_trace_dropped_stays_an_error(tmp_path):
@@ -217,12 +222,7 @@ def test_raft_is_left_alone_at_the_multiples_of_8_its_hint_gives(tmp_path):
     assert [arg.split("=")[0] for arg in shapes[1::2]] == list(names), shapes
     code, report = graphfix("diagnose", str(path), *shapes)
     assert (code, report["models"][0]["findings"]) == (0, []), report
-    out = tmp_path / "fixed.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *shapes)
-    assert code == 0 and report["models"][0]["status"] == "unchanged", report
-    for shape in [(1, 3, 128, 192), (2, 3, 192, 136)]:
-        want, got = outputs(module, out, shape, names)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+    written_unchanged(module, path, shapes, [(1, 3, 128, 192), (2, 3, 192, 136)], tmp_path, names)
 
 
 def test_shapes_that_agree_at_several_sizes_of_a_period_are_a_step_too(tmp_path):
@@ -241,12 +241,7 @@ def test_shapes_that_agree_at_several_sizes_of_a_period_are_a_step_too(tmp_path)
     assert (code, found["rule"], found["nodes"]) == (1, "GF000", ["/Add"]), report
     assert "2 sizes in every 4 (multiples of 4 among them)" in found["hint"], found
     assert given_shapes(found["hint"]) == ["--shape", "x=2x3x24x24"], found  # multiples, not the least sizes
-    out = tmp_path / "fixed.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *given_shapes(found["hint"]))
-    assert code == 0, report
-    for shape in [(1, 3, 24, 24), (2, 3, 27, 40)]:
-        want, got = outputs(module, out, shape)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+    written_unchanged(module, path, given_shapes(found["hint"]), [(1, 3, 24, 24), (2, 3, 27, 40)], tmp_path)
 
 
 def test_hrnet_upsampled_branches_are_a_step_the_hint_gives_sizes_on(tmp_path):
@@ -268,9 +263,4 @@ def test_hrnet_upsampled_branches_are_a_step_the_hint_gives_sizes_on(tmp_path):
     assert all("(multiples of 32 among them) of W and H" in f["hint"] for f in found), report
     shapes = given_shapes(found[0]["hint"])
     assert len(shapes) == 2 and all(int(d) % 32 == 0 for d in shapes[1].split("=")[1].split("x")[2:]), shapes
-    out = tmp_path / "fixed.onnx"
-    code, report = graphfix("repair", str(path), "-o", str(out), *shapes)
-    assert code == 0 and report["models"][0]["status"] == "unchanged", report
-    for shape in [(1, 3, 64, 96), (2, 3, 96, 61)]:
-        want, got = outputs(module, out, shape)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=str(shape))
+    written_unchanged(module, path, shapes, [(1, 3, 64, 96), (2, 3, 96, 61)], tmp_path)
