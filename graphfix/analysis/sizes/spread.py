@@ -1,7 +1,6 @@
 """Shape rules of the ops that spread a tensor to sizes they are given (Tile, ConstantOfShape, a Resize to `sizes`
-or by `scales`)
-or make one from numbers (Range): part of `OpShapes` (graphfix.analysis.sizes.ops), which they share
-their helpers with."""
+or by `scales`) or make one from numbers (Range): part of `OpShapes` (graphfix.analysis.sizes.ops), which they
+share their helpers with."""
 
 from __future__ import annotations
 
