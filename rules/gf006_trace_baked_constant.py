@@ -30,11 +30,11 @@ from graphfix.analysis.structured import (
     band_pattern,
     is_uniform,
     positions_cut_to_length,
-    rows_cut_at_a_length,
     shrunk,
     table_prefix,
     tables,
 )
+from graphfix.analysis.table_cuts import rows_cut_at_a_length
 from graphfix.core.lazy import bands  # imported on first use: see graphfix.core.lazy
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 
@@ -87,9 +87,9 @@ class TraceBakedConstant(Rule):
       frames) and cut to the length: `Range(0, max(N, Shape(x)[i]))`, each Reshape on the table's way taking -1
       where it held N. The graph runs only while T <= N; up to N the repair computes what the original does,
       past N what the simplest module would (unsafe, below).
-    A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer,
-    `self.cos_cached[: x.shape[1]]`, or computed while tracing and folded; rows along any axis whose others but the
-    columns are 1: Wav2Vec2Conformer's `[T, 1, 1, D]`) is a note: the graph runs while T <= N, which may be the
+    A whole sinusoidal table folded to N rows and cut to the length (a rotary cache kept as a buffer, computed while
+    tracing and folded: `cos[: x.shape[1]]`, `cos[arange(T)]`; rows along any axis whose others but the columns are
+    1, `[T, 1, 1, D]`; `graphfix.analysis.table_cuts`) is a note: the graph runs while T <= N, which may be the
     model's own maximum (`self.pe[:, : x.size(1)]` of 5000 rows is healthy); an error where the length was N at
     export (`--trace-shape`): a cache filled there (transformers' rotary caches, by a run before the export).
     `--unsafe-fixes` computes its rows as `Range(0, max(N, Shape(x)[i]))` of the same formula.
@@ -214,7 +214,7 @@ class TraceBakedConstant(Rule):
             name, length = node.inputs[0].name, f"{tensor.name}.shape[{axis}]"
             exported = length_at_export(ctx, tensor, axis, rows)
             yield self.finding(
-                f"Slice '{node.name}' cuts constant '{name}' ({rows} rows) to {length}: longer inputs fail in "
+                f"{node.op} '{node.name}' cuts constant '{name}' ({rows} rows) to {length}: longer inputs fail in "
                 f"onnxruntime. The constant is {table.show()}, {table.past(rows)}" + (
                     f". Its {rows} rows are the length at export ({exported}): a cache filled at the export length "
                     "(a run before the export, or the trace itself), unless the model's own maximum is exactly "

@@ -10,8 +10,8 @@ A constant cut at an export-time size can be rebuilt at run time when its conten
 - `table_prefix`: a constant equal to the leading rows of a larger table that is still in the graph
   (`self.pe[:, :int(T)]` where `self.pe` is also read elsewhere); at the export length N they are also the rows
   that end there (`self.pe[N - T : N]`), so the graph does not determine which;
-- `rows_cut_at_a_length`: a whole table folded to N rows and sliced to a length at run time, the rows met with
-  that length downstream (`self.cos_cached[: x.shape[1]] * x`): the graph runs only while the length is <= N;
+- `graphfix.analysis.table_cuts.rows_cut_at_a_length`: a whole table folded to N rows and cut to a length at run
+  time (`self.cos_cached[: x.shape[1]] * x`): the graph runs only while the length is <= N;
 - `positions_cut_to_length`: positions 0 .. N-1 folded while a table is computed from them and cut to a length
   (speechbrain's rotary cache of the next power of two), each Reshape on the way that holds N.
 
@@ -30,11 +30,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input_dim
-from graphfix.analysis.constants import Sym, arange_axis
+from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import sizes_of
-from graphfix.analysis.sizes.arith import same
-from graphfix.analysis.sizes.ops import is_table
 
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables
 
@@ -297,57 +295,6 @@ def _torch_value(v: np.ndarray) -> str:
     if isinstance(item, float) and np.isinf(item):
         return "float('-inf')" if item < 0 else "float('inf')"
     return repr(item)
-
-
-def rows_cut_at_a_length(ctx, node: gs.Node) -> tuple[np.ndarray, int, tuple[gs.Tensor, int]] | None:
-    """(the float constant, the axis of its rows, (tensor, axis) of the length) when `node` is a Slice of a
-    constant's rows (an axis before its last, every other one of size 1: `[T, D]`, a rotary cache `[T, 1, 1, D]`)
-    from 0 to a dim of a tensor read at run time, step 1. A table still computed in the graph is not one (its
-    positions are GF006's `_length_caps`')."""
-    if node.op != "Slice" or len(node.inputs) < 3 or not _folded_whole(node.inputs[0], ctx.model.graph):
-        return None
-    value = ctx.constant_value(node.inputs[0])
-    if value is None or value.dtype.kind != "f" or value.ndim < 2:
-        return None
-    ev = ctx.evaluator
-    starts, ends = ev.elems(node.inputs[1]), ev.elems(node.inputs[2])
-    given = list(node.inputs[3:5])
-    axes = ev.elems(given[0]) if given and given[0].name else [0]
-    steps = ev.elems(given[1]) if len(given) > 1 and given[1].name else [1]
-    if starts != [0] or steps != [1] or ends is None or len(ends) != 1 or axes is None or len(axes) != 1:
-        return None
-    end, axis = ends[0], axes[0] % value.ndim if type(axes[0]) is int else None
-    if axis is None or axis == value.ndim - 1 or any(d != 1 for k, d in enumerate(value.shape[:-1]) if k != axis) \
-            or not isinstance(end, Sym) or end.kind != "dim" \
-            or not _meets_the_length(ctx, node.outputs[0], axis - value.ndim, end.tensor, end.index):
-        return None
-    return value, axis, (end.tensor, end.index)
-
-
-def _meets_the_length(ctx, rows: gs.Tensor, at: int, carrier: gs.Tensor, index: int) -> bool:
-    """Whether every reader of the cut rows (axis `at`, from the right) is an elementwise op that meets them, row
-    for row, with a dim of the length they were cut to (as the size analysis computes dims): then a longer input
-    fails there, and a longer table is what it needs. A table reduced, only measured or broadcast against 1 runs at
-    any length as it is (a Slice stops at its rows): not this case."""
-    readers = list(rows.outputs)
-    if not readers or any(reader.op not in BROADCAST_OPS for reader in readers):
-        return False
-    sizes = sizes_of(ctx)
-    dims = sizes.shape(carrier)
-    length = dims[index] if dims is not None and index < len(dims) else None
-    if length is None or length.is_number:
-        return False
-    for reader in readers:
-        others = [sizes.shape(t) for t in reader.inputs if t is not rows and (t.name or isinstance(t, gs.Constant))]
-        if not any(o is not None and len(o) >= -at and o[at] is not None and same(o[at], length) for o in others):
-            return False
-    return True
-
-
-def _folded_whole(tensor: gs.Tensor, graph) -> bool:
-    """A table folded whole (nothing of its computation left, `is_table`) that no feed can replace (an initializer
-    that is also a graph input may be fed another table)."""
-    return is_table(tensor) and tensor.name not in {t.name for t in graph.input}
 
 
 # a table computed from positions keeps one row per position through these (elementwise math, the outer product

@@ -18,11 +18,11 @@ def gf006(findings):
     return [f for f in findings if f.rule == "GF006"]
 
 
-def cached_rotary(rows: int, learned: bool = False, time_major: bool = False):
+def cached_rotary(rows: int, learned: bool = False, time_major: bool = False, gathered: bool = False):
     """A rotary cos/sin cache of `rows` positions kept as buffers and cut to the length in forward (as transformers'
     rotary embeddings cached them): the TorchScript export folds each table whole. `learned`: random tables.
     `time_major`: the cache `[rows, 1, 1, 8]` over `[T, B, heads, 8]` (transformers' Wav2Vec2Conformer and
-    Wav2Vec2Bert rotary embeddings)."""
+    Wav2Vec2Bert rotary embeddings). `gathered`: its rows read at `arange(T)` (CLVP's), not sliced."""
     import torch
 
     class CachedRotary(torch.nn.Module):
@@ -38,7 +38,8 @@ def cached_rotary(rows: int, learned: bool = False, time_major: bool = False):
 
         def forward(self, x):  # [B, T, 8], or [T, B, 2, 8] where time-major
             length = x.shape[0] if time_major else x.shape[1]
-            cos, sin = self.cos_cached[:length], self.sin_cached[:length]
+            rows = torch.arange(length) if gathered else slice(0, length)
+            cos, sin = self.cos_cached[rows], self.sin_cached[rows]
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -60,22 +61,24 @@ def export_rotary(module, path, time_major: bool = False):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("time_major", [False, True])
-def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(time_major, tmp_path):
+@pytest.mark.parametrize(("time_major", "gathered"), [(False, False), (True, False), (False, True)])
+def test_a_sinusoidal_table_folded_whole_notes_that_it_caps_the_length(time_major, gathered, tmp_path):
     """64 rows cut to T: past 64 the graph fails. The rows are a formula, so `--unsafe-fixes` computes
     max(64, T) of them, and then matches the module built with a longer cache; by default nothing changes (a fixed
     maximum, as in a tutorial's `self.pe[:, : x.size(1)]`, is healthy; a length-dependent scaling would make the
-    longer rows wrong). A time-major cache `[64, 1, 1, 8]` was not read as a table (helper 94)."""
+    longer rows wrong). A time-major cache `[64, 1, 1, 8]`, or one read at `arange(T)`, was not read as a table
+    (helper 94: transformers' Wav2Vec2Conformer and CLVP)."""
     import torch
 
-    path = export_rotary(cached_rotary(64, time_major=time_major), tmp_path / "rotary.onnx", time_major)
+    module = cached_rotary(64, time_major=time_major, gathered=gathered)
+    path = export_rotary(module, tmp_path / "rotary.onnx", time_major)
     found = gf006(graphfix.diagnose(str(path), static=True))
     assert len(found) == 2 and all(f.severity.value == "info" for f in found), [f.message for f in found]
     assert all("(64 rows)" in f.message and f.fix.safety.value == "unsafe" for f in found)
     assert graphfix.repair(str(path)).status == "unchanged"
     result = graphfix.repair(str(path), unsafe_fixes=True)
     assert result.status == "repaired", result
-    longer = cached_rotary(128, time_major=time_major)
+    longer = cached_rotary(128, time_major=time_major, gathered=gathered)
     for batch, time in ((1, 7), (2, 40), (3, 100)):
         x = example(time_major, batch, time)
         with torch.no_grad():
@@ -98,9 +101,9 @@ def test_a_table_exactly_as_long_as_the_export_length_is_an_error(rows, severity
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("time_major", [False, True])
-def test_a_learned_table_cut_at_the_length_is_never_regrown(time_major, tmp_path):
-    module = cached_rotary(64, learned=True, time_major=time_major)
+@pytest.mark.parametrize(("time_major", "gathered"), [(False, False), (True, False), (False, True)])
+def test_a_learned_table_cut_at_the_length_is_never_regrown(time_major, gathered, tmp_path):
+    module = cached_rotary(64, learned=True, time_major=time_major, gathered=gathered)
     path = export_rotary(module, tmp_path / "learned.onnx", time_major)
     assert not gf006(graphfix.diagnose(str(path), static=True))
 
