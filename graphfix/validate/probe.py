@@ -354,7 +354,7 @@ def _fabricate(name: str, binding, types) -> np.ndarray | None:
         return None
     elem_type, shape = types[name]
     dims = [evaluate_dim(d, binding) for d in shape] if shape is not None else None
-    if dims is None or any(d is None for d in dims):
+    if dims is None or any(d is None or d < 0 for d in dims):  # negative: a window longer than its input
         return None
     dtype = helper.tensor_dtype_to_np_dtype(elem_type)
     if math.prod(dims) * np.dtype(dtype).itemsize > probe_memory_budget():

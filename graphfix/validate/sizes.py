@@ -39,7 +39,7 @@ import onnx
 
 from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.sizes import bind, tied_dims
-from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides
+from graphfix.analysis.sizes.domain import input_minimums, input_steps, input_strides, joint_floors
 from graphfix.validate.graph_sizes import (
     baked_size_hint,
     dim_names,
@@ -125,6 +125,9 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
     single = {name: _up(1, steps.get(name, ANY)) for name in batch if name in export and name not in forced}
     grow = input_strides(model, export)  # a larger size gives every strided front end another output position
     smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, least, steps=steps)
+    jointly = joint_floors(model, smaller, {name: export[name] for name in export if name not in forced})
+    if jointly:  # a Conv over two inputs together (`cat([a, b])`) keeps its frames at the smaller sizes too
+        smaller = _spread(export, 2, batch, {**forced, **single}, limit, avoid, {**least, **jointly}, steps=steps)
     candidates = [smaller] + [_spread(export, step, batch, forced, limit, avoid, least, grow, steps)
                               for step in (1, *range(3, wanted + 8))]
     for other in candidates:
@@ -296,8 +299,9 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
                  least: dict[str, int] | None = None, steps: dict[str, tuple[int, int]] | None = None
                  ) -> dict[str, int]:
     """The export-time binding: given sizes, else the batch default and the baked-size hint (within limits), raised
-    to the least size the model accepts (`least`, see graphfix.analysis.sizes.domain) and to a size k n + c of its
-    `steps` (graphfix.analysis.sizes.domain.input_steps)."""
+    to the least size the model accepts (`least`, and `joint_floors` for lengths read together: see
+    graphfix.analysis.sizes.domain) and to a size k n + c of its `steps` (graphfix.analysis.sizes.domain.input_steps).
+    """
     least, steps = least or {}, steps or {}
     hint, limit = baked_size_hint(model), size_limit(model)
     other = min(hint or DEFAULT_OTHER, limit) if limit else hint or DEFAULT_OTHER
@@ -320,7 +324,11 @@ def export_sizes(model: onnx.ModelProto, options, forced: dict[str, int],
                 floor = least.get(name, 1)
                 sizes[name] = _free(max(other, floor), 0, taken, limit, floor, steps.get(name, ANY))
                 taken.add(sizes[name])
-    return sizes
+    # guessed lengths that a Conv reads together (`cat([a, b])`) grow together until it has its frames
+    batch = batch_dims(model)
+    guessed = {name: size * 64 for name, size in sizes.items()
+               if name not in forced and name not in options.trace_sizes and name not in batch}
+    return {**sizes, **joint_floors(model, sizes, guessed)}
 
 
 def trace_sizes(model: onnx.ModelProto, trace_shapes) -> dict[str, int]:

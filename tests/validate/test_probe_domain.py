@@ -268,3 +268,56 @@ def test_a_centred_window_whose_span_python_capped_is_probed_past_its_centre(tmp
     assert diagnosed.exit_code == 1 and "GF000" in diagnosed.output, diagnosed.output
     repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
     assert repaired.exit_code != 0, repaired.output
+
+
+class LastFrameOfTwo(torch.nn.Module):
+    """A kernel-64 Conv1d over two inputs joined (`cat([a, b])`), then its last frame read at an index `int()`
+    baked: the Conv needs Ta + Tb >= 64, and the index fails at every length shorter than the export's."""
+
+    def __init__(self, baked: bool = True):
+        super().__init__()
+        self.conv, self.proj, self.baked = torch.nn.Conv1d(1, 8, 64, stride=4), torch.nn.Linear(8, 4), baked
+
+    def forward(self, a, b):
+        h = self.conv(torch.cat([a, b], -1))
+        last = int(h.shape[-1]) - 1 if self.baked else h.shape[-1] - 1
+        return self.proj(h[..., last])
+
+
+def _two_inputs(path, baked: bool = True):
+    torch.manual_seed(0)
+    return _export(LastFrameOfTwo(baked), (torch.randn(2, 1, 40), torch.randn(2, 1, 44)), path, ["a", "b", "y"],
+                   {"a": {0: "B", 2: "Ta"}, "b": {0: "B", 2: "Tb"}, "y": {0: "B"}})
+
+
+def test_a_conv_over_two_inputs_together_is_probed_below_the_export_size_inside_its_domain(tmp_path):
+    """Each input's minimum alone bounds nothing where a Conv reads both together: the smaller probe halved both
+    (21 + 23 samples for a kernel of 64), the Conv failed there as in PyTorch, and the size was skipped as the
+    model's minimum. The baked index, wrong at every length shorter than the export's, went unprobed: `repair`
+    wrote the model with exit 0 (helper 97), and `diagnose` crashed fabricating a Conv output of negative length.
+    Both inputs now move up together until the Conv has its frames, still below the export size."""
+    import onnx
+
+    path = _two_inputs(tmp_path / "baked.onnx")
+    trace = ["--trace-shape", "a=2x1x40", "--trace-shape", "b=2x1x44"]
+    sizes = probe_sizes(onnx.load(str(path)), ValidationOptions(trace_sizes={"B": 2, "Ta": 40, "Tb": 44}))
+    smaller = [binding for binding in sizes if binding["Ta"] < 40 and binding["Tb"] < 44]
+    assert smaller and all(b["Ta"] + b["Tb"] >= 64 + 3 * 4 for b in smaller), sizes  # four frames at least
+    runner = CliRunner()
+    diagnosed = runner.invoke(cli, ["diagnose", str(path), *trace])
+    assert diagnosed.exit_code == 1 and "Gather" in diagnosed.output, diagnosed.output
+    repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx"), *trace])
+    assert repaired.exit_code == 1 and "FAILS" in repaired.output, repaired.output  # the input, as it came
+    healthy = _two_inputs(tmp_path / "healthy.onnx", baked=False)  # the index read from the shape: no error
+    for command in (["diagnose", str(healthy)], ["repair", str(healthy), "-o", str(tmp_path / "ok.onnx")]):
+        done = runner.invoke(cli, [*command, *trace])
+        assert done.exit_code == 0 and "FAILS" not in done.output, done.output
+
+
+def test_sizes_given_below_a_conv_window_are_reported_not_a_crash(tmp_path):
+    """Given 20 + 22 samples, the kernel-64 Conv has no input: onnxruntime fails there (PyTorch too), and the probe
+    fed what follows it a Conv output of shape [2, 8, -5]: `diagnose` crashed with "internal error: negative
+    dimensions are not allowed". A shape with a negative dim is no shape: what depends on it is dropped."""
+    path = _two_inputs(tmp_path / "baked.onnx", baked=False)
+    done = CliRunner().invoke(cli, ["diagnose", str(path), "--shape", "a=2x1x20", "--shape", "b=2x1x22"])
+    assert done.exit_code == 1 and "Conv" in done.output and "internal error" not in done.output, done.output

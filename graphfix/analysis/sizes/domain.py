@@ -86,22 +86,74 @@ def _sides(sizes) -> list[tuple]:
     return [(c.left, c.right, c.node.name) for c in sizes.constraints]
 
 
-@per_model  # a proof asks for them at every probe_sizes
+def joint_floors(model, binding: dict[str, int], toward: dict[str, int], frames: int = FRAMES) -> dict[str, int]:
+    """Input dim name -> the size to raise it to where a windowed output depends on several input dims together (a
+    Conv over `cat([a, b])`: `Ta + Tb`) and has fewer than `frames` positions at `binding`: the dims of such a
+    length move together from `binding` toward `toward` (dims not in `toward` stay), as little as gives it
+    `frames`. Empty where every such length has them, or where `toward` does not give them either.
+    `input_minimums` bounds each dim alone: halving both inputs there may leave the Conv no input, where PyTorch
+    fails too, and a bug between that size and the export size would go unprobed."""
+    floors: dict[str, int] = {}
+    for length in _joint_lengths(model):
+        names = {symbol.name for symbol in length.free_symbols}
+        if not names <= binding.keys():
+            continue
+        start = {name: max(floors.get(name, 0), size) for name, size in binding.items()}
+        if _frames_at(length, start) >= frames:
+            continue
+        raised = _least_between(length, start, {name: max(toward.get(name, size), size)
+                                                for name, size in start.items() if name in names}, frames)
+        for name, size in (raised or {}).items():
+            if size > binding[name]:
+                floors[name] = max(floors.get(name, 0), size)
+    return floors
+
+
+def _least_between(length: sympy.Expr, low: dict[str, int], high: dict[str, int], frames: int,
+                   parts: int = 256) -> dict[str, int] | None:
+    """The sizes of `high`'s dims the fewest `parts`ths of the way from `low` to `high` at which `length` has
+    `frames` positions (None where `high` does not give them)."""
+    def at(part: int) -> dict[str, int]:
+        return {**low, **{name: low[name] + -(-(size - low[name]) * part // parts) for name, size in high.items()}}
+
+    if _frames_at(length, at(parts)) < frames:
+        return None
+    first, last = 0, parts
+    while first < last:
+        middle = (first + last) // 2
+        first, last = (first, middle) if _frames_at(length, at(middle)) >= frames else (middle + 1, last)
+    return {name: at(first)[name] for name in high}
+
+
+def _frames_at(length: sympy.Expr, binding: dict[str, int]) -> float:
+    value = length.subs({symbol: binding[symbol.name] for symbol in length.free_symbols})
+    return float(value) if value.is_number else float("inf")  # a length the analysis cannot evaluate: unbounded
+
+
 def _input_lengths(model) -> list:
-    """(input dim symbol, length) of each windowed output that depends on one input dim alone; the size analysis
-    runs once per model for the minimums and the strides of every probe_sizes call (the last few models kept)."""
-    found, seen = [], set()
+    """(input dim symbol, length) of each windowed output that depends on one input dim alone."""
+    return [(next(iter(length.free_symbols)), length) for length in _window_lengths_of(model)
+            if len(length.free_symbols) == 1]
+
+
+def _joint_lengths(model) -> list:
+    """The lengths of windowed outputs that depend on several input dims together."""
+    return [length for length in _window_lengths_of(model) if len(length.free_symbols) > 1]
+
+
+@per_model  # a proof asks for them at every probe_sizes
+def _window_lengths_of(model) -> list:
+    """Each distinct windowed output length that depends on input dims, read where no constraint is upstream; the
+    size analysis runs once per model for the minimums and the strides of every probe_sizes call."""
+    found: list = []
     if _has_window(model.graph):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
         constraint_sides.keep(model, _sides(sizes))
         for node in _clear_of_constraints(graph, sizes):
-            for length in _window_lengths(node, sizes):
-                if length is None or len(length.free_symbols) != 1 or length in seen:
-                    continue
-                seen.add(length)
-                found.append((next(iter(length.free_symbols)), length))
+            found.extend(length for length in _window_lengths(node, sizes)
+                         if length is not None and length.free_symbols and length not in found)
     return found
 
 
