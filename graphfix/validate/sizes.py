@@ -18,7 +18,7 @@ No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a
 Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps, and
 the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool front end
 needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch
-too, it is outside the model), and a dim torch.export declares `k * name + c` is probed at sizes k n + c
+too, it is outside the model; lengths a Conv reads together, `cat([a, b])`, move up together), and a dim torch.export declares `k * name + c` is probed at sizes k n + c
 (graphfix.analysis.sizes.domain.input_steps: the exporter checked the model there). 1 appears only in the
 batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
 probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
