@@ -14,6 +14,8 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.repeat import (
     chunk_index,
     chunk_source,
+    counts_cut,
+    one_count,
     producer,
     replace_repeat_interleave,
     split_covers,
@@ -77,11 +79,11 @@ class RepeatInterleave(Rule):
     ```
 
     ## Fix safety
-    One repeat count (an int, a size expression, or per-element counts that are all equal) becomes
-    `Unsqueeze → Expand → Reshape`; distinct constant counts become one `Gather` with constant indices (the
-    folded `CumSum`); run-time counts become `CumSum → Range → LessOrEqual → ReduceSum → Gather`, as dynamo
-    exports them. The fix is safe when the input, the dim and every repeat count were recovered exactly and
-    the subgraph has no other readers; anything unproven is rejected with the reason and left alone.
+    One count (an int, a size expression, equal per-element counts) becomes `Unsqueeze → Expand → Reshape`;
+    distinct constant counts a `Gather` of constant indices; run-time counts `CumSum → Range → LessOrEqual →
+    ReduceSum → Gather`, as dynamo exports them. Safe when the input, the dim and every count were recovered
+    exactly and nothing else reads the subgraph (anything unproven is rejected with the reason); unsafe for equal
+    counts one per position of a dynamic axis: a table of counts cut to the length leaves those too.
     """
 
     code = "GF002"
@@ -101,8 +103,7 @@ class RepeatInterleave(Rule):
               reports="onnxruntime #11672, wenet #2517"),
         known(r"Can't constant fold SequenceEmpty node",
               "onnxruntime: sequence ops from an old repeat_interleave export",
-              "Older torch exported repeat_interleave as Loop{SequenceInsert}+ConcatFromSequence (TensorRT rejects "
-              "it).",
+              "Older torch exported repeat_interleave as Loop{SequenceInsert}+ConcatFromSequence (TensorRT: no).",
               "Re-export with a recent torch, or let `graphfix repair` replace it with Unsqueeze/Expand/Reshape.",
               reports="wenet #1630"),
         known(r"Exporting the operator '?(aten::)?repeat_interleave'? to ONNX opset version \d+ is not supported",
@@ -142,7 +143,10 @@ class RepeatInterleave(Rule):
                  f"({_subgraph_size(m)} nodes"
                  + ("; it bakes the element count and fails or returns wrong shapes in onnxruntime)" if broken
                     else "; shape arithmetic where Unsqueeze → Expand → Reshape suffices)"))
-        replacement = "Gather with per-element indices" if per_element else "Unsqueeze → Expand → Reshape"
+        gather = per_element and one_count(m.repeats) is None
+        replacement = "Gather with per-element indices" if gather else "Unsqueeze → Expand → Reshape"
+        cut = counts_cut(m.repeats, shape, m.dim)
+        exact = f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the data flow"
         hint = ("Index with a precomputed buffer: self.register_buffer('index', torch.repeat_interleave("
                 "torch.arange(n), repeats)); x.index_select(dim, self.index) — or export with dynamo=True."
                 if per_element else
@@ -157,9 +161,8 @@ class RepeatInterleave(Rule):
             hint=hint,
             fix=Fix(f"replace the {m.form} repeat_interleave of '{m.x.name}' with {replacement}",
                     apply=replace_repeat_interleave(m.x, m.dim, m.repeats, m.output, shape, ctx.opset),
-                    safety=Safety.SAFE,
-                    reason=f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the "
-                           "data flow; the replacement computes torch.repeat_interleave with them" + m.note),
+                    safety=Safety.UNSAFE if cut else Safety.SAFE,
+                    reason=(cut or exact) + m.note),
         )
 
 

@@ -111,18 +111,20 @@ SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another be
 
 
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
-           shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False
-           ) -> list[str]:
+           shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False,
+           fold: Callable[[gs.Tensor], np.ndarray | None] | None = None) -> list[str]:
     """For each one-element constant that equals a form of one of `sizes` (the sizes a fix makes follow the
     input) where the graph reads it as a size, a line naming it. `constant_value` and `shape` are the rule
     context's. On the nodes `fixed` names, an integer equal to one of `sizes` is the constant the fix rebuilds
-    (a slice end), not an echo; their other integers are (`x[:, T // 2 : T]` keeps its start at 3)."""
+    (a slice end), not an echo; their other integers are (`x[:, T // 2 : T]` keeps its start at 3). `fold` (the
+    context's evaluator) gives the values of tensors computed from constants only, for the vectors read whole (a
+    Pad's amounts, a shape's entries)."""
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
     if not wanted:
         return []
     nodes = list(_nodes(graph))
     return [*_float_echoes(nodes, wanted, constant_value, shape),
-            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(graph, wanted))]
+            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(graph, wanted), fold)]
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:

@@ -3,8 +3,12 @@
 The same int baked as an integer (helpers 57 and 61): where it picks or cuts along an axis of that size
 (`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
 where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
-`where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), or as a Pool's kernel or
-stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`). Forms: n + k for k from -5 to 5, n // k
+`where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), as a Pool's kernel or
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`), and in a cut's forms as a pad, a Resize's
+output size or an entry of a ConstantOfShape's shape along such an axis (`F.pad(h, (0, 0, 0, T))`,
+`interpolate(size=2 * T)`, `h.new_zeros(B, T, D)`: red team 99; a shape's entry is the size itself, so no constant
+beside a Shape there is the model's own). A tail's start (`h[:, T - k:]`) reads n - k for any k up to a quarter of
+n too. Forms: n + k for k from -5 to 5, n // k
 and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
 `x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
 offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
@@ -46,6 +50,11 @@ def _signed(forms: tuple) -> tuple:
 
 
 INT_CUTS = _signed((*INT_VALUES, *INT_HALVES, *INT_PARTS))
+# a tail's start: `h[:, T - k:]`, the last k frames, for any k up to a quarter of the size (red team 99 had `T - 6`
+# written; a model's own start is a few prefix tokens, `x[:, 5:]`, or a chunk's hop: SepFormer's `x[..., 125:]` is
+# doubted at 126 to 166 frames, and repaired past them)
+TAIL_STARTS = (*INT_CUTS, *((plus(-k), lambda n, k=k: n - k if 4 * k <= n else None) for k in range(6, 4097)))
+TAIL_END = 2 ** 62  # a Slice end past this runs to the end of the axis (the exporters write INT64_MAX)
 # a step: a third or a quarter is every strided front end's own (`x[:, 1::3]` reduces 40 frames to the 13 a
 # Reshape bakes, and 3 is 13 // 4), so a step reads the size, its neighbours, its half and its double only
 STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
@@ -60,13 +69,15 @@ POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
 SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
 
-def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int]
-                ) -> list[str]:
+def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int],
+               fold=None) -> list[str]:
     """Integer constants that index or cut data along an axis of the size, meet an integer value that is no
-    size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring)."""
+    size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring). `fold`: the
+    values of tensors computed from constants only (a Pad's amounts, which the TorchScript exporter computes from
+    the tuple `F.pad` was given), where the caller has them; else only constants are read."""
     found = []
     for node in nodes:
-        for where, item, forms in _int_reads(node, constant_value, shape, lengths):
+        for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value):
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
             form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
@@ -76,7 +87,7 @@ def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, f
     return found
 
 
-def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold) -> Iterator[tuple[str, int, tuple]]:
     """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
     reads as a size (and each element of a Tile's repeats), skipping magnitudes of 2 or less."""
     def small_int(tensor, integral: bool = False) -> int | None:
@@ -91,7 +102,9 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iter
         return int(number) if abs(int(number)) > 2 else None
 
     if node.op in CUT_INPUTS and node.inputs:
-        items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else INT_CUTS)
+        tail = node.op == "Slice" and _runs_to_the_end(node, constant_value)
+        items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else
+                  TAIL_STARTS if (tail and i == 1) else INT_CUTS)
                  for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
         if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
                 and not _is_size(node.inputs[0]):
@@ -105,15 +118,81 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int]) -> Iter
         repeats = constant_value(node.inputs[1])
         if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:
             yield from (("its repeats", int(r), INT_KERNELS) for r in repeats.reshape(-1) if abs(int(r)) > 2)
-    elif node.op == "ConstantOfShape" and isinstance(node.attrs.get("value"), gs.Constant):
-        item = small_int(node.attrs["value"], integral=True)
+    elif node.op == "ConstantOfShape":
+        item = small_int(node.attrs["value"], integral=True) if isinstance(node.attrs.get("value"), gs.Constant) \
+            else None
         if item is not None:
             yield "the value it fills", item, INT_VALUES
+        yield from _entries(node.inputs[0], shape(node.outputs[0]), "an entry of its shape", fold, lengths)
+    elif node.op == "Pad":
+        yield from _pads(node, fold, shape, lengths)
+    elif node.op == "Resize" and len(node.inputs) > 3:
+        yield from _entries(node.inputs[3], shape(node.inputs[0]), "its output size", fold, lengths)
     elif node.op in POOLS:
         for attr in ("kernel_shape", "strides"):
             for item in node.attrs.get(attr) or ():
                 if abs(int(item)) > 2:
                     yield f"its {attr}", int(item), INT_KERNELS
+
+
+def _runs_to_the_end(node: gs.Node, constant_value) -> bool:
+    """Whether a Slice's ends are all past any axis (`h[:, c:]`, the exporters' INT64_MAX)."""
+    ends = constant_value(node.inputs[2]) if len(node.inputs) > 2 and is_table(node.inputs[2]) else None
+    return ends is not None and ends.size > 0 and bool((ends >= TAIL_END).all())
+
+
+def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: list[int]
+             ) -> Iterator[tuple[str, int, tuple]]:
+    """The integer entries above 2 of a vector with one entry per axis (a shape, a Resize's output size), written
+    as a constant or as a Concat of pieces some of which are constants (`new_zeros(B, T, D)`: `[B] ++ [37, 8]`),
+    along the axes of `dims` that a size can be baked along. A shape's entry is the size itself, not a number
+    beside one: no `_is_size` exemption."""
+    whole = fold(vector)
+    pieces = [vector] if whole is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
+        else vector.inputs[0].inputs
+    axis = 0
+    for piece in pieces:
+        value = fold(piece)
+        width = value.size if value is not None else _length(piece)
+        if width is None:
+            return  # the axes of what follows are unknown
+        if value is not None and value.dtype.kind in "iu":
+            for offset, item in enumerate(int(v) for v in value.reshape(-1)):
+                if abs(item) > 2 and _a_length(dims, axis + offset, lengths):
+                    yield where, item, INT_CUTS
+        axis += width
+
+
+def _pads(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+    """A Pad's amounts along the axes a size can be baked along (`F.pad(h, (0, 0, 0, T))`, red team 99): its
+    `pads` input (or attribute, before opset 11), begins then ends, over its `axes` (opset 18) or every axis."""
+    pads = fold(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else node.attrs.get("pads")
+    if pads is None or np.asarray(pads).dtype.kind not in "iu":
+        return
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = fold(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(pads) // 2))
+    dims = shape(node.inputs[0])
+    for index, item in enumerate(pads):
+        if abs(item) > 2 and axes and _a_length(dims, axes[index % len(axes)], lengths):
+            yield "a pad", item, INT_CUTS
+
+
+def _length(tensor: gs.Tensor) -> int | None:
+    """The number of entries of a 1-D piece of a shape vector, where known."""
+    dims = tensor.shape
+    return dims[0] if dims is not None and len(dims) == 1 and isinstance(dims[0], int) else None
+
+
+def _a_length(dims: list | None, axis: int, lengths: list[int]) -> bool:
+    """Whether `axis` of `dims` is one a size can be baked along: dynamic, of unknown size, or of one of
+    `lengths`."""
+    if dims is None:
+        return True
+    if not -len(dims) <= axis < len(dims):
+        return False
+    dim = dims[axis]
+    return not isinstance(dim, int) or dim in lengths
 
 
 def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int]) -> bool:

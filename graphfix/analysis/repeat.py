@@ -127,15 +127,32 @@ def indexed_repeat(b: Builder, x: gs.Tensor, dim: int, repeats: np.ndarray | gs.
     return b.op("Gather", [x, indices], {"axis": dim}, dtype=out_dtype)
 
 
+def one_count(repeats: Any) -> int | None:
+    """The count of constant per-element counts that are all the same (the fix repeats by that one count)."""
+    if isinstance(repeats, np.ndarray) and repeats.size and (repeats == repeats.reshape(-1)[0]).all():
+        return int(repeats.reshape(-1)[0])
+    return None
+
+
+def counts_cut(repeats: Any, shape: list, dim: int) -> str:
+    """Why one count for constant per-element counts, all equal, one per position of a dynamic axis, is a guess
+    ('' where it is none): `torch.full((T,), r)` gives them at the export length, and so does a table of counts
+    per position cut to the length (`rep[:T]`), whose counts past it may differ (red team 99)."""
+    along = shape[dim] if -len(shape) <= dim < len(shape) else None
+    if one_count(repeats) is None or repeats.size < 2 or isinstance(along, int):
+        return ""
+    return (f"the {repeats.size} counts, one per position along dim {dim} ({along}), are all equal at the export "
+            "length: `torch.full((T,), r)` gives them, and so does a table of per-position counts cut to the length "
+            "(`rep[:T]`), whose counts past it may differ; the fix repeats every position as many times")
+
+
 def replace_repeat_interleave(x: gs.Tensor, dim: int, repeats: Any, output: gs.Tensor, shape: list, opset: int):
     """The fix: compute `output` as repeat_interleave(x, repeats, dim) with the canonical subgraph (uniform repeats:
     Unsqueeze → Expand → Reshape; per-element ones: a Gather of computed indices), detaching what produced it."""
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"gf002_{output.name}", opset)
-        counts = repeats
-        if isinstance(counts, np.ndarray) and counts.size and (counts == counts[0]).all():
-            counts = int(counts[0])
+        counts = repeats if one_count(repeats) is None else one_count(repeats)
         if isinstance(counts, np.ndarray | gs.Tensor):
             y = indexed_repeat(b, x, dim, counts, output.dtype)
         else:

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from graphfix.core.recent import per_model
 
 MAX_HINT = 512  # baked constants above this are not taken as an export size
+MAX_THRESHOLD = 1 << 14  # nor constants above this as a size's threshold (a pad to a multiple of 4004 samples is one)
 SHAPE_OPS = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Slice", "Range"}
 THRESHOLD_OPS = {"Sub", "Min", "Max", "Clip", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}
 TABLE_OPS = {"Gather", "GatherND", "GatherElements", "Slice"}
@@ -41,11 +42,13 @@ def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:
     return dims
 
 
-def size_limit(model: onnx.ModelProto) -> int | None:
+def size_limit(model: onnx.ModelProto, grown: bool = False) -> int | None:
     """The fewest rows of a table the graph indexes with positions (a Range, offset or moved: `POSITION_OPS`) or
     slices by a computed end, and the least c of a table sliced from `c - size` (a size read from an input's Shape:
     `self.pe[16 - x.shape[1]:16]`, the last rows of a context of 16, whose start wraps past 16 in PyTorch too): a
-    length beyond it is outside the model (Whisper's 448 positions), not a bug of the export."""
+    length beyond it is outside the model (Whisper's 448 positions), not a bug of the export. Not a window
+    centred on a row (DeBERTa's), nor, where the table was `grown` at the export size, ESPnet's window a row off
+    centre: past its centre each is a threshold (graphfix.validate.spans)."""
     tables = constant_tables(model)
     constants = constant_values(model)
     ranged = _downstream_of(model, {n.output[0] for n in model.graph.node if n.op_type == "Range"}, POSITION_OPS)
@@ -55,11 +58,13 @@ def size_limit(model: onnx.ModelProto) -> int | None:
     for node in model.graph.node:
         if node.op_type not in TABLE_OPS or node.input[0] not in tables or len(node.input) < 2:
             continue
+        if node.op_type == "Slice" and _centred(node, producers, constants, 1 if grown else 0):
+            continue  # a window around row c: past c it wraps, a threshold (graphfix.validate.spans), no limit
         if node.op_type == "Slice" and len(node.input) > 2 and node.input[2] not in constants:
             limits.append(_sliced_rows(node, tables, constants))
         elif node.op_type != "Slice" and node.input[1] in ranged:
             limits.append(int(tables[node.input[0]][0]))
-        if node.op_type == "Slice" and not _centred(node, producers, constants):
+        if node.op_type == "Slice":
             limits.append(_start_before_a_size(node.input[1], producers, inputs, constants))
     limits = [rows for rows in limits if rows and rows > 1]
     return min(limits) if limits else None
@@ -88,22 +93,33 @@ def _start_before_a_size(start: str, producers: dict, inputs: dict[str, list], c
 
 
 def offset_from(name: str, producers: dict, constants: dict) -> tuple[int, str] | None:
-    """(c, x) where the value is `c - x` (through reshapes and casts), c a whole constant of one element."""
-    node = _through_moves(name, producers)
-    c = constants.get(node.input[0]) if node is not None and node.op_type == "Sub" else None
-    if c is None or c.dtype.kind not in "iu" or c.size != 1:
-        return None
-    return int(c.ravel()[0]), node.input[1]
+    """(c, x) where the value is `c - x` (through reshapes and casts), c a whole constant of one element, or
+    `c - x` plus or minus a whole constant (ESPnet's relative window starts at `c - T + 1`: (c + 1, T))."""
+    node, shift = _through_moves(name, producers), 0
+    if node is not None and node.op_type in ("Add", "Sub"):
+        for index in ((1, 0) if node.op_type == "Add" else (1,)):
+            k, inner = _whole(constants.get(node.input[index])), _through_moves(node.input[1 - index], producers)
+            if k is not None and inner is not None and inner.op_type == "Sub":
+                node, shift = inner, k if node.op_type == "Add" else -k
+                break
+    c = _whole(constants.get(node.input[0])) if node is not None and node.op_type == "Sub" else None
+    return (c + shift, node.input[1]) if c is not None else None
 
 
-def _centred(node: onnx.NodeProto, producers: dict, constants: dict) -> bool:
-    """Whether a Slice runs from `c - x` to `c + x` (the same x): a window of 2 x rows around row c, whose start
-    wraps past c where Python capped x (DeBERTa's relative span, graphfix.validate.spans), no domain limit."""
+def _whole(value: np.ndarray | None) -> int | None:
+    """The one whole number a constant holds (None for anything else)."""
+    return int(value.ravel()[0]) if value is not None and value.dtype.kind in "iu" and value.size == 1 else None
+
+
+def _centred(node: onnx.NodeProto, producers: dict, constants: dict, near: int = 0) -> bool:
+    """Whether a Slice runs from `c - x` to `c + x` (the same x; `near` rows more or less at the start, ESPnet's
+    `c - x + 1` at 1): a window of about 2 x rows around row c, whose start wraps past c where Python capped x
+    (DeBERTa's relative span, graphfix.validate.spans) or grew the table (ESPnet's), no domain limit."""
     offset, end = offset_from(node.input[1], producers, constants), _through_moves(node.input[2], producers)
     if offset is None or end is None or end.op_type != "Add" or offset[1] not in end.input:
         return False
-    return any(value is not None and value.size == 1 and int(value.ravel()[0]) == offset[0]
-               for value in map(constants.get, end.input))
+    return any(value is not None and abs(value - offset[0]) <= near for value in map(_whole, map(constants.get,
+                                                                                                  end.input)))
 
 
 def _through_moves(name: str, producers: dict):
@@ -142,11 +158,21 @@ def _sliced_rows(node: onnx.NodeProto, tables, constants) -> int | None:
 
 
 def size_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
-    """The whole constants 1 < c <= MAX_HINT that a size read from an input's Shape meets in a subtraction, a Min,
-    Max or Clip, or a comparison, each with the input dims that size is read from: where a size crosses one, the
-    graph may take another course (a pad that turns into a cut, a clamp that starts to bite). A traced
-    `math.ceil(T / 8) * 8` is such a constant. A size read from an inner tensor's Shape names no input dim, and is
-    left out."""
+    """The whole constants 1 < c <= MAX_THRESHOLD that a size read from an input's Shape meets in a subtraction, a
+    Min, Max or Clip, or a comparison, each with the input dims that size is read from: where a size crosses one,
+    the graph may take another course (a pad that turns into a cut, a clamp that starts to bite). A traced
+    `math.ceil(T / 8) * 8` is such a constant. A size read from an inner tensor's Shape names no input dim here
+    (`unnamed_thresholds`; graphfix.validate.inner_thresholds names them with the size analysis)."""
+    return [(c, dims) for c, dims, _ in _thresholds(model) if dims]
+
+
+def unnamed_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
+    """(c, the node's inputs that are not constants) for each threshold whose size names no input dim here."""
+    return [(c, sources) for c, dims, sources in _thresholds(model) if not dims]
+
+
+@per_model  # both readings ask, at every probe_sizes call of a proof
+def _thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...], tuple[str, ...]]]:
     constants = constant_values(model)
     producers = {name: node for node in model.graph.node for name in node.output}
     inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
@@ -155,11 +181,13 @@ def size_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]
         if node.op_type not in THRESHOLD_OPS:
             continue
         values = [constants.get(name) for name in node.input]
-        whole = [int(v.ravel()[0]) for v in values if v is not None and v.dtype.kind in "iu" and v.size == 1]
-        dims = set().union(*(_dims_read(name, producers, inputs, constants)
-                             for name, v in zip(node.input, values, strict=True) if v is None and name))
+        whole = [c for c in map(_whole, values) if c is not None and 1 < c <= MAX_THRESHOLD]
+        if not whole:
+            continue
+        sources = tuple(name for name, v in zip(node.input, values, strict=True) if v is None and name)
+        dims = set().union(*(_dims_read(name, producers, inputs, constants) for name in sources))
         ordered = tuple(dict.fromkeys(d for names in inputs.values() for d in names if d in dims))
-        found += [(c, ordered) for c in whole if 1 < c <= MAX_HINT and ordered]
+        found += [(c, ordered, sources) for c in whole]
     return found
 
 

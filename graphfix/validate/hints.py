@@ -12,11 +12,14 @@ from graphfix.validate.graph_sizes import dim_names, graph_inputs
 from graphfix.validate.spans import centred_windows
 from graphfix.validate.steps import step_hint
 
-WINDOW_HINT = ("{dims} is past {c} here, where the graph slices a constant table of {rows} rows or more around row "
-               "{c} (`rel[{c} - s : {c} + s]`, s computed from {dims}): a span Python capped (`min(T, {c})`, "
-               "DeBERTa's max_relative_positions) keeps the window inside the table, and tracing drops the cap. "
-               "Export with the cap as a tensor op (`torch.clamp(s, max={c})`); a model written without one fails "
-               "past {c} in PyTorch too (the same graph), and is deployed only up to {c}.")
+WINDOW_HINT = ("s, computed from {dims}, is past {c} here, where the graph slices a constant table of about {rows} "
+               "rows around row {c} (`rel[{c} - s : {c} + s]`): a span Python capped (`min(T, {c})`, "
+               "DeBERTa's max_relative_positions) keeps the window inside the table, and tracing drops the cap; "
+               "a table the model grows in Python past its length (ESPnet's and Wenet's relative positions, "
+               "`extend_pe`) was traced at the size it had then. Export with the cap as a tensor op "
+               "(`torch.clamp(s, max={c})`), or with the table grown to the longest length deployed (`max_len`); a "
+               "model written without either fails past {c} in PyTorch too (the same graph), and is deployed only "
+               "up to {c}.")
 
 
 MOVED_HINT = ("{dims} is not the size --shape gave ({given}): the proof also runs the batch dims --shape fixed "
@@ -33,9 +36,9 @@ def domain_hint(proto: onnx.ModelProto, sizes: dict[str, int], shapes: dict | No
              zip(dim_names(vi), (shapes or {}).get(vi.name) or (), strict=False) if isinstance(name, str)}
     if moved := [f"{dim} = {sizes[dim]}" for dim, size in given.items() if dim in sizes and sizes[dim] != size]:
         return MOVED_HINT.format(dims=", ".join(moved), given=", ".join(f"{d} = {s}" for d, s in given.items()))
-    for c, dims in centred_windows(proto):
-        if past := [dim for dim in dims if sizes.get(dim, 0) > c]:
-            return WINDOW_HINT.format(dims=", ".join(past), c=c, rows=2 * c)
+    for window in centred_windows(proto):
+        if window.past(sizes):
+            return WINDOW_HINT.format(dims=", ".join(window.dims), c=window.c, rows=2 * window.c)
     return step_hint(proto, sizes)
 
 

@@ -12,14 +12,17 @@ else a default). Then come
 - a binding past each whole constant that a size read from an input's Shape is subtracted from, clamped by or
   compared with (`size_thresholds`), where no other binding goes past it: one of the dims that size is read from
   just past it. `F.pad(x, (0, math.ceil(T / 8) * 8 - T))` traced at T = 37 pads by `40 - T`, and only a length
-  above 40 shows that the output stops at 40;
+  above 40 shows that the output stops at 40. A size read from an inner tensor's Shape names its input dims
+  through the size analysis (graphfix.validate.inner_thresholds), and a centred window of a table
+  (graphfix.validate.spans) is crossed by two: its fragment of one row may broadcast;
 
 No size goes beyond a limit the graph reveals (graphfix.validate.graph_sizes): a table indexed by positions (a
 Range), sliced by a length or sliced from a constant minus a length (`pe[16 - T : 16]`: past 16 the start wraps, and
 the threshold probe stops at 16 too) bounds the non-batch dims; none falls below what a strided Conv/Pool front end
 needs for several output frames (graphfix.analysis.sizes.domain: an input shorter than a kernel fails in PyTorch
-too, it is outside the model; lengths a Conv reads together, `cat([a, b])`, move up together), and a dim torch.export declares `k * name + c` is probed at sizes k n + c
-(graphfix.analysis.sizes.domain.input_steps: the exporter checked the model there). 1 appears only in the
+too, it is outside the model; lengths a Conv reads together, `cat([a, b])`, move up together), and a dim
+torch.export declares `k * name + c` is probed at sizes k n + c (graphfix.analysis.sizes.domain.input_steps: the
+exporter checked the model there). 1 appears only in the
 batch-1 binding (batch dims at 1; no other dim goes below 2). A binding where a probed dim is 1, equals another
 probed dim or a static size of the graph is a coincidence (`coincidence`): it is still compared, but earns no
 evidence. `--shape` and `--input` fix dims at every binding but one: the proof and the diagnosis probe also
@@ -49,7 +52,8 @@ from graphfix.validate.graph_sizes import (
     size_limit,
     size_thresholds,
 )
-from graphfix.validate.spans import centred_windows
+from graphfix.validate.inner_thresholds import inner_thresholds
+from graphfix.validate.spans import open_windows, window_thresholds
 
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
 DEFAULT_BATCH = 2
@@ -95,11 +99,12 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *,
     `T = U / 3`): probed apart, the model fails where PyTorch fails too. `moved` (the proof and the diagnosis
     probe, their memory budget's `fits`): one more binding where the batch dims `--shape` fixed move
     (`shape_moved`), where it fits; one that does not is not tried (the sizes given are the ones deployed: a run
-    past the budget at a size moved for more evidence would refuse a model the user's sizes prove)."""
+    past the budget at a size moved for more evidence would refuse a model the user's sizes prove), nor is a size
+    past a threshold that does not fit."""
     aliases = mask_aliases(model)
     tied = tied_dims(model) if tied is None else tied
     bindings: list[dict[str, int]] = []
-    found = _probe_sizes(model, options)
+    found = _probe_sizes(model, options, moved)
     extra = shape_moved(model, options, found[0]) if moved else None
     for binding in [*found, extra] if extra else found:
         last = binding is extra
@@ -113,13 +118,16 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *,
     return bindings
 
 
-def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
+def _probe_sizes(model: onnx.ModelProto, options, fits: Callable[[dict[str, int]], bool] | None = None
+                 ) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
     least, steps = input_minimums(model), input_steps(model)
     export = export_sizes(model, options, forced, least, steps)
     if not export:
         return [{}]
-    batch, limit, avoid = batch_dims(model), size_limit(model), fixed_sizes(model)
+    windows = open_windows(model, options.trace_sizes)  # ESPnet's table grown at the export size bounds nothing
+    batch, avoid = batch_dims(model), fixed_sizes(model)
+    limit = size_limit(model, grown=any(not window.exact for window in windows))
     wanted = max(options.num_sizes, 1)
     bindings = [export]
     single = {name: _up(1, steps.get(name, ANY)) for name in batch if name in export and name not in forced}
@@ -135,9 +143,10 @@ def _probe_sizes(model: onnx.ModelProto, options) -> list[dict[str, int]]:
             break
         if other not in bindings:
             bindings.append(other)
-    thresholds = size_thresholds(model) + centred_windows(model)  # the second: DeBERTa's span, capped in Python
+    thresholds = size_thresholds(model) + inner_thresholds(model) + window_thresholds(windows)
     past = _past_thresholds(bindings, thresholds, batch, forced, limit, avoid, least, steps)
-    return [*bindings, past] if past and past not in bindings else bindings
+    # past a threshold is more evidence, not the sizes deployed: one over the memory budget is not tried
+    return [*bindings, past] if past and past not in bindings and (fits is None or fits(past)) else bindings
 
 
 def _past_thresholds(bindings: list[dict[str, int]], thresholds: list[tuple[int, tuple[str, ...]]],

@@ -1,0 +1,128 @@
+"""Traps from red team 99: a baked size that the echo check did not read, and a repeat count it guessed.
+
+`t = int(x.shape[1])` pins a head split's Reshape (GF004 rebuilds the entry, safe) and is baked again as a Pad's
+amounts (`F.pad(h, (0, 0, 0, t))`, by `t - 1` before a Conv1d, by `t // 2` on both sides), a Resize's output size
+(`interpolate(size=2 * t)`), an entry of the shape of zeros concatenated to the frames (`h.new_zeros(B, t, D)`) or
+the start of a tail longer than five frames (`h[:, t - 6:]`). Each was written with exit 0 and wrong at every
+other length (57 frames for PyTorch's 40 at T = 20); now each is read as an echo (graphfix.analysis.int_echoes)
+and the repair refuses by default (exit 1, nothing written). The controls, the model's own numbers in the same
+places, are still repaired (the suite's guard compares each written model with the module at other lengths).
+
+GF002 read 16 repeat counts of 2, cut from a buffer of per-position counts at the export length
+(`rep[:int(T)]`, 2 for the first 40 positions, then 1), as one count of 2 for every position, and called the fix
+safe: exit 0, 100 frames for PyTorch's 90 at T = 50. Equal counts, one per position of a dynamic axis, are what
+`torch.full((T,), 2)` gives too: the fix is unsafe now; along a static axis it stays safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from fixtures.baked_heads import Heads, export, repair  # noqa: E402  (imports torch)
+from torch.nn import functional  # noqa: E402
+
+pytestmark = pytest.mark.torch
+LENGTH = 37
+
+
+def _module(name: str, body, keeps_length: bool) -> type:
+    """A Heads whose output is `body(self, h, t)`; with `keeps_length`, its output has a length axis, declared
+    dynamic as L."""
+    return type(name, (Heads,), {"forward": lambda self, x: body(self, *self.heads(x)), "keeps_length": keeps_length})
+
+
+def _conv_after_left_pad(self, h, t):
+    """A causal Conv1d's left pad, written with the length by mistake."""
+    return functional.conv1d(functional.pad(h.transpose(1, 2), (t - 1, 0)), torch.ones(8, 8, 3) / 24).transpose(1, 2)
+
+
+TRAPS = {
+    "pad-by-t": (lambda self, h, t: functional.pad(h, (0, 0, 0, t)), False),
+    "left-pad-by-t-minus-1": (_conv_after_left_pad, True),
+    "pad-half-both-sides": (lambda self, h, t: functional.pad(h, (0, 0, t // 2, t // 2)), True),
+    "resize-to-twice": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=2 * t), False),
+    "zeros-concatenated": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], t, 8)], 1), True),
+    "tail-from-t-minus-6": (lambda self, h, t: h[:, t - 6:].mean(1), False),
+    "tail-from-t-minus-9": (lambda self, h, t: h[:, t - 9:].mean(1), False),
+}
+CONTROLS = {
+    "own-causal-pad": (lambda self, h, t: functional.pad(h, (0, 0, 3, 0)), True),  # 3 is no form of 37
+    "own-resize": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=16), False),
+    "own-prefix-zeros": (lambda self, h, t: torch.cat([h.new_zeros(h.shape[0], 4, 8), h], 1), True),
+    "own-tail": (lambda self, h, t: h[:, 20:].mean(1), False),  # 37 - 17: more than a quarter of the length
+}
+
+
+@pytest.mark.parametrize("trap", TRAPS.values(), ids=TRAPS)
+def test_a_size_baked_beside_a_safe_fix_as_a_pad_a_resize_a_shape_or_a_tail_makes_it_unsafe(tmp_path, trap):
+    module = _module("Trap", *trap)()
+    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
+                              else {0: "B"}))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "which is" in done.output and "export at a size" in done.output, done.output
+
+
+@pytest.mark.parametrize("name", CONTROLS)
+def test_a_models_own_pad_resize_zeros_or_tail_is_no_echo(tmp_path, name):
+    module = _module("Control", *CONTROLS[name])()
+    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
+                              else {0: "B"}))
+    assert done.exit_code == 0 and out.exists(), done.output
+
+
+class CountsPerPosition(torch.nn.Module):
+    """Per-position repeat counts from a buffer, cut to the length with an int: 2 for the first 40, then 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("rep", torch.tensor([2] * 40 + [1] * 100))
+
+    def forward(self, x):
+        return torch.repeat_interleave(x, self.rep[: int(x.shape[1])], dim=1)
+
+
+class CountsPerChannel(torch.nn.Module):
+    """Equal counts along a static axis of 3 channels: one count, whatever the length."""
+
+    def forward(self, x):
+        return torch.repeat_interleave(x, torch.tensor([2, 2, 2]), dim=1)
+
+
+def _export(module, example, path, axes):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes=axes)
+    return path
+
+
+def test_equal_repeat_counts_one_per_position_of_a_dynamic_axis_are_no_single_count(tmp_path):
+    path = _export(CountsPerPosition(), torch.randn(2, 16, 8), tmp_path / "m.onnx", {"x": {0: "B", 1: "T"},
+                                                                                      "y": {0: "B", 1: "F"}})
+    module, longer = CountsPerPosition(), torch.randn(2, 50, 8)
+    assert module(longer).shape[1] == 90  # 40 positions twice, 10 once: one count of 2 would give 100
+    done, out = repair(path)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "GF002" in done.output and "cut to the length" in done.output, done.output
+
+
+def test_equal_repeat_counts_along_a_static_axis_are_one_count(tmp_path):
+    """The fix alone (the proof's take on this export is another matter: the unrolled form bakes the length too)."""
+    import onnx
+    import onnxruntime as ort
+
+    import graphfix
+    from graphfix.core.rule import Safety
+
+    path = _export(CountsPerChannel(), torch.randn(2, 3, 16), tmp_path / "m.onnx", {"x": {0: "B", 2: "T"},
+                                                                                     "y": {0: "B", 2: "T"}})
+    result = graphfix.repair(onnx.load(str(path)), validate=False, simplify=False, only=("GF002",))
+    [finding] = result.before.findings
+    assert finding.fix.safety is Safety.SAFE and [a.rule for a in result.applied] == ["GF002"], finding
+    x = np.random.default_rng(0).standard_normal((3, 3, 21)).astype(np.float32)
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], CountsPerChannel()(torch.from_numpy(x)).numpy())
