@@ -56,6 +56,8 @@ from graphfix.validate.inner_thresholds import inner_thresholds
 from graphfix.validate.spans import open_windows, window_thresholds
 
 MASK_LIKE = re.compile(r"mask", re.IGNORECASE)
+FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                    onnx.TensorProto.DOUBLE})
 DEFAULT_BATCH = 2
 DEFAULT_OTHER = 12
 ANY = (1, 0)  # a dim's step where torch.export declared none: every size
@@ -73,18 +75,20 @@ def batch_dims(model: onnx.ModelProto) -> set[str]:
 
 def mask_aliases(model: onnx.ModelProto) -> dict[str, str]:
     """A mask input's dims named apart from those of the input it masks, each with that input's dim: the partner
-    is the first other input of the same rank and element type (`input_ids` for `attention_mask`), and a dim is
-    aliased only where no other input names it. torch.export names the mask's dims apart when no op it traced
-    equates them (GPT-2 indexes the mask), though every caller feeds the two alike: probed apart, the model fails
-    where PyTorch fails too."""
+    is the first other input of the same rank and element type (`input_ids` for `attention_mask`), else the first
+    float one of the same rank (an audio encoder's samples for its int64 mask: transformers' Moonshine, helper 98;
+    not int64 tokens for a bool memory mask), and a dim is aliased only where no other input names it.
+    torch.export names the mask's dims apart when no op it traced equates them (GPT-2 indexes the mask), though
+    every caller feeds the two alike: probed apart, the model fails where PyTorch fails too."""
     inputs = graph_inputs(model)
     others = [vi for vi in inputs if not MASK_LIKE.search(vi.name)]
     used = {name for vi in others for name in dim_names(vi) if isinstance(name, str)}
     aliases: dict[str, str] = {}
     for mask in (vi for vi in inputs if MASK_LIKE.search(vi.name)):
         kind, mine = mask.type.tensor_type.elem_type, dim_names(mask)
-        partner = next((o for o in others if o.type.tensor_type.elem_type == kind
-                        and len(dim_names(o)) == len(mine)), None)
+        ranked = [o for o in others if len(dim_names(o)) == len(mine)]
+        partner = next((o for o in ranked if o.type.tensor_type.elem_type == kind), None) or \
+            next((o for o in ranked if o.type.tensor_type.elem_type in FLOATS), None)
         for own, theirs in zip(mine, dim_names(partner) if partner is not None else (), strict=False):
             if isinstance(own, str) and isinstance(theirs, str) and own != theirs and own not in used:
                 aliases.setdefault(own, theirs)

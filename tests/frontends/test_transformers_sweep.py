@@ -244,3 +244,40 @@ def test_a_rotary_cache_run_before_the_export_is_noted_and_regrown_on_request(tm
     out = tmp_path / "out.onnx"
     out.write_bytes(result.model.SerializeToString())
     matches(out, module, ((1, 2400), (1, 3000), (2, 4800)))
+
+
+def test_moonshine_s_mask_is_probed_with_its_audio_s_sizes(tmp_path):
+    """transformers' Moonshine encoder, exported with dynamo: its mask's length is cut at frames `int()` computed
+    (9 at 4000 samples), and onnxruntime fails at every other length with a real mask. The dynamo export names the
+    int64 mask's dims apart from the float audio's, and the probe fed 2000 samples with masks of 6 to 10, where the
+    cut mask is one frame and broadcasts: "only an info", `repair` exit 0 (helper 98). A mask takes the sizes of an
+    input of its rank whatever its element type."""
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.MoonshineConfig(vocab_size=50, hidden_size=32, intermediate_size=64, encoder_num_hidden_layers=2,
+                                decoder_num_hidden_layers=1, encoder_num_attention_heads=4,
+                                decoder_num_attention_heads=4, max_position_embeddings=512)
+    encoder = tf.MoonshineModel(config).eval().encoder
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x, mask):
+            return self.encoder(x, attention_mask=mask).last_hidden_state
+
+    module, path = Encoder().eval(), tmp_path / "moonshine.onnx"
+    audio, mask = torch.randn(2, 4000), torch.ones(2, 4000, dtype=torch.int64)
+    mask[1, 3600:] = 0
+    auto = torch.export.Dim.AUTO
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (audio, mask), str(path), dynamo=True, opset_version=18, input_names=["x", "mask"],
+                          output_names=["y"], dynamic_shapes=({0: auto, 1: auto}, {0: auto, 1: auto}))
+    with pytest.raises(Exception, match="broadcast"):
+        run(str(path), {"x": np.zeros((1, 6400), np.float32), "mask": np.ones((1, 6400), np.int64)})
+    done = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "error" in done.stdout, done.stdout + done.stderr
+    assert repair(path, tmp_path / "out.onnx").returncode == 1
