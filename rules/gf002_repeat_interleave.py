@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.constants import Elem, Evaluator, Sym, show_elems
 from graphfix.analysis.context import RuleContext
+from graphfix.analysis.int_echoes import fixed_widths
 from graphfix.analysis.repeat import (
     chunk_index,
     chunk_source,
@@ -145,7 +146,7 @@ class RepeatInterleave(Rule):
                     else "; shape arithmetic where Unsqueeze → Expand → Reshape suffices)"))
         gather = per_element and one_count(m.repeats) is None
         replacement = "Gather with per-element indices" if gather else "Unsqueeze → Expand → Reshape"
-        cut = counts_cut(m.repeats, shape, m.dim)
+        cut = counts_cut(m.repeats, shape, m.dim, fixed_widths(ctx.graph))
         exact = f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the data flow"
         hint = ("Index with a precomputed buffer: self.register_buffer('index', torch.repeat_interleave("
                 "torch.arange(n), repeats)); x.index_select(dim, self.index) — or export with dynamo=True."
@@ -153,9 +154,7 @@ class RepeatInterleave(Rule):
                 f"Write x.unsqueeze({m.dim + 1}).expand(..., r, ...).flatten({m.dim}, {m.dim + 1}) "
                 "(wenet PR #2519), or export with dynamo=True.")
         return self.finding(
-            cause,
-            nodes=m.nodes,
-            tensors=[m.x, m.output],
+            cause, nodes=m.nodes, tensors=[m.x, m.output],
             shapes={m.x.name: shape, m.output.name: ctx.shape(m.output)},
             severity=Severity.ERROR if broken else Severity.WARNING,
             hint=hint,

@@ -8,6 +8,11 @@ other length (57 frames for PyTorch's 40 at T = 20); now each is read as an echo
 and the repair refuses by default (exit 1, nothing written). The controls, the model's own numbers in the same
 places, are still repaired (the suite's guard compares each written model with the module at other lengths).
 
+A length cut to a table before the head split (`ids[:, :64]`, BERT-style truncation) left the Reshape's element
+count `8*B*Min(64, T)`, which the size analysis did not solve: no fix, `repair` exit 1 on a model whose entry is
+the cut length. The cap is read as a derived length now, as a strided Conv's frames are: repaired, and matching
+PyTorch past the cap.
+
 GF002 read 16 repeat counts of 2, cut from a buffer of per-position counts at the export length
 (`rep[:int(T)]`, 2 for the first 40 positions, then 1), as one count of 2 for every position, and called the fix
 safe: exit 0, 100 frames for PyTorch's 90 at T = 50. Equal counts, one per position of a dynamic axis, are what
@@ -29,8 +34,12 @@ LENGTH = 37
 
 def _module(name: str, body, keeps_length: bool) -> type:
     """A Heads whose output is `body(self, h, t)`; with `keeps_length`, its output has a length axis, declared
-    dynamic as L."""
-    return type(name, (Heads,), {"forward": lambda self, x: body(self, *self.heads(x)), "keeps_length": keeps_length})
+    dynamic as L. `self.rep`: per-position repeat counts, 2 for the first 40 positions, then 1."""
+    def forward(self, x):
+        self.rep = torch.tensor([2] * 40 + [1] * 100)
+        return body(self, *self.heads(x))
+
+    return type(name, (Heads,), {"forward": forward, "keeps_length": keeps_length})
 
 
 def _conv_after_left_pad(self, h, t):
@@ -46,6 +55,12 @@ TRAPS = {
     "zeros-concatenated": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], t, 8)], 1), True),
     "tail-from-t-minus-6": (lambda self, h, t: h[:, t - 6:].mean(1), False),
     "tail-from-t-minus-9": (lambda self, h, t: h[:, t - 9:].mean(1), False),
+    # helper 100: a zeros entry of another form than t itself (the zeros' own dim is the entry), and a pad whose
+    # tuple mixes the baked int with a size read from the shape (concatenated, then reordered by the exporter)
+    "zeros-of-half": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], t // 2, 8)], 1), True),
+    "zeros-of-twice": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], 2 * t, 8)], 1), True),
+    "pad-mixed-with-a-size": (lambda self, h, t: functional.pad(h, (0, 0, t // 2, h.shape[1] // 2)), True),
+    "repeat-counts-after-the-head-split": (lambda self, h, t: torch.repeat_interleave(h, self.rep[:t], 1), True),
 }
 CONTROLS = {
     "own-causal-pad": (lambda self, h, t: functional.pad(h, (0, 0, 3, 0)), True),  # 3 is no form of 37
@@ -61,7 +76,8 @@ def test_a_size_baked_beside_a_safe_fix_as_a_pad_a_resize_a_shape_or_a_tail_make
     done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
                               else {0: "B"}))
     assert done.exit_code == 1 and not out.exists(), done.output
-    assert "which is" in done.output and "export at a size" in done.output, done.output
+    assert ("which is" in done.output and "export at a size" in done.output) or "cut to the length" in done.output, \
+        done.output
 
 
 @pytest.mark.parametrize("name", CONTROLS)
@@ -126,3 +142,39 @@ def test_equal_repeat_counts_along_a_static_axis_are_one_count(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 21)).astype(np.float32)
     session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], CountsPerChannel()(torch.from_numpy(x)).numpy())
+
+
+class TruncatedHeads(torch.nn.Module):
+    """Token and position embeddings (64 positions), the tokens cut to 64 first, then the `int()` head split."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.pos, self.lin = torch.nn.Embedding(50, 8), torch.nn.Embedding(64, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, ids):
+        ids = ids[:, :64]
+        t = ids.shape[1]
+        h = self.emb(ids) + self.pos(torch.arange(t))
+        return self.lin(h).reshape(ids.shape[0], int(t), 2, 4).transpose(1, 2).reshape(ids.shape[0], 2, -1)
+
+
+def test_a_length_cut_to_a_table_before_a_baked_head_split_is_repaired(tmp_path):
+    import warnings
+
+    import onnxruntime as ort
+
+    module, path = TruncatedHeads().eval(), tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randint(0, 50, (2, 37)),), str(path), dynamo=False, opset_version=17,
+                          input_names=["ids"], output_names=["y"],
+                          dynamic_axes={"ids": {0: "B", 1: "T"}, "y": {0: "B", 2: "L"}})
+    done, out = repair(path)
+    assert done.exit_code == 0 and "Min(64, T)" in done.output, done.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, length in ((2, 20), (2, 64), (1, 80)):
+        ids = torch.randint(0, 50, (batch, length))
+        with torch.no_grad():
+            np.testing.assert_allclose(session.run(None, {"ids": ids.numpy()})[0], module(ids).numpy(), rtol=1e-4,
+                                       atol=1e-5)

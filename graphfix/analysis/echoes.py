@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus
+from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus, widths
 from graphfix.analysis.sizes.ops import is_table
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
@@ -124,7 +124,7 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
         return []
     nodes = list(_nodes(graph))
     return [*_float_echoes(nodes, wanted, constant_value, shape),
-            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(graph, wanted), fold)]
+            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(graph, wanted), fold, widths(graph))]
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:

@@ -70,14 +70,15 @@ SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
 
 def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int],
-               fold=None) -> list[str]:
+               fold=None, widths: set[int] = frozenset()) -> list[str]:
     """Integer constants that index or cut data along an axis of the size, meet an integer value that is no
     size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring). `fold`: the
     values of tensors computed from constants only (a Pad's amounts, which the TorchScript exporter computes from
-    the tuple `F.pad` was given), where the caller has them; else only constants are read."""
+    the tuple `F.pad` was given), where the caller has them; else only constants are read. `widths`: the graph's
+    feature widths, which no entry of a ConstantOfShape's shape is read as a form of the size at."""
     found = []
     for node in nodes:
-        for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value):
+        for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths):
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
             form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
@@ -87,7 +88,8 @@ def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, f
     return found
 
 
-def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold) -> Iterator[tuple[str, int, tuple]]:
+def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, widths: set[int] = frozenset()
+               ) -> Iterator[tuple[str, int, tuple]]:
     """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
     reads as a size (and each element of a Tile's repeats), skipping magnitudes of 2 or less."""
     def small_int(tensor, integral: bool = False) -> int | None:
@@ -123,7 +125,10 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold) -
             else None
         if item is not None:
             yield "the value it fills", item, INT_VALUES
-        yield from _entries(node.inputs[0], shape(node.outputs[0]), "an entry of its shape", fold, lengths)
+        # its own output's dims are its entries: each is read where it is no feature width (`new_zeros(B, T // 2, D)`)
+        yield from ((where, item, forms) for where, item, forms in _entries(node.inputs[0], None, "an entry of its "
+                                                                            "shape", fold, lengths)
+                    if item not in widths)
     elif node.op == "Pad":
         yield from _pads(node, fold, shape, lengths)
     elif node.op == "Resize" and len(node.inputs) > 3:
@@ -167,6 +172,9 @@ def _pads(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str,
     """A Pad's amounts along the axes a size can be baked along (`F.pad(h, (0, 0, 0, T))`, red team 99): its
     `pads` input (or attribute, before opset 11), begins then ends, over its `axes` (opset 18) or every axis."""
     pads = fold(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else node.attrs.get("pads")
+    if pads is None and len(node.inputs) > 1 and node.inputs[1].name:
+        yield from (("a pad", item, INT_CUTS) for item in _pieces(node.inputs[1], fold))
+        return
     if pads is None or np.asarray(pads).dtype.kind not in "iu":
         return
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
@@ -176,6 +184,31 @@ def _pads(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str,
     for index, item in enumerate(pads):
         if abs(item) > 2 and axes and _a_length(dims, axes[index % len(axes)], lengths):
             yield "a pad", item, INT_CUTS
+
+
+PIECE_HOPS = 8  # ops walked up from a Pad's amounts to the pieces the TorchScript exporter concatenates
+REORDERS = frozenset({"Cast", "Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Squeeze", "Identity"})
+
+
+def _pieces(amounts: gs.Tensor, fold) -> Iterator[int]:
+    """The integers above 2 of the constant pieces of amounts some of which are computed: the TorchScript exporter
+    concatenates `F.pad`'s tuple (a constant `t // 2` beside `h.shape[1] // 2`, helper 100), then reverses and
+    reorders it (Reshape, Slice, Transpose): which axis each pads is not kept, so every piece is read."""
+    frontier, seen = [amounts], set()
+    for _ in range(PIECE_HOPS):
+        step = []
+        for tensor in frontier:
+            producer = tensor.inputs[0] if tensor.inputs else None
+            if producer is None or producer.op not in REORDERS or id(producer) in seen:
+                continue
+            seen.add(id(producer))
+            for source in producer.inputs if producer.op == "Concat" else producer.inputs[:1]:
+                value = fold(source) if is_table(source) else None
+                if value is not None and value.dtype.kind in "iu" and value.size <= 16:
+                    yield from (int(v) for v in value.reshape(-1) if abs(int(v)) > 2)
+                elif value is None:
+                    step.append(source)
+        frontier = step
 
 
 def _length(tensor: gs.Tensor) -> int | None:
@@ -214,9 +247,17 @@ def lengths(graph: gs.Graph, wanted: list[int]) -> list[int]:
     """The sizes of `wanted` that a static axis of that size is taken for: those no weight of the graph has as a
     dim. A weight's dim is a feature width (a GLU's `z[..., :32]` of 64 features, exported at T = 64, cuts
     features, not the length); a length is no weight's dim."""
-    widths = {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
-              for d in t.shape}
-    return [n for n in wanted if n not in widths]
+    return [n for n in wanted if n not in widths(graph)]
+
+
+def widths(graph: gs.Graph) -> set[int]:
+    """The dims of the graph's weights (of rank 2 or more): feature widths."""
+    return {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape}
+
+
+def fixed_widths(graph: gs.Graph) -> set[int]:
+    """`widths`, and the static dims of the graph's inputs: sizes no length is taken for (3 channels of an image)."""
+    return widths(graph) | {d for t in graph.inputs for d in t.shape or () if isinstance(d, int)}
 
 
 def _is_size(tensor: gs.Tensor) -> bool:

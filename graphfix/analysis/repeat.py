@@ -134,12 +134,14 @@ def one_count(repeats: Any) -> int | None:
     return None
 
 
-def counts_cut(repeats: Any, shape: list, dim: int) -> str:
-    """Why one count for constant per-element counts, all equal, one per position of a dynamic axis, is a guess
-    ('' where it is none): `torch.full((T,), r)` gives them at the export length, and so does a table of counts
-    per position cut to the length (`rep[:T]`), whose counts past it may differ (red team 99)."""
+def counts_cut(repeats: Any, shape: list, dim: int, widths: set[int]) -> str:
+    """Why one count for constant per-element counts, all equal, one per position of an axis that may be a length,
+    is a guess ('' where it is none): `torch.full((T,), r)` gives them at the export length, and so does a table of
+    counts per position cut to the length (`rep[:T]`), whose counts past it may differ (red team 99). An axis is
+    no length where it is static and of one of the graph's fixed `widths` (int_echoes.fixed_widths: 3 channels);
+    past a Reshape that baked the length it is static too, of another size (helper 100)."""
     along = shape[dim] if -len(shape) <= dim < len(shape) else None
-    if one_count(repeats) is None or repeats.size < 2 or isinstance(along, int):
+    if one_count(repeats) is None or repeats.size < 2 or (isinstance(along, int) and along in widths):
         return ""
     return (f"the {repeats.size} counts, one per position along dim {dim} ({along}), are all equal at the export "
             "length: `torch.full((T,), r)` gives them, and so does a table of per-position counts cut to the length "

@@ -176,18 +176,38 @@ def _thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...], tupl
     constants = constant_values(model)
     producers = {name: node for node in model.graph.node for name in node.output}
     inputs = {vi.name: dim_names(vi) for vi in graph_inputs(model)}
+    starts = _table_starts(model, producers)
     found = []
     for node in model.graph.node:
         if node.op_type not in THRESHOLD_OPS:
             continue
         values = [constants.get(name) for name in node.input]
-        whole = [c for c in map(_whole, values) if c is not None and 1 < c <= MAX_THRESHOLD]
+        # past MAX_HINT only a size's own arithmetic (a pad to a valid length), not where a table's slice starts:
+        # ESPnet's `pe[4999 - T + 1 :]` of its default 5000 rows a side bounds the length (a probe at 5000 frames
+        # ran past the run budget, and a healthy encoder was refused; helper 100)
+        most = MAX_HINT if node.output[0] in starts else MAX_THRESHOLD
+        whole = [c for c in map(_whole, values) if c is not None and 1 < c <= most]
         if not whole:
             continue
         sources = tuple(name for name, v in zip(node.input, values, strict=True) if v is None and name)
         dims = set().union(*(_dims_read(name, producers, inputs, constants) for name in sources))
         ordered = tuple(dict.fromkeys(d for names in inputs.values() for d in names if d in dims))
         found += [(c, ordered, sources) for c in whole]
+    return found
+
+
+def _table_starts(model: onnx.ModelProto, producers: dict) -> set[str]:
+    """The outputs of the Subs whose result starts a Slice of a constant table (`pe[c - T:]`, or a row off,
+    `pe[c - T + 1:]`), through reshapes and casts."""
+    tables, constants, found = constant_tables(model), constant_values(model), set()
+    for node in model.graph.node:
+        if node.op_type != "Slice" or node.input[0] not in tables or len(node.input) < 2:
+            continue
+        start = _through_moves(node.input[1], producers)
+        if start is not None and start.op_type in ("Add", "Sub") and any(map(constants.__contains__, start.input)):
+            start = next((_through_moves(name, producers) for name in start.input if name not in constants), None)
+        if start is not None and start.op_type == "Sub":
+            found.add(start.output[0])
     return found
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import onnx
 
+from graphfix.analysis.sizes.domain import least_size
 from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import unnamed_thresholds
 
@@ -20,7 +21,9 @@ from graphfix.validate.graph_sizes import unnamed_thresholds
 def inner_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]]:
     """(c, input dims) for each whole constant c that a size read from an inner tensor's Shape meets in a
     subtraction, a Min, Max or Clip, or a comparison (`graph_sizes.THRESHOLD_OPS`), the dims those the size
-    analysis finds the size to follow, in the inputs' order."""
+    analysis finds the size to follow, in the inputs' order. Where the size follows one input dim, c is taken to
+    that dim's units: the largest size of it at which the size is c or less (a pad to a valid length of a strided
+    Conv's frames, `1024 - N / 4`, crosses at 4096 samples; helper 100)."""
     unnamed = unnamed_thresholds(model)
     if not unnamed:
         return []
@@ -31,12 +34,13 @@ def inner_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]
     order = [dim.dim_param for vi in model.graph.input for dim in vi.type.tensor_type.shape.dim if dim.dim_param]
     found: list[tuple[int, tuple[str, ...]]] = []
     for c, names in unnamed:
-        symbols = set()
-        for name in names:
-            value = sizes.value(tensors[name]) if name in tensors else None
-            for entry in value or ():
-                symbols |= {symbol.name for symbol in getattr(entry, "free_symbols", ())}
-        dims = tuple(dict.fromkeys(d for d in order if d in symbols))
+        read = [entry for name in names if name in tensors for entry in sizes.value(tensors[name]) or ()
+                if getattr(entry, "free_symbols", None)]
+        symbols = {symbol for entry in read for symbol in entry.free_symbols}
+        dims = tuple(dict.fromkeys(d for d in order if d in {symbol.name for symbol in symbols}))
+        if len(read) == 1 and len(symbols) == 1:  # in the input's units: frames of a strided Conv's samples
+            least = least_size(read[0], next(iter(symbols)), c + 1)
+            c = least - 1 if least is not None else c
         if dims and (c, dims) not in found:
             found.append((c, dims))
     return found

@@ -142,9 +142,13 @@ def test_an_espnet_table_grown_at_the_export_length_is_probed_past_it(tmp_path):
 
 
 def test_an_espnet_table_of_the_model_s_own_max_len_bounds_the_length(tmp_path):
-    """5000 rows a side, ESPnet's default: no probe past them, no error (as before)."""
+    """5000 rows a side, ESPnet's default: no probe past them, no error (as before). Nor a probe at the 4999 its
+    slice starts from: with thresholds read past 512, one went to 5000 frames, past the run budget with 4 layers
+    (helper 100), and a healthy encoder was refused."""
     module, path = _relative(tmp_path / "own.onnx", max_len=5000)
     trace = ["--trace-shape", "features=2x97x20"]
+    for options in (ValidationOptions(), ValidationOptions(trace_sizes={"B": 2, "T": 97})):
+        assert all(binding["T"] < 4999 for binding in probe_sizes(onnx.load(str(path)), options))
     runner = CliRunner()
     for command in (["diagnose", str(path)], ["repair", str(path), "-o", str(tmp_path / "out.onnx")]):
         done = runner.invoke(cli, [*command, *trace])
@@ -239,3 +243,26 @@ def test_demucs_s_pad_to_a_valid_length_is_probed_past_its_threshold(tmp_path):
         diagnosed.output
     repaired = runner.invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
     assert repaired.exit_code == 1, repaired.output
+
+
+class FramesPaddedToAMultiple(nn.Module):
+    """Demucs's pad to a valid length, on the frames of a stride-4 Conv: `Pad(1024 - F)` at 4000 samples."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(1, 8, 4, stride=4)
+
+    def forward(self, mix):
+        h = self.conv(mix.unsqueeze(1))
+        length = h.shape[-1]
+        return functional.pad(h, (0, math.ceil(length / 64) * 64 - length)).cumsum(-1)[..., :length].mean(1)
+
+
+def test_a_threshold_met_by_frames_is_crossed_in_samples(tmp_path):
+    """1024 frames are 4096 samples: the probe went to 1025 samples, 256 frames, far from the pad's turn into a cut
+    (helper 100). The threshold is taken to the input's units through the size analysis."""
+    path = _export(FramesPaddedToAMultiple(), torch.randn(2, 4000), tmp_path / "frames.onnx",
+                   {"mix": {0: "B", 1: "N"}, "y": {0: "B", 1: "F"}})
+    sizes = probe_sizes(onnx.load(str(path)), ValidationOptions(trace_sizes={"B": 2, "N": 4000}))
+    assert any(binding["N"] > 4096 for binding in sizes), sizes

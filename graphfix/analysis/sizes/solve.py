@@ -102,9 +102,11 @@ def _takes_constant_side(cut: sympy.Min, symbol: sympy.Symbol, value: int) -> bo
 
 def solve_length(constraint: Constraint, solver: Solver | None = None) -> tuple[Solution, sympy.Expr] | None:
     """The one whole value of a length derived through a floor (a strided Conv's frames, `floor((T - 16)/8) + 1`)
-    at which the constraint holds: the trace baked that length, whatever input size gave it. Returns the solution,
-    whose symbol stands for the length, and the length's expression."""
-    floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
+    or a cap (a length cut to a table, `ids[:, :64]`: `Min(64, T)`, red team 99) at which the constraint holds: the
+    trace baked that length, whatever input size gave it. Returns the solution, whose symbol stands for the length,
+    and the length's expression."""
+    floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor, sympy.Min,
+                                                                                   sympy.Max)}
     if len(floors) != 1 or len(next(iter(floors)).free_symbols) != 1:
         return None  # one derived length of one input size: several would need several equations
     (inner,) = floors
