@@ -23,16 +23,11 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-from fixtures.baked_heads import Heads, export, repair  # noqa: E402  (imports torch)
+from fixtures.baked_heads import Heads, export, repair, trapped  # noqa: E402  (imports torch)
+from fixtures.baked_heads import trap as fixture_trap  # noqa: E402
 
 pytestmark = pytest.mark.torch
 LENGTH = 37
-
-
-def _module(name: str, body, keeps_length: bool) -> type:
-    """A Heads whose output is `body(self, h, t)`; with `keeps_length`, its output has a length axis, declared
-    dynamic as L."""
-    return type(name, (Heads,), {"forward": lambda self, x: body(self, *self.heads(x)), "keeps_length": keeps_length})
 
 
 def _far(self, h, t):
@@ -81,18 +76,14 @@ def _detr_positions(h):
 
 @pytest.mark.parametrize("trap", TRAPS.values(), ids=TRAPS)
 def test_a_size_baked_beside_a_safe_fix_in_a_form_red_team_41_found_makes_it_unsafe(tmp_path, trap):
-    module = _module("Trap", *trap)()
-    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
-                              else {0: "B"}))
+    done, out = trapped(fixture_trap("Trap", *trap)(), tmp_path / "m.onnx", LENGTH)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "which is" in done.output or f"scales a sum over an axis of the size {LENGTH}" in done.output, done.output
 
 
 @pytest.mark.parametrize("name", CONTROLS)
 def test_a_models_own_numbers_beside_a_linear_a_cumsum_or_a_cut_are_no_echo(tmp_path, name):
-    module = _module("Control", *CONTROLS[name])()
-    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
-                              else {0: "B"}))
+    done, out = trapped(fixture_trap("Control", *CONTROLS[name])(), tmp_path / "m.onnx", LENGTH)
     assert done.exit_code == 0 and out.exists(), done.output
 
 

@@ -25,21 +25,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from fixtures.baked_heads import Heads, export, repair  # noqa: E402  (imports torch)
+from fixtures.baked_heads import repair, trapped  # noqa: E402  (imports torch)
+from fixtures.baked_heads import trap as fixture_trap  # noqa: E402
 from torch.nn import functional  # noqa: E402
 
 pytestmark = pytest.mark.torch
 LENGTH = 37
-
-
-def _module(name: str, body, keeps_length: bool) -> type:
-    """A Heads whose output is `body(self, h, t)`; with `keeps_length`, its output has a length axis, declared
-    dynamic as L. `self.rep`: per-position repeat counts, 2 for the first 40 positions, then 1."""
-    def forward(self, x):
-        self.rep = torch.tensor([2] * 40 + [1] * 100)
-        return body(self, *self.heads(x))
-
-    return type(name, (Heads,), {"forward": forward, "keeps_length": keeps_length})
+COUNTS = torch.tensor([2] * 40 + [1] * 100)  # per-position repeat counts: 2 for the first 40 positions, then 1
 
 
 def _conv_after_left_pad(self, h, t):
@@ -60,7 +52,7 @@ TRAPS = {
     "zeros-of-half": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], t // 2, 8)], 1), True),
     "zeros-of-twice": (lambda self, h, t: torch.cat([h, h.new_zeros(h.shape[0], 2 * t, 8)], 1), True),
     "pad-mixed-with-a-size": (lambda self, h, t: functional.pad(h, (0, 0, t // 2, h.shape[1] // 2)), True),
-    "repeat-counts-after-the-head-split": (lambda self, h, t: torch.repeat_interleave(h, self.rep[:t], 1), True),
+    "repeat-counts-after-the-head-split": (lambda self, h, t: torch.repeat_interleave(h, COUNTS[:t], 1), True),
 }
 CONTROLS = {
     "own-causal-pad": (lambda self, h, t: functional.pad(h, (0, 0, 3, 0)), True),  # 3 is no form of 37
@@ -72,9 +64,7 @@ CONTROLS = {
 
 @pytest.mark.parametrize("trap", TRAPS.values(), ids=TRAPS)
 def test_a_size_baked_beside_a_safe_fix_as_a_pad_a_resize_a_shape_or_a_tail_makes_it_unsafe(tmp_path, trap):
-    module = _module("Trap", *trap)()
-    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
-                              else {0: "B"}))
+    done, out = trapped(fixture_trap("Trap", *trap)(), tmp_path / "m.onnx", LENGTH)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert ("which is" in done.output and "export at a size" in done.output) or "cut to the length" in done.output, \
         done.output
@@ -82,9 +72,7 @@ def test_a_size_baked_beside_a_safe_fix_as_a_pad_a_resize_a_shape_or_a_tail_make
 
 @pytest.mark.parametrize("name", CONTROLS)
 def test_a_models_own_pad_resize_zeros_or_tail_is_no_echo(tmp_path, name):
-    module = _module("Control", *CONTROLS[name])()
-    done, out = repair(export(module, tmp_path / "m.onnx", LENGTH, {0: "B", 1: "L"} if module.keeps_length
-                              else {0: "B"}))
+    done, out = trapped(fixture_trap("Control", *CONTROLS[name])(), tmp_path / "m.onnx", LENGTH)
     assert done.exit_code == 0 and out.exists(), done.output
 
 

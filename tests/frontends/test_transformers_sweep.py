@@ -216,21 +216,24 @@ def test_efficientnet_probed_below_its_kernels_is_healthy_in_diagnose_as_in_repa
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
 
 
+def conformer(**config) -> torch.nn.Module:
+    """transformers' Wav2Vec2Conformer in small (2 layers of 32), its last hidden state from raw audio."""
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.Wav2Vec2ConformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                        conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                                        num_conv_pos_embedding_groups=2, conv_depthwise_kernel_size=7, **config)
+    return Last(tf.Wav2Vec2ConformerModel(config), "input_values").eval()
+
+
 def test_a_rotary_cache_run_before_the_export_is_noted_and_regrown_on_request(tmp_path):
     """transformers' Wav2Vec2Conformer keeps its rotary cos/sin cache, `[frames, 1, 1, head_dim]`, in a Python
     attribute: run once before the export (a sanity check), the trace returns the cached tensor and the export folds
     it whole, 119 rows, cut to the frames; longer inputs fail in onnxruntime where PyTorch computes a longer cache
     (helper 94: "no findings", `repair` exit 0). GF006 notes the cap (a formula table's rows do not say whether
     they are the model's own maximum) and `--unsafe-fixes` computes the rows, matching PyTorch past the export."""
-    tf = import_transformers()
-    torch.manual_seed(0)
-    config = tf.Wav2Vec2ConformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
-                                        conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
-                                        num_conv_pos_embedding_groups=2, position_embeddings_type="rotary",
-                                        conv_depthwise_kernel_size=7)
-    module = Last(tf.Wav2Vec2ConformerModel(config), "input_values").eval()
-    example = torch.randn(2, 2400)
+    module, example = conformer(position_embeddings_type="rotary"), torch.randn(2, 2400)
     with torch.no_grad():
         module(example)  # the user's check before exporting: it fills the cache at 119 frames
     path = export(module, example, tmp_path / "conformer.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
@@ -281,3 +284,19 @@ def test_moonshine_s_mask_is_probed_with_its_audio_s_sizes(tmp_path):
                           timeout=300)
     assert done.returncode == 1 and "error" in done.stdout, done.stdout + done.stderr
     assert repair(path, tmp_path / "out.onnx").returncode == 1
+
+
+def test_wav2vec2_conformer_s_relative_positions_grown_before_the_export_are_probed_past_them(tmp_path):
+    """Wav2Vec2ConformerRelPositionalEmbedding is ESPnet's (tests/frontends/test_windows_and_pads.py): with 16
+    `max_source_positions`, a run at 2400 samples grows its table to 119 frames a side, and past 2400 samples the
+    export fails where PyTorch grows it again. Given the export size, the probe goes past (helper 98's class)."""
+    module, example = conformer(position_embeddings_type="relative", max_source_positions=16), torch.randn(2, 2400)
+    with torch.no_grad():
+        module(example)
+    path = export(module, example, tmp_path / "conformer.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
+    matches(path, module, ((2, 2400), (1, 1600)))
+    with pytest.raises(Exception, match="broadcast"):
+        run(str(path), {"x": np.zeros((1, 3000), np.float32)})
+    done = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path), "--trace-shape", "x=2x2400"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "past 119" in done.stdout, done.stdout + done.stderr

@@ -11,7 +11,8 @@
   N = 4000, N read from the normalised audio: no threshold above 512 was read, nor one met by a size read from an
   inner tensor's Shape. The output stops at 4004 samples past it; a probe there shows it (GF000), `repair` exit 1.
 
-The models follow the libraries' code (small, random weights); wav2vec2-Conformer is transformers' own.
+The models follow the libraries' code (small, random weights); transformers' own wav2vec2-Conformer, whose relative
+positions are ESPnet's, is in test_transformers_sweep.py.
 """
 
 from __future__ import annotations
@@ -154,37 +155,6 @@ def test_an_espnet_table_of_the_model_s_own_max_len_bounds_the_length(tmp_path):
         done = runner.invoke(cli, [*command, *trace])
         assert done.exit_code == 0 and "FAILS" not in done.output and "error" not in done.output, done.output
     assert _matches(tmp_path / "out.onnx", module, "features", [(2, 97, 20), (1, 61, 20), (2, 130, 20)])
-
-
-def test_wav2vec2_conformer_s_relative_positions_grown_before_the_export_are_probed_past_them(tmp_path):
-    """transformers' Wav2Vec2ConformerRelPositionalEmbedding is ESPnet's: with 16 `max_source_positions`, a run at
-    2400 samples grows its table to 119 frames a side, in samples past 2400 the export fails."""
-    from fixtures.library_models import import_transformers
-
-    tf = import_transformers()
-    torch.manual_seed(0)
-    config = tf.Wav2Vec2ConformerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
-                                        conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
-                                        num_conv_pos_embedding_groups=2, position_embeddings_type="relative",
-                                        conv_depthwise_kernel_size=7, max_source_positions=16)
-    model = tf.Wav2Vec2ConformerModel(config).eval()
-
-    class Last(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(input_values=x).last_hidden_state
-
-    module, example = Last().eval(), torch.randn(2, 2400)
-    with torch.no_grad():
-        module(example)
-    path = _export(module, example, tmp_path / "conformer.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}})
-    assert _matches(path, module, "x", [(2, 2400), (1, 1600)]) and not _matches(path, module, "x", [(1, 3000)])
-    done = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x2400"])
-    assert done.exit_code == 1 and "past 119" in done.output, done.output
 
 
 class Demucs(nn.Module):
