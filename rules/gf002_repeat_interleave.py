@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.constants import Elem, Evaluator, Sym, show_elems
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.int_echoes import fixed_widths
+from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.repeat import (
     chunk_index,
     chunk_source,
@@ -146,7 +146,7 @@ class RepeatInterleave(Rule):
                     else "; shape arithmetic where Unsqueeze → Expand → Reshape suffices)"))
         gather = per_element and one_count(m.repeats) is None
         replacement = "Gather with per-element indices" if gather else "Unsqueeze → Expand → Reshape"
-        cut = counts_cut(m.repeats, shape, m.dim, fixed_widths(ctx.graph))
+        cut = counts_cut(m.repeats, shape, m.dim, lambda: export_sizes(ctx, ctx.evaluator).values.values())
         exact = f"input '{m.x.name}', dim {m.dim} and repeats {shown} recovered exactly from the data flow"
         hint = ("Index with a precomputed buffer: self.register_buffer('index', torch.repeat_interleave("
                 "torch.arange(n), repeats)); x.index_select(dim, self.index) — or export with dynamo=True."

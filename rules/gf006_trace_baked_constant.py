@@ -28,6 +28,7 @@ from graphfix.analysis.structured import (
     Baked,
     baked_operands,
     band_pattern,
+    expanded_constants,
     is_uniform,
     positions_cut_to_length,
     shrunk,
@@ -46,7 +47,8 @@ class TraceBakedConstant(Rule):
     Finds constant tensors whose extent along an axis is the export-time size of a dynamic dim they meet: a
     constant operand of an elementwise op or Where cut at the export length (`torch.ones(int(T))`,
     `torch.arange(int(T))`, a causal mask `torch.tril(torch.ones(int(T), int(T)))`, `torch.eye(int(T))`,
-    `self.pe[:, :int(T)]`), and position ranges folded at the export length that cap how long an input may be
+    `self.pe[:, :int(T)]`; uniform, the data of an Expand to a size: an RNN's initial state `zeros(L, int(B), H)`),
+    and position ranges folded at the export length that cap how long an input may be
     (transformers FunnelModel's relative positions `arange(L, -L, -1)`, found from the size analysis' `Min(N, T)`
     constraints), and a constant whose width nothing meets where it is read but a Reshape or broadcast further on
     pins to one size (speechbrain's `length_to_mask(lengths)` takes its width from `lengths.max().item()`:
@@ -164,7 +166,7 @@ class TraceBakedConstant(Rule):
         yield from self._length_caps(ctx)
         yield from self._formula_tables_cut(ctx)
         direct = list(baked_operands(ctx))
-        for baked in direct:
+        for baked in direct + [b for b in expanded_constants(ctx) if is_uniform(b.value, [a for a, _ in b.axes])]:
             yield from self._baked_constant(ctx, baked)
         yield from self._pinned_widths(ctx, [b.const for b in direct])
         yield from self._size_sets(ctx)
@@ -180,8 +182,7 @@ class TraceBakedConstant(Rule):
     def _size_set(self, ctx: RuleContext, s: SizeSet) -> Finding:
         where = {"nodes": [s.node], "tensors": [s.const], "shapes": {s.const.name: list(s.value.shape)}}
         hint = ("Sizes went through Python while tracing (`torch.as_tensor([(h, w) for ...])`, `int(x.shape[-1])`): "
-                "build them from the traced shapes (`torch.stack([x.shape[-1], x.shape[-2]])`) and re-export, or "
-                "export with dynamo=True.")
+                "build them from traced shapes (`torch.stack([x.shape[-1], x.shape[-2]])`), or use dynamo=True.")
         message = s.describe() + "; the constant keeps these values at every other size, which runs and is wrong"
         if s.others:  # a square export, or an export size searched: which dim is which is not told
             first = " / ".join(f"({', '.join(map(str, e))})" for e in s.others[0])
@@ -340,8 +341,7 @@ class TraceBakedConstant(Rule):
             ends = ", ".join(str(c.value.shape[a]) for a in baked)  # the export sizes: [N - T : N] is [0 : T] there
             yield self.finding(
                 base + f"; it is the start of '{table.name}' {list(table.shape or [])}, still in the graph", **where,
-                hint="A table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); write "
-                     "`self.pe[:, : x.size(1)]` (without int()).",
+                hint="A table was cut with a Python int (`self.pe[:, :int(x.size(1))]`); drop the int().",
                 fix=Fix(f"compute {c.const.name} as Slice({table.name}, {cut})",
                         apply=loosened(c.node, c.export_sizes(), table_slice_input(
                             c.node, c.index, table, {a: (c.other, c.source(a)) for a in baked}, ctx.opset)),

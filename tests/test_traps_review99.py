@@ -13,6 +13,10 @@ count `8*B*Min(64, T)`, which the size analysis did not solve: no fix, `repair` 
 the cut length. The cap is read as a derived length now, as a strided Conv's frames are: repaired, and matching
 PyTorch past the cap.
 
+An RNN's initial state `zeros(L, int(B), H)`, which the TorchScript exporter writes as `Expand(zeros[L, 2, H],
+[L, B, H])`, was not repaired (GF006 read the constants of broadcasting ops only): exit 1 on a model that the
+README's own table repairs safely. The data of an Expand is read too now, shrunk where uniform.
+
 GF002 read 16 repeat counts of 2, cut from a buffer of per-position counts at the export length
 (`rep[:int(T)]`, 2 for the first 40 positions, then 1), as one count of 2 for every position, and called the fix
 safe: exit 0, 100 frames for PyTorch's 90 at T = 50. Equal counts, one per position of a dynamic axis, are what
@@ -59,6 +63,9 @@ CONTROLS = {
     "own-resize": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=16), False),
     "own-prefix-zeros": (lambda self, h, t: torch.cat([h.new_zeros(h.shape[0], 4, 8), h], 1), True),
     "own-tail": (lambda self, h, t: h[:, 20:].mean(1), False),  # 37 - 17: more than a quarter of the length
+    # helper 101: 12 register tokens and a causal pad of 9 are 37 // 3 and 37 // 4, forms of a cut, not of a size
+    "own-register-tokens": (lambda self, h, t: torch.cat([h.new_zeros(h.shape[0], 12, 8), h], 1), True),
+    "own-causal-pad-of-a-quarter": (lambda self, h, t: functional.pad(h, (0, 0, 9, 0)), True),
 }
 
 
@@ -166,3 +173,92 @@ def test_a_length_cut_to_a_table_before_a_baked_head_split_is_repaired(tmp_path)
         with torch.no_grad():
             np.testing.assert_allclose(session.run(None, {"ids": ids.numpy()})[0], module(ids).numpy(), rtol=1e-4,
                                        atol=1e-5)
+
+
+class InitialStates(torch.nn.Module):
+    """A GRU and a two-layer bidirectional LSTM started from zeros whose batch went through `int()`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = torch.nn.GRU(8, 8, batch_first=True)
+        self.lstm = torch.nn.LSTM(8, 4, num_layers=2, bidirectional=True, batch_first=True)
+
+    def forward(self, x):
+        batch = int(x.shape[0])
+        h, _ = self.gru(x, torch.zeros(1, batch, 8))
+        y, _ = self.lstm(h, (torch.zeros(4, batch, 4), torch.zeros(4, batch, 4)))
+        return y
+
+
+def test_an_rnn_s_initial_state_of_a_baked_batch_is_repaired(tmp_path):
+    import onnxruntime as ort
+
+    module = InitialStates().eval()
+    path = _export(module, torch.randn(2, 16, 8), tmp_path / "m.onnx", {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    done, out = repair(path)
+    assert done.exit_code == 0 and "GF006" in done.output, done.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 10), (3, 16), (5, 7)):
+        x = torch.randn(batch, length, 8)
+        with torch.no_grad():
+            np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], module(x).numpy(), rtol=1e-4,
+                                       atol=1e-5)
+
+
+class CutByAnother(torch.nn.Module):
+    """`x` cut to the length of `y` through `int()` (50 at export), then the baked head split: `Min(50, T)` is no
+    cap of the model's (50 is no table's rows), and rebuilding the entry as it was wrong past 50 (helper 101)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, y):
+        h = self.lin(x[:, : int(y.shape[1])])
+        return h.reshape(h.shape[0], int(h.shape[1]), 2, 4).sum(1) + y.mean(1, keepdim=True)
+
+
+def test_a_length_cut_to_another_input_s_baked_length_is_no_cap(tmp_path):
+    import warnings
+
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CutByAnother().eval(), (torch.randn(2, 37, 8), torch.randn(2, 50, 1)), str(path),
+                          dynamo=False, opset_version=17, input_names=["x", "y"], output_names=["z"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "S"}, "z": {0: "B"}})
+    done, _ = repair(path)
+    assert done.exit_code == 1 and "Min(50, T)" not in done.output, done.output
+
+
+class GroupedHeads(torch.nn.Module):
+    """Grouped-query attention: 3 key heads split off inside the model, repeated for 6 query heads by equal
+    per-head counts."""
+
+    def forward(self, q, k):
+        keys = k.view(k.shape[0], k.shape[1], 3, 8).transpose(1, 2)
+        return q @ torch.repeat_interleave(keys, torch.tensor([2, 2, 2]), dim=1).transpose(-1, -2)
+
+
+def test_equal_repeat_counts_along_heads_are_one_count_whatever_the_length():
+    """3 heads at T = 37 is no size the export baked (helper 101: 4 heads refused): the fix stays safe."""
+    import io
+    import warnings
+
+    import onnx
+
+    import graphfix
+    from graphfix.core.rule import Safety
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(GroupedHeads().eval(), (torch.randn(2, 6, 37, 8), torch.randn(2, 37, 24)), buffer,
+                          dynamo=False, opset_version=17, input_names=["q", "k"], output_names=["s"],
+                          dynamic_axes={"q": {0: "B", 2: "T"}, "k": {0: "B", 1: "T"}})
+    result = graphfix.repair(onnx.load_from_string(buffer.getvalue()), validate=False, simplify=False,
+                             only=("GF002",))
+    [finding] = result.before.findings
+    assert finding.fix.safety is Safety.SAFE, finding

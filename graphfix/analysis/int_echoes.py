@@ -58,6 +58,9 @@ TAIL_END = 2 ** 62  # a Slice end past this runs to the end of the axis (the exp
 # a step: a third or a quarter is every strided front end's own (`x[:, 1::3]` reduces 40 frames to the 13 a
 # Reshape bakes, and 3 is 13 // 4), so a step reads the size, its neighbours, its half and its double only
 STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
+# a pad, an output size or a shape's entry too: a causal Conv's pad of 6 is 24 // 4, a head count of 4 is
+# ceil(11 / 3), 16 register tokens are 50 // 3 (helper 101)
+SIZE_FORMS = STEP_CUTS
 INT_KERNELS = INT_CUTS[:1]
 CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
 VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
@@ -130,7 +133,7 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
                                                                             "shape", fold, lengths)
                     if item not in widths)
     elif node.op == "Pad":
-        yield from _pads(node, fold, shape, lengths)
+        yield from _pads(node, fold, shape, lengths, widths)
     elif node.op == "Resize" and len(node.inputs) > 3:
         yield from _entries(node.inputs[3], shape(node.inputs[0]), "its output size", fold, lengths)
     elif node.op in POOLS:
@@ -164,16 +167,16 @@ def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: li
         if value is not None and value.dtype.kind in "iu":
             for offset, item in enumerate(int(v) for v in value.reshape(-1)):
                 if abs(item) > 2 and _a_length(dims, axis + offset, lengths):
-                    yield where, item, INT_CUTS
+                    yield where, item, SIZE_FORMS
         axis += width
 
 
-def _pads(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+def _pads(node: gs.Node, fold, shape, lengths: list[int], widths: set[int]) -> Iterator[tuple[str, int, tuple]]:
     """A Pad's amounts along the axes a size can be baked along (`F.pad(h, (0, 0, 0, T))`, red team 99): its
     `pads` input (or attribute, before opset 11), begins then ends, over its `axes` (opset 18) or every axis."""
     pads = fold(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else node.attrs.get("pads")
     if pads is None and len(node.inputs) > 1 and node.inputs[1].name:
-        yield from (("a pad", item, INT_CUTS) for item in _pieces(node.inputs[1], fold))
+        yield from (("a pad", item, SIZE_FORMS) for item in _pieces(node.inputs[1], fold) if item not in widths)
         return
     if pads is None or np.asarray(pads).dtype.kind not in "iu":
         return
@@ -183,7 +186,7 @@ def _pads(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str,
     dims = shape(node.inputs[0])
     for index, item in enumerate(pads):
         if abs(item) > 2 and axes and _a_length(dims, axes[index % len(axes)], lengths):
-            yield "a pad", item, INT_CUTS
+            yield "a pad", item, SIZE_FORMS
 
 
 PIECE_HOPS = 8  # ops walked up from a Pad's amounts to the pieces the TorchScript exporter concatenates
@@ -254,10 +257,6 @@ def widths(graph: gs.Graph) -> set[int]:
     """The dims of the graph's weights (of rank 2 or more): feature widths."""
     return {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape}
 
-
-def fixed_widths(graph: gs.Graph) -> set[int]:
-    """`widths`, and the static dims of the graph's inputs: sizes no length is taken for (3 channels of an image)."""
-    return widths(graph) | {d for t in graph.inputs for d in t.shape or () if isinstance(d, int)}
 
 
 def _is_size(tensor: gs.Tensor) -> bool:

@@ -7,6 +7,7 @@ Gather of computed indices for per-element counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,14 +135,14 @@ def one_count(repeats: Any) -> int | None:
     return None
 
 
-def counts_cut(repeats: Any, shape: list, dim: int, widths: set[int]) -> str:
+def counts_cut(repeats: Any, shape: list, dim: int, export_sizes: Callable[[], Iterable[int]]) -> str:
     """Why one count for constant per-element counts, all equal, one per position of an axis that may be a length,
     is a guess ('' where it is none): `torch.full((T,), r)` gives them at the export length, and so does a table of
-    counts per position cut to the length (`rep[:T]`), whose counts past it may differ (red team 99). An axis is
-    no length where it is static and of one of the graph's fixed `widths` (int_echoes.fixed_widths: 3 channels);
-    past a Reshape that baked the length it is static too, of another size (helper 100)."""
+    counts per position cut to the length (`rep[:T]`), whose counts past it may differ (red team 99). An axis is a
+    length where it is dynamic, or static at one of the graph's `export_sizes` (past a Reshape that baked the
+    length, helper 100); not 4 heads at T = 37 (helper 101)."""
     along = shape[dim] if -len(shape) <= dim < len(shape) else None
-    if one_count(repeats) is None or repeats.size < 2 or (isinstance(along, int) and along in widths):
+    if one_count(repeats) is None or repeats.size < 2 or (isinstance(along, int) and along not in export_sizes()):
         return ""
     return (f"the {repeats.size} counts, one per position along dim {dim} ({along}), are all equal at the export "
             "length: `torch.full((T,), r)` gives them, and so does a table of per-position counts cut to the length "

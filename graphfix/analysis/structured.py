@@ -95,6 +95,25 @@ def baked_operands(ctx) -> Iterator[Baked]:
                     break
 
 
+def expanded_constants(ctx) -> Iterator[Baked]:
+    """Constants an Expand broadcasts with an axis longer than 1 where its target's entry is a size that varies:
+    the Expand runs only where that size is the constant's. The TorchScript exporter writes an RNN's initial state
+    `torch.zeros(L, int(B), H)` as `Expand(zeros[L, 2, H], [L, B, H])` (red team 99: repair refused it). Shape
+    inference takes the constant's 2 for the output's dim; the size analysis reads the target. The Expand's output
+    is `other` (a fix reads no Shape of it: only a uniform constant is shrunk, rule GF006)."""
+    expands = [n for n in ctx.graph.nodes if n.op == "Expand" and len(n.inputs) > 1
+               and (value := ctx.constant_value(n.inputs[0])) is not None and any(d > 1 for d in value.shape)]
+    for node in expands:
+        value, target = ctx.constant_value(node.inputs[0]), sizes_of(ctx).value(node.inputs[1])
+        if not target or len(target) < value.ndim:
+            continue
+        lead = len(target) - value.ndim
+        axes = [(a, str(target[lead + a])) for a in range(value.ndim)
+                if value.shape[a] > 1 and getattr(target[lead + a], "free_symbols", None)]
+        if axes:
+            yield Baked(node, 0, node.inputs[0], value, node.outputs[0], [str(d) for d in target], axes)
+
+
 def _varies(ctx, tensor: gs.Tensor, axis: int, shape: list, inputs: frozenset[str]) -> bool:
     dim = shape[axis]
     if not isinstance(dim, str):

@@ -100,13 +100,17 @@ def _takes_constant_side(cut: sympy.Min, symbol: sympy.Symbol, value: int) -> bo
     return bool(sized.free_symbols == {symbol} and sized.subs(symbol, value) >= _constant_side(cut))
 
 
-def solve_length(constraint: Constraint, solver: Solver | None = None) -> tuple[Solution, sympy.Expr] | None:
+def solve_length(constraint: Constraint, solver: Solver | None = None, caps: frozenset[int] = frozenset()
+                 ) -> tuple[Solution, sympy.Expr] | None:
     """The one whole value of a length derived through a floor (a strided Conv's frames, `floor((T - 16)/8) + 1`)
     or a cap (a length cut to a table, `ids[:, :64]`: `Min(64, T)`, red team 99) at which the constraint holds: the
-    trace baked that length, whatever input size gave it. Returns the solution, whose symbol stands for the length,
-    and the length's expression."""
-    floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor, sympy.Min,
-                                                                                   sympy.Max)}
+    trace baked that length, whatever input size gave it. A cap only of a number in `caps` (the dims of the
+    graph's weights: 64 positions of a table): `x[:, :int(y.shape[1])]` leaves the same `Min(50, T)` with 50 the
+    export size of another input, and its rebuild was wrong (helper 101). Returns the solution, whose symbol
+    stands for the length, and the length's expression."""
+    floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
+    floors |= {cap for side in (constraint.left, constraint.right) for cap in side.atoms(sympy.Min, sympy.Max)
+               if any(arg.is_Integer and int(arg) in caps for arg in cap.args)}
     if len(floors) != 1 or len(next(iter(floors)).free_symbols) != 1:
         return None  # one derived length of one input size: several would need several equations
     (inner,) = floors
@@ -145,7 +149,7 @@ def _baked_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
 
 def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     solution, length = solve(constraint, sizes.solver), None
-    if solution is None and (derived := solve_length(constraint, sizes.solver)) is not None:
+    if solution is None and (derived := solve_length(constraint, sizes.solver, _weight_dims(sizes))) is not None:
         solution, length = derived
     if solution is None:
         return None
@@ -155,6 +159,12 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
         entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
                               tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
     return BakedShape(constraint.node, solution, entries)
+
+
+def _weight_dims(sizes: Sizes) -> frozenset[int]:
+    """The dims of the graph's weights (rank 2 or more): the rows of its tables among them."""
+    return frozenset(d for t in sizes.graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
+                     for d in t.shape)
 
 
 def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
