@@ -4,11 +4,11 @@ The same int baked as an integer (helpers 57 and 61): where it picks or cuts alo
 (`x[:, T // 2]` a Gather index 3 at T = 7; `torch.roll(x, T // 2, 1)` Slice bounds -3; `x.topk(T // 2, 1)`),
 where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
 `where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), as a Pool's kernel or
-stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`), and in a cut's forms as a pad, a Resize's
-output size or an entry of a ConstantOfShape's shape along such an axis (`F.pad(h, (0, 0, 0, T))`,
-`interpolate(size=2 * T)`, `h.new_zeros(B, T, D)`: red team 99; a shape's entry is the size itself, so no constant
-beside a Shape there is the model's own). A tail's start (`h[:, T - k:]`) reads n - k for any k up to a quarter of
-n too. Forms: n + k for k from -5 to 5, n // k
+stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`), and in a step's forms as a pad, a Resize's
+output size or an entry of a ConstantOfShape's shape along such an axis, no weight's dim (`F.pad(h, (0, 0, 0, T))`,
+`interpolate(size=2 * T)`, `h.new_zeros(B, T // 2, D)`: red team 99; a shape's entry is the size itself, so no
+constant beside a Shape there is the model's own). A tail's start (`h[:, T - k:]`) reads n - k for any k up to a
+quarter of n too. Forms: n + k for k from -5 to 5, n // k
 and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
 `x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
 offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
@@ -256,7 +256,6 @@ def lengths(graph: gs.Graph, wanted: list[int]) -> list[int]:
 def widths(graph: gs.Graph) -> set[int]:
     """The dims of the graph's weights (of rank 2 or more): feature widths."""
     return {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape}
-
 
 
 def _is_size(tensor: gs.Tensor) -> bool:

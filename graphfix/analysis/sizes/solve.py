@@ -149,7 +149,9 @@ def _baked_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
 
 def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     solution, length = solve(constraint, sizes.solver), None
-    if solution is None and (derived := solve_length(constraint, sizes.solver, _weight_dims(sizes))) is not None:
+    capped = solution is None and any(side.has(sympy.Min, sympy.Max) for side in (constraint.left, constraint.right))
+    if solution is None and (derived := solve_length(constraint, sizes.solver, _weight_dims(sizes) if capped
+                                                      else frozenset())) is not None:
         solution, length = derived
     if solution is None:
         return None
@@ -162,9 +164,11 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
 
 
 def _weight_dims(sizes: Sizes) -> frozenset[int]:
-    """The dims of the graph's weights (rank 2 or more): the rows of its tables among them."""
-    return frozenset(d for t in sizes.graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
-                     for d in t.shape)
+    """The dims of the graph's weights (rank 2 or more): the rows of its tables among them (once per graph state)."""
+    if "_weight_dims" not in sizes.__dict__:
+        sizes.__dict__["_weight_dims"] = frozenset(d for t in sizes.graph.tensors().values()
+                                                   if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape)
+    return sizes.__dict__["_weight_dims"]
 
 
 def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
