@@ -46,9 +46,9 @@ class Window(NamedTuple):
 
 @per_model  # every probe_sizes call of a proof asks
 def centred_windows(model: onnx.ModelProto) -> list[Window]:
-    """Each Slice of a constant table from `c - s` to `c + s` (s a size over the input dims, 2 c no more than the
-    table's rows along the sliced axis). The size analysis runs only where the graph holds a Slice of an
-    initializer whose start is a Sub from a whole constant."""
+    """Each Slice of a constant table from `c - s` to `c + s` (s a size over the input dims, 2 c - 1 no more than
+    the table's rows along the sliced axis; or a row off centre). The size analysis runs only where the graph holds
+    a Slice of an initializer whose start is a Sub from a whole constant."""
     candidates = _candidates(model)
     if not candidates:
         return []
