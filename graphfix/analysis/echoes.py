@@ -51,8 +51,8 @@ from typing import NamedTuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus, widths
-from graphfix.analysis.sizes.ops import is_table
+from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus
+from graphfix.analysis.sizes.ops import is_table, weight_dims
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
@@ -122,9 +122,9 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
     if not wanted:
         return []
-    nodes = list(_nodes(graph))
+    nodes, widths = list(_nodes(graph)), weight_dims(graph)
     return [*_float_echoes(nodes, wanted, constant_value, shape),
-            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(graph, wanted), fold, widths(graph))]
+            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths)]
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:

@@ -246,16 +246,11 @@ def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: li
     return not picked or any(not isinstance(d, int) or d in lengths for d in picked)
 
 
-def lengths(graph: gs.Graph, wanted: list[int]) -> list[int]:
+def lengths(wanted: list[int], widths: frozenset[int]) -> list[int]:
     """The sizes of `wanted` that a static axis of that size is taken for: those no weight of the graph has as a
-    dim. A weight's dim is a feature width (a GLU's `z[..., :32]` of 64 features, exported at T = 64, cuts
-    features, not the length); a length is no weight's dim."""
-    return [n for n in wanted if n not in widths(graph)]
-
-
-def widths(graph: gs.Graph) -> set[int]:
-    """The dims of the graph's weights (of rank 2 or more): feature widths."""
-    return {d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape}
+    dim (`widths`, sizes.ops.weight_dims). A weight's dim is a feature width (a GLU's `z[..., :32]` of 64
+    features, exported at T = 64, cuts features, not the length); a length is no weight's dim."""
+    return [n for n in wanted if n not in widths]
 
 
 def _is_size(tensor: gs.Tensor) -> bool:

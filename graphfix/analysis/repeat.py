@@ -155,7 +155,8 @@ def replace_repeat_interleave(x: gs.Tensor, dim: int, repeats: Any, output: gs.T
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"gf002_{output.name}", opset)
-        counts = repeats if one_count(repeats) is None else one_count(repeats)
+        one = one_count(repeats)
+        counts = repeats if one is None else one
         if isinstance(counts, np.ndarray | gs.Tensor):
             y = indexed_repeat(b, x, dim, counts, output.dtype)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from graphfix.analysis.sizes.domain import least_size
+from graphfix.analysis.sizes.domain import last_size_at_most
 from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import unnamed_thresholds
 
@@ -38,9 +38,8 @@ def inner_thresholds(model: onnx.ModelProto) -> list[tuple[int, tuple[str, ...]]
                 if getattr(entry, "free_symbols", None)]
         symbols = {symbol for entry in read for symbol in entry.free_symbols}
         dims = tuple(dict.fromkeys(d for d in order if d in {symbol.name for symbol in symbols}))
-        if len(read) == 1 and len(symbols) == 1:  # in the input's units: frames of a strided Conv's samples
-            least = least_size(read[0], next(iter(symbols)), c + 1)
-            c = least - 1 if least is not None else c
+        if len(read) == 1:  # in the input's units: frames of a strided Conv's samples
+            c = last_size_at_most(read[0], c) or c
         if dims and (c, dims) not in found:
             found.append((c, dims))
     return found

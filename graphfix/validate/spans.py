@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from graphfix.analysis.sizes.domain import least_size
+from graphfix.analysis.sizes.domain import last_size_at_most
 from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import constant_tables, constant_values, offset_from
 
@@ -89,13 +89,10 @@ def window_thresholds(windows: list[Window]) -> list[tuple[int, tuple[str, ...]]
     several. One row past c the wrapped fragment is one row, which may broadcast and run."""
     found = []
     for window in windows:
-        if len(window.span.free_symbols) == 1:
-            symbol = next(iter(window.span.free_symbols))
-            least = least_size(window.span, symbol, window.c + 2)
-            if least is not None:
-                found.append((least - 1, window.dims))
-        else:
+        if len(window.span.free_symbols) != 1:
             found.append((window.c + 1, window.dims))
+        elif (last := last_size_at_most(window.span, window.c + 1)) is not None:
+            found.append((last, window.dims))
     return found
 
 

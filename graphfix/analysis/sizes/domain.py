@@ -223,6 +223,16 @@ def _clear_of_constraints(graph, sizes) -> list:
     return clear
 
 
+def last_size_at_most(size: sympy.Expr, most: int) -> int | None:
+    """The largest value of the one input dim `size` follows (non-decreasing in it) at which it is `most` or less:
+    a threshold on an inner size (frames of a strided Conv's samples) in the input's units; None where `size`
+    follows several dims or never passes `most`."""
+    if len(size.free_symbols) != 1:
+        return None
+    least = least_size(size, next(iter(size.free_symbols)), most + 1)
+    return least - 1 if least is not None else None
+
+
 def least_size(length: sympy.Expr, symbol: sympy.Symbol, frames: int) -> int | None:
     """The least size of `symbol` at which `length` (non-decreasing in it, as a windowed op's output is) reaches
     `frames`; None when none up to MAX_GROWN does (a length the analysis cannot evaluate is left unbounded)."""

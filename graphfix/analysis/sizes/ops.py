@@ -377,6 +377,12 @@ def _broadcast_dims(sizes: OpShapes, a: Shape, b: Shape, node: gs.Node | None = 
 
 
 
+def weight_dims(graph: gs.Graph) -> frozenset[int]:
+    """The dims of the graph's weights (rank 2 or more): feature widths, and the rows of its tables."""
+    return frozenset(d for t in graph.tensors().values() if isinstance(t, gs.Constant) and len(t.shape) >= 2
+                     for d in t.shape)
+
+
 def is_table(tensor: gs.Tensor) -> bool:
     """A weight or buffer: an initializer or a Constant node's output."""
     return isinstance(tensor, gs.Constant) or (bool(tensor.inputs) and tensor.inputs[0].op == "Constant")

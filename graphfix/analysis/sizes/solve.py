@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
+from graphfix.analysis.sizes.ops import weight_dims
 from graphfix.analysis.sizes.roots import Solver
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
@@ -166,8 +167,7 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
 def _weight_dims(sizes: Sizes) -> frozenset[int]:
     """The dims of the graph's weights (rank 2 or more): the rows of its tables among them (once per graph state)."""
     if "_weight_dims" not in sizes.__dict__:
-        sizes.__dict__["_weight_dims"] = frozenset(d for t in sizes.graph.tensors().values()
-                                                   if isinstance(t, gs.Constant) and len(t.shape) >= 2 for d in t.shape)
+        sizes.__dict__["_weight_dims"] = weight_dims(sizes.graph)
     return sizes.__dict__["_weight_dims"]
 
 
