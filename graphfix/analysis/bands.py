@@ -126,7 +126,7 @@ def uniform_alternatives(baked: Baked) -> str:
     """What else gives the uniform constant `baked` at its export sizes, or '' where nothing does:
     - a value computed from the sizes (`full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
       `full((B, 1), float(T))`): any value but 0 and 1 (True, False) may be some f(T) at the export size, along
-      batch dims too;
+      batch dims too, and a float 1 along an axis exported at 2;
     - along any axis but a batch's, the same value up to an edge that lies past the export size and another past
       it: a mask (True, 0 added, 0 or 1 multiplied) of a window wider than T, chunks of T or more or a cutoff at a
       fixed length, and as much an indicator added or concatenated (`x + (arange(T) < 20)`, 1 inside the first
@@ -141,7 +141,7 @@ def uniform_alternatives(baked: Baked) -> str:
     if not divides and not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
         reasons.append("a mask or an added indicator whose edge lies past the export size: a window wider than it, "
                        "chunks or blocks of that size or more, a cutoff at a fixed length")
-    sized = [v.item() for v in values if v.item() not in (0, 1)]  # True and False are 1 and 0: size-free values
+    sized = [v.item() for v in values if v.item() not in (0, 1) or _one_of_two(v.item(), baked)]
     if sized:
         item = sized[0]
         reasons.append(f"a value computed from the sizes (1/(T-1), log T, T, ...) gives it at the export size: "
@@ -150,11 +150,18 @@ def uniform_alternatives(baked: Baked) -> str:
     return "; or ".join(reasons)
 
 
+def _one_of_two(item: float, baked: Baked) -> bool:
+    """A float 1 along an axis exported at 2, where 1/(n-1), n-1 and n/2 give it too (`full((1, B, H), 1 / (B - 1))`
+    at B=2: helper 102). True, integer 1 and every 0 stay size-free values (a mask, an initial state of zeros)."""
+    return item == 1 and baked.value.dtype.kind == "f" and any(baked.value.shape[a] == 2 for a, _ in baked.axes)
+
+
 def _of_a_size(item: float, baked: Baked) -> str:
     """', which is 1/T at T=5'-style text where the value is a size's simplest function there, else ''."""
     for axis, dim in baked.axes:
         n = int(baked.value.shape[axis])
-        for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5)):
+        for text, of_size in ((dim, n), (f"1/{dim}", 1 / n), (f"sqrt({dim})", n ** 0.5), (f"1/sqrt({dim})", n ** -0.5),
+                             (f"1/({dim}-1)", 1 / (n - 1) if n > 1 else 0)):
             if n > 1 and math.isclose(item, of_size, rel_tol=1e-6):
                 return f", which is {text} at {dim}={n}"
     return ""
