@@ -68,7 +68,9 @@ class TraceBakedShape(Rule):
     consumer needs the slice to follow the size (otherwise it may be the model's own length).
     A constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the
     model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such
-    fixes, and Slice ends equal to a given length, are unsafe and the finding a warning, as is a new axis an
+    fixes, and Slice ends equal to a given length, are unsafe and the finding a warning (an error where the target
+    has no -1 and no 0: its element count is fixed while the input's varies, baked whichever entry is the size,
+    and wherever onnxruntime confirms the failure), as is a new axis an
     Expand makes that only equals a given size (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made
     its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size.
     Where several entries could stand for the size (MultiheadAttention traced at a length equal to its head size),
@@ -233,9 +235,13 @@ class TraceBakedShape(Rule):
             return
         if not found.notes:
             return
-        doubt = found.doubt  # an error needs a solved constraint: an entry that only equals an export size may be meant
+        # an error needs a solved constraint, an entry that only equals an export size may be meant; or a fixed
+        # element count (no -1, no 0) over an input that varies, which is baked whichever entry stands for the size
+        fixed = -1 not in target and 0 not in target
+        doubt = found.doubt and not fixed
         yield self.finding(
             f"Reshape '{node.name}' {'may bake' if doubt else 'bakes'} export-time sizes into its shape {target}: "
+            + "its element count is fixed while the input's varies; " * (fixed and found.doubt)
             + "; ".join(found.notes) + f"; {'if so, ' if doubt else ''}at other sizes of {data.name} {shape} "
             "onnxruntime fails ('cannot be reshaped to the requested shape') or returns a wrong shape",
             nodes=[node], tensors=[data, target_t], shapes={data.name: shape}, hint=HINT_INT,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.export_sizes import sized_at_export
+from graphfix.analysis.export_sizes import sized_at_export, unknown_at_export
 from graphfix.analysis.held_axes import (
     CONSTANT,
     CONSTANT_OF_SHAPE,
@@ -44,7 +44,10 @@ class TraceBakedBroadcast(Rule):
     as the graph tells it (a Reshape or broadcast elsewhere that holds only there, a strided front end's frame
     count that only it gives, or `--trace-shape`), or one step from it (`int(T) - 1`, `+ 1`, `* 2`, `/ 2`), the
     widened tensor is computed from an input, and the constant is a size or a table built from one (uniform along
-    the axis, or 0, 1, 2, ...); a warning otherwise (learned slots spread to their number).
+    the axis, or 0, 1, 2, ...); an error too where such a constant holds it and the export size of a length the
+    inputs have (not a batch) is not known, so the constant may be it: the axis is held at every other size, or the
+    model keeps that size and the declaration is wrong (mmsegmentation's `resize` to `(int(H), int(W))`, helper
+    103; `--trace-shape` tells which); a warning otherwise (learned slots spread to their number).
 
     ## Why it breaks deployment
     The model runs at every size and returns the export's length: PyTorch's output follows T, the graph's stays 40.
@@ -95,6 +98,13 @@ class TraceBakedBroadcast(Rule):
                 f"{message}; {value} comes from an export size: {'; '.join(exported)}. A size computed in Python while "
                 f"tracing ({made}) holds the axis: PyTorch's follows the input, the graph's never will", **where,
                 hint=HINT)
+        unknown = unknown_at_export(ctx) if made and not learned and not exported else []
+        if unknown:  # a size computed at export, or the model's own length declared dynamic: which, nothing tells
+            return self.finding(
+                f"{message}; the export size of {', '.join(unknown)} is not known, so {value} may be a size computed "
+                f"in Python while tracing ({made}), which the graph holds at every other size while PyTorch's "
+                f"follows the input; if the model keeps {value} on purpose, the declaration is wrong. Give "
+                "--trace-shape to tell", **where, hint=HINT)
         why = f"no input dim's export size is known to be {value}" if not exported else \
             f"{value} comes from an export size ({'; '.join(exported)}), but " + (
                 f"'{held.narrow.name}' is computed from weights alone (learned slots spread to {value} leave the "

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BROADCAST_OPS
+from graphfix.analysis.broadcast import BATCH_NAME, BROADCAST_OPS
 from graphfix.analysis.constants import Evaluator, arange_axis
 from graphfix.analysis.context import RuleContext
 
@@ -290,6 +290,14 @@ def sized_at_export(ctx: RuleContext, value: int, near: bool = False) -> list[st
     if near and not found:
         found = [said for f in facts if (said := f.near(value))]
     return list(dict.fromkeys(found))
+
+
+def unknown_at_export(ctx: RuleContext) -> list[str]:
+    """The graph inputs' dynamic lengths whose export size nothing in the graph tells (no `export_facts`): not a
+    batch (an input's leading dim, or one named like a batch), which no model's length is taken for."""
+    told = {fact.dim for fact in export_facts(ctx)}
+    return sorted(dim for dim, (_, axis) in export_sizes(ctx, ctx.evaluator).carriers.items()
+                  if dim not in told and axis != 0 and not BATCH_NAME.search(dim))
 
 
 def length_at_export(ctx: RuleContext, tensor, axis: int, value: int) -> str:

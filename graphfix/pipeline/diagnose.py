@@ -87,13 +87,16 @@ def runtime_findings(loaded: LoadedModel, probe_options) -> list[Finding]:
 
 def merge_runtime_findings(findings: list[Finding], runtime: list[Finding]) -> None:
     """Add what onnxruntime reported; a failure at a node a static finding already names confirms that finding
-    instead of repeating it."""
+    instead of repeating it, and makes it as severe as the failure: a warning that the graph alone could only
+    suspect (a Reshape entry that equals a size given with --trace-shape) is an error once onnxruntime fails
+    there (helper 103: the right --trace-shape turned a confirmed failure into exit 0)."""
     for found in runtime:
         same = next((f for f in findings if f.rule == found.rule and set(f.nodes) & set(found.nodes)), None)
         if same is None:
             findings.append(found)
         else:
             same.message = f"{same.message.rstrip('.')}. Confirmed by onnxruntime: {found.message}"
+            same.severity = max(same.severity, found.severity, key=lambda severity: severity.rank)
 
 
 def diagnose_path(path: Path, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:

@@ -300,3 +300,41 @@ def test_wav2vec2_conformer_s_relative_positions_grown_before_the_export_are_pro
     done = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path), "--trace-shape", "x=2x2400"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "past 119" in done.stdout, done.stdout + done.stderr
+
+
+def test_glpn_whose_depth_the_exporter_declares_after_the_batch_is_healthy_and_written(tmp_path):
+    """Helper 103: GLPN's depth map, exported at batch 2 with only its batch declared dynamic, is declared
+    `[batch, batch, W]` by the TorchScript exporter (its height named after the batch): a GF000 error and `repair`
+    exit 1 on a model that matches PyTorch at every size of its domain. A batch named again past its own position
+    is no promise (`compare.held_shapes`)."""
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.GLPNConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4],
+                           decoder_hidden_size=16)
+
+    class Depth(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tf.GLPNForDepthEstimation(config)
+
+        def forward(self, x):
+            return self.model(pixel_values=x).predicted_depth
+
+    module = Depth().eval()
+    path = export(module, torch.randn(2, 3, 64, 96), tmp_path / "glpn.onnx",
+                  {"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch"}})
+    declared = [d.dim_param or d.dim_value for d in declared_dims(path)]
+    assert declared[:2] == ["batch", "batch"], declared  # the exporter's naming this test is about
+    done = repair(path, tmp_path / "fixed.onnx")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for shape in ((1, 3, 96, 64), (3, 3, 128, 160)):
+        x = np.random.default_rng(shape[2]).standard_normal(shape).astype(np.float32)
+        got, = run(str(tmp_path / "fixed.onnx"), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def declared_dims(path):
+    import onnx
+
+    return onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim

@@ -283,7 +283,8 @@ def graph(nodes, out_shape, initializers=()):
 
 def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
     """Through a Transpose to ConstantOfShape's shape, through a Relu to Tile's repeats (an error needs an export
-    size: here warnings); a Concat is not followed: nothing is found, and the walk names where it stopped."""
+    size, or a length whose export size is not known: x has only a batch, so here warnings); a Concat is not
+    followed: nothing is found, and the walk names where it stopped."""
     fill = helper.make_tensor("shape", TensorProto.INT64, [3], [2, 8, 40])
     zeros = [helper.make_node("ConstantOfShape", ["shape"], ["z"]),
              helper.make_node("Transpose", ["z"], ["y"], perm=[0, 2, 1])]
@@ -300,3 +301,37 @@ def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
     assert findings(tmp_path / "concat.onnx") == []
     sizes, g = static_sizes(joined)
     assert held_by(sizes, g.outputs[0], 1) == "it stops at Concat '', an op the walk does not follow"
+
+
+class Upsampled(nn.Module):
+    """A segmentation head's logits upsampled to `(int(H), int(W))`, as mmsegmentation's `resize` writes it (helper
+    103: transformers' SegFormer so; nothing else in the graph tells H and W at export)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 4, 4)
+
+    def forward(self, x):
+        return nn.functional.interpolate(self.conv(x), size=(int(x.shape[2]), int(x.shape[3])), mode="bilinear")
+
+
+@pytest.mark.parametrize(("trace", "severity"), [
+    (None, "error"), ((2, 3, 64, 96), "error"), ((2, 3, 40, 56), "warning")])
+def test_a_resize_to_sizes_no_input_is_known_to_have_had_is_an_error(tmp_path, trace, severity):
+    """Written unchanged with exit 0 (the output 64 x 96 at every size) where the output's axes were declared under
+    names of their own: where the export size is not known, 64 may be it. Given, it tells: 64 x 96 was the input's
+    (an error); at 40 x 56 the model keeps 64 x 96 of its own, and only the declaration is wrong (a warning)."""
+    path = tmp_path / "upsampled.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Upsampled().eval(), (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"},
+                                        "y": {0: "batch", 2: "out_h", 3: "out_w"}})
+    found = findings(path, trace_shapes=trace and {"x": trace})
+    assert [f.severity.value for f in found] == [severity] * 2, [f.message for f in found]
+    if trace is None:
+        done = repair(path, tmp_path / "out.onnx")
+        assert done.returncode == 1 and "GF010" in done.stdout, done.stdout + done.stderr
+        assert not (tmp_path / "out.onnx").exists()
