@@ -152,19 +152,6 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
     return shapes
 
 
-def held_shapes(model: onnx.ModelProto, batch: set[str]) -> dict[str, list | None]:
-    """What an output's shape is held to: its declaration, but for a batch dim (`batch`) named again past its own
-    position. The TorchScript exporter names dims the user left out of `dynamic_axes` by its own inference, which
-    may name one after the batch: speechbrain's ECAPA's `[b, b, 8]` exported at batch 1, transformers' GLPN's
-    `[batch, batch, W]` (its height) at batch 2 (helper 103). A trace bakes a batch as a constant, never as another
-    size it follows; such a dim is left to the other checks."""
-    shapes = declared_shapes(model)
-    for name, dims in shapes.items():
-        if dims:
-            shapes[name] = [None if d in batch and d in dims[:axis] else d for axis, d in enumerate(dims)]
-    return shapes
-
-
 def drop_contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],
                       known: dict[str, int]) -> None:
     """Drop from `declared` each dim that the outputs at the export size contradict, where that size is `known`

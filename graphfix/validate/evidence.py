@@ -23,7 +23,6 @@ from graphfix.validate.compare import (
     ShapeOracle,
     declared_shapes,
     drop_contradicted,
-    held_shapes,
 )
 from graphfix.validate.consistency import Samples, independent_samples
 from graphfix.validate.graph_sizes import declared_sizes, met_sizes
@@ -161,12 +160,12 @@ class Judge:
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
                  derived_dims: set[str] = frozenset()):
         self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
+        self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
+        # what the candidate is held to: an export-time size the repair now computes is no promise
+        self.promises = following_repair(self.declared, declared_shapes(after.proto), export)
         # once, not per dim: each reads every dim of every input (5000 dims: 25M regex searches, 47 s). A batch dim
         # is an input's dim: it has the axes `batch_axes` finds
         batch, forced = batch_dims(before.proto), forced_sizes(before.proto, options)
-        self.declared = held_shapes(before.proto, batch)  # what the original's own outputs are checked against
-        # what the candidate is held to: an export-time size the repair now computes is no promise
-        self.promises = following_repair(self.declared, held_shapes(after.proto, batch), export)
         self.batch = [name for name in export if name in batch and name not in forced]
         self.probed_dims = set(export) - set(forced)
         self.derived_dims = set(derived_dims)  # computed from other dims (tied): they may equal them

@@ -21,7 +21,7 @@ from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
 from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
-from graphfix.validate.compare import ShapeOracle, drop_contradicted, evaluate_dim, held_shapes
+from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.given import check_given
 from graphfix.validate.hints import domain_hint
@@ -52,7 +52,9 @@ SKIPPED_HINT = ("Not a failure of the model: the probe did not run it there, so 
 DECLARED = "declared shape of"
 DECLARED_HINT = ("The model runs but returns a shape it declares otherwise: a size baked while tracing (`int(T)`, "
                  "`math.ceil(T / k) * k`), an output dim named after a size it is not (dynamic_axes: give it a "
-                 "name of its own, or the export size with --trace-shape, which shows such a declaration wrong), "
+                 "name of its own, or the export size with --trace-shape, which shows such a declaration wrong: "
+                 "the TorchScript exporter names the dims left out of dynamic_axes itself, at times after the "
+                 "batch, as GLPN's depth [batch, batch, W]), "
                  "or a size past the most the model takes (a pad to a maximum length, which GF008 names: the same "
                  "graph as a traced math.ceil, so graphfix cannot tell them apart; `repair` writes it unchanged "
                  "with exit 1).")
@@ -139,7 +141,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     sizes = probe_sizes(proto, options, moved=footprint.fits)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
-    declared = held_shapes(proto, batch_dims(proto))  # what repair's proof holds the unchanged model to, as it does
+    declared = declared_shapes(proto)  # what repair's proof holds the unchanged model to, as it does
     for binding in sizes:
         try:
             feeds = synthesize_inputs(proto, binding, options)
