@@ -111,12 +111,11 @@ class TraceBakedConstant(Rule):
       every mask that lets everything through there (True, 0 added, 0 or 1 multiplied; a local window
       `|i - j| <= w` or chunks of w >= T, a cutoff `j < L` with L >= T) and every indicator added or concatenated
       (`x + (arange(T) < 20)`: 1 inside the first 20 frames, 0 past them); rebuilt as uniform, each is wrong at
-      every size past its edge. Along batch dims alone no model masks by position (`zeros(int(B), H)`: safe); a
-      batch is a dim named so in whole (`batch`, `batch_size`, `B`, `bsz`; `batch_frames` is a length);
-    - a uniform constant of any value but 0 and 1, along batch dims too, is also a value computed from the sizes
-      at the export size: `full((T,), 1 / T)`, `ones(T, 1) / (T - 1)`, `full((T, 1), log(T))`,
-      `full((B, 1), float(T))`, and so is a float 1 along an axis exported at 2 (`1 / (B - 1)`, `B / 2`); an
-      initial state `zeros(int(B), H)` or an all-ones mask stays safe;
+      every size past its edge. Along batch dims alone (named so, and no length: `batch_frames` is one) no model
+      masks by position (`zeros(int(B), H)`: safe);
+    - a uniform constant of any value but 0 and 1 (and a float 1 along an axis exported at 2), along batch dims
+      too, is also a value computed from the sizes at the export size: `full((T,), 1 / T)`, `full((T, 1),
+      log(T))`, `full((B, 1), float(T))`, `1 / (B - 1)` (`zeros(int(B), H)` or an all-True mask stays safe);
     - a table's first T rows `pe[:T]` are, at the export size N, also its rows `pe[N - T : N]` (rows anchored at
       their end: the last T of a context of N, right-aligned positions);
     - a sinusoidal table of the integer positions 0, 1, ..., T-1 and a library's base (10000, 500000, 1000, 100) is
@@ -165,8 +164,7 @@ class TraceBakedConstant(Rule):
     )
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        yield from self._length_caps(ctx)
-        yield from self._formula_tables_cut(ctx)
+        yield from (*self._length_caps(ctx), *self._formula_tables_cut(ctx))
         direct = list(baked_operands(ctx))
         for baked in direct + [b for b in expanded_constants(ctx) if is_uniform(b.value, [a for a, _ in b.axes])]:
             yield from self._baked_constant(ctx, baked)

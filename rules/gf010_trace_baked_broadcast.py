@@ -32,22 +32,23 @@ class TraceBakedBroadcast(Rule):
     """Outputs declared dynamic that a broadcast holds at a size computed in Python while tracing.
 
     ## What it does
-    Finds each output axis the exporter was told is dynamic (`dynamic_axes`) that the size analysis finds fixed,
-    and walks it back (through elementwise ops, Transpose, Slice, Unsqueeze, Squeeze, a MatMul by a weight and the
-    Expands that keep it; `graphfix.analysis.held_axes`) to the node that widens a length-1 axis to that size: a
-    constant operand of a broadcasting op (`torch.ones(int(T), 8)` added to a pooled `[B, 1, 8]`), an entry of an
-    Expand's shape (`h.expand(-1, int(T), -1)`), of ConstantOfShape's shape (`torch.zeros(B, int(T), 8)`), of
-    Tile's repeats (`h.repeat(1, int(T), 1)`), or of a Resize's sizes (`F.interpolate(x, size=int(T))`, which
-    takes any length to that size). Every way the size reaches the output must end in such a widening: one that
-    holds it otherwise (the attention of 16 learned queries beside their `zeros_like`, a learned table of 16 rows
-    added to the spread) explains it without a Python int. An error where that size is an input dim's export size
-    as the graph tells it (a Reshape or broadcast elsewhere that holds only there, a strided front end's frame
-    count that only it gives, or `--trace-shape`), or one step from it (`int(T) - 1`, `+ 1`, `* 2`, `/ 2`), the
-    widened tensor is computed from an input, and the constant is a size or a table built from one (uniform along
-    the axis, or 0, 1, 2, ...); an error too where such a constant holds it and the export size of a length the
-    inputs have (not a batch) is not known, so the constant may be it: the axis is held at every other size, or the
-    model keeps that size and the declaration is wrong (mmsegmentation's `resize` to `(int(H), int(W))`, helper
-    103; `--trace-shape` tells which); a warning otherwise (learned slots spread to their number).
+    Finds each output axis the exporter was told is dynamic (`dynamic_axes`) that the size analysis finds fixed, and
+    walks it back (through elementwise ops, Transpose, Slice, Unsqueeze, Squeeze, a MatMul by a weight, a Conv that
+    keeps a spatial size and the Expands that keep it; `graphfix.analysis.held_axes`) to the node that widens a
+    length-1 axis to that size: a constant operand of a broadcasting op (`torch.ones(int(T), 8)` added to a pooled
+    `[B, 1, 8]`), an entry of an Expand's shape (`h.expand(-1, int(T), -1)`), of ConstantOfShape's shape
+    (`torch.zeros(B, int(T), 8)`), of Tile's repeats (`h.repeat(1, int(T), 1)`), or of a Resize's sizes
+    (`F.interpolate(x, size=int(T))`, which takes any length to that size). Every way the size reaches the output
+    must end in such a widening: one that holds it otherwise (the attention of 16 learned queries beside their
+    `zeros_like`, a learned table of 16 rows added to the spread) explains it without a Python int. An error where
+    that size is an input dim's export size as the graph tells it (a Reshape or broadcast elsewhere that holds only
+    there, a strided front end's frame count that only it gives, or `--trace-shape`), or one step from it (`int(T) -
+    1`, `+ 1`, `* 2`, `/ 2`), the widened tensor is computed from an input, and the constant is a size or a table
+    built from one (uniform along the axis, or 0, 1, 2, ...); an error too where such a constant holds it and the
+    export size of a length the inputs have (not a batch) is not known, so the constant may be it: the axis is held
+    at every other size, or the model keeps that size and the declaration is wrong (mmsegmentation's `resize` to
+    `(int(H), int(W))`, helper 103; `--trace-shape` tells which); a warning otherwise (learned slots spread to their
+    number).
 
     ## Why it breaks deployment
     The model runs at every size and returns the export's length: PyTorch's output follows T, the graph's stays 40.

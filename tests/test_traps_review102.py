@@ -4,8 +4,8 @@ GF006 shrinks a constant that is uniform along its baked axes where nothing but 
 zeros or ones along a batch (an RNN's initial state `zeros(L, int(B), H)`). Two readings let a wrong model out with
 exit 0, through the constant's data expanded to the traced shape as through a constant met directly:
 - a time axis named `batch_frames` was taken for a batch (the name was matched anywhere), so a cutoff mask
-  `arange(T) < 20`, all ones at the export length 7, was shrunk to ones at every length; a batch is read by its
-  whole name now (`batch`, `batch_size`, `B`, `bsz`, ...);
+  `arange(T) < 20`, all ones at the export length 7, was shrunk to ones at every length; a name that also names
+  a length is no batch now (`batch_size`, `minibatch`, `input_batch`, `B`, `bsz` still are: helper 105);
 - `full((1, B, H), 1 / (B - 1))` at B = 2 holds 1.0, which counted as size-free; a float 1 along an axis exported
   at 2 is what 1/(n-1), n-1 and n/2 give there too, and is doubted now. Zeros stay a batch's initial state.
 """
@@ -65,7 +65,7 @@ def test_a_uniform_constant_a_size_gives_is_not_shrunk(tmp_path, module, axes):
     assert "GF006" in done.output, done.output
 
 
-@pytest.mark.parametrize("name", ["batch_size", "bsz", "B"])
+@pytest.mark.parametrize("name", ["batch_size", "bsz", "B", "dynamic_batch", "minibatch", "input_batch"])
 def test_an_initial_state_of_zeros_along_a_batch_named_so_is_repaired(tmp_path, name):
     import onnxruntime as ort
 

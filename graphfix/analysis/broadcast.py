@@ -27,9 +27,11 @@ BROADCAST_OPS = frozenset({
 
 # names of a batch beyond an input's leading dim (PyTorch's `(L, N, E)`); a lowercase `n` or `num_samples` is as
 # often a length, probed at 1 as a batch it made healthy conv front ends fail (sweep, helper 34)
-# surely a batch, read by its whole name (`batch_size`, `B`, `bsz`): where taking a length for one would hide a bug.
-# A name that only holds the word is not one: `batch_frames` is a time axis (helper 102).
-BATCH_NAME = re.compile(r"(?i:^(?:batch|b|bs|bsz|n_?batch|num_batch(?:es)?)(?:_?(?:size|dim))?(?:_?\d+)?$)")
+# surely a batch: where taking a length for one would hide a bug. A name holding the word (`batch_size`,
+# `minibatch`, `dynamic_batch`) or a batch's short names (`B`, `bs`, `bsz`), but not one that also names a length:
+# `batch_frames` is a time axis (helper 102), and `input_batch` still a batch (helper 105).
+BATCH_NAME = re.compile(r"(?i:^(?!.*(?:frame|time|seq|len|token|sample|step|width|height|pos|chan|feat|word))"
+                        r"(?:.*batch.*|b|bs|bsz)$)")
 Dim = int | str | None
 # Names sympy prints in onnxruntime's dim expressions ("floor(T/2) + 1"); they are not dims.
 _SYMPY_NAMES = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "CeilToInt", "FloorToInt", "Abs", "sqrt"})

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BATCH_NAME, BROADCAST_OPS
+from graphfix.analysis.broadcast import BROADCAST_OPS, batch_named
 from graphfix.analysis.constants import Evaluator, arange_axis
 from graphfix.analysis.context import RuleContext
 
@@ -294,10 +294,11 @@ def sized_at_export(ctx: RuleContext, value: int, near: bool = False) -> list[st
 
 def unknown_at_export(ctx: RuleContext) -> list[str]:
     """The graph inputs' dynamic lengths whose export size nothing in the graph tells (no `export_facts`): not a
-    batch (an input's leading dim, or one named like a batch), which no model's length is taken for."""
+    batch (`broadcast.batch_named` among its input's dims), which no model's length is taken for; a length at
+    axis 0 counts (`[T, B, C]`, helper 105)."""
     told = {fact.dim for fact in export_facts(ctx)}
-    return sorted(dim for dim, (_, axis) in export_sizes(ctx, ctx.evaluator).carriers.items()
-                  if dim not in told and axis != 0 and not BATCH_NAME.search(dim))
+    batch = {name for tensor in ctx.graph.inputs for name in batch_named(tensor.shape or ())}
+    return sorted(dim for dim in export_sizes(ctx, ctx.evaluator).carriers if dim not in told and dim not in batch)
 
 
 def length_at_export(ctx: RuleContext, tensor, axis: int, value: int) -> str:

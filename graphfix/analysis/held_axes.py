@@ -4,8 +4,9 @@
 graph broadcasts the pooled axis to the constant's 40 at every size. The exporter still declares the output axis
 dynamic (`frames`, from `dynamic_axes`), and the size analysis finds it fixed (`frozen_outputs`). `held_by` walks
 that axis back from the output, through elementwise ops, Transpose, Slice, Unsqueeze and Squeeze, a MatMul by a
-weight and the Expands that keep it, to the node that widens a 1 to that size: a constant operand of a
-broadcasting op, an entry of an Expand's shape, of ConstantOfShape's shape, of Tile's repeats, of a Resize's sizes.
+weight, a Conv that keeps the size (a spatial axis) and the Expands that keep it, to the node that widens a 1 to
+that size: a constant operand of a broadcasting op, an entry of an Expand's shape, of ConstantOfShape's shape, of
+Tile's repeats, of a Resize's sizes.
 Every way the size reaches the output must end so: a way that holds it otherwise (a Reshape, a pool, a learned
 table of as many rows) explains the size without a Python int, and the walk says where it stopped.
 
@@ -62,7 +63,8 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
             continue
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
-        if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul"):  # MatMul: its rows are its first input's
+        # MatMul: its rows are its first input's; Conv: a spatial axis (or the batch) is its input's
+        if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul") or (node.op == "Conv" and axis != 1):
             todo.append((node.inputs[0], axis))
         elif node.op in ("Unsqueeze", "Squeeze"):  # any axis of the input may be the one: generous, it is a gate
             todo.extend((node.inputs[0], k) for k in range(len(ctx.shape(node.inputs[0]) or ())))
@@ -132,6 +134,8 @@ def _step(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Wid
         return _broadcast(sizes, node, tensor, axis, value)
     if node.op == "MatMul" and is_table(node.inputs[1]) and axis < len(sizes.shape(tensor) or ()) - 1:
         return [(node.inputs[0], axis)]  # rows times a weight: a row axis is the input's
+    if node.op == "Conv" and axis != 1 and _is(_dim(sizes, node.inputs[0], tensor, axis), value):
+        return [(node.inputs[0], axis)]  # a convolution that keeps the size (a 'same' head after a resize: DPT)
     if node.op == "Expand":
         before = _dim(sizes, node.inputs[0], tensor, axis)
         if before == "broadcast" or _is(before, 1):
@@ -229,8 +233,19 @@ def _dim(sizes, operand: gs.Tensor, out: gs.Tensor, axis: int):
 
 
 def _entry(sizes, vector: gs.Tensor, index: int) -> int | None:
-    """Entry `index` of a shape vector where the analysis knows it as a whole number."""
+    """Entry `index` of a shape vector where the analysis knows it as a whole number: of the vector, or of the
+    piece of a Concat that holds it where the others are not known (`[*x.shape[:2], 56, 84]` of a tensor whose
+    sizes the analysis lost: DepthAnything's head, helper 105)."""
     value = sizes.value(vector)
+    if value is None and vector.inputs and vector.inputs[0].op == "Concat":
+        offset = 0
+        for piece in vector.inputs[0].inputs:
+            width = _entry_of(sizes.shape(piece), 0)
+            if width is None:
+                return None
+            if offset <= index < offset + width:
+                return _entry(sizes, piece, index - offset)
+            offset += width
     entry = value[index] if value is not None and index < len(value) else None
     return int(entry) if entry is not None and getattr(entry, "is_Integer", False) else None
 

@@ -358,3 +358,28 @@ def declared_dims(path):
     import onnx
 
     return [d.dim_param or d.dim_value for d in onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("declared", [{0: "batch"}, {0: "batch", 1: "out_h", 2: "out_w"}], ids=["batch", "own"])
+def test_depth_anything_s_head_resized_to_the_traced_patch_grid_is_not_written(tmp_path, declared):
+    """Helper 105: DepthAnything's head interpolates to `(int(patch_height * 14), int(patch_width * 14))`, then two
+    'same' convolutions: 56 x 84 at every size, where PyTorch's map follows the image. With the depth map's axes
+    declared under names of their own it was written with exit 0 (GF010's walk stopped at the Conv after the
+    Resize, and the Resize's sizes were read only where the analysis knew every entry); declared by the batch
+    alone, the exporter's `[batch, batch, W]` refuses it."""
+    tf = import_transformers()
+    torch.manual_seed(0)
+    backbone = tf.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                               image_size=28, patch_size=14, out_features=["stage1", "stage2"],
+                               reshape_hidden_states=False)
+    config = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
+                                    reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=8,
+                                    patch_size=14)
+    module = Output(tf.DepthAnythingForDepthEstimation(config), "predicted_depth").eval()
+    path = export(module, torch.randn(2, 3, 56, 84), tmp_path / "depth.onnx",
+                  {"x": {0: "batch", 2: "height", 3: "width"}, "y": declared})
+    x = torch.randn(1, 3, 70, 42)
+    with torch.no_grad():
+        assert run(str(path), {"x": x.numpy()})[0].shape != tuple(module(x).shape)  # broken, as this test says
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 1, done.stdout + done.stderr

@@ -305,27 +305,31 @@ def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
 
 class Upsampled(nn.Module):
     """A segmentation head's logits upsampled to `(int(H), int(W))`, as mmsegmentation's `resize` writes it (helper
-    103: transformers' SegFormer so; nothing else in the graph tells H and W at export)."""
+    103: transformers' SegFormer so; nothing else in the graph tells H and W at export); with `head`, a 'same'
+    convolution after it, as DPT's and DepthAnything's heads have (helper 105: the walk stopped at the Conv)."""
 
-    def __init__(self):
+    def __init__(self, head=False):
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, 5, 4, 4)
+        self.head = nn.Conv2d(5, 5, 3, padding=1) if head else nn.Identity()
 
     def forward(self, x):
-        return nn.functional.interpolate(self.conv(x), size=(int(x.shape[2]), int(x.shape[3])), mode="bilinear")
+        size = (int(x.shape[2]), int(x.shape[3]))
+        return self.head(nn.functional.interpolate(self.conv(x), size=size, mode="bilinear"))
 
 
+@pytest.mark.parametrize("head", [False, True], ids=["resize", "conv_after"])
 @pytest.mark.parametrize(("trace", "severity"), [
     (None, "error"), ((2, 3, 64, 96), "error"), ((2, 3, 40, 56), "warning")])
-def test_a_resize_to_sizes_no_input_is_known_to_have_had_is_an_error(tmp_path, trace, severity):
+def test_a_resize_to_sizes_no_input_is_known_to_have_had_is_an_error(tmp_path, trace, severity, head):
     """Written unchanged with exit 0 (the output 64 x 96 at every size) where the output's axes were declared under
     names of their own: where the export size is not known, 64 may be it. Given, it tells: 64 x 96 was the input's
     (an error); at 40 x 56 the model keeps 64 x 96 of its own, and only the declaration is wrong (a warning)."""
     path = tmp_path / "upsampled.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Upsampled().eval(), (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
+        torch.onnx.export(Upsampled(head).eval(), (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"},
                                         "y": {0: "batch", 2: "out_h", 3: "out_w"}})
@@ -335,3 +339,22 @@ def test_a_resize_to_sizes_no_input_is_known_to_have_had_is_an_error(tmp_path, t
         done = repair(path, tmp_path / "out.onnx")
         assert done.returncode == 1 and "GF010" in done.stdout, done.stdout + done.stderr
         assert not (tmp_path / "out.onnx").exists()
+
+
+class SequenceFirst(nn.Module):
+    """Features `[T, B, C]` upsampled to `2 * int(T)` frames (helper 105): the length is the input's axis 0."""
+
+    def forward(self, x):
+        return nn.functional.interpolate(x.permute(1, 2, 0), size=2 * int(x.shape[0])).permute(2, 0, 1)
+
+
+def test_a_length_at_axis_0_whose_export_size_is_not_known_makes_an_error(tmp_path):
+    path = tmp_path / "seq_first.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SequenceFirst().eval(), (torch.randn(32, 2, 4),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "T", 1: "B"}, "y": {0: "frames", 1: "B"}})
+    found = findings(path)
+    assert [f.severity.value for f in found] == ["error"] and "export size of T is not known" in found[0].message, \
+        [f.message for f in found]
