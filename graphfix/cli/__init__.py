@@ -119,9 +119,9 @@ def check_environment() -> None:
     """Read every GRAPHFIX_* setting once, before any work: a value that is no number is a usage error here
     (exit 2, one line), not an OverflowError in a worker thread half-way through a run."""
     from graphfix.core.budget import shape_seconds
-    from graphfix.io.budgets import max_nodes, probe_memory_budget, run_budget_seconds
+    from graphfix.io.budgets import max_nodes, max_worker_memory, probe_memory_budget, run_budget_seconds
 
-    run_budget_seconds(), max_nodes(), probe_memory_budget(), shape_seconds()
+    run_budget_seconds(), max_nodes(), probe_memory_budget(), shape_seconds(), max_worker_memory()
 
 
 def _with_timeout(command: click.Command) -> click.Command:

@@ -37,6 +37,7 @@ _made_fd: int | None = None  # in a child: where `made` tells the parent what it
 _setup: Callable[[], None] | None = None  # what each child does first (`enable`)
 _enabled = False
 _baseline: int | None = None  # native threads at the first fork
+_made_here: list[str] = []  # in a child: the folders it made (`made`), for when no parent is left to remove them
 
 
 class Crashed(InputError):
@@ -255,6 +256,7 @@ def _unpack(outcome: tuple[str, Any]) -> Any:
 def made(path: str) -> None:
     """In a forked child, tell the parent that this folder was just made by it: if the child crashes, the parent
     removes it (graphfix.io.staging.remove_left), and nothing it was not told of."""
+    _made_here.append(path)
     if _made_fd is not None:
         with contextlib.suppress(OSError):
             os.write(_made_fd, os.fsencode(path) + b"\0")
@@ -301,6 +303,22 @@ def _end_with(parent: int | None) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         raise SystemExit(128 + signal.SIGTERM)
+    threading.Thread(target=_orphaned, args=(parent,), name="graphfix-orphan", daemon=True).start()
+
+
+ORPHAN_POLL_S = 0.5
+
+
+def _orphaned(parent: int) -> None:
+    """The last word on a child whose parent ended: SIGTERM's handler is Python, which never runs while native
+    code holds the main thread (a Loop of 10^15 steps in onnxruntime ran on at full speed for as long as the
+    machine did, helper 104). Past the grace, the folders it made are removed and it ends."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    time.sleep(STOP_GRACE_S)  # the handler's own unwinding, where the main thread runs Python
+    with contextlib.suppress(Exception):
+        _remove_left(os.getpid(), tuple(_made_here))
+    os._exit(128 + signal.SIGTERM)
 
 
 def _pickled(outcome: tuple[str, Any]) -> bytes:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from collections.abc import Iterable, Iterator
 
 import onnx
 from onnx import AttributeProto
 
 from graphfix.core import values
-from graphfix.core.errors import GraphfixError
+from graphfix.core.errors import GraphfixError, UsageError
 
 ENV_MAX_NODES = "GRAPHFIX_MAX_NODES"
 DEFAULT_MAX_NODES = 200_000
@@ -68,11 +69,24 @@ def bound_data(extra: int) -> None:
         return
 
 
+MIN_WORKER_MEMORY = 64 << 20  # below it a worker cannot even import what it runs
+
+
+def max_worker_memory() -> int | None:
+    """GRAPHFIX_MAX_MEMORY in bytes, or None where unset; a value that is no size, or one too small for a worker
+    to start with, is a UsageError (read before any work: in the worker it was an internal error, helper 104)."""
+    given = values.from_env(ENV_MAX_MEMORY, values.byte_size, None)
+    if given is not None and given < MIN_WORKER_MEMORY:
+        raise UsageError(f"{ENV_MAX_MEMORY}: expected at least {MIN_WORKER_MEMORY >> 20}M, the least a "
+                                f"worker starts with, got {os.environ[ENV_MAX_MEMORY].strip()!r}")
+    return given
+
+
 def bound_worker_memory() -> None:
     """A forked worker's bound (`bound_data`): GRAPHFIX_MAX_MEMORY bytes, or three quarters of the memory available
     as it starts. The probe's budget sizes its runs from inferred shapes; a tensor whose size inference does not
     see (a ConstantOfShape of computed constants, beside a node that turns data propagation off) is held here."""
-    given = values.from_env(ENV_MAX_MEMORY, values.byte_size, None)
+    given = max_worker_memory()
     bound_data(given if given is not None else int(available_memory() * MEMORY_SHARE))
 
 
@@ -180,3 +194,22 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     """The graphs a node's attributes hold (an If's branches, a Loop's body)."""
     for attr in node.attribute:
         yield from [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs
+
+
+def budgeted_run(session, feeds: dict) -> list:
+    """`session.run`, stopped past the run budget (`GRAPHFIX_MAX_RUN_SECONDS`): the error then says so. For the
+    commands that run a model at the user's sizes (`bench`, `stream`): a Loop of 10^15 steps ran on, and on in
+    the worker a killed graphfix left (helper 104)."""
+    import onnxruntime as ort  # the commands that run models have it loaded already
+
+    options = ort.RunOptions()
+    timer = threading.Timer(run_budget_seconds(), lambda: setattr(options, "terminate", True))
+    timer.start()
+    try:
+        return session.run(None, feeds, options)
+    except Exception:
+        if options.terminate:
+            raise RuntimeError(f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})") from None
+        raise
+    finally:
+        timer.cancel()

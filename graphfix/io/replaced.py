@@ -1,6 +1,7 @@
 """The model file a write replaces: which file it was and the external data files it reads, read without
 following a link and, where its wire format says it names no data file, without parsing it. `graphfix.io.saving`
-removes the replaced model's data after a commit where graphfix may (`graphfix.io.targets.why_kept`).
+names the replaced model's data after a commit (kept: graphfix deletes only what it made in the same run) and
+writes the new data under names it does not read.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ full-size copy of the model is ever built in memory.
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -54,7 +56,6 @@ from graphfix.io.targets import (
     open_folder,
     refuse_linked_folders,
     same_file,
-    why_kept,
 )
 from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
 
@@ -143,14 +144,11 @@ class StagedModel:
         os.replace(name, name, src_dir_fd=stage, dst_dir_fd=folder)
         self.made = ()  # they hold the output now
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
-        for old in replaced:
-            if old in new or old == self.destination or any(same_file(old, p, folder) for p in self.protected):
-                continue
-            if reason := why_kept(old, self.destination, folder):  # read in the held folder, not by its path
-                self.kept += (f"kept {old}, the replaced model's data: {reason}",)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(old.name, dir_fd=folder)  # in the destination's folder (`_data_files`)
+        for old in replaced:  # graphfix deletes only what it made in this run: another model may read them
+            if old not in new and old != self.destination and not any(same_file(old, p, folder)
+                                                                       for p in self.protected):
+                self.kept += (f"kept {old}, the replaced model's data: graphfix deletes no file it did not make in "
+                              "this run (another model may read it); remove it once none does",)
         self.discard()
         return self.destination
 
@@ -312,12 +310,15 @@ def _write_relocated(model_file: HeldFile, source_dir: Path, renamed: Mapping[Pa
 
 
 def protect_inputs(staged: StagedModel, loaded) -> StagedModel:
-    """The input's data files are never removed by a commit that does not replace the input itself; the output
-    takes the input model's permission bits where it replaces no file (see `StagedModel._set_mode`)."""
+    """The input's data files are never named as replaced by a commit that does not replace the input itself; the
+    output takes the bits every input file has (the model's and its data's: a 0600 data file beside a 0644 model,
+    as `onnx.save` writes them, made the output's data 0644: helper 104) where it replaces no file (see
+    `StagedModel._set_mode`)."""
     if loaded.path is not None and not same_file(staged.destination, loaded.path):
         staged.protected = frozenset(input_files(loaded)[1:])
-    if loaded.model_file is not None:
-        staged.input_mode = stat.S_IMODE(os.fstat(loaded.model_file.fd).st_mode)
+    if loaded.model_file is not None:  # the most private of the input's files: private weights stay so
+        held = [loaded.model_file, *(loaded.files.opened() if loaded.files is not None else ())]
+        staged.input_mode = functools.reduce(operator.and_, (stat.S_IMODE(os.fstat(f.fd).st_mode) for f in held))
     return staged
 
 

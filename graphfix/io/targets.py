@@ -7,19 +7,17 @@
 - Never an input of the same run: a destination is compared with the run's input files by device and inode, not
   by name (a hard link or another spelling of the input is caught too, and so is the file an input read through
   a symbolic link names).
-- A model's data file is named after the model (`OUT.data`, `OUT.1.data` while the replaced graph still reads
-  `OUT.data`) and never overwrites a file that exists: a file of that name that is not the replaced model's own
-  data is a collision, refused with exit 2.
-- graphfix deletes only what it made: the data of a replaced model goes only when it carries a name derived from
-  that model's name, has no other name (hard link) and no other model in its folder names it. When in doubt it is
-  kept, and the result says so.
+- A model's data file is named after the model (`OUT.data`, or `OUT.1.data`, `OUT.2.data`... while the replaced
+  graph still reads the first or a file has it) and never overwrites a file that exists.
+- graphfix deletes only what it made in the same run: the data a replaced model read is kept, and the result says
+  so (a model in another folder may read it: helper 104's `../main.onnx` reading `models/a.onnx.data`).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,29 +75,26 @@ def same_file(destination: Path, source: Path, at: int | None = None) -> bool:
 
 
 def data_name(destination: Path, replaced_data: Iterable[Path]) -> str:
-    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) while the model being replaced still reads the first: the
-    first such name the replaced model does not read. A file that has it already is a collision (exit 2)."""
+    """`NAME.data`, or `NAME.1.data` (`NAME.2.data`...) while the model being replaced still reads the first or a
+    file has it: the first such name that is free."""
     return data_names(destination, replaced_data, 1)[0]
 
 
 def data_names(destination: Path, replaced_data: Iterable[Path], count: int) -> list[str]:
     """`count` data file names for `destination`, all derived from its own name (`NAME.data`, `NAME.1.data`...),
-    none of them one the model being replaced still reads: a model's data never goes under a name or into a folder
-    the model chose (a downloaded model naming `conftest.py` would have it written beside the output). A file
-    that has one of them already is a collision (exit 2)."""
+    none of them one the model being replaced still reads or a file has: a model's data never goes under a name or
+    into a folder the model chose (a downloaded model naming `conftest.py` would have it written beside the
+    output), and never over a file (the data a replaced model read is kept: graphfix deletes only what it made in
+    the same run)."""
     in_use = {path.name for path in replaced_data if path.parent == destination.parent}
-    names = [destination.name + ".data"] + [f"{destination.name}.{n}.data" for n in range(1, len(in_use) + count)]
-    chosen = [name for name in names if name not in in_use][:count]
-    for name in chosen:
-        refuse_collision(destination, destination.parent / name)
-    return chosen
-
-
-def refuse_collision(destination: Path, data: Path) -> None:
-    """Refuse (exit 2) a data file name that a file has already: graphfix overwrites no other file."""
-    if os.path.lexists(data):
-        raise OutputError(f"cannot write {destination}: its data file {data} exists and is not the data of the model "
-                          "being replaced (graphfix overwrites no other file; move it or choose another output)")
+    chosen: list[str] = []
+    for n in itertools.count():
+        name = f"{destination.name}.{n}.data" if n else f"{destination.name}.data"
+        if name not in in_use and not os.path.lexists(destination.parent / name):
+            chosen.append(name)
+            if len(chosen) == count:
+                return chosen
+    raise AssertionError("unreachable")  # a folder holds finitely many names
 
 
 def refuse_linked_folders(root: Path, destination: Path) -> None:
@@ -143,89 +138,6 @@ def open_folder(destination: Path, root: Path | None) -> int:
             os.close(fd)
         fd = inner
     return fd
-
-
-def derived_data_name(destination: Path, data: Path) -> bool:
-    """A name given to the data of `destination` alone, in its folder: graphfix's (`NAME.data`, `NAME.<n>.data`)
-    or the exporters' (`NAME_data`, as Hugging Face Optimum writes it)."""
-    return data.parent == destination.parent and bool(
-        re.fullmatch(re.escape(destination.name) + r"((\.\d+)?\.data|_data)", data.name))
-
-
-def why_kept(data: Path, destination: Path, at: int | None = None) -> str:
-    """'' when `data`, read by the model `destination` replaced, may be deleted; else why it stays. `at`: a
-    descriptor of their folder (the one a commit holds and removes `data` from), read instead of its path: a link
-    swapped in for the folder would have the models of another folder asked whether they read it."""
-    if not derived_data_name(destination, data):
-        return f"its name is not derived from {destination.name}, so other models may read it"
-    try:
-        info = _look(data, at, follow=False)
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        return (exc.strerror or str(exc)).lower()
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
-        return "it is a link or has other names"
-    readers = other_readers(data, destination, at)
-    return f"{readers[0]} may read it too" if readers else ""
-
-
-def other_readers(data: Path, destination: Path, at: int | None = None) -> list[str]:
-    """Models in the folder of `data` (`at`, where given), other than `destination`, whose bytes name it or a link
-    of that folder to it (`shared.bin -> m.onnx.data`). A model that is a link, or cannot be read, counts: in
-    doubt, it may read it (helper 63: both were skipped, and an in-place repair deleted the data they read)."""
-    try:
-        siblings = [data.parent / name for name in sorted(os.listdir(data.parent if at is None else at))]
-    except OSError:
-        return [str(data.parent)]
-    links = [s for s in siblings if _is_link(s, at)]
-    needles = [name.encode("utf-8", "surrogateescape")
-               for name in [data.name, *(s.name for s in links if _names(s, data, at))]]
-    readers = []
-    for sibling in siblings:
-        if sibling.suffix.lower() != ".onnx" or sibling.name == destination.name:
-            continue
-        if sibling in links or any(_mentions(sibling, needle, missing=True, at=at) for needle in needles):
-            readers.append(sibling.name)
-    return readers
-
-
-def _look(path: Path, at: int | None, follow: bool) -> os.stat_result:
-    """`os.stat` of a file of the folder `at` (by its name), else of `path`."""
-    return os.stat(path if at is None else path.name, dir_fd=at, follow_symlinks=follow)
-
-
-def _is_link(path: Path, at: int | None) -> bool:
-    try:
-        return stat.S_ISLNK(_look(path, at, follow=False).st_mode)
-    except OSError:
-        return False
-
-
-def _names(link: Path, data: Path, at: int | None) -> bool:
-    """Whether `link` leads to the file `data` (a link that cannot be followed leads nowhere)."""
-    try:
-        return os.path.samestat(_look(link, at, follow=True), _look(data, at, follow=True))
-    except OSError:
-        return False
-
-
-def _mentions(path: Path, needle: bytes, chunk: int = 16 << 20, missing: bool = False, at: int | None = None) -> bool:
-    """Whether the file holds these bytes, read in chunks (a model with inline weights need not be parsed to learn
-    that it names no data file); `missing` when it cannot be read."""
-    try:
-        fd = os.open(path if at is None else path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=at)
-    except OSError:
-        return missing
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return missing
-        tail = b""
-        while block := f.read(chunk):
-            if needle in tail + block[:len(needle)] or needle in block:
-                return True
-            tail = block[-len(needle):]
-    return False
 
 
 def move_new(name: str, stage: int, folder: int, target: Path) -> None:

@@ -121,6 +121,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
+    check_shapes(loaded.proto, options.rule_options.trace_shapes, "--trace-shape")  # a typo is no export size
     if (checks := options.validation) is not None:  # before any work: a typo is no input
         check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
         cast = check_given(loaded.proto, checks.inputs)  # once: every probe size feeds them as they are

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from graphfix.core.errors import InputError, UsageError, printable
+from graphfix.io.budgets import budgeted_run
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
@@ -174,7 +175,7 @@ def _bench_one(loaded: LoadedModel, session: ort.InferenceSession, batch: int | 
         return row
 
     def call():
-        session.run(None, feeds)
+        budgeted_run(session, feeds)
 
     return _measure(row, call, feeds, options)
 

@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from graphfix.analysis.shapes import value_info_shape
 from graphfix.core.errors import InputError, UsageError
+from graphfix.io.budgets import budgeted_run
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
@@ -201,7 +202,7 @@ def _new_chunks(model, feeds, feedback, step: int) -> None:
 
 def _run(session: ort.InferenceSession, feeds) -> list[np.ndarray] | str:
     try:
-        return session.run(None, feeds)
+        return budgeted_run(session, feeds)
     except Exception as exc:
         from graphfix.surgery.bench import short_error
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphfix.analysis.given_shapes import graph_inputs
 from graphfix.core.recent import per_model
 
 MAX_HINT = 512  # baked constants above this are not taken as an export size
@@ -23,12 +24,6 @@ TABLE_OPS = {"Gather", "GatherND", "GatherElements", "Slice"}
 # Where: WavLM's and T5's relative buckets) indexes a table whose rows do not bound the length
 POSITION_OPS = {"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Tile", "Cast", "Identity", "Transpose",
                 "Slice", "Concat", "Add", "Sub", "Neg"}
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs a caller must feed (initializers that double as inputs excluded)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
 
 
 def dim_names(vi: onnx.ValueInfoProto) -> list[str | int]:

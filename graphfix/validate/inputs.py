@@ -17,8 +17,8 @@ import onnx
 from onnx import helper
 
 from graphfix.analysis.broadcast import batch_named
+from graphfix.analysis.given_shapes import check_shapes  # noqa: F401  (re-exported for the commands)
 from graphfix.core.counts import MAX_RANK
-from graphfix.core.errors import UsageError
 from graphfix.validate.budget import NotProbed, check_input_bytes, check_input_kind
 from graphfix.validate.given import UNFEEDABLE, cast_fills
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
@@ -79,24 +79,6 @@ def synthesize_inputs(
         feeds[vi.name] = _values(vi.name, shapes[vi.name], dtypes[vi.name], rng, vocab.get(vi.name), time_dim,
                                  vi.name in relative)
     return feeds
-
-
-def check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple], option: str = "--shape",
-                 optional: frozenset[str] = frozenset()) -> None:
-    """Refuse a shape (`--shape`, or the configuration's) for a name that is no graph input of `model`, or with
-    another number of dims than the input declares: a typo would leave the input at a guessed size, unsaid. An
-    `optional` name may be no input of this model: one only the configuration gives (its glob matches models with
-    other inputs too), or one of another model beside it (`bench model.onnx encoder.onnx --shape tokens=1x8`)."""
-    inputs = {vi.name: vi for vi in graph_inputs(model)}
-    for name, dims in shapes.items():
-        if name not in inputs and name in optional:
-            continue
-        if name not in inputs:
-            raise UsageError(f"{option} {name}: no such graph input (inputs: {', '.join(inputs) or 'none'})")
-        declared = inputs[name].type.tensor_type
-        if inputs[name].type.WhichOneof("value") == "tensor_type" and declared.HasField("shape") \
-                and len(declared.shape.dim) != len(dims):
-            raise UsageError(f"{option} {name}: {len(dims)} dims given, the input has rank {len(declared.shape.dim)}")
 
 
 def check_input_type(value: onnx.ValueInfoProto) -> None:

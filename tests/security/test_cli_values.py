@@ -16,6 +16,8 @@ LONG = "9" * 5000  # past the 4300 digits CPython converts: a ValueError unless 
     ("args", "env", "toml", "says"),
     [
         (["--shape", "x=²x4"], {}, None, "bad shape '²x4'"),
+        (["--trace-shape", "zz=2x4"], {}, None, "--trace-shape zz: no such graph input"),  # was ignored: helper 104
+        (["--trace-shape", "x=2x4x3"], {}, None, "--trace-shape x: 3 dims given"),
         ([], {}, '[tool.graphfix.inputs."*.onnx"]\nshapes = { x = "²x4" }\n', "bad shape '²x4'"),
         (["--timeout", "1e300"], {}, None, "--timeout"),
         (["--timeout", "nan"], {}, None, "--timeout"),
@@ -28,6 +30,8 @@ LONG = "9" * 5000  # past the 4300 digits CPython converts: a ValueError unless 
         ([], {"GRAPHFIX_MAX_NODES": "²"}, None, "GRAPHFIX_MAX_NODES"),
         ([], {"GRAPHFIX_MAX_PROBE_MEMORY": "1e400"}, None, "GRAPHFIX_MAX_PROBE_MEMORY"),
         ([], {"GRAPHFIX_SHAPE_SECONDS": "nan"}, None, "GRAPHFIX_SHAPE_SECONDS"),
+        ([], {"GRAPHFIX_MAX_MEMORY": "abc"}, None, "GRAPHFIX_MAX_MEMORY"),  # read in the worker: internal error
+        ([], {"GRAPHFIX_MAX_MEMORY": "10"}, None, "GRAPHFIX_MAX_MEMORY"),  # too little to start one (helper 104)
         ([], {}, DEEP, "nested too deeply"),
         (["--jobs", LONG], {}, None, "--jobs"),
         (["--shape", f"x={LONG}x4"], {}, None, "bad shape"),

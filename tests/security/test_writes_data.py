@@ -1,6 +1,6 @@
-"""#20 item 6: graphfix deletes only files it made in this run, writes a model's data under a name derived from
-the output's own name, never over a file that is not the replaced model's unshared data, and refuses collisions
-(one line, exit 2).
+"""#20 item 6: graphfix deletes only files it made in this run (the data a replaced model read is kept, and the
+result says so: helper 104's model one folder up read it), and writes a model's data under a name derived from the
+output's own name, never over a file (a taken name is passed over: `OUT.1.data`).
 
 Repairs of a model with external data run in the model's folder (`cwd=`): from elsewhere, onnxruntime's shape
 inference resolves data against the working folder (#20 item 3, not under test here)."""
@@ -76,11 +76,13 @@ def test_unchanged_repair_never_overwrites_a_data_file_of_another_model(sandbox)
     assert same_outputs(run(sandbox.outside / "fixed.onnx"), run(source))
     assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx", "fixed.onnx.data",
                                                                   "model.onnx.data", "secret.bin"]
-    stranger = sandbox.outside / "again.onnx.data"  # the output's own data name is taken: exit 2
+    stranger = sandbox.outside / "again.onnx.data"  # the output's own data name is taken: the next one is used
     stranger.write_bytes(b"a stranger's bytes")
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "again.onnx"))
-    one_line_refusal(done, "again.onnx.data", "exists")
-    assert stranger.read_bytes() == b"a stranger's bytes" and not (sandbox.outside / "again.onnx").exists()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stranger.read_bytes() == b"a stranger's bytes"
+    assert same_outputs(run(sandbox.outside / "again.onnx"), run(source))
+    assert (sandbox.outside / "again.onnx.1.data").is_file()
 
 
 def test_changed_repair_never_overwrites_a_data_file_named_like_its_own(sandbox):
@@ -89,9 +91,10 @@ def test_changed_repair_never_overwrites_a_data_file_named_like_its_own(sandbox)
     expected = run(deployed)
     done = sandbox.run("repair", str(source), "-o", str(sandbox.outside / "fixed.onnx"), "--no-simplify",
                        cwd=source.parent)
-    one_line_refusal(done, "fixed.onnx.data", "exists")
+    assert done.returncode == 0, done.stdout + done.stderr  # its data goes under the next name
     assert same_outputs(run(deployed), expected)
-    assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx.data", "secret.bin"]
+    assert sorted(p.name for p in sandbox.outside.iterdir()) == ["deployed.onnx", "fixed.onnx", "fixed.onnx.1.data",
+                                                                  "fixed.onnx.data", "secret.bin"]
 
 
 def test_a_model_whose_data_is_its_own_file_survives_in_place_repair(sandbox):
@@ -103,11 +106,31 @@ def test_a_model_whose_data_is_its_own_file_survives_in_place_repair(sandbox):
     run(model)
 
 
-def test_in_place_still_replaces_its_own_unshared_data(sandbox):
+def test_in_place_keeps_the_data_the_replaced_model_read_and_says_so(sandbox):
+    """Helper 104: `top/main.onnx` read `models/a.onnx.data`, which an in-place repair of `models/a.onnx` deleted
+    (only the models of the data's own folder were asked). graphfix deletes only what it made in the same run:
+    the replaced data stays, and the result names it."""
     model = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    main = one_folder_up(model, sandbox.root / "main.onnx")
+    expected = run(main)
     done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["model.onnx", "model.onnx.1.data"]
+    assert done.returncode == 0 and "kept" in done.stdout and "model.onnx.data" in done.stdout, done.stdout
+    assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["model.onnx", "model.onnx.1.data",
+                                                                   "model.onnx.data"]
+    assert same_outputs(run(main), expected)
+
+
+def one_folder_up(model: Path, path: Path) -> Path:
+    """The model again at `path`, its data read from the model's folder (`model/model.onnx.data`)."""
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = f"{model.parent.name}/{entry.value}"
+    path.write_bytes(proto.SerializeToString())
+    return path
 
 
 def test_in_place_keeps_its_own_data_when_a_copy_of_the_model_reads_it(sandbox):
@@ -116,7 +139,7 @@ def test_in_place_keeps_its_own_data_when_a_copy_of_the_model_reads_it(sandbox):
     copy.write_bytes(model.read_bytes())  # reads model.onnx.data too
     expected = run(copy)
     done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
-    assert done.returncode == 0 and "backup.onnx may read it" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "kept" in done.stdout, done.stdout + done.stderr
     assert same_outputs(run(copy), expected)
 
 
@@ -138,7 +161,7 @@ def test_in_place_keeps_its_own_data_when_a_linked_model_or_a_link_to_it_is_read
     other = sandbox.model_dir / "other.onnx"
     expected = run(other)
     done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
-    assert done.returncode == 0 and "other.onnx may read it" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "kept" in done.stdout, done.stdout + done.stderr
     assert same_outputs(run(other), expected)
 
 
@@ -166,22 +189,17 @@ def test_output_dir_where_one_model_s_data_is_named_like_another_model_s_output_
     run(out / "y.onnx")
 
 
-def test_an_unchanged_copy_replaces_its_own_earlier_copy_but_not_shared_data(sandbox):
+def test_the_same_command_again_keeps_the_earlier_output_s_data(sandbox):
+    """The same command twice: the earlier output is replaced, its data kept beside it (no run of this one made
+    it) and named in the result; the new data goes under the next name."""
     source = healthy(sandbox.model_dir / "model.onnx", "weights.bin")
     out = sandbox.root / "out"
-    for _ in range(2):  # the same command again: its own earlier output and data are replaced
+    for _ in range(2):
         done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
         assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.1.data"]
-    (out / "model.onnx.1.data").rename(out / "weights.bin")  # an output of old, whose data has the input's name
-    (out / "model.onnx").write_bytes(source.read_bytes())
-    other = healthy(out / "other.onnx", "weights.bin", weight=2.0)  # another model, its data under that name
-    expected = run(other)
-    done = sandbox.run("repair", str(source), "-o", str(out / "model.onnx"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "kept" in done.stdout and "weights.bin" in done.stdout  # the shared data stays, and it is said
-    assert same_outputs(run(other), expected)
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "other.onnx", "weights.bin"]
+    assert "kept" in done.stdout and "model.onnx.data" in done.stdout, done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.1.data", "model.onnx.data"]
+    assert same_outputs(run(out / "model.onnx"), run(source))
 
 
 def two_data_files(path, near: str, far: str) -> Path:
@@ -329,5 +347,18 @@ def test_outputs_of_a_private_model_stay_private(sandbox):
         "broken.onnx": 0o600, "broken.onnx.data": 0o600, "fine.onnx": 0o600, "fine.onnx.data": 0o600,
         "kept.onnx": 0o640, "kept.onnx.data": 0o640, "shaped.onnx": 0o600, "shaped.onnx.data": 0o600,
         "report.txt": 0o644}
-    assert {p.name: mode(p) for p in folder.iterdir()} == {
-        "broken.onnx": 0o600, "broken.onnx.1.data": 0o600, "fine.onnx": 0o600, "fine.data": 0o600}
+    assert {p.name: mode(p) for p in folder.iterdir()} == {  # the replaced data is kept (made by no run of ours)
+        "broken.onnx": 0o600, "broken.onnx.data": 0o600, "broken.onnx.1.data": 0o600, "fine.onnx": 0o600,
+        "fine.data": 0o600}
+
+
+def test_a_private_data_file_beside_a_readable_model_keeps_the_output_private(sandbox):
+    """Helper 104: `onnx.save` writes external data 0600 beside a 0644 model; the output's data took the model's
+    bits alone and was world-readable. The output takes the bits every input file has."""
+    source = healthy(sandbox.model_dir / "m.onnx", "m.onnx.data")
+    source.chmod(0o644)
+    (sandbox.model_dir / "m.onnx.data").chmod(0o600)
+    out = sandbox.root / "out"
+    done = sandbox.run("repair", str(source), "-o", str(out / "o.onnx"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {p.name: mode(p) for p in out.iterdir()} == {"o.onnx": 0o600, "o.onnx.data": 0o600}

@@ -160,9 +160,10 @@ def test_folders_made_for_an_output_are_removed_only_where_they_were_made(sandbo
 
 @pytest.mark.parametrize("to", ["an empty folder", "outside"])
 def test_the_replaced_models_data_is_judged_in_its_own_folder(sandbox, monkeypatch, to):
-    """After the commit's rename, `why_kept` read the destination's folder by path to learn whether another
-    model reads the replaced model's data: that folder swapped for a link (to an empty folder) had the data
-    `other.onnx` reads removed; to `outside`, graphfix listed and read the user's files there."""
+    """After the commit's rename, graphfix read the destination's folder by path to learn whether another model
+    reads the replaced model's data: that folder swapped for a link (to an empty folder) had the data `other.onnx`
+    reads removed; to `outside`, graphfix listed and read the user's files there. It deletes no replaced data now,
+    and reads nothing there."""
     out = sandbox.root / "out"
     healthy(out / "x" / "other.onnx", "m.onnx.data")
     healthy(out / "x" / "m.onnx", "m.onnx.data")
@@ -180,6 +181,6 @@ def test_the_replaced_models_data_is_judged_in_its_own_folder(sandbox, monkeypat
     monkeypatch.setattr(os, "replace", swapping_replace)
     staged.commit()
     monkeypatch.undo()
-    assert (out / "moved" / "m.onnx.data").is_file() and any("other.onnx" in why for why in staged.kept)
+    assert (out / "moved" / "m.onnx.data").is_file() and any("m.onnx.data" in why for why in staged.kept)
     assert sandbox.touched() == []
     shutil.rmtree(out)
