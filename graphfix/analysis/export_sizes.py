@@ -294,10 +294,14 @@ def sized_at_export(ctx: RuleContext, value: int, near: bool = False) -> list[st
 
 def unknown_at_export(ctx: RuleContext) -> list[str]:
     """The graph inputs' dynamic lengths whose export size nothing in the graph tells (no `export_facts`): not a
-    batch (`broadcast.batch_named` among its input's dims), which no model's length is taken for; a length at
-    axis 0 counts (`[T, B, C]`, helper 105)."""
+    batch, which no model's length is taken for: a dim named like one among its input's (`broadcast.batch_named`),
+    else its leading dim (`x_dynamic_axes_1`, `n`: helper 106). A length leads where a batch is named beside it
+    (`[T, B, C]`, helper 105)."""
     told = {fact.dim for fact in export_facts(ctx)}
-    batch = {name for tensor in ctx.graph.inputs for name in batch_named(tensor.shape or ())}
+    batch = set()
+    for tensor in ctx.graph.inputs:
+        dims = list(tensor.shape or ())
+        batch |= batch_named(dims) or ({dims[0]} if dims and isinstance(dims[0], str) else set())
     return sorted(dim for dim in export_sizes(ctx, ctx.evaluator).carriers if dim not in told and dim not in batch)
 
 

@@ -15,6 +15,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
+def traced_elsewhere(options) -> frozenset[str]:
+    """The `--trace-shape` names a model may lack (`RuleOptions.several`: another model of the command has them);
+    with one model, none: a typo is no export size."""
+    return frozenset(options.trace_shapes) if options.several else frozenset()
+
+
 def check_shapes(model: onnx.ModelProto, shapes, option: str = "--shape",
                  optional: frozenset[str] = frozenset()) -> None:
     """Refuse a shape (`--shape`, or the configuration's) for a name that is no graph input of `model`, or with

@@ -4,11 +4,11 @@
 graph broadcasts the pooled axis to the constant's 40 at every size. The exporter still declares the output axis
 dynamic (`frames`, from `dynamic_axes`), and the size analysis finds it fixed (`frozen_outputs`). `held_by` walks
 that axis back from the output, through elementwise ops, Transpose, Slice, Unsqueeze and Squeeze, a MatMul by a
-weight, a Conv that keeps the size (a spatial axis) and the Expands that keep it, to the node that widens a 1 to
-that size: a constant operand of a broadcasting op, an entry of an Expand's shape, of ConstantOfShape's shape, of
-Tile's repeats, of a Resize's sizes.
-Every way the size reaches the output must end so: a way that holds it otherwise (a Reshape, a pool, a learned
-table of as many rows) explains the size without a Python int, and the walk says where it stopped.
+weight, a Conv or a Pool along a spatial axis (a fixed size in, a fixed size out) and the Expands that keep it, to
+the node that widens a 1 to that size: a constant operand of a broadcasting op, an entry of an Expand's shape, of
+ConstantOfShape's shape, of Tile's repeats, of a Resize's sizes. Every way the size reaches the output must end
+so: a way that holds it otherwise (a Reshape, a global or adaptive pool, a learned table of as many rows)
+explains the size without a Python int, and the walk says where it stopped.
 
     if could_hold(ctx, output, axis=1):                  # cheap, onnx's shapes: is there anything to find?
         held = held_by(sizes, output, axis=1)             # Widening(node=Add '/Add', kind='constant', ...) or why not
@@ -28,6 +28,9 @@ from graphfix.analysis.structured import is_uniform
 from graphfix.io.sources import known_values
 
 CONSTANT, EXPAND, CONSTANT_OF_SHAPE, TILE, RESIZE = "constant", "expand", "constant-of-shape", "tile", "resize"
+# ops whose output length along a spatial axis is a function of the input's there alone (helper 106: a stride-2
+# Conv, a ConvTranspose, a MaxPool after the resize, each written with exit 0 while a 'same' Conv was read)
+WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"})
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
             continue
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
-        # MatMul: its rows are its first input's; Conv: a spatial axis (or the batch) is its input's
-        if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul") or (node.op == "Conv" and axis != 1):
+        # MatMul: its rows are its first input's; a Conv's or a Pool's spatial axis (or batch) follows its input's
+        if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul") or (node.op in WINDOWED and axis != 1):
             todo.append((node.inputs[0], axis))
         elif node.op in ("Unsqueeze", "Squeeze"):  # any axis of the input may be the one: generous, it is a gate
             todo.extend((node.inputs[0], k) for k in range(len(ctx.shape(node.inputs[0]) or ())))
@@ -134,8 +137,8 @@ def _step(sizes, node: gs.Node, tensor: gs.Tensor, axis: int, value: int) -> Wid
         return _broadcast(sizes, node, tensor, axis, value)
     if node.op == "MatMul" and is_table(node.inputs[1]) and axis < len(sizes.shape(tensor) or ()) - 1:
         return [(node.inputs[0], axis)]  # rows times a weight: a row axis is the input's
-    if node.op == "Conv" and axis != 1 and _is(_dim(sizes, node.inputs[0], tensor, axis), value):
-        return [(node.inputs[0], axis)]  # a convolution that keeps the size (a 'same' head after a resize: DPT)
+    if node.op in WINDOWED and axis != 1 and _fixed(_dim(sizes, node.inputs[0], tensor, axis)):
+        return [(node.inputs[0], axis)]  # a fixed size in, a fixed size out: a head after a resize (DPT's convs)
     if node.op == "Expand":
         before = _dim(sizes, node.inputs[0], tensor, axis)
         if before == "broadcast" or _is(before, 1):
@@ -253,6 +256,11 @@ def _entry(sizes, vector: gs.Tensor, index: int) -> int | None:
 def _entry_of(shape, axis: int) -> int | None:
     dim = shape[axis] if shape is not None and axis < len(shape) else None
     return int(dim) if dim is not None and getattr(dim, "is_Integer", False) else None
+
+
+def _fixed(dim) -> bool:
+    """Whether `_dim` found a whole number there."""
+    return isinstance(dim, tuple) and dim[0] is not None and dim[0].is_Integer
 
 
 def _is(dim, value: int) -> bool:

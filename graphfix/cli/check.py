@@ -58,10 +58,10 @@ def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_
     started = time.perf_counter()
     only, skip = _codes(only, "--only"), _codes(skip, "--skip")
     rules = tuple(rule.code for rule in select_rules(only, skip))
-    options = rule_options_from(expect_outputs=expect_outputs, trace_shapes=trace_shapes)
+    models = expand_paths(expand_globs(paths))
+    options = rule_options_from(expect_outputs=expect_outputs, trace_shapes=trace_shapes, several=len(models) > 1)
     base = validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol)
     job_list = []
-    models = expand_paths(expand_globs(paths))
     inputs = report_inputs(output_file, [m.path for m in models]) if output_file else []
     for model in models:
         select, ignore = config_filter(model.path)

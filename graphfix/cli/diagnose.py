@@ -43,12 +43,13 @@ def command(paths, fmt, fail_on, static, only, skip, expect_outputs, trace_shape
             shapes, input_files, rtol, atol) -> int:
     """Report what will break each model at deployment, naming node, cause and fix."""
     rules = select_rules(only, skip)
-    options = rule_options_from(static=static, expect_outputs=expect_outputs, trace_shapes=trace_shapes)
+    models = expand_paths(paths)
+    options = rule_options_from(static=static, expect_outputs=expect_outputs, trace_shapes=trace_shapes,
+                                several=len(models) > 1)
     probing = None if static else validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol,
                                                           atol=atol)
     config = current_config()
     reports = []
-    models = expand_paths(paths)
     if len(models) > 1:
         warm_up()  # once here, not in every model's child
     for model in models:

@@ -121,7 +121,8 @@ require_option = click.option(
 )
 
 
-def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expect_outputs=(), trace_shapes=()):
+def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expect_outputs=(), trace_shapes=(),
+                      several: bool = False):
     from graphfix.core.rule import RuleOptions
 
     traced = parse_shapes("--trace-shape", tuple(trace_shapes))
@@ -129,7 +130,7 @@ def rule_options_from(*, static: bool = False, unsafe_fixes: bool = False, expec
         if any(d is None for d in dims):
             raise UsageError(f"--trace-shape {name}: give every dim as a number (the export-time size)")
     return RuleOptions(static=static, unsafe_fixes=unsafe_fixes, expect_outputs=tuple(expect_outputs),
-                       trace_shapes=traced)
+                       trace_shapes=traced, several=several)
 
 
 def validation_options_from(*, shapes=(), input_files=(), rtol: float = 1e-3, atol: float = 1e-4,

@@ -68,7 +68,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
     options = RepairOptions(
         rules=select_rules(only, skip),
         rule_options=rule_options_from(unsafe_fixes=unsafe_fixes, expect_outputs=expect_outputs,
-                                       trace_shapes=trace_shapes),
+                                       trace_shapes=trace_shapes, several=len(models) > 1),
         simplify=not no_simplify, force=force, dry_run=dry_run, in_place=in_place,
         output_root=output_dir if output is None and not in_place else None,
         validation=validation_options_from(shapes=shapes, input_files=input_files, rtol=rtol, atol=atol,

@@ -303,10 +303,15 @@ def _end_with(parent: int | None) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         raise SystemExit(128 + signal.SIGTERM)
-    threading.Thread(target=_orphaned, args=(parent,), name="graphfix-orphan", daemon=True).start()
+    default = threading.stack_size(ORPHAN_STACK)  # not the 8 MB a thread's stack takes of GRAPHFIX_MAX_MEMORY
+    try:
+        threading.Thread(target=_orphaned, args=(parent,), name="graphfix-orphan", daemon=True).start()
+    finally:
+        threading.stack_size(default)
 
 
 ORPHAN_POLL_S = 0.5
+ORPHAN_STACK = 256 << 10  # its loop needs little
 
 
 def _orphaned(parent: int) -> None:

@@ -88,6 +88,7 @@ class RuleOptions:
     unsafe_fixes: bool = False
     expect_outputs: tuple[str, ...] = ()
     trace_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    several: bool = False  # one command, several models: a --trace-shape name one model lacks may be another's
     static: bool = False
     choices: Mapping[str, int] = field(default_factory=dict)  # Choice key -> the option to build (repair's trials)
     # what the graph before any fix said of its export sizes (graphfix.analysis.export_sizes.ExportFact), for

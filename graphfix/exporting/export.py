@@ -130,7 +130,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             probe_args = default_probes(call, requested, dim_names(input_names, dynamic_axes),
                                         front_end_strides(raw, call))
 
-        trace_shapes = _trace_shapes(raw, call)  # the raw export read once, for every repair below
+        trace_shapes = _trace_shapes(raw, call, input_names)  # the raw export read once, for every repair below
         names = dim_names(input_names, dynamic_axes)
         grows = growing_dims(requested, names)  # dims an unsafe guess must also hold at far past the probes
         far = far_probes(call, grows) if grows and flat else []
@@ -295,12 +295,19 @@ def _unsafe_left(result) -> bool:
     return any(f.fix is not None and f.fix.safety is Safety.UNSAFE for f in result.after.findings)
 
 
-def _trace_shapes(path: Path, call: tuple[tuple, dict]) -> dict[str, tuple[int, ...]]:
-    """Graph input name -> the shape of the example tensor exported for it (the exporters' order)."""
+def _trace_shapes(path: Path, call: tuple[tuple, dict], input_names=None) -> dict[str, tuple[int, ...]]:
+    """Graph input name -> the shape of the example tensor exported for it: by the name given for it where
+    `input_names` names the tensors (an input the exporter dropped, unused, leaves the others' positions: helper
+    106), else in the exporters' order, where the ranks agree."""
     import onnx
 
+    from graphfix.analysis.given_shapes import graph_inputs
     from graphfix.exporting.verify import call_tensors
-    from graphfix.validate.graph_sizes import graph_inputs
 
     inputs = graph_inputs(onnx.load_model(str(path), load_external_data=False))
-    return {meta.name: tuple(t.shape) for meta, t in zip(inputs, call_tensors(*call), strict=False)}
+    tensors = call_tensors(*call)
+    if input_names and len(input_names) >= len(tensors):
+        named = {name: tuple(t.shape) for name, t in zip(input_names, tensors, strict=False)}
+        return {meta.name: named[meta.name] for meta in inputs if meta.name in named}
+    return {meta.name: tuple(t.shape) for meta, t in zip(inputs, tensors, strict=False)
+            if len(meta.type.tensor_type.shape.dim) == len(t.shape)}

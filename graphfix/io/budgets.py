@@ -69,7 +69,7 @@ def bound_data(extra: int) -> None:
         return
 
 
-MIN_WORKER_MEMORY = 64 << 20  # below it a worker cannot even import what it runs
+MIN_WORKER_MEMORY = 128 << 20  # below it a worker cannot start what it runs (helper 106: 90M did not)
 
 
 def max_worker_memory() -> int | None:

@@ -153,13 +153,16 @@ class StagedModel:
         return self.destination
 
     def _set_mode(self, folder: int, stage: int) -> None:
-        """Give the staged model and data the permission bits of the file they replace, else the input's, never
-        more than a new file gets: a private model (0600) repaired or replaced in place stays private, and an
-        output the user made private stays so. Each file is changed through a descriptor (a link put in the
-        staging folder would have chmod change the file it names)."""
+        """Give the staged model and data the permission bits of the file they replace (no more for others than
+        every input file gives them), else the input's, never more than a new file gets: a private model (0600) or
+        data repaired or replaced in place stays private, and an output the user made private stays so. Each file
+        is changed through a descriptor (a link put in the staging folder would have chmod change the file it
+        names)."""
         staged = [self.destination.name, *(name for name in (*self.copied, self.data_name) if name)]
         try:  # a regular file: check_target said so
             mode = stat.S_IMODE(os.stat(self.destination.name, dir_fd=folder, follow_symlinks=False).st_mode)
+            if self.input_mode is not None:  # its owner's bits, and no one else's more than every input gives
+                mode = (mode & 0o700) | (mode & self.input_mode & 0o077)  # private data in place (helper 106)
         except FileNotFoundError:
             if self.input_mode is None:
                 return

@@ -23,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from graphfix.analysis.given_shapes import check_shapes, traced_elsewhere
 from graphfix.core.errors import InputError
 from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
@@ -44,7 +45,6 @@ from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.given import check_given
 from graphfix.validate.hints import unchanged_failure_note
-from graphfix.validate.inputs import check_shapes
 from graphfix.validate.runner import ModelRunner
 from graphfix.validate.sizes import trace_sizes
 
@@ -121,7 +121,8 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
-    check_shapes(loaded.proto, options.rule_options.trace_shapes, "--trace-shape")  # a typo is no export size
+    traced = options.rule_options
+    check_shapes(loaded.proto, traced.trace_shapes, "--trace-shape", traced_elsewhere(traced))  # no typo
     if (checks := options.validation) is not None:  # before any work: a typo is no input
         check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
         cast = check_given(loaded.proto, checks.inputs)  # once: every probe size feeds them as they are

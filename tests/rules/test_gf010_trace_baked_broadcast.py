@@ -305,21 +305,25 @@ def test_the_walk_follows_transpose_and_tile_and_says_where_it_stops(tmp_path):
 
 class Upsampled(nn.Module):
     """A segmentation head's logits upsampled to `(int(H), int(W))`, as mmsegmentation's `resize` writes it (helper
-    103: transformers' SegFormer so; nothing else in the graph tells H and W at export); with `head`, a 'same'
-    convolution after it, as DPT's and DepthAnything's heads have (helper 105: the walk stopped at the Conv)."""
+    103: transformers' SegFormer so; nothing else in the graph tells H and W at export); with a `head` after it, as
+    DPT's and DepthAnything's have (helpers 105 and 106: the walk stopped at the Conv, then at all but a 'same' one)."""
 
-    def __init__(self, head=False):
+    HEADS = {"resize": nn.Identity, "same_conv": lambda: nn.Conv2d(5, 5, 3, padding=1),  # helper 106: the others
+             "strided_conv": lambda: nn.Conv2d(5, 5, 3, 2), "transposed": lambda: nn.ConvTranspose2d(5, 5, 2, 2),
+             "max_pool": lambda: nn.MaxPool2d(2)}
+
+    def __init__(self, head="resize"):
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(3, 5, 4, 4)
-        self.head = nn.Conv2d(5, 5, 3, padding=1) if head else nn.Identity()
+        self.head = self.HEADS[head]()
 
     def forward(self, x):
         size = (int(x.shape[2]), int(x.shape[3]))
         return self.head(nn.functional.interpolate(self.conv(x), size=size, mode="bilinear"))
 
 
-@pytest.mark.parametrize("head", [False, True], ids=["resize", "conv_after"])
+@pytest.mark.parametrize("head", sorted(Upsampled.HEADS))
 @pytest.mark.parametrize(("trace", "severity"), [
     (None, "error"), ((2, 3, 64, 96), "error"), ((2, 3, 40, 56), "warning")])
 def test_a_resize_to_sizes_no_input_is_known_to_have_had_is_an_error(tmp_path, trace, severity, head):
@@ -358,3 +362,28 @@ def test_a_length_at_axis_0_whose_export_size_is_not_known_makes_an_error(tmp_pa
     found = findings(path)
     assert [f.severity.value for f in found] == ["error"] and "export size of T is not known" in found[0].message, \
         [f.message for f in found]
+
+
+class FixedSize(nn.Module):
+    """Healthy (helper 106): a static 64 x 96 image, its head resized to 128 x 128 by the model's own numbers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 4, 4)
+
+    def forward(self, x):
+        return nn.functional.interpolate(self.conv(x), size=(128, 128), mode="bilinear")
+
+
+@pytest.mark.parametrize("batch", ["n", "num_images"])
+def test_a_fixed_size_where_only_the_batch_moves_is_a_warning(tmp_path, batch):
+    """The only dynamic dim leads its input: a batch, whatever its name (`n`, `num_images`, the TorchScript
+    exporter's `x_dynamic_axes_1`), whose export size no length is taken for."""
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FixedSize().eval(), (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: batch}, "y": {0: batch, 2: "h", 3: "w"}})
+    assert [f.severity.value for f in findings(path)] == ["warning", "warning"]

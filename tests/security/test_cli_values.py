@@ -32,6 +32,7 @@ LONG = "9" * 5000  # past the 4300 digits CPython converts: a ValueError unless 
         ([], {"GRAPHFIX_SHAPE_SECONDS": "nan"}, None, "GRAPHFIX_SHAPE_SECONDS"),
         ([], {"GRAPHFIX_MAX_MEMORY": "abc"}, None, "GRAPHFIX_MAX_MEMORY"),  # read in the worker: internal error
         ([], {"GRAPHFIX_MAX_MEMORY": "10"}, None, "GRAPHFIX_MAX_MEMORY"),  # too little to start one (helper 104)
+        ([], {"GRAPHFIX_MAX_MEMORY": "90M"}, None, "GRAPHFIX_MAX_MEMORY"),  # still too little (helper 106)
         ([], {}, DEEP, "nested too deeply"),
         (["--jobs", LONG], {}, None, "--jobs"),
         (["--shape", f"x={LONG}x4"], {}, None, "bad shape"),
@@ -102,3 +103,14 @@ def test_probe_values_are_drawn_a_block_at_a_time_as_one_draw():
     got = _normal(shape, np.float32, np.random.default_rng(7))
     assert got.dtype == np.float32 and got.shape == shape
     np.testing.assert_array_equal(got, np.random.default_rng(7).standard_normal(shape).astype(np.float32))
+
+
+def test_a_trace_shape_another_model_of_the_command_takes_is_no_typo(sandbox):
+    """Helper 106: `diagnose a.onnx b.onnx --trace-shape x=2x4`, where only a.onnx has x, was refused whole (exit 2,
+    nothing reported); as with --shape, a name one of several models lacks may be another's."""
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "a.onnx")
+    onnx.save(onnx.parser.parse_model(HEALTHY.replace(" x)", " t)").replace("(x)", "(t)")), sandbox.cwd / "b.onnx")
+    done = sandbox.run("diagnose", "a.onnx", "b.onnx", "--trace-shape", "x=2x4")
+    assert done.returncode == 0 and "a.onnx" in done.stdout and "b.onnx" in done.stdout, done.stdout + done.stderr
+    alone = sandbox.run("diagnose", "b.onnx", "--trace-shape", "x=2x4")
+    assert alone.returncode == 2 and "--trace-shape x: no such graph input" in alone.stderr, alone.stderr

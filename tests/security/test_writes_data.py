@@ -324,8 +324,8 @@ def mode(path: Path) -> int:
 
 def test_outputs_of_a_private_model_stay_private(sandbox):
     """A 0600 model was written 0644: repaired in place or beside it, made world-readable; an output the user had
-    made 0600 was replaced by a 0644 one. A written model and its data take the replaced file's bits, else the
-    input's; a report keeps the default."""
+    made 0600 was replaced by a 0644 one. A written model and its data take the replaced file's bits (no more for
+    others than every input file gives: helper 106), else the input's; a report keeps the default."""
     folder = sandbox.model_dir
     broken, fine = hubert(folder / "broken.onnx", "broken.onnx.data"), healthy(folder / "fine.onnx", "fine.data")
     for path in (broken, folder / "broken.onnx.data", fine, folder / "fine.data"):
@@ -345,7 +345,8 @@ def test_outputs_of_a_private_model_stay_private(sandbox):
         assert done.returncode in (0, 1), done.stdout + done.stderr
     assert {p.name: mode(p) for p in out.iterdir()} == {
         "broken.onnx": 0o600, "broken.onnx.data": 0o600, "fine.onnx": 0o600, "fine.onnx.data": 0o600,
-        "kept.onnx": 0o640, "kept.onnx.data": 0o640, "shaped.onnx": 0o600, "shaped.onnx.data": 0o600,
+        "kept.onnx": 0o600, "kept.onnx.data": 0o600,  # 0640 replaced: no more for others than the input gives
+        "shaped.onnx": 0o600, "shaped.onnx.data": 0o600,
         "report.txt": 0o644}
     assert {p.name: mode(p) for p in folder.iterdir()} == {  # the replaced data is kept (made by no run of ours)
         "broken.onnx": 0o600, "broken.onnx.data": 0o600, "broken.onnx.1.data": 0o600, "fine.onnx": 0o600,
@@ -362,3 +363,14 @@ def test_a_private_data_file_beside_a_readable_model_keeps_the_output_private(sa
     done = sandbox.run("repair", str(source), "-o", str(out / "o.onnx"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert {p.name: mode(p) for p in out.iterdir()} == {"o.onnx": 0o600, "o.onnx.data": 0o600}
+
+
+def test_a_private_data_file_stays_private_when_repaired_in_place(sandbox):
+    """Helper 106: a file replaced gave its bits to the new data alone (0644 for the model), so the in-place
+    repair's new data of a 0600 data file was world-readable."""
+    model = hubert(sandbox.model_dir / "model.onnx", "model.onnx.data")
+    model.chmod(0o644)
+    (sandbox.model_dir / "model.onnx.data").chmod(0o600)
+    done = sandbox.run("repair", str(model), "--in-place", "--no-simplify", cwd=model.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert mode(sandbox.model_dir / "model.onnx.1.data") == 0o600 and mode(model) == 0o600

@@ -22,24 +22,32 @@ TOLERATED = (TypeError, ValueError, ArithmeticError, IndexError, KeyError, Attri
 
 
 def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> Shape | None:
-    """The output shape of a Conv or Pool `node` over input shape `x` (weight shape `w`; `()` for a pool), with
-    exact floor arithmetic (`num`'s, sympy's by default); None where it is not computed (unknown input, `auto_pad`
-    SAME, `ceil_mode`)."""
+    """The output shape of a Conv, ConvTranspose or Pool `node` over input shape `x` (weight shape `w`; `()` for a
+    pool), with exact floor arithmetic (`num`'s, sympy's by default); None where it is not computed (unknown input,
+    `auto_pad` SAME, `ceil_mode`, a ConvTranspose's `output_shape`)."""
     num = num or SYMPY
+    transposed = node.op == "ConvTranspose"
     if x is None or w is None or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
-            or node.attrs.get("ceil_mode", 0):
+            or node.attrs.get("ceil_mode", 0) or (transposed and node.attrs.get("output_shape")):
         return None
     spatial = len(x) - 2
-    kernel = node.attrs.get("kernel_shape", w[2:] if node.op == "Conv" else None)
+    kernel = node.attrs.get("kernel_shape", w[2:] if node.op in ("Conv", "ConvTranspose") else None)
     strides = node.attrs.get("strides", [1] * spatial)
     pads = node.attrs.get("pads", [0] * 2 * spatial)
     dil = node.attrs.get("dilations", [1] * spatial)
-    out = [x[0], w[0] if node.op == "Conv" else x[1]]
+    extra = node.attrs.get("output_padding", [0] * spatial)
+    channels = x[1] if node.op not in ("Conv", "ConvTranspose") else w[0] if not transposed else \
+        None if w[1] is None else w[1] * node.attrs.get("group", 1)
+    out = [x[0], channels]
     for j in range(spatial):
         if x[2 + j] is None:
             out.append(None)
             continue
-        span = x[2 + j] + pads[j] + pads[j + spatial] - dil[j] * (num.expr(kernel[j]) - 1) - 1
+        reach = dil[j] * (num.expr(kernel[j]) - 1) + 1
+        if transposed:  # each input step moves the output by the stride; the kernel's reach past the last one
+            out.append(strides[j] * (x[2 + j] - 1) + extra[j] + reach - pads[j] - pads[j + spatial])
+            continue
+        span = x[2 + j] + pads[j] + pads[j + spatial] - reach
         out.append(num.floor_div(span, strides[j]) + 1)
     return tuple(out)
 

@@ -320,12 +320,13 @@ class OpShapes(SpreadShapes):
 
     def _conv(self, node: gs.Node) -> None:
         x = self._in_shape(node, 0)
-        w = self._in_shape(node, 1) if node.op == "Conv" else ()  # a pool has no weight: its kernel is an attribute
+        w = self._in_shape(node, 1) if node.op in ("Conv", "ConvTranspose") else ()  # a pool's kernel: its attribute
         out = window_output(node, x, w, self.num)
         if out is not None:
             self._set(node, out)
 
     _op_Conv = _conv
+    _op_ConvTranspose = _conv
     _op_MaxPool = _conv
     _op_AveragePool = _conv
 
