@@ -43,8 +43,8 @@ def endless(path):
 def test_a_run_at_the_users_sizes_stops_at_the_run_budget(tmp_path, command):
     model = endless(tmp_path / "loop.onnx")
     env = {**os.environ, "GRAPHFIX_MAX_RUN_SECONDS": "1"}
-    done = subprocess.run([sys.executable, "-m", "graphfix", command, str(model), *COMMANDS[command]], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "graphfix", command, str(model), *COMMANDS[command], "--timeout",
+                           "60"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode != 0 and "run budget" in done.stdout + done.stderr, done.stdout + done.stderr
 
 
@@ -53,6 +53,7 @@ def test_a_worker_whose_graphfix_was_killed_ends_itself(tmp_path):
     env = {**os.environ, "GRAPHFIX_MAX_RUN_SECONDS": "600"}
     parent = subprocess.Popen([sys.executable, "-m", "graphfix", "bench", str(model), *COMMANDS["bench"]], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    worker = None
     try:
         worker = _wait_for(lambda: next(iter(_children(parent.pid)), None), 60)
         assert worker is not None, "no worker started"
@@ -62,8 +63,8 @@ def test_a_worker_whose_graphfix_was_killed_ends_itself(tmp_path):
         assert _wait_for(lambda: not _alive(worker) or None, 60), f"worker {worker} still runs"
     finally:
         parent.kill()
-        for pid in _children(parent.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in [*_children(parent.pid), *([worker] if worker is not None and _alive(worker) else [])]:
+            os.kill(pid, signal.SIGKILL)  # where the test fails: no worker left running
 
 
 def _wait_for(probe, seconds: float):
