@@ -298,11 +298,15 @@ def unknown_at_export(ctx: RuleContext) -> list[str]:
     else its leading dim (`x_dynamic_axes_1`, `n`: helper 106). A length leads where a batch is named beside it
     (`[T, B, C]`, helper 105)."""
     told = {fact.dim for fact in export_facts(ctx)}
-    batch = set()
+    batch, lengths = set(), set()  # a dim is a batch only where no input has it elsewhere (`mask[time]`: helper 107)
     for tensor in ctx.graph.inputs:
-        dims = list(tensor.shape or ())
-        batch |= batch_named(dims) or ({dims[0]} if dims and isinstance(dims[0], str) else set())
-    return sorted(dim for dim in export_sizes(ctx, ctx.evaluator).carriers if dim not in told and dim not in batch)
+        dims = [d for d in tensor.shape or () if isinstance(d, str)]
+        lead = tensor.shape[0] if tensor.shape and isinstance(tensor.shape[0], str) else None
+        own = batch_named(dims) or ({lead} if lead else set())
+        batch |= own
+        lengths |= set(dims) - own
+    return sorted(dim for dim in export_sizes(ctx, ctx.evaluator).carriers
+                  if dim not in told and (dim not in batch or dim in lengths))
 
 
 def length_at_export(ctx: RuleContext, tensor, axis: int, value: int) -> str:

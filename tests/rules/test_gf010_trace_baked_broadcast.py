@@ -387,3 +387,29 @@ def test_a_fixed_size_where_only_the_batch_moves_is_a_warning(tmp_path, batch):
                           opset_version=17, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: batch}, "y": {0: batch, 2: "h", 3: "w"}})
     assert [f.severity.value for f in findings(path)] == ["warning", "warning"]
+
+
+class MaskedFrames(nn.Module):
+    """`ones(int(T), 8)` added to a pooled frame, beside a mask `[time]` whose leading dim is the length (helper 107:
+    taken for a batch there, `time` was no unknown length anywhere, and the model was written with exit 0)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x, mask):
+        return (self.lin(x) * mask[None, :, None]).mean(1, keepdim=True) + torch.ones(int(x.shape[1]), 8)
+
+
+def test_a_length_that_leads_another_input_is_still_a_length(tmp_path):
+    path = tmp_path / "masked.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(MaskedFrames().eval(), (torch.randn(2, 40, 16), torch.ones(40)), str(path), dynamo=False,
+                          opset_version=17, input_names=["x", "mask"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}, "mask": {0: "time"},
+                                        "y": {0: "batch", 1: "frames"}})
+    found = findings(path)
+    assert [f.severity.value for f in found] == ["error"] and "export size of time is not known" in found[0].message, \
+        [f.message for f in found]
