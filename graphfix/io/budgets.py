@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import onnx
@@ -196,20 +197,41 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs
 
 
-def budgeted_run(session, feeds: dict) -> list:
-    """`session.run`, stopped past the run budget (`GRAPHFIX_MAX_RUN_SECONDS`): the error then says so. For the
-    commands that run a model at the user's sizes (`bench`, `stream`): a Loop of 10^15 steps ran on, and on in
-    the worker a killed graphfix left (helper 104)."""
-    import onnxruntime as ort  # the commands that run models have it loaded already
+class BudgetedRuns:
+    """`session.run`, stopped past the run budget (`GRAPHFIX_MAX_RUN_SECONDS`), the error then saying so: for the
+    commands that run a model at the user's sizes (`bench`, `stream`), where a Loop of 10^15 steps ran on, and on
+    in the worker a killed graphfix left (helper 104). One watcher thread for every run, not a timer each: a
+    thread started per run took a tenth of a 0.3 ms step that `stream` and `bench` measure."""
 
-    options = ort.RunOptions()
-    timer = threading.Timer(run_budget_seconds(), lambda: setattr(options, "terminate", True))
-    timer.start()
-    try:
-        return session.run(None, feeds, options)
-    except Exception:
-        if options.terminate:
-            raise RuntimeError(f"stopped after {run_budget_seconds():g} s (run budget, {ENV_RUN_BUDGET})") from None
-        raise
-    finally:
-        timer.cancel()
+    def __init__(self, session):
+        import onnxruntime as ort  # the commands that run models have it loaded already
+
+        self.session, self.options, self.budget = session, ort.RunOptions(), run_budget_seconds()
+        self._deadline: float | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._watch, name="graphfix-run-budget", daemon=True).start()
+
+    def run(self, feeds: dict) -> list:
+        with self._changed:
+            self._deadline = time.monotonic() + self.budget
+            self._changed.notify()
+        try:
+            return self.session.run(None, feeds, self.options)
+        except Exception:
+            if self.options.terminate:
+                raise RuntimeError(f"stopped after {self.budget:g} s (run budget, {ENV_RUN_BUDGET})") from None
+            raise
+        finally:
+            with self._changed:
+                self._deadline = None
+                self._changed.notify()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self.options.terminate:
+                if self._deadline is None:
+                    self._changed.wait()
+                elif (left := self._deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                else:
+                    self.options.terminate = True

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from graphfix.core.errors import InputError, UsageError, printable
-from graphfix.io.budgets import budgeted_run
+from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
@@ -174,8 +174,10 @@ def _bench_one(loaded: LoadedModel, session: ort.InferenceSession, batch: int | 
         row.error = str(exc)
         return row
 
+    runs = BudgetedRuns(session)
+
     def call():
-        budgeted_run(session, feeds)
+        runs.run(feeds)
 
     return _measure(row, call, feeds, options)
 

@@ -16,6 +16,7 @@ after one warm-up run that is reported, not counted) and cache size are reported
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import onnxruntime as ort
 
 from graphfix.analysis.shapes import value_info_shape
 from graphfix.core.errors import InputError, UsageError
-from graphfix.io.budgets import budgeted_run
+from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
@@ -200,9 +201,15 @@ def _new_chunks(model, feeds, feedback, step: int) -> None:
             feeds[vi.name] = rng.random(value.shape).astype(value.dtype)
 
 
+@functools.lru_cache(maxsize=4)
+def budgeted(session: ort.InferenceSession) -> BudgetedRuns:
+    """The session's runs under the run budget: one watcher for every step of it."""
+    return BudgetedRuns(session)
+
+
 def _run(session: ort.InferenceSession, feeds) -> list[np.ndarray] | str:
     try:
-        return budgeted_run(session, feeds)
+        return budgeted(session).run(feeds)
     except Exception as exc:
         from graphfix.surgery.bench import short_error
 
