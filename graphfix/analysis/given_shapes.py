@@ -15,10 +15,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def traced_elsewhere(options) -> frozenset[str]:
-    """The `--trace-shape` names a model may lack (`RuleOptions.several`: another model of the command has them);
-    with one model, none: a typo is no export size."""
-    return frozenset(options.trace_shapes) if options.several else frozenset()
+def check_trace_shapes(model: onnx.ModelProto, options) -> None:
+    """`--trace-shape` (`RuleOptions.trace_shapes`) checked as `--shape` is: a typo is no export size. A name may be
+    no input of this model where several share the command (`RuleOptions.several`): another may have it."""
+    check_shapes(model, options.trace_shapes, "--trace-shape",
+                 frozenset(options.trace_shapes) if options.several else frozenset())
 
 
 def check_shapes(model: onnx.ModelProto, shapes, option: str = "--shape",

@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from graphfix.analysis.given_shapes import check_shapes, traced_elsewhere
+from graphfix.analysis.given_shapes import check_trace_shapes
 from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import Finding, Rejection, RuleOptions, Severity
 from graphfix.io.loading import LoadedModel, load_model
@@ -42,7 +42,7 @@ class ModelReport:
 def diagnose_loaded(loaded: LoadedModel, rules, rule_options: RuleOptions, probe_options=None) -> ModelReport:
     """Static rules, then (unless `probe_options` is None) runtime probing with onnxruntime. A model over the node
     budget once its functions are expanded gets the static rules on its unexpanded graph and no probe."""
-    check_shapes(loaded.proto, rule_options.trace_shapes, "--trace-shape", traced_elsewhere(rule_options))
+    check_trace_shapes(loaded.proto, rule_options)
     if loaded.unexpanded:
         diagnosis = diagnose_model(without_functions(loaded.proto), loaded.base_dir, rules, rule_options)
         report = ModelReport(loaded.name, diagnosis.findings, diagnosis.rejections,

@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from graphfix.analysis.given_shapes import check_shapes, traced_elsewhere
+from graphfix.analysis.given_shapes import check_shapes, check_trace_shapes
 from graphfix.core.errors import InputError
 from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
@@ -121,8 +121,7 @@ def repair_model(loaded: LoadedModel, output: Path | None, options: RepairOption
     onnxsim's child process leave the interpreter free, so the two overlap with the fixing."""
     if output is not None:
         check_destination(loaded, output, options.in_place)
-    traced = options.rule_options
-    check_shapes(loaded.proto, traced.trace_shapes, "--trace-shape", traced_elsewhere(traced))  # no typo
+    check_trace_shapes(loaded.proto, options.rule_options)
     if (checks := options.validation) is not None:  # before any work: a typo is no input
         check_shapes(loaded.proto, checks.shapes, optional=checks.configured)
         cast = check_given(loaded.proto, checks.inputs)  # once: every probe size feeds them as they are
