@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import warnings
+from typing import NoReturn
 
 import click
 
@@ -33,11 +34,16 @@ class GraphfixGroup(click.Group):
                 click.echo(f"graphfix: error: {printable(word)!r} reads as an option but names an existing file; "
                            "pass file names after `--` (or as ./NAME)", err=True)
                 ctx.exit(2)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _refuse_usage(ctx, exc)
 
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
+        except click.UsageError as exc:
+            _refuse_usage(ctx, exc)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BrokenPipeError:  # `graphfix ... | head`: the reader left, which is no error of ours
@@ -64,6 +70,15 @@ class GraphfixGroup(click.Group):
         if isinstance(result, int):
             ctx.exit(result)
         return result
+
+
+def _refuse_usage(ctx: click.Context, exc: click.UsageError) -> NoReturn:
+    """Click's own usage error (an unknown option, a bad choice, a missing argument) in one line, as graphfix's
+    are, naming the command whose --help lists what it takes (click prints three)."""
+    command = (exc.ctx or ctx).command_path
+    message = printable(exc.format_message()).rstrip(".")
+    click.echo(f"graphfix: error: {message} (`{command} --help` lists what it takes)", err=True)
+    ctx.exit(exc.exit_code)
 
 
 class LazyCommands(dict):

@@ -14,6 +14,7 @@ import click
 
 from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
+    OutputPath,
     batch_options,
     config_filter,
     config_options,
@@ -44,7 +45,7 @@ from graphfix.report.text import emit_json, fails, findings_text, rejection_line
 @rule_inputs
 @probe_inputs
 @batch_options
-@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+@click.option("--output-file", type=OutputPath(dir_okay=False), metavar="FILE",
               help="Write the report to FILE instead of stdout (e.g. graphfix.report.sarif).")
 @config_options
 def command(paths, fmt, fail_on, only, skip, expect_outputs, trace_shapes, show_rejected, shapes, input_files,

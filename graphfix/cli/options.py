@@ -30,6 +30,7 @@ from click.core import ParameterSource
 from graphfix.core import values
 from graphfix.core.config import CONFIG_META, Config, load_config, name_values, parse_shapes, read_npy
 from graphfix.core.errors import UsageError
+from graphfix.io.paths import output_path
 
 MAX_WORKERS = 1024  # --jobs and --threads: past this, a number is a typo, not a machine
 MAX_RUNS = 1_000_000  # bench's --runs and --warmup, stream's --steps
@@ -146,10 +147,20 @@ def shapes_from(shapes: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
 
 
 # --- models and outputs (surgery commands) ---
+class OutputPath(click.Path):
+    """A path graphfix writes to, as `graphfix.io.paths.output_path` reads it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value, param, ctx) -> Path:
+        return output_path(super().convert(value, param, ctx))
+
+
 model_argument = click.argument("model", type=click.Path(path_type=Path))
 models_argument = click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 
-output_option = click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+output_option = click.option("-o", "--output", type=OutputPath(dir_okay=False), required=True,
                              help="Where to write the checked model (external data goes beside it as OUT.data).")
 
 threads_option = click.option("--threads", callback=parsed(values.count, high=MAX_WORKERS), default=None,

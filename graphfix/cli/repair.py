@@ -11,6 +11,7 @@ import click
 
 from graphfix.cli.guarded import sweeping
 from graphfix.cli.options import (
+    OutputPath,
     config_filter,
     config_options,
     current_config,
@@ -39,8 +40,8 @@ from graphfix.report.text import emit_json, findings_text, printable, rejection_
 
 @click.command("repair")
 @paths_argument
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model (one input model).")
-@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("-o", "--output", type=OutputPath(), help="Output model (one input model).")
+@click.option("--output-dir", type=OutputPath(file_okay=False),
               help="Output folder; outputs keep their paths relative to each PATH.")
 @click.option("--in-place", is_flag=True, help="Replace the input model (the only way to overwrite it).")
 @click.option("--dry-run", is_flag=True, help="Repair and validate, but write nothing.")

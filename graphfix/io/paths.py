@@ -44,6 +44,20 @@ def expand_paths(paths: tuple[Path, ...] | list[Path]) -> list[ModelPath]:
     return found
 
 
+def output_path(text: str | os.PathLike) -> Path:
+    """An output path as given, but for each `..` after a folder that does not exist yet, which takes that folder
+    back: graphfix would make it only to climb out of it, and leave it there empty (`-o out/sub/../x.onnx`:
+    helper 104). Where the folder exists the `..` stays, for the system to follow as the user's shell would."""
+    path = Path(text)
+    kept: list[str] = []
+    for part in path.parts:
+        if part == ".." and kept and kept[-1] not in ("..", path.anchor) and not os.path.lexists(Path(*kept)):
+            kept.pop()
+        else:
+            kept.append(part)
+    return Path(*kept) if kept else Path(".")
+
+
 def expand_globs(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
     """Quoted globs (`'models/**/*.onnx'`) become the paths they match; other PATHs stay as given."""
     expanded: list[Path] = []

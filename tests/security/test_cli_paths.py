@@ -44,3 +44,19 @@ def test_a_glob_matches_like_the_shell_globstar(tmp_path, monkeypatch):
     assert [p.as_posix() for p in expand_globs([Path("x/*/*.onnx")])] == ["x/y/m.onnx"]
     assert [p.as_posix() for p in expand_globs([tmp_path / "x/**/m.*"])] == [
         f"{tmp_path}/x/m.onnx", f"{tmp_path}/x/y/m.onnx", f"{tmp_path}/x/y/m.txt"]
+
+
+@pytest.mark.parametrize("output", ["out/sub/../fixed.onnx", "out/a/b/../../fixed.onnx", "out/sub/../sub2/fixed.onnx"])
+def test_an_output_path_that_climbs_back_leaves_no_folder_behind(sandbox, output):
+    """`-o out/sub/../fixed.onnx` made `out/sub` on the way and left it there, empty (helper 104): a folder the
+    output is not in is not made."""
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "model.onnx")
+
+    done = sandbox.run("repair", "model.onnx", "-o", output, timeout=90)
+
+    assert done.returncode == 0, done.stderr
+    written = os.path.normpath(sandbox.cwd / output)
+    assert onnx.load(written).graph.node[0].op_type == "Relu"
+    made = sorted(str(p.relative_to(sandbox.cwd)) for p in (sandbox.cwd / "out").rglob("*"))
+    assert made == sorted({"out/fixed.onnx", "out/sub2", "out/sub2/fixed.onnx"} & {
+        os.path.relpath(written, sandbox.cwd), os.path.dirname(os.path.relpath(written, sandbox.cwd))})

@@ -61,6 +61,12 @@ def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
         (["bench", "m.onnx", "--audio-seconds", "inf"], "--audio-seconds"),
         (["stream", "m.onnx", "--feedback", "y=x", "--steps", "1e9"], "--steps"),
         (["stream", "m.onnx", "--feedback", "y=x", "--latency-tolerance", "nan"], "--latency-tolerance"),
+        # click's own errors were three lines (a usage line, a hint, the error; helper 104)
+        (["repair", "m.onnx", "--bogus"], "No such option '--bogus'"),
+        (["check", "m.onnx", "--format", "xml"], "'xml' is not one of"),
+        (["repair"], "Missing argument"),
+        (["nosuch", "m.onnx"], "No such command 'nosuch'"),
+        (["--bogus", "diagnose", "m.onnx"], "No such option '--bogus'"),
     ],
 )
 def test_bench_and_stream_values_are_one_line_usage_errors(sandbox, args, says):
