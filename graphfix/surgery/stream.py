@@ -32,7 +32,8 @@ from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
 from graphfix.validate.inputs import check_shapes, graph_inputs
-from graphfix.validate.runner import error_text, first_line, hand_over
+from graphfix.validate.runner import error_text, first_line
+from graphfix.validate.sessions import hand_over
 
 
 @dataclass

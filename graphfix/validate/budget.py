@@ -10,6 +10,9 @@ The budget is a quarter of the memory available when graphfix starts, or GRAPHFI
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -17,7 +20,7 @@ import onnx
 from graphfix.core.counts import spelled
 from graphfix.core.errors import GraphfixError
 from graphfix.io.budgets import ENV_PROBE_MEMORY as ENV_BUDGET
-from graphfix.io.budgets import probe_memory_budget
+from graphfix.io.budgets import ENV_RUN_BUDGET, probe_memory_budget, run_budget_seconds
 from graphfix.io.propagation import MAX_PROPAGATED_ELEMENTS, data_prop_allowed
 
 
@@ -25,6 +28,32 @@ class NotProbed(GraphfixError):
     """The model cannot be run by the probe; says why (exit 1: the model is not proven)."""
 
     exit_code = 1
+
+
+T = TypeVar("T")
+
+
+def made_within_budget(make: Callable[[], T], what: str) -> T:
+    """`make()` (an onnxruntime session loaded with its optimizations, which fold constants while loading)
+    waited for no longer than the run budget, on a thread of its own; past it NotProbed, and the thread is left
+    to end with the process (onnxruntime cannot be stopped while it loads, and lets go of the interpreter while it
+    does): 1200 MatMuls of 2048² constants took 273 s to load, past any run budget (helper 104)."""
+    made: dict[str, T | BaseException] = {}
+
+    def load() -> None:
+        try:
+            made["value"] = make()
+        except BaseException as exc:  # handed to the caller, on its thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=load, name="graphfix-bounded-load", daemon=True)
+    thread.start()
+    thread.join(budget := run_budget_seconds())
+    if thread.is_alive():
+        raise NotProbed(f"{what} did not load within {budget:g} s (run budget, {ENV_RUN_BUDGET}): not checked")
+    if "error" in made:
+        raise made["error"]
+    return made["value"]
 
 
 def check_input_kind(value: onnx.ValueInfoProto) -> None:

@@ -182,17 +182,19 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             failure.rule = "GF000"  # shapes that agree only at k n + c meet there: no constant is the cause
         failure.hint = failure.hint or ("" if failure.skipped else domain_hint(proto, failure.sizes, options.shapes))
     if whole.session is not None and (error := _deployed_load_error(proto, base_dir, files)):
-        failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT)
+        failures[DEPLOYED] = RuntimeFailure("", "", error, {}, key=DEPLOYED, hint=DEPLOYED_HINT) \
+            if not isinstance(error, NotProbed) else _skipped(str(error), [{}])
     return [*failures.values(), *suspect_outputs(clean_runs)]
 
 
-def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
+def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | NotProbed | None:
     """Why a session with onnxruntime's graph optimizations on (as a default one, as repair validates what it
     writes) cannot load a model the probe ran with them off (helper 82: timm's EVA exported with TorchScript, a
     Concat's shape merge); None where it loads. Only loaded, never run (its runs are the probe's), and without its
     large weights, each a graph input of its type and dims: their bytes fold into nothing a shape depends on, and
     a second copy of BERT's cost 0.9 GB and 2 s. Where that fails, the whole model is loaded so before it is
-    reported: an op that takes only constant weights (a packed MatMulNBits) fails without them."""
+    reported: an op that takes only constant weights (a packed MatMulNBits) fails without them. NotProbed where
+    it did not load within the run budget (folding constants: helper 104), a note."""
     light = skeleton(proto)
     light.graph.value_info.extend(proto.graph.value_info)  # what the export declares, as a session reads it
     heavy = [t for t in light.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
@@ -206,7 +208,7 @@ def _deployed_load_error(proto: onnx.ModelProto, base_dir, files) -> str | None:
         runner = ModelRunner(model, base_dir, files=files, deployed=True)  # a Constant's, a function's external data
         error, runner.session = runner.load_error, None
         if runner.not_probed or not error:
-            return None
+            return NotProbed(runner.not_probed) if runner.not_probed else None
     return error
 
 

@@ -19,7 +19,6 @@ reads a file. Weights that a non-standard-domain op may require to be constant s
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import re
 import threading
@@ -30,15 +29,15 @@ import onnx
 import onnxruntime as ort
 
 from graphfix.io.budgets import ENV_MAX_MEMORY, ENV_RUN_BUDGET, run_budget_seconds
-from graphfix.io.external_data import check_external_data, data_file, external_ref, model_tensors, read_external
+from graphfix.io.external_data import check_external_data
 from graphfix.io.held import DataFiles, held, open_model
 from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weight, Weights, has_stubs, is_stub, materialize, resolve, weight_array, weight_proto
-from graphfix.validate.budget import NotProbed, loadable
+from graphfix.validate.budget import NotProbed
 from graphfix.validate.fusion import as_written, transposes_fused
+from graphfix.validate.sessions import FEEDABLE, linked_weights, make_session
 
 ModelSource = onnx.ModelProto | pathlib.Path
-EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
 DEPLOYED = " (with onnxruntime's basic graph optimizations, which every default session runs)"
 OUT_OF_MEMORY = re.compile(r"bad_alloc|Failed to allocate memory")  # onnxruntime's words for an allocation refused
@@ -193,10 +192,6 @@ class ModelRunner:
 class FedWeights:
     """Weights as numpy arrays, made once per tensor and shared by every runner given this object."""
 
-    FEEDABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
-                onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
-                onnx.TensorProto.BOOL}
-
     def __init__(self):
         self._arrays: dict[int, tuple[Weight, np.ndarray]] = {}
 
@@ -216,7 +211,7 @@ class FedWeights:
         for tensor in light.graph.initializer:
             if not is_stub(tensor):
                 runnable.graph.initializer.append(tensor)
-            elif tensor.data_type in self.FEEDABLE and tensor.name not in custom:
+            elif tensor.data_type in FEEDABLE and tensor.name not in custom:
                 feeds[tensor.name] = self.array(resolve(tensor, weights))
                 if tensor.name not in inputs:
                     runnable.graph.input.append(
@@ -231,101 +226,6 @@ def _feeds_key(feeds: dict[str, np.ndarray]) -> tuple:
     return tuple((name, value.shape, value.dtype.str, hashlib.blake2b(np.ascontiguousarray(value).tobytes(),
                                                                       digest_size=16).digest())
                  for name, value in sorted(feeds.items()))
-
-
-def linked_weights(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> dict[str, np.ndarray]:
-    """The main graph's initializers kept in external data, as arrays memory-mapped from the descriptors loading
-    holds (graphfix.io.held): onnxruntime uses them in place and opens no file. Types onnxruntime cannot take
-    from numpy, and arrays whose offset leaves them unaligned, are left to `in_memory_files`."""
-    if base_dir is None:
-        return {}
-    linked = {}
-    for tensor in proto.graph.initializer:
-        if external_ref(tensor) is not None and tensor.data_type in FedWeights.FEEDABLE:
-            array = read_external(tensor, base_dir)
-            if array.flags.aligned:
-                linked[tensor.name] = array
-    return linked
-
-
-def _linked_out(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> set[str]:
-    """Initializers whose data file is a link out of the model's folder that graphfix accepted (a Hugging Face hub
-    cache snapshot links into its repository's blobs/)."""
-    if base_dir is None:
-        return set()
-    root = os.path.realpath(base_dir)
-    return {tensor.name for tensor in proto.graph.initializer if (ref := external_ref(tensor)) is not None
-            and os.path.commonpath([root, os.path.realpath(ref.path(base_dir))]) != root}
-
-
-def _unhanded(proto: onnx.ModelProto, handed: set[str]):
-    """(tensor, reference) of each external tensor but the `handed` initializers of the main graph (which
-    `model_tensors` yields first)."""
-    top = len(proto.graph.initializer)
-    for index, (where, tensor) in enumerate(model_tensors(proto)):
-        ref = external_ref(tensor, where)
-        if ref is not None and not is_stub(tensor) and not (index < top and tensor.name in handed):
-            yield tensor, ref
-
-
-def make_session(proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-                 linked: dict[str, ort.OrtValue] | None = None, optimized: bool = False) -> ort.InferenceSession:
-    """A session made from the proto, with optimizations off (a probe compares what the graph says) or, with
-    `optimized`, at the basic level, whose fusions trust declared shapes as a default session's do (the extended
-    level's turn a quantized model's QDQ pairs into integer kernels, off by a quantization step by design, helper
-    75): onnxruntime opens no file (`hand_over`); none where loading could take without bound (`loadable`)."""
-    loadable(proto)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimized else \
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4  # failures are returned, not printed
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a few runs: packed copies cost more
-    options.enable_cpu_mem_arena = False  # else each session keeps its largest run's buffers (622 MB on Llama)
-    source, _copied = hand_over(options, proto, base_dir, linked)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def hand_over(options: ort.SessionOptions, proto: onnx.ModelProto, base_dir: pathlib.Path | None,
-              linked: dict[str, ort.OrtValue] | None = None) -> tuple[bytes, list]:
-    """The model's bytes for `ort.InferenceSession`, its external weights handed over in `options` from the
-    descriptors loading holds (graphfix.io.held): onnxruntime reads no file. `linked` values (over memory-mapped
-    arrays, see `linked_weights`) are used in place, and the caller keeps them alive as long as the session;
-    without them, the weights are copied by onnxruntime from values that the caller keeps until the session is
-    made (the second item). Any other external tensor goes inline (`with_values_inline`). onnxruntime still checks
-    that each handed-over location exists in the model's folder, and reads none of them."""
-    copied = []
-    if linked is None:
-        copied = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in linked_weights(proto, base_dir).items()]
-        if copied:
-            options.add_external_initializers([name for name, _ in copied], [value for _, value in copied])
-        linked = {}
-    escaping = _linked_out(proto, base_dir) if linked else set()
-    for name, value in linked.items():
-        if name not in escaping:
-            options.add_initializer(name, value)
-    if escaping:  # onnxruntime refuses a location that links out of the folder (a hub cache's blobs/): copied
-        options.add_external_initializers(list(escaping), [linked[name] for name in escaping])
-    handed = set(linked) | {name for name, _ in copied}
-    if base_dir is not None:  # where onnxruntime checks that the locations exist (it reads none of them)
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(base_dir))
-    return with_values_inline(proto, base_dir, handed).SerializeToString(), copied
-
-
-def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, handed: set[str]) -> onnx.ModelProto:
-    """The model, or a copy whose external tensors other than the `handed` initializers carry their bytes, read
-    from the held descriptors (onnxruntime would open their files itself: a Constant's value, a subgraph's or a
-    function's tensor, a type numpy cannot hold)."""
-    if not any(_unhanded(proto, handed)):
-        return proto
-    if base_dir is None:  # onnxruntime would resolve the locations against the working directory
-        raise ValueError("the model keeps values in external data, but no folder was given to read them from")
-    inline = onnx.ModelProto()
-    inline.CopyFrom(proto)
-    for tensor, ref in _unhanded(inline, handed):
-        tensor.raw_data = data_file(base_dir, ref.location, ref.where).read(ref.offset, ref.length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    return inline
 
 
 def error_text(exc: BaseException) -> str:
