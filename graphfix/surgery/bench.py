@@ -25,6 +25,7 @@ from graphfix.core.errors import InputError, UsageError, printable
 from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
+from graphfix.validate.budget import NotProbed, made_within_budget
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
 from graphfix.validate.runner import error_text, first_line
 from graphfix.validate.sessions import hand_over
@@ -129,7 +130,10 @@ def make_session(loaded: LoadedModel, options: BenchOptions) -> ort.InferenceSes
     # the loaded proto, its weights from the descriptors loading checked: onnxruntime reads no file again
     source, _copied = hand_over(session_options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
     try:
-        session = ort.InferenceSession(source, session_options, providers=providers)
+        session = made_within_budget(lambda: ort.InferenceSession(source, session_options, providers=providers),
+                                     f"{loaded.name}: onnxruntime's session")  # its optimizations fold constants
+    except NotProbed:
+        raise
     except Exception as exc:
         raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
     if session.get_providers()[0] != wanted:

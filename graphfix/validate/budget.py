@@ -50,7 +50,7 @@ def made_within_budget(make: Callable[[], T], what: str) -> T:
     thread.start()
     thread.join(budget := run_budget_seconds())
     if thread.is_alive():
-        raise NotProbed(f"{what} did not load within {budget:g} s (run budget, {ENV_RUN_BUDGET}): not checked")
+        raise NotProbed(f"{what} did not load within {budget:g} s (run budget, {ENV_RUN_BUDGET})")
     if "error" in made:
         raise made["error"]
     return made["value"]
