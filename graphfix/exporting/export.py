@@ -128,7 +128,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         given = probe_args is not None  # the caller's own sizes: inputs the module takes, lengths that fit
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = default_probes(call, requested, dim_names(input_names, dynamic_axes),
-                                        front_end_strides(raw, call))
+                                        front_end_strides(raw, call, input_names))
 
         trace_shapes = _trace_shapes(raw, call, input_names)  # the raw export read once, for every repair below
         names = dim_names(input_names, dynamic_axes)
@@ -142,7 +142,8 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
             result = repair(source, output=output, trace_shapes=trace_shapes, unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
             checked = None if result.output is None else verify(output, model, args, probe_args=probe_args,
-                                                                   kwargs=export_kwargs.get("kwargs"))
+                                                                   kwargs=export_kwargs.get("kwargs"),
+                                                                   input_names=input_names)
             return result, checked
 
         def settled(checked, output: Path = destination) -> bool:
@@ -155,7 +156,8 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                 unsettled.append("sizes far past the probes, where an unsafe fix's guess must also hold: none could "
                                  "be made (keyword or nested arguments, or over the size budget); not kept")
                 return False
-            beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"))
+            beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"),
+                            input_names=input_names)
             ran = [c for c in beyond.checks if c.input_shapes not in [k.input_shapes for k in checked.checks]]
             where = "5 and 8 times the example's lengths (and a multiple of 16), where an unsafe fix's guess must hold"
             if not all(c.ok for c in beyond.checks):
@@ -248,16 +250,17 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
     import torch
 
     from graphfix.exporting.refit import Refitted, refit
-    from graphfix.exporting.verify import call_tensors, dim_sizes, named_dims, sized_call, split_call
+    from graphfix.exporting.verify import call_inputs, call_tensors, dim_sizes, named_dims, sized_call, split_call
 
     exported = onnx.load_model(str(raw), load_external_data=False)
+    aligned = call_inputs(exported, export_kwargs.get("input_names"))
     generator = torch.Generator().manual_seed(1)
     folder = _fresh(scratch)
 
     def trace(sizes) -> onnx.ModelProto | None:
         path = folder / "trace.onnx"
         try:
-            args, named = sized_call(exported, call, dict(sizes), generator)
+            args, named = sized_call(aligned, call, dict(sizes), generator)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (*args, named) if named else args, str(path), dynamo=False,
@@ -271,9 +274,9 @@ def _refitted(model, call: tuple[tuple, dict], raw: Path, probe_args: list[tuple
             for written in folder.iterdir():  # the trace and any external data it wrote: one at a time on disk
                 written.unlink()
 
-    proof = [dim_sizes(exported, call_tensors(*split_call(args))) for args in probe_args]
+    proof = [dim_sizes(aligned, call_tensors(*split_call(args))) for args in probe_args]
     try:
-        return refit(exported, named_dims(exported, [t.shape for t in call_tensors(*call)]), trace, avoid=proof)
+        return refit(exported, named_dims(aligned, [t.shape for t in call_tensors(*call)]), trace, avoid=proof)
     except MemoryError:
         return Refitted(None, notes=["a trace at another size ran out of memory: the traces stopped"])
 
@@ -296,18 +299,12 @@ def _unsafe_left(result) -> bool:
 
 
 def _trace_shapes(path: Path, call: tuple[tuple, dict], input_names=None) -> dict[str, tuple[int, ...]]:
-    """Graph input name -> the shape of the example tensor exported for it: by the name given for it where
-    `input_names` names the tensors (an input the exporter dropped, unused, leaves the others' positions: helper
-    106), else in the exporters' order, where the ranks agree."""
+    """Graph input name -> the shape of the example tensor exported for it (`verify.call_inputs`: by the name given
+    for it, an input the exporter dropped leaving the others' places; helper 106), where the ranks agree."""
     import onnx
 
-    from graphfix.analysis.given_shapes import graph_inputs
-    from graphfix.exporting.verify import call_tensors
+    from graphfix.exporting.verify import call_inputs, call_tensors
 
-    inputs = graph_inputs(onnx.load_model(str(path), load_external_data=False))
-    tensors = call_tensors(*call)
-    if input_names and len(input_names) >= len(tensors):
-        named = {name: tuple(t.shape) for name, t in zip(input_names, tensors, strict=False)}
-        return {meta.name: named[meta.name] for meta in inputs if meta.name in named}
-    return {meta.name: tuple(t.shape) for meta, t in zip(inputs, tensors, strict=False)
-            if len(meta.type.tensor_type.shape.dim) == len(t.shape)}
+    aligned = call_inputs(onnx.load_model(str(path), load_external_data=False), input_names)
+    return {meta.name: tuple(t.shape) for meta, t in zip(aligned.graph.input, call_tensors(*call), strict=False)
+            if meta.type.tensor_type.HasField("shape") and len(meta.type.tensor_type.shape.dim) == len(t.shape)}

@@ -8,23 +8,23 @@ import inspect
 from pathlib import Path
 
 
-def front_end_strides(raw: Path, call: tuple[tuple, dict]) -> dict[tuple[int, int], int]:
+def front_end_strides(raw: Path, call: tuple[tuple, dict], input_names=None) -> dict[tuple[int, int], int]:
     """(arg index, axis) -> how far that dim must grow for its strided front end's output to grow by a position
     (graphfix.analysis.sizes.domain), from the export's own graph."""
     import onnx
 
     from graphfix.analysis.sizes.domain import input_strides
     from graphfix.core.errors import GraphfixError
-    from graphfix.exporting.verify import call_tensors, named_dims
-    from graphfix.validate.graph_sizes import graph_inputs
+    from graphfix.exporting.verify import call_inputs, call_tensors, named_dims
 
     exported = onnx.load_model(str(raw), load_external_data=False)
-    dims = named_dims(exported, [t.shape for t in call_tensors(*call)])
+    aligned = call_inputs(exported, input_names)
+    dims = named_dims(aligned, [t.shape for t in call_tensors(*call)])
     try:
         strides = input_strides(exported, {name: size for name, (_, _, size) in dims.items()})
     except GraphfixError:  # an analysis past its budget: probes one past the size instead
         return {}
-    return {(pos, axis): strides[dim.dim_param] for pos, meta in enumerate(graph_inputs(exported))
+    return {(pos, axis): strides[dim.dim_param] for pos, meta in enumerate(aligned.graph.input)
             for axis, dim in enumerate(meta.type.tensor_type.shape.dim) if dim.dim_param in strides}
 
 

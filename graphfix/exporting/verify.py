@@ -50,26 +50,28 @@ class VerifyReport:
 
 
 def verify(onnx_path, torch_module, example_args, probe_args=None, *, rtol: float = 1e-3, atol: float = 1e-4,
-           seed: int = 0, kwargs: dict | None = None) -> VerifyReport:
+           seed: int = 0, kwargs: dict | None = None, input_names=None) -> VerifyReport:
     """Run the module and the ONNX file on the example args and on probe args (given, or made by resizing the
     example's dynamic dims), and compare every output. `ok` only when every size ran and matched.
 
     Arguments are what torch.onnx.export takes: tensors, tuples, lists and dicts of them (a detection model's list
     of images), keyword arguments as `kwargs` or as a dict ending the args tuple; the ONNX inputs are their
-    tensors in order."""
+    tensors in order, or those `input_names` names (as given to the export, which may drop an unused one)."""
     import onnxruntime as ort
 
     loaded = load_model(onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    fed, aligned = {i.name for i in session.get_inputs()}, call_inputs(loaded.proto, input_names)
     example = split_call(example_args, kwargs)
     calls = [example] + [split_call(a, kwargs) for a in probe_args] if probe_args is not None else \
-        [example, *_resized_calls(loaded.proto, example, seed)]
+        [example, *_resized_calls(aligned, example, seed)]
     checks: list[SizeCheck] = []
     skipped: list[str] = []
     torch_module.eval()
     for args, named in calls:
         tensors = call_tensors(args, named)
-        feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors, strict=False)}
+        feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(aligned.graph.input, tensors, strict=False)
+                 if i.name in fed}
         shapes = {name: list(value.shape) for name, value in feeds.items()}
         try:
             import torch
@@ -164,6 +166,22 @@ def _resized_calls(model: onnx.ModelProto, example: tuple[tuple, dict], seed: in
     generator = torch.Generator().manual_seed(seed)
     return [sized_call(model, example, {name: factor * size for name, size in export_sizes.items()}, generator)
             for factor in (2, 3)]
+
+
+def call_inputs(model: onnx.ModelProto, input_names=None) -> onnx.ModelProto:
+    """A model holding only `model`'s graph inputs, lined up with a call's tensors: its n-th input is the n-th
+    tensor's. Where `input_names` names every input and more (the TorchScript exporter drops an argument the
+    module does not use: helper 106), an input with no shape stands for each dropped name; else the graph's order.
+    What pairs tensors with inputs by position (`named_dims`, `sized_call`) reads this, never the export."""
+    inputs = graph_inputs(model)
+    names = list(input_names or [])
+    aligned = onnx.ModelProto()
+    if len(names) > len(inputs) and {meta.name for meta in inputs} <= set(names):
+        by_name = {meta.name: meta for meta in inputs}
+        inputs = [by_name.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+                  for name in names]
+    aligned.graph.input.extend(inputs)
+    return aligned
 
 
 def dim_sizes(model: onnx.ModelProto, tensors) -> dict[str, int]:
