@@ -37,6 +37,7 @@ from typing import Any
 
 from graphfix.core import values
 from graphfix.core.errors import UsageError
+from graphfix.core.read_files import note_read
 
 FAIL_LEVELS = ("error", "warning", "info", "never")
 TOP_KEYS = ("select", "ignore", "fail-on", "rtol", "atol", "inputs", "per-file-ignores")
@@ -203,6 +204,7 @@ def read_npy(path: Path, where: str, inside: Path | None = None):
         with os.fdopen(os.open(path, flags), "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise UsageError(f"{where}: '{path}' is not a regular file: refused")
+            note_read(stream.fileno(), path)
             value = np.load(stream, allow_pickle=False)
             if not isinstance(value, np.ndarray):  # an .npz archive of several arrays (helper 81)
                 value.close()
@@ -231,6 +233,7 @@ def _read_toml(path: Path, follow: bool = True) -> dict[str, Any]:
         with os.fdopen(os.open(path, flags), "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise UsageError(f"{path}: cannot read the configuration: not a regular file")
+            note_read(stream.fileno(), path)
             text = stream.read(MAX_CONFIG_BYTES + 1)
             if len(text) > MAX_CONFIG_BYTES:
                 raise UsageError(f"{path}: cannot read the configuration: over {MAX_CONFIG_BYTES:,} bytes")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graphfix.core.errors import OutputError, UsageError
+from graphfix.core.read_files import read_as
 from graphfix.io.staging import create, open_folders, open_stage, remove, remove_made, staging_dir
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ def check_target(destination: Path, inputs: Iterable[Path] = (), *, in_place: bo
         raise OutputError(f"cannot write {destination}: is a directory")
     if not stat.S_ISREG(info.st_mode):
         raise OutputError(f"cannot write {destination}: it exists and is not a regular file")
+    if (read := read_as(info)) is not None:  # an array or the configuration: never replaced, --in-place or not
+        raise UsageError(f"{destination}: would overwrite {read}, which this run reads")
     if in_place:
         return
     for source in inputs:

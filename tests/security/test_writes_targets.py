@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import onnx
+import onnx.parser
 import pytest
 from writes_kit import healthy, run
 
@@ -156,3 +158,34 @@ def test_a_folder_swapped_for_a_link_while_the_output_is_committed_is_not_follow
         monkeypatch.undo()
     assert (out / "moved").is_dir() and not (sandbox.outside / "m.onnx").exists()
     assert sandbox.touched() == [] and sorted(p.name for p in sandbox.outside.iterdir()) == [stage, "secret.bin"]
+
+
+TWO = '< ir_version: 8, opset_import: ["" : 17] > g (float[N, 64] x, float[2, 64] m) => (float[N, 64] y) {\n' \
+    '  y = Add(x, m)\n}'
+CONFIG = '[tool.graphfix]\nrtol = 1e-3\n[tool.graphfix.inputs."*.onnx"]\nvalues = { x = "v.npy" }\n'
+
+
+@pytest.mark.parametrize(("args", "replaced"), [
+    (["repair", "model.onnx", "--input", "x=x.npy", "-o", "x.npy"], "x.npy"),
+    (["freeze", "two.onnx", "--input", "m=@x.npy", "-o", "x.npy"], "x.npy"),
+    (["check", "model.onnx", "--output-file", "v.npy"], "v.npy"),  # an array the configuration names
+    (["repair", "model.onnx", "-o", "pyproject.toml"], "pyproject.toml"),  # the configuration found
+    (["check", "model.onnx", "--config", "pyproject.toml", "--output-file", "pyproject.toml"], "pyproject.toml"),
+])
+def test_no_output_replaces_a_file_the_run_reads(sandbox, args, replaced):
+    """helper 108: only the models and their data were inputs an output could not replace; the run's arrays and
+    its configuration were written over (with exit 0), and every later run in the project failed on them."""
+    import numpy as np
+
+    healthy(sandbox.cwd / "model.onnx")
+    onnx.save(onnx.parser.parse_model(TWO), sandbox.cwd / "two.onnx")
+    for name in ("x.npy", "v.npy"):
+        np.save(sandbox.cwd / name, np.ones((2, 64), np.float32))
+    (sandbox.cwd / ".git").mkdir()
+    (sandbox.cwd / "pyproject.toml").write_text(CONFIG)
+    before = (sandbox.cwd / replaced).read_bytes()
+
+    done = sandbox.run(*args)
+
+    assert done.returncode != 0 and "which this run reads" in done.stderr + done.stdout, done.stdout + done.stderr
+    assert (sandbox.cwd / replaced).read_bytes() == before
