@@ -76,7 +76,7 @@ class TraceBakedBroadcast(Rule):
         outputs = {t.name: t for t in ctx.graph.outputs}
         declared = {(t.name, axis) for t in outputs.values() for axis, d in enumerate(t.shape or ())
                     if isinstance(d, str) and d and not made_up_dim(d, t.name, axis)}
-        if not any(could_hold(ctx, outputs[name], axis) for name, axis in declared):
+        if not could_hold(ctx, ((outputs[name], axis) for name, axis in declared)):
             return  # the size analysis is only paid for where an output could be held
         sizes = sizes_of(ctx)
         for frozen in frozen_outputs(sizes):

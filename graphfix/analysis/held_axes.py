@@ -10,12 +10,13 @@ ConstantOfShape's shape, of Tile's repeats, of a Resize's sizes. Every way the s
 so: a way that holds it otherwise (a Reshape, a global or adaptive pool, a learned table of as many rows)
 explains the size without a Python int, and the walk says where it stopped.
 
-    if could_hold(ctx, output, axis=1):                  # cheap, onnx's shapes: is there anything to find?
+    if could_hold(ctx, [(output, 1)]):                 # cheap, onnx's shapes: is there anything to find?
         held = held_by(sizes, output, axis=1)             # Widening(node=Add '/Add', kind='constant', ...) or why not
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,32 +48,33 @@ class Widening:
     value: int  # the size it widens to (a Slice further on may cut it)
 
 
-def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
-    """Whether the walk `held_by` takes from axis `axis` of `output` may reach a widening, read from onnx's shapes
-    (no size analysis, which a graph without one never pays for): a constant longer than 1 there where it meets a
-    computed operand, an Expand or ConstantOfShape on the way. A way where onnx's inference names the dim after a
-    graph input's follows that input: it holds nothing, and the walk leaves it (a Llama's logits, `seq` back to
-    its ids)."""
+def could_hold(ctx, axes: Iterable[tuple[gs.Tensor, int]]) -> bool:
+    """Whether the walk `held_by` takes from some axis of an output (`axes`: each output and axis) may reach a
+    widening, read from onnx's shapes (no size analysis, which a graph without one never pays for): a constant
+    longer than 1 there where it meets a computed operand, an Expand or ConstantOfShape on the way. A way where
+    onnx's inference names the dim after a graph input's follows that input: it holds nothing, and the walk leaves
+    it (a Llama's logits, `seq` back to its ids). One walk for every output: a tensor and axis is looked at once
+    (helper 108: a walk per output, each reading every graph input, took minutes on 20,000 outputs)."""
     follows = {d for t in ctx.graph.inputs for d in (ctx.shape(t) or ()) if isinstance(d, str)}
-    todo, seen = [(output, axis)], set()
+    todo, seen = [(output, axis, output) for output, axis in axes], set()
     while todo:
-        tensor, axis = todo.pop()
+        tensor, axis, start = todo.pop()
         node = tensor.inputs[0] if tensor.inputs else None
-        if (id(tensor), axis) in seen or node is None:
+        if (id(tensor), axis, tensor is start) in seen or node is None:
             continue
-        seen.add((id(tensor), axis))
-        shape = ctx.shape(tensor) if tensor is not output else None  # an output's dims are its declaration
+        seen.add((id(tensor), axis, tensor is start))
+        shape = ctx.shape(tensor) if tensor is not start else None  # an output's dims are its declaration
         if shape is not None and axis < len(shape) and shape[axis] in follows:
             continue
         if node.op in ("Expand", "ConstantOfShape", "Tile", "Resize"):
             return True
         # MatMul: its rows are its first input's; a Conv's or a Pool's spatial axis (or batch) follows its input's
         if node.op in SAME_SHAPE or node.op in ("Slice", "MatMul") or (node.op in WINDOWED and axis != 1):
-            todo.append((node.inputs[0], axis))
+            todo.append((node.inputs[0], axis, start))
         elif node.op in ("Unsqueeze", "Squeeze"):  # any axis of the input may be the one: generous, it is a gate
-            todo.extend((node.inputs[0], k) for k in range(len(ctx.shape(node.inputs[0]) or ())))
+            todo.extend((node.inputs[0], k, start) for k in range(len(ctx.shape(node.inputs[0]) or ())))
         elif node.op == "Transpose" and (perm := node.attrs.get("perm")) is not None:
-            todo.append((node.inputs[0], list(perm)[axis]))
+            todo.append((node.inputs[0], list(perm)[axis], start))
         elif node.op in BROADCAST_OPS:
             rank = len(ctx.shape(tensor) or ())
             for operand in node.inputs:
@@ -84,7 +86,7 @@ def could_hold(ctx, output: gs.Tensor, axis: int) -> bool:
                     if isinstance(shape[k], int) and shape[k] > 1:
                         return True
                 elif shape[k] != 1:
-                    todo.append((operand, k))
+                    todo.append((operand, k, start))
     return False
 
 

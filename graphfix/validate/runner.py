@@ -155,7 +155,8 @@ class ModelRunner:
         if self.session is None:
             return RunResult(None, f"session could not be created: {self.load_error}")
         if not strict_feeds:
-            feeds = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+            names = set(self.input_names)
+            feeds = {k: v for k, v in feeds.items() if k in names}
         if self.timed_out:  # it ran past its budget once: every other run would as well
             return RunResult(None, self.timed_out)
         key = _feeds_key(feeds)

@@ -301,3 +301,24 @@ def test_a_resize_by_scales_has_the_size_onnxruntime_gives(opset, args, sh, sw, 
         at = {"H": h, "W": w}
         got = [int(d.subs({s: at[s.name] for s in d.free_symbols})) for d in map(sympy.sympify, dims[2:])]
         assert tuple(got) == want, (dims, h, w)
+
+
+# SDPA's head dims as the dynamo exporter reads them: the shape's entries from INT64_MIN (the start) to -2.
+FROM_START = """
+< ir_version: 8, opset_import: ["" : 17] >
+g (float[B, H, T, 8] q) => (int64[?] lead) {
+    shape = Shape(q)
+    start = Constant <value = int64[1] {-9223372036854775808}> ()
+    end = Constant <value = int64[1] {-2}> ()
+    lead = Slice(shape, start, end)
+}
+"""
+
+
+def test_a_slice_from_int64_min_starts_at_the_start():
+    """`dim + INT64_MIN` made that slice 2**63 - 2 entries long, a size the analysis then carried on (and which
+    now ends the screen: no size is past int64)."""
+    assert analysed(FROM_START)[0].screened()  # asked first: a pass run already is what it reads
+    sizes, graph = analysed(FROM_START)
+    assert sizes.dims(tensor(graph, "lead")) == [2]
+    assert [str(v) for v in sizes.value(tensor(graph, "lead"))] == ["B", "H"]

@@ -88,5 +88,27 @@ def sequence_input() -> onnx.ModelProto:
     return _model(nodes, [seq], _y())
 
 
+def _squared(first: list, times: int) -> onnx.ModelProto:
+    """A shape value `first` computes from x's length, squared `times` times, the shape a Reshape of x takes: the
+    size analysis' arithmetic of one node then ran without bound (helper 108)."""
+    ints = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in (("one", 1), ("ten", 10),
+                                                                                ("zero", [0]))]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["t"], axis=0),
+             *first, *(helper.make_node("Mul", [f"a{i}", f"a{i}"], [f"a{i + 1}"]) for i in range(times)),
+             helper.make_node("Unsqueeze", [f"a{times}", "zero"], ["shape"]),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    return _model(nodes, _x((1, "T")), _y(), ints)
+
+
+def squared_length() -> onnx.ModelProto:
+    """(T + 1)**(2**18): sympy's `expand` of the Reshape's element count never ended."""
+    return _squared([helper.make_node("Add", ["t", "one"], ["a0"])], 18)
+
+
+def huge_number() -> onnx.ModelProto:
+    """(T - T + 10)**(2**27): a number of 2**27 digits, computed exactly by the screen and by sympy."""
+    return _squared([helper.make_node("Sub", ["t", "t"], ["z"]), helper.make_node("Add", ["z", "ten"], ["a0"])], 27)
+
+
 BOMBS = {f.__name__: f for f in (reshape_1e12, range_1e12, huge_input_dim, function_2_20, loop_1e12, chain_1e6,
-                                 sequence_input)}
+                                 sequence_input, squared_length, huge_number)}

@@ -7,6 +7,7 @@ The size pass (`Sizes`) does its arithmetic through an arithmetic object: `SYMPY
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
@@ -50,6 +51,36 @@ def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> 
         span = x[2 + j] + pads[j] + pads[j + spatial] - reach
         out.append(num.floor_div(span, strides[j]) + 1)
     return tuple(out)
+
+
+MAX_SIZE = 2**63  # onnxruntime's sizes are int64: a number past it wraps there, and is nothing the analysis knows
+MAX_DEGREE, MAX_BITS = 64, 256  # a size past them is none a model computes on purpose (see `too_big`)
+
+
+def too_big(value) -> bool:
+    """Whether a size is past what any is: a number past int64, a degree past MAX_DEGREE or a coefficient past
+    MAX_BITS. The pass keeps such a value unknown: a model squaring a shape value again and again (helper 108)
+    made `expand((T + 1)**2**18 - T)` and numbers of 2**27 digits, in one node each, past any time bound."""
+    expr = as_expr(value)
+    if expr.is_Rational:
+        return not -MAX_SIZE <= expr.p < MAX_SIZE or expr.q >= MAX_SIZE
+    return _degree(expr) > MAX_DEGREE or any(max(abs(n.p), n.q).bit_length() > MAX_BITS
+                                             for n in expr.atoms(sympy.Rational))
+
+
+def _degree(expr) -> float:
+    """The degree of an expression in its symbols, read from its tree (never expanded): floor, Min and the like
+    have their arguments' highest; a power by a size, no bound."""
+    if expr.is_Symbol:
+        return 1
+    if expr.is_Number or not expr.args:
+        return 0
+    if expr.is_Mul:
+        return sum(_degree(a) for a in expr.args)
+    if expr.is_Pow:
+        base, exponent = (_degree(a) for a in expr.args)
+        return base * abs(expr.args[1]) if expr.args[1].is_Number else math.inf if base or exponent else 0
+    return max(_degree(a) for a in expr.args)
 
 
 def as_expr(value) -> Expr:
@@ -162,6 +193,8 @@ class SympyArith:
     def same(a, b) -> bool:
         """Equal as expressions: structurally, or once expanded (cheap; sympy.simplify costs milliseconds)."""
         return a == b or sympy.expand(a - b) == 0
+
+    too_big = staticmethod(too_big)
 
     @staticmethod
     def plainly_number(value) -> bool:

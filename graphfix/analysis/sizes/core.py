@@ -226,10 +226,11 @@ class Sizes(OpShapes):
     def _set(self, node: gs.Node, shape: Shape | None, value: tuple | None = None, k: int = 0) -> None:
         out = node.outputs[k]
         if shape is not None:
-            shape = tuple(None if d is None else self.simplify(d) for d in shape)
+            shape = tuple(None if d is None or self.num.too_big(d) else self.simplify(d) for d in shape)
         self._shapes[id(out)] = shape
         if value is not None and len(value) <= MAX_VECTOR:
-            self._values[id(out)] = tuple(self.simplify(self.num.expr(v)) for v in value)
+            self._values[id(out)] = tuple(None if v is None or self.num.too_big(v) else self.simplify(self.num.expr(v))
+                                          for v in value)
 
     def _require(self, kind: str, node: gs.Node, left: Expr | None, right: Expr | None, detail: str = "") -> None:
         if left is None or right is None:

@@ -279,14 +279,14 @@ class OpShapes(SpreadShapes):
         if step != 1:  # `x[:, s::k]`: ceil((end - s) / k) entries, on the sizes where s is inside the axis
             if start.is_number and start >= INT_BIG:
                 return self.num.integer(0)
-            start = dim + start if start.is_number and start < 0 else start
+            start = _from_end(self, dim, start) if start.is_number and start < 0 else start
             end = dim if end.is_number and end >= INT_BIG else (
-                dim + end if end.is_number and end < 0 else self.num.min(dim, end))
+                _from_end(self, dim, end) if end.is_number and end < 0 else self.num.min(dim, end))
             return self.simplify(self.num.floor_div(end - start - 1, step) + 1)  # a strided window's count
         if start.is_number and start < 0:
-            start = dim + start
+            start = _from_end(self, dim, start)
         if end.is_number:
-            end = dim if end >= INT_BIG else (dim + end if end < 0 else self.num.min(dim, end))
+            end = dim if end >= INT_BIG else (_from_end(self, dim, end) if end < 0 else self.num.min(dim, end))
         elif dim.is_number and end.is_Symbol and is_table(node.inputs[0]):
             # a table (position ids, a positional encoding) of `dim` rows cut at a length: the model is built for
             # lengths up to `dim`, so on the valid range the slice has exactly that length
@@ -338,6 +338,12 @@ class OpShapes(SpreadShapes):
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def _from_end(sizes, dim, index):
+    """A negative Slice index counted from the end of an axis of `dim`; one at or past -INT_BIG (INT64_MIN: from
+    the start, whatever the length) is 0. dim + INT64_MIN made a 4-entry vector's slice 2**63 - 2 long."""
+    return sizes.num.integer(0) if index <= -INT_BIG else dim + index
+
+
 def _as_array(value: tuple | None, shape: Shape | None) -> np.ndarray | None:
     """A tracked value laid out in its shape (an object array of the entries), where every dim is a whole number."""
     if value is None or shape is None or not all(isinstance(d, int) or getattr(d, "is_Integer", False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+from graphfix.analysis.sizes.arith import MAX_SIZE
 from graphfix.analysis.sizes.poly import ONE, Atom, Poly, Unscreened, lift, variable
 
 
@@ -132,6 +133,16 @@ class PolyArith:
     @staticmethod
     def same(a, b) -> bool:
         return lift(a) == lift(b)
+
+    @staticmethod
+    def too_big(value) -> bool:
+        """Never: the screen gives up (Unscreened) where the pass would keep a size unknown as too big (a number
+        past int64, a coefficient past its bits; `arith.too_big`), and the pass decides."""
+        value = lift(value)
+        if any(not -MAX_SIZE <= Fraction(c).numerator < MAX_SIZE or Fraction(c).denominator >= MAX_SIZE
+               for c in value.terms.values()):
+            raise Unscreened(f"a size past int64 ({value})")
+        return False
 
     @staticmethod
     def plainly_number(value) -> bool:
