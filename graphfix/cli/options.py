@@ -19,6 +19,7 @@ default) with the value from the configuration: only <- select, skip <- ignore, 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,8 @@ class OutputPath(click.Path):
         super().__init__(path_type=Path, **kwargs)
 
     def convert(self, value, param, ctx) -> Path:
+        if not self.dir_okay and str(value).endswith(("/", os.sep)):  # pathlib drops the slash: a file named so
+            self.fail(f"'{value}' names a folder; give the file's path", param, ctx)
         return output_path(super().convert(value, param, ctx))
 
 

@@ -29,6 +29,7 @@ from onnx import numpy_helper
 
 from graphfix.analysis.builders import Builder
 from graphfix.analysis.shapes import infer_shapes
+from graphfix.core import values
 from graphfix.core.config import read_npy
 from graphfix.core.errors import UsageError
 from graphfix.io.graphs import export_graph, import_graph, tidy
@@ -60,10 +61,15 @@ def parse_fill(text: str) -> Fill:
         return lowered == "true"
     if text.startswith("@"):
         return read_npy(Path(text[1:]), f"fill {text}")
+    if lowered.lstrip("+-") in ("inf", "infinity", "nan"):
+        return float(lowered)  # spelled out: an additive mask's -inf is meant (1e400 is a number that overflows)
+    if values.DIGITS.fullmatch(lowered.lstrip("+-")) and len(lowered) <= values.MAX_DIGITS:
+        return int(lowered)  # its input's type's range is checked by cast_fills
     try:
-        return int(text) if lowered.lstrip("+-").isdigit() else float(text)
-    except ValueError:
-        raise UsageError(f"bad fill '{text}': expected true, false, a number or @file.npy") from None
+        return values.number(lowered, f"fill '{text}'")
+    except UsageError:
+        raise UsageError(f"bad fill '{text}': expected true, false, a finite number (or inf, -inf, nan) or "
+                         "@file.npy") from None
 
 
 def freeze(loaded: LoadedModel, fills: dict[str, Fill], output: Path | None,

@@ -69,3 +69,14 @@ def test_unknown_text_is_not_recognised():
 def test_rule_code_still_prints_docs():
     result = CliRunner().invoke(cli, ["explain", "gf001"])
     assert result.exit_code == 0 and "## What it does" in result.output
+
+
+def test_only_an_errors_first_lines_are_matched():
+    """A pattern's `.*` over 117 KB of text took 10 s (helper 108): the first MAX_EXPLAINED characters say what
+    an error is, and only they are read."""
+    from graphfix.report.knowledge import MAX_EXPLAINED
+
+    known = "Exporting the operator 'aten::repeat_interleave' to ONNX opset version 11 is not supported"
+    assert explain_message("x" * (MAX_EXPLAINED - len(known)) + known) is not None
+    assert explain_message("x" * MAX_EXPLAINED + known) is None
+    assert explain_message("ONNX operator" * 9000) is None

@@ -67,6 +67,8 @@ def test_a_bad_value_is_a_one_line_usage_error(sandbox, args, env, toml, says):
         (["repair"], "Missing argument"),
         (["nosuch", "m.onnx"], "No such command 'nosuch'"),
         (["--bogus", "diagnose", "m.onnx"], "No such option '--bogus'"),
+        (["repair", "m.onnx", "-o", "newdir/"], "names a folder"),  # written as a file named newdir (helper 108)
+        (["check", "m.onnx", "--output-file", "reports/"], "names a folder"),
     ],
 )
 def test_bench_and_stream_values_are_one_line_usage_errors(sandbox, args, says):

@@ -220,6 +220,8 @@ def test_fill_follows_dims_shared_with_another_input(tmp_path):
     (["--input", "mask=maybe"], "bad fill 'maybe'"),
     (["--input", "mask"], "expects NAME=VALUE"),
     (["--input", "mask=@missing.npy"], "cannot read"),
+    (["--input", "mask=1e400"], "bad fill '1e400'"),  # frozen to inf with exit 0 (helper 108)
+    (["--input", "mask=²"], "bad fill"),  # float() reads other scripts' digits
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
     onnx.save(parse(MASKED), tmp_path / "m.onnx")
@@ -240,6 +242,7 @@ def test_json_report(tmp_path):
 def test_parse_fill():
     assert parse_fill("true") is True and parse_fill("FALSE") is False
     assert parse_fill("3") == 3 and isinstance(parse_fill("3"), int) and parse_fill("1e-3") == 1e-3
+    assert parse_fill("-inf") == -np.inf and np.isnan(parse_fill("nan"))  # spelled out: an additive mask's -inf
 
 
 def test_external_data_stays_external(tmp_path):
