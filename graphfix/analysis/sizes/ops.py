@@ -363,9 +363,9 @@ _ARITH = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "floordiv", "Mod": "m
 
 def _broadcast_dims(sizes: OpShapes, a: Shape, b: Shape, node: gs.Node | None = None) -> Shape:
     """Numpy broadcasting of two shapes; with a `node`, a mismatch is recorded as its constraint."""
-    rank = max(len(a), len(b))
-    a = (1,) * (rank - len(a)) + tuple(a)  # a missing dim broadcasts like 1, and never reaches the output
-    b = (1,) * (rank - len(b)) + tuple(b)
+    rank, one = max(len(a), len(b)), sizes.num.integer(1)
+    a = (one,) * (rank - len(a)) + tuple(a)  # a missing dim broadcasts like 1 (where both are 1, it is the output's)
+    b = (one,) * (rank - len(b)) + tuple(b)
     out = []
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:  # valid broadcasting makes the unknown dim 1 or the known one

@@ -112,20 +112,26 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
     floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
     floors |= {cap for side in (constraint.left, constraint.right) for cap in side.atoms(sympy.Min, sympy.Max)
                if any(arg.is_Integer and int(arg) in caps for arg in cap.args)}
-    if len(floors) != 1 or len(next(iter(floors)).free_symbols) != 1:
-        return None  # one derived length of one input size: several would need several equations
-    (inner,) = floors
-    sums = [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(inner)]
-    length = min(sums, key=sympy.count_ops) if sums else inner  # `floor(...) + 1`, the length as the graph has it
+    if not floors or any(len(inner.free_symbols) != 1 for inner in floors):
+        return None  # each a derived length of one input size
+    lengths = [_as_graph_has(constraint, inner) for inner in floors]
+    length = lengths[0] if len(lengths) == 1 else sympy.Mul(*lengths)  # a grid of patches: one token count
     symbol = sympy.Symbol(f"({length})" if length.is_Add else str(length), integer=True, positive=True)
-    left, right = (side.xreplace({length: symbol}) for side in (constraint.left, constraint.right))
-    if left.has(inner) or right.has(inner):
-        return None
+    left, right = (side.xreplace({length: symbol}) if len(lengths) == 1 else side.subs(length, symbol)
+                   for side in (constraint.left, constraint.right))
+    if any(side.has(inner) for side in (left, right) for inner in floors):
+        return None  # a length apart from the others (several would need several equations)
     found = (solver or Solver()).one_root(sympy.expand(left - right), _where(constraint))
     if found is None or found[0] != symbol:
         return None
     return Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail), symbol,
                     found[1]), length
+
+
+def _as_graph_has(constraint: Constraint, inner: sympy.Expr) -> sympy.Expr:
+    """The length a floor is part of, as the graph has it: `floor(...) + 1` (the smallest sum holding it)."""
+    sums = [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(inner)]
+    return min(sums, key=sympy.count_ops) if sums else inner
 
 
 def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
