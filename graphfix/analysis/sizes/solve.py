@@ -107,17 +107,18 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
     or a cap (a length cut to a table, `ids[:, :64]`: `Min(64, T)`, red team 99) at which the constraint holds: the
     trace baked that length, whatever input size gave it. A cap only of a number in `caps` (the dims of the
     graph's weights: 64 positions of a table): `x[:, :int(y.shape[1])]` leaves the same `Min(50, T)` with 50 the
-    export size of another input, and its rebuild was wrong (helper 101). Returns the solution, whose symbol
-    stands for the length, and the length's expression."""
+    export size of another input, and its rebuild was wrong (helper 101). Lengths met only as their product are one
+    (a grid of patches: floor(H/8) * floor(W/8) tokens). Returns the solution (its symbol the length), the length."""
     floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
     floors |= {cap for side in (constraint.left, constraint.right) for cap in side.atoms(sympy.Min, sympy.Max)
                if any(arg.is_Integer and int(arg) in caps for arg in cap.args)}
     if not floors or any(len(inner.free_symbols) != 1 for inner in floors):
-        return None  # each a derived length of one input size
-    lengths = [_as_graph_has(constraint, inner) for inner in floors]
-    length = lengths[0] if len(lengths) == 1 else sympy.Mul(*lengths)  # a grid of patches: one token count
+        return None  # each a derived length of one input size; each as the graph has it (`floor(...) + 1`) below
+    sums = {f: [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(f)]
+            for f in floors}
+    length = sympy.Mul(*(min(sums[f], key=sympy.count_ops) if sums[f] else f for f in floors))  # one, or a grid
     symbol = sympy.Symbol(f"({length})" if length.is_Add else str(length), integer=True, positive=True)
-    left, right = (side.xreplace({length: symbol}) if len(lengths) == 1 else side.subs(length, symbol)
+    left, right = (side.xreplace({length: symbol}) if len(floors) == 1 else side.subs(length, symbol)
                    for side in (constraint.left, constraint.right))
     if any(side.has(inner) for side in (left, right) for inner in floors):
         return None  # a length apart from the others (several would need several equations)
@@ -126,12 +127,6 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
         return None
     return Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail), symbol,
                     found[1]), length
-
-
-def _as_graph_has(constraint: Constraint, inner: sympy.Expr) -> sympy.Expr:
-    """The length a floor is part of, as the graph has it: `floor(...) + 1` (the smallest sum holding it)."""
-    sums = [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(inner)]
-    return min(sums, key=sympy.count_ops) if sums else inner
 
 
 def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
