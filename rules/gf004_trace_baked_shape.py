@@ -38,9 +38,10 @@ class TraceBakedShape(Rule):
     Finds constants in shape-carrying inputs (Reshape shape, Expand shape, Slice ends, Range limit,
     ConstantOfShape, Tile repeats, Split sizes, Pad pads, Resize sizes) whose values are the export-time sizes of
     dims the graph declares dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own
-    constraints, solved by the size analysis: a Reshape whose element count holds at one size only, an Expand or
-    an elementwise op meeting a dynamic dim with a constant one, Split sizes. (Constant *tensors* cut at an
-    export size are GF006's.)
+    constraints, solved by the size analysis: a Reshape whose element count holds at one size only (an input's, a
+    length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
+    ViT's `nn.MultiheadAttention` pooling head), an Expand or an elementwise op meeting a dynamic dim with a
+    constant one, Split sizes. (Constant *tensors* cut at an export size are GF006's.)
 
     ## Why it breaks deployment
     While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
