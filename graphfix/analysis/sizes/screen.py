@@ -138,9 +138,8 @@ class PolyArith:
     def too_big(value) -> bool:
         """Never: the screen gives up (Unscreened) where the pass would keep a size unknown as too big (a number
         past int64, a coefficient past its bits; `arith.too_big`), and the pass decides."""
-        value = lift(value)
-        if any(not -MAX_SIZE <= Fraction(c).numerator < MAX_SIZE or Fraction(c).denominator >= MAX_SIZE
-               for c in value.terms.values()):
+        value = lift(value)  # an int's numerator is itself, its denominator 1
+        if any(not -MAX_SIZE <= c.numerator < MAX_SIZE or c.denominator >= MAX_SIZE for c in value.terms.values()):
             raise Unscreened(f"a size past int64 ({value})")
         return False
 
