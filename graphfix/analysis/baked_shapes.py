@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.edits import size_expr
 from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed_count, regroups_static_trailing_dims
+from graphfix.analysis.frozen_identities import frozen_identities
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
 from graphfix.core.lazy import hypotheses  # imported on first use: see graphfix.core.lazy
@@ -227,6 +228,11 @@ def reshape_candidates(sizes, baked, choice: int | None) -> Candidates:
     entry = entries[0]
     # a declared dim disagrees
     doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry.index)[:2])
+    if identities := frozen_identities(data, sizes.constant):  # a size computed in Python, 0 or 1 at export
+        doubt = "; ".join(filter(None, [doubt, f"{identities[0].op} '{identities[0].name}' before it does nothing "
+                                        "by its constants, as a size computed in Python leaves it at the export "
+                                        f"size: {entry.value} may be the model's own, which that op reaches at "
+                                        "other sizes"]))
     if entry.others:  # several expressions fit the same entry: the graph does not say which
         doubt = "; ".join(filter(None, [doubt, f"{hypotheses.show(entry.expr)} (applied, the simplest) or "
                                         + " or ".join(hypotheses.show(o) for o in entry.others) + " fits the element "

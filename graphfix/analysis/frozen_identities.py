@@ -1,0 +1,45 @@
+"""Ops that do nothing because of the constants they were given: a Pad by zeros, a 1 x 1 pool of stride 1.
+
+Nobody writes those on purpose; a trace leaves them where an amount or a kernel computed in Python from a size
+was 0 or 1 at the export size: `F.pad(tokens, (0, 0, 0, 20 - int(n)))` at n = 20 (a fixed number of slots the
+tokens are padded to), `avg_pool2d(f, (int(h) // 4, int(w) // 5))` at a 4 x 5 map (a fixed grid). At other sizes
+PyTorch pads or pools to the model's fixed size, and the graph does not. A Reshape after one that bakes the size
+at export (MultiheadAttention's `[20, B * heads, d]`) then equals the model's own constant as much as the size it
+was traced at: rebuilding it from the size is a guess (helper 110: SAFE, exit 0, 16 tokens where PyTorch keeps 20).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
+
+
+def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndarray | None]) -> list[gs.Node]:
+    """The ops upstream of `tensor` that are identities by their constants alone (each node looked at once);
+    `constant`: a tensor's value where constants alone compute it (the shared evaluator's)."""
+    found, seen, todo = [], set(), [tensor]
+    while todo:
+        current = todo.pop()
+        producer = current.inputs[0] if current.inputs else None
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        if _identity_by_constants(producer, constant):
+            found.append(producer)
+        todo.extend(producer.inputs)
+    return found
+
+
+def _identity_by_constants(node: gs.Node, constant) -> bool:
+    if node.op == "Pad" and node.attrs.get("mode", "constant") == "constant":
+        pads = node.attrs.get("pads") if len(node.inputs) < 2 else constant(node.inputs[1])
+        return pads is not None and np.size(pads) > 0 and not np.any(np.asarray(pads))
+    if node.op in POOLS:
+        kernel, strides = node.attrs.get("kernel_shape", ()), node.attrs.get("strides", ())
+        return bool(kernel) and all(k == 1 for k in kernel) and all(s == 1 for s in strides) and \
+            not any(node.attrs.get("pads", ()))
+    return False
