@@ -155,7 +155,8 @@ class OutputPath(click.Path):
         super().__init__(path_type=Path, **kwargs)
 
     def convert(self, value, param, ctx) -> Path:
-        if not self.dir_okay and str(value).endswith(("/", os.sep)):  # pathlib drops the slash: a file named so
+        text = str(value)  # pathlib drops a last slash or `.`: a file would be written under the folder's name
+        if not self.dir_okay and (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")):
             self.fail(f"'{value}' names a folder; give the file's path", param, ctx)
         return output_path(super().convert(value, param, ctx))
 

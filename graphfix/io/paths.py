@@ -51,7 +51,9 @@ def output_path(text: str | os.PathLike) -> Path:
     path = Path(text)
     kept: list[str] = []
     for part in path.parts:
-        if part == ".." and kept and kept[-1] not in ("..", path.anchor) and not os.path.lexists(Path(*kept)):
+        above = Path(*kept[:-1]) if len(kept) > 1 else Path(".")  # a file there: `..` stays, and the system fails
+        if part == ".." and kept and kept[-1] not in ("..", path.anchor) and not os.path.lexists(Path(*kept)) \
+                and (os.path.isdir(above) or not os.path.lexists(above)):
             kept.pop()
         else:
             kept.append(part)

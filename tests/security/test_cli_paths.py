@@ -60,3 +60,18 @@ def test_an_output_path_that_climbs_back_leaves_no_folder_behind(sandbox, output
     made = sorted(str(p.relative_to(sandbox.cwd)) for p in (sandbox.cwd / "out").rglob("*"))
     assert made == sorted({"out/fixed.onnx", "out/sub2", "out/sub2/fixed.onnx"} & {
         os.path.relpath(written, sandbox.cwd), os.path.dirname(os.path.relpath(written, sandbox.cwd))})
+
+
+@pytest.mark.parametrize("output", ["victim.txt/missing/..", "victim.txt/missing/../x.onnx", "missing/x/..",
+                                    "missing/.", "missing/"])
+def test_an_output_path_that_names_a_folder_or_climbs_out_of_a_file_is_refused(sandbox, output):
+    """helper 110: `-o victim.txt/missing/..` wrote the model over victim.txt (the `..` taken back lexically,
+    though what came before it is a file), and `missing/x/..` or `missing/.` wrote a file named `missing`."""
+    onnx.save(onnx.parser.parse_model(HEALTHY), sandbox.cwd / "model.onnx")
+    (sandbox.cwd / "victim.txt").write_text("the user's own\n")
+
+    done = sandbox.run("repair", "model.onnx", "-o", output, timeout=90)
+
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stdout + done.stderr
+    assert (sandbox.cwd / "victim.txt").read_text() == "the user's own\n"
+    assert sorted(p.name for p in sandbox.cwd.iterdir()) == ["model.onnx", "victim.txt"]
