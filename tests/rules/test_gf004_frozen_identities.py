@@ -77,6 +77,19 @@ class Patches(nn.Module):
         return self.mha(tokens, tokens, tokens)[0].transpose(0, 1)
 
 
+class ClassToken(Patches):
+    """A class token before the patch tokens (OpenCLIP's attention pool): floor(H/8) * floor(W/8) + 1 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, CHANNELS))
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1).transpose(0, 1)
+        return self.mha(tokens, tokens, tokens)[0].transpose(0, 1)
+
+
 IMAGE = ((2, 3, 32, 40), {"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch"}})
 AUDIO = ((2, 80), {"x": {0: "batch", 1: "time"}, "y": {0: "batch"}})
 
@@ -106,8 +119,10 @@ def test_a_token_count_after_an_op_that_does_nothing_by_its_constants_is_not_reb
     assert "(unsafe)" in said and f"{op} '" in said and "does nothing by its constants" in said, said
 
 
-def test_attention_straight_over_the_patch_tokens_is_rebuilt_and_matches(tmp_path):
-    module = Patches().eval()
+@pytest.mark.parametrize("module", [Patches, ClassToken])
+def test_attention_straight_over_the_patch_tokens_is_rebuilt_and_matches(tmp_path, module):
+    """The controls, the class token's too (helper 110: its count, a sum holding both floors, was squared)."""
+    module = module().eval()
     path = exported(module, *IMAGE, tmp_path / "m.onnx")
     done = repair(path, tmp_path / "fixed.onnx")
     assert done.returncode == 0 and "floor(height/8)*floor(width/8)" in done.stdout, done.stdout + done.stderr

@@ -116,7 +116,7 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
         return None  # each a derived length of one input size; each as the graph has it (`floor(...) + 1`) below
     sums = {f: [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(f)]
             for f in floors}
-    length = sympy.Mul(*(min(sums[f], key=sympy.count_ops) if sums[f] else f for f in floors))  # one, or a grid
+    length = sympy.Mul(*dict.fromkeys(min(sums[f], key=sympy.count_ops) if sums[f] else f for f in floors))
     symbol = sympy.Symbol(f"({length})" if length.is_Add else str(length), integer=True, positive=True)
     left, right = (side.xreplace({length: symbol}) if len(floors) == 1 else side.subs(length, symbol)
                    for side in (constraint.left, constraint.right))
