@@ -151,12 +151,13 @@ def shapes_from(shapes: tuple[str, ...]) -> dict[str, tuple[int | None, ...]]:
 class OutputPath(click.Path):
     """A path graphfix writes to, as `graphfix.io.paths.output_path` reads it."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, folder: bool = False, **kwargs) -> None:
         super().__init__(path_type=Path, **kwargs)
+        self.folder = folder
 
     def convert(self, value, param, ctx) -> Path:
         text = str(value)  # pathlib drops a last slash or `.`: a file would be written under the folder's name
-        if not self.dir_okay and (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")):
+        if not self.folder and (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")):
             self.fail(f"'{value}' names a folder; give the file's path", param, ctx)
         return output_path(super().convert(value, param, ctx))
 
