@@ -27,6 +27,9 @@ from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Se
 
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
 HINT_CHOICE = " `graphfix repair` builds each and applies one only if the proof accepts it alone."
+HINT_EXPORT = (" Where the graph does not tell which constants follow the input (patch counts or patch sizes), "
+               "`graphfix.export(module, args, path, ...)` traces the module at other sizes and rebuilds the ones "
+               "that move.")
 HINT_INT = ("A size went through Python while tracing (`int(x.shape[i])`, `.item()`, `.tolist()`, a literal batch): "
             "pass the traced size itself (`x.shape[i]`, `x.size(i)`) or use -1 / `expand(-1, ...)`.")
 
@@ -88,9 +91,7 @@ class TraceBakedShape(Rule):
     runtime_messages = (r"MatMul dimension mismatch", r"Non concat axis dimensions must match")
     runtime_order = 30
     runtime_hint = ("A size was baked into a shape constant at export time; compute it from the input (x.shape / "
-                    "Shape ops) or use -1, and re-export with dynamic axes. Where the graph does not tell which "
-                    "constants follow the input (patch counts or patch sizes), `graphfix.export(module, args, path, "
-                    "...)` traces the module at other sizes and rebuilds the ones that move. If the model takes "
+                    "Shape ops) or use -1, and re-export with dynamic axes." + HINT_EXPORT + " If the model takes "
                     "only sizes a Reshape splits into whole chunks (`nn.PixelUnshuffle(2)` takes even sizes, and "
                     "PyTorch fails at the others too), give such sizes with --shape: the graph of a pad to a "
                     "multiple that the trace dropped with its branch (`if T % 8: F.pad`) looks the same.")
@@ -181,7 +182,7 @@ class TraceBakedShape(Rule):
             labels = tuple(entry_text(e) for e in entries)
             choice = Choice(node.name, tuple(e.index for e in entries), labels) if entries else None
             return self.finding(f"{message}; entries that could stand for it: {', '.join(labels) or 'none'}",
-                                **kwargs, hint=HINT_INT + HINT_CHOICE * bool(entries), choice=choice)
+                                **kwargs, hint=HINT_INT + (HINT_CHOICE if entries else HINT_EXPORT), choice=choice)
         entry = entries[0]
         rebuild = rebuilt_entries(node, 1, {entry.index: entry.expr}, sizes, ctx.opset)
         return self.finding(

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import run
-from fixtures.library_models import import_transformers
+from fixtures.library_models import import_timm, import_transformers
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -57,3 +57,21 @@ def test_siglip_s_pooling_head_baked_at_its_patch_grid_is_repaired(tmp_path):
             want = module(x)
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_mobilevit_v2_s_channels_equal_to_a_quarter_of_its_grid_are_not_taken_for_it(tmp_path):
+    """timm's MobileViT-v2 unfolds a 16 x 16 map at 128 x 128 into `[B, 64, 4, 64]`-like patches: its 64 channels
+    equal the grid's 256 tokens / 4 there. Read as a grid's token count, the solve took the channels for
+    `floor(...) * floor(...) / 4` (helper 111: a (4, 1000) output at 256 x 256 had it been written). A token count
+    is an entry as a whole, or none; the unfold's patch counts are not determined by the graph (exit 1)."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    module, path = timm.create_model("mobilevitv2_050", pretrained=False).eval(), tmp_path / "mvit2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, 3, 128, 128),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 2: "H", 3: "W"}, "y": {0: "batch"}})
+    said = subprocess.run([sys.executable, "-m", "graphfix", "diagnose", str(path), "--static"], capture_output=True,
+                          text=True, timeout=300).stdout
+    assert "GF004" in said and "(safe)" not in said, said

@@ -34,12 +34,11 @@ from graphfix.analysis.sizes.solve import (
     baked_pads,
     baked_reshapes,
     baked_slices,
-    bind,
     determined_entries,
     partly_constant,
-    relations,
     solve,
 )
+from graphfix.analysis.sizes.ties import bind, relations
 from graphfix.core.recent import per_model
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 
 from graphfix.analysis.sizes.arith import window_output
-from graphfix.analysis.sizes.solve import MAX_GROWN
+from graphfix.analysis.sizes.ties import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.recent import per_model
 
