@@ -19,7 +19,7 @@ from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed
 from graphfix.analysis.frozen_identities import frozen_identities
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
-from graphfix.core.lazy import hypotheses  # imported on first use: see graphfix.core.lazy
+from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
 INT64_MAX = np.iinfo(np.int64).max
 # a constant equal to a given (--trace-shape) size that no constraint pins: a coincidence is as likely as a bake
@@ -228,6 +228,10 @@ def reshape_candidates(sizes, baked, choice: int | None) -> Candidates:
     entry = entries[0]
     # a declared dim disagrees
     doubt = "; ".join(f.why for f in frozen_by_other_entries(sizes, node, entry.index)[:2])
+    if len(entry.expr.atoms(sympy.floor, sympy.Min, sympy.Max)) > 1:  # the token count of a grid (helper 112)
+        doubt = "; ".join(filter(None, [doubt, f"{entry.value} is the token count of a grid of lengths at export, "
+                                        "and a model keeping that many slots or cells whatever the grid (a pad, a "
+                                        "pool or a repeat sized in Python on the way) leaves the same graph"]))
     if identities := frozen_identities(data, sizes.constant):  # a size computed in Python, 0 or 1 at export
         doubt = "; ".join(filter(None, [doubt, f"{identities[0].op} '{identities[0].name}' before it does nothing "
                                         "by its constants, as a size computed in Python leaves it at the export "

@@ -35,9 +35,19 @@ def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndar
 
 
 def _identity_by_constants(node: gs.Node, constant) -> bool:
-    if node.op == "Pad" and node.attrs.get("mode", "constant") == "constant":
+    """A Pad by zeros (any mode), a Tile by ones, a Resize by scales of 1, a Concat with an empty constant, or a
+    1 x 1 pool of stride 1 (helper 112: `mode="replicate"`, `t.repeat(1, 20 // int(n), 1)`, `scale_factor=(4 /
+    int(h), ...)`, `cat([t, t.new_zeros(B, 20 - int(n), C)])`)."""
+    if node.op == "Pad":
         pads = node.attrs.get("pads") if len(node.inputs) < 2 else constant(node.inputs[1])
         return pads is not None and np.size(pads) > 0 and not np.any(np.asarray(pads))
+    if node.op in ("Tile", "Resize"):
+        k = 1 if node.op == "Tile" else 2  # the repeats; the scales (sizes, a fourth input, are another thing)
+        value = constant(node.inputs[k]) if len(node.inputs) > k and node.inputs[k].name else None
+        sized = node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name
+        return value is not None and np.size(value) > 0 and bool(np.all(np.asarray(value) == 1)) and not sized
+    if node.op == "Concat":
+        return any(value is not None and value.size == 0 for value in map(constant, node.inputs))
     if node.op in POOLS:
         kernel, strides = node.attrs.get("kernel_shape", ()), node.attrs.get("strides", ())
         return bool(kernel) and all(k == 1 for k in kernel) and all(s == 1 for s in strides) and \

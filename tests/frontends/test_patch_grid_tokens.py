@@ -3,7 +3,9 @@
 `nn.MultiheadAttention`, whose TorchScript export bakes the number of tokens into `Reshape(q, [20, 2 * B, 16])`:
 20 patches of 8 at 32 x 40, floor(H / 8) * floor(W / 8). One equation cannot pin H and W, but the Reshape needs
 only their product, which the graph carries (the patch embedding's tokens): the entry is that count at every size,
-rebuilt from Shape ops. A rule crashed on this graph before (a shape entry left a Python int by a broadcast)."""
+rebuilt from Shape ops, on request: a model keeping 20 slots or a fixed grid whatever its input (a pad, a pool or a
+repeat sized in Python on the way) can leave the same graph (helper 112), so the fix is unsafe and the finding says
+why. A rule crashed on this graph before (a shape entry left a Python int by a broadcast)."""
 
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ def test_siglip_s_pooling_head_baked_at_its_patch_grid_is_repaired(tmp_path):
                           input_names=["x"], output_names=["tokens", "pooled"],
                           dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}, "tokens": {0: "batch"},
                                         "pooled": {0: "batch"}})
-    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "fixed.onnx")],
-                          capture_output=True, text=True, timeout=300)
+    refused = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "no.onnx")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "token count of a grid" in refused.stdout, refused.stdout + refused.stderr
+    done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "fixed.onnx"),
+                           "--unsafe-fixes"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("applied GF004") == 2 and "floor(height/8)*floor(width/8)" in done.stdout, done.stdout
     for shape in [(1, 3, 32, 40), (2, 3, 48, 56), (1, 3, 80, 96)]:  # batch 1, another grid, a larger one
