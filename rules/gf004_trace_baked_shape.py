@@ -43,8 +43,8 @@ class TraceBakedShape(Rule):
     dims the graph declares dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own
     constraints, solved by the size analysis: a Reshape whose element count holds at one size only (an input's, a
     length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
-    ViT's `nn.MultiheadAttention` pooling head), an Expand or an elementwise op meeting a dynamic dim with a
-    constant one, Split sizes. (Constant *tensors* cut at an export size are GF006's.)
+    ViT's `nn.MultiheadAttention` pooling head, an unsafe fix), an Expand or an elementwise op meeting a dynamic
+    dim with a constant one, Split sizes. (Constant *tensors* cut at an export size are GF006's.)
 
     ## Why it breaks deployment
     While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
@@ -76,7 +76,10 @@ class TraceBakedShape(Rule):
     has no -1 and no 0: its element count is fixed while the input's varies, baked whichever entry is the size,
     and wherever onnxruntime confirms the failure), as is a new axis an
     Expand makes that only equals a given size (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made
-    its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size.
+    its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size;
+    when the size is a grid's token count (a model keeping 20 slots or a 4 x 5 grid whatever its input, by a pool
+    or a repeat sized in Python on the way, leaves the same graph); and when an op before the Reshape does nothing
+    by its constants (a Pad by zeros, a Tile by ones, a 1 x 1 pool: what a pad to 20 slots traced at 20 leaves).
     Where several entries could stand for the size (MultiheadAttention traced at a length equal to its head size),
     `repair` builds each and applies one only if the proof accepts it alone. Not fixable: Split sizes (the number
     of outputs is fixed) and pad amounts computed in Python.
