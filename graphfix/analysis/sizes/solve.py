@@ -161,6 +161,8 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     # a grid's token count is an entry as a whole or none (MobileViT's unfold splits its grid: floor(P/16) fits it)
     whole = length is not None and len(length.atoms(sympy.floor, sympy.Min, sympy.Max)) > 1
     entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node, whole)
+    if whole and not entries:
+        return None  # no entry is the count: the grid explains nothing here (other rules and the probe speak)
     if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
         entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
                               tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
