@@ -82,4 +82,4 @@ def test_mobilevit_v2_s_channels_equal_to_a_quarter_of_its_grid_are_not_taken_fo
     assert "(safe)" not in said and "floor(H/8 - 1/8) + 1)/4" not in said, said
     done = subprocess.run([sys.executable, "-m", "graphfix", "repair", str(path), "-o", str(tmp_path / "f.onnx")],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and not (tmp_path / "f.onnx").exists(), done.stdout
+    assert done.returncode == 1 and ": unchanged" in done.stdout, done.stdout  # its own graph, as it came
