@@ -1,4 +1,5 @@
-"""Ops that do nothing because of the constants they were given: a Pad by zeros, a 1 x 1 pool of stride 1.
+"""Ops that do nothing because of the constants they were given: a Pad by zeros, a Tile by ones, a Resize by 1, a
+Concat of an empty constant, a 1 x 1 pool of stride 1.
 
 Nobody writes those on purpose; a trace leaves them where an amount or a kernel computed in Python from a size
 was 0 or 1 at the export size: `F.pad(tokens, (0, 0, 0, 20 - int(n)))` at n = 20 (a fixed number of slots the
