@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.edits import size_expr
 from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed_count, regroups_static_trailing_dims
-from graphfix.analysis.frozen_identities import frozen_identities
+from graphfix.analysis.frozen_identities import frozen_identities, sized_pools
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
@@ -237,6 +237,10 @@ def reshape_candidates(sizes, baked, choice: int | None) -> Candidates:
                                         "by its constants, as a size computed in Python leaves it at the export "
                                         f"size: {entry.value} may be the model's own, which that op reaches at "
                                         "other sizes"]))
+    elif pools := sized_pools(data):  # a pool's kernel may be sized in Python to keep a count (no weights to tell)
+        doubt = "; ".join(filter(None, [doubt, f"{pools[0].op} '{pools[0].name}' before it sets a length by its "
+                                        "kernel alone, which a kernel sized in Python to keep a count leaves as "
+                                        f"well: {entry.value} may be the model's own"]))
     if entry.others:  # several expressions fit the same entry: the graph does not say which
         doubt = "; ".join(filter(None, [doubt, f"{hypotheses.show(entry.expr)} (applied, the simplest) or "
                                         + " or ".join(hypotheses.show(o) for o in entry.others) + " fits the element "

@@ -19,9 +19,21 @@ import onnx_graphsurgeon as gs
 POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
 
 
-def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndarray | None]) -> list[gs.Node]:
-    """The ops upstream of `tensor` that are identities by their constants alone (each node looked at once);
-    `constant`: a tensor's value where constants alone compute it (the shared evaluator's)."""
+def sized_pools(tensor: gs.Tensor) -> list[gs.Node]:
+    """The pools upstream of `tensor` that change a length (a kernel or a stride past 1 not made up by pads): a pool
+    has no weights, so its kernel may be sized in Python from the input (`avg_pool1d(f, int(n) // 10)`, 10 slots
+    whatever the length, a kernel of 2 at the export) and the graph holds the same attribute either way."""
+    return [node for node in _upstream(tensor) if node.op in POOLS and _changes_length(node)]
+
+
+def _changes_length(node: gs.Node) -> bool:
+    kernel, strides = node.attrs.get("kernel_shape", ()), node.attrs.get("strides", ())
+    pads = list(node.attrs.get("pads", ())) or [0] * 2 * len(kernel)
+    return any(s > 1 for s in strides) or any(k - 1 != pads[j] + pads[j + len(kernel)] for j, k in enumerate(kernel))
+
+
+def _upstream(tensor: gs.Tensor) -> list[gs.Node]:
+    """Every node upstream of `tensor`, each once."""
     found, seen, todo = [], set(), [tensor]
     while todo:
         current = todo.pop()
@@ -29,10 +41,15 @@ def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndar
         if producer is None or id(producer) in seen:
             continue
         seen.add(id(producer))
-        if _identity_by_constants(producer, constant):
-            found.append(producer)
+        found.append(producer)
         todo.extend(producer.inputs)
     return found
+
+
+def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndarray | None]) -> list[gs.Node]:
+    """The ops upstream of `tensor` that are identities by their constants alone (each node looked at once);
+    `constant`: a tensor's value where constants alone compute it (the shared evaluator's)."""
+    return [node for node in _upstream(tensor) if _identity_by_constants(node, constant)]
 
 
 def _identity_by_constants(node: gs.Node, constant) -> bool:

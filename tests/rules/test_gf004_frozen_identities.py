@@ -84,6 +84,16 @@ class RepeatedFrames(PaddedFrames):
         return self.mha(frames, frames, frames)[0].transpose(0, 1)
 
 
+class PooledFrames(PaddedFrames):
+    """Frames pooled to 10 slots with a Python-int kernel, 2 at the export: no op does nothing, but a pool has no
+    weights, and its kernel may be sized so (a one-length rebuild gave 20 and 15 frames where PyTorch keeps 10)."""
+
+    def forward(self, x):
+        frames = self.front(x.unsqueeze(1))
+        frames = F.avg_pool1d(frames, int(frames.shape[2]) // 10).permute(2, 0, 1)
+        return self.mha(frames, frames, frames)[0].transpose(0, 1)
+
+
 class PooledGrid(FixedGrid):
     """A 2 x 5 grid pooled with a Python-int kernel of 2 x 1 at the export: no op does nothing (helper 112)."""
 
@@ -140,6 +150,7 @@ def repair(path, out, *flags):
 @pytest.mark.parametrize(("module", "shape", "why"), [
     (PaddedSlots, IMAGE, "Pad '"), (FixedGrid, IMAGE, "AveragePool '"), (PaddedFrames, AUDIO, "Pad '"),
     (ReplicatedFrames, AUDIO, "Pad '"), (RepeatedFrames, AUDIO, "Tile '"), (PooledGrid, IMAGE, "token count of a grid"),
+    (PooledFrames, AUDIO, "AveragePool '"),
 ])
 def test_a_token_count_that_may_be_the_models_own_is_not_rebuilt(tmp_path, module, shape, why):
     path = exported(module(), *shape, tmp_path / "m.onnx")
