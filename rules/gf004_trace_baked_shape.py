@@ -78,8 +78,9 @@ class TraceBakedShape(Rule):
     Expand makes that only equals a given size (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made
     its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size;
     when the size is a grid's token count (a model keeping 20 slots or a 4 x 5 grid whatever its input, by a pool
-    or a repeat sized in Python on the way, leaves the same graph); and when an op before the Reshape does nothing
-    by its constants (a Pad by zeros, a Tile by ones, a 1 x 1 pool: what a pad to 20 slots traced at 20 leaves).
+    or a repeat sized in Python on the way, leaves the same graph); when an op before the Reshape does nothing by
+    its constants (a Pad by zeros, a Tile by ones, a 1 x 1 pool: what a pad to 20 slots traced at 20 leaves); and
+    when a pool before it changes a length (it has no weights: its kernel may be sized in Python to keep a count).
     Where several entries could stand for the size (MultiheadAttention traced at a length equal to its head size),
     `repair` builds each and applies one only if the proof accepts it alone. Not fixable: Split sizes (the number
     of outputs is fixed) and pad amounts computed in Python.
