@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.edits import size_expr
 from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed_count, regroups_static_trailing_dims
-from graphfix.analysis.frozen_identities import frozen_identities, sized_pools
+from graphfix.analysis.frozen_identities import frozen_identities, sized_pools, upstream_nodes
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
@@ -232,12 +232,13 @@ def reshape_candidates(sizes, baked, choice: int | None) -> Candidates:
         doubt = "; ".join(filter(None, [doubt, f"{entry.value} is the token count of a grid of lengths at export, "
                                         "and a model keeping that many slots or cells whatever the grid (a pad, a "
                                         "pool or a repeat sized in Python on the way) leaves the same graph"]))
-    if identities := frozen_identities(data, sizes.constant):  # a size computed in Python, 0 or 1 at export
+    upstream = upstream_nodes(data)
+    if identities := frozen_identities(upstream, sizes.constant):  # a size computed in Python, 0 or 1 at export
         doubt = "; ".join(filter(None, [doubt, f"{identities[0].op} '{identities[0].name}' before it does nothing "
                                         "by its constants, as a size computed in Python leaves it at the export "
                                         f"size: {entry.value} may be the model's own, which that op reaches at "
                                         "other sizes"]))
-    elif pools := sized_pools(data):  # a pool's kernel may be sized in Python to keep a count (no weights to tell)
+    elif pools := sized_pools(upstream):  # a pool's kernel may be sized in Python to keep a count (no weights to tell)
         doubt = "; ".join(filter(None, [doubt, f"{pools[0].op} '{pools[0].name}' before it sets a length by its "
                                         "kernel alone, which a kernel sized in Python to keep a count leaves as "
                                         f"well: {entry.value} may be the model's own"]))

@@ -19,11 +19,11 @@ import onnx_graphsurgeon as gs
 POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
 
 
-def sized_pools(tensor: gs.Tensor) -> list[gs.Node]:
-    """The pools upstream of `tensor` that change a length (a kernel or a stride past 1 not made up by pads): a pool
-    has no weights, so its kernel may be sized in Python from the input (`avg_pool1d(f, int(n) // 10)`, 10 slots
-    whatever the length, a kernel of 2 at the export) and the graph holds the same attribute either way."""
-    return [node for node in _upstream(tensor) if node.op in POOLS and _changes_length(node)]
+def sized_pools(upstream: list[gs.Node]) -> list[gs.Node]:
+    """The pools among `upstream` (`upstream_nodes`) that change a length (a kernel or a stride past 1 not made up
+    by pads): a pool has no weights, so its kernel may be sized in Python from the input (`avg_pool1d(f, int(n) //
+    10)`, 10 slots whatever the length, a kernel of 2 at the export) and the graph holds the same attribute."""
+    return [node for node in upstream if node.op in POOLS and _changes_length(node)]
 
 
 def _changes_length(node: gs.Node) -> bool:
@@ -32,7 +32,7 @@ def _changes_length(node: gs.Node) -> bool:
     return any(s > 1 for s in strides) or any(k - 1 != pads[j] + pads[j + len(kernel)] for j, k in enumerate(kernel))
 
 
-def _upstream(tensor: gs.Tensor) -> list[gs.Node]:
+def upstream_nodes(tensor: gs.Tensor) -> list[gs.Node]:
     """Every node upstream of `tensor`, each once."""
     found, seen, todo = [], set(), [tensor]
     while todo:
@@ -46,10 +46,10 @@ def _upstream(tensor: gs.Tensor) -> list[gs.Node]:
     return found
 
 
-def frozen_identities(tensor: gs.Tensor, constant: Callable[[gs.Tensor], np.ndarray | None]) -> list[gs.Node]:
-    """The ops upstream of `tensor` that are identities by their constants alone (each node looked at once);
-    `constant`: a tensor's value where constants alone compute it (the shared evaluator's)."""
-    return [node for node in _upstream(tensor) if _identity_by_constants(node, constant)]
+def frozen_identities(upstream: list[gs.Node], constant: Callable[[gs.Tensor], np.ndarray | None]) -> list[gs.Node]:
+    """The ops among `upstream` (`upstream_nodes`) that are identities by their constants alone; `constant`: a
+    tensor's value where constants alone compute it (the shared evaluator's)."""
+    return [node for node in upstream if _identity_by_constants(node, constant)]
 
 
 def _identity_by_constants(node: gs.Node, constant) -> bool:

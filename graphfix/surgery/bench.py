@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from graphfix.core.errors import InputError, UsageError, printable
+from graphfix.core.errors import UsageError, printable
 from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
-from graphfix.validate.budget import NotProbed, made_within_budget
 from graphfix.validate.inputs import check_shapes, dim_names, graph_inputs
 from graphfix.validate.runner import error_text, first_line
-from graphfix.validate.sessions import hand_over
+from graphfix.validate.sessions import user_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -127,15 +126,7 @@ def make_session(loaded: LoadedModel, options: BenchOptions) -> ort.InferenceSes
         session_options.intra_op_num_threads = options.threads
     wanted = PROVIDERS[options.provider]
     providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
-    # the loaded proto, its weights from the descriptors loading checked: onnxruntime reads no file again
-    source, _copied = hand_over(session_options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
-    try:
-        session = made_within_budget(lambda: ort.InferenceSession(source, session_options, providers=providers),
-                                     f"{loaded.name}: onnxruntime's session")  # its optimizations fold constants
-    except NotProbed:
-        raise
-    except Exception as exc:
-        raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
+    session = user_session(loaded, session_options, providers)
     if session.get_providers()[0] != wanted:
         raise UsageError(f"--provider {options.provider}: onnxruntime fell back to {session.get_providers()[0]}")
     return session

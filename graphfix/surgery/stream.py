@@ -27,14 +27,13 @@ import onnx
 import onnxruntime as ort
 
 from graphfix.analysis.shapes import value_info_shape
-from graphfix.core.errors import InputError, UsageError
+from graphfix.core.errors import UsageError
 from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
-from graphfix.validate.budget import NotProbed, made_within_budget
 from graphfix.validate.inputs import check_shapes, graph_inputs
 from graphfix.validate.runner import error_text, first_line
-from graphfix.validate.sessions import hand_over
+from graphfix.validate.sessions import user_session
 
 
 @dataclass
@@ -178,15 +177,7 @@ def _session(loaded: LoadedModel, threads: int | None) -> ort.InferenceSession:
     options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
-    # the loaded proto, its weights from the descriptors loading checked: onnxruntime reads no file again
-    source, _copied = hand_over(options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
-    try:
-        return made_within_budget(lambda: ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]),
-                                  f"{loaded.name}: onnxruntime's session")  # its optimizations fold constants
-    except NotProbed:
-        raise
-    except Exception as exc:
-        raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
+    return user_session(loaded, options, ["CPUExecutionProvider"])
 
 
 def _initial_feeds(model, feedback, options: StreamOptions) -> dict[str, np.ndarray]:

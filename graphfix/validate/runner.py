@@ -35,7 +35,7 @@ from graphfix.io.protos import copy_without_initializers
 from graphfix.io.weights import Weight, Weights, has_stubs, is_stub, materialize, resolve, weight_array, weight_proto
 from graphfix.validate.budget import NotProbed
 from graphfix.validate.fusion import as_written, transposes_fused
-from graphfix.validate.sessions import FEEDABLE, linked_weights, make_session
+from graphfix.validate.sessions import FEEDABLE, error_text, first_line, linked_weights, make_session
 
 ModelSource = onnx.ModelProto | pathlib.Path
 NODE_IN_ERROR = re.compile(r"running (\w+) node\. Name:'([^']*)'")
@@ -227,15 +227,6 @@ def _feeds_key(feeds: dict[str, np.ndarray]) -> tuple:
     return tuple((name, value.shape, value.dtype.str, hashlib.blake2b(np.ascontiguousarray(value).tobytes(),
                                                                       digest_size=16).digest())
                  for name, value in sorted(feeds.items()))
-
-
-def error_text(exc: BaseException) -> str:
-    """ORT's message without the `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :` prefix."""
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def short_message(message: str) -> str:

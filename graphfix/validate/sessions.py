@@ -8,14 +8,16 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import re
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphfix.core.errors import InputError
 from graphfix.io.external_data import data_file, external_ref, model_tensors, read_external
 from graphfix.io.weights import is_stub
-from graphfix.validate.budget import loadable, made_within_budget
+from graphfix.validate.budget import NotProbed, loadable, made_within_budget
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 # element types numpy holds as onnxruntime reads them: a weight of one of them can be fed or used in place
@@ -119,3 +121,27 @@ def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, ha
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
     return inline
+
+
+def user_session(loaded, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """A session of `loaded` (a LoadedModel) with the user's `options`, onnxruntime's default optimizations among
+    them (`bench`, `stream`): its weights handed over from the descriptors loading checked (onnxruntime reads no
+    file again), loaded within the run budget (the optimizations fold constants as they load); a model onnxruntime
+    cannot load is an InputError naming it."""
+    source, _copied = hand_over(options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
+    try:
+        return made_within_budget(functools.partial(ort.InferenceSession, source, options, providers=providers),
+                                  f"{loaded.name}: onnxruntime's session")
+    except NotProbed:
+        raise
+    except Exception as exc:
+        raise InputError(f"{loaded.name}: onnxruntime cannot load the model: {first_line(error_text(exc))}") from exc
+
+
+def error_text(exc: BaseException) -> str:
+    """ORT's message without the `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :` prefix."""
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
