@@ -6,7 +6,8 @@ amounts (`F.pad(h, (0, 0, 0, t))`, by `t - 1` before a Conv1d, by `t // 2` on bo
 the start of a tail longer than five frames (`h[:, t - 6:]`). Each was written with exit 0 and wrong at every
 other length (57 frames for PyTorch's 40 at T = 20); now each is read as an echo (graphfix.analysis.int_echoes)
 and the repair refuses by default (exit 1, nothing written). The controls, the model's own numbers in the same
-places, are still repaired (the suite's guard compares each written model with the module at other lengths).
+places, are still repaired (the suite's guard compares each written model with the module at other lengths); a
+resize to the model's own 16 frames was one, until red team 113's `int(t * 1.5)` (test_traps_review113).
 
 A length cut to a table before the head split (`ids[:, :64]`, BERT-style truncation) left the Reshape's element
 count `8*B*Min(64, T)`, which the size analysis did not solve: no fix, `repair` exit 1 on a model whose entry is
@@ -60,7 +61,6 @@ TRAPS = {
 }
 CONTROLS = {
     "own-causal-pad": (lambda self, h, t: functional.pad(h, (0, 0, 3, 0)), True),  # 3 is no form of 37
-    "own-resize": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=16), False),
     "own-prefix-zeros": (lambda self, h, t: torch.cat([h.new_zeros(h.shape[0], 4, 8), h], 1), True),
     "own-tail": (lambda self, h, t: h[:, 20:].mean(1), False),  # 37 - 17: more than a quarter of the length
     # helper 101: 12 register tokens and a causal pad of 9 are 37 // 3 and 37 // 4, forms of a cut, not of a size

@@ -9,11 +9,13 @@ the input is doubted where one is read; exported at a length no constant of the 
 16), the doubt goes away.
 
 Two sets of forms, so that a model's own numbers are not taken for sizes where nothing points at a size:
-- anywhere: n, 1/n, sqrt(n), 1/sqrt(n) (a mean, a `T ** -0.5` scale);
+- anywhere: n, 1/n, sqrt(n), 1/sqrt(n) (a mean, a `T ** -0.5` scale), log(n), log2(n) and their inverses
+  (`h * math.log(T)`, red team 113);
 - where the value it meets was summed over an axis of that size, or is then (`h.sum(1) / (T - 1)`,
   `h.sum((1, 2)) / (T * D)`), or holds positions along it (a Range or CumSum: `arange(T) / (T - 1)`, CoordConv's
   `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -5 to 5, n / (n + k) and its inverse (an
-  unbiased mean), 2n, n times a dim of a summed value, log(n + k), log2(n + k) and 2 pi / (n + k) for k from -1
+  unbiased mean), 2n, n times a dim of a summed value, log(n + k), sqrt(n + k) (`Linear(h.sum(1)) /
+  sqrt(T - 1)`, red team 113), log2(n + k) and 2 pi / (n + k) for k from -1
   to 1 (a period: `sin(arange(L) * 2 pi / T)`, helper 76), and their inverses, 2 / (n + k), and n ** 0.25
   and its inverse (only there: the TorchScript exporter scales SDPA's queries and keys by head_dim ** -0.25, and
   BERT traced at 64 tokens of 64-wide heads was refused, helper 65). `1 / sqrt(64)` is 1/(n - 1) at n = 9
@@ -26,6 +28,12 @@ every function of the size. The sum is looked for within 8 ops, through every op
 with constant weights), past which only the forms are read (`Linear(h.sum(1)) / (T - 5)`; a classifier's own
 temperature, `Linear(h.mean(1)) / 0.07`, helper 75), as past an elementwise nonlinearity (`relu(h.sum(1)) /
 (T - 1)`, `log(exp(h).sum(1)) - log(T)`) and from a softmax over the size (`softmax(h, 1) * (T - 1)`, helper 76).
+A MatMul of two data operands sums over an axis as an Einsum does, where that axis holds the size itself (a
+covariance `hc.transpose(1, 2) @ hc / (T - 1)`, VICReg's `z.T @ z / (N - 1)`, red team 113), unless a softmax
+normalizes its product (attention's scores sum over features). Any number also doubts where it only scales (no
+Add between) what a softmax over an axis of the size normalizes: a temperature of the length (attention pooling's
+`logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), where a model's own scale of
+scores is a plain form of a width it meets (`1 / sqrt(d)`).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
 torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
 for what it is: 20 / T is 0.1 at 200, helper 70).
@@ -72,9 +80,14 @@ LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: i
 NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
 # past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
 NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken (forms only)
+SCALED = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Mul", "Div", "Neg"})
+# what keeps a value scaled on its way to a softmax: no Add (a mask's fill reaches the scores through one)
+SCORED = SCALED | {"Add", "Sub", "Where"}  # what attention's scores pass on their way to the softmax (a mask, a bias)
 POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
+LOGS = (("log({})", math.log), ("1/log({})", lambda n: 1 / math.log(n)), ("log2({})", math.log2),
+        ("1/log2({})", lambda n: 1 / math.log2(n)))  # `h * math.log(T)`, `h / math.log2(T)` (red team 113)
 ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
 
 
@@ -86,6 +99,10 @@ def _twice(k: int) -> str:
 def _over(top: float, of: Callable[[int], float]) -> Callable[[int], float]:
     """`top / of(n)`, infinite (matching no constant) where `of(n)` is 0."""
     return lambda n: top / of(n) if of(n) else math.inf
+
+
+def _root(k: int) -> Callable[[int], float]:
+    return lambda n: math.sqrt(n + k) if n + k >= 0 else math.inf
 
 
 def _log(k: int, base: float = math.e) -> Callable[[int], float]:
@@ -104,6 +121,8 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
               (f"log2({plus(k)})", _log(k, 2)), (f"1/log2({plus(k)})", _over(1, _log(k, 2))),
               (f"2pi/({plus(k)})", _over(2 * math.pi, lambda n, k=k: n + k)),
               (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
+          *(form for k in SHIFTS for form in ((f"sqrt({plus(k)})", _root(k)),
+                                               (f"1/sqrt({plus(k)})", _over(1, _root(k))))),
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
@@ -149,7 +168,7 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
                 near = _near(node, tensor, n, shape, constant_value)
-                forms = [*PLAIN, *SUMMED, *_times_dims(near.dims)] if near is not None else PLAIN
+                forms = [*PLAIN, *LOGS, *SUMMED, *_times_dims(near.dims)] if near is not None else [*PLAIN, *LOGS]
                 form = next((text.format(n) for text, of in forms if not any(math.isclose(of(n), c) for c in COMMON)
                              and math.isclose(item, of(n), rel_tol=tolerance)), None)
                 if form is not None:
@@ -159,6 +178,11 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                         and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
                     found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
                                  f"which a function of the size would read the same at {n}")
+                    break
+                if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
+                        and _normalized(node, n, shape):
+                    found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
+                                 f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
     return found
 
@@ -236,10 +260,10 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
             if tensor is None:
                 continue
             for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
-                if op.op in SUMS or (op.op in EXTREMES and way == "up"):
+                if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
-                    if any(d == n or not isinstance(d, int) for d in reduced):
+                    if any(d == n or (not isinstance(d, int) and op.op != "MatMul") for d in reduced):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
                 elif op.op in NORMALIZED and way == "up":
                     dims = shape(op.inputs[0]) if op.inputs else None
@@ -259,6 +283,49 @@ def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Nea
     return None
 
 
+def _product(node: gs.Node) -> bool:
+    """A MatMul of two data operands: a sum over the first one's last axis (`hc.transpose(1, 2) @ hc / (T - 1)`,
+    a covariance; `z.T @ z / (N - 1)`, red team 113), as an Einsum is, where that axis is the size itself (a
+    static one: a head dim computed from a Shape is no length). Not attention's scores, `q @ k.T`, which a
+    softmax normalizes: they sum over features (BERT traced at 64 tokens of 64-wide heads scales its queries
+    by 64 ** -0.25, helper 65)."""
+    return node.op == "MatMul" and not _linear(node) and not any(_weight(t) for t in node.inputs[:1]) \
+        and not _reaches(node, NORMALIZED, SCORED)
+
+
+def _normalized(node: gs.Node, n: int, shape) -> bool:
+    """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
+    over an axis of size `n` (or a dim the graph left symbolic) normalizes: a temperature of the length
+    (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`, red team 113). A model's own scale
+    of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read before); a mask added to them
+    (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
+    def over_n(op: gs.Node) -> bool:
+        dims = shape(op.inputs[0]) if op.inputs else None
+        axis = int(op.attrs.get("axis", -1))
+        return dims is not None and -len(dims) <= axis < len(dims) and \
+            (dims[axis] == n or not isinstance(dims[axis], int))
+    return _reaches(node, NORMALIZED, SCALED, over_n)
+
+
+def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
+             meets: Callable[[gs.Node], bool] = lambda op: True) -> bool:
+    """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through`."""
+    frontier, seen = list(node.outputs), set()
+    for _ in range(SUM_HOPS):
+        step = []
+        for tensor in frontier:
+            for op in tensor.outputs:
+                if id(op) in seen:
+                    continue
+                seen.add(id(op))
+                if op.op in ends and meets(op):
+                    return True
+                if op.op in through:
+                    step.extend(op.outputs)
+        frontier = step
+    return False
+
+
 def _linear(node: gs.Node) -> bool:
     return node.op in LINEAR and all(_weight(t) for t in node.inputs[1:])
 
@@ -275,6 +342,8 @@ def _reduced(node: gs.Node, dims: list, constant_value) -> list:
     all of them without; a global pool's past the channels)."""
     if node.op in GLOBAL_POOLS:
         return list(dims[2:])
+    if node.op == "MatMul":  # over the first operand's last axis
+        return list(dims[-1:])
     if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t)
         terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")
         first = terms[0].split(",")[0] if len(terms) == 2 else ""

@@ -18,6 +18,9 @@ n +- 1 for a value, n for a kernel or repeats; no value of magnitude 2 or less (
 static export) is no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that
 meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a
 size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
+Along an axis that holds the size itself, static past a baked Reshape, a Resize's output size and a TopK's count
+read any number (`interpolate(size=int(T * 1.5))`, `topk(int(0.3 * T))`, red team 113): a fixed 16 frames and
+`int(T * 0.43)` leave the same graph there.
 """
 
 from __future__ import annotations
@@ -111,6 +114,11 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else
                   TAIL_STARTS if (tail and i == 1) else INT_CUTS)
                  for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
+        if node.op == "TopK" and items[0][0]:  # a count of the top frames: any count of a baked length's axis
+            dims = shape(node.inputs[0])
+            axis = int(node.attrs.get("axis", -1))
+            if dims is not None and -len(dims) <= axis < len(dims):
+                items = [(items[0][0], (*INT_CUTS, *any_number(dims[axis], items[0][0])))]
         if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
                 and not _is_size(node.inputs[0]):
             yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
@@ -135,7 +143,7 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
     elif node.op == "Pad":
         yield from _pads(node, fold, shape, lengths, widths)
     elif node.op == "Resize" and len(node.inputs) > 3:
-        yield from _entries(node.inputs[3], shape(node.inputs[0]), "its output size", fold, lengths)
+        yield from _entries(node.inputs[3], shape(node.inputs[0]), "its output size", fold, lengths, anything=True)
     elif node.op in POOLS:
         for attr in ("kernel_shape", "strides"):
             for item in node.attrs.get(attr) or ():
@@ -149,12 +157,23 @@ def _runs_to_the_end(node: gs.Node, constant_value) -> bool:
     return ends is not None and ends.size > 0 and bool((ends >= TAIL_END).all())
 
 
-def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: list[int]
+def any_number(dim, item: int) -> tuple:
+    """A form that any number takes where an axis holds the length itself, static (`dim`, past a baked Reshape):
+    a count of frames kept (`topk(int(0.3 * T))`) or a resized length (`interpolate(size=int(T * 1.5))`) there is
+    the model's own or a function of the length, and the graph does not say which (red team 113)."""
+    if not isinstance(dim, int):
+        return ()
+    return ((f"a number a function of {{}} may give (along an axis of {dim}: the graph does not say whether "
+             f"{item} is the model's own)", lambda n: item if n == dim else None),)
+
+
+def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: list[int], anything: bool = False
              ) -> Iterator[tuple[str, int, tuple]]:
     """The integer entries above 2 of a vector with one entry per axis (a shape, a Resize's output size), written
     as a constant or as a Concat of pieces some of which are constants (`new_zeros(B, T, D)`: `[B] ++ [37, 8]`),
-    along the axes of `dims` that a size can be baked along. A shape's entry is the size itself, not a number
-    beside one: no `_is_size` exemption."""
+    along the axes of `dims` that a size can be baked along; with `anything`, any entry along an axis of the
+    length itself (`any_number`). A shape's entry is the size itself, not a number beside one: no `_is_size`
+    exemption."""
     whole = fold(vector)
     pieces = [vector] if whole is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
         else vector.inputs[0].inputs
@@ -167,7 +186,8 @@ def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: li
         if value is not None and value.dtype.kind in "iu":
             for offset, item in enumerate(int(v) for v in value.reshape(-1)):
                 if abs(item) > 2 and _a_length(dims, axis + offset, lengths):
-                    yield where, item, SIZE_FORMS
+                    own = any_number(dims[axis + offset], item) if anything and dims else ()
+                    yield where, item, (*SIZE_FORMS, *own)
         axis += width
 
 
