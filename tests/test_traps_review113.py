@@ -15,6 +15,10 @@ is the same graph as `int(t * 0.43)`: refused by default, repaired with `--unsaf
 the model's own. The controls — a scale of the scores that is the model's own `1 / sqrt(d)`, a top-k over
 features, a Gram matrix over features — are still repaired (the suite's guard compares each written model with
 the module at other lengths).
+
+`reshape(B, 8, int(H) * int(W))` pins H * W = 120 and neither size alone: it was not solved (exit 1 on a model
+whose entry the element count determines); input sizes met only as their product are one length now
+(graphfix.analysis.sizes.solve), rebuilt as H * W.
 """
 
 from __future__ import annotations
@@ -133,3 +137,28 @@ def test_a_covariance_of_a_baked_count_is_an_echo(tmp_path, module, example, axe
     done, out = repair(path)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "which is" in done.output and "- 1 for the size" in done.output, done.output
+
+
+class FlattenedGrid(torch.nn.Module):
+    """`reshape(B, 8, int(H) * int(W))`: the element count pins H * W = 120, neither size alone."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).reshape(x.shape[0], 8, int(x.shape[2]) * int(x.shape[3])).amax(-1)
+
+
+def test_input_sizes_met_only_as_their_product_are_one_length(tmp_path):
+    """Red team 113: no fix (exit 1) where the element count determines the entry; the suite's guard compares the
+    repaired model with the module at other sizes."""
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FlattenedGrid().eval(), (torch.randn(2, 3, 12, 10),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B"}})
+    done, out = repair(path)
+    assert done.exit_code == 0 and out.exists() and "applied GF004" in done.output, done.output

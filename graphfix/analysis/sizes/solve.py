@@ -11,6 +11,7 @@ A Slice cut at a constant end (`x[:, :int(T) - 1]` traced at T = 7 is `x[:, :6]`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -108,10 +109,13 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
     trace baked that length, whatever input size gave it. A cap only of a number in `caps` (the dims of the
     graph's weights: 64 positions of a table): `x[:, :int(y.shape[1])]` leaves the same `Min(50, T)` with 50 the
     export size of another input, and its rebuild was wrong (helper 101). Lengths met only as their product are one
-    (a grid of patches: floor(H/8) * floor(W/8) tokens). Returns the solution (its symbol the length), the length."""
+    (a grid of patches: floor(H/8) * floor(W/8) tokens), and so are input sizes met only as their product
+    (`_product_of_sizes`). Returns the solution (its symbol the length), the length."""
     floors = {f for side in (constraint.left, constraint.right) for f in side.atoms(sympy.floor)}
     floors |= {cap for side in (constraint.left, constraint.right) for cap in side.atoms(sympy.Min, sympy.Max)
                if any(arg.is_Integer and int(arg) in caps for arg in cap.args)}
+    if not floors and not any(side.has(sympy.Min, sympy.Max) for side in (constraint.left, constraint.right)):
+        return _product_of_sizes(constraint, solver or Solver())
     if not floors or any(len(inner.free_symbols) != 1 for inner in floors):
         return None  # each a derived length of one input size; each as the graph has it (`floor(...) + 1`) below
     sums = {f: [a for side in (constraint.left, constraint.right) for a in side.atoms(sympy.Add) if a.has(f)]
@@ -127,6 +131,29 @@ def solve_length(constraint: Constraint, solver: Solver | None = None, caps: fro
         return None
     return Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail), symbol,
                     found[1]), length
+
+
+def _product_of_sizes(constraint: Constraint, solver: Solver) -> tuple[Solution, sympy.Expr] | None:
+    """Input sizes met only as their product, as one length: `reshape(B, 8, int(H) * int(W))` holds its element
+    count `8*B*H*W` at H * W = 120 only, and no one of them alone is pinned (red team 113). The one group of two
+    or more sizes (of at most 4 in the equation) whose product, taken as one symbol, leaves none of them and has
+    one root; None where no group or several do."""
+    difference = constraint.left - constraint.right
+    if not 2 <= len(difference.free_symbols) <= 4:
+        return None
+    symbols, found = sorted(difference.free_symbols, key=str), []
+    for count in range(2, len(symbols) + 1):
+        for group in itertools.combinations(symbols, count):
+            length = sympy.Mul(*group)
+            symbol = sympy.Symbol(str(length), integer=True, positive=True)
+            left, right = (side.subs(length, symbol) for side in (constraint.left, constraint.right))
+            if any(side.has(size) for side in (left, right) for size in group):
+                continue
+            root = solver.one_root(sympy.expand(left - right), _where(constraint))
+            if root is not None and root[0] == symbol:
+                found.append((Solution(Constraint(constraint.kind, constraint.node, left, right, constraint.detail),
+                                       symbol, root[1]), length))
+    return found[0] if len(found) == 1 else None
 
 
 def baked_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
@@ -158,8 +185,9 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     if solution is None:
         return None
     target = [as_expr(t) for t in sizes.value(constraint.node.inputs[1])]
-    # a grid's token count is an entry as a whole or none (MobileViT's unfold splits its grid: floor(P/16) fits it)
-    whole = length is not None and len(length.atoms(sympy.floor, sympy.Min, sympy.Max)) > 1
+    # a grid's token count, or a product of sizes, is an entry as a whole or none (MobileViT's unfold splits its
+    # grid: floor(P/16) fits it; `8 = floor(H*W/15)` beside `120 = H*W`)
+    whole = length is not None and (len(length.atoms(sympy.floor, sympy.Min, sympy.Max)) > 1 or length.is_Mul)
     entries = _entries(solution.constraint.left, target, solution, sizes, constraint.node, whole)
     if whole and not entries:
         return None  # no entry is the count: the grid explains nothing here (other rules and the probe speak)
