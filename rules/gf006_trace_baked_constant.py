@@ -391,10 +391,6 @@ class TraceBakedConstant(Rule):
             return
         why.append("no mask (" + (band if isinstance(band, str) else f"Trilu needs opset 14, not {ctx.opset}") + ")")
         yield self.reject(f"no rebuild for '{c.const.name}': " + "; ".join(why), nodes=[c.node])
-        yield self.finding(
-            base + "; it is not recoverable: its values beyond the export length are gone from the graph", **where,
-            hint=f"'{c.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
-                 "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export. If the "
-                 "model takes that one size only (timm's PiT holds a position table of one image size), the dims "
-                 "are not dynamic: fix them with `graphfix set-shape` and repair that.")
+        said, hint = c.lost()
+        yield self.finding(base + said, **where, hint=hint)
 

@@ -23,6 +23,7 @@ re-traced original, graphfix.validate.retrace).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
 from graphfix.analysis.sizes import sizes_of
 
+# a state_dict key, as the exporters keep a parameter's name (`m.embeddings.position_embeddings`, `pos_embed`); not a
+# name made for a value (`onnx::Add_30`, `/Constant_output_0`, dynamo's `val_12` and `slice_3`)
+PARAMETER_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)+|[A-Za-z_]+")
 MAX_TABLE_ELEMENTS = 1 << 22  # tables compared value by value; bigger ones are weights, not position tables
 
 
@@ -61,8 +65,30 @@ class Baked:
         """The finding's words: which op combines what with the constant, cut at which sizes."""
         sizes = ", ".join(f"{d}={self.value.shape[a]} on axis {a}" for a, d in self.axes)
         return (f"{self.node.op} '{self.node.name}' combines {self.other.name} {self.oshape} with constant "
-                f"'{self.const.name}' {list(self.value.shape)} cut at export-time sizes ({sizes}): onnxruntime fails "
-                "at other sizes")
+                f"'{self.const.name}' {list(self.value.shape)} {'of' if self.whole else 'cut at'} export-time sizes "
+                f"({sizes}): onnxruntime fails at other sizes")
+
+    @property
+    def whole(self) -> bool:
+        """The constant keeps a parameter's own name (`m.embeddings.position_embeddings`): the model uses it whole.
+        The TorchScript exporter names a table cut with a Python int and folded anew (`onnx::Add_30`)."""
+        return isinstance(self.const, gs.Constant) and bool(PARAMETER_NAME.fullmatch(self.const.name))
+
+    def lost(self) -> tuple[str, str]:
+        """The words (the finding's end, its hint) for a constant no structure rebuilds. One used `whole` is the
+        model's own size there, as in PyTorch (transformers' Hiera, timm's PiT; helper 114): nothing is cut."""
+        if self.whole:
+            return ("; it keeps the name of the model's own parameter, used whole: the model holds that many "
+                    "positions and takes that one size there, as in PyTorch",
+                    f"'{self.const.name}' is a parameter of the model used whole (a table cut with a Python int and "
+                    "folded is named anew, `onnx::Add_30`): the dims are not dynamic; fix them with `graphfix "
+                    "set-shape` and repair that. If the module does cut it (`self.pe[:, :int(x.size(1))]`), slice "
+                    "it with the traced size (without int()) and re-export.")
+        return ("; it is not recoverable: its values beyond the export length are gone from the graph",
+                f"'{self.const.name}' is a table cut with a Python int and folded (`self.pe[:, :int(x.size(1))]`); "
+                "slice it with the traced size, `self.pe[:, : x.size(1)]` (without int()), and re-export. If the "
+                "model takes that one size only (timm's PiT holds a position table of one image size), the dims "
+                "are not dynamic: fix them with `graphfix set-shape` and repair that.")
 
     def where(self) -> dict:
         """The nodes, tensors and shapes a finding on the constant names."""

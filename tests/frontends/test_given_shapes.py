@@ -156,7 +156,8 @@ def test_a_healthy_maxvit_given_its_window_multiple_is_written(tmp_path):
 def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_says(name, tmp_path):
     """timm's PiT and LeViT at `img_size=64` hold a position table and attention biases of that size: they take 64
     by 64 only, in PyTorch too, and exported with H and W dynamic they are errors (GF006, GF003) with or without
-    `--shape`. The finding says what works (helper 93): fix the dims with `set-shape`, then repair."""
+    `--shape`. The finding says what works (helper 93): fix the dims with `set-shape`, then repair; and a table
+    the model uses whole is no table cut with a Python int (helper 114: transformers' Hiera was told so)."""
     from fixtures.library_models import import_timm
 
     timm = import_timm()
@@ -173,6 +174,8 @@ def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_say
     code, report = graphfix("diagnose", str(path), "--shape", "x=2x3x64x64")
     found = [f for f in report["models"][0]["findings"] if f["severity"] == "error"]
     assert code == 1 and found and all("graphfix set-shape" in f["hint"] for f in found), report
+    tables = [f for f in found if f["rule"] == "GF006"]  # its own parameter used whole, not a table cut (helper 114)
+    assert all("used whole" in f["message"] and "not recoverable" not in f["message"] for f in tables), tables
     pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
     assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
     code, report = graphfix("repair", str(pinned), "-o", str(out))

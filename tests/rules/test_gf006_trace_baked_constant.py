@@ -13,13 +13,17 @@ import graphfix
 from graphfix.validate import ValidationOptions
 
 
-def model_with(constant: np.ndarray, op: str = "Add") -> onnx.ModelProto:
+def model_with(constant: np.ndarray, op: str = "Add", name: str = "c") -> onnx.ModelProto:
+    """`y = op(x, constant)`; the constant named `name` (the TorchScript exporter keeps a parameter's own name and
+    names a folded cut anew, `onnx::Add_7`)."""
     values = ", ".join(str(float(v)) for v in constant.reshape(-1))
     dims = ", ".join(str(d) for d in constant.shape)
-    return parse(f"""< ir_version: 8, opset_import: ["" : 17] >
+    model = parse(f"""< ir_version: 8, opset_import: ["" : 17] >
         g (float[B, T] x) => (float[B, T] y) <float[{dims}] c = {{{values}}}> {{
             y = {op}(x, c)
         }}""")
+    model.graph.initializer[0].name = model.graph.node[0].input[1] = name
+    return model
 
 
 def feeds(batch: int, time: int) -> dict[str, np.ndarray]:
@@ -89,17 +93,29 @@ def test_an_identity_added_to_a_graph_is_also_a_strided_pattern():
 
 def test_table_cut_at_the_export_length_is_reported_not_guessed():
     table = np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32)  # a positional table's rows
-    (finding,) = of_rule("GF006", graphfix.diagnose(model_with(table), static=True))
-    assert finding.fix is None and "not recoverable" in finding.message and "constant 'c' [1, 6]" in finding.message
+    (finding,) = of_rule("GF006", graphfix.diagnose(model_with(table, name="onnx::Add_7"), static=True))
+    assert finding.fix is None and "not recoverable" in finding.message
+    assert "constant 'onnx::Add_7' [1, 6] cut at" in finding.message
     assert "self.pe[:, : x.size(1)]" in finding.hint and "without int()" in finding.hint
+
+
+def test_a_table_the_model_uses_whole_is_its_own_size_not_a_cut():
+    """A constant that keeps a parameter's name is one the model uses whole (helper 114: transformers' Hiera adds
+    its learned `position_embeddings` as they are, and PyTorch takes that one size too): no rebuild, and the
+    finding says so rather than that a table was cut."""
+    table = np.random.default_rng(0).standard_normal((1, 6)).astype(np.float32)
+    (finding,) = of_rule("GF006", graphfix.diagnose(model_with(table, name="m.pos_embed"), static=True))
+    assert finding.fix is None and "used whole" in finding.message and "not recoverable" not in finding.message
+    assert "constant 'm.pos_embed' [1, 6] of export-time sizes" in finding.message
+    assert "set-shape" in finding.hint
 
 
 def test_a_learned_gain_is_never_regrown(tmp_path):
     """`x * gain` with gain [[0.3, -1.2]] where x's last dim was declared dynamic: two values, but no mask's. The
     original is only valid at width 2 and fails elsewhere, rightly; nothing may be fabricated for width 4."""
-    model = model_with(np.array([[0.3, -1.2]], np.float32), op="Mul")
+    model = model_with(np.array([[0.3, -1.2]], np.float32), op="Mul", name="gain")
     (finding,) = of_rule("GF006", graphfix.diagnose(model, static=True))
-    assert finding.fix is None and "not recoverable" in finding.message
+    assert finding.fix is None and "used whole" in finding.message
     result = graphfix.repair(model, unsafe_fixes=True)
     assert result.status == "unchanged" and result.model is not None and not result.applied
 
