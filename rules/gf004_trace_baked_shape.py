@@ -98,7 +98,9 @@ class TraceBakedShape(Rule):
                     "Shape ops) or use -1, and re-export with dynamic axes." + HINT_EXPORT + " If the model takes "
                     "only sizes a Reshape splits into whole chunks (`nn.PixelUnshuffle(2)` takes even sizes, and "
                     "PyTorch fails at the others too), give such sizes with --shape: the graph of a pad to a "
-                    "multiple that the trace dropped with its branch (`if T % 8: F.pad`) looks the same.")
+                    "multiple that the trace dropped with its branch (`if T % 8: F.pad`) looks the same. If it "
+                    "takes one size only (a grid read from its configuration, timm's CoaT at `img_size=64`: helper "
+                    "114), the dims are not dynamic: fix them with `graphfix set-shape` and repair that.")
     traced_values = True
 
     @classmethod

@@ -256,3 +256,31 @@ def test_a_batch_split_into_a_fixed_count_is_refused_at_a_moved_batch_and_writte
         got, = run(str(out), {"input_ids": given})
         with torch.no_grad():
             np.testing.assert_allclose(got, module(torch.from_numpy(given)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_grid_read_from_the_configuration_says_how_to_pin_it(tmp_path):
+    """timm's CoaT-Lite at `img_size=64` reshapes its tokens to the 16 x 16 grid its configuration holds: it takes
+    64 by 64 only, in PyTorch too. Exported with H and W dynamic, GF004's error names `set-shape` (helper 114: the
+    hint named re-exporting and `--shape` multiples only), and the pinned model is repaired and right."""
+    from fixtures.library_models import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    module = timm.create_model("coat_lite_tiny", img_size=64, num_classes=5).eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["out"],
+                          dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    code, report = graphfix("diagnose", str(path))
+    found = [f for f in report["models"][0]["findings"] if f["severity"] == "error"]
+    assert code == 1 and found and all("graphfix set-shape" in f["hint"] for f in found), report
+    pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
+    assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
+    code, report = graphfix("repair", str(pinned), "-o", str(out))
+    assert code == 0, report
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    got, = run(str(out), {"x": x})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
