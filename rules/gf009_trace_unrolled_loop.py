@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes import sizes_if
 from graphfix.analysis.sizes.domain import input_minimums
-from graphfix.core.rule import Finding, Rejection, Rule, Severity
+from graphfix.core.rule import FailureSite, Finding, Rejection, Rule, Severity
 
 MIN_STEPS = 4  # fewer single-step reads of one axis are as likely a model's own choice (x[:, 0] + x[:, 1])
 
@@ -63,6 +64,23 @@ class TraceUnrolledLoop(Rule):
     name = "trace-unrolled-loop"
     severity = Severity.ERROR
     fixable = False
+    runtime_messages = (r"indices element out of data bounds",)
+    runtime_order = 60
+    runtime_hint = ("A Gather read a position past the end of its axis at a constant index: a Python loop over a "
+                    "dynamic axis, the batch's (`for i in range(x.shape[0])`, speechbrain's StatisticsPooling with "
+                    "lengths: helper 114) or the length's, unrolled by tracing, reads the export size's positions at "
+                    "every size, fails below it and drops the rest above. " + HINT.split(". ", 1)[1] + " If the "
+                    "position is the model's own (`x[:, 5]`), the input is below what the model takes, in PyTorch "
+                    "too.")
+
+    @classmethod
+    def claims_failure(cls, site: FailureSite) -> bool:
+        """A Gather out of bounds at a constant index (a step of an unrolled loop, or a model's own position)."""
+        if site.node.op_type != "Gather" or not any(re.search(p, site.message) for p in cls.runtime_messages):
+            return False
+        constants = {t.name for t in site.model.graph.initializer}
+        constants |= {o for n in site.model.graph.node if n.op_type == "Constant" for o in n.output}
+        return len(site.node.input) > 1 and site.node.input[1] in constants
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         loops = unrolled_reads(ctx)
