@@ -43,7 +43,8 @@ class TraceBakedShape(Rule):
     dims the graph declares dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own
     constraints, solved by the size analysis: a Reshape whose element count holds at one size only (an input's, a
     length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
-    ViT's `nn.MultiheadAttention` pooling head, an unsafe fix), an Expand or an elementwise op meeting a dynamic
+    ViT's `nn.MultiheadAttention` pooling head, an unsafe fix, or input sizes met only as their product,
+    `reshape(B, C, int(H) * int(W))`), an Expand or an elementwise op meeting a dynamic
     dim with a constant one, Split sizes. (Constant *tensors* cut at an export size are GF006's.)
 
     ## Why it breaks deployment
