@@ -196,7 +196,8 @@ class TraceBakedShape(Rule):
             f"{message}; entry {entry.index} ({entry.value}) is {entry.expr}" + (f"; but {doubt}" if doubt else ""),
             **kwargs, hint=HINT_INT,
             fix=Fix(f"compute entry {entry.index} of Reshape '{node.name}' shape as {entry.expr} from Shape ops",
-                    apply=loosened(node, {value}, rebuild), safety=Safety.UNSAFE if doubt else Safety.SAFE,
+                    apply=loosened(node, {value}, rebuild, {value} if baked.product else ()),
+                    safety=Safety.UNSAFE if doubt else Safety.SAFE,
                     reason=found.reason()))
 
     # --- partly constant Expand shapes: a broadcast right after pins a size (solved constraint) ----------------

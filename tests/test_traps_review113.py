@@ -63,8 +63,16 @@ TRAPS = {
                                                                                   / math.sqrt(D))).softmax(-1) @ h,
                                    True),
 }
+def _attention(h):
+    return (h @ h.transpose(1, 2) / math.sqrt(D)).softmax(-1)
+
+
 CONTROLS = {
     "own-scale-of-scores": (lambda self, h, t: (h @ h.transpose(1, 2) / math.sqrt(D)).softmax(-1) @ h, True),
+    # helper 115: attention's `attn @ v` averages (its weights sum to one), a softmax over the batch is no length's
+    "gated-attention-output": (lambda self, h, t: (_attention(h) @ h) * 0.1, True),
+    "scaled-values": (lambda self, h, t: _attention(h) @ (h * 0.8), True),
+    "contrastive-over-the-batch": (lambda self, h, t: (h.mean(1) @ h.mean(1).T / 0.07).softmax(-1), False),
     "top-k-over-features": (lambda self, h, t: h.topk(3, dim=2).values, True),
     "product-over-features-scaled": (lambda self, h, t: h @ h.transpose(1, 2).sum(2, keepdim=True) / 5, True),
 }
@@ -81,6 +89,14 @@ def test_a_size_baked_beside_a_safe_fix_where_the_echo_check_did_not_look_makes_
 @pytest.mark.parametrize("name", CONTROLS)
 def test_a_models_own_scale_of_scores_top_k_or_product_is_no_echo(tmp_path, name):
     done, out = trapped(fixture_trap("Control", *CONTROLS[name])(), tmp_path / "m.onnx", LENGTH)
+    assert done.exit_code == 0 and out.exists(), done.output
+
+
+def test_a_log10_traced_at_ten_frames_is_no_echo(tmp_path):
+    """`torch.log10` divides by ln 10, which is log(T) at 10 frames: every dB front end's own constant (helper
+    115), not read as the length's log there."""
+    control = fixture_trap("DecibelsAtTen", lambda self, h, t: torch.log10(h.abs() + 1), True)()
+    done, out = trapped(control, tmp_path / "m.onnx", 10)
     assert done.exit_code == 0 and out.exists(), done.output
 
 
@@ -140,25 +156,41 @@ def test_a_covariance_of_a_baked_count_is_an_echo(tmp_path, module, example, axe
 
 
 class FlattenedGrid(torch.nn.Module):
-    """`reshape(B, 8, int(H) * int(W))`: the element count pins H * W = 120, neither size alone."""
+    """`reshape(B, 8, int(H) * int(W))`: the element count pins H * W = 120, neither size alone; then `tokens`."""
 
-    def __init__(self):
+    def __init__(self, tokens=lambda h, width: h):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv, self.tokens = torch.nn.Conv2d(3, 8, 3, padding=1), tokens
 
     def forward(self, x):
-        return self.conv(x).reshape(x.shape[0], 8, int(x.shape[2]) * int(x.shape[3])).amax(-1)
+        width = int(x.shape[3])
+        h = self.conv(x).reshape(x.shape[0], 8, int(x.shape[2]) * width)
+        return self.tokens(h, width).amax(-1)
+
+
+def _grid(tmp_path, module):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 3, 12, 10),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B"}})
+    return repair(path)
 
 
 def test_input_sizes_met_only_as_their_product_are_one_length(tmp_path):
     """Red team 113: no fix (exit 1) where the element count determines the entry; the suite's guard compares the
     repaired model with the module at other sizes."""
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(FlattenedGrid().eval(), (torch.randn(2, 3, 12, 10),), str(path), dynamo=False,
-                          opset_version=17, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}, "y": {0: "B"}})
-    done, out = repair(path)
+    done, out = _grid(tmp_path, FlattenedGrid())
     assert done.exit_code == 0 and out.exists() and "applied GF004" in done.output, done.output
+
+
+@pytest.mark.parametrize("tokens", [lambda h, width: h[:, :, :width], lambda h, width: h[:, :, ::width]],
+                         ids=["first-row", "first-column"])
+def test_a_factor_of_a_product_baked_beside_it_makes_the_rebuild_unsafe(tmp_path, tokens):
+    """Helper 115: the first row (`h[:, :, :W]`) or column (`h[:, :, ::W]`) of the grid bakes W = 10, a factor of
+    the 120 rebuilt as H * W; the rebuild was written with exit 0 and wrong at every other width."""
+    done, out = _grid(tmp_path, FlattenedGrid(tokens))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "a factor of 120" in done.output, done.output

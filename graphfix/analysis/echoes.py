@@ -10,7 +10,7 @@ the input is doubted where one is read; exported at a length no constant of the 
 
 Two sets of forms, so that a model's own numbers are not taken for sizes where nothing points at a size:
 - anywhere: n, 1/n, sqrt(n), 1/sqrt(n) (a mean, a `T ** -0.5` scale), log(n), log2(n) and their inverses
-  (`h * math.log(T)`, red team 113);
+  (`h * math.log(T)`, red team 113; not at 10, whose ln is every `log10`'s constant);
 - where the value it meets was summed over an axis of that size, or is then (`h.sum(1) / (T - 1)`,
   `h.sum((1, 2)) / (T * D)`), or holds positions along it (a Range or CumSum: `arange(T) / (T - 1)`, CoordConv's
   `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -5 to 5, n / (n + k) and its inverse (an
@@ -30,8 +30,9 @@ temperature, `Linear(h.mean(1)) / 0.07`, helper 75), as past an elementwise nonl
 (T - 1)`, `log(exp(h).sum(1)) - log(T)`) and from a softmax over the size (`softmax(h, 1) * (T - 1)`, helper 76).
 A MatMul of two data operands sums over an axis as an Einsum does, where that axis holds the size itself (a
 covariance `hc.transpose(1, 2) @ hc / (T - 1)`, VICReg's `z.T @ z / (N - 1)`, red team 113), unless a softmax
-normalizes its product (attention's scores sum over features). Any number also doubts where it only scales (no
-Add between) what a softmax over an axis of the size normalizes: a temperature of the length (attention pooling's
+normalizes its product (attention's scores sum over features) or weights its first operand (`attn @ v` averages
+the values). Any number also doubts where it only scales (no Add between) what a softmax over an axis of the size
+(static, past the baked Reshape) normalizes: a temperature of the length (attention pooling's
 `logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), where a model's own scale of
 scores is a plain form of a width it meets (`1 / sqrt(d)`).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
@@ -86,8 +87,10 @@ SCORED = SCALED | {"Add", "Sub", "Where"}  # what attention's scores pass on the
 POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
-LOGS = (("log({})", math.log), ("1/log({})", lambda n: 1 / math.log(n)), ("log2({})", math.log2),
-        ("1/log2({})", lambda n: 1 / math.log2(n)))  # `h * math.log(T)`, `h / math.log2(T)` (red team 113)
+LOGS = tuple((text, lambda n, of=of: of(n) if n != 10 else math.inf) for text, of in (
+    ("log({})", math.log), ("1/log({})", lambda n: 1 / math.log(n)), ("log2({})", math.log2),
+    ("1/log2({})", lambda n: 1 / math.log2(n))))  # `h * math.log(T)`, `h / math.log2(T)` (red team 113); not at 10,
+# where ln 10 is every `log10`'s own constant (helper 115: a dB front end traced at 10 frames was refused)
 ROOTS = (("{} ** 0.25", lambda n: n ** 0.25), ("{} ** -0.25", lambda n: n ** -0.25))  # SDPA's scale of q and k
 
 
@@ -131,19 +134,21 @@ SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another be
 
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
            shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False,
-           fold: Callable[[gs.Tensor], np.ndarray | None] | None = None) -> list[str]:
+           fold: Callable[[gs.Tensor], np.ndarray | None] | None = None, products: Iterable[int] = ()) -> list[str]:
     """For each one-element constant that equals a form of one of `sizes` (the sizes a fix makes follow the
     input) where the graph reads it as a size, a line naming it. `constant_value` and `shape` are the rule
     context's. On the nodes `fixed` names, an integer equal to one of `sizes` is the constant the fix rebuilds
     (a slice end), not an echo; their other integers are (`x[:, T // 2 : T]` keeps its start at 3). `fold` (the
     context's evaluator) gives the values of tensors computed from constants only, for the vectors read whole (a
-    Pad's amounts, a shape's entries)."""
+    Pad's amounts, a shape's entries). `products`: those of `sizes` that are products of several sizes, whose
+    factors are baked too (graphfix.analysis.int_echoes)."""
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
     if not wanted:
         return []
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
     return [*_float_echoes(nodes, wanted, constant_value, shape),
-            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths)]
+            *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
+                        frozenset(products))]
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:
@@ -290,20 +295,40 @@ def _product(node: gs.Node) -> bool:
     softmax normalizes: they sum over features (BERT traced at 64 tokens of 64-wide heads scales its queries
     by 64 ** -0.25, helper 65)."""
     return node.op == "MatMul" and not _linear(node) and not any(_weight(t) for t in node.inputs[:1]) \
-        and not _reaches(node, NORMALIZED, SCORED)
+        and not _reaches(node, NORMALIZED, SCORED) and not _weighted(node)
+
+
+def _weighted(node: gs.Node) -> bool:
+    """Whether the MatMul's first operand comes from a softmax (through scaling, a mask or a pick of heads):
+    attention's `attn @ v` averages the values, its weights summing to one, so no number of the length scales it
+    (`(attn @ v) * 0.1`, a ReZero gate, helper 115)."""
+    frontier, seen = node.inputs[:1], set()
+    for _ in range(HOPS):
+        step = []
+        for tensor in frontier:
+            for op in tensor.inputs[:1]:
+                if id(op) in seen:
+                    continue
+                seen.add(id(op))
+                if op.op in NORMALIZED:
+                    return True
+                if op.op in SCORED:
+                    step.extend(op.inputs[:1] if op.op != "Where" else op.inputs[1:])
+        frontier = step
+    return False
 
 
 def _normalized(node: gs.Node, n: int, shape) -> bool:
     """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
-    over an axis of size `n` (or a dim the graph left symbolic) normalizes: a temperature of the length
+    over an axis of size `n` normalizes (not one the graph left symbolic: a contrastive softmax over the batch,
+    `softmax(z @ z.T / 0.07)`, helper 115): a temperature of the length
     (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`, red team 113). A model's own scale
     of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read before); a mask added to them
     (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
-    def over_n(op: gs.Node) -> bool:
+    def over_n(op: gs.Node) -> bool:  # the length itself, static past the baked Reshape: not a batch left symbolic
         dims = shape(op.inputs[0]) if op.inputs else None
         axis = int(op.attrs.get("axis", -1))
-        return dims is not None and -len(dims) <= axis < len(dims) and \
-            (dims[axis] == n or not isinstance(dims[axis], int))
+        return dims is not None and -len(dims) <= axis < len(dims) and dims[axis] == n
     return _reaches(node, NORMALIZED, SCALED, over_n)
 
 

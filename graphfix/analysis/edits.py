@@ -24,9 +24,10 @@ def replace_input(node: gs.Node, index: int, entries, opset: int, scalar: bool =
     return apply
 
 
-def loosened(node: gs.Node, values: set[int], apply) -> Loosened:
-    """Run `apply`, then forget the baked sizes in the static shapes of graph outputs the node feeds."""
-    return Loosened(node, frozenset(values), apply)
+def loosened(node: gs.Node, values: set[int], apply, products: set[int] = frozenset()) -> Loosened:
+    """Run `apply`, then forget the baked sizes in the static shapes of graph outputs the node feeds. `products`:
+    those of `values` that are products of several sizes (a grid's H * W), whose factors are baked too."""
+    return Loosened(node, frozenset(values), apply, frozenset(products))
 
 
 class Loosened:
@@ -34,8 +35,8 @@ class Loosened:
     shapes of graph outputs the node feeds. `values` stay readable: a float constant that echoes one of them
     elsewhere in the graph doubts the fix (graphfix.analysis.echoes)."""
 
-    def __init__(self, node: gs.Node, values: frozenset[int], apply):
-        self.node, self.values, self.apply = node, values, apply
+    def __init__(self, node: gs.Node, values: frozenset[int], apply, products: frozenset[int] = frozenset()):
+        self.node, self.values, self.apply, self.products = node, values, apply, products
 
     def __call__(self, graph: gs.Graph) -> None:
         self.apply(graph)

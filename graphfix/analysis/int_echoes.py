@@ -76,18 +76,22 @@ SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
 
 def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int],
-               fold=None, widths: set[int] = frozenset()) -> list[str]:
+               fold=None, widths: set[int] = frozenset(), products: frozenset[int] = frozenset()) -> list[str]:
     """Integer constants that index or cut data along an axis of the size, meet an integer value that is no
     size, fill a ConstantOfShape, size a Pool or repeat a Tile (the forms of the module's docstring). `fold`: the
     values of tensors computed from constants only (a Pad's amounts, which the TorchScript exporter computes from
     the tuple `F.pad` was given), where the caller has them; else only constants are read. `widths`: the graph's
-    feature widths, which no entry of a ConstantOfShape's shape is read as a form of the size at."""
+    feature widths, which no entry of a ConstantOfShape's shape is read as a form of the size at. `products`: the
+    sizes of `wanted` that are products of several (a grid's H * W = 120 cells): a cut, index or step by a factor
+    of one is a row or a column (`h[:, :, :W]`, `h[:, :, ::W]`, helper 115), its factor baked too."""
     found = []
     for node in nodes:
         for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths):
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
-            form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None)
+            form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None) or next(
+                (f"a factor of {n}, a row or a column of a grid of {n} cells" for n in products
+                 if where in ("a cut", "an index") and 2 < abs(item) < n and n % abs(item) == 0), None)
             if form is not None:
                 found.append(f"{node.op} '{node.name}' reads the integer {item} as {where}, which is {form}")
                 break

@@ -104,7 +104,7 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     named = set(finding.nodes)
     heard = echoes(ctx.graph, fix.apply.values, ctx.constant_value, ctx.shape,
                    fixed=lambda node: node is fix.apply.node or (bool(node.name) and node.name in named),
-                   fold=ctx.evaluator)
+                   fold=ctx.evaluator, products=fix.apply.products)
     if not heard:
         return finding
     sizes = ", ".join(str(v) for v in sorted(fix.apply.values))

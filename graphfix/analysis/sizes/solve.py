@@ -55,6 +55,7 @@ class BakedShape:
     node: gs.Node
     solution: Solution
     entries: list[BakedEntry]
+    product: bool = False  # the size is a product of several (a grid's H * W): an entry as a whole, factors unknown
 
     @property
     def equation(self) -> str:
@@ -194,7 +195,7 @@ def _solve_shape(sizes: Sizes, constraint: Constraint) -> BakedShape | None:
     if length is not None:  # each entry in terms of the input sizes again: the graph carries that length
         entries = [BakedEntry(e.index, e.value, e.expr.xreplace({solution.symbol: length}),
                               tuple(o.xreplace({solution.symbol: length}) for o in e.others)) for e in entries]
-    return BakedShape(constraint.node, solution, entries)
+    return BakedShape(constraint.node, solution, entries, whole)
 
 
 def _weight_dims(sizes: Sizes) -> frozenset[int]:
