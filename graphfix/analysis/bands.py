@@ -130,15 +130,16 @@ def uniform_alternatives(baked: Baked) -> str:
     - along any axis but a batch's, the same value up to an edge that lies past the export size and another past
       it: a mask (True, 0 added, 0 or 1 multiplied) of a window wider than T, chunks of T or more or a cutoff at a
       fixed length, and as much an indicator added or concatenated (`x + (arange(T) < 20)`, 1 inside the first
-      20 frames; helper 54); not as a divisor or an exponent. No model masks its batch by position, so an
-      initial state `zeros(int(B), H)` is neither.
+      20 frames; helper 54), or as a divisor (overlap-add's counts, `1 + (arange(T) >= 20)`: all ones at 12
+      frames, helper 116); not as an exponent. No model masks its batch by position, so an initial state
+      `zeros(int(B), H)` is neither.
     Every value the constant holds is judged (uniform along the baked axes, it may vary along the others)."""
     values = np.unique(baked.value) if baked.value.size and baked.value.dtype.kind in "biuf" else ()
     if len(values) == 0:
         return ""  # empty, complex, text: nothing a size or a mask gives
     reasons = []
-    divides = baked.node.op in ("Div", "Pow") and baked.index == 1  # x / mask, x ** mask: what no model computes
-    if not divides and not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
+    exponent = baked.node.op == "Pow" and baked.index == 1  # x ** mask: what no model computes
+    if not exponent and not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
         reasons.append("a mask or an added indicator whose edge lies past the export size: a window wider than it, "
                        "chunks or blocks of that size or more, a cutoff at a fixed length")
     sized = [v.item() for v in values if v.item() not in (0, 1) or _one_of_two(v.item(), baked)]

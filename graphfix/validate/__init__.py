@@ -157,6 +157,11 @@ def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
                          LEVELS.index(options.require)) or f"every size: {evidence}"
         reasons.append(f"evidence '{evidence}' is below the required '{options.require}' ({weak}); "
                        f"give real values with --input, or accept it with --require {evidence}")
+    if after is not before and (mixed := judge.mixed_batches(dims)):
+        reasons.append(f"the original mixes the samples along '{mixed[0]}' at its export size (a statistic over the "
+                       "batch) and no reference reaches other sizes of it: a number computed from that size in "
+                       "Python (`/ (N - 1)`) would still hold the export's there; give real values with --input, "
+                       "or write it anyway with --force")
     divergence = judge.divergence
     if divergence and divergence.get("tensor"):
         reasons.append(f"first diverging node: '{divergence['node']}' ({divergence['op_type']}), "

@@ -23,6 +23,8 @@ import onnx
 from graphfix.validate.compare import OutputComparison, compare_arrays, evaluate_dim
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
+MIXED = "are not independent"  # in the reason: the original is shown to mix samples (not just left unshown)
+
 
 @dataclass
 class Samples:
@@ -74,10 +76,10 @@ def independent_samples(original, feeds: dict[str, np.ndarray], batch: str, rtol
     for name, value in whole.outputs.items():
         axis = _sample_axis(value, {s: out[name] for s, out in alone.items()}, size, rtol, atol)
         if axis is False:
-            return f"samples along '{batch}' are not independent in the original (output '{name}')"
+            return f"samples along '{batch}' {MIXED} in the original (output '{name}')"
         outputs[name] = axis
     if not _permutes(original, feeds, axes, whole.outputs, outputs, size, rtol, atol):
-        return f"the original does not permute its outputs with the samples along '{batch}': they are not independent"
+        return f"the original does not permute its outputs with the samples along '{batch}': they {MIXED}"
     return Samples(batch, axes, outputs)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from graphfix.analysis.broadcast import batch_named
 from graphfix.analysis.shapes import infer_shapes
 from graphfix.validate.bisect import first_divergence
 from graphfix.validate.compare import (
@@ -24,8 +25,8 @@ from graphfix.validate.compare import (
     declared_shapes,
     drop_contradicted,
 )
-from graphfix.validate.consistency import Samples, independent_samples
-from graphfix.validate.graph_sizes import declared_sizes, met_sizes
+from graphfix.validate.consistency import MIXED, Samples, independent_samples
+from graphfix.validate.graph_sizes import declared_sizes, dim_names, graph_inputs, met_sizes
 from graphfix.validate.held_sizes import HeldSizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
 from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
@@ -173,6 +174,7 @@ class Judge:
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
         self.not_samples: list[str] = []  # why a candidate batch dim gives no reference
+        self.mixed: set[str] = set()  # batch dims the original is shown to mix samples along (not just unshown)
         self.retracer = Retracer(before, options.choices)
         # output axes held at an input dim's export size (learnt at a known export size only)
         self.held = HeldSizes(self.declared, self.probed_dims - set(self.batch) - self.derived_dims,
@@ -192,7 +194,17 @@ class Judge:
                 found.append(trial)
             else:
                 self.not_samples.append(trial)
+                if MIXED in trial:
+                    self.mixed.add(batch)
         return found
+
+    def mixed_batches(self, dims: dict[str, str]) -> list[str]:
+        """The dims named like a batch that the original mixes samples along at its export size (a statistic over
+        the batch: `o - o.mean(0)`, a covariance `z.T @ z / (N - 1)`) and that no reference reached: the repaired
+        model runs at other batch sizes unchecked, and a number computed there from the batch in Python (`N - 1`:
+        a form of 2 or 3 is every model's own, and not read as an echo) would not show (helper 116)."""
+        named = {name for vi in graph_inputs(self.before.proto) for name in batch_named(dim_names(vi))}
+        return sorted(name for name in self.mixed if name in named and dims.get(name) == "runs")
 
     @functools.cached_property
     def fixed_outputs(self) -> dict[str, list | None]:

@@ -1,0 +1,90 @@
+"""Traps from red team 116: fixes other than GF004's rebuild, written with exit 0 and wrong at other sizes.
+
+- Overlap-add's counts built with a Python int, `1 + (arange(T) >= 20)`, traced at 12 frames: the divisor is all
+  ones there, and GF006 shrank it to one element as a safe fix (a divisor was exempt from the doubt of an edge past
+  the export size). Frames from 20 on were divided by 1 where PyTorch divides by 2.
+- A GRU started from `zeros(1, int(B), H)` (GF006 shrinks it: the batch follows) beside a statistic over the
+  batch built with the same int: `o - o.sum(0) / float(B)` at B = 2, VICReg's `z.T @ z / (N - 1)` at N = 3. The
+  constants are 2.0 and 0.5, every model's own numbers, so no echo is read; but the original mixes its samples
+  along the batch at the export size, which the proof now says: with no reference at other batch sizes the
+  repair is not written (the batch's independence was only "not shown" before, and `runs` was enough).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from fixtures.baked_heads import repair  # noqa: E402  (imports torch)
+
+pytestmark = pytest.mark.torch
+AXES = {0: "batch", 1: "T"}
+
+
+class OverlapCounts(torch.nn.Module):
+    """Frames from 20 on are covered by two windows (overlap-add), so they are divided by 2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        counts = 1.0 + (torch.arange(int(x.shape[1])) >= 20).float()[:, None]
+        return self.lin(x) / counts
+
+
+class StateThenBatchMean(torch.nn.Module):
+    """A GRU from a zero state of the traced batch, then each sample less the batch's mean, `/ float(B)`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = torch.nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, x):
+        batch = int(x.shape[0])
+        o, _ = self.gru(x, torch.zeros(1, batch, 8))
+        return o - o.sum(0) / float(batch)
+
+
+class StateThenCovariance(torch.nn.Module):
+    """VICReg's covariance of the final states over the batch, `z.T @ z / (N - 1)`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = torch.nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, x):
+        batch = int(x.shape[0])
+        _, h = self.gru(x, torch.zeros(1, batch, 8))
+        z = h[0] - h[0].mean(0)
+        return z.T @ z / (batch - 1)
+
+
+def _export(module, path, example, output_axes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(*example),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": AXES, "y": output_axes})
+    return path
+
+
+def test_a_divisor_of_ones_cut_at_the_export_length_may_be_counts_past_it(tmp_path):
+    done, out = repair(_export(OverlapCounts(), tmp_path / "m.onnx", (1, 12, 4), AXES))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "GF006" in done.output and "edge lies past the export size" in done.output, done.output
+
+
+@pytest.mark.parametrize(("module", "example", "output_axes"), [
+    (StateThenBatchMean, (2, 12, 4), AXES),
+    (StateThenCovariance, (3, 12, 4), {}),
+], ids=["mean-over-the-batch", "covariance-over-the-batch"])
+def test_a_statistic_over_the_batch_beside_a_batch_fix_is_not_written_unproved(tmp_path, module, example,
+                                                                                output_axes):
+    done, out = repair(_export(module(), tmp_path / "m.onnx", example, output_axes))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "mixes the samples along 'batch'" in done.output, done.output
