@@ -8,6 +8,12 @@
   constants are 2.0 and 0.5, every model's own numbers, so no echo is read; but the original mixes its samples
   along the batch at the export size, which the proof now says: with no reference at other batch sizes the
   repair is not written (the batch's independence was only "not shown" before, and `runs` was enough).
+- fairseq HuBERT's `h[padding_mask] = 0` (GF003 aligns the mask, safe) beside a length baked elsewhere: a mean
+  `h.sum(1) / float(T)`, a cut `h[:, :int(T) // 2]`, speechbrain's StatisticsPooling with relative lengths
+  (`int(round(lengths[i] * T))`). The original fails at every size (the mask is misaligned), so nothing solved its
+  export length and the echo check was not run for GF003's fix: repaired with exit 0, wrong at every other length.
+  The check now reads, for it, the size most likely baked and any scale of a sum over a length the graph leaves
+  symbolic; the fix is unsafe there, and a mask alone is still repaired (the suite's guard compares it).
 """
 
 from __future__ import annotations
@@ -88,3 +94,57 @@ def test_a_statistic_over_the_batch_beside_a_batch_fix_is_not_written_unproved(t
     done, out = repair(_export(module(), tmp_path / "m.onnx", example, output_axes))
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "mixes the samples along 'batch'" in done.output, done.output
+
+
+class Masked(torch.nn.Module):
+    """`h[padding_mask] = 0`, exported without the mask's trailing axis (GF003), then `after(h)`."""
+
+    def __init__(self, after=lambda self, h, lengths: h):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.after = torch.nn.Linear(4, 20), after
+
+    def forward(self, x, padding_mask, lengths):
+        h = self.lin(x)
+        h[padding_mask] = 0
+        return self.after(self, h, lengths)
+
+
+def _statistics_pooling(self, h, lengths):
+    from fixtures.library_models import import_torchaudio
+
+    pytest.importorskip("speechbrain")
+    import_torchaudio()
+    from speechbrain.nnet.pooling import StatisticsPooling
+
+    return StatisticsPooling()(h, lengths)
+
+
+AFTER_THE_MASK = {
+    "mean-by-the-length": (lambda self, h, lengths: h.sum(1) / float(h.shape[1]), {0: "batch"}),
+    "first-half": (lambda self, h, lengths: h[:, : int(h.shape[1]) // 2], {0: "batch", 1: "half"}),
+    "speechbrain-statistics-pooling": (_statistics_pooling, {0: "batch"}),
+}
+
+
+def _export_masked(module, path, output_axes):
+    inputs = (torch.randn(1, 12, 4), torch.zeros(1, 12, dtype=torch.bool), torch.ones(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), inputs, str(path), dynamo=False, opset_version=17,
+                          input_names=["x", "padding_mask", "lengths"], output_names=["y"],
+                          dynamic_axes={"x": AXES, "padding_mask": AXES, "lengths": {0: "batch"}, "y": output_axes})
+    return path
+
+
+@pytest.mark.parametrize("name", AFTER_THE_MASK)
+def test_a_length_baked_beside_a_misaligned_mask_makes_its_fix_unsafe(tmp_path, name):
+    after, output_axes = AFTER_THE_MASK[name]
+    done, out = repair(_export_masked(Masked(after), tmp_path / "m.onnx", output_axes))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "GF003's fix" in done.output and "unsafe because" in done.output, done.output
+
+
+def test_a_misaligned_mask_alone_is_still_repaired(tmp_path):
+    done, out = repair(_export_masked(Masked(), tmp_path / "m.onnx", AXES))
+    assert done.exit_code == 0 and out.exists() and "applied GF003" in done.output, done.output

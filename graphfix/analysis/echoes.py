@@ -134,25 +134,29 @@ SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another be
 
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
            shape: Callable[[gs.Tensor], list | None], fixed: Callable[[gs.Node], bool] = lambda node: False,
-           fold: Callable[[gs.Tensor], np.ndarray | None] | None = None, products: Iterable[int] = ()) -> list[str]:
+           fold: Callable[[gs.Tensor], np.ndarray | None] | None = None, products: Iterable[int] = (),
+           unknown: bool = False) -> list[str]:
     """For each one-element constant that equals a form of one of `sizes` (the sizes a fix makes follow the
     input) where the graph reads it as a size, a line naming it. `constant_value` and `shape` are the rule
     context's. On the nodes `fixed` names, an integer equal to one of `sizes` is the constant the fix rebuilds
     (a slice end), not an echo; their other integers are (`x[:, T // 2 : T]` keeps its start at 3). `fold` (the
     context's evaluator) gives the values of tensors computed from constants only, for the vectors read whole (a
     Pad's amounts, a shape's entries). `products`: those of `sizes` that are products of several sizes, whose
-    factors are baked too (graphfix.analysis.int_echoes)."""
+    factors are baked too (graphfix.analysis.int_echoes). `unknown`: a length the fix lets the model run at has
+    an export size the graph does not tell (GF003's broadcast, which failed at every size): any number that scales
+    a sum over an axis the graph leaves symbolic is read too (`h.sum(1) / float(h.shape[1])`, red team 116)."""
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
-    if not wanted:
+    if not wanted and not unknown:
         return []
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
-    return [*_float_echoes(nodes, wanted, constant_value, shape),
+    return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape),
             *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
                         frozenset(products))]
 
 
-def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape) -> list[str]:
-    """Float constants that arithmetic reads (the forms of the module's docstring)."""
+def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape) -> list[str]:
+    """Float constants that arithmetic reads (the forms of the module's docstring); None in `wanted`, a length of
+    unknown export size: only a scale of a sum over an axis the graph leaves symbolic."""
     found, seen = [], set()
     for node in nodes:
         if node.op not in ARITHMETIC:
@@ -166,12 +170,22 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape
                 continue
             item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
             if value.size > 1:
-                found.extend(_uniform_scale(node, tensor, value, wanted, shape, constant_value))
+                found.extend(_uniform_scale(node, tensor, value, [n for n in wanted if n is not None], shape,
+                                            constant_value))
                 continue
             if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widths_near(node, tensor, shape) - {*wanted}
                    for _, of in PLAIN):
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
+                if n is None:
+                    if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
+                            and (near := _near(node, tensor, None, shape, constant_value)) is not None \
+                            and near.summed and not near.mapped:
+                        found.append(f"{node.op} '{node.name}' scales a sum over an axis whose export length the "
+                                     f"graph does not tell by {item:.6g}, which a mean with that length baked "
+                                     "(`h.sum(1) / float(T)`) reads the same")
+                        break
+                    continue
                 near = _near(node, tensor, n, shape, constant_value)
                 forms = [*PLAIN, *LOGS, *SUMMED, *_times_dims(near.dims)] if near is not None else [*PLAIN, *LOGS]
                 form = next((text.format(n) for text, of in forms if not any(math.isclose(of(n), c) for c in COMMON)
@@ -253,10 +267,10 @@ class Near(NamedTuple):
     mapped: bool = False
 
 
-def _near(node: gs.Node, const: gs.Tensor, n: int, shape, constant_value) -> Near | None:
-    """A sum over an axis of size `n` (or a dim the graph left symbolic) that the node's other operand comes
-    from, or its output goes to, within HOPS ops, or positions along such an axis (a Range the other operand
-    comes from); None where neither is near."""
+def _near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value) -> Near | None:
+    """A sum over an axis of size `n` (or a dim the graph left symbolic; only those for None) that the node's
+    other operand comes from, or its output goes to, within HOPS ops, or positions along such an axis (a Range
+    the other operand comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up", False), *((out, "down", False) for out in node.outputs)]
     for _ in range(SUM_HOPS):

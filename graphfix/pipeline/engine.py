@@ -93,21 +93,43 @@ def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:
     return result
 
 
+RUNS_WHERE_IT_FAILED = frozenset({"GF003"})  # a fix that lets a model run where it failed at every size (a mask
+# misaligned with what it masks, `h[pad] = 0`): what else was baked then runs too, at sizes the graph does not tell
+
+
+def _length_guess(ctx: RuleContext) -> frozenset[int]:
+    """The size a trace most likely baked into the constants of shape ops (graphfix.validate.graph_sizes), for a
+    fix that knows no export size of its own: a model that failed at every size has none solved."""
+    from graphfix.validate.graph_sizes import baked_size_hint
+
+    hint = baked_size_hint(ctx.model)
+    return frozenset({hint} if hint else ())
+
+
 def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     """A safe fix that makes a size follow the input, unsafe where a constant of the graph echoes that size
     (graphfix.analysis.echoes: `h.sum(1) / T` or `x[:, T - 1]` beside a Reshape of the same int T). Such fixes of GF004,
     GF006, GF007, GF008 and GF010 are `Loosened` edits that name the sizes, so the doubt is one for all of them;
-    GF002's rebuild of repeat_interleave's own data flow names none."""
+    GF003's broadcast names none, but lets a model run that failed at every size: its doubt reads the size most
+    likely baked and any scale of a sum over a length the graph leaves symbolic (red team 116: `h[pad] = 0`, then
+    `h.sum(1) / float(h.shape[1])`, was repaired with exit 0); GF002's rebuild of repeat_interleave's own data flow
+    names none."""
     fix = finding.fix
-    if fix is None or fix.safety is not Safety.SAFE or not isinstance(fix.apply, Loosened):
+    if fix is None or fix.safety is not Safety.SAFE:
+        return finding
+    if isinstance(fix.apply, Loosened):
+        values, products, own = fix.apply.values, fix.apply.products, fix.apply.node
+    elif finding.rule in RUNS_WHERE_IT_FAILED:
+        values, products, own = _length_guess(ctx), frozenset(), None
+    else:
         return finding
     named = set(finding.nodes)
-    heard = echoes(ctx.graph, fix.apply.values, ctx.constant_value, ctx.shape,
-                   fixed=lambda node: node is fix.apply.node or (bool(node.name) and node.name in named),
-                   fold=ctx.evaluator, products=fix.apply.products)
+    heard = echoes(ctx.graph, values, ctx.constant_value, ctx.shape,
+                   fixed=lambda node: node is own or (bool(node.name) and node.name in named),
+                   fold=ctx.evaluator, products=products, unknown=own is None)
     if not heard:
         return finding
-    sizes = ", ".join(str(v) for v in sorted(fix.apply.values))
+    sizes = ", ".join(str(v) for v in sorted(values)) or "a length"
     reason = (f"{fix.reason}; but {'; '.join(heard[:2])}{' (and more)' * (len(heard) > 2)}: if the Python int "
               f"that gave {sizes} is used there too, this fix lets the model run at other sizes with that "
               "constant still at the export size, and the original, which fails there, shows no reference; "
