@@ -42,31 +42,32 @@ class OverlapCounts(torch.nn.Module):
         return self.lin(x) / counts
 
 
-class StateThenBatchMean(torch.nn.Module):
-    """A GRU from a zero state of the traced batch, then each sample less the batch's mean, `/ float(B)`."""
+class StateFromTheBatch(torch.nn.Module):
+    """A GRU from a zero state of the traced batch, `zeros(1, int(B), 8)` (GF006 shrinks it: the batch follows)."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.gru = torch.nn.GRU(4, 8, batch_first=True)
 
-    def forward(self, x):
+    def run(self, x):
         batch = int(x.shape[0])
-        o, _ = self.gru(x, torch.zeros(1, batch, 8))
+        return (*self.gru(x, torch.zeros(1, batch, 8)), batch)
+
+
+class StateThenBatchMean(StateFromTheBatch):
+    """Each sample less the batch's mean, `/ float(B)`."""
+
+    def forward(self, x):
+        o, _, batch = self.run(x)
         return o - o.sum(0) / float(batch)
 
 
-class StateThenCovariance(torch.nn.Module):
+class StateThenCovariance(StateFromTheBatch):
     """VICReg's covariance of the final states over the batch, `z.T @ z / (N - 1)`."""
 
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.gru = torch.nn.GRU(4, 8, batch_first=True)
-
     def forward(self, x):
-        batch = int(x.shape[0])
-        _, h = self.gru(x, torch.zeros(1, batch, 8))
+        _, h, batch = self.run(x)
         z = h[0] - h[0].mean(0)
         return z.T @ z / (batch - 1)
 

@@ -125,21 +125,39 @@ def test_a_healthy_encoder_given_one_shape_is_still_written(name, tmp_path):
         assert deviation(out, module, batch, length) < 1e-3
 
 
-def test_a_healthy_maxvit_given_its_window_multiple_is_written(tmp_path):
-    """timm's MaxViT takes multiples of its window (64 pixels at `img_size=64`) and fails elsewhere in PyTorch too;
-    `--shape` is how a user keeps the probe inside that domain. A size moved off it (32 by 32) failed as PyTorch
-    does, and `repair` refused the healthy model (helper 92); only the batch is moved now."""
+def _timm_at_64(name: str, path):
+    """timm's `name` at `img_size=64`, random weights, exported as users do: batch, H and W dynamic."""
     from fixtures.library_models import import_timm
 
     timm = import_timm()
     torch.manual_seed(0)
-    module = timm.create_model("maxvit_nano_rw_256", img_size=64, num_classes=5).eval()
-    path = tmp_path / "maxvit.onnx"
+    module = timm.create_model(name, img_size=64, num_classes=5).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["out"],
                           dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    return module, path
+
+
+def _pinned_repaired_and_right(module, path, tmp_path):
+    """`set-shape x=bx3x64x64`, then `repair`: exit 0, and the module's outputs at batch 1 and 3."""
+    pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
+    assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
+    code, report = graphfix("repair", str(pinned), "-o", str(out))
+    assert code == 0, report
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
+        got, = run(str(out), {"x": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_a_healthy_maxvit_given_its_window_multiple_is_written(tmp_path):
+    """timm's MaxViT takes multiples of its window (64 pixels at `img_size=64`) and fails elsewhere in PyTorch too;
+    `--shape` is how a user keeps the probe inside that domain. A size moved off it (32 by 32) failed as PyTorch
+    does, and `repair` refused the healthy model (helper 92); only the batch is moved now."""
+    module, path = _timm_at_64("maxvit_nano_rw_256", tmp_path / "maxvit.onnx")
     with torch.no_grad(), pytest.raises(Exception, match="divisible"):
         module(torch.randn(1, 3, 32, 32))  # outside the model in PyTorch too
     out = tmp_path / "out.onnx"
@@ -158,17 +176,7 @@ def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_say
     by 64 only, in PyTorch too, and exported with H and W dynamic they are errors (GF006, GF003) with or without
     `--shape`. The finding says what works (helper 93): fix the dims with `set-shape`, then repair; and a table
     the model uses whole is no table cut with a Python int (helper 114: transformers' Hiera was told so)."""
-    from fixtures.library_models import import_timm
-
-    timm = import_timm()
-    torch.manual_seed(0)
-    module = timm.create_model(name, img_size=64, num_classes=5).eval()
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["out"],
-                          dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    module, path = _timm_at_64(name, tmp_path / "m.onnx")
     with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):  # PyTorch refuses it too
         module(torch.randn(1, 3, 96, 96))
     code, report = graphfix("diagnose", str(path), "--shape", "x=2x3x64x64")
@@ -176,15 +184,7 @@ def test_a_model_of_one_image_size_exported_dynamic_is_pinned_as_its_finding_say
     assert code == 1 and found and all("graphfix set-shape" in f["hint"] for f in found), report
     tables = [f for f in found if f["rule"] == "GF006"]  # its own parameter used whole, not a table cut (helper 114)
     assert all("used whole" in f["message"] and "not recoverable" not in f["message"] for f in tables), tables
-    pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
-    assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
-    code, report = graphfix("repair", str(pinned), "-o", str(out))
-    assert code == 0, report
-    for batch in (1, 3):
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
-        got, = run(str(out), {"x": x})
-        with torch.no_grad():
-            np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+    _pinned_repaired_and_right(module, path, tmp_path)
 
 
 class BakedBatchGroups(torch.nn.Module):
@@ -262,25 +262,8 @@ def test_a_grid_read_from_the_configuration_says_how_to_pin_it(tmp_path):
     """timm's CoaT-Lite at `img_size=64` reshapes its tokens to the 16 x 16 grid its configuration holds: it takes
     64 by 64 only, in PyTorch too. Exported with H and W dynamic, GF004's error names `set-shape` (helper 114: the
     hint named re-exporting and `--shape` multiples only), and the pinned model is repaired and right."""
-    from fixtures.library_models import import_timm
-
-    timm = import_timm()
-    torch.manual_seed(0)
-    module = timm.create_model("coat_lite_tiny", img_size=64, num_classes=5).eval()
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["out"],
-                          dynamic_axes={"x": {0: "b", 2: "H", 3: "W"}, "out": {0: "b"}})
+    module, path = _timm_at_64("coat_lite_tiny", tmp_path / "m.onnx")
     code, report = graphfix("diagnose", str(path))
     found = [f for f in report["models"][0]["findings"] if f["severity"] == "error"]
     assert code == 1 and found and all("graphfix set-shape" in f["hint"] for f in found), report
-    pinned, out = tmp_path / "pinned.onnx", tmp_path / "out.onnx"
-    assert CliRunner().invoke(cli, ["set-shape", str(path), "--shape", "x=bx3x64x64", "-o", str(pinned)]).exit_code == 0
-    code, report = graphfix("repair", str(pinned), "-o", str(out))
-    assert code == 0, report
-    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
-    got, = run(str(out), {"x": x})
-    with torch.no_grad():
-        np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
+    _pinned_repaired_and_right(module, path, tmp_path)
