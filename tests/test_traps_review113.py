@@ -110,6 +110,21 @@ def test_a_fixed_resize_along_the_length_is_refused_by_default_and_repaired_when
     assert done.exit_code == 0 and out.exists(), done.output  # the guard compares it with the module
 
 
+class CovarianceOfTheInput(torch.nn.Module):
+    """The covariance of the raw input, whose length the graph leaves symbolic, `/ (t - 1)` (helper 115)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(D, D)
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        h = self.lin(x).reshape(x.shape[0], t, 2, D // 2).reshape(x.shape[0], t, D)  # the GF004 trigger
+        xc = x - x.mean(1, keepdim=True)
+        return h.mean(1) + (xc.transpose(1, 2) @ xc / (t - 1)).sum(-1)
+
+
 class CovarianceAlongTheBatch(torch.nn.Module):
     """VICReg's covariance: `z.T @ z / (N - 1)` with N = int(x.shape[0]) baked into a Reshape too."""
 
@@ -143,7 +158,8 @@ class GramOfConvFrames(torch.nn.Module):
 @pytest.mark.parametrize(("module", "example", "axes"), [
     (CovarianceAlongTheBatch, (6, D), {"x": {0: "N"}}),
     (GramOfConvFrames, (2, 4, 27), {"x": {0: "B", 2: "T"}, "y": {0: "B"}}),
-], ids=["along-the-batch", "over-conv-frames"])
+    (CovarianceOfTheInput, (2, 13, D), {"x": {0: "B", 1: "T"}, "y": {0: "B"}}),
+], ids=["along-the-batch", "over-conv-frames", "of-the-input"])
 def test_a_covariance_of_a_baked_count_is_an_echo(tmp_path, module, example, axes):
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():

@@ -282,7 +282,8 @@ def _near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value)
                 if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
-                    if any(d == n or (not isinstance(d, int) and op.op != "MatMul") for d in reduced):
+                    if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or _named(d)))
+                           for d in reduced):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
                 elif op.op in NORMALIZED and way == "up":
                     dims = shape(op.inputs[0]) if op.inputs else None
@@ -303,13 +304,18 @@ def _near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value)
 
 
 def _product(node: gs.Node) -> bool:
-    """A MatMul of two data operands: a sum over the first one's last axis (`hc.transpose(1, 2) @ hc / (T - 1)`,
-    a covariance; `z.T @ z / (N - 1)`, red team 113), as an Einsum is, where that axis is the size itself (a
-    static one: a head dim computed from a Shape is no length). Not attention's scores, `q @ k.T`, which a
-    softmax normalizes: they sum over features (BERT traced at 64 tokens of 64-wide heads scales its queries
-    by 64 ** -0.25, helper 65)."""
-    return node.op == "MatMul" and not _linear(node) and not any(_weight(t) for t in node.inputs[:1]) \
+    """A MatMul (or Gemm) of two data operands: a sum over the first one's last axis (its first with `transA`:
+    `hc.transpose(1, 2) @ hc / (T - 1)`, a covariance; `z.T @ z / (N - 1)`, red team 113; `addmm(c, z.t(), z)`,
+    helper 115), as an Einsum is, where that axis is the size itself, static or named (a head dim computed from
+    a Shape, `unk__5`, is no length). Not attention's scores, `q @ k.T`, which a softmax normalizes: they sum
+    over features (BERT traced at 64 tokens of 64-wide heads scales its queries by 64 ** -0.25, helper 65)."""
+    return node.op in LINEAR and not _linear(node) and not any(_weight(t) for t in node.inputs[:2]) \
         and not _reaches(node, NORMALIZED, SCORED) and not _weighted(node)
+
+
+def _named(dim) -> bool:
+    """A symbolic dim with a name of its own (an input's `T`), not one shape inference made up (`unk__5`)."""
+    return isinstance(dim, str) and not dim.startswith("unk__")
 
 
 def _weighted(node: gs.Node) -> bool:
@@ -383,6 +389,8 @@ def _reduced(node: gs.Node, dims: list, constant_value) -> list:
         return list(dims[2:])
     if node.op == "MatMul":  # over the first operand's last axis
         return list(dims[-1:])
+    if node.op == "Gemm":  # over A's columns, or its rows with transA
+        return [dims[0 if node.attrs.get("transA", 0) else -1]] if dims else []
     if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t)
         terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")
         first = terms[0].split(",")[0] if len(terms) == 2 else ""
