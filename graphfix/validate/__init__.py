@@ -116,9 +116,12 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     complete = after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent")
-    # the batch dims are tried on the original (two runs each) only when a dim still lacks a reference
+    # the batch dims are tried on the original (two runs each) only when a dim still lacks a reference; one it
+    # mixes samples along (whisper's log-mel clamps at the maximum of the whole batch) is moved alone too: where
+    # the original runs there, it is the reference (`mixed_batches` refuses it where it is not)
+    independent = [] if complete else [s.dim for s in judge.samples]
     for extra in [] if complete else reference_bindings(before.proto, options, sizes[0],
-                                                          [s.dim for s in judge.samples]):
+                                                          [*independent, *sorted(judge.mixed)]):
         if LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
             break
         extra = bind(extra, tied) if tied else extra

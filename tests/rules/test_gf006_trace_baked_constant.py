@@ -62,13 +62,14 @@ def test_structural_constant_is_rebuilt_and_runs_at_every_length(constant, ops, 
 @pytest.mark.parametrize("constant,op,safety", [
     (np.full((1, 5), 0.2, np.float32), "Mul", "unsafe"),  # 1/T at T=5: `full((T,), 1 / T)` keeps no 0.2 elsewhere
     (np.full((1, 6), 0.0, np.float32), "Add", "unsafe"),  # an added mask that lets everything through
-    (np.full((1, 6), 1.0, np.float32), "Div", "safe"),  # dividing by ones is no mask
+    (np.full((1, 6), 1.0, np.float32), "Div", "unsafe"),  # overlap-add's counts past the edge (helper 116)
     (np.full((1, 6), 1.0, np.float32), "Sub", "unsafe"),  # subtracting them may be an indicator's (helper 54)
 ], ids=["one-over-T", "added-zeros", "divided-ones", "subtracted-ones"])
 def test_a_uniform_constant_is_safe_only_where_nothing_else_gives_its_value(constant, op, safety):
     """Helper 47: `full((T,), 1 / T)` was shrunk keeping 1/5, wrong at every other length, and `x / ones(int(T))`
     was refused as if it were a mask. Helper 54: `x + (arange(T) < 20)` is all ones at T=12, so ones added or
-    subtracted along T are also such an indicator."""
+    subtracted along T are also such an indicator; helper 116: so are ones divided by, overlap-add's counts
+    `1 + (arange(T) >= 20)` (a safe shrink was wrong past 20: unsafe, applied with --unsafe-fixes)."""
     (finding,) = of_rule("GF006", graphfix.diagnose(model_with(constant, op), static=True))
     assert finding.fix.safety.value == safety, finding.fix.reason
 
