@@ -146,6 +146,11 @@ def test_a_length_baked_beside_a_misaligned_mask_makes_its_fix_unsafe(tmp_path, 
     assert "GF003's fix" in done.output and "unsafe because" in done.output, done.output
 
 
-def test_a_misaligned_mask_alone_is_still_repaired(tmp_path):
-    done, out = repair(_export_masked(Masked(), tmp_path / "m.onnx", AXES))
+@pytest.mark.parametrize(("after", "output_axes"), [
+    (lambda self, h, lengths: h, AXES),
+    (lambda self, h, lengths: h.sum(1) * 0.37, {0: "batch"}),  # a learnt gain (helper 117): no whole length's form
+    (lambda self, h, lengths: h.sum(1) / lengths[:, None].clamp(min=1) * 0.7071, {0: "batch"}),
+], ids=["alone", "summed-by-a-gain", "masked-mean-scaled"])
+def test_a_misaligned_mask_with_the_models_own_numbers_is_still_repaired(tmp_path, after, output_axes):
+    done, out = repair(_export_masked(Masked(after), tmp_path / "m.onnx", output_axes))
     assert done.exit_code == 0 and out.exists() and "applied GF003" in done.output, done.output

@@ -48,43 +48,24 @@ number repeated where it scales a sum once taken (`h.sum(1) * torch.full((D,), 1
 data before a sum: a LayerScale at its initial value, `1e-6 * ones(D)`, is one (helper 70); a float16 constant is
 compared at float16's precision. An Einsum sums over the letters of its first operand that its output drops.
 
-The same int baked as an integer, where it cuts, picks or meets integers: graphfix.analysis.int_echoes.
+What a constant meets (a sum, a softmax, positions) is found by graphfix.analysis.sums_near. The same int baked as
+an integer, where it cuts, picks or meets integers: graphfix.analysis.int_echoes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus
 from graphfix.analysis.sizes.ops import is_table, weight_dims
+from graphfix.analysis.sums_near import normalized, sum_near
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
-SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
-                  "GlobalAveragePool", "Einsum"})  # a mean's sum: scaling the summed data scales the sum
-EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a normalization divides by, once taken:
-# scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
-GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
 SCALES = frozenset({"Mul", "Div"})
-PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
-                    "Abs", "Add", "Sub", "Mul", "Div", "Gather", "Slice", "Concat"})  # a sum seen through these
-# is still the value's (a pick of a pooled mean, `adaptive_avg_pool1d(h, 1)[..., 0]`, helper 69)
-OPERANDS = frozenset({"Add", "Sub", "Mul", "Div", "Concat"})  # whose every operand is data: a Linear's bias comes
-# first in the TorchScript export of a 3-D Linear (`Add(bias, MatMul)`), pooled statistics are concatenated (helper 75)
-LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: it scales with the sum it maps
-# (`Linear(h.sum(1)) / (T - 5)`, red team 41), but a model scales what it maps by its own numbers (a classifier's
-# temperature, helper 75): past one, only the forms are read
-NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
-# past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
-NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken (forms only)
-SCALED = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Mul", "Div", "Neg"})
-# what keeps a value scaled on its way to a softmax: no Add (a mask's fill reaches the scores through one)
-SCORED = SCALED | {"Add", "Sub", "Where"}  # what attention's scores pass on their way to the softmax (a mask, a bias)
-POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 LOGS = tuple((text, lambda n, of=of: of(n) if n != 10 else math.inf) for text, of in (
@@ -129,7 +110,6 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
-SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
 
 
 def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.Tensor], np.ndarray | None],
@@ -173,20 +153,20 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                 found.extend(_uniform_scale(node, tensor, value, [n for n in wanted if n is not None], shape,
                                             constant_value))
                 continue
-            if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widths_near(node, tensor, shape) - {*wanted}
+            if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widthsnear(node, tensor, shape) - {*wanted}
                    for _, of in PLAIN):
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
                 if n is None:
-                    if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                            and (near := _near(node, tensor, None, shape, constant_value)) is not None \
+                    if node.op in SCALES and _some_size(item, tolerance) \
+                            and (near := sum_near(node, tensor, None, shape, constant_value)) is not None \
                             and near.summed and not near.mapped:
                         found.append(f"{node.op} '{node.name}' scales a sum over an axis whose export length the "
                                      f"graph does not tell by {item:.6g}, which a mean with that length baked "
                                      "(`h.sum(1) / float(T)`) reads the same")
                         break
                     continue
-                near = _near(node, tensor, n, shape, constant_value)
+                near = sum_near(node, tensor, n, shape, constant_value)
                 forms = [*PLAIN, *LOGS, *SUMMED, *_times_dims(near.dims)] if near is not None else [*PLAIN, *LOGS]
                 form = next((text.format(n) for text, of in forms if not any(math.isclose(of(n), c) for c in COMMON)
                              and math.isclose(item, of(n), rel_tol=tolerance)), None)
@@ -199,11 +179,24 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                                  f"which a function of the size would read the same at {n}")
                     break
                 if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                        and _normalized(node, n, shape):
+                        and normalized(node, n, shape):
                     found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
                                  f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
     return found
+
+
+def _some_size(item: float, tolerance: float) -> bool:
+    """Whether `item` is k, 1/k, sqrt(k) or 1/sqrt(k) for a whole k above 2, as a mean or a root of a length
+    takes (`h.sum(1) / float(T)` reads 12; `/ (T - 1)` 1/11). A model's own gain (0.37, 1/sqrt(2)) is none
+    (helper 117: a learnt gain after a masked sum was doubted)."""
+    if item == 0 or not math.isfinite(item):
+        return False
+    for base in (abs(item), 1 / abs(item), item * item, 1 / (item * item)):
+        k = round(base)
+        if k > 2 and math.isclose(base, k, rel_tol=max(tolerance, 1e-9)):
+            return True
+    return False
 
 
 def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,
@@ -217,14 +210,14 @@ def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: l
             or any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
         return []
     for n in wanted:
-        near = _near(node, const, n, shape, constant_value)
+        near = sum_near(node, const, n, shape, constant_value)
         if near is not None and near.summed and near.taken and not near.mapped:
             return [f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g} (in a vector of "
                     f"{value.size}), which a function of the size would read the same at {n}"]
     return []
 
 
-def _widths_near(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
+def _widthsnear(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
     """The static dims above 2 of the node's other operands and of the tensors they are computed from, within
     HOPS ops: a constant that is a plain form of one of them (`1 / sqrt(16)` dividing scores computed from queries
     of 16 features, `32 ** -0.25` scaling the queries themselves, as the TorchScript exporter writes SDPA) is the
@@ -254,154 +247,6 @@ def _nodes(graph: gs.Graph) -> Iterator[gs.Node]:
         for node in current.nodes:
             yield node
             graphs.extend(node.subgraphs())
-
-
-class Near(NamedTuple):
-    """What the value a constant meets holds: a sum (or extreme) over an axis of the size, with the static dims
-    of what was summed, or positions along it (a Range or CumSum, no dims); `taken`: the sum was taken before the
-    constant meets it (found up the graph), not after; `mapped`: found past a linear map."""
-
-    summed: bool
-    dims: list[int]
-    taken: bool = False
-    mapped: bool = False
-
-
-def _near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value) -> Near | None:
-    """A sum over an axis of size `n` (or a dim the graph left symbolic; only those for None) that the node's
-    other operand comes from, or its output goes to, within HOPS ops, or positions along such an axis (a Range
-    the other operand comes from); None where neither is near."""
-    other = next((t for t in node.inputs if t is not const), None)
-    frontier = [(other, "up", False), *((out, "down", False) for out in node.outputs)]
-    for _ in range(SUM_HOPS):
-        step = []
-        for tensor, way, mapped in frontier:
-            if tensor is None:
-                continue
-            for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
-                if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
-                    dims = shape(op.inputs[0]) if op.inputs else None
-                    reduced = _reduced(op, dims, constant_value) if dims is not None else ()
-                    if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or _named(d)))
-                           for d in reduced):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
-                elif op.op in NORMALIZED and way == "up":
-                    dims = shape(op.inputs[0]) if op.inputs else None
-                    axis = int(op.attrs.get("axis", -1))
-                    if dims is not None and -len(dims) <= axis < len(dims) and \
-                            (dims[axis] == n or not isinstance(dims[axis], int)):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, True)
-                elif op.op in POSITIONS and way == "up":
-                    dims = shape(op.outputs[0]) if op.outputs else None
-                    if dims is None or any(d == n or not isinstance(d, int) for d in dims):
-                        return Near(False, [])
-                elif op.op in PASSES or op.op in NONLINEAR or _linear(op):
-                    ahead = op.outputs if way == "down" else \
-                        [t for t in op.inputs if not _weight(t)] if op.op in OPERANDS else op.inputs[:1]
-                    step.extend((t, way, mapped or op.op in NONLINEAR or _linear(op)) for t in ahead)
-        frontier = step
-    return None
-
-
-def _product(node: gs.Node) -> bool:
-    """A MatMul (or Gemm) of two data operands: a sum over the first one's last axis (its first with `transA`:
-    `hc.transpose(1, 2) @ hc / (T - 1)`, a covariance; `z.T @ z / (N - 1)`, red team 113; `addmm(c, z.t(), z)`,
-    helper 115), as an Einsum is, where that axis is the size itself, static or named (a head dim computed from
-    a Shape, `unk__5`, is no length). Not attention's scores, `q @ k.T`, which a softmax normalizes: they sum
-    over features (BERT traced at 64 tokens of 64-wide heads scales its queries by 64 ** -0.25, helper 65)."""
-    return node.op in LINEAR and not _linear(node) and not any(_weight(t) for t in node.inputs[:2]) \
-        and not _reaches(node, NORMALIZED, SCORED) and not _weighted(node)
-
-
-def _named(dim) -> bool:
-    """A symbolic dim with a name of its own (an input's `T`), not one shape inference made up (`unk__5`)."""
-    return isinstance(dim, str) and not dim.startswith("unk__")
-
-
-def _weighted(node: gs.Node) -> bool:
-    """Whether the MatMul's first operand comes from a softmax (through scaling, a mask or a pick of heads):
-    attention's `attn @ v` averages the values, its weights summing to one, so no number of the length scales it
-    (`(attn @ v) * 0.1`, a ReZero gate, helper 115)."""
-    frontier, seen = node.inputs[:1], set()
-    for _ in range(HOPS):
-        step = []
-        for tensor in frontier:
-            for op in tensor.inputs[:1]:
-                if id(op) in seen:
-                    continue
-                seen.add(id(op))
-                if op.op in NORMALIZED:
-                    return True
-                if op.op in SCORED:
-                    step.extend(op.inputs[:1] if op.op != "Where" else op.inputs[1:])
-        frontier = step
-    return False
-
-
-def _normalized(node: gs.Node, n: int, shape) -> bool:
-    """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
-    over an axis of size `n` normalizes (not one the graph left symbolic: a contrastive softmax over the batch,
-    `softmax(z @ z.T / 0.07)`, helper 115): a temperature of the length
-    (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`, red team 113). A model's own scale
-    of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read before); a mask added to them
-    (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
-    def over_n(op: gs.Node) -> bool:  # the length itself, static past the baked Reshape: not a batch left symbolic
-        dims = shape(op.inputs[0]) if op.inputs else None
-        axis = int(op.attrs.get("axis", -1))
-        return dims is not None and -len(dims) <= axis < len(dims) and dims[axis] == n
-    return _reaches(node, NORMALIZED, SCALED, over_n)
-
-
-def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
-             meets: Callable[[gs.Node], bool] = lambda op: True) -> bool:
-    """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through`."""
-    frontier, seen = list(node.outputs), set()
-    for _ in range(SUM_HOPS):
-        step = []
-        for tensor in frontier:
-            for op in tensor.outputs:
-                if id(op) in seen:
-                    continue
-                seen.add(id(op))
-                if op.op in ends and meets(op):
-                    return True
-                if op.op in through:
-                    step.extend(op.outputs)
-        frontier = step
-    return False
-
-
-def _linear(node: gs.Node) -> bool:
-    return node.op in LINEAR and all(_weight(t) for t in node.inputs[1:])
-
-
-def _weight(tensor: gs.Tensor) -> bool:
-    """A weight, or one passed through Identity (the TorchScript exporter's for a Linear used twice)."""
-    while not is_table(tensor) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Identity":
-        tensor = tensor.inputs[0].inputs[0]
-    return is_table(tensor)
-
-
-def _reduced(node: gs.Node, dims: list, constant_value) -> list:
-    """The dims a reduction sums over (its `axes` attribute or constant input, as a Constant node gives it too;
-    all of them without; a global pool's past the channels)."""
-    if node.op in GLOBAL_POOLS:
-        return list(dims[2:])
-    if node.op == "MatMul":  # over the first operand's last axis
-        return list(dims[-1:])
-    if node.op == "Gemm":  # over A's columns, or its rows with transA
-        return [dims[0 if node.attrs.get("transA", 0) else -1]] if dims else []
-    if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t)
-        terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")
-        first = terms[0].split(",")[0] if len(terms) == 2 else ""
-        if "." in first or len(first) != len(dims):
-            return []
-        return [dim for letter, dim in zip(first, dims, strict=True) if letter not in terms[1]]
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and is_table(node.inputs[1]):
-        value = constant_value(node.inputs[1])
-        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
-    return list(dims) if not axes else [dims[a] for a in axes if -len(dims) <= a < len(dims)]
 
 
 def _times_dims(dims: list[int]) -> list[tuple[str, Callable[[int], float]]]:

@@ -1,0 +1,194 @@
+"""What a constant of the graph meets: a sum over an axis of a size, a softmax over one, positions along one.
+
+graphfix.analysis.echoes reads a constant as a function of a baked size by what it meets (the forms of its
+docstring). A sum is looked for within SUM_HOPS ops, up the constant's other operand and down its output, through
+every operand of arithmetic and Concat, past a linear map or an elementwise nonlinearity (`mapped`: only the
+forms are read there); a MatMul or Gemm of two data operands is a sum over the first one's contracted axis (a
+covariance), unless a softmax normalizes its product (attention's scores) or weighs its first operand (`attn @
+v`); a softmax over the size is a sum of sorts once taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.broadcast import BATCH_NAME
+from graphfix.analysis.sizes.ops import is_table
+
+SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
+                  "GlobalAveragePool", "Einsum"})  # a mean's sum: scaling the summed data scales the sum
+EXTREMES = frozenset({"ReduceMax", "ReduceMin", "GlobalMaxPool"})  # what a normalization divides by, once taken:
+# scaling the data before scales the extreme alone (whisper's log10, a Div by ln 10 before its `max()`, helper 69)
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})  # over every axis past the channels
+PASSES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Flatten", "Neg", "Sqrt",
+                    "Abs", "Add", "Sub", "Mul", "Div", "Gather", "Slice", "Concat"})  # a sum seen through these
+# is still the value's (a pick of a pooled mean, `adaptive_avg_pool1d(h, 1)[..., 0]`, helper 69)
+OPERANDS = frozenset({"Add", "Sub", "Mul", "Div", "Concat"})  # whose every operand is data: a Linear's bias comes
+# first in the TorchScript export of a 3-D Linear (`Add(bias, MatMul)`), pooled statistics are concatenated (helper 75)
+LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: it scales with the sum it maps
+# (`Linear(h.sum(1)) / (T - 5)`, red team 41), but a model scales what it maps by its own numbers (a classifier's
+# temperature, helper 75): past one, only the forms are read
+NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
+# past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
+NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken (forms only)
+SCALED = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Mul", "Div", "Neg"})
+# what keeps a value scaled on its way to a softmax: no Add (a mask's fill reaches the scores through one)
+SCORED = SCALED | {"Add", "Sub", "Where"}  # what attention's scores pass on their way to the softmax (a mask, a bias)
+POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
+HOPS = 6  # ops walked up from a MatMul to the softmax that weighs it
+SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
+
+
+class Near(NamedTuple):
+    """What the value a constant meets holds: a sum (or extreme) over an axis of the size, with the static dims
+    of what was summed, or positions along it (a Range or CumSum, no dims); `taken`: the sum was taken before the
+    constant meets it (found up the graph), not after; `mapped`: found past a linear map."""
+
+    summed: bool
+    dims: list[int]
+    taken: bool = False
+    mapped: bool = False
+
+
+def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value) -> Near | None:
+    """A sum over an axis of size `n` (or a dim the graph left symbolic; only those for None) that the node's
+    other operand comes from, or its output goes to, within SUM_HOPS ops, or positions along such an axis (a Range
+    the other operand comes from); None where neither is near."""
+    other = next((t for t in node.inputs if t is not const), None)
+    frontier = [(other, "up", False), *((out, "down", False) for out in node.outputs)]
+    for _ in range(SUM_HOPS):
+        step = []
+        for tensor, way, mapped in frontier:
+            if tensor is None:
+                continue
+            for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
+                if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
+                    dims = shape(op.inputs[0]) if op.inputs else None
+                    reduced = _reduced(op, dims, constant_value) if dims is not None else ()
+                    if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or _named(d)))
+                           for d in reduced):
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
+                elif op.op in NORMALIZED and way == "up":
+                    dims = shape(op.inputs[0]) if op.inputs else None
+                    axis = int(op.attrs.get("axis", -1))
+                    if dims is not None and -len(dims) <= axis < len(dims) and \
+                            (dims[axis] == n or not isinstance(dims[axis], int)):
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, True)
+                elif op.op in POSITIONS and way == "up":
+                    dims = shape(op.outputs[0]) if op.outputs else None
+                    if dims is None or any(d == n or not isinstance(d, int) for d in dims):
+                        return Near(False, [])
+                elif op.op in PASSES or op.op in NONLINEAR or _linear(op):
+                    ahead = op.outputs if way == "down" else \
+                        [t for t in op.inputs if not _weight(t)] if op.op in OPERANDS else op.inputs[:1]
+                    step.extend((t, way, mapped or op.op in NONLINEAR or _linear(op)) for t in ahead)
+        frontier = step
+    return None
+
+
+def _product(node: gs.Node) -> bool:
+    """A MatMul (or Gemm) of two data operands: a sum over the first one's last axis (its first with `transA`:
+    `hc.transpose(1, 2) @ hc / (T - 1)`, a covariance; `z.T @ z / (N - 1)`, red team 113; `addmm(c, z.t(), z)`,
+    helper 115), as an Einsum is, where that axis is the size itself, static or named (a head dim computed from
+    a Shape, `unk__5`, is no length). Not attention's scores, `q @ k.T`, which a softmax normalizes: they sum
+    over features (BERT traced at 64 tokens of 64-wide heads scales its queries by 64 ** -0.25, helper 65)."""
+    return node.op in LINEAR and not _linear(node) and not any(_weight(t) for t in node.inputs[:2]) \
+        and not _reaches(node, NORMALIZED, SCORED) and not _weighted(node)
+
+
+def _named(dim) -> bool:
+    """A symbolic dim with a name of its own (an input's `T`), not one shape inference made up (`unk__5`)."""
+    return isinstance(dim, str) and not dim.startswith("unk__")
+
+
+def _weighted(node: gs.Node) -> bool:
+    """Whether the MatMul's first operand comes from a softmax (through scaling, a mask or a pick of heads):
+    attention's `attn @ v` averages the values, its weights summing to one, so no number of the length scales it
+    (`(attn @ v) * 0.1`, a ReZero gate, helper 115)."""
+    frontier, seen = node.inputs[:1], set()
+    for _ in range(HOPS):
+        step = []
+        for tensor in frontier:
+            for op in tensor.inputs[:1]:
+                if id(op) in seen:
+                    continue
+                seen.add(id(op))
+                if op.op in NORMALIZED:
+                    return True
+                if op.op in SCORED:
+                    step.extend(op.inputs[:1] if op.op != "Where" else op.inputs[1:])
+        frontier = step
+    return False
+
+
+def normalized(node: gs.Node, n: int, shape) -> bool:
+    """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
+    over an axis of size `n` normalizes, or over one the graph names and not as a batch (a contrastive softmax
+    over the batch, `softmax(z @ z.T / 0.07)`, helper 115; attention pooling of the raw input over `T`, helper
+    117): a temperature of the length
+    (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`, red team 113). A model's own scale
+    of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read before); a mask added to them
+    (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
+    def over_n(op: gs.Node) -> bool:  # the length, static past the baked Reshape or named apart from a batch
+        dims = shape(op.inputs[0]) if op.inputs else None
+        axis = int(op.attrs.get("axis", -1))
+        if dims is None or not -len(dims) <= axis < len(dims):
+            return False
+        return dims[axis] == n or (_named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
+    return _reaches(node, NORMALIZED, SCALED, over_n)
+
+
+def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
+             meets: Callable[[gs.Node], bool] = lambda op: True) -> bool:
+    """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through`."""
+    frontier, seen = list(node.outputs), set()
+    for _ in range(SUM_HOPS):
+        step = []
+        for tensor in frontier:
+            for op in tensor.outputs:
+                if id(op) in seen:
+                    continue
+                seen.add(id(op))
+                if op.op in ends and meets(op):
+                    return True
+                if op.op in through:
+                    step.extend(op.outputs)
+        frontier = step
+    return False
+
+
+def _linear(node: gs.Node) -> bool:
+    return node.op in LINEAR and all(_weight(t) for t in node.inputs[1:])
+
+
+def _weight(tensor: gs.Tensor) -> bool:
+    """A weight, or one passed through Identity (the TorchScript exporter's for a Linear used twice)."""
+    while not is_table(tensor) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Identity":
+        tensor = tensor.inputs[0].inputs[0]
+    return is_table(tensor)
+
+
+def _reduced(node: gs.Node, dims: list, constant_value) -> list:
+    """The dims a reduction sums over (its `axes` attribute or constant input, as a Constant node gives it too;
+    all of them without; a global pool's past the channels)."""
+    if node.op in GLOBAL_POOLS:
+        return list(dims[2:])
+    if node.op == "MatMul":  # over the first operand's last axis
+        return list(dims[-1:])
+    if node.op == "Gemm":  # over A's columns, or its rows with transA
+        return [dims[0 if node.attrs.get("transA", 0) else -1]] if dims else []
+    if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t)
+        terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")
+        first = terms[0].split(",")[0] if len(terms) == 2 else ""
+        if "." in first or len(first) != len(dims):
+            return []
+        return [dim for letter, dim in zip(first, dims, strict=True) if letter not in terms[1]]
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and is_table(node.inputs[1]):
+        value = constant_value(node.inputs[1])
+        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    return list(dims) if not axes else [dims[a] for a in axes if -len(dims) <= a < len(dims)]
