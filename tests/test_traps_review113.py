@@ -29,7 +29,7 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch")
-from fixtures.baked_heads import D, repair, trapped  # noqa: E402  (imports torch)
+from fixtures.baked_heads import D, Heads, repair, trapped  # noqa: E402  (imports torch)
 from fixtures.baked_heads import trap as fixture_trap  # noqa: E402
 from torch.nn import functional  # noqa: E402
 
@@ -110,33 +110,25 @@ def test_a_fixed_resize_along_the_length_is_refused_by_default_and_repaired_when
     assert done.exit_code == 0 and out.exists(), done.output  # the guard compares it with the module
 
 
-class CovarianceOfTheInput(torch.nn.Module):
+class CovarianceOfTheInput(Heads):
     """The covariance of the raw input, whose length the graph leaves symbolic, `/ (t - 1)` (helper 115)."""
 
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = torch.nn.Linear(D, D)
-
     def forward(self, x):
-        t = int(x.shape[1])
-        h = self.lin(x).reshape(x.shape[0], t, 2, D // 2).reshape(x.shape[0], t, D)  # the GF004 trigger
+        h, t = self.heads(x)
         xc = x - x.mean(1, keepdim=True)
         return h.mean(1) + (xc.transpose(1, 2) @ xc / (t - 1)).sum(-1)
 
 
-class PoolingOfTheInput(torch.nn.Module):
+class PoolingOfTheInput(Heads):
     """Attention pooling of the raw input, whose length the graph leaves symbolic (`T`), with a temperature of
     the length, `/ sqrt(t - 1)` (helper 117: written with exit 0 once the rule read static axes only)."""
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.score, self.lin = torch.nn.Linear(D, 1), torch.nn.Linear(D, D)
+        self.score = torch.nn.Linear(D, 1)
 
     def forward(self, x):
-        t = int(x.shape[1])
-        h = self.lin(x).reshape(x.shape[0], t, 2, D // 2).reshape(x.shape[0], t, D)  # the GF004 trigger
+        h, t = self.heads(x)
         weights = torch.softmax(self.score(x).squeeze(-1) / math.sqrt(t - 1), dim=1)
         return (weights.unsqueeze(-1) * h).sum(1)
 
