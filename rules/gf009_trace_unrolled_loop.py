@@ -17,9 +17,10 @@ from graphfix.core.rule import FailureSite, Finding, Rejection, Rule, Severity
 
 MIN_STEPS = 4  # fewer single-step reads of one axis are as likely a model's own choice (x[:, 0] + x[:, 1])
 
+REWRITE = ("Use torch.nn.GRU/LSTM (one ONNX node, any length), or script the loop (`torch.jit.script`) so that it "
+           "exports as an ONNX Loop.")
 HINT = ("A Python loop over a dynamic axis (`for t in range(x.shape[1]): h = cell(x[:, t], h)`) is unrolled by "
-        "tracing (both exporters) for the export length. Use torch.nn.GRU/LSTM (one ONNX node, any length), or script "
-        "the loop (`torch.jit.script`) so that it exports as an ONNX Loop.")
+        "tracing (both exporters) for the export length. " + REWRITE)
 
 
 class TraceUnrolledLoop(Rule):
@@ -69,7 +70,7 @@ class TraceUnrolledLoop(Rule):
     runtime_hint = ("A Gather read a position past the end of its axis at a constant index: a Python loop over a "
                     "dynamic axis, the batch's (`for i in range(x.shape[0])`, speechbrain's StatisticsPooling with "
                     "lengths: helper 114) or the length's, unrolled by tracing, reads the export size's positions at "
-                    "every size, fails below it and drops the rest above. " + HINT.split(". ", 1)[1] + " If the "
+                    "every size, fails below it and drops the rest above. " + REWRITE + " If the "
                     "position is the model's own (`x[:, 5]`), the input is below what the model takes, in PyTorch "
                     "too.")
 
