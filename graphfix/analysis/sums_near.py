@@ -127,12 +127,11 @@ def _weighted(node: gs.Node) -> bool:
 
 def normalized(node: gs.Node, n: int, shape) -> bool:
     """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
-    over an axis of size `n` normalizes, or over one the graph names and not as a batch (a contrastive softmax
-    over the batch, `softmax(z @ z.T / 0.07)`, helper 115; attention pooling of the raw input over `T`, helper
-    117): a temperature of the length
-    (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`, red team 113). A model's own scale
-    of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read before); a mask added to them
-    (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
+    over an axis of size `n` normalizes, or over one the graph names and not as a batch (attention pooling of the
+    raw input over `T`, helper 117; not a contrastive softmax over the batch, `softmax(z @ z.T / 0.07)`, helper
+    115): a temperature of the length (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`,
+    red team 113). A model's own scale of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read
+    before); a mask added to them (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
     def over_n(op: gs.Node) -> bool:  # the length, static past the baked Reshape or named apart from a batch
         dims = shape(op.inputs[0]) if op.inputs else None
         axis = int(op.attrs.get("axis", -1))
