@@ -32,9 +32,9 @@ A MatMul of two data operands sums over an axis as an Einsum does, where that ax
 covariance `hc.transpose(1, 2) @ hc / (T - 1)`, VICReg's `z.T @ z / (N - 1)`, red team 113), unless a softmax
 normalizes its product (attention's scores sum over features) or weights its first operand (`attn @ v` averages
 the values). Any number also doubts where it only scales (no Add between) what a softmax over an axis of the size
-(static past the baked Reshape, or named and not as a batch) normalizes: a temperature of the length (attention pooling's
-`logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), where a model's own scale of
-scores is a plain form of a width it meets (`1 / sqrt(d)`).
+(static past the baked Reshape, or named and not as a batch) normalizes: a temperature of the length (attention
+pooling's `logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), where a model's own
+scale of scores is a plain form of a width it meets (`1 / sqrt(d)`).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
 torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
 for what it is: 20 / T is 0.1 at 200, helper 70).
