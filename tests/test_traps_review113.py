@@ -13,12 +13,15 @@ int_echoes) and `repair` refuses by default (exit 1, nothing written).
 A resize to a fixed length along the baked length's axis (`interpolate(size=16)`, once red team 99's control)
 is the same graph as `int(t * 0.43)`: refused by default, repaired with `--unsafe-fixes` where the user says it is
 the model's own. The controls — a scale of the scores that is the model's own `1 / sqrt(d)`, a top-k over
-features, a Gram matrix over features — are still repaired (the suite's guard compares each written model with
-the module at other lengths).
+features, a product over features, and (helper 115, refused by the first form of these reads) a ReZero gate on
+`attn @ v`, values scaled before it, a contrastive softmax over the batch, a `log10` traced at 10 frames — are
+still repaired (the suite's guard compares each written model with the module at other lengths). Helpers 115
+and 117 added a covariance of the raw input (its length symbolic) and attention pooling of it.
 
 `reshape(B, 8, int(H) * int(W))` pins H * W = 120 and neither size alone: it was not solved (exit 1 on a model
 whose entry the element count determines); input sizes met only as their product are one length now
-(graphfix.analysis.sizes.solve), rebuilt as H * W.
+(graphfix.analysis.sizes.solve), rebuilt as H * W; a cut or step by a factor of it (the grid's first row,
+`h[:, :, :W]`, helper 115) doubts the rebuild.
 """
 
 from __future__ import annotations
@@ -63,12 +66,14 @@ TRAPS = {
                                                                                   / math.sqrt(D))).softmax(-1) @ h,
                                    True),
 }
+
+
 def _attention(h):
     return (h @ h.transpose(1, 2) / math.sqrt(D)).softmax(-1)
 
 
 CONTROLS = {
-    "own-scale-of-scores": (lambda self, h, t: (h @ h.transpose(1, 2) / math.sqrt(D)).softmax(-1) @ h, True),
+    "own-scale-of-scores": (lambda self, h, t: _attention(h) @ h, True),
     # helper 115: attention's `attn @ v` averages (its weights sum to one), a softmax over the batch is no length's
     "gated-attention-output": (lambda self, h, t: (_attention(h) @ h) * 0.1, True),
     "scaled-values": (lambda self, h, t: _attention(h) @ (h * 0.8), True),
