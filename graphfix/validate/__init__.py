@@ -119,9 +119,10 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     # the batch dims are tried on the original (two runs each) only when a dim still lacks a reference; one it
     # mixes samples along (whisper's log-mel clamps at the maximum of the whole batch) is moved alone too: where
     # the original runs there, it is the reference (`mixed_batches` refuses it where it is not)
-    independent = [] if complete else [s.dim for s in judge.samples]
-    for extra in [] if complete else reference_bindings(before.proto, options, sizes[0],
-                                                          [*independent, *sorted(judge.mixed)]):
+    extras = [] if complete else [
+        *reference_bindings(before.proto, options, sizes[0], [s.dim for s in judge.samples]),
+        *(b for dim in judge.mixed_named() for b in reference_bindings(before.proto, options, sizes[0], [dim]))]
+    for extra in extras:
         if LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent"):
             break
         extra = bind(extra, tied) if tied else extra

@@ -203,8 +203,13 @@ class Judge:
         the batch: `o - o.mean(0)`, a covariance `z.T @ z / (N - 1)`) and that no reference reached: the repaired
         model runs at other batch sizes unchecked, and a number computed there from the batch in Python (`N - 1`:
         a form of 2 or 3 is every model's own, and not read as an echo) would not show (helper 116)."""
+        return [name for name in self.mixed_named() if dims.get(name) == "runs"]
+
+    def mixed_named(self) -> list[str]:
+        """The dims named like a batch that the original mixes samples along (a leading time axis mixes too,
+        but is no batch: it is moved with no other)."""
         named = {name for vi in graph_inputs(self.before.proto) for name in batch_named(dim_names(vi))}
-        return sorted(name for name in self.mixed if name in named and dims.get(name) == "runs")
+        return sorted(name for name in self.mixed if name in named)
 
     @functools.cached_property
     def fixed_outputs(self) -> dict[str, list | None]:
