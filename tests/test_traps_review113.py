@@ -3,8 +3,9 @@
 `t = int(x.shape[1])` pins a head split's Reshape (GF004 rebuilds the entry, safe) and is baked again: in a
 covariance or Gram matrix summed by a MatMul (`hc.transpose(1, 2) @ hc / (t - 1)`, also along the batch,
 VICReg's `z.T @ z / (N - 1)`, and over the frames of a strided Conv), in a resized length
-(`interpolate(size=int(t * 1.5))`), a count of top frames (`topk(int(0.3 * t))`), a log of the length
-(`h * log(t)`, `h / log2(t)`), `sqrt(t - 1)` after a Linear of a sum, and a temperature of the length before a
+(`interpolate(size=int(t * 1.5))`, or `scale_factor=16 / t`), a count of top frames (`topk(int(0.3 * t))`), a
+log of the length (`h * log(t)`, `h / log2(t)`), `sqrt(t - 1)` after a Linear of a sum, and a temperature of the
+length before a
 softmax over it (attention pooling's `logits / sqrt(t - 1)`, log-length attention scaling `log(t) / log(512)`).
 Each repair was written with exit 0 and differed from PyTorch at every other length (by 0.01 to 10); the
 original fails there, so the proof had no reference. Now each is an echo (graphfix.analysis.echoes and
@@ -57,6 +58,9 @@ TRAPS = {
     "gram-over-length-and-features": (lambda self, h, t: (h.transpose(1, 2) @ h / (t * D)).flatten(1), False),
     "resize-to-one-and-a-half": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=int(t * 1.5),
                                                                           mode="linear").sum(-1), False),
+    # helper 115: the fixed 16 frames reached by a scale, `scale_factor=16 / t`
+    "resize-by-a-scale-of-the-length": (lambda self, h, t: functional.interpolate(
+        h.transpose(1, 2), scale_factor=16 / t, mode="linear").sum(-1), False),
     "top-30-percent-of-frames": (lambda self, h, t: h.topk(int(0.3 * t), dim=1).values.mean(1), False),
     "times-log-length": (lambda self, h, t: h * math.log(t), True),
     "over-log2-length": (lambda self, h, t: h / math.log2(t), True),
@@ -79,6 +83,8 @@ CONTROLS = {
     "scaled-values": (lambda self, h, t: _attention(h) @ (h * 0.8), True),
     "contrastive-over-the-batch": (lambda self, h, t: (h.mean(1) @ h.mean(1).T / 0.07).softmax(-1), False),
     "top-k-over-features": (lambda self, h, t: h.topk(3, dim=2).values, True),
+    "resize-by-its-own-scale": (lambda self, h, t: functional.interpolate(h.transpose(1, 2), scale_factor=2.0,
+                                                                         mode="linear").sum(-1), False),
     "product-over-features-scaled": (lambda self, h, t: h @ h.transpose(1, 2).sum(2, keepdim=True) / 5, True),
 }
 OWN_RESIZE = (lambda self, h, t: functional.interpolate(h.transpose(1, 2), size=16), False)

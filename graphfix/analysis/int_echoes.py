@@ -20,12 +20,14 @@ meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a v
 size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
 Along an axis that holds the size itself, static past a baked Reshape, a Resize's output size and a TopK's count
 read any number (`interpolate(size=int(T * 1.5))`, `topk(int(0.3 * T))`, red team 113): a fixed 16 frames and
-`int(T * 0.43)` leave the same graph there.
+`int(T * 0.43)` leave the same graph there; so does a Resize's scale to a whole number of no small denominator
+(`scale_factor=16 / T`, helper 115).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -146,8 +148,10 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
                     if item not in widths)
     elif node.op == "Pad":
         yield from _pads(node, fold, shape, lengths, widths)
-    elif node.op == "Resize" and len(node.inputs) > 3:
+    elif node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
         yield from _entries(node.inputs[3], shape(node.inputs[0]), "its output size", fold, lengths, anything=True)
+    elif node.op == "Resize" and len(node.inputs) > 2:
+        yield from _scaled_to(node, fold, shape(node.inputs[0]), lengths)
     elif node.op in POOLS:
         for attr in ("kernel_shape", "strides"):
             for item in node.attrs.get(attr) or ():
@@ -159,6 +163,19 @@ def _runs_to_the_end(node: gs.Node, constant_value) -> bool:
     """Whether a Slice's ends are all past any axis (`h[:, c:]`, the exporters' INT64_MAX)."""
     ends = constant_value(node.inputs[2]) if len(node.inputs) > 2 and is_table(node.inputs[2]) else None
     return ends is not None and ends.size > 0 and bool((ends >= TAIL_END).all())
+
+
+def _scaled_to(node: gs.Node, fold, dims: list | None, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+    """A Resize's scale along an axis that holds the length itself (static, past a baked Reshape) whose output
+    there is a whole number over a scale of no small denominator: `interpolate(scale_factor=16 / T)` resizes 13
+    frames to 16 by 1.2308, the fixed 16 frames `size=16` gives (helper 115); a model's own 1.5 or 2 is none."""
+    scales = fold(node.inputs[2]) if node.inputs[2].name else None
+    if scales is None or dims is None or scales.dtype.kind != "f" or scales.size != len(dims):
+        return
+    for dim, scale in zip(dims, (float(v) for v in scales.reshape(-1)), strict=True):
+        out = dim * scale if isinstance(dim, int) and dim in lengths else 0
+        if out > 2 and abs(out - round(out)) < 1e-4 * out and Fraction(scale).limit_denominator(64).denominator > 4:
+            yield "its output size by a scale", round(out), any_number(dim, round(out))
 
 
 def any_number(dim, item: int) -> tuple:
