@@ -74,7 +74,12 @@ def merge_shape(primary: list[Dim] | None, fallback: list[Dim] | None) -> list[D
 
 
 def _known(dim: Dim) -> bool:
-    return isinstance(dim, int) or (isinstance(dim, str) and not dim.startswith("unk__"))
+    return isinstance(dim, int) or named(dim)
+
+
+def named(dim: Dim) -> bool:
+    """A symbolic dim with a name of its own (an input's `T`), not one shape inference made up (`unk__5`)."""
+    return isinstance(dim, str) and not dim.startswith("unk__")
 
 
 class Pair(str, Enum):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BATCH_NAME
+from graphfix.analysis.broadcast import BATCH_NAME, named
 from graphfix.analysis.sizes.ops import is_table
 
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
@@ -69,7 +69,7 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                 if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
-                    if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or _named(d)))
+                    if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or named(d)))
                            for d in reduced):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
                 elif op.op in NORMALIZED and way == "up":
@@ -98,11 +98,6 @@ def _product(node: gs.Node) -> bool:
     over features (BERT traced at 64 tokens of 64-wide heads scales its queries by 64 ** -0.25, helper 65)."""
     return node.op in LINEAR and not _linear(node) and not any(_weight(t) for t in node.inputs[:2]) \
         and not _reaches(node, NORMALIZED, SCORED) and not _weighted(node)
-
-
-def _named(dim) -> bool:
-    """A symbolic dim with a name of its own (an input's `T`), not one shape inference made up (`unk__5`)."""
-    return isinstance(dim, str) and not dim.startswith("unk__")
 
 
 def _weighted(node: gs.Node) -> bool:
@@ -137,7 +132,7 @@ def normalized(node: gs.Node, n: int, shape) -> bool:
         axis = int(op.attrs.get("axis", -1))
         if dims is None or not -len(dims) <= axis < len(dims):
             return False
-        return dims[axis] == n or (_named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
+        return dims[axis] == n or (named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
     return _reaches(node, NORMALIZED, SCALED, over_n)
 
 
