@@ -13,7 +13,10 @@
   (`int(round(lengths[i] * T))`). The original fails at every size (the mask is misaligned), so nothing solved its
   export length and the echo check was not run for GF003's fix: repaired with exit 0, wrong at every other length.
   The check now reads, for it, the size most likely baked and any scale of a sum over a length the graph leaves
-  symbolic; the fix is unsafe there, and a mask alone is still repaired (the suite's guard compares it).
+  symbolic; the fix is unsafe there, and a mask alone is still repaired (the suite's guard compares it). Helper
+  117 added positions scaled by the length (`arange(T) / float(T)`) and a mean taken past three Linears (`mlp(
+  h.sum(1)) / float(T)`), read as a length's forms are past a map; an integrator's `cumsum(h, 1) * 0.0125` is
+  the model's own (a cumulative sum is no positions' Range).
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class Masked(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.lin, self.after = torch.nn.Linear(4, 20), after
+        self.mlp = torch.nn.Sequential(*(layer for _ in range(3) for layer in (torch.nn.Linear(20, 20),
+                                                                               torch.nn.ReLU())))
 
     def forward(self, x, padding_mask, lengths):
         h = self.lin(x)
@@ -125,6 +130,9 @@ AFTER_THE_MASK = {
     "mean-by-the-length": (lambda self, h, lengths: h.sum(1) / float(h.shape[1]), {0: "batch"}),
     "first-half": (lambda self, h, lengths: h[:, : int(h.shape[1]) // 2], {0: "batch", 1: "half"}),
     "speechbrain-statistics-pooling": (_statistics_pooling, {0: "batch"}),
+    "positions-over-the-length": (lambda self, h, lengths: h + (torch.arange(h.shape[1], dtype=torch.float32)
+                                                                / float(h.shape[1]))[None, :, None], AXES),
+    "mean-past-three-linears": (lambda self, h, lengths: self.mlp(h.sum(1)) / float(h.shape[1]), {0: "batch"}),
 }
 
 
@@ -150,7 +158,8 @@ def test_a_length_baked_beside_a_misaligned_mask_makes_its_fix_unsafe(tmp_path, 
     (lambda self, h, lengths: h, AXES),
     (lambda self, h, lengths: h.sum(1) * 0.37, {0: "batch"}),  # a learnt gain (helper 117): no whole length's form
     (lambda self, h, lengths: h.sum(1) / lengths[:, None].clamp(min=1) * 0.7071, {0: "batch"}),
-], ids=["alone", "summed-by-a-gain", "masked-mean-scaled"])
+    (lambda self, h, lengths: torch.cumsum(h, 1) * 0.0125, AXES),  # an integrator's time step (helper 117)
+], ids=["alone", "summed-by-a-gain", "masked-mean-scaled", "integrated"])
 def test_a_misaligned_mask_with_the_models_own_numbers_is_still_repaired(tmp_path, after, output_axes):
     done, out = repair(_export_masked(Masked(after), tmp_path / "m.onnx", output_axes))
     assert done.exit_code == 0 and out.exists() and "applied GF003" in done.output, done.output

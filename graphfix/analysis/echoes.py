@@ -31,10 +31,16 @@ temperature, `Linear(h.mean(1)) / 0.07`, helper 75), as past an elementwise nonl
 A MatMul of two data operands sums over an axis as an Einsum does, where that axis holds the size itself (a
 covariance `hc.transpose(1, 2) @ hc / (T - 1)`, VICReg's `z.T @ z / (N - 1)`, red team 113), unless a softmax
 normalizes its product (attention's scores sum over features) or weights its first operand (`attn @ v` averages
-the values). Any number also doubts where it only scales (no Add between) what a softmax over an axis of the size
-(static past the baked Reshape, or named and not as a batch) normalizes: a temperature of the length (attention
-pooling's `logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), where a model's own
-scale of scores is a plain form of a width it meets (`1 / sqrt(d)`).
+the values). Any number also doubts where it scales what a softmax over an axis of the size (static past the
+baked Reshape, or named and not as a batch) normalizes: a temperature of the length (attention pooling's
+`logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), also where a bias or ALiBi's
+distances are added to the scores after it or it scales the queries before their product with the keys (helper
+115), where a model's own scale of scores is a plain form of a width it meets (`1 / sqrt(d)`) or, on queries, of
+any whole width (nn.MultiheadAttention's `8 ** -0.5`); and where it scales the softmax's weights, which sum to
+one (`softmax(h, 1) * (T / 2)`), or is added to a log of a sum (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`,
+helper 115). Where the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above
+2 are read where they scale a sum, past a linear map too, or positions from a Range (`arange(T) / float(T)`,
+helper 117).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
 torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
 for what it is: 20 / T is 0.1 at 200, helper 70).
@@ -66,6 +72,7 @@ from graphfix.analysis.sums_near import normalized, sum_near
 
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SCALES = frozenset({"Mul", "Div"})
+SHIFTS_OF_LOGS = frozenset({"Add", "Sub"})  # a number added to a log of a sum scales the sum
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 LOGS = tuple((text, lambda n, of=of: of(n) if n != 10 else math.inf) for text, of in (
@@ -154,16 +161,17 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                                             constant_value))
                 continue
             if any(math.isclose(item, of(d), rel_tol=tolerance) for d in _widthsnear(node, tensor, shape) - {*wanted}
-                   for _, of in PLAIN):
+                   for _, of in (*PLAIN, *ROOTS)):
                 continue  # the scale of a width it meets: attention's 1/sqrt(16), SDPA's 32 ** -0.25 on q and k
             for n in wanted:
                 if n is None:
                     if node.op in SCALES and _some_size(item, tolerance) \
                             and (near := sum_near(node, tensor, None, shape, constant_value)) is not None \
-                            and near.summed and not near.mapped:
-                        found.append(f"{node.op} '{node.name}' scales a sum over an axis whose export length the "
-                                     f"graph does not tell by {item:.6g}, which a mean with that length baked "
-                                     "(`h.sum(1) / float(T)`) reads the same")
+                            and (near.summed or near.ranged):
+                        what = "a sum over" if near.summed else "positions along"
+                        found.append(f"{node.op} '{node.name}' scales {what} an axis whose export length the "
+                                     f"graph does not tell by {item:.6g}, which a mean or positions with that length "
+                                     "baked (`h.sum(1) / float(T)`, `arange(T) / float(T)`) read the same")
                         break
                     continue
                 near = sum_near(node, tensor, n, shape, constant_value)
@@ -178,8 +186,13 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                     found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
                                  f"which a function of the size would read the same at {n}")
                     break
+                if near is not None and near.logged and node.op in SHIFTS_OF_LOGS \
+                        and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
+                    found.append(f"{node.op} '{node.name}' shifts a log of a sum over an axis of the size {n} by "
+                                 f"{item:.6g}, which scales the sum as a function of the size would at {n}")
+                    break
                 if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                        and normalized(node, n, shape):
+                        and normalized(node, n, shape, products=not _a_heads_scale(item, tolerance)):
                     found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
                                  f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
@@ -197,6 +210,14 @@ def _some_size(item: float, tolerance: float) -> bool:
         if k > 2 and math.isclose(base, k, rel_tol=max(tolerance, 1e-9)):
             return True
     return False
+
+
+def _a_heads_scale(item: float, tolerance: float) -> bool:
+    """Whether `item` is 1/sqrt(k) or k ** -0.25 for a whole k: the scale a head of k features gives its queries
+    (nn.MultiheadAttention's `q * 8 ** -0.5`, SDPA's `q * 64 ** -0.25` and `k * 64 ** -0.25` under the TorchScript
+    exporter), which the graph may not show the width of."""
+    return item > 0 and any(math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9)) and round(base) >= 1
+                            for base in (item ** -2, item ** -4))
 
 
 def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,

@@ -32,6 +32,7 @@ from fractions import Fraction
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.broadcast import BATCH_NAME, named
 from graphfix.analysis.sizes.ops import is_table
 
 SHIFTS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)  # n + k: `T - 1` for an unbiased mean or the last position
@@ -179,13 +180,17 @@ def _scaled_to(node: gs.Node, fold, dims: list | None, lengths: list[int]) -> It
 
 
 def any_number(dim, item: int) -> tuple:
-    """A form that any number takes where an axis holds the length itself, static (`dim`, past a baked Reshape):
-    a count of frames kept (`topk(int(0.3 * T))`) or a resized length (`interpolate(size=int(T * 1.5))`) there is
-    the model's own or a function of the length, and the graph does not say which (red team 113)."""
-    if not isinstance(dim, int):
-        return ()
-    return ((f"a number a function of {{}} may give (along an axis of {dim}: the graph does not say whether "
-             f"{item} is the model's own)", lambda n: item if n == dim else None),)
+    """A form that any number takes where an axis holds the length itself, static (`dim`, past a baked Reshape) or
+    named and no batch's (the raw input's `T`, helper 115): a count of frames kept (`topk(int(0.3 * T))`) or a
+    resized length (`interpolate(size=int(T * 1.5))`) there is the model's own or a function of the length, and
+    the graph does not say which (red team 113)."""
+    if isinstance(dim, int):
+        return ((f"a number a function of {{}} may give (along an axis of {dim}: the graph does not say whether "
+                 f"{item} is the model's own)", lambda n: item if n == dim else None),)
+    if named(dim) and not BATCH_NAME.search(dim):
+        return ((f"a number a function of {{}} may give (along the axis '{dim}': the graph does not say whether "
+                 f"{item} is the model's own)", lambda n: item),)
+    return ()
 
 
 def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: list[int], anything: bool = False

@@ -34,10 +34,12 @@ LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: i
 # temperature, helper 75): past one, only the forms are read
 NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
 # past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
-NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken (forms only)
+NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken: its
+# weights sum to one, so a number scaling them (`softmax(h, 1) * (T / 2)`, helper 115) is a count of frames
 SCALED = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity", "Mul", "Div", "Neg"})
 # what keeps a value scaled on its way to a softmax: no Add (a mask's fill reaches the scores through one)
 SCORED = SCALED | {"Add", "Sub", "Where"}  # what attention's scores pass on their way to the softmax (a mask, a bias)
+PRODUCTS = frozenset({"MatMul", "Einsum", "Gemm", "Conv"})  # what scores are computed by, upstream of a scale
 POSITIONS = frozenset({"Range", "CumSum"})  # positions along an axis: a cumulative sum of a mask is DETR's
 HOPS = 6  # ops walked up from a MatMul to the softmax that weighs it
 SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another between them, red team 41)
@@ -46,12 +48,17 @@ SUM_HOPS = 8  # and to a sum (two Linears, a Reshape, a Transpose and another be
 class Near(NamedTuple):
     """What the value a constant meets holds: a sum (or extreme) over an axis of the size, with the static dims
     of what was summed, or positions along it (a Range or CumSum, no dims); `taken`: the sum was taken before the
-    constant meets it (found up the graph), not after; `mapped`: found past a linear map."""
+    constant meets it (found up the graph), not after; `mapped`: found past a linear map; `logged`: a log of the
+    sum, taken (a ReduceLogSumExp, or a Log of a sum), which a number added to it scales (`logsumexp(h, 1) -
+    0.5 * log(T)` is `log(sum(exp(h)) / sqrt(T))`, helper 115); `ranged`: positions from a Range (not a
+    cumulative sum)."""
 
     summed: bool
     dims: list[int]
     taken: bool = False
     mapped: bool = False
+    logged: bool = False
+    ranged: bool = False
 
 
 def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value) -> Near | None:
@@ -59,10 +66,10 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
     other operand comes from, or its output goes to, within SUM_HOPS ops, or positions along such an axis (a Range
     the other operand comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
-    frontier = [(other, "up", False), *((out, "down", False) for out in node.outputs)]
+    frontier = [(other, "up", False, False), *((out, "down", False, False) for out in node.outputs)]
     for _ in range(SUM_HOPS):
         step = []
-        for tensor, way, mapped in frontier:
+        for tensor, way, mapped, logged in frontier:
             if tensor is None:
                 continue
             for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
@@ -71,21 +78,24 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                     reduced = _reduced(op, dims, constant_value) if dims is not None else ()
                     if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or named(d)))
                            for d in reduced):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped)
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped,
+                                    way == "up" and (logged or (op.op == "ReduceLogSumExp" and not mapped)))
                 elif op.op in NORMALIZED and way == "up":
                     dims = shape(op.inputs[0]) if op.inputs else None
                     axis = int(op.attrs.get("axis", -1))
                     if dims is not None and -len(dims) <= axis < len(dims) and \
                             (dims[axis] == n or not isinstance(dims[axis], int)):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, True)
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, mapped)
                 elif op.op in POSITIONS and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
-                        return Near(False, [])
+                        return Near(False, [], ranged=op.op == "Range")
                 elif op.op in PASSES or op.op in NONLINEAR or _linear(op):
                     ahead = op.outputs if way == "down" else \
                         [t for t in op.inputs if not _weight(t)] if op.op in OPERANDS else op.inputs[:1]
-                    step.extend((t, way, mapped or op.op in NONLINEAR or _linear(op)) for t in ahead)
+                    mapping = op.op in NONLINEAR or _linear(op)
+                    logs = op.op == "Log" and not mapped  # the first map met is a log: of the sum, if one is next
+                    step.extend((t, way, mapped or mapping, logs or (logged and not mapping)) for t in ahead)
         frontier = step
     return None
 
@@ -120,25 +130,51 @@ def _weighted(node: gs.Node) -> bool:
     return False
 
 
-def normalized(node: gs.Node, n: int, shape) -> bool:
+def normalized(node: gs.Node, n: int, shape, products: bool = True) -> bool:
     """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
     over an axis of size `n` normalizes, or over one the graph names and not as a batch (attention pooling of the
     raw input over `T`, helper 117; not a contrastive softmax over the batch, `softmax(z @ z.T / 0.07)`, helper
     115): a temperature of the length (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`,
     red team 113). A model's own scale of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read
-    before); a mask added to them (`(1 - mask) * -10000`) reaches it through an Add, not scaled."""
+    before). Scaled queries reach the scores through their product with the keys (`q * (log(T) / log(512))`,
+    helper 115), unless `products` is False (the caller's number is a head's own scale, whose width the graph
+    may not show: nn.MultiheadAttention's `q * 8 ** -0.5`); a scale of scores reaches the softmax through a bias
+    or a mask added after it (`logits / sqrt(T - 1) + b`, ALiBi's distances), where what it scales was computed
+    by a product (a MatMul, Gemm, Einsum or Conv): a mask's fill (`(1 - mask) * -10000`) scales no product and
+    reaches it through an Add, not scaled."""
     def over_n(op: gs.Node) -> bool:  # the length, static past the baked Reshape or named apart from a batch
         dims = shape(op.inputs[0]) if op.inputs else None
         axis = int(op.attrs.get("axis", -1))
         if dims is None or not -len(dims) <= axis < len(dims):
             return False
         return dims[axis] == n or (named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
-    return _reaches(node, NORMALIZED, SCALED, over_n)
+    through = (SCORED if _scores(node) else SCALED) | ({"MatMul"} if products else set())
+    return _reaches(node, NORMALIZED, through, over_n)
+
+
+def _scores(node: gs.Node) -> bool:
+    """Whether the node's data operand was computed by a product (PRODUCTS) within HOPS ops of what scores pass
+    (a Linear's bias, a mask, a scale): scores or logits, not a mask."""
+    frontier, seen = [t for t in node.inputs if not is_table(t)], set()
+    for _ in range(HOPS):
+        step = []
+        for tensor in frontier:
+            for op in tensor.inputs[:1]:
+                if id(op) in seen:
+                    continue
+                seen.add(id(op))
+                if op.op in PRODUCTS:
+                    return True
+                if op.op in SCORED:
+                    step.extend(t for t in op.inputs if not is_table(t))
+        frontier = step
+    return False
 
 
 def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
              meets: Callable[[gs.Node], bool] = lambda op: True) -> bool:
-    """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through`."""
+    """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through` (a MatMul
+    among them of two data operands only: a Linear maps what it meets)."""
     frontier, seen = list(node.outputs), set()
     for _ in range(SUM_HOPS):
         step = []
@@ -149,7 +185,7 @@ def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
                 seen.add(id(op))
                 if op.op in ends and meets(op):
                     return True
-                if op.op in through:
+                if op.op in through and not _linear(op):
                     step.extend(op.outputs)
         frontier = step
     return False
