@@ -67,11 +67,13 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
     the other operand comes from); None where neither is near."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up", False, False), *((out, "down", False, False) for out in node.outputs)]
+    seen: set[tuple] = set()  # each tensor once per way and state: a Concat of K copies, 8 deep, is K**8 paths
     for _ in range(SUM_HOPS):
         step = []
         for tensor, way, mapped, logged in frontier:
-            if tensor is None:
+            if tensor is None or (key := (id(tensor), way, mapped, logged)) in seen:
                 continue
+            seen.add(key)
             for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
                 if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None

@@ -23,6 +23,7 @@ from graphfix.core import values
 
 SHAPE_SECONDS = 3.0  # one symbolic shape inference of a whole graph; GRAPHFIX_SHAPE_SECONDS overrides it
 NODE_SECONDS = 0.5  # one node inside it (normal nodes take milliseconds)
+ECHO_SECONDS = 5.0  # the echo check of one fix (graphfix.analysis.echoes walks near every constant)
 POLL_SECONDS = 0.02
 RESEND_SECONDS = 0.25  # an OutOfTime swallowed on its way (a weakref callback's) is sent again after this
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc

@@ -23,6 +23,7 @@ from graphfix.analysis.echoes import echoes
 from graphfix.analysis.edits import Loosened
 from graphfix.analysis.export_sizes import export_facts, export_sizes
 from graphfix.analysis.shapes import infer_shapes
+from graphfix.core.budget import ECHO_SECONDS, OutOfTime, Watchdog
 from graphfix.core.errors import GraphfixError, InternalError
 from graphfix.core.registry import format_traceback
 from graphfix.core.rule import Finding, Rejection, Rule, RuleOptions, Safety, Severity
@@ -125,13 +126,19 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     else:
         return finding
     named = set(finding.nodes)
-    heard = echoes(ctx.graph, values, ctx.constant_value, _shape_filled(ctx),
-                   fixed=lambda node: node is own or (bool(node.name) and node.name in named),
-                   fold=ctx.evaluator, products=products, unknown=own is None)
-    if not heard:
+    try:
+        with Watchdog(ECHO_SECONDS):
+            heard = echoes(ctx.graph, values, ctx.constant_value, _shape_filled(ctx),
+                           fixed=lambda node: node is own or (bool(node.name) and node.name in named),
+                           fold=ctx.evaluator, products=products, unknown=own is None)
+    except OutOfTime:  # caught outside the Watchdog's block: it can surface while leaving it
+        heard = None
+    if heard == []:
         return finding
     sizes = ", ".join(str(v) for v in sorted(values)) or "a length"
-    reason = (f"{fix.reason}; but {'; '.join(heard[:2])}{' (and more)' * (len(heard) > 2)}: if the Python int "
+    said = f"the echo check did not finish within {ECHO_SECONDS:g} s, so whether a constant of the graph " \
+        "is that size is not known" if heard is None else f"{'; '.join(heard[:2])}{' (and more)' * (len(heard) > 2)}"
+    reason = (f"{fix.reason}; but {said}: if the Python int "
               f"that gave {sizes} is used there too, this fix lets the model run at other sizes with that "
               "constant still at the export size, and the original, which fails there, shows no reference; "
               "export at a size no constant of the model equals, or say which with --unsafe-fixes")

@@ -14,11 +14,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphfix.core.counts import spelled
 from graphfix.core.errors import InputError
+from graphfix.io.budgets import ENV_PROBE_MEMORY, probe_memory_budget
 from graphfix.io.external_data import data_file, external_ref, model_tensors, read_external
 from graphfix.io.weights import is_stub
 from graphfix.validate.budget import NotProbed, loadable, made_within_budget
 
+INLINE_COPIES = 6  # of an external value given inline: read, copied into the proto, serialized, parsed, held
+PROTOBUF_LIMIT = 2 << 30
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 # element types numpy holds as onnxruntime reads them: a weight of one of them can be fed or used in place
 FEEDABLE = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -114,6 +118,7 @@ def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, ha
         return proto
     if base_dir is None:  # onnxruntime would resolve the locations against the working directory
         raise ValueError("the model keeps values in external data, but no folder was given to read them from")
+    inline_bytes(sum(ref.length for _, ref in _unhanded(proto, handed)))
     inline = onnx.ModelProto()
     inline.CopyFrom(proto)
     for tensor, ref in _unhanded(inline, handed):
@@ -123,11 +128,24 @@ def with_values_inline(proto: onnx.ModelProto, base_dir: pathlib.Path | None, ha
     return inline
 
 
+def inline_bytes(total: int) -> None:
+    """NotProbed where the external values given to onnxruntime inline (`with_values_inline`) would not fit: they
+    are read, copied into the serialized model and parsed again by onnxruntime (about six times their size, helper
+    118: a Constant's 1 GiB of sparse external data took 6.2 GB before the probe's budget was asked), and protobuf
+    serializes no model over 2 GiB."""
+    budget = probe_memory_budget()
+    if total * INLINE_COPIES > budget or total >= PROTOBUF_LIMIT:
+        raise NotProbed(f"the model keeps {spelled(total)} bytes of values in external data that onnxruntime must be "
+                        "given inline (a Constant's, a subgraph's or a function's), over the probe's memory budget "
+                        f"of {budget:,} ({ENV_PROBE_MEMORY}) or protobuf's 2 GiB; the model was not run")
+
+
 def user_session(loaded, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
     """A session of `loaded` (a LoadedModel) with the user's `options`, onnxruntime's default optimizations among
     them (`bench`, `stream`): its weights handed over from the descriptors loading checked (onnxruntime reads no
     file again), loaded within the run budget (the optimizations fold constants as they load); a model onnxruntime
     cannot load is an InputError naming it."""
+    loadable(loaded.proto)  # as a probe's session: onnx's data propagation unbounded as it loads (helper 118)
     source, _copied = hand_over(options, loaded.proto, loaded.base_dir.resolve() if loaded.base_dir else None)
     try:
         return made_within_budget(functools.partial(ort.InferenceSession, source, options, providers=providers),
