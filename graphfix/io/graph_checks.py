@@ -2,7 +2,8 @@
 crashed a rule or the runtime probe:
 
 - names that are not UTF-8 (protobuf hands them over as bytes, which every string operation trips on), and
-  attributes without a type or with an empty list;
+  attributes without a type or with an empty list (but a Constant's, rewritten as an empty tensor:
+  `empty_constants_as_tensors`);
 - cycles: the checker refuses any graph that is not topologically sorted, cycle or not. graphfix accepts an
   unsorted graph (onnxruntime does) and refuses only a real cycle or an input nothing produces, naming it;
 - a call of a model-local function domain's operator that no function defines (onnxruntime: "not a registered
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 import onnx
-from onnx import AttributeProto
+from onnx import AttributeProto, TensorProto, helper
 
 from graphfix.core.errors import InputError
 
@@ -67,6 +68,8 @@ def _node_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[str, object]]
 
 LIST_FIELDS = {AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats", AttributeProto.STRINGS: "strings",
                AttributeProto.TENSORS: "tensors", AttributeProto.GRAPHS: "graphs"}
+LIST_TYPES = {"value_ints": AttributeProto.INTS, "value_floats": AttributeProto.FLOATS,
+              "value_strings": AttributeProto.STRINGS}
 
 
 def _check_attribute(node: onnx.NodeProto, attr: AttributeProto) -> None:
@@ -80,6 +83,27 @@ def _check_attribute(node: onnx.NodeProto, attr: AttributeProto) -> None:
     field = LIST_FIELDS.get(attr.type)
     if field is not None and not len(getattr(attr, field)):
         raise InputError(f"{where} is an empty list")
+
+
+EMPTY_CONSTANT_LISTS = {"value_ints": TensorProto.INT64, "value_floats": TensorProto.FLOAT,
+                        "value_strings": TensorProto.STRING}
+
+
+def empty_constants_as_tensors(proto: onnx.ModelProto) -> None:
+    """A Constant whose `value_ints`, `value_floats` or `value_strings` is an empty list (the dynamo exporter's
+    for `torch.zeros([])`'s target shape, helper 119: transformers' Speech2Text) becomes the same constant as its
+    `value`, an empty 1-D tensor of that type, in place: onnx-graphsurgeon writes no empty list back, and any other
+    empty list stays refused."""
+    graphs = [graph for graph, _context in every_graph(proto)]
+    for node in (node for nodes in (*(g.node for g in graphs), *(f.node for f in proto.functions)) for node in nodes):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attr = node.attribute[0]
+        kind = EMPTY_CONSTANT_LISTS.get(attr.name)
+        if kind is not None and not attr.ref_attr_name and attr.type == LIST_TYPES[attr.name] \
+                and not len(getattr(attr, LIST_FIELDS[attr.type])):
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("value", helper.make_tensor("value", kind, [0], [])))
 
 
 def every_graph(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, str]]:

@@ -35,7 +35,15 @@ from graphfix.core.counts import MAX_RANK, bounded_product, spelled
 from graphfix.core.errors import InputError
 from graphfix.io.budgets import expands_past_budget
 from graphfix.io.external_data import has_external_data, is_stub, model_tensors, tensor_nbytes
-from graphfix.io.graph_checks import check_acyclic, check_local_calls, check_names, every_graph, is_sorted, sort_nodes
+from graphfix.io.graph_checks import (
+    check_acyclic,
+    check_local_calls,
+    check_names,
+    empty_constants_as_tensors,
+    every_graph,
+    is_sorted,
+    sort_nodes,
+)
 from graphfix.io.protos import lift_initializers
 
 SUB_BYTE_PACKED = {TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)}
@@ -49,6 +57,7 @@ def validate_model(proto: onnx.ModelProto, name: str) -> None:
     """Refuse, with one line, a model the rules and the probe could not read (graphfix's own checks: run them
     before the external-data checks, which need valid data types, and `run_onnx_checker` after)."""
     try:
+        empty_constants_as_tensors(proto)
         check_names(proto)
         for where, tensor in model_tensors(proto):
             check_tensor(tensor, where)

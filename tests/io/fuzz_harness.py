@@ -179,7 +179,8 @@ def refused_though_loadable(proto) -> str:
                 pending.extend(items)
             if kind == "AttributeProto":
                 lists = (AttributeProto.INTS, AttributeProto.FLOATS, AttributeProto.STRINGS)
-                if any(a.type in lists and not (a.ints or a.floats or a.strings) for a in items):
+                constant = getattr(message, "op_type", None) == "Constant"  # its empty value_ints is a tensor
+                if any(a.type in lists and not (a.ints or a.floats or a.strings) and not constant for a in items):
                     return "an empty list attribute"
     return ""
 
