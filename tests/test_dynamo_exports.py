@@ -10,6 +10,11 @@ axis) that red team 41 (helper 67) saw refused or mangled:
   graph, where the number is PyTorch's truth (helper 70: reading it as T wrote that model wrong with exit 0);
 - `torch.cond`: an If whose branches read the main graph's input and constants, which `extract` dropped (the
   part failed the ONNX checker, exit 1).
+
+Helper 119: transformers' SEW exported with `optimize=False` was probed at 51 samples, one frame, where PyTorch's
+AvgPool1d fails; onnxruntime's AveragePool returns nothing there, and the Reshape after it failed and was taken
+for a baked shape (a GF004 error, `repair` exit 1). A node reading a tensor a window emptied, below the export
+size, meets the model's minimum as a kernel does (graphfix.validate.minimum).
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ class Branches(torch.nn.Module):
         return torch.cond(x.sum() > 0, lambda x: x.cumsum(1), lambda x: x.flip(1), (x,))
 
 
-def export(module, args, path, names, shapes):
+def export(module, args, path, names, shapes, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), dynamo=True, input_names=names, dynamic_shapes=shapes)
+        torch.onnx.export(module.eval(), args, str(path), dynamo=True, input_names=names, dynamic_shapes=shapes,
+                          **options)
     return path
 
 
@@ -100,3 +106,26 @@ def test_extract_keeps_what_the_branches_of_a_dynamo_cond_read(tmp_path):
     for sign in (1.0, -1.0):
         x = (sign * np.abs(np.random.default_rng(0).standard_normal((3, 7, 4)))).astype(np.float32)
         np.testing.assert_allclose(run(str(part), {"x": x})[0], Branches()(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+class Sew(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from fixtures.library_models import import_transformers
+
+        transformers = import_transformers()
+        torch.manual_seed(0)
+        config = transformers.SEWConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                        conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                                        num_conv_pos_embedding_groups=4, squeeze_factor=2, feat_extract_norm="group")
+        self.model = transformers.SEWModel(config)
+
+    def forward(self, x):
+        return self.model(input_values=x).last_hidden_state
+
+
+def test_a_node_after_a_window_that_emptied_its_input_meets_the_models_minimum(tmp_path):
+    path = export(Sew(), (torch.randn(2, 8000),), tmp_path / "sew.onnx", ["x"],
+                  {"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=800)}}, optimize=False)
+    assert_healthy(path)

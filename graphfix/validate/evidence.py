@@ -29,7 +29,7 @@ from graphfix.validate.consistency import MIXED, Samples, independent_samples
 from graphfix.validate.graph_sizes import declared_sizes, dim_names, graph_inputs, met_sizes
 from graphfix.validate.held_sizes import HeldSizes
 from graphfix.validate.inputs import LEVELS, synthesize_inputs
-from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
+from graphfix.validate.minimum import KERNEL_OPS, emptied_at, runs_with_its_batch
 from graphfix.validate.references import DerivedReference, OriginalReference, Probe, SamplesReference
 from graphfix.validate.retrace import Retracer
 from graphfix.validate.runner import failing_node, short_message
@@ -264,7 +264,7 @@ class Judge:
             if self.known:
                 self.held.learn(expected.outputs, binding)
         if not actual.ok:
-            self._outside_range(run, reference_only)
+            self._outside_range(run, reference_only, feeds)
             return run
         run.candidate_shapes = {k: list(np.shape(v)) for k, v in actual.outputs.items()}
         run.shape_problems = self.promised.mismatches(actual.outputs, binding)
@@ -325,27 +325,32 @@ class Judge:
         for declared in (self.declared, self.promises):
             drop_contradicted(declared, outputs, binding, self.options.trace_sizes)
 
-    def _outside_range(self, run: SizeRun, reference_only: bool) -> None:
-        """Both fail at the same kernel (Conv, Pool, a reflecting Pad) below the export size: the model's minimum
-        size, not a failed repair. Not any other op: a Gather whose index a trace baked (`x[:, T - 1]`) fails
-        below the export size in both, and PyTorch runs there (helper 57)."""
+    def _outside_range(self, run: SizeRun, reference_only: bool, feeds: dict[str, np.ndarray]) -> None:
+        """Both fail at the same kernel (Conv, Pool, a reflecting Pad), or at a node a window emptied before it,
+        below the export size: the model's minimum size, not a failed repair. Not any other op: a Gather whose
+        index a trace baked (`x[:, T - 1]`) fails below the export size in both, and PyTorch runs there (helper
+        57)."""
         where = failing_node(run.original_error) if run.original_error is not None else None
-        same = where is not None and where[0] in KERNEL_OPS and where == failing_node(run.candidate_error or "")
         below = is_smaller(run.sizes, self.export, set(self.batch))
+        same = where is not None and where == failing_node(run.candidate_error or "") and (
+            where[0] in KERNEL_OPS or (below and emptied_at(self.before, where[1], feeds)))
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
             run.note = "both models fail at the same node below the export size (the model's minimum size)"
-        elif self.after is self.before and self._below_a_kernel(run):
+        elif self.after is self.before and self._below_a_kernel(run, feeds):
             run.skipped = True
-            run.note = "a kernel fails below the export size (the model's minimum size, as diagnose takes it)"
+            run.note = "a kernel fails, or a node reads what a window emptied, below the export size (the model's " \
+                "minimum size, as diagnose takes it)"
 
-    def _below_a_kernel(self, run: SizeRun) -> bool:
-        """An unchanged model's kernel (Conv, Pool, a reflecting Pad) failing below the export size, where that
-        size's batch runs at the export's lengths: an input shorter than the kernel (graphfix.validate.minimum)."""
+    def _below_a_kernel(self, run: SizeRun, feeds: dict[str, np.ndarray]) -> bool:
+        """An unchanged model's kernel (Conv, Pool, a reflecting Pad), or a node a window emptied before it,
+        failing below the export size, where that size's batch runs at the export's lengths: an input shorter
+        than the kernel (graphfix.validate.minimum)."""
         where = failing_node(run.candidate_error or "")
-        return bool(where and where[0] in KERNEL_OPS and is_smaller(run.sizes, self.export, batch_dims(
-            self.before.proto)) and runs_with_its_batch(self.before, self.before.proto, run.sizes, self.export,
-                                                          self.options, None))
+        return bool(where and is_smaller(run.sizes, self.export, batch_dims(self.before.proto))
+                    and (where[0] in KERNEL_OPS or emptied_at(self.before, where[1], feeds))
+                    and runs_with_its_batch(self.before, self.before.proto, run.sizes, self.export, self.options,
+                                            None))
 
     def _bisect(self, run: SizeRun, feeds) -> None:
         if self.divergence is None and any(not o.ok for o in run.outputs):

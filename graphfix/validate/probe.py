@@ -32,14 +32,13 @@ from graphfix.validate.inputs import (
     probe_sizes,
     synthesize_inputs,
 )
-from graphfix.validate.minimum import KERNEL_OPS, runs_with_its_batch
+from graphfix.validate.minimum import KERNEL_OPS, emptied, input_shapes, runs_with_its_batch
 from graphfix.validate.runner import (
     ModelRunner,
     ModelSource,
     failing_node,
     load_structure,
     short_message,
-    upstream_only,
     without_downstream,
 )
 from graphfix.validate.sizes import batch_dims, is_smaller
@@ -162,7 +161,8 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
             if failure.knock_on:  # a consequence of the failures before it: below the minimum where they all are
                 minimum = bool(roots) and all(roots)
             else:
-                minimum = smaller and failure.op_type in KERNEL_OPS  # an input shorter than a kernel: PyTorch too
+                # an input shorter than a kernel, PyTorch's failure too, or that a window emptied before it
+                minimum = smaller and (failure.op_type in KERNEL_OPS or emptied(failure.shapes, feeds))
                 if minimum and limit is None:
                     limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
                 # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
@@ -241,7 +241,7 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
         if node is None:
             found.append(RuntimeFailure("", "", result.error or "", binding, rule="GF000"))
             return found, None
-        shapes = _input_shapes(current, base_dir, node, feeds)
+        shapes = input_shapes(current, base_dir, node, feeds)
         knock_on = bool(fed.intersection(node.input))
         found.append(
             RuntimeFailure(
@@ -320,16 +320,6 @@ def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _node_named(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
     return next((node for node in model.graph.node if node.name == name), None)
-
-
-def _input_shapes(model, base_dir, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:
-    """Shapes of the failing node's inputs, from a run of only the nodes upstream of it."""
-    wanted = [name for name in node.input if name]
-    upstream = upstream_only(model, wanted)
-    result = ModelRunner(upstream, base_dir).run(feeds)
-    if not result.ok:
-        return {}
-    return {name: list(np.shape(result.outputs[name])) for name in wanted if name in result.outputs}
 
 
 def cut_at(model, node, binding, types) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
