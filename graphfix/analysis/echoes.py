@@ -35,10 +35,11 @@ the values). Any number also doubts where it scales what a softmax over an axis 
 baked Reshape, or named and not as a batch) normalizes: a temperature of the length (attention pooling's
 `logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), also where a bias or ALiBi's
 distances are added to the scores after it or it scales the queries before their product with the keys (helper
-115), where a model's own scale of scores is a plain form of a width it meets (`1 / sqrt(d)`) or, on queries, of
-any whole width (nn.MultiheadAttention's `8 ** -0.5`); and where it scales the softmax's weights, which sum to
-one (`softmax(h, 1) * (T / 2)`), or is added to a log of a sum (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`,
-helper 115). Where the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above
+115; a MatMul or an Einsum, helper 120), where a model's own scale of scores is a plain form of a width it meets
+(`1 / sqrt(d)`) or a head's 1/sqrt(k) or k ** -0.25 for a whole k no form of the size (nn.MultiheadAttention's
+`8 ** -0.5`, Gemma-2's `224 ** -0.5`), and a mask's fill (a magnitude from FILL on) is none; and where it scales
+the softmax's weights, which sum to one (`softmax(h, 1) * (T / 2)`), or is added to a log of a sum or a
+log-softmax (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`, helper 115; not a guard below EPSILON). Where the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above
 2 are read where they scale a sum, past a linear map too, or positions from a Range (`arange(T) / float(T)`,
 helper 117).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
@@ -73,6 +74,8 @@ from graphfix.analysis.sums_near import normalized, sum_near
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
 SCALES = frozenset({"Mul", "Div"})
 SHIFTS_OF_LOGS = frozenset({"Add", "Sub"})  # a number added to a log of a sum scales the sum
+EPSILON = 1e-3  # a shift of a log below this is a guard against log(0) (`logsumexp(h, 1) + 1e-6`, helper 120)
+FILL = 1e3  # a scale from this magnitude on fills a mask (`(1 - mask) * -10000`), whatever computed the mask
 COMMON = (0.0, 0.5, 1.0, 2.0, -1.0)  # what a function of a small size gives, and what models hold for their own reasons
 PLAIN = (("{}", lambda n: n), ("1/{}", lambda n: 1 / n), ("sqrt({})", math.sqrt), ("1/sqrt({})", lambda n: n ** -0.5))
 LOGS = tuple((text, lambda n, of=of: of(n) if n != 10 else math.inf) for text, of in (
@@ -186,13 +189,14 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                     found.append(f"{node.op} '{node.name}' scales a sum over an axis of the size {n} by {item:.6g}, "
                                  f"which a function of the size would read the same at {n}")
                     break
-                if near is not None and near.logged and node.op in SHIFTS_OF_LOGS \
+                if near is not None and near.logged and node.op in SHIFTS_OF_LOGS and abs(item) >= EPSILON \
                         and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON):
                     found.append(f"{node.op} '{node.name}' shifts a log of a sum over an axis of the size {n} by "
                                  f"{item:.6g}, which scales the sum as a function of the size would at {n}")
                     break
                 if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                        and normalized(node, n, shape, products=not _a_heads_scale(item, tolerance)):
+                        and not _a_heads_scale(node, item, n, tolerance) \
+                        and normalized(node, n, shape, biased=abs(item) < FILL):
                     found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
                                  f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
@@ -212,12 +216,16 @@ def _some_size(item: float, tolerance: float) -> bool:
     return False
 
 
-def _a_heads_scale(item: float, tolerance: float) -> bool:
-    """Whether `item` is 1/sqrt(k) or k ** -0.25 for a whole k: the scale a head of k features gives its queries
-    (nn.MultiheadAttention's `q * 8 ** -0.5`, SDPA's `q * 64 ** -0.25` and `k * 64 ** -0.25` under the TorchScript
-    exporter), which the graph may not show the width of."""
-    return item > 0 and any(math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9)) and round(base) >= 1
-                            for base in (item ** -2, item ** -4))
+def _a_heads_scale(node: gs.Node, item: float, n: int, tolerance: float) -> bool:
+    """Whether the node scales by 1/sqrt(k) or k ** -0.25 for a whole k that is no form of the size `n` (SUMMED):
+    the scale a head of k features gives its scores or its queries (Gemma-2's `query_pre_attn_scalar ** -0.5`,
+    `q / sqrt(24)`, nn.MultiheadAttention's `q * 8 ** -0.5`, SDPA's `64 ** -0.25` on q and k under the TorchScript
+    exporter, helper 120), whose width the graph may not show; a temperature of the length, `/ sqrt(T - 1)`, is a
+    form of it."""
+    scale = 1 / item if node.op == "Div" and item else item
+    return scale > 0 and any(math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9)) and round(base) >= 1
+                             for base in (scale ** -2, scale ** -4)) \
+        and not any(math.isclose(item, of(n), rel_tol=tolerance) for _, of in SUMMED)
 
 
 def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,

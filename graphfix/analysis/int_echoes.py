@@ -167,16 +167,26 @@ def _runs_to_the_end(node: gs.Node, constant_value) -> bool:
 
 
 def _scaled_to(node: gs.Node, fold, dims: list | None, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
-    """A Resize's scale along an axis that holds the length itself (static, past a baked Reshape) whose output
-    there is a whole number over a scale of no small denominator: `interpolate(scale_factor=16 / T)` resizes 13
-    frames to 16 by 1.2308, the fixed 16 frames `size=16` gives (helper 115); a model's own 1.5 or 2 is none."""
+    """A Resize's scale along an axis that holds the length itself (static, past a baked Reshape, or named and no
+    batch's, at each of `lengths`) whose output there is a whole number over a scale of no small denominator:
+    `interpolate(scale_factor=16 / T)` resizes 13 frames to 16 by 1.2308, the fixed 16 frames `size=16` gives
+    (helpers 115 and 120); a model's own 1.5 or 2 is none."""
     scales = fold(node.inputs[2]) if node.inputs[2].name else None
     if scales is None or dims is None or scales.dtype.kind != "f" or scales.size != len(dims):
         return
     for dim, scale in zip(dims, (float(v) for v in scales.reshape(-1)), strict=True):
-        out = dim * scale if isinstance(dim, int) and dim in lengths else 0
-        if out > 2 and abs(out - round(out)) < 1e-4 * out and Fraction(scale).limit_denominator(64).denominator > 4:
-            yield "its output size by a scale", round(out), any_number(dim, round(out))
+        if Fraction(scale).limit_denominator(64).denominator <= 4:
+            continue
+        if isinstance(dim, int):
+            sizes = [dim] if dim in lengths else []
+        else:
+            sizes = lengths if named(dim) and not BATCH_NAME.search(dim) else []
+        for size in sizes:
+            out, whole = size * scale, round(size * scale)
+            if out > 2 and abs(out - whole) < 1e-4 * out:
+                yield "its output size by a scale", whole, ((
+                    f"a number a function of {{}} may give (resized by {scale:.6g}: the graph does not say whether "
+                    f"{whole} is the model's own)", lambda n, size=size, whole=whole: whole if n == size else None),)
 
 
 def any_number(dim, item: int) -> tuple:

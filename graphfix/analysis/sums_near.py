@@ -87,7 +87,8 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                     axis = int(op.attrs.get("axis", -1))
                     if dims is not None and -len(dims) <= axis < len(dims) and \
                             (dims[axis] == n or not isinstance(dims[axis], int)):
-                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, mapped)
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, mapped,
+                                    op.op == "LogSoftmax" and not mapped)  # `log_softmax(h, 1) + log(T / 2)`
                 elif op.op in POSITIONS and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
@@ -132,25 +133,25 @@ def _weighted(node: gs.Node) -> bool:
     return False
 
 
-def normalized(node: gs.Node, n: int, shape, products: bool = True) -> bool:
+def normalized(node: gs.Node, n: int, shape, biased: bool = True) -> bool:
     """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
     over an axis of size `n` normalizes, or over one the graph names and not as a batch (attention pooling of the
     raw input over `T`, helper 117; not a contrastive softmax over the batch, `softmax(z @ z.T / 0.07)`, helper
     115): a temperature of the length (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`,
     red team 113). A model's own scale of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read
-    before). Scaled queries reach the scores through their product with the keys (`q * (log(T) / log(512))`,
-    helper 115), unless `products` is False (the caller's number is a head's own scale, whose width the graph
-    may not show: nn.MultiheadAttention's `q * 8 ** -0.5`); a scale of scores reaches the softmax through a bias
-    or a mask added after it (`logits / sqrt(T - 1) + b`, ALiBi's distances), where what it scales was computed
-    by a product (a MatMul, Gemm, Einsum or Conv): a mask's fill (`(1 - mask) * -10000`) scales no product and
-    reaches it through an Add, not scaled."""
+    before; so is a head's 1/sqrt(k), echoes._a_heads_scale). Scaled queries reach the scores through their
+    product with the keys (a MatMul or an Einsum of two data operands: `q * (log(T) / log(512))`, helpers 115 and
+    120); with `biased`, a scale of scores reaches the softmax through a bias or a mask added after it (`logits /
+    sqrt(T - 1) + b`, ALiBi's distances), where what it scales was computed by a product (a MatMul, Gemm, Einsum
+    or Conv): a mask's fill (`(1 - mask) * -10000`) scales no product, and one of a mask made by a product
+    (`bmm(m, m.T)`, helper 120) is no temperature's magnitude (the caller's `biased`)."""
     def over_n(op: gs.Node) -> bool:  # the length, static past the baked Reshape or named apart from a batch
         dims = shape(op.inputs[0]) if op.inputs else None
         axis = int(op.attrs.get("axis", -1))
         if dims is None or not -len(dims) <= axis < len(dims):
             return False
         return dims[axis] == n or (named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
-    through = (SCORED if _scores(node) else SCALED) | ({"MatMul"} if products else set())
+    through = (SCORED if biased and _scores(node) else SCALED) | {"MatMul", "Einsum"}
     return _reaches(node, NORMALIZED, through, over_n)
 
 
@@ -187,7 +188,7 @@ def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
                 seen.add(id(op))
                 if op.op in ends and meets(op):
                     return True
-                if op.op in through and not _linear(op):
+                if op.op in through and not _linear(op) and not (op.op == "Einsum" and any(map(_weight, op.inputs))):
                     step.extend(op.outputs)
         frontier = step
     return False
