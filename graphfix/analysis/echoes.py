@@ -39,9 +39,9 @@ distances are added to the scores after it or it scales the queries before their
 (`1 / sqrt(d)`) or a head's 1/sqrt(k) or k ** -0.25 for a whole k no form of the size (nn.MultiheadAttention's
 `8 ** -0.5`, Gemma-2's `224 ** -0.5`), and a mask's fill (a magnitude from FILL on) is none; and where it scales
 the softmax's weights, which sum to one (`softmax(h, 1) * (T / 2)`), or is added to a log of a sum or a
-log-softmax (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`, helper 115; not a guard below EPSILON). Where the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above
-2 are read where they scale a sum, past a linear map too, or positions from a Range (`arange(T) / float(T)`,
-helper 117).
+log-softmax (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`, helper 115; not a guard below EPSILON). Where
+the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above 2 are read where
+they scale a sum, past a linear map too, or positions from a Range (`arange(T) / float(T)`, helper 117).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
 torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
 for what it is: 20 / T is 0.1 at 200, helper 70).
