@@ -13,8 +13,10 @@ axis) that red team 41 (helper 67) saw refused or mangled:
 
 Helper 119: transformers' SEW exported with `optimize=False` was probed at 51 samples, one frame, where PyTorch's
 AvgPool1d fails; onnxruntime's AveragePool returns nothing there, and the Reshape after it failed and was taken
-for a baked shape (a GF004 error, `repair` exit 1). A node reading a tensor a window emptied, below the export
-size, meets the model's minimum as a kernel does (graphfix.validate.minimum).
+for a baked shape (a GF004 error, `repair` exit 1). A node reading a tensor of no elements below the export size,
+where a kernel above it read an input shorter than its window, meets the model's minimum as a kernel does
+(graphfix.validate.minimum). Not where a baked crop emptied it (helper 121: the first form of this rule took the
+last frame cut with `int(T)`, which is empty below the export length, for a minimum, and called it healthy).
 """
 
 from __future__ import annotations
@@ -129,3 +131,29 @@ def test_a_node_after_a_window_that_emptied_its_input_meets_the_models_minimum(t
     path = export(Sew(), (torch.randn(2, 8000),), tmp_path / "sew.onnx", ["x"],
                   {"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=800)}}, optimize=False)
     assert_healthy(path)
+
+
+class LastFrame(torch.nn.Module):
+    """`x[:, T - 1:T]` with T = int(x.shape[1]): empty below the export length, and the wrong frame above it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = int(x.shape[1])
+        return self.lin(x[:, t - 1:t].squeeze(1))
+
+
+def test_a_node_after_a_baked_crop_that_emptied_its_input_is_no_minimum(tmp_path):
+    path = tmp_path / "last.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LastFrame().eval(), (torch.randn(2, 16, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "time"},
+                                                                               "y": {0: "batch"}})
+    assert [f for f in graphfix.diagnose(str(path)) if f.severity.value == "error"], "the crop's failure was dropped"
+    out = tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)], catch_exceptions=False)
+    assert done.exit_code == 1 and "FAILS      at batch=1 time=15" in done.output, done.output

@@ -2,9 +2,9 @@
 
 A Conv, Pool, reflecting Pad, STFT or TopK fails in onnxruntime and in PyTorch alike on an input shorter than its
 window (or its k): below the export size such a failure is outside the model. So is a failure of a node that reads
-a tensor of no elements where no input fed has none: a window before it took all of the input (onnxruntime's
-AveragePool returns an empty output where PyTorch's AvgPool1d fails, helper 119: transformers' SEW at one frame,
-then a Reshape failed and was taken for a baked shape). Only where that size's batch runs
+a tensor of no elements that such a window emptied (onnxruntime's AveragePool returns an empty output where
+PyTorch's AvgPool1d fails, helper 119: transformers' SEW at one frame, then a Reshape failed and was taken for a
+baked shape); not one a Slice emptied (a baked crop, helper 121). Only where that size's batch runs
 at the export's lengths, though: speechbrain's SepFormer squeezes its batch axis away at batch 1, and its Pad
 fails there at every length. `diagnose`'s probe and `repair`'s proof of an unchanged model both ask this.
 """
@@ -20,6 +20,7 @@ from graphfix.validate.inputs import ValidationOptions, synthesize_inputs
 from graphfix.validate.runner import ModelRunner, upstream_only
 from graphfix.validate.sizes import batch_dims
 
+CREATOR_HOPS = 32  # ops walked up from a failing node to the one that emptied what it reads
 KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Pad", "STFT",
               "Col2Im", "TopK"}  # ops whose failure below the export size is an input shorter than their window (or k)
 
@@ -43,22 +44,67 @@ def runs_with_its_batch(runner: ModelRunner, proto: onnx.ModelProto, binding: di
     return runner.run(feeds).ok
 
 
-def emptied(shapes: dict[str, list[int]], feeds: dict[str, np.ndarray]) -> bool:
-    """Whether a node's input `shapes` hold a tensor of no elements where no input fed has none."""
-    return any(0 in dims for dims in shapes.values()) and not any(0 in np.shape(v) for v in feeds.values())
-
-
 def emptied_at(runner: ModelRunner, node_name: str, feeds: dict[str, np.ndarray]) -> bool:
-    """`emptied` for the inputs of the node named `node_name` in the runner's model, run up to it."""
-    node = next((n for n in runner.proto.graph.node if n.name == node_name), None)
-    return node is not None and not any(0 in np.shape(v) for v in feeds.values()) and \
-        emptied(input_shapes(runner.proto, runner.base_dir, node, feeds), feeds)
+    """Whether the node named `node_name` in the runner's model reads a tensor of no elements, no input fed having
+    none, where a kernel above it (KERNEL_OPS, within CREATOR_HOPS) read an input shorter than its window or made
+    an output of no elements: the size is below that window's, where PyTorch fails (its AvgPool1d does, where
+    onnxruntime's AveragePool returns a frame, and transformers' SEW then cut its positions to none, helper 119).
+    Not an input a baked Slice emptied with no such kernel above (helper 121: `x[:, int(T) - 1:int(T)]` is empty
+    below the export length, and its reader's failure is the bug). Shapes come from one run of the nodes above
+    it."""
+    model = runner.proto
+    node = next((n for n in model.graph.node if n.name == node_name), None)
+    if node is None or any(0 in np.shape(v) for v in feeds.values()):
+        return False
+    producers = {name: n for n in model.graph.node for name in n.output if name}
+    constants = {t.name for t in model.graph.initializer}
+    wanted, frontier = set(), [name for name in node.input if name]
+    for _ in range(CREATOR_HOPS):
+        step = []
+        for name in frontier:
+            if name not in wanted and name in producers:
+                wanted.add(name)
+                step.extend(name for name in producers[name].input if name)
+        frontier = step
+    shapes = {**_shapes(runner, sorted(wanted), feeds), **{name: list(np.shape(v)) for name, v in feeds.items()}}
+    if not any(0 in shapes.get(name, ()) for name in node.input):
+        return False
+    kernels = {id(producers[name]): producers[name] for name in wanted if producers[name].op_type in KERNEL_OPS}
+    return any(kernel.input and kernel.input[0] not in constants and _short(kernel, shapes) for kernel in
+               kernels.values())
 
 
-def input_shapes(model: onnx.ModelProto, base_dir, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:
-    """Shapes of a (failing) node's inputs, from a run of only the nodes upstream of it."""
-    wanted = [name for name in node.input if name]
-    result = ModelRunner(upstream_only(model, wanted), base_dir).run(feeds)
+def _short(kernel: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
+    """Whether the kernel's input, which holds elements, is shorter than its window along a spatial axis (its
+    pads counted), or its output holds none: PyTorch's Conv and Pool fail there, where onnxruntime's AveragePool
+    returned a frame of 1 where its kernel of 2 wants 2 (helper 119)."""
+    before, after = shapes.get(kernel.input[0]), shapes.get(kernel.output[0]) if kernel.output else None
+    if before is None or 0 in before:
+        return False
+    if after is not None and 0 in after:
+        return True
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in kernel.attribute}
+    window = list(attrs.get("kernel_shape", ()))
+    if not window or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID") or \
+            len(before) != len(window) + 2:
+        return False
+    dilations = list(attrs.get("dilations", ())) or [1] * len(window)
+    pads = list(attrs.get("pads", ())) or [0] * (2 * len(window))
+    return any(length + pads[i] + pads[i + len(window)] < dilations[i] * (k - 1) + 1
+               for i, (length, k) in enumerate(zip(before[2:], window, strict=True)))
+
+
+def input_shapes(runner: ModelRunner, model: onnx.ModelProto, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:
+    """Shapes of a (failing) node's inputs in `model` (the runner's, or a cut of it), from a run of only the nodes
+    upstream of it, with the runner's weights and data files."""
+    return _shapes(runner, [name for name in node.input if name], feeds, model)
+
+
+def _shapes(runner: ModelRunner, names: list[str], feeds, model: onnx.ModelProto | None = None
+            ) -> dict[str, list[int]]:
+    """The shapes of the tensors `names`, from one run of the nodes upstream of them; {} where it fails."""
+    upstream = upstream_only(model if model is not None else runner.proto, names)
+    result = ModelRunner(upstream, runner.base_dir, weights=runner.weights, files=runner.files).run(feeds)
     if not result.ok:
         return {}
-    return {name: list(np.shape(result.outputs[name])) for name in wanted if name in result.outputs}
+    return {name: list(np.shape(result.outputs[name])) for name in names if name in result.outputs}

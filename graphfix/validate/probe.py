@@ -32,7 +32,7 @@ from graphfix.validate.inputs import (
     probe_sizes,
     synthesize_inputs,
 )
-from graphfix.validate.minimum import KERNEL_OPS, emptied, input_shapes, runs_with_its_batch
+from graphfix.validate.minimum import KERNEL_OPS, emptied_at, input_shapes, runs_with_its_batch
 from graphfix.validate.runner import (
     ModelRunner,
     ModelSource,
@@ -162,7 +162,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
                 minimum = bool(roots) and all(roots)
             else:
                 # an input shorter than a kernel, PyTorch's failure too, or that a window emptied before it
-                minimum = smaller and (failure.op_type in KERNEL_OPS or emptied(failure.shapes, feeds))
+                minimum = smaller and (failure.op_type in KERNEL_OPS or emptied_at(whole, failure.node, feeds))
                 if minimum and limit is None:
                     limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
                 # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
@@ -241,7 +241,7 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
         if node is None:
             found.append(RuntimeFailure("", "", result.error or "", binding, rule="GF000"))
             return found, None
-        shapes = input_shapes(current, base_dir, node, feeds)
+        shapes = input_shapes(runner, current, node, feeds)
         knock_on = bool(fed.intersection(node.input))
         found.append(
             RuntimeFailure(
