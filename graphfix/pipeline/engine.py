@@ -126,9 +126,10 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     else:
         return finding
     named = set(finding.nodes)
+    shape = _shape_filled(ctx, ctx.unmerged_shapes)  # inferred before the bound: the inference has its own (helper 121)
     try:
         with Watchdog(ECHO_SECONDS):
-            heard = echoes(ctx.graph, values, ctx.constant_value, _shape_filled(ctx),
+            heard = echoes(ctx.graph, values, ctx.constant_value, shape,
                            fixed=lambda node: node is own or (bool(node.name) and node.name in named),
                            fold=ctx.evaluator, products=products, unknown=own is None)
     except OutOfTime:  # caught outside the Watchdog's block: it can surface while leaving it
@@ -145,16 +146,16 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     return dataclasses.replace(finding, fix=dataclasses.replace(fix, safety=Safety.UNSAFE, reason=reason))
 
 
-def _shape_filled(ctx: RuleContext):
-    """`ctx.shape`, its unknown dims filled from symbolic inference (computed once, where one is met): onnx's
-    shape inference loses a Reshape's output where a baked entry sits beside a size (`[B, 13, 16]` from a Concat),
-    and the echo check reads the axis a softmax normalizes (helper 115: log-length attention's scale of scores,
-    then ALiBi's distances, was written with exit 0)."""
+def _shape_filled(ctx: RuleContext, inferred_shapes: dict[str, list]):
+    """`ctx.shape`, its unknown dims filled from symbolic inference (`inferred_shapes`): onnx's shape inference
+    loses a Reshape's output where a baked entry sits beside a size (`[B, 13, 16]` from a Concat), and the echo
+    check reads the axis a softmax normalizes (helper 115: log-length attention's scale of scores, then ALiBi's
+    distances, was written with exit 0)."""
     def shape(tensor: gs.Tensor) -> list | None:
         dims = ctx.shape(tensor)
         if dims is None or all(isinstance(d, int) or named(d) for d in dims):
             return dims
-        inferred = ctx.unmerged_shapes.get(tensor.name)
+        inferred = inferred_shapes.get(tensor.name)
         if inferred is None or len(inferred) != len(dims):
             return dims
         return [d if isinstance(d, int) or named(d) else i for d, i in zip(dims, inferred, strict=True)]
