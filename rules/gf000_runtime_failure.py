@@ -14,7 +14,10 @@ class RuntimeFailure(Rule):
     with onnxruntime at the export size and at other sizes, and every node that fails is reported with its input
     shapes. Failures with a known cause are reported under that cause's rule (GF001-GF004, GF006, GF007); this
     code carries the others. A Conv, Pool or Pad that fails only below the export size is the model's minimum
-    size (PyTorch fails there too), not a finding; any other node that fails there is. So is an output whose
+    size (PyTorch fails there too), not a finding; so is a node that reads a tensor of no elements there, where
+    a Conv or Pool above it read an input shorter than its window (onnxruntime's AveragePool returns a frame
+    where PyTorch's fails: transformers' SEW exported by dynamo); any other node that fails there is (the reader
+    of a crop that a size baked with `int(T)` emptied). So is an output whose
     shape a clean run contradicts with the model's own declaration (a dim named like an input's, a fixed dim, the
     rank), which `graphfix repair` refuses unchanged: a size baked while tracing, or an output dim given the name
     of a size it is not (the export size given with `--trace-shape` tells the two apart: a declaration the model
