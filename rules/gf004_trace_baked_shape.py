@@ -45,7 +45,10 @@ class TraceBakedShape(Rule):
     length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
     ViT's `nn.MultiheadAttention` pooling head, an unsafe fix, or input sizes met only as their product,
     `reshape(B, C, int(H) * int(W))`), an Expand or an elementwise op meeting a dynamic
-    dim with a constant one, Split sizes. (Constant *tensors* cut at an export size are GF006's.)
+    dim with a constant one, Split sizes. Where nothing tells the sizes and a constant target's element count is
+    fixed, the one entry its readers do not hold at one size (a Linear holds the last) takes what the input's
+    count leaves: `reshape(int(B) * int(T), D)` becomes `[-1, D]`, whatever B and T were at export. (Constant
+    *tensors* cut at an export size are GF006's.)
 
     ## Why it breaks deployment
     While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
@@ -233,7 +236,7 @@ class TraceBakedShape(Rule):
         data, target_t = node.inputs[0], node.inputs[1]
         if (shape := ctx.shape(data)) is None or (target := constant_target(ev, node)) is None:
             return  # only constant targets can be baked
-        found = reshape_entries(sizes, data, shape, target, int(node.attrs.get("allowzero", 0)))
+        found = reshape_entries(sizes, data, shape, target, int(node.attrs.get("allowzero", 0)), node.outputs[0])
         if found is None:
             return  # only the graph inputs' dynamic dims have export-time sizes to compare with
         if found.unmatched:

@@ -19,6 +19,7 @@ from graphfix.analysis.export_sizes import ExportSizes, carriers_of, match_fixed
 from graphfix.analysis.frozen_identities import frozen_identities, sized_pools, upstream_nodes
 from graphfix.analysis.sizes import baked_reshapes, caps, determined_entries, frozen_by_other_entries, sizes_of
 from graphfix.analysis.sizes.arith import same
+from graphfix.analysis.sizes.ops import is_table
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -52,9 +53,10 @@ def constant_target(ev, node: gs.Node) -> list[int] | None:
 
 
 def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: list[int],
-                    allowzero: int) -> Entries | None:
+                    allowzero: int, output: gs.Tensor | None = None) -> Entries | None:
     """The entries of `Reshape(data[shape], target)` that are export sizes of `data`'s dynamic dims; None where
-    `data` has no dim of a graph input (only those have export-time sizes to compare with)."""
+    `data` has no dim of a graph input (only those have export-time sizes to compare with). `output`: the
+    Reshape's, whose readers may hold axes at one size (`held_axes`)."""
     syms = {i: d for i, d in enumerate(shape) if isinstance(d, str) and d in sizes.carriers}
     if not syms:
         return None
@@ -86,6 +88,8 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
     if rest and -1 not in target and 0 not in target:
         # element count is fixed while the input's varies: find which entries stand for which dims
         rest = match_fixed_count(sizes, data, target, entries, syms, rest, notes, unsafe)
+        if rest and output is not None and not any(s in sizes.values for _, s in rest):
+            rest = _one_entry_left(target, entries, held_axes(output, len(target)), rest, notes)
         if rest:
             return Entries(entries, notes, unsafe, unmatched=[s for _, s in rest])
     if guessed:
@@ -95,6 +99,35 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
     # an error needs a solved constraint: an entry that only equals an export size may be meant
     return Entries(entries, notes, unsafe, doubt=bool(guessed or given),
                    otherwise="each replaced entry is the export size of the input's dynamic dim there")
+
+
+def held_axes(output: gs.Tensor, rank: int) -> set[int]:
+    """The axes of a tensor that its readers hold at one size at every size: the contracted axis of a MatMul or
+    Gemm with constant weights, the normalized last axis of a LayerNormalization."""
+    held = set()
+    for reader in output.outputs:
+        if reader.op == "MatMul" and reader.inputs[0] is output and is_table(reader.inputs[1]):
+            held.add(rank - 1)
+        elif reader.op == "Gemm" and reader.inputs[0] is output and is_table(reader.inputs[1]):
+            held.add(0 if reader.attrs.get("transA", 0) else rank - 1)
+        elif reader.op == "LayerNormalization" and int(reader.attrs.get("axis", -1)) in (-1, rank - 1):
+            held.add(rank - 1)
+    return held
+
+
+def _one_entry_left(target: list[int], entries: list, held: set[int], rest: list[tuple[int, str]],
+                    notes: list[str]) -> list[tuple[int, str]]:
+    """A fixed element count over dims whose export sizes nothing tells (`reshape(int(B) * int(T), D)`, whose 24
+    is 2 * 12 or 3 * 8): where the readers hold every other constant entry at one size (a Linear's D), the one
+    left takes what the input's count leaves, -1, whatever the export sizes were. Returns the dims left
+    unexplained (all of `rest`, or none)."""
+    free = [j for j, e in enumerate(entries) if isinstance(e, int) and e > 0 and j not in held]
+    if len(free) != 1 or len(target) - 1 not in held:
+        return rest
+    entries[free[0]] = -1
+    notes.append(f"entry {free[0]} = {target[free[0]]} is what {' * '.join(s for _, s in rest)} give at export "
+                 "(the other entries are held at one size by the readers)")
+    return []
 
 
 def expand_entries(sizes: ExportSizes, shape: list, target: list[int]) -> Entries:

@@ -1,0 +1,55 @@
+"""GF004 where nothing tells the export sizes: `reshape(int(B) * int(T), D)` before a Linear (batch and time
+flattened with Python ints). The constant 24 is 2 * 12 or 3 * 8 or 4 * 6; which one does not matter, for the
+Linear holds the last entry at D at every size, so the other one takes what the input's count leaves, -1. It
+was refused ("give --trace-shape"). Where two entries are left (`reshape(int(B), int(T), D)` of a flattened
+tensor), which one is the batch is not said: still refused."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import run
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class Flattened(torch.nn.Module):
+    def __init__(self, unflatten: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.unflatten = torch.nn.Linear(8, 8), unflatten
+
+    def forward(self, x):
+        b, t = int(x.shape[0]), int(x.shape[1])
+        h = self.lin(x.reshape(b * t, 8)).relu()
+        return h.reshape(b, t, 8).sum(1) if self.unflatten else h.sum(0)
+
+
+def _repaired(tmp_path, module):
+    path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "T"}})
+    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
+
+
+def test_the_one_entry_a_linear_does_not_hold_takes_the_flattened_count(tmp_path):
+    module = Flattened()
+    done, out = _repaired(tmp_path, module)
+    assert done.exit_code == 0 and "shape at run time: [-1, 8]" in done.output, done.output
+    for shape in [(1, 5, 8), (3, 20, 8), (2, 12, 8)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(run(str(out), {"x": x.numpy()})[0], module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_two_entries_left_are_not_guessed(tmp_path):
+    done, out = _repaired(tmp_path, Flattened(unflatten=True))
+    assert done.exit_code == 1 and not out.exists(), done.output
