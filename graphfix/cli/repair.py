@@ -95,7 +95,8 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
                 click.echo(f"{printable(model.path)}: {click.style('cannot repair', fg='red')}: {printable(exc)}",
                            err=True)
             continue
-        if result.status == "failed" or _has_errors(result) or not (result.validation or {}).get("passed", True):
+        if result.status == "failed" or result.error or _has_errors(result) \
+                or not (result.validation or {}).get("passed", True):
             exit_code = max(exit_code, 1)
         results.append(result.to_json())
         if fmt == "text":

@@ -1,0 +1,85 @@
+"""GF012: a mean whose length was baked while tracing, `h.sum(1) / int(h.shape[1])` (helper 119: transformers'
+Wav2Vec2 then that mean had no finding, and `repair` wrote it unchanged with exit 0, 50 % off at other lengths).
+A warning, not fixed, and `repair` writes nothing while it is left; a mean, a sum divided by the traced size kept
+a tensor, a sum over features divided by a whole number and a learnt gain are not reported."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+import graphfix
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class Pooled(torch.nn.Module):
+    """A GRU over the frames, then `pool(h)`."""
+
+    def __init__(self, pool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru, self.pool = torch.nn.GRU(4, 8, batch_first=True), pool
+
+    def forward(self, x):
+        return self.pool(self.gru(x)[0])
+
+
+class Wav2Vec2Mean(torch.nn.Module):
+    """transformers' Wav2Vec2 (random weights, a small config), then the mean spelled with a Python int."""
+
+    def __init__(self):
+        super().__init__()
+        from fixtures.library_models import import_transformers
+
+        transformers = import_transformers()
+        torch.manual_seed(0)
+        self.model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16, 16),
+            conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4))
+
+    def forward(self, x):
+        h = self.model(input_values=x).last_hidden_state
+        return h.sum(1) / int(h.shape[1])
+
+
+def _export(module, example, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch"}})
+    return path
+
+
+def _gf012(path):
+    return [f for f in graphfix.diagnose(str(path)) if f.rule == "GF012" and f.severity.value == "warning"]
+
+
+@pytest.mark.parametrize(("module", "example"), [
+    (lambda: Pooled(lambda h: h.sum(1) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.sum(1) * (1.0 / float(h.shape[1]))), (2, 13, 4)),
+    (Wav2Vec2Mean, (2, 8000)),
+], ids=["gru-int", "gru-times-inverse", "wav2vec2"])
+def test_a_sum_over_frames_divided_by_the_traced_length_is_a_warning(tmp_path, module, example):
+    path = _export(module(), torch.randn(*example), tmp_path / "m.onnx")
+    found = _gf012(path)
+    assert len(found) == 1 and found[0].severity.value == "warning", found
+    assert "whose length the graph leaves dynamic" in found[0].message, found
+    out = tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert done.exit_code == 1 and not out.exists() and "GF012" in done.output, done.output  # likely wrong
+
+
+@pytest.mark.parametrize("pool", [
+    lambda h: h.mean(1),
+    lambda h: h.sum(1) / h.shape[1],
+    lambda h: h.sum(2) / 4,
+    lambda h: h.sum(1) * 0.37,
+], ids=["mean", "traced-size", "over-features", "learnt-gain"])
+def test_a_mean_kept_dynamic_or_a_models_own_number_is_no_warning(tmp_path, pool):
+    assert _gf012(_export(Pooled(pool), torch.randn(2, 13, 4), tmp_path / "m.onnx")) == []
