@@ -333,7 +333,7 @@ class Judge:
         where = failing_node(run.original_error) if run.original_error is not None else None
         below = is_smaller(run.sizes, self.export, set(self.batch))
         same = where is not None and where == failing_node(run.candidate_error or "") and (
-            where[0] in KERNEL_OPS or (below and emptied_at(self.before, where[1], feeds)))
+            where[0] in KERNEL_OPS or (below and emptied_at(self.before, where[1], feeds, self.feeds(self.export))))
         if self.after is not self.before and ((same and below) or (reference_only and run.original_error)):
             run.skipped = True
             run.note = "both models fail at the same node below the export size (the model's minimum size)"
@@ -348,7 +348,7 @@ class Judge:
         than the kernel (graphfix.validate.minimum)."""
         where = failing_node(run.candidate_error or "")
         return bool(where and is_smaller(run.sizes, self.export, batch_dims(self.before.proto))
-                    and (where[0] in KERNEL_OPS or emptied_at(self.before, where[1], feeds))
+                    and (where[0] in KERNEL_OPS or emptied_at(self.before, where[1], feeds, self.feeds(self.export)))
                     and runs_with_its_batch(self.before, self.before.proto, run.sizes, self.export, self.options,
                                             None))
 

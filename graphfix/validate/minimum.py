@@ -21,6 +21,8 @@ from graphfix.validate.runner import ModelRunner, upstream_only
 from graphfix.validate.sizes import batch_dims
 
 CREATOR_HOPS = 32  # ops walked up from a failing node to the one that emptied what it reads
+WINDOWS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})  # no ConvTranspose:
+# it reads fewer positions than its kernel by design
 KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Pad", "STFT",
               "Col2Im", "TopK"}  # ops whose failure below the export size is an input shorter than their window (or k)
 
@@ -44,17 +46,19 @@ def runs_with_its_batch(runner: ModelRunner, proto: onnx.ModelProto, binding: di
     return runner.run(feeds).ok
 
 
-def emptied_at(runner: ModelRunner, node_name: str, feeds: dict[str, np.ndarray]) -> bool:
+def emptied_at(runner: ModelRunner, node_name: str, feeds: dict[str, np.ndarray],
+               export_feeds: dict[str, np.ndarray] | None) -> bool:
     """Whether the node named `node_name` in the runner's model reads a tensor of no elements, no input fed having
-    none, where a kernel above it (KERNEL_OPS, within CREATOR_HOPS) read an input shorter than its window or made
-    an output of no elements: the size is below that window's, where PyTorch fails (its AvgPool1d does, where
-    onnxruntime's AveragePool returns a frame, and transformers' SEW then cut its positions to none, helper 119).
-    Not an input a baked Slice emptied with no such kernel above (helper 121: `x[:, int(T) - 1:int(T)]` is empty
-    below the export length, and its reader's failure is the bug). Shapes come from one run of the nodes above
-    it."""
+    none, where a Conv or Pool above it (WINDOWS, within CREATOR_HOPS) reads an input shorter than its window at
+    these `feeds` and not at the export size's (`export_feeds`): the size is below that window's, where PyTorch
+    fails (its AvgPool1d does, where onnxruntime's AveragePool returns a frame, and transformers' SEW then cut its
+    positions to none, helper 119). Not an input a baked Slice emptied (helper 121: `x[:, int(T) - 1:int(T)]` is
+    empty below the export length, and its reader's failure is the bug), even beside a window short at every size
+    (a `ceil_mode` MaxPool of 3 over 2 mel rows, a ConvTranspose: helper 122). Shapes come from runs of the nodes
+    above it."""
     model = runner.proto
     node = next((n for n in model.graph.node if n.name == node_name), None)
-    if node is None or any(0 in np.shape(v) for v in feeds.values()):
+    if node is None or export_feeds is None or any(0 in np.shape(v) for v in feeds.values()):
         return False
     producers = {name: n for n in model.graph.node for name in n.output if name}
     constants = {t.name for t in model.graph.initializer}
@@ -69,15 +73,20 @@ def emptied_at(runner: ModelRunner, node_name: str, feeds: dict[str, np.ndarray]
     shapes = {**_shapes(runner, sorted(wanted), feeds), **{name: list(np.shape(v)) for name, v in feeds.items()}}
     if not any(0 in shapes.get(name, ()) for name in node.input):
         return False
-    kernels = {id(producers[name]): producers[name] for name in wanted if producers[name].op_type in KERNEL_OPS}
-    return any(kernel.input and kernel.input[0] not in constants and _short(kernel, shapes) for kernel in
-               kernels.values())
+    short = {id(kernel): kernel for kernel in (producers[name] for name in wanted) if kernel.op_type in WINDOWS
+             and kernel.input and kernel.input[0] not in constants and _short(kernel, shapes)}
+    if not short:
+        return False
+    names = sorted({name for kernel in short.values() for name in (kernel.input[0], kernel.output[0]) if name})
+    exported = {**_shapes(runner, names, export_feeds), **{name: list(np.shape(v)) for name, v in export_feeds.items()}}
+    return any(kernel.input[0] in exported and not _short(kernel, exported) for kernel in short.values())
 
 
 def _short(kernel: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
-    """Whether the kernel's input, which holds elements, is shorter than its window along a spatial axis (its
-    pads counted), or its output holds none: PyTorch's Conv and Pool fail there, where onnxruntime's AveragePool
-    returned a frame of 1 where its kernel of 2 wants 2 (helper 119)."""
+    """Whether the window's input, which holds elements, leaves it no output along a spatial axis as PyTorch counts
+    it (its pads and dilations counted; with `ceil_mode`, a partial window counts), or its output holds none:
+    PyTorch's Conv and Pool fail there, where onnxruntime's AveragePool returned a frame of 1 where its kernel of 2
+    wants 2 (helper 119)."""
     before, after = shapes.get(kernel.input[0]), shapes.get(kernel.output[0]) if kernel.output else None
     if before is None or 0 in before:
         return False
@@ -90,8 +99,13 @@ def _short(kernel: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
         return False
     dilations = list(attrs.get("dilations", ())) or [1] * len(window)
     pads = list(attrs.get("pads", ())) or [0] * (2 * len(window))
-    return any(length + pads[i] + pads[i + len(window)] < dilations[i] * (k - 1) + 1
-               for i, (length, k) in enumerate(zip(before[2:], window, strict=True)))
+    strides = list(attrs.get("strides", ())) or [1] * len(window)
+    ceil = bool(attrs.get("ceil_mode", 0))
+    for i, (length, k) in enumerate(zip(before[2:], window, strict=True)):
+        span = length + pads[i] + pads[i + len(window)] - dilations[i] * (k - 1) - 1  # the output's (count - 1) * s
+        if span < 0 and (not ceil or span <= -strides[i]):
+            return True
+    return False
 
 
 def input_shapes(runner: ModelRunner, model: onnx.ModelProto, node: onnx.NodeProto, feeds) -> dict[str, list[int]]:

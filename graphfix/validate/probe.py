@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from graphfix.analysis.shapes import skeleton
+from graphfix.core.errors import GraphfixError
 from graphfix.core.rule import FailureSite, Finding, Severity
 from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
@@ -162,7 +163,8 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
                 minimum = bool(roots) and all(roots)
             else:
                 # an input shorter than a kernel, PyTorch's failure too, or that a window emptied before it
-                minimum = smaller and (failure.op_type in KERNEL_OPS or emptied_at(whole, failure.node, feeds))
+                minimum = smaller and (failure.op_type in KERNEL_OPS or emptied_at(
+                    whole, failure.node, feeds, _feeds_or_none(proto, sizes[0], options)))
                 if minimum and limit is None:
                     limit = runs_with_its_batch(whole, proto, binding, sizes[0], options, footprint)
                 # one that fails at the export's lengths too (SepFormer's Squeeze at batch 1) meets no minimum length
@@ -264,6 +266,14 @@ def _failures_at(whole: ModelRunner, feeds, binding, types, options) -> tuple[li
         fed = _downstream(current, fed | set(fabricated))
         runner = ModelRunner(current, base_dir)
     return found, None
+
+
+def _feeds_or_none(proto: onnx.ModelProto, binding: dict[str, int], options) -> dict[str, np.ndarray] | None:
+    """The inputs at `binding`, or None where none can be made (the export size's, for `emptied_at`)."""
+    try:
+        return synthesize_inputs(proto, binding, options)
+    except GraphfixError:
+        return None
 
 
 def _downstream(model: onnx.ModelProto, sources: set[str]) -> set[str]:
