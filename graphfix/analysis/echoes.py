@@ -194,9 +194,10 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                     found.append(f"{node.op} '{node.name}' shifts a log of a sum over an axis of the size {n} by "
                                  f"{item:.6g}, which scales the sum as a function of the size would at {n}")
                     break
+                head = _a_heads_scale(node, item, tolerance)
                 if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                        and not _a_heads_scale(node, item, n, tolerance) \
-                        and normalized(node, n, shape, biased=abs(item) < FILL):
+                        and not (head and not any(math.isclose(item, of(n), rel_tol=tolerance) for _, of in SUMMED)) \
+                        and normalized(node, n, shape, biased=abs(item) < FILL, products=not head):
                     found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
                                  f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
@@ -216,16 +217,16 @@ def _some_size(item: float, tolerance: float) -> bool:
     return False
 
 
-def _a_heads_scale(node: gs.Node, item: float, n: int, tolerance: float) -> bool:
-    """Whether the node scales by 1/sqrt(k) or k ** -0.25 for a whole k that is no form of the size `n` (SUMMED):
-    the scale a head of k features gives its scores or its queries (Gemma-2's `query_pre_attn_scalar ** -0.5`,
-    `q / sqrt(24)`, nn.MultiheadAttention's `q * 8 ** -0.5`, SDPA's `64 ** -0.25` on q and k under the TorchScript
-    exporter, helper 120), whose width the graph may not show; a temperature of the length, `/ sqrt(T - 1)`, is a
-    form of it."""
+def _a_heads_scale(node: gs.Node, item: float, tolerance: float) -> bool:
+    """Whether the node scales by 1/sqrt(k) or k ** -0.25 for a whole k: the scale a head of k features gives its
+    scores or its queries (Gemma-2's `query_pre_attn_scalar ** -0.5`, `q / sqrt(24)`, nn.MultiheadAttention's
+    `q * 8 ** -0.5`, SDPA's `64 ** -0.25` on q and k under the TorchScript exporter, helper 120), whose width the
+    graph may not show. On the queries such a scale is the head's whatever the size (MultiheadAttention's 0.25 is
+    1/(T - 1) at 5, SDPA's 64 ** -0.25 the length's at 64); on the scores only where it is no form of the size (a
+    temperature of the length, `/ sqrt(T - 1)`, is one)."""
     scale = 1 / item if node.op == "Div" and item else item
     return scale > 0 and any(math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9)) and round(base) >= 1
-                             for base in (scale ** -2, scale ** -4)) \
-        and not any(math.isclose(item, of(n), rel_tol=tolerance) for _, of in SUMMED)
+                             for base in (scale ** -2, scale ** -4))
 
 
 def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,

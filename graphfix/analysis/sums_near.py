@@ -133,7 +133,7 @@ def _weighted(node: gs.Node) -> bool:
     return False
 
 
-def normalized(node: gs.Node, n: int, shape, biased: bool = True) -> bool:
+def normalized(node: gs.Node, n: int, shape, biased: bool = True, products: bool = True) -> bool:
     """Whether the node's output reaches, scaled only (reshaped, transposed, multiplied or divided), what a softmax
     over an axis of size `n` normalizes, or over one the graph names and not as a batch (attention pooling of the
     raw input over `T`, helper 117; not a contrastive softmax over the batch, `softmax(z @ z.T / 0.07)`, helper
@@ -141,17 +141,18 @@ def normalized(node: gs.Node, n: int, shape, biased: bool = True) -> bool:
     red team 113). A model's own scale of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read
     before; so is a head's 1/sqrt(k), echoes._a_heads_scale). Scaled queries reach the scores through their
     product with the keys (a MatMul or an Einsum of two data operands: `q * (log(T) / log(512))`, helpers 115 and
-    120); with `biased`, a scale of scores reaches the softmax through a bias or a mask added after it (`logits /
-    sqrt(T - 1) + b`, ALiBi's distances), where what it scales was computed by a product (a MatMul, Gemm, Einsum
-    or Conv): a mask's fill (`(1 - mask) * -10000`) scales no product, and one of a mask made by a product
-    (`bmm(m, m.T)`, helper 120) is no temperature's magnitude (the caller's `biased`)."""
+    120), unless `products` is False (a head's own scale of its queries); with `biased`, a scale of scores reaches
+    the softmax through a bias or a mask added after it (`logits / sqrt(T - 1) + b`, ALiBi's distances), where
+    what it scales was computed by a product (a MatMul, Gemm, Einsum or Conv): a mask's fill (`(1 - mask) *
+    -10000`) scales no product, and one of a mask made by a product (`bmm(m, m.T)`, helper 120) is no
+    temperature's magnitude (the caller's `biased`)."""
     def over_n(op: gs.Node) -> bool:  # the length, static past the baked Reshape or named apart from a batch
         dims = shape(op.inputs[0]) if op.inputs else None
         axis = int(op.attrs.get("axis", -1))
         if dims is None or not -len(dims) <= axis < len(dims):
             return False
         return dims[axis] == n or (named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
-    through = (SCORED if biased and _scores(node) else SCALED) | {"MatMul", "Einsum"}
+    through = (SCORED if biased and _scores(node) else SCALED) | ({"MatMul", "Einsum"} if products else set())
     return _reaches(node, NORMALIZED, through, over_n)
 
 
