@@ -56,7 +56,7 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
                     allowzero: int, output: gs.Tensor | None = None) -> Entries | None:
     """The entries of `Reshape(data[shape], target)` that are export sizes of `data`'s dynamic dims; None where
     `data` has no dim of a graph input (only those have export-time sizes to compare with). `output`: the
-    Reshape's, whose readers may hold axes at one size (`held_axes`)."""
+    Reshape's, whose readers may hold axes at one size (`fixed_by_readers`)."""
     syms = {i: d for i, d in enumerate(shape) if isinstance(d, str) and d in sizes.carriers}
     if not syms:
         return None
@@ -89,7 +89,7 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
         # element count is fixed while the input's varies: find which entries stand for which dims
         rest = match_fixed_count(sizes, data, target, entries, syms, rest, notes, unsafe)
         if rest and output is not None and not any(s in sizes.values for _, s in rest):
-            rest = _one_entry_left(target, entries, held_axes(output, len(target)), rest, notes)
+            rest = _one_entry_left(target, entries, fixed_by_readers(output, len(target)), rest, notes)
         if rest:
             return Entries(entries, notes, unsafe, unmatched=[s for _, s in rest])
     if guessed:
@@ -101,7 +101,7 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
                    otherwise="each replaced entry is the export size of the input's dynamic dim there")
 
 
-def held_axes(output: gs.Tensor, rank: int) -> set[int]:
+def fixed_by_readers(output: gs.Tensor, rank: int) -> set[int]:
     """The axes of a tensor that its readers hold at one size at every size: the contracted axis of a MatMul or
     Gemm with constant weights, the normalized last axis of a LayerNormalization."""
     held = set()

@@ -117,7 +117,13 @@ def _weighted(node: gs.Node) -> bool:
     """Whether the MatMul's first operand comes from a softmax (through scaling, a mask or a pick of heads):
     attention's `attn @ v` averages the values, its weights summing to one, so no number of the length scales it
     (`(attn @ v) * 0.1`, a ReZero gate, helper 115)."""
-    frontier, seen = node.inputs[:1], set()
+    return _from(node.inputs[:1], NORMALIZED, lambda op: op.inputs[:1] if op.op != "Where" else op.inputs[1:])
+
+
+def _from(tensors: list[gs.Tensor], ends: frozenset[str], ahead: Callable[[gs.Node], list]) -> bool:
+    """Whether the tensors are computed by an op of `ends`, within HOPS ops of SCORED up, each passed to the
+    tensors `ahead` of it."""
+    frontier, seen = tensors, set()
     for _ in range(HOPS):
         step = []
         for tensor in frontier:
@@ -125,10 +131,10 @@ def _weighted(node: gs.Node) -> bool:
                 if id(op) in seen:
                     continue
                 seen.add(id(op))
-                if op.op in NORMALIZED:
+                if op.op in ends:
                     return True
                 if op.op in SCORED:
-                    step.extend(op.inputs[:1] if op.op != "Where" else op.inputs[1:])
+                    step.extend(ahead(op))
         frontier = step
     return False
 
@@ -159,20 +165,8 @@ def normalized(node: gs.Node, n: int, shape, biased: bool = True, products: bool
 def _scores(node: gs.Node) -> bool:
     """Whether the node's data operand was computed by a product (PRODUCTS) within HOPS ops of what scores pass
     (a Linear's bias, a mask, a scale): scores or logits, not a mask."""
-    frontier, seen = [t for t in node.inputs if not is_table(t)], set()
-    for _ in range(HOPS):
-        step = []
-        for tensor in frontier:
-            for op in tensor.inputs[:1]:
-                if id(op) in seen:
-                    continue
-                seen.add(id(op))
-                if op.op in PRODUCTS:
-                    return True
-                if op.op in SCORED:
-                    step.extend(t for t in op.inputs if not is_table(t))
-        frontier = step
-    return False
+    return _from([t for t in node.inputs if not is_table(t)], PRODUCTS,
+                 lambda op: [t for t in op.inputs if not is_table(t)])
 
 
 def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],

@@ -43,6 +43,7 @@ from graphfix.io.targets import check_destination
 from graphfix.io.weights import Weights, detach_inline, has_stubs, materialize, stub_names
 from graphfix.pipeline.choose import choose
 from graphfix.pipeline.engine import AppliedFix, Diagnosis, FixOutcome, diagnose_model, fix_model
+from graphfix.pipeline.followed_outputs import declare_followed_outputs
 from graphfix.pipeline.simplify import OnnxsimChild, simplify
 from graphfix.validate.given import check_given
 from graphfix.validate.hints import unchanged_failure_note
@@ -312,56 +313,6 @@ def unaddressed_errors(after: Diagnosis) -> str:
     kind = "error finding(s)" if all(f.severity is Severity.ERROR for f in errors) else "finding(s)"
     return (f"not written: {len(errors)} {kind} that no applied fix addresses ({named}{more}){why}; "
             "`graphfix diagnose` says why each has no safe fix (--unsafe-fixes, --trace-shape may give one)")
-
-
-def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
-    """The model whose output dims that may be export-time sizes (an int above 1: the TorchScript exporter declares
-    every axis left out of `dynamic_axes` with its traced size, `T // 3` as much as a class count) or undeclared (a
-    fix cleared them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that
-    symbol evaluates to the same size at the export size; and a note per dim changed. The declaration then promises
-    what the repaired graph does: an int the exporter wrote is no evidence for or against a repair."""
-    from graphfix.analysis.shapes import symbolic_shapes
-
-    outputs = [o for o in model.graph.output if any(_followable(d) for d in o.type.tensor_type.shape.dim)]
-    if not export or not outputs:
-        return model, []
-    inferred = symbolic_shapes(model)
-    changes: dict[str, list[tuple[int, str]]] = {}
-    for out in outputs:
-        dims = inferred.get(out.name) or []
-        declared = out.type.tensor_type.shape.dim
-        if len(dims) != len(declared):
-            continue
-        for axis, (dim, symbol) in enumerate(zip(declared, dims, strict=True)):
-            if _followable(dim) and _follows(symbol, dim, export):
-                changes.setdefault(out.name, []).append((axis, symbol))
-    if not changes:
-        return model, []
-    renamed = onnx.ModelProto()
-    renamed.CopyFrom(model)
-    notes = []
-    for out in renamed.graph.output:
-        for axis, symbol in changes.get(out.name, []):
-            dim = out.type.tensor_type.shape.dim[axis]
-            before = f"{dim.dim_value} (an export-time size)" if dim.HasField("dim_value") else "nothing"
-            dim.dim_param = symbol  # clears dim_value (a oneof)
-            notes.append(f"output '{out.name}' dim {axis} declared {before}; now {symbol}, as the repair computes")
-    return renamed, notes
-
-
-def _followable(dim) -> bool:
-    """An output dim that may be declared again: an int that may be an export-time size, or none."""
-    return dim.dim_value > 1 if dim.HasField("dim_value") else not dim.dim_param
-
-
-def _follows(symbol, dim, export: dict[str, int]) -> bool:
-    """A symbol of the input dims that is the declared size at the export size (any size where none is declared)."""
-    from graphfix.validate.compare import evaluate_dim
-
-    if not isinstance(symbol, str) or not symbol:
-        return False
-    value = evaluate_dim(symbol, export)
-    return value is not None and (not dim.HasField("dim_value") or value == dim.dim_value)
 
 
 def _export_of(validation) -> dict[str, int]:
