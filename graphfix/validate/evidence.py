@@ -326,10 +326,10 @@ class Judge:
             drop_contradicted(declared, outputs, binding, self.options.trace_sizes)
 
     def _outside_range(self, run: SizeRun, reference_only: bool, feeds: dict[str, np.ndarray]) -> None:
-        """Both fail at the same kernel (Conv, Pool, a reflecting Pad), or at a node a window emptied before it,
-        below the export size: the model's minimum size, not a failed repair. Not any other op: a Gather whose
-        index a trace baked (`x[:, T - 1]`) fails below the export size in both, and PyTorch runs there (helper
-        57)."""
+        """Both fail at the same kernel (Conv, Pool, a reflecting Pad), or at a node that reads nothing where a
+        window above it is short (`minimum.emptied_at`), below the export size: the model's minimum size, not a
+        failed repair. Not any other op: a Gather whose index a trace baked (`x[:, T - 1]`) fails below the export
+        size in both, and PyTorch runs there (helper 57)."""
         where = failing_node(run.original_error) if run.original_error is not None else None
         below = is_smaller(run.sizes, self.export, set(self.batch))
         same = where is not None and where == failing_node(run.candidate_error or "") and (
@@ -343,9 +343,9 @@ class Judge:
                 "minimum size, as diagnose takes it)"
 
     def _below_a_kernel(self, run: SizeRun, feeds: dict[str, np.ndarray]) -> bool:
-        """An unchanged model's kernel (Conv, Pool, a reflecting Pad), or a node a window emptied before it,
-        failing below the export size, where that size's batch runs at the export's lengths: an input shorter
-        than the kernel (graphfix.validate.minimum)."""
+        """An unchanged model's kernel (Conv, Pool, a reflecting Pad), or a node that reads nothing where a window
+        above it is short (`minimum.emptied_at`), failing below the export size, where that size's batch runs at the
+        export's lengths: an input shorter than the kernel (graphfix.validate.minimum)."""
         where = failing_node(run.candidate_error or "")
         return bool(where and is_smaller(run.sizes, self.export, batch_dims(self.before.proto))
                     and (where[0] in KERNEL_OPS or emptied_at(self.before, where[1], feeds, self.feeds(self.export)))

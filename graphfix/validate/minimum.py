@@ -2,9 +2,10 @@
 
 A Conv, Pool, reflecting Pad, STFT or TopK fails in onnxruntime and in PyTorch alike on an input shorter than its
 window (or its k): below the export size such a failure is outside the model. So is a failure of a node that reads
-a tensor of no elements that such a window emptied (onnxruntime's AveragePool returns an empty output where
-PyTorch's AvgPool1d fails, helper 119: transformers' SEW at one frame, then a Reshape failed and was taken for a
-baked shape); not one a Slice emptied (a baked crop, helper 121). Only where that size's batch runs
+a tensor of no elements where a Conv or Pool above it is short of its window at that size and not at the export
+size (onnxruntime's AveragePool returns a frame where PyTorch's AvgPool1d fails, helper 119: transformers' SEW at
+one frame, then a Reshape failed and was taken for a baked shape); not where only a baked crop emptied it (helpers
+121 and 122). Only where that size's batch runs
 at the export's lengths, though: speechbrain's SepFormer squeezes its batch axis away at batch 1, and its Pad
 fails there at every length. `diagnose`'s probe and `repair`'s proof of an unchanged model both ask this.
 """
