@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import named
 from graphfix.analysis.context import RuleContext
+from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes.ops import is_table
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
@@ -16,7 +18,7 @@ LAYOUT = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Ide
 SUMS = frozenset({"ReduceSum"})
 HINT = ("Keep the length a tensor while tracing: `h.mean(1)`, or `h.sum(1) / h.shape[1]` (not `int(h.shape[1])` or "
         "`float(T)`), or divide by the lengths of a padded batch; then re-export. If the number is the model's own "
-        "constant, the warning can be ignored (`--ignore GF012`; `repair --force`).")
+        "constant, the warning can be left (`--skip GF012`).")
 
 
 class TraceBakedMean(Rule):
@@ -27,8 +29,10 @@ class TraceBakedMean(Rule):
     operand is a ReduceSum (through reshapes, squeezes, transposes and casts) over an axis the graph leaves
     dynamic: `h.sum(1) / int(h.shape[1])` traced at 399 frames divides by 399.0 at every length (helper 119:
     transformers' Wav2Vec2 then that mean, 50 % off at other lengths, with no finding). The shapes are onnx's,
-    and onnxruntime's symbolic inference where onnx leaves a dim unknown. A warning: the number may be the model's
-    own (a sum of 4 chunks' scores, `/ 4`), which the graph does not tell from a length.
+    and onnxruntime's symbolic inference where onnx leaves a dim unknown. A sum of counts (an integer ReduceSum: a
+    mask's frames cast and divided by a hop, transformers' VibeVoice) is none. A warning: the number may be the
+    model's own (sum pooling scaled by 1/8, `/ 4`, helper 123), which the graph does not tell from a length; an
+    error where the graph or `--trace-shape` says the axis was that long at export.
 
     ## Why it breaks deployment
     The model runs at every length and returns values scaled for the export length: nothing fails, and `repair`
@@ -43,14 +47,13 @@ class TraceBakedMean(Rule):
 
     ## Fix safety
     Not repaired: whether the number is the length at export or the model's own is not in the graph. `repair`
-    writes nothing while one is left (exit 1: the model is likely wrong at every other length, and the proof,
-    which compares the model with itself, cannot show it); `--force` writes it.
+    writes nothing while an error is left (the axis' export length known, exit 1); past a warning it writes the
+    model as it came, the warning shown.
     """
 
     code = "GF012"
     name = "trace-baked-mean"
     severity = Severity.WARNING
-    blocks_repair = True
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         for node in ctx.graph.nodes:
@@ -66,13 +69,19 @@ class TraceBakedMean(Rule):
             axes = _dynamic_axes(ctx, summed)
             if not axes:
                 yield self.reject(f"{node.op} '{node.name}' scales ReduceSum '{summed.name}' by a whole number, "
-                                  "over static axes only", nodes=[node.name])
+                                  "over static axes only, or over counts", nodes=[node.name])
                 continue
+            (axis, dim), exported = axes[0], export_sizes(ctx, ctx.evaluator)
+            baked = exported.values.get(dim) == divisor
             yield self.finding(
-                f"{node.op} '{node.name}' divides the sum '{summed.name}' over axis {axes[0][0]}, whose length the "
-                f"graph leaves dynamic ({axes[0][1]}), by {divisor}: a mean whose length was baked while tracing "
-                f"(`h.sum(1) / int(h.shape[1])` at {divisor}) reads the same, and is wrong at every other length",
-                nodes=[node.name, summed.name], tensors=[data.name], hint=HINT, severity=Severity.WARNING)
+                f"{node.op} '{node.name}' divides the sum '{summed.name}' over axis {axis}, whose length the graph "
+                f"leaves dynamic ({dim}), by {divisor}: "
+                + (f"{dim} was {divisor} at export ({exported.explain(dim)}), so the mean's length was baked while "
+                   "tracing (`h.sum(1) / int(h.shape[1])`): wrong at every other length" if baked else
+                   f"a mean whose length was baked while tracing (`h.sum(1) / int(h.shape[1])` at {divisor}) reads "
+                   "the same, and is wrong at every other length"),
+                nodes=[node.name, summed.name], tensors=[data.name], hint=HINT,
+                severity=Severity.ERROR if baked else Severity.WARNING)
 
 
 def _whole(ctx: RuleContext, node: gs.Node) -> int | None:
@@ -109,8 +118,8 @@ def _dynamic_axes(ctx: RuleContext, summed: gs.Node) -> list[tuple[int, str]]:
     inference where onnx leaves one unknown); none where it sums over static axes, or over every axis."""
     data = summed.inputs[0]
     dims = ctx.shape(data)
-    if dims is None:
-        return []
+    if dims is None or (data.dtype is not None and np.dtype(data.dtype).kind in "iub"):
+        return []  # unknown, or a sum of counts (a mask's frames), which a hop or a stride divides
     if not all(isinstance(d, int) or named(d) for d in dims):
         inferred = ctx.unmerged_shapes.get(data.name)
         if inferred is not None and len(inferred) == len(dims):

@@ -231,3 +231,12 @@ def test_a_factor_of_a_product_baked_beside_it_makes_the_rebuild_unsafe(tmp_path
     done, out = _grid(tmp_path, FlattenedGrid(tokens))
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "a factor of 120" in done.output, done.output
+
+
+def test_a_heads_scale_that_is_a_factor_of_a_product_rebuilt_makes_the_rebuild_unsafe(tmp_path):
+    """The grid's tokens scaled by `1 / sqrt(W)` before a softmax over the H * W tokens (helper 115's product traps,
+    rerun at the end of stop 49): 1/sqrt(10) is also a head's scale, which the first form of that exemption let
+    through, and the rebuild was written with exit 0, 0.001 off at 9 x 14."""
+    done, out = _grid(tmp_path, FlattenedGrid(lambda h, width: (h / math.sqrt(width)).softmax(-1)))
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "scales what a softmax over an axis of the size 120" in done.output, done.output

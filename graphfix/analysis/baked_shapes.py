@@ -88,7 +88,8 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
     if rest and -1 not in target and 0 not in target:
         # element count is fixed while the input's varies: find which entries stand for which dims
         rest = match_fixed_count(sizes, data, target, entries, syms, rest, notes, unsafe)
-        if rest and output is not None and not any(s in sizes.values for _, s in rest):
+        if rest and output is not None and not any(s in sizes.values for _, s in rest) and shape \
+                and isinstance(shape[-1], int) and shape[-1] == target[-1]:  # the input's own trailing features
             rest = _one_entry_left(target, entries, fixed_by_readers(output, len(target)), rest, notes)
         if rest:
             return Entries(entries, notes, unsafe, unmatched=[s for _, s in rest])
@@ -110,7 +111,8 @@ def fixed_by_readers(output: gs.Tensor, rank: int) -> set[int]:
             held.add(rank - 1)
         elif reader.op == "Gemm" and reader.inputs[0] is output and is_table(reader.inputs[1]):
             held.add(0 if reader.attrs.get("transA", 0) else rank - 1)
-        elif reader.op == "LayerNormalization" and int(reader.attrs.get("axis", -1)) in (-1, rank - 1):
+        elif reader.op == "LayerNormalization" and reader.inputs[0] is output \
+                and int(reader.attrs.get("axis", -1)) in (-1, rank - 1):
             held.add(rank - 1)
     return held
 
@@ -118,9 +120,11 @@ def fixed_by_readers(output: gs.Tensor, rank: int) -> set[int]:
 def _one_entry_left(target: list[int], entries: list, held: set[int], rest: list[tuple[int, str]],
                     notes: list[str]) -> list[tuple[int, str]]:
     """A fixed element count over dims whose export sizes nothing tells (`reshape(int(B) * int(T), D)`, whose 24
-    is 2 * 12 or 3 * 8): where the readers hold every other constant entry at one size (a Linear's D), the one
-    left takes what the input's count leaves, -1, whatever the export sizes were. Returns the dims left
-    unexplained (all of `rest`, or none)."""
+    is 2 * 12 or 3 * 8): where the readers hold every other constant entry at one size (a Linear's D) and the last
+    is the input's own static trailing dim (the caller's), the one left takes what the input's count leaves, -1,
+    whatever the export sizes were. Not a last entry a weight cut at the export length holds (helper 123: token
+    mixing `x.reshape(int(B) * C, int(T)) @ W[:int(T)]`, an instance norm `layer_norm(x.reshape(B * C, T), (T,))`).
+    Returns the dims left unexplained (all of `rest`, or none)."""
     free = [j for j, e in enumerate(entries) if isinstance(e, int) and e > 0 and j not in held]
     if len(free) != 1 or len(target) - 1 not in held:
         return rest

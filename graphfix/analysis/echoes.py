@@ -36,12 +36,13 @@ baked Reshape, or named and not as a batch) normalizes: a temperature of the len
 `logits / sqrt(T - 1)`, log-length attention's `log(T) / log(512)`, red team 113), also where a bias or ALiBi's
 distances are added to the scores after it or it scales the queries before their product with the keys (helper
 115; a MatMul or an Einsum, helper 120), where a model's own scale of scores is a plain form of a width it meets
-(`1 / sqrt(d)`) or a head's 1/sqrt(k) or k ** -0.25 for a whole k no form of the size (nn.MultiheadAttention's
-`8 ** -0.5`, Gemma-2's `224 ** -0.5`), and a mask's fill (a magnitude from FILL on) is none; and where it scales
-the softmax's weights, which sum to one (`softmax(h, 1) * (T / 2)`), or is added to a log of a sum or a
-log-softmax (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`, helper 115; not a guard below EPSILON). Where
-the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a whole k above 2 are read where
-they scale a sum, past a linear map too, or positions from a Range (`arange(T) / float(T)`, helper 117).
+(`1 / sqrt(d)`) or a head's 1/sqrt(k) or k ** -0.25 for a whole k no form of the size nor a factor of a
+product rebuilt (nn.MultiheadAttention's `8 ** -0.5`, Gemma-2's `224 ** -0.5`), and a mask's fill (a magnitude
+from FILL on) is none; and where it scales the softmax's weights, which sum to one (`softmax(h, 1) * (T / 2)`),
+or is added to a log of a sum or a log-softmax (log-mean-exp's `logsumexp(h, 1) - 0.5 * log(T)`, helper 115; not
+a guard below EPSILON). Where the export length is unknown (GF003's fix), k, 1/k, sqrt(k) and 1/sqrt(k) for a
+whole k above 2 are read where they scale a sum, past a linear map too, or positions from a Range (`arange(T) /
+float(T)`, helper 117).
 Not a scale of the data before a maximum: it scales the maximum alone (whisper's log-mel divides by ln 10,
 torchaudio's AmplitudeToDB multiplies by 10, both before a maximum over the length, helper 69; no number is exempt
 for what it is: 20 / T is 0.1 at 200, helper 70).
@@ -139,12 +140,13 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
     if not wanted and not unknown:
         return []
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
-    return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape),
+    return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape, frozenset(products)),
             *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
                         frozenset(products))]
 
 
-def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape) -> list[str]:
+def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape,
+                  products: frozenset[int] = frozenset()) -> list[str]:
     """Float constants that arithmetic reads (the forms of the module's docstring); None in `wanted`, a length of
     unknown export size: only a scale of a sum over an axis the graph leaves symbolic."""
     found, seen = [], set()
@@ -194,10 +196,11 @@ def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value
                     found.append(f"{node.op} '{node.name}' shifts a log of a sum over an axis of the size {n} by "
                                  f"{item:.6g}, which scales the sum as a function of the size would at {n}")
                     break
-                head = _a_heads_scale(node, item, tolerance)
+                head = _a_heads_width(node, item, tolerance)
+                own = head is not None and not any(math.isclose(item, of(n), rel_tol=tolerance) for _, of in SUMMED) \
+                    and not (n in products and 2 < head < n and n % head == 0)  # `/ sqrt(H)` of a grid's H * W
                 if node.op in SCALES and not any(math.isclose(item, c, rel_tol=tolerance) for c in COMMON) \
-                        and not (head and not any(math.isclose(item, of(n), rel_tol=tolerance) for _, of in SUMMED)) \
-                        and normalized(node, n, shape, biased=abs(item) < FILL, products=not head):
+                        and not own and normalized(node, n, shape, biased=abs(item) < FILL, products=head is None):
                     found.append(f"{node.op} '{node.name}' scales what a softmax over an axis of the size {n} "
                                  f"normalizes by {item:.6g}, which a function of the size would read the same at {n}")
                     break
@@ -217,16 +220,19 @@ def _some_size(item: float, tolerance: float) -> bool:
     return False
 
 
-def _a_heads_scale(node: gs.Node, item: float, tolerance: float) -> bool:
-    """Whether the node scales by 1/sqrt(k) or k ** -0.25 for a whole k: the scale a head of k features gives its
+def _a_heads_width(node: gs.Node, item: float, tolerance: float) -> int | None:
+    """The whole k where the node scales by 1/sqrt(k) or k ** -0.25: the scale a head of k features gives its
     scores or its queries (Gemma-2's `query_pre_attn_scalar ** -0.5`, `q / sqrt(24)`, nn.MultiheadAttention's
     `q * 8 ** -0.5`, SDPA's `64 ** -0.25` on q and k under the TorchScript exporter, helper 120), whose width the
-    graph may not show. On the queries such a scale is the head's whatever the size (MultiheadAttention's 0.25 is
-    1/(T - 1) at 5, SDPA's 64 ** -0.25 the length's at 64); on the scores only where it is no form of the size (a
-    temperature of the length, `/ sqrt(T - 1)`, is one)."""
+    graph may not show; None where it is none. On the queries such a scale is the head's whatever the size
+    (MultiheadAttention's 0.25 is 1/(T - 1) at 5, SDPA's 64 ** -0.25 the length's at 64); on the scores only where
+    k is no form of the size, nor a factor of a product rebuilt (a temperature of the length, `/ sqrt(T - 1)`;
+    `/ sqrt(H)` over a grid's H * W tokens)."""
     scale = 1 / item if node.op == "Div" and item else item
-    return scale > 0 and any(math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9)) and round(base) >= 1
-                             for base in (scale ** -2, scale ** -4))
+    if scale <= 0:
+        return None
+    return next((round(base) for base in (scale ** -2, scale ** -4)
+                 if round(base) >= 1 and math.isclose(base, round(base), rel_tol=max(tolerance, 1e-9))), None)
 
 
 def _uniform_scale(node: gs.Node, const: gs.Tensor, value: np.ndarray, wanted: list[int], shape,

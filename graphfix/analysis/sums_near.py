@@ -145,7 +145,7 @@ def normalized(node: gs.Node, n: int, shape, biased: bool = True, products: bool
     raw input over `T`, helper 117; not a contrastive softmax over the batch, `softmax(z @ z.T / 0.07)`, helper
     115): a temperature of the length (`scores * log(T) / log(512)`, attention pooling's `logits / sqrt(T - 1)`,
     red team 113). A model's own scale of such scores is a plain form of a width it meets (`1 / sqrt(d)`, read
-    before; so is a head's 1/sqrt(k), echoes._a_heads_scale). Scaled queries reach the scores through their
+    before; so is a head's 1/sqrt(k), echoes._a_heads_width). Scaled queries reach the scores through their
     product with the keys (a MatMul or an Einsum of two data operands: `q * (log(T) / log(512))`, helpers 115 and
     120), unless `products` is False (a head's own scale of its queries); with `biased`, a scale of scores reaches
     the softmax through a bias or a mask added after it (`logits / sqrt(T - 1) + b`, ALiBi's distances), where

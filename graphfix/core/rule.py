@@ -222,9 +222,6 @@ class Rule:
     runtime_only: ClassVar[bool] = False
     # True when the rule's findings are values captured while tracing: graphfix.export links TracerWarnings to them.
     traced_values: ClassVar[bool] = False
-    # True when a warning of the rule says the model is likely wrong at other sizes, though the graph cannot tell:
-    # `repair` writes nothing while one is left (GF012), unless forced.
-    blocks_repair: ClassVar[bool] = False
 
     # --- what the onnxruntime probe maps to this rule ---------------------------------------------------------
     # A failure belongs to the first rule (by `runtime_order`) whose `claims_failure` says so: by default, when the

@@ -25,7 +25,6 @@ import onnx
 
 from graphfix.analysis.given_shapes import check_shapes, check_trace_shapes
 from graphfix.core.errors import InputError
-from graphfix.core.registry import find_rule
 from graphfix.core.rule import Rule, RuleOptions, Safety, Severity
 from graphfix.io.loading import LoadedModel, load_model
 from graphfix.io.protos import initializers_as_inputs
@@ -299,19 +298,15 @@ def _with_choices(options: RepairOptions, picked: dict[str, int]) -> RepairOptio
 
 
 def unaddressed_errors(after: Diagnosis) -> str:
-    """'not written: ...' naming the ERROR findings left once every fix was applied, and the warnings of rules
-    whose finding says the model is likely wrong at other sizes (`Rule.blocks_repair`: GF012's mean with its
-    length baked), or '' when none is left."""
-    errors = [f for f in after.findings if f.severity is Severity.ERROR or (
-        f.severity is Severity.WARNING and getattr(find_rule(f.rule), "blocks_repair", False))]
+    """'not written: ...' naming the ERROR findings left once every fix was applied, or '' when none is left."""
+    errors = [f for f in after.findings if f.severity is Severity.ERROR]
     if not errors:
         return ""
     named = "; ".join(f"{f.rule} at {', '.join(repr(n) for n in f.nodes[:2]) or 'the model'}" for f in errors[:3])
     more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
     why = next((f"; {f.rule}'s fix at {f.nodes[0]!r} is unsafe because {f.fix.reason}" for f in errors
                 if f.fix is not None and f.fix.safety is Safety.UNSAFE and f.fix.reason and f.nodes), "")
-    kind = "error finding(s)" if all(f.severity is Severity.ERROR for f in errors) else "finding(s)"
-    return (f"not written: {len(errors)} {kind} that no applied fix addresses ({named}{more}){why}; "
+    return (f"not written: {len(errors)} error finding(s) that no applied fix addresses ({named}{more}){why}; "
             "`graphfix diagnose` says why each has no safe fix (--unsafe-fixes, --trace-shape may give one)")
 
 

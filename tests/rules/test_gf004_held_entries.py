@@ -2,7 +2,10 @@
 flattened with Python ints). The constant 24 is 2 * 12 or 3 * 8 or 4 * 6; which one does not matter, for the
 Linear holds the last entry at D at every size, so the other one takes what the input's count leaves, -1. It
 was refused ("give --trace-shape"). Where two entries are left (`reshape(int(B), int(T), D)` of a flattened
-tensor), which one is the batch is not said: still refused."""
+tensor), which one is the batch is not said: still refused. Only where the held entry is the input's own static
+trailing dim (helper 123: a last entry that a weight cut at the export length holds was rewritten to -1 and
+written with exit 0, wrong at every other length: token mixing `x.reshape(int(B) * 12, int(T)) @ W[:int(T)]`
+traced at 12 frames of 12, an instance norm `layer_norm(x.reshape(B * C, T), (T,))`)."""
 
 from __future__ import annotations
 
@@ -31,11 +34,11 @@ class Flattened(torch.nn.Module):
         return h.reshape(b, t, 8).sum(1) if self.unflatten else h.sum(0)
 
 
-def _repaired(tmp_path, module):
+def _repaired(tmp_path, module, example=(2, 12, 8)):
     path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(module.eval(), (torch.randn(*example),), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "T"}})
     return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
 
@@ -52,4 +55,39 @@ def test_the_one_entry_a_linear_does_not_hold_takes_the_flattened_count(tmp_path
 
 def test_two_entries_left_are_not_guessed(tmp_path):
     done, out = _repaired(tmp_path, Flattened(unflatten=True))
+    assert done.exit_code == 1 and not out.exists(), done.output
+
+
+class TokenMixing(torch.nn.Module):
+    """Frames mixed by a weight cut at the export length: the MatMul holds the last entry at T, not at a feature."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(64, 5))
+
+    def forward(self, x):  # [B, T, 12]
+        b, t = int(x.shape[0]), int(x.shape[1])
+        return (x.transpose(1, 2).reshape(b * 12, t) @ self.weight[:t]).relu()
+
+
+class TimeNorm(torch.nn.Module):
+    """An instance norm over time, `layer_norm(x.reshape(B * C, T), (T,))`, with Python ints."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(12, 4, 3, padding=1)
+
+    def forward(self, x):  # [B, T, 12] as [B, 12, T]
+        x = x.transpose(1, 2)
+        b, c, t = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+        return self.conv(torch.nn.functional.layer_norm(x.reshape(b * c, t), (t,)).reshape(x.shape))
+
+
+@pytest.mark.parametrize("module", [TokenMixing, TimeNorm], ids=["token-mixing", "time-norm"])
+def test_a_last_entry_a_weight_cut_at_the_export_length_holds_is_no_feature(tmp_path, module):
+    """Exported with as many features as frames (12), so that -1 runs at every length and only PyTorch shows it
+    wrong."""
+    done, out = _repaired(tmp_path, module(), (2, 12, 12))
     assert done.exit_code == 1 and not out.exists(), done.output
