@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import named
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes.ops import is_table
@@ -117,13 +116,11 @@ def _dynamic_axes(ctx: RuleContext, summed: gs.Node) -> list[tuple[int, str]]:
     """(axis, name) of the dynamic dims the ReduceSum sums over (onnx's shapes, filled from onnxruntime's symbolic
     inference where onnx leaves one unknown); none where it sums over static axes, or over every axis."""
     data = summed.inputs[0]
-    dims = ctx.shape(data)
-    if dims is None or (data.dtype is not None and np.dtype(data.dtype).kind in "iub"):
-        return []  # unknown, or a sum of counts (a mask's frames), which a hop or a stride divides
-    if not all(isinstance(d, int) or named(d) for d in dims):
-        inferred = ctx.unmerged_shapes.get(data.name)
-        if inferred is not None and len(inferred) == len(dims):
-            dims = [d if isinstance(d, int) or named(d) else i for d, i in zip(dims, inferred, strict=True)]
+    if data.dtype is not None and np.dtype(data.dtype).kind in "iub":
+        return []  # a sum of counts (a mask's frames), which a hop or a stride divides
+    dims = ctx.shape_filled(data)
+    if dims is None:
+        return []
     axes = summed.attrs.get("axes")
     if axes is None and len(summed.inputs) > 1:
         value = ctx.constant_value(summed.inputs[1])

@@ -82,6 +82,12 @@ def named(dim: Dim) -> bool:
     return isinstance(dim, str) and not dim.startswith("unk__")
 
 
+def named_length(dim: Dim) -> bool:
+    """A dim `named` and not like a batch (BATCH_NAME): a length a size baked along may be read along (the echo
+    check's softmax, resize and top-k along the raw input's `T`)."""
+    return named(dim) and not BATCH_NAME.search(dim)
+
+
 class Pair(str, Enum):
     """The verdict on two right-aligned dims."""
 

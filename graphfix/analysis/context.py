@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.broadcast import named
 from graphfix.analysis.constants import Evaluator
 from graphfix.core.rule import RuleOptions
 from graphfix.io.external_data import tensor_values
@@ -103,3 +104,15 @@ class RuleContext:
         if tensor.shape is None:
             return None
         return [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None) for d in tensor.shape]
+
+    def shape_filled(self, tensor: gs.Tensor) -> list[int | str | None] | None:
+        """`shape`, its unknown dims (None, onnx's `unk__N`) filled from `unmerged_shapes`, which is computed where
+        one is first met: onnx's inference loses a Reshape's output beside a baked entry (`[B, 13, 16]` from a
+        Concat), and the echo check and GF012 read the axes such a tensor is normalized or summed over."""
+        dims = self.shape(tensor)
+        if dims is None or all(isinstance(d, int) or named(d) for d in dims):
+            return dims
+        inferred = self.unmerged_shapes.get(tensor.name)
+        if inferred is None or len(inferred) != len(dims):
+            return dims
+        return [d if isinstance(d, int) or named(d) else i for d, i in zip(dims, inferred, strict=True)]

@@ -32,7 +32,7 @@ from fractions import Fraction
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BATCH_NAME, named
+from graphfix.analysis.broadcast import named_length
 from graphfix.analysis.sizes.ops import is_table
 
 SHIFTS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)  # n + k: `T - 1` for an unbiased mean or the last position
@@ -180,7 +180,7 @@ def _scaled_to(node: gs.Node, fold, dims: list | None, lengths: list[int]) -> It
         if isinstance(dim, int):
             sizes = [dim] if dim in lengths else []
         else:
-            sizes = lengths if named(dim) and not BATCH_NAME.search(dim) else []
+            sizes = lengths if named_length(dim) else []
         for size in sizes:
             out, whole = size * scale, round(size * scale)
             if out > 2 and abs(out - whole) < 1e-4 * out:
@@ -197,7 +197,7 @@ def any_number(dim, item: int) -> tuple:
     if isinstance(dim, int):
         return ((f"a number a function of {{}} may give (along an axis of {dim}: the graph does not say whether "
                  f"{item} is the model's own)", lambda n: item if n == dim else None),)
-    if named(dim) and not BATCH_NAME.search(dim):
+    if named_length(dim):
         return ((f"a number a function of {{}} may give (along the axis '{dim}': the graph does not say whether "
                  f"{item} is the model's own)", lambda n: item),)
     return ()

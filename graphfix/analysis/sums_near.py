@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import BATCH_NAME, named
+from graphfix.analysis.broadcast import named, named_length
 from graphfix.analysis.sizes.ops import is_table
 
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
@@ -157,7 +157,7 @@ def normalized(node: gs.Node, n: int, shape, biased: bool = True, products: bool
         axis = int(op.attrs.get("axis", -1))
         if dims is None or not -len(dims) <= axis < len(dims):
             return False
-        return dims[axis] == n or (named(dims[axis]) and not BATCH_NAME.search(dims[axis]))
+        return dims[axis] == n or named_length(dims[axis])
     through = (SCORED if biased and _scores(node) else SCALED) | ({"MatMul", "Einsum"} if products else set())
     return _reaches(node, NORMALIZED, through, over_n)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.broadcast import named
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.echoes import echoes
 from graphfix.analysis.edits import Loosened
@@ -126,10 +125,10 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
     else:
         return finding
     named = set(finding.nodes)
-    shape = _shape_filled(ctx, ctx.unmerged_shapes)  # inferred before the bound: the inference has its own (helper 121)
+    _ = ctx.unmerged_shapes  # inferred before the bound: the inference has its own (helper 121)
     try:
         with Watchdog(ECHO_SECONDS):
-            heard = echoes(ctx.graph, values, ctx.constant_value, shape,
+            heard = echoes(ctx.graph, values, ctx.constant_value, ctx.shape_filled,
                            fixed=lambda node: node is own or (bool(node.name) and node.name in named),
                            fold=ctx.evaluator, products=products, unknown=own is None)
     except OutOfTime:  # caught outside the Watchdog's block: it can surface while leaving it
@@ -144,22 +143,6 @@ def _echo_doubted(ctx: RuleContext, finding: Finding) -> Finding:
               "constant still at the export size, and the original, which fails there, shows no reference; "
               "export at a size no constant of the model equals, or say which with --unsafe-fixes")
     return dataclasses.replace(finding, fix=dataclasses.replace(fix, safety=Safety.UNSAFE, reason=reason))
-
-
-def _shape_filled(ctx: RuleContext, inferred_shapes: dict[str, list]):
-    """`ctx.shape`, its unknown dims filled from symbolic inference (`inferred_shapes`): onnx's shape inference
-    loses a Reshape's output where a baked entry sits beside a size (`[B, 13, 16]` from a Concat), and the echo
-    check reads the axis a softmax normalizes (helper 115: log-length attention's scale of scores, then ALiBi's
-    distances, was written with exit 0)."""
-    def shape(tensor: gs.Tensor) -> list | None:
-        dims = ctx.shape(tensor)
-        if dims is None or all(isinstance(d, int) or named(d) for d in dims):
-            return dims
-        inferred = inferred_shapes.get(tensor.name)
-        if inferred is None or len(inferred) != len(dims):
-            return dims
-        return [d if isinstance(d, int) or named(d) else i for d, i in zip(dims, inferred, strict=True)]
-    return shape
 
 
 @contextmanager
