@@ -22,7 +22,14 @@ from graphfix.analysis.baked_shapes import (
 )
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, replace_input, size_expr
-from graphfix.analysis.sizes import baked_expands, baked_reshapes, baked_slices, partly_constant, sizes_of
+from graphfix.analysis.sizes import (
+    baked_expands,
+    baked_reshapes,
+    baked_slices,
+    held_reshapes,
+    partly_constant,
+    sizes_of,
+)
 from graphfix.core.rule import Choice, Finding, Fix, Rejection, Rule, Safety, Severity, known
 
 VALUE_ONLY = {"ConstantOfShape": 0, "Tile": 1, "Range": 1, "Resize": 3}  # shape-carrying input index
@@ -153,11 +160,12 @@ class TraceBakedShape(Rule):
         ev = ctx.evaluator
         sizes = evidence.export_sizes(ctx, ev)
         yield from self._solved_reshapes(ctx, ev)
-        yield from self._solved_expands(ctx, ev)
+        held: set[int] = set()  # Reshapes the broadcasts after them hold: `_reshape` has nothing to add
+        yield from self._solved_expands(ctx, ev, held)
         by_op = {"Reshape": self._reshape, "Expand": self._expand, "Slice": self._slice, "Split": self._split,
                  "Pad": self._pad, **dict.fromkeys(VALUE_ONLY, self._value_only)}
         for node in ctx.graph.nodes:
-            if node.op in by_op:
+            if node.op in by_op and id(node) not in held:
                 yield from by_op[node.op](ctx, ev, sizes, node)
 
     # --- partly constant Reshape shapes: the element count pins a size (solved constraint) ------------------------
@@ -203,33 +211,41 @@ class TraceBakedShape(Rule):
                     safety=Safety.UNSAFE if doubt else Safety.SAFE,
                     reason=found.reason()))
 
-    # --- partly constant Expand shapes: a broadcast right after pins a size (solved constraint) ----------------
-    def _solved_expands(self, ctx: RuleContext, ev) -> Iterator[Finding]:
+    # --- Expand and Reshape shapes a broadcast right after holds (solved constraints) ------------------------
+    def _solved_expands(self, ctx: RuleContext, ev, held: set[int]) -> Iterator[Finding]:
         """speechbrain's length mask, `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)`: `len()` bakes the
         batch into `[2, T]`, and the Less meets it with the batch, which holds at B = 2 only. The entry is rebuilt
-        from the size it meets. (Constant Expand shapes are `_expand`'s.)"""
-        wanted = {id(n) for n in ctx.graph.nodes if n.op == "Expand" and partly_constant(ev.elems(n.inputs[1]))}
+        from the size it meets. So are a constant Reshape's entries that broadcasts meet, axis by axis, where the
+        element count then holds at every size (`h.reshape(int(B), int(T), D) + x`, graphfix.analysis.sizes.held).
+        (Other constant Expand and Reshape shapes are `_expand`'s and `_reshape`'s.)"""
+        wanted = {id(n) for n in ctx.graph.nodes if (n.op == "Expand" and partly_constant(ev.elems(n.inputs[1])))
+                  or (n.op == "Reshape" and (t := constant_target(ev, n)) is not None and min(t, default=0) > 0)}
         if not wanted:
             return
         sizes = sizes_of(ctx)
-        for baked in baked_expands(sizes):
-            node, entry, sym = baked.node, baked.entries[0], baked.solution.symbol
-            if id(node) not in wanted or not size_expr(None, sizes, entry.expr, node.inputs[0]):
-                continue  # no run-time source for the size: GF003 reports the broadcast
-            consumer = baked.solution.constraint.node
+        for baked in [*baked_expands(sizes), *held_reshapes(sizes)]:
+            node, entries = baked.node, baked.entries
+            if id(node) not in wanted or not all(size_expr(None, sizes, e.expr, node.inputs[0]) for e in entries):
+                continue  # no run-time source for a size: GF003 reports the broadcast
+            held.add(id(node))
+            consumer, which = baked.solution.constraint.node, ", ".join(str(e.expr) for e in entries)
+            s, indices = "ies" if len(entries) > 1 else "y", ", ".join(str(e.index) for e in entries)
             yield self.finding(
-                f"Expand '{node.name}' bakes {sym}={baked.solution.value}, an export-time size: entry {entry.index} "
-                f"({entry.value}) of its shape meets {entry.expr} in {consumer.op} '{consumer.name}', which "
-                f"broadcasts only at {sym}={baked.solution.value}; entry {entry.index} is {entry.expr}",
+                f"{node.op} '{node.name}' bakes {', '.join(f'{e.expr}={e.value}' for e in entries)}, export-time "
+                f"size(s): entr{s} {', '.join(f'{e.index} ({e.value})' for e in entries)} of its shape meet "
+                f"{which} in {consumer.op} '{consumer.name}', which broadcasts only there; entr{s} {indices} "
+                f"{'are' if len(entries) > 1 else 'is'} {which}",
                 nodes=[node, consumer], tensors=[node.inputs[0], node.inputs[1]],
                 shapes={node.inputs[0].name: sizes.dims(node.inputs[0])},
-                hint=HINT_INT + " E.g. `len(lengths)` -> `lengths.shape[0]`.",
-                fix=Fix(f"compute entry {entry.index} of Expand '{node.name}' shape as {entry.expr} from Shape ops",
-                        apply=loosened(node, {entry.value}, rebuilt_entries(node, 1, {entry.index: entry.expr},
-                                                                             sizes, ctx.opset)),
+                hint=HINT_INT + (" E.g. `len(lengths)` -> `lengths.shape[0]`." if node.op == "Expand" else ""),
+                fix=Fix(f"compute entr{s} {indices} of {node.op} '{node.name}' shape as {which} from Shape ops",
+                        apply=loosened(node, {e.value for e in entries},
+                                       rebuilt_entries(node, 1, {e.index: e.expr for e in entries}, sizes, ctx.opset)),
                         safety=Safety.SAFE,
-                        reason=f"the broadcast in {consumer.op} '{consumer.name}' says entry {entry.index} is "
-                               f"{entry.expr} at every size, and the Expand's input has no dim of its own there"))
+                        reason=f"the broadcast in {consumer.op} '{consumer.name}' says entr{s} {indices} "
+                               f"{'are' if len(entries) > 1 else 'is'} {which} at every size, and "
+                               + ("the Expand's input has no dim of its own there" if node.op == "Expand" else
+                                  "the Reshape's element count then holds at every size")))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:

@@ -1,11 +1,11 @@
 """What a constant of the graph meets: a sum over an axis of a size, a softmax over one, positions along one.
 
 graphfix.analysis.echoes reads a constant as a function of a baked size by what it meets (the forms of its
-docstring). A sum is looked for within SUM_HOPS ops, up the constant's other operand and down its output, through
-every operand of arithmetic and Concat, past a linear map or an elementwise nonlinearity (`mapped`: only the
-forms are read there); a MatMul or Gemm of two data operands is a sum over the first one's contracted axis (a
-covariance), unless a softmax normalizes its product (attention's scores) or weighs its first operand (`attn @
-v`); a softmax over the size is a sum of sorts once taken.
+docstring), and GF012 a whole number as a mean's length. A sum is looked for within SUM_HOPS ops, up the
+constant's other operand and down its output, through every operand of arithmetic and Concat, past a linear map
+or an elementwise nonlinearity (`mapped`: only the forms are read there); a MatMul or Gemm of two data operands is
+a sum over the first one's contracted axis (a covariance), unless a softmax normalizes its product (attention's
+scores) or weighs its first operand (`attn @ v`); a softmax over the size is a sum of sorts once taken.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ OPERANDS = frozenset({"Add", "Sub", "Mul", "Div", "Concat"})  # whose every oper
 LINEAR = frozenset({"MatMul", "Gemm"})  # with constant weights, a linear map: it scales with the sum it maps
 # (`Linear(h.sum(1)) / (T - 5)`, red team 41), but a model scales what it maps by its own numbers (a classifier's
 # temperature, helper 75): past one, only the forms are read
-NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus"})
+NONLINEAR = frozenset({"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Clip", "Exp", "Log", "Elu", "Gelu", "Erf", "Softplus",
+                       "Max", "Min", "Pow"})
 # past these, as past a linear map, only the forms are read (`relu(h.sum(1)) / (T - 1)`, helper 76)
 NORMALIZED = frozenset({"Softmax", "LogSoftmax"})  # over an axis of the size, a sum of sorts once taken: its
 # weights sum to one, so a number scaling them (`softmax(h, 1) * (T / 2)`, helper 115) is a count of frames
@@ -51,7 +52,7 @@ class Near(NamedTuple):
     constant meets it (found up the graph), not after; `mapped`: found past a linear map; `logged`: a log of the
     sum, taken (a ReduceLogSumExp, or a Log of a sum), which a number added to it scales (`logsumexp(h, 1) -
     0.5 * log(T)` is `log(sum(exp(h)) / sqrt(T))`, helper 115); `ranged`: positions from a Range (not a
-    cumulative sum)."""
+    cumulative sum); `op`: the sum, softmax or positions' op met."""
 
     summed: bool
     dims: list[int]
@@ -59,12 +60,15 @@ class Near(NamedTuple):
     mapped: bool = False
     logged: bool = False
     ranged: bool = False
+    op: gs.Node | None = None
 
 
-def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value) -> Near | None:
+def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_value,
+             past_sums: bool = False) -> Near | None:
     """A sum over an axis of size `n` (or a dim the graph left symbolic; only those for None) that the node's
     other operand comes from, or its output goes to, within SUM_HOPS ops, or positions along such an axis (a Range
-    the other operand comes from); None where neither is near."""
+    the other operand comes from); None where neither is near. With `past_sums`, past a sum over other axes
+    (GF012's `h.sum(1).sum(-1) / T`; the echo check stops there: a model's own gain of such a sum is common)."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up", False, False), *((out, "down", False, False) for out in node.outputs)]
     seen: set[tuple] = set()  # each tensor once per way and state: a Concat of K copies, 8 deep, is K**8 paths
@@ -77,22 +81,24 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
             for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
                 if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None
-                    reduced = _reduced(op, dims, constant_value) if dims is not None else ()
+                    summed = reduced(op, dims, constant_value) if dims is not None else ()
                     if any(d == n or (not isinstance(d, int) and (op.op not in LINEAR or named(d)))
-                           for d in reduced):
+                           for d in summed):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], way == "up", mapped,
-                                    way == "up" and (logged or (op.op == "ReduceLogSumExp" and not mapped)))
+                                    way == "up" and (logged or (op.op == "ReduceLogSumExp" and not mapped)), op=op)
+                    if past_sums and op.op in SUMS - {"Einsum"}:  # of one over the size: `h.sum(1).sum(-1)`
+                        step.extend((t, way, mapped, logged) for t in (op.outputs if way == "down" else op.inputs[:1]))
                 elif op.op in NORMALIZED and way == "up":
                     dims = shape(op.inputs[0]) if op.inputs else None
                     axis = int(op.attrs.get("axis", -1))
                     if dims is not None and -len(dims) <= axis < len(dims) and \
                             (dims[axis] == n or not isinstance(dims[axis], int)):
                         return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, mapped,
-                                    op.op == "LogSoftmax" and not mapped)  # `log_softmax(h, 1) + log(T / 2)`
+                                    op.op == "LogSoftmax" and not mapped, op=op)  # `log_softmax(h, 1) + log(T / 2)`
                 elif op.op in POSITIONS and way == "up":
                     dims = shape(op.outputs[0]) if op.outputs else None
                     if dims is None or any(d == n or not isinstance(d, int) for d in dims):
-                        return Near(False, [], ranged=op.op == "Range")
+                        return Near(False, [], ranged=op.op == "Range", op=op)
                 elif op.op in PASSES or op.op in NONLINEAR or _linear(op):
                     ahead = op.outputs if way == "down" else \
                         [t for t in op.inputs if not _weight(t)] if op.op in OPERANDS else op.inputs[:1]
@@ -200,7 +206,7 @@ def _weight(tensor: gs.Tensor) -> bool:
     return is_table(tensor)
 
 
-def _reduced(node: gs.Node, dims: list, constant_value) -> list:
+def reduced(node: gs.Node, dims: list, constant_value) -> list:
     """The dims a reduction sums over (its `axes` attribute or constant input, as a Constant node gives it too;
     all of them without; a global pool's past the channels)."""
     if node.op in GLOBAL_POOLS:
@@ -209,12 +215,13 @@ def _reduced(node: gs.Node, dims: list, constant_value) -> list:
         return list(dims[-1:])
     if node.op == "Gemm":  # over A's columns, or its rows with transA
         return [dims[0 if node.attrs.get("transA", 0) else -1]] if dims else []
-    if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t)
+    if node.op == "Einsum":  # the first operand's letters the output drops (`btd->bd` sums over t, `...td->...d`)
         terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")
-        first = terms[0].split(",")[0] if len(terms) == 2 else ""
-        if "." in first or len(first) != len(dims):
+        head, dots, tail = (terms[0].split(",")[0] if len(terms) == 2 else "").partition("...")
+        if len(head) + len(tail) > len(dims) or (not dots and len(head) != len(dims)):
             return []
-        return [dim for letter, dim in zip(first, dims, strict=True) if letter not in terms[1]]
+        lettered = [*zip(head, dims, strict=False), *zip(tail, dims[len(dims) - len(tail):], strict=True)]
+        return [dim for letter, dim in lettered if letter not in terms[1]]
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and is_table(node.inputs[1]):
         value = constant_value(node.inputs[1])

@@ -3,10 +3,17 @@ Wav2Vec2 then that mean had no finding, and `repair` wrote it unchanged with exi
 A warning where the graph does not say how long the axis was at export (the number may be the model's own: sum
 pooling scaled by 1/8, helper 123), an error where `--trace-shape` says it was that long; not fixed. A mean, a sum
 divided by the traced size kept a tensor, a sum over features divided by a whole number, a learnt gain and a sum
-of counts divided by a hop (transformers' VibeVoice, helper 123) are not reported."""
+of counts divided by a hop (transformers' VibeVoice, helper 123) are not reported. The forms helper 123 found
+unread are read: a Neg or an Add between the sum and the Div, a vector of equal entries, the length's square root,
+an Einsum's sum, a sum summed again over a static axis, a Div before the sum, a weight's product between; so is a
+Gram matrix over the frames, `h.transpose(1, 2) @ h / int(T)`, an Einsum with an ellipsis and a `maximum` on the way
+(helper 125; the echo check's reads, graphfix.analysis.sums_near). Not a sum the scaled value reaches past a
+nonlinearity (a softmax by hand: `exp(s * 16 ** -0.5) / sum`, helper 125). Not read (helper 125): the last row of a
+cumulative sum, `h.cumsum(1)[:, -1] / T`; the diagonal of a Gram matrix."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -81,7 +88,19 @@ def _gf012(path, *given):
     (lambda: Pooled(lambda h: h.sum(1) / int(h.shape[1])), (2, 13, 4)),
     (lambda: Pooled(lambda h: h.sum(1) * (1.0 / float(h.shape[1]))), (2, 13, 4)),
     (Wav2Vec2Mean, (2, 8000)),
-], ids=["gru-int", "gru-times-inverse", "wav2vec2"])
+    (lambda: Pooled(lambda h: -h.sum(1) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: (h.sum(1) + h.square().sum(1)) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.sum(1) / torch.full((8,), float(int(h.shape[1])))), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.sum(1) / math.sqrt(int(h.shape[1]))), (2, 13, 4)),
+    (lambda: Pooled(lambda h: torch.einsum("btd->bd", h) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.sum(1).sum(-1) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: (h / int(h.shape[1])).sum(1)), (2, 13, 4)),
+    (lambda: Pooled(lambda h: torch.nn.functional.linear(h.sum(1), torch.ones(3, 8)) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.transpose(1, 2) @ h / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: torch.einsum("...td->...d", h) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: torch.maximum(h.sum(1), torch.zeros(1)) / int(h.shape[1])), (2, 13, 4)),
+], ids=["gru-int", "gru-times-inverse", "wav2vec2", "neg", "add", "vector", "sqrt", "einsum", "summed-again",
+        "div-first", "weight-between", "gram", "einsum-ellipsis", "maximum"])
 def test_a_sum_over_frames_divided_by_the_traced_length_is_a_warning(tmp_path, module, example):
     path = _export(module(), torch.randn(*example), tmp_path / "m.onnx")
     found = _gf012(path)
@@ -89,8 +108,12 @@ def test_a_sum_over_frames_divided_by_the_traced_length_is_a_warning(tmp_path, m
     assert "whose length the graph leaves dynamic" in found[0].message, found
 
 
-def test_a_baked_mean_of_an_axis_whose_export_length_is_given_is_an_error_and_not_written(tmp_path):
-    path = _export(Pooled(lambda h: h.sum(1) / int(h.shape[1])), torch.randn(2, 13, 4), tmp_path / "m.onnx")
+@pytest.mark.parametrize("pool", [
+    lambda h: h.sum(1) / int(h.shape[1]),
+    lambda h: h.sum(1) / math.sqrt(int(h.shape[1])),
+], ids=["mean", "root"])
+def test_a_baked_mean_of_an_axis_whose_export_length_is_given_is_an_error_and_not_written(tmp_path, pool):
+    path = _export(Pooled(pool), torch.randn(2, 13, 4), tmp_path / "m.onnx")
     (found,) = _gf012(path, ("x", (2, 13, 4)))
     assert found.severity.value == "error" and "time was 13 at export" in found.message, found
     out = tmp_path / "fixed.onnx"
@@ -103,9 +126,35 @@ def test_a_baked_mean_of_an_axis_whose_export_length_is_given_is_an_error_and_no
     lambda h: h.sum(1) / h.shape[1],
     lambda h: h.sum(2) / 4,
     lambda h: h.sum(1) * 0.37,
-], ids=["mean", "traced-size", "over-features", "learnt-gain"])
+    lambda h: h.sum(1) / 2,
+    lambda h: h.sum(2) / math.sqrt(8),
+    lambda h: torch.einsum("btd->bt", h) / 4,
+    lambda h: torch.softmax(h / 8, dim=1).sum(1),
+], ids=["mean", "traced-size", "over-features", "learnt-gain", "by-two", "root-over-features", "einsum-over-features",
+        "scaled-before-a-softmax"])
 def test_a_mean_kept_dynamic_or_a_models_own_number_is_no_warning(tmp_path, pool):
     assert _gf012(_export(Pooled(pool), torch.randn(2, 13, 4), tmp_path / "m.onnx")) == []
+
+
+class HandSoftmax(torch.nn.Module):
+    """Self-attention with a softmax by hand, `exp(s - max) / sum`, its scores scaled by the head's `16 ** -0.5`
+    (helper 125: the walk down from the 1/4 through the Exp reached the sum over the keys, a warning, and an error
+    with `--trace-shape` at 4 frames)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        scores = (q @ k.transpose(1, 2)) * 16 ** -0.5
+        e = torch.exp(scores - scores.amax(-1, keepdim=True))
+        return (e / e.sum(-1, keepdim=True)) @ v
+
+
+def test_a_heads_scale_before_a_softmax_by_hand_is_no_mean(tmp_path):
+    assert _gf012(_export(HandSoftmax(), torch.randn(2, 4, 16), tmp_path / "m.onnx"), ("x", (2, 4, 16))) == []
 
 
 def test_a_sum_of_counts_divided_by_a_hop_is_no_warning(tmp_path):
