@@ -26,6 +26,7 @@ class RuleContext:
         self.base_dir = base_dir
         self.options = options
         self.notes: list[str] = []  # analysis that ran out of time; reported as info findings of the rule that asked
+        self.declared: list[onnx.ValueInfoProto] = []  # the model's own value_info, which `model` (inferred) drops
 
     @cached_property
     def opset(self) -> int:

@@ -14,6 +14,7 @@ import click
 
 from graphfix.cli.options import parsed
 from graphfix.core import forked, values
+from graphfix.core.critical import stop_with
 from graphfix.core.errors import GraphfixError, InternalError, TimedOut
 from graphfix.core.version import VERSION
 from graphfix.io import staging
@@ -50,8 +51,7 @@ class GraphfixGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except TimedOut as exc:
-            click.echo(f"graphfix: error: {printable(exc)}", err=True)
-            ctx.exit(exc.exit_code)
+            _stopped(ctx, exc)
         except MemoryError as exc:  # the machine's limit, not a bug: what the model or the sizes given need
             click.echo(f"graphfix: error: out of memory{': ' + printable(exc) if str(exc) else ''} (give smaller "
                        "sizes with --shape or --trace-shape, or run where more memory is free)", err=True)
@@ -62,6 +62,8 @@ class GraphfixGroup(click.Group):
             click.echo(f"graphfix: error: {printable(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
+            if (stop := _timed_out(exc)) is not None:  # raised inside a native module's import: its ImportError
+                _stopped(ctx, stop)
             if (ctx.obj or {}).get("debug"):
                 raise
             click.echo(f"graphfix: internal error: {type(exc).__name__}: {printable(exc)} (a bug in graphfix, not in "
@@ -70,6 +72,27 @@ class GraphfixGroup(click.Group):
         if isinstance(result, int):
             ctx.exit(result)
         return result
+
+
+def _stopped(ctx: click.Context, stop: TimedOut) -> NoReturn:
+    """`--timeout`'s line: what this run wrote before it stopped, or that it wrote nothing."""
+    written = forked.committed_outputs()
+    done = f"written before it stopped: {', '.join(map(printable, written))}; nothing else" if written else \
+        "nothing was written"
+    click.echo(f"graphfix: error: {printable(stop)}; {done}", err=True)
+    ctx.exit(stop.exit_code)
+
+
+def _timed_out(exc: BaseException) -> TimedOut | None:
+    """The `--timeout` stop an exception was raised from or during: one raised while onnxruntime's native module
+    initialised came out as `ImportError: initialization failed` (helper 126)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TimedOut):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _refuse_usage(ctx: click.Context, exc: click.UsageError) -> NoReturn:
@@ -158,7 +181,7 @@ def _with_timeout(command: click.Command) -> click.Command:
             return callback(*args, **kwargs)
 
         def expire(signum, frame):
-            raise TimedOut(f"stopped after {timeout:g} s (--timeout); nothing was written")
+            stop_with(TimedOut(f"stopped after {timeout:g} s (--timeout)"))  # past an output's move, if in one
 
         previous = signal.signal(signal.SIGALRM, expire)
         signal.setitimer(signal.ITIMER_REAL, timeout)

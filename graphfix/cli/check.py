@@ -6,7 +6,6 @@ Exit 0 when every model is clean, 1 when a finding reaches --fail-on or the prob
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from graphfix.io.paths import expand_globs, expand_paths
 from graphfix.io.replaced import files_read_by
 from graphfix.io.targets import check_target, write_atomic
 from graphfix.pipeline.batch import Job, default_workers, run_jobs, should_show_progress, summary_table
-from graphfix.report.text import emit_json, fails, findings_text, rejection_line
+from graphfix.report.text import emit_json, fails, findings_text, json_text, rejection_line
 
 
 @click.command("check")
@@ -105,15 +104,15 @@ def _report(outcomes, fmt, output_file, inputs, show_rejected, seconds, failed) 
     if fmt == "sarif":
         from graphfix.report.sarif import sarif_log
 
-        click.echo(json.dumps(sarif_log(outcomes), indent=2), file=out)
+        click.echo(json_text(sarif_log(outcomes)), file=out)
     elif fmt == "json":
         if out is None:
             emit_json("models", [o.to_json(show_rejected) for o in outcomes])
         else:
             from graphfix.core.version import VERSION
 
-            click.echo(json.dumps({"graphfix": VERSION, "models": [o.to_json(show_rejected)
-                                                                      for o in outcomes]}, indent=2), file=out)
+            click.echo(json_text({"graphfix": VERSION, "models": [o.to_json(show_rejected) for o in outcomes]}),
+                       file=out)
     else:
         for outcome in outcomes:
             click.echo(findings_text(outcome.path, outcome.findings, outcome.error), file=out,

@@ -159,6 +159,9 @@ class OutputPath(click.Path):
         text = str(value)  # pathlib drops a last slash or `.`: a file would be written under the folder's name
         if not self.folder and (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")):
             self.fail(f"'{value}' names a folder; give the file's path", param, ctx)
+        if text == "-":  # read by many tools as stdout: graphfix writes a file and its data beside it (helper 126)
+            self.fail("'-' is no file graphfix writes to (a model does not go to stdout); give a path, ./- for a "
+                      "file of that name", param, ctx)
         return output_path(super().convert(value, param, ctx))
 
 

@@ -32,12 +32,16 @@ from typing import Any
 from graphfix.core.errors import GraphfixError, InputError, InternalError
 
 STOP_GRACE_S = 5.0  # a child asked to stop (--timeout, Ctrl-C, SIGTERM) cleans up within this, or is killed
+COMMIT_GRACE_S = 120.0  # or within this while it moves an output into place (a slow disk's fsyncs, helper 127)
 _in_child = False
 _made_fd: int | None = None  # in a child: where `made` tells the parent what it creates
 _setup: Callable[[], None] | None = None  # what each child does first (`enable`)
 _enabled = False
 _baseline: int | None = None  # native threads at the first fork
 _made_here: list[str] = []  # in a child: the folders it made (`made`), for when no parent is left to remove them
+_committed: list[str] = []  # outputs this run moved into place (`committed`), a child's included once it ends
+COMMITTED = "committed:"  # what `made` tells before the path of an output a child moved into place
+COMMITTING = "committing:"  # and before that of one it starts to move: a stop then waits for the move's end
 
 
 class Crashed(InputError):
@@ -113,6 +117,7 @@ class Forked:
         self.label, self.pid, self.fd, self._chunks = label, None, None, []
         self._inline: tuple[str, Any] | None = None
         self._made_fd: int | None = None
+        self._told: list[bytes] = []  # what the child told through `made` so far
         if not can_fork():
             self._inline = _outcome(work)
             return
@@ -181,13 +186,30 @@ class Forked:
         """The folders the child said it made (`made`), read once it has ended; closes that pipe."""
         if self._made_fd is None:
             return ()
-        chunks = []
         with contextlib.suppress(OSError):
+            os.set_blocking(self._made_fd, True)
             while chunk := os.read(self._made_fd, 1 << 16):
-                chunks.append(chunk)
+                self._told.append(chunk)
         os.close(self._made_fd)
         self._made_fd = None
-        return tuple(p.decode("utf-8", "surrogateescape") for p in b"".join(chunks).split(b"\0") if p)
+        told = self._told_so_far()
+        _committed.extend(p.removeprefix(COMMITTED) for p in told if p.startswith(COMMITTED))
+        return tuple(p for p in told if not p.startswith((COMMITTED, COMMITTING)))
+
+    def _told_so_far(self) -> list[str]:
+        return [p.decode("utf-8", "surrogateescape") for p in b"".join(self._told).split(b"\0") if p]
+
+    def _committing(self) -> bool:
+        """Whether the child, still running, is moving an output into place (it told `committing` and not yet
+        `committed`): read without waiting from what it told so far."""
+        if self._made_fd is None:
+            return False
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing more told yet
+            os.set_blocking(self._made_fd, False)
+            while chunk := os.read(self._made_fd, 1 << 16):
+                self._told.append(chunk)
+        told = self._told_so_far()
+        return sum(p.startswith(COMMITTING) for p in told) > sum(p.startswith(COMMITTED) for p in told)
 
     def kill(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child (if still running) and reap it: SIGTERM first, so that it removes its scratch and staging
@@ -199,7 +221,7 @@ class Forked:
         pid = self.pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if not _reaped(pid, grace_s):
+        if not _reaped(pid, grace_s) and not (self._committing() and _reaped(pid, COMMIT_GRACE_S)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -260,6 +282,28 @@ def made(path: str) -> None:
     if _made_fd is not None:
         with contextlib.suppress(OSError):
             os.write(_made_fd, os.fsencode(path) + b"\0")
+
+
+def committing(path: str) -> None:
+    """In a forked child, tell the parent that an output starts to move into place: a stop it sends meanwhile waits
+    for `committed` (up to COMMIT_GRACE_S) before a SIGKILL could leave its data without its graph."""
+    if _in_child and _made_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_made_fd, os.fsencode(COMMITTING + path) + b"\0")
+
+
+def committed(path: str) -> None:
+    """Record an output moved into place by this run; in a forked child, tell the parent too (a stop that ends
+    the run after it says it was written: `committed_outputs`)."""
+    _committed.append(path)
+    if _in_child and _made_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(_made_fd, os.fsencode(COMMITTED + path) + b"\0")
+
+
+def committed_outputs() -> list[str]:
+    """The outputs this run moved into place, in order (a child's once its parent heard of its end)."""
+    return list(_committed)
 
 
 def _serve(work: Callable[[], Any], read_fd: int, write_fd: int, held, made_fd: int | None = None,

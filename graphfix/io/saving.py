@@ -31,6 +31,8 @@ from typing import BinaryIO
 import onnx
 from onnx import TensorProto
 
+from graphfix.core import forked
+from graphfix.core.critical import uninterrupted
 from graphfix.core.errors import OutputError
 from graphfix.io.external_data import data_file, is_stub, model_tensors, tensor_nbytes
 from graphfix.io.externalized import with_external_data
@@ -129,20 +131,23 @@ class StagedModel:
         replaced = (self.replacing or Existing.of(self.destination)).data_files_now(self.destination, folder)
         self._set_mode(folder, stage)
         moved: list[str] = []
-        try:
-            for name in (*self.copied, *([self.data_name] if self.data_name else [])):
+        forked.committing(str(self.destination))
+        with uninterrupted():  # a stop meanwhile (--timeout, SIGTERM) waits: the data is never left alone
+            try:
+                for name in (*self.copied, *([self.data_name] if self.data_name else [])):
+                    _fsync(name, stage)
+                    move_new(name, stage, folder, self.destination.parent / name)
+                    moved.append(name)
+                name = self.destination.name
                 _fsync(name, stage)
-                move_new(name, stage, folder, self.destination.parent / name)
-                moved.append(name)
-        except BaseException:
-            for name in moved:  # made by this run, read by nothing yet
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=folder)
-            raise
-        name = self.destination.name
-        _fsync(name, stage)
-        os.replace(name, name, src_dir_fd=stage, dst_dir_fd=folder)
-        self.made = ()  # they hold the output now
+                os.replace(name, name, src_dir_fd=stage, dst_dir_fd=folder)
+            except BaseException:
+                for name in moved:  # made by this run, read by nothing yet
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=folder)
+                raise
+            self.made = ()  # they hold the output now
+            forked.committed(str(self.destination))
         new = {self.destination.parent / name for name in (*self.copied, *self.referenced, self.data_name or "")}
         for old in replaced:  # graphfix deletes only what it made in this run: another model may read them
             if old not in new and old != self.destination and not any(same_file(old, p, folder)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from graphfix.core import forked
+from graphfix.core.critical import stop_with
 from graphfix.core.errors import OutputError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}  # the folder cannot take our files
@@ -360,11 +361,16 @@ def install_signal_cleanup() -> None:
     (`forked.ENDING`) end graphfix like SIGINT does: by an exception, so every `finally` and context manager runs.
     Their default action ended the process, its folders left. A handler set by whoever embeds graphfix is kept."""
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        stop_with(SystemExit(128 + signum))  # at once, or once an output being moved into place is there
+
+    def interrupt(signum, frame):
+        stop_with(KeyboardInterrupt())
 
     for signum in forked.ENDING:
         if signal.getsignal(signum) in (signal.SIG_DFL, None):
             signal.signal(signum, stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
 
 
 atexit.register(_remove_all)

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graphfix.core import forked
+from graphfix.core.critical import uninterrupted
 from graphfix.core.errors import OutputError, UsageError
 from graphfix.core.read_files import read_as
 from graphfix.io.staging import create, open_folders, open_stage, remove, remove_made, staging_dir
@@ -188,7 +190,9 @@ def write_atomic(destination: Path, text: str, inputs: Iterable[Path] = ()) -> N
                 f.flush()
                 os.fsync(f.fileno())
             check_target(destination, inputs, at=at)  # again: what is there now is what the rename replaces
-            os.replace("report", destination.name, src_dir_fd=stage, dst_dir_fd=at)
+            with uninterrupted():  # a stop right after the rename must say the report was written (helper 127)
+                os.replace("report", destination.name, src_dir_fd=stage, dst_dir_fd=at)
+                forked.committed(str(destination))
         finally:
             os.close(stage)
         made = ()  # they hold the report now

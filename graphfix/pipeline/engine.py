@@ -69,7 +69,9 @@ def analyse(model: onnx.ModelProto, base_dir: Path | None, options: RuleOptions,
     onnx-graphsurgeon for the rules. Rules see the skeleton as `ctx.model`; the graph holds the real weights
     (for a light model, the `weights` its stubs stand for)."""
     inferred = infer_shapes(model)
-    return RuleContext(inferred, import_graph(model, inferred.graph.value_info, weights), base_dir, options)
+    ctx = RuleContext(inferred, import_graph(model, inferred.graph.value_info, weights), base_dir, options)
+    ctx.declared = list(model.graph.value_info)  # the export's, which GF013 compares with what the graph computes
+    return ctx
 
 
 def detect(ctx: RuleContext, rules: list[type[Rule]]) -> Diagnosis:

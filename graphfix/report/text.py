@@ -3,12 +3,14 @@
 Every string that comes from a model or a file name (node names, messages quoting them, paths) goes through
 `printable` before it is printed as text: a newline in a node name would start a line of its own (a CI log
 command such as `::error file=...::` or `::add-mask::`), and a terminal escape or a bidi override would change what
-the reader sees. JSON and SARIF need no such care: `json.dumps` escapes every control and non-ASCII character.
+the reader sees. JSON and SARIF need no such care: `json.dumps` escapes every control and non-ASCII character; but
+it writes an infinite or undefined float as `Infinity` or `NaN`, which no JSON parser reads (`json_text` names them).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import click
@@ -25,7 +27,23 @@ def emit_json(key: str, items: list[dict[str, Any]]) -> None:
     """One JSON document on stdout; `config` names the pyproject.toml whose settings the command used (the key is
     left out when it used none)."""
     used = config_used()
-    click.echo(json.dumps({"graphfix": VERSION, **({"config": used} if used else {}), key: items}, indent=2))
+    click.echo(json_text({"graphfix": VERSION, **({"config": used} if used else {}), key: items}))
+
+
+def json_text(document: Any) -> str:
+    """The document as JSON, each float JSON cannot hold written as its name, `"inf"` or `"nan"` (helper 126:
+    `bench --audio-seconds 1e-320 --format json` wrote `"rtf": Infinity`)."""
+    return json.dumps(_finite(document), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def config_used() -> str | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import onnx
 
 from graphfix.analysis.sizes.domain import constraint_sides
+from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.recent import per_model
 from graphfix.validate.graph_sizes import dim_names, graph_inputs
 
@@ -61,16 +62,27 @@ def graph_steps(model: onnx.ModelProto) -> list[Step]:
     """Each step that a constraint of the size analysis puts on one input dim (see the module's docstring)."""
     found, solved = [], {}  # one step per node; each difference solved once (RAFT repeats it at every refinement)
     for left, right, node in constraint_sides(model):
-        free = (left - right).free_symbols
+        difference = _without_size_factors(left - right)
+        free = difference.free_symbols
         if len(free) != 1 or left.is_number or right.is_number:
             continue
-        symbol, key = next(iter(free)), frozenset({left - right, right - left})
+        symbol, key = next(iter(free)), frozenset({difference, -difference})
         if key not in solved:
-            solved[key] = _step(left - right, symbol)
+            solved[key] = _step(difference, symbol)
         step = Step(symbol.name, *solved[key], node, str(left), str(right)) if solved[key] else None
         if step and step not in found:
             found.append(step)
     return found
+
+
+def _without_size_factors(difference):
+    """The difference without the sizes and numbers it is a multiple of: `x.reshape(B, T // 4, 4 * D)` holds its
+    element count `8*B*T = 32*B*floor(T/4)` wherever `T = 4*floor(T/4)`, whatever the batch (helper 126: a step of
+    the two dims was none, and the failure at T = 7 was called a baked shape)."""
+    factored = sympy.factor_terms(difference)
+    if not factored.is_Mul:
+        return difference
+    return sympy.Mul(*(f for f in factored.args if not (f.is_number or (f.is_Symbol and f.is_positive))))
 
 
 def _step(difference, symbol) -> tuple[int, tuple[int, ...]] | None:

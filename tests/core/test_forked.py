@@ -66,3 +66,39 @@ def test_a_stop_sent_before_the_child_unblocks_its_signals_ends_the_child_not_in
             os._exit(99)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 1 and not marker.exists()
+
+
+def test_a_child_stopped_while_it_moves_an_output_into_place_finishes_the_move(tmp_path):
+    """Helper 127: a stop whose child takes longer than STOP_GRACE_S to move its output into place (a slow disk's
+    fsyncs) was killed half-way, its data left without its graph, and the line said nothing was written. The child
+    tells `committing` first: the parent waits for `committed`, and names what was written."""
+    marker = tmp_path / "model.onnx"
+    script = textwrap.dedent(f"""
+        import signal, time
+        from graphfix.core import forked
+        from graphfix.core.critical import stop_with, uninterrupted
+        from graphfix.core.errors import TimedOut
+
+        def work():
+            signal.signal(signal.SIGTERM, lambda *_: stop_with(SystemExit(143)))
+            forked.committing({str(marker)!r})
+            with uninterrupted():
+                time.sleep(forked.STOP_GRACE_S + 1.5)  # past the grace, inside the move
+                open({str(marker)!r}, "w").close()
+                forked.committed({str(marker)!r})
+            return "done"
+
+        def expire(signum, frame):
+            raise TimedOut("stopped")
+
+        forked.enable()
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            print(forked.run_forked(work, "model"))
+        except TimedOut:
+            print("stopped", forked.committed_outputs())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == f"stopped {[str(marker)]}", done.stdout + done.stderr
+    assert marker.exists()

@@ -192,3 +192,28 @@ def test_a_split_that_is_wrong_at_other_sizes_is_an_error_and_fails_its_proof(na
     assert code == 1 and "GF004" in errors(report), report
     code, report = graphfix("repair", str(path), "-o", str(tmp_path / "fixed.onnx"))
     assert code == 1 and not report["models"][0]["validation"]["passed"], report
+
+
+class Quartered(torch.nn.Module):
+    """Frames stacked by four with the count computed from the shape, `x.reshape(B, T // 4, 4 * D)` (helper 126)."""
+
+    def forward(self, x):
+        b, t, d = x.shape
+        return x.reshape(b, t // 4, 4 * d).relu()
+
+
+def test_a_split_computed_from_the_shape_fails_off_its_step_as_gf000_whose_hint_gives_multiples(tmp_path):
+    """Its element count `8*B*T = 32*B*floor(T/4)` holds at multiples of 4 whatever the batch: the probe's T = 7
+    fails at that Reshape, which no constant causes (it was called a baked shape, GF004, with a hint about
+    baked constants). Still an error, as for a split by -1: a pad the trace dropped leaves the same graph."""
+    module = Quartered().eval()
+    path = export(module, torch.randn(2, 16, 8), tmp_path / "m.onnx", axes={0: "B", 1: "T"})
+    code, report = graphfix("diagnose", str(path))
+    (finding,) = [f for f in report["models"][0]["findings"] if f["severity"] == "error"]
+    assert code == 1 and finding["rule"] == "GF000" and "multiples of 4 of T" in finding["hint"], report
+    code, report = graphfix("diagnose", str(path), "--shape", "x=1x8x8")
+    assert (code, errors(report)) == (0, []), report
+    out = tmp_path / "fixed.onnx"
+    code, report = graphfix("repair", str(path), "-o", str(out), "--shape", "x=1x8x8")
+    assert code == 0 and report["models"][0]["status"] == "unchanged", report
+    matches(module, out, [(1, 8, 8), (3, 36, 8)])

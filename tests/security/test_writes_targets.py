@@ -189,3 +189,12 @@ def test_no_output_replaces_a_file_the_run_reads(sandbox, args, replaced):
 
     assert done.returncode != 0 and "which this run reads" in done.stderr + done.stdout, done.stdout + done.stderr
     assert (sandbox.cwd / replaced).read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [("repair",), ("set-shape", "--shape", "x=2x64")])
+def test_a_dash_for_the_output_is_refused_not_written_as_a_file_of_that_name(sandbox, command):
+    """`-o -` reads as stdout to most tools: graphfix wrote a file named `-` in the working folder (helper 126)."""
+    model = healthy(sandbox.model_dir / "model.onnx")
+    done = sandbox.run(command[0], str(model), *command[1:], "-o", "-")
+    one_line_refusal(done, "'-' is no file graphfix writes to")
+    assert not (sandbox.cwd / "-").exists()

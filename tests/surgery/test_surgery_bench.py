@@ -94,6 +94,18 @@ def test_cli_text_and_json(models):
     assert code == 0 and row["batch"] == 1 and row["rtf"] is None and row["warmup"]["runs"] == 3
 
 
+def test_json_holds_an_infinite_rtf_as_its_name(models):
+    """A real-time factor over 1e-320 s of audio is infinite: `json.dumps` wrote `Infinity`, which no JSON parser
+    reads (helper 126)."""
+    dynamic, _ = models
+    code, out, _ = invoke("bench", dynamic, "--runs", "2", "--format", "json", "--audio-seconds", "1e-320")
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert code == 0 and json.loads(out, parse_constant=refuse)["bench"][0]["rtf"] == "inf", out
+
+
 def test_fixed_batch_dim_is_an_error_row(models):
     dynamic, fixed = models
     code, out, _ = invoke("bench", dynamic, fixed, "--batch", "4", "--runs", "2", "--warmup", "0")
