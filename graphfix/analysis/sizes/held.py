@@ -20,27 +20,21 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Sizes
-from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, solve
+from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, broadcast_pins
 
 
 def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
     """Reshapes of a constant shape (no 0, no -1) whose entries broadcasts meet with sizes, axis by axis, each
     with those entries (the size each meets), where the element count holds at every size once they are rebuilt."""
     held: dict[int, tuple[gs.Node, Solution, dict[int, list[BakedEntry]]]] = {}
-    for constraint in sizes.constraints:
-        solution = solve(constraint, sizes.solver) if constraint.kind == "broadcast" else None
-        if solution is None or solution.cut is not None or not constraint.detail.startswith("axis "):
+    for solution, number, size, axis in broadcast_pins(sizes):
+        if size.is_Integer:
             continue
-        number, size = (constraint.left, constraint.right) if constraint.left.is_Integer else \
-            (constraint.right, constraint.left)
-        if not number.is_Integer or size.is_Integer:
-            continue
-        rank, axis = len(sizes.shape(constraint.node.outputs[0]) or ()), int(constraint.detail.split()[1])
-        for tensor in constraint.node.inputs:
-            found = _constant_entry(sizes, tensor, axis - rank, int(number))
+        for tensor in solution.constraint.node.inputs:
+            found = _constant_entry(sizes, tensor, axis, number)
             if found is not None:
                 entries = held.setdefault(id(found[0]), (found[0], solution, {}))[2]
-                entries.setdefault(found[1], []).append(BakedEntry(found[1], int(number), size))
+                entries.setdefault(found[1], []).append(BakedEntry(found[1], number, size))
     for node, solution, met in held.values():
         entries = {j: sizes_met[0] for j, sizes_met in met.items()}
         values = [e.value for e in entries.values()]

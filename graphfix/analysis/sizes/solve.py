@@ -211,20 +211,26 @@ def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
     traced at batch 2 bakes `[2, T]`, and the Less holds at B = 2 only. The entry stands for that size (the
     expanded dim has no other source: the Expand's input has 1 or nothing there)."""
     seen: set[tuple[int, int]] = set()
+    for solution, number, size, axis in broadcast_pins(sizes):
+        for tensor in solution.constraint.node.inputs:
+            found = _expanded_entry(sizes, tensor, axis, number)
+            if found is not None and (id(found[0]), found[1]) not in seen:
+                seen.add((id(found[0]), found[1]))
+                yield BakedShape(found[0], solution, [BakedEntry(found[1], number, size)])
+
+
+def broadcast_pins(sizes: Sizes) -> Iterator[tuple[Solution, int, sympy.Expr, int]]:
+    """(solution, number, size, axis from the end) of each broadcast that holds at one size only, a constant
+    `number` of one operand meeting `size` of another on that axis (`baked_expands`, `sizes.held`)."""
     for constraint in sizes.constraints:
         solution = solve(constraint, sizes.solver) if constraint.kind == "broadcast" else None
         if solution is None or solution.cut is not None or not constraint.detail.startswith("axis "):
             continue
         number, size = (constraint.left, constraint.right) if constraint.left.is_Integer else \
             (constraint.right, constraint.left)
-        if not number.is_Integer:
-            continue
-        rank, axis = len(sizes.shape(constraint.node.outputs[0]) or ()), int(constraint.detail.split()[1])
-        for tensor in constraint.node.inputs:
-            found = _expanded_entry(sizes, tensor, axis - rank, int(number))
-            if found is not None and (id(found[0]), found[1]) not in seen:
-                seen.add((id(found[0]), found[1]))
-                yield BakedShape(found[0], solution, [BakedEntry(found[1], int(number), size)])
+        if number.is_Integer:
+            rank, axis = len(sizes.shape(constraint.node.outputs[0]) or ()), int(constraint.detail.split()[1])
+            yield solution, int(number), size, axis - rank
 
 
 def _expanded_entry(sizes: Sizes, tensor: gs.Tensor, axis: int, number: int) -> tuple[gs.Node, int] | None:
