@@ -30,16 +30,17 @@ class StaleValueInfo(Rule):
     kept the export's shapes. Where onnx leaves the dim unknown (`unk__3`) and a Shape reads the tensor,
     onnxruntime's symbolic inference says; elsewhere an unknown dim is no contradiction (the declaration may know
     more), nor is another number (onnx's inference of a pool with `ceil_mode` and pads is off by one where
-    PyTorch's declaration is right). An error where a Shape or Size reads such a tensor declared whole (static),
-    directly or through ops that keep its shape, a warning otherwise (onnxruntime 1.32 folds no Shape of a
-    partly static declaration).
+    PyTorch's declaration is right). An error where such a tensor is declared whole (static), a warning where it
+    is declared in part (`[B, 7, 4]`: onnxruntime 1.32 folds and fuses nothing with it, helpers 127 and 128).
 
     ## Why it breaks deployment
     onnxruntime trusts value_info: at any optimization level above `ORT_DISABLE_ALL` (the default session's) it
     folds `Shape` of such a tensor to the declared numbers. A mean `ReduceSum(r) / Shape(r)[1]` then divides by the
     export length at every length (wrong values, no error), and a Reshape built from that Shape fails at every
-    other size (helper 126). graphfix's own analysis drops value_info and infers it again, and its probe runs with
-    optimizations off: neither sees the declaration that a deployed session uses.
+    other size (helper 126); a MatMul and its bias fused into a Gemm are reshaped to the declared size, and fail
+    at every other (helper 128: a LayerNorm, Linear, ReLU block exported static and made dynamic by hand).
+    graphfix's own analysis drops value_info and infers it again, and its probe runs with optimizations off:
+    neither sees the declaration that a deployed session uses.
 
     ## Example
     ```python
@@ -58,15 +59,15 @@ class StaleValueInfo(Rule):
     fixable = True
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding]:
-        stale, folded = [], []
+        stale, whole = [], []
         for declared in ctx.declared:
             tensor = ctx.tensors.get(declared.name)
             given = _dims(declared)
             if tensor is None or given is None or (computed := _computed(ctx, tensor, given)) is None:
                 continue
             stale.append((declared.name, given, computed))
-            if all(isinstance(d, int) and d > 0 for d in given) and _measured(tensor):
-                folded.append(declared.name)
+            if all(isinstance(d, int) and d > 0 for d in given):
+                whole.append(declared.name)
         if not stale:
             return
         shown = "; ".join(f"'{name}' {given} where the inputs give {computed}" for name, given, computed in stale[:3])
@@ -74,11 +75,12 @@ class StaleValueInfo(Rule):
         yield self.finding(
             f"the model's value_info declares {len(stale)} intermediate shape(s) that its dynamic inputs contradict: "
             f"{shown}{more}; onnxruntime's optimizer (any level above disabled, the default session's) trusts them"
-            + (f", and folds the Shape of {', '.join(repr(n) for n in folded[:3])}, declared whole, to the declared "
-               "numbers: a deployed session computes for the declared size at every other size (wrong values, or a "
-               "failure)" if folded else " (no Shape reads one declared whole here, so it folds none; other "
-               "optimizations and runtimes may use them)"),
-            tensors=[name for name, _, _ in stale], hint=HINT, severity=None if folded else Severity.WARNING,
+            + (f", and {', '.join(repr(n) for n in whole[:3])} declared whole: it folds a Shape of such a tensor to "
+               "the declared numbers and reshapes a MatMul it fuses into a Gemm to them, so a deployed session "
+               "computes for the declared size at every other size (wrong values, or a failure)" if whole else
+               " (each declared in part, which onnxruntime 1.32 neither folds nor fuses with; other runtimes may "
+               "read them)"),
+            tensors=[name for name, _, _ in stale], hint=HINT, severity=None if whole else Severity.WARNING,
             fix=Fix(f"write the shapes inference computes for {len(stale)} value_info entr"
                     f"{'ies' if len(stale) > 1 else 'y'} in place of the declared ones", apply=_inferred,
                     safety=Safety.SAFE, reason="value_info is a hint: no value the graph computes changes"))
@@ -121,7 +123,8 @@ def _named_at_a_number(given: list, computed: list) -> bool:
 
 def _measured(tensor) -> bool:
     """Whether a Shape or Size reads the tensor, or what keeps its shape (an elementwise op, an Identity: onnxruntime
-    carries the declared shape through them, helper 127), within KEPT ops."""
+    carries the declared shape through them, helper 127), within KEPT ops: only then is onnxruntime's symbolic
+    inference asked for a dim onnx's leaves unknown."""
     frontier, seen = [tensor], set()
     for _ in range(KEPT):
         step = []

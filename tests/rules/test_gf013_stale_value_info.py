@@ -102,10 +102,11 @@ def test_a_declaration_inference_agrees_with_is_no_finding(tmp_path, declared):
     assert done.exit_code == 0 and "GF013" not in done.output, done.output
 
 
-def test_an_export_whose_inputs_were_made_dynamic_by_hand_is_a_warning_where_no_shape_is_read(tmp_path):
+def test_an_export_whose_inputs_were_made_dynamic_by_hand_is_an_error_and_repaired(tmp_path):
     """An MLP exported at [2, 7, 4] without dynamic axes, its shapes inferred into value_info (as onnxsim writes
-    them), then its input's dims named by hand: every intermediate value_info is stale, but no Shape reads one, so
-    onnxruntime folds none (a warning, repaired)."""
+    them), then its input's dims named by hand: no Shape reads a stale declaration, but onnxruntime fuses each
+    Linear's MatMul and bias into a Gemm reshaped to the declared size, which fails at every other size (helper
+    128: a warning, and `check` passed it). Repaired, it runs in a default session and matches PyTorch."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
@@ -119,10 +120,12 @@ def test_an_export_whose_inputs_were_made_dynamic_by_hand_is_a_warning_where_no_
         for dim, name in zip(value.type.tensor_type.shape.dim, ["B", "T"], strict=False):
             dim.dim_param = name
     onnx.save(model, path)
-    found = CliRunner().invoke(cli, ["diagnose", str(path)])
-    assert found.exit_code == 0 and "warning GF013 stale-value-info" in found.output, found.output
+    x = torch.randn(3, 11, 4)
+    with pytest.raises(Exception, match="Reshape"):
+        _deployed(path, x.numpy())
+    found = CliRunner().invoke(cli, ["check", str(path)])
+    assert found.exit_code == 1 and "error GF013 stale-value-info" in found.output, found.output
     done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
     assert done.exit_code == 0 and "applied GF013" in done.output, done.output
-    x = torch.randn(3, 11, 4)
     with torch.no_grad():
         np.testing.assert_allclose(_deployed(out, x.numpy()), module(x).numpy(), rtol=1e-4, atol=1e-5)
