@@ -145,3 +145,23 @@ def test_two_entries_that_held_one_number_at_export_are_not_told_apart_by_a_broa
                           dynamic_axes={"x": {0: "B", 1: "H", 2: "W"}})
     done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
     assert done.exit_code == 1 and not out.exists() and "entries 0, 1, 2 of Reshape" not in done.output, done.output
+
+
+class HeadsFirst(torch.nn.Module):
+    """A trap: 2 heads first, `reshape(2, int(T), int(B), 4)`, against `[B, T, 1, 1]`, traced at batch 2: the Add
+    meets entry 0 with B, which is the heads' 2; at B = 1 PyTorch broadcasts its 2 heads, where a rebuilt
+    `[B, T, 2, 4]` returns one batch of 2 heads (another shape)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, t = int(x.shape[0]), int(x.shape[1])
+        return self.lin(x.reshape(b * t, 8)).reshape(2, t, b, 4) + x[..., :1, None]
+
+
+def test_a_rebuilt_entry_that_held_another_entrys_number_is_not_told_apart(tmp_path):
+    done, out = _repaired(tmp_path, HeadsFirst())
+    assert done.exit_code == 1 and not out.exists(), done.output

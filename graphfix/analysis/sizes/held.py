@@ -6,9 +6,10 @@ the two entries, not which is which (2 * 12 or 3 * 8), and the size analysis can
 Where every such entry is replaced by the size it meets and the element count then holds at every size, the
 shape is determined: the entries that broadcast against a size of more than one must be that size, and the count
 leaves no room for another. Where the count does not hold so, nothing is rebuilt (GF003 reports the broadcast);
-nor where two broadcasts meet one entry with two sizes, or two entries held the same number at export
+nor where two broadcasts meet one entry with two sizes, or a rebuilt entry held a number another entry holds
 (`reshape(int(B), int(H), int(W), C) + x.transpose(1, 2)` traced square: H or W, each is either, and where a
-size is 1 the broadcast no longer tells them apart, helper 125).
+size is 1 the broadcast no longer tells them apart, helper 125; so `reshape(2, int(T), int(B), 4)`, 2 heads at
+batch 2, against `[B, T, 1, 1]`: at B = 1 PyTorch broadcasts its 2 heads where the rebuilt batch would be).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
                 entries.setdefault(found[1], []).append(BakedEntry(found[1], number, size))
     for node, solution, met in held.values():
         entries = {j: sizes_met[0] for j, sizes_met in met.items()}
-        values = [e.value for e in entries.values()]
+        target = [int(t) for t in sizes.value(node.inputs[1])]
         if all(same(e.expr, entries[j].expr) for j, sizes_met in met.items() for e in sizes_met) \
-                and len(set(values)) == len(values) and _count_holds(sizes, node, entries):
+                and all(target.count(e.value) == 1 for e in entries.values()) and _count_holds(sizes, node, entries):
             yield BakedShape(node, solution, [entries[j] for j in sorted(entries)])
 
 
