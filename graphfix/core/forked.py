@@ -279,26 +279,29 @@ def made(path: str) -> None:
     """In a forked child, tell the parent that this folder was just made by it: if the child crashes, the parent
     removes it (graphfix.io.staging.remove_left), and nothing it was not told of."""
     _made_here.append(path)
-    if _made_fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(_made_fd, os.fsencode(path) + b"\0")
+    _tell(path)
 
 
 def committing(path: str) -> None:
     """In a forked child, tell the parent that an output starts to move into place: a stop it sends meanwhile waits
     for `committed` (up to COMMIT_GRACE_S) before a SIGKILL could leave its data without its graph."""
-    if _in_child and _made_fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(_made_fd, os.fsencode(COMMITTING + path) + b"\0")
+    if _in_child:
+        _tell(COMMITTING + path)
 
 
 def committed(path: str) -> None:
     """Record an output moved into place by this run; in a forked child, tell the parent too (a stop that ends
     the run after it says it was written: `committed_outputs`)."""
     _committed.append(path)
-    if _in_child and _made_fd is not None:
+    if _in_child:
+        _tell(COMMITTED + path)
+
+
+def _tell(text: str) -> None:
+    """Write one entry to the parent through `made`'s pipe (a child's; a full pipe loses it, never blocks)."""
+    if _made_fd is not None:
         with contextlib.suppress(OSError):
-            os.write(_made_fd, os.fsencode(COMMITTED + path) + b"\0")
+            os.write(_made_fd, os.fsencode(text) + b"\0")
 
 
 def committed_outputs() -> list[str]:

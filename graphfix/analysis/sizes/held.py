@@ -40,7 +40,8 @@ def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
         entries = {j: sizes_met[0] for j, sizes_met in met.items()}
         target = [int(t) for t in sizes.value(node.inputs[1])]
         if all(same(e.expr, entries[j].expr) for j, sizes_met in met.items() for e in sizes_met) \
-                and all(target.count(e.value) == 1 for e in entries.values()) and _count_holds(sizes, node, entries):
+                and all(target.count(e.value) == 1 for e in entries.values()) \
+                and _count_holds(sizes, node, target, entries):
             yield BakedShape(node, solution, [entries[j] for j in sorted(entries)])
 
 
@@ -57,10 +58,11 @@ def _constant_entry(sizes: Sizes, tensor: gs.Tensor, axis: int, number: int) -> 
     return (node, entry) if int(target[entry]) == number else None
 
 
-def _count_holds(sizes: Sizes, node: gs.Node, entries: dict[int, BakedEntry]) -> bool:
-    """Whether the Reshape's input holds as many elements as its shape with `entries` rebuilt, at every size."""
-    data, target = sizes.shape(node.inputs[0]), sizes.value(node.inputs[1])
+def _count_holds(sizes: Sizes, node: gs.Node, target: list[int], entries: dict[int, BakedEntry]) -> bool:
+    """Whether the Reshape's input holds as many elements as its shape `target` with `entries` rebuilt, at every
+    size."""
+    data = sizes.shape(node.inputs[0])
     if data is None or any(d is None for d in data):
         return False
-    rebuilt = [entries[j].expr if j in entries else as_expr(t) for j, t in enumerate(target)]
+    rebuilt = [entries[j].expr if j in entries else t for j, t in enumerate(target)]
     return same(math.prod(data), math.prod(rebuilt))
