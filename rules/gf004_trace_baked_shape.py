@@ -217,8 +217,9 @@ class TraceBakedShape(Rule):
         batch into `[2, T]`, and the Less meets it with the batch, which holds at B = 2 only. The entry is rebuilt
         from the size it meets. So are a constant Reshape's entries that broadcasts meet, axis by axis, where the
         element count then holds at every size (`h.reshape(int(B), int(T), D) + x`, graphfix.analysis.sizes.held).
-        (Other constant Expand and Reshape shapes are `_expand`'s and `_reshape`'s.)"""
-        wanted = {id(n) for n in ctx.graph.nodes if (n.op == "Expand" and partly_constant(ev.elems(n.inputs[1])))
+        Where no broadcast holds an entry, constant Expand and Reshape shapes are `_expand`'s and `_reshape`'s."""
+        wanted = {id(n) for n in ctx.graph.nodes if (n.op == "Expand" and (partly_constant(ev.elems(n.inputs[1]))
+                                                                           or max(constant_target(ev, n) or [0]) > 1))
                   or (n.op == "Reshape" and (t := constant_target(ev, n)) is not None and min(t, default=0) > 0)}
         if not wanted:
             return
@@ -233,7 +234,7 @@ class TraceBakedShape(Rule):
             yield self.finding(
                 f"{node.op} '{node.name}' bakes {', '.join(f'{e.expr}={e.value}' for e in entries)}, export-time "
                 f"size(s): entr{s} {', '.join(f'{e.index} ({e.value})' for e in entries)} of its shape meet "
-                f"{which} in {consumer.op} '{consumer.name}', which broadcasts only there; entr{s} {indices} "
+                f"{which} in {consumer.op} '{consumer.name}', which holds only there; entr{s} {indices} "
                 f"{'are' if len(entries) > 1 else 'is'} {which}",
                 nodes=[node, consumer], tensors=[node.inputs[0], node.inputs[1]],
                 shapes={node.inputs[0].name: sizes.dims(node.inputs[0])},
@@ -242,7 +243,7 @@ class TraceBakedShape(Rule):
                         apply=loosened(node, {e.value for e in entries},
                                        rebuilt_entries(node, 1, {e.index: e.expr for e in entries}, sizes, ctx.opset)),
                         safety=Safety.SAFE,
-                        reason=f"the broadcast in {consumer.op} '{consumer.name}' says entr{s} {indices} "
+                        reason=f"{consumer.op} '{consumer.name}' says entr{s} {indices} "
                                f"{'are' if len(entries) > 1 else 'is'} {which} at every size, and "
                                + ("the Expand's input has no dim of its own there" if node.op == "Expand" else
                                   "the Reshape's element count then holds at every size")))

@@ -139,7 +139,7 @@ def expand_entries(sizes: ExportSizes, shape: list, target: list[int]) -> Entrie
     where x has 1, equal to the size of one graph input's dim (linked by value only)."""
     offset = len(target) - len(shape)
     entries: list[int | tuple[gs.Tensor, int]] = list(target)
-    notes, by_value, given_only = [], [], []
+    notes, by_value, given_only, unsafe = [], [], [], []
     for j, t in enumerate(target):
         i = j - offset
         dim = shape[i] if i >= 0 else 1
@@ -148,11 +148,13 @@ def expand_entries(sizes: ExportSizes, shape: list, target: list[int]) -> Entrie
         if isinstance(dim, str) and sizes.values.get(dim) == t:
             entries[j] = 1  # Expand keeps the input's dim where the shape says 1
             notes.append(f"entry {j} = {t} is {sizes.explain(dim)}")
+            if not sizes.from_the_graph(dim):  # `x[:, :1].expand(-1, int(T), -1)`: 1 there, broadcast to T
+                unsafe.append(f"only an Expand says {dim} was {t} at export: the input may have had 1 there")
         elif dim == 1 and len(cands := carriers_of(sizes, t)) == 1:
             entries[j] = sizes.carriers[cands[0]]
             by_value.append(f"entry {j} = {t} equals {sizes.explain(cands[0])}")
             given_only.append(not sizes.is_solved(cands[0]))
-    unsafe = ["the expanded dim is linked to the graph input by value only"] if by_value else []
+    unsafe += ["the expanded dim is linked to the graph input by value only"] if by_value else []
     # a new axis that only equals a size given with --trace-shape may be the model's own (a repeat count)
     return Entries(entries, notes + by_value, unsafe, doubt=bool(by_value) and all(given_only) and not notes,
                    otherwise="the input carries the dynamic dim at each replaced position; 1 keeps it")

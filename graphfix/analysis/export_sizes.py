@@ -36,6 +36,12 @@ class ExportSizes:
     deferred: list[Callable[[ExportSizes], None]] = field(default_factory=list)
     solved: set[str] = field(default_factory=set)
     corroborate: list[Callable[[ExportSizes], None]] = field(default_factory=list)  # run for given-only sizes
+    given: set[str] = field(default_factory=set)  # said by --trace-shape
+
+    def from_the_graph(self, sym: str) -> bool:
+        """Whether the graph's constraints or --trace-shape tell `sym`'s export size, not only an Expand to it
+        (which holds at 1 too: the input may have had 1 there)."""
+        return sym in self.given or self.is_solved(sym)
 
     @property
     def values(self) -> dict[str, int]:
@@ -76,6 +82,7 @@ def export_sizes(ctx: RuleContext, ev: Evaluator) -> ExportSizes:
         for axis, dim in enumerate(ctx.shape(tensor) or ()):
             if traced and isinstance(dim, str) and axis < len(traced):
                 sizes.learn(dim, traced[axis], f"--trace-shape {tensor.name}", solved=False)
+                sizes.given.add(dim)
     reshapes = []
     for node in ctx.graph.nodes:
         if node.op == "Reshape":
@@ -137,7 +144,7 @@ def _learn_aligned(sizes: ExportSizes, shape, target, source: str) -> None:
     for j in range(1, min(len(shape), len(target)) + 1):
         dim, t = shape[-j], int(target[-j])
         if isinstance(dim, str) and t > 1:
-            sizes.learn(dim, t, source)
+            sizes.learn(dim, t, source, solved=False)  # or the input had 1 there
 
 
 def _learn_from_symbolic(ctx: RuleContext, sizes: ExportSizes, settled: set[str]) -> None:

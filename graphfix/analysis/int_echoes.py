@@ -143,7 +143,10 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
             else None
         if item is not None:
             yield "the value it fills", item, INT_VALUES
-        # its own output's dims are its entries: each is read where it is no feature width (`new_zeros(B, T // 2, D)`)
+        # its own output's dims are its entries: each is read where it is no feature width (`new_zeros(B, T // 2, D)`),
+        # but a vector that becomes a shape is as long as a rank (TorchScript's `expand(-1, n, -1)`: ones(3) * -1)
+        if _shapes_a_shape(node.outputs[0]):
+            return
         yield from ((where, item, forms) for where, item, forms in _entries(node.inputs[0], None, "an entry of its "
                                                                             "shape", fold, lengths)
                     if item not in widths)
@@ -307,6 +310,27 @@ def lengths(wanted: list[int], widths: frozenset[int]) -> list[int]:
     dim (`widths`, sizes.ops.weight_dims). A weight's dim is a feature width (a GLU's `z[..., :32]` of 64
     features, exported at T = 64, cuts features, not the length); a length is no weight's dim."""
     return [n for n in wanted if n not in widths]
+
+
+SHAPE_INPUTS = {"Expand": 1, "Reshape": 1, "ConstantOfShape": 0, "Tile": 1}  # the input that is a shape vector
+
+
+def _shapes_a_shape(tensor: gs.Tensor) -> bool:
+    """Whether the tensor's values become a shape vector within SHAPE_HOPS ops of a size's own arithmetic, a
+    comparison or a Where (the TorchScript exporter's `expand(-1, n, -1)` compares its shape with `ones(3) * -1`)."""
+    frontier, seen = [tensor], set()
+    for _ in range(SHAPE_HOPS):
+        step = []
+        for current in frontier:
+            for reader in current.outputs:
+                slot = SHAPE_INPUTS.get(reader.op)
+                if slot is not None and slot < len(reader.inputs) and reader.inputs[slot] is current:
+                    return True
+                if reader.op in SIZE_OPS | {"Equal", "Where"} and id(reader) not in seen:
+                    seen.add(id(reader))
+                    step.extend(reader.outputs)
+        frontier = step
+    return False
 
 
 def _is_size(tensor: gs.Tensor) -> bool:

@@ -1,0 +1,70 @@
+"""GF004 on an Expand of a constant shape that a later op holds: `x[:, :1].expand(-1, int(T), -1)` traced at 7
+frames is `Expand(x[:, :1], [1, 7, 1])`. Its first fix read the 7 as the input's own dim ("1 keeps it": the only
+source of that dim's export size was the Expand itself, whose input had 1 there) and computed `[1, 1, 1]`, which
+validation refused (exit 1). An Add, or a Concat off its axis, that meets the entry with T, past an elementwise
+op (`* 2`), holds it at T at every size: the entry is rebuilt from T (graphfix.analysis.sizes.solve
+`passed_along`, `broadcast_pins`). The TorchScript exporter's `expand(-1, n, -1)` compares its shape with
+`ones(3) * -1`: that ConstantOfShape's 3 is a rank, no echo of the size (7 // 2), which made the fix unsafe.
+Where nothing holds the entry, "1 keeps it" is not said on an Expand's word alone."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import run
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class FirstFrame(torch.nn.Module):
+    def __init__(self, use):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.use = torch.nn.Linear(4, 4), use
+
+    def forward(self, x):
+        first = self.lin(x[:, :1]).expand(-1, int(x.shape[1]), -1)
+        return self.use(first, x)
+
+
+def _export(tmp_path, module, length=7):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, 4),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    return path
+
+
+@pytest.mark.parametrize("use", [
+    lambda first, x: x + first * 2,
+    lambda first, x: torch.cat([x, first.relu()], -1),
+    lambda first, x: torch.where(x > 0, first, x),
+], ids=["added-past-a-mul", "concatenated", "where"])
+def test_an_expand_entry_an_op_after_holds_at_the_length_is_rebuilt_from_it(tmp_path, use):
+    module = FirstFrame(use)
+    out = tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module)), "-o", str(out)])
+    assert done.exit_code == 0 and "entry 1 of Expand" in done.output, done.output
+    for shape in [(1, 3, 4), (3, 12, 4), (2, 7, 4)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(run(str(out), {"x": x.numpy()})[0], module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_an_expand_of_a_one_that_nothing_holds_is_not_read_as_its_input_dim(tmp_path):
+    """`x[:, :1].expand(-1, int(T), -1).sum(1)` runs at every length, 7 times the first frame: the 7 is T or the
+    model's own count, and `[1, 1, 1]` (the input's dim, which is 1) is neither. Safe before (at 9 frames: at 7
+    the rank's 3 read as 7 // 2 made it unsafe)."""
+    path = _export(tmp_path, FirstFrame(lambda first, x: first.sum(1)), length=9)
+    done = CliRunner().invoke(cli, ["diagnose", str(path), "--format", "json"])
+    findings = json.loads(done.output)["models"][0]["findings"]
+    expands = [f for f in findings if f["rule"] == "GF004" and "Expand" in f["message"]]
+    assert expands and all(f["fix"] is None or f["fix"]["safety"] != "safe" for f in expands), done.output
