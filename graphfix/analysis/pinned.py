@@ -21,6 +21,7 @@ from graphfix.analysis.broadcast import BROADCAST_OPS
 from graphfix.analysis.sizes import Solution, sizes_of, solve
 from graphfix.analysis.sizes.arith import same
 from graphfix.analysis.sizes.ops import SAME_SHAPE, is_table  # a dim passes SAME_SHAPE ops on its axis
+from graphfix.analysis.sizes.solve import solve_length
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,12 @@ def pinned_operands(ctx, direct: Iterable[gs.Tensor] = ()) -> Iterator[Pinned | 
     sizes, seen, direct = sizes_of(ctx), set(), {id(t) for t in direct}
     fed = {t.name for t in ctx.model.graph.input}  # an initializer that is also an input: a caller may feed it
     for constraint in sizes.constraints:
-        solution = solve(constraint, sizes.solver) if _from_data(sizes, constraint) else None
+        solution, length = (solve(constraint, sizes.solver), None) if _from_data(sizes, constraint) else (None, None)
+        if solution is None and _from_data(sizes, constraint):  # a length derived through a floor (Conv frames)
+            solution, length = solve_length(constraint, sizes.solver) or (None, None)
         if solution is None or solution.cut is not None or solution.value < 2:
             continue  # a size of 1 is every constant's that broadcasts
-        found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution)
+        found = {(id(p.const), p.axis): p for p in _sources(ctx, sizes, solution, length)
                  if p.const.name not in fed and id(p.const) not in direct}
         if len(found) != 1:
             if found:
@@ -120,12 +123,12 @@ def _from_data(sizes, constraint) -> bool:
     return target is not None and not any(getattr(e, "is_Integer", False) and e > 1 for e in target)
 
 
-def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
+def _sources(ctx, sizes, solution: Solution, length=None) -> Iterator[Pinned]:
     """The constants behind each dim of the constraint's node that holds the pinned value: the data of a Reshape,
-    or the operands of a broadcast on its axis."""
+    or the operands of a broadcast on its axis. `length`: the derived length the solution's symbol stands for."""
     constraint, value = solution.constraint, solution.value
-    carrier = _input_carrier(ctx, sizes, solution.symbol)
-    if carrier is None:
+    carrier = _input_carrier(ctx, sizes, solution.symbol) if length is None else None
+    if carrier is None and length is None:
         return
     node = constraint.node
     if constraint.kind == "reshape":
@@ -138,7 +141,9 @@ def _sources(ctx, sizes, solution: Solution) -> Iterator[Pinned]:
         ends = _follow(ctx, sizes, node, index, axis, value, memo)
         if ends is not None and len(ends) == 1:
             ((const, const_axis, readers),) = ends.values()
-            yield Pinned(*readers[0], const, ctx.constant_value(const), const_axis, solution, carrier, readers)
+            where = carrier or _derived_carrier(sizes, node, length, readers)
+            if where is not None:
+                yield Pinned(*readers[0], const, ctx.constant_value(const), const_axis, solution, where, readers)
 
 
 def _follow(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, memo: dict, depth: int = 32) -> dict | None:
@@ -164,6 +169,9 @@ def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, m
         return None
     if producer.op in SAME_SHAPE:
         return _follow(ctx, sizes, producer, 0, axis, value, memo, depth - 1)
+    if producer.op == "Unsqueeze":  # a mask given its feature axis (`mask[..., None]`)
+        before = _before_unsqueeze(ctx, sizes, producer, axis)
+        return None if before is None else _follow(ctx, sizes, producer, 0, before, value, memo, depth - 1)
     if producer.op == "ConstantOfShape":  # masked_fill's fill, shaped like the mask it fills
         shape = producer.inputs[0].inputs[0] if producer.inputs[0].inputs else None
         if shape is None or shape.op != "Shape" or shape.attrs.get("start", 0) or "end" in shape.attrs:
@@ -181,6 +189,16 @@ def _follow_once(ctx, sizes, node: gs.Node, index: int, axis: int, value: int, m
             before = found.get(key, (const, const_axis, ()))[2]
             found[key] = (const, const_axis, before + tuple(r for r in readers if r not in before))
     return found or None
+
+
+def _before_unsqueeze(ctx, sizes, node: gs.Node, axis: int) -> int | None:
+    """The input's axis that output `axis` of an Unsqueeze is, None where the Unsqueeze inserted it."""
+    axes = node.attrs.get("axes") if len(node.inputs) < 2 else ctx.constant_value(node.inputs[1])
+    rank = len(shape) if (shape := sizes.shape(node.outputs[0])) is not None else None
+    if axes is None or rank is None:
+        return None
+    inserted = {int(a) % rank for a in np.reshape(axes, -1)}
+    return None if axis in inserted else axis - sum(a < axis for a in inserted)
 
 
 def _aligned(sizes, node: gs.Node, axis_from_end: int, value: int) -> list[tuple[int, int]]:
@@ -207,6 +225,30 @@ def _input_carrier(ctx, sizes, symbol) -> tuple[gs.Tensor, int] | None:
             if dim is not None and same(dim, symbol):
                 return tensor, axis
     return None
+
+
+def _derived_carrier(sizes, node: gs.Node, length, readers) -> tuple[gs.Tensor, int] | None:
+    """A tensor upstream of the constraint's `node` with a dim of the derived `length` (a Conv front end's frames),
+    and its axis, that none of the constant's `readers` computes: a Shape of it then feeds them, no cycle."""
+    avoid = {id(reader) for reader, _ in readers}
+    for tensor in node.inputs:
+        found = sizes.carrier(length, tensor)
+        if found is not None and not _computed_by(found[0], avoid):
+            return found
+    return None
+
+
+def _computed_by(tensor: gs.Tensor, nodes: set[int], limit: int = 20000) -> bool:
+    """Whether any of `nodes` (ids) is upstream of `tensor` (True too past `limit` nodes: not shown apart)."""
+    stack, seen = [tensor], set()
+    while stack:
+        for producer in stack.pop().inputs:
+            if id(producer) in nodes or len(seen) > limit:
+                return True
+            if id(producer) not in seen:
+                seen.add(id(producer))
+                stack.extend(producer.inputs)
+    return False
 
 
 def copies(ctx, pinned: Pinned) -> list[str]:

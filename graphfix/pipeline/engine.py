@@ -179,7 +179,16 @@ def solved_sizes(ctx: RuleContext, diagnosis: Diagnosis) -> dict[str, int]:
     choice to make (without one the proof needs no export size, and the analysis is not paid for)."""
     if not any(f.fix is not None or f.choice is not None for f in diagnosis.findings):
         return {}
-    return dict(export_sizes(ctx, ctx.evaluator).values)
+    solved = dict(export_sizes(ctx, ctx.evaluator).values)
+    derived: dict[str, list] = {}  # dims only lengths derived from them tell: a size that gives every one
+    for fact in export_facts(ctx):
+        if fact.length is not None and fact.dim not in solved:
+            derived.setdefault(fact.dim, []).append(fact)
+    for dim, facts in derived.items():
+        least = [fact.least() for fact in facts]
+        if None not in least and all(fact.gives(max(least)) for fact in facts):
+            solved[dim] = max(least)
+    return solved
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
