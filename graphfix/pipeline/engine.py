@@ -29,7 +29,7 @@ from graphfix.core.rule import Finding, Rejection, Rule, RuleOptions, Safety, Se
 from graphfix.io.graphs import export_graph, import_graph, tidy
 from graphfix.io.weights import Weights
 
-MAX_ROUNDS = 8
+MAX_ROUNDS = 8  # beyond one round for each node whose shape input a fix may rebuild (`round_limit`)
 
 
 @dataclass
@@ -192,12 +192,22 @@ def solved_sizes(ctx: RuleContext, diagnosis: Diagnosis) -> dict[str, int]:
 
 
 def fix_model(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
-              max_rounds: int = MAX_ROUNDS, solve: bool = False, weights: Weights | None = None) -> FixOutcome:
-    """Apply fixes until no applicable fix is left or `max_rounds` is reached. `solve`: also learn the input dims'
-    export sizes from the model's own analysis, before any fix edits it (the proof starts there: one analysis of
-    the original, not two). `weights`: what a light model's stubs stand for (a model parsed light)."""
+              max_rounds: int | None = None, solve: bool = False, weights: Weights | None = None) -> FixOutcome:
+    """Apply fixes until no applicable fix is left or `max_rounds` (by default `round_limit`) is reached. `solve`:
+    also learn the input dims' export sizes from the model's own analysis, before any fix edits it (the proof
+    starts there: one analysis of the original, not two). `weights`: what a light model's stubs stand for (a model
+    parsed light)."""
     with collector_paused():
-        return _fix_rounds(model, base_dir, rules, options, max_rounds, solve, dict(weights or {}))
+        return _fix_rounds(model, base_dir, rules, options, max_rounds or round_limit(model), solve,
+                           dict(weights or {}))
+
+
+def round_limit(model: onnx.ModelProto) -> int:
+    """A fix may expose the next: a baked Reshape leaves what follows it static until it is rebuilt, so a stack of
+    attention blocks with `view(int(B), int(T), ...)` takes two rounds a block (helper 129: five blocks were refused
+    at 8 rounds). One round for each node that reads a shape, and MAX_ROUNDS more."""
+    return MAX_ROUNDS + sum(node.op_type in ("Reshape", "Expand", "Slice", "ConstantOfShape", "Tile", "Range")
+                            for node in model.graph.node)
 
 
 def _fix_rounds(model: onnx.ModelProto, base_dir: Path | None, rules: list[type[Rule]], options: RuleOptions,
