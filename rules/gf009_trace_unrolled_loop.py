@@ -37,7 +37,9 @@ class TraceUnrolledLoop(Rule):
     is at every size the model's Conv and Pool layers take). Where nothing tells the export's length, it is an
     error when each step's state goes into the next, transformed (a recurrent cell, as speechbrain's LiGRU in its
     CRDNN, a gated scan, a decay), and a warning when the steps are read apart (stacked, or summed up). A model
-    that carries a state over N steps of a longer input by design is told apart with `--trace-shape`.
+    that carries a state over N steps of a longer input by design is told apart with `--trace-shape`. A single
+    read at the position that was the last at export (`h[:, int(T) - 1]` traced at 11 frames reads position 10)
+    is a warning where the export's length is known; nothing tells it from a model's own `h[:, 10]` without it.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -84,6 +86,7 @@ class TraceUnrolledLoop(Rule):
         return len(site.node.input) > 1 and site.node.input[1] in constants
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
+        yield from self._last_reads(ctx)
         loops = unrolled_reads(ctx)
         sizes = sizes_if(ctx, "Gather") if loops else None
         known = export_sizes(ctx, ctx.evaluator).values if loops else {}
@@ -136,6 +139,28 @@ class TraceUnrolledLoop(Rule):
                     "--trace-shape, or compare with PyTorch at another length", nodes=names, tensors=[data],
                     hint=HINT,
                     severity=Severity.WARNING)
+
+
+    def _last_reads(self, ctx: RuleContext) -> Iterator[Finding]:
+        """A single read of the last position at export, `h[:, int(T) - 1]` traced at 11 frames: Gather at 10,
+        the same graph as a model's own `h[:, 10]`, which runs at every length from 11 (probed only there). Said
+        where --trace-shape or the graph tells the export's length; a warning (the position may be the model's)."""
+        sizes = None
+        for node in ctx.graph.nodes:
+            read = _gathered(ctx, node) if node.op == "Gather" else None
+            shape = ctx.shape(node.inputs[0]) if read is not None else None
+            if not shape or not -len(shape) <= read[0] < len(shape) or not isinstance(shape[read[0]], str):
+                continue
+            sizes = sizes or export_sizes(ctx, ctx.evaluator)
+            dim = shape[read[0]]
+            if dim in sizes.carriers and sizes.values.get(dim) == read[1] + 1 > 2 and sizes.from_the_graph(dim):
+                yield self.finding(
+                    f"Gather '{node.name}' reads position {read[1]} of axis {read[0]} of '{node.inputs[0].name}', "
+                    f"the last at export ({sizes.explain(dim)}): if the index was `int({dim}) - 1`, it reads "
+                    f"position {read[1]} at every length, and fails below {read[1] + 1}", nodes=[node.name],
+                    tensors=[node.inputs[0]], severity=Severity.WARNING,
+                    hint="The last position as a Python int is baked: index from the end (`h[:, -1]`) or with the "
+                         "traced size (`h[:, h.shape[1] - 1]`).")
 
 
 def _varies(length) -> bool:

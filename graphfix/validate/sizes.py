@@ -125,7 +125,7 @@ def probe_sizes(model: onnx.ModelProto, options, tied: dict | None = None, *,
 def _probe_sizes(model: onnx.ModelProto, options, fits: Callable[[dict[str, int]], bool] | None = None
                  ) -> list[dict[str, int]]:
     forced = forced_sizes(model, options)
-    least, steps = input_minimums(model), input_steps(model)
+    least, steps = input_minimums(model, known=options.trace_sizes), input_steps(model)
     export = export_sizes(model, options, forced, least, steps)
     if not export:
         return [{}]

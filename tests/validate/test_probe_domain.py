@@ -321,3 +321,40 @@ def test_sizes_given_below_a_conv_window_are_reported_not_a_crash(tmp_path):
     path = _two_inputs(tmp_path / "baked.onnx", baked=False)
     done = CliRunner().invoke(cli, ["diagnose", str(path), "--shape", "a=2x1x20", "--shape", "b=2x1x22"])
     assert done.exit_code == 1 and "Conv" in done.output and "internal error" not in done.output, done.output
+
+
+class FixedPosition(torch.nn.Module):
+    """`h[:, 10] + h.mean(1)`: a model's own position 10, healthy at every length from 11 (helper 129: probed at 7
+    frames, it got an error GF009 and `repair` exited 1). Or, with `baked`, `h[:, int(T) - 1]` traced at 11 frames:
+    the same graph, which --trace-shape tells apart: the last position there is no bound, the probe goes shorter,
+    and the failure there is the finding's (a warning without it: the position may be the model's)."""
+
+    def __init__(self, baked: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.baked = torch.nn.Linear(16, 16), baked
+
+    def forward(self, x):
+        h = self.lin(x)
+        return h[:, int(x.shape[1]) - 1 if self.baked else 10] + h.mean(1)
+
+
+def test_a_fixed_index_bounds_the_length_from_below(tmp_path):
+    module = FixedPosition()
+    path = _export(module, (torch.randn(2, 16, 16),), tmp_path / "m.onnx", ["x", "y"], {"x": {0: "B", 1: "T"}})
+    found = CliRunner().invoke(cli, ["diagnose", str(path)])
+    assert found.exit_code == 0 and "no findings" in found.output, found.output
+    out = tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert done.exit_code == 0 and "T=7" not in done.output, done.output
+    assert min(s["T"] for s in probe_sizes(__import__("onnx").load(str(path)), ValidationOptions())) == 11
+
+
+def test_the_last_position_at_a_given_export_length_is_probed_below_and_an_error(tmp_path):
+    path = _export(FixedPosition(baked=True), (torch.randn(2, 11, 16),), tmp_path / "m.onnx", ["x", "y"],
+                   {"x": {0: "B", 1: "T"}})
+    found = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x11x16"])
+    assert found.exit_code == 1 and "error GF009" in found.output and "int(T) - 1" in found.output, found.output
+    assert "Confirmed by onnxruntime" in found.output, found.output  # probed shorter: the index is no bound there
+    quiet = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x16x16"])
+    assert "GF009" not in quiet.output, quiet.output

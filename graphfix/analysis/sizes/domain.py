@@ -1,6 +1,7 @@
 """The sizes a model accepts: a strided Conv or Pool needs enough input for its kernel, a TopK for its k.
 
     least = input_minimums(model)   # {"samples": 55}: below it some Conv/Pool has fewer than FRAMES positions
+                                    # ({"T": 11}: `h[:, 10]` reads position 10)
 
 A front end (wav2vec2's seven strided Conv1d, a patch embedding, a ConvNeXt stem) fails in onnxruntime and in
 PyTorch alike on an input shorter than its receptive field: such a size is outside the model, not a bug of the
@@ -22,6 +23,7 @@ that the trace dropped with its branch (`if T % 8: x = F.pad(...)`) leave such g
 
 from __future__ import annotations
 
+import math
 import re
 
 from graphfix.analysis.sizes.arith import window_output
@@ -32,14 +34,20 @@ from graphfix.core.recent import per_model
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
 FRAMES = 4
+INDEX_TYPES = frozenset({6, 7})  # int32, int64 (onnx.TensorProto)
 
 
-def input_minimums(model, frames: int = FRAMES) -> dict[str, int]:
+def input_minimums(model, frames: int = FRAMES, known: dict[str, int] | None = None) -> dict[str, int]:
     """Input dim name -> the least size at which every Conv/Pool output that depends on that dim alone has at least
-    `frames` positions along it. Empty for graphs without a windowed op (nothing is analysed there)."""
+    `frames` positions along it, and a position read at a fixed index is there (`h[:, 10]`: PyTorch fails below 11
+    too, helper 129). Not an index that is the last position at a `known` export size: `h[:, int(T) - 1]` leaves
+    the same graph, and a shorter probe is what shows it baked. Empty for graphs without a windowed op or a fixed
+    index (nothing is analysed there)."""
     least: dict[str, int] = {}
-    for symbol, length in _input_lengths(model):
-        size = least_size(length, symbol, frames)
+    for symbol, length, need in _input_lengths(model):
+        if need and symbol.name in (known or {}) and length.subs(symbol, known[symbol.name]) == need:
+            continue
+        size = least_size(length, symbol, frames) if not need else least_size(length, symbol, need)
         if size is not None:
             least[symbol.name] = max(least.get(symbol.name, 1), size)
     return least
@@ -50,8 +58,8 @@ def input_strides(model, export: dict[str, int]) -> dict[str, int]:
     it alone has grown by a position (a ViT's 16-pixel patch: 224 and 227 give the same 14 patches, and a probe
     there tells nothing the export size does not)."""
     strides: dict[str, int] = {}
-    for symbol, length in _input_lengths(model):
-        if symbol.name in export:
+    for symbol, length, need in _input_lengths(model):
+        if symbol.name in export and not need:
             step = _growth(length, symbol, export[symbol.name])
             if step is not None:
                 strides[symbol.name] = max(strides.get(symbol.name, 1), step)
@@ -131,29 +139,52 @@ def _frames_at(length: sympy.Expr, binding: dict[str, int]) -> float:
 
 
 def _input_lengths(model) -> list:
-    """(input dim symbol, length) of each windowed output that depends on one input dim alone."""
-    return [(next(iter(length.free_symbols)), length) for length in _window_lengths_of(model)
+    """(input dim symbol, length, need) of each windowed output that depends on one input dim alone (`need` 0), and
+    of each axis read at a fixed index (`need`: the positions it takes)."""
+    return [(next(iter(length.free_symbols)), length, need) for length, need in _window_lengths_of(model)
             if len(length.free_symbols) == 1]
 
 
 def _joint_lengths(model) -> list:
     """The lengths of windowed outputs that depend on several input dims together."""
-    return [length for length in _window_lengths_of(model) if len(length.free_symbols) > 1]
+    return [length for length, need in _window_lengths_of(model) if len(length.free_symbols) > 1 and not need]
 
 
 @per_model  # a proof asks for them at every probe_sizes
 def _window_lengths_of(model) -> list:
-    """Each distinct windowed output length that depends on input dims, read where no constraint is upstream; the
-    size analysis runs once per model for the minimums and the strides of every probe_sizes call."""
+    """Each distinct windowed output length that depends on input dims, and each length read at a fixed index (with
+    the positions it needs), read where no constraint is upstream; the size analysis runs once per model for the
+    minimums and the strides of every probe_sizes call."""
     found: list = []
     if _has_window(model.graph):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
         constraint_sides.keep(model, _sides(sizes))
-        for node in _clear_of_constraints(graph, sizes):
-            found.extend(length for length in _window_lengths(node, sizes)
-                         if length is not None and length.free_symbols and length not in found)
+        clear = _clear_of_constraints(graph, sizes)
+        for node in clear:
+            found.extend((length, 0) for length in _window_lengths(node, sizes)
+                         if length is not None and length.free_symbols and (length, 0) not in found)
+        found.extend(read for read in _fixed_index_reads(clear, sizes) if read not in found)
+    return found
+
+
+def _fixed_index_reads(nodes, sizes) -> list:
+    """(length, positions needed) of each axis of a dynamic length that one Gather, alone, reads at a constant index
+    (`h[:, 10]` needs 11, `h[:, -3]` 3). Not an axis read at several (an unrolled loop reads each of its steps:
+    GF009's; a shorter probe is what shows it)."""
+    reads: dict[tuple[int, int], list] = {}
+    for node in nodes:
+        if node.op != "Gather" or len(node.inputs) < 2 or (shape := sizes.shape(node.inputs[0])) is None:
+            continue
+        index, axis = sizes.value(node.inputs[1]), int(node.attrs.get("axis", 0))
+        if index and len(index) == 1 and getattr(index[0], "is_Integer", False) and -len(shape) <= axis < len(shape):
+            reads.setdefault((id(node.inputs[0]), axis % len(shape)), []).append((shape[axis], int(index[0])))
+    found = []
+    for ((length, index),) in (r for r in reads.values() if len(r) == 1):
+        need = index + 1 if index >= 0 else -index
+        if need > 1 and length is not None and length.free_symbols:
+            found.append((length, need))
     return found
 
 
@@ -174,9 +205,13 @@ def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 102
 
 
 def _has_window(graph) -> bool:
-    """Whether a Conv or Pool is in the graph or in a branch or body of one of its nodes."""
-    return any(node.op_type in WINDOW_OPS | KEEP_OPS or any(_has_window(a.g) for a in node.attribute
-                                                            if a.HasField("g")) for node in graph.node)
+    """Whether a Conv or Pool, or a Gather at a fixed index, is in the graph or in a branch or body of one of its
+    nodes."""
+    fixed = {c.name for c in graph.initializer if c.data_type in INDEX_TYPES and math.prod(c.dims) == 1} | \
+        {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return any(node.op_type in WINDOW_OPS | KEEP_OPS or (node.op_type == "Gather" and node.input[1:2] and
+                                                         node.input[1] in fixed)
+               or any(_has_window(a.g) for a in node.attribute if a.HasField("g")) for node in graph.node)
 
 
 def _window_lengths(node, sizes) -> list:
