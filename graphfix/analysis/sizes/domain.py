@@ -205,13 +205,24 @@ def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 102
 
 
 def _has_window(graph) -> bool:
-    """Whether a Conv or Pool, or a Gather at a fixed index, is in the graph or in a branch or body of one of its
-    nodes."""
-    fixed = {c.name for c in graph.initializer if c.data_type in INDEX_TYPES and math.prod(c.dims) == 1} | \
-        {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    """Whether a Conv or Pool, or a Gather of data (no shape vector) at a fixed index past the first and the last
+    position, is in the graph or in a branch or body of one of its nodes."""
+    fixed = _far_indices(graph)
+    shapes = {o for n in graph.node if n.op_type == "Shape" for o in n.output}
     return any(node.op_type in WINDOW_OPS | KEEP_OPS or (node.op_type == "Gather" and node.input[1:2] and
-                                                         node.input[1] in fixed)
+                                                         node.input[1] in fixed and node.input[0] not in shapes)
                or any(_has_window(a.g) for a in node.attribute if a.HasField("g")) for node in graph.node)
+
+
+def _far_indices(graph) -> set[str]:
+    """The names of the graph's one-element integer constants other than 0 and -1 (a position a Gather may need)."""
+    from onnx import TensorProto, numpy_helper
+
+    constants = [(c.name, c) for c in graph.initializer]
+    constants += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                  if a.name == "value"]
+    return {name for name, t in constants if t.data_type in INDEX_TYPES and math.prod(t.dims) == 1
+            and t.data_location != TensorProto.EXTERNAL and int(numpy_helper.to_array(t).reshape(-1)[0]) not in (0, -1)}
 
 
 def _window_lengths(node, sizes) -> list:
