@@ -68,6 +68,9 @@ class Fix:
     apply: Callable[[gs.Graph], None]
     safety: Safety = Safety.SAFE
     reason: str = ""
+    # the input dims along which the fix changes what the original computes where it runs (positions baked at the
+    # export length: GF014): the proof takes the original for no reference away from their export sizes
+    moves: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class AppliedFix:
     rule: str
     nodes: list[str]
     summary: str
+    moves: frozenset[str] = frozenset()  # the fix's (`Fix.moves`)
 
     def to_json(self) -> dict:
         return {"rule": self.rule, "nodes": self.nodes, "summary": self.summary}
@@ -266,7 +267,7 @@ def _apply_round(ctx: RuleContext, findings: list[Finding], options: RuleOptions
             return applied, f"{finding.rule} fix '{fix.summary}' failed: {format_traceback(exc)}"
         touched.update(finding.nodes)
         downstream.setdefault(finding.rule, set()).update(_fed_by(ctx.graph, finding.nodes))
-        applied.append(AppliedFix(finding.rule, list(finding.nodes), fix.summary))
+        applied.append(AppliedFix(finding.rule, list(finding.nodes), fix.summary, fix.moves))
     return applied, ""
 
 

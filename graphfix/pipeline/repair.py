@@ -155,6 +155,9 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
     if original is not None and (outcome.changed or any(f.choice is not None for f in outcome.after.findings)):
         # the export size is validated first, and exactly
         options = _with_export_sizes(loaded, options, outcome.solved)
+    moved = frozenset().union(*(a.moves for a in outcome.applied))
+    if moved and options.validation is not None:  # the original is no reference away from their export sizes
+        options = dataclasses.replace(options, validation=dataclasses.replace(options.validation, moved=moved))
     chose = ""
     if original is not None and any(f.choice is not None for f in outcome.after.findings):
         outcome, options, chose = _choose(loaded, outcome, options, original.result())

@@ -45,6 +45,7 @@ class ValidationOptions:
     atol: float = 1e-4
     require: str = "runs"  # the evidence every dynamic dim must reach (see graphfix.validate.evidence)
     choices: dict[str, int] = field(default_factory=dict)  # the candidates the repair was built with (re-trace)
+    moved: frozenset[str] = frozenset()  # dims an applied fix changes the original along (`Fix.moves`)
     configured: frozenset[str] = frozenset()  # shapes a model may lack: the configuration's (a glob matches many
     # models), and with several models on the command line, its own too (graphfix.core.config.probe_options_for)
 
