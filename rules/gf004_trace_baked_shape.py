@@ -26,6 +26,7 @@ from graphfix.analysis.sizes import (
     baked_expands,
     baked_reshapes,
     baked_slices,
+    broadcast_only,
     held_reshapes,
     partly_constant,
     sizes_of,
@@ -74,27 +75,28 @@ class TraceBakedShape(Rule):
     Slice, or the solved expression (`Shape(x)[i]`, `Shape(x)[0] * 4`) computed at run time.
 
     ## Fix safety
-    Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast against
-    the dim, Split sizes) and the constant stands for that dim. For a solved element count, each constant entry's
-    hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep the count beyond the export
-    size, and an output dim declared dynamic that a choice would keep fixed rules it out: `reshape(B, int(T) // 3,
-    12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry the analysis proposes
-    that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is safe only where a
-    consumer needs the slice to follow the size (otherwise it may be the model's own length).
-    A constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the
-    model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such
-    fixes, and Slice ends equal to a given length, are unsafe and the finding a warning (an error where the target
-    has no -1 and no 0: its element count is fixed while the input's varies, baked whichever entry is the size,
-    and wherever onnxruntime confirms the failure), as is a new axis an
-    Expand makes that only equals a given size (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made
-    its Tile an Expand). Unsafe also when the link is by value only, or two dynamic dims had the same export size;
-    when the size is a grid's token count (a model keeping 20 slots or a 4 x 5 grid whatever its input, by a pool
-    or a repeat sized in Python on the way, leaves the same graph); when an op before the Reshape does nothing by
-    its constants (a Pad by zeros, a Tile by ones, a 1 x 1 pool: what a pad to 20 slots traced at 20 leaves); and
-    when a pool before it changes a length (it has no weights: its kernel may be sized in Python to keep a count).
-    Where several entries could stand for the size (MultiheadAttention traced at a length equal to its head size),
-    `repair` builds each and applies one only if the proof accepts it alone. Not fixable: Split sizes (the number
-    of outputs is fixed) and pad amounts computed in Python.
+    Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast against the
+    dim, Split sizes) and the constant stands for that dim; not where a broadcast alone holds an entry of a constant
+    Expand shape (a count of the model's own that a size of 1 broadcasts against fits too). For a solved element
+    count, each constant entry's hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep the
+    count beyond the export size, and an output dim declared dynamic that a choice would keep fixed rules it out:
+    `reshape(B, int(T) // 3, 12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry
+    the analysis proposes that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is
+    safe only where a consumer needs the slice to follow the size (otherwise it may be the model's own length). A
+    constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the model's
+    own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such fixes, and
+    Slice ends equal to a given length, are unsafe and the finding a warning (an error where the target has no -1
+    and no 0: its element count is fixed while the input's varies, baked whichever entry is the size, and wherever
+    onnxruntime confirms the failure), as is a new axis an Expand makes that only equals a given size
+    (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made its Tile an Expand). Unsafe also when the link
+    is by value only, or two dynamic dims had the same export size; when the size is a grid's token count (a model
+    keeping 20 slots or a 4 x 5 grid whatever its input, by a pool or a repeat sized in Python on the way, leaves
+    the same graph); when an op before the Reshape does nothing by its constants (a Pad by zeros, a Tile by ones, a
+    1 x 1 pool: what a pad to 20 slots traced at 20 leaves); and when a pool before it changes a length (it has no
+    weights: its kernel may be sized in Python to keep a count). Where several entries could stand for the size
+    (MultiheadAttention traced at a length equal to its head size), `repair` builds each and applies one only if the
+    proof accepts it alone. Not fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in
+    Python.
     """
 
     code = "GF004"
@@ -215,9 +217,9 @@ class TraceBakedShape(Rule):
     def _solved_expands(self, ctx: RuleContext, ev, held: set[int]) -> Iterator[Finding]:
         """speechbrain's length mask, `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)`: `len()` bakes the
         batch into `[2, T]`, and the Less meets it with the batch, which holds at B = 2 only. The entry is rebuilt
-        from the size it meets. So are a constant Reshape's entries that broadcasts meet, axis by axis, where the
-        element count then holds at every size (`h.reshape(int(B), int(T), D) + x`, graphfix.analysis.sizes.held).
-        Where no broadcast holds an entry, constant Expand and Reshape shapes are `_expand`'s and `_reshape`'s."""
+        from the size it meets (unsafe in a constant shape: `broadcast_only`). So are a constant Reshape's entries
+        that broadcasts meet where the element count then holds at every size (`h.reshape(int(B), int(T), D) + x`,
+        graphfix.analysis.sizes.held). Other constant shapes are `_expand`'s and `_reshape`'s."""
         wanted = {id(n) for n in ctx.graph.nodes if (n.op == "Expand" and (partly_constant(ev.elems(n.inputs[1]))
                                                                            or max(constant_target(ev, n) or [0]) > 1))
                   or (n.op == "Reshape" and (t := constant_target(ev, n)) is not None and min(t, default=0) > 0)}
@@ -230,6 +232,7 @@ class TraceBakedShape(Rule):
                 continue  # no run-time source for a size: GF003 reports the broadcast
             held.add(id(node))
             consumer, which = baked.solution.constraint.node, ", ".join(str(e.expr) for e in entries)
+            moves = broadcast_only(baked, partly_constant(ev.elems(node.inputs[1])))
             s, indices = "ies" if len(entries) > 1 else "y", ", ".join(str(e.index) for e in entries)
             yield self.finding(
                 f"{node.op} '{node.name}' bakes {', '.join(f'{e.expr}={e.value}' for e in entries)}, export-time "
@@ -242,11 +245,13 @@ class TraceBakedShape(Rule):
                 fix=Fix(f"compute entr{s} {indices} of {node.op} '{node.name}' shape as {which} from Shape ops",
                         apply=loosened(node, {e.value for e in entries},
                                        rebuilt_entries(node, 1, {e.index: e.expr for e in entries}, sizes, ctx.opset)),
-                        safety=Safety.SAFE,
+                        safety=Safety.UNSAFE if moves else Safety.SAFE, moves=moves,
                         reason=f"{consumer.op} '{consumer.name}' says entr{s} {indices} "
                                f"{'are' if len(entries) > 1 else 'is'} {which} at every size, and "
                                + ("the Expand's input has no dim of its own there" if node.op == "Expand" else
-                                  "the Reshape's element count then holds at every size")))
+                                  "the Reshape's element count then holds at every size") + (
+                                   f"; but a count of the model's own fits too (`expand(-1, 2, -1)` of 2 channels), "
+                                   f"which {' and '.join(sorted(moves))} = 1 broadcasts against" if moves else "")))
 
     # --- Reshape -------------------------------------------------------------------------------------------
     def _reshape(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
@@ -296,8 +301,7 @@ class TraceBakedShape(Rule):
 
     # --- Slice ---------------------------------------------------------------------------------------------
     def _slice(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
-        data = node.inputs[0]
-        shape = ctx.shape(data)
+        data, shape = node.inputs[0], ctx.shape(node.inputs[0])
         values = [ev(t) for t in node.inputs[1:5] if t.name or isinstance(t, gs.Constant)]
         if shape is None or len(values) < 2 or any(v is None for v in values):
             return
@@ -320,8 +324,7 @@ class TraceBakedShape(Rule):
 
     # --- Split and Pad: the information is gone --------------------------------------------------------------
     def _split(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
-        split = evidence.split_sizes(ev, node)
-        shape = ctx.shape(node.inputs[0])
+        split, shape = evidence.split_sizes(ev, node), ctx.shape(node.inputs[0])
         if split is None or shape is None:
             return
         axis = int(node.attrs.get("axis", 0)) % len(shape)
@@ -341,8 +344,7 @@ class TraceBakedShape(Rule):
                  "// 2, 1)`), use narrow/slicing with traced sizes, or keep the batch in one tensor.")
 
     def _pad(self, ctx, ev, sizes, node) -> Iterator[Finding | Rejection]:
-        data = node.inputs[0]
-        shape = ctx.shape(data)
+        data, shape = node.inputs[0], ctx.shape(node.inputs[0])
         pads = ev(node.inputs[1]) if len(node.inputs) > 1 else np.asarray(node.attrs.get("pads", []))
         if shape is None or pads is None or pads.size != 2 * len(shape):
             return
@@ -375,8 +377,8 @@ class TraceBakedShape(Rule):
         notes, entries = found.notes, found.entries
         if not notes:
             return
-        role = {"ConstantOfShape": "shape", "Tile": "repeats", "Range": "limit", "Resize": "sizes"}[node.op]
-        scalar = node.op == "Range"
+        role, scalar = {"ConstantOfShape": "shape", "Tile": "repeats", "Range": "limit", "Resize": "sizes"}[node.op], \
+            node.op == "Range"
         yield self.finding(
             f"{node.op} '{node.name}' has a constant {role} {flat if not scalar else flat[0]}: " + "; ".join(notes)
             + "; the output keeps that size at every input size",

@@ -39,7 +39,8 @@ class TraceUnrolledLoop(Rule):
     CRDNN, a gated scan, a decay), and a warning when the steps are read apart (stacked, or summed up). A model
     that carries a state over N steps of a longer input by design is told apart with `--trace-shape`. A single
     read at the position that was the last at export (`h[:, int(T) - 1]` traced at 11 frames reads position 10)
-    is a warning where the export's length is known; nothing tells it from a model's own `h[:, 10]` without it.
+    is a warning where the export's length is known, and where nothing tells it, at a position from 3 on: the
+    graph is a model's own `h[:, 10]`'s too, which the probe does not take below 11 frames.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -142,25 +143,29 @@ class TraceUnrolledLoop(Rule):
 
 
     def _last_reads(self, ctx: RuleContext) -> Iterator[Finding]:
-        """A single read of the last position at export, `h[:, int(T) - 1]` traced at 11 frames: Gather at 10,
-        the same graph as a model's own `h[:, 10]`, which runs at every length from 11 (probed only there). Said
-        where --trace-shape or the graph tells the export's length; a warning (the position may be the model's)."""
-        sizes = None
+        """A single read at a fixed position, `h[:, int(T) - 1]` traced at 11 frames: Gather at 10, the same graph
+        as a model's own `h[:, 10]`, which runs at every length from 11 (probed only there: the probe's domain).
+        Where --trace-shape or the graph tells the export's length, said only if it was the last position then;
+        where nothing does, of a position from 3 on (the first few are a model's own tokens). A warning."""
+        sizes, reads = None, defaultdict(list)  # (tensor, axis) -> its reads: one alone, not a loop's
         for node in ctx.graph.nodes:
             read = _gathered(ctx, node) if node.op == "Gather" else None
             shape = ctx.shape(node.inputs[0]) if read is not None else None
-            if not shape or not -len(shape) <= read[0] < len(shape) or not isinstance(shape[read[0]], str):
-                continue
+            if shape and -len(shape) <= read[0] < len(shape) and isinstance(shape[read[0]], str):
+                reads[node.inputs[0].name, read[0] % len(shape)].append((node, read[1], shape[read[0]]))
+        for (_, axis), ((node, index, dim),) in ((key, found) for key, found in reads.items() if len(found) == 1):
             sizes = sizes or export_sizes(ctx, ctx.evaluator)
-            dim = shape[read[0]]
-            if dim in sizes.carriers and sizes.values.get(dim) == read[1] + 1 > 2 and sizes.from_the_graph(dim):
-                yield self.finding(
-                    f"Gather '{node.name}' reads position {read[1]} of axis {read[0]} of '{node.inputs[0].name}', "
-                    f"the last at export ({sizes.explain(dim)}): if the index was `int({dim}) - 1`, it reads "
-                    f"position {read[1]} at every length, and fails below {read[1] + 1}", nodes=[node.name],
-                    tensors=[node.inputs[0]], severity=Severity.WARNING,
-                    hint="The last position as a Python int is baked: index from the end (`h[:, -1]`) or with the "
-                         "traced size (`h[:, h.shape[1] - 1]`).")
+            known = dim in sizes.values and sizes.from_the_graph(dim)
+            if dim not in sizes.carriers or (sizes.values[dim] != index + 1 if known else index < 3):
+                continue
+            where = f"the last at export ({sizes.explain(dim)})" if known else \
+                f"the last if {dim} was {index + 1} at export (nothing says; `--trace-shape` tells)"
+            yield self.finding(
+                f"Gather '{node.name}' reads position {index} of axis {axis} of '{node.inputs[0].name}', {where}: "
+                f"if the index was `int({dim}) - 1`, it reads position {index} at every length, and fails below "
+                f"{index + 1}", nodes=[node.name], tensors=[node.inputs[0]], severity=Severity.WARNING,
+                hint="The last position as a Python int is baked: index from the end (`h[:, -1]`) or with the "
+                     "traced size (`h[:, h.shape[1] - 1]`). If the position is the model's own, leave it.")
 
 
 def _varies(length) -> bool:

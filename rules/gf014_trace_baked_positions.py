@@ -45,14 +45,15 @@ class TraceBakedPositions(Rule):
     ## Fix safety
     Unsafe: compute the positions as Range(0, Shape(input)[axis]). The positions may be the model's own (a
     fixed maximum length that the export happened to equal), or a clamped or spaced sequence that starts so; the
-    graph does not say which. An error, as the dim's export size is known; `repair` writes nothing by default.
+    graph does not say which (helper 130: a model's own thresholds `score > arange(16)`, a pad to its own 32
+    positions exported at 32): a warning, and `repair` writes the model as it came, the warning shown.
     Applied, the original is no reference where the dim is not its export size (it keeps the export's positions
     there): the proof compares the two there only at the export size.
     """
 
     code = "GF014"
     name = "trace-baked-positions"
-    severity = Severity.ERROR
+    severity = Severity.WARNING
     fixable = True
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:

@@ -191,7 +191,7 @@ def slice_ends(ctx, sizes: ExportSizes, shape: list, values: list[np.ndarray]) -
                               f"downstream needs the slice to follow {dim}")
             if len(sizes.symbols_with(size)) > 1:
                 unsafe.append(f"another dynamic dim also had size {size}: `x[:, :y.shape[1]]` may be meant")
-        elif 0 < size - ends[k] < size and 0 <= starts[k] < ends[k]:
+        elif 0 < size - ends[k] <= ends[k] and 0 <= starts[k] < ends[k]:  # `x[:, :1]` of 7 is no `T - 6`
             notes.append(f"end {int(ends[k])} on axis {int(axis)} is {sizes.explain(dim)} minus "
                          f"{size - int(ends[k])}")
             unsafe.append("the end may be a deliberate fixed length rather than `n - k`")

@@ -90,7 +90,7 @@ class OriginalReference:
                  self.export_shapes.get(name) and list(np.shape(value)) != list(np.shape(probe.actual.get(name)))}
         spread = {name for name, value in expected.items()
                   if _spread_from_one(np.shape(value), np.shape(probe.actual.get(name)), self.declared.get(name),
-                                      lambda name=name: self.fixed().get(name), self.export_shapes.get(name))}
+                                      lambda name=name: self.fixed().get(name))}
         if wrong and not baked | spread:
             return f"the original {wrong}"
         notes = [f"the original returns its export-time shape for {sorted(baked)}"] if baked else []
@@ -101,20 +101,16 @@ class OriginalReference:
 
 
 def _spread_from_one(original: tuple, candidate: tuple, declared: list | None,
-                     fixed: Callable[[], list | None], export: list[int] | None = None) -> bool:
+                     fixed: Callable[[], list | None]) -> bool:
     """Where the two shapes differ, the candidate's length is 1 and the original's is the size the original's own
-    graph fixes there (its shape inference says so) or the length it returned at the export size, on axes the
-    model declares dynamic: the original broadcast a length of 1 against a size baked into it (a table of the
-    export length added to one frame; `x + x[:, :1].expand(-1, int(T), -1)`, whose Expand onnx's inference
-    cannot size), the one way a broken original runs there. Its values cover the candidate's. An original whose
-    length there follows its inputs is no such case: a candidate that returns 1 there is compared in full, and
-    differs."""
+    graph fixes there (its shape inference says so), on axes the model declares dynamic: the original broadcast a
+    length of 1 against a size baked into it (a table of the export length added to one frame), the one way a
+    broken original runs there. Its values cover the candidate's. An original whose length there follows its
+    inputs is no such case: a candidate that returns 1 there is compared in full, and differs."""
     differ = [axis for axis, (a, b) in enumerate(zip(original, candidate, strict=False)) if a != b]
     if not (declared is not None and len(original) == len(candidate) == len(declared) and differ and all(
             candidate[axis] == 1 < original[axis] and not isinstance(declared[axis], int) for axis in differ)):
         return False
-    if export is not None and len(export) == len(original) and all(export[a] == original[a] for a in differ):
-        return True
     dims = fixed()
     return dims is not None and len(dims) == len(original) and all(dims[axis] == original[axis] for axis in differ)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 
 from graphfix.analysis.sizes.core import Constraint, Sizes
-from graphfix.analysis.sizes.held import held_reshapes
+from graphfix.analysis.sizes.held import broadcast_only, held_reshapes
 from graphfix.analysis.sizes.limits import (
     Cap,
     FixedPad,
@@ -86,8 +86,8 @@ def tied_dims(model) -> dict:
 
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FixedPad", "FrozenOutput", "Sizes",
-    "Solution", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "caps", "determined_entries",
-    "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries", "frozen_by_pads",
+    "Solution", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "broadcast_only", "caps",
+    "determined_entries", "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries", "frozen_by_pads",
     "frozen_outputs", "held_reshapes",
     "partly_constant", "relations",
     "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",

@@ -67,3 +67,13 @@ def _count_holds(sizes: Sizes, node: gs.Node, target: list[int], entries: dict[i
         return False
     rebuilt = [entries[j].expr if j in entries else t for j, t in enumerate(target)]
     return same(math.prod(data), math.prod(rebuilt))
+
+
+def broadcast_only(baked: BakedShape, computed: bool) -> frozenset[str]:
+    """The input dims a rebuilt Expand entry follows where only a broadcast holds it in a constant shape: a count of
+    the model's own fits too, which a size of 1 broadcasts against (helper 130: `x + mono.expand(-1, 2, -1)`, 2
+    channels at every C). Empty where the graph determines the entry: a Reshape's element count, a Concat (which
+    does not broadcast), an Expand shape computed at run time but for the entry (`computed`)."""
+    if baked.node.op != "Expand" or computed or baked.solution.constraint.kind == "concat":
+        return frozenset()
+    return frozenset(str(symbol) for entry in baked.entries for symbol in entry.expr.free_symbols)
