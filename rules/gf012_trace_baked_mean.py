@@ -14,8 +14,9 @@ from graphfix.analysis.sizes.ops import is_table
 from graphfix.analysis.sums_near import reduced, sum_near
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
-TOTALS = frozenset({"ReduceSum", "Einsum", "MatMul", "Gemm"})  # a sum (not a mean, a norm or a softmax's): a
-# product of two data operands sums over its contracted axis (`h.transpose(1, 2) @ h / int(T)`)
+TOTALS = frozenset({"ReduceSum", "Einsum", "MatMul", "Gemm", "CumSum"})  # a sum (not a mean, a norm or a softmax's): a
+# product of two data operands sums over its contracted axis (`h.transpose(1, 2) @ h / int(T)`), a cumulative sum's
+# last position is the sum (`h.cumsum(1)[:, -1]`; its other positions are positions)
 HINT = ("Keep the length a tensor while tracing: `h.mean(1)`, or `h.sum(1) / h.shape[1]` (not `int(h.shape[1])` or "
         "`float(T)`), or divide by the lengths of a padded batch; then re-export. If the number is the model's own "
         "constant, the warning can be left (`--skip GF012`).")
@@ -27,7 +28,8 @@ class TraceBakedMean(Rule):
     ## What it does
     Finds a Div by a constant that is a whole number from 3 on or its square root (one element, or a vector of
     equal ones; or a Mul by its inverse) that scales a sum over an axis the graph leaves dynamic: a ReduceSum, an
-    Einsum's sum or a Gram matrix's product (`h.transpose(1, 2) @ h`) found as the echo check finds sums
+    Einsum's sum, a Gram matrix's product (`h.transpose(1, 2) @ h`) or a cumulative sum's last position
+    (`h.cumsum(1)[:, -1]`) found as the echo check finds sums
     (`graphfix.analysis.sums_near`: up through arithmetic, layout ops, a weight's product, an elementwise map and
     here a sum again over a static axis; down through layout ops and arithmetic, `(h / T).sum(1)`, but not past an
     elementwise map: the sum of a softmax written by hand, `exp(s / 4) / sum`, is no mean).
@@ -68,7 +70,8 @@ class TraceBakedMean(Rule):
                 continue
             (number, root), const = divisor
             near = sum_near(node, const, None, ctx.shape_filled, ctx.constant_value, past_sums=True)
-            if near is None or near.op is None or near.op.op not in TOTALS or (near.mapped and not near.taken):
+            if near is None or not near.summed or near.op is None or near.op.op not in TOTALS or \
+                    (near.mapped and not near.taken):
                 continue  # a sum taken past a nonlinearity of the scaled value: a softmax's, by hand (helper 125)
             summed, lengths = near.op, _lengths(ctx, near.op)
             if not lengths:

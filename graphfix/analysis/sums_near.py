@@ -88,6 +88,10 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                                     way == "up" and (logged or (op.op == "ReduceLogSumExp" and not mapped)), op=op)
                     if past_sums and op.op in SUMS - {"Einsum"}:  # of one over the size: `h.sum(1).sum(-1)`
                         step.extend((t, way, mapped, logged) for t in (op.outputs if way == "down" else op.inputs[:1]))
+                elif way == "up" and (total := _last_of_cumsum(op, shape, constant_value)) is not None:
+                    dims = shape(total.inputs[0])  # `h.cumsum(1)[:, -1]`: the sum over that axis (helper 125)
+                    if any(d == n or not isinstance(d, int) for d in reduced(total, dims, constant_value)):
+                        return Near(True, [d for d in dims if isinstance(d, int) and d > 1], True, mapped, op=total)
                 elif op.op in NORMALIZED and way == "up":
                     dims = shape(op.inputs[0]) if op.inputs else None
                     axis = int(op.attrs.get("axis", -1))
@@ -107,6 +111,20 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                     step.extend((t, way, mapped or mapping, logs or (logged and not mapping)) for t in ahead)
         frontier = step
     return None
+
+
+def _last_of_cumsum(node: gs.Node, shape, constant_value) -> gs.Node | None:
+    """The CumSum whose last position along its axis `node` gathers (`h.cumsum(1)[:, -1]`, a sum over the axis)."""
+    total = node.inputs[0].inputs[0] if node.op == "Gather" and node.inputs and node.inputs[0].inputs else None
+    if total is None or total.op != "CumSum" or total.attrs.get("exclusive", 0) or total.attrs.get("reverse", 0):
+        return None
+    index, axis = constant_value(node.inputs[1]), constant_value(total.inputs[1])
+    dims = shape(total.inputs[0])
+    if index is None or axis is None or dims is None or np.size(index) != 1 or np.size(axis) != 1:
+        return None
+    rank = len(dims)
+    return total if int(np.reshape(index, -1)[0]) == -1 and \
+        int(node.attrs.get("axis", 0)) % rank == int(np.reshape(axis, -1)[0]) % rank else None
 
 
 def _product(node: gs.Node) -> bool:

@@ -8,8 +8,8 @@ unread are read: a Neg or an Add between the sum and the Div, a vector of equal 
 an Einsum's sum, a sum summed again over a static axis, a Div before the sum, a weight's product between; so is a
 Gram matrix over the frames, `h.transpose(1, 2) @ h / int(T)`, an Einsum with an ellipsis and a `maximum` on the way
 (helper 125; the echo check's reads, graphfix.analysis.sums_near). Not a sum the scaled value reaches past a
-nonlinearity (a softmax by hand: `exp(s * 16 ** -0.5) / sum`, helper 125). Not read (helper 125): the last row of a
-cumulative sum, `h.cumsum(1)[:, -1] / T`; the diagonal of a Gram matrix."""
+nonlinearity (a softmax by hand: `exp(s * 16 ** -0.5) / sum`, helper 125). The last row of a cumulative sum is the
+sum, `h.cumsum(1)[:, -1] / T` (helper 125). Not read: the diagonal of a Gram matrix."""
 
 from __future__ import annotations
 
@@ -99,8 +99,9 @@ def _gf012(path, *given):
     (lambda: Pooled(lambda h: h.transpose(1, 2) @ h / int(h.shape[1])), (2, 13, 4)),
     (lambda: Pooled(lambda h: torch.einsum("...td->...d", h) / int(h.shape[1])), (2, 13, 4)),
     (lambda: Pooled(lambda h: torch.maximum(h.sum(1), torch.zeros(1)) / int(h.shape[1])), (2, 13, 4)),
+    (lambda: Pooled(lambda h: h.cumsum(1)[:, -1] / int(h.shape[1])), (2, 13, 4)),
 ], ids=["gru-int", "gru-times-inverse", "wav2vec2", "neg", "add", "vector", "sqrt", "einsum", "summed-again",
-        "div-first", "weight-between", "gram", "einsum-ellipsis", "maximum"])
+        "div-first", "weight-between", "gram", "einsum-ellipsis", "maximum", "cumsum-last"])
 def test_a_sum_over_frames_divided_by_the_traced_length_is_a_warning(tmp_path, module, example):
     path = _export(module(), torch.randn(*example), tmp_path / "m.onnx")
     found = _gf012(path)
@@ -130,8 +131,10 @@ def test_a_baked_mean_of_an_axis_whose_export_length_is_given_is_an_error_and_no
     lambda h: h.sum(2) / math.sqrt(8),
     lambda h: torch.einsum("btd->bt", h) / 4,
     lambda h: torch.softmax(h / 8, dim=1).sum(1),
+    lambda h: h.cumsum(1) / 4,
+    lambda h: h.cumsum(2)[..., -1] / 4,
 ], ids=["mean", "traced-size", "over-features", "learnt-gain", "by-two", "root-over-features", "einsum-over-features",
-        "scaled-before-a-softmax"])
+        "scaled-before-a-softmax", "cumsum-scaled", "cumsum-over-features"])
 def test_a_mean_kept_dynamic_or_a_models_own_number_is_no_warning(tmp_path, pool):
     assert _gf012(_export(Pooled(pool), torch.randn(2, 13, 4), tmp_path / "m.onnx")) == []
 
