@@ -170,11 +170,19 @@ def test_a_learned_row_pinned_the_same_way_is_reported_but_never_regrown(tmp_pat
 
 def test_a_second_copy_of_the_width_leaves_the_finding_without_a_fix(tmp_path):
     """`.item()` read twice: two folded arange(10) constants, one pinned, one only counted (it runs at any length).
-    Rebuilding the pinned one alone would leave the count at 10: no fix, even with --unsafe-fixes."""
-    path = export(LengthMasked("counted"), tmp_path / "counted.onnx")
+    Rebuilding the pinned one alone would leave the count at 10: GF006 offers no fix. The counted one is GF014's
+    (positions as long as the length the Reshape solves, compared with values): with --unsafe-fixes it is rebuilt
+    first, then the pinned one, with no copy left, and the two follow the length together, as PyTorch's do."""
+    module = LengthMasked("counted").eval()
+    path = export(module, tmp_path / "counted.onnx")
     (finding,) = [f for f in graphfix.diagnose(path, static=True) if "holds only at time=10" in f.message]
     assert finding.fix is None and "and so is" in finding.message
-    assert graphfix.repair(path, output=str(tmp_path / "fixed.onnx"), unsafe_fixes=True).output is None
+    assert graphfix.repair(path, output=str(tmp_path / "kept.onnx")).output is None
+    result = graphfix.repair(path, output=str(tmp_path / "fixed.onnx"), unsafe_fixes=True)
+    assert [a.rule for a in result.applied] == ["GF014", "GF006"], result.applied
+    for batch, length in ((1, 7), (2, 10), (3, 31)):
+        np.testing.assert_allclose(run(str(tmp_path / "fixed.onnx"), feeds(batch, length))[0],
+                                   expected(module, batch, length), rtol=1e-5, atol=1e-6)
 
 
 def test_labels_and_a_pinned_reshape_target_are_not_taken_for_a_width(tmp_path):
