@@ -80,3 +80,39 @@ def test_a_frame_mask_of_a_conv_front_ends_length_is_rebuilt_with_unsafe_fixes(t
             expected = module(wav, lengths).numpy()
         np.testing.assert_allclose(run(str(out), {"wav": wav.numpy(), "lengths": lengths.numpy()})[0], expected,
                                    rtol=1e-4, atol=1e-5)
+
+
+class Subsampled(torch.nn.Module):
+    """Wenet's Conv2dSubsampling (two stride-2 Conv2d: `((T - 1) // 2 - 1) // 2` frames) and a frame mask of the
+    frames' width taken with a Python int."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, 2), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, 2),
+                                        torch.nn.ReLU())
+        self.out = torch.nn.Linear(12, 8)
+
+    def forward(self, x, lengths):  # [B, T, 16]
+        h = self.conv(x.unsqueeze(1))
+        b, c, t, f = h.size()
+        h = self.out(h.transpose(1, 2).contiguous().view(b, t, c * f))
+        mask = torch.arange(int(h.shape[1]))[None, :] < (((lengths - 1) // 2 - 1) // 2)[:, None]
+        return (h * mask[..., None]).sum(1)
+
+
+def test_a_frame_mask_after_conv2d_subsampling_is_rebuilt_with_unsafe_fixes(tmp_path):
+    module, path, out = Subsampled().eval(), tmp_path / "m.onnx", tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 41, 16), torch.tensor([41, 30])), str(path), dynamo=False,
+                          opset_version=17, input_names=["x", "lengths"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "lengths": {0: "B"}})
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--unsafe-fixes"])
+    assert done.exit_code == 0 and "T=39: the export size" in done.output, done.output  # 39 to 42 give 9 frames
+    for batch, frames in [(1, 25), (3, 80), (2, 41)]:
+        x, lengths = torch.randn(batch, frames, 16), torch.tensor([frames - 5 * i for i in range(batch)])
+        with torch.no_grad():
+            expected = module(x, lengths).numpy()
+        np.testing.assert_allclose(run(str(out), {"x": x.numpy(), "lengths": lengths.numpy()})[0], expected,
+                                   rtol=1e-4, atol=1e-5)
