@@ -9,6 +9,7 @@ import onnx
 from graphfix.analysis.broadcast import named
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes.ops import SAME_SHAPE
+from graphfix.analysis.walk import within
 from graphfix.core.rule import Finding, Fix, Rule, Safety, Severity
 
 MEASURES = frozenset({"Shape", "Size"})  # what onnxruntime's constant folding turns into the declared numbers
@@ -125,15 +126,5 @@ def _measured(tensor) -> bool:
     """Whether a Shape or Size reads the tensor, or what keeps its shape (an elementwise op, an Identity: onnxruntime
     carries the declared shape through them, helper 127), within KEPT ops: only then is onnxruntime's symbolic
     inference asked for a dim onnx's leaves unknown."""
-    frontier, seen = [tensor], set()
-    for _ in range(KEPT):
-        step = []
-        for value in frontier:
-            for reader in value.outputs:
-                if reader.op in MEASURES:
-                    return True
-                if id(reader) not in seen and (reader.op in SAME_SHAPE or reader.op in ELEMENTWISE):
-                    seen.add(id(reader))
-                    step.extend(reader.outputs[:1])
-        frontier = step
-    return False
+    return within([tensor], KEPT, lambda op, _: op.op in MEASURES, lambda op: op.op in SAME_SHAPE | ELEMENTWISE,
+                 lambda op: op.outputs[:1])

@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import named_length
 from graphfix.analysis.sizes.ops import is_table
+from graphfix.analysis.walk import within
 
 SHIFTS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)  # n + k: `T - 1` for an unbiased mean or the last position
 
@@ -318,19 +319,11 @@ SHAPE_INPUTS = {"Expand": 1, "Reshape": 1, "ConstantOfShape": 0, "Tile": 1}  # t
 def _shapes_a_shape(tensor: gs.Tensor) -> bool:
     """Whether the tensor's values become a shape vector within SHAPE_HOPS ops of a size's own arithmetic, a
     comparison or a Where (the TorchScript exporter's `expand(-1, n, -1)` compares its shape with `ones(3) * -1`)."""
-    frontier, seen = [tensor], set()
-    for _ in range(SHAPE_HOPS):
-        step = []
-        for current in frontier:
-            for reader in current.outputs:
-                slot = SHAPE_INPUTS.get(reader.op)
-                if slot is not None and slot < len(reader.inputs) and reader.inputs[slot] is current:
-                    return True
-                if reader.op in SIZE_OPS | {"Equal", "Where"} and id(reader) not in seen:
-                    seen.add(id(reader))
-                    step.extend(reader.outputs)
-        frontier = step
-    return False
+    def reads_a_shape(op: gs.Node, read: gs.Tensor) -> bool:
+        slot = SHAPE_INPUTS.get(op.op)
+        return slot is not None and slot < len(op.inputs) and op.inputs[slot] is read
+
+    return within([tensor], SHAPE_HOPS, reads_a_shape, lambda op: op.op in SIZE_OPS | {"Equal", "Where"})
 
 
 def _is_size(tensor: gs.Tensor) -> bool:
@@ -338,15 +331,5 @@ def _is_size(tensor: gs.Tensor) -> bool:
     a size's own arithmetic (SIZE_OPS). A constant meeting it is the model's own number beside a size
     (`(T + 7) // 8`). Not data that a shape merely shaped (an attention output reshaped with `x.shape[0]`), nor
     positions (`(T - 1) - arange(T)`: a Range's output is data)."""
-    frontier, seen = [tensor], set()
-    for _ in range(SHAPE_HOPS):
-        step = []
-        for current in frontier:
-            for producer in current.inputs:
-                if producer.op in ("Shape", "Size"):
-                    return True
-                if producer.op in SIZE_OPS and id(producer) not in seen:
-                    seen.add(id(producer))
-                    step.extend(producer.inputs if producer.op != "Reshape" else producer.inputs[:1])
-        frontier = step
-    return False
+    return within([tensor], SHAPE_HOPS, lambda op, _: op.op in ("Shape", "Size"), lambda op: op.op in SIZE_OPS,
+                  lambda op: op.inputs if op.op != "Reshape" else op.inputs[:1], up=True)

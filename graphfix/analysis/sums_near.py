@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import named, named_length
 from graphfix.analysis.sizes.ops import is_table
+from graphfix.analysis.walk import within
 
 SUMS = frozenset({"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp",
                   "GlobalAveragePool", "Einsum"})  # a mean's sum: scaling the summed data scales the sum
@@ -147,20 +148,7 @@ def _weighted(node: gs.Node) -> bool:
 def _from(tensors: list[gs.Tensor], ends: frozenset[str], ahead: Callable[[gs.Node], list]) -> bool:
     """Whether the tensors are computed by an op of `ends`, within HOPS ops of SCORED up, each passed to the
     tensors `ahead` of it."""
-    frontier, seen = tensors, set()
-    for _ in range(HOPS):
-        step = []
-        for tensor in frontier:
-            for op in tensor.inputs[:1]:
-                if id(op) in seen:
-                    continue
-                seen.add(id(op))
-                if op.op in ends:
-                    return True
-                if op.op in SCORED:
-                    step.extend(ahead(op))
-        frontier = step
-    return False
+    return within(tensors, HOPS, lambda op, _: op.op in ends, lambda op: op.op in SCORED, ahead, up=True)
 
 
 def normalized(node: gs.Node, n: int, shape, biased: bool = True, products: bool = True) -> bool:
@@ -197,20 +185,8 @@ def _reaches(node: gs.Node, ends: frozenset[str], through: frozenset[str],
              meets: Callable[[gs.Node], bool] = lambda op: True) -> bool:
     """Whether the node's output reaches an op of `ends` that `meets`, within SUM_HOPS ops of `through` (a MatMul
     among them of two data operands only: a Linear maps what it meets)."""
-    frontier, seen = list(node.outputs), set()
-    for _ in range(SUM_HOPS):
-        step = []
-        for tensor in frontier:
-            for op in tensor.outputs:
-                if id(op) in seen:
-                    continue
-                seen.add(id(op))
-                if op.op in ends and meets(op):
-                    return True
-                if op.op in through and not _linear(op) and not (op.op == "Einsum" and any(map(_weight, op.inputs))):
-                    step.extend(op.outputs)
-        frontier = step
-    return False
+    return within(node.outputs, SUM_HOPS, lambda op, _: op.op in ends and meets(op), lambda op: op.op in through and
+                  not _linear(op) and not (op.op == "Einsum" and any(map(_weight, op.inputs))))
 
 
 def _linear(node: gs.Node) -> bool:

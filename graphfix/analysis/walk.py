@@ -6,7 +6,7 @@ Every function here visits each node and tensor at most once, so rules built on 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx_graphsurgeon as gs
 
@@ -100,3 +100,24 @@ def ancestors(tensor: gs.Tensor, depth: int) -> list[gs.Tensor]:
         frontier = [t for f in frontier if f.inputs for t in f.inputs[0].inputs]
         found.extend(frontier)
     return found
+
+
+def within(start: Iterable[gs.Tensor], hops: int, ends: Callable[[gs.Node, gs.Tensor], bool],
+          through: Callable[[gs.Node], bool], ahead: Callable[[gs.Node], list] | None = None, up: bool = False) -> bool:
+    """Whether an op that `ends` accepts (given the op and the tensor it was reached by) reads one of the tensors
+    reached from `start` within `hops` ops (with `up`, computes one), each op passed once where `through` accepts
+    it, on to the tensors `ahead` of it (its outputs, or with `up` its inputs, by default). The bounded walks of the
+    rules' reads: a Shape that measures a declared tensor (GF013), a softmax a score reaches (sums_near), a shape
+    vector a constant becomes (int_echoes)."""
+    frontier, seen = list(start), set()
+    for _ in range(hops):
+        step = []
+        for tensor in frontier:
+            for op in (tensor.inputs[:1] if up else tensor.outputs):
+                if ends(op, tensor):
+                    return True
+                if id(op) not in seen and through(op):
+                    seen.add(id(op))
+                    step.extend(ahead(op) if ahead is not None else op.inputs if up else op.outputs)
+        frontier = step
+    return False
