@@ -38,6 +38,17 @@ def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.n
     return session.run(None, feeds)
 
 
+def matches_module(out, module, shapes, name: str = "x", rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """The written model `out` gives what the PyTorch `module` gives on random inputs of each of `shapes` (its one
+    input `name`)."""
+    import torch
+
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(run(str(out), {name: x.numpy()})[0], module(x).numpy(), rtol=rtol, atol=atol)
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 

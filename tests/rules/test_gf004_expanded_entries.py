@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import warnings
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run
+from conftest import matches_module
 
 from graphfix.cli import cli
 
@@ -46,10 +45,7 @@ def _export(tmp_path, module, length=7):
 
 
 def _matches(module, out) -> None:
-    for shape in [(1, 3, 4), (3, 12, 4), (2, 7, 4)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            np.testing.assert_allclose(run(str(out), {"x": x.numpy()})[0], module(x).numpy(), rtol=1e-4, atol=1e-5)
+    matches_module(out, module, [(1, 3, 4), (3, 12, 4), (2, 7, 4)])
 
 
 def test_an_expand_entry_a_concat_holds_at_the_length_is_rebuilt_from_it(tmp_path):

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import run
+from conftest import matches_module
 
 from graphfix.cli import cli
 
@@ -48,10 +47,7 @@ def _repaired(tmp_path, module, example=(2, 12, 8)):
 
 def _matches(module, out) -> None:
     """The written model matches PyTorch at batch 1, a longer length and the export size."""
-    for shape in [(1, 5, 8), (3, 20, 8), (2, 12, 8)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            np.testing.assert_allclose(run(str(out), {"x": x.numpy()})[0], module(x).numpy(), rtol=1e-4, atol=1e-5)
+    matches_module(out, module, [(1, 5, 8), (3, 20, 8), (2, 12, 8)])
 
 
 def test_the_one_entry_a_linear_does_not_hold_takes_the_flattened_count(tmp_path):
