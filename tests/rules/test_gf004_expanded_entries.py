@@ -106,3 +106,36 @@ def test_an_expand_of_a_one_that_nothing_holds_is_not_read_as_its_input_dim(tmp_
     findings = json.loads(done.output)["models"][0]["findings"]
     expands = [f for f in findings if f["rule"] == "GF004" and "Expand" in f["message"]]
     assert expands and all(f["fix"] is None or f["fix"]["safety"] != "safe" for f in expands), done.output
+
+
+class ClassToken(torch.nn.Module):
+    """A ViT's class token put before the patches, `cat([cls.expand(int(B), -1, -1), x], 1)`: the parameter has no
+    tensor upstream that carries the batch (refused before: "linked by value only"); the Concat holds its entry at B."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cls, self.lin = torch.nn.Parameter(torch.randn(1, 1, 4)), torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.cat([self.cls.expand(int(x.shape[0]), -1, -1), self.lin(x)], 1)
+        return h[:, 0] + h.mean(1)
+
+
+def test_a_class_token_expanded_to_the_batch_with_a_python_int_is_rebuilt_from_a_graph_input(tmp_path):
+    module, out = ClassToken(), tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module)), "-o", str(out)])
+    assert done.exit_code == 0 and "entry 0 of Expand" in done.output, done.output
+    _matches(module, out)
+
+
+def test_a_class_token_traced_at_batch_1_is_not_written(tmp_path):
+    """At batch 1 the Expand's shape is all ones and the output is declared [1, 4]: nothing says which 1 is the
+    batch; the model goes out unchanged, failing at other batches (exit 1)."""
+    path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ClassToken().eval(), (torch.randn(1, 7, 4),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert done.exit_code == 1 and "unchanged" in done.output and "FAILS" in done.output, done.output

@@ -126,7 +126,9 @@ class Sizes(OpShapes):
         return self.num.simplify(expr, self.bounds)
 
     def carrier(self, expr: Expr, near: gs.Tensor, depth: int = 64) -> tuple[gs.Tensor, int] | None:
-        """The nearest tensor upstream of `near` (itself first) with a dim equal to `expr`, and its axis."""
+        """The nearest tensor upstream of `near` (itself first) with a dim equal to `expr`, and its axis; else a
+        graph input's (read anywhere: a parameter expanded to the batch, `cls.expand(int(B), -1, -1)`, has no
+        tensor upstream that carries it)."""
         queue, seen = [near], set()
         while queue and depth > 0:
             depth -= 1
@@ -139,7 +141,8 @@ class Sizes(OpShapes):
                     return tensor, axis
             for node in tensor.inputs:
                 queue.extend(t for t in node.inputs if isinstance(t, gs.Variable))
-        return None
+        return next(((tensor, axis) for tensor in self.graph.inputs for axis, dim in enumerate(self.shape(tensor) or ())
+                     if dim is not None and same(dim, expr)), None)
 
     # --- the screen ---------------------------------------------------------------------------------------------
     def screened(self) -> bool:
