@@ -351,12 +351,15 @@ def without_external_values(model: onnx.ModelProto) -> tuple[onnx.ModelProto, fr
     inputs of the same name, type and dims, so their values are unknown to it. Returns (model, lifted names); the
     model itself when nothing is external (no copy). Raises ValueError for an external tensor elsewhere (a node
     attribute, a subgraph, a sparse or function tensor): nothing that names a file may be handed over."""
-    top = {id(tensor) for tensor in model.graph.initializer}
+    # the graph's own initializers come first in `model_tensors`: told apart by their place, for protobuf gives a
+    # message a new Python object at each read and `id()` told a top-level weight from a nested one by chance (a
+    # ConvNeXt's stubs were taken for nested ones and symbolic inference was skipped, helper 131)
+    top = len(model.graph.initializer)
     lifted = []
-    for where, tensor in model_tensors(model):
+    for index, (where, tensor) in enumerate(model_tensors(model)):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        if id(tensor) not in top:
+        if index >= top:
             raise ValueError(f"{where} keeps its values in external data")
         lifted.append(tensor.name)
     if not lifted:
