@@ -145,8 +145,8 @@ class TraceUnrolledLoop(Rule):
     def _last_reads(self, ctx: RuleContext) -> Iterator[Finding]:
         """A single read at a fixed position, `h[:, int(T) - 1]` traced at 11 frames: Gather at 10, the same graph
         as a model's own `h[:, 10]`, which runs at every length from 11 (probed only there: the probe's domain).
-        Where --trace-shape or the graph tells the export's length, said only if it was the last position then;
-        where nothing does, of a position from 3 on (the first few are a model's own tokens). A warning."""
+        Of a position from 3 on (the first few are a model's own tokens), where --trace-shape or the graph tells
+        the export's length only if it was the last position then. A warning."""
         sizes, reads = None, defaultdict(list)  # (tensor, axis) -> its reads: one alone, not a loop's
         for node in ctx.graph.nodes:
             read = _gathered(ctx, node) if node.op == "Gather" else None
@@ -155,8 +155,10 @@ class TraceUnrolledLoop(Rule):
                 reads[node.inputs[0].name, read[0] % len(shape)].append((node, read[1], shape[read[0]]))
         for (_, axis), ((node, index, dim),) in ((key, found) for key, found in reads.items() if len(found) == 1):
             sizes = sizes or export_sizes(ctx, ctx.evaluator)
+            if index < 3 or dim not in sizes.carriers:  # the first tokens (a class token's 0) are a model's own
+                continue
             known = dim in sizes.values and sizes.from_the_graph(dim)
-            if dim not in sizes.carriers or (sizes.values[dim] != index + 1 if known else index < 3):
+            if known and sizes.values[dim] != index + 1:
                 continue
             where = f"the last at export ({sizes.explain(dim)})" if known else \
                 f"the last if {dim} was {index + 1} at export (nothing says; `--trace-shape` tells)"
