@@ -44,7 +44,8 @@ class RuntimeFailure(Rule):
     ## Why it breaks deployment
     A model that fails at some input size fails in production the first time that size arrives; onnxruntime
     stops at the first failing node, so one error can hide others downstream. The probe cuts the graph at each
-    failing node and goes on, so all of them are listed.
+    failing node and goes on, so all of them are listed; one that reads values fabricated at such a cut is a
+    warning (it may be the earlier failure's consequence).
 
     ## Example
     `Non-zero status code returned while running Gather node. Name:'/Gather_3' ... indices element out of data
