@@ -254,9 +254,7 @@ class ExportFact:
         """The least dim size that gives the fact (a Conv front end's 39 frames: 400 samples), by bisection on a
         length nondecreasing in it (floors and caps of the size); None where none below `limit` does."""
         low, high = 1, 1
-        while not self._reaches(high):
-            if high > limit:
-                return None
+        while not self._reaches(high) and high <= limit:
             low, high = high + 1, high * 2
         while low < high:
             middle = (low + high) // 2
