@@ -65,7 +65,8 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
 
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
-    """(where, tensor) for every TensorProto of a model: its graph, its model-local functions (their nodes and the
+    """(where, tensor) for every TensorProto of a model: its graph (its own initializers first, in order:
+    `without_external_values` tells them apart by their place), its model-local functions (their nodes and the
     defaults of their attributes, which a node's `ref_attr_name` reads) and its training graphs (onnxruntime
     reads none of them by path without the checks here)."""
     yield from _graph_tensors(model.graph, "")
