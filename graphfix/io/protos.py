@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+from graphfix.core.recent import per_model
 
 
 def lift_initializers(model: onnx.ModelProto, names: Collection[str] | None = None) -> onnx.ModelProto:
@@ -52,3 +56,20 @@ def initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
                              for t in model.graph.initializer if t.name not in inputs)
     return model
+
+
+@per_model  # the probe's limit, thresholds, hint and domain each read them at every probe_sizes call of a proof
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
+    for node in model.graph.node:
+        if node.op_type != "Constant":
+            continue
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is not None and _small_inline(value.t):
+            values[node.output[0]] = numpy_helper.to_array(value.t)
+    return values
+
+
+def _small_inline(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64

@@ -5,15 +5,14 @@ dynamic dim may meet, and the most frequent baked size (a guess at the export le
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from graphfix.analysis.given_shapes import graph_inputs
 from graphfix.core.recent import per_model
+from graphfix.io.protos import constant_values
 
 MAX_HINT = 512  # baked constants above this are not taken as an export size
 MAX_THRESHOLD = 1 << 14  # nor constants above this as a size's threshold (a pad to a multiple of 4004 samples is one)
@@ -288,20 +287,3 @@ def baked_size_hint(model: onnx.ModelProto) -> int | None:
             if values is not None and values.dtype.kind == "i" and values.size <= 8:
                 counts.update(int(v) for v in values.ravel() if 1 < v <= MAX_HINT)
     return counts.most_common(1)[0][0] if counts else None
-
-
-@per_model  # the limit, the thresholds and the hint each read them at every probe_sizes call of a proof
-def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Small initializers and Constant-node values by tensor name (external tensors are not read)."""
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small_inline(t)}
-    for node in model.graph.node:
-        if node.op_type != "Constant":
-            continue
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        if value is not None and _small_inline(value.t):
-            values[node.output[0]] = numpy_helper.to_array(value.t)
-    return values
-
-
-def _small_inline(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64

@@ -23,18 +23,17 @@ that the trace dropped with its branch (`if T % 8: x = F.pad(...)`) leave such g
 
 from __future__ import annotations
 
-import math
 import re
 
 from graphfix.analysis.sizes.arith import window_output
 from graphfix.analysis.sizes.ties import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.recent import per_model
+from graphfix.io.protos import constant_values
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
 FRAMES = 4
-INDEX_TYPES = frozenset({6, 7})  # int32, int64 (onnx.TensorProto)
 
 
 def input_minimums(model, frames: int = FRAMES, known: dict[str, int] | None = None) -> dict[str, int]:
@@ -156,7 +155,7 @@ def _window_lengths_of(model) -> list:
     the positions it needs), read where no constraint is upstream; the size analysis runs once per model for the
     minimums and the strides of every probe_sizes call."""
     found: list = []
-    if _has_window(model.graph):
+    if _has_window(model.graph, _far_indices(model)):
         from graphfix.analysis.sizes import static_sizes
 
         sizes, graph = static_sizes(model)
@@ -204,25 +203,20 @@ def _growth(length: sympy.Expr, symbol: sympy.Symbol, size: int, most: int = 102
     return low
 
 
-def _has_window(graph) -> bool:
-    """Whether a Conv or Pool, or a Gather of data (no shape vector) at a fixed index past the first and the last
-    position, is in the graph or in a branch or body of one of its nodes."""
-    fixed = _far_indices(graph)
+def _has_window(graph, far: set[str]) -> bool:
+    """Whether a Conv or Pool, or a Gather of data (no shape vector) at a constant index of `far`, past the first and
+    the last position, is in the graph or in a branch or body of one of its nodes."""
     shapes = {o for n in graph.node if n.op_type == "Shape" for o in n.output}
     return any(node.op_type in WINDOW_OPS | KEEP_OPS or (node.op_type == "Gather" and node.input[1:2] and
-                                                         node.input[1] in fixed and node.input[0] not in shapes)
-               or any(_has_window(a.g) for a in node.attribute if a.HasField("g")) for node in graph.node)
+                                                         node.input[1] in far and node.input[0] not in shapes)
+               or any(_has_window(a.g, far) for a in node.attribute if a.HasField("g")) for node in graph.node)
 
 
-def _far_indices(graph) -> set[str]:
-    """The names of the graph's one-element integer constants other than 0 and -1 (a position a Gather may need)."""
-    from onnx import TensorProto, numpy_helper
-
-    constants = [(c.name, c) for c in graph.initializer]
-    constants += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" for a in n.attribute
-                  if a.name == "value"]
-    return {name for name, t in constants if t.data_type in INDEX_TYPES and math.prod(t.dims) == 1
-            and t.data_location != TensorProto.EXTERNAL and int(numpy_helper.to_array(t).reshape(-1)[0]) not in (0, -1)}
+def _far_indices(model) -> set[str]:
+    """The names of the model's one-element integer constants other than 0 and -1 (a position a Gather may
+    need)."""
+    return {name for name, value in constant_values(model).items()
+            if value.size == 1 and value.dtype.kind in "iu" and int(value.reshape(-1)[0]) not in (0, -1)}
 
 
 def _window_lengths(node, sizes) -> list:
