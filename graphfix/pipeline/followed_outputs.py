@@ -5,10 +5,22 @@ it)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import onnx
 
 
-def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+class Declared(NamedTuple):
+    """The model with its followed output dims declared, a note per dim changed, and the output shapes symbolic
+    shape inference gave the graph (None where it did not run): the proof's shape oracle reads them instead of
+    inferring the same graph again (the declarations are no input to that inference; #23, analysis once)."""
+
+    model: onnx.ModelProto
+    notes: list[str]
+    shapes: dict[str, list | None] | None = None
+
+
+def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> Declared:
     """The model whose output dims that may be export-time sizes (an int above 1: the TorchScript exporter declares
     every axis left out of `dynamic_axes` with its traced size, `T // 3` as much as a class count) or undeclared (a
     fix cleared them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that
@@ -18,8 +30,9 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
 
     outputs = [o for o in model.graph.output if any(_followable(d) for d in o.type.tensor_type.shape.dim)]
     if not export or not outputs:
-        return model, []
+        return Declared(model, [])
     inferred = symbolic_shapes(model)
+    shapes = {o.name: inferred.get(o.name) for o in model.graph.output}
     changes: dict[str, list[tuple[int, str]]] = {}
     for out in outputs:
         dims = inferred.get(out.name) or []
@@ -30,7 +43,7 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
             if _followable(dim) and _follows(symbol, dim, export):
                 changes.setdefault(out.name, []).append((axis, symbol))
     if not changes:
-        return model, []
+        return Declared(model, [], shapes)
     renamed = onnx.ModelProto()
     renamed.CopyFrom(model)
     notes = []
@@ -40,7 +53,7 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
             before = f"{dim.dim_value} (an export-time size)" if dim.HasField("dim_value") else "nothing"
             dim.dim_param = symbol  # clears dim_value (a oneof)
             notes.append(f"output '{out.name}' dim {axis} declared {before}; now {symbol}, as the repair computes")
-    return renamed, notes
+    return Declared(renamed, notes, shapes)
 
 
 def _followable(dim) -> bool:

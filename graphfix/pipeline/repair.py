@@ -190,8 +190,9 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
                 model, result.simplify = _simplify(model, loaded.base_dir)
                 result.after = diagnose_model(model, loaded.base_dir, options.rules, options.rule_options,
                                               result.weights)
+            shapes = None  # the repaired outputs' inferred shapes, where declaring them inferred them
             if outcome.changed and options.validation is not None:
-                model, declared = declare_followed_outputs(model, _export_of(options.validation))
+                model, declared, shapes = declare_followed_outputs(model, _export_of(options.validation))
                 result.notes += declared
             result.light = model
             staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead, commit,
@@ -199,13 +200,13 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
         except BaseException:
             _discard(ahead)
             raise
-        _validate_commit(model, commit, loaded, outcome.changed, options, result, staging, original)
+        _validate_commit(model, commit, loaded, outcome.changed, options, result, staging, original, shapes)
     return result
 
 
 def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, changed: bool,
                      options: RepairOptions, result: RepairResult, staging: Future[StagedModel],
-                     original: Future[ModelRunner] | None) -> None:
+                     original: Future[ModelRunner] | None, shapes: dict[str, list | None] | None = None) -> None:
     """The repaired model is validated in memory (an inline one while the output is written on the other thread).
     Its weights are the original's: inline ones fed from the arrays the original's session uses, external ones
     mapped from the data files loading holds (the pages the original's session maps, not the staged copy: one
@@ -216,7 +217,8 @@ def _validate_commit(model: onnx.ModelProto, commit: bool, loaded: LoadedModel, 
         if original is not None:  # an unchanged model is its own candidate: one session, not two
             before = original.result()
             after = None if not changed else ModelRunner(model, loaded.base_dir, files=loaded.files,
-                                                         weights=result.weights, fed=before.fed, deployed=True)
+                                                         weights=result.weights, fed=before.fed, deployed=True,
+                                                         output_shapes=shapes)
             validation = _validate(loaded, before, after, options)
             result.validation = validation.to_json()
             if not validation.passed and not changed:
@@ -281,10 +283,10 @@ def _choose(loaded: LoadedModel, outcome: FixOutcome, options: RepairOptions,
         return fix_model(loaded.proto, loaded.base_dir, options.rules, rule_options, weights=loaded.weights)
 
     def judge(tried: FixOutcome, picked: dict[str, int]):  # -> graphfix.validate.Validation
-        model = tried.model
+        model, shapes = tried.model, None
         if options.validation is not None:
-            model = declare_followed_outputs(model, _export_of(options.validation))[0]
-        candidate = ModelRunner(model, loaded.base_dir, weights=tried.weights, fed=original.fed)
+            model, _, shapes = declare_followed_outputs(model, _export_of(options.validation))
+        candidate = ModelRunner(model, loaded.base_dir, weights=tried.weights, fed=original.fed, output_shapes=shapes)
         return _validate(loaded, original, candidate, _with_choices(options, picked))
 
     chosen, picked, note = choose(outcome, trial, judge, unsafe=options.rule_options.unsafe_fixes)

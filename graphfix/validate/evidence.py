@@ -219,7 +219,7 @@ class Judge:
 
     @functools.cached_property
     def inferred(self) -> ShapeOracle:
-        return ShapeOracle(self.after.proto)
+        return ShapeOracle(self.after.proto, self.after.output_shapes)
 
     @functools.cached_property
     def promised(self) -> ShapeOracle:

@@ -72,8 +72,10 @@ class ModelRunner:
 
     def __init__(self, proto: onnx.ModelProto, base_dir: pathlib.Path | None = None,
                  path: pathlib.Path | None = None, weights: Weights | None = None, fed: FedWeights | None = None,
-                 files: DataFiles | None = None, deployed: bool = False):
+                 files: DataFiles | None = None, deployed: bool = False,
+                 output_shapes: dict[str, list | None] | None = None):
         self.proto = proto
+        self.output_shapes = output_shapes  # symbolic shape inference's, where the caller has run it (else None)
         self.deployed = deployed  # a model graphfix writes: its fusions run as in every default session
         self.base_dir = base_dir
         self.files = files or (held(base_dir) if base_dir is not None else None)  # kept open while this runs
