@@ -19,9 +19,10 @@ from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.sizes.along import passed_along
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Sizes
-from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, broadcast_pins, passed_along
+from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, broadcast_pins
 
 
 def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
@@ -48,7 +49,7 @@ def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
 def _constant_entry(sizes: Sizes, tensor: gs.Tensor, axis: int, number: int) -> tuple[gs.Node, int] | None:
     """(Reshape node, entry index) where `tensor` is the output of a Reshape of a constant shape vector of positive
     entries whose dim `axis` (negative: from the end) is the entry `number` (or a tensor that passes it along)."""
-    tensor = passed_along(sizes, tensor, axis)
+    tensor, axis = passed_along(sizes, tensor, axis)
     node = tensor.inputs[0] if tensor.inputs else None
     if node is None or node.op != "Reshape":
         return None

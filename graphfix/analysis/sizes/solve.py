@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.sizes.along import passed_along
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
-from graphfix.analysis.sizes.ops import BROADCAST, SAME_SHAPE, weight_dims
+from graphfix.analysis.sizes.ops import weight_dims
 from graphfix.analysis.sizes.roots import Solver
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
 
@@ -234,28 +235,10 @@ def broadcast_pins(sizes: Sizes) -> Iterator[tuple[Solution, int, sympy.Expr, in
             yield solution, int(number), size, axis - rank
 
 
-def passed_along(sizes: Sizes, tensor: gs.Tensor, axis: int) -> gs.Tensor:
-    """The tensor upstream of `tensor` whose dim `axis` (negative: from the end) reaches it unchanged: through ops
-    that keep their input's shape, and broadcasts whose other operands have 1 or nothing on that axis
-    (`x[:, :1].expand(-1, int(T), -1) * 2 + x`: the Add meets the Expand's entry past the Mul)."""
-    while tensor.inputs and (node := tensor.inputs[0]).op in SAME_SHAPE | BROADCAST:
-        if node.op in SAME_SHAPE:
-            tensor = node.inputs[0]
-            continue
-        shapes = [sizes.shape(t) for t in node.inputs]
-        if any(s is None for s in shapes):
-            break
-        wide = [t for t, s in zip(node.inputs, shapes, strict=True) if -axis <= len(s) and as_expr(s[axis]) != 1]
-        if len(wide) != 1:
-            break
-        tensor = wide[0]
-    return tensor
-
-
 def _expanded_entry(sizes: Sizes, tensor: gs.Tensor, axis: int, number: int) -> tuple[gs.Node, int] | None:
     """(Expand node, entry index) where `tensor` is an Expand's output, or passes one's dim `axis` (negative: from
     the end) along, that comes from the constant entry `number` of its shape vector alone."""
-    tensor = passed_along(sizes, tensor, axis)
+    tensor, axis = passed_along(sizes, tensor, axis)
     node = tensor.inputs[0] if tensor.inputs else None
     if node is None or node.op != "Expand":
         return None
