@@ -215,11 +215,10 @@ class TraceBakedShape(Rule):
 
     # --- Expand and Reshape shapes a broadcast right after holds (solved constraints) ------------------------
     def _solved_expands(self, ctx: RuleContext, ev, held: set[int]) -> Iterator[Finding]:
-        """speechbrain's length mask, `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)`: `len()` bakes the
-        batch into `[2, T]`, and the Less meets it with the batch, which holds at B = 2 only. The entry is rebuilt
-        from the size it meets (unsafe in a constant shape: `broadcast_only`). So are a constant Reshape's entries
-        that broadcasts meet where the element count then holds at every size (`h.reshape(int(B), int(T), D) + x`,
-        graphfix.analysis.sizes.held). Other constant shapes are `_expand`'s and `_reshape`'s."""
+        """speechbrain's length mask `arange(T).expand(len(lengths), T) < lengths.unsqueeze(1)` bakes `[2, T]`; the
+        Less meets the 2 with the batch, at B = 2 only. The entry is rebuilt from the operand that meets it (unsafe
+        in a constant shape: `broadcast_only`); so are a constant Reshape's entries that broadcasts meet where its
+        count then holds at every size (`h.view(int(B), int(T), D) + x`, sizes.held). Others: `_expand`, `_reshape`."""
         wanted = {id(n) for n in ctx.graph.nodes if (n.op == "Expand" and (partly_constant(ev.elems(n.inputs[1]))
                                                                            or max(constant_target(ev, n) or [0]) > 1))
                   or (n.op == "Reshape" and (t := constant_target(ev, n)) is not None and min(t, default=0) > 0)}
@@ -228,7 +227,8 @@ class TraceBakedShape(Rule):
         sizes = sizes_of(ctx)
         for baked in [*baked_expands(sizes), *held_reshapes(sizes)]:
             node, entries = baked.node, baked.entries
-            if id(node) not in wanted or not all(size_expr(None, sizes, e.expr, node.inputs[0]) for e in entries):
+            near = {e.index: e.near or node.inputs[0] for e in entries}  # what meets each entry carries it
+            if id(node) not in wanted or not all(size_expr(None, sizes, e.expr, near[e.index]) for e in entries):
                 continue  # no run-time source for a size: GF003 reports the broadcast
             held.add(id(node))
             consumer, which = baked.solution.constraint.node, ", ".join(str(e.expr) for e in entries)
@@ -244,7 +244,8 @@ class TraceBakedShape(Rule):
                 hint=HINT_INT + (" E.g. `len(lengths)` -> `lengths.shape[0]`." if node.op == "Expand" else ""),
                 fix=Fix(f"compute entr{s} {indices} of {node.op} '{node.name}' shape as {which} from Shape ops",
                         apply=loosened(node, {e.value for e in entries},
-                                       rebuilt_entries(node, 1, {e.index: e.expr for e in entries}, sizes, ctx.opset)),
+                                       rebuilt_entries(node, 1, {e.index: e.expr for e in entries}, sizes,
+                                                       ctx.opset, near)),
                         safety=Safety.UNSAFE if moves else Safety.SAFE, moves=moves,
                         reason=f"{consumer.op} '{consumer.name}' says entr{s} {indices} "
                                f"{'are' if len(entries) > 1 else 'is'} {which} at every size, and "

@@ -136,13 +136,15 @@ def sinusoid_input(node: gs.Node, index: int, value: np.ndarray, table, other: g
     return apply
 
 
-def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], sizes: Sizes, opset: int):
+def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], sizes: Sizes, opset: int,
+                    near: dict[int, gs.Tensor] | None = None):
     """Fix closure: the entries `replace` names of the shape vector `node.inputs[index]` become run-time
-    expressions (Shape ops on the nearest upstream tensor carrying each size); the other entries are kept as
-    slices of the original vector, so partially constant `Concat`-built shapes keep their computed parts."""
+    expressions (Shape ops on the nearest tensor carrying each size upstream of `near`'s tensor for that entry,
+    else of the node's data); the other entries are kept as slices of the original vector, so partially constant
+    `Concat`-built shapes keep their computed parts."""
     vector = node.inputs[index]
     length = len(sizes.value(vector))
-    near = node.inputs[0]
+    near = {j: (near or {}).get(j) or node.inputs[0] for j in replace}
 
     def apply(graph: gs.Graph) -> None:
         b = Builder(graph, f"{node.name}_gf004", opset)
@@ -150,7 +152,7 @@ def rebuilt_entries(node: gs.Node, index: int, replace: dict[int, sympy.Expr], s
         for j in sorted(replace):
             if j > start:
                 pieces.append(b.op("Slice", [vector, b.const([start]), b.const([j])]))
-            pieces.append(size_expr(b, sizes, replace[j], near))
+            pieces.append(size_expr(b, sizes, replace[j], near[j]))
             start = j + 1
         if start < length:
             pieces.append(b.op("Slice", [vector, b.const([start]), b.const([length])]))

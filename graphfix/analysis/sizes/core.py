@@ -128,7 +128,8 @@ class Sizes(OpShapes):
     def carrier(self, expr: Expr, near: gs.Tensor, depth: int = 64) -> tuple[gs.Tensor, int] | None:
         """The nearest tensor upstream of `near` (itself first) with a dim equal to `expr`, and its axis; else a
         graph input's (read anywhere: a parameter expanded to the batch, `cls.expand(int(B), -1, -1)`, has no
-        tensor upstream that carries it)."""
+        tensor upstream that carries it), but not one whose dim a broadcast meets with another size: where that
+        is 1, the other sets the size (`y + x`, helper 134)."""
         queue, seen = [near], set()
         while queue and depth > 0:
             depth -= 1
@@ -142,7 +143,12 @@ class Sizes(OpShapes):
             for node in tensor.inputs:
                 queue.extend(t for t in node.inputs if isinstance(t, gs.Variable))
         return next(((tensor, axis) for tensor in self.graph.inputs for axis, dim in enumerate(self.shape(tensor) or ())
-                     if dim is not None and same(dim, expr)), None)
+                     if dim is not None and same(dim, expr) and not dim.free_symbols & self.broadcast_met()), None)
+
+    def broadcast_met(self) -> set:
+        """The symbols of the sizes that a broadcast meets with another size (either may be 1 where it runs)."""
+        return {symbol for c in self.constraints if c.kind == "broadcast" and not c.left.is_Integer
+                and not c.right.is_Integer for symbol in (c.left.free_symbols | c.right.free_symbols)}
 
     # --- the screen ---------------------------------------------------------------------------------------------
     def screened(self) -> bool:

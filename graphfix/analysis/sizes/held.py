@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.along import passed_along
+from graphfix.analysis.sizes.along import meeting, passed_along
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Sizes
 from graphfix.analysis.sizes.solve import BakedEntry, BakedShape, Solution, broadcast_pins
@@ -36,7 +36,8 @@ def held_reshapes(sizes: Sizes) -> Iterator[BakedShape]:
             found = _constant_entry(sizes, tensor, axis, number)
             if found is not None:
                 entries = held.setdefault(id(found[0]), (found[0], solution, {}))[2]
-                entries.setdefault(found[1], []).append(BakedEntry(found[1], number, size))
+                near = meeting(solution.constraint.node, tensor, found[0])
+                entries.setdefault(found[1], []).append(BakedEntry(found[1], number, size, near=near))
     for node, solution, met in held.values():
         entries = {j: sizes_met[0] for j, sizes_met in met.items()}
         target = [int(t) for t in sizes.value(node.inputs[1])]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.along import passed_along
+from graphfix.analysis.sizes.along import meeting, passed_along
 from graphfix.analysis.sizes.arith import as_expr, same
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.limits import frozen_by_other_entries
@@ -47,6 +47,7 @@ class BakedEntry:
     value: int
     expr: sympy.Expr
     others: tuple = ()  # further expressions that fit the same entry (ambiguous: not a SAFE fix)
+    near: gs.Tensor | None = None  # the operand that meets the entry (its carrier first; `along.meeting`)
 
 
 @dataclass
@@ -217,7 +218,8 @@ def baked_expands(sizes: Sizes) -> Iterator[BakedShape]:
             found = _expanded_entry(sizes, tensor, axis, number)
             if found is not None and (id(found[0]), found[1]) not in seen:
                 seen.add((id(found[0]), found[1]))
-                yield BakedShape(found[0], solution, [BakedEntry(found[1], number, size)])
+                near = meeting(solution.constraint.node, tensor, found[0])
+                yield BakedShape(found[0], solution, [BakedEntry(found[1], number, size, near=near)])
 
 
 def broadcast_pins(sizes: Sizes) -> Iterator[tuple[Solution, int, sympy.Expr, int]]:
