@@ -14,14 +14,13 @@ from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.sizes import sizes_if
 from graphfix.analysis.sizes.domain import input_minimums
 from graphfix.core.rule import FailureSite, Finding, Rejection, Rule, Severity
-from graphfix.io.protos import by_dynamo
 
 MIN_STEPS = 4  # fewer single-step reads of one axis are as likely a model's own choice (x[:, 0] + x[:, 1])
 
 REWRITE = ("Use torch.nn.GRU/LSTM (one ONNX node, any length), or script the loop (`torch.jit.script`) so that it "
            "exports as an ONNX Loop.")
 HINT = ("A Python loop over a dynamic axis (`for t in range(x.shape[1]): h = cell(x[:, t], h)`) is unrolled by "
-        "tracing for the export length (the dynamo exporter makes that axis static). " + REWRITE)
+        "tracing (both exporters) for the export length. " + REWRITE)
 
 
 class TraceUnrolledLoop(Rule):
@@ -41,9 +40,7 @@ class TraceUnrolledLoop(Rule):
     that carries a state over N steps of a longer input by design is told apart with `--trace-shape`. A single
     read at the position that was the last at export (`h[:, int(T) - 1]` traced at 11 frames reads position 10)
     is a warning where the export's length is known, and where nothing tells it, at a position from 3 on: the
-    graph is a model's own `h[:, 10]`'s too, which the probe does not take below 11 frames. A dynamo export has
-    neither: torch.export makes a dim static where a loop runs over it or `int()` reads it (helper 134: a model's
-    own 4 steps of a longer input, exported by dynamo with the length symbolic, were an error).
+    graph is a model's own `h[:, 10]`'s too, which the probe does not take below 11 frames.
 
     ## Why it breaks deployment
     Custom recurrent cells (speechbrain's LiGRU in its CRDNN, hand-written GRU/attention decoders, RNN-T joint
@@ -90,10 +87,6 @@ class TraceUnrolledLoop(Rule):
         return len(site.node.input) > 1 and site.node.input[1] in constants
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
-        if by_dynamo(ctx.model):  # torch.export specializes a dim that a loop runs over or int() reads
-            yield self.reject("a dynamo export: torch.export makes a dim static where a Python loop ran over it or "
-                              "int() read it, so single reads of an axis that stayed symbolic are the model's own")
-            return
         yield from self._last_reads(ctx)
         loops = unrolled_reads(ctx)
         sizes = sizes_if(ctx, "Gather") if loops else None

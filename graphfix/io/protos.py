@@ -71,15 +71,5 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
-def by_dynamo(model: onnx.ModelProto) -> bool:
-    """Whether the dynamo exporter wrote the model (it names each node's module path in a `namespace` entry of its
-    metadata): torch.export gives two dims one symbol only where its trace needs them equal or the user declared
-    them one `Dim`, and the graph is traced under that equality. The TorchScript exporter's `dynamic_axes` names
-    are labels nothing checked: two untied dims named `seq` alike (helpers 75 and 76, parts wrong by up to 7.4 with
-    exit 0, some of them past what one run with the dim one longer shows). Nor does torch.export keep a dim
-    symbolic that a Python loop ran over or `int()` read: it specializes it (GF009)."""
-    return any(entry.key == "namespace" for node in model.graph.node[:64] for entry in node.metadata_props)
-
-
 def _small_inline(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location != onnx.TensorProto.EXTERNAL and math.prod(tensor.dims) <= 64

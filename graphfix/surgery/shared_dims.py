@@ -5,7 +5,7 @@ tokens]`) and reads it from whichever input it meets first: an encoder-decoder's
 from `Shape(tokens)`, and cutting the encoder at `--inputs features` needed the decoder's tokens (helper 72). Where
 the part reads such an input only through Shape ops, and every dim they read is a symbol that a boundary input
 declares at consecutive axes in the same order, the Shape reads that input instead, and the part does not take the
-other. Only in a dynamo export, where one symbol means dims the trace holds equal (`by_dynamo`); the part is
+other. Only in a dynamo export, where one symbol means dims the trace holds equal (`_by_dynamo`); the part is
 checked against the whole at every probe size as any part is, and once more with each such dim one longer
 (`untied`: where the whole runs there, the part must agree).
 
@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphfix.io.protos import by_dynamo
 from graphfix.surgery import output_problems
 from graphfix.validate.inputs import graph_inputs
 from graphfix.validate.runner import ModelRunner
@@ -41,7 +40,7 @@ def borrowed_sizes(model: onnx.ModelProto, inputs: list[str], reached: set[str])
     """For the graph inputs the part reaches (`reached`: the names its outputs read) but does not take, each Shape
     of them to rewrite, by its output's name; None where one is read otherwise (by data), reads a dim that no
     boundary input declares under the same symbol, in the same order, or where the model is no dynamo export."""
-    if not by_dynamo(model):
+    if not _by_dynamo(model):
         return None
     declared = {vi.name: _dims(vi) for vi in graph_inputs(model)}
     sources = {name for name in declared if name in reached and name not in inputs}
@@ -110,6 +109,15 @@ def untied(whole: ModelRunner, part: ModelRunner, feeds: dict[str, np.ndarray], 
             return [f"{described(borrowed)}, but the whole runs with {source}'s dim {axis} one longer and the part "
                     f"differs there ({problems[0]}): the model does not tie them; give {source} in --inputs"]
     return []
+
+
+def _by_dynamo(model: onnx.ModelProto) -> bool:
+    """Whether the dynamo exporter wrote the model (it names each node's module path in a `namespace` entry of its
+    metadata): torch.export gives two dims one symbol only where its trace needs them equal or the user declared
+    them one `Dim`, and the graph is traced under that equality. The TorchScript exporter's `dynamic_axes` names
+    are labels nothing checked: two untied dims named `seq` alike (helpers 75 and 76, parts wrong by up to 7.4 with
+    exit 0, some of them past what one run with the dim one longer shows)."""
+    return any(entry.key == "namespace" for node in model.graph.node[:64] for entry in node.metadata_props)
 
 
 def _read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
