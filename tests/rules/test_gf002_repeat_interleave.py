@@ -326,3 +326,25 @@ def test_wenet_attention_repaired_smaller_than_onnxsim_and_equal(wenet):
         with torch.no_grad():
             want = module(x).numpy()
         np.testing.assert_allclose(run(full, ["x"], [x]), want, rtol=1e-5, atol=1e-5)
+
+
+class RunTimeRepeats(torch.nn.Module):
+    """A length regulator whose counts the model computes (helper 133: `h.repeat_interleave(ids[0] % 3 + 1, 1)`
+    on a Llama): the TorchScript exporter's Loop form, whose body's Reshape is right and whose trips follow the
+    length. It runs in onnxruntime at every size; GF002 called it an error ("bakes the element count") and
+    `diagnose` exited 1 on a healthy model. TensorRT still rejects its Sequence ops: a warning."""
+
+    def forward(self, x):
+        return torch.repeat_interleave(x, (x[0, 0] > 0).long() + 1, dim=2)
+
+
+def test_a_loop_form_that_runs_is_a_warning():
+    model = export(RunTimeRepeats(), (torch.randn(2, 3, 6),), ["x"], {"x": [0, 2]}, False, 17)
+    for batch, length in [(1, 1), (2, 6), (3, 17)]:
+        x = torch.randn(batch, 3, length)
+        assert np.array_equal(run(model, ["x"], [x.numpy()]), RunTimeRepeats()(x).numpy())
+    (finding,) = repair(model).before.findings
+    assert "loop form" in finding.message and finding.severity.name == "WARNING", finding.message
+    broken = export(TensorRepeat(1), (torch.randn(2, 3, 4),), ["x"], {"x": [0, 1, 2]}, False, 17)
+    (finding,) = repair(broken).before.findings
+    assert "loop form" in finding.message and finding.severity.name == "ERROR", finding.message
