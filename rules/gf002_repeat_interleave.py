@@ -67,9 +67,9 @@ class RepeatInterleave(Rule):
     The unrolled form bakes `x.size(dim)` into the Split and, in torch 2.13, a wrong Reshape target
     (`[0, -1, 0]` after an Unsqueeze): onnxruntime fails with `Concat node ... Non concat axis dimensions must
     match` even at the export size, or returns wrong shapes. The Loop form fails so where its body has that Reshape
-    (an error; else it runs, a warning); TensorRT rejects Sequence ops (wenet #2517, #1630; onnxruntime #11672). Tile
-    forms run, but spend 12 to 39 nodes of shape arithmetic on what `Unsqueeze → Expand → Reshape` does in three
-    (pytorch #100438: 463 nodes for one call).
+    or its counts are constants (an error; else it runs, a warning); TensorRT rejects Sequence ops (wenet #2517,
+    #1630; onnxruntime #11672). Tile forms run, but spend 12 to 39 nodes of shape arithmetic on what `Unsqueeze →
+    Expand → Reshape` does in three (pytorch #100438: 463 nodes for one call).
 
     ## Example
     ```python
@@ -139,7 +139,7 @@ class RepeatInterleave(Rule):
         shape = ctx.shape(m.x) or []
         per_element = isinstance(m.repeats, np.ndarray | gs.Tensor)
         shown = _show_repeats(m.repeats)
-        broken = m.form == "unrolled" or (m.form == "loop" and bool(m.note))  # a Loop's trips follow the size
+        broken = m.form == "unrolled" or (m.form == "loop" and (bool(m.note) or isinstance(m.repeats, np.ndarray)))
         cause = (f"repeat_interleave({m.x.name}, {shown}, dim={m.dim}) exported in the {m.form} form "
                  f"({_subgraph_size(m)} nodes"
                  + ("; it bakes the element count and fails or returns wrong shapes in onnxruntime)" if broken

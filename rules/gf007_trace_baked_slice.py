@@ -139,9 +139,11 @@ class TraceBakedSlice(Rule):
                 f"{cut.end}: inputs longer than that lose the rest. Nothing says the export length; if it was "
                 f"{cut.end}, the end is a length traced through Python and baked (--trace-shape tells)",
                 nodes=[node], tensors=[data, node.inputs[2]], hint=EXPORT_LENGTH_HINT, severity=Severity.INFO)
+        where, does = (f"the export size of {cut.size}, which it grows with", "crops to it") if cut.size else \
+            ("its length at export", "cuts nothing")
         return self.finding(
             f"Slice '{node.name}' cuts axis {cut.axis} of '{data.name}' ({cut.length} long) at the constant "
-            f"{cut.end}, its length at export ({cut.why}): it cuts nothing at the export size and drops everything "
+            f"{cut.end}, {where} ({cut.why}): it {does} at the export size and drops everything "
             f"past {cut.end} at every longer input, with no error. A length computed in Python while tracing "
             f"(`x[:, :int(round(lens[0] * x.shape[1]))]`, speechbrain's StatisticsPooling) is baked so; a model that "
             f"keeps its first {cut.end} on purpose, exported at exactly {cut.end}, gives the same graph, and the graph "

@@ -36,6 +36,7 @@ class ExportLengthCut:
     length: sympy.Expr
     end: int
     why: str = ""
+    size: str = ""  # the input dim whose export size the end is, where the length was longer then (a crop)
 
     @property
     def known(self) -> bool:
@@ -61,6 +62,18 @@ def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable],
             yield ExportLengthCut(node, axis % len(shape), length, end)
         elif exported[0] == end:
             yield ExportLengthCut(node, axis % len(shape), length, end, exported[1])
+        elif exported[0] > end and (size := _cropped_to(length, end, known)) is not None:
+            yield ExportLengthCut(node, axis % len(shape), length, end, size.show(end), size.dim)
+
+
+def _cropped_to(length: sympy.Expr, end: int, facts: tuple):
+    """The one fact of an input dim the length grows with whose export size is `end`: a pad then a crop back to the
+    input's length (`F.pad(x, (0, int(T) % 8))[:, :int(T)]`, helper 133), which the graph keeps at its export
+    value at every size."""
+    symbols = {symbol.name: symbol for symbol in length.free_symbols}
+    found = [f for f in facts if f.length is None and f.value == end and f.dim in symbols
+             and length.diff(symbols[f.dim]).is_positive]
+    return found[0] if len(found) == 1 else None
 
 
 def constant_cuts(node: gs.Node, constant, shape) -> list[tuple[gs.Node, int, int]]:
