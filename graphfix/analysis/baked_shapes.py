@@ -95,36 +95,11 @@ def reshape_entries(sizes: ExportSizes, data: gs.Tensor, shape: list, target: li
             return Entries(entries, notes, unsafe, unmatched=[s for _, s in rest])
     if guessed:
         unsafe.append(f"export size of {', '.join(guessed)} guessed from the constant; confirm with --trace-shape")
-    if given and output is not None and _held_by_count(shape, target, entries, output):
-        notes.append(f"a reader holds the -1 at its export size, which only {', '.join(given)} in those entries "
-                     "keep at every size")
-        given = []
     if given:
         unsafe.append(BY_VALUE.format(dims=", ".join(given)))
     # an error needs a solved constraint: an entry that only equals an export size may be meant
     return Entries(entries, notes, unsafe, doubt=bool(guessed or given),
                    otherwise="each replaced entry is the export size of the input's dynamic dim there")
-
-
-def _held_by_count(shape: list, target: list[int], entries: list, output: gs.Tensor) -> bool:
-    """Whether the entries rebuilt from the input's dims (0 or (tensor, axis) in `entries`) are the only ones that
-    keep the -1 at one size, which a reader holds there (helper 133: `lin(h.view(int(B), int(T), -1))` of `h[B, T,
-    32]` traced at 2 x 13 leaves 32 for the -1 at every size with B and T; with either entry its own 2 or 13, the
-    -1 grows with that dim, and the Linear runs at its export size only). Distinct values only: `[2, 2, -1]` traced
-    at B = T = 2 is `view(T, B, -1)` as much."""
-    rebuilt = [j for j, e in enumerate(entries) if not isinstance(e, int) or (e == 0 and target[j] != 0)]
-    if -1 not in target or target.index(-1) not in fixed_by_readers(output, len(target)) or any(
-            d is None for d in shape) or len({target[j] for j in rebuilt}) != len(rebuilt) or any(
-            target.count(target[j]) != 1 for j in rebuilt):
-        return False
-    dims = [sympy.Symbol(d) if isinstance(d, str) else sympy.Integer(d) for d in shape]
-    count = sympy.Mul(*dims)
-
-    def left(kept: int | None) -> sympy.Expr:  # the -1 with every rebuilt entry its input dim but `kept`
-        entry = [dims[j] if j in rebuilt and j != kept else sympy.Integer(t) for j, t in enumerate(target) if t != -1]
-        return count / sympy.Mul(*entry)
-
-    return not left(None).free_symbols and all(left(j).free_symbols for j in rebuilt)
 
 
 def fixed_by_readers(output: gs.Tensor, rank: int) -> set[int]:
