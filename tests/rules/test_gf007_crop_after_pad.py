@@ -52,3 +52,28 @@ def test_a_crop_to_no_input_size_is_left_alone(tmp_path):
     found = CliRunner().invoke(cli, ["diagnose", str(_export(tmp_path, PadCrop(crop=12), 13)),
                                      "--trace-shape", "x=2x13x8"])
     assert "GF007" not in found.output, found.output
+
+
+class PadOrTrim(torch.nn.Module):
+    """Whisper's pad-or-trim to 16 frames, then a Linear; and 8 learned queries put before the frames, whose 8
+    outputs are kept (helper 136): healthy at every length, exported at T = 16 and T = 8, the crop's own number.
+    The rest of the length (`T + 16`, `T + 8`) is the end: the model's own crop."""
+
+    def __init__(self, queries=0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.queries = torch.nn.Linear(8, 8), torch.nn.Parameter(torch.randn(1, queries, 8))
+
+    def forward(self, x):
+        keep = self.queries.shape[1]
+        if keep:
+            return self.lin(torch.cat([self.queries.expand(x.shape[0], -1, -1), x], 1))[:, :keep]
+        return self.lin(torch.nn.functional.pad(x, (0, 0, 0, 16))[:, :16])
+
+
+@pytest.mark.parametrize(("module", "length"), [(PadOrTrim(), 16), (PadOrTrim(queries=8), 8)],
+                         ids=["pad-or-trim", "prefix-queries"])
+def test_a_crop_to_what_was_put_before_or_after_is_the_models_own(tmp_path, module, length):
+    path, out = _export(tmp_path, module, length), tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--trace-shape", f"x=2x{length}x8"])
+    assert done.exit_code == 0 and "GF007" not in done.output, done.output
