@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.int_echoes import SHIFTS, int_echoes, lengths, plus
+from graphfix.analysis.int_echoes import SHIFTS, int_echo_reads, int_echoes, lengths, plus
 from graphfix.analysis.sizes.ops import is_table, weight_dims
 from graphfix.analysis.sums_near import normalized, sum_near
 
@@ -143,6 +143,17 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
     return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape, frozenset(products)),
             *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
                         frozenset(products))]
+
+
+def index_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape, fold=None) -> list[tuple[gs.Node, str]]:
+    """The integer echoes of `sizes` alone (`echoes`' cuts, indices, values, kernels, pads, output sizes), each with
+    the node that reads it: where no fix asks, the export sizes the user gave are read for them (GF015)."""
+    wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
+    if not wanted:
+        return []
+    nodes, widths = list(_nodes(graph)), weight_dims(graph)
+    return list(int_echo_reads(nodes, wanted, constant_value, shape, lambda node: False, lengths(wanted, widths),
+                               fold, widths))
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape,

@@ -88,7 +88,14 @@ def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, f
     feature widths, which no entry of a ConstantOfShape's shape is read as a form of the size at. `products`: the
     sizes of `wanted` that are products of several (a grid's H * W = 120 cells): a cut, index or step by a factor
     of one is a row or a column (`h[:, :, :W]`, `h[:, :, ::W]`, helper 115), its factor baked too."""
-    found = []
+    return [line for _, line in int_echo_reads(nodes, wanted, constant_value, shape, fixed, lengths, fold, widths,
+                                               products)]
+
+
+def int_echo_reads(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int],
+                   fold=None, widths: set[int] = frozenset(), products: frozenset[int] = frozenset()
+                   ) -> Iterator[tuple[gs.Node, str]]:
+    """`int_echoes`, each line with the node that reads the integer."""
     for node in nodes:
         for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths):
             if item in wanted and fixed(node):
@@ -97,9 +104,8 @@ def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, f
                 (f"a factor of {n}, a row or a column of a grid of {n} cells" for n in products
                  if where in ("a cut", "an index") and 2 < abs(item) < n and n % abs(item) == 0), None)
             if form is not None:
-                found.append(f"{node.op} '{node.name}' reads the integer {item} as {where}, which is {form}")
+                yield node, f"{node.op} '{node.name}' reads the integer {item} as {where}, which is {form}"
                 break
-    return found
 
 
 def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, widths: set[int] = frozenset()

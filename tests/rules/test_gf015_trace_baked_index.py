@@ -1,0 +1,79 @@
+"""GF015 trace-baked-index: with `--trace-shape`, an integer that cuts, rolls or counts along an axis of a given
+size in one of that size's forms is a warning (helper 133: `h[:, int(T) // 2:]`, `torch.roll(h, int(T) // 2,
+1)`, `h.topk(int(T) // 2, 1)` and an `F.interpolate(size=(int(H), int(W)))` had no finding and went out with exit
+0, wrong at every other size). Without the export sizes given, and for numbers that are no form of them, nothing.
+A warning: `repair` writes the model as it came, the warning shown; `check --fail-on warning` fails."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+HEADS = {
+    "half-cut": (lambda h, n: h[:, n // 2:].mean(1), True),
+    "roll": (lambda h, n: torch.roll(h, n // 2, 1), True),
+    "topk": (lambda h, n: h.topk(n // 2, 1).values, True),
+    "own-window": (lambda h, n: h[:, 1:].mean(1), False),  # magnitude 2 or less: never read
+    "traced-cut": (lambda h, n: h[:, h.shape[1] // 2:].mean(1), False),  # the start follows the length
+}
+
+
+class Head(torch.nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.head = torch.nn.Linear(8, 8), head
+
+    def forward(self, x):
+        return self.head(self.lin(x), int(x.shape[1]))
+
+
+def _export(tmp_path, module):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 13, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    return path
+
+
+@pytest.mark.parametrize(("head", "baked"), HEADS.values(), ids=HEADS)
+def test_a_form_of_a_given_size_along_its_axis_is_a_warning(tmp_path, head, baked):
+    path = _export(tmp_path, Head(head))
+    given = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x13x8"])
+    assert ("warning GF015" in given.output) == baked, given.output
+    assert "GF015" not in CliRunner().invoke(cli, ["diagnose", str(path)]).output
+    if baked:
+        gate = CliRunner().invoke(cli, ["check", str(path), "--trace-shape", "x=2x13x8", "--fail-on", "warning"])
+        assert gate.exit_code == 1, gate.output
+
+
+class Upsampled(torch.nn.Module):
+    """A segmentation head's logits resized back to the image with Python ints (SegFormer's users)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 4, stride=4)
+
+    def forward(self, x):
+        size = (int(x.shape[2]), int(x.shape[3]))
+        return torch.nn.functional.interpolate(self.conv(x), size=size, mode="bilinear", align_corners=False)
+
+
+def test_a_resize_to_the_given_image_size_is_a_warning(tmp_path):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Upsampled().eval(), (torch.randn(2, 3, 64, 96),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}})
+    given = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x3x64x96"])
+    assert "warning GF015" in given.output and "its output size" in given.output, given.output
