@@ -128,7 +128,7 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else
                   TAIL_STARTS if (tail and i == 1) else INT_CUTS)
                  for i in CUT_INPUTS[node.op] if i < len(node.inputs)]
-        if node.op == "TopK" and items[0][0]:  # a count of the top frames: any count of a baked length's axis
+        if node.op == "TopK" and items and items[0][0]:  # the top frames' count (an attribute before opset 10)
             dims = shape(node.inputs[0])
             axis = int(node.attrs.get("axis", -1))
             if dims is not None and -len(dims) <= axis < len(dims):

@@ -55,25 +55,37 @@ def test_a_crop_to_no_input_size_is_left_alone(tmp_path):
 
 
 class PadOrTrim(torch.nn.Module):
-    """Whisper's pad-or-trim to 16 frames, then a Linear; and 8 learned queries put before the frames, whose 8
-    outputs are kept (helper 136): healthy at every length, exported at T = 16 and T = 8, the crop's own number.
-    The rest of the length (`T + 16`, `T + 8`) is the end: the model's own crop."""
+    """Whisper's pad-or-trim to 16 frames, then a Linear; 8 learned queries put before the frames, whose 8 outputs
+    are kept; and a pad by the Python int of the length, then a crop to it (helper 137). Exported at the crop's
+    own number (16, 8, 13), the three leave one graph: a pad or prefix as long as the export length, then a crop
+    to it. The first two are healthy, the third wrong at every other length (13 frames out at 20). The graph does
+    not say which: refused, as a model's own first N frames exported at N are; the message says to export at
+    another length, where the healthy ones have no finding (helper 136's first attack had them exit 0, and the
+    baked one with them)."""
 
-    def __init__(self, queries=0):
+    def __init__(self, mode):
         super().__init__()
         torch.manual_seed(0)
-        self.lin, self.queries = torch.nn.Linear(8, 8), torch.nn.Parameter(torch.randn(1, queries, 8))
+        self.lin, self.mode = torch.nn.Linear(8, 8), mode
+        self.queries = torch.nn.Parameter(torch.randn(1, 8, 8))
 
     def forward(self, x):
-        keep = self.queries.shape[1]
-        if keep:
-            return self.lin(torch.cat([self.queries.expand(x.shape[0], -1, -1), x], 1))[:, :keep]
-        return self.lin(torch.nn.functional.pad(x, (0, 0, 0, 16))[:, :16])
+        if self.mode == "prefix-queries":
+            return self.lin(torch.cat([self.queries.expand(x.shape[0], -1, -1), x], 1))[:, :8]
+        keep = 16 if self.mode == "pad-or-trim" else int(x.shape[1])
+        return self.lin(torch.nn.functional.pad(x, (0, 0, 0, keep))[:, :keep])
 
 
-@pytest.mark.parametrize(("module", "length"), [(PadOrTrim(), 16), (PadOrTrim(queries=8), 8)],
-                         ids=["pad-or-trim", "prefix-queries"])
-def test_a_crop_to_what_was_put_before_or_after_is_the_models_own(tmp_path, module, length):
-    path, out = _export(tmp_path, module, length), tmp_path / "fixed.onnx"
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--trace-shape", f"x=2x{length}x8"])
+@pytest.mark.parametrize(("mode", "length"), [("pad-or-trim", 16), ("prefix-queries", 8), ("baked", 13)])
+def test_a_crop_to_what_was_put_before_or_after_at_its_length_is_refused(tmp_path, mode, length):
+    path, out = _export(tmp_path, PadOrTrim(mode), length), tmp_path / "fixed.onnx"
+    refused = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--trace-shape", f"x=2x{length}x8"])
+    assert refused.exit_code == 1 and not out.exists() and "error GF007" in refused.output, refused.output
+    assert "Re-export at another length" in refused.output
+
+
+@pytest.mark.parametrize("mode", ["pad-or-trim", "prefix-queries"])
+def test_exported_at_another_length_the_own_crop_has_no_finding(tmp_path, mode):
+    path, out = _export(tmp_path, PadOrTrim(mode), 11), tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--trace-shape", "x=2x11x8"])
     assert done.exit_code == 0 and "GF007" not in done.output, done.output

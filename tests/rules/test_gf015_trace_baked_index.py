@@ -77,3 +77,29 @@ def test_a_resize_to_the_given_image_size_is_a_warning(tmp_path):
                           dynamic_axes={"x": {0: "B", 2: "H", 3: "W"}})
     given = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x3x64x96"])
     assert "warning GF015" in given.output and "its output size" in given.output, given.output
+
+
+class RotateHalf(torch.nn.Module):
+    """A rotary half-split of 16 features (a static axis), exported at 16 tokens: no cut of a length (helper 137:
+    a dynamo-exported Llama at T = head_dim had 4 warnings a layer)."""
+
+    def forward(self, x):
+        return torch.cat([-x[..., 8:], x[..., :8]], -1) * x
+
+
+class TopThree(torch.nn.Module):
+    def forward(self, x):
+        return x.topk(3, dim=1).values
+
+
+@pytest.mark.parametrize(("module", "opset"), [(RotateHalf(), 17), (TopThree(), 9)],
+                         ids=["rotate-half", "topk-opset-9"])
+def test_static_features_and_old_topk_are_no_echo(tmp_path, module, opset):
+    """The second crashed the rule (a TopK whose count is an attribute before opset 10, helper 137)."""
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 16, 16),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    found = CliRunner().invoke(cli, ["diagnose", str(path), "--trace-shape", "x=2x16x16"])
+    assert found.exit_code == 0 and "GF015" not in found.output, found.output

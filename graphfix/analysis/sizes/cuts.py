@@ -69,12 +69,12 @@ def export_length_cuts(sizes: Sizes, facts: Callable[[], Iterable],
 def _cropped_to(length: sympy.Expr, end: int, facts: tuple):
     """The one fact of an input dim the length grows with whose export size is `end`: a pad then a crop back to the
     input's length (`F.pad(x, (0, int(T) % 8))[:, :int(T)]`, helper 133), which the graph keeps at its export
-    value at every size. Not where the rest of the length is `end` too: a pad by N then the first N kept (Whisper's
-    pad-or-trim), N prefix tokens then those N (helper 136) are a model's own crop at any export size."""
+    value at every size. Where the rest of the length is `end` too, a model's own crop (a pad by N then the first N
+    kept, Whisper's pad-or-trim; N prefix tokens then those N, helper 136) exported at T = N gives the graph of
+    `F.pad(x, (0, int(T)))[:, :int(T)]` (helper 137): the same match, which the message says."""
     symbols = {symbol.name: symbol for symbol in length.free_symbols}
     found = [f for f in facts if f.length is None and f.value == end and f.dim in symbols
-             and length.diff(symbols[f.dim]).is_positive
-             and length.xreplace({symbols[f.dim]: sympy.Integer(0)}) != end]
+             and length.diff(symbols[f.dim]).is_positive]
     return found[0] if len(found) == 1 else None
 
 
