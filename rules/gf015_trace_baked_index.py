@@ -19,10 +19,11 @@ class TraceBakedIndex(Rule):
 
     ## What it does
     Where `--trace-shape` gives the export sizes, finds the integer constants that cut, index, roll or count
-    along an axis of one of them in a form of that size (`h[:, int(T) // 2:]` traced at 13 cuts at 6,
+    along an axis the graph leaves dynamic in a plain form of one of them: the size, one less or more, a half
+    (rounded down or up) or twice it, or their negatives (`h[:, int(T) // 2:]` traced at 13 cuts at 6,
     `torch.roll(h, int(T) // 2, 1)`, `h.topk(int(T) // 2, 1)`, `F.interpolate(x, size=(int(H), int(W)))`, a pad,
     a Pool's kernel, a Tile's repeats, a value such as `lengths.clamp(max=int(T))`): the integer echoes the proof
-    reads beside a fix (graphfix.analysis.int_echoes, the forms listed there), read here where no fix asks
+    reads beside a fix (graphfix.analysis.int_echoes, which reads more forms there), read here where no fix asks
     (helper 133: four such heads on a Llama, with the export size given, had no finding and went out with exit 0,
     wrong by up to 5 at other lengths). Only the sizes the user gave: a constant the graph pins another rule
     reports.

@@ -148,13 +148,14 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
 def index_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape, fold=None) -> list[tuple[gs.Node, str]]:
     """The integer echoes of `sizes` alone (`echoes`' cuts, indices, values, kernels, pads, output sizes), each with
     the node that reads it, along axes the graph leaves dynamic only (no fix made a static axis a length: a
-    Llama's rotary half-split of 128 head features at 128 tokens is no cut of them, helper 137): where no fix
-    asks, the export sizes the user gave are read for them (GF015)."""
+    Llama's rotary half-split of 128 head features at 128 tokens is no cut of them, helper 137) and in the plain
+    forms only: where no fix asks, the export sizes the user gave are read for them (GF015)."""
     wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
     if not wanted:
         return []
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
-    return list(int_echo_reads(nodes, wanted, constant_value, shape, lambda node: False, [], fold, widths))
+    return list(int_echo_reads(nodes, wanted, constant_value, shape, lambda node: False, [], fold, widths,
+                               plain=True))
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape,

@@ -68,6 +68,7 @@ STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
 # a pad, an output size or a shape's entry too: a causal Conv's pad of 6 is 24 // 4, a head count of 4 is
 # ceil(11 / 3), 16 register tokens are 50 // 3 (helper 101)
 SIZE_FORMS = STEP_CUTS
+PLAIN_FORMS = frozenset(text for text, _ in STEP_CUTS)
 INT_KERNELS = INT_CUTS[:1]
 CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
 VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
@@ -93,11 +94,14 @@ def int_echoes(nodes: list[gs.Node], wanted: list[int], constant_value, shape, f
 
 
 def int_echo_reads(nodes: list[gs.Node], wanted: list[int], constant_value, shape, fixed, lengths: list[int],
-                   fold=None, widths: set[int] = frozenset(), products: frozenset[int] = frozenset()
-                   ) -> Iterator[tuple[gs.Node, str]]:
-    """`int_echoes`, each line with the node that reads the integer."""
+                   fold=None, widths: set[int] = frozenset(), products: frozenset[int] = frozenset(),
+                   plain: bool = False) -> Iterator[tuple[gs.Node, str]]:
+    """`int_echoes`, each line with the node that reads the integer. `plain`: only the size, one less or more, a
+    half or twice it, or their negatives (a model's own `h[:, 10]` at 16 frames is 2*16 // 3: doubt enough beside a
+    fix, noise alone)."""
     for node in nodes:
         for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths):
+            forms = tuple(form for form in forms if form[0] in PLAIN_FORMS) if plain else forms
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
             form = next((text.format(n) for n in wanted for text, of in forms if of(n) == item), None) or next(
