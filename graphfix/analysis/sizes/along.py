@@ -83,10 +83,13 @@ def _axes(sizes: Sizes, node: gs.Node, rank: int) -> set[int] | None:
 
 
 def meeting(consumer: gs.Node, via: gs.Tensor, node: gs.Node) -> gs.Tensor | None:
-    """The operand of `consumer` (other than `via`, which passes `node`'s output along) that meets an entry of
-    `node`'s shape, where it does not depend on `node`: the tensor whose dim the rebuilt entry must equal where the
-    model runs (`cat([y + x, e.expand(int(B), int(T), 4)], -1)` meets B and T in `y + x`, which a graph input's dim
-    may not carry: y's may be 1, helper 134). None where every other operand is computed from `node`."""
+    """The operand of a Concat `consumer` (other than `via`, which passes `node`'s output along) that meets an entry
+    of `node`'s shape, where it does not depend on `node`: the tensor whose dim the rebuilt entry must equal where
+    the model runs (`cat([y + x, e.expand(int(B), int(T), 4)], -1)` meets B and T in `y + x`, which a graph input's
+    dim may not carry: y's may be 1, helper 134). None where every other operand is computed from `node`, and for
+    a broadcast, whose other operand may be 1 there (a mask shared by the batch): the node's own data tells then."""
+    if consumer.op != "Concat":
+        return None
     after = downstream(node)
     return next((t for t in consumer.inputs if t is not via and isinstance(t, gs.Variable)
                  and not (t.inputs and id(t.inputs[0]) in after)), None)
