@@ -25,10 +25,16 @@ class OpsetTooOld(Exception):
 
 
 class Builder:
-    """Appends nodes to `graph` with names derived from `prefix`; opset-aware where ops changed signature."""
+    """Appends nodes to `graph` with names derived from `prefix`; opset-aware where ops changed signature. A prefix
+    an earlier builder took in the graph gets a number: two fixes of one node's entries (an Expand's batch and
+    length, held by one Concat: helper 138) named their tensors alike, and the second's read the first's."""
 
     def __init__(self, graph: gs.Graph, prefix: str, opset: int):
-        self.graph, self.prefix, self.opset = graph, prefix, opset
+        names = [node.name for node in graph.nodes] + list(graph.tensors())
+        self.graph, self.prefix, self.opset, self.count = graph, prefix, opset, 0
+        while any(name.startswith((f"{self.prefix}/", f"{self.prefix}_")) for name in names):
+            self.count += 1
+            self.prefix = f"{prefix}_{self.count + 1}"
         self.count = 0
 
     def const(self, values: Any, dtype=np.int64) -> gs.Constant:

@@ -100,3 +100,17 @@ def test_folding_never_allocates_what_is_too_large_to_be_a_shape_vector():
         tracemalloc.stop()
     assert peak < 16 * 2**20, peak
     assert [v is None for v in found] == [True, True, True], found
+
+
+def test_two_builders_of_one_prefix_name_their_tensors_apart():
+    """Two fixes of one node's entries build with the same prefix (`{node}_gf004`): the second's names were the
+    first's, and its Concat read a Slice the first had made (helper 138: an Expand's batch and length rebuilt, a
+    graph onnxruntime could not load)."""
+    x = gs.Variable("x", np.float32, ["B", "T"])
+    graph = gs.Graph(inputs=[x], outputs=[])
+    first = Builder(graph, "/Expand_gf004", 17)
+    one = first.op("Shape", [x])
+    second = Builder(graph, "/Expand_gf004", 17)
+    two = second.op("Shape", [x])
+    assert one.name != two.name and graph.nodes[0].name != graph.nodes[1].name
+    assert Builder(graph, "/Expand_gf004", 17).prefix not in (first.prefix, second.prefix)
