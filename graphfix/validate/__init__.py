@@ -112,7 +112,12 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
     sizes = probe_sizes(before.proto, options, tied, moved=footprint.fits)
     for binding in sizes:
         footprint.check_sizes(binding)
-    judge = Judge(before, after, options, sizes[0], known=known, derived_dims={*tied, *mask_aliases(before.proto)})
+    aliases: dict[str, set[str]] = {}  # By = B: the samples of y move with x's
+    for dim, source in tied.items():
+        if getattr(source, "is_Symbol", False):
+            aliases.setdefault(str(source), set()).add(dim)
+    judge = Judge(before, after, options, sizes[0], known=known, derived_dims={*tied, *mask_aliases(before.proto)},
+                  aliases=aliases)
     runs = [judge.at(binding, at_export=index == 0) for index, binding in enumerate(sizes)]
     dims = dim_evidence(runs, sizes[0], judge.probed_dims)
     complete = after is before or LEVELS.index(weakest(dims.values())) >= LEVELS.index("consistent")

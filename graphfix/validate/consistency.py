@@ -54,11 +54,15 @@ def batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
 
 
 def independent_samples(original, feeds: dict[str, np.ndarray], batch: str, rtol: float,
-                        atol: float, where: str = "its export size") -> Samples | str:
+                        atol: float, where: str = "its export size", aliases=()) -> Samples | str:
     """`batch` with its axes when the original, at `feeds` (`where`, in words), gives each sample's outputs alone
     as it gives them in the batch (tried for the first and the last sample) and gives them permuted for permuted
-    samples; else why not (it is not assumed where the original cannot be tried)."""
+    samples; else why not (it is not assumed where the original cannot be tried). `aliases`: the input dims the
+    model ties equal to `batch` (`y + x` of `[By, T, D]` and `[B, T, D]`), whose samples move with its own: copies of
+    x's sample alone beside y's own samples mixed them (helper 138)."""
     axes = batch_axes(original.proto, batch)
+    for alias in aliases:
+        axes = {**batch_axes(original.proto, alias), **axes}
     size = next((np.shape(feeds[name])[axis] for name, axis in axes.items() if name in feeds), 0)
     if size < 2:
         return f"samples along '{batch}' cannot be told apart at {batch}={size}: their independence is not shown"

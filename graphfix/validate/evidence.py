@@ -159,7 +159,7 @@ class Judge:
     equal it exactly (a misaligned broadcast fails at its own export size too: then it is no reference)."""
 
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
-                 derived_dims: set[str] = frozenset()):
+                 derived_dims: set[str] = frozenset(), aliases: dict[str, set[str]] | None = None):
         self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
         self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
         # what the candidate is held to: an export-time size the repair now computes is no promise
@@ -170,6 +170,7 @@ class Judge:
         self.batch = [name for name in export if name in batch and name not in forced]
         self.probed_dims = set(export) - set(forced)
         self.derived_dims = set(derived_dims)  # computed from other dims (tied): they may equal them
+        self.aliases = aliases or {}  # a dim -> the input dims the model ties equal to it (`y + x`: By is B)
         self.static = met_sizes(before.proto)
         self.export_shapes: dict[str, list[int]] = {}  # the original's output shapes at the export size
         self.divergence: dict | None = None
@@ -184,12 +185,13 @@ class Judge:
     def samples(self) -> list[Samples]:
         """The batch dims along which the original is shown to compute samples independently: tried at the export
         size, or with that dim at 2 where its export size is 1."""
-        found = []
-        for batch in self.batch:
+        found, aliased = [], {alias for names in self.aliases.values() for alias in names}
+        for batch in (name for name in self.batch if name not in aliased):  # an alias's samples move with its dim's
             binding = {**self.export, batch: max(self.export[batch], 2)}
+            binding.update({alias: binding[batch] for alias in self.aliases.get(batch, ()) if alias in binding})
             where = "its export size" if self.known else f"the size taken for its export ({binding})"
             trial = independent_samples(self.before, self.feeds(binding), batch, self.options.rtol,
-                                        self.options.atol, where)
+                                        self.options.atol, where, self.aliases.get(batch, ()))
             if isinstance(trial, Samples):
                 found.append(trial)
             else:

@@ -33,19 +33,24 @@ class Tagged(torch.nn.Module):
         return torch.cat([tag, both[..., :4] * tag], -1) if self.tag_second else torch.cat([both, tag], -1)
 
 
-def _repair(tmp_path, module):
+def _repair(tmp_path, module, *given):
     path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.randn(2, 5, 8), torch.randn(2, 5, 8)), str(path), dynamo=False,
                           opset_version=17, input_names=["x", "y"], output_names=["out"],
                           dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "By", 1: "S"}, "out": {0: "B", 1: "T"}})
-    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
+    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), *given]), out
 
 
-def test_the_entry_follows_the_operand_the_concat_meets(tmp_path):
+@pytest.mark.parametrize("given", [(), ("--trace-shape", "x=2x5x8", "--trace-shape", "y=2x5x8")],
+                         ids=["export-solved", "export-given"])
+def test_the_entry_follows_the_operand_the_concat_meets(tmp_path, given):
+    """With the export size given, the proof tries the batch on the original: copies of x's sample beside y's own
+    samples mixed them (helper 138: refused, "the original mixes the samples along 'B'"); y's batch, which the
+    model ties to x's, moves with it."""
     module = Tagged(tag_second=False)
-    done, out = _repair(tmp_path, module)
+    done, out = _repair(tmp_path, module, *given)
     assert done.exit_code == 0 and "entry 1 of Expand" in done.output, done.output
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch, length, y_batch, y_length in [(2, 5, 2, 1), (3, 9, 3, 1), (4, 7, 1, 7), (1, 3, 1, 3), (3, 9, 3, 9)]:
