@@ -31,11 +31,11 @@ class Builder:
 
     def __init__(self, graph: gs.Graph, prefix: str, opset: int):
         names = [node.name for node in graph.nodes] + list(graph.tensors())
-        self.graph, self.prefix, self.opset, self.count = graph, prefix, opset, 0
-        while any(name.startswith((f"{self.prefix}/", f"{self.prefix}_")) for name in names):
-            self.count += 1
-            self.prefix = f"{prefix}_{self.count + 1}"
-        self.count = 0
+        taken, number = prefix, 1
+        while any(name.startswith((f"{taken}/", f"{taken}_")) for name in names):
+            number += 1
+            taken = f"{prefix}_{number}"
+        self.graph, self.prefix, self.opset, self.count = graph, taken, opset, 0
 
     def const(self, values: Any, dtype=np.int64) -> gs.Constant:
         self.count += 1
