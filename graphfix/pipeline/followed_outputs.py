@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import onnx
 
+from graphfix.analysis.broadcast import named
+
 
 class Declared(NamedTuple):
     """The model with its followed output dims declared, a note per dim changed, and the output shapes symbolic
@@ -57,8 +59,9 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
 
 
 def _followable(dim) -> bool:
-    """An output dim that may be declared again: an int that may be an export-time size, or none."""
-    return dim.dim_value > 1 if dim.HasField("dim_value") else not dim.dim_param
+    """An output dim that may be declared again: an int that may be an export-time size, or none (no name, or
+    one shape inference made up: onnxsim names a dim a fix cleared `unk__0`)."""
+    return dim.dim_value > 1 if dim.HasField("dim_value") else not named(dim.dim_param)
 
 
 def _follows(symbol, dim, export: dict[str, int]) -> bool:

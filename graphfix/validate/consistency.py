@@ -41,6 +41,7 @@ class BatchReference:
     group: int  # samples per run of the original
     outputs: dict[str, np.ndarray] | None  # concatenated per-sample outputs, None when unavailable
     why_not: str = ""
+    feeds: dict[str, np.ndarray] | None = None  # the inputs of its first run of the original
 
 
 def batch_axes(model: onnx.ModelProto, batch: str) -> dict[str, int]:
@@ -132,9 +133,12 @@ def reference(original, feeds: dict[str, np.ndarray], binding: dict[str, int], s
     """The original's outputs for the samples of `feeds`, `group` samples per run, concatenated along the batch."""
     batch, size = samples.dim, binding[samples.dim]
     pieces: dict[str, list[np.ndarray]] = {}
+    first = None
     for start in range(0, size, group):
         taken = list(range(start, min(start + group, size)))
-        result = original.run(_take(feeds, samples.inputs, taken + [taken[0]] * (group - len(taken))))
+        run_feeds = _take(feeds, samples.inputs, taken + [taken[0]] * (group - len(taken)))
+        first = first or run_feeds
+        result = original.run(run_feeds)
         if not result.ok:
             return BatchReference(group, None, f"at {batch}={group} it fails")
         wrong = contradicts(result.outputs, declared, {**binding, batch: group})
@@ -148,7 +152,7 @@ def reference(original, feeds: dict[str, np.ndarray], binding: dict[str, int], s
     outputs = {name: np.concatenate(parts, axis=samples.outputs[name]) for name, parts in pieces.items()}
     if not outputs:
         return BatchReference(group, None, f"at {batch}={group} no output has an axis of its samples")
-    return BatchReference(group, outputs)
+    return BatchReference(group, outputs, feeds=first)
 
 
 def compare_with_reference(ref: BatchReference, actual: dict[str, np.ndarray], rtol: float,

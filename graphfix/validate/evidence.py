@@ -24,6 +24,7 @@ from graphfix.validate.compare import (
     ShapeOracle,
     declared_shapes,
     drop_contradicted,
+    evaluate_dim,
 )
 from graphfix.validate.consistency import MIXED, Samples, independent_samples
 from graphfix.validate.graph_sizes import declared_sizes, dim_names, graph_inputs, met_sizes
@@ -140,16 +141,20 @@ def following_repair(original: dict[str, list | None], repaired: dict[str, list 
                      export: dict[str, int]) -> dict[str, list | None]:
     """The original's declared output dims, where a declared int is an export-time size that the repaired model
     no longer declares (graphfix.pipeline.repair declares the symbol it now follows): the repaired model's dim,
-    a symbol or nothing, is the promise, not the int."""
+    a symbol or nothing, is the promise, not the int. A size computed from them (`T - 1` at 4) is one too: the
+    exporter writes the traced size of every axis left out of `dynamic_axes` (helper 138)."""
     sizes = {size for size in export.values() if size > 1}
+
+    def follows(declared, now) -> bool:
+        return isinstance(declared, int) and now != declared and (
+            declared in sizes or (isinstance(now, str) and evaluate_dim(now, export) == declared))
     followed = {}
     for name, dims in original.items():
         new = repaired.get(name)
         if dims is None or new is None or len(new) != len(dims):
             followed[name] = dims
             continue
-        followed[name] = [n if isinstance(d, int) and d in sizes and n != d else d
-                          for d, n in zip(dims, new, strict=True)]
+        followed[name] = [n if follows(d, n) else d for d, n in zip(dims, new, strict=True)]
     return followed
 
 
@@ -243,7 +248,7 @@ class Judge:
 
     @functools.cached_property
     def original(self) -> OriginalReference:
-        return OriginalReference(self.declared, self.export_shapes, lambda: self.fixed_outputs)
+        return OriginalReference(self.declared, self.export_shapes, lambda: self.fixed_outputs, self.before)
 
     @functools.cached_property
     def by_samples(self) -> SamplesReference:
