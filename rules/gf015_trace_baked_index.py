@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.echoes import index_echoes
+from graphfix.analysis.echoes import index_echoes, scale_echoes
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.core.rule import Finding, Rejection, Rule, Severity
 
@@ -25,8 +25,10 @@ class TraceBakedIndex(Rule):
     a Pool's kernel, a Tile's repeats, a value such as `lengths.clamp(max=int(T))`): the integer echoes the proof
     reads beside a fix (graphfix.analysis.int_echoes, which reads more forms there), read here where no fix asks
     (helper 133: four such heads on a Llama, with the export size given, had no finding and went out with exit 0,
-    wrong by up to 5 at other lengths). Only the sizes the user gave: a constant the graph pins another rule
-    reports.
+    wrong by up to 5 at other lengths). And the float scalars that scale positions along such an axis by the
+    size, one less or more, or their inverses (`arange(T) / int(T)`, linspace's `/ (int(T) - 1)`:
+    graphfix.analysis.echoes.scale_echoes; a sum so scaled is GF012's). Only the sizes the user gave: a constant
+    the graph pins another rule reports.
 
     ## Why it breaks deployment
     The model runs at every size and keeps the export's number: half the export length, its rolled positions,
@@ -52,10 +54,11 @@ class TraceBakedIndex(Rule):
             return
         exported = export_sizes(ctx, ctx.evaluator)
         given = {dim: exported.values[dim] for dim in exported.given if dim in exported.values}
-        for node, line in index_echoes(ctx.graph, set(given.values()), ctx.constant_value, ctx.shape_filled,
-                                       ctx.evaluator):
-            sizes = ", ".join(f"{dim}={size}" for dim, size in sorted(given.items()))
+        sizes = set(given.values())
+        for node, line in [*index_echoes(ctx.graph, sizes, ctx.constant_value, ctx.shape_filled, ctx.evaluator),
+                           *scale_echoes(ctx.graph, sizes, ctx.constant_value, ctx.shape_filled)]:
+            said = ", ".join(f"{dim}={size}" for dim, size in sorted(given.items()))
             yield self.finding(
-                f"{line} at the export size --trace-shape gives ({sizes}): if it was computed from that size in "
+                f"{line} at the export size --trace-shape gives ({said}): if it was computed from that size in "
                 "Python while tracing, it stays at every other size, with no error",
                 nodes=[node.name], hint=HINT)

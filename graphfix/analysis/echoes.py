@@ -118,6 +118,8 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
               (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
           *(form for k in SHIFTS for form in ((f"sqrt({plus(k)})", _root(k)),
                                                (f"1/sqrt({plus(k)})", _over(1, _root(k))))),
+          *(form for k in (0, -1, 1) for form in (  # a centre or a half: `pos - (T - 1) / 2`, `pos / (T // 2)`
+              (f"({plus(k)})/2", lambda n, k=k: (n + k) / 2),)),  # (helper 140)
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
@@ -156,6 +158,43 @@ def index_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape, f
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
     return list(int_echo_reads(nodes, wanted, constant_value, shape, lambda node: False, [], fold, widths,
                                plain=True))
+
+
+SCALE_FORMS = tuple(form for k in (0, -1, 1) for form in (
+    (plus(k), lambda n, k=k: n + k), (f"1/({plus(k)})" if k else "1/{}", _over(1, lambda n, k=k: n + k))))
+# the size, one less or more, and their inverses: `arange(T) / int(T)`, `arange(T) / (int(T) - 1)` (linspace)
+
+
+def scale_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape) -> list[tuple[gs.Node, str]]:
+    """The scalars that scale positions along an axis the graph leaves dynamic (a Range or a CumSum of one) by a
+    plain form of one of `sizes` (SCALE_FORMS; helper 133: `arange(T) / int(T)` positions, with the export size
+    given, went out with exit 0), each with the node that reads it: the float echoes GF015 reads where no fix
+    asks. Not past a linear map or a nonlinearity (a model scales what it maps by its own numbers), and no form
+    that gives one of COMMON. A sum so scaled is GF012's (a mean whose length was baked)."""
+    wanted = sorted({n for n in sizes if isinstance(n, int) and n > 2})
+    found = []
+    for node in (node for node in _nodes(graph) if wanted and node.op in SCALES):
+        for tensor in node.inputs[1:] if node.op == "Div" else node.inputs:  # a divisor, or either factor
+            value = constant_value(tensor) if is_table(tensor) else None
+            if value is None or value.size != 1 or value.dtype not in REL_TOL:
+                continue
+            item, tolerance = float(value.reshape(-1)[0]), REL_TOL[value.dtype]
+            form = next(((text.format(n), n) for n in wanted for text, of in SCALE_FORMS
+                         if math.isclose(item, of(n), rel_tol=tolerance)
+                         and not any(math.isclose(of(n), c) for c in COMMON)), None)
+            near = sum_near(node, tensor, None, shape, constant_value) if form else None
+            if near is None or near.summed or near.mapped or not _dynamic(near, shape):
+                continue
+            found.append((node, f"{node.op} '{node.name}' scales positions along a dynamic axis by {item:.6g}, "
+                                f"which is {form[0]} for the size {form[1]}"))
+    return found
+
+
+def _dynamic(near, shape) -> bool:
+    """The positions the constant meets run along an axis the graph leaves dynamic: their dims hold a symbol
+    (sum_near with no size finds only those, but a Range of unknown shape too)."""
+    dims = shape(near.op.outputs[0]) if near.op is not None else None
+    return dims is not None and any(not isinstance(d, int) for d in dims)
 
 
 def _float_echoes(nodes: list[gs.Node], wanted: list[int | None], constant_value, shape,
@@ -273,7 +312,8 @@ def _widthsnear(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
     model's scale of that width, where it is also a form of the length (helper 65: transformers' BERT traced at
     256 tokens, 0.25 = 256 ** -0.25, and at 1024, was refused). Not a width equal to the size itself: downstream
     of the baked Reshape the length shows as that number (BERT traced at as many tokens as its head has features
-    stays refused, as it was)."""
+    stays refused, as it was). Not past a Shape: positions `arange(x.shape[1])` meet no width of x (helper 140:
+    `arange(T) / (T // 2)` at 16 frames of 8 features was taken for a scale of the 8 features)."""
     widths: set[int] = set()
     frontier, seen = [t for t in node.inputs if t is not const], set()
     for _ in range(HOPS):
@@ -283,7 +323,8 @@ def _widthsnear(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
                 continue
             seen.add(id(tensor))
             widths.update(d for d in shape(tensor) or () if isinstance(d, int) and d > 2)
-            step.extend(t for producer in tensor.inputs for t in producer.inputs if not is_table(t))
+            step.extend(t for producer in tensor.inputs if producer.op not in ("Shape", "Size")
+                        for t in producer.inputs if not is_table(t))
         frontier = step
     return widths
 

@@ -12,8 +12,10 @@ quarter of n too. Forms: n + k for k from -5 to 5, n // k
 and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
 `x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
 offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
-step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), n and
-n +- 1 for a value, n for a kernel or repeats; no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
+step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), for a
+value n + k for k from -5 to 5, a half and 2n and their negatives (helper 140: `arange(T) < T // 2`, `>= T - 3`,
+`% (T // 2)`; a Range's start and step whatever its limit), n for a kernel or repeats; a Trilu's diagonal is a cut
+of a square matrix's last two axes (`scores.triu(-(T // 2))`); no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
 `x[:, ::2]`). An axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a
 static export) is no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that
 meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a
@@ -70,8 +72,13 @@ STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
 SIZE_FORMS = STEP_CUTS
 PLAIN_FORMS = frozenset(text for text, _ in STEP_CUTS)
 INT_KERNELS = INT_CUTS[:1]
-CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,)}  # the inputs that index or cut data
-VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
+# a value that meets positions or lengths: the size, a half or twice it, or a few frames more or less (helper 140:
+# `arange(T) < T // 2`, `>= T - 3`, `.clamp(max=T // 2)`, `% (T // 2)`, `arange(T // 2, S + T // 2)`); not a third
+# or a quarter, which a small model's own window or offset is at most lengths
+INT_VALUE_FORMS = _signed((*INT_VALUES, *INT_HALVES, *((plus(k), lambda n, k=k: n + k) for k in SHIFTS if abs(k) > 1)))
+CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,), "Trilu": (1,)}  # the inputs that index or cut data
+# (a Trilu's diagonal is a cut of its last two axes: `scores.triu(-(T // 2))`, helper 140)
+VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
                        "GreaterOrEqual", "Equal", "Range", "Where"})
 # the ops of a size's own arithmetic (`(T + 7) // 8`, a shape vector): a constant meeting their value meets a size
 SIZE_OPS = frozenset({"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Add",
@@ -141,10 +148,16 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
                 and not _is_size(node.inputs[0]):
             yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
                         if item)
+    elif node.op == "Range":  # its start and step are positions' own, whatever its limit (`arange(4, T + 4)`)
+        items = [small_int(tensor) for tensor in node.inputs[:1] + node.inputs[2:3]]
+        yield from (("a value", item, INT_VALUE_FORMS) for item in items if item)
     elif node.op in VALUE_OPS:
         items = [small_int(tensor) for tensor in node.inputs]
-        if any(items) and not any(_is_size(t) for t in node.inputs if not is_table(t)):
-            yield from (("a value", item, INT_VALUES) for item in items if item)
+        data = [t for t in node.inputs if not is_table(t)]  # none: arithmetic of constants the exporter left,
+        # which meets no value (nn.MultiheadAttention's `Mod(10, 3)`): the size and its neighbours only, as before
+        forms = INT_VALUE_FORMS if data else INT_VALUES if node.op != "Mod" else ()
+        if any(items) and not any(_is_size(t) for t in data):
+            yield from (("a value", item, forms) for item in items if item)
     elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
         repeats = constant_value(node.inputs[1])
         if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:
@@ -307,6 +320,9 @@ def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: li
     baked along, not a model's fixed features (`x[..., :3]`)."""
     if dims is None:
         return True
+    if node.op == "Trilu":  # a band of a square matrix is one of a length by a length (scores), whatever its size
+        return len(dims) >= 2 and (dims[-1] == dims[-2] or any(not isinstance(d, int) or d in lengths
+                                                               for d in dims[-2:]))
     if node.op == "Slice":
         axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 and is_table(node.inputs[3]) else None
         axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(dims)))

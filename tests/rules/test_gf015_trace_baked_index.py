@@ -1,8 +1,9 @@
 """GF015 trace-baked-index: with `--trace-shape`, an integer that cuts, rolls or counts along an axis of a given
 size in one of that size's forms is a warning (helper 133: `h[:, int(T) // 2:]`, `torch.roll(h, int(T) // 2,
 1)`, `h.topk(int(T) // 2, 1)` and an `F.interpolate(size=(int(H), int(W)))` had no finding and went out with exit
-0, wrong at every other size). Without the export sizes given, and for numbers that are no form of them, nothing.
-A warning: `repair` writes the model as it came, the warning shown; `check --fail-on warning` fails."""
+0, wrong at every other size), nor `arange(T) / int(T)` positions. Without the export sizes given, and for
+numbers that are no form of them, nothing. A warning: `repair` writes the model as it came, the warning shown;
+`check --fail-on warning` fails."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ HEADS = {
     "topk": (lambda h, n: h.topk(n // 2, 1).values, True),
     "own-window": (lambda h, n: h[:, 1:].mean(1), False),  # magnitude 2 or less: never read
     "traced-cut": (lambda h, n: h[:, h.shape[1] // 2:].mean(1), False),  # the start follows the length
+    # float scales of positions along the axis (helper 133's `arange(T) / int(T)`); of a sum, GF012's
+    "positions": (lambda h, n: h + (torch.arange(h.shape[1]) / n)[None, :, None], True),
+    "linspace": (lambda h, n: h * (torch.arange(h.shape[1]) / (n - 1))[None, :, None], True),
+    "traced-positions": (lambda h, n: h + (torch.arange(h.shape[1]) / h.shape[1])[None, :, None], False),
+    "own-scale": (lambda h, n: h.sum(1) / 7.0, False),  # no form of 13
+    "own-13-on-features": (lambda h, n: h.sum(-1) / 13.0, False),  # the size's number, on the static features
 }
 
 

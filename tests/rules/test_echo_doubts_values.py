@@ -1,0 +1,92 @@
+"""A safe fix beside another use of the same `int(T)` in a form the echo check did not read (helper 140): a head
+split baked with `int(T)` is rebuilt as T, the model then runs at every length, and the original, which fails
+there, shows no reference. `arange(T) < T // 2`, `>= T - 3`, `.clamp(max=T // 2)`, `% (T // 2)`, `arange(T // 2,
+S + T // 2)`, `scores.triu(-(T // 2))`, `pos - (T - 1) / 2` and `pos / (T // 2)` were written with exit 0, wrong at
+every other length. Each is now read as an echo of the export length: the fix is unsafe, nothing is written by
+default. Exported at a length no such constant equals (13 frames, a model's own `pos < 4`), the fix stands and
+the repair matches PyTorch."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+def _positions(x):
+    return torch.arange(x.shape[1])
+
+
+ECHOES = {  # what each model adds to the trunk's frames, from the positions and the baked length
+    "prefix-half": lambda p, n: (p < n // 2).float(),
+    "last-three": lambda p, n: (p >= n - 3).float(),
+    "clamped-half": lambda p, n: p.clamp(max=n // 2).float(),
+    "phase": lambda p, n: (p % (n // 2)).float(),
+    "segment": lambda p, n: torch.div(p, n // 2, rounding_mode="floor").float(),
+    "centred-int": lambda p, n: (p - n // 2).float(),
+    "centred-float": lambda p, n: p.float() - (n - 1) / 2,
+    "half-scaled": lambda p, n: p.float() / (n // 2) - 1,
+    "shifted-range": lambda p, n: torch.arange(n // 2, p.shape[0] + n // 2).float(),
+}
+
+
+class Trunk(torch.nn.Module):
+    """A head split whose length went through int(): GF004 rebuilds its entry as T (SAFE alone)."""
+
+    def __init__(self, echo=None, band=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.echo, self.band = torch.nn.Linear(8, 8), echo, band
+
+    def forward(self, x):
+        n = int(x.shape[1])
+        h = self.lin(x).reshape(x.shape[0], n, 2, 4).transpose(1, 2).softmax(-1)
+        h = h.transpose(1, 2).reshape(x.shape[0], -1, 8)
+        if self.band:  # scores kept within n // 2 below the diagonal
+            return torch.triu(h @ h.transpose(1, 2), diagonal=-(n // 2)).softmax(-1) @ h
+        return h if self.echo is None else h + self.echo(_positions(x), n)[None, :, None]
+
+
+def _repair(tmp_path, module, length):
+    path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"},
+                                                                               "y": {0: "B", 1: "T"}})
+    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
+
+
+@pytest.mark.parametrize("length", [8, 16])
+@pytest.mark.parametrize("echo", ECHOES.values(), ids=ECHOES)
+def test_an_echo_beside_a_safe_fix_leaves_it_unsafe(tmp_path, echo, length):
+    done, out = _repair(tmp_path, Trunk(echo), length)
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "unsafe because" in done.output and "if the Python int" in done.output, done.output
+
+
+def test_a_band_of_the_scores_is_an_echo(tmp_path):
+    done, out = _repair(tmp_path, Trunk(band=True), 8)  # 8 frames of 8 features: the scores are 8 x 8
+    assert done.exit_code == 1 and not out.exists(), done.output
+    assert "Trilu" in done.output, done.output
+
+
+@pytest.mark.parametrize(("module", "length"), [(Trunk(), 8), (Trunk(lambda p, n: (p < 4).float()), 13)],
+                         ids=["no-echo", "own-window-at-13"])
+def test_without_an_echo_the_fix_stands_and_matches_pytorch(tmp_path, module, length):
+    done, out = _repair(tmp_path, module, length)
+    assert done.exit_code == 0, done.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, frames in [(1, 5), (3, 11), (2, length), (2, 20)]:
+        x = torch.randn(batch, frames, 8)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
