@@ -120,6 +120,9 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
                                                (f"1/sqrt({plus(k)})", _over(1, _root(k))))),
           *(form for k in (0, -1, 1) for form in (  # a centre or a half: `pos - (T - 1) / 2`, `pos / (T // 2)`
               (f"({plus(k)})/2", lambda n, k=k: (n + k) / 2),)),  # (helper 140)
+          *(form for m in (3, 4) for form in (  # a part and its inverse: `pos / (T / 4)`, `pos * (2.0 / T)`
+              (f"{{}}/{m}", lambda n, m=m: n / m), (f"{m}/{{}}", lambda n, m=m: m / n))),  # (helper 141)
+          ("2/{}", lambda n: 2 / n),
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets
@@ -312,8 +315,9 @@ def _widthsnear(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
     model's scale of that width, where it is also a form of the length (helper 65: transformers' BERT traced at
     256 tokens, 0.25 = 256 ** -0.25, and at 1024, was refused). Not a width equal to the size itself: downstream
     of the baked Reshape the length shows as that number (BERT traced at as many tokens as its head has features
-    stays refused, as it was). Not past a Shape: positions `arange(x.shape[1])` meet no width of x (helper 140:
-    `arange(T) / (T // 2)` at 16 frames of 8 features was taken for a scale of the 8 features)."""
+    stays refused, as it was). Not a Shape's output nor past it: positions `arange(x.shape[1])` meet no width of x
+    (helper 140: `arange(T) / (T // 2)` at 16 frames of 8 features was taken for a scale of the 8 features) and
+    no rank (helper 141: `arange(T) / (T / 4)` at 12 frames, a scale of x's rank 3)."""
     widths: set[int] = set()
     frontier, seen = [t for t in node.inputs if t is not const], set()
     for _ in range(HOPS):
@@ -322,9 +326,10 @@ def _widthsnear(node: gs.Node, const: gs.Tensor, shape) -> set[int]:
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
+            if any(producer.op in ("Shape", "Size") for producer in tensor.inputs):
+                continue  # a shape vector, as long as a rank
             widths.update(d for d in shape(tensor) or () if isinstance(d, int) and d > 2)
-            step.extend(t for producer in tensor.inputs if producer.op not in ("Shape", "Size")
-                        for t in producer.inputs if not is_table(t))
+            step.extend(t for producer in tensor.inputs for t in producer.inputs if not is_table(t))
         frontier = step
     return widths
 

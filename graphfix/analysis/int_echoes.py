@@ -59,6 +59,10 @@ def _signed(forms: tuple) -> tuple:
 
 
 INT_CUTS = _signed((*INT_VALUES, *INT_HALVES, *INT_PARTS))
+# a value that meets positions or lengths reads the same forms (helpers 140 and 141: `arange(T) < T // 2`, `>= T -
+# 3`, `.clamp(max=T // 4)`, `% (T // 4)`, `arange(T // 2, S + T // 2)`, `torch.full((B,), T // 2)`); a model's own
+# window or offset is doubted at some lengths, and not at others (a 16-step clamp at 40 frames)
+INT_VALUE_FORMS = INT_CUTS
 # a tail's start: `h[:, T - k:]`, the last k frames, for any k up to a quarter of the size (red team 99 had `T - 6`
 # written; a model's own start is a few prefix tokens, `x[:, 5:]`, or a chunk's hop: SepFormer's `x[..., 125:]` is
 # doubted at 126 to 166 frames, and repaired past them)
@@ -72,10 +76,6 @@ STEP_CUTS = _signed((*INT_VALUES, *INT_HALVES))
 SIZE_FORMS = STEP_CUTS
 PLAIN_FORMS = frozenset(text for text, _ in STEP_CUTS)
 INT_KERNELS = INT_CUTS[:1]
-# a value that meets positions or lengths: the size, a half or twice it, or a few frames more or less (helper 140:
-# `arange(T) < T // 2`, `>= T - 3`, `.clamp(max=T // 2)`, `% (T // 2)`, `arange(T // 2, S + T // 2)`); not a third
-# or a quarter, which a small model's own window or offset is at most lengths
-INT_VALUE_FORMS = _signed((*INT_VALUES, *INT_HALVES, *((plus(k), lambda n, k=k: n + k) for k in SHIFTS if abs(k) > 1)))
 CUT_INPUTS = {"Gather": (1,), "Slice": (1, 2, 4), "TopK": (1,), "Trilu": (1,)}  # the inputs that index or cut data
 # (a Trilu's diagonal is a cut of its last two axes: `scores.triu(-(T // 2))`, helper 140)
 VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Clip", "Min", "Max", "Less", "LessOrEqual", "Greater",
@@ -84,6 +84,7 @@ VALUE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Clip", "Min", "Max", 
 SIZE_OPS = frozenset({"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Add",
                       "Sub", "Mul", "Div", "Mod", "Neg", "Floor", "Ceil", "Min", "Max"})
 POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
+VECTOR_MAX = 8  # the elements of an integer vector read as values, each (not a table of relative positions)
 SHAPE_HOPS = 8  # ops walked up from a value to a Shape that sizes it
 
 
@@ -134,6 +135,13 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
             return None
         return int(number) if abs(int(number)) > 2 else None
 
+    def small_ints(tensor) -> list[int]:
+        """The integers above 2 of a constant of 2 to VECTOR_MAX elements."""
+        value = constant_value(tensor) if is_table(tensor) else None
+        if value is None or not 1 < value.size <= VECTOR_MAX or value.dtype.kind not in "iu":
+            return []
+        return [int(v) for v in value.reshape(-1) if abs(int(v)) > 2]
+
     if node.op in CUT_INPUTS and node.inputs:
         tail = node.op == "Slice" and _runs_to_the_end(node, constant_value)
         items = [(small_int(node.inputs[i]), STEP_CUTS if (node.op, i) == ("Slice", 4) else
@@ -152,10 +160,12 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         items = [small_int(tensor) for tensor in node.inputs[:1] + node.inputs[2:3]]
         yield from (("a value", item, INT_VALUE_FORMS) for item in items if item)
     elif node.op in VALUE_OPS:
-        items = [small_int(tensor) for tensor in node.inputs]
         data = [t for t in node.inputs if not is_table(t)]  # none: arithmetic of constants the exporter left,
         # which meets no value (nn.MultiheadAttention's `Mod(10, 3)`): the size and its neighbours only, as before
         forms = INT_VALUE_FORMS if data else INT_VALUES if node.op != "Mod" else ()
+        items = [small_int(tensor) for tensor in node.inputs]
+        if data:  # a few integers beside data, each a value (segment starts `tensor([0, T // 2])`, helper 141)
+            items += [item for tensor in node.inputs for item in small_ints(tensor)]
         if any(items) and not any(_is_size(t) for t in data):
             yield from (("a value", item, forms) for item in items if item)
     elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
@@ -166,7 +176,7 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         item = small_int(node.attrs["value"], integral=True) if isinstance(node.attrs.get("value"), gs.Constant) \
             else None
         if item is not None:
-            yield "the value it fills", item, INT_VALUES
+            yield "the value it fills", item, INT_VALUE_FORMS
         # its own output's dims are its entries: each is read where it is no feature width (`new_zeros(B, T // 2, D)`),
         # but a vector that becomes a shape is as long as a rank (TorchScript's `expand(-1, n, -1)`: ones(3) * -1)
         if _shapes_a_shape(node.outputs[0]):

@@ -68,7 +68,8 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
              past_sums: bool = False) -> Near | None:
     """A sum over an axis of size `n` (or a dim the graph left symbolic; only those for None) that the node's
     other operand comes from, or its output goes to, within SUM_HOPS ops, or positions along such an axis (a Range
-    the other operand comes from); None where neither is near. With `past_sums`, past a sum over other axes
+    the other operand comes from), or lengths a caller gives (an integer graph input, no op); None where neither
+    is near. With `past_sums`, past a sum over other axes
     (GF012's `h.sum(1).sum(-1) / T`; the echo check stops there: a model's own gain of such a sum is common)."""
     other = next((t for t in node.inputs if t is not const), None)
     frontier = [(other, "up", False, False), *((out, "down", False, False) for out in node.outputs)]
@@ -79,6 +80,8 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
             if tensor is None or (key := (id(tensor), way, mapped, logged)) in seen:
                 continue
             seen.add(key)
+            if way == "up" and _counts_given(tensor):  # lengths the caller gives: counts along the axis
+                return Near(False, [])
             for op in (tensor.inputs[:1] if way == "up" else tensor.outputs):
                 if op.op in SUMS or (op.op in EXTREMES and way == "up") or _product(op):
                     dims = shape(op.inputs[0]) if op.inputs else None
@@ -112,6 +115,13 @@ def sum_near(node: gs.Node, const: gs.Tensor, n: int | None, shape, constant_val
                     step.extend((t, way, mapped or mapping, logs or (logged and not mapping)) for t in ahead)
         frontier = step
     return None
+
+
+def _counts_given(tensor: gs.Tensor) -> bool:
+    """An integer graph input (no producer, no constant): lengths a caller gives, counts of frames along an axis
+    as positions are (helper 141: `lengths.float() / (int(T) - 1)`, speechbrain's relative lengths)."""
+    return isinstance(tensor, gs.Variable) and not tensor.inputs and tensor.dtype is not None \
+        and np.issubdtype(np.dtype(tensor.dtype), np.integer)
 
 
 def _last_of_cumsum(node: gs.Node, shape, constant_value) -> gs.Node | None:

@@ -2,9 +2,10 @@
 split baked with `int(T)` is rebuilt as T, the model then runs at every length, and the original, which fails
 there, shows no reference. `arange(T) < T // 2`, `>= T - 3`, `.clamp(max=T // 2)`, `% (T // 2)`, `arange(T // 2,
 S + T // 2)`, `scores.triu(-(T // 2))`, `pos - (T - 1) / 2` and `pos / (T // 2)` were written with exit 0, wrong at
-every other length. Each is now read as an echo of the export length: the fix is unsafe, nothing is written by
-default. Exported at a length no such constant equals (13 frames, a model's own `pos < 4`), the fix stands and
-the repair matches PyTorch."""
+every other length; then (helper 141) `< T // 4`, `pos * (2.0 / T)`, `pos / (T / 4)`, segment starts `[0, T //
+2]`, `torch.full(..., T // 2)` and given lengths over `T - 1`. Each is now read as an echo of the export length:
+the fix is unsafe, nothing is written by default. Exported at a length no such constant equals (20 frames, a
+model's own `pos < 4`, which is 13 // 3), the fix stands and the repair matches PyTorch."""
 
 from __future__ import annotations
 
@@ -25,16 +26,23 @@ def _positions(x):
     return torch.arange(x.shape[1])
 
 
-ECHOES = {  # what each model adds to the trunk's frames, from the positions and the baked length
-    "prefix-half": lambda p, n: (p < n // 2).float(),
-    "last-three": lambda p, n: (p >= n - 3).float(),
-    "clamped-half": lambda p, n: p.clamp(max=n // 2).float(),
-    "phase": lambda p, n: (p % (n // 2)).float(),
-    "segment": lambda p, n: torch.div(p, n // 2, rounding_mode="floor").float(),
-    "centred-int": lambda p, n: (p - n // 2).float(),
-    "centred-float": lambda p, n: p.float() - (n - 1) / 2,
-    "half-scaled": lambda p, n: p.float() / (n // 2) - 1,
-    "shifted-range": lambda p, n: torch.arange(n // 2, p.shape[0] + n // 2).float(),
+ECHOES = {  # what each model adds to the trunk's frames, from the positions and the baked length; the lengths
+    # it is exported at (a quarter of 8 is 2, which no form reads)
+    "prefix-half": (lambda p, n: (p < n // 2).float(), (8, 16)),
+    "last-three": (lambda p, n: (p >= n - 3).float(), (8, 16)),
+    "clamped-half": (lambda p, n: p.clamp(max=n // 2).float(), (8, 16)),
+    "phase": (lambda p, n: (p % (n // 2)).float(), (8, 16)),
+    "segment": (lambda p, n: torch.div(p, n // 2, rounding_mode="floor").float(), (8, 16)),
+    "centred-int": (lambda p, n: (p - n // 2).float(), (8, 16)),
+    "centred-float": (lambda p, n: p.float() - (n - 1) / 2, (8, 16)),
+    "half-scaled": (lambda p, n: p.float() / (n // 2) - 1, (8, 16)),
+    "shifted-range": (lambda p, n: torch.arange(n // 2, p.shape[0] + n // 2).float(), (8, 16)),
+    # helper 141
+    "quarter-threshold": (lambda p, n: (p < n // 4).float(), (16, 24)),
+    "two-over-n": (lambda p, n: p.float() * (2.0 / n) - 1, (12, 16)),
+    "quarter-scale": (lambda p, n: p.float() / (n / 4), (12, 16)),
+    "segment-starts": (lambda p, n: (p[:, None] >= torch.tensor([0, n // 2])).sum(-1).float(), (8, 16)),
+    "filled-half": (lambda p, n: (p + torch.full((p.shape[0],), n // 2)).float(), (12, 16)),
 }
 
 
@@ -65,12 +73,31 @@ def _repair(tmp_path, module, length):
     return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
 
 
-@pytest.mark.parametrize("length", [8, 16])
-@pytest.mark.parametrize("echo", ECHOES.values(), ids=ECHOES)
+@pytest.mark.parametrize(("echo", "length"), [(echo, length) for echo, lengths in ECHOES.values()
+                                               for length in lengths],
+                         ids=[f"{name}-{length}" for name, (_, lengths) in ECHOES.items() for length in lengths])
 def test_an_echo_beside_a_safe_fix_leaves_it_unsafe(tmp_path, echo, length):
     done, out = _repair(tmp_path, Trunk(echo), length)
     assert done.exit_code == 1 and not out.exists(), done.output
     assert "unsafe because" in done.output and "if the Python int" in done.output, done.output
+
+
+class Counted(Trunk):
+    """Lengths the caller gives, scaled by the baked length (speechbrain's relative lengths, helper 141)."""
+
+    def forward(self, x, lengths):
+        return super().forward(x) * (lengths.float() / (int(x.shape[1]) - 1))[:, None, None]
+
+
+def test_lengths_given_and_scaled_by_the_length_are_an_echo(tmp_path):
+    path, out = tmp_path / "m.onnx", tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Counted().eval(), (torch.randn(2, 12, 8), torch.tensor([12, 9])), str(path), dynamo=False,
+                          opset_version=17, input_names=["x", "lengths"], output_names=["y"],
+                          dynamic_axes={"x": {0: "B", 1: "T"}, "lengths": {0: "B"}, "y": {0: "B", 1: "T"}})
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert done.exit_code == 1 and not out.exists() and "unsafe because" in done.output, done.output
 
 
 def test_a_band_of_the_scores_is_an_echo(tmp_path):
@@ -79,8 +106,8 @@ def test_a_band_of_the_scores_is_an_echo(tmp_path):
     assert "Trilu" in done.output, done.output
 
 
-@pytest.mark.parametrize(("module", "length"), [(Trunk(), 8), (Trunk(lambda p, n: (p < 4).float()), 13)],
-                         ids=["no-echo", "own-window-at-13"])
+@pytest.mark.parametrize(("module", "length"), [(Trunk(), 8), (Trunk(lambda p, n: (p < 4).float()), 20)],
+                         ids=["no-echo", "own-window-at-20"])
 def test_without_an_echo_the_fix_stands_and_matches_pytorch(tmp_path, module, length):
     done, out = _repair(tmp_path, module, length)
     assert done.exit_code == 0, done.output
