@@ -13,13 +13,15 @@ and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for 
 `x[:, :T - 4]`, red teams 40 and 41; a fifth or less of the size is not read: at 40 it is 8 or less, a model's own
 offset as often), but for a step only n, n +- 1, a half and 2n (a third or a quarter is a strided front end's own
 step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), for a
-value n + k for k from -5 to 5, a half and 2n and their negatives (helper 140: `arange(T) < T // 2`, `>= T - 3`,
-`% (T // 2)`; a Range's start and step whatever its limit), n for a kernel or repeats; a Trilu's diagonal is a cut
-of a square matrix's last two axes (`scores.triu(-(T // 2))`); no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`,
-`x[:, ::2]`). An axis is a length where it is dynamic or where its static size (past a baked Reshape, or in a
-static export) is no weight's dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features). A constant that
-meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a
-size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
+value beside data the forms of a cut, each element of a vector of up to 8 too (helpers 140 and 141: `arange(T) < T
+// 2`, `>= T - 3`, `% (T // 4)`, `tensor([0, T // 2])`; a Range's start and step whatever its limit; a fill), n
+for a kernel or repeats; a Trilu's diagonal is a cut of a square matrix's last two axes (`scores.triu(-(T //
+2))`); no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`). An axis is a length where it is
+dynamic or where its static size (past a baked Reshape, or in a static export) is no weight's dim (a GLU's `z[...,
+:32]` of 64 features at T = 64 cuts features), or is one but is neither the last axis nor a Conv's channels
+(helper 141: `h[:, :T - 1]` at 8 frames of 8 features). A constant that meets a size is the model's own number
+beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a size's own arithmetic (SIZE_OPS),
+not data a Shape merely shaped, nor positions from a Range.
 Along an axis that holds the size itself, static past a baked Reshape, a Resize's output size and a TopK's count
 read any number (`interpolate(size=int(T * 1.5))`, `topk(int(0.3 * T))`, red team 113): a fixed 16 frames and
 `int(T * 0.43)` leave the same graph there; so does a Resize's scale to a whole number of no small denominator
@@ -107,8 +109,12 @@ def int_echo_reads(nodes: list[gs.Node], wanted: list[int], constant_value, shap
     """`int_echoes`, each line with the node that reads the integer. `plain`: only the size, one less or more, a
     half or twice it, or their negatives (a model's own `h[:, 10]` at 16 frames is 2*16 // 3: doubt enough beside a
     fix, noise alone)."""
+    # a size that is also a weight's dim: past a baked Reshape an axis of it may be the length (helper 141: `h[:,
+    # :T - 1]` at 8 frames of 8 features), so it is one where it is no axis of features (`lengths_or_features`)
+    either = frozenset() if plain else frozenset(wanted) & frozenset(widths) - frozenset(lengths)
     for node in nodes:
-        for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths):
+        for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths,
+                                             either):
             forms = tuple(form for form in forms if form[0] in PLAIN_FORMS) if plain else forms
             if item in wanted and fixed(node):
                 continue  # the fix's own constant
@@ -120,8 +126,8 @@ def int_echo_reads(nodes: list[gs.Node], wanted: list[int], constant_value, shap
                 break
 
 
-def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, widths: set[int] = frozenset()
-               ) -> Iterator[tuple[str, int, tuple]]:
+def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, widths: set[int] = frozenset(),
+               either: frozenset[int] = frozenset()) -> Iterator[tuple[str, int, tuple]]:
     """(what the node reads it as, the integer, the forms to match) for each one-element integer constant it
     reads as a size (and each element of a Tile's repeats), skipping magnitudes of 2 or less."""
     def small_int(tensor, integral: bool = False) -> int | None:
@@ -152,7 +158,8 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
             axis = int(node.attrs.get("axis", -1))
             if dims is not None and -len(dims) <= axis < len(dims):
                 items = [(items[0][0], (*INT_CUTS, *any_number(dims[axis], items[0][0])))]
-        if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths) \
+        if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths,
+                                                             either) \
                 and not _is_size(node.inputs[0]):
             yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
                         if item)
@@ -324,10 +331,12 @@ def _a_length(dims: list | None, axis: int, lengths: list[int]) -> bool:
     return not isinstance(dim, int) or dim in lengths
 
 
-def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int]) -> bool:
+def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int],
+                   either: frozenset[int] = frozenset()) -> bool:
     """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of `lengths`
     (downstream of a baked Reshape, and in a static export, a length shows as a number): an axis a size can be
-    baked along, not a model's fixed features (`x[..., :3]`)."""
+    baked along, not a model's fixed features (`x[..., :3]`); or of one of `either` (a size that is also a
+    weight's dim) where it is no axis of features (`_features`)."""
     if dims is None:
         return True
     if node.op == "Trilu":  # a band of a square matrix is one of a length by a length (scores), whatever its size
@@ -338,8 +347,24 @@ def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: li
         axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(dims)))
     else:
         axes = [int(node.attrs.get("axis", 0 if node.op == "Gather" else -1))]
-    picked = [dims[a] for a in axes if -len(dims) <= a < len(dims)]
-    return not picked or any(not isinstance(d, int) or d in lengths for d in picked)
+    picked = [(a % len(dims), dims[a]) for a in axes if -len(dims) <= a < len(dims)]
+    return not picked or any(not isinstance(d, int) or d in lengths
+                             or (d in either and not _features(node.inputs[0], a, len(dims))) for a, d in picked)
+
+
+CHANNELS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization"})  # axis 1: channels
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Cast", "Identity",
+                         "Neg", "Clip", "LeakyRelu", "Softplus", "Dropout"})
+FEATURE_HOPS = 4  # elementwise ops walked up from a channel split to the Conv
+
+
+def _features(tensor: gs.Tensor, axis: int, rank: int) -> bool:
+    """Whether the axis holds features: the last one (a Linear's output, a GLU's `z[..., :32]`), or a Conv's
+    channels (axis 1 of what a Conv computes, through elementwise ops: a Conformer's `F.glu(conv(x), dim=1)`)."""
+    if axis == rank - 1:
+        return True
+    return axis == 1 and within([tensor], FEATURE_HOPS, lambda op, _: op.op in CHANNELS,
+                                lambda op: op.op in ELEMENTWISE, up=True)
 
 
 def lengths(wanted: list[int], widths: frozenset[int]) -> list[int]:

@@ -117,3 +117,57 @@ def test_without_an_echo_the_fix_stands_and_matches_pytorch(tmp_path, module, le
         with torch.no_grad():
             expected = module(x).numpy()
         np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
+
+
+class Pooled(Trunk):
+    """A second use of the length as a cut along the frames, at 8 frames of 8 features: past the baked Reshape
+    the frames' axis is a static 8, as long as a weight's dim (helper 141: read as features, written with exit 0)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head(super().forward(x), int(x.shape[1]))
+
+
+class ChannelGate(Trunk):
+    """The control: a Conformer's gate over 16 channels, `z[:, :8] * sigmoid(z[:, 8:])` of a Conv's output, at 16
+    frames: its cut of the channels is the model's own (a Conv computes the axis), not the length."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 16, 1)
+
+    def forward(self, x):
+        z = self.conv(super().forward(x).transpose(1, 2))
+        return (z[:, :8] * torch.sigmoid(z[:, 8:])).transpose(1, 2)
+
+
+def _export_pooled(tmp_path, module, length):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B"}})
+    return path
+
+
+@pytest.mark.parametrize("head", [lambda h, n: h[:, :n - 1].mean(1), lambda h, n: torch.roll(h, n // 2, 1).sum(-1)],
+                         ids=["cut-last", "roll-half"])
+def test_a_cut_along_frames_as_long_as_a_width_is_an_echo(tmp_path, head):
+    path, out = _export_pooled(tmp_path, Pooled(head), 8), tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert done.exit_code == 1 and not out.exists() and "if the Python int" in done.output, done.output
+
+
+def test_a_gate_over_channels_as_many_as_the_frames_is_no_echo(tmp_path):
+    module = ChannelGate()
+    done, out = _repair(tmp_path, module, 16)
+    assert done.exit_code == 0, done.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, frames in [(1, 5), (3, 11), (2, 16), (2, 24)]:
+        x = torch.randn(batch, frames, 8)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
