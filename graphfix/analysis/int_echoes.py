@@ -169,9 +169,11 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
     elif node.op in VALUE_OPS:
         data = [t for t in node.inputs if not is_table(t)]  # none: arithmetic of constants the exporter left,
         # which meets no value (nn.MultiheadAttention's `Mod(10, 3)`): the size and its neighbours only, as before
-        forms = INT_VALUE_FORMS if data else INT_VALUES if node.op != "Mod" else ()
+        # nor what becomes a shape (TorchScript's `expand(int(B), int(T), D)` compares its shape vector with -1s)
+        shaping = bool(data) and _shapes_a_shape(node.outputs[0])
+        forms = INT_VALUE_FORMS if data and not shaping else INT_VALUES if node.op != "Mod" else ()
         items = [small_int(tensor) for tensor in node.inputs]
-        if data:  # a few integers beside data, each a value (segment starts `tensor([0, T // 2])`, helper 141)
+        if data and not shaping:  # integers beside data, each a value (segment starts `tensor([0, T // 2])`)
             items += [item for tensor in node.inputs for item in small_ints(tensor)]
         if any(items) and not any(_is_size(t) for t in data):
             yield from (("a value", item, forms) for item in items if item)
