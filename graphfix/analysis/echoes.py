@@ -68,7 +68,8 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.int_echoes import SHIFTS, int_echo_reads, int_echoes, lengths, plus
+from graphfix.analysis.int_echoes import SHIFTS, int_echo_reads, int_echoes, plus
+from graphfix.analysis.length_axes import lengths
 from graphfix.analysis.sizes.ops import is_table, weight_dims
 from graphfix.analysis.sums_near import normalized, sum_near
 

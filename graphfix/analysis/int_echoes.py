@@ -15,13 +15,14 @@ offset as often), but for a step only n, n +- 1, a half and 2n (a third or a qua
 step: `x[:, 1::3]` reduces 40 frames to the 13 a Reshape bakes, so `x[:, :: T // 3]` at 12 is missed), for a
 value beside data the forms of a cut, each element of a vector of up to 8 too (helpers 140 and 141: `arange(T) < T
 // 2`, `>= T - 3`, `% (T // 4)`, `tensor([0, T // 2])`; a Range's start and step whatever its limit; a fill), n
-for a kernel or repeats; a Trilu's diagonal is a cut of a square matrix's last two axes (`scores.triu(-(T //
-2))`); no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`). An axis is a length where it is
-dynamic or where its static size (past a baked Reshape, or in a static export) is no weight's dim (a GLU's `z[...,
-:32]` of 64 features at T = 64 cuts features), or is one but is neither the last axis nor a Conv's channels
-(helper 141: `h[:, :T - 1]` at 8 frames of 8 features). A constant that meets a size is the model's own number
-beside it (`(T + 7) // 8`): a size is a value computed from a Shape through a size's own arithmetic (SIZE_OPS),
-not data a Shape merely shaped, nor positions from a Range.
+for a kernel or repeats, those of a step but the size itself for a Reshape's entry beside a -1 that splits a
+length (`h.reshape(B, T // 2, -1)`); a Trilu's diagonal is a cut of a square matrix's last two axes
+(`scores.triu(-(T // 2))`); no value of magnitude 2 or less (`x[:, 1:]`, `x[:, -1]`, `x[:, ::2]`). An axis is a
+length where it is dynamic or where its static size (past a baked Reshape, or in a static export) is no weight's
+dim (a GLU's `z[..., :32]` of 64 features at T = 64 cuts features), or is one but is neither the last axis nor a
+Conv's channels (helper 141: `h[:, :T - 1]` at 8 frames of 8 features; graphfix.analysis.length_axes). A
+constant that meets a size is the model's own number beside it (`(T + 7) // 8`): a size is a value computed from a
+Shape through a size's own arithmetic (SIZE_OPS), not data a Shape merely shaped, nor positions from a Range.
 Along an axis that holds the size itself, static past a baked Reshape, a Resize's output size and a TopK's count
 read any number (`interpolate(size=int(T * 1.5))`, `topk(int(0.3 * T))`, red team 113): a fixed 16 frames and
 `int(T * 0.43)` leave the same graph there; so does a Resize's scale to a whole number of no small denominator
@@ -37,6 +38,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.broadcast import named_length
+from graphfix.analysis.length_axes import a_length, cuts_a_length, features_axis
 from graphfix.analysis.sizes.ops import is_table
 from graphfix.analysis.walk import within
 
@@ -110,7 +112,7 @@ def int_echo_reads(nodes: list[gs.Node], wanted: list[int], constant_value, shap
     half or twice it, or their negatives (a model's own `h[:, 10]` at 16 frames is 2*16 // 3: doubt enough beside a
     fix, noise alone)."""
     # a size that is also a weight's dim: past a baked Reshape an axis of it may be the length (helper 141: `h[:,
-    # :T - 1]` at 8 frames of 8 features), so it is one where it is no axis of features (`lengths_or_features`)
+    # :T - 1]` at 8 frames of 8 features), so it is one where it is no axis of features (`features_axis`)
     either = frozenset() if plain else frozenset(wanted) & frozenset(widths) - frozenset(lengths)
     for node in nodes:
         for where, item, forms in _int_reads(node, constant_value, shape, lengths, fold or constant_value, widths,
@@ -158,7 +160,7 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
             axis = int(node.attrs.get("axis", -1))
             if dims is not None and -len(dims) <= axis < len(dims):
                 items = [(items[0][0], (*INT_CUTS, *any_number(dims[axis], items[0][0])))]
-        if any(item for item, _ in items) and _cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths,
+        if any(item for item, _ in items) and cuts_a_length(node, constant_value, shape(node.inputs[0]), lengths,
                                                              either) \
                 and not _is_size(node.inputs[0]):
             yield from ((f"{'an index' if node.op == 'Gather' else 'a cut'}", item, forms) for item, forms in items
@@ -193,6 +195,8 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         yield from ((where, item, forms) for where, item, forms in _entries(node.inputs[0], None, "an entry of its "
                                                                             "shape", fold, lengths)
                     if item not in widths)
+    elif node.op == "Reshape" and len(node.inputs) > 1:
+        yield from _split_entries(node, fold, shape(node.inputs[0]), lengths, either)
     elif node.op == "Pad":
         yield from _pads(node, fold, shape, lengths, widths)
     elif node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
@@ -267,10 +271,39 @@ def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: li
             return  # the axes of what follows are unknown
         if value is not None and value.dtype.kind in "iu":
             for offset, item in enumerate(int(v) for v in value.reshape(-1)):
-                if abs(item) > 2 and _a_length(dims, axis + offset, lengths):
+                if abs(item) > 2 and a_length(dims, axis + offset, lengths):
                     own = any_number(dims[axis + offset], item) if anything and dims else ()
                     yield where, item, (*SIZE_FORMS, *own)
         axis += width
+
+
+def _split_entries(node: gs.Node, fold, dims: list | None, lengths: list[int], either: frozenset[int]
+                   ) -> Iterator[tuple[str, int, tuple]]:
+    """The constant entries of a Reshape's shape beside a -1 that split an axis of its input that holds a length
+    (`h.reshape(B, T // 2, -1)`: it runs at every length and keeps the export's number, helpers 140 and 141), as
+    the forms of a step but the size itself (a baked entry equal to the size is GF004's, fixed on its own)."""
+    vector = node.inputs[1]
+    whole = fold(vector)
+    pieces = [vector] if whole is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
+        else vector.inputs[0].inputs
+    entries: list[int | None] = []
+    for piece in pieces:
+        value = fold(piece)
+        width = value.size if value is not None else _length(piece)
+        if width is None or (value is not None and value.dtype.kind not in "iu"):
+            return
+        entries += [int(v) for v in value.reshape(-1)] if value is not None else [None] * width
+    if dims is None or -1 not in entries:
+        return
+    for axis, item in enumerate(entries[:len(dims)]):
+        if item is None or abs(item) <= 2 or item == dims[axis]:
+            continue
+        if a_length(dims, axis, lengths) or (dims[axis] in either and not features_axis(node.inputs[0], axis,
+                                                                                      len(dims))):
+            yield "an entry of its shape beside a -1", item, SPLIT_FORMS
+
+
+SPLIT_FORMS = tuple(form for form in SIZE_FORMS if form[0] not in ("{}", "-({})"))
 
 
 def _pads(node: gs.Node, fold, shape, lengths: list[int], widths: set[int]) -> Iterator[tuple[str, int, tuple]]:
@@ -287,7 +320,7 @@ def _pads(node: gs.Node, fold, shape, lengths: list[int], widths: set[int]) -> I
     axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(pads) // 2))
     dims = shape(node.inputs[0])
     for index, item in enumerate(pads):
-        if abs(item) > 2 and axes and _a_length(dims, axes[index % len(axes)], lengths):
+        if abs(item) > 2 and axes and a_length(dims, axes[index % len(axes)], lengths):
             yield "a pad", item, SIZE_FORMS
 
 
@@ -320,60 +353,6 @@ def _length(tensor: gs.Tensor) -> int | None:
     """The number of entries of a 1-D piece of a shape vector, where known."""
     dims = tensor.shape
     return dims[0] if dims is not None and len(dims) == 1 and isinstance(dims[0], int) else None
-
-
-def _a_length(dims: list | None, axis: int, lengths: list[int]) -> bool:
-    """Whether `axis` of `dims` is one a size can be baked along: dynamic, of unknown size, or of one of
-    `lengths`."""
-    if dims is None:
-        return True
-    if not -len(dims) <= axis < len(dims):
-        return False
-    dim = dims[axis]
-    return not isinstance(dim, int) or dim in lengths
-
-
-def _cuts_a_length(node: gs.Node, constant_value, dims: list | None, lengths: list[int],
-                   either: frozenset[int] = frozenset()) -> bool:
-    """Whether the node picks or cuts along an axis that is dynamic, of unknown size, or of one of `lengths`
-    (downstream of a baked Reshape, and in a static export, a length shows as a number): an axis a size can be
-    baked along, not a model's fixed features (`x[..., :3]`); or of one of `either` (a size that is also a
-    weight's dim) where it is no axis of features (`_features`)."""
-    if dims is None:
-        return True
-    if node.op == "Trilu":  # a band of a square matrix is one of a length by a length (scores), whatever its size
-        return len(dims) >= 2 and (dims[-1] == dims[-2] or any(not isinstance(d, int) or d in lengths
-                                                               for d in dims[-2:]))
-    if node.op == "Slice":
-        axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 and is_table(node.inputs[3]) else None
-        axes = [int(a) for a in axes.reshape(-1)] if axes is not None else list(range(len(dims)))
-    else:
-        axes = [int(node.attrs.get("axis", 0 if node.op == "Gather" else -1))]
-    picked = [(a % len(dims), dims[a]) for a in axes if -len(dims) <= a < len(dims)]
-    return not picked or any(not isinstance(d, int) or d in lengths
-                             or (d in either and not _features(node.inputs[0], a, len(dims))) for a, d in picked)
-
-
-CHANNELS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization"})  # axis 1: channels
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Cast", "Identity",
-                         "Neg", "Clip", "LeakyRelu", "Softplus", "Dropout"})
-FEATURE_HOPS = 4  # elementwise ops walked up from a channel split to the Conv
-
-
-def _features(tensor: gs.Tensor, axis: int, rank: int) -> bool:
-    """Whether the axis holds features: the last one (a Linear's output, a GLU's `z[..., :32]`), or a Conv's
-    channels (axis 1 of what a Conv computes, through elementwise ops: a Conformer's `F.glu(conv(x), dim=1)`)."""
-    if axis == rank - 1:
-        return True
-    return axis == 1 and within([tensor], FEATURE_HOPS, lambda op, _: op.op in CHANNELS,
-                                lambda op: op.op in ELEMENTWISE, up=True)
-
-
-def lengths(wanted: list[int], widths: frozenset[int]) -> list[int]:
-    """The sizes of `wanted` that a static axis of that size is taken for: those no weight of the graph has as a
-    dim (`widths`, sizes.ops.weight_dims). A weight's dim is a feature width (a GLU's `z[..., :32]` of 64
-    features, exported at T = 64, cuts features, not the length); a length is no weight's dim."""
-    return [n for n in wanted if n not in widths]
 
 
 SHAPE_INPUTS = {"Expand": 1, "Reshape": 1, "ConstantOfShape": 0, "Tile": 1}  # the input that is a shape vector

@@ -171,3 +171,19 @@ def test_a_gate_over_channels_as_many_as_the_frames_is_no_echo(tmp_path):
         with torch.no_grad():
             expected = module(x).numpy()
         np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5)
+
+
+class PairFrames(Trunk):
+    """`h.reshape(B, T // 2, -1)`: a second Reshape of the same int, beside a -1, runs at every length and keeps
+    the export's halves (helpers 140 and 141: written with exit 0)."""
+
+    def forward(self, x):
+        h = super().forward(x)
+        g = h.reshape(x.shape[0], int(x.shape[1]) // 2, -1)
+        return (g - g.mean(1, keepdim=True)).reshape(x.shape[0], -1, 8)
+
+
+@pytest.mark.parametrize("length", [8, 16])
+def test_an_entry_beside_a_minus_one_that_splits_the_frames_is_an_echo(tmp_path, length):
+    done, out = _repair(tmp_path, PairFrames(), length)
+    assert done.exit_code == 1 and not out.exists() and "beside a -1" in done.output, done.output
