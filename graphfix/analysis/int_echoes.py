@@ -169,9 +169,11 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
         items = [small_int(tensor) for tensor in node.inputs[:1] + node.inputs[2:3]]
         yield from (("a value", item, INT_VALUE_FORMS) for item in items if item)
     elif node.op in VALUE_OPS:
-        data = [t for t in node.inputs if not is_table(t)]  # none: arithmetic of constants the exporter left,
-        # which meets no value (nn.MultiheadAttention's `Mod(10, 3)`): the size and its neighbours only, as before
-        # nor what becomes a shape (TorchScript's `expand(int(B), int(T), D)` compares its shape vector with -1s)
+        # the forms of a value where the node meets data and builds no shape; the size and its neighbours only,
+        # as before, for arithmetic of constants the exporter left (nn.MultiheadAttention's `Mod(10, 3)`, which
+        # meets no value) and for what becomes a shape (TorchScript's `expand(int(B), int(T), D)` compares its
+        # own shape vector with -1s)
+        data = [t for t in node.inputs if not is_table(t)]
         shaping = bool(data) and _shapes_a_shape(node.outputs[0])
         forms = INT_VALUE_FORMS if data and not shaping else INT_VALUES if node.op != "Mod" else ()
         items = [small_int(tensor) for tensor in node.inputs]
