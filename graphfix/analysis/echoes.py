@@ -16,7 +16,9 @@ Two sets of forms, so that a model's own numbers are not taken for sizes where n
   `arange(T) * (2 / (T - 1)) - 1`, helper 62): also n + k for k from -5 to 5, n / (n + k) and its inverse (an
   unbiased mean), 2n, n times a dim of a summed value, log(n + k), sqrt(n + k) (`Linear(h.sum(1)) /
   sqrt(T - 1)`, red team 113), log2(n + k) and 2 pi / (n + k) for k from -1
-  to 1 (a period: `sin(arange(L) * 2 pi / T)`, helper 76), and their inverses, 2 / (n + k), and n ** 0.25
+  to 1 (a period: `sin(arange(L) * 2 pi / T)`, helper 76), and their inverses, 2 / (n + k), (n + k) / 2 for k
+  from -1 to 1, n / m and m / n for m from 3 to 8, 2 / n, n ** 2, 2 sqrt(n) and their inverses (`pos - (T - 1) /
+  2`, `pos / (T / 5)`, helpers 140 to 142), and n ** 0.25
   and its inverse (only there: the TorchScript exporter scales SDPA's queries and keys by head_dim ** -0.25, and
   BERT traced at 64 tokens of 64-wide heads was refused, helper 65). `1 / sqrt(64)` is 1/(n - 1) at n = 9
   (helper 56), but it meets the queries, which nothing summed over the length.
@@ -51,7 +53,8 @@ cumulative sum, helper 75), so only the forms are read there.
 Only sizes above 2, and no form or scale of a sum that gives 0, 0.5, 1, 2 or -1 (every GELU's and every mean of
 two's own numbers); not a constant that is a plain form of a static width it meets (`_widths_near`: 0.25
 dividing scores of 16-wide heads is their 1/sqrt(16), though it is 256 ** -0.25 for a length of 256).
-Constants of one element are read, in the graph, its subgraphs and its local functions, and a vector of one
+A comparison, a clamp, a minimum or a maximum reads a constant as arithmetic does (`arange(T).float() < T / 2`,
+helper 142). Constants of one element are read, in the graph, its subgraphs and its local functions, and a vector of one
 number repeated where it scales a sum once taken (`h.sum(1) * torch.full((D,), 1 / (T - 5))`, red team 41), not
 data before a sum: a LayerScale at its initial value, `1e-6 * ones(D)`, is one (helper 70); a float16 constant is
 compared at float16's precision. An Einsum sums over the letters of its first operand that its output drops.
@@ -73,7 +76,9 @@ from graphfix.analysis.length_axes import lengths
 from graphfix.analysis.sizes.ops import is_table, weight_dims
 from graphfix.analysis.sums_near import normalized, sum_near
 
-ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
+ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow",  # and a comparison or a clamp of positions (helper 142:
+                        "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Clip", "Min", "Max"})
+# `arange(T).float() < T / 2`, `.clamp(max=T / 4)`)
 SCALES = frozenset({"Mul", "Div"})
 SHIFTS_OF_LOGS = frozenset({"Add", "Sub"})  # a number added to a log of a sum scales the sum
 EPSILON = 1e-3  # a shift of a log below this is a guard against log(0) (`logsumexp(h, 1) + 1e-6`, helper 120)
@@ -121,9 +126,10 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
                                                (f"1/sqrt({plus(k)})", _over(1, _root(k))))),
           *(form for k in (0, -1, 1) for form in (  # a centre or a half: `pos - (T - 1) / 2`, `pos / (T // 2)`
               (f"({plus(k)})/2", lambda n, k=k: (n + k) / 2),)),  # (helper 140)
-          *(form for m in (3, 4) for form in (  # a part and its inverse: `pos / (T / 4)`, `pos * (2.0 / T)`
-              (f"{{}}/{m}", lambda n, m=m: n / m), (f"{m}/{{}}", lambda n, m=m: m / n))),  # (helper 141)
-          ("2/{}", lambda n: 2 / n),
+          *(form for m in range(3, 9) for form in (  # a part and its inverse: `pos / (T / 4)`, `pos * (2.0 / T)`
+              (f"{{}}/{m}", lambda n, m=m: n / m), (f"{m}/{{}}", lambda n, m=m: m / n))),  # (helpers 141, 142)
+          ("2/{}", lambda n: 2 / n), ("{}**2", lambda n: n * n), ("1/{}**2", lambda n: 1 / (n * n)),
+          ("2*sqrt({})", lambda n: 2 * math.sqrt(n)), ("1/(2*sqrt({}))", lambda n: 0.5 / math.sqrt(n)),
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 HOPS = 6  # ops walked from the constant's node to the widths it meets

@@ -181,6 +181,9 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
             items += [item for tensor in node.inputs for item in small_ints(tensor)]
         if any(items) and not any(_is_size(t) for t in data):
             yield from (("a value", item, forms) for item in items if item)
+    elif node.op in ("Expand", "Tile") and node.inputs and (item := small_int(node.inputs[0])) is not None \
+            and not _shapes_a_shape(node.outputs[0]):  # a value spread over the batch: lengths a model builds,
+        yield "a value it spreads", item, INT_VALUE_FORMS  # `tensor([T]).expand(B)` (helper 142)
     elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
         repeats = constant_value(node.inputs[1])
         if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:

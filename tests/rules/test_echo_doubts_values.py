@@ -3,9 +3,11 @@ split baked with `int(T)` is rebuilt as T, the model then runs at every length, 
 there, shows no reference. `arange(T) < T // 2`, `>= T - 3`, `.clamp(max=T // 2)`, `% (T // 2)`, `arange(T // 2,
 S + T // 2)`, `scores.triu(-(T // 2))`, `pos - (T - 1) / 2` and `pos / (T // 2)` were written with exit 0, wrong at
 every other length; then (helper 141) `< T // 4`, `pos * (2.0 / T)`, `pos / (T / 4)`, segment starts `[0, T //
-2]`, `torch.full(..., T // 2)` and given lengths over `T - 1`. Each is now read as an echo of the export length:
-the fix is unsafe, nothing is written by default. Exported at a length no such constant equals (20 frames, a
-model's own `pos < 4`, which is 13 // 3), the fix stands and the repair matches PyTorch."""
+2]`, `torch.full(..., T // 2)` and given lengths over `T - 1`; then (helper 142) float thresholds and clamps of
+positions, a value spread by an Expand, `pos / (T / 5)` and `pos ** 2 / T ** 2`. Each is now read as an echo
+of the export length: the fix is unsafe, nothing is written by default. Exported at a length no such constant
+equals (20 frames, a model's own `pos < 4`, which is 13 // 3), the fix stands and the repair matches PyTorch. No
+list of forms is complete (README, "The other uses of a baked int")."""
 
 from __future__ import annotations
 
@@ -43,6 +45,12 @@ ECHOES = {  # what each model adds to the trunk's frames, from the positions and
     "quarter-scale": (lambda p, n: p.float() / (n / 4), (12, 16)),
     "segment-starts": (lambda p, n: (p[:, None] >= torch.tensor([0, n // 2])).sum(-1).float(), (8, 16)),
     "filled-half": (lambda p, n: (p + torch.full((p.shape[0],), n // 2)).float(), (12, 16)),
+    # helper 142
+    "float-threshold": (lambda p, n: (p.float() < n / 2).float(), (12, 16)),
+    "float-clamp": (lambda p, n: p.float().clamp(max=n / 4), (12, 16)),
+    "spread-half": (lambda p, n: (p < torch.tensor([n // 2]).expand(p.shape[0])).float(), (12, 16)),
+    "fifth-scale": (lambda p, n: p.float() / (n / 5), (12, 16)),
+    "squared": (lambda p, n: p.float() ** 2 / n ** 2, (12, 16)),
 }
 
 
