@@ -61,7 +61,7 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
 def _followable(dim) -> bool:
     """An output dim that may be declared again: an int that may be an export-time size, or none (no name, or
     one shape inference made up: onnxsim names a dim a fix cleared `unk__0`)."""
-    return dim.dim_value > 1 if dim.HasField("dim_value") else not named(dim.dim_param)
+    return dim.dim_value > 1 if dim.HasField("dim_value") else not dim.dim_param or not named(dim.dim_param)
 
 
 def _follows(symbol, dim, export: dict[str, int]) -> bool:
