@@ -122,13 +122,13 @@ SUMMED = (*(form for k in SHIFTS for form in ((plus(k), lambda n, k=k: n + k),
               (f"log2({plus(k)})", _log(k, 2)), (f"1/log2({plus(k)})", _over(1, _log(k, 2))),
               (f"2pi/({plus(k)})", _over(2 * math.pi, lambda n, k=k: n + k)),
               (f"pi/({plus(k)})", _over(math.pi, lambda n, k=k: n + k)))),
-          *(form for k in SHIFTS for form in ((f"sqrt({plus(k)})", _root(k)),
-                                               (f"1/sqrt({plus(k)})", _over(1, _root(k))))),
           *(form for k in (0, -1, 1) for form in (  # a centre or a half: `pos - (T - 1) / 2`, `pos / (T // 2)`
               (f"({plus(k)})/2", lambda n, k=k: (n + k) / 2),)),  # (helper 140)
           *(form for m in range(3, 9) for form in (  # a part and its inverse: `pos / (T / 4)`, `pos * (2.0 / T)`
               (f"{{}}/{m}", lambda n, m=m: n / m), (f"{m}/{{}}", lambda n, m=m: m / n))),  # (helpers 141, 142)
           ("2/{}", lambda n: 2 / n), ("{}**2", lambda n: n * n), ("1/{}**2", lambda n: 1 / (n * n)),
+          *(form for k in SHIFTS for form in ((f"sqrt({plus(k)})", _root(k)),  # named after the simpler forms:
+                                               (f"1/sqrt({plus(k)})", _over(1, _root(k))))),  # 3 is 12/4
           ("2*sqrt({})", lambda n: 2 * math.sqrt(n)), ("1/(2*sqrt({}))", lambda n: 0.5 / math.sqrt(n)),
           *ROOTS)
 REL_TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
