@@ -265,21 +265,11 @@ def _entries(vector: gs.Tensor, dims: list | None, where: str, fold, lengths: li
     along the axes of `dims` that a size can be baked along; with `anything`, any entry along an axis of the
     length itself (`any_number`). A shape's entry is the size itself, not a number beside one: no `_is_size`
     exemption."""
-    whole = fold(vector)
-    pieces = [vector] if whole is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
-        else vector.inputs[0].inputs
-    axis = 0
-    for piece in pieces:
-        value = fold(piece)
-        width = value.size if value is not None else _length(piece)
-        if width is None:
-            return  # the axes of what follows are unknown
-        if value is not None and value.dtype.kind in "iu":
-            for offset, item in enumerate(int(v) for v in value.reshape(-1)):
-                if abs(item) > 2 and a_length(dims, axis + offset, lengths):
-                    own = any_number(dims[axis + offset], item) if anything and dims else ()
-                    yield where, item, (*SIZE_FORMS, *own)
-        axis += width
+    entries, _ = _vector_entries(vector, fold)
+    for axis, item in enumerate(entries):
+        if item is not None and abs(item) > 2 and a_length(dims, axis, lengths):
+            own = any_number(dims[axis], item) if anything and dims else ()
+            yield where, item, (*SIZE_FORMS, *own)
 
 
 def _split_entries(node: gs.Node, fold, dims: list | None, lengths: list[int], either: frozenset[int]
@@ -287,18 +277,8 @@ def _split_entries(node: gs.Node, fold, dims: list | None, lengths: list[int], e
     """The constant entries of a Reshape's shape beside a -1 that split an axis of its input that holds a length
     (`h.reshape(B, T // 2, -1)`: it runs at every length and keeps the export's number, helpers 140 and 141), as
     the forms of a step but the size itself (a baked entry equal to the size is GF004's, fixed on its own)."""
-    vector = node.inputs[1]
-    whole = fold(vector)
-    pieces = [vector] if whole is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
-        else vector.inputs[0].inputs
-    entries: list[int | None] = []
-    for piece in pieces:
-        value = fold(piece)
-        width = value.size if value is not None else _length(piece)
-        if width is None or (value is not None and value.dtype.kind not in "iu"):
-            return
-        entries += [int(v) for v in value.reshape(-1)] if value is not None else [None] * width
-    if dims is None or -1 not in entries:
+    entries, whole = _vector_entries(node.inputs[1], fold)
+    if dims is None or not whole or -1 not in entries:
         return
     for axis, item in enumerate(entries[:len(dims)]):
         if item is None or abs(item) <= 2 or item == dims[axis]:
@@ -306,6 +286,22 @@ def _split_entries(node: gs.Node, fold, dims: list | None, lengths: list[int], e
         if a_length(dims, axis, lengths) or (dims[axis] in either and not features_axis(node.inputs[0], axis,
                                                                                       len(dims))):
             yield "an entry of its shape beside a -1", item, SPLIT_FORMS
+
+
+def _vector_entries(vector: gs.Tensor, fold) -> tuple[list[int | None], bool]:
+    """The entries of a vector with one entry per axis, a constant or a Concat of pieces (None where a piece is
+    computed or no integer), up to the first piece of unknown length; and whether every piece was read."""
+    pieces = [vector] if fold(vector) is not None or not vector.inputs or vector.inputs[0].op != "Concat" \
+        else vector.inputs[0].inputs
+    entries: list[int | None] = []
+    for piece in pieces:
+        value = fold(piece)
+        width = value.size if value is not None else _length(piece)
+        if width is None:
+            return entries, False  # the axes of what follows are unknown
+        integral = value is not None and value.dtype.kind in "iu"
+        entries += [int(v) for v in value.reshape(-1)] if integral else [None] * width
+    return entries, True
 
 
 SPLIT_FORMS = tuple(form for form in SIZE_FORMS if form[0] not in ("{}", "-({})"))
