@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.arith import Shape, window_output
+from graphfix.analysis.sizes.regroup import RegroupShapes
 from graphfix.analysis.sizes.spread import SpreadShapes
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ SAME_SHAPE = {"Identity", "Cast", "CastLike", "Relu", "Gelu", "Erf", "Sqrt", "So
               "HardSwish", "Mish", "Sign", "SimplifiedLayerNormalization", "SkipLayerNormalization", "Silu",
               "QuickGelu", "FastGelu", "BiasGelu"}
 
-class OpShapes(SpreadShapes):
+class OpShapes(RegroupShapes, SpreadShapes):
     """Shape (and shape-vector value) propagation rules, one method per op."""
 
     def _one(self, d) -> bool:
@@ -132,29 +133,6 @@ class OpShapes(SpreadShapes):
         start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
         dims = shape[slice(start, end)]
         self._set(node, (self.num.integer(len(dims)),), dims if all(d is not None for d in dims) else None)
-
-    def _op_Reshape(self, node: gs.Node) -> None:
-        shape, target = self._in_shape(node, 0), self._in_value(node, 1)
-        if target is None:
-            return
-        allowzero = node.attrs.get("allowzero", 0)
-        out = [(shape[j] if shape and j < len(shape) else None) if (t == 0 and not allowzero) else t
-               for j, t in enumerate(target)]
-        if shape is None or any(d is None for d in shape) or any(d is None for d in out):
-            self._set(node, tuple(None if (d is None or d == -1) else d for d in out), tuple(target)
-                      if self._in_value(node, 0) is not None else None)
-            return
-        total = self.num.mul(*shape)
-        if -1 in out:
-            rest = self.num.mul(*[d for d in out if d != -1])
-            inferred = self.num.cancel(total / rest)
-            out[out.index(-1)] = inferred
-            length, chunk = self.num.numerator_denominator(inferred)
-            if chunk.is_Integer and chunk > 1 and length.free_symbols:
-                self._multiple(node, length, chunk)  # [B, T+1, 8] -> [B, -1, 4, 8]: T+1 must be a multiple of 4
-        else:
-            self._require("reshape", node, total, self.num.mul(*out), "element count")
-        self._set(node, tuple(out), self._in_value(node, 0))
 
     def _op_Transpose(self, node: gs.Node) -> None:
         shape = self._in_shape(node, 0)
@@ -381,7 +359,6 @@ def _broadcast_dims(sizes: OpShapes, a: Shape, b: Shape, node: gs.Node | None = 
                 sizes._require("broadcast", node, x, y)
             out.append(x)
     return tuple(out)
-
 
 
 def weight_dims(graph: gs.Graph) -> frozenset[int]:

@@ -1,0 +1,77 @@
+"""GF004 through a Flatten: `h.flatten(1).view(B, int(T), D)` (helpers 138 and 142) reshapes a [B, 8 T] tensor,
+whose second dim the size analysis now carries (`_op_Flatten`: the products of the dims before and from the axis),
+so its element count solves T and the baked entry is rebuilt. The TorchScript exporter declares an output axis
+left out of `dynamic_axes` with its traced size ([B, 12, 8]); that int is the repair's to follow, not a fixed dim
+that makes the solved T = 12 a coincidence (graphfix.validate.anchor: the output was refused for promising 12 at
+every T). Where the count leaves several entries standing (`view(B, int(T), 2, 4)`: 12 = T, 2 = T // 6 or
+4 = T // 3), none is applied."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+from conftest import matches_module
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class Flattened(torch.nn.Module):
+    """A Linear, flattened to [B, T * 8], then viewed again with `view`'s sizes from `unflatten`."""
+
+    def __init__(self, unflatten):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.unflatten = torch.nn.Linear(8, 8), unflatten
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        return self.unflatten(self.lin(x).flatten(1), batch, length, width).relu()
+
+
+VIEWS = {  # the view, and the output's length axis
+    "length baked": (lambda h, b, t, d: h.view(b, int(t), d), 1),
+    "length and width baked": (lambda h, b, t, d: h.view(b, int(t), int(d)), 1),
+    "width first": (lambda h, b, t, d: h.view(b, int(d), int(t)), 2),
+    "one less": (lambda h, b, t, d: h[:, d:].view(b, int(t) - 1, d), 1),
+}
+
+
+def _export(tmp_path, module, outputs_dynamic: bool, length_axis: int = 1):
+    path = tmp_path / "m.onnx"
+    axes = {"x": {0: "B", 1: "T"}, **({"y": {0: "B", length_axis: "T"}} if outputs_dynamic else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
+    return path
+
+
+@pytest.mark.parametrize("outputs_dynamic", [False, True], ids=["output declared by the trace", "output dynamic"])
+@pytest.mark.parametrize("view", VIEWS.values(), ids=VIEWS)
+def test_a_flattened_length_is_rebuilt(tmp_path, view, outputs_dynamic):
+    (unflatten, axis), out = view, tmp_path / "fixed.onnx"
+    module = Flattened(unflatten)
+    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, outputs_dynamic, axis)), "-o", str(out)])
+    assert done.exit_code == 0 and "applied GF004" in done.output, done.output
+    matches_module(out, module, [(1, 6, 8), (3, 20, 8), (2, 12, 8), (4, 30, 8)])
+
+
+def test_entries_the_count_leaves_alike_are_none_applied(tmp_path):
+    """`view(B, int(T), 2, 4)` of [B, 8 T] at T = 12: [B, T, 2, 4], [B, 12, T // 6, 4] and [B, 12, 2, T // 3] all
+    keep the count, and nothing after the Reshape holds an axis: refused, nothing written."""
+    module, out = Flattened(lambda h, b, t, d: h.view(b, int(t), 2, 4)), tmp_path / "fixed.onnx"
+    refused = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, False)), "-o", str(out)])
+    assert refused.exit_code == 1 and "ambiguous" in refused.output and not out.exists(), refused.output
+
+
+def test_a_flattened_traced_length_is_healthy(tmp_path):
+    """The same view with the traced sizes: nothing to find, repair exits 0 and the model is as PyTorch's."""
+    module, out = Flattened(lambda h, b, t, d: h.view(b, t, d)), tmp_path / "fixed.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, False)), "-o", str(out)])
+    assert done.exit_code == 0 and "GF004" not in done.output, done.output
+    matches_module(out, module, [(1, 6, 8), (3, 20, 8)])
