@@ -52,8 +52,8 @@ class TraceBakedShape(Rule):
     constraints, solved by the size analysis: a Reshape whose element count holds at one size only (an input's, a
     length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
     ViT's `nn.MultiheadAttention` pooling head, an unsafe fix, or input sizes met only as their product,
-    `reshape(B, C, int(H) * int(W))`), an Expand or an elementwise op meeting a dynamic
-    dim with a constant one, Split sizes. Where nothing tells the sizes and a constant target's element count is
+    `reshape(B, C, int(H) * int(W))`, or flattened with others, `flatten(1).view(B, int(T), D)`), an Expand or
+    an elementwise op meeting a dynamic dim with a constant one, Split sizes. Where nothing tells the sizes and a constant target's element count is
     fixed, the one entry its readers do not hold at one size (a Linear holds the last) takes what the input's
     count leaves: `reshape(int(B) * int(T), D)` becomes `[-1, D]`, whatever B and T were at export. (Constant
     *tensors* cut at an export size are GF006's.)
