@@ -46,17 +46,16 @@ class TraceBakedShape(Rule):
     """Export-time sizes of dynamic dims captured as constants in Reshape/Expand/Slice/... shape inputs.
 
     ## What it does
-    Finds constants in shape-carrying inputs (Reshape shape, Expand shape, Slice ends, Range limit,
-    ConstantOfShape, Tile repeats, Split sizes, Pad pads, Resize sizes) whose values are the export-time sizes of
-    dims the graph declares dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own
-    constraints, solved by the size analysis: a Reshape whose element count holds at one size only (an input's, a
-    length strided Convs derive from one, or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a
-    ViT's `nn.MultiheadAttention` pooling head, an unsafe fix, or input sizes met only as their product,
-    `reshape(B, C, int(H) * int(W))`, or flattened with others, `flatten(1).view(B, int(T), D)`), an Expand or
-    an elementwise op meeting a dynamic dim with a constant one, Split sizes. Where nothing tells the sizes and a constant target's element count is
-    fixed, the one entry its readers do not hold at one size (a Linear holds the last) takes what the input's
-    count leaves: `reshape(int(B) * int(T), D)` becomes `[-1, D]`, whatever B and T were at export. (Constant
-    *tensors* cut at an export size are GF006's.)
+    Finds constants in shape-carrying inputs (Reshape shape, Expand shape, Slice ends, Range limit, ConstantOfShape,
+    Tile repeats, Split sizes, Pad pads, Resize sizes) whose values are the export-time sizes of dims the graph declares
+    dynamic. The sizes come from `--trace-shape NAME=2x400`, else from the graph's own constraints, solved by the size
+    analysis: a Reshape whose element count holds at one size only (an input's, a length strided Convs derive from one,
+    or a grid of patches' token count, `floor(H / 8) * floor(W / 8)` in a ViT's `nn.MultiheadAttention` pooling head, an
+    unsafe fix, or input sizes met only as their product, `reshape(B, C, int(H) * int(W))`, or flattened with others,
+    `flatten(1).view(B, int(T), D)`), an Expand or an elementwise op meeting a dynamic dim with a constant one, Split
+    sizes. Where nothing tells the sizes and a constant target's element count is fixed, the one entry its readers do
+    not hold at one size (a Linear holds the last) takes what the input's count leaves: `reshape(int(B) * int(T), D)`
+    becomes `[-1, D]`, whatever B and T were at export. (Constant *tensors* cut at an export size are GF006's.)
 
     ## Why it breaks deployment
     While tracing, `x.size(i)` is a tensor, but `int(...)`, `.item()`, `.tolist()`, `math.ceil`, a Python `if`
@@ -74,30 +73,28 @@ class TraceBakedShape(Rule):
     Repaired: the baked entry becomes `0` (copy the input dim) in Reshape, `1` in Expand, "to the end" in
     Slice, or the solved expression (`Shape(x)[i]`, `Shape(x)[0] * 4`) computed at run time.
 
-    ## Fix safety
-    Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast against the
-    dim, Split sizes) and the constant stands for that dim; not where a broadcast alone holds an entry of a constant
-    Expand shape (a count of the model's own that a size of 1 broadcasts against fits too). For a solved element
-    count, each constant entry's hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep the
-    count beyond the export size, and an output dim declared dynamic that a choice would keep fixed rules it out:
-    `reshape(B, int(T) // 3, 12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not `2*T`. An entry
-    the analysis proposes that these hypotheses do not leave is not repaired. A Slice end equal to a solved size is
-    safe only where a consumer needs the slice to follow the size (otherwise it may be the model's own length). A
-    constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the model's
-    own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such fixes, and
-    Slice ends equal to a given length, are unsafe and the finding a warning (an error where the target has no -1
+    ## Fix safety Safe when a constraint of the graph pins the size (a solved element count, an Expand or a broadcast
+    against the dim, Split sizes) and the constant stands for that dim; not where a broadcast alone holds an entry of a
+    constant Expand shape (a count of the model's own that a size of 1 broadcasts against fits too). For a solved
+    element count, each constant entry's hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep
+    the count beyond the export size (an entry of 1 too: `reshape(B, 11, int(T) // 11, D)` traced at T = 11 bakes `[B,
+    11, 1, D]`, where the 11 may be T or the 1 T // 11), and an output dim declared dynamic that a choice would keep
+    fixed rules it out: `reshape(B, int(T) // 3, 12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not
+    `2*T`. An entry the analysis proposes that these hypotheses do not leave is not repaired. A Slice end equal to a
+    solved size is safe only where a consumer needs the slice to follow the size (otherwise it may be the model's own
+    length). A constant that only equals a size given with `--trace-shape` (or guessed from the constant) may be the
+    model's own: `Reshape(x[B, 8], [2, -1, 4])` runs at every B, and rewriting it changes a healthy model; such fixes,
+    and Slice ends equal to a given length, are unsafe and the finding a warning (an error where the target has no -1
     and no 0: its element count is fixed while the input's varies, baked whichever entry is the size, and wherever
     onnxruntime confirms the failure), as is a new axis an Expand makes that only equals a given size
-    (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made its Tile an Expand). Unsafe also when the link
-    is by value only, or two dynamic dims had the same export size; when the size is a grid's token count (a model
-    keeping 20 slots or a 4 x 5 grid whatever its input, by a pool or a repeat sized in Python on the way, leaves
-    the same graph); when an op before the Reshape does nothing by its constants (a Pad by zeros, a Tile by ones, a
-    1 x 1 pool: what a pad to 20 slots traced at 20 leaves); and when a pool before it changes a length (it has no
-    weights: its kernel may be sized in Python to keep a count). Where several entries could stand for the size
-    (MultiheadAttention traced at a length equal to its head size), `repair` builds each and applies one only if the
-    proof accepts it alone. Not fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in
-    Python.
-    """
+    (`repeat_interleave(x, 2, 1)` traced at batch 2, once GF002 made its Tile an Expand). Unsafe also when the link is
+    by value only, or two dynamic dims had the same export size; when the size is a grid's token count (a model keeping
+    20 slots or a 4 x 5 grid whatever its input, by a pool or a repeat sized in Python on the way, leaves the same
+    graph); when an op before the Reshape does nothing by its constants (a Pad by zeros, a Tile by ones, a 1 x 1 pool:
+    what a pad to 20 slots traced at 20 leaves); and when a pool before it changes a length (it has no weights: its
+    kernel may be sized in Python to keep a count). Where several entries could stand for the size (MultiheadAttention
+    traced at a length equal to its head size), `repair` builds each and applies one only if the proof accepts it alone.
+    Not fixable: Split sizes (the number of outputs is fixed) and pad amounts computed in Python. """
 
     code = "GF004"
     name = "trace-baked-shape"

@@ -22,12 +22,14 @@ class Declared(NamedTuple):
     shapes: dict[str, list | None] | None = None
 
 
-def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> Declared:
+def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int],
+                             original: onnx.ModelProto | None = None) -> Declared:
     """The model whose output dims that may be export-time sizes (an int above 1: the TorchScript exporter declares
     every axis left out of `dynamic_axes` with its traced size, `T // 3` as much as a class count) or undeclared (a
     fix cleared them) declare the symbol that symbolic shape inference of the repaired graph finds there, where that
     symbol evaluates to the same size at the export size; and a note per dim changed. The declaration then promises
-    what the repaired graph does: an int the exporter wrote is no evidence for or against a repair."""
+    what the repaired graph does: an int the exporter wrote is no evidence for or against a repair. The notes say
+    what the `original` declared there (a fix or onnxsim may have cleared the dim since)."""
     from graphfix.analysis.shapes import symbolic_shapes
 
     outputs = [o for o in model.graph.output if any(_followable(d) for d in o.type.tensor_type.shape.dim)]
@@ -48,11 +50,13 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int]) -> 
         return Declared(model, [], shapes)
     renamed = onnx.ModelProto()
     renamed.CopyFrom(model)
-    notes = []
+    notes, was = [], {o.name: o.type.tensor_type.shape.dim for o in (original or model).graph.output}
     for out in renamed.graph.output:
         for axis, symbol in changes.get(out.name, []):
-            dim = out.type.tensor_type.shape.dim[axis]
-            before = f"{dim.dim_value} (an export-time size)" if dim.HasField("dim_value") else "nothing"
+            dim, old = out.type.tensor_type.shape.dim[axis], was.get(out.name, ())
+            old = old[axis] if len(old) > axis else dim
+            before = f"{old.dim_value} (an export-time size)" if old.HasField("dim_value") else old.dim_param or \
+                "nothing"
             dim.dim_param = symbol  # clears dim_value (a oneof)
             notes.append(f"output '{out.name}' dim {axis} declared {before}; now {symbol}, as the repair computes")
     return Declared(renamed, notes, shapes)

@@ -192,7 +192,7 @@ def _repair(loaded: LoadedModel, output: Path | None, options: RepairOptions, po
                                               result.weights)
             shapes = None  # the repaired outputs' inferred shapes, where declaring them inferred them
             if outcome.changed and options.validation is not None:
-                model, declared, shapes = declare_followed_outputs(model, _export_of(options.validation))
+                model, declared, shapes = declare_followed_outputs(model, _export_of(options.validation), loaded.proto)
                 result.notes += declared
             result.light = model
             staging = pool.submit(_stage, model, destination, loaded, outcome.changed, result.weights, ahead, commit,

@@ -106,7 +106,7 @@ def validate(original: ModelSource | ModelRunner, candidate: ModelSource | Model
         return Validation(False, [], [], [f"{subject} cannot be loaded by onnxruntime: {after.load_error}"],
                           require=options.require)
     footprint = Footprint.of(before.proto, {})  # a size over the memory budget is not run: NotProbed (exit 1)
-    options, known = known_export_size(before, options, footprint, after)  # given or solved, not guessed
+    options, known = known_export_size(before, options, footprint)  # given or solved, not guessed
     options = anchored([before, after], before.proto, options, guard=footprint.check)
     tied = tied_dims(after.proto)  # a mask's length computed from the audio's: feed consistent sizes
     sizes = probe_sizes(before.proto, options, tied, moved=footprint.fits)

@@ -110,36 +110,17 @@ def _too_large(model: onnx.ModelProto, binding: dict[str, int], options: Validat
     return False
 
 
-def known_export_size(before: ModelRunner, options: ValidationOptions, footprint: Footprint,
-                      after: ModelRunner | None = None) -> tuple[ValidationOptions, bool]:
+def known_export_size(before: ModelRunner, options: ValidationOptions,
+                      footprint: Footprint) -> tuple[ValidationOptions, bool]:
     """Options whose export size is known, and whether it is: given sizes always; solved ones only where the
     original runs at them and none equals a static size the inputs or outputs declare (a broadcast against a
-    fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size),
-    but an output's int that the repaired model (`after`) now declares as the dim it computes (`_followed`)."""
+    fixed dim is also what a misaligned mask looks like: solved there, it is a coincidence, not the export size)."""
     solved = {name: size for name, size in options.solved_sizes.items() if name not in options.trace_sizes}
     trial = dataclasses.replace(options, trace_sizes={**solved, **options.trace_sizes}, solved_sizes={})
-    static = declared_sizes(before.proto, _followed(before, after, trial.trace_sizes)) if solved else set()
-    if solved and _runs_at_export(before, trial, footprint) and not any(size in static for size in solved.values()):
+    if solved and _runs_at_export(before, trial, footprint) and \
+            not any(size in declared_sizes(before.proto) for size in solved.values()):
         return trial, True
     return dataclasses.replace(options, solved_sizes={}), bool(options.trace_sizes)
-
-
-def _followed(before: ModelRunner, after: ModelRunner | None, export: dict[str, int]) -> frozenset[tuple[str, int]]:
-    """The original's output axes declared as an int that the repaired model declares as an expression of the input
-    dims worth that int at `export`: the TorchScript exporter's record of a traced size (every axis left out of
-    `dynamic_axes`), which the repair now computes (graphfix.pipeline.followed_outputs), as `flatten(1).view(B,
-    int(T), D)` declares [B, 12, 8] at T = 12. No fixed dim of the model: an axis the repair leaves declares its
-    int still (a misaligned mask's 768 features), and a weight's dim is kept whatever the repair declares."""
-    from graphfix.validate.compare import declared_shapes, evaluate_dim
-
-    if after is None or after is before:
-        return frozenset()
-    weights = {int(d) for t in before.proto.graph.initializer for d in t.dims}
-    now = declared_shapes(after.proto)
-    return frozenset(
-        (name, axis) for name, dims in declared_shapes(before.proto).items() if dims and len(now.get(name) or ()) ==
-        len(dims) for axis, (was, new) in enumerate(zip(dims, now[name], strict=True)) if isinstance(was, int)
-        and was not in weights and isinstance(new, str) and evaluate_dim(new, export) == was)
 
 
 def _runs_at_export(before: ModelRunner, options: ValidationOptions, footprint: Footprint) -> bool:

@@ -249,16 +249,14 @@ def fixed_sizes(model: onnx.ModelProto) -> set[int]:
     return sizes | met_sizes(model)
 
 
-def declared_sizes(model: onnx.ModelProto, followed: frozenset[tuple[str, int]] = frozenset()) -> set[int]:
+def declared_sizes(model: onnx.ModelProto) -> set[int]:
     """The static dims > 1 that the graph's inputs and outputs declare beside a dynamic dim (no inference: a size
-    baked at export is not among them), but for the output axes `followed` ((name, axis): see
-    graphfix.validate.anchor)."""
+    baked at export is not among them)."""
     sizes = set()
     for vi in [*graph_inputs(model), *model.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
-            sizes |= {int(d.dim_value) for axis, d in enumerate(dims) if d.HasField("dim_value")
-                      and d.dim_value > 1 and (vi.name, axis) not in followed}
+            sizes |= {int(d.dim_value) for d in dims if d.HasField("dim_value") and d.dim_value > 1}
     return sizes
 
 

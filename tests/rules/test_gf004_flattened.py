@@ -1,10 +1,11 @@
 """GF004 through a Flatten: `h.flatten(1).view(B, int(T), D)` (helpers 138 and 142) reshapes a [B, 8 T] tensor,
 whose second dim the size analysis now carries (`_op_Flatten`: the products of the dims before and from the axis),
-so its element count solves T and the baked entry is rebuilt. The TorchScript exporter declares an output axis
-left out of `dynamic_axes` with its traced size ([B, 12, 8]); that int is the repair's to follow, not a fixed dim
-that makes the solved T = 12 a coincidence (graphfix.validate.anchor: the output was refused for promising 12 at
-every T). Where the count leaves several entries standing (`view(B, int(T), 2, 4)`: 12 = T, 2 = T // 6 or
-4 = T // 3), none is applied."""
+so its element count solves T and the baked entry is rebuilt, where the output's length axis is declared dynamic.
+Where it is left out of `dynamic_axes`, the exporter declares the output [B, 12, 8], and a model keeping 12 frames
+leaves the same graph (helper 143: `h[:, ::int(T) // 12]` is a step of 1 at T = 12, which the trace drops): the
+solved T = 12 equals a size the outputs declare, is not taken for the export size, and the repair is refused.
+Where the count leaves several entries standing (`view(B, int(T), 2, 4)`: 12 = T, 2 = T // 6 or 4 = T // 3), none
+is applied."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.torch
 class Flattened(torch.nn.Module):
     """A Linear, flattened to [B, T * 8], then viewed again with `view`'s sizes from `unflatten`."""
 
-    def __init__(self, unflatten):
+    def __init__(self, unflatten, pick=lambda h, length: h):
         super().__init__()
         torch.manual_seed(0)
-        self.lin, self.unflatten = torch.nn.Linear(8, 8), unflatten
+        self.lin, self.unflatten, self.pick = torch.nn.Linear(8, 8), unflatten, pick
 
     def forward(self, x):
         batch, length, width = x.shape
-        return self.unflatten(self.lin(x).flatten(1), batch, length, width).relu()
+        return self.unflatten(self.pick(self.lin(x), length).flatten(1), batch, length, width).relu()
 
 
 VIEWS = {  # the view, and the output's length axis
@@ -51,22 +52,40 @@ def _export(tmp_path, module, outputs_dynamic: bool, length_axis: int = 1):
     return path
 
 
-@pytest.mark.parametrize("outputs_dynamic", [False, True], ids=["output declared by the trace", "output dynamic"])
 @pytest.mark.parametrize("view", VIEWS.values(), ids=VIEWS)
-def test_a_flattened_length_is_rebuilt(tmp_path, view, outputs_dynamic):
+def test_a_flattened_length_is_rebuilt(tmp_path, view):
     (unflatten, axis), out = view, tmp_path / "fixed.onnx"
     module = Flattened(unflatten)
-    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, outputs_dynamic, axis)), "-o", str(out)])
+    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, True, axis)), "-o", str(out)])
     assert done.exit_code == 0 and "applied GF004" in done.output, done.output
     matches_module(out, module, [(1, 6, 8), (3, 20, 8), (2, 12, 8), (4, 30, 8)])
 
 
+KEPT = {  # the module, and whether it follows T
+    "length baked": (lambda: Flattened(VIEWS["length baked"][0]), True),
+    "every k-th frame, 12 kept": (lambda: Flattened(lambda h, b, t, d: h.view(b, 12, d),
+                                                    lambda h, t: h[:, ::int(t) // 12]), False),
+}
+
+
+@pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT)
+def test_an_output_the_trace_declares_at_the_length_leaves_the_length_unsolved(tmp_path, kept):
+    """Both export to one graph (Flatten, then Reshape [B, 12, 8]) declared [B, 12, 8]: refused, nothing written."""
+    (build, follows), out = kept, tmp_path / "fixed.onnx"
+    module = build()
+    path = _export(tmp_path, module, False)
+    with torch.no_grad():  # the premise: one follows the length, the other keeps 12 frames
+        assert module(torch.randn(1, 24, 8)).shape[1] == (24 if follows else 12)
+    refused = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    assert refused.exit_code == 1 and "declares 12" in refused.output and not out.exists(), refused.output
+
+
 def test_entries_the_count_leaves_alike_are_none_applied(tmp_path):
     """`view(B, int(T), 2, 4)` of [B, 8 T] at T = 12: [B, T, 2, 4], [B, 12, T // 6, 4] and [B, 12, 2, T // 3] all
-    keep the count, and nothing after the Reshape holds an axis: refused, nothing written."""
+    keep the count, and nothing after the Reshape holds an axis: none applied, nothing written."""
     module, out = Flattened(lambda h, b, t, d: h.view(b, int(t), 2, 4)), tmp_path / "fixed.onnx"
     refused = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, False)), "-o", str(out)])
-    assert refused.exit_code == 1 and "ambiguous" in refused.output and not out.exists(), refused.output
+    assert refused.exit_code == 1 and "candidate" in refused.output and not out.exists(), refused.output
 
 
 def test_a_flattened_traced_length_is_healthy(tmp_path):

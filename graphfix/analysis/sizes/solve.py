@@ -346,8 +346,8 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
     found, frozen = [], []
     export = {solution.symbol: solution.value}
     for j, t in enumerate(target):
-        if not t.is_Integer or t <= 1:
-            continue  # only constants can be baked; 1 and -1 never are
+        if not t.is_Integer or t < 1:
+            continue  # only constants can be baked; -1 and 0 never are (1 is `T // 4` traced at T = 4)
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
         requirement = hypotheses.Requirement(total, rest * hypotheses.hole(), "the element count")
         space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols

@@ -1,0 +1,71 @@
+"""GF004: an entry of 1 can be a baked size too. `h.reshape(B, 11, int(T - 1) // 11, D).mean(2)`, eleven segments
+pooled, traced at T = 12 bakes `[B, 11, 1, D]`: the 11 may be T - 1 (with the 1 kept) or the 1 may be
+(T - 1) // 11 (with the 11 kept), and both keep the element count. Only the 11 was a candidate (an entry of 1 was
+never taken for a size), the rebuild as T - 1 was SAFE, the output's declared 11 was followed as T - 1, and the
+model was written with exit 0, [B, T - 1, D] where PyTorch gives [B, 11, D] (helper 143's segments, moved off the
+export size by one). Now both are candidates, the proof cannot tell them apart, and nothing is written."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from click.testing import CliRunner
+from conftest import matches_module
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+class Segments(torch.nn.Module):
+    """A Linear, its first frame dropped, then `split` of the rest (B, T - 1, 8) with the traced length."""
+
+    def __init__(self, split):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.split = torch.nn.Linear(8, 8), split
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        return self.split(self.lin(x)[:, 1:], batch, int(length) - 1, width).relu()
+
+
+def _export(tmp_path, module, length):
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, length, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
+    return path
+
+
+def test_eleven_segments_traced_one_frame_each_are_not_rebuilt_as_the_length(tmp_path):
+    module, out = Segments(lambda h, b, n, d: h.reshape(b, 11, n // 11, d).mean(2)), tmp_path / "fixed.onnx"
+    with torch.no_grad():  # the premise: eleven segments whatever the length
+        assert module(torch.randn(1, 34, 8)).shape == (1, 11, 8)
+    refused = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, 12)), "-o", str(out)])
+    assert refused.exit_code == 1 and not out.exists(), refused.output
+    assert "1 = T // 11" in refused.output and "11 = T - 1" in refused.output, refused.output
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["length axis declared", "output as traced"])
+def test_a_kept_axis_of_one_is_rebuilt_where_the_output_says_which_entry_moves(tmp_path, declared):
+    """`h.reshape(B, int(T) - 1, 1, D)` bakes the same [B, 11, 1, D]: the 1 may be (T - 1) // 11 here too. Where the
+    output's length axis is declared dynamic, keeping the 11 would hold it at 11, so the 11 is the size: rebuilt,
+    matching PyTorch. Where the trace declared it [B, 11, 1, D], the graph does not say which (the price of reading
+    a 1 as a size: refused, nothing written)."""
+    module, out = Segments(lambda h, b, n, d: h.reshape(b, n, 1, d)), tmp_path / "fixed.onnx"
+    path = tmp_path / "m.onnx"
+    axes = {"x": {0: "B", 1: "T"}, **({"y": {0: "B", 1: "N"}} if declared else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    if not declared:
+        assert done.exit_code == 1 and "1 = T // 11" in done.output and not out.exists(), done.output
+        return
+    assert done.exit_code == 0 and "applied GF004" in done.output, done.output
+    matches_module(out, module, [(1, 34, 8), (3, 7, 8), (2, 12, 8)])
