@@ -322,3 +322,37 @@ def test_a_slice_from_int64_min_starts_at_the_start():
     sizes, graph = analysed(FROM_START)
     assert sizes.dims(tensor(graph, "lead")) == [2]
     assert [str(v) for v in sizes.value(tensor(graph, "lead"))] == ["B", "H"]
+
+
+@pytest.mark.parametrize(("axis", "dims"), [(1, ["B", "8*T"]), (0, [1, "8*B*T"]), (-1, ["B*T", 8]), (3, ["8*B*T", 1])])
+def test_a_flatten_has_the_products_of_the_dims_before_and_from_its_axis(axis, dims):
+    text = f"""
+    < ir_version: 8, opset_import: ["" : 17] >
+    g (float[B, T, 8] x) => (float[?, ?] y) {{
+        y = Flatten <axis = {axis}> (x)
+    }}
+    """
+    sizes, graph = analysed(text)
+    assert sizes.dims(tensor(graph, "y")) == dims
+
+
+def test_a_length_flattened_with_the_features_is_solved_by_the_reshape_after():
+    """`h.flatten(1).view(B, int(T), 8)` traced at T = 12: [B, 8 T] reshaped to [B, 12, 8] holds at T = 12."""
+    text = """
+    < ir_version: 8, opset_import: ["" : 17] >
+    g (float[B, T, 8] x) => (float[?, ?, ?] y) {
+        h = Flatten <axis = 1> (x)
+        shape = Shape(x)
+        zero = Constant <value = int64 {0}> ()
+        b = Gather <axis = 0> (shape, zero)
+        axes = Constant <value = int64[1] {0}> ()
+        b1 = Unsqueeze(b, axes)
+        rest = Constant <value = int64[2] {12, 8}> ()
+        target = Concat <axis = 0> (b1, rest)
+        y = Reshape(h, target)
+    }
+    """
+    sizes, _ = analysed(text)
+    (baked,) = list(baked_reshapes(sizes))
+    assert (str(baked.solution.symbol), baked.solution.value) == ("T", 12)
+    assert [(e.index, e.value, str(e.expr)) for e in baked.entries] == [(1, 12, "T")]

@@ -36,6 +36,8 @@ class RegroupShapes:
     def _op_Flatten(self, node: gs.Node) -> None:
         """[a, b, c] at axis 1 is [a, b * c]: the TorchScript exporter's `x.flatten(1)` of a 2-D result."""
         shape = self._in_shape(node, 0)
-        if shape is not None and not any(d is None for d in shape):
-            axis = node.attrs.get("axis", 1) + (len(shape) if node.attrs.get("axis", 1) < 0 else 0)
-            self._set(node, (self.num.mul(*shape[:axis]), self.num.mul(*shape[axis:])), self._in_value(node, 0))
+        if shape is None or any(d is None for d in shape):
+            return
+        axis = node.attrs.get("axis", 1)
+        axis += len(shape) if axis < 0 else 0
+        self._set(node, (self.num.mul(*shape[:axis]), self.num.mul(*shape[axis:])), self._in_value(node, 0))
