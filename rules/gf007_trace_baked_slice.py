@@ -128,7 +128,7 @@ class TraceBakedSlice(Rule):
             message, **kwargs,
             fix=Fix(f"compute end {baked.position} of Slice '{node.name}' as {hypotheses.show(baked.expr)} from "
                     "Shape ops",
-                    apply=loosened(node, {baked.value}, rebuild), safety=safety, reason=reason))
+                    apply=loosened(node, {baked.value, value}, rebuild), safety=safety, reason=reason))
 
 
     def _export_length_finding(self, cut: ExportLengthCut) -> Finding:

@@ -131,15 +131,14 @@ def uniform_alternatives(baked: Baked) -> str:
       it: a mask (True, 0 added, 0 or 1 multiplied) of a window wider than T, chunks of T or more or a cutoff at a
       fixed length, and as much an indicator added or concatenated (`x + (arange(T) < 20)`, 1 inside the first
       20 frames; helper 54), or as a divisor (overlap-add's counts, `1 + (arange(T) >= 20)`: all ones at 12
-      frames, helper 116); not as an exponent. No model masks its batch by position, so an initial state
-      `zeros(int(B), H)` is neither.
+      frames, helper 116), or as an exponent (`x ** (1 + (arange(T) >= 20))`, helper 145). No model masks its
+      batch by position, so an initial state `zeros(int(B), H)` is neither.
     Every value the constant holds is judged (uniform along the baked axes, it may vary along the others)."""
     values = np.unique(baked.value) if baked.value.size and baked.value.dtype.kind in "biuf" else ()
     if len(values) == 0:
         return ""  # empty, complex, text: nothing a size or a mask gives
     reasons = []
-    exponent = baked.node.op == "Pow" and baked.index == 1  # x ** mask: what no model computes
-    if not exponent and not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
+    if not all(BATCH_NAME.search(dim) for _, dim in baked.axes):
         reasons.append("a mask or an added indicator whose edge lies past the export size: a window wider than it, "
                        "chunks or blocks of that size or more, a cutoff at a fixed length")
     sized = [v.item() for v in values if v.item() not in (0, 1) or _one_of_two(v.item(), baked)]

@@ -73,6 +73,7 @@ import onnx_graphsurgeon as gs
 
 from graphfix.analysis.int_echoes import SHIFTS, int_echo_reads, int_echoes, plus
 from graphfix.analysis.length_axes import lengths
+from graphfix.analysis.position_echoes import position_echoes
 from graphfix.analysis.sizes.ops import is_table, weight_dims
 from graphfix.analysis.sums_near import normalized, sum_near
 
@@ -154,7 +155,8 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
     nodes, widths = list(_nodes(graph)), weight_dims(graph)
     return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape, frozenset(products)),
             *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
-                        frozenset(products))]
+                        frozenset(products)),
+            *position_echoes(nodes, wanted, constant_value, fixed, unknown)]
 
 
 def index_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape, fold=None) -> list[tuple[gs.Node, str]]:

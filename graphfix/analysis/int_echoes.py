@@ -5,8 +5,9 @@ The same int baked as an integer (helpers 57 and 61): where it picks or cuts alo
 where it meets an integer value that is no size (`lengths.clamp(max=T)`, `n + T`, `lengths < T`,
 `where(lengths == 0, T, lengths)`, `(T - 1) - arange(T)`, `torch.full((B,), T - 1)`), as a Pool's kernel or
 stride or a Tile's repeats (`avg_pool1d(x, T)`, `.repeat(1, T, 1)`), and in a step's forms as a pad, a Resize's
-output size or an entry of a ConstantOfShape's shape along such an axis, no weight's dim (`F.pad(h, (0, 0, 0, T))`,
-`interpolate(size=2 * T)`, `h.new_zeros(B, T // 2, D)`: red team 99; a shape's entry is the size itself, so no
+output size, an entry of a ConstantOfShape's shape or of an Expand's that spreads an axis of 1 along such an axis,
+no weight's dim (`F.pad(h, (0, 0, 0, T))`, `interpolate(size=2 * T)`, `h.new_zeros(B, T // 2, D)`: red team 99;
+`h.mean(1, keepdim=True).expand(-1, T, -1)`: red team 145; a shape's entry is the size itself, so no
 constant beside a Shape there is the model's own). A tail's start (`h[:, T - k:]`) reads n - k for any k up to a
 quarter of n too. Forms: n + k for k from -5 to 5, n // k
 and ceil(n / k) for k from 2 to 4, 3n // 4, 2n // 3, 2n and their negatives for an index or a cut (`x[:, T // 4]`,
@@ -184,6 +185,9 @@ def _int_reads(node: gs.Node, constant_value, shape, lengths: list[int], fold, w
     elif node.op in ("Expand", "Tile") and node.inputs and (item := small_int(node.inputs[0])) is not None \
             and not _shapes_a_shape(node.outputs[0]):  # a value spread over the batch: lengths a model builds,
         yield "a value it spreads", item, INT_VALUE_FORMS  # `tensor([T]).expand(B)` (helper 142)
+    elif node.op == "Expand" and len(node.inputs) > 1 and not _shapes_a_shape(node.outputs[0]):
+        yield from ((where, item, forms) for where, item, forms in _spread(node, fold, shape, lengths)
+                    if item not in widths)
     elif node.op == "Tile" and len(node.inputs) > 1 and is_table(node.inputs[1]):
         repeats = constant_value(node.inputs[1])
         if repeats is not None and repeats.dtype.kind in "iu" and repeats.size <= 8:
@@ -286,6 +290,21 @@ def _split_entries(node: gs.Node, fold, dims: list | None, lengths: list[int], e
         if a_length(dims, axis, lengths) or (dims[axis] in either and not features_axis(node.inputs[0], axis,
                                                                                       len(dims))):
             yield "an entry of its shape beside a -1", item, SPLIT_FORMS
+
+
+def _spread(node: gs.Node, fold, shape, lengths: list[int]) -> Iterator[tuple[str, int, tuple]]:
+    """The entries of an Expand's shape that spread an axis of 1 (or none) of its input along a length, no weight's
+    dim: `h.mean(1, keepdim=True).expand(-1, T, -1)` spreads a mean over T frames (helper 145), as a ConstantOfShape
+    of that shape would."""
+    entries, _ = _vector_entries(node.inputs[1], fold)
+    dims = shape(node.inputs[0])
+    if dims is None:
+        return
+    for axis, item in enumerate(entries):
+        own = axis - (len(entries) - len(dims))
+        if item is not None and abs(item) > 2 and (own < 0 or dims[own] == 1) \
+                and a_length(shape(node.outputs[0]), axis, lengths):
+            yield "an entry of its shape", item, SIZE_FORMS
 
 
 def _vector_entries(vector: gs.Tensor, fold) -> tuple[list[int | None], bool]:

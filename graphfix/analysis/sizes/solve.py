@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphfix.analysis.sizes.along import meeting, passed_along
@@ -346,8 +347,9 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
     found, frozen = [], []
     export = {solution.symbol: solution.value}
     for j, t in enumerate(target):
-        if not t.is_Integer or t < 1:
-            continue  # only constants can be baked; -1 and 0 never are (1 is `T // 4` traced at T = 4)
+        if not t.is_Integer or t < 1 or (t == 1 and not (sizes is not None and node is not None
+                                                         and _pooled(sizes, node, j))):
+            continue  # only constants can be baked; -1 and 0 never are, a 1 only where its axis is pooled
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
         requirement = hypotheses.Requirement(total, rest * hypotheses.hole(), "the element count")
         space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols
@@ -361,6 +363,23 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
             continue
         found.append(entry)
     return (found or frozen)[:MAX_CANDIDATES]  # all frozen: kept, and the rule says why none is sure
+
+
+def _pooled(sizes: Sizes, node: gs.Node, axis: int) -> bool:
+    """Whether a Reduce op reads the Reshape's output over `axis`, named among its axes: segments pooled,
+    `reshape(B, 11, int(T) // 11, D).mean(2)` traced at T = 11 bakes `[B, 11, 1, D]`, where the 1 may be T // 11
+    (helper 143). An axis of 1 kept (`m.view(B, int(T), 1)` broadcast against features) is no size: read as one,
+    it made every such repair ambiguous at the export lengths where one form of the size alone fits (helper 144)."""
+    rank = len(sizes.shape(node.outputs[0]) or ())
+    for reader in node.outputs[0].outputs:
+        if not reader.op.startswith("Reduce") or not rank:
+            continue
+        axes = reader.attrs.get("axes")
+        if axes is None and len(reader.inputs) > 1:
+            axes = sizes.constant(reader.inputs[1])
+        if axes is not None and axis in {int(a) % rank for a in np.asarray(axes).reshape(-1)}:
+            return True
+    return False
 
 
 def determined_entries(sizes: Sizes, baked: BakedShape) -> list[BakedEntry]:

@@ -1,0 +1,47 @@
+"""Echoes of a baked size as positions: a constant `arange(n)` that meets data, n a form of the size.
+
+`(arange(int(T)) < lengths[:, None]).sum(1)` traced at T = 20 folds the positions into the constant [0, 1, ..., 19]
+(GF014 reports it). Where a fix lets the model run at other lengths, the count stays at most 20 there: helper 145
+had it beside GF007's `x[:, :T - 1] + x[:, 1:]` and GF003's `h[mask] = 0`, written with exit 0 and wrong by 25 to
+84 at 41 frames. Positions whose count is the size, one less or more, a half or twice it (the forms of a shape's
+entry, int_echoes.SIZE_FORMS) are read where they meet data, as a value (int_echoes.VALUE_OPS): a model's own
+positions of such a count are doubted at that export length, and not at others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphfix.analysis.int_echoes import SIZE_FORMS, VALUE_OPS
+from graphfix.analysis.sizes.ops import is_table
+
+
+def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value, fixed: Callable[[gs.Node], bool],
+                    unknown: bool = False) -> list[str]:
+    """A line for each node that meets data with constant positions 0 .. n - 1, n a form of one of `wanted`; with
+    `unknown` (a fix that lets a model run that failed at every size: no export length is known), any n."""
+    lines = []
+    for node in nodes:
+        inputs = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
+        if node.op not in VALUE_OPS or node.op == "Range" or fixed(node) or all(is_table(t) for t in inputs):
+            continue
+        counts = [count for t in inputs if (count := _positions(t, constant_value))]
+        found = next(((count, text.format(n)) for count in counts for n in wanted for text, of in SIZE_FORMS
+                      if of(n) == count), None) or next(((count, "as long as a length may have been at export")
+                                                        for count in counts if unknown), None)
+        if found is not None:
+            count, form = found
+            lines.append(f"{node.op} '{node.name}' reads the constant positions 0 to {count - 1}, {count} of them, "
+                         f"which is {form}")
+    return lines
+
+
+def _positions(tensor: gs.Tensor, constant_value) -> int | None:
+    """n, where the tensor is a constant `arange(n)` laid along one axis (n > 2)."""
+    value = constant_value(tensor) if is_table(tensor) else None
+    if value is None or value.size <= 2 or value.dtype.kind not in "iuf" or sum(d > 1 for d in value.shape) != 1:
+        return None
+    return value.size if np.array_equal(value.reshape(-1), np.arange(value.size)) else None
