@@ -18,6 +18,8 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.int_echoes import SIZE_FORMS, VALUE_OPS
 from graphfix.analysis.sizes.ops import is_table
 
+MAX_POSITIONS = 1 << 16  # a longer constant vector is a table of the model's, not positions a trace folded
+
 
 def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value, fixed: Callable[[gs.Node], bool],
                     unknown: bool = False) -> list[str]:
@@ -40,8 +42,15 @@ def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value,
 
 
 def _positions(tensor: gs.Tensor, constant_value) -> int | None:
-    """n, where the tensor is a constant `arange(n)` laid along one axis (n > 2)."""
-    value = constant_value(tensor) if is_table(tensor) else None
-    if value is None or value.size <= 2 or value.dtype.kind not in "iuf" or sum(d > 1 for d in value.shape) != 1:
+    """n, where the tensor is a constant `arange(n)` laid along one axis (n > 2); a weight's values are read only
+    where its declared shape is such a vector (a Constant node's are in the graph already)."""
+    if not is_table(tensor):
+        return None
+    dims = tensor.shape if isinstance(tensor, gs.Constant) else None
+    if dims is not None and (sum(d > 1 for d in dims) != 1 or not 2 < max(dims) <= MAX_POSITIONS):
+        return None
+    value = constant_value(tensor)
+    if value is None or not 2 < value.size <= MAX_POSITIONS or value.dtype.kind not in "iuf" \
+            or sum(d > 1 for d in value.shape) != 1:
         return None
     return value.size if np.array_equal(value.reshape(-1), np.arange(value.size)) else None
