@@ -14,16 +14,13 @@ length, is that of a length baked into a Reshape.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
-
-from graphfix.cli import cli
 
 torch = pytest.importorskip("torch")
+from fixtures.baked_heads import export, repair  # noqa: E402  (imports torch)
+
 pytestmark = pytest.mark.torch
 
 
@@ -53,12 +50,8 @@ TRAPS = {
 
 @pytest.mark.parametrize("keep", TRAPS.values(), ids=TRAPS)
 def test_a_count_of_the_model_s_own_traced_where_it_is_a_form_of_the_length_is_not_written(tmp_path, keep):
-    module, path, out = Kept(keep), tmp_path / "m.onnx", tmp_path / "fixed.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    module = Kept(keep)
+    done, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
     if done.exit_code == 0:  # written: it must be PyTorch's model where PyTorch runs
         x = torch.randn(1, 45, 8)
         with torch.no_grad():

@@ -7,15 +7,12 @@ export size by one). Now both are candidates, the proof cannot tell them apart, 
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-from click.testing import CliRunner
 from conftest import matches_module
 
-from graphfix.cli import cli
-
 torch = pytest.importorskip("torch")
+from fixtures.baked_heads import export, repair  # noqa: E402  (imports torch)
+
 pytestmark = pytest.mark.torch
 
 
@@ -32,20 +29,11 @@ class Segments(torch.nn.Module):
         return self.split(self.lin(x)[:, 1:], batch, int(length) - 1, width).relu()
 
 
-def _export(tmp_path, module, length):
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, length, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}})
-    return path
-
-
 def test_eleven_segments_traced_one_frame_each_are_not_rebuilt_as_the_length(tmp_path):
-    module, out = Segments(lambda h, b, n, d: h.reshape(b, 11, n // 11, d).mean(2)), tmp_path / "fixed.onnx"
+    module = Segments(lambda h, b, n, d: h.reshape(b, 11, n // 11, d).mean(2))
     with torch.no_grad():  # the premise: eleven segments whatever the length
         assert module(torch.randn(1, 34, 8)).shape == (1, 11, 8)
-    refused = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, 12)), "-o", str(out)])
+    refused, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
     assert refused.exit_code == 1 and not out.exists(), refused.output
     assert "1 = T // 11" in refused.output and "11 = T - 1" in refused.output, refused.output
 
@@ -56,14 +44,8 @@ def test_a_kept_axis_of_one_is_no_size(tmp_path, declared):
     (a mask's `m.view(B, int(T), 1)` broadcast against features) is no size. Read as one, it made such repairs
     ambiguous at the export lengths where one form of the size alone fits it (helper 144: `T // 15` at 16 frames,
     which fails only where the original fails too). Rebuilt as T - 1, matching PyTorch."""
-    module, out = Segments(lambda h, b, n, d: h.reshape(b, n, 1, d)), tmp_path / "fixed.onnx"
-    path = tmp_path / "m.onnx"
-    axes = {"x": {0: "B", 1: "T"}, **({"y": {0: "B", 1: "N"}} if declared else {})}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, 16, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    module = Segments(lambda h, b, n, d: h.reshape(b, n, 1, d))
+    done, out = repair(export(module, tmp_path / "m.onnx", 16, {0: "B", 1: "N"} if declared else {}))
     assert done.exit_code == 0 and "applied GF004" in done.output, done.output
     matches_module(out, module, [(1, 34, 8), (3, 7, 8), (2, 16, 8)])
 
@@ -80,12 +62,7 @@ def test_a_mask_viewed_with_the_length_is_rebuilt_at_a_power_of_two(tmp_path):
         def forward(self, x):
             return self.lin(x) * x[..., 0].sigmoid().view(x.shape[0], int(x.shape[1]), 1)
 
-    module, path, out = Masked(), tmp_path / "m.onnx", tmp_path / "fixed.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, 16, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"},
-                                                                               "y": {0: "B", 1: "T"}})
-    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    module = Masked()
+    done, out = repair(export(module, tmp_path / "m.onnx", 16, {0: "B", 1: "T"}))
     assert done.exit_code == 0 and "applied GF004" in done.output, done.output
     matches_module(out, module, [(1, 5, 8), (3, 40, 8), (2, 16, 8)])

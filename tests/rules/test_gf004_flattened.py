@@ -9,15 +9,12 @@ is applied."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-from click.testing import CliRunner
 from conftest import matches_module
 
-from graphfix.cli import cli
-
 torch = pytest.importorskip("torch")
+from fixtures.baked_heads import export, repair  # noqa: E402  (imports torch)
+
 pytestmark = pytest.mark.torch
 
 
@@ -42,21 +39,11 @@ VIEWS = {  # the view, and the output's length axis
 }
 
 
-def _export(tmp_path, module, outputs_dynamic: bool, length_axis: int = 1):
-    path = tmp_path / "m.onnx"
-    axes = {"x": {0: "B", 1: "T"}, **({"y": {0: "B", length_axis: "T"}} if outputs_dynamic else {})}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(2, 12, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes=axes)
-    return path
-
-
 @pytest.mark.parametrize("view", VIEWS.values(), ids=VIEWS)
 def test_a_flattened_length_is_rebuilt(tmp_path, view):
-    (unflatten, axis), out = view, tmp_path / "fixed.onnx"
+    (unflatten, axis) = view
     module = Flattened(unflatten)
-    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, True, axis)), "-o", str(out)])
+    done, out = repair(export(module, tmp_path / "m.onnx", 12, {0: "B", axis: "T"}))
     assert done.exit_code == 0 and "applied GF004" in done.output, done.output
     matches_module(out, module, [(1, 6, 8), (3, 20, 8), (2, 12, 8), (4, 30, 8)])
 
@@ -71,26 +58,26 @@ KEPT = {  # the module, and whether it follows T
 @pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT)
 def test_an_output_the_trace_declares_at_the_length_leaves_the_length_unsolved(tmp_path, kept):
     """Both export to one graph (Flatten, then Reshape [B, 12, 8]) declared [B, 12, 8]: refused, nothing written."""
-    (build, follows), out = kept, tmp_path / "fixed.onnx"
+    build, follows = kept
     module = build()
-    path = _export(tmp_path, module, False)
+    path = export(module, tmp_path / "m.onnx", 12, {})
     with torch.no_grad():  # the premise: one follows the length, the other keeps 12 frames
         assert module(torch.randn(1, 24, 8)).shape[1] == (24 if follows else 12)
-    refused = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)])
+    refused, out = repair(path)
     assert refused.exit_code == 1 and "declares 12" in refused.output and not out.exists(), refused.output
 
 
 def test_entries_the_count_leaves_alike_are_none_applied(tmp_path):
     """`view(B, int(T), 2, 4)` of [B, 8 T] at T = 12: [B, T, 2, 4], [B, 12, T // 6, 4] and [B, 12, 2, T // 3] all
     keep the count, and nothing after the Reshape holds an axis: none applied, nothing written."""
-    module, out = Flattened(lambda h, b, t, d: h.view(b, int(t), 2, 4)), tmp_path / "fixed.onnx"
-    refused = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, False)), "-o", str(out)])
+    module = Flattened(lambda h, b, t, d: h.view(b, int(t), 2, 4))
+    refused, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
     assert refused.exit_code == 1 and "candidate" in refused.output and not out.exists(), refused.output
 
 
 def test_a_flattened_traced_length_is_healthy(tmp_path):
     """The same view with the traced sizes: nothing to find, repair exits 0 and the model is as PyTorch's."""
-    module, out = Flattened(lambda h, b, t, d: h.view(b, t, d)), tmp_path / "fixed.onnx"
-    done = CliRunner().invoke(cli, ["repair", str(_export(tmp_path, module, False)), "-o", str(out)])
+    module = Flattened(lambda h, b, t, d: h.view(b, t, d))
+    done, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
     assert done.exit_code == 0 and "GF004" not in done.output, done.output
     matches_module(out, module, [(1, 6, 8), (3, 20, 8)])
