@@ -52,11 +52,15 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
                              "combinations; none was tried")
     passed, standing = [], []  # standing: passed, or failed only where the original fails too
     unsafe_because = []  # why a combination's fix was not applied (an echo of the size it makes follow the input)
+    unbuilt = []  # combinations whose fix is unsafe: nothing refutes them, so they stand (helper 144)
     for picked in combos:
         tried = trial(picked)
         if not tried.changed or any(f.choice is not None for f in tried.after.findings):
-            unsafe_because += [f.fix.reason for f in tried.after.findings
-                               if f.fix is not None and f.fix.safety is Safety.UNSAFE and f.fix.reason]
+            reasons = [f.fix.reason for f in tried.after.findings
+                       if f.fix is not None and f.fix.safety is Safety.UNSAFE and f.fix.reason]
+            unsafe_because += reasons
+            if reasons:
+                unbuilt.append(picked)
             continue
         verdict = judge(tried, picked)
         if verdict.passed:
@@ -67,7 +71,7 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
     def described(picked: dict[str, int]) -> str:
         return "; ".join(f"'{key}' {labels[key][option]}" for key, option in picked.items())
 
-    if len(passed) == 1 and len(standing) == 1:
+    if len(passed) == 1 and len(standing) == 1 and not unbuilt:
         picked, tried = passed[0]
         return tried, picked, (f"the proof chose among {len(combos)} candidate combination(s), the only one it "
                                f"accepts: {described(picked)}")
@@ -77,7 +81,10 @@ def choose(outcome: FixOutcome, trial: Callable[[dict[str, int]], FixOutcome],
                      + " | ".join(described(p) for p, _ in passed) + ")"
                      + (f", and {len(unproven)} more {'fails' if len(unproven) == 1 else 'fail'} only at sizes "
                         "where the original fails too, which the model may not take ("
-                        + " | ".join(described(p) for p in unproven) + ")" if unproven else ""))
+                        + " | ".join(described(p) for p in unproven) + ")" if unproven else "")
+                     + (f", and {len(unbuilt)} more the graph leaves but that {'is' if len(unbuilt) == 1 else 'are'}"
+                        " not safe to build (" + " | ".join(described(p) for p in unbuilt) + f": {unsafe_because[0]})"
+                        if unbuilt else ""))
         if not unsafe:
             return outcome, {}, ambiguous + "; none applied (--unsafe-fixes applies the first)"
         picked, tried = passed[0]

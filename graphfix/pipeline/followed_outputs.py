@@ -63,9 +63,10 @@ def declare_followed_outputs(model: onnx.ModelProto, export: dict[str, int],
 
 
 def _followable(dim) -> bool:
-    """An output dim that may be declared again: an int that may be an export-time size, or none (no name, or
-    one shape inference made up: onnxsim names a dim a fix cleared `unk__0`)."""
-    return dim.dim_value > 1 if dim.HasField("dim_value") else not dim.dim_param or not named(dim.dim_param)
+    """An output dim that may be declared again: an int that may be an export-time size (a 1 too: `T // 12` traced
+    at T = 12, helper 144; a unit axis the repaired graph keeps infers as 1 and is not declared again), or none (no
+    name, or one shape inference made up: onnxsim names a dim a fix cleared `unk__0`)."""
+    return dim.dim_value > 0 if dim.HasField("dim_value") else not dim.dim_param or not named(dim.dim_param)
 
 
 def _follows(symbol, dim, export: dict[str, int]) -> bool:

@@ -38,6 +38,39 @@ def test_eleven_segments_traced_one_frame_each_are_not_rebuilt_as_the_length(tmp
     assert "1 = T // 11" in refused.output and "11 = T - 1" in refused.output, refused.output
 
 
+class Chunks(torch.nn.Module):
+    """A Linear, then one mean per 12 frames with the traced length."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.lin(x).reshape(x.shape[0], int(x.shape[1]) // 12, 12, 8).mean(2)
+
+
+CHUNKS = {  # the module, and a length of three chunks
+    "after a dropped frame": (lambda: Segments(lambda h, b, n, d: h.reshape(b, n // 11, 11, d).mean(2)), 34),
+    "of the whole length": (Chunks, 36),
+}
+
+
+@pytest.mark.parametrize("chunks", CHUNKS.values(), ids=CHUNKS)
+def test_chunks_traced_as_one_are_not_rebuilt_as_the_length(tmp_path, chunks):
+    """Helper 144: chunks pooled, `reshape(B, int(T) // 12, 12, D).mean(2)` traced at T = 12, bake [B, 1, 12, D]:
+    the 12 may be T or the 1 (beside the pooled axis) T // 12. The second was refuted by the output's traced 1 at
+    T = 1 (a declared 1 was held as a promise where a larger traced int is followed), or, where it fits as T // 11
+    as well, was unsafe to build and dropped, so the proof took the first as the only candidate left: wrong. A
+    candidate the graph leaves stands. Refused, nothing written."""
+    build, length = chunks
+    module = build()
+    with torch.no_grad():  # the premise: one mean per chunk
+        assert module(torch.randn(1, length, 8)).shape == (1, 3, 8)
+    refused, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
+    assert refused.exit_code == 1 and "ambiguous" in refused.output and not out.exists(), refused.output
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["length axis declared", "output as traced"])
 def test_a_kept_axis_of_one_is_no_size(tmp_path, declared):
     """`h.reshape(B, int(T) - 1, 1, D)` bakes the same [B, 11, 1, D], but nothing pools the axis of 1: a kept axis
