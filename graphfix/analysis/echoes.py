@@ -156,7 +156,7 @@ def echoes(graph: gs.Graph, sizes: Iterable[int], constant_value: Callable[[gs.T
     return [*_float_echoes(nodes, [*wanted, *[None] * unknown], constant_value, shape, frozenset(products)),
             *int_echoes(nodes, wanted, constant_value, shape, fixed, lengths(wanted, widths), fold, widths,
                         frozenset(products)),
-            *position_echoes(nodes, wanted, constant_value, fixed, unknown)]
+            *position_echoes(nodes, wanted, constant_value, fixed)]
 
 
 def index_echoes(graph: gs.Graph, sizes: Iterable[int], constant_value, shape, fold=None) -> list[tuple[gs.Node, str]]:

@@ -2,10 +2,13 @@
 
 `(arange(int(T)) < lengths[:, None]).sum(1)` traced at T = 20 folds the positions into the constant [0, 1, ..., 19]
 (GF014 reports it). Where a fix lets the model run at other lengths, the count stays at most 20 there: helper 145
-had it beside GF007's `x[:, :T - 1] + x[:, 1:]` and GF003's `h[mask] = 0`, written with exit 0 and wrong by 25 to
-84 at 41 frames. Positions whose count is the size, one less or more, a half or twice it (the forms of a shape's
-entry, int_echoes.SIZE_FORMS) are read where they meet data, as a value (int_echoes.VALUE_OPS): a model's own
-positions of such a count are doubted at that export length, and not at others.
+had it beside GF007's `x[:, :T - 1] + x[:, 1:]` and GF004's head split, written with exit 0 and wrong by 25 to 84
+at 41 frames. Positions are any whole progression, scaled, shifted or reversed (helper 146: `arange(int(T)) * 4 <
+samples`, `arange(1, T + 1) <= lengths`, `(T - 1) - arange(T)`); those whose count is the size, one less or more,
+a half or twice it (the forms of a shape's entry, int_echoes.SIZE_FORMS) are read where they meet data, as a value
+(int_echoes.VALUE_OPS): a model's own positions of such a count (a soft-argmax over 16 bins at T = 16) are doubted
+at that export length, and not at others. Beside GF003's fix, whose export length is not known, none is read:
+any count doubted refused `h[pad] = 0` beside every model's own bins or a text mask (helper 146), a known miss.
 """
 
 from __future__ import annotations
@@ -21,10 +24,9 @@ from graphfix.analysis.sizes.ops import is_table
 MAX_POSITIONS = 1 << 16  # a longer constant vector is a table of the model's, not positions a trace folded
 
 
-def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value, fixed: Callable[[gs.Node], bool],
-                    unknown: bool = False) -> list[str]:
-    """A line for each node that meets data with constant positions 0 .. n - 1, n a form of one of `wanted`; with
-    `unknown` (a fix that lets a model run that failed at every size: no export length is known), any n."""
+def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value, fixed: Callable[[gs.Node], bool]
+                    ) -> list[str]:
+    """A line for each node that meets data with n constant positions, n a form of one of `wanted`."""
     lines = []
     for node in nodes:
         inputs = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
@@ -32,25 +34,26 @@ def position_echoes(nodes: Iterable[gs.Node], wanted: list[int], constant_value,
             continue
         counts = [count for t in inputs if (count := _positions(t, constant_value))]
         found = next(((count, text.format(n)) for count in counts for n in wanted for text, of in SIZE_FORMS
-                      if of(n) == count), None) or next(((count, "as long as a length may have been at export")
-                                                        for count in counts if unknown), None)
+                      if of(n) == count), None)
         if found is not None:
             count, form = found
-            lines.append(f"{node.op} '{node.name}' reads the constant positions 0 to {count - 1}, {count} of them, "
-                         f"which is {form}")
+            lines.append(f"{node.op} '{node.name}' reads {count} constant positions, as many as {form}")
     return lines
 
 
 def _positions(tensor: gs.Tensor, constant_value) -> int | None:
-    """n, where the tensor is a constant `arange(n)` laid along one axis (n > 2); a weight's values are read only
-    where its declared shape is such a vector (a Constant node's are in the graph already)."""
+    """n, where the tensor is n > 3 constant positions laid along one axis: whole numbers in a progression of one
+    nonzero step (`arange(n)`, `arange(1, n + 1)`, `arange(n) * 4`, `(n - 1) - arange(n)`); a weight's values are
+    read only where its declared shape is such a vector (a Constant node's are in the graph already)."""
     if not is_table(tensor):
         return None
     dims = tensor.shape if isinstance(tensor, gs.Constant) else None
-    if dims is not None and (sum(d > 1 for d in dims) != 1 or not 2 < max(dims) <= MAX_POSITIONS):
+    if dims is not None and (sum(d > 1 for d in dims) != 1 or not 3 < max(dims) <= MAX_POSITIONS):
         return None
     value = constant_value(tensor)
-    if value is None or not 2 < value.size <= MAX_POSITIONS or value.dtype.kind not in "iuf" \
+    if value is None or not 3 < value.size <= MAX_POSITIONS or value.dtype.kind not in "iuf" \
             or sum(d > 1 for d in value.shape) != 1:
         return None
-    return value.size if np.array_equal(value.reshape(-1), np.arange(value.size)) else None
+    steps = np.diff(value.reshape(-1).astype(np.float64))
+    whole = np.array_equal(value, np.round(value))
+    return value.size if whole and steps[0] != 0 and np.all(steps == steps[0]) else None

@@ -6,7 +6,8 @@ then builds the repair once per combination of candidates (at most MAX_TRIALS), 
 original, re-traced with the same choice, and applies one only when it alone passes and no other stands.
 Reshapes with the same candidates (one line of model code, traced once per layer or per projection) take the same
 one. A candidate is ruled out only by a refutation: outputs that differ from a reference, a declared output
-broken, a failure where the original runs. One that fails only where the original fails too still stands: the
+broken, a failure where the original runs. One whose own fix is unsafe (several forms fit it) still stands, and
+so does one that fails only where the original fails too: the
 size may be outside the model (`x.reshape(B, int(T) // 4, 16)` takes only multiples of 4, and a probe at T = 5 or
 11 fails in PyTorch too), so `2*T`, which runs everywhere, is not the only one left. Several standing are reported
 as ambiguous, and nothing is applied by default: the proof cannot tell them apart, so neither can we.

@@ -30,13 +30,19 @@ def _graph(positions: str, dims: str) -> tuple[list[gs.Node], RuleContext]:
 TWENTY = ", ".join(str(i) for i in range(20))
 
 
-@pytest.mark.parametrize(("wanted", "unknown", "heard"), [([20], False, True), ([19], False, True), ([10], False, True),
-                                                         ([33], False, False), ([], True, True), ([], False, False)])
-def test_positions_of_a_count_that_is_a_form_of_the_size_are_heard(wanted, unknown, heard):
+@pytest.mark.parametrize(("wanted", "heard"), [([20], True), ([19], True), ([10], True), ([33], False), ([], False)])
+def test_positions_of_a_count_that_is_a_form_of_the_size_are_heard(wanted, heard):
     nodes, ctx = _graph(TWENTY, "1, 20")
-    lines = position_echoes(nodes, wanted, ctx.constant_value, lambda node: False, unknown)
+    lines = position_echoes(nodes, wanted, ctx.constant_value, lambda node: False)
     assert bool(lines) is heard, lines
-    assert not lines or "positions 0 to 19, 20 of them" in lines[0]
+    assert not lines or "reads 20 constant positions" in lines[0]
+
+
+@pytest.mark.parametrize("values", [[4 * i for i in range(20)], list(range(1, 21)), list(range(19, -1, -1))],
+                         ids=["scaled by a hop", "from 1", "reversed"])
+def test_positions_scaled_shifted_or_reversed_are_positions(values):
+    """Helper 146: `arange(int(T)) * 4 < samples`, `arange(1, T + 1) <= lengths`, `(T - 1) - arange(T)`."""
+    assert position_echoes(*_heard_args(", ".join(str(v) for v in values), "1, 20"))
 
 
 def test_values_that_are_no_positions_are_not_read():

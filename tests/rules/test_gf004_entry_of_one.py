@@ -99,3 +99,22 @@ def test_a_mask_viewed_with_the_length_is_rebuilt_at_a_power_of_two(tmp_path):
     done, out = repair(export(module, tmp_path / "m.onnx", 16, {0: "B", 1: "T"}))
     assert done.exit_code == 0 and "applied GF004" in done.output, done.output
     matches_module(out, module, [(1, 5, 8), (3, 40, 8), (2, 16, 8)])
+
+
+def test_attention_traced_at_one_token_is_rebuilt(tmp_path):
+    """Helper 146: nn.MultiheadAttention exported at T = 1 (a decoder's first step) bakes `Concat([1], B * 2, [8])`;
+    the 1 is the size itself, a candidate wherever the size solved is 1 (read only where pooled, it was no
+    candidate and the repair was refused)."""
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.att = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.att(x, x, x, need_weights=False)[0]
+
+    module = Attention()
+    done, out = repair(export(module, tmp_path / "m.onnx", 1, {0: "B", 1: "T"}))
+    assert done.exit_code == 0 and "applied GF004" in done.output, done.output
+    matches_module(out, module, [(1, 5, 8), (3, 14, 8)])

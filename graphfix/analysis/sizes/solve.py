@@ -347,9 +347,9 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
     found, frozen = [], []
     export = {solution.symbol: solution.value}
     for j, t in enumerate(target):
-        if not t.is_Integer or t < 1 or (t == 1 and not (sizes is not None and node is not None
-                                                         and _pooled(sizes, node, j))):
-            continue  # only constants can be baked; -1 and 0 never are, a 1 only where its axis is pooled
+        if not t.is_Integer or t < 1 or (t == 1 and solution.value != 1 and not (
+                sizes is not None and node is not None and _pooled(sizes, node, j))):
+            continue  # -1 and 0 are never baked; a 1 where the size was 1 or its axis is pooled (`_pooled`)
         rest = sympy.Mul(*[x for k, x in enumerate(target) if k != j])
         requirement = hypotheses.Requirement(total, rest * hypotheses.hole(), "the element count")
         space = [h for h in hypotheses.size_hypotheses(int(t), export) if h.expr.free_symbols
