@@ -83,6 +83,26 @@ def test_a_kept_axis_of_one_is_no_size(tmp_path, declared):
     matches_module(out, module, [(1, 34, 8), (3, 7, 8), (2, 16, 8)])
 
 
+@pytest.mark.parametrize("length", [4, 16])
+def test_a_masked_mean_over_a_kept_axis_of_one_is_rebuilt(tmp_path, length):
+    """Helper 144: `m = mask.view(B, int(T), 1)`, then `(h * m).sum(1) / m.sum(1)`: a Reduce pools the length, the
+    axis before the 1, not the 1 or the axis after it (a chunk's), so the 1 is no candidate. Rebuilt as T."""
+    class MaskedMean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            m = (x[..., 0] > -1).float().view(x.shape[0], int(x.shape[1]), 1)
+            return (self.lin(x) * m).sum(1) / m.sum(1)
+
+    module = MaskedMean()
+    done, out = repair(export(module, tmp_path / "m.onnx", length, {0: "B"}))
+    assert done.exit_code == 0 and "applied GF004" in done.output, done.output
+    matches_module(out, module, [(1, 5, 8), (3, length + 13, 8)])
+
+
 def test_a_mask_viewed_with_the_length_is_rebuilt_at_a_power_of_two(tmp_path):
     """Helper 144's `h * m.view(B, int(T), 1)` at 16 frames, the output's length declared: repaired (the 1 was
     read as `T // 15`, and the repair refused as ambiguous)."""

@@ -366,10 +366,10 @@ def _entries(total: sympy.Expr, target: list[sympy.Expr], solution: Solution, si
 
 
 def _pooled(sizes: Sizes, node: gs.Node, axis: int) -> bool:
-    """Whether a Reduce op pools the Reshape's output over `axis` or a neighbour (axes it names): segments or chunks
+    """Whether a Reduce op pools the Reshape's output over `axis` or the next (axes it names): segments or chunks
     pooled, `reshape(B, 11, int(T) // 11, D).mean(2)` at T = 11 ([B, 11, 1, D], helper 143) or `reshape(B, int(T) //
     12, 12, D).mean(2)` at T = 12 ([B, 1, 12, D], helper 144), where the 1 may be the size's part. A kept axis of 1
-    (`m.view(B, int(T), 1)` against features) is none: read as one, it made such repairs ambiguous (helper 144)."""
+    (`m.view(B, int(T), 1)`, summed over T: a masked mean) is none: read as one, it made such repairs ambiguous."""
     rank = len(sizes.shape(node.outputs[0]) or ())
     for reader in node.outputs[0].outputs:
         if not reader.op.startswith("Reduce") or not rank:
@@ -377,7 +377,7 @@ def _pooled(sizes: Sizes, node: gs.Node, axis: int) -> bool:
         axes = reader.attrs.get("axes")
         if axes is None and len(reader.inputs) > 1:
             axes = sizes.constant(reader.inputs[1])
-        if axes is not None and {axis - 1, axis, axis + 1} & {int(a) % rank for a in np.asarray(axes).reshape(-1)}:
+        if axes is not None and {axis, axis + 1} & {int(a) % rank for a in np.asarray(axes).reshape(-1)}:
             return True
     return False
 
