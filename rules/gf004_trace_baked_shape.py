@@ -77,8 +77,8 @@ class TraceBakedShape(Rule):
     against the dim, Split sizes) and the constant stands for that dim; not where a broadcast alone holds an entry of a
     constant Expand shape (a count of the model's own that a size of 1 broadcasts against fits too). For a solved
     element count, each constant entry's hypotheses (graphfix.analysis.hypotheses: `T`, `T // k`, `2*T`, ...) must keep
-    the count beyond the export size (an entry of 1 too: `reshape(B, 11, int(T) // 11, D)` traced at T = 11 bakes `[B,
-    11, 1, D]`, where the 11 may be T or the 1 T // 11), and an output dim declared dynamic that a choice would keep
+    the count beyond the export size (an entry of 1 where pooled: `reshape(B, 11, int(T) // 11, D).mean(2)` at T = 11
+    bakes `[B, 11, 1, D]`, the 11 T or the 1 T // 11), and an output dim declared dynamic that a choice would keep
     fixed rules it out: `reshape(B, int(T) // 3, 12)` traced at T=6 with the output declared `[B, G]` is `T // 3`, not
     `2*T`. An entry the analysis proposes that these hypotheses do not leave is not repaired. A Slice end equal to a
     solved size is safe only where a consumer needs the slice to follow the size (otherwise it may be the model's own
