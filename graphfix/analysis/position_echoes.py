@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.int_echoes import SIZE_FORMS, VALUE_OPS
 from graphfix.analysis.sizes.ops import is_table
 
@@ -52,8 +53,7 @@ def _positions(tensor: gs.Tensor, constant_value) -> int | None:
         return None
     value = constant_value(tensor)
     if value is None or not 3 < value.size <= MAX_POSITIONS or value.dtype.kind not in "iuf" \
-            or sum(d > 1 for d in value.shape) != 1:
+            or not np.array_equal(value, np.round(value)):
         return None
-    steps = np.diff(value.reshape(-1).astype(np.float64))
-    whole = np.array_equal(value, np.round(value))
-    return value.size if whole and steps[0] != 0 and np.all(steps == steps[0]) else None
+    found = arange_axis(value, [axis for axis, extent in enumerate(value.shape) if extent > 1])
+    return value.size if found is not None and found[1] != 0 else None
