@@ -130,6 +130,8 @@ def expanded_constants(ctx) -> Iterator[Baked]:
     expands = [n for n in ctx.graph.nodes if n.op == "Expand" and len(n.inputs) > 1
                and (value := ctx.constant_value(n.inputs[0])) is not None and any(d > 1 for d in value.shape)]
     for node in expands:
+        if sizes_of(ctx).fixed(node.inputs[1]):  # a constant target (BERT's `buffer.expand(1, 1)`): no size varies
+            continue
         value, target = ctx.constant_value(node.inputs[0]), sizes_of(ctx).value(node.inputs[1])
         if not target or len(target) < value.ndim:
             continue

@@ -68,6 +68,29 @@ def test_a_size_analysis_the_screen_settles_imports_no_sympy(tmp_path):
     assert result["loaded"] == []  # the Reshape is a candidate, and its element count holds at every size
 
 
+# BERT's embeddings and heads as the TorchScript exporter writes them: a Reshape's -1 entry, a quotient of sizes,
+# met by a constant in a broadcast, and a constant buffer expanded to a constant target
+HEADS_AND_BUFFER = """< ir_version: 10, opset_import: ["" : 17] >
+g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
+    r = Reshape(x, shape)
+    e = Expand(buf, target)
+    y = Add(r, e)
+}"""
+
+
+def test_a_healthy_bert_like_graph_imports_no_sympy(tmp_path):
+    model = onnx.parser.parse_model(HEADS_AND_BUFFER)
+    model.graph.initializer.extend([onnx.helper.make_tensor("shape", onnx.TensorProto.INT64, [4], [0, 0, 2, -1]),
+                                    onnx.helper.make_tensor("buf", onnx.TensorProto.FLOAT, [2, 4], [0.5] * 8),
+                                    onnx.helper.make_tensor("target", onnx.TensorProto.INT64, [2], [1, 1])])
+    path = tmp_path / "bert_like.onnx"
+    onnx.save(model, path)
+    run = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"exit": 0, "loaded": []}, run.stderr
+
+
 def test_a_constraint_to_solve_imports_sympy_and_still_no_runtime(tmp_path):
     result = loaded_after_static_diagnose(tmp_path, RESHAPE.replace("float[B, T, 2, 4] y", "float[B, 7, 2, 4] y"),
                                           tail=(7, 2, 4))

@@ -75,6 +75,7 @@ class Sizes(OpShapes):
     _values: dict[int, tuple | None] = field(default_factory=dict)
     _done: bool = False
     _clean: bool | None = None  # the screen's verdict, once asked
+    _screen_values: dict[int, tuple | None] = field(default_factory=dict)  # the screen's, where it settled the graph
 
     # --- public reading -------------------------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> Shape | None:
@@ -166,7 +167,17 @@ class Sizes(OpShapes):
                 with contextlib.suppress(Unscreened, *TOLERATED):
                     probe._run()
                     self._clean = not (probe._incomplete or probe._constraints)
+                    self._screen_values = probe._values if self._clean else {}
         return self._clean
+
+    def fixed(self, tensor: gs.Tensor) -> bool:
+        """Whether a small integer tensor (a shape vector) is known to hold numbers only, the same at every size,
+        without the full pass where the screen settled the graph: a number the screen reached by steps that sympy
+        takes as well is sympy's too (`Poly.derived`). False where that is not known (ask `value`)."""
+        if self._done or not (self._clean or self.screened()):
+            return self._done and all(v is not None and v.is_Integer for v in self.value(tensor) or (None,))
+        value = self._screen_values.get(id(tensor))
+        return value is not None and all(v is not None and v.is_number and not v.derived for v in value)
 
     # --- the pass -----------------------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -46,13 +46,24 @@ class Atom:
 class Poly:
     """A polynomial with rational coefficients in the symbols (input dims, by name) and atoms."""
 
-    __slots__ = ("derived", "terms")
+    __slots__ = ("flat", "terms")
 
-    def __init__(self, terms: dict, *operands: Poly):
+    def __init__(self, terms: dict, *operands: Poly, flat: bool | None = None):
         self.terms = terms if all(terms.values()) else {m: c for m, c in terms.items() if c}  # never changed later
-        # a number reached from sizes (a cancellation, a decided Min): sympy may still hold it as an expression
-        self.derived = bool(operands) and _numeric(self.terms) and \
-            any(o.derived or not _numeric(o.terms) for o in operands)
+        # `flat`: sympy holds this value as these terms too (see `derived`). Given by the operations that keep it
+        # (`_flat_product`); elsewhere only a number made of numbers, a symbol or a number is known to be
+        if flat is None:
+            flat = all(o.flat and _numeric(o.terms) for o in operands) if operands else \
+                not any(isinstance(v, Atom) for v in self.variables())
+        self.flat = flat
+
+    @property
+    def derived(self) -> bool:
+        """A number reached from sizes that sympy may still hold as an expression: a cancellation of products of
+        sums (`(T+1)**2 - T**2 - 2*T`), a decided Min, an atom's. Where every step was one that sympy's own
+        evaluation expands as this polynomial does (sums, a number times a sum, products and quotients of single
+        terms: `B*T*768 / (B*T*64)` is 12 to sympy too, a Reshape's -1), the number is sympy's as well."""
+        return _numeric(self.terms) and not self.flat
 
     # --- reading --------------------------------------------------------------------------------------------------
     @property
@@ -110,12 +121,12 @@ class Poly:
             terms[m] = _normal(terms.get(m, 0) + c)
         if len(terms) > MAX_TERMS:
             raise Unscreened("a sum of sizes too large to screen")
-        return Poly(terms, self, other)
+        return Poly(terms, self, other, flat=self.flat and other.flat)  # sympy's Add gathers like terms
 
     __radd__ = __add__
 
     def __neg__(self):
-        return Poly({m: -c for m, c in self.terms.items()}, self)
+        return Poly({m: -c for m, c in self.terms.items()}, self, flat=self.flat)
 
     def __sub__(self, other):
         other = _lift_or_none(other)
@@ -132,7 +143,8 @@ class Poly:
         if _numeric(self.terms) or _numeric(other.terms):  # scaled: no Poly is past the bounds (each op checks)
             number, poly = (other, self) if _numeric(other.terms) else (self, other)
             factor = number.terms.get(ONE, 0)
-            return Poly({m: _normal(c * factor) for m, c in poly.terms.items()}, self, other)
+            return Poly({m: _normal(c * factor) for m, c in poly.terms.items()}, self, other,
+                        flat=self.flat and other.flat)  # sympy spreads a number over a sum: 2*(T + 1) is 2*T + 2
         if len(self.terms) * len(other.terms) > MAX_TERMS ** 2 or self.degree + other.degree > MAX_DEGREE:
             raise Unscreened("a product of sizes too large to screen")
         terms: dict = {}
@@ -142,7 +154,7 @@ class Poly:
                 terms[m] = _normal(terms.get(m, 0) + c1 * c2)
         if len(terms) > MAX_TERMS:
             raise Unscreened("a product of sizes too large to screen")
-        return Poly(terms, self, other)
+        return Poly(terms, self, other, flat=_flat_product(self, other))
 
     __rmul__ = __mul__
 
@@ -160,7 +172,8 @@ class Poly:
                     raise Unscreened("a division that leaves a fraction of sizes")
                 powers[v] -= p
             terms[frozenset((v, p) for v, p in powers.items() if p)] = _normal(Fraction(c) / coefficient)
-        return Poly(terms, self, other)
+        return Poly(terms, self, other, flat=_flat_product(self, other) or (self.flat and other.flat and
+                                                                           monomial == ONE))
 
     def __rtruediv__(self, other):
         return lift(other) / self
@@ -216,6 +229,12 @@ class Poly:
         return " + ".join(parts)
 
     __repr__ = __str__
+
+
+def _flat_product(a: Poly, b: Poly) -> bool:
+    """Whether sympy holds a * b (or a / b) as its expanded terms: single terms multiply out (their powers are
+    gathered, `T * T` is `T**2`), a sum times a sum or a single term stays a product (`B*(T + 1)`)."""
+    return a.flat and b.flat and len(a.terms) <= 1 and len(b.terms) <= 1
 
 
 def _numeric(terms: dict) -> bool:
