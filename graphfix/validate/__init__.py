@@ -44,6 +44,7 @@ from graphfix.validate.inputs import ValidationOptions, probe_sizes, synthesize_
 from graphfix.validate.probe import RuntimeFailure, probe
 from graphfix.validate.runner import ModelRunner, ModelSource
 from graphfix.validate.sizes import mask_aliases, reference_bindings
+from graphfix.validate.steps import step_hint
 
 __all__ = [
     "LEVELS",
@@ -171,6 +172,9 @@ def _verdict(before, after, sizes, runs, dims, judge, options) -> Validation:
                        "batch) and no reference reaches other sizes of it: a number computed from that size in "
                        "Python (`/ (N - 1)`) would still hold the export's there; give real values with --input, "
                        "or write it anyway with --force")
+    failed = next((run.sizes for run in runs if run.candidate_error and not run.skipped), None)
+    if after is not before and failed and (hint := step_hint(after.proto, failed, "repaired graph")):
+        reasons.append(hint)  # the rebuilt shapes need a step (`h.view(B, T // 2, 2 * D)`): the sizes to give
     divergence = judge.divergence
     if divergence and divergence.get("tensor"):
         reasons.append(f"first diverging node: '{divergence['node']}' ({divergence['op_type']}), "

@@ -109,13 +109,13 @@ def _zero_at(difference, symbol, n: int) -> bool:
     return bool(value.is_number and value == 0)
 
 
-def step_hint(model: onnx.ModelProto, binding: dict[str, int]) -> str:
+def step_hint(model: onnx.ModelProto, binding: dict[str, int], subject: str = "graph") -> str:
     """What a failure at `binding` may be where some dim of it is off a step of the graph ("" where none is)."""
     off = [step for step in graph_steps(model) if step.off(binding)]
     if not off:
         return ""
     first, dims = off[0], sorted({step.dim for step in off})
-    return (f"The graph's shapes agree only at {_wanted(off)}, and this size has "
+    return (f"The {subject}'s shapes agree only at {_wanted(off)}, and this size has "
             f"{', '.join(f'{d} = {binding[d]}' for d in dims)}: '{first.node}' meets {first.left} with {first.right} "
             "(torchvision's RAFT meets `H // 8`, computed from the image's shape, with what its strided Convs make of "
             "H). If the model takes only such sizes (RAFT raises on others in PyTorch too), give them with --shape: "

@@ -5,7 +5,9 @@ Where it is left out of `dynamic_axes`, the exporter declares the output [B, 12,
 leaves the same graph (helper 143: `h[:, ::int(T) // 12]` is a step of 1 at T = 12, which the trace drops): the
 solved T = 12 equals a size the outputs declare, is not taken for the export size, and the repair is refused.
 Where the count leaves several entries standing (`view(B, int(T), 2, 4)`: 12 = T, 2 = T // 6 or 4 = T // 3), none
-is applied."""
+is applied. Where the rebuilt entry needs a step (`view(B, int(T) // 2, 2 * D)`: even lengths only, in PyTorch too),
+the probe's odd lengths fail and nothing is written; the message names the step and the `--shape` to give, and
+with it the repair is written."""
 
 from __future__ import annotations
 
@@ -81,3 +83,16 @@ def test_a_flattened_traced_length_is_healthy(tmp_path):
     done, out = repair(export(module, tmp_path / "m.onnx", 12, {}))
     assert done.exit_code == 0 and "GF004" not in done.output, done.output
     matches_module(out, module, [(1, 6, 8), (3, 20, 8)])
+
+
+def test_a_rebuilt_entry_that_needs_a_step_says_which_sizes_to_give(tmp_path):
+    module = Flattened(lambda h, b, t, d: h.view(b, int(t) // 2, 2 * d))
+    path = export(module, tmp_path / "m.onnx", 12, {0: "B", 1: "half"})
+    refused, out = repair(path)
+    assert refused.exit_code == 1 and not out.exists(), refused.output
+    assert "repaired graph's shapes agree only at multiples of 2 of T" in refused.output, refused.output
+    given = refused.output.split("give them with --shape: ")[1].split(".")[0].split()
+    assert given[0] == "--shape" and given[1].startswith("x=")
+    done, out = repair(path, *given)
+    assert done.exit_code == 0 and "applied GF004" in done.output, done.output
+    matches_module(out, module, [(1, 6, 8), (3, 20, 8), (2, 12, 8), (4, 30, 8)])
