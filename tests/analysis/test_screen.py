@@ -91,6 +91,7 @@ def test_a_number_reached_from_sizes_is_trusted_only_where_sympy_reaches_it_too(
     assert (B * T * 768 / (B * T * 64)).constant == 12 and not (B * T * 768 / (B * T * 64)).derived
     assert not (3 * (T + 1) - 3 * T).derived  # sympy spreads a number over a sum
     assert ((T + 1) * (T + 1) - T * T - 2 * T).derived and (T * (T + 1) / T - T).derived
+    assert P.floordiv((T + 1) * (T + 1) - T * T - 2 * T, 2).derived and not P.floordiv(7, 2).derived  # Div keeps it
 
 
 def test_min_and_max_are_decided_only_where_every_size_decides_them():

@@ -83,9 +83,9 @@ class PolyArith:
         """The pass' integer Div: truncated for numbers, floored or divided for sizes, as `SympyArith.floordiv`;
         which branch is taken is asked with `is_number`, so a value sympy may make a number gives up here."""
         a, b = lift(a), lift(b)
-        if a.is_number and b.is_number:
-            return lift(Fraction(a.constant) / b.constant) if not (a.is_Integer and b.is_Integer) else \
-                lift(int(Fraction(a.constant, b.constant)))  # sympy's int(a / b): towards zero
+        if a.is_number and b.is_number:  # a number sympy may hold as an expression stays one (`Poly.derived`)
+            quotient = Fraction(a.constant) / b.constant
+            return Poly(lift(quotient if not (a.is_Integer and b.is_Integer) else int(quotient)).terms, a, b)
         return cls.floor_div(a, b) if b.is_Integer and b.constant > 0 else a / b
 
     @staticmethod
