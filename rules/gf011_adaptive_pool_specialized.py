@@ -14,6 +14,12 @@ ADAPTIVE = re.compile(r"(?:^|/)\s*([^/:]*):\s*torch\.nn\.modules\.pooling\.(Adap
 # the call in a stack trace's innermost frame: torch's, or timm's adaptive_avgmax_pool2d, select_adaptive_pool2d
 CALLED = re.compile(r"adaptive_\w*pool[123]d\b")
 STACK = "pkg.torch.onnx.stack_trace"
+FX_NODE = "pkg.torch.onnx.fx_node"
+POOLING_MODULE = "torch.nn.modules.pooling."
+OWN_CALL = re.compile(r"\b(?:max|avg|lp)_pool[123]d\s*\(")  # `F.avg_pool2d(...)`: a model's own pool, called there
+# the op torch.export decomposes an adaptive pool into, with its kernel and (avg) stride lists
+DECOMPOSED = re.compile(r"target=torch\.ops\.aten\.(?P<op>max_pool[23]d_with_indices|avg_pool[23]d)\.default\]"
+                        r"\(args = \(%\w+, \[(?P<kernel>[\d, ]+)\](?:, \[(?P<stride>[\d, ]+)\])?")
 POOLS = frozenset({"AveragePool", "MaxPool"})
 GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's bins where the size does not divide
 WATCHED = POOLS | GATHERS
@@ -30,8 +36,11 @@ class AdaptivePoolSpecialized(Rule):
     Reads what the dynamo exporter writes on each pool and GatherND node, its module path (`namespace`) and its
     stack trace, and finds an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or
     `nn.AdaptiveMaxPool1d/2d/3d`, or for a call of `F.adaptive_avg_pool1d` and its kin in the stack trace's
-    innermost frame (a user's module, a subclass, timm's `SelectAdaptivePool2d('avgmax')`), whose kernel is more
-    than 1 along an axis whose length varies. An adaptive pool returns its output size at every input size;
+    innermost frame (a user's module, a subclass, timm's `SelectAdaptivePool2d('avgmax')`), or called in a function
+    of the model's, where the stack trace keeps only forward's line, by the op torch.export decomposed it into
+    (`max_pool2d_with_indices`, or `avg_pool2d` given a stride equal to its kernel; a model's own `F.max_pool2d`
+    and `F.avg_pool2d(x, k)` write neither), whose kernel is more than 1 along an axis whose length varies.
+    An adaptive pool returns its output size at every input size;
     torch.export decomposes one whose output size divides the export size into a pool of kernel and stride `export
     size / output size` (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at
     every other length (the graph declares it `(t//5)`). The length is read from onnx's inference, then from the
@@ -279,7 +288,27 @@ def _attribution(node) -> tuple[str, str] | None:
     called = CALLED.findall(frame)
     if called:
         return f"a call of {called[-1]}", namespace.rsplit("/", 1)[0] + "\n" + frame
+    if node.op_type in POOLS and (hidden := _decomposed(meta.get(FX_NODE, ""), namespace, frame)):
+        return hidden, namespace.rsplit("/", 1)[0] + "\n" + frame
     return None
+
+
+def _decomposed(fx_node: str, namespace: str, frame: str) -> str | None:
+    """An adaptive pool called in a function of the model's, whose stack trace keeps only forward's line (helper
+    147: `return summarize(h)`, `def summarize(h): return F.adaptive_max_pool1d(h, 4)`), read from the op that
+    torch.export decomposed it into: `max_pool{2,3}d_with_indices` (the adaptive max pool's; `F.max_pool2d` is
+    `max_pool2d`) or `avg_pool{2,3}d` given a stride equal to its kernel (the adaptive average pool's; a call
+    with a kernel only gives none). Not where the namespace holds torch.nn's pooling module or the frame calls a
+    pool (`F.max_pool2d(`): a model's own pool says so there. A model that pools with `F.avg_pool2d(x, k, k)` in
+    a function of its own is found too: re-exported with the call in forward, it is not."""
+    if POOLING_MODULE in namespace or OWN_CALL.search(frame):
+        return None
+    op = DECOMPOSED.search(fx_node)
+    if op is None or (op["op"].startswith("avg") and op["stride"] != op["kernel"]):
+        return None
+    kind = "Max" if op["op"].startswith("max") else "Avg"
+    return (f"an adaptive {kind.lower()} pool called outside forward's own line (torch.export's {op['op']}, kernel "
+            f"[{op['kernel']}]{', stride as the kernel' if kind == 'Avg' else ''}; the stack trace names no pool)")
 
 
 def _named_bins(node, what: str, key: str, protos) -> tuple:

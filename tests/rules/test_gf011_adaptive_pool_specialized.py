@@ -66,6 +66,22 @@ class Called(nn.Module):
         return nn.functional.adaptive_avg_pool1d(self.conv(x), self.size)
 
 
+def _summarized(h, size, pool):
+    """A function of the model's own, as libraries write them: the stack trace keeps only forward's line."""
+    return pool(h, size)
+
+
+class InAFunction(nn.Module):
+    """The pool called in a function of the model's (helper 147: found by nothing, written with exit 0)."""
+
+    def __init__(self, pool=nn.functional.adaptive_max_pool1d, size=4, conv=nn.Conv1d):
+        super().__init__()
+        self.conv, self.pool, self.size = conv(4, 4, 3, padding=1), pool, size
+
+    def forward(self, x):
+        return _summarized(self.conv(x), self.size, self.pool)
+
+
 class Subclassed(nn.AdaptiveAvgPool1d):
     """A subclass: the module path names it, not torch.nn's class."""
 
@@ -111,6 +127,12 @@ BROKEN = {  # name -> (module, export input, dynamic dims, an input at another s
                  (1, 4, 48)),
     # timm's SelectAdaptivePool2d('avgmax'): its frame calls timm's adaptive_avgmax_pool2d (helper 81)
     "timm-avgmax": (lambda: _timm_pool("avgmax"), (2, 3, 32, 32), {0: "b", 2: "h", 3: "w"}, (1, 3, 48, 40)),
+    # helper 147: called in a function of the model's, read from the op torch.export decomposes it into
+    "max-1d-in-a-function": (InAFunction, (2, 4, 12), {0: "b", 2: "t"}, (1, 4, 40)),
+    "avg-1d-in-a-function": (lambda: InAFunction(nn.functional.adaptive_avg_pool1d), (2, 4, 40), {0: "b", 2: "t"},
+                             (3, 4, 37)),
+    "avg-2d-in-a-function": (lambda: InAFunction(nn.functional.adaptive_avg_pool2d, (3, 3), nn.Conv2d),
+                             (2, 4, 24, 30), {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 33)),
     # exported where the length was the output size: kernel 1, which a 1-d pool never keeps (helper 81)
     "avg-1d-at-its-size": (lambda: pooled_1d(8), (2, 4, 8), {0: "b", 2: "t"}, (1, 4, 48)),
 }
@@ -178,8 +200,13 @@ def test_an_adaptive_pool_laid_out_in_bins_at_the_export_size_is_an_error_and_no
     (lambda: Cropped(7), (2, 4, 40), {0: "b", 2: "t"}, (1, 4, 57)),  # 16, which 7 does not divide, at every size
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d((None, 7))), (2, 3, 20, 22),
      {0: "b", 2: "h"}, (1, 3, 31, 22)),  # the dynamic axis kept
+    # a model's own pools in a function of its own: torch.export writes them as what they are
+    (lambda: InAFunction(lambda h, k: nn.functional.max_pool2d(h.unsqueeze(2), (1, k)).squeeze(2), 3),
+     (2, 4, 12), {0: "b", 2: "t"}, (1, 4, 40)),
+    (lambda: InAFunction(lambda h, k: nn.functional.avg_pool2d(h, k), 3, nn.Conv2d), (2, 4, 24, 30),
+     {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 33)),
 ], ids=["to-one", "static-axis", "max-to-one", "cropped-to-16", "bins-static-axis", "bins-cropped-to-16",
-        "bins-kept-none"])
+        "bins-kept-none", "own-max-2d-over-a-sequence", "own-avg-2d-in-a-function"])
 def test_an_adaptive_pool_right_at_every_size_is_not_reported(make, shape, dims, other, tmp_path):
     torch.manual_seed(0)
     module = make().eval()
