@@ -35,7 +35,7 @@ from graphfix.io.targets import refuse_linked_folders, same_file
 from graphfix.io.wire import external_locations
 from graphfix.pipeline.batch import portable, warm_up
 from graphfix.pipeline.repair import RepairOptions, RepairResult, repair_file
-from graphfix.report.text import emit_json, findings_text, printable, rejection_line
+from graphfix.report.text import emit_json, findings_text, printable, printable_path, rejection_line
 
 
 @click.command("repair")
@@ -92,7 +92,7 @@ def command(paths, output, output_dir, in_place, dry_run, no_simplify, force, fm
             exit_code = max(exit_code, exc.exit_code)
             results.append({"path": str(model.path), "output": None, "status": "failed", "error": str(exc)})
             if fmt == "text":
-                click.echo(f"{printable(model.path)}: {click.style('cannot repair', fg='red')}: {printable(exc)}",
+                click.echo(f"{printable_path(model.path)}: {click.style('cannot repair', fg='red')}: {printable(exc)}",
                            err=True)
             continue
         if result.status == "failed" or result.error or _has_errors(result) \
@@ -188,7 +188,7 @@ def _has_errors(result: RepairResult) -> bool:
 def _print_result(result: RepairResult, show_rejected: bool) -> None:
     status = {"repaired": "green", "unchanged": "cyan", "failed": "red"}[result.status]
     where = f" -> {printable(result.output)}" if result.output else ""
-    click.echo(f"{printable(result.path)}: {click.style(result.status, fg=status)}{where}")
+    click.echo(f"{printable_path(result.path)}: {click.style(result.status, fg=status)}{where}")
     for fix in result.applied:
         click.echo("  " + printable(f"applied {fix.rule} [{', '.join(fix.nodes[:3])}]: {fix.summary}"))
     if result.simplify:

@@ -17,7 +17,7 @@ from graphfix.cli.options import (
 )
 from graphfix.core import values
 from graphfix.io.loading import load_model
-from graphfix.report.text import emit_json, printable
+from graphfix.report.text import emit_json, printable, printable_path
 
 
 @click.command("stream")
@@ -50,7 +50,7 @@ def command(model, pairs, steps, shapes, latency_tolerance, threads, fmt) -> int
 def _print(report) -> None:
     status = click.style("passed", fg="green") if report.passed else click.style("FAILED", fg="red")
     pairs = printable(", ".join(f"{o}={i}" for o, i in report.pairs))
-    click.echo(f"{printable(report.path)}: {status}: {report.steps_run} step(s), feedback {pairs}")
+    click.echo(f"{printable_path(report.path)}: {status}: {report.steps_run} step(s), feedback {pairs}")
     cache = report.trend.get("cache_bytes")
     if cache:
         if cache["flat"]:

@@ -10,6 +10,14 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def printable_path(path: object) -> str:
+    """A path as the first word of an output line: `printable`, and `./` before a relative one that starts with a
+    colon, so that no file name begins a line with `::` (security review 148: a model committed as `::error
+    file=README.md::forged.onnx`, or `::add-mask::`, was a command to GitHub Actions' log reader)."""
+    text = printable(path)
+    return f"./{text}" if text.startswith(":") else text
+
+
 class GraphfixError(Exception):
     """Base class: a problem the user can act on. The CLI prints `str(error)` and exits with `exit_code`."""
 

@@ -214,6 +214,8 @@ def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
         real = os.path.realpath(full)
         if _outside(base_dir, real):
             return f"points outside the model's folder through a symbolic link ('{location}' -> '{real}')"
+        if _hidden_inside(base_dir, real):
+            return _hidden(f"{location}' -> '{real}")
         info = os.stat(full)
     except FileNotFoundError:
         return None  # missing: reported with the file's size check
@@ -224,6 +226,22 @@ def unsafe_location_reason(location: str, base_dir: Path) -> str | None:
     if info.st_nlink > 1:
         return f"is a hard link ('{location}'); copy the file instead of linking it"
     return None
+
+
+def _hidden(location: str) -> str:
+    """Security review 148: a model committed at a repository's root read `.git/config`, where a CI checkout keeps
+    its token, as an int64 shape, and the findings printed its bytes as numbers (no log masking sees them)."""
+    return (f"names a hidden file or folder ('{location}'): graphfix reads no dotfile as weights (a repository's "
+            "`.git/config`, `.env` or `.ssh` hold credentials); rename the data file")
+
+
+def _hidden_inside(base_dir: Path, real: str) -> bool:
+    """Whether the resolved path, inside the model's folder, passes through a hidden file or folder (a link named
+    `w.bin` to `.git/config`). Not asked of a hub cache's blobs, outside the snapshot folder by design."""
+    root = os.path.realpath(base_dir)
+    if os.path.commonpath([root, real]) != root:
+        return False
+    return any(part.startswith(".") for part in PurePosixPath(os.path.relpath(real, root)).parts if part != ".")
 
 
 def _outside(base_dir: Path, real: str) -> bool:
@@ -260,6 +278,8 @@ def _location_text_reason(location: str) -> str | None:
         return f"uses '..' to leave the model's folder ('{location}')"
     if location.startswith("~"):
         return f"has a home-folder location ('{location}')"
+    if any(part.startswith(".") for part in parts):
+        return _hidden(location)
     if any(len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES for part in parts):
         return f"has a location with a name over {MAX_COMPONENT_BYTES} bytes"
     return None

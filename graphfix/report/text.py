@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from graphfix.core.config import CONFIG_META
-from graphfix.core.errors import printable
+from graphfix.core.errors import printable, printable_path
 from graphfix.core.rule import Finding, Safety, Severity
 from graphfix.core.version import VERSION
 
@@ -73,10 +73,10 @@ def findings_text(path: str, findings: list[Finding], error: str | None) -> str:
     if error:
         return f"graphfix: error: {printable(error)}"
     if not findings:
-        return f"{printable(path)}: no findings"
+        return f"{printable_path(path)}: no findings"
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}
     summary = ", ".join(f"{n} {s.value}{'s' if n != 1 else ''}" for s, n in counts.items() if n)
-    return "\n".join([f"{printable(path)}: {summary}", *(line for f in findings for line in finding_lines(f))])
+    return "\n".join([f"{printable_path(path)}: {summary}", *(line for f in findings for line in finding_lines(f))])
 
 
 def rejection_line(rejection) -> str:
@@ -98,7 +98,7 @@ def emit_result(result, fmt: str) -> int:
         return 0 if result.passed else 1
     status = click.style(result.status, fg="green" if result.passed else "red")
     where = f" -> {printable(result.output)}" if result.output else ""
-    click.echo(f"{printable(result.path)}: {status}{where}")
+    click.echo(f"{printable_path(result.path)}: {status}{where}")
     if result.summary:
         click.echo(f"  {printable(result.summary)}")
     for note in result.notes:

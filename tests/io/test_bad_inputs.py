@@ -84,6 +84,16 @@ def _hardlink(folder: Path) -> Path:
     return external_model(folder, data=b"")
 
 
+def _dotfile(folder: Path, location: str = ".git/config", link: bool = False) -> Path:
+    """Security review 148: external data in a repository's `.git/config` (a CI checkout's token), read as an int64
+    shape and printed as numbers; or a plainly named link to it inside the folder."""
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_bytes(np.arange(256, dtype=np.float32).tobytes())
+    if link:
+        (folder / location).symlink_to(folder / ".git" / "config")
+    return external_model(folder, location=location, data=b"")
+
+
 def _write(folder: Path, content: bytes) -> Path:
     path = folder / "model.onnx"
     path.write_bytes(content)
@@ -121,6 +131,8 @@ CASES = {
     "absolute external path": (lambda d: external_model(d, location="/etc/passwd"), "absolute path"),
     "dotdot external path": (lambda d: external_model(d, location="../x.data"), "'..'"),
     "symlink outside": (_symlink_outside, "symbolic link"),
+    "dotfile external path": (_dotfile, "hidden file or folder ('.git/config')"),
+    "link to a dotfile": (lambda d: _dotfile(d, "w.bin", link=True), "hidden file or folder ('w.bin' -> "),
     "hard link": (_hardlink, "hard link"),
     "unsupported IR": (lambda d: _set_model_field(d, ir_version=99), "IR version 99"),
     "unsupported opset": (lambda d: _set_model_field(d, opset=99), "opset 99"),

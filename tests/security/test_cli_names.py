@@ -49,6 +49,22 @@ def test_a_hostile_file_name_in_an_error_is_escaped(sandbox):
     no_raw_controls(done.stderr)
 
 
+FORGED = "::error file=README.md,line=1::forged.onnx"  # a file name is printable: only where it stands can harm
+
+
+@pytest.mark.parametrize("command", [["check"], ["diagnose", "--static"], ["repair", "--dry-run", "--no-simplify"],
+                                     ["diagnose", "--"]])
+def test_a_file_name_never_starts_a_line_as_a_ci_command(sandbox, command):
+    """Security review 148: each model's line starts with its path, and a committed file named `::error ...` was
+    a command to GitHub Actions' log reader. A relative path starting with a colon is shown as `./...`."""
+    hostile_model(sandbox.cwd, FORGED)
+    done = sandbox.run(*command, FORGED)
+    assert done.returncode in (1, 2), done.stderr
+    assert "./" + FORGED in done.stdout + done.stderr
+    no_raw_controls(done.stdout)
+    no_raw_controls(done.stderr)
+
+
 @pytest.mark.parametrize("fmt", ["json", "sarif"])
 def test_json_and_sarif_keep_names_exact_and_escaped(sandbox, fmt):
     hostile_model(sandbox.cwd)

@@ -287,16 +287,21 @@ def test_an_in_memory_model_is_written_from_itself_not_from_a_file_of_its_folder
 
 
 def test_an_unchanged_copy_creates_no_file_or_folder_the_model_names(sandbox):
-    """A downloaded, healthy model keeps its weights in `conftest.py` and `.config/autostart/evil.desktop`: copied
-    under those names, its repair beside a project made a conftest.py pytest would run and a folder of its choice.
-    Its data now goes under the output's own names, and the output gives what the input gave."""
-    source = two_data_files(sandbox.model_dir / "model.onnx", "conftest.py", ".config/autostart/evil.desktop")
+    """A downloaded, healthy model keeps its weights in `conftest.py` and `autostart/evil.desktop`: copied under
+    those names, its repair beside a project made a conftest.py pytest would run and a folder of its choice. Its
+    data now goes under the output's own names, and the output gives what the input gave. Under a hidden folder
+    (`.config/autostart/...`) it is not read at all (security review 148): one line, nothing made."""
+    source = two_data_files(sandbox.model_dir / "model.onnx", "conftest.py", "autostart/evil.desktop")
     project = sandbox.root / "project"
     project.mkdir()
     done = sandbox.run("repair", str(source), "-o", "fixed.onnx", cwd=project)
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
     assert sorted(p.name for p in project.iterdir()) == ["fixed.onnx", "fixed.onnx.1.data", "fixed.onnx.data"]
     assert same_outputs(run(project / "fixed.onnx"), run(source))
+    hidden = two_data_files(sandbox.model_dir / "hidden" / "model.onnx", "conftest.py", ".config/autostart/x.desktop")
+    done = sandbox.run("repair", str(hidden), "-o", "hidden.onnx", cwd=project)
+    one_line_refusal(done, "hidden file or folder", ".config/autostart/x.desktop")
+    assert sorted(p.name for p in project.iterdir()) == ["fixed.onnx", "fixed.onnx.1.data", "fixed.onnx.data"]
 
 
 def test_output_dir_never_writes_through_a_linked_folder_inside_it(sandbox):
