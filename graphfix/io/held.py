@@ -222,15 +222,32 @@ def copy_used(src: HeldFile, dst: Path | BinaryIO, end: int | None = None) -> No
     if end > src.size:
         raise InputError(f"{src.path}: is {src.size} bytes but its tensors need {end} (changed since it was checked)")
     with open(dst, "wb") if isinstance(dst, str | os.PathLike) else contextlib.nullcontext(dst) as out:
-        for start, stop in _data_extents(src.fd, end):
+        for start, stop in data_extents(src.fd, end):
             out.seek(start)
             src.copy_to(out, start, stop - start)
         out.truncate(end)
 
 
-def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of each extent of data below `end`; one extent for all when holes cannot be asked for."""
-    position = 0
+def copy_range(src: HeldFile, out: BinaryIO, offset: int, length: int) -> None:
+    """Write `length` bytes of `src` from `offset` to `out` at its position, holes left as holes (as `copy_used`
+    does for a whole file): a weight kept in a hole of a sparse data file (gigabytes long, nothing on disk) stays
+    one in a changed model's data file, rather than becoming gigabytes of written zeros. `out` ends after them."""
+    start = out.tell()
+    for begin, stop in data_extents(src.fd, offset + length, offset):
+        out.seek(start + begin - offset)
+        src.copy_to(out, begin, stop - begin)
+    out.seek(start + length)
+    out.truncate()  # a trailing hole: the file reaches the tensor's end (nothing was written past it)
+
+
+def data_bytes(fd: int, end: int, position: int = 0) -> int:
+    """Bytes of data (not holes) from `position` to `end`: what `copy_range` or `copy_used` writes for them."""
+    return sum(stop - start for start, stop in data_extents(fd, end, position))
+
+
+def data_extents(fd: int, end: int, position: int = 0) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each extent of data from `position` to `end`; one extent for all when holes cannot be
+    asked for."""
     while position < end:
         try:
             start = os.lseek(fd, position, os.SEEK_DATA)

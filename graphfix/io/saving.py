@@ -60,6 +60,7 @@ from graphfix.io.targets import (
     same_file,
 )
 from graphfix.io.weights import Weights, has_stubs, resolve, stub_names
+from graphfix.io.write_bound import check_write_bound
 
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -227,7 +228,9 @@ def stage_model(proto: onnx.ModelProto, destination: str | Path, source_dir: Pat
                 weights: Weights | None = None, within: Path | None = None) -> StagedModel:
     """Write `proto` into a temporary folder beside `destination`; external data goes to `<name>.data`.
     A light `proto` is written with the `weights` its stubs stand for. `within`: the output folder the user
-    named (see `_new_stage`)."""
+    named (see `_new_stage`). External data that would write more than the source's data files hold (tensors
+    overlapping) is refused first, before any file or folder is made (`check_write_bound`)."""
+    check_write_bound(proto, source_dir)
     staged = _new_stage(Path(destination), within)
     with writing(staged.destination, staged), staged.staging() as stage:
         if needs_external_data(proto):

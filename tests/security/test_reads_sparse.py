@@ -66,3 +66,36 @@ def test_copy_used_keeps_the_holes_below_the_end(tmp_path):
     assert blob[:4096] == b"a" * 4096 and blob[-4096:] == b"b" * 4096 and blob.count(0) == len(blob) - 8192
     if src.stat().st_blocks * 512 < 1 << 20:  # the file system keeps holes
         assert dst.stat().st_blocks * 512 <= 64 << 10
+
+
+@pytest.mark.parametrize("offset", [4096 + 8, 4096 - 8])  # the range starts in data, or in a hole before it
+def test_copy_range_keeps_the_holes_of_a_range_and_ends_after_it(tmp_path, offset):
+    """A changed model's data file gets each tensor's range (`copy_range`): holes around and inside it stay holes,
+    the data lands at its place from the output's position, and the output ends at the range's end even where
+    the range ends in a hole."""
+    from graphfix.io.held import HeldFile, copy_range, data_bytes
+
+    src = tmp_path / "src.data"
+    with open(src, "wb") as f:
+        f.seek(4096)
+        f.write(b"a" * 4096)
+        f.seek(64 << 20)
+        f.write(b"b" * 4096)
+        f.truncate(HOLE)
+    length = (128 << 20) - offset  # past the b's: it ends in the hole
+    dst = tmp_path / "dst.data"
+    with open(dst, "wb") as out:
+        out.write(b"head")
+        held = HeldFile(src, "src")
+        copy_range(held, out, offset, length)
+        assert out.tell() == 4 + length
+        out.write(b"tail")
+    blob = dst.read_bytes()
+    expected = bytearray(4 + length + 4)
+    expected[:4], expected[-4:] = b"head", b"tail"
+    expected[4 + max(4096 - offset, 0):4 + 8192 - offset] = b"a" * (8192 - max(4096, offset))
+    expected[4 + (64 << 20) - offset:4 + (64 << 20) + 4096 - offset] = b"b" * 4096
+    assert blob == bytes(expected)
+    if src.stat().st_blocks * 512 < 1 << 20:  # the file system keeps holes
+        assert data_bytes(held.fd, offset + length, offset) == 8192 - max(offset - 4096, 0)
+        assert dst.stat().st_blocks * 512 <= 64 << 10
