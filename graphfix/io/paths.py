@@ -12,7 +12,6 @@ import fnmatch
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from graphfix.core.errors import InputError
@@ -95,29 +94,85 @@ def walk(folder: Path, folders: bool = False) -> Iterator[Path]:
     """Every file below `folder` (and every folder, when `folders`), sorted per folder; links to folders are not
     entered, and linked files are kept only when they resolve inside `folder`."""
     top = os.path.realpath(folder)
-    for here, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
+    for here, dirs, files in _tree(os.fspath(folder)):
         place = Path(here)
         for name in dirs if folders else ():
             if not os.path.islink(place / name):
                 yield place / name
-        for name in sorted(files):
+        for name in files:
             path = place / name
             if os.path.islink(path) and os.path.commonpath([top, os.path.realpath(path)]) != top:
                 continue  # a link out of the tree
             yield path
 
 
-def _matches(pattern: tuple[str, ...], names: tuple[str, ...]) -> bool:
-    @cache
-    def match(p: int, n: int) -> bool:
-        if p == len(pattern):
-            return n == len(names)
-        if pattern[p] == "**":
-            return match(p + 1, n) or (n < len(names) and not names[n].startswith(".") and match(p, n + 1))
-        return n < len(names) and _name_matches(pattern[p], names[n]) and match(p + 1, n + 1)
+def _tree(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(top, followlinks=False)` with names sorted, on an explicit stack: Python 3.11's own walk recurses
+    once per level, and a tree ~1,000 folders deep stopped every command with a RecursionError (helper 148).
+    Folders that cannot be listed are passed over, as os.walk does; links to folders are listed, not entered."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        dirs, files, inner = [], [], []
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not _is_dir(entry):
+                files.append(entry.name)
+                continue
+            dirs.append(entry.name)
+            if not _is_link(entry):
+                inner.append(os.path.join(here, entry.name))
+        yield here, dirs, files
+        stack.extend(reversed(inner))  # depth first, in name order, as os.walk goes
 
-    return match(0, 0)
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
+
+
+def _matches(pattern: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    """Whether `names` (a path's parts) match `pattern`'s parts, `**` standing for any number of names that do not
+    start with a dot; the set of pattern places reachable after each name is carried along, so a path thousands
+    of folders deep costs no recursion (the recursive matcher hit the recursion limit, helper 148)."""
+    places = _past_globstars(pattern, {0})
+    for name in names:
+        reached = set()
+        for p in places:
+            if p == len(pattern):
+                continue
+            if pattern[p] == "**":
+                if not name.startswith("."):
+                    reached.add(p)
+            elif _name_matches(pattern[p], name):
+                reached.add(p + 1)
+        places = _past_globstars(pattern, reached)
+        if not places:
+            return False
+    return len(pattern) in places
+
+
+def _past_globstars(pattern: tuple[str, ...], places: set[int]) -> set[int]:
+    """`places` and every place reached from one by letting a `**` there match no name."""
+    grown = set(places)
+    for p in sorted(places):
+        while p < len(pattern) and pattern[p] == "**":
+            p += 1
+            grown.add(p)
+    return grown
 
 
 def _name_matches(pattern: str, name: str) -> bool:

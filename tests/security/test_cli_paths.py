@@ -75,3 +75,37 @@ def test_an_output_path_that_names_a_folder_or_climbs_out_of_a_file_is_refused(s
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stdout + done.stderr
     assert (sandbox.cwd / "victim.txt").read_text() == "the user's own\n"
     assert sorted(p.name for p in sandbox.cwd.iterdir()) == ["model.onnx", "victim.txt"]
+
+
+@pytest.fixture
+def deep_repo(sandbox):
+    """repo/ with a healthy model at its top and at the bottom of 1,100 nested folders (made and taken down one
+    level at a time: pathlib's mkdir(parents=True) and shutil.rmtree recurse too), and a link out of the sandbox
+    at the bottom."""
+    repo = sandbox.cwd / "repo"
+    levels = [repo.joinpath(*["a"] * depth) for depth in range(1101)]
+    for folder in levels:
+        folder.mkdir()
+    for folder in (repo, levels[-1]):
+        onnx.save(onnx.parser.parse_model(HEALTHY), folder / "m.onnx")
+    os.symlink(sandbox.outside, levels[-1] / "out")
+    yield levels[-1]
+    for path in (levels[-1] / "out", levels[-1] / "m.onnx", repo / "m.onnx"):
+        path.unlink()
+    for folder in reversed(levels):
+        folder.rmdir()
+
+
+@pytest.mark.parametrize("command", [("check", "repo", "--jobs", "1"), ("diagnose", "repo"),
+                                     ("check", "repo/**/*.onnx", "--jobs", "1")])
+def test_a_tree_a_thousand_folders_deep_is_walked_to_its_bottom(sandbox, deep_repo, command):
+    """Helper 148: Python 3.11's os.walk and the glob matcher recursed once per folder, and a tree ~1,100 folders
+    deep stopped every command with a RecursionError before any model was checked."""
+    sandbox.touched()
+
+    done = sandbox.run(*command, "--isolated", "--format", "json", timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    found = [m["path"] for m in json.loads(done.stdout)["models"]]
+    assert sorted(found) == [(deep_repo / "m.onnx").relative_to(sandbox.cwd).as_posix(), "repo/m.onnx"]
+    assert sandbox.touched() == []
