@@ -18,17 +18,19 @@ import errno
 import io
 import mmap
 import os
+import resource
 import stat
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from graphfix.core.errors import InputError
 
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 COPY_CHUNK = 64 << 20
+TOO_MANY = frozenset({errno.EMFILE, errno.ENFILE})
 KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -44,9 +46,9 @@ class HeldFile:
         real = os.path.realpath(path)
         try:
             if allowed is None:
-                self.fd = os.open(real, OPEN_FLAGS)
+                self.fd = _with_room(lambda: os.open(real, OPEN_FLAGS))
             else:
-                self.fd, real = _open_allowed(path, name, allowed)
+                self.fd, real = _with_room(lambda: _open_allowed(path, name, allowed))
         except OSError as exc:
             raise InputError(f"{name}: cannot be opened ({_reason(exc)})") from None
         try:
@@ -60,6 +62,7 @@ class HeldFile:
         except BaseException:
             os.close(self.fd)
             raise
+        self.name = name
         self.path = Path(real)
         self.size = info.st_size
         self.modified = info.st_mtime_ns
@@ -107,10 +110,19 @@ class HeldFile:
         return (info.st_size, info.st_mtime_ns) != (self.size, self.modified)
 
     def mapped(self) -> mmap.mmap:
-        """The whole file, memory-mapped read-only from the descriptor (once)."""
+        """The whole file, memory-mapped read-only from the descriptor (once). Python's mmap keeps a descriptor of
+        its own, so a mapped data file holds two: past the open-file limit the map fails as an open does (a model
+        with 1,500 data files under `ulimit -n 1024` crashed a rule and `bench`, helper 148)."""
         with self._lock:
-            if self._map is None:
-                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else mmap.mmap(-1, 1)
+            if self._map is None and not self.size:
+                self._map = mmap.mmap(-1, 1)
+            elif self._map is None:
+                try:
+                    self._map = _with_room(lambda: mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ))
+                except OSError as exc:
+                    if exc.errno not in TOO_MANY:
+                        raise
+                    raise InputError(f"{self.name}: cannot be mapped ({_reason(exc)})") from None
             return self._map
 
 
@@ -178,9 +190,44 @@ def _copy_in_kernel(src: int, dst: int, src_offset: int, dst_offset: int, length
     return done
 
 
+Opened = TypeVar("Opened")
+
+
+def _with_room(open_it: Callable[[], Opened]) -> Opened:
+    """`open_it()`, tried once more where it ran out of descriptors and the soft limit on open files could be
+    raised: every data file of a model is held open (and mapped, a second descriptor), so a model saved one tensor
+    per file (torch's default past 2 GB) can need more than the 1,024 many shells start with."""
+    try:
+        return open_it()
+    except OSError as exc:
+        if exc.errno != errno.EMFILE or not _more_open_files():
+            raise
+    return open_it()
+
+
+def _more_open_files() -> bool:
+    """Raise this process's soft limit on open files to its hard limit, as the user could with `ulimit -n`;
+    whether it rose. Only when a file could not be opened: a model with few data files changes nothing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # Linux refuses an infinite one
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def _reason(exc: OSError) -> str:
     if exc.errno == getattr(os, "ELOOP", -1):
         return "it became a symbolic link after it was checked"
+    if exc.errno == errno.ENFILE:
+        return "too many files are open on this system"
+    if exc.errno == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (f"too many open files: each data file of the model is held open, and this process may hold "
+                f"{limit} at once (`ulimit -n`); raise that limit to read a model kept in this many files")
     return (exc.strerror or str(exc)).lower()
 
 
