@@ -25,7 +25,7 @@ import atexit
 import contextlib
 import json
 import os
-import select
+import selectors
 import subprocess
 import sys
 import threading
@@ -99,7 +99,9 @@ class OnnxsimChild:
         except OSError:  # it died before the job (its imports failed): say how
             self.close()
             return self.process.returncode or 1, f"onnxsim's process exited with status {self.process.returncode}"
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        with selectors.DefaultSelector() as selector:  # poll, not select(): a descriptor past 1,024 is waited on too
+            selector.register(self.process.stdout, selectors.EVENT_READ)  # (held.py may raise the open-file limit)
+            ready = selector.select(timeout_s)
         reply = self.process.stdout.readline() if ready else None
         if reply is None:
             self.close()
