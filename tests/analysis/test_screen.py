@@ -163,6 +163,23 @@ GRAPHS = {
         z = ConstantOfShape<value = float[1] {0.0}>(mt)  nz = NonZero(x)  nzf = Cast<to = 1>(nz)  tr = Transpose(nzf)
         col = Slice(tr, zero, one, one)  w = Add(col, z)  y = Reshape(w, target) }""",
                                  dict(zero=[0], one=[1], two=[2], target=[2, 7]), False),
+    # red team 151: Min(T, 512) * (T + 1), simplified under the table's bound, is T*(T + 1) to sympy (unexpanded);
+    # less T**2 + T it is 2 beside an unknown dim, and the Reshape [e, 7] holds at T = 7 only
+    "simplified-product-trap": ("""g (float[T, 8] x) => (float[?, 7] y) {
+        s = Shape(x)  t = Slice(s, zero, one)  m = Min(t, c512)  rows = Slice(table, zero, t)  xr = Add(x, rows)
+        t1 = Add(t, one)  q = Mul(m, t1)  sq = Mul(t, t)  d = Sub(q, sq)  d2 = Sub(d, t)  e = Add(d2, two)
+        mt = Concat<axis = 0>(e, t)  z = ConstantOfShape<value = float[1] {0.0}>(mt)  nz = NonZero(xr)
+        nzf = Cast<to = 1>(nz)  tr = Transpose(nzf)  col = Slice(tr, zero, one, one)  w = Add(col, z)
+        target = Concat<axis = 0>(e, seven)  y = Reshape(w, target) }""",
+                                dict(zero=[0], one=[1], two=[2], seven=[7], c512=[512],
+                                     table=np.zeros((512, 8), np.float32)), False),
+    # the same review: Min(T*(T + 1) - T**2 + 1, 2) is 2 to the screen; sympy keeps the Min (unexpanded inside)
+    "min-of-unexpanded-trap": ("""g (float[T, 8] x) => (float[?, 7] y) {
+        s = Shape(x)  t = Slice(s, zero, one)  t1 = Add(t, one)  p = Mul(t, t1)  sq = Mul(t, t)  d = Sub(p, sq)
+        d1 = Add(d, one)  e = Min(d1, two)  mt = Concat<axis = 0>(e, t)
+        z = ConstantOfShape<value = float[1] {0.0}>(mt)  nz = NonZero(x)  nzf = Cast<to = 1>(nz)  tr = Transpose(nzf)
+        col = Slice(tr, zero, one, one)  w = Add(col, z)  target = Concat<axis = 0>(e, seven)
+        y = Reshape(w, target) }""", dict(zero=[0], one=[1], two=[2], seven=[7]), False),
     # a cut at 512 meets the uncut length: equal only while T <= 512 (no table bounds T here)
     "cut-trap": ("""g (float[B, T, 8] x) => (float[B, ?, 8] y) {
         c = Slice(x, zero, end, axis)  y = Add(c, x) }""",

@@ -182,7 +182,9 @@ class PolyArith:
         for monomial, c in value.terms.items():
             factors = [chosen[v] if v in chosen else variable(v) for v, p in monomial for _ in range(p)]
             out = out + math.prod(factors, start=lift(c))
-        return out
+        # sympy replaces the Min inside the value as it holds it (`Min(T, 512)*(T + 1)` is `T*(T + 1)`, unexpanded):
+        # flat only where the value was (red team 151: rebuilt flat, a cancelled 2 hid a baked Reshape)
+        return Poly(out.terms, flat=value.flat and out.flat)
 
 
 def _extreme(func: str, a: Poly, b: Poly) -> Poly:
@@ -192,8 +194,9 @@ def _extreme(func: str, a: Poly, b: Poly) -> Poly:
         return variable(Atom(func, frozenset({a, b})))
     chosen = ordered[0] if func == "Min" else ordered[1]
     # sympy decides a Min over one size as well (Min(1, T) is 1, Min(1, T*T) is 1); over several, not always
-    # (Min(2, B + T) stays): a number chosen there is marked as reached from sizes
-    return Poly(chosen.terms, *((a, b) if len((a - b).free_symbols) > 1 else (chosen,)))
+    # (Min(2, B + T) stays), nor over a size it holds unexpanded (`Min(T*(T + 1) - T**2 + 1, 2)`, red team 151):
+    # a number chosen there is marked as reached from sizes
+    return Poly(chosen.terms, a, b, flat=a.flat and b.flat and len((a - b).free_symbols) <= 1)
 
 
 def _at_least(a: Poly, b: Poly) -> bool:
