@@ -18,7 +18,7 @@ FX_NODE = "pkg.torch.onnx.fx_node"
 POOLING_MODULE = "torch.nn.modules.pooling."
 OWN_CALL = re.compile(r"\b(?:max|avg|lp)_pool[123]d\s*\(")  # `F.avg_pool2d(...)`: a model's own pool, called there
 # the op torch.export decomposes an adaptive pool into, with its kernel and (avg) stride lists
-DECOMPOSED = re.compile(r"target=torch\.ops\.aten\.(?P<op>max_pool[23]d_with_indices|avg_pool[23]d)\.default\]"
+DECOMPOSED = re.compile(r"target=torch\.ops\.aten\.(?P<op>max_pool2d_with_indices|avg_pool2d)\.default\]"
                         r"\(args = \(%\w+, \[(?P<kernel>[\d, ]+)\](?:, \[(?P<stride>[\d, ]+)\])?")
 POOLS = frozenset({"AveragePool", "MaxPool"})
 GATHERS = frozenset({"GatherND"})  # `input[..., idx_h, idx_w]`: torch.export's bins where the size does not divide
@@ -36,10 +36,11 @@ class AdaptivePoolSpecialized(Rule):
     Reads what the dynamo exporter writes on each pool and GatherND node, its module path (`namespace`) and its
     stack trace, and finds an AveragePool or MaxPool written for `nn.AdaptiveAvgPool1d/2d/3d` or
     `nn.AdaptiveMaxPool1d/2d/3d`, or for a call of `F.adaptive_avg_pool1d` and its kin in the stack trace's
-    innermost frame (a user's module, a subclass, timm's `SelectAdaptivePool2d('avgmax')`), or called in a function
-    of the model's, where the stack trace keeps only forward's line, by the op torch.export decomposed it into
-    (`max_pool2d_with_indices`, or `avg_pool2d` given a stride equal to its kernel; a model's own `F.max_pool2d`
-    and `F.avg_pool2d(x, k)` write neither), whose kernel is more than 1 along an axis whose length varies.
+    innermost frame (a user's module, a subclass, timm's `SelectAdaptivePool2d('avgmax')`), or a 1-d one called in
+    a function of the model's, where the stack trace keeps only forward's line, by the op torch.export decomposed it
+    into (`max_pool2d_with_indices`, or `avg_pool2d` given a stride equal to its kernel, over an unsqueezed
+    sequence; a model's `F.max_pool1d` writes a 1-d pool), whose kernel is more than 1 along an axis whose length
+    varies.
     An adaptive pool returns its output size at every input size;
     torch.export decomposes one whose output size divides the export size into a pool of kernel and stride `export
     size / output size` (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at
@@ -60,8 +61,10 @@ class AdaptivePoolSpecialized(Rule):
     size of 1 is a mean over the whole axis. Not found: a 2-d or 3-d pool exported where its input already had the
     output size (kernel 1: the graph, metadata included, is node for node that of a kept `None` axis, which is right;
     a 1-d pool keeps none, and is found), nor a TorchScript export, which carries no module path (its exporter
-    refuses such a pool on a dynamic axis). An adaptive max pool whose size does not divide is not exported by
-    torch.onnx's dynamo exporter at all.
+    refuses such a pool on a dynamic axis), nor a 2-d adaptive pool called in a function of the model's (its graph
+    and metadata are those of `F.avg_pool2d(x, k, k)` or `F.max_pool2d(x, k, return_indices=True)` there, as
+    torchvision's RAFT pools its pyramid: the proof compares such a graph with itself). An adaptive max pool whose
+    size does not divide is not exported by torch.onnx's dynamo exporter at all.
 
     A dynamo export converted to an older opset (`opset_version=17`) keeps no metadata (a TorchScript export
     writes none), and the graph's structure decides. Bins: a GatherND of windows whose positions are computed from
@@ -97,9 +100,10 @@ class AdaptivePoolSpecialized(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         pools, gathers = _attributed(ctx.model)
+        protos = {node.name: node for node in ctx.model.graph.node if node.name}
+        pools |= _called_in_a_function(ctx, pools, protos)
         if pools:
             yield from self._pools(ctx, pools)
-        protos = {node.name: node for node in ctx.model.graph.node if node.name}
         for node in ctx.graph.nodes:
             if node.op in GATHERS and node.name in gathers:
                 what, key = gathers[node.name]
@@ -288,27 +292,35 @@ def _attribution(node) -> tuple[str, str] | None:
     called = CALLED.findall(frame)
     if called:
         return f"a call of {called[-1]}", namespace.rsplit("/", 1)[0] + "\n" + frame
-    if node.op_type in POOLS and (hidden := _decomposed(meta.get(FX_NODE, ""), namespace, frame)):
-        return hidden, namespace.rsplit("/", 1)[0] + "\n" + frame
     return None
 
 
-def _decomposed(fx_node: str, namespace: str, frame: str) -> str | None:
-    """An adaptive pool called in a function of the model's, whose stack trace keeps only forward's line (helper
-    147: `return summarize(h)`, `def summarize(h): return F.adaptive_max_pool1d(h, 4)`), read from the op that
-    torch.export decomposed it into: `max_pool{2,3}d_with_indices` (the adaptive max pool's; `F.max_pool2d` is
-    `max_pool2d`) or `avg_pool{2,3}d` given a stride equal to its kernel (the adaptive average pool's; a call
-    with a kernel only gives none). Not where the namespace holds torch.nn's pooling module or the frame calls a
-    pool (`F.max_pool2d(`): a model's own pool says so there. A model that pools with `F.avg_pool2d(x, k, k)` in
-    a function of its own is found too: re-exported with the call in forward, it is not."""
-    if POOLING_MODULE in namespace or OWN_CALL.search(frame):
-        return None
-    op = DECOMPOSED.search(fx_node)
-    if op is None or (op["op"].startswith("avg") and op["stride"] != op["kernel"]):
-        return None
-    kind = "Max" if op["op"].startswith("max") else "Avg"
-    return (f"an adaptive {kind.lower()} pool called outside forward's own line (torch.export's {op['op']}, kernel "
-            f"[{op['kernel']}]{', stride as the kernel' if kind == 'Avg' else ''}; the stack trace names no pool)")
+def _called_in_a_function(ctx: RuleContext, named: dict, protos: dict) -> dict[str, tuple[str, str]]:
+    """Pools of an adaptive 1-d pool called in a function of the model's, whose stack trace keeps only forward's
+    line (helper 147: `return summarize(h)`, `def summarize(h): return F.adaptive_max_pool1d(h, 4)`, written wrong
+    with exit 0): a 2-d pool of kernel (1, k) between an Unsqueeze and a Squeeze (`structure.unsqueezed_1d`; a
+    model's `F.max_pool1d` is a 1-d pool), that torch.export's metadata calls `max_pool2d_with_indices` (the
+    adaptive max pool's; `F.max_pool2d` is `max_pool2d`) or `avg_pool2d` given a stride equal to its kernel (the
+    adaptive average pool's), where the namespace holds no torch.nn pooling module and the frame calls no pool
+    (`F.avg_pool2d(`: a model's own pool says so there). Not a 2-d pool: `F.avg_pool2d(c, 2, 2)` in a method
+    (torchvision's RAFT builds its pyramid so, red team 151) writes what an adaptive 2-d pool writes."""
+    found = {}
+    for node in ctx.graph.nodes:
+        if node.op not in POOLS or node.name in named or node.name not in protos:
+            continue
+        meta = {entry.key: entry.value for entry in protos[node.name].metadata_props}
+        namespace, stack = meta.get("namespace", ""), meta.get(STACK, "").strip()
+        frame = stack.splitlines()[-1] if stack else ""
+        op = DECOMPOSED.search(meta.get(FX_NODE, ""))
+        if op is None or POOLING_MODULE in namespace or OWN_CALL.search(frame) or \
+                (op["op"].startswith("avg") and op["stride"] != op["kernel"]) or \
+                not structure.unsqueezed_1d(node, ctx.constant_value):
+            continue
+        kind = "max" if op["op"].startswith("max") else "avg"
+        found[node.name] = (f"an adaptive {kind} pool called outside forward's own line (torch.export's "
+                            f"{op['op']} of kernel [{op['kernel']}] over an unsqueezed sequence; the stack trace "
+                            "names no pool)", namespace.rsplit("/", 1)[0] + "\n" + frame)
+    return found
 
 
 def _named_bins(node, what: str, key: str, protos) -> tuple:

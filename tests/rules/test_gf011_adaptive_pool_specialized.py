@@ -131,8 +131,6 @@ BROKEN = {  # name -> (module, export input, dynamic dims, an input at another s
     "max-1d-in-a-function": (InAFunction, (2, 4, 12), {0: "b", 2: "t"}, (1, 4, 40)),
     "avg-1d-in-a-function": (lambda: InAFunction(nn.functional.adaptive_avg_pool1d), (2, 4, 40), {0: "b", 2: "t"},
                              (3, 4, 37)),
-    "avg-2d-in-a-function": (lambda: InAFunction(nn.functional.adaptive_avg_pool2d, (3, 3), nn.Conv2d),
-                             (2, 4, 24, 30), {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 33)),
     # exported where the length was the output size: kernel 1, which a 1-d pool never keeps (helper 81)
     "avg-1d-at-its-size": (lambda: pooled_1d(8), (2, 4, 8), {0: "b", 2: "t"}, (1, 4, 48)),
 }
@@ -205,8 +203,14 @@ def test_an_adaptive_pool_laid_out_in_bins_at_the_export_size_is_an_error_and_no
      (2, 4, 12), {0: "b", 2: "t"}, (1, 4, 40)),
     (lambda: InAFunction(lambda h, k: nn.functional.avg_pool2d(h, k), 3, nn.Conv2d), (2, 4, 24, 30),
      {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 33)),
+    # red team 151: torchvision's RAFT pools its pyramid with `F.avg_pool2d(c, 2, 2)` in a method
+    (lambda: InAFunction(lambda h, k: nn.functional.avg_pool2d(h, k, k), 2, nn.Conv2d), (2, 4, 24, 30),
+     {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 34)),
+    (lambda: InAFunction(lambda h, k: nn.functional.max_pool2d(h, k, return_indices=True)[0], 2, nn.Conv2d),
+     (2, 4, 24, 30), {0: "b", 2: "h", 3: "w"}, (1, 4, 48, 34)),
 ], ids=["to-one", "static-axis", "max-to-one", "cropped-to-16", "bins-static-axis", "bins-cropped-to-16",
-        "bins-kept-none", "own-max-2d-over-a-sequence", "own-avg-2d-in-a-function"])
+        "bins-kept-none", "own-max-2d-over-a-sequence", "own-avg-2d-in-a-function", "own-avg-2d-k-k-in-a-method",
+        "own-max-2d-indices-in-a-function"])
 def test_an_adaptive_pool_right_at_every_size_is_not_reported(make, shape, dims, other, tmp_path):
     torch.manual_seed(0)
     module = make().eval()
@@ -215,6 +219,18 @@ def test_an_adaptive_pool_right_at_every_size_is_not_reported(make, shape, dims,
     (got,) = run(str(path), {"x": x.numpy()})
     np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert findings(path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="known miss: a 2-d adaptive pool called in a function of the model's writes "
+                   "the graph and metadata of `F.avg_pool2d(x, k, k)` there (red team 151: RAFT's pyramid)")
+def test_a_2d_adaptive_pool_called_in_a_function_is_found(tmp_path):
+    torch.manual_seed(0)
+    module = InAFunction(nn.functional.adaptive_avg_pool2d, (3, 3), nn.Conv2d).eval()
+    path = export(module, torch.randn(2, 4, 24, 30), tmp_path / "m.onnx", {0: "b", 2: "h", 3: "w"})
+    x = torch.randn(1, 4, 48, 33)
+    (got,) = run(str(path), {"x": x.numpy()})
+    assert got.shape != tuple(module(x).shape)  # the export is wrong there
+    assert refused(path, tmp_path)
 
 
 def test_a_2d_pool_exported_at_its_output_size_is_the_graph_of_a_kept_none_axis_and_left_alone(tmp_path):
