@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from graphfix.core.errors import UsageError, printable
+from graphfix.core.errors import UsageError, printable, printable_path
 from graphfix.io.budgets import BudgetedRuns
 from graphfix.io.loading import LoadedModel
 from graphfix.validate import ValidationOptions, probe_sizes, synthesize_inputs
@@ -219,7 +219,7 @@ def rows_text(rows: list[BenchRow]) -> str:
     lines = [head]
     first: dict[int | None, float] = {}
     for row in rows:
-        model = printable(row.model)  # names and errors come from the model: no escape reaches the terminal
+        model = printable_path(row.model)  # names and errors come from the model: no escape, no `::` at a line start
         name = model if len(model) <= 32 else "…" + model[-31:]
         if row.error:
             lines.append(f"{name:<32} {row.batch or '':>5} error: {printable(row.error)}")

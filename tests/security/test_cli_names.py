@@ -53,14 +53,16 @@ FORGED = "::error file=README.md,line=1::forged.onnx"  # a file name is printabl
 
 
 @pytest.mark.parametrize("command", [["check"], ["diagnose", "--static"], ["repair", "--dry-run", "--no-simplify"],
-                                     ["diagnose", "--"]])
+                                     ["diagnose", "--"], ["bench", "--runs", "1", "--warmup", "0"]])
 def test_a_file_name_never_starts_a_line_as_a_ci_command(sandbox, command):
     """Security review 148: each model's line starts with its path, and a committed file named `::error ...` was
-    a command to GitHub Actions' log reader. A relative path starting with a colon is shown as `./...`."""
-    hostile_model(sandbox.cwd, FORGED)
-    done = sandbox.run(*command, FORGED)
-    assert done.returncode in (1, 2), done.stderr
-    assert "./" + FORGED in done.stdout + done.stderr
+    a command to GitHub Actions' log reader. A relative path starting with a colon is shown as `./...` (bench's
+    table row too, red team 151)."""
+    name = FORGED if command[0] != "bench" else "::warning::x.onnx"  # bench cuts names past 32 characters
+    hostile_model(sandbox.cwd, name)
+    done = sandbox.run(*command, name)
+    assert done.returncode in ((0,) if command[0] == "bench" else (1, 2)), done.stderr
+    assert "./" + name in done.stdout + done.stderr
     no_raw_controls(done.stdout)
     no_raw_controls(done.stderr)
 

@@ -19,7 +19,7 @@ from graphfix.io.write_bound import WRITE_MARGIN, WRITE_SHARE
 REGION = 64 << 10  # bytes each shared tensor reads
 
 
-def gathers(folder: Path, ranges: list[tuple[int, int]], data: bytes | int) -> Path:
+def gathers(folder: Path, ranges: list[tuple[int, int]], data: bytes | int, spell=lambda i: "w.bin") -> Path:
     """A model whose initializer W{i} (floats) reads bytes ranges[i] = (offset, length) of w.bin, each through a
     Gather summed into Y, plus a dead node (GF001's safe fix changes the model). `data`: the file's bytes, or the
     length of a file that is one hole."""
@@ -29,7 +29,7 @@ def gathers(folder: Path, ranges: list[tuple[int, int]], data: bytes | int) -> P
     for i, (offset, length) in enumerate(ranges):
         tensor = onnx.TensorProto(name=f"W{i}", data_type=TensorProto.FLOAT, dims=[length // 4],
                                   data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", "w.bin"), ("offset", offset), ("length", length)):
+        for key, value in (("location", spell(i)), ("offset", offset), ("length", length)):
             tensor.external_data.add(key=key, value=str(value))
         inits.append(tensor)
         nodes.append(helper.make_node("Gather", [f"W{i}", "idx"], [f"g{i}"]))
@@ -119,3 +119,16 @@ def test_a_model_saved_by_onnx_with_external_data_is_repaired_as_before(sandbox)
     assert data_of(outs[1]).stat().st_blocks * 512 >= os.path.getsize(sandbox.model_dir / "external" /
                                                                       "model.onnx.data") // 2
     assert same_outputs(run(outs[1]), run(outs[0]))
+
+
+def test_a_data_file_spelled_many_ways_is_held_once(sandbox):
+    """Red team 151: `w.bin`, `./w.bin`, `.//w.bin` ... name one file, and the bound counted it once per spelling,
+    so that each spelling's copy fit: 60 of a 4 MiB file wrote 240 MiB. Counted by the file, past the margin now."""
+    region = 4 << 20
+    count = int((region * (1 + WRITE_SHARE) + WRITE_MARGIN) // region) + 2
+    model = gathers(sandbox.model_dir, [(0, region)] * count, np.ones(region // 4, np.float32).tobytes(),
+                    spell=lambda i: "." + "/" * i + "w.bin" if i else "w.bin")
+    out = sandbox.root / "out" / "o.onnx"
+    done = sandbox.run("repair", str(model), "-o", str(out), "--no-simplify")
+    assert done.returncode == 2 and "overlap" in done.stderr, done.stdout + done.stderr
+    assert not out.parent.exists() or not any(out.parent.iterdir())
