@@ -27,8 +27,7 @@ from graphfix.cli.options import (
 )
 from graphfix.core.config import probe_options_for
 from graphfix.core.errors import GraphfixError, UsageError
-from graphfix.core.forked import in_child, run_forked
-from graphfix.core.lazy import warm
+from graphfix.core.forked import run_forked
 from graphfix.core.registry import select_rules
 from graphfix.io.paths import ModelPath, expand_paths
 from graphfix.io.targets import refuse_linked_folders, same_file
@@ -110,8 +109,6 @@ def _repaired(path: Path, target: Path | None, options: RepairOptions) -> Repair
     """The repair of one model, done in a forked child (a crash in onnxruntime becomes this model's error, exit 2);
     what comes back is the summary, not the model: the child wrote it."""
     def work() -> RepairResult:
-        if in_child():  # sympy (the size analysis) loads while the model is read
-            warm("sympy", "sympy.tensor.tensor")
         result = repair_file(path, target, options)
         before, after = (dataclasses.replace(d, findings=[portable(f) for f in d.findings])
                          for d in (result.before, result.after))

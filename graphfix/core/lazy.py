@@ -12,8 +12,6 @@ enters `sys.modules` before that first read. graphfix's own modules that only a 
 from __future__ import annotations
 
 import importlib
-import sys
-import threading
 from types import ModuleType
 
 
@@ -43,24 +41,3 @@ sympy = LazyModule("sympy")
 hypotheses = LazyModule("graphfix.analysis.hypotheses")
 # the band structures of a baked mask: GF006 reads them only for a constant that varies with a size
 bands = LazyModule("graphfix.analysis.bands")
-
-
-def warm(*names: str) -> threading.Thread | None:
-    """Import the modules `names` on a daemon thread while this one reads and parses a model (its reads and
-    onnxruntime's session leave the interpreter free part of the time); a first use meanwhile waits for the import
-    to finish (import locks). Only in a process that forks no more (a forked child): another thread makes a fork
-    unsafe (graphfix.core.forked.can_fork). A failure is left to that first use, which says why."""
-    missing = [name for name in names if name not in sys.modules]
-    if not missing:
-        return None
-
-    def run() -> None:
-        for name in missing:
-            try:
-                importlib.import_module(name)
-            except Exception:  # reported by the first use, in its own thread
-                return
-
-    thread = threading.Thread(target=run, name="graphfix-warm", daemon=True)
-    thread.start()
-    return thread
