@@ -124,6 +124,14 @@ GRAPHS = {
     "inferred-entry": ("""g (float[B, T, 8] x) => (float[B, T, 2, 4] y) {
         r = Reshape(x, shape)  y = Add(r, bias) }""", dict(shape=[0, 0, 2, -1], bias=np.zeros((2, 4), np.float32)),
                        True),
+    # a length cut by a 512-row table's bound, then Min'd with 1 (a Llama's rotary cache): 1 to sympy as well,
+    # broadcast against the length (the first fix of the red team's simplify trap gave up here)
+    "table-bound-then-min": ("""g (float[B, T, 8] x) => (float[B, T, 8] y) {
+        s = Shape(x)  b = Slice(s, zero, one)  t = Slice(s, one, two)  rows = Slice(table, zero, t)
+        xr = Add(x, rows)  m = Min(t, c512)  e = Min(m, one)  target = Concat<axis = 0>(b, e, eight)
+        z = ConstantOfShape<value = float[1] {0.0}>(target)  y = Add(xr, z) }""",
+                             dict(zero=[0], one=[1], two=[2], eight=[8], c512=[512],
+                                  table=np.zeros((512, 8), np.float32)), True),
     # a baked length: the element count holds at T = 7 only
     "baked-length": ("""g (float[B, T, 8] x) => (float[B, 7, 2, 4] y) {
         s = Shape(x)  b = Slice(s, start, end)  shape = Concat<axis = 0>(b, tail)  y = Reshape(x, shape) }""",

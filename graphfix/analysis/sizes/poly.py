@@ -42,6 +42,11 @@ class Atom:
     def free_symbols(self) -> set[str]:
         return set().union(*(a.free_symbols for a in self.args))
 
+    @property
+    def flat(self) -> bool:
+        """sympy holds the atom's arguments as these terms (`Poly.flat`): then it is one term to sympy too."""
+        return all(a.flat for a in self.args)
+
 
 class Poly:
     """A polynomial with rational coefficients in the symbols (input dims, by name) and atoms."""
@@ -51,10 +56,11 @@ class Poly:
     def __init__(self, terms: dict, *operands: Poly, flat: bool | None = None):
         self.terms = terms if all(terms.values()) else {m: c for m, c in terms.items() if c}  # never changed later
         # `flat`: sympy holds this value as these terms too (see `derived`). Given by the operations that keep it
-        # (`_flat_product`); elsewhere only a number made of numbers, a symbol or a number is known to be
+        # (`_flat_product`); elsewhere only a number made of numbers, a symbol, a number or an atom of flat
+        # arguments is known to be
         if flat is None:
             flat = all(o.flat and _numeric(o.terms) for o in operands) if operands else \
-                not any(isinstance(v, Atom) for v in self.variables())
+                all(isinstance(v, str) or v.flat for v in self.variables())
         self.flat = flat
 
     @property

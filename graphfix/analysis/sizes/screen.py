@@ -34,7 +34,7 @@ def _split(p: Poly) -> tuple[Poly, Poly]:
             whole[m], rest[m] = math.floor(c), c - math.floor(c)
         else:
             rest[m] = c
-    return Poly(whole), Poly(rest)
+    return Poly(whole, flat=p.flat), Poly(rest, flat=p.flat)
 
 
 def _integral(variable) -> bool:
@@ -63,7 +63,7 @@ class PolyArith:
         value = lift(value)
         whole, rest = _split(value)
         if rest.constant is not None:  # 0 <= rest < 1
-            return Poly(whole.terms, value)
+            return Poly(whole.terms, value, flat=value.flat)  # sympy's floor(T + 1/2) is T
         return whole + variable(Atom("floor", (rest,)))
 
     @staticmethod
@@ -71,7 +71,7 @@ class PolyArith:
         value = lift(value)
         whole, rest = _split(value)
         if rest.constant is not None:
-            return Poly((whole + (1 if rest.constant else 0)).terms, value)
+            return Poly((whole + (1 if rest.constant else 0)).terms, value, flat=value.flat)
         return whole + variable(Atom("ceiling", (rest,)))
 
     @classmethod
