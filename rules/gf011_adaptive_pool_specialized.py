@@ -40,12 +40,11 @@ class AdaptivePoolSpecialized(Rule):
     a function of the model's, where the stack trace keeps only forward's line, by the op torch.export decomposed it
     into (`max_pool2d_with_indices`, or `avg_pool2d` given a stride equal to its kernel, over an unsqueezed
     sequence; a model's `F.max_pool1d` writes a 1-d pool), whose kernel is more than 1 along an axis whose length
-    varies.
-    An adaptive pool returns its output size at every input size;
-    torch.export decomposes one whose output size divides the export size into a pool of kernel and stride `export
-    size / output size` (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at
-    every other length (the graph declares it `(t//5)`). The length is read from onnx's inference, then from the
-    size analysis where onnx leaves it open: a length padded and cropped to 16 before the pool is 16 at every size,
+    varies. An adaptive pool returns its output size at every input size; torch.export decomposes one whose output
+    size divides the export size into a pool of kernel and stride `export size / output size`
+    (`AdaptiveAvgPool1d(8)` at 40 frames: kernel 5), which returns `T // 5` positions, not 8, at every other length
+    (the graph declares it `(t//5)`). The length is read from onnx's inference, then from the size analysis where
+    onnx leaves it open: a length padded and cropped to 16 before the pool is 16 at every size,
     and pooled as PyTorch pools it. A length `x[..., :16]` of a dynamic one is 16 from 16 on: a warning
     (torch.export's `Dim("t", min=16)` says the model takes no less, which the graph does not keep). An axis an
     adaptive pool keeps (`(None, 1)`) has kernel 1 there, and a static axis is pooled as PyTorch pools it: neither
