@@ -276,18 +276,24 @@ def _attributed(model) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str,
     return pools, gathers
 
 
+def _metadata(node) -> tuple[dict[str, str], str, str]:
+    """A node's metadata as the dynamo exporter writes it, its module path (`namespace`) and the innermost frame of
+    its stack trace."""
+    meta = {entry.key: entry.value for entry in node.metadata_props}
+    stack = meta.get(STACK, "").strip()
+    return meta, meta.get("namespace", ""), stack.splitlines()[-1] if stack else ""
+
+
 def _attribution(node) -> tuple[str, str] | None:
     """(what, key) where the dynamo exporter wrote `node` for an adaptive pool: the innermost module of its
     `namespace` when it is one of torch.nn's (`AdaptiveAvgPool1d 'p'`), else the call of the innermost frame of its
     stack trace (`F.adaptive_avg_pool1d` of a user's module, of a subclass, of timm's SelectAdaptivePool2d). The key
     is the same on every node of one pool: its module path (and, for a call, that frame)."""
-    meta = {entry.key: entry.value for entry in node.metadata_props}
-    namespace, stack = meta.get("namespace", ""), meta.get(STACK, "").strip()
+    _, namespace, frame = _metadata(node)
     modules = list(ADAPTIVE.finditer(namespace))
     if modules:
         name, kind = modules[-1].groups()
         return f"{kind} '{name or '(the model)'}'", namespace[:modules[-1].end()]
-    frame = stack.splitlines()[-1] if stack else ""
     called = CALLED.findall(frame)
     if called:
         return f"a call of {called[-1]}", namespace.rsplit("/", 1)[0] + "\n" + frame
@@ -307,9 +313,7 @@ def _called_in_a_function(ctx: RuleContext, named: dict, protos: dict) -> dict[s
     for node in ctx.graph.nodes:
         if node.op not in POOLS or node.name in named or node.name not in protos:
             continue
-        meta = {entry.key: entry.value for entry in protos[node.name].metadata_props}
-        namespace, stack = meta.get("namespace", ""), meta.get(STACK, "").strip()
-        frame = stack.splitlines()[-1] if stack else ""
+        meta, namespace, frame = _metadata(protos[node.name])
         op = DECOMPOSED.search(meta.get(FX_NODE, ""))
         if op is None or POOLING_MODULE in namespace or OWN_CALL.search(frame) or \
                 (op["op"].startswith("avg") and op["stride"] != op["kernel"]) or \
