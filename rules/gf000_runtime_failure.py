@@ -24,10 +24,13 @@ class RuntimeFailure(Rule):
     contradicts there is wrong, not the model). The dynamo exporter declares an `nn.GRU`'s output `[B, 12, 16]` at
     the export length, though the GRU op makes it `T`: an error on a model onnxruntime runs at every length, left so
     because dynamo writes the same graph and declaration for `gru(x)[0][:, :12]` traced at 12 (it drops the crop),
-    where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). A dim torch.export declares `2*H2` is probed
-    at even sizes only, `2*h + 1` at odd ones (the exporter checked the model there); a length a Reshape splits into
-    whole chunks is not kept to multiples, since a head split with the length baked, a pad to a multiple that the
-    trace dropped with its branch and `nn.PixelUnshuffle(2)` leave such graphs alike (red team 79): GF004's finding
+    where the 12 is PyTorch's truth (`tests/test_dynamo_exports.py`). A rank the graph never gives is no
+    declaration held against it: torch.export declares `x.squeeze(-1)` of a length it cannot prove is 1 with that
+    axis, which the ONNX Squeeze removes wherever it runs (onnx's inference of the graph says the rank). A dim
+    torch.export declares `2*H2` is probed at even sizes only, `2*h + 1` at odd ones (the exporter checked the
+    model there); a length a Reshape splits into whole chunks is not kept to multiples, since a head split with the
+    length baked, a pad to a multiple that the trace dropped with its branch and `nn.PixelUnshuffle(2)` leave such
+    graphs alike (red team 79): GF004's finding
     says to give multiples with --shape where the model takes no others (`tests/frontends/test_chunked_lengths.py`).
     Sizes where the graph's own shapes agree only at a step are probed too (torchvision's RAFT meets `H // 8` with
     what its strided Convs make of H, equal at multiples of 8 only; timm's MaxViT adds a stride-2 Conv to an AvgPool

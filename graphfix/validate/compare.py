@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from graphfix.analysis.shapes import symbolic_shapes
+from graphfix.analysis.shapes import infer_shapes, skeleton, symbolic_shapes
 from graphfix.validate import dim_expr
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,26 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
             continue
         shapes[out.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tensor.shape.dim]
     return shapes
+
+
+def possible_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
+    """`declared_shapes`, less a declaration of a rank the graph cannot give: torch.export declares
+    `x.squeeze(-1)` of a length it cannot prove is 1 (`Min(12, T) // 12`) with that axis, and the ONNX Squeeze
+    removes it wherever it runs (it fails elsewhere), as PyTorch's squeeze does where the length is 1 (helper 147:
+    a healthy export refused at every size). Asked of onnx's shape inference without the outputs' declarations,
+    only for outputs a Squeeze makes."""
+    declared = declared_shapes(model)
+    squeezed = {name for node in model.graph.node if node.op_type == "Squeeze" for name in node.output} & {
+        name for name, dims in declared.items() if dims is not None}
+    if squeezed:
+        bare = skeleton(model)  # a copy
+        for out in bare.graph.output:
+            out.type.tensor_type.ClearField("shape")
+        given = declared_shapes(infer_shapes(bare))
+        for name in squeezed:
+            if given.get(name) is not None and len(given[name]) != len(declared[name]):
+                declared[name] = None
+    return declared
 
 
 def drop_contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],

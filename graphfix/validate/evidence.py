@@ -25,6 +25,7 @@ from graphfix.validate.compare import (
     declared_shapes,
     drop_contradicted,
     evaluate_dim,
+    possible_shapes,
 )
 from graphfix.validate.consistency import MIXED, Samples, independent_samples
 from graphfix.validate.graph_sizes import declared_sizes, dim_names, graph_inputs, met_sizes
@@ -166,7 +167,7 @@ class Judge:
     def __init__(self, before, after, options, export: dict[str, int], known: bool = False,
                  derived_dims: set[str] = frozenset(), aliases: dict[str, set[str]] | None = None):
         self.before, self.after, self.options, self.export, self.known = before, after, options, export, known
-        self.declared = declared_shapes(before.proto)  # what the original's own outputs are checked against
+        self.declared = possible_shapes(before.proto)  # what the original's own outputs are checked against
         # what the candidate is held to: an export-time size the repair now computes is no promise
         self.promises = following_repair(self.declared, declared_shapes(after.proto), export)
         # once, not per dim: each reads every dim of every input (5000 dims: 25M regex searches, 47 s). A batch dim

@@ -22,7 +22,7 @@ from graphfix.io.budgets import ENV_RUN_BUDGET
 from graphfix.io.loading import LoadedModel
 from graphfix.validate.anchor import anchored, known_export_size
 from graphfix.validate.budget import NotProbed, check_input_kind, probe_memory_budget
-from graphfix.validate.compare import ShapeOracle, declared_shapes, drop_contradicted, evaluate_dim
+from graphfix.validate.compare import ShapeOracle, drop_contradicted, evaluate_dim, possible_shapes
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.given import check_given
 from graphfix.validate.hints import domain_hint
@@ -141,7 +141,7 @@ def probe(model: ModelSource | LoadedModel, options: ValidationOptions) -> list[
     sizes = probe_sizes(proto, options, moved=footprint.fits)
     below: dict[str, RuntimeFailure] = {}  # failures seen only below the export size so far
     skipped: dict[str, list[dict[str, int]]] = {}  # why -> the sizes not run for that reason
-    declared = declared_shapes(proto)  # what repair's proof holds the unchanged model to, as it does
+    declared = possible_shapes(proto)  # what repair's proof holds the unchanged model to, as it does
     for binding in sizes:
         try:
             feeds = synthesize_inputs(proto, binding, options)

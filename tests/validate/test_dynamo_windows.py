@@ -1,0 +1,105 @@
+"""Dynamo exports that read a window of fixed frames from a dynamic length (helper 147), and outputs torch.export
+declares with a rank the graph never gives.
+
+`(x[:, 2:14] * w).sum(1)` with a learned [12, 8] `w` runs at every T from 14, in PyTorch and onnxruntime alike;
+graphfix reports it (GF003, GF006) and `repair` refuses it. A floor read from the graph (T >= 14, "the model's own
+window") was tried and given up (helper 152): torch.export keeps one branch of `if x.shape[1] >= 14:` without its
+guard, and with `Dim.AUTO` specialises `int(x.shape[1])` while still declaring the input dynamic, and both leave
+this graph, wrong below 14 or past it where PyTorch runs. Nothing in the ONNX tells them apart: refused."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from graphfix.cli import cli
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch]
+
+
+class Window(torch.nn.Module):
+    """A learned weighting of frames 2..13; with `branch`, only where the input has them (else the mean)."""
+
+    def __init__(self, branch: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w, self.branch = torch.nn.Parameter(torch.randn(12, 8)), branch
+
+    def forward(self, x):
+        if self.branch and x.shape[1] < 14:
+            return x.mean(1)
+        return (x[:, 2:14] * self.w).sum(1)
+
+
+class PooledFirstTwelve(torch.nn.Module):
+    """The mean of the first 12 frames by a pool of 12, squeezed: torch.export cannot prove the pooled length
+    `Min(12, T) // 12` is 1 (its T was declared from 2) and declares the output [B, 8, that], which the ONNX
+    Squeeze never gives; PyTorch squeezes that axis too, where it is 1, from T = 12 on."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool1d(x[:, :12].transpose(1, 2), 12).squeeze(-1)
+
+
+def _export(module, path, least):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 16, 8),), str(path), dynamo=True, input_names=["x"],
+                          output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("B"), 1: torch.export.Dim("T", min=least)},))
+    return path
+
+
+def _matches(module, path, lengths) -> bool:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for length in lengths:
+        x = np.random.default_rng(length).standard_normal((2, length, 8)).astype(np.float32)
+        want = module(torch.from_numpy(x)).detach().numpy()
+        try:
+            got = session.run(None, {"x": x})[0]
+        except Exception:
+            return False
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            return False
+    return True
+
+
+def _repair(path, tmp_path):
+    out = tmp_path / "out.onnx"
+    return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
+
+
+def test_a_window_torch_export_kept_from_a_branch_is_refused(tmp_path):
+    module = Window(branch=True)
+    path = _export(module, tmp_path / "branch.onnx", least=2)
+    assert _matches(module, path, [14, 20, 37]) and not _matches(module, path, [10])  # the other branch is gone
+    done, out = _repair(path, tmp_path)
+    assert done.exit_code != 0 and not out.exists(), done.output
+
+
+@pytest.mark.xfail(strict=True, reason="known false error: the graph of the branch above, exported at T >= 14")
+def test_a_window_of_the_models_own_is_written(tmp_path):
+    module = Window()
+    path = _export(module, tmp_path / "own.onnx", least=14)
+    assert _matches(module, path, [14, 20, 37])
+    done, out = _repair(path, tmp_path)
+    assert done.exit_code == 0 and out.read_bytes() == path.read_bytes(), done.output
+
+
+def test_an_output_declared_with_a_rank_its_squeeze_never_gives_is_held_to_what_it_gives(tmp_path):
+    """helper 147: every probe "failed" (`output 'squeeze' has rank 2, the original declares 3`): `diagnose` gave a
+    GF000 error and `repair` exited 1 on a healthy export."""
+    module = PooledFirstTwelve()
+    path = _export(module, tmp_path / "m.onnx", least=2)  # T from 2: the pooled length may be 0
+    assert len(onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim) == 3
+    assert _matches(module, path, [12, 20, 37])
+    diagnosed = CliRunner().invoke(cli, ["diagnose", str(path)])
+    assert diagnosed.exit_code == 0 and "error" not in diagnosed.output, diagnosed.output
+    done, out = _repair(path, tmp_path)
+    assert done.exit_code == 0 and out.read_bytes() == path.read_bytes(), done.output
