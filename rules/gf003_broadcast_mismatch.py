@@ -28,6 +28,7 @@ from graphfix.analysis.broadcast import (
 from graphfix.analysis.broadcast_text import (
     capped,
     describe_operands,
+    floored,
     operand_labels,
     pairs_text,
     show_dim,
@@ -60,6 +61,11 @@ BAKED_HINT = (
     "If the model takes that one size only (timm's LeViT holds attention biases of one image size), the dims are "
     "not dynamic: fix them with `graphfix set-shape` and repair that."
 )
+WINDOW_HINT = (
+    "If the model takes only {least} (PyTorch fails below too), the window is its own: `graphfix repair --skip "
+    "GF003,GF006 --shape NAME=DIMS` with sizes from there writes it, checked at them. Otherwise slice with the traced "
+    "size (`x[:, 2:]`, not `x[:, 2:int(x.size(1))]`) and re-export; GF006 (trace-baked-constant) locates the constant."
+)
 GENERIC_HINT = (
     "Check these operand shapes in PyTorch and make the broadcast explicit (unsqueeze/view/expand) so the dims "
     "line up from the right. If one size was captured at trace time, see GF004 and GF006."
@@ -78,7 +84,11 @@ class BroadcastMismatch(Rule):
 
     Two causes are told apart. *Rank misalignment*: a lower-rank operand whose dims are the leading dims of the
     other one, the mark of `x[mask] = value` with a bool mask of lower rank. *A size captured at trace time*: a
-    static dim against a dynamic one, e.g. a positional table cut at the export length; GF006 owns that fix.
+    static dim against a dynamic one, e.g. a positional table cut at the export length; GF006 owns that fix. A
+    window that holds that size once a length reaches a number (`x[:, 2:14]` against a learned [12, 8] weight: from
+    T = 14 on) is reported with both readings, the model's own window or a number the export kept (a length traced
+    through Python, a branch torch.export took without its guard): the graph does not tell them apart (helpers 147
+    and 152), and the finding says how to write a model that takes only those sizes.
 
     ## Why it breaks deployment
     The TorchScript exporter (`dynamo=False`, every opset) turns `x[mask] = 0` with `mask[B,T]` and `x[B,T,C]`
@@ -232,6 +242,16 @@ class BroadcastMismatch(Rule):
             i, j, axis, a, b, _ = pinned[0]
             static, dynamic = (i, j) if isinstance(a, int) else (j, i)
             size, dim = (a, b) if isinstance(a, int) else (b, a)
+            if (least := floored(dim, size)) and len(pinned) == len(bad) == 1:
+                yield self.finding(
+                    f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {show_shape(shapes[static])}"
+                    f" has static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "
+                    f"{show_shape(shapes[dynamic])} has {dim}, which is {size} once {least}: it runs only there (and "
+                    f"where {dim} is 1). A window of the model's own, if the model takes only {least}, or a number "
+                    "the export kept (a length traced through Python, a branch torch.export took at the export "
+                    "size): the graph does not tell which.",
+                    nodes=[node], tensors=operands, shapes=shape_map, hint=WINDOW_HINT.format(least=least))
+                return
             yield self.finding(
                 f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {show_shape(shapes[static])} has "
                 f"static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "

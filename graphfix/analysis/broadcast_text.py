@@ -54,3 +54,13 @@ def capped(a: Dim, b: Dim) -> str:
         if match and match.group(2) == str(y):
             return f"{y} <= {match.group(1)} (a size fixed at export time caps {y}; see GF006)"
     return ""
+
+
+def floored(dim: Dim, size: int) -> str:
+    """`Min(14, T) - 2` against 12: a window `x[:, 2:14]` that holds 12 positions once T reaches 14, so the op runs
+    from there on ('T >= 14'); '' for any other pair."""
+    match = re.fullmatch(r"Min\((\d+), ([A-Za-z_]\w*)\)(?: ([+-]) (\d+))?", str(dim))
+    if not match:
+        return ""
+    cap, offset = int(match.group(1)), int(match.group(4) or 0) * (-1 if match.group(3) == "-" else 1)
+    return f"{match.group(2)} >= {cap}" if cap + offset == size > 1 else ""

@@ -103,3 +103,17 @@ def test_an_output_declared_with_a_rank_its_squeeze_never_gives_is_held_to_what_
     assert diagnosed.exit_code == 0 and "error" not in diagnosed.output, diagnosed.output
     done, out = _repair(path, tmp_path)
     assert done.exit_code == 0 and out.read_bytes() == path.read_bytes(), done.output
+
+
+def test_the_error_on_a_window_says_from_which_size_it_runs_and_how_to_give_those_sizes(tmp_path):
+    """GF003 said "runs only when Min(14, T) - 2 is 1 or 12: a size captured at export time (trace-baked)"; it now
+    names the floor, both readings, and the way to write the model where the user knows it takes only those sizes."""
+    module = Window()
+    path = _export(module, tmp_path / "own.onnx", least=14)
+    diagnosed = CliRunner().invoke(cli, ["diagnose", str(path)])
+    assert "which is 12 once T >= 14" in diagnosed.output and "--skip GF003,GF006" in diagnosed.output, \
+        diagnosed.output
+    out = tmp_path / "out.onnx"
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(out), "--skip", "GF003,GF006",
+                                    "--shape", "x=1x20x8"])
+    assert done.exit_code == 0 and _matches(module, out, [14, 20, 37]), done.output
