@@ -36,7 +36,7 @@ from graphfix.analysis.broadcast_text import (
     when_it_runs,
 )
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.sizes import sizes_of
+from graphfix.analysis.sizes import own_floors, sizes_of
 from graphfix.core.rule import Finding, Fix, Rejection, Rule, Safety, Severity, known
 from graphfix.io.sources import known_values
 
@@ -149,6 +149,7 @@ class BroadcastMismatch(Rule):
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         inputs = input_dim_names(ctx.model)
         refined: dict[str, list[Dim] | None] | None = None
+        least: dict = {}  # the sizes torch.export traced for: `x[:, 2:14]` is 12 long from T = 14 on (own_floors)
         # Tensors downstream of a reported mismatch: their inferred dims are an artefact of it (onnx infers
         # broadcast(T, 5) as 5), so they must not raise a second finding for the same cause.
         tainted: set[int] = set()
@@ -174,8 +175,8 @@ class BroadcastMismatch(Rule):
             if all(s is not None for s in coarse) and not doubtful(coarse, inputs):
                 continue  # onnx's shapes already broadcast
             if refined is None:  # one symbolic size analysis per graph, only once a candidate needs it
-                refined = sizes_of(ctx)
-            shapes = [merge_shape(refined.dims(t), s) for t, s in zip(operands, coarse, strict=True)]
+                refined, least = sizes_of(ctx), own_floors(ctx)
+            shapes = [merge_shape(refined.dims(t, least), s) for t, s in zip(operands, coarse, strict=True)]
             shapes = as_declared(ctx, node, shapes, inputs)
             if any(s is None for s in shapes):
                 yield self.reject("an operand's rank is unknown", nodes=[node])

@@ -36,6 +36,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     light.functions.extend(model.functions)
     source, graph = model.graph, light.graph
     graph.name = source.name
+    graph.metadata_props.extend(source.metadata_props)  # the exporter's record (graphfix.io.torch_ranges)
     graph.node.extend(source.node)
     graph.input.extend(source.input)
     graph.output.extend(source.output)

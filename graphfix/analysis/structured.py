@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from graphfix.analysis.broadcast import BROADCAST_OPS, input_dim_names, is_input_dim
 from graphfix.analysis.constants import arange_axis
 from graphfix.analysis.sinusoids import sinusoid_table
-from graphfix.analysis.sizes import sizes_of
+from graphfix.analysis.sizes import at_floors, own_floors, sizes_of
 
 # a state_dict key, as the exporters keep a parameter's name (`m.embeddings.position_embeddings`, `pos_embed`); not a
 # name made for a value (`onnx::Add_30`, `/Constant_output_0`, dynamo's `val_12` and `slice_3`)
@@ -148,8 +148,8 @@ def _varies(ctx, tensor: gs.Tensor, axis: int, shape: list, inputs: frozenset[st
         return False
     if is_input_dim(dim, inputs):
         return True
-    derived = (sizes_of(ctx).shape(tensor) or [None] * len(shape))[axis]
-    return derived is not None and bool(derived.free_symbols)
+    derived = at_floors((sizes_of(ctx).shape(tensor) or [None] * len(shape))[axis], own_floors(ctx))
+    return derived is not None and bool(derived.free_symbols)  # `x[:, 2:14]` traced for T >= 14: 12 long
 
 
 def is_uniform(value: np.ndarray, axes: Iterable[int]) -> bool:

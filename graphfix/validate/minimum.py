@@ -117,9 +117,11 @@ def input_shapes(runner: ModelRunner, model: onnx.ModelProto, node: onnx.NodePro
 
 def _shapes(runner: ModelRunner, names: list[str], feeds, model: onnx.ModelProto | None = None
             ) -> dict[str, list[int]]:
-    """The shapes of the tensors `names`, from one run of the nodes upstream of them; {} where it fails."""
+    """The shapes of the tensors `names`, from one run of the nodes upstream of them; {} where it fails. Not a
+    sequence's (`SplitToSequence` of `x.split(4, 1)`: a list of tensors of several shapes, helper 153)."""
     upstream = upstream_only(model if model is not None else runner.proto, names)
     result = ModelRunner(upstream, runner.base_dir, weights=runner.weights, files=runner.files).run(feeds)
     if not result.ok:
         return {}
-    return {name: list(np.shape(result.outputs[name])) for name in names if name in result.outputs}
+    return {name: list(np.shape(result.outputs[name])) for name in names
+            if isinstance(result.outputs.get(name), np.ndarray)}

@@ -1,11 +1,11 @@
-"""Dynamo exports that read a window of fixed frames from a dynamic length (helper 147), and outputs torch.export
-declares with a rank the graph never gives.
+"""Exports that read a window of fixed frames from a dynamic length (helper 147), and outputs torch.export declares
+with a rank the graph never gives.
 
-`(x[:, 2:14] * w).sum(1)` with a learned [12, 8] `w` runs at every T from 14, in PyTorch and onnxruntime alike;
-graphfix reports it (GF003, GF006) and `repair` refuses it. A floor read from the graph (T >= 14, "the model's own
-window") was tried and given up (helper 152): torch.export keeps one branch of `if x.shape[1] >= 14:` without its
-guard, and with `Dim.AUTO` specialises `int(x.shape[1])` while still declaring the input dynamic, and both leave
-this graph, wrong below 14 or past it where PyTorch runs. Nothing in the ONNX tells them apart: refused."""
+`(x[:, 2:14] * w).sum(1)` with a learned [12, 8] `w` runs at every T from 14, in PyTorch and onnxruntime alike.
+The graph alone does not tell it from `if x.shape[1] >= 14:` with another path below, or from `int(T)` traced at
+14 (helpers 147 and 152): refused there, with the floor named. What tells them apart is torch.export's own record
+of the sizes it traced for (GF016, graphfix.io.torch_ranges): a dynamo export declared `Dim("T", min=14)` holds
+`T >= 14`, and within it the window is the module's."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ class PooledFirstTwelve(torch.nn.Module):
         return torch.nn.functional.avg_pool1d(x[:, :12].transpose(1, 2), 12).squeeze(-1)
 
 
-def _export(module, path, least):
+def _export(module, path, least=None):
+    length = torch.export.Dim("T") if least is None else torch.export.Dim("T", min=least)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.randn(2, 16, 8),), str(path), dynamo=True, input_names=["x"],
-                          output_names=["y"],
-                          dynamic_shapes=({0: torch.export.Dim("B"), 1: torch.export.Dim("T", min=least)},))
+                          output_names=["y"], dynamic_shapes=({0: torch.export.Dim("B"), 1: length},))
     return path
 
 
@@ -75,21 +75,27 @@ def _repair(path, tmp_path):
     return CliRunner().invoke(cli, ["repair", str(path), "-o", str(out)]), out
 
 
-def test_a_window_torch_export_kept_from_a_branch_is_refused(tmp_path):
+def test_a_window_kept_from_a_branch_with_no_record_of_it_is_refused(tmp_path):
+    """The TorchScript exporter keeps the path it traced and records no guard: the graph of the window below."""
     module = Window(branch=True)
-    path = _export(module, tmp_path / "branch.onnx", least=2)
-    assert _matches(module, path, [14, 20, 37]) and not _matches(module, path, [10])  # the other branch is gone
+    path = tmp_path / "branch.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.randn(2, 16, 8),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"}, "y": {0: "B"}})
+    assert _matches(module, path, [14, 20, 37]) and not _matches(module, path, [10])  # the other path is gone
     done, out = _repair(path, tmp_path)
     assert done.exit_code != 0 and not out.exists(), done.output
 
 
-@pytest.mark.xfail(strict=True, reason="known false error: the graph of the branch above, exported at T >= 14")
-def test_a_window_of_the_models_own_is_written(tmp_path):
+def test_a_window_of_the_models_own_traced_for_its_sizes_is_written(tmp_path):
+    """Declared `Dim("T", min=14)`: torch.export records `T >= 14`, where the graph is the module's."""
     module = Window()
     path = _export(module, tmp_path / "own.onnx", least=14)
     assert _matches(module, path, [14, 20, 37])
     done, out = _repair(path, tmp_path)
     assert done.exit_code == 0 and out.read_bytes() == path.read_bytes(), done.output
+    assert "GF003" not in done.output and "GF006" not in done.output, done.output
 
 
 def test_an_output_declared_with_a_rank_its_squeeze_never_gives_is_held_to_what_it_gives(tmp_path):
@@ -106,10 +112,11 @@ def test_an_output_declared_with_a_rank_its_squeeze_never_gives_is_held_to_what_
 
 
 def test_the_error_on_a_window_says_from_which_size_it_runs_and_how_to_give_those_sizes(tmp_path):
-    """GF003 said "runs only when Min(14, T) - 2 is 1 or 12: a size captured at export time (trace-baked)"; it now
-    names the floor, both readings, and the way to write the model where the user knows it takes only those sizes."""
+    """Exported with `Dim("T")`: torch.export records no floor (the window broadcasts at T = 3). GF003 said "runs
+    only when Min(14, T) - 2 is 1 or 12: a size captured at export time (trace-baked)"; it now names the floor, both
+    readings, and the way to write the model where the user knows it takes only those sizes."""
     module = Window()
-    path = _export(module, tmp_path / "own.onnx", least=14)
+    path = _export(module, tmp_path / "own.onnx")
     diagnosed = CliRunner().invoke(cli, ["diagnose", str(path)])
     assert "which is 12 once T >= 14" in diagnosed.output and "--skip GF003,GF006" in diagnosed.output, \
         diagnosed.output

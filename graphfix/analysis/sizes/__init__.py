@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 
+from graphfix.analysis.sizes.arith import at_floors
 from graphfix.analysis.sizes.core import Constraint, Sizes
 from graphfix.analysis.sizes.held import broadcast_only, held_reshapes
 from graphfix.analysis.sizes.limits import (
@@ -41,6 +42,7 @@ from graphfix.analysis.sizes.solve import (
 )
 from graphfix.analysis.sizes.ties import bind, relations
 from graphfix.core.recent import per_model
+from graphfix.io.torch_ranges import exported_ranges
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -51,6 +53,18 @@ def sizes_of(ctx) -> Sizes:
     if ctx not in _CACHE:
         _CACHE[ctx] = Sizes(ctx.graph, ctx.evaluator.value, budget_s=BUDGET_S, solver=Solver(ctx.notes))
     return _CACHE[ctx]
+
+
+def own_floors(ctx) -> dict:
+    """Symbol -> the least size torch.export traced the model for, above 1 (`graphfix.io.torch_ranges`: a branch
+    `if x.shape[1] >= 14:` kept under `T >= 14`, a `Dim("T", min=14)`): there `x[:, 2:14]` is 12 long, as the
+    module's is (`at_floors`). Empty without the exporter's record: the graph alone does not tell a window of the
+    model's own from a number the export kept (helpers 147 and 152)."""
+    least = {}
+    for name, (low, high) in exported_ranges(ctx.model).items():
+        if low > 1 and (high is None or high > low):
+            least[sizes_of(ctx).symbol(name)] = low
+    return least
 
 
 def sizes_if(ctx, op: str) -> Sizes | None:
@@ -86,9 +100,8 @@ def tied_dims(model) -> dict:
 
 __all__ = [
     "BakedEntry", "BakedPad", "BakedShape", "BakedSlice", "Cap", "Constraint", "FixedPad", "FrozenOutput", "Sizes",
-    "Solution", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind", "broadcast_only", "caps",
-    "determined_entries", "downstream_outputs", "fixed_length_pads", "frozen_by_other_entries", "frozen_by_pads",
-    "frozen_outputs", "held_reshapes",
-    "partly_constant", "relations",
-    "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",
+    "Solution", "at_floors", "baked_expands", "baked_pads", "baked_reshapes", "baked_slices", "bind",
+    "broadcast_only", "caps", "determined_entries", "downstream_outputs", "fixed_length_pads",
+    "frozen_by_other_entries", "frozen_by_pads", "frozen_outputs", "held_reshapes", "own_floors", "partly_constant",
+    "relations", "sizes_if", "sizes_of", "solve", "static_sizes", "tied_dims",
 ]

@@ -22,6 +22,15 @@ Shape = tuple  # tuple[Expr | None, ...]
 TOLERATED = (TypeError, ValueError, ArithmeticError, IndexError, KeyError, AttributeError, RecursionError)
 
 
+def at_floors(expr: sympy.Expr | None, least: dict[sympy.Symbol, int]) -> sympy.Expr | None:
+    """`expr` where each symbol is at least its `least`: `Min(14, T) - 2` is 12 from T = 14 on."""
+    if expr is None or not least or not expr.free_symbols & least.keys():
+        return expr
+    return expr.subs({low: number for low in expr.atoms(sympy.Min) if len(low.args) == 2
+                      for number, symbol in [sorted(low.args, key=lambda a: not a.is_Integer)]
+                      if number.is_Integer and symbol in least and number <= least[symbol]})
+
+
 def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> Shape | None:
     """The output shape of a Conv, ConvTranspose or Pool `node` over input shape `x` (weight shape `w`; `()` for a
     pool), with exact floor arithmetic (`num`'s, sympy's by default); None where it is not computed (unknown input,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith, same
+from graphfix.analysis.sizes.arith import SYMPY, TOLERATED, SympyArith, at_floors, same
 from graphfix.analysis.sizes.ops import BROADCAST, SAME_SHAPE, OpShapes, Shape, _present
 from graphfix.analysis.sizes.roots import Solver
 from graphfix.analysis.sizes.spread import MAX_VECTOR
@@ -86,11 +86,13 @@ class Sizes(OpShapes):
         self._run()
         return self._values.get(id(tensor))
 
-    def dims(self, tensor: gs.Tensor) -> list[int | str | None] | None:
-        """The shape as rules print and compare it: ints, symbol names, other expressions as text, None."""
+    def dims(self, tensor: gs.Tensor, least: dict | None = None) -> list[int | str | None] | None:
+        """The shape as rules print and compare it: ints, symbol names, other expressions as text, None; where each
+        symbol is at least its `least` (`own_floors`) where given."""
         shape = self.shape(tensor)
         if shape is None:
             return None
+        shape = [at_floors(d, least) for d in shape] if least else shape
         return [None if d is None else (int(d) if d.is_Integer else str(d)) for d in shape]
 
     @property
