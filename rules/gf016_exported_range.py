@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.sizes.domain import window_minimums
 from graphfix.core.rule import Finding, Rule, Severity
-from graphfix.io.torch_ranges import exported_ranges
+from graphfix.io.torch_ranges import fixed_by_export, guarded_least
 
 FIXED_HINT = ("Re-export with a named dim (`dynamic_shapes={'x': {1: torch.export.Dim('T')}}`): torch.export then "
               "stops at the line that fixes it and names it; keep the size a tensor there (`x.shape[1]`, not "
@@ -55,10 +55,9 @@ class ExportedRange(Rule):
     severity = Severity.ERROR
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding]:
-        ranges = exported_ranges(ctx.model)
-        fixed = {name: low for name, (low, high) in ranges.items() if high == low and low > 0}
-        inputs = {name: [vi.name for vi in ctx.model.graph.input
-                         if any(d.dim_param == name for d in vi.type.tensor_type.shape.dim)] for name in ranges}
+        fixed, floors = fixed_by_export(ctx.model), guarded_least(ctx.model)
+        inputs = {name: [vi.name for vi in ctx.model.graph.input if any(
+            d.dim_param == name for d in vi.type.tensor_type.shape.dim)] for name in {*fixed, *floors}}
         for name, size in fixed.items():
             yield self.finding(
                 f"torch.export traced {self._where(name, inputs)} at {name} = {size} only (its record: "
@@ -66,7 +65,6 @@ class ExportedRange(Rule):
                 "(`int(x.shape[1])` under `Dim.AUTO`), and every number computed from it is the export's; other "
                 "sizes run wrong or fail",
                 tensors=inputs[name], hint=FIXED_HINT)
-        floors = {name: low for name, (low, high) in ranges.items() if low > 1 and (high is None or high > low)}
         if floors:
             windows = window_minimums(ctx.model, frames=1)
             for name, low in floors.items():

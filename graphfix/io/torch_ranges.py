@@ -1,6 +1,8 @@
 """The sizes torch.export checked a dynamo export for, as its exporter records them in the graph's metadata.
 
     exported_ranges(model)   # {"T": (14, None)}: traced under `T >= 14`; {"s27": (16, 16)}: specialised to 16
+    guarded_least(model)     # {"T": 14}: the least sizes above torch's default 2, where no dim was fixed
+    fixed_by_export(model)   # {"s27": 16}
 
 torch.export guards every size the trace reads: a branch `if x.shape[1] >= 14:` keeps one path under `T >= 14`, and
 `int(x.shape[1])` under `Dim.AUTO` fixes T at its export size. The ONNX graph keeps neither guard (its inputs
@@ -24,6 +26,7 @@ from graphfix.core.recent import per_model
 
 RANGES = "pkg.torch.export.ExportedProgram.range_constraints"
 ENTRY = re.compile(r"\b(s\d+): VR\[(-?\d+|-int_oo), (-?\d+|int_oo)\]")  # an input's symbol (`u0`: a value's size)
+DEFAULT_LEAST = 2  # a `Dim`'s least size unless given (a Llama's `Dim("T", max=4096)`: VR[2, 4096])
 LONGEST = 1 << 20  # characters of the record read: a graph's inputs have far fewer dims
 
 
@@ -42,6 +45,18 @@ def exported_ranges(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]
     if len(declared) == len(ranges) and not set(declared) & ranges.keys():  # renamed, one for one
         return dict(zip(declared, ranges.values(), strict=True))
     return {}
+
+
+def guarded_least(model: onnx.ModelProto) -> dict[str, int]:
+    """Input dim name -> the least size torch.export traced for, where above the 2 a `Dim` takes by default (a
+    guard: a branch on the size, a `Dim(min=...)`) and the dim was not fixed."""
+    return {name: low for name, (low, high) in exported_ranges(model).items()
+            if low > DEFAULT_LEAST and (high is None or high > low)}
+
+
+def fixed_by_export(model: onnx.ModelProto) -> dict[str, int]:
+    """Input dim name -> the one size torch.export traced it at (`[16, 16]`), though the input declares it."""
+    return {name: low for name, (low, high) in exported_ranges(model).items() if high == low and low > 0}
 
 
 def _bound(text: str) -> int | None:

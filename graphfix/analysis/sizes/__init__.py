@@ -42,7 +42,7 @@ from graphfix.analysis.sizes.solve import (
 )
 from graphfix.analysis.sizes.ties import bind, relations
 from graphfix.core.recent import per_model
-from graphfix.io.torch_ranges import exported_ranges
+from graphfix.io.torch_ranges import guarded_least
 
 BUDGET_S = 3.0  # the whole pass; past it the analysis is incomplete, never wrong
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -56,15 +56,11 @@ def sizes_of(ctx) -> Sizes:
 
 
 def own_floors(ctx) -> dict:
-    """Symbol -> the least size torch.export traced the model for, above 1 (`graphfix.io.torch_ranges`: a branch
+    """Symbol -> the least size torch.export guarded the model for (`graphfix.io.torch_ranges`: a branch
     `if x.shape[1] >= 14:` kept under `T >= 14`, a `Dim("T", min=14)`): there `x[:, 2:14]` is 12 long, as the
     module's is (`at_floors`). Empty without the exporter's record: the graph alone does not tell a window of the
     model's own from a number the export kept (helpers 147 and 152)."""
-    least = {}
-    for name, (low, high) in exported_ranges(ctx.model).items():
-        if low > 1 and (high is None or high > low):
-            least[sizes_of(ctx).symbol(name)] = low
-    return least
+    return {sizes_of(ctx).symbol(name): low for name, low in guarded_least(ctx.model).items()}
 
 
 def sizes_if(ctx, op: str) -> Sizes | None:

@@ -30,7 +30,7 @@ from graphfix.analysis.sizes.ties import MAX_GROWN
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
 from graphfix.core.recent import per_model
 from graphfix.io.protos import constant_values
-from graphfix.io.torch_ranges import exported_ranges
+from graphfix.io.torch_ranges import guarded_least
 
 WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
 KEEP_OPS = frozenset({"TopK"})  # k of the axis kept: PyTorch's topk needs k positions too
@@ -38,14 +38,13 @@ FRAMES = 4
 
 
 def input_minimums(model, frames: int = FRAMES, known: dict[str, int] | None = None) -> dict[str, int]:
-    """`window_minimums`, and the least size torch.export traced a dynamo export for where it records one above 1
+    """`window_minimums`, and the least size torch.export traced a dynamo export for where it guarded one
     (`graphfix.io.torch_ranges`: a branch `if x.shape[1] >= 14:` kept under `T >= 14`; the graph computes what the
     module does from there on). Not a size it fixed (`int(x.shape[1])` under `Dim.AUTO`, [16, 16]): the probe
     shows what the graph does elsewhere, and GF016 says why."""
     least = window_minimums(model, frames, known)
-    for name, (low, high) in exported_ranges(model).items():
-        if low > 1 and (high is None or high > low):
-            least[name] = max(least.get(name, 1), low)
+    for name, low in guarded_least(model).items():
+        least[name] = max(least.get(name, 1), low)
     return least
 
 
