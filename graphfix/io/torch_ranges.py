@@ -25,7 +25,8 @@ import onnx
 from graphfix.core.recent import per_model
 
 RANGES = "pkg.torch.export.ExportedProgram.range_constraints"
-ENTRY = re.compile(r"\b(s\d+): VR\[(-?\d+|-int_oo), (-?\d+|int_oo)\]")  # an input's symbol (`u0`: a value's size)
+# an input's symbol (`u0` is a value's size) and its bounds, of at most 10 digits (a size a probe could allocate)
+ENTRY = re.compile(r"\b(s\d+): VR\[(-?\d{1,10}|-int_oo), (-?\d{1,10}|int_oo)\]")
 DEFAULT_LEAST = 2  # a `Dim`'s least size unless given (a Llama's `Dim("T", max=4096)`: VR[2, 4096])
 LONGEST = 1 << 20  # characters of the record read: a graph's inputs have far fewer dims
 

@@ -159,3 +159,4 @@ def test_the_record_is_matched_to_the_inputs_by_name_or_one_for_one_else_not_rea
     assert exported_ranges(_recorded(record, ["s77", "T"])) == {}  # one of torch's names, one not
     hostile = "{s1: VR[2, __import__('os').system('x')], s2: VR[3, 5]}"
     assert exported_ranges(_recorded(hostile, ["A"])) == {"A": (3, 5)}  # a pattern reads it, nothing runs
+    assert exported_ranges(_recorded("{s1: VR[99999999999999, int_oo]}", ["T"])) == {}  # no probe that long
