@@ -26,10 +26,13 @@ class ExportedRange(Rule):
     (`pkg.torch.export.ExportedProgram.range_constraints`, graphfix.io.torch_ranges): the sizes torch.export
     guarded while it traced. An error where it fixed a dim the inputs declare dynamic (`s27: VR[16, 16]`): the
     model read that size through Python under `Dim.AUTO` (`int(x.shape[1])`), and every number it computed from it
-    is the export's. A warning where it traced for sizes from a least one that no window of the graph explains (a
-    Conv's needs its kernel: PyTorch fails below it too): `if x.shape[1] >= 14:` keeps one path, under
-    `T >= 14`, and the graph holds no guard. Within a recorded range the graph computes what the module does,
-    so graphfix probes inside it, and reads `x[:, 2:14]` there as 12 long (GF003 and GF006 do not report it).
+    is the export's. A warning where it traced for sizes from a least one that no window of the graph explains
+    (`if x.shape[1] >= 14:` keeps one path, under `T >= 14`, and the graph holds no guard): a Conv's window
+    explains its kernel, and torch.export takes every size it derives to be at least 2 (wav2vec2's samples from
+    60, where its strided Convs give 2 frames; a ConvNeXt's image from twice its stride). Within a recorded range
+    the graph computes what the module does, so graphfix probes inside it, and reads `x[:, 2:14]` there as 12
+    long (GF003 and GF006 do not report it). A dynamo export simplified by onnxsim or onnxslim has lost the
+    record (they drop the graph's metadata); graphfix keeps it through its own simplification.
 
     ## Why it breaks deployment
     onnxruntime runs the graph at any size its inputs declare. Past a fixed size the export's numbers stay (a
@@ -66,7 +69,7 @@ class ExportedRange(Rule):
                 "sizes run wrong or fail",
                 tensors=inputs[name], hint=FIXED_HINT)
         if floors:
-            windows = window_minimums(ctx.model, frames=1)
+            windows = window_minimums(ctx.model, frames=2)  # torch.export takes a size it derives to be 2 or more
             for name, low in floors.items():
                 if windows.get(name, 1) < low:
                     yield self.finding(

@@ -119,6 +119,8 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto, weights: Weights | None
         setattr(model, field, getattr(like, field))
     del model.metadata_props[:]
     model.metadata_props.extend(like.metadata_props)
+    del model.graph.metadata_props[:]
+    model.graph.metadata_props.extend(like.graph.metadata_props)  # the exporter's record (graphfix.io.torch_ranges)
     if not model.functions and like.functions:
         model.functions.extend(like.functions)
     return initializers_as_inputs(model)

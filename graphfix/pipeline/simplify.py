@@ -145,6 +145,8 @@ def simplify(
         return SimplifyResult(model, False, outcome)
     sent, received = outcome
     simplified = _restore_initializers(received, model, lifted)
+    if not simplified.graph.metadata_props:  # onnxsim drops them, the exporter's record among them (GF016 reads it)
+        simplified.graph.metadata_props.extend(model.graph.metadata_props)
     problem = _why_unacceptable(model, simplified, sent, received, max_growth)
     if problem:
         return SimplifyResult(model, False, problem)

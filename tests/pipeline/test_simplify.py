@@ -186,3 +186,16 @@ def test_a_job_cut_short_by_the_caller_stops_the_child():
         signal.signal(signal.SIGALRM, previous)
     assert child.process.poll() is not None  # stopped and reaped, not left to finish the job
     assert simplify(FOLDABLE).applied  # the process's own child is untouched
+
+
+def test_the_exporters_record_in_the_graphs_metadata_is_kept():
+    """onnxsim drops the graph's metadata, where the dynamo exporter records the sizes torch.export traced for
+    (GF016 reads it: a dim it fixed is an error; helper 154 simplified such an export and it was written)."""
+    from graphfix.io.torch_ranges import RANGES, exported_ranges
+
+    recorded = onnx.ModelProto()
+    recorded.CopyFrom(FOLDABLE)
+    recorded.graph.metadata_props.add(key=RANGES, value="{s1: VR[4, 4]}")
+    result = simplify(recorded)
+    assert result.applied, result.message
+    assert exported_ranges(result.model) == {"N": (4, 4)}

@@ -156,7 +156,22 @@ def test_the_record_is_matched_to_the_inputs_by_name_or_one_for_one_else_not_rea
     assert exported_ranges(_recorded(record, ["s77", "s27"])) == {"s77": (0, None), "s27": (14, None)}
     assert exported_ranges(_recorded(record, ["B", "T"], ["B"])) == {"B": (0, None), "T": (14, None)}
     assert exported_ranges(_recorded(record, ["B", "T", "C"])) == {}  # three names, two symbols: not matched
-    assert exported_ranges(_recorded(record, ["s77", "T"])) == {}  # one of torch's names, one not
+    # `{0: Dim("B"), 1: Dim.AUTO}`: torch's name kept for one, the other renamed (helper 154: the record was dropped)
+    assert exported_ranges(_recorded(record, ["B", "s27"])) == {"B": (0, None), "s27": (14, None)}
+    derived = "{s17: VR[0, int_oo], s27: VR[16, 16], 2*s27: VR[32, 32]}"  # `y` of length 2 T
+    assert exported_ranges(_recorded(derived, ["s17", "s27"], ["s17", "2*s27"]))["s27"] == (16, 16)
+    # renamed, and a derived entry among those left (two batches torch kept apart under one name): not paired
+    assert exported_ranges(_recorded("{s77: VR[0, int_oo], s27: VR[14, int_oo], s17: VR[0, int_oo], 2*s27: "
+                                     "VR[28, int_oo]}", ["B", "T"], ["B", "S"])) == {}
     hostile = "{s1: VR[2, __import__('os').system('x')], s2: VR[3, 5]}"
     assert exported_ranges(_recorded(hostile, ["A"])) == {"A": (3, 5)}  # a pattern reads it, nothing runs
     assert exported_ranges(_recorded("{s1: VR[99999999999999, int_oo]}", ["T"])) == {}  # no probe that long
+
+
+def test_a_dim_fixed_beside_a_named_batch_is_found(tmp_path):
+    """`{0: Dim("B"), 1: Dim.AUTO}`: the exporter renames the batch only; the record was dropped (helper 154)."""
+    module = Traced("view")
+    path = _export(module, tmp_path / "m.onnx", {0: torch.export.Dim("B"), 1: torch.export.Dim.AUTO})
+    assert not _matches(module, path, SIZES)
+    done = CliRunner().invoke(cli, ["repair", str(path), "-o", str(tmp_path / "out.onnx")])
+    assert done.exit_code == 1 and "error GF016" in done.output, done.output
