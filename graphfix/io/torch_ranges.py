@@ -47,7 +47,8 @@ def exported_ranges(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]
     found = {name: ranges[name] for name in declared if name in ranges}  # `Dim.AUTO` keeps torch's names
     named = [name for name in declared if name not in found]  # renamed by the user (`Dim("B")`, `dynamic_axes`)
     left = [key for key in ranges if key not in found and not key.startswith("u")]
-    if named and len(named) == len(left) and all(SYMBOL.fullmatch(key) for key in left):
+    if named and len(named) == len(left) and all(SYMBOL.fullmatch(key) for key in left) \
+            and all(name.isidentifier() for name in named):  # a declared `2*h` is no symbol of its own
         found.update(zip(named, (ranges[key] for key in left), strict=True))
     return found
 

@@ -166,6 +166,9 @@ def test_the_record_is_matched_to_the_inputs_by_name_or_one_for_one_else_not_rea
     hostile = "{s1: VR[2, __import__('os').system('x')], s2: VR[3, 5]}"
     assert exported_ranges(_recorded(hostile, ["A"])) == {"A": (3, 5)}  # a pattern reads it, nothing runs
     assert exported_ranges(_recorded("{s1: VR[99999999999999, int_oo]}", ["T"])) == {}  # no probe that long
+    # `Dim("h")` declared `2 * h` (test_chunked_lengths.py): the inputs' `2*h` pairs with none of torch's symbols
+    doubled = "{2*s39: VR[2, 512], 2*s94: VR[2, 512], s94: VR[2, 256], s39: VR[2, 256]}"
+    assert exported_ranges(_recorded(doubled, [1, 3, "2*h", "2*w"])) == {}
 
 
 def test_a_dim_fixed_beside_a_named_batch_is_found(tmp_path):
