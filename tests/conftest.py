@@ -49,6 +49,24 @@ def matches_module(out, module, shapes, name: str = "x", rtol: float = 1e-4, ato
             np.testing.assert_allclose(run(str(out), {name: x.numpy()})[0], module(x).numpy(), rtol=rtol, atol=atol)
 
 
+def agrees_with_module(out, module, shapes, name: str = "x", rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Whether onnxruntime runs `out` and gives what the PyTorch `module` gives at each of `shapes` (False where it
+    fails: an export shown wrong before graphfix is asked)."""
+    import torch
+
+    for shape in shapes:
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        try:
+            got = run(str(out), {name: x})[0]
+        except Exception:
+            return False
+        if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=atol):
+            return False
+    return True
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import agrees_with_module
 
 from graphfix.cli import cli
 from graphfix.io.torch_ranges import RANGES, exported_ranges
@@ -77,20 +77,7 @@ def _export(module, path, dims):
 
 
 def _matches(module, path, sizes) -> bool:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch, length in sizes:
-        x = np.random.default_rng(length).standard_normal((batch, length, 8)).astype(np.float32)
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        try:
-            got = session.run(None, {"x": x})[0]
-        except Exception:
-            return False
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            return False
-    return True
+    return agrees_with_module(path, module, [(batch, length, 8) for batch, length in sizes])
 
 
 @pytest.mark.parametrize("use", ["view", "interpolate", "last"])

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import agrees_with_module
 
 from graphfix.cli import cli
 
@@ -55,19 +55,7 @@ def _export(module, path, least=None):
 
 
 def _matches(module, path, lengths) -> bool:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for length in lengths:
-        x = np.random.default_rng(length).standard_normal((2, length, 8)).astype(np.float32)
-        want = module(torch.from_numpy(x)).detach().numpy()
-        try:
-            got = session.run(None, {"x": x})[0]
-        except Exception:
-            return False
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            return False
-    return True
+    return agrees_with_module(path, module, [(2, length, 8) for length in lengths])
 
 
 def _repair(path, tmp_path):
