@@ -243,15 +243,15 @@ class BroadcastMismatch(Rule):
             i, j, axis, a, b, _ = pinned[0]
             static, dynamic = (i, j) if isinstance(a, int) else (j, i)
             size, dim = (a, b) if isinstance(a, int) else (b, a)
-            if (least := floored(dim, size)) and len(pinned) == len(bad) == 1:
+            if (floor := floored(dim, size)) and len(pinned) == len(bad) == 1:
                 yield self.finding(
                     f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {show_shape(shapes[static])}"
                     f" has static size {size} on axis {axis} where {labels[dynamic]} '{operands[dynamic].name}' "
-                    f"{show_shape(shapes[dynamic])} has {dim}, which is {size} once {least}: it runs only there (and "
-                    f"where {dim} is 1). A window of the model's own, if the model takes only {least}, or a number "
+                    f"{show_shape(shapes[dynamic])} has {dim}, which is {size} once {floor}: it runs only there (and "
+                    f"where {dim} is 1). A window of the model's own, if the model takes only {floor}, or a number "
                     "the export kept (a length traced through Python, a branch torch.export took at the export "
                     "size): the graph does not tell which.",
-                    nodes=[node], tensors=operands, shapes=shape_map, hint=WINDOW_HINT.format(least=least))
+                    nodes=[node], tensors=operands, shapes=shape_map, hint=WINDOW_HINT.format(least=floor))
                 return
             yield self.finding(
                 f"{node.op} '{node.name}': {labels[static]} '{operands[static].name}' {show_shape(shapes[static])} has "

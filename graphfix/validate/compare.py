@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from graphfix.analysis.shapes import infer_shapes, skeleton, symbolic_shapes
+from graphfix.core.recent import per_model
 from graphfix.validate import dim_expr
 
 log = logging.getLogger(__name__)
@@ -156,20 +157,26 @@ def possible_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
     """`declared_shapes`, less a declaration of a rank the graph cannot give: torch.export declares
     `x.squeeze(-1)` of a length it cannot prove is 1 (`Min(12, T) // 12`) with that axis, and the ONNX Squeeze
     removes it wherever it runs (it fails elsewhere), as PyTorch's squeeze does where the length is 1 (helper 147:
-    a healthy export refused at every size). Asked of onnx's shape inference without the outputs' declarations,
-    only for outputs a Squeeze makes."""
+    a healthy export refused at every size). A fresh dict: callers drop from it what a run contradicts."""
+    declared = declared_shapes(model)
+    return {name: None if name in _ranks_never_given(model) else dims for name, dims in declared.items()}
+
+
+@per_model  # a repair's every trial builds a Judge of the same original
+def _ranks_never_given(model: onnx.ModelProto) -> frozenset[str]:
+    """The outputs a Squeeze makes whose declared rank onnx's inference of the graph (the outputs' declarations
+    cleared) contradicts."""
     declared = declared_shapes(model)
     squeezed = {name for node in model.graph.node if node.op_type == "Squeeze" for name in node.output} & {
         name for name, dims in declared.items() if dims is not None}
-    if squeezed:
-        bare = skeleton(model)  # a copy
-        for out in bare.graph.output:
-            out.type.tensor_type.ClearField("shape")
-        given = declared_shapes(infer_shapes(bare))
-        for name in squeezed:
-            if given.get(name) is not None and len(given[name]) != len(declared[name]):
-                declared[name] = None
-    return declared
+    if not squeezed:
+        return frozenset()
+    bare = skeleton(model)  # a copy
+    for out in bare.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    given = declared_shapes(infer_shapes(bare))
+    return frozenset(name for name in squeezed
+                     if given.get(name) is not None and len(given[name]) != len(declared[name]))
 
 
 def drop_contradicted(declared: dict[str, list | None], outputs: dict[str, np.ndarray], binding: dict[str, int],
