@@ -326,21 +326,25 @@ def test_glpn_whose_depth_the_exporter_declares_after_the_batch_is_written_once_
             np.testing.assert_allclose(got, module(torch.from_numpy(x)).numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_mobilenet_v2_s_tf_padding_baked_by_the_trace_is_not_written(tmp_path):
+@pytest.mark.parametrize("declared", [{0: "batch"}, {0: "batch", 2: "out_h", 3: "out_w"}], ids=["batch", "own"])
+def test_mobilenet_v2_s_tf_padding_baked_by_the_trace_is_not_written(tmp_path, declared):
     """transformers' MobileNetV2 pads as TensorFlow does, from `features.shape` through Python `if`s and `max`: the
-    trace bakes the pads of 64 x 96 (3 x 2 frames where PyTorch gives 4 x 3 at 97 x 65). Its graph is that of a
-    fixed pad; what refuses it is the exporter's `[batch, 1280, batch, W]` (2 rows where the batch was 2), which
-    a later change must not drop without another reason (helper 103's GLPN)."""
+    trace bakes the pads of 64 x 96 (3 x 2 frames where PyTorch gives 4 x 3 at 97 x 65). Its stride-2 Convs' (0, 1)
+    pads are a fixed pad's graph (Stable Diffusion's VAE); its 1 x 1 Convs padded by zeros are not a graph a model
+    that writes its pads leaves: GF008's error (tests/rules/test_gf008_same_padding.py). Before it, only the
+    exporter's `[batch, 1280, batch, W]` (2 rows where the batch was 2) refused it, and with the map's axes named
+    apart it was written with exit 0."""
     tf = import_transformers()
     torch.manual_seed(0)
     module = Output(tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35)), "last_hidden_state").eval()
     path = export(module, torch.randn(2, 3, 64, 96), tmp_path / "mnv2.onnx",
-                  {"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch"}})
+                  {"x": {0: "batch", 2: "height", 3: "width"}, "y": declared})
     x = torch.randn(1, 3, 97, 65)
     with torch.no_grad():
         assert run(str(path), {"x": x.numpy()})[0].shape != tuple(module(x).shape)  # broken, as this test says
-    done = repair(path, tmp_path / "out.onnx")  # written as it came, with exit 1 (README: an unchanged model)
-    assert done.returncode == 1 and "declares batch" in done.stdout, done.stdout + done.stderr
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.returncode == 1 and "error GF008" in done.stdout and "'SAME' at even lengths" in done.stdout \
+        and "by zeros" in done.stdout and not (tmp_path / "out.onnx").exists(), done.stdout + done.stderr
 
 
 class Output(torch.nn.Module):
