@@ -79,9 +79,9 @@ class TraceBakedPad(Rule):
     MobileNetV2 computes them in Python (`tf_padding`), so its TorchScript export runs wrong at odd image sizes,
     silently; Stable Diffusion's VAE pads (0, 1) at every size, and leaves the same graph: a warning. An error
     where the graph also pads a window by zeros, as MobileNetV2's 1 x 1 Convs: a pad computed from the size that
-    needed none (a model that writes its pads writes none there); even amounts count there too (an odd export size's
-    (1, 1)), and are not reported elsewhere (a plain `padding=1`'s). Where the export size is known, a Pad that is
-    not 'SAME' there is not reported.
+    needed none (a model that writes its pads writes none there). Where the export size is known, a Pad that is not
+    'SAME' there is not reported. Even amounts are not: an odd export size's (1, 1) is a plain `padding=1`'s too,
+    and speechbrain's 'same' pads (1, 1) at every size for stride 2, beside kernel-1 Convs padded by zeros.
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
@@ -124,10 +124,9 @@ class TraceBakedPad(Rule):
         for node, whole in _whole_window_pads(sizes) if sizes else ():
             yield self._whole_window_finding(sizes, node, whole)
         padded = list(_window_pads(sizes)) if sizes else []
-        zeros = [node for node, _, _, amounts in padded if not any(amounts)]
-        same = list(_same_pads(padded, export_sizes(ctx, ctx.evaluator).values, even=bool(zeros)))
+        same = list(_same_pads(padded, export_sizes(ctx, ctx.evaluator).values))
         if same:
-            yield self._same_finding(same, zeros)
+            yield self._same_finding(same, [node for node, _, _, amounts in padded if not any(amounts)])
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
@@ -195,7 +194,7 @@ class TraceBakedPad(Rule):
         every size, so only the module tells which pads it computes."""
         told = [f"'{node.name}' pads {_uneven(axes)} before {window.op} '{window.name}'" for node, window, axes in same]
         more = f", and {len(told) - 2} more" if len(told) > 3 else ""
-        message = (f"{len(same)} Pad(s) by constants before a strided window pad as TF-style 'SAME' padding "
+        message = (f"{len(same)} Pad(s) by uneven constants before a strided window pad as TF-style 'SAME' padding "
                    f"does at some lengths only: {'; '.join(told[:2] if more else told)}{more}")
         kwargs = dict(nodes=[n for node, window, _ in same for n in (node, window)],
                       tensors=[node.inputs[1] for node, _, _ in same], hint=SAME_HINT)
@@ -238,15 +237,15 @@ def _window_pads(sizes) -> Iterator[tuple]:
             yield node, window, shape, [int(a) for a in amounts]
 
 
-def _same_pads(padded: list[tuple], known: dict[str, int], even: bool) -> Iterator[tuple]:
-    """Those of `padded` uneven on a strided axis (or even, with `even`), where they are TF-style 'SAME' padding at
-    some residues of the padded length only (at the export size's, where `known` tells it). -> (pad, window,
-    [(axis, length, (before, after), kernel reach, stride, residues where right, amounts elsewhere)])."""
+def _same_pads(padded: list[tuple], known: dict[str, int]) -> Iterator[tuple]:
+    """Those of `padded` uneven on a strided axis, where they are TF-style 'SAME' padding at some residues of the
+    padded length only (at the export size's, where `known` tells it). -> (pad, window, [(axis, length, (before,
+    after), kernel reach, stride, residues where right, amounts elsewhere)])."""
     for node, window, shape, amounts in padded:
         axes = []
         for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2), start=2):
             n, before, after = shape[j], amounts[j], amounts[j + len(shape)]
-            if n is None or _whole(n) or kernel < 1 or stride < 2 or (before == after and not even):
+            if n is None or _whole(n) or kernel < 1 or stride < 2 or before == after:
                 continue
             reach = dilation * (kernel - 1) + 1
             same = {r: _same(reach, stride, r) for r in range(stride)}
