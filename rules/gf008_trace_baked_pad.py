@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
@@ -124,7 +124,7 @@ class TraceBakedPad(Rule):
         for node, whole in _whole_window_pads(sizes) if sizes else ():
             yield self._whole_window_finding(sizes, node, whole)
         padded = list(_window_pads(sizes)) if sizes else []
-        same = list(_same_pads(padded, export_sizes(ctx, ctx.evaluator).values))
+        same = list(_same_pads(padded, lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
             yield self._same_finding(same, [node for node, _, _, amounts in padded if not any(amounts)])
         if sizes and sizes.incomplete:
@@ -237,10 +237,11 @@ def _window_pads(sizes) -> Iterator[tuple]:
             yield node, window, shape, [int(a) for a in amounts]
 
 
-def _same_pads(padded: list[tuple], known: dict[str, int]) -> Iterator[tuple]:
+def _same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> Iterator[tuple]:
     """Those of `padded` uneven on a strided axis, where they are TF-style 'SAME' padding at some residues of the
-    padded length only (at the export size's, where `known` tells it). -> (pad, window, [(axis, length, (before,
-    after), kernel reach, stride, residues where right, amounts elsewhere)])."""
+    padded length only (at the export size's, where `exported()` tells it: asked only of such a Pad). -> (pad,
+    window, [(axis, length, (before, after), kernel reach, stride, residues where right, amounts elsewhere)])."""
+    known = None
     for node, window, shape, amounts in padded:
         axes = []
         for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2), start=2):
@@ -250,6 +251,9 @@ def _same_pads(padded: list[tuple], known: dict[str, int]) -> Iterator[tuple]:
             reach = dilation * (kernel - 1) + 1
             same = {r: _same(reach, stride, r) for r in range(stride)}
             fits = [r for r, pads in same.items() if pads == (before, after)]
+            if not fits:
+                continue
+            known = exported() if known is None else known
             at = n.subs({s: known[s.name] for s in n.free_symbols if s.name in known})
             if _whole(at):
                 fits = [r for r in fits if r == int(at) % stride]
