@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
+from graphfix.analysis.same_padding import same_pads, window_pads
 from graphfix.analysis.sizes import (
     baked_pads,
     downstream_outputs,
@@ -27,13 +28,12 @@ FIXED_HINT = ("The padded length went through Python while tracing (`math.ceil(T
               "that follow it static.")
 
 
-SAME_HINT = ("TF-style 'SAME' padding computed in Python while tracing (transformers' MobileNetV1/V2 `tf_padding` "
-             "reads `int(x.shape[-2])`) keeps the amounts of the export size's residue: compute them from the traced "
-             "size without int() (total `max((-(-n // s) - 1) * s + k - n, 0)`, half of it before), or export with "
-             "dynamo, which keeps the formula or reports the size fixed (GF016). A model that pads these amounts at "
-             "every size (Stable Diffusion's VAE downsampler pads (0, 1)) leaves the same graph: then nothing is "
-             "wrong.")
-WINDOWS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+SAME_HINT = ("TF-style 'SAME' padding computed in Python (transformers' MobileNetV1/V2 `tf_padding`: "
+             "`int(x.shape[-2])`, `if in_height % stride == 0:`) keeps the export size's case under either "
+             "exporter: compute it branch-free from the traced size (in all `max((-(-n // s) - 1) * s + k - n, 0)` "
+             "with `n = x.shape[-2]`, half of it before), or fix the size you deploy (`graphfix set-shape`). A model "
+             "that pads these amounts at every size (Stable Diffusion's VAE downsampler pads (0, 1)) leaves the "
+             "graph of constant amounts: then nothing is wrong.")
 WHOLE_HINT = ("A pad amount `k - x % k` pads a whole k where x is a multiple of k: if the source pads under "
               "`if x % k != 0:`, the trace froze that branch; write `(k - x % k) % k` without the `if`.")
 
@@ -73,15 +73,18 @@ class TraceBakedPad(Rule):
     (transformers' FocalNet: 9 tokens become 16 at 48 x 48); PyTorch pads nothing there. A model that always pads
     leaves the same graph, and the original runs at every size, so the proof can only follow the original.
 
-    A fourth finding, one for the graph: Pads by constants, more at one end than at the other, right before a
-    strided Conv or Pool, that are TF-style 'SAME' padding's amounts at some residues of the padded length only:
-    (0, 1) before a 3 x 3 stride-2 Conv is 'SAME' at even lengths, and (1, 1) at odd ones. transformers'
-    MobileNetV2 computes them in Python (`tf_padding`), so its TorchScript export runs wrong at odd image sizes,
-    silently; Stable Diffusion's VAE pads (0, 1) at every size, and leaves the same graph: a warning. An error
-    where the graph also pads a window by zeros, as MobileNetV2's 1 x 1 Convs: a pad computed from the size that
-    needed none (a model that writes its pads writes none there). Where the export size is known, a Pad that is not
-    'SAME' there is not reported. Even amounts are not: an odd export size's (1, 1) is a plain `padding=1`'s too,
-    and speechbrain's 'same' pads (1, 1) at every size for stride 2, beside kernel-1 Convs padded by zeros.
+    A fourth finding, one for the graph (graphfix.analysis.same_padding): strided Convs or Pools padded as TF-style
+    'SAME' padding pads at some residues of the padded length only. Constants uneven there: (0, 1) before a 3 x 3
+    stride-2 Conv is 'SAME' at even lengths, (1, 1) at odd ones. transformers' MobileNetV2 computes them in Python
+    (`tf_padding`), so its TorchScript export runs wrong at odd image sizes, silently; Stable Diffusion's VAE pads
+    (0, 1) at every size and leaves the same graph: a warning. An error where the graph also pads a window by
+    zeros, as MobileNetV2's 1 x 1 Convs: a pad computed from the size that needed none (a model that writes its
+    pads writes none there); and an error where the amounts vary with the size yet are 'SAME' at some residues
+    only: torch.export keeps one branch of `if n % s == 0:` (MobileNetV1's `max(3 - n % 2, 0)`, a whole 3 at even
+    n where 'SAME' pads 1; red team 155). A window's own uneven pads count as a Pad (the dynamo exporter merges
+    one into the Conv). Where the export size is known, constants that are not 'SAME' there are not reported. Even
+    constants are not: an odd export size's (1, 1) is a plain `padding=1`'s too, and speechbrain's 'same' pads
+    (1, 1) at every size for stride 2, beside kernel-1 Convs padded by zeros.
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
@@ -123,10 +126,10 @@ class TraceBakedPad(Rule):
             yield self._fixed_finding(ctx, sizes, pads)
         for node, whole in _whole_window_pads(sizes) if sizes else ():
             yield self._whole_window_finding(sizes, node, whole)
-        padded = list(_window_pads(sizes)) if sizes else []
-        same = list(_same_pads(padded, lambda: export_sizes(ctx, ctx.evaluator).values))
+        padded = list(window_pads(sizes)) if sizes else []
+        same = list(same_pads(padded, lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
-            yield self._same_finding(same, [node for node, _, _, amounts in padded if not any(amounts)])
+            yield self._same_finding(same, [node for node, _, _, amounts in padded if node and not any(amounts)])
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
@@ -189,15 +192,21 @@ class TraceBakedPad(Rule):
 
 
     def _same_finding(self, same: list[tuple], zeros: list) -> Finding:
-        """One finding for the graph: an error where the graph also pads a window by zeros (a pad computed from the
-        size where none was needed: what a model that writes its pads never does). Not repaired: the original runs at
-        every size, so only the module tells which pads it computes."""
-        told = [f"'{node.name}' pads {_uneven(axes)} before {window.op} '{window.name}'" for node, window, axes in same]
+        """One finding for the graph: an error where amounts vary with the size (torch.export kept one branch) or
+        the graph also pads a window by zeros (a pad computed from the size where none was needed: what a model that
+        writes its pads never does). Not repaired: the original runs at every size, so only the module tells which
+        pads it computes."""
+        told = [f"{f'Pad {node.name!r}' if node else 'its own pads'} pad {_told(axes)} before {window.op} "
+                f"'{window.name}'" for node, window, axes in same]
         more = f", and {len(told) - 2} more" if len(told) > 3 else ""
-        message = (f"{len(same)} Pad(s) by uneven constants before a strided window pad as TF-style 'SAME' padding "
-                   f"does at some lengths only: {'; '.join(told[:2] if more else told)}{more}")
-        kwargs = dict(nodes=[n for node, window, _ in same for n in (node, window)],
-                      tensors=[node.inputs[1] for node, _, _ in same], hint=SAME_HINT)
+        message = (f"{len(same)} padded strided window(s) pad as TF-style 'SAME' padding does at some lengths only: "
+                   f"{'; '.join(told[:2] if more else told)}{more}")
+        kwargs = dict(nodes=[n for node, window, _ in same for n in (node, window) if n],
+                      tensors=[node.inputs[1] for node, _, _ in same if node], hint=SAME_HINT)
+        if any(axis.computed for _, _, axes in same for axis in axes):
+            return self.finding(f"{message}. Amounts computed from the size that are 'SAME' at some lengths only: the "
+                                "export kept one branch of a 'SAME' pad (`if n % s == 0:`), and other sizes run "
+                                "wrong, silently", **kwargs)
         if zeros:
             return self.finding(
                 f"{message}. The graph also pads {len(zeros)} window(s) by zeros ('{zeros[0].name}'): pads computed "
@@ -208,80 +217,25 @@ class TraceBakedPad(Rule):
                             severity=Severity.WARNING, **kwargs)
 
 
-def _uneven(axes: list[tuple]) -> str:
-    """'height, width by (0, 1) (kernel 3, stride 2: 'SAME' at even lengths, (1, 1) at odd ones)'."""
+def _told(axes: list) -> str:
+    """'height, width by (0, 1) (kernel 3, stride 2: 'SAME' at even lengths, (1, 1) at the others)'."""
     told: dict[tuple, list[str]] = {}
-    for _, n, pads, reach, stride, fits, other in axes:
-        told.setdefault((pads, reach, stride, tuple(fits), other), []).append(str(n))
+    for axis in axes:
+        pads = "amounts computed from it" if axis.computed else str(axis.pads)
+        residue, got, want = axis.wrong
+        where = (f"at {_lengths((residue,), axis.stride)} they pad {got}, 'SAME' {want}" if axis.computed else
+                 f"{want} at the others")
+        told.setdefault((pads, axis.reach, axis.stride, axis.right, where), []).append(str(axis.length))
     return "; ".join(f"{', '.join(lengths)} by {pads} (kernel {reach}, stride {stride}: 'SAME' at "
-                     f"{_lengths(fits, stride)}, {other} at the others)"
-                     for (pads, reach, stride, fits, other), lengths in told.items())
+                     f"{_lengths(right, stride)}, {where})"
+                     for (pads, reach, stride, right, where), lengths in told.items())
 
 
 def _lengths(residues: tuple[int, ...], stride: int) -> str:
+    """'even lengths', 'lengths of 1 or 2 mod 3'."""
     if stride == 2:
         return "odd lengths" if residues == (1,) else "even lengths"
     return f"lengths of {' or '.join(map(str, residues))} mod {stride}"
-
-
-def _window_pads(sizes) -> Iterator[tuple]:
-    """Pads by constants that feed one Conv or Pool, which pads nothing itself. -> (pad, window, shape, amounts)."""
-    for node in sizes.graph.nodes:
-        if node.op != "Pad" or len(node.inputs) < 2 or (len(node.inputs) > 3 and node.inputs[3].name) \
-                or node.attrs.get("mode", "constant") != "constant" or len(node.outputs[0].outputs) != 1:
-            continue
-        window, shape, amounts = node.outputs[0].outputs[0], sizes.shape(node.inputs[0]), sizes.value(node.inputs[1])
-        if window.op in WINDOWS and window.inputs[0] is node.outputs[0] and not any(window.attrs.get("pads", ())) \
-                and window.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and shape and amounts is not None \
-                and len(amounts) == 2 * len(shape) and all(_whole(a) for a in amounts):
-            yield node, window, shape, [int(a) for a in amounts]
-
-
-def _same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> Iterator[tuple]:
-    """Those of `padded` uneven on a strided axis, where they are TF-style 'SAME' padding at some residues of the
-    padded length only (at the export size's, where `exported()` tells it: asked only of such a Pad). -> (pad,
-    window, [(axis, length, (before, after), kernel reach, stride, residues where right, amounts elsewhere)])."""
-    known = None
-    for node, window, shape, amounts in padded:
-        axes = []
-        for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2), start=2):
-            n, before, after = shape[j], amounts[j], amounts[j + len(shape)]
-            if n is None or _whole(n) or kernel < 1 or stride < 2 or before == after:
-                continue
-            reach = dilation * (kernel - 1) + 1
-            same = {r: _same(reach, stride, r) for r in range(stride)}
-            fits = [r for r, pads in same.items() if pads == (before, after)]
-            if not fits:
-                continue
-            known = exported() if known is None else known
-            at = n.subs({s: known[s.name] for s in n.free_symbols if s.name in known})
-            if _whole(at):
-                fits = [r for r in fits if r == int(at) % stride]
-            if fits and len(fits) < stride:
-                other = next(pads for r, pads in same.items() if r not in fits)
-                axes.append((j, n, (before, after), reach, stride, fits, other))
-        if axes:
-            yield node, window, axes
-
-
-def _window_axes(window, spatial: int) -> list[tuple]:
-    """(kernel, stride, dilation) per spatial axis of a Conv or Pool (kernel 0 where unknown)."""
-    kernel = window.attrs.get("kernel_shape")
-    if kernel is None and window.op == "Conv" and len(window.inputs) > 1 and window.inputs[1].shape:
-        kernel = window.inputs[1].shape[2:]
-    kernel = [k if isinstance(k, int) else 0 for k in (kernel or [0] * spatial)]
-    strides, dilations = window.attrs.get("strides", [1] * spatial), window.attrs.get("dilations", [1] * spatial)
-    return list(zip(kernel, strides, dilations, strict=False))
-
-
-def _same(reach: int, stride: int, residue: int) -> tuple[int, int]:
-    """TF 'SAME' padding's (before, after) for a window reaching `reach` at `stride`, at lengths of `residue`."""
-    total = max(reach - (residue or stride), 0)
-    return total // 2, total - total // 2
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) or bool(getattr(value, "is_Integer", False))
 
 
 def _whole_window_pads(sizes) -> Iterator[tuple]:

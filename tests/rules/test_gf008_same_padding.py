@@ -84,3 +84,74 @@ def test_an_export_size_where_the_pads_are_not_same_tells_it_apart(tmp_path):
 
 def test_a_pad_by_zeros_alone_is_no_finding(tmp_path):
     assert gf008(export(Downsample((0, 0, 0, 0), 1, 1), tmp_path / "m.onnx")) == []
+
+
+def mobilenet_v1():
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    model = tf.MobileNetV1Model(tf.MobileNetV1Config(depth_multiplier=0.25, num_hidden_layers=3)).eval()
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(pixel_values=x).last_hidden_state
+
+    return Features().eval()
+
+
+def test_mobilenet_v1_exported_with_dynamo_keeps_one_branch_of_its_same_padding_and_is_refused(tmp_path):
+    """Red team 155: transformers' MobileNetV1 under torch.export reads each layer's size as a symbol, and keeps
+    the branch of `if in_height % stride == 0:` taken at export (its guard dropped by torch.onnx): a layer of odd
+    size at export pads `max(3 - n % 2, 0)` at every size, a whole 3 at even n where PyTorch pads 1. No record
+    tells it (`VR[32, 512]`); written with exit 0, wrong at 96 x 100. The amounts vary with the size yet are
+    'SAME' at odd lengths only: an error."""
+    module = mobilenet_v1()
+    path = tmp_path / "mnv1.onnx"
+    dim = torch.export.Dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 66, 70),), str(path), dynamo=True, input_names=["x"],
+                          dynamic_shapes={"x": {0: dim("B"), 2: dim("H", min=32, max=512),
+                                                3: dim("W", min=32, max=512)}})
+    x = np.random.default_rng(0).standard_normal((1, 3, 96, 100)).astype(np.float32)
+    with torch.no_grad():  # the trap: another branch at 96 x 100 (values near 1e-25 from the library's init)
+        got, want = run(str(path), {"x": x})[0], module(torch.from_numpy(x)).numpy()
+        assert got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=0)
+    found = [f for f in gf008(path) if f.severity.value == "error"]
+    assert found and "amounts computed from it" in found[0].message, found
+    assert "at even lengths they pad (1, 2), 'SAME' (0, 1)" in found[0].message, found[0].message
+    assert repair(path, tmp_path / "out.onnx").exit_code == 1 and not (tmp_path / "out.onnx").exists()
+
+
+class BranchFree(torch.nn.Module):
+    """'SAME' padding as timm's `pad_same` computes it from the traced size: right at every size."""
+
+    def __init__(self):
+        from fixtures.library_models import import_timm
+
+        super().__init__()
+        self.conv, self.pad = torch.nn.Conv2d(3, 8, 3, stride=2), import_timm().layers.pad_same
+
+    def forward(self, x):
+        return self.conv(self.pad(x, [3, 3], [2, 2]))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_same_padding_computed_branch_free_is_no_finding(tmp_path, dynamo):
+    module, path = BranchFree().eval(), tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 97),), str(path), dynamo=dynamo, input_names=["x"],
+                          **({"dynamic_shapes": {"x": {0: torch.export.Dim("B"), 2: torch.export.Dim("H"),
+                                                       3: torch.export.Dim("W")}}} if dynamo else
+                             {"dynamic_axes": {"x": {0: "b", 2: "h", 3: "w"}}}))
+    for shape in ((1, 3, 33, 40), (2, 3, 50, 51)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            np.testing.assert_allclose(run(str(path), {"x": x})[0], module(torch.from_numpy(x)).numpy(), atol=1e-5)
+    assert gf008(path) == []
