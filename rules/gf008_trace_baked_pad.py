@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
-from graphfix.analysis.same_padding import same_pads, window_pads
+from graphfix.analysis.same_padding import padded_windows, same_pads, window_pads
 from graphfix.analysis.sizes import (
     baked_pads,
     downstream_outputs,
@@ -15,6 +15,7 @@ from graphfix.analysis.sizes import (
     frozen_by_pads,
     frozen_outputs,
     sizes_if,
+    sizes_of,
 )
 from graphfix.analysis.sizes.arith import as_expr
 from graphfix.core.lazy import hypotheses, sympy  # imported on first use: see graphfix.core.lazy
@@ -77,14 +78,16 @@ class TraceBakedPad(Rule):
     'SAME' padding pads at some residues of the padded length only. Constants uneven there: (0, 1) before a 3 x 3
     stride-2 Conv is 'SAME' at even lengths, (1, 1) at odd ones. transformers' MobileNetV2 computes them in Python
     (`tf_padding`), so its TorchScript export runs wrong at odd image sizes, silently; Stable Diffusion's VAE pads
-    (0, 1) at every size and leaves the same graph: a warning. An error where the graph also pads a window by
-    zeros, as MobileNetV2's 1 x 1 Convs: a pad computed from the size that needed none (a model that writes its
-    pads writes none there); and an error where the amounts vary with the size yet are 'SAME' at some residues
-    only: torch.export keeps one branch of `if n % s == 0:` (MobileNetV1's `max(3 - n % 2, 0)`, a whole 3 at even
-    n where 'SAME' pads 1; red team 155). A window's own uneven pads count as a Pad (the dynamo exporter merges
-    one into the Conv). Where the export size is known, constants that are not 'SAME' there are not reported. Even
-    constants are not: an odd export size's (1, 1) is a plain `padding=1`'s too, and speechbrain's 'same' pads
-    (1, 1) at every size for stride 2, beside kernel-1 Convs padded by zeros.
+    (0, 1) at every size and leaves the same graph: a warning. An error where the graph also pads a window by zeros,
+    as MobileNetV2's 1 x 1 Convs: a pad computed from the size that needed none (a model that writes its pads writes
+    none there); and an error where the amounts vary with the size yet are 'SAME' at some residues only:
+    torch.export keeps one branch of `if n % s == 0:` (MobileNetV1's `max(3 - n % 2, 0)`, a whole 3 at even n where
+    'SAME' pads 1; red team 155). A window's own uneven pads count as a Pad (the dynamo exporter merges one into the
+    Conv), and so do an opset-10 Pad's. Pads are 'SAME' where the window reads what 'SAME' makes it read, at the
+    same offset and as many times: (0, 1) before a 2-wide window of stride 2 is (0, 0) at even lengths, whose padded
+    element is never read (red team 156). Where the export size is known, constants that are not 'SAME' there are
+    not reported. Even constants are not: an odd export size's (1, 1) is a plain `padding=1`'s too, and
+    speechbrain's 'same' pads (1, 1) at every size for stride 2, beside kernel-1 Convs padded by zeros.
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
@@ -126,7 +129,7 @@ class TraceBakedPad(Rule):
             yield self._fixed_finding(ctx, sizes, pads)
         for node, whole in _whole_window_pads(sizes) if sizes else ():
             yield self._whole_window_finding(sizes, node, whole)
-        padded = list(window_pads(sizes)) if sizes else []
+        padded = list(window_pads(sizes or sizes_of(ctx))) if sizes or padded_windows(ctx.graph) else []
         same = list(same_pads(padded, lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
             yield self._same_finding(same, [node for node, _, _, amounts in padded if node and not any(amounts)])
@@ -202,7 +205,8 @@ class TraceBakedPad(Rule):
         message = (f"{len(same)} padded strided window(s) pad as TF-style 'SAME' padding does at some lengths only: "
                    f"{'; '.join(told[:2] if more else told)}{more}")
         kwargs = dict(nodes=[n for node, window, _ in same for n in (node, window) if n],
-                      tensors=[node.inputs[1] for node, _, _ in same if node], hint=SAME_HINT)
+                      tensors=[node.inputs[1] for node, _, _ in same if node and len(node.inputs) > 1],
+                      hint=SAME_HINT)
         if any(axis.computed for _, _, axes in same for axis in axes):
             return self.finding(f"{message}. Amounts computed from the size that are 'SAME' at some lengths only: the "
                                 "export kept one branch of a 'SAME' pad (`if n % s == 0:`), and other sizes run "
@@ -210,8 +214,8 @@ class TraceBakedPad(Rule):
         if zeros:
             return self.finding(
                 f"{message}. The graph also pads {len(zeros)} window(s) by zeros ('{zeros[0].name}'): pads computed "
-                "from the size in Python while tracing, the export size's, so other sizes run wrong, silently",
-                **kwargs)
+                "from the size in Python while tracing, the export size's, so other sizes run wrong, silently (if "
+                "the model pads these amounts at every size, `--skip GF008` writes it)", **kwargs)
         return self.finding(f"{message}. Computed in Python while tracing, such amounts are the export size's, and "
                             "other sizes run wrong, silently; pads the model writes look the same",
                             severity=Severity.WARNING, **kwargs)

@@ -48,6 +48,19 @@ def same(reach: int, stride: int, length: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def agree(pads: tuple[int, int], other: tuple[int, int], reach: int, stride: int, length: int) -> bool:
+    """Whether the window reads the same over `length` padded either way: the same offset and as many windows (a
+    (0, 1) before a 2-wide window of stride 2 is (0, 0) at even lengths: the last element is never read)."""
+    count = (length + sum(pads) - reach) // stride
+    return pads[0] == other[0] and count == (length + sum(other) - reach) // stride
+
+
+def padded_windows(graph: gs.Graph) -> bool:
+    """Whether the graph holds a Pad, or a window padded unevenly by its own pads (where the size analysis is
+    worth running for `window_pads`)."""
+    return any(node.op == "Pad" or (node.op in WINDOWS and _uneven(node.attrs.get("pads", ()))) for node in graph.nodes)
+
+
 def window_pads(sizes) -> Iterator[tuple]:
     """Each window padded by a Pad of constant mode that feeds it alone (the window pads nothing itself), or by its
     own pads where they are uneven (an exporter's optimizer merged such a Pad into the Conv). -> (pad or None,
@@ -57,10 +70,11 @@ def window_pads(sizes) -> Iterator[tuple]:
                 and len(own := node.attrs.get("pads", ())) == 2 * (len(shape) - 2) and _uneven(own):
             half = len(own) // 2
             yield None, node, shape, [0, 0, *own[:half], 0, 0, *own[half:]]
-        if node.op != "Pad" or len(node.inputs) < 2 or (len(node.inputs) > 3 and node.inputs[3].name) \
+        if node.op != "Pad" or not node.inputs or (len(node.inputs) > 3 and node.inputs[3].name) \
                 or node.attrs.get("mode", "constant") != "constant" or len(node.outputs[0].outputs) != 1:
             continue
-        window, shape, amounts = node.outputs[0].outputs[0], sizes.shape(node.inputs[0]), sizes.value(node.inputs[1])
+        window, shape = node.outputs[0].outputs[0], sizes.shape(node.inputs[0])
+        amounts = sizes.value(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("pads")  # opset < 11
         if window.op in WINDOWS and window.inputs[0] is node.outputs[0] and not any(window.attrs.get("pads", ())) \
                 and window.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and shape and amounts is not None \
                 and len(amounts) == 2 * len(shape) and all(a is not None for a in amounts):
@@ -83,12 +97,13 @@ def same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> It
             if _whole(pads[0]) and _whole(pads[1]):
                 if pads[0] == pads[1]:  # a plain padding=1 is one residue's 'SAME' too
                     continue
-                right = [r for r in range(stride) if same(reach, stride, stride + r) == pads]
+                lengths = [stride * (reach + 2) + r for r in range(stride)]  # one of each residue, past the window
+                right = [m % stride for m in lengths if agree(pads, same(reach, stride, m), reach, stride, m)]
                 if right:
                     known = exported() if known is None else known
                     at = n.subs({s: known[s.name] for s in n.free_symbols if s.name in known})
                     right = [r for r in right if not _whole(at) or r == int(at) % stride]
-                wrong = [(r, pads, same(reach, stride, stride + r)) for r in range(stride) if r not in right]
+                wrong = [(m % stride, pads, same(reach, stride, m)) for m in lengths if m % stride not in right]
             elif reach > stride:
                 right, wrong = _sampled(n, pads, reach, stride)
             else:
@@ -113,7 +128,7 @@ def _sampled(n, pads: tuple, reach: int, stride: int) -> tuple[list[int], list[t
         if length < stride:
             continue
         want = same(reach, stride, length)
-        if got == want:
+        if agree(got, want, reach, stride, length):
             right.append(length % stride)
         else:
             wrong.append((length % stride, got, want))
@@ -132,7 +147,7 @@ def _window_axes(window: gs.Node, spatial: int) -> list[tuple]:
 
 def _uneven(pads) -> bool:
     half = len(pads) // 2
-    return any(b != e for b, e in zip(pads[:half], pads[half:], strict=True))
+    return len(pads) % 2 == 0 and any(b != e for b, e in zip(pads[:half], pads[half:], strict=True))
 
 
 def _whole(value) -> bool:

@@ -35,8 +35,9 @@ def export(module, path, size=(2, 3, 64, 96)):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.randn(*size),), str(path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"},
-                                                            "y": {0: "b", 2: "out_h", 3: "out_w"}})
+                          output_names=["y"], dynamic_axes={
+                              "x": {a: n for a, n in {0: "b", 2: "h", 3: "w"}.items() if a < len(size)},
+                              "y": {a: n for a, n in {0: "b", 2: "out_h", 3: "out_w"}.items() if a < len(size)}})
     return path
 
 
@@ -67,9 +68,8 @@ def test_a_pad_of_the_model_s_own_leaves_the_same_graph_and_the_same_warning(tmp
 @pytest.mark.parametrize("pads, kernel, stride", [
     ((1, 1, 1, 1), 3, 2),  # even amounts: a plain padding=1 (an odd export size's 'SAME' too)
     ((0, 1, 0, 1), 3, 1),  # no stride: 'SAME' pads the same at every length
-    ((0, 1, 0, 1), 1, 2),  # a 1 x 1 window: 'SAME' pads nothing anywhere, and (0, 1) is no residue's
-    ((1, 2, 1, 2), 3, 2),  # (1, 2) is no residue's 'SAME' for a 3 x 3 window
-], ids=["even", "stride-1", "kernel-1", "no-residue"])
+    ((2, 0, 2, 0), 3, 2),  # an offset of 2 is no residue's 'SAME' for a 3 x 3 window
+], ids=["even", "stride-1", "no-residue"])
 def test_pads_that_are_no_residue_s_same_padding_are_quiet(tmp_path, pads, kernel, stride):
     assert gf008(export(Downsample(pads, kernel, stride), tmp_path / "m.onnx")) == []
 
@@ -155,3 +155,37 @@ def test_same_padding_computed_branch_free_is_no_finding(tmp_path, dynamo):
         with torch.no_grad():
             np.testing.assert_allclose(run(str(path), {"x": x})[0], module(torch.from_numpy(x)).numpy(), atol=1e-5)
     assert gf008(path) == []
+
+
+class Strided1d(torch.nn.Module):
+    """A pad before a 1-d window, then a kernel-1 Conv padded by zeros (a pad computed in Python, say)."""
+
+    def __init__(self, pads, kernel, stride):
+        super().__init__()
+        self.pads, self.down, self.mix = pads, torch.nn.Conv1d(4, 4, kernel, stride), torch.nn.Conv1d(4, 4, 1)
+
+    def forward(self, x):
+        return self.mix(F.pad(self.down(F.pad(x, self.pads)), (0, 0)))
+
+
+def test_a_pad_a_window_never_reads_is_no_finding(tmp_path):
+    """Red team 156: (0, 1) before a 2-wide window of stride 2 reads what (0, 0) reads at even lengths (the padded
+    element is never read), so it is 'SAME' at every length; it was an error beside a Pad by zeros."""
+    path = export(Strided1d((0, 1), 2, 2), tmp_path / "m.onnx", size=(2, 4, 40))
+    assert gf008(path) == []
+    assert len(gf008(export(Strided1d((0, 1), 3, 2), tmp_path / "k3.onnx", size=(2, 4, 40)))) == 1
+
+
+def test_pads_of_an_opset_10_pad_and_a_window_s_own_are_read(tmp_path):
+    """Red team 156: an opset-10 Pad holds its amounts in an attribute (GF008 crashed on it); the dynamo exporter
+    merges the Pad into the Conv's own pads, where the graph holds no Pad at all (it said nothing)."""
+    module, path, old = Strided1d((0, 1), 3, 2).eval(), tmp_path / "dynamo.onnx", tmp_path / "opset10.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 4, 40),), str(old), dynamo=False, opset_version=10,
+                          input_names=["x"], dynamic_axes={"x": {0: "b", 2: "t"}})
+        torch.onnx.export(module, (torch.randn(2, 4, 40),), str(path), dynamo=True, input_names=["x"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("B"), 2: torch.export.Dim("T")}})
+    assert [f.severity.value for f in gf008(old)] == ["error"]  # beside the Pad by zeros
+    found = gf008(path)
+    assert [f.severity.value for f in found] == ["warning"] and "its own pads" in found[0].message, found
