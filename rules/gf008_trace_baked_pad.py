@@ -120,17 +120,22 @@ class TraceBakedPad(Rule):
 
     def detect(self, ctx: RuleContext) -> Iterator[Finding | Rejection]:
         sizes = sizes_if(ctx, "Pad")
+        reported: set[int] = set()  # Pads a finding above names: the 'SAME' reading adds nothing to them
         for baked in baked_pads(sizes) if sizes else ():
+            reported.add(id(baked.node))
             yield self._finding(ctx, sizes, baked)
         by_node: dict[int, list] = {}
         for pad in fixed_length_pads(sizes) if sizes else ():
             by_node.setdefault(id(pad.node), []).append(pad)
-        for pads in by_node.values():
+        for key, pads in by_node.items():
+            reported.add(key)
             yield self._fixed_finding(ctx, sizes, pads)
         for node, whole in _whole_window_pads(sizes) if sizes else ():
+            reported.add(id(node))
             yield self._whole_window_finding(sizes, node, whole)
         padded = list(window_pads(sizes or sizes_of(ctx))) if sizes or padded_windows(ctx.graph) else []
-        same = list(same_pads(padded, lambda: export_sizes(ctx, ctx.evaluator).values))
+        same = list(same_pads([p for p in padded if id(p[0]) not in reported],
+                              lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
             yield self._same_finding(same, [node for node, _, _, amounts in padded if node and not any(amounts)])
         if sizes and sizes.incomplete:

@@ -10,21 +10,10 @@ import warnings
 import numpy as np
 import pytest
 from conftest import run
-from fixtures.library_models import import_transformers
+from fixtures.library_models import PixelOutput, import_transformers
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
-
-
-class Last(torch.nn.Module):
-    """The model's last hidden state, from pixel values."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(pixel_values=x).last_hidden_state
 
 
 def repair(path, out):
@@ -41,7 +30,7 @@ def test_dinov2_s_position_grid_follows_the_image_and_is_written(tmp_path, dynam
     torch.manual_seed(0)
     config = tf.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                              image_size=28, patch_size=14)
-    module, path = Last(tf.Dinov2Model(config)).eval(), tmp_path / "dinov2.onnx"
+    module, path = PixelOutput(tf.Dinov2Model(config)).eval(), tmp_path / "dinov2.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.randn(2, 3, 56, 84),), str(path), dynamo=dynamo, input_names=["x"],

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import run
-from fixtures.library_models import import_transformers
+from fixtures.library_models import PixelOutput, import_transformers
 
 import graphfix
 
@@ -311,7 +311,7 @@ def test_glpn_whose_depth_the_exporter_declares_after_the_batch_is_written_once_
     torch.manual_seed(0)
     config = tf.GLPNConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4],
                            decoder_hidden_size=16)
-    module = Output(tf.GLPNForDepthEstimation(config), "predicted_depth").eval()
+    module = PixelOutput(tf.GLPNForDepthEstimation(config), "predicted_depth").eval()
     path = export(module, torch.randn(2, 3, 64, 96), tmp_path / "glpn.onnx",
                   {"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch"}})
     assert declared_dims(path)[:2] == ["batch", "batch"]  # the exporter's naming this test is about
@@ -345,7 +345,7 @@ def test_mobilenet_v2_s_tf_padding_baked_by_the_trace_is_not_written(tmp_path, d
     apart it was written with exit 0."""
     tf = import_transformers()
     torch.manual_seed(0)
-    module = Output(tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35)), "last_hidden_state").eval()
+    module = PixelOutput(tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35)), "last_hidden_state").eval()
     path = export(module, torch.randn(2, 3, *size), tmp_path / "mnv2.onnx",
                   {"x": {0: "batch", 2: "height", 3: "width"}, "y": declared})
     x = torch.randn(1, 3, *other)
@@ -355,17 +355,6 @@ def test_mobilenet_v2_s_tf_padding_baked_by_the_trace_is_not_written(tmp_path, d
     done = repair(path, tmp_path / "out.onnx")
     assert done.returncode == 1 and "error GF008" in done.stdout and "'SAME' at even lengths" in done.stdout \
         and "by zeros" in done.stdout and not (tmp_path / "out.onnx").exists(), done.stdout + done.stderr
-
-
-class Output(torch.nn.Module):
-    """One output of a transformers model called with pixel values."""
-
-    def __init__(self, model, name):
-        super().__init__()
-        self.model, self.name = model, name
-
-    def forward(self, x):
-        return getattr(self.model(pixel_values=x), self.name)
 
 
 def declared_dims(path):
@@ -389,7 +378,7 @@ def test_depth_anything_s_head_resized_to_the_traced_patch_grid_is_not_written(t
     config = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
                                     reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=8,
                                     patch_size=14)
-    module = Output(tf.DepthAnythingForDepthEstimation(config), "predicted_depth").eval()
+    module = PixelOutput(tf.DepthAnythingForDepthEstimation(config), "predicted_depth").eval()
     path = export(module, torch.randn(2, 3, 56, 84), tmp_path / "depth.onnx",
                   {"x": {0: "batch", 2: "height", 3: "width"}, "y": declared})
     x = torch.randn(1, 3, 70, 42)

@@ -191,7 +191,7 @@ def test_a_models_own_scale_or_traced_sizes_stay_quiet(sizes, tmp_path):
 
 
 def test_transformers_deformable_detr_is_an_error_and_rebuilt_only_when_asked(tmp_path):
-    from fixtures.library_models import import_transformers
+    from fixtures.library_models import PixelOutput, import_transformers
 
     tf = import_transformers()
     torch.manual_seed(0)
@@ -201,17 +201,7 @@ def test_transformers_deformable_detr_is_an_error_and_rebuilt_only_when_asked(tm
         use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32,
         encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
         decoder_ffn_dim=32, num_queries=10, num_feature_levels=3, encoder_n_points=2, decoder_n_points=2)
-    model = tf.DeformableDetrModel(config).eval()
-
-    class Detr(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).last_hidden_state
-
-    module = Detr().eval()
+    module = PixelOutput(tf.DeformableDetrModel(config)).eval()
     path = str(tmp_path / "deformable.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

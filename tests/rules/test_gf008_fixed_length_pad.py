@@ -51,23 +51,13 @@ def export(module, example, path, axes, dynamo=False):
 
 @pytest.fixture(scope="module")
 def bit():
-    from fixtures.library_models import import_transformers
+    from fixtures.library_models import PixelOutput, import_transformers
 
     tf = import_transformers()
     torch.manual_seed(0)
     config = tf.BitConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
                           global_padding="SAME", layer_type="bottleneck", num_groups=8)
-    model = tf.BitModel(config).eval()
-
-    class Features(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).last_hidden_state
-
-    return Features().eval()
+    return PixelOutput(tf.BitModel(config)).eval()
 
 
 @pytest.mark.slow

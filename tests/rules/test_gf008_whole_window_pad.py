@@ -31,22 +31,13 @@ def export(module, path):
 
 
 def test_focalnet_padding_a_whole_window_where_the_width_is_a_multiple_is_a_warning(tmp_path):
-    from fixtures.library_models import import_transformers
+    from fixtures.library_models import PixelOutput, import_transformers
 
     tf = import_transformers()
     torch.manual_seed(0)
-    model = tf.FocalNetModel(tf.FocalNetConfig(image_size=40, patch_size=4, embed_dim=16, depths=[1, 1, 1],
-                                               focal_levels=[2, 2, 2], focal_windows=[3, 3, 3])).eval()
-
-    class Tokens(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).last_hidden_state
-
-    module = Tokens()
+    module = PixelOutput(tf.FocalNetModel(tf.FocalNetConfig(
+        image_size=40, patch_size=4, embed_dim=16, depths=[1, 1, 1], focal_levels=[2, 2, 2],
+        focal_windows=[3, 3, 3]))).eval()
     path = export(module, tmp_path / "focalnet.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 48, 48)).astype(np.float32)
     with torch.no_grad():  # the trap: the export runs at 48 x 48, with a whole window of padding too many
