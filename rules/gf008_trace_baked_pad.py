@@ -198,7 +198,6 @@ class TraceBakedPad(Rule):
             "trace leaves it (PyTorch pads nothing there); a model that always pads leaves the same graph",
             nodes=[node], tensors=[node.inputs[1]], severity=Severity.WARNING, hint=WHOLE_HINT)
 
-
     def _same_finding(self, same: list[tuple], zeros: list) -> Finding:
         """One finding for the graph: an error where amounts vary with the size (torch.export kept one branch) or
         the graph also pads a window by zeros (a pad computed from the size where none was needed: what a model that

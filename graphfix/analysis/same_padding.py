@@ -70,7 +70,7 @@ def window_pads(sizes) -> Iterator[tuple]:
                 and len(own := node.attrs.get("pads", ())) == 2 * (len(shape) - 2) and _uneven(own):
             half = len(own) // 2
             yield None, node, shape, [0, 0, *own[:half], 0, 0, *own[half:]]
-        if node.op != "Pad" or not node.inputs or (len(node.inputs) > 3 and node.inputs[3].name) \
+        if node.op != "Pad" or not node.inputs or not node.outputs or (len(node.inputs) > 3 and node.inputs[3].name) \
                 or node.attrs.get("mode", "constant") != "constant" or len(node.outputs[0].outputs) != 1:
             continue
         window, shape = node.outputs[0].outputs[0], sizes.shape(node.inputs[0])
@@ -89,10 +89,10 @@ def same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> It
     known = None
     for node, window, shape, amounts in padded:
         axes = []
-        for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2), start=2):
+        for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2)[:len(shape) - 2], 2):
             n, pads = shape[j], (amounts[j], amounts[j + len(shape)])
             reach = dilation * (kernel - 1) + 1
-            if n is None or _whole(n) or kernel < 1 or stride < 2:
+            if n is None or _whole(n) or kernel < 1 or stride < 2 or dilation < 1:
                 continue
             if _whole(pads[0]) and _whole(pads[1]):
                 if pads[0] == pads[1]:  # a plain padding=1 is one residue's 'SAME' too

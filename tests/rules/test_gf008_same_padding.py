@@ -181,3 +181,24 @@ def test_pads_of_an_opset_10_pad_and_a_window_s_own_are_read(tmp_path):
     assert [f.severity.value for f in gf008(old)] == ["error"]  # beside the Pad by zeros
     found = gf008(path)
     assert [f.severity.value for f in found] == ["warning"] and "its own pads" in found[0].message, found
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3] * 5, "strides": [2] * 5, "dilations": [1] * 5},  # more window axes than the input has
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1]},  # an odd number of own pads
+    {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [0, -1]},
+    {"kernel_shape": [10**18, 3], "strides": [2, 2]},
+], ids=["long-kernel", "odd-pads", "bad-dilations", "huge-kernel"])
+def test_a_window_s_hostile_attributes_are_read_without_a_crash(attrs):
+    """A model's attributes are hostile input: what the 'SAME' reading cannot use it leaves, one window at a time."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "p"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], [0.1] * 108),
+         helper.make_tensor("p", TensorProto.INT64, [8], [0, 0, 0, 0, 0, 0, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    found = [f for f in graphfix.diagnose(model, static=True) if f.rule == "GF008"]
+    assert all(f.severity.value == "warning" for f in found), found
