@@ -92,7 +92,7 @@ class TraceBakedPad(Rule):
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
     Nor is a 'SAME'-looking Pad: the original runs at every size, and only the module tells a pad computed from the
-    size from one the model always pads.
+    size from one the model always pads (`graphfix.export`, which traces it at other sizes, rebuilds MobileNetV2's).
     A round-up by a constant is not determined by the graph, and so never safe: of the amounts equal to the
     constant at the export length (graphfix.analysis.hypotheses, `(k - T % k) % k` and `k - T % k` for every k
     among them), those that make every length a whole number of chunks always include two, the round-up and

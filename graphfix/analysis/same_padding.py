@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from graphfix.core.windows import window_of
+
 WINDOWS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 SAMPLES = range(64, 128)  # sizes each graph input's dims take at once, to read amounts that vary with the size
 
@@ -89,7 +91,7 @@ def same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> It
     known = None
     for node, window, shape, amounts in padded:
         axes = []
-        for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2)[:len(shape) - 2], 2):
+        for j, (kernel, stride, dilation) in enumerate(_window_axes(window, len(shape) - 2), 2):
             n, pads = shape[j], (amounts[j], amounts[j + len(shape)])
             reach = dilation * (kernel - 1) + 1
             if n is None or _whole(n) or kernel < 1 or stride < 2 or dilation < 1:
@@ -136,13 +138,14 @@ def _sampled(n, pads: tuple, reach: int, stride: int) -> tuple[list[int], list[t
 
 
 def _window_axes(window: gs.Node, spatial: int) -> list[tuple]:
-    """(kernel, stride, dilation) per spatial axis of a Conv or Pool (kernel 0 where unknown)."""
-    kernel = window.attrs.get("kernel_shape")
-    if kernel is None and window.op == "Conv" and len(window.inputs) > 1 and window.inputs[1].shape:
-        kernel = window.inputs[1].shape[2:]
-    kernel = [k if isinstance(k, int) else 0 for k in (kernel or [0] * spatial)]
-    strides, dilations = window.attrs.get("strides", [1] * spatial), window.attrs.get("dilations", [1] * spatial)
-    return list(zip(kernel, strides, dilations, strict=False))
+    """(kernel, stride, dilation) per spatial axis of a Conv or Pool (kernel 0 where unknown; none where its
+    attributes do not describe `spatial` axes)."""
+    weight = window.inputs[1].shape if window.op == "Conv" and len(window.inputs) > 1 else None
+    read = window_of(window.attrs, spatial, weight)
+    if read is None:
+        return []
+    kernel = [k if isinstance(k, int) else 0 for k in read.kernel]
+    return list(zip(kernel, read.strides, read.dilations, strict=True))
 
 
 def _uneven(pads) -> bool:

@@ -5,12 +5,14 @@ between two traces of one module that differ in one dim is a function of that di
 
     one dim d:      a * g(d) + b              (MobileViT's `ceil(H / p)`, a Wenet `(T - 1) // 2 - 1`)
     several dims:   c * g1(d1) * g2(d2) ...   (MobileViT's `B * C * ceil(H / p)`)
+    one dim d:      'SAME' padding's begin or end over g(d)   (transformers' MobileNetV2 `tf_padding`)
 
 with g(d) = (d + r) // k, k in 1..16 and 0 <= r < k (r = 0 a floor, r = k - 1 a ceiling, and between them a
 floor after a ceiling, as a ceil-mode pool then a floor one: `ceil(T / 2) // 3` is `(T + 1) // 6`), and a, b, c
-integers (a, c not 0). A fit must reproduce every
-observation. Fits that agree at every size are one fit; fits that do not are told apart by a trace at a size where
-they disagree (`splitting_size`), which the caller makes.
+integers (a, c not 0). TF-style 'SAME' padding pads a length n before a window reaching w at stride s by
+`max(w - (n % s or s), 0)` in all, half of it (rounded down) at the begin (s in SAME_STRIDES, w in SAME_REACH).
+A fit must reproduce every observation. Fits that agree at every size are one fit; fits that do not are told
+apart by a trace at a size where they disagree (`next_split`), which the caller makes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ REACH = 8  # fits are compared, and split, at sizes up to REACH times the export
 NEAR = 512  # of those, every size this near the export size (and below it) is used; farther ones thinned out
 FAR = 256  # to this many, evenly spread: the arithmetic stays bounded at 480000 samples
 MAX_PRODUCTS = 4096  # products of several dims' terms tried, the simplest terms first
+SAME_STRIDES = range(2, 5)  # the strides of the 'SAME' pads fitted (a Conv's or Pool's: 2, rarely 3 or 4)
+SAME_REACH = range(2, 17)  # and how far their windows reach (dilation * (kernel - 1) + 1)
 
 
 @dataclass(frozen=True)
@@ -52,24 +56,48 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Same:
+    """TF-style 'SAME' padding's begin (`end` False) or end over a length, for a window reaching `reach` at
+    `stride`: the total `max(reach - (n % stride or stride), 0)`, half of it (rounded down) at the begin."""
+
+    reach: int
+    stride: int
+    end: bool
+
+    def of(self, length):
+        """The pad over `length` (an integer, or an integer array of lengths >= 0)."""
+        total = self.reach - 1 - (length - 1) % self.stride  # (n % s or s) is (n - 1) % s + 1, at n = 0 too
+        total = total * (total > 0)
+        return total - total // 2 if self.end else total // 2
+
+
+@dataclass(frozen=True)
 class Fit:
-    """scale * (product of terms) + offset; with no term, the constant `offset` (scale 0)."""
+    """scale * (product of terms) + offset; with no term, the constant `offset` (scale 0); with `same`, that
+    padding over the one term's length."""
 
     terms: tuple[Term, ...]
     scale: int = 1
     offset: int = 0
+    same: Same | None = None
 
     def at(self, sizes: Sizes) -> int:
+        if self.same:
+            return int(self.same.of(self.terms[0].at(sizes)))
         return self.scale * math.prod(t.at(sizes) for t in self.terms) + self.offset
 
     @property
     def cost(self) -> tuple[int, ...]:
-        """Simpler first: fewer terms, no scale, no offset, floor, then ceiling, then between, smaller divisors."""
-        return (len(self.terms), self.scale != 1, self.offset != 0,
-                sum(0 if t.r == 0 else 1 if t.r == t.k - 1 else 2 for t in self.terms),
-                sum(t.k for t in self.terms))
+        """Simpler first: a size before a pad (of pads, smaller strides, then reaches), fewer terms, no scale, no
+        offset, floor, then ceiling, then between, smaller divisors."""
+        return (self.same is not None, *((self.same.stride, self.same.reach) if self.same else ()),
+                len(self.terms), self.scale != 1, self.offset != 0,
+                sum(0 if t.r == 0 else 1 if t.r == t.k - 1 else 2 for t in self.terms), sum(t.k for t in self.terms))
 
     def __str__(self) -> str:
+        if self.same:
+            return (f"the {'end' if self.same.end else 'begin'} of 'SAME' padding over {self.terms[0]} (window "
+                    f"{self.same.reach}, stride {self.same.stride})")
         if not self.terms:
             return str(self.offset)
         grouped = len(self.terms) > 1 or self.scale != 1  # `3 * (T // 3)`, never `3 * T // 3`
@@ -101,6 +129,7 @@ def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
         return []
     if len(moving) == 1:
         found = [f for term in _terms(moving[0]) for f in _linear(term, observations, base)]
+        found += _same(moving[0], observations)
     else:
         per_dim = [[t for t in _terms(dim) if _ratios_hold(t, observations, base)] for dim in moving]
         combos = itertools.islice(itertools.product(*per_dim), MAX_PRODUCTS)  # past it: fewer fits, none wrong
@@ -159,6 +188,25 @@ def _linear(term: Term, observations: Sequence[Observation], base: Sizes) -> lis
     return [Fit((term,), scale, v0 - scale * g0)] if scale else []
 
 
+def _same(dim: str, observations: Sequence[Observation]) -> list[Fit]:
+    """Each 'SAME' begin or end over a term of `dim` that reproduces every observation (pads are small numbers
+    that move with the length's residue: none is tried for a value past the largest reach)."""
+    values = np.array([v for _, v in observations], dtype=np.int64)
+    if values.min() < 0 or values.max() >= max(SAME_REACH):
+        return []
+    sizes = np.array([s[dim] for s, _ in observations], dtype=np.int64)
+    reaches = np.array(SAME_REACH, dtype=np.int64)[:, None]
+    found = []
+    for term in _terms(dim):
+        lengths = (sizes + term.r) // term.k
+        for stride in SAME_STRIDES:  # every reach at once: a row per reach, a column per observation
+            total = np.maximum(reaches - 1 - (lengths - 1) % stride, 0)
+            for end, pads in ((False, total // 2), (True, total - total // 2)):
+                found += [Fit((term,), same=Same(int(reaches[row, 0]), stride, end))
+                          for row in np.flatnonzero((pads == values).all(axis=1))]
+    return found
+
+
 def _ratios_hold(term: Term, observations: Sequence[Observation], base: Sizes) -> bool:
     """With the other dims at export, value / value at export = term / term at export (a product's factor)."""
     g0, v0 = term.at(base), _at_export(observations, base)
@@ -187,6 +235,11 @@ def _values_on(fit: Fit, base: Sizes, grid: Mapping[str, np.ndarray]) -> tuple[i
     arrays where no value can pass 2**62, else in Python's integers (the same numbers either way)."""
     values: list[int] = []
     for dim, sizes in grid.items():
+        if fit.same:
+            term = fit.terms[0]
+            lengths = (sizes + term.r) // term.k if term.dim == dim else np.full(len(sizes), term.at(base))
+            values += fit.same.of(lengths).tolist()
+            continue
         top = {**base, dim: int(sizes[-1])}
         if abs(fit.scale) * math.prod(max(abs(t.at(base)), abs(t.at(top))) for t in fit.terms) + abs(fit.offset) \
                 >= 1 << 62:

@@ -3,7 +3,8 @@
 Each fitted number (graphfix.exporting.fit) becomes `Gather(Shape(input), [axis])` of the input that carries its
 dim, then `Div` by k (after `Add r`: k - 1 for a ceiling), `Mul` and `Add` by integers. A size vector is the
 `Concat` of its numbers; a uniform table is `ConstantOfShape` of its fitted shape with its value; an arange is
-`start + step * Range(0, n, 1)` of its element count n, reshaped to its fitted shape. The replaced
+`start + step * Range(0, n, 1)` of its element count n, reshaped to its fitted shape; a 'SAME' pad over a size n is
+`Mod(n - 1, stride)` taken from the window's reach, at least 0, then halved. The replaced
 constants that nothing reads any more are removed.
 """
 
@@ -92,6 +93,8 @@ class _Builder:
         """`fit` as a one-element int64 vector."""
         if not fit.terms:
             return self.constant([fit.offset], name)
+        if fit.same:
+            return self.same(fit, name)
         value = None
         for n, term in enumerate(fit.terms):
             part = self.size(term.dim)
@@ -105,6 +108,19 @@ class _Builder:
         if fit.offset:
             value = self.node("Add", [value, self.constant([fit.offset], f"{name}_offset")], f"{name}_o")
         return value
+
+    def same(self, fit: Fit, name: str) -> str:
+        """'SAME' padding over the fit's one term: `reach - 1 - Mod(n - 1, stride)`, negative totals made 0
+        (`Where`: Max takes int64 from opset 12 only), then half of it, or the rest."""
+        length = self.fit(Fit(fit.terms), f"{name}_n")
+        less = self.node("Sub", [length, self.constant([1], f"{name}_one")], f"{name}_less")
+        residue = self.node("Mod", [less, self.constant([fit.same.stride], f"{name}_stride")], f"{name}_mod")
+        total = self.node("Sub", [self.constant([fit.same.reach - 1], f"{name}_reach"), residue], f"{name}_raw")
+        zero = self.constant([0], f"{name}_zero")
+        total = self.node("Where", [self.node("Greater", [total, zero], f"{name}_some"), total, zero],
+                          f"{name}_total")
+        begin = self.node("Div", [total, self.constant([2], f"{name}_two")], f"{name}_begin")
+        return self.node("Sub", [total, begin], name) if fit.same.end else begin
 
     def size(self, dim: str) -> str:
         """A dim's size, `Gather(Shape(input), [axis])`: a one-element int64 vector."""

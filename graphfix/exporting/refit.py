@@ -35,8 +35,11 @@ from graphfix.exporting.rebuild import rebuild
 MAX_TRACES = 48  # traces beyond the first, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
 PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
-# of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it)
+# of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
+# a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, an
+# odd step apart, fall in every class modulo 32)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
+# and one past it: multiples of an even export size are all even, and a 'SAME' pad moves with the length's parity
 
 Trace = Callable[[Sizes], "onnx.ModelProto | None"]  # the module exported at these sizes, or None if it failed
 Number = tuple[Site, int]  # a size vector's element, or a table's dim
@@ -62,8 +65,8 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
         return Refitted(None, notes=["the export declares no dynamic dim to trace at other sizes"])
     traces = _Traces(trace, model, base, avoid)
     for dim, export in base.items():
-        for factor in FACTORS:
-            traces.at({**base, dim: export * factor})
+        for size in (*(export * factor for factor in FACTORS), export + 1):
+            traces.at({**base, dim: size})
     kinds, unfit = traces.kinds()
     if unfit:
         return Refitted(None, notes=unfit)

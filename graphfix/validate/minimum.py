@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from graphfix.core.windows import window_of
 from graphfix.validate.budget import NotProbed
 from graphfix.validate.footprint import Footprint
 from graphfix.validate.inputs import ValidationOptions, synthesize_inputs
@@ -94,17 +95,13 @@ def _short(kernel: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
     if after is not None and 0 in after:
         return True
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in kernel.attribute}
-    window = list(attrs.get("kernel_shape", ()))
-    if not window or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID") or \
-            len(before) != len(window) + 2:
+    window = window_of(attrs, len(before) - 2) if "kernel_shape" in attrs else None
+    if window is None or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         return False
-    dilations = list(attrs.get("dilations", ())) or [1] * len(window)
-    pads = list(attrs.get("pads", ())) or [0] * (2 * len(window))
-    strides = list(attrs.get("strides", ())) or [1] * len(window)
     ceil = bool(attrs.get("ceil_mode", 0))
-    for i, (length, k) in enumerate(zip(before[2:], window, strict=True)):
-        span = length + pads[i] + pads[i + len(window)] - dilations[i] * (k - 1) - 1  # the output's (count - 1) * s
-        if span < 0 and (not ceil or span <= -strides[i]):
+    for j, length in enumerate(before[2:]):
+        span = length + sum(window.pads_at(j)) - window.reach(j)  # the output's (count - 1) * stride
+        if span < 0 and (not ceil or span <= -window.strides[j]):
             return True
     return False
 

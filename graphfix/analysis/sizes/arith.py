@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import onnx_graphsurgeon as gs
 
 from graphfix.core.lazy import sympy  # imported on first use: see graphfix.core.lazy
+from graphfix.core.windows import window_of
 
 if TYPE_CHECKING:
     from sympy import Expr
@@ -41,11 +42,9 @@ def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> 
             or node.attrs.get("ceil_mode", 0) or (transposed and node.attrs.get("output_shape")):
         return None
     spatial = len(x) - 2
-    kernel = node.attrs.get("kernel_shape", w[2:] if node.op in ("Conv", "ConvTranspose") else None)
-    strides = node.attrs.get("strides", [1] * spatial)
-    pads = node.attrs.get("pads", [0] * 2 * spatial)
-    dil = node.attrs.get("dilations", [1] * spatial)
-    extra = node.attrs.get("output_padding", [0] * spatial)
+    window = window_of(node.attrs, spatial, w if node.op in ("Conv", "ConvTranspose") else None)
+    if window is None or None in window.kernel:
+        return None
     channels = x[1] if node.op not in ("Conv", "ConvTranspose") else w[0] if not transposed else \
         None if w[1] is None else w[1] * node.attrs.get("group", 1)
     out = [x[0], channels]
@@ -53,12 +52,12 @@ def window_output(node: gs.Node, x: Shape | None, w: Shape | None, num=None) -> 
         if x[2 + j] is None:
             out.append(None)
             continue
-        reach = dil[j] * (num.expr(kernel[j]) - 1) + 1
+        begin, end = window.pads_at(j)
+        reach = window.dilations[j] * (num.expr(window.kernel[j]) - 1) + 1
         if transposed:  # each input step moves the output by the stride; the kernel's reach past the last one
-            out.append(strides[j] * (x[2 + j] - 1) + extra[j] + reach - pads[j] - pads[j + spatial])
+            out.append(window.strides[j] * (x[2 + j] - 1) + window.output_padding[j] + reach - begin - end)
             continue
-        span = x[2 + j] + pads[j] + pads[j + spatial] - reach
-        out.append(num.floor_div(span, strides[j]) + 1)
+        out.append(num.floor_div(x[2 + j] + begin + end - reach, window.strides[j]) + 1)
     return tuple(out)
 
 

@@ -1,0 +1,168 @@
+"""TF-style 'SAME' padding computed in Python, rebuilt by graphfix.export from traces of the module (#22).
+
+transformers' MobileNetV2 (`tf_padding`, the default) pads each strided Conv by amounts computed from
+`int(x.shape[-2])`: a TorchScript export keeps the export size's, (0, 1) at an even size, wrong at odd ones. The
+graph cannot tell them from a pad the model always makes (Stable Diffusion's VAE: GF008 refuses the one and warns
+on the other, tests/rules/test_gf008_same_padding.py); the module can. Checked by onnxruntime against the module
+at odd sizes, which no trace at 4x and 5x an even size reached.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+torch = pytest.importorskip("torch")
+
+import graphfix  # noqa: E402
+from graphfix.exporting.fit import Fit, Same, Term, fits  # noqa: E402
+from graphfix.exporting.rebuild import _Builder  # noqa: E402
+
+pytestmark = [pytest.mark.torch]
+BASE = {"B": 2, "H": 64}
+
+
+def tf_same(reach: int, stride: int, length: int) -> tuple[int, int]:
+    """transformers' `apply_tf_padding`, as written there."""
+    if length % stride == 0:
+        total = max(reach - stride, 0)
+    else:
+        total = max(reach - (length % stride), 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("reach, stride", [(3, 2), (5, 2), (2, 2), (3, 3), (7, 4), (2, 4)])
+def test_same_is_tf_s_padding_at_every_length(reach, stride):
+    for length in range(1, 200):
+        assert (Same(reach, stride, False).of(length), Same(reach, stride, True).of(length)) == \
+            tf_same(reach, stride, length)
+    lengths = np.arange(1, 200)
+    assert Same(reach, stride, True).of(lengths).tolist() == [tf_same(reach, stride, n)[1] for n in lengths]
+
+
+@pytest.mark.parametrize("k, r, reach, stride, end", [(4, 3, 3, 2, False), (1, 0, 3, 2, False), (2, 1, 5, 2, False),
+                                                      (8, 7, 7, 4, False), (1, 0, 3, 3, True)])
+def test_a_same_pad_over_a_length_is_among_the_fits_of_refit_s_traces(k, r, reach, stride, end):
+    """The begin of a 3 x 3 stride-2 window's 'SAME' pad over ceil(H / 4), at refit's first traces (export, 4x,
+    5x and one past the export size) and the sizes a split adds: the function itself is among the fits, checked
+    at every size up to 8 times the export."""
+    def function(sizes):
+        return tf_same(reach, stride, (sizes["H"] + r) // k)[end]
+
+    points = [BASE, *({**BASE, "H": h} for h in (256, 320, 65, 66, 67, 69, 73))]
+    found = fits([(sizes, function(sizes)) for sizes in points], BASE)
+    grid = [{**BASE, "H": h} for h in range(1, 8 * BASE["H"] + 1)]
+    assert any(fit.same and all(fit.at(s) == function(s) for s in grid) for fit in found), [str(f) for f in found]
+
+
+def test_a_pad_that_stays_and_values_past_any_pad_have_no_same_fit():
+    assert fits([({**BASE, "H": h}, 1) for h in (64, 256, 320, 65)], BASE) == []  # the model's own number
+    found = fits([({**BASE, "H": h}, h) for h in (64, 256, 320, 65)], BASE)
+    assert found and not any(f.same for f in found)  # the length itself, no pad
+
+
+@pytest.mark.parametrize("fit", [Fit((Term("H", 4, 3),), same=Same(3, 2, False)),
+                                 Fit((Term("H", 2, 1),), same=Same(5, 2, True)),
+                                 Fit((Term("H"),), same=Same(2, 4, False)), Fit((Term("H"),), same=Same(7, 3, True))],
+                         ids=str)
+def test_the_rebuilt_pad_computes_the_fit_at_every_size(fit):
+    """The nodes refit writes for a 'SAME' fit, run by onnxruntime from a size of 0 up, against `Fit.at`."""
+    build = _Builder({"H": ("x", 1, 64)})
+    out = build.fit(fit, "pad")
+    graph = helper.make_graph(build.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "H"])],
+                              [helper.make_tensor_value_info(out, TensorProto.INT64, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for h in range(0, 130):
+        assert session.run(None, {"x": np.zeros((1, h), np.float32)})[0].tolist() == [fit.at({"H": h})], h
+
+
+F = torch.nn.functional
+AXES = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "out_h", 3: "out_w"}}
+ODD = ((1, 3, 65, 67), (2, 3, 97, 96), (1, 3, 33, 35), (3, 3, 130, 71))  # batch 1, longer than the export's 64
+
+
+def mobilenet_v2():
+    """transformers' MobileNetV2: its stem and first block (two stride-2 Convs padded 'SAME', 1 x 1 ones padded
+    by zeros), weights drawn large enough that the outputs are far from 0 (the library's init makes them ~1e-25,
+    where any two models agree)."""
+    from fixtures.library_models import PixelOutput, import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    model = tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35, image_size=64))
+    model.layer, model.conv_1x1 = model.layer[:1], torch.nn.Identity()
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(0, 0.3)
+    return PixelOutput(model).eval()
+
+
+class Downsample(torch.nn.Module):
+    """Stable Diffusion's VAE downsampler: a (0, 1) pad at every size, then a 3 x 3 stride-2 Conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+def matches(session: ort.InferenceSession, module, shape) -> bool:
+    """onnxruntime against the module, sharing no code with graphfix, at outputs far from 0."""
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert np.abs(want).max() > 0.1, np.abs(want).max()
+    try:
+        got = session.run(None, {"x": x.numpy()})[0]
+    except Exception:
+        return False
+    return got.shape == want.shape and np.allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def plain_export(module) -> ort.InferenceSession:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 3, 64, 64),), buffer, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes=AXES)
+    return ort.InferenceSession(onnx.load_from_string(buffer.getvalue()).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_s_same_pads_are_rebuilt_from_traces_of_the_module(tmp_path):
+    module, path = mobilenet_v2(), tmp_path / "mobilenet_v2.onnx"
+    plain = plain_export(module)  # the trap: the trace's pads are the even size's, wrong at odd ones
+    assert matches(plain, module, (1, 3, 64, 96)) and not any(matches(plain, module, shape) for shape in ODD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = graphfix.export(module, (torch.randn(2, 3, 64, 64),), path, input_names=["x"], output_names=["y"],
+                                 dynamic_axes=AXES)
+    assert report.ok and report.status == "repaired", report.summary()
+    assert sum("'SAME' padding over" in line for line in report.refitted) == 2, report.refitted
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert all(matches(session, module, shape) for shape in itertools.chain(ODD, [(1, 3, 64, 96)]))
+    assert [f for f in graphfix.diagnose(str(path), static=True) if f.rule == "GF008"] == []
+
+
+def test_a_pad_the_model_always_makes_is_left_as_it_is(tmp_path):
+    """The VAE's (0, 1) stays at every trace: nothing moves, nothing is rebuilt, and the file runs as PyTorch."""
+    torch.manual_seed(0)
+    module, path = Downsample().eval(), tmp_path / "vae_down.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = graphfix.export(module, (torch.randn(2, 3, 64, 64),), path, input_names=["x"], output_names=["y"],
+                                 dynamic_axes=AXES)
+    assert report.ok and not report.refitted, report.summary()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert all(matches(session, module, shape) for shape in ODD)
