@@ -36,10 +36,12 @@ MAX_TRACES = 48  # traces beyond the first, in all: each is one export of the mo
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
 PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
 # of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
-# a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, an
-# odd step apart, fall in every class modulo 32)
+# a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, a
+# step apart that shares no factor with one, fall in every class modulo a period up to 32, in half of them past)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
-# and one past it: multiples of an even export size are all even, and a 'SAME' pad moves with the length's parity
+# and at the first odd distance past it that the proof does not take (one past it where it can: every length a
+# stride-2 stack divides it into changes parity there): multiples of an even export size are all even, and a
+# 'SAME' pad moves with the length's parity
 
 Trace = Callable[[Sizes], "onnx.ModelProto | None"]  # the module exported at these sizes, or None if it failed
 Number = tuple[Site, int]  # a size vector's element, or a table's dim
@@ -65,7 +67,8 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
         return Refitted(None, notes=["the export declares no dynamic dim to trace at other sizes"])
     traces = _Traces(trace, model, base, avoid)
     for dim, export in base.items():
-        for size in (*(export * factor for factor in FACTORS), export + 1):
+        parity = next(s for s in itertools.count(export + 1, 2) if {**base, dim: s} not in traces.avoid)
+        for size in (*(export * factor for factor in FACTORS), parity):
             traces.at({**base, dim: size})
     kinds, unfit = traces.kinds()
     if unfit:
@@ -259,7 +262,7 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[
     a multiple of 4); then each dim a fit reads alone at every size from one to PERIOD past its export size that
     no trace had, at one, and at every size up to REACH times its export size where that is 4 * PERIOD sizes at
     most, else at up to 2 * PERIOD sizes spread over them (a function outside the family, `(3 * T) // 40`, may
-    agree with a fit near the export size and not farther), a step apart that shares no factor with 2, 3, 5 or 7:
+    agree with a fit near the export size and not farther), a step apart that shares no factor with 2 to 13:
     they fall in every class of sizes modulo a stride or a patch, not in one (a step of 8 from 3 put every one of
     MobileViT's at a height its 8-pixel patches do not take, where the module traces another graph and checks
     nothing)."""
@@ -290,8 +293,9 @@ def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[
 
 
 def _coprime_step(step: int) -> int:
-    """The least step >= `step` that shares no prime factor with 2, 3, 5 or 7."""
-    while math.gcd(step, 2 * 3 * 5 * 7) != 1:
+    """The least step >= `step` that shares no prime factor with 2, 3, 5, 7, 11 or 13 (a fit's divisors, up to
+    16, and their products with a 'SAME' pad's stride)."""
+    while math.gcd(step, 2 * 3 * 5 * 7 * 11 * 13) != 1:
         step += 1
     return step
 

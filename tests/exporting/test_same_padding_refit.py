@@ -139,6 +139,39 @@ def plain_export(module) -> ort.InferenceSession:
                                 providers=["CPUExecutionProvider"])
 
 
+class SamePadded1d(torch.nn.Module):
+    """A Conv1d after a pad computed in Python from `int(x.shape[-1])`, as `pads(T)` gives it (begin, end)."""
+
+    def __init__(self, pads, kernel=3, stride=2):
+        super().__init__()
+        self.pads, self.conv = pads, torch.nn.Conv1d(4, 8, kernel, stride=stride)
+        with torch.no_grad():
+            self.conv.weight.normal_(0, 0.5)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, self.pads(int(x.shape[-1]))))
+
+
+@pytest.mark.parametrize("pads, kernel, stride", [
+    (lambda t: tf_same(3, 2, t), 3, 2),
+    (lambda t: tf_same(3, 2, t)[::-1], 3, 2),  # the extra pad first
+    (lambda t: tf_same(2, 2, t), 2, 2),  # (0, 0) at the export size
+    (lambda t: tf_same(7, 4, t), 7, 4),
+], ids=["tf", "extra-first", "none-at-export", "stride-4"])
+def test_a_same_pad_of_an_even_export_size_is_rebuilt(tmp_path, pads, kernel, stride):
+    """Red team 157: a single stride-2 front end's proof takes one past the export size (half its stride past),
+    where refit traced to break parity; it traces at the next odd distance the proof does not take."""
+    torch.manual_seed(0)
+    module, path = SamePadded1d(pads, kernel, stride).eval(), tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = graphfix.export(module, (torch.randn(2, 4, 64),), path, input_names=["x"], output_names=["y"],
+                                 dynamic_axes={"x": {0: "B", 2: "T"}, "y": {0: "B", 2: "N"}})
+    assert report.ok and any("'SAME' padding over" in line for line in report.refitted), report.summary()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert all(matches(session, module, (b, 4, t)) for b in (1, 3) for t in (*range(stride + 1, 80), 201, 499))
+
+
 @pytest.mark.slow
 def test_mobilenet_v2_s_same_pads_are_rebuilt_from_traces_of_the_module(tmp_path):
     module, path = mobilenet_v2(), tmp_path / "mobilenet_v2.onnx"
