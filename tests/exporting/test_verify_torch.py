@@ -15,6 +15,11 @@ class BakedBatch(torch.nn.Module):
         return x.reshape(int(x.shape[0]), -1, 2)  # int() bakes the export batch into the graph
 
 
+class BakedShape(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(int(x.shape[0]), int(x.shape[1]) // 2, 2)  # onnxruntime fails at any other size
+
+
 class Dynamic(torch.nn.Module):
     def forward(self, x):
         return x.reshape(x.shape[0], -1, 2)
@@ -42,6 +47,15 @@ def test_baked_size_is_caught_at_other_sizes_only(tmp_path):
     assert not report.ok
     assert report.checks[0].ok  # the export size still works: that is what makes this bug hard to see
     assert not any(c.ok for c in report.checks[1:])
+
+
+def test_a_size_onnxruntime_fails_at_is_in_the_report_and_nothing_is_printed(tmp_path, capfd):
+    """onnxruntime logs a failing node to the process' stderr by default (red lines during `graphfix.export`'s
+    proof, red team 157); the report says it once."""
+    module = BakedShape()
+    report = graphfix.verify(export(module, tmp_path / "m.onnx"), module, (torch.randn(3, 8),))
+    assert not report.ok and "Reshape" in report.checks[1].error, report.checks[1]
+    assert "onnxruntime" not in capfd.readouterr().err
 
 
 def test_explicit_probe_args(tmp_path):
