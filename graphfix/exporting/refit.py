@@ -37,7 +37,7 @@ MAX_SECONDS = 120.0  # and the time they may take together: none is started afte
 PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
 # of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
 # a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, a
-# step apart that shares no factor with one, fall in every class modulo a period up to 32, in half of them past)
+# step apart that shares no factor with such a period, fall in each of its classes up to 32, in half of 64's)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
 # and at the first odd distance past it that the proof does not take (one past it where it can: every length a
 # stride-2 stack divides it into changes parity there): multiples of an even export size are all even, and a

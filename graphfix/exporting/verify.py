@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from graphfix.io.loading import load_model
+from graphfix.validate.compare import scaled_atol
 from graphfix.validate.graph_sizes import graph_inputs
 
 
@@ -153,7 +154,7 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: fl
         return OutputError(name, list(got.shape), list(want.shape), 0.0, 0.0, True)
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-12)
-    ok = bool(np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True))
+    ok = bool(np.allclose(got, want, rtol=rtol, atol=scaled_atol(want, atol), equal_nan=True))
     return OutputError(name, list(got.shape), list(want.shape), float(diff.max()), float(rel.max()), ok)
 
 

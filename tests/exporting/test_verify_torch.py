@@ -63,3 +63,19 @@ def test_explicit_probe_args(tmp_path):
     path = export(module, tmp_path / "m.onnx")
     report = graphfix.verify(path, module, (torch.randn(3, 8),), probe_args=[(torch.randn(1, 2),)])
     assert report.ok and [c.input_shapes["x"] for c in report.checks] == [[3, 8], [1, 2]]
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_outputs_near_zero_are_compared_at_their_own_scale(tmp_path):
+    """Every output near 1e-20: a file off by a factor of two is not passed by `atol`."""
+    path = export(Tiny(2e-20), tmp_path / "m.onnx")
+    assert not graphfix.verify(path, Tiny(1e-20), (torch.randn(3, 8),)).ok
+    assert graphfix.verify(path, Tiny(2e-20), (torch.randn(3, 8),)).ok

@@ -139,3 +139,24 @@ def test_half_precision_is_compared_at_its_own_precision():
     assert compare_arrays("y", expected, expected + np.float16(0.000977), 1e-3, 1e-4).ok  # one fp16 ulp at 1.0
     assert not compare_arrays("y", expected, expected + np.float16(0.1), 1e-3, 1e-4).ok
     assert not compare_arrays("y", expected.astype(np.float32), expected.astype(np.float32) + 0.000977, 1e-3, 1e-4).ok
+
+
+def scaled(factor: str) -> onnx.ModelProto:
+    return model(f"""
+    g (float[N, 4] X) => (float[N, 4] Y) {{
+        tiny = Constant<value = float {{{factor}}}>()
+        [scale] Y = Mul(X, tiny)
+    }}""")
+
+
+def test_outputs_under_atol_are_compared_at_their_own_scale():
+    """A library's init can leave every output near 1e-25 (transformers' MobileNetV2): `atol` alone would let any
+    other output under it match, and the proof could not fail."""
+    tiny = np.full((2, 3), 1e-25, np.float32)
+    assert not compare_arrays("y", tiny, tiny * 2, 1e-3, 1e-4).ok
+    assert compare_arrays("y", tiny, tiny * (1 + 1e-5), 1e-3, 1e-4).ok  # rounding passes
+    assert not validate(scaled("1e-25"), scaled("2e-25"), ValidationOptions()).passed
+    assert validate(scaled("1e-25"), scaled("1e-25"), ValidationOptions()).passed
+    usual = np.array([0.5, 0.0, -1.0], np.float32)
+    assert compare_arrays("y", usual, usual + 5e-5, 1e-3, 1e-4).ok  # from a magnitude of 0.01 up: atol itself
+    assert compare_arrays("y", np.zeros(3, np.float32), np.full(3, 5e-5, np.float32), 1e-3, 1e-4).ok  # no scale
