@@ -32,7 +32,9 @@ FIXED_HINT = ("The padded length went through Python while tracing (`math.ceil(T
 SAME_HINT = ("TF-style 'SAME' padding computed in Python (transformers' MobileNetV1/V2 `tf_padding`: "
              "`int(x.shape[-2])`, `if in_height % stride == 0:`) keeps the export size's case under either "
              "exporter: compute it branch-free from the traced size (in all `max((-(-n // s) - 1) * s + k - n, 0)` "
-             "with `n = x.shape[-2]`, half of it before), or fix the size you deploy (`graphfix set-shape`). A model "
+             "with `n = x.shape[-2]`, half of it before), export with `graphfix.export(module, ...)`, which traces "
+             "the module at other sizes and rebuilds pads that move as 'SAME' does (MobileNetV2's), or fix the size "
+             "you deploy (`graphfix set-shape`). A model "
              "that pads these amounts at every size (Stable Diffusion's VAE downsampler pads (0, 1)) leaves the "
              "graph of constant amounts: then nothing is wrong.")
 WHOLE_HINT = ("A pad amount `k - x % k` pads a whole k where x is a multiple of k: if the source pads under "

@@ -39,9 +39,7 @@ PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD 
 # a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, a
 # step apart that shares no factor with such a period, fall in each of its classes up to 32, in half of 64's)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
-# and at the first odd distance past it that the proof does not take (one past it where it can: every length a
-# stride-2 stack divides it into changes parity there): multiples of an even export size are all even, and a
-# 'SAME' pad moves with the length's parity
+PARITY_DEPTH = 5  # and past it where the lengths of the first 5 stride-2 layers change parity (see `_parity_sizes`)
 
 Trace = Callable[[Sizes], "onnx.ModelProto | None"]  # the module exported at these sizes, or None if it failed
 Number = tuple[Site, int]  # a size vector's element, or a table's dim
@@ -67,8 +65,7 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
         return Refitted(None, notes=["the export declares no dynamic dim to trace at other sizes"])
     traces = _Traces(trace, model, base, avoid)
     for dim, export in base.items():
-        parity = next(s for s in itertools.count(export + 1, 2) if {**base, dim: s} not in traces.avoid)
-        for size in (*(export * factor for factor in FACTORS), parity):
+        for size in (*(export * factor for factor in FACTORS), *_parity_sizes(traces, dim, export)):
             traces.at({**base, dim: size})
     kinds, unfit = traces.kinds()
     if unfit:
@@ -90,6 +87,15 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
     rebuilt = [f"{traces.reader(site)}: {'' if kind == 'vector' else reading.family[0] + ' of shape '}"
                f"[{', '.join(map(str, fitted))}]" for site, (kind, reading, fitted) in sorted(chosen.items())]
     return Refitted(rebuild(model, chosen, dims), rebuilt, notes)
+
+
+def _parity_sizes(traces: _Traces, dim: str, export: int) -> list[int]:
+    """Sizes past `export` at which the length after each of PARITY_DEPTH stride-2 layers (`ceil(n / 2**i)`)
+    changes parity, the first odd multiple of 2**i past it that the proof does not take: a 'SAME' pad moves with
+    that parity, and the multiples of an even export size keep every one of them (a stride-2 front end's proof
+    takes one past it itself, half its stride)."""
+    return [next(s for s in itertools.count(export + 2**i, 2 ** (i + 1)) if {**traces.base, dim: s} not in traces.avoid)
+            for i in range(PARITY_DEPTH)]
 
 
 class _Traces:

@@ -172,6 +172,36 @@ def test_a_same_pad_of_an_even_export_size_is_rebuilt(tmp_path, pads, kernel, st
     assert all(matches(session, module, (b, 4, t)) for b in (1, 3) for t in (*range(stride + 1, 80), 201, 499))
 
 
+class SameStack1d(torch.nn.Module):
+    """Three stride-2 Conv1d, each after transformers' 'SAME' pad of its input's length: the deeper pads move with
+    the parity of ceil(T / 2) and ceil(T / 4), which no trace one past an odd export size changes."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv1d(4, 4, 3, stride=2) for _ in range(3))
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.normal_(0, 0.5)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = conv(F.pad(x, tf_same(3, 2, int(x.shape[-1]))))
+        return x
+
+
+@pytest.mark.parametrize("length", [63, 64, 100])
+def test_the_pads_of_a_same_stack_are_rebuilt_at_odd_and_even_export_sizes(tmp_path, length):
+    torch.manual_seed(0)
+    module, path = SameStack1d().eval(), tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = graphfix.export(module, (torch.randn(2, 4, length),), path, input_names=["x"],
+                                 output_names=["y"], dynamic_axes={"x": {0: "B", 2: "T"}, "y": {0: "B", 2: "N"}})
+    assert report.ok and sum("'SAME' padding over" in line for line in report.refitted) == 3, report.summary()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert all(matches(session, module, (b, 4, t)) for b in (1, 3) for t in (*range(8, 90), 201, 499))
+
+
 @pytest.mark.slow
 def test_mobilenet_v2_s_same_pads_are_rebuilt_from_traces_of_the_module(tmp_path):
     module, path = mobilenet_v2(), tmp_path / "mobilenet_v2.onnx"

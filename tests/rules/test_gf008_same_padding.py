@@ -60,7 +60,7 @@ def test_a_pad_of_the_model_s_own_leaves_the_same_graph_and_the_same_warning(tmp
         np.testing.assert_allclose(run(str(path), {"x": x})[0], module(torch.from_numpy(x)).numpy(), atol=1e-5)
     found = gf008(path)
     assert [f.severity.value for f in found] == ["warning"] and "(0, 1)" in found[0].message, found
-    assert "Stable Diffusion" in found[0].hint
+    assert "Stable Diffusion" in found[0].hint and "graphfix.export(module" in found[0].hint
     done = repair(path, tmp_path / "out.onnx")
     assert done.exit_code == 0 and "warning GF008" in done.output, done.output
 
