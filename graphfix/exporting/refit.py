@@ -32,7 +32,7 @@ from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_sp
 from graphfix.exporting.readings import Reading, Site, attributes, readings, structure
 from graphfix.exporting.rebuild import rebuild
 
-MAX_TRACES = 48  # traces beyond the first, in all: each is one export of the module
+MAX_TRACES = 48  # traces beyond the first and the parity traces, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
 PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
 # of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
@@ -90,10 +90,10 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
 
 
 def _parity_sizes(traces: _Traces, dim: str, export: int) -> list[int]:
-    """Sizes past `export` at which the length after each of PARITY_DEPTH stride-2 layers (`ceil(n / 2**i)`)
-    changes parity, the first odd multiple of 2**i past it that the proof does not take: a 'SAME' pad moves with
-    that parity, and the multiples of an even export size keep every one of them (a stride-2 front end's proof
-    takes one past it itself, half its stride)."""
+    """Sizes at which the length after each of PARITY_DEPTH stride-2 layers (`ceil(n / 2**i)`) has the other
+    parity than at `export`: `export` plus an odd multiple of 2**i, the first the proof does not take (a stride-2
+    front end's proof takes one past it itself, half its stride). A 'SAME' pad moves with that parity, and the
+    multiples of an even export size keep every one of them."""
     return [next(s for s in itertools.count(export + 2**i, 2 ** (i + 1)) if {**traces.base, dim: s} not in traces.avoid)
             for i in range(PARITY_DEPTH)]
 
@@ -111,7 +111,7 @@ class _Traces:
         self.made, self.deadline = 0, time.monotonic() + MAX_SECONDS
 
     def spent(self) -> bool:
-        return self.made >= MAX_TRACES or time.monotonic() > self.deadline
+        return self.made >= MAX_TRACES + PARITY_DEPTH * len(self.base) or time.monotonic() > self.deadline
 
     def at(self, sizes: Sizes) -> bool:
         """Trace at `sizes`; whether the trace kept the graph (its readings are then recorded)."""
@@ -222,7 +222,8 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
             continue
         if traces.spent():
             return None, [f"{len(candidates)} size expressions still fit after {traces.made} traces (at most "
-                          f"{MAX_TRACES}, in {MAX_SECONDS:.0f} s): {', '.join(map(str, candidates[:4]))}"]
+                          f"{MAX_TRACES} past the parity traces, in {MAX_SECONDS:.0f} s): "
+                          f"{', '.join(map(str, candidates[:4]))}"]
         traces.at({**base, dim: size})
 
 
