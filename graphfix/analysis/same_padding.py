@@ -46,8 +46,16 @@ class SameAxis:
 
 def same(reach: int, stride: int, length: int) -> tuple[int, int]:
     """TF 'SAME' padding's (before, after) for a window reaching `reach` at `stride` over `length` (>= stride)."""
-    total = max(reach - (length % stride or stride), 0)
+    total = same_total(reach, stride, length)
     return total // 2, total - total // 2
+
+
+def same_total(reach, stride: int, length):
+    """TF 'SAME' padding's total, `max(reach - (length % stride or stride), 0)`, for integers or integer arrays
+    (`reach` and `length` broadcast: graphfix.exporting.fit tries every reach at once); `(n % s or s)` is
+    `(n - 1) % s + 1`, at n = 0 too."""
+    total = reach - 1 - (length - 1) % stride
+    return total * (total > 0)
 
 
 def agree(pads: tuple[int, int], other: tuple[int, int], reach: int, stride: int, length: int) -> bool:

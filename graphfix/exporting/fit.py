@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphfix.analysis.same_padding import same_total
+
 Sizes = Mapping[str, int]  # a dim's name (the export's dim_param) -> its size in one trace
 Observation = tuple[Sizes, int]  # the sizes of a trace, and the constant's value in it
 
@@ -66,8 +68,7 @@ class Same:
 
     def of(self, length):
         """The pad over `length` (an integer, or an integer array of lengths >= 0)."""
-        total = self.reach - 1 - (length - 1) % self.stride  # (n % s or s) is (n - 1) % s + 1, at n = 0 too
-        total = total * (total > 0)
+        total = same_total(self.reach, self.stride, length)
         return total - total // 2 if self.end else total // 2
 
 
@@ -200,7 +201,7 @@ def _same(dim: str, observations: Sequence[Observation]) -> list[Fit]:
     for term in _terms(dim):
         lengths = (sizes + term.r) // term.k
         for stride in SAME_STRIDES:  # every reach at once: a row per reach, a column per observation
-            total = np.maximum(reaches - 1 - (lengths - 1) % stride, 0)
+            total = same_total(reaches, stride, lengths)
             for end, pads in ((False, total // 2), (True, total - total // 2)):
                 found += [Fit((term,), same=Same(int(reaches[row, 0]), stride, end))
                           for row in np.flatnonzero((pads == values).all(axis=1))]
