@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
@@ -21,10 +22,11 @@ def test_wheel_ships_every_builtin_rule(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
+    own = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on the path is no install
     subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel), "-c", str(ROOT / "constraints.txt")],
-                   check=True, capture_output=True, timeout=600)
+                   check=True, capture_output=True, timeout=600, env=own)
     listed = subprocess.run([str(env_dir / "bin" / "graphfix"), "rules", "--format", "json"], cwd=tmp_path,
-                            check=True, capture_output=True, text=True, timeout=120).stdout
+                            check=True, capture_output=True, text=True, timeout=120, env=own).stdout
     import json
 
     from graphfix.core.registry import load_rules
