@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from graphfix.analysis.context import RuleContext
 from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
-from graphfix.analysis.same_padding import padded_windows, same_pads, window_pads
+from graphfix.analysis.same_padding import padded_windows, pads_nothing_somewhere, same_pads, window_pads
 from graphfix.analysis.sizes import (
     baked_pads,
     downstream_outputs,
@@ -82,7 +82,9 @@ class TraceBakedPad(Rule):
     (`tf_padding`), so its TorchScript export runs wrong at odd image sizes, silently; Stable Diffusion's VAE pads
     (0, 1) at every size and leaves the same graph: a warning. An error where the graph also pads a window by zeros,
     as MobileNetV2's 1 x 1 Convs: a pad computed from the size that needed none (a model that writes its pads writes
-    none there); and an error where the amounts vary with the size yet are 'SAME' at some residues only:
+    none there), for a window 'SAME' pads nothing before at some length (reaching no further than its stride; a
+    3 x 3 stride-2 Conv is padded by 1 at least, so a Pad by zeros there, an `nn.ZeroPad2d(0)`'s, is no such
+    evidence: helper 156); and an error where the amounts vary with the size yet are 'SAME' at some residues only:
     torch.export keeps one branch of `if n % s == 0:` (MobileNetV1's `max(3 - n % 2, 0)`, a whole 3 at even n where
     'SAME' pads 1; red team 155). A window's own uneven pads count as a Pad (the dynamo exporter merges one into the
     Conv), and so do an opset-10 Pad's. Pads are 'SAME' where the window reads what 'SAME' makes it read, at the
@@ -139,7 +141,8 @@ class TraceBakedPad(Rule):
         same = list(same_pads([p for p in padded if id(p[0]) not in reported],
                               lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
-            yield self._same_finding(same, [node for node, _, _, amounts in padded if node and not any(amounts)])
+            yield self._same_finding(same, [node for node, window, shape, amounts in padded if node and not any(amounts)
+                                            and pads_nothing_somewhere(window, len(shape) - 2)])
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 

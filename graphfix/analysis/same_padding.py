@@ -124,6 +124,13 @@ def same_pads(padded: list[tuple], exported: Callable[[], dict[str, int]]) -> It
             yield node, window, axes
 
 
+def pads_nothing_somewhere(window: gs.Node, spatial: int) -> bool:
+    """Whether 'SAME' padding pads nothing before `window` at some length: a reach no longer than its stride on
+    every axis (a 1 x 1 Conv's). A window reaching past its stride is padded by at least the difference at every
+    length, so a Pad by zeros before it is no 'SAME' pad computed from the size (an `nn.ZeroPad2d(0)`, say)."""
+    return all(dilation * (kernel - 1) + 1 <= stride for kernel, stride, dilation in _window_axes(window, spatial))
+
+
 def _sampled(n, pads: tuple, reach: int, stride: int) -> tuple[list[int], list[tuple]]:
     """The residues of `n` where amounts that vary with the size are 'SAME', and where they are not (with what they
     pad there), read at SAMPLES (every graph input's dim at once)."""

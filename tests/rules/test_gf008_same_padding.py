@@ -86,6 +86,34 @@ def test_a_pad_by_zeros_alone_is_no_finding(tmp_path):
     assert gf008(export(Downsample((0, 0, 0, 0), 1, 1), tmp_path / "m.onnx")) == []
 
 
+
+class ZeroPadded(torch.nn.Module):
+    """`nn.ZeroPad2d(0)` before a Conv of kernel `kernel` (a layer list's placeholder), then the VAE's downsampler."""
+
+    def __init__(self, kernel, stride):
+        super().__init__()
+        self.zero, self.conv = torch.nn.ZeroPad2d(0), torch.nn.Conv2d(3, 3, kernel, stride)
+        self.down = Downsample()
+
+    def forward(self, x):
+        return self.down(self.conv(self.zero(x)))
+
+
+def test_a_pad_by_zeros_where_same_pads_at_every_length_is_no_sign_of_a_computed_pad(tmp_path):
+    """Helper 156: a Pad by zeros before a 3 x 3 stride-2 Conv made the VAE's (0, 1) an error, though 'SAME' pads
+    that window by 1 at least at every length (the zeros are no 'SAME' pad computed from the size), and `repair`
+    refused a healthy model. Before a 1 x 1 Conv, where 'SAME' pads nothing, they still are."""
+    module = ZeroPadded(3, 2).eval()
+    path = export(module, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 3, 45, 51)).astype(np.float32)
+    with torch.no_grad():  # healthy at odd sizes
+        np.testing.assert_allclose(run(str(path), {"x": x})[0], module(torch.from_numpy(x)).numpy(), atol=1e-5)
+    assert [f.severity.value for f in gf008(path)] == ["warning"]
+    done = repair(path, tmp_path / "out.onnx")
+    assert done.exit_code == 0 and "warning GF008" in done.output, done.output
+    pointwise = export(ZeroPadded(1, 1), tmp_path / "k1.onnx")
+    assert [f.severity.value for f in gf008(pointwise)] == ["error"]
+
 def mobilenet_v1():
     from fixtures.library_models import PixelOutput, import_transformers
 
