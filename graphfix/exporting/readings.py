@@ -15,6 +15,7 @@ structure (the same ops, in order).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,3 +132,15 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | np.ndarray | Non
         if attribute.name == "value_floats" and len(attribute.floats) <= MAX_TABLE:
             return np.array(list(attribute.floats), dtype=np.float32)
     return None
+
+
+def same_table(export: Reading, got: Reading) -> bool:
+    """Whether `got` is the table `export` regrown: the same family and type (an empty table is any; a
+    one-element table is uniform, and then its value must be the arange's start)."""
+    if got.dtype != export.dtype:
+        return False
+    if math.prod(got.shape) == 0:  # no element to tell a family by
+        return True
+    if math.prod(got.shape) == 1 and got.family is not None and export.family[0] == "arange":
+        return got.family[1] == export.family[1]
+    return got.family == export.family

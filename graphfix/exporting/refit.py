@@ -7,9 +7,9 @@ grid of patches whose size follows the input) leaves the same graph, constants a
 again at other sizes, the constants that follow a size move and the model's own stay. This module makes those
 traces, one dim at a time, and fits each moving number (graphfix.exporting.fit): a size vector's values, or the
 shape of a table the trace filled at its size (graphfix.exporting.readings). Where several fits remain it traces
-again where they disagree (fit.next_split). The fits are then checked at traces no fit used (`_held_out`), and
-rebuilt from `Shape` of the input that carries each dim (graphfix.exporting.rebuild); `graphfix.export` proves the
-result against the module at sizes no trace used.
+again where they disagree (fit.next_split). The fits are then checked at traces no fit used
+(graphfix.exporting.held_out), and rebuilt from `Shape` of the input that carries each dim
+(graphfix.exporting.rebuild); `graphfix.export` proves the result against the module at sizes no trace used.
 
 Only what every trace agrees on is rebuilt: the traces must keep the graph's structure (the same ops, in order;
 a trace that takes another branch is outside the graph's domain and says nothing), and a moving constant is a size
@@ -21,23 +21,20 @@ hold: the simplest is kept, and the note says so.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
-from graphfix.exporting.fit import REACH, Fit, Observation, Sizes, fits, next_split, sizes_of
-from graphfix.exporting.readings import Reading, Site, attributes, readings, structure
+from graphfix.analysis.broadcast import BATCH_NAME
+from graphfix.exporting.fit import Fit, Observation, Sizes, fits, next_split, sizes_of
+from graphfix.exporting.held_out import held_out, sizes_text
+from graphfix.exporting.readings import Reading, Site, attributes, readings, same_table, structure
 from graphfix.exporting.rebuild import rebuild
 
 MAX_TRACES = 48  # traces beyond the first and the parity traces, in all: each is one export of the module
 MAX_SECONDS = 120.0  # and the time they may take together: none is started after it
-PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
-# of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
-# a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, a
-# step apart that shares no factor with such a period, fall in each of its classes up to 32, in half of 64's)
 FACTORS = (4, 5)  # each dim traced at these multiples of its export size (2x and 3x are the proof's sizes)
 PARITY_DEPTH = 5  # and past it where the lengths of the first 5 stride-2 layers change parity (see `_parity_sizes`)
 
@@ -78,10 +75,10 @@ def refit(model: onnx.ModelProto, dims: dict[str, tuple[str, int, int]], trace: 
     chosen, notes = _settle(traces, kinds, base)
     if chosen is None:
         return Refitted(None, notes=notes)
-    wrong, held = _held_out(traces, chosen, base)
+    wrong, held = held_out(traces, chosen, base)
     if wrong:
         return Refitted(None, notes=[*notes, wrong])
-    shown = _sizes_text(held[:6]) + (f"; and {len(held) - 6} more" if len(held) > 6 else "")
+    shown = sizes_text(held[:6]) + (f"; and {len(held) - 6} more" if len(held) > 6 else "")
     notes.append(f"the fits held at {len(held)} size(s) no fit used" + (f" ({shown})" if held else
                  ": none of those tried kept the graph; the proof's sizes alone check them"))
     rebuilt = [f"{traces.reader(site)}: {'' if kind == 'vector' else reading.family[0] + ' of shape '}"
@@ -93,7 +90,10 @@ def _parity_sizes(traces: _Traces, dim: str, export: int) -> list[int]:
     """Sizes at which the length after each of PARITY_DEPTH stride-2 layers (`ceil(n / 2**i)`) has the other
     parity than at `export`: `export` plus an odd multiple of 2**i, the first the proof does not take (a stride-2
     front end's proof takes one past it itself, half its stride). A 'SAME' pad moves with that parity, and the
-    multiples of an even export size keep every one of them."""
+    multiples of an even export size keep every one of them. None for a dim named like a batch (`B`, `batch`):
+    no window strides along it."""
+    if BATCH_NAME.search(dim):
+        return []
     return [next(s for s in itertools.count(export + 2**i, 2 ** (i + 1)) if {**traces.base, dim: s} not in traces.avoid)
             for i in range(PARITY_DEPTH)]
 
@@ -108,7 +108,8 @@ class _Traces:
         self.read: dict[Site, list[tuple[Sizes, Reading | None]]] = {
             site: [(base, reading)] for site, reading in readings(model).items()}
         self.outside: dict[str, list[int]] = {dim: [] for dim in base}
-        self.made, self.deadline = 0, time.monotonic() + MAX_SECONDS
+        self.made, self.seconds = 0, MAX_SECONDS
+        self.deadline = time.monotonic() + MAX_SECONDS
 
     def spent(self) -> bool:
         return self.made >= MAX_TRACES + PARITY_DEPTH * len(self.base) or time.monotonic() > self.deadline
@@ -125,11 +126,12 @@ class _Traces:
             seen.append((sizes, found.get(site)))
         return True
 
-    def readings_at(self, sizes: Sizes) -> dict[Site, Reading] | None:
-        """The readings of a trace at `sizes`, or None where the trace left the graph's structure (recorded)."""
+    def readings_at(self, sizes: Sizes, record: bool = True) -> dict[Site, Reading] | None:
+        """The readings of a trace at `sizes`, or None where the trace left the graph's structure (recorded where
+        `record`: a trace of several dims moved does not say which of them left it)."""
         traced = self.trace(sizes)
         if traced is None or structure(traced) != self.structure:
-            for dim in self.base:
+            for dim in self.base if record else ():
                 if sizes[dim] != self.base[dim]:
                     self.outside[dim].append(sizes[dim])
             return None
@@ -158,7 +160,7 @@ class _Traces:
                 unfit.append(f"the constant read by {self.reader(site)} is not read alike in every trace")
             elif first.values is not None and all(r.shape == first.shape and r.values is not None for _, r in seen):
                 kinds[site] = "vector"
-            elif first.family is not None and all(_same_table(first, r) and len(r.shape) == len(first.shape)
+            elif first.family is not None and all(same_table(first, r) and len(r.shape) == len(first.shape)
                                                   for _, r in seen):
                 kinds[site] = "table"
             else:
@@ -225,117 +227,6 @@ def _settle(traces: _Traces, kinds: dict[Site, str], base: Sizes
                           f"{MAX_TRACES} past the parity traces, in {MAX_SECONDS:.0f} s): "
                           f"{', '.join(map(str, candidates[:4]))}"]
         traces.at({**base, dim: size})
-
-
-def _held_out(traces: _Traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]], base: Sizes
-              ) -> tuple[str | None, list[Sizes]]:
-    """Traces at sizes no fit used: each that keeps the graph must show every constant as the fits predict, and
-    the others as at export. What went wrong, if anything (the time running out before every size was traced
-    is wrong too), and the sizes checked."""
-    held: list[Sizes] = []
-    dims = {t.dim for _, _, fitted in chosen.values() for fit in fitted for t in fit.terms}
-    products = {frozenset(t.dim for t in fit.terms) for _, _, fitted in chosen.values() for fit in fitted
-                if len({t.dim for t in fit.terms}) > 1}
-    for sizes in _held_out_sizes(traces, base, dims, products):
-        if time.monotonic() > traces.deadline:
-            return f"the traces ran out of their {MAX_SECONDS:.0f} s before the fits were checked", held
-        found = traces.readings_at(sizes)
-        if found is None:
-            continue
-        if traces.moved:
-            return "the attributes of a node move between traces", held
-        for site, seen in traces.read.items():
-            expected = _predicted(chosen[site], sizes) if site in chosen else seen[0][1]
-            got = found.get(site)
-            if site in chosen and got is not None:
-                kind, reading, _ = chosen[site]
-                got = got.numbers(kind) if kind == "vector" or _same_table(reading, got) else None
-            if got != expected:
-                return (f"the fits fail at {_sizes_text([sizes])}, a size no fit used: the constant read by "
-                        f"{traces.reader(site)} is {_shown_reading(got)} there, not {_shown_reading(expected)}",
-                        held)
-        held.append(sizes)
-    for product in products:  # a product fitted one dim at a time holds only if checked with them all moved
-        if not any(all(sizes[d] != base[d] for d in product) for sizes in held):
-            return (f"a fit over {', '.join(sorted(product))} was fitted one dim at a time, and no size with them "
-                    "all moved kept the graph to check it"), held
-    return None, held
-
-
-def _held_out_sizes(traces: _Traces, base: Sizes, dims: set[str], products: set[frozenset[str]]) -> list[Sizes]:
-    """The sizes the fits are checked at, none traced yet: all dims at once one past export, at one, one before,
-    half again, half less, a quarter again (or the nearest value above no trace had); the dims of each product
-    fit together at each pair of their next three untraced sizes (a module may take only some of them: `B * T`
-    a multiple of 4); then each dim a fit reads alone at every size from one to PERIOD past its export size that
-    no trace had, at one, and at every size up to REACH times its export size where that is 4 * PERIOD sizes at
-    most, else at up to 2 * PERIOD sizes spread over them (a function outside the family, `(3 * T) // 40`, may
-    agree with a fit near the export size and not farther), a step apart that shares no factor with 2 to 13:
-    they fall in every class of sizes modulo a stride or a patch, not in one (a step of 8 from 3 put every one of
-    MobileViT's at a height its 8-pixel patches do not take, where the module traces another graph and checks
-    nothing)."""
-    def known(dim: str) -> set[int]:
-        return traces.valid(dim) | set(traces.outside[dim]) | traces.avoided(dim)
-
-    def unknown(dim: str, export: int, step: int) -> int:
-        return next((v for v in range(export + step, export + step + 8) if v >= 1 and v not in known(dim)), export)
-
-    joint = (lambda e: 1, lambda e: 1 - e, lambda e: -1, lambda e: e // 2, lambda e: -(e // 2), lambda e: e // 4)
-    candidates = [{d: unknown(d, e, step(e)) for d, e in base.items()} for step in joint]
-    for product in sorted(products, key=sorted):
-        nearest = {d: [v for v in range(base[d] + 1, base[d] + PERIOD + 1) if v not in known(d)][:3] for d in product}
-        candidates += [{**base, **dict(zip(sorted(product), values, strict=True))}
-                       for values in itertools.product(*(nearest[d] for d in sorted(product)))]
-    for dim in sorted(dims):
-        export = base[dim]
-        top = REACH * export
-        spread = range(1, top + 1) if top <= 4 * PERIOD else range(3, top + 1, _coprime_step(top // (2 * PERIOD)))
-        candidates += [{**base, dim: size} for size in dict.fromkeys([*range(export + 1, export + PERIOD + 1), 1,
-                                                                       *spread])
-                       if size not in known(dim)]
-    kept: list[Sizes] = []
-    for sizes in candidates:
-        if sizes not in kept and sizes != dict(base) and sizes not in traces.avoid:
-            kept.append(sizes)
-    return kept
-
-
-def _coprime_step(step: int) -> int:
-    """The least step >= `step` that shares no prime factor with 2, 3, 5, 7, 11 or 13 (a fit's divisors, up to
-    16, and their products with a 'SAME' pad's stride)."""
-    while math.gcd(step, 2 * 3 * 5 * 7 * 11 * 13) != 1:
-        step += 1
-    return step
-
-
-def _same_table(export: Reading, got: Reading) -> bool:
-    """Whether `got` is the table `export` regrown: the same family and type (an empty table is any; a
-    one-element table is uniform, and then its value must be the arange's start)."""
-    if got.dtype != export.dtype:
-        return False
-    if math.prod(got.shape) == 0:  # no element to tell a family by
-        return True
-    if math.prod(got.shape) == 1 and got.family is not None and export.family[0] == "arange":
-        return got.family[1] == export.family[1]
-    return got.family == export.family
-
-
-def _predicted(chosen: tuple[str, Reading, list[Fit]], sizes: Sizes) -> tuple[int, ...]:
-    return tuple(fit.at(sizes) for fit in chosen[2])
-
-
-def _shown_reading(value) -> str:
-    if value is None:
-        return "not read"
-    if isinstance(value, Reading):
-        if value.values is not None:
-            return str(list(value.values))
-        family = f"{value.family[0]} {', '.join(map(str, value.family[1:]))}" if value.family else "a table"
-        return f"{family} of shape {list(value.shape)}"
-    return str(list(value))
-
-
-def _sizes_text(all_sizes: list[Sizes]) -> str:
-    return "; ".join(", ".join(f"{d}={v}" for d, v in sizes.items()) for sizes in all_sizes)
 
 
 class _Fits:
