@@ -7,7 +7,8 @@ between two traces of one module that differ in one dim is a function of that di
     several dims:   c * g1(d1) * g2(d2) ...   (MobileViT's `B * C * ceil(H / p)`)
     one dim d:      'SAME' padding's begin or end over g(d)   (transformers' MobileNetV2 `tf_padding`)
 
-with g(d) = (d + r) // k, k in 1..16 and 0 <= r < k (r = 0 a floor, r = k - 1 a ceiling, and between them a
+with g(d) = (d + r) // k, k in 1..16, 32 or 64 (a network's last stages: BiT's 'SAME' pads read
+ceil(H / 32)) and 0 <= r < k (r = 0 a floor, r = k - 1 a ceiling, and between them a
 floor after a ceiling, as a ceil-mode pool then a floor one: `ceil(T / 2) // 3` is `(T + 1) // 6`), and a, b, c
 integers (a, c not 0). TF-style 'SAME' padding pads a length n before a window reaching w at stride s by
 `max(w - (n % s or s), 0)` in all, half of it (rounded down) at the begin (s in SAME_STRIDES, w in SAME_REACH).
@@ -29,7 +30,7 @@ from graphfix.analysis.same_padding import same_total
 Sizes = Mapping[str, int]  # a dim's name (the export's dim_param) -> its size in one trace
 Observation = tuple[Sizes, int]  # the sizes of a trace, and the constant's value in it
 
-DIVISORS = range(1, 17)
+DIVISORS = (*range(1, 17), 32, 64)
 REACH = 8  # fits are compared, and split, at sizes up to REACH times the export size
 NEAR = 512  # of those, every size this near the export size (and below it) is used; farther ones thinned out
 FAR = 256  # to this many, evenly spread: the arithmetic stays bounded at 480000 samples

@@ -21,10 +21,11 @@ import time
 from graphfix.exporting.fit import REACH, Fit, Sizes
 from graphfix.exporting.readings import Reading, Site, same_table
 
-PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (no divisor
-# of the family is larger: a function of that dim that agrees with the fit there agrees on a whole period of it;
-# a 'SAME' pad's period is its term's divisor times its stride, up to 64: the spread sample's 2 * PERIOD sizes, a
-# step apart that shares no factor with such a period, fall in each of its classes up to 32, in half of 64's)
+PERIOD = 16  # each dim a fit reads is checked at every size from one to PERIOD past its export size (a divisor
+# of the family up to 16: a function of that dim that agrees with the fit there agrees on a whole period of it;
+# its divisors 32 and 64, and a 'SAME' pad's period, its term's divisor times its stride: the spread sample's
+# 2 * PERIOD sizes, a step apart that shares no factor with such a period, fall in each of its classes up to 32,
+# in half of 64's)
 
 
 def held_out(traces, chosen: dict[Site, tuple[str, Reading, list[Fit]]], base: Sizes

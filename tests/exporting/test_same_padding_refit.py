@@ -218,6 +218,54 @@ def test_mobilenet_v2_s_same_pads_are_rebuilt_from_traces_of_the_module(tmp_path
     assert [f for f in graphfix.diagnose(str(path), static=True) if f.rule == "GF008"] == []
 
 
+
+def bit():
+    """transformers' BiT with `global_padding="SAME"` (ViT-hybrid's and DPT-hybrid's backbone): its DynamicPad2d
+    pads by `(math.ceil(n / s) - 1) * s + k - n`, whose ceiling the trace bakes, so each Pad's amounts are
+    `c - n` with c the export size's; the last stage's c reads `ceil(H / 32)` (helper 159)."""
+    from fixtures.library_models import import_transformers
+
+    tf = import_transformers()
+    torch.manual_seed(0)
+    config = tf.BitConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                          layer_type="bottleneck", global_padding="SAME", embedding_dynamic_padding=True,
+                          num_groups=4)
+    model = tf.BitModel(config)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.normal_(0, 0.1)
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x).last_hidden_state
+
+    return Features().eval()
+
+
+@pytest.mark.slow
+def test_bit_s_same_pads_are_rebuilt_through_its_last_stage(tmp_path):
+    """Each Pad's `c - n`, c moving as `2 * ceil(h / 2**i) + 1` down to ceil(h / 32): fitted now that the
+    family's divisors reach 32 (refused before: 'moves as no size expression does'), and right at sizes no trace
+    or proof used, where the plain export pads every image to the export size's lengths."""
+    module, path = bit(), tmp_path / "bit.onnx"
+    plain = plain_export(module)
+    assert matches(plain, module, (1, 3, 64, 64)) and not any(matches(plain, module, s) for s in BIT_SIZES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = graphfix.export(module, (torch.randn(2, 3, 64, 64),), path, input_names=["x"], output_names=["y"],
+                                 dynamic_axes=AXES)
+    assert report.ok and report.status == "repaired", report.summary()
+    assert any("ceil(h / 32)" in line for line in report.refitted), report.refitted
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert all(matches(session, module, shape) for shape in BIT_SIZES)
+
+
+BIT_SIZES = [(1, 3, 33, 33), (2, 3, 40, 57), (1, 3, 71, 71), (3, 3, 128, 100), (1, 3, 200, 31)]
+
 def test_a_pad_the_model_always_makes_is_left_as_it_is(tmp_path):
     """The VAE's (0, 1) stays at every trace: nothing moves, nothing is rebuilt, and the file runs as PyTorch."""
     torch.manual_seed(0)
