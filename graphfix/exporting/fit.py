@@ -130,10 +130,10 @@ def fits(observations: Sequence[Observation], base: Sizes) -> list[Fit]:
     if not moving:
         return []
     if len(moving) == 1:
-        found = [f for term in _terms(moving[0]) for f in _linear(term, observations, base)]
-        found += _same(moving[0], observations)
+        found = [f for term in _terms(moving[0], base[moving[0]]) for f in _linear(term, observations, base)]
+        found += _same(moving[0], observations, base[moving[0]])
     else:
-        per_dim = [[t for t in _terms(dim) if _ratios_hold(t, observations, base)] for dim in moving]
+        per_dim = [[t for t in _terms(dim, base[dim]) if _ratios_hold(t, observations, base)] for dim in moving]
         combos = itertools.islice(itertools.product(*per_dim), MAX_PRODUCTS)  # past it: fewer fits, none wrong
         found = [f for combo in combos for f in _product(combo, at_export, base)]
     matching = [f for f in found if all(f.at(s) == v for s, v in observations)]
@@ -173,8 +173,11 @@ def _only(sizes: Sizes, base: Sizes) -> set[str]:
     return {dim for dim in base if sizes[dim] != base[dim]}
 
 
-def _terms(dim: str) -> list[Term]:
-    return [Term(dim)] + [Term(dim, k, r) for k in DIVISORS if k > 1 for r in range(k)]
+def _terms(dim: str, export: int) -> list[Term]:
+    """The terms of `dim` whose divisor's period fits twice in the sizes fits are compared at (REACH times the
+    export size): one period holds a single step, which a term of another divisor matches by chance
+    (`(T + 15) // 64 + 1` is `ceil(T / 48)` at every size to 111: helper 160)."""
+    return [Term(dim)] + [Term(dim, k, r) for k in DIVISORS if k > 1 and 2 * k <= REACH * export for r in range(k)]
 
 
 def _linear(term: Term, observations: Sequence[Observation], base: Sizes) -> list[Fit]:
@@ -190,18 +193,20 @@ def _linear(term: Term, observations: Sequence[Observation], base: Sizes) -> lis
     return [Fit((term,), scale, v0 - scale * g0)] if scale else []
 
 
-def _same(dim: str, observations: Sequence[Observation]) -> list[Fit]:
+def _same(dim: str, observations: Sequence[Observation], export: int) -> list[Fit]:
     """Each 'SAME' begin or end over a term of `dim` that reproduces every observation (pads are small numbers
-    that move with the length's residue: none is tried for a value past the largest reach)."""
+    that move with the length's residue: none is tried for a value past the largest reach), where its period, the
+    term's divisor times the stride, fits twice in the sizes compared (as `_terms`)."""
     values = np.array([v for _, v in observations], dtype=np.int64)
     if values.min() < 0 or values.max() >= max(SAME_REACH):
         return []
     sizes = np.array([s[dim] for s, _ in observations], dtype=np.int64)
     reaches = np.array(SAME_REACH, dtype=np.int64)[:, None]
     found = []
-    for term in _terms(dim):
+    for term in _terms(dim, export):
         lengths = (sizes + term.r) // term.k
-        for stride in SAME_STRIDES:  # every reach at once: a row per reach, a column per observation
+        for stride in (s for s in SAME_STRIDES if 2 * term.k * s <= REACH * export):  # every reach at once: a row
+            # per reach, a column per observation
             total = same_total(reaches, stride, lengths)
             for end, pads in ((False, total // 2), (True, total - total // 2)):
                 found += [Fit((term,), same=Same(int(reaches[row, 0]), stride, end))

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from graphfix.analysis.broadcast import BATCH_NAME
 from graphfix.exporting.fit import Fit, Observation, Sizes, fits, next_split, sizes_of
 from graphfix.exporting.held_out import held_out, sizes_text
 from graphfix.exporting.readings import Reading, Site, attributes, readings, same_table, structure
@@ -90,10 +89,7 @@ def _parity_sizes(traces: _Traces, dim: str, export: int) -> list[int]:
     """Sizes at which the length after each of PARITY_DEPTH stride-2 layers (`ceil(n / 2**i)`) has the other
     parity than at `export`: `export` plus an odd multiple of 2**i, the first the proof does not take (a stride-2
     front end's proof takes one past it itself, half its stride). A 'SAME' pad moves with that parity, and the
-    multiples of an even export size keep every one of them. None for a dim named like a batch (`B`, `batch`):
-    no window strides along it."""
-    if BATCH_NAME.search(dim):
-        return []
+    multiples of an even export size keep every one of them."""
     return [next(s for s in itertools.count(export + 2**i, 2 ** (i + 1)) if {**traces.base, dim: s} not in traces.avoid)
             for i in range(PARITY_DEPTH)]
 

@@ -240,6 +240,17 @@ class Groups(torch.nn.Module):
         return x.reshape(int(b) * int(t) // 4, 4, f).sum(1)
 
 
+class ChunkCount(torch.nn.Module):
+    """Whole chunks of 48 frames, `ceil(T / 48)` of them, trimmed back to T (chunked local attention): exported
+    at 12, one chunk at every size the proof took to 3 times the example's, and `(T + 15) // 64 + 1` agrees with
+    the count at every size to 111, past REACH times 12 (helper 160)."""
+
+    def forward(self, x):
+        b, t, c = x.shape
+        n = math.ceil(int(t) / 48)
+        chunks = F.pad(x, (0, 0, 0, 47))[:, :n * 48].reshape(b, n, 48, c)
+        return (chunks - chunks.mean(2, keepdim=True)).reshape(b, n * 48, c)[:, :t]
+
 @pytest.mark.parametrize("design, example, axes", [
     (LongPeriod, (2, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "N"}}),
     (Groups, (1, 8, 4), {"x": {0: "B", 1: "T"}, "y": {0: "N"}}),
@@ -384,3 +395,14 @@ def test_sides_that_cannot_grow_together_are_checked_one_at_a_time(tmp_path):
     assert both and sum(s["H"] * s["W"] > 4 * 8 * 12 for s in both) <= 2, both  # no third failure of both
     onnx.save(result.model, str(tmp_path / "refit.onnx"))
     assert _independent_ok(tmp_path / "refit.onnx", module, ((1, 3, 16, 12), (3, 3, 12, 18), (2, 3, 10, 14)))
+
+
+def test_a_count_that_moves_past_three_times_the_example_is_checked_there(tmp_path):
+    """ChunkCount's export, one chunk, matched the module at every size of the proof (to 36 frames) and was
+    written ok; the default proof takes 5 and 8 times the example's lengths too, where it fails, and no fit
+    (a divisor of 64 fitted it once, wrong from 112 frames) is kept."""
+    report = graphfix.export(ChunkCount().eval(), (torch.randn(2, 12, 8),), tmp_path / "model.onnx",
+                             input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 1: "T"},
+                                                                                  "y": {0: "B", 1: "T"}})
+    assert not report.ok and not report.refitted, report.summary()
+    assert any(not c.ok and c.input_shapes["x"][1] == 60 for c in report.checks), report.summary()

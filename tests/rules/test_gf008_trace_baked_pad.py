@@ -110,11 +110,17 @@ class WholeChunkOf16(torch.nn.Module):  # `16 - T % 16`: at T=19 no default prob
 def test_the_export_companion_keeps_the_round_up_only_where_a_probe_is_a_multiple_of_the_chunk(tmp_path):
     """Helper 47: exported at T=19 with chunks of 16, no probe (38, 57, 20, 18, 1, 95, 152) was a multiple of 16,
     and graphfix.export kept the round-up for a module that pads a whole chunk: ok, and wrong at T=32. The far
-    probes now include the first multiple of 16 from 5 times the example (96)."""
+    probes now include the first multiple of 16 from 5 times the example (96); since helper 160 the default proof
+    takes them too, so the guess fails in the proof itself. With `probe_args` given, far past the example, the
+    far sizes are where it fails."""
     path = tmp_path / "m.onnx"
     axes = {"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "chunks"}}
     report = graphfix.export(WholeChunkOf16().eval(), (torch.randn(2, 19, 8),), path, input_names=["x"],
                              output_names=["y"], dynamic_axes=axes)
+    assert not report.ok and not path.exists() and not report.repairs, report.summary()
+    given = [(torch.randn(2, t, 8),) for t in (38, 57, 20)]  # none a multiple of 16
+    report = graphfix.export(WholeChunkOf16().eval(), (torch.randn(2, 19, 8),), path, input_names=["x"],
+                             output_names=["y"], dynamic_axes=axes, probe_args=given)
     assert not report.ok and not path.exists(), report.summary()
     assert any("differs from the module" in s for s in report.skipped), report.skipped
 
