@@ -205,9 +205,9 @@ def _same(dim: str, observations: Sequence[Observation], export: int) -> list[Fi
     found = []
     for term in _terms(dim, export):
         lengths = (sizes + term.r) // term.k
-        for stride in (s for s in SAME_STRIDES if 2 * term.k * s <= REACH * export):  # every reach at once: a row
-            # per reach, a column per observation
-            total = same_total(reaches, stride, lengths)
+        for stride in (s for s in SAME_STRIDES if 2 * term.k * s <= REACH * export):
+            total = same_total(reaches, stride, lengths)  # every reach at once: a row per reach, a column per
+            # observation
             for end, pads in ((False, total // 2), (True, total - total // 2)):
                 found += [Fit((term,), same=Same(int(reaches[row, 0]), stride, end))
                           for row in np.flatnonzero((pads == values).all(axis=1))]
