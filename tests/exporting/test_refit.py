@@ -351,9 +351,9 @@ def test_a_pad_to_a_fixed_length_exported_at_that_length_is_rebuilt(tmp_path):
 
 
 class CornerStep(torch.nn.Module):
-    """Half the rows and columns, a row more where the height grew past the export's 8 and the width shrank below 8:
-    `ceil(H / 2)` wherever one side stays at its export size (refit's traces of each dim alone) and at every dim
-    moved at once the same way (one past, half again, ...)."""
+    """Half the rows and columns, a row more where the height grew past 12 and the width shrank below 8 (exported
+    at 8 x 12): `ceil(H / 2)` wherever one side stays at its export size (refit's traces of each dim alone) and at
+    every dim moved at once the same way (one past, half again, ...)."""
 
     def forward(self, x):
         h, w = x.shape[2:]
