@@ -23,6 +23,7 @@ from graphfix.exporting.probes import (
     default_probes,
     dim_names,
     far_probes,
+    few_positions,
     front_end_strides,
     growing_dims,
     requested_dynamic_dims,
@@ -131,7 +132,8 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         far = far_probes(call, grows) if grows and flat else []
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = default_probes(call, requested, names, front_end_strides(raw, call, input_names))
-        far_seen: set[str] = set()  # the far sizes' checks, where the default proof takes them as its own
+        proof_far = [] if given else few_positions(far, grows)  # the far sizes the default proof takes too
+        near_seen: set[str] = set()  # the shapes the probes checked, without the far sizes
 
         trace_shapes = _trace_shapes(raw, call, input_names)  # the raw export read once, for every repair below
         unsettled: list[str] = []  # why an unsafe guess the probes accepted was not kept
@@ -139,21 +141,20 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         def repaired(unsafe: bool, output: Path = destination, source: Path = raw):
             # The example args are the export-time sizes; the PyTorch module is the reference here (evidence
             # `torch`): the repair needs only to run, and verify() compares it with the module. The default
-            # proof also takes the far sizes: a module that changes past 3 times the example's lengths (a count of
-            # 48-frame chunks exported at 12) is wrong there, and its file was ok (helper 160).
+            # proof also takes the far sizes of few positions: a module that changes past 3 times the example's
+            # lengths (a count of 48-frame chunks exported at 12) is wrong there, and its file was ok (helper 160).
             result = repair(source, output=output, trace_shapes=trace_shapes, unsafe_fixes=unsafe,
                             validation=ValidationOptions(require="runs"))
             if result.output is None:
                 return result, None
             checked = verify(output, model, args, probe_args=probe_args, kwargs=export_kwargs.get("kwargs"),
                              input_names=input_names)
-            if far and not given:
-                beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"),
+            near_seen.update(str(c.input_shapes) for c in checked.checks)
+            if proof_far:
+                beyond = verify(output, model, args, probe_args=proof_far, kwargs=export_kwargs.get("kwargs"),
                                 input_names=input_names)
-                seen = {str(c.input_shapes) for c in checked.checks}
-                checked.checks += [c for c in beyond.checks if str(c.input_shapes) not in seen]
+                checked.checks += [c for c in beyond.checks if str(c.input_shapes) not in near_seen]
                 checked.skipped += beyond.skipped
-                far_seen.update({str(c.input_shapes) for c in beyond.checks} - seen)
             return result, checked
 
         def settled(checked, output: Path = destination) -> bool:
@@ -166,12 +167,9 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
                 unsettled.append("sizes far past the probes, where an unsafe fix's guess must also hold: none could "
                                  "be made (keyword or nested arguments, or over the size budget); not kept")
                 return False
-            if given:
-                beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"),
-                                input_names=input_names)
-                ran = [c for c in beyond.checks if c.input_shapes not in [k.input_shapes for k in checked.checks]]
-            else:  # the proof took them
-                beyond, ran = checked, [c for c in checked.checks if str(c.input_shapes) in far_seen]
+            beyond = verify(output, model, args, probe_args=far, kwargs=export_kwargs.get("kwargs"),
+                            input_names=input_names)
+            ran = [c for c in beyond.checks if str(c.input_shapes) not in near_seen]
             where = "5 and 8 times the example's lengths (and a multiple of 16), where an unsafe fix's guess must hold"
             if not all(c.ok for c in beyond.checks):
                 unsettled.append(f"{where}: it differs from the module there; not kept")
@@ -199,7 +197,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         refitted = None
         if (verification is None or not verification.ok) and exporter == "torchscript" and flat and probe_args:
             # The graph did not settle it; traces of the module at other sizes may (graphfix.exporting.refit).
-            refitted = _refitted(model, call, raw, [*probe_args, *([] if given else far)], Path(scratch),
+            refitted = _refitted(model, call, raw, [*probe_args, *proof_far], Path(scratch),
                                  input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                                  opset_version=opset_version, **export_kwargs)
             kept = _kept_refit(refitted, Path(scratch), destination.name, repaired, verification)

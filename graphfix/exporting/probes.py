@@ -93,6 +93,8 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
 FAR = (5, 8)  # times the example's lengths, where an unsafe guess must also hold
 FAR_MULTIPLE = 16  # and the first multiple of 16 past 5 times: a pad to chunks of 2, 4, 8 or 16 pads 0 there
 FAR_ELEMENTS = 1 << 22  # a far probe's tensors stay below this many elements each (attention grows with its square)
+FAR_POSITIONS = 1 << 12  # the far sizes the default proof takes span at most this many positions in the dims grown
+# (an attention over them holds 16M scores a head: helper 161's 16000 frames made onnxruntime's 8 GB, a refusal)
 
 
 def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], str]) -> dict[int, set[int]]:
@@ -153,3 +155,13 @@ def _resized_sets(call: tuple[tuple, dict], requested: dict[int, set[int]], size
                 all(shapes != [tuple(t.shape) for t in s[:-1] if isinstance(t, torch.Tensor)] for s in sets):
             sets.append((*resized, named))  # the example's own sizes, or a probe's again, only once
     return sets
+
+
+def few_positions(sets: list[tuple], grows: dict[int, set[int]]) -> list[tuple]:
+    """Those of the far probe `sets` whose grown dims span at most FAR_POSITIONS positions in every tensor: the
+    far sizes cheap enough for every proof (a count of chunks that moves past 3 times the example's length);
+    longer ones only for an unsafe guess, which they must settle."""
+    import math
+
+    return [s for s in sets if all(math.prod(s[pos].shape[axis] for axis in axes) <= FAR_POSITIONS
+                                   for pos, axes in grows.items() if pos < len(s) - 1)]

@@ -406,3 +406,16 @@ def test_a_count_that_moves_past_three_times_the_example_is_checked_there(tmp_pa
                                                                                   "y": {0: "B", 1: "T"}})
     assert not report.ok and not report.refitted, report.summary()
     assert any(not c.ok and c.input_shapes["x"][1] == 60 for c in report.checks), report.summary()
+
+
+def test_the_default_proof_takes_the_far_sizes_of_few_positions_only():
+    """Helper 161: a healthy attention exported at 2000 frames was refused, onnxruntime's scores at 16000 frames
+    (8 GB) out of memory. The default proof takes a far size only where its grown dims span at most FAR_POSITIONS
+    positions; longer ones still settle an unsafe guess, as before."""
+    from graphfix.exporting.probes import FAR_POSITIONS, far_probes, few_positions
+
+    grows = {0: {1}}
+    short = far_probes(((torch.randn(2, 12, 8),), {}), grows)
+    long = far_probes(((torch.randn(1, 2000, 32),), {}), grows)
+    assert len(few_positions(short, grows)) == len(short) == 3
+    assert long and few_positions(long, grows) == [] and all(s[0].shape[1] > FAR_POSITIONS for s in long)
