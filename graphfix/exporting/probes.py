@@ -85,12 +85,13 @@ def default_probes(call: tuple[tuple, dict], requested: dict[int, set[int]], nam
     def smallest(pos: int, axis: int, size: int) -> int:  # the others at one (a guard for short inputs)
         return size if batch(pos, axis) else 1
 
-    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * 3, past, half_past, batch_one, shorter,
-             smallest]
+    sizes = [lambda pos, axis, size: size * 2, lambda pos, axis, size: size * NEAR_SCALE, past, half_past,
+             batch_one, shorter, smallest]
     return _resized_sets(call, requested, sizes)
 
 
 FAR = (5, 8)  # times the example's lengths, where an unsafe guess must also hold
+NEAR_SCALE = 3  # the default probes grow a length to 3 times the example's at most
 FAR_MULTIPLE = 16  # and the first multiple of 16 past 5 times: a pad to chunks of 2, 4, 8 or 16 pads 0 there
 FAR_ELEMENTS = 1 << 22  # a far probe's tensors stay below this many elements each (attention grows with its square)
 FAR_POSITIONS = 1 << 12  # the far sizes the default proof takes span at most this many positions in the dims grown
@@ -109,16 +110,31 @@ def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], st
 
 def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tuple]:
     """The example call with the dims `grows` names at 5 and at 8 times their size, and at the first multiple of
-    FAR_MULTIPLE from 5 times, each set only while every tensor stays under FAR_ELEMENTS: where an unsafe repair's
-    guess and what the module computes part only past the default probes (a mask window wider than three times the
-    example's length is all True there, as no mask is; a pad of a whole chunk and a round-up part only at a
-    multiple of the chunk)."""
+    FAR_MULTIPLE from 5 times, and where 5 times spans more than FAR_POSITIONS positions, at as many times as
+    fill them if that is past the probes; each set only while every tensor stays under FAR_ELEMENTS: where an
+    unsafe repair's guess and what the module computes part only past the default probes (a mask window wider than
+    three times the example's length is all True there, as no mask is; a pad of a whole chunk and a round-up part
+    only at a multiple of the chunk; a cap on a count)."""
     import torch
 
     sizes = [lambda pos, axis, size, k=k: size * k for k in FAR]
     sizes.append(lambda pos, axis, size: -(-size * FAR[0] // FAR_MULTIPLE) * FAR_MULTIPLE)
+    scale = _filling_scale(call[0], grows)
+    if NEAR_SCALE < scale < FAR[0]:  # 5 times spans too many positions for the default proof; this many do not
+        sizes.append(lambda pos, axis, size: int(size * scale))
     sets = _resized_sets(call, grows, sizes)
     return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
+
+
+def _filling_scale(args: tuple, grows: dict[int, set[int]]) -> float:
+    """How many times its grown dims may all grow before some tensor's span FAR_POSITIONS positions: a size past
+    the probes that the default proof can take where 5 times is too long for it (a cap of 40 tokens on a 16 x 16
+    image's 4 tokens, which 64 x 64 shows and no size to 48 x 48 does)."""
+    import math
+
+    spans = [(math.prod(args[pos].shape[axis] for axis in axes), len(axes)) for pos, axes in grows.items()
+             if pos < len(args) and hasattr(args[pos], "shape")]
+    return min(((FAR_POSITIONS / span) ** (1 / count) for span, count in spans if span), default=0.0)
 
 
 def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int, pattern=None) -> bool:

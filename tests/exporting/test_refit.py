@@ -354,3 +354,27 @@ def test_the_default_proof_takes_the_far_sizes_of_few_positions_only():
     long = far_probes(((torch.randn(1, 2000, 32),), {}), grows)
     assert len(few_positions(short, grows)) == len(short) == 3
     assert long and few_positions(long, grows) == [] and all(s[0].shape[1] > FAR_POSITIONS for s in long)
+
+
+class CappedTokens(torch.nn.Module):
+    """Helper 160's cap: an 8 x 8 patch grid's tokens, at most 40. Exported at 16 x 16 (4 tokens), no trace and no
+    probe to 48 x 48 (36 tokens) reaches the cap; 5 times (80 x 80) spans too many positions for the proof."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 4, 8, stride=8)
+
+    def forward(self, x):
+        h, w = x.shape[2], x.shape[3]
+        tokens = min(math.ceil(h / 8) * math.ceil(w / 8), 40)
+        return self.proj(F.pad(x, (0, (-w) % 8, 0, (-h) % 8))).flatten(2)[:, :, :tokens]
+
+
+def test_a_cap_past_the_probes_is_checked_as_far_as_the_positions_allow(tmp_path):
+    """The fit `ceil(H / 8) * ceil(W / 8)` held at every trace and probe and was written ok, wrong from 56 x 56.
+    Where 5 times the example spans more than FAR_POSITIONS, the proof takes the size that fills them (64 x 64)."""
+    report = graphfix.export(CappedTokens().eval(), (torch.randn(2, 3, 16, 16),), tmp_path / "model.onnx",
+                             input_names=["x"], output_names=["y"],
+                             dynamic_axes={"x": IMAGE_AXES["x"], "y": {0: "B", 2: "N"}})
+    assert not report.ok, report.summary()
+    assert any(not c.ok and c.input_shapes["x"][2:] == [64, 64] for c in report.checks), report.summary()
