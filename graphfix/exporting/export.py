@@ -129,7 +129,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         given = probe_args is not None  # the caller's own sizes: inputs the module takes, lengths that fit
         names = dim_names(input_names, dynamic_axes)
         grows = growing_dims(requested, names)  # dims an unsafe guess must also hold at far past the probes
-        far = far_probes(call, grows) if grows and flat else []
+        far = far_probes(call, grows, names) if grows and flat else []
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = default_probes(call, requested, names, front_end_strides(raw, call, input_names))
         proof_far = [] if given else few_positions(far, grows)  # the far sizes the default proof takes too

@@ -108,33 +108,50 @@ def growing_dims(requested: dict[int, set[int]], names: dict[tuple[int, int], st
     return {pos: axes for pos, axes in grows.items() if axes}
 
 
-def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tuple]:
+def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]],
+               names: dict[tuple[int, int], str] | None = None) -> list[tuple]:
     """The example call with the dims `grows` names at 5 and at 8 times their size, and at the first multiple of
-    FAR_MULTIPLE from 5 times, and where 5 times spans more than FAR_POSITIONS positions, at as many times as
-    fill them if that is past the probes; each set only while every tensor stays under FAR_ELEMENTS: where an
-    unsafe repair's guess and what the module computes part only past the default probes (a mask window wider than
-    three times the example's length is all True there, as no mask is; a pad of a whole chunk and a round-up part
-    only at a multiple of the chunk; a cap on a count)."""
+    FAR_MULTIPLE from 5 times; and, where that spans more than FAR_POSITIONS positions, with each dim grown as far
+    as they allow (`_filling_scales`); each set only while every tensor stays under FAR_ELEMENTS: where an unsafe
+    repair's guess and what the module computes part only past the default probes (a mask window wider than three
+    times the example's length is all True there, as no mask is; a pad of a whole chunk and a round-up part only
+    at a multiple of the chunk; a cap on a count)."""
     import torch
 
     sizes = [lambda pos, axis, size, k=k: size * k for k in FAR]
     sizes.append(lambda pos, axis, size: -(-size * FAR[0] // FAR_MULTIPLE) * FAR_MULTIPLE)
-    scale = _filling_scale(call[0], grows)
-    if NEAR_SCALE < scale < FAR[0]:  # 5 times spans too many positions for the default proof; this many do not
-        sizes.append(lambda pos, axis, size: int(size * scale))
+    scales = _filling_scales(call[0], grows, names or {})
+    if any(scale > NEAR_SCALE for scale in scales.values()):  # past the probes, and no more positions than allowed
+        sizes.append(lambda pos, axis, size: int(size * scales[pos, axis] + 1e-9) if (pos, axis) in scales else size)
     sets = _resized_sets(call, grows, sizes)
     return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
 
 
-def _filling_scale(args: tuple, grows: dict[int, set[int]]) -> float:
-    """How many times its grown dims may all grow before some tensor's span FAR_POSITIONS positions: a size past
-    the probes that the default proof can take where 5 times is too long for it (a cap of 40 tokens on a 16 x 16
-    image's 4 tokens, which 64 x 64 shows and no size to 48 x 48 does)."""
+def _positions(axes: set[int]) -> set[int]:
+    """A tensor's grown dims that count as positions: all but axis 0 where others grow too (the `N` of an NCHW
+    image grows as a length might, but it is no position of the image's)."""
+    return axes - {0} if len(axes) > 1 else axes
+
+
+def _filling_scales(args: tuple, grows: dict[int, set[int]], names: dict[tuple[int, int], str]) -> dict:
+    """(arg index, axis) -> how many times that dim may grow (to 8) before its tensor spans FAR_POSITIONS positions
+    (`_positions`), dims of one name (all unnamed ones alike) by the same: the sizes past the probes that the
+    default proof can take where 5 times is too long for it. A cap of 40 tokens on a 16 x 16 image's 4 tokens
+    shows at 64 x 64, and at no size to 48 x 48; a text's own cap beside it at 8 times its length."""
     import math
 
-    spans = [(math.prod(args[pos].shape[axis] for axis in axes), len(axes)) for pos, axes in grows.items()
-             if pos < len(args) and hasattr(args[pos], "shape")]
-    return min(((FAR_POSITIONS / span) ** (1 / count) for span, count in spans if span), default=0.0)
+    held = {names.get((pos, 0)) for pos, axes in grows.items() if 0 in axes and len(axes) > 1} - {None}
+    fills: dict[str | None, float] = {}
+    for pos, axes in grows.items():
+        axes = {axis for axis in _positions(axes) if names.get((pos, axis)) not in held}
+        if not axes or pos >= len(args) or not hasattr(args[pos], "shape"):
+            continue
+        span = math.prod(args[pos].shape[axis] for axis in axes)
+        fill = (FAR_POSITIONS / span) ** (1 / len(axes)) if span else 1.0
+        for key in {names.get((pos, axis)) for axis in axes}:
+            fills[key] = min(fills.get(key, FAR[-1]), fill)
+    return {(pos, axis): fills[key] for pos, axes in grows.items() for axis in axes
+            if (key := names.get((pos, axis))) in fills and key not in held}
 
 
 def _batch_like(names: dict[tuple[int, int], str], pos: int, axis: int, pattern=None) -> bool:
@@ -179,5 +196,5 @@ def few_positions(sets: list[tuple], grows: dict[int, set[int]]) -> list[tuple]:
     longer ones only for an unsafe guess, which they must settle."""
     import math
 
-    return [s for s in sets if all(math.prod(s[pos].shape[axis] for axis in axes) <= FAR_POSITIONS
+    return [s for s in sets if all(math.prod(s[pos].shape[axis] for axis in _positions(axes)) <= FAR_POSITIONS
                                    for pos, axes in grows.items() if pos < len(s) - 1)]
