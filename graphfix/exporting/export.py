@@ -132,7 +132,7 @@ def export(model, args, f, *, input_names=None, output_names=None, dynamic_axes=
         far = far_probes(call, grows, names) if grows and flat else []
         if probe_args is None and requested and flat:  # nested or keyword arguments: verify() resizes by dims
             probe_args = default_probes(call, requested, names, front_end_strides(raw, call, input_names))
-        proof_far = [] if given else few_positions(far, grows)  # the far sizes the default proof takes too
+        proof_far = [] if given else few_positions(far, grows, call[0])  # the far sizes the default proof takes too
         near_seen: set[str] = set()  # the shapes the probes checked, without the far sizes
 
         trace_shapes = _trace_shapes(raw, call, input_names)  # the raw export read once, for every repair below
