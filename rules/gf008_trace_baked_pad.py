@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from graphfix.analysis.context import RuleContext
-from graphfix.analysis.edits import in_turn, loosened, rebuilt_entries, size_expr
+from graphfix.analysis.edits import loosened, rebuilt_entries, size_expr
 from graphfix.analysis.export_sizes import export_sizes
 from graphfix.analysis.same_padding import padded_windows, pads_nothing_somewhere, same_pads, window_pads
 from graphfix.analysis.sizes import (
@@ -95,12 +95,8 @@ class TraceBakedPad(Rule):
 
     ## Fix safety
     A Pad to a fixed length is not repaired: which round-up (or maximum) the model computes is not in the graph.
-    A 'SAME'-looking Pad's fix, each amount computed from its length as 'SAME' does, is a guess (UNSAFE): only the
-    module tells a pad computed from the size from one the model always pads, and the original, which runs at
-    every size, is no reference away from the export size. `graphfix.export` keeps it only where the module agrees,
-    at one past the example too (odd at each stride-2 stage of a multiple of 32): MobileNetV1, whose odd sizes'
-    branch the trace writes as other ops, so no fit from traces rebuilds it. Not offered where a window pads itself
-    or reaches less than its stride (then traces may rebuild it).
+    Nor is a 'SAME'-looking Pad: the original runs at every size, and only the module tells a pad computed from the
+    size from one the model always pads (`graphfix.export`, which traces it at other sizes, rebuilds MobileNetV2's).
     A round-up by a constant is not determined by the graph, and so never safe: of the amounts equal to the
     constant at the export length (graphfix.analysis.hypotheses, `(k - T % k) % k` and `k - T % k` for every k
     among them), those that make every length a whole number of chunks always include two, the round-up and
@@ -141,14 +137,12 @@ class TraceBakedPad(Rule):
         for node, whole in _whole_window_pads(sizes) if sizes else ():
             reported.add(id(node))
             yield self._whole_window_finding(sizes, node, whole)
-        analysis = sizes or (sizes_of(ctx) if padded_windows(ctx.graph) else None)
-        padded = list(window_pads(analysis)) if analysis else []
+        padded = list(window_pads(sizes or sizes_of(ctx))) if sizes or padded_windows(ctx.graph) else []
         same = list(same_pads([p for p in padded if id(p[0]) not in reported],
                               lambda: export_sizes(ctx, ctx.evaluator).values))
         if same:
             yield self._same_finding(same, [node for node, window, shape, amounts in padded if node and not any(amounts)
-                                            and pads_nothing_somewhere(window, len(shape) - 2)],
-                                     _same_fix(analysis, same, ctx.opset))
+                                            and pads_nothing_somewhere(window, len(shape) - 2)])
         if sizes and sizes.incomplete:
             yield self.reject(sizes.incomplete + "; later Pads were not checked (analysis incomplete)")
 
@@ -209,7 +203,7 @@ class TraceBakedPad(Rule):
             "trace leaves it (PyTorch pads nothing there); a model that always pads leaves the same graph",
             nodes=[node], tensors=[node.inputs[1]], severity=Severity.WARNING, hint=WHOLE_HINT)
 
-    def _same_finding(self, same: list[tuple], zeros: list, fix: Fix | None) -> Finding:
+    def _same_finding(self, same: list[tuple], zeros: list) -> Finding:
         """One finding for the graph: an error where amounts vary with the size (torch.export kept one branch) or
         the graph also pads a window by zeros (a pad computed from the size where none was needed: what a model that
         writes its pads never does). Not repaired: the original runs at every size, so only the module tells which
@@ -221,7 +215,7 @@ class TraceBakedPad(Rule):
                    f"{'; '.join(told[:2] if more else told)}{more}")
         kwargs = dict(nodes=[n for node, window, _ in same for n in (node, window) if n],
                       tensors=[node.inputs[1] for node, _, _ in same if node and len(node.inputs) > 1],
-                      hint=SAME_HINT, fix=fix)
+                      hint=SAME_HINT)
         if any(axis.computed for _, _, axes in same for axis in axes):
             return self.finding(f"{message}. Amounts computed from the size that are 'SAME' at some lengths only: the "
                                 "export kept one branch of a 'SAME' pad (`if n % s == 0:`), and other sizes run "
@@ -234,40 +228,6 @@ class TraceBakedPad(Rule):
         return self.finding(f"{message}. Computed in Python while tracing, such amounts are the export size's, and "
                             "other sizes run wrong, silently; pads the model writes look the same",
                             severity=Severity.WARNING, **kwargs)
-
-
-def _same_fix(sizes, same: list[tuple], opset: int) -> Fix | None:
-    """Each Pad's amounts on the axes `same` names computed at run time as 'SAME' does, `k - s + (-n) % s` in all,
-    half of it (rounded down) before: a guess (UNSAFE), as a model that pads these amounts at every size leaves the
-    same graph; `graphfix.export` keeps it where the module agrees (transformers' MobileNetV1, whose odd sizes'
-    branch changes the trace's ops, so no fit from traces rebuilds it). None where a window pads itself, reaches
-    less than its stride (its 'SAME' total needs a max), or a length cannot be read upstream."""
-    edits = []
-    for node, _, axes in same:
-        if node is None or len(node.inputs) < 2 or any(axis.reach < axis.stride for axis in axes):
-            return None
-        rank, replace = len(sizes.shape(node.inputs[0])), {}
-        for axis in axes:
-            total = axis.reach - axis.stride + sympy.Mod(-axis.length, axis.stride)
-            before = sympy.floor(total / 2)
-            replace[axis.axis], replace[rank + axis.axis] = before, total - before
-        if not all(_floors_of_sizes(expr, axis.length) and size_expr(None, sizes, expr, node.inputs[0])
-                   for expr in replace.values() for axis in axes):
-            return None
-        edits.append(loosened(node, set(), rebuilt_entries(node, 1, replace, sizes, opset)))
-    moves = frozenset(symbol.name for _, _, axes in same for axis in axes for symbol in axis.length.free_symbols)
-    return Fix("compute each pad as TF-style 'SAME' padding does from its length at run time",
-               apply=in_turn(edits), safety=Safety.UNSAFE, moves=moves,
-               reason="a guess: a model that pads these amounts at every size (Stable Diffusion's VAE) leaves the "
-                      "same graph; only the module tells them apart, at lengths of the other residues")
-
-
-def _floors_of_sizes(expr, length) -> bool:
-    """Whether each floor `expr` holds beyond those of `length` divides a sum of no negative terms (ONNX's Div of
-    integers truncates toward zero, a floor only for such)."""
-    return all(not term.could_extract_minus_sign()
-               for floor in expr.atoms(sympy.floor) - length.atoms(sympy.floor)
-               for term in sympy.Add.make_args(sympy.fraction(sympy.together(floor.args[0]))[0]))
 
 
 def _told(axes: list) -> str:

@@ -127,14 +127,6 @@ def far_probes(call: tuple[tuple, dict], grows: dict[int, set[int]],
     return [s for s in sets if all(t.numel() < FAR_ELEMENTS for t in s[:-1] if isinstance(t, torch.Tensor))]
 
 
-def shifted_probes(call: tuple[tuple, dict], grows: dict[int, set[int]]) -> list[tuple]:
-    """The example call with the dims `grows` names one longer: the other residue of every stride-2 layer's length
-    for an example of a power of two's multiple (64 x 64 becomes 65 x 65: odd at each of MobileNet's stages), where
-    an unsafe 'SAME' pad and a pad the model makes at every size part (the default probes keep a strided front
-    end's multiples)."""
-    return _resized_sets(call, grows, [lambda pos, axis, size: size + 1])
-
-
 def _positions(axes: set[int]) -> set[int]:
     """A tensor's grown dims that count as positions: all but axis 0 where others grow too (the `N` of an NCHW
     image grows as a length might, but it is no position of the image's)."""
